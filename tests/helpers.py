@@ -1,0 +1,51 @@
+"""Small helpers for tests: write corpora, read an index back whole (fine for tiny test indexes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def write_parquet(path: Path, rows: list[dict], row_group_size: int | None = None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {"id": [], "text": []}
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def read_index(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """id -> (vectors float32 [n, D], token ids) for every row, in index order."""
+    from tokembed.index import open_index
+
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    index = open_index(folder)
+    for batch in index.iter_batches():
+        data = batch.to_pydict()
+        for doc_id, emb, ids in zip(data["id"], data["embeddings"], data["token_ids"]):
+            rows[doc_id] = (np.asarray(emb, dtype=np.float32).reshape(-1, index.dim), np.asarray(ids, dtype=np.int64))
+    return rows
+
+
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "",
+    "!!! ... ??? ;;; ---",
+    "Émoji 🎉 and CJK 漢字テスト mixed in one line.",
+    "ColBERT stores one vector per token, then scores with MaxSim. " * 30,
+    "short",
+    "Paris is the capital of France; Berlin is the capital of Germany.",
+    "a b c d e f g h i j k l m n o p q r s t u v w x y z",
+]

@@ -1,0 +1,118 @@
+"""Bad input: a message naming the file/row and the reason, the documented exit code, and no index or
+the previous index untouched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import manifest, read_index, write_parquet
+
+BAD_INPUT, MODEL_ERROR = 3, 4
+
+
+@pytest.fixture
+def good_index(cli, tmp_path):
+    corpus = write_parquet(tmp_path / "good.parquet", [{"id": "a", "text": "alpha"}, {"id": "b", "text": "beta"}])
+    out = tmp_path / "index"
+    assert cli("encode", corpus, "-o", out).exit_code == 0
+    return out
+
+
+def assert_untouched(out, before_manifest, before_rows):
+    assert (out / "manifest.json").read_text() == before_manifest
+    assert read_index(out).keys() == before_rows.keys()
+    listed = {shard["file"].split("/")[-1] for shard in manifest(out)["shards"]}
+    assert {p.name for p in (out / "data").iterdir()} == listed  # no orphan shard of the failed run
+
+
+def run_bad(cli, out, *args):
+    before = (out / "manifest.json").read_text(), read_index(out)
+    result = cli("encode", *args, "-o", out)
+    assert_untouched(out, *before)
+    return result
+
+
+def test_missing_column(cli, good_index, tmp_path):
+    bad = write_parquet(tmp_path / "bad.parquet", [{"id": "a", "body": "x"}])
+    result = run_bad(cli, good_index, bad)
+    assert result.exit_code == BAD_INPUT
+    assert "bad.parquet: no text column 'text'" in result.stderr
+
+
+def test_truncated_parquet(cli, good_index, tmp_path):
+    bad = write_parquet(tmp_path / "bad.parquet", [{"id": str(i), "text": "word " * 40} for i in range(200)])
+    bad.write_bytes(bad.read_bytes()[:-100])
+    result = run_bad(cli, good_index, bad)
+    assert result.exit_code == BAD_INPUT and "bad.parquet" in result.stderr
+
+
+def test_null_text_fails_naming_row_and_id(cli, good_index, tmp_path):
+    bad = write_parquet(tmp_path / "bad.parquet", [{"id": "x", "text": "fine"}, {"id": "y", "text": None}])
+    result = run_bad(cli, good_index, bad)
+    assert result.exit_code == BAD_INPUT
+    assert "bad.parquet row 1 (id 'y'): null text" in result.stderr
+
+
+def test_null_text_skip_records_it(cli, tmp_path):
+    corpus = write_parquet(tmp_path / "c.parquet", [{"id": "x", "text": "fine"}, {"id": "y", "text": None}])
+    out = tmp_path / "index"
+    result = cli("encode", corpus, "-o", out, "--on-error", "skip", "--log-format", "json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["skipped"] == 1
+    assert list(read_index(out)) == ["x"]
+    (skipped,) = manifest(out)["skipped"]
+    assert skipped["id"] == "y" and skipped["reason"] == "null text" and skipped["source"].endswith("c.parquet")
+
+
+def test_non_utf8_text_file(cli, good_index, tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "ok.txt").write_text("fine")
+    (folder / "latin1.txt").write_bytes("café".encode("latin-1"))
+    result = run_bad(cli, good_index, folder)
+    assert result.exit_code == BAD_INPUT
+    assert "latin1.txt" in result.stderr and "not valid UTF-8" in result.stderr
+
+
+def test_duplicate_id_names_both_rows(cli, good_index, tmp_path):
+    bad = write_parquet(tmp_path / "bad.parquet", [{"id": "a", "text": "1"}, {"id": "b", "text": "2"}, {"id": "a", "text": "3"}])
+    result = run_bad(cli, good_index, bad)
+    assert result.exit_code == BAD_INPUT
+    assert "duplicate id 'a'" in result.stderr
+    assert "bad.parquet row 0" in result.stderr and "bad.parquet row 2" in result.stderr
+
+
+def test_unknown_model_layout(cli, good_index, tmp_path):
+    folder = tmp_path / "weird-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "no-such-arch", "architectures": ["Nope"]}))
+    corpus = write_parquet(tmp_path / "c.parquet", [{"id": "a", "text": "x"}])
+    result = run_bad(cli, good_index, corpus, "--model", folder)
+    assert result.exit_code == MODEL_ERROR
+    assert "unknown checkpoint layout" in result.stderr and "no-such-arch" in result.stderr
+
+
+def test_model_folder_missing_and_hub_unreachable(cli, tmp_path):
+    corpus = write_parquet(tmp_path / "c.parquet", [{"id": "a", "text": "x"}])
+    result = cli("encode", corpus, "-o", tmp_path / "i", "--model", "someone/not-cached-model")
+    assert result.exit_code == MODEL_ERROR
+    assert "not in the Hugging Face cache" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+    assert not (tmp_path / "i" / "manifest.json").exists()
+
+
+def test_demo_model_not_installed(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr("tokembed.models.resolve.DEMO_PACKAGE", "package_that_is_not_installed")
+    corpus = write_parquet(tmp_path / "c.parquet", [{"id": "a", "text": "x"}])
+    result = cli("encode", corpus, "-o", tmp_path / "i")
+    assert result.exit_code == MODEL_ERROR
+    assert "--model" in result.stderr and "tokembed[demo]" in result.stderr
+
+
+def test_usage_errors_exit_2(cli, tmp_path):
+    corpus = write_parquet(tmp_path / "c.parquet", [{"id": "a", "text": "x"}])
+    assert cli("encode", corpus, "-o", tmp_path / "i", "--batch-tokens", "0").exit_code == 2
+    result = cli("encode", corpus, "-o", tmp_path / "i", "--mode", "colbert")  # demo model has no ColBERT settings
+    assert result.exit_code == 2 and "--mode colbert needs a ColBERT checkpoint" in result.stderr
+    assert cli("encode", corpus, "--kind", "nonsense").exit_code == 2

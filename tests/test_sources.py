@@ -1,0 +1,97 @@
+"""Corpus readers: every input form, ids, and bad input named by file and row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import write_jsonl, write_parquet
+from tokembed.errors import BadInputError
+from tokembed.sources import SourceOptions, open_sources
+
+
+def read_all(paths, **options):
+    return [item for chunk in open_sources([Path(p) for p in paths], SourceOptions(**options)) for item in chunk]
+
+
+def test_parquet_file_streams_in_chunks(tmp_path):
+    rows = [{"id": f"d{i}", "text": f"text {i}"} for i in range(10)]
+    path = write_parquet(tmp_path / "c.parquet", rows, row_group_size=3)
+    chunks = list(open_sources([path], SourceOptions(chunk_rows=4)))
+    assert len(chunks) >= 3 and all(len(c) <= 4 for c in chunks)  # streamed, never the whole file
+    assert [item.id for c in chunks for item in c] == [r["id"] for r in rows]
+
+
+def test_parquet_folder_reads_files_in_name_order(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_parquet(folder / "b.parquet", [{"id": "b1", "text": "x"}])
+    write_parquet(folder / "a.parquet", [{"id": "a1", "text": "y"}, {"id": "a2", "text": "z"}])
+    assert [item.id for item in read_all([folder])] == ["a1", "a2", "b1"]
+
+
+def test_missing_id_column_uses_row_numbers_across_files(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_parquet(folder / "a.parquet", [{"text": "x"}, {"text": "y"}])
+    write_parquet(folder / "b.parquet", [{"text": "z"}])
+    assert [item.id for item in read_all([folder])] == ["0", "1", "2"]
+
+
+def test_custom_columns_and_explicit_missing_id_column(tmp_path):
+    path = write_parquet(tmp_path / "c.parquet", [{"key": 7, "body": "hello"}])
+    items = read_all([path], id_column="key", text_column="body", id_column_given=True)
+    assert (items[0].id, items[0].text) == ("7", "hello")
+    with pytest.raises(BadInputError, match=r"c\.parquet: no id column 'nope'"):
+        read_all([path], id_column="nope", text_column="body", id_column_given=True)
+
+
+def test_missing_text_column_names_file_and_columns(tmp_path):
+    path = write_parquet(tmp_path / "c.parquet", [{"id": "a", "body": "x"}])
+    with pytest.raises(BadInputError, match=r"c\.parquet: no text column 'text' \(columns: id, body\)"):
+        read_all([path])
+
+
+def test_truncated_parquet_is_bad_input(tmp_path):
+    path = write_parquet(tmp_path / "c.parquet", [{"id": str(i), "text": "x" * 50} for i in range(100)])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadInputError, match=r"c\.parquet: not a readable Parquet file"):
+        read_all([path])
+
+
+def test_null_text_is_an_item_error_with_its_row(tmp_path):
+    path = write_parquet(tmp_path / "c.parquet", [{"id": "a", "text": "x"}, {"id": "b", "text": None}])
+    items = read_all([path])
+    assert items[1].error == "null text" and items[1].row == 1 and "c.parquet row 1" in items[1].location
+
+
+def test_jsonl_with_bad_line(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "x"}])
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("{not json\n")
+    items = read_all([path])
+    assert items[0].text == "x"
+    assert items[1].error.startswith("not valid JSON") and items[1].row == 1
+
+
+def test_text_folder_ids_are_relative_paths_and_bad_utf8_is_reported(tmp_path):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha", encoding="utf-8")
+    (folder / "sub" / "b.md").write_text("# beta", encoding="utf-8")
+    (folder / "bad.txt").write_bytes(b"caf\xe9")
+    (folder / "ignored.csv").write_text("x")
+    items = {item.id: item for item in read_all([folder])}
+    assert set(items) == {"a.txt", "sub/b.md", "bad.txt"}
+    assert items["sub/b.md"].text == "# beta"
+    assert items["bad.txt"].error == "not valid UTF-8 (byte 3)"
+
+
+def test_unsupported_or_missing_input(tmp_path):
+    with pytest.raises(BadInputError, match="no such file"):
+        read_all([tmp_path / "nope.parquet"])
+    (tmp_path / "x.csv").write_text("a")
+    with pytest.raises(BadInputError, match="unsupported input"):
+        read_all([tmp_path / "x.csv"])

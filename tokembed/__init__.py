@@ -1,0 +1,29 @@
+"""tokembed: batch indexer for late-interaction retrieval.
+
+Pipeline (one subpackage per stage): ``sources`` -> ``models`` -> ``engine`` -> ``index`` -> ``search``.
+The public API is re-exported here lazily so that ``import tokembed`` does not import torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "EncodeJob": "tokembed.encode",
+    "EncodeSummary": "tokembed.encode",
+    "encode_corpus": "tokembed.encode",
+    "EncodeFlags": "tokembed.settings",
+    "SourceOptions": "tokembed.sources",
+    "open_index": "tokembed.index",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tokembed' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

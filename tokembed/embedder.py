@@ -1,0 +1,94 @@
+"""``Embedder``: a loaded checkpoint bound to one kind's settings, on one device.
+
+The one way tokembed turns texts into token matrices: ``encode`` uses it for the corpus, ``score``
+(through ``Embedder.for_index``) rebuilds the index's query-side settings from its manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from tokembed.errors import ModelMismatchError
+from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, model_fingerprint, resolve_model
+from tokembed.models.steps import TextEncoder
+from tokembed.settings import DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, resolve, resolve_dtype
+
+
+@dataclass
+class Embedder:
+    resolved: ResolvedModel
+    model: TokenModel
+    settings: EncodeSettings
+    encoder: TextEncoder
+    device: str
+    fingerprint: str
+
+    @classmethod
+    def load(
+        cls,
+        model: str | None,
+        flags: EncodeFlags,
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+        colbert: ColbertConfig | None = None,
+    ) -> "Embedder":
+        """Resolve and load ``model``; ``colbert`` overrides the checkpoint's ColBERT settings (from a manifest)."""
+        resolved = resolve_model(model)
+        device_type = device.split(":")[0]
+        options = LoadOptions(trust_remote_code=trust_remote_code, dtype=resolve_dtype(flags.dtype, device_type), device=device)
+        loaded = load_model(resolved.path, options)
+        if colbert is not None:
+            loaded.colbert = colbert
+        settings = resolve(flags, loaded.colbert, loaded.max_length, device_type, loaded.position_limit)
+        return cls(resolved, loaded, settings, TextEncoder(loaded, settings), device, model_fingerprint(resolved.path))
+
+    @classmethod
+    def for_index(
+        cls,
+        manifest: dict,
+        kind: str = "query",
+        model: str | None = None,
+        device: str = "cpu",
+        allow_mismatch: bool = False,
+        trust_remote_code: bool = False,
+    ) -> "Embedder":
+        """The embedder that encodes ``kind`` inputs compatibly with an index (same model, same settings).
+
+        ``model`` overrides where the checkpoint is (e.g. the index was built on another machine); its
+        fingerprint must match the manifest's unless ``allow_mismatch``.
+        """
+        recorded = manifest["model"]
+        flags = replace(EncodeFlags.from_json(manifest["flags"]), kind=kind)
+        if kind != manifest["settings"]["kind"]:
+            flags = replace(flags, max_length=None)  # a --max-length given for one kind is not the other's
+        colbert = ColbertConfig.from_json(manifest["colbert"]) if manifest.get("colbert") else None
+        name = model if model is not None else (None if recorded.get("is_demo") else recorded["path"])
+        if model is None and name is not None and not _exists(name):
+            name = recorded["name"]
+        embedder = cls.load(name, flags, device, trust_remote_code, colbert)
+        if embedder.fingerprint != recorded["fingerprint"] and not allow_mismatch:
+            raise ModelMismatchError(
+                f"model {embedder.resolved.name!r} (fingerprint {embedder.fingerprint[:12]}) is not the model the "
+                f"index was built with ({recorded['name']!r}, fingerprint {recorded['fingerprint'][:12]})",
+                hint="pass the index's model with --model, or --allow-model-mismatch to score anyway",
+            )
+        return embedder
+
+    @property
+    def output_dim(self) -> int:
+        return self.encoder.output_dim
+
+    def embed(self, texts: list[str], batch_tokens: int = DEFAULT_BATCH_TOKENS) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Texts -> per text (vectors [n_tokens, D] in the store dtype, token ids [n_tokens]), input order."""
+        from tokembed.engine.runner import run_chunk
+
+        result = run_chunk(self.encoder, texts, batch_tokens, self.device)
+        return list(zip(result.vectors, result.token_ids))
+
+
+def _exists(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_dir()

@@ -1,0 +1,70 @@
+"""The errors tokembed raises. The CLI maps each class to one exit code (cli/_errors.py).
+
+The library never calls ``sys.exit``; every failure a user can cause or fix has a class here,
+and its message names the file, row or setting at fault.
+"""
+
+from __future__ import annotations
+
+
+class TokembedError(Exception):
+    """Base class of every error tokembed raises on purpose."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class UsageError(TokembedError):
+    """Flags or settings that do not fit together."""
+
+
+class BadInputError(TokembedError):
+    """An input file or row that cannot be read: missing column, bad encoding, null text, duplicate id."""
+
+
+class ModelError(TokembedError):
+    """A checkpoint that cannot be resolved, recognised or loaded."""
+
+
+class UnsupportedModelError(ModelError):
+    """A checkpoint whose layout no registered family reads."""
+
+
+class ModelNotFoundError(ModelError):
+    """A model that is neither a local folder nor reachable/cached on the hub."""
+
+
+class ModelMismatchError(ModelError):
+    """The model given to ``score`` is not the one the index was built with."""
+
+
+class IndexError_(TokembedError):
+    """Base of index problems (named with a trailing underscore to keep the builtin usable)."""
+
+
+class IndexNotFoundError(IndexError_):
+    """No manifest where an index was expected."""
+
+
+class IndexCorruptError(IndexError_):
+    """A manifest that lists a missing shard, or a shard whose checksum does not match."""
+
+
+class IndexLockedError(IndexError_):
+    """Another process holds the index's writer lock."""
+
+
+class IndexWriteError(IndexError_):
+    """Writing the index failed (disk full, permission): the previous index is untouched."""
+
+
+class DeviceError(TokembedError):
+    """A device that cannot be used, or a worker that died."""
+
+
+class InterruptedRun(TokembedError):
+    """The run was interrupted (SIGINT/SIGTERM); the previous index is untouched."""

@@ -1,0 +1,58 @@
+"""One writer per index: an OS file lock (``flock``) on ``INDEX_DIR/.lock`` that dies with its process.
+
+The holder's pid is written into the lock file so a second run can name it. No stale lock survives a
+SIGKILL: the kernel releases ``flock`` locks when the process's file descriptors close.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from tokembed.errors import IndexLockedError
+
+LOCK_NAME = ".lock"
+
+
+class IndexLock:
+    def __init__(self, folder: Path, wait_seconds: float = 0.0) -> None:
+        self.path = folder / LOCK_NAME
+        self.wait_seconds = wait_seconds
+        self._fd: int | None = None
+
+    def __enter__(self) -> "IndexLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_pid(fd)
+                    os.close(fd)
+                    raise IndexLockedError(
+                        f"{self.path.parent}: locked by another tokembed run (pid {holder or 'unknown'})",
+                        hint="wait for it to finish, or pass --wait SECONDS",
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_pid(fd: int) -> str | None:
+    try:
+        return os.pread(fd, 32, 0).decode().strip() or None
+    except OSError:
+        return None

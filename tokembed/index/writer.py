@@ -1,0 +1,163 @@
+"""Shard writer and manifest commit.
+
+New shards are written under temp names, fsynced and renamed to ``part-NNNNNN.arrow`` with numbers
+above every shard already in the folder, so the previous generation stays readable. ``commit()``
+writes ``manifest.json`` atomically (temp, fsync, rename, fsync folder) and only then removes shards
+the new manifest no longer lists. ``abort()`` removes this run's shards and leaves the old index as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokembed.errors import IndexWriteError
+from tokembed.index.atomic import atomic_write_bytes, publish, sha256_file
+from tokembed.index.format import DATA_DIR, MANIFEST, SHARD_PATTERN, shard_name, shard_schema
+
+DEFAULT_SHARD_ROWS = 50_000
+DEFAULT_SHARD_BYTES = 512 << 20
+
+
+@dataclass
+class ShardInfo:
+    file: str  # relative to the index folder
+    rows: int
+    tokens: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def build_record_batch(schema, ids: list[str], vectors: list[np.ndarray], token_ids: list[np.ndarray], hashes: list[bytes]):
+    """One Arrow record batch from per-item matrices, without a Python loop over tokens."""
+    import pyarrow as pa
+
+    dim = schema.field("embeddings").type.value_type.list_size
+    value_type = schema.field("embeddings").type.value_type.value_type
+    lengths = np.fromiter((len(v) for v in vectors), dtype=np.int64, count=len(vectors))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    flat = np.concatenate(vectors).reshape(-1) if len(vectors) and lengths.sum() else np.zeros(0)
+    values = pa.array(flat.astype(value_type.to_pandas_dtype(), copy=False), type=value_type)
+    embeddings = pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(values, dim))
+    flat_ids = np.concatenate(token_ids).astype(np.int32) if len(token_ids) and lengths.sum() else np.zeros(0, np.int32)
+    token_column = pa.ListArray.from_arrays(offsets, pa.array(flat_ids, type=pa.int32()))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(ids, type=pa.string()), embeddings, token_column, pa.array(hashes, type=pa.binary(32))],
+        schema=schema,
+    )
+
+
+class IndexWriter:
+    def __init__(
+        self,
+        folder: Path,
+        dim: int,
+        store_dtype: str,
+        shard_rows: int = DEFAULT_SHARD_ROWS,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+    ) -> None:
+        self.folder = folder
+        self.data = folder / DATA_DIR
+        self.schema = shard_schema(dim, store_dtype)
+        self.shard_rows = shard_rows
+        self.shard_bytes = shard_bytes
+        self.shards: list[ShardInfo] = []
+        self._written: list[Path] = []
+        self._writer = None
+        self._tmp: Path | None = None
+        self._rows = self._tokens = 0
+        try:
+            self.data.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexWriteError(f"{self.data}: cannot create the index folder ({exc.strerror})") from exc
+        self._next_number = next_shard_number(self.data)
+
+    def write(self, ids: list[str], vectors: list[np.ndarray], token_ids: list[np.ndarray], hashes: list[bytes]) -> None:
+        if not ids:
+            return
+        batch = build_record_batch(self.schema, ids, vectors, token_ids, hashes)
+        try:
+            if self._writer is None:
+                self._open()
+            self._writer.write_batch(batch)
+        except OSError as exc:
+            raise IndexWriteError(f"{self._tmp}: cannot write shard ({exc})") from exc
+        self._rows += len(ids)
+        self._tokens += int(sum(len(v) for v in vectors))
+        if self._rows >= self.shard_rows or self._tmp.stat().st_size >= self.shard_bytes:
+            self.close_shard()
+
+    def _open(self) -> None:
+        import pyarrow as pa
+
+        self._tmp = self.data / f".{shard_name(self._next_number)}.tmp-{os.getpid()}"
+        self._written.append(self._tmp)
+        self._writer = pa.ipc.new_file(str(self._tmp), self.schema)
+
+    def close_shard(self) -> ShardInfo | None:
+        """Finish the open shard: close, fsync, rename; returns its manifest entry."""
+        if self._writer is None:
+            return None
+        final = self.data / shard_name(self._next_number)
+        try:
+            self._writer.close()
+            publish(self._tmp, final)
+        except OSError as exc:
+            raise IndexWriteError(f"{final}: cannot finish shard ({exc})") from exc
+        self._written.append(final)
+        info = ShardInfo(
+            file=f"{DATA_DIR}/{final.name}",
+            rows=self._rows,
+            tokens=self._tokens,
+            bytes=final.stat().st_size,
+            sha256=sha256_file(final),
+        )
+        self.shards.append(info)
+        self._writer, self._tmp = None, None
+        self._rows = self._tokens = 0
+        self._next_number += 1
+        return info
+
+    def commit(self, manifest: dict, keep: list[str] = ()) -> None:
+        """Write the manifest (the commit point), then delete shards that no manifest lists any more."""
+        self.close_shard()
+        data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
+        try:
+            atomic_write_bytes(self.folder / MANIFEST, data)
+        except OSError as exc:
+            self.abort()
+            raise IndexWriteError(f"{self.folder / MANIFEST}: cannot write manifest ({exc})") from exc
+        listed = {Path(shard["file"]).name for shard in manifest["shards"]} | {Path(k).name for k in keep}
+        remove_unlisted_shards(self.data, listed)
+
+    def abort(self) -> None:
+        """Remove every file this run wrote; the previous manifest and its shards are untouched."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # the shard is being thrown away; a second error says nothing new
+                pass
+            self._writer = None
+        for path in self._written:
+            path.unlink(missing_ok=True)
+        self._written.clear()
+
+
+def next_shard_number(data: Path) -> int:
+    numbers = [int(m.group(1)) for p in data.iterdir() if (m := SHARD_PATTERN.match(p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def remove_unlisted_shards(data: Path, listed: set[str]) -> None:
+    for path in data.iterdir():
+        if SHARD_PATTERN.match(path.name) and path.name not in listed:
+            path.unlink(missing_ok=True)
+        elif path.name.startswith(".part-") and ".tmp-" in path.name:
+            path.unlink(missing_ok=True)

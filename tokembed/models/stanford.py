@@ -1,0 +1,68 @@
+"""Stanford / colbert-ai ``HF_ColBERT`` checkpoints (colbert-ir/colbertv2.0 and its fine-tunes).
+
+Layout: ``config.json`` with ``architectures: ["HF_ColBERT"]``; BERT weights and the projection
+``linear.weight`` ([dim, hidden], no bias) in the same weight file; ColBERT settings in
+``artifact.metadata`` (``query_token_id``, ``doc_token_id``, ``query_maxlen``, ``doc_maxlen``,
+``attend_to_mask_tokens``, ``mask_punctuation``). Defaults follow colbert-ai's ``ColBERTConfig``:
+markers ``[unused0]``/``[unused1]``, queries expanded with ``[MASK]`` to 32, documents cut at 180,
+punctuation masked.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tokembed.models.base import (
+    DenseLayer,
+    LoadOptions,
+    TokenModel,
+    hidden_size_of,
+    load_backbone,
+    model_max_length,
+    position_limit,
+    read_json,
+)
+from tokembed.models.weights import load_tensors
+from tokembed.settings import ColbertConfig
+
+
+class StanfordColBERT:
+    key = "HF_ColBERT"
+    detected_by = 'config.json "architectures": ["HF_ColBERT"]'
+    needs = "BERT weights + linear.weight in the same file; artifact.metadata (optional)"
+
+    @staticmethod
+    def colbert_config(path: Path) -> ColbertConfig:
+        meta = read_json(path / "artifact.metadata") or {}
+        return ColbertConfig(
+            query_prefix=(meta.get("query_token_id") or "[unused0]") + " ",
+            document_prefix=(meta.get("doc_token_id") or "[unused1]") + " ",
+            query_length=meta.get("query_maxlen") or 32,
+            document_length=meta.get("doc_maxlen") or 180,
+            expand_queries=True,
+            attend_to_expansion_tokens=bool(meta.get("attend_to_mask_tokens")),
+            skiplist_words=tuple(string.punctuation) if meta.get("mask_punctuation", True) else (),
+            register_prefix_tokens=True,
+        )
+
+    @classmethod
+    def load(cls, path: Path, options: LoadOptions) -> TokenModel:
+        backbone, tokenizer, config = load_backbone(path, options)
+        weight = load_tensors(path, {"linear.weight"}, required={"linear.weight"})["linear.weight"]
+        projection = nn.Sequential(DenseLayer(weight, None, nn.Identity()))
+        return TokenModel(
+            family=cls.key,
+            path=path,
+            architecture="HF_ColBERT",
+            tokenizer=tokenizer,
+            backbone=backbone,
+            projection=projection.to(torch.float32),
+            colbert=cls.colbert_config(path),
+            max_length=model_max_length(tokenizer, config),
+            hidden_size=hidden_size_of(config),
+            position_limit=position_limit(config),
+        )

@@ -1,0 +1,160 @@
+"""The encoding steps shared by every family: prefix -> tokenize/truncate -> expand -> (forward ->
+project, in ``TokenModel.embed``) -> mask -> cut dimensions -> normalize.
+
+``TextEncoder`` binds a ``TokenModel`` to one kind's ``EncodeSettings``. Its steps reproduce
+sentence-transformers' ``MultiVectorEncoder`` (hence PyLate) in colbert mode, and vLLM's ``token_embed``
+in raw mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tokembed.models.base import TokenModel
+from tokembed.settings import EncodeSettings
+
+
+@dataclass
+class Tokenized:
+    """One item's tokens: ``ids`` go through the model; the first ``n_attend`` are attended fully."""
+
+    ids: np.ndarray  # [n_tokens] int64
+    n_attend: int
+
+
+class TextEncoder:
+    def __init__(self, model: TokenModel, settings: EncodeSettings) -> None:
+        self.model = model
+        self.settings = settings
+        tokenizer = model.tokenizer
+        if settings.mode == "colbert" and settings.register_prefix_tokens and model.colbert is not None:
+            register_prefix_tokens(tokenizer, (model.colbert.query_prefix, model.colbert.document_prefix))
+        self.pad_id = _pad_id(tokenizer)
+        self.expansion_id = _expansion_id(tokenizer, settings.expansion_token, self.pad_id)
+        self.skip_ids = skiplist_ids(tokenizer, settings.skiplist_words)
+
+    # -- before the forward pass -------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> list[Tokenized]:
+        settings = self.settings
+        texts = [settings.prefix + text for text in texts] if settings.prefix else texts
+        encoded = self.model.tokenizer(
+            texts,
+            add_special_tokens=True,
+            truncation=True,
+            max_length=settings.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        items = [Tokenized(np.asarray(ids, dtype=np.int64), len(ids)) for ids in encoded]
+        if settings.expand_to:
+            items = [self._expand(item) for item in items]
+        return items
+
+    def _expand(self, item: Tokenized) -> Tokenized:
+        """ColBERT query expansion: fill the query up to ``expand_to`` with the mask (expansion) token."""
+        missing = self.settings.expand_to - len(item.ids)
+        if missing <= 0:
+            return item
+        filler = np.full(missing, self.expansion_id, dtype=np.int64)
+        return Tokenized(np.concatenate([item.ids, filler]), item.n_attend)
+
+    def collate(self, batch: list[Tokenized]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad a batch: [B, T] ids and attention (expansion tokens attended only if configured)."""
+        width = max(len(item.ids) for item in batch)
+        input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        attention = np.zeros((len(batch), width), dtype=np.int64)
+        attend_expansion = self.settings.attend_to_expansion_tokens
+        for row, item in enumerate(batch):
+            input_ids[row, : len(item.ids)] = item.ids
+            attention[row, : len(item.ids) if attend_expansion else item.n_attend] = 1
+        return torch.from_numpy(input_ids), torch.from_numpy(attention)
+
+    # -- after the forward pass --------------------------------------------------------------
+    def finish(self, vectors: torch.Tensor, batch: list[Tokenized]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[B, T, D] float32 -> per item (vectors [n_kept, D] in the store dtype, token ids [n_kept])."""
+        settings = self.settings
+        if settings.dimensions is not None:
+            vectors = vectors[..., : settings.dimensions]
+        if settings.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
+        vectors = vectors.to(_store_dtype(settings.store_dtype)).cpu().numpy()
+        results = []
+        for row, item in enumerate(batch):
+            keep = self.keep_mask(item.ids)
+            results.append((vectors[row, : len(item.ids)][keep], item.ids[keep].astype(np.int32)))
+        return results
+
+    def keep_mask(self, ids: np.ndarray) -> np.ndarray:
+        """Positions that reach the output: all but skiplisted tokens (padding is never there)."""
+        if self.skip_ids.size == 0:
+            return np.ones(len(ids), dtype=bool)
+        return ~np.isin(ids, self.skip_ids)
+
+    @property
+    def store_dtype(self) -> np.dtype:
+        return np.dtype(np.float16 if self.settings.store_dtype == "float16" else np.float32)
+
+    @property
+    def output_dim(self) -> int:
+        dim = self.model.output_dim
+        return min(dim, self.settings.dimensions) if self.settings.dimensions else dim
+
+
+def register_prefix_tokens(tokenizer, prefixes: tuple[str, ...]) -> None:
+    """Make in-vocab legacy markers (``[unused0]``, ``[Q] ``) tokenize as one special piece.
+
+    Same gates as sentence-transformers: a prefix the tokenizer does not know is left as plain text,
+    and one it already emits whole needs nothing.
+    """
+    from transformers import AddedToken
+
+    added = set(getattr(tokenizer, "added_tokens_encoder", None) or {})
+    vocab = tokenizer.get_vocab()
+    to_register = []
+    for value in prefixes:
+        if not value or not value.split():
+            continue
+        for prefix in (value, value.split(None, 1)[0]):
+            if prefix not in added and prefix not in vocab:
+                continue
+            if tokenizer.tokenize(prefix) != [prefix]:
+                to_register.append(AddedToken(prefix, normalized=False, special=True))
+            break
+    if to_register:
+        tokenizer.add_special_tokens({"additional_special_tokens": to_register})
+
+
+def skiplist_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:
+    """Token ids of the skiplist words; words that are not one vocab token are dropped (never [UNK])."""
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    unk_token = getattr(tokenizer, "unk_token", None)
+    ids = []
+    for word in words:
+        token_id = tokenizer.convert_tokens_to_ids(word)
+        if token_id is None or (unk_id is not None and token_id == unk_id and word != unk_token):
+            continue
+        ids.append(token_id)
+    return np.asarray(sorted(set(ids)), dtype=np.int64)
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _expansion_id(tokenizer, token: str | None, pad_id: int) -> int:
+    if token is not None:
+        return int(tokenizer.convert_tokens_to_ids(token))
+    for candidate in (tokenizer.mask_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return pad_id
+
+
+def _store_dtype(name: str) -> torch.dtype:
+    return torch.float16 if name == "float16" else torch.float32

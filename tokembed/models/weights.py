@@ -1,0 +1,39 @@
+"""Read individual tensors out of a checkpoint folder (safetensors first, then PyTorch ``.bin``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tokembed.errors import ModelError
+
+
+def weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    return files or sorted(folder.glob("pytorch_model*.bin"))
+
+
+def find_tensors(folder: Path, names: set[str]) -> dict[str, torch.Tensor]:
+    """Return the named tensors found in the folder's weight files (missing names are simply absent)."""
+    found: dict[str, torch.Tensor] = {}
+    for file in weight_files(folder):
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as handle:
+                for name in names & set(handle.keys()):
+                    found[name] = handle.get_tensor(name)
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            found.update({name: state[name] for name in names if name in state})
+    return found
+
+
+def load_tensors(folder: Path, names: set[str], required: set[str]) -> dict[str, torch.Tensor]:
+    found = find_tensors(folder, names)
+    missing = required - set(found)
+    if missing:
+        files = ", ".join(f.name for f in weight_files(folder)) or "no weight files"
+        raise ModelError(f"{folder}: weights {sorted(missing)} not found ({files})")
+    return {name: tensor.float() for name, tensor in found.items()}

@@ -1,0 +1,24 @@
+"""Folder of ``.txt``/``.md`` files: one item per file, id = path relative to the folder, UTF-8 strict."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from tokembed.sources.base import TEXT_SUFFIXES, Item, SourceOptions, chunked
+
+
+def read_text_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+    return chunked((_item(folder, file) for file in files), options.chunk_rows)
+
+
+def _item(folder: Path, file: Path) -> Item:
+    item_id = file.relative_to(folder).as_posix()
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Item(item_id, None, str(file), 0, error=f"not valid UTF-8 (byte {exc.start})")
+    except OSError as exc:
+        return Item(item_id, None, str(file), 0, error=f"cannot read ({exc.strerror})")
+    return Item(item_id, text, str(file), 0)
