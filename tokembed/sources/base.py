@@ -29,7 +29,7 @@ class SourceOptions:
     id_column: str = "id"
     text_column: str = "text"
     id_column_given: bool = False  # an explicit --id-column must exist; the default may be absent
-    chunk_rows: int = 1024
+    chunk_rows: int = 2048
 
 
 def open_sources(inputs: list[Path], options: SourceOptions) -> Iterator[list[Item]]:
