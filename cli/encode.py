@@ -105,6 +105,7 @@ def encode(
         trust_remote_code=trust_remote_code,
         shard_rows=shard_rows,
         wait_seconds=wait,
+        full=full,
     )
     progress = make_progress(quiet or log_format == LogFormat.json)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -117,9 +118,10 @@ def encode(
     else:
         data = summary.to_json()
         line = (
-            f"tokembed: {data['rows']} rows, {data['tokens']} tokens -> {data['output']} "
-            f"({data['seconds']}s, {data['tokens_per_second']} tokens/s, useful-token fraction "
-            f"{data['useful_token_fraction']}, skipped {data['skipped']})"
+            f"tokembed: {data['rows']} rows, {data['tokens']} tokens -> {data['output']}: added {data['added']}, "
+            f"updated {data['updated']}, deleted {data['deleted']}, unchanged {data['unchanged']}, "
+            f"failed {data['failed']} ({data['seconds']}s, {data['tokens_per_second']} tokens/s encoded, "
+            f"useful-token fraction {data['useful_token_fraction']})"
         )
         print(line, file=sys.stderr if not quiet else sys.stdout)
 

@@ -2,21 +2,30 @@
 
 sources (chunks of items) -> models (tokenize + forward + project) -> engine (token-budget batches)
 -> index (Arrow shards, then the manifest). Memory is bounded by one chunk, never the corpus.
+
+Re-runs are incremental: an item whose content hash (its text, keyed by the model fingerprint and every
+setting) is already in the index is carried over without re-encoding; new and changed items are
+encoded; items gone from the corpus are dropped. The new generation is written as new shards, rows in
+corpus order, exactly what a full rebuild writes; the manifest switch is the commit. A run that dies
+leaves a journal of its finished shards, and the next run with the same inputs resumes after them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
+from tokembed._testhooks import fault_point
 from tokembed.errors import BadInputError, UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
 from tokembed.sources import Item, SourceOptions, open_sources
-
-
 
 class Progress(Protocol):
     def start(self, total_rows: int | None) -> None: ...
@@ -48,33 +57,51 @@ class EncodeJob:
     trust_remote_code: bool = False
     shard_rows: int = 50_000
     wait_seconds: float = 0.0
+    full: bool = False
 
 
 @dataclass
 class EncodeSummary:
     output: str
-    rows: int = 0
-    tokens: int = 0
+    rows: int = 0  # rows in the new index
+    tokens: int = 0  # stored tokens in the new index
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
     skipped: list[dict] = field(default_factory=list)
-    tokens_in: int = 0  # tokens that went through the model (before skiplist removal)
+    tokens_in: int = 0  # tokens that went through the model this run (before skiplist removal)
     computed_tokens: int = 0  # positions computed, padding included
     seconds: float = 0.0
     shards: int = 0
+    resumed_shards: int = 0
+    full_rebuild: bool = True
 
     @property
     def useful_token_fraction(self) -> float:
         return self.tokens_in / self.computed_tokens if self.computed_tokens else 1.0
+
+    def counts(self) -> dict:
+        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged}
 
     def to_json(self) -> dict:
         return {
             "output": self.output,
             "rows": self.rows,
             "tokens": self.tokens,
+            "added": self.added,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "unchanged": self.unchanged,
+            "failed": len(self.skipped),
             "skipped": len(self.skipped),
+            "encoded_tokens": self.tokens_in,
             "seconds": round(self.seconds, 3),
             "useful_token_fraction": round(self.useful_token_fraction, 4),
             "tokens_per_second": round(self.tokens_in / self.seconds, 1) if self.seconds else None,
             "shards": self.shards,
+            "resumed_shards": self.resumed_shards,
+            "full_rebuild": self.full_rebuild,
         }
 
 
@@ -87,7 +114,6 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     from tokembed.embedder import Embedder
     from tokembed.engine.device import resolve_device
     from tokembed.index.lock import IndexLock
-    from tokembed.index.writer import IndexWriter
     from tokembed.models.resolve import DEMO_NOTICE
 
     progress = progress or NullProgress()
@@ -98,34 +124,164 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
         progress.log(DEMO_NOTICE)
     embedder = Embedder.load(job.model, job.flags, device, job.trust_remote_code)
     settings, model = embedder.settings, embedder.model
-    settings_fp = settings.fingerprint(embedder.fingerprint)
     progress.log(
         f"model {embedder.resolved.name} ({model.family}, {model.architecture}) on {device}: mode {settings.mode}, "
         f"kind {settings.kind}, dim {embedder.output_dim}, compute {settings.dtype}, store {settings.store_dtype}"
     )
-
-    summary = EncodeSummary(output=str(job.output))
     with IndexLock(job.output, job.wait_seconds):
-        writer = IndexWriter(job.output, embedder.output_dim, settings.store_dtype, shard_rows=job.shard_rows)
-        try:
-            progress.start(estimate_rows(job.inputs))
-            _encode_stream(job, embedder.encoder, settings_fp, writer, device, summary, progress)
-            summary.seconds = time.perf_counter() - started
-            writer.close_shard()
-            summary.shards = len(writer.shards)
-            manifest = build_manifest(job, embedder, writer, summary)
-            writer.commit(manifest)
-        except BaseException:
-            writer.abort()
-            raise
+        summary = _run_locked(job, embedder, progress)
+    summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _with_dtype(options, flags: EncodeFlags, device: str):
-    from tokembed.settings import resolve_dtype
+def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
+    from tokembed.engine.local import LocalRunner
+    from tokembed.index.journal import input_signature, resume_journal
+    from tokembed.index.writer import IndexWriter, ShardInfo, remove_temp_files
 
-    options.dtype = resolve_dtype(flags.dtype, device.split(":")[0])
-    return options
+    settings_fp = embedder.settings.fingerprint(embedder.fingerprint)
+    remove_temp_files(job.output / "data")
+    previous = _previous_index(job, settings_fp, progress)
+    summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)
+    signature = {
+        "settings_fingerprint": settings_fp,
+        "inputs": input_signature(job.inputs),
+        "sources": [job.sources.id_column, job.sources.text_column, job.sources.chunk_rows],
+        "base": previous.index.manifest.get("created_at") if previous else None,
+        "base_fingerprint": previous.index.manifest.get("settings_fingerprint") if previous else None,
+        "shard_rows": job.shard_rows,
+        "batch_tokens": job.batch_tokens,
+        "on_error": job.on_error,
+    }
+    journal = resume_journal(job.output, signature)
+    if journal.shards:
+        progress.log(f"resuming: {len(journal.shards)} finished shard(s) of an interrupted run verified, continuing after them")
+    writer = IndexWriter(job.output, embedder.output_dim, embedder.settings.store_dtype, shard_rows=job.shard_rows)
+    writer.shards = [ShardInfo(**shard) for shard in journal.shards]
+    summary.resumed_shards = len(journal.shards)
+    summary.skipped = list(journal.skipped)
+    for key, value in journal.counts.items():
+        setattr(summary, key, value)
+    runner = LocalRunner(embedder, job.batch_tokens)
+    try:
+        progress.start(estimate_rows(job.inputs))
+        seen_previous = _encode_stream(job, runner, settings_fp, previous, writer, journal, summary, progress)
+        writer.close_shard()
+        summary.shards = len(writer.shards)
+        summary.deleted = len(previous.rows) - seen_previous if previous else 0
+        summary.rows = sum(shard.rows for shard in writer.shards)
+        summary.tokens = sum(shard.tokens for shard in writer.shards)
+        fault_point("commit", 1)
+        writer.commit(build_manifest(job, embedder, writer, summary))
+        journal.remove()
+    except KeyboardInterrupt:
+        writer.abort(keep_finished=True)  # finished shards + journal let the next run resume
+        raise
+    except BaseException:
+        writer.abort()
+        journal.remove()
+        raise
+    finally:
+        runner.close()
+    return summary
+
+
+def _previous_index(job: EncodeJob, settings_fp: str, progress: Progress):
+    """The committed index to carry rows over from, or None for a full rebuild."""
+    from tokembed.index.previous import PreviousIndex
+    from tokembed.index.reader import open_index, read_manifest
+
+    if job.full:
+        return None
+    manifest = read_manifest(job.output) if job.output.is_dir() else None
+    if manifest is None:
+        return None
+    if manifest.get("settings_fingerprint") != settings_fp:
+        progress.log("the model or an encoding setting changed since the last run: re-encoding everything")
+        return None
+    return PreviousIndex(open_index(job.output))
+
+
+@dataclass
+class _Chunk:
+    number: int
+    items: list[Item]  # usable items, input order
+    hashes: list[bytes]
+    carried: dict[int, tuple[np.ndarray, np.ndarray]]  # position -> stored (vectors, token ids)
+    to_encode: list[int]  # positions that go through the model
+    source_rows: int  # rows read, bad ones included
+
+
+def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary: EncodeSummary, progress) -> int:
+    """Stream the corpus through the runner into the writer; returns how many previous ids are still present."""
+    pending: deque[_Chunk] = deque()
+    state = {"seen_previous": 0}
+
+    def texts_to_encode() -> Iterator[list[str]]:
+        for chunk in _plan_chunks(job, settings_fp, previous, journal.chunks_done, summary, state):
+            pending.append(chunk)
+            yield [chunk.items[i].text for i in chunk.to_encode]
+
+    for result in runner.map_chunks(texts_to_encode()):
+        chunk = pending.popleft()
+        vectors: list = [None] * len(chunk.items)
+        token_ids: list = [None] * len(chunk.items)
+        for position, (vecs, ids) in chunk.carried.items():
+            vectors[position], token_ids[position] = vecs, ids
+        for position, vecs, ids in zip(chunk.to_encode, result.vectors, result.token_ids):
+            vectors[position], token_ids[position] = vecs, ids
+        shard = writer.write([item.id for item in chunk.items], vectors, token_ids, chunk.hashes)
+        fault_point("write", chunk.number + 1)
+        summary.tokens_in += result.real_tokens
+        summary.computed_tokens += result.computed_tokens
+        if shard is not None:
+            journal.record(shard.to_json(), chunk.number + 1, summary.skipped, summary.counts())
+            fault_point("shard", len(writer.shards))
+        progress.advance(chunk.source_rows, result.real_tokens)
+    return state["seen_previous"]
+
+
+def _plan_chunks(job, settings_fp, previous, chunks_done, summary: EncodeSummary, state) -> Iterator[_Chunk]:
+    """Read the corpus and decide, item by item, what is carried over and what is encoded."""
+    seen: dict[str, str] = {}
+    # Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards.
+    sources = replace(job.sources, chunk_rows=min(job.sources.chunk_rows, job.shard_rows))
+    for number, chunk in enumerate(open_sources(job.inputs, sources)):
+        resumed = number < chunks_done  # already in a finished shard of the interrupted run
+        items = _usable_items(chunk, seen, job.on_error, summary, record=not resumed)
+        if previous is not None:
+            state["seen_previous"] += sum(1 for item in items if item.id in previous.rows)
+        if resumed:
+            continue
+        hashes = [content_hash(settings_fp, item.text) for item in items]
+        carried, to_encode = {}, []
+        for position, (item, digest) in enumerate(zip(items, hashes)):
+            stored = previous.unchanged(item.id, digest) if previous is not None else None
+            if stored is not None:
+                carried[position] = previous.vectors(stored)
+                summary.unchanged += 1
+            else:
+                to_encode.append(position)
+                if previous is not None and item.id in previous.rows:
+                    summary.updated += 1
+                else:
+                    summary.added += 1
+        yield _Chunk(number, items, hashes, carried, to_encode, len(chunk))
+
+
+def _usable_items(chunk: list[Item], seen: dict[str, str], on_error: str, summary: EncodeSummary, record: bool) -> list[Item]:
+    good = []
+    for item in chunk:
+        if item.id in seen:
+            raise BadInputError(f"duplicate id {item.id!r}: {seen[item.id]} and {item.location}")
+        seen[item.id] = item.location
+        if item.error is None:
+            good.append(item)
+        elif on_error != "skip":
+            raise BadInputError(f"{item.location} (id {item.id!r}): {item.error}", hint="--on-error skip records and skips such rows")
+        elif record:
+            summary.skipped.append({"id": item.id, "source": item.source, "row": item.row, "reason": item.error})
+    return good
 
 
 def _check_job(job: EncodeJob) -> None:
@@ -135,41 +291,8 @@ def _check_job(job: EncodeJob) -> None:
         raise UsageError(f"--batch-tokens must be positive; got {job.batch_tokens}")
     if job.shard_rows < 1:
         raise UsageError(f"--shard-rows must be positive; got {job.shard_rows}")
-
-
-def _encode_stream(job, encoder, settings_fp, writer, device, summary: EncodeSummary, progress) -> None:
-    from tokembed.engine.runner import run_chunk
-
-    seen: dict[str, str] = {}
-    for chunk in open_sources(job.inputs, job.sources):
-        good = _usable_items(chunk, seen, job.on_error, summary)
-        if good:
-            result = run_chunk(encoder, [item.text for item in good], job.batch_tokens, device)
-            hashes = [content_hash(settings_fp, item.text) for item in good]
-            writer.write([item.id for item in good], result.vectors, result.token_ids, hashes)
-            tokens = sum(len(v) for v in result.vectors)
-            summary.rows += len(good)
-            summary.tokens += tokens
-            summary.tokens_in += result.real_tokens
-            summary.computed_tokens += result.computed_tokens
-            progress.advance(len(chunk), result.real_tokens)
-        else:
-            progress.advance(len(chunk), 0)
-
-
-def _usable_items(chunk: list[Item], seen: dict[str, str], on_error: str, summary: EncodeSummary) -> list[Item]:
-    good = []
-    for item in chunk:
-        if item.id in seen:
-            raise BadInputError(f"duplicate id {item.id!r}: {seen[item.id]} and {item.location}")
-        seen[item.id] = item.location
-        if item.error is None:
-            good.append(item)
-        elif on_error == "skip":
-            summary.skipped.append({"id": item.id, "source": item.source, "row": item.row, "reason": item.error})
-        else:
-            raise BadInputError(f"{item.location} (id {item.id!r}): {item.error}", hint="--on-error skip records and skips such rows")
-    return good
+    if job.wait_seconds < 0:
+        raise UsageError(f"--wait must not be negative; got {job.wait_seconds}")
 
 
 def estimate_rows(inputs: list[Path]) -> int | None:
@@ -208,7 +331,7 @@ def build_manifest(job: EncodeJob, embedder, writer, summary: EncodeSummary) -> 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tokembed_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "model": {
             "name": resolved.name,
             "path": str(resolved.path),
@@ -232,8 +355,12 @@ def build_manifest(job: EncodeJob, embedder, writer, summary: EncodeSummary) -> 
         },
         "skipped": summary.skipped,
         "stats": {
-            "seconds": round(summary.seconds, 3),
+            "added": summary.added,
+            "updated": summary.updated,
+            "deleted": summary.deleted,
+            "unchanged": summary.unchanged,
             "useful_token_fraction": round(summary.useful_token_fraction, 4),
             "batch_tokens": job.batch_tokens,
+            "full_rebuild": summary.full_rebuild,
         },
     }

@@ -21,6 +21,8 @@ class ChunkResult:
 
 
 def run_chunk(encoder: TextEncoder, texts: list[str], budget: int, device: str) -> ChunkResult:
+    if not texts:
+        return ChunkResult([], [], 0, 0, 0)
     tokenized = encoder.tokenize(texts)
     lengths = np.fromiter((len(item.ids) for item in tokenized), dtype=np.int64, count=len(tokenized))
     vectors: list = [np.zeros((0, encoder.output_dim), dtype=encoder.store_dtype)] * len(texts)

@@ -1,24 +1,31 @@
-"""Open an index: read the manifest, check its shards, memory-map them on demand.
+"""Open an index: read the manifest, then open every shard it lists at once.
 
-A reader trusts only the shards the manifest lists; ``verify()`` checks each one's size and sha256.
+Shards are memory-mapped right after the manifest is read, so a reader holds one complete generation
+even if a writer commits a new manifest and deletes the old shards a moment later (an open file stays
+readable after unlink). If a listed shard vanished between reading the manifest and opening it, a
+newer generation was committed in between: read the manifest again. ``verify()`` checks sizes and
+sha256 against the manifest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokembed.errors import IndexCorruptError, IndexNotFoundError
-from tokembed.index.atomic import sha256_file
 from tokembed.index.format import FORMAT, FORMAT_VERSION, MANIFEST
+
+_OPEN_ATTEMPTS = 5
 
 
 @dataclass
 class Index:
     folder: Path
     manifest: dict
+    _maps: dict = field(default_factory=dict, repr=False)  # shard file -> pyarrow MemoryMappedFile
 
     @property
     def shards(self) -> list[dict]:
@@ -45,24 +52,23 @@ class Index:
             self.verify_shard(shard, checksums)
 
     def verify_shard(self, shard: dict, checksum: bool = True) -> None:
-        path = self.shard_path(shard)
-        if not path.is_file():
-            raise IndexCorruptError(f"{self.folder}: manifest lists {shard['file']}, which is missing")
-        size = path.stat().st_size
+        mapped = self._mapped(shard)
+        size = mapped.size()
         if size != shard["bytes"]:
-            raise IndexCorruptError(f"{path}: {size} bytes on disk, manifest says {shard['bytes']}")
-        if checksum and sha256_file(path) != shard["sha256"]:
-            raise IndexCorruptError(f"{path}: sha256 does not match the manifest")
+            raise IndexCorruptError(f"{self.shard_path(shard)}: {size} bytes on disk, manifest says {shard['bytes']}")
+        if checksum:
+            digest = hashlib.sha256(memoryview(_whole(mapped))).hexdigest()
+            if digest != shard["sha256"]:
+                raise IndexCorruptError(f"{self.shard_path(shard)}: sha256 does not match the manifest")
 
     def open_shard(self, shard: dict):
         """A memory-mapped Arrow IPC file reader for one shard."""
         import pyarrow as pa
 
-        path = self.shard_path(shard)
         try:
-            return pa.ipc.open_file(pa.memory_map(str(path), "r"))
+            return pa.ipc.open_file(_whole(self._mapped(shard)))
         except (pa.ArrowInvalid, OSError) as exc:
-            raise IndexCorruptError(f"{path}: not a readable Arrow file ({exc})") from exc
+            raise IndexCorruptError(f"{self.shard_path(shard)}: not a readable Arrow file ({exc})") from exc
 
     def iter_batches(self, columns: list[str] | None = None) -> Iterator:
         """Record batches of every shard in index order (memory-mapped, zero-copy)."""
@@ -73,17 +79,33 @@ class Index:
                 yield batch.select(columns) if columns else batch
 
     def bytes_on_disk(self) -> int:
-        total = (self.folder / MANIFEST).stat().st_size
-        return total + sum(int(shard["bytes"]) for shard in self.shards)
+        manifest_bytes = len(json.dumps(self.manifest, indent=2, ensure_ascii=False).encode()) + 1  # as written
+        return manifest_bytes + sum(int(shard["bytes"]) for shard in self.shards)
+
+    def _mapped(self, shard: dict):
+        mapped = self._maps.get(shard["file"])
+        if mapped is None:
+            raise IndexCorruptError(f"{self.folder}: manifest lists {shard['file']}, which is missing")
+        return mapped
+
+
+def _whole(mapped):
+    """A zero-copy buffer over the whole mapped file, whatever the file object's read position."""
+    mapped.seek(0)
+    return mapped.read_buffer()
 
 
 def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
-    if not path.is_file():
-        return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as exc:
+        raise IndexCorruptError(f"{path}: not valid UTF-8 ({exc})") from exc
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise IndexCorruptError(f"{path}: not valid JSON ({exc})") from exc
     if manifest.get("format") != FORMAT:
         raise IndexCorruptError(f"{path}: not a tokembed index manifest")
@@ -95,10 +117,25 @@ def read_manifest(folder: Path) -> dict | None:
 
 
 def open_index(folder: Path | str) -> Index:
+    """Open the committed generation of an index, with every shard it lists held open."""
+    import pyarrow as pa
+
     folder = Path(folder)
     if not folder.is_dir():
         raise IndexNotFoundError(f"{folder}: no such index folder")
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise IndexNotFoundError(f"{folder}: no {MANIFEST} (not an index, or no run has committed yet)")
-    return Index(folder, manifest)
+    for _ in range(_OPEN_ATTEMPTS):
+        manifest = read_manifest(folder)
+        if manifest is None:
+            raise IndexNotFoundError(f"{folder}: no {MANIFEST} (not an index, or no run has committed yet)")
+        maps, missing = {}, None
+        for shard in manifest["shards"]:
+            try:
+                maps[shard["file"]] = pa.memory_map(str(folder / shard["file"]), "r")
+            except (FileNotFoundError, pa.ArrowIOError, OSError):
+                missing = shard["file"]
+                break
+        if missing is None:
+            return Index(folder, manifest, maps)
+        if read_manifest(folder) == manifest:  # the same generation lacks the file: really missing
+            raise IndexCorruptError(f"{folder}: manifest lists {missing}, which is missing")
+    raise IndexCorruptError(f"{folder}: the index kept changing while it was being opened")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokembed._testhooks import fault_point
 from tokembed.errors import IndexWriteError
 from tokembed.index.atomic import atomic_write_bytes, publish, sha256_file
 from tokembed.index.format import DATA_DIR, MANIFEST, SHARD_PATTERN, shard_name, shard_schema
@@ -72,16 +73,19 @@ class IndexWriter:
         self._written: list[Path] = []
         self._writer = None
         self._tmp: Path | None = None
-        self._rows = self._tokens = 0
+        self._rows = self._tokens = self._batches = 0
         try:
             self.data.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise IndexWriteError(f"{self.data}: cannot create the index folder ({exc.strerror})") from exc
         self._next_number = next_shard_number(self.data)
 
-    def write(self, ids: list[str], vectors: list[np.ndarray], token_ids: list[np.ndarray], hashes: list[bytes]) -> None:
+    def write(
+        self, ids: list[str], vectors: list[np.ndarray], token_ids: list[np.ndarray], hashes: list[bytes]
+    ) -> ShardInfo | None:
+        """Append rows; returns the shard's entry when this write filled and finished a shard."""
         if not ids:
-            return
+            return None
         batch = build_record_batch(self.schema, ids, vectors, token_ids, hashes)
         try:
             if self._writer is None:
@@ -91,8 +95,11 @@ class IndexWriter:
             raise IndexWriteError(f"{self._tmp}: cannot write shard ({exc})") from exc
         self._rows += len(ids)
         self._tokens += int(sum(len(v) for v in vectors))
+        self._batches += 1
+        fault_point("inside-shard", self._batches)  # rows are in the temp file, the shard is not finished
         if self._rows >= self.shard_rows or self._tmp.stat().st_size >= self.shard_bytes:
-            self.close_shard()
+            return self.close_shard()
+        return None
 
     def _open(self) -> None:
         import pyarrow as pa
@@ -137,16 +144,19 @@ class IndexWriter:
         listed = {Path(shard["file"]).name for shard in manifest["shards"]} | {Path(k).name for k in keep}
         remove_unlisted_shards(self.data, listed)
 
-    def abort(self) -> None:
-        """Remove every file this run wrote; the previous manifest and its shards are untouched."""
+    def abort(self, keep_finished: bool = False) -> None:
+        """Remove what this run wrote (all of it, or only the unfinished shard when ``keep_finished``,
+        so a journal can resume from the rest); the previous manifest and its shards are untouched."""
         if self._writer is not None:
             try:
                 self._writer.close()
             except Exception:  # the shard is being thrown away; a second error says nothing new
                 pass
             self._writer = None
+        finished = {self.data / Path(shard.file).name for shard in self.shards}
         for path in self._written:
-            path.unlink(missing_ok=True)
+            if not (keep_finished and path in finished):
+                path.unlink(missing_ok=True)
         self._written.clear()
 
 
@@ -159,5 +169,12 @@ def remove_unlisted_shards(data: Path, listed: set[str]) -> None:
     for path in data.iterdir():
         if SHARD_PATTERN.match(path.name) and path.name not in listed:
             path.unlink(missing_ok=True)
-        elif path.name.startswith(".part-") and ".tmp-" in path.name:
-            path.unlink(missing_ok=True)
+    remove_temp_files(data)
+
+
+def remove_temp_files(data: Path) -> None:
+    """Half-written shards of runs that died (only the lock holder calls this)."""
+    if data.is_dir():
+        for path in data.iterdir():
+            if path.name.startswith(".part-") and ".tmp-" in path.name:
+                path.unlink(missing_ok=True)

@@ -1,0 +1,223 @@
+"""Cron-safe re-indexing with real processes: SIGKILL and resume, incremental runs, the writer lock,
+disk full, and readers during a commit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from helpers import manifest, read_index, write_parquet
+
+EXIT_LOCKED, EXIT_WRITE = 7, 8
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def tokembed(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True, env={**ENV, **(env or {})}, **kwargs
+    )
+
+
+def start(*args, env=None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, **(env or {})},
+    )
+
+
+def corpus_rows(count: int, version: int = 0) -> list[dict]:
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    return [{"id": f"doc{i:04d}", "text": " ".join(words[(i + j + version) % 12] for j in range(3 + i % 17))} for i in range(count)]
+
+
+def encode(corpus, out, *extra, env=None):
+    return tokembed("encode", corpus, "-o", out, "--shard-rows", 10, "--log-format", "json", *extra, env=env)
+
+
+def assert_same_index(a, b):
+    rows_a, rows_b = read_index(a), read_index(b)
+    assert list(rows_a) == list(rows_b)
+    for key in rows_a:
+        assert np.array_equal(rows_a[key][0], rows_b[key][0]) and np.array_equal(rows_a[key][1], rows_b[key][1])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A corpus of 120 rows (12 shards) and its uninterrupted index, shared by the kill tests."""
+    root = tmp_path_factory.mktemp("cron")
+    corpus = write_parquet(root / "corpus.parquet", corpus_rows(120))
+    reference = root / "reference"
+    result = encode(corpus, reference)
+    assert result.returncode == 0, result.stderr
+    return root, corpus, reference
+
+
+@pytest.mark.parametrize("kill_at", ["shard:3", "inside-shard:5", "commit"])
+def test_sigkill_then_rerun_equals_uninterrupted(work, tmp_path, kill_at):
+    root, corpus, reference = work
+    out = tmp_path / "index"
+    old = write_parquet(tmp_path / "old.parquet", corpus_rows(7, version=3))
+    assert encode(old, out).returncode == 0  # a previous generation that must stay readable
+    killed = encode(corpus, out, env={"TOKEMBED_TEST_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL
+    # the last good index is still whole: info and score work on it
+    info = tokembed("info", out, "--json", "--verify")
+    assert info.returncode == 0 and json.loads(info.stdout)["rows"] == 7
+    scored = tokembed("score", "--query", "alpha beta", out, "--format", "jsonl", "--top-k", 3)
+    assert scored.returncode == 0, scored.stderr
+    assert {json.loads(line)["doc_id"] for line in scored.stdout.splitlines()} <= {r["id"] for r in corpus_rows(7, 3)}
+    rerun = encode(corpus, out)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    if kill_at == "shard:3":
+        assert summary["resumed_shards"] == 3  # picked up, not started over
+    assert_same_index(out, reference)
+    listed = {shard["file"].split("/")[-1] for shard in manifest(out)["shards"]}
+    assert {p.name for p in (out / "data").iterdir()} == listed  # no leftovers of the killed run
+    assert not (out / "run-journal.json").exists()
+
+
+def test_timed_sigkills_never_break_the_index(work, tmp_path):
+    root, corpus, reference = work
+    out = tmp_path / "index"
+    for delay in (0.5, 3.0, 5.0):
+        process = start("encode", corpus, "-o", out, "--shard-rows", 10, env={"TOKEMBED_TEST_PAUSE_AT": "shard", "TOKEMBED_TEST_PAUSE_SECONDS": "0.3"})
+        time.sleep(delay)
+        process.kill()
+        process.communicate()
+        if (out / "manifest.json").exists():
+            assert tokembed("info", out, "--verify").returncode == 0
+    assert encode(corpus, out).returncode == 0
+    assert_same_index(out, reference)
+
+
+def test_incremental_counts_and_equals_full_rebuild(tmp_path):
+    rows = corpus_rows(40)
+    corpus = write_parquet(tmp_path / "c.parquet", rows)
+    out = tmp_path / "index"
+    assert json.loads(encode(corpus, out).stdout)["added"] == 40
+    changed = [r for r in rows if r["id"] not in ("doc0005", "doc0006")]  # 2 deleted
+    changed[0] = {"id": "doc0000", "text": "a completely different text"}  # 1 updated
+    changed.insert(10, {"id": "new-1", "text": "a new row"})  # 2 added
+    changed.append({"id": "new-2", "text": "another new row"})
+    write_parquet(corpus, changed)
+    summary = json.loads(encode(corpus, out).stdout)
+    assert (summary["added"], summary["updated"], summary["deleted"], summary["unchanged"]) == (2, 1, 2, 37)
+    assert summary["full_rebuild"] is False
+    rebuilt = tmp_path / "rebuilt"
+    assert encode(corpus, rebuilt, "--full").returncode == 0
+    rows_inc, rows_full = read_index(out), read_index(rebuilt)
+    assert list(rows_inc) == [r["id"] for r in changed] == list(rows_full)  # corpus order
+    for key in rows_inc:
+        assert rows_inc[key][1].tolist() == rows_full[key][1].tolist()
+        assert np.abs(rows_inc[key][0] - rows_full[key][0]).max() <= 1e-3  # float16 storage noise
+    again = json.loads(encode(corpus, out).stdout)
+    assert (again["added"], again["updated"], again["deleted"], again["unchanged"]) == (0, 0, 0, 40)
+    assert again["encoded_tokens"] == 0
+
+
+def test_changing_settings_reencodes_everything(tmp_path):
+    corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(15))
+    out = tmp_path / "index"
+    assert encode(corpus, out).returncode == 0
+    result = encode(corpus, out, "--dimensions", 32)
+    summary = json.loads(result.stdout)
+    assert summary["full_rebuild"] is True and summary["added"] == 15 and summary["unchanged"] == 0
+    assert manifest(out)["dim"] == 32
+    forced = json.loads(encode(corpus, out, "--dimensions", 32, "--full").stdout)
+    assert forced["added"] == 15
+
+
+def test_second_writer_gets_the_lock_exit_code(tmp_path):
+    corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(30))
+    out = tmp_path / "index"
+    holder = start("encode", corpus, "-o", out, "--shard-rows", 10, env={"TOKEMBED_TEST_PAUSE_AT": "shard:1", "TOKEMBED_TEST_PAUSE_SECONDS": "60"})
+    try:
+        deadline = time.time() + 60
+        while not (out / "run-journal.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        second = encode(corpus, out)
+        assert second.returncode == EXIT_LOCKED
+        assert f"pid {holder.pid}" in second.stderr and len(second.stderr.strip().splitlines()) <= 2
+    finally:
+        holder.kill()
+        holder.communicate()
+    third = encode(corpus, out)  # the kernel released the lock with the killed process
+    assert third.returncode == 0, third.stderr
+
+
+def test_wait_for_the_lock(tmp_path):
+    corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(20))
+    out = tmp_path / "index"
+    holder = start("encode", corpus, "-o", out, "--shard-rows", 10, env={"TOKEMBED_TEST_PAUSE_AT": "shard:1", "TOKEMBED_TEST_PAUSE_SECONDS": "4"})
+    deadline = time.time() + 60
+    while not (out / "run-journal.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    waiter = encode(corpus, out, "--wait", 120)
+    holder.communicate()
+    assert holder.returncode == 0 and waiter.returncode == 0, waiter.stderr
+    assert json.loads(waiter.stdout)["unchanged"] == 20
+
+
+def test_disk_full_leaves_previous_index(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        out = mount / "index"
+        small = write_parquet(tmp_path / "small.parquet", corpus_rows(5))
+        assert encode(small, out).returncode == 0
+        before = (out / "manifest.json").read_text()
+        big = write_parquet(tmp_path / "big.parquet", corpus_rows(400))
+        result = encode(big, out, "--store-dtype", "float32")
+        assert result.returncode == EXIT_WRITE, result.stderr
+        assert "write error" in result.stderr
+        assert (out / "manifest.json").read_text() == before
+        assert tokembed("info", out, "--verify").returncode == 0
+        assert list(read_index(out)) == [r["id"] for r in corpus_rows(5)]
+    finally:
+        subprocess.run(["umount", str(mount)])
+
+
+def test_readers_see_one_generation_during_commits(tmp_path):
+    from tokembed.index import open_index
+
+    out = tmp_path / "index"
+    versions = [write_parquet(tmp_path / f"v{v}.parquet", corpus_rows(25 + 10 * v, version=v)) for v in range(2)]
+    expected = [[r["id"] for r in corpus_rows(25 + 10 * v, version=v)] for v in range(2)]
+    assert encode(versions[0], out).returncode == 0
+    failures, reads = [], []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                index = open_index(out)
+                ids = [i for batch in index.iter_batches(["id"]) for i in batch.column("id").to_pylist()]
+                index.verify()
+                reads.append(ids)
+            except Exception as exc:  # any failure is a bug: record it for the assertion
+                failures.append(repr(exc))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for round_ in range(3):
+            assert encode(versions[(round_ + 1) % 2], out, "--full").returncode == 0
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
+    assert reads and all(ids in expected for ids in reads)
