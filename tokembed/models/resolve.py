@@ -33,6 +33,8 @@ _FINGERPRINT_FILES = (
     "vocab.txt",
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# Formats tokembed never reads: skip them when resolving a hub id (saves GBs on multi-format repos).
+_IGNORED_ON_HUB = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*", "*.tflite", "rust_model*", "coreml/*", "*.gguf"]
 _EDGE_BYTES = 1 << 20
 
 
@@ -73,7 +75,7 @@ def _from_hub(repo_id: str, revision: str | None) -> ResolvedModel:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        folder = snapshot_download(repo_id, revision=revision, local_files_only=offline)
+        folder = snapshot_download(repo_id, revision=revision, local_files_only=offline, ignore_patterns=_IGNORED_ON_HUB)
     except LocalEntryNotFoundError as exc:
         raise ModelNotFoundError(
             f"--model {repo_id!r}: not a local folder, not in the Hugging Face cache"

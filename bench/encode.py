@@ -1,0 +1,121 @@
+"""Encode throughput: tokembed vs the PyLate-semantics reference, same checkpoint, corpus and threads.
+
+    python bench/encode.py [--docs 1200] [--repeats 3] [--no-process]
+
+Reference: sentence-transformers' ``MultiVectorEncoder.encode_document`` (it reproduces PyLate) on the
+demo all-MiniLM-L6-v2, batch_size 32, in this process. tokembed: ``encode_corpus`` (read Parquet, sort,
+batch, encode, write Arrow) in float32 and bfloat16, in this process. Then whole processes (start-up
+and model load count for a cron job). Prints medians of --repeats runs and ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from _corpus import docstrings  # noqa: E402
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def reference_encoder(model_path: Path):
+    from sentence_transformers import MultiVectorEncoder
+
+    return MultiVectorEncoder(str(model_path), device="cpu", local_files_only=True)
+
+
+def tokembed_run(corpus: Path, out: Path, dtype: str, batch_tokens: int):
+    from tokembed.encode import EncodeJob, encode_corpus
+    from tokembed.settings import EncodeFlags
+
+    job = EncodeJob(inputs=[corpus], output=out, flags=EncodeFlags(dtype=dtype), batch_tokens=batch_tokens, full=True)
+    return encode_corpus(job)
+
+
+def bf16_cosines(texts: list[str]) -> np.ndarray:
+    from tokembed.embedder import Embedder
+    from tokembed.settings import EncodeFlags
+
+    exact = Embedder.load(None, EncodeFlags(store_dtype="float32")).embed(texts)
+    fast = Embedder.load(None, EncodeFlags(store_dtype="float32", dtype="bfloat16")).embed(texts)
+    return np.concatenate([(a * b).sum(axis=1) for (a, _), (b, _) in zip(exact, fast)])
+
+
+def process_seconds(args: list[str], repeats: int) -> float:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return median_time(lambda: subprocess.run(args, check=True, capture_output=True, env=env), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=1200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument("--no-process", action="store_true", help="skip the whole-process timings")
+    args = parser.parse_args()
+
+    from tokembed.models.resolve import resolve_model
+
+    model_path = resolve_model(None).path
+    texts = docstrings(args.docs)
+    work = Path(tempfile.mkdtemp(prefix="tokembed-bench-"))
+    corpus = work / "corpus.parquet"
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts}), corpus)
+
+    reference = reference_encoder(model_path)
+    reference.encode_document(texts[:64], batch_size=32)  # warm-up
+    ref_s = median_time(lambda: reference.encode_document(texts, batch_size=32), args.repeats)
+    tokens = tokembed_run(corpus, work / "warm", "float32", args.batch_tokens).tokens_in  # warm-up, token count
+
+    rows = [("reference MultiVectorEncoder (fp32, batch 32)", ref_s, None)]
+    for dtype in ("float32", "bfloat16"):
+        summaries = []
+        seconds = median_time(lambda: summaries.append(tokembed_run(corpus, work / dtype, dtype, args.batch_tokens)), args.repeats)
+        rows.append((f"tokembed encode_corpus ({dtype})", seconds, summaries[-1].useful_token_fraction))
+
+    print(f"device: CPU, torch threads {torch.get_num_threads()}, {len(texts)} docstrings, {tokens} tokens "
+          f"(all-MiniLM-L6-v2, max 256 tokens), median of {args.repeats}")
+    print(f"{'run':<48} {'tokens/s':>10} {'docs/s':>8} {'useful':>7} {'vs ref':>7}")
+    for name, seconds, useful in rows:
+        useful_text = f"{useful:.3f}" if useful is not None else "-"
+        print(f"{name:<48} {tokens / seconds:>10,.0f} {len(texts) / seconds:>8,.1f} {useful_text:>7} {ref_s / seconds:>6.2f}x")
+    cosines = bf16_cosines(texts[:300])
+    print(f"bfloat16 vs float32 per-token cosine: min {cosines.min():.5f}, mean {cosines.mean():.5f}")
+
+    if not args.no_process:
+        cli = [sys.executable, "-m", "cli.main", "encode", str(corpus), "--full", "-q"]
+        ref_script = (
+            "import sys, pyarrow.parquet as pq; from sentence_transformers import MultiVectorEncoder;"
+            f"m = MultiVectorEncoder({str(model_path)!r}, device='cpu', local_files_only=True);"
+            f"m.encode_document(pq.read_table({str(corpus)!r}).column('text').to_pylist(), batch_size=32)"
+        )
+        ref_p = process_seconds([sys.executable, "-c", ref_script], args.repeats)
+        f32_p = process_seconds(cli + ["-o", str(work / "p32")], args.repeats)
+        bf16_p = process_seconds(cli + ["-o", str(work / "pbf"), "--dtype", "bfloat16"], args.repeats)
+        print("whole process (start-up + model load + encode + write):")
+        print(f"  reference {ref_p:.1f}s, tokembed fp32 {f32_p:.1f}s ({ref_p / f32_p:.2f}x), bf16 {bf16_p:.1f}s ({ref_p / bf16_p:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

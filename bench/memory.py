@@ -1,0 +1,64 @@
+"""Peak RSS of ``tokembed encode`` on generated Parquet corpora of growing size.
+
+    python bench/memory.py [--rows 20000 100000 200000] [--dtype bfloat16]
+
+Each corpus is encoded by a fresh ``tokembed encode`` process (demo model); its peak RSS is read from
+``getrusage(RUSAGE_CHILDREN)`` of a wrapper process. Flat peaks across row counts mean memory is
+bounded by one chunk, not the corpus. Target: <= 1.5 GB at 200k rows. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _corpus import generated_texts  # noqa: E402
+
+WRAPPER = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def write_corpus(path: Path, rows: int, max_words: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("id", pa.string()), ("text", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        texts = generated_texts(rows, max_words=max_words)
+        for start in range(0, rows, 10_000):
+            part = [next(texts) for _ in range(min(10_000, rows - start))]
+            ids = [f"r{start + i}" for i in range(len(part))]
+            writer.write_table(pa.table({"id": ids, "text": part}, schema=schema))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 100_000, 200_000])
+    parser.add_argument("--max-words", type=int, default=24, help="generated passages have 5..N words")
+    parser.add_argument("--dtype", default="bfloat16", help="compute dtype (bfloat16 keeps the run short)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tokembed-mem-"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    print(f"{'rows':>8} {'peak RSS MB':>12} {'seconds':>8}")
+    for rows in args.rows:
+        corpus = work / f"c{rows}.parquet"
+        write_corpus(corpus, rows, args.max_words)
+        cmd = [sys.executable, "-m", "cli.main", "encode", str(corpus), "-o", str(work / f"i{rows}"), "-q", "--dtype", args.dtype]
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], check=True, capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - start
+        peak_kb = int(out.stdout.strip().splitlines()[-1])
+        print(f"{rows:>8} {peak_kb / 1024:>12,.0f} {seconds:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()

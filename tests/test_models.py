@@ -1,0 +1,87 @@
+"""The model registry: detection of every layout, completeness, hub resolution from the cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tokembed.errors import ModelNotFoundError, UnsupportedModelError
+from tokembed.models import FAMILIES, describe_families, detect, model_fingerprint, resolve_model
+from tokembed.models.registry import family_class
+
+EXPECTED = {
+    "stanford": "HF_ColBERT",
+    "pylate_bert": "st-colbert",
+    "pylate_modernbert": "st-colbert",
+    "pylate_xlmr": "st-colbert",
+    "pylate_lfm2": "st-colbert",
+    "st_native": "st-colbert",
+    "raw_encoder": "encoder",
+    "raw_projection": "encoder",
+    "raw_decoder": "causal-lm",
+}
+
+
+@pytest.mark.parametrize("layout, key", sorted(EXPECTED.items()))
+def test_detect_every_layout(checkpoint_store, layout, key):
+    assert detect(checkpoint_store(layout)) == key
+
+
+def test_registry_is_complete():
+    assert set(EXPECTED.values()) == set(FAMILIES)
+    for key in FAMILIES:
+        cls = family_class(key)
+        assert cls.key == key and cls.detected_by and cls.needs and callable(cls.load)
+    assert [info.key for info in describe_families()] == list(FAMILIES)
+    with pytest.raises(UnsupportedModelError, match="known: HF_ColBERT"):
+        family_class("nope")
+
+
+def test_unknown_layout_says_what_was_found(checkpoint_store):
+    with pytest.raises(UnsupportedModelError) as error:
+        detect(checkpoint_store("unknown_layout"))
+    assert "tokembed-mystery" in str(error.value) and "config.json" in str(error.value)
+
+
+def test_remote_code_is_refused_without_the_flag(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "my-own-arch", "auto_map": {"AutoModel": "modeling.MyModel"}})
+    )
+    with pytest.raises(UnsupportedModelError, match="--trust-remote-code is off"):
+        detect(tmp_path)
+    assert detect(tmp_path, trust_remote_code=True) == "encoder"
+
+
+def test_hub_id_resolves_from_the_cache_offline(checkpoint_store, tmp_path, monkeypatch):
+    cache = tmp_path / "hf"
+    repo = cache / "hub" / "models--someone--tiny-colbert"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    shutil.copytree(checkpoint_store("pylate_bert"), snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HOME", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache / "hub"))  # read at import time
+    resolved = resolve_model("someone/tiny-colbert")
+    assert resolved.path == snapshot and resolved.revision == "a" * 40
+    assert detect(resolved.path) == "st-colbert"
+    with pytest.raises(ModelNotFoundError, match="not in the Hugging Face cache"):
+        resolve_model("someone/other-model")
+
+
+def test_fingerprint_changes_with_weights_and_config(checkpoint, tmp_path):
+    path = checkpoint("pylate_bert")
+    before = model_fingerprint(path)
+    assert model_fingerprint(path) == before
+    config = json.loads((path / "config.json").read_text())
+    config["layer_norm_eps"] = 1e-6
+    (path / "config.json").write_text(json.dumps(config))
+    after_config = model_fingerprint(path)
+    assert after_config != before
+    weights = path / "1_Dense" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(path) != after_config
