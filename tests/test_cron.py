@@ -221,3 +221,22 @@ def test_readers_see_one_generation_during_commits(tmp_path):
         thread.join()
     assert failures == []
     assert reads and all(ids in expected for ids in reads)
+
+
+def test_sigterm_exits_130_and_the_next_run_resumes(work, tmp_path):
+    root, corpus, reference = work
+    out = tmp_path / "index"
+    process = start("encode", corpus, "-o", out, "--shard-rows", 10, env={"TOKEMBED_TEST_PAUSE_AT": "shard:2", "TOKEMBED_TEST_PAUSE_SECONDS": "60"})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        journal = out / "run-journal.json"
+        if journal.exists() and len(json.loads(journal.read_text())["shards"]) == 2:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in stderr
+    assert not (out / "manifest.json").exists()  # nothing was committed
+    rerun = encode(corpus, out)
+    assert rerun.returncode == 0 and json.loads(rerun.stdout)["resumed_shards"] == 2
+    assert_same_index(out, reference)

@@ -1,0 +1,57 @@
+"""Typer application: wires the commands and turns library errors into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cli import encode as encode_cmd
+from cli import info as info_cmd
+from cli import models as models_cmd
+from cli import score as score_cmd
+from cli._errors import EXIT_INTERRUPTED, exit_code_for, format_error
+
+app = typer.Typer(
+    name="tokembed",
+    help="Batch indexer for late-interaction retrieval: per-token embeddings in Arrow files, MaxSim search.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command("encode", no_args_is_help=True)(encode_cmd.encode)
+app.command("info", no_args_is_help=True)(info_cmd.info)
+app.command("models")(models_cmd.models)
+app.command("score", no_args_is_help=True)(score_cmd.score)
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the app and return its exit code; known errors become one line on stderr."""
+    from tokembed.errors import TokembedError
+
+    try:
+        code = app(args=args, standalone_mode=False)  # returns an int exit code (typer turns Ctrl-C into 130)
+    except TokembedError as exc:
+        print(format_error(exc), file=sys.stderr)
+        return exit_code_for(exc)[0]
+    except (KeyboardInterrupt, typer.Abort):
+        code = EXIT_INTERRUPTED
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:  # usage errors (bad option values) carry their own exit code
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        return getattr(exc, "exit_code", 2)
+    if code == EXIT_INTERRUPTED:
+        print("tokembed: interrupted; the previous index is untouched", file=sys.stderr)
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
