@@ -1,7 +1,8 @@
 """tokembed: batch indexer for late-interaction retrieval.
 
 Pipeline (one subpackage per stage): ``sources`` -> ``models`` -> ``engine`` -> ``index`` -> ``search``.
-The public API is re-exported here lazily so that ``import tokembed`` does not import torch.
+The public API is re-exported here lazily so that ``import tokembed`` does not import torch; the
+search function is ``tokembed.search.search`` (the name ``tokembed.search`` is its subpackage).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ _LAZY = {
     "EncodeFlags": "tokembed.settings",
     "SourceOptions": "tokembed.sources",
     "open_index": "tokembed.index",
+    "Hit": "tokembed.search",
+    "search_vectors": "tokembed.search",
+    "load_document": "tokembed.search",
 }
 
 

@@ -1,0 +1,185 @@
+"""``tokembed score``: options, progress and output formatting; the work is ``tokembed.search.search``.
+
+Results go to stdout (or ``--output``); progress, warnings and the final rate line go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.progress import LineProgress
+
+
+class Format(str, Enum):
+    table = "table"
+    jsonl = "jsonl"
+    tsv = "tsv"
+    trec = "trec"
+
+
+def score(
+    args: list[str] = typer.Argument(
+        ..., metavar="QUERIES INDEX_DIR",
+        help="A query file (.txt one per line, .tsv id<TAB>text, .jsonl, .parquet) and the index folder. "
+        "With --query, the index folder alone.",
+    ),
+    query: Optional[list[str]] = typer.Option(None, "--query", help="A query text (repeatable); ids q1, q2, ..."),
+    top_k: int = typer.Option(10, "--top-k", "-k", help="Documents per query (all of them if the index is smaller)."),
+    fmt: Optional[Format] = typer.Option(
+        None, "--format", "-f", help="table, jsonl, tsv or trec. Default: table on a terminal, else jsonl."
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Where the index's checkpoint is (folder or hub id). Default: the one in the manifest."
+    ),
+    allow_model_mismatch: bool = typer.Option(
+        False, "--allow-model-mismatch", help="Score even if --model is not the checkpoint the index was built with."
+    ),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints that ship their own Python code."),
+    device: str = typer.Option("auto", help="auto (first CUDA device, else CPU), cpu, cuda or cuda:N."),
+    block_tokens: int = typer.Option(
+        262_144, help="Document tokens scored per block; peak memory grows with it (about block-tokens x dim x 4 bytes)."
+    ),
+    id_column: str = typer.Option("id", help="Id field/column of .jsonl/.parquet query files (line/row number when absent)."),
+    text_column: str = typer.Option("text", help="Text field/column of .jsonl/.parquet query files."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors."),
+) -> None:
+    """Exact MaxSim top-k search: encode the queries as the index prescribes, scan every shard, print the best."""
+    from tokembed.search import search
+    from tokembed.search.queries import Queries, inline_queries, read_queries
+
+    query_file, index = _split_args(args, bool(query))
+    queries = read_queries(query_file, id_column, text_column) if query_file else Queries()
+    queries = queries.add(inline_queries(query or []))
+    log = LineProgress(quiet=quiet).log
+    for warning in queries.warnings:
+        log(f"warning: {warning}")
+    progress = ScanProgress(quiet)
+    started = time.perf_counter()
+    hits = search(
+        index, dict(zip(queries.ids, queries.texts)), top_k=top_k, model=model, device=device,
+        block_tokens=block_tokens, allow_model_mismatch=allow_model_mismatch,
+        trust_remote_code=trust_remote_code, progress=progress,
+    )
+    seconds = time.perf_counter() - started
+    write_results(queries, hits, _pick_format(fmt, output), output)
+    log(
+        f"{len(queries)} queries, {progress.rows} documents ({progress.tokens} tokens) in {seconds:.2f}s: "
+        f"{len(queries) / seconds:,.1f} queries/s, {progress.tokens / max(progress.seconds, 1e-9):,.0f} document tokens/s scanned"
+    )
+
+
+def _split_args(args: list[str], have_inline: bool) -> tuple[Path | None, Path]:
+    from tokembed.errors import UsageError
+
+    if len(args) == 2:
+        return Path(args[0]), Path(args[1])
+    if len(args) == 1 and have_inline:
+        return None, Path(args[0])
+    if len(args) == 1:
+        raise UsageError("expected QUERIES INDEX_DIR (or --query TEXT INDEX_DIR)")
+    raise UsageError(f"expected QUERIES INDEX_DIR, got {len(args)} arguments")
+
+
+def _pick_format(fmt: Format | None, output: Path | None) -> Format:
+    if fmt is not None:
+        return fmt
+    if output is not None:
+        return {".tsv": Format.tsv, ".trec": Format.trec, ".run": Format.trec}.get(output.suffix.lower(), Format.jsonl)
+    return Format.table if sys.stdout.isatty() else Format.jsonl
+
+
+class ScanProgress(LineProgress):
+    """Plain progress lines on stderr (every 10 s), plus what the final rate line needs."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__(every=10.0, quiet=quiet)
+        self.seconds = 0.0
+
+    def advance(self, rows: int, tokens: int) -> None:
+        super().advance(rows, tokens)
+        self.seconds = time.perf_counter() - self.started
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def write_results(queries, hits, fmt: Format, output: Path | None) -> None:
+    if fmt == Format.table:
+        _write_table(queries, hits, output)
+        return
+    lines = {Format.jsonl: _jsonl_lines, Format.tsv: _tsv_lines, Format.trec: _trec_lines}[fmt](queries, hits)
+    if output is None:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        return
+    with _open_output(output) as handle:
+        for line in lines:
+            handle.write(line + "\n")
+
+
+def _score_text(score: float) -> str:
+    """Shortest text that reads back as the same float32; -inf for a document with no tokens."""
+    import numpy as np
+
+    return str(np.float32(score)) if math.isfinite(score) else ("-inf" if score < 0 else str(score))
+
+
+def _rows(queries, hits):
+    for qid, text, results in zip(queries.ids, queries.texts, hits):
+        for hit in results:
+            yield qid, text, hit
+
+
+def _jsonl_lines(queries, hits):
+    for qid, text, hit in _rows(queries, hits):
+        score = float(_score_text(hit.score)) if math.isfinite(hit.score) else None  # JSON has no -inf
+        record = {"query_id": qid, "query": text, "rank": hit.rank, "doc_id": hit.id, "score": score}
+        yield json.dumps(record, ensure_ascii=False)
+
+
+def _tsv_lines(queries, hits):
+    yield "query_id\trank\tdoc_id\tscore"
+    for qid, _, hit in _rows(queries, hits):
+        yield f"{qid}\t{hit.rank}\t{hit.id}\t{_score_text(hit.score)}"
+
+
+def _trec_lines(queries, hits):
+    for qid, _, hit in _rows(queries, hits):
+        yield f"{qid} Q0 {hit.id} {hit.rank} {_score_text(hit.score)} tokembed"
+
+
+def _write_table(queries, hits, output: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rich.text import Text
+
+    table = Table("query_id", "query", "rank", "doc_id", "score")
+    for qid, text, hit in _rows(queries, hits):
+        first = hit.rank == 1  # Text(): ids and queries are shown as they are, never as rich markup
+        cells = (qid if first else "", text if first else "", str(hit.rank), hit.id, _score_text(hit.score))
+        table.add_row(*(Text(cell) for cell in cells))
+    if output is None:
+        Console().print(table)
+        return
+    with _open_output(output) as handle:
+        Console(file=handle, width=200).print(table)
+
+
+def _open_output(output: Path):
+    from tokembed.errors import UsageError
+
+    try:
+        return open(output, "w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--output {output}: cannot write ({exc.strerror})") from exc

@@ -1,0 +1,196 @@
+"""``tokembed score`` driven as a user does: encode with the demo model, score, parse the output.
+
+Results are checked against a float64 brute force over the stored vectors (read with pyarrow) and
+queries encoded independently with ``Embedder.for_index``. Faults: exit codes 3 (bad input),
+5 (model mismatch), 6 (index not found / corrupt).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+DOCS = [
+    "The cat sat on the warm mat by the door.",
+    "Quantum mechanics describes particles as waves.",
+    "Dogs bark loudly at night in the village.",
+    "Paris is the capital of France.",
+    "A recipe for apple pie with cinnamon.",
+    "The stock market fell sharply on Monday.",
+    "Cats and dogs are common household pets.",
+    "Photosynthesis turns sunlight into chemical energy.",
+]
+QUERIES = ["where do cats sleep", "", "capital city of France", "baking a pie"]  # line 2 is blank
+
+
+@pytest.fixture(scope="module")
+def demo_index(tmp_path_factory):
+    """One index encoded with the demo model (no --model), shared read-only by the tests of this module."""
+    from cli.main import run
+
+    root = tmp_path_factory.mktemp("score_cli")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"doc{i}", "text": t}) + "\n" for i, t in enumerate(DOCS)))
+    assert run(["encode", str(corpus), "--output", str(root / "index"), "--quiet"]) == 0
+    queries = root / "queries.txt"
+    queries.write_text("\n".join(QUERIES) + "\n", encoding="utf-8")
+    return root / "index", queries
+
+
+@pytest.fixture(scope="module")
+def expected(demo_index):
+    """query id -> [(doc id, score)] best first, from stored vectors and independently encoded queries."""
+    from tokembed.embedder import Embedder
+
+    index, _ = demo_index
+    manifest = json.loads((index / "manifest.json").read_text())
+    ids, docs = [], []
+    for shard in manifest["shards"]:
+        with pa.memory_map(str(index / shard["file"]), "r") as source:
+            table = pa.ipc.open_file(source).read_all()
+        ids += table.column("id").to_pylist()
+        docs += [np.asarray(v, np.float64).reshape(-1, manifest["dim"]) for v in table.column("embeddings").to_pylist()]
+    texts = [q for q in QUERIES if q]
+    encoded = Embedder.for_index(manifest, kind="query").embed(texts)
+    result = {}
+    for qid, (vectors, _) in zip(["1", "3", "4"], encoded):
+        q = vectors.astype(np.float64)
+        scores = [(q @ d.T).max(axis=1).sum() for d in docs]
+        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
+        result[qid] = [(ids[i], scores[i]) for i in order]
+    return result
+
+
+def check(rows: list[tuple[str, int, str, float]], expected: dict, k: int) -> None:
+    """rows: (query id, rank, doc id, score) as printed."""
+    by_query: dict[str, list] = {}
+    for qid, rank, doc_id, score in rows:
+        by_query.setdefault(qid, []).append((rank, doc_id, score))
+    assert list(by_query) == list(expected)
+    for qid, hits in by_query.items():
+        want = expected[qid][:k]
+        assert [rank for rank, _, _ in hits] == list(range(1, len(want) + 1))
+        assert [doc_id for _, doc_id, _ in hits] == [doc_id for doc_id, _ in want]
+        np.testing.assert_allclose([s for _, _, s in hits], [s for _, s in want], atol=1e-3)
+
+
+def test_jsonl_on_stdout_progress_on_stderr(cli, demo_index, expected):
+    index, queries = demo_index
+    result = cli("score", queries, index, "--format", "jsonl", "--top-k", 3)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]  # every stdout line is JSON
+    assert set(records[0]) == {"query_id", "query", "rank", "doc_id", "score"}
+    assert records[0]["query"] == QUERIES[0]
+    check([(r["query_id"], r["rank"], r["doc_id"], r["score"]) for r in records], expected, 3)
+    assert "skipped 1 blank line(s) (line 2)" in result.stderr
+    assert "queries/s" in result.stderr and "document tokens/s" in result.stderr
+
+
+def test_tsv_to_output_file(cli, demo_index, expected, tmp_path):
+    index, queries = demo_index
+    out = tmp_path / "run.tsv"
+    result = cli("score", queries, index, "--output", out, "-k", 100)  # format from the suffix
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    lines = out.read_text().splitlines()
+    assert lines[0] == "query_id\trank\tdoc_id\tscore"
+    rows = [(q, int(r), d, float(s)) for q, r, d, s in (line.split("\t") for line in lines[1:])]
+    check(rows, expected, 100)  # k > documents: every document
+    assert len(rows) == 3 * len(DOCS)
+
+
+def test_trec_quiet(cli, demo_index, expected):
+    index, queries = demo_index
+    result = cli("score", queries, index, "--format", "trec", "-k", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    fields = [line.split(" ") for line in result.stdout.splitlines()]
+    assert all(f[1] == "Q0" and f[5] == "tokembed" for f in fields)
+    check([(f[0], int(f[3]), f[2], float(f[4])) for f in fields], expected, 1)
+
+
+def test_inline_queries_and_library_search(cli, demo_index, expected):
+    from tokembed.search import search
+
+    index, _ = demo_index
+    result = cli("score", index, "--query", "capital city of France", "--query", "baking a pie", "-k", 2, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["query_id"], r["rank"]) for r in records] == [("q1", 1), ("q1", 2), ("q2", 1), ("q2", 2)]
+    assert [r["doc_id"] for r in records] == [d for d, _ in expected["3"][:2]] + [d for d, _ in expected["4"][:2]]
+    hits = search(index, {"x": "capital city of France"}, top_k=2, device="cpu")
+    assert [(h.id, h.rank) for h in hits[0]] == [(d, r) for r, (d, _) in enumerate(expected["3"][:2], start=1)]
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_missing_index_exits_6(cli, demo_index, tmp_path):
+    _, queries = demo_index
+    result = cli("score", queries, tmp_path / "nowhere")
+    assert result.exit_code == 6
+    assert "index not found" in result.stderr and "no such index folder" in result.stderr
+
+
+def test_missing_shard_exits_6(cli, demo_index, tmp_path):
+    index, queries = demo_index
+    copy = shutil.copytree(index, tmp_path / "index")
+    next((copy / "data").glob("part-*.arrow")).unlink()
+    result = cli("score", queries, copy)
+    assert result.exit_code == 6
+    assert "index corrupt" in result.stderr and "which is missing" in result.stderr
+
+
+def test_changed_shard_bytes_exit_6(cli, demo_index, tmp_path):
+    index, queries = demo_index
+    copy = shutil.copytree(index, tmp_path / "index")
+    shard = next((copy / "data").glob("part-*.arrow"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, different bytes
+    shard.write_bytes(bytes(data))
+    result = cli("score", queries, copy, "-f", "jsonl")
+    assert result.exit_code == 6
+    assert "sha256 does not match the manifest" in result.stderr and shard.name in result.stderr
+    assert result.stdout == ""
+
+
+def test_bad_utf8_query_file_exits_3(cli, demo_index, tmp_path):
+    index, _ = demo_index
+    queries = tmp_path / "queries.txt"
+    queries.write_bytes(b"fine\nnot \xff fine\n")
+    result = cli("score", queries, index)
+    assert result.exit_code == 3
+    assert "bad input" in result.stderr and f"{queries} line 2: not valid UTF-8" in result.stderr
+
+
+def test_usage_errors_exit_2(cli, demo_index):
+    index, queries = demo_index
+    assert cli("score", index).exit_code == 2  # no queries
+    assert cli("score", queries, index, "--top-k", 0).exit_code == 2
+
+
+def test_model_mismatch_exits_5_unless_allowed(cli, demo_index, minilm_path, tmp_path):
+    index, queries = demo_index
+    other = tmp_path / "other-model"
+    other.mkdir()
+    for item in minilm_path.iterdir():
+        if item.suffix == ".safetensors":
+            (other / item.name).symlink_to(item)  # same weights, different config: another fingerprint
+        elif item.is_dir():
+            shutil.copytree(item, other / item.name)
+        else:
+            shutil.copy(item, other / item.name)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "tokembed_test_marker": 1}))
+    result = cli("score", queries, index, "--model", other)
+    assert result.exit_code == 5
+    assert "model mismatch" in result.stderr and "is not the model the index was built with" in result.stderr
+    assert "--allow-model-mismatch" in result.stderr
+    allowed = cli("score", queries, index, "--model", other, "--allow-model-mismatch", "-f", "jsonl", "-k", 1)
+    assert allowed.exit_code == 0, allowed.output
+    assert len(allowed.stdout.splitlines()) == 3

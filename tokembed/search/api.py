@@ -1,0 +1,137 @@
+"""The search stage's public functions: ``search`` (texts in), ``search_vectors`` (vectors in), ``load_document``.
+
+``search`` encodes the queries with the model and every setting recorded in the index manifest
+(``Embedder.for_index``, kind=query), then runs the exact MaxSim scan of ``maxsim.scan``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokembed.errors import BadInputError, UsageError
+from tokembed.search.maxsim import DEFAULT_BLOCK_TOKENS, NumpyScorer, TorchScorer, batch_arrays, scan, shard_batches
+from tokembed.search.queries import as_queries
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str  # the document id
+    score: float  # MaxSim score; -inf for a document with no tokens
+    rank: int  # 1 = best
+
+
+def search(
+    index_path,
+    queries: list[str] | dict,
+    top_k: int = 10,
+    model: str | None = None,
+    device: str = "auto",
+    block_tokens: int = DEFAULT_BLOCK_TOKENS,
+    allow_model_mismatch: bool = False,
+    trust_remote_code: bool = False,
+    progress=None,
+) -> list[list[Hit]]:
+    """Top-``top_k`` documents of the index at ``index_path`` for each query text, in query order.
+
+    ``queries`` is a list of texts or a dict id -> text. ``model`` overrides where the index's checkpoint
+    is; a different checkpoint raises ``ModelMismatchError`` unless ``allow_model_mismatch``.
+    """
+    from tokembed.index import open_index
+
+    _check_options(top_k, block_tokens)
+    index = open_index(index_path)
+    index.verify(checksums=False)  # missing or truncated shards fail before the model loads
+    texts = as_queries(queries).texts
+    compute = _resolve_device(device)
+    vectors = encode_queries(index, texts, model, compute, allow_model_mismatch, trust_remote_code)
+    return search_vectors(index, vectors, top_k, block_tokens, device=compute, progress=progress)
+
+
+def encode_queries(
+    index,
+    texts: list[str],
+    model: str | None = None,
+    device: str = "cpu",
+    allow_model_mismatch: bool = False,
+    trust_remote_code: bool = False,
+) -> list[np.ndarray]:
+    """Query texts -> token matrices [n_tokens, D], encoded as the index's manifest prescribes (kind=query)."""
+    from tokembed.embedder import Embedder
+
+    embedder = Embedder.for_index(
+        index.manifest, kind="query", model=model, device=device,
+        allow_mismatch=allow_model_mismatch, trust_remote_code=trust_remote_code,
+    )
+    return [vectors for vectors, _ in embedder.embed(texts)]
+
+
+def search_vectors(
+    index,
+    query_matrices: list[np.ndarray],
+    top_k: int = 10,
+    block_tokens: int = DEFAULT_BLOCK_TOKENS,
+    device: str = "cpu",
+    progress=None,
+) -> list[list[Hit]]:
+    """Exact MaxSim top-k for already-encoded queries (each ``[n_tokens, D]``); ``index`` is a path or an ``Index``.
+
+    Every shard's sha256 is checked against the manifest before it is scanned.
+    """
+    from tokembed.index import open_index
+    from tokembed.index.reader import Index
+
+    _check_options(top_k, block_tokens)
+    if not isinstance(index, Index):
+        index = open_index(index)
+    if not len(query_matrices):
+        return []
+    compute = _resolve_device(device)
+    scorer = NumpyScorer() if compute == "cpu" else TorchScorer(compute, index.manifest.get("embedding_dtype", "float16"))
+    results, _ = scan(index, [np.asarray(q) for q in query_matrices], top_k, block_tokens, scorer, progress)
+    return [[Hit(doc_id, score, rank) for rank, (doc_id, score) in enumerate(hits, start=1)] for hits in results]
+
+
+def load_document(index_path, doc_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors [n_tokens, D] in the stored dtype, token ids [n_tokens] int32) of one document.
+
+    Reads the id column shard by shard (memory-mapped) and copies out only the matching row.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tokembed.index import open_index
+
+    index = open_index(index_path)
+    wanted = pa.scalar(doc_id, pa.string())
+    for shard in index.shards:
+        index.verify_shard(shard, checksum=False)
+        for batch in shard_batches(index, shard, verify=False):
+            position = pc.index(batch.column(batch.schema.get_field_index("id")), wanted).as_py()
+            if position >= 0:
+                return _copy_row(batch.slice(position, 1), index.dim, str(index.shard_path(shard)))
+    raise BadInputError(f"{index.folder}: no document with id {doc_id!r}")
+
+
+def _copy_row(row, dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    offsets, vectors, _ = batch_arrays(row, dim, where)
+    token_ids = row.column(row.schema.get_field_index("token_ids"))
+    ids = token_ids.values.to_numpy()[token_ids.offsets[0].as_py() : token_ids.offsets[1].as_py()]
+    return vectors[offsets[0] : offsets[1]].copy(), ids.astype(np.int32, copy=True)
+
+
+def _check_options(top_k: int, block_tokens: int) -> None:
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k}: must be at least 1")
+    if block_tokens < 1:
+        raise UsageError(f"--block-tokens {block_tokens}: must be at least 1")
+
+
+def _resolve_device(spec: str) -> str:
+    if spec == "cpu":  # a CPU scan never imports torch (hundreds of MB of shared libraries)
+        return "cpu"
+    from tokembed.engine.device import resolve_device
+
+    return resolve_device(spec)

@@ -1,0 +1,174 @@
+"""Query readers for ``score``: a file (or inline texts) -> ``Queries`` (ids, texts, warnings).
+
+    .txt              one query per line; id = the line number (from 1); blank lines skipped (warning)
+    .tsv              ``id<TAB>text`` per line; an ``id<TAB>text`` header line is skipped
+    .jsonl            one JSON object per line with ``id`` and ``text`` fields (names configurable)
+    .parquet          ``id`` and ``text`` columns (names configurable)
+    --query "text"    inline queries, ids q1, q2, ...
+
+Every file is decoded as strict UTF-8; a bad byte raises ``BadInputError`` naming the file and line.
+Where an id field/column is absent the 1-based line (row) number is the id. Ids must be unique.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokembed.errors import BadInputError
+
+QUERY_SUFFIXES = (".txt", ".tsv", ".jsonl", ".parquet")
+
+
+@dataclass
+class Queries:
+    ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, other: "Queries") -> "Queries":
+        return Queries(self.ids + other.ids, self.texts + other.texts, self.warnings + other.warnings)
+
+
+def read_queries(path: Path | str, id_column: str = "id", text_column: str = "text") -> Queries:
+    """Read a query file; the reader is chosen by suffix (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such query file")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        queries = _read_txt(path)
+    elif suffix == ".tsv":
+        queries = _read_tsv(path, id_column, text_column)
+    elif suffix == ".jsonl":
+        queries = _read_jsonl(path, id_column, text_column)
+    elif suffix == ".parquet":
+        queries = _read_parquet(path, id_column, text_column)
+    else:
+        raise BadInputError(f"{path}: unsupported query file type {suffix!r} (expected {', '.join(QUERY_SUFFIXES)})")
+    return check_queries(queries, str(path))
+
+
+def inline_queries(texts: list[str]) -> Queries:
+    """``--query`` texts, ids q1, q2, ..."""
+    return Queries([f"q{i}" for i in range(1, len(texts) + 1)], list(texts))
+
+
+def as_queries(queries: list[str] | dict) -> Queries:
+    """The library's ``search`` input: a list (ids q1, q2, ...) or a mapping id -> text."""
+    if isinstance(queries, dict):
+        return check_queries(Queries([str(k) for k in queries], list(queries.values())), "queries")
+    if isinstance(queries, str):
+        raise BadInputError("queries: expected a list of texts or a dict id -> text, got one string")
+    return check_queries(inline_queries(list(queries)), "queries")
+
+
+def check_queries(queries: Queries, source: str) -> Queries:
+    if not queries.ids:
+        raise BadInputError(f"{source}: no queries")
+    for qid, text in zip(queries.ids, queries.texts):
+        if not isinstance(text, str):
+            raise BadInputError(f"{source}: query {qid!r} is {type(text).__name__}, not a string")
+    if len(set(queries.ids)) != len(queries.ids):
+        seen: set[str] = set()
+        dup = next(q for q in queries.ids if q in seen or seen.add(q))
+        raise BadInputError(f"{source}: query id {dup!r} appears more than once")
+    return queries
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, decoded line without its end) for every line; strict UTF-8."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadInputError(f"{path} line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            yield number, line.rstrip("\r\n")
+
+
+def _blank_warning(path: Path, blanks: list[int]) -> list[str]:
+    if not blanks:
+        return []
+    shown = ", ".join(map(str, blanks[:10])) + (", ..." if len(blanks) > 10 else "")
+    return [f"{path}: skipped {len(blanks)} blank line(s) (line {shown})"]
+
+
+def _read_txt(path: Path) -> Queries:
+    queries, blanks = Queries(), []
+    for number, line in _lines(path):
+        if not line.strip():
+            blanks.append(number)
+            continue
+        queries.ids.append(str(number))
+        queries.texts.append(line)
+    queries.warnings += _blank_warning(path, blanks)
+    return queries
+
+
+def _read_tsv(path: Path, id_column: str, text_column: str) -> Queries:
+    queries, blanks = Queries(), []
+    for number, line in _lines(path):
+        if not line.strip():
+            blanks.append(number)
+            continue
+        qid, tab, text = line.partition("\t")
+        if not tab:
+            raise BadInputError(f"{path} line {number}: expected id<TAB>text, found no tab")
+        if number == 1 and (qid, text) == (id_column, text_column):
+            continue  # header line
+        queries.ids.append(qid)
+        queries.texts.append(text)
+    queries.warnings += _blank_warning(path, blanks)
+    return queries
+
+
+def _read_jsonl(path: Path, id_column: str, text_column: str) -> Queries:
+    queries, blanks = Queries(), []
+    for number, line in _lines(path):
+        if not line.strip():
+            blanks.append(number)
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"{path} line {number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise BadInputError(f"{path} line {number}: not a JSON object")
+        if text_column not in record:
+            raise BadInputError(f"{path} line {number}: no text field {text_column!r} (fields: {', '.join(record)})")
+        text = record[text_column]
+        if not isinstance(text, str):
+            raise BadInputError(f"{path} line {number}: text is {type(text).__name__}, not a string")
+        queries.ids.append(str(record.get(id_column, number)))
+        queries.texts.append(text)
+    queries.warnings += _blank_warning(path, blanks)
+    return queries
+
+
+def _read_parquet(path: Path, id_column: str, text_column: str) -> Queries:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+        if text_column not in names:
+            raise BadInputError(f"{path}: no text column {text_column!r} (columns: {', '.join(names)})")
+        columns = [text_column] + ([id_column] if id_column in names else [])
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise BadInputError(f"{path}: not a readable Parquet file ({exc})") from exc
+    try:
+        texts = table.column(text_column).to_pylist()
+        ids = table.column(id_column).to_pylist() if id_column in names else list(range(1, len(texts) + 1))
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{path}: a string is not valid UTF-8 ({exc.reason})") from exc
+    for row, text in enumerate(texts, start=1):
+        if not isinstance(text, str):
+            raise BadInputError(f"{path} row {row}: text is {type(text).__name__}, not a string")
+    return Queries([str(i) for i in ids], texts)
