@@ -48,7 +48,7 @@ class LogFormat(str, Enum):
 
 def encode(
     inputs: list[Path] = typer.Argument(
-        ..., help="Corpus: .parquet or .jsonl files, a folder of Parquet files, or a folder of .txt/.md files."
+        ..., help="Corpus: .parquet or .jsonl files, a folder of Parquet files, a folder of .txt/.md files, or (image models) a folder of images."
     ),
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
@@ -61,7 +61,18 @@ def encode(
     ),
     id_column: Optional[str] = typer.Option(None, help="Id column of Parquet/JSONL input. Default 'id'; the row number when absent."),
     text_column: str = typer.Option("text", help="Text column of Parquet/JSONL input."),
-    devices: str = typer.Option("auto", help="auto (first CUDA device, else CPU), cpu, or cuda:N."),
+    image_column: Optional[str] = typer.Option(
+        None, help="Image column of Parquet/JSONL input (bytes, a path relative to the file, or a {bytes, path} struct). Default 'image'; used with image models."
+    ),
+    max_image_pixels: int = typer.Option(
+        40_000_000, help="Images with more pixels are bad rows (decompression-bomb guard)."
+    ),
+    devices: str = typer.Option(
+        "auto",
+        help="auto (every visible CUDA device, else the CPU), cpu (in this process), cpu:N (N worker processes "
+        "sharing the cores), cuda (the first CUDA device) or cuda:0,cuda:2,... One worker process per device when "
+        "there are several; the index is the same whatever the number of workers.",
+    ),
     batch_tokens: int = typer.Option(16384, help="Token budget of one batch, padding included. An item longer than the budget runs alone."),
     max_length: Optional[int] = typer.Option(
         None, help="Truncate items to this many tokens (specials included). Default: the checkpoint's document/query length, else the model limit."
@@ -97,7 +108,12 @@ def encode(
             store_dtype=store_dtype.value,
         ),
         sources=SourceOptions(
-            id_column=id_column or "id", text_column=text_column, id_column_given=id_column is not None
+            id_column=id_column or "id",
+            text_column=text_column,
+            id_column_given=id_column is not None,
+            image_column=image_column or "image",
+            image_column_given=image_column is not None,
+            max_image_pixels=max_image_pixels,
         ),
         batch_tokens=batch_tokens,
         on_error=on_error.value,

@@ -10,6 +10,7 @@ from cli import encode as encode_cmd
 from cli import info as info_cmd
 from cli import models as models_cmd
 from cli import score as score_cmd
+from cli import serve as serve_cmd
 from cli._errors import EXIT_INTERRUPTED, exit_code_for, format_error
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app.command("encode", no_args_is_help=True)(encode_cmd.encode)
 app.command("info", no_args_is_help=True)(info_cmd.info)
 app.command("models")(models_cmd.models)
 app.command("score", no_args_is_help=True)(score_cmd.score)
+app.command("serve")(serve_cmd.serve)
 
 
 def run(args: list[str] | None = None) -> int:

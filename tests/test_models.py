@@ -22,6 +22,14 @@ EXPECTED = {
     "raw_projection": "encoder",
     "raw_decoder": "causal-lm",
 }
+# Vision retrieval checkpoints (tests/vision_checkpoints.py); remote code is detected with the flag on.
+VISION_EXPECTED = {
+    "colpali": "ColPaliForRetrieval",
+    "colqwen2": "ColQwen2ForRetrieval",
+    "colqwen2_5": "ColQwen2ForRetrieval",
+    "colmodernvbert": "ColModernVBertForRetrieval",
+    "remote_code": "remote-code-retrieval",
+}
 
 
 @pytest.mark.parametrize("layout, key", sorted(EXPECTED.items()))
@@ -29,8 +37,16 @@ def test_detect_every_layout(checkpoint_store, layout, key):
     assert detect(checkpoint_store(layout)) == key
 
 
+@pytest.mark.parametrize("layout, key", sorted(VISION_EXPECTED.items()))
+def test_detect_every_vision_layout(tmp_path, layout, key):
+    import vision_checkpoints
+
+    path = vision_checkpoints.VISION_BUILDERS[layout](tmp_path / layout)
+    assert detect(path, trust_remote_code=True) == key
+
+
 def test_registry_is_complete():
-    assert set(EXPECTED.values()) == set(FAMILIES)
+    assert set(EXPECTED.values()) | set(VISION_EXPECTED.values()) == set(FAMILIES)
     for key in FAMILIES:
         cls = family_class(key)
         assert cls.key == key and cls.detected_by and cls.needs and callable(cls.load)

@@ -3,6 +3,10 @@
 matches every time). Events: ``write`` (rows appended to an open shard), ``shard`` (a shard finished
 and journaled), ``commit`` (just before the manifest is replaced). Unset in normal use: costs one
 environment lookup per event.
+
+Engine faults: ``TOKEMBED_TEST_WORKER_DIE_AT=W:N`` makes worker process W (0-based) SIGKILL itself when it
+takes its N-th batch (1-based); ``TOKEMBED_TEST_OOM_ABOVE=T`` makes any batch of more than T padded tokens
+raise ``torch.OutOfMemoryError`` before its forward pass, in worker processes and in-process alike.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import time
 
 KILL_ENV = "TOKEMBED_TEST_KILL_AT"
 PAUSE_ENV = "TOKEMBED_TEST_PAUSE_AT"
+WORKER_DIE_ENV = "TOKEMBED_TEST_WORKER_DIE_AT"
+OOM_ENV = "TOKEMBED_TEST_OOM_ABOVE"
 
 
 def fault_point(event: str, count: int) -> None:
@@ -24,3 +30,18 @@ def fault_point(event: str, count: int) -> None:
 
 def _matches(wanted: str | None, event: str, count: int) -> bool:
     return bool(wanted) and wanted in (f"{event}:{count}", event)
+
+
+def worker_fault_point(worker: int, batch: int) -> None:
+    """Worker ``worker`` takes its ``batch``-th batch: die here if the test asked for it."""
+    if os.environ.get(WORKER_DIE_ENV) == f"{worker}:{batch}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def simulated_oom(padded_tokens: int) -> None:
+    """Raise the out-of-memory error torch raises when a batch is larger than the test's limit."""
+    limit = os.environ.get(OOM_ENV)
+    if limit and padded_tokens > int(limit):
+        import torch
+
+        raise torch.OutOfMemoryError(f"simulated: {padded_tokens} padded tokens > {limit}")

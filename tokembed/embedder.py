@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tokembed.errors import ModelMismatchError
+from tokembed.errors import DeviceError, ModelMismatchError
 from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, model_fingerprint, resolve_model
 from tokembed.models.steps import TextEncoder
 from tokembed.settings import DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, resolve, resolve_dtype
@@ -42,7 +42,8 @@ class Embedder:
         if colbert is not None:
             loaded.colbert = colbert
         settings = resolve(flags, loaded.colbert, loaded.max_length, device_type, loaded.position_limit)
-        return cls(resolved, loaded, settings, TextEncoder(loaded, settings), device, model_fingerprint(resolved.path))
+        encoder = loaded.make_encoder(settings) if hasattr(loaded, "make_encoder") else TextEncoder(loaded, settings)
+        return cls(resolved, loaded, settings, encoder, device, model_fingerprint(resolved.path))
 
     @classmethod
     def for_index(
@@ -77,8 +78,19 @@ class Embedder:
         return embedder
 
     @property
+    def is_vision(self) -> bool:
+        """Documents are images (a vision retrieval model); queries are still text."""
+        return not isinstance(self.encoder, TextEncoder)
+
+    @property
     def output_dim(self) -> int:
         return self.encoder.output_dim
+
+    def spec(self, flags: EncodeFlags, trust_remote_code: bool = False) -> "EmbedderSpec":
+        """What a worker process needs to rebuild this embedder on its own device (``flags``: as loaded)."""
+        return EmbedderSpec(
+            str(self.resolved.path), flags, trust_remote_code, self.model.colbert, self.fingerprint, self.settings
+        )
 
     def embed(self, texts: list[str], batch_tokens: int = DEFAULT_BATCH_TOKENS) -> list[tuple[np.ndarray, np.ndarray]]:
         """Texts -> per text (vectors [n_tokens, D] in the store dtype, token ids [n_tokens]), input order."""
@@ -86,6 +98,31 @@ class Embedder:
 
         result = run_chunk(self.encoder, texts, batch_tokens, self.device)
         return list(zip(result.vectors, result.token_ids))
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """A picklable recipe for an ``Embedder`` (no weights): the checkpoint folder the main process resolved,
+    the flags and ColBERT settings it loaded with, and the fingerprint and settings the rebuilt one must have."""
+
+    model: str
+    flags: EncodeFlags
+    trust_remote_code: bool
+    colbert: ColbertConfig | None
+    fingerprint: str
+    settings: EncodeSettings
+
+    def load(self, device: str) -> Embedder:
+        embedder = Embedder.load(self.model, self.flags, device, self.trust_remote_code, self.colbert)
+        if embedder.fingerprint != self.fingerprint:
+            raise DeviceError(f"{device}: the checkpoint at {self.model} changed while the run started")
+        if embedder.settings != self.settings:
+            raise DeviceError(
+                f"{device}: resolves different encoding settings than the first device "
+                f"(compute {embedder.settings.dtype} vs {self.settings.dtype})",
+                hint="pass --dtype explicitly, or list devices of one kind",
+            )
+        return embedder
 
 
 def _exists(path: str) -> bool:

@@ -128,6 +128,8 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
         f"model {embedder.resolved.name} ({model.family}, {model.architecture}) on {device}: mode {settings.mode}, "
         f"kind {settings.kind}, dim {embedder.output_dim}, compute {settings.dtype}, store {settings.store_dtype}"
     )
+    if embedder.is_vision and settings.kind == "document":
+        job = replace(job, sources=replace(job.sources, modality="image"))  # an image model's documents are pages
     with IndexLock(job.output, job.wait_seconds):
         summary = _run_locked(job, embedder, progress)
     summary.seconds = time.perf_counter() - started
@@ -135,7 +137,7 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
 
 
 def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
-    from tokembed.engine.local import LocalRunner
+    from tokembed.engine import open_runner
     from tokembed.index.journal import input_signature, resume_journal
     from tokembed.index.writer import IndexWriter, ShardInfo, remove_temp_files
 
@@ -162,7 +164,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     summary.skipped = list(journal.skipped)
     for key, value in journal.counts.items():
         setattr(summary, key, value)
-    runner = LocalRunner(embedder, job.batch_tokens)
+    runner = open_runner(embedder, job, progress)
     try:
         progress.start(estimate_rows(job.inputs))
         seen_previous = _encode_stream(job, runner, settings_fp, previous, writer, journal, summary, progress)
@@ -210,17 +212,22 @@ class _Chunk:
     carried: dict[int, tuple[np.ndarray, np.ndarray]]  # position -> stored (vectors, token ids)
     to_encode: list[int]  # positions that go through the model
     source_rows: int  # rows read, bad ones included
+    # Summary state once this chunk was planned: what a journal entry ending at this chunk records
+    # (a pool runner plans ahead, so the live summary may already count later chunks).
+    counts: dict = field(default_factory=dict)
+    skipped: int = 0
 
 
 def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary: EncodeSummary, progress) -> int:
     """Stream the corpus through the runner into the writer; returns how many previous ids are still present."""
     pending: deque[_Chunk] = deque()
     state = {"seen_previous": 0}
+    runner_images = job.sources.modality == "image"
 
     def texts_to_encode() -> Iterator[list[str]]:
         for chunk in _plan_chunks(job, settings_fp, previous, journal.chunks_done, summary, state):
             pending.append(chunk)
-            yield [chunk.items[i].text for i in chunk.to_encode]
+            yield [_model_input(chunk.items[i], runner_images) for i in chunk.to_encode]
 
     for result in runner.map_chunks(texts_to_encode()):
         chunk = pending.popleft()
@@ -235,7 +242,7 @@ def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary:
         summary.tokens_in += result.real_tokens
         summary.computed_tokens += result.computed_tokens
         if shard is not None:
-            journal.record(shard.to_json(), chunk.number + 1, summary.skipped, summary.counts())
+            journal.record(shard.to_json(), chunk.number + 1, summary.skipped[: chunk.skipped], chunk.counts)
             fault_point("shard", len(writer.shards))
         progress.advance(chunk.source_rows, result.real_tokens)
     return state["seen_previous"]
@@ -253,7 +260,7 @@ def _plan_chunks(job, settings_fp, previous, chunks_done, summary: EncodeSummary
             state["seen_previous"] += sum(1 for item in items if item.id in previous.rows)
         if resumed:
             continue
-        hashes = [content_hash(settings_fp, item.text) for item in items]
+        hashes = [content_hash(settings_fp, item.content) for item in items]
         carried, to_encode = {}, []
         for position, (item, digest) in enumerate(zip(items, hashes)):
             stored = previous.unchanged(item.id, digest) if previous is not None else None
@@ -266,7 +273,12 @@ def _plan_chunks(job, settings_fp, previous, chunks_done, summary: EncodeSummary
                     summary.updated += 1
                 else:
                     summary.added += 1
-        yield _Chunk(number, items, hashes, carried, to_encode, len(chunk))
+        yield _Chunk(number, items, hashes, carried, to_encode, len(chunk), summary.counts(), len(summary.skipped))
+
+
+def _model_input(item: Item, images: bool):
+    """What the model encodes for an item: its decoded image for image documents, else its text."""
+    return item.image if images else item.text
 
 
 def _usable_items(chunk: list[Item], seen: dict[str, str], on_error: str, summary: EncodeSummary, record: bool) -> list[Item]:

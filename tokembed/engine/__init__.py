@@ -1,1 +1,42 @@
-"""The encoding engine: sorted-length token-budget batches, run on a device, rows back in input order."""
+"""The encoding engine: sorted-length token-budget batches, run on one or more devices, rows back in input order.
+
+``open_runner`` picks the runner for ``--devices``: ``LocalRunner`` (one device, in this process) or
+``PoolRunner`` (one worker process per device). Both take chunks of texts and yield ``ChunkResult`` in
+order, and both report to the caller's progress object: ``log(message)``, and, when the object has it,
+the optional ``device_tokens(device, tokens)`` (real tokens each device finished), which older progress
+objects simply lack.
+"""
+
+from __future__ import annotations
+
+
+def open_runner(embedder, job, progress=None):
+    """The runner for ``job.devices`` (also reads ``job.batch_tokens``, ``job.flags``, ``job.trust_remote_code``).
+
+    ``embedder`` is the main process's: it tokenizes and plans for the pool (workers rebuild their own from
+    ``embedder.spec``), and runs the batches itself for a single device.
+    """
+    from tokembed.engine.device import parse_devices
+
+    devices = parse_devices(job.devices)
+    if devices.workers and embedder.is_vision:
+        if progress is not None:
+            progress.log("image models run on one device for now (the worker pool carries token ids only): using the first")
+    if not devices.workers or embedder.is_vision:
+        from tokembed.engine.local import LocalRunner
+
+        return LocalRunner(embedder, job.batch_tokens, progress)
+    from tokembed.engine.pool import PoolRunner
+
+    if embedder.device.startswith("cuda"):
+        _release_main_copy(embedder)
+    spec = embedder.spec(job.flags, job.trust_remote_code)
+    return PoolRunner(spec, devices.labels, embedder.encoder, job.batch_tokens, progress)
+
+
+def _release_main_copy(embedder) -> None:
+    """The workers hold the weights on their GPUs; the main process only tokenizes, so its copy leaves cuda:0."""
+    import torch
+
+    embedder.model.to("cpu")
+    torch.cuda.empty_cache()

@@ -1,5 +1,9 @@
 """The model registry: ``detect()`` reads what a checkpoint says and returns a family key; ``FAMILIES``
 maps each key to the class that loads it, imported on first use (as vLLM's model registry does).
+
+Text families load a ``TokenModel``; vision retrieval families (keyed by their transformers architecture,
+plus ``remote-code-retrieval``) load a ``vision.VisionModel``, whose ``make_encoder(settings)`` gives the
+encoder.
 """
 
 from __future__ import annotations
@@ -7,16 +11,26 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokembed.errors import UnsupportedModelError
 from tokembed.models.base import LoadOptions, TokenModel, read_json
+
+if TYPE_CHECKING:
+    from tokembed.models.vision import VisionModel
 
 FAMILIES: dict[str, str] = {
     "HF_ColBERT": "tokembed.models.stanford:StanfordColBERT",
     "st-colbert": "tokembed.models.st_colbert:STColBERT",
     "encoder": "tokembed.models.raw:RawEncoder",
     "causal-lm": "tokembed.models.raw:RawDecoder",
+    "ColPaliForRetrieval": "tokembed.models.colpali:ColPali",
+    "ColQwen2ForRetrieval": "tokembed.models.colqwen2:ColQwen2",
+    "ColModernVBertForRetrieval": "tokembed.models.colmodernvbert:ColModernVBert",
+    "remote-code-retrieval": "tokembed.models.remote_code:RemoteCodeRetrieval",
 }
+# Vision retrieval architectures transformers implements itself (no remote code needed).
+VISION_ARCHITECTURES = ("ColPaliForRetrieval", "ColQwen2ForRetrieval", "ColModernVBertForRetrieval")
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,7 @@ def describe_families() -> list[FamilyInfo]:
     infos = []
     for key, where in FAMILIES.items():
         cls = family_class(key)
-        modes = "colbert, raw" if key in ("HF_ColBERT", "st-colbert") else "raw"
+        modes = getattr(cls, "modes", None) or ("colbert, raw" if key in ("HF_ColBERT", "st-colbert") else "raw")
         infos.append(FamilyInfo(key, where, cls.detected_by, cls.needs, modes))
     return infos
 
@@ -54,11 +68,9 @@ def detect(path: Path, trust_remote_code: bool = False) -> str:
     architectures = (config or {}).get("architectures") or []
     if "HF_ColBERT" in architectures:
         return "HF_ColBERT"
-    if any(arch.endswith("ForRetrieval") for arch in architectures):
-        raise UnsupportedModelError(
-            f"{path}: {architectures[0]} (a vision retrieval model) is not supported yet",
-            hint="tokembed models lists the supported families",
-        )
+    vision = _vision_family(path, config or {}, architectures, trust_remote_code)
+    if vision is not None:
+        return vision
     if is_st_colbert(path):
         return "st-colbert"
     if config is None:
@@ -79,6 +91,31 @@ def detect(path: Path, trust_remote_code: bool = False) -> str:
     )
 
 
+def _vision_family(path: Path, config: dict, architectures: list[str], trust_remote_code: bool) -> str | None:
+    """The vision retrieval family of a checkpoint, None if it is not one; refuses remote code without the flag."""
+    from tokembed.models.remote_code import is_remote_vision
+
+    for arch in architectures:
+        if arch in VISION_ARCHITECTURES:
+            return arch
+    if is_remote_vision(path, config):
+        if not trust_remote_code:
+            raise UnsupportedModelError(
+                f"{path}: {architectures[0]} is a vision retrieval model that ships its own code (auto_map) "
+                "and --trust-remote-code is off",
+                hint="pass --trust-remote-code if you trust this checkpoint's code",
+            )
+        return "remote-code-retrieval"
+    retrieval = [arch for arch in architectures if arch.endswith("ForRetrieval")]
+    if retrieval:
+        raise UnsupportedModelError(
+            f"{path}: {retrieval[0]} is a vision retrieval model tokembed does not know "
+            f"(known: {', '.join(VISION_ARCHITECTURES)}; others need their own code: auto_map + --trust-remote-code)",
+            hint="tokembed models lists the supported families",
+        )
+    return None
+
+
 def _known_model_type(config: dict) -> bool:
     from transformers import CONFIG_MAPPING
 
@@ -90,7 +127,7 @@ def _found(path: Path, what: str) -> str:
     return f"{path}: unknown checkpoint layout ({what}; files: {', '.join(files) or 'none'})"
 
 
-def load_model(path: Path, options: LoadOptions | None = None) -> TokenModel:
+def load_model(path: Path, options: LoadOptions | None = None) -> "TokenModel | VisionModel":
     options = options or LoadOptions()
     key = detect(path, options.trust_remote_code)
     model = family_class(key).load(path, options)

@@ -99,7 +99,7 @@ def model_fingerprint(path: Path) -> str:
         if not file.is_file():
             continue
         rel = file.relative_to(path).as_posix()
-        if file.name in _FINGERPRINT_FILES or rel.endswith("config.json"):
+        if file.name in _FINGERPRINT_FILES or rel.endswith(("config.json", ".jinja", ".py")) or "chat_template" in file.name:
             digest.update(rel.encode() + b"\0" + file.read_bytes())
         elif file.suffix in _WEIGHT_SUFFIXES:
             digest.update(rel.encode() + b"\0" + _weight_sample(file))

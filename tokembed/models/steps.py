@@ -72,6 +72,13 @@ class TextEncoder:
             attention[row, : len(item.ids) if attend_expansion else item.n_attend] = 1
         return torch.from_numpy(input_ids), torch.from_numpy(attention)
 
+    def embed(self, collated: tuple[torch.Tensor, torch.Tensor], device: str | None = None) -> torch.Tensor:
+        """Collated (ids, attention) -> [B, T, D] float32 on ``device`` (the shape ``VisionEncoder`` has too)."""
+        input_ids, attention = collated
+        if device is not None:
+            input_ids, attention = input_ids.to(device), attention.to(device)
+        return self.model.embed(input_ids, attention)
+
     # -- after the forward pass --------------------------------------------------------------
     def finish(self, vectors: torch.Tensor, batch: list[Tokenized]) -> list[tuple[np.ndarray, np.ndarray]]:
         """[B, T, D] float32 -> per item (vectors [n_kept, D] in the store dtype, token ids [n_kept])."""

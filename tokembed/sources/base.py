@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tokembed.errors import BadInputError
+from tokembed.errors import BadInputError, UsageError
 
 TEXT_SUFFIXES = (".txt", ".md")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MODALITIES = ("text", "image", "auto")
+DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP page; Pillow's own bomb limit is ~89 MP (warning) / ~179 MP (error)
 
 
 @dataclass(frozen=True)
@@ -17,11 +21,21 @@ class Item:
     text: str | None
     source: str  # the file the item came from
     row: int  # 0-based row in a Parquet/JSONL file, 0 for a file of its own
-    error: str | None = None  # why the item cannot be encoded (null text, bad UTF-8, ...)
+    error: str | None = None  # why the item cannot be encoded (null text, bad UTF-8, bad image, ...)
+    image: Any = field(default=None, compare=False, repr=False)  # decoded RGB PIL.Image (image inputs)
+    image_sha256: str | None = None  # hex sha256 of the image bytes as stored
 
     @property
     def location(self) -> str:
         return f"{self.source} row {self.row}" if self.source.endswith((".parquet", ".jsonl")) else self.source
+
+    @property
+    def content(self) -> str:
+        """What the item's content hash is made of: the text, and/or the stored image bytes' digest."""
+        if self.image_sha256 is None:
+            return self.text or ""
+        marker = f"\0image sha256:{self.image_sha256}"
+        return (self.text or "") + marker
 
 
 @dataclass(frozen=True)
@@ -30,25 +44,33 @@ class SourceOptions:
     text_column: str = "text"
     id_column_given: bool = False  # an explicit --id-column must exist; the default may be absent
     chunk_rows: int = 2048
+    image_column: str = "image"  # bytes, a path (relative to the file), or the datasets Image struct {bytes, path}
+    image_column_given: bool = False
+    # What Parquet/JSONL rows and folders are read for: "text" (the text column; the default), "image" (the
+    # image column: vision models' documents), or "auto" (whichever of the two columns exist).
+    modality: str = "text"
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are item errors (decompression bombs)
+    image_chunk_rows: int = 64  # decoded images held at once: chunks of image items are this small
 
 
 def open_sources(inputs: list[Path], options: SourceOptions) -> Iterator[list[Item]]:
     """Yield chunks of at most ``options.chunk_rows`` items from every input, in order."""
-    from tokembed.sources.jsonl import read_jsonl
-    from tokembed.sources.parquet import read_parquet
-    from tokembed.sources.textdir import read_text_folder
-
     if not inputs:
         raise BadInputError("no INPUT given")
+    if options.modality not in MODALITIES:
+        raise UsageError(f"modality must be one of {', '.join(MODALITIES)}; got {options.modality!r}")
     offset = 0  # row numbers stand in for missing ids and keep counting across files
     for path in inputs:
-        for file, reader in _readers(path, read_parquet, read_jsonl, read_text_folder):
+        for file, reader in _readers(path, options):
             for chunk in reader(file, options, offset):
                 offset += len(chunk)
                 yield chunk
 
 
-def _readers(path: Path, read_parquet, read_jsonl, read_text_folder):
+def _readers(path: Path, options: SourceOptions) -> list:
+    from tokembed.sources.jsonl import read_jsonl
+    from tokembed.sources.parquet import read_parquet
+
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder")
     if path.is_file():
@@ -63,9 +85,63 @@ def _readers(path: Path, read_parquet, read_jsonl, read_text_folder):
     jsonl_files = sorted(path.rglob("*.jsonl"))
     if jsonl_files:
         return [(file, read_jsonl) for file in jsonl_files]
-    if any(p.suffix in TEXT_SUFFIXES for p in path.rglob("*")):
-        return [(path, read_text_folder)]
-    raise BadInputError(f"{path}: folder holds no .parquet, .jsonl, .txt or .md files")
+    return _folder_readers(path, options.modality)
+
+
+def _folder_readers(path: Path, modality: str) -> list:
+    """A folder of text files and/or images: read what the modality asks for."""
+    from tokembed.sources.images import read_image_folder
+    from tokembed.sources.textdir import read_text_folder
+
+    suffixes = {p.suffix for p in path.rglob("*") if p.is_file()}
+    has_text = bool(suffixes & set(TEXT_SUFFIXES))
+    has_images = bool({suffix.lower() for suffix in suffixes} & set(IMAGE_SUFFIXES))
+    readers = []
+    if has_text and modality in ("text", "auto"):
+        readers.append((path, read_text_folder))
+    if has_images and modality in ("image", "auto"):
+        readers.append((path, read_image_folder))
+    if readers:
+        return readers
+    if has_images:
+        raise BadInputError(
+            f"{path}: a folder of images, but this model encodes text",
+            hint="images need a vision retrieval model (ColPali, ColQwen2, ...); tokembed models lists them",
+        )
+    if has_text:
+        raise BadInputError(
+            f"{path}: a folder of text files, but this model encodes documents as images",
+            hint="pass a folder of images or a Parquet/JSONL file with an image column",
+        )
+    raise BadInputError(
+        f"{path}: folder holds no .parquet, .jsonl, .txt, .md or image ({', '.join(IMAGE_SUFFIXES)}) files"
+    )
+
+
+def wanted_columns(source: str, names: list[str], options: SourceOptions, what: str = "column") -> tuple[bool, bool]:
+    """Which of the text and image columns a Parquet file (or JSONL record: ``what="field"``) is read for.
+
+    Raises ``BadInputError`` naming the missing column and the ones there are.
+    """
+    has_text, has_image = options.text_column in names, options.image_column in names
+    found = f"({what}s: {', '.join(names)})"
+    text_column, image_column = f"text {what} {options.text_column!r}", f"image {what} {options.image_column!r}"
+    if options.modality == "text" and not has_text:
+        raise BadInputError(f"{source}: no {text_column} {found}")
+    if options.modality == "image" and not has_image:
+        raise BadInputError(f"{source}: no {image_column} {found}")
+    if options.modality == "auto":
+        if options.image_column_given and not has_image:
+            raise BadInputError(f"{source}: no {image_column} {found}")
+        if not (has_text or has_image):
+            raise BadInputError(f"{source}: no {text_column} or {image_column} {found}")
+        return has_text, has_image
+    return options.modality == "text", options.modality == "image"
+
+
+def chunk_size(options: SourceOptions, images: bool) -> int:
+    """Rows per chunk: fewer when every item holds a decoded image."""
+    return min(options.chunk_rows, options.image_chunk_rows) if images else options.chunk_rows
 
 
 def chunked(items: Iterator[Item], size: int) -> Iterator[list[Item]]:

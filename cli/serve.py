@@ -1,0 +1,68 @@
+"""``tokembed serve``: options for the vLLM-compatible HTTP server; the work is ``tokembed.serve.run_server``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Optional
+
+import typer
+
+from cli.encode import DType
+
+
+def serve(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m",
+        help="Checkpoint folder or Hugging Face hub id. Default: the demo all-MiniLM-L6-v2 (raw mode only).",
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. Default: loopback only; use --api-key before opening it up."),
+    port: int = typer.Option(8000, help="TCP port (0: any free port)."),
+    devices: str = typer.Option("auto", help="One device: auto (first CUDA device, else CPU), cpu, cuda or cuda:N."),
+    dtype: DType = typer.Option(DType.auto, help="Compute dtype. auto = float32 on CPU (exact), bfloat16 on CUDA."),
+    max_batch_tokens: int = typer.Option(16384, help="Token budget of one forward pass, padding included (shared by concurrent requests)."),
+    batch_window_ms: float = typer.Option(5.0, help="How long a request may wait for others to join its batch, in milliseconds."),
+    max_model_len: Optional[int] = typer.Option(
+        None, help="Most tokens per raw input; longer inputs get 400 unless truncate_prompt_tokens is set. Default: the checkpoint's limit."
+    ),
+    max_inputs: int = typer.Option(1024, help="Most inputs per request (score and rerank: queries + documents)."),
+    max_body_mb: float = typer.Option(16.0, help="Largest request body, in MiB (larger ones get 413)."),
+    api_key: Optional[str] = typer.Option(
+        None, envvar="TOKEMBED_API_KEY", help="Require 'Authorization: Bearer KEY' on every endpoint but /health (env TOKEMBED_API_KEY)."
+    ),
+    served_model_name: Optional[str] = typer.Option(None, help="Name clients pass as \"model\". Default: --model as given."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints that ship their own Python code."),
+    log_level: str = typer.Option("info", help="uvicorn log level (debug also logs every request)."),
+) -> None:
+    """Serve a checkpoint over HTTP: vLLM's /pooling (token_embed), /score and /rerank with MaxSim (pip install 'tokembed[serve]')."""
+    from tokembed.serve import ServeOptions, run_server
+
+    options = ServeOptions(
+        max_batch_tokens=max_batch_tokens,
+        batch_window_ms=batch_window_ms,
+        max_model_len=max_model_len,
+        max_inputs=max_inputs,
+        served_model_name=served_model_name,
+        dtype=dtype.value,
+    )
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # uvicorn replaces it while serving; this covers model loading
+    try:
+        run_server(
+            model,
+            host=host,
+            port=port,
+            devices=devices,
+            options=options,
+            api_key=api_key,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            trust_remote_code=trust_remote_code,
+            log_level=log_level,
+            announce=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down
+        pass
+    print("tokembed: server stopped", file=sys.stderr)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

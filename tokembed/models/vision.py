@@ -1,0 +1,302 @@
+"""Vision retrieval models: ColPali, ColQwen2/2.5, ColModernVBert and remote-code ColVision families.
+
+Stage: models. In: PIL images (documents) or strings (queries). Out: per item (vectors [n, D] in the store
+dtype, token ids int32). The checkpoint's own processor prepares every item (``process_images``: the
+visual prompt and the image placeholder tokens; ``process_queries``: the query prefix and the query
+augmentation tokens) and the model's own forward gives the embeddings (projection with its bias,
+L2-normalized, multiplied by the attention mask), so each item's vectors are those of
+``model(**processor.process_images([image])).embeddings`` (resp. ``process_queries``) at every attended
+position, as colpali-engine and the transformers model cards use them.
+
+* ``VisionModel``   what a vision family's ``load()`` returns (the counterpart of ``TokenModel``); its
+                    ``make_encoder(settings)`` gives the encoder for one kind.
+* ``VisionEncoder`` the shape of ``steps.TextEncoder``: ``tokenize -> collate -> embed -> finish``.
+* ``Prepared``      one processed item: ``ids`` (its sequence, image placeholders included; ``len(ids)`` is
+                    the length batching uses) and ``payload`` (its pixel values, image grid, ...).
+
+Items are processed one at a time, so the processor never pads and every position is attended; batches
+are right-padded by ``collate`` (PaliGemma and ColQwen2 number positions without looking at the
+attention mask, so left padding would change the vectors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tokembed.errors import BadInputError, ModelError, UsageError
+from tokembed.models.base import LoadOptions, position_limit, torch_dtype
+from tokembed.settings import EncodeSettings
+
+# Processor outputs that are not model inputs (training labels, bookkeeping).
+_NOT_INPUTS = ("labels", "text_replacement_offsets")
+
+
+@dataclass
+class Prepared:
+    """One item after the processor: what batching measures and what the forward needs."""
+
+    ids: np.ndarray  # [n_tokens] int64: the processed sequence, prompt and image placeholder tokens included
+    n_attend: int  # attended positions: all of them (a single item is never padded)
+    payload: dict[str, torch.Tensor] = field(default_factory=dict)  # other model inputs, batch dim removed
+
+
+@dataclass
+class VisionModel:
+    """A loaded ``*ForRetrieval`` model and its processor."""
+
+    family: str
+    path: Path
+    architecture: str
+    model: nn.Module
+    processor: Any
+    embedding_dim: int
+    projection: str | None  # submodule whose output is the projection before normalization (--no-normalize)
+    max_length: int
+    position_limit: int
+    colbert: None = None  # vision models carry no ColBERT settings: prefixes are the processor's
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def output_dim(self) -> int:
+        return self.embedding_dim
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str) -> "VisionModel":
+        self.model.to(device)
+        return self
+
+    def make_encoder(self, settings: EncodeSettings) -> "VisionEncoder":
+        return VisionEncoder(self, settings)
+
+    @torch.inference_mode()
+    def embed(self, inputs: dict[str, torch.Tensor], normalized: bool = True) -> torch.Tensor:
+        """Model inputs -> [B, T, D] float32: the model's ``embeddings`` output, or (``normalized=False``)
+        the projection's output before the model normalizes it."""
+        device = self.device
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        if normalized:
+            return embeddings_of(self.model(**inputs)).float()
+        captured: list[torch.Tensor] = []
+        module = self.model.get_submodule(self.projection)
+        handle = module.register_forward_hook(lambda _module, _args, output: captured.append(output))
+        try:
+            self.model(**inputs)
+        finally:
+            handle.remove()
+        return captured[-1].float()
+
+
+class VisionEncoder:
+    """``VisionModel`` bound to one kind: documents are images, queries are text."""
+
+    def __init__(self, model: VisionModel, settings: EncodeSettings) -> None:
+        self.model = model
+        self.settings = settings
+        if not settings.normalize and model.projection is None:
+            raise UsageError(
+                f"--no-normalize: cannot find the projection of {model.architecture} before it normalizes",
+                hint="encode with normalization (the model's own convention)",
+            )
+        pad_id = getattr(model.tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad_id) if pad_id is not None else 0
+
+    # -- before the forward pass -------------------------------------------------------------
+    def tokenize(self, inputs: list) -> list[Prepared]:
+        """Images (documents) or strings (queries) -> one ``Prepared`` per input, through the processor."""
+        return [self._prepare(value) for value in inputs]
+
+    def _prepare(self, value: Any) -> Prepared:
+        processor = self.model.processor
+        if self.settings.kind == "query":
+            if not isinstance(value, str):
+                raise BadInputError(f"{self.model.architecture} queries are text; got {type(value).__name__}")
+            return prepared_from(processor.process_queries([value]))
+        if isinstance(value, str):
+            raise BadInputError(
+                f"{self.model.architecture} encodes documents as images; got text",
+                hint="give a folder of images or an image column; text is encoded with --kind query",
+            )
+        return prepared_from(processor.process_images([value]))
+
+    def collate(self, batch: list[Prepared]) -> dict[str, torch.Tensor]:
+        """Right-pad ids and attention; zero-pad every payload tensor to the largest item and stack it.
+
+        Right padding matters: PaliGemma and ColQwen2's language model number positions 0..T-1 whatever
+        the attention mask says, so a left-padded item would not get the vectors it gets alone. Zero
+        padding of pixel tensors is what the processors do themselves when they batch (ColQwen2's patch
+        rows, Idefics3's images and pixel masks), and the models drop it.
+        """
+        width = max(len(item.ids) for item in batch)
+        input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        attention = np.zeros((len(batch), width), dtype=np.int64)
+        for row, item in enumerate(batch):
+            input_ids[row, : len(item.ids)] = item.ids
+            attention[row, : item.n_attend] = 1
+        collated = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention)}
+        keys = set(batch[0].payload)
+        if any(set(item.payload) != keys for item in batch):
+            raise ModelError("items of one batch were processed differently (images and text mixed?)")
+        for key in batch[0].payload:
+            collated[key] = pad_stack([item.payload[key] for item in batch])
+        return collated
+
+    # -- the forward pass --------------------------------------------------------------------
+    def embed(self, collated: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, T, D] float32, the model's own embeddings (moved to the model's device here)."""
+        return self.model.embed(collated, normalized=self.settings.normalize)
+
+    # -- after the forward pass --------------------------------------------------------------
+    def finish(self, vectors: torch.Tensor, batch: list[Prepared]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[B, T, D] -> per item (vectors [n_attend, D] in the store dtype, token ids [n_attend] int32).
+
+        Every attended position is kept (prompt, image placeholders, query prefix and augmentation
+        tokens), as the models' ``embeddings`` output and colpali-engine's scoring use them. The model
+        already normalized each vector; ``--dimensions`` cuts and re-normalizes.
+        """
+        settings = self.settings
+        if settings.dimensions is not None and settings.dimensions < vectors.shape[-1]:
+            vectors = vectors[..., : settings.dimensions]
+            if settings.normalize:
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
+        store = torch.float16 if settings.store_dtype == "float16" else torch.float32
+        array = vectors.to(store).cpu().numpy()
+        return [(array[row, : item.n_attend], item.ids[: item.n_attend].astype(np.int32)) for row, item in enumerate(batch)]
+
+    @property
+    def store_dtype(self) -> np.dtype:
+        return np.dtype(np.float16 if self.settings.store_dtype == "float16" else np.float32)
+
+    @property
+    def output_dim(self) -> int:
+        dim = self.model.output_dim
+        return min(dim, self.settings.dimensions) if self.settings.dimensions else dim
+
+
+def prepared_from(output: Any) -> Prepared:
+    """A processor's output for one item (batch of 1) -> ``Prepared``."""
+    data = {key: _as_tensor(value) for key, value in dict(output).items() if key not in _NOT_INPUTS}
+    ids = data.pop("input_ids", None)
+    if ids is None or ids.ndim != 2 or ids.shape[0] != 1:
+        raise ModelError("the processor did not return input_ids for one item")
+    attention = data.pop("attention_mask", None)
+    if attention is not None and not bool(attention.bool().all()):
+        raise ModelError("the processor padded a single item; tokembed expects unpadded items")
+    payload = {key: value[0] for key, value in data.items() if isinstance(value, torch.Tensor) and value.ndim >= 1}
+    ids_array = ids[0].cpu().numpy().astype(np.int64)
+    return Prepared(ids_array, len(ids_array), payload)
+
+
+def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack tensors of equal rank, zero-padding each dimension at the end to the largest size."""
+    first = tensors[0]
+    if all(t.shape == first.shape for t in tensors):
+        return torch.stack(tensors)
+    shape = [max(t.shape[d] for t in tensors) for d in range(first.ndim)]
+    out = first.new_zeros((len(tensors), *shape))
+    for row, tensor in enumerate(tensors):
+        out[(row, *(slice(0, size) for size in tensor.shape))] = tensor
+    return out
+
+
+def embeddings_of(output: Any) -> torch.Tensor:
+    """The embeddings a retrieval model returns: a tensor (colpali-engine), ``.embeddings`` (transformers)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    embeddings = getattr(output, "embeddings", None)
+    if isinstance(embeddings, torch.Tensor):
+        return embeddings
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise ModelError(f"the model returned {type(output).__name__}, not token embeddings")
+
+
+def _as_tensor(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    return value
+
+
+# -- loading -----------------------------------------------------------------------------------------
+
+
+def load_vision_model(
+    family: str,
+    path: Path,
+    options: LoadOptions,
+    model_class: Any,
+    projection: tuple[str, ...] = ("embedding_proj_layer",),
+) -> VisionModel:
+    """Load ``model_class`` (a transformers class, or ``AutoModel`` for remote code) and ``AutoProcessor``.
+
+    ``projection``: names the projection may have; the first ``nn.Linear`` found is the one whose output
+    ``--no-normalize`` stores.
+
+    Every weight must come from the checkpoint: a missing one (such as a projection bias a converter
+    dropped) would be initialized at random and silently change the vectors.
+    """
+    from transformers import AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    remote = {"trust_remote_code": options.trust_remote_code}
+    try:
+        processor = AutoProcessor.from_pretrained(path, **remote)
+        model, info = model_class.from_pretrained(
+            path, dtype=torch_dtype(options.dtype), output_loading_info=True, **remote
+        )
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+        raise ModelError(f"{path}: cannot load the vision retrieval model: {exc}") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ModelError(f"{path}: weights missing from the checkpoint: {shown}")
+    for method in ("process_images", "process_queries"):
+        if not callable(getattr(processor, method, None)):
+            raise ModelError(f"{path}: the processor {type(processor).__name__} has no {method}()")
+    model.eval()
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    found = next((name for name in projection if isinstance(_submodule(model, name), nn.Linear)), None)
+    limit = position_limit(text_config)
+    return VisionModel(
+        family=family,
+        path=path,
+        architecture=(getattr(config, "architectures", None) or [type(model).__name__])[0],
+        model=model,
+        processor=processor,
+        embedding_dim=_embedding_dim(model, found),
+        projection=found,
+        max_length=limit,
+        position_limit=limit,
+    )
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _embedding_dim(model: nn.Module, projection: str | None) -> int:
+    dim = getattr(model.config, "embedding_dim", None) or getattr(model.config, "dim", None)
+    if dim:
+        return int(dim)
+    if projection is not None:
+        module = model.get_submodule(projection)
+        if isinstance(module, nn.Linear):
+            return int(module.out_features)
+    raise ModelError(f"cannot tell the embedding size of {type(model).__name__} (no embedding_dim in its config)")

@@ -1,0 +1,183 @@
+"""Request and response bodies of ``tokembed serve``, shaped like vLLM's pooling API.
+
+Requests are validated here (types, choices, ranges); everything that needs the model (token counts,
+the vocabulary, the output dimension) is checked by the service. Field names and defaults follow vLLM
+(``vllm/entrypoints/pooling/{base,pooling,scoring}/protocol.py``):
+
+* ``PoolingRequest``  -> ``/pooling``: ``input`` (text, texts, token ids, lists of token ids), ``task``,
+  ``encoding_format``, ``embed_dtype``, ``endianness``, ``truncate_prompt_tokens``, ``use_activation``,
+  ``dimensions``; tokembed's extension ``input_type`` ("query" | "document") selects ColBERT processing.
+* ``ScoreRequest``    -> ``/score``: ``queries``/``documents`` (or ``text_1``/``text_2``, ``data_1``/``data_2``).
+* ``RerankRequest``   -> ``/rerank``: ``query``, ``documents``, ``top_n``.
+
+Unknown fields are ignored, as vLLM does (clients send ``user``, ``priority``, ``request_id``...). Types are
+strict: ``"8"`` is not an integer and ``1`` is not a string. Responses are built as plain dicts by the
+service (a pydantic model per float would be slow); the models below document them in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tokembed.errors import BadInputError
+
+TokenIds = list[Annotated[int, Field(ge=0)]]
+PoolingInput = str | list[str] | TokenIds | list[TokenIds]
+TextInputs = str | list[str]
+
+
+class APIError(BadInputError):
+    """A request the server refuses, as vLLM's error envelope: HTTP ``status``, ``type``, ``param``."""
+
+    def __init__(self, message: str, status: int = 400, type: str = "BadRequestError", param: str | None = None):
+        super().__init__(message)
+        self.status, self.type, self.param = status, type, param
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str | None = None
+    truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
+    use_activation: bool | None = Field(
+        default=None, description="L2-normalize every token vector (vLLM's activation for token_embed). Default true."
+    )
+
+
+class PoolingRequest(_Request):
+    input: PoolingInput
+    task: str | None = Field(default=None, description='Only "token_embed" (the default) is served.')
+    encoding_format: Literal["float", "base64"] = "float"
+    embed_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32", description="dtype of base64 output (float output is always float32 values)."
+    )
+    endianness: Literal["native", "big", "little"] = "native"
+    dimensions: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Keep the first N dimensions of every vector, then re-normalize."
+    )
+    add_special_tokens: bool = True
+    input_type: Literal["query", "document"] | None = Field(
+        default=None,
+        description="tokembed extension: encode as a ColBERT query or document (prefix, expansion, skiplist, "
+        "lengths of the checkpoint). Absent: raw token embeddings, as vLLM returns them.",
+    )
+
+    def split_input(self) -> tuple[list[str] | None, list[list[int]] | None]:
+        """vLLM's four input forms -> (texts, None) or (None, token id lists)."""
+        value = self.input
+        if isinstance(value, str):
+            return [value], None
+        if not value:
+            return [], None
+        if isinstance(value[0], str):
+            return list(value), None
+        if isinstance(value[0], int):
+            return None, [list(value)]
+        return None, [list(ids) for ids in value]
+
+
+class ScoreRequest(_Request):
+    queries: TextInputs | None = None
+    documents: TextInputs | None = None
+    text_1: TextInputs | None = None
+    text_2: TextInputs | None = None
+    data_1: TextInputs | None = None
+    data_2: TextInputs | None = None
+
+    def pair(self) -> tuple[list[str], list[str]]:
+        """(queries, documents) from whichever of vLLM's three spellings was used; 1:1, 1:N or N:N."""
+        spellings = [("queries", "documents"), ("text_1", "text_2"), ("data_1", "data_2")]
+        given = [(getattr(self, a), getattr(self, b)) for a, b in spellings]
+        given = [pair for pair in given if pair != (None, None)]
+        if len(given) != 1 or given[0][0] is None or given[0][1] is None:
+            raise APIError("give exactly one pair of inputs: queries and documents (or text_1 and text_2)", param="queries")
+        first, second = ([value] if isinstance(value, str) else list(value) for value in given[0])
+        if len(first) > 1 and len(first) != len(second):
+            raise APIError("Input lengths must be either 1:1, 1:N or N:N", param="queries")
+        if not first:
+            raise APIError("At least one text element must be given", param="queries")
+        if not second:
+            raise APIError("At least one text_pair element must be given", param="documents")
+        return first, second
+
+
+class RerankRequest(_Request):
+    query: str
+    documents: list[str]
+    top_n: int = Field(default=0, description="Results to return, best first; 0 (default) returns all.")
+
+
+# -- responses (documentation; the service returns dicts of exactly these shapes) -----------------------
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int | None = 0
+
+
+class PoolingResponseData(BaseModel):
+    index: int
+    object: str = "pooling"
+    data: list[list[float]] | str = Field(description="[n_tokens][dim] floats, or base64 of the flattened array")
+
+
+class PoolingResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[PoolingResponseData]
+    usage: UsageInfo
+
+
+class ScoreResponseData(BaseModel):
+    index: int
+    object: str = "score"
+    score: float | None = Field(description="MaxSim; null only for a document left with no token")
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[ScoreResponseData]
+    usage: UsageInfo
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    document: RerankDocument
+    relevance_score: float | None
+
+
+class RerankUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    usage: RerankUsage
+    results: list[RerankResult]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """vLLM's error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorInfo

@@ -1,0 +1,410 @@
+"""The model-owning service behind ``tokembed serve``: pooling, score and rerank, transport-free.
+
+    request (validated schema) -> check -> tokenize (one thread) -> DynamicBatcher (engine, one worker
+    thread) -> per-request finishing (dimensions, normalization, encoding) -> response dict
+
+One checkpoint is loaded once (``Embedder``) and read through up to three *profiles* that share its
+weights: ``raw`` (vLLM's ``token_embed``: default special tokens, every token, projection) and, for a
+checkpoint with ColBERT settings, ``query`` and ``document`` (PyLate semantics: prefix, expansion,
+lengths, skiplist). Every profile computes float32, unnormalized, full-dimension vectors, so requests
+with different ``dimensions`` / ``use_activation`` / ``embed_dtype`` still share batches; those options
+are applied per request afterwards, in the order ``TextEncoder.finish`` applies them (cut, normalize).
+
+Scores are MaxSim, sum over query tokens of the max over document tokens of the dot product, in float32.
+``/score`` and ``/rerank`` encode queries and documents with the query/document profiles when the
+checkpoint has ColBERT settings, else raw.
+
+Errors a client causes raise ``schemas.APIError`` (HTTP status, vLLM error type, offending parameter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from tokembed.errors import UsageError
+from tokembed.serve.batcher import DynamicBatcher
+from tokembed.serve.schemas import APIError, PoolingRequest, RerankRequest, ScoreRequest
+from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags, resolve
+
+SUPPORTED_TASKS = ("token_embed",)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS  # padded tokens per forward pass
+    batch_window_ms: float = 5.0  # how long a request may wait for others before its batch starts
+    max_model_len: int | None = None  # raw-mode token limit per input; default: the checkpoint's
+    max_inputs: int = 1024  # inputs per request (score/rerank: queries + documents)
+    served_model_name: str | None = None  # the name clients send as "model"; default: --model as given
+    dtype: str = "auto"  # compute dtype (auto: float32 on CPU, bfloat16 on CUDA)
+
+    def check(self) -> None:
+        for name, value, low in (("--max-batch-tokens", self.max_batch_tokens, 1), ("--max-inputs", self.max_inputs, 1)):
+            if value < low:
+                raise UsageError(f"{name} must be at least {low}, got {value}")
+        if self.batch_window_ms < 0:
+            raise UsageError(f"--batch-window-ms must be >= 0, got {self.batch_window_ms}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise UsageError(f"--max-model-len must be at least 2, got {self.max_model_len}")
+
+
+@dataclass
+class Profile:
+    """One way of reading the checkpoint: its settings, a model view (own tokenizer for ColBERT) and encoder."""
+
+    key: str  # "raw" | "query" | "document"
+    flags: EncodeFlags
+    view: object  # TokenModel sharing the loaded weights
+    encoder: object  # TextEncoder with the profile's default lengths (collate/finish of its batches)
+
+
+class EmbeddingService:
+    """Owns the model, the tokenizer thread and the batcher. ``await pool/score/rerank(request)`` -> dict."""
+
+    def __init__(self, embedder, options: ServeOptions = ServeOptions()) -> None:
+        from tokembed.engine.runner import BatchExecutor
+
+        options.check()
+        self.embedder = embedder
+        self.options = options
+        self.name = options.served_model_name or embedder.resolved.name
+        self.created = int(time.time())
+        model = embedder.model
+        self.vocab_size = _vocab_size(model)
+        self.max_model_len = self._max_model_len(options.max_model_len)
+        self.profiles = {"raw": Profile("raw", _profile_flags("raw", None, options.dtype), model, embedder.encoder)}
+        if model.colbert is not None:
+            view = copy.copy(model)  # shares the weights; its own tokenizer keeps prefix registration out of raw
+            view.tokenizer = copy.deepcopy(model.tokenizer)
+            for kind in ("query", "document"):
+                flags = _profile_flags("colbert", kind, options.dtype)
+                self.profiles[kind] = Profile(kind, flags, view, self._encoder(view, flags, None))
+        self._tokenizers: dict[tuple[str, int | None], object] = {}
+        self._tokenize_thread = ThreadPoolExecutor(1, thread_name_prefix="tokembed-tokenize")  # HF tokenizers are not thread-safe
+        executors = {key: BatchExecutor(p.encoder, embedder.device) for key, p in self.profiles.items()}
+        self.batcher = DynamicBatcher(executors, options.max_batch_tokens, options.batch_window_ms / 1000.0)
+        self.requests: dict[str, int] = {"pooling": 0, "score": 0, "rerank": 0}
+
+    @classmethod
+    def load(
+        cls,
+        model: str | None,
+        device: str = "cpu",
+        options: ServeOptions = ServeOptions(),
+        trust_remote_code: bool = False,
+    ) -> "EmbeddingService":
+        from tokembed.embedder import Embedder
+
+        options.check()
+        embedder = Embedder.load(model, _profile_flags("raw", None, options.dtype), device, trust_remote_code)
+        return cls(embedder, options)
+
+    def close(self) -> None:
+        self.batcher.close()
+        self._tokenize_thread.shutdown(wait=False, cancel_futures=True)
+
+    # -- endpoints ---------------------------------------------------------------------------------------
+    async def pool(self, request: PoolingRequest) -> dict:
+        self.requests["pooling"] += 1
+        self._check_model(request.model)
+        if request.task is not None and request.task not in SUPPORTED_TASKS:
+            raise APIError(f"Unsupported task: {request.task!r} Supported tasks: {SUPPORTED_TASKS}", param="task")
+        if not request.add_special_tokens:
+            raise APIError("add_special_tokens=false is not supported; send token ids instead", param="add_special_tokens")
+        key = request.input_type or "raw"
+        if key not in self.profiles:
+            raise APIError(
+                f"input_type={key!r} needs a ColBERT checkpoint (PyLate / Stanford settings); {self.name!r} has none",
+                param="input_type",
+            )
+        texts, token_lists = request.split_input()
+        self._check_count(len(texts) if texts is not None else len(token_lists), "input")
+        self._check_dimensions(request.dimensions)
+        truncate = self._truncation(request.truncate_prompt_tokens)
+        if token_lists is not None:
+            if key != "raw":
+                raise APIError("input_type (ColBERT processing) needs text inputs; token ids are not supported", param="input")
+            items = self._token_items(token_lists, truncate, "embedding generation")
+        else:
+            items = await self._tokenize(key, texts, truncate, "embedding generation")
+        rows = await self.batcher.submit(key, items)
+        normalize = request.use_activation is not False
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self._pooling_response, rows, items, request, normalize
+        )
+
+    async def score(self, request: ScoreRequest) -> dict:
+        self.requests["score"] += 1
+        self._check_model(request.model)
+        queries, documents = request.pair()
+        self._check_count(len(queries) + len(documents), "documents")
+        q_vecs, d_vecs, tokens = await self._encode_pair(queries, documents, request)
+        pairs = [(0 if len(q_vecs) == 1 else i, i) for i in range(len(d_vecs))]
+        scores = await asyncio.get_running_loop().run_in_executor(None, _pair_scores, q_vecs, d_vecs, pairs)
+        return {
+            "id": f"score-{uuid.uuid4().hex}",
+            "object": "list",
+            "created": int(time.time()),
+            "model": self.name,
+            "data": [{"index": i, "object": "score", "score": _finite(s)} for i, s in enumerate(scores)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+        }
+
+    async def rerank(self, request: RerankRequest) -> dict:
+        self.requests["rerank"] += 1
+        self._check_model(request.model)
+        if not request.documents:
+            raise APIError("At least one document must be given", param="documents")
+        self._check_count(1 + len(request.documents), "documents")
+        q_vecs, d_vecs, tokens = await self._encode_pair([request.query], request.documents, request)
+        scores = await asyncio.get_running_loop().run_in_executor(None, maxsim, q_vecs[0], d_vecs)
+        order = np.argsort(-scores, kind="stable")  # best first; ties keep document order
+        if request.top_n > 0:
+            order = order[: request.top_n]
+        results = [
+            {"index": int(i), "document": {"text": request.documents[i]}, "relevance_score": _finite(scores[i])}
+            for i in order
+        ]
+        return {
+            "id": f"rerank-{uuid.uuid4().hex}",
+            "model": self.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "results": results,
+        }
+
+    def model_list(self) -> dict:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.name,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "tokembed",
+                    "root": str(self.embedder.resolved.path),
+                    "parent": None,
+                    "max_model_len": self.max_model_len,
+                    "permission": [],
+                }
+            ],
+        }
+
+    def stats(self) -> dict:
+        return {"requests": dict(self.requests), "batcher": self.batcher.stats.to_json()}
+
+    # -- steps -------------------------------------------------------------------------------------------
+    async def _encode_pair(self, queries: list[str], documents: list[str], request) -> tuple[list, list, int]:
+        """Encode both sides concurrently (their batches may merge with other requests'), normalized unless
+        ``use_activation`` is false."""
+        truncate = self._truncation(request.truncate_prompt_tokens)
+        colbert = "query" in self.profiles
+        q_key, d_key = ("query", "document") if colbert else ("raw", "raw")
+        q_items = await self._tokenize(q_key, queries, truncate, "score")
+        d_items = await self._tokenize(d_key, documents, truncate, "score")
+        q_rows, d_rows = await asyncio.gather(self.batcher.submit(q_key, q_items), self.batcher.submit(d_key, d_items))
+        normalize = request.use_activation is not False
+        q_vecs = [_finish(vectors, None, normalize) for vectors, _ in q_rows]
+        d_vecs = [_finish(vectors, None, normalize) for vectors, _ in d_rows]
+        tokens = sum(len(item.ids) for item in q_items + d_items)
+        return q_vecs, d_vecs, tokens
+
+    async def _tokenize(self, key: str, texts: list[str], truncate: int | None, operation: str) -> list:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenize_thread, self._tokenize_now, key, texts, truncate, operation)
+
+    def _tokenize_now(self, key: str, texts: list[str], truncate: int | None, operation: str) -> list:
+        """Runs on the tokenizer thread. Raw texts are tokenized to at most limit + 1 tokens so that an
+        over-long input is refused (vLLM's behaviour) unless ``truncate_prompt_tokens`` asks to cut it."""
+        items = self._tokenizing_encoder(key, truncate).tokenize(texts)
+        if key == "raw" and truncate is None:
+            for item in items:
+                self._check_length(len(item.ids), operation)
+        return items
+
+    def _tokenizing_encoder(self, key: str, truncate: int | None):
+        cache_key = (key, truncate)
+        encoder = self._tokenizers.get(cache_key)
+        if encoder is None:
+            profile = self.profiles[key]
+            if key == "raw":
+                length = truncate if truncate is not None else self.max_model_len + 1
+                encoder = self._encoder(profile.view, profile.flags, length)
+            elif truncate is None:
+                encoder = profile.encoder
+            else:  # tokembed encode --max-length semantics: caps the ColBERT length (queries: expansion too)
+                default = profile.encoder.settings.max_length
+                encoder = self._encoder(profile.view, replace(profile.flags, max_length=min(truncate, default)), None)
+            if len(self._tokenizers) > 64:
+                self._tokenizers.clear()
+            self._tokenizers[cache_key] = encoder
+        return encoder
+
+    def _encoder(self, view, flags: EncodeFlags, raw_length: int | None):
+        from tokembed.models.steps import TextEncoder
+
+        device_type = self.embedder.device.split(":")[0]
+        settings = resolve(flags, view.colbert, view.max_length, device_type, view.position_limit)
+        if raw_length is not None:
+            settings = replace(settings, max_length=raw_length)
+        return TextEncoder(view, settings)
+
+    def _token_items(self, token_lists: list[list[int]], truncate: int | None, operation: str) -> list:
+        """Token-id inputs go to the model as given (no special tokens added), as in vLLM."""
+        from tokembed.models.steps import Tokenized
+
+        side = getattr(self.embedder.model.tokenizer, "truncation_side", "right")
+        items = []
+        for ids in token_lists:
+            if not ids:
+                raise APIError("empty token list in input", param="input")
+            if max(ids) >= self.vocab_size:
+                raise APIError(f"token id {max(ids)} is out of vocabulary (size {self.vocab_size})", param="input")
+            if truncate is not None and len(ids) > truncate:
+                ids = ids[-truncate:] if side == "left" else ids[:truncate]
+            self._check_length(len(ids), operation)
+            items.append(Tokenized(np.asarray(ids, dtype=np.int64), len(ids)))
+        return items
+
+    def _pooling_response(self, rows, items, request: PoolingRequest, normalize: bool) -> dict:
+        data = []
+        for index, (vectors, _) in enumerate(rows):
+            vectors = _finish(vectors, request.dimensions, normalize)  # [n_tokens, D] float32
+            if request.encoding_format == "base64":
+                payload = encode_base64(vectors, request.embed_dtype, request.endianness)
+            else:
+                payload = vectors.tolist()
+            data.append({"index": index, "object": "pooling", "data": payload})
+        tokens = sum(len(item.ids) for item in items)
+        return {
+            "id": f"pool-{uuid.uuid4().hex}",
+            "object": "list",
+            "created": int(time.time()),
+            "model": self.name,
+            "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+        }
+
+    # -- checks ------------------------------------------------------------------------------------------
+    def _check_model(self, name: str | None) -> None:
+        if name is not None and name != self.name:
+            raise APIError(f"The model `{name}` does not exist.", status=404, type="NotFoundError", param="model")
+
+    def _check_count(self, count: int, param: str) -> None:
+        if count == 0:
+            raise APIError("At least one input must be given", param=param)
+        if count > self.options.max_inputs:
+            raise APIError(
+                f"{count} inputs in one request; this server accepts at most {self.options.max_inputs} "
+                "(split the request)", param=param,
+            )
+
+    def _check_dimensions(self, dimensions: int | None) -> None:
+        dim = self.embedder.output_dim
+        if dimensions is not None and dimensions > dim:
+            raise APIError(f"dimensions={dimensions} is larger than the model's output dimension {dim}", param="dimensions")
+
+    def _truncation(self, value: int | None) -> int | None:
+        """``truncate_prompt_tokens``: None keeps inputs whole (refusing over-long ones), -1 means the limit."""
+        if value is None:
+            return None
+        if value == -1:
+            return self.max_model_len
+        if value < 2:
+            raise APIError("truncate_prompt_tokens must be -1 or at least 2", param="truncate_prompt_tokens")
+        if value > self.max_model_len:
+            raise APIError(
+                f"truncate_prompt_tokens={value} cannot be greater than max_model_len={self.max_model_len}. "
+                "Please request a smaller truncation size.", param="truncate_prompt_tokens",
+            )
+        return value
+
+    def _check_length(self, count: int, operation: str) -> None:
+        if count > self.max_model_len:
+            raise APIError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{count} tokens in the input for {operation}. Please reduce the length of the input, or set "
+                "truncate_prompt_tokens.", param="input_tokens",
+            )
+
+    def _max_model_len(self, requested: int | None) -> int:
+        default = self.embedder.settings.max_length
+        if requested is None:
+            return default
+        limit = self.embedder.model.position_limit
+        if requested > limit:
+            raise UsageError(f"--max-model-len {requested} is more than the model's {limit} positions")
+        return requested
+
+
+# -- plain functions ---------------------------------------------------------------------------------------
+
+
+def maxsim(query: np.ndarray, documents: list[np.ndarray]) -> np.ndarray:
+    """[n_q, D] query vs documents [n_d, D] -> [n_docs] float32: sum_i max_j <q_i, d_j>.
+
+    Exact, float32. A document with no token scores -inf (max over nothing), a query with none scores 0.
+    """
+    out = np.full(len(documents), -np.inf, dtype=np.float32)
+    for index, doc in enumerate(documents):
+        if len(doc):
+            out[index] = (query @ doc.T).max(axis=1).sum(dtype=np.float32) if len(query) else 0.0
+    return out
+
+
+def _pair_scores(queries: list[np.ndarray], documents: list[np.ndarray], pairs: list[tuple[int, int]]) -> list[float]:
+    if len(queries) == 1:
+        return maxsim(queries[0], documents).tolist()
+    return [float(maxsim(queries[q], [documents[d]])[0]) for q, d in pairs]
+
+
+def encode_base64(vectors: np.ndarray, embed_dtype: str, endianness: str) -> str:
+    """vLLM's base64 payload: the flattened [n_tokens * D] array in ``embed_dtype`` (bfloat16 as its raw
+    2-byte pattern), in ``endianness`` (native: the server's), base64-encoded."""
+    flat = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1)
+    if embed_dtype == "float16":
+        flat = flat.astype(np.float16)
+    elif embed_dtype == "bfloat16":
+        import torch
+
+        flat = torch.from_numpy(flat).to(torch.bfloat16).view(torch.int16).numpy()
+    if endianness != "native" and endianness != sys.byteorder:
+        flat = flat.byteswap()
+    return base64.b64encode(flat.tobytes()).decode("ascii")
+
+
+def _finish(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """Per-request end of ``TextEncoder.finish``: cut to ``dimensions``, then L2-normalize (same eps)."""
+    import torch
+
+    if dimensions is not None:
+        vectors = vectors[:, :dimensions]
+    if normalize and len(vectors):
+        vectors = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(vectors)), p=2, dim=-1).numpy()
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _profile_flags(mode: str, kind: str | None, dtype: str) -> EncodeFlags:
+    """Flags every profile computes with: float32 out, unnormalized, full dimension (applied per request)."""
+    return EncodeFlags(mode=mode, kind=kind or "document", normalize=False, dtype=dtype, store_dtype="float32")
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no -inf: a document left with no token (all skiplisted) scores null."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _vocab_size(model) -> int:
+    try:
+        return int(model.backbone.get_input_embeddings().num_embeddings)
+    except (AttributeError, TypeError):
+        return len(model.tokenizer)

@@ -1,0 +1,239 @@
+"""Images as corpus items: decoding with Pillow, the values an image column may hold, and image folders.
+
+Stage: sources. In: raw bytes (a file, a Parquet/JSONL cell, the Hugging Face ``datasets`` Image struct
+``{bytes, path}``). Out: an RGB ``PIL.Image`` on ``Item.image`` plus the sha256 of the stored bytes
+(``Item.image_sha256``, what the content hash of an image item is made of), or ``Item.error`` naming why
+the image cannot be used. Decoding happens in the reader, so a bad image is an item error like a null
+text, and memory stays bounded by the chunk (``SourceOptions.image_chunk_rows`` decoded images at most).
+
+Decoding follows what a page screenshot pipeline expects: EXIF orientation applied
+(``ImageOps.exif_transpose``), first frame of animated images, transparency composited on white,
+CMYK and palette images converted to RGB, 16-bit grayscale scaled to 8 bits, and a pixel limit checked
+on the header before any pixel is decoded (decompression bombs are an item error, never a crash).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked
+
+WHITE = (255, 255, 255)
+
+
+class ImageDecodeError(Exception):
+    """Why one image cannot be used; becomes ``Item.error``."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Any  # PIL.Image.Image, mode RGB
+    sha256: str  # hex digest of the bytes as stored (file, cell), not of the pixels
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Bytes -> RGB image, or ``ImageDecodeError`` with a one-line reason."""
+    if not data:
+        raise ImageDecodeError("empty image (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    return DecodedImage(_decode(bytes(data), max_pixels), digest)
+
+
+def _decode(data: bytes, max_pixels: int):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    _allow_pixels(max_pixels)
+    try:
+        with warnings.catch_warnings():
+            # Our own limit is checked below; Pillow's warning would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise ImageDecodeError(f"image has zero size ({width}x{height})")
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} (--max-image-pixels)"
+                )
+            image.seek(0)  # first frame of an animated GIF/WebP/TIFF
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image (Pillow cannot identify the format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"over the pixel limit ({exc})") from None
+    except MemoryError:
+        raise ImageDecodeError("out of memory while decoding the image") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, struct.error, ...
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason.lower():
+            raise ImageDecodeError(f"truncated image ({reason})") from None
+        raise ImageDecodeError(f"cannot decode image ({type(exc).__name__}: {reason})") from None
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open what our limit allows: its own bomb check (2 x MAX_IMAGE_PIXELS) fires in ``open``.
+
+    The global is only ever raised, never lowered or disabled, so other Pillow users keep their guard.
+    """
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def to_rgb(image):
+    """Any Pillow mode -> RGB: transparency on white, CMYK/YCbCr/palette converted, 16-bit scaled to 8."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_to_8bit(image), mode="L").convert("RGB")
+    if mode in ("P", "PA") and (mode == "PA" or "transparency" in image.info):
+        image = image.convert("RGBA")
+    elif mode == "P":
+        return image.convert("RGB")
+    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _to_8bit(image):
+    """16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) grayscale -> uint8 array, full range kept."""
+    import numpy as np
+
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.size and values.max() <= 1.0 else 255.0
+        return np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
+    if image.mode.startswith("I;16") or (values.size and values.max() > 255):
+        return np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+# -- values of an image column ----------------------------------------------------------------------
+
+
+def image_from_value(value: Any, base: Path, max_pixels: int) -> DecodedImage:
+    """Decode one image-column value: bytes, a path (relative to ``base``), a data URI, or ``{bytes, path}``."""
+    if value is None:
+        raise ImageDecodeError("null image")
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return image_from_value(_struct_bytes(value["bytes"]), base, max_pixels)
+        if value.get("path"):
+            return image_from_value(str(value["path"]), base, max_pixels)
+        raise ImageDecodeError("image struct has neither bytes nor path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(value), max_pixels)
+    if isinstance(value, str):
+        if value.startswith("data:"):
+            return decode_image(_data_uri(value), max_pixels)
+        return decode_image(_read_file(value, base), max_pixels)
+    raise ImageDecodeError(f"image is {type(value).__name__}, not bytes, a path or {{bytes, path}}")
+
+
+def _struct_bytes(value: Any) -> bytes:
+    """``bytes`` of a struct: raw in Parquet; base64 text in JSON (JSON cannot hold raw bytes)."""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageDecodeError("image bytes are a string but not valid base64") from None
+    if isinstance(value, list):
+        try:
+            return bytes(value)
+        except (TypeError, ValueError):
+            raise ImageDecodeError("image bytes are a list but not of byte values") from None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise ImageDecodeError(f"image bytes are {type(value).__name__}")
+
+
+def _data_uri(value: str) -> bytes:
+    header, _, payload = value.partition(",")
+    if ";base64" not in header:
+        raise ImageDecodeError("data URI image is not base64-encoded")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageDecodeError("data URI image is not valid base64") from None
+
+
+def _read_file(value: str, base: Path) -> bytes:
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"image file not found: {value}") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(f"image path is a folder: {value}") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read image file {value} ({exc.strerror or exc})") from None
+
+
+# -- a folder of images -----------------------------------------------------------------------------
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def read_image_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
+    """One item per image file, id = path relative to the folder, in path order."""
+    size = min(options.chunk_rows, options.image_chunk_rows)
+    return chunked((_file_item(folder, file, options.max_image_pixels) for file in image_files(folder)), size)
+
+
+def _file_item(folder: Path, file: Path, max_pixels: int) -> Item:
+    item_id = file.relative_to(folder).as_posix()
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        return Item(item_id, None, str(file), 0, error=f"cannot read ({exc.strerror or exc})")
+    try:
+        decoded = decode_image(data, max_pixels)
+    except ImageDecodeError as exc:
+        return Item(item_id, None, str(file), 0, error=str(exc))
+    return Item(item_id, None, str(file), 0, image=decoded.image, image_sha256=decoded.sha256)
+
+
+def attach_image(item: Item, value: Any, base: Path, max_pixels: int, either: bool = False) -> Item:
+    """Decode a row's image-column value onto its item (or name why it cannot be used).
+
+    ``either`` (modality "auto"): the row needs a usable text or image, not both; a null image leaves a
+    text row as it is, and a good image is enough for a row whose text is missing.
+    """
+    from dataclasses import replace
+
+    if value is None and either:
+        return item
+    try:
+        decoded = image_from_value(value, base, max_pixels)
+    except ImageDecodeError as exc:
+        return replace(item, error=str(exc))
+    if either and item.text is None:
+        item = replace(item, error=None)
+    return replace(item, image=decoded.image, image_sha256=decoded.sha256)
