@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokembed.models.base import LoadOptions, TokenModel, hidden_size_of, load_backbone, model_max_length, position_limit
-from tokembed.models.st_layout import apply_lowercase, load_dense_stack, read_modules, transformer_folder, transformer_settings
+from tokembed.models.base import LoadOptions, TokenModel
+from tokembed.models.st_layout import load_st_folder
 
 
 class _RawFamily:
@@ -19,23 +19,7 @@ class _RawFamily:
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> TokenModel:
-        modules = read_modules(path)
-        backbone, tokenizer, config = load_backbone(transformer_folder(path, modules), options)
-        settings = transformer_settings(path, modules)
-        if settings.get("do_lower_case"):
-            apply_lowercase(tokenizer)
-        return TokenModel(
-            family=cls.key,
-            path=path,
-            architecture=(getattr(config, "architectures", None) or [type(backbone).__name__])[0],
-            tokenizer=tokenizer,
-            backbone=backbone,
-            projection=load_dense_stack(path, modules, options.trust_remote_code),
-            colbert=None,
-            max_length=model_max_length(tokenizer, config, settings.get("max_seq_length")),
-            hidden_size=hidden_size_of(config),
-            position_limit=position_limit(config),
-        )
+        return load_st_folder(cls.key, path, options, colbert=None)
 
 
 class RawEncoder(_RawFamily):

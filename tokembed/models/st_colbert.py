@@ -16,16 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import ModelError
-from tokembed.models.base import LoadOptions, TokenModel, hidden_size_of, load_backbone, model_max_length, position_limit, read_json
-from tokembed.models.st_layout import (
-    apply_lowercase,
-    load_dense_stack,
-    module_config,
-    modules_of_type,
-    read_modules,
-    transformer_folder,
-    transformer_settings,
-)
+from tokembed.models.base import LoadOptions, TokenModel, read_json
+from tokembed.models.st_layout import load_st_folder, module_config, modules_of_type, read_modules, transformer_settings
 from tokembed.settings import ColbertConfig
 
 PYLATE_MARKERS = (
@@ -80,24 +72,7 @@ class STColBERT:
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> TokenModel:
-        modules = read_modules(path)
-        backbone_path = transformer_folder(path, modules)
-        backbone, tokenizer, config = load_backbone(backbone_path, options)
-        settings = transformer_settings(path, modules)
-        if settings.get("do_lower_case"):
-            apply_lowercase(tokenizer)
-        return TokenModel(
-            family=cls.key,
-            path=path,
-            architecture=(getattr(config, "architectures", None) or [type(backbone).__name__])[0],
-            tokenizer=tokenizer,
-            backbone=backbone,
-            projection=load_dense_stack(path, modules, options.trust_remote_code),
-            colbert=cls.colbert_config(path),
-            max_length=model_max_length(tokenizer, config, settings.get("max_seq_length")),
-            hidden_size=hidden_size_of(config),
-            position_limit=position_limit(config),
-        )
+        return load_st_folder(cls.key, path, options, colbert=cls.colbert_config(path))
 
 
 def _prefixes(st_config: dict) -> tuple[str, str, bool]:

@@ -13,7 +13,18 @@ from typing import Any
 from torch import nn
 
 from tokembed.errors import ModelError
-from tokembed.models.base import DenseLayer, activation_from_name, read_json
+from tokembed.models.base import (
+    DenseLayer,
+    LoadOptions,
+    TokenModel,
+    activation_from_name,
+    hidden_size_of,
+    load_backbone,
+    model_max_length,
+    position_limit,
+    read_json,
+)
+from tokembed.settings import ColbertConfig
 from tokembed.models.weights import load_tensors
 
 
@@ -85,3 +96,25 @@ def apply_lowercase(tokenizer: Any) -> None:
     elif current is not None:
         parts.append(current)
     backend.normalizer = NormalizerSequence(parts)
+
+
+def load_st_folder(family: str, path: Path, options: LoadOptions, colbert: ColbertConfig | None) -> TokenModel:
+    """Backbone (at the ``Transformer`` module's path) + every ``Dense`` as the projection, lowercasing and
+    ``max_seq_length`` as ``sentence_bert_config.json`` says. A plain checkpoint folder loads the same way."""
+    modules = read_modules(path)
+    backbone, tokenizer, config = load_backbone(transformer_folder(path, modules), options)
+    settings = transformer_settings(path, modules)
+    if settings.get("do_lower_case"):
+        apply_lowercase(tokenizer)
+    return TokenModel(
+        family=family,
+        path=path,
+        architecture=(getattr(config, "architectures", None) or [type(backbone).__name__])[0],
+        tokenizer=tokenizer,
+        backbone=backbone,
+        projection=load_dense_stack(path, modules, options.trust_remote_code),
+        colbert=colbert,
+        max_length=model_max_length(tokenizer, config, settings.get("max_seq_length")),
+        hidden_size=hidden_size_of(config),
+        position_limit=position_limit(config),
+    )

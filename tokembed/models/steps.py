@@ -25,7 +25,23 @@ class Tokenized:
     n_attend: int
 
 
-class TextEncoder:
+class OutputShape:
+    """What every encoder's rows look like: the stored dtype and dim (``--dimensions`` applied)."""
+
+    model: object
+    settings: EncodeSettings
+
+    @property
+    def store_dtype(self) -> np.dtype:
+        return np.dtype(np.float16 if self.settings.store_dtype == "float16" else np.float32)
+
+    @property
+    def output_dim(self) -> int:
+        dim = self.model.output_dim
+        return min(dim, self.settings.dimensions) if self.settings.dimensions else dim
+
+
+class TextEncoder(OutputShape):
     def __init__(self, model: TokenModel, settings: EncodeSettings) -> None:
         self.model = model
         self.settings = settings
@@ -99,16 +115,6 @@ class TextEncoder:
         if self.skip_ids.size == 0:
             return np.ones(len(ids), dtype=bool)
         return ~np.isin(ids, self.skip_ids)
-
-    @property
-    def store_dtype(self) -> np.dtype:
-        return np.dtype(np.float16 if self.settings.store_dtype == "float16" else np.float32)
-
-    @property
-    def output_dim(self) -> int:
-        dim = self.model.output_dim
-        return min(dim, self.settings.dimensions) if self.settings.dimensions else dim
-
 
 def register_prefix_tokens(tokenizer, prefixes: tuple[str, ...]) -> None:
     """Make in-vocab legacy markers (``[unused0]``, ``[Q] ``) tokenize as one special piece.

@@ -31,6 +31,7 @@ from torch import nn
 
 from tokembed.errors import BadInputError, ModelError, UsageError
 from tokembed.models.base import LoadOptions, position_limit, torch_dtype
+from tokembed.models.steps import OutputShape
 from tokembed.settings import EncodeSettings
 
 # Processor outputs that are not model inputs (training labels, bookkeeping).
@@ -99,7 +100,7 @@ class VisionModel:
         return captured[-1].float()
 
 
-class VisionEncoder:
+class VisionEncoder(OutputShape):
     """``VisionModel`` bound to one kind: documents are images, queries are text."""
 
     def __init__(self, model: VisionModel, settings: EncodeSettings) -> None:
@@ -174,15 +175,6 @@ class VisionEncoder:
         store = torch.float16 if settings.store_dtype == "float16" else torch.float32
         array = vectors.to(store).cpu().numpy()
         return [(array[row, : item.n_attend], item.ids[: item.n_attend].astype(np.int32)) for row, item in enumerate(batch)]
-
-    @property
-    def store_dtype(self) -> np.dtype:
-        return np.dtype(np.float16 if self.settings.store_dtype == "float16" else np.float32)
-
-    @property
-    def output_dim(self) -> int:
-        dim = self.model.output_dim
-        return min(dim, self.settings.dimensions) if self.settings.dimensions else dim
 
 
 def prepared_from(output: Any) -> Prepared:
