@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from tokembed.engine.device import release_freed_memory
 from tokembed.engine.runner import BatchExecutor, ChunkResult, DeviceStats, assemble, plan_chunk
 
 
@@ -37,6 +38,7 @@ class LocalRunner:
                     self.device_tokens(self.label, real)
                 outputs.append(output)
             yield assemble(encoder, plan, outputs)
+            release_freed_memory()
 
     def close(self) -> None:
         pass
