@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokembed.errors import IndexCorruptError, IndexNotFoundError
+from tokembed.index.atomic import sha256_file
 from tokembed.index.format import FORMAT, FORMAT_VERSION, MANIFEST
 
 _OPEN_ATTEMPTS = 5
@@ -57,7 +58,7 @@ class Index:
         if size != shard["bytes"]:
             raise IndexCorruptError(f"{self.shard_path(shard)}: {size} bytes on disk, manifest says {shard['bytes']}")
         if checksum:
-            digest = hashlib.sha256(memoryview(_whole(mapped))).hexdigest()
+            digest = _sha256_of(self.shard_path(shard), mapped)
             if digest != shard["sha256"]:
                 raise IndexCorruptError(f"{self.shard_path(shard)}: sha256 does not match the manifest")
 
@@ -87,6 +88,15 @@ class Index:
         if mapped is None:
             raise IndexCorruptError(f"{self.folder}: manifest lists {shard['file']}, which is missing")
         return mapped
+
+
+def _sha256_of(path: Path, mapped) -> str:
+    """Hash with plain reads while the file is there: hashing through the map would make the whole shard
+    resident at once. A newer generation may have removed it: then hash the copy this reader holds open."""
+    try:
+        return sha256_file(path)
+    except FileNotFoundError:
+        return hashlib.sha256(memoryview(_whole(mapped))).hexdigest()
 
 
 def _whole(mapped):

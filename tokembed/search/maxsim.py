@@ -68,29 +68,13 @@ def shard_batches(index, shard: dict, verify: bool = True) -> Iterator:
     process (they stay in the OS page cache): resident memory is one record batch, not the shard.
     """
     if verify:
-        verify_checksum(index, shard)
+        index.verify_shard(shard)
     reader = index.open_shard(shard)
     pages = MappedPages(index.shard_path(shard))
     for number in range(reader.num_record_batches):
         batch = reader.get_batch(number)
         yield batch
         pages.release(batch)
-
-
-def verify_checksum(index, shard: dict) -> None:
-    """``Index.verify_shard``, hashing with ``read()`` rather than through the map when the file is there:
-    hashing a mapped file makes the whole shard resident (up to 512 MiB) at once."""
-    from tokembed.index.atomic import sha256_file
-
-    index.verify_shard(shard, checksum=False)  # listed, present, right size
-    path = index.shard_path(shard)
-    try:
-        digest = sha256_file(path)
-    except FileNotFoundError:  # a newer generation removed it: check the copy this Index holds open
-        index.verify_shard(shard)
-        return
-    if digest != shard["sha256"]:
-        raise IndexCorruptError(f"{path}: sha256 does not match the manifest")
 
 
 class MappedPages:
