@@ -25,18 +25,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+import tokembed  # noqa: E402,F401  (before torch: it caps the native kernel caches, as the CLI does)
 import torch  # noqa: E402
 
 from _corpus import docstrings  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed_runs(fn, repeats))
 
 
 def reference_encoder(model_path: Path):
@@ -60,6 +56,37 @@ def bf16_cosines(texts: list[str]) -> np.ndarray:
     exact = Embedder.load(None, EncodeFlags(store_dtype="float32")).embed(texts)
     fast = Embedder.load(None, EncodeFlags(store_dtype="float32", dtype="bfloat16")).embed(texts)
     return np.concatenate([(a * b).sum(axis=1) for (a, _), (b, _) in zip(exact, fast)])
+
+
+def gemm_ceilings(model_path: Path) -> None:
+    """The box's GEMM rate in float32 and bfloat16 at the model's own shapes, as a tokens/s ceiling:
+    what the model's linear layers alone would allow if nothing else (attention, GELU, norms,
+    tokenization, writing) took any time."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(model_path), local_files_only=True)
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    flops_per_token = 2 * sum(m.in_features * m.out_features for m in linear)
+    shapes = sorted({(m.in_features, m.out_features) for m in linear})
+    for dtype in (torch.float32, torch.bfloat16):
+        rates = []
+        for k, n in shapes:
+            a, b = torch.randn(4096, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            a @ b
+            rates.append(2 * 4096 * k * n / min(timed_runs(lambda: a @ b, 5)))
+        gflops = statistics.median(rates) / 1e9
+        print(f"GEMM {str(dtype).removeprefix('torch.')}: {gflops:.0f} GFLOP/s at the model's shapes "
+              f"= {gflops * 1e9 / flops_per_token:,.0f} tokens/s if the linear layers were all the work "
+              f"({flops_per_token / 1e6:.1f} MFLOP/token)")
+
+
+def timed_runs(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def process_seconds(args: list[str], repeats: int) -> float:
@@ -102,6 +129,7 @@ def main() -> None:
         print(f"{name:<48} {tokens / seconds:>10,.0f} {len(texts) / seconds:>8,.1f} {useful_text:>7} {ref_s / seconds:>6.2f}x")
     cosines = bf16_cosines(texts[:300])
     print(f"bfloat16 vs float32 per-token cosine: min {cosines.min():.5f}, mean {cosines.mean():.5f}")
+    gemm_ceilings(model_path)
 
     if not args.no_process:
         cli = [sys.executable, "-m", "cli.main", "encode", str(corpus), "--full", "-q"]

@@ -10,7 +10,9 @@ the default thread count, in separate worker processes (so each peak RSS is its 
 warm-up; the two sides alternate and times are the median of 3 runs per side. tokembed's time includes reading the shards from the (warm) page cache
 and checking their sha256; the reference's documents are already in memory as float32 tensors.
 
-Pairs/s counts (query tokens x real document tokens): padding is not counted as work. Prints, asserts nothing.
+Two rates, padding never counted as work: token pairs/s (query tokens x real document tokens) and, in
+the issue's unit, query pairs/s (whole 32-token queries x real document tokens). The box's float32
+matmul ceiling is measured in the same run and printed in both units. Prints, asserts nothing.
 """
 
 from __future__ import annotations
@@ -171,8 +173,22 @@ def interleaved(folder: Path, n_queries: int, runs: int) -> tuple[dict, dict]:
 def report(name: str, result: dict, n_queries: int, query_tokens: int, doc_tokens: int) -> None:
     seconds = result["seconds"]
     pairs = query_tokens * doc_tokens / seconds
-    print(f"{name:>10}: {seconds:8.3f} s  {n_queries / seconds:10.2f} queries/s  {pairs / 1e6:10.1f} M pairs/s  "
-          f"peak RSS {result['peak_rss_mb']:.0f} MB  runs {[round(t, 3) for t in result['times']]}")
+    query_pairs = n_queries * doc_tokens / seconds
+    print(f"{name:>10}: {seconds:8.3f} s  {n_queries / seconds:10.2f} queries/s  {pairs / 1e6:8.1f} M token pairs/s  "
+          f"{query_pairs / 1e6:6.2f} M query pairs/s  peak RSS {result['peak_rss_mb']:.0f} MB  "
+          f"runs {[round(t, 3) for t in result['times']]}")
+
+
+def matmul_ceiling(dim: int, query_tokens: int = 32) -> None:
+    """The box's float32 GEMM rate (numpy BLAS, large square-ish product) and what it means in pairs/s."""
+    a = np.random.default_rng(0).standard_normal((4096, 1024), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((1024, 2048), dtype=np.float32)
+    a @ b
+    seconds = min(timed(lambda: a @ b, 5))
+    flops = 2 * 4096 * 1024 * 2048 / seconds
+    token_pairs = flops / (2 * dim)
+    print(f"float32 matmul ceiling: {flops / 1e9:.0f} GFLOP/s = {token_pairs / 1e6:.0f} M token pairs/s = "
+          f"{token_pairs / query_tokens / 1e6:.1f} M query pairs/s at {query_tokens} query tokens x {dim} dims")
 
 
 def normal_mode(root: Path, tokens: int, n_queries: int, runs: int) -> None:
@@ -187,6 +203,7 @@ def normal_mode(root: Path, tokens: int, n_queries: int, runs: int) -> None:
     print(f"threads: tokembed {ours['threads']}, reference {reference['threads']}")
     report("reference", reference, n_queries, n_queries * 32, totals["tokens"])
     report("tokembed", ours, n_queries, n_queries * 32, totals["tokens"])
+    matmul_ceiling(128)
     print(f"speedup: {reference['seconds'] / ours['seconds']:.2f}x")
 
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-# oneDNN caches a compiled kernel per input shape (1,024 by default); varied batch shapes made that
-# cache grow with the corpus (~1 GB over 200k rows). 16 keeps peak memory flat. Set before torch loads.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
-
+import tokembed  # noqa: F401  (first: it caps native kernel caches before torch loads)
 import typer  # noqa: E402
 
 from cli import encode as encode_cmd  # noqa: E402

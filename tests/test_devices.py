@@ -181,6 +181,17 @@ def test_device_specs(monkeypatch):
         parse_devices("cuda:0,cuda:1")
 
 
+def test_import_caps_the_per_shape_kernel_caches_unless_the_user_set_them():
+    """Uncapped, oneDNN's and ideep's per-shape caches grew with the corpus in bfloat16 on a CPU."""
+    probe = "import os, tokembed; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    default = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert default.stdout.split() == ["16", "16"]
+    user = subprocess.run([sys.executable, "-c", probe], env={**env, "LRU_CACHE_CAPACITY": "4"},
+                          capture_output=True, text=True, check=True)
+    assert user.stdout.split() == ["16", "4"]
+
+
 def test_bad_devices_spec_exits_9(cli, tmp_path):
     corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(3))
     result = cli("encode", corpus, "-o", tmp_path / "index", "--devices", "cpu:0")

@@ -7,6 +7,15 @@ search function is ``tokembed.search.search`` (the name ``tokembed.search`` is i
 
 from __future__ import annotations
 
+import os
+
+# oneDNN (primitive cache) and PyTorch's ideep layer (LRU_CACHE_CAPACITY) each keep a compiled kernel per
+# input shape, 1,024 by default. Sorted-length batches have ever new shapes, so on a CPU in bfloat16
+# those caches grew with the corpus (~0.5 MB per shape, ~1 GB over 200k rows). 16 keeps memory flat and
+# still holds every shape one batch needs. Read once when torch loads: set before, and only if unset.
+for _cache in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+    os.environ.setdefault(_cache, "16")
+
 __version__ = "0.1.0"
 
 _LAZY = {

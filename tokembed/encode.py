@@ -25,7 +25,9 @@ import numpy as np
 from tokembed._testhooks import fault_point
 from tokembed.errors import BadInputError, UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
+from tokembed.index.keys import id_keys
 from tokembed.sources import Item, SourceOptions, open_sources
+from tokembed.sources.duplicates import SeenIds
 
 class Progress(Protocol):
     def start(self, total_rows: int | None) -> None: ...
@@ -170,7 +172,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
         seen_previous = _encode_stream(job, runner, settings_fp, previous, writer, journal, summary, progress)
         writer.close_shard()
         summary.shards = len(writer.shards)
-        summary.deleted = len(previous.rows) - seen_previous if previous else 0
+        summary.deleted = len(previous) - seen_previous if previous else 0
         summary.rows = sum(shard.rows for shard in writer.shards)
         summary.tokens = sum(shard.tokens for shard in writer.shards)
         fault_point("commit", 1)
@@ -250,26 +252,26 @@ def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary:
 
 def _plan_chunks(job, settings_fp, previous, chunks_done, summary: EncodeSummary, state) -> Iterator[_Chunk]:
     """Read the corpus and decide, item by item, what is carried over and what is encoded."""
-    seen: dict[str, str] = {}
     # Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards.
     sources = replace(job.sources, chunk_rows=min(job.sources.chunk_rows, job.shard_rows))
+    seen = SeenIds(job.inputs, sources)
     for number, chunk in enumerate(open_sources(job.inputs, sources)):
         resumed = number < chunks_done  # already in a finished shard of the interrupted run
         items = _usable_items(chunk, seen, job.on_error, summary, record=not resumed)
-        if previous is not None:
-            state["seen_previous"] += sum(1 for item in items if item.id in previous.rows)
+        ids = [item.id for item in items]
+        stored_rows = previous.find(ids, id_keys(ids)) if previous is not None else [None] * len(items)
+        state["seen_previous"] += sum(row is not None for row in stored_rows)
         if resumed:
             continue
         hashes = [content_hash(settings_fp, item.content) for item in items]
         carried, to_encode = {}, []
-        for position, (item, digest) in enumerate(zip(items, hashes)):
-            stored = previous.unchanged(item.id, digest) if previous is not None else None
-            if stored is not None:
-                carried[position] = previous.vectors(stored)
+        for position, (digest, row) in enumerate(zip(hashes, stored_rows)):
+            if row is not None and previous.content_hash(row) == digest:
+                carried[position] = previous.vectors(row)
                 summary.unchanged += 1
             else:
                 to_encode.append(position)
-                if previous is not None and item.id in previous.rows:
+                if row is not None:
                     summary.updated += 1
                 else:
                     summary.added += 1
@@ -281,12 +283,12 @@ def _model_input(item: Item, images: bool):
     return item.image if images else item.text
 
 
-def _usable_items(chunk: list[Item], seen: dict[str, str], on_error: str, summary: EncodeSummary, record: bool) -> list[Item]:
+def _usable_items(chunk: list[Item], seen: SeenIds, on_error: str, summary: EncodeSummary, record: bool) -> list[Item]:
     good = []
-    for item in chunk:
-        if item.id in seen:
-            raise BadInputError(f"duplicate id {item.id!r}: {seen[item.id]} and {item.location}")
-        seen[item.id] = item.location
+    duplicates = seen.record(chunk)
+    for position, item in enumerate(chunk):
+        if position in duplicates:
+            raise BadInputError(f"duplicate id {item.id!r}: {duplicates[position]} and {item.location}")
         if item.error is None:
             good.append(item)
         elif on_error != "skip":

@@ -1,53 +1,80 @@
 """The index a run starts from: which ids it holds with which content hash, and their rows.
 
-Only the ``id`` and ``content_hash`` columns are read up front; a carried-over row's vectors are sliced
-straight out of the memory-mapped shard when it is written again, never re-encoded.
+Only the ``id`` column is read up front, into 64-bit hashes (``KeyIndex``, ~16 bytes a row); ids,
+content hashes and a carried-over row's vectors are read straight out of the memory-mapped shards
+when needed, never copied whole and never re-encoded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from tokembed.index.keys import KeyIndex, id_keys
 from tokembed.index.reader import Index
-
-
-@dataclass(frozen=True)
-class PreviousRow:
-    content_hash: bytes
-    batch: int  # index into PreviousIndex._batches
-    row: int
 
 
 class PreviousIndex:
     def __init__(self, index: Index) -> None:
         self.index = index
-        self.rows: dict[str, PreviousRow] = {}
         self._batches = []
-        self._views: dict[int, tuple] = {}
+        self._keys = KeyIndex()
+        starts = [0]
         for batch in index.iter_batches():
-            number = len(self._batches)
             self._batches.append(batch)
-            ids = batch.column("id").to_pylist()
-            hashes = batch.column("content_hash").to_pylist()
-            for row, (item_id, digest) in enumerate(zip(ids, hashes)):
-                self.rows[item_id] = PreviousRow(digest, number, row)
+            self._keys.add(id_keys(batch.column("id").to_pylist()), np.arange(starts[-1], starts[-1] + batch.num_rows))
+            starts.append(starts[-1] + batch.num_rows)
+        self._starts = np.asarray(starts, dtype=np.int64)
+        self._views: dict[int, tuple] = {}
 
-    def unchanged(self, item_id: str, content_hash: bytes) -> PreviousRow | None:
-        found = self.rows.get(item_id)
-        return found if found is not None and found.content_hash == content_hash else None
+    def __len__(self) -> int:
+        return int(self._starts[-1])
 
-    def vectors(self, where: PreviousRow) -> tuple[np.ndarray, np.ndarray]:
+    def find(self, ids: list[str], keys: np.ndarray) -> list[int | None]:
+        """For each id (with its ``id_keys`` hash), its row number in this index, or None."""
+        candidates = self._keys.find(keys)
+        rows: list[int | None] = []
+        for item_id, row in zip(ids, candidates.tolist()):
+            if row >= 0 and self.id_at(row) != item_id:  # two ids with one 64-bit hash: look it up for real
+                row = self._find_by_scan(item_id)
+            rows.append(row if row >= 0 else None)
+        return rows
+
+    def content_hash(self, row: int) -> bytes:
+        number, at = self._locate(row)
+        return self._view(number)[3][at].tobytes()
+
+    def id_at(self, row: int) -> str:
+        number, at = self._locate(row)
+        return self._batches[number].column("id")[at].as_py()
+
+    def vectors(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(vectors [n, D], token ids [n]) of one stored row, zero-copy from the memory map."""
-        offsets, values, token_ids = self._view(where.batch)
-        start, end = offsets[where.row], offsets[where.row + 1]
+        number, at = self._locate(row)
+        offsets, values, token_ids, _ = self._view(number)
+        start, end = offsets[at], offsets[at + 1]
         return values[start:end], token_ids[start:end]
+
+    def _locate(self, row: int) -> tuple[int, int]:
+        number = int(np.searchsorted(self._starts, row, side="right")) - 1
+        return number, row - int(self._starts[number])
+
+    def _find_by_scan(self, item_id: str) -> int:
+        import pyarrow.compute as pc
+
+        for number, batch in enumerate(self._batches):
+            at = pc.index(batch.column("id"), item_id).as_py()
+            if at >= 0:
+                return int(self._starts[number]) + at
+        return -1
 
     def _view(self, number: int) -> tuple:
         if number not in self._views:
             batch = self._batches[number]
             embeddings, tokens = batch.column("embeddings"), batch.column("token_ids")
             values = embeddings.values.values.to_numpy(zero_copy_only=False).reshape(-1, self.index.dim)
-            self._views[number] = (embeddings.offsets.to_numpy(), values, tokens.values.to_numpy(zero_copy_only=False))
+            hashes = batch.column("content_hash")
+            digests = np.frombuffer(hashes.buffers()[1], dtype=np.uint8).reshape(-1, 32)[hashes.offset : hashes.offset + len(hashes)]
+            if len(self._views) >= 8:  # rows are asked for in index order, mostly: a few batches' views do
+                self._views.clear()
+            self._views[number] = (embeddings.offsets.to_numpy(), values, tokens.values.to_numpy(zero_copy_only=False), digests)
         return self._views[number]
