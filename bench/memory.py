@@ -2,9 +2,10 @@
 
     python bench/memory.py [--rows 20000 100000 200000] [--dtype bfloat16]
 
-Each corpus is encoded by a fresh ``tokembed encode`` process (demo model); its peak RSS is read from
-``getrusage(RUSAGE_CHILDREN)`` of a wrapper process. Flat peaks across row counts mean memory is
-bounded by one chunk, not the corpus. Target: <= 1.5 GB at 200k rows. Asserts nothing.
+Each corpus is encoded by a fresh ``tokembed encode`` process (demo model), then encoded again the way
+a nightly cron job does (nothing changed: every row is carried over from the memory-mapped index);
+each peak RSS is read from ``getrusage(RUSAGE_CHILDREN)`` of a wrapper process. Flat peaks across row
+counts mean memory is bounded by one chunk, not the corpus. Target: <= 1.5 GB at 200k rows. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def write_corpus(path: Path, rows: int, max_words: int) -> None:
             writer.write_table(pa.table({"id": ids, "text": part}, schema=schema))
 
 
+def peak_rss_mb(cmd: list[str], env: dict) -> tuple[float, float]:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], check=True, capture_output=True, text=True, env=env)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 100_000, 200_000])
@@ -48,16 +55,14 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tokembed-mem-"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    print(f"{'rows':>8} {'peak RSS MB':>12} {'seconds':>8}")
+    print(f"{'rows':>8} {'peak RSS MB':>12} {'seconds':>8} {'re-run peak RSS MB':>19} {'seconds':>8}")
     for rows in args.rows:
         corpus = work / f"c{rows}.parquet"
         write_corpus(corpus, rows, args.max_words)
         cmd = [sys.executable, "-m", "cli.main", "encode", str(corpus), "-o", str(work / f"i{rows}"), "-q", "--dtype", args.dtype]
-        start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], check=True, capture_output=True, text=True, env=env)
-        seconds = time.perf_counter() - start
-        peak_kb = int(out.stdout.strip().splitlines()[-1])
-        print(f"{rows:>8} {peak_kb / 1024:>12,.0f} {seconds:>8.0f}")
+        full_mb, full_s = peak_rss_mb(cmd, env)
+        rerun_mb, rerun_s = peak_rss_mb(cmd, env)
+        print(f"{rows:>8} {full_mb:>12,.0f} {full_s:>8.0f} {rerun_mb:>19,.0f} {rerun_s:>8.0f}")
 
 
 if __name__ == "__main__":

@@ -91,3 +91,5 @@ def test_previous_index_finds_rows_exactly(tmp_path, monkeypatch, collide):
             assert previous.id_at(row) == item_id and previous.content_hash(row) == hashes[number]
             stored, token_ids = previous.vectors(row)
             assert np.array_equal(stored, vectors[number]) and len(token_ids) == number + 1
+            previous.release_pages()  # dropped pages fault back in from the file: the same rows again
+            assert np.array_equal(stored, vectors[number]) and np.array_equal(previous.vectors(row)[0], vectors[number])

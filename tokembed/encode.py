@@ -240,6 +240,8 @@ def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary:
         for position, vecs, ids in zip(chunk.to_encode, result.vectors, result.token_ids):
             vectors[position], token_ids[position] = vecs, ids
         shard = writer.write([item.id for item in chunk.items], vectors, token_ids, chunk.hashes)
+        if previous is not None:
+            previous.release_pages()
         fault_point("write", chunk.number + 1)
         summary.tokens_in += result.real_tokens
         summary.computed_tokens += result.computed_tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from tokembed.index.keys import KeyIndex, id_keys
+from tokembed.index.pages import MappedPages
 from tokembed.index.reader import Index
 
 
@@ -17,14 +18,21 @@ class PreviousIndex:
     def __init__(self, index: Index) -> None:
         self.index = index
         self._batches = []
+        self._pages: list[MappedPages] = []  # per batch: its shard's mapped pages
         self._keys = KeyIndex()
         starts = [0]
-        for batch in index.iter_batches():
-            self._batches.append(batch)
-            self._keys.add(id_keys(batch.column("id").to_pylist()), np.arange(starts[-1], starts[-1] + batch.num_rows))
-            starts.append(starts[-1] + batch.num_rows)
+        for shard in index.shards:
+            pages, reader = MappedPages(index.shard_path(shard)), index.open_shard(shard)
+            for number in range(reader.num_record_batches):
+                batch = reader.get_batch(number)
+                self._batches.append(batch)
+                self._pages.append(pages)
+                self._keys.add(id_keys(batch.column("id").to_pylist()), np.arange(starts[-1], starts[-1] + batch.num_rows))
+                starts.append(starts[-1] + batch.num_rows)
+                pages.release(batch)
         self._starts = np.asarray(starts, dtype=np.int64)
         self._views: dict[int, tuple] = {}
+        self._touched: set[int] = set()
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -54,8 +62,16 @@ class PreviousIndex:
         start, end = offsets[at], offsets[at + 1]
         return values[start:end], token_ids[start:end]
 
+    def release_pages(self) -> None:
+        """Drop the mapped pages read so far from resident memory (call once their rows are written):
+        an incremental run over a large index would otherwise end up holding all of it."""
+        for number in self._touched:
+            self._pages[number].release(self._batches[number])
+        self._touched.clear()
+
     def _locate(self, row: int) -> tuple[int, int]:
         number = int(np.searchsorted(self._starts, row, side="right")) - 1
+        self._touched.add(number)
         return number, row - int(self._starts[number])
 
     def _find_by_scan(self, item_id: str) -> int:
@@ -63,6 +79,7 @@ class PreviousIndex:
 
         for number, batch in enumerate(self._batches):
             at = pc.index(batch.column("id"), item_id).as_py()
+            self._pages[number].release(batch)
             if at >= 0:
                 return int(self._starts[number]) + at
         return -1

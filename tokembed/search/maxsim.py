@@ -25,17 +25,13 @@ A document with 0 tokens (e.g. only skiplisted tokens) has no token to take a ma
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import mmap
-import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from tokembed.errors import IndexCorruptError, ModelMismatchError
+from tokembed.index.pages import MappedPages
 
 DEFAULT_BLOCK_TOKENS = 262_144
 SCORE_WORKSPACE = 1 << 24  # elements of one [query tokens, tile tokens] score matrix (64 MiB float32)
@@ -75,55 +71,6 @@ def shard_batches(index, shard: dict, verify: bool = True) -> Iterator:
         batch = reader.get_batch(number)
         yield batch
         pages.release(batch)
-
-
-class MappedPages:
-    """Drops the pages of record batches that lie in a read-only file mapping of ``path`` (Linux).
-
-    ``madvise(MADV_DONTNEED)`` on such a mapping only unmaps pages; the next access faults them back
-    from the page cache. It would zero anonymous memory, so it is used only after ``/proc/self/maps``
-    shows that the batch lies inside a read-only mapping of this very file; otherwise nothing happens.
-    """
-
-    def __init__(self, path) -> None:
-        self.path = os.path.realpath(path)
-        self.span: tuple[int, int] | None = None
-        self.checked = not sys.platform.startswith("linux")
-
-    def release(self, batch) -> None:
-        buffers = [b for column in batch.columns for b in column.buffers() if b is not None and b.size]
-        if not buffers:
-            return
-        low = min(b.address for b in buffers)
-        high = max(b.address + b.size for b in buffers)
-        if not self.checked:
-            self.span, self.checked = _file_mapping(low, self.path), True
-        if self.span and self.span[0] <= low and high <= self.span[1]:
-            start = low - low % mmap.PAGESIZE
-            _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(high - start), MADV_DONTNEED)
-
-
-MADV_DONTNEED = 4  # Linux
-
-
-@functools.cache
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _file_mapping(address: int, path: str) -> tuple[int, int] | None:
-    """(start, end) of the read-only mapping of ``path`` that holds ``address``, if that is what holds it."""
-    try:
-        with open("/proc/self/maps") as handle:
-            for line in handle:
-                fields = line.split(maxsplit=5)
-                low, high = (int(x, 16) for x in fields[0].split("-"))
-                if low <= address < high:
-                    name = fields[5].strip().removesuffix(" (deleted)") if len(fields) > 5 else ""
-                    return (low, high) if name == path and "w" not in fields[1] else None
-    except OSError:
-        return None
-    return None
 
 
 def batch_arrays(batch, dim: int, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
