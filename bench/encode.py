@@ -3,20 +3,23 @@
     python bench/encode.py [--docs 1200] [--repeats 3] [--no-process]
 
 Reference: sentence-transformers' ``MultiVectorEncoder.encode_document`` (it reproduces PyLate) on the
-demo all-MiniLM-L6-v2, batch_size 32, in this process. tokembed: ``encode_corpus`` (read Parquet, sort,
-batch, encode, write Arrow) in float32 and bfloat16, in this process. Then whole processes (start-up
-and model load count for a cron job). Prints medians of --repeats runs and ratios; asserts nothing.
+demo all-MiniLM-L6-v2, batch_size 32. tokembed: ``encode_corpus`` (read Parquet, sort, batch, encode,
+write Arrow) in float32 and bfloat16. Each side runs in a worker process of its own (model loaded and
+warmed up, then one timed pass; neither inherits the other's allocator state; both get the kernel-cache caps
+that importing tokembed sets, which speed up the reference too), and the
+sides alternate --repeats times so that load from elsewhere on the box hits them alike. Then whole
+processes (start-up and model load count for a cron job). Prints medians and ratios; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,10 +32,7 @@ import tokembed  # noqa: E402,F401  (before torch: it caps the native kernel cac
 import torch  # noqa: E402
 
 from _corpus import docstrings  # noqa: E402
-
-
-def median_time(fn, repeats: int) -> float:
-    return statistics.median(timed_runs(fn, repeats))
+from _timing import median_time, timed_runs  # noqa: E402
 
 
 def reference_encoder(model_path: Path):
@@ -58,6 +58,28 @@ def bf16_cosines(texts: list[str]) -> np.ndarray:
     return np.concatenate([(a * b).sum(axis=1) for (a, _), (b, _) in zip(exact, fast)])
 
 
+def worker(side: str, corpus: Path, batch_tokens: int) -> dict:
+    """One side in this (fresh) process: warm-up pass, then one timed pass."""
+    if side == "reference":
+        from tokembed.models.resolve import resolve_model
+
+        texts = pq.read_table(corpus).column("text").to_pylist()
+        reference = reference_encoder(resolve_model(None).path)
+        reference.encode_document(texts[:64], batch_size=32)
+        return {"seconds": median_time(lambda: reference.encode_document(texts, batch_size=32), 1)}
+    work = Path(tempfile.mkdtemp(prefix="tokembed-bench-"))
+    warm = tokembed_run(corpus, work / "warm", side, batch_tokens)
+    seconds = median_time(lambda: tokembed_run(corpus, work / "timed", side, batch_tokens), 1)
+    return {"seconds": seconds, "tokens": warm.tokens_in, "useful": warm.useful_token_fraction}
+
+
+def run_worker(side: str, corpus: Path, batch_tokens: int) -> dict:
+    command = [sys.executable, __file__, "--worker", side, "--corpus", str(corpus), "--batch-tokens", str(batch_tokens)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def gemm_ceilings(model_path: Path) -> None:
     """The box's GEMM rate in float32 and bfloat16 at the model's own shapes, as a tokens/s ceiling:
     what the model's linear layers alone would allow if nothing else (attention, GELU, norms,
@@ -80,15 +102,6 @@ def gemm_ceilings(model_path: Path) -> None:
               f"({flops_per_token / 1e6:.1f} MFLOP/token)")
 
 
-def timed_runs(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def process_seconds(args: list[str], repeats: int) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return median_time(lambda: subprocess.run(args, check=True, capture_output=True, env=env), repeats)
@@ -100,7 +113,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--no-process", action="store_true", help="skip the whole-process timings")
+    parser.add_argument("--worker", choices=["reference", "float32", "bfloat16"], help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.corpus, args.batch_tokens)))
+        return
 
     from tokembed.models.resolve import resolve_model
 
@@ -110,17 +128,19 @@ def main() -> None:
     corpus = work / "corpus.parquet"
     pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts}), corpus)
 
-    reference = reference_encoder(model_path)
-    reference.encode_document(texts[:64], batch_size=32)  # warm-up
-    ref_s = median_time(lambda: reference.encode_document(texts, batch_size=32), args.repeats)
-    tokens = tokembed_run(corpus, work / "warm", "float32", args.batch_tokens).tokens_in  # warm-up, token count
-
+    sides = ["reference", "float32", "bfloat16"]
+    timings: dict[str, list[dict]] = {side: [] for side in sides}
+    for _ in range(args.repeats):
+        for side in sides:
+            timings[side].append(run_worker(side, corpus, args.batch_tokens))
+    tokens = timings["float32"][0]["tokens"]
+    ref_s = statistics.median(t["seconds"] for t in timings["reference"])
     rows = [("reference MultiVectorEncoder (fp32, batch 32)", ref_s, None)]
     for dtype in ("float32", "bfloat16"):
-        summaries = []
-        seconds = median_time(lambda: summaries.append(tokembed_run(corpus, work / dtype, dtype, args.batch_tokens)), args.repeats)
-        rows.append((f"tokembed encode_corpus ({dtype})", seconds, summaries[-1].useful_token_fraction))
+        seconds = statistics.median(t["seconds"] for t in timings[dtype])
+        rows.append((f"tokembed encode_corpus ({dtype})", seconds, timings[dtype][0]["useful"]))
 
+    print("runs (s): " + "; ".join(f"{side} {[round(t['seconds'], 2) for t in timings[side]]}" for side in sides))
     print(f"device: CPU, torch threads {torch.get_num_threads()}, {len(texts)} docstrings, {tokens} tokens "
           f"(all-MiniLM-L6-v2, max 256 tokens), median of {args.repeats}")
     print(f"{'run':<48} {'tokens/s':>10} {'docs/s':>8} {'useful':>7} {'vs ref':>7}")

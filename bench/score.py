@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import timed_runs
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -77,15 +78,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(fn, runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 # ---------------------------------------------------------------------------------------------- workers
 
 
@@ -96,7 +88,7 @@ def worker_tokembed(index_dir: str, n_queries: int, runs: int, top_k: int) -> di
     index = open_index(index_dir)
     queries = make_queries(n_queries, 32, index.dim)
     search_vectors(index, queries[:2], top_k=top_k)  # warm-up (page cache, BLAS)
-    times = timed(lambda: search_vectors(index, queries, top_k=top_k), runs)
+    times = timed_runs(lambda: search_vectors(index, queries, top_k=top_k), runs)
     return {"seconds": statistics.median(times), "times": times, "peak_rss_mb": peak_rss_mb(), "threads": _blas_threads()}
 
 
@@ -124,7 +116,7 @@ def worker_reference(index_dir: str, n_queries: int, runs: int, top_k: int, doc_
         return torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
 
     run(queries[:2])
-    times = timed(lambda: run(queries), runs)
+    times = timed_runs(lambda: run(queries), runs)
     return {"seconds": statistics.median(times), "times": times, "peak_rss_mb": peak_rss_mb(), "threads": _threads()}
 
 
@@ -184,7 +176,7 @@ def matmul_ceiling(dim: int, query_tokens: int = 32) -> None:
     a = np.random.default_rng(0).standard_normal((4096, 1024), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((1024, 2048), dtype=np.float32)
     a @ b
-    seconds = min(timed(lambda: a @ b, 5))
+    seconds = min(timed_runs(lambda: a @ b, 5))
     flops = 2 * 4096 * 1024 * 2048 / seconds
     token_pairs = flops / (2 * dim)
     print(f"float32 matmul ceiling: {flops / 1e9:.0f} GFLOP/s = {token_pairs / 1e6:.0f} M token pairs/s = "

@@ -9,7 +9,6 @@ tests at the end compare CUDA against the CPU and are skipped where no CUDA devi
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
