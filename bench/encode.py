@@ -66,10 +66,10 @@ def worker(side: str, corpus: Path, batch_tokens: int) -> dict:
         texts = pq.read_table(corpus).column("text").to_pylist()
         reference = reference_encoder(resolve_model(None).path)
         reference.encode_document(texts[:64], batch_size=32)
-        return {"seconds": median_time(lambda: reference.encode_document(texts, batch_size=32), 1)}
+        return {"seconds": timed_runs(lambda: reference.encode_document(texts, batch_size=32), 1)[0]}
     work = Path(tempfile.mkdtemp(prefix="tokembed-bench-"))
     warm = tokembed_run(corpus, work / "warm", side, batch_tokens)
-    seconds = median_time(lambda: tokembed_run(corpus, work / "timed", side, batch_tokens), 1)
+    seconds = timed_runs(lambda: tokembed_run(corpus, work / "timed", side, batch_tokens), 1)[0]
     return {"seconds": seconds, "tokens": warm.tokens_in, "useful": warm.useful_token_fraction}
 
 

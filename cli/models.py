@@ -18,8 +18,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the familie
         print(json.dumps([f.__dict__ for f in families]))
         return
     table = Table(title="tokembed model families")
-    for column in ("family", "modes", "detected by", "needs", "loaded by"):
+    for column in ("family", "modes", "detected by", "needs", "exact to", "loaded by"):
         table.add_column(column)
     for f in families:
-        table.add_row(f.key, f.modes, f.detected_by, f.needs, f.where)
+        table.add_row(f.key, f.modes, f.detected_by, f.needs, f.reference, f.where)
     Console().print(table)

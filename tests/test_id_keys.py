@@ -39,22 +39,22 @@ def chunks(tmp_path, ids: list[str]):
     return [path], options, list(open_sources([path], options))
 
 
-def found_duplicates(tmp_path, ids):
+def found_duplicates(tmp_path, ids, collide):
     inputs, options, parts = chunks(tmp_path, ids)
     seen = SeenIds(inputs, options)
     found = {}
     for chunk in parts:
-        for position, earlier in seen.record(chunk).items():
+        # colliding: every id gets the same hash, and only the re-read of the inputs can tell them apart
+        keys = np.zeros(len(chunk), np.uint64) if collide else id_keys(item.id for item in chunk)
+        for position, earlier in seen.record(chunk, keys).items():
             found[chunk[position].location.split("/")[-1]] = earlier.split("/")[-1]
     return found
 
 
 @pytest.mark.parametrize("collide", [False, True], ids=["real-hashes", "every-hash-equal"])
-def test_seen_ids_name_the_earlier_row_and_nothing_else(tmp_path, monkeypatch, collide):
-    if collide:  # every id gets the same hash: only the re-read of the inputs can tell them apart
-        monkeypatch.setattr("tokembed.sources.duplicates.id_keys", lambda ids: np.zeros(len(list(ids)), np.uint64))
-    assert found_duplicates(tmp_path, ["a", "b", "c", "d", "e"]) == {}
-    found = found_duplicates(tmp_path, ["a", "b", "c", "a", "e", "c", "c"])
+def test_seen_ids_name_the_earlier_row_and_nothing_else(tmp_path, collide):
+    assert found_duplicates(tmp_path, ["a", "b", "c", "d", "e"], collide) == {}
+    found = found_duplicates(tmp_path, ["a", "b", "c", "a", "e", "c", "c"], collide)
     assert found == {"c.parquet row 3": "c.parquet row 0", "c.parquet row 5": "c.parquet row 2",
                      "c.parquet row 6": "c.parquet row 2"}
 

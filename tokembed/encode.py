@@ -259,9 +259,10 @@ def _plan_chunks(job, settings_fp, previous, chunks_done, summary: EncodeSummary
     seen = SeenIds(job.inputs, sources)
     for number, chunk in enumerate(open_sources(job.inputs, sources)):
         resumed = number < chunks_done  # already in a finished shard of the interrupted run
-        items = _usable_items(chunk, seen, job.on_error, summary, record=not resumed)
-        ids = [item.id for item in items]
-        stored_rows = previous.find(ids, id_keys(ids)) if previous is not None else [None] * len(items)
+        keys = id_keys(item.id for item in chunk)
+        usable = _usable_positions(chunk, keys, seen, job.on_error, summary, record=not resumed)
+        items = [chunk[position] for position in usable]
+        stored_rows = previous.find([item.id for item in items], keys[usable]) if previous is not None else [None] * len(items)
         state["seen_previous"] += sum(row is not None for row in stored_rows)
         if resumed:
             continue
@@ -285,14 +286,15 @@ def _model_input(item: Item, images: bool):
     return item.image if images else item.text
 
 
-def _usable_items(chunk: list[Item], seen: SeenIds, on_error: str, summary: EncodeSummary, record: bool) -> list[Item]:
+def _usable_positions(chunk: list[Item], keys: np.ndarray, seen: SeenIds, on_error: str, summary: EncodeSummary, record: bool) -> list[int]:
+    """Positions in ``chunk`` of the items to index; ``keys`` are the chunk's ``id_keys``."""
     good = []
-    duplicates = seen.record(chunk)
+    duplicates = seen.record(chunk, keys)
     for position, item in enumerate(chunk):
         if position in duplicates:
             raise BadInputError(f"duplicate id {item.id!r}: {duplicates[position]} and {item.location}")
         if item.error is None:
-            good.append(item)
+            good.append(position)
         elif on_error != "skip":
             raise BadInputError(f"{item.location} (id {item.id!r}): {item.error}", hint="--on-error skip records and skips such rows")
         elif record:

@@ -133,11 +133,19 @@ def resolve(
         raise UsageError(f"--max-length must be at least 2, got {flags.max_length}")
     if flags.dimensions is not None and flags.dimensions < 1:
         raise UsageError(f"--dimensions must be positive, got {flags.dimensions}")
+    # An explicit length overrides max_seq_length and the tokenizer's limit (as sentence-transformers does);
+    # only the positions the model can embed cap it, and past them it is refused, never silently cut.
+    limit = position_limit or model_max_length
+    if flags.max_length is not None and flags.max_length > limit:
+        raise UsageError(
+            f"--max-length {flags.max_length} is more than this model's {limit} positions",
+            hint=f"use --max-length {limit} or less (the default is {min(model_max_length, limit)})",
+        )
 
     base = EncodeSettings(
         mode=mode,
         kind=flags.kind,
-        max_length=min(flags.max_length or model_max_length, model_max_length),
+        max_length=flags.max_length or min(model_max_length, limit),
         prefix="",
         register_prefix_tokens=False,
         expand_to=None,
@@ -152,7 +160,7 @@ def resolve(
     if mode == "raw":
         return base
     # Explicit ColBERT lengths override max_seq_length (as sentence-transformers does); only positions cap them.
-    return _colbert_settings(base, flags, colbert, position_limit or model_max_length)
+    return _colbert_settings(base, flags, colbert, limit)
 
 
 def _colbert_settings(base: EncodeSettings, flags: EncodeFlags, colbert: ColbertConfig, limit: int) -> EncodeSettings:

@@ -92,19 +92,34 @@ def read_json(path: Path) -> dict | None:
         raise ModelError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def load_backbone(path: Path, options: LoadOptions) -> tuple[nn.Module, Any, Any]:
-    """Load tokenizer, config and the bare backbone (``AutoModel``: last hidden state after the final norm)."""
+def load_backbone(path: Path, options: LoadOptions, ignore_unused: tuple[str, ...] = ()) -> tuple[nn.Module, Any, Any]:
+    """Load tokenizer, config and the bare backbone (``AutoModel``: last hidden state after the final norm).
+
+    Every backbone parameter must come from the checkpoint and every checkpoint tensor must land, but for
+    heads a backbone never runs (``loading.HEAD_NAMES``) and ``ignore_unused`` (the family's own tensors,
+    such as a Stanford projection, which it loads itself). A sentence pooler is not part of the token
+    vectors: it is dropped, loaded or not.
+    """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from tokembed.models.loading import HEAD_NAMES, UNUSED_PARTS, from_pretrained_checked, missing_package_error
 
     hf_logging.disable_progress_bar()
     kwargs = {"trust_remote_code": options.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModel.from_pretrained(path, config=config, dtype=torch_dtype(options.dtype), **kwargs)
+        model = from_pretrained_checked(
+            AutoModel, path, ignore_unused=HEAD_NAMES + tuple(ignore_unused), ignore_missing=UNUSED_PARTS,
+            config=config, dtype=torch_dtype(options.dtype), **kwargs,
+        )
+    except ImportError as exc:
+        raise missing_package_error(path, exc) from exc
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{path}: cannot load the backbone: {exc}") from exc
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None  # never reaches the last hidden state; may not have been in the checkpoint
     model.eval()
     return model, tokenizer, config
 
@@ -115,10 +130,18 @@ def model_max_length(tokenizer: Any, config: Any, max_seq_length: int | None = N
     return int(min(limit, position_limit(config)))
 
 
+# Position tables that start after the padding index (RoBERTa numbers positions from pad_token_id + 1).
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer")
+
+
 def position_limit(config: Any) -> int:
     """The most positions the model can embed (unbounded models: a large number)."""
     positions = getattr(config, "max_position_embeddings", None)
-    return int(positions) if positions and positions > 0 else 1 << 20
+    if not positions or positions <= 0:
+        return 1 << 20
+    if getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return int(positions)
 
 
 def hidden_size_of(config: Any) -> int:

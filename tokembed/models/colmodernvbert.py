@@ -20,6 +20,7 @@ class ColModernVBert:
     detected_by = 'config.json "architectures": ["ColModernVBertForRetrieval"]'
     needs = "processor files (Idefics3 image processor, PIL backend) + tokenizer with the row/col image tokens"
     modes = "vision"
+    reference = "transformers ColModernVBertForRetrieval + processor (colpali-engine semantics)"
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> VisionModel:

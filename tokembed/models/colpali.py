@@ -20,6 +20,7 @@ class ColPali:
     detected_by = 'config.json "architectures": ["ColPaliForRetrieval"] (transformers-native ColPali, *-hf repos)'
     needs = "processor files (SigLIP image processor, PIL backend) + tokenizer; embedding_proj_layer weight and bias"
     modes = "vision"
+    reference = "transformers ColPaliForRetrieval + ColPaliProcessor (colpali-engine semantics)"
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> VisionModel:

@@ -21,6 +21,7 @@ class ColQwen2:
     detected_by = 'config.json "architectures": ["ColQwen2ForRetrieval"] (vlm_config qwen2_vl or qwen2_5_vl)'
     needs = "processor files (Qwen2-VL image processor, PIL backend works without torchvision) + tokenizer"
     modes = "vision"
+    reference = "transformers ColQwen2ForRetrieval + ColQwen2Processor (colpali-engine semantics)"
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> VisionModel:

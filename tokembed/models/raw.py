@@ -26,9 +26,11 @@ class RawEncoder(_RawFamily):
     key = "encoder"
     detected_by = "config.json that AutoModel loads (BERT, RoBERTa, ModernBERT, ...), no ColBERT settings"
     needs = "raw mode only; sentence-transformers Dense modules are applied as the projection"
+    reference = "vLLM token_embed pooling (last hidden state, Dense projection, L2); transformers AutoModel"
 
 
 class RawDecoder(_RawFamily):
     key = "causal-lm"
     detected_by = 'config.json "architectures": ["*ForCausalLM"]'
     needs = "raw mode only; last hidden state after the final norm (no LM head)"
+    reference = "vLLM token_embed pooling on a decoder; transformers AutoModel"

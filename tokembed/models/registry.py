@@ -40,6 +40,7 @@ class FamilyInfo:
     detected_by: str
     needs: str
     modes: str
+    reference: str
 
 
 def family_class(key: str):
@@ -55,7 +56,7 @@ def describe_families() -> list[FamilyInfo]:
     for key, where in FAMILIES.items():
         cls = family_class(key)
         modes = getattr(cls, "modes", None) or ("colbert, raw" if key in ("HF_ColBERT", "st-colbert") else "raw")
-        infos.append(FamilyInfo(key, where, cls.detected_by, cls.needs, modes))
+        infos.append(FamilyInfo(key, where, cls.detected_by, cls.needs, modes, getattr(cls, "reference", "")))
     return infos
 
 

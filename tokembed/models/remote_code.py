@@ -27,6 +27,7 @@ class RemoteCodeRetrieval:
     )
     needs = "--trust-remote-code; a processor with process_images/process_queries; forward returning embeddings"
     modes = "vision"
+    reference = "the checkpoint's own code (auto_map), run as it is"
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> VisionModel:

@@ -50,6 +50,7 @@ class STColBERT:
     key = "st-colbert"
     detected_by = "modules.json + ColBERT settings in config_sentence_transformers.json (PyLate) or a MultiVectorMask module"
     needs = "Transformer backbone (BERT, ModernBERT, XLM-RoBERTa, LFM2, any AutoModel) + N_Dense/ projection(s)"
+    reference = "PyLate 1.6 ColBERT / sentence-transformers 6.2 MultiVectorEncoder (bit for bit on text)"
 
     @staticmethod
     def colbert_config(path: Path) -> ColbertConfig:

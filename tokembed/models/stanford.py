@@ -34,6 +34,7 @@ class StanfordColBERT:
     key = "HF_ColBERT"
     detected_by = 'config.json "architectures": ["HF_ColBERT"]'
     needs = "BERT weights + linear.weight in the same file; artifact.metadata (optional)"
+    reference = "colbert-ai (ColBERT checkpoint encoding); PyLate / sentence-transformers MultiVectorEncoder"
 
     @staticmethod
     def colbert_config(path: Path) -> ColbertConfig:
@@ -51,7 +52,7 @@ class StanfordColBERT:
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> TokenModel:
-        backbone, tokenizer, config = load_backbone(path, options)
+        backbone, tokenizer, config = load_backbone(path, options, ignore_unused=(r"linear\.weight$",))
         weight = load_tensors(path, {"linear.weight"}, required={"linear.weight"})["linear.weight"]
         projection = nn.Sequential(DenseLayer(weight, None, nn.Identity()))
         return TokenModel(

@@ -230,31 +230,36 @@ def load_vision_model(
     options: LoadOptions,
     model_class: Any,
     projection: tuple[str, ...] = ("embedding_proj_layer",),
+    ignore_unused: tuple[str, ...] = (),
+    processor: Any = None,
 ) -> VisionModel:
-    """Load ``model_class`` (a transformers class, or ``AutoModel`` for remote code) and ``AutoProcessor``.
+    """Load ``model_class`` (a transformers class, or ``AutoModel`` for remote code) and ``AutoProcessor``
+    (or the ``processor`` a family built itself).
 
     ``projection``: names the projection may have; the first ``nn.Linear`` found is the one whose output
     ``--no-normalize`` stores.
 
-    Every weight must come from the checkpoint: a missing one (such as a projection bias a converter
-    dropped) would be initialized at random and silently change the vectors.
+    Every weight must come from the checkpoint, and every checkpoint tensor must land but for language-model
+    heads and ``ignore_unused`` (``loading.from_pretrained_checked``): a missing one (such as a projection
+    bias a converter dropped) would be initialized at random and silently change the vectors.
     """
     from transformers import AutoProcessor
     from transformers.utils import logging as hf_logging
 
+    from tokembed.models.loading import HEAD_NAMES, from_pretrained_checked, missing_package_error
+
     hf_logging.disable_progress_bar()
     remote = {"trust_remote_code": options.trust_remote_code}
     try:
-        processor = AutoProcessor.from_pretrained(path, **remote)
-        model, info = model_class.from_pretrained(
-            path, dtype=torch_dtype(options.dtype), output_loading_info=True, **remote
+        if processor is None:
+            processor = AutoProcessor.from_pretrained(path, **remote)
+        model = from_pretrained_checked(
+            model_class, path, ignore_unused=HEAD_NAMES + tuple(ignore_unused), dtype=torch_dtype(options.dtype), **remote
         )
-    except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+    except ImportError as exc:
+        raise missing_package_error(path, exc) from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{path}: cannot load the vision retrieval model: {exc}") from exc
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ModelError(f"{path}: weights missing from the checkpoint: {shown}")
     for method in ("process_images", "process_queries"):
         if not callable(getattr(processor, method, None)):
             raise ModelError(f"{path}: the processor {type(processor).__name__} has no {method}()")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokembed.index.keys import KeyIndex, id_keys
+from tokembed.index.keys import KeyIndex
 from tokembed.sources.base import Item, SourceOptions, open_sources
 
 
@@ -23,12 +23,11 @@ class SeenIds:
         self._keys = KeyIndex()
         self._count = 0  # items added so far: the next item's ordinal in the inputs
 
-    def record(self, chunk: list[Item]) -> dict[int, str]:
-        """Add the chunk's ids; returns the positions whose id came earlier (in this chunk or before)
-        -> that earlier row's location."""
+    def record(self, chunk: list[Item], keys: np.ndarray) -> dict[int, str]:
+        """Add the chunk's ids (``keys``: their ``id_keys``); returns the positions whose id came earlier
+        (in this chunk or before) -> that earlier row's location."""
         found: dict[int, str] = {}
         first_here: dict[str, int] = {}
-        keys = id_keys(item.id for item in chunk)
         candidates = self._keys.find(keys)
         for position, (item, candidate) in enumerate(zip(chunk, candidates.tolist())):
             if item.id in first_here:

@@ -1,0 +1,64 @@
+"""Flags are capped only by what the model can do: an explicit ``--max-length`` is honoured up to the position
+limit (past ``max_seq_length`` and the tokenizer's limit) and refused past it; never a silent cut."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import read_index, write_parquet
+from tokembed.models import describe_families
+from tokembed.models.base import position_limit
+
+LONG = " ".join(["retrieval"] + [f"word{i}" for i in range(900)])
+
+
+@pytest.fixture
+def long_corpus(tmp_path):
+    return write_parquet(tmp_path / "long.parquet", [{"id": "long", "text": LONG}, {"id": "short", "text": "hi"}])
+
+
+def test_raw_mode_honours_an_explicit_length_past_max_seq_length(cli, long_corpus, tmp_path, minilm_path):
+    from transformers import AutoTokenizer
+
+    config = json.loads((minilm_path / "sentence_bert_config.json").read_text())
+    assert config["max_seq_length"] == 256  # the demo model's default, below its 512 positions
+    out = tmp_path / "index"
+    result = cli("encode", long_corpus, "-o", out, "--max-length", "512", "--store-dtype", "float32")
+    assert result.exit_code == 0, result.output
+    ids = read_index(out)["long"][1]
+    expected = AutoTokenizer.from_pretrained(minilm_path)(LONG, truncation=True, max_length=512)["input_ids"]
+    assert len(ids) == 512 and ids.tolist() == expected
+    default = tmp_path / "default"
+    assert cli("encode", long_corpus, "-o", default).exit_code == 0
+    assert len(read_index(default)["long"][1]) == 256
+
+
+def test_a_length_past_the_positions_is_a_usage_error(cli, long_corpus, tmp_path):
+    out = tmp_path / "index"
+    result = cli("encode", long_corpus, "-o", out, "--max-length", "513")
+    assert result.exit_code == 2, result.output
+    assert "513" in result.stderr and "512 positions" in result.stderr
+    assert not (out / "manifest.json").exists()
+
+
+def test_colbert_mode_refuses_a_length_past_the_positions_too(cli, checkpoint, long_corpus, tmp_path):
+    model = checkpoint("stanford")
+    limit = json.loads((model / "config.json").read_text())["max_position_embeddings"]
+    ok = cli("encode", long_corpus, "-o", tmp_path / "ok", "--model", model, "--max-length", limit)
+    assert ok.exit_code == 0, ok.output
+    refused = cli("encode", long_corpus, "-o", tmp_path / "no", "--model", model, "--max-length", limit + 1)
+    assert refused.exit_code == 2 and f"{limit} positions" in refused.stderr
+
+
+def test_roberta_positions_start_after_the_padding_index():
+    from transformers import XLMRobertaConfig
+
+    assert position_limit(XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+
+
+def test_every_family_names_its_reference_and_detection():
+    for info in describe_families():
+        assert info.reference.strip(), info.key
+        assert info.detected_by.strip() and info.needs.strip(), info.key

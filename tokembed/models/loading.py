@@ -1,0 +1,145 @@
+"""Loading is never silently wrong: every parameter of the module a family builds came from the checkpoint,
+and every checkpoint tensor was used, except the names that family lists as ignorable.
+
+Two ways in, one verdict (``require_complete``):
+
+* ``from_pretrained_checked`` — a transformers ``from_pretrained`` with ``output_loading_info=True``; its
+  ``missing_keys`` / ``unexpected_keys`` / ``mismatched_keys`` are what transformers could not place.
+* ``load_state_checked`` — a module tokembed builds itself from tensors it read (``load_state_dict``
+  with ``strict=False`` gives the same two lists).
+
+Ignorable names are regular expressions matched at the start of a name (``re.match``), e.g. ``lm_head\\.``
+for a language-model head under a backbone, or ``mtp\\.`` for multi-token-prediction heads. A remote-code
+``ImportError`` (a package the checkpoint's own code needs, such as ``einops``) is a ``ModelError`` naming the
+package, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from tokembed.errors import ModelError
+
+# Heads a token-embedding backbone never runs: language-model and pre-training heads.
+HEAD_NAMES = (r"lm_head\.", r"cls\.(predictions|seq_relationship)\.")
+# Parameters of a backbone that never reach its last hidden state (BERT's sentence pooler).
+UNUSED_PARTS = (r"pooler\.",)
+_SHOWN = 5
+
+
+def require_complete(
+    path: Path,
+    missing: Iterable[str],
+    unused: Iterable[str],
+    ignore_unused: Iterable[str] = (),
+    ignore_missing: Iterable[str] = (),
+    mismatched: Iterable[Any] = (),
+) -> None:
+    """Raise ``ModelError`` (exit 4) naming the first missing or unused tensors and the file they are in."""
+    missing = [name for name in missing if not _matches(name, ignore_missing)]
+    unused = [name for name in unused if not _matches(name, ignore_unused)]
+    mismatched = list(mismatched)
+    if not (missing or unused or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} parameter(s) of the model are not in the checkpoint "
+                     f"({_files(path)}): {_first(sorted(missing))}")
+    if unused:
+        first = sorted(unused)
+        parts.append(f"{len(unused)} checkpoint tensor(s) were not used: {_first(first)}"
+                     f" (in {weight_file_of(path, first[0])})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} tensor(s) have the wrong shape: {_first([str(m) for m in mismatched])}")
+    raise ModelError(
+        f"{path}: the checkpoint does not match the model tokembed builds for it: " + "; ".join(parts),
+        hint="this checkpoint's layout is not one this family reads (tokembed models lists the layouts); "
+        "loading it would give vectors from weights that were never loaded",
+    )
+
+
+def from_pretrained_checked(
+    model_class: Any,
+    path: Path,
+    ignore_unused: Iterable[str] = (),
+    ignore_missing: Iterable[str] = (),
+    **kwargs: Any,
+):
+    """``model_class.from_pretrained(path, **kwargs)``, refused unless every weight landed (see module doc)."""
+    try:
+        model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    except ImportError as exc:
+        raise missing_package_error(path, exc) from exc
+    require_complete(
+        path,
+        info.get("missing_keys") or (),
+        info.get("unexpected_keys") or (),
+        ignore_unused,
+        ignore_missing,
+        info.get("mismatched_keys") or (),
+    )
+    return model
+
+
+def load_state_checked(module: Any, state: dict, path: Path, ignore_unused: Iterable[str] = ()) -> None:
+    """``module.load_state_dict(state)`` where ``module``'s every parameter and buffer that is saved must be in
+    ``state`` and every tensor of ``state`` must land (but the ignorable ones)."""
+    ignore_unused = tuple(ignore_unused)
+    kept = {name: tensor for name, tensor in state.items() if not _matches(name, ignore_unused)}
+    result = module.load_state_dict(kept, strict=False)
+    require_complete(path, result.missing_keys, result.unexpected_keys)
+
+
+def missing_package_error(path: Path, exc: ImportError) -> ModelError:
+    """A remote-code ImportError as a ModelError that names the package to install."""
+    name = getattr(exc, "name", None)
+    found = re.search(r"packages that were not found in your environment: ([^.\n]+)", str(exc))
+    package = found.group(1).strip() if found else name
+    what = f"the Python package {package!r}" if package else "a Python package"
+    return ModelError(
+        f"{path}: the checkpoint's code needs {what}, which is not installed ({exc})",
+        hint=f"pip install {package}" if package else None,
+    )
+
+
+def weight_file_of(path: Path, name: str) -> str:
+    """The weight file of ``path`` that holds tensor ``name`` (sharded index, then safetensors headers)."""
+    folder = Path(path)
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+        except (OSError, ValueError):
+            continue
+        if name in weight_map:
+            return str(folder / weight_map[name])
+    for file in sorted(folder.glob("*.safetensors")):
+        if name in _safetensors_names(file):
+            return str(file)
+    return _files(folder)
+
+
+def _safetensors_names(file: Path) -> set[str]:
+    try:
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            return set(json.loads(handle.read(size))) - {"__metadata__"}
+    except (OSError, ValueError):
+        return set()
+
+
+def _files(folder: Path) -> str:
+    folder = Path(folder)
+    files = sorted(p.name for p in folder.glob("*.safetensors")) or sorted(p.name for p in folder.glob("*.bin"))
+    return f"{folder}/{{{', '.join(files)}}}" if files else f"{folder} (no weight files)"
+
+
+def _first(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(re.match(pattern, name) for pattern in patterns)
