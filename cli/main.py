@@ -7,7 +7,9 @@ import sys
 import tokembed  # noqa: F401  (first: it caps native kernel caches before torch loads)
 import typer  # noqa: E402
 
+from cli import compress as compress_cmd  # noqa: E402
 from cli import encode as encode_cmd  # noqa: E402
+from cli import export as export_cmd  # noqa: E402
 from cli import info as info_cmd
 from cli import models as models_cmd
 from cli import score as score_cmd
@@ -22,16 +24,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app.command("compress", no_args_is_help=True)(compress_cmd.compress)
 app.command("encode", no_args_is_help=True)(encode_cmd.encode)
+app.command("export", no_args_is_help=True)(export_cmd.export)
 app.command("info", no_args_is_help=True)(info_cmd.info)
 app.command("models")(models_cmd.models)
 app.command("score", no_args_is_help=True)(score_cmd.score)
 app.command("serve")(serve_cmd.serve)
 
 
-def run(args: list[str] | None = None) -> int:
-    """Run the app and return its exit code; known errors become one line on stderr."""
+def run(args: list[str] | None = None, started: float | None = None) -> int:
+    """Run the app and return its exit code; known errors become one line on stderr.
+
+    ``started``: the ``time.perf_counter()`` at which the command began (default: now), for ``load_seconds``.
+    """
+    from cli._clock import mark_start
     from tokembed.errors import TokembedError
+
+    mark_start(started)
 
     try:
         code = app(args=args, standalone_mode=False)  # returns an int exit code (typer turns Ctrl-C into 130)
@@ -53,7 +63,9 @@ def run(args: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    from cli._clock import process_start
+
+    sys.exit(run(started=process_start()))
 
 
 if __name__ == "__main__":

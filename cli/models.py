@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print the families as JSON.")) -> None:
@@ -17,6 +15,9 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the familie
 
         print(json.dumps([f.__dict__ for f in families]))
         return
+    from rich.console import Console  # here, not at the top: `tokembed --help` stays fast
+    from rich.table import Table
+
     table = Table(title="tokembed model families")
     for column in ("family", "modes", "detected by", "needs", "exact to", "loaded by"):
         table.add_column(column)

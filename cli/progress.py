@@ -10,80 +10,6 @@ from __future__ import annotations
 import sys
 import time
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
-
-
-class _MainRowOnly(ProgressColumn):
-    """Show ``column`` on the main row only; the per-device rows carry just their name and rate."""
-
-    def __init__(self, column: ProgressColumn) -> None:
-        super().__init__()
-        self.column = column
-
-    def render(self, task):
-        return Text("") if task.fields.get("device") else self.column(task)
-
-
-class TerminalProgress:
-    """Rich progress bar on stderr, a line per device under it, messages printed above it."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.tokens = 0
-        self.started = time.perf_counter()
-        self.devices: dict[str, list] = {}  # device -> [task id, tokens]
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            _MainRowOnly(BarColumn()),
-            _MainRowOnly(MofNCompleteColumn()),
-            _MainRowOnly(TextColumn("rows")),
-            TextColumn("{task.fields[rate]}"),
-            _MainRowOnly(TimeElapsedColumn()),
-            _MainRowOnly(TextColumn("ETA")),
-            _MainRowOnly(TimeRemainingColumn()),
-            console=console,
-            transient=True,
-        )
-        self.task = None
-
-    def start(self, total_rows: int | None) -> None:
-        self.bar.start()
-        self.started = time.perf_counter()
-        self.task = self.bar.add_task("encoding", total=total_rows, rate="")
-
-    def advance(self, rows: int, tokens: int) -> None:
-        self.tokens += tokens
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        done = self.bar.tasks[0].completed + rows
-        rate = f"{done / elapsed:,.0f} rows/s {self.tokens / elapsed:,.0f} tok/s"
-        self.bar.update(self.task, advance=rows, rate=rate)
-
-    def device_tokens(self, device: str, tokens: int) -> None:
-        if self.task is None:
-            return
-        if device not in self.devices:
-            self.devices[device] = [self.bar.add_task(f"  {device}", total=None, rate="", device=True), 0]
-        entry = self.devices[device]
-        entry[1] += tokens
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self.bar.update(entry[0], rate=f"{entry[1] / elapsed:,.0f} tok/s")
-
-    def log(self, message: str) -> None:
-        self.console.print(message, highlight=False, markup=False)
-
-    def stop(self) -> None:
-        self.bar.stop()
-
 
 class LineProgress:
     """Plain log lines on stderr at most every ``every`` seconds (not a TTY)."""
@@ -123,7 +49,19 @@ class LineProgress:
 
 
 def make_progress(quiet: bool):
-    console = Console(stderr=True)
-    if quiet or not console.is_terminal:
+    if quiet or not sys.stderr.isatty():  # rich (the bar) is imported only when there is a terminal to draw on
         return LineProgress(quiet=quiet)
-    return TerminalProgress(console)
+    from rich.console import Console
+
+    from cli._terminal import TerminalProgress
+
+    console = Console(stderr=True)
+    return TerminalProgress(console) if console.is_terminal else LineProgress(quiet=quiet)
+
+
+def __getattr__(name: str):
+    if name == "TerminalProgress":  # lives in cli._terminal so that importing this module never imports rich
+        from cli._terminal import TerminalProgress
+
+        return TerminalProgress
+    raise AttributeError(f"module 'cli.progress' has no attribute {name!r}")

@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from cli._clock import since_start
 from cli.progress import LineProgress
 
 
@@ -51,30 +52,62 @@ def score(
     id_column: str = typer.Option("id", help="Id field/column of .jsonl/.parquet query files (line/row number when absent)."),
     text_column: str = typer.Option("text", help="Text field/column of .jsonl/.parquet query files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors."),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="text, or json: the summary (with load/query/search seconds) is one JSON object on stderr."
+    ),
+    exact: bool = typer.Option(False, "--exact", help="Scan every document even when the index has a search structure (tokembed compress)."),
+    probe: Optional[int] = typer.Option(None, "--probe", help="Search structure: centroids probed per query token (default 16)."),
+    candidates: Optional[int] = typer.Option(
+        None, "--candidates", help="Search structure: documents re-ranked with exact MaxSim per query (default 512)."
+    ),
 ) -> None:
     """Exact MaxSim top-k search: encode the queries as the index prescribes, scan every shard, print the best."""
     from tokembed.search import search
     from tokembed.search.queries import Queries, inline_queries, read_queries
 
+    from tokembed.errors import UsageError
+
+    if log_format not in ("text", "json"):
+        raise UsageError(f"--log-format {log_format!r}: must be text or json")
     query_file, index = _split_args(args, bool(query))
     queries = read_queries(query_file, id_column, text_column) if query_file else Queries()
     queries = queries.add(inline_queries(query or []))
     log = LineProgress(quiet=quiet).log
     for warning in queries.warnings:
         log(f"warning: {warning}")
-    progress = ScanProgress(quiet)
-    started = time.perf_counter()
+    progress = ScanProgress(quiet or log_format == "json")
+    started, startup, timings = time.perf_counter(), since_start(), {}
     hits = search(
         index, dict(zip(queries.ids, queries.texts)), top_k=top_k, model=model, device=device,
         block_tokens=block_tokens, allow_model_mismatch=allow_model_mismatch,
-        trust_remote_code=trust_remote_code, progress=progress,
+        trust_remote_code=trust_remote_code, progress=progress, exact=exact, probe=probe, candidates=candidates,
+        timings=timings,
     )
     seconds = time.perf_counter() - started
     write_results(queries, hits, _pick_format(fmt, output), output)
+    if log_format == "json":
+        _log_json_summary(len(queries), progress, startup, timings)
+        return
     log(
-        f"{len(queries)} queries, {progress.rows} documents ({progress.tokens} tokens) in {seconds:.2f}s: "
+        f"{len(queries)} queries, {progress.rows} documents ({progress.tokens} tokens) in {seconds:.2f}s "
+        f"(load {startup + timings['load_seconds']:.2f}s, queries {timings['query_seconds']:.2f}s, "
+        f"search {timings['search_seconds']:.2f}s): "
         f"{len(queries) / seconds:,.1f} queries/s, {progress.tokens / max(progress.seconds, 1e-9):,.0f} document tokens/s scanned"
     )
+
+
+def _log_json_summary(n_queries: int, progress, startup: float, timings: dict) -> None:
+    """One JSON object on stderr (stdout holds the results): counts and where the seconds went."""
+    summary = {
+        "queries": n_queries,
+        "documents": progress.rows,
+        "document_tokens": progress.tokens,
+        "load_seconds": round(startup + timings.get("load_seconds", 0.0), 3),  # start-up, index open, model load
+        "query_seconds": round(timings.get("query_seconds", 0.0), 3),
+        "search_seconds": round(timings.get("search_seconds", 0.0), 3),
+        "seconds": round(since_start(), 3),
+    }
+    print(json.dumps(summary), file=sys.stderr)
 
 
 def _split_args(args: list[str], have_inline: bool) -> tuple[Path | None, Path]:

@@ -31,6 +31,10 @@ def serve(
         None, envvar="TOKEMBED_API_KEY", help="Require 'Authorization: Bearer KEY' on every endpoint but /health (env TOKEMBED_API_KEY)."
     ),
     served_model_name: Optional[str] = typer.Option(None, help="Name clients pass as \"model\". Default: --model as given."),
+    lora_modules: Optional[list[str]] = typer.Option(
+        None, "--lora-modules", help="NAME=PATH: serve a PEFT LoRA adapter (folder or hub id) over --model, unmerged, as model "
+        "NAME (vLLM's convention; repeat for more). Requests naming NAME use it, batched per adapter; text models.",
+    ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints that ship their own Python code."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug also logs every request)."),
 ) -> None:
@@ -44,6 +48,7 @@ def serve(
         max_inputs=max_inputs,
         served_model_name=served_model_name,
         dtype=dtype.value,
+        lora_modules=_parse_lora_modules(lora_modules or []),
     )
     signal.signal(signal.SIGTERM, _raise_interrupt)  # uvicorn replaces it while serving; this covers model loading
     try:
@@ -62,6 +67,19 @@ def serve(
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down
         pass
     print("tokembed: server stopped", file=sys.stderr)
+
+
+def _parse_lora_modules(values: list[str]) -> tuple[tuple[str, str], ...]:
+    from tokembed.errors import UsageError
+
+    pairs = []
+    for value in values:
+        for item in value.split():
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise UsageError(f"--lora-modules {item!r}: expected NAME=PATH")
+            pairs.append((name, path))
+    return tuple(pairs)
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -16,6 +16,8 @@ CONTRACT_SCHEMA = pa.schema(
         ("embeddings", pa.list_(pa.list_(pa.float16(), 384))),
         ("token_ids", pa.list_(pa.int32())),
         ("content_hash", pa.binary(32)),
+        ("source_file", pa.string()),  # PDF pages only (null here)
+        ("page", pa.int32()),
     ]
 )
 

@@ -202,7 +202,7 @@ def test_content_of_image_items_is_the_stored_bytes_digest(tmp_path):
 
 BAD_IMAGES = {
     "truncated": (lambda: encoded(page(200, 200).effect_spread(5))[:400], "truncated image"),
-    "not-an-image": (lambda: b"%PDF-1.7 this is not an image", "not an image"),
+    "not-an-image": (lambda: b"plain text, this is not an image", "not an image"),
     "zero-bytes": (lambda: b"", "empty image (0 bytes)"),
     "zero-width": (lambda: png_header_claiming(0, 0), "not an image"),
     "over-our-limit": (lambda: png_header_claiming(8000, 6000), "image is 8000x6000 = 48000000 pixels, over the limit of 40000000"),

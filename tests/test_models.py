@@ -30,6 +30,17 @@ VISION_EXPECTED = {
     "colmodernvbert": "ColModernVBertForRetrieval",
     "remote_code": "remote-code-retrieval",
 }
+# Families whose tiny checkpoints have their own builder module: layout -> (module, family key).
+OTHER_EXPECTED = {"jina_colbert": ("jina_checkpoints", "jina-colbert"),
+                  "colqwen2_engine": ("colpali_engine_checkpoints", "ColQwen2"),
+                  "colqwen2_5_engine": ("colpali_engine_checkpoints", "ColQwen2_5"),
+                  "colpali_engine": ("colpali_engine_checkpoints", "ColPali"),
+                  "colidefics3": ("colpali_engine_checkpoints", "ColIdefics3"),
+                  "peft_adapter": ("colpali_engine_checkpoints", "peft-lora"),
+                  "colqwen3_5": ("qwen_checkpoints", "ColQwen3_5"),
+                  "tomoro": ("qwen3_vl_checkpoints", "ColQwen3"),
+                  "ops": ("qwen3_vl_checkpoints", "OpsColQwen3Model"),
+                  "nemotron": ("qwen3_vl_checkpoints", "Qwen3VLNemotronEmbedModel")}
 
 
 @pytest.mark.parametrize("layout, key", sorted(EXPECTED.items()))
@@ -45,8 +56,18 @@ def test_detect_every_vision_layout(tmp_path, layout, key):
     assert detect(path, trust_remote_code=True) == key
 
 
+@pytest.mark.parametrize("layout", sorted(OTHER_EXPECTED))
+def test_detect_other_layouts(tmp_path, layout):
+    import importlib
+
+    module, key = OTHER_EXPECTED[layout]
+    path = getattr(importlib.import_module(module), f"build_{layout}")(tmp_path / layout)
+    assert detect(path) == key
+
+
 def test_registry_is_complete():
-    assert set(EXPECTED.values()) | set(VISION_EXPECTED.values()) == set(FAMILIES)
+    others = {key for _, key in OTHER_EXPECTED.values()}
+    assert set(EXPECTED.values()) | set(VISION_EXPECTED.values()) | others == set(FAMILIES)
     for key in FAMILIES:
         cls = family_class(key)
         assert cls.key == key and cls.detected_by and cls.needs and callable(cls.load)

@@ -15,6 +15,11 @@ import os
 # still holds every shape one batch needs. Read once when torch loads: set before, and only if unset.
 for _cache in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
     os.environ.setdefault(_cache, "16")
+# MKL's sgemm may split the reduction across threads for short matrices (ColQwen2's 10 x 128 patch
+# merger), so `cpu` (all cores) and `cpu:N` workers (cores / N each) differed in the last bit. Strict
+# conditional numerical reproducibility makes gemm results independent of the thread count, measured at
+# no cost here. MKL reads it at its first call, so setting it after `import torch` still works.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 

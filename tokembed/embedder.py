@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tokembed.errors import DeviceError, ModelMismatchError
-from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, model_fingerprint, resolve_model
+from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, resolve_model
+from tokembed.models.resolve import resolved_fingerprint
 from tokembed.models.steps import TextEncoder
 from tokembed.settings import DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, resolve, resolve_dtype
 
@@ -35,15 +36,15 @@ class Embedder:
         colbert: ColbertConfig | None = None,
     ) -> "Embedder":
         """Resolve and load ``model``; ``colbert`` overrides the checkpoint's ColBERT settings (from a manifest)."""
-        resolved = resolve_model(model)
+        resolved = resolve_model(model, flags.revision, flags.base_model, flags.base_revision)
         device_type = device.split(":")[0]
         options = LoadOptions(trust_remote_code=trust_remote_code, dtype=resolve_dtype(flags.dtype, device_type), device=device)
-        loaded = load_model(resolved.path, options)
+        loaded = load_model(resolved.path, options, resolved.base.path if resolved.base else None)
         if colbert is not None:
             loaded.colbert = colbert
         settings = resolve(flags, loaded.colbert, loaded.max_length, device_type, loaded.position_limit)
         encoder = loaded.make_encoder(settings) if hasattr(loaded, "make_encoder") else TextEncoder(loaded, settings)
-        return cls(resolved, loaded, settings, encoder, device, model_fingerprint(resolved.path))
+        return cls(resolved, loaded, settings, encoder, device, resolved_fingerprint(resolved))
 
     @classmethod
     def for_index(
@@ -64,6 +65,8 @@ class Embedder:
         flags = replace(EncodeFlags.from_json(manifest["flags"]), kind=kind)
         if kind != manifest["settings"]["kind"]:
             flags = replace(flags, max_length=None)  # a --max-length given for one kind is not the other's
+        if kind == "query":
+            flags = replace(flags, pool_factor=1)  # --pool-factor pools the documents; queries are never pooled
         colbert = ColbertConfig.from_json(manifest["colbert"]) if manifest.get("colbert") else None
         name = model if model is not None else (None if recorded.get("is_demo") else recorded["path"])
         if model is None and name is not None and not _exists(name):

@@ -26,8 +26,11 @@ from tokembed._testhooks import fault_point
 from tokembed.errors import BadInputError, UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
 from tokembed.index.keys import id_keys
+from tokembed.index.pdfstats import pdf_totals
 from tokembed.sources import Item, SourceOptions, open_sources
+from tokembed.sources.base import ignored_files
 from tokembed.sources.duplicates import SeenIds
+from tokembed.sources.pdf import is_empty_page
 
 class Progress(Protocol):
     def start(self, total_rows: int | None) -> None: ...
@@ -56,10 +59,14 @@ class EncodeJob:
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     on_error: str = "fail"
     devices: str = "auto"
+    engine: str = "local"  # local: this machine's devices; ray: actors on a Ray cluster (tokembed/engine/ray.py)
+    ray_address: str = "auto"
     trust_remote_code: bool = False
     shard_rows: int = 50_000
     wait_seconds: float = 0.0
     full: bool = False
+    nbits: int | None = None  # search structure: None keeps the index's (if any); else build/refresh with N bits
+    retrain: bool = False  # search structure: train new centroids
 
 
 @dataclass
@@ -74,10 +81,14 @@ class EncodeSummary:
     skipped: list[dict] = field(default_factory=list)
     tokens_in: int = 0  # tokens that went through the model this run (before skiplist removal)
     computed_tokens: int = 0  # positions computed, padding included
-    seconds: float = 0.0
+    seconds: float = 0.0  # load_seconds + encode_seconds (+ any wait for the lock)
+    load_seconds: float = 0.0  # start-up and model load (the CLI adds the process start-up)
+    encode_seconds: float = 0.0  # first read to commit
     shards: int = 0
     resumed_shards: int = 0
     full_rebuild: bool = True
+    ignored: list[str] = field(default_factory=list)  # input-folder files no reader took
+    empty_pages: list[dict] = field(default_factory=list)  # PDF pages with no text layer (rows with no tokens)
 
     @property
     def useful_token_fraction(self) -> float:
@@ -99,20 +110,28 @@ class EncodeSummary:
             "skipped": len(self.skipped),
             "encoded_tokens": self.tokens_in,
             "seconds": round(self.seconds, 3),
+            "load_seconds": round(self.load_seconds, 3),
+            "encode_seconds": round(self.encode_seconds, 3),
             "useful_token_fraction": round(self.useful_token_fraction, 4),
-            "tokens_per_second": round(self.tokens_in / self.seconds, 1) if self.seconds else None,
+            "tokens_per_second": round(self.tokens_in / self.encode_seconds, 1) if self.encode_seconds else None,
             "shards": self.shards,
             "resumed_shards": self.resumed_shards,
             "full_rebuild": self.full_rebuild,
+            "ignored": len(self.ignored),
+            "ignored_files": self.ignored[:5],
+            "empty_pages": len(self.empty_pages),
         }
 
 
 def content_hash(settings_fingerprint: str, text: str) -> bytes:
     """sha256 of the item's content, keyed by the model and settings that encoded it."""
-    return hashlib.sha256(settings_fingerprint.encode() + b"\0" + text.encode("utf-8", "surrogatepass")).digest()
+    digest = hashlib.sha256(settings_fingerprint.encode() + b"\0")
+    digest.update(text.encode("utf-8", "surrogatepass"))  # no third copy of a huge text
+    return digest.digest()
 
 
 def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSummary:
+    started = time.perf_counter()  # before the imports below: importing torch is part of the load
     from tokembed.embedder import Embedder
     from tokembed.engine.device import resolve_device
     from tokembed.index.lock import IndexLock
@@ -120,8 +139,7 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
 
     progress = progress or NullProgress()
     _check_job(job)
-    started = time.perf_counter()
-    device = resolve_device(job.devices)
+    device = "cpu" if job.engine == "ray" else resolve_device(job.devices)  # a Ray driver only reads and plans
     if job.model is None:
         progress.log(DEMO_NOTICE)
     embedder = Embedder.load(job.model, job.flags, device, job.trust_remote_code)
@@ -132,9 +150,13 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     )
     if embedder.is_vision and settings.kind == "document":
         job = replace(job, sources=replace(job.sources, modality="image"))  # an image model's documents are pages
+    loaded = time.perf_counter()
     with IndexLock(job.output, job.wait_seconds):
+        first_read = time.perf_counter()
         summary = _run_locked(job, embedder, progress)
     summary.seconds = time.perf_counter() - started
+    summary.load_seconds = loaded - started
+    summary.encode_seconds = summary.seconds - (first_read - started)
     return summary
 
 
@@ -147,10 +169,11 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     remove_temp_files(job.output / "data")
     previous = _previous_index(job, settings_fp, progress)
     summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)
+    summary.ignored = ignored_files(job.inputs, job.sources)
     signature = {
         "settings_fingerprint": settings_fp,
         "inputs": input_signature(job.inputs),
-        "sources": [job.sources.id_column, job.sources.text_column, job.sources.chunk_rows],
+        "sources": [job.sources.id_column, job.sources.text_column, job.sources.chunk_rows, *_pdf_signature(job.sources)],
         "base": previous.index.manifest.get("created_at") if previous else None,
         "base_fingerprint": previous.index.manifest.get("settings_fingerprint") if previous else None,
         "shard_rows": job.shard_rows,
@@ -175,8 +198,10 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
         summary.deleted = len(previous) - seen_previous if previous else 0
         summary.rows = sum(shard.rows for shard in writer.shards)
         summary.tokens = sum(shard.tokens for shard in writer.shards)
+        manifest = _with_search_structure(job, build_manifest(job, embedder, writer, summary), previous, progress)
         fault_point("commit", 1)
-        writer.commit(build_manifest(job, embedder, writer, summary))
+        writer.commit(manifest)
+        _remove_stale_structure(job.output, manifest)
         journal.remove()
     except KeyboardInterrupt:
         writer.abort(keep_finished=True)  # finished shards + journal let the next run resume
@@ -188,6 +213,23 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     finally:
         runner.close()
     return summary
+
+
+def _with_search_structure(job: EncodeJob, manifest: dict, previous, progress: Progress) -> dict:
+    """Code the new shards for the index's search structure (``tokembed.search.plaid``), if it has one or
+    ``--nbits`` asks for one: unchanged rows keep their codes, new rows are coded with the same centroids."""
+    if job.nbits is None and not (job.output / "plaid").is_dir():
+        return manifest
+    from tokembed.search.plaid.build import StructureOptions, refresh_structure
+
+    return refresh_structure(job.output, manifest, StructureOptions(job.nbits, retrain=job.retrain), previous, progress.log)
+
+
+def _remove_stale_structure(folder: Path, manifest: dict) -> None:
+    if (folder / "plaid").is_dir():
+        from tokembed.search.plaid.build import remove_unlisted_files
+
+        remove_unlisted_files(folder, manifest)
 
 
 def _previous_index(job: EncodeJob, settings_fp: str, progress: Progress):
@@ -218,6 +260,8 @@ class _Chunk:
     # (a pool runner plans ahead, so the live summary may already count later chunks).
     counts: dict = field(default_factory=dict)
     skipped: int = 0
+    empty: list[int] = field(default_factory=list)  # positions of PDF pages without text: rows with no tokens
+    empty_pages: int = 0  # len(summary.empty_pages) once this chunk was planned
 
 
 def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary: EncodeSummary, progress) -> int:
@@ -237,16 +281,22 @@ def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary:
         token_ids: list = [None] * len(chunk.items)
         for position, (vecs, ids) in chunk.carried.items():
             vectors[position], token_ids[position] = vecs, ids
+        for position in chunk.empty:
+            vectors[position], token_ids[position] = np.zeros((0, writer.dim), np.float32), np.zeros(0, np.int32)
         for position, vecs, ids in zip(chunk.to_encode, result.vectors, result.token_ids):
             vectors[position], token_ids[position] = vecs, ids
-        shard = writer.write([item.id for item in chunk.items], vectors, token_ids, chunk.hashes)
+        shard = writer.write(
+            [item.id for item in chunk.items], vectors, token_ids, chunk.hashes,
+            [item.source_file for item in chunk.items], [item.page for item in chunk.items],
+        )
         if previous is not None:
             previous.release_pages()
         fault_point("write", chunk.number + 1)
         summary.tokens_in += result.real_tokens
         summary.computed_tokens += result.computed_tokens
         if shard is not None:
-            journal.record(shard.to_json(), chunk.number + 1, summary.skipped[: chunk.skipped], chunk.counts)
+            counts = {**chunk.counts, "empty_pages": summary.empty_pages[: chunk.empty_pages]}
+            journal.record(shard.to_json(), chunk.number + 1, summary.skipped[: chunk.skipped], counts)
             fault_point("shard", len(writer.shards))
         progress.advance(chunk.source_rows, result.real_tokens)
     return state["seen_previous"]
@@ -267,18 +317,22 @@ def _plan_chunks(job, settings_fp, previous, chunks_done, summary: EncodeSummary
         if resumed:
             continue
         hashes = [content_hash(settings_fp, item.content) for item in items]
-        carried, to_encode = {}, []
+        carried, to_encode, empty = {}, [], []
         for position, (digest, row) in enumerate(zip(hashes, stored_rows)):
+            if is_empty_page(items[position]):
+                summary.empty_pages.append({"id": items[position].id, "source_file": items[position].source_file, "page": items[position].page})
             if row is not None and previous.content_hash(row) == digest:
                 carried[position] = previous.vectors(row)
                 summary.unchanged += 1
             else:
-                to_encode.append(position)
+                (empty if is_empty_page(items[position]) else to_encode).append(position)
                 if row is not None:
                     summary.updated += 1
                 else:
                     summary.added += 1
-        yield _Chunk(number, items, hashes, carried, to_encode, len(chunk), summary.counts(), len(summary.skipped))
+        yield _Chunk(
+            number, items, hashes, carried, to_encode, len(chunk), summary.counts(), len(summary.skipped), empty, len(summary.empty_pages)
+        )
 
 
 def _model_input(item: Item, images: bool):
@@ -295,22 +349,34 @@ def _usable_positions(chunk: list[Item], keys: np.ndarray, seen: SeenIds, on_err
             raise BadInputError(f"duplicate id {item.id!r}: {duplicates[position]} and {item.location}")
         if item.error is None:
             good.append(position)
-        elif on_error != "skip":
+        elif on_error != "skip" and not item.skip_always:
             raise BadInputError(f"{item.location} (id {item.id!r}): {item.error}", hint="--on-error skip records and skips such rows")
         elif record:
-            summary.skipped.append({"id": item.id, "source": item.source, "row": item.row, "reason": item.error})
+            entry = {"id": item.id, "source": item.source, "row": item.row, "reason": item.error}
+            summary.skipped.append(entry if item.page is None else {**entry, "page": item.page})
     return good
+
+
+def _pdf_signature(sources: SourceOptions) -> list:
+    """What else decides the rows a journal's chunks hold when PDFs are read."""
+    return [sources.pdf_dpi, sources.pdf_column if sources.pdf_column_given else None, sources.pdf_password is not None]
 
 
 def _check_job(job: EncodeJob) -> None:
     if job.on_error not in ("fail", "skip"):
         raise UsageError(f"--on-error must be fail or skip; got {job.on_error!r}")
+    if job.engine not in ("local", "ray"):
+        raise UsageError(f"--engine must be local or ray; got {job.engine!r}")
     if job.batch_tokens < 1:
         raise UsageError(f"--batch-tokens must be positive; got {job.batch_tokens}")
     if job.shard_rows < 1:
         raise UsageError(f"--shard-rows must be positive; got {job.shard_rows}")
     if job.wait_seconds < 0:
         raise UsageError(f"--wait must not be negative; got {job.wait_seconds}")
+    if job.nbits is not None:
+        from tokembed.search.plaid.codec import check_nbits
+
+        check_nbits(job.nbits)
 
 
 def estimate_rows(inputs: list[Path]) -> int | None:
@@ -326,6 +392,8 @@ def estimate_rows(inputs: list[Path]) -> int | None:
                 total += pq.ParquetFile(path).metadata.num_rows
             elif path.is_dir():
                 parquet = sorted(path.rglob("*.parquet"))
+                if not parquet and next(path.rglob("*.pdf"), None):
+                    return None  # pages are known once each PDF is opened
                 if parquet:
                     total += sum(pq.ParquetFile(p).metadata.num_rows for p in parquet)
                 else:
@@ -335,6 +403,17 @@ def estimate_rows(inputs: list[Path]) -> int | None:
         except Exception:  # a bad file is reported by the reader with its reason; the bar just has no total
             return None
     return total
+
+
+def _base_json(resolved) -> dict | None:
+    """A PEFT adapter's base in the manifest (the model entry itself describes the adapter)."""
+    from tokembed.models.resolve import model_fingerprint
+
+    if resolved.base is None:
+        return None
+    base = resolved.base
+    return {"name": base.name, "path": str(base.path), "revision": base.revision, "fingerprint": model_fingerprint(base.path),
+            "adapter_fingerprint": model_fingerprint(resolved.path)}
 
 
 def build_manifest(job: EncodeJob, embedder, writer, summary: EncodeSummary) -> dict:
@@ -358,6 +437,7 @@ def build_manifest(job: EncodeJob, embedder, writer, summary: EncodeSummary) -> 
             "family": model.family,
             "architecture": model.architecture,
             "is_demo": resolved.is_demo,
+            "base": _base_json(resolved),
         },
         "settings": settings.to_json(),
         "settings_fingerprint": settings.fingerprint(embedder.fingerprint),
@@ -372,6 +452,9 @@ def build_manifest(job: EncodeJob, embedder, writer, summary: EncodeSummary) -> 
             "bytes": sum(s["bytes"] for s in shards),
         },
         "skipped": summary.skipped,
+        "ignored": summary.ignored,
+        "empty_pages": summary.empty_pages,
+        "pdf": pdf_totals(job.output, shards, job.sources),
         "stats": {
             "added": summary.added,
             "updated": summary.updated,

@@ -60,6 +60,12 @@ class EncodeFlags:
     normalize: bool = True
     dtype: str = "auto"
     store_dtype: str = "float16"
+    # Where the model comes from (not how it encodes): hub revision, and a PEFT adapter's base and its revision.
+    revision: str | None = None
+    base_model: str | None = None
+    base_revision: str | None = None
+    # Documents: hierarchical token pooling to 1/N of the vectors (tokembed.models.pooling); 1 = none.
+    pool_factor: int = 1
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,6 +92,7 @@ class EncodeSettings:
     dimensions: int | None
     dtype: str  # compute dtype, resolved (never "auto")
     store_dtype: str
+    pool_factor: int = 1  # documents only; 1 = no pooling
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -94,7 +101,10 @@ class EncodeSettings:
 
     def fingerprint(self, model_fingerprint: str) -> str:
         """Hash of the model and every setting that changes the vectors (dtypes included)."""
-        payload = json.dumps({"model": model_fingerprint, "settings": self.to_json()}, sort_keys=True)
+        settings = self.to_json()
+        if settings["pool_factor"] == 1:
+            del settings["pool_factor"]  # no pooling hashes as before the flag existed: older indexes stay current
+        payload = json.dumps({"model": model_fingerprint, "settings": settings}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -133,6 +143,7 @@ def resolve(
         raise UsageError(f"--max-length must be at least 2, got {flags.max_length}")
     if flags.dimensions is not None and flags.dimensions < 1:
         raise UsageError(f"--dimensions must be positive, got {flags.dimensions}")
+    _check_pool_factor(flags)
     # An explicit length overrides max_seq_length and the tokenizer's limit (as sentence-transformers does);
     # only the positions the model can embed cap it, and past them it is refused, never silently cut.
     limit = position_limit or model_max_length
@@ -156,6 +167,7 @@ def resolve(
         dimensions=flags.dimensions,
         dtype=resolve_dtype(flags.dtype, device_type),
         store_dtype=flags.store_dtype,
+        pool_factor=flags.pool_factor,
     )
     if mode == "raw":
         return base
@@ -183,6 +195,25 @@ def _colbert_settings(base: EncodeSettings, flags: EncodeFlags, colbert: Colbert
         register_prefix_tokens=colbert.register_prefix_tokens,
         skiplist_words=colbert.skiplist_words,
     )
+
+
+def _check_pool_factor(flags: EncodeFlags) -> None:
+    from importlib.util import find_spec
+
+    if flags.pool_factor < 1:
+        raise UsageError(f"--pool-factor must be at least 1, got {flags.pool_factor}")
+    if flags.pool_factor > 1 and find_spec("scipy") is None:
+        raise UsageError("--pool-factor needs scipy, which is not installed", hint="pip install 'tokembed[pool]'")
+    if flags.pool_factor > 1 and flags.kind == "query":
+        raise UsageError(
+            f"--pool-factor {flags.pool_factor} pools documents only; queries are never pooled",
+            hint="drop --pool-factor, or encode with --kind document",
+        )
+    if flags.pool_factor > 1 and not flags.normalize:
+        raise UsageError(
+            "--pool-factor clusters unit vectors by cosine distance (as PyLate does); it cannot be used with --no-normalize",
+            hint="drop --no-normalize or --pool-factor",
+        )
 
 
 def _check_choices(flags: EncodeFlags) -> None:

@@ -1,8 +1,8 @@
 """The encoding engine: sorted-length token-budget batches, run on one or more devices, rows back in input order.
 
-``open_runner`` picks the runner for ``--devices``: ``LocalRunner`` (one device, in this process) or
-``PoolRunner`` (one worker process per device). Both take chunks of texts and yield ``ChunkResult`` in
-order, and both report to the caller's progress object: ``log(message)``, and, when the object has it,
+``open_runner`` picks the runner for ``--engine`` and ``--devices``: ``LocalRunner`` (one device, in this
+process), ``PoolRunner`` (one worker process per device) or, with ``--engine ray``, ``RayRunner`` (Ray actors
+on a cluster, ``ray.py``). All take chunks of texts or images and yield ``ChunkResult`` in order, and both report to the caller's progress object: ``log(message)``, and, when the object has it,
 the optional ``device_tokens(device, tokens)`` (real tokens each device finished), which older progress
 objects simply lack.
 """
@@ -18,11 +18,12 @@ def open_runner(embedder, job, progress=None):
     """
     from tokembed.engine.device import parse_devices
 
+    if getattr(job, "engine", "local") == "ray":
+        from tokembed.engine.ray import RayRunner
+
+        return RayRunner(embedder.spec(job.flags, job.trust_remote_code), job, embedder.encoder, progress)
     devices = parse_devices(job.devices)
-    if devices.workers and embedder.is_vision:
-        if progress is not None:
-            progress.log("image models run on one device for now (the worker pool carries token ids only): using the first")
-    if not devices.workers or embedder.is_vision:
+    if not devices.workers:
         from tokembed.engine.local import LocalRunner
 
         return LocalRunner(embedder, job.batch_tokens, progress)

@@ -250,7 +250,9 @@ class PoolRunner:
             worker = min(room, key=lambda w: len(w.held))
             task = self._pending.popleft()
             try:
-                worker.tasks.send(task)
+                # Pickled by value: an image batch's pixel tensors would otherwise travel as shared-memory
+                # file descriptors (torch's reducers), one per tensor, which the worker must map and close.
+                worker.tasks.send_bytes(pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
             except OSError:  # the worker is gone; its sentinel fires and its batches are re-queued
                 self._pending.appendleft(task)
                 worker.broken = True
@@ -382,7 +384,8 @@ def _run_batches(index: int, label: str, device: str, threads: int, spec, tasks,
     executor = BatchExecutor(embedder.encoder, device, log=lambda message: outbox.put(("log", message)), label=label)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_receive_all, args=(tasks, inbox), daemon=True).start()
-    attention = getattr(getattr(embedder.model.backbone, "config", None), "_attn_implementation", None)
+    backbone = getattr(embedder.model, "backbone", None) or getattr(embedder.model, "model", None)  # text / image model
+    attention = getattr(getattr(backbone, "config", None), "_attn_implementation", None)
     outbox.put(("ready", attention))
     taken = 0
     while (task := inbox.get()) is not None:

@@ -36,8 +36,17 @@ class ShardInfo:
         return dict(self.__dict__)
 
 
-def build_record_batch(schema, ids: list[str], vectors: list[np.ndarray], token_ids: list[np.ndarray], hashes: list[bytes]):
-    """One Arrow record batch from per-item matrices, without a Python loop over tokens."""
+def build_record_batch(
+    schema,
+    ids: list[str],
+    vectors: list[np.ndarray],
+    token_ids: list[np.ndarray],
+    hashes: list[bytes],
+    source_files: list[str | None] | None = None,
+    pages: list[int | None] | None = None,
+):
+    """One Arrow record batch from per-item matrices, without a Python loop over tokens.
+    ``source_files``/``pages``: a PDF page's file and number per row (None: not a PDF page)."""
     import pyarrow as pa
 
     dim = schema.field("embeddings").type.value_type.list_size
@@ -49,8 +58,16 @@ def build_record_batch(schema, ids: list[str], vectors: list[np.ndarray], token_
     embeddings = pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(values, dim))
     flat_ids = np.concatenate(token_ids).astype(np.int32) if len(token_ids) and lengths.sum() else np.zeros(0, np.int32)
     token_column = pa.ListArray.from_arrays(offsets, pa.array(flat_ids, type=pa.int32()))
+    nulls = [None] * len(ids)
     return pa.RecordBatch.from_arrays(
-        [pa.array(ids, type=pa.string()), embeddings, token_column, pa.array(hashes, type=pa.binary(32))],
+        [
+            pa.array(ids, type=pa.string()),
+            embeddings,
+            token_column,
+            pa.array(hashes, type=pa.binary(32)),
+            pa.array(source_files or nulls, type=pa.string()),
+            pa.array(pages or nulls, type=pa.int32()),
+        ],
         schema=schema,
     )
 
@@ -66,6 +83,7 @@ class IndexWriter:
     ) -> None:
         self.folder = folder
         self.data = folder / DATA_DIR
+        self.dim = dim
         self.schema = shard_schema(dim, store_dtype)
         self.shard_rows = shard_rows
         self.shard_bytes = shard_bytes
@@ -81,12 +99,18 @@ class IndexWriter:
         self._next_number = next_shard_number(self.data)
 
     def write(
-        self, ids: list[str], vectors: list[np.ndarray], token_ids: list[np.ndarray], hashes: list[bytes]
+        self,
+        ids: list[str],
+        vectors: list[np.ndarray],
+        token_ids: list[np.ndarray],
+        hashes: list[bytes],
+        source_files: list[str | None] | None = None,
+        pages: list[int | None] | None = None,
     ) -> ShardInfo | None:
         """Append rows; returns the shard's entry when this write filled and finished a shard."""
         if not ids:
             return None
-        batch = build_record_batch(self.schema, ids, vectors, token_ids, hashes)
+        batch = build_record_batch(self.schema, ids, vectors, token_ids, hashes, source_files, pages)
         try:
             if self._writer is None:
                 self._open()

@@ -30,6 +30,7 @@ class LoadOptions:
     trust_remote_code: bool = False
     dtype: str = "float32"  # compute dtype of the backbone; projections always run in float32
     device: str = "cpu"
+    processor_path: Path | None = None  # processor/tokenizer files from elsewhere (a PEFT adapter's folder)
 
 
 class DenseLayer(nn.Module):

@@ -27,3 +27,44 @@ class ColPali:
         from transformers import ColPaliForRetrieval
 
         return load_vision_model(cls.key, path, options, ColPaliForRetrieval)
+
+
+# colpali-engine's own layout (``architectures`` ColPali, model_type paligemma), as
+# vidore/colpaligemma-3b-pt-448-base saves it. Prompts and forward: colpali-engine 0.3.18.
+def engine_tensor_names():
+    from tokembed.models.engine_layout import TensorNames
+
+    return TensorNames(
+        renamings=(
+            (r"^model\.language_model\.model\.", "model.language_model."),  # published: PaliGemmaForCG of transformers 4
+            (r"^model\.language_model\.lm_head\.", "lm_head."),
+            (r"^model\.model\.", "model."),  # colpali-engine 0.3.18's module names under transformers 5
+            (r"^model\.lm_head\.", "lm_head."),
+            (r"^model\.vision_tower\.vision_model\.", "model.vision_tower."),  # SigLIP as transformers <= 5.3 nested it
+        ),
+    )
+
+
+class ColPaliEngine:
+    key = "ColPali"
+    detected_by = 'config.json "architectures": ["ColPali"] (colpali-engine layout, model_type paligemma)'
+    needs = "PaliGemma processor files (SigLIP image processor) + tokenizer; custom_text_proj (128-d, bias)"
+    modes = "vision"
+    reference = (
+        "colpali-engine 0.3.18 ColPali + ColPaliProcessor: documents '<image><bos>Describe the image.' through "
+        "PaliGemmaProcessor; queries '<bos>' + query + 10 <pad>, no 'Question: ' prefix, no newline, no token type "
+        "ids (causal attention, unlike the -hf port); convert('RGB') on the image it gets (transparency already composited on white by the image reader)"
+    )
+
+    @classmethod
+    def load(cls, path: Path, options: LoadOptions) -> VisionModel:
+        from transformers import PaliGemmaProcessor
+
+        from tokembed.models.engine_layout import EngineProcessor, load_engine_model, load_processor
+        from tokembed.models.engine_modules import EngineColPali
+
+        processor = EngineProcessor(
+            load_processor(options.processor_path or path, PaliGemmaProcessor), "<image><bos>Describe the image.", None,
+            query_format="bos",
+        )
+        return load_engine_model(cls.key, path, options, EngineColPali, engine_tensor_names(), processor, "custom_text_proj")

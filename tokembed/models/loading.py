@@ -69,10 +69,18 @@ def from_pretrained_checked(
     **kwargs: Any,
 ):
     """``model_class.from_pretrained(path, **kwargs)``, refused unless every weight landed (see module doc)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # tokembed reports what did not load, once, as one error
     try:
         model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
     except ImportError as exc:
         raise missing_package_error(path, exc) from exc
+    except RuntimeError as exc:  # transformers' size-mismatch and weight-conversion errors
+        raise ModelError(f"{path}: the checkpoint's tensors do not fit the model: {str(exc)[:2000]}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
     require_complete(
         path,
         info.get("missing_keys") or (),

@@ -21,16 +21,30 @@ if TYPE_CHECKING:
 
 FAMILIES: dict[str, str] = {
     "HF_ColBERT": "tokembed.models.stanford:StanfordColBERT",
+    "jina-colbert": "tokembed.models.jina_colbert:JinaColBERT",
     "st-colbert": "tokembed.models.st_colbert:STColBERT",
     "encoder": "tokembed.models.raw:RawEncoder",
     "causal-lm": "tokembed.models.raw:RawDecoder",
     "ColPaliForRetrieval": "tokembed.models.colpali:ColPali",
     "ColQwen2ForRetrieval": "tokembed.models.colqwen2:ColQwen2",
     "ColModernVBertForRetrieval": "tokembed.models.colmodernvbert:ColModernVBert",
+    "ColPali": "tokembed.models.colpali:ColPaliEngine",
+    "ColQwen2": "tokembed.models.colqwen2:ColQwen2Engine",
+    "ColQwen2_5": "tokembed.models.colqwen2:ColQwen2_5Engine",
+    "ColIdefics3": "tokembed.models.colidefics3:ColIdefics3",
+    "ColQwen3": "tokembed.models.colqwen3:TomoroColQwen3",
+    "OpsColQwen3Model": "tokembed.models.colqwen3:OpsColQwen3",
+    "Qwen3VLNemotronEmbedModel": "tokembed.models.nemotron:NemotronColEmbed",
+    "ColQwen3_5": "tokembed.models.colqwen3_5:ColQwen3_5",
     "remote-code-retrieval": "tokembed.models.remote_code:RemoteCodeRetrieval",
+    "peft-lora": "tokembed.models.adapters:PeftLora",
 }
 # Vision retrieval architectures transformers implements itself (no remote code needed).
 VISION_ARCHITECTURES = ("ColPaliForRetrieval", "ColQwen2ForRetrieval", "ColModernVBertForRetrieval")
+# Architectures colpali-engine saves that tokembed composes from transformers' building blocks (no remote code).
+NATIVE_ARCHITECTURES = ("ColQwen3_5", "ColPali", "ColQwen2", "ColQwen2_5", "ColIdefics3")
+# Families whose checkpoints name their own code (auto_map) but that tokembed loads natively, by model_type.
+NATIVE_MODEL_TYPES = {"colqwen3": "ColQwen3", "ops_colqwen3": "OpsColQwen3Model", "qwen3_vl_nemotron_embed": "Qwen3VLNemotronEmbedModel"}
 
 
 @dataclass(frozen=True)
@@ -65,10 +79,15 @@ def detect(path: Path, trust_remote_code: bool = False) -> str:
     from tokembed.models.st_colbert import is_st_colbert
     from tokembed.models.st_layout import read_modules, transformer_folder
 
+    if (Path(path) / "adapter_config.json").is_file():
+        return "peft-lora"  # a PEFT adapter: its base is detected on its own (adapters.load_adapted)
     config = read_json(transformer_folder(path, read_modules(path)) / "config.json")
     architectures = (config or {}).get("architectures") or []
     if "HF_ColBERT" in architectures:
-        return "HF_ColBERT"
+        from tokembed.models.jina_colbert import is_jina_colbert
+
+        # Jina's flash XLM-R weights never go to the plain Stanford (BERT / XLM-R) loader.
+        return "jina-colbert" if is_jina_colbert(path, config or {}) else "HF_ColBERT"
     vision = _vision_family(path, config or {}, architectures, trust_remote_code)
     if vision is not None:
         return vision
@@ -97,8 +116,10 @@ def _vision_family(path: Path, config: dict, architectures: list[str], trust_rem
     from tokembed.models.remote_code import is_remote_vision
 
     for arch in architectures:
-        if arch in VISION_ARCHITECTURES:
+        if arch in VISION_ARCHITECTURES or arch in NATIVE_ARCHITECTURES:
             return arch
+    if config.get("model_type") in NATIVE_MODEL_TYPES:  # before the remote-code path: never their auto_map
+        return NATIVE_MODEL_TYPES[config["model_type"]]
     if is_remote_vision(path, config):
         if not trust_remote_code:
             raise UnsupportedModelError(
@@ -128,8 +149,14 @@ def _found(path: Path, what: str) -> str:
     return f"{path}: unknown checkpoint layout ({what}; files: {', '.join(files) or 'none'})"
 
 
-def load_model(path: Path, options: LoadOptions | None = None) -> "TokenModel | VisionModel":
+def load_model(path: Path, options: LoadOptions | None = None, base: Path | None = None) -> "TokenModel | VisionModel":
+    """Load the checkpoint at ``path``; a PEFT adapter there is applied over ``base`` and merged
+    (``base`` None: the adapter's ``base_model_name_or_path``)."""
     options = options or LoadOptions()
+    if base is not None and (Path(path) / "adapter_config.json").is_file():
+        from tokembed.models.adapters import load_adapted
+
+        return load_adapted(Path(path), Path(base), options).to(options.device)
     key = detect(path, options.trust_remote_code)
     model = family_class(key).load(path, options)
     return model.to(options.device)

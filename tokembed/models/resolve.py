@@ -10,7 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tokembed.errors import ModelNotFoundError
@@ -44,18 +44,62 @@ class ResolvedModel:
     path: Path  # local folder holding the checkpoint
     revision: str | None  # hub commit, when resolved through the hub cache
     is_demo: bool = False
+    base: "ResolvedModel | None" = None  # a PEFT adapter's base checkpoint (``path`` then holds the adapter)
 
 
-def resolve_model(name: str | None, revision: str | None = None) -> ResolvedModel:
-    """Resolve ``--model`` to a local folder. ``None`` selects the demo model."""
+def resolve_model(
+    name: str | None, revision: str | None = None, base_model: str | None = None, base_revision: str | None = None
+) -> ResolvedModel:
+    """Resolve ``--model`` to a local folder. ``None`` selects the demo model.
+
+    A PEFT adapter (``adapter_config.json``) also resolves its base: ``base_model`` (``--base-model``) when given,
+    else the adapter's ``base_model_name_or_path``; ``base_revision`` pins a hub base.
+    """
     if name is None:
         return _demo_model()
     path = Path(name).expanduser()
     if path.is_dir():
-        return ResolvedModel(name=name, path=path.resolve(), revision=None)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        resolved = ResolvedModel(name=name, path=path.resolve(), revision=None)
+    elif path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFoundError(f"--model {name!r}: no such checkpoint folder")
-    return _from_hub(name, revision)
+    else:
+        resolved = _from_hub(name, revision)
+    if (resolved.path / "adapter_config.json").is_file():
+        return replace(resolved, base=_adapter_base(resolved, base_model, base_revision))
+    return resolved
+
+
+def _adapter_base(adapter: ResolvedModel, base_model: str | None, base_revision: str | None) -> ResolvedModel:
+    """The base checkpoint of an adapter; not found is a ModelNotFoundError naming the id and --base-model."""
+    from tokembed.models.adapters import read_adapter_config
+
+    given = base_model or read_adapter_config(adapter.path).get("base_model_name_or_path")
+    where = "--base-model" if base_model else f"base_model_name_or_path in {adapter.path / 'adapter_config.json'}"
+    if not given:
+        raise ModelNotFoundError(f"--model {adapter.name!r} is a PEFT adapter that names no base ({where} is empty)",
+                                 hint="pass its base with --base-model ID|PATH")
+    try:
+        base = resolve_model(given, base_revision)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"the base model {given!r} of adapter {adapter.name!r} ({where}) cannot be found: {exc}",
+            hint="pass the base with --base-model ID|PATH (a hub id in the Hugging Face cache, or a local folder)",
+        ) from exc
+    if base.base is not None:
+        raise ModelNotFoundError(f"the base model {given!r} of adapter {adapter.name!r} is itself an adapter",
+                                 hint="pass the base checkpoint with --base-model ID|PATH")
+    return base
+
+
+def resolved_fingerprint(resolved: ResolvedModel) -> str:
+    """``model_fingerprint`` of the checkpoint; for an adapter, of the adapter and its base (files and revisions)."""
+    if resolved.base is None:
+        return model_fingerprint(resolved.path)
+    payload = json.dumps({
+        "adapter": model_fingerprint(resolved.path), "adapter_revision": resolved.revision,
+        "base": model_fingerprint(resolved.base.path), "base_revision": resolved.base.revision,
+    }, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _demo_model() -> ResolvedModel:

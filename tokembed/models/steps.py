@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tokembed.models.base import TokenModel
+from tokembed.models.long_text import tokenize_long, window_chars
 from tokembed.settings import EncodeSettings
 
 
@@ -55,19 +56,29 @@ class TextEncoder(OutputShape):
     # -- before the forward pass -------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> list[Tokenized]:
         settings = self.settings
-        texts = [settings.prefix + text for text in texts] if settings.prefix else texts
-        encoded = self.model.tokenizer(
-            texts,
-            add_special_tokens=True,
-            truncation=True,
-            max_length=settings.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
+        encoded = self._token_ids(texts, settings.prefix or "")
         items = [Tokenized(np.asarray(ids, dtype=np.int64), len(ids)) for ids in encoded]
         if settings.expand_to:
             items = [self._expand(item) for item in items]
         return items
+
+    def _token_ids(self, texts: list[str], prefix: str) -> list[list[int]]:
+        """Ids of ``prefix + text`` with special tokens, truncated to ``max_length``; a long text is tokenized
+        only as far as that needs (``long_text``: the same ids), so a 100 MB row costs what a short one does."""
+        tokenizer, max_length = self.model.tokenizer, self.settings.max_length
+        window = window_chars(max_length)
+        long = {i for i, text in enumerate(texts) if len(text) > window}
+        short = [prefix + text for i, text in enumerate(texts) if i not in long]
+        encoded = iter(
+            tokenizer(
+                short, add_special_tokens=True, truncation=True, max_length=max_length,
+                return_attention_mask=False, return_token_type_ids=False,
+            )["input_ids"] if short else []
+        )
+        return [
+            tokenize_long(tokenizer, text, max_length, prefix=prefix) if i in long else next(encoded)
+            for i, text in enumerate(texts)
+        ]
 
     def _expand(self, item: Tokenized) -> Tokenized:
         """ColBERT query expansion: fill the query up to ``expand_to`` with the mask (expansion) token."""
@@ -103,12 +114,24 @@ class TextEncoder(OutputShape):
             vectors = vectors[..., : settings.dimensions]
         if settings.normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
+        if settings.pool_factor > 1:  # documents only (settings.resolve): pooled in float32, then cast
+            return self._pooled(vectors, batch)
         vectors = vectors.to(_store_dtype(settings.store_dtype)).cpu().numpy()
         results = []
         for row, item in enumerate(batch):
             keep = self.keep_mask(item.ids)
             results.append((vectors[row, : len(item.ids)][keep], item.ids[keep].astype(np.int32)))
         return results
+
+    def _pooled(self, vectors: torch.Tensor, batch: list[Tokenized]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``--pool-factor``: each item's kept vectors (skiplist out, as PyLate masks before pooling), pooled."""
+        from tokembed.models.pooling import pool_rows
+
+        rows = []
+        for row, item in enumerate(batch):
+            keep = self.keep_mask(item.ids)
+            rows.append((vectors[row, : len(item.ids)].cpu()[torch.from_numpy(keep)], item.ids[keep]))
+        return pool_rows(rows, self.settings.pool_factor, _store_dtype(self.settings.store_dtype))
 
     def keep_mask(self, ids: np.ndarray) -> np.ndarray:
         """Positions that reach the output: all but skiplisted tokens (padding is never there)."""

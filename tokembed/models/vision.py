@@ -130,6 +130,11 @@ class VisionEncoder(OutputShape):
                 f"{self.model.architecture} encodes documents as images; got text",
                 hint="give a folder of images or an image column; text is encoded with --kind query",
             )
+        if getattr(value, "fps", None) is not None:  # a sources.video.Video: only families with a video path take it
+            raise BadInputError(
+                f"{getattr(value, 'name', 'a video')}: {self.model.architecture} does not encode videos",
+                hint="tokembed models lists the families that take videos; keep videos out of this model's input",
+            )
         return prepared_from(processor.process_images([value]))
 
     def collate(self, batch: list[Prepared]) -> dict[str, torch.Tensor]:
@@ -173,6 +178,11 @@ class VisionEncoder(OutputShape):
             if settings.normalize:
                 vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
         store = torch.float16 if settings.store_dtype == "float16" else torch.float32
+        if settings.pool_factor > 1:  # documents only: pooled in float32 (tokembed.models.pooling), then cast
+            from tokembed.models.pooling import pool_rows
+
+            rows = [(vectors[row, : item.n_attend].float().cpu(), item.ids[: item.n_attend]) for row, item in enumerate(batch)]
+            return pool_rows(rows, settings.pool_factor, store)
         array = vectors.to(store).cpu().numpy()
         return [(array[row, : item.n_attend], item.ids[: item.n_attend].astype(np.int32)) for row, item in enumerate(batch)]
 
@@ -232,12 +242,14 @@ def load_vision_model(
     projection: tuple[str, ...] = ("embedding_proj_layer",),
     ignore_unused: tuple[str, ...] = (),
     processor: Any = None,
+    key_mapping: dict[str, str] | None = None,
 ) -> VisionModel:
     """Load ``model_class`` (a transformers class, or ``AutoModel`` for remote code) and ``AutoProcessor``
     (or the ``processor`` a family built itself).
 
     ``projection``: names the projection may have; the first ``nn.Linear`` found is the one whose output
-    ``--no-normalize`` stores.
+    ``--no-normalize`` stores. ``key_mapping``: transformers' ``from_pretrained(key_mapping=...)`` (regex ->
+    replacement), for checkpoints saved under other tensor names; the completeness check sees the renamed names.
 
     Every weight must come from the checkpoint, and every checkpoint tensor must land but for language-model
     heads and ``ignore_unused`` (``loading.from_pretrained_checked``): a missing one (such as a projection
@@ -252,9 +264,10 @@ def load_vision_model(
     remote = {"trust_remote_code": options.trust_remote_code}
     try:
         if processor is None:
-            processor = AutoProcessor.from_pretrained(path, **remote)
+            processor = AutoProcessor.from_pretrained(options.processor_path or path, **remote)
         model = from_pretrained_checked(
-            model_class, path, ignore_unused=HEAD_NAMES + tuple(ignore_unused), dtype=torch_dtype(options.dtype), **remote
+            model_class, path, ignore_unused=HEAD_NAMES + tuple(ignore_unused), dtype=torch_dtype(options.dtype), **remote,
+            **({"key_mapping": key_mapping} if key_mapping else {}),
         )
     except ImportError as exc:
         raise missing_package_error(path, exc) from exc

@@ -14,6 +14,23 @@ def weight_files(folder: Path) -> list[Path]:
     return files or sorted(folder.glob("pytorch_model*.bin"))
 
 
+def tensor_names(folder: Path) -> set[str]:
+    """Names of every tensor in the folder's weight files (safetensors headers; ``.bin`` files are mapped)."""
+    names: set[str] = set()
+    for file in weight_files(folder):
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as handle:
+                names.update(handle.keys())
+        else:
+            try:
+                names.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+            except RuntimeError:  # a legacy (non-zip) .bin cannot be mapped: read it
+                names.update(torch.load(file, map_location="cpu", weights_only=True))
+    return names
+
+
 def find_tensors(folder: Path, names: set[str]) -> dict[str, torch.Tensor]:
     """Return the named tensors found in the folder's weight files (missing names are simply absent)."""
     found: dict[str, torch.Tensor] = {}

@@ -1,11 +1,14 @@
 """The search stage's public functions: ``search`` (texts in), ``search_vectors`` (vectors in), ``load_document``.
 
 ``search`` encodes the queries with the model and every setting recorded in the index manifest
-(``Embedder.for_index``, kind=query), then runs the exact MaxSim scan of ``maxsim.scan``.
+(``Embedder.for_index``, kind=query), then runs the exact MaxSim scan of ``maxsim.scan`` or, when the index
+has a search structure (``tokembed compress``) and ``exact`` is false, the candidate search of
+``plaid.search`` (probed centroids -> candidates -> exact MaxSim re-rank of the best ``candidates``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,21 +35,39 @@ def search(
     allow_model_mismatch: bool = False,
     trust_remote_code: bool = False,
     progress=None,
+    exact: bool = False,
+    probe: int | None = None,
+    candidates: int | None = None,
+    timings: dict | None = None,
 ) -> list[list[Hit]]:
     """Top-``top_k`` documents of the index at ``index_path`` for each query text, in query order.
 
     ``queries`` is a list of texts or a dict id -> text. ``model`` overrides where the index's checkpoint
     is; a different checkpoint raises ``ModelMismatchError`` unless ``allow_model_mismatch``.
+    ``exact`` scans exhaustively even when the index has a search structure; ``probe`` and ``candidates``
+    tune the structure's search (defaults ``plaid.DEFAULT_PROBE`` / ``DEFAULT_CANDIDATES``).
+    ``timings``, if given, receives ``load_seconds`` (index open + model load), ``query_seconds`` (encoding
+    the queries) and ``search_seconds`` (the scan or the structure's search).
     """
-    from tokembed.index import open_index
+    from tokembed.search.plaid.search import open_searchable
 
     _check_options(top_k, block_tokens)
-    index = open_index(index_path)
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
+    index, structure = open_searchable(index_path)  # code files: sizes and sha256 checked
     index.verify(checksums=False)  # missing or truncated shards fail before the model loads
     texts = as_queries(queries).texts
     compute = _resolve_device(device)
-    vectors = encode_queries(index, texts, model, compute, allow_model_mismatch, trust_remote_code)
-    return search_vectors(index, vectors, top_k, block_tokens, device=compute, progress=progress)
+    opened = time.perf_counter()
+    vectors = encode_queries(index, texts, model, compute, allow_model_mismatch, trust_remote_code, timings)
+    timings["load_seconds"] += opened - started
+    searched = time.perf_counter()
+    if structure is not None and not exact:
+        hits = _structure_search(index, structure, vectors, top_k, probe, candidates, progress)
+    else:
+        hits = search_vectors(index, vectors, top_k, block_tokens, device=compute, progress=progress, exact=True)
+    timings["search_seconds"] = time.perf_counter() - searched
+    return hits
 
 
 def encode_queries(
@@ -56,15 +77,24 @@ def encode_queries(
     device: str = "cpu",
     allow_model_mismatch: bool = False,
     trust_remote_code: bool = False,
+    timings: dict | None = None,
 ) -> list[np.ndarray]:
-    """Query texts -> token matrices [n_tokens, D], encoded as the index's manifest prescribes (kind=query)."""
+    """Query texts -> token matrices [n_tokens, D], encoded as the index's manifest prescribes (kind=query).
+
+    ``timings``, if given, receives ``load_seconds`` (model load) and ``query_seconds`` (encoding).
+    """
     from tokembed.embedder import Embedder
 
+    started = time.perf_counter()
     embedder = Embedder.for_index(
         index.manifest, kind="query", model=model, device=device,
         allow_mismatch=allow_model_mismatch, trust_remote_code=trust_remote_code,
     )
-    return [vectors for vectors, _ in embedder.embed(texts)]
+    loaded = time.perf_counter()
+    vectors = [vectors for vectors, _ in embedder.embed(texts)]
+    if timings is not None:
+        timings["load_seconds"], timings["query_seconds"] = loaded - started, time.perf_counter() - loaded
+    return vectors
 
 
 def search_vectors(
@@ -74,22 +104,43 @@ def search_vectors(
     block_tokens: int = DEFAULT_BLOCK_TOKENS,
     device: str = "cpu",
     progress=None,
+    exact: bool = False,
+    probe: int | None = None,
+    candidates: int | None = None,
 ) -> list[list[Hit]]:
-    """Exact MaxSim top-k for already-encoded queries (each ``[n_tokens, D]``); ``index`` is a path or an ``Index``.
+    """MaxSim top-k for already-encoded queries (each ``[n_tokens, D]``); ``index`` is a path or an ``Index``.
 
-    Every shard's sha256 is checked against the manifest before it is scanned.
+    Exhaustive (every shard's sha256 checked against the manifest before it is scanned) when ``exact`` or
+    when the index has no search structure; else the structure's candidate search with exact re-rank.
     """
     from tokembed.index import open_index
     from tokembed.index.reader import Index
+    from tokembed.search.plaid.search import has_structure, open_searchable, open_structure
 
     _check_options(top_k, block_tokens)
     if not isinstance(index, Index):
-        index = open_index(index)
+        index, structure = open_searchable(index) if not exact else (open_index(index), None)
+    else:
+        structure = open_structure(index) if has_structure(index) and not exact else None
     if not len(query_matrices):
         return []
+    if structure is not None:
+        return _structure_search(index, structure, query_matrices, top_k, probe, candidates, progress)
     compute = _resolve_device(device)
     scorer = NumpyScorer() if compute == "cpu" else TorchScorer(compute, index.manifest.get("embedding_dtype", "float16"))
     results, _ = scan(index, [np.asarray(q) for q in query_matrices], top_k, block_tokens, scorer, progress)
+    return [[Hit(doc_id, score, rank) for rank, (doc_id, score) in enumerate(hits, start=1)] for hits in results]
+
+
+def _structure_search(index, structure, query_matrices, top_k, probe, candidates, progress) -> list[list[Hit]]:
+    from tokembed.search.plaid.search import DEFAULT_CANDIDATES, DEFAULT_PROBE, plaid_search
+
+    if progress is not None:
+        progress.start(index.rows)
+    results = plaid_search(index, structure, [np.asarray(q) for q in query_matrices], top_k,
+                           DEFAULT_PROBE if probe is None else probe, DEFAULT_CANDIDATES if candidates is None else candidates)
+    if progress is not None:
+        progress.advance(index.rows, index.tokens)
     return [[Hit(doc_id, score, rank) for rank, (doc_id, score) in enumerate(hits, start=1)] for hits in results]
 
 

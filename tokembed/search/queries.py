@@ -86,10 +86,10 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                line = raw.rstrip(b"\r\n").decode("utf-8-sig" if number == 1 else "utf-8")  # strip bytes: smaller copy
             except UnicodeDecodeError as exc:
                 raise BadInputError(f"{path} line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-            yield number, line.rstrip("\r\n")
+            yield number, line
 
 
 def _blank_warning(path: Path, blanks: list[int]) -> list[str]:
@@ -102,7 +102,7 @@ def _blank_warning(path: Path, blanks: list[int]) -> list[str]:
 def _read_txt(path: Path) -> Queries:
     queries, blanks = Queries(), []
     for number, line in _lines(path):
-        if not line.strip():
+        if not line or line.isspace():  # no copy of a huge line
             blanks.append(number)
             continue
         queries.ids.append(str(number))
@@ -114,7 +114,7 @@ def _read_txt(path: Path) -> Queries:
 def _read_tsv(path: Path, id_column: str, text_column: str) -> Queries:
     queries, blanks = Queries(), []
     for number, line in _lines(path):
-        if not line.strip():
+        if not line or line.isspace():  # no copy of a huge line
             blanks.append(number)
             continue
         qid, tab, text = line.partition("\t")
@@ -131,7 +131,7 @@ def _read_tsv(path: Path, id_column: str, text_column: str) -> Queries:
 def _read_jsonl(path: Path, id_column: str, text_column: str) -> Queries:
     queries, blanks = Queries(), []
     for number, line in _lines(path):
-        if not line.strip():
+        if not line or line.isspace():  # no copy of a huge line
             blanks.append(number)
             continue
         try:

@@ -46,6 +46,7 @@ class ServeOptions:
     max_inputs: int = 1024  # inputs per request (score/rerank: queries + documents)
     served_model_name: str | None = None  # the name clients send as "model"; default: --model as given
     dtype: str = "auto"  # compute dtype (auto: float32 on CPU, bfloat16 on CUDA)
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, adapter folder or hub id): vLLM's --lora-modules
 
     def check(self) -> None:
         for name, value, low in (("--max-batch-tokens", self.max_batch_tokens, 1), ("--max-inputs", self.max_inputs, 1)):
@@ -70,7 +71,8 @@ class Profile:
 class EmbeddingService:
     """Owns the model, the tokenizer thread and the batcher. ``await pool/score/rerank(request)`` -> dict."""
 
-    def __init__(self, embedder, options: ServeOptions = ServeOptions()) -> None:
+    def __init__(self, embedder, options: ServeOptions = ServeOptions(), adapters: dict | None = None) -> None:
+        """``adapters``: LoRA name -> (adapter folder, backbone view with that adapter active), from ``load``."""
         from tokembed.engine.runner import BatchExecutor
 
         options.check()
@@ -91,6 +93,13 @@ class EmbeddingService:
         self._tokenizers: dict[tuple[str, int | None], object] = {}
         self._tokenize_thread = ThreadPoolExecutor(1, thread_name_prefix="tokembed-tokenize")  # HF tokenizers are not thread-safe
         executors = {key: BatchExecutor(p.encoder, embedder.device) for key, p in self.profiles.items()}
+        self.adapters = {name: path for name, (path, _) in (adapters or {}).items()}
+        for name, (_, backbone) in (adapters or {}).items():  # same tokenization, own forward: batched per adapter
+            for key, profile in self.profiles.items():
+                view = copy.copy(profile.view)
+                view.backbone = backbone
+                encoder = type(profile.encoder)(view, profile.encoder.settings)
+                executors[_batch_key(name, key)] = BatchExecutor(encoder, embedder.device)
         self.batcher = DynamicBatcher(executors, options.max_batch_tokens, options.batch_window_ms / 1000.0)
         self.requests: dict[str, int] = {"pooling": 0, "score": 0, "rerank": 0}
 
@@ -106,7 +115,7 @@ class EmbeddingService:
 
         options.check()
         embedder = Embedder.load(model, _profile_flags("raw", None, options.dtype), device, trust_remote_code)
-        return cls(embedder, options)
+        return cls(embedder, options, _attach_adapters(embedder, options.lora_modules) if options.lora_modules else None)
 
     def close(self) -> None:
         self.batcher.close()
@@ -115,7 +124,7 @@ class EmbeddingService:
     # -- endpoints ---------------------------------------------------------------------------------------
     async def pool(self, request: PoolingRequest) -> dict:
         self.requests["pooling"] += 1
-        self._check_model(request.model)
+        adapter = self._check_model(request.model)
         if request.task is not None and request.task not in SUPPORTED_TASKS:
             raise APIError(f"Unsupported task: {request.task!r} Supported tasks: {SUPPORTED_TASKS}", param="task")
         if not request.add_special_tokens:
@@ -136,7 +145,7 @@ class EmbeddingService:
             items = self._token_items(token_lists, truncate, "embedding generation")
         else:
             items = await self._tokenize(key, texts, truncate, "embedding generation")
-        rows = await self.batcher.submit(key, items)
+        rows = await self.batcher.submit(_batch_key(adapter, key), items)
         normalize = request.use_activation is not False
         return await asyncio.get_running_loop().run_in_executor(
             None, self._pooling_response, rows, items, request, normalize
@@ -144,10 +153,10 @@ class EmbeddingService:
 
     async def score(self, request: ScoreRequest) -> dict:
         self.requests["score"] += 1
-        self._check_model(request.model)
+        adapter = self._check_model(request.model)
         queries, documents = request.pair()
         self._check_count(len(queries) + len(documents), "documents")
-        q_vecs, d_vecs, tokens = await self._encode_pair(queries, documents, request)
+        q_vecs, d_vecs, tokens = await self._encode_pair(queries, documents, request, adapter)
         pairs = [(0 if len(q_vecs) == 1 else i, i) for i in range(len(d_vecs))]
         scores = await asyncio.get_running_loop().run_in_executor(None, _pair_scores, q_vecs, d_vecs, pairs)
         return {
@@ -161,11 +170,11 @@ class EmbeddingService:
 
     async def rerank(self, request: RerankRequest) -> dict:
         self.requests["rerank"] += 1
-        self._check_model(request.model)
+        adapter = self._check_model(request.model)
         if not request.documents:
             raise APIError("At least one document must be given", param="documents")
         self._check_count(1 + len(request.documents), "documents")
-        q_vecs, d_vecs, tokens = await self._encode_pair([request.query], request.documents, request)
+        q_vecs, d_vecs, tokens = await self._encode_pair([request.query], request.documents, request, adapter)
         scores = await asyncio.get_running_loop().run_in_executor(None, maxsim, q_vecs[0], d_vecs)
         order = np.argsort(-scores, kind="stable")  # best first; ties keep document order
         if request.top_n > 0:
@@ -195,6 +204,11 @@ class EmbeddingService:
                     "max_model_len": self.max_model_len,
                     "permission": [],
                 }
+            ]
+            + [  # LoRA adapters, as vLLM lists them: root is the adapter, parent the base model
+                {"id": name, "object": "model", "created": self.created, "owned_by": "tokembed", "root": path,
+                 "parent": self.name, "max_model_len": self.max_model_len, "permission": []}
+                for name, path in self.adapters.items()
             ],
         }
 
@@ -202,7 +216,7 @@ class EmbeddingService:
         return {"requests": dict(self.requests), "batcher": self.batcher.stats.to_json()}
 
     # -- steps -------------------------------------------------------------------------------------------
-    async def _encode_pair(self, queries: list[str], documents: list[str], request) -> tuple[list, list, int]:
+    async def _encode_pair(self, queries: list[str], documents: list[str], request, adapter: str | None = None) -> tuple[list, list, int]:
         """Encode both sides concurrently (their batches may merge with other requests'), normalized unless
         ``use_activation`` is false."""
         truncate = self._truncation(request.truncate_prompt_tokens)
@@ -210,7 +224,9 @@ class EmbeddingService:
         q_key, d_key = ("query", "document") if colbert else ("raw", "raw")
         q_items = await self._tokenize(q_key, queries, truncate, "score")
         d_items = await self._tokenize(d_key, documents, truncate, "score")
-        q_rows, d_rows = await asyncio.gather(self.batcher.submit(q_key, q_items), self.batcher.submit(d_key, d_items))
+        q_rows, d_rows = await asyncio.gather(
+            self.batcher.submit(_batch_key(adapter, q_key), q_items), self.batcher.submit(_batch_key(adapter, d_key), d_items)
+        )
         normalize = request.use_activation is not False
         q_vecs = [_finish(vectors, None, normalize) for vectors, _ in q_rows]
         d_vecs = [_finish(vectors, None, normalize) for vectors, _ in d_rows]
@@ -294,9 +310,13 @@ class EmbeddingService:
         }
 
     # -- checks ------------------------------------------------------------------------------------------
-    def _check_model(self, name: str | None) -> None:
-        if name is not None and name != self.name:
-            raise APIError(f"The model `{name}` does not exist.", status=404, type="NotFoundError", param="model")
+    def _check_model(self, name: str | None) -> str | None:
+        """The LoRA adapter a request names (None: the base model); an unknown name is vLLM's 404."""
+        if name is None or name == self.name:
+            return None
+        if name in self.adapters:
+            return name
+        raise APIError(f"The model `{name}` does not exist.", status=404, type="NotFoundError", param="model")
 
     def _check_count(self, count: int, param: str) -> None:
         if count == 0:
@@ -395,6 +415,32 @@ def _finish(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.
 def _profile_flags(mode: str, kind: str | None, dtype: str) -> EncodeFlags:
     """Flags every profile computes with: float32 out, unnormalized, full dimension (applied per request)."""
     return EncodeFlags(mode=mode, kind=kind or "document", normalize=False, dtype=dtype, store_dtype="float32")
+
+
+def _batch_key(adapter: str | None, key: str) -> str:
+    """The batcher queue of one profile under one adapter: items of different adapters never share a batch."""
+    return key if adapter is None else f"{key}@lora:{adapter}"
+
+
+def _attach_adapters(embedder, lora_modules) -> dict:
+    """Inject every ``--lora-modules`` adapter into the loaded backbone, unmerged; the base runs with none active."""
+    from pathlib import Path
+
+    from tokembed.errors import UsageError
+    from tokembed.models.adapters import adapter_view, attach_unmerged
+    from tokembed.models.resolve import resolve_model
+
+    model = embedder.model
+    if not hasattr(model, "backbone"):
+        raise UsageError("--lora-modules: tokembed serve applies unmerged adapters to text models only")
+    names = [name for name, _ in lora_modules]
+    if len(set(names)) != len(names) or embedder.resolved.name in names:
+        raise UsageError(f"--lora-modules: names must be unique and differ from the served model ({', '.join(names)})")
+    base = str(embedder.resolved.path)  # the adapters go on the served model, whatever base their config names
+    folders = [(name, Path(resolve_model(path, base_model=base).path)) for name, path in lora_modules]
+    peft_model = attach_unmerged(model.backbone, folders)
+    model.backbone = adapter_view(peft_model, None)
+    return {name: (str(folder), adapter_view(peft_model, name)) for name, folder in folders}
 
 
 def _finite(value: float) -> float | None:

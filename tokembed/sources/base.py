@@ -11,6 +11,7 @@ from tokembed.errors import BadInputError, UsageError
 
 TEXT_SUFFIXES = (".txt", ".md")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".webm")  # read for image models that take videos (video.py)
 MODALITIES = ("text", "image", "auto")
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP page; Pillow's own bomb limit is ~89 MP (warning) / ~179 MP (error)
 
@@ -22,12 +23,16 @@ class Item:
     source: str  # the file the item came from
     row: int  # 0-based row in a Parquet/JSONL file, 0 for a file of its own
     error: str | None = None  # why the item cannot be encoded (null text, bad UTF-8, bad image, ...)
-    image: Any = field(default=None, compare=False, repr=False)  # decoded RGB PIL.Image (image inputs)
+    image: Any = field(default=None, compare=False, repr=False)  # decoded RGB PIL.Image, or a video.Video (image inputs)
     image_sha256: str | None = None  # hex sha256 of the image bytes as stored
+    source_file: str | None = None  # a PDF page's file (relative path, or the row's id for a cell); index column
+    page: int | None = None  # a PDF page's 1-based number; index column
+    skip_always: bool = False  # the error is a recorded skip even under --on-error fail (a PDF with zero pages)
 
     @property
     def location(self) -> str:
-        return f"{self.source} row {self.row}" if self.source.endswith((".parquet", ".jsonl")) else self.source
+        where = f"{self.source} row {self.row}" if self.source.endswith((".parquet", ".jsonl")) else self.source
+        return f"{where} page {self.page}" if self.page is not None else where
 
     @property
     def content(self) -> str:
@@ -51,6 +56,12 @@ class SourceOptions:
     modality: str = "text"
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are item errors (decompression bombs)
     image_chunk_rows: int = 64  # decoded images held at once: chunks of image items are this small
+    pdf_dpi: float = 144.0  # PDF pages are rendered at this resolution for image models
+    pdf_password: str | None = None  # opens encrypted PDFs
+    pdf_column: str = "pdf"  # Parquet/JSONL column of PDFs (bytes, a path, {bytes, path}); read when given
+    pdf_column_given: bool = False
+    video_column: str = "video"  # Parquet/JSONL column of videos (bytes, a path, {bytes, path}); image models
+    video_column_given: bool = False
 
 
 def open_sources(inputs: list[Path], options: SourceOptions) -> Iterator[list[Item]]:
@@ -78,7 +89,11 @@ def _readers(path: Path, options: SourceOptions) -> list:
             return [(path, read_parquet)]
         if path.suffix == ".jsonl":
             return [(path, read_jsonl)]
-        raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl or a folder)")
+        if path.suffix.lower() == ".pdf":
+            from tokembed.sources.pdf import read_pdf_file
+
+            return [(path, read_pdf_file)]
+        raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
     parquet_files = sorted(path.rglob("*.parquet"))
     if parquet_files:
         return [(file, read_parquet) for file in parquet_files]
@@ -89,23 +104,33 @@ def _readers(path: Path, options: SourceOptions) -> list:
 
 
 def _folder_readers(path: Path, modality: str) -> list:
-    """A folder of text files and/or images: read what the modality asks for."""
+    """A folder of text files, images and/or PDFs: read what the modality asks for (PDFs in any modality:
+    their text layer for text models, their rendered pages for image models)."""
     from tokembed.sources.images import read_image_folder
+    from tokembed.sources.pdf import PDF_SUFFIX, read_pdf_folder
     from tokembed.sources.textdir import read_text_folder
 
     suffixes = {p.suffix for p in path.rglob("*") if p.is_file()}
     has_text = bool(suffixes & set(TEXT_SUFFIXES))
     has_images = bool({suffix.lower() for suffix in suffixes} & set(IMAGE_SUFFIXES))
+    has_pdfs = PDF_SUFFIX in {suffix.lower() for suffix in suffixes}
+    has_videos = bool({suffix.lower() for suffix in suffixes} & set(VIDEO_SUFFIXES))
     readers = []
     if has_text and modality in ("text", "auto"):
         readers.append((path, read_text_folder))
     if has_images and modality in ("image", "auto"):
         readers.append((path, read_image_folder))
+    if has_pdfs:
+        readers.append((path, read_pdf_folder))
+    if has_videos and modality in ("image", "auto"):
+        from tokembed.sources.video import read_video_folder
+
+        readers.append((path, read_video_folder))
     if readers:
         return readers
-    if has_images:
+    if has_images or has_videos:
         raise BadInputError(
-            f"{path}: a folder of images, but this model encodes text",
+            f"{path}: a folder of {'images' if has_images else 'videos'}, but this model encodes text",
             hint="images need a vision retrieval model (ColPali, ColQwen2, ...); tokembed models lists them",
         )
     if has_text:
@@ -114,8 +139,27 @@ def _folder_readers(path: Path, modality: str) -> list:
             hint="pass a folder of images or a Parquet/JSONL file with an image column",
         )
     raise BadInputError(
-        f"{path}: folder holds no .parquet, .jsonl, .txt, .md or image ({', '.join(IMAGE_SUFFIXES)}) files"
+        f"{path}: folder holds no .parquet, .jsonl, .txt, .md, .pdf or image ({', '.join(IMAGE_SUFFIXES)}) files"
     )
+
+
+def ignored_files(inputs: list[Path], options: SourceOptions) -> list[str]:
+    """Files in input folders that no reader of this run takes (``.docx``, ``.xlsx``, images for a text
+    model, ...), in path order. Folders of Parquet/JSONL files are read for those files only and not listed:
+    their other files are typically what a path column points at."""
+    taken = {
+        "text": set(TEXT_SUFFIXES) | {".pdf"},
+        "image": set(IMAGE_SUFFIXES) | set(VIDEO_SUFFIXES) | {".pdf"},
+        "auto": set(TEXT_SUFFIXES) | set(IMAGE_SUFFIXES) | set(VIDEO_SUFFIXES) | {".pdf"},
+    }[options.modality]
+    ignored = []
+    for path in inputs:
+        if not path.is_dir() or next(path.rglob("*.parquet"), None) or next(path.rglob("*.jsonl"), None):
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        # text files match their suffix case-sensitively (textdir), images and PDFs in any case
+        ignored += [str(p) for p in files if p.suffix not in taken and p.suffix.lower() not in taken - set(TEXT_SUFFIXES)]
+    return ignored
 
 
 def wanted_columns(source: str, names: list[str], options: SourceOptions, what: str = "column") -> tuple[bool, bool]:

@@ -2,12 +2,15 @@
 
 The image field may hold a path (relative to the JSONL file's folder), a ``data:image/...;base64,`` URI,
 or the ``datasets`` Image struct ``{"bytes": <base64>, "path": ...}`` (JSON cannot hold raw bytes).
+A field holding a PDF (the ``--pdf-column``, or an image field whose value is a PDF) becomes one item per
+page (see ``pdf.py``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from tokembed.errors import BadInputError
@@ -19,13 +22,65 @@ def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list
 
 
 def _items(path: Path, options: SourceOptions, offset: int) -> Iterator[Item]:
+    from tokembed.sources.pdf import pdf_in_value, row_pages
+
     row = -1
     with open(path, "rb") as handle:
         for line in handle:
             if not line.strip():
                 continue
             row += 1
-            yield _item(path, line, row, offset + row, options)
+            if options.pdf_column_given:
+                yield from _pdf_row(path, line, row, offset + row, options)
+                continue
+            item = _item(path, line, row, offset + row, options)
+            # a PDF never decodes as an image: only a row whose image failed may hold one
+            value = _json_bytes(_record_value(line, options.image_column)) if item.error and options.modality != "text" else None
+            if value is not None and pdf_in_value(value, path.parent) is not None:
+                yield from row_pages(replace(item, error=None), value, path.parent, options)
+            else:
+                yield item
+
+
+def _record_value(line: bytes, field: str):
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record.get(field) if isinstance(record, dict) else None
+
+
+def _pdf_row(path: Path, line: bytes, row: int, global_row: int, options: SourceOptions) -> Iterator[Item]:
+    """A record of the ``--pdf-column``: one item per page of its PDF (a path, or ``{bytes: <base64>, path}``)."""
+    from tokembed.sources.pdf import row_pages
+
+    source = str(path)
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        yield Item(str(global_row), None, source, row, error=f"not valid JSON ({exc})")
+        return
+    if not isinstance(record, dict):
+        yield Item(str(global_row), None, source, row, error="line is not a JSON object")
+        return
+    if options.pdf_column not in record:
+        raise BadInputError(f"{source} row {row}: no PDF field {options.pdf_column!r} (fields: {', '.join(record)})")
+    item_id = str(record.get(options.id_column, global_row))
+    yield from row_pages(Item(item_id, None, source, row), _json_bytes(record[options.pdf_column]), path.parent, options)
+
+
+def _json_bytes(value):
+    """JSON holds bytes as base64 text: a ``{bytes, path}`` struct's bytes decoded for the PDF check
+    (left as they are when they are not base64; the reader then names the value)."""
+    if isinstance(value, dict) and isinstance(value.get("bytes"), str):
+        import base64
+        import binascii
+
+        try:
+            return {**value, "bytes": base64.b64decode(value["bytes"], validate=True)}
+        except (binascii.Error, ValueError):
+            return value
+    return value
 
 
 def _item(path: Path, line: bytes, row: int, global_row: int, options: SourceOptions) -> Item:
@@ -39,6 +94,10 @@ def _item(path: Path, line: bytes, row: int, global_row: int, options: SourceOpt
     if options.id_column_given and options.id_column not in record:
         raise BadInputError(f"{source} row {row}: no id field {options.id_column!r}")
     raw_id = record.get(options.id_column, global_row)
+    if _video_field(record, options, f"{source} row {row}"):
+        from tokembed.sources.video import attach_video
+
+        return attach_video(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent)
     use_text, use_image = wanted_columns(f"{source} row {row}", list(record), options, what="field")
     if use_text:
         item = _text_item(str(raw_id), source, row, record.get(options.text_column))
@@ -46,9 +105,24 @@ def _item(path: Path, line: bytes, row: int, global_row: int, options: SourceOpt
         item = Item(str(raw_id), None, source, row)
     if use_image:
         from tokembed.sources.images import attach_image
+        from tokembed.sources.video import attach_video, video_in_value
 
-        item = attach_image(item, record.get(options.image_column), path.parent, options.max_image_pixels, either=use_text)
+        value = record.get(options.image_column)
+        if video_in_value(_json_bytes(value), path.parent):  # an image field holding a video
+            return attach_video(item, _json_bytes(value), path.parent)
+        item = attach_image(item, value, path.parent, options.max_image_pixels, either=use_text)
     return item
+
+
+def _video_field(record: dict, options: SourceOptions, where: str) -> bool:
+    """Read the video field: when ``--video-column`` is given, or for image models when the record has a video
+    field and no image field (as for Parquet columns)."""
+    if options.video_column_given:
+        if options.video_column not in record:
+            raise BadInputError(f"{where}: no video field {options.video_column!r} (fields: {', '.join(record)})")
+        return True
+    has_video = options.video_column in record and options.image_column not in record and not options.image_column_given
+    return options.modality == "image" and has_video
 
 
 def _text_item(item_id: str, source: str, row: int, text) -> Item:

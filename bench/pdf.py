@@ -1,0 +1,123 @@
+"""PDF pages: render throughput beside a vision model's encode throughput, and peak RSS of a whole run.
+
+    python bench/pdf.py [--pages 100] [--dpi 144] [--model PATH]
+
+A generated PDF of US Letter pages (half text pages with a text layer, half scanned-style image pages at
+150 dpi; built by tests/pdfs.py, nothing downloaded) is
+  1. rendered through tokembed's reader (``open_sources``, modality image, pypdfium2) at ``--dpi``:
+     pages/s, warm (the document is opened per run, the library already imported);
+  2. read for its text layer (what text models get): pages/s, warm;
+  3. encoded by the vision model (``Embedder.embed`` on the rendered pages, batches of 8): pages/s, warm,
+     after one warm-up batch. Without ``--model`` this is the tests' tiny random ColPali (SigLIP-style
+     tower at 448 px = 1024 visual tokens a page, 2 tiny layers): a floor for encode time, far below a
+     real ColPali (3B parameters), so a real model only widens the gap;
+  4. encoded end to end by a fresh ``tokembed encode`` process (cold: start-up, model load, render,
+     encode, write): pages/s and peak RSS (``getrusage`` of a wrapper process).
+Rendering runs in the reading stage, ahead of the model: it is a bottleneck only when render pages/s is
+below encode pages/s. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+WRAPPER = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+LETTER = (612.0, 792.0)
+
+
+def build_pdf(path: Path, pages: int) -> Path:
+    """Alternating text pages (40 lines, text layer) and image pages (1275x1650 px at 150 dpi)."""
+    import pypdfium2 as pdfium
+
+    from pdfs import image_pdf, text_pdf
+
+    words = "late interaction retrieval scores every query token against every page token with maxsim".split()
+    lines = [" ".join(words[(i + j) % len(words)] for j in range(9)) for i in range(40)]
+    text = text_pdf(path.with_suffix(".text.pdf"), ["\n".join(lines[i % 7 :]) for i in range((pages + 1) // 2)], size=LETTER)
+    colors = [(250 - i % 40, 245, 235 + i % 20) for i in range(pages // 2)]
+    scans = image_pdf(path.with_suffix(".scan.pdf"), colors, size=(1275, 1650), resolution=150.0)
+    document = pdfium.PdfDocument.new()
+    text_doc, scan_doc = pdfium.PdfDocument(str(text)), pdfium.PdfDocument(str(scans))
+    for number in range(pages):
+        source = text_doc if number % 2 == 0 else scan_doc
+        document.import_pages(source, [number // 2])
+    document.save(str(path))
+    return path
+
+
+def render_rate(pdf: Path, dpi: float, modality: str) -> tuple[float, list]:
+    from tokembed.sources import SourceOptions, open_sources
+
+    start = time.perf_counter()
+    kept, pages = [], 0
+    for chunk in open_sources([pdf], SourceOptions(modality=modality, pdf_dpi=dpi)):
+        pages += len(chunk)
+        if modality == "image" and len(kept) < 24:
+            kept += [item.image for item in chunk[: 24 - len(kept)]]
+    return pages / (time.perf_counter() - start), kept
+
+
+def encode_rate(model: str, images: list) -> float:
+    from tokembed.embedder import Embedder
+    from tokembed.settings import EncodeFlags
+
+    embedder = Embedder.load(model, EncodeFlags())
+    embedder.embed(images[:8])  # warm-up
+    start = time.perf_counter()
+    for at in range(0, len(images), 8):
+        embedder.embed(images[at : at + 8])
+    return len(images) / (time.perf_counter() - start)
+
+
+def whole_run(pdf: Path, model: str, out: Path, dpi: float) -> tuple[float, float]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "cli.main", "encode", str(pdf), "--model", model, "-o", str(out), "-q", "--pdf-dpi", str(dpi)]
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], check=True, capture_output=True, text=True, env=env, cwd=REPO)
+    return time.perf_counter() - start, int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pages", type=int, default=100)
+    parser.add_argument("--dpi", type=float, default=144.0)
+    parser.add_argument("--model", help="a vision checkpoint folder; default: the tests' tiny random ColPali")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tokembed-pdf-"))
+    model = args.model
+    if model is None:
+        from vision_checkpoints import build_colpali
+
+        model = str(build_colpali(work / "tiny-colpali"))
+    pdf = build_pdf(work / "bench.pdf", args.pages)
+    import torch
+
+    print(f"{args.pages}-page Letter PDF ({pdf.stat().st_size / 2**20:.1f} MB), {args.dpi:g} dpi, "
+          f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, model {'tiny ColPali' if args.model is None else model}")
+    render, images = render_rate(pdf, args.dpi, "image")
+    text, _ = render_rate(pdf, args.dpi, "text")
+    encode = encode_rate(model, images)
+    seconds, peak = whole_run(pdf, model, work / "index", args.dpi)
+    print(f"{'stage (warm unless said)':<44} {'pages/s':>9}")
+    print(f"{'render (pypdfium2, RGB, in the reader)':<44} {render:>9.1f}")
+    print(f"{'text layer (text models)':<44} {text:>9.1f}")
+    print(f"{'encode (vision model, batches of 8)':<44} {encode:>9.1f}")
+    print(f"{'whole tokembed encode process (cold)':<44} {args.pages / seconds:>9.1f}   peak RSS {peak:,.0f} MB")
+    print(f"render / encode = {render / encode:.1f}x: rendering {'keeps ahead of' if render > encode else 'is slower than'} the model")
+
+
+if __name__ == "__main__":
+    main()

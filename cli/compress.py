@@ -1,0 +1,43 @@
+"""``tokembed compress``: add or refresh an index's search structure; the work is ``compress_index``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def compress(
+    index: Path = typer.Argument(..., help="Index folder (holds manifest.json)."),
+    nbits: Optional[int] = typer.Option(
+        None, "--nbits", help="Residual bits per dimension: 1, 2 or 4. Default: the index's current value, else 2."
+    ),
+    centroids: Optional[int] = typer.Option(
+        None, "--centroids", help="Number of k-means centroids (<= 65536). Default: 2**floor(log2(16*sqrt(tokens))), as colbert-ai."
+    ),
+    retrain: bool = typer.Option(False, "--retrain", help="Train new centroids even if the current ones may be kept."),
+    wait: float = typer.Option(0.0, help="Seconds to wait for another run's lock on the index before giving up."),
+    log_format: str = typer.Option("text", help="text, or json: the summary is one JSON object on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but the summary."),
+) -> None:
+    """Build the PLAID-style search structure (centroids, per-token codes, inverted lists) of an index."""
+    from tokembed.errors import UsageError
+    from tokembed.search.plaid import compress_index
+
+    if log_format not in ("text", "json"):
+        raise UsageError(f"--log-format {log_format!r}: must be text or json")
+    log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
+    summary = compress_index(index, nbits=nbits, centroids=centroids, retrain=retrain, wait_seconds=wait, log=log)
+    data = summary.to_json()
+    if log_format == "json":
+        print(json.dumps(data))
+        return
+    print(
+        f"tokembed: {data['index']}: {data['rows']} rows, {data['tokens']} tokens, {data['centroids']} centroids, "
+        f"nbits {data['nbits']}: coded {data['coded_tokens']}, carried {data['carried_tokens']} tokens; "
+        f"structure {data['structure_bytes']} bytes ({data['bytes_per_token']} B/token) in {data['seconds']}s",
+        file=sys.stderr if not quiet else sys.stdout,
+    )

@@ -1,0 +1,38 @@
+"""``tokembed export``: the index as Parquet files or a LanceDB table; the work is ``export_index``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+
+def export(
+    index: Path = typer.Argument(..., help="Index folder (holds manifest.json)."),
+    to: Path = typer.Option(..., "--to", help="Output: a new folder of Parquet files, or a LanceDB database folder."),
+    fmt: str = typer.Option(..., "--format", "-f", help="parquet (one file per shard) or lance (one LanceDB table)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (default; DuckDB has no float16) or float16."),
+    table: str = typer.Option("documents", "--table", help="LanceDB table name (--format lance)."),
+    log_format: str = typer.Option("text", help="text, or json: the summary is one JSON object on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but the summary."),
+) -> None:
+    """Export the committed index (id, token_ids, embeddings) for DuckDB, Polars, Spark or LanceDB, shard by shard."""
+    from tokembed.errors import UsageError
+    from tokembed.index.export import check_export_options, export_index
+
+    if log_format not in ("text", "json"):
+        raise UsageError(f"--log-format {log_format!r}: must be text or json")
+    check_export_options(fmt, dtype)  # before the index is opened: a bad flag is exit 2 whatever the index
+    log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
+    summary = export_index(index, to, fmt=fmt, dtype=dtype, table=table, log=log)
+    if log_format == "json":
+        print(json.dumps(summary.to_json()))
+        return
+    where = f"{summary.to} (table {table})" if fmt == "lance" else f"{summary.to} ({summary.files} files)"
+    print(
+        f"tokembed: exported {summary.rows} rows, {summary.tokens} tokens as {fmt} {dtype} to {where}: "
+        f"{summary.bytes} bytes in {summary.seconds}s",
+        file=sys.stdout if quiet else sys.stderr,
+    )

@@ -1,0 +1,312 @@
+"""PEFT LoRA adapters over colpali-engine bases: applied exactly (against peft's own unmerged PeftModel), or refused.
+
+Adapters are built with peft on the published settings (regex target_modules, FEATURE_EXTRACTION), small r,
+lora_alpha != r and non-zero B, in ``.eval()``; saved in the names peft writes against transformers 5
+(``language_model.*``) and renamed to the published ones (``model.layers.*``, ``model.language_model.model.*``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from colpali_engine_checkpoints import ENGINE_BUILDERS, PUBLISHED_REGEX, build_adapter, rename_adapter_tensors
+from helpers import manifest, read_index
+
+ARCHS = sorted(ENGINE_BUILDERS)
+REGEX = {
+    "ColPali": r"(.*(language_model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$|.*(custom_text_proj).*$)",
+    "ColIdefics3": r"(.*(text_model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$|.*(linear).*$)",
+}
+# transformers-5 names (as peft saves them over tokembed's / colpali-engine 0.3.18's modules) -> published names.
+TO_PUBLISHED = {
+    "ColQwen2": {r"^language_model\.": "model."},
+    "ColQwen2_5": {r"^language_model\.": "model."},
+    "ColPali": {r"^model\.language_model\.": "model.language_model.model."},
+    "ColIdefics3": {},
+}
+
+
+def _image(width: int = 60, height: int = 40, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.RandomState(seed).randint(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def _load(path, base=None):
+    from tokembed.models.registry import load_model
+
+    return load_model(path, base=base)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """arch -> (base folder, adapter folder in transformers-5 names, same adapter in published names)."""
+    root = tmp_path_factory.mktemp("adapters")
+    built = {}
+    for arch in ARCHS:
+        base = ENGINE_BUILDERS[arch](root / arch)
+        module = _load(base).model
+        t5 = build_adapter(copy.deepcopy(module), root / f"{arch}-lora-t5", str(base),
+                           target_modules=REGEX.get(arch, PUBLISHED_REGEX))
+        published = shutil.copytree(t5, root / f"{arch}-lora-published")
+        rename_adapter_tensors(published, TO_PUBLISHED[arch])
+        built[arch] = (base, t5, published)
+    return built
+
+
+def _peft_reference(base, adapter):
+    """peft's own unmerged forward: PeftModel.from_pretrained on the base module."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(_load(base).model, str(adapter)).eval()
+
+
+def _forward(module, processor, image, query):
+    docs = {k: v for k, v in processor.process_images([image]).items() if k != "labels"}
+    with torch.no_grad():
+        return module(**docs), module(**processor.process_queries([query]))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_adapter_equals_peft_unmerged_forward(engine, arch):
+    base, t5, published = engine[arch]
+    image, query = _image(), "total amount due"
+    reference = _peft_reference(base, t5)
+    base_model = _load(base)
+    ref_docs, ref_queries = _forward(reference, base_model.processor, image, query)
+    base_docs, _ = _forward(base_model.model, base_model.processor, image, query)
+    for adapter in (t5, published):
+        tensors = json.loads((adapter / "adapter_config.json").read_text())
+        assert tensors["r"] == 4 and tensors["lora_alpha"] == 12
+        loaded = _load(adapter)  # base from base_model_name_or_path
+        docs, queries = _forward(loaded.model, loaded.processor, image, query)
+        assert (docs - ref_docs).abs().max() <= 1e-4 and (queries - ref_queries).abs().max() <= 1e-4
+        assert (docs - base_docs).abs().max() > 1e-2  # the adapter changes the output
+        assert not any("lora" in name for name, _ in loaded.model.named_parameters())  # merged
+
+
+def test_vision_tower_lora_is_applied(tmp_path):
+    """Qwen2.5-VL with LoRA on the vision MLP (regex widened with |visual): every tensor lands, image vectors follow
+    peft's PeftModel and differ from the base's and from the same adapter without its vision tensors."""
+    from safetensors.torch import load_file, save_file
+
+    base = ENGINE_BUILDERS["ColQwen2_5"](tmp_path / "base")
+    regex = PUBLISHED_REGEX[:-1] + r"|.*visual.*mlp.*(gate_proj|up_proj|down_proj)$)"
+    t5 = build_adapter(copy.deepcopy(_load(base).model), tmp_path / "lora-t5", str(base), target_modules=regex)
+    names = list(load_file(str(t5 / "adapter_model.safetensors")))
+    assert any(".visual." in name for name in names)
+    published = shutil.copytree(t5, tmp_path / "lora-published")
+    rename_adapter_tensors(published, TO_PUBLISHED["ColQwen2_5"])
+    no_vision = shutil.copytree(t5, tmp_path / "lora-text-only")
+    tensors = load_file(str(no_vision / "adapter_model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if ".visual." not in k}, str(no_vision / "adapter_model.safetensors"))
+
+    image = _image(70, 50, seed=5)
+    base_model = _load(base)
+    ref_docs, _ = _forward(_peft_reference(base, t5), base_model.processor, image, "q")
+    text_only_docs, _ = _forward(_load(no_vision).model, base_model.processor, image, "q")
+    for adapter in (t5, published):
+        docs, _ = _forward(_load(adapter).model, base_model.processor, image, "q")
+        assert (docs - ref_docs).abs().max() <= 1e-4
+        assert (docs - text_only_docs).abs().max() > 1e-3
+
+
+def test_adapter_processor_files_win_over_the_base(engine, tmp_path):
+    base, t5, _ = engine["ColQwen2"]
+    adapter = shutil.copytree(t5, tmp_path / "with-processor")
+    config = json.loads((base / "preprocessor_config.json").read_text())
+    config.update(max_pixels=28 * 28 * 4, min_pixels=28 * 28 * 4, size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 4})
+    (adapter / "preprocessor_config.json").write_text(json.dumps(config))
+    image = _image(120, 120)
+    on_base = _load(base).processor.process_images([image])["image_grid_thw"][0].prod()
+    on_adapter = _load(adapter).processor.process_images([image])["image_grid_thw"][0].prod()
+    assert int(on_adapter) == 16 and int(on_base) > int(on_adapter)
+
+
+# -- end to end: encode, info, score, cron ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pages(tmp_path):
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    for seed in range(3):
+        _image(40 + 20 * seed, 50, seed=seed).save(folder / f"p{seed}.png")
+    return folder
+
+
+def test_encode_score_info_and_cron_with_an_adapter(engine, pages, tmp_path, cli):
+    from tokembed.embedder import Embedder
+
+    base, t5, published = engine["ColQwen2"]
+    adapter = shutil.copytree(published, tmp_path / "adapter")
+    out = tmp_path / "index"
+    first = cli("encode", pages, "--model", adapter, "-o", out, "--store-dtype", "float32", "--log-format", "json")
+    assert first.exit_code == 0, first.stderr
+    data = manifest(out)
+    assert data["model"]["family"] == "ColQwen2" and data["model"]["base"]["path"] == str(base.resolve())
+    rows = read_index(out)
+    reference = _peft_reference(base, t5)
+    processor = _load(base).processor
+    for name, (vectors, ids) in rows.items():
+        docs = {k: v for k, v in processor.process_images([Image.open(pages / name)]).items() if k != "labels"}
+        with torch.no_grad():
+            expected = reference(**docs)[0].numpy()
+        assert ids.tolist() == docs["input_ids"][0].tolist() and np.abs(vectors - expected).max() <= 1e-4
+
+    info = cli("info", out)
+    assert info.exit_code == 0 and str(base.resolve()) in info.stdout.replace("\n", "")
+
+    query = "where is the total"
+    scored = cli("score", out, "--query", query, "-f", "jsonl", "-k", 3)
+    assert scored.exit_code == 0, scored.stderr
+    got = {r["doc_id"]: r["score"] for r in map(json.loads, scored.stdout.splitlines())}
+    (q, _), = Embedder.for_index(data, kind="query").embed([query])
+    with torch.no_grad():
+        q_ref = reference(**processor.process_queries([query]))[0].numpy()
+    assert np.abs(q - q_ref).max() <= 1e-4
+    for doc, (d, _) in rows.items():
+        assert got[doc] == pytest.approx(float((q_ref.astype(np.float64) @ d.T).max(axis=1).sum()), abs=1e-4)
+
+    again = cli("encode", pages, "--model", adapter, "-o", out, "--store-dtype", "float32", "--log-format", "json")
+    summary = json.loads(again.stdout)
+    assert again.exit_code == 0 and summary["unchanged"] == 3 and summary["added"] + summary["updated"] == 0
+
+    build_adapter(copy.deepcopy(_load(base).model), tmp_path / "other", str(base), seed=7)
+    shutil.copy(tmp_path / "other" / "adapter_model.safetensors", adapter / "adapter_model.safetensors")
+    changed = cli("encode", pages, "--model", adapter, "-o", out, "--store-dtype", "float32", "--log-format", "json")
+    summary = json.loads(changed.stdout)
+    assert changed.exit_code == 0 and summary["added"] + summary["updated"] == 3 and summary["unchanged"] == 0, summary
+    assert manifest(out)["model"]["fingerprint"] != data["model"]["fingerprint"]
+
+
+def test_base_model_flag_overrides_the_adapter_config(engine, pages, tmp_path, cli):
+    base, t5, _ = engine["ColQwen2"]
+    adapter = shutil.copytree(t5, tmp_path / "adapter")
+    _set_base(adapter, "vidore/colqwen2-base")
+    out = tmp_path / "index"
+    missing = cli("encode", pages, "--model", adapter, "-o", out)
+    assert missing.exit_code == 4 and "vidore/colqwen2-base" in missing.stderr and "--base-model" in missing.stderr
+    assert not (out / "manifest.json").exists()
+    result = cli("encode", pages, "--model", adapter, "--base-model", base, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert manifest(out)["flags"]["base_model"] == str(base)
+
+
+# -- refused: exit 4, nothing written --------------------------------------------------------------------
+
+
+def _set_base(adapter, value) -> None:
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = value
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+
+
+def _edit_config(adapter, **changes) -> None:
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config.update(changes)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+
+
+def _add_stray_tensor(adapter) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    tensors["base_model.model.language_model.layers.9.self_attn.q_proj.lora_A.weight"] = torch.ones(4, 32)
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+
+
+def _truncate(adapter) -> None:
+    file = adapter / "adapter_model.safetensors"
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+BAD = {
+    "base path missing": (lambda a: _set_base(a, "./models/colqwen2_base"), "./models/colqwen2_base"),
+    "tensor for a module the base lacks": (_add_stray_tensor, "layers.9.self_attn.q_proj.lora_A.weight"),
+    "truncated adapter file": (_truncate, "adapter_model.safetensors"),
+    "bias all": (lambda a: _edit_config(a, bias="all"), "bias 'all'"),
+    "not LoRA": (lambda a: _edit_config(a, peft_type="IA3"), "IA3"),
+    "rank disagrees with r": (lambda a: _edit_config(a, r=8), "rank 4"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_adapters_are_refused(engine, pages, tmp_path, cli, case):
+    break_it, named = BAD[case]
+    adapter = shutil.copytree(engine["ColQwen2"][1], tmp_path / "adapter")
+    break_it(adapter)
+    out = tmp_path / "index"
+    result = cli("encode", pages, "--model", adapter, "-o", out)
+    assert result.exit_code == 4, result.stderr
+    assert named in result.stderr
+    assert not (out / "manifest.json").exists()
+
+
+def test_missing_peft_is_a_clear_error(engine, pages, tmp_path, cli, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft -> ImportError
+    out = tmp_path / "index"
+    result = cli("encode", pages, "--model", engine["ColQwen2"][1], "-o", out)
+    assert result.exit_code == 4 and "tokembed[peft]" in result.stderr
+    assert not (out / "manifest.json").exists()
+
+
+# -- serve --lora-modules: unmerged, batched per adapter ------------------------------------------------
+
+
+def test_serve_two_lora_modules_equal_encode_with_each(checkpoint_store, tmp_path):
+    """Two adapters over a ColBERT text model: each request's vectors equal ``encode`` with that adapter (merged),
+    the base's equal the base's; interleaved concurrent requests to all three; /v1/models lists them; an unknown
+    name is vLLM's 404."""
+    import asyncio
+
+    httpx = pytest.importorskip("httpx")
+    from test_serve import LiveServer
+
+    from tokembed.embedder import Embedder
+    from tokembed.serve import EmbeddingService, ServeOptions
+    from tokembed.settings import EncodeFlags
+
+    base = checkpoint_store("pylate_bert")
+    backbone = _load(base).backbone
+    adapters = {
+        name: build_adapter(copy.deepcopy(backbone), tmp_path / name, str(base), seed=seed,
+                            target_modules=r".*attention\.(self\.(query|value)|output\.dense)$")
+        for name, seed in (("legal", 1), ("medical", 2))
+    }
+    service = EmbeddingService.load(str(base), "cpu", ServeOptions(
+        served_model_name="tiny", lora_modules=tuple((name, str(path)) for name, path in adapters.items())))
+    server = LiveServer(service)
+    try:
+        texts = ["what is the capital of france?", "mars, the red planet!!!"]
+        expected = {}
+        for name, path in [("tiny", base), *adapters.items()]:
+            expected[name] = Embedder.load(str(path), EncodeFlags(store_dtype="float32", mode="colbert", kind="query")).embed(texts)
+        assert not np.allclose(expected["legal"][0][0], expected["tiny"][0][0], atol=1e-3)
+
+        async def interleaved():
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                order = ["legal", "medical", "tiny"] * 6
+                responses = await asyncio.gather(*(
+                    client.post("/pooling", json={"model": name, "input": texts, "input_type": "query"}) for name in order))
+                return list(zip(order, responses))
+
+        for name, response in asyncio.run(interleaved()):
+            assert response.status_code == 200, response.text
+            for item, (reference, _) in zip(response.json()["data"], expected[name], strict=True):
+                np.testing.assert_allclose(np.asarray(item["data"], dtype=np.float32), reference, atol=2e-5)
+
+        listed = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
+        assert [m["id"] for m in listed] == ["tiny", "legal", "medical"]
+        assert listed[1]["parent"] == "tiny" and listed[1]["root"] == str(adapters["legal"])
+        unknown = server.post("/pooling", {"model": "nope", "input": texts})
+        assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "NotFoundError"
+    finally:
+        server.stop()

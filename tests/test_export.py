@@ -1,0 +1,177 @@
+"""``tokembed export`` driven as a user does: Parquet read back by DuckDB, Polars and pyarrow, a LanceDB table
+searched with LanceDB's own multivector search, the committed generation only, and bad flags (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from helpers import read_index, write_parquet
+
+DOCS = [
+    "The cat sat on the warm mat by the door.",
+    "Quantum mechanics describes particles as waves.",
+    "Dogs bark loudly at night in the village.",
+    "Paris is the capital of France.",
+    "A recipe for apple pie with cinnamon.",
+    "The stock market fell sharply on Monday.",
+    "Cats and dogs are common household pets.",
+    "Photosynthesis turns sunlight into chemical energy.",
+    "",
+]
+QUERIES = ["where do cats sleep", "capital city of France", "baking a pie", "physics of small particles"]
+
+
+@pytest.fixture(scope="module")
+def demo_index(tmp_path_factory):
+    """The demo model's index of DOCS in three shards (float16, as encode stores by default)."""
+    from cli.main import run
+
+    root = tmp_path_factory.mktemp("export")
+    corpus = write_parquet(root / "corpus.parquet", [{"id": f"doc{i}", "text": t} for i, t in enumerate(DOCS)])
+    assert run(["encode", str(corpus), "--output", str(root / "index"), "--shard-rows", "4", "--quiet"]) == 0
+    return root / "index"
+
+
+def test_parquet_export_read_by_duckdb_polars_and_pyarrow(cli, demo_index, tmp_path):
+    import duckdb
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "parquet"
+    result = cli("export", demo_index, "--to", out, "--format", "parquet", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    manifest = json.loads((demo_index / "manifest.json").read_text())
+    files = sorted(out.glob("*.parquet"))
+    assert [f.stem for f in files] == [os.path.basename(s["file"]).removesuffix(".arrow") for s in manifest["shards"]]
+    assert len(files) == 3 and summary["files"] == 3 and summary["dtype"] == "float32"
+
+    glob = str(out / "*.parquet")
+    rows, tokens, token_ids = duckdb.sql(
+        f"SELECT count(*), sum(len(embeddings)), sum(len(token_ids)) FROM read_parquet('{glob}')"
+    ).fetchall()[0]
+    assert (rows, tokens, token_ids) == (manifest["totals"]["rows"], manifest["totals"]["tokens"], manifest["totals"]["tokens"])
+    assert rows == len(DOCS) and summary["tokens"] == tokens
+
+    frame = pl.read_parquet(glob)
+    assert frame.columns == ["id", "token_ids", "embeddings"] and frame.height == len(DOCS)
+
+    stored = read_index(demo_index)
+    table = pq.read_table(out)
+    assert table.schema.field("embeddings").type == pa.list_(pa.list_(pa.float32(), manifest["dim"]))
+    assert table.column("id").to_pylist() == list(stored)  # index order
+    for doc_id, emb, ids in zip(table.column("id").to_pylist(), table.column("embeddings").to_pylist(), table.column("token_ids").to_pylist()):
+        vectors, want_ids = stored[doc_id]
+        assert np.array_equal(np.asarray(emb, np.float32).reshape(-1, manifest["dim"]), vectors)  # float16 -> float32 exact
+        assert ids == want_ids.tolist()
+
+
+def test_parquet_float16_and_refuses_a_folder_in_use(cli, demo_index, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "half"
+    assert cli("export", demo_index, "--to", out, "--format", "parquet", "--dtype", "float16", "-q").exit_code == 0
+    assert pq.read_schema(next(out.glob("*.parquet"))).field("embeddings").type.value_type.value_type == pa.float16()
+    again = cli("export", demo_index, "--to", out, "--format", "parquet")
+    assert again.exit_code == 2 and str(out) in again.stderr
+
+
+def test_lance_multivector_search_top1_equals_score_top1(cli, demo_index, tmp_path):
+    lancedb = pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
+    from tokembed.index import open_index
+    from tokembed.search.api import encode_queries
+
+    out = tmp_path / "lance"
+    result = cli("export", demo_index, "--to", out, "--format", "lance", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    table = lancedb.connect(str(out)).open_table("documents")
+    assert table.count_rows() == len(DOCS)
+    assert table.schema.field("embeddings").type == pa.list_(pa.list_(pa.float32(), open_index(demo_index).dim))
+
+    args = [a for q in QUERIES for a in ("--query", q)]
+    scored = cli("score", *args, demo_index, "--top-k", "1", "--format", "jsonl", "-q")
+    assert scored.exit_code == 0, scored.output
+    tokembed_top1 = [json.loads(line)["doc_id"] for line in scored.stdout.splitlines()]
+    vectors = encode_queries(open_index(demo_index), QUERIES)
+    lance_top1 = [table.search(q.astype(np.float32)).limit(1).to_arrow().column("id")[0].as_py() for q in vectors]
+    assert lance_top1 == tokembed_top1
+    assert len(set(tokembed_top1)) > 1  # the queries really discriminate between documents
+
+
+@pytest.mark.parametrize("flags", [["--format", "csv"], ["--format", "parquet", "--dtype", "bfloat16"]])
+def test_bad_format_or_dtype_exits_2(cli, demo_index, tmp_path, flags):
+    result = cli("export", demo_index, "--to", tmp_path / "out", *flags)
+    assert result.exit_code == 2
+    assert flags[-1] in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_index_exits_6(cli, tmp_path):
+    assert cli("export", tmp_path / "nope", "--to", tmp_path / "out", "--format", "parquet").exit_code == 6
+
+
+@pytest.mark.slow
+def test_export_during_a_locked_half_written_run_reads_the_committed_generation(cli, demo_index, tmp_path):
+    """A second encode pauses just before its commit (lock held, new shards on disk): export sees the old rows."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    index = tmp_path / "index"
+    shutil.copytree(demo_index, index)
+    corpus = write_parquet(tmp_path / "v2.parquet", [{"id": f"new{i}", "text": f"new text {i}"} for i in range(6)])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKEMBED_TEST_PAUSE_AT": "commit", "TOKEMBED_TEST_PAUSE_SECONDS": "120"}
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "encode", str(corpus), "-o", str(index), "--shard-rows", "4", "-q"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for_staged_shards(index, writer)
+        out = tmp_path / "out"
+        result = cli("export", index, "--to", out, "--format", "parquet", "-q")
+        assert result.exit_code == 0, result.output
+        assert pq.read_table(out).column("id").to_pylist() == list(read_index(demo_index))
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+
+
+def _wait_for_staged_shards(index, writer, timeout: float = 120.0) -> None:
+    """Until the paused writer holds the lock with files that the committed manifest does not list."""
+    listed = {s["file"] for s in json.loads((index / "manifest.json").read_text())["shards"]}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert writer.poll() is None, writer.stderr.read().decode()
+        staged = {f"data/{p.name}" for p in (index / "data").iterdir()} - listed
+        if staged and (index / ".lock").exists() and _locked(index / ".lock"):
+            time.sleep(0.5)  # the pause point is just before the manifest replace
+            return
+        time.sleep(0.2)
+    raise AssertionError("the writer never staged new shards")
+
+
+def _locked(path) -> bool:
+    import fcntl
+
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def test_info_shows_both_recipes(cli, demo_index):
+    result = cli("info", demo_index)
+    assert result.exit_code == 0, result.output
+    assert "--format parquet" in result.stderr and "--format lance" in result.stderr

@@ -1,0 +1,168 @@
+"""Loading is never silently wrong, through the CLI: a checkpoint whose weights do not all land in the model
+tokembed builds (or whose code cannot import) is exit 4, the message names the tensor (or package) and the
+file, no index is written, and an index already in the output folder is left byte for byte as it was.
+
+Each case first encodes a healthy copy of a tiny checkpoint into the output folder, then breaks that copy
+the way real checkpoints break, and encodes again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import vision_checkpoints
+from helpers import write_parquet
+from jina_checkpoints import build_jina_colbert
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France."]
+SAMPLE_IMAGES = vision_checkpoints.REMOTE_CODE_DIR.parent.parent / "sample_data" / "images"
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_parquet(tmp_path / "docs.parquet", [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Vision and jina checkpoints, built once for this module; tests break private copies."""
+    root = tmp_path_factory.mktemp("load-check")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            builder = build_jina_colbert if name == "jina" else vision_checkpoints.VISION_BUILDERS[name]
+            cache[name] = builder(root / name)
+        return cache[name]
+
+    return get
+
+
+def rewrite_weights(folder, change) -> None:
+    """Apply ``change(tensors) -> tensors`` to the folder's model.safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    file = folder / "model.safetensors"
+    save_file(change(load_file(str(file))), str(file), metadata={"format": "pt"})
+
+
+def encode_then_break(cli, model, inputs, tmp_path, breakage, *flags, needles=(), file="model.safetensors"):
+    """Encode ``inputs`` with ``model`` (healthy), apply ``breakage(model)``, encode again: exit 4."""
+    out = tmp_path / "index"
+    first = cli("encode", inputs, "-o", out, "--model", model, "--quiet", *flags)
+    assert first.exit_code == 0, first.output
+    manifest = (out / "manifest.json").read_bytes()
+    shards = {p.name: p.read_bytes() for p in (out / "data").iterdir()}
+    breakage(model)
+    again = cli("encode", inputs, "-o", out, "--model", model, "--quiet", "--full", *flags)
+    fresh = cli("encode", inputs, "-o", tmp_path / "fresh", "--model", model, "--quiet", *flags)
+    for result in (again, fresh):
+        assert result.exit_code == 4, result.output
+        message = model_error_line(result.stderr)
+        for needle in (str(model), file, *needles):
+            assert needle in message, (needle, message)
+    assert (out / "manifest.json").read_bytes() == manifest
+    assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == shards
+    assert not (tmp_path / "fresh" / "manifest.json").exists()
+    return model_error_line(again.stderr)
+
+
+def model_error_line(stderr: str) -> str:
+    """tokembed's one-line error (transformers may print its own load report before it)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("tokembed: model error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_hf_colbert_config_over_renamed_tensors(cli, checkpoint, corpus, tmp_path):
+    """A Stanford ``HF_ColBERT`` whose backbone tensors are not under ``bert.``: never random weights."""
+    model = checkpoint("stanford")
+
+    def rename(folder):
+        rewrite_weights(folder, lambda t: {k.replace("bert.", "backbone.", 1): v for k, v in t.items()})
+
+    stderr = encode_then_break(
+        cli, model, corpus, tmp_path, rename,
+        needles=("backbone.embeddings.LayerNorm.bias", "not in the checkpoint"),
+    )
+    assert "were not used" in stderr
+
+
+def test_an_extra_unknown_tensor(cli, checkpoint, corpus, tmp_path):
+    model = checkpoint("stanford")
+    extra = "bert.encoder.layer.0.attention.self.rel_scale"
+
+    def add(folder):
+        import torch
+
+        rewrite_weights(folder, lambda t: {**t, extra: torch.ones(4)})
+
+    encode_then_break(cli, model, corpus, tmp_path, add, needles=(extra, "were not used"))
+
+
+def test_a_missing_projection_bias_of_a_vision_checkpoint(cli, built, tmp_path):
+    model = tmp_path / "colpali"
+    shutil.copytree(built("colpali"), model)
+
+    def drop_bias(folder):
+        rewrite_weights(folder, lambda t: {k: v for k, v in t.items() if k != "embedding_proj_layer.bias"})
+
+    encode_then_break(
+        cli, model, SAMPLE_IMAGES, tmp_path, drop_bias,
+        needles=("embedding_proj_layer.bias", "not in the checkpoint"),
+    )
+
+
+def test_remote_code_that_imports_a_missing_package(cli, built, tmp_path):
+    model = tmp_path / "remote"
+    shutil.copytree(built("remote_code"), model)
+    package = "tokembed_absent_package"
+
+    def add_import(folder):
+        code = folder / "modeling_tinycol.py"
+        code.write_text(f"import {package}\n" + code.read_text())
+
+    stderr = encode_then_break(
+        cli, model, SAMPLE_IMAGES, tmp_path, add_import, "--trust-remote-code", needles=(package,), file=""
+    )
+    assert f"pip install {package}" in stderr
+
+
+@pytest.mark.parametrize("breakage", ["missing", "extra", "renamed", "reshaped"])
+def test_jina_colbert_tensors_are_checked_too(cli, built, corpus, tmp_path, breakage):
+    """The native jina loader: a missing fused weight, an extra tensor, a renamed layer, a tensor of the wrong
+    shape are all exit 4."""
+    import torch
+
+    model = tmp_path / "jina"
+    shutil.copytree(built("jina"), model)
+    name = "roberta.encoder.layers.1.mixer.Wqkv.weight"
+    changes = {
+        "missing": (lambda t: {k: v for k, v in t.items() if k != name}, (name, "not in the checkpoint")),
+        "extra": (lambda t: {**t, "roberta.encoder.layers.1.mixer.rotary_scale": torch.ones(2)},
+                  ("roberta.encoder.layers.1.mixer.rotary_scale", "were not used")),
+        "renamed": (lambda t: {k.replace("layers.1.", "layer.1."): v for k, v in t.items()},
+                    ("roberta.encoder.layer.1.mixer.Wqkv.weight", name)),
+        "reshaped": (lambda t: {**t, "roberta.emb_ln.weight": torch.ones(31)},
+                     ("roberta.emb_ln.weight", "wrong shape")),
+    }
+    change, needles = changes[breakage]
+    encode_then_break(
+        cli, model, corpus, tmp_path, lambda folder: rewrite_weights(folder, change),
+        needles=needles,
+    )
+
+
+def test_the_plain_stanford_loader_refuses_jina_weights(built):
+    """What happened before jina-colbert had its own family: an XLM-R with random weights. Now a model error."""
+    from tokembed.errors import ModelError
+    from tokembed.models import LoadOptions
+    from tokembed.models.stanford import StanfordColBERT
+
+    with pytest.raises(ModelError, match=r"mixer\.Wqkv") as error:
+        StanfordColBERT.load(built("jina"), LoadOptions())
+    assert "model.safetensors" in str(error.value)
+    assert json.loads((built("jina") / "config.json").read_text())["architectures"] == ["HF_ColBERT"]

@@ -1,0 +1,136 @@
+"""Huge rows cost what they keep: a long text is tokenized only as far as ``max_length`` needs, with exactly
+the ids that tokenizing the whole text and truncating give (WordPiece, byte-level BPE, SentencePiece-style
+Unigram), and a 20 MB row (document or query) adds little to peak RSS (measured in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import checkpoints
+from helpers import write_parquet
+from tokembed.models.long_text import tokenize_long
+
+PIECES = [
+    *checkpoints._WORDS, *checkpoints._SUBWORDS, *checkpoints._CJK,
+    "Émoji", "🎉", "naïve", "e\u0301", "ﬁ", "Ⅻ", "١٢٣", "12345678", "3.14", "...", "—", "!!", "'s", "[Q]",
+    "x" * 120, "ab" * 70,  # words past WordPiece's 100-character limit ([UNK] whole, never in pieces)
+]
+SPACES = [" ", " ", " ", "  ", "\n", "\n\n", "\t", "   \n ", " " * 40, "\u3000", "\r\n"]
+
+
+def long_text(seed: int, words: int = 600) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(PIECES) + rng.choice(SPACES) for _ in range(words))
+
+
+def whole_then_truncate(tokenizer, text: str, max_length: int) -> list[int]:
+    return tokenizer(text, truncation=True, max_length=max_length, verbose=False)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory, minilm_path):
+    from transformers import AutoTokenizer
+
+    built = {
+        "wordpiece (tiny BERT)": checkpoints._bert_tokenizer(tmp_path_factory.mktemp("bert")),
+        "wordpiece (all-MiniLM-L6-v2)": AutoTokenizer.from_pretrained(minilm_path),
+        "byte-level BPE (ModernBERT)": checkpoints._modernbert_tokenizer(),
+        "byte-level BPE (Qwen2, llama-3 split)": checkpoints._qwen2_tokenizer(),
+        "sentencepiece unigram (XLM-R, Metaspace)": checkpoints._xlmr_tokenizer(),
+    }
+    assert all(tokenizer.is_fast for tokenizer in built.values())
+    return built
+
+
+def test_window_ids_equal_whole_text_ids(tokenizers):
+    """Cuts at every kind of boundary (inside a word, a multi-byte or combining sequence, a whitespace run, a
+    120-character word), with ``max_length`` set so that the window holds just one or two tokens more than
+    it keeps: exactly where taking the window's first tokens without checking them goes wrong."""
+    for name, tokenizer in tokenizers.items():
+        specials = tokenizer.num_special_tokens_to_add(pair=False)
+        for seed in range(2):
+            text = long_text(seed)
+            for first_window in range(20, 320, 7):
+                n = len(tokenizer(text[:first_window], add_special_tokens=False, verbose=False)["input_ids"])
+                for max_length in {2, 128, *(max(2, n + specials - back) for back in (0, 1, 2))}:
+                    got = tokenize_long(tokenizer, text, max_length, first_window=first_window)
+                    assert got == whole_then_truncate(tokenizer, text, max_length), (name, seed, first_window, max_length)
+
+
+def test_window_is_a_small_prefix_when_words_are_short(tokenizers):
+    """Not a fallback in disguise: the ids are right even when the text past the window is garbage."""
+    for name, tokenizer in tokenizers.items():
+        text = long_text(7, words=400)
+        poisoned = text + "\0 unreadable tail " * 100_000
+        got = tokenize_long(tokenizer, poisoned, 64)
+        assert got == whole_then_truncate(tokenizer, text, 64), name
+
+
+def test_texts_without_word_breaks_fall_back_to_the_whole_text(tokenizers):
+    for name, tokenizer in tokenizers.items():
+        text = "漢字" * 3000 + "z" * 5000
+        assert tokenize_long(tokenizer, text, 40, first_window=50) == whole_then_truncate(tokenizer, text, 40), name
+
+
+def test_encoder_uses_windows_with_the_same_ids(checkpoint):
+    """Through TextEncoder (prefix and special tokens as in a real run), short and huge texts in one batch."""
+    from tokembed.embedder import Embedder
+    from tokembed.settings import EncodeFlags
+
+    embedder = Embedder.load(str(checkpoint("stanford")), EncodeFlags(kind="document"), "cpu")
+    tokenizer, settings = embedder.model.tokenizer, embedder.settings
+    texts = ["short text", long_text(3, words=3000), "", long_text(4, words=5000)]
+    got = [item.ids.tolist() for item in embedder.encoder.tokenize(texts)]
+    want = tokenizer([settings.prefix + t for t in texts], truncation=True, max_length=settings.max_length)["input_ids"]
+    assert got == want
+
+
+PEAK_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    from cli.main import run
+
+    model, work = sys.argv[1], sys.argv[2]
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    peaks = {}
+    assert run(["encode", f"{work}/short.parquet", "--model", model, "-o", f"{work}/short", "-q"]) == 0
+    assert run(["score", "--query", "short query", f"{work}/short", "-q", "-f", "jsonl"]) == 0
+    peaks["short"] = peak_mb()
+    assert run(["encode", f"{work}/huge.parquet", "--model", model, "-o", f"{work}/huge", "-q"]) == 0
+    peaks["huge_row"] = peak_mb()
+    assert run(["score", f"{work}/queries.txt", f"{work}/short", "-q", "-f", "tsv"]) == 0  # jsonl echoes the query
+    peaks["huge_query"] = peak_mb()
+    print("PEAKS " + json.dumps(peaks))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_20mb_row_and_query_keep_peak_rss_in_bounds(checkpoint, tmp_path):
+    """Tokenizing 20 MB whole took ~3.4 GB; now the row costs its text (a few copies of 20 MB) and little more.
+    The corpus files are written here, so the subprocess's peak is tokembed's own."""
+    words = ("lorem ipsum dolor sit amet, consectetur adipiscing elit 3.14 naïve 東京 " * 300_000)[:20_000_000]
+    write_parquet(tmp_path / "short.parquet", [{"id": "a", "text": "a short row"}, {"id": "b", "text": "just short"}])
+    write_parquet(tmp_path / "huge.parquet", [{"id": "a", "text": "a short row"}, {"id": "b", "text": words}])
+    (tmp_path / "queries.txt").write_text(words + "\n", encoding="utf-8")
+    del words
+    script = tmp_path / "peak.py"
+    script.write_text(PEAK_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()}
+    result = subprocess.run(
+        [sys.executable, str(script), str(checkpoint("stanford")), str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [line] = [l for l in result.stdout.splitlines() if l.startswith("PEAKS ")]
+    peaks = json.loads(line.removeprefix("PEAKS "))
+    assert peaks["huge_row"] - peaks["short"] < 200, peaks
+    assert peaks["huge_query"] - peaks["short"] < 200, peaks

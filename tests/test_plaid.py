@@ -1,0 +1,314 @@
+"""The PLAID-style search structure (``tokembed compress``, ``encode --nbits``, ``score`` with candidates).
+
+Synthetic indexes (written with ``IndexWriter``, no model) for the codec and the search; the demo model
+in-process for the cron guarantees (incremental codes = a full rebuild's, byte for byte) and real
+subprocesses for SIGKILL and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import manifest, write_parquet
+from test_score import write_index
+from tokembed.errors import IndexCorruptError
+from tokembed.index.lock import IndexLock
+from tokembed.search import search_vectors
+from tokembed.search.plaid import compress_index, open_searchable, plaid_search
+from tokembed.search.plaid.codec import Codec, pack, train, unpack
+
+DIM = 32
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def clustered_docs(rng, n_docs: int, dim: int = DIM, topics: int = 40) -> list[np.ndarray]:
+    """Documents drawn around a few topics each (real retrieval data is clustered; uniform noise is not)."""
+    centres = rng.standard_normal((topics, dim))
+    docs = []
+    for _ in range(n_docs):
+        own = centres[rng.integers(0, topics, size=3)]
+        n = int(rng.integers(4, 30))
+        v = own[rng.integers(0, 3, size=n)] + 0.7 * rng.standard_normal((n, dim))
+        docs.append((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16))
+    return docs
+
+
+def queries_from(rng, docs, count: int, tokens: int = 8) -> list[np.ndarray]:
+    out = []
+    for _ in range(count):
+        doc = docs[int(rng.integers(len(docs)))].astype(np.float32)
+        q = doc[rng.integers(0, len(doc), size=tokens)] + 0.3 * rng.standard_normal((tokens, doc.shape[1]))
+        out.append((q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
+    return out
+
+
+def recall(exact, got, k: int) -> float:
+    return float(np.mean([len({h.id for h in e[:k]} & {g[0] for g in r[:k]}) / k for e, r in zip(exact, got)]))
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    docs = clustered_docs(rng, 600)
+    folder = write_index(tmp_path_factory.mktemp("plaid") / "index", docs, shard_rows=200, batch_rows=50)
+    compress_index(folder, nbits=2, centroids=256)
+    return folder, docs, queries_from(rng, docs, 20)
+
+
+def tokembed(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
+                          env={**ENV, **(env or {})})
+
+
+def structure_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "plaid").iterdir())}
+
+
+# ---------------------------------------------------------------------------------------------- codec
+
+
+def test_centroid_assignment_does_not_depend_on_the_other_tokens_of_the_product():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((700, DIM)).astype(np.float32)
+    centroids = rng.standard_normal((300, DIM)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    codec = Codec(centroids, np.zeros(1, np.float32), np.zeros(2, np.float32), 1)
+    whole = codec.assign(x)
+    assert np.array_equal(whole, np.concatenate([codec.assign(x[i : i + 1]) for i in range(len(x))]))
+    assert np.array_equal(whole[3::7], codec.assign(x[3::7]))
+    brute = np.argmax(x.astype(np.float64) @ centroids.astype(np.float64).T, axis=1)
+    assert np.array_equal(whole, brute)
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+def test_pack_round_trip(nbits):
+    values = np.random.default_rng(nbits).integers(0, 1 << nbits, size=(9, 20)).astype(np.uint8)
+    packed = pack(values, nbits)
+    assert packed.shape == (9, -(-20 * nbits // 8))
+    assert np.array_equal(unpack(packed, nbits, 20), values)
+
+
+def test_more_bits_decode_closer_to_the_vectors():
+    rng = np.random.default_rng(1)
+    x = np.concatenate(clustered_docs(rng, 200)).astype(np.float32)
+    errors = []
+    for nbits in (1, 2, 4):
+        codec = train(x, 64, nbits)
+        ids, packed, _ = codec.encode(x)
+        cosine = (codec.decode(ids, packed) * x).sum(axis=1)
+        centroid_only = (codec.centroids[ids] * x).sum(axis=1)
+        assert cosine.mean() > centroid_only.mean()  # the residual code adds information
+        errors.append(1 - cosine.mean())
+    assert errors[0] > errors[1] > errors[2]
+
+
+# ---------------------------------------------------------------------------------------------- search
+
+
+def test_candidate_search_recall_against_exact(compressed):
+    folder, docs, queries = compressed
+    index, structure = open_searchable(folder)
+    exact = search_vectors(index, queries, top_k=10, exact=True)
+    got = plaid_search(index, structure, queries, 10, probe=16, candidates=64)
+    assert recall(exact, got, 10) >= 0.95
+    first = got[0][0]
+    assert first[1] == pytest.approx(next(h.score for h in exact[0] if h.id == first[0]), abs=1e-5)  # re-ranked exactly
+    compressed_only = plaid_search(index, structure, queries, 10, probe=16, candidates=64, rerank="codes")
+    assert recall(exact, compressed_only, 10) >= 0.7
+
+
+def test_everything_probed_equals_the_exhaustive_scan(compressed):
+    folder, docs, queries = compressed
+    index, structure = open_searchable(folder)
+    exact = search_vectors(index, queries, top_k=15, exact=True)
+    got = search_vectors(index, queries, top_k=15, probe=structure.codec.k, candidates=len(docs))
+    for e, g in zip(exact, got):
+        assert [h.id for h in g] == [h.id for h in e]
+        assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+
+
+def test_a_reader_keeps_its_generation_while_compress_replaces_it(compressed, tmp_path):
+    folder = tmp_path / "index"
+    shutil.copytree(compressed[0], folder)
+    queries = compressed[2]
+    index, structure = open_searchable(folder)
+    before = plaid_search(index, structure, queries, 5)
+    compress_index(folder, nbits=1, centroids=128)  # a new generation; the old files are deleted
+    assert plaid_search(index, structure, queries, 5) == before
+    assert manifest(folder)["search"]["nbits"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_exit_codes(compressed, tmp_path, cli):
+    empty = write_index(tmp_path / "empty", [])
+    assert cli("compress", empty).exit_code == 3
+    small = write_index(tmp_path / "small", [np.eye(DIM, dtype=np.float16)[:5]])
+    result = cli("compress", small, "--centroids", 16)
+    assert result.exit_code == 2 and "only 5 tokens" in result.stderr
+    assert cli("compress", small, "--nbits", 3).exit_code == 2
+    assert cli("compress", tmp_path / "nowhere").exit_code == 6
+    with IndexLock(small):
+        assert cli("compress", small).exit_code == 7
+    assert "search" not in manifest(small)
+    assert cli("compress", small, "--centroids", 4).exit_code == 0
+    assert manifest(small)["search"]["centroids"] == 4
+
+
+def test_altered_or_missing_code_file_is_index_corruption(compressed, tmp_path):
+    folder = tmp_path / "index"
+    shutil.copytree(compressed[0], folder)
+    entry = manifest(folder)["search"]["shards"][1]
+    path = folder / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match="sha256"):
+        open_searchable(folder)
+    result = tokembed("score", "--query", "x", folder)
+    assert result.returncode == 6, result.stderr
+    path.unlink()
+    with pytest.raises(IndexCorruptError, match="missing"):
+        open_searchable(folder)
+
+
+# ---------------------------------------------------------------------------------------------- cron
+
+
+def corpus_rows(count: int, version: int = 0, start: int = 0) -> list[dict]:
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    return [{"id": f"doc{i:04d}", "text": " ".join(words[(i * 7 + j * (3 + version)) % 12] for j in range(3 + i % 11))}
+            for i in range(start, start + count)]
+
+
+def edited(rows: list[dict]) -> list[dict]:
+    """From row 30 on: delete every 9th row, change every 7th; add 12 at the end (rows 0-29 stay)."""
+    out = [dict(row) for i, row in enumerate(rows) if i < 30 or i % 9 != 4]
+    for row in out[30::7]:
+        row["text"] += " changed"
+    return out + corpus_rows(12, start=len(rows))
+
+
+@pytest.mark.slow  # five in-process encodes and four score/info runs with the demo model (~40 s on 2 idle cores)
+def test_incremental_codes_equal_a_full_rebuild_byte_for_byte(tmp_path, cli):
+    first = write_parquet(tmp_path / "v1.parquet", corpus_rows(80))
+    second = write_parquet(tmp_path / "v2.parquet", edited(corpus_rows(80)))
+    out = tmp_path / "index"
+    result = cli("encode", first, "-o", out, "--shard-rows", 10, "--nbits", 2, "-q")
+    assert result.exit_code == 0, result.output
+    v1 = manifest(out)["search"]
+    assert v1["drift"]["tokens_coded_since_training"] == 0
+    result = cli("encode", second, "-o", out, "--shard-rows", 10, "-q")
+    assert result.exit_code == 0, result.output
+    v2 = manifest(out)["search"]
+    assert v2["codec"] == v1["codec"]  # same centroids
+    kept = {e["file"] for e in v1["shards"]} & {e["file"] for e in v2["shards"]}
+    assert kept  # the shards before the first edit did not change: their code files stay
+    assert 0 < v2["last_run"]["coded_tokens"] < v2["last_run"]["carried_tokens"]
+    assert v2["drift"]["tokens_coded_since_training"] == v2["last_run"]["coded_tokens"]
+    assert 0 < v2["drift"]["share_coded_since_training"] < 1
+    recoded = tmp_path / "recoded"  # the same shards, every row coded from scratch with the same centroids
+    shutil.copytree(out, recoded)
+    stripped = manifest(recoded)
+    stripped["search"]["shards"] = []
+    (recoded / "manifest.json").write_text(json.dumps(stripped))
+    for entry in v2["shards"]:
+        (recoded / entry["file"]).unlink()
+    summary = compress_index(recoded)
+    assert summary.carried_tokens == 0 and manifest(recoded)["search"]["codec"] == v1["codec"]
+    assert manifest(recoded)["search"]["shards"] == v2["shards"]
+    assert structure_files(recoded) == structure_files(out)
+    assert set(structure_files(out)) == {Path(e["file"]).name for e in v2["shards"]} | {Path(v2["codec"]["file"]).name}
+    # A full re-encode: shards it writes byte-identical keep their code files; the others are coded again
+    # (re-encoded rows may differ from the carried ones in the last bits: another batch composition).
+    rebuild = tmp_path / "rebuild"
+    shutil.copytree(out, rebuild)
+    assert cli("encode", second, "-o", rebuild, "--shard-rows", 10, "--full", "-q").exit_code == 0
+    rebuilt = manifest(rebuild)["search"]
+    assert rebuilt["codec"] == v1["codec"] and rebuilt["last_run"]["coded_tokens"] > 0
+    same_shards = {s["sha256"] for s in manifest(rebuild)["shards"]} & {s["sha256"] for s in manifest(out)["shards"]}
+    assert len(same_shards) >= 3
+    for entry in rebuilt["shards"]:
+        if (out / entry["file"]).is_file():
+            assert (rebuild / entry["file"]).read_bytes() == (out / entry["file"]).read_bytes()
+    check_score_and_info(cli, out)
+
+
+def check_score_and_info(cli, folder: Path) -> None:
+    """``score`` searches with the structure; ``--exact`` scans; with every centroid probed and every document
+    a candidate the two agree. ``info`` reports the structure's bytes per token by part."""
+    query = ["--query", "alpha beta gamma", "--query", "kappa mu", "--format", "jsonl", "-k", "5"]
+    everything = cli("score", *query, folder, "--probe", 65536, "--candidates", 100000)
+    exact = cli("score", *query, folder, "--exact")
+    assert everything.exit_code == 0 and exact.exit_code == 0, everything.output + exact.output
+    hits = [json.loads(line) for line in everything.stdout.splitlines()]
+    expected = [json.loads(line) for line in exact.stdout.splitlines()]
+    assert [h["doc_id"] for h in hits] == [h["doc_id"] for h in expected] and len(hits) == 10
+    assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in expected], abs=1e-4)
+    assert cli("score", *query, folder, "--probe", 0).exit_code == 2
+    info = cli("info", folder, "--json")
+    assert info.exit_code == 0, info.output
+    facts = json.loads(info.stdout)["search_structure"]
+    parts, dim = facts["bytes_per_token"], json.loads(info.stdout)["dim"]
+    assert facts["nbits"] == 2 and parts["centroid_ids"] == pytest.approx(2.0)
+    assert parts["residuals"] == pytest.approx(dim * 2 / 8)
+    assert parts["total"] > parts["centroid_ids"] + parts["residuals"] + parts["inverted_lists"]
+
+
+def test_retrain_and_nbits_change_train_new_centroids(tmp_path, cli):
+    corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(40))
+    out = tmp_path / "index"
+    assert cli("encode", corpus, "-o", out, "--nbits", 1, "-q").exit_code == 0
+    codec = manifest(out)["search"]["codec"]["file"]
+    assert cli("encode", corpus, "-o", out, "--retrain", "-q").exit_code == 0
+    assert manifest(out)["search"]["nbits"] == 1
+    assert cli("encode", corpus, "-o", out, "--nbits", 4, "-q").exit_code == 0
+    assert manifest(out)["search"]["nbits"] == 4 and manifest(out)["search"]["codec"]["file"] != codec
+    assert cli("encode", corpus, "-o", out, "--nbits", 3, "-q").exit_code == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", ["codes:2", "commit"])
+def test_sigkill_during_compress_then_rerun_gives_the_same_bytes(compressed, tmp_path, kill_at):
+    reference, folder = tmp_path / "reference", tmp_path / "index"
+    for target in (reference, folder):
+        shutil.copytree(compressed[0], target)
+    assert tokembed("compress", reference, "--nbits", 4, "--centroids", 128).returncode == 0
+    killed = tokembed("compress", folder, "--nbits", 4, "--centroids", 128, env={"TOKEMBED_TEST_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL
+    assert manifest(folder)["search"]["nbits"] == 2  # the previous generation is still the committed one
+    rerun = tokembed("compress", folder, "--nbits", 4, "--centroids", 128, "--log-format", "json")
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["carried_tokens"] > 0  # code files of the killed run were kept
+    assert manifest(folder)["search"]["shards"] == manifest(reference)["search"]["shards"]
+    assert structure_files(folder) == structure_files(reference)
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_incremental_run_then_rerun_gives_the_same_bytes(tmp_path):
+    first = write_parquet(tmp_path / "v1.parquet", corpus_rows(60))
+    second = write_parquet(tmp_path / "v2.parquet", edited(corpus_rows(60)))
+    reference, folder = tmp_path / "reference", tmp_path / "index"
+    assert tokembed("encode", first, "-o", reference, "--shard-rows", 10, "--nbits", 2).returncode == 0
+    shutil.copytree(reference, folder)
+    assert tokembed("encode", second, "-o", reference, "--shard-rows", 10).returncode == 0
+    killed = tokembed("encode", second, "-o", folder, "--shard-rows", 10, env={"TOKEMBED_TEST_KILL_AT": "codes:3"})
+    assert killed.returncode == -signal.SIGKILL
+    assert tokembed("encode", second, "-o", folder, "--shard-rows", 10).returncode == 0
+
+    def entries(target):  # data shard file numbers may differ after a resume; their bytes may not
+        return [{k: v for k, v in e.items() if k != "shard"} for e in manifest(target)["search"]["shards"]]
+
+    assert [s["sha256"] for s in manifest(folder)["shards"]] == [s["sha256"] for s in manifest(reference)["shards"]]
+    assert entries(folder) == entries(reference)
+    assert structure_files(folder) == structure_files(reference)

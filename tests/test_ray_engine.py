@@ -1,0 +1,257 @@
+"""``encode --engine ray`` on a real Ray cluster on loopback: the same index bytes as ``--engine local``,
+incremental runs, an actor killed mid-run, retries exhausted, the driver SIGKILLed, an unreachable cluster.
+
+The module starts its own one-node cluster (``ray start --head --node-ip-address=127.0.0.1 --block`` in a
+process group of its own) and kills that group when done, so nothing outlives the tests. Every run is a
+real ``python -m cli.main encode`` subprocess (``test_devices.encode``: no process carrying the run's
+marker may outlive it); an actor is a process of the cluster, so the tests also check that no
+``ray::ChunkWorker`` process is left once a run ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from helpers import manifest, write_parquet
+from test_devices import assert_same_rows, corpus_rows, encode, shard_digests
+
+# Each cluster test (marked ray and slow) runs 1-3 real encodes (Ray connect, actor start-up, model load):
+# ~30-60 s each on 2 shared cores. The in-process tests at the end need neither Ray nor a cluster.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """HOST:PORT of a one-node, 2-CPU Ray cluster on 127.0.0.1, stopped (its whole process group) afterwards."""
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "w")
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+        env={**os.environ, **LOOPBACK}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert head.poll() is None, open(log.name).read()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"the Ray head did not listen on {address}:\n{open(log.name).read()}")
+        time.sleep(2)  # the raylet registers just after the GCS listens
+        yield address
+    finally:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(head.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                head.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+
+
+def chunk_workers() -> list[int]:
+    """Pids of live Ray actor processes of tokembed's ``ChunkWorker`` (their title is ``ray::ChunkWorker...``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if handle.read().startswith(b"ray::ChunkWorker"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def assert_no_actor_left(seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := chunk_workers()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"Ray actor processes left behind: {left}"
+
+
+def ray_encode(corpus, out, address, *extra, env=None, model):
+    result = encode(corpus, out, "--engine", "ray", "--ray-address", address, *extra, env={**LOOPBACK, **(env or {})}, model=model)
+    assert_no_actor_left()
+    return result
+
+
+def without_timestamps(data: dict) -> dict:
+    return {key: value for key, value in data.items() if key != "created_at"}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, checkpoint_store):
+    """Corpus, edited corpus, the tiny ColBERT checkpoint, and ``--engine local`` indexes of both."""
+    from cli.main import run
+    from test_devices import COMMON
+
+    root = tmp_path_factory.mktemp("ray-engine")
+    rows = corpus_rows(60)
+    corpus = write_parquet(root / "corpus.parquet", rows)
+    edited_rows = [dict(row, text=row["text"] + " omega") if i % 7 == 0 else row for i, row in enumerate(rows) if i % 11 != 5]
+    edited_rows += [{"id": f"new{i}", "text": f"alpha new row {i}"} for i in range(4)]
+    edited = write_parquet(root / "edited.parquet", edited_rows)
+    model = checkpoint_store("pylate_bert")
+    local, local_edited = root / "local", root / "local-edited"
+    for source, out in ((corpus, local), (edited, local_edited)):
+        assert run(["encode", str(source), "-o", str(out), "-m", str(model), "--devices", "cpu", "-q", *map(str, COMMON)]) == 0
+    # the local engine's incremental run: original corpus, then the edited one over it
+    local_incremental = root / "local-incremental"
+    shutil.copytree(local, local_incremental)
+    assert run(["encode", str(edited), "-o", str(local_incremental), "-m", str(model), "--devices", "cpu", "-q", *map(str, COMMON)]) == 0
+    return corpus, edited, model, local, (local_edited, local_incremental)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_writes_the_local_index_then_an_incremental_run_matches_a_local_rebuild(work, cluster, tmp_path):
+    corpus, edited, model, local, (local_edited, local_incremental) = work
+    out = tmp_path / "index"
+    result = ray_encode(corpus, out, cluster, "--devices", "cpu:2", model=model)
+    assert result.returncode == 0, result.stderr
+    assert f"ray: {cluster}: 2 actor(s)" in result.stderr
+    assert shard_digests(out) == shard_digests(local)  # byte-identical shards
+    assert without_timestamps(manifest(out)) == without_timestamps(manifest(local))
+    assert not (out / "staging").exists()  # staged chunks are removed once committed
+
+    result = ray_encode(edited, out, cluster, "--devices", "cpu:2", "--log-format", "json", model=model)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    changed = sum(1 for i in range(60) if i % 7 == 0 and i % 11 != 5)
+    assert (summary["added"], summary["updated"], summary["deleted"]) == (4, changed, 60 - 55)
+    assert summary["unchanged"] == 55 - changed
+    assert shard_digests(out) == shard_digests(local_incremental)  # the local engine's incremental run, byte for byte
+    assert without_timestamps(manifest(out)) == without_timestamps(manifest(local_incremental))
+    # and a full rebuild's rows: carried rows were encoded in other batches, so only the last bits may differ
+    assert_same_rows(out, local_edited, atol=1e-6)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_actor_killed_on_its_second_chunk_is_restarted_and_its_chunk_retried(work, cluster, tmp_path):
+    corpus, _, model, local, _ = work
+    out = tmp_path / "index"
+    # Actor 0 dies on its 2nd chunk (in its first life): restarted, its chunks (the 2nd, the 3rd queued) retried.
+    result = ray_encode(corpus, out, cluster, "--devices", "cpu", env={"TOKEMBED_TEST_WORKER_DIE_AT": "0:2"}, model=model)
+    assert result.returncode == 0, result.stderr
+    assert manifest(out)["totals"]["rows"] == 60
+    assert shard_digests(out) == shard_digests(local)  # no row lost, none twice
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_retries_exhausted_exit_9_and_the_previous_index_stays(work, cluster, tmp_path):
+    corpus, _, model, local, _ = work
+    out = tmp_path / "index"
+    shutil.copytree(local, out)
+    before = (out / "manifest.json").read_bytes()
+    result = ray_encode(corpus, out, cluster, "--devices", "cpu", "--full", env={"TOKEMBED_TEST_WORKER_DIE_AT": "0:1:every"}, model=model)
+    assert result.returncode == 9, result.stderr
+    assert "device error: ray actor 0 died and its chunk's retries are exhausted" in result.stderr
+    assert (out / "manifest.json").read_bytes() == before
+    listed = {shard["file"].split("/")[-1] for shard in manifest(out)["shards"]}
+    assert {path.name for path in (out / "data").iterdir()} == listed
+    assert_same_rows(out, local)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_driver_sigkill_then_rerun_resumes_to_the_same_index(work, cluster, tmp_path):
+    corpus, _, model, local, _ = work
+    out = tmp_path / "index"
+    killed = ray_encode(corpus, out, cluster, "--devices", "cpu", env={"TOKEMBED_TEST_KILL_AT": "shard:1"}, model=model)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
+    assert any((out / "staging").glob("chunk-*.arrow"))  # staged chunks survive the driver
+    result = ray_encode(corpus, out, cluster, "--devices", "cpu", model=model)
+    assert result.returncode == 0, result.stderr
+    assert "resuming: 1 finished shard(s)" in result.stderr
+    assert shard_digests(out) == shard_digests(local)
+    # the same staged chunks also resume a local run
+    killed = ray_encode(corpus, tmp_path / "again", cluster, "--devices", "cpu", env={"TOKEMBED_TEST_KILL_AT": "shard:2"}, model=model)
+    assert killed.returncode == -signal.SIGKILL
+    result = encode(corpus, tmp_path / "again", "--devices", "cpu", model=model)
+    assert result.returncode == 0 and "resuming: 2 finished shard(s)" in result.stderr, result.stderr
+    assert shard_digests(tmp_path / "again") == shard_digests(local)
+
+
+@pytest.mark.ray
+def test_an_unreachable_cluster_is_a_device_error_naming_the_address(work, tmp_path):
+    corpus, _, model, _, _ = work
+    address = f"127.0.0.1:{_free_port()}"
+    result = encode(corpus, tmp_path / "index", "--engine", "ray", "--ray-address", address, model=model)
+    assert result.returncode == 9, result.stderr
+    assert f"--ray-address {address}: cannot reach the Ray cluster" in result.stderr
+    assert not (tmp_path / "index" / "manifest.json").exists()
+
+
+# -- in process: the actor's work without Ray ------------------------------------------------------
+def test_a_chunk_worker_stages_exactly_the_local_rows_and_reuses_them(checkpoint_store, tmp_path):
+    from tokembed.embedder import Embedder
+    from tokembed.engine.ray import ChunkWorker, chunk_key, read_staged
+    from tokembed.engine.runner import run_chunk
+    from tokembed.errors import DeviceError
+    from tokembed.settings import EncodeFlags
+
+    flags = EncodeFlags(store_dtype="float16")
+    embedder = Embedder.load(str(checkpoint_store("pylate_bert")), flags)
+    texts = [row["text"] for row in corpus_rows(12)] + [""]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    worker = ChunkWorker(embedder.spec(flags), 0, "cpu", 1)
+    key = chunk_key(b"settings", texts)
+    assert key != chunk_key(b"settings", texts[:-1]) and key != chunk_key(b"other", texts)
+    done = worker.encode(key, texts, 64, str(staging))
+    assert not done["reused"] and done["batches"] > 1
+    staged = read_staged(staging / f"chunk-{key}.arrow", len(texts), embedder.output_dim)
+    local = run_chunk(embedder.encoder, texts, 64, "cpu")
+    for got, want in zip(staged.vectors + staged.token_ids, local.vectors + local.token_ids, strict=True):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert (staged.real_tokens, staged.computed_tokens) == (local.real_tokens, local.computed_tokens)
+    assert [p.name for p in staging.iterdir()] == [f"chunk-{key}.arrow"]  # no temp file left
+    assert worker.encode(key, texts, 64, str(staging))["reused"]  # a retried chunk reuses the staged file
+    with pytest.raises(DeviceError, match="rows, expected"):
+        read_staged(staging / f"chunk-{key}.arrow", len(texts) + 1, embedder.output_dim)
+    with pytest.raises(DeviceError, match=f"staging folder {tmp_path / 'elsewhere'} is not there"):
+        worker.encode(key, texts, 64, str(tmp_path / "elsewhere"))
+
+
+def test_ray_address_auto_without_a_cluster_names_what_it_looked_for(monkeypatch, tmp_path):
+    from tokembed.engine import ray as ray_engine
+    from tokembed.errors import DeviceError, UsageError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_engine, "CURRENT_CLUSTER_FILE", tmp_path / "ray_current_cluster")
+    with pytest.raises(DeviceError, match="--ray-address auto: no running Ray cluster found"):
+        ray_engine.cluster_address("auto")
+    (tmp_path / "ray_current_cluster").write_text("10.1.2.3:6379\n")
+    assert ray_engine.cluster_address("auto") == "10.1.2.3:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6380")
+    assert ray_engine.cluster_address("auto") == "10.9.9.9:6380"
+    with pytest.raises(UsageError, match="expected auto or HOST:PORT"):
+        ray_engine.connect("nohostport")

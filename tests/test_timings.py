@@ -1,0 +1,89 @@
+"""Timings that say what they measure: ``encode`` reports load_seconds (start-up + model) and encode_seconds
+(first read to commit) adding up to its total; ``score --log-format json`` reports load, query and search
+seconds. In-process runs count from the ``run()`` call; a real process counts from its start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import TEXTS, write_parquet
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_parquet(tmp_path / "corpus.parquet", [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)])
+
+
+def test_encode_json_summary_splits_load_and_encode(cli, checkpoint, corpus, tmp_path):
+    result = cli("encode", corpus, "--model", checkpoint("stanford"), "-o", tmp_path / "index", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    load, encode, total = summary["load_seconds"], summary["encode_seconds"], summary["seconds"]
+    assert load > 0 and encode > 0
+    assert load + encode == pytest.approx(total, abs=0.05)
+    assert summary["tokens_per_second"] == pytest.approx(summary["encoded_tokens"] / encode, rel=0.02)
+
+
+def test_encode_human_line_names_both_parts(cli, checkpoint, corpus, tmp_path):
+    result = cli("encode", corpus, "--model", checkpoint("stanford"), "-o", tmp_path / "index", "--quiet")
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip().splitlines()[-1]
+    assert "load " in line and "encode " in line and "tokens/s encoded" in line
+
+
+def test_score_json_log_has_load_query_search_seconds(cli, checkpoint, corpus, tmp_path):
+    index = tmp_path / "index"
+    assert cli("encode", corpus, "--model", checkpoint("stanford"), "-o", index, "-q").exit_code == 0
+    started = time.perf_counter()
+    result = cli("score", "--query", "quick fox", "--query", "capital", index, "--format", "jsonl", "--log-format", "json")
+    elapsed = time.perf_counter() - started
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2 * 8  # results alone on stdout
+    summary = json.loads(result.stderr.strip().splitlines()[-1])  # the last line on stderr
+    parts = [summary["load_seconds"], summary["query_seconds"], summary["search_seconds"]]
+    assert all(p >= 0 for p in parts) and summary["load_seconds"] > 0
+    assert sum(parts) <= summary["seconds"] + 0.01 <= elapsed + 0.02
+    assert summary["queries"] == 2 and summary["documents"] == 8
+
+
+def test_bad_score_log_format_exits_2(cli, tmp_path):
+    assert cli("score", "--query", "x", tmp_path, "--log-format", "xml").exit_code == 2
+
+
+@pytest.mark.slow
+def test_a_real_process_counts_its_start_up_as_load(checkpoint, corpus, tmp_path):
+    """As cron runs it: load_seconds includes interpreter start and imports, so the total is the process's
+    age when it prints the summary (interpreter shutdown after that is not counted)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "encode", str(corpus), "--model", str(checkpoint("stanford")),
+         "-o", str(tmp_path / "index"), "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )
+    line = process.stdout.readline()
+    printed_at = time.perf_counter() - started
+    assert process.wait() == 0
+    summary = json.loads(line)
+    assert summary["load_seconds"] + summary["encode_seconds"] == pytest.approx(summary["seconds"], abs=0.05)
+    assert 0.85 * printed_at - 0.1 <= summary["seconds"] <= printed_at
+
+
+@pytest.mark.parametrize("args", [["--help"], ["encode", "x.parquet", "--dtype", "float64"], ["export", "idx", "--to", "o"]])
+def test_help_and_usage_errors_import_no_heavy_module(args):
+    """`tokembed --help` and usage errors stay fast: neither torch, transformers, pyarrow nor rich is imported."""
+    code = (
+        "import sys; from cli.main import run; code = run(sys.argv[1:]); "
+        "heavy = sorted(m for m in ('torch', 'transformers', 'pyarrow', 'rich', 'numpy') if m in sys.modules); "
+        "print('HEAVY', ','.join(heavy), 'EXIT', code)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    [line] = [l for l in done.stdout.splitlines() if l.startswith("HEAVY")]
+    heavy, exit_code = line.split()[1:-2], line.split()[-1]
+    assert heavy == [] and exit_code == ("0" if args == ["--help"] else "2"), line

@@ -1,0 +1,400 @@
+"""``--engine ray``: the local engine's chunks, encoded by Ray actors on a Ray cluster.
+
+    driver (tokembed encode, holds the lock)               actor (one per GPU, or per share of a node's cores)
+      reads, plans, journals, closes shards, commits         loads the model once (``EmbedderSpec``)
+      map_chunks: chunk k -> the actor with the fewest       encode: processor/tokenizer, sorted-length batches
+        in flight (at most IN_FLIGHT each: back-pressure)      (``plan_chunk``), forward (``BatchExecutor``),
+      yields chunk k, in order, once its staged file is        rows in input order (``assemble``) -> a staged
+        back; the driver's ``IndexWriter`` writes the rows     Arrow file on the index's shared storage
+
+Same bytes as ``--engine local``: an actor runs exactly what ``LocalRunner`` runs on one chunk (same plan,
+same executor), and the driver writes shards with the same writer, in the same order.
+
+Staged files live in ``INDEX_DIR/staging/chunk-<key>.arrow``, ``key`` = sha256 of the model, the settings,
+the token budget and the chunk's inputs. They are written under a temp name, fsynced and renamed, so a
+retried chunk (its actor died) overwrites nothing half-done, and an actor that finds its chunk's file
+already there reuses it: after a SIGKILL of the driver, the next run re-reads the chunks already staged.
+The folder is removed when a run finishes.
+
+Faults: an actor that dies is restarted (``max_restarts``) and the chunks it held are retried
+(``max_task_retries``); with retries exhausted the run fails with ``DeviceError`` (exit 9) and the driver
+removes its unfinished shards as for any failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokembed.engine.runner import ChunkResult, DeviceStats
+from tokembed.errors import DeviceError, TokembedError, UsageError
+
+IN_FLIGHT = 2  # chunks queued per actor: one computing, one waiting (no idle round trip)
+ACTOR_RETRIES = 3  # restarts of a dead actor, and retries of the chunks it held
+STAGING = "staging"
+CONNECT_SECONDS = 5.0
+CURRENT_CLUSTER_FILE = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records its address
+# Environment an actor inherits from the driver: offline hub settings, caches, test fault hooks.
+_PASSED_ENV = ("TOKEMBED_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many actors, and what each one reserves on the cluster."""
+
+    count: int
+    num_cpus: float
+    num_gpus: int
+    threads: int  # torch threads per actor
+    spread: bool  # one per node (SPREAD scheduling)
+
+    @property
+    def device(self) -> str:
+        return "cuda:0" if self.num_gpus else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU
+
+
+# -- the cluster -------------------------------------------------------------------------------
+def cluster_address(address: str | None) -> str:
+    """``--ray-address``: ``auto`` (RAY_ADDRESS, else the cluster ``ray start`` started on this machine) or HOST:PORT."""
+    address = (address or "auto").strip()
+    if address != "auto":
+        return address
+    found = os.environ.get("RAY_ADDRESS") or (CURRENT_CLUSTER_FILE.read_text().strip() if CURRENT_CLUSTER_FILE.is_file() else "")
+    if not found:
+        raise DeviceError(
+            "--ray-address auto: no running Ray cluster found (RAY_ADDRESS is unset and no `ray start` on this machine)",
+            hint="start one with `ray start --head`, or pass --ray-address HOST:PORT",
+        )
+    return found
+
+
+def connect(address: str | None) -> tuple[str, bool]:
+    """Connect this process to the cluster; returns (address, whether this call connected it)."""
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a library caller connected already
+        return "(connected)", False
+    target = cluster_address(address)
+    host, port = _host_port(target)
+    if host in ("127.0.0.1", "localhost", "::1"):
+        # Ray rewrites a loopback address to the machine's public IP unless told, before it is imported,
+        # that the cluster is local-only.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    _use_auth_token_like_ray_start()
+    try:
+        import ray
+    except ImportError as exc:
+        raise UsageError("--engine ray needs Ray: pip install 'tokembed[ray]'") from exc
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise DeviceError(
+            f"--ray-address {target}: cannot reach the Ray cluster ({exc.strerror or exc})",
+            hint="check the address `ray start --head` printed, and that this machine can reach it",
+        ) from exc
+    try:
+        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise DeviceError(f"--ray-address {target}: cannot connect to the Ray cluster: {exc}") from exc
+    return target, True
+
+
+def _use_auth_token_like_ray_start() -> None:
+    """`ray start` turns token auth on when a token exists (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN[_PATH]``) and
+    ``RAY_AUTH_MODE`` is unset, but a driver's ``ray.init(address=...)`` does not: do as `ray start` does. A
+    cluster without auth accepts a driver that sends a token."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if os.environ.get("RAY_AUTH_TOKEN") or Path(path or Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    bare = address.split("://", 1)[-1]
+    host, _, port = bare.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r}: expected auto or HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def plan_actors(devices: str | None) -> ActorPlan:
+    """``--devices`` on the cluster: ``auto`` = one actor per GPU, else one per node (its cores);
+    ``cpu`` = one actor; ``cpu:N`` = N actors sharing the cores; ``cuda[:i,...]`` = one actor per device listed."""
+    import ray
+
+    spec = (devices or "auto").strip().lower()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in nodes] or [1]
+    gpus = int(sum(node["Resources"].get("GPU", 0) for node in nodes))
+    if spec == "auto" and gpus:
+        return ActorPlan(gpus, 1, 1, 1, spread=False)
+    if spec == "auto":
+        return ActorPlan(len(nodes), min(node_cpus), 0, max(1, min(node_cpus)), spread=True)
+    if spec == "cpu":
+        return ActorPlan(1, max(node_cpus), 0, max(1, max(node_cpus)), spread=False)
+    if spec.startswith("cpu:") and spec[4:].isdigit() and int(spec[4:]) > 0:
+        count = int(spec[4:])
+        share = max(1, min(max(node_cpus), sum(node_cpus) // count))
+        return ActorPlan(count, share, 0, share, spread=False)
+    if spec.startswith("cuda"):
+        count = 1 if spec == "cuda" else len(spec.split(","))
+        if count > gpus:
+            raise DeviceError(f"--devices {spec}: the Ray cluster has {gpus} GPU(s)")
+        return ActorPlan(count, 1, 1, 1, spread=False)
+    raise DeviceError(f"--devices {spec!r}: expected auto, cpu, cpu:N, cuda or cuda:0,cuda:1,...")
+
+
+# -- staged chunk files --------------------------------------------------------------------------
+def chunk_key(prefix: bytes, inputs: list) -> str:
+    """sha256 of ``prefix`` (model, settings, budget) and the chunk's inputs (texts, or images' pixels)."""
+    digest = hashlib.sha256(prefix)
+    for value in inputs:
+        if isinstance(value, str):
+            digest.update(b"T" + value.encode("utf-8", "surrogatepass"))
+        else:  # a PIL image: its mode, size and pixels
+            digest.update(f"I{value.mode}{value.size}".encode() + value.tobytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str) -> None:
+    """One chunk's rows as an Arrow IPC file: temp name, fsync, rename (a retry simply writes it again)."""
+    import pyarrow as pa
+
+    from tokembed.index.atomic import publish
+
+    lengths = np.fromiter((len(v) for v in result.vectors), dtype=np.int64, count=len(result.vectors))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    flat = np.concatenate(result.vectors).reshape(-1) if lengths.sum() else np.zeros(0)
+    values = pa.array(flat.astype(np.dtype(store_dtype), copy=False))  # the store dtype, as the shards have it
+    ids = np.concatenate(result.token_ids).astype(np.int32) if lengths.sum() else np.zeros(0, np.int32)
+    table = pa.table(
+        {
+            "embeddings": pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(values, dim)),
+            "token_ids": pa.ListArray.from_arrays(offsets, pa.array(ids, type=pa.int32())),
+        }
+    )
+    counts = {"real_tokens": result.real_tokens, "computed_tokens": result.computed_tokens, "largest_batch": result.largest_batch}
+    table = table.replace_schema_metadata({key: str(value) for key, value in counts.items()})
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_staged(path: Path, rows: int, dim: int) -> ChunkResult:
+    """A staged chunk back as a ``ChunkResult``; raises ``DeviceError`` if it is not the chunk expected."""
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DeviceError(f"{path}: cannot read the staged chunk ({exc})") from exc
+    if table.num_rows != rows:
+        raise DeviceError(f"{path}: staged chunk has {table.num_rows} rows, expected {rows}")
+    embeddings = table.column("embeddings").combine_chunks()
+    token_ids = table.column("token_ids").combine_chunks()
+    offsets = embeddings.offsets.to_numpy()
+    flat = embeddings.values.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    flat_ids = token_ids.values.to_numpy(zero_copy_only=False)
+    vectors = [flat[a:b].copy() for a, b in zip(offsets[:-1], offsets[1:])]  # copies: the file goes away later
+    ids = [flat_ids[a:b].copy() for a, b in zip(offsets[:-1], offsets[1:])]
+    meta = {key.decode(): int(value) for key, value in (table.schema.metadata or {}).items()}
+    return ChunkResult(vectors, ids, meta.get("real_tokens", 0), meta.get("computed_tokens", 0), meta.get("largest_batch", 0))
+
+
+# -- the actor -----------------------------------------------------------------------------------
+class ChunkWorker:
+    """A Ray actor: loads the model once, then encodes whole chunks into staged files."""
+
+    def __init__(self, spec, index: int, device: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.index, self.device, self.taken = index, device, 0
+        self.node = socket.gethostname()
+        self.restarted = _restarted()
+        self.error: BaseException | None = None
+        try:
+            self.embedder = spec.load(device)
+        except BaseException as exc:  # reported by the first chunk, as the error it is (a model error: exit 4)
+            self.error = exc
+
+    def encode(self, key: str, inputs: list, budget: int, staging: str) -> dict:
+        from tokembed.engine.runner import BatchExecutor, assemble, plan_chunk
+
+        self.taken += 1
+        self._fault_point()
+        if self.error is not None:
+            raise self.error
+        folder = Path(staging)
+        if not folder.is_dir():
+            raise DeviceError(f"node {self.node}: the index's staging folder {folder} is not there: the index must be on storage every node shares")
+        path = folder / f"chunk-{key}.arrow"
+        label = f"{self.node}/{self.device}#{self.index}"
+        encoder = self.embedder.encoder
+        if not path.exists():
+            logs: list[str] = []
+            executor = BatchExecutor(encoder, self.device, log=logs.append, label=label)
+            plan = plan_chunk(encoder, inputs, budget)
+            outputs = [executor.run(plan.batch_items(batch)) for batch in plan.batches]
+            write_staged(path, assemble(encoder, plan, outputs), encoder.output_dim, self.embedder.settings.store_dtype)
+            busy = sum(output.busy_seconds for output in outputs)
+            return {"path": str(path), "label": label, "logs": logs, "busy_seconds": busy, "batches": len(outputs), "reused": False}
+        return {"path": str(path), "label": label, "logs": [], "busy_seconds": 0.0, "batches": 0, "reused": True}
+
+    def _fault_point(self) -> None:
+        """Tests only: ``TOKEMBED_TEST_WORKER_DIE_AT=W:N`` SIGKILLs actor W on its N-th chunk, in its first life
+        only (Ray resends retried chunks in no fixed order, so a per-life count would not say which chunk
+        dies); ``W:N:every`` in every life (exhausts the restarts)."""
+        from tokembed._testhooks import WORKER_DIE_ENV
+
+        wanted = os.environ.get(WORKER_DIE_ENV, "")
+        every = wanted.endswith(":every")
+        if wanted.removesuffix(":every") == f"{self.index}:{self.taken}" and (every or not self.restarted):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _restarted() -> bool:
+    """Whether this actor is a restarted one (False outside Ray)."""
+    try:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # not in a Ray worker
+        return False
+
+
+# -- the driver's runner -----------------------------------------------------------------------------
+class RayRunner:
+    """Same interface as ``LocalRunner``: chunks of inputs in, ``ChunkResult`` out, in order."""
+
+    def __init__(self, spec, job, encoder, progress=None) -> None:
+        self.encoder = encoder
+        self.batch_tokens = job.batch_tokens
+        self._log = getattr(progress, "log", None) or (lambda message: None)
+        self._device_tokens = getattr(progress, "device_tokens", None)
+        self.staging = Path(job.output) / STAGING
+        self.device_stats: dict[str, DeviceStats] = {}
+        self._prefix = f"{spec.fingerprint}\0{spec.settings!r}\0{job.batch_tokens}\0".encode()
+        self._actors: list = []
+        self._held: list[int] = []
+        self._finished = False
+        self._address, self._owns_connection = connect(getattr(job, "ray_address", "auto"))
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            self._start_actors(spec, plan_actors(job.devices))
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_actors(self, spec, plan: ActorPlan) -> None:
+        import ray
+
+        env = {key: value for key, value in os.environ.items() if key.startswith(_PASSED_ENV)}
+        options = {
+            "num_cpus": plan.num_cpus,
+            "num_gpus": plan.num_gpus,
+            "max_restarts": ACTOR_RETRIES,
+            "max_task_retries": ACTOR_RETRIES,
+            "runtime_env": {"env_vars": env},
+        }
+        if plan.spread:
+            options["scheduling_strategy"] = "SPREAD"
+        actor_class = ray.remote(ChunkWorker).options(**options)
+        self._actors = [actor_class.remote(spec, index, plan.device, plan.threads) for index in range(plan.count)]
+        self._held = [0] * plan.count
+        what = f"{plan.num_gpus} GPU" if plan.num_gpus else f"{plan.num_cpus:g} CPU(s), {plan.threads} torch thread(s)"
+        self._log(f"ray: {self._address}: {plan.count} actor(s), {what} each; staged chunks in {self.staging}")
+
+    def map_chunks(self, chunks: Iterable[list]) -> Iterator[ChunkResult]:
+        source = iter(chunks)
+        in_flight: deque = deque()
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < IN_FLIGHT * len(self._actors):
+                inputs = next(source, None)
+                if inputs is None:
+                    exhausted = True
+                else:
+                    in_flight.append(self._submit(inputs))
+            if not in_flight:
+                self._finished = True
+                return
+            yield self._collect(*in_flight.popleft())
+
+    def _submit(self, inputs: list) -> tuple:
+        if not inputs:  # every item carried over from the previous index: nothing to encode
+            return None, None, 0
+        actor = min(range(len(self._actors)), key=lambda i: self._held[i])
+        self._held[actor] += 1
+        key = chunk_key(self._prefix, inputs)
+        return actor, self._actors[actor].encode.remote(key, inputs, self.batch_tokens, str(self.staging)), len(inputs)
+
+    def _collect(self, actor: int | None, ref, rows: int) -> ChunkResult:
+        if ref is None:
+            return ChunkResult([], [], 0, 0, 0)
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            done = ray.get(ref)
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, TokembedError):
+                raise cause from None
+            raise DeviceError(f"ray actor {actor} failed on a chunk: {cause or exc}") from exc
+        except RayActorError as exc:
+            raise DeviceError(
+                f"ray actor {actor} died and its chunk's retries are exhausted ({ACTOR_RETRIES} restarts): {_first_line(exc)}",
+                hint="a SIGKILLed actor was often stopped by the out-of-memory killer: lower --batch-tokens",
+            ) from exc
+        finally:
+            self._held[actor] -= 1
+        for line in done["logs"]:
+            self._log(line)
+        result = read_staged(Path(done["path"]), rows, self.encoder.output_dim)
+        stats = self.device_stats.setdefault(done["label"], DeviceStats())
+        stats.batches += done["batches"]
+        stats.real_tokens += result.real_tokens
+        stats.computed_tokens += result.computed_tokens
+        stats.busy_seconds += done["busy_seconds"]
+        if self._device_tokens is not None:
+            self._device_tokens(done["label"], result.real_tokens)
+        return result
+
+    def close(self) -> None:
+        """Stop the actors; remove the staged chunks once the run read them all (kept otherwise, to resume)."""
+        try:
+            import ray
+
+            for actor in self._actors:
+                ray.kill(actor, no_restart=True)
+            self._actors = []
+            if self._owns_connection and ray.is_initialized():
+                ray.shutdown()
+        except ImportError:
+            pass
+        if self._finished:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,351 @@
+"""PEFT (LoRA) adapters: a folder holding ``adapter_config.json`` over a base checkpoint, applied exactly or refused.
+
+Stage: models. In: the adapter folder and its resolved base (``resolve.resolve_model``: ``base_model_name_or_path``
+or ``--base-model``). Out: the base family's model with the adapter applied by ``peft`` and merged (``encode``),
+or left unmerged (``serve --lora-modules``).
+
+Never silently wrong (as ``loading.py`` for bases):
+
+* every tensor of ``adapter_model.safetensors`` must land on a module of the base. Saved names are read through
+  the base family's ``TensorNames`` (the published ``model.layers.*``, what peft writes against transformers 5,
+  ``language_model.*``, vision-tower modules included), so the adapter's modules are the ones its tensors name,
+  not the ones its ``target_modules`` regex would match here; a tensor naming no module is exit 4;
+* ranks are read from the tensors and must agree with ``r`` / ``rank_pattern``; ``lora_alpha`` and
+  ``alpha_pattern`` are resolved per module with peft's own pattern rule on the saved names;
+* options peft cannot apply here exactly (``bias`` other than ``none``, parameter targets, layer replication,
+  other adapter types) are refused by name. DoRA, rsLoRA, LoRA biases and ``modules_to_save`` are peft's.
+
+Processor and tokenizer files in the adapter folder win over the base's (as colpali-engine loads them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from tokembed.errors import ModelError
+
+ADAPTER_CONFIG = "adapter_config.json"
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+_LORA_PARTS = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+                         r"(?:\.weight|\.bias)?$")
+_PEFT_PREFIX = "base_model.model."
+# Options that change what the adapter computes in ways tokembed does not reproduce: refused when set.
+_REFUSED_OPTIONS = {
+    "target_parameters": "LoRA on parameters (target_parameters)",
+    "layer_replication": "layer replication",
+    "use_qalora": "QA-LoRA",
+    "trainable_token_indices": "trainable token indices",
+    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens)",
+    "megatron_config": "Megatron layers",
+    "arrow_config": "Arrow routing",
+}
+# Files a processor or tokenizer reads: the adapter folder's win over the base's.
+_PROCESSOR_FILES = re.compile(
+    r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)|merges\.txt|.*\.model|"
+    r"preprocessor_config\.json|processor_config\.json|video_preprocessor_config\.json|chat_template.*)$"
+)
+
+
+def is_adapter(path: Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def read_adapter_config(path: Path) -> dict:
+    file = Path(path) / ADAPTER_CONFIG
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{file}: not a readable adapter config ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ModelError(f"{file}: not a JSON object")
+    return config
+
+
+def check_supported(path: Path, config: dict) -> None:
+    """Refuse, by name, adapter types and options that would not be applied exactly."""
+    file = Path(path) / ADAPTER_CONFIG
+    peft_type = config.get("peft_type")
+    if peft_type != "LORA":
+        raise ModelError(f"{file}: peft_type {peft_type!r} is not supported (tokembed applies LoRA adapters)")
+    if config.get("bias", "none") != "none":
+        raise ModelError(
+            f"{file}: bias {config['bias']!r}: the adapter trains biases of the base layers, which tokembed refuses "
+            "rather than guess which ones", hint="only bias 'none' adapters (the published ColPali adapters) are read",
+        )
+    for key, what in _REFUSED_OPTIONS.items():
+        if config.get(key):
+            raise ModelError(f"{file}: {key} is set ({what}): tokembed does not apply it, so it refuses the adapter")
+
+
+def require_peft() -> Any:
+    try:
+        import peft
+    except ImportError as exc:
+        raise ModelError(
+            "this checkpoint is a PEFT adapter (adapter_config.json) and the peft package is not installed",
+            hint="pip install 'tokembed[peft]'",
+        ) from exc
+    return peft
+
+
+# -- the adapter's tensors, placed on the base's modules ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModulePlan:
+    saved: str  # the module name as saved (after base_model.model.)
+    target: str  # the module of the model tokembed built
+    rank: int
+    alpha: float
+
+
+def read_adapter_tensors(path: Path) -> dict:
+    import torch
+
+    for name in _ADAPTER_WEIGHTS:
+        file = Path(path) / name
+        if not file.is_file():
+            continue
+        try:
+            if file.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                return load_file(str(file))
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
+            raise ModelError(f"{file}: cannot read the adapter's tensors ({exc})") from exc
+    raise ModelError(f"{path}: adapter_config.json but no {' or '.join(_ADAPTER_WEIGHTS)}")
+
+
+def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -> tuple[list[ModulePlan], dict, dict]:
+    """Place every tensor: (LoRA modules, peft state dict in tokembed's names, modules_to_save saved -> target).
+
+    ``rename``: the base family's saved-name -> module-name function (identity for transformers-native bases).
+    """
+    from peft.utils.other import get_pattern_key
+
+    saved_to_save = [name for name in (config.get("modules_to_save") or [])]
+    modules = {name for name, _ in module.named_modules()}
+    placed: dict[str, Any] = {}
+    lora: dict[str, dict[str, Any]] = {}
+    to_save: dict[str, str] = {}
+    for name in sorted(tensors):
+        rest = name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
+        found = _LORA_PARTS.match(rest)
+        saved_module = found.group("module") if found else rest.rpartition(".")[0]
+        target = rename(saved_module)
+        keep = found is not None or any(saved_module == m or saved_module.endswith("." + m) for m in saved_to_save)
+        if not keep or target not in modules:
+            why = "names no module of the base" if keep else "is neither a LoRA tensor nor in modules_to_save"
+            raise ModelError(
+                f"{_weights_file(path)}: adapter tensor {name!r} {why} (read as {target!r}); "
+                f"the adapter does not fit this base ({_base_hint(config)})",
+                hint="check the adapter's base (--base-model) and its tensor names",
+            )
+        suffix = rest[len(saved_module):]
+        placed[_PEFT_PREFIX + target + suffix] = tensors[name]
+        if found:
+            lora.setdefault(saved_module, {})[found.group("part")] = tensors[name]
+        else:
+            to_save[saved_module] = target
+    plans = []
+    for saved_module, parts in sorted(lora.items()):
+        a = parts.get("lora_A", parts.get("lora_embedding_A"))
+        if a is None or ("lora_B" not in parts and "lora_embedding_B" not in parts):
+            raise ModelError(f"{_weights_file(path)}: module {saved_module!r} has only part of its LoRA pair ({sorted(parts)})")
+        rank = int(a.shape[0])
+        rank_pattern = config.get("rank_pattern") or {}
+        expected = rank_pattern.get(get_pattern_key(list(rank_pattern), saved_module), config.get("r"))
+        if expected is not None and int(expected) != rank:
+            raise ModelError(f"{_weights_file(path)}: module {saved_module!r} has rank {rank} but adapter_config.json "
+                             f"says {expected} (r / rank_pattern)")
+        alpha_pattern = config.get("alpha_pattern") or {}
+        alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), saved_module), config.get("lora_alpha", 8))
+        plans.append(ModulePlan(saved_module, rename(saved_module), rank, float(alpha)))
+    return plans, placed, to_save
+
+
+def apply_adapter(module: Any, path: Path, rename=lambda name: name, merge: bool = True) -> Any:
+    """``module`` with the adapter at ``path`` applied by peft: merged (a plain module), or the ``PeftModel``."""
+    require_peft()
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    config = read_adapter_config(path)
+    check_supported(path, config)
+    tensors = read_adapter_tensors(path)
+    if not tensors:
+        raise ModelError(f"{_weights_file(path)}: the adapter holds no tensors")
+    plans, state, to_save = plan_modules(module, tensors, config, rename, path)
+    lora_config = _exact_config(LoraConfig.from_pretrained(str(path)), plans, to_save)
+    try:
+        peft_model = get_peft_model(module, lora_config, autocast_adapter_dtype=False)
+        result = set_peft_model_state_dict(peft_model, state)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ModelError(f"{path}: peft could not apply the adapter: {exc}") from exc
+    missing = [key for key in result.missing_keys if "lora_" in key or "modules_to_save" in key]
+    if result.unexpected_keys or missing:
+        raise ModelError(f"{_weights_file(path)}: adapter tensors did not all land (unexpected: "
+                         f"{sorted(result.unexpected_keys)[:3]}, missing: {sorted(missing)[:3]})")
+    peft_model.eval()
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def attach_unmerged(module: Any, adapters: list[tuple[str, Path]], rename=lambda name: name) -> Any:
+    """``module`` with several named adapters injected by peft, unmerged (``serve --lora-modules``).
+
+    Every adapter is planned against the untouched module first (same checks as ``apply_adapter``); the
+    returned ``PeftModel`` wraps ``module`` itself, so run it through ``AdapterView``s, which pick the adapter
+    (or none, for the base) before each forward.
+    """
+    require_peft()
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    planned = []
+    for name, path in adapters:
+        config = read_adapter_config(path)
+        check_supported(path, config)
+        plans, state, to_save = plan_modules(module, read_adapter_tensors(path), config, rename, path)
+        planned.append((name, path, _exact_config(LoraConfig.from_pretrained(str(path)), plans, to_save), state))
+    peft_model = None
+    for name, path, config, state in planned:
+        try:
+            if peft_model is None:
+                peft_model = get_peft_model(module, config, adapter_name=name, autocast_adapter_dtype=False)
+            else:
+                peft_model.add_adapter(name, config)
+            result = set_peft_model_state_dict(peft_model, state, adapter_name=name)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ModelError(f"{path}: peft could not apply the adapter: {exc}") from exc
+        missing = [key for key in result.missing_keys if f".{name}." in key and ("lora_" in key or "modules_to_save" in key)]
+        if result.unexpected_keys or missing:
+            raise ModelError(f"{_weights_file(path)}: adapter tensors did not all land (unexpected: "
+                             f"{sorted(result.unexpected_keys)[:3]}, missing: {sorted(missing)[:3]})")
+    return peft_model.eval()
+
+
+def adapter_view(peft_model: Any, name: str | None) -> Any:
+    """A module running ``peft_model``'s wrapped model with adapter ``name`` active (None: the base alone)."""
+    from torch import nn
+
+    class AdapterView(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.peft_model = peft_model
+
+        def forward(self, *args, **kwargs):
+            inner = self.peft_model.base_model.model
+            if name is None:
+                with self.peft_model.disable_adapter():
+                    return inner(*args, **kwargs)
+            self.peft_model.base_model.set_adapter(name)
+            return inner(*args, **kwargs)
+
+        def get_input_embeddings(self):
+            return self.peft_model.base_model.model.get_input_embeddings()
+
+    return AdapterView()
+
+
+def _exact_config(config: Any, plans: list[ModulePlan], to_save: dict[str, str]) -> Any:
+    """The adapter's LoraConfig aimed at exactly the modules its tensors name, with their ranks and alphas."""
+    exact = lambda name: "^" + re.escape(name)  # noqa: E731  (peft matches pattern keys as (.*\.)?(key)$)
+    targets = [plan.target for plan in plans]
+    return replace(
+        config,
+        target_modules="^(?:" + "|".join(re.escape(t) for t in targets) + ")$",
+        rank_pattern={exact(p.target): p.rank for p in plans if p.rank != config.r},
+        alpha_pattern={exact(p.target): p.alpha for p in plans if p.alpha != config.lora_alpha},
+        modules_to_save=sorted(to_save.values()) or None,
+        exclude_modules=None,
+        layers_to_transform=None,
+        layers_pattern=None,
+        task_type=None,
+        inference_mode=True,
+    )
+
+
+def _weights_file(path: Path) -> Path:
+    for name in _ADAPTER_WEIGHTS:
+        if (Path(path) / name).is_file():
+            return Path(path) / name
+    return Path(path)
+
+
+def _base_hint(config: dict) -> str:
+    return f"its adapter_config.json names base {config.get('base_model_name_or_path')!r}"
+
+
+# -- processor files: the adapter's win ------------------------------------------------------------------
+
+
+def has_processor_files(adapter: Path) -> bool:
+    return any(_PROCESSOR_FILES.match(p.name) for p in Path(adapter).iterdir() if p.is_file())
+
+
+@contextmanager
+def processor_overlay(base: Path, adapter: Path) -> Iterator[Path | None]:
+    """A temporary folder holding the base's files with the adapter's processor/tokenizer files over them
+    (None when the adapter ships none)."""
+    if not has_processor_files(adapter):
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="tokembed-processor-"))
+    try:
+        adapter_files = {p.name for p in Path(adapter).iterdir() if p.is_file() and _PROCESSOR_FILES.match(p.name)}
+        for source in Path(base).iterdir():
+            if source.is_file() and source.name not in adapter_files and not source.name.endswith((".safetensors", ".bin")):
+                (folder / source.name).symlink_to(source.resolve())
+        for name in adapter_files:
+            (folder / name).symlink_to((Path(adapter) / name).resolve())
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- loading a base + adapter ------------------------------------------------------------------------------
+
+
+def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) -> Any:
+    """Load ``base`` through its family (the adapter's processor files first) and apply the adapter."""
+    from tokembed.models.registry import detect, family_class
+
+    require_peft()
+    check_supported(adapter, read_adapter_config(adapter))
+    if is_adapter(base):
+        raise ModelError(f"{base}: the adapter's base is itself an adapter; tokembed applies one adapter over a base")
+    key = detect(base, options.trust_remote_code)
+    with processor_overlay(base, adapter) as overlay:
+        loaded = family_class(key).load(base, replace(options, processor_path=overlay) if overlay else options)
+    names = (getattr(loaded, "extra", None) or {}).get("tensor_names")
+    rename = names.rename if names is not None else (lambda name: name)
+    if hasattr(loaded, "backbone"):  # a text family: LoRA on its backbone
+        loaded.backbone = apply_adapter(loaded.backbone, adapter, rename, merge)
+    else:
+        loaded.model = apply_adapter(loaded.model, adapter, rename, merge)
+    loaded.extra = {**(loaded.extra or {}), "adapter": str(adapter), "base": str(base)}
+    return loaded
+
+
+class PeftLora:
+    """The registry's entry for adapters (``tokembed models``); ``registry.load_model`` passes the resolved base."""
+
+    key = "peft-lora"
+    detected_by = "adapter_config.json (peft_type LORA), as vidore/colqwen2-v1.0, colpali-v1.3, colSmol-256M ship"
+    needs = ("the base (base_model_name_or_path or --base-model, hub cache or folder) loadable by its family; "
+             "pip install 'tokembed[peft]'")
+    modes = "the base's"
+    reference = ("peft's PeftModel forward on the base, merged (every adapter tensor placed, vision tower included; "
+                 "published and transformers-5 names); colpali-engine 0.3.18 for colpali-engine bases")
+
+    @classmethod
+    def load(cls, path: Path, options: Any) -> Any:
+        from tokembed.models.resolve import resolve_model
+
+        return load_adapted(Path(path), resolve_model(str(path)).base.path, options)

@@ -1,0 +1,64 @@
+"""Tokenize a long text only as far as truncation keeps: the same ids as tokenizing all of it, at the cost of
+a window of it.
+
+Why it is exact: a fast tokenizer normalizes, splits the text into words (pre-tokens, by regexes that look
+at most a character past a match), then tokenizes each word on its own. Words that end well before the cut
+of a window are therefore split and tokenized as in the whole text; only the last words of the window (a
+word cut in half, a whitespace run whose lookahead changed, a character a normalizer would combine with the
+next) can differ. So if the first ``max_length`` tokens all come from words before the window's last two
+and end ``_MARGIN_CHARS`` before its cut, the window's truncated ids are the whole text's. Otherwise the
+window grows (x4) until they do, or until it is the whole text. Slow (Python) tokenizers, left-side
+truncation and one-word texts (no pre-tokenizer split) fall back to tokenizing the whole text.
+"""
+
+from __future__ import annotations
+
+_MARGIN_CHARS = 16  # normalizers (NFC/NFKC, SentencePiece's charsmap) change at most a few characters together
+_GROWTH = 4
+
+
+def window_chars(max_length: int) -> int:
+    """First window: room for ``max_length`` tokens at 12 characters each (far more than any text needs)."""
+    return max(1024, 12 * max_length)
+
+
+def tokenize_long(
+    tokenizer, text: str, max_length: int, first_window: int | None = None, prefix: str = ""
+) -> list[int]:
+    """``tokenizer(prefix + text, truncation=True, max_length=max_length)["input_ids"]``, reading only the
+    start of ``text`` (``prefix`` is the ColBERT marker; it is joined to the window, never to the whole text)."""
+    window = first_window or window_chars(max_length)
+    if not _windowable(tokenizer):
+        window = len(text)
+    needed = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    while window < len(text):
+        head = prefix + text[:window]
+        if needed <= 0 or _prefix_decides(tokenizer, head, needed):
+            return _truncated_ids(tokenizer, head, max_length)
+        window *= _GROWTH
+    return _truncated_ids(tokenizer, prefix + text, max_length)
+
+
+def _windowable(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "is_fast", False)) and getattr(tokenizer, "truncation_side", "right") == "right"
+
+
+def _prefix_decides(tokenizer, prefix: str, needed: int) -> bool:
+    """Whether the first ``needed`` content tokens of ``prefix`` are those of any text that starts with it."""
+    encoding = tokenizer(
+        prefix, add_special_tokens=False, return_offsets_mapping=True,
+        return_attention_mask=False, return_token_type_ids=False, verbose=False,  # no "longer than max" warning
+    )
+    if len(encoding["input_ids"]) <= needed:
+        return False
+    words = encoding.word_ids()
+    last_word = max(w for w in words if w is not None)
+    word, (_, end) = words[needed - 1], encoding["offset_mapping"][needed - 1]
+    return word is not None and word < last_word - 1 and end <= len(prefix) - _MARGIN_CHARS
+
+
+def _truncated_ids(tokenizer, text: str, max_length: int) -> list[int]:
+    return tokenizer(
+        text, add_special_tokens=True, truncation=True, max_length=max_length,
+        return_attention_mask=False, return_token_type_ids=False,
+    )["input_ids"]

@@ -1,0 +1,282 @@
+"""Building and refreshing the search structure of a generation, and committing it.
+
+``compress_index`` (``tokembed compress``) adds or refreshes the structure of the committed index under the
+writer lock and commits a new manifest. ``refresh_structure`` is the shared step, also called by ``encode``
+between writing its shards and committing: it trains a codec (or keeps the previous one), then gives every
+shard of the new generation its code file:
+
+* a shard whose bytes did not change keeps its code file (same name, not rewritten);
+* a new shard is coded row by row, copying the codes of rows the previous generation held unchanged
+  (same id and content hash) and coding the others with the existing centroids;
+* a code file already on disk under its name was written whole by a run that died: it is kept (resume).
+
+Training itself resumes too: the codec file and ``plaid/pending.json`` (which shards it was trained for)
+are written before any code file, so a rerun over the same shards takes that codec instead of training
+again. Files of the structure that the new manifest does not list are removed after the commit.
+
+Drift: the manifest records the share of the index's tokens coded since training and the mean residual
+norm at training and since. Past ``RETRAIN_SHARE`` or ``RETRAIN_NORM_RATIO`` (or with ``--retrain``) the
+centroids are trained again from the current index. The norm ratio counts only when the training sample
+was at most half the index (on a tiny index k-means saw every token and its residuals are optimistic).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokembed._testhooks import fault_point
+from tokembed.errors import BadInputError
+from tokembed.index.atomic import atomic_write_bytes
+from tokembed.search.plaid import codec as codec_mod
+from tokembed.search.plaid.codec import Codec
+from tokembed.search.plaid.codes import CODES_DIR, CodingStats, ShardCodes, code_shard, codes_name
+from tokembed.search.plaid.files import map_tensors, verify_file, write_tensors
+
+SEARCH = "search"  # the manifest key
+PENDING = f"{CODES_DIR}/pending.json"
+RETRAIN_SHARE = 0.75  # tokens coded since training / tokens in the index
+RETRAIN_NORM_RATIO = 1.25  # mean residual norm since training / at training
+DEFAULT_NBITS = 2
+
+
+@dataclass(frozen=True)
+class StructureOptions:
+    nbits: int | None = None  # None: the index's current nbits (no structure if it has none)
+    centroids: int | None = None  # None: colbert-ai's rule from the token count
+    retrain: bool = False
+
+
+def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, previous=None, log=print) -> dict:
+    """The new generation's manifest with its ``search`` section; code files written, nothing committed.
+
+    ``manifest`` lists the new generation's shards (already durable); ``previous`` is the ``PreviousIndex``
+    an incremental encode run carried rows from (None for ``compress`` and full rebuilds).
+    """
+    from tokembed.index.reader import read_manifest
+
+    committed = previous.index.manifest if previous is not None else read_manifest(folder)
+    old = (committed or {}).get(SEARCH)
+    nbits = options.nbits or (old["nbits"] if old else None)
+    if nbits is None:
+        return manifest
+    codec_mod.check_nbits(nbits)
+    index = _open_generation(folder, manifest)
+    if index.tokens == 0 and options.nbits is None:
+        log("the index holds no tokens: no search structure (score scans exhaustively)")
+        return {key: value for key, value in manifest.items() if key != SEARCH}
+    reusable = old is not None and committed.get("settings_fingerprint") == manifest.get("settings_fingerprint")
+    reason = _retrain_reason(old, nbits, options) if reusable else "no centroids for these settings yet"
+    if reason is None:
+        codec, codec_entry, training, drift = _load_codec(folder, old), old["codec"], old["training"], dict(old["drift"])
+    else:
+        if old is not None:
+            log(f"training new centroids: {reason}")
+        codec, codec_entry, training = _trained_codec(folder, index, nbits, options.centroids)
+        drift, old, previous = None, None, None  # codes of other centroids cannot be carried
+    stats, entries = CodingStats(), []
+    carry = _CarryFromPrevious(folder, previous, old) if previous is not None and old is not None else None
+    listed = {entry["file"]: entry for entry in (old or {}).get("shards", [])}
+    for number, shard in enumerate(index.shards):
+        entries.append(_shard_codes(folder, index, shard, codec, codec_entry["sha256"], listed, carry, stats))
+        fault_point("codes", number + 1)
+    drift = _update_drift(drift, training, stats, index.tokens)
+    structure = {
+        "kind": "plaid",
+        "nbits": nbits,
+        "centroids": codec.k,
+        "dim": codec.dim,
+        "codec": codec_entry,
+        "training": training,
+        "drift": drift,
+        "retrain_when": {"share_coded_since_training_above": RETRAIN_SHARE, "residual_norm_ratio_above": RETRAIN_NORM_RATIO},
+        "shards": entries,
+        "bytes": codec_entry["bytes"] + sum(entry["bytes"] for entry in entries),
+        "last_run": {"coded_tokens": stats.coded_tokens, "carried_tokens": stats.carried_tokens},
+    }
+    return {**manifest, SEARCH: structure}
+
+
+def _retrain_reason(old: dict, nbits: int, options: StructureOptions) -> str | None:
+    if options.retrain:
+        return "--retrain"
+    if nbits != old["nbits"]:
+        return f"--nbits {nbits} (the index has {old['nbits']})"
+    if options.centroids is not None and options.centroids != old["centroids"]:
+        return f"--centroids {options.centroids} (the index has {old['centroids']})"
+    drift = old["drift"]
+    if drift["share_coded_since_training"] > RETRAIN_SHARE:
+        return f"{drift['share_coded_since_training']:.0%} of the tokens were coded since training (> {RETRAIN_SHARE:.0%})"
+    now, then = drift.get("residual_norm_since_training"), drift["residual_norm_at_training"]
+    # the figure at training is fair only when k-means did not see most of the tokens it averages over
+    unseen = old["training"]["sample_tokens"] * 2 <= old["training"]["index_tokens"]
+    if unseen and now is not None and then and now / then > RETRAIN_NORM_RATIO:
+        return f"mean residual norm {now:.4f} vs {then:.4f} at training (> x{RETRAIN_NORM_RATIO})"
+    return None
+
+
+def _update_drift(drift: dict | None, training: dict, stats: CodingStats, tokens: int) -> dict:
+    if drift is None:  # the training run: every token was coded with the new centroids
+        norm = stats.residual_norm_sum / stats.coded_tokens if stats.coded_tokens else 0.0
+        training["residual_norm"] = round(norm, 6)
+        drift = {"tokens_coded_since_training": 0, "residual_norm_sum_since_training": 0.0, "residual_norm_at_training": round(norm, 6)}
+    else:
+        drift["tokens_coded_since_training"] += stats.coded_tokens
+        drift["residual_norm_sum_since_training"] += stats.residual_norm_sum
+    since = drift["tokens_coded_since_training"]
+    drift["share_coded_since_training"] = round(since / tokens, 6) if tokens else 0.0
+    drift["residual_norm_since_training"] = round(drift["residual_norm_sum_since_training"] / since, 6) if since else None
+    return drift
+
+
+# ---------------------------------------------------------------------------------------------- codec
+
+
+def _load_codec(folder: Path, structure: dict) -> Codec:
+    verify_file(folder, structure["codec"], checksum=True)
+    tensors, metadata = map_tensors(folder / structure["codec"]["file"])
+    return Codec.from_tensors({k: np.array(v) for k, v in tensors.items()}, metadata)
+
+
+def _trained_codec(folder: Path, index, nbits: int, requested: int | None) -> tuple[Codec, dict, dict]:
+    k = codec_mod.resolve_centroids(requested, index.tokens, str(folder))
+    key = {"shards": [shard["sha256"] for shard in index.shards], "nbits": nbits, "centroids": k}
+    pending = _read_pending(folder)
+    if pending is not None and pending.get("key") == key:
+        try:  # a run over the same shards died after training: take its codec, its code files follow
+            structure = {"codec": pending["codec"]}
+            return _load_codec(folder, structure), pending["codec"], pending["training"]
+        except Exception:  # unreadable leftovers: train again
+            pass
+    n = codec_mod.sample_size(k, index.tokens)
+    codec = codec_mod.train(_sample_tokens(index, n), k, nbits)
+    data = codec.to_bytes()
+    entry = {"file": f"{CODES_DIR}/codec-{codec_mod.codec_id(data)[:16]}.safetensors"}
+    entry.update(write_tensors(folder / entry["file"], codec.tensors(), {"nbits": str(nbits)}))
+    training = {"sample_tokens": n, "index_tokens": index.tokens, "kmeans_iterations": codec_mod.KMEANS_ITERATIONS,
+                "seed": codec_mod.KMEANS_SEED, "library": "faiss"}
+    atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "training": training}).encode())
+    return codec, entry, training
+
+
+def _read_pending(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / PENDING).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _sample_tokens(index, n: int) -> np.ndarray:
+    """``n`` token vectors drawn uniformly without replacement, read in one streaming pass."""
+    from tokembed.search.maxsim import batch_arrays, shard_batches
+
+    rng = np.random.default_rng(codec_mod.KMEANS_SEED)
+    wanted = np.sort(rng.choice(index.tokens, size=n, replace=False))
+    out = np.empty((n, index.dim), np.float32)
+    seen = filled = 0
+    for shard in index.shards:
+        for batch in shard_batches(index, shard, verify=False):
+            _, vectors, _ = batch_arrays(batch, index.dim, str(index.shard_path(shard)))
+            lo, hi = np.searchsorted(wanted, [seen, seen + len(vectors)])
+            out[filled : filled + hi - lo] = vectors[wanted[lo:hi] - seen]
+            filled += hi - lo
+            seen += len(vectors)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- code files
+
+
+def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: CodingStats) -> dict:
+    from tokembed.search.maxsim import shard_batches
+
+    name = codes_name(shard["sha256"], codec_sha)
+    base = {"shard": shard["file"], "file": name, "rows": shard["rows"], "tokens": shard["tokens"]}
+    if name in listed and (folder / name).is_file():  # the shard did not change: its code file stays as it is
+        verify_file(folder, listed[name], checksum=False)
+        stats.carried_tokens += shard["tokens"]
+        return {**base, "bytes": listed[name]["bytes"], "sha256": listed[name]["sha256"]}
+    if (folder / name).is_file():  # written whole by a run that died before its commit
+        from tokembed.index.atomic import sha256_file
+
+        stats.carried_tokens += shard["tokens"]
+        return {**base, "bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
+    codes = code_shard(codec, shard_batches(index, shard, verify=False), carry, stats)
+    if carry is not None:
+        carry.release()
+    return {**base, **write_tensors(folder / name, codes.tensors())}
+
+
+class _CarryFromPrevious:
+    """Codes of the previous generation's rows, looked up by id and content hash."""
+
+    def __init__(self, folder: Path, previous, structure: dict) -> None:
+        self.folder = folder
+        self.previous = previous
+        self.entries = structure["shards"]
+        self.starts = np.cumsum([0] + [entry["rows"] for entry in self.entries])
+        self.opened: dict[int, ShardCodes] = {}
+
+    def __call__(self, ids: list[str], hashes: list[bytes]) -> list:
+        from tokembed.index.keys import id_keys
+
+        rows = self.previous.find(ids, id_keys(ids))
+        out = []
+        for row, digest in zip(rows, hashes):
+            if row is None or self.previous.content_hash(row) != digest:
+                out.append(None)
+                continue
+            number = int(np.searchsorted(self.starts, row, side="right")) - 1
+            out.append(self._codes(number).row_codes(row - int(self.starts[number])))
+        return out
+
+    def _codes(self, number: int) -> ShardCodes:
+        if number not in self.opened:
+            entry = self.entries[number]
+            verify_file(self.folder, entry, checksum=False)
+            self.opened[number] = ShardCodes.open(self.folder / entry["file"])
+        return self.opened[number]
+
+    def release(self) -> None:
+        self.previous.release_pages()
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+
+def _open_generation(folder: Path, manifest: dict):
+    """An ``Index`` over the shards ``manifest`` lists (committed or not), memory-mapped."""
+    import pyarrow as pa
+
+    from tokembed.index.reader import Index
+
+    maps = {shard["file"]: pa.memory_map(str(folder / shard["file"]), "r") for shard in manifest["shards"]}
+    return Index(folder, manifest, maps)
+
+
+def commit_manifest(folder: Path, manifest: dict) -> None:
+    from tokembed.index.format import MANIFEST
+
+    atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def remove_unlisted_files(folder: Path, manifest: dict) -> None:
+    """After a commit: structure files (and a pending training) that no manifest lists any more."""
+    plaid = folder / CODES_DIR
+    if not plaid.is_dir():
+        return
+    structure = manifest.get(SEARCH) or {}
+    listed = {Path(entry["file"]).name for entry in structure.get("shards", [])}
+    if structure:
+        listed.add(Path(structure["codec"]["file"]).name)
+    for path in plaid.iterdir():
+        if path.name not in listed:
+            path.unlink(missing_ok=True)
+
+
+def check_compressible(index) -> None:
+    if index.rows == 0 or index.tokens == 0:
+        raise BadInputError(f"{index.folder}: the index holds {index.rows} rows and {index.tokens} tokens, nothing to compress")

@@ -1,0 +1,195 @@
+"""The PLAID codec: centroids, residual bucket cutoffs and weights, and the token <-> code mapping.
+
+    vector x [D]  ->  centroid id c = argmax_c <x, C_c>       (uint16, K <= 65,536)
+                      residual r = x - C_c  ->  per dimension the bucket of r_d among 2**nbits buckets,
+                      packed nbits per dimension (first dimension in the high bits of a byte)
+    code -> x~ = normalize(C_c + weights[bucket])              (the decompressed vector)
+
+Centroids come from faiss k-means on a bounded sample of the index's vectors, then L2-normalized, as
+colbert-ai's ``CollectionIndexer._train`` does; cutoffs are the residual values' quantiles
+``1/B .. (B-1)/B`` and weights their quantiles ``(i + 0.5)/B`` over the whole sample (``ResidualCodec``).
+
+Centroid assignment is *row-independent*: a token gets the same centroid whichever other tokens share its
+matrix product. BLAS results depend on the shape of the product (measured: a row's float32 scores differ in
+the last bits between a 1-row and a 100-row product), so a token whose best two float32 scores are closer
+than ``TIE_MARGIN`` is decided again in float64 with a fixed-order sum over the close centroids only. That is
+what makes an incremental run's codes byte-identical to coding a full rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from tokembed.errors import BadInputError, UsageError
+
+NBITS_CHOICES = (1, 2, 4)
+MAX_CENTROIDS = 1 << 16  # ids fit uint16
+TIE_MARGIN = 1e-3  # float32 dot products of unit vectors in <= 4096 dims err by far less than this
+SCORE_ELEMENTS = 1 << 23  # [tokens, K] float32 scores per assignment step (32 MiB)
+KMEANS_ITERATIONS = 20
+KMEANS_SEED = 123
+SAMPLE_PER_CENTROID = 64
+MAX_SAMPLE_TOKENS = 1 << 20  # 512 MiB of float32 at 128 dims: bounds the build's peak memory
+
+
+@dataclass(frozen=True)
+class Codec:
+    centroids: np.ndarray  # [K, D] float32, unit rows
+    cutoffs: np.ndarray  # [2**nbits - 1] float32
+    weights: np.ndarray  # [2**nbits] float32
+    nbits: int
+
+    @property
+    def k(self) -> int:
+        return len(self.centroids)
+
+    @property
+    def dim(self) -> int:
+        return self.centroids.shape[1]
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes of one token's packed residual."""
+        return -(-self.dim * self.nbits // 8)
+
+    # ------------------------------------------------------------------------------------ coding
+
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """[n, D] -> [n] uint16 centroid ids, independent of how tokens are grouped into calls."""
+        out = np.empty(len(vectors), np.uint16)
+        step = max(1, SCORE_ELEMENTS // self.k)
+        for start in range(0, len(vectors), step):
+            out[start : start + step] = self._assign_block(np.asarray(vectors[start : start + step], np.float32))
+        return out
+
+    def _assign_block(self, x: np.ndarray) -> np.ndarray:
+        scores = x @ self.centroids.T  # [n, K]
+        best = scores.argmax(axis=1)
+        rows = np.arange(len(x))
+        top = scores[rows, best]
+        scores[rows, best] = -np.inf
+        close = np.flatnonzero(top - scores.max(axis=1) < TIE_MARGIN)
+        scores[rows, best] = top
+        for row in close:  # rare: decide in float64 among the centroids within the margin
+            near = np.flatnonzero(scores[row] >= top[row] - TIE_MARGIN)
+            exact = (self.centroids[near].astype(np.float64) * x[row].astype(np.float64)).sum(axis=1)
+            best[row] = near[int(np.argmax(exact))]  # ties: the lowest id
+        return best.astype(np.uint16)
+
+    def encode(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """[n, D] -> (centroid ids [n] uint16, packed residuals [n, code_bytes] uint8, residual norms [n] float32)."""
+        x = np.asarray(vectors, np.float32)
+        ids = self.assign(x) if ids is None else ids
+        residuals = x - self.centroids[ids]
+        buckets = np.searchsorted(self.cutoffs, residuals, side="right").astype(np.uint8)
+        return ids, pack(buckets, self.nbits), np.linalg.norm(residuals, axis=1).astype(np.float32)
+
+    def decode(self, ids: np.ndarray, packed: np.ndarray) -> np.ndarray:
+        """Codes -> decompressed unit vectors [n, D] float32."""
+        buckets = unpack(packed, self.nbits, self.dim)
+        x = self.centroids[ids] + self.weights[buckets]
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.maximum(norms, 1e-12)
+
+    # ------------------------------------------------------------------------------------ storage
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"centroids": self.centroids, "cutoffs": self.cutoffs, "weights": self.weights}
+
+    def to_bytes(self) -> bytes:
+        from safetensors.numpy import save
+
+        return save(self.tensors(), metadata={"nbits": str(self.nbits)})
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], metadata: dict) -> "Codec":
+        return cls(
+            np.ascontiguousarray(tensors["centroids"], np.float32),
+            np.asarray(tensors["cutoffs"], np.float32),
+            np.asarray(tensors["weights"], np.float32),
+            int(metadata["nbits"]),
+        )
+
+
+def codec_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- packing
+
+
+def pack(buckets: np.ndarray, nbits: int) -> np.ndarray:
+    """[n, D] values < 2**nbits -> [n, ceil(D * nbits / 8)] uint8, the first dimension in the high bits."""
+    per_byte = 8 // nbits
+    n, dim = buckets.shape
+    width = -(-dim // per_byte) * per_byte
+    if width != dim:
+        buckets = np.pad(buckets, ((0, 0), (0, width - dim)))
+    groups = buckets.reshape(n, width // per_byte, per_byte).astype(np.uint8)
+    shifts = (nbits * np.arange(per_byte - 1, -1, -1)).astype(np.uint8)
+    return np.bitwise_or.reduce(groups << shifts, axis=2).astype(np.uint8)
+
+
+def unpack(packed: np.ndarray, nbits: int, dim: int) -> np.ndarray:
+    per_byte = 8 // nbits
+    shifts = (nbits * np.arange(per_byte - 1, -1, -1)).astype(np.uint8)
+    values = (packed[:, :, None] >> shifts) & np.uint8((1 << nbits) - 1)
+    return values.reshape(len(packed), -1)[:, :dim]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def check_nbits(nbits: int) -> None:
+    if nbits not in NBITS_CHOICES:
+        raise UsageError(f"--nbits {nbits}: must be one of {', '.join(map(str, NBITS_CHOICES))}")
+
+
+def default_centroids(tokens: int) -> int:
+    """colbert-ai's rule, 2**floor(log2(16 * sqrt(tokens))), capped at 65,536 and at the token count."""
+    k = 1 << int(np.floor(np.log2(16 * np.sqrt(max(tokens, 1)))))
+    k = min(k, MAX_CENTROIDS)
+    while k > tokens and k > 1:
+        k //= 2
+    return k
+
+
+def resolve_centroids(requested: int | None, tokens: int, where: str) -> int:
+    if tokens < 1:
+        raise BadInputError(f"{where}: the index holds no tokens, nothing to train centroids on")
+    if requested is None:
+        return default_centroids(tokens)
+    if not 1 <= requested <= MAX_CENTROIDS:
+        raise UsageError(f"--centroids {requested}: must be between 1 and {MAX_CENTROIDS}")
+    if requested > tokens:
+        raise UsageError(f"--centroids {requested}: the index at {where} holds only {tokens} tokens (at least one per centroid)")
+    return requested
+
+
+def sample_size(k: int, tokens: int) -> int:
+    return int(min(tokens, max(k, min(SAMPLE_PER_CENTROID * k, MAX_SAMPLE_TOKENS))))
+
+
+def train(sample: np.ndarray, k: int, nbits: int) -> Codec:
+    """k-means (faiss) on ``sample`` [n, D], then the residual buckets from the same sample."""
+    try:
+        import faiss
+    except ImportError:
+        raise UsageError("the search structure needs faiss for k-means", hint="pip install 'tokembed[search]'") from None
+
+    x = np.ascontiguousarray(sample, np.float32)
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=KMEANS_ITERATIONS, seed=KMEANS_SEED, verbose=False,
+                          max_points_per_centroid=1 << 30, min_points_per_centroid=1)
+    kmeans.train(x)
+    centroids = kmeans.centroids.astype(np.float32)
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    partial = Codec(centroids, np.zeros(0, np.float32), np.zeros(0, np.float32), nbits)
+    residuals = (x - centroids[partial.assign(x)]).reshape(-1)
+    levels = 1 << nbits
+    quantiles = np.arange(levels, dtype=np.float64) / levels
+    cutoffs = np.quantile(residuals, quantiles[1:]).astype(np.float32)
+    weights = np.quantile(residuals, quantiles + 0.5 / levels).astype(np.float32)
+    return Codec(centroids, cutoffs, weights, nbits)

@@ -1,0 +1,132 @@
+"""Per-shard code files: row for row with one Arrow shard, each token's centroid id and residual code,
+plus the shard's inverted lists (centroid -> the shard's rows holding a token of that centroid).
+
+    plaid/codes-<shard sha256[:24]>-<codec sha256[:12]>.safetensors
+        doc_offsets    [rows + 1]        int64   token range of each row (the shard's list offsets)
+        centroid_ids   [tokens]          uint16
+        residuals      [tokens, bytes]   uint8   nbits per dimension, packed
+        list_offsets   [K + 1]           uint32  rows of centroid c: list_rows[list_offsets[c]:list_offsets[c+1]]
+        list_rows      [pairs]           uint16  row numbers within the shard, ascending per centroid
+                                                 (uint32 when the shard has more than 65,536 rows)
+
+The name is a function of the shard's bytes and the codec: an unchanged shard keeps its file, and a file
+that exists was written whole (temp, fsync, rename), so a run killed half way resumes by skipping it.
+Coding streams the shard one record batch at a time; a row whose codes the previous generation already
+holds (same id, same content hash, same codec) is copied instead of coded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tokembed.search.plaid.codec import Codec
+from tokembed.search.plaid.files import map_tensors
+
+CODES_DIR = "plaid"
+
+
+def codes_name(shard_sha256: str, codec_sha256: str) -> str:
+    return f"{CODES_DIR}/codes-{shard_sha256[:24]}-{codec_sha256[:12]}.safetensors"
+
+
+@dataclass
+class ShardCodes:
+    """One shard's codes (memory-mapped when read from disk)."""
+
+    doc_offsets: np.ndarray
+    centroid_ids: np.ndarray
+    residuals: np.ndarray
+    list_offsets: np.ndarray
+    list_rows: np.ndarray
+
+    @classmethod
+    def open(cls, path) -> "ShardCodes":
+        tensors, _ = map_tensors(path)
+        return cls(**{name: tensors[name] for name in cls.__dataclass_fields__})
+
+    @property
+    def rows(self) -> int:
+        return len(self.doc_offsets) - 1
+
+    def row_codes(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = int(self.doc_offsets[row]), int(self.doc_offsets[row + 1])
+        return self.centroid_ids[start:end], self.residuals[start:end]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+# A row's codes from the previous generation, or None: (ids, hashes) of a batch -> one entry per row.
+CarryLookup = Callable[[list[str], list[bytes]], list]
+
+
+@dataclass
+class CodingStats:
+    coded_tokens: int = 0  # tokens that went through the codec in this run
+    carried_tokens: int = 0  # tokens whose codes were copied from the previous generation
+    residual_norm_sum: float = 0.0  # over the coded tokens
+
+
+@dataclass
+class _Parts:
+    lengths: list[np.ndarray] = field(default_factory=list)
+    ids: list[np.ndarray] = field(default_factory=list)
+    residuals: list[np.ndarray] = field(default_factory=list)
+
+
+def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingStats) -> ShardCodes:
+    """Codes for one shard from its record batches (``shard_batches``), in row order."""
+    from tokembed.search.maxsim import batch_arrays
+
+    parts = _Parts()
+    for batch in batches:
+        offsets, vectors, _ = batch_arrays(batch, codec.dim, "shard")
+        lengths = np.diff(offsets)
+        previous = carry(batch.column("id").to_pylist(), _hashes(batch)) if carry else [None] * len(lengths)
+        ids = np.empty(len(vectors), np.uint16)
+        residuals = np.empty((len(vectors), codec.code_bytes), np.uint8)
+        todo = np.ones(len(vectors), bool)
+        base = int(offsets[0])
+        for row, codes in enumerate(previous):
+            if codes is not None:
+                start, end = int(offsets[row]) - base, int(offsets[row + 1]) - base
+                ids[start:end], residuals[start:end] = codes
+                todo[start:end] = False
+        rows = np.flatnonzero(todo)
+        if len(rows):
+            ids[rows], residuals[rows], norms = codec.encode(vectors[rows])
+            stats.coded_tokens += len(rows)
+            stats.residual_norm_sum += float(norms.sum(dtype=np.float64))
+        stats.carried_tokens += len(vectors) - len(rows)
+        parts.lengths.append(lengths)
+        parts.ids.append(ids)
+        parts.residuals.append(residuals)
+    return _assemble(parts, codec)
+
+
+def _assemble(parts: _Parts, codec: Codec) -> ShardCodes:
+    lengths = np.concatenate(parts.lengths) if parts.lengths else np.zeros(0, np.int64)
+    centroid_ids = np.concatenate(parts.ids) if parts.ids else np.zeros(0, np.uint16)
+    residuals = np.concatenate(parts.residuals) if parts.residuals else np.zeros((0, codec.code_bytes), np.uint8)
+    doc_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    list_offsets, list_rows = inverted_lists(centroid_ids, lengths, codec.k)
+    return ShardCodes(doc_offsets, centroid_ids, residuals, list_offsets, list_rows)
+
+
+def inverted_lists(centroid_ids: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [k + 1] uint32, rows [pairs] uint16/uint32): each (centroid, row) pair once, sorted."""
+    rows = len(lengths)
+    row_of_token = np.repeat(np.arange(rows, dtype=np.int64), lengths)
+    pairs = np.unique(centroid_ids.astype(np.int64) * max(rows, 1) + row_of_token)
+    counts = np.bincount(pairs // max(rows, 1), minlength=k)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint32)
+    return offsets, (pairs % max(rows, 1)).astype(np.uint16 if rows <= 1 << 16 else np.uint32)
+
+
+def _hashes(batch) -> list[bytes]:
+    column = batch.column("content_hash")
+    data = np.frombuffer(column.buffers()[1], np.uint8).reshape(-1, 32)[column.offset : column.offset + len(column)]
+    return [row.tobytes() for row in data]

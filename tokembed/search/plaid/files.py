@@ -1,0 +1,71 @@
+"""Structure files: safetensors written atomically, read back memory-mapped (zero-copy numpy views).
+
+safetensors is a header (8-byte length + JSON: dtype, shape, byte range per tensor) followed by the raw
+tensors, so a reader maps the file and takes ``np.frombuffer`` views; pages are read when touched. The
+writer (``safetensors.numpy.save``) emits the same bytes for the same arrays, which is what lets an
+incremental run's code files be compared with a rebuild's byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+from pathlib import Path
+
+import numpy as np
+
+from tokembed.errors import IndexCorruptError
+from tokembed.index.atomic import atomic_write_bytes, sha256_file
+
+_DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "I64": np.int64, "F32": np.float32, "F64": np.float64}
+
+
+def write_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> dict:
+    """Write durably (temp, fsync, rename); returns the manifest entry (file name, bytes, sha256)."""
+    import hashlib
+
+    from safetensors.numpy import save
+
+    data = save({name: np.ascontiguousarray(array) for name, array in tensors.items()}, metadata=metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def map_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read-only zero-copy views of every tensor in a safetensors file, and its metadata."""
+    try:
+        with open(path, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"{path}: cannot map the file ({exc})") from exc
+    try:
+        length = int.from_bytes(mapped[:8], "little")
+        header = json.loads(mapped[8 : 8 + length])
+        base = 8 + length
+        tensors = {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = np.dtype(_DTYPES[spec["dtype"]])
+            begin, end = spec["data_offsets"]
+            if base + end > len(mapped):
+                raise ValueError(f"tensor {name} runs past the end of the file")
+            array = np.frombuffer(mapped, dtype, count=(end - begin) // dtype.itemsize, offset=base + begin)
+            tensors[name] = array.reshape(spec["shape"])
+        return tensors, header.get("__metadata__", {})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexCorruptError(f"{path}: not a readable tensor file ({exc})") from exc
+
+
+def verify_file(folder: Path, entry: dict, checksum: bool) -> None:
+    """Raise ``IndexCorruptError`` when a listed structure file is missing, truncated or altered."""
+    path = folder / entry["file"]
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise IndexCorruptError(f"{folder}: manifest lists {entry['file']}, which is missing") from None
+    if size != entry["bytes"]:
+        raise IndexCorruptError(f"{path}: {size} bytes on disk, manifest says {entry['bytes']}")
+    if checksum and sha256_file(path) != entry["sha256"]:
+        raise IndexCorruptError(f"{path}: sha256 does not match the manifest")

@@ -1,0 +1,41 @@
+"""What ``tokembed info`` says about a search structure: sizes and bytes per token of each part."""
+
+from __future__ import annotations
+
+from tokembed.search.plaid.build import SEARCH
+from tokembed.search.plaid.files import map_tensors
+
+# parts of a code file, as info names them
+_PARTS = {"centroid_ids": "centroid_ids", "residuals": "residuals", "list_offsets": "inverted_lists",
+          "list_rows": "inverted_lists", "doc_offsets": "doc_offsets"}
+
+
+def structure_facts(index) -> dict | None:
+    """nbits, centroids, drift, bytes per part and per token; None when the index has no structure.
+
+    ``search_memory_bytes`` is what a query touches on every shard whatever it asks (the codec, every
+    shard's inverted lists and row offsets): the resident memory searching needs, beyond the candidates'
+    rows. Residual codes are read only to re-rank without vectors.
+    """
+    structure = index.manifest.get(SEARCH)
+    if not structure:
+        return None
+    sizes = {"codec": structure["codec"]["bytes"], "centroid_ids": 0, "residuals": 0, "inverted_lists": 0, "doc_offsets": 0}
+    for entry in structure["shards"]:
+        tensors, _ = map_tensors(index.folder / entry["file"])
+        for name, array in tensors.items():
+            sizes[_PARTS[name]] += array.nbytes
+    total = structure["bytes"]
+    sizes["headers"] = total - sum(sizes.values())
+    tokens = max(index.tokens, 1)
+    per_token = {name: round(size / tokens, 3) for name, size in sizes.items()}
+    per_token["total"] = round(total / tokens, 3)
+    return {
+        "nbits": structure["nbits"],
+        "centroids": structure["centroids"],
+        "bytes": total,
+        "bytes_by_part": sizes,
+        "bytes_per_token": per_token,
+        "search_memory_bytes": sizes["codec"] + sizes["inverted_lists"] + sizes["doc_offsets"],
+        "drift": structure["drift"],
+    }

@@ -1,0 +1,233 @@
+"""PDFs as corpora of pages: one item per page, rendered for image models, its text layer for text models.
+
+Stage: sources. In: a ``.pdf`` file in an input folder, or a PDF held by a Parquet/JSONL cell (bytes, a
+path relative to the file, or the ``datasets`` struct ``{bytes, path}``; the ``--pdf-column``, or the image
+column when it holds PDFs). Out: ``Item`` per page, id ``<base>#page=N`` (1-based, the PDF open-parameters
+convention) where ``<base>`` is the file's path relative to the folder (or the row's id for a cell), with
+``source_file=<base>`` and ``page=N`` kept as index columns.
+
+Everything goes through pypdfium2 (PDFium's wheels: Apache-2.0/BSD, no system binaries):
+
+* image models get the page rendered at ``--pdf-dpi`` (scale = dpi / 72 points), RGB on a white
+  background, forms and annotations drawn; ``image_sha256`` is the digest of those pixels with the DPI,
+  so the content hash is that of what the model sees and an edited page alone is re-encoded;
+* text models get the page's text layer (``PdfTextPage.get_text_range``); a page without one is an
+  item with empty text (``is_empty_page``), written as a row with no tokens and listed in the manifest.
+
+Pages are produced lazily, one at a time, so a chunk holds at most ``image_chunk_rows`` rendered pages
+however long the PDF. A PDF that cannot be opened (encrypted without the right ``--pdf-password``,
+truncated, corrupt) is one item error named after the file; a page that fails to render is an item
+error named after that page; a PDF with zero pages is a recorded skip whatever ``--on-error`` says.
+PDFium is not thread-safe: only the reading thread calls it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tokembed.errors import UsageError
+from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked
+
+PDF_SUFFIX = ".pdf"
+DEFAULT_PDF_DPI = 144
+POINTS_PER_INCH = 72.0
+WHITE = (255, 255, 255, 255)
+
+
+class PdfOpenError(Exception):
+    """Why a whole PDF cannot be read; ``zero_pages`` marks the recorded-skip case."""
+
+    def __init__(self, reason: str, zero_pages: bool = False) -> None:
+        super().__init__(reason)
+        self.zero_pages = zero_pages
+
+
+def is_pdf_file(path: Path) -> bool:
+    return path.suffix.lower() == PDF_SUFFIX
+
+
+def pdf_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_pdf_file(p))
+
+
+def is_empty_page(item: Item) -> bool:
+    """A PDF page read for its text that has no text layer: indexed as a row with no tokens."""
+    return item.page is not None and item.image is None and item.error is None and not (item.text or "").strip()
+
+
+# -- a folder of PDFs -----------------------------------------------------------------------------------
+
+
+def read_pdf_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
+    """Every page of every PDF under ``folder``, in path then page order."""
+    items = (
+        page
+        for file in pdf_files(folder)
+        for page in pdf_pages(file, file.relative_to(folder).as_posix(), str(file), 0, options)
+    )
+    return chunked(items, chunk_size(options, images=options.modality == "image"))
+
+
+def read_pdf_file(file: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
+    """A PDF given as INPUT: its pages, ids ``<file name>#page=N``."""
+    items = pdf_pages(file, file.name, str(file), 0, options)
+    return chunked(items, chunk_size(options, images=options.modality == "image"))
+
+
+def pdf_pages(pdf: Path | bytes, base_id: str, source: str, row: int, options: SourceOptions) -> Iterator[Item]:
+    """One item per page of ``pdf`` (a path, or the document's bytes), or one item error for the file."""
+    try:
+        document = open_pdf(pdf, options.pdf_password)
+    except PdfOpenError as exc:
+        yield Item(base_id, None, source, row, error=str(exc), skip_always=exc.zero_pages, source_file=base_id)
+        return
+    try:
+        count = len(document)
+        if count == 0:
+            yield Item(base_id, None, source, row, error="the PDF has zero pages", skip_always=True, source_file=base_id)
+            return
+        for number in range(1, count + 1):
+            yield _page_item(document, number, base_id, source, row, options)
+    finally:
+        document.close()
+
+
+def open_pdf(pdf: Path | bytes, password: str | None):
+    """A ``pypdfium2.PdfDocument``, or ``PdfOpenError`` with a one-line reason."""
+    pdfium = _pypdfium2()
+    import pypdfium2.raw as raw
+
+    if isinstance(pdf, (bytes, bytearray)) and not pdf:
+        raise PdfOpenError("empty PDF (0 bytes)")
+    try:
+        return pdfium.PdfDocument(pdf if isinstance(pdf, bytes) else str(pdf), password=password)
+    except FileNotFoundError:
+        raise PdfOpenError(f"PDF file not found: {pdf}") from None
+    except pdfium.PdfiumError as exc:
+        if _has_no_pages(pdf, password):
+            raise PdfOpenError("the PDF has zero pages", zero_pages=True) from None
+        code = getattr(exc, "err_code", None)
+        if code == raw.FPDF_ERR_PASSWORD:
+            if password is None:
+                raise PdfOpenError("encrypted PDF: pass its password with --pdf-password") from None
+            raise PdfOpenError("encrypted PDF: --pdf-password is not its password") from None
+        if code == raw.FPDF_ERR_SECURITY:
+            raise PdfOpenError("PDF uses an unsupported security handler (encryption)") from None
+        if code == raw.FPDF_ERR_FORMAT:
+            raise PdfOpenError("not a valid PDF (truncated or corrupt: PDFium cannot parse it)") from None
+        if code == raw.FPDF_ERR_FILE:
+            raise PdfOpenError("cannot read the PDF file") from None
+        raise PdfOpenError(f"cannot open the PDF ({exc})") from None
+    except OSError as exc:
+        raise PdfOpenError(f"cannot read the PDF file ({exc.strerror or exc})") from None
+
+
+def _pypdfium2():
+    try:
+        import pypdfium2
+    except ImportError:
+        raise UsageError("PDF input needs pypdfium2, which is not installed", hint="pip install 'tokembed[pdf]'") from None
+    return pypdfium2
+
+
+def _has_no_pages(pdf: Path | bytes, password: str | None) -> bool:
+    """pypdfium2 reports a document without pages as a failed load, with PDFium's last error code, which
+    PDFium did not set for it (a stale code from an earlier file): load it once more through the raw API
+    to tell an empty page tree from a real failure."""
+    import pypdfium2.raw as raw
+
+    secret = None if password is None else (password + "\0").encode("utf-8")
+    if isinstance(pdf, bytes):
+        handle = raw.FPDF_LoadMemDocument64(pdf, len(pdf), secret)
+    else:
+        handle = raw.FPDF_LoadDocument((str(pdf) + "\0").encode("utf-8"), secret)
+    if not handle:
+        return False
+    try:
+        return raw.FPDF_GetPageCount(handle) == 0
+    finally:
+        raw.FPDF_CloseDocument(handle)
+
+
+def _page_item(document, number: int, base_id: str, source: str, row: int, options: SourceOptions) -> Item:
+    page_id = f"{base_id}#page={number}"
+    page = None
+    try:
+        page = document[number - 1]
+        if options.modality == "image":
+            image = render_page(page, options.pdf_dpi, options.max_image_pixels)
+            digest = page_digest(image, options.pdf_dpi)
+            return Item(page_id, None, source, row, image=image, image_sha256=digest, source_file=base_id, page=number)
+        return Item(page_id, page_text(page), source, row, source_file=base_id, page=number)
+    except Exception as exc:  # PdfiumError, MemoryError, a page over the pixel limit, ...
+        what = "render" if options.modality == "image" else "read the text of"
+        reason = str(exc) or type(exc).__name__
+        return Item(page_id, None, source, row, error=f"cannot {what} page {number}: {reason}", source_file=base_id, page=number)
+    finally:
+        if page is not None:
+            page.close()
+
+
+def render_page(page, dpi: float, max_pixels: int):
+    """One page -> RGB ``PIL.Image`` at ``dpi``, on white; refuses pages over ``max_pixels`` before rendering."""
+    scale = dpi / POINTS_PER_INCH
+    width, height = page.get_size()  # points, rotation applied
+    pixels = round(width * scale) * round(height * scale)
+    if pixels > max_pixels:
+        raise ValueError(
+            f"{width:.0f}x{height:.0f} pt at {dpi:g} dpi is {pixels} pixels, over the limit of {max_pixels} "
+            "(lower --pdf-dpi or raise --max-image-pixels)"
+        )
+    bitmap = page.render(scale=scale, fill_color=WHITE, may_draw_forms=True)
+    try:
+        image = bitmap.to_pil()  # a BGR bitmap: Pillow copies it into an RGB image
+        return image if image.mode == "RGB" else image.convert("RGB")
+    finally:
+        bitmap.close()
+
+
+def page_digest(image, dpi: float) -> str:
+    """sha256 of what an image model sees of a page: the DPI, the size and the RGB pixels."""
+    digest = hashlib.sha256(f"pdf page {image.width}x{image.height} at {dpi:g} dpi\0".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def page_text(page) -> str:
+    textpage = page.get_textpage()
+    try:
+        return textpage.get_text_range()
+    finally:
+        textpage.close()
+
+
+# -- PDFs in a Parquet/JSONL column ---------------------------------------------------------------------
+
+
+def pdf_in_value(value: Any, base: Path) -> bytes | Path | None:
+    """The PDF a cell holds (its bytes, or its file), or None when the cell holds no PDF."""
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:  # the bytes are the content; the path is only a name then
+            return pdf_in_value(value["bytes"], base)
+        path = value.get("path")
+        return pdf_in_value(path, base) if isinstance(path, str) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        return data if data[:1024].lstrip().startswith(b"%PDF-") else None
+    if isinstance(value, str) and value.lower().endswith(PDF_SUFFIX) and not value.startswith("data:"):
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    return None
+
+
+def row_pages(item: Item, value: Any, base: Path, options: SourceOptions) -> Iterator[Item]:
+    """A row whose cell holds a PDF -> one item per page, ids ``<row id>#page=N``."""
+    pdf = pdf_in_value(value, base)
+    if pdf is None:
+        reason = "null PDF" if value is None else f"the {options.pdf_column!r} value is not a PDF (bytes, a .pdf path or {{bytes, path}})"
+        yield Item(item.id, None, item.source, item.row, error=reason)
+        return
+    yield from pdf_pages(pdf, item.id, item.source, item.row, options)

@@ -1,0 +1,230 @@
+"""Videos as corpus items: a folder of ``.mp4`` / ``.webm`` files, or video cells of a Parquet/JSONL column.
+
+Stage: sources. In: a video file or the bytes of one. Out: an ``Item`` whose ``image`` is a ``Video`` (where the
+bytes are, and what the container says: frame count, frame rate, size) and whose ``image_sha256`` is the sha256
+of the stored bytes (what the content hash of the item is made of), or ``Item.error`` naming why the video
+cannot be used. The reader only opens the container (PyAV) and reads its headers and packet count, so a chunk of
+video items holds no frames; the model decodes the frames it samples when it encodes the item
+(``Video.decode``), resizing each one as it comes, so memory is bounded by the sampled, resized frames of one
+video.
+
+PyAV (FFmpeg) is the decoder: ``pip install 'tokembed[video]'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokembed.errors import BadInputError
+from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked
+
+_READ_BLOCK = 1 << 20
+# A plan: (total frames, fps, height, width) -> (frame numbers to sample, (height, width) to resize them to).
+Plan = Callable[[int, float, int, int], tuple[np.ndarray, tuple[int, int]]]
+
+
+class VideoDecodeError(Exception):
+    """Why one video cannot be used; becomes ``Item.error``."""
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """A decoded video: the sampled frames and where they sit in the source (for the timestamps)."""
+
+    frames: np.ndarray  # [n_frames, height, width, 3] uint8 RGB (already resized, or at the source size)
+    indices: np.ndarray  # [n_frames] the frame numbers sampled from the source
+    fps: float  # the source's frame rate
+    source_size: tuple[int, int] | None = None  # (height, width) of the source; None: the frames' own size
+
+
+@dataclass(frozen=True)
+class Video:
+    """A video item's content: a file (``path``) or bytes held in memory (``data``), and its probed headers."""
+
+    name: str  # what error messages call it (the file, or the row's source)
+    path: str | None
+    data: bytes | None
+    total_frames: int
+    fps: float
+    height: int
+    width: int
+
+    def decode(self, plan: Plan, resample: int = 3) -> VideoFrames:
+        """Decode the frames ``plan`` picks, each resized with PIL (``resample``: a ``PIL.Image.Resampling``
+        value, bicubic by default) to the size it gives, as it is decoded."""
+        indices, (height, width) = plan(self.total_frames, self.fps, self.height, self.width)
+        frames = _decode_frames(self, np.asarray(indices, dtype=np.int64), (height, width), resample)
+        return VideoFrames(frames, np.asarray(indices, dtype=np.int64), self.fps, (self.height, self.width))
+
+
+def is_video(value: Any) -> bool:
+    return isinstance(value, (Video, VideoFrames))
+
+
+def is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def looks_like_video(data: bytes) -> bool:
+    """MP4/QuickTime (an ``ftyp`` box first) or WebM/Matroska (the EBML magic)."""
+    return data[4:8] == b"ftyp" or data[:4] == b"\x1a\x45\xdf\xa3"
+
+
+def probe_video(name: str, path: str | None = None, data: bytes | None = None) -> Video:
+    """Open the container and read its first video stream's frame count, frame rate and size."""
+    av = _import_av()
+    try:
+        with av.open(path if path is not None else io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise VideoDecodeError("no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = float(rate) if rate else 0.0
+            total = int(stream.frames or 0) or sum(1 for packet in container.demux(stream) if packet.size)
+            height, width = int(stream.codec_context.height), int(stream.codec_context.width)
+    except VideoDecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise VideoDecodeError(f"cannot open the video ({type(exc).__name__}: {exc})") from None
+    if total <= 0:
+        raise VideoDecodeError("the video has no frames")
+    if fps <= 0:
+        raise VideoDecodeError("the video has no frame rate")
+    if height <= 0 or width <= 0:
+        raise VideoDecodeError(f"the video has zero size ({width}x{height})")
+    return Video(name, path, data, total, fps, height, width)
+
+
+def _decode_frames(video: Video, indices: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    from PIL import Image
+
+    av = _import_av()
+    wanted = {int(i) for i in indices}
+    last = max(wanted)
+    found: dict[int, np.ndarray] = {}
+    height, width = size
+    try:
+        with av.open(video.path if video.path is not None else io.BytesIO(video.data), mode="r") as container:
+            for number, frame in enumerate(container.decode(video=0)):
+                if number in wanted:
+                    image = frame.to_image()  # RGB PIL image
+                    if image.size != (width, height):
+                        image = image.resize((width, height), resample=Image.Resampling(resample))
+                    found[number] = np.asarray(image, dtype=np.uint8)
+                if number >= last:
+                    break
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise BadInputError(f"{video.name}: cannot decode the video ({type(exc).__name__}: {exc})") from None
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise BadInputError(f"{video.name}: the video ends before frame {missing[0]} (the container says {video.total_frames} frames)")
+    return np.stack([found[int(i)] for i in indices])
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError:
+        raise BadInputError(
+            "reading videos needs PyAV, which is not installed", hint="pip install 'tokembed[video]'  (or: pip install av)"
+        ) from None
+    return av
+
+
+# -- a folder of videos -----------------------------------------------------------------------------
+
+
+def video_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_video_file(p))
+
+
+def read_video_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
+    """One item per video file, id = path relative to the folder, in path order."""
+    _import_av()  # a clear error before the first file rather than one per file
+    size = min(options.chunk_rows, options.image_chunk_rows)
+    return chunked((_file_item(folder, file) for file in video_files(folder)), size)
+
+
+def _file_item(folder: Path, file: Path) -> Item:
+    item_id = file.relative_to(folder).as_posix()
+    try:
+        digest = _file_sha256(file)
+    except OSError as exc:
+        return Item(item_id, None, str(file), 0, error=f"cannot read ({exc.strerror or exc})")
+    try:
+        video = probe_video(str(file), path=str(file))
+    except VideoDecodeError as exc:
+        return Item(item_id, None, str(file), 0, error=str(exc))
+    return Item(item_id, None, str(file), 0, image=video, image_sha256=digest)
+
+
+def _file_sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(_READ_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- a video cell of a Parquet/JSONL column ---------------------------------------------------------
+
+
+def video_from_value(value: Any, base: Path, name: str) -> tuple[Video, str]:
+    """A video-column value (bytes, a path relative to ``base``, or ``{bytes, path}``) -> (Video, sha256 hex)."""
+    if value is None:
+        raise VideoDecodeError("null video")
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return video_from_value(_struct_bytes(value["bytes"]), base, name)
+        if value.get("path"):
+            return video_from_value(str(value["path"]), base, name)
+        raise VideoDecodeError("video struct has neither bytes nor path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        if not data:
+            raise VideoDecodeError("empty video (0 bytes)")
+        return probe_video(name, data=data), hashlib.sha256(data).hexdigest()
+    if isinstance(value, str):
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise VideoDecodeError(f"video file not found: {value}")
+        return probe_video(str(path), path=str(path)), _file_sha256(path)
+    raise VideoDecodeError(f"video is {type(value).__name__}, not bytes, a path or {{bytes, path}}")
+
+
+def _struct_bytes(value: Any) -> bytes:
+    """Raw bytes in Parquet; base64 text in JSON (as for images)."""
+    from tokembed.sources.images import ImageDecodeError, _struct_bytes as image_struct_bytes
+
+    try:
+        return image_struct_bytes(value)
+    except ImageDecodeError as exc:
+        raise VideoDecodeError(str(exc).replace("image", "video")) from None
+
+
+def video_in_value(value: Any, base: Path) -> bool:
+    """Whether an image-column value holds a video: MP4/WebM bytes, or a path ending in .mp4/.webm."""
+    if isinstance(value, dict):
+        value = value.get("bytes") if value.get("bytes") is not None else value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return looks_like_video(bytes(value[:12]))
+    return isinstance(value, str) and not value.startswith("data:") and value.lower().endswith(VIDEO_SUFFIXES)
+
+
+def attach_video(item: Item, value: Any, base: Path) -> Item:
+    """Probe a row's video-column value onto its item (or name why it cannot be used)."""
+    from dataclasses import replace
+
+    try:
+        video, digest = video_from_value(value, base, item.location)
+    except VideoDecodeError as exc:
+        return replace(item, error=str(exc))
+    return replace(item, image=video, image_sha256=digest)
