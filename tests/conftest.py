@@ -16,6 +16,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# What `import tokembed` sets (see tokembed/__init__.py); MKL reads it at its first call, and building a tiny
+# checkpoint may run one before tokembed is imported, which would leave in-process runs non-strict.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parent.parent

@@ -310,3 +310,8 @@ def test_serve_two_lora_modules_equal_encode_with_each(checkpoint_store, tmp_pat
         assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "NotFoundError"
     finally:
         server.stop()
+
+
+def test_lora_modules_flag_needs_name_equals_path(cli, tmp_path):
+    result = cli("serve", "--model", tmp_path, "--lora-modules", "no-equals-sign", "--port", 0)
+    assert result.exit_code == 2 and "NAME=PATH" in result.stderr

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import pathlib
-import shutil
 import subprocess
 import sys
 

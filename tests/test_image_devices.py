@@ -18,6 +18,7 @@ SAMPLE_IMAGES = __import__("conftest").SAMPLE_DATA / "images"
 IMAGE_RUN = ("--shard-rows", 5, "--batch-tokens", 96, "--store-dtype", "float32")
 
 
+@pytest.mark.slow  # two encode subprocesses, three with workers' model loads: ~40 s each on 2 shared cores
 @pytest.mark.parametrize("family", ["colqwen2", "colmodernvbert"])
 def test_image_batches_spread_over_workers_give_the_one_device_index(tmp_path_factory, family):
     from vision_checkpoints import VISION_BUILDERS
@@ -38,6 +39,7 @@ def test_image_batches_spread_over_workers_give_the_one_device_index(tmp_path_fa
     assert shard_digests(two) == shard_digests(one)  # byte-identical shards
 
 
+@pytest.mark.slow
 def test_an_image_worker_that_dies_hands_its_batches_to_the_other(tmp_path_factory):
     from vision_checkpoints import build_colqwen2
 

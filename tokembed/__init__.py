@@ -18,7 +18,9 @@ for _cache in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
 # MKL's sgemm may split the reduction across threads for short matrices (ColQwen2's 10 x 128 patch
 # merger), so `cpu` (all cores) and `cpu:N` workers (cores / N each) differed in the last bit. Strict
 # conditional numerical reproducibility makes gemm results independent of the thread count, measured at
-# no cost here. MKL reads it at its first call, so setting it after `import torch` still works.
+# no cost here. MKL reads it at its first call, so setting it after `import torch` still works, but not
+# after a first matrix product: a library caller who ran one before importing tokembed gets non-strict
+# results in process (its `cpu:N` workers are strict), so import tokembed first, or set MKL_CBWR yourself.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"

@@ -273,11 +273,14 @@ class ChunkWorker:
 
 def _restarted() -> bool:
     """Whether this actor is a restarted one (False outside Ray)."""
-    try:
-        import ray
+    import sys
 
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():  # get_runtime_context() would connect to a cluster itself
+        return False
+    try:
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
-    except Exception:  # not in a Ray worker
+    except Exception:  # a driver, not an actor
         return False
 
 

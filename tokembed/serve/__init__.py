@@ -4,6 +4,7 @@
     batcher.py   DynamicBatcher: concurrent requests -> token-budget batches on one worker thread
     schemas.py   request / response bodies (pydantic), vLLM's field names
     app.py       create_app(service): FastAPI routes, error envelope, API key, body limit
+    lora.py      --lora-modules: adapters injected unmerged, one batcher queue per adapter
 
 ``run_server`` is what the CLI calls: check the optional dependencies, bind the socket, load the model,
 run uvicorn until interrupted. Nothing here imports FastAPI until it is used.

@@ -32,6 +32,8 @@ import numpy as np
 
 from tokembed.errors import UsageError
 from tokembed.serve.batcher import DynamicBatcher
+from tokembed.serve.lora import attach_adapters as _attach_adapters
+from tokembed.serve.lora import batch_key as _batch_key
 from tokembed.serve.schemas import APIError, PoolingRequest, RerankRequest, ScoreRequest
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags, resolve
 
@@ -415,32 +417,6 @@ def _finish(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.
 def _profile_flags(mode: str, kind: str | None, dtype: str) -> EncodeFlags:
     """Flags every profile computes with: float32 out, unnormalized, full dimension (applied per request)."""
     return EncodeFlags(mode=mode, kind=kind or "document", normalize=False, dtype=dtype, store_dtype="float32")
-
-
-def _batch_key(adapter: str | None, key: str) -> str:
-    """The batcher queue of one profile under one adapter: items of different adapters never share a batch."""
-    return key if adapter is None else f"{key}@lora:{adapter}"
-
-
-def _attach_adapters(embedder, lora_modules) -> dict:
-    """Inject every ``--lora-modules`` adapter into the loaded backbone, unmerged; the base runs with none active."""
-    from pathlib import Path
-
-    from tokembed.errors import UsageError
-    from tokembed.models.adapters import adapter_view, attach_unmerged
-    from tokembed.models.resolve import resolve_model
-
-    model = embedder.model
-    if not hasattr(model, "backbone"):
-        raise UsageError("--lora-modules: tokembed serve applies unmerged adapters to text models only")
-    names = [name for name, _ in lora_modules]
-    if len(set(names)) != len(names) or embedder.resolved.name in names:
-        raise UsageError(f"--lora-modules: names must be unique and differ from the served model ({', '.join(names)})")
-    base = str(embedder.resolved.path)  # the adapters go on the served model, whatever base their config names
-    folders = [(name, Path(resolve_model(path, base_model=base).path)) for name, path in lora_modules]
-    peft_model = attach_unmerged(model.backbone, folders)
-    model.backbone = adapter_view(peft_model, None)
-    return {name: (str(folder), adapter_view(peft_model, name)) for name, folder in folders}
 
 
 def _finite(value: float) -> float | None:

@@ -1,0 +1,36 @@
+"""``serve --lora-modules``: LoRA adapters injected unmerged into the served model, one batcher queue per adapter.
+
+vLLM's convention: a request whose ``model`` names an adapter runs with it, one naming the base without. The
+adapters are injected by peft into the loaded backbone (``models.adapters.attach_unmerged``, the same placement
+checks as ``encode``); every profile gets a view of the model whose backbone activates its adapter (or none)
+before each forward, and its own queue, so items of different adapters never share a batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokembed.errors import UsageError
+
+
+def batch_key(adapter: str | None, key: str) -> str:
+    """The batcher queue of one profile under one adapter: items of different adapters never share a batch."""
+    return key if adapter is None else f"{key}@lora:{adapter}"
+
+
+def attach_adapters(embedder, lora_modules) -> dict:
+    """Inject every ``--lora-modules`` adapter into the loaded backbone, unmerged; the base runs with none active."""
+    from tokembed.models.adapters import adapter_view, attach_unmerged
+    from tokembed.models.resolve import resolve_model
+
+    model = embedder.model
+    if not hasattr(model, "backbone"):
+        raise UsageError("--lora-modules: tokembed serve applies unmerged adapters to text models only")
+    names = [name for name, _ in lora_modules]
+    if len(set(names)) != len(names) or embedder.resolved.name in names:
+        raise UsageError(f"--lora-modules: names must be unique and differ from the served model ({', '.join(names)})")
+    base = str(embedder.resolved.path)  # the adapters go on the served model, whatever base their config names
+    folders = [(name, Path(resolve_model(path, base_model=base).path)) for name, path in lora_modules]
+    peft_model = attach_unmerged(model.backbone, folders)
+    model.backbone = adapter_view(peft_model, None)
+    return {name: (str(folder), adapter_view(peft_model, name)) for name, folder in folders}
