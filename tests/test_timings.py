@@ -27,7 +27,9 @@ def test_encode_json_summary_splits_load_and_encode(cli, checkpoint, corpus, tmp
     load, encode, total = summary["load_seconds"], summary["encode_seconds"], summary["seconds"]
     assert load > 0 and encode > 0
     assert load + encode == pytest.approx(total, abs=0.05)
-    assert summary["tokens_per_second"] == pytest.approx(summary["encoded_tokens"] / encode, rel=0.02)
+    # encode_seconds is printed rounded to the millisecond: tokens/s lies within that rounding of it
+    tokens, rate = summary["encoded_tokens"], summary["tokens_per_second"]
+    assert tokens / (encode + 0.0006) - 0.1 <= rate <= tokens / max(encode - 0.0006, 1e-9) + 0.1
 
 
 def test_encode_human_line_names_both_parts(cli, checkpoint, corpus, tmp_path):
