@@ -49,3 +49,27 @@ TEXTS = [
     "Paris is the capital of France; Berlin is the capital of Germany.",
     "a b c d e f g h i j k l m n o p q r s t u v w x y z",
 ]
+
+
+def assert_score_equals_brute_force(cli, index: Path, queries: list[str]) -> None:
+    """``tokembed score`` over every document of ``index`` equals a float64 brute-force MaxSim of each query
+    (encoded with the settings in the index's manifest) over the stored vectors, best first."""
+    import pytest
+
+    from tokembed.embedder import Embedder
+
+    rows = read_index(index)
+    query_flags = [arg for text in queries for arg in ("--query", text)]
+    scored = cli("score", index, *query_flags, "-f", "jsonl", "-k", len(rows))
+    assert scored.exit_code == 0, scored.output
+    records = [json.loads(line) for line in scored.stdout.splitlines()]
+    query_embedder = Embedder.for_index(manifest(index), kind="query")
+    for number, text in enumerate(queries, start=1):
+        (q, _), = query_embedder.embed([text])
+        brute = {doc: float((q.astype(np.float64) @ d.astype(np.float64).T).max(axis=1).sum()) for doc, (d, _) in rows.items()}
+        got = {r["doc_id"]: r["score"] for r in records if r["query_id"] == f"q{number}"}
+        assert got.keys() == brute.keys()
+        for doc in brute:
+            assert got[doc] == pytest.approx(brute[doc], abs=1e-4)
+        ranked_scores = [r["score"] for r in records if r["query_id"] == f"q{number}"]
+        assert ranked_scores == sorted(ranked_scores, reverse=True)  # best first

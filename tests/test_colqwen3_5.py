@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import qwen_checkpoints
-from helpers import manifest, read_index
+from helpers import assert_score_equals_brute_force, manifest, read_index
 from tokembed.engine.batching import plan_batches
 from tokembed.models import LoadOptions, describe_families, detect, load_model
 from tokembed.settings import EncodeFlags, resolve
@@ -258,8 +258,6 @@ def test_a_checkpoint_that_does_not_match_is_exit_4_and_writes_nothing(cli, chec
 
 
 def test_encode_images_and_videos_then_score_equals_brute_force_maxsim(cli, checkpoint, videos, tmp_path):
-    from tokembed.embedder import Embedder
-
     corpus = tmp_path / "corpus"
     shutil.copytree(videos, corpus)
     for number, image in enumerate(noise_images()):
@@ -273,20 +271,7 @@ def test_encode_images_and_videos_then_score_equals_brute_force_maxsim(cli, chec
     assert data["model"]["family"] == "ColQwen3_5"
     assert sorted(rows) == sorted(["clip.mp4", "short.webm"] + [f"page{n}.png" for n in range(len(SIZES))])
     assert "broken.mp4" in json.dumps(data)  # recorded as skipped, with its reason
-    queries = ["capital of france", "hello"]
-    scored = cli("score", out, "--query", queries[0], "--query", queries[1], "-f", "jsonl", "-k", len(rows))
-    assert scored.exit_code == 0, scored.output
-    records = [json.loads(line) for line in scored.stdout.splitlines()]
-    query_embedder = Embedder.for_index(data, kind="query")
-    for number, text in enumerate(queries, start=1):
-        (q, _), = query_embedder.embed([text])
-        brute = {doc: float((q.astype(np.float64) @ d.astype(np.float64).T).max(axis=1).sum()) for doc, (d, _) in rows.items()}
-        got = {r["doc_id"]: r["score"] for r in records if r["query_id"] == f"q{number}"}
-        assert got.keys() == brute.keys()
-        for doc in brute:
-            assert got[doc] == pytest.approx(brute[doc], abs=1e-4)
-        ranked = [r["score"] for r in records if r["query_id"] == f"q{number}"]
-        assert ranked == sorted(ranked, reverse=True)
+    assert_score_equals_brute_force(cli, out, ["capital of france", "hello"])
 
 
 def test_video_cells_of_parquet_and_jsonl_files(videos, tmp_path):

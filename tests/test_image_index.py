@@ -3,12 +3,10 @@ text queries against the image index, equal to brute-force MaxSim."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from helpers import manifest, read_index
+from helpers import assert_score_equals_brute_force, manifest, read_index
 
 SAMPLE_IMAGES = __import__("conftest").SAMPLE_DATA / "images"
 
@@ -42,20 +40,7 @@ def test_encode_image_folder_then_score_text_queries(cli, colpali, tmp_path):
     (alone, ids), = embedder.embed([image])
     assert ids.tolist() == rows[first][1].tolist() and np.abs(alone - rows[first][0]).max() <= 1e-5
 
-    queries = ["quarterly revenue chart", "boarding pass gate"]
-    scored = cli("score", out, "--query", queries[0], "--query", queries[1], "-f", "jsonl", "-k", len(images))
-    assert scored.exit_code == 0, scored.output
-    records = [json.loads(line) for line in scored.stdout.splitlines()]
-    query_embedder = Embedder.for_index(data, kind="query")
-    for number, text in enumerate(queries, start=1):
-        (q, _), = query_embedder.embed([text])
-        brute = {doc: float((q.astype(np.float64) @ d.astype(np.float64).T).max(axis=1).sum()) for doc, (d, _) in rows.items()}
-        got = {r["doc_id"]: r["score"] for r in records if r["query_id"] == f"q{number}"}
-        assert got.keys() == brute.keys()
-        for doc in brute:
-            assert got[doc] == pytest.approx(brute[doc], abs=1e-4)
-        ranked_scores = [r["score"] for r in records if r["query_id"] == f"q{number}"]
-        assert ranked_scores == sorted(ranked_scores, reverse=True)  # best first
+    assert_score_equals_brute_force(cli, out, ["quarterly revenue chart", "boarding pass gate"])
 
 
 def test_bad_image_skip_and_fail(cli, colpali, tmp_path):

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 import qwen3_vl_checkpoints
-from helpers import manifest, read_index
+from helpers import assert_score_equals_brute_force, manifest
 from tokembed.engine.batching import plan_batches
 from tokembed.models import describe_families, detect, load_model
 from tokembed.settings import EncodeFlags, resolve
@@ -332,23 +332,8 @@ def test_a_refused_checkpoint_leaves_the_previous_index_untouched(built, cli, tm
 
 @pytest.mark.parametrize("name", sorted(KEYS))
 def test_score_over_an_index_equals_brute_force_maxsim(name, built, cli, tmp_path):
-    from tokembed.embedder import Embedder
-
     out = tmp_path / "index"
     result = cli("encode", _image_folder(tmp_path / "pages"), "--model", built(name), "-o", out, "--store-dtype", "float32")
     assert result.exit_code == 0, result.output
-    data = manifest(out)
-    assert data["model"]["family"] == KEYS[name]
-    rows = read_index(out)
-    queries = ["invoice total", "a chart of revenue"]
-    scored = cli("score", out, "--query", queries[0], "--query", queries[1], "-f", "jsonl", "-k", len(rows))
-    assert scored.exit_code == 0, scored.output
-    records = [json.loads(line) for line in scored.stdout.splitlines()]
-    query_embedder = Embedder.for_index(data, kind="query")
-    for number, text in enumerate(queries, start=1):
-        (q, _), = query_embedder.embed([text])
-        brute = {doc: float((q.astype(np.float64) @ d.astype(np.float64).T).max(axis=1).sum()) for doc, (d, _) in rows.items()}
-        got = {r["doc_id"]: r["score"] for r in records if r["query_id"] == f"q{number}"}
-        assert got.keys() == brute.keys()
-        for doc in brute:
-            assert got[doc] == pytest.approx(brute[doc], abs=1e-4)
+    assert manifest(out)["model"]["family"] == KEYS[name]
+    assert_score_equals_brute_force(cli, out, ["invoice total", "a chart of revenue"])
