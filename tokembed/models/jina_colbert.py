@@ -296,21 +296,11 @@ def _projection_dim(path: Path) -> int:
 
 
 def _load_weights(model: JinaColBERTModule, path: Path) -> None:
-    """Every parameter from the checkpoint, every checkpoint tensor used (but the pooler), shapes checked."""
-    from tokembed.models.loading import load_state_checked, require_complete, weight_file_of
+    """Every parameter from the checkpoint with its shape, every checkpoint tensor used (but the pooler)."""
+    from tokembed.models.loading import load_state_checked
     from tokembed.models.weights import find_tensors, tensor_names
 
-    state = find_tensors(path, tensor_names(path))
-    expected = model.state_dict()
-    wrong = [
-        f"{name} (in {weight_file_of(path, name)}): checkpoint {tuple(tensor.shape)}, "
-        f"model {tuple(expected[name].shape)}"
-        for name, tensor in state.items()
-        if name in expected and tensor.shape != expected[name].shape
-    ]
-    if wrong:
-        require_complete(path, [], [], mismatched=wrong)
-    load_state_checked(model, state, path, ignore_unused=IGNORED)
+    load_state_checked(model, find_tensors(path, tensor_names(path)), path, ignore_unused=IGNORED)
 
 
 def _check_markers(path: Path, tokenizer, colbert, vocab_size: int) -> None:

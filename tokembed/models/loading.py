@@ -94,9 +94,17 @@ def from_pretrained_checked(
 
 def load_state_checked(module: Any, state: dict, path: Path, ignore_unused: Iterable[str] = ()) -> None:
     """``module.load_state_dict(state)`` where ``module``'s every parameter and buffer that is saved must be in
-    ``state`` and every tensor of ``state`` must land (but the ignorable ones)."""
+    ``state`` with its shape, and every tensor of ``state`` must land (but the ignorable ones)."""
     ignore_unused = tuple(ignore_unused)
     kept = {name: tensor for name, tensor in state.items() if not _matches(name, ignore_unused)}
+    # torch raises a bare RuntimeError on a size mismatch, even with strict=False: refuse it by name first
+    expected = module.state_dict()
+    wrong = [
+        f"{name} (in {weight_file_of(path, name)}): checkpoint {tuple(tensor.shape)}, model {tuple(expected[name].shape)}"
+        for name, tensor in kept.items()
+        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape)
+    ]
+    require_complete(path, (), (), mismatched=wrong)
     result = module.load_state_dict(kept, strict=False)
     require_complete(path, result.missing_keys, result.unexpected_keys)
 

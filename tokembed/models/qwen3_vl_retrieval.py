@@ -250,7 +250,6 @@ def load_qwen3_vl(
     finally:
         torch.set_default_dtype(previous)
     adapt(model)
-    _refuse_wrong_shapes(path, model, state)
     load_state_checked(model, state, path, ignore_unused=layout.ignore_unused)
     model.to(dtype).eval()
     if proj is not None:
@@ -267,15 +266,3 @@ def load_qwen3_vl(
         max_length=limit,
         position_limit=limit,
     )
-
-
-def _refuse_wrong_shapes(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    from tokembed.models.loading import require_complete
-
-    own = model.state_dict()
-    wrong = [
-        f"{name}: checkpoint {tuple(tensor.shape)}, model {tuple(own[name].shape)}"
-        for name, tensor in state.items()
-        if name in own and tuple(own[name].shape) != tuple(tensor.shape)
-    ]
-    require_complete(path, (), (), mismatched=wrong)
