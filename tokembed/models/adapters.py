@@ -175,24 +175,15 @@ def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -
 def apply_adapter(module: Any, path: Path, rename=lambda name: name, merge: bool = True) -> Any:
     """``module`` with the adapter at ``path`` applied by peft: merged (a plain module), or the ``PeftModel``."""
     require_peft()
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import get_peft_model, set_peft_model_state_dict
 
-    config = read_adapter_config(path)
-    check_supported(path, config)
-    tensors = read_adapter_tensors(path)
-    if not tensors:
-        raise ModelError(f"{_weights_file(path)}: the adapter holds no tensors")
-    plans, state, to_save = plan_modules(module, tensors, config, rename, path)
-    lora_config = _exact_config(LoraConfig.from_pretrained(str(path)), plans, to_save)
+    lora_config, state = _plan_adapter(module, path, rename)
     try:
         peft_model = get_peft_model(module, lora_config, autocast_adapter_dtype=False)
         result = set_peft_model_state_dict(peft_model, state)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ModelError(f"{path}: peft could not apply the adapter: {exc}") from exc
-    missing = [key for key in result.missing_keys if "lora_" in key or "modules_to_save" in key]
-    if result.unexpected_keys or missing:
-        raise ModelError(f"{_weights_file(path)}: adapter tensors did not all land (unexpected: "
-                         f"{sorted(result.unexpected_keys)[:3]}, missing: {sorted(missing)[:3]})")
+    _require_landed(path, result, "default")  # peft's name for a single adapter
     peft_model.eval()
     return peft_model.merge_and_unload() if merge else peft_model
 
@@ -205,14 +196,9 @@ def attach_unmerged(module: Any, adapters: list[tuple[str, Path]], rename=lambda
     (or none, for the base) before each forward.
     """
     require_peft()
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import get_peft_model, set_peft_model_state_dict
 
-    planned = []
-    for name, path in adapters:
-        config = read_adapter_config(path)
-        check_supported(path, config)
-        plans, state, to_save = plan_modules(module, read_adapter_tensors(path), config, rename, path)
-        planned.append((name, path, _exact_config(LoraConfig.from_pretrained(str(path)), plans, to_save), state))
+    planned = [(name, path, *_plan_adapter(module, path, rename)) for name, path in adapters]
     peft_model = None
     for name, path, config, state in planned:
         try:
@@ -223,11 +209,32 @@ def attach_unmerged(module: Any, adapters: list[tuple[str, Path]], rename=lambda
             result = set_peft_model_state_dict(peft_model, state, adapter_name=name)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ModelError(f"{path}: peft could not apply the adapter: {exc}") from exc
-        missing = [key for key in result.missing_keys if f".{name}." in key and ("lora_" in key or "modules_to_save" in key)]
-        if result.unexpected_keys or missing:
-            raise ModelError(f"{_weights_file(path)}: adapter tensors did not all land (unexpected: "
-                             f"{sorted(result.unexpected_keys)[:3]}, missing: {sorted(missing)[:3]})")
+        _require_landed(path, result, name)
     return peft_model.eval()
+
+
+def _plan_adapter(module: Any, path: Path, rename) -> tuple[Any, dict]:
+    """The adapter at ``path`` checked and planned against ``module``: (its exact ``LoraConfig``, its state)."""
+    from peft import LoraConfig
+
+    config = read_adapter_config(path)
+    check_supported(path, config)
+    tensors = read_adapter_tensors(path)
+    if not tensors:
+        raise ModelError(f"{_weights_file(path)}: the adapter holds no tensors")
+    plans, state, to_save = plan_modules(module, tensors, config, rename, path)
+    return _exact_config(LoraConfig.from_pretrained(str(path)), plans, to_save), state
+
+
+def _require_landed(path: Path, result: Any, adapter_name: str) -> None:
+    """Every tensor of adapter ``adapter_name`` found its module (peft's load result says which did not)."""
+    missing = [
+        key for key in result.missing_keys
+        if f".{adapter_name}." in key and ("lora_" in key or "modules_to_save" in key)
+    ]
+    if result.unexpected_keys or missing:
+        raise ModelError(f"{_weights_file(path)}: adapter tensors did not all land (unexpected: "
+                         f"{sorted(result.unexpected_keys)[:3]}, missing: {sorted(missing)[:3]})")
 
 
 def adapter_view(peft_model: Any, name: str | None) -> Any:
