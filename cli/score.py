@@ -83,7 +83,7 @@ def score(
         trust_remote_code=trust_remote_code, progress=progress, exact=exact, probe=probe, candidates=candidates,
         timings=timings,
     )
-    seconds = time.perf_counter() - started
+    seconds = startup + time.perf_counter() - started  # whole process so far, as load_seconds counts from its start
     write_results(queries, hits, _pick_format(fmt, output), output)
     if log_format == "json":
         _log_json_summary(len(queries), progress, startup, timings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tokembed.index.arrays import list_offsets, numpy_view
 from tokembed.index.keys import KeyIndex, id_keys
 from tokembed.index.pages import MappedPages
 from tokembed.index.reader import Index
@@ -88,10 +89,10 @@ class PreviousIndex:
         if number not in self._views:
             batch = self._batches[number]
             embeddings, tokens = batch.column("embeddings"), batch.column("token_ids")
-            values = embeddings.values.values.to_numpy(zero_copy_only=False).reshape(-1, self.index.dim)
+            values = numpy_view(embeddings.values.values).reshape(-1, self.index.dim)
             hashes = batch.column("content_hash")
             digests = np.frombuffer(hashes.buffers()[1], dtype=np.uint8).reshape(-1, 32)[hashes.offset : hashes.offset + len(hashes)]
             if len(self._views) >= 8:  # rows are asked for in index order, mostly: a few batches' views do
                 self._views.clear()
-            self._views[number] = (embeddings.offsets.to_numpy(), values, tokens.values.to_numpy(zero_copy_only=False), digests)
+            self._views[number] = (list_offsets(embeddings), values, numpy_view(tokens.values), digests)
         return self._views[number]

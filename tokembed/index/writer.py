@@ -49,15 +49,17 @@ def build_record_batch(
     ``source_files``/``pages``: a PDF page's file and number per row (None: not a PDF page)."""
     import pyarrow as pa
 
+    from tokembed.index.arrays import arrow_array
+
     dim = schema.field("embeddings").type.value_type.list_size
     value_type = schema.field("embeddings").type.value_type.value_type
     lengths = np.fromiter((len(v) for v in vectors), dtype=np.int64, count=len(vectors))
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    offsets = arrow_array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
     flat = np.concatenate(vectors).reshape(-1) if len(vectors) and lengths.sum() else np.zeros(0)
-    values = pa.array(flat.astype(value_type.to_pandas_dtype(), copy=False), type=value_type)
+    values = arrow_array(flat, value_type)
     embeddings = pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(values, dim))
-    flat_ids = np.concatenate(token_ids).astype(np.int32) if len(token_ids) and lengths.sum() else np.zeros(0, np.int32)
-    token_column = pa.ListArray.from_arrays(offsets, pa.array(flat_ids, type=pa.int32()))
+    flat_ids = np.concatenate(token_ids) if len(token_ids) and lengths.sum() else np.zeros(0, np.int32)
+    token_column = pa.ListArray.from_arrays(offsets, arrow_array(flat_ids, pa.int32()))
     nulls = [None] * len(ids)
     return pa.RecordBatch.from_arrays(
         [

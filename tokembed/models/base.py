@@ -101,6 +101,9 @@ def load_backbone(path: Path, options: LoadOptions, ignore_unused: tuple[str, ..
     such as a Stanford projection, which it loads itself). A sentence pooler is not part of the token
     vectors: it is dropped, loaded or not.
     """
+    native = _load_native(path, options, ignore_unused)
+    if native is not None:
+        return native
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -123,6 +126,17 @@ def load_backbone(path: Path, options: LoadOptions, ignore_unused: tuple[str, ..
         model.pooler = None  # never reaches the last hidden state; may not have been in the checkpoint
     model.eval()
     return model, tokenizer, config
+
+
+def _load_native(path: Path, options: LoadOptions, ignore_unused: tuple[str, ...]) -> tuple[nn.Module, Any, Any] | None:
+    """A BERT checkpoint in plain torch and ``tokenizers`` (``bert.py``), or None where that is not exact."""
+    from tokembed.models.bert import load_native_bert, read_bert_config
+    from tokembed.models.bert_tokenizer import BertTokenizer, is_native_bert_tokenizer
+
+    config = read_bert_config(path)
+    if config is None or not is_native_bert_tokenizer(path):
+        return None
+    return load_native_bert(path, config, torch_dtype(options.dtype), ignore_unused), BertTokenizer(path), config
 
 
 def model_max_length(tokenizer: Any, config: Any, max_seq_length: int | None = None) -> int:

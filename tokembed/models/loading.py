@@ -92,9 +92,10 @@ def from_pretrained_checked(
     return model
 
 
-def load_state_checked(module: Any, state: dict, path: Path, ignore_unused: Iterable[str] = ()) -> None:
+def load_state_checked(module: Any, state: dict, path: Path, ignore_unused: Iterable[str] = (), assign: bool = False) -> None:
     """``module.load_state_dict(state)`` where ``module``'s every parameter and buffer that is saved must be in
-    ``state`` with its shape, and every tensor of ``state`` must land (but the ignorable ones)."""
+    ``state`` with its shape, and every tensor of ``state`` must land (but the ignorable ones). ``assign``: the
+    module's tensors become ``state``'s (a module built on the meta device)."""
     ignore_unused = tuple(ignore_unused)
     kept = {name: tensor for name, tensor in state.items() if not _matches(name, ignore_unused)}
     # torch raises a bare RuntimeError on a size mismatch, even with strict=False: refuse it by name first
@@ -105,7 +106,7 @@ def load_state_checked(module: Any, state: dict, path: Path, ignore_unused: Iter
         if name in expected and tuple(tensor.shape) != tuple(expected[name].shape)
     ]
     require_complete(path, (), (), mismatched=wrong)
-    result = module.load_state_dict(kept, strict=False)
+    result = module.load_state_dict(kept, strict=False, assign=assign)
     require_complete(path, result.missing_keys, result.unexpected_keys)
 
 

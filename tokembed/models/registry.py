@@ -139,6 +139,8 @@ def _vision_family(path: Path, config: dict, architectures: list[str], trust_rem
 
 
 def _known_model_type(config: dict) -> bool:
+    if config.get("model_type") == "bert":  # the common case, without importing transformers (~2 s)
+        return True
     from transformers import CONFIG_MAPPING
 
     return config.get("model_type") in CONFIG_MAPPING

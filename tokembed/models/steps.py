@@ -145,7 +145,7 @@ def register_prefix_tokens(tokenizer, prefixes: tuple[str, ...]) -> None:
     Same gates as sentence-transformers: a prefix the tokenizer does not know is left as plain text,
     and one it already emits whole needs nothing.
     """
-    from transformers import AddedToken
+    from tokenizers import AddedToken
 
     added = set(getattr(tokenizer, "added_tokens_encoder", None) or {})
     vocab = tokenizer.get_vocab()

@@ -166,9 +166,11 @@ def load_document(index_path, doc_id: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _copy_row(row, dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    from tokembed.index.arrays import numpy_view
+
     offsets, vectors, _ = batch_arrays(row, dim, where)
     token_ids = row.column(row.schema.get_field_index("token_ids"))
-    ids = token_ids.values.to_numpy()[token_ids.offsets[0].as_py() : token_ids.offsets[1].as_py()]
+    ids = numpy_view(token_ids.values)[token_ids.offsets[0].as_py() : token_ids.offsets[1].as_py()]
     return vectors[offsets[0] : offsets[1]].copy(), ids.astype(np.int32, copy=True)
 
 

@@ -77,15 +77,17 @@ def batch_arrays(batch, dim: int, where: str) -> tuple[np.ndarray, np.ndarray, n
     """(offsets [n+1] int64, token vectors [n_tokens, D] zero-copy, ids [n] object) of one record batch."""
     import pyarrow as pa
 
+    from tokembed.index.arrays import list_offsets, numpy_view
+
     embeddings = batch.column(batch.schema.get_field_index("embeddings"))
     value_type = embeddings.type.value_type
     if not pa.types.is_fixed_size_list(value_type) or value_type.list_size != dim:
         raise IndexCorruptError(f"{where}: embeddings column is {embeddings.type}, manifest says dim {dim}")
-    offsets = embeddings.offsets.to_numpy().astype(np.int64)
+    offsets = list_offsets(embeddings)
     rows = embeddings.values  # FixedSizeListArray, one entry per token
-    flat = rows.values.to_numpy(zero_copy_only=True)
+    flat = numpy_view(rows.values)
     vectors = flat[rows.offset * dim : (rows.offset + len(rows)) * dim].reshape(-1, dim)
-    ids = batch.column(batch.schema.get_field_index("id")).to_numpy(zero_copy_only=False)
+    ids = np.asarray(batch.column(batch.schema.get_field_index("id")).to_pylist(), dtype=object)  # to_numpy imports pandas (~0.4 s)
     return offsets, vectors, ids
 
 

@@ -1,0 +1,135 @@
+"""The native BERT path (``tokembed/models/bert.py`` + ``bert_tokenizer.py``): the same token ids as transformers'
+tokenizer and the same vectors as transformers' ``BertModel``, on every BERT layout the tests build and on the real
+all-MiniLM-L6-v2; the loading check still refuses what it does not load; a query needs no transformers import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tokembed.errors import ModelError
+from tokembed.models.base import LoadOptions
+from tokembed.models.bert import BertBackbone
+from tokembed.models.registry import load_model
+
+BERT_CHECKPOINTS = ["stanford", "pylate_bert", "raw_encoder", "st_native", "raw_projection"]
+
+TRICKY = [
+    "Paris is the capital of France.",
+    "Héllo Wörld, ÀÉÎÕÜ naïve café",  # accents (stripped with lowercasing, as BERT uncased does)
+    "北京 is a city 東京",  # CJK characters are split one by one
+    "a [MASK] token, [SEP] and [unused0] inside the text",
+    "tabs\tand\n\nnewlines   and   runs\u00a0of\u2003spaces",
+    "control\x00chars\x07and\ufffdreplacement",
+    "x" * 150 + " overlong word",  # longer than WordPiece's 100 characters: [UNK]
+    "emoji 🙂 and math ∑ ∫",
+    "",
+    "What is late interaction? " * 40,  # truncated
+]
+
+
+def _both(path, monkeypatch, dtype="float32"):
+    native = load_model(path, LoadOptions(dtype=dtype))
+    monkeypatch.setenv("TOKEMBED_NATIVE", "0")
+    reference = load_model(path, LoadOptions(dtype=dtype))
+    monkeypatch.delenv("TOKEMBED_NATIVE")
+    assert isinstance(native.backbone, BertBackbone), "the native path was not taken"
+    assert not isinstance(reference.backbone, BertBackbone)
+    return native, reference
+
+
+def _ids(model, texts, max_length=64):
+    return model.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+
+
+def _assert_same(native, reference):
+    assert _ids(native, TRICKY) == _ids(reference, TRICKY)
+    for text in TRICKY[:6]:
+        assert native.tokenizer.tokenize(text) == reference.tokenizer.tokenize(text)
+    for name in ("pad_token_id", "unk_token_id", "mask_token_id", "model_max_length"):
+        assert getattr(native.tokenizer, name) == getattr(reference.tokenizer, name), name
+    assert native.tokenizer.get_vocab() == reference.tokenizer.get_vocab()
+    ids = _ids(native, TRICKY)
+    width = max(map(len, ids))
+    input_ids = torch.tensor([row + [0] * (width - len(row)) for row in ids])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+    got, want = native.embed(input_ids, mask), reference.embed(input_ids, mask)
+    keep = mask.bool()
+    assert (got[keep] - want[keep]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", BERT_CHECKPOINTS)
+def test_native_bert_equals_transformers(name, checkpoint, monkeypatch):
+    _assert_same(*_both(checkpoint(name), monkeypatch))
+
+
+def test_native_bert_equals_transformers_on_minilm(minilm_path, monkeypatch):
+    _assert_same(*_both(minilm_path, monkeypatch))
+
+
+def test_native_bert_bfloat16_close_to_transformers(checkpoint, monkeypatch):
+    native, reference = _both(checkpoint("raw_encoder"), monkeypatch, dtype="bfloat16")
+    assert next(native.backbone.parameters()).dtype == torch.bfloat16
+    ids = torch.tensor(_ids(native, TRICKY[:1]))
+    got, want = native.embed(ids, torch.ones_like(ids)), reference.embed(ids, torch.ones_like(ids))
+    assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min().item() >= 0.999
+
+
+def test_prefix_markers_register_the_same_way(checkpoint, monkeypatch):
+    """Stanford markers ([unused0]) are registered as special tokens through the native tokenizer too."""
+    from tokembed.models.steps import register_prefix_tokens
+
+    native, reference = _both(checkpoint("stanford"), monkeypatch)
+    for model in (native, reference):
+        register_prefix_tokens(model.tokenizer, ("[unused0] ", "[unused1] "))
+    texts = ["[unused0] what is paris", "[unused1] paris is the capital"]
+    assert _ids(native, texts) == _ids(reference, texts)
+
+
+def test_native_loader_refuses_a_missing_tensor(checkpoint):
+    path = checkpoint("raw_encoder")
+    state = load_file(str(path / "model.safetensors"))
+    del state["encoder.layer.0.attention.self.query.weight"]
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(ModelError, match="encoder.layer.0.attention.self.query.weight"):
+        load_model(path, LoadOptions())
+
+
+def test_native_loader_refuses_an_unused_tensor(checkpoint):
+    path = checkpoint("raw_encoder")
+    state = load_file(str(path / "model.safetensors"))
+    state["encoder.layer.0.attention.self.rotary.weight"] = torch.zeros(2)
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(ModelError, match="rotary"):
+        load_model(path, LoadOptions())
+
+
+def test_unsupported_bert_variants_go_through_transformers(checkpoint):
+    path = checkpoint("raw_encoder")
+    config = json.loads((path / "config.json").read_text())
+    config["position_embedding_type"] = "relative_key"
+    (path / "config.json").write_text(json.dumps(config))
+    model = load_model(path, LoadOptions())
+    assert not isinstance(model.backbone, BertBackbone)
+
+
+def test_a_query_imports_neither_transformers_nor_torch_compiler(cli, minilm_path, tmp_path):
+    """What makes a cold ``score --query`` start in about ``import torch`` + 1 s (bench/startup.py times it)."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document number {i}"}) + "\n" for i in range(5)))
+    assert cli("encode", corpus, "-o", tmp_path / "index", "-q").exit_code == 0
+    program = (
+        "import sys; from cli.main import run; code = run(sys.argv[1:]); "
+        "print(sorted(m for m in ('transformers', 'torch._dynamo', 'pandas', 'sympy') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program, "score", "--query", "document", str(tmp_path / "index")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
