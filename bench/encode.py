@@ -34,6 +34,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import tokembed  # noqa: E402,F401  (before torch: it caps the native kernel caches, as the CLI does)
 import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 from _corpus import docstrings  # noqa: E402
 from _timing import timed_runs  # noqa: E402
@@ -98,15 +99,21 @@ def gemm_ceilings(model_path: Path) -> dict[str, float]:
     for dtype in (torch.float32, torch.bfloat16):
         rates = []
         for k, n in shapes:
-            a, b = torch.randn(4096, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            a @ b
-            rates.append(2 * 4096 * k * n / min(timed_runs(lambda: a @ b, 5)))
+            # the model's own call (``F.linear``, weight [out, in]) without its bias: on a CPU without native
+            # bfloat16 instructions ``a @ b`` with a [in, out] weight takes a 10x slower path than this one
+            a, w = torch.randn(4096, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+            F.linear(a, w)
+            rates.append(2 * 4096 * k * n / min(timed_runs(lambda: F.linear(a, w), 5)))
         gflops = statistics.median(rates) / 1e9
         print(f"GEMM {str(dtype).removeprefix('torch.')}: {gflops:.0f} GFLOP/s at the model's shapes "
               f"= {gflops * 1e9 / flops_per_token:,.0f} tokens/s if the linear layers were all the work "
               f"({flops_per_token / 1e6:.1f} MFLOP/token)")
         ceilings[str(dtype).removeprefix("torch.")] = gflops * 1e9 / flops_per_token
     return ceilings
+
+
+def native_bfloat16() -> bool:
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def cold_process(args: list[str]) -> tuple[float, float]:
@@ -132,7 +139,8 @@ print(json.dumps({"encode_seconds": time.perf_counter() - start}))
 """
 
 
-def cold_processes(corpus: Path, model_path: Path, work: Path, repeats: int, tokens: int, ceilings: dict) -> None:
+def cold_processes(corpus: Path, model_path: Path, work: Path, repeats: int, tokens: int, ceilings: dict,
+                   dtypes: list[str]) -> None:
     """Each side as its own cold process, alternating, median of ``repeats``: whole process and encode part."""
     sides = {
         "reference": [sys.executable, "-c", REFERENCE_SCRIPT, str(model_path), str(corpus)],
@@ -140,6 +148,7 @@ def cold_processes(corpus: Path, model_path: Path, work: Path, repeats: int, tok
         "bfloat16": [sys.executable, "-m", "cli.main", "encode", str(corpus), "--full", "-q", "--log-format", "json",
                      "--dtype", "bfloat16"],
     }
+    sides = {side: command for side, command in sides.items() if side == "reference" or side in dtypes}
     runs: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
     for number in range(repeats):
         for side, command in sides.items():
@@ -162,6 +171,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--no-process", action="store_true", help="skip the whole-process timings")
+    parser.add_argument("--bf16", action="store_true",
+                        help="time bfloat16 even on a CPU without bfloat16 instructions (emulated there: ~6x slower)")
     parser.add_argument("--worker", choices=["reference", "float32", "bfloat16"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,7 +188,10 @@ def main() -> None:
     corpus = work / "corpus.parquet"
     pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts}), corpus)
 
-    sides = ["reference", "float32", "bfloat16"]
+    dtypes = ["float32", "bfloat16"] if args.bf16 or native_bfloat16() else ["float32"]
+    if "bfloat16" not in dtypes:
+        print("bfloat16 skipped: this CPU has no AVX512-BF16 or AMX, so bfloat16 runs emulated (--bf16 to time it)")
+    sides = ["reference", *dtypes]
     timings: dict[str, list[dict]] = {side: [] for side in sides}
     for _ in range(args.repeats):
         for side in sides:
@@ -185,7 +199,7 @@ def main() -> None:
     tokens = timings["float32"][0]["tokens"]
     ref_s = statistics.median(t["seconds"] for t in timings["reference"])
     rows = [("reference MultiVectorEncoder (fp32, batch 32)", ref_s, None)]
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         seconds = statistics.median(t["seconds"] for t in timings[dtype])
         rows.append((f"tokembed encode_corpus ({dtype})", seconds, timings[dtype][0]["useful"]))
 
@@ -196,8 +210,9 @@ def main() -> None:
     for name, seconds, useful in rows:
         useful_text = f"{useful:.3f}" if useful is not None else "-"
         print(f"{name:<48} {tokens / seconds:>10,.0f} {len(texts) / seconds:>8,.1f} {useful_text:>7} {ref_s / seconds:>6.2f}x")
-    cosines = bf16_cosines(texts[:300])
-    print(f"bfloat16 vs float32 per-token cosine: min {cosines.min():.5f}, mean {cosines.mean():.5f}")
+    if "bfloat16" in dtypes:
+        cosines = bf16_cosines(texts[:300])
+        print(f"bfloat16 vs float32 per-token cosine: min {cosines.min():.5f}, mean {cosines.mean():.5f}")
     ceilings = gemm_ceilings(model_path)
     print("steady state (warm process, second pass) as a fraction of the GEMM-only ceiling: " + ", ".join(
         f"{name} {tokens / seconds / ceilings['bfloat16' if 'bfloat16' in name else 'float32']:.0%}"
@@ -205,7 +220,7 @@ def main() -> None:
     ))
 
     if not args.no_process:
-        cold_processes(corpus, model_path, work, args.repeats, tokens, ceilings)
+        cold_processes(corpus, model_path, work, args.repeats, tokens, ceilings, dtypes)
 
 
 if __name__ == "__main__":

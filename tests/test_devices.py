@@ -268,3 +268,19 @@ def _assert_cosine(actual, expected, floor: float) -> None:
         a, b = rows[key][0], vectors
         cosine = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
         assert cosine.min() >= floor, (key, float(cosine.min()))
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_on_a_cpu_without_bfloat16_instructions_warns(monkeypatch, capsys, native):
+    import torch
+
+    from tokembed.settings import _warn_if_bfloat16_is_emulated, resolve_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    _warn_if_bfloat16_is_emulated.cache_clear()
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    assert resolve_dtype("float32", "cpu") == "float32"
+    warned = "no bfloat16 instructions" in capsys.readouterr().err
+    _warn_if_bfloat16_is_emulated.cache_clear()
+    assert warned is not native

@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -118,18 +120,31 @@ def test_unsupported_bert_variants_go_through_transformers(checkpoint):
     assert not isinstance(model.backbone, BertBackbone)
 
 
-def test_a_query_imports_neither_transformers_nor_torch_compiler(cli, minilm_path, tmp_path):
-    """What makes a cold ``score --query`` start in about ``import torch`` + 1 s (bench/startup.py times it)."""
-    corpus = tmp_path / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document number {i}"}) + "\n" for i in range(5)))
-    assert cli("encode", corpus, "-o", tmp_path / "index", "-q").exit_code == 0
+def _imported_heavy_modules(*args) -> str:
     program = (
         "import sys; from cli.main import run; code = run(sys.argv[1:]); "
         "print(sorted(m for m in ('transformers', 'torch._dynamo', 'pandas', 'sympy') if m in sys.modules))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program, "score", "--query", "document", str(tmp_path / "index")],
-        capture_output=True, text=True, timeout=300,
-    )
+    done = subprocess.run([sys.executable, "-c", program, *map(str, args)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_encode_and_query_import_neither_transformers_nor_torch_compiler(minilm_path, tmp_path):
+    """What makes a cold ``encode`` of a few rows and ``score --query`` start in about ``import torch`` + 1 s
+    (bench/startup.py times them)."""
+    corpus = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(5)], "text": [f"document number {i}" for i in range(5)]}), corpus)
+    assert _imported_heavy_modules("encode", corpus, "-o", tmp_path / "index", "-q") == "[]"
+    assert _imported_heavy_modules("score", "--query", "document", tmp_path / "index") == "[]"
+
+
+@pytest.mark.parametrize("values", [["ab", None, "é", ""], [None, None], [], ["x" * 1000] * 3])
+def test_string_and_int_arrays_equal_pyarrow_own(values):
+    from tokembed.index.arrays import int32_array, string_array
+
+    strings = string_array(values)
+    strings.validate(full=True)
+    assert strings.equals(pa.array(values, pa.string()))
+    numbers = [None if value is None else len(value) for value in values]
+    assert int32_array(numbers).equals(pa.array(numbers, pa.int32()))

@@ -32,3 +32,43 @@ def arrow_array(values: np.ndarray, arrow_type):
 
     values = np.ascontiguousarray(values, dtype=numpy_dtype(arrow_type))
     return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
+
+
+def _validity(values: list) -> tuple[object, int]:
+    """The validity bitmap of ``values`` (None = null) as an Arrow buffer, or None when nothing is null."""
+    import pyarrow as pa
+
+    valid = np.fromiter((value is not None for value in values), dtype=bool, count=len(values))
+    if valid.all():
+        return None, 0
+    return pa.py_buffer(np.packbits(valid, bitorder="little")), int(len(values) - valid.sum())
+
+
+def string_array(values: list[str | None]):
+    """``pa.array(values, pa.string())`` without pandas: the UTF-8 bytes and int32 offsets as buffers."""
+    import pyarrow as pa
+
+    encoded = [value.encode() if value is not None else b"" for value in values]
+    lengths = np.fromiter((len(item) for item in encoded), dtype=np.int64, count=len(encoded))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    validity, nulls = _validity(values)
+    buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.string(), len(values), buffers, null_count=nulls)
+
+
+def fixed_binary_array(values: list[bytes], width: int):
+    """``pa.array(values, pa.binary(width))`` for values of exactly ``width`` bytes each, without pandas."""
+    import pyarrow as pa
+
+    if any(len(value) != width for value in values):
+        raise ValueError(f"every value must be {width} bytes")
+    return pa.Array.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(b"".join(values))])
+
+
+def int32_array(values: list[int | None]):
+    """``pa.array(values, pa.int32())`` with None as null, without pandas."""
+    import pyarrow as pa
+
+    data = np.fromiter((value or 0 for value in values), dtype=np.int32, count=len(values))
+    validity, nulls = _validity(values)
+    return pa.Array.from_buffers(pa.int32(), len(values), [validity, pa.py_buffer(data)], null_count=nulls)

@@ -49,7 +49,7 @@ def build_record_batch(
     ``source_files``/``pages``: a PDF page's file and number per row (None: not a PDF page)."""
     import pyarrow as pa
 
-    from tokembed.index.arrays import arrow_array
+    from tokembed.index.arrays import arrow_array, fixed_binary_array, int32_array, string_array
 
     dim = schema.field("embeddings").type.value_type.list_size
     value_type = schema.field("embeddings").type.value_type.value_type
@@ -63,12 +63,12 @@ def build_record_batch(
     nulls = [None] * len(ids)
     return pa.RecordBatch.from_arrays(
         [
-            pa.array(ids, type=pa.string()),
+            string_array(ids),
             embeddings,
             token_column,
-            pa.array(hashes, type=pa.binary(32)),
-            pa.array(source_files or nulls, type=pa.string()),
-            pa.array(pages or nulls, type=pa.int32()),
+            fixed_binary_array(hashes, 32),
+            string_array(source_files or nulls),
+            int32_array(pages or nulls),
         ],
         schema=schema,
     )
