@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tokembed.errors import ModelError
 
 _DEFAULTS = {
     "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
@@ -167,9 +166,9 @@ def load_native_bert(folder: Path, config: SimpleNamespace, dtype: torch.dtype, 
     """Build the backbone on the meta device (no random init), then take every tensor from the checkpoint; the
     loading check refuses a missing, unused or wrongly shaped tensor exactly as for transformers' loaders."""
     from tokembed.models.loading import HEAD_NAMES, UNUSED_PARTS, load_state_checked
-    from tokembed.models.weights import weight_files
+    from tokembed.models.weights import read_state
 
-    state = _read_state(folder, weight_files(folder))
+    state = read_state(folder)
     model = BertBackbone(config)  # on the meta device: shapes only; the checkpoint's tensors are assigned
     target = model
     if any(name.startswith("bert.") for name in state):  # a BertForMaskedLM / HF_ColBERT save: errors name its keys
@@ -178,18 +177,4 @@ def load_native_bert(folder: Path, config: SimpleNamespace, dtype: torch.dtype, 
     ignore = tuple(rf"(?:bert\.)?{name}" for name in HEAD_NAMES + UNUSED_PARTS + (r"embeddings\.position_ids$",))
     load_state_checked(target, state, folder, ignore_unused=ignore + tuple(ignore_unused), assign=True)
     return model.to(dtype).eval()
-
-
-def _read_state(folder: Path, files: list[Path]) -> dict[str, torch.Tensor]:
-    if not files:
-        raise ModelError(f"{folder}: no weight files (*.safetensors or pytorch_model*.bin)")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state.update(load_file(str(file)))
-        else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
-    return state
 

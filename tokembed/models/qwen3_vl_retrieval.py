@@ -199,24 +199,6 @@ def qwen3_vl_config(path: Path, raw: dict) -> Any:
     return config
 
 
-def read_state(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint's weight files (safetensors, else PyTorch ``.bin``)."""
-    from tokembed.models.weights import weight_files
-
-    files = weight_files(path)
-    if not files:
-        raise ModelError(f"{path}: no weight files (*.safetensors or pytorch_model*.bin)")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state.update(load_file(str(file)))
-        else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
-    return state
-
-
 def load_qwen3_vl(
     family: str,
     path: Path,
@@ -238,6 +220,7 @@ def load_qwen3_vl(
     before normalization (``--no-normalize``), the projection by default.
     """
     from tokembed.models.loading import load_state_checked
+    from tokembed.models.weights import read_state
 
     config = qwen3_vl_config(path, raw_config)
     state = read_state(path)

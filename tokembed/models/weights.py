@@ -14,6 +14,22 @@ def weight_files(folder: Path) -> list[Path]:
     return files or sorted(folder.glob("pytorch_model*.bin"))
 
 
+def read_state(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint's weight files (safetensors, else PyTorch ``.bin``)."""
+    files = weight_files(folder)
+    if not files:
+        raise ModelError(f"{folder}: no weight files (*.safetensors or pytorch_model*.bin)")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state.update(load_file(str(file)))
+        else:
+            state.update(torch.load(file, map_location="cpu", weights_only=True))
+    return state
+
+
 def tensor_names(folder: Path) -> set[str]:
     """Names of every tensor in the folder's weight files (safetensors headers; ``.bin`` files are mapped)."""
     names: set[str] = set()
