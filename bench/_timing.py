@@ -18,3 +18,10 @@ def timed_runs(fn, repeats: int) -> list[float]:
 
 def median_time(fn, repeats: int) -> float:
     return statistics.median(timed_runs(fn, repeats))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the forking
+    parent's peak over fork and exec into it, so a small worker started by a big parent would report the parent's."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _timing import timed_runs
+from _timing import peak_rss_mb, timed_runs
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -72,10 +71,6 @@ def make_queries(n: int, length: int, dim: int, seed: int = 1) -> list[np.ndarra
     q = rng.standard_normal((n, length, dim), dtype=np.float32)
     q /= np.linalg.norm(q, axis=2, keepdims=True)
     return list(q.astype(np.float16))
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------------------------- workers

@@ -33,10 +33,12 @@ import pyarrow.parquet as pq  # noqa: E402
 from _corpus import docstrings  # noqa: E402
 
 # Runs the CLI and reports its own peak RSS; as `tokembed` would, but measurable.
+# The process's own high-water mark (VmHWM): ``ru_maxrss`` would carry over the forking parent's peak across exec.
 _WITH_PEAK = (
-    "import sys, resource; from cli._clock import process_start; from cli.main import run; "
+    "import sys; from cli._clock import process_start; from cli.main import run; "
     "code = run(sys.argv[1:], started=process_start()); "
-    "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
+    "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
+    "print('MAXRSS_KB', hwm, file=sys.stderr); sys.exit(code)"
 )
 
 

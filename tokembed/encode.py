@@ -265,7 +265,12 @@ class _Chunk:
 
 
 def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary: EncodeSummary, progress) -> int:
-    """Stream the corpus through the runner into the writer; returns how many previous ids are still present."""
+    """Stream the corpus through the runner into the writer; returns how many previous ids are still present.
+
+    One chunk is alive at a time. A loop's names keep their last values while the next chunk is read (``for x in
+    source`` rebinds ``x`` only once ``source`` has produced it; ``enumerate`` keeps its last tuple), so the loops
+    that pass chunks along ``del`` them: without that, two chunks of decoded images
+    (64 rendered pages each, ~0.5 GB for letter pages at 200 dpi) were alive at once."""
     pending: deque[_Chunk] = deque()
     state = {"seen_previous": 0}
     runner_images = job.sources.modality == "image"
@@ -274,6 +279,7 @@ def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary:
         for chunk in _plan_chunks(job, settings_fp, previous, journal.chunks_done, summary, state):
             pending.append(chunk)
             yield [_model_input(chunk.items[i], runner_images) for i in chunk.to_encode]
+            del chunk  # one chunk alive at a time (see _encode_stream)
 
     for result in runner.map_chunks(texts_to_encode()):
         chunk = pending.popleft()
@@ -299,7 +305,9 @@ def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary:
             journal.record(shard.to_json(), chunk.number + 1, summary.skipped[: chunk.skipped], counts)
             fault_point("shard", len(writer.shards))
         progress.advance(chunk.source_rows, result.real_tokens)
+        del chunk, result, vectors, token_ids  # one chunk alive at a time (see _encode_stream)
     return state["seen_previous"]
+
 
 
 def _plan_chunks(job, settings_fp, previous, chunks_done, summary: EncodeSummary, state) -> Iterator[_Chunk]:
@@ -307,7 +315,9 @@ def _plan_chunks(job, settings_fp, previous, chunks_done, summary: EncodeSummary
     # Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards.
     sources = replace(job.sources, chunk_rows=min(job.sources.chunk_rows, job.shard_rows))
     seen = SeenIds(job.inputs, sources)
-    for number, chunk in enumerate(open_sources(job.inputs, sources)):
+    number = -1
+    for chunk in open_sources(job.inputs, sources):  # not enumerate(): it keeps its last (number, chunk) alive
+        number += 1
         resumed = number < chunks_done  # already in a finished shard of the interrupted run
         keys = id_keys(item.id for item in chunk)
         usable = _usable_positions(chunk, keys, seen, job.on_error, summary, record=not resumed)
@@ -333,6 +343,7 @@ def _plan_chunks(job, settings_fp, previous, chunks_done, summary: EncodeSummary
         yield _Chunk(
             number, items, hashes, carried, to_encode, len(chunk), summary.counts(), len(summary.skipped), empty, len(summary.empty_pages)
         )
+        del chunk, items, carried  # one chunk alive at a time (see _encode_stream)
 
 
 def _model_input(item: Item, images: bool):

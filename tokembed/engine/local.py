@@ -38,6 +38,7 @@ class LocalRunner:
                     self.device_tokens(self.label, real)
                 outputs.append(output)
             yield assemble(encoder, plan, outputs)
+            del texts, plan, outputs  # one chunk alive at a time (see encode._encode_stream)
             release_freed_memory()
 
     def close(self) -> None:

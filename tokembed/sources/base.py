@@ -76,6 +76,7 @@ def open_sources(inputs: list[Path], options: SourceOptions) -> Iterator[list[It
             for chunk in reader(file, options, offset):
                 offset += len(chunk)
                 yield chunk
+                del chunk  # not alive while the next chunk is read: a chunk of decoded images is large
 
 
 def _readers(path: Path, options: SourceOptions) -> list:
