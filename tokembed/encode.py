@@ -12,7 +12,6 @@ leaves a journal of its finished shards, and the next run with the same inputs r
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -23,14 +22,12 @@ from typing import Protocol
 import numpy as np
 
 from tokembed._testhooks import fault_point
-from tokembed.errors import BadInputError, UsageError
+from tokembed.errors import UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
-from tokembed.index.keys import id_keys
 from tokembed.index.pdfstats import pdf_totals
-from tokembed.sources import Item, SourceOptions, open_sources
+from tokembed.plan import PlannedChunk, model_input, plan_chunks
+from tokembed.sources import SourceOptions
 from tokembed.sources.base import ignored_files
-from tokembed.sources.duplicates import SeenIds
-from tokembed.sources.pdf import is_empty_page
 
 class Progress(Protocol):
     def start(self, total_rows: int | None) -> None: ...
@@ -121,13 +118,6 @@ class EncodeSummary:
             "ignored_files": self.ignored[:5],
             "empty_pages": len(self.empty_pages),
         }
-
-
-def content_hash(settings_fingerprint: str, text: str) -> bytes:
-    """sha256 of the item's content, keyed by the model and settings that encoded it."""
-    digest = hashlib.sha256(settings_fingerprint.encode() + b"\0")
-    digest.update(text.encode("utf-8", "surrogatepass"))  # no third copy of a huge text
-    return digest.digest()
 
 
 def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSummary:
@@ -248,22 +238,6 @@ def _previous_index(job: EncodeJob, settings_fp: str, progress: Progress):
     return PreviousIndex(open_index(job.output))
 
 
-@dataclass
-class _Chunk:
-    number: int
-    items: list[Item]  # usable items, input order
-    hashes: list[bytes]
-    carried: dict[int, tuple[np.ndarray, np.ndarray]]  # position -> stored (vectors, token ids)
-    to_encode: list[int]  # positions that go through the model
-    source_rows: int  # rows read, bad ones included
-    # Summary state once this chunk was planned: what a journal entry ending at this chunk records
-    # (a pool runner plans ahead, so the live summary may already count later chunks).
-    counts: dict = field(default_factory=dict)
-    skipped: int = 0
-    empty: list[int] = field(default_factory=list)  # positions of PDF pages without text: rows with no tokens
-    empty_pages: int = 0  # len(summary.empty_pages) once this chunk was planned
-
-
 def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary: EncodeSummary, progress) -> int:
     """Stream the corpus through the runner into the writer; returns how many previous ids are still present.
 
@@ -271,14 +245,14 @@ def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary:
     source`` rebinds ``x`` only once ``source`` has produced it; ``enumerate`` keeps its last tuple), so the loops
     that pass chunks along ``del`` them: without that, two chunks of decoded images
     (64 rendered pages each, ~0.5 GB for letter pages at 200 dpi) were alive at once."""
-    pending: deque[_Chunk] = deque()
+    pending: deque[PlannedChunk] = deque()
     state = {"seen_previous": 0}
     runner_images = job.sources.modality == "image"
 
     def texts_to_encode() -> Iterator[list[str]]:
-        for chunk in _plan_chunks(job, settings_fp, previous, journal.chunks_done, summary, state):
+        for chunk in plan_chunks(job, settings_fp, previous, journal.chunks_done, summary, state):
             pending.append(chunk)
-            yield [_model_input(chunk.items[i], runner_images) for i in chunk.to_encode]
+            yield [model_input(chunk.items[i], runner_images) for i in chunk.to_encode]
             del chunk  # one chunk alive at a time (see _encode_stream)
 
     for result in runner.map_chunks(texts_to_encode()):
@@ -308,64 +282,6 @@ def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary:
         del chunk, result, vectors, token_ids  # one chunk alive at a time (see _encode_stream)
     return state["seen_previous"]
 
-
-
-def _plan_chunks(job, settings_fp, previous, chunks_done, summary: EncodeSummary, state) -> Iterator[_Chunk]:
-    """Read the corpus and decide, item by item, what is carried over and what is encoded."""
-    # Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards.
-    sources = replace(job.sources, chunk_rows=min(job.sources.chunk_rows, job.shard_rows))
-    seen = SeenIds(job.inputs, sources)
-    number = -1
-    for chunk in open_sources(job.inputs, sources):  # not enumerate(): it keeps its last (number, chunk) alive
-        number += 1
-        resumed = number < chunks_done  # already in a finished shard of the interrupted run
-        keys = id_keys(item.id for item in chunk)
-        usable = _usable_positions(chunk, keys, seen, job.on_error, summary, record=not resumed)
-        items = [chunk[position] for position in usable]
-        stored_rows = previous.find([item.id for item in items], keys[usable]) if previous is not None else [None] * len(items)
-        state["seen_previous"] += sum(row is not None for row in stored_rows)
-        if resumed:
-            continue
-        hashes = [content_hash(settings_fp, item.content) for item in items]
-        carried, to_encode, empty = {}, [], []
-        for position, (digest, row) in enumerate(zip(hashes, stored_rows)):
-            if is_empty_page(items[position]):
-                summary.empty_pages.append({"id": items[position].id, "source_file": items[position].source_file, "page": items[position].page})
-            if row is not None and previous.content_hash(row) == digest:
-                carried[position] = previous.vectors(row)
-                summary.unchanged += 1
-            else:
-                (empty if is_empty_page(items[position]) else to_encode).append(position)
-                if row is not None:
-                    summary.updated += 1
-                else:
-                    summary.added += 1
-        yield _Chunk(
-            number, items, hashes, carried, to_encode, len(chunk), summary.counts(), len(summary.skipped), empty, len(summary.empty_pages)
-        )
-        del chunk, items, carried  # one chunk alive at a time (see _encode_stream)
-
-
-def _model_input(item: Item, images: bool):
-    """What the model encodes for an item: its decoded image for image documents, else its text."""
-    return item.image if images else item.text
-
-
-def _usable_positions(chunk: list[Item], keys: np.ndarray, seen: SeenIds, on_error: str, summary: EncodeSummary, record: bool) -> list[int]:
-    """Positions in ``chunk`` of the items to index; ``keys`` are the chunk's ``id_keys``."""
-    good = []
-    duplicates = seen.record(chunk, keys)
-    for position, item in enumerate(chunk):
-        if position in duplicates:
-            raise BadInputError(f"duplicate id {item.id!r}: {duplicates[position]} and {item.location}")
-        if item.error is None:
-            good.append(position)
-        elif on_error != "skip" and not item.skip_always:
-            raise BadInputError(f"{item.location} (id {item.id!r}): {item.error}", hint="--on-error skip records and skips such rows")
-        elif record:
-            entry = {"id": item.id, "source": item.source, "row": item.row, "reason": item.error}
-            summary.skipped.append(entry if item.page is None else {**entry, "page": item.page})
-    return good
 
 
 def _pdf_signature(sources: SourceOptions) -> list:

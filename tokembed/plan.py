@@ -1,0 +1,97 @@
+"""Planning a chunk: which of its rows are carried over from the previous index, which go through the model, and
+which are skipped (bad rows, duplicates: ``--on-error``). ``encode`` streams the planned chunks to the engine."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from tokembed.errors import BadInputError
+from tokembed.index.keys import id_keys
+from tokembed.sources import Item, open_sources
+from tokembed.sources.duplicates import SeenIds
+from tokembed.sources.pdf import is_empty_page
+
+
+def content_hash(settings_fingerprint: str, text: str) -> bytes:
+    """sha256 of the item's content, keyed by the model and settings that encoded it."""
+    digest = hashlib.sha256(settings_fingerprint.encode() + b"\0")
+    digest.update(text.encode("utf-8", "surrogatepass"))  # no third copy of a huge text
+    return digest.digest()
+
+
+@dataclass
+class PlannedChunk:
+    number: int
+    items: list[Item]  # usable items, input order
+    hashes: list[bytes]
+    carried: dict[int, tuple[np.ndarray, np.ndarray]]  # position -> stored (vectors, token ids)
+    to_encode: list[int]  # positions that go through the model
+    source_rows: int  # rows read, bad ones included
+    # Summary state once this chunk was planned: what a journal entry ending at this chunk records
+    # (a pool runner plans ahead, so the live summary may already count later chunks).
+    counts: dict = field(default_factory=dict)
+    skipped: int = 0
+    empty: list[int] = field(default_factory=list)  # positions of PDF pages without text: rows with no tokens
+    empty_pages: int = 0  # len(summary.empty_pages) once this chunk was planned
+
+
+def plan_chunks(job, settings_fp, previous, chunks_done, summary, state) -> Iterator[PlannedChunk]:
+    """Read the corpus and decide, item by item, what is carried over and what is encoded."""
+    # Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards.
+    sources = replace(job.sources, chunk_rows=min(job.sources.chunk_rows, job.shard_rows))
+    seen = SeenIds(job.inputs, sources)
+    number = -1
+    for chunk in open_sources(job.inputs, sources):  # not enumerate(): it keeps its last (number, chunk) alive
+        number += 1
+        resumed = number < chunks_done  # already in a finished shard of the interrupted run
+        keys = id_keys(item.id for item in chunk)
+        usable = usable_positions(chunk, keys, seen, job.on_error, summary, record=not resumed)
+        items = [chunk[position] for position in usable]
+        stored_rows = previous.find([item.id for item in items], keys[usable]) if previous is not None else [None] * len(items)
+        state["seen_previous"] += sum(row is not None for row in stored_rows)
+        if resumed:
+            continue
+        hashes = [content_hash(settings_fp, item.content) for item in items]
+        carried, to_encode, empty = {}, [], []
+        for position, (digest, row) in enumerate(zip(hashes, stored_rows)):
+            if is_empty_page(items[position]):
+                summary.empty_pages.append({"id": items[position].id, "source_file": items[position].source_file, "page": items[position].page})
+            if row is not None and previous.content_hash(row) == digest:
+                carried[position] = previous.vectors(row)
+                summary.unchanged += 1
+            else:
+                (empty if is_empty_page(items[position]) else to_encode).append(position)
+                if row is not None:
+                    summary.updated += 1
+                else:
+                    summary.added += 1
+        yield PlannedChunk(
+            number, items, hashes, carried, to_encode, len(chunk), summary.counts(), len(summary.skipped), empty, len(summary.empty_pages)
+        )
+        del chunk, items, carried  # one chunk alive at a time (see encode._encode_stream)
+
+
+def model_input(item: Item, images: bool):
+    """What the model encodes for an item: its decoded image for image documents, else its text."""
+    return item.image if images else item.text
+
+
+def usable_positions(chunk: list[Item], keys: np.ndarray, seen: SeenIds, on_error: str, summary, record: bool) -> list[int]:
+    """Positions in ``chunk`` of the items to index; ``keys`` are the chunk's ``id_keys``."""
+    good = []
+    duplicates = seen.record(chunk, keys)
+    for position, item in enumerate(chunk):
+        if position in duplicates:
+            raise BadInputError(f"duplicate id {item.id!r}: {duplicates[position]} and {item.location}")
+        if item.error is None:
+            good.append(position)
+        elif on_error != "skip" and not item.skip_always:
+            raise BadInputError(f"{item.location} (id {item.id!r}): {item.error}", hint="--on-error skip records and skips such rows")
+        elif record:
+            entry = {"id": item.id, "source": item.source, "row": item.row, "reason": item.error}
+            summary.skipped.append(entry if item.page is None else {**entry, "page": item.page})
+    return good
