@@ -13,8 +13,10 @@ median pass per case (warm steady state). Ray's staged chunk files are removed b
 would reuse them. Rows are compared bitwise with the local engine's.
 
 Images: the tiny random ColQwen2 of ``tests/vision_checkpoints.py`` on ``sample_data/images`` repeated
-``--image-repeat`` times, ``cpu`` (in process) vs ``cpu:2`` (two workers): how image batches spread over the
-pool. Its figures are overhead-heavy (a real ColQwen2 spends far more time per image in the forward).
+``--image-repeat`` times, ``cpu`` (in process) vs ``cpu:2`` (two workers, which also run the processor), and
+``cpu:2`` with the processor in the main process (how the pool ran images before): how image work spreads
+over the pool. Its figures are processor-heavy (a real ColQwen2 spends far more time per image in the forward).
+``--part text`` or ``--part images`` runs only one half.
 Prints figures, asserts nothing.
 """
 
@@ -49,7 +51,8 @@ class _Quiet:
 class Case:
     """One engine/devices pair, its runner opened once (start-up timed) and timed per pass."""
 
-    def __init__(self, name: str, model, flags, engine: str, devices: str, batch_tokens: int, output: Path, address: str | None) -> None:
+    def __init__(self, name: str, model, flags, engine: str, devices: str, batch_tokens: int, output: Path, address: str | None,
+                 main_process_processor: bool = False) -> None:
         from tokembed.embedder import Embedder
         from tokembed.encode import EncodeJob
         from tokembed.engine import open_runner
@@ -61,11 +64,14 @@ class Case:
         self.encoder = embedder.encoder
         started = time.perf_counter()
         self.runner = open_runner(embedder, job, _Quiet())
+        if main_process_processor:
+            self.runner._workers_prepare = False  # the pool's former image path: the main process runs the processor
         self.startup = time.perf_counter() - started  # connect / spawn + model load
         started = time.perf_counter()
         self._run([warm_up_inputs(embedder)])
         self.first_chunk = time.perf_counter() - started
         self.seconds: list[float] = []
+        self.main_cpu: list[float] = []  # CPU seconds of this (the main) process per pass: its serial share of the work
         self.tokens = 0
         self.rows: list = []
 
@@ -77,9 +83,10 @@ class Case:
         return results
 
     def time_pass(self, chunks: list[list]) -> None:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         results = self._run(chunks)
         self.seconds.append(time.perf_counter() - started)
+        self.main_cpu.append(time.process_time() - cpu)
         self.tokens = sum(r.real_tokens for r in results)
         self.rows = [row for r in results for row in zip(r.vectors, r.token_ids)]
 
@@ -144,7 +151,8 @@ def compare(cases: list[Case], chunks: list[list], passes: int) -> None:
         ready, base_ready = case.startup + case.first_chunk, base.startup + base.first_chunk
         print(
             f"  {case.name:<16} ready after {ready:5.1f} s ({ready - base_ready:+5.1f} s vs {base.name})   "
-            f"{case.tokens_per_s:9,.0f} tokens/s warm (x{case.tokens_per_s / base.tokens_per_s:4.2f} of {base.name})   "
+            f"{case.tokens_per_s:9,.0f} tokens/s warm (x{case.tokens_per_s / base.tokens_per_s:4.2f} of {base.name}; "
+            f"main process CPU {statistics.median(case.main_cpu):.1f} s of {statistics.median(case.seconds):.1f} s)   "
             f"rows {'bitwise equal' if same else 'DIFFER'}"
         )
 
@@ -175,6 +183,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="CPU workers / actors of each engine")
     parser.add_argument("--image-repeat", type=int, default=6)
     parser.add_argument("--ray-address", default=None, help="an existing cluster; default: start a loopback one")
+    parser.add_argument("--part", choices=("all", "text", "images"), default="all")
     args = parser.parse_args()
 
     import torch
@@ -185,45 +194,61 @@ def main() -> None:
     corpus = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(corpus)
     docstrings = corpus.docstrings
-    from tokembed.settings import EncodeFlags
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
     head = None
     address = args.ray_address
-    if address is None:
+    if address is None and args.part != "images":
         address, head = start_cluster(len(os.sched_getaffinity(0)))
         print(f"ray: started a one-node cluster on {address}")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            texts = docstrings(args.docs)
-            devices = "auto" if torch.cuda.is_available() else f"cpu:{args.workers}"
-            flags = EncodeFlags(store_dtype="float32")
-            print(f"\ntext: demo model, {len(texts)} docstrings, chunks of {args.chunk_rows}, --devices {devices}, median of {args.passes} passes")
-            cases = [
-                Case(f"local {devices}", None, flags, "local", devices, args.batch_tokens, Path(tmp) / "local", None),
-                Case(f"ray {devices}", None, flags, "ray", devices, args.batch_tokens, Path(tmp) / "ray", address),
-            ]
-            try:
-                compare(cases, chunked(texts, args.chunk_rows), args.passes)
-            finally:
-                for case in cases:
-                    case.close()
-
-            images = image_inputs(args.image_repeat)
-            model = build_image_model(Path(tmp) / "colqwen2")
-            print(f"\nimages: tiny ColQwen2, {len(images)} images, chunks of 16, median of {args.passes} passes")
-            cases = [
-                Case("local cpu", str(model), flags, "local", "cpu", 512, Path(tmp) / "img-cpu", None),
-                Case("local cpu:2", str(model), flags, "local", "cpu:2", 512, Path(tmp) / "img-cpu2", None),
-            ]
-            try:
-                compare(cases, chunked(images, 16), args.passes)
-            finally:
-                for case in cases:
-                    case.close()
+            if args.part != "images":
+                run_text(args, docstrings, address, Path(tmp))
+            if args.part != "text":
+                run_images(args, Path(tmp))
     finally:
         if head is not None:
             stop_cluster(head)
+
+
+def run_text(args, docstrings, address: str, tmp: Path) -> None:
+    import torch
+
+    from tokembed.settings import EncodeFlags
+
+    texts = docstrings(args.docs)
+    devices = "auto" if torch.cuda.is_available() else f"cpu:{args.workers}"
+    flags = EncodeFlags(store_dtype="float32")
+    print(f"\ntext: demo model, {len(texts)} docstrings, chunks of {args.chunk_rows}, --devices {devices}, median of {args.passes} passes")
+    cases = [
+        Case(f"local {devices}", None, flags, "local", devices, args.batch_tokens, tmp / "local", None),
+        Case(f"ray {devices}", None, flags, "ray", devices, args.batch_tokens, tmp / "ray", address),
+    ]
+    try:
+        compare(cases, chunked(texts, args.chunk_rows), args.passes)
+    finally:
+        for case in cases:
+            case.close()
+
+
+def run_images(args, tmp: Path) -> None:
+    from tokembed.settings import EncodeFlags
+
+    flags = EncodeFlags(store_dtype="float32")
+    images = image_inputs(args.image_repeat)
+    model = build_image_model(tmp / "colqwen2")
+    print(f"\nimages: tiny ColQwen2, {len(images)} images, chunks of 16, median of {args.passes} passes")
+    cases = [
+        Case("local cpu", str(model), flags, "local", "cpu", 512, tmp / "img-cpu", None),
+        Case("cpu:2 main proc.", str(model), flags, "local", "cpu:2", 512, tmp / "img-cpu2-main", None, main_process_processor=True),
+        Case("local cpu:2", str(model), flags, "local", "cpu:2", 512, tmp / "img-cpu2", None),
+    ]
+    try:
+        compare(cases, chunked(images, 16), args.passes)
+    finally:
+        for case in cases:
+            case.close()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Image models on the worker pool: ``--devices cpu:2`` spreads image batches (pixel payloads, batched by
-visual tokens) over two worker processes and writes the same shards, byte for byte, as ``--devices cpu``.
+"""Image models on the worker pool: ``--devices cpu:2`` has two worker processes run the processor on the
+images and then the batches (pixel payloads, batched by visual tokens), and writes the same shards, byte for
+byte, as ``--devices cpu``.
 
 ColQwen2 is the hard case: its images give different numbers of visual tokens (4..16 here, aspect ratio
 kept), so batches mix payload shapes that ``collate`` pads. ColModernVBert splits images into a varying
@@ -51,3 +52,38 @@ def test_an_image_worker_that_dies_hands_its_batches_to_the_other(tmp_path_facto
     assert result.returncode == 0, result.stderr
     assert "worker 1 (cpu:1) died (killed by SIGKILL) holding batch" in result.stderr
     assert shard_digests(two) == shard_digests(one)
+
+
+@pytest.mark.slow  # two workers load the model: ~30 s on 2 shared cores
+def test_pool_workers_run_the_image_processor_and_the_main_process_only_plans(tmp_path, monkeypatch):
+    from vision_checkpoints import build_colqwen2
+
+    from tokembed.embedder import Embedder
+    from tokembed.engine.local import LocalRunner
+    from tokembed.engine.pool import PoolRunner
+    from tokembed.errors import BadInputError
+    from tokembed.settings import EncodeFlags
+    from tokembed.sources.images import decode_image
+
+    flags = EncodeFlags(store_dtype="float32")
+    embedder = Embedder.load(str(build_colqwen2(tmp_path / "colqwen2")), flags, "cpu")
+    images = [decode_image(path.read_bytes(), 40_000_000).image for path in sorted(SAMPLE_IMAGES.iterdir())]
+    chunks = [images[:6], images[6:]]
+    expected = list(LocalRunner(embedder, 96).map_chunks(chunks))
+
+    def main_process_processor(inputs):
+        raise AssertionError("the pool's main process ran the image processor")
+
+    runner = PoolRunner(embedder.spec(flags), ("cpu:0", "cpu:1"), embedder.encoder, 96)
+    try:
+        monkeypatch.setattr(embedder.encoder, "tokenize", main_process_processor)
+        results = list(runner.map_chunks(chunks))
+        for got, want in zip(results, expected, strict=True):
+            assert (got.real_tokens, got.computed_tokens) == (want.real_tokens, want.computed_tokens)  # the same plan
+            for a, b in zip(got.vectors + got.token_ids, want.vectors + want.token_ids, strict=True):
+                assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+        # A processor's refusal in a worker reaches the caller as the error it is in process.
+        with pytest.raises(BadInputError, match="encodes documents as images; got text"):
+            list(runner.map_chunks([[images[0], "some text"]]))
+    finally:
+        runner.close()

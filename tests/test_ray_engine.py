@@ -241,6 +241,39 @@ def test_a_chunk_worker_stages_exactly_the_local_rows_and_reuses_them(checkpoint
         worker.encode(key, texts, 64, str(tmp_path / "elsewhere"))
 
 
+def test_a_chunk_shared_out_by_ranges_of_its_batches_gives_the_local_rows(checkpoint_store, tmp_path):
+    from types import SimpleNamespace
+
+    from tokembed.embedder import Embedder
+    from tokembed.engine.ray import ChunkWorker, RayRunner, batch_ranges, chunk_key, read_staged
+    from tokembed.engine.runner import plan_chunk, run_chunk
+    from tokembed.settings import EncodeFlags
+
+    flags = EncodeFlags(store_dtype="float32")
+    embedder = Embedder.load(str(checkpoint_store("pylate_bert")), flags)
+    texts = [row["text"] for row in corpus_rows(40)] + [""]
+    plan = plan_chunk(embedder.encoder, texts, 64)
+    spans = batch_ranges(plan, 3)
+    assert len(spans) == 3 and spans[0][0] == 0 and spans[-1][1] == len(plan.batches)
+    assert all(first < end for first, end in spans) and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    worker = ChunkWorker(embedder.spec(flags), 0, "cpu", 1)
+    staged = {}
+    for span in spans:
+        key = chunk_key(f"{span}".encode(), texts)
+        assert worker.encode(key, texts, 64, str(staging), span)["batches"] == span[1] - span[0]
+        rows = sum(len(batch.rows) for batch in plan.batches[span[0] : span[1]])
+        staged[span] = read_staged(staging / f"chunk-{key}.arrow", rows, embedder.output_dim)
+    # the driver's reassembly, with each part's staged file standing in for Ray
+    driver = SimpleNamespace(encoder=embedder.encoder, _collect_part=lambda actor, span, rows: staged[span])
+    got = RayRunner._collect(driver, plan, [(0, span, None, span) for span in spans])
+    local = run_chunk(embedder.encoder, texts, 64, "cpu")
+    assert (got.real_tokens, got.computed_tokens, got.largest_batch) == (local.real_tokens, local.computed_tokens, local.largest_batch)
+    for a, b in zip(got.vectors + got.token_ids, local.vectors + local.token_ids, strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
 def test_ray_address_auto_without_a_cluster_names_what_it_looked_for(monkeypatch, tmp_path):
     from tokembed.engine import ray as ray_engine
     from tokembed.errors import DeviceError, UsageError

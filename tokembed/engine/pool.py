@@ -9,9 +9,11 @@
     map_chunks yields chunk k once all its batches are back: the caller is the single writer.
 
 Determinism: the main process tokenizes and plans (``runner.plan_chunk``), so the batches are the same
-whatever the number of workers; a worker runs exactly the batch it is sent through the same
-``BatchExecutor`` as ``LocalRunner``, so every row gets the same floats from 1, 2 or N workers, or in
-process. Faster devices simply come back sooner and are sent more batches.
+whatever the number of workers. Image models' processors (resize, pixel tensors) cost more than many a
+forward, so their items go to the workers first, one per task, ahead of queued batches; the main process
+plans on what comes back (``runner.plan_items``): the items it would have made itself. A worker runs
+exactly the batch it is sent through the same ``BatchExecutor`` as ``LocalRunner``, so every row gets the
+same floats from 1, 2 or N workers, or in process. Faster devices simply come back sooner and are sent more batches.
 
 Faults: a batch that runs out of memory is split in the worker (``BatchExecutor``). A worker that dies is
 seen through its process sentinel (or a broken pipe); the batches it held go back to the front of the
@@ -34,8 +36,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from tokembed.engine.runner import BatchExecutor, ChunkResult, ChunkPlan, DeviceStats, assemble, plan_chunk
+from tokembed.engine.runner import BatchExecutor, ChunkResult, ChunkPlan, DeviceStats, assemble, plan_chunk, plan_items
 from tokembed.errors import DeviceError, TokembedError
+from tokembed.models.steps import TextEncoder
 
 MAX_CHUNKS = 2  # chunks planned and queued ahead of the writer: overlap with bounded memory
 PREFETCH = 2  # batches a worker holds (one computing, one waiting): no idle round trip between batches
@@ -56,20 +59,23 @@ def worker_threads(workers: int) -> int:
 
 @dataclass
 class _Task:
-    key: tuple[int, int]  # (chunk sequence number, batch index in that chunk's plan)
-    items: list  # [Tokenized], longest first
+    key: tuple[int, int]  # (chunk sequence number, batch index in that chunk's plan, or item index to prepare)
+    items: list  # [Tokenized], longest first; to prepare: [one raw input]
+    prepare: bool = False  # run the processor on the item, not the model
 
     def describe(self) -> str:
+        if self.prepare:
+            return f"item {self.key[1] + 1} of chunk {self.key[0] + 1} (to process)"
         width = max(len(item.ids) for item in self.items)
         return f"batch {self.key[1] + 1} of chunk {self.key[0] + 1} ({len(self.items)} rows x {width} tokens)"
 
 
 class _ChunkJob:
-    def __init__(self, seq: int, plan: ChunkPlan) -> None:
+    def __init__(self, seq: int, plan: ChunkPlan | None, parts: int) -> None:
         self.seq = seq
-        self.plan = plan
-        self.outputs: list = [None] * len(plan.batches)
-        self.missing = len(plan.batches)
+        self.plan = plan  # None: a chunk's items being prepared, one part each
+        self.outputs: list = [None] * parts
+        self.missing = parts
 
 
 class _Worker:
@@ -108,6 +114,8 @@ class PoolRunner:
         from tokembed.engine.device import torch_device
 
         self.encoder = encoder  # the main process's: tokenize and plan only
+        # Image (and video) documents: the model's processor runs on the workers. Queries are short texts: processed here.
+        self._workers_prepare = not isinstance(encoder, TextEncoder) and encoder.settings.kind == "document"
         self.batch_tokens = batch_tokens
         self._log = getattr(progress, "log", None) or (lambda message: None)
         self._device_tokens = getattr(progress, "device_tokens", None)  # optional Progress method
@@ -148,7 +156,7 @@ class PoolRunner:
                 if texts is None:
                     exhausted = True
                 else:
-                    in_flight.append(self._submit(plan_chunk(self.encoder, texts, self.batch_tokens)))
+                    in_flight.append(self._submit(self._plan(texts)))
             if not in_flight:
                 self._finished = True
                 return
@@ -156,13 +164,29 @@ class PoolRunner:
             self._wait(job)
             yield assemble(self.encoder, job.plan, job.outputs)
 
+    def _plan(self, inputs: list) -> ChunkPlan:
+        if not self._workers_prepare or not inputs:
+            return plan_chunk(self.encoder, inputs, self.batch_tokens)
+        tasks = [_Task((self._next_seq, i), [value], prepare=True) for i, value in enumerate(inputs)]
+        # Ahead of the batches queued: the next plan is needed soon. The chunk's batches reuse its number (``advance``):
+        # every item is back, and no task of this job is left anywhere, before they are queued.
+        job = self._enqueue(None, tasks, front=True, advance=False)
+        self._wait(job)
+        return plan_items([item for part in job.outputs for item in part], self.batch_tokens)
+
     def _submit(self, plan: ChunkPlan) -> _ChunkJob:
-        with self._lock:
+        return self._enqueue(plan, [_Task((self._next_seq, i), plan.batch_items(batch)) for i, batch in enumerate(plan.batches)])
+
+    def _enqueue(self, plan: ChunkPlan | None, tasks: list[_Task], front: bool = False, advance: bool = True) -> _ChunkJob:
+        with self._lock:  # only this (main) thread adds jobs, so ``_next_seq`` did not move since the tasks were keyed
             self._raise_if_failed()
-            job = _ChunkJob(self._next_seq, plan)
-            self._next_seq += 1
+            job = _ChunkJob(self._next_seq, plan, len(tasks))
+            self._next_seq += advance
             self._jobs[job.seq] = job
-            self._pending.extend(_Task((job.seq, i), plan.batch_items(batch)) for i, batch in enumerate(plan.batches))
+            if front:
+                self._pending.extendleft(reversed(tasks))
+            else:
+                self._pending.extend(tasks)
         self._wake()
         return job
 
@@ -291,12 +315,15 @@ class PoolRunner:
             job = self._jobs.get(key[0])
             if task is None or job is None or job.outputs[key[1]] is not None:
                 return
+            if task.prepare:
+                output = pickle.loads(output)  # [Prepared], pixel tensors sent by value
+            else:
+                real = sum(len(item.ids) for item in task.items)
+                self.device_stats[worker.label].add(output, real)
+                if self._device_tokens is not None:
+                    self._device_tokens(worker.label, real)
             job.outputs[key[1]] = output
             job.missing -= 1
-            real = sum(len(item.ids) for item in task.items)
-            self.device_stats[worker.label].add(output, real)
-            if self._device_tokens is not None:
-                self._device_tokens(worker.label, real)
             if not job.missing:
                 self._cond.notify_all()
         elif kind == "error":
@@ -389,10 +416,14 @@ def _run_batches(index: int, label: str, device: str, threads: int, spec, tasks,
     outbox.put(("ready", attention))
     taken = 0
     while (task := inbox.get()) is not None:
-        taken += 1
-        worker_fault_point(index, taken)
+        if not task.prepare:
+            taken += 1
+            worker_fault_point(index, taken)
         try:
-            output = executor.run(task.items)
+            if task.prepare:  # by value: tensors would otherwise travel as shared-memory file descriptors
+                output = pickle.dumps(embedder.encoder.tokenize(task.items), protocol=pickle.HIGHEST_PROTOCOL)
+            else:
+                output = executor.run(task.items)
         except BaseException as exc:
             outbox.put(("error", task.key, *_portable(exc)))
             return

@@ -8,13 +8,16 @@
         back; the driver's ``IndexWriter`` writes the rows     Arrow file on the index's shared storage
 
 Same bytes as ``--engine local``: an actor runs exactly what ``LocalRunner`` runs on one chunk (same plan,
-same executor), and the driver writes shards with the same writer, in the same order.
+same executor), and the driver writes shards with the same writer, in the same order. With several actors a
+text chunk is shared out at the boundaries of its own batch plan (the driver plans it, each actor re-plans it
+and runs one contiguous range of its batches): a corpus of few chunks keeps every actor busy, and every batch
+is still the batch ``LocalRunner`` runs (smaller chunks would change the batches, hence the last bits).
 
 Staged files live in ``INDEX_DIR/staging/chunk-<key>.arrow``, ``key`` = sha256 of the model, the settings,
-the token budget and the chunk's inputs. They are written under a temp name, fsynced and renamed, so a
-retried chunk (its actor died) overwrites nothing half-done, and an actor that finds its chunk's file
-already there reuses it: after a SIGKILL of the driver, the next run re-reads the chunks already staged.
-The folder is removed when a run finishes.
+the token budget and the chunk's inputs (and, for a part of a chunk, its range of batches). They are written
+under a temp name, fsynced and renamed, so a retried chunk (its actor died) overwrites nothing half-done, and
+an actor that finds its chunk's file already there reuses it: after a SIGKILL of the driver, the next run
+re-reads the chunks already staged. The folder is removed when a run finishes.
 
 Faults: an actor that dies is restarted (``max_restarts``) and the chunks it held are retried
 (``max_task_retries``); with retries exhausted the run fails with ``DeviceError`` (exit 9) and the driver
@@ -36,8 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tokembed.engine.runner import ChunkResult, DeviceStats
+from tokembed.engine.runner import ChunkPlan, ChunkResult, DeviceStats, plan_chunk
 from tokembed.errors import DeviceError, TokembedError, UsageError
+from tokembed.models.steps import TextEncoder
 
 IN_FLIGHT = 2  # chunks queued per actor: one computing, one waiting (no idle round trip)
 ACTOR_RETRIES = 3  # restarts of a dead actor, and retries of the chunks it held
@@ -168,6 +172,18 @@ def chunk_key(prefix: bytes, inputs: list) -> str:
     return digest.hexdigest()
 
 
+def batch_ranges(plan: ChunkPlan, parts: int) -> list[tuple[int, int]]:
+    """``plan.batches`` cut into at most ``parts`` contiguous, non-empty ranges of about equal padded tokens."""
+    parts = min(parts, len(plan.batches))
+    done = np.cumsum([batch.computed_tokens for batch in plan.batches])
+    bounds = [0]
+    for k in range(1, parts):
+        cut = int(np.searchsorted(done, done[-1] * k / parts)) + 1  # just after the batch that reaches k/parts
+        bounds.append(min(max(cut, bounds[-1] + 1), len(plan.batches) - (parts - k)))
+    bounds.append(len(plan.batches))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str) -> None:
     """One chunk's rows as an Arrow IPC file: temp name, fsync, rename (a retry simply writes it again)."""
     import pyarrow as pa
@@ -236,8 +252,9 @@ class ChunkWorker:
         except BaseException as exc:  # reported by the first chunk, as the error it is (a model error: exit 4)
             self.error = exc
 
-    def encode(self, key: str, inputs: list, budget: int, staging: str) -> dict:
-        from tokembed.engine.runner import BatchExecutor, assemble, plan_chunk
+    def encode(self, key: str, inputs: list, budget: int, staging: str, batches: tuple[int, int] | None = None) -> dict:
+        """Encode the chunk ``inputs`` (or only ``batches``, a range of its plan's batches: their rows in plan order)."""
+        from tokembed.engine.runner import BatchExecutor, assemble
 
         self.taken += 1
         self._fault_point()
@@ -253,8 +270,16 @@ class ChunkWorker:
             logs: list[str] = []
             executor = BatchExecutor(encoder, self.device, log=logs.append, label=label)
             plan = plan_chunk(encoder, inputs, budget)
-            outputs = [executor.run(plan.batch_items(batch)) for batch in plan.batches]
-            write_staged(path, assemble(encoder, plan, outputs), encoder.output_dim, self.embedder.settings.store_dtype)
+            chosen = plan.batches if batches is None else plan.batches[batches[0] : batches[1]]
+            outputs = [executor.run(plan.batch_items(batch)) for batch in chosen]
+            if batches is None:
+                result = assemble(encoder, plan, outputs)
+            else:
+                real = sum(len(item.ids) for batch in chosen for item in plan.batch_items(batch))
+                rows = [row for output in outputs for row in output.rows]
+                result = ChunkResult([v for v, _ in rows], [i for _, i in rows], real, sum(o.computed_tokens for o in outputs),
+                                     max(o.largest_batch for o in outputs))
+            write_staged(path, result, encoder.output_dim, self.embedder.settings.store_dtype)
             busy = sum(output.busy_seconds for output in outputs)
             return {"path": str(path), "label": label, "logs": logs, "busy_seconds": busy, "batches": len(outputs), "reused": False}
         return {"path": str(path), "label": label, "logs": [], "busy_seconds": 0.0, "batches": 0, "reused": True}
@@ -290,6 +315,7 @@ class RayRunner:
 
     def __init__(self, spec, job, encoder, progress=None) -> None:
         self.encoder = encoder
+        self._share_chunks = isinstance(encoder, TextEncoder)  # text: cheap to plan here and again on each actor
         self.batch_tokens = job.batch_tokens
         self._log = getattr(progress, "log", None) or (lambda message: None)
         self._device_tokens = getattr(progress, "device_tokens", None)
@@ -343,16 +369,41 @@ class RayRunner:
             yield self._collect(*in_flight.popleft())
 
     def _submit(self, inputs: list) -> tuple:
+        """-> (the chunk's plan, or None when it goes whole to one actor; its parts: (actor, ref, rows, batch range))."""
         if not inputs:  # every item carried over from the previous index: nothing to encode
-            return None, None, 0
-        actor = min(range(len(self._actors)), key=lambda i: self._held[i])
-        self._held[actor] += 1
-        key = chunk_key(self._prefix, inputs)
-        return actor, self._actors[actor].encode.remote(key, inputs, self.batch_tokens, str(self.staging)), len(inputs)
+            return None, []
+        plan = plan_chunk(self.encoder, inputs, self.batch_tokens) if self._share_chunks and len(self._actors) > 1 else None
+        spans = batch_ranges(plan, len(self._actors)) if plan is not None and len(plan.batches) > 1 else [None]
+        parts = []
+        for span in spans:
+            actor = min(range(len(self._actors)), key=lambda i: self._held[i])
+            self._held[actor] += 1
+            if span is None:
+                key, rows = chunk_key(self._prefix, inputs), len(inputs)
+            else:
+                key = chunk_key(self._prefix + f"batches {span[0]}:{span[1]}\0".encode(), inputs)
+                rows = sum(len(batch.rows) for batch in plan.batches[span[0] : span[1]])
+            ref = self._actors[actor].encode.remote(key, inputs, self.batch_tokens, str(self.staging), span)
+            parts.append((actor, ref, rows, span))
+        return (plan if spans[0] is not None else None), parts
 
-    def _collect(self, actor: int | None, ref, rows: int) -> ChunkResult:
-        if ref is None:
+    def _collect(self, plan: ChunkPlan | None, parts: list) -> ChunkResult:
+        if not parts:
             return ChunkResult([], [], 0, 0, 0)
+        results = [self._collect_part(actor, ref, rows) for actor, ref, rows, _ in parts]
+        if plan is None:
+            return results[0]
+        encoder = self.encoder
+        vectors: list = [np.zeros((0, encoder.output_dim), dtype=encoder.store_dtype)] * len(plan.items)
+        token_ids: list = [np.zeros(0, dtype=np.int32)] * len(plan.items)
+        for (_, _, _, (first, end)), result in zip(parts, results):
+            rows = [row for batch in plan.batches[first:end] for row in batch.rows]
+            for row, vecs, ids in zip(rows, result.vectors, result.token_ids, strict=True):
+                vectors[row], token_ids[row] = vecs, ids
+        computed = sum(result.computed_tokens for result in results)
+        return ChunkResult(vectors, token_ids, plan.real_tokens, computed, max(result.largest_batch for result in results))
+
+    def _collect_part(self, actor: int, ref, rows: int) -> ChunkResult:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 

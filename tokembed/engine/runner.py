@@ -2,7 +2,8 @@
 
 * ``plan_chunk`` (texts -> ``ChunkPlan``): tokenize, sort by length, cut token-budget batches. It needs
   only the tokenizer and runs where the texts are (the main process), so the plan never depends on how
-  many devices compute it.
+  many devices compute it. ``plan_items`` is its second half, for items tokenized elsewhere (the pool
+  has its workers run image models' processors).
 * ``BatchExecutor.run`` (one batch of token ids -> ``BatchOutput``): collate, copy to the device, forward,
   finish. A batch that runs out of device memory is split in half and retried (recursively), and the
   executor's padded-token cap shrinks so later batches are cut before they fail.
@@ -79,7 +80,11 @@ class DeviceStats:
 def plan_chunk(encoder: TextEncoder, texts: list[str], budget: int) -> ChunkPlan:
     if not texts:
         return ChunkPlan([], [], 0)
-    tokenized = encoder.tokenize(texts)
+    return plan_items(encoder.tokenize(texts), budget)
+
+
+def plan_items(tokenized: list[Tokenized], budget: int) -> ChunkPlan:
+    """Already tokenized (or processed) items -> their batches: the plan depends on nothing but their lengths."""
     lengths = np.fromiter((len(item.ids) for item in tokenized), dtype=np.int64, count=len(tokenized))
     nonempty = np.flatnonzero(lengths)  # a text with no tokens at all (possible without special tokens) stays empty
     batches = [Batch(nonempty[batch.rows], batch.width) for batch in plan_batches(lengths[nonempty], budget)]
