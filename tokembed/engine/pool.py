@@ -157,12 +157,14 @@ class PoolRunner:
                     exhausted = True
                 else:
                     in_flight.append(self._submit(self._plan(texts)))
+                    del texts  # a finished chunk's inputs are not kept alive by this name (see encode._encode_stream)
             if not in_flight:
                 self._finished = True
                 return
             job = in_flight.popleft()
             self._wait(job)
             yield assemble(self.encoder, job.plan, job.outputs)
+            del job
 
     def _plan(self, inputs: list) -> ChunkPlan:
         if not self._workers_prepare or not inputs:
