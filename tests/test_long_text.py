@@ -134,3 +134,17 @@ def test_a_20mb_row_and_query_keep_peak_rss_in_bounds(checkpoint, tmp_path):
     peaks = json.loads(line.removeprefix("PEAKS "))
     assert peaks["huge_row"] - peaks["short"] < 200, peaks
     assert peaks["huge_query"] - peaks["short"] < 200, peaks
+
+
+@pytest.mark.parametrize("text", ["", "plain", "é東京\udc80🙂 " * 5000, "x" * (3 * (1 << 20) + 5)])
+def test_content_hash_in_slices_equals_the_whole_text_hash(text, monkeypatch):
+    """Hashing a huge text a slice at a time must give the digest every existing index stores (the whole
+    UTF-8 text), whatever the slice size, or every nightly re-run would re-encode every row."""
+    import hashlib
+
+    import tokembed.plan as plan
+
+    want = hashlib.sha256(b"fingerprint\0" + text.encode("utf-8", "surrogatepass")).digest()
+    assert plan.content_hash("fingerprint", text) == want
+    monkeypatch.setattr(plan, "_HASH_SLICE", 7)
+    assert plan.content_hash("fingerprint", text) == want

@@ -19,8 +19,12 @@ from tokembed.sources.pdf import is_empty_page
 def content_hash(settings_fingerprint: str, text: str) -> bytes:
     """sha256 of the item's content, keyed by the model and settings that encoded it."""
     digest = hashlib.sha256(settings_fingerprint.encode() + b"\0")
-    digest.update(text.encode("utf-8", "surrogatepass"))  # no third copy of a huge text
+    for start in range(0, len(text), _HASH_SLICE):  # UTF-8 a slice at a time: no whole second copy of a huge text
+        digest.update(text[start : start + _HASH_SLICE].encode("utf-8", "surrogatepass"))
     return digest.digest()
+
+
+_HASH_SLICE = 1 << 20  # characters
 
 
 @dataclass

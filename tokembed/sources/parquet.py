@@ -68,6 +68,7 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
             images = batch.column(options.image_column).to_pylist() if use_image else None
             pdfs = batch.column(options.pdf_column).to_pylist() if use_pdf else None
             videos = batch.column(options.video_column).to_pylist() if use_video else None
+            del batch  # its Arrow buffers: a huge text would otherwise be held twice while its items are planned
             for i, (raw_id, text) in enumerate(zip(ids, texts)):
                 item = _item(path, row + i, offset + row + i, raw_id, text, check_text=use_text)
                 if pdfs is not None:
