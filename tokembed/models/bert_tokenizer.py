@@ -23,10 +23,10 @@ _BERT_CLASSES = (None, "BertTokenizer", "BertTokenizerFast")
 
 
 def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
+    """The JSON file as a dict ({} when absent); a broken file is the same ModelError as everywhere else."""
+    from tokembed.models.base import read_json
+
+    return read_json(path) or {}
 
 
 def is_native_bert_tokenizer(folder: Path) -> bool:
