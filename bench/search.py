@@ -15,11 +15,17 @@ Each phase runs in its own worker process, so each peak RSS is its own:
 * ``search``: the structure, opened once (warm steady state): per (probe, candidates) p50/p95 latency one
   query at a time, queries/s for 100 queries in one call, recall@10/@100 against exact; re-ranking from the
   stored vectors and from the codes only (compressed-only).
-* ``incremental``: a generation with 1% of the documents replaced, coded by ``refresh_structure`` as an
-  encode re-run does (encoding excluded) vs. the full compress; and recall@10 after the index doubles
-  through an incremental run without retraining.
+* ``pooled``: the same documents pooled with factor 2 (``encode --pool-factor 2``'s function), compressed,
+  searched with the defaults against the unpooled exact truth; bytes per original token.
+* ``doubling``: recall@10 after the index doubles through an incremental run without retraining.
+* ``incremental`` (last, in place): a generation with 1% of the documents replaced, coded by
+  ``refresh_structure`` as an encode re-run does (encoding excluded) vs. the full compress.
 * ``voyager`` (if ``pip install voyager`` and at most ``--voyager-max-tokens``): HNSW over every token,
   candidates = documents of each query token's nearest tokens, exact re-rank (PyLate's Voyager style).
+
+Recall@10 is printed twice: strict (the scan's own top 10) and with ties (a document whose exact score ties
+the 10th best counts: overlapping spans of the same vectors tie often, and the scan orders ties by index).
+``--work DIR --reuse`` runs the phases again on an index already written and compressed there.
 
 Latencies are the search part alone (vectors in, hits out; query encoding excluded), warm, one BLAS thread
 for the structure (PLAID's and WARP's anchors are single-threaded), the default threads for the exhaustive
@@ -29,10 +35,8 @@ scan. Prints, asserts nothing.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -47,70 +51,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-GRID = [(4, 128), (8, 256), (16, 256), (16, 512), (32, 1024)]
+from _search_data import encode_real, read_vectors, recall, recall_with_ties, synthetic_docs, write_synthetic  # noqa: E402
+from _timing import peak_rss_mb  # noqa: E402  (VmHWM: a worker's own peak, not its parent's)
 
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+GRID = [(4, 64), (8, 128), (16, 128), (16, 256), (32, 512)]  # (probe, candidates); (16, 128) are the defaults
 
 
 # ---------------------------------------------------------------------------------------------- data
-
-
-def encode_real(root: Path, n_docs: int) -> tuple[Path, Path]:
-    """Encode real docstrings (documents) and 100 other first lines (queries) with the demo model."""
-    from _corpus import docstrings
-
-    def write_jsonl(path: Path, rows: list[dict]) -> Path:  # as Parquet
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        path = path.with_suffix(".parquet")
-        pq.write_table(pa.table({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows]}), path)
-        return path
-
-    texts = docstrings(n_docs + 100)
-    docs = write_jsonl(root / "docs.jsonl", [{"id": str(i), "text": t} for i, t in enumerate(texts[:n_docs])])
-    queries = write_jsonl(root / "queries.jsonl", [{"id": str(i), "text": t.splitlines()[0]} for i, t in enumerate(texts[n_docs:])])
-    for corpus, out, kind in ((docs, root / "real", "document"), (queries, root / "queries", "query")):
-        subprocess.run([sys.executable, "-m", "cli.main", "encode", corpus, "-o", out, "--kind", kind, "--dimensions", "128",
-                        "--max-length", "96" if kind == "document" else "32", "--devices", "cpu", "-q"], check=True, cwd=REPO)
-    return root / "real", root / "queries"
-
-
-def read_vectors(folder: Path) -> list[np.ndarray]:
-    from tokembed.index import open_index
-    from tokembed.search.maxsim import batch_arrays
-
-    index, out = open_index(folder), []
-    for batch in index.iter_batches():
-        offsets, vectors, _ = batch_arrays(batch, index.dim, str(folder))
-        out += [vectors[a - offsets[0] : b - offsets[0]].copy() for a, b in zip(offsets[:-1], offsets[1:])]
-    return out
-
-
-def synthetic_docs(real: list[np.ndarray], count: int, seed: int, prefix: str = "doc"):
-    """Batches of (ids, vectors): each document a random span (16-96 tokens) of a random real document."""
-    rng = np.random.default_rng(seed)
-    pool = np.concatenate(real)
-    for start in range(0, count, 1000):
-        n = min(1000, count - start)
-        lengths = rng.integers(16, 97, size=n)
-        firsts = rng.integers(0, len(pool) - 96, size=n)
-        yield [f"{prefix}{start + i}" for i in range(n)], [pool[f : f + l] for f, l in zip(firsts, lengths)]
-
-
-def write_synthetic(folder: Path, template: dict, batches) -> None:
-    from tokembed.index.writer import IndexWriter
-
-    writer = IndexWriter(folder, template["dim"], "float16", shard_rows=50_000)
-    for ids, vectors in batches:
-        hashes = [hashlib.sha256(v.tobytes()).digest() for v in vectors]  # content: the vectors
-        writer.write(ids, vectors, [np.zeros(len(v), np.int32) for v in vectors], hashes)
-    writer.close_shard()
-    shards = [s.to_json() for s in writer.shards]
-    totals = {"rows": sum(s["rows"] for s in shards), "tokens": sum(s["tokens"] for s in shards), "bytes": sum(s["bytes"] for s in shards)}
-    writer.commit({**{k: v for k, v in template.items() if k != "search"}, "shards": shards, "totals": totals})
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -138,19 +85,15 @@ def worker_exact(folder: str, queries: str) -> dict:
         started = time.perf_counter()
         search_vectors(folder, [q], top_k=10, exact=True)
         single.append(time.perf_counter() - started)
-    return {"truth": [[h.id for h in row] for row in hits], "batched_seconds": batched, "single_seconds": single,
+    return {"truth": [[h.id for h in row] for row in hits], "truth_scores": [[h.score for h in row] for row in hits], "batched_seconds": batched, "single_seconds": single,
             "peak_rss_mb": peak_rss_mb()}
-
-
-def recall(truth: list[list[str]], got: list[list[tuple[str, float]]], k: int) -> float:
-    return float(np.mean([len(set(t[:k]) & {doc for doc, _ in g[:k]}) / k for t, g in zip(truth, got)]))
 
 
 def worker_search(folder: str, queries: str, truth_file: str, grid: str) -> dict:
     from tokembed.search.plaid import open_searchable, plaid_search
 
     qs = list(np.load(queries, allow_pickle=True))
-    truth = json.loads(Path(truth_file).read_text())
+    truth, scores = json.loads(Path(truth_file).read_text()), json.loads(Path(truth_file).with_suffix(".scores.json").read_text())
     index, structure = open_searchable(folder)
     plaid_search(index, structure, qs[:3], 10)  # warm-up: page cache, BLAS
     rows = []
@@ -166,7 +109,8 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str) -> dict
             batched = time.perf_counter() - started
             rows.append({"probe": probe, "candidates": candidates, "rerank": rerank,
                          "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * float(np.percentile(latencies, 95)),
-                         "qps_batched": len(qs) / batched, "recall10": recall(truth, got, 10), "recall100": recall(truth, got, 100)})
+                         "qps_batched": len(qs) / batched, "recall10": recall(truth, got, 10), "recall100": recall(truth, got, 100),
+                         "recall10_ties": recall_with_ties(truth, scores, got)})
     return {"grid": rows, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -274,7 +218,52 @@ def worker_doubling(folder: str, real_file: str, n_docs: str, queries: str, trut
     return out
 
 
-WORKERS = {"compress": worker_compress, "exact": worker_exact, "search": worker_search,
+def worker_pooled(folder: str, pooled: str, queries: str, truth_file: str, centroids: str) -> dict:
+    """The same documents pooled with factor 2 (PyLate's hierarchical pooling, ``encode --pool-factor 2``'s
+    function, here on the stored float16 vectors), compressed and searched against the unpooled exact truth."""
+    import torch
+
+    from tokembed.index import open_index
+    from tokembed.models.pooling import pool_document
+    from tokembed.search.maxsim import batch_arrays
+    from tokembed.search.plaid import compress_index, open_searchable, plaid_search
+    from tokembed.search.plaid.report import structure_facts
+
+    source = open_index(folder)
+
+    def batches():
+        for batch in source.iter_batches():
+            offsets, vectors, _ = batch_arrays(batch, source.dim, folder)
+            ids = batch.column("id").to_pylist()
+            docs = [torch.from_numpy(vectors[a - offsets[0] : b - offsets[0]].astype(np.float32)) for a, b in zip(offsets[:-1], offsets[1:])]
+            yield ids, [pool_document(v, np.zeros(len(v), np.int32), 2)[0].numpy() for v in docs]
+
+    started = time.perf_counter()
+    write_synthetic(Path(pooled), source.manifest, batches())
+    pool_seconds = time.perf_counter() - started
+    compress_index(pooled, nbits=2, centroids=int(centroids) or None)
+    index, structure = open_searchable(pooled)
+    facts = structure_facts(index)
+    qs = list(np.load(queries, allow_pickle=True))
+    truth, scores = json.loads(Path(truth_file).read_text()), json.loads(Path(truth_file).with_suffix(".scores.json").read_text())
+    latencies = []
+    for q in qs:
+        started = time.perf_counter()
+        plaid_search(index, structure, [q], 10)
+        latencies.append(time.perf_counter() - started)
+    got = plaid_search(index, structure, qs, 10)
+    return {"tokens": index.tokens, "bytes_per_vector": facts["bytes_per_token"]["total"],
+            "bytes_per_token": facts["bytes"] / source.tokens, "p50_ms": 1000 * statistics.median(latencies),
+            "recall10": recall(truth, got, 10), "recall10_ties": recall_with_ties(truth, scores, got), "pool_seconds": pool_seconds}
+
+
+def worker_pool_codes(folder: str, real_file: str, centroids: str) -> dict:
+    from _plaid_shortcut import build
+
+    return build(folder, real_file, centroids)
+
+
+WORKERS = {"pool_codes": worker_pool_codes, "pooled": worker_pooled, "compress": worker_compress, "exact": worker_exact, "search": worker_search,
            "incremental": worker_incremental, "voyager": worker_voyager, "doubling": worker_doubling}
 
 
@@ -294,33 +283,48 @@ def prepare(root: Path, n_real: int, n_docs: int) -> tuple[Path, Path, Path]:
     return main_dir, root / "real.npy", root / "queries.npy"
 
 
-def report(args, main_dir: Path, compress: dict, exact: dict, search: dict, incremental: dict, doubling: dict, voyager) -> None:
+def report(main_dir: Path, r: dict) -> None:
     manifest = json.loads((main_dir / "manifest.json").read_text())
     tokens, rows = manifest["totals"]["tokens"], manifest["totals"]["rows"]
     vector_bytes = manifest["totals"]["bytes"] / tokens
+    compress, exact, search = r["compress"], r["exact"], r.get("search", {"grid": [], "peak_rss_mb": float("nan")})
     per = compress["facts"]["bytes_per_token"]
     print(f"index: {rows} documents, {tokens} tokens, dim {manifest['dim']} (spans of real MiniLM token vectors)")
-    print(f"compress nbits 2, {compress['centroids']} centroids: {compress['seconds']:.1f} s, peak RSS {compress['peak_rss_mb']:.0f} MB")
+    how = (f"pool codes (k-means on {compress['pool_tokens']} pool vectors {compress['kmeans_seconds']:.0f} s, code files assembled "
+           f"{compress['assemble_seconds']:.0f} s, compress_index resume + commit {compress['commit_seconds']:.0f} s)") if "pool_tokens" in compress else "compress_index"
+    print(f"build nbits 2, {compress['centroids']} centroids by {how}: {compress['seconds']:.1f} s, peak RSS {compress['peak_rss_mb']:.0f} MB")
     print(f"bytes/token: vectors (Arrow shards) {vector_bytes:.1f}; structure {per['total']:.2f} = " + ", ".join(f"{k} {v}" for k, v in per.items() if k != "total"))
     print(f"  all-in with vectors {vector_bytes + per['total']:.1f} B/token; without vectors {per['total']:.2f} B/token + ids/offsets")
     single = statistics.median(exact["single_seconds"])
     print(f"exhaustive: p50 {1000 * single:.1f} ms/query one at a time, {100 / exact['batched_seconds']:.2f} queries/s batched (100), peak RSS {exact['peak_rss_mb']:.0f} MB")
     print("structure search on 1 thread, warm (index opened once):")
-    print(f"{'probe':>5} {'cand':>5} {'rerank':>7} {'p50 ms':>8} {'p95 ms':>8} {'q/s':>7} {'R@10':>6} {'R@100':>6} {'speedup':>8}")
+    print(f"{'probe':>5} {'cand':>5} {'rerank':>7} {'p50 ms':>8} {'p95 ms':>8} {'q/s':>7} {'R@10':>6} {'ties':>6} {'R@100':>6} {'speedup':>8}")
     for row in search["grid"]:
         print(f"{row['probe']:>5} {row['candidates']:>5} {row['rerank']:>7} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} "
-              f"{row['qps_batched']:>7.1f} {row['recall10']:>6.3f} {row['recall100']:>6.3f} {1000 * single / row['p50_ms']:>7.1f}x")
+              f"{row['qps_batched']:>7.1f} {row['recall10']:>6.3f} {row['recall10_ties']:>6.3f} {row['recall100']:>6.3f} {1000 * single / row['p50_ms']:>7.1f}x")
     print(f"search peak RSS {search['peak_rss_mb']:.0f} MB (structure {compress['facts']['bytes'] / 2**20:.0f} MB, "
           f"memory it touches on every query {compress['facts']['search_memory_bytes'] / 2**20:.0f} MB)")
-    print(f"incremental run, {incremental['changed_docs']} documents (1%) replaced: structure refresh {incremental['seconds']:.2f} s "
-          f"= {100 * incremental['seconds'] / incremental['full_compress_seconds']:.1f}% of the full compress "
-          f"(coded {incremental['coded_tokens']}, carried {incremental['carried_tokens']} tokens)")
-    print(f"doubled through an incremental run without retraining: {json.dumps({k: v for k, v in doubling.items() if k != 'drift'})}; "
-          f"drift {json.dumps(doubling['drift'])}")
-    if voyager:
+    if "pooled" in r:
+        pooled = r["pooled"]
+        print(f"pool factor 2: {pooled['tokens']} vectors for {tokens} tokens; structure {pooled['bytes_per_vector']:.2f} B per stored vector = "
+              f"{pooled['bytes_per_token']:.2f} B per original token; probe 16, candidates 128: p50 {pooled['p50_ms']:.1f} ms, "
+              f"R@10 vs the unpooled exact scan {pooled['recall10']:.3f} (ties {pooled['recall10_ties']:.3f}); pooling {pooled['pool_seconds']:.0f} s")
+    if "voyager" in r:
+        voyager = r["voyager"]
         print(f"voyager HNSW (every token, 32 neighbours/query token, exact re-rank): build {voyager['build_seconds']:.1f} s, "
               f"p50 {voyager['p50_ms']:.1f} ms, R@10 {voyager['recall10']:.3f}, R@100 {voyager['recall100']:.3f}, peak RSS {voyager['peak_rss_mb']:.0f} MB")
-    print("pool factor 2: not measured here (an index built with encode --pool-factor 2 compresses the same way)")
+    if "doubling" in r:
+        doubling = r["doubling"]
+        print(f"doubled through an incremental run without retraining: {json.dumps({k: v for k, v in doubling.items() if k != 'drift'})}; "
+              f"drift {json.dumps(doubling['drift'])}")
+    if "incremental" in r:
+        incremental = r["incremental"]
+        print(f"incremental run, {incremental['changed_docs']} documents (1%) replaced: structure refresh {incremental['seconds']:.2f} s "
+              f"= {100 * incremental['seconds'] / incremental['full_compress_seconds']:.1f}% of the full compress "
+              f"(coded {incremental['coded_tokens']}, carried {incremental['carried_tokens']} tokens), peak RSS {incremental['peak_rss_mb']:.0f} MB")
+
+
+PHASES = ("search", "pooled", "voyager", "doubling", "incremental")
 
 
 def main() -> None:
@@ -329,36 +333,57 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=20_000)
     parser.add_argument("--real", type=int, default=1500, help="real docstrings encoded once")
     parser.add_argument("--work", type=Path, default=None, help="keep the data here (default: a temp folder)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="--work already holds a compressed main index (and compress.json): skip writing and compressing it")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--centroids", type=int, default=4096,
-                        help="k-means centroids (0: colbert-ai's rule, 16384 at ~1M tokens: hours of k-means on 2 busy cores)")
+                        help="k-means centroids (0: colbert-ai's rule, 65536 at 1M documents: hours of k-means and coding on 2 cores)")
+    parser.add_argument("--pool-codes", action="store_true",
+                        help="build the structure by coding the pool of real vectors once (bench/_plaid_shortcut.py): same files, minutes instead of hours")
     parser.add_argument("--voyager-max-tokens", type=int, default=1_200_000)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(WORKERS[args.worker[0]](*args.worker[1:])))
         return
+    phases = set(args.phases.split(","))
     root = args.work or Path(tempfile.mkdtemp(prefix="tokembed-bench-search-"))
     root.mkdir(parents=True, exist_ok=True)
-    main_dir, real_file, queries = prepare(root, args.real, args.docs)
-    compress = run_worker("compress", main_dir, args.centroids)
-    exact = run_worker("exact", main_dir, queries)
+    results = {}
+    if args.reuse:
+        main_dir, real_file, queries = root / "main", root / "real.npy", root / "queries.npy"
+        results["compress"] = json.loads((root / "compress.json").read_text())
+    else:
+        main_dir, real_file, queries = prepare(root, args.real, args.docs)
+        if args.pool_codes:
+            results["compress"] = run_worker("pool_codes", main_dir, real_file, args.centroids)
+        else:
+            results["compress"] = run_worker("compress", main_dir, args.centroids)
+        (root / "compress.json").write_text(json.dumps(results["compress"]))
     truth = root / "truth.json"
-    truth.write_text(json.dumps(exact.pop("truth")))
-    search = run_worker("search", main_dir, queries, truth, json.dumps(GRID), threads=1)  # one thread, as the anchors
-    copy = root / "incremental"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(main_dir, copy)
-    incremental = run_worker("incremental", copy, real_file, queries, truth, compress["seconds"])
-    shutil.rmtree(root / "half", ignore_errors=True)
-    shutil.rmtree(root / "doubled-staging", ignore_errors=True)
-    doubling = run_worker("doubling", root / "half", real_file, args.docs, queries, truth, args.centroids)
+    if not (args.reuse and truth.exists()):
+        exact = run_worker("exact", main_dir, queries)
+        truth.write_text(json.dumps(exact.pop("truth")))
+        truth.with_suffix(".scores.json").write_text(json.dumps(exact.pop("truth_scores")))
+        (root / "exact.json").write_text(json.dumps(exact))
+    results["exact"] = json.loads((root / "exact.json").read_text())
+    if "search" in phases:  # one thread, as the anchors
+        results["search"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID), threads=1)
+    if "pooled" in phases:
+        shutil.rmtree(root / "pooled", ignore_errors=True)
+        results["pooled"] = run_worker("pooled", main_dir, root / "pooled", queries, truth, args.centroids)
     tokens = json.loads((main_dir / "manifest.json").read_text())["totals"]["tokens"]
-    voyager = None
-    if tokens <= args.voyager_max_tokens:
+    if "voyager" in phases and tokens <= args.voyager_max_tokens:
         try:
-            voyager = run_worker("voyager", main_dir, queries, truth)
+            results["voyager"] = run_worker("voyager", main_dir, queries, truth)
         except RuntimeError as exc:
             print(f"voyager baseline skipped: {str(exc).splitlines()[-1]}")
-    report(args, main_dir, compress, exact, search, incremental, doubling, voyager)
+    if "doubling" in phases:
+        shutil.rmtree(root / "half", ignore_errors=True)
+        shutil.rmtree(root / "doubled-staging", ignore_errors=True)
+        results["doubling"] = run_worker("doubling", root / "half", real_file, args.docs, queries, truth, args.centroids)
+    if "incremental" in phases:  # last: it replaces the main index's generation in place
+        results["incremental"] = run_worker("incremental", main_dir, real_file, queries, truth, results["compress"]["seconds"])
+    report(main_dir, results)
 
 
 if __name__ == "__main__":

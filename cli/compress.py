@@ -18,19 +18,28 @@ def compress(
     centroids: Optional[int] = typer.Option(
         None, "--centroids", help="Number of k-means centroids (<= 65536). Default: 2**floor(log2(16*sqrt(tokens))), as colbert-ai."
     ),
-    retrain: bool = typer.Option(False, "--retrain", help="Train new centroids even if the current ones may be kept."),
+    retrain: bool = typer.Option(
+        False, "--retrain", help="Train new centroids even if the current ones may be kept (refused once the vectors were dropped)."
+    ),
+    drop_vectors: bool = typer.Option(
+        False, "--drop-vectors", help="Keep only the codes: rewrite the shards without their vectors and free that space. "
+        "score then re-ranks from the decoded codes; score --exact, export, load_document, --retrain and another "
+        "--nbits/--centroids refuse (exit 2). encode re-runs keep the index compressed-only. Cannot be undone.",
+    ),
     wait: float = typer.Option(0.0, help="Seconds to wait for another run's lock on the index before giving up."),
     log_format: str = typer.Option("text", help="text, or json: the summary is one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but the summary."),
 ) -> None:
-    """Build the PLAID-style search structure (centroids, per-token codes, inverted lists) of an index."""
+    """Build the PLAID-style search structure (centroids, per-token codes, inverted lists) of an index;
+    --drop-vectors makes the index compressed-only."""
     from tokembed.errors import UsageError
     from tokembed.search.plaid import compress_index
 
     if log_format not in ("text", "json"):
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
     log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
-    summary = compress_index(index, nbits=nbits, centroids=centroids, retrain=retrain, wait_seconds=wait, log=log)
+    summary = compress_index(index, nbits=nbits, centroids=centroids, retrain=retrain, wait_seconds=wait, log=log,
+                             drop_vectors=drop_vectors)
     data = summary.to_json()
     if log_format == "json":
         print(json.dumps(data))
@@ -38,6 +47,8 @@ def compress(
     print(
         f"tokembed: {data['index']}: {data['rows']} rows, {data['tokens']} tokens, {data['centroids']} centroids, "
         f"nbits {data['nbits']}: coded {data['coded_tokens']}, carried {data['carried_tokens']} tokens; "
-        f"structure {data['structure_bytes']} bytes ({data['bytes_per_token']} B/token) in {data['seconds']}s",
+        f"structure {data['structure_bytes']} bytes ({data['bytes_per_token']} B/token)"
+        + (f"; vectors dropped, shards {data['shard_bytes']} bytes" if data["vectors"] == "dropped" else "")
+        + f" in {data['seconds']}s",
         file=sys.stderr if not quiet else sys.stdout,
     )

@@ -140,6 +140,11 @@ def encode(
         "An index that has one is kept current without it.",
     ),
     retrain: bool = typer.Option(False, "--retrain", help="Search structure: train new centroids in this run."),
+    drop_vectors: bool = typer.Option(
+        False, "--drop-vectors", help="Commit the index compressed-only, as tokembed compress --drop-vectors (builds the "
+        "search structure with --nbits, default 2, if there is none). A compressed-only index stays so on every re-run: "
+        "new and changed rows are coded with its centroids and their vectors are not kept.",
+    ),
 ) -> None:
     """Encode a corpus into a token-embedding index (Arrow shards + manifest.json)."""
     from tokembed.encode import EncodeJob, encode_corpus
@@ -188,6 +193,7 @@ def encode(
         full=full,
         nbits=nbits,
         retrain=retrain,
+        drop_vectors=drop_vectors,
     )
     progress = make_progress(quiet or log_format == LogFormat.json)
     signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -16,7 +16,8 @@ def info(
 ) -> None:
     """Show rows, tokens, dim, dtypes, model, settings and size of an index."""
     from tokembed.index import open_index
-    from tokembed.search.plaid.report import structure_facts
+    from tokembed.index.format import vectors_dropped
+    from tokembed.search.plaid.report import index_bytes_per_token, structure_facts
 
     opened = open_index(index)
     opened.verify(checksums=verify)
@@ -44,6 +45,8 @@ def info(
         "ignored_files": len(manifest.get("ignored", [])),
         "bytes_on_disk": on_disk,
         "bytes_per_token": round(on_disk / opened.tokens, 2) if opened.tokens else None,
+        "vectors": "dropped" if vectors_dropped(manifest) else "stored",
+        "bytes_per_token_by_part": index_bytes_per_token(opened, on_disk - sum(s["bytes"] for s in opened.shards)),
         "created_at": manifest["created_at"],
         "tokembed_version": manifest["tokembed_version"],
         "search_structure": structure_facts(opened),
@@ -60,13 +63,19 @@ def info(
             continue
         if key == "settings":
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, "", [], False))
+        elif key == "vectors" and value == "dropped":
+            value = ("dropped by `tokembed compress --drop-vectors`: score re-ranks from the decoded codes; "
+                     "score --exact, export and load_document refuse")
+        elif key == "bytes_per_token_by_part":
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
         elif key == "search_structure" and value:
             value = (f"PLAID nbits {value['nbits']}, {value['centroids']} centroids, {value['bytes']} bytes; B/token "
                      + ", ".join(f"{k} {v}" for k, v in value["bytes_per_token"].items())
                      + f"; memory to search ~{value['search_memory_bytes']} bytes")
         table.add_row(key, str(value))
     Console().print(table)
-    print(_export_recipes(index), file=sys.stderr)
+    if not vectors_dropped(manifest):
+        print(_export_recipes(index), file=sys.stderr)
 
 
 def _export_recipes(index: Path) -> str:

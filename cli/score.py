@@ -55,10 +55,13 @@ def score(
     log_format: str = typer.Option(
         "text", "--log-format", help="text, or json: the summary (with load/query/search seconds) is one JSON object on stderr."
     ),
-    exact: bool = typer.Option(False, "--exact", help="Scan every document even when the index has a search structure (tokembed compress)."),
+    exact: bool = typer.Option(
+        False, "--exact", help="Scan every document even when the index has a search structure (tokembed compress). "
+        "Refused (exit 2) on a compressed-only index (compress --drop-vectors): it has no vectors to scan.",
+    ),
     probe: Optional[int] = typer.Option(None, "--probe", help="Search structure: centroids probed per query token (default 16)."),
     candidates: Optional[int] = typer.Option(
-        None, "--candidates", help="Search structure: documents re-ranked with exact MaxSim per query (default 512)."
+        None, "--candidates", help="Search structure: documents re-ranked with exact MaxSim per query (default 128; 4x as many are pre-scored from their centroids)."
     ),
 ) -> None:
     """Exact MaxSim top-k search: encode the queries as the index prescribes, scan every shard, print the best."""

@@ -1,8 +1,9 @@
 """Fault injection for tests only: ``TOKEMBED_TEST_KILL_AT=event:N`` SIGKILLs the process, and
 ``TOKEMBED_TEST_PAUSE_AT=event:N`` sleeps, when ``event`` happens for the N-th time (``event`` alone
 matches every time). Events: ``write`` (rows appended to an open shard), ``shard`` (a shard finished
-and journaled), ``commit`` (just before the manifest is replaced). Unset in normal use: costs one
-environment lookup per event.
+and journaled), ``commit`` (just before the manifest is replaced), ``codes`` (a shard's code file
+written), ``drop`` (a shard rewritten without its vectors, ``--drop-vectors``). Unset in normal use: costs
+one environment lookup per event.
 
 Engine faults: ``TOKEMBED_TEST_WORKER_DIE_AT=W:N`` makes worker process W (0-based) SIGKILL itself when it
 takes its N-th batch (1-based); ``TOKEMBED_TEST_OOM_ABOVE=T`` makes any batch of more than T padded tokens

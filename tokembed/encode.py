@@ -64,6 +64,7 @@ class EncodeJob:
     full: bool = False
     nbits: int | None = None  # search structure: None keeps the index's (if any); else build/refresh with N bits
     retrain: bool = False  # search structure: train new centroids
+    drop_vectors: bool = False  # commit shards without vectors (as compress --drop-vectors); sticky once dropped
 
 
 @dataclass
@@ -153,7 +154,7 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
 def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     from tokembed.engine import open_runner
     from tokembed.index.journal import input_signature, resume_journal
-    from tokembed.index.writer import IndexWriter, ShardInfo, remove_temp_files
+    from tokembed.index.writer import ShardInfo, remove_temp_files
 
     settings_fp = embedder.settings.fingerprint(embedder.fingerprint)
     remove_temp_files(job.output / "data")
@@ -173,7 +174,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     journal = resume_journal(job.output, signature)
     if journal.shards:
         progress.log(f"resuming: {len(journal.shards)} finished shard(s) of an interrupted run verified, continuing after them")
-    writer = IndexWriter(job.output, embedder.output_dim, embedder.settings.store_dtype, shard_rows=job.shard_rows)
+    writer = _open_writer(job, embedder, previous)
     writer.shards = [ShardInfo(**shard) for shard in journal.shards]
     summary.resumed_shards = len(journal.shards)
     summary.skipped = list(journal.skipped)
@@ -188,7 +189,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
         summary.deleted = len(previous) - seen_previous if previous else 0
         summary.rows = sum(shard.rows for shard in writer.shards)
         summary.tokens = sum(shard.tokens for shard in writer.shards)
-        manifest = _with_search_structure(job, build_manifest(job, embedder, writer, summary), previous, progress)
+        manifest = _with_search_structure(job, build_manifest(job, embedder, writer, summary), previous, writer, progress)
         fault_point("commit", 1)
         writer.commit(manifest)
         _remove_stale_structure(job.output, manifest)
@@ -205,14 +206,22 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     return summary
 
 
-def _with_search_structure(job: EncodeJob, manifest: dict, previous, progress: Progress) -> dict:
-    """Code the new shards for the index's search structure (``tokembed.search.plaid``), if it has one or
-    ``--nbits`` asks for one: unchanged rows keep their codes, new rows are coded with the same centroids."""
-    if job.nbits is None and not (job.output / "plaid").is_dir():
-        return manifest
-    from tokembed.search.plaid.build import StructureOptions, refresh_structure
+def _open_writer(job: EncodeJob, embedder, previous):
+    """An ``IndexWriter``; on a compressed-only index, one that writes shards without vectors and codes them."""
+    from tokembed.search.plaid.coded import open_writer
 
-    return refresh_structure(job.output, manifest, StructureOptions(job.nbits, retrain=job.retrain), previous, progress.log)
+    return open_writer(job.output, embedder.output_dim, embedder.settings.store_dtype, job.shard_rows, previous)
+
+
+def _with_search_structure(job: EncodeJob, manifest: dict, previous, writer, progress: Progress) -> dict:
+    """Code the new shards for the index's search structure (``tokembed.search.plaid``), if it has one or
+    ``--nbits`` asks for one: unchanged rows keep their codes, new rows are coded with the same centroids.
+    A compressed-only index (or ``--drop-vectors``) gets shards without vectors (``plaid.coded``)."""
+    if job.nbits is None and not job.drop_vectors and not (job.output / "plaid").is_dir():
+        return manifest
+    from tokembed.search.plaid.coded import run_structure
+
+    return run_structure(job.output, manifest, previous, writer, job.nbits, job.retrain, job.drop_vectors, progress.log)
 
 
 def _remove_stale_structure(folder: Path, manifest: dict) -> None:
@@ -224,8 +233,8 @@ def _remove_stale_structure(folder: Path, manifest: dict) -> None:
 
 def _previous_index(job: EncodeJob, settings_fp: str, progress: Progress):
     """The committed index to carry rows over from, or None for a full rebuild."""
-    from tokembed.index.previous import PreviousIndex
     from tokembed.index.reader import open_index, read_manifest
+    from tokembed.search.plaid.coded import previous_index
 
     if job.full:
         return None
@@ -235,7 +244,7 @@ def _previous_index(job: EncodeJob, settings_fp: str, progress: Progress):
     if manifest.get("settings_fingerprint") != settings_fp:
         progress.log("the model or an encoding setting changed since the last run: re-encoding everything")
         return None
-    return PreviousIndex(open_index(job.output))
+    return previous_index(open_index(job.output), job.nbits, job.retrain)  # compressed-only: rows carry codes
 
 
 def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary: EncodeSummary, progress) -> int:

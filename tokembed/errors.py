@@ -22,6 +22,10 @@ class UsageError(TokembedError):
     """Flags or settings that do not fit together."""
 
 
+class VectorsDroppedError(UsageError):
+    """An operation that needs stored vectors, on an index whose vectors ``compress --drop-vectors`` dropped."""
+
+
 class BadInputError(TokembedError):
     """An input file or row that cannot be read: missing column, bad encoding, null text, duplicate id."""
 

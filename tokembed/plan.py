@@ -32,7 +32,7 @@ class PlannedChunk:
     number: int
     items: list[Item]  # usable items, input order
     hashes: list[bytes]
-    carried: dict[int, tuple[np.ndarray, np.ndarray]]  # position -> stored (vectors, token ids)
+    carried: dict[int, tuple]  # position -> stored (vectors, token ids); (codes, token ids) from a compressed-only index
     to_encode: list[int]  # positions that go through the model
     source_rows: int  # rows read, bad ones included
     # Summary state once this chunk was planned: what a journal entry ending at this chunk records
@@ -65,7 +65,7 @@ def plan_chunks(job, settings_fp, previous, chunks_done, summary, state) -> Iter
             if is_empty_page(items[position]):
                 summary.empty_pages.append({"id": items[position].id, "source_file": items[position].source_file, "page": items[position].page})
             if row is not None and previous.content_hash(row) == digest:
-                carried[position] = previous.vectors(row)
+                carried[position] = previous.carried_row(row)
                 summary.unchanged += 1
             else:
                 (empty if is_empty_page(items[position]) else to_encode).append(position)

@@ -75,10 +75,12 @@ def export_index(
 ) -> ExportSummary:
     """Write the committed generation of the index at ``index_path`` to ``to`` as ``fmt``; see the module doc."""
     from tokembed.index import open_index
+    from tokembed.index.format import require_vectors
 
     check_export_options(fmt, dtype)
     started = time.perf_counter()
     index = open_index(index_path)  # holds every listed shard open: a later commit cannot pull them away
+    require_vectors(index, "export")
     to = Path(to)
     schema = export_schema(index.dim, dtype)
     if fmt == "parquet":

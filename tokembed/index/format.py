@@ -11,6 +11,15 @@
 
 The last two columns were added without a version bump: they are nullable and every reader selects
 columns by name, so shards without them (older indexes) read as before, and older readers ignore them.
+
+Compressed-only indexes (``tokembed compress --drop-vectors``): the shards have the same columns minus
+``embeddings`` (``vectorless_schema``), and the manifest's ``search`` section says ``"vectors": "dropped"``.
+A row's token count is still the length of its ``token_ids`` (and of its codes in the search structure),
+never 0 for want of vectors. Readers that need the vectors call ``require_vectors`` first and refuse with
+``VectorsDroppedError``; search re-ranks from the decoded codes. Same ``format_version`` (as for the search
+Such a manifest is committed with ``format_version`` 2 (``manifest_bytes``): a tokembed older than this reads
+only version 1 and refuses it with a message instead of failing on the missing column. Indexes with vectors
+stay version 1, so older readers keep reading them.
 """
 
 from __future__ import annotations
@@ -18,10 +27,16 @@ from __future__ import annotations
 import re
 
 FORMAT = "tokembed-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # an index whose shards hold vectors
+VECTORLESS_FORMAT_VERSION = 2  # a compressed-only index (shards without ``embeddings``)
+READABLE_VERSIONS = (FORMAT_VERSION, VECTORLESS_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
 SHARD_PATTERN = re.compile(r"^part-(\d{6,})\.arrow$")
+SEARCH = "search"  # the manifest's search-structure section (tokembed.search.plaid)
+VECTORS = "vectors"  # its key saying the shards hold no vectors ...
+VECTORS_DROPPED = "dropped"  # ... with this value
+EMBEDDINGS = "embeddings"
 
 
 def shard_name(number: int) -> str:
@@ -42,3 +57,36 @@ def shard_schema(dim: int, store_dtype: str):
             pa.field("page", pa.int32()),
         ]
     )
+
+
+def vectorless_schema(schema):
+    """``schema`` without its ``embeddings`` column: the shards of a compressed-only index."""
+    import pyarrow as pa
+
+    return pa.schema([field for field in schema if field.name != EMBEDDINGS])
+
+
+def vectors_dropped(manifest: dict | None) -> bool:
+    """True when the generation ``manifest`` describes holds no vectors (``compress --drop-vectors``)."""
+    return ((manifest or {}).get(SEARCH) or {}).get(VECTORS) == VECTORS_DROPPED
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    """The manifest as committed, with the ``format_version`` its shards call for."""
+    import json
+
+    version = VECTORLESS_FORMAT_VERSION if vectors_dropped(manifest) else FORMAT_VERSION
+    return (json.dumps({**manifest, "format_version": version}, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def require_vectors(index, needed_by: str) -> None:
+    """Raise ``VectorsDroppedError`` (exit 2) when ``index`` is compressed-only: ``needed_by`` needs vectors."""
+    from tokembed.errors import VectorsDroppedError
+
+    if vectors_dropped(index.manifest):
+        raise VectorsDroppedError(
+            f"{index.folder}: {needed_by} needs the stored vectors, which `tokembed compress --drop-vectors` "
+            "dropped from this index (it keeps only the search structure's codes)",
+            hint="search without --exact re-ranks from the decoded codes; to get vectors back, encode the corpus "
+            "into a new index folder",
+        )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokembed.index.arrays import list_offsets, numpy_view
+from tokembed.index.arrays import arrow_array, list_offsets, numpy_view
+from tokembed.index.format import EMBEDDINGS, require_vectors
 from tokembed.index.keys import KeyIndex, id_keys
 from tokembed.index.pages import MappedPages
 from tokembed.index.reader import Index
@@ -41,12 +42,31 @@ class PreviousIndex:
     def find(self, ids: list[str], keys: np.ndarray) -> list[int | None]:
         """For each id (with its ``id_keys`` hash), its row number in this index, or None."""
         candidates = self._keys.find(keys)
-        rows: list[int | None] = []
-        for item_id, row in zip(ids, candidates.tolist()):
-            if row >= 0 and self.id_at(row) != item_id:  # two ids with one 64-bit hash: look it up for real
-                row = self._find_by_scan(item_id)
-            rows.append(row if row >= 0 else None)
+        hit = np.flatnonzero(candidates >= 0)
+        rows: list[int | None] = [None] * len(ids)
+        for i, row, stored in zip(hit.tolist(), candidates[hit].tolist(), self.ids_at(candidates[hit])):
+            if stored != ids[i]:  # two ids with one 64-bit hash: look it up for real
+                row = self._find_by_scan(ids[i])
+            rows[i] = row if row >= 0 else None
         return rows
+
+    def ids_at(self, rows: np.ndarray) -> list[str]:
+        """The ids of many rows at once (one Arrow take per record batch)."""
+        import pyarrow as pa
+
+        out: list = [None] * len(rows)
+        for number, positions, local in self._by_batch(rows):
+            taken = self._batches[number].column("id").take(arrow_array(local, pa.int64()))
+            for position, value in zip(positions.tolist(), taken.to_pylist()):
+                out[position] = value
+        return out
+
+    def content_hashes(self, rows: np.ndarray) -> np.ndarray:
+        """[len(rows), 32] uint8: the stored content hashes of many rows at once."""
+        out = np.empty((len(rows), 32), np.uint8)
+        for number, positions, local in self._by_batch(rows):
+            out[positions] = self._view(number)[3][local]
+        return out
 
     def content_hash(self, row: int) -> bytes:
         number, at = self._locate(row)
@@ -60,8 +80,20 @@ class PreviousIndex:
         """(vectors [n, D], token ids [n]) of one stored row, zero-copy from the memory map."""
         number, at = self._locate(row)
         offsets, values, token_ids, _ = self._view(number)
+        if values is None:
+            require_vectors(self.index, "carrying a row over into the next generation")
         start, end = offsets[at], offsets[at + 1]
         return values[start:end], token_ids[start:end]
+
+    def token_ids(self, row: int) -> np.ndarray:
+        number, at = self._locate(row)
+        offsets, _, token_ids, _ = self._view(number)
+        return token_ids[offsets[at] : offsets[at + 1]]
+
+    def carried_row(self, row: int) -> tuple:
+        """What an unchanged row brings into the next generation: (vectors, token ids) here; a compressed-only
+        index's ``CodedPrevious`` brings its codes instead."""
+        return self.vectors(row)
 
     def release_pages(self) -> None:
         """Drop the mapped pages read so far from resident memory (call once their rows are written):
@@ -69,6 +101,16 @@ class PreviousIndex:
         for number in self._touched:
             self._pages[number].release(self._batches[number])
         self._touched.clear()
+
+    def _by_batch(self, rows: np.ndarray):
+        """(batch number, positions in ``rows``, rows within the batch) for each batch ``rows`` touch."""
+        rows = np.asarray(rows, np.int64)
+        numbers = np.searchsorted(self._starts, rows, side="right") - 1
+        order = np.argsort(numbers, kind="stable")
+        present, firsts = np.unique(numbers[order], return_index=True)
+        for number, positions in zip(present.tolist(), np.split(order, firsts[1:])):
+            self._touched.add(number)
+            yield number, positions, rows[positions] - self._starts[number]
 
     def _locate(self, row: int) -> tuple[int, int]:
         number = int(np.searchsorted(self._starts, row, side="right")) - 1
@@ -88,11 +130,14 @@ class PreviousIndex:
     def _view(self, number: int) -> tuple:
         if number not in self._views:
             batch = self._batches[number]
-            embeddings, tokens = batch.column("embeddings"), batch.column("token_ids")
-            values = numpy_view(embeddings.values.values).reshape(-1, self.index.dim)
+            tokens = batch.column("token_ids")
+            offsets, values = list_offsets(tokens), None  # a compressed-only shard has no vectors
+            if EMBEDDINGS in batch.schema.names:
+                embeddings = batch.column(EMBEDDINGS)
+                offsets, values = list_offsets(embeddings), numpy_view(embeddings.values.values).reshape(-1, self.index.dim)
             hashes = batch.column("content_hash")
             digests = np.frombuffer(hashes.buffers()[1], dtype=np.uint8).reshape(-1, 32)[hashes.offset : hashes.offset + len(hashes)]
             if len(self._views) >= 8:  # rows are asked for in index order, mostly: a few batches' views do
                 self._views.clear()
-            self._views[number] = (list_offsets(embeddings), values, numpy_view(tokens.values), digests)
+            self._views[number] = (offsets, values, numpy_view(tokens.values), digests)
         return self._views[number]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tokembed.errors import IndexCorruptError, IndexNotFoundError
 from tokembed.index.atomic import sha256_file
-from tokembed.index.format import FORMAT, FORMAT_VERSION, MANIFEST
+from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS
 
 _OPEN_ATTEMPTS = 5
 
@@ -119,9 +119,10 @@ def read_manifest(folder: Path) -> dict | None:
         raise IndexCorruptError(f"{path}: not valid JSON ({exc})") from exc
     if manifest.get("format") != FORMAT:
         raise IndexCorruptError(f"{path}: not a tokembed index manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise IndexCorruptError(
-            f"{path}: format_version {manifest.get('format_version')} (this tokembed reads {FORMAT_VERSION})"
+            f"{path}: format_version {manifest.get('format_version')} (this tokembed reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
     return manifest
 

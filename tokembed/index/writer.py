@@ -8,7 +8,6 @@ the new manifest no longer lists. ``abort()`` removes this run's shards and leav
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from tokembed._testhooks import fault_point
 from tokembed.errors import IndexWriteError
 from tokembed.index.atomic import atomic_write_bytes, publish, sha256_file
-from tokembed.index.format import DATA_DIR, MANIFEST, SHARD_PATTERN, shard_name, shard_schema
+from tokembed.index.format import DATA_DIR, EMBEDDINGS, MANIFEST, SHARD_PATTERN, manifest_bytes, shard_name, shard_schema
 
 DEFAULT_SHARD_ROWS = 50_000
 DEFAULT_SHARD_BYTES = 512 << 20
@@ -46,32 +45,39 @@ def build_record_batch(
     pages: list[int | None] | None = None,
 ):
     """One Arrow record batch from per-item matrices, without a Python loop over tokens.
-    ``source_files``/``pages``: a PDF page's file and number per row (None: not a PDF page)."""
+    ``source_files``/``pages``: a PDF page's file and number per row (None: not a PDF page).
+    A ``schema`` without ``embeddings`` (a compressed-only index) takes only the rows' lengths from ``vectors``."""
     import pyarrow as pa
 
     from tokembed.index.arrays import arrow_array, fixed_binary_array, int32_array, string_array
 
-    dim = schema.field("embeddings").type.value_type.list_size
-    value_type = schema.field("embeddings").type.value_type.value_type
     lengths = np.fromiter((len(v) for v in vectors), dtype=np.int64, count=len(vectors))
     offsets = arrow_array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
-    flat = np.concatenate(vectors).reshape(-1) if len(vectors) and lengths.sum() else np.zeros(0)
-    values = arrow_array(flat, value_type)
-    embeddings = pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(values, dim))
     flat_ids = np.concatenate(token_ids) if len(token_ids) and lengths.sum() else np.zeros(0, np.int32)
     token_column = pa.ListArray.from_arrays(offsets, arrow_array(flat_ids, pa.int32()))
     nulls = [None] * len(ids)
-    return pa.RecordBatch.from_arrays(
-        [
-            string_array(ids),
-            embeddings,
-            token_column,
-            fixed_binary_array(hashes, 32),
-            string_array(source_files or nulls),
-            int32_array(pages or nulls),
-        ],
-        schema=schema,
-    )
+    columns = {
+        "id": string_array(ids),
+        "token_ids": token_column,
+        "content_hash": fixed_binary_array(hashes, 32),
+        "source_file": string_array(source_files or nulls),
+        "page": int32_array(pages or nulls),
+    }
+    if EMBEDDINGS in schema.names:
+        columns[EMBEDDINGS] = _embeddings_column(schema, vectors, lengths, offsets)
+    return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+def _embeddings_column(schema, vectors: list[np.ndarray], lengths: np.ndarray, offsets):
+    import pyarrow as pa
+
+    from tokembed.index.arrays import arrow_array
+
+    dim = schema.field(EMBEDDINGS).type.value_type.list_size
+    value_type = schema.field(EMBEDDINGS).type.value_type.value_type
+    flat = np.concatenate(vectors).reshape(-1) if len(vectors) and lengths.sum() else np.zeros(0)
+    values = arrow_array(flat, value_type)
+    return pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(values, dim))
 
 
 class IndexWriter:
@@ -161,7 +167,7 @@ class IndexWriter:
     def commit(self, manifest: dict, keep: list[str] = ()) -> None:
         """Write the manifest (the commit point), then delete shards that no manifest lists any more."""
         self.close_shard()
-        data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
+        data = manifest_bytes(manifest)
         try:
             atomic_write_bytes(self.folder / MANIFEST, data)
         except OSError as exc:

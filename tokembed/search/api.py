@@ -4,6 +4,8 @@
 (``Embedder.for_index``, kind=query), then runs the exact MaxSim scan of ``maxsim.scan`` or, when the index
 has a search structure (``tokembed compress``) and ``exact`` is false, the candidate search of
 ``plaid.search`` (probed centroids -> candidates -> exact MaxSim re-rank of the best ``candidates``).
+On a compressed-only index (``compress --drop-vectors``) the re-rank uses the decoded codes, and what needs
+the stored vectors (``exact``, ``load_document``) raises ``VectorsDroppedError``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokembed.errors import BadInputError, UsageError
+from tokembed.index.format import require_vectors, vectors_dropped
 from tokembed.search.maxsim import DEFAULT_BLOCK_TOKENS, NumpyScorer, TorchScorer, batch_arrays, scan, shard_batches
 from tokembed.search.queries import as_queries
 
@@ -56,6 +59,8 @@ def search(
     started = time.perf_counter()
     index, structure = open_searchable(index_path)  # code files: sizes and sha256 checked
     index.verify(checksums=False)  # missing or truncated shards fail before the model loads
+    if exact:
+        require_vectors(index, "an exact search (score --exact)")
     texts = as_queries(queries).texts
     compute = _resolve_device(device)
     opened = time.perf_counter()
@@ -122,6 +127,8 @@ def search_vectors(
         index, structure = open_searchable(index) if not exact else (open_index(index), None)
     else:
         structure = open_structure(index) if has_structure(index) and not exact else None
+    if exact:
+        require_vectors(index, "an exact search (score --exact)")
     if not len(query_matrices):
         return []
     if structure is not None:
@@ -138,7 +145,8 @@ def _structure_search(index, structure, query_matrices, top_k, probe, candidates
     if progress is not None:
         progress.start(index.rows)
     results = plaid_search(index, structure, [np.asarray(q) for q in query_matrices], top_k,
-                           DEFAULT_PROBE if probe is None else probe, DEFAULT_CANDIDATES if candidates is None else candidates)
+                           DEFAULT_PROBE if probe is None else probe, DEFAULT_CANDIDATES if candidates is None else candidates,
+                           rerank="codes" if vectors_dropped(index.manifest) else "vectors")
     if progress is not None:
         progress.advance(index.rows, index.tokens)
     return [[Hit(doc_id, score, rank) for rank, (doc_id, score) in enumerate(hits, start=1)] for hits in results]
@@ -155,6 +163,7 @@ def load_document(index_path, doc_id: str) -> tuple[np.ndarray, np.ndarray]:
     from tokembed.index import open_index
 
     index = open_index(index_path)
+    require_vectors(index, "load_document")
     wanted = pa.scalar(doc_id, pa.string())
     for shard in index.shards:
         index.verify_shard(shard, checksum=False)

@@ -79,7 +79,12 @@ def batch_arrays(batch, dim: int, where: str) -> tuple[np.ndarray, np.ndarray, n
 
     from tokembed.index.arrays import list_offsets, numpy_view
 
-    embeddings = batch.column(batch.schema.get_field_index("embeddings"))
+    column = batch.schema.get_field_index("embeddings")
+    if column < 0:  # a compressed-only shard: -1 would select the last column
+        from tokembed.errors import VectorsDroppedError
+
+        raise VectorsDroppedError(f"{where}: this shard holds no vectors (dropped by `tokembed compress --drop-vectors`)")
+    embeddings = batch.column(column)
     value_type = embeddings.type.value_type
     if not pa.types.is_fixed_size_list(value_type) or value_type.list_size != dim:
         raise IndexCorruptError(f"{where}: embeddings column is {embeddings.type}, manifest says dim {dim}")
@@ -333,6 +338,9 @@ def scan(
     verify: bool = True,
 ) -> tuple[list[list[tuple[str, float]]], ScanStats]:
     """Exact MaxSim top-k of every query over the whole index, streaming; returns hits and what was scanned."""
+    from tokembed.index.format import require_vectors
+
+    require_vectors(index, "the exhaustive scan")
     scorer = scorer or NumpyScorer()
     check_query_dims(queries, index.dim)
     ranges = chunk_ranges([len(q) for q in queries])

@@ -5,7 +5,10 @@
     files.py     safetensors written atomically, read memory-mapped
     build.py     train or keep the codec, code new shards, carry unchanged rows, drift, cleanup
     compress.py  ``compress_index`` (locked, atomic, resumable)
-    search.py    candidates from the lists, approximate scores, exact re-rank
+    drop.py      ``--drop-vectors``: shards rewritten without vectors, code files linked to them
+    coded.py     ``encode`` and the structure; re-runs on a compressed-only index (rows coded as written)
+    candidates.py  candidates from the probed lists, ranked by approximate scores
+    search.py    open the structure, candidates, exact re-rank
 """
 
 from tokembed.search.plaid.compress import CompressSummary, compress_index

@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from tokembed._testhooks import fault_point
-from tokembed.errors import BadInputError
+from tokembed.errors import BadInputError, VectorsDroppedError
 from tokembed.index.atomic import atomic_write_bytes
+from tokembed.index.format import SEARCH, VECTORS, VECTORS_DROPPED, vectors_dropped
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import CODES_DIR, CodingStats, ShardCodes, code_shard, codes_name
 from tokembed.search.plaid.files import map_tensors, verify_file, write_tensors
 
-SEARCH = "search"  # the manifest key
 PENDING = f"{CODES_DIR}/pending.json"
 RETRAIN_SHARE = 0.75  # tokens coded since training / tokens in the index
 RETRAIN_NORM_RATIO = 1.25  # mean residual norm since training / at training
@@ -50,11 +50,15 @@ class StructureOptions:
     retrain: bool = False
 
 
-def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, previous=None, log=print) -> dict:
+def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, previous=None, log=print,
+                      written: CodingStats | None = None) -> dict:
     """The new generation's manifest with its ``search`` section; code files written, nothing committed.
 
     ``manifest`` lists the new generation's shards (already durable); ``previous`` is the ``PreviousIndex``
-    an incremental encode run carried rows from (None for ``compress`` and full rebuilds).
+    an incremental encode run carried rows from (None for ``compress`` and full rebuilds). ``written``: the
+    coding figures of an encode run that wrote vectorless shards and their code files itself
+    (``coded.CodedWriter``). Without vectors (``written``, or a compressed-only ``manifest``) the centroids
+    are kept: a retrain they would need is refused, one that drift calls for is only logged.
     """
     from tokembed.index.reader import read_manifest
 
@@ -64,14 +68,18 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
     if nbits is None:
         return manifest
     codec_mod.check_nbits(nbits)
-    index = _open_generation(folder, manifest)
+    index = open_generation(folder, manifest)
     if index.tokens == 0 and options.nbits is None:
         log("the index holds no tokens: no search structure (score scans exhaustively)")
         return {key: value for key, value in manifest.items() if key != SEARCH}
+    vectorless = written is not None or vectors_dropped(manifest)
     reusable = old is not None and committed.get("settings_fingerprint") == manifest.get("settings_fingerprint")
     reason = _retrain_reason(old, nbits, options) if reusable else "no centroids for these settings yet"
+    if reason is not None and vectorless:
+        keep_centroids_without_vectors(folder, reason, reusable and drift_only(old, nbits, options), log)
+        reason = None
     if reason is None:
-        codec, codec_entry, training, drift = _load_codec(folder, old), old["codec"], old["training"], dict(old["drift"])
+        codec, codec_entry, training, drift = load_codec(folder, old), old["codec"], old["training"], dict(old["drift"])
     else:
         if old is not None:
             log(f"training new centroids: {reason}")
@@ -83,6 +91,9 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
     for number, shard in enumerate(index.shards):
         entries.append(_shard_codes(folder, index, shard, codec, codec_entry["sha256"], listed, carry, stats))
         fault_point("codes", number + 1)
+    if written is not None:  # the writer coded and copied every row; the loop only found its files
+        stats.carried_tokens -= written.coded_tokens
+        stats.coded_tokens, stats.residual_norm_sum = written.coded_tokens, written.residual_norm_sum
     drift = _update_drift(drift, training, stats, index.tokens)
     structure = {
         "kind": "plaid",
@@ -97,7 +108,28 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
         "bytes": codec_entry["bytes"] + sum(entry["bytes"] for entry in entries),
         "last_run": {"coded_tokens": stats.coded_tokens, "carried_tokens": stats.carried_tokens},
     }
+    if vectorless:
+        structure[VECTORS] = VECTORS_DROPPED
     return {**manifest, SEARCH: structure}
+
+
+def drift_only(old: dict, nbits: int, options: StructureOptions) -> bool:
+    """Whether the retrain ``_retrain_reason`` found is drift's (nobody asked for it)."""
+    asked = options.retrain or nbits != old["nbits"] or options.centroids not in (None, old["centroids"])
+    return not asked
+
+
+def keep_centroids_without_vectors(folder: Path, reason: str, drift_alone: bool, log) -> None:
+    """A compressed-only generation keeps its centroids: k-means needs the vectors it no longer has. Raises
+    ``VectorsDroppedError`` unless the retrain was drift's alone, which is only logged."""
+    if not drift_alone:
+        raise VectorsDroppedError(
+            f"{folder}: {reason} needs new centroids, trained on the stored vectors, which `tokembed compress "
+            "--drop-vectors` dropped from this index",
+            hint="`tokembed encode CORPUS -o INDEX --full` re-encodes every row and can train new centroids",
+        )
+    log(f"{reason}: new centroids are due, but the vectors were dropped (compress --drop-vectors): keeping "
+        "the current ones; `encode --full` re-encodes every row and trains new ones")
 
 
 def _retrain_reason(old: dict, nbits: int, options: StructureOptions) -> str | None:
@@ -135,7 +167,7 @@ def _update_drift(drift: dict | None, training: dict, stats: CodingStats, tokens
 # ---------------------------------------------------------------------------------------------- codec
 
 
-def _load_codec(folder: Path, structure: dict) -> Codec:
+def load_codec(folder: Path, structure: dict) -> Codec:
     verify_file(folder, structure["codec"], checksum=True)
     tensors, metadata = map_tensors(folder / structure["codec"]["file"])
     return Codec.from_tensors({k: np.array(v) for k, v in tensors.items()}, metadata)
@@ -148,7 +180,7 @@ def _trained_codec(folder: Path, index, nbits: int, requested: int | None) -> tu
     if pending is not None and pending.get("key") == key:
         try:  # a run over the same shards died after training: take its codec, its code files follow
             structure = {"codec": pending["codec"]}
-            return _load_codec(folder, structure), pending["codec"], pending["training"]
+            return load_codec(folder, structure), pending["codec"], pending["training"]
         except Exception:  # unreadable leftovers: train again
             pass
     n = codec_mod.sample_size(k, index.tokens)
@@ -223,14 +255,17 @@ class _CarryFromPrevious:
     def __call__(self, ids: list[str], hashes: list[bytes]) -> list:
         from tokembed.index.keys import id_keys
 
+        out: list = [None] * len(ids)
         rows = self.previous.find(ids, id_keys(ids))
-        out = []
-        for row, digest in zip(rows, hashes):
-            if row is None or self.previous.content_hash(row) != digest:
-                out.append(None)
-                continue
-            number = int(np.searchsorted(self.starts, row, side="right")) - 1
-            out.append(self._codes(number).row_codes(row - int(self.starts[number])))
+        found = np.asarray([i for i, row in enumerate(rows) if row is not None], np.int64)
+        if not len(found):
+            return out
+        stored = np.asarray([rows[i] for i in found.tolist()], np.int64)
+        digests = np.frombuffer(b"".join(hashes[i] for i in found.tolist()), np.uint8).reshape(-1, 32)
+        same = (self.previous.content_hashes(stored) == digests).all(axis=1)
+        numbers = np.searchsorted(self.starts, stored[same], side="right") - 1
+        for i, row, number in zip(found[same].tolist(), stored[same].tolist(), numbers.tolist()):
+            out[i] = self._codes(number).row_codes(row - int(self.starts[number]))
         return out
 
     def _codes(self, number: int) -> ShardCodes:
@@ -247,7 +282,7 @@ class _CarryFromPrevious:
 # ---------------------------------------------------------------------------------------------- generation
 
 
-def _open_generation(folder: Path, manifest: dict):
+def open_generation(folder: Path, manifest: dict):
     """An ``Index`` over the shards ``manifest`` lists (committed or not), memory-mapped."""
     import pyarrow as pa
 
@@ -258,9 +293,9 @@ def _open_generation(folder: Path, manifest: dict):
 
 
 def commit_manifest(folder: Path, manifest: dict) -> None:
-    from tokembed.index.format import MANIFEST
+    from tokembed.index.format import MANIFEST, manifest_bytes
 
-    atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(folder / MANIFEST, manifest_bytes(manifest))
 
 
 def remove_unlisted_files(folder: Path, manifest: dict) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -89,10 +90,14 @@ class Codec:
 
     def decode(self, ids: np.ndarray, packed: np.ndarray) -> np.ndarray:
         """Codes -> decompressed unit vectors [n, D] float32."""
-        buckets = unpack(packed, self.nbits, self.dim)
-        x = self.centroids[ids] + self.weights[buckets]
+        x = self.centroids[ids] + self._byte_weights[packed].reshape(len(packed), -1)[:, : self.dim]
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         return x / np.maximum(norms, 1e-12)
+
+    @cached_property
+    def _byte_weights(self) -> np.ndarray:
+        """[256, 8 // nbits]: the weights of the dimensions one packed byte holds (one gather per byte)."""
+        return self.weights[unpack(np.arange(256, dtype=np.uint8)[:, None], self.nbits, 8 // self.nbits)]
 
     # ------------------------------------------------------------------------------------ storage
 

@@ -4,6 +4,11 @@ Adds (or refreshes) the search structure of the committed index without re-encod
 generation: under the writer lock, code files first (each durable on its own), then the manifest replace,
 then removal of structure files no manifest lists. Killed at any point, the previous manifest stays valid
 and the next run resumes from the codec and code files already on disk.
+
+``drop_vectors=True`` (``--drop-vectors``) also rewrites the shards without their vectors in the same
+generation (``drop.py``); after the commit the old shards are removed, and with them the vectors' bytes.
+A compressed-only index keeps its centroids: ``retrain``, another ``nbits`` or ``centroids`` need vectors
+and are refused (``VectorsDroppedError``, exit 2).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokembed._testhooks import fault_point
+from tokembed.index.format import vectors_dropped
 from tokembed.search.plaid.build import (
     DEFAULT_NBITS,
     SEARCH,
@@ -35,6 +41,8 @@ class CompressSummary:
     carried_tokens: int
     structure_bytes: int
     seconds: float
+    vectors: str = "stored"  # or "dropped": the shards hold no vectors (--drop-vectors)
+    shard_bytes: int = 0  # the committed generation's shards
 
     def to_json(self) -> dict:
         return {**self.__dict__, "seconds": round(self.seconds, 3),
@@ -48,10 +56,12 @@ def compress_index(
     retrain: bool = False,
     wait_seconds: float = 0.0,
     log=lambda message: None,
+    drop_vectors: bool = False,
 ) -> CompressSummary:
     from tokembed.index.lock import IndexLock
     from tokembed.index.reader import open_index
     from tokembed.search.plaid.codec import check_nbits
+    from tokembed.search.plaid.drop import drop_vectors as without_vectors
 
     folder = Path(folder)
     started = time.perf_counter()
@@ -64,13 +74,35 @@ def compress_index(
         current = index.manifest.get(SEARCH)
         wanted = nbits or (current["nbits"] if current else DEFAULT_NBITS)
         manifest = refresh_structure(folder, index.manifest, StructureOptions(wanted, centroids, retrain), log=log)
+        dropping = drop_vectors and not vectors_dropped(manifest)
+        if dropping:
+            forget_interrupted_encode(folder)
+            manifest = without_vectors(folder, manifest, log)
         fault_point("commit", 1)
         commit_manifest(folder, manifest)
         remove_unlisted_files(folder, manifest)
+        if dropping:
+            remove_replaced_shards(folder, manifest)
     structure = manifest[SEARCH]
     return CompressSummary(
         index=str(folder), nbits=structure["nbits"], centroids=structure["centroids"], rows=index.rows,
         tokens=index.tokens, coded_tokens=structure["last_run"]["coded_tokens"],
         carried_tokens=structure["last_run"]["carried_tokens"], structure_bytes=structure["bytes"],
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, vectors="dropped" if vectors_dropped(manifest) else "stored",
+        shard_bytes=sum(shard["bytes"] for shard in manifest["shards"]),
     )
+
+
+def forget_interrupted_encode(folder: Path) -> None:
+    """An interrupted ``encode`` must not resume onto a compressed-only index: its journaled shards hold vectors."""
+    from tokembed.index.journal import JOURNAL
+
+    (folder / JOURNAL).unlink(missing_ok=True)
+
+
+def remove_replaced_shards(folder: Path, manifest: dict) -> None:
+    """After a drop's commit: every shard the manifest no longer lists (those with vectors): the freed space."""
+    from tokembed.index.format import DATA_DIR
+    from tokembed.index.writer import remove_unlisted_shards
+
+    remove_unlisted_shards(folder / DATA_DIR, {Path(shard["file"]).name for shard in manifest["shards"]})

@@ -1,7 +1,8 @@
-"""What ``tokembed info`` says about a search structure: sizes and bytes per token of each part."""
+"""What ``tokembed info`` says about a search structure, and about the index's bytes per token by part."""
 
 from __future__ import annotations
 
+from tokembed.index.format import vectors_dropped
 from tokembed.search.plaid.build import SEARCH
 from tokembed.search.plaid.files import map_tensors
 
@@ -39,3 +40,22 @@ def structure_facts(index) -> dict | None:
         "search_memory_bytes": sizes["codec"] + sizes["inverted_lists"] + sizes["doc_offsets"],
         "drift": structure["drift"],
     }
+
+
+def index_bytes_per_token(index, manifest_bytes: int) -> dict:
+    """Bytes per token of each part of the index on disk, and in total.
+
+    ``vectors``: the stored token vectors (tokens x dim x dtype; 0 in a compressed-only index);
+    ``shards_without_vectors``: the rest of the shards (ids, token ids, content hashes, Arrow framing);
+    ``search_structure``: codec and code files; ``manifest``.
+    """
+    import numpy as np
+
+    shards = sum(int(shard["bytes"]) for shard in index.shards)
+    itemsize = np.dtype(index.manifest.get("embedding_dtype", "float16")).itemsize
+    vectors = 0 if vectors_dropped(index.manifest) else index.tokens * index.dim * itemsize
+    sizes = {"vectors": vectors, "shards_without_vectors": shards - vectors,
+             "search_structure": (index.manifest.get(SEARCH) or {}).get("bytes", 0), "manifest": manifest_bytes}
+    sizes["total"] = sum(sizes.values())
+    tokens = max(index.tokens, 1)
+    return {name: round(size / tokens, 3) for name, size in sizes.items()}

@@ -3,12 +3,15 @@
 Per query ``Q`` [n, D]:
 
 1. ``S = Q @ C.T`` [n, K]; each query token probes its best ``probe`` centroids.
-2. Approximate MaxSim of every document that holds a token of a probed centroid, from centroids only
+2. An approximate MaxSim of every document that holds a token of a probed centroid, from centroids only
    (WARP's imputation): for query token i, a document's best probed centroid score if it has one, else
    the score of i's last probed centroid (an upper bound on what it misses). Documents no probe reaches
    cannot be candidates.
-3. The best ``candidates`` by approximate score are re-ranked with exact MaxSim from the stored vectors
+3. The best ``CENTROID_POOL * candidates`` by that score are scored again with every token replaced by its
+   centroid (PLAID's centroid interaction, from the uint16 centroid ids: no vectors read).
+4. The best ``candidates`` of those are re-ranked with exact MaxSim from the stored vectors
    (``rerank="vectors"``) or from the decompressed codes (``rerank="codes"``, for compressed-only use).
+(``candidates.py`` holds stages 1-3.)
 
 With ``probe >= K`` and ``candidates >= rows`` every document with a token is re-ranked exactly: the result
 is the exhaustive scan's (tests check it). Ties break by index order, as in the scan. The structure's files
@@ -23,13 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from tokembed.errors import IndexCorruptError, UsageError
+from tokembed.index.pages import MappedPages
 from tokembed.search.plaid.build import SEARCH
+from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, ragged
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import ShardCodes
 from tokembed.search.plaid.files import map_tensors, verify_file
 
 DEFAULT_PROBE = 16
-DEFAULT_CANDIDATES = 512  # with probe 16: recall@10 0.978 vs exact in bench/search.py
+DEFAULT_CANDIDATES = 128  # with probe 16: recall@10 0.985 vs exact in bench/search.py at 20k documents (README)
+CENTROID_POOL = 4  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
 _OPEN_ATTEMPTS = 5
 
 
@@ -39,6 +45,7 @@ class Structure:
     shards: list[ShardCodes]
     starts: np.ndarray  # [n_shards + 1] first global row of each shard
     _vectors: dict = field(default_factory=dict, repr=False)  # shard number -> [(first row, offsets, vectors, ids)]
+    _lists: object = field(default=None, repr=False)  # candidates.GlobalLists, joined on first use
 
     @property
     def rows(self) -> int:
@@ -117,58 +124,14 @@ def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: in
     if not len(q):  # an empty query scores 0 against every document: the first ones in index order
         rows = np.arange(min(top_k, structure.rows))
         return [(_doc_id(index, structure, int(r)), 0.0) for r in rows]
-    rows = candidate_rows(structure, q, probe, candidates)
+    sims = q @ structure.codec.centroids.T  # [n, K]
+    pool = candidate_rows(structure, sims, probe, CENTROID_POOL * candidates)
+    rows = best_by_centroids(structure, sims, pool, candidates)
     if not len(rows):
         return []
     scores = _exact_scores(index, structure, q, rows, rerank)
     order = np.lexsort((rows, -scores))[:top_k]  # best first; equal scores in index order
     return [(_doc_id(index, structure, int(rows[i])), float(scores[i])) for i in order]
-
-
-def candidate_rows(structure: Structure, q: np.ndarray, probe: int, candidates: int) -> np.ndarray:
-    """Global rows of the best ``candidates`` documents by approximate score (sorted by row)."""
-    sims = q @ structure.codec.centroids.T  # [n, K]
-    p = min(probe, sims.shape[1])
-    probed = np.argpartition(-sims, p - 1, axis=1)[:, :p]  # [n, p]
-    values = np.take_along_axis(sims, probed, axis=1)
-    order = np.argsort(values, axis=1, kind="stable")  # ascending: a later (better) centroid overwrites
-    probed, values = np.take_along_axis(probed, order, 1), np.take_along_axis(values, order, 1)
-    gains = values - values[:, :1]  # over the imputed score (the last probed centroid's)
-    rows, approx = [], []
-    for number, codes in enumerate(structure.shards):
-        shard_rows, shard_scores = _approximate(codes, probed, gains)
-        if len(shard_rows) > candidates:
-            keep = np.argpartition(-shard_scores, candidates - 1)[:candidates]
-            shard_rows, shard_scores = shard_rows[keep], shard_scores[keep]
-        rows.append(shard_rows + structure.starts[number])
-        approx.append(shard_scores)
-    rows, approx = np.concatenate(rows), np.concatenate(approx)
-    if len(rows) > candidates:
-        order = np.lexsort((rows, -approx))[:candidates]
-        rows = rows[order]
-    return np.sort(rows)
-
-
-def _approximate(codes: ShardCodes, probed: np.ndarray, gains: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows reached, their summed gains) in one shard; the imputed base is the same for every row."""
-    total = np.zeros(codes.rows, np.float32)
-    reached = np.zeros(codes.rows, bool)
-    scratch = np.zeros(codes.rows, np.float32)
-    lists, offsets = codes.list_rows, codes.list_offsets
-    for token_centroids, token_gains in zip(probed, gains):
-        touched = []
-        for centroid, gain in zip(token_centroids.tolist(), token_gains.tolist()):
-            members = lists[offsets[centroid] : offsets[centroid + 1]]
-            if len(members):
-                scratch[members] = gain  # ascending gains: each row ends with its best probed centroid
-                touched.append(members)
-        if touched:
-            members = np.concatenate(touched)
-            total[members] += scratch[members]  # a repeated row is added once (buffered fancy add)
-            scratch[members] = 0.0
-            reached[members] = True
-    found = np.flatnonzero(reached)
-    return found, total[found]
 
 
 def _exact_scores(index, structure: Structure, q: np.ndarray, rows: np.ndarray, rerank: str) -> np.ndarray:
@@ -191,7 +154,7 @@ def _gather(index, structure: Structure, rows: np.ndarray, rerank: str) -> tuple
         local = rows[numbers == number] - structure.starts[number]
         if rerank == "codes":
             codes = structure.shards[number]
-            take, count = _ragged(codes.doc_offsets[local], codes.doc_offsets[local + 1])
+            take, count = ragged(codes.doc_offsets[local], codes.doc_offsets[local + 1])
             pieces.append(structure.codec.decode(codes.centroid_ids[take], codes.residuals[take]))
             lengths.append(count)
             continue
@@ -199,19 +162,15 @@ def _gather(index, structure: Structure, rows: np.ndarray, rerank: str) -> tuple
         at = np.searchsorted(batches.firsts, local, side="right") - 1
         for b in np.unique(at):
             offsets, vectors = batches.offsets[b], batches.vectors[b]
+            if vectors is None:
+                raise UsageError(f"{index.folder}: the vectors were dropped (compress --drop-vectors); re-rank from the codes")
             mine = local[at == b] - batches.firsts[b]
-            take, count = _ragged(offsets[mine] - offsets[0], offsets[mine + 1] - offsets[0])
-            picked = vectors[take]
+            take, count = ragged(offsets[mine] - offsets[0], offsets[mine + 1] - offsets[0])
+            picked = vectors[take]  # a copy: the mapped pages can go (resident memory stays that of the lists)
+            batches.pages.release(batches.batches[b])
             pieces.append(_F16_TO_F32[picked.view(np.uint16)] if picked.dtype == np.float16 else picked.astype(np.float32))
             lengths.append(count)
     return np.concatenate(pieces), np.concatenate(lengths)
-
-
-def _ragged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices of every position in the ranges [start, end), in order; the range lengths)."""
-    counts = (ends - starts).astype(np.int64)
-    firsts = np.repeat(starts.astype(np.int64) - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-    return firsts + np.arange(int(counts.sum())), counts
 
 
 @dataclass
@@ -220,23 +179,33 @@ class _ShardBatches:
     offsets: list  # per batch: token offsets [rows + 1]
     vectors: list  # per batch: [tokens, D] zero-copy
     ids: list  # per batch: the Arrow id column
+    batches: list  # the record batches, to drop their mapped pages once read
+    pages: MappedPages
 
 
 def _batches(index, structure: Structure, number: int) -> _ShardBatches:
     if number not in structure._vectors:
         shard = index.shards[number]
         reader = index.open_shard(shard)
-        firsts, offsets, vectors, ids, first = [], [], [], [], 0
+        firsts, offsets, vectors, ids, records, first = [], [], [], [], [], 0
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
-            embeddings = batch.column(batch.schema.get_field_index("embeddings"))
-            flat = embeddings.values.values.to_numpy(zero_copy_only=True).reshape(-1, index.dim)
+            records.append(batch)
             firsts.append(first)
+            ids.append(batch.column(batch.schema.get_field_index("id")))
+            at = batch.schema.get_field_index("embeddings")
+            if at < 0:  # a compressed-only index (compress --drop-vectors): ids only
+                offsets.append(None)
+                vectors.append(None)
+                first += batch.num_rows
+                continue
+            embeddings = batch.column(at)
+            flat = embeddings.values.values.to_numpy(zero_copy_only=True).reshape(-1, index.dim)
             offsets.append(embeddings.offsets.to_numpy().astype(np.int64))
             vectors.append(flat[embeddings.values.offset : embeddings.values.offset + len(embeddings.values)])
-            ids.append(batch.column(batch.schema.get_field_index("id")))
             first += batch.num_rows
-        structure._vectors[number] = _ShardBatches(np.asarray(firsts, np.int64), offsets, vectors, ids)
+        pages = MappedPages(index.shard_path(shard))
+        structure._vectors[number] = _ShardBatches(np.asarray(firsts, np.int64), offsets, vectors, ids, records, pages)
     return structure._vectors[number]
 
 

@@ -1,0 +1,93 @@
+"""A faster build of the benchmark index's search structure, with the same files ``compress`` would write.
+
+The benchmark's documents are spans of one pool of real token vectors, so every token is a copy of a pool
+vector. Centroid assignment and residual coding are per token and row-independent (``codec.py``), so a
+token's codes are its pool vector's codes: the pool is coded once and each shard's code file is assembled
+by lookup. k-means runs on the pool's distinct vectors (what a sample of the index would hold anyway).
+
+Then ``compress_index`` itself finishes the build through its resume path: it takes the codec named by
+``plaid/pending.json`` and every code file already on disk under its name, checks and lists them, and
+commits the manifest. Before that, the codes of a slice of the first shard are coded by the codec itself
+and must equal the assembled ones byte for byte. Use: ``bench/search.py --docs 1000000 --pool-codes``,
+where k-means and coding of ~56M tokens by ``compress`` would take hours on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHECK_TOKENS = 20_000
+
+
+def pool_positions(real: list[np.ndarray], count: int, seed: int, batch: int = 1000):
+    """Per synthetic document (``synthetic_docs``' order and draws), the pool positions of its tokens."""
+    rng = np.random.default_rng(seed)
+    size = sum(len(v) for v in real)
+    for start in range(0, count, batch):
+        n = min(batch, count - start)
+        lengths = rng.integers(16, 97, size=n)
+        firsts = rng.integers(0, size - 96, size=n)
+        yield from (np.arange(f, f + l) for f, l in zip(firsts, lengths))
+
+
+def build(folder: str, real_file: str, centroids: str) -> dict:
+    from tokembed.index.atomic import atomic_write_bytes
+    from tokembed.index.reader import open_index
+    from tokembed.search.maxsim import batch_arrays, shard_batches
+    from tokembed.search.plaid import compress_index
+    from tokembed.search.plaid.build import PENDING
+    from tokembed.search.plaid.codec import codec_id, train
+    from tokembed.search.plaid.codes import CODES_DIR, ShardCodes, codes_name, inverted_lists
+    from tokembed.search.plaid.files import write_tensors
+    from tokembed.search.plaid.report import structure_facts
+
+    started = time.perf_counter()
+    folder, k = Path(folder), int(centroids)
+    real = list(np.load(real_file, allow_pickle=True))
+    pool = np.concatenate(real).astype(np.float32)
+    codec = train(pool, k, 2)
+    trained = time.perf_counter()
+    pool_ids, pool_residuals, _ = codec.encode(pool)
+    data = codec.to_bytes()
+    entry = {"file": f"{CODES_DIR}/codec-{codec_id(data)[:16]}.safetensors"}
+    entry.update(write_tensors(folder / entry["file"], codec.tensors(), {"nbits": "2"}))
+    index = open_index(folder)
+    key = {"shards": [shard["sha256"] for shard in index.shards], "nbits": 2, "centroids": k}
+    training = {"sample_tokens": len(pool), "index_tokens": index.tokens, "kmeans_iterations": 20, "seed": 123,
+                "library": "faiss", "note": "bench/_plaid_shortcut.py: k-means on the benchmark's pool of real vectors"}
+    atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "training": training}).encode())
+    positions = pool_positions(real, index.rows, seed=1)
+    for number, shard in enumerate(index.shards):
+        rows = [next(positions) for _ in range(shard["rows"])]
+        lengths = np.array([len(r) for r in rows], np.int64)
+        where = np.concatenate(rows)
+        ids, residuals = pool_ids[where], pool_residuals[where]
+        if number == 0:
+            _check_against_the_codec(codec, index, shard, ids, residuals, batch_arrays, shard_batches)
+        offsets, lists = inverted_lists(ids, lengths, k)
+        codes = ShardCodes(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ids, residuals, offsets, lists)
+        write_tensors(folder / codes_name(shard["sha256"], entry["sha256"]), codes.tensors())
+    assembled = time.perf_counter()
+    summary = compress_index(folder, nbits=2, centroids=k)  # resumes: takes the codec and the code files
+    assert summary.coded_tokens == 0, "compress coded tokens itself: the assembled files were not taken"
+    from _timing import peak_rss_mb
+
+    return {"seconds": time.perf_counter() - started, "kmeans_seconds": trained - started,
+            "assemble_seconds": assembled - trained, "commit_seconds": summary.seconds, "peak_rss_mb": peak_rss_mb(),
+            "centroids": k, "facts": structure_facts(open_index(folder)), "pool_tokens": len(pool)}
+
+
+def _check_against_the_codec(codec, index, shard, ids, residuals, batch_arrays, shard_batches) -> None:
+    vectors = []
+    for batch in shard_batches(index, shard, verify=False):
+        vectors.append(batch_arrays(batch, index.dim, "shard")[1])
+        if sum(len(v) for v in vectors) >= CHECK_TOKENS:
+            break
+    vectors = np.concatenate(vectors)[:CHECK_TOKENS]
+    coded_ids, coded_residuals, _ = codec.encode(vectors)
+    assert np.array_equal(coded_ids, ids[:CHECK_TOKENS]) and np.array_equal(coded_residuals, residuals[:CHECK_TOKENS]), \
+        "assembled codes differ from the codec's"

@@ -1,0 +1,233 @@
+"""Compressed-only indexes: ``compress --drop-vectors`` / ``encode --drop-vectors``.
+
+A synthetic index (``IndexWriter``, no model) for the drop itself, its search and the refusals; a tiny PyLate
+checkpoint in-process for the cron case (an ``encode`` re-run on a compressed-only index codes its new rows
+with the same centroids and equals dropping a normal run's result, byte for byte); real subprocesses for
+SIGKILL and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from helpers import manifest, write_parquet
+from test_plaid import clustered_docs, corpus_rows, edited, queries_from, structure_files, tokembed
+from test_score import write_index
+from tokembed.errors import VectorsDroppedError
+from tokembed.index import open_index
+from tokembed.index.export import export_index
+from tokembed.index.previous import PreviousIndex
+from tokembed.search import load_document, search_vectors
+from tokembed.search.maxsim import scan
+from tokembed.search.plaid import compress_index, open_searchable, plaid_search
+
+EMPTY_ROW = 5  # a row with no tokens: dropping must not turn rows into that, nor break on one
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    docs = clustered_docs(rng, 300)
+    docs[EMPTY_ROW] = docs[EMPTY_ROW][:0]
+    folder = write_index(tmp_path_factory.mktemp("plain") / "index", docs, shard_rows=100, batch_rows=25)
+    compress_index(folder, nbits=2, centroids=64)
+    return folder, docs, queries_from(rng, docs, 12)
+
+
+@pytest.fixture(scope="module")
+def dropped(plain, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dropped") / "index"
+    shutil.copytree(plain[0], folder)
+    summary = compress_index(folder, drop_vectors=True)
+    assert summary.vectors == "dropped" and summary.coded_tokens == 0
+    return folder
+
+
+def shard_columns(folder: Path) -> list[pa.Table]:
+    return [pa.ipc.open_file(pa.memory_map(str(folder / s["file"]))).read_all() for s in manifest(folder)["shards"]]
+
+
+def code_entries(folder: Path) -> list[dict]:
+    """The structure's per-shard entries without the data shard's file name (numbers differ between runs)."""
+    return [{k: v for k, v in entry.items() if k != "shard"} for entry in manifest(folder)["search"]["shards"]]
+
+
+def code_bytes(folder: Path) -> list[bytes]:
+    return [(folder / entry["file"]).read_bytes() for entry in manifest(folder)["search"]["shards"]]
+
+
+# ---------------------------------------------------------------------------------------------- the drop
+
+
+def test_drop_keeps_rows_and_codes_and_frees_the_vectors(plain, dropped):
+    before, after = manifest(plain[0]), manifest(dropped)
+    assert after["search"]["vectors"] == "dropped" and "vectors" not in before["search"]
+    assert [s["tokens"] for s in after["shards"]] == [s["tokens"] for s in before["shards"]]  # never 0 tokens
+    assert after["totals"]["tokens"] == before["totals"]["tokens"]
+    assert after["search"]["codec"] == before["search"]["codec"]
+    assert code_bytes(dropped) == code_bytes(plain[0])  # the codes, byte for byte, under the new shards' names
+    for old, new in zip(shard_columns(plain[0]), shard_columns(dropped)):
+        assert "embeddings" not in new.column_names
+        assert new.column_names == [name for name in old.column_names if name != "embeddings"]
+        assert new.column("id").equals(old.column("id")) and new.column("token_ids").equals(old.column("token_ids"))
+    shard_bytes = [sum(s["bytes"] for s in m["shards"]) for m in (before, after)]
+    assert shard_bytes[1] < shard_bytes[0] / 4
+    listed = {Path(s["file"]).name for s in after["shards"]}
+    assert {p.name for p in (dropped / "data").iterdir()} == listed  # the shards with vectors are gone
+    assert set(structure_files(dropped)) == {Path(e["file"]).name for e in after["search"]["shards"]} | {
+        Path(after["search"]["codec"]["file"]).name}
+    index = open_index(dropped)
+    index.verify()
+    previous = PreviousIndex(index)
+    assert [len(previous.token_ids(row)) for row in range(len(plain[1]))] == [len(d) for d in plain[1]]
+    with pytest.raises(VectorsDroppedError, match="drop-vectors"):
+        previous.vectors(0)
+
+
+def test_search_reranks_from_the_decoded_codes(plain, dropped):
+    folder, docs, queries = plain
+    index, structure = open_searchable(folder)
+    expected = plaid_search(index, structure, queries, 10, rerank="codes")
+    got = search_vectors(dropped, queries, top_k=10)
+    assert [[(h.id, h.score) for h in hits] for hits in got] == expected
+    everything = search_vectors(dropped, queries[:3], top_k=len(docs), probe=64, candidates=len(docs))
+    assert f"d{EMPTY_ROW}" not in {h.id for hits in everything for h in hits}  # no tokens: in no list
+    assert all(len(hits) == len(docs) - 1 for hits in everything)
+
+
+def test_every_reader_of_vectors_refuses(plain, dropped, tmp_path, cli):
+    name = str(dropped)
+    for call in (
+        lambda: search_vectors(dropped, plain[2][:1], exact=True),
+        lambda: search_vectors(open_index(dropped), plain[2][:1], exact=True),
+        lambda: scan(open_index(dropped), plain[2][:1], 5),
+        lambda: load_document(dropped, "d1"),
+        lambda: export_index(dropped, tmp_path / "out"),
+    ):
+        with pytest.raises(VectorsDroppedError, match="compress --drop-vectors") as caught:
+            call()
+        assert name in str(caught.value)
+    before = manifest(dropped)
+    for args in (["score", "--query", "x", dropped, "--exact"], ["export", dropped, "--to", tmp_path / "x", "--format", "parquet"],
+                 ["compress", dropped, "--retrain"], ["compress", dropped, "--nbits", 4],
+                 ["compress", dropped, "--centroids", 32]):
+        result = cli(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "--drop-vectors" in result.stderr and name in result.stderr
+    assert manifest(dropped) == before and not (tmp_path / "x").exists()
+    again = cli("compress", dropped, "--drop-vectors", "--log-format", "json")  # nothing left to drop: kept as it is
+    assert again.exit_code == 0 and json.loads(again.stdout)["vectors"] == "dropped"
+    assert manifest(dropped)["shards"] == before["shards"] and code_bytes(dropped) == code_bytes(plain[0])
+
+
+def test_drift_keeps_the_centroids_of_a_compressed_only_index(dropped, tmp_path, cli):
+    folder = tmp_path / "index"
+    shutil.copytree(dropped, folder)
+    data = manifest(folder)
+    data["search"]["drift"]["share_coded_since_training"] = 0.9  # past RETRAIN_SHARE: new centroids are due
+    (folder / "manifest.json").write_text(json.dumps(data))
+    result = cli("compress", folder)
+    assert result.exit_code == 0, result.output
+    assert "keeping the current ones" in result.stderr
+    assert manifest(folder)["search"]["codec"] == data["search"]["codec"] and code_bytes(folder) == code_bytes(dropped)
+
+
+@pytest.mark.parametrize("kill_at", ["drop:2", "commit"])
+def test_sigkill_during_the_drop_then_rerun_gives_the_same_bytes(plain, dropped, tmp_path, kill_at):
+    folder = tmp_path / "index"
+    shutil.copytree(plain[0], folder)
+    killed = tokembed("compress", folder, "--drop-vectors", env={"TOKEMBED_TEST_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL
+    assert manifest(folder) == manifest(plain[0])  # the generation with vectors is still the committed one
+    open_index(folder).verify()
+    rerun = tokembed("compress", folder, "--drop-vectors")
+    assert rerun.returncode == 0, rerun.stderr
+    assert ("3 kept from an interrupted run" if kill_at == "commit" else "2 kept from an interrupted run") in rerun.stderr
+    assert [s["sha256"] for s in manifest(folder)["shards"]] == [s["sha256"] for s in manifest(dropped)["shards"]]
+    assert code_entries(folder) == code_entries(dropped)
+    assert structure_files(folder) == structure_files(dropped)
+    assert len(list((folder / "data").iterdir())) == len(manifest(folder)["shards"])  # half-done shards removed
+
+
+# ---------------------------------------------------------------------------------------------- cron
+
+
+def test_an_encode_rerun_stays_compressed_only_and_equals_dropping_a_normal_run(tmp_path, cli, checkpoint):
+    model = checkpoint("pylate_bert")
+    first = write_parquet(tmp_path / "v1.parquet", corpus_rows(40))
+    second = write_parquet(tmp_path / "v2.parquet", edited(corpus_rows(40)))
+    common = ["--model", model, "--shard-rows", 10, "-q"]
+    normal, compact, oneshot = tmp_path / "normal", tmp_path / "compact", tmp_path / "oneshot"
+    assert cli("encode", first, "-o", normal, "--nbits", 2, *common).exit_code == 0
+    shutil.copytree(normal, compact)
+    assert cli("compress", compact, "--drop-vectors").exit_code == 0
+    assert cli("encode", first, "-o", oneshot, "--nbits", 2, "--drop-vectors", *common).exit_code == 0
+    assert code_entries(oneshot) == code_entries(compact) and structure_files(oneshot) == structure_files(compact)
+    before = manifest(compact)
+    for flags in (["--retrain"], ["--nbits", 4]):  # need new centroids, hence vectors: refused before encoding
+        refused = cli("encode", second, "-o", compact, *common, *flags)
+        assert refused.exit_code == 2 and "--drop-vectors" in refused.stderr and "--full" in refused.stderr
+    assert manifest(compact) == before
+
+    assert cli("encode", second, "-o", normal, *common).exit_code == 0  # the reference: a normal cron run ...
+    assert cli("compress", normal, "--drop-vectors").exit_code == 0  # ... whose vectors are then dropped
+    assert cli("encode", second, "-o", compact, *common).exit_code == 0  # the cron run on a compressed-only index
+    got, want = manifest(compact), manifest(normal)
+    assert got["search"]["vectors"] == "dropped" and got["search"]["codec"] == before["search"]["codec"]
+    assert [s["sha256"] for s in got["shards"]] == [s["sha256"] for s in want["shards"]]
+    assert code_entries(compact) == code_entries(normal) and structure_files(compact) == structure_files(normal)
+    assert got["totals"] == want["totals"] and got["stats"]["added"] > 0 and got["stats"]["updated"] > 0
+    run = got["search"]["last_run"]
+    assert 0 < run["coded_tokens"] < run["carried_tokens"]
+    assert got["search"]["drift"]["tokens_coded_since_training"] == want["search"]["drift"]["tokens_coded_since_training"]
+    assert all("embeddings" not in table.column_names for table in shard_columns(compact))
+
+    info = cli("info", compact, "--json")
+    assert info.exit_code == 0, info.output
+    facts = json.loads(info.stdout)
+    parts = facts["bytes_per_token_by_part"]
+    assert facts["vectors"] == "dropped" and parts["vectors"] == 0
+    assert parts["total"] == pytest.approx(parts["shards_without_vectors"] + parts["search_structure"] + parts["manifest"], abs=0.01)
+    assert facts["search_structure"]["bytes_per_token"]["residuals"] == pytest.approx(facts["dim"] * 2 / 8)
+    assert "dropped by `tokembed compress --drop-vectors`" in cli("info", compact).stdout
+    hits = cli("score", "--query", "alpha beta gamma", compact, "--format", "jsonl", "-k", "3")
+    assert hits.exit_code == 0, hits.output
+    assert len(hits.stdout.splitlines()) == 3
+
+
+@pytest.mark.slow  # a real encode subprocess (torch import, model load): ~7 s on 2 idle cores
+def test_sigkill_during_an_encode_rerun_on_a_compressed_only_index_then_rerun(tmp_path, cli, checkpoint):
+    model = checkpoint("pylate_bert")
+    first = write_parquet(tmp_path / "v1.parquet", corpus_rows(40))
+    second = write_parquet(tmp_path / "v2.parquet", edited(corpus_rows(40)))
+    common = ["--model", model, "--shard-rows", 10, "-q"]
+    reference, folder = tmp_path / "reference", tmp_path / "index"
+    assert cli("encode", first, "-o", reference, "--nbits", 2, "--drop-vectors", *common).exit_code == 0
+    shutil.copytree(reference, folder)
+    assert cli("encode", second, "-o", reference, *common).exit_code == 0
+    killed = tokembed("encode", second, "-o", folder, *common, env={"TOKEMBED_TEST_KILL_AT": "shard:2"})
+    assert killed.returncode == -signal.SIGKILL
+    assert "vectors" in manifest(folder)["search"] and len(list((folder / "data").glob("part-*"))) > 4
+    resumed = cli("encode", second, "-o", folder, *common[:-1], "--log-format", "json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["resumed_shards"] == 2  # shards and code files of the killed run kept
+    assert [s["sha256"] for s in manifest(folder)["shards"]] == [s["sha256"] for s in manifest(reference)["shards"]]
+    assert code_entries(folder) == code_entries(reference) and structure_files(folder) == structure_files(reference)
+
+
+def test_a_compressed_only_manifest_is_format_version_2_which_older_readers_refuse(plain, dropped, monkeypatch):
+    from tokembed.errors import IndexCorruptError
+    from tokembed.index import reader
+
+    assert manifest(plain[0])["format_version"] == 1 and manifest(dropped)["format_version"] == 2
+    monkeypatch.setattr(reader, "READABLE_VERSIONS", (1,))  # a tokembed from before --drop-vectors
+    with pytest.raises(IndexCorruptError, match="format_version 2"):
+        open_index(dropped)
+    open_index(plain[0])  # an index with vectors stays readable by it

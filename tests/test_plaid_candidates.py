@@ -1,0 +1,93 @@
+"""The structure's candidate stages against their definitions, written out per document with plain loops.
+
+Stage 1 (``candidate_rows``): per query token, a document's best probed centroid score, else the imputed
+score of the worst probed centroid; summed over query tokens; only documents some probe reaches.
+Stage 2 (``best_by_centroids``): MaxSim with every document token replaced by its centroid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tokembed.search.plaid import candidates
+from tokembed.search.plaid.candidates import approximate_scores, best_by_centroids, candidate_rows, probed_centroids
+from tokembed.search.plaid.codec import Codec
+from tokembed.search.plaid.codes import ShardCodes, inverted_lists
+from tokembed.search.plaid.search import Structure
+
+K, DIM = 64, 16
+
+
+def random_structure(rng, shard_rows: list[int]) -> tuple[Structure, list[np.ndarray]]:
+    """Shards of random centroid ids (one document in each shard has no tokens); per document its ids."""
+    centroids = rng.standard_normal((K, DIM)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    shards, docs = [], []
+    for rows in shard_rows:
+        lengths = rng.integers(1, 12, size=rows)
+        lengths[rows // 2] = 0
+        ids = rng.integers(0, K, size=int(lengths.sum())).astype(np.uint16)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        list_offsets, list_rows = inverted_lists(ids, lengths, K)
+        shards.append(ShardCodes(offsets, ids, np.zeros((len(ids), 4), np.uint8), list_offsets, list_rows))
+        docs += [ids[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    codec = Codec(centroids, np.zeros(3, np.float32), np.zeros(4, np.float32), 2)
+    return Structure(codec, shards, np.cumsum([0] + shard_rows).astype(np.int64)), docs
+
+
+def stage1_by_definition(sims: np.ndarray, docs: list[np.ndarray], probe: int) -> dict[int, float]:
+    out = {}
+    for row, ids in enumerate(docs):
+        total, reached = 0.0, False
+        for i in range(len(sims)):
+            probed = np.argsort(-sims[i], kind="stable")[:probe]
+            mine = [c for c in probed if c in set(ids.tolist())]
+            reached |= bool(mine)
+            total += max(sims[i][c] for c in mine) if mine else sims[i][probed].min()
+        if reached:
+            out[row] = total
+    return out
+
+
+@pytest.mark.parametrize("probe", [1, 3, 8, K])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_stage1_scores_are_the_definition(probe, tokens):
+    rng = np.random.default_rng(probe * 10 + tokens)
+    structure, docs = random_structure(rng, [37, 50, 13])
+    q = rng.standard_normal((tokens, DIM)).astype(np.float32)
+    sims = q @ structure.codec.centroids.T
+    expected = stage1_by_definition(sims, docs, probe)
+    probed, _ = probed_centroids(sims, probe)
+    base = float(sims[np.arange(tokens), probed[:, 0]].sum())
+    for _ in range(2):  # the second query finds the scratch buffers as clear as the first did
+        rows, scores = approximate_scores(structure, sims, probe)
+        got = {int(r): float(s) + base for r, s in zip(rows, scores)}
+        assert sorted(got) == sorted(expected)  # the reached documents, no more (never the empty ones)
+        assert [got[r] for r in sorted(got)] == pytest.approx([expected[r] for r in sorted(got)], abs=1e-5)
+    keep = 20
+    order = sorted(expected, key=lambda r: (-expected[r], r))
+    chosen = candidate_rows(structure, sims, probe, keep)
+    assert len(chosen) == min(keep, len(expected)) and list(chosen) == sorted(chosen)
+    if len(order) > keep:  # the chosen ones are the best (up to float ties at the edge)
+        assert min(expected[int(r)] for r in chosen) >= expected[order[keep - 1]] - 1e-5
+
+
+def test_equal_scores_at_the_cut_go_to_the_lower_rows():
+    scores = np.array([0.5, 0.2, 0.5, 0.9, 0.5, 0.1], np.float32)
+    assert sorted(candidates._best(scores, 3).tolist()) == [0, 2, 3]
+    assert sorted(candidates._best(scores, 6).tolist()) == list(range(6))
+
+
+def test_stage2_keeps_the_best_by_centroid_maxsim():
+    rng = np.random.default_rng(7)
+    structure, docs = random_structure(rng, [40, 40])
+    q = rng.standard_normal((6, DIM)).astype(np.float32)
+    sims = q @ structure.codec.centroids.T
+    rows = np.array([r for r, ids in enumerate(docs) if len(ids)])
+    score = {int(r): float(sims[:, docs[r]].max(axis=1).sum()) for r in rows}
+    kept = best_by_centroids(structure, sims, rows, 10)
+    assert list(kept) == sorted(kept) and len(kept) == 10
+    best = sorted(score, key=lambda r: (-score[r], r))[:10]
+    assert sorted(score[int(r)] for r in kept) == pytest.approx(sorted(score[r] for r in best), abs=1e-6)
+    assert np.array_equal(best_by_centroids(structure, sims, rows[:5], 10), rows[:5])  # fewer than asked: all of them

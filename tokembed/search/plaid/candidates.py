@@ -1,0 +1,141 @@
+"""Candidate generation: the documents the probed centroids reach, ranked by approximate MaxSim scores.
+
+Stage 1 (``candidate_rows``): for query token i and its ``probe`` best centroids (scores ``S[i, c]``), a
+document's approximate score for i is the best score among the probed centroids it has a token of, else the
+score of i's worst probed centroid (WARP's imputation: an upper bound on what the document misses). The
+approximate MaxSim is the sum over query tokens; a document no probe reaches cannot be a candidate.
+
+The shards' inverted lists are joined once per opened structure into one array of global rows
+(``GlobalLists``, 4 bytes per (centroid, document) pair), so a query gathers every probed list of every
+shard in one ragged take. Per query token its probed lists' rows get their gain over the imputed score in a
+row-sized scratch, in ascending order (a better probed centroid of the same row overwrites), then the
+scratch is added to the rows' totals and cleared where it was written: work in proportion to the entries
+read, never to the index's rows.
+
+Stage 2 (``best_by_centroids``, PLAID's centroid interaction): the stage-1 pool is scored again with every
+token of each document replaced by its centroid, i.e. MaxSim over all its tokens' centroid ids rather than
+over the probed lists only, and the best of those go on to the exact re-rank.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def probed_centroids(sims: np.ndarray, probe: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids [n, p], gains [n, p]): each query token's best ``p`` centroids, worst first, with each
+    one's score over the worst probed one's (the imputed score)."""
+    p = min(probe, sims.shape[1])
+    probed = np.argpartition(-sims, p - 1, axis=1)[:, :p]
+    values = np.take_along_axis(sims, probed, axis=1)
+    order = np.argsort(values, axis=1, kind="stable")  # ascending: a later (better) centroid overwrites
+    probed, values = np.take_along_axis(probed, order, 1), np.take_along_axis(values, order, 1)
+    return probed, values - values[:, :1]
+
+
+@dataclass(frozen=True)
+class GlobalLists:
+    offsets: np.ndarray  # [shards, K + 1] int64: shard s's list of centroid c is rows[offsets[s, c]:offsets[s, c + 1]]
+    rows: np.ndarray  # int32 (int64 past 2**31 rows) global row numbers, shard by shard, ascending per list
+
+
+def global_lists(structure) -> GlobalLists:
+    if structure._lists is None:
+        dtype = np.int32 if structure.rows < 1 << 31 else np.int64
+        sizes = np.array([len(codes.list_rows) for codes in structure.shards], np.int64)
+        bases = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        offsets = np.stack([codes.list_offsets.astype(np.int64) + base for codes, base in zip(structure.shards, bases)])
+        rows = np.empty(int(sizes.sum()), dtype)
+        for codes, base, start in zip(structure.shards, bases, structure.starts[:-1]):
+            np.add(codes.list_rows, dtype(start), out=rows[base : base + len(codes.list_rows)], casting="unsafe")
+        structure._lists = GlobalLists(offsets, rows)
+    return structure._lists
+
+
+def candidate_rows(structure, sims: np.ndarray, probe: int, candidates: int) -> np.ndarray:
+    """Global rows of the best ``candidates`` documents by the stage-1 score (ties: the lower row), sorted.
+
+    ``sims`` [n, K]: the query tokens' scores with every centroid."""
+    rows, scores = approximate_scores(structure, sims, probe)
+    return np.sort(rows[_best(scores, candidates)])
+
+
+def approximate_scores(structure, sims: np.ndarray, probe: int) -> tuple[np.ndarray, np.ndarray]:
+    """(every row a probe reaches, ascending; its summed gain over the imputed scores, float32)."""
+    probed, gains = probed_centroids(sims, probe)
+    lists = global_lists(structure)
+    n, p = probed.shape
+    wanted = probed.reshape(-1)  # (query token, rank) order
+    take, counts = ragged(lists.offsets[:, wanted].T.reshape(-1), lists.offsets[:, wanted + 1].T.reshape(-1))
+    members = lists.rows[take]
+    bounds = np.concatenate([[0], np.cumsum(counts.reshape(n * p, -1).sum(axis=1))]).tolist()
+    best, total, reached = _scratch(structure.rows)
+    try:
+        for i in range(n):
+            for r in range(p):
+                best[members[bounds[i * p + r] : bounds[i * p + r + 1]]] = gains[i, r]
+            mine = members[bounds[i * p] : bounds[i * p + p]]
+            total[mine] += best[mine]  # a row in several of i's lists is added once (buffered fancy add, same value)
+            best[mine] = 0
+        reached[members] = True
+        found = np.flatnonzero(reached)
+        scores = total[found]
+        total[found], reached[found] = 0, False
+    except BaseException:  # the buffers must be clear for the next query whatever happened
+        best.fill(0), total.fill(0), reached.fill(False)
+        raise
+    return found, scores
+
+
+def _best(scores: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the ``count`` highest scores; at the cut, equal scores go to the lower positions."""
+    if len(scores) <= count:
+        return np.arange(len(scores))
+    cut = np.partition(scores, len(scores) - count)[len(scores) - count]
+    above = np.flatnonzero(scores > cut)
+    return np.concatenate([above, np.flatnonzero(scores == cut)[: count - len(above)]])
+
+
+def best_by_centroids(structure, sims: np.ndarray, rows: np.ndarray, keep: int) -> np.ndarray:
+    """The best ``keep`` of ``rows`` (global, sorted) by centroid-interaction MaxSim, sorted by row."""
+    if len(rows) <= keep:
+        return rows
+    scores = np.empty(len(rows), np.float32)
+    by_token = np.ascontiguousarray(sims.T)  # [K, n]: one gathered row per document token
+    numbers = np.searchsorted(structure.starts, rows, side="right") - 1
+    for number in np.unique(numbers):
+        mine = np.flatnonzero(numbers == number)
+        local = rows[mine] - structure.starts[number]
+        codes = structure.shards[number]
+        take, counts = ragged(codes.doc_offsets[local], codes.doc_offsets[local + 1])
+        firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        best = np.maximum.reduceat(by_token[codes.centroid_ids[take]], firsts, axis=0)  # [rows, n]
+        scores[mine] = best.sum(axis=1)
+    return np.sort(rows[np.lexsort((rows, -scores))[:keep]])
+
+
+def ragged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of every position in the ranges [start, end), in order; the range lengths)."""
+    counts = (ends - starts).astype(np.int64)
+    firsts = np.repeat(starts.astype(np.int64) - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    return firsts + np.arange(int(counts.sum())), counts
+
+
+class _Scratch(threading.local):
+    """Per-thread row-sized buffers, reused across queries and kept clear: each query clears what it wrote."""
+
+    def get(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if getattr(self, "rows", -1) != rows:
+            self.rows = rows
+            self.buffers = (np.zeros(rows, np.float32), np.zeros(rows, np.float32), np.zeros(rows, bool))
+        return self.buffers
+
+
+_scratches = _Scratch()
+
+
+def _scratch(rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _scratches.get(rows)

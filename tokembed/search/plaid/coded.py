@@ -1,0 +1,178 @@
+"""``encode`` runs and the search structure: plain indexes, compressed-only ones, ``--drop-vectors``.
+
+An incremental run on a compressed-only index (the nightly cron on an index ``compress --drop-vectors``
+made) stays compressed-only and never needs the vectors it no longer has:
+
+* ``CodedPrevious``: the committed generation as ``PreviousIndex`` reads it, except that an unchanged row
+  (same id, same content hash) brings its codes (centroid ids, packed residuals), not vectors;
+* ``CodedWriter``: an ``IndexWriter`` whose shards have no ``embeddings`` column. It copies a carried row's
+  codes and codes a new or changed row with the committed codec, from its vectors cast to the stored dtype
+  exactly as a shard would have held them, and writes each shard's code file, under the name
+  ``refresh_structure`` looks for, as the shard closes (before the journal records the shard);
+* ``refresh_structure`` then finds every code file on disk and only assembles the ``search`` section.
+
+So the codes are those of a full rebuild coded with the same centroids, dropped afterwards (tested byte for
+byte). A full run (``--full``, or a changed model or setting) on a compressed-only index, and any run with
+``--drop-vectors``, writes shards with vectors, codes them as usual, then drops the vectors before the
+commit (``drop.py``): the index stays compressed-only, at the price of the new generation's vectors on
+disk until the commit. Retraining needs vectors: an incremental run on a compressed-only index refuses
+``--retrain`` or another ``--nbits`` before encoding anything (``encode --full`` can retrain).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokembed.errors import IndexCorruptError
+from tokembed.index.format import SEARCH, vectors_dropped
+from tokembed.index.previous import PreviousIndex
+from tokembed.index.writer import IndexWriter
+from tokembed.search.plaid.codes import CodeParts, CodingStats, ShardCodes, assemble, codes_name
+from tokembed.search.plaid.files import verify_file, write_tensors
+
+
+@dataclass(frozen=True)
+class CodedRow:
+    """A carried row of a compressed-only index: its codes instead of its vectors."""
+
+    centroid_ids: np.ndarray  # [n] uint16
+    residuals: np.ndarray  # [n, code bytes] uint8
+
+    def __len__(self) -> int:  # tokens, as len(vectors) counts them
+        return len(self.centroid_ids)
+
+
+def previous_index(index, nbits: int | None, retrain: bool) -> PreviousIndex:
+    """The committed index an incremental run carries rows from: a ``CodedPrevious`` when it is compressed-only
+    (after refusing what would need its vectors, before anything is encoded)."""
+    if not vectors_dropped(index.manifest):
+        return PreviousIndex(index)
+    from tokembed.search.plaid.build import StructureOptions, drift_only, keep_centroids_without_vectors
+
+    structure = index.manifest[SEARCH]
+    if not drift_only(structure, nbits or structure["nbits"], StructureOptions(nbits, retrain=retrain)):
+        asked = "--retrain" if retrain else f"--nbits {nbits} (the index has {structure['nbits']})"
+        keep_centroids_without_vectors(index.folder, asked, False, print)  # raises VectorsDroppedError
+    return CodedPrevious(index)
+
+
+def open_writer(folder: Path, dim: int, store_dtype: str, shard_rows: int, previous) -> IndexWriter:
+    if isinstance(previous, CodedPrevious):
+        return CodedWriter(folder, dim, store_dtype, shard_rows, previous)
+    return IndexWriter(folder, dim, store_dtype, shard_rows=shard_rows)
+
+
+def run_structure(folder: Path, manifest: dict, previous, writer, nbits: int | None, retrain: bool,
+                  drop_vectors: bool, log) -> dict:
+    """The new generation's manifest with its search structure (if the index has one, or ``nbits`` or
+    ``drop_vectors`` asks for one), without vectors when the index was compressed-only or ``drop_vectors``."""
+    from tokembed.index.reader import read_manifest
+    from tokembed.search.plaid.build import DEFAULT_NBITS, StructureOptions, refresh_structure
+    from tokembed.search.plaid.drop import drop_vectors as without_vectors
+
+    committed = previous.index.manifest if previous is not None else read_manifest(folder)
+    drop = drop_vectors or vectors_dropped(committed)
+    if nbits is None and drop and not (committed or {}).get(SEARCH):
+        nbits = DEFAULT_NBITS  # codes are all a compressed-only index has
+    if nbits is None and not (folder / "plaid").is_dir():
+        return manifest
+    written = writer.stats if isinstance(writer, CodedWriter) else None
+    manifest = refresh_structure(folder, manifest, StructureOptions(nbits, retrain=retrain), previous, log, written)
+    if drop and manifest.get(SEARCH) and not vectors_dropped(manifest):
+        from tokembed.search.plaid.compress import forget_interrupted_encode
+
+        forget_interrupted_encode(folder)  # its shards are this run's, now dropped: nothing to resume
+        manifest = without_vectors(folder, manifest, log)
+    return manifest
+
+
+class CodedPrevious(PreviousIndex):
+    """A compressed-only committed index: ``carried_row`` gives (``CodedRow``, token ids)."""
+
+    def __init__(self, index) -> None:
+        from tokembed.search.plaid.build import load_codec
+
+        super().__init__(index)
+        structure = index.manifest[SEARCH]
+        self.entries = structure["shards"]
+        if [entry["shard"] for entry in self.entries] != [shard["file"] for shard in index.shards]:
+            raise IndexCorruptError(f"{index.folder}: the search structure does not list the manifest's shards")
+        self.codec = load_codec(index.folder, structure)
+        self.codec_sha = structure["codec"]["sha256"]
+        self.shard_starts = np.cumsum([0] + [entry["rows"] for entry in self.entries])
+        self._codes: dict[int, ShardCodes] = {}
+
+    def carried_row(self, row: int) -> tuple:
+        number = int(np.searchsorted(self.shard_starts, row, side="right")) - 1
+        ids, residuals = self._shard_codes(number).row_codes(row - int(self.shard_starts[number]))
+        return CodedRow(ids, residuals), self.token_ids(row)
+
+    def _shard_codes(self, number: int) -> ShardCodes:
+        if number not in self._codes:
+            entry = self.entries[number]
+            verify_file(self.index.folder, entry, checksum=False)
+            self._codes[number] = ShardCodes.open(self.index.folder / entry["file"])
+        return self._codes[number]
+
+
+class CodedWriter(IndexWriter):
+    """Shards without vectors, each with its code file (see the module docstring)."""
+
+    def __init__(self, folder: Path, dim: int, store_dtype: str, shard_rows: int, previous: CodedPrevious) -> None:
+        from tokembed.index.format import vectorless_schema
+
+        super().__init__(folder, dim, store_dtype, shard_rows=shard_rows)
+        self.schema = vectorless_schema(self.schema)
+        self.store_dtype = np.dtype(store_dtype)
+        self.codec, self.codec_sha = previous.codec, previous.codec_sha
+        self.stats = CodingStats()
+        self._parts = CodeParts()
+        self._code_files: list[Path] = []
+
+    def write(self, ids, vectors, token_ids, hashes, source_files=None, pages=None):
+        if ids:
+            self._code(vectors)  # before the write: it may close the shard, which needs these codes
+        return super().write(ids, vectors, token_ids, hashes, source_files, pages)
+
+    def _code(self, rows: list) -> None:
+        """Append the codes of ``rows`` (each a ``CodedRow`` or a [n, D] matrix) to the open shard's."""
+        lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        ids = np.empty(int(starts[-1]), np.uint16)
+        residuals = np.empty((int(starts[-1]), self.codec.code_bytes), np.uint8)
+        fresh = []
+        for row, start, end in zip(rows, starts[:-1], starts[1:]):
+            if isinstance(row, CodedRow):
+                ids[start:end], residuals[start:end] = row.centroid_ids, row.residuals
+            elif end > start:
+                fresh.append((start, end, row))
+        if fresh:
+            where = np.concatenate([np.arange(start, end) for start, end, _ in fresh])
+            stored = np.concatenate([np.asarray(row, self.store_dtype) for _, _, row in fresh])  # as a shard holds it
+            ids[where], residuals[where], norms = self.codec.encode(stored)
+            self.stats.coded_tokens += len(where)
+            self.stats.residual_norm_sum += float(norms.sum(dtype=np.float64))
+        self.stats.carried_tokens += int(starts[-1]) - sum(end - start for start, end, _ in fresh)
+        self._parts.lengths.append(lengths)
+        self._parts.ids.append(ids)
+        self._parts.residuals.append(residuals)
+
+    def close_shard(self):
+        info = super().close_shard()
+        if info is not None:
+            path = self.folder / codes_name(info.sha256, self.codec_sha)
+            if not path.is_file():  # a file under that name holds exactly these codes already
+                write_tensors(path, assemble(self._parts, self.codec).tensors())
+                self._code_files.append(path)
+            self._parts = CodeParts()
+        return info
+
+    def abort(self, keep_finished: bool = False) -> None:
+        super().abort(keep_finished)
+        if not keep_finished:  # kept, a finished shard keeps its code file: a resumed run needs both
+            for path in self._code_files:
+                path.unlink(missing_ok=True)
+        self._code_files.clear()
