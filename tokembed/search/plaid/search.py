@@ -31,7 +31,7 @@ from tokembed.search.plaid.build import SEARCH
 from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, ragged
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import ShardCodes
-from tokembed.search.plaid.files import map_tensors, verify_file
+from tokembed.search.plaid.files import map_tensors, verify_files
 
 DEFAULT_PROBE = 16
 DEFAULT_CANDIDATES = 128  # with probe 16: recall@10 0.985 vs exact in bench/search.py at 20k documents (README)
@@ -82,12 +82,11 @@ def open_structure(index, verify: bool = True) -> Structure:
     entries = structure["shards"]
     if [entry["shard"] for entry in entries] != [shard["file"] for shard in index.shards]:
         raise IndexCorruptError(f"{index.folder}: the search structure does not list the manifest's shards")
-    verify_file(index.folder, structure["codec"], verify)
+    verify_files(index.folder, [structure["codec"], *entries], verify)
     tensors, metadata = map_tensors(index.folder / structure["codec"]["file"])
     codec = Codec.from_tensors(tensors, metadata)
     shards = []
     for entry in entries:
-        verify_file(index.folder, entry, verify)
         codes = ShardCodes.open(index.folder / entry["file"])
         if codes.rows != entry["rows"] or len(codes.centroid_ids) != entry["tokens"]:
             raise IndexCorruptError(f"{index.folder / entry['file']}: rows/tokens do not match the manifest")
