@@ -312,3 +312,19 @@ def test_sigkill_during_an_incremental_run_then_rerun_gives_the_same_bytes(tmp_p
     assert [s["sha256"] for s in manifest(folder)["shards"]] == [s["sha256"] for s in manifest(reference)["shards"]]
     assert entries(folder) == entries(reference)
     assert structure_files(folder) == structure_files(reference)
+
+
+def test_the_rerank_drops_the_vector_pages_it_read_once_enough_were_read(compressed, monkeypatch):
+    from tokembed.index.pages import MappedPages
+    from tokembed.search.plaid import search as plaid_module
+
+    folder, docs, queries = compressed
+    released = []
+    monkeypatch.setattr(MappedPages, "release", lambda self, batch: released.append(batch.num_rows))
+    index, structure = open_searchable(folder)
+    monkeypatch.setattr(plaid_module, "RELEASE_BYTES", 1 << 40)
+    plaid_search(index, structure, queries[:2], 10)
+    assert not released and structure._read  # below the budget: remembered, not yet dropped
+    monkeypatch.setattr(plaid_module, "RELEASE_BYTES", 1)
+    plaid_search(index, structure, queries[:2], 10)
+    assert released and not structure._read and structure._read_bytes == 0

@@ -20,6 +20,7 @@ are memory-mapped; per query only the probed lists and the candidates' rows are 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ DEFAULT_PROBE = 16
 DEFAULT_CANDIDATES = 128  # with probe 16: recall@10 0.985 vs exact in bench/search.py at 20k documents (README)
 CENTROID_POOL = 4  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
 _OPEN_ATTEMPTS = 5
+RELEASE_BYTES = 64 << 20  # vector bytes the re-rank reads before the pages they came from are dropped
 
 
 @dataclass
@@ -46,6 +48,9 @@ class Structure:
     starts: np.ndarray  # [n_shards + 1] first global row of each shard
     _vectors: dict = field(default_factory=dict, repr=False)  # shard number -> [(first row, offsets, vectors, ids)]
     _lists: object = field(default=None, repr=False)  # candidates.GlobalLists, joined on first use
+    _read: dict = field(default_factory=dict, repr=False)  # shard number -> record batches read since the last release
+    _read_bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def rows(self) -> int:
@@ -165,11 +170,28 @@ def _gather(index, structure: Structure, rows: np.ndarray, rerank: str) -> tuple
                 raise UsageError(f"{index.folder}: the vectors were dropped (compress --drop-vectors); re-rank from the codes")
             mine = local[at == b] - batches.firsts[b]
             take, count = ragged(offsets[mine] - offsets[0], offsets[mine + 1] - offsets[0])
-            picked = vectors[take]  # a copy: the mapped pages can go (resident memory stays that of the lists)
-            batches.pages.release(batches.batches[b])
+            picked = vectors[take]  # a copy: the mapped pages it came from can go
+            _note_read(structure, int(number), int(b), picked.nbytes)
             pieces.append(_F16_TO_F32[picked.view(np.uint16)] if picked.dtype == np.float16 else picked.astype(np.float32))
             lengths.append(count)
     return np.concatenate(pieces), np.concatenate(lengths)
+
+
+def _note_read(structure: Structure, number: int, batch: int, size: int) -> None:
+    """Remember a record batch the re-rank read; past ``RELEASE_BYTES`` read, drop every such batch's mapped
+    pages (one madvise per batch; per query that cost more than the re-rank itself at 1M documents), so the
+    resident memory of many queries stays bounded instead of growing towards the whole index."""
+    with structure._lock:
+        structure._read.setdefault(number, set()).add(batch)
+        structure._read_bytes += size
+        if structure._read_bytes < RELEASE_BYTES:
+            return
+        for shard, read in structure._read.items():
+            batches = structure._vectors[shard]
+            for b in read:
+                batches.pages.release(batches.batches[b])
+        structure._read.clear()
+        structure._read_bytes = 0
 
 
 @dataclass
