@@ -23,14 +23,11 @@ import numpy as np
 CHECK_TOKENS = 20_000
 
 
-def pool_positions(real: list[np.ndarray], count: int, seed: int, batch: int = 1000):
+def pool_positions(real: list[np.ndarray], count: int, seed: int):
     """Per synthetic document (``synthetic_docs``' order and draws), the pool positions of its tokens."""
-    rng = np.random.default_rng(seed)
-    size = sum(len(v) for v in real)
-    for start in range(0, count, batch):
-        n = min(batch, count - start)
-        lengths = rng.integers(16, 97, size=n)
-        firsts = rng.integers(0, size - 96, size=n)
+    from _search_data import spans
+
+    for _, firsts, lengths in spans(sum(len(v) for v in real), count, seed):
         yield from (np.arange(f, f + l) for f, l in zip(firsts, lengths))
 
 

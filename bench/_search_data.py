@@ -46,15 +46,22 @@ def read_vectors(folder: Path) -> list[np.ndarray]:
     return out
 
 
+def spans(pool_size: int, count: int, seed: int, batch: int = 1000):
+    """Per batch of up to ``batch`` synthetic documents, (first, length) of each one's span of the pool of real
+    token vectors (16-96 tokens): the one source of the benchmark's documents (``_plaid_shortcut`` codes by it)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, count, batch):
+        n = min(batch, count - start)
+        lengths = rng.integers(16, 97, size=n)
+        firsts = rng.integers(0, pool_size - 96, size=n)
+        yield start, firsts, lengths
+
+
 def synthetic_docs(real: list[np.ndarray], count: int, seed: int, prefix: str = "doc"):
     """Batches of (ids, vectors): each document a random span (16-96 tokens) of a random real document."""
-    rng = np.random.default_rng(seed)
     pool = np.concatenate(real)
-    for start in range(0, count, 1000):
-        n = min(1000, count - start)
-        lengths = rng.integers(16, 97, size=n)
-        firsts = rng.integers(0, len(pool) - 96, size=n)
-        yield [f"{prefix}{start + i}" for i in range(n)], [pool[f : f + l] for f, l in zip(firsts, lengths)]
+    for start, firsts, lengths in spans(len(pool), count, seed):
+        yield [f"{prefix}{start + i}" for i in range(len(firsts))], [pool[f : f + l] for f, l in zip(firsts, lengths)]
 
 
 def write_synthetic(folder: Path, template: dict, batches) -> None:

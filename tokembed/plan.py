@@ -60,11 +60,12 @@ def plan_chunks(job, settings_fp, previous, chunks_done, summary, state) -> Iter
         if resumed:
             continue
         hashes = [content_hash(settings_fp, item.content) for item in items]
+        same = previous.unchanged(stored_rows, hashes) if previous is not None else np.zeros(len(items), bool)
         carried, to_encode, empty = {}, [], []
-        for position, (digest, row) in enumerate(zip(hashes, stored_rows)):
+        for position, row in enumerate(stored_rows):
             if is_empty_page(items[position]):
                 summary.empty_pages.append({"id": items[position].id, "source_file": items[position].source_file, "page": items[position].page})
-            if row is not None and previous.content_hash(row) == digest:
+            if same[position]:
                 carried[position] = previous.carried_row(row)
                 summary.unchanged += 1
             else:

@@ -257,15 +257,9 @@ class _CarryFromPrevious:
 
         out: list = [None] * len(ids)
         rows = self.previous.find(ids, id_keys(ids))
-        found = np.asarray([i for i, row in enumerate(rows) if row is not None], np.int64)
-        if not len(found):
-            return out
-        stored = np.asarray([rows[i] for i in found.tolist()], np.int64)
-        digests = np.frombuffer(b"".join(hashes[i] for i in found.tolist()), np.uint8).reshape(-1, 32)
-        same = (self.previous.content_hashes(stored) == digests).all(axis=1)
-        numbers = np.searchsorted(self.starts, stored[same], side="right") - 1
-        for i, row, number in zip(found[same].tolist(), stored[same].tolist(), numbers.tolist()):
-            out[i] = self._codes(number).row_codes(row - int(self.starts[number]))
+        for i in np.flatnonzero(self.previous.unchanged(rows, hashes)).tolist():
+            number = int(np.searchsorted(self.starts, rows[i], side="right")) - 1
+            out[i] = self._codes(number).row_codes(rows[i] - int(self.starts[number]))
         return out
 
     def _codes(self, number: int) -> ShardCodes:

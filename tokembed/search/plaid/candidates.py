@@ -72,7 +72,7 @@ def approximate_scores(structure, sims: np.ndarray, probe: int) -> tuple[np.ndar
     take, counts = ragged(lists.offsets[:, wanted].T.reshape(-1), lists.offsets[:, wanted + 1].T.reshape(-1))
     members = lists.rows[take]
     bounds = np.concatenate([[0], np.cumsum(counts.reshape(n * p, -1).sum(axis=1))]).tolist()
-    best, total, reached = _scratch(structure.rows)
+    best, total, reached = _scratches.get(structure.rows)
     try:
         for i in range(n):
             for r in range(p):
@@ -135,7 +135,3 @@ class _Scratch(threading.local):
 
 
 _scratches = _Scratch()
-
-
-def _scratch(rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return _scratches.get(rows)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tokembed.errors import IndexCorruptError, UsageError
+from tokembed.index.format import EMBEDDINGS, require_vectors
 from tokembed.index.pages import MappedPages
 from tokembed.search.plaid.build import SEARCH
 from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, ragged
@@ -167,7 +168,7 @@ def _gather(index, structure: Structure, rows: np.ndarray, rerank: str) -> tuple
         for b in np.unique(at):
             offsets, vectors = batches.offsets[b], batches.vectors[b]
             if vectors is None:
-                raise UsageError(f"{index.folder}: the vectors were dropped (compress --drop-vectors); re-rank from the codes")
+                require_vectors(index, "re-ranking from the stored vectors")
             mine = local[at == b] - batches.firsts[b]
             take, count = ragged(offsets[mine] - offsets[0], offsets[mine + 1] - offsets[0])
             picked = vectors[take]  # a copy: the mapped pages it came from can go
@@ -198,9 +199,8 @@ def _note_read(structure: Structure, number: int, batch: int, size: int) -> None
 class _ShardBatches:
     firsts: np.ndarray  # first row (within the shard) of each record batch
     offsets: list  # per batch: token offsets [rows + 1]
-    vectors: list  # per batch: [tokens, D] zero-copy
-    ids: list  # per batch: the Arrow id column
-    batches: list  # the record batches, to drop their mapped pages once read
+    vectors: list  # per batch: [tokens, D] zero-copy (None: a compressed-only shard)
+    batches: list  # the record batches: their ids, and their mapped pages to drop once read
     pages: MappedPages
 
 
@@ -208,25 +208,20 @@ def _batches(index, structure: Structure, number: int) -> _ShardBatches:
     if number not in structure._vectors:
         shard = index.shards[number]
         reader = index.open_shard(shard)
-        firsts, offsets, vectors, ids, records, first = [], [], [], [], [], 0
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            records.append(batch)
-            firsts.append(first)
-            ids.append(batch.column(batch.schema.get_field_index("id")))
-            at = batch.schema.get_field_index("embeddings")
-            if at < 0:  # a compressed-only index (compress --drop-vectors): ids only
+        records = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        firsts = np.cumsum([0] + [batch.num_rows for batch in records], dtype=np.int64)[: len(records)]
+        offsets, vectors = [], []
+        for batch in records:
+            if EMBEDDINGS not in batch.schema.names:  # a compressed-only index (compress --drop-vectors): ids only
                 offsets.append(None)
                 vectors.append(None)
-                first += batch.num_rows
                 continue
-            embeddings = batch.column(at)
+            embeddings = batch.column(EMBEDDINGS)
             flat = embeddings.values.values.to_numpy(zero_copy_only=True).reshape(-1, index.dim)
             offsets.append(embeddings.offsets.to_numpy().astype(np.int64))
             vectors.append(flat[embeddings.values.offset : embeddings.values.offset + len(embeddings.values)])
-            first += batch.num_rows
         pages = MappedPages(index.shard_path(shard))
-        structure._vectors[number] = _ShardBatches(np.asarray(firsts, np.int64), offsets, vectors, ids, records, pages)
+        structure._vectors[number] = _ShardBatches(firsts, offsets, vectors, records, pages)
     return structure._vectors[number]
 
 
@@ -235,4 +230,4 @@ def _doc_id(index, structure: Structure, row: int) -> str:
     local = row - int(structure.starts[number])
     batches = _batches(index, structure, number)
     at = int(np.searchsorted(batches.firsts, local, side="right")) - 1
-    return batches.ids[at][local - int(batches.firsts[at])].as_py()
+    return batches.batches[at].column("id")[local - int(batches.firsts[at])].as_py()
