@@ -314,17 +314,45 @@ def test_sigkill_during_an_incremental_run_then_rerun_gives_the_same_bytes(tmp_p
     assert structure_files(folder) == structure_files(reference)
 
 
-def test_the_rerank_drops_the_vector_pages_it_read_once_enough_were_read(compressed, monkeypatch):
-    from tokembed.index.pages import MappedPages
-    from tokembed.search.plaid import search as plaid_module
+def test_searching_leaves_no_shard_pages_resident(compressed):
+    from test_pages import mapped_rss
 
     folder, docs, queries = compressed
-    released = []
-    monkeypatch.setattr(MappedPages, "release", lambda self, batch: released.append(batch.num_rows))
     index, structure = open_searchable(folder)
-    monkeypatch.setattr(plaid_module, "RELEASE_BYTES", 1 << 40)
-    plaid_search(index, structure, queries[:2], 10)
-    assert not released and structure._read  # below the budget: remembered, not yet dropped
-    monkeypatch.setattr(plaid_module, "RELEASE_BYTES", 1)
-    plaid_search(index, structure, queries[:2], 10)
-    assert released and not structure._read and structure._read_bytes == 0
+    exact = search_vectors(index, queries, top_k=10, exact=True)
+    got = plaid_search(index, structure, queries, 10, probe=16, candidates=64)
+    assert [h[0] for h in got[0]][:3] == [h.id for h in exact[0]][:3]  # ids and vectors read from the files
+    # vectors and ids come by positioned reads, and the pages that reading the record batches' metadata mapped
+    # are dropped, so a long-running search holds no shard memory however many documents it re-ranks
+    assert sum(mapped_rss(index.shard_path(shard)) for shard in index.shards) == 0
+
+
+
+def test_trained_centroids_are_stored_as_float16_and_read_back_exactly(tmp_path):
+    from tokembed.search.plaid.files import map_tensors, write_tensors
+
+    rng = np.random.default_rng(11)
+    sample = rng.standard_normal((3000, DIM)).astype(np.float32)
+    codec = train(sample, 64, 2)
+    assert codec.tensors()["centroids"].dtype == np.float16
+    write_tensors(tmp_path / "codec.safetensors", codec.tensors(), {"nbits": "2"})
+    back = Codec.from_tensors(*map_tensors(tmp_path / "codec.safetensors"))
+    assert back.centroids.dtype == np.float32 and np.array_equal(back.centroids, codec.centroids)
+    assert np.array_equal(back.assign(sample), codec.assign(sample))
+    loose = Codec(rng.standard_normal((8, DIM)).astype(np.float32), codec.cutoffs, codec.weights, 2)
+    assert loose.tensors()["centroids"].dtype == np.float32  # not exact in float16: kept as it is
+
+
+def test_float32_vectors_and_unicode_ids_rerank_as_the_exhaustive_scan(tmp_path):
+    rng = np.random.default_rng(5)
+    docs = clustered_docs(rng, 120)
+    ids = [f"dóc-{i}-{'é' * (i % 7)}" for i in range(len(docs))]
+    folder = write_index(tmp_path / "index", docs, store_dtype="float32", shard_rows=50, batch_rows=7, ids=ids)
+    compress_index(folder, nbits=2, centroids=32)
+    queries = queries_from(rng, docs, 5)
+    index, structure = open_searchable(folder)
+    exact = search_vectors(index, queries, top_k=10, exact=True)
+    got = plaid_search(index, structure, queries, 10, probe=32, candidates=len(docs))
+    for e, g in zip(exact, got):
+        assert [h[0] for h in g] == [h.id for h in e]
+        assert [h[1] for h in g] == pytest.approx([h.score for h in e], abs=1e-5)

@@ -30,13 +30,27 @@ class MappedPages:
         buffers = [b for column in batch.columns for b in column.buffers() if b is not None and b.size]
         if not buffers:
             return
-        low = min(b.address for b in buffers)
-        high = max(b.address + b.size for b in buffers)
+        low, high = min(b.address for b in buffers), max(b.address + b.size for b in buffers)
+        if self.locate(low) and self.span[0] <= low and high <= self.span[1]:
+            self.release_ranges([low], [high])
+
+    def locate(self, address: int) -> bool:
+        """Find the file's mapping from an address that lies in it (once); whether there is one."""
         if not self.checked:
-            self.span, self.checked = _file_mapping(low, self.path), True
-        if self.span and self.span[0] <= low and high <= self.span[1]:
-            start = low - low % mmap.PAGESIZE
-            _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(high - start), MADV_DONTNEED)
+            self.span, self.checked = _file_mapping(address, self.path), True
+        return self.span is not None
+
+    def release_ranges(self, lows, highs) -> None:
+        """Drop the pages of each address range [low, high), clipped to the mapping ``locate`` found (none
+        found: nothing is done)."""
+        if not self.span:
+            return
+        madvise = _libc().madvise
+        for low, high in zip(lows, highs):
+            start, end = max(int(low), self.span[0]), min(int(high), self.span[1])
+            start -= start % mmap.PAGESIZE
+            if start < end:
+                madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
 
 
 MADV_DONTNEED = 4  # Linux

@@ -83,6 +83,12 @@ class Index:
         manifest_bytes = len(json.dumps(self.manifest, indent=2, ensure_ascii=False).encode()) + 1  # as written
         return manifest_bytes + sum(int(shard["bytes"]) for shard in self.shards)
 
+    def shard_file(self, shard: dict):
+        """(file descriptor, address of byte 0) of the shard file this reader holds open: positioned reads
+        of the same generation's bytes, whatever a later run has done to the folder since."""
+        mapped = self._mapped(shard)
+        return mapped.fileno(), _whole(mapped).address
+
     def _mapped(self, shard: dict):
         mapped = self._maps.get(shard["file"])
         if mapped is None:

@@ -75,6 +75,13 @@ def shard_batches(index, shard: dict, verify: bool = True) -> Iterator:
 
 def batch_arrays(batch, dim: int, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(offsets [n+1] int64, token vectors [n_tokens, D] zero-copy, ids [n] object) of one record batch."""
+    offsets, vectors = batch_vectors(batch, dim, where)
+    ids = np.asarray(batch.column(batch.schema.get_field_index("id")).to_pylist(), dtype=object)  # to_numpy imports pandas (~0.4 s)
+    return offsets, vectors, ids
+
+
+def batch_vectors(batch, dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [n+1] int64, token vectors [n_tokens, D] zero-copy) of one record batch."""
     import pyarrow as pa
 
     from tokembed.index.arrays import list_offsets, numpy_view
@@ -88,12 +95,9 @@ def batch_arrays(batch, dim: int, where: str) -> tuple[np.ndarray, np.ndarray, n
     value_type = embeddings.type.value_type
     if not pa.types.is_fixed_size_list(value_type) or value_type.list_size != dim:
         raise IndexCorruptError(f"{where}: embeddings column is {embeddings.type}, manifest says dim {dim}")
-    offsets = list_offsets(embeddings)
     rows = embeddings.values  # FixedSizeListArray, one entry per token
     flat = numpy_view(rows.values)
-    vectors = flat[rows.offset * dim : (rows.offset + len(rows)) * dim].reshape(-1, dim)
-    ids = np.asarray(batch.column(batch.schema.get_field_index("id")).to_pylist(), dtype=object)  # to_numpy imports pandas (~0.4 s)
-    return offsets, vectors, ids
+    return list_offsets(embeddings), flat[rows.offset * dim : (rows.offset + len(rows)) * dim].reshape(-1, dim)
 
 
 class BlockBuilder:

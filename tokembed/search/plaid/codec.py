@@ -38,7 +38,7 @@ MAX_SAMPLE_TOKENS = 1 << 20  # 512 MiB of float32 at 128 dims: bounds the build'
 
 @dataclass(frozen=True)
 class Codec:
-    centroids: np.ndarray  # [K, D] float32, unit rows
+    centroids: np.ndarray  # [K, D] float32, unit rows (to float16 precision when trained)
     cutoffs: np.ndarray  # [2**nbits - 1] float32
     weights: np.ndarray  # [2**nbits] float32
     nbits: int
@@ -50,6 +50,12 @@ class Codec:
     @property
     def dim(self) -> int:
         return self.centroids.shape[1]
+
+    @cached_property
+    def columns(self) -> np.ndarray:
+        """[D, K] the centroids as contiguous columns: a query's product with them is ~1.5x faster (one
+        query's few rows against 65,536 centroids streams the whole matrix, in the order BLAS reads it)."""
+        return np.ascontiguousarray(self.centroids.T)
 
     @property
     def code_bytes(self) -> int:
@@ -102,7 +108,11 @@ class Codec:
     # ------------------------------------------------------------------------------------ storage
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return {"centroids": self.centroids, "cutoffs": self.cutoffs, "weights": self.weights}
+        """Centroids as float16 where that is exact (``train`` rounds them so: half the codec's bytes, the
+        same codes and scores), else float32."""
+        half = self.centroids.astype(np.float16)
+        centroids = half if np.array_equal(half.astype(np.float32), self.centroids) else self.centroids
+        return {"centroids": centroids, "cutoffs": self.cutoffs, "weights": self.weights}
 
     def to_bytes(self) -> bytes:
         from safetensors.numpy import save
@@ -191,6 +201,7 @@ def train(sample: np.ndarray, k: int, nbits: int) -> Codec:
     kmeans.train(x)
     centroids = kmeans.centroids.astype(np.float32)
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    centroids = centroids.astype(np.float16).astype(np.float32)  # stored as float16 (tensors): half the codec's bytes
     partial = Codec(centroids, np.zeros(0, np.float32), np.zeros(0, np.float32), nbits)
     residuals = (x - centroids[partial.assign(x)]).reshape(-1)
     levels = 1 << nbits

@@ -17,7 +17,7 @@ import numpy as np
 from tokembed.errors import IndexCorruptError
 from tokembed.index.atomic import atomic_write_bytes, sha256_file
 
-_DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "I64": np.int64, "F32": np.float32, "F64": np.float64}
+_DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "I64": np.int64, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 
 
 def write_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> dict:

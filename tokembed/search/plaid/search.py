@@ -20,17 +20,19 @@ are memory-mapped; per query only the probed lists and the candidates' rows are 
 
 from __future__ import annotations
 
-import threading
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from tokembed.errors import IndexCorruptError, UsageError
 from tokembed.index.format import EMBEDDINGS, require_vectors
 from tokembed.index.pages import MappedPages
+from tokembed.search.maxsim import batch_vectors
 from tokembed.search.plaid.build import SEARCH
-from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, ragged
+from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, per_shard, ragged
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import ShardCodes
 from tokembed.search.plaid.files import map_tensors, verify_files
@@ -39,7 +41,6 @@ DEFAULT_PROBE = 16
 DEFAULT_CANDIDATES = 128  # with probe 16: recall@10 0.985 vs exact in bench/search.py at 20k documents (README)
 CENTROID_POOL = 4  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
 _OPEN_ATTEMPTS = 5
-RELEASE_BYTES = 64 << 20  # vector bytes the re-rank reads before the pages they came from are dropped
 
 
 @dataclass
@@ -47,11 +48,8 @@ class Structure:
     codec: Codec
     shards: list[ShardCodes]
     starts: np.ndarray  # [n_shards + 1] first global row of each shard
-    _vectors: dict = field(default_factory=dict, repr=False)  # shard number -> [(first row, offsets, vectors, ids)]
+    _vectors: dict = field(default_factory=dict, repr=False)  # shard number -> _ShardBatches, read on first use
     _lists: object = field(default=None, repr=False)  # candidates.GlobalLists, joined on first use
-    _read: dict = field(default_factory=dict, repr=False)  # shard number -> record batches read since the last release
-    _read_bytes: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def rows(self) -> int:
@@ -129,7 +127,7 @@ def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: in
     if not len(q):  # an empty query scores 0 against every document: the first ones in index order
         rows = np.arange(min(top_k, structure.rows))
         return [(_doc_id(index, structure, int(r)), 0.0) for r in rows]
-    sims = q @ structure.codec.centroids.T  # [n, K]
+    sims = q @ structure.codec.columns  # [n, K]
     pool = candidate_rows(structure, sims, probe, CENTROID_POOL * candidates)
     rows = best_by_centroids(structure, sims, pool, candidates)
     if not len(rows):
@@ -140,68 +138,60 @@ def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: in
 
 
 def _exact_scores(index, structure: Structure, q: np.ndarray, rows: np.ndarray, rerank: str) -> np.ndarray:
-    """Exact MaxSim of ``q`` with each row (sorted, each with at least one token), float32."""
-    x, lengths = _gather(index, structure, rows, rerank)  # [tokens, D] float32, [rows]
-    sims = q @ x.T  # [query tokens, candidate tokens]
+    """Exact MaxSim of ``q`` with each row (sorted, each with at least one token), float32: one product over
+    every row's vectors (one BLAS call rather than one per shard)."""
+    pieces = per_shard(structure, rows, lambda number, local: _gather(index, structure, number, local, rerank))
+    x, lengths = np.concatenate([x for x, _ in pieces]), np.concatenate([n for _, n in pieces])  # [tokens, D], [rows]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return np.maximum.reduceat(sims, starts, axis=1).sum(axis=0, dtype=np.float32)
+    return np.maximum.reduceat(q @ x.T, starts, axis=1).sum(axis=0, dtype=np.float32)
 
 
 # float16 bit patterns -> float32: a table lookup is several times faster than numpy's float16 cast
 _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
-def _gather(index, structure: Structure, rows: np.ndarray, rerank: str) -> tuple[np.ndarray, np.ndarray]:
-    """The rows' token vectors concatenated in row order, from the shards or decoded from the codes."""
-    pieces, lengths = [], []
-    numbers = np.searchsorted(structure.starts, rows, side="right") - 1
-    for number in np.unique(numbers):
-        local = rows[numbers == number] - structure.starts[number]
-        if rerank == "codes":
-            codes = structure.shards[number]
-            take, count = ragged(codes.doc_offsets[local], codes.doc_offsets[local + 1])
-            pieces.append(structure.codec.decode(codes.centroid_ids[take], codes.residuals[take]))
-            lengths.append(count)
-            continue
-        batches = _batches(index, structure, int(number))
-        at = np.searchsorted(batches.firsts, local, side="right") - 1
-        for b in np.unique(at):
-            offsets, vectors = batches.offsets[b], batches.vectors[b]
-            if vectors is None:
-                require_vectors(index, "re-ranking from the stored vectors")
-            mine = local[at == b] - batches.firsts[b]
-            take, count = ragged(offsets[mine] - offsets[0], offsets[mine + 1] - offsets[0])
-            picked = vectors[take]  # a copy: the mapped pages it came from can go
-            _note_read(structure, int(number), int(b), picked.nbytes)
-            pieces.append(_F16_TO_F32[picked.view(np.uint16)] if picked.dtype == np.float16 else picked.astype(np.float32))
-            lengths.append(count)
-    return np.concatenate(pieces), np.concatenate(lengths)
+def _gather(index, structure: Structure, number: int, local: np.ndarray, rerank: str) -> tuple[np.ndarray, np.ndarray]:
+    """The token vectors of one shard's rows (local, sorted) concatenated in row order, from the shard or
+    decoded from the codes; and each row's token count."""
+    if rerank == "codes":
+        codes = structure.shards[number]
+        take, count = ragged(codes.doc_offsets[local], codes.doc_offsets[local + 1])
+        return structure.codec.decode(codes.centroid_ids[take], codes.residuals[take]), count
+    batches = _batches(index, structure, number)
+    if batches.row_starts is None:
+        require_vectors(index, "re-ranking from the stored vectors")
+    at = np.searchsorted(batches.firsts, local, side="right") - 1
+    starts, ends = batches.row_starts[local], batches.row_ends[local]
+    row_bytes = index.dim * batches.itemsize
+    picked = _read_ranges(batches, batches.positions[at] + starts * row_bytes, (ends - starts) * row_bytes)
+    vectors = _F16_TO_F32[picked.view(np.uint16)] if batches.itemsize == 2 else picked.view(np.float32)
+    return vectors.reshape(-1, index.dim), ends - starts
 
 
-def _note_read(structure: Structure, number: int, batch: int, size: int) -> None:
-    """Remember a record batch the re-rank read; past ``RELEASE_BYTES`` read, drop every such batch's mapped
-    pages (one madvise per batch; per query that cost more than the re-rank itself at 1M documents), so the
-    resident memory of many queries stays bounded instead of growing towards the whole index."""
-    with structure._lock:
-        structure._read.setdefault(number, set()).add(batch)
-        structure._read_bytes += size
-        if structure._read_bytes < RELEASE_BYTES:
-            return
-        for shard, read in structure._read.items():
-            batches = structure._vectors[shard]
-            for b in read:
-                batches.pages.release(batches.batches[b])
-        structure._read.clear()
-        structure._read_bytes = 0
+def _read_ranges(batches: "_ShardBatches", positions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The bytes at each (position, size) of a shard file, concatenated: positioned reads from the page cache
+    rather than through the memory map, whose touched pages (whole 2 MB folios on recent kernels) would
+    otherwise stay in the process's resident memory until dropped again."""
+    out = np.empty(int(sizes.sum()), np.uint8)
+    ends = np.cumsum(sizes).tolist()
+    view = memoryview(out)
+    for position, size, end in zip(positions.tolist(), sizes.tolist(), ends):
+        if os.preadv(batches.fd, [view[end - size : end]], position) != size:
+            raise IndexCorruptError(f"{batches.path}: shorter than its record batches say")
+    return out
 
 
 @dataclass
 class _ShardBatches:
     firsts: np.ndarray  # first row (within the shard) of each record batch
-    offsets: list  # per batch: token offsets [rows + 1]
-    vectors: list  # per batch: [tokens, D] zero-copy (None: a compressed-only shard)
-    batches: list  # the record batches: their ids, and their mapped pages to drop once read
-    pages: MappedPages
+    row_starts: np.ndarray | None  # per row of the shard: its first token within its batch's vectors (None: no vectors)
+    row_ends: np.ndarray | None
+    positions: np.ndarray  # per batch: the file position of its first vector (int64)
+    itemsize: int  # 2: float16 vectors, 4: float32
+    fd: int  # the shard file the index holds open (positioned reads)
+    base: int  # the address of its byte 0 in the index's mapping
+    path: Path
+    batches: list  # the record batches (their id columns' buffers locate the ids)
 
 
 def _batches(index, structure: Structure, number: int) -> _ShardBatches:
@@ -210,18 +200,25 @@ def _batches(index, structure: Structure, number: int) -> _ShardBatches:
         reader = index.open_shard(shard)
         records = [reader.get_batch(i) for i in range(reader.num_record_batches)]
         firsts = np.cumsum([0] + [batch.num_rows for batch in records], dtype=np.int64)[: len(records)]
-        offsets, vectors = [], []
+        starts, ends, positions, itemsize = [], [], [], 2
+        fd, base = index.shard_file(shard)
         for batch in records:
             if EMBEDDINGS not in batch.schema.names:  # a compressed-only index (compress --drop-vectors): ids only
-                offsets.append(None)
-                vectors.append(None)
-                continue
-            embeddings = batch.column(EMBEDDINGS)
-            flat = embeddings.values.values.to_numpy(zero_copy_only=True).reshape(-1, index.dim)
-            offsets.append(embeddings.offsets.to_numpy().astype(np.int64))
-            vectors.append(flat[embeddings.values.offset : embeddings.values.offset + len(embeddings.values)])
+                break
+            offsets, vectors = batch_vectors(batch, index.dim, str(index.shard_path(shard)))
+            starts.append(offsets[:-1])
+            ends.append(offsets[1:])
+            positions.append(vectors.__array_interface__["data"][0] - base)  # zero-copy: its address less the file's
+            if positions[-1] < 0:  # not in the mapped file (a compressed IPC file is decoded into memory)
+                raise IndexCorruptError(f"{index.shard_path(shard)}: its vectors are not stored uncompressed in the file")
+            itemsize = vectors.itemsize
+        complete = bool(records) and len(starts) == len(records)
+        row_starts, row_ends = (np.concatenate(starts), np.concatenate(ends)) if complete else (None, None)
         pages = MappedPages(index.shard_path(shard))
-        structure._vectors[number] = _ShardBatches(firsts, offsets, vectors, records, pages)
+        if pages.locate(base):  # drop what reading the batches' metadata and offsets mapped: nothing else maps them
+            pages.release_ranges([pages.span[0]], [pages.span[1]])
+        structure._vectors[number] = _ShardBatches(firsts, row_starts, row_ends, np.array(positions, np.int64), itemsize,
+                                                   fd, base, index.shard_path(shard), records)
     return structure._vectors[number]
 
 
@@ -230,4 +227,9 @@ def _doc_id(index, structure: Structure, row: int) -> str:
     local = row - int(structure.starts[number])
     batches = _batches(index, structure, number)
     at = int(np.searchsorted(batches.firsts, local, side="right")) - 1
-    return batches.batches[at].column("id")[local - int(batches.firsts[at])].as_py()
+    ids = batches.batches[at].column("id")  # offsets, then the UTF-8 bytes: positioned reads, as the vectors
+    width = np.dtype(np.int64 if pa.types.is_large_string(ids.type) else np.int32)
+    offsets, data = ids.buffers()[1], ids.buffers()[2]
+    at_offset = offsets.address - batches.base + (ids.offset + local - int(batches.firsts[at])) * width.itemsize
+    start, end = np.frombuffer(_read_ranges(batches, np.array([at_offset]), np.array([2 * width.itemsize])), width).tolist()
+    return _read_ranges(batches, np.array([data.address - batches.base + start]), np.array([end - start])).tobytes().decode("utf-8")
