@@ -356,3 +356,12 @@ def test_float32_vectors_and_unicode_ids_rerank_as_the_exhaustive_scan(tmp_path)
     for e, g in zip(exact, got):
         assert [h[0] for h in g] == [h.id for h in e]
         assert [h[1] for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+
+
+def test_without_preadv_the_rerank_reads_the_same_bytes(compressed, monkeypatch):
+    folder, docs, queries = compressed
+    index, structure = open_searchable(folder)
+    expected = plaid_search(index, structure, queries[:4], 10)
+    monkeypatch.delattr(os, "preadv")  # macOS has pread only
+    index, structure = open_searchable(folder)
+    assert plaid_search(index, structure, queries[:4], 10) == expected

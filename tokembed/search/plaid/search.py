@@ -15,7 +15,9 @@ Per query ``Q`` [n, D]:
 
 With ``probe >= K`` and ``candidates >= rows`` every document with a token is re-ranked exactly: the result
 is the exhaustive scan's (tests check it). Ties break by index order, as in the scan. The structure's files
-are memory-mapped; per query only the probed lists and the candidates' rows are read.
+are memory-mapped; per query only the probed lists and the candidates' rows are read. The candidates'
+vectors and the hits' ids come from the shard files by positioned reads (the page cache, not the memory
+map), so searching keeps no shard pages resident however many queries it answers.
 """
 
 from __future__ import annotations
@@ -176,9 +178,17 @@ def _read_ranges(batches: "_ShardBatches", positions: np.ndarray, sizes: np.ndar
     ends = np.cumsum(sizes).tolist()
     view = memoryview(out)
     for position, size, end in zip(positions.tolist(), sizes.tolist(), ends):
-        if os.preadv(batches.fd, [view[end - size : end]], position) != size:
+        if _read_into(batches.fd, view[end - size : end], position) != size:
             raise IndexCorruptError(f"{batches.path}: shorter than its record batches say")
     return out
+
+
+def _read_into(fd: int, view: memoryview, position: int) -> int:
+    if hasattr(os, "preadv"):  # Linux, the BSDs: straight into the buffer
+        return os.preadv(fd, [view], position)
+    data = os.pread(fd, len(view), position)  # macOS
+    view[: len(data)] = data
+    return len(data)
 
 
 @dataclass
