@@ -307,7 +307,7 @@ def report(main_dir: Path, r: dict) -> None:
               f"candidates {row['candidates']}, {row['rerank']}: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms, "
               f"{row['qps_batched']:.1f} q/s batched, R@10 {row['recall10']:.3f} (ties {row['recall10_ties']:.3f}), {1000 * single / row['p50_ms']:.1f}x the exhaustive p50")
     print(f"search peak RSS {search['peak_rss_mb']:.0f} MB (structure {compress['facts']['bytes'] / 2**20:.0f} MB, "
-          f"memory it touches on every query {compress['facts']['search_memory_bytes'] / 2**20:.0f} MB)")
+          f"memory searching needs whatever it asks, per info {compress['facts']['search_memory_bytes'] / 2**20:.0f} MB)")
     if "pooled" in r:
         pooled = r["pooled"]
         print(f"pool factor 2: {pooled['tokens']} vectors for {tokens} tokens; structure {pooled['bytes_per_vector']:.2f} B per stored vector = "

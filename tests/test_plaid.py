@@ -365,3 +365,21 @@ def test_without_preadv_the_rerank_reads_the_same_bytes(compressed, monkeypatch)
     monkeypatch.delattr(os, "preadv")  # macOS has pread only
     index, structure = open_searchable(folder)
     assert plaid_search(index, structure, queries[:4], 10) == expected
+
+
+def test_info_search_memory_is_what_a_search_holds(compressed):
+    from tokembed.search.plaid.candidates import _scratches, global_lists
+    from tokembed.search.plaid.report import structure_facts
+
+    folder, docs, queries = compressed
+    index, structure = open_searchable(folder)
+    plaid_search(index, structure, queries[:1], 10, probe=structure.codec.k, candidates=len(docs))  # every shard read
+    facts = structure_facts(index)
+    parts = facts["bytes_by_part"]
+    lists = global_lists(structure)
+    built = (lists.rows.nbytes + lists.offsets.nbytes + structure.codec.columns.nbytes
+             + sum(buffer.nbytes for buffer in _scratches.get(structure.rows))
+             + sum(b.row_starts.nbytes + b.row_ends.nbytes for b in structure._vectors.values()))
+    assert len(structure._vectors) == len(index.shards)
+    assert facts["search_memory_bytes"] == parts["codec"] + parts["inverted_lists"] + parts["doc_offsets"] + built
+

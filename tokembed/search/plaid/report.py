@@ -14,18 +14,22 @@ _PARTS = {"centroid_ids": "centroid_ids", "residuals": "residuals", "list_offset
 def structure_facts(index) -> dict | None:
     """nbits, centroids, drift, bytes per part and per token; None when the index has no structure.
 
-    ``search_memory_bytes`` is what a query touches on every shard whatever it asks (the codec, every
-    shard's inverted lists and row offsets): the resident memory searching needs, beyond the candidates'
-    rows. Residual codes are read only to re-rank without vectors.
+    ``search_memory_bytes`` is the resident memory searching needs whatever the queries ask: the mapped
+    parts every query touches (the codec, every shard's inverted lists and row offsets) and what opening
+    the structure builds in memory (the lists joined into global int32 rows with int64 offsets, the
+    centroids as float32 columns, two float32 and one bool scratch per row, each row's token range).
+    Residual codes are read only to re-rank without vectors; the candidates' vectors are read, not mapped.
     """
     structure = index.manifest.get(SEARCH)
     if not structure:
         return None
     sizes = {"codec": structure["codec"]["bytes"], "centroid_ids": 0, "residuals": 0, "inverted_lists": 0, "doc_offsets": 0}
+    pairs = 0
     for entry in structure["shards"]:
         tensors, _ = map_tensors(index.folder / entry["file"])
         for name, array in tensors.items():
             sizes[_PARTS[name]] += array.nbytes
+        pairs += tensors["list_rows"].size
     total = structure["bytes"]
     sizes["headers"] = total - sum(sizes.values())
     tokens = max(index.tokens, 1)
@@ -37,9 +41,17 @@ def structure_facts(index) -> dict | None:
         "bytes": total,
         "bytes_by_part": sizes,
         "bytes_per_token": per_token,
-        "search_memory_bytes": sizes["codec"] + sizes["inverted_lists"] + sizes["doc_offsets"],
+        "search_memory_bytes": sizes["codec"] + sizes["inverted_lists"] + sizes["doc_offsets"]
+        + _built_at_open(structure["centroids"], index.dim, index.rows, len(structure["shards"]), pairs),
         "drift": structure["drift"],
     }
+
+
+def _built_at_open(centroids: int, dim: int, rows: int, shards: int, pairs: int) -> int:
+    """Bytes that opening a structure and its first query build in memory (see ``search.py``, ``candidates.py``)."""
+    row_bytes = 4 if rows < 1 << 31 else 8
+    lists = pairs * row_bytes + shards * (centroids + 1) * 8
+    return lists + centroids * dim * 4 + rows * (4 + 4 + 1) + rows * 16
 
 
 def index_bytes_per_token(index, manifest_bytes: int) -> dict:

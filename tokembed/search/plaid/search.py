@@ -148,7 +148,9 @@ def _exact_scores(index, structure: Structure, q: np.ndarray, rows: np.ndarray, 
     return np.maximum.reduceat(q @ x.T, starts, axis=1).sum(axis=0, dtype=np.float32)
 
 
-# float16 bit patterns -> float32: a table lookup is several times faster than numpy's float16 cast
+# float16 bit patterns -> float32: a table lookup is faster than numpy's float16 cast. (torch's cast is
+# ~14x faster still, but a torch op here wakes torch's OpenMP threads, whose spinning then slows numpy's
+# BLAS threads: 24 -> 31 ms a query at 1M documents.)
 _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
