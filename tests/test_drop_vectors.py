@@ -220,6 +220,8 @@ def test_sigkill_during_an_encode_rerun_on_a_compressed_only_index_then_rerun(tm
     assert json.loads(resumed.stdout)["resumed_shards"] == 2  # shards and code files of the killed run kept
     assert [s["sha256"] for s in manifest(folder)["shards"]] == [s["sha256"] for s in manifest(reference)["shards"]]
     assert code_entries(folder) == code_entries(reference) and structure_files(folder) == structure_files(reference)
+    got, want = manifest(folder)["search"], manifest(reference)["search"]  # the killed run's shards count as coded
+    assert got["drift"] == want["drift"] and got["last_run"] == want["last_run"]
 
 
 def test_a_compressed_only_manifest_is_format_version_2_which_older_readers_refuse(plain, dropped, monkeypatch):

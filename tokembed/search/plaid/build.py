@@ -35,7 +35,7 @@ from tokembed.index.format import SEARCH, VECTORS, VECTORS_DROPPED, vectors_drop
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import CODES_DIR, CodingStats, ShardCodes, code_shard, codes_name
-from tokembed.search.plaid.files import map_tensors, verify_file, write_tensors
+from tokembed.search.plaid.files import map_tensors, read_coding_figures, verify_file, write_coding_figures, write_tensors
 
 PENDING = f"{CODES_DIR}/pending.json"
 RETRAIN_SHARE = 0.75  # tokens coded since training / tokens in the index
@@ -91,9 +91,6 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
     for number, shard in enumerate(index.shards):
         entries.append(_shard_codes(folder, index, shard, codec, codec_entry["sha256"], listed, carry, stats))
         fault_point("codes", number + 1)
-    if written is not None:  # the writer coded and copied every row; the loop only found its files
-        stats.carried_tokens -= written.coded_tokens
-        stats.coded_tokens, stats.residual_norm_sum = written.coded_tokens, written.residual_norm_sum
     drift = _update_drift(drift, training, stats, index.tokens)
     structure = {
         "kind": "plaid",
@@ -231,14 +228,18 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
         verify_file(folder, listed[name], checksum=False)
         stats.carried_tokens += shard["tokens"]
         return {**base, "bytes": listed[name]["bytes"], "sha256": listed[name]["sha256"]}
-    if (folder / name).is_file():  # written whole by a run that died before its commit
+    if (folder / name).is_file():  # written whole by a run that died before its commit, or by this run's writer
         from tokembed.index.atomic import sha256_file
 
-        stats.carried_tokens += shard["tokens"]
+        coded, norm_sum = read_coding_figures(folder / name) or (0, 0.0)
+        stats.add(CodingStats(coded, shard["tokens"] - coded, norm_sum))
         return {**base, "bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
-    codes = code_shard(codec, shard_batches(index, shard, verify=False), carry, stats)
+    mine = CodingStats()
+    codes = code_shard(codec, shard_batches(index, shard, verify=False), carry, mine)
     if carry is not None:
         carry.release()
+    write_coding_figures(folder / name, mine.coded_tokens, mine.residual_norm_sum)
+    stats.add(mine)
     return {**base, **write_tensors(folder / name, codes.tensors())}
 
 

@@ -31,7 +31,7 @@ from tokembed.index.format import SEARCH, vectors_dropped
 from tokembed.index.previous import PreviousIndex
 from tokembed.index.writer import IndexWriter
 from tokembed.search.plaid.codes import CodeParts, CodingStats, ShardCodes, assemble, codes_name
-from tokembed.search.plaid.files import verify_file, write_tensors
+from tokembed.search.plaid.files import coding_figures_path, verify_file, write_coding_figures, write_tensors
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,8 @@ class CodedWriter(IndexWriter):
         self.schema = vectorless_schema(self.schema)
         self.store_dtype = np.dtype(store_dtype)
         self.codec, self.codec_sha = previous.codec, previous.codec_sha
-        self.stats = CodingStats()
+        self.stats = CodingStats()  # the run's, shard by shard as each closes
+        self._shard = CodingStats()  # the open shard's
         self._parts = CodeParts()
         self._code_files: list[Path] = []
 
@@ -153,9 +154,9 @@ class CodedWriter(IndexWriter):
             where = np.concatenate([np.arange(start, end) for start, end, _ in fresh])
             stored = np.concatenate([np.asarray(row, self.store_dtype) for _, _, row in fresh])  # as a shard holds it
             ids[where], residuals[where], norms = self.codec.encode(stored)
-            self.stats.coded_tokens += len(where)
-            self.stats.residual_norm_sum += float(norms.sum(dtype=np.float64))
-        self.stats.carried_tokens += int(starts[-1]) - sum(end - start for start, end, _ in fresh)
+            self._shard.coded_tokens += len(where)
+            self._shard.residual_norm_sum += float(norms.sum(dtype=np.float64))
+        self._shard.carried_tokens += int(starts[-1]) - sum(end - start for start, end, _ in fresh)
         self._parts.lengths.append(lengths)
         self._parts.ids.append(ids)
         self._parts.residuals.append(residuals)
@@ -165,9 +166,11 @@ class CodedWriter(IndexWriter):
         if info is not None:
             path = self.folder / codes_name(info.sha256, self.codec_sha)
             if not path.is_file():  # a file under that name holds exactly these codes already
+                write_coding_figures(path, self._shard.coded_tokens, self._shard.residual_norm_sum)
                 write_tensors(path, assemble(self._parts, self.codec).tensors())
                 self._code_files.append(path)
-            self._parts = CodeParts()
+            self.stats.add(self._shard)
+            self._parts, self._shard = CodeParts(), CodingStats()
         return info
 
     def abort(self, keep_finished: bool = False) -> None:
@@ -175,4 +178,5 @@ class CodedWriter(IndexWriter):
         if not keep_finished:  # kept, a finished shard keeps its code file: a resumed run needs both
             for path in self._code_files:
                 path.unlink(missing_ok=True)
+                coding_figures_path(path).unlink(missing_ok=True)
         self._code_files.clear()

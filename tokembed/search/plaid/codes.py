@@ -69,6 +69,11 @@ class CodingStats:
     carried_tokens: int = 0  # tokens whose codes were copied from the previous generation
     residual_norm_sum: float = 0.0  # over the coded tokens
 
+    def add(self, other: "CodingStats") -> None:
+        self.coded_tokens += other.coded_tokens
+        self.carried_tokens += other.carried_tokens
+        self.residual_norm_sum += other.residual_norm_sum
+
 
 @dataclass
 class CodeParts:
