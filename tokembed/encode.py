@@ -27,7 +27,7 @@ from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
 from tokembed.index.pdfstats import pdf_totals
 from tokembed.plan import PlannedChunk, model_input, plan_chunks
 from tokembed.sources import SourceOptions
-from tokembed.sources.base import ignored_files
+from tokembed.sources.base import estimate_rows, ignored_files
 
 class Progress(Protocol):
     def start(self, total_rows: int | None) -> None: ...
@@ -313,32 +313,6 @@ def _check_job(job: EncodeJob) -> None:
         from tokembed.search.plaid.codec import check_nbits
 
         check_nbits(job.nbits)
-
-
-def estimate_rows(inputs: list[Path]) -> int | None:
-    """Row count for the progress bar where it is cheap to know (Parquet metadata, text folders)."""
-    import pyarrow.parquet as pq
-
-    from tokembed.sources.base import TEXT_SUFFIXES
-
-    total = 0
-    for path in inputs:
-        try:
-            if path.is_file() and path.suffix == ".parquet":
-                total += pq.ParquetFile(path).metadata.num_rows
-            elif path.is_dir():
-                parquet = sorted(path.rglob("*.parquet"))
-                if not parquet and next(path.rglob("*.pdf"), None):
-                    return None  # pages are known once each PDF is opened
-                if parquet:
-                    total += sum(pq.ParquetFile(p).metadata.num_rows for p in parquet)
-                else:
-                    total += sum(1 for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
-            else:
-                return None
-        except Exception:  # a bad file is reported by the reader with its reason; the bar just has no total
-            return None
-    return total
 
 
 def _base_json(resolved) -> dict | None:

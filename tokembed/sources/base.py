@@ -198,3 +198,27 @@ def chunked(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def estimate_rows(inputs: list[Path]) -> int | None:
+    """Row count for the progress bar where it is cheap to know (Parquet metadata, text folders)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in inputs:
+        try:
+            if path.is_file() and path.suffix == ".parquet":
+                total += pq.ParquetFile(path).metadata.num_rows
+            elif path.is_dir():
+                parquet = sorted(path.rglob("*.parquet"))
+                if not parquet and next(path.rglob("*.pdf"), None):
+                    return None  # pages are known once each PDF is opened
+                if parquet:
+                    total += sum(pq.ParquetFile(p).metadata.num_rows for p in parquet)
+                else:
+                    total += sum(1 for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
+            else:
+                return None
+        except Exception:  # a bad file is reported by the reader with its reason; the bar just has no total
+            return None
+    return total
