@@ -84,10 +84,11 @@ class Index:
         return manifest_bytes + sum(int(shard["bytes"]) for shard in self.shards)
 
     def shard_file(self, shard: dict):
-        """(file descriptor, address of byte 0) of the shard file this reader holds open: positioned reads
-        of the same generation's bytes, whatever a later run has done to the folder since."""
+        """(the open file, address of its byte 0 in the mapping) of a shard this reader holds: positioned
+        reads of the same generation's bytes, whatever a later run has done to the folder since. Keep the
+        file object, not its descriptor: once it is closed the number may name another file."""
         mapped = self._mapped(shard)
-        return mapped.fileno(), _whole(mapped).address
+        return mapped, _whole(mapped).address
 
     def _mapped(self, shard: dict):
         mapped = self._maps.get(shard["file"])

@@ -178,9 +178,9 @@ def _read_ranges(batches: "_ShardBatches", positions: np.ndarray, sizes: np.ndar
     otherwise stay in the process's resident memory until dropped again."""
     out = np.empty(int(sizes.sum()), np.uint8)
     ends = np.cumsum(sizes).tolist()
-    view = memoryview(out)
+    view, fd = memoryview(out), batches.file.fileno()  # raises if the index's file was closed
     for position, size, end in zip(positions.tolist(), sizes.tolist(), ends):
-        if _read_into(batches.fd, view[end - size : end], position) != size:
+        if _read_into(fd, view[end - size : end], position) != size:
             raise IndexCorruptError(f"{batches.path}: shorter than its record batches say")
     return out
 
@@ -200,7 +200,7 @@ class _ShardBatches:
     row_ends: np.ndarray | None
     positions: np.ndarray  # per batch: the file position of its first vector (int64)
     itemsize: int  # 2: float16 vectors, 4: float32
-    fd: int  # the shard file the index holds open (positioned reads)
+    file: object  # the shard file the index holds open (pyarrow MemoryMappedFile; positioned reads)
     base: int  # the address of its byte 0 in the index's mapping
     path: Path
     batches: list  # the record batches (their id columns' buffers locate the ids)
@@ -213,7 +213,7 @@ def _batches(index, structure: Structure, number: int) -> _ShardBatches:
         records = [reader.get_batch(i) for i in range(reader.num_record_batches)]
         firsts = np.cumsum([0] + [batch.num_rows for batch in records], dtype=np.int64)[: len(records)]
         starts, ends, positions, itemsize = [], [], [], 2
-        fd, base = index.shard_file(shard)
+        file, base = index.shard_file(shard)
         for batch in records:
             if EMBEDDINGS not in batch.schema.names:  # a compressed-only index (compress --drop-vectors): ids only
                 break
@@ -230,7 +230,7 @@ def _batches(index, structure: Structure, number: int) -> _ShardBatches:
         if pages.locate(base):  # drop what reading the batches' metadata and offsets mapped: nothing else maps them
             pages.release_ranges([pages.span[0]], [pages.span[1]])
         structure._vectors[number] = _ShardBatches(firsts, row_starts, row_ends, np.array(positions, np.int64), itemsize,
-                                                   fd, base, index.shard_path(shard), records)
+                                                   file, base, index.shard_path(shard), records)
     return structure._vectors[number]
 
 
