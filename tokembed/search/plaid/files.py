@@ -91,17 +91,11 @@ def verify_file(folder: Path, entry: dict, checksum: bool) -> None:
 def write_coding_figures(code_file: Path, coded_tokens: int, residual_norm_sum: float) -> None:
     """Beside a code file, before it: how many of its tokens this run coded (the rest were carried), so
     that a run resuming after a crash counts them as coded, not carried (the manifest's drift)."""
-    import json
-
-    from tokembed.index.atomic import atomic_write_bytes
-
     data = {"coded_tokens": coded_tokens, "residual_norm_sum": residual_norm_sum}
     atomic_write_bytes(coding_figures_path(code_file), json.dumps(data).encode())
 
 
 def read_coding_figures(code_file: Path) -> tuple[int, float] | None:
-    import json
-
     try:
         data = json.loads(coding_figures_path(code_file).read_text())
         return int(data["coded_tokens"]), float(data["residual_norm_sum"])
