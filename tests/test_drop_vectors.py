@@ -233,3 +233,23 @@ def test_a_compressed_only_manifest_is_format_version_2_which_older_readers_refu
     with pytest.raises(IndexCorruptError, match="format_version 2"):
         open_index(dropped)
     open_index(plain[0])  # an index with vectors stays readable by it
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_an_empty_generation_remembers_the_structure_and_the_next_run_builds_it_again(tmp_path, cli, checkpoint, drop):
+    model = checkpoint("pylate_bert")
+    rows = write_parquet(tmp_path / "rows.parquet", corpus_rows(30))
+    empty = write_parquet(tmp_path / "empty.parquet", [])
+    common = ["--model", model, "--shard-rows", 10, "-q"]
+    folder = tmp_path / "index"
+    assert cli("encode", rows, "-o", folder, "--nbits", 2, *(["--drop-vectors"] if drop else []), *common).exit_code == 0
+    for _ in range(2):  # a night with no input, twice: no rows, no structure, but how it was asked for is kept
+        assert cli("encode", empty, "-o", folder, *common).exit_code == 0
+        got = manifest(folder)
+        assert got["totals"]["tokens"] == 0 and not got.get("search")
+        assert got["search_settings"] == {"nbits": 2, "drop_vectors": drop}
+    assert cli("encode", rows, "-o", folder, *common).exit_code == 0  # rows again: the structure is built again
+    got = manifest(folder)
+    assert got["search"]["nbits"] == 2 and "search_settings" not in got
+    assert (got["search"].get("vectors") == "dropped") is drop and got["format_version"] == (2 if drop else 1)
+    assert all(("embeddings" in table.column_names) is not drop for table in shard_columns(folder))

@@ -24,6 +24,7 @@ import numpy as np
 from tokembed._testhooks import fault_point
 from tokembed.errors import UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
+from tokembed.index.format import SEARCH_SETTINGS
 from tokembed.index.pdfstats import pdf_totals
 from tokembed.plan import PlannedChunk, model_input, plan_chunks
 from tokembed.sources import SourceOptions
@@ -217,7 +218,8 @@ def _with_search_structure(job: EncodeJob, manifest: dict, previous, writer, pro
     """Code the new shards for the index's search structure (``tokembed.search.plaid``), if it has one or
     ``--nbits`` asks for one: unchanged rows keep their codes, new rows are coded with the same centroids.
     A compressed-only index (or ``--drop-vectors``) gets shards without vectors (``plaid.coded``)."""
-    if job.nbits is None and not job.drop_vectors and not (job.output / "plaid").is_dir():
+    remembered = previous is not None and SEARCH_SETTINGS in previous.index.manifest  # after an empty generation
+    if job.nbits is None and not job.drop_vectors and not (job.output / "plaid").is_dir() and not remembered:
         return manifest
     from tokembed.search.plaid.coded import run_structure
 

@@ -36,6 +36,9 @@ SHARD_PATTERN = re.compile(r"^part-(\d{6,})\.arrow$")
 SEARCH = "search"  # the manifest's search-structure section (tokembed.search.plaid)
 VECTORS = "vectors"  # its key saying the shards hold no vectors ...
 VECTORS_DROPPED = "dropped"  # ... with this value
+# An empty generation has no structure; this says how its predecessor's was asked for ({"nbits", "drop_vectors"}),
+# so that the next run with rows builds it again instead of leaving a plain index with vectors.
+SEARCH_SETTINGS = "search_settings"
 EMBEDDINGS = "embeddings"
 
 

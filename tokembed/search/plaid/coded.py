@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tokembed.errors import IndexCorruptError
-from tokembed.index.format import SEARCH, vectors_dropped
+from tokembed.index.format import SEARCH, SEARCH_SETTINGS, vectors_dropped
 from tokembed.index.previous import PreviousIndex
 from tokembed.index.writer import IndexWriter
 from tokembed.search.plaid.codes import CodeParts, CodingStats, ShardCodes, assemble, codes_name
@@ -74,7 +74,13 @@ def run_structure(folder: Path, manifest: dict, previous, writer, nbits: int | N
     from tokembed.search.plaid.drop import drop_vectors as without_vectors
 
     committed = previous.index.manifest if previous is not None else read_manifest(folder)
-    drop = drop_vectors or vectors_dropped(committed)
+    remembered = (committed or {}).get(SEARCH_SETTINGS) or {}
+    drop = drop_vectors or vectors_dropped(committed) or bool(remembered.get("drop_vectors"))
+    if nbits is None and manifest["totals"]["tokens"] == 0 and ((committed or {}).get(SEARCH) or remembered):
+        settings = {"nbits": ((committed or {}).get(SEARCH) or remembered)["nbits"], "drop_vectors": drop}
+        log("the index holds no tokens: no search structure until a run brings rows, which builds it again")
+        return {**{key: value for key, value in manifest.items() if key != SEARCH}, SEARCH_SETTINGS: settings}
+    nbits = nbits or remembered.get("nbits")
     if nbits is None and drop and not (committed or {}).get(SEARCH):
         nbits = DEFAULT_NBITS  # codes are all a compressed-only index has
     if nbits is None and not (folder / "plaid").is_dir():
