@@ -16,7 +16,7 @@ Compressed-only indexes (``tokembed compress --drop-vectors``): the shards have 
 ``embeddings`` (``vectorless_schema``), and the manifest's ``search`` section says ``"vectors": "dropped"``.
 A row's token count is still the length of its ``token_ids`` (and of its codes in the search structure),
 never 0 for want of vectors. Readers that need the vectors call ``require_vectors`` first and refuse with
-``VectorsDroppedError``; search re-ranks from the decoded codes. Same ``format_version`` (as for the search
+``VectorsDroppedError``; search re-ranks from the decoded codes.
 Such a manifest is committed with ``format_version`` 2 (``manifest_bytes``): a tokembed older than this reads
 only version 1 and refuses it with a message instead of failing on the missing column. Indexes with vectors
 stay version 1, so older readers keep reading them.

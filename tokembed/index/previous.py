@@ -78,12 +78,10 @@ class PreviousIndex:
         return out
 
     def content_hash(self, row: int) -> bytes:
-        number, at = self._locate(row)
-        return self._view(number)[3][at].tobytes()
+        return self.content_hashes(np.array([row]))[0].tobytes()
 
     def id_at(self, row: int) -> str:
-        number, at = self._locate(row)
-        return self._batches[number].column("id")[at].as_py()
+        return self.ids_at(np.array([row]))[0]
 
     def vectors(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(vectors [n, D], token ids [n]) of one stored row, zero-copy from the memory map."""

@@ -34,7 +34,7 @@ from tokembed.index.atomic import atomic_write_bytes
 from tokembed.index.format import SEARCH, VECTORS, VECTORS_DROPPED, vectors_dropped
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid.codec import Codec
-from tokembed.search.plaid.codes import CODES_DIR, CodingStats, ShardCodes, code_shard, codes_name
+from tokembed.search.plaid.codes import CODES_DIR, CodingStats, StoredCodes, code_shard, codes_name
 from tokembed.search.plaid.files import map_tensors, read_coding_figures, verify_file, write_coding_figures, write_tensors
 
 PENDING = f"{CODES_DIR}/pending.json"
@@ -247,11 +247,8 @@ class _CarryFromPrevious:
     """Codes of the previous generation's rows, looked up by id and content hash."""
 
     def __init__(self, folder: Path, previous, structure: dict) -> None:
-        self.folder = folder
         self.previous = previous
-        self.entries = structure["shards"]
-        self.starts = np.cumsum([0] + [entry["rows"] for entry in self.entries])
-        self.opened: dict[int, ShardCodes] = {}
+        self.codes = StoredCodes(folder, structure["shards"])
 
     def __call__(self, ids: list[str], hashes: list[bytes]) -> list:
         from tokembed.index.keys import id_keys
@@ -259,16 +256,8 @@ class _CarryFromPrevious:
         out: list = [None] * len(ids)
         rows = self.previous.find(ids, id_keys(ids))
         for i in np.flatnonzero(self.previous.unchanged(rows, hashes)).tolist():
-            number = int(np.searchsorted(self.starts, rows[i], side="right")) - 1
-            out[i] = self._codes(number).row_codes(rows[i] - int(self.starts[number]))
+            out[i] = self.codes.row_codes(rows[i])
         return out
-
-    def _codes(self, number: int) -> ShardCodes:
-        if number not in self.opened:
-            entry = self.entries[number]
-            verify_file(self.folder, entry, checksum=False)
-            self.opened[number] = ShardCodes.open(self.folder / entry["file"])
-        return self.opened[number]
 
     def release(self) -> None:
         self.previous.release_pages()

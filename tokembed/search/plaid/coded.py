@@ -26,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tokembed.errors import IndexCorruptError
 from tokembed.index.format import SEARCH, SEARCH_SETTINGS, vectors_dropped
 from tokembed.index.previous import PreviousIndex
 from tokembed.index.writer import IndexWriter
-from tokembed.search.plaid.codes import CodeParts, CodingStats, ShardCodes, assemble, codes_name
-from tokembed.search.plaid.files import coding_figures_path, verify_file, write_coding_figures, write_tensors
+from tokembed.search.plaid.codes import CodeParts, CodingStats, StoredCodes, assemble, codes_name
+from tokembed.search.plaid.files import check_structure_lists_shards, coding_figures_path, write_coding_figures, write_tensors
 
 
 @dataclass(frozen=True)
@@ -103,25 +102,13 @@ class CodedPrevious(PreviousIndex):
 
         super().__init__(index)
         structure = index.manifest[SEARCH]
-        self.entries = structure["shards"]
-        if [entry["shard"] for entry in self.entries] != [shard["file"] for shard in index.shards]:
-            raise IndexCorruptError(f"{index.folder}: the search structure does not list the manifest's shards")
+        check_structure_lists_shards(index.folder, index.manifest)
         self.codec = load_codec(index.folder, structure)
         self.codec_sha = structure["codec"]["sha256"]
-        self.shard_starts = np.cumsum([0] + [entry["rows"] for entry in self.entries])
-        self._codes: dict[int, ShardCodes] = {}
+        self.codes = StoredCodes(index.folder, structure["shards"])
 
     def carried_row(self, row: int) -> tuple:
-        number = int(np.searchsorted(self.shard_starts, row, side="right")) - 1
-        ids, residuals = self._shard_codes(number).row_codes(row - int(self.shard_starts[number]))
-        return CodedRow(ids, residuals), self.token_ids(row)
-
-    def _shard_codes(self, number: int) -> ShardCodes:
-        if number not in self._codes:
-            entry = self.entries[number]
-            verify_file(self.index.folder, entry, checksum=False)
-            self._codes[number] = ShardCodes.open(self.index.folder / entry["file"])
-        return self._codes[number]
+        return CodedRow(*self.codes.row_codes(row)), self.token_ids(row)
 
 
 class CodedWriter(IndexWriter):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokembed.search.plaid.codec import Codec
-from tokembed.search.plaid.files import map_tensors
+from tokembed.search.plaid.files import map_tensors, verify_file
 
 CODES_DIR = "plaid"
 
@@ -73,6 +73,24 @@ class CodingStats:
         self.coded_tokens += other.coded_tokens
         self.carried_tokens += other.carried_tokens
         self.residual_norm_sum += other.residual_norm_sum
+
+
+class StoredCodes:
+    """A committed structure's codes, by global row: each shard's code file opened (size checked) on first use."""
+
+    def __init__(self, folder, entries: list[dict]) -> None:
+        self.folder = folder
+        self.entries = entries
+        self.starts = np.cumsum([0] + [entry["rows"] for entry in entries])
+        self._opened: dict[int, ShardCodes] = {}
+
+    def row_codes(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(centroid ids, packed residuals) of one row."""
+        number = int(np.searchsorted(self.starts, row, side="right")) - 1
+        if number not in self._opened:
+            verify_file(self.folder, self.entries[number], checksum=False)
+            self._opened[number] = ShardCodes.open(self.folder / self.entries[number]["file"])
+        return self._opened[number].row_codes(row - int(self.starts[number]))
 
 
 @dataclass

@@ -24,11 +24,11 @@ import shutil
 from pathlib import Path
 
 from tokembed._testhooks import fault_point
-from tokembed.errors import IndexCorruptError, IndexWriteError
+from tokembed.errors import IndexWriteError
 from tokembed.index.atomic import atomic_write_bytes, publish, sha256_file
 from tokembed.index.format import DATA_DIR, SEARCH, VECTORS, VECTORS_DROPPED, shard_name, vectorless_schema, vectors_dropped
 from tokembed.search.plaid.codes import CODES_DIR, codes_name
-from tokembed.search.plaid.files import verify_file
+from tokembed.search.plaid.files import check_structure_lists_shards, verify_file
 
 PENDING = f"{CODES_DIR}/drop-pending.json"
 
@@ -40,8 +40,7 @@ def drop_vectors(folder: Path, manifest: dict, log=print) -> dict:
     if vectors_dropped(manifest):
         return manifest
     structure = manifest[SEARCH]
-    if [entry["shard"] for entry in structure["shards"]] != [shard["file"] for shard in manifest["shards"]]:
-        raise IndexCorruptError(f"{folder}: the search structure does not list the manifest's shards")
+    check_structure_lists_shards(folder, manifest)
     codec_sha = structure["codec"]["sha256"]
     key = {"shards": [shard["sha256"] for shard in manifest["shards"]], "codec": codec_sha}
     done = _resumable(folder, key)

@@ -88,6 +88,12 @@ def verify_file(folder: Path, entry: dict, checksum: bool) -> None:
         raise IndexCorruptError(f"{path}: sha256 does not match the manifest")
 
 
+def check_structure_lists_shards(folder: Path, manifest: dict) -> None:
+    """The manifest's ``search`` section must list exactly its shards, in order (else the index is corrupt)."""
+    if [entry["shard"] for entry in manifest["search"]["shards"]] != [shard["file"] for shard in manifest["shards"]]:
+        raise IndexCorruptError(f"{folder}: the search structure does not list the manifest's shards")
+
+
 def write_coding_figures(code_file: Path, coded_tokens: int, residual_norm_sum: float) -> None:
     """Beside a code file, before it: how many of its tokens this run coded (the rest were carried), so
     that a run resuming after a crash counts them as coded, not carried (the manifest's drift)."""

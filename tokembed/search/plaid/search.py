@@ -37,7 +37,7 @@ from tokembed.search.plaid.build import SEARCH
 from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, per_shard, ragged
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import ShardCodes
-from tokembed.search.plaid.files import map_tensors, verify_files
+from tokembed.search.plaid.files import check_structure_lists_shards, map_tensors, verify_files
 
 DEFAULT_PROBE = 16
 DEFAULT_CANDIDATES = 128  # with probe 16: recall@10 0.985 vs exact in bench/search.py at 20k documents (README)
@@ -86,8 +86,7 @@ def open_structure(index, verify: bool = True) -> Structure:
     """Map the codec and every shard's code file (sizes always checked, sha256 when ``verify``)."""
     structure = index.manifest[SEARCH]
     entries = structure["shards"]
-    if [entry["shard"] for entry in entries] != [shard["file"] for shard in index.shards]:
-        raise IndexCorruptError(f"{index.folder}: the search structure does not list the manifest's shards")
+    check_structure_lists_shards(index.folder, index.manifest)
     verify_files(index.folder, [structure["codec"], *entries], verify)
     tensors, metadata = map_tensors(index.folder / structure["codec"]["file"])
     codec = Codec.from_tensors(tensors, metadata)
