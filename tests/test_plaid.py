@@ -24,7 +24,7 @@ from tokembed.errors import IndexCorruptError
 from tokembed.index.lock import IndexLock
 from tokembed.search import search_vectors
 from tokembed.search.plaid import compress_index, open_searchable, plaid_search
-from tokembed.search.plaid.codec import Codec, pack, train, unpack
+from tokembed.search.plaid.codec import Codec, pack, residual_buckets, train, unpack
 
 DIM = 32
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -109,6 +109,24 @@ def test_more_bits_decode_closer_to_the_vectors():
         assert cosine.mean() > centroid_only.mean()  # the residual code adds information
         errors.append(1 - cosine.mean())
     assert errors[0] > errors[1] > errors[2]
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+def test_residual_buckets_are_the_squared_error_optimum_and_beat_colbert_quantiles(nbits):
+    values = np.random.default_rng(nbits).laplace(0.0, 0.05, 20_000)  # residuals: peaked, long tails
+    levels = 1 << nbits
+    cutoffs, weights = residual_buckets(values, levels)
+    assert cutoffs.shape == (levels - 1,) and weights.shape == (levels,)
+    np.testing.assert_allclose(cutoffs, (weights[1:] + weights[:-1]) / 2, rtol=1e-6)
+    buckets = np.searchsorted(cutoffs, values, side="right")
+    means = np.array([values[buckets == b].mean() for b in range(levels)])
+    np.testing.assert_allclose(weights, means, rtol=1e-4, atol=1e-7)  # Lloyd's fixed point
+
+    quantiles = np.arange(levels) / levels  # colbert-ai's ResidualCodec buckets
+    q_cutoffs, q_weights = np.quantile(values, quantiles[1:]), np.quantile(values, quantiles + 0.5 / levels)
+    error = np.mean((weights[buckets] - values) ** 2)
+    q_error = np.mean((q_weights[np.searchsorted(q_cutoffs, values, side="right")] - values) ** 2)
+    assert error < 0.95 * q_error
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -373,7 +391,7 @@ def test_without_preadv_the_rerank_reads_the_same_bytes(compressed, monkeypatch)
 
 
 def test_info_search_memory_is_what_a_search_holds(compressed):
-    from tokembed.search.plaid.candidates import _scratches, global_lists
+    from tokembed.search.plaid.candidates import scratches, global_lists
     from tokembed.search.plaid.report import structure_facts
 
     folder, docs, queries = compressed
@@ -383,7 +401,7 @@ def test_info_search_memory_is_what_a_search_holds(compressed):
     parts = facts["bytes_by_part"]
     lists = global_lists(structure)
     built = (lists.rows.nbytes + lists.offsets.nbytes + structure.codec.columns.nbytes
-             + sum(buffer.nbytes for buffer in _scratches.get(structure.rows))
+             + sum(buffer.nbytes for buffer in scratches.get(structure.rows))
              + sum(b.row_starts.nbytes + b.row_ends.nbytes for b in structure._vectors.values()))
     assert len(structure._vectors) == len(index.shards)
     assert facts["search_memory_bytes"] == parts["codec"] + parts["inverted_lists"] + parts["doc_offsets"] + built

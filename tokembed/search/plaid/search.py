@@ -34,7 +34,7 @@ from tokembed.index.format import EMBEDDINGS, require_vectors
 from tokembed.index.pages import MappedPages
 from tokembed.search.maxsim import batch_vectors
 from tokembed.search.plaid.build import SEARCH
-from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, per_shard, ragged
+from tokembed.search.plaid.candidates import scratches, best_by_centroids, candidate_rows, per_shard, ragged
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import ShardCodes
 from tokembed.search.plaid.files import check_structure_lists_shards, map_tensors, verify_files
@@ -128,7 +128,7 @@ def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: in
     if not len(q):  # an empty query scores 0 against every document: the first ones in index order
         rows = np.arange(min(top_k, structure.rows))
         return [(_doc_id(index, structure, int(r)), 0.0) for r in rows]
-    sims = q @ structure.codec.columns  # [n, K]
+    sims = np.matmul(q, structure.codec.columns, out=scratches.array("sims", (len(q), structure.codec.k), np.float32))
     pool = candidate_rows(structure, sims, probe, CENTROID_POOL * candidates)
     rows = best_by_centroids(structure, sims, pool, candidates)
     if not len(rows):
@@ -139,43 +139,63 @@ def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: in
 
 
 def _exact_scores(index, structure: Structure, q: np.ndarray, rows: np.ndarray, rerank: str) -> np.ndarray:
-    """Exact MaxSim of ``q`` with each row (sorted, each with at least one token), float32: one product over
-    every row's vectors (one BLAS call rather than one per shard)."""
-    pieces = per_shard(structure, rows, lambda number, local: _gather(index, structure, number, local, rerank))
-    x, lengths = np.concatenate([x for x, _ in pieces]), np.concatenate([n for _, n in pieces])  # [tokens, D], [rows]
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return np.maximum.reduceat(q @ x.T, starts, axis=1).sum(axis=0, dtype=np.float32)
+    """Exact MaxSim of ``q`` with each row (sorted, each with at least one token), float32: every row's
+    vectors gathered into one reused buffer, then one product (one BLAS call rather than one per shard)."""
+    groups = per_shard(structure, rows, lambda number, local: (number, local, _token_ranges(index, structure, number, local, rerank)))
+    lengths = np.concatenate([ends - starts for _, _, (starts, ends) in groups])
+    x = scratches.array("vectors", (int(lengths.sum()), index.dim), np.float32)
+    at = 0
+    for number, local, (starts, ends) in groups:
+        tokens = int((ends - starts).sum())
+        _gather_into(x[at : at + tokens], index, structure, number, local, starts, ends, rerank)
+        at += tokens
+    sims = np.matmul(q, x.T, out=scratches.array("rerank_sims", (len(q), len(x)), np.float32))
+    firsts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.maximum.reduceat(sims, firsts, axis=1).sum(axis=0, dtype=np.float32)
 
 
-# float16 bit patterns -> float32: a table lookup is faster than numpy's float16 cast. (torch's cast is
-# ~14x faster still, but a torch op here wakes torch's OpenMP threads, whose spinning then slows numpy's
-# BLAS threads: 24 -> 31 ms a query at 1M documents.)
+# float16 bit patterns -> float32: a table lookup (``np.take`` into a reused buffer) is faster than numpy's
+# float16 cast. (torch's cast is faster still, but a torch op here wakes torch's OpenMP threads, whose
+# spinning then slows numpy's BLAS threads: 24 -> 31 ms a query at 1M documents.)
 _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
-def _gather(index, structure: Structure, number: int, local: np.ndarray, rerank: str) -> tuple[np.ndarray, np.ndarray]:
-    """The token vectors of one shard's rows (local, sorted) concatenated in row order, from the shard or
-    decoded from the codes; and each row's token count."""
+def _token_ranges(index, structure: Structure, number: int, local: np.ndarray, rerank: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each of one shard's rows (local, sorted): (first token, end) in the codes, or within its record batch."""
     if rerank == "codes":
-        codes = structure.shards[number]
-        take, count = ragged(codes.doc_offsets[local], codes.doc_offsets[local + 1])
-        return structure.codec.decode(codes.centroid_ids[take], codes.residuals[take]), count
+        offsets = structure.shards[number].doc_offsets
+        return offsets[local], offsets[local + 1]
     batches = _batches(index, structure, number)
     if batches.row_starts is None:
         require_vectors(index, "re-ranking from the stored vectors")
+    return batches.row_starts[local], batches.row_ends[local]
+
+
+def _gather_into(out: np.ndarray, index, structure: Structure, number: int, local: np.ndarray, starts: np.ndarray,
+                 ends: np.ndarray, rerank: str) -> None:
+    """Fill ``out`` [tokens, D] with the token vectors of one shard's rows, in row order: read from the shard
+    file, or decoded from the codes."""
+    if rerank == "codes":
+        codes = structure.shards[number]
+        take, _ = ragged(starts, ends)
+        out[:] = structure.codec.decode(codes.centroid_ids[take], codes.residuals[take])
+        return
+    batches = _batches(index, structure, number)
     at = np.searchsorted(batches.firsts, local, side="right") - 1
-    starts, ends = batches.row_starts[local], batches.row_ends[local]
     row_bytes = index.dim * batches.itemsize
-    picked = _read_ranges(batches, batches.positions[at] + starts * row_bytes, (ends - starts) * row_bytes)
-    vectors = _F16_TO_F32[picked.view(np.uint16)] if batches.itemsize == 2 else picked.view(np.float32)
-    return vectors.reshape(-1, index.dim), ends - starts
+    positions, sizes = batches.positions[at] + starts * row_bytes, (ends - starts) * row_bytes
+    if batches.itemsize == 4:  # float32 vectors: read straight into place
+        _read_ranges(batches, positions, sizes, out.reshape(-1).view(np.uint8))
+        return
+    raw = _read_ranges(batches, positions, sizes, scratches.array("raw", int(sizes.sum()), np.uint8))
+    np.take(_F16_TO_F32, raw.view(np.uint16), out=out.reshape(-1))
 
 
-def _read_ranges(batches: "_ShardBatches", positions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """The bytes at each (position, size) of a shard file, concatenated: positioned reads from the page cache
-    rather than through the memory map, whose touched pages (whole 2 MB folios on recent kernels) would
-    otherwise stay in the process's resident memory until dropped again."""
-    out = np.empty(int(sizes.sum()), np.uint8)
+def _read_ranges(batches: "_ShardBatches", positions: np.ndarray, sizes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The bytes at each (position, size) of a shard file, concatenated (into ``out`` if given): positioned
+    reads from the page cache rather than through the memory map, whose touched pages (whole 2 MB folios on
+    recent kernels) would otherwise stay in the process's resident memory until dropped again."""
+    out = np.empty(int(sizes.sum()), np.uint8) if out is None else out
     ends = np.cumsum(sizes).tolist()
     view, fd = memoryview(out), batches.file.fileno()  # raises if the index's file was closed
     for position, size, end in zip(positions.tolist(), sizes.tolist(), ends):
