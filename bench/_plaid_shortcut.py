@@ -7,7 +7,8 @@ by lookup. k-means runs on the pool's distinct vectors (what a sample of the ind
 
 Then ``compress_index`` itself finishes the build through its resume path: it takes the codec named by
 ``plaid/pending.json`` and every code file already on disk under its name, checks and lists them, and
-commits the manifest. Before that, the codes of a slice of the first shard are coded by the codec itself
+commits the manifest (``retrain``: on an index that already has a structure, the pending codec replaces
+it rather than the committed one being kept). Before that, the codes of a slice of the first shard are coded by the codec itself
 and must equal the assembled ones byte for byte. Use: ``bench/search.py --docs 1000000 --pool-codes``,
 where k-means and coding of ~56M tokens by ``compress`` would take hours on 2 cores.
 """
@@ -69,7 +70,7 @@ def build(folder: str, real_file: str, centroids: str) -> dict:
         codes = ShardCodes(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ids, residuals, offsets, lists)
         write_tensors(folder / codes_name(shard["sha256"], entry["sha256"]), codes.tensors())
     assembled = time.perf_counter()
-    summary = compress_index(folder, nbits=2, centroids=k)  # resumes: takes the codec and the code files
+    summary = compress_index(folder, nbits=2, centroids=k, retrain=True)  # resumes: takes the codec and the code files
     assert summary.coded_tokens == 0, "compress coded tokens itself: the assembled files were not taken"
     from _timing import peak_rss_mb
 

@@ -129,6 +129,31 @@ def test_residual_buckets_are_the_squared_error_optimum_and_beat_colbert_quantil
     assert error < 0.95 * q_error
 
 
+@pytest.mark.parametrize("longest", [200, 300, 70_000])
+def test_code_files_store_lengths_and_counts_narrowly_and_read_the_offsets_layout_too(tmp_path, longest):
+    from tokembed.search.plaid.codes import ShardCodes, inverted_lists
+    from tokembed.search.plaid.files import map_tensors, write_tensors
+
+    rng = np.random.default_rng(longest)
+    lengths = np.concatenate([rng.integers(0, 40, size=50), [longest]])
+    ids = rng.integers(0, 32, size=int(lengths.sum())).astype(np.uint16)
+    list_offsets, list_rows = inverted_lists(ids, lengths, 32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    codes = ShardCodes(offsets, ids, rng.integers(0, 255, size=(len(ids), 4)).astype(np.uint8), list_offsets, list_rows)
+    write_tensors(tmp_path / "new.safetensors", codes.tensors())
+    stored, _ = map_tensors(tmp_path / "new.safetensors")
+    assert stored["doc_lengths"].dtype == (np.uint8 if longest < 256 else np.uint16 if longest < 65_536 else np.uint32)
+    assert stored["list_counts"].dtype == np.uint16 and "doc_offsets" not in stored
+    old_layout = {"doc_offsets": offsets, "centroid_ids": ids, "residuals": codes.residuals,
+                  "list_offsets": list_offsets, "list_rows": list_rows}  # code files of earlier releases
+    write_tensors(tmp_path / "old.safetensors", old_layout)
+    for name in ("new", "old"):
+        read = ShardCodes.open(tmp_path / f"{name}.safetensors")
+        for field in ("doc_offsets", "centroid_ids", "residuals", "list_offsets", "list_rows"):
+            assert np.array_equal(getattr(read, field), getattr(codes, field)), (name, field)
+        assert read.rows == len(lengths) and np.array_equal(read.row_codes(50)[0], ids[offsets[50]:])
+
+
 # ---------------------------------------------------------------------------------------------- search
 
 
@@ -402,7 +427,8 @@ def test_info_search_memory_is_what_a_search_holds(compressed):
     lists = global_lists(structure)
     built = (lists.rows.nbytes + lists.offsets.nbytes + structure.codec.columns.nbytes
              + sum(buffer.nbytes for buffer in scratches.get(structure.rows))
-             + sum(b.row_starts.nbytes + b.row_ends.nbytes for b in structure._vectors.values()))
+             + sum(b.row_starts.nbytes + b.row_ends.nbytes for b in structure._vectors.values())
+             + sum(codes.doc_offsets.nbytes + codes.list_offsets.nbytes for codes in structure.shards))
     assert len(structure._vectors) == len(index.shards)
     assert facts["search_memory_bytes"] == parts["codec"] + parts["inverted_lists"] + parts["doc_offsets"] + built
 

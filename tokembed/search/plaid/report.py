@@ -7,17 +7,19 @@ from tokembed.search.plaid.build import SEARCH
 from tokembed.search.plaid.files import map_tensors
 
 # parts of a code file, as info names them
-_PARTS = {"centroid_ids": "centroid_ids", "residuals": "residuals", "list_offsets": "inverted_lists",
-          "list_rows": "inverted_lists", "doc_offsets": "doc_offsets"}
+_PARTS = {"centroid_ids": "centroid_ids", "residuals": "residuals", "list_counts": "inverted_lists",
+          "list_rows": "inverted_lists", "doc_lengths": "doc_offsets",
+          "list_offsets": "inverted_lists", "doc_offsets": "doc_offsets"}  # the last two: the layout before lengths
 
 
 def structure_facts(index) -> dict | None:
     """nbits, centroids, drift, bytes per part and per token; None when the index has no structure.
 
     ``search_memory_bytes`` is the resident memory searching needs whatever the queries ask: the mapped
-    parts every query touches (the codec, every shard's inverted lists and row offsets) and what opening
-    the structure builds in memory (the lists joined into global int32 rows with int64 offsets, the
-    centroids as float32 columns, two float32 and one bool scratch per row, each row's token range).
+    parts opening reads (the codec, every shard's inverted lists and row lengths) and what it builds in
+    memory (per shard its row and list offsets, int64; the lists joined into global int32 rows with int64
+    offsets; the centroids as float32 columns; two float32 and one bool scratch per row; each row's token
+    range in its record batch). ``doc_offsets`` is the part that stores each row's token count.
     Residual codes are read only to re-rank without vectors; the candidates' vectors are read, not mapped.
     """
     structure = index.manifest.get(SEARCH)
@@ -51,7 +53,8 @@ def _built_at_open(centroids: int, dim: int, rows: int, shards: int, pairs: int)
     """Bytes that opening a structure and its first query build in memory (see ``search.py``, ``candidates.py``)."""
     row_bytes = 4 if rows < 1 << 31 else 8
     lists = pairs * row_bytes + shards * (centroids + 1) * 8
-    return lists + centroids * dim * 4 + rows * (4 + 4 + 1) + rows * 16
+    offsets = (rows + shards) * 8 + shards * (centroids + 1) * 8
+    return offsets + lists + centroids * dim * 4 + rows * (4 + 4 + 1) + rows * 16
 
 
 def index_bytes_per_token(index, manifest_bytes: int) -> dict:
