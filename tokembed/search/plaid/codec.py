@@ -97,11 +97,13 @@ class Codec:
         buckets = np.searchsorted(self.cutoffs, residuals, side="right").astype(np.uint8)
         return ids, pack(buckets, self.nbits), np.linalg.norm(residuals, axis=1).astype(np.float32)
 
-    def decode(self, ids: np.ndarray, packed: np.ndarray) -> np.ndarray:
-        """Codes -> decompressed unit vectors [n, D] float32."""
-        x = self.centroids[ids] + self._byte_weights[packed].reshape(len(packed), -1)[:, : self.dim]
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.maximum(norms, 1e-12)
+    def decode(self, ids: np.ndarray, packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Codes -> decompressed unit vectors [n, D] float32 (into ``out`` if given)."""
+        x = np.take(self.centroids, ids, axis=0, out=out)
+        x += np.take(self._byte_weights, packed, axis=0).reshape(len(packed), -1)[:, : self.dim]
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+        x /= np.maximum(norms, 1e-12)
+        return x
 
     @cached_property
     def _byte_weights(self) -> np.ndarray:

@@ -178,7 +178,7 @@ def _gather_into(out: np.ndarray, index, structure: Structure, number: int, loca
     if rerank == "codes":
         codes = structure.shards[number]
         take, _ = ragged(starts, ends)
-        out[:] = structure.codec.decode(codes.centroid_ids[take], codes.residuals[take])
+        structure.codec.decode(codes.centroid_ids[take], codes.residuals[take], out=out)
         return
     batches = _batches(index, structure, number)
     at = np.searchsorted(batches.firsts, local, side="right") - 1
