@@ -35,7 +35,7 @@ KMEANS_ITERATIONS = 20
 KMEANS_SEED = 123
 SAMPLE_PER_CENTROID = 64
 MAX_SAMPLE_TOKENS = 1 << 20  # 512 MiB of float32 at 128 dims: bounds the build's peak memory
-MAX_RESIDUAL_VALUES = 1 << 22  # residual values the bucket quantizer is fitted on (a strided subsample: 32 MiB sorted)
+MAX_RESIDUAL_VALUES = 1 << 22  # residual values the buckets are fitted on: those of every j-th sample token
 LLOYD_ITERATIONS = 10_000  # each is a few binary searches: cheap; 16 levels converge slowly
 
 
@@ -208,8 +208,8 @@ def train(sample: np.ndarray, k: int, nbits: int) -> Codec:
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     centroids = centroids.astype(np.float16).astype(np.float32)  # stored as float16 (tensors): half the codec's bytes
     partial = Codec(centroids, np.zeros(0, np.float32), np.zeros(0, np.float32), nbits)
-    residuals = (x - centroids[partial.assign(x)]).reshape(-1)
-    cutoffs, weights = residual_buckets(residuals[:: max(1, len(residuals) // MAX_RESIDUAL_VALUES)], 1 << nbits)
+    held = x[:: -(-x.size // MAX_RESIDUAL_VALUES)]  # every j-th token: residuals of a subsample only (memory, time)
+    cutoffs, weights = residual_buckets((held - centroids[partial.assign(held)]).reshape(-1), 1 << nbits)
     return Codec(centroids, cutoffs, weights, nbits)
 
 
