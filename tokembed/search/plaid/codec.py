@@ -227,8 +227,7 @@ def residual_buckets(values: np.ndarray, levels: int) -> tuple[np.ndarray, np.nd
         bounds = np.concatenate([[0], np.searchsorted(ordered, cutoffs, side="right"), [len(ordered)]])
         counts = np.diff(bounds)
         means = np.divide(np.diff(sums[bounds]), counts, out=weights.copy(), where=counts > 0)
-        if np.abs(means - weights).max() <= 1e-10:
-            weights = means
+        moved, weights = np.abs(means - weights).max(), means
+        if moved <= 1e-10:
             break
-        weights = means
     return ((weights[1:] + weights[:-1]) / 2).astype(np.float32), weights.astype(np.float32)

@@ -78,10 +78,7 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
 def _narrowest(counts: np.ndarray, at_least=np.uint8) -> np.ndarray:
     """``counts`` in the narrowest unsigned dtype (from ``at_least``) that holds the largest."""
     top = int(counts.max()) if len(counts) else 0
-    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
-        if np.dtype(dtype).itemsize >= np.dtype(at_least).itemsize and top <= np.iinfo(dtype).max:
-            return counts.astype(dtype)
-    raise AssertionError("unreachable")
+    return counts.astype(np.promote_types(np.min_scalar_type(top), at_least))
 
 
 # A row's codes from the previous generation, or None: (ids, hashes) of a batch -> one entry per row.

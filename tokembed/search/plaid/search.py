@@ -141,17 +141,16 @@ def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: in
 def _exact_scores(index, structure: Structure, q: np.ndarray, rows: np.ndarray, rerank: str) -> np.ndarray:
     """Exact MaxSim of ``q`` with each row (sorted, each with at least one token), float32: every row's
     vectors gathered into one reused buffer, then one product (one BLAS call rather than one per shard)."""
-    groups = per_shard(structure, rows, lambda number, local: (number, local, _token_ranges(index, structure, number, local, rerank)))
-    lengths = np.concatenate([ends - starts for _, _, (starts, ends) in groups])
-    x = scratches.array("vectors", (int(lengths.sum()), index.dim), np.float32)
+    groups = per_shard(structure, rows, lambda number, local: (number, local, *_token_ranges(index, structure, number, local, rerank)))
+    lengths = np.concatenate([ends - starts for _, _, starts, ends in groups])
+    bounds = np.concatenate([[0], np.cumsum(lengths)])  # each row's tokens in the gathered matrix
+    x = scratches.array("vectors", (int(bounds[-1]), index.dim), np.float32)
     at = 0
-    for number, local, (starts, ends) in groups:
-        tokens = int((ends - starts).sum())
-        _gather_into(x[at : at + tokens], index, structure, number, local, starts, ends, rerank)
-        at += tokens
+    for number, local, starts, ends in groups:
+        _gather_into(x[bounds[at] : bounds[at + len(local)]], index, structure, number, local, starts, ends, rerank)
+        at += len(local)
     sims = np.matmul(q, x.T, out=scratches.array("rerank_sims", (len(q), len(x)), np.float32))
-    firsts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return np.maximum.reduceat(sims, firsts, axis=1).sum(axis=0, dtype=np.float32)
+    return np.maximum.reduceat(sims, bounds[:-1], axis=1).sum(axis=0, dtype=np.float32)
 
 
 # float16 bit patterns -> float32: a table lookup (``np.take`` into a reused buffer) is faster than numpy's
