@@ -67,8 +67,9 @@ def build(folder: str, real_file: str, centroids: str) -> dict:
         if number == 0:
             _check_against_the_codec(codec, index, shard, ids, residuals, batch_arrays, shard_batches)
         offsets, lists = inverted_lists(ids, lengths, k)
-        codes = ShardCodes(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ids, residuals, offsets, lists)
-        write_tensors(folder / codes_name(shard["sha256"], entry["sha256"]), codes.tensors())
+        codes = ShardCodes(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ids, residuals, offsets, lists,
+                           codec.id_bits)
+        codes.write(folder / codes_name(shard["sha256"], entry["sha256"]))
     assembled = time.perf_counter()
     summary = compress_index(folder, nbits=2, centroids=k, retrain=True)  # resumes: takes the codec and the code files
     assert summary.coded_tokens == 0, "compress coded tokens itself: the assembled files were not taken"

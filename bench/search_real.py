@@ -34,7 +34,7 @@ def decoded_ceiling(index, structure, queries: list[np.ndarray], truth: list[lis
 
     scores, ids = [], []
     for number, codes in enumerate(structure.shards):
-        decoded = structure.codec.decode(codes.centroid_ids, codes.residuals)
+        decoded = structure.codec.decode(codes.centroid_ids[:], codes.residuals)
         firsts = codes.doc_offsets[:-1]
         lengths = np.diff(codes.doc_offsets)
         keep = lengths > 0

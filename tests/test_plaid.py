@@ -129,29 +129,58 @@ def test_residual_buckets_are_the_squared_error_optimum_and_beat_colbert_quantil
     assert error < 0.95 * q_error
 
 
-@pytest.mark.parametrize("longest", [200, 300, 70_000])
-def test_code_files_store_lengths_and_counts_narrowly_and_read_the_offsets_layout_too(tmp_path, longest):
+@pytest.mark.parametrize("longest, k", [(200, 32), (300, 4096), (70_000, 65_536), (90, 2)])
+def test_code_files_store_lengths_counts_and_ids_narrowly_and_read_the_offsets_layout_too(tmp_path, longest, k):
     from tokembed.search.plaid.codes import ShardCodes, inverted_lists
     from tokembed.search.plaid.files import map_tensors, write_tensors
 
     rng = np.random.default_rng(longest)
     lengths = np.concatenate([rng.integers(0, 40, size=50), [longest]])
-    ids = rng.integers(0, 32, size=int(lengths.sum())).astype(np.uint16)
-    list_offsets, list_rows = inverted_lists(ids, lengths, 32)
+    ids = rng.integers(0, k, size=int(lengths.sum())).astype(np.uint16)
+    ids[:2] = [0, k - 1]
+    bits = max(1, (k - 1).bit_length())
+    list_offsets, list_rows = inverted_lists(ids, lengths, k)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    codes = ShardCodes(offsets, ids, rng.integers(0, 255, size=(len(ids), 4)).astype(np.uint8), list_offsets, list_rows)
-    write_tensors(tmp_path / "new.safetensors", codes.tensors())
-    stored, _ = map_tensors(tmp_path / "new.safetensors")
+    residuals = rng.integers(0, 255, size=(len(ids), 4)).astype(np.uint8)
+    codes = ShardCodes(offsets, ids, residuals, list_offsets, list_rows, bits)
+    codes.write(tmp_path / "new.safetensors")
+    stored, metadata = map_tensors(tmp_path / "new.safetensors")
     assert stored["doc_lengths"].dtype == (np.uint8 if longest < 256 else np.uint16 if longest < 65_536 else np.uint32)
     assert stored["list_counts"].dtype == np.uint16 and "doc_offsets" not in stored
-    old_layout = {"doc_offsets": offsets, "centroid_ids": ids, "residuals": codes.residuals,
+    if bits < 16:  # ids packed: bits/8 bytes each, plus 2 padding bytes
+        assert "centroid_ids" not in stored and metadata["centroid_id_bits"] == str(bits)
+        assert stored["centroid_ids_packed"].nbytes == -(-len(ids) * bits // 8) + 2
+    else:
+        assert stored["centroid_ids"].dtype == np.uint16 and "centroid_ids_packed" not in stored
+    old_layout = {"doc_offsets": offsets, "centroid_ids": ids, "residuals": residuals,
                   "list_offsets": list_offsets, "list_rows": list_rows}  # code files of earlier releases
     write_tensors(tmp_path / "old.safetensors", old_layout)
     for name in ("new", "old"):
         read = ShardCodes.open(tmp_path / f"{name}.safetensors")
         for field in ("doc_offsets", "centroid_ids", "residuals", "list_offsets", "list_rows"):
-            assert np.array_equal(getattr(read, field), getattr(codes, field)), (name, field)
+            assert np.array_equal(np.asarray(getattr(read, field)), getattr(codes, field)), (name, field)
         assert read.rows == len(lengths) and np.array_equal(read.row_codes(50)[0], ids[offsets[50]:])
+        picks = rng.integers(0, len(ids), size=500)
+        assert np.array_equal(read.centroid_ids[picks], ids[picks]) and len(read.centroid_ids) == len(ids)
+        assert np.array_equal(read.centroid_ids[7:len(ids) - 3], ids[7:-3])
+
+
+def test_a_truncated_packed_id_stream_or_an_unknown_layout_is_a_corrupt_index(tmp_path):
+    from tokembed.errors import IndexCorruptError
+    from tokembed.search.plaid.codes import ShardCodes, pack_ids
+    from tokembed.search.plaid.files import write_tensors
+
+    ids = np.arange(100, dtype=np.uint16) % 300
+    tensors = {"doc_lengths": np.array([60, 40], np.uint8), "centroid_ids_packed": pack_ids(ids, 9)[:-3],
+               "residuals": np.zeros((100, 4), np.uint8), "list_counts": np.zeros(300, np.uint16),
+               "list_rows": np.zeros(0, np.uint16)}
+    write_tensors(tmp_path / "bad.safetensors", tensors, {"centroid_id_bits": "9"})
+    with pytest.raises(IndexCorruptError, match="bad.safetensors.*do not hold 100 ids of 9 bits"):
+        ShardCodes.open(tmp_path / "bad.safetensors")
+    del tensors["centroid_ids_packed"]  # a layout a later release might write
+    write_tensors(tmp_path / "later.safetensors", {**tensors, "centroid_ids_v9": ids})
+    with pytest.raises(IndexCorruptError, match="later.safetensors: a code file layout .*no centroid_ids.*--exact"):
+        ShardCodes.open(tmp_path / "later.safetensors")
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -303,7 +332,8 @@ def check_score_and_info(cli, folder: Path) -> None:
     assert info.exit_code == 0, info.output
     facts = json.loads(info.stdout)["search_structure"]
     parts, dim = facts["bytes_per_token"], json.loads(info.stdout)["dim"]
-    assert facts["nbits"] == 2 and parts["centroid_ids"] == pytest.approx(2.0)
+    bits = (facts["centroids"] - 1).bit_length()  # ids packed that narrow (2 padding bytes per code file)
+    assert facts["nbits"] == 2 and bits < 16 and bits / 8 <= parts["centroid_ids"] < bits / 8 + 0.05
     assert parts["residuals"] == pytest.approx(dim * 2 / 8)
     assert parts["total"] > parts["centroid_ids"] + parts["residuals"] + parts["inverted_lists"]
 

@@ -240,7 +240,7 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
         carry.release()
     write_coding_figures(folder / name, mine.coded_tokens, mine.residual_norm_sum)
     stats.add(mine)
-    return {**base, **write_tensors(folder / name, codes.tensors())}
+    return {**base, **codes.write(folder / name)}
 
 
 class _CarryFromPrevious:

@@ -54,6 +54,11 @@ class Codec:
     def dim(self) -> int:
         return self.centroids.shape[1]
 
+    @property
+    def id_bits(self) -> int:
+        """Bits a centroid id needs (code files pack ids this narrow when it is under 16)."""
+        return max(1, (self.k - 1).bit_length())
+
     @cached_property
     def columns(self) -> np.ndarray:
         """[D, K] the centroids as contiguous columns: a query's product with them is ~1.5x faster (one

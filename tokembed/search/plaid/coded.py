@@ -30,7 +30,7 @@ from tokembed.index.format import SEARCH, SEARCH_SETTINGS, vectors_dropped
 from tokembed.index.previous import PreviousIndex
 from tokembed.index.writer import IndexWriter
 from tokembed.search.plaid.codes import CodeParts, CodingStats, StoredCodes, assemble, codes_name
-from tokembed.search.plaid.files import check_structure_lists_shards, coding_figures_path, write_coding_figures, write_tensors
+from tokembed.search.plaid.files import check_structure_lists_shards, coding_figures_path, write_coding_figures
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class CodedWriter(IndexWriter):
             path = self.folder / codes_name(info.sha256, self.codec_sha)
             if not path.is_file():  # a file under that name holds exactly these codes already
                 write_coding_figures(path, self._shard.coded_tokens, self._shard.residual_norm_sum)
-                write_tensors(path, assemble(self._parts, self.codec).tensors())
+                assemble(self._parts, self.codec).write(path)
                 self._code_files.append(path)
             self.stats.add(self._shard)
             self._parts, self._shard = CodeParts(), CodingStats()

@@ -4,7 +4,10 @@ plus the shard's inverted lists (centroid -> the shard's rows holding a token of
     plaid/codes-<shard sha256[:24]>-<codec sha256[:12]>.safetensors
         doc_lengths    [rows]            uint8   tokens of each row (the shard's list lengths); uint16 or
                                                  uint32 when a row has more than 255 / 65,535 tokens
-        centroid_ids   [tokens]          uint16
+        centroid_ids   [tokens]          uint16  (when the codec has more than 32,768 centroids)
+        centroid_ids_packed  [bytes]     uint8   (otherwise) each id in ``centroid_id_bits`` bits (the
+                                                 file's metadata: 12 for 4,096 centroids), a little-endian
+                                                 bit stream, then 2 zero bytes
         residuals      [tokens, bytes]   uint8   nbits per dimension, packed
         list_counts    [K]               uint16  rows of centroid c: the next list_counts[c] entries of
                                                  list_rows (uint32 when the shard has more than 65,535 rows)
@@ -12,8 +15,9 @@ plus the shard's inverted lists (centroid -> the shard's rows holding a token of
                                                  (uint32 when the shard has more than 65,536 rows)
 
 Lengths and counts rather than offsets: 1-2 bytes each instead of 8 and 4 (0.17 B/token at 1M documents);
-opening a file turns them into offsets (``ShardCodes``). Files written before this layout hold
-``doc_offsets`` (int64) and ``list_offsets`` (uint32) instead, and are read as they are.
+opening a file turns them into offsets (``ShardCodes``). Packed ids save 2 - bits/8 bytes per token (0.5
+with 4,096 centroids). Files written before this layout hold ``doc_offsets`` (int64) and ``list_offsets``
+(uint32) instead, or uint16 ids with fewer centroids, and are read as they are.
 
 The name is a function of the shard's bytes and the codec: an unchanged shard keeps its file, and a file
 that exists was written whole (temp, fsync, rename), so a run killed half way resumes by skipping it.
@@ -28,8 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tokembed.errors import IndexCorruptError
 from tokembed.search.plaid.codec import Codec
-from tokembed.search.plaid.files import map_tensors, verify_file
+from tokembed.search.plaid.files import map_tensors, verify_file, write_tensors
 
 CODES_DIR = "plaid"
 
@@ -47,14 +52,27 @@ class ShardCodes:
     residuals: np.ndarray
     list_offsets: np.ndarray  # [K + 1] int64 (uint32 as ``inverted_lists`` computes them)
     list_rows: np.ndarray
+    id_bits: int = 16  # how the file stores the ids: packed when under 16
 
     @classmethod
     def open(cls, path) -> "ShardCodes":
-        tensors, _ = map_tensors(path)
+        tensors, metadata = map_tensors(path)
         if "doc_lengths" in tensors:
             tensors["doc_offsets"] = _offsets(tensors.pop("doc_lengths"))
             tensors["list_offsets"] = _offsets(tensors.pop("list_counts"))
-        return cls(**{name: tensors[name] for name in cls.__dataclass_fields__})
+        if "centroid_ids_packed" in tensors:
+            tokens, bits = int(tensors["doc_offsets"][-1]), int(metadata.get("centroid_id_bits", 0))
+            try:
+                tensors["centroid_ids"] = PackedIds(tensors.pop("centroid_ids_packed"), bits, tokens)
+            except ValueError as exc:
+                raise IndexCorruptError(f"{path}: {exc}") from None
+            tensors["id_bits"] = bits
+        missing = [name for name in ("doc_offsets", "centroid_ids", "residuals", "list_offsets", "list_rows")
+                   if name not in tensors]
+        if missing:
+            raise IndexCorruptError(f"{path}: a code file layout this release cannot read (no {', '.join(missing)}): "
+                                    "written by a newer tokembed? Upgrade, or search with --exact")
+        return cls(**{name: tensors[name] for name in cls.__dataclass_fields__ if name in tensors})
 
     @property
     def rows(self) -> int:
@@ -66,9 +84,51 @@ class ShardCodes:
 
     def tensors(self) -> dict[str, np.ndarray]:
         """What the code file stores (see the module docstring)."""
-        return {"doc_lengths": _narrowest(np.diff(self.doc_offsets)), "centroid_ids": self.centroid_ids,
-                "residuals": self.residuals, "list_counts": _narrowest(np.diff(self.list_offsets), at_least=np.uint16),
-                "list_rows": self.list_rows}
+        ids = {"centroid_ids": self.centroid_ids} if self.id_bits >= 16 else \
+            {"centroid_ids_packed": pack_ids(self.centroid_ids, self.id_bits)}
+        return {"doc_lengths": _narrowest(np.diff(self.doc_offsets)), **ids, "residuals": self.residuals,
+                "list_counts": _narrowest(np.diff(self.list_offsets), at_least=np.uint16), "list_rows": self.list_rows}
+
+    def write(self, path) -> dict:
+        """Write the code file durably; its manifest entry (bytes, sha256)."""
+        metadata = {"centroid_id_bits": str(self.id_bits)} if self.id_bits < 16 else None
+        return write_tensors(path, self.tensors(), metadata)
+
+
+PACK_CHUNK = 1 << 20  # ids per packing step (a multiple of 8: each chunk ends on a byte)
+
+
+def pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
+    """Ids (each < 2**bits) as a little-endian stream of ``bits`` bits each, then 2 zero bytes (so that
+    ``PackedIds`` can load 3 bytes at any id)."""
+    weights = np.arange(bits, dtype=np.uint16)
+    chunks = [np.packbits(((ids[start : start + PACK_CHUNK, None] >> weights) & 1).astype(np.uint8).reshape(-1),
+                          bitorder="little") for start in range(0, len(ids), PACK_CHUNK)]
+    return np.concatenate([*chunks, np.zeros(2, np.uint8)])
+
+
+class PackedIds:
+    """``pack_ids``' stream read back: ``[positions]`` and ``[start:end]`` give uint16 ids, ``len`` the count."""
+
+    def __init__(self, data: np.ndarray, bits: int, count: int) -> None:
+        if not 1 <= bits < 16 or len(data) != -(-count * bits // 8) + 2:
+            raise ValueError(f"packed centroid ids: {len(data)} bytes do not hold {count} ids of {bits} bits")
+        self.data, self.bits, self.count = data, bits, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:].astype(dtype or np.uint16, copy=False)
+
+    def __getitem__(self, key) -> np.ndarray:
+        positions = np.arange(*key.indices(self.count)) if isinstance(key, slice) else np.asarray(key)
+        bit = positions.astype(np.int64) * self.bits
+        at = bit >> 3
+        word = self.data[at].astype(np.uint32)
+        word |= self.data[at + 1].astype(np.uint32) << 8
+        word |= self.data[at + 2].astype(np.uint32) << 16
+        return ((word >> (bit & 7).astype(np.uint32)) & ((1 << self.bits) - 1)).astype(np.uint16)
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -161,7 +221,7 @@ def assemble(parts: CodeParts, codec: Codec) -> ShardCodes:
     residuals = np.concatenate(parts.residuals) if parts.residuals else np.zeros((0, codec.code_bytes), np.uint8)
     doc_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     list_offsets, list_rows = inverted_lists(centroid_ids, lengths, codec.k)
-    return ShardCodes(doc_offsets, centroid_ids, residuals, list_offsets, list_rows)
+    return ShardCodes(doc_offsets, centroid_ids, residuals, list_offsets, list_rows, codec.id_bits)
 
 
 def inverted_lists(centroid_ids: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
