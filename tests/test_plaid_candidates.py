@@ -52,7 +52,9 @@ def stage1_by_definition(sims: np.ndarray, docs: list[np.ndarray], probe: int) -
 
 @pytest.mark.parametrize("probe", [1, 3, 8, K])
 @pytest.mark.parametrize("tokens", [1, 5])
-def test_stage1_scores_are_the_definition(probe, tokens):
+@pytest.mark.parametrize("block", [candidates.TOP_BLOCK, 4])  # 4: the block path of best_columns (K = 64)
+def test_stage1_scores_are_the_definition(probe, tokens, block, monkeypatch):
+    monkeypatch.setattr(candidates, "TOP_BLOCK", block)
     rng = np.random.default_rng(probe * 10 + tokens)
     structure, docs = random_structure(rng, [37, 50, 13])
     q = rng.standard_normal((tokens, DIM)).astype(np.float32)
@@ -71,6 +73,20 @@ def test_stage1_scores_are_the_definition(probe, tokens):
     assert len(chosen) == min(keep, len(expected)) and list(chosen) == sorted(chosen)
     if len(order) > keep:  # the chosen ones are the best (up to float ties at the edge)
         assert min(expected[int(r)] for r in chosen) >= expected[order[keep - 1]] - 1e-5
+
+
+@pytest.mark.parametrize("k, p", [(65_536, 16), (65_536, 1), (4_096, 4), (8_192, 16), (4_096, 32), (1_000, 16)])
+def test_best_columns_are_each_rows_top_p_ties_included(k, p):
+    rng = np.random.default_rng(k + p)
+    sims = rng.standard_normal((9, k)).astype(np.float32)
+    sims[1] = np.round(sims[1])  # a row of many equal values: the cut falls inside a tie
+    sims[2, : p + 3] = sims[2].max() + 1  # the best values all in one block
+    sims[3] = 0.5  # every value equal
+    got = candidates.best_columns(sims, p)
+    assert got.shape == (9, p)
+    for row, columns in zip(sims, got):
+        assert len(set(columns.tolist())) == p
+        assert np.array_equal(np.sort(row[columns]), np.sort(row)[-p:])  # the p best values, ties counted
 
 
 def test_equal_scores_at_the_cut_go_to_the_lower_rows():

@@ -8,7 +8,7 @@ Per query ``Q`` [n, D]:
    the score of i's last probed centroid (an upper bound on what it misses). Documents no probe reaches
    cannot be candidates.
 3. The best ``CENTROID_POOL * candidates`` by that score are scored again with every token replaced by its
-   centroid (PLAID's centroid interaction, from the uint16 centroid ids: no vectors read).
+   centroid (PLAID's centroid interaction, from the stored centroid ids: no vectors read).
 4. The best ``candidates`` of those are re-ranked with exact MaxSim from the stored vectors
    (``rerank="vectors"``) or from the decompressed codes (``rerank="codes"``, for compressed-only use).
 (``candidates.py`` holds stages 1-3.)
