@@ -45,10 +45,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import tokembed  # noqa: E402,F401  (before numpy, as the CLI: its native-library settings, e.g. tokembed.cpu)
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _search_data import encode_real, read_vectors, recall, recall_with_ties, synthetic_docs, write_synthetic  # noqa: E402

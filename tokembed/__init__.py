@@ -23,6 +23,15 @@ for _cache in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
 # results in process (its `cpu:N` workers are strict), so import tokembed first, or set MKL_CBWR yourself.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
+
+def _native_settings() -> None:
+    from tokembed.cpu import prefer_avx2_openblas_kernels
+
+    prefer_avx2_openblas_kernels()
+
+
+_native_settings()
+
 __version__ = "0.1.0"
 
 _LAZY = {

@@ -1,0 +1,45 @@
+"""CPU-specific native-library settings (``tokembed.cpu``): applied only where they were measured to help."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tokembed.cpu import prefer_avx2_openblas_kernels
+
+
+def cpuinfo(vendor: str, family: int, flags: str) -> str:
+    block = f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: 17\nflags\t\t: {flags}\n"
+    other = block.replace("processor\t: 0", "processor\t: 1").replace(vendor, "Other")
+    return block + "\n" + other  # only the first processor's block counts
+
+
+@pytest.mark.parametrize("vendor, family, flags, expected", [
+    ("AuthenticAMD", 25, "fpu sse2 avx2 fma avx512f avx512bw avx512_bf16", "Haswell"),  # Zen 4
+    ("AuthenticAMD", 25, "fpu sse2 avx2 fma", None),  # Zen 3: OpenBLAS already picks AVX2 kernels
+    ("AuthenticAMD", 26, "fpu avx2 avx512f avx512_vp2intersect", None),  # Zen 5: full-width AVX512
+    ("GenuineIntel", 6, "fpu avx2 avx512f avx512bw", None),
+])
+def test_openblas_core_type_is_set_on_zen4_only(monkeypatch, vendor, family, flags, expected):
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    assert prefer_avx2_openblas_kernels(cpuinfo(vendor, family, flags)) == (expected is not None)
+    assert os.environ.get("OPENBLAS_CORETYPE") == expected
+
+
+def test_a_core_type_the_user_set_is_kept(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "SkylakeX")
+    assert not prefer_avx2_openblas_kernels(cpuinfo("AuthenticAMD", 25, "avx2 avx512f"))
+    assert os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"
+
+
+def test_the_cli_imports_tokembed_before_numpy():
+    """The setting works only if it is made before numpy loads OpenBLAS."""
+    code = "import sys; import cli.main; import numpy; print('set' if 'tokembed.cpu' in sys.modules else 'unset')"
+    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_CORETYPE"}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env,
+                          check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    order = [line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line]
+    assert "tokembed.cpu" in order and order.index("tokembed.cpu") < order.index("numpy")
