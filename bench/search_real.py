@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tokembed  # noqa: E402,F401  (before numpy, as the CLI: its native-library settings, e.g. tokembed.cpu)
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _search_data import recall  # noqa: E402

@@ -28,7 +28,7 @@ holds (same id, same content hash, same codec) is copied instead of coded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 
@@ -57,18 +57,17 @@ class ShardCodes:
     @classmethod
     def open(cls, path) -> "ShardCodes":
         tensors, metadata = map_tensors(path)
-        if "doc_lengths" in tensors:
-            tensors["doc_offsets"] = _offsets(tensors.pop("doc_lengths"))
-            tensors["list_offsets"] = _offsets(tensors.pop("list_counts"))
-        if "centroid_ids_packed" in tensors:
-            tokens, bits = int(tensors["doc_offsets"][-1]), int(metadata.get("centroid_id_bits", 0))
+        for counts, offsets in (("doc_lengths", "doc_offsets"), ("list_counts", "list_offsets")):
+            if counts in tensors:
+                tensors[offsets] = _offsets(tensors.pop(counts))
+        if "centroid_ids_packed" in tensors and "doc_offsets" in tensors:
             try:
-                tensors["centroid_ids"] = PackedIds(tensors.pop("centroid_ids_packed"), bits, tokens)
+                tensors["id_bits"] = int(metadata.get("centroid_id_bits", 0))
+                tensors["centroid_ids"] = PackedIds(tensors.pop("centroid_ids_packed"), tensors["id_bits"],
+                                                    int(tensors["doc_offsets"][-1]))
             except ValueError as exc:
                 raise IndexCorruptError(f"{path}: {exc}") from None
-            tensors["id_bits"] = bits
-        missing = [name for name in ("doc_offsets", "centroid_ids", "residuals", "list_offsets", "list_rows")
-                   if name not in tensors]
+        missing = [item.name for item in fields(cls) if item.default is MISSING and item.name not in tensors]
         if missing:
             raise IndexCorruptError(f"{path}: a code file layout this release cannot read (no {', '.join(missing)}): "
                                     "written by a newer tokembed? Upgrade, or search with --exact")
