@@ -61,7 +61,7 @@ def score(
     ),
     probe: Optional[int] = typer.Option(None, "--probe", help="Search structure: centroids probed per query token (default 16)."),
     candidates: Optional[int] = typer.Option(
-        None, "--candidates", help="Search structure: documents re-ranked with exact MaxSim per query (default 128; 4x as many are pre-scored from their centroids)."
+        None, "--candidates", help="Search structure: documents re-ranked with exact MaxSim per query (default 320; 8x as many are pre-scored from their centroids)."
     ),
 ) -> None:
     """Exact MaxSim top-k search: encode the queries as the index prescribes, scan every shard, print the best."""

@@ -456,9 +456,22 @@ def test_info_search_memory_is_what_a_search_holds(compressed):
     parts = facts["bytes_by_part"]
     lists = global_lists(structure)
     built = (lists.rows.nbytes + lists.offsets.nbytes + structure.codec.columns.nbytes
-             + sum(buffer.nbytes for buffer in scratches.get(structure.rows))
+             + scratches.flags(structure.rows).nbytes + scratches.positions(structure.rows).nbytes
              + sum(b.row_starts.nbytes + b.row_ends.nbytes for b in structure._vectors.values())
              + sum(codes.doc_offsets.nbytes + codes.list_offsets.nbytes for codes in structure.shards))
     assert len(structure._vectors) == len(index.shards)
     assert facts["search_memory_bytes"] == parts["codec"] + parts["inverted_lists"] + parts["doc_offsets"] + built
 
+
+
+def test_float16_cast_equals_numpys_for_every_bit_pattern(monkeypatch):
+    from tokembed.search.plaid import search as plaid_module
+
+    monkeypatch.setattr(plaid_module, "_CAST_PIECE", 1000)  # several pieces and a short last one
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    out = np.full(len(every), 7.0, np.float32)
+    plaid_module.float16_to_float32(every, out)
+    expected = every.astype(np.float32)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(out), nan)
+    assert np.array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))  # signed zeros, subnormals, inf
