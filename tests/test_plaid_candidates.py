@@ -1,7 +1,8 @@
 """The structure's candidate stages against their definitions, written out per document with plain loops.
 
 Stage 1 (``candidate_rows``): per query token, a document's best probed centroid score, else the imputed
-score of the worst probed centroid; summed over query tokens; only documents some probe reaches.
+score (the worst probed centroid's less ``IMPUTE_MARGIN``); summed over query tokens; only documents some
+probe reaches.
 Stage 2 (``best_by_centroids``): MaxSim with every document token replaced by its centroid.
 """
 
@@ -44,7 +45,7 @@ def stage1_by_definition(sims: np.ndarray, docs: list[np.ndarray], probe: int) -
             probed = np.argsort(-sims[i], kind="stable")[:probe]
             mine = [c for c in probed if c in set(ids.tolist())]
             reached |= bool(mine)
-            total += max(sims[i][c] for c in mine) if mine else sims[i][probed].min()
+            total += max(sims[i][c] for c in mine) if mine else sims[i][probed].min() - candidates.IMPUTE_MARGIN
         if reached:
             out[row] = total
     return out
@@ -53,15 +54,17 @@ def stage1_by_definition(sims: np.ndarray, docs: list[np.ndarray], probe: int) -
 @pytest.mark.parametrize("probe", [1, 3, 8, K])
 @pytest.mark.parametrize("tokens", [1, 5])
 @pytest.mark.parametrize("block", [candidates.TOP_BLOCK, 4])  # 4: the block path of best_columns (K = 64)
-def test_stage1_scores_are_the_definition(probe, tokens, block, monkeypatch):
+@pytest.mark.parametrize("margin", [0.1, 0.0, 0.5])
+def test_stage1_scores_are_the_definition(probe, tokens, block, margin, monkeypatch):
     monkeypatch.setattr(candidates, "TOP_BLOCK", block)
+    monkeypatch.setattr(candidates, "IMPUTE_MARGIN", margin)
     rng = np.random.default_rng(probe * 10 + tokens)
     structure, docs = random_structure(rng, [37, 50, 13])
     q = rng.standard_normal((tokens, DIM)).astype(np.float32)
     sims = q @ structure.codec.centroids.T
     expected = stage1_by_definition(sims, docs, probe)
     probed, _ = probed_centroids(sims, probe)
-    base = float(sims[np.arange(tokens), probed[:, 0]].sum())
+    base = float(sims[np.arange(tokens), probed[:, 0]].sum()) - tokens * candidates.IMPUTE_MARGIN  # the imputed total
     for _ in range(2):  # the second query finds the scratch buffers as clear as the first did
         rows, scores = approximate_scores(structure, sims, probe)
         got = {int(r): float(s) + base for r, s in zip(rows, scores)}

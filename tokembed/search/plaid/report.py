@@ -18,7 +18,7 @@ def structure_facts(index) -> dict | None:
     ``search_memory_bytes`` is the resident memory searching needs whatever the queries ask: the mapped
     parts opening reads (the codec, every shard's inverted lists and row lengths) and what it builds in
     memory (per shard its row and list offsets, int64; the lists joined into global int32 rows with int64
-    offsets; the centroids as float32 columns; an int64 and a bool scratch per row; each row's token
+    offsets; the centroids as float32 columns; an int32 and a bool scratch per row; each row's token
     range in its record batch). ``doc_offsets`` is the part that stores each row's token count.
     Residual codes are read only to re-rank without vectors; the candidates' vectors are read, not mapped.
     """
@@ -54,7 +54,7 @@ def _built_at_open(centroids: int, dim: int, rows: int, shards: int, pairs: int)
     row_bytes = 4 if rows < 1 << 31 else 8
     lists = pairs * row_bytes + shards * (centroids + 1) * 8
     offsets = (rows + shards) * 8 + shards * (centroids + 1) * 8
-    return offsets + lists + centroids * dim * 4 + rows * (8 + 1) + rows * 16
+    return offsets + lists + centroids * dim * 4 + rows * (4 + 1) + rows * 16
 
 
 def index_bytes_per_token(index, manifest_bytes: int) -> dict:

@@ -40,9 +40,8 @@ from tokembed.search.plaid.codes import ShardCodes
 from tokembed.search.plaid.files import check_structure_lists_shards, map_tensors, verify_files
 
 DEFAULT_PROBE = 16
-# bench/search.py at 1M documents (README): recall@10 with ties 0.96 at ~25 ms a query; 128 candidates from a pool
-# of 4x as many reached 0.81 (stage 1's ranking of the ~100,000 documents the probes reach is the limit: the
-# best 10 were in its top 512 for 0.82 of the queries, in its top 2,560 for 0.96)
+# bench/search.py at 1M documents (README): recall@10 with ties 0.979 at 24.3 ms a query on 2 cores; 128
+# candidates from a pool of 4x as many gave 0.81 (with the imputation margin, 0.918 from a pool of 8x)
 DEFAULT_CANDIDATES = 320
 CENTROID_POOL = 8  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
 _OPEN_ATTEMPTS = 5
