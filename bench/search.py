@@ -91,6 +91,8 @@ def worker_exact(folder: str, queries: str) -> dict:
 
 
 def worker_search(folder: str, queries: str, truth_file: str, grid: str) -> dict:
+    import torch  # noqa: F401  (loaded in score and serve, which encode the queries: the re-rank casts with it)
+
     from tokembed.search.plaid import open_searchable, plaid_search
 
     qs = list(np.load(queries, allow_pickle=True))

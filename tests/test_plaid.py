@@ -464,10 +464,14 @@ def test_info_search_memory_is_what_a_search_holds(compressed):
 
 
 
-def test_float16_cast_equals_numpys_for_every_bit_pattern(monkeypatch):
+@pytest.mark.parametrize("with_torch", [True, False])  # torch's cast where torch is imported, else a table
+def test_float16_cast_equals_numpys_for_every_bit_pattern(monkeypatch, with_torch):
+    import torch  # noqa: F401
     from tokembed.search.plaid import search as plaid_module
 
     monkeypatch.setattr(plaid_module, "_CAST_PIECE", 1000)  # several pieces and a short last one
+    if not with_torch:
+        monkeypatch.delitem(sys.modules, "torch")
     every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
     out = np.full(len(every), 7.0, np.float32)
     plaid_module.float16_to_float32(every, out)
