@@ -3,10 +3,10 @@
 Per query ``Q`` [n, D]:
 
 1. ``S = Q @ C.T`` [n, K]; each query token probes its best ``probe`` centroids.
-2. An approximate MaxSim of every document that holds a token of a probed centroid, from centroids only
-   (WARP's imputation): for query token i, a document's best probed centroid score if it has one, else
-   the score of i's last probed centroid (an upper bound on what it misses). Documents no probe reaches
-   cannot be candidates.
+2. An approximate MaxSim of every document that holds a token of a probed centroid, from centroids only:
+   for query token i, a document's best probed centroid score if it has one, else the score of i's last
+   probed centroid less a margin (WARP imputes that score itself, an upper bound on what it misses).
+   Documents no probe reaches cannot be candidates.
 3. The best ``CENTROID_POOL * candidates`` by that score are scored again with every token replaced by its
    centroid (PLAID's centroid interaction, from the stored centroid ids: no vectors read).
 4. The best ``candidates`` of those are re-ranked with exact MaxSim from the stored vectors
