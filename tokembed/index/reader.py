@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,9 +108,14 @@ def _sha256_of(path: Path, mapped) -> str:
 
 
 def _whole(mapped):
-    """A zero-copy buffer over the whole mapped file, whatever the file object's read position."""
-    mapped.seek(0)
-    return mapped.read_buffer()
+    """A zero-copy buffer over the whole mapped file, whatever the file object's read position (the seek and
+    the read under one lock: threads searching one index share its files)."""
+    with _POSITION_LOCK:
+        mapped.seek(0)
+        return mapped.read_buffer()
+
+
+_POSITION_LOCK = threading.Lock()
 
 
 def read_manifest(folder: Path) -> dict | None:

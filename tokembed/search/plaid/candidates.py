@@ -75,16 +75,23 @@ class GlobalLists:
 
 
 def global_lists(structure) -> GlobalLists:
-    if structure._lists is None:
-        dtype = np.int32 if structure.rows < 1 << 31 else np.int64
-        sizes = np.array([len(codes.list_rows) for codes in structure.shards], np.int64)
-        bases = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        offsets = np.stack([codes.list_offsets.astype(np.int64) + base for codes, base in zip(structure.shards, bases)])
-        rows = np.empty(int(sizes.sum()), dtype)
-        for codes, base, start in zip(structure.shards, bases, structure.starts[:-1]):
-            np.add(codes.list_rows, dtype(start), out=rows[base : base + len(codes.list_rows)], casting="unsafe")
-        structure._lists = GlobalLists(offsets, rows)
+    if structure._lists is not None:
+        return structure._lists
+    with structure._building:
+        if structure._lists is None:
+            structure._lists = _join_lists(structure)
     return structure._lists
+
+
+def _join_lists(structure) -> GlobalLists:
+    dtype = np.int32 if structure.rows < 1 << 31 else np.int64
+    sizes = np.array([len(codes.list_rows) for codes in structure.shards], np.int64)
+    bases = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    offsets = np.stack([codes.list_offsets.astype(np.int64) + base for codes, base in zip(structure.shards, bases)])
+    rows = np.empty(int(sizes.sum()), dtype)
+    for codes, base, start in zip(structure.shards, bases, structure.starts[:-1]):
+        np.add(codes.list_rows, dtype(start), out=rows[base : base + len(codes.list_rows)], casting="unsafe")
+    return GlobalLists(offsets, rows)
 
 
 def candidate_rows(structure, sims: np.ndarray, probe: int, candidates: int) -> np.ndarray:

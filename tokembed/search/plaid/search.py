@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, 
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import ShardCodes
 from tokembed.search.plaid.files import check_structure_lists_shards, map_tensors, verify_files
+from tokembed.search.plaid.threads import map_queries
 
 DEFAULT_PROBE = 16
 # bench/search.py at 1M documents (README): recall@10 with ties 0.979 at 24.3 ms a query on 2 cores; 128
@@ -55,6 +57,7 @@ class Structure:
     starts: np.ndarray  # [n_shards + 1] first global row of each shard
     _vectors: dict = field(default_factory=dict, repr=False)  # shard number -> _ShardBatches, read on first use
     _lists: object = field(default=None, repr=False)  # candidates.GlobalLists, joined on first use
+    _building: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one thread fills the two above
 
     @property
     def rows(self) -> int:
@@ -124,7 +127,7 @@ def plaid_search(
 
     check_search_options(probe, candidates)
     check_query_dims(queries, index.dim)
-    return [_one_query(index, structure, np.asarray(q, np.float32), top_k, probe, max(candidates, top_k), rerank) for q in queries]
+    return map_queries(lambda q: _one_query(index, structure, np.asarray(q, np.float32), top_k, probe, max(candidates, top_k), rerank), queries)
 
 
 def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: int, candidates: int, rerank: str):
@@ -243,31 +246,37 @@ class _ShardBatches:
 
 
 def _batches(index, structure: Structure, number: int) -> _ShardBatches:
-    if number not in structure._vectors:
-        shard = index.shards[number]
-        reader = index.open_shard(shard)
-        records = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-        firsts = np.cumsum([0] + [batch.num_rows for batch in records], dtype=np.int64)[: len(records)]
-        starts, ends, positions, itemsize = [], [], [], 2
-        file, base = index.shard_file(shard)
-        for batch in records:
-            if EMBEDDINGS not in batch.schema.names:  # a compressed-only index (compress --drop-vectors): ids only
-                break
-            offsets, vectors = batch_vectors(batch, index.dim, str(index.shard_path(shard)))
-            starts.append(offsets[:-1])
-            ends.append(offsets[1:])
-            positions.append(vectors.__array_interface__["data"][0] - base)  # zero-copy: its address less the file's
-            if positions[-1] < 0:  # not in the mapped file (a compressed IPC file is decoded into memory)
-                raise IndexCorruptError(f"{index.shard_path(shard)}: its vectors are not stored uncompressed in the file")
-            itemsize = vectors.itemsize
-        complete = bool(records) and len(starts) == len(records)
-        row_starts, row_ends = (np.concatenate(starts), np.concatenate(ends)) if complete else (None, None)
-        pages = MappedPages(index.shard_path(shard))
-        if pages.locate(base):  # drop what reading the batches' metadata and offsets mapped: nothing else maps them
-            pages.release_ranges([pages.span[0]], [pages.span[1]])
-        structure._vectors[number] = _ShardBatches(firsts, row_starts, row_ends, np.array(positions, np.int64), itemsize,
-                                                   file, base, index.shard_path(shard), records)
-    return structure._vectors[number]
+    if number in structure._vectors:
+        return structure._vectors[number]
+    with structure._building:
+        return _read_batches(index, structure, number) if number not in structure._vectors else structure._vectors[number]
+
+
+def _read_batches(index, structure: Structure, number: int) -> _ShardBatches:
+    shard = index.shards[number]
+    reader = index.open_shard(shard)
+    records = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+    firsts = np.cumsum([0] + [batch.num_rows for batch in records], dtype=np.int64)[: len(records)]
+    starts, ends, positions, itemsize = [], [], [], 2
+    file, base = index.shard_file(shard)
+    for batch in records:
+        if EMBEDDINGS not in batch.schema.names:  # a compressed-only index (compress --drop-vectors): ids only
+            break
+        offsets, vectors = batch_vectors(batch, index.dim, str(index.shard_path(shard)))
+        starts.append(offsets[:-1])
+        ends.append(offsets[1:])
+        positions.append(vectors.__array_interface__["data"][0] - base)  # zero-copy: its address less the file's
+        if positions[-1] < 0:  # not in the mapped file (a compressed IPC file is decoded into memory)
+            raise IndexCorruptError(f"{index.shard_path(shard)}: its vectors are not stored uncompressed in the file")
+        itemsize = vectors.itemsize
+    complete = bool(records) and len(starts) == len(records)
+    row_starts, row_ends = (np.concatenate(starts), np.concatenate(ends)) if complete else (None, None)
+    pages = MappedPages(index.shard_path(shard))
+    if pages.locate(base):  # drop what reading the batches' metadata and offsets mapped: nothing else maps them
+        pages.release_ranges([pages.span[0]], [pages.span[1]])
+    structure._vectors[number] = batches = _ShardBatches(firsts, row_starts, row_ends, np.array(positions, np.int64), itemsize,
+                                                         file, base, index.shard_path(shard), records)
+    return batches
 
 
 def _doc_id(index, structure: Structure, row: int) -> str:
