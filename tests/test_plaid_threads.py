@@ -21,8 +21,8 @@ def blas_threads() -> list[int]:
 
 
 @pytest.fixture
-def two_cores(monkeypatch):
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+def two_cores(monkeypatch):  # numpy's BLAS would use 2 threads (whatever this machine has)
+    monkeypatch.setattr(threads, "_blas_threads", lambda: 2)
 
 
 def test_queries_run_in_order_on_query_threads_with_one_blas_thread(two_cores):
@@ -105,3 +105,12 @@ def test_shards_open_from_several_threads_at_once(compressed):  # noqa: F811
     with ThreadPoolExecutor(4) as pool:
         counts = list(pool.map(open_all, range(4)))
     assert all(c == counts[0] for c in counts) and min(counts[0]) > 0
+
+
+def test_query_threads_follow_the_blas_thread_setting():
+    caller = threading.current_thread().name
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):  # as OPENBLAS_NUM_THREADS=1 would
+        assert threads._blas_threads() == 1
+        assert set(threads.map_queries(lambda q: threading.current_thread().name, list(range(10)))) == {caller}
+    if min(max(blas_threads(), default=1), threads.os.cpu_count() or 1) >= 2:
+        assert threads._blas_threads() >= 2

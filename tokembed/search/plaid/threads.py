@@ -13,25 +13,30 @@ import threading
 from contextlib import contextmanager
 
 _LOCK = threading.Lock()
-_STATE = {"users": 0, "limit": None, "pool": None}
+_STATE = {"users": 0, "limit": None, "pools": {}, "controller": None}
 
 
 def map_queries(function, queries: list) -> list:
-    """``[function(q) for q in queries]``, in order, spread over the machine's cores when there are several
-    queries (and threadpoolctl is there to hold numpy's BLAS to one thread meanwhile)."""
-    threads = min(len(queries), os.cpu_count() or 1)
-    if threads < 2 or not _can_limit_blas():
+    """``[function(q) for q in queries]``, in order, on as many query threads as numpy's BLAS would use
+    threads (``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` or the cores) when there are several queries."""
+    count = min(len(queries), _blas_threads())
+    if count < 2:
         return [function(q) for q in queries]
     with _one_blas_thread():
-        return list(_pool().map(function, queries))
+        return list(_pool(count).map(function, queries))
 
 
-def _can_limit_blas() -> bool:
-    try:
-        import threadpoolctl  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _blas_threads() -> int:
+    """The most threads a BLAS numpy loaded would use now (1 if threadpoolctl cannot tell)."""
+    with _LOCK:
+        if _STATE["controller"] is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:  # an optional speed-up: without it, one query at a time
+                return 1
+            _STATE["controller"] = ThreadpoolController()
+        counts = [info["num_threads"] for info in _STATE["controller"].info() if info["user_api"] == "blas"]
+    return min(max(counts, default=1), os.cpu_count() or 1)
 
 
 @contextmanager
@@ -54,10 +59,12 @@ def _one_blas_thread():
                 _STATE["limit"] = None
 
 
-def _pool():
+def _pool(count: int):
+    """A pool of ``count`` query threads, kept for the process's lifetime."""
     with _LOCK:
-        if _STATE["pool"] is None:
+        pools = _STATE["pools"]
+        if count not in pools:
             from concurrent.futures import ThreadPoolExecutor
 
-            _STATE["pool"] = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="tokembed-query")
-        return _STATE["pool"]
+            pools[count] = ThreadPoolExecutor(count, thread_name_prefix="tokembed-query")
+        return pools[count]
