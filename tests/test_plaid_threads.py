@@ -17,7 +17,10 @@ from tokembed.search.plaid import threads
 
 
 def blas_threads() -> list[int]:
-    return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    """Threads of each process-wide (pthreads) BLAS, such as numpy's OpenBLAS. (An OpenMP one, such as the
+    OpenBLAS faiss brings, keeps its thread count per calling thread: a query thread sees its own.)"""
+    return [info["num_threads"] for info in threadpoolctl.threadpool_info()
+            if info["user_api"] == "blas" and info.get("threading_layer") != "openmp"]
 
 
 @pytest.fixture
