@@ -43,7 +43,7 @@ from tokembed.search.plaid.files import check_structure_lists_shards, map_tensor
 from tokembed.search.plaid.threads import map_queries
 
 DEFAULT_PROBE = 16
-# bench/search.py at 1M documents (README): recall@10 with ties 0.979 at 24.3 ms a query on 2 cores; 128
+# bench/search.py at 1M documents (README): recall@10 with ties 0.969-0.979 at ~24.5 ms a query on 2 cores; 128
 # candidates from a pool of 4x as many gave 0.81 (with the imputation margin, 0.918 from a pool of 8x)
 DEFAULT_CANDIDATES = 320
 CENTROID_POOL = 8  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
