@@ -37,7 +37,7 @@ def random_structure(rng, shard_rows: list[int]) -> tuple[Structure, list[np.nda
     return Structure(codec, shards, np.cumsum([0] + shard_rows).astype(np.int64)), docs
 
 
-def stage1_by_definition(sims: np.ndarray, docs: list[np.ndarray], probe: int) -> dict[int, float]:
+def stage1_by_definition(sims: np.ndarray, docs: list[np.ndarray], probe: int, norms: np.ndarray) -> dict[int, float]:
     out = {}
     for row, ids in enumerate(docs):
         total, reached = 0.0, False
@@ -45,7 +45,7 @@ def stage1_by_definition(sims: np.ndarray, docs: list[np.ndarray], probe: int) -
             probed = np.argsort(-sims[i], kind="stable")[:probe]
             mine = [c for c in probed if c in set(ids.tolist())]
             reached |= bool(mine)
-            total += max(sims[i][c] for c in mine) if mine else sims[i][probed].min() - candidates.IMPUTE_MARGIN
+            total += max(sims[i][c] for c in mine) if mine else sims[i][probed].min() - candidates.IMPUTE_MARGIN * norms[i]
         if reached:
             out[row] = total
     return out
@@ -62,17 +62,18 @@ def test_stage1_scores_are_the_definition(probe, tokens, block, margin, monkeypa
     structure, docs = random_structure(rng, [37, 50, 13])
     q = rng.standard_normal((tokens, DIM)).astype(np.float32)
     sims = q @ structure.codec.centroids.T
-    expected = stage1_by_definition(sims, docs, probe)
+    norms = np.linalg.norm(q, axis=1)  # the margin scales with each query token's norm
+    expected = stage1_by_definition(sims, docs, probe, norms)
     probed, _ = probed_centroids(sims, probe)
-    base = float(sims[np.arange(tokens), probed[:, 0]].sum()) - tokens * candidates.IMPUTE_MARGIN  # the imputed total
+    base = float(sims[np.arange(tokens), probed[:, 0]].sum() - candidates.IMPUTE_MARGIN * norms.sum())  # the imputed total
     for _ in range(2):  # the second query finds the scratch buffers as clear as the first did
-        rows, scores = approximate_scores(structure, sims, probe)
+        rows, scores = approximate_scores(structure, sims, probe, norms)
         got = {int(r): float(s) + base for r, s in zip(rows, scores)}
         assert sorted(got) == sorted(expected)  # the reached documents, no more (never the empty ones)
         assert [got[r] for r in sorted(got)] == pytest.approx([expected[r] for r in sorted(got)], abs=1e-5)
     keep = 20
     order = sorted(expected, key=lambda r: (-expected[r], r))
-    chosen = candidate_rows(structure, sims, probe, keep)
+    chosen = candidate_rows(structure, sims, probe, keep, norms)
     assert len(chosen) == min(keep, len(expected)) and list(chosen) == sorted(chosen)
     if len(order) > keep:  # the chosen ones are the best (up to float ties at the edge)
         assert min(expected[int(r)] for r in chosen) >= expected[order[keep - 1]] - 1e-5

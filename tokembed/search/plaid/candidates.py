@@ -30,22 +30,24 @@ import numpy as np
 
 
 # A document none of a query token's probed centroids reach is imputed the worst probed score less this margin
-# (cosine units): WARP imputes the worst probed score itself, an upper bound, which ranks documents that match
+# (cosine units: times the query token's norm, which scales its scores with the unit-length centroids): WARP imputes the worst probed score itself, an upper bound, which ranks documents that match
 # few query tokens as high as ones that match many. At 1M documents (bench/search.py) the best 10 were among
 # stage 1's best 2,560 for 0.96 of the queries with no margin, 0.99 with 0.1 (0.98 with 0.05, 1.0 with 0.2,
 # 0.99 with 1.0); at 20k documents, where every margin finds them, it made no difference.
 IMPUTE_MARGIN = 0.1
 
 
-def probed_centroids(sims: np.ndarray, probe: int) -> tuple[np.ndarray, np.ndarray]:
+def probed_centroids(sims: np.ndarray, probe: int, norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(centroids [n, p], gains [n, p]): each query token's best ``p`` centroids, worst first, with each
-    one's score over the imputed score (the worst probed one's less ``IMPUTE_MARGIN``)."""
+    one's score over the imputed score (the worst probed one's less ``IMPUTE_MARGIN`` x the token's norm,
+    ``norms`` [n]; 1 when not given)."""
     p = min(probe, sims.shape[1])
     probed = best_columns(sims, p)
     values = np.take_along_axis(sims, probed, axis=1)
     order = np.argsort(values, axis=1, kind="stable")  # ascending: a later (better) centroid overwrites
     probed, values = np.take_along_axis(probed, order, 1), np.take_along_axis(values, order, 1)
-    return probed, values - (values[:, :1] - np.float32(IMPUTE_MARGIN))
+    margins = np.float32(IMPUTE_MARGIN) * (np.ones((len(sims), 1), np.float32) if norms is None else np.asarray(norms, np.float32)[:, None])
+    return probed, values - (values[:, :1] - margins)
 
 
 TOP_BLOCK = 128  # centroids per block in ``best_columns``
@@ -94,17 +96,17 @@ def _join_lists(structure) -> GlobalLists:
     return GlobalLists(offsets, rows)
 
 
-def candidate_rows(structure, sims: np.ndarray, probe: int, candidates: int) -> np.ndarray:
+def candidate_rows(structure, sims: np.ndarray, probe: int, candidates: int, norms: np.ndarray | None = None) -> np.ndarray:
     """Global rows of the best ``candidates`` documents by the stage-1 score (ties: the lower row), sorted.
 
     ``sims`` [n, K]: the query tokens' scores with every centroid."""
-    rows, scores = approximate_scores(structure, sims, probe)
+    rows, scores = approximate_scores(structure, sims, probe, norms)
     return np.sort(rows[_best(scores, candidates)])
 
 
-def approximate_scores(structure, sims: np.ndarray, probe: int) -> tuple[np.ndarray, np.ndarray]:
+def approximate_scores(structure, sims: np.ndarray, probe: int, norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(every row a probe reaches, ascending; its summed gain over the imputed scores, float32)."""
-    probed, gains = probed_centroids(sims, probe)
+    probed, gains = probed_centroids(sims, probe, norms)
     lists = global_lists(structure)
     n, p = probed.shape
     wanted = probed.T.reshape(-1)  # (rank, query token) order: one assignment per rank below

@@ -135,7 +135,7 @@ def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: in
         rows = np.arange(min(top_k, structure.rows))
         return [(_doc_id(index, structure, int(r)), 0.0) for r in rows]
     sims = np.matmul(q, structure.codec.columns, out=scratches.array("sims", (len(q), structure.codec.k), np.float32))
-    pool = candidate_rows(structure, sims, probe, CENTROID_POOL * candidates)
+    pool = candidate_rows(structure, sims, probe, CENTROID_POOL * candidates, np.linalg.norm(q, axis=1))
     rows = best_by_centroids(structure, sims, pool, candidates)
     if not len(rows):
         return []
