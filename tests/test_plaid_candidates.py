@@ -131,3 +131,24 @@ def test_query_scratch_arrays_reuse_one_buffer_per_name_and_thread():
     thread = threading.Thread(target=lambda: elsewhere.append(candidates.scratches.array("test", (100, 5), np.float64)))
     thread.start(), thread.join()
     assert not np.shares_memory(elsewhere[0], grown)  # each thread has its own
+
+
+def test_an_out_of_range_centroid_id_is_reported_not_clipped():
+    from tokembed.errors import IndexCorruptError
+
+    rng = np.random.default_rng(7)
+    structure, docs = random_structure(rng, [30, 20])
+    structure.shards[1].centroid_ids[3] = K  # one past the last centroid
+    sims = rng.standard_normal((2, K)).astype(np.float32)
+    with pytest.raises(IndexCorruptError, match="centroid id"):
+        best_by_centroids(structure, sims, np.arange(50), 5)
+
+
+def test_lists_whose_counts_disagree_with_their_rows_are_reported():
+    from tokembed.errors import IndexCorruptError
+
+    rng = np.random.default_rng(8)
+    structure, docs = random_structure(rng, [30, 20])
+    structure.shards[0].list_rows = structure.shards[0].list_rows[:-1]
+    with pytest.raises(IndexCorruptError, match="list entries"):
+        candidates.global_lists(structure)

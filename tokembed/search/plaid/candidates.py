@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tokembed.errors import IndexCorruptError
+
 
 # A document none of a query token's probed centroids reach is imputed the worst probed score less this margin
 # (cosine units: times the query token's norm, which scales its scores with the unit-length centroids): WARP imputes the worst probed score itself, an upper bound, which ranks documents that match
@@ -86,6 +88,10 @@ def global_lists(structure) -> GlobalLists:
 
 
 def _join_lists(structure) -> GlobalLists:
+    for number, codes in enumerate(structure.shards):
+        if int(codes.list_offsets[-1]) != len(codes.list_rows):
+            raise IndexCorruptError(f"the code file of shard {number} has {len(codes.list_rows)} list entries where its counts say "
+                                    f"{int(codes.list_offsets[-1])}: search with --exact")
     dtype = np.int32 if structure.rows < 1 << 31 else np.int64
     sizes = np.array([len(codes.list_rows) for codes in structure.shards], np.int64)
     bases = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -111,7 +117,9 @@ def approximate_scores(structure, sims: np.ndarray, probe: int, norms: np.ndarra
     n, p = probed.shape
     wanted = probed.T.reshape(-1)  # (rank, query token) order: one assignment per rank below
     take, counts = ragged(lists.offsets[:, wanted].T.reshape(-1), lists.offsets[:, wanted + 1].T.reshape(-1))
-    members = np.take(lists.rows, take, out=scratches.array("members", len(take), lists.rows.dtype))
+    # mode "clip": numpy buffers a take into ``out`` in the default mode (~1.4x slower); every index here is
+    # in range (the lists' offsets are checked against their rows when they are joined)
+    members = np.take(lists.rows, take, out=scratches.array("members", len(take), lists.rows.dtype), mode="clip")
     per_list = counts.reshape(n * p, -1).sum(axis=1)
     found = _reached(structure, members)
     # rows -> positions in ``found``, then one [n, found] gain matrix: query token i's gain for a row is the
@@ -119,7 +127,7 @@ def approximate_scores(structure, sims: np.ndarray, probe: int, norms: np.ndarra
     dtype = np.int32 if n * len(found) < 1 << 31 else np.int64  # narrower: ~0.4 ms less at 1M documents
     position = scratches.positions(structure.rows, dtype)
     position[found] = np.arange(len(found), dtype=dtype)
-    local = np.take(position, members, out=scratches.array("local", len(members), dtype))
+    local = np.take(position, members, out=scratches.array("local", len(members), dtype), mode="clip")
     local += np.repeat(np.tile(np.arange(n, dtype=dtype) * len(found), p), per_list)
     best = scratches.array("best", (n, len(found)), np.float32)
     best.fill(0)
@@ -164,7 +172,9 @@ def best_by_centroids(structure, sims: np.ndarray, rows: np.ndarray, keep: int) 
     ids, counts = np.concatenate([i for i, _ in pieces]), np.concatenate([c for _, c in pieces])
     firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     # [n, document tokens] gathered column by column (transposing sims would cost more than the rest)
-    gathered = np.take(sims, ids, axis=1, out=scratches.array("centroid_sims", (len(sims), len(ids)), sims.dtype))
+    if len(ids) and int(ids.max()) >= sims.shape[1]:  # checked here so that the take below may clip (faster)
+        raise IndexCorruptError(f"a code file of this index holds a centroid id >= {sims.shape[1]}: search with --exact")
+    gathered = np.take(sims, ids, axis=1, out=scratches.array("centroid_sims", (len(sims), len(ids)), sims.dtype), mode="clip")
     scores = np.maximum.reduceat(gathered, firsts, axis=1).sum(axis=0)
     return np.sort(rows[np.lexsort((rows, -scores))[:keep]])
 

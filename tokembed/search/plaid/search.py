@@ -177,7 +177,7 @@ def float16_to_float32(values: np.ndarray, out: np.ndarray) -> None:
     """``out[:] = values`` (float16 -> float32, exact), both 1-D and contiguous."""
     torch = sys.modules.get("torch")
     if torch is None:
-        np.take(_F16_TO_F32, values.view(np.uint16), out=out)
+        np.take(_F16_TO_F32, values.view(np.uint16), out=out, mode="clip")  # every uint16 is in range; "clip" is unbuffered
         return
     source, target = torch.from_numpy(values), torch.from_numpy(out)
     for start in range(0, len(values), _CAST_PIECE):
