@@ -140,12 +140,12 @@ def approximate_scores(structure, sims: np.ndarray, probe: int, norms: np.ndarra
 
 def _reached(structure, members: np.ndarray) -> np.ndarray:
     """The distinct rows of ``members``, ascending (a row-sized flag buffer, cleared again)."""
-    reached = scratches.flags(structure.rows)
+    reached, found = scratches.flags(structure.rows), None
     try:
         reached[members] = True
         found = np.flatnonzero(reached)
-    finally:  # the buffer must be clear for the next query whatever happened
-        reached[members] = False
+    finally:  # the buffer must be clear for the next query whatever happened (the distinct rows: fewer writes)
+        reached[members if found is None else found] = False
     return found
 
 
