@@ -307,11 +307,11 @@ def report(main_dir: Path, r: dict) -> None:
     print("(p50/p95: the second pass over the queries, their candidates' vectors in the page cache; 1st p50: the first pass)")
     print(f"{'probe':>5} {'cand':>5} {'rerank':>7} {'p50 ms':>8} {'p95 ms':>8} {'1st p50':>8} {'q/s':>7} {'R@10':>6} {'ties':>6} {'R@100':>6} {'speedup':>8}")
     for row in search["grid"]:
-        print(f"{row['probe']:>5} {row['candidates']:>5} {row['rerank']:>7} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row.get('first_p50_ms', float('nan')):>8.1f} "
+        print(f"{row['probe']:>5} {row['candidates']:>5} {row['rerank']:>7} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['first_p50_ms']:>8.1f} "
               f"{row['qps_batched']:>7.1f} {row['recall10']:>6.3f} {row['recall10_ties']:>6.3f} {row['recall100']:>6.3f} {1000 * single / row['p50_ms']:>7.1f}x")
     for row in r.get("search_cores", {"grid": []})["grid"]:
         print(f"the same on all {os.cpu_count()} cores (numpy's BLAS threads for the query-centroid product), probe {row['probe']}, "
-              f"candidates {row['candidates']}, {row['rerank']}: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms (first pass {row.get('first_p50_ms', float('nan')):.1f}), "
+              f"candidates {row['candidates']}, {row['rerank']}: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms (first pass {row['first_p50_ms']:.1f}), "
               f"{row['qps_batched']:.1f} q/s batched, R@10 {row['recall10']:.3f} (ties {row['recall10_ties']:.3f}), {1000 * single / row['p50_ms']:.1f}x the exhaustive p50")
     print(f"search peak RSS {search['peak_rss_mb']:.0f} MB (structure {compress['facts']['bytes'] / 2**20:.0f} MB, "
           f"memory searching needs whatever it asks, per info {compress['facts']['search_memory_bytes'] / 2**20:.0f} MB)")

@@ -32,8 +32,9 @@ from tokembed.errors import IndexCorruptError
 
 
 # A document none of a query token's probed centroids reach is imputed the worst probed score less this margin
-# (cosine units: times the query token's norm, which scales its scores with the unit-length centroids): WARP imputes the worst probed score itself, an upper bound, which ranks documents that match
-# few query tokens as high as ones that match many. At 1M documents (bench/search.py) the best 10 were among
+# (cosine units: times the query token's norm, which scales its scores with the unit-length centroids). WARP
+# imputes the worst probed score itself, an upper bound, which ranks documents that match few query tokens as
+# high as ones that match many. At 1M documents (bench/search.py) the best 10 were among
 # stage 1's best 2,560 for 0.96 of the queries with no margin, 0.99 with 0.1 (0.98 with 0.05, 1.0 with 0.2,
 # 0.99 with 1.0); at 20k documents, where every margin finds them, it made no difference.
 IMPUTE_MARGIN = 0.1
@@ -48,7 +49,7 @@ def probed_centroids(sims: np.ndarray, probe: int, norms: np.ndarray | None = No
     values = np.take_along_axis(sims, probed, axis=1)
     order = np.argsort(values, axis=1, kind="stable")  # ascending: a later (better) centroid overwrites
     probed, values = np.take_along_axis(probed, order, 1), np.take_along_axis(values, order, 1)
-    margins = np.float32(IMPUTE_MARGIN) * (np.ones((len(sims), 1), np.float32) if norms is None else np.asarray(norms, np.float32)[:, None])
+    margins = np.float32(IMPUTE_MARGIN) * (np.float32(1) if norms is None else np.asarray(norms, np.float32)[:, None])
     return probed, values - (values[:, :1] - margins)
 
 

@@ -157,7 +157,10 @@ def _exact_scores(index, structure: Structure, q: np.ndarray, rows: np.ndarray, 
     at = 0
     for i, (number, local, starts, ends) in enumerate(groups):
         out = x[bounds[at] : bounds[at + len(local)]]
-        _read_vectors_into(out, *reads[i]) if reads else _decode_into(out, structure, number, starts, ends)
+        if reads:
+            _read_vectors_into(out, *reads[i])
+        else:
+            _decode_into(out, structure, number, starts, ends)
         at += len(local)
     sims = np.matmul(q, x.T, out=scratches.array("rerank_sims", (len(q), len(x)), np.float32))
     return np.maximum.reduceat(sims, bounds[:-1], axis=1).sum(axis=0, dtype=np.float32)

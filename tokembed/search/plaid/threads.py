@@ -19,24 +19,28 @@ _STATE = {"users": 0, "limit": None, "pools": {}, "controller": None}
 def map_queries(function, queries: list) -> list:
     """``[function(q) for q in queries]``, in order, on as many query threads as numpy's BLAS would use
     threads (``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` or the cores) when there are several queries."""
-    count = min(len(queries), _blas_threads())
-    if count < 2:
-        return [function(q) for q in queries]
-    with _one_blas_thread():
-        return list(_pool(count).map(function, queries))
+    if len(queries) > 1:
+        count = min(len(queries), _blas_threads())
+        if count > 1:
+            with _one_blas_thread():
+                return list(_pool(count).map(function, queries))
+    return [function(q) for q in queries]
 
 
 def _blas_threads() -> int:
-    """The most threads a BLAS numpy loaded would use now (1 if threadpoolctl cannot tell)."""
+    """The most threads a BLAS numpy loaded would use now."""
     with _LOCK:
-        if _STATE["controller"] is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:  # an optional speed-up: without it, one query at a time
-                return 1
-            _STATE["controller"] = ThreadpoolController()
-        counts = [info["num_threads"] for info in _STATE["controller"].info() if info["user_api"] == "blas"]
+        counts = [info["num_threads"] for info in _controller().info() if info["user_api"] == "blas"]
     return min(max(counts, default=1), os.cpu_count() or 1)
+
+
+def _controller():
+    """threadpoolctl's view of the native thread pools loaded, made once (it scans the loaded libraries)."""
+    if _STATE["controller"] is None:
+        from threadpoolctl import ThreadpoolController
+
+        _STATE["controller"] = ThreadpoolController()
+    return _STATE["controller"]
 
 
 @contextmanager
@@ -45,9 +49,7 @@ def _one_blas_thread():
     the last one out restores the BLAS's own setting)."""
     with _LOCK:
         if _STATE["users"] == 0:
-            from threadpoolctl import threadpool_limits
-
-            _STATE["limit"] = threadpool_limits(limits=1, user_api="blas")
+            _STATE["limit"] = _controller().limit(limits=1, user_api="blas")
         _STATE["users"] += 1
     try:
         yield
