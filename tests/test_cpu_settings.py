@@ -43,3 +43,32 @@ def test_the_cli_imports_tokembed_before_numpy():
                           check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     order = [line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line]
     assert "tokembed.cpu" in order and order.index("tokembed.cpu") < order.index("numpy")
+
+
+# A 64 MiB tensor allocated, freed, then allocated again: the page faults of the second allocation.
+REFAULTS = """
+import resource, sys, torch
+from tokembed.engine.runner import BatchExecutor
+if sys.argv[1] == "executor":
+    BatchExecutor(encoder=None, device="cpu")
+torch.empty(1 << 24).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(1 << 24).fill_(1.0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def refaults(mode: str, **env: str) -> int:
+    environment = {key: value for key, value in os.environ.items() if key not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    done = subprocess.run([sys.executable, "-c", REFAULTS, mode], capture_output=True, text=True, check=True,
+                          env={**environment, **env})
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_a_cpu_executor_has_freed_activations_reused_not_faulted_in_again():
+    pages = (1 << 26) // 4096
+    assert refaults("plain") > pages // 2  # glibc maps a 64 MiB block afresh each time
+    assert refaults("executor") < pages // 20  # a CPU BatchExecutor: the freed block is reused
+    # the user's own glibc malloc settings are left alone
+    assert refaults("executor", GLIBC_TUNABLES="glibc.malloc.perturb=0") > pages // 2

@@ -12,6 +12,7 @@ it to what torch accepts (every ``cpu:K`` label is the one ``cpu`` device).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from tokembed.errors import DeviceError
@@ -84,14 +85,45 @@ def _need_cuda(spec: str) -> int:
     return count
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed by the last chunk back to the OS (glibc keeps it otherwise, and varied tensor
-    shapes fragment it: measured ~25% lower peak RSS on long CPU runs). A no-op off glibc."""
+def _glibc():
+    """The C library when it is glibc (whose malloc the settings below are for), else None."""
     import ctypes
     import sys
 
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last chunk back to the OS (glibc keeps it otherwise, and varied tensor
+    shapes fragment it: measured ~25% lower peak RSS on long CPU runs). A no-op off glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+KEEP_FREED_BYTES = 1 << 30
+
+
+@functools.cache
+def keep_freed_blocks() -> bool:
+    """Have glibc reuse freed blocks of up to 1 GiB instead of mapping each one afresh; returns whether it did.
+
+    glibc serves a block above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and unmaps it on
+    ``free``, so a CPU forward faulted its activations in page by page, op after op: a 16k-token MiniLM batch's
+    [16384, 1536] float32 GELU input is 100 MB. Measured on a 2-core AMD EPYC VM: a whole encode pass 2.2 ->
+    1.0 s of system time, 663k -> 215k page faults; one 16k-token forward 11-15% faster. Freed blocks now
+    stay in the heap; ``release_freed_memory`` still returns them at each chunk's end, so peak memory is the
+    same. The process-wide setting is left alone when the user set glibc's own variables for it."""
+    import os
+
+    libc = _glibc()
+    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, KEEP_FREED_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES))

@@ -23,6 +23,7 @@ import torch
 
 from tokembed._testhooks import simulated_oom
 from tokembed.engine.batching import Batch, plan_batches
+from tokembed.engine.device import keep_freed_blocks
 from tokembed.errors import DeviceError
 from tokembed.models.steps import TextEncoder, Tokenized
 
@@ -123,6 +124,8 @@ class BatchExecutor:
     def __post_init__(self) -> None:
         self.cuda = self.device.startswith("cuda")
         self.label = self.label or self.device
+        if not self.cuda:
+            keep_freed_blocks()
 
     def run(self, items: list[Tokenized]) -> BatchOutput:
         started = time.perf_counter()
