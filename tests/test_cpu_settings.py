@@ -45,15 +45,18 @@ def test_the_cli_imports_tokembed_before_numpy():
     assert "tokembed.cpu" in order and order.index("tokembed.cpu") < order.index("numpy")
 
 
-# A 64 MiB tensor allocated, freed, then allocated again: the page faults of the second allocation.
+# A 64 MiB tensor allocated and freed eight times: the page faults of the last six. (A reuse can miss once: a
+# small block allocated meanwhile may keep the freed one from merging back, and torch's 64-byte aligned
+# request is then a little too large for it; the heap then grows once and holds room for it from then on.)
 REFAULTS = """
 import resource, sys, torch
 from tokembed.engine.runner import BatchExecutor
 if sys.argv[1] == "executor":
     BatchExecutor(encoder=None, device="cpu")
-torch.empty(1 << 24).fill_(1.0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.empty(1 << 24).fill_(1.0)
+for round in range(8):
+    if round == 2:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(1 << 24).fill_(1.0)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -67,8 +70,8 @@ def refaults(mode: str, **env: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
 def test_a_cpu_executor_has_freed_activations_reused_not_faulted_in_again():
-    pages = (1 << 26) // 4096
-    assert refaults("plain") > pages // 2  # glibc maps a 64 MiB block afresh each time
-    assert refaults("executor") < pages // 20  # a CPU BatchExecutor: the freed block is reused
+    pages = (1 << 26) // 4096  # of one block
+    assert refaults("plain") > 5 * pages  # glibc maps a 64 MiB block afresh each time: 6 x 16,384 faults
+    assert refaults("executor") < 2 * pages  # a CPU BatchExecutor: the freed block is reused (one miss at most)
     # the user's own glibc malloc settings are left alone
-    assert refaults("executor", GLIBC_TUNABLES="glibc.malloc.perturb=0") > pages // 2
+    assert refaults("executor", GLIBC_TUNABLES="glibc.malloc.perturb=0") > 5 * pages
