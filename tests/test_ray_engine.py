@@ -275,7 +275,7 @@ def test_a_chunk_shared_out_by_ranges_of_its_batches_gives_the_local_rows(checkp
 
 
 def test_ray_address_auto_without_a_cluster_names_what_it_looked_for(monkeypatch, tmp_path):
-    from tokembed.engine import ray as ray_engine
+    from tokembed.engine import ray_cluster as ray_engine
     from tokembed.errors import DeviceError, UsageError
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

@@ -27,136 +27,26 @@ removes its unfinished shards as for any failure.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import signal
 import socket
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tokembed.engine.runner import ChunkPlan, ChunkResult, DeviceStats, plan_chunk
-from tokembed.errors import DeviceError, TokembedError, UsageError
+from tokembed.engine.ray_cluster import ActorPlan, connect, plan_actors
+from tokembed.errors import DeviceError, TokembedError
 from tokembed.models.steps import TextEncoder
 
 IN_FLIGHT = 2  # chunks queued per actor: one computing, one waiting (no idle round trip)
 ACTOR_RETRIES = 3  # restarts of a dead actor, and retries of the chunks it held
 STAGING = "staging"
-CONNECT_SECONDS = 5.0
-CURRENT_CLUSTER_FILE = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records its address
 # Environment an actor inherits from the driver: offline hub settings, caches, test fault hooks.
 _PASSED_ENV = ("TOKEMBED_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
-
-
-@dataclass(frozen=True)
-class ActorPlan:
-    """How many actors, and what each one reserves on the cluster."""
-
-    count: int
-    num_cpus: float
-    num_gpus: int
-    threads: int  # torch threads per actor
-    spread: bool  # one per node (SPREAD scheduling)
-
-    @property
-    def device(self) -> str:
-        return "cuda:0" if self.num_gpus else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU
-
-
-# -- the cluster -------------------------------------------------------------------------------
-def cluster_address(address: str | None) -> str:
-    """``--ray-address``: ``auto`` (RAY_ADDRESS, else the cluster ``ray start`` started on this machine) or HOST:PORT."""
-    address = (address or "auto").strip()
-    if address != "auto":
-        return address
-    found = os.environ.get("RAY_ADDRESS") or (CURRENT_CLUSTER_FILE.read_text().strip() if CURRENT_CLUSTER_FILE.is_file() else "")
-    if not found:
-        raise DeviceError(
-            "--ray-address auto: no running Ray cluster found (RAY_ADDRESS is unset and no `ray start` on this machine)",
-            hint="start one with `ray start --head`, or pass --ray-address HOST:PORT",
-        )
-    return found
-
-
-def connect(address: str | None) -> tuple[str, bool]:
-    """Connect this process to the cluster; returns (address, whether this call connected it)."""
-    import sys
-
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a library caller connected already
-        return "(connected)", False
-    target = cluster_address(address)
-    host, port = _host_port(target)
-    if host in ("127.0.0.1", "localhost", "::1"):
-        # Ray rewrites a loopback address to the machine's public IP unless told, before it is imported,
-        # that the cluster is local-only.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    _use_auth_token_like_ray_start()
-    try:
-        import ray
-    except ImportError as exc:
-        raise UsageError("--engine ray needs Ray: pip install 'tokembed[ray]'") from exc
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
-    except OSError as exc:
-        raise DeviceError(
-            f"--ray-address {target}: cannot reach the Ray cluster ({exc.strerror or exc})",
-            hint="check the address `ray start --head` printed, and that this machine can reach it",
-        ) from exc
-    try:
-        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError) as exc:
-        raise DeviceError(f"--ray-address {target}: cannot connect to the Ray cluster: {exc}") from exc
-    return target, True
-
-
-def _use_auth_token_like_ray_start() -> None:
-    """`ray start` turns token auth on when a token exists (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN[_PATH]``) and
-    ``RAY_AUTH_MODE`` is unset, but a driver's ``ray.init(address=...)`` does not: do as `ray start` does. A
-    cluster without auth accepts a driver that sends a token."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if os.environ.get("RAY_AUTH_TOKEN") or Path(path or Path.home() / ".ray" / "auth_token").is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    bare = address.split("://", 1)[-1]
-    host, _, port = bare.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--ray-address {address!r}: expected auto or HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def plan_actors(devices: str | None) -> ActorPlan:
-    """``--devices`` on the cluster: ``auto`` = one actor per GPU, else one per node (its cores);
-    ``cpu`` = one actor; ``cpu:N`` = N actors sharing the cores; ``cuda[:i,...]`` = one actor per device listed."""
-    import ray
-
-    spec = (devices or "auto").strip().lower()
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in nodes] or [1]
-    gpus = int(sum(node["Resources"].get("GPU", 0) for node in nodes))
-    if spec == "auto" and gpus:
-        return ActorPlan(gpus, 1, 1, 1, spread=False)
-    if spec == "auto":
-        return ActorPlan(len(nodes), min(node_cpus), 0, max(1, min(node_cpus)), spread=True)
-    if spec == "cpu":
-        return ActorPlan(1, max(node_cpus), 0, max(1, max(node_cpus)), spread=False)
-    if spec.startswith("cpu:") and spec[4:].isdigit() and int(spec[4:]) > 0:
-        count = int(spec[4:])
-        share = max(1, min(max(node_cpus), sum(node_cpus) // count))
-        return ActorPlan(count, share, 0, share, spread=False)
-    if spec.startswith("cuda"):
-        count = 1 if spec == "cuda" else len(spec.split(","))
-        if count > gpus:
-            raise DeviceError(f"--devices {spec}: the Ray cluster has {gpus} GPU(s)")
-        return ActorPlan(count, 1, 1, 1, spread=False)
-    raise DeviceError(f"--devices {spec!r}: expected auto, cpu, cpu:N, cuda or cuda:0,cuda:1,...")
 
 
 # -- staged chunk files --------------------------------------------------------------------------

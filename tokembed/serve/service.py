@@ -20,9 +20,7 @@ Errors a client causes raise ``schemas.APIError`` (HTTP status, vLLM error type,
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +33,7 @@ from tokembed.serve.batcher import DynamicBatcher
 from tokembed.serve.lora import attach_adapters as _attach_adapters
 from tokembed.serve.lora import batch_key as _batch_key
 from tokembed.serve.schemas import APIError, PoolingRequest, RerankRequest, ScoreRequest
+from tokembed.serve.vectors import encode_base64, finish, finite, maxsim, pair_scores
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags, resolve
 
 SUPPORTED_TASKS = ("token_embed",)
@@ -160,13 +159,13 @@ class EmbeddingService:
         self._check_count(len(queries) + len(documents), "documents")
         q_vecs, d_vecs, tokens = await self._encode_pair(queries, documents, request, adapter)
         pairs = [(0 if len(q_vecs) == 1 else i, i) for i in range(len(d_vecs))]
-        scores = await asyncio.get_running_loop().run_in_executor(None, _pair_scores, q_vecs, d_vecs, pairs)
+        scores = await asyncio.get_running_loop().run_in_executor(None, pair_scores, q_vecs, d_vecs, pairs)
         return {
             "id": f"score-{uuid.uuid4().hex}",
             "object": "list",
             "created": int(time.time()),
             "model": self.name,
-            "data": [{"index": i, "object": "score", "score": _finite(s)} for i, s in enumerate(scores)],
+            "data": [{"index": i, "object": "score", "score": finite(s)} for i, s in enumerate(scores)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
         }
 
@@ -182,7 +181,7 @@ class EmbeddingService:
         if request.top_n > 0:
             order = order[: request.top_n]
         results = [
-            {"index": int(i), "document": {"text": request.documents[i]}, "relevance_score": _finite(scores[i])}
+            {"index": int(i), "document": {"text": request.documents[i]}, "relevance_score": finite(scores[i])}
             for i in order
         ]
         return {
@@ -230,8 +229,8 @@ class EmbeddingService:
             self.batcher.submit(_batch_key(adapter, q_key), q_items), self.batcher.submit(_batch_key(adapter, d_key), d_items)
         )
         normalize = request.use_activation is not False
-        q_vecs = [_finish(vectors, None, normalize) for vectors, _ in q_rows]
-        d_vecs = [_finish(vectors, None, normalize) for vectors, _ in d_rows]
+        q_vecs = [finish(vectors, None, normalize) for vectors, _ in q_rows]
+        d_vecs = [finish(vectors, None, normalize) for vectors, _ in d_rows]
         tokens = sum(len(item.ids) for item in q_items + d_items)
         return q_vecs, d_vecs, tokens
 
@@ -295,7 +294,7 @@ class EmbeddingService:
     def _pooling_response(self, rows, items, request: PoolingRequest, normalize: bool) -> dict:
         data = []
         for index, (vectors, _) in enumerate(rows):
-            vectors = _finish(vectors, request.dimensions, normalize)  # [n_tokens, D] float32
+            vectors = finish(vectors, request.dimensions, normalize)  # [n_tokens, D] float32
             if request.encoding_format == "base64":
                 payload = encode_base64(vectors, request.embed_dtype, request.endianness)
             else:
@@ -368,61 +367,9 @@ class EmbeddingService:
 
 
 # -- plain functions ---------------------------------------------------------------------------------------
-
-
-def maxsim(query: np.ndarray, documents: list[np.ndarray]) -> np.ndarray:
-    """[n_q, D] query vs documents [n_d, D] -> [n_docs] float32: sum_i max_j <q_i, d_j>.
-
-    Exact, float32. A document with no token scores -inf (max over nothing), a query with none scores 0.
-    """
-    out = np.full(len(documents), -np.inf, dtype=np.float32)
-    for index, doc in enumerate(documents):
-        if len(doc):
-            out[index] = (query @ doc.T).max(axis=1).sum(dtype=np.float32) if len(query) else 0.0
-    return out
-
-
-def _pair_scores(queries: list[np.ndarray], documents: list[np.ndarray], pairs: list[tuple[int, int]]) -> list[float]:
-    if len(queries) == 1:
-        return maxsim(queries[0], documents).tolist()
-    return [float(maxsim(queries[q], [documents[d]])[0]) for q, d in pairs]
-
-
-def encode_base64(vectors: np.ndarray, embed_dtype: str, endianness: str) -> str:
-    """vLLM's base64 payload: the flattened [n_tokens * D] array in ``embed_dtype`` (bfloat16 as its raw
-    2-byte pattern), in ``endianness`` (native: the server's), base64-encoded."""
-    flat = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1)
-    if embed_dtype == "float16":
-        flat = flat.astype(np.float16)
-    elif embed_dtype == "bfloat16":
-        import torch
-
-        flat = torch.from_numpy(flat).to(torch.bfloat16).view(torch.int16).numpy()
-    if endianness != "native" and endianness != sys.byteorder:
-        flat = flat.byteswap()
-    return base64.b64encode(flat.tobytes()).decode("ascii")
-
-
-def _finish(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
-    """Per-request end of ``TextEncoder.finish``: cut to ``dimensions``, then L2-normalize (same eps)."""
-    import torch
-
-    if dimensions is not None:
-        vectors = vectors[:, :dimensions]
-    if normalize and len(vectors):
-        vectors = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(vectors)), p=2, dim=-1).numpy()
-    return np.ascontiguousarray(vectors, dtype=np.float32)
-
-
 def _profile_flags(mode: str, kind: str | None, dtype: str) -> EncodeFlags:
     """Flags every profile computes with: float32 out, unnormalized, full dimension (applied per request)."""
     return EncodeFlags(mode=mode, kind=kind or "document", normalize=False, dtype=dtype, store_dtype="float32")
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no -inf: a document left with no token (all skiplisted) scores null."""
-    value = float(value)
-    return value if np.isfinite(value) else None
 
 
 def _vocab_size(model) -> int:
