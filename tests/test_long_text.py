@@ -148,3 +148,41 @@ def test_content_hash_in_slices_equals_the_whole_text_hash(text, monkeypatch):
     assert plan.content_hash("fingerprint", text) == want
     monkeypatch.setattr(plan, "_HASH_SLICE", 7)
     assert plan.content_hash("fingerprint", text) == want
+
+
+JSONL_PEAK_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from cli.main import run
+
+    model, work = sys.argv[1], sys.argv[2]
+    def peak_mb():
+        return int([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")][0]) / 1024
+
+    peaks = {}
+    for name in ("short", "huge"):
+        assert run(["encode", f"{work}/{name}.jsonl", "--model", model, "-o", f"{work}/{name}", "-q"]) == 0
+        peaks[name] = peak_mb()
+    print("PEAKS " + json.dumps(peaks))
+    """
+)
+
+
+def test_a_huge_jsonl_line_is_held_about_twice_not_three_times(checkpoint, tmp_path):
+    """A 40 MB line: its bytes and its text while decoding, then its text and the parsed value (~80 MB). It was
+    ~3x (bytes, a stripped copy, json's own decoded copy and the value: +292 MB for a 100 MB line)."""
+    size = 40_000_000
+    words = ("lorem ipsum dolor sit amet " * (size // 27 + 1))[:size]
+    for name, text in (("short", words[:3000]), ("huge", words)):
+        with open(tmp_path / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+            handle.write(json.dumps({"id": "a", "text": "a short row"}) + "\n")
+            handle.write(json.dumps({"id": "b", "text": text}) + "\n")
+    del words
+    (tmp_path / "peak.py").write_text(JSONL_PEAK_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()}
+    result = subprocess.run([sys.executable, str(tmp_path / "peak.py"), str(checkpoint("stanford")), str(tmp_path)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [line] = [l for l in result.stdout.splitlines() if l.startswith("PEAKS ")]
+    peaks = json.loads(line.removeprefix("PEAKS "))
+    assert peaks["huge"] - peaks["short"] < 2.5 * size / 2**20, peaks

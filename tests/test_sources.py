@@ -76,6 +76,23 @@ def test_jsonl_with_bad_line(tmp_path):
     assert items[1].error.startswith("not valid JSON") and items[1].row == 1
 
 
+def test_jsonl_lines_decode_as_json_loads_decodes_bytes(tmp_path):
+    """Lines are decoded before parsing (so a huge line is held once): a UTF-8 BOM, invalid UTF-8 and blank
+    lines of spaces and tabs behave as when ``json.loads`` got the bytes."""
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"id": "a", "text": "caf\xc3\xa9"}\n'  # BOM on the first line
+        b" \t \n\n"  # blank lines: skipped, no row number
+        b'{"id": "b", "text": "\xff\xfe bad"}\n'
+        b'{"id": "c", "text": "\\ud800 lone surrogate escape"}\n'
+    )
+    items = read_all([path])
+    assert [item.row for item in items] == [0, 1, 2]
+    assert items[0].id == "a" and items[0].text == "café"
+    assert items[1].error.startswith("not valid JSON") and "utf-8" in items[1].error
+    assert items[2].text == "\ud800 lone surrogate escape"
+
+
 def test_text_folder_ids_are_relative_paths_and_bad_utf8_is_reported(tmp_path):
     folder = tmp_path / "docs"
     (folder / "sub").mkdir(parents=True)

@@ -26,23 +26,35 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator[Item]:
 
     row = -1
     with open(path, "rb") as handle:
-        for line in handle:
-            if not line.strip():
+        for raw in handle:
+            if not raw or raw.isspace():  # not ``strip()``: that copies the whole line
                 continue
             row += 1
+            line = _decoded(raw)
+            del raw  # a huge line is held once, as text, while it is parsed
             if options.pdf_column_given:
                 yield from _pdf_row(path, line, row, offset + row, options)
                 continue
             item = _item(path, line, row, offset + row, options)
             # a PDF never decodes as an image: only a row whose image failed may hold one
             value = _json_bytes(_record_value(line, options.image_column)) if item.error and options.modality != "text" else None
+            del line
             if value is not None and pdf_in_value(value, path.parent) is not None:
                 yield from row_pages(replace(item, error=None), value, path.parent, options)
             else:
                 yield item
 
 
-def _record_value(line: bytes, field: str):
+def _decoded(raw: bytes) -> str | bytes:
+    """The line as text, decoded as ``json.loads`` decodes bytes (UTF-8, -16 or -32, by the first bytes); the
+    bytes themselves when they do not decode, so that ``json.loads`` reports it as for any bad line."""
+    try:
+        return raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _record_value(line: str | bytes, field: str):
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -50,7 +62,7 @@ def _record_value(line: bytes, field: str):
     return record.get(field) if isinstance(record, dict) else None
 
 
-def _pdf_row(path: Path, line: bytes, row: int, global_row: int, options: SourceOptions) -> Iterator[Item]:
+def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions) -> Iterator[Item]:
     """A record of the ``--pdf-column``: one item per page of its PDF (a path, or ``{bytes: <base64>, path}``)."""
     from tokembed.sources.pdf import row_pages
 
@@ -83,7 +95,7 @@ def _json_bytes(value):
     return value
 
 
-def _item(path: Path, line: bytes, row: int, global_row: int, options: SourceOptions) -> Item:
+def _item(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions) -> Item:
     source = str(path)
     try:
         record = json.loads(line)
