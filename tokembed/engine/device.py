@@ -121,9 +121,10 @@ def keep_freed_blocks() -> bool:
     that loads MiniLM and encodes 1,200 docstrings twice, 680k -> 240k page faults and 1.8-2.0 -> 0.9-1.0 s of
     system time; one 16k-token forward 7-17% faster in five alternating pairs. Freed blocks now
     stay in the heap; ``release_freed_memory`` still returns them at each chunk's end (peak RSS +3% on 20k
-    short rows, +12% for that process). A forward in another thread (``serve``'s batcher) gets this for blocks
-    that fit glibc's 64 MiB thread heaps only. The process-wide setting is left alone when the user set
-    glibc's own variables for it."""
+    short rows, +12% for that process). Not solved: a forward in another thread (``serve``'s batcher) still
+    faults its blocks in. Measured: torch tensors of 16-100 MB made and freed in a second thread were faulted
+    in every time, even with ``MALLOC_ARENA_MAX=1``, while numpy arrays there were reused. The process-wide
+    setting is left alone when the user set glibc's own variables for it."""
     import os
 
     libc = _glibc()
