@@ -85,8 +85,9 @@ def _need_cuda(spec: str) -> int:
     return count
 
 
+@functools.cache
 def _glibc():
-    """The C library when it is glibc (whose malloc the settings below are for), else None."""
+    """The C library when it is glibc (whose malloc the settings below are for), else None (loaded once)."""
     import ctypes
     import sys
 

@@ -43,7 +43,7 @@ from tokembed.search.plaid.files import check_structure_lists_shards, map_tensor
 from tokembed.search.plaid.threads import map_queries
 
 DEFAULT_PROBE = 16
-# bench/search.py at 1M documents (README): recall@10 with ties 0.969-0.979 at ~24.5 ms a query on 2 cores; 128
+# bench/search.py at 1M documents (README): recall@10 with ties 0.969-0.979 at 21.8-24.6 ms a query on 2 cores; 128
 # candidates from a pool of 4x as many gave 0.81 (with the imputation margin, 0.918 from a pool of 8x)
 DEFAULT_CANDIDATES = 320
 CENTROID_POOL = 8  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
@@ -268,13 +268,14 @@ class _ShardBatches:
 
 
 def _batches(index, structure: Structure, number: int) -> _ShardBatches:
-    if number in structure._vectors:
-        return structure._vectors[number]
-    with structure._building:
-        return _read_batches(index, structure, number) if number not in structure._vectors else structure._vectors[number]
+    if number not in structure._vectors:
+        with structure._building:
+            if number not in structure._vectors:
+                structure._vectors[number] = _read_batches(index, number)
+    return structure._vectors[number]
 
 
-def _read_batches(index, structure: Structure, number: int) -> _ShardBatches:
+def _read_batches(index, number: int) -> _ShardBatches:
     shard = index.shards[number]
     reader = index.open_shard(shard)
     records = [reader.get_batch(i) for i in range(reader.num_record_batches)]
@@ -296,9 +297,8 @@ def _read_batches(index, structure: Structure, number: int) -> _ShardBatches:
     pages = MappedPages(index.shard_path(shard))
     if pages.locate(base):  # drop what reading the batches' metadata and offsets mapped: nothing else maps them
         pages.release_ranges([pages.span[0]], [pages.span[1]])
-    structure._vectors[number] = batches = _ShardBatches(firsts, row_starts, row_ends, np.array(positions, np.int64), itemsize,
-                                                         file, base, index.shard_path(shard), records)
-    return batches
+    return _ShardBatches(firsts, row_starts, row_ends, np.array(positions, np.int64), itemsize, file, base,
+                         index.shard_path(shard), records)
 
 
 def _doc_id(index, structure: Structure, row: int) -> str:
