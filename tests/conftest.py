@@ -90,3 +90,48 @@ def minilm_path() -> Path:
     from tokembed.models.resolve import resolve_model
 
     return resolve_model(None).path
+
+
+# -- tokembed serve: live servers (tests/serve_support.py), one per test module that asks -------------------
+
+
+@pytest.fixture(scope="module")
+def colbert_ckpt(checkpoint_store):
+    return checkpoint_store("pylate_bert")
+
+
+def _live_server(path, app_options=None, **options):
+    from serve_support import LiveServer, _service
+
+    return LiveServer(_service(path, **options), **(app_options or {}))
+
+
+@pytest.fixture(scope="module")
+def colbert_server(colbert_ckpt):
+    server = _live_server(colbert_ckpt, served_model_name="tiny-colbert")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def guarded_server(colbert_ckpt):
+    from serve_support import API_KEY
+
+    server = _live_server(colbert_ckpt, {"api_key": API_KEY, "max_body_bytes": 4096}, batch_window_ms=1000, max_inputs=8)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def minilm_server(minilm_path):
+    server = _live_server(minilm_path, served_model_name="minilm")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    """A small compressed synthetic index: ``(folder, documents, queries)`` (tests/plaid_support.py)."""
+    from plaid_support import build_compressed
+
+    return build_compressed(tmp_path_factory)

@@ -22,7 +22,7 @@ import re
 import torch
 from safetensors.torch import save_file
 
-from checkpoints import _prepare, _write_json, _xlmr_tokenizer
+from text_tokenizers import _prepare, _write_json, _xlmr_tokenizer
 
 __all__ = ["DIM", "MARKERS", "ROTARY_BASE", "build_jina_colbert", "to_transformers_state"]
 

@@ -268,7 +268,7 @@ def test_serve_two_lora_modules_equal_encode_with_each(checkpoint_store, tmp_pat
     import asyncio
 
     httpx = pytest.importorskip("httpx")
-    from test_serve import LiveServer
+    from serve_support import LiveServer
 
     from tokembed.embedder import Embedder
     from tokembed.serve import EmbeddingService, ServeOptions

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from helpers import manifest, write_parquet
-from test_plaid import clustered_docs, corpus_rows, edited, queries_from, structure_files, tokembed
+from plaid_support import clustered_docs, corpus_rows, edited, queries_from, structure_files, tokembed
 from test_score import write_index
 from tokembed.errors import VectorsDroppedError
 from tokembed.index import open_index

@@ -13,12 +13,12 @@ import textwrap
 
 import pytest
 
-import checkpoints
+import text_tokenizers
 from helpers import write_parquet
 from tokembed.models.long_text import tokenize_long
 
 PIECES = [
-    *checkpoints._WORDS, *checkpoints._SUBWORDS, *checkpoints._CJK,
+    *text_tokenizers._WORDS, *text_tokenizers._SUBWORDS, *text_tokenizers._CJK,
     "Émoji", "🎉", "naïve", "e\u0301", "ﬁ", "Ⅻ", "١٢٣", "12345678", "3.14", "...", "—", "!!", "'s", "[Q]",
     "x" * 120, "ab" * 70,  # words past WordPiece's 100-character limit ([UNK] whole, never in pieces)
 ]
@@ -39,11 +39,11 @@ def tokenizers(tmp_path_factory, minilm_path):
     from transformers import AutoTokenizer
 
     built = {
-        "wordpiece (tiny BERT)": checkpoints._bert_tokenizer(tmp_path_factory.mktemp("bert")),
+        "wordpiece (tiny BERT)": text_tokenizers._bert_tokenizer(tmp_path_factory.mktemp("bert")),
         "wordpiece (all-MiniLM-L6-v2)": AutoTokenizer.from_pretrained(minilm_path),
-        "byte-level BPE (ModernBERT)": checkpoints._modernbert_tokenizer(),
-        "byte-level BPE (Qwen2, llama-3 split)": checkpoints._qwen2_tokenizer(),
-        "sentencepiece unigram (XLM-R, Metaspace)": checkpoints._xlmr_tokenizer(),
+        "byte-level BPE (ModernBERT)": text_tokenizers._modernbert_tokenizer(),
+        "byte-level BPE (Qwen2, llama-3 split)": text_tokenizers._qwen2_tokenizer(),
+        "sentencepiece unigram (XLM-R, Metaspace)": text_tokenizers._xlmr_tokenizer(),
     }
     assert all(tokenizer.is_fast for tokenizer in built.values())
     return built

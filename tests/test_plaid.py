@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,169 +18,13 @@ import numpy as np
 import pytest
 
 from helpers import manifest, write_parquet
+from plaid_support import DIM, clustered_docs, corpus_rows, edited, queries_from, recall, structure_files, tokembed
 from test_score import write_index
 from tokembed.errors import IndexCorruptError
 from tokembed.index.lock import IndexLock
 from tokembed.search import search_vectors
 from tokembed.search.plaid import compress_index, open_searchable, plaid_search
-from tokembed.search.plaid.codec import Codec, pack, residual_buckets, train, unpack
-
-DIM = 32
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def clustered_docs(rng, n_docs: int, dim: int = DIM, topics: int = 40) -> list[np.ndarray]:
-    """Documents drawn around a few topics each (real retrieval data is clustered; uniform noise is not)."""
-    centres = rng.standard_normal((topics, dim))
-    docs = []
-    for _ in range(n_docs):
-        own = centres[rng.integers(0, topics, size=3)]
-        n = int(rng.integers(4, 30))
-        v = own[rng.integers(0, 3, size=n)] + 0.7 * rng.standard_normal((n, dim))
-        docs.append((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16))
-    return docs
-
-
-def queries_from(rng, docs, count: int, tokens: int = 8) -> list[np.ndarray]:
-    out = []
-    for _ in range(count):
-        doc = docs[int(rng.integers(len(docs)))].astype(np.float32)
-        q = doc[rng.integers(0, len(doc), size=tokens)] + 0.3 * rng.standard_normal((tokens, doc.shape[1]))
-        out.append((q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
-    return out
-
-
-def recall(exact, got, k: int) -> float:
-    return float(np.mean([len({h.id for h in e[:k]} & {g[0] for g in r[:k]}) / k for e, r in zip(exact, got)]))
-
-
-@pytest.fixture(scope="module")
-def compressed(tmp_path_factory):
-    rng = np.random.default_rng(3)
-    docs = clustered_docs(rng, 600)
-    folder = write_index(tmp_path_factory.mktemp("plaid") / "index", docs, shard_rows=200, batch_rows=50)
-    compress_index(folder, nbits=2, centroids=256)
-    return folder, docs, queries_from(rng, docs, 20)
-
-
-def tokembed(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
-                          env={**ENV, **(env or {})})
-
-
-def structure_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((folder / "plaid").iterdir())}
-
-
-# ---------------------------------------------------------------------------------------------- codec
-
-
-def test_centroid_assignment_does_not_depend_on_the_other_tokens_of_the_product():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((700, DIM)).astype(np.float32)
-    centroids = rng.standard_normal((300, DIM)).astype(np.float32)
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    codec = Codec(centroids, np.zeros(1, np.float32), np.zeros(2, np.float32), 1)
-    whole = codec.assign(x)
-    assert np.array_equal(whole, np.concatenate([codec.assign(x[i : i + 1]) for i in range(len(x))]))
-    assert np.array_equal(whole[3::7], codec.assign(x[3::7]))
-    brute = np.argmax(x.astype(np.float64) @ centroids.astype(np.float64).T, axis=1)
-    assert np.array_equal(whole, brute)
-
-
-@pytest.mark.parametrize("nbits", [1, 2, 4])
-def test_pack_round_trip(nbits):
-    values = np.random.default_rng(nbits).integers(0, 1 << nbits, size=(9, 20)).astype(np.uint8)
-    packed = pack(values, nbits)
-    assert packed.shape == (9, -(-20 * nbits // 8))
-    assert np.array_equal(unpack(packed, nbits, 20), values)
-
-
-def test_more_bits_decode_closer_to_the_vectors():
-    rng = np.random.default_rng(1)
-    x = np.concatenate(clustered_docs(rng, 200)).astype(np.float32)
-    errors = []
-    for nbits in (1, 2, 4):
-        codec = train(x, 64, nbits)
-        ids, packed, _ = codec.encode(x)
-        cosine = (codec.decode(ids, packed) * x).sum(axis=1)
-        centroid_only = (codec.centroids[ids] * x).sum(axis=1)
-        assert cosine.mean() > centroid_only.mean()  # the residual code adds information
-        errors.append(1 - cosine.mean())
-    assert errors[0] > errors[1] > errors[2]
-
-
-@pytest.mark.parametrize("nbits", [1, 2, 4])
-def test_residual_buckets_are_the_squared_error_optimum_and_beat_colbert_quantiles(nbits):
-    values = np.random.default_rng(nbits).laplace(0.0, 0.05, 20_000)  # residuals: peaked, long tails
-    levels = 1 << nbits
-    cutoffs, weights = residual_buckets(values, levels)
-    assert cutoffs.shape == (levels - 1,) and weights.shape == (levels,)
-    np.testing.assert_allclose(cutoffs, (weights[1:] + weights[:-1]) / 2, rtol=1e-6)
-    buckets = np.searchsorted(cutoffs, values, side="right")
-    means = np.array([values[buckets == b].mean() for b in range(levels)])
-    np.testing.assert_allclose(weights, means, rtol=1e-4, atol=1e-7)  # Lloyd's fixed point
-
-    quantiles = np.arange(levels) / levels  # colbert-ai's ResidualCodec buckets
-    q_cutoffs, q_weights = np.quantile(values, quantiles[1:]), np.quantile(values, quantiles + 0.5 / levels)
-    error = np.mean((weights[buckets] - values) ** 2)
-    q_error = np.mean((q_weights[np.searchsorted(q_cutoffs, values, side="right")] - values) ** 2)
-    assert error < 0.95 * q_error
-
-
-@pytest.mark.parametrize("longest, k", [(200, 32), (300, 4096), (70_000, 65_536), (90, 2)])
-def test_code_files_store_lengths_counts_and_ids_narrowly_and_read_the_offsets_layout_too(tmp_path, longest, k):
-    from tokembed.search.plaid.codes import ShardCodes, inverted_lists
-    from tokembed.search.plaid.files import map_tensors, write_tensors
-
-    rng = np.random.default_rng(longest)
-    lengths = np.concatenate([rng.integers(0, 40, size=50), [longest]])
-    ids = rng.integers(0, k, size=int(lengths.sum())).astype(np.uint16)
-    ids[:2] = [0, k - 1]
-    bits = max(1, (k - 1).bit_length())
-    list_offsets, list_rows = inverted_lists(ids, lengths, k)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    residuals = rng.integers(0, 255, size=(len(ids), 4)).astype(np.uint8)
-    codes = ShardCodes(offsets, ids, residuals, list_offsets, list_rows, bits)
-    codes.write(tmp_path / "new.safetensors")
-    stored, metadata = map_tensors(tmp_path / "new.safetensors")
-    assert stored["doc_lengths"].dtype == (np.uint8 if longest < 256 else np.uint16 if longest < 65_536 else np.uint32)
-    assert stored["list_counts"].dtype == np.uint16 and "doc_offsets" not in stored
-    if bits < 16:  # ids packed: bits/8 bytes each, plus 2 padding bytes
-        assert "centroid_ids" not in stored and metadata["centroid_id_bits"] == str(bits)
-        assert stored["centroid_ids_packed"].nbytes == -(-len(ids) * bits // 8) + 2
-    else:
-        assert stored["centroid_ids"].dtype == np.uint16 and "centroid_ids_packed" not in stored
-    old_layout = {"doc_offsets": offsets, "centroid_ids": ids, "residuals": residuals,
-                  "list_offsets": list_offsets, "list_rows": list_rows}  # code files of earlier releases
-    write_tensors(tmp_path / "old.safetensors", old_layout)
-    for name in ("new", "old"):
-        read = ShardCodes.open(tmp_path / f"{name}.safetensors")
-        for field in ("doc_offsets", "centroid_ids", "residuals", "list_offsets", "list_rows"):
-            assert np.array_equal(np.asarray(getattr(read, field)), getattr(codes, field)), (name, field)
-        assert read.rows == len(lengths) and np.array_equal(read.row_codes(50)[0], ids[offsets[50]:])
-        picks = rng.integers(0, len(ids), size=500)
-        assert np.array_equal(read.centroid_ids[picks], ids[picks]) and len(read.centroid_ids) == len(ids)
-        assert np.array_equal(read.centroid_ids[7:len(ids) - 3], ids[7:-3])
-
-
-def test_a_truncated_packed_id_stream_or_an_unknown_layout_is_a_corrupt_index(tmp_path):
-    from tokembed.errors import IndexCorruptError
-    from tokembed.search.plaid.codes import ShardCodes, pack_ids
-    from tokembed.search.plaid.files import write_tensors
-
-    ids = np.arange(100, dtype=np.uint16) % 300
-    tensors = {"doc_lengths": np.array([60, 40], np.uint8), "centroid_ids_packed": pack_ids(ids, 9)[:-3],
-               "residuals": np.zeros((100, 4), np.uint8), "list_counts": np.zeros(300, np.uint16),
-               "list_rows": np.zeros(0, np.uint16)}
-    write_tensors(tmp_path / "bad.safetensors", tensors, {"centroid_id_bits": "9"})
-    with pytest.raises(IndexCorruptError, match="bad.safetensors.*do not hold 100 ids of 9 bits"):
-        ShardCodes.open(tmp_path / "bad.safetensors")
-    del tensors["centroid_ids_packed"]  # a layout a later release might write
-    write_tensors(tmp_path / "later.safetensors", {**tensors, "centroid_ids_v9": ids})
-    with pytest.raises(IndexCorruptError, match="later.safetensors: a code file layout .*no centroid_ids.*--exact"):
-        ShardCodes.open(tmp_path / "later.safetensors")
-
+from tokembed.search.plaid.codec import Codec, train
 
 # ---------------------------------------------------------------------------------------------- search
 
@@ -255,20 +98,6 @@ def test_altered_or_missing_code_file_is_index_corruption(compressed, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- cron
-
-
-def corpus_rows(count: int, version: int = 0, start: int = 0) -> list[dict]:
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
-    return [{"id": f"doc{i:04d}", "text": " ".join(words[(i * 7 + j * (3 + version)) % 12] for j in range(3 + i % 11))}
-            for i in range(start, start + count)]
-
-
-def edited(rows: list[dict]) -> list[dict]:
-    """From row 30 on: delete every 9th row, change every 7th; add 12 at the end (rows 0-29 stay)."""
-    out = [dict(row) for i, row in enumerate(rows) if i < 30 or i % 9 != 4]
-    for row in out[30::7]:
-        row["text"] += " changed"
-    return out + corpus_rows(12, start=len(rows))
 
 
 @pytest.mark.slow  # five in-process encodes and four score/info runs with the demo model (~40 s on 2 idle cores)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from tests.test_plaid import compressed  # noqa: F401  (the fixture)
 from tokembed.index.reader import open_index
 from tokembed.search.plaid import open_searchable, plaid_search
 from tokembed.search.plaid import threads

@@ -24,7 +24,7 @@ import shutil
 import torch
 from tokenizers import Regex, pre_tokenizers, processors
 
-from checkpoints import _LLAMA3_SPLIT, _train_byte_level_bpe
+from text_tokenizers import _LLAMA3_SPLIT, _train_byte_level_bpe
 
 __all__ = ["VISION_BUILDERS", "build_colmodernvbert", "build_colpali", "build_colqwen2", "build_colqwen2_5", "build_remote_code"]
 
