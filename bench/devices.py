@@ -3,7 +3,8 @@
     python bench/devices.py                 # ~1200 real docstrings, the demo model (all-MiniLM-L6-v2, raw mode)
     python bench/devices.py --docs 300      # quicker
 
-On a CPU box it compares, side by side: the in-process runner (``cpu``) and 1 and 2 worker processes
+On a CPU box it compares, side by side: the in-process runner (``cpu``: two lanes of batches, see
+``tokembed/engine/local.py``) and 1 and 2 worker processes
 (``cpu:1``, ``cpu:2``), each in float32 and bfloat16. On a CUDA box it runs one GPU (``cuda:0``) and every
 GPU (``auto``), and prints per GPU its tokens/s, the useful-token fraction (real / padded tokens) and the
 fraction of its busy time spent in the model forward (CUDA events around the forward; the rest is
@@ -183,7 +184,7 @@ def report(cases: list, note: str) -> None:
             if "out of memory" in line or "died" in line:
                 print(f"    {line}")
     print(f"\n{fp32.tokens:,} real tokens per pass; {note}. startup: what the runner adds before its first batch is"
-          " back (workers: spawn, import, model load; the main process loads its model before, in every case). busy: share of the pass the device spent on batches; forward/busy: share of"
+          " back (workers: spawn, import, model load; the main process loads its model before, in every case). busy: share of the pass the device spent on batches (in-process on a CPU: summed over its two lanes, so up to 200%); forward/busy: share of"
           " that in the model forward. 'rows vs in-process': against the in-process case of the same dtype.")
 
 

@@ -1,0 +1,80 @@
+"""In-process CPU encoding runs a chunk's batches on two lanes (this thread and a helper, torch's ops on half
+the cores each): the same bytes as one lane, both lanes busy, torch's thread count restored, errors raised."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from helpers import write_parquet
+from test_devices import COMMON, corpus_rows, shard_digests
+from tokembed.engine import local
+from tokembed.engine.local import ops_threads_per_lane, run_on_lanes
+
+
+def test_jobs_run_on_every_lane_and_come_back_in_order():
+    both_busy = threading.Barrier(2, timeout=10)  # only passes if two jobs run at the same time
+    seen = []
+
+    def run(job):
+        if job < 2:
+            both_busy.wait()
+        seen.append(threading.current_thread().name)
+        return job * job
+
+    assert run_on_lanes(list(range(12)), run, 2) == [job * job for job in range(12)]
+    assert {"MainThread", "tokembed-lane-1"} <= set(seen)
+
+
+def test_the_first_error_stops_the_lanes_and_is_raised_once_they_ended():
+    ran = []
+
+    def run(job):
+        ran.append(job)
+        if job == 3:
+            raise ValueError("bad batch 3")
+        return job
+
+    before = threading.active_count()
+    with pytest.raises(ValueError, match="bad batch 3"):
+        run_on_lanes(list(range(1000)), run, 2)
+    assert threading.active_count() == before  # no helper left running
+    assert len(ran) < 1000  # the lanes stopped taking batches
+
+
+def test_torch_threads_are_split_between_lanes_and_restored():
+    threads = torch.get_num_threads()
+    with ops_threads_per_lane(2):
+        assert torch.get_num_threads() == max(1, threads // 2)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(RuntimeError), ops_threads_per_lane(2):
+        raise RuntimeError("a failing chunk")
+    assert torch.get_num_threads() == threads
+
+
+def test_two_lanes_write_the_bytes_of_one(tmp_path, checkpoint_store, monkeypatch):
+    from cli.main import run
+
+    corpus = write_parquet(tmp_path / "corpus.parquet", corpus_rows(60))
+    model = checkpoint_store("pylate_bert")
+    lanes_seen = set()
+    real_run = local.LocalRunner._run
+
+    def recording_run(self, items):
+        lanes_seen.add(threading.current_thread().name)
+        return real_run(self, items)
+
+    monkeypatch.setattr(local.LocalRunner, "_run", recording_run)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two lanes even on a one-core box
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
+    args = ["encode", str(corpus), "-m", str(model), "--devices", "cpu", "-q", *map(str, COMMON)]
+    assert run([*args, "-o", str(tmp_path / "two")]) == 0
+    assert {"MainThread", "tokembed-lane-1"} <= lanes_seen
+
+    monkeypatch.setattr(local, "CPU_LANES", 1)
+    lanes_seen.clear()
+    assert run([*args, "-o", str(tmp_path / "one")]) == 0
+    assert lanes_seen == {"MainThread"}
+    assert shard_digests(tmp_path / "two") == shard_digests(tmp_path / "one")
