@@ -42,7 +42,7 @@ def compress(
                              drop_vectors=drop_vectors)
     data = summary.to_json()
     if log_format == "json":
-        print(json.dumps(data))
+        print(json.dumps(data), flush=True)
         return
     print(
         f"tokembed: {data['index']}: {data['rows']} rows, {data['tokens']} tokens, {data['centroids']} centroids, "

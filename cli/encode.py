@@ -205,7 +205,7 @@ def encode(
     summary.load_seconds += startup
     summary.seconds += startup
     if log_format == LogFormat.json:
-        print(json.dumps(summary.to_json()))
+        print(json.dumps(summary.to_json()), flush=True)  # a reader on a pipe gets it now, not at exit
     else:
         data = summary.to_json()
         line = (

@@ -28,7 +28,7 @@ def export(
     log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
     summary = export_index(index, to, fmt=fmt, dtype=dtype, table=table, log=log)
     if log_format == "json":
-        print(json.dumps(summary.to_json()))
+        print(json.dumps(summary.to_json()), flush=True)
         return
     where = f"{summary.to} (table {table})" if fmt == "lance" else f"{summary.to} ({summary.files} files)"
     print(

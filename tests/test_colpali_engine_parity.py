@@ -28,7 +28,10 @@ from PIL import Image
 from colpali_engine_checkpoints import ENGINE_BUILDERS, build_adapter, rename_adapter_tensors
 
 pytestmark = pytest.mark.slow
-PINS = ["transformers==5.3.0", "colpali-engine==0.3.18", "peft==0.20.0", "huggingface_hub==1.33.0", "tokenizers==0.22.2"]
+# kernels: transformers 5.3.0 names its hub kernels without a revision, which kernels >= 0.16 refuses at import;
+# the venv's own copy shadows the newer one that later transformers releases install beside tokembed.
+PINS = ["transformers==5.3.0", "colpali-engine==0.3.18", "peft==0.20.0", "huggingface_hub==1.33.0", "tokenizers==0.22.2",
+        "kernels==0.14.1"]
 REFERENCE = pathlib.Path(__file__).parent / "reference" / "colpali_engine_reference.py"
 REGEX = {
     "ColPali": r"(.*(language_model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$|.*(custom_text_proj).*$)",
