@@ -9,7 +9,17 @@ from plaid_support import DIM, clustered_docs
 from tokembed.search.plaid.codec import Codec, pack, residual_buckets, train, unpack
 
 
-def test_centroid_assignment_does_not_depend_on_the_other_tokens_of_the_product():
+@pytest.fixture(params=["faiss", "numpy"])
+def search_with(request, monkeypatch):
+    """Both ways to find a token's best two centroids: faiss's search where installed, numpy's product without."""
+    if request.param == "numpy":
+        monkeypatch.setattr(Codec, "_faiss_index", lambda self: None)
+    else:
+        pytest.importorskip("faiss")
+    return request.param
+
+
+def test_centroid_assignment_does_not_depend_on_the_other_tokens_of_the_product(search_with):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((700, DIM)).astype(np.float32)
     centroids = rng.standard_normal((300, DIM)).astype(np.float32)
@@ -20,6 +30,24 @@ def test_centroid_assignment_does_not_depend_on_the_other_tokens_of_the_product(
     assert np.array_equal(whole[3::7], codec.assign(x[3::7]))
     brute = np.argmax(x.astype(np.float64) @ centroids.astype(np.float64).T, axis=1)
     assert np.array_equal(whole, brute)
+
+
+def test_near_ties_get_the_float64_argmax_and_exact_ties_the_lowest_id(search_with):
+    rng = np.random.default_rng(5)
+    centroids = rng.standard_normal((64, DIM)).astype(np.float16).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    centroids[40] = centroids[7]  # an exact duplicate: every token near it ties, id 7 must win
+    a, b = centroids[3].astype(np.float64), centroids[9].astype(np.float64)
+    halfway = [(a + b) / 2 + shift * (a - b) for shift in (0.0, 1e-7, -1e-7, 1e-5, -1e-5, 3e-4)]
+    x = np.concatenate([np.asarray(halfway, np.float32), centroids[[7, 40]] + 1e-6, rng.standard_normal((50, DIM)).astype(np.float32)])
+    codec = Codec(centroids, np.zeros(1, np.float32), np.zeros(2, np.float32), 1)
+    exact = x.astype(np.float64) @ centroids.astype(np.float64).T
+    expected = np.argmax(exact, axis=1)  # the first of equal maxima: the lowest id
+    assert np.array_equal(codec.assign(x), expected)
+    assert codec.assign(x)[6] == codec.assign(x)[7] == 7
+    with np.errstate(invalid="ignore"):
+        nan = codec.assign(np.full((2, DIM), np.nan, np.float32))
+    assert (nan < 64).all()  # never an id past the centroids (faiss finds nothing for a NaN vector)
 
 
 @pytest.mark.parametrize("nbits", [1, 2, 4])

@@ -14,7 +14,11 @@ Centroid assignment is *row-independent*: a token gets the same centroid whichev
 matrix product. BLAS results depend on the shape of the product (measured: a row's float32 scores differ in
 the last bits between a 1-row and a 100-row product), so a token whose best two float32 scores are closer
 than ``TIE_MARGIN`` is decided again in float64 with a fixed-order sum over the close centroids only. That is
-what makes an incremental run's codes byte-identical to coding a full rebuild.
+what makes an incremental run's codes byte-identical to coding a full rebuild. The best two scores come from
+faiss's exhaustive inner-product search where faiss is installed (it keeps each block of scores in cache and
+reduces it at once: 107-134 vs 171-173 us a token against 65,536 centroids on 2 cores, the same ids), else from numpy; since
+every token whose two best float32 scores could be in the wrong order is decided in float64, both give the
+same ids (the float64 argmax, lowest id on a tie).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ NBITS_CHOICES = (1, 2, 4)
 MAX_CENTROIDS = 1 << 16  # ids fit uint16
 TIE_MARGIN = 1e-3  # float32 dot products of unit vectors in <= 4096 dims err by far less than this
 SCORE_ELEMENTS = 1 << 23  # [tokens, K] float32 scores per assignment step (32 MiB)
+FAISS_ROWS = 1 << 15  # tokens per faiss search call (it blocks the scores itself; its output is [rows, 2])
 KMEANS_ITERATIONS = 20
 KMEANS_SEED = 123
 SAMPLE_PER_CENTROID = 64
@@ -73,26 +78,59 @@ class Codec:
     # ------------------------------------------------------------------------------------ coding
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
-        """[n, D] -> [n] uint16 centroid ids, independent of how tokens are grouped into calls."""
+        """[n, D] -> [n] uint16 centroid ids (the float64 argmax), independent of how tokens are grouped into calls."""
         out = np.empty(len(vectors), np.uint16)
-        step = max(1, SCORE_ELEMENTS // self.k)
+        search = self._faiss_index()
+        step = FAISS_ROWS if search is not None else max(1, SCORE_ELEMENTS // self.k)
         for start in range(0, len(vectors), step):
-            out[start : start + step] = self._assign_block(np.asarray(vectors[start : start + step], np.float32))
+            x = np.ascontiguousarray(vectors[start : start + step], np.float32)
+            best, gap = self._best_two_faiss(search, x) if search is not None else self._best_two_numpy(x)
+            close = np.flatnonzero(gap < TIE_MARGIN)
+            if len(close):
+                best[close] = self._decide_in_float64(x[close])
+            out[start : start + step] = best
         return out
 
-    def _assign_block(self, x: np.ndarray) -> np.ndarray:
+    @cached_property
+    def _faiss(self):
+        """faiss's exhaustive inner-product index over the centroids; None without faiss (numpy then)."""
+        try:
+            import faiss
+        except ImportError:
+            return None
+        index = faiss.IndexFlatIP(self.dim)
+        index.add(np.ascontiguousarray(self.centroids, np.float32))
+        return index
+
+    def _faiss_index(self):
+        return self._faiss if self.k >= 2 else None
+
+    def _best_two_faiss(self, index, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = index.search(x, 2)
+        best, gap = ids[:, 0].astype(np.int64), scores[:, 0] - scores[:, 1]
+        unfound = np.flatnonzero(best < 0)  # faiss finds nothing for a vector with a NaN: numpy's answer, as before
+        if len(unfound):
+            best[unfound], gap[unfound] = self._best_two_numpy(x[unfound])
+        return best, gap
+
+    def _best_two_numpy(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = x @ self.centroids.T  # [n, K]
         best = scores.argmax(axis=1)
         rows = np.arange(len(x))
         top = scores[rows, best]
         scores[rows, best] = -np.inf
-        close = np.flatnonzero(top - scores.max(axis=1) < TIE_MARGIN)
-        scores[rows, best] = top
-        for row in close:  # rare: decide in float64 among the centroids within the margin
-            near = np.flatnonzero(scores[row] >= top[row] - TIE_MARGIN)
+        return best, top - scores.max(axis=1)  # one centroid: inf
+
+    def _decide_in_float64(self, x: np.ndarray) -> np.ndarray:
+        """Rare rows whose best two float32 scores are within the margin: the float64 argmax among the centroids
+        within the margin of the best (a fixed-order sum; ties: the lowest id)."""
+        scores = x @ self.centroids.T
+        best = np.empty(len(x), np.int64)
+        for row in range(len(x)):
+            near = np.flatnonzero(scores[row] >= scores[row].max() - TIE_MARGIN)
             exact = (self.centroids[near].astype(np.float64) * x[row].astype(np.float64)).sum(axis=1)
-            best[row] = near[int(np.argmax(exact))]  # ties: the lowest id
-        return best.astype(np.uint16)
+            best[row] = near[int(np.argmax(exact))]
+        return best
 
     def encode(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """[n, D] -> (centroid ids [n] uint16, packed residuals [n, code_bytes] uint8, residual norms [n] float32)."""
