@@ -32,7 +32,10 @@ def test_centroid_assignment_does_not_depend_on_the_other_tokens_of_the_product(
     assert np.array_equal(whole, brute)
 
 
-def test_near_ties_get_the_float64_argmax_and_exact_ties_the_lowest_id(search_with):
+def test_near_ties_get_the_float64_argmax_and_exact_ties_the_lowest_id(search_with, monkeypatch):
+    from tokembed.search.plaid import codec as codec_module
+
+    monkeypatch.setattr(codec_module, "SCORE_ELEMENTS", 64 * 3)  # scores of 3 tokens at a time: several steps
     rng = np.random.default_rng(5)
     centroids = rng.standard_normal((64, DIM)).astype(np.float16).astype(np.float32)
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
