@@ -51,6 +51,19 @@ def test_everything_probed_equals_the_exhaustive_scan(compressed):
         assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
 
 
+def test_the_codes_of_many_rows_at_once_equal_them_row_by_row(compressed):
+    from tokembed.search.plaid.codes import StoredCodes
+
+    folder = compressed[0]
+    codes = StoredCodes(folder, manifest(folder)["search"]["shards"])
+    rows = [450, 3, 3, 201, 0, 599, 199, 200]  # out of order, repeated, across the three shards and their edges
+    lengths, ids, residuals = codes.rows_codes(np.array(rows))
+    one_by_one = [codes.row_codes(row) for row in rows]
+    assert lengths.tolist() == [len(row_ids) for row_ids, _ in one_by_one]
+    assert np.array_equal(ids, np.concatenate([np.asarray(row_ids) for row_ids, _ in one_by_one]))
+    assert np.array_equal(residuals, np.concatenate([row_residuals for _, row_residuals in one_by_one]))
+
+
 def test_a_reader_keeps_its_generation_while_compress_replaces_it(compressed, tmp_path):
     folder = tmp_path / "index"
     shutil.copytree(compressed[0], folder)

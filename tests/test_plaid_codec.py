@@ -12,10 +12,14 @@ from tokembed.search.plaid.codec import Codec, pack, residual_buckets, train, un
 @pytest.fixture(params=["faiss", "numpy"])
 def search_with(request, monkeypatch):
     """Both ways to find a token's best two centroids: faiss's search where installed, numpy's product without."""
+    from tokembed.search.plaid import codec as codec_module
+
     if request.param == "numpy":
         monkeypatch.setattr(Codec, "_faiss_index", lambda self: None)
     else:
         pytest.importorskip("faiss")
+        monkeypatch.setattr(codec_module, "FAISS_MIN_CENTROIDS", 2)  # faiss for these small tests too
+        monkeypatch.setattr(codec_module, "FAISS_MIN_ROWS", 1)
     return request.param
 
 

@@ -250,14 +250,12 @@ class _CarryFromPrevious:
         self.previous = previous
         self.codes = StoredCodes(folder, structure["shards"])
 
-    def __call__(self, ids: list[str], hashes: list[bytes]) -> list:
+    def __call__(self, ids: list[str], hashes: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         from tokembed.index.keys import id_keys
 
-        out: list = [None] * len(ids)
         rows = self.previous.find(ids, id_keys(ids))
-        for i in np.flatnonzero(self.previous.unchanged(rows, hashes)).tolist():
-            out[i] = self.codes.row_codes(rows[i])
-        return out
+        carried = np.flatnonzero(self.previous.unchanged(rows, hashes))
+        return (carried, *self.codes.rows_codes(np.array([rows[i] for i in carried.tolist()], np.int64)))
 
     def release(self) -> None:
         self.previous.release_pages()

@@ -15,8 +15,9 @@ matrix product. BLAS results depend on the shape of the product (measured: a row
 the last bits between a 1-row and a 100-row product), so a token whose best two float32 scores are closer
 than ``TIE_MARGIN`` is decided again in float64 with a fixed-order sum over the close centroids only. That is
 what makes an incremental run's codes byte-identical to coding a full rebuild. The best two scores come from
-faiss's exhaustive inner-product search where faiss is installed (it reduces each block of scores while it is
-in cache: 107-134 vs 171-173 us a token against 65,536 centroids on 2 cores), else from numpy's product; since
+numpy's product, or, for many centroids and many tokens at once, from faiss's exhaustive inner-product search
+where faiss is installed (it reduces each block of scores while it is in cache: 107-134 vs 171-173 us a token
+against 65,536 centroids on 2 cores; not faster for fewer centroids or small calls); since
 every token whose two best float32 scores could be in the wrong order is decided in float64, both give the
 same ids (the float64 argmax, lowest id on a tie; tested).
 """
@@ -36,6 +37,10 @@ MAX_CENTROIDS = 1 << 16  # ids fit uint16
 TIE_MARGIN = 1e-3  # float32 dot products of unit vectors in <= 4096 dims err by far less than this
 SCORE_ELEMENTS = 1 << 23  # [tokens, K] float32 scores per assignment step (32 MiB)
 FAISS_ROWS = 1 << 15  # tokens per faiss search call (it blocks the scores itself; its output is [rows, 2])
+# faiss was faster only for many centroids and large calls (measured, us a token, faiss vs numpy: 65,536 centroids
+# 139-149 vs 184-192 from 4,000 rows, 230 vs 193 at 1,000; 16,384 centroids 39-49 vs 40-45; 4,096: 12-20 vs 11-13)
+FAISS_MIN_CENTROIDS = 32_768
+FAISS_MIN_ROWS = 4_096
 KMEANS_ITERATIONS = 4  # colbert-ai's default too; 20 gave no better recall (README, "Search with the structure")
 KMEANS_SEED = 123
 SAMPLE_PER_CENTROID = 64
@@ -80,7 +85,7 @@ class Codec:
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         """[n, D] -> [n] uint16 centroid ids (the float64 argmax), independent of how tokens are grouped into calls."""
         out = np.empty(len(vectors), np.uint16)
-        search = self._faiss_index()
+        search = self._faiss_index() if self.k >= FAISS_MIN_CENTROIDS and len(vectors) >= FAISS_MIN_ROWS else None
         step = FAISS_ROWS if search is not None else max(1, SCORE_ELEMENTS // self.k)
         for start in range(0, len(vectors), step):
             x = np.ascontiguousarray(vectors[start : start + step], np.float32)

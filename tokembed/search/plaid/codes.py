@@ -100,10 +100,16 @@ PACK_CHUNK = 1 << 20  # ids per packing step (a multiple of 8: each chunk ends o
 def pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
     """Ids (each < 2**bits) as a little-endian stream of ``bits`` bits each, then 2 zero bytes (so that
     ``PackedIds`` can load 3 bytes at any id)."""
-    weights = np.arange(bits, dtype=np.uint16)
-    chunks = [np.packbits(((ids[start : start + PACK_CHUNK, None] >> weights) & 1).astype(np.uint8).reshape(-1),
-                          bitorder="little") for start in range(0, len(ids), PACK_CHUNK)]
-    return np.concatenate([*chunks, np.zeros(2, np.uint8)])
+    out = np.zeros(-(-len(ids) * bits // 8) + 2, np.uint8)
+    apart = -(-24 // bits)  # ids this far apart never share a byte: each such class is OR-ed in without clashes
+    for first in range(apart):
+        for start in range(first, len(ids), PACK_CHUNK):
+            chosen = ids[start : start + PACK_CHUNK : apart].astype(np.uint32)
+            bit = np.arange(start, start + len(chosen) * apart, apart, dtype=np.int64)[: len(chosen)] * bits
+            at, word = bit >> 3, chosen << (bit & 7).astype(np.uint32)
+            for byte in range(3):
+                out[at + byte] |= ((word >> (8 * byte)) & 0xFF).astype(np.uint8)
+    return out
 
 
 class PackedIds:
@@ -140,8 +146,9 @@ def _narrowest(counts: np.ndarray, at_least=np.uint8) -> np.ndarray:
     return counts.astype(np.promote_types(np.min_scalar_type(top), at_least))
 
 
-# A row's codes from the previous generation, or None: (ids, hashes) of a batch -> one entry per row.
-CarryLookup = Callable[[list[str], list[bytes]], list]
+# The codes the previous generation holds for a batch's unchanged rows: (ids, hashes) of the batch -> (the rows
+# carried [k] (positions in the batch, ascending), then ``StoredCodes.rows_codes`` of them).
+CarryLookup = Callable[[list[str], list[bytes]], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -168,10 +175,41 @@ class StoredCodes:
     def row_codes(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(centroid ids, packed residuals) of one row."""
         number = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return self._shard(number).row_codes(row - int(self.starts[number]))
+
+    def rows_codes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The codes of many rows at once, one gather per shard: (token counts [rows], centroid ids, packed
+        residuals), the rows' tokens one after another in the order given."""
+        rows = np.asarray(rows, np.int64)
+        numbers = np.searchsorted(self.starts, rows, side="right") - 1
+        lengths = np.zeros(len(rows), np.int64)
+        parts = []
+        for number in np.unique(numbers).tolist():
+            codes, chosen = self._shard(number), np.flatnonzero(numbers == number)
+            local = rows[chosen] - int(self.starts[number])
+            lengths[chosen] = codes.doc_offsets[local + 1] - codes.doc_offsets[local]
+            parts.append((codes, chosen, codes.doc_offsets[local]))
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        ids = np.empty(starts[-1], np.uint16)
+        residuals = np.empty((starts[-1], parts[0][0].residuals.shape[1] if parts else 0), np.uint8)
+        for codes, chosen, sources in parts:
+            to = token_positions(starts[chosen], lengths[chosen])
+            at = token_positions(sources, lengths[chosen])
+            ids[to] = codes.centroid_ids[at]
+            residuals[to] = codes.residuals[at]
+        return lengths, ids, residuals
+
+    def _shard(self, number: int) -> ShardCodes:
         if number not in self._opened:
             verify_file(self.folder, self.entries[number], checksum=False)
             self._opened[number] = ShardCodes.open(self.folder / self.entries[number]["file"])
-        return self._opened[number].row_codes(row - int(self.starts[number]))
+        return self._opened[number]
+
+
+def token_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i] .. starts[i] + lengths[i] - 1`` of every row, one after another."""
+    before = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
+    return np.repeat(np.asarray(starts, np.int64) - before, lengths) + np.arange(int(lengths.sum()))
 
 
 @dataclass
@@ -191,16 +229,16 @@ def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingSt
     for batch in batches:
         offsets, vectors, _ = batch_arrays(batch, codec.dim, "shard")
         lengths = np.diff(offsets)
-        previous = carry(batch.column("id").to_pylist(), _hashes(batch)) if carry else [None] * len(lengths)
         ids = np.empty(len(vectors), np.uint16)
         residuals = np.empty((len(vectors), codec.code_bytes), np.uint8)
         todo = np.ones(len(vectors), bool)
-        base = int(offsets[0])
-        for row, codes in enumerate(previous):
-            if codes is not None:
-                start, end = int(offsets[row]) - base, int(offsets[row + 1]) - base
-                ids[start:end], residuals[start:end] = codes
-                todo[start:end] = False
+        if carry is not None:
+            carried, carried_lengths, carried_ids, carried_residuals = carry(batch.column("id").to_pylist(), _hashes(batch))
+            if not np.array_equal(carried_lengths, lengths[carried]):
+                raise IndexCorruptError("a carried row's code count differs from its token count in the previous generation")
+            if len(carried):
+                at = token_positions(offsets[carried] - offsets[0], carried_lengths)
+                ids[at], residuals[at], todo[at] = carried_ids, carried_residuals, False
         rows = np.flatnonzero(todo)
         if len(rows):
             ids[rows], residuals[rows], norms = codec.encode(vectors[rows])
