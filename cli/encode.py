@@ -103,7 +103,7 @@ def encode(
     ),
     devices: str = typer.Option(
         "auto",
-        help="auto (every visible CUDA device, else the CPU), cpu (in this process), cpu:N (N worker processes "
+        help="auto (every visible CUDA device, else the CPU), cpu (in this process, two batches at a time on 2+ cores), cpu:N (N worker processes "
         "sharing the cores), cuda (the first CUDA device) or cuda:0,cuda:2,... One worker process per device when "
         "there are several; the index is the same whatever the number of workers.",
     ),
