@@ -78,3 +78,11 @@ def test_two_lanes_write_the_bytes_of_one(tmp_path, checkpoint_store, monkeypatc
     assert run([*args, "-o", str(tmp_path / "one")]) == 0
     assert lanes_seen == {"MainThread"}
     assert shard_digests(tmp_path / "two") == shard_digests(tmp_path / "one")
+
+
+def test_lanes_only_on_a_cpu_with_two_cores_or_more(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert local.default_lanes("cpu") == 2
+    assert local.default_lanes("cuda:0") == 1  # a GPU runs one stream of batches
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # OMP_NUM_THREADS=1, or one core
+    assert local.default_lanes("cpu") == 1
