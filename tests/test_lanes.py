@@ -86,3 +86,18 @@ def test_lanes_only_on_a_cpu_with_two_cores_or_more(monkeypatch):
     assert local.default_lanes("cuda:0") == 1  # a GPU runs one stream of batches
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # OMP_NUM_THREADS=1, or one core
     assert local.default_lanes("cpu") == 1
+
+
+def test_the_lanes_can_be_set_or_turned_off(monkeypatch):
+    from tokembed.errors import UsageError
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setenv("TOKEMBED_CPU_LANES", "1")
+    assert local.default_lanes("cpu") == 1
+    monkeypatch.setenv("TOKEMBED_CPU_LANES", "3")
+    assert local.default_lanes("cpu") == 3
+    monkeypatch.setenv("TOKEMBED_CPU_LANES", "8")
+    assert local.default_lanes("cpu") == 4  # never more lanes than threads
+    monkeypatch.setenv("TOKEMBED_CPU_LANES", "two")
+    with pytest.raises(UsageError, match="TOKEMBED_CPU_LANES"):
+        local.default_lanes("cpu")

@@ -63,11 +63,20 @@ class LocalRunner:
 
 
 def default_lanes(device: str) -> int:
+    """Lanes for ``device``: ``CPU_LANES`` on a CPU with at least that many threads (``TOKEMBED_CPU_LANES``
+    overrides: 1 turns the lanes off, e.g. to hold one batch's activations at a time), one on a GPU."""
     if device != "cpu":
         return 1  # a GPU runs one stream of batches
+    import os
+
     import torch
 
-    return CPU_LANES if torch.get_num_threads() >= CPU_LANES else 1
+    setting = os.environ.get("TOKEMBED_CPU_LANES", str(CPU_LANES))
+    if not setting.isdigit() or int(setting) < 1:
+        from tokembed.errors import UsageError
+
+        raise UsageError(f"TOKEMBED_CPU_LANES must be a whole number >= 1; got {setting!r}")
+    return max(1, min(int(setting), torch.get_num_threads()))
 
 
 @contextmanager
