@@ -15,7 +15,7 @@ def search_with(request, monkeypatch):
     from tokembed.search.plaid import codec as codec_module
 
     if request.param == "numpy":
-        monkeypatch.setattr(Codec, "_faiss_index", lambda self: None)
+        monkeypatch.setattr(codec_module, "FAISS_MIN_CENTROIDS", codec_module.MAX_CENTROIDS + 1)  # never faiss
     else:
         pytest.importorskip("faiss")
         monkeypatch.setattr(codec_module, "FAISS_MIN_CENTROIDS", 2)  # faiss for these small tests too

@@ -85,7 +85,7 @@ class Codec:
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         """[n, D] -> [n] uint16 centroid ids (the float64 argmax), independent of how tokens are grouped into calls."""
         out = np.empty(len(vectors), np.uint16)
-        search = self._faiss_index() if self.k >= FAISS_MIN_CENTROIDS and len(vectors) >= FAISS_MIN_ROWS else None
+        search = self._faiss if self.k >= max(2, FAISS_MIN_CENTROIDS) and len(vectors) >= FAISS_MIN_ROWS else None
         step = FAISS_ROWS if search is not None else max(1, SCORE_ELEMENTS // self.k)
         for start in range(0, len(vectors), step):
             x = np.ascontiguousarray(vectors[start : start + step], np.float32)
@@ -106,9 +106,6 @@ class Codec:
         index = faiss.IndexFlatIP(self.dim)
         index.add(np.ascontiguousarray(self.centroids, np.float32))
         return index
-
-    def _faiss_index(self):
-        return self._faiss if self.k >= 2 else None
 
     def _best_two_faiss(self, index, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = index.search(x, 2)

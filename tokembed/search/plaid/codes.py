@@ -33,6 +33,7 @@ from dataclasses import MISSING, dataclass, field, fields
 import numpy as np
 
 from tokembed.errors import IndexCorruptError
+from tokembed.search.plaid.candidates import ragged
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.files import map_tensors, verify_file, write_tensors
 
@@ -193,8 +194,8 @@ class StoredCodes:
         ids = np.empty(starts[-1], np.uint16)
         residuals = np.empty((starts[-1], parts[0][0].residuals.shape[1] if parts else 0), np.uint8)
         for codes, chosen, sources in parts:
-            to = token_positions(starts[chosen], lengths[chosen])
-            at = token_positions(sources, lengths[chosen])
+            to, _ = ragged(starts[chosen], starts[chosen] + lengths[chosen])
+            at, _ = ragged(sources, sources + lengths[chosen])
             ids[to] = codes.centroid_ids[at]
             residuals[to] = codes.residuals[at]
         return lengths, ids, residuals
@@ -204,12 +205,6 @@ class StoredCodes:
             verify_file(self.folder, self.entries[number], checksum=False)
             self._opened[number] = ShardCodes.open(self.folder / self.entries[number]["file"])
         return self._opened[number]
-
-
-def token_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The positions ``starts[i] .. starts[i] + lengths[i] - 1`` of every row, one after another."""
-    before = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
-    return np.repeat(np.asarray(starts, np.int64) - before, lengths) + np.arange(int(lengths.sum()))
 
 
 @dataclass
@@ -237,7 +232,7 @@ def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingSt
             if not np.array_equal(carried_lengths, lengths[carried]):
                 raise IndexCorruptError("a carried row's code count differs from its token count in the previous generation")
             if len(carried):
-                at = token_positions(offsets[carried] - offsets[0], carried_lengths)
+                at, _ = ragged(offsets[carried] - offsets[0], offsets[carried + 1] - offsets[0])
                 ids[at], residuals[at], todo[at] = carried_ids, carried_residuals, False
         rows = np.flatnonzero(todo)
         if len(rows):
