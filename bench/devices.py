@@ -5,8 +5,8 @@
 
 On a CPU box it compares, side by side: the in-process runner (``cpu``: two lanes of batches, see
 ``tokembed/engine/local.py``) and 1 and 2 worker processes
-(``cpu:1``, ``cpu:2``), each in float32 and bfloat16. On a CUDA box it runs one GPU (``cuda:0``) and every
-GPU (``auto``), and prints per GPU its tokens/s, the useful-token fraction (real / padded tokens) and the
+(``cpu:1``, ``cpu:2``), each in float32 and bfloat16. On a CUDA box it runs one GPU (``cuda:0``) with its default
+one lane and with two (``TOKEMBED_GPU_LANES=2``, a CUDA stream each) and every GPU (``auto``), and prints per GPU its tokens/s, the useful-token fraction (real / padded tokens) and the
 fraction of its busy time spent in the model forward (CUDA events around the forward; the rest is
 collate, host-to-device copy, finish and the copy back).
 
@@ -45,20 +45,27 @@ class _Quiet:
 class Case:
     """One ``--devices`` / ``--dtype`` combination: its runner stays open (workers loaded) across passes."""
 
-    def __init__(self, devices: str, dtype: str, batch_tokens: int) -> None:
+    def __init__(self, devices: str, dtype: str, batch_tokens: int, lanes: int | None = None) -> None:
         from tokembed.embedder import Embedder
         from tokembed.encode import EncodeJob
         from tokembed.engine import open_runner
         from tokembed.engine.device import resolve_device
         from tokembed.settings import EncodeFlags
 
-        self.name, self.devices, self.dtype = f"{devices} {dtype}", devices, dtype
+        self.name = f"{devices} {dtype}" + (f" {lanes} lanes" if lanes else "")
+        self.devices, self.dtype = devices, dtype
         flags = EncodeFlags(dtype=dtype, store_dtype="float32")
         job = EncodeJob(inputs=[], output=Path("."), flags=flags, devices=devices, batch_tokens=batch_tokens)
         self.progress = _Quiet()
         embedder = Embedder.load(None, flags, resolve_device(devices))
         started = time.perf_counter()
-        self.runner = open_runner(embedder, job, self.progress)
+        if lanes:  # read when the in-process runner is made (engine/local.py default_lanes)
+            os.environ["TOKEMBED_GPU_LANES"] = os.environ["TOKEMBED_CPU_LANES"] = str(lanes)
+        try:
+            self.runner = open_runner(embedder, job, self.progress)
+        finally:
+            for name in ("TOKEMBED_GPU_LANES", "TOKEMBED_CPU_LANES"):
+                os.environ.pop(name, None)
         list(self.runner.map_chunks([["warm-up: workers loaded and a first forward done"] * 16]))
         self.startup = time.perf_counter() - started
         self.passes: list[dict] = []
@@ -123,6 +130,8 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--chunk-rows", type=int, default=256)
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--gpu-only", action="store_true", help="on a CUDA box, leave out the CPU case (its "
+                        "spinning OpenMP threads can slow the host side of the GPU cases that follow it)")
     args = parser.parse_args()
 
     import torch
@@ -133,16 +142,16 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     texts = docstrings(args.docs)
     if torch.cuda.is_available():
-        cases = [("cpu", "float32"), ("cuda:0", "auto"), ("auto", "auto")]
+        cases = [("cpu", "float32", None), ("cuda:0", "auto", None), ("cuda:0", "auto", 2), ("auto", "auto", None)][args.gpu_only:]
     else:
-        cases = [(d, t) for t in ("float32", "bfloat16") for d in ("cpu", "cpu:1", "cpu:2")]
+        cases = [(d, t, None) for t in ("float32", "bfloat16") for d in ("cpu", "cpu:1", "cpu:2")]
     print(f"device: {device_name()}; torch {torch.__version__}; model all-MiniLM-L6-v2 (raw); "
           f"{len(texts)} docstrings, chunks of {args.chunk_rows}, --batch-tokens {args.batch_tokens}")
     parser_note = f"median of {args.passes} passes per case, cases interleaved"
     opened = []
     try:
-        for devices, dtype in cases:
-            opened.append(Case(devices, dtype, args.batch_tokens))
+        for devices, dtype, lanes in cases:
+            opened.append(Case(devices, dtype, args.batch_tokens, lanes))
             print(f"  {opened[-1].name}: ready in {opened[-1].startup:.1f}s", flush=True)
         chunks = [texts[i : i + args.chunk_rows] for i in range(0, len(texts), args.chunk_rows)]
         for round_ in range(args.passes):  # interleaved: a burst of load elsewhere hits every case alike
@@ -156,7 +165,9 @@ def main() -> None:
 
 
 def report(cases: list, note: str) -> None:
-    base = {case.dtype: case for case in cases if case.devices == "cpu"}
+    base = {}  # per dtype, the first case: the in-process CPU, or on a GPU box one GPU lane
+    for case in cases:
+        base.setdefault(case.dtype, case)
     fp32 = cases[0]
     fp32_rate = fp32.median()["tokens_per_s"]
     print()
@@ -184,8 +195,8 @@ def report(cases: list, note: str) -> None:
             if "out of memory" in line or "died" in line:
                 print(f"    {line}")
     print(f"\n{fp32.tokens:,} real tokens per pass; {note}. startup: what the runner adds before its first batch is"
-          " back (workers: spawn, import, model load; the main process loads its model before, in every case). busy: share of the pass the device spent on batches (in-process on a CPU: summed over its two lanes, so up to 200%); forward/busy: share of"
-          " that in the model forward. 'rows vs in-process': against the in-process case of the same dtype.")
+          " back (workers: spawn, import, model load; the main process loads its model before, in every case). busy: share of the pass the device spent on batches (in-process: summed over its two lanes, so up to 200%); forward/busy: share of"
+          " that in the model forward. 'rows vs in-process': against the first case of the same dtype (on a GPU box, cuda:0).")
 
 
 if __name__ == "__main__":

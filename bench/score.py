@@ -76,18 +76,18 @@ def make_queries(n: int, length: int, dim: int, seed: int = 1) -> list[np.ndarra
 # ---------------------------------------------------------------------------------------------- workers
 
 
-def worker_tokembed(index_dir: str, n_queries: int, runs: int, top_k: int) -> dict:
+def worker_tokembed(index_dir: str, n_queries: int, runs: int, top_k: int, device: str = "cpu") -> dict:
     from tokembed.index import open_index
     from tokembed.search import search_vectors
 
     index = open_index(index_dir)
     queries = make_queries(n_queries, 32, index.dim)
-    search_vectors(index, queries[:2], top_k=top_k)  # warm-up (page cache, BLAS)
-    times = timed_runs(lambda: search_vectors(index, queries, top_k=top_k), runs)
+    search_vectors(index, queries[:2], top_k=top_k, device=device)  # warm-up (page cache, BLAS, CUDA context)
+    times = timed_runs(lambda: search_vectors(index, queries, top_k=top_k, device=device), runs)
     return {"seconds": statistics.median(times), "times": times, "peak_rss_mb": peak_rss_mb(), "threads": _blas_threads()}
 
 
-def worker_reference(index_dir: str, n_queries: int, runs: int, top_k: int, doc_batch: int = 128) -> dict:
+def worker_reference(index_dir: str, n_queries: int, runs: int, top_k: int, device: str = "cpu", doc_batch: int = 128) -> dict:
     import torch
     from torch.nn.utils.rnn import pad_sequence
 
@@ -99,8 +99,8 @@ def worker_reference(index_dir: str, n_queries: int, runs: int, top_k: int, doc_
         column = batch.column(0)
         offsets = column.offsets.to_numpy()
         flat = column.values.values.to_numpy().reshape(-1, index.dim)
-        docs += [torch.from_numpy(flat[a:b].astype(np.float32)) for a, b in zip(offsets[:-1], offsets[1:])]
-    queries = torch.from_numpy(np.stack(make_queries(n_queries, 32, index.dim)).astype(np.float32))
+        docs += [torch.from_numpy(flat[a:b].astype(np.float32)).to(device) for a, b in zip(offsets[:-1], offsets[1:])]
+    queries = torch.from_numpy(np.stack(make_queries(n_queries, 32, index.dim)).astype(np.float32)).to(device)
 
     def colbert_scores(q, d):  # pylate.scores.colbert_scores, without masks: zero padding
         return torch.einsum("ash,bth->abst", q, d).max(axis=-1).values.sum(axis=-1)
@@ -108,7 +108,10 @@ def worker_reference(index_dir: str, n_queries: int, runs: int, top_k: int, doc_
     def run(qs):
         scores = torch.cat([colbert_scores(qs, pad_sequence(docs[i : i + doc_batch], batch_first=True))
                             for i in range(0, len(docs), doc_batch)], dim=1)
-        return torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
+        top = torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return top
 
     run(queries[:2])
     times = timed_runs(lambda: run(queries), runs)
@@ -132,20 +135,20 @@ def _blas_threads() -> dict:
     return {"numpy_blas": blas or f"default ({os.cpu_count()} CPUs)", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
-def run_worker(name: str, index_dir: Path, n_queries: int, runs: int, top_k: int) -> dict:
+def run_worker(name: str, index_dir: Path, n_queries: int, runs: int, top_k: int, device: str = "cpu") -> dict:
     command = [sys.executable, __file__, "--worker", name, "--index", str(index_dir),
-               "--queries", str(n_queries), "--runs", str(runs), "--top-k", str(top_k)]
+               "--queries", str(n_queries), "--runs", str(runs), "--top-k", str(top_k), "--device", device]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def interleaved(folder: Path, n_queries: int, runs: int) -> tuple[dict, dict]:
+def interleaved(folder: Path, n_queries: int, runs: int, device: str = "cpu") -> tuple[dict, dict]:
     """Alternate the two workers (one timed run each, after its own warm-up), so that load from other
     processes on the machine hits both sides alike; the median and the highest peak RSS per side."""
     results: dict[str, list[dict]] = {"tokembed": [], "reference": []}
     for _ in range(runs):
         for name in results:
-            results[name].append(run_worker(name, folder, n_queries, 1, 10))
+            results[name].append(run_worker(name, folder, n_queries, 1, 10, device))
     merged = []
     for name, parts in results.items():
         times = [t for part in parts for t in part["times"]]
@@ -178,19 +181,20 @@ def matmul_ceiling(dim: int, query_tokens: int = 32) -> None:
           f"{token_pairs / query_tokens / 1e6:.1f} M query pairs/s at {query_tokens} query tokens x {dim} dims")
 
 
-def normal_mode(root: Path, tokens: int, n_queries: int, runs: int) -> None:
+def normal_mode(root: Path, tokens: int, n_queries: int, runs: int, device: str = "cpu") -> None:
     folder = root / "index"
     start = time.perf_counter()
     manifest = build_index(folder, tokens, 128, shard_rows=2000)
     totals = manifest["totals"]
     print(f"index: {totals['rows']} docs, {totals['tokens']} tokens, dim 128 float16, {len(manifest['shards'])} shards, "
           f"{totals['bytes'] / 2**20:.0f} MiB (built in {time.perf_counter() - start:.1f} s)")
-    print(f"queries: {n_queries} x 32 tokens; CPU threads: torch default, numpy BLAS default")
-    ours, reference = interleaved(folder, n_queries, runs)
+    print(f"queries: {n_queries} x 32 tokens; device {device}; CPU threads: torch default, numpy BLAS default")
+    ours, reference = interleaved(folder, n_queries, runs, device)
     print(f"threads: tokembed {ours['threads']}, reference {reference['threads']}")
     report("reference", reference, n_queries, n_queries * 32, totals["tokens"])
     report("tokembed", ours, n_queries, n_queries * 32, totals["tokens"])
-    matmul_ceiling(128)
+    if device == "cpu":
+        matmul_ceiling(128)
     print(f"speedup: {reference['seconds'] / ours['seconds']:.2f}x")
 
 
@@ -215,18 +219,20 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--big", action="store_true", help="scan a >= 2 GB index (512 MiB shards) and report peak RSS")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the indexes (default: a temp dir)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: both sides score there (the reference's "
+                        "documents are moved to the GPU once, before timing; tokembed reads its shards per run)")
     parser.add_argument("--worker", choices=["tokembed", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         fn = worker_tokembed if args.worker == "tokembed" else worker_reference
-        print(json.dumps(fn(args.index, args.queries, args.runs, args.top_k)))
+        print(json.dumps(fn(args.index, args.queries, args.runs, args.top_k, args.device)))
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         if args.big:
             big_mode(Path(tmp), 10)
         else:
-            normal_mode(Path(tmp), args.tokens, args.queries, args.runs)
+            normal_mode(Path(tmp), args.tokens, args.queries, args.runs, args.device)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""In-process CPU encoding runs a chunk's batches on two lanes (this thread and a helper, torch's ops on half
-the cores each): the same bytes as one lane, both lanes busy, torch's thread count restored, errors raised."""
+"""In-process encoding runs a chunk's batches on two lanes (this thread and a helper; on a CPU torch's ops on
+half the cores each, on a GPU, where they are opt-in, a CUDA stream each): the same bytes as one lane, both lanes busy, torch's thread
+count restored, errors raised."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def test_two_lanes_write_the_bytes_of_one(tmp_path, checkpoint_store, monkeypatc
 def test_lanes_only_on_a_cpu_with_two_cores_or_more(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert local.default_lanes("cpu") == 2
-    assert local.default_lanes("cuda:0") == 1  # a GPU runs one stream of batches
+    assert local.default_lanes("cuda:0") == 1  # opt-in on a GPU (TOKEMBED_GPU_LANES)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # OMP_NUM_THREADS=1, or one core
     assert local.default_lanes("cpu") == 1
 
@@ -101,3 +102,76 @@ def test_the_lanes_can_be_set_or_turned_off(monkeypatch):
     monkeypatch.setenv("TOKEMBED_CPU_LANES", "two")
     with pytest.raises(UsageError, match="TOKEMBED_CPU_LANES"):
         local.default_lanes("cpu")
+    monkeypatch.setenv("TOKEMBED_GPU_LANES", "2")
+    assert local.default_lanes("cuda:1") == 2  # a CUDA stream each, whatever the CPU threads
+    monkeypatch.setenv("TOKEMBED_GPU_LANES", "0")
+    with pytest.raises(UsageError, match="TOKEMBED_GPU_LANES"):
+        local.default_lanes("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_gpu_lanes_write_the_bytes_of_one(tmp_path, minilm_path, monkeypatch):
+    """Each lane on its own CUDA stream; bfloat16, batches of a few rows: many batches overlap."""
+    from cli.main import run
+
+    corpus = write_parquet(tmp_path / "corpus.parquet", corpus_rows(200))
+    lanes_seen = set()
+    real_run = local.LocalRunner._run
+
+    def recording_run(self, items):
+        lanes_seen.add(threading.current_thread().name)
+        return real_run(self, items)
+
+    monkeypatch.setattr(local.LocalRunner, "_run", recording_run)
+    args = ["encode", str(corpus), "-m", str(minilm_path), "--devices", "cuda", "-q", *map(str, COMMON)]
+    monkeypatch.setenv("TOKEMBED_GPU_LANES", "2")
+    assert run([*args, "-o", str(tmp_path / "two")]) == 0
+    assert {"MainThread", "tokembed-lane-1"} <= lanes_seen
+    monkeypatch.setenv("TOKEMBED_GPU_LANES", "1")
+    assert run([*args, "-o", str(tmp_path / "one")]) == 0
+    assert shard_digests(tmp_path / "two") == shard_digests(tmp_path / "one")
+
+
+def test_planned_ahead_makes_the_next_item_while_the_caller_holds_this_one():
+    made_second = threading.Event()
+
+    def make(item):
+        if item == 1:
+            made_second.set()
+        return item * 10
+
+    out = []
+    for value in local.planned_ahead(iter(range(4)), make):
+        if value == 0:  # the helper makes item 1 while the caller still holds item 0
+            assert made_second.wait(10)
+        out.append(value)
+    assert out == [0, 10, 20, 30]
+
+
+def test_planned_ahead_raises_an_items_error_in_its_place_and_stops_reading():
+    read = []
+
+    def items():
+        for item in range(100):
+            read.append(item)
+            yield item
+
+    def make(item):
+        if item == 2:
+            raise ValueError("bad chunk 2")
+        return item
+
+    got = []
+    with pytest.raises(ValueError, match="bad chunk 2"):
+        for value in local.planned_ahead(items(), make):
+            got.append(value)
+    assert got == [0, 1] and max(read) == 2  # nothing read past the failing item
+
+
+def test_closing_planned_ahead_early_leaves_no_helper_running():
+    before = threading.active_count()
+    plans = local.planned_ahead(iter(range(10)), lambda item: item)
+    assert next(plans) == 0
+    plans.close()
+    assert threading.active_count() == before

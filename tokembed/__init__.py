@@ -22,6 +22,10 @@ for _cache in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
 # after a first matrix product: a library caller who ran one before importing tokembed gets non-strict
 # results in process (its `cpu:N` workers are strict), so import tokembed first, or set MKL_CBWR yourself.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+# With TOKEMBED_GPU_LANES=2, batches run on two CUDA streams (engine/local.py). cuBLAS gives the same bits on
+# every stream only with a fixed workspace per stream (NVIDIA's reproducibility notes); ~24 MB of GPU
+# memory. Read when cuBLAS initializes.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def _native_settings() -> None:

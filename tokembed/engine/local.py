@@ -9,12 +9,20 @@ ops that use several cores poorly (attention over many small matrices, elementwi
 two batches at once keep the cores busy through them. Measured on 2 cores, MiniLM, 1,200 docstrings: 8% more
 tokens/s in float32, 10% in bfloat16. A batch's rows do not depend on its lane or on the thread count
 (``MKL_CBWR``, see ``tokembed/cpu.py``), so the bytes are those of one lane (tested).
+
+On a GPU, ``TOKEMBED_GPU_LANES=2`` runs two lanes on a CUDA stream each, so one lane's forward runs while the
+other collates, copies or finishes its batch, and the next chunk is read and tokenized in a helper thread
+meanwhile (``planned_ahead``). The host's work is much of a small model's time there (on an H200, MiniLM,
+6,000 docstrings in chunks of 2,048, one lane kept the GPU busy 56-66% of the pass), but two lanes measured
+only +5-7%, inside the noise, so one lane stays the default. Same bytes either way
+(``CUBLAS_WORKSPACE_CONFIG``, see ``tokembed/__init__.py``; tested on the GPU).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -24,6 +32,9 @@ from tokembed.engine.runner import BatchExecutor, ChunkResult, DeviceStats, asse
 T = TypeVar("T")
 R = TypeVar("R")
 CPU_LANES = 2  # measured on 2 cores only; more lanes would also hold more batches' activations at once
+# On a GPU, lanes are opt-in (TOKEMBED_GPU_LANES=2): on an H200 with MiniLM they gave +5-7% (median of 9
+# interleaved passes), inside the host's pass-to-pass noise (104k-165k tokens/s in one case).
+GPU_LANES = 1
 
 
 class LocalRunner:
@@ -41,12 +52,19 @@ class LocalRunner:
 
     def map_chunks(self, chunks: Iterable[list[str]]) -> Iterator[ChunkResult]:
         encoder = self.embedder.encoder
-        for texts in chunks:
-            plan = plan_chunk(encoder, texts, self.batch_tokens)
-            with ops_threads_per_lane(self.lanes):
+        on_cpu = self.label == "cpu"
+
+        def plan_of(texts: list[str]):
+            return plan_chunk(encoder, texts, self.batch_tokens)
+
+        # A GPU waits while a chunk is read and tokenized: with lanes, plan the next one meanwhile. A CPU has no
+        # core to spare for it, and keeps one chunk alive at a time (see encode._encode_stream).
+        ahead = not on_cpu and self.lanes > 1
+        for plan in planned_ahead(chunks, plan_of) if ahead else map(plan_of, chunks):
+            with ops_threads_per_lane(self.lanes if on_cpu else 1):
                 outputs = run_on_lanes([plan.batch_items(batch) for batch in plan.batches], self._run, self.lanes)
             yield assemble(encoder, plan, outputs)
-            del texts, plan, outputs  # one chunk alive at a time (see encode._encode_stream)
+            del plan, outputs
             release_freed_memory()
 
     def _run(self, items):
@@ -62,21 +80,41 @@ class LocalRunner:
         pass
 
 
+def planned_ahead(items: Iterable[T], make: Callable[[T], R]) -> Iterator[R]:
+    """``map(make, items)``, the next item taken and made in a helper thread while the caller uses this one
+    (tokenizers and pyarrow release the GIL). Errors come out in order, where the failing item would have."""
+    iterator = iter(items)
+    end = object()
+
+    def make_next():
+        for item in iterator:
+            return make(item)
+        return end
+
+    with ThreadPoolExecutor(1, thread_name_prefix="tokembed-plan") as helper:
+        pending = helper.submit(make_next)
+        while (made := pending.result()) is not end:
+            pending = helper.submit(make_next)
+            yield made
+            del made
+
+
 def default_lanes(device: str) -> int:
-    """Lanes for ``device``: ``CPU_LANES`` on a CPU with at least that many threads (``TOKEMBED_CPU_LANES``
-    overrides: 1 turns the lanes off, e.g. to hold one batch's activations at a time), one on a GPU."""
-    if device != "cpu":
-        return 1  # a GPU runs one stream of batches
+    """Lanes for ``device``: ``CPU_LANES`` on a CPU with at least that many threads, ``GPU_LANES`` on a GPU
+    (``TOKEMBED_CPU_LANES`` / ``TOKEMBED_GPU_LANES`` override: 1 turns the lanes off, e.g. to hold one batch's
+    activations at a time)."""
     import os
 
     import torch
 
-    setting = os.environ.get("TOKEMBED_CPU_LANES", str(CPU_LANES))
+    on_cpu = device == "cpu"
+    name = "TOKEMBED_CPU_LANES" if on_cpu else "TOKEMBED_GPU_LANES"
+    setting = os.environ.get(name, str(CPU_LANES if on_cpu else GPU_LANES))
     if not setting.isdigit() or int(setting) < 1:
         from tokembed.errors import UsageError
 
-        raise UsageError(f"TOKEMBED_CPU_LANES must be a whole number >= 1; got {setting!r}")
-    return max(1, min(int(setting), torch.get_num_threads()))
+        raise UsageError(f"{name} must be a whole number >= 1; got {setting!r}")
+    return max(1, min(int(setting), torch.get_num_threads())) if on_cpu else int(setting)
 
 
 @contextmanager

