@@ -51,17 +51,34 @@ def test_everything_probed_equals_the_exhaustive_scan(compressed):
         assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
 
 
-def test_the_codes_of_many_rows_at_once_equal_them_row_by_row(compressed):
+def test_copying_many_rows_codes_at_once_equals_them_row_by_row(compressed):
+    from tokembed.errors import IndexCorruptError
     from tokembed.search.plaid.codes import StoredCodes
 
     folder = compressed[0]
     codes = StoredCodes(folder, manifest(folder)["search"]["shards"])
-    rows = [450, 3, 3, 201, 0, 599, 199, 200]  # out of order, repeated, across the three shards and their edges
-    lengths, ids, residuals = codes.rows_codes(np.array(rows))
-    one_by_one = [codes.row_codes(row) for row in rows]
-    assert lengths.tolist() == [len(row_ids) for row_ids, _ in one_by_one]
-    assert np.array_equal(ids, np.concatenate([np.asarray(row_ids) for row_ids, _ in one_by_one]))
-    assert np.array_equal(residuals, np.concatenate([row_residuals for _, row_residuals in one_by_one]))
+    # out of order, repeated, across the three shards and their edges; runs of neighbours (198-201 spans a shard
+    # edge) and gaps between the targets, which must not be bridged
+    rows = np.array([450, 3, 3, 198, 199, 200, 201, 0, 599, 598, 10, 11, 12])
+    one_by_one = [codes.row_codes(row) for row in rows.tolist()]
+    lengths = np.array([len(row_ids) for row_ids, _ in one_by_one])
+    gaps = np.zeros(len(rows), np.int64)
+    gaps[[5, 10]] = 7  # free tokens before those rows' targets
+    to = np.cumsum(np.concatenate([[0], lengths[:-1]])) + np.cumsum(gaps)
+    total = int(to[-1] + lengths[-1])
+    ids = np.full(total, 9999, np.uint16)
+    residuals = np.full((total, one_by_one[0][1].shape[1]), 77, np.uint8)
+    codes.copy_rows_into(rows, lengths, to, ids, residuals)
+    for (row_ids, row_residuals), start, length in zip(one_by_one, to.tolist(), lengths.tolist()):
+        assert np.array_equal(ids[start : start + length], row_ids)
+        assert np.array_equal(residuals[start : start + length], row_residuals)
+    untouched = np.ones(total, bool)
+    for start, length in zip(to.tolist(), lengths.tolist()):
+        untouched[start : start + length] = False
+    assert untouched.sum() == 14 and (ids[untouched] == 9999).all() and (residuals[untouched] == 77).all()
+    lengths[4] += 1  # a row whose token count changed cannot have its codes carried
+    with pytest.raises(IndexCorruptError, match="code count"):
+        codes.copy_rows_into(rows, lengths, to, ids, residuals)
 
 
 def test_a_reader_keeps_its_generation_while_compress_replaces_it(compressed, tmp_path):

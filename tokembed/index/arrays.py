@@ -21,6 +21,15 @@ def list_offsets(array) -> np.ndarray:
     return numpy_view(array.offsets).astype(np.int64)
 
 
+def string_offsets(array) -> np.ndarray:
+    """A string (or binary) array's offsets ([n + 1], int64) into its data buffer (``buffers()[2]``), as numpy."""
+    import pyarrow as pa
+
+    wide = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+    offsets = np.frombuffer(array.buffers()[1], np.int64 if wide else np.int32)
+    return offsets[array.offset : array.offset + len(array) + 1].astype(np.int64)
+
+
 def numpy_dtype(arrow_type) -> np.dtype:
     """The numpy dtype of a fixed-width Arrow type (``pa.float16()`` -> float16; int32, uint16, ... share names)."""
     return np.dtype(_NUMPY_NAMES.get(str(arrow_type), str(arrow_type)))

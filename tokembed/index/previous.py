@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokembed.index.arrays import arrow_array, list_offsets, numpy_view
+from tokembed.index.arrays import list_offsets, numpy_view, string_offsets
 from tokembed.index.format import EMBEDDINGS, require_vectors
 from tokembed.index.keys import KeyIndex, id_keys
 from tokembed.index.pages import MappedPages
@@ -51,14 +51,15 @@ class PreviousIndex:
         return rows
 
     def ids_at(self, rows: np.ndarray) -> list[str]:
-        """The ids of many rows at once (one Arrow take per record batch)."""
-        import pyarrow as pa
-
+        """The ids of many rows at once, read from each record batch's offsets and UTF-8 bytes (Arrow's ``take``
+        would import ``pyarrow.compute``: ~0.1 s of an incremental run's start)."""
         out: list = [None] * len(rows)
         for number, positions, local in self._by_batch(rows):
-            taken = self._batches[number].column("id").take(arrow_array(local, pa.int64()))
-            for position, value in zip(positions.tolist(), taken.to_pylist()):
-                out[position] = value
+            column = self._batches[number].column("id")
+            offsets = string_offsets(column)
+            data = memoryview(column.buffers()[2] or b"")
+            for position, start, end in zip(positions.tolist(), offsets[local].tolist(), offsets[local + 1].tolist()):
+                out[position] = str(data[start:end], "utf-8")
         return out
 
     def content_hashes(self, rows: np.ndarray) -> np.ndarray:

@@ -250,12 +250,12 @@ class _CarryFromPrevious:
         self.previous = previous
         self.codes = StoredCodes(folder, structure["shards"])
 
-    def __call__(self, ids: list[str], hashes: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, ids: list[str], hashes: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         from tokembed.index.keys import id_keys
 
         rows = self.previous.find(ids, id_keys(ids))
         carried = np.flatnonzero(self.previous.unchanged(rows, hashes))
-        return (carried, *self.codes.rows_codes(np.array([rows[i] for i in carried.tolist()], np.int64)))
+        return carried, np.array([rows[i] for i in carried.tolist()], np.int64)
 
     def release(self) -> None:
         self.previous.release_pages()

@@ -27,7 +27,7 @@ holds (same id, same content hash, same codec) is copied instead of coded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
@@ -147,9 +147,12 @@ def _narrowest(counts: np.ndarray, at_least=np.uint8) -> np.ndarray:
     return counts.astype(np.promote_types(np.min_scalar_type(top), at_least))
 
 
-# The codes the previous generation holds for a batch's unchanged rows: (ids, hashes) of the batch -> (the rows
-# carried [k] (positions in the batch, ascending), then ``StoredCodes.rows_codes`` of them).
-CarryLookup = Callable[[list[str], list[bytes]], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+# A batch's unchanged rows: (ids, hashes) of the batch -> (the rows carried [k] (positions in the batch,
+# ascending), their rows in the previous generation [k]); ``.codes`` is that generation's ``StoredCodes``.
+class CarryLookup(Protocol):
+    codes: "StoredCodes"
+
+    def __call__(self, ids: list[str], hashes: list[bytes]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -178,27 +181,23 @@ class StoredCodes:
         number = int(np.searchsorted(self.starts, row, side="right")) - 1
         return self._shard(number).row_codes(row - int(self.starts[number]))
 
-    def rows_codes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The codes of many rows at once, one gather per shard: (token counts [rows], centroid ids, packed
-        residuals), the rows' tokens one after another in the order given."""
-        rows = np.asarray(rows, np.int64)
+    def copy_rows_into(self, rows: np.ndarray, lengths: np.ndarray, to: np.ndarray, ids: np.ndarray, residuals: np.ndarray) -> None:
+        """Copy the codes of ``rows`` into ``ids`` / ``residuals`` from token position ``to[i]`` on, one slice
+        copy per run of rows whose tokens lie back to back at both ends (an incremental run's unchanged rows
+        are long such runs). Raises if a row's code count is not ``lengths[i]``, its token count now."""
+        rows, to = np.asarray(rows, np.int64), np.asarray(to, np.int64)
         numbers = np.searchsorted(self.starts, rows, side="right") - 1
-        lengths = np.zeros(len(rows), np.int64)
-        parts = []
-        for number in np.unique(numbers).tolist():
+        for number in np.flatnonzero(np.bincount(numbers)).tolist():  # not np.unique: it imports numpy.ma (~0.08 s)
             codes, chosen = self._shard(number), np.flatnonzero(numbers == number)
             local = rows[chosen] - int(self.starts[number])
-            lengths[chosen] = codes.doc_offsets[local + 1] - codes.doc_offsets[local]
-            parts.append((codes, chosen, codes.doc_offsets[local]))
-        starts = np.concatenate([[0], np.cumsum(lengths)])
-        ids = np.empty(starts[-1], np.uint16)
-        residuals = np.empty((starts[-1], parts[0][0].residuals.shape[1] if parts else 0), np.uint8)
-        for codes, chosen, sources in parts:
-            to, _ = ragged(starts[chosen], starts[chosen] + lengths[chosen])
-            at, _ = ragged(sources, sources + lengths[chosen])
-            ids[to] = codes.centroid_ids[at]
-            residuals[to] = codes.residuals[at]
-        return lengths, ids, residuals
+            firsts, ends, targets = codes.doc_offsets[local], codes.doc_offsets[local + 1], to[chosen]
+            if not np.array_equal(ends - firsts, lengths[chosen]):
+                raise IndexCorruptError("a carried row's code count differs from its token count in the previous generation")
+            cuts = np.flatnonzero((firsts[1:] != ends[:-1]) | (targets[1:] != targets[:-1] + (ends[:-1] - firsts[:-1]))) + 1
+            for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(chosen)]):
+                start, end, at = int(firsts[a]), int(ends[b - 1]), int(targets[a])
+                ids[at : at + end - start] = codes.centroid_ids[start:end]
+                residuals[at : at + end - start] = codes.residuals[start:end]
 
     def _shard(self, number: int) -> ShardCodes:
         if number not in self._opened:
@@ -228,12 +227,11 @@ def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingSt
         residuals = np.empty((len(vectors), codec.code_bytes), np.uint8)
         todo = np.ones(len(vectors), bool)
         if carry is not None:
-            carried, carried_lengths, carried_ids, carried_residuals = carry(batch.column("id").to_pylist(), _hashes(batch))
-            if not np.array_equal(carried_lengths, lengths[carried]):
-                raise IndexCorruptError("a carried row's code count differs from its token count in the previous generation")
+            carried, previous_rows = carry(batch.column("id").to_pylist(), _hashes(batch))
             if len(carried):
-                at, _ = ragged(offsets[carried] - offsets[0], offsets[carried + 1] - offsets[0])
-                ids[at], residuals[at], todo[at] = carried_ids, carried_residuals, False
+                starts = offsets[carried] - offsets[0]
+                carry.codes.copy_rows_into(previous_rows, lengths[carried], starts, ids, residuals)
+                todo[ragged(starts, starts + lengths[carried])[0]] = False
         rows = np.flatnonzero(todo)
         if len(rows):
             ids[rows], residuals[rows], norms = codec.encode(vectors[rows])
@@ -258,14 +256,17 @@ def assemble(parts: CodeParts, codec: Codec) -> ShardCodes:
 
 def inverted_lists(centroid_ids: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(offsets [k + 1] uint32, rows [pairs] uint16/uint32): each (centroid, row) pair once, sorted."""
-    rows = max(len(lengths), 1)
-    pairs = centroid_ids.astype(np.int64) * rows + np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    pairs.sort()  # a sort and a neighbour test: several times faster here than np.unique's hash table
-    if len(pairs):
-        pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]
-    counts = np.bincount(pairs // rows, minlength=k)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint32)
-    return offsets, (pairs % rows).astype(np.uint16 if len(lengths) <= 1 << 16 else np.uint32)
+    ids = np.asarray(centroid_ids, np.uint16)
+    # A stable sort of 16-bit keys is numpy's radix sort: (centroid, row) order in one linear pass, the rows
+    # already ascending within a centroid; then a neighbour test drops repeated pairs.
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    rows = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)[order]
+    if len(rows):
+        first = np.concatenate([[True], (ids[1:] != ids[:-1]) | (rows[1:] != rows[:-1])])
+        ids, rows = ids[first], rows[first]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(ids, minlength=k))]).astype(np.uint32)
+    return offsets, rows.astype(np.uint16 if len(lengths) <= 1 << 16 else np.uint32)
 
 
 def _hashes(batch) -> list[bytes]:
