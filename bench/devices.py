@@ -139,11 +139,11 @@ def main() -> None:
     from _corpus import docstrings
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     texts = docstrings(args.docs)
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # the tokenizer keeps its threads, as in `tokembed encode`: the GPU waits on it
         cases = [("cpu", "float32", None), ("cuda:0", "auto", None), ("cuda:0", "auto", 2), ("auto", "auto", None)][args.gpu_only:]
-    else:
+    else:  # one tokenizer thread, as in the CPU figures of earlier releases (comparable)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         cases = [(d, t, None) for t in ("float32", "bfloat16") for d in ("cpu", "cpu:1", "cpu:2")]
     print(f"device: {device_name()}; torch {torch.__version__}; model all-MiniLM-L6-v2 (raw); "
           f"{len(texts)} docstrings, chunks of {args.chunk_rows}, --batch-tokens {args.batch_tokens}")

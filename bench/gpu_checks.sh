@@ -14,7 +14,7 @@
 set -u
 out=${1:?usage: bench/gpu_checks.sh OUT_DIR}
 mkdir -p "$out"
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ -d .gpu/site ] && export PYTHONPATH="$PWD/.gpu/site:$PYTHONPATH"
 python=${PYTHON:-python3}
