@@ -55,19 +55,25 @@ def test_torch_threads_are_split_between_lanes_and_restored():
     assert torch.get_num_threads() == threads
 
 
-def test_two_lanes_write_the_bytes_of_one(tmp_path, checkpoint_store, monkeypatch):
+@pytest.fixture
+def lanes_seen(monkeypatch) -> set:
+    """The names of the threads that ran ``LocalRunner`` batches."""
+    seen: set = set()
+    real_run = local.LocalRunner._run
+
+    def recording_run(self, items):
+        seen.add(threading.current_thread().name)
+        return real_run(self, items)
+
+    monkeypatch.setattr(local.LocalRunner, "_run", recording_run)
+    return seen
+
+
+def test_two_lanes_write_the_bytes_of_one(tmp_path, checkpoint_store, monkeypatch, lanes_seen):
     from cli.main import run
 
     corpus = write_parquet(tmp_path / "corpus.parquet", corpus_rows(60))
     model = checkpoint_store("pylate_bert")
-    lanes_seen = set()
-    real_run = local.LocalRunner._run
-
-    def recording_run(self, items):
-        lanes_seen.add(threading.current_thread().name)
-        return real_run(self, items)
-
-    monkeypatch.setattr(local.LocalRunner, "_run", recording_run)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two lanes even on a one-core box
     monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
     args = ["encode", str(corpus), "-m", str(model), "--devices", "cpu", "-q", *map(str, COMMON)]
@@ -111,19 +117,11 @@ def test_the_lanes_can_be_set_or_turned_off(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_two_gpu_lanes_write_the_bytes_of_one(tmp_path, minilm_path, monkeypatch):
+def test_two_gpu_lanes_write_the_bytes_of_one(tmp_path, minilm_path, monkeypatch, lanes_seen):
     """Each lane on its own CUDA stream; bfloat16, batches of a few rows: many batches overlap."""
     from cli.main import run
 
     corpus = write_parquet(tmp_path / "corpus.parquet", corpus_rows(200))
-    lanes_seen = set()
-    real_run = local.LocalRunner._run
-
-    def recording_run(self, items):
-        lanes_seen.add(threading.current_thread().name)
-        return real_run(self, items)
-
-    monkeypatch.setattr(local.LocalRunner, "_run", recording_run)
     args = ["encode", str(corpus), "-m", str(minilm_path), "--devices", "cuda", "-q", *map(str, COMMON)]
     monkeypatch.setenv("TOKEMBED_GPU_LANES", "2")
     assert run([*args, "-o", str(tmp_path / "two")]) == 0
