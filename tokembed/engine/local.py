@@ -44,10 +44,11 @@ class LocalRunner:
         self.embedder = embedder
         self.batch_tokens = batch_tokens
         self.label = embedder.device
-        self.executor = BatchExecutor(embedder.encoder, embedder.device, log=getattr(progress, "log", lambda message: None))
+        self.lanes = default_lanes(embedder.device) if lanes is None else lanes
+        self.executor = BatchExecutor(embedder.encoder, embedder.device, log=getattr(progress, "log", lambda message: None),
+                                      lane_streams=self.lanes > 1)
         self.device_tokens = getattr(progress, "device_tokens", None)  # optional Progress method
         self.device_stats = {self.label: DeviceStats()}  # busy seconds: summed over the lanes
-        self.lanes = default_lanes(embedder.device) if lanes is None else lanes
         self._record_lock = threading.Lock()
 
     def map_chunks(self, chunks: Iterable[list[str]]) -> Iterator[ChunkResult]:

@@ -120,7 +120,8 @@ class BatchExecutor:
     label: str | None = None  # the device's name in logs (a worker's ``cpu:1``); default: ``device``
     # Padded tokens a batch may have on this device: unlimited until an out-of-memory error teaches otherwise.
     budget: int | None = None
-    _streams: list = field(default_factory=list, repr=False)  # CUDA streams no lane holds now (one per lane made)
+    lane_streams: bool = False  # a CUDA stream per concurrent caller (``LocalRunner``'s GPU lanes); else the current one
+    _streams: list = field(default_factory=list, repr=False)  # lane streams no lane holds now (one per lane made)
 
     def __post_init__(self) -> None:
         self.cuda = self.device.startswith("cuda")
@@ -177,7 +178,7 @@ class BatchExecutor:
         return first[0] + second[0], first[1] + second[1], max(first[2], second[2]), first[3] + second[3]
 
     def _forward(self, items: list[Tokenized]) -> tuple[list[Row], float]:
-        if not self.cuda:
+        if not (self.cuda and self.lane_streams):
             return self._forward_here(items)
         # Lanes (engine/local.py) overlap on streams of their own; kept for reuse, as the caching allocator
         # reuses a freed block only on the stream it was allocated on.

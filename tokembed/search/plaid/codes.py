@@ -27,8 +27,8 @@ holds (same id, same content hash, same codec) is copied instead of coded.
 
 from __future__ import annotations
 
-from typing import Protocol
 from dataclasses import MISSING, dataclass, field, fields
+from typing import Protocol
 
 import numpy as np
 
