@@ -13,7 +13,7 @@ tokens/s in float32, 10% in bfloat16. A batch's rows do not depend on its lane o
 On a GPU, ``TOKEMBED_GPU_LANES=2`` runs two lanes on a CUDA stream each, so one lane's forward runs while the
 other collates, copies or finishes its batch, and the next chunk is read and tokenized in a helper thread
 meanwhile (``planned_ahead``). The host's work is much of a small model's time there (on an H200, MiniLM,
-6,000 docstrings in chunks of 2,048, one lane kept the GPU busy 56-66% of the pass), but two lanes measured
+2,533 docstrings in chunks of 2,048, one lane kept the GPU busy 56-66% of the pass), but two lanes measured
 only +5-7%, inside the noise, so one lane stays the default. Same bytes either way
 (``CUBLAS_WORKSPACE_CONFIG``, see ``tokembed/__init__.py``; tested on the GPU).
 """
