@@ -5,9 +5,10 @@
 
 On a CPU box it compares, side by side: the in-process runner (``cpu``: two lanes of batches, see
 ``tokembed/engine/local.py``) and 1 and 2 worker processes
-(``cpu:1``, ``cpu:2``), each in float32 and bfloat16. On a CUDA box it runs one GPU (``cuda:0``) with its default
-one lane and with two (``TOKEMBED_GPU_LANES=2``, a CUDA stream each) and every GPU (``auto``), and prints per GPU its tokens/s, the useful-token fraction (real / padded tokens) and the
-fraction of its busy time spent in the model forward (CUDA events around the forward; the rest is
+(``cpu:1``, ``cpu:2``), each in float32 and bfloat16. On a CUDA box it runs one GPU (``cuda:0``) with its
+default one lane and with two (``TOKEMBED_GPU_LANES=2``, a CUDA stream each) and every GPU (``auto``), and
+prints per GPU its tokens/s, the useful-token fraction (real / padded tokens) and the fraction of its busy
+time spent in the model forward (CUDA events around the forward; the rest is
 collate, host-to-device copy, finish and the copy back).
 
 Every case loads its model first (workers: once each) and warms up on a small chunk; then the cases take

@@ -2,6 +2,7 @@
 
     python bench/score.py                # ~1M document tokens, dim 128, 100 queries x 32 tokens
     python bench/score.py --big          # instead: an index of >= 2 GB on disk, peak RSS while scanning
+    python bench/score.py --device cuda  # both sides on the GPU (the reference's documents held there)
 
 The reference is MaxSim in the style of ``pylate.scores.colbert_scores``: documents padded with zeros
 to the longest of their batch, ``einsum("ash,bth->abst")``, max over document tokens, sum over query
