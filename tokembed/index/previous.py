@@ -69,12 +69,16 @@ class PreviousIndex:
             out[positions] = self._view(number)[3][local]
         return out
 
-    def unchanged(self, rows: list[int | None], hashes: list[bytes]) -> np.ndarray:
-        """Per item, whether its stored row (None: not stored) holds the same content hash, a batch at a time."""
+    def unchanged(self, rows: list[int | None], hashes) -> np.ndarray:
+        """Per item, whether its stored row (None: not stored) holds the same content hash, a batch at a time.
+        ``hashes``: each item's 32-byte digest, or all of them as one [items, 32] uint8 array."""
         out = np.zeros(len(rows), bool)
         found = [i for i, row in enumerate(rows) if row is not None]
         if found:
-            digests = np.frombuffer(b"".join(hashes[i] for i in found), np.uint8).reshape(-1, 32)
+            if isinstance(hashes, np.ndarray):
+                digests = hashes[found]
+            else:
+                digests = np.frombuffer(b"".join(hashes[i] for i in found), np.uint8).reshape(-1, 32)
             out[found] = (self.content_hashes(np.asarray([rows[i] for i in found], np.int64)) == digests).all(axis=1)
         return out
 

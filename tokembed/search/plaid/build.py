@@ -250,7 +250,7 @@ class _CarryFromPrevious:
         self.previous = previous
         self.codes = StoredCodes(folder, structure["shards"])
 
-    def __call__(self, ids: list[str], hashes: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, ids: list[str], hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from tokembed.index.keys import id_keys
 
         rows = self.previous.find(ids, id_keys(ids))

@@ -147,12 +147,12 @@ def _narrowest(counts: np.ndarray, at_least=np.uint8) -> np.ndarray:
     return counts.astype(np.promote_types(np.min_scalar_type(top), at_least))
 
 
-# A batch's unchanged rows: (ids, hashes) of the batch -> (the rows carried [k] (positions in the batch,
-# ascending), their rows in the previous generation [k]); ``.codes`` is that generation's ``StoredCodes``.
+# A batch's unchanged rows: (ids, content hashes [rows, 32]) of the batch -> (the rows carried [k] (positions
+# in the batch, ascending), their rows in the previous generation [k]); ``.codes``: that generation's codes.
 class CarryLookup(Protocol):
     codes: "StoredCodes"
 
-    def __call__(self, ids: list[str], hashes: list[bytes]) -> tuple[np.ndarray, np.ndarray]: ...
+    def __call__(self, ids: list[str], hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -269,7 +269,7 @@ def inverted_lists(centroid_ids: np.ndarray, lengths: np.ndarray, k: int) -> tup
     return offsets, rows.astype(np.uint16 if len(lengths) <= 1 << 16 else np.uint32)
 
 
-def _hashes(batch) -> list[bytes]:
+def _hashes(batch) -> np.ndarray:
+    """[rows, 32] uint8: the batch's content hashes (a view of its buffer)."""
     column = batch.column("content_hash")
-    data = np.frombuffer(column.buffers()[1], np.uint8).reshape(-1, 32)[column.offset : column.offset + len(column)]
-    return [row.tobytes() for row in data]
+    return np.frombuffer(column.buffers()[1], np.uint8).reshape(-1, 32)[column.offset : column.offset + len(column)]
