@@ -81,6 +81,21 @@ def test_copying_many_rows_codes_at_once_equals_them_row_by_row(compressed):
         codes.copy_rows_into(rows, lengths, to, ids, residuals)
 
 
+def test_coding_a_shard_writes_the_stored_codes_and_refuses_a_wrong_token_count(compressed):
+    from tokembed.search.maxsim import shard_batches
+    from tokembed.search.plaid.codes import CodingStats, code_shard
+
+    folder = compressed[0]
+    index, structure = open_searchable(folder)
+    shard = index.shards[0]
+    codes = code_shard(structure.codec, shard_batches(index, shard), None, CodingStats(), shard["tokens"])
+    assert np.array_equal(codes.residuals, structure.shards[0].residuals)
+    assert np.array_equal(codes.centroid_ids, structure.shards[0].centroid_ids[0 : shard["tokens"]])
+    for wrong in (shard["tokens"] - 1, shard["tokens"] + 1):
+        with pytest.raises(IndexCorruptError, match="tokens"):
+            code_shard(structure.codec, shard_batches(index, shard), None, CodingStats(), wrong)
+
+
 def test_a_reader_keeps_its_generation_while_compress_replaces_it(compressed, tmp_path):
     folder = tmp_path / "index"
     shutil.copytree(compressed[0], folder)

@@ -215,40 +215,50 @@ class CodeParts:
     residuals: list[np.ndarray] = field(default_factory=list)
 
 
-def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingStats) -> ShardCodes:
-    """Codes for one shard from its record batches (``shard_batches``), in row order."""
+def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingStats, tokens: int) -> ShardCodes:
+    """Codes for one shard of ``tokens`` tokens (its manifest's count) from its record batches
+    (``shard_batches``), in row order, written straight into the shard's arrays."""
     from tokembed.search.maxsim import batch_arrays
 
-    parts = CodeParts()
+    ids = np.empty(tokens, np.uint16)
+    residuals = np.empty((tokens, codec.code_bytes), np.uint8)
+    lengths, at = [], 0
     for batch in batches:
         offsets, vectors, _ = batch_arrays(batch, codec.dim, "shard")
-        lengths = np.diff(offsets)
-        ids = np.empty(len(vectors), np.uint16)
-        residuals = np.empty((len(vectors), codec.code_bytes), np.uint8)
+        if at + len(vectors) > tokens:
+            raise IndexCorruptError(f"a shard holds more tokens than the {tokens} its manifest entry says")
+        batch_lengths = np.diff(offsets)
+        batch_ids, batch_residuals = ids[at : at + len(vectors)], residuals[at : at + len(vectors)]
         todo = np.ones(len(vectors), bool)
         if carry is not None:
             carried, previous_rows = carry(batch.column("id").to_pylist(), _hashes(batch))
             if len(carried):
                 starts = offsets[carried] - offsets[0]
-                carry.codes.copy_rows_into(previous_rows, lengths[carried], starts, ids, residuals)
-                todo[ragged(starts, starts + lengths[carried])[0]] = False
+                carry.codes.copy_rows_into(previous_rows, batch_lengths[carried], starts, batch_ids, batch_residuals)
+                todo[ragged(starts, starts + batch_lengths[carried])[0]] = False
         rows = np.flatnonzero(todo)
         if len(rows):
-            ids[rows], residuals[rows], norms = codec.encode(vectors[rows])
+            batch_ids[rows], batch_residuals[rows], norms = codec.encode(vectors[rows])
             stats.coded_tokens += len(rows)
             stats.residual_norm_sum += float(norms.sum(dtype=np.float64))
         stats.carried_tokens += len(vectors) - len(rows)
-        parts.lengths.append(lengths)
-        parts.ids.append(ids)
-        parts.residuals.append(residuals)
-    return assemble(parts, codec)
+        lengths.append(batch_lengths)
+        at += len(vectors)
+    if at != tokens:
+        raise IndexCorruptError(f"a shard holds {at} tokens, its manifest entry says {tokens}")
+    return shard_codes(np.concatenate(lengths) if lengths else np.zeros(0, np.int64), ids, residuals, codec)
 
 
 def assemble(parts: CodeParts, codec: Codec) -> ShardCodes:
-    """The shard's code file contents: the parts joined, row offsets and inverted lists computed."""
+    """The shard's code file contents from its parts, joined."""
     lengths = np.concatenate(parts.lengths) if parts.lengths else np.zeros(0, np.int64)
     centroid_ids = np.concatenate(parts.ids) if parts.ids else np.zeros(0, np.uint16)
     residuals = np.concatenate(parts.residuals) if parts.residuals else np.zeros((0, codec.code_bytes), np.uint8)
+    return shard_codes(lengths, centroid_ids, residuals, codec)
+
+
+def shard_codes(lengths: np.ndarray, centroid_ids: np.ndarray, residuals: np.ndarray, codec: Codec) -> ShardCodes:
+    """A shard's codes with its row offsets and inverted lists computed."""
     doc_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     list_offsets, list_rows = inverted_lists(centroid_ids, lengths, codec.k)
     return ShardCodes(doc_offsets, centroid_ids, residuals, list_offsets, list_rows, codec.id_bits)
