@@ -92,8 +92,8 @@ def test_coding_a_shard_writes_the_stored_codes_and_refuses_a_wrong_token_count(
     assert np.array_equal(codes.residuals, structure.shards[0].residuals)
     assert np.array_equal(codes.centroid_ids, structure.shards[0].centroid_ids[0 : shard["tokens"]])
     for wrong in (shard["tokens"] - 1, shard["tokens"] + 1):
-        with pytest.raises(IndexCorruptError, match="tokens"):
-            code_shard(structure.codec, shard_batches(index, shard), None, CodingStats(), wrong)
+        with pytest.raises(IndexCorruptError, match=rf"part-\d+\.arrow: holds .*tokens.* {wrong}"):
+            code_shard(structure.codec, shard_batches(index, shard), None, CodingStats(), wrong, str(index.shard_path(shard)))
 
 
 def test_a_reader_keeps_its_generation_while_compress_replaces_it(compressed, tmp_path):

@@ -235,7 +235,7 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
         stats.add(CodingStats(coded, shard["tokens"] - coded, norm_sum))
         return {**base, "bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
     mine = CodingStats()
-    codes = code_shard(codec, shard_batches(index, shard, verify=False), carry, mine, shard["tokens"])
+    codes = code_shard(codec, shard_batches(index, shard, verify=False), carry, mine, shard["tokens"], str(index.shard_path(shard)))
     if carry is not None:
         carry.release()
     write_coding_figures(folder / name, mine.coded_tokens, mine.residual_norm_sum)

@@ -215,18 +215,20 @@ class CodeParts:
     residuals: list[np.ndarray] = field(default_factory=list)
 
 
-def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingStats, tokens: int) -> ShardCodes:
+def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingStats, tokens: int,
+               where: str = "shard") -> ShardCodes:
     """Codes for one shard of ``tokens`` tokens (its manifest's count) from its record batches
-    (``shard_batches``), in row order, written straight into the shard's arrays."""
+    (``shard_batches``), in row order, written straight into the shard's arrays; ``where`` names the shard
+    in errors."""
     from tokembed.search.maxsim import batch_arrays
 
     ids = np.empty(tokens, np.uint16)
     residuals = np.empty((tokens, codec.code_bytes), np.uint8)
     lengths, at = [], 0
     for batch in batches:
-        offsets, vectors, _ = batch_arrays(batch, codec.dim, "shard")
+        offsets, vectors, _ = batch_arrays(batch, codec.dim, where)
         if at + len(vectors) > tokens:
-            raise IndexCorruptError(f"a shard holds more tokens than the {tokens} its manifest entry says")
+            raise IndexCorruptError(f"{where}: holds more tokens than the {tokens} its manifest entry says")
         batch_lengths = np.diff(offsets)
         batch_ids, batch_residuals = ids[at : at + len(vectors)], residuals[at : at + len(vectors)]
         todo = np.ones(len(vectors), bool)
@@ -245,7 +247,7 @@ def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingSt
         lengths.append(batch_lengths)
         at += len(vectors)
     if at != tokens:
-        raise IndexCorruptError(f"a shard holds {at} tokens, its manifest entry says {tokens}")
+        raise IndexCorruptError(f"{where}: holds {at} tokens, its manifest entry says {tokens}")
     return shard_codes(np.concatenate(lengths) if lengths else np.zeros(0, np.int64), ids, residuals, codec)
 
 
