@@ -78,7 +78,7 @@ def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str) ->
     """One chunk's rows as an Arrow IPC file: temp name, fsync, rename (a retry simply writes it again)."""
     import pyarrow as pa
 
-    from tokembed.index.atomic import publish
+    from tokembed.index.atomic import replacing
 
     lengths = np.fromiter((len(v) for v in result.vectors), dtype=np.int64, count=len(result.vectors))
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
@@ -93,14 +93,8 @@ def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str) ->
     )
     counts = {"real_tokens": result.real_tokens, "computed_tokens": result.computed_tokens, "largest_batch": result.largest_batch}
     table = table.replace_schema_metadata({key: str(value) for key, value in counts.items()})
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
 
 
 def read_staged(path: Path, rows: int, dim: int) -> ChunkResult:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -25,17 +27,22 @@ def fsync_file(path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part."""
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextmanager
+def replacing(final: Path) -> Iterator[Path]:
+    """A temp path beside ``final`` for the block to write; when the block ends without an error the file
+    replaces ``final`` durably (``publish``). The temp file never outlives the block (one left by a killed
+    run of the same pid is removed first)."""
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        yield tmp
+        publish(tmp, final)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def publish(tmp: Path, final: Path) -> None:

@@ -16,7 +16,6 @@ waited for: its uncommitted shards are not in the manifest, so they are never re
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -115,22 +114,18 @@ def _shard_export_batches(index, shard: dict, schema) -> Iterator:
 def _write_parquet(index, to: Path, schema, log) -> tuple[int, int]:
     import pyarrow.parquet as pq
 
-    from tokembed.index.atomic import fsync_dir, publish
+    from tokembed.index.atomic import fsync_dir, replacing
 
     _require_empty_folder(to)
     written = 0
     for number, shard in enumerate(index.shards, start=1):
         final = to / (Path(shard["file"]).stem + ".parquet")
-        tmp = to / f".{final.name}.tmp-{os.getpid()}"
         try:
-            with pq.ParquetWriter(tmp, schema) as writer:
+            with replacing(final) as tmp, pq.ParquetWriter(tmp, schema) as writer:
                 for batch in _shard_export_batches(index, shard, schema):
                     writer.write_batch(batch)
-            publish(tmp, final)
         except OSError as exc:
             raise IndexWriteError(f"{final}: cannot write ({exc.strerror or exc})") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
         written += final.stat().st_size
         log(f"{final.name}: {shard['rows']} rows, {shard['tokens']} tokens ({number}/{len(index.shards)})")
     fsync_dir(to)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tokembed._testhooks import fault_point
 from tokembed.errors import IndexWriteError
-from tokembed.index.atomic import atomic_write_bytes, publish, sha256_file
+from tokembed.index.atomic import atomic_write_bytes, replacing, sha256_file
 from tokembed.index.format import DATA_DIR, SEARCH, VECTORS, VECTORS_DROPPED, shard_name, vectorless_schema, vectors_dropped
 from tokembed.search.plaid.codes import CODES_DIR, codes_name
 from tokembed.search.plaid.files import check_structure_lists_shards, verify_file
@@ -87,18 +87,14 @@ def _rewrite_shard(index, shard: dict) -> dict:
 
     data = index.folder / DATA_DIR
     final = data / shard_name(next_shard_number(data))
-    tmp = data / f".{final.name}.tmp-{os.getpid()}"
     schema = vectorless_schema(index.open_shard(shard).schema)
     try:
-        with pa.ipc.new_file(str(tmp), schema) as writer:
+        with replacing(final) as tmp, pa.ipc.new_file(str(tmp), schema) as writer:
             # sha256 checked first: what is copied out of this shard outlives it
             for batch in shard_batches(index, shard, verify=True):
                 writer.write_batch(batch.select(schema.names))
-        publish(tmp, final)
     except OSError as exc:
         raise IndexWriteError(f"{final}: cannot write the shard without vectors ({exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return {"file": f"{DATA_DIR}/{final.name}", "rows": shard["rows"], "tokens": shard["tokens"],
             "bytes": final.stat().st_size, "sha256": sha256_file(final)}
 
@@ -109,16 +105,12 @@ def _link_codes(folder: Path, entry: dict, dropped: dict, codec_sha: str) -> dic
     target = folder / name
     if not (target.is_file() and target.stat().st_size == entry["bytes"]):
         verify_file(folder, entry, checksum=True)
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
         try:
-            try:
-                os.link(folder / entry["file"], tmp)  # no second copy of the codes on disk
-            except OSError:
-                shutil.copyfile(folder / entry["file"], tmp)
-            publish(tmp, target)
+            with replacing(target) as tmp:
+                try:
+                    os.link(folder / entry["file"], tmp)  # no second copy of the codes on disk
+                except OSError:
+                    shutil.copyfile(folder / entry["file"], tmp)
         except OSError as exc:
             raise IndexWriteError(f"{target}: cannot write ({exc})") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
     return {**entry, "shard": dropped["file"], "file": name}

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 from pathlib import Path
 
 import numpy as np
 
 from tokembed.errors import IndexCorruptError
-from tokembed.index.atomic import atomic_write_bytes, publish, sha256_file
+from tokembed.index.atomic import atomic_write_bytes, replacing, sha256_file
 
 _DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "I64": np.int64, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 
@@ -29,14 +28,9 @@ def write_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str
     from safetensors.numpy import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
+    with replacing(path) as tmp:
         save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(tmp), metadata=metadata)
         entry = {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return entry
 
 
