@@ -60,13 +60,12 @@ class Case:
         self.progress = _Quiet()
         embedder = Embedder.load(None, flags, resolve_device(devices))
         started = time.perf_counter()
-        if lanes:  # read when the in-process runner is made (engine/local.py default_lanes)
-            os.environ["TOKEMBED_GPU_LANES"] = os.environ["TOKEMBED_CPU_LANES"] = str(lanes)
-        try:
+        if lanes:  # the in-process runner with that many lanes (as TOKEMBED_GPU_LANES / TOKEMBED_CPU_LANES set)
+            from tokembed.engine.local import LocalRunner
+
+            self.runner = LocalRunner(embedder, batch_tokens, self.progress, lanes=lanes)
+        else:
             self.runner = open_runner(embedder, job, self.progress)
-        finally:
-            for name in ("TOKEMBED_GPU_LANES", "TOKEMBED_CPU_LANES"):
-                os.environ.pop(name, None)
         list(self.runner.map_chunks([["warm-up: workers loaded and a first forward done"] * 16]))
         self.startup = time.perf_counter() - started
         self.passes: list[dict] = []
