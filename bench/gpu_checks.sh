@@ -4,7 +4,7 @@
 #     bench/gpu_checks.sh OUT_DIR
 #
 # 1. the tests marked ``gpu`` (every model family on the GPU vs float32 on the CPU, `--devices cuda`
-#    against the CPU, out-of-memory splitting, `score --devices cuda`);
+#    against the CPU, out-of-memory splitting, `score --devices cuda`, the search structure's candidate stages on the GPU);
 # 2. bench/devices.py: tokens/s per GPU, useful-token fraction, the forward's share of busy time;
 # 3. bench/score.py --device cuda: the exhaustive scan on the GPU against PyLate-style padded MaxSim there.
 #
@@ -32,6 +32,6 @@ step() {  # step NAME SECONDS COMMAND...: run, log to OUT_DIR/NAME.log, print it
 nvidia-smi -L
 $python -c "import torch, transformers, pyarrow; print('torch', torch.__version__, 'transformers', transformers.__version__,
 'pyarrow', pyarrow.__version__, torch.cuda.get_device_name(0))"
-step gpu_tests 200 $python -m pytest -q -s -m gpu -p no:cacheprovider tests/test_gpu_families.py tests/test_devices.py tests/test_lanes.py tests/test_score.py
+step gpu_tests 200 $python -m pytest -q -s -m gpu -p no:cacheprovider tests/test_gpu_families.py tests/test_devices.py tests/test_lanes.py tests/test_score.py tests/test_plaid_on_device.py
 step devices 150 $python bench/devices.py
 step score 120 $python bench/score.py --device cuda --tokens "${SCORE_TOKENS:-8000000}" --runs 3

@@ -91,7 +91,7 @@ def worker_exact(folder: str, queries: str) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
-def worker_search(folder: str, queries: str, truth_file: str, grid: str) -> dict:
+def worker_search(folder: str, queries: str, truth_file: str, grid: str, device: str = "none") -> dict:
     import torch  # noqa: F401  (loaded in score and serve, which encode the queries: the re-rank casts with it)
 
     from tokembed.search.plaid import open_searchable, plaid_search
@@ -99,7 +99,8 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str) -> dict
     qs = list(np.load(queries, allow_pickle=True))
     truth, scores = json.loads(Path(truth_file).read_text()), json.loads(Path(truth_file).with_suffix(".scores.json").read_text())
     index, structure = open_searchable(folder)
-    plaid_search(index, structure, qs[:3], 10)  # warm-up: page cache, BLAS
+    on = None if device == "none" else device  # a torch device for the candidate stages (plaid/on_device.py)
+    plaid_search(index, structure, qs[:3], 10, device=on)  # warm-up: page cache, BLAS, the arrays on the device
     rows = []
     for probe, candidates in json.loads(grid):
         for rerank in ("vectors", "codes"):
@@ -107,10 +108,10 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str) -> dict
             for timings in (first, latencies):
                 for q in qs:
                     started = time.perf_counter()
-                    plaid_search(index, structure, [q], 10, probe, candidates, rerank)
+                    plaid_search(index, structure, [q], 10, probe, candidates, rerank, device=on)
                     timings.append(time.perf_counter() - started)
             started = time.perf_counter()
-            got = plaid_search(index, structure, qs, 100, probe, max(candidates, 100), rerank)
+            got = plaid_search(index, structure, qs, 100, probe, max(candidates, 100), rerank, device=on)
             batched = time.perf_counter() - started
             rows.append({"probe": probe, "candidates": candidates, "rerank": rerank,
                          "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * float(np.percentile(latencies, 95)),
@@ -352,6 +353,9 @@ def main() -> None:
     parser.add_argument("--pool-codes", action="store_true",
                         help="build the structure by coding the pool of real vectors once (bench/_plaid_shortcut.py): same files, minutes instead of hours")
     parser.add_argument("--voyager-max-tokens", type=int, default=1_200_000)
+    parser.add_argument("--device", default="none",
+                        help="a torch device (cuda, cuda:1) for the structure's candidate stages in the search phase; "
+                        "default: numpy on the CPU, as score on a CPU")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(WORKERS[args.worker[0]](*args.worker[1:])))
@@ -378,8 +382,8 @@ def main() -> None:
         (root / "exact.json").write_text(json.dumps(exact))
     results["exact"] = json.loads((root / "exact.json").read_text())
     if "search" in phases:  # one thread, as the anchors
-        results["search"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID), threads=1)
-        results["search_cores"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID[2:3]))  # the box's cores
+        results["search"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID), args.device, threads=1)
+        results["search_cores"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID[2:3]), args.device)  # the box's cores
     if "pooled" in phases:
         shutil.rmtree(root / "pooled", ignore_errors=True)
         results["pooled"] = run_worker("pooled", main_dir, root / "pooled", queries, truth, args.centroids)

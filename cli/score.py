@@ -45,7 +45,10 @@ def score(
         False, "--allow-model-mismatch", help="Score even if --model is not the checkpoint the index was built with."
     ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints that ship their own Python code."),
-    device: str = typer.Option("auto", help="auto (first CUDA device, else CPU), cpu, cuda or cuda:N."),
+    device: str = typer.Option(
+        "auto", help="auto (first CUDA device, else CPU), cpu, cuda or cuda:N: encodes the queries and runs the scan, or "
+        "with a search structure its candidate stages (the exact re-rank reads the vectors on the CPU)."
+    ),
     block_tokens: int = typer.Option(
         262_144, help="Document tokens scored per block; peak memory grows with it (about block-tokens x dim x 4 bytes)."
     ),

@@ -68,7 +68,7 @@ def search(
     timings["load_seconds"] += opened - started
     searched = time.perf_counter()
     if structure is not None and not exact:
-        hits = _structure_search(index, structure, vectors, top_k, probe, candidates, progress)
+        hits = _structure_search(index, structure, vectors, top_k, probe, candidates, progress, compute)
     else:
         hits = search_vectors(index, vectors, top_k, block_tokens, device=compute, progress=progress, exact=True)
     timings["search_seconds"] = time.perf_counter() - searched
@@ -131,22 +131,24 @@ def search_vectors(
         require_vectors(index, "an exact search (score --exact)")
     if not len(query_matrices):
         return []
-    if structure is not None:
-        return _structure_search(index, structure, query_matrices, top_k, probe, candidates, progress)
     compute = _resolve_device(device)
+    if structure is not None:
+        return _structure_search(index, structure, query_matrices, top_k, probe, candidates, progress, compute)
     scorer = NumpyScorer() if compute == "cpu" else TorchScorer(compute, index.manifest.get("embedding_dtype", "float16"))
     results, _ = scan(index, [np.asarray(q) for q in query_matrices], top_k, block_tokens, scorer, progress)
     return [[Hit(doc_id, score, rank) for rank, (doc_id, score) in enumerate(hits, start=1)] for hits in results]
 
 
-def _structure_search(index, structure, query_matrices, top_k, probe, candidates, progress) -> list[list[Hit]]:
+def _structure_search(index, structure, query_matrices, top_k, probe, candidates, progress, device: str = "cpu") -> list[list[Hit]]:
+    """The structure's search; on a GPU ``device`` its candidate stages run there (``plaid.on_device``)."""
     from tokembed.search.plaid.search import DEFAULT_CANDIDATES, DEFAULT_PROBE, plaid_search
 
     if progress is not None:
         progress.start(index.rows)
     results = plaid_search(index, structure, [np.asarray(q) for q in query_matrices], top_k,
                            DEFAULT_PROBE if probe is None else probe, DEFAULT_CANDIDATES if candidates is None else candidates,
-                           rerank="codes" if vectors_dropped(index.manifest) else "vectors")
+                           rerank="codes" if vectors_dropped(index.manifest) else "vectors",
+                           device=None if device == "cpu" else device)
     if progress is not None:
         progress.advance(index.rows, index.tokens)
     return [[Hit(doc_id, score, rank) for rank, (doc_id, score) in enumerate(hits, start=1)] for hits in results]

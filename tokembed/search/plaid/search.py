@@ -57,6 +57,7 @@ class Structure:
     starts: np.ndarray  # [n_shards + 1] first global row of each shard
     _vectors: dict = field(default_factory=dict, repr=False)  # shard number -> _ShardBatches, read on first use
     _lists: object = field(default=None, repr=False)  # candidates.GlobalLists, joined on first use
+    _on_device: dict = field(default_factory=dict, repr=False)  # torch device -> on_device.DeviceArrays, copied on first use
     _building: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one thread fills the two above
 
     @property
@@ -121,22 +122,29 @@ def plaid_search(
     probe: int = DEFAULT_PROBE,
     candidates: int = DEFAULT_CANDIDATES,
     rerank: str = "vectors",
+    device: str | None = None,
 ) -> list[list[tuple[str, float]]]:
-    """Per query the best ``top_k`` (doc id, score), best first (see the module docstring)."""
+    """Per query the best ``top_k`` (doc id, score), best first (see the module docstring). ``device``: a torch
+    device for the candidate stages (``on_device``); None runs them in numpy on the CPU."""
     from tokembed.search.maxsim import check_query_dims
 
     check_search_options(probe, candidates)
     check_query_dims(queries, index.dim)
-    return map_queries(lambda q: _one_query(index, structure, np.asarray(q, np.float32), top_k, probe, max(candidates, top_k), rerank), queries)
+    return map_queries(lambda q: _one_query(index, structure, np.asarray(q, np.float32), top_k, probe, max(candidates, top_k), rerank, device), queries)
 
 
-def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: int, candidates: int, rerank: str):
+def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: int, candidates: int, rerank: str, device: str | None = None):
     if not len(q):  # an empty query scores 0 against every document: the first ones in index order
         rows = np.arange(min(top_k, structure.rows))
         return [(_doc_id(index, structure, int(r)), 0.0) for r in rows]
-    sims = np.matmul(q, structure.codec.columns, out=scratches.array("sims", (len(q), structure.codec.k), np.float32))
-    pool = candidate_rows(structure, sims, probe, CENTROID_POOL * candidates, np.linalg.norm(q, axis=1))
-    rows = best_by_centroids(structure, sims, pool, candidates)
+    if device is None:
+        sims = np.matmul(q, structure.codec.columns, out=scratches.array("sims", (len(q), structure.codec.k), np.float32))
+        pool = candidate_rows(structure, sims, probe, CENTROID_POOL * candidates, np.linalg.norm(q, axis=1))
+        rows = best_by_centroids(structure, sims, pool, candidates)
+    else:
+        from tokembed.search.plaid.on_device import device_candidates
+
+        rows = device_candidates(structure, q, probe, CENTROID_POOL * candidates, candidates, device)
     if not len(rows):
         return []
     scores = _exact_scores(index, structure, q, rows, rerank)

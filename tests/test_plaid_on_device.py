@@ -1,0 +1,131 @@
+"""The candidate stages in torch (``plaid.on_device``, what ``score --device cuda`` runs) against the numpy ones.
+
+They run on the CPU here (torch's CPU device stands in for a GPU: the same code), and on CUDA in the test
+marked ``gpu``. Given the same centroid scores, both stages must keep the same rows; whole searches must
+return the same hits with the same scores (the exact re-rank is shared).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from plaid_support import recall
+from test_plaid_candidates import DIM, K, random_structure
+from tokembed.search import api
+from tokembed.search.plaid import on_device
+from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows
+from tokembed.search.plaid.codes import ShardCodes, inverted_lists
+from tokembed.search.plaid.search import Structure, open_searchable, plaid_search
+
+
+@pytest.mark.parametrize("probe", [1, 4, 16, K])
+@pytest.mark.parametrize("tokens", [1, 6])
+def test_stage1_keeps_the_rows_numpy_keeps(probe, tokens):
+    rng = np.random.default_rng(probe + 100 * tokens)
+    structure, _ = random_structure(rng, [37, 50, 13])
+    q = rng.standard_normal((tokens, DIM)).astype(np.float32)
+    sims = q @ structure.codec.centroids.T
+    norms = np.linalg.norm(q, axis=1)
+    arrays = on_device.device_arrays(structure, "cpu")
+    for keep in (5, 20, 1000):
+        expected = candidate_rows(structure, sims, probe, keep, norms)
+        got = on_device._stage_one(arrays, torch.from_numpy(sims), probe, keep, torch.from_numpy(norms)).numpy()
+        assert np.array_equal(got, expected), keep
+
+
+def test_stage2_keeps_the_rows_numpy_keeps():
+    rng = np.random.default_rng(11)
+    structure, docs = random_structure(rng, [40, 40, 7])
+    arrays = on_device.device_arrays(structure, "cpu")
+    q = rng.standard_normal((6, DIM)).astype(np.float32)
+    sims = q @ structure.codec.centroids.T
+    rows = np.array([r for r, ids in enumerate(docs) if len(ids)], np.int64)
+    for keep in (1, 10, 50, len(rows) + 1):
+        expected = best_by_centroids(structure, sims, rows, keep)
+        got = on_device._stage_two(arrays, torch.from_numpy(sims), torch.from_numpy(rows), keep).numpy()
+        assert np.array_equal(got, expected), keep
+
+
+def test_the_arrays_are_copied_once_per_structure_and_device():
+    structure, docs = random_structure(np.random.default_rng(2), [10, 20])
+    first = on_device.device_arrays(structure, "cpu")
+    assert on_device.device_arrays(structure, "cpu") is first
+    assert first.centroid_ids.dtype == torch.int32 and len(first.centroid_ids) == sum(len(d) for d in docs)
+    assert first.doc_offsets.tolist() == np.cumsum([0] + [len(d) for d in docs]).tolist()  # global token offsets
+
+
+def test_whole_searches_return_the_cpu_paths_hits(compressed):
+    folder, _, queries = compressed
+    index, structure = open_searchable(folder)
+    for probe, candidates in ((4, 16), (16, 64)):
+        expected = plaid_search(index, structure, queries, 10, probe, candidates)
+        assert plaid_search(index, structure, queries, 10, probe, candidates, device="cpu") == expected
+    coded = plaid_search(index, structure, queries, 10, 8, 32, rerank="codes")
+    assert plaid_search(index, structure, queries, 10, 8, 32, rerank="codes", device="cpu") == coded
+
+
+def test_probing_everything_on_the_device_is_the_exhaustive_scan(compressed):
+    folder, _, queries = compressed
+    index, structure = open_searchable(folder)
+    exact = api.search_vectors(folder, queries, top_k=10, exact=True)
+    got = plaid_search(index, structure, queries, 10, probe=256, candidates=index.rows, device="cpu")
+    assert recall(exact, got, 10) == 1.0
+    for hits, found in zip(exact, got):
+        assert [h.score for h in hits] == pytest.approx([score for _, score in found], abs=1e-6)
+
+
+def test_a_gpu_device_runs_the_candidate_stages_there(compressed, monkeypatch):
+    """``search_vectors(device=...)`` on a structure hands the device to the candidate stages; CPU stays numpy."""
+    folder, _, queries = compressed
+    seen = []
+    real = on_device.device_candidates
+
+    def recorded(structure, q, probe, pool, candidates, device):
+        seen.append(device)
+        return real(structure, q, probe, pool, candidates, "cpu")  # the CPU stands in for the GPU asked for
+
+    monkeypatch.setattr(on_device, "device_candidates", recorded)
+    monkeypatch.setattr(api, "_resolve_device", lambda spec: spec)
+    on_cpu = api.search_vectors(folder, queries[:3], top_k=5, device="cpu")
+    assert seen == []
+    on_gpu = api.search_vectors(folder, queries[:3], top_k=5, device="cuda:1")
+    assert seen == ["cuda:1"] * 3 and on_gpu == on_cpu
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_candidate_stages_keep_the_rows_numpy_keeps():
+    """On the GPU itself (no faiss needed: a structure of random codes), given the same centroid scores."""
+    rng = np.random.default_rng(13)
+    structure, docs = random_structure(rng, [300, 200, 100])
+    arrays = on_device.device_arrays(structure, "cuda")
+    for tokens in (1, 8, 32):
+        q = rng.standard_normal((tokens, DIM)).astype(np.float32)
+        sims, norms = q @ structure.codec.centroids.T, np.linalg.norm(q, axis=1)
+        on_gpu = torch.from_numpy(sims).cuda()
+        for probe, keep in ((1, 10), (4, 40), (16, 100)):
+            expected = candidate_rows(structure, sims, probe, keep, norms)
+            got = on_device._stage_one(arrays, on_gpu, probe, keep, torch.from_numpy(norms).cuda())
+            assert np.array_equal(got.cpu().numpy(), expected)
+            kept = on_device._stage_two(arrays, on_gpu, got, keep // 4).cpu().numpy()
+            assert np.array_equal(kept, best_by_centroids(structure, sims, expected, keep // 4))
+
+
+def test_probes_that_reach_no_document_give_no_candidates():
+    """A centroid no token was coded to (its lists empty in every shard): nothing reached, as in numpy."""
+    structure, _ = random_structure(np.random.default_rng(5), [20, 20])
+    shards = []
+    for codes in structure.shards:  # recode centroid 0's tokens to centroid 1: centroid 0's lists are empty
+        ids = np.where(codes.centroid_ids == 0, 1, codes.centroid_ids).astype(np.uint16)
+        list_offsets, list_rows = inverted_lists(ids, np.diff(codes.doc_offsets), K)
+        shards.append(ShardCodes(codes.doc_offsets, ids, codes.residuals, list_offsets, list_rows))
+    structure = Structure(structure.codec, shards, structure.starts)
+    q = structure.codec.centroids[[0]] * 10  # probe 1 reaches only centroid 0
+    sims = q @ structure.codec.centroids.T
+    norms = np.linalg.norm(q, axis=1)
+    assert len(candidate_rows(structure, sims, 1, 5, norms)) == 0
+    arrays = on_device.device_arrays(structure, "cpu")
+    assert len(on_device._stage_one(arrays, torch.from_numpy(sims), 1, 5, torch.from_numpy(norms))) == 0
+    assert len(on_device._stage_one(arrays, torch.from_numpy(sims), 2, 5, torch.from_numpy(norms))) > 0  # centroid 1's

@@ -1,0 +1,131 @@
+"""The candidate stages of ``search`` (1: probed lists, 2: centroid interaction) in torch, on a GPU.
+
+``score --device cuda`` on an index with a search structure: the codec's centroids, the inverted lists and
+every token's centroid id are copied to the device once per opened structure (at 1M documents: ~0.45 GB),
+and each query's stages 1 and 2 run there: ``q @ C.T``, the best ``probe`` centroids per query token, the
+probed lists' rows and their summed gains (one scatter-max into [query tokens, rows reached]), then the
+pool's centroid-interaction MaxSim. The exact re-rank stays where the vectors are read, in ``search``, so the
+scores returned are the CPU path's to the bit; only a candidate at a float tie may differ (the centroid scores
+come from another GEMM). The same definitions as ``candidates.py``: ties go to the lower row, a later-ranked
+(better) probed centroid of the same row wins, rows no probe reaches are never candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tokembed.search.plaid.candidates import IMPUTE_MARGIN
+
+
+@dataclass(frozen=True)
+class DeviceArrays:
+    columns: object  # [D, K] float32: the centroids, as ``Codec.columns``
+    list_offsets: object  # [shards, K + 1] int64: shard s's list of centroid c is list_rows[offsets[s, c]:offsets[s, c + 1]]
+    list_rows: object  # int64 global rows
+    doc_offsets: object  # [rows + 1] int64: global row r's tokens are centroid_ids[doc_offsets[r]:doc_offsets[r + 1]]
+    centroid_ids: object  # [tokens] int32
+
+
+def device_arrays(structure, device: str) -> DeviceArrays:
+    """The structure's search arrays on ``device``, copied on first use and kept with the opened structure."""
+    from tokembed.search.plaid.candidates import global_lists
+
+    if device not in structure._on_device:
+        lists = global_lists(structure)  # joined (and checked) first: it takes the same lock
+        with structure._building:
+            if device not in structure._on_device:
+                structure._on_device[device] = _copy_to(structure, lists, device)
+    return structure._on_device[device]
+
+
+def _copy_to(structure, lists, device: str) -> DeviceArrays:
+    import torch
+
+    token_bases = np.cumsum([0] + [len(codes.centroid_ids) for codes in structure.shards], dtype=np.int64)
+    doc_offsets = [codes.doc_offsets[:-1].astype(np.int64) + base for codes, base in zip(structure.shards, token_bases)]
+    doc_offsets.append(np.array([token_bases[-1]], np.int64))
+
+    def put(array: np.ndarray, dtype) -> "torch.Tensor":
+        return torch.from_numpy(np.ascontiguousarray(array, dtype)).to(device)
+
+    # shard by shard: the host holds one shard's ids as int32 at a time, not every token's
+    ids = [put(codes.centroid_ids, np.int32) for codes in structure.shards]
+    return DeviceArrays(
+        columns=put(structure.codec.columns, np.float32),
+        list_offsets=put(lists.offsets, np.int64),
+        list_rows=put(lists.rows, np.int64),
+        doc_offsets=put(np.concatenate(doc_offsets), np.int64),
+        centroid_ids=torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int32, device=device),
+    )
+
+
+def device_candidates(structure, q: np.ndarray, probe: int, pool: int, candidates: int, device: str) -> np.ndarray:
+    """Global rows (sorted, int64) of the best ``candidates`` documents for query ``q`` [n, D]: stage 1 keeps the
+    best ``pool`` by the probed lists' scores, stage 2 the best ``candidates`` of those by centroid interaction."""
+    import torch
+
+    arrays = device_arrays(structure, device)
+    with torch.inference_mode():
+        query = torch.from_numpy(np.ascontiguousarray(q, np.float32)).to(device)
+        sims = query @ arrays.columns  # [n, K]
+        rows = _stage_one(arrays, sims, probe, pool, torch.linalg.vector_norm(query, dim=1))
+        rows = _stage_two(arrays, sims, rows, candidates)
+        return rows.cpu().numpy().astype(np.int64)
+
+
+def _stage_one(arrays: DeviceArrays, sims, probe: int, keep: int, norms):
+    """``candidates.candidate_rows`` on the device."""
+    import torch
+
+    n, k = sims.shape
+    p = min(probe, k)
+    values, probed = torch.topk(sims, p, dim=1)  # best first
+    values, probed = values.flip(1), probed.flip(1)  # worst first, as ``probed_centroids``
+    gains = values - (values[:, :1] - IMPUTE_MARGIN * norms[:, None])
+    shards = arrays.list_offsets.shape[0]
+    wanted = probed.reshape(-1)  # (query token, rank) pairs
+    starts = arrays.list_offsets[:, wanted].T.reshape(-1)  # per pair, per shard
+    counts = arrays.list_offsets[:, wanted + 1].T.reshape(-1) - starts
+    members = arrays.list_rows[_ragged(starts, counts)]
+    per_pair = counts.view(n * p, shards).sum(dim=1)
+    found, inverse = torch.unique(members, sorted=True, return_inverse=True)
+    token = torch.arange(n, device=sims.device).repeat_interleave(p).repeat_interleave(per_pair)
+    gain = gains.reshape(-1).repeat_interleave(per_pair)
+    best = torch.zeros(n * len(found), dtype=torch.float32, device=sims.device)
+    best.scatter_reduce_(0, token * len(found) + inverse, gain, reduce="amax")  # gains are > 0: 0 = not reached
+    return _best_rows(found, best.view(n, len(found)).sum(dim=0), keep)
+
+
+def _stage_two(arrays: DeviceArrays, sims, rows, keep: int):
+    """``candidates.best_by_centroids`` on the device."""
+    import torch
+
+    if len(rows) <= keep:
+        return rows
+    starts = arrays.doc_offsets[rows]
+    counts = arrays.doc_offsets[rows + 1] - starts
+    ids = arrays.centroid_ids[_ragged(starts, counts)].long()
+    document = torch.arange(len(rows), device=sims.device).repeat_interleave(counts)
+    best = torch.full((len(sims), len(rows)), -torch.inf, dtype=torch.float32, device=sims.device)
+    best.scatter_reduce_(1, document.expand(len(sims), -1), sims[:, ids], reduce="amax")
+    return _best_rows(rows, best.sum(dim=0), keep)
+
+
+def _best_rows(rows, scores, keep: int):
+    """The ``keep`` rows (ascending in, ascending out) with the highest scores; at equal scores the lower rows."""
+    import torch
+
+    if len(rows) > keep:
+        rows = rows[torch.sort(scores, descending=True, stable=True).indices[:keep]]
+    return torch.sort(rows).values
+
+
+def _ragged(starts, counts):
+    """Every position of the ranges [start, start + count), in order (``candidates.ragged`` in torch)."""
+    import torch
+
+    total = int(counts.sum())
+    firsts = starts - (torch.cumsum(counts, dim=0) - counts)
+    return firsts.repeat_interleave(counts, output_size=total) + torch.arange(total, device=starts.device)
