@@ -118,7 +118,7 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str, device:
                          "first_p50_ms": 1000 * statistics.median(first),
                          "qps_batched": len(qs) / batched, "recall10": recall(truth, got, 10), "recall100": recall(truth, got, 100),
                          "recall10_ties": recall_with_ties(truth, scores, got)})
-    return {"grid": rows, "peak_rss_mb": peak_rss_mb()}
+    return {"grid": rows, "peak_rss_mb": peak_rss_mb(), "device": "numpy on the CPU" if on is None else f"torch on {on}"}
 
 
 def worker_incremental(folder: str, real_file: str, queries: str, truth_file: str, full_seconds: str) -> dict:
@@ -304,7 +304,7 @@ def report(main_dir: Path, r: dict) -> None:
     print(f"  all-in with vectors {vector_bytes + per['total']:.1f} B/token; without vectors {per['total']:.2f} B/token + ids/offsets")
     single = statistics.median(exact["single_seconds"])
     print(f"exhaustive: p50 {1000 * single:.1f} ms/query one at a time, {100 / exact['batched_seconds']:.2f} queries/s batched (100), peak RSS {exact['peak_rss_mb']:.0f} MB")
-    print("structure search on 1 thread, warm (index opened once):")
+    print(f"structure search on 1 thread, warm (index opened once), candidate stages: {search.get('device', 'numpy on the CPU')}:")
     print("(p50/p95: the second pass over the queries, their candidates' vectors in the page cache; 1st p50: the first pass)")
     print(f"{'probe':>5} {'cand':>5} {'rerank':>7} {'p50 ms':>8} {'p95 ms':>8} {'1st p50':>8} {'q/s':>7} {'R@10':>6} {'ties':>6} {'R@100':>6} {'speedup':>8}")
     for row in search["grid"]:
