@@ -11,7 +11,8 @@ sides alternate --repeats times so that load from elsewhere on the box hits them
 processes as cron runs them, one per side (tokembed CLI vs a script calling ``MultiVectorEncoder``): whole
 process and its encode part (tokembed's ``encode_seconds`` vs the reference's ``encode_document`` call). Every
 figure is also printed as a fraction of the GEMM-only ceiling measured in the same run (the model's linear
-layers at this box's GEMM rate). Prints medians and ratios; asserts nothing.
+layers at this box's GEMM rate). ``--openvino`` adds each dtype with ``TOKEMBED_CPU_RUNTIME=openvino`` (the
+backbone's forward in OpenVINO) to both. Prints medians and ratios; asserts nothing.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def worker(side: str, corpus: Path, batch_tokens: int) -> dict:
         reference.encode_document(texts[:64], batch_size=32)
         return {"seconds": timed_runs(lambda: reference.encode_document(texts, batch_size=32), 1)[0]}
     work = Path(tempfile.mkdtemp(prefix="tokembed-bench-"))
+    if side.startswith("openvino"):  # the backbone in OpenVINO (TOKEMBED_CPU_RUNTIME; conversion cached)
+        os.environ["TOKEMBED_CPU_RUNTIME"], side = "openvino", OPENVINO_SIDES[side]
     warm = tokembed_run(corpus, work / "warm", side, batch_tokens)
     seconds = timed_runs(lambda: tokembed_run(corpus, work / "timed", side, batch_tokens), 1)[0]
     return {"seconds": seconds, "tokens": warm.tokens_in, "useful": warm.useful_token_fraction}
@@ -117,10 +120,13 @@ def native_bfloat16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def cold_process(args: list[str]) -> tuple[float, float]:
+OPENVINO_SIDES = {"openvino": "float32", "openvino-bf16": "bfloat16"}  # side -> its dtype
+
+
+def cold_process(args: list[str], extra_env: dict | None = None) -> tuple[float, float]:
     """(whole-process wall seconds, its encode seconds) of one cold process that prints a JSON summary with
     ``encode_seconds`` as its last stdout line (tokembed ``--log-format json``; the reference script below)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
     start = time.perf_counter()
     done = subprocess.run(args, check=True, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
@@ -141,7 +147,7 @@ print(json.dumps({"encode_seconds": time.perf_counter() - start}))
 
 
 def cold_processes(corpus: Path, model_path: Path, work: Path, repeats: int, tokens: int, ceilings: dict,
-                   dtypes: list[str]) -> None:
+                   dtypes: list[str], openvino: list[str] = ()) -> None:
     """Each side as its own cold process, alternating, median of ``repeats``: whole process and encode part."""
     sides = {
         "reference": [sys.executable, "-c", REFERENCE_SCRIPT, str(model_path), str(corpus)],
@@ -150,18 +156,20 @@ def cold_processes(corpus: Path, model_path: Path, work: Path, repeats: int, tok
                      "--dtype", "bfloat16"],
     }
     sides = {side: command for side, command in sides.items() if side == "reference" or side in dtypes}
+    for side in openvino:
+        sides[side] = sides[OPENVINO_SIDES[side]]  # the same CLI command, with TOKEMBED_CPU_RUNTIME=openvino
     runs: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
     for number in range(repeats):
         for side, command in sides.items():
             extra = [] if side == "reference" else ["-o", str(work / f"cold-{side}-{number}")]
-            runs[side].append(cold_process(command + extra))
+            runs[side].append(cold_process(command + extra, {"TOKEMBED_CPU_RUNTIME": "openvino"} if side in openvino else None))
     medians = {side: (statistics.median(w for w, _ in r), statistics.median(e for _, e in r)) for side, r in runs.items()}
     ref_wall, ref_encode = medians["reference"]
     print(f"cold processes as cron runs them (median of {repeats}; encode = tokembed encode_seconds, first read "
           "to commit, vs the reference script's encode_document call):")
     print(f"{'side':<34} {'whole s':>8} {'vs ref':>7} {'encode s':>9} {'vs ref':>7} {'tokens/s':>9} {'of GEMM':>8}")
     for side, (wall, encode) in medians.items():
-        ceiling = ceilings["float32" if side == "reference" else side]
+        ceiling = ceilings["float32" if side == "reference" else OPENVINO_SIDES.get(side, side)]
         print(f"{side:<34} {wall:>8.2f} {ref_wall / wall:>6.2f}x {encode:>9.2f} {ref_encode / encode:>6.2f}x "
               f"{tokens / encode:>9,.0f} {tokens / encode / ceiling:>7.0%}")
 
@@ -174,7 +182,9 @@ def main() -> None:
     parser.add_argument("--no-process", action="store_true", help="skip the whole-process timings")
     parser.add_argument("--bf16", action="store_true",
                         help="time bfloat16 even on a CPU without bfloat16 instructions (emulated there: ~6x slower)")
-    parser.add_argument("--worker", choices=["reference", "float32", "bfloat16"], help=argparse.SUPPRESS)
+    parser.add_argument("--openvino", action="store_true",
+                        help="also time TOKEMBED_CPU_RUNTIME=openvino in each dtype (pip install 'tokembed[openvino]')")
+    parser.add_argument("--worker", choices=["reference", "float32", "bfloat16", *OPENVINO_SIDES], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -192,7 +202,8 @@ def main() -> None:
     dtypes = ["float32", "bfloat16"] if args.bf16 or native_bfloat16() else ["float32"]
     if "bfloat16" not in dtypes:
         print("bfloat16 skipped: this CPU has no AVX512-BF16 or AMX, so bfloat16 runs emulated (--bf16 to time it)")
-    sides = ["reference", *dtypes]
+    openvino = [side for side, dtype in OPENVINO_SIDES.items() if args.openvino and dtype in dtypes]
+    sides = ["reference", *dtypes, *openvino]
     timings: dict[str, list[dict]] = {side: [] for side in sides}
     for _ in range(args.repeats):
         for side in sides:
@@ -203,6 +214,9 @@ def main() -> None:
     for dtype in dtypes:
         seconds = statistics.median(t["seconds"] for t in timings[dtype])
         rows.append((f"tokembed encode_corpus ({dtype})", seconds, timings[dtype][0]["useful"]))
+    for side in openvino:
+        seconds = statistics.median(t["seconds"] for t in timings[side])
+        rows.append((f"tokembed encode_corpus ({OPENVINO_SIDES[side]}, OpenVINO)", seconds, timings[side][0]["useful"]))
 
     print("runs (s): " + "; ".join(f"{side} {[round(t['seconds'], 2) for t in timings[side]]}" for side in sides))
     print(f"device: CPU, torch threads {torch.get_num_threads()}, {len(texts)} docstrings, {tokens} tokens "
@@ -221,7 +235,7 @@ def main() -> None:
     ))
 
     if not args.no_process:
-        cold_processes(corpus, model_path, work, args.repeats, tokens, ceilings, dtypes)
+        cold_processes(corpus, model_path, work, args.repeats, tokens, ceilings, dtypes, openvino)
 
 
 if __name__ == "__main__":

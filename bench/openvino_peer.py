@@ -61,15 +61,6 @@ def token_batches(tokenizer, texts: list[str], budget: int) -> list[tuple[torch.
     return batches
 
 
-class LastHidden(torch.nn.Module):
-    def __init__(self, backbone: torch.nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
 def torch_forward(backbone, batches, lanes: int = 2):
     from tokembed.engine.local import ops_threads_per_lane, run_on_lanes
 
@@ -84,9 +75,11 @@ def torch_forward(backbone, batches, lanes: int = 2):
 def openvino_model(backbone, example):
     import openvino as ov
 
+    from tokembed.models.openvino_backbone import LastHiddenState
+
     started = time.perf_counter()
     with torch.no_grad():  # the example must hold padding: the native BERT skips the mask when there is none
-        model = ov.convert_model(LastHidden(backbone).eval(), example_input=example,
+        model = ov.convert_model(LastHiddenState(backbone).eval(), example_input=example,
                                  input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
     return model, time.perf_counter() - started
 

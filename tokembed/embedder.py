@@ -40,6 +40,7 @@ class Embedder:
         device_type = device.split(":")[0]
         options = LoadOptions(trust_remote_code=trust_remote_code, dtype=resolve_dtype(flags.dtype, device_type), device=device)
         loaded = load_model(resolved.path, options, resolved.base.path if resolved.base else None)
+        _maybe_openvino(loaded, device, resolved_fingerprint(resolved))
         if colbert is not None:
             loaded.colbert = colbert
         settings = resolve(flags, loaded.colbert, loaded.max_length, device_type, loaded.position_limit)
@@ -126,6 +127,25 @@ class EmbedderSpec:
                 hint="pass --dtype explicitly, or list devices of one kind",
             )
         return embedder
+
+
+def _maybe_openvino(loaded, device: str, fingerprint: str) -> None:
+    """With ``TOKEMBED_CPU_RUNTIME=openvino`` on the CPU, a native BERT backbone runs in OpenVINO
+    (``models/openvino_backbone.py``); other backbones keep torch (a log line says so)."""
+    from tokembed.models import openvino_backbone
+
+    if device != "cpu" or not openvino_backbone.wanted():
+        return
+    from tokembed.engine.local import default_lanes
+    from tokembed.models.bert import BertBackbone
+
+    if not isinstance(getattr(loaded, "backbone", None), BertBackbone):
+        import logging
+
+        logging.getLogger("tokembed").warning("TOKEMBED_CPU_RUNTIME=openvino: only native BERT backbones convert; %s keeps torch", loaded.family)
+        return
+    dtype = next(loaded.backbone.parameters()).dtype
+    loaded.backbone = openvino_backbone.openvino_backbone(loaded.backbone, f"{fingerprint}-{str(dtype).removeprefix('torch.')}", dtype, default_lanes("cpu"))
 
 
 def _exists(path: str) -> bool:
