@@ -63,3 +63,12 @@ def test_an_unknown_runtime_is_refused(monkeypatch):
     monkeypatch.setenv(openvino_backbone.RUNTIME_VARIABLE, "onnx")
     with pytest.raises(UsageError, match="TOKEMBED_CPU_RUNTIME"):
         Embedder.load(None, EncodeFlags())
+
+
+def test_serve_refuses_lora_adapters_on_an_openvino_backbone(cache, monkeypatch):
+    """peft would patch torch modules the compiled model never runs: refused, not served as the base."""
+    from tokembed.serve.lora import attach_adapters
+
+    embedder, _ = embed(monkeypatch, "openvino")
+    with pytest.raises(UsageError, match="no torch weights"):
+        attach_adapters(embedder, [("mine", "/nonexistent/adapter")])

@@ -40,12 +40,13 @@ class Embedder:
         device_type = device.split(":")[0]
         options = LoadOptions(trust_remote_code=trust_remote_code, dtype=resolve_dtype(flags.dtype, device_type), device=device)
         loaded = load_model(resolved.path, options, resolved.base.path if resolved.base else None)
-        _maybe_openvino(loaded, device, resolved_fingerprint(resolved))
+        fingerprint = resolved_fingerprint(resolved)
+        _maybe_openvino(loaded, device, fingerprint)
         if colbert is not None:
             loaded.colbert = colbert
         settings = resolve(flags, loaded.colbert, loaded.max_length, device_type, loaded.position_limit)
         encoder = loaded.make_encoder(settings) if hasattr(loaded, "make_encoder") else TextEncoder(loaded, settings)
-        return cls(resolved, loaded, settings, encoder, device, resolved_fingerprint(resolved))
+        return cls(resolved, loaded, settings, encoder, device, fingerprint)
 
     @classmethod
     def for_index(

@@ -35,10 +35,9 @@ def wanted() -> bool:
 class OpenVinoBackbone(torch.nn.Module):
     """Called as the torch backbone is (``input_ids``, ``attention_mask`` -> ``.last_hidden_state``), float32 out."""
 
-    def __init__(self, compiled, source: torch.nn.Module) -> None:
+    def __init__(self, compiled) -> None:
         super().__init__()
-        self.compiled = compiled
-        self.source = source  # the torch module it was converted from: parameters, dtype and names stay visible
+        self.compiled = compiled  # no torch weights kept: nothing could patch them (e.g. LoRA) without effect
         self.requests = threading.local()  # one infer request per lane (thread)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> SimpleNamespace:
@@ -88,4 +87,4 @@ def openvino_backbone(backbone: torch.nn.Module, key: str, dtype: torch.dtype, l
     compiled = core.compile_model(core.read_model(str(path)), "CPU", {
         "INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
         "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": max(1, lanes), "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-    return OpenVinoBackbone(compiled, backbone)
+    return OpenVinoBackbone(compiled)

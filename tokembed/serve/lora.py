@@ -26,6 +26,9 @@ def attach_adapters(embedder, lora_modules) -> dict:
     model = embedder.model
     if not hasattr(model, "backbone"):
         raise UsageError("--lora-modules: tokembed serve applies unmerged adapters to text models only")
+    if next(iter(model.backbone.parameters()), None) is None:  # a runtime's compiled model: peft would patch nothing
+        raise UsageError("--lora-modules: the backbone has no torch weights to adapt (TOKEMBED_CPU_RUNTIME=openvino?)",
+                         hint="unset TOKEMBED_CPU_RUNTIME to serve adapters")
     names = [name for name, _ in lora_modules]
     if len(set(names)) != len(names) or embedder.resolved.name in names:
         raise UsageError(f"--lora-modules: names must be unique and differ from the served model ({', '.join(names)})")
