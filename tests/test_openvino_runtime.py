@@ -5,6 +5,8 @@ ids, the same bytes run after run, and the converted model read from the cache o
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import openvino
 import pytest
@@ -72,3 +74,19 @@ def test_serve_refuses_lora_adapters_on_an_openvino_backbone(cache, monkeypatch)
     embedder, _ = embed(monkeypatch, "openvino")
     with pytest.raises(UsageError, match="no torch weights"):
         attach_adapters(embedder, [("mine", "/nonexistent/adapter")])
+
+
+def test_the_first_inference_runs_on_the_loading_thread(cache, monkeypatch):
+    """Lanes must never make the process's first OpenVINO inference concurrently (a deadlock in the binding's lazy
+    numpy set-up, see ``first_inference_here``): loading has already run one, on the loading thread."""
+    calls = []
+    forward = openvino_backbone.OpenVinoBackbone.forward
+
+    def recorded(self, *args, **kwargs):
+        calls.append(threading.current_thread())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(openvino_backbone.OpenVinoBackbone, "forward", recorded)
+    monkeypatch.setenv(openvino_backbone.RUNTIME_VARIABLE, "openvino")
+    Embedder.load(None, EncodeFlags(store_dtype="float32"))
+    assert calls == [threading.current_thread()]

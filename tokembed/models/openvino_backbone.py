@@ -87,4 +87,18 @@ def openvino_backbone(backbone: torch.nn.Module, key: str, dtype: torch.dtype, l
     compiled = core.compile_model(core.read_model(str(path)), "CPU", {
         "INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
         "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": max(1, lanes), "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-    return OpenVinoBackbone(compiled)
+    backbone = OpenVinoBackbone(compiled)
+    first_inference_here(backbone)
+    return backbone
+
+
+def first_inference_here(backbone: OpenVinoBackbone) -> None:
+    """One tiny inference on the loading thread, before any lane runs.
+
+    OpenVINO's Python binding initialises pybind11's numpy API lazily, inside a C++ function-local static whose
+    initialiser releases the GIL. Two lanes making their first inference at the same moment can deadlock there
+    (one holds the static's guard and waits for the GIL, the other holds the GIL and waits for the guard): seen
+    once in ~60 runs of ``bench/encode.py``'s pass, both lanes stuck in ``tensor.data``. Once this call has
+    initialised it, no lane waits on it again."""
+    ids = torch.tensor([[101, 102]])
+    backbone(input_ids=ids, attention_mask=torch.ones_like(ids))
