@@ -32,7 +32,9 @@ def pool_positions(real: list[np.ndarray], count: int, seed: int):
         yield from (np.arange(f, f + l) for f, l in zip(firsts, lengths))
 
 
-def build(folder: str, real_file: str, centroids: str) -> dict:
+def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> dict:
+    """``codec_file``: a codec written by an earlier build on the same pool (``bench/gpu_assets.py --search-seed``),
+    used instead of k-means: the same files without faiss (a lent GPU machine has none)."""
     from tokembed.index.atomic import atomic_write_bytes
     from tokembed.index.reader import open_index
     from tokembed.search.maxsim import batch_arrays, shard_batches
@@ -47,7 +49,7 @@ def build(folder: str, real_file: str, centroids: str) -> dict:
     folder, k = Path(folder), int(centroids)
     real = list(np.load(real_file, allow_pickle=True))
     pool = np.concatenate(real).astype(np.float32)
-    codec = train(pool, k, 2)
+    codec = _load_codec(Path(codec_file), k) if codec_file else train(pool, k, 2)
     trained = time.perf_counter()
     pool_ids, pool_residuals, _ = codec.encode(pool)
     data = codec.to_bytes()
@@ -56,7 +58,8 @@ def build(folder: str, real_file: str, centroids: str) -> dict:
     index = open_index(folder)
     key = {"shards": [shard["sha256"] for shard in index.shards], "nbits": 2, "centroids": k}
     training = {"sample_tokens": len(pool), "index_tokens": index.tokens, "kmeans_iterations": 20, "seed": 123,
-                "library": "faiss", "note": "bench/_plaid_shortcut.py: k-means on the benchmark's pool of real vectors"}
+                "library": "faiss", "note": "bench/_plaid_shortcut.py: k-means on the benchmark's pool of real vectors"
+                + (f" (codec {Path(codec_file).name}, trained by an earlier build)" if codec_file else "")}
     atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "training": training}).encode())
     positions = pool_positions(real, index.rows, seed=1)
     for number, shard in enumerate(index.shards):
@@ -77,7 +80,19 @@ def build(folder: str, real_file: str, centroids: str) -> dict:
 
     return {"seconds": time.perf_counter() - started, "kmeans_seconds": trained - started,
             "assemble_seconds": assembled - trained, "commit_seconds": summary.seconds, "peak_rss_mb": peak_rss_mb(),
-            "centroids": k, "facts": structure_facts(open_index(folder)), "pool_tokens": len(pool)}
+            "centroids": k, "facts": structure_facts(open_index(folder)), "pool_tokens": len(pool),
+            "codec_carried": bool(codec_file)}
+
+
+def _load_codec(path: Path, k: int):
+    from tokembed.search.plaid.codec import Codec
+    from tokembed.search.plaid.files import map_tensors
+
+    tensors, metadata = map_tensors(path)
+    codec = Codec.from_tensors({name: np.array(value) for name, value in tensors.items()}, metadata)
+    if codec.k != k:
+        raise SystemExit(f"{path}: a codec of {codec.k} centroids, not the --centroids {k} asked for")
+    return codec
 
 
 def _check_against_the_codec(codec, index, shard, ids, residuals, batch_arrays, shard_batches) -> None:

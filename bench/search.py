@@ -26,7 +26,9 @@ Each phase runs in its own worker process, so each peak RSS is its own:
 
 Recall@10 is printed twice: strict (the scan's own top 10) and with ties (a document whose exact score ties
 the 10th best counts: overlapping spans of the same vectors tie often, and the scan orders ties by index).
-``--work DIR --reuse`` runs the phases again on an index already written and compressed there.
+``--work DIR --reuse`` runs the phases again on an index already written and compressed there. ``--seed DIR
+--codec FILE --pool-codes --no-exact`` rebuilds an earlier run's index and structure elsewhere without the model,
+encoding or faiss, and times the search only (``bench/gpu_search.sh``, for a lent GPU machine).
 
 Latencies are the search part alone (vectors in, hits out; query encoding excluded), warm, one BLAS thread
 for the structure (PLAID's and WARP's anchors are single-threaded), then the defaults again on all cores
@@ -54,6 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _search_data import encode_real, read_vectors, recall, recall_with_ties, synthetic_docs, write_synthetic  # noqa: E402
+from _search_report import report  # noqa: E402
 from _timing import peak_rss_mb  # noqa: E402  (VmHWM: a worker's own peak, not its parent's)
 
 GRID = [(8, 128), (16, 128), (16, 320), (16, 512), (32, 512)]  # (probe, candidates); (16, 320) are the defaults
@@ -97,7 +100,7 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str, device:
     from tokembed.search.plaid import open_searchable, plaid_search
 
     qs = list(np.load(queries, allow_pickle=True))
-    truth, scores = json.loads(Path(truth_file).read_text()), json.loads(Path(truth_file).with_suffix(".scores.json").read_text())
+    truth, scores = read_truth(truth_file)
     index, structure = open_searchable(folder)
     on = None if device == "none" else device  # a torch device for the candidate stages (plaid/on_device.py)
     plaid_search(index, structure, qs[:3], 10, device=on)  # warm-up: page cache, BLAS, the arrays on the device
@@ -116,9 +119,21 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str, device:
             rows.append({"probe": probe, "candidates": candidates, "rerank": rerank,
                          "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * float(np.percentile(latencies, 95)),
                          "first_p50_ms": 1000 * statistics.median(first),
-                         "qps_batched": len(qs) / batched, "recall10": recall(truth, got, 10), "recall100": recall(truth, got, 100),
-                         "recall10_ties": recall_with_ties(truth, scores, got)})
+                         "qps_batched": len(qs) / batched, **recalls(truth, scores, got)})
     return {"grid": rows, "peak_rss_mb": peak_rss_mb(), "device": "numpy on the CPU" if on is None else f"torch on {on}"}
+
+
+def read_truth(truth_file: str) -> tuple[list | None, list | None]:
+    """The exhaustive scan's top 100 ids and scores per query; (None, None) under --no-exact."""
+    if not truth_file:
+        return None, None
+    return json.loads(Path(truth_file).read_text()), json.loads(Path(truth_file).with_suffix(".scores.json").read_text())
+
+
+def recalls(truth, scores, got) -> dict:
+    if truth is None:
+        return {"recall10": None, "recall100": None, "recall10_ties": None}
+    return {"recall10": recall(truth, got, 10), "recall100": recall(truth, got, 100), "recall10_ties": recall_with_ties(truth, scores, got)}
 
 
 def worker_incremental(folder: str, real_file: str, queries: str, truth_file: str, full_seconds: str) -> dict:
@@ -252,7 +267,7 @@ def worker_pooled(folder: str, pooled: str, queries: str, truth_file: str, centr
     index, structure = open_searchable(pooled)
     facts = structure_facts(index)
     qs = list(np.load(queries, allow_pickle=True))
-    truth, scores = json.loads(Path(truth_file).read_text()), json.loads(Path(truth_file).with_suffix(".scores.json").read_text())
+    truth, scores = read_truth(truth_file)
     latencies = []
     for q in qs:
         started = time.perf_counter()
@@ -264,10 +279,10 @@ def worker_pooled(folder: str, pooled: str, queries: str, truth_file: str, centr
             "recall10": recall(truth, got, 10), "recall10_ties": recall_with_ties(truth, scores, got), "pool_seconds": pool_seconds}
 
 
-def worker_pool_codes(folder: str, real_file: str, centroids: str) -> dict:
+def worker_pool_codes(folder: str, real_file: str, centroids: str, codec_file: str = "") -> dict:
     from _plaid_shortcut import build
 
-    return build(folder, real_file, centroids)
+    return build(folder, real_file, centroids, codec_file)
 
 
 WORKERS = {"pool_codes": worker_pool_codes, "pooled": worker_pooled, "compress": worker_compress, "exact": worker_exact, "search": worker_search,
@@ -290,52 +305,6 @@ def prepare(root: Path, n_real: int, n_docs: int) -> tuple[Path, Path, Path]:
     return main_dir, root / "real.npy", root / "queries.npy"
 
 
-def report(main_dir: Path, r: dict) -> None:
-    manifest = json.loads((main_dir / "manifest.json").read_text())
-    tokens, rows = manifest["totals"]["tokens"], manifest["totals"]["rows"]
-    vector_bytes = manifest["totals"]["bytes"] / tokens
-    compress, exact, search = r["compress"], r["exact"], r.get("search", {"grid": [], "peak_rss_mb": float("nan")})
-    per = compress["facts"]["bytes_per_token"]
-    print(f"index: {rows} documents, {tokens} tokens, dim {manifest['dim']} (spans of real MiniLM token vectors)")
-    how = (f"pool codes (k-means on {compress['pool_tokens']} pool vectors {compress['kmeans_seconds']:.0f} s, code files assembled "
-           f"{compress['assemble_seconds']:.0f} s, compress_index resume + commit {compress['commit_seconds']:.0f} s)") if "pool_tokens" in compress else "compress_index"
-    print(f"build nbits 2, {compress['centroids']} centroids by {how}: {compress['seconds']:.1f} s, peak RSS {compress['peak_rss_mb']:.0f} MB")
-    print(f"bytes/token: vectors (Arrow shards) {vector_bytes:.1f}; structure {per['total']:.2f} = " + ", ".join(f"{k} {v}" for k, v in per.items() if k != "total"))
-    print(f"  all-in with vectors {vector_bytes + per['total']:.1f} B/token; without vectors {per['total']:.2f} B/token + ids/offsets")
-    single = statistics.median(exact["single_seconds"])
-    print(f"exhaustive: p50 {1000 * single:.1f} ms/query one at a time, {100 / exact['batched_seconds']:.2f} queries/s batched (100), peak RSS {exact['peak_rss_mb']:.0f} MB")
-    print(f"structure search on 1 thread, warm (index opened once), candidate stages: {search.get('device', 'numpy on the CPU')}:")
-    print("(p50/p95: the second pass over the queries, their candidates' vectors in the page cache; 1st p50: the first pass)")
-    print(f"{'probe':>5} {'cand':>5} {'rerank':>7} {'p50 ms':>8} {'p95 ms':>8} {'1st p50':>8} {'q/s':>7} {'R@10':>6} {'ties':>6} {'R@100':>6} {'speedup':>8}")
-    for row in search["grid"]:
-        print(f"{row['probe']:>5} {row['candidates']:>5} {row['rerank']:>7} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['first_p50_ms']:>8.1f} "
-              f"{row['qps_batched']:>7.1f} {row['recall10']:>6.3f} {row['recall10_ties']:>6.3f} {row['recall100']:>6.3f} {1000 * single / row['p50_ms']:>7.1f}x")
-    for row in r.get("search_cores", {"grid": []})["grid"]:
-        print(f"the same on all {os.cpu_count()} cores (numpy's BLAS threads for the query-centroid product), probe {row['probe']}, "
-              f"candidates {row['candidates']}, {row['rerank']}: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms (first pass {row['first_p50_ms']:.1f}), "
-              f"{row['qps_batched']:.1f} q/s batched, R@10 {row['recall10']:.3f} (ties {row['recall10_ties']:.3f}), {1000 * single / row['p50_ms']:.1f}x the exhaustive p50")
-    print(f"search peak RSS {search['peak_rss_mb']:.0f} MB (structure {compress['facts']['bytes'] / 2**20:.0f} MB, "
-          f"memory searching needs whatever it asks, per info {compress['facts']['search_memory_bytes'] / 2**20:.0f} MB)")
-    if "pooled" in r:
-        pooled = r["pooled"]
-        print(f"pool factor 2: {pooled['tokens']} vectors for {tokens} tokens; structure {pooled['bytes_per_vector']:.2f} B per stored vector = "
-              f"{pooled['bytes_per_token']:.2f} B per original token; the defaults: p50 {pooled['p50_ms']:.1f} ms, "
-              f"R@10 vs the unpooled exact scan {pooled['recall10']:.3f} (ties {pooled['recall10_ties']:.3f}); pooling {pooled['pool_seconds']:.0f} s")
-    if "voyager" in r:
-        voyager = r["voyager"]
-        print(f"voyager HNSW (every token, 32 neighbours/query token, exact re-rank): build {voyager['build_seconds']:.1f} s, "
-              f"p50 {voyager['p50_ms']:.1f} ms, R@10 {voyager['recall10']:.3f}, R@100 {voyager['recall100']:.3f}, peak RSS {voyager['peak_rss_mb']:.0f} MB")
-    if "doubling" in r:
-        doubling = r["doubling"]
-        print(f"doubled through an incremental run without retraining: {json.dumps({k: v for k, v in doubling.items() if k != 'drift'})}; "
-              f"drift {json.dumps(doubling['drift'])}")
-    if "incremental" in r:
-        incremental = r["incremental"]
-        print(f"incremental run, {incremental['changed_docs']} documents (1%) replaced: structure refresh {incremental['seconds']:.2f} s "
-              f"= {100 * incremental['seconds'] / incremental['full_compress_seconds']:.1f}% of the full compress "
-              f"(coded {incremental['coded_tokens']}, carried {incremental['carried_tokens']} tokens), peak RSS {incremental['peak_rss_mb']:.0f} MB")
-
-
 PHASES = ("search", "pooled", "voyager", "doubling", "incremental")
 
 
@@ -352,6 +321,12 @@ def main() -> None:
                         help="k-means centroids (0: colbert-ai's rule, 65536 at 1M documents: hours of k-means and coding on 2 cores)")
     parser.add_argument("--pool-codes", action="store_true",
                         help="build the structure by coding the pool of real vectors once (bench/_plaid_shortcut.py): same files, minutes instead of hours")
+    parser.add_argument("--codec", default="",
+                        help="with --pool-codes: this codec file instead of k-means (no faiss needed; bench/gpu_assets.py --search-seed carries one)")
+    parser.add_argument("--seed", type=Path, default=None,
+                        help="a folder holding the real and queries indexes of an earlier run (bench/gpu_assets.py --search-seed): no encoding, no model")
+    parser.add_argument("--no-exact", action="store_true",
+                        help="skip the exhaustive scan (the ground truth): latency and queries/s only, no recall (search phase only)")
     parser.add_argument("--voyager-max-tokens", type=int, default=1_200_000)
     parser.add_argument("--device", default="none",
                         help="a torch device (cuda, cuda:1) for the structure's candidate stages in the search phase; "
@@ -361,8 +336,13 @@ def main() -> None:
         print(json.dumps(WORKERS[args.worker[0]](*args.worker[1:])))
         return
     phases = set(args.phases.split(","))
+    if args.no_exact and phases - {"search"}:
+        parser.error("--no-exact has no ground truth for the phases other than search")
     root = args.work or Path(tempfile.mkdtemp(prefix="tokembed-bench-search-"))
     root.mkdir(parents=True, exist_ok=True)
+    if args.seed and not (root / "queries" / "manifest.json").exists():
+        for name in ("real", "queries"):
+            shutil.copytree(args.seed / name, root / name, dirs_exist_ok=True)
     results = {}
     if args.reuse:
         main_dir, real_file, queries = root / "main", root / "real.npy", root / "queries.npy"
@@ -370,17 +350,17 @@ def main() -> None:
     else:
         main_dir, real_file, queries = prepare(root, args.real, args.docs)
         if args.pool_codes:
-            results["compress"] = run_worker("pool_codes", main_dir, real_file, args.centroids)
+            results["compress"] = run_worker("pool_codes", main_dir, real_file, args.centroids, args.codec)
         else:
             results["compress"] = run_worker("compress", main_dir, args.centroids)
         (root / "compress.json").write_text(json.dumps(results["compress"]))
-    truth = root / "truth.json"
-    if not (args.reuse and truth.exists()):
+    truth = "" if args.no_exact else root / "truth.json"
+    if truth and not (args.reuse and truth.exists()):
         exact = run_worker("exact", main_dir, queries)
         truth.write_text(json.dumps(exact.pop("truth")))
         truth.with_suffix(".scores.json").write_text(json.dumps(exact.pop("truth_scores")))
         (root / "exact.json").write_text(json.dumps(exact))
-    results["exact"] = json.loads((root / "exact.json").read_text())
+    results["exact"] = json.loads((root / "exact.json").read_text()) if truth else None
     if "search" in phases:  # one thread, as the anchors
         results["search"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID), args.device, threads=1)
         results["search_cores"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID[2:3]), args.device)  # the box's cores

@@ -1,0 +1,68 @@
+"""``bench/search.py``'s printed report: one block of figures per phase that ran."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+
+def report(main_dir: Path, r: dict) -> None:
+    manifest = json.loads((main_dir / "manifest.json").read_text())
+    tokens, rows = manifest["totals"]["tokens"], manifest["totals"]["rows"]
+    vector_bytes = manifest["totals"]["bytes"] / tokens
+    compress, exact, search = r["compress"], r["exact"], r.get("search", {"grid": [], "peak_rss_mb": float("nan")})
+    per = compress["facts"]["bytes_per_token"]
+    print(f"index: {rows} documents, {tokens} tokens, dim {manifest['dim']} (spans of real MiniLM token vectors)")
+    training = ("codec carried from an earlier build" if compress.get("codec_carried")
+                else f"k-means on {compress['pool_tokens']} pool vectors {compress['kmeans_seconds']:.0f} s")
+    how = (f"pool codes ({training}, code files assembled "
+           f"{compress['assemble_seconds']:.0f} s, compress_index resume + commit {compress['commit_seconds']:.0f} s)") if "pool_tokens" in compress else "compress_index"
+    print(f"build nbits 2, {compress['centroids']} centroids by {how}: {compress['seconds']:.1f} s, peak RSS {compress['peak_rss_mb']:.0f} MB")
+    print(f"bytes/token: vectors (Arrow shards) {vector_bytes:.1f}; structure {per['total']:.2f} = " + ", ".join(f"{k} {v}" for k, v in per.items() if k != "total"))
+    print(f"  all-in with vectors {vector_bytes + per['total']:.1f} B/token; without vectors {per['total']:.2f} B/token + ids/offsets")
+    single = statistics.median(exact["single_seconds"]) if exact else None
+    if exact:
+        print(f"exhaustive: p50 {1000 * single:.1f} ms/query one at a time, {100 / exact['batched_seconds']:.2f} queries/s batched (100), peak RSS {exact['peak_rss_mb']:.0f} MB")
+    else:
+        print("exhaustive scan skipped (--no-exact): no recall, no speedup")
+    print(f"structure search on 1 thread, warm (index opened once), candidate stages: {search.get('device', 'numpy on the CPU')}:")
+    print("(p50/p95: the second pass over the queries, their candidates' vectors in the page cache; 1st p50: the first pass)")
+    print(f"{'probe':>5} {'cand':>5} {'rerank':>7} {'p50 ms':>8} {'p95 ms':>8} {'1st p50':>8} {'q/s':>7} {'R@10':>6} {'ties':>6} {'R@100':>6} {'speedup':>8}")
+    for row in search["grid"]:
+        print(f"{row['probe']:>5} {row['candidates']:>5} {row['rerank']:>7} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['first_p50_ms']:>8.1f} "
+              f"{row['qps_batched']:>7.1f} {_figure(row['recall10']):>6} {_figure(row['recall10_ties']):>6} {_figure(row['recall100']):>6} "
+              f"{_speedup(single, row):>8}")
+    for row in r.get("search_cores", {"grid": []})["grid"]:
+        print(f"the same on all {os.cpu_count()} cores (numpy's BLAS threads for the query-centroid product), probe {row['probe']}, "
+              f"candidates {row['candidates']}, {row['rerank']}: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms (first pass {row['first_p50_ms']:.1f}), "
+              f"{row['qps_batched']:.1f} q/s batched, R@10 {_figure(row['recall10'])} (ties {_figure(row['recall10_ties'])}), {_speedup(single, row)} the exhaustive p50")
+    print(f"search peak RSS {search['peak_rss_mb']:.0f} MB (structure {compress['facts']['bytes'] / 2**20:.0f} MB, "
+          f"memory searching needs whatever it asks, per info {compress['facts']['search_memory_bytes'] / 2**20:.0f} MB)")
+    if "pooled" in r:
+        pooled = r["pooled"]
+        print(f"pool factor 2: {pooled['tokens']} vectors for {tokens} tokens; structure {pooled['bytes_per_vector']:.2f} B per stored vector = "
+              f"{pooled['bytes_per_token']:.2f} B per original token; the defaults: p50 {pooled['p50_ms']:.1f} ms, "
+              f"R@10 vs the unpooled exact scan {pooled['recall10']:.3f} (ties {pooled['recall10_ties']:.3f}); pooling {pooled['pool_seconds']:.0f} s")
+    if "voyager" in r:
+        voyager = r["voyager"]
+        print(f"voyager HNSW (every token, 32 neighbours/query token, exact re-rank): build {voyager['build_seconds']:.1f} s, "
+              f"p50 {voyager['p50_ms']:.1f} ms, R@10 {voyager['recall10']:.3f}, R@100 {voyager['recall100']:.3f}, peak RSS {voyager['peak_rss_mb']:.0f} MB")
+    if "doubling" in r:
+        doubling = r["doubling"]
+        print(f"doubled through an incremental run without retraining: {json.dumps({k: v for k, v in doubling.items() if k != 'drift'})}; "
+              f"drift {json.dumps(doubling['drift'])}")
+    if "incremental" in r:
+        incremental = r["incremental"]
+        print(f"incremental run, {incremental['changed_docs']} documents (1%) replaced: structure refresh {incremental['seconds']:.2f} s "
+              f"= {100 * incremental['seconds'] / incremental['full_compress_seconds']:.1f}% of the full compress "
+              f"(coded {incremental['coded_tokens']}, carried {incremental['carried_tokens']} tokens), peak RSS {incremental['peak_rss_mb']:.0f} MB")
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _speedup(single: float | None, row: dict) -> str:
+    return "-" if single is None else f"{1000 * single / row['p50_ms']:.1f}x"
