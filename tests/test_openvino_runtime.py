@@ -90,3 +90,29 @@ def test_the_first_inference_runs_on_the_loading_thread(cache, monkeypatch):
     monkeypatch.setenv(openvino_backbone.RUNTIME_VARIABLE, "openvino")
     Embedder.load(None, EncodeFlags(store_dtype="float32"))
     assert calls == [threading.current_thread()]
+
+
+def test_a_cache_that_cannot_be_written_warns_and_still_encodes(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("TOKEMBED_CACHE", str(blocker))
+    _, expected = embed(monkeypatch, "torch")
+    with caplog.at_level("WARNING", logger="tokembed"):
+        embedder, got = embed(monkeypatch, "openvino")
+    assert isinstance(embedder.model.backbone, openvino_backbone.OpenVinoBackbone)
+    assert "cannot keep the OpenVINO model" in caplog.text and str(blocker) in caplog.text
+    for (want, _), (vectors, _) in zip(expected, got):
+        assert np.abs(vectors - want).max() <= 1e-5
+
+
+def test_an_unreadable_cached_model_is_converted_again(cache, monkeypatch, caplog):
+    embed(monkeypatch, "openvino")
+    (xml,) = cache.glob("*.xml")
+    xml.write_text("<net broken")
+    with caplog.at_level("WARNING", logger="tokembed"):
+        _, got = embed(monkeypatch, "openvino")
+    assert "cannot be read" in caplog.text
+    assert xml.read_text().startswith("<?xml")  # replaced by a whole conversion
+    _, expected = embed(monkeypatch, "torch")
+    for (want, _), (vectors, _) in zip(expected, got):
+        assert np.abs(vectors - want).max() <= 1e-5

@@ -69,27 +69,57 @@ def openvino_backbone(backbone: torch.nn.Module, key: str, dtype: torch.dtype, l
     """``backbone`` compiled by OpenVINO for this CPU, converted once per ``key`` (checkpoint and weight dtype)."""
     import openvino as ov
 
-    from tokembed.index.atomic import publish
-
     core = ov.Core()
     path = cache_folder() / f"{key}-{ov.__version__.split('-')[0]}.xml"
-    if not path.is_file():
-        example_ids = torch.tensor([[101, 2023, 102], [101, 102, 0]])  # with padding: the mask's branch is traced
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on the mask branch it records
-            model = ov.convert_model(LastHiddenState(backbone).eval().float(), example_input=(example_ids, (example_ids > 0).long()),
-                                     input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as staging:  # the .xml last: present means complete
-            ov.save_model(model, str(Path(staging) / path.name), compress_to_fp16=False)
-            publish(Path(staging) / path.with_suffix(".bin").name, path.with_suffix(".bin"))
-            publish(Path(staging) / path.name, path)
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+    source = _cached(core, path)
+    if source is None:
+        source = _converted(backbone, ov)
+        try:
+            _keep(source, path, ov)
+        except (OSError, RuntimeError) as exc:  # a read-only or full cache (OpenVINO raises RuntimeError)
+            _log().warning("cannot keep the OpenVINO model in %s (%s): it is converted again on every run", path.parent, exc)
+    compiled = core.compile_model(source, "CPU", {
         "INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
         "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": max(1, lanes), "INFERENCE_NUM_THREADS": torch.get_num_threads()})
     backbone = OpenVinoBackbone(compiled)
     first_inference_here(backbone)
     return backbone
+
+
+def _log():
+    import logging
+
+    return logging.getLogger("tokembed")
+
+
+def _cached(core, path: Path):
+    """The converted model kept at ``path``; None when there is none, or it cannot be read (converted again)."""
+    if not path.is_file():
+        return None
+    try:
+        return core.read_model(str(path))
+    except RuntimeError as exc:
+        _log().warning("the cached OpenVINO model %s cannot be read (%s): converting it again", path, str(exc).splitlines()[0])
+        return None
+
+
+def _converted(backbone: torch.nn.Module, ov):
+    example_ids = torch.tensor([[101, 2023, 102], [101, 102, 0]])  # with padding: the mask's branch is traced
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on the mask branch it records
+        return ov.convert_model(LastHiddenState(backbone).eval().float(), example_input=(example_ids, (example_ids > 0).long()),
+                                input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
+
+
+def _keep(model, path: Path, ov) -> None:
+    """Write the converted model to the cache atomically: the .xml last, so present means complete."""
+    from tokembed.index.atomic import publish
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as staging:
+        ov.save_model(model, str(Path(staging) / path.name), compress_to_fp16=False)
+        publish(Path(staging) / path.with_suffix(".bin").name, path.with_suffix(".bin"))
+        publish(Path(staging) / path.name, path)
 
 
 def first_inference_here(backbone: OpenVinoBackbone) -> None:
