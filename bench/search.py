@@ -338,6 +338,8 @@ def main() -> None:
     phases = set(args.phases.split(","))
     if args.no_exact and phases - {"search"}:
         parser.error("--no-exact has no ground truth for the phases other than search")
+    if args.codec and not args.pool_codes:
+        parser.error("--codec is used by the --pool-codes build only")
     root = args.work or Path(tempfile.mkdtemp(prefix="tokembed-bench-search-"))
     root.mkdir(parents=True, exist_ok=True)
     if args.seed and not (root / "queries" / "manifest.json").exists():
