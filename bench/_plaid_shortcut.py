@@ -85,11 +85,9 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
 
 
 def _load_codec(path: Path, k: int):
-    from tokembed.search.plaid.codec import Codec
-    from tokembed.search.plaid.files import map_tensors
+    from tokembed.search.plaid.build import read_codec
 
-    tensors, metadata = map_tensors(path)
-    codec = Codec.from_tensors({name: np.array(value) for name, value in tensors.items()}, metadata)
+    codec = read_codec(path)
     if codec.k != k:
         raise SystemExit(f"{path}: a codec of {codec.k} centroids, not the --centroids {k} asked for")
     return codec

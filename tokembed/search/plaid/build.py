@@ -166,7 +166,12 @@ def _update_drift(drift: dict | None, training: dict, stats: CodingStats, tokens
 
 def load_codec(folder: Path, structure: dict) -> Codec:
     verify_file(folder, structure["codec"], checksum=True)
-    tensors, metadata = map_tensors(folder / structure["codec"]["file"])
+    return read_codec(folder / structure["codec"]["file"])
+
+
+def read_codec(path: Path) -> Codec:
+    """A codec file's codec, copied into memory (no checksum: ``load_codec`` checks the manifest's)."""
+    tensors, metadata = map_tensors(path)
     return Codec.from_tensors({k: np.array(v) for k, v in tensors.items()}, metadata)
 
 
