@@ -15,10 +15,7 @@ def report(main_dir: Path, r: dict) -> None:
     compress, exact, search = r["compress"], r["exact"], r.get("search", {"grid": [], "peak_rss_mb": float("nan")})
     per = compress["facts"]["bytes_per_token"]
     print(f"index: {rows} documents, {tokens} tokens, dim {manifest['dim']} (spans of real MiniLM token vectors)")
-    training = ("codec carried from an earlier build" if compress.get("codec_carried")
-                else f"k-means on {compress['pool_tokens']} pool vectors {compress['kmeans_seconds']:.0f} s")
-    how = (f"pool codes ({training}, code files assembled "
-           f"{compress['assemble_seconds']:.0f} s, compress_index resume + commit {compress['commit_seconds']:.0f} s)") if "pool_tokens" in compress else "compress_index"
+    how = _build_kind(compress)
     print(f"build nbits 2, {compress['centroids']} centroids by {how}: {compress['seconds']:.1f} s, peak RSS {compress['peak_rss_mb']:.0f} MB")
     print(f"bytes/token: vectors (Arrow shards) {vector_bytes:.1f}; structure {per['total']:.2f} = " + ", ".join(f"{k} {v}" for k, v in per.items() if k != "total"))
     print(f"  all-in with vectors {vector_bytes + per['total']:.1f} B/token; without vectors {per['total']:.2f} B/token + ids/offsets")
@@ -66,3 +63,13 @@ def _figure(value: float | None) -> str:
 
 def _speedup(single: float | None, row: dict) -> str:
     return "-" if single is None else f"{1000 * single / row['p50_ms']:.1f}x"
+
+
+def _build_kind(compress: dict) -> str:
+    """How the structure was built: by ``compress_index``, or by the pool-codes shortcut (with its parts' times)."""
+    if "pool_tokens" not in compress:
+        return "compress_index"
+    training = ("codec carried from an earlier build" if compress.get("codec_carried")
+                else f"k-means on {compress['pool_tokens']} pool vectors {compress['kmeans_seconds']:.0f} s")
+    return (f"pool codes ({training}, code files assembled {compress['assemble_seconds']:.0f} s, "
+            f"compress_index resume + commit {compress['commit_seconds']:.0f} s)")

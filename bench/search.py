@@ -140,6 +140,7 @@ def worker_incremental(folder: str, real_file: str, queries: str, truth_file: st
     """1% of the documents replaced: the structure part of an incremental run (what encode calls)."""
     from tokembed.index.previous import PreviousIndex
     from tokembed.index.reader import open_index
+    from tokembed.index.writer import next_shard_number
     from tokembed.search.plaid.build import StructureOptions, commit_manifest, refresh_structure
 
     real = list(np.load(real_file, allow_pickle=True))
@@ -147,7 +148,8 @@ def worker_incremental(folder: str, real_file: str, queries: str, truth_file: st
     previous = PreviousIndex(open_index(work))
     rows = previous.index.rows
     changed = set(np.random.default_rng(5).choice(rows, size=max(1, rows // 100), replace=False).tolist())
-    fresh = synthetic_docs(real, len(changed), seed=99, prefix="new")
+    # new content on every run, also when the phase runs again in place (``--reuse``) on what it wrote last time
+    fresh = synthetic_docs(real, len(changed), seed=int(previous.index.manifest["shards"][0]["sha256"][:8], 16), prefix="new")
     replacement = {f"doc{r}": v for r, v in zip(sorted(changed), [v for _, vs in fresh for v in vs])}
     template = previous.index.manifest
 
@@ -157,11 +159,12 @@ def worker_incremental(folder: str, real_file: str, queries: str, truth_file: st
 
     staging = work.parent / "staging"
     write_synthetic(staging, template, batches())  # the new generation's shards, in another folder
-    for shard in json.loads((staging / "manifest.json").read_text())["shards"]:
-        shutil.move(str(staging / shard["file"]), str(work / shard["file"].replace("part-", "part-9")))
     manifest = json.loads((staging / "manifest.json").read_text())
-    for shard in manifest["shards"]:
-        shard["file"] = shard["file"].replace("part-", "part-9")
+    first = next_shard_number(work / "data")  # numbers after the live generation's: its shards stay as they are
+    for number, shard in enumerate(manifest["shards"], start=first):
+        name = f"data/part-{number:06d}.arrow"
+        shutil.move(str(staging / shard["file"]), str(work / name))
+        shard["file"] = name
     started = time.perf_counter()
     new = refresh_structure(work, manifest, StructureOptions(), previous, log=lambda m: None)
     seconds = time.perf_counter() - started
@@ -381,6 +384,7 @@ def main() -> None:
         results["doubling"] = run_worker("doubling", root / "half", real_file, args.docs, queries, truth, args.centroids)
     if "incremental" in phases:  # last: it replaces the main index's generation in place
         results["incremental"] = run_worker("incremental", main_dir, real_file, queries, truth, results["compress"]["seconds"])
+    (root / "results.json").write_text(json.dumps(results))  # the figures, should the report below fail
     report(main_dir, results)
 
 

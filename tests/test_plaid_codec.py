@@ -114,7 +114,8 @@ def test_code_files_store_lengths_counts_and_ids_narrowly_and_read_the_offsets_l
     codes.write(tmp_path / "new.safetensors")
     stored, metadata = map_tensors(tmp_path / "new.safetensors")
     assert stored["doc_lengths"].dtype == (np.uint8 if longest < 256 else np.uint16 if longest < 65_536 else np.uint32)
-    assert stored["list_counts"].dtype == np.uint16 and "doc_offsets" not in stored
+    widest_list = int(np.diff(list_offsets).max())
+    assert stored["list_counts"].dtype == (np.uint8 if widest_list < 256 else np.uint16) and "doc_offsets" not in stored
     if bits < 16:  # ids packed: bits/8 bytes each, plus 2 padding bytes
         assert "centroid_ids" not in stored and metadata["centroid_id_bits"] == str(bits)
         assert stored["centroid_ids_packed"].nbytes == -(-len(ids) * bits // 8) + 2
@@ -123,7 +124,9 @@ def test_code_files_store_lengths_counts_and_ids_narrowly_and_read_the_offsets_l
     old_layout = {"doc_offsets": offsets, "centroid_ids": ids, "residuals": residuals,
                   "list_offsets": list_offsets, "list_rows": list_rows}  # code files of earlier releases
     write_tensors(tmp_path / "old.safetensors", old_layout)
-    for name in ("new", "old"):
+    wide_counts = {**stored, "list_counts": np.diff(list_offsets).astype(np.uint16)}
+    write_tensors(tmp_path / "wide.safetensors", wide_counts, metadata)  # uint16 counts, as before this release
+    for name in ("new", "old", "wide"):
         read = ShardCodes.open(tmp_path / f"{name}.safetensors")
         for field in ("doc_offsets", "centroid_ids", "residuals", "list_offsets", "list_rows"):
             assert np.array_equal(np.asarray(getattr(read, field)), getattr(codes, field)), (name, field)
@@ -131,6 +134,19 @@ def test_code_files_store_lengths_counts_and_ids_narrowly_and_read_the_offsets_l
         picks = rng.integers(0, len(ids), size=500)
         assert np.array_equal(read.centroid_ids[picks], ids[picks]) and len(read.centroid_ids) == len(ids)
         assert np.array_equal(read.centroid_ids[7:len(ids) - 3], ids[7:-3])
+
+
+def test_list_counts_widen_when_a_list_holds_more_than_255_rows(tmp_path):
+    from tokembed.search.plaid.codes import ShardCodes, inverted_lists
+    from tokembed.search.plaid.files import map_tensors
+
+    lengths = np.ones(300, np.int64)
+    ids = np.zeros(300, np.uint16)  # every row's one token in centroid 0: a list of 300 rows
+    list_offsets, list_rows = inverted_lists(ids, lengths, 4)
+    offsets = np.arange(301, dtype=np.int64)
+    ShardCodes(offsets, ids, np.zeros((300, 4), np.uint8), list_offsets, list_rows, 2).write(tmp_path / "c.safetensors")
+    assert map_tensors(tmp_path / "c.safetensors")[0]["list_counts"].dtype == np.uint16
+    assert np.array_equal(ShardCodes.open(tmp_path / "c.safetensors").list_offsets, [0, 300, 300, 300, 300])
 
 
 def test_a_truncated_packed_id_stream_or_an_unknown_layout_is_a_corrupt_index(tmp_path):
