@@ -40,7 +40,7 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
     from tokembed.search.maxsim import batch_arrays, shard_batches
     from tokembed.search.plaid import compress_index
     from tokembed.search.plaid.build import PENDING
-    from tokembed.search.plaid.codec import codec_id, train
+    from tokembed.search.plaid.codec import KMEANS_ITERATIONS, KMEANS_SEED, codec_id, train
     from tokembed.search.plaid.codes import CODES_DIR, ShardCodes, codes_name, inverted_lists
     from tokembed.search.plaid.files import write_tensors
     from tokembed.search.plaid.report import structure_facts
@@ -57,7 +57,7 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
     entry.update(write_tensors(folder / entry["file"], codec.tensors(), {"nbits": "2"}))
     index = open_index(folder)
     key = {"shards": [shard["sha256"] for shard in index.shards], "nbits": 2, "centroids": k}
-    training = {"sample_tokens": len(pool), "index_tokens": index.tokens, "kmeans_iterations": 20, "seed": 123,
+    training = {"sample_tokens": len(pool), "index_tokens": index.tokens, "kmeans_iterations": KMEANS_ITERATIONS, "seed": KMEANS_SEED,
                 "library": "faiss", "note": "bench/_plaid_shortcut.py: k-means on the benchmark's pool of real vectors"
                 + (f" (codec {Path(codec_file).name}, trained by an earlier build)" if codec_file else "")}
     atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "training": training}).encode())

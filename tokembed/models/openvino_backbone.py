@@ -81,9 +81,9 @@ def openvino_backbone(backbone: torch.nn.Module, key: str, dtype: torch.dtype, l
     compiled = core.compile_model(source, "CPU", {
         "INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
         "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": max(1, lanes), "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-    backbone = OpenVinoBackbone(compiled)
-    first_inference_here(backbone)
-    return backbone
+    converted = OpenVinoBackbone(compiled)
+    first_inference_here(converted)
+    return converted
 
 
 def _log():
