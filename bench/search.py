@@ -59,7 +59,8 @@ from _search_data import encode_real, read_vectors, recall, recall_with_ties, sy
 from _search_report import report  # noqa: E402
 from _timing import peak_rss_mb  # noqa: E402  (VmHWM: a worker's own peak, not its parent's)
 
-GRID = [(8, 128), (16, 128), (16, 320), (16, 512), (32, 512)]  # (probe, candidates); (16, 320) are the defaults
+GRID = [(8, 128), (16, 128), (16, 320), (32, 320), (32, 512), (64, 512)]  # (probe, candidates); (32, 512) are the defaults
+DEFAULTS = GRID.index((32, 512))
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -237,7 +238,7 @@ def worker_doubling(folder: str, real_file: str, n_docs: str, queries: str, trut
     qs, truth = list(np.load(queries, allow_pickle=True)), json.loads(Path(truth_file).read_text())
     index, structure = open_searchable(half)
     out = {"drift": new["search"]["drift"]}
-    for probe, candidates in GRID[1:4]:
+    for probe, candidates in (GRID[1], GRID[2], GRID[DEFAULTS]):
         got = plaid_search(index, structure, qs, 100, probe, max(candidates, 100))
         out[f"recall10_probe{probe}_cand{candidates}"] = recall(truth, got, 10)
     return out
@@ -368,7 +369,7 @@ def main() -> None:
     results["exact"] = json.loads((root / "exact.json").read_text()) if truth else None
     if "search" in phases:  # one thread, as the anchors
         results["search"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID), args.device, threads=1)
-        results["search_cores"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID[2:3]), args.device)  # the box's cores
+        results["search_cores"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID[DEFAULTS : DEFAULTS + 1]), args.device)  # the box's cores
     if "pooled" in phases:
         shutil.rmtree(root / "pooled", ignore_errors=True)
         results["pooled"] = run_worker("pooled", main_dir, root / "pooled", queries, truth, args.centroids)

@@ -42,11 +42,13 @@ from tokembed.search.plaid.codes import ShardCodes
 from tokembed.search.plaid.files import check_structure_lists_shards, map_tensors, verify_files
 from tokembed.search.plaid.threads import map_queries
 
-DEFAULT_PROBE = 16
-# bench/search.py at 1M documents (README): recall@10 with ties 0.969-0.979 at 21.8-24.6 ms a query on 2 cores; 128
-# candidates from a pool of 4x as many gave 0.81 (with the imputation margin, 0.918 from a pool of 8x)
-DEFAULT_CANDIDATES = 320
-CENTROID_POOL = 8  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
+DEFAULT_PROBE = 32
+# bench/search.py at 1M documents on a real ``compress`` (65,536 centroids; README, "Search with the structure"):
+# recall@10 with ties 0.980 at p50 26.7 ms a query on 2 cores (0.966 at 32.0 ms on one thread). The earlier probe
+# 16 / 320 candidates from 8x as many gave 0.913-0.925 there: probing more centroids finds more of the best
+# documents than pre-scoring more of them from their centroids (probe 16 / 512 from 4,096: 0.946 at 30.1 ms)
+DEFAULT_CANDIDATES = 512
+CENTROID_POOL = 4  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
 _OPEN_ATTEMPTS = 5
 
 
