@@ -78,4 +78,3 @@ def _build_kind(compress: dict) -> str:
 def _first_call(row: dict) -> str:
     """The first batched call's queries/s, where the run recorded it (it also starts the query threads)."""
     return f" (first call {row['first_qps_batched']:.1f})" if "first_qps_batched" in row else ""
-

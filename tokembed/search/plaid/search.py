@@ -44,8 +44,8 @@ from tokembed.search.plaid.threads import map_queries
 
 DEFAULT_PROBE = 32
 # bench/search.py at 1M documents on a real ``compress`` (65,536 centroids; README, "Search with the structure"):
-# recall@10 with ties 0.980 at p50 26.7 ms a query on 2 cores (0.966 at 32.0 ms on one thread). The earlier probe
-# 16 / 320 candidates from 8x as many gave 0.913-0.925 there: probing more centroids finds more of the best
+# recall@10 with ties 0.966 at p50 27.2-27.5 ms a query on 2 cores in three runs (29.2-31.9 ms on one thread). The
+# earlier probe 16 / 320 candidates from 8x as many gave 0.913 there: probing more centroids finds more of the best
 # documents than pre-scoring more of them from their centroids (probe 16 / 512 from 4,096: 0.946 at 30.1 ms)
 DEFAULT_CANDIDATES = 512
 CENTROID_POOL = 4  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
