@@ -12,7 +12,9 @@ import typer
 def info(
     index: Path = typer.Argument(..., help="Index folder (holds manifest.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as one JSON object."),
-    verify: bool = typer.Option(False, "--verify", help="Also check every shard's sha256 against the manifest."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Also check the sha256 of every shard and search-structure file against the manifest "
+        "(all of them, also those score already found to match and that have not changed since)."),
 ) -> None:
     """Show rows, tokens, dim, dtypes, model, settings and size of an index."""
     from tokembed.index import open_index
@@ -21,6 +23,11 @@ def info(
 
     opened = open_index(index)
     opened.verify(checksums=verify)
+    if verify and opened.manifest.get("search"):
+        from tokembed.search.plaid.files import verify_files
+
+        structure = opened.manifest["search"]
+        verify_files(opened.folder, [structure["codec"], *structure["shards"]], checksum=True, remembered=False)
     manifest = opened.manifest
     on_disk = opened.bytes_on_disk()
     facts = {

@@ -27,8 +27,9 @@ SAMPLE_DATA = REPO / "sample_data"
 
 @pytest.fixture(autouse=True)
 def _offline_hub(tmp_path_factory, monkeypatch):
-    """Every test sees an empty, offline Hugging Face cache."""
+    """Every test sees an empty, offline Hugging Face cache, and a tokembed cache of the session's own."""
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+    monkeypatch.setenv("TOKEMBED_CACHE", str(tmp_path_factory.getbasetemp() / "tokembed_cache"))  # not the user's
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

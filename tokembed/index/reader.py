@@ -4,7 +4,8 @@ Shards are memory-mapped right after the manifest is read, so a reader holds one
 even if a writer commits a new manifest and deletes the old shards a moment later (an open file stays
 readable after unlink). If a listed shard vanished between reading the manifest and opening it, a
 newer generation was committed in between: read the manifest again. ``verify()`` checks sizes and
-sha256 against the manifest.
+sha256 against the manifest (``verify_shard(..., remembered=True)``: not again for a file that matched and
+has not changed since, see ``verified.py``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from tokembed.errors import IndexCorruptError, IndexNotFoundError
 from tokembed.index.atomic import sha256_file
 from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS
+from tokembed.index.verified import VerifiedFiles, stat_key
 
 _OPEN_ATTEMPTS = 5
 
@@ -53,15 +56,27 @@ class Index:
         for shard in self.shards:
             self.verify_shard(shard, checksums)
 
-    def verify_shard(self, shard: dict, checksum: bool = True) -> None:
+    def verify_shard(self, shard: dict, checksum: bool = True, remembered: bool = False) -> None:
+        """Size, and with ``checksum`` the sha256, against the manifest; ``remembered``: not hashed again when this
+        very file (the one mapped) matched before and has not changed since (``verified.py``)."""
         mapped = self._mapped(shard)
         size = mapped.size()
         if size != shard["bytes"]:
             raise IndexCorruptError(f"{self.shard_path(shard)}: {size} bytes on disk, manifest says {shard['bytes']}")
-        if checksum:
-            digest = _sha256_of(self.shard_path(shard), mapped)
-            if digest != shard["sha256"]:
-                raise IndexCorruptError(f"{self.shard_path(shard)}: sha256 does not match the manifest")
+        if not checksum:
+            return
+        key = stat_key(mapped.fileno()) if remembered else None
+        if remembered and self._verified.known(shard["file"], key, shard["sha256"]):
+            return
+        digest = _sha256_of(self.shard_path(shard), mapped)
+        if digest != shard["sha256"]:
+            raise IndexCorruptError(f"{self.shard_path(shard)}: sha256 does not match the manifest")
+        if remembered:
+            self._verified.remember([(shard["file"], key, digest)])
+
+    @cached_property
+    def _verified(self) -> VerifiedFiles:
+        return VerifiedFiles(self.folder)
 
     def open_shard(self, shard: dict):
         """A memory-mapped Arrow IPC file reader for one shard."""

@@ -61,8 +61,9 @@ class LastHiddenState(torch.nn.Module):
 
 
 def cache_folder() -> Path:
-    root = os.environ.get("TOKEMBED_CACHE") or Path.home() / ".cache" / "tokembed"
-    return Path(root) / "openvino"
+    from tokembed.cache import cache_root
+
+    return cache_root() / "openvino"
 
 
 def openvino_backbone(backbone: torch.nn.Module, key: str, dtype: torch.dtype, lanes: int) -> OpenVinoBackbone:

@@ -7,7 +7,8 @@ Inputs: query matrices ``[n_tokens_q, D]`` and an opened ``Index``. Output: per 
 
 How the work is laid out (no per-document loop, no padding):
 
-* ``iter_blocks`` streams the shards (the index's memory maps; each shard's sha256 is checked first)
+* ``iter_blocks`` streams the shards (the index's memory maps; each shard's sha256 is checked first, once
+  per change of the file: ``tokembed/index/verified.py``)
   and copies up to ``block_tokens`` document tokens into one reusable ``[block_tokens, D]`` buffer,
   upcast to the compute dtype on the way. Mapped pages are released after every record batch, so peak
   memory is the block buffer plus a fixed score workspace, whatever the size of the index or a shard.
@@ -57,14 +58,15 @@ class ScanStats:
 # ---------------------------------------------------------------------------------------------- blocks
 
 
-def shard_batches(index, shard: dict, verify: bool = True) -> Iterator:
-    """Record batches of one shard (zero-copy views of the index's memory map), checked first.
+def shard_batches(index, shard: dict, verify: bool = True, remembered: bool = False) -> Iterator:
+    """Record batches of one shard (zero-copy views of the index's memory map), checked first (``remembered``:
+    its sha256 not again when it matched before and has not changed since, ``Index.verify_shard``).
 
     After the caller is done with a batch (when the generator resumes), its pages are dropped from this
     process (they stay in the OS page cache): resident memory is one record batch, not the shard.
     """
     if verify:
-        index.verify_shard(shard)
+        index.verify_shard(shard, remembered=remembered)
     reader = index.open_shard(shard)
     pages = MappedPages(index.shard_path(shard))
     for number in range(reader.num_record_batches):
@@ -136,7 +138,7 @@ def iter_blocks(index, block_tokens: int, dtype, verify: bool = True) -> Iterato
     """
     builder = BlockBuilder(block_tokens, index.dim, dtype)
     for shard in index.shards:
-        for batch in shard_batches(index, shard, verify):
+        for batch in shard_batches(index, shard, verify, remembered=True):  # what each query process would hash again
             offsets, vectors, ids = batch_arrays(batch, index.dim, str(index.shard_path(shard)))
             yield from _fill(builder, offsets, vectors, ids, dtype)
     if not builder.empty:

@@ -60,21 +60,30 @@ def map_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise IndexCorruptError(f"{path}: not a readable tensor file ({exc})") from exc
 
 
-def verify_files(folder: Path, entries: list[dict], checksum: bool) -> None:
-    """``verify_file`` for many files: sizes first, then the sha256 of each in a thread pool (hashlib
+def verify_files(folder: Path, entries: list[dict], checksum: bool, remembered: bool = True) -> None:
+    """``verify_file`` for many files: sizes first, then the sha256 of each file not already found to match
+    and unchanged since (``VerifiedFiles``; every file when not ``remembered``), in a thread pool (hashlib
     releases the GIL, so the cores hash different files at once: a 1M-document index holds ~2 GB of them)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
+
+    from tokembed.index.verified import VerifiedFiles, stat_key
 
     for entry in entries:
         verify_file(folder, entry, checksum=False)
     if not checksum or not entries:
         return
-    with ThreadPoolExecutor(min(len(entries), os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(lambda entry: sha256_file(folder / entry["file"]), entries))
-    for entry, digest in zip(entries, digests):
+    record = VerifiedFiles(folder)
+    keys = [stat_key(folder / entry["file"]) for entry in entries]  # before hashing: a change while hashing shows
+    todo = [(entry, key) for entry, key in zip(entries, keys) if not (remembered and record.known(entry["file"], key, entry["sha256"]))]
+    if not todo:
+        return
+    with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(lambda item: sha256_file(folder / item[0]["file"]), todo))
+    for (entry, key), digest in zip(todo, digests):
         if digest != entry["sha256"]:
             raise IndexCorruptError(f"{folder / entry['file']}: sha256 does not match the manifest")
+    record.remember([(entry["file"], key, digest) for (entry, key), digest in zip(todo, digests)])
 
 
 def verify_file(folder: Path, entry: dict, checksum: bool) -> None:

@@ -1,0 +1,122 @@
+"""Code files are hashed once per change, not on every open (``tokembed/index/verified.py``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import manifest, write_parquet
+from plaid_support import corpus_rows
+from test_score import random_docs, write_index
+from tokembed.index import reader
+from tokembed.index.reader import open_index
+from tokembed.search import search_vectors
+from tokembed.errors import IndexCorruptError
+from tokembed.search.plaid import files, open_searchable
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """The files each open hashes, by name."""
+    names: list[str] = []
+    real = files.sha256_file
+
+    def counting(path):
+        names.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(files, "sha256_file", counting)
+    return names
+
+
+def _copy(compressed, tmp_path):
+    folder = tmp_path / "index"
+    shutil.copytree(compressed[0], folder)
+    structure = manifest(folder)["search"]
+    return folder, [structure["codec"]["file"], *(entry["file"] for entry in structure["shards"])]
+
+
+def test_a_file_that_matched_is_not_hashed_again_until_it_changes(compressed, tmp_path, hashed):
+    folder, names = _copy(compressed, tmp_path)
+    open_searchable(folder)
+    assert sorted(hashed) == sorted(name.split("/")[-1] for name in names)
+    hashed.clear()
+    open_searchable(folder)
+    assert hashed == []
+    path = folder / names[2]
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes, and the modification time set back: the change time still differs
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(IndexCorruptError, match="sha256"):
+        open_searchable(folder)
+    assert hashed == [path.name]
+
+
+def test_a_copy_of_the_index_is_hashed_afresh(compressed, tmp_path, hashed):
+    folder, names = _copy(compressed, tmp_path)
+    open_searchable(folder)
+    hashed.clear()
+    other = tmp_path / "copy"
+    shutil.copytree(folder, other)
+    open_searchable(other)
+    assert len(hashed) == len(names)
+
+
+def test_without_a_writable_record_every_open_hashes(compressed, tmp_path, hashed, monkeypatch):
+    folder, names = _copy(compressed, tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("TOKEMBED_CACHE", str(blocker))
+    for _ in range(2):
+        hashed.clear()
+        open_searchable(folder)
+        assert len(hashed) == len(names)
+
+
+def test_info_verify_hashes_every_structure_file_and_refuses_an_altered_one(tmp_path, hashed, cli, checkpoint):
+    folder = tmp_path / "index"
+    rows = write_parquet(tmp_path / "corpus.parquet", corpus_rows(30))
+    assert cli("encode", rows, "-o", folder, "--nbits", 2, "--model", checkpoint("pylate_bert"), "--shard-rows", 10, "-q").exit_code == 0
+    structure = manifest(folder)["search"]
+    names = [structure["codec"]["file"], *(entry["file"] for entry in structure["shards"])]
+    open_searchable(folder)  # recorded
+    hashed.clear()
+    assert cli("info", folder, "--verify").exit_code == 0
+    assert sorted(hashed) == sorted(name.split("/")[-1] for name in names)  # the record does not spare them
+    path = folder / names[1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = cli("info", folder, "--verify")
+    assert result.exit_code == 6 and "sha256" in result.output
+
+
+def test_the_scan_hashes_a_shard_once_until_it_changes(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    docs = random_docs(rng, rng.integers(3, 20, size=60))
+    folder = write_index(tmp_path / "index", docs, shard_rows=20)
+    names: list[str] = []
+    real = reader._sha256_of
+    monkeypatch.setattr(reader, "_sha256_of", lambda path, mapped: names.append(path.name) or real(path, mapped))
+    queries = [docs[5][:3].astype(np.float32)]
+    first = search_vectors(folder, queries, top_k=5, exact=True)
+    assert len(names) == 3
+    names.clear()
+    assert search_vectors(folder, queries, top_k=5, exact=True) == first
+    assert names == []
+    shard = folder / manifest(folder)["shards"][2]["file"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, different bytes
+    shard.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match="sha256"):
+        search_vectors(folder, queries, top_k=5, exact=True)
+    assert names == [shard.name]
+    names.clear()
+    with pytest.raises(IndexCorruptError, match="sha256"):
+        open_index(folder).verify(checksums=True)  # info --verify: every shard, the record not consulted
+    assert len(names) == 3
