@@ -90,3 +90,43 @@ def recall_with_ties(truth: list[list[str]], scores: list[list[float]], got: lis
         known, bar = dict(zip(ids, exact)), exact[k - 1] - TIE
         out.append(min(k, sum(known.get(doc, -np.inf) >= bar for doc, _ in hits[:k])) / k)
     return float(np.mean(out))
+
+
+def recall_with_exact_ties(folder, queries: list, scores: list[list[float]], results: list[list[list[str]]], k: int = 10) -> list[float]:
+    """Per result set (per query the returned ids, best first), recall@k counting each returned document whose
+    exact MaxSim, computed here in float64 from the stored vectors, is within ``TIE`` of the scan's k-th best.
+    Unlike ``recall_with_ties``, a tied document outside the scan's top 100 counts too, so which of many tied
+    documents a search returns (decided by the last bits of float32 products) does not move the figure."""
+    vectors = _stored_vectors(folder, {doc for result in results for hits in result for doc in hits[:k]})
+    exact: dict[tuple[int, str], float] = {}
+
+    def score(query: int, doc: str) -> float:
+        if (query, doc) not in exact:
+            sims = queries[query].astype(np.float64) @ vectors[doc].T
+            exact[query, doc] = float(sims.max(axis=1).sum()) if sims.shape[1] else -np.inf
+        return exact[query, doc]
+
+    return [float(np.mean([min(k, sum(score(i, doc) >= scores[i][k - 1] - TIE for doc in hits[:k])) / k
+                           for i, hits in enumerate(result)])) for result in results]
+
+
+def _stored_vectors(folder, wanted: set[str]) -> dict[str, np.ndarray]:
+    """id -> its stored token vectors as float64, for the ``wanted`` ids (one streaming pass over the shards)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tokembed.index.reader import open_index
+    from tokembed.search.maxsim import batch_vectors
+
+    index, value_set, found = open_index(folder), pa.array(sorted(wanted), pa.string()), {}
+    for shard in index.shards:
+        reader = index.open_shard(shard)
+        for b in range(reader.num_record_batches):
+            batch = reader.get_batch(b)
+            ids = batch.column("id")
+            rows = np.flatnonzero(pc.is_in(ids, value_set=value_set.cast(ids.type)).to_numpy(zero_copy_only=False))
+            if len(rows):
+                offsets, vectors = batch_vectors(batch, index.dim, str(index.shard_path(shard)))
+                for r in rows.tolist():
+                    found[ids[r].as_py()] = vectors[offsets[r] : offsets[r + 1]].astype(np.float64)
+    return found

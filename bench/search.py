@@ -24,8 +24,11 @@ Each phase runs in its own worker process, so each peak RSS is its own:
 * ``voyager`` (if ``pip install voyager`` and at most ``--voyager-max-tokens``): HNSW over every token,
   candidates = documents of each query token's nearest tokens, exact re-rank (PyLate's Voyager style).
 
-Recall@10 is printed twice: strict (the scan's own top 10) and with ties (a document whose exact score ties
-the 10th best counts: overlapping spans of the same vectors tie often, and the scan orders ties by index).
+Recall@10 is printed three times: strict (the scan's own top 10); "ties" (a document whose exact score ties
+the 10th best counts: overlapping spans of the same vectors tie often, and the scan orders ties by index),
+among the scan's top 100 only; and "tied", every returned document scored again exactly (float64, from the
+stored vectors, in a worker of its own), so that which of more than 100 tied documents a search returns, which
+the last bits of its float32 products decide, does not move the figure.
 ``--work DIR --reuse`` runs the phases again on an index already written and compressed there. ``--seed DIR
 --codec FILE --pool-codes --no-exact`` rebuilds an earlier run's index and structure elsewhere without the model,
 encoding or faiss, and times the search only (``bench/gpu_search.sh``, for a lent GPU machine).
@@ -55,7 +58,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _search_data import encode_real, read_vectors, recall, recall_with_ties, synthetic_docs, write_synthetic  # noqa: E402
+from _search_data import encode_real, read_vectors, recall, recall_with_exact_ties, recall_with_ties, synthetic_docs, write_synthetic  # noqa: E402
 from _search_report import report  # noqa: E402
 from _timing import peak_rss_mb  # noqa: E402  (VmHWM: a worker's own peak, not its parent's)
 
@@ -122,8 +125,30 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str, device:
             rows.append({"probe": probe, "candidates": candidates, "rerank": rerank,
                          "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * float(np.percentile(latencies, 95)),
                          "first_p50_ms": 1000 * statistics.median(first),
-                         "qps_batched": len(qs) / batched[1], "first_qps_batched": len(qs) / batched[0], **recalls(truth, scores, got)})
-    return {"grid": rows, "peak_rss_mb": peak_rss_mb(), "device": "numpy on the CPU" if on is None else f"torch on {on}"}
+                         "qps_batched": len(qs) / batched[1], "first_qps_batched": len(qs) / batched[0], **recalls(truth, scores, got),
+                         "top10": [[doc for doc, _ in hits[:10]] for hits in got]})
+    return {"grid": rows, "peak_rss_mb": peak_rss_mb(), "device": cpu_products() if on is None else f"torch on {on}"}
+
+
+def cpu_products() -> str:
+    """What a CPU search ran its two products in (``tokembed/search/plaid/products.py``)."""
+    return "the CPU, its products in torch (loaded)" if "torch" in sys.modules else "numpy on the CPU"
+
+
+def worker_exact_ties(folder: str, queries: str, truth_file: str, tops_file: str) -> dict:
+    """recall@10 with exact ties (``recall_with_exact_ties``) of each result set in ``tops_file``: in a worker of
+    its own, so that the search phases' peak RSS holds none of what it reads."""
+    _, scores = read_truth(truth_file)
+    tops = json.loads(Path(tops_file).read_text())
+    return {"recall10_exact_ties": recall_with_exact_ties(folder, list(np.load(queries, allow_pickle=True)), scores, tops)}
+
+
+def add_exact_ties(root: Path, main_dir: Path, queries: Path, truth: Path, rows: list[dict]) -> None:
+    """Fill each search row's ``recall10_exact_ties`` from its returned top 10 (dropped from the row after)."""
+    tops_file = root / "tops.json"
+    tops_file.write_text(json.dumps([row.pop("top10") for row in rows]))
+    for row, figure in zip(rows, run_worker("exact_ties", main_dir, queries, truth, tops_file)["recall10_exact_ties"]):
+        row["recall10_exact_ties"] = figure
 
 
 def read_truth(truth_file: str) -> tuple[list | None, list | None]:
@@ -292,7 +317,8 @@ def worker_pool_codes(folder: str, real_file: str, centroids: str, codec_file: s
 
 
 WORKERS = {"pool_codes": worker_pool_codes, "pooled": worker_pooled, "compress": worker_compress, "exact": worker_exact, "search": worker_search,
-           "incremental": worker_incremental, "voyager": worker_voyager, "doubling": worker_doubling}
+           "incremental": worker_incremental, "voyager": worker_voyager, "doubling": worker_doubling,
+           "exact_ties": worker_exact_ties}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -372,6 +398,11 @@ def main() -> None:
     if "search" in phases:  # one thread, as the anchors
         results["search"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID), args.device, threads=1)
         results["search_cores"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID[DEFAULTS : DEFAULTS + 1]), args.device)  # the box's cores
+        rows = results["search"]["grid"] + results["search_cores"]["grid"]
+        if truth:
+            add_exact_ties(root, main_dir, queries, truth, rows)
+        else:
+            [row.pop("top10") for row in rows]
     if "pooled" in phases:
         shutil.rmtree(root / "pooled", ignore_errors=True)
         results["pooled"] = run_worker("pooled", main_dir, root / "pooled", queries, truth, args.centroids)

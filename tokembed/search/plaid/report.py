@@ -18,7 +18,8 @@ def structure_facts(index) -> dict | None:
     ``search_memory_bytes`` is the resident memory searching needs whatever the queries ask: the mapped
     parts opening reads (the codec, every shard's inverted lists and row lengths) and what it builds in
     memory (per shard its row and list offsets, int64; the lists joined into global int32 rows with int64
-    offsets; the centroids as float32 columns; an int32 and a bool scratch per row; each row's token
+    offsets; the centroids as float32, as numpy columns or in oneDNN's layout (``products.py``), one or the
+    other; an int32 and a bool scratch per row; each row's token
     range in its record batch). ``doc_offsets`` is the part that stores each row's token count.
     Residual codes are read only to re-rank without vectors; the candidates' vectors are read, not mapped.
     """

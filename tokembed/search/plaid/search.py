@@ -40,11 +40,13 @@ from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, 
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import ShardCodes
 from tokembed.search.plaid.files import check_structure_lists_shards, map_tensors, verify_files
+from tokembed.search.plaid.products import centroid_scores, token_scores
 from tokembed.search.plaid.threads import map_queries
 
 DEFAULT_PROBE = 32
 # bench/search.py at 1M documents on a real ``compress`` (65,536 centroids; README, "Search with the structure"):
-# recall@10 with ties 0.966 at p50 27.2-27.5 ms a query on 2 cores in three runs (29.2-31.9 ms on one thread). The
+# recall@10 with ties 0.966 at p50 27.2-27.5 ms a query on 2 cores in three runs (29.2-31.9 ms on one thread; every
+# returned document scored exactly, so that which of many tied documents comes back does not count: 0.985). The
 # earlier probe 16 / 320 candidates from 8x as many gave 0.913 there: probing more centroids finds more of the best
 # documents than pre-scoring more of them from their centroids (probe 16 / 512 from 4,096: 0.946 at 30.1 ms)
 DEFAULT_CANDIDATES = 512
@@ -140,7 +142,7 @@ def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: in
         rows = np.arange(min(top_k, structure.rows))
         return [(_doc_id(index, structure, int(r)), 0.0) for r in rows]
     if device is None:
-        sims = np.matmul(q, structure.codec.columns, out=scratches.array("sims", (len(q), structure.codec.k), np.float32))
+        sims = centroid_scores(structure.codec, q, scratches.array("sims", (len(q), structure.codec.k), np.float32))
         pool = candidate_rows(structure, sims, probe, CENTROID_POOL * candidates, np.linalg.norm(q, axis=1))
         rows = best_by_centroids(structure, sims, pool, candidates)
     else:
@@ -172,7 +174,7 @@ def _exact_scores(index, structure: Structure, q: np.ndarray, rows: np.ndarray, 
         else:
             _decode_into(out, structure, number, starts, ends)
         at += len(local)
-    sims = np.matmul(q, x.T, out=scratches.array("rerank_sims", (len(q), len(x)), np.float32))
+    sims = token_scores(q, x, scratches.array("rerank_sims", (len(q), len(x)), np.float32))
     return np.maximum.reduceat(sims, bounds[:-1], axis=1).sum(axis=0, dtype=np.float32)
 
 

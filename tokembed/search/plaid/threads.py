@@ -3,17 +3,20 @@
 One query's products are too small to keep two BLAS threads busy, and the rest of its work is numpy on one
 thread; with 100 queries at 1M documents on 2 cores, 2 query threads on 1 BLAS thread each answered 42-46
 queries/s where one query at a time on 2 BLAS threads answered 28-31 (two query threads with 2 BLAS threads
-each: no faster than one, the four threads contend). A single query keeps the BLAS threads.
+each: no faster than one, the four threads contend). A single query keeps the BLAS threads. The same holds
+for OpenMP (torch's threads): each query thread runs its OpenMP regions on one thread.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from contextlib import contextmanager
 
 _LOCK = threading.Lock()
 _STATE = {"users": 0, "limit": None, "pools": {}, "controller": None}
+_THIS_THREAD = threading.local()
 
 
 def map_queries(function, queries: list) -> list:
@@ -23,7 +26,7 @@ def map_queries(function, queries: list) -> list:
         count = min(len(queries), _blas_threads())
         if count > 1:
             with _one_blas_thread():
-                return list(_pool(count).map(function, queries))
+                return list(_pool(count).map(_on_one_openmp_thread(function), queries))
     return [function(q) for q in queries]
 
 
@@ -70,3 +73,24 @@ def _pool(count: int):
 
             pools[count] = ThreadPoolExecutor(count, thread_name_prefix="tokembed-query")
         return pools[count]
+
+
+def _on_one_openmp_thread(function):
+    """``function`` run with this query thread's OpenMP regions (torch's oneDNN product, ``products.py``) on one
+    thread. The thread count is an OpenMP setting of each calling thread, so the main thread's single queries
+    keep both cores. Set on a thread's first query once torch is loaded (a pool made before torch was imported
+    gets it too), with a fresh look at the loaded libraries: torch's OpenMP may be newer than ``_controller``.
+    torch sets a thread's OpenMP count on its first torch call there (to the count last given to
+    ``torch.set_num_threads``, which encoding calls), so that call is made first, then the limit."""
+
+    def run(query):
+        torch = sys.modules.get("torch")
+        if torch is not None and not getattr(_THIS_THREAD, "openmp_limited", False):
+            from threadpoolctl import ThreadpoolController
+
+            torch.get_num_threads()
+            ThreadpoolController().limit(limits=1, user_api="openmp")
+            _THIS_THREAD.openmp_limited = True
+        return function(query)
+
+    return run
