@@ -119,14 +119,11 @@ def _stored_vectors(folder, wanted: set[str]) -> dict[str, np.ndarray]:
     from tokembed.search.maxsim import batch_vectors
 
     index, value_set, found = open_index(folder), pa.array(sorted(wanted), pa.string()), {}
-    for shard in index.shards:
-        reader = index.open_shard(shard)
-        for b in range(reader.num_record_batches):
-            batch = reader.get_batch(b)
-            ids = batch.column("id")
-            rows = np.flatnonzero(pc.is_in(ids, value_set=value_set.cast(ids.type)).to_numpy(zero_copy_only=False))
-            if len(rows):
-                offsets, vectors = batch_vectors(batch, index.dim, str(index.shard_path(shard)))
-                for r in rows.tolist():
-                    found[ids[r].as_py()] = vectors[offsets[r] : offsets[r + 1]].astype(np.float64)
+    for batch in index.iter_batches():
+        ids = batch.column("id")
+        rows = np.flatnonzero(pc.is_in(ids, value_set=value_set.cast(ids.type)).to_numpy(zero_copy_only=False))
+        if len(rows):
+            offsets, vectors = batch_vectors(batch, index.dim, str(folder))
+            for r in rows.tolist():
+                found[ids[r].as_py()] = vectors[offsets[r] : offsets[r + 1]].astype(np.float64)
     return found

@@ -402,7 +402,8 @@ def main() -> None:
         if truth:
             add_exact_ties(root, main_dir, queries, truth, rows)
         else:
-            [row.pop("top10") for row in rows]
+            for row in rows:
+                del row["top10"]
     if "pooled" in phases:
         shutil.rmtree(root / "pooled", ignore_errors=True)
         results["pooled"] = run_worker("pooled", main_dir, root / "pooled", queries, truth, args.centroids)
