@@ -343,7 +343,6 @@ def test_float16_cast_equals_numpys_for_every_bit_pattern(monkeypatch, with_torc
     import torch  # noqa: F401
     from tokembed.search.plaid import search as plaid_module
 
-    monkeypatch.setattr(plaid_module, "_CAST_PIECE", 1000)  # several pieces and a short last one
     if not with_torch:
         monkeypatch.delitem(sys.modules, "torch")
     every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)

@@ -22,8 +22,8 @@ from tokembed.search.plaid.candidates import IMPUTE_MARGIN
 @dataclass(frozen=True)
 class DeviceArrays:
     columns: object  # [D, K] float32: the centroids, as ``Codec.columns``
-    list_offsets: object  # [shards, K + 1] int64: shard s's list of centroid c is list_rows[offsets[s, c]:offsets[s, c + 1]]
-    list_rows: object  # int64 global rows
+    list_offsets: object  # [K + 1] int64: centroid c's list is list_rows[offsets[c]:offsets[c + 1]]
+    list_rows: object  # int64 global rows (``candidates.GlobalLists``)
     doc_offsets: object  # [rows + 1] int64: global row r's tokens are centroid_ids[doc_offsets[r]:doc_offsets[r + 1]]
     centroid_ids: object  # [tokens] int32
 
@@ -84,12 +84,10 @@ def _stage_one(arrays: DeviceArrays, sims, probe: int, keep: int, norms):
     values, probed = torch.topk(sims, p, dim=1)  # best first
     values, probed = values.flip(1), probed.flip(1)  # worst first, as ``probed_centroids``
     gains = values - (values[:, :1] - IMPUTE_MARGIN * norms[:, None])
-    shards = arrays.list_offsets.shape[0]
     wanted = probed.reshape(-1)  # (query token, rank) pairs
-    starts = arrays.list_offsets[:, wanted].T.reshape(-1)  # per pair, per shard
-    counts = arrays.list_offsets[:, wanted + 1].T.reshape(-1) - starts
-    members = arrays.list_rows[_ragged(starts, counts)]
-    per_pair = counts.view(n * p, shards).sum(dim=1)
+    starts = arrays.list_offsets[wanted]
+    per_pair = arrays.list_offsets[wanted + 1] - starts
+    members = arrays.list_rows[_ragged(starts, per_pair)]
     found, inverse = torch.unique(members, sorted=True, return_inverse=True)
     token = torch.arange(n, device=sims.device).repeat_interleave(p).repeat_interleave(per_pair)
     gain = gains.reshape(-1).repeat_interleave(per_pair)

@@ -163,28 +163,24 @@ def _exact_scores(index, structure: Structure, q: np.ndarray, rows: np.ndarray, 
     lengths = np.concatenate([ends - starts for _, _, starts, ends in groups])
     bounds = np.concatenate([[0], np.cumsum(lengths)])  # each row's tokens in the gathered matrix
     x = scratches.array("vectors", (int(bounds[-1]), index.dim), np.float32)
-    reads = [_file_ranges(index, structure, number, local, starts, ends) for number, local, starts, ends in groups] if rerank == "vectors" else []
-    for batches, positions, sizes in reads:  # every read in flight at once where the page cache lacks them
-        _prefetch(batches, positions, sizes)
-    at = 0
-    for i, (number, local, starts, ends) in enumerate(groups):
-        out = x[bounds[at] : bounds[at + len(local)]]
-        if reads:
-            _read_vectors_into(out, *reads[i])
-        else:
-            _decode_into(out, structure, number, starts, ends)
-        at += len(local)
+    if rerank == "vectors":
+        _read_vectors_into(x, [_file_ranges(index, structure, number, local, starts, ends) for number, local, starts, ends in groups])
+    else:
+        at = 0
+        for number, local, starts, ends in groups:
+            _decode_into(x[bounds[at] : bounds[at + len(local)]], structure, number, starts, ends)
+            at += len(local)
     sims = token_scores(q, x, scratches.array("rerank_sims", (len(q), len(x)), np.float32))
     return np.maximum.reduceat(sims, bounds[:-1], axis=1).sum(axis=0, dtype=np.float32)
 
 
 # torch's float16 -> float32 cast runs ~30x faster than numpy's (or a table lookup): 0.33 vs 4.2 ms for 1.8M
-# values on an AVX512 host. Cast in pieces below torch's parallel grain (32,768 elements), so that each runs in
-# the calling thread: a parallel region would wake torch's OpenMP threads, whose spinning then slows numpy's
-# BLAS threads (24 -> 31 ms a query at 1M documents when the whole array was cast at once). Only where torch is
-# imported already (``score`` and ``serve`` encode queries with it): a process that only searches stored
-# vectors does not pay torch's import (~3 s, ~200 MB) for it, and uses the table.
-_CAST_PIECE = 32768
+# values on an AVX512 host. One cast of every candidate's vectors: a single query's may then run on torch's
+# OpenMP threads, which spin a while afterwards; since the products run in torch too (``products.py``) no
+# other thread pool loses its cores to them. At 1M documents (Intel host), one query at a time: p50 29.5-30.0
+# ms where casting in pieces below torch's parallel grain took 30.8-32.8; 100 batched: 44-45 against 38-42
+# queries/s. Only where torch is imported already (``score`` and ``serve`` encode queries with it): a process
+# that only searches stored vectors does not pay torch's import (~3 s, ~200 MB) for it, and uses the table.
 _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
@@ -194,9 +190,7 @@ def float16_to_float32(values: np.ndarray, out: np.ndarray) -> None:
     if torch is None:
         np.take(_F16_TO_F32, values.view(np.uint16), out=out, mode="clip")  # every uint16 is in range; "clip" is unbuffered
         return
-    source, target = torch.from_numpy(values), torch.from_numpy(out)
-    for start in range(0, len(values), _CAST_PIECE):
-        target[start : start + _CAST_PIECE].copy_(source[start : start + _CAST_PIECE])
+    torch.from_numpy(out).copy_(torch.from_numpy(values))
 
 
 def _token_ranges(index, structure: Structure, number: int, local: np.ndarray, rerank: str) -> tuple[np.ndarray, np.ndarray]:
@@ -225,13 +219,23 @@ def _file_ranges(index, structure: Structure, number: int, local: np.ndarray, st
     return batches, batches.positions[at] + starts * row_bytes, (ends - starts) * row_bytes
 
 
-def _read_vectors_into(out: np.ndarray, batches: "_ShardBatches", positions: np.ndarray, sizes: np.ndarray) -> None:
-    """Fill ``out`` [tokens, D] with the stored vectors at those file ranges, in order, as float32."""
-    if batches.itemsize == 4:  # float32 vectors: read straight into place
-        _read_ranges(batches, positions, sizes, out.reshape(-1).view(np.uint8))
-        return
-    raw = _read_ranges(batches, positions, sizes, scratches.array("raw", int(sizes.sum()), np.uint8))
-    float16_to_float32(raw.view(np.float16), out.reshape(-1))
+def _read_vectors_into(out: np.ndarray, reads: list) -> None:
+    """Fill ``out`` [tokens, D] with the stored vectors at the file ranges of each (shard batches, positions,
+    sizes) in ``reads``, in order, as float32 (one cast of them all)."""
+    for batches, positions, sizes in reads:  # every read in flight at once where the page cache lacks them
+        _prefetch(batches, positions, sizes)
+    itemsize = reads[0][0].itemsize if reads else 4
+    for batches, _, _ in reads:  # an index stores one dtype (its manifest's ``embedding_dtype``)
+        if batches.itemsize != itemsize:
+            raise IndexCorruptError(f"{batches.path}: its vectors are {8 * batches.itemsize}-bit where other shards' are {8 * itemsize}-bit")
+    raw = out.reshape(-1).view(np.uint8) if itemsize == 4 else scratches.array("raw", out.size * itemsize, np.uint8)
+    at = 0
+    for batches, positions, sizes in reads:  # float32 vectors are read straight into place
+        size = int(sizes.sum())
+        _read_ranges(batches, positions, sizes, raw[at : at + size])
+        at += size
+    if itemsize == 2:
+        float16_to_float32(raw.view(np.float16), out.reshape(-1))
 
 
 def _prefetch(batches: "_ShardBatches", positions: np.ndarray, sizes: np.ndarray) -> None:
