@@ -35,10 +35,16 @@ def serve(
         None, "--lora-modules", help="NAME=PATH: serve a PEFT LoRA adapter (folder or hub id) over --model, unmerged, as model "
         "NAME (vLLM's convention; repeat for more). Requests naming NAME use it, batched per adapter; text models.",
     ),
+    index: Optional[str] = typer.Option(
+        None, "--index", help="An index folder to search at POST /search, as 'tokembed score' does (queries encoded with the "
+        "index's model and settings; --model defaults to the index's model and must be it). A generation a cron job "
+        "commits is picked up by the next request.",
+    ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints that ship their own Python code."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug also logs every request)."),
 ) -> None:
-    """Serve a checkpoint over HTTP: vLLM's /pooling (token_embed), /score and /rerank with MaxSim (pip install 'tokembed[serve]')."""
+    """Serve a checkpoint over HTTP: vLLM's /pooling (token_embed), /score and /rerank with MaxSim, and with --index
+    /search over an index (pip install 'tokembed[serve]')."""
     from tokembed.serve import ServeOptions, run_server
 
     options = ServeOptions(
@@ -63,6 +69,7 @@ def serve(
             trust_remote_code=trust_remote_code,
             log_level=log_level,
             announce=lambda line: print(line, file=sys.stderr, flush=True),
+            index=index,
         )
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down
         pass

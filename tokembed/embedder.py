@@ -63,23 +63,9 @@ class Embedder:
         ``model`` overrides where the checkpoint is (e.g. the index was built on another machine); its
         fingerprint must match the manifest's unless ``allow_mismatch``.
         """
-        recorded = manifest["model"]
-        flags = replace(EncodeFlags.from_json(manifest["flags"]), kind=kind)
-        if kind != manifest["settings"]["kind"]:
-            flags = replace(flags, max_length=None)  # a --max-length given for one kind is not the other's
-        if kind == "query":
-            flags = replace(flags, pool_factor=1)  # --pool-factor pools the documents; queries are never pooled
-        colbert = ColbertConfig.from_json(manifest["colbert"]) if manifest.get("colbert") else None
-        name = model if model is not None else (None if recorded.get("is_demo") else recorded["path"])
-        if model is None and name is not None and not _exists(name):
-            name = recorded["name"]
-        embedder = cls.load(name, flags, device, trust_remote_code, colbert)
-        if embedder.fingerprint != recorded["fingerprint"] and not allow_mismatch:
-            raise ModelMismatchError(
-                f"model {embedder.resolved.name!r} (fingerprint {embedder.fingerprint[:12]}) is not the model the "
-                f"index was built with ({recorded['name']!r}, fingerprint {recorded['fingerprint'][:12]})",
-                hint="pass the index's model with --model, or --allow-model-mismatch to score anyway",
-            )
+        embedder = cls.load(index_model(manifest, model), index_flags(manifest, kind), device, trust_remote_code, index_colbert(manifest))
+        if not allow_mismatch:
+            check_index_model(manifest, embedder)
         return embedder
 
     @property
@@ -128,6 +114,43 @@ class EmbedderSpec:
                 hint="pass --dtype explicitly, or list devices of one kind",
             )
         return embedder
+
+
+def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:
+    """The flags that encode ``kind`` inputs as the index's manifest prescribes."""
+    flags = replace(EncodeFlags.from_json(manifest["flags"]), kind=kind)
+    if kind != manifest["settings"]["kind"]:
+        flags = replace(flags, max_length=None)  # a --max-length given for one kind is not the other's
+    if kind == "query":
+        flags = replace(flags, pool_factor=1)  # --pool-factor pools the documents; queries are never pooled
+    return flags
+
+
+def index_colbert(manifest: dict) -> ColbertConfig | None:
+    """The ColBERT settings the index was encoded with (None: none)."""
+    return ColbertConfig.from_json(manifest["colbert"]) if manifest.get("colbert") else None
+
+
+def index_model(manifest: dict, model: str | None = None) -> str | None:
+    """Where to load the index's checkpoint from: ``model`` if given, else the folder it was built from while
+    that exists, else its recorded name (None: the demo model)."""
+    recorded = manifest["model"]
+    if model is not None:
+        return model
+    if recorded.get("is_demo"):
+        return None
+    return recorded["path"] if _exists(recorded["path"]) else recorded["name"]
+
+
+def check_index_model(manifest: dict, embedder: "Embedder") -> None:
+    """Raise ``ModelMismatchError`` unless ``embedder`` loaded the checkpoint the index was built with."""
+    recorded = manifest["model"]
+    if embedder.fingerprint != recorded["fingerprint"]:
+        raise ModelMismatchError(
+            f"model {embedder.resolved.name!r} (fingerprint {embedder.fingerprint[:12]}) is not the model the "
+            f"index was built with ({recorded['name']!r}, fingerprint {recorded['fingerprint'][:12]})",
+            hint="pass the index's model with --model, or --allow-model-mismatch to score anyway",
+        )
 
 
 def _maybe_openvino(loaded, device: str, fingerprint: str) -> None:

@@ -70,12 +70,20 @@ def search(
     vectors = encode_queries(index, texts, model, compute, allow_model_mismatch, trust_remote_code, timings)
     timings["load_seconds"] += opened - started
     searched = time.perf_counter()
-    if structure is not None and not exact:
-        hits = _structure_search(index, structure, vectors, top_k, probe, candidates, progress, compute)
-    else:
-        hits = search_vectors(index, vectors, top_k, block_tokens, device=compute, progress=progress, exact=True)
+    hits = search_opened(index, structure, vectors, top_k, exact, probe, candidates, block_tokens, compute, progress)
     timings["search_seconds"] = time.perf_counter() - searched
     return hits
+
+
+def search_opened(index, structure, query_matrices: list[np.ndarray], top_k: int = 10, exact: bool = False,
+                  probe: int | None = None, candidates: int | None = None, block_tokens: int = DEFAULT_BLOCK_TOKENS,
+                  device: str = "cpu", progress=None) -> list[list[Hit]]:
+    """Hits for encoded queries on an index ``open_searchable`` opened (``structure`` may be None): the
+    structure's search, or the exhaustive scan where ``exact`` or the index has no structure. ``serve
+    --index`` keeps one opened generation for many requests."""
+    if structure is not None and not exact:
+        return _structure_search(index, structure, query_matrices, top_k, probe, candidates, progress, device)
+    return search_vectors(index, query_matrices, top_k, block_tokens, device=device, progress=progress, exact=True)
 
 
 def encode_queries(

@@ -5,6 +5,7 @@
     schemas.py   request / response bodies (pydantic), vLLM's field names
     app.py       create_app(service): FastAPI routes, error envelope, API key, body limit
     lora.py      --lora-modules: adapters injected unmerged, one batcher queue per adapter
+    index_search.py  --index: POST /search over an index, queries encoded as ``score`` encodes them
 
 ``run_server`` is what the CLI calls: check the optional dependencies, bind the socket, load the model,
 run uvicorn until interrupted. Nothing here imports FastAPI until it is used.
@@ -58,8 +59,10 @@ def run_server(
     trust_remote_code: bool = False,
     log_level: str = "info",
     announce: Callable[[str], None] = lambda line: None,
+    index: str | None = None,
 ) -> None:
-    """Serve ``model`` on ``host:port`` until SIGINT/SIGTERM. Raises ``UsageError`` / ``ModelError`` / ``DeviceError``."""
+    """Serve ``model`` on ``host:port`` until SIGINT/SIGTERM (``index``: also ``/search`` over that index, its
+    model by default). Raises ``UsageError`` / ``ModelError`` / ``DeviceError``."""
     require_serve_deps()
     import uvicorn
 
@@ -77,7 +80,7 @@ def run_server(
         )
     sock = bind_socket(host, port)
     try:
-        service = EmbeddingService.load(model, plan.first, options, trust_remote_code)
+        service = EmbeddingService.load(model, plan.first, options, trust_remote_code, index)
         try:
             app = create_app(service, api_key, max_body_bytes or DEFAULT_MAX_BODY_BYTES)
             profiles = ", ".join(service.profiles)
@@ -85,6 +88,9 @@ def run_server(
                 f"tokembed: serving {service.name!r} ({profiles}; dim {service.embedder.output_dim}, "
                 f"max_model_len {service.max_model_len}) on {plan.first} at http://{_url_host(host)}:{sock.getsockname()[1]}"
             )
+            if index is not None:
+                announce(f"tokembed: POST /search answers from the index at {index} ({service.index.manifest['totals']['rows']} documents "
+                         "when it started; a new generation is picked up by the next request)")
             if api_key is None and not _is_loopback(host):
                 announce(f"tokembed: warning: listening on {host} without --api-key: anyone who can reach it can use it")
             config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=log_level == "debug")

@@ -3,6 +3,7 @@
     POST /pooling  /v1/pooling           token embeddings (vLLM's pooling API, task token_embed)
     POST /score    /v1/score             MaxSim scores, 1:1, 1:N or N:N
     POST /rerank   /v1/rerank /v2/rerank documents by MaxSim to one query, best first
+    POST /search   /v1/search            with --index: each query's best documents of the index (as score)
     GET  /v1/models                      the served model
     GET  /health                         200 while the batch worker is alive, else 503
     GET  /metrics                        Prometheus text: requests, batches, tokens, dropped requests
@@ -39,6 +40,7 @@ from tokembed.serve.schemas import (
     RerankResponse,
     ScoreRequest,
     ScoreResponse,
+    SearchRequest,
 )
 from tokembed.serve.service import EmbeddingService
 
@@ -72,6 +74,11 @@ def create_app(
     @app.post("/v2/rerank", include_in_schema=False)
     async def rerank(body: RerankRequest, request: Request) -> Response:
         return await _answer(request, service.rerank(body))
+
+    @app.post("/search", responses={200: {"description": "per query: rank, id, score of its best documents"}, **_ERRORS})
+    @app.post("/v1/search", include_in_schema=False)
+    async def search(body: SearchRequest, request: Request) -> Response:
+        return await _answer(request, service.search(body))
 
     @app.get("/v1/models")
     async def models() -> Response:

@@ -9,6 +9,8 @@ the vocabulary, the output dimension) is checked by the service. Field names and
   ``dimensions``; tokembed's extension ``input_type`` ("query" | "document") selects ColBERT processing.
 * ``ScoreRequest``    -> ``/score``: ``queries``/``documents`` (or ``text_1``/``text_2``, ``data_1``/``data_2``).
 * ``RerankRequest``   -> ``/rerank``: ``query``, ``documents``, ``top_n``.
+* ``SearchRequest``   -> ``/search`` (tokembed's, with ``serve --index``): ``query``, ``top_k``, ``exact``,
+  ``probe``, ``candidates``.
 
 Unknown fields are ignored, as vLLM does (clients send ``user``, ``priority``, ``request_id``...). Types are
 strict: ``"8"`` is not an integer and ``1`` is not a string. Responses are built as plain dicts by the
@@ -107,6 +109,16 @@ class RerankRequest(_Request):
     query: str
     documents: list[str]
     top_n: int = Field(default=0, description="Results to return, best first; 0 (default) returns all.")
+
+
+class SearchRequest(_Request):
+    """tokembed extension (``serve --index``): each query's best documents of the served index."""
+
+    query: TextInputs
+    top_k: Annotated[int, Field(ge=1)] = Field(default=10, description="Documents to return per query, best first.")
+    exact: bool = Field(default=False, description="Scan every stored token (as score --exact) rather than use the search structure.")
+    probe: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Centroids probed per query token (score --probe).")
+    candidates: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Documents re-ranked exactly (score --candidates).")
 
 
 # -- responses (documentation; the service returns dicts of exactly these shapes) -----------------------

@@ -72,8 +72,9 @@ class Profile:
 class EmbeddingService:
     """Owns the model, the tokenizer thread and the batcher. ``await pool/score/rerank(request)`` -> dict."""
 
-    def __init__(self, embedder, options: ServeOptions = ServeOptions(), adapters: dict | None = None) -> None:
-        """``adapters``: LoRA name -> (adapter folder, backbone view with that adapter active), from ``load``."""
+    def __init__(self, embedder, options: ServeOptions = ServeOptions(), adapters: dict | None = None, index=None) -> None:
+        """``adapters``: LoRA name -> (adapter folder, backbone view with that adapter active), from ``load``;
+        ``index``: the ``ServedIndex`` that ``/search`` answers from (its queries get a profile of their own)."""
         from tokembed.engine.runner import BatchExecutor
 
         options.check()
@@ -91,6 +92,9 @@ class EmbeddingService:
             for kind in ("query", "document"):
                 flags = _profile_flags("colbert", kind, options.dtype)
                 self.profiles[kind] = Profile(kind, flags, view, self._encoder(view, flags, None))
+        self.index = index
+        if index is not None:
+            self.profiles["index"] = index.query_profile(model, embedder.device)
         self._tokenizers: dict[tuple[str, int | None], object] = {}
         self._tokenize_thread = ThreadPoolExecutor(1, thread_name_prefix="tokembed-tokenize")  # HF tokenizers are not thread-safe
         executors = {key: BatchExecutor(p.encoder, embedder.device) for key, p in self.profiles.items()}
@@ -102,7 +106,7 @@ class EmbeddingService:
                 encoder = type(profile.encoder)(view, profile.encoder.settings)
                 executors[_batch_key(name, key)] = BatchExecutor(encoder, embedder.device)
         self.batcher = DynamicBatcher(executors, options.max_batch_tokens, options.batch_window_ms / 1000.0)
-        self.requests: dict[str, int] = {"pooling": 0, "score": 0, "rerank": 0}
+        self.requests: dict[str, int] = {"pooling": 0, "score": 0, "rerank": 0, "search": 0}
 
     @classmethod
     def load(
@@ -111,12 +115,23 @@ class EmbeddingService:
         device: str = "cpu",
         options: ServeOptions = ServeOptions(),
         trust_remote_code: bool = False,
+        index=None,
     ) -> "EmbeddingService":
-        from tokembed.embedder import Embedder
+        """``index``: an index folder to answer ``/search`` from; ``model`` then defaults to the index's, and
+        must be the checkpoint it was built with."""
+        from tokembed.embedder import Embedder, check_index_model
+        from tokembed.serve.index_search import ServedIndex
 
         options.check()
-        embedder = Embedder.load(model, _profile_flags("raw", None, options.dtype), device, trust_remote_code)
-        return cls(embedder, options, _attach_adapters(embedder, options.lora_modules) if options.lora_modules else None)
+        flags, colbert, served = _profile_flags("raw", None, options.dtype), None, None
+        if index is not None:
+            served = ServedIndex(index)
+            model, flags, colbert = served.load_plan(model, flags)
+        embedder = Embedder.load(model, flags, device, trust_remote_code, colbert)
+        if served is not None:
+            check_index_model(served.manifest, embedder)
+        adapters = _attach_adapters(embedder, options.lora_modules) if options.lora_modules else None
+        return cls(embedder, options, adapters, served)
 
     def close(self) -> None:
         self.batcher.close()
@@ -190,6 +205,12 @@ class EmbeddingService:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "results": results,
         }
+
+    async def search(self, request) -> dict:
+        from tokembed.serve.index_search import answer_search
+
+        self.requests["search"] += 1
+        return await answer_search(self, request)
 
     def model_list(self) -> dict:
         return {

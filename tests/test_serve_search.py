@@ -1,0 +1,119 @@
+"""``tokembed serve --index``: ``POST /search`` answers as ``tokembed score`` does, follows the generations a cron
+job commits, and refuses what it cannot answer exactly (another model, other settings, a LoRA adapter)."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import write_jsonl
+from serve_support import LiveServer
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+QUERIES = ["alpha bravo", "november oscar papa", "kilo lima mike golf", "nothing like it"]
+
+
+def corpus_rows(count: int, start: int = 0) -> list[dict]:
+    return [{"id": f"d{i}", "text": " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(3 + i % 9))} for i in range(start, start + count)]
+
+
+@pytest.fixture()
+def built(tmp_path, cli, colbert_ckpt):
+    """A ColBERT index of 80 documents with a search structure (16 centroids): (index folder, corpus file)."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_rows(80))
+    index = tmp_path / "index"
+    assert cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--nbits", 2, "--quiet").exit_code == 0
+    assert cli("compress", index, "--centroids", 16, "--quiet").exit_code == 0
+    return index, corpus
+
+
+def served(index, model=None, **options):
+    from tokembed.serve import EmbeddingService, ServeOptions
+
+    return LiveServer(EmbeddingService.load(None if model is None else str(model), "cpu", ServeOptions(**options), index=str(index)))
+
+
+def hits_of(response) -> list[list[tuple[str, float]]]:
+    assert response.status_code == 200, response.text
+    return [[(hit["id"], hit["score"]) for hit in item["results"]] for item in response.json()["data"]]
+
+
+def expected(index, queries, **options) -> list[list[tuple[str, float]]]:
+    from tokembed.search import search
+
+    return [[(hit.id, hit.score) for hit in found] for found in search(index, queries, **options)]
+
+
+def same_hits(got, want) -> None:
+    assert [[doc for doc, _ in found] for found in got] == [[doc for doc, _ in found] for found in want]
+    for found, wanted in zip(got, want):
+        assert [score for _, score in found] == pytest.approx([score for _, score in wanted], abs=1e-4)
+
+
+def test_search_answers_as_score_does_with_the_structure_and_exactly(built):
+    index, _ = built
+    from tokembed.search.plaid.search import has_structure
+    from tokembed.index import open_index
+
+    assert has_structure(open_index(index))
+    server = served(index)  # --model left out: the index's own
+    try:
+        same_hits(hits_of(server.post("/search", {"query": QUERIES, "top_k": 5})), expected(index, QUERIES, top_k=5))
+        exact = hits_of(server.post("/v1/search", {"query": QUERIES[1], "top_k": 7, "exact": True}))
+        same_hits(exact, expected(index, QUERIES[1:2], top_k=7, exact=True))
+        every = hits_of(server.post("/search", {"query": QUERIES, "top_k": 10, "probe": 16, "candidates": 80}))
+        same_hits(every, expected(index, QUERIES, top_k=10, exact=True))  # everything probed: the scan's answer
+        assert server.metrics()['tokembed_requests_total{endpoint="search"}'] == 3
+    finally:
+        server.stop()
+
+
+def test_a_generation_committed_while_serving_is_searched_by_the_next_request(built, cli, colbert_ckpt):
+    index, corpus = built
+    server = served(index, colbert_ckpt)
+    try:
+        before = hits_of(server.post("/search", {"query": "zulu yankee xray", "top_k": 3}))[0]
+        write_jsonl(corpus, corpus_rows(80) + [{"id": "new", "text": "zulu yankee xray whiskey"}])
+        assert cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--quiet").exit_code == 0  # cron's re-run
+        after = hits_of(server.post("/search", {"query": "zulu yankee xray", "top_k": 3}))[0]
+        assert "new" not in [doc for doc, _ in before] and after[0][0] == "new"
+        same_hits([after], expected(index, ["zulu yankee xray"], top_k=3))
+    finally:
+        server.stop()
+
+
+def test_an_index_rebuilt_with_other_settings_is_refused_until_restart(built, cli, colbert_ckpt):
+    index, corpus = built
+    server = served(index)
+    try:
+        assert cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--max-length", 8, "--quiet").exit_code == 0
+        response = server.post("/search", {"query": "alpha"})
+        assert response.status_code == 500 and "restart" in response.json()["error"]["message"]
+    finally:
+        server.stop()
+
+
+def test_bad_requests_and_a_server_without_index(built, colbert_server):
+    index, _ = built
+    response = colbert_server.post("/search", {"query": "alpha"})
+    assert response.status_code == 404 and "--index" in response.json()["error"]["message"]
+    server = served(index)
+    try:
+        for body, param in (({"query": "alpha", "top_k": 0}, "top_k"), ({"query": []}, "query"),
+                            ({"query": "alpha", "probe": 0}, "probe"), ({"query": "alpha", "model": "other"}, "model")):
+            response = server.post("/search", body)
+            assert response.status_code in (400, 404) and response.json()["error"]["param"] == param, response.text
+    finally:
+        server.stop()
+
+
+def test_loading_refuses_another_model_or_dtype_than_the_index(built, minilm_path):
+    from tokembed.errors import ModelMismatchError, UsageError
+    from tokembed.serve import EmbeddingService, ServeOptions
+
+    index, _ = built
+    with pytest.raises(ModelMismatchError):
+        EmbeddingService.load(str(minilm_path), "cpu", ServeOptions(), index=str(index))
+    with pytest.raises(UsageError, match="--dtype"):
+        EmbeddingService.load(None, "cpu", ServeOptions(dtype="bfloat16"), index=str(index))
+    with pytest.raises(UsageError, match="not a tokembed index"):
+        EmbeddingService.load(None, "cpu", ServeOptions(), index=str(index / "data"))

@@ -1,0 +1,141 @@
+"""``tokembed serve --index DIR``: ``POST /search`` answers queries against an index as ``tokembed score`` does.
+
+    request -> the index's query profile (its model, ColBERT settings, lengths, dimensions, store dtype:
+    ``Embedder.for_index``'s flags, as a view on the served weights) -> the batcher -> ``search_opened``
+    (the structure's candidate search, or the exhaustive scan where ``exact`` or the index has none) -> hits
+
+The opened generation is kept across requests (its structure's joined lists, mapped files, verified hashes)
+and opened again when the manifest changes, so a cron job that re-encodes the index is picked up by the next
+request; a request sees one generation from start to end. A new generation built with another model or
+other encoding settings is refused (the served query profile would no longer match it): restart the server.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tokembed.errors import IndexCorruptError, ModelMismatchError, UsageError
+
+
+@dataclass(frozen=True)
+class _Generation:
+    key: tuple  # the manifest file's (inode, size, mtime) when it was read
+    index: object
+    structure: object
+
+
+class ServedIndex:
+    """One index folder, its generation opened on first use and again whenever its manifest changes."""
+
+    def __init__(self, folder) -> None:
+        from tokembed.index.reader import read_manifest
+
+        self.folder = Path(folder)
+        manifest = read_manifest(self.folder) if self.folder.is_dir() else None
+        if manifest is None:
+            raise UsageError(f"--index {folder}: not a tokembed index (no manifest.json)", hint="build one with tokembed encode")
+        self.manifest = manifest  # the generation the query profile was built for
+        self._lock = threading.Lock()
+        self._generation: _Generation | None = None
+
+    def load_plan(self, model: str | None, raw_flags):
+        """(checkpoint to load, raw flags carrying the index's revision, base model and dtype, ColBERT settings)."""
+        from tokembed.embedder import index_colbert, index_flags, index_model
+
+        query = index_flags(self.manifest, "query")
+        if raw_flags.dtype not in ("auto", query.dtype):
+            raise UsageError(f"--dtype {raw_flags.dtype}: the index's queries are encoded with --dtype {query.dtype}",
+                             hint="leave --dtype out with --index")
+        flags = replace(raw_flags, dtype=query.dtype, revision=query.revision, base_model=query.base_model,
+                        base_revision=query.base_revision)
+        return index_model(self.manifest, model), flags, index_colbert(self.manifest)
+
+    def query_profile(self, model, device: str):
+        """The ``Profile`` that encodes queries for this index, sharing ``model``'s weights."""
+        from tokembed.embedder import index_flags
+        from tokembed.models.steps import TextEncoder
+        from tokembed.serve.service import Profile
+        from tokembed.settings import resolve
+
+        flags = index_flags(self.manifest, "query")
+        view = copy.copy(model)  # its own tokenizer: prefix registration stays out of the other profiles
+        view.tokenizer = copy.deepcopy(model.tokenizer)
+        settings = resolve(flags, view.colbert, view.max_length, device.split(":")[0], view.position_limit)
+        encoder = view.make_encoder(settings) if hasattr(view, "make_encoder") else TextEncoder(view, settings)
+        return Profile("index", flags, view, encoder)
+
+    def opened(self) -> _Generation:
+        """The committed generation now (opened again if the manifest changed since the last request)."""
+        from tokembed.search.plaid.candidates import join_lists_in_background
+        from tokembed.search.plaid.search import open_searchable
+
+        key = self._manifest_key()
+        with self._lock:
+            if self._generation is None or self._generation.key != key:
+                index, structure = open_searchable(self.folder)
+                self._check_same_encoding(index.manifest)
+                if structure is not None:
+                    join_lists_in_background(structure)
+                self._generation = _Generation(key, index, structure)
+            return self._generation
+
+    def search(self, queries: list, top_k: int, exact: bool, probe: int | None, candidates: int | None, device: str) -> list:
+        from tokembed.index.format import require_vectors
+        from tokembed.search.api import search_opened
+
+        generation = self.opened()
+        if exact:
+            require_vectors(generation.index, "an exact search (\"exact\": true)")
+        return search_opened(generation.index, generation.structure, queries, top_k, exact, probe, candidates, device=device)
+
+    def _manifest_key(self) -> tuple:
+        try:
+            stat = (self.folder / "manifest.json").stat()
+        except FileNotFoundError as exc:
+            raise IndexCorruptError(f"{self.folder}: its manifest.json is gone") from exc
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def _check_same_encoding(self, manifest: dict) -> None:
+        for part, what in (("model", "another model"), ("settings_fingerprint", "other encoding settings")):
+            now, then = manifest.get(part), self.manifest.get(part)
+            if part == "model":
+                now, then = (now or {}).get("fingerprint"), (then or {}).get("fingerprint")
+            if now != then:
+                raise ModelMismatchError(f"{self.folder} was rebuilt with {what} since this server started, and its "
+                                         "queries are encoded for the old ones: restart tokembed serve")
+
+
+async def answer_search(service, request) -> dict:
+    """``POST /search``: each query's best ``top_k`` documents of the served index."""
+    import asyncio
+
+    from tokembed.serve.schemas import APIError
+    from tokembed.serve.vectors import finite
+
+    if service.index is None:
+        raise APIError("this server searches no index: start it with --index INDEX_DIR", status=404,
+                       type="NotFoundError", param="query")
+    if service._check_model(request.model) is not None:
+        raise APIError("search encodes queries with the index's model; a LoRA adapter's vectors do not match it", param="model")
+    texts = [request.query] if isinstance(request.query, str) else list(request.query)
+    service._check_count(len(texts), "query")
+    items = await service._tokenize("index", texts, None, "search")
+    rows = await service.batcher.submit("index", items)
+    queries = [vectors for vectors, _ in rows]
+    hits = await asyncio.get_running_loop().run_in_executor(
+        None, service.index.search, queries, request.top_k, request.exact, request.probe, request.candidates, "cpu")
+    tokens = sum(len(item.ids) for item in items)
+    return {
+        "id": f"search-{uuid.uuid4().hex}",
+        "object": "list",
+        "created": int(time.time()),
+        "model": service.name,
+        "data": [{"index": i, "object": "search", "results": [{"rank": h.rank, "id": h.id, "score": finite(h.score)} for h in found]}
+                 for i, found in enumerate(hits)],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+    }
