@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -115,6 +113,7 @@ async def answer_search(service, request) -> dict:
     import asyncio
 
     from tokembed.serve.schemas import APIError
+    from tokembed.serve.service import list_response
     from tokembed.serve.vectors import finite
 
     if service.index is None:
@@ -129,13 +128,6 @@ async def answer_search(service, request) -> dict:
     queries = [vectors for vectors, _ in rows]
     hits = await asyncio.get_running_loop().run_in_executor(
         None, service.index.search, queries, request.top_k, request.exact, request.probe, request.candidates, "cpu")
-    tokens = sum(len(item.ids) for item in items)
-    return {
-        "id": f"search-{uuid.uuid4().hex}",
-        "object": "list",
-        "created": int(time.time()),
-        "model": service.name,
-        "data": [{"index": i, "object": "search", "results": [{"rank": h.rank, "id": h.id, "score": finite(h.score)} for h in found]}
-                 for i, found in enumerate(hits)],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
-    }
+    data = [{"index": i, "object": "search", "results": [{"rank": h.rank, "id": h.id, "score": finite(h.score)} for h in found]}
+            for i, found in enumerate(hits)]
+    return list_response("search", service.name, data, sum(len(item.ids) for item in items))

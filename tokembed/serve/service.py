@@ -175,14 +175,7 @@ class EmbeddingService:
         q_vecs, d_vecs, tokens = await self._encode_pair(queries, documents, request, adapter)
         pairs = [(0 if len(q_vecs) == 1 else i, i) for i in range(len(d_vecs))]
         scores = await asyncio.get_running_loop().run_in_executor(None, pair_scores, q_vecs, d_vecs, pairs)
-        return {
-            "id": f"score-{uuid.uuid4().hex}",
-            "object": "list",
-            "created": int(time.time()),
-            "model": self.name,
-            "data": [{"index": i, "object": "score", "score": finite(s)} for i, s in enumerate(scores)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
-        }
+        return list_response("score", self.name, [{"index": i, "object": "score", "score": finite(s)} for i, s in enumerate(scores)], tokens)
 
     async def rerank(self, request: RerankRequest) -> dict:
         self.requests["rerank"] += 1
@@ -321,15 +314,7 @@ class EmbeddingService:
             else:
                 payload = vectors.tolist()
             data.append({"index": index, "object": "pooling", "data": payload})
-        tokens = sum(len(item.ids) for item in items)
-        return {
-            "id": f"pool-{uuid.uuid4().hex}",
-            "object": "list",
-            "created": int(time.time()),
-            "model": self.name,
-            "data": data,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
-        }
+        return list_response("pool", self.name, data, sum(len(item.ids) for item in items))
 
     # -- checks ------------------------------------------------------------------------------------------
     def _check_model(self, name: str | None) -> str | None:
@@ -388,6 +373,18 @@ class EmbeddingService:
 
 
 # -- plain functions ---------------------------------------------------------------------------------------
+def list_response(kind: str, model: str, data: list, tokens: int) -> dict:
+    """vLLM's list envelope around a response's ``data``; ``tokens``: the prompt tokens encoded."""
+    return {
+        "id": f"{kind}-{uuid.uuid4().hex}",
+        "object": "list",
+        "created": int(time.time()),
+        "model": model,
+        "data": data,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+    }
+
+
 def _profile_flags(mode: str, kind: str | None, dtype: str) -> EncodeFlags:
     """Flags every profile computes with: float32 out, unnormalized, full dimension (applied per request)."""
     return EncodeFlags(mode=mode, kind=kind or "document", normalize=False, dtype=dtype, store_dtype="float32")
