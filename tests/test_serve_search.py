@@ -117,3 +117,15 @@ def test_loading_refuses_another_model_or_dtype_than_the_index(built, minilm_pat
         EmbeddingService.load(None, "cpu", ServeOptions(dtype="bfloat16"), index=str(index))
     with pytest.raises(UsageError, match="not a tokembed index"):
         EmbeddingService.load(None, "cpu", ServeOptions(), index=str(index / "data"))
+
+
+def test_a_compressed_only_index_is_searched_from_its_codes_and_refuses_exact(built, cli):
+    index, _ = built
+    assert cli("compress", index, "--drop-vectors", "--quiet").exit_code == 0
+    server = served(index)
+    try:
+        same_hits(hits_of(server.post("/search", {"query": QUERIES, "top_k": 4})), expected(index, QUERIES, top_k=4))
+        response = server.post("/search", {"query": "alpha", "exact": True})
+        assert response.status_code == 400 and "vectors" in response.json()["error"]["message"]
+    finally:
+        server.stop()
