@@ -51,6 +51,21 @@ def test_everything_probed_equals_the_exhaustive_scan(compressed):
         assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
 
 
+def test_reranking_from_codes_scores_the_decoded_unit_vectors(compressed):
+    from tokembed.search.plaid.codes import StoredCodes
+
+    folder, docs, queries = compressed
+    index, structure = open_searchable(folder)
+    codes = StoredCodes(folder, manifest(folder)["search"]["shards"])
+    decoded = [structure.codec.decode(*codes.row_codes(row)) for row in range(len(docs))]
+    got = plaid_search(index, structure, queries, 10, probe=structure.codec.k, candidates=len(docs), rerank="codes")
+    for q, hits in zip(queries, got):  # the fixture's ids: d0, d1, ... in index order
+        scores = np.array([(q @ d.T).max(axis=1).sum() if len(d) else -np.inf for d in decoded])
+        best = np.lexsort((np.arange(len(docs)), -scores))[:10]
+        assert [score for _, score in hits] == pytest.approx(scores[best].tolist(), abs=1e-5)
+        assert {doc for doc, _ in hits} <= {f"d{row}" for row in np.flatnonzero(scores >= scores[best[-1]] - 1e-5)}
+
+
 def test_copying_many_rows_codes_at_once_equals_them_row_by_row(compressed):
     from tokembed.errors import IndexCorruptError
     from tokembed.search.plaid.codes import StoredCodes

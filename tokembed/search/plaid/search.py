@@ -163,14 +163,18 @@ def _exact_scores(index, structure: Structure, q: np.ndarray, rows: np.ndarray, 
     lengths = np.concatenate([ends - starts for _, _, starts, ends in groups])
     bounds = np.concatenate([[0], np.cumsum(lengths)])  # each row's tokens in the gathered matrix
     x = scratches.array("vectors", (int(bounds[-1]), index.dim), np.float32)
+    norms = None
     if rerank == "vectors":
         _read_vectors_into(x, [_file_ranges(index, structure, number, local, starts, ends) for number, local, starts, ends in groups])
     else:
-        at = 0
+        norms, at = scratches.array("norms", len(x), np.float32), 0
         for number, local, starts, ends in groups:
-            _decode_into(x[bounds[at] : bounds[at + len(local)]], structure, number, starts, ends)
+            rows = slice(bounds[at], bounds[at + len(local)])
+            _decode_into(x[rows], norms[rows], structure, number, starts, ends)
             at += len(local)
     sims = token_scores(q, x, scratches.array("rerank_sims", (len(q), len(x)), np.float32))
+    if norms is not None:  # the decoded vectors' scores as of unit vectors
+        sims /= norms
     return np.maximum.reduceat(sims, bounds[:-1], axis=1).sum(axis=0, dtype=np.float32)
 
 
@@ -204,11 +208,12 @@ def _token_ranges(index, structure: Structure, number: int, local: np.ndarray, r
     return batches.row_starts[local], batches.row_ends[local]
 
 
-def _decode_into(out: np.ndarray, structure: Structure, number: int, starts: np.ndarray, ends: np.ndarray) -> None:
-    """Fill ``out`` [tokens, D] with the vectors decoded from one shard's codes, token ranges in row order."""
+def _decode_into(out: np.ndarray, norms: np.ndarray, structure: Structure, number: int, starts: np.ndarray, ends: np.ndarray) -> None:
+    """Fill ``out`` [tokens, D] with the vectors decoded from one shard's codes before their normalization,
+    and ``norms`` [tokens] with their norms; token ranges in row order."""
     codes = structure.shards[number]
     take, _ = ragged(starts, ends)
-    structure.codec.decode(codes.centroid_ids[take], codes.residuals[take], out=out)
+    norms[:] = structure.codec.decode_unscaled(codes.centroid_ids[take], codes.residuals[take], out=out)[1]
 
 
 def _file_ranges(index, structure: Structure, number: int, local: np.ndarray, starts: np.ndarray, ends: np.ndarray):
