@@ -335,7 +335,8 @@ def test_without_preadv_the_rerank_reads_the_same_bytes(compressed, monkeypatch)
 
 
 def test_info_search_memory_is_what_a_search_holds(compressed):
-    from tokembed.search.plaid.candidates import scratches, global_lists
+    from tokembed.search.plaid.candidates import scratches
+    from tokembed.search.plaid.lists import probed_lists
     from tokembed.search.plaid.report import structure_facts
 
     folder, docs, queries = compressed
@@ -343,8 +344,7 @@ def test_info_search_memory_is_what_a_search_holds(compressed):
     plaid_search(index, structure, queries[:1], 10, probe=structure.codec.k, candidates=len(docs))  # every shard read
     facts = structure_facts(index)
     parts = facts["bytes_by_part"]
-    lists = global_lists(structure)
-    built = (lists.rows.nbytes + lists.offsets.nbytes + structure.codec.columns.nbytes
+    built = (probed_lists(structure).nbytes() + structure.codec.columns.nbytes
              + scratches.flags(structure.rows).nbytes + scratches.positions(structure.rows).nbytes
              + sum(b.row_starts.nbytes + b.row_ends.nbytes for b in structure._vectors.values())
              + sum(codes.doc_offsets.nbytes + codes.list_offsets.nbytes for codes in structure.shards))

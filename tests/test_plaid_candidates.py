@@ -15,6 +15,7 @@ from tokembed.search.plaid import candidates
 from tokembed.search.plaid.candidates import approximate_scores, best_by_centroids, candidate_rows, probed_centroids
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import ShardCodes, inverted_lists
+from tokembed.search.plaid.lists import global_lists, probed_lists
 from tokembed.search.plaid.search import Structure
 
 K, DIM = 64, 16
@@ -151,36 +152,18 @@ def test_lists_whose_counts_disagree_with_their_rows_are_reported():
     structure, docs = random_structure(rng, [30, 20])
     structure.shards[0].list_rows = structure.shards[0].list_rows[:-1]
     with pytest.raises(IndexCorruptError, match="list entries"):
-        candidates.global_lists(structure)
+        probed_lists(structure)
+    with pytest.raises(IndexCorruptError, match="list entries"):
+        global_lists(structure)
 
 
 def test_lists_joined_centroid_by_centroid_hold_every_shards_list_in_row_order():
     rng = np.random.default_rng(9)
     structure, docs = random_structure(rng, [30, 1, 20, 25])
-    lists = candidates.global_lists(structure)
-    for c in range(K):
+    everything = global_lists(structure)
+    probed = probed_lists(structure)
+    for c in [5, 0, 5, K - 1, *range(K)]:  # joined on first use, then kept
         expected = [row for row, ids in enumerate(docs) if c in set(ids.tolist())]
-        assert lists.rows[lists.offsets[c] : lists.offsets[c + 1]].tolist() == expected
-
-
-def test_lists_joined_in_background_are_the_ones_a_search_uses_and_errors_wait_for_the_search():
-    import threading
-    from tokembed.errors import IndexCorruptError
-
-    rng = np.random.default_rng(10)
-    structure, _ = random_structure(rng, [30, 20])
-    candidates.join_lists_in_background(structure)
-    for thread in threading.enumerate():
-        if thread.name == "tokembed-join-lists":
-            thread.join()
-    joined = structure._lists
-    assert joined is not None and candidates.global_lists(structure) is joined
-
-    broken, _ = random_structure(rng, [30, 20])
-    broken.shards[1].list_rows = broken.shards[1].list_rows[:-1]
-    candidates.join_lists_in_background(broken)  # raises nothing here
-    for thread in threading.enumerate():
-        if thread.name == "tokembed-join-lists":
-            thread.join()
-    with pytest.raises(IndexCorruptError, match="list entries"):
-        candidates.global_lists(broken)
+        assert probed.rows_of([c])[0].tolist() == expected and probed.sizes[c] == len(expected)
+        assert everything.rows[everything.offsets[c] : everything.offsets[c + 1]].tolist() == expected
+    assert probed.rows_of([3])[0] is probed.rows_of([3])[0]

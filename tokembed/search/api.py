@@ -52,7 +52,6 @@ def search(
     ``timings``, if given, receives ``load_seconds`` (index open + model load), ``query_seconds`` (encoding
     the queries) and ``search_seconds`` (the scan or the structure's search).
     """
-    from tokembed.search.plaid.candidates import join_lists_in_background
     from tokembed.search.plaid.search import open_searchable
 
     _check_options(top_k, block_tokens)
@@ -64,8 +63,6 @@ def search(
         require_vectors(index, "an exact search (score --exact)")
     texts = as_queries(queries).texts
     compute = _resolve_device(device)
-    if structure is not None and not exact:
-        join_lists_in_background(structure)  # while the model loads
     opened = time.perf_counter()
     vectors = encode_queries(index, texts, model, compute, allow_model_mismatch, trust_remote_code, timings)
     timings["load_seconds"] += opened - started

@@ -69,7 +69,6 @@ class ServedIndex:
 
     def opened(self) -> _Generation:
         """The committed generation now (opened again if the manifest changed since the last request)."""
-        from tokembed.search.plaid.candidates import join_lists_in_background
         from tokembed.search.plaid.search import open_searchable
 
         key = self._manifest_key()
@@ -77,8 +76,6 @@ class ServedIndex:
             if self._generation is None or self._generation.key != key:
                 index, structure = open_searchable(self.folder)
                 self._check_same_encoding(index.manifest)
-                if structure is not None:
-                    join_lists_in_background(structure)
                 self._generation = _Generation(key, index, structure)
             return self._generation
 

@@ -5,9 +5,9 @@ document's approximate score for i is the best score among the probed centroids 
 score of i's worst probed centroid less ``IMPUTE_MARGIN`` (WARP imputes that score itself, an upper bound on
 what the document misses). The approximate MaxSim is the sum over query tokens; a document no probe reaches cannot be a candidate.
 
-The shards' inverted lists are joined once per opened structure into one array of global rows, centroid
-by centroid (``GlobalLists``, 4 bytes per (centroid, document) pair), so a query reads each probed list of
-every shard as one slice. The distinct rows reached are numbered (a row-sized flag and position scratch,
+Each centroid's inverted lists of every shard are joined into one array of global rows the first time a
+query probes it (``lists.ProbedLists``, 4 bytes per (centroid, document) pair), so a query reads each
+probed list as one array. The distinct rows reached are numbered (a row-sized flag and position scratch,
 each query clearing what it set), and a [query tokens, rows reached] matrix takes each list's gain over the
 imputed score, rank by rank in ascending order (a better probed centroid of the same row overwrites; faster
 than one ``maximum.at``); its column sums are the scores. Work in proportion to the entries read, never to
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokembed.errors import IndexCorruptError
+from tokembed.search.plaid.lists import probed_lists
 
 
 # A document none of a query token's probed centroids reach is imputed the worst probed score less this margin
@@ -75,58 +76,6 @@ def best_columns(sims: np.ndarray, p: int) -> np.ndarray:
     return np.take_along_axis(columns, np.argpartition(values, values.shape[1] - p, axis=1)[:, values.shape[1] - p :], axis=1)
 
 
-@dataclass(frozen=True)
-class GlobalLists:
-    offsets: np.ndarray  # [K + 1] int64: centroid c's list is rows[offsets[c]:offsets[c + 1]]
-    rows: np.ndarray  # int32 (int64 past 2**31 rows) global rows: every shard's list of c, shard by shard, ascending
-
-
-def global_lists(structure) -> GlobalLists:
-    if structure._lists is not None:
-        return structure._lists
-    with structure._building:
-        if structure._lists is None:
-            structure._lists = _join_lists(structure)
-    return structure._lists
-
-
-def join_lists_in_background(structure) -> None:
-    """Start joining the lists on a helper thread, e.g. while the query model loads (``score``: ~0.5 s of a
-    cold query at 1M documents). A search waits for it on the structure's lock; an error is left for the
-    search's own join to raise."""
-
-    def join() -> None:
-        try:
-            global_lists(structure)
-        except Exception:  # noqa: BLE001 - the search's own call raises it again where it can be reported
-            pass
-
-    threading.Thread(target=join, name="tokembed-join-lists", daemon=True).start()
-
-
-def _join_lists(structure) -> GlobalLists:
-    """Every shard's inverted lists joined centroid by centroid: a query then reads each probed list as one
-    slice (at 1M documents in 28 shards: 0.6 ms a query where 28 slices per list took 3.2). The join is a
-    scatter of every entry (~0.6 s at 1M documents, once per opened structure)."""
-    for number, codes in enumerate(structure.shards):
-        if int(codes.list_offsets[-1]) != len(codes.list_rows):
-            raise IndexCorruptError(f"the code file of shard {number} has {len(codes.list_rows)} list entries where its counts say "
-                                    f"{int(codes.list_offsets[-1])}: search with --exact")
-    dtype = np.int32 if structure.rows < 1 << 31 else np.int64
-    counts = np.stack([np.diff(codes.list_offsets.astype(np.int64)) for codes in structure.shards]) if structure.shards \
-        else np.zeros((0, structure.codec.k), np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts.sum(axis=0))]).astype(np.int64)
-    before = np.cumsum(counts, axis=0) - counts  # per shard and list: the entries earlier shards put first
-    rows = np.empty(int(offsets[-1]), dtype)
-    index = np.int32 if len(rows) < 1 << 31 else np.int64
-    for codes, count, ahead, start in zip(structure.shards, counts, before, structure.starts[:-1]):
-        own = codes.list_offsets[:-1].astype(np.int64)
-        where = np.repeat((offsets[:-1] + ahead - own).astype(index), count)
-        where += np.arange(len(codes.list_rows), dtype=index)
-        rows[where] = np.add(codes.list_rows, dtype(start), dtype=dtype, casting="unsafe")
-    return GlobalLists(offsets, rows)
-
-
 def candidate_rows(structure, sims: np.ndarray, probe: int, candidates: int, norms: np.ndarray | None = None) -> np.ndarray:
     """Global rows of the best ``candidates`` documents by the stage-1 score (ties: the lower row), sorted.
 
@@ -138,13 +87,12 @@ def candidate_rows(structure, sims: np.ndarray, probe: int, candidates: int, nor
 def approximate_scores(structure, sims: np.ndarray, probe: int, norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(every row a probe reaches, ascending; its summed gain over the imputed scores, float32)."""
     probed, gains = probed_centroids(sims, probe, norms)
-    lists = global_lists(structure)
+    lists = probed_lists(structure)
     n, p = probed.shape
     wanted = probed.T.reshape(-1)  # (rank, query token) order: one assignment per rank below
-    starts, ends = lists.offsets[wanted], lists.offsets[wanted + 1]
-    per_list = ends - starts
-    members = scratches.array("members", int(per_list.sum()), lists.rows.dtype)
-    np.concatenate([lists.rows[a:b] for a, b in zip(starts.tolist(), ends.tolist())] or [members[:0]], out=members)
+    per_list = lists.sizes[wanted]
+    members = scratches.array("members", int(per_list.sum()), lists.dtype)
+    np.concatenate(lists.rows_of(wanted.tolist()) or [members[:0]], out=members)
     found = _reached(structure, members)
     # rows -> positions in ``found``, then one [n, found] gain matrix: query token i's gain for a row is the
     # gain of its best probed list holding the row, so the ranks are assigned in ascending order

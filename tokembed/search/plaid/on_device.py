@@ -23,14 +23,14 @@ from tokembed.search.plaid.candidates import IMPUTE_MARGIN
 class DeviceArrays:
     columns: object  # [D, K] float32: the centroids, as ``Codec.columns``
     list_offsets: object  # [K + 1] int64: centroid c's list is list_rows[offsets[c]:offsets[c + 1]]
-    list_rows: object  # int64 global rows (``candidates.GlobalLists``)
+    list_rows: object  # int64 global rows (``lists.GlobalLists``)
     doc_offsets: object  # [rows + 1] int64: global row r's tokens are centroid_ids[doc_offsets[r]:doc_offsets[r + 1]]
     centroid_ids: object  # [tokens] int32
 
 
 def device_arrays(structure, device: str) -> DeviceArrays:
     """The structure's search arrays on ``device``, copied on first use and kept with the opened structure."""
-    from tokembed.search.plaid.candidates import global_lists
+    from tokembed.search.plaid.lists import global_lists
 
     if device not in structure._on_device:
         lists = global_lists(structure)  # joined (and checked) first: it takes the same lock

@@ -17,8 +17,8 @@ def structure_facts(index) -> dict | None:
 
     ``search_memory_bytes`` is the resident memory searching needs whatever the queries ask: the mapped
     parts opening reads (the codec, every shard's inverted lists and row lengths) and what it builds in
-    memory (per shard its row and list offsets, int64; the lists joined centroid by centroid into global
-    int32 rows with int64 offsets; the centroids as float32, as numpy columns or in oneDNN's layout (``products.py``), one or the
+    memory (per shard its row and list offsets, int64; each centroid's lists joined into global int32 rows,
+    all of them once every centroid was probed, with the shards' list offsets stacked and each joined size; the centroids as float32, as numpy columns or in oneDNN's layout (``products.py``), one or the
     other; an int32 and a bool scratch per row; each row's token
     range in its record batch). ``doc_offsets`` is the part that stores each row's token count.
     Residual codes are read only to re-rank without vectors; the candidates' vectors are read, not mapped.
@@ -53,7 +53,7 @@ def structure_facts(index) -> dict | None:
 def _built_at_open(centroids: int, dim: int, rows: int, shards: int, pairs: int) -> int:
     """Bytes that opening a structure and its first query build in memory (see ``search.py``, ``candidates.py``)."""
     row_bytes = 4 if rows < 1 << 31 else 8
-    lists = pairs * row_bytes + (centroids + 1) * 8
+    lists = pairs * row_bytes + shards * (centroids + 1) * 8 + centroids * 8  # every list joined: the most it holds
     offsets = (rows + shards) * 8 + shards * (centroids + 1) * 8
     return offsets + lists + centroids * dim * 4 + rows * (4 + 1) + rows * 16
 

@@ -60,9 +60,10 @@ class Structure:
     shards: list[ShardCodes]
     starts: np.ndarray  # [n_shards + 1] first global row of each shard
     _vectors: dict = field(default_factory=dict, repr=False)  # shard number -> _ShardBatches, read on first use
-    _lists: object = field(default=None, repr=False)  # candidates.GlobalLists, joined on first use
+    _probed: object = field(default=None, repr=False)  # lists.ProbedLists, made on first use
+    _lists: object = field(default=None, repr=False)  # lists.GlobalLists (the GPU search's), joined on first use
     _on_device: dict = field(default_factory=dict, repr=False)  # torch device -> on_device.DeviceArrays, copied on first use
-    _building: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one thread fills the two above
+    _building: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one thread fills the three above
 
     @property
     def rows(self) -> int:

@@ -1,0 +1,103 @@
+"""The structure's inverted lists across shards: each centroid's list of every shard, joined into global rows.
+
+Each shard's code file holds its own lists (centroid -> local rows, ascending). A query probes a few hundred
+centroids and reads their lists of every shard; read shard by shard that is one slice per list and shard
+(at 1M documents in 28 shards: 3.2 ms a query where one joined array per list takes 0.6).
+
+* ``ProbedLists`` (the CPU search): a centroid's lists are joined the first time a query probes it and
+  kept, so opening costs nothing and the lists no query probes are never joined (a cold one-query ``score``
+  at 1M documents joined everything up front in ~1 s; joining a list takes ~25 us).
+* ``GlobalLists`` (the GPU search copies every list to the device at once): all lists joined in one scatter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tokembed.errors import IndexCorruptError
+
+
+class ProbedLists:
+    """Each centroid's global rows (every shard's list, shard by shard, ascending), joined on first use."""
+
+    def __init__(self, structure) -> None:
+        check_list_counts(structure)
+        self.dtype = np.dtype(np.int32 if structure.rows < 1 << 31 else np.int64)
+        k = structure.codec.k
+        self.offsets = np.stack([codes.list_offsets.astype(np.int64) for codes in structure.shards]) if structure.shards \
+            else np.zeros((0, k + 1), np.int64)  # [shards, K + 1]
+        self.sizes = (self.offsets[:, 1:] - self.offsets[:, :-1]).sum(axis=0)  # [K] entries of each joined list
+        self._shards = [codes.list_rows for codes in structure.shards]
+        self._starts = [self.dtype.type(start) for start in structure.starts[:-1]]
+        self._joined: list[np.ndarray | None] = [None] * k  # a slot is set once; two threads may both join it
+
+    def rows_of(self, centroids: list[int]) -> list[np.ndarray]:
+        """The joined list of each centroid, in order."""
+        joined = self._joined
+        return [joined[c] if joined[c] is not None else self._join(c) for c in centroids]
+
+    def _join(self, c: int) -> np.ndarray:
+        firsts, ends = self.offsets[:, c].tolist(), self.offsets[:, c + 1].tolist()
+        rows = np.empty(int(self.sizes[c]), self.dtype)
+        at = 0
+        for local, start, first, end in zip(self._shards, self._starts, firsts, ends):
+            if end > first:
+                np.add(local[first:end], start, out=rows[at : at + end - first], casting="unsafe")
+                at += end - first
+        self._joined[c] = rows
+        return rows
+
+    def nbytes(self) -> int:
+        """What the joined lists and their counts hold now."""
+        return self.offsets.nbytes + self.sizes.nbytes + sum(rows.nbytes for rows in self._joined if rows is not None)
+
+
+def probed_lists(structure) -> ProbedLists:
+    if structure._probed is None:
+        with structure._building:
+            if structure._probed is None:
+                structure._probed = ProbedLists(structure)
+    return structure._probed
+
+
+@dataclass(frozen=True)
+class GlobalLists:
+    offsets: np.ndarray  # [K + 1] int64: centroid c's list is rows[offsets[c]:offsets[c + 1]]
+    rows: np.ndarray  # int32 (int64 past 2**31 rows) global rows: every shard's list of c, shard by shard, ascending
+
+
+def global_lists(structure) -> GlobalLists:
+    if structure._lists is not None:
+        return structure._lists
+    with structure._building:
+        if structure._lists is None:
+            structure._lists = _join_lists(structure)
+    return structure._lists
+
+
+def _join_lists(structure) -> GlobalLists:
+    """Every list joined at once: a scatter of every entry (~0.6 s at 1M documents)."""
+    check_list_counts(structure)
+    dtype = np.int32 if structure.rows < 1 << 31 else np.int64
+    counts = np.stack([np.diff(codes.list_offsets.astype(np.int64)) for codes in structure.shards]) if structure.shards \
+        else np.zeros((0, structure.codec.k), np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts.sum(axis=0))]).astype(np.int64)
+    before = np.cumsum(counts, axis=0) - counts  # per shard and list: the entries earlier shards put first
+    rows = np.empty(int(offsets[-1]), dtype)
+    index = np.int32 if len(rows) < 1 << 31 else np.int64
+    for codes, count, ahead, start in zip(structure.shards, counts, before, structure.starts[:-1]):
+        own = codes.list_offsets[:-1].astype(np.int64)
+        where = np.repeat((offsets[:-1] + ahead - own).astype(index), count)
+        where += np.arange(len(codes.list_rows), dtype=index)
+        rows[where] = np.add(codes.list_rows, dtype(start), dtype=dtype, casting="unsafe")
+    return GlobalLists(offsets, rows)
+
+
+def check_list_counts(structure) -> None:
+    for number, codes in enumerate(structure.shards):
+        if int(codes.list_offsets[-1]) != len(codes.list_rows):
+            raise IndexCorruptError(f"the code file of shard {number} has {len(codes.list_rows)} list entries where its counts say "
+                                    f"{int(codes.list_offsets[-1])}: search with --exact")
+
