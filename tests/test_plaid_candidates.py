@@ -162,8 +162,14 @@ def test_lists_joined_centroid_by_centroid_hold_every_shards_list_in_row_order()
     structure, docs = random_structure(rng, [30, 1, 20, 25])
     everything = global_lists(structure)
     probed = probed_lists(structure)
-    for c in [5, 0, 5, K - 1, *range(K)]:  # joined on first use, then kept
-        expected = [row for row, ids in enumerate(docs) if c in set(ids.tolist())]
+
+    def expected_of(c: int) -> list[int]:
+        return [row for row, ids in enumerate(docs) if c in set(ids.tolist())]
+
+    wanted = [7, 2, 7, 9, 2, K - 1]  # several at once, repeated: joined together on first use
+    assert [rows.tolist() for rows in probed.rows_of(wanted)] == [expected_of(c) for c in wanted]
+    for c in [5, 0, 5, K - 1, *range(K)]:  # then kept
+        expected = expected_of(c)
         assert probed.rows_of([c])[0].tolist() == expected and probed.sizes[c] == len(expected)
         assert everything.rows[everything.offsets[c] : everything.offsets[c + 1]].tolist() == expected
     assert probed.rows_of([3])[0] is probed.rows_of([3])[0]

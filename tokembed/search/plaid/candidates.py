@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokembed.errors import IndexCorruptError
-from tokembed.search.plaid.lists import probed_lists
+from tokembed.search.plaid.lists import probed_lists, ragged
 
 
 # A document none of a query token's probed centroids reach is imputed the worst probed score less this margin
@@ -157,13 +157,6 @@ def per_shard(structure, rows: np.ndarray, function) -> list:
     numbers = np.searchsorted(structure.starts, rows, side="right") - 1
     bounds = [0, *(np.flatnonzero(np.diff(numbers)) + 1).tolist(), len(rows)] if len(rows) else [0]
     return [function(int(numbers[a]), rows[a:b] - structure.starts[numbers[a]]) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def ragged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices of every position in the ranges [start, end), in order; the range lengths)."""
-    counts = (ends - starts).astype(np.int64)
-    firsts = np.repeat(starts.astype(np.int64) - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-    return firsts + np.arange(int(counts.sum())), counts
 
 
 class _Scratch(threading.local):

@@ -35,7 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from tokembed.errors import IndexCorruptError
-from tokembed.search.plaid.candidates import ragged
+from tokembed.search.plaid.lists import ragged
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.files import map_tensors, verify_file, write_tensors
 

@@ -121,7 +121,7 @@ def _best_rows(rows, scores, keep: int):
 
 
 def _ragged(starts, counts):
-    """Every position of the ranges [start, start + count), in order (``candidates.ragged`` in torch)."""
+    """Every position of the ranges [start, start + count), in order (``lists.ragged`` in torch)."""
     import torch
 
     total = int(counts.sum())

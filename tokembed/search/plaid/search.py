@@ -36,7 +36,8 @@ from tokembed.index.format import EMBEDDINGS, require_vectors
 from tokembed.index.pages import MappedPages
 from tokembed.search.maxsim import batch_vectors
 from tokembed.search.plaid.build import SEARCH
-from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, per_shard, ragged, scratches
+from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, per_shard, scratches
+from tokembed.search.plaid.lists import ragged
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import ShardCodes
 from tokembed.search.plaid.files import check_structure_lists_shards, map_tensors, verify_files
