@@ -165,3 +165,14 @@ def test_a_truncated_packed_id_stream_or_an_unknown_layout_is_a_corrupt_index(tm
     write_tensors(tmp_path / "later.safetensors", {**tensors, "centroid_ids_v9": ids})
     with pytest.raises(IndexCorruptError, match="later.safetensors: a code file layout .*no centroid_ids.*--exact"):
         ShardCodes.open(tmp_path / "later.safetensors")
+
+
+def test_decoding_a_centroid_id_past_the_codec_is_reported_not_clipped():
+    from tokembed.errors import IndexCorruptError
+
+    rng = np.random.default_rng(3)
+    codec = train(rng.standard_normal((400, 8)).astype(np.float32), 16, nbits=2)
+    ids, packed, _ = codec.encode(rng.standard_normal((5, 8)).astype(np.float32))
+    ids[2] = codec.k
+    with pytest.raises(IndexCorruptError, match="centroid id"):
+        codec.decode(ids, packed)
