@@ -129,3 +129,13 @@ def test_a_compressed_only_index_is_searched_from_its_codes_and_refuses_exact(bu
         assert response.status_code == 400 and "vectors" in response.json()["error"]["message"]
     finally:
         server.stop()
+
+
+def test_cli_serve_index_errors_exit_2(cli, tmp_path, built, minilm_path):
+    index, _ = built
+    result = cli("serve", "--index", tmp_path / "nope", "--port", 0)
+    assert result.exit_code == 2 and "not a tokembed index" in result.stderr
+    result = cli("serve", "--index", index, "--dtype", "bfloat16", "--port", 0)
+    assert result.exit_code == 2 and "--dtype" in result.stderr
+    result = cli("serve", "--index", index, "--model", minilm_path, "--port", 0)
+    assert result.exit_code != 0 and "not the model the index was built with" in result.stderr
