@@ -18,9 +18,9 @@ def structure_facts(index) -> dict | None:
     ``search_memory_bytes`` is the resident memory searching needs whatever the queries ask: the mapped
     parts opening reads (the codec, every shard's inverted lists and row lengths) and what it builds in
     memory (per shard its row and list offsets, int64; each centroid's lists joined into global int32 rows,
-    all of them once every centroid was probed, with the shards' list offsets stacked and each joined size; the centroids as float32, as numpy columns or in oneDNN's layout (``products.py``), one or the
-    other; an int32 and a bool scratch per row; each row's token
-    range in its record batch). ``doc_offsets`` is the part that stores each row's token count.
+    all of them once every centroid was probed, with the shards' list offsets stacked and each joined size;
+    the centroids as float32, as numpy columns or in oneDNN's layout (``products.py``), one or the other; an
+    int32 and a bool scratch per row; each row's token range in its record batch). ``doc_offsets`` is the part that stores each row's token count.
     Residual codes are read only to re-rank without vectors; the candidates' vectors are read, not mapped.
     """
     structure = index.manifest.get(SEARCH)
