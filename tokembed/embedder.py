@@ -44,8 +44,7 @@ class Embedder:
         _maybe_openvino(loaded, device, fingerprint)
         if colbert is not None:
             loaded.colbert = colbert
-        settings = resolve(flags, loaded.colbert, loaded.max_length, device_type, loaded.position_limit)
-        encoder = loaded.make_encoder(settings) if hasattr(loaded, "make_encoder") else TextEncoder(loaded, settings)
+        settings, encoder = make_encoder(loaded, flags, device)
         return cls(resolved, loaded, settings, encoder, device, fingerprint)
 
     @classmethod
@@ -114,6 +113,13 @@ class EmbedderSpec:
                 hint="pass --dtype explicitly, or list devices of one kind",
             )
         return embedder
+
+
+def make_encoder(model: TokenModel, flags: EncodeFlags, device: str) -> tuple[EncodeSettings, object]:
+    """(the settings ``flags`` resolve to for ``model`` on ``device``, the encoder that applies them: the
+    model's own for image models, else a ``TextEncoder``)."""
+    settings = resolve(flags, model.colbert, model.max_length, device.split(":")[0], model.position_limit)
+    return settings, model.make_encoder(settings) if hasattr(model, "make_encoder") else TextEncoder(model, settings)
 
 
 def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:

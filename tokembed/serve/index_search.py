@@ -12,7 +12,6 @@ other encoding settings is refused (the served query profile would no longer mat
 
 from __future__ import annotations
 
-import copy
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,18 +53,13 @@ class ServedIndex:
         return index_model(self.manifest, model), flags, index_colbert(self.manifest)
 
     def query_profile(self, model, device: str):
-        """The ``Profile`` that encodes queries for this index, sharing ``model``'s weights."""
-        from tokembed.embedder import index_flags
-        from tokembed.models.steps import TextEncoder
-        from tokembed.serve.service import Profile
-        from tokembed.settings import resolve
+        """The ``Profile`` that encodes queries for this index (``Embedder.for_index``'s), sharing ``model``'s weights."""
+        from tokembed.embedder import index_flags, make_encoder
+        from tokembed.serve.service import Profile, own_tokenizer_view
 
         flags = index_flags(self.manifest, "query")
-        view = copy.copy(model)  # its own tokenizer: prefix registration stays out of the other profiles
-        view.tokenizer = copy.deepcopy(model.tokenizer)
-        settings = resolve(flags, view.colbert, view.max_length, device.split(":")[0], view.position_limit)
-        encoder = view.make_encoder(settings) if hasattr(view, "make_encoder") else TextEncoder(view, settings)
-        return Profile("index", flags, view, encoder)
+        view = own_tokenizer_view(model)
+        return Profile("index", flags, view, make_encoder(view, flags, device)[1])
 
     def opened(self) -> _Generation:
         """The committed generation now (opened again if the manifest changed since the last request)."""
@@ -80,12 +74,9 @@ class ServedIndex:
             return self._generation
 
     def search(self, queries: list, top_k: int, exact: bool, probe: int | None, candidates: int | None, device: str) -> list:
-        from tokembed.index.format import require_vectors
         from tokembed.search.api import search_opened
 
         generation = self.opened()
-        if exact:
-            require_vectors(generation.index, "an exact search (\"exact\": true)")
         return search_opened(generation.index, generation.structure, queries, top_k, exact, probe, candidates, device=device)
 
     def _manifest_key(self) -> tuple:
@@ -96,13 +87,14 @@ class ServedIndex:
         return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
     def _check_same_encoding(self, manifest: dict) -> None:
-        for part, what in (("model", "another model"), ("settings_fingerprint", "other encoding settings")):
-            now, then = manifest.get(part), self.manifest.get(part)
-            if part == "model":
-                now, then = (now or {}).get("fingerprint"), (then or {}).get("fingerprint")
-            if now != then:
-                raise ModelMismatchError(f"{self.folder} was rebuilt with {what} since this server started, and its "
-                                         "queries are encoded for the old ones: restart tokembed serve")
+        if _encoding(manifest) != _encoding(self.manifest):
+            raise ModelMismatchError(f"{self.folder} was rebuilt with another model or other encoding settings since this "
+                                     "server started, and its queries are encoded for the old ones: restart tokembed serve")
+
+
+def _encoding(manifest: dict) -> tuple:
+    """What encoding queries for an index depends on: its model's fingerprint and its settings' fingerprint."""
+    return manifest["model"]["fingerprint"], manifest.get("settings_fingerprint")
 
 
 async def answer_search(service, request) -> dict:

@@ -87,8 +87,7 @@ class EmbeddingService:
         self.max_model_len = self._max_model_len(options.max_model_len)
         self.profiles = {"raw": Profile("raw", _profile_flags("raw", None, options.dtype), model, embedder.encoder)}
         if model.colbert is not None:
-            view = copy.copy(model)  # shares the weights; its own tokenizer keeps prefix registration out of raw
-            view.tokenizer = copy.deepcopy(model.tokenizer)
+            view = own_tokenizer_view(model)
             for kind in ("query", "document"):
                 flags = _profile_flags("colbert", kind, options.dtype)
                 self.profiles[kind] = Profile(kind, flags, view, self._encoder(view, flags, None))
@@ -373,6 +372,14 @@ class EmbeddingService:
 
 
 # -- plain functions ---------------------------------------------------------------------------------------
+def own_tokenizer_view(model):
+    """A view of ``model`` sharing its weights, with a tokenizer of its own: a profile's prefix registration
+    stays out of the other profiles'."""
+    view = copy.copy(model)
+    view.tokenizer = copy.deepcopy(model.tokenizer)
+    return view
+
+
 def list_response(kind: str, model: str, data: list, tokens: int) -> dict:
     """vLLM's list envelope around a response's ``data``; ``tokens``: the prompt tokens encoded."""
     return {
