@@ -31,7 +31,7 @@ GRID = [(16, 128), (16, 320), (32, 512)]  # (probe, candidates); (32, 512) are t
 
 def decoded_ceiling(index, structure, queries: list[np.ndarray], truth: list[list[str]]) -> float:
     """recall@10 of the exhaustive MaxSim over every token decoded from its codes."""
-    from tokembed.search.plaid.search import _doc_id
+    from tokembed.search.plaid.shard_reads import doc_id as _doc_id
 
     scores, ids = [], []
     for number, codes in enumerate(structure.shards):

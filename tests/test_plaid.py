@@ -356,7 +356,7 @@ def test_info_search_memory_is_what_a_search_holds(compressed):
 @pytest.mark.parametrize("with_torch", [True, False])  # torch's cast where torch is imported, else a table
 def test_float16_cast_equals_numpys_for_every_bit_pattern(monkeypatch, with_torch):
     import torch  # noqa: F401
-    from tokembed.search.plaid import search as plaid_module
+    from tokembed.search.plaid import rerank as plaid_module
 
     if not with_torch:
         monkeypatch.delitem(sys.modules, "torch")
@@ -388,3 +388,34 @@ def test_rerank_advises_every_read_before_the_first(compressed, monkeypatch):
     assert sorted(r for r in reads if r in set(advised)) == sorted(advised)  # every range advised is read, once
     first_read = next(i for i, e in enumerate(events) if e[0] == "read")
     assert all(e[0] == "advise" for e in events[: len(advised)]) and first_read == len(advised)
+
+
+def test_document_blocks_cover_every_document_once_in_order():
+    from tokembed.search.plaid.rerank import document_blocks
+
+    rng = np.random.default_rng(11)
+    for size in (1, 5, 64, 1000):
+        lengths = rng.integers(1, 40, 300)
+        lengths[::37] = 200  # documents longer than a block
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        blocks = document_blocks(bounds, size)
+        assert [a for a, _ in blocks] == [0] + [b for _, b in blocks[:-1]] and blocks[-1][1] == len(lengths)
+        assert all(b > a for a, b in blocks)
+        # a block passes the size only by its first document (the one that straddles a multiple of the size)
+        assert all(bounds[b] - bounds[a + 1] < size for a, b in blocks)
+
+
+@pytest.mark.parametrize("rerank", ["vectors", "codes"])
+def test_reranking_in_blocks_scores_as_in_one_block(compressed, monkeypatch, rerank):
+    from tokembed.search.plaid import rerank as rerank_module
+
+    folder, docs, queries = compressed
+    index, structure = open_searchable(folder)
+    monkeypatch.setattr(rerank_module, "RERANK_BLOCK_TOKENS", 1 << 30)
+    whole = plaid_search(index, structure, queries, 15, probe=structure.codec.k, candidates=len(docs), rerank=rerank)
+    for size in (1, 37, 500):
+        monkeypatch.setattr(rerank_module, "RERANK_BLOCK_TOKENS", size)
+        got = plaid_search(index, structure, queries, 15, probe=structure.codec.k, candidates=len(docs), rerank=rerank)
+        for w, g in zip(whole, got):
+            assert [doc for doc, _ in g] == [doc for doc, _ in w]
+            assert [score for _, score in g] == pytest.approx([score for _, score in w], abs=1e-6)
