@@ -27,14 +27,14 @@ def report(main_dir: Path, r: dict) -> None:
     print(f"structure search on 1 thread, warm (index opened once), candidate stages: {search.get('device', 'numpy on the CPU')}:")
     print("(p50/p95: the second pass over the queries, their candidates' vectors in the page cache; 1st p50: the first pass;")
     print(" ties: recall@10 counting documents that tie the 10th best among the scan's top 100; tied: among all, exact float64 scores)")
-    print(f"{'probe':>5} {'cand':>5} {'rerank':>7} {'p50 ms':>8} {'p95 ms':>8} {'1st p50':>8} {'q/s':>7} {'R@10':>6} {'ties':>6} {'tied':>6} {'R@100':>6} {'speedup':>8}")
+    print(f"{'probe':>5} {'cand':>7} {'rerank':>7} {'p50 ms':>8} {'p95 ms':>8} {'1st p50':>8} {'q/s':>7} {'R@10':>6} {'ties':>6} {'tied':>6} {'R@100':>6} {'speedup':>8}")
     for row in search["grid"]:
-        print(f"{row['probe']:>5} {row['candidates']:>5} {row['rerank']:>7} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['first_p50_ms']:>8.1f} "
+        print(f"{row['probe']:>5} {_candidates(row):>7} {row['rerank']:>7} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['first_p50_ms']:>8.1f} "
               f"{row['qps_batched']:>7.1f} {_figure(row['recall10']):>6} {_figure(row['recall10_ties']):>6} {_figure(row.get('recall10_exact_ties')):>6} {_figure(row['recall100']):>6} "
               f"{_speedup(single, row):>8}")
     for row in r.get("search_cores", {"grid": []})["grid"]:
         print(f"the same on all {os.cpu_count()} cores (one query's products threaded over them), probe {row['probe']}, "
-              f"candidates {row['candidates']}, {row['rerank']}: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms (first pass {row['first_p50_ms']:.1f}), "
+              f"candidates {_candidates(row)}, {row['rerank']}: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms (first pass {row['first_p50_ms']:.1f}), "
               f"{row['qps_batched']:.1f} q/s batched{_first_call(row)}, R@10 {_figure(row['recall10'])} (ties {_figure(row['recall10_ties'])}, tied {_figure(row.get('recall10_exact_ties'))}), {_speedup(single, row)} the exhaustive p50")
     print(f"search peak RSS {search['peak_rss_mb']:.0f} MB (structure {compress['facts']['bytes'] / 2**20:.0f} MB, "
           f"memory searching needs whatever it asks, per info {compress['facts']['search_memory_bytes'] / 2**20:.0f} MB)")
@@ -79,3 +79,9 @@ def _build_kind(compress: dict) -> str:
 def _first_call(row: dict) -> str:
     """The first batched call's queries/s, where the run recorded it (it also starts the query threads)."""
     return f" (first call {row['first_qps_batched']:.1f})" if "first_qps_batched" in row else ""
+
+
+def _candidates(row: dict) -> str:
+    """The candidates, and the stage-1 pool where it is not the default 4x."""
+    pool = row.get("pool", 4)
+    return str(row["candidates"]) if pool == 4 else f"{row['candidates']}/{pool}x"

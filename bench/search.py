@@ -64,9 +64,15 @@ from _timing import peak_rss_mb  # noqa: E402  (VmHWM: a worker's own peak, not 
 
 GRID = [(8, 128), (16, 128), (16, 320), (32, 320), (32, 512), (64, 512)]  # (probe, candidates); (32, 512) are the defaults
 DEFAULTS = GRID.index((32, 512))
+DEFAULT_POOL = 4  # tokembed.search.plaid.search.CENTROID_POOL (not imported here: the workers import tokembed)
 
 
 # ---------------------------------------------------------------------------------------------- data
+
+
+def parse_grid(text: str) -> list[list[int]]:
+    """``"24:384:5,32:512"`` -> [[24, 384, 5], [32, 512]] (probe, candidates[, pool])."""
+    return [[int(part) for part in entry.split(":")] for entry in text.split(",") if entry.strip()]
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -109,7 +115,10 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str, device:
     on = None if device == "none" else device  # a torch device for the candidate stages (plaid/on_device.py)
     plaid_search(index, structure, qs[:3], 10, device=on)  # warm-up: page cache, BLAS, the arrays on the device
     rows = []
-    for probe, candidates in json.loads(grid):
+    from tokembed.search.plaid import search as search_module
+
+    for probe, candidates, *pool in json.loads(grid):
+        search_module.CENTROID_POOL = pool[0] if pool else DEFAULT_POOL  # stage 1 keeps pool x candidates
         for rerank in ("vectors", "codes"):
             first, latencies = [], []  # first pass: the candidates' vectors may come from disk; then warm
             for timings in (first, latencies):
@@ -122,7 +131,7 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str, device:
                 started = time.perf_counter()
                 got = plaid_search(index, structure, qs, 100, probe, max(candidates, 100), rerank, device=on)
                 batched.append(time.perf_counter() - started)
-            rows.append({"probe": probe, "candidates": candidates, "rerank": rerank,
+            rows.append({"probe": probe, "candidates": candidates, "pool": search_module.CENTROID_POOL, "rerank": rerank,
                          "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * float(np.percentile(latencies, 95)),
                          "first_p50_ms": 1000 * statistics.median(first),
                          "qps_batched": len(qs) / batched[1], "first_qps_batched": len(qs) / batched[0], **recalls(truth, scores, got),
@@ -360,6 +369,9 @@ def main() -> None:
     parser.add_argument("--no-exact", action="store_true",
                         help="skip the exhaustive scan (the ground truth): latency and queries/s only, no recall (search phase only)")
     parser.add_argument("--voyager-max-tokens", type=int, default=1_200_000)
+    parser.add_argument("--grid", default="", help="the one-thread search settings, PROBE:CANDIDATES[:POOL],... (default: "
+                        + ",".join(f"{p}:{c}" for p, c in GRID) + f"; POOL: stage 1 keeps POOL x CANDIDATES, default {DEFAULT_POOL})")
+    parser.add_argument("--cores-grid", default="", help="the same for the run on all cores (default: the defaults, 32:512)")
     parser.add_argument("--device", default="none",
                         help="a torch device (cuda, cuda:1) for the structure's candidate stages in the search phase; "
                         "default: numpy on the CPU, as score on a CPU")
@@ -396,8 +408,10 @@ def main() -> None:
         (root / "exact.json").write_text(json.dumps(exact))
     results["exact"] = json.loads((root / "exact.json").read_text()) if truth else None
     if "search" in phases:  # one thread, as the anchors
-        results["search"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID), args.device, threads=1)
-        results["search_cores"] = run_worker("search", main_dir, queries, truth, json.dumps(GRID[DEFAULTS : DEFAULTS + 1]), args.device)  # the box's cores
+        one_thread = parse_grid(args.grid) if args.grid else GRID
+        cores = parse_grid(args.cores_grid) if args.cores_grid else GRID[DEFAULTS : DEFAULTS + 1]
+        results["search"] = run_worker("search", main_dir, queries, truth, json.dumps(one_thread), args.device, threads=1)
+        results["search_cores"] = run_worker("search", main_dir, queries, truth, json.dumps(cores), args.device)  # the box's cores
         rows = results["search"]["grid"] + results["search_cores"]["grid"]
         if truth:
             add_exact_ties(root, main_dir, queries, truth, rows)
