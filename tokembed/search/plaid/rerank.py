@@ -45,8 +45,8 @@ def exact_scores(index, structure, q: np.ndarray, rows: np.ndarray, rerank: str)
 
 def document_blocks(bounds: np.ndarray, tokens: int) -> list[tuple[int, int]]:
     """(first document, end) of consecutive blocks of whole documents, each cut at the last document start at
-    or before a multiple of ``tokens`` (``bounds``: the documents' first tokens and the end). A document longer
-    than ``tokens`` is a block of its own or shares one with the documents before it."""
+    or before a multiple of ``tokens`` (``bounds``: the documents' first tokens and the end). A block holds more
+    than ``tokens`` only by its first document, the one that straddles a multiple (a long document)."""
     count = len(bounds) - 1
     cuts = np.searchsorted(bounds, np.arange(tokens, int(bounds[-1]), tokens), side="right") - 1
     cuts = np.unique(np.concatenate([[0], cuts, [count]])).tolist()
