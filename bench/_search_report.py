@@ -82,6 +82,6 @@ def _first_call(row: dict) -> str:
 
 
 def _candidates(row: dict) -> str:
-    """The candidates, and the stage-1 pool where it is not the default 4x."""
-    pool = row.get("pool", 4)
-    return str(row["candidates"]) if pool == 4 else f"{row['candidates']}/{pool}x"
+    """The candidates, and the stage-1 pool where it is not the default 5x."""
+    pool = row.get("pool", 5)
+    return str(row["candidates"]) if pool == 5 else f"{row['candidates']}/{pool}x"

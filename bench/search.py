@@ -62,9 +62,9 @@ from _search_data import encode_real, read_vectors, recall, recall_with_exact_ti
 from _search_report import report  # noqa: E402
 from _timing import peak_rss_mb  # noqa: E402  (VmHWM: a worker's own peak, not its parent's)
 
-GRID = [(8, 128), (16, 128), (16, 320), (32, 320), (32, 512), (64, 512)]  # (probe, candidates); (32, 512) are the defaults
-DEFAULTS = GRID.index((32, 512))
-DEFAULT_POOL = 4  # tokembed.search.plaid.search.CENTROID_POOL (not imported here: the workers import tokembed)
+GRID = [(8, 128), (16, 128), (16, 320), (24, 384), (32, 512), (64, 512)]  # (probe, candidates); (24, 384) are the defaults
+DEFAULTS = GRID.index((24, 384))
+DEFAULT_POOL = 5  # tokembed.search.plaid.search.CENTROID_POOL (not imported here: the workers import tokembed)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -371,7 +371,7 @@ def main() -> None:
     parser.add_argument("--voyager-max-tokens", type=int, default=1_200_000)
     parser.add_argument("--grid", default="", help="the one-thread search settings, PROBE:CANDIDATES[:POOL],... (default: "
                         + ",".join(f"{p}:{c}" for p, c in GRID) + f"; POOL: stage 1 keeps POOL x CANDIDATES, default {DEFAULT_POOL})")
-    parser.add_argument("--cores-grid", default="", help="the same for the run on all cores (default: the defaults, 32:512)")
+    parser.add_argument("--cores-grid", default="", help="the same for the run on all cores (default: the defaults, 24:384)")
     parser.add_argument("--device", default="none",
                         help="a torch device (cuda, cuda:1) for the structure's candidate stages in the search phase; "
                         "default: numpy on the CPU, as score on a CPU")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _search_data import recall  # noqa: E402
 
-GRID = [(16, 128), (16, 320), (32, 512)]  # (probe, candidates); (32, 512) are the defaults
+GRID = [(16, 128), (16, 320), (24, 384), (32, 512)]  # (probe, candidates); (24, 384) are the defaults
 
 
 def decoded_ceiling(index, structure, queries: list[np.ndarray], truth: list[list[str]]) -> float:

@@ -62,9 +62,9 @@ def score(
         False, "--exact", help="Scan every document even when the index has a search structure (tokembed compress). "
         "Refused (exit 2) on a compressed-only index (compress --drop-vectors): it has no vectors to scan.",
     ),
-    probe: Optional[int] = typer.Option(None, "--probe", help="Search structure: centroids probed per query token (default 32)."),
+    probe: Optional[int] = typer.Option(None, "--probe", help="Search structure: centroids probed per query token (default 24)."),
     candidates: Optional[int] = typer.Option(
-        None, "--candidates", help="Search structure: documents re-ranked with exact MaxSim per query (default 512; 4x as many are pre-scored from their centroids)."
+        None, "--candidates", help="Search structure: documents re-ranked with exact MaxSim per query (default 384; 5x as many are pre-scored from their centroids)."
     ),
 ) -> None:
     """Exact MaxSim top-k search: encode the queries as the index prescribes, scan every shard, print the best."""

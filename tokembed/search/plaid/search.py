@@ -39,14 +39,14 @@ from tokembed.search.plaid.rerank import exact_scores
 from tokembed.search.plaid.shard_reads import doc_id
 from tokembed.search.plaid.threads import map_queries
 
-DEFAULT_PROBE = 32
-# bench/search.py at 1M documents on a real ``compress`` (65,536 centroids; README, "Search with the structure"):
-# recall@10 with ties 0.966 at p50 27.2-27.5 ms a query on 2 cores in three runs (29.2-31.9 ms on one thread; every
-# returned document scored exactly, so that which of many tied documents comes back does not count: 0.985). The
-# earlier probe 16 / 320 candidates from 8x as many gave 0.913 there: probing more centroids finds more of the best
-# documents than pre-scoring more of them from their centroids (probe 16 / 512 from 4,096: 0.946 at 30.1 ms)
-DEFAULT_CANDIDATES = 512
-CENTROID_POOL = 4  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
+# bench/search.py at 1M documents on a real ``compress`` (65,536 centroids, Intel host; README, "Search with the
+# structure"): probe 24 / 384 candidates from a pool of 5x as many: recall@10 0.969 at p50 21.9 ms on 2 cores, 47.7
+# queries/s batched (compressed-only 0.901); the earlier probe 32 / 512 from 4x: 0.986 at 28.8 ms, 36.4 q/s (0.907);
+# probe 24 / 512 from 4x: 0.981 at 26.4 ms; probe 20 / 384 from 5x: 0.959 (one thread 25.2 against 27.1 ms).
+# Probing more centroids finds more of the best documents than pre-scoring more of them from their centroids.
+DEFAULT_PROBE = 24
+DEFAULT_CANDIDATES = 384
+CENTROID_POOL = 5  # stage 1 keeps this many times ``candidates`` for the centroid-interaction stage
 _OPEN_ATTEMPTS = 5
 
 
