@@ -98,8 +98,16 @@ def score(
         f"{len(queries)} queries, {progress.rows} documents ({progress.tokens} tokens) in {seconds:.2f}s "
         f"(load {startup + timings['load_seconds']:.2f}s, queries {timings['query_seconds']:.2f}s, "
         f"search {timings['search_seconds']:.2f}s): "
-        f"{len(queries) / seconds:,.1f} queries/s, {progress.tokens / max(progress.seconds, 1e-9):,.0f} document tokens/s scanned"
+        f"{len(queries) / seconds:,.1f} queries/s, {_search_rate(progress, timings)}"
     )
+
+
+def _search_rate(progress, timings: dict) -> str:
+    """How the documents were searched: the scan's rate, or that the structure answered (it reads only the
+    candidates' tokens, so a rate over every token would be no rate at all)."""
+    if timings.get("searched_with") == "structure":
+        return "searched with the index's structure"
+    return f"{progress.tokens / max(progress.seconds, 1e-9):,.0f} document tokens/s scanned"
 
 
 def _log_json_summary(n_queries: int, progress, startup: float, timings: dict) -> None:
@@ -111,6 +119,7 @@ def _log_json_summary(n_queries: int, progress, startup: float, timings: dict) -
         "load_seconds": round(startup + timings.get("load_seconds", 0.0), 3),  # start-up, index open, model load
         "query_seconds": round(timings.get("query_seconds", 0.0), 3),
         "search_seconds": round(timings.get("search_seconds", 0.0), 3),
+        "searched_with": timings.get("searched_with"),
         "seconds": round(since_start(), 3),
     }
     print(json.dumps(summary), file=sys.stderr)

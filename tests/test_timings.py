@@ -52,6 +52,20 @@ def test_score_json_log_has_load_query_search_seconds(cli, checkpoint, corpus, t
     assert all(p >= 0 for p in parts) and summary["load_seconds"] > 0
     assert sum(parts) <= summary["seconds"] + 0.01 <= elapsed + 0.02
     assert summary["queries"] == 2 and summary["documents"] == 8
+    assert summary["searched_with"] == "exhaustive scan"
+
+
+def test_score_says_when_the_structure_answered(cli, checkpoint, corpus, tmp_path):
+    index = tmp_path / "index"
+    assert cli("encode", corpus, "--model", checkpoint("stanford"), "-o", index, "-q").exit_code == 0
+    assert cli("compress", index, "--centroids", "4").exit_code == 0
+    result = cli("score", "--query", "quick fox", index, "--format", "jsonl", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stderr.strip().splitlines()[-1])["searched_with"] == "structure"
+    human = cli("score", "--query", "quick fox", index, "--format", "jsonl")
+    assert "searched with the index's structure" in human.stderr and "tokens/s scanned" not in human.stderr
+    exact = cli("score", "--query", "quick fox", index, "--format", "jsonl", "--exact")
+    assert "document tokens/s scanned" in exact.stderr
 
 
 def test_bad_score_log_format_exits_2(cli, tmp_path):

@@ -50,7 +50,8 @@ def search(
     ``exact`` scans exhaustively even when the index has a search structure; ``probe`` and ``candidates``
     tune the structure's search (defaults ``plaid.DEFAULT_PROBE`` / ``DEFAULT_CANDIDATES``).
     ``timings``, if given, receives ``load_seconds`` (index open + model load), ``query_seconds`` (encoding
-    the queries) and ``search_seconds`` (the scan or the structure's search).
+    the queries), ``search_seconds`` (the scan or the structure's search) and ``searched_with``
+    (``"structure"`` or ``"exhaustive scan"``).
     """
     from tokembed.search.plaid.search import open_searchable
 
@@ -69,6 +70,7 @@ def search(
     searched = time.perf_counter()
     hits = search_opened(index, structure, vectors, top_k, exact, probe, candidates, block_tokens, compute, progress)
     timings["search_seconds"] = time.perf_counter() - searched
+    timings["searched_with"] = "structure" if structure is not None and not exact else "exhaustive scan"
     return hits
 
 
