@@ -70,7 +70,7 @@ def search(
     searched = time.perf_counter()
     hits = search_opened(index, structure, vectors, top_k, exact, probe, candidates, block_tokens, compute, progress)
     timings["search_seconds"] = time.perf_counter() - searched
-    timings["searched_with"] = "structure" if structure is not None and not exact else "exhaustive scan"
+    timings["searched_with"] = "structure" if _uses_structure(structure, exact) else "exhaustive scan"
     return hits
 
 
@@ -80,9 +80,14 @@ def search_opened(index, structure, query_matrices: list[np.ndarray], top_k: int
     """Hits for encoded queries on an index ``open_searchable`` opened (``structure`` may be None): the
     structure's search, or the exhaustive scan where ``exact`` or the index has no structure. ``serve
     --index`` keeps one opened generation for many requests."""
-    if structure is not None and not exact:
+    if _uses_structure(structure, exact):
         return _structure_search(index, structure, query_matrices, top_k, probe, candidates, progress, device)
     return search_vectors(index, query_matrices, top_k, block_tokens, device=device, progress=progress, exact=True)
+
+
+def _uses_structure(structure, exact: bool) -> bool:
+    """Whether ``search_opened`` answers with the structure's search rather than the exhaustive scan."""
+    return structure is not None and not exact
 
 
 def encode_queries(

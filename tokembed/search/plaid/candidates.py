@@ -3,7 +3,8 @@
 Stage 1 (``candidate_rows``): for query token i and its ``probe`` best centroids (scores ``S[i, c]``), a
 document's approximate score for i is the best score among the probed centroids it has a token of, else the
 score of i's worst probed centroid less ``IMPUTE_MARGIN`` (WARP imputes that score itself, an upper bound on
-what the document misses). The approximate MaxSim is the sum over query tokens; a document no probe reaches cannot be a candidate.
+what the document misses). The approximate MaxSim is the sum over query tokens; a document no probe reaches
+cannot be a candidate.
 
 Each centroid's inverted lists of every shard are joined into one array of global rows the first time a
 query probes it (``lists.ProbedLists``, 4 bytes per (centroid, document) pair), so a query reads each

@@ -112,4 +112,3 @@ def check_list_counts(structure) -> None:
         if int(codes.list_offsets[-1]) != len(codes.list_rows):
             raise IndexCorruptError(f"the code file of shard {number} has {len(codes.list_rows)} list entries where its counts say "
                                     f"{int(codes.list_offsets[-1])}: search with --exact")
-

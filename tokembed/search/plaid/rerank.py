@@ -68,9 +68,10 @@ class _StoredVectors:
     """The candidates' stored vectors, by positioned reads of the shard files (one per document), as float32."""
 
     def __init__(self, index, structure, groups: list) -> None:
-        self.files, self.paths, positions, sizes = [], [], [], []
+        self.files, self.paths, positions, sizes, itemsizes = [], [], [], [], set()
         for number, local, starts, ends in groups:
             batches = shard_batches(index, structure, number)
+            itemsizes.add(batches.itemsize)
             at = np.searchsorted(batches.firsts, local, side="right") - 1
             row_bytes = index.dim * batches.itemsize
             positions.append(batches.positions[at] + starts * row_bytes)
@@ -78,7 +79,6 @@ class _StoredVectors:
             prefetch(batches, positions[-1], sizes[-1])  # every read in flight at once where the page cache lacks them
             self.files.extend([batches.file.fileno()] * len(local))  # raises if the index's file was closed
             self.paths.extend([batches.path] * len(local))
-        itemsizes = {shard_batches(index, structure, number).itemsize for number, *_ in groups}
         if len(itemsizes) > 1:  # an index stores one dtype (its manifest's ``embedding_dtype``)
             raise IndexCorruptError(f"{index.folder}: its shards store vectors of different widths ({sorted(8 * i for i in itemsizes)} bits)")
         self.itemsize = itemsizes.pop() if itemsizes else 4
