@@ -35,9 +35,11 @@ def report(main_dir: Path, r: dict) -> None:
     for row in r.get("search_cores", {"grid": []})["grid"]:
         print(f"the same on all {os.cpu_count()} cores (one query's products threaded over them), probe {row['probe']}, "
               f"candidates {_candidates(row)}, {row['rerank']}: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms (first pass {row['first_p50_ms']:.1f}), "
-              f"{row['qps_batched']:.1f} q/s batched{_first_call(row)}, R@10 {_figure(row['recall10'])} (ties {_figure(row['recall10_ties'])}, tied {_figure(row.get('recall10_exact_ties'))}), {_speedup(single, row)} the exhaustive p50")
+              f"{row['qps_batched']:.1f} q/s batched{_kind_of_batch(row)}{_first_call(row)}, R@10 {_figure(row['recall10'])} (ties {_figure(row['recall10_ties'])}, tied {_figure(row.get('recall10_exact_ties'))}), {_speedup(single, row)} the exhaustive p50")
     print(f"search peak RSS {search['peak_rss_mb']:.0f} MB (structure {compress['facts']['bytes'] / 2**20:.0f} MB, "
           f"memory searching needs whatever it asks, per info {compress['facts']['search_memory_bytes'] / 2**20:.0f} MB)")
+    if "batch_tree_pss_mb" in r.get("search_cores", {}):
+        print(f"a batch of 100 on all cores, this process and its query processes together: peak PSS {r['search_cores']['batch_tree_pss_mb']:.0f} MB")
     if "pooled" in r:
         pooled = r["pooled"]
         print(f"pool factor 2: {pooled['tokens']} vectors for {tokens} tokens; structure {pooled['bytes_per_vector']:.2f} B per stored vector = "
@@ -74,6 +76,12 @@ def _build_kind(compress: dict) -> str:
                 else f"k-means on {compress['pool_tokens']} pool vectors {compress['kmeans_seconds']:.0f} s")
     return (f"pool codes ({training}, code files assembled {compress['assemble_seconds']:.0f} s, "
             f"compress_index resume + commit {compress['commit_seconds']:.0f} s)")
+
+
+def _kind_of_batch(row: dict) -> str:
+    if "qps_batched_threads" not in row:
+        return ""
+    return f" in query processes ({row['qps_batched_threads']:.1f} on query threads)"
 
 
 def _first_call(row: dict) -> str:

@@ -14,7 +14,8 @@ Each phase runs in its own worker process, so each peak RSS is its own:
 * ``exact``: the exhaustive scan, 100 queries batched (the ground truth, top-100) and 5 one at a time.
 * ``search``: the structure, opened once (warm steady state): per (probe, candidates) p50/p95 latency one
   query at a time on a second pass over the queries (the first pass, whose candidates' vectors may come from
-  disk where the page cache does not hold them, is printed as "1st p50"), queries/s for 100 queries in one call (the second of two such calls), recall@10/@100 against exact; re-ranking from the
+  disk where the page cache does not hold them, is printed as "1st p50"), queries/s for 100 queries in one call (the median of three calls after a first; on several cores also on query threads instead of
+  forked query processes, alternating), recall@10/@100 against exact; re-ranking from the
   stored vectors and from the codes only (compressed-only).
 * ``pooled``: the same documents pooled with factor 2 (``encode --pool-factor 2``'s function), compressed,
   searched with the defaults against the unpooled exact truth; bytes per original token.
@@ -60,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _search_data import encode_real, read_vectors, recall, recall_with_exact_ties, recall_with_ties, synthetic_docs, write_synthetic  # noqa: E402
 from _search_report import report  # noqa: E402
-from _timing import peak_rss_mb  # noqa: E402  (VmHWM: a worker's own peak, not its parent's)
+from _timing import TreeMemoryPeak, peak_rss_mb, timed_runs  # noqa: E402  (VmHWM: a worker's own peak, not its parent's)
 
 GRID = [(8, 128), (16, 128), (16, 320), (24, 384), (32, 512), (64, 512)]  # (probe, candidates); (24, 384) are the defaults
 DEFAULTS = GRID.index((24, 384))
@@ -126,17 +127,41 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str, device:
                     started = time.perf_counter()
                     plaid_search(index, structure, [q], 10, probe, candidates, rerank, device=on)
                     timings.append(time.perf_counter() - started)
-            batched = []  # twice, as the latencies: the first call also starts the query threads and their buffers
-            for _ in range(2):
-                started = time.perf_counter()
-                got = plaid_search(index, structure, qs, 100, probe, max(candidates, 100), rerank, device=on)
-                batched.append(time.perf_counter() - started)
+            def batch():
+                return plaid_search(index, structure, qs, 100, probe, max(candidates, 100), rerank, device=on)
+
+            started = time.perf_counter()
+            got = batch()  # the first call also starts the query threads and their buffers
+            first_batched = time.perf_counter() - started
             rows.append({"probe": probe, "candidates": candidates, "pool": search_module.CENTROID_POOL, "rerank": rerank,
                          "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * float(np.percentile(latencies, 95)),
-                         "first_p50_ms": 1000 * statistics.median(first),
-                         "qps_batched": len(qs) / batched[1], "first_qps_batched": len(qs) / batched[0], **recalls(truth, scores, got),
-                         "top10": [[doc for doc, _ in hits[:10]] for hits in got]})
-    return {"grid": rows, "peak_rss_mb": peak_rss_mb(), "device": cpu_products() if on is None else f"torch on {on}"}
+                         "first_p50_ms": 1000 * statistics.median(first), "first_qps_batched": len(qs) / first_batched,
+                         **batched_rates(batch, len(qs)), **recalls(truth, scores, got), "top10": [[doc for doc, _ in hits[:10]] for hits in got]})
+    return {"grid": rows, "peak_rss_mb": peak_rss_mb(), "device": cpu_products() if on is None else f"torch on {on}", **batch_memory(batch)}
+
+
+def batched_rates(batch, count: int) -> dict:
+    """Queries/s of ``batch`` (100 queries in one call): the median of three calls. Where the queries go to
+    forked query processes (``plaid/processes.py``), the query threads' rate too, the two kinds of call
+    alternating (the box's speed drifts)."""
+    from tokembed.search.plaid import processes, threads
+
+    forks = threads._blas_threads() > 1 and count >= processes.PROCESS_MIN_QUERIES and processes.can_fork()
+    kinds = {"qps_batched": processes.PROCESS_MIN_QUERIES, **({"qps_batched_threads": 10**9} if forks else {})}
+    seconds = {kind: [] for kind in kinds}
+    for _ in range(3):
+        for kind, least in kinds.items():
+            processes.PROCESS_MIN_QUERIES = least
+            seconds[kind].append(timed_runs(batch, 1)[0])
+    processes.PROCESS_MIN_QUERIES = kinds["qps_batched"]
+    return {kind: count / statistics.median(times) for kind, times in seconds.items()} | {"query_processes": forks}
+
+
+def batch_memory(batch) -> dict:
+    """The last grid row's batch once more, the PSS of this process and its query processes sampled."""
+    with TreeMemoryPeak() as tree:
+        batch()
+    return {"batch_tree_pss_mb": tree.peak_mb}
 
 
 def cpu_products() -> str:

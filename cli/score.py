@@ -67,7 +67,8 @@ def score(
         None, "--candidates", help="Search structure: documents re-ranked with exact MaxSim per query (default 384; 5x as many are pre-scored from their centroids)."
     ),
 ) -> None:
-    """Exact MaxSim top-k search: encode the queries as the index prescribes, scan every shard, print the best."""
+    """MaxSim top-k search: encode the queries as the index prescribes, then search with the index's structure
+    (tokembed compress: candidates, re-ranked exactly) or, without one or with --exact, scan every shard; print the best."""
     from tokembed.search import search
     from tokembed.search.queries import Queries, inline_queries, read_queries
 

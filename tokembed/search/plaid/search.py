@@ -41,7 +41,7 @@ from tokembed.search.plaid.threads import map_queries
 
 # bench/search.py at 1M documents on a real ``compress`` (65,536 centroids, Intel host; README, "Search with the
 # structure"): probe 24 / 384 candidates from a pool of 5x as many: recall@10 0.969 at p50 21.9 ms on 2 cores, 47.7
-# queries/s batched (compressed-only 0.901); the earlier probe 32 / 512 from 4x: 0.986 at 28.8 ms, 36.4 q/s (0.907);
+# queries/s batched on query threads (compressed-only 0.901); the earlier probe 32 / 512 from 4x: 0.986 at 28.8 ms, 36.4 q/s (0.907);
 # probe 24 / 512 from 4x: 0.981 at 26.4 ms; probe 20 / 384 from 5x: 0.959 (one thread 25.2 against 27.1 ms).
 # Probing more centroids finds more of the best documents than pre-scoring more of them from their centroids.
 DEFAULT_PROBE = 24
@@ -131,7 +131,8 @@ def plaid_search(
 
     check_search_options(probe, candidates)
     check_query_dims(queries, index.dim)
-    return map_queries(lambda q: _one_query(index, structure, np.asarray(q, np.float32), top_k, probe, max(candidates, top_k), rerank, device), queries)
+    return map_queries(lambda q: _one_query(index, structure, np.asarray(q, np.float32), top_k, probe, max(candidates, top_k), rerank, device), queries,
+                       processes=device is None)
 
 
 def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: int, candidates: int, rerank: str, device: str | None = None):

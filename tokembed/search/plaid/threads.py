@@ -4,7 +4,8 @@ One query's products are too small to keep two BLAS threads busy, and the rest o
 thread; with 100 queries at 1M documents on 2 cores, 2 query threads on 1 BLAS thread each answered 42-46
 queries/s where one query at a time on 2 BLAS threads answered 28-31 (two query threads with 2 BLAS threads
 each: no faster than one, the four threads contend). A single query keeps the BLAS threads. The same holds
-for OpenMP (torch's threads): each query thread runs its OpenMP regions on one thread.
+for OpenMP (torch's threads): each query thread runs its OpenMP regions on one thread. Query threads share the
+GIL; many queries from the main thread go to forked query processes instead (``processes.py``).
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from tokembed.search.plaid import processes as query_processes
+
 _LOCK = threading.Lock()
 _STATE = {"users": 0, "limit": None, "pools": {}, "controller": None}
 _THIS_THREAD = threading.local()
 
 
-def map_queries(function, queries: list) -> list:
+def map_queries(function, queries: list, processes: bool = False) -> list:
     """``[function(q) for q in queries]``, in order, on as many query threads as numpy's BLAS would use
-    threads (``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` or the cores) when there are several queries."""
+    threads (``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` or the cores) when there are several queries; with
+    ``processes``, many queries go to as many forked query processes where forking is safe (``processes.py``)."""
     if len(queries) > 1:
         count = min(len(queries), _blas_threads())
         if count > 1:
+            if processes and len(queries) >= query_processes.PROCESS_MIN_QUERIES and query_processes.can_fork():
+                return query_processes.map_in_processes(function, queries, count)
             with _one_blas_thread():
                 return list(_pool(count).map(_on_one_openmp_thread(function), queries))
     return [function(q) for q in queries]
@@ -44,6 +50,12 @@ def _controller():
 
         _STATE["controller"] = ThreadpoolController()
     return _STATE["controller"]
+
+
+def one_thread_per_pool() -> None:
+    """Every native thread pool loaded (BLAS, OpenMP) on one thread from now on, for this process (with the
+    view of the loaded libraries kept since the first query: no fresh scan)."""
+    _controller().limit(limits=1)
 
 
 @contextmanager

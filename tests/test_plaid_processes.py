@@ -1,0 +1,119 @@
+"""Many queries at once in forked query processes (plaid/processes.py): the same hits as one query at a time,
+errors carried back, a killed process reported rather than waited on, and query threads where forking is unsafe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import threadpoolctl
+import torch
+
+from helpers import write_parquet
+from plaid_support import corpus_rows
+from tokembed.errors import IndexCorruptError
+from tokembed.search.plaid import open_searchable, plaid_search, processes, threads
+
+pytestmark = pytest.mark.skipif(not processes.can_fork(), reason="query processes are forked on Linux only")
+
+
+@pytest.fixture
+def forking(monkeypatch):  # numpy's BLAS would use 2 threads, and 4 queries are enough for processes
+    monkeypatch.setattr(threads, "_blas_threads", lambda: 2)
+    monkeypatch.setattr(processes, "PROCESS_MIN_QUERIES", 4)
+
+
+def test_queries_run_in_order_in_other_processes_each_on_one_thread(forking):
+    def work(q):
+        blas = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+        return q * 2, os.getpid(), torch.get_num_threads(), set(blas)
+
+    got = threads.map_queries(work, list(range(30)), processes=True)
+    assert [value for value, *_ in got] == [q * 2 for q in range(30)]
+    assert os.getpid() not in {pid for _, pid, _, _ in got}
+    assert all(torch_threads == 1 and blas <= {1} for _, _, torch_threads, blas in got)
+
+
+def test_few_queries_stay_on_query_threads(forking):
+    assert set(threads.map_queries(lambda q: os.getpid(), [0, 1, 2], processes=True)) == {os.getpid()}
+
+
+def test_without_processes_the_queries_stay_in_this_process(forking):
+    assert set(threads.map_queries(lambda q: os.getpid(), list(range(10)))) == {os.getpid()}
+
+
+def test_a_caller_outside_the_main_thread_gets_query_threads(forking):
+    def caller(_):
+        return threads.map_queries(lambda q: (os.getpid(), threading.current_thread().name), list(range(10)), processes=True)
+
+    with ThreadPoolExecutor(1) as pool:
+        seen = pool.submit(caller, None).result()
+    assert {pid for pid, _ in seen} == {os.getpid()}
+    assert all(name.startswith("tokembed-query") for _, name in seen)
+
+
+def test_an_error_in_a_query_process_is_raised_here_with_its_class_and_message(forking):
+    def work(q):
+        if q == 7:
+            raise IndexCorruptError("shard 7: shorter than its record batches say", hint="run encode again")
+        return q
+
+    with pytest.raises(IndexCorruptError, match="shard 7") as raised:
+        threads.map_queries(work, list(range(20)), processes=True)
+    assert raised.value.hint == "run encode again"
+    assert threads.map_queries(lambda q: q, list(range(8)), processes=True) == list(range(8))  # the next batch works
+
+
+def test_a_killed_query_process_is_reported_not_waited_on(forking):
+    def work(q):
+        if q == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return q
+
+    with pytest.raises(processes.QueryWorkerError, match="ended before it answered"):
+        threads.map_queries(work, list(range(12)), processes=True)
+    assert threads.map_queries(lambda q: q + 1, list(range(8)), processes=True) == list(range(1, 9))
+
+
+def test_a_batch_in_processes_gets_what_each_query_alone_and_the_query_threads_get(compressed, forking, monkeypatch):  # noqa: F811
+    folder, _, queries = compressed
+    index, structure = open_searchable(folder)
+    alone = [plaid_search(index, structure, [q], 10)[0] for q in queries]
+    forks, fork = [], processes.map_in_processes
+    monkeypatch.setattr(processes, "map_in_processes", lambda *args: forks.append(1) or fork(*args))
+    for rerank in ("vectors", "codes"):
+        monkeypatch.setattr(processes, "PROCESS_MIN_QUERIES", 4)
+        forked = plaid_search(index, structure, queries, 10, rerank=rerank)
+        monkeypatch.setattr(processes, "PROCESS_MIN_QUERIES", 10**9)
+        assert forked == plaid_search(index, structure, queries, 10, rerank=rerank)
+        if rerank == "vectors":
+            assert forked == alone
+    assert len(forks) == 2
+
+
+def test_a_fresh_structure_searched_first_in_processes(compressed, forking):  # noqa: F811
+    folder, _, queries = compressed
+    expected = [plaid_search(*open_searchable(folder), [q], 10)[0] for q in queries]
+    assert plaid_search(*open_searchable(folder), queries, 10) == expected
+
+
+def test_score_answers_a_queries_file_in_processes_as_on_query_threads(tmp_path, cli, monkeypatch):
+    monkeypatch.setattr(threads, "_blas_threads", lambda: 2)
+    index = tmp_path / "index"
+    corpus = write_parquet(tmp_path / "corpus.parquet", corpus_rows(80))
+    assert cli("encode", corpus, "-o", index, "--shard-rows", 10, "--nbits", 2, "-q").exit_code == 0
+    queries = tmp_path / "queries.txt"
+    queries.write_text("".join(row["text"].split(" ", 1)[-1] + "\n" for row in corpus_rows(30, version=1)))
+    forks, fork = [], processes.map_in_processes
+    monkeypatch.setattr(processes, "map_in_processes", lambda *args: forks.append(1) or fork(*args))
+    answers = []
+    for least in (24, 10**9):
+        monkeypatch.setattr(processes, "PROCESS_MIN_QUERIES", least)
+        result = cli("score", queries, index, "-k", 5, "-f", "tsv", "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        answers.append(result.stdout)
+    assert forks == [1]
+    assert answers[0] == answers[1] and len(answers[0].splitlines()) == 1 + 30 * 5  # a header, 5 hits a query

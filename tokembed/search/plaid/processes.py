@@ -1,0 +1,66 @@
+"""Many queries at once in forked query processes, one per core, each on one thread.
+
+Query threads share the GIL, and a query holds it for about half its time (numpy's segment maxima, its
+repeats, torch's per-call work: ``py-spy --gil`` at 1M documents). Two query threads on 2 cores answered
+47-49 queries/s where two forked processes answer 55-59 and one process alone 33-34 (README, "Batched
+queries in processes"). Forked children share the parent's opened index, its memory maps, its joined
+lists and its packed centroids copy-on-write: nothing is opened, read or pickled again but each query and
+its hits. The children live for one batch; lists a child joins go with it.
+
+Forking is safe only where nothing else in the process may hold a lock the child needs: the batch must
+come from the main thread (``serve`` answers from other threads, and keeps query threads), on Linux, and
+not on a GPU (a forked child must not touch CUDA).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from tokembed.errors import TokembedError
+
+# A fork and a pool cost ~15 ms at 1M documents (a 0.9 GB parent): a few queries' time. Below this many queries
+# the query threads answer.
+PROCESS_MIN_QUERIES = 24
+_BATCH: dict = {}  # what the children answer, set before they fork: read by index, never pickled
+
+
+class QueryWorkerError(TokembedError):
+    """A query process ended without answering (killed, out of memory)."""
+
+
+def can_fork() -> bool:
+    return (sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+            and threading.current_thread() is threading.main_thread())
+
+
+def map_in_processes(function, queries: list, count: int) -> list:
+    """``[function(q) for q in queries]``, in order, on ``count`` forked processes."""
+    _BATCH.update(function=function, queries=queries)
+    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"), initializer=_one_thread_each)
+    try:
+        return list(pool.map(_answer, range(len(queries))))
+    except BrokenProcessPool as error:
+        raise QueryWorkerError(f"a query process ended before it answered (killed, or out of memory?): {error}") from error
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # an error or Ctrl-C: the queries not yet started are dropped
+        _BATCH.clear()
+
+
+def _answer(position: int):
+    return _BATCH["function"](_BATCH["queries"][position])
+
+
+def _one_thread_each() -> None:
+    """A child's BLAS, OpenMP and torch on one thread; Ctrl-C is the parent's to handle (it stops the batch)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    from tokembed.search.plaid.threads import one_thread_per_pool
+
+    one_thread_per_pool()
