@@ -3,9 +3,13 @@ errors carried back, a killed process reported rather than waited on, and query 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -117,3 +121,51 @@ def test_score_answers_a_queries_file_in_processes_as_on_query_threads(tmp_path,
         answers.append(result.stdout)
     assert forks == [1]
     assert answers[0] == answers[1] and len(answers[0].splitlines()) == 1 + 30 * 5  # a header, 5 hits a query
+
+
+ORPHAN_SCRIPT = """
+import os, sys, time
+from tokembed.search.plaid import processes, threads
+threads._blas_threads = lambda: 2
+processes.PROCESS_MIN_QUERIES = 2
+
+def work(q):
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+
+threads.map_queries(work, [0, 1], processes=True)
+"""
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping: not gone and not a zombie waiting for a reaper."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_query_processes_end_when_their_parent_is_killed():
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        children = [int(parent.stdout.readline()) for _ in range(2)]
+        assert all(alive(pid) for pid in children)
+    finally:
+        parent.kill()  # SIGKILL, as a cron timeout would
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in children if alive(pid)], "a query process outlived its killed parent"
+
+
+def _pids_in_a_pool_worker(_):
+    return os.getpid(), threads.map_queries(lambda q: os.getpid(), list(range(10)), processes=True)
+
+
+def test_a_daemonic_process_gets_query_threads_of_its_own(forking):  # a multiprocessing.Pool worker may not have children
+    assert threads.map_queries(lambda q: q, list(range(4))) == list(range(4))  # this process's query threads exist
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        worker, pids = pool.map(_pids_in_a_pool_worker, [0])[0]
+    assert set(pids) == {worker}

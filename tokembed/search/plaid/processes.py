@@ -14,7 +14,9 @@ not on a GPU (a forked child must not touch CUDA).
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -26,6 +28,7 @@ from tokembed.errors import TokembedError
 # A fork and a pool cost ~15 ms at 1M documents (a 0.9 GB parent): a few queries' time. Below this many queries
 # the query threads answer.
 PROCESS_MIN_QUERIES = 24
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _BATCH: dict = {}  # what the children answer, set before they fork: read by index, never pickled
 
 
@@ -34,14 +37,15 @@ class QueryWorkerError(TokembedError):
 
 
 def can_fork() -> bool:
+    """Linux, the main thread, and not a daemonic process (a ``multiprocessing.Pool`` worker may have no children)."""
     return (sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
-            and threading.current_thread() is threading.main_thread())
+            and threading.current_thread() is threading.main_thread() and not multiprocessing.current_process().daemon)
 
 
 def map_in_processes(function, queries: list, count: int) -> list:
     """``[function(q) for q in queries]``, in order, on ``count`` forked processes."""
     _BATCH.update(function=function, queries=queries)
-    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"), initializer=_one_thread_each)
+    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"), initializer=_start_child, initargs=(os.getpid(),))
     try:
         return list(pool.map(_answer, range(len(queries))))
     except BrokenProcessPool as error:
@@ -55,8 +59,13 @@ def _answer(position: int):
     return _BATCH["function"](_BATCH["queries"][position])
 
 
-def _one_thread_each() -> None:
-    """A child's BLAS, OpenMP and torch on one thread; Ctrl-C is the parent's to handle (it stops the batch)."""
+def _start_child(parent: int) -> None:
+    """A child ends with its parent (a parent killed by SIGKILL, say by a cron timeout, would otherwise leave it
+    waiting for work forever); its BLAS, OpenMP and torch run on one thread; Ctrl-C is the parent's to handle
+    (it stops the batch)."""
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch = sys.modules.get("torch")
     if torch is not None:

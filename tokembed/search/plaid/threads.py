@@ -22,6 +22,16 @@ _STATE = {"users": 0, "limit": None, "pools": {}, "controller": None}
 _THIS_THREAD = threading.local()
 
 
+def _forget_threads_after_fork() -> None:
+    """A forked child has none of its parent's threads: its pools would take work and never run it."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    _STATE.update(users=0, limit=None, pools={})
+
+
+os.register_at_fork(after_in_child=_forget_threads_after_fork)
+
+
 def map_queries(function, queries: list, processes: bool = False) -> list:
     """``[function(q) for q in queries]``, in order, on as many query threads as numpy's BLAS would use
     threads (``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` or the cores) when there are several queries; with
