@@ -1,8 +1,11 @@
-"""Wall-clock timing shared by the bench scripts."""
+"""Wall-clock timing and memory peaks shared by the bench scripts."""
 
 from __future__ import annotations
 
+import glob
+import os
 import statistics
+import threading
 import time
 
 
@@ -36,8 +39,6 @@ class TreeMemoryPeak:
         self.interval, self.peak_mb = interval, 0.0
 
     def __enter__(self):
-        import threading
-
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -55,9 +56,6 @@ class TreeMemoryPeak:
 
 
 def _process_tree() -> list[int]:
-    import glob
-    import os
-
     children = []
     for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
         with open(path) as listed:

@@ -146,7 +146,7 @@ def batched_rates(batch, count: int) -> dict:
     alternating (the box's speed drifts)."""
     from tokembed.search.plaid import processes, threads
 
-    forks = threads._blas_threads() > 1 and count >= processes.PROCESS_MIN_QUERIES and processes.can_fork()
+    forks = threads.forks(count)
     kinds = {"qps_batched": processes.PROCESS_MIN_QUERIES, **({"qps_batched_threads": 10**9} if forks else {})}
     seconds = {kind: [] for kind in kinds}
     for _ in range(3):

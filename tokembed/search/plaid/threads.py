@@ -36,14 +36,23 @@ def map_queries(function, queries: list, processes: bool = False) -> list:
     """``[function(q) for q in queries]``, in order, on as many query threads as numpy's BLAS would use
     threads (``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` or the cores) when there are several queries; with
     ``processes``, many queries go to as many forked query processes where forking is safe (``processes.py``)."""
-    if len(queries) > 1:
-        count = min(len(queries), _blas_threads())
-        if count > 1:
-            if processes and len(queries) >= query_processes.PROCESS_MIN_QUERIES and query_processes.can_fork():
-                return query_processes.map_in_processes(function, queries, count)
-            with _one_blas_thread():
-                return list(_pool(count).map(_on_one_openmp_thread(function), queries))
+    count = _workers(len(queries))
+    if count > 1:
+        if processes and forks(len(queries)):
+            return query_processes.map_in_processes(function, queries, count)
+        with _one_blas_thread():
+            return list(_pool(count).map(_on_one_openmp_thread(function), queries))
     return [function(q) for q in queries]
+
+
+def forks(queries: int) -> bool:
+    """Whether ``map_queries(..., processes=True)`` answers this many queries in forked query processes."""
+    return _workers(queries) > 1 and queries >= query_processes.PROCESS_MIN_QUERIES and query_processes.can_fork()
+
+
+def _workers(queries: int) -> int:
+    """Query threads or processes for this many queries: one per thread numpy's BLAS would use, 1 for one query."""
+    return min(queries, _blas_threads()) if queries > 1 else 1
 
 
 def _blas_threads() -> int:
