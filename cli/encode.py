@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -196,7 +195,6 @@ def encode(
         drop_vectors=drop_vectors,
     )
     progress = make_progress(quiet or log_format == LogFormat.json)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     startup = since_start()  # interpreter, imports and flag parsing: part of load_seconds
     try:
         summary = encode_corpus(job, progress)
@@ -221,7 +219,3 @@ def encode(
         if data["empty_pages"]:
             line += f"; {data['empty_pages']} PDF page(s) without a text layer indexed empty (listed in manifest.json)"
         print(line, file=sys.stderr if not quiet else sys.stdout)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt

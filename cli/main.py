@@ -39,12 +39,14 @@ def run(args: list[str] | None = None, started: float | None = None) -> int:
     ``started``: the ``time.perf_counter()`` at which the command began (default: now), for ``load_seconds``.
     """
     from cli._clock import mark_start
+    from cli._signals import sigterm_interrupts
     from tokembed.errors import TokembedError
 
     mark_start(started)
 
     try:
-        code = app(args=args, standalone_mode=False)  # returns an int exit code (typer turns Ctrl-C into 130)
+        with sigterm_interrupts():  # uvicorn replaces it while serving, and restores it after
+            code = app(args=args, standalone_mode=False)  # returns an int exit code (typer turns Ctrl-C into 130)
     except TokembedError as exc:
         print(format_error(exc), file=sys.stderr)
         return exit_code_for(exc)[0]

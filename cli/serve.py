@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Optional
 
@@ -56,7 +55,6 @@ def serve(
         dtype=dtype.value,
         lora_modules=_parse_lora_modules(lora_modules or []),
     )
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # uvicorn replaces it while serving; this covers model loading
     try:
         run_server(
             model,
@@ -87,7 +85,3 @@ def _parse_lora_modules(values: list[str]) -> tuple[tuple[str, str], ...]:
                 raise UsageError(f"--lora-modules {item!r}: expected NAME=PATH")
             pairs.append((name, path))
     return tuple(pairs)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt

@@ -67,6 +67,30 @@ def test_search_answers_as_score_does_with_the_structure_and_exactly(built):
         server.stop()
 
 
+def test_search_runs_the_candidate_stages_on_the_served_device(built, monkeypatch):
+    """A server on a GPU searches there too (the CPU stands in for it), as ``score --device cuda`` does."""
+    from tokembed.search.plaid import on_device
+
+    index, _ = built
+    seen = []
+    real = on_device.device_candidates
+
+    def recorded(structure, q, probe, pool, candidates, device):
+        seen.append(device)
+        return real(structure, q, probe, pool, candidates, "cpu")
+
+    monkeypatch.setattr(on_device, "device_candidates", recorded)
+    server = served(index)
+    try:
+        on_cpu = hits_of(server.post("/search", {"query": QUERIES[:2], "top_k": 5}))
+        assert seen == []
+        server.service.embedder.device = "cuda:1"  # its batches already run on their executors' device
+        on_gpu = hits_of(server.post("/search", {"query": QUERIES[:2], "top_k": 5}))
+        assert seen == ["cuda:1"] * 2 and on_gpu == on_cpu
+    finally:
+        server.stop()
+
+
 def test_a_generation_committed_while_serving_is_searched_by_the_next_request(built, cli, colbert_ckpt):
     index, corpus = built
     server = served(index, colbert_ckpt)

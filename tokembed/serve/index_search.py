@@ -116,7 +116,8 @@ async def answer_search(service, request) -> dict:
     rows = await service.batcher.submit("index", items)
     queries = [vectors for vectors, _ in rows]
     hits = await asyncio.get_running_loop().run_in_executor(
-        None, service.index.search, queries, request.top_k, request.exact, request.probe, request.candidates, "cpu")
+        None, service.index.search, queries, request.top_k, request.exact, request.probe, request.candidates,
+        service.embedder.device)  # the served device: on a GPU the structure's candidate stages run there too
     data = [{"index": i, "object": "search", "results": [{"rank": h.rank, "id": h.id, "score": finite(h.score)} for h in found]}
             for i, found in enumerate(hits)]
     return list_response("search", service.name, data, sum(len(item.ids) for item in items))
