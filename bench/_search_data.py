@@ -4,6 +4,7 @@ spans written straight into an index, and recall against the exact scan."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,10 @@ def _stored_vectors(folder, wanted: set[str]) -> dict[str, np.ndarray]:
             for r in rows.tolist():
                 found[ids[r].as_py()] = vectors[offsets[r] : offsets[r + 1]].astype(np.float64)
     return found
+
+
+def read_truth(truth_file: str) -> tuple[list | None, list | None]:
+    """The exhaustive scan's top 100 ids and scores per query; (None, None) under --no-exact."""
+    if not truth_file:
+        return None, None
+    return json.loads(Path(truth_file).read_text()), json.loads(Path(truth_file).with_suffix(".scores.json").read_text())
