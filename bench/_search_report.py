@@ -38,8 +38,10 @@ def report(main_dir: Path, r: dict) -> None:
               f"{row['qps_batched']:.1f} q/s batched{_kind_of_batch(row)}{_first_call(row)}, R@10 {_figure(row['recall10'])} (ties {_figure(row['recall10_ties'])}, tied {_figure(row.get('recall10_exact_ties'))}), {_speedup(single, row)} the exhaustive p50")
     print(f"search peak RSS {search['peak_rss_mb']:.0f} MB (structure {compress['facts']['bytes'] / 2**20:.0f} MB, "
           f"memory searching needs whatever it asks, per info {compress['facts']['search_memory_bytes'] / 2**20:.0f} MB)")
-    if "batch_tree_pss_mb" in r.get("search_cores", {}):
-        print(f"a batch of 100 on all cores, this process and its query processes together: peak PSS {r['search_cores']['batch_tree_pss_mb']:.0f} MB")
+    cores = r.get("search_cores", {})
+    if "batch_tree_pss_mb" in cores:
+        who = "this process and its query processes together" if cores["grid"][-1].get("query_processes") else "this process"
+        print(f"a batch of 100 on all cores, {who}: peak PSS {cores['batch_tree_pss_mb']:.0f} MB")
     if "pooled" in r:
         pooled = r["pooled"]
         print(f"pool factor 2: {pooled['tokens']} vectors for {tokens} tokens; structure {pooled['bytes_per_vector']:.2f} B per stored vector = "

@@ -135,17 +135,17 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str, device:
             rows.append({"probe": probe, "candidates": candidates, "pool": search_module.CENTROID_POOL, "rerank": rerank,
                          "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * float(np.percentile(latencies, 95)),
                          "first_p50_ms": 1000 * statistics.median(first), "first_qps_batched": len(qs) / first_batched,
-                         **batched_rates(batch, len(qs)), **recalls(truth, scores, got), "top10": [[doc for doc, _ in hits[:10]] for hits in got]})
+                         **batched_rates(batch, len(qs), on is None), **recalls(truth, scores, got), "top10": [[doc for doc, _ in hits[:10]] for hits in got]})
     return {"grid": rows, "peak_rss_mb": peak_rss_mb(), "device": cpu_products() if on is None else f"torch on {on}", **batch_memory(batch)}
 
 
-def batched_rates(batch, count: int) -> dict:
+def batched_rates(batch, count: int, on_cpu: bool = True) -> dict:
     """Queries/s of ``batch`` (100 queries in one call): the median of three calls. Where the queries go to
-    forked query processes (``plaid/processes.py``), the query threads' rate too, the two kinds of call
-    alternating (the box's speed drifts)."""
+    forked query processes (``plaid/processes.py``: the CPU search only), the query threads' rate too, the two
+    kinds of call alternating (the box's speed drifts)."""
     from tokembed.search.plaid import processes, threads
 
-    forks = threads.forks(count)
+    forks = on_cpu and threads.forks(count)
     kinds = {"qps_batched": processes.PROCESS_MIN_QUERIES, **({"qps_batched_threads": 10**9} if forks else {})}
     seconds = {kind: [] for kind in kinds}
     for _ in range(3):
