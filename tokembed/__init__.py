@@ -29,9 +29,10 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def _native_settings() -> None:
-    from tokembed.cpu import prefer_avx2_openblas_kernels
+    from tokembed.cpu import one_malloc_arena, prefer_avx2_openblas_kernels
 
     prefer_avx2_openblas_kernels()
+    one_malloc_arena()
 
 
 _native_settings()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from tokembed.cpu import glibc as _glibc
 from tokembed.errors import DeviceError
 
 _EXPECTED = "expected auto, cpu, cpu:N, cuda or cuda:0,cuda:1,..."
@@ -85,21 +86,6 @@ def _need_cuda(spec: str) -> int:
     return count
 
 
-@functools.cache
-def _glibc():
-    """The C library when it is glibc (whose malloc the settings below are for), else None (loaded once)."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
 def release_freed_memory() -> None:
     """Hand memory freed by the last chunk back to the OS (glibc keeps it otherwise, and varied tensor
     shapes fragment it: measured ~25% lower peak RSS on long CPU runs). A no-op off glibc."""
@@ -122,10 +108,9 @@ def keep_freed_blocks() -> bool:
     that loads MiniLM and encodes 1,200 docstrings twice, 680k -> 240k page faults and 1.8-2.0 -> 0.9-1.0 s of
     system time; one 16k-token forward 7-17% faster in five alternating pairs. Freed blocks now
     stay in the heap; ``release_freed_memory`` still returns them at each chunk's end (peak RSS +3% on 20k
-    short rows, +12% for that process). Not solved: a forward in another thread (``serve``'s batcher) still
-    faults its blocks in. Measured: torch tensors of 16-100 MB made and freed in a second thread were faulted
-    in every time, even with ``MALLOC_ARENA_MAX=1``, while numpy arrays there were reused. The process-wide
-    setting is left alone when the user set glibc's own variables for it."""
+    short rows, +12% for that process). Blocks freed in other threads are kept too since ``import tokembed``
+    gives the process one malloc arena (``tokembed.cpu.one_malloc_arena``). The process-wide setting is left
+    alone when the user set glibc's own variables for it."""
     import os
 
     libc = _glibc()
