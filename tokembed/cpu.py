@@ -40,6 +40,11 @@ def prefer_avx2_openblas_kernels(cpuinfo: str | None = None) -> bool:
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 
+def user_set_malloc(variable: str) -> bool:
+    """Whether the user set glibc's malloc through ``variable`` or its tunables: tokembed then leaves it alone."""
+    return variable in os.environ or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
+
+
 @functools.cache
 def glibc():
     """The C library when it is glibc (whose malloc the settings here and in ``engine.device`` are for), else
@@ -66,11 +71,11 @@ def one_malloc_arena() -> bool:
     faulted in its activations page by page. Measured on a 2-core AVX512 Xeon (MALLOC_ARENA_MAX=1 against
     none, alternating): a 16k-token MiniLM forward in a second thread 1.73 -> 1.51 s (217k page faults -> 0; the
     main thread's 1.44-1.50 s); ``serve`` with 64 concurrent 256-token documents 26.7 -> 28.5 documents/s;
-    ``tokembed encode`` of 1,200 docstrings peak RSS 852-903 -> 665-734 MB and as fast; ``compress``, search on
+    ``tokembed encode`` of 1,200 docstrings peak RSS 852-903 -> 728-764 MB and as fast; ``compress``, search on
     query threads and ``bench/serve.py``'s short sentences as fast within the box's noise. Set on import,
     before torch starts its thread pool: an arena made before the setting is reused afterwards. Left alone
     where the user set ``MALLOC_ARENA_MAX`` or glibc's malloc tunables, and off glibc."""
-    if "MALLOC_ARENA_MAX" in os.environ or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+    if user_set_malloc("MALLOC_ARENA_MAX"):
         return False
     libc = glibc()
     return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, 1))

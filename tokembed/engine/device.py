@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass
 
 from tokembed.cpu import glibc as _glibc
+from tokembed.cpu import user_set_malloc
 from tokembed.errors import DeviceError
 
 _EXPECTED = "expected auto, cpu, cpu:N, cuda or cuda:0,cuda:1,..."
@@ -111,9 +112,7 @@ def keep_freed_blocks() -> bool:
     short rows, +12% for that process). Blocks freed in other threads are kept too since ``import tokembed``
     gives the process one malloc arena (``tokembed.cpu.one_malloc_arena``). The process-wide setting is left
     alone when the user set glibc's own variables for it."""
-    import os
-
     libc = _glibc()
-    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+    if libc is None or user_set_malloc("MALLOC_MMAP_THRESHOLD_"):
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, KEEP_FREED_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
