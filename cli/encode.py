@@ -91,6 +91,12 @@ def encode(
     pdf_password: Optional[str] = typer.Option(
         None, help="Password of encrypted PDFs (without it, an encrypted PDF is a bad row)."
     ),
+    pdf_workers: Optional[int] = typer.Option(
+        None, min=0, max=64,
+        help="Processes that render PDF pages for image models, in page order (0: the reading thread renders them). "
+        "Default: none when the model runs on the CPU (its cores are busy encoding, which is slower than rendering), "
+        "else all cores but one, at most 8. Pixels and results are the same for every value.",
+    ),
     pdf_column: Optional[str] = typer.Option(
         None, help="Parquet/JSONL column of PDFs (bytes, a path relative to the file, or {bytes, path}): one row per page, "
         "id <row id>#page=N. Without it, PDFs found in the image column are read the same way (image models)."
@@ -176,6 +182,7 @@ def encode(
             max_image_pixels=max_image_pixels,
             pdf_dpi=pdf_dpi,
             pdf_password=pdf_password,
+            pdf_workers=pdf_workers,
             pdf_column=pdf_column or "pdf",
             pdf_column_given=pdf_column is not None,
             video_column=video_column or "video",

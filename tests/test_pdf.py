@@ -188,7 +188,7 @@ def test_a_page_that_fails_to_render_names_file_and_page(cli, colpali, tmp_path,
     docs = tmp_path / "docs"
     docs.mkdir()
     image_pdf(docs / "scan.pdf", COLORS[:3])
-    real = pdf.render_page
+    real = pdf.render_pixels
 
     def failing(page, dpi, max_pixels):
         if page.get_size()[0] > 0 and failing.calls == 1:
@@ -198,7 +198,7 @@ def test_a_page_that_fails_to_render_names_file_and_page(cli, colpali, tmp_path,
         return real(page, dpi, max_pixels)
 
     failing.calls = 0
-    monkeypatch.setattr(pdf, "render_page", failing)
+    monkeypatch.setattr(pdf, "render_pixels", failing)
     out = tmp_path / "index"
     failed = cli("encode", docs, "--model", colpali, "-o", out, "--pdf-dpi", 72)
     assert failed.exit_code == 3 and "scan.pdf page 2" in failed.stderr and "cannot render page 2" in failed.stderr
@@ -242,8 +242,8 @@ def test_pdf_rows_stream_a_chunk_at_a_time(tmp_path, monkeypatch):
 
     long = image_pdf(tmp_path / "long.pdf", [(i * 5 % 256, 100, 150) for i in range(40)], size=(60, 80))
     rendered = []
-    real = pdf.render_page
-    monkeypatch.setattr(pdf, "render_page", lambda *args: rendered.append(1) or real(*args))
+    real = pdf.render_pixels
+    monkeypatch.setattr(pdf, "render_pixels", lambda *args: rendered.append(1) or real(*args))
     chunks = open_sources([long], SourceOptions(modality="image", image_chunk_rows=8))
     first = next(chunks)
     assert len(first) == 8 and len(rendered) == 8

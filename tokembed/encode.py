@@ -142,6 +142,10 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     )
     if embedder.is_vision and settings.kind == "document":
         job = replace(job, sources=replace(job.sources, modality="image"))  # an image model's documents are pages
+    if job.sources.pdf_workers is None:
+        from tokembed.sources.pdf_workers import auto_render_workers
+
+        job = replace(job, sources=replace(job.sources, pdf_workers=auto_render_workers(device)))
     loaded = time.perf_counter()
     with IndexLock(job.output, job.wait_seconds):
         first_read = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class SourceOptions:
     image_chunk_rows: int = 64  # decoded images held at once: chunks of image items are this small
     pdf_dpi: float = 144.0  # PDF pages are rendered at this resolution for image models
     pdf_password: str | None = None  # opens encrypted PDFs
+    pdf_workers: int | None = 0  # processes rendering PDF pages for image models (0: the reading thread; None: by device)
     pdf_column: str = "pdf"  # Parquet/JSONL column of PDFs (bytes, a path, {bytes, path}); read when given
     pdf_column_given: bool = False
     video_column: str = "video"  # Parquet/JSONL column of videos (bytes, a path, {bytes, path}); image models
@@ -71,12 +73,16 @@ def open_sources(inputs: list[Path], options: SourceOptions) -> Iterator[list[It
     if options.modality not in MODALITIES:
         raise UsageError(f"modality must be one of {', '.join(MODALITIES)}; got {options.modality!r}")
     offset = 0  # row numbers stand in for missing ids and keep counting across files
-    for path in inputs:
-        for file, reader in _readers(path, options):
-            for chunk in reader(file, options, offset):
-                offset += len(chunk)
-                yield chunk
-                del chunk  # not alive while the next chunk is read: a chunk of decoded images is large
+    try:
+        for path in inputs:
+            for file, reader in _readers(path, options):
+                for chunk in reader(file, options, offset):
+                    offset += len(chunk)
+                    yield chunk
+                    del chunk  # not alive while the next chunk is read: a chunk of decoded images is large
+    finally:
+        if "tokembed.sources.pdf_workers" in sys.modules:  # --pdf-workers started render processes: stop them
+            sys.modules["tokembed.sources.pdf_workers"].close_render_pool()
 
 
 def _readers(path: Path, options: SourceOptions) -> list:

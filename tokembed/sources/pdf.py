@@ -18,7 +18,8 @@ Pages are produced lazily, one at a time, so a chunk holds at most ``image_chunk
 however long the PDF. A PDF that cannot be opened (encrypted without the right ``--pdf-password``,
 truncated, corrupt) is one item error named after the file; a page that fails to render is an item
 error named after that page; a PDF with zero pages is a recorded skip whatever ``--on-error`` says.
-PDFium is not thread-safe: only the reading thread calls it.
+PDFium is not thread-safe: only the reading thread calls it, or, with ``--pdf-workers N``, N worker processes
+that render pages for image models (``pdf_workers``).
 """
 
 from __future__ import annotations
@@ -89,10 +90,26 @@ def pdf_pages(pdf: Path | bytes, base_id: str, source: str, row: int, options: S
         if count == 0:
             yield Item(base_id, None, source, row, error="the PDF has zero pages", skip_always=True, source_file=base_id)
             return
+        if options.modality == "image" and options.pdf_workers:
+            yield from _pages_from_workers(pdf, count, base_id, source, row, options)
+            return
         for number in range(1, count + 1):
             yield _page_item(document, number, base_id, source, row, options)
     finally:
         document.close()
+
+
+def _pages_from_workers(pdf: Path | bytes, count: int, base_id: str, source: str, row: int, options: SourceOptions) -> Iterator[Item]:
+    """The pages rendered by ``--pdf-workers`` processes (``pdf_workers``): the same items as ``_page_item``'s."""
+    from tokembed.sources.pdf_workers import rendered_pages
+
+    pages = rendered_pages(pdf, count, options.pdf_workers, options.pdf_password, options.pdf_dpi, options.max_image_pixels)
+    for number, (image, digest, error) in enumerate(pages, start=1):
+        page_id = f"{base_id}#page={number}"
+        if error is not None:
+            yield Item(page_id, None, source, row, error=error, source_file=base_id, page=number)
+        else:
+            yield Item(page_id, None, source, row, image=image, image_sha256=digest, source_file=base_id, page=number)
 
 
 def open_pdf(pdf: Path | bytes, password: str | None):
@@ -158,9 +175,9 @@ def _page_item(document, number: int, base_id: str, source: str, row: int, optio
     try:
         page = document[number - 1]
         if options.modality == "image":
-            image = render_page(page, options.pdf_dpi, options.max_image_pixels)
-            digest = page_digest(image, options.pdf_dpi)
-            return Item(page_id, None, source, row, image=image, image_sha256=digest, source_file=base_id, page=number)
+            size, pixels = render_pixels(page, options.pdf_dpi, options.max_image_pixels)
+            digest = page_digest(size, pixels, options.pdf_dpi)
+            return Item(page_id, None, source, row, image=page_image(size, pixels), image_sha256=digest, source_file=base_id, page=number)
         return Item(page_id, page_text(page), source, row, source_file=base_id, page=number)
     except Exception as exc:  # PdfiumError, MemoryError, a page over the pixel limit, ...
         what = "render" if options.modality == "image" else "read the text of"
@@ -171,8 +188,10 @@ def _page_item(document, number: int, base_id: str, source: str, row: int, optio
             page.close()
 
 
-def render_page(page, dpi: float, max_pixels: int):
-    """One page -> RGB ``PIL.Image`` at ``dpi``, on white; refuses pages over ``max_pixels`` before rendering."""
+def render_pixels(page, dpi: float, max_pixels: int) -> tuple[tuple[int, int], bytes]:
+    """One page -> ``((width, height), RGB pixels row by row)`` at ``dpi``, on white; refuses pages over
+    ``max_pixels`` before rendering. PDFium writes the channels in RGB order (``rev_byteorder``): the pixels
+    ``PdfBitmap.to_pil`` gives from its BGR bitmap, without that conversion pass."""
     scale = dpi / POINTS_PER_INCH
     width, height = page.get_size()  # points, rotation applied
     pixels = round(width * scale) * round(height * scale)
@@ -181,18 +200,26 @@ def render_page(page, dpi: float, max_pixels: int):
             f"{width:.0f}x{height:.0f} pt at {dpi:g} dpi is {pixels} pixels, over the limit of {max_pixels} "
             "(lower --pdf-dpi or raise --max-image-pixels)"
         )
-    bitmap = page.render(scale=scale, fill_color=WHITE, may_draw_forms=True)
+    bitmap = page.render(scale=scale, fill_color=WHITE, may_draw_forms=True, rev_byteorder=True)
     try:
-        image = bitmap.to_pil()  # a BGR bitmap: Pillow copies it into an RGB image
-        return image if image.mode == "RGB" else image.convert("RGB")
+        if bitmap.n_channels == 3 and bitmap.stride == bitmap.width * 3:  # rows unpadded, as pypdfium2 allocates them
+            return (bitmap.width, bitmap.height), bytes(memoryview(bitmap.buffer).cast("B"))
+        image = bitmap.to_pil().convert("RGB")  # another layout: let Pillow read it
+        return image.size, image.tobytes()
     finally:
         bitmap.close()
 
 
-def page_digest(image, dpi: float) -> str:
+def page_image(size: tuple[int, int], pixels: bytes):
+    from PIL import Image
+
+    return Image.frombytes("RGB", size, pixels)
+
+
+def page_digest(size: tuple[int, int], pixels: bytes, dpi: float) -> str:
     """sha256 of what an image model sees of a page: the DPI, the size and the RGB pixels."""
-    digest = hashlib.sha256(f"pdf page {image.width}x{image.height} at {dpi:g} dpi\0".encode())
-    digest.update(image.tobytes())
+    digest = hashlib.sha256(f"pdf page {size[0]}x{size[1]} at {dpi:g} dpi\0".encode())
+    digest.update(pixels)
     return digest.hexdigest()
 
 
