@@ -94,8 +94,9 @@ def encode(
     pdf_workers: Optional[int] = typer.Option(
         None, min=0, max=64,
         help="Processes that render PDF pages for image models, in page order (0: the reading thread renders them). "
-        "Default: none when the model runs on the CPU (its cores are busy encoding, which is slower than rendering), "
-        "else all cores but one, at most 8. Pixels and results are the same for every value.",
+        "Default: none when the model runs on the CPU (its cores are busy encoding, which is slower than rendering) "
+        "or with --engine ray (actors may share the driver's cores: pass a count), else all cores but one, at most 8. "
+        "Pixels and results are the same for every value.",
     ),
     pdf_column: Optional[str] = typer.Option(
         None, help="Parquet/JSONL column of PDFs (bytes, a path relative to the file, or {bytes, path}): one row per page, "
