@@ -175,3 +175,27 @@ def test_info_shows_both_recipes(cli, demo_index):
     result = cli("info", demo_index)
     assert result.exit_code == 0, result.output
     assert "--format parquet" in result.stderr and "--format lance" in result.stderr
+
+
+def test_an_index_of_pdf_pages_exports_their_file_and_page(cli, checkpoint, tmp_path):
+    import duckdb
+
+    from pdfs import text_pdf
+
+    docs = tmp_path / "docs"
+    (docs / "manuals").mkdir(parents=True)
+    (docs / "a.txt").write_text("a plain text file")
+    text_pdf(docs / "manuals" / "m.pdf", ["first page text", "second page text"])
+    index = tmp_path / "index"
+    assert cli("encode", docs, "--model", checkpoint("stanford"), "-o", index).exit_code == 0
+    out = tmp_path / "parquet"
+    result = cli("export", index, "--to", out, "--format", "parquet")
+    assert result.exit_code == 0, result.output
+    rows = duckdb.sql(f"SELECT id, source_file, page FROM read_parquet('{out}/*.parquet') ORDER BY id").fetchall()
+    assert rows == [("a.txt", None, None), ("manuals/m.pdf#page=1", "manuals/m.pdf", 1), ("manuals/m.pdf#page=2", "manuals/m.pdf", 2)]
+    lance = cli("export", index, "--to", tmp_path / "lance", "--format", "lance")
+    assert lance.exit_code == 0, lance.output
+    import lancedb
+
+    table = lancedb.connect(str(tmp_path / "lance")).open_table("documents").to_arrow()
+    assert table.column("page").to_pylist() == [None, 1, 2] and table.column("source_file").to_pylist()[1] == "manuals/m.pdf"

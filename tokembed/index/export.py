@@ -6,7 +6,8 @@ its sha256), read shard by shard through the memory map. Output, with the embedd
 
 * ``parquet``: ``PATH/part-NNNNNN.parquet``, one file per shard (same number), rows in index order,
   columns ``id`` string, ``token_ids`` list<int32>, ``embeddings`` list<fixed_size_list<float, D>>
-  (DuckDB reads that as FLOAT[][], Polars as List(Array), pyarrow as it was written).
+  (DuckDB reads that as FLOAT[][], Polars as List(Array), pyarrow as it was written), and for an index of
+  PDF pages ``source_file`` string and ``page`` int32 (null for rows that are not pages).
 * ``lance``: a table in the LanceDB database folder ``PATH`` with the same three columns, ``embeddings``
   in LanceDB's multivector schema, so that ``table.search(query_vectors)`` runs MaxSim (cosine) over it.
 
@@ -51,17 +52,23 @@ def check_export_options(fmt: str, dtype: str) -> None:
         raise UsageError(f"--dtype {dtype!r}: must be one of {', '.join(DTYPES)}")
 
 
-def export_schema(dim: int, dtype: str):
+def export_schema(dim: int, dtype: str, pages: bool = False):
+    """The export's columns; ``pages``: also a PDF page's ``source_file`` and ``page`` (null for other rows)."""
     import pyarrow as pa
 
     value = pa.float16() if dtype == "float16" else pa.float32()
-    return pa.schema(
-        [
-            pa.field("id", pa.string()),
-            pa.field("token_ids", pa.list_(pa.int32())),
-            pa.field("embeddings", pa.list_(pa.list_(value, dim))),
-        ]
-    )
+    fields = [
+        pa.field("id", pa.string()),
+        pa.field("token_ids", pa.list_(pa.int32())),
+        pa.field("embeddings", pa.list_(pa.list_(value, dim))),
+    ]
+    if pages:
+        fields += [pa.field("source_file", pa.string()), pa.field("page", pa.int32())]
+    return pa.schema(fields)
+
+
+def has_pdf_pages(index) -> bool:
+    return bool((index.manifest.get("pdf") or {}).get("pages"))
 
 
 def export_index(
@@ -81,7 +88,7 @@ def export_index(
     index = open_index(index_path)  # holds every listed shard open: a later commit cannot pull them away
     require_vectors(index, "export")
     to = Path(to)
-    schema = export_schema(index.dim, dtype)
+    schema = export_schema(index.dim, dtype, pages=has_pdf_pages(index))
     if fmt == "parquet":
         files, written = _write_parquet(index, to, schema, log or (lambda message: None))
     else:
@@ -104,8 +111,16 @@ def _shard_export_batches(index, shard: dict, schema) -> Iterator:
     from tokembed.search.maxsim import shard_batches  # drops each batch's mapped pages once it is used
 
     for batch in shard_batches(index, shard, verify=True):
-        columns = [batch.column(batch.schema.get_field_index(field.name)).cast(field.type) for field in schema]
+        columns = [_column(batch, field) for field in schema]
         yield pa.record_batch(columns, schema=schema)
+
+
+def _column(batch, field):
+    """``field`` of a shard's batch, cast to the export's type; nulls for a shard written before the column."""
+    import pyarrow as pa
+
+    position = batch.schema.get_field_index(field.name)
+    return pa.nulls(batch.num_rows, field.type) if position < 0 else batch.column(position).cast(field.type)
 
 
 # ---------------------------------------------------------------------------------------------- parquet
