@@ -9,11 +9,13 @@ A generated PDF of US Letter pages (half text pages with a text layer, half scan
      the same with --pdf-workers 1, 2, ... (``--workers``): median of ``--repeats`` alternating runs, each
      starting its own worker processes as an ``encode`` run does;
   2. read for its text layer (what text models get): pages/s, warm;
-  3. encoded by the vision model (``Embedder.embed`` on the rendered pages, batches of 8): pages/s, warm,
+  3. prepared by the model's processor (``encoder.tokenize``, the planning stage): pages/s with one thread and
+     with the default threads, alternating, medians of ``--repeats``;
+  4. encoded by the vision model (``Embedder.embed`` on the rendered pages, batches of 8): pages/s, warm,
      after one warm-up batch. Without ``--model`` this is the tests' tiny random ColPali (SigLIP-style
      tower at 448 px = 1024 visual tokens a page, 2 tiny layers): a floor for encode time, far below a
      real ColPali (3B parameters), so a real model only widens the gap;
-  4. encoded end to end by a fresh ``tokembed encode`` process (cold: start-up, model load, render,
+  5. encoded end to end by a fresh ``tokembed encode`` process (cold: start-up, model load, render,
      encode, write): pages/s and peak RSS (``getrusage`` of a wrapper process: the largest process), with
      ``--pdf-workers 0`` and with the largest ``--workers`` count, alternating, fastest of ``--repeats``.
 Rendering runs in the reading stage, ahead of the model: it is a bottleneck only when render pages/s is
@@ -96,6 +98,30 @@ def encode_rate(model: str, images: list) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
+def processor_rates(model: str, images: list, repeats: int) -> tuple[float, float, int]:
+    """The model's processor over the rendered pages (``encoder.tokenize``, what the planning stage runs), pages/s
+    with one thread and with the default threads (``vision.PREPARE_THREADS``, torch's thread count at most),
+    alternating, medians; and that thread count."""
+    import torch
+
+    import tokembed.models.vision as vision
+    from tokembed.embedder import Embedder
+    from tokembed.settings import EncodeFlags
+
+    encoder = Embedder.load(model, EncodeFlags()).encoder
+    default = vision.PREPARE_THREADS
+    rates: dict[int, list[float]] = {1: [], default: []}
+    encoder.tokenize(images)  # warm-up (and the threads' processor copies)
+    for _ in range(repeats):
+        for threads in rates:
+            vision.PREPARE_THREADS = threads
+            start = time.perf_counter()
+            encoder.tokenize(images)
+            rates[threads].append(len(images) / (time.perf_counter() - start))
+    vision.PREPARE_THREADS = default
+    return statistics.median(rates[1]), statistics.median(rates[default]), min(default, torch.get_num_threads())
+
+
 def whole_run(pdf: Path, model: str, out: Path, dpi: float, workers: int = 0) -> tuple[float, float]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "cli.main", "encode", str(pdf), "--model", model, "-o", str(out), "-q", "--pdf-dpi", str(dpi),
@@ -127,6 +153,7 @@ def main() -> None:
     render, images = render_rate(pdf, args.dpi, "image")
     parallel = render_with_workers(pdf, args.dpi, args.workers, args.repeats)
     text, _ = render_rate(pdf, args.dpi, "text")
+    one_thread, threaded, threads = processor_rates(model, images, args.repeats)
     encode = encode_rate(model, images)
     runs: dict[int, list] = {0: [], max(args.workers): []}
     for _ in range(args.repeats):
@@ -139,6 +166,9 @@ def main() -> None:
         label = f"render, {workers} worker process(es)" if workers else "render in the reading thread (same runs)"
         print(f"{label:<44} {rate:>9.1f}   {rate / parallel[0]:.2f}x the reading thread")
     print(f"{'text layer (text models)':<44} {text:>9.1f}")
+    print(f"{'processor (resize, normalize), one thread':<44} {one_thread:>9.1f}")
+    label = f"processor, {threads} threads (the default)"
+    print(f"{label:<44} {threaded:>9.1f}   {threaded / one_thread:.2f}x one thread")
     print(f"{'encode (vision model, batches of 8)':<44} {encode:>9.1f}")
     print(f"{'whole tokembed encode process (cold)':<44} {args.pages / seconds:>9.1f}   peak RSS {peak:,.0f} MB")
     label = f"the same, --pdf-workers {max(args.workers)}"

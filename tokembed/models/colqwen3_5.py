@@ -98,7 +98,7 @@ class ColQwen3_5Encoder(VisionEncoder):
         from tokembed.sources.video import is_video
 
         if self.settings.kind == "document" and is_video(value):
-            return _complete(prepared_from(self.model.processor.process_videos([value])), self.model)
+            return _complete(prepared_from(self.processor.process_videos([value])), self.model)
         prepared = super()._prepare(value)
         return _complete(prepared, self.model) if self.settings.kind == "document" else prepared
 
