@@ -37,7 +37,9 @@ from tokembed.models.base import LoadOptions, position_limit, torch_dtype
 from tokembed.models.steps import OutputShape
 from tokembed.settings import EncodeSettings
 
-PREPARE_THREADS = 8  # threads that run the processor over a chunk of documents (VisionEncoder.tokenize)
+PREPARE_THREADS = 4  # threads that run the processor over a chunk of documents (VisionEncoder.tokenize): each holds a
+# copy of the processor (~60 MB with a 256k-token vocabulary; 7 MB with a 30k one), and four process ~4x the
+# 50-80 Letter pages/s of one thread measured on the CI box
 # Processor outputs that are not model inputs (training labels, bookkeeping).
 _NOT_INPUTS = ("labels", "text_replacement_offsets")
 
