@@ -87,6 +87,23 @@ def test_a_worker_that_dies_costs_its_page_only(tmp_path, monkeypatch):
     assert same_pages(rendered[:3] + rendered[4:], inline[:3] + inline[4:])
 
 
+def test_pages_sent_to_a_worker_that_already_died_go_to_its_successor(tmp_path, monkeypatch):
+    from tokembed.sources.pdf_workers import close_render_pool, rendered_pages
+
+    pdf = image_pdf(tmp_path / "scan.pdf", COLORS[:5])
+    monkeypatch.setenv("TOKEMBED_TEST_KILL_AT", "render:2")
+    pages = rendered_pages(pdf, 5, 1, None, 72, 10**8)  # one worker: pages 1 and 2 are sent before page 1 is read
+    try:
+        first = next(pages)
+        time.sleep(0.5)  # the worker dies on page 2 meanwhile: page 3 is sent into a closed pipe
+        rest = list(pages)
+    finally:
+        close_render_pool()
+    assert first[2] is None and [error for _, _, error in rest] == [
+        "cannot render page 2: the render process died (killed by SIGKILL)", None, None, None,
+    ]
+
+
 KILLED_READER = """
 import sys, time
 from pathlib import Path

@@ -4,7 +4,8 @@ Stage: sources. In: raw bytes (a file, a Parquet/JSONL cell, the Hugging Face ``
 ``{bytes, path}``). Out: an RGB ``PIL.Image`` on ``Item.image`` plus the sha256 of the stored bytes
 (``Item.image_sha256``, what the content hash of an image item is made of), or ``Item.error`` naming why
 the image cannot be used. Decoding happens in the reader, so a bad image is an item error like a null
-text, and memory stays bounded by the chunk (``SourceOptions.image_chunk_rows`` decoded images at most).
+text, and memory stays bounded by the chunk (``SourceOptions.image_chunk_rows`` decoded images at most, plus
+the few in flight: a folder's or a Parquet column's images decode on ``DECODE_THREADS`` threads, in order).
 
 Decoding follows what a page screenshot pipeline expects: EXIF orientation applied
 (``ImageOps.exif_transpose``), first frame of animated images, transparency composited on white,
@@ -18,8 +19,12 @@ import base64
 import binascii
 import hashlib
 import io
+import os
+import threading
 import warnings
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,9 @@ from typing import Any
 from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked
 
 WHITE = (255, 255, 255)
+DECODE_THREADS = 4  # images of a folder or a Parquet image column decoded at once (Pillow releases the GIL)
+_OPENING = threading.Lock()
+_decoder: ThreadPoolExecutor | None = None
 
 
 class ImageDecodeError(Exception):
@@ -56,21 +64,22 @@ def _decode(data: bytes, max_pixels: int):
 
     _allow_pixels(max_pixels)
     try:
-        with warnings.catch_warnings():
-            # Our own limit is checked below; Pillow's warning would only repeat it.
+        # Our own limit is checked below; Pillow's warning (from ``open``) would only repeat it. The filter is
+        # process-wide state, so decoding threads take turns for the header only; the pixels decode in parallel.
+        with _OPENING, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width <= 0 or height <= 0:
-                raise ImageDecodeError(f"image has zero size ({width}x{height})")
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} (--max-image-pixels)"
-                )
-            image.seek(0)  # first frame of an animated GIF/WebP/TIFF
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ImageDecodeError(f"image has zero size ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} (--max-image-pixels)"
+            )
+        image.seek(0)  # first frame of an animated GIF/WebP/TIFF
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -194,6 +203,36 @@ def _read_file(value: str, base: Path) -> bytes:
         raise ImageDecodeError(f"cannot read image file {value} ({exc.strerror or exc})") from None
 
 
+# -- decoding threads -------------------------------------------------------------------------------
+
+
+def in_background(function, *args) -> Item | Future:
+    """``function(*args)`` (an item with its image decoded) on the decoding threads, or here with one core."""
+    threads = min(DECODE_THREADS, os.cpu_count() or 1)
+    if threads < 2:
+        return function(*args)
+    global _decoder
+    if _decoder is None:
+        _decoder = ThreadPoolExecutor(threads, thread_name_prefix="tokembed-decode")
+    return _decoder.submit(function, *args)
+
+
+def in_order(items: Iterable[Item | Future]) -> Iterator[Item]:
+    """The items, in order, each ``in_background`` one once decoded, with up to ``2 x DECODE_THREADS`` in flight
+    (that many decoded images beyond the chunk)."""
+    window: deque = deque()
+    for item in items:
+        window.append(item)
+        if len(window) > 2 * DECODE_THREADS:
+            yield _done(window.popleft())
+    while window:
+        yield _done(window.popleft())
+
+
+def _done(item: Item | Future) -> Item:
+    return item.result() if isinstance(item, Future) else item
+
+
 # -- a folder of images -----------------------------------------------------------------------------
 
 
@@ -204,7 +243,8 @@ def image_files(folder: Path) -> list[Path]:
 def read_image_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
     """One item per image file, id = path relative to the folder, in path order."""
     size = min(options.chunk_rows, options.image_chunk_rows)
-    return chunked((_file_item(folder, file, options.max_image_pixels) for file in image_files(folder)), size)
+    decoding = (in_background(_file_item, folder, file, options.max_image_pixels) for file in image_files(folder))
+    return chunked(in_order(decoding), size)
 
 
 def _file_item(folder: Path, file: Path, max_pixels: int) -> Item:

@@ -40,7 +40,9 @@ def read_parquet(path: Path, options: SourceOptions, offset: int) -> Iterator[li
         + ([options.id_column] if has_ids else [])
     )
     size = chunk_size(options, use_image or use_video or (use_pdf and options.modality == "image"))
-    return chunked(_rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, has_ids, use_video), size)
+    from tokembed.sources.images import in_order
+
+    return chunked(in_order(_rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, has_ids, use_video)), size)
 
 
 def _use_video(path: Path, names: list[str], options: SourceOptions) -> bool:
@@ -52,10 +54,12 @@ def _use_video(path: Path, names: list[str], options: SourceOptions) -> bool:
     return options.video_column_given or (options.modality == "image" and has_video)
 
 
-def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, has_ids, use_video=False) -> Iterator[Item]:
-    """Items row by row; a row whose PDF or image cell holds a PDF becomes one item per page."""
+def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, has_ids, use_video=False) -> Iterator:
+    """Items row by row; a row whose PDF or image cell holds a PDF becomes one item per page; an image row is
+    decoded in the background (a future, see ``images.in_order``)."""
     import pyarrow as pa
 
+    from tokembed.sources.images import in_background
     from tokembed.sources.pdf import pdf_in_value, row_pages
     from tokembed.sources.video import attach_video, video_in_value
 
@@ -80,7 +84,7 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
                 elif images is not None and pdf_in_value(images[i], path.parent) is not None:
                     yield from row_pages(item, images[i], path.parent, options)
                 else:
-                    yield item if images is None else _with_image(item, images[i], path, options, either=use_text)
+                    yield item if images is None else in_background(_with_image, item, images[i], path, options, use_text)
             row += count
     except (pa.ArrowException, OSError) as exc:
         raise BadInputError(f"{path}: cannot read row group after row {row} ({exc})") from exc

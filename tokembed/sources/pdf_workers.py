@@ -80,8 +80,11 @@ class _Worker:
 
     def send(self, request: tuple) -> None:
         self.pending.append(request)
-        pickle.dump(request, self.process.stdin)
-        self.process.stdin.flush()
+        try:
+            pickle.dump(request, self.process.stdin)
+            self.process.stdin.flush()
+        except OSError:  # the worker died: ``receive`` finds out, and a fresh worker gets what is still pending
+            pass
 
     def receive(self) -> tuple:
         request = self.pending.popleft()

@@ -1,0 +1,66 @@
+"""Images of a folder or a Parquet image column decode on threads: the same items, in the same order, as one
+thread gives (ids, digests, pixels, errors), with no Pillow warning filter left behind."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+import tokembed.sources.images as images
+from test_image_sources import BAD_IMAGES, encoded, write_parquet_column
+from tokembed.sources import SourceOptions, open_sources
+
+
+def pictures(count: int) -> list[bytes]:
+    rng = np.random.default_rng(3)
+    return [encoded(Image.fromarray(rng.integers(0, 255, (40 + i, 60 + 2 * i, 3), dtype=np.uint8)), "PNG" if i % 2 else "JPEG") for i in range(count)]
+
+
+def read(path: Path) -> list[tuple]:
+    items = [item for chunk in open_sources([path], SourceOptions(modality="image", image_chunk_rows=5)) for item in chunk]
+    return [(i.id, i.error, i.image_sha256, None if i.image is None else np.asarray(i.image)) for i in items]
+
+
+def same(left: list[tuple], right: list[tuple]) -> bool:
+    return len(left) == len(right) and all(
+        a[:3] == b[:3] and (a[3] is None) == (b[3] is None) and (a[3] is None or np.array_equal(a[3], b[3])) for a, b in zip(left, right)
+    )
+
+
+@pytest.fixture
+def corpora(tmp_path) -> list[Path]:
+    data = pictures(23)
+    data[4], data[11], data[17] = (BAD_IMAGES[case][0]() for case in ("not-an-image", "over-our-limit", "zero-bytes"))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for number, blob in enumerate(data):
+        (folder / f"{number:02d}.png").write_bytes(blob)
+    table = write_parquet_column(tmp_path / "images.parquet", [f"r{i}" for i in range(len(data))], data, pa.binary())
+    return [folder, table]
+
+
+def test_threads_decode_what_one_thread_decodes(corpora, monkeypatch):
+    real, threads = images._file_item, set()
+
+    def spy(*args):
+        threads.add(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(images, "_file_item", spy)
+    filters = list(warnings.filters)
+    decoded = [read(path) for path in corpora]
+    assert warnings.filters == filters  # the bomb-warning filter is never left behind
+    assert threads and all(name.startswith("tokembed-decode") for name in threads)
+    assert [e for _, e, _, _ in decoded[1] if e] == [e for _, e, _, _ in decoded[0] if e] and len([1 for _, e, _, _ in decoded[0] if e]) == 3
+    monkeypatch.setattr(images, "DECODE_THREADS", 1)
+    threads.clear()
+    alone = [read(path) for path in corpora]
+    assert threads == {threading.current_thread().name}
+    assert all(same(one, other) for one, other in zip(decoded, alone))
+    assert [row[0] for row in decoded[0]] == [f"{n:02d}.png" for n in range(23)]
