@@ -73,3 +73,11 @@ def assert_score_equals_brute_force(cli, index: Path, queries: list[str]) -> Non
             assert got[doc] == pytest.approx(brute[doc], abs=1e-4)
         ranked_scores = [r["score"] for r in records if r["query_id"] == f"q{number}"]
         assert ranked_scores == sorted(ranked_scores, reverse=True)  # best first
+
+
+def same_rows(left: list[tuple], right: list[tuple]) -> bool:
+    """Rows of plain values ending in a pixel array (or None) are equal: the values, and the pixels exactly."""
+    return len(left) == len(right) and all(
+        a[:-1] == b[:-1] and (a[-1] is None) == (b[-1] is None) and (a[-1] is None or np.array_equal(a[-1], b[-1]))
+        for a, b in zip(left, right)
+    )

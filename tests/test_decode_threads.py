@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import tokembed.sources.images as images
+from helpers import same_rows
 from test_image_sources import BAD_IMAGES, encoded, write_parquet_column
 from tokembed.sources import SourceOptions, open_sources
 
@@ -25,12 +26,6 @@ def pictures(count: int) -> list[bytes]:
 def read(path: Path) -> list[tuple]:
     items = [item for chunk in open_sources([path], SourceOptions(modality="image", image_chunk_rows=5)) for item in chunk]
     return [(i.id, i.error, i.image_sha256, None if i.image is None else np.asarray(i.image)) for i in items]
-
-
-def same(left: list[tuple], right: list[tuple]) -> bool:
-    return len(left) == len(right) and all(
-        a[:3] == b[:3] and (a[3] is None) == (b[3] is None) and (a[3] is None or np.array_equal(a[3], b[3])) for a, b in zip(left, right)
-    )
 
 
 @pytest.fixture
@@ -62,5 +57,5 @@ def test_threads_decode_what_one_thread_decodes(corpora, monkeypatch):
     threads.clear()
     alone = [read(path) for path in corpora]
     assert threads == {threading.current_thread().name}
-    assert all(same(one, other) for one, other in zip(decoded, alone))
+    assert all(same_rows(one, other) for one, other in zip(decoded, alone))
     assert [row[0] for row in decoded[0]] == [f"{n:02d}.png" for n in range(23)]

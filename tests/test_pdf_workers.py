@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import read_index, write_parquet
+from helpers import read_index, same_rows, write_parquet
 from pdfs import encrypt, image_pdf, render_directly, text_pdf
 from tokembed.sources import SourceOptions, open_sources
 from tokembed.sources.pdf_workers import auto_render_workers
@@ -25,12 +25,6 @@ COLORS = [(250 - 9 * i, 200 + 5 * i, 150 + 7 * i) for i in range(9)]
 def read_pages(paths, **options) -> list:
     items = [item for chunk in open_sources([Path(p) for p in paths], SourceOptions(modality="image", **options)) for item in chunk]
     return [(i.id, i.page, i.error, i.image_sha256, None if i.image is None else np.asarray(i.image)) for i in items]
-
-
-def same_pages(left: list, right: list) -> bool:
-    return len(left) == len(right) and all(
-        a[:4] == b[:4] and (a[4] is None) == (b[4] is None) and (a[4] is None or np.array_equal(a[4], b[4])) for a, b in zip(left, right)
-    )
 
 
 def worker_pids() -> set[int]:
@@ -59,7 +53,7 @@ def test_workers_render_the_pages_the_reading_thread_renders(tmp_path):
     for workers in (1, 2, 3):
         rendered = read_pages([docs], pdf_workers=workers, **options)
         rendered += read_pages([cells], pdf_column="pdf", pdf_column_given=True, pdf_workers=workers, **options)
-        assert same_pages(rendered, inline), workers
+        assert same_rows(rendered, inline), workers
     assert not worker_pids()  # stopped with their run
     assert not list(Path(tempfile.gettempdir()).glob("tokembed-pdf-*.pdf"))  # the cells' temporary copies
 
@@ -84,7 +78,7 @@ def test_a_worker_that_dies_costs_its_page_only(tmp_path, monkeypatch):
     rendered = read_pages([pdf], pdf_dpi=72, pdf_workers=2)
     assert rendered[3][2] == "cannot render page 4: the render process died (killed by SIGKILL)"
     assert rendered[3][4] is None
-    assert same_pages(rendered[:3] + rendered[4:], inline[:3] + inline[4:])
+    assert same_rows(rendered[:3] + rendered[4:], inline[:3] + inline[4:])
 
 
 def test_pages_sent_to_a_worker_that_already_died_go_to_its_successor(tmp_path, monkeypatch):
