@@ -168,5 +168,5 @@ def test_page_pixels_and_hashes_are_those_of_pypdfium2s_own_render(tmp_path):
         for page_id, number, error, digest, pixels in read_pages([pdf], pdf_dpi=72, pdf_workers=workers):
             direct = render_directly(pdf, number, 72)
             assert error is None and direct.size == (61, 80) and np.array_equal(pixels, np.asarray(direct))
-            before = hashlib.sha256(f"pdf page 61x80 at 72 dpi\0".encode() + direct.tobytes()).hexdigest()
+            before = hashlib.sha256("pdf page 61x80 at 72 dpi\0".encode() + direct.tobytes()).hexdigest()
             assert digest == before, page_id
