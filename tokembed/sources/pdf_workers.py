@@ -1,12 +1,13 @@
 """PDF pages rendered in worker processes (``--pdf-workers N``), for image models.
 
-PDFium renders one page at a time per process (it is not thread-safe), ~17 US Letter pages/s at 144 dpi on one
-core of the CI box: slower than a GPU encodes pages. With N workers the reading thread deals pages round-robin
-to N processes (``python -m tokembed.sources.pdf_workers``, requests and pages pickled over their stdin and
-stdout, each page's RGB pixels raw after a pickled header) and takes them back in page order. A worker renders and hashes a page exactly as the reading thread
-would (``pdf.render_pixels``, ``pdf.page_digest``) and keeps the last PDF it opened, so pixels, digests and error
-texts are the same whatever N is. Each worker has at most two pages in flight: the memory bound stays one chunk
-plus ``2 N`` pages. A PDF held by a Parquet/JSONL cell is written once to a temporary file the workers open.
+PDFium renders one page at a time per process (it is not thread-safe): 17-60 US Letter pages/s at 144 dpi on one
+core of the CI hosts, slower than a GPU encodes pages. With N workers the reading thread deals pages round-robin
+to N processes (``python -m tokembed.sources.pdf_workers``: requests pickled over their stdin; on their stdout a
+pickled header, then the page's RGB pixels raw) and takes them back in page order. A worker renders and hashes a
+page exactly as the reading thread would (``pdf.render_pixels``, ``pdf.page_digest``) and keeps the last PDF it
+opened, so pixels, digests and error texts are the same whatever N is. Each worker has at most two pages in
+flight: the memory bound stays one chunk plus ``2 N`` pages. A PDF held by a Parquet/JSONL cell is written once
+to a temporary file the workers open.
 
 Workers are plain subprocesses, not ``multiprocessing``: spawning would re-run the caller's main script, and
 forking a process that runs torch's threads is unsafe. A worker ignores Ctrl-C and exits when its stdin closes,
@@ -76,7 +77,6 @@ class _Worker:
         )
         self.pending: deque[tuple] = deque()
         _widen(self.process.stdout)
-
 
     def send(self, request: tuple) -> None:
         self.pending.append(request)
