@@ -42,7 +42,8 @@ def read_parquet(path: Path, options: SourceOptions, offset: int) -> Iterator[li
     size = chunk_size(options, use_image or use_video or (use_pdf and options.modality == "image"))
     from tokembed.sources.images import in_order
 
-    return chunked(in_order(_rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, has_ids, use_video)), size)
+    rows = _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, has_ids, use_video)
+    return chunked(in_order(rows) if use_image else rows, size)  # image rows decode on threads
 
 
 def _use_video(path: Path, names: list[str], options: SourceOptions) -> bool:
