@@ -105,11 +105,7 @@ def _pages_from_workers(pdf: Path | bytes, count: int, base_id: str, source: str
 
     pages = rendered_pages(pdf, count, options.pdf_workers, options.pdf_password, options.pdf_dpi, options.max_image_pixels)
     for number, (image, digest, error) in enumerate(pages, start=1):
-        page_id = f"{base_id}#page={number}"
-        if error is not None:
-            yield Item(page_id, None, source, row, error=error, source_file=base_id, page=number)
-        else:
-            yield Item(page_id, None, source, row, image=image, image_sha256=digest, source_file=base_id, page=number)
+        yield _page_row(base_id, source, row, number, image=image, image_sha256=digest, error=error)
 
 
 def open_pdf(pdf: Path | bytes, password: str | None):
@@ -170,22 +166,35 @@ def _has_no_pages(pdf: Path | bytes, password: str | None) -> bool:
 
 
 def _page_item(document, number: int, base_id: str, source: str, row: int, options: SourceOptions) -> Item:
-    page_id = f"{base_id}#page={number}"
     page = None
     try:
         page = document[number - 1]
         if options.modality == "image":
-            size, pixels = render_pixels(page, options.pdf_dpi, options.max_image_pixels)
-            digest = page_digest(size, pixels, options.pdf_dpi)
-            return Item(page_id, None, source, row, image=page_image(size, pixels), image_sha256=digest, source_file=base_id, page=number)
-        return Item(page_id, page_text(page), source, row, source_file=base_id, page=number)
+            size, pixels, digest = render_hashed(page, options.pdf_dpi, options.max_image_pixels)
+            return _page_row(base_id, source, row, number, image=page_image(size, pixels), image_sha256=digest)
+        return _page_row(base_id, source, row, number, text=page_text(page))
     except Exception as exc:  # PdfiumError, MemoryError, a page over the pixel limit, ...
-        what = "render" if options.modality == "image" else "read the text of"
-        reason = str(exc) or type(exc).__name__
-        return Item(page_id, None, source, row, error=f"cannot {what} page {number}: {reason}", source_file=base_id, page=number)
+        return _page_row(base_id, source, row, number, error=page_error(options.modality, number, exc))
     finally:
         if page is not None:
             page.close()
+
+
+def _page_row(base_id: str, source: str, row: int, number: int, text: str | None = None, **fields) -> Item:
+    """Page ``number`` of the PDF ``base_id`` as an item: id ``<base_id>#page=N``, with its file and page."""
+    return Item(f"{base_id}#page={number}", text, source, row, source_file=base_id, page=number, **fields)
+
+
+def page_error(modality: str, number: int, exc: Exception) -> str:
+    """Why page ``number`` is a bad row (the same text from the reading thread and from a render worker)."""
+    what = "render" if modality == "image" else "read the text of"
+    return f"cannot {what} page {number}: {str(exc) or type(exc).__name__}"
+
+
+def render_hashed(page, dpi: float, max_pixels: int) -> tuple[tuple[int, int], bytes, str]:
+    """``render_pixels`` and the ``page_digest`` of those pixels."""
+    size, pixels = render_pixels(page, dpi, max_pixels)
+    return size, pixels, page_digest(size, pixels, dpi)
 
 
 def render_pixels(page, dpi: float, max_pixels: int) -> tuple[tuple[int, int], bytes]:

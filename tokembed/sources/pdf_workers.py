@@ -4,7 +4,7 @@ PDFium renders one page at a time per process (it is not thread-safe): 17-60 US 
 core of the CI hosts, slower than a GPU encodes pages. With N workers the reading thread deals pages round-robin
 to N processes (``python -m tokembed.sources.pdf_workers``: requests pickled over their stdin; on their stdout a
 pickled header, then the page's RGB pixels raw) and takes them back in page order. A worker renders and hashes a
-page exactly as the reading thread would (``pdf.render_pixels``, ``pdf.page_digest``) and keeps the last PDF it
+page exactly as the reading thread would (``pdf.render_hashed``, ``pdf.page_error``) and keeps the last PDF it
 opened, so pixels, digests and error texts are the same whatever N is. Each worker has at most two pages in
 flight: the memory bound stays one chunk plus ``2 N`` pages. A PDF held by a Parquet/JSONL cell is written once
 to a temporary file the workers open.
@@ -169,7 +169,7 @@ def render_in_worker(path: str, password: str | None, number: int, dpi: float, m
     """One page as the reading thread would render it: ``((width, height), digest, None)`` and its RGB pixels,
     or ``(None, None, reason)`` and no pixels."""
     from tokembed._testhooks import fault_point
-    from tokembed.sources.pdf import PdfOpenError, open_pdf, page_digest, render_pixels
+    from tokembed.sources.pdf import PdfOpenError, open_pdf, page_error, render_hashed
 
     fault_point("render", number)
     page = None
@@ -181,12 +181,12 @@ def render_in_worker(path: str, password: str | None, number: int, dpi: float, m
             opened.clear()
             opened[key] = open_pdf(Path(path), password)
         page = opened[key][number - 1]
-        size, pixels = render_pixels(page, dpi, max_pixels)
-        return (size, page_digest(size, pixels, dpi), None), pixels
+        size, pixels, digest = render_hashed(page, dpi, max_pixels)
+        return (size, digest, None), pixels
     except PdfOpenError as exc:
         return (None, None, str(exc)), b""
     except Exception as exc:  # PdfiumError, MemoryError, a page over the pixel limit, ...
-        return (None, None, f"cannot render page {number}: {str(exc) or type(exc).__name__}"), b""
+        return (None, None, page_error("image", number, exc)), b""
     finally:
         if page is not None:
             page.close()
