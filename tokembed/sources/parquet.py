@@ -9,10 +9,12 @@ item per page (see ``pdf.py``), so a chunk may span rows or part of one row.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 from tokembed.errors import BadInputError
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, wanted_columns
+from tokembed.sources.parquet_pages import CorruptPage, InvalidUtf8, Unsupported, is_huge_text, text_cells
 
 
 def read_parquet(path: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
@@ -65,10 +67,12 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
     from tokembed.sources.video import attach_video, video_in_value
 
     row = 0
+    paged = use_text and not (use_image or use_pdf or use_video) and options.text_column != options.id_column
+    size = chunk_size(options, use_image or use_video or use_pdf)
     try:
-        for batch in handle.iter_batches(batch_size=chunk_size(options, use_image or use_video or use_pdf), columns=columns):
+        for batch, paged_texts in _batches(path, handle, columns, size, options.text_column, paged):
             count = batch.num_rows
-            texts = batch.column(options.text_column).to_pylist() if use_text else [None] * count
+            texts = paged_texts if paged_texts is not None else _texts(batch, options.text_column) if use_text else [None] * count
             ids = batch.column(options.id_column).to_pylist() if has_ids else [None] * count
             images = batch.column(options.image_column).to_pylist() if use_image else None
             pdfs = batch.column(options.pdf_column).to_pylist() if use_pdf else None
@@ -87,8 +91,42 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
                 else:
                     yield item if images is None else in_background(_with_image, item, images[i], path, options, use_text)
             row += count
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, CorruptPage, Unsupported) as exc:
         raise BadInputError(f"{path}: cannot read row group after row {row} ({exc})") from exc
+
+
+def _batches(path, handle, columns: list[str], size: int, text_column: str, paged: bool) -> Iterator:
+    """(record batch, None), or (record batch of the other columns, its texts) for a row group whose text
+    column is huge: that column is read page by page (see ``parquet_pages``)."""
+    groups = range(handle.metadata.num_row_groups)
+    huge = {group for group in groups if paged and is_huge_text(path, handle, group, text_column)}
+    if not huge:
+        yield from ((batch, None) for batch in handle.iter_batches(batch_size=size, columns=columns))
+        return
+    others = [column for column in columns if column != text_column]
+    for group in groups:
+        if group not in huge:
+            yield from ((batch, None) for batch in handle.iter_batches(batch_size=size, row_groups=[group], columns=columns))
+            continue
+        cells = text_cells(path, handle, group, text_column)
+        for batch in handle.iter_batches(batch_size=size, row_groups=[group], columns=others):
+            yield batch, list(islice(cells, batch.num_rows))
+
+
+def _texts(batch, column: str) -> list:
+    """The column's cells as Python values; a string cell that is not valid UTF-8 as ``InvalidUtf8``."""
+    values = batch.column(column)
+    try:
+        return values.to_pylist()
+    except UnicodeDecodeError:
+        return [_text(value) for value in values]
+
+
+def _text(scalar):
+    try:
+        return scalar.as_py()
+    except UnicodeDecodeError as exc:
+        return InvalidUtf8(exc.start)
 
 
 def _item(path: Path, row: int, global_row: int, raw_id, text, check_text: bool = True) -> Item:
@@ -99,6 +137,8 @@ def _item(path: Path, row: int, global_row: int, raw_id, text, check_text: bool 
         return Item(str(raw_id), None, source, row)
     if text is None:
         return Item(str(raw_id), None, source, row, error="null text")
+    if isinstance(text, InvalidUtf8):
+        return Item(str(raw_id), None, source, row, error=f"text is not valid UTF-8 (byte {text.byte})")
     if not isinstance(text, str):
         return Item(str(raw_id), None, source, row, error=f"text is {type(text).__name__}, not a string")
     return Item(str(raw_id), text, source, row)

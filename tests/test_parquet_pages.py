@@ -1,0 +1,161 @@
+"""A huge text cell of a Parquet file is read page by page (``sources/parquet_pages.py``): the same cells as
+pyarrow for every layout it reads (codecs, dictionary or plain, page versions 1 and 2, nulls, many pages and
+row groups, files written by pyarrow, Polars and DuckDB); other layouts stay with pyarrow; the reader's items
+are those of the pyarrow path; a corrupt page names the file."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import tokembed.sources.parquet_pages as pages
+from tokembed.errors import BadInputError
+from tokembed.sources import SourceOptions, open_sources
+from tokembed.sources.parquet_pages import InvalidUtf8, is_huge_text, text_cells
+
+WORDS = ["alpha", "naïve", "日本語", "😀", "", "x" * 300, "e\u0301"]
+
+
+def random_texts(seed: int, count: int, nulls: bool) -> list[str | None]:
+    rng = random.Random(seed)
+    return [
+        None if nulls and rng.random() < 0.2 else " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 20)))
+        for _ in range(count)
+    ]
+
+
+def cells_of(path, column: str = "text") -> list:
+    handle = pq.ParquetFile(path)
+    return [cell for group in range(handle.num_row_groups) for cell in text_cells(path, handle, group, column)]
+
+
+def pyarrow_cells(path, column: str = "text") -> list:
+    return pq.read_table(path, columns=[column]).column(column).to_pylist()
+
+
+LAYOUTS = list(itertools.product(
+    ["NONE", "snappy", "gzip", "zstd", "brotli"], [True, False], ["1.0", "2.0"], [True, False], [False, True], [64, 1 << 20]
+))
+
+
+@pytest.mark.parametrize("codec, dictionary, version, nulls, large, page_size", LAYOUTS)
+def test_cells_equal_pyarrows_in_every_layout_read_here(tmp_path, codec, dictionary, version, nulls, large, page_size):
+    texts = random_texts(LAYOUTS.index((codec, dictionary, version, nulls, large, page_size)), 450, nulls)
+    table = pa.table({"id": range(len(texts)), "text": pa.array(texts, pa.large_string() if large else pa.string())})
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path, compression=codec, use_dictionary=dictionary, data_page_version=version,
+                   data_page_size=page_size, row_group_size=200)
+    assert cells_of(path) == pyarrow_cells(path) == texts
+
+
+def test_a_required_column_and_a_dictionary_that_fell_back_to_plain(tmp_path):
+    """A non-nullable column has no definition levels; a dictionary over its size limit leaves later pages PLAIN."""
+    texts = random_texts(7, 3000, nulls=False) + ["big " * 300_000]
+    schema = pa.schema([pa.field("text", pa.string(), nullable=False)])
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": texts}, schema=schema), path, dictionary_pagesize_limit=2048, data_page_size=4096)
+    encodings = pq.ParquetFile(path).metadata.row_group(0).column(0).encodings
+    assert "PLAIN" in encodings and "RLE_DICTIONARY" in encodings
+    assert cells_of(path) == texts
+
+
+@pytest.mark.parametrize("writer", ["polars", "duckdb"])
+def test_files_of_other_writers(tmp_path, writer):
+    texts = random_texts(3, 2000, nulls=True)
+    texts[5] = "big " * 200_000
+    path = tmp_path / "t.parquet"
+    table = pa.table({"id": [str(i) for i in range(len(texts))], "text": texts})
+    if writer == "polars":
+        pl = pytest.importorskip("polars")  # a test extra: installed by .ci/run
+        pl.from_arrow(table).write_parquet(path, compression="zstd")
+    else:
+        duckdb = pytest.importorskip("duckdb")
+        connection = duckdb.connect()
+        connection.register("texts", table)
+        connection.execute(f"COPY texts TO '{path}' (FORMAT parquet)")
+    assert cells_of(path) == texts
+
+
+def test_a_cell_that_is_not_utf8_is_a_bad_cell_not_a_bad_file(tmp_path):
+    raw = pa.array([b"fine", b"\xff\xfe broken", None, "ok".encode()], pa.binary()).view(pa.string())
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": raw}), path)
+    cells = cells_of(path)
+    assert [cells[0], cells[2], cells[3]] == ["fine", None, "ok"]
+    assert isinstance(cells[1], InvalidUtf8) and cells[1].byte == 0
+
+
+@pytest.mark.parametrize("kind", ["lz4", "delta", "binary", "list"])
+def test_other_layouts_stay_with_pyarrow(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 10)
+    path = tmp_path / "t.parquet"
+    texts = ["some words here"] * 50
+    column = {"binary": pa.array([t.encode() for t in texts]), "list": pa.array([[t] for t in texts])}.get(kind, texts)
+    options = {"lz4": {"compression": "lz4"}, "delta": {"use_dictionary": False, "column_encoding": {"text": "DELTA_LENGTH_BYTE_ARRAY"}}}
+    pq.write_table(pa.table({"text": column}), path, **options.get(kind, {}))
+    assert not is_huge_text(path, pq.ParquetFile(path), 0, "text")
+
+
+def test_only_a_huge_page_makes_a_row_group_huge(tmp_path):
+    """Many small cells (pages cut at ~1 MB) stay with pyarrow, which decodes them faster; one cell over the
+    page limit sends its row group here."""
+    small = tmp_path / "small.parquet"
+    pq.write_table(pa.table({"text": ["a few words " * 10] * 200_000}), small, use_dictionary=False)
+    assert pq.ParquetFile(small).metadata.row_group(0).column(0).total_uncompressed_size > pages.HUGE_PAGE_BYTES
+    assert not is_huge_text(small, pq.ParquetFile(small), 0, "text")
+    huge = tmp_path / "huge.parquet"
+    pq.write_table(pa.table({"text": ["short", "word " * (pages.HUGE_PAGE_BYTES // 5 + 1)]}), huge)
+    assert is_huge_text(huge, pq.ParquetFile(huge), 0, "text")
+
+
+def read_items(path, **options):
+    return [(i.id, i.text, i.source, i.row, i.error) for chunk in open_sources([path], SourceOptions(chunk_rows=7, **options)) for i in chunk]
+
+
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_the_reader_gives_the_items_of_the_pyarrow_path(tmp_path, monkeypatch, with_ids):
+    """Row groups read page by page and row groups read by pyarrow, mixed in one file: the same ids, texts,
+    rows and bad-row errors (null, not UTF-8) as reading all of it with pyarrow."""
+    texts = pa.array([t.encode() if t is not None else None for t in random_texts(11, 120, nulls=True)], pa.binary())
+    texts = pa.concat_arrays([texts, pa.array([b"\xc3 cut"], pa.binary())]).view(pa.string())
+    columns = {"id": [f"d{i}" for i in range(len(texts))], "text": texts} if with_ids else {"text": texts}
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table(columns), path, row_group_size=30, data_page_size=256)
+    with_pyarrow = read_items(path)
+    paged = []
+    monkeypatch.setattr(pages, "text_cells", lambda *args: paged.append(args[2]) or text_cells(*args))
+    monkeypatch.setattr("tokembed.sources.parquet.text_cells", pages.text_cells)
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 600)  # some row groups have a page over it, some do not
+    assert read_items(path) == with_pyarrow
+    assert 0 < len(paged) < pq.ParquetFile(path).num_row_groups
+    assert {error for *_, error in with_pyarrow} == {None, "null text", "text is not valid UTF-8 (byte 0)"}
+
+
+def test_a_corrupt_page_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 100)
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": ["word " * 400] * 3}), path, compression="NONE", use_dictionary=False)
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    data = bytearray(path.read_bytes())
+    first_length = data.index((2000).to_bytes(4, "little"), chunk.data_page_offset)
+    data[first_length : first_length + 4] = (1 << 30).to_bytes(4, "little")  # a PLAIN length runs past its page
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadInputError, match=r"t\.parquet: cannot read row group after row 0 \(a corrupt page"):
+        read_items(path)
+
+
+def test_a_corrupt_page_header_leaves_the_row_group_to_pyarrow(tmp_path, monkeypatch):
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 100)
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": ["word " * 400] * 3}), path, compression="NONE", use_dictionary=False)
+    offset = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 12] = b"\x00" * 12  # the header's first byte ends it at once: no page size in it
+    path.write_bytes(bytes(data))
+    assert not is_huge_text(path, pq.ParquetFile(path), 0, "text")
+    with pytest.raises(BadInputError, match=r"t\.parquet: cannot read row group after row 0"):
+        read_items(path)
