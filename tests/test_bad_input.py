@@ -76,6 +76,30 @@ def test_non_utf8_text_file(cli, good_index, tmp_path):
     assert "latin1.txt" in result.stderr and "not valid UTF-8" in result.stderr
 
 
+def test_lone_surrogate_and_invalid_utf8_cells_are_bad_rows_not_crashes(cli, good_index, tmp_path):
+    """JSON's "\\ud800" escape decodes to a lone surrogate, which no tokenizer takes (it stopped the run with a
+    TypeError from the tokenizer); a Parquet string cell whose bytes are not UTF-8 stopped it with a
+    UnicodeDecodeError. Both are bad rows now: named under --on-error fail, recorded under skip."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = tmp_path / "bad.jsonl"
+    lines.write_text('{"id": "x", "text": "fine"}\n{"id": "y", "text": "caf\\ud800e"}\n', encoding="utf-8")
+    result = run_bad(cli, good_index, lines)
+    assert result.exit_code == BAD_INPUT
+    assert "bad.jsonl row 1 (id 'y'): text is not valid Unicode (a lone surrogate, U+D800, at character 3)" in result.stderr
+    cells = tmp_path / "bad.parquet"
+    texts = pa.array([b"fine", b"caf\xe9"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"id": ["p", "z"], "text": texts}), cells)
+    result = run_bad(cli, good_index, cells)
+    assert result.exit_code == BAD_INPUT
+    assert "bad.parquet row 1 (id 'z'): text is not valid UTF-8 (byte 3)" in result.stderr
+    out = tmp_path / "skipped"
+    assert cli("encode", lines, cells, "-o", out, "--on-error", "skip").exit_code == 0
+    assert sorted(read_index(out)) == ["p", "x"]
+    assert sorted(entry["id"] for entry in manifest(out)["skipped"]) == ["y", "z"]
+
+
 def test_duplicate_id_names_both_rows(cli, good_index, tmp_path):
     bad = write_parquet(tmp_path / "bad.parquet", [{"id": "a", "text": "1"}, {"id": "b", "text": "2"}, {"id": "a", "text": "3"}])
     result = run_bad(cli, good_index, bad)

@@ -283,6 +283,19 @@ def test_bad_utf8_in_a_query_file_names_file_and_line(tmp_path, suffix):
         read_queries(path)
 
 
+def test_a_query_with_a_lone_surrogate_is_named_not_a_tokenizer_crash(tmp_path):
+    """JSON's "\\udc00" escape, or a byte of argv Python could not decode, is a lone surrogate: no tokenizer
+    takes it."""
+    from tokembed.search.queries import as_queries
+
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": "\\udc00 x"}\n', encoding="utf-8")
+    with pytest.raises(BadInputError, match=r"query 'b': text is not valid Unicode \(a lone surrogate, U\+DC00, at character 0\)"):
+        read_queries(path)
+    with pytest.raises(BadInputError, match="query 'q1': text is not valid Unicode"):
+        as_queries(["caf\udcff"])  # the library's entry point
+
+
 def test_query_file_errors(tmp_path):
     with pytest.raises(BadInputError, match="no such query file"):
         read_queries(tmp_path / "missing.txt")

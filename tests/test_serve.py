@@ -198,3 +198,13 @@ def test_score_raw_model_uses_raw_vectors(minilm_server):
 
 
 # -- dynamic batching ----------------------------------------------------------------------------------------
+
+
+def test_a_lone_surrogate_is_the_clients_400_not_a_500(minilm_server):
+    """JSON's "\\ud800" escape decodes to a lone surrogate, which the tokenizer refuses with a TypeError."""
+    body = b'{"input": ["fine", "bad \\ud800 text"]}'
+    response = httpx.post(minilm_server.url + "/pooling", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "input" and "input 1: text is not valid Unicode (a lone surrogate, U+D800" in error["message"]
+    assert minilm_server.post("/pooling", {"input": ["fine"]}).status_code == 200

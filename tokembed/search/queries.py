@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokembed.errors import BadInputError
+from tokembed.sources.base import unicode_problem
 
 QUERY_SUFFIXES = (".txt", ".tsv", ".jsonl", ".parquet")
 
@@ -74,6 +75,8 @@ def check_queries(queries: Queries, source: str) -> Queries:
     for qid, text in zip(queries.ids, queries.texts):
         if not isinstance(text, str):
             raise BadInputError(f"{source}: query {qid!r} is {type(text).__name__}, not a string")
+        if problem := unicode_problem(text):
+            raise BadInputError(f"{source}: query {qid!r}: {problem}")
     if len(set(queries.ids)) != len(queries.ids):
         seen: set[str] = set()
         dup = next(q for q in queries.ids if q in seen or seen.add(q))

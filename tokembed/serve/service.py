@@ -34,6 +34,7 @@ from tokembed.serve.lora import attach_adapters as _attach_adapters
 from tokembed.serve.lora import batch_key as _batch_key
 from tokembed.serve.schemas import APIError, PoolingRequest, RerankRequest, ScoreRequest
 from tokembed.serve.vectors import encode_base64, finish, finite, maxsim, pair_scores
+from tokembed.sources.base import unicode_problem
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags, resolve
 
 SUPPORTED_TASKS = ("token_embed",)
@@ -248,6 +249,9 @@ class EmbeddingService:
         return q_vecs, d_vecs, tokens
 
     async def _tokenize(self, key: str, texts: list[str], truncate: int | None, operation: str) -> list:
+        for index, text in enumerate(texts):
+            if problem := unicode_problem(text):  # no tokenizer takes it: the client's error, not a 500
+                raise APIError(f"input {index}: {problem}", param="input")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._tokenize_thread, self._tokenize_now, key, texts, truncate, operation)
 

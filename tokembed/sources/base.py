@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,28 @@ def open_sources(inputs: list[Path], options: SourceOptions) -> Iterator[list[It
             for file, reader in _readers(path, options):
                 for chunk in reader(file, options, offset):
                     offset += len(chunk)
-                    yield chunk
+                    yield [_unicode_checked(item) for item in chunk]
                     del chunk  # not alive while the next chunk is read: a chunk of decoded images is large
     finally:
         if "tokembed.sources.pdf_workers" in sys.modules:  # --pdf-workers started render processes: stop them
             sys.modules["tokembed.sources.pdf_workers"].close_render_pool()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (a lone surrogate, which JSON's ``\\ud800`` escapes and broken PDF text
+    layers can hold, and which no tokenizer takes), or None."""
+    found = None if text.isascii() else _SURROGATE.search(text)
+    if found is None:
+        return None
+    return f"text is not valid Unicode (a lone surrogate, U+{ord(found.group()):04X}, at character {found.start()})"
+
+
+def _unicode_checked(item: Item) -> Item:
+    problem = unicode_problem(item.text) if item.error is None and item.text else None
+    return item if problem is None else replace(item, text=None, image=None, error=problem)
 
 
 def _readers(path: Path, options: SourceOptions) -> list:
