@@ -100,6 +100,19 @@ def test_lone_surrogate_and_invalid_utf8_cells_are_bad_rows_not_crashes(cli, goo
     assert sorted(entry["id"] for entry in manifest(out)["skipped"]) == ["y", "z"]
 
 
+def test_json_the_parser_gives_up_on_is_a_bad_row(cli, tmp_path):
+    """An integer past Python's 4,300-digit limit (a ValueError) and nesting too deep for the parser (a
+    RecursionError) are not JSONDecodeErrors: they stopped the run with a traceback."""
+    lines = tmp_path / "c.jsonl"
+    lines.write_text('{"id": "x", "text": "fine"}\n{"id": ' + "9" * 5000 + ', "text": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    out = tmp_path / "index"
+    assert cli("encode", lines, "-o", out, "--on-error", "skip").exit_code == 0
+    assert list(read_index(out)) == ["x"]
+    reasons = [entry["reason"] for entry in manifest(out)["skipped"]]
+    assert [reason.split(" (")[0] for reason in reasons] == ["not valid JSON", "not valid JSON"], reasons
+    assert "4300 digits" in reasons[0] and "recursion" in reasons[1]
+
+
 def test_duplicate_id_names_both_rows(cli, good_index, tmp_path):
     bad = write_parquet(tmp_path / "bad.parquet", [{"id": "a", "text": "1"}, {"id": "b", "text": "2"}, {"id": "a", "text": "3"}])
     result = run_bad(cli, good_index, bad)

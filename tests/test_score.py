@@ -296,6 +296,13 @@ def test_a_query_with_a_lone_surrogate_is_named_not_a_tokenizer_crash(tmp_path):
         as_queries(["caf\udcff"])  # the library's entry point
 
 
+def test_json_the_parser_gives_up_on_names_the_query_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"text": "fine"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(BadInputError, match="q.jsonl line 2: not valid JSON .*recursion"):
+        read_queries(path)
+
+
 def test_query_file_errors(tmp_path):
     with pytest.raises(BadInputError, match="no such query file"):
         read_queries(tmp_path / "missing.txt")

@@ -141,6 +141,8 @@ def _read_jsonl(path: Path, id_column: str, text_column: str) -> Queries:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise BadInputError(f"{path} line {number}: not valid JSON ({exc.msg})") from exc
+        except (ValueError, RecursionError) as exc:  # nesting too deep; an integer past Python's digit limit
+            raise BadInputError(f"{path} line {number}: not valid JSON ({exc})") from exc
         if not isinstance(record, dict):
             raise BadInputError(f"{path} line {number}: not a JSON object")
         if text_column not in record:

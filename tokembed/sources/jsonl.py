@@ -54,12 +54,21 @@ def _decoded(raw: bytes) -> str | bytes:
         return raw
 
 
-def _record_value(line: str | bytes, field: str):
+def _parsed(line: str | bytes) -> tuple[dict | None, str | None]:
+    """The line's JSON object, or why it is none: bad JSON (bytes that do not decode included), nesting too
+    deep for the parser, an integer past Python's digit limit, or another JSON value."""
     try:
         record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return record.get(field) if isinstance(record, dict) else None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None, f"not valid JSON ({exc})"
+    if not isinstance(record, dict):
+        return None, "line is not a JSON object"
+    return record, None
+
+
+def _record_value(line: str | bytes, field: str):
+    record, _ = _parsed(line)
+    return None if record is None else record.get(field)
 
 
 def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions) -> Iterator[Item]:
@@ -67,13 +76,9 @@ def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: 
     from tokembed.sources.pdf import row_pages
 
     source = str(path)
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        yield Item(str(global_row), None, source, row, error=f"not valid JSON ({exc})")
-        return
-    if not isinstance(record, dict):
-        yield Item(str(global_row), None, source, row, error="line is not a JSON object")
+    record, error = _parsed(line)
+    if error is not None:
+        yield Item(str(global_row), None, source, row, error=error)
         return
     if options.pdf_column not in record:
         raise BadInputError(f"{source} row {row}: no PDF field {options.pdf_column!r} (fields: {', '.join(record)})")
@@ -97,12 +102,9 @@ def _json_bytes(value):
 
 def _item(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions) -> Item:
     source = str(path)
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return Item(str(global_row), None, source, row, error=f"not valid JSON ({exc})")
-    if not isinstance(record, dict):
-        return Item(str(global_row), None, source, row, error="line is not a JSON object")
+    record, error = _parsed(line)
+    if error is not None:
+        return Item(str(global_row), None, source, row, error=error)
     if options.id_column_given and options.id_column not in record:
         raise BadInputError(f"{source} row {row}: no id field {options.id_column!r}")
     raw_id = record.get(options.id_column, global_row)
