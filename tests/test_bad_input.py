@@ -153,3 +153,14 @@ def test_usage_errors_exit_2(cli, tmp_path):
     result = cli("encode", corpus, "-o", tmp_path / "i", "--mode", "colbert")  # demo model has no ColBERT settings
     assert result.exit_code == 2 and "--mode colbert needs a ColBERT checkpoint" in result.stderr
     assert cli("encode", corpus, "--kind", "nonsense").exit_code == 2
+
+
+def test_an_output_that_is_a_file_is_a_usage_error_and_the_file_is_untouched(cli, tmp_path):
+    """``-o corpus.parquet`` (the input given twice by mistake) stopped with a FileExistsError traceback."""
+    corpus = write_parquet(tmp_path / "c.parquet", [{"id": "a", "text": "alpha"}])
+    before = corpus.read_bytes()
+    result = cli("encode", corpus, "-o", corpus)
+    assert result.exit_code == 2 and "c.parquet: exists and is not a folder" in result.stderr
+    assert corpus.read_bytes() == before
+    result = cli("encode", corpus, "-o", corpus / "index")
+    assert result.exit_code == 8 and "cannot create the index folder" in result.stderr and "Not a directory" in result.stderr

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from tokembed.errors import IndexLockedError
+from tokembed.errors import IndexLockedError, IndexWriteError, UsageError
 
 LOCK_NAME = ".lock"
 
@@ -23,8 +23,7 @@ class IndexLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "IndexLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         deadline = time.monotonic() + self.wait_seconds
         while True:
             try:
@@ -49,6 +48,17 @@ class IndexLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+    def _open(self) -> int:
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder}: exists and is not a folder (an index is a folder)", hint="choose another --output")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise IndexWriteError(f"{folder}: cannot create the index folder or its lock file ({exc.strerror})") from exc
 
 
 def _read_pid(fd: int) -> str | None:
