@@ -303,6 +303,29 @@ def test_json_the_parser_gives_up_on_names_the_query_line(tmp_path):
         read_queries(path)
 
 
+def test_parquet_queries_are_read_as_a_corpus_is(tmp_path, monkeypatch):
+    """A huge query cell is read page by page; a null or non-UTF-8 cell is named by its row (from 1)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import tokembed.sources.parquet_pages as pages
+
+    path = tmp_path / "q.parquet"
+    texts = ["short query", "word " * 2000]
+    pq.write_table(pa.table({"text": texts}), path)
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 5000)
+    read = []
+    monkeypatch.setattr("tokembed.sources.parquet.text_cells", lambda *args: read.append(args[2]) or pages.text_cells(*args))
+    queries = read_queries(path)
+    assert (queries.ids, queries.texts, read) == (["1", "2"], texts, [0])
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["fine", None]}), path)
+    with pytest.raises(BadInputError, match=r"q\.parquet row 2: null text"):
+        read_queries(path)
+    pq.write_table(pa.table({"text": pa.array([b"caf\xe9"], pa.binary()).view(pa.string())}), path)
+    with pytest.raises(BadInputError, match=r"q\.parquet row 1: text is not valid UTF-8 \(byte 3\)"):
+        read_queries(path)
+
+
 def test_query_file_errors(tmp_path):
     with pytest.raises(BadInputError, match="no such query file"):
         read_queries(tmp_path / "missing.txt")

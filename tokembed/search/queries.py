@@ -157,23 +157,23 @@ def _read_jsonl(path: Path, id_column: str, text_column: str) -> Queries:
 
 
 def _read_parquet(path: Path, id_column: str, text_column: str) -> Queries:
+    """Read as a corpus is (``sources.parquet``: a huge cell page by page); ids are row numbers from 1 where
+    the file has no id column."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from tokembed.sources.base import SourceOptions
+    from tokembed.sources.parquet import read_parquet
+
     try:
-        names = pq.read_schema(path).names
-        if text_column not in names:
-            raise BadInputError(f"{path}: no text column {text_column!r} (columns: {', '.join(names)})")
-        columns = [text_column] + ([id_column] if id_column in names else [])
-        table = pq.read_table(path, columns=columns)
+        has_ids = id_column in pq.read_schema(path).names
     except (pa.ArrowException, OSError) as exc:
         raise BadInputError(f"{path}: not a readable Parquet file ({exc})") from exc
-    try:
-        texts = table.column(text_column).to_pylist()
-        ids = table.column(id_column).to_pylist() if id_column in names else list(range(1, len(texts) + 1))
-    except UnicodeDecodeError as exc:
-        raise BadInputError(f"{path}: a string is not valid UTF-8 ({exc.reason})") from exc
-    for row, text in enumerate(texts, start=1):
-        if not isinstance(text, str):
-            raise BadInputError(f"{path} row {row}: text is {type(text).__name__}, not a string")
-    return Queries([str(i) for i in ids], texts)
+    queries = Queries()
+    for chunk in read_parquet(path, SourceOptions(id_column=id_column, text_column=text_column), 0):
+        for item in chunk:
+            if item.error is not None:
+                raise BadInputError(f"{path} row {item.row + 1}: {item.error}")
+            queries.ids.append(item.id if has_ids else str(item.row + 1))
+            queries.texts.append(item.text)
+    return queries
