@@ -1,9 +1,11 @@
-"""Reading a folder of page images: pages/s decoded by one thread against the decoding threads.
+"""Reading page images (a folder; a JSONL file of base64 images): pages/s decoded by one thread against the
+decoding threads.
 
     python bench/images.py [--pages 120] [--repeats 3]
 
 Generates US Letter page screenshots at 144 dpi (1224x1584: text lines and a coloured block; half PNG, half
-JPEG; nothing downloaded) and reads the folder through tokembed's reader (``open_sources``, modality image:
+JPEG; nothing downloaded), also as one JSONL file of ``{"id", "image": {"bytes": <base64>}}`` records, and
+reads each through tokembed's reader (``open_sources``, modality image:
 read, sha256, decode, EXIF, RGB) with ``images.DECODE_THREADS`` = 1 and with the default, alternating,
 medians of ``--repeats``, warm (one read before). The reader is one of the three stages an image corpus
 passes (reader, processor, forward; see ``bench/pdf.py`` for the other two): it must keep up with a GPU.
@@ -37,6 +39,16 @@ def write_pages(folder: Path, count: int) -> None:
         page.save(folder / (f"{number:04d}.png" if number % 2 else f"{number:04d}.jpg"))
 
 
+def write_jsonl(folder: Path, path: Path) -> Path:
+    import base64
+    import json
+
+    with open(path, "w") as lines:
+        for file in sorted(folder.iterdir()):
+            lines.write(json.dumps({"id": file.name, "image": {"bytes": base64.b64encode(file.read_bytes()).decode()}}) + "\n")
+    return path
+
+
 def read_rate(folder: Path) -> float:
     from tokembed.sources import SourceOptions, open_sources
 
@@ -54,18 +66,19 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="tokembed-images-"))
     write_pages(folder, args.pages)
+    corpora = {"folder": folder, "JSONL (base64)": write_jsonl(folder, folder.parent / f"{folder.name}.jsonl")}
     default = images.DECODE_THREADS
     threads = min(default, os.cpu_count() or 1)
-    read_rate(folder)  # warm: the files in the page cache, Pillow's plugins imported
-    rates: dict[int, list[float]] = {1: [], default: []}
-    for _ in range(args.repeats):
-        for count in rates:
-            images.DECODE_THREADS = count
-            rates[count].append(read_rate(folder))
-    one, many = (statistics.median(values) for values in rates.values())
     print(f"{args.pages} Letter page images (1224x1584, half PNG, half JPEG), cpu count {os.cpu_count()}, median of {args.repeats}")
-    print(f"  one decoding thread        {one:7.1f} pages/s")
-    print(f"  {threads} decoding threads       {many:7.1f} pages/s   {many / one:.2f}x")
+    for name, corpus in corpora.items():
+        read_rate(corpus)  # warm: the files in the page cache, Pillow's plugins imported
+        rates: dict[int, list[float]] = {1: [], default: []}
+        for _ in range(args.repeats):
+            for count in rates:
+                images.DECODE_THREADS = count
+                rates[count].append(read_rate(corpus))
+        one, many = (statistics.median(values) for values in rates.values())
+        print(f"  {name:<15} one decoding thread  {one:7.1f} pages/s; {threads} decoding threads {many:7.1f} pages/s   {many / one:.2f}x")
 
 
 if __name__ == "__main__":

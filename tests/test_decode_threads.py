@@ -59,3 +59,38 @@ def test_threads_decode_what_one_thread_decodes(corpora, monkeypatch):
     assert threads == {threading.current_thread().name}
     assert all(same_rows(one, other) for one, other in zip(decoded, alone))
     assert [row[0] for row in decoded[0]] == [f"{n:02d}.png" for n in range(23)]
+
+
+def test_jsonl_image_fields_decode_on_threads_in_order(tmp_path, monkeypatch):
+    """base64 images of a JSONL file decode on the threads (they decoded in the reading thread before); a PDF
+    in an image field still becomes its pages, in place; bad fields keep their errors."""
+    import base64
+    import json
+
+    import tokembed.sources.jsonl as jsonl
+    from pdfs import image_pdf
+
+    data = pictures(15)
+    data[3] = BAD_IMAGES["not-an-image"][0]()
+    pdf = image_pdf(tmp_path / "two.pdf", [(250, 0, 0), (0, 0, 250)]).read_bytes()
+    fields = [{"bytes": base64.b64encode(blob).decode(), "path": None} for blob in data]
+    fields[7] = {"bytes": base64.b64encode(pdf).decode(), "path": "two.pdf"}
+    fields[9] = {"bytes": "not base64 at all!", "path": None}
+    path = tmp_path / "images.jsonl"
+    path.write_text("".join(json.dumps({"id": f"j{i}", "image": field}) + "\n" for i, field in enumerate(fields)))
+    real, threads = jsonl._with_image, set()
+
+    def spy(*args):
+        threads.add(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(jsonl, "_with_image", spy)
+    decoded = read(path)
+    assert threads and all(name.startswith("tokembed-decode") for name in threads)
+    ids = [f"j{i}" for i in range(7)] + ["j7#page=1", "j7#page=2"] + [f"j{i}" for i in range(8, 15)]
+    assert [row[0] for row in decoded] == ids
+    assert [row[0] for row in decoded if row[1]] == ["j3", "j9"]
+    monkeypatch.setattr(images, "DECODE_THREADS", 1)
+    threads.clear()
+    assert same_rows(decoded, read(path))
+    assert threads == {threading.current_thread().name}

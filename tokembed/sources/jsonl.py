@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokembed.errors import BadInputError
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, wanted_columns
 
 
 def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
-    return chunked(_items(path, options, offset), chunk_size(options, options.modality != "text"))
+    from tokembed.sources.images import in_order
+
+    items = _items(path, options, offset)
+    image_rows = options.modality != "text"
+    return chunked(in_order(items) if image_rows else items, chunk_size(options, image_rows))  # images decode on threads
 
 
-def _items(path: Path, options: SourceOptions, offset: int) -> Iterator[Item]:
+def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
+    """Items line by line; a record whose image field holds a PDF becomes one item per page; an image is
+    decoded in the background (a future, see ``images.in_order``)."""
+    from tokembed.sources.images import in_background
     from tokembed.sources.pdf import pdf_in_value, row_pages
 
     row = -1
@@ -35,14 +43,28 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator[Item]:
             if options.pdf_column_given:
                 yield from _pdf_row(path, line, row, offset + row, options)
                 continue
-            item = _item(path, line, row, offset + row, options)
-            # a PDF never decodes as an image: only a row whose image failed may hold one
-            value = _json_bytes(_record_value(line, options.image_column)) if item.error and options.modality != "text" else None
+            item, image = _item(path, line, row, offset + row, options)
             del line
-            if value is not None and pdf_in_value(value, path.parent) is not None:
-                yield from row_pages(replace(item, error=None), value, path.parent, options)
-            else:
+            if image is None:
                 yield item
+            elif pdf_in_value(image.value, path.parent) is not None:
+                yield from row_pages(item, image.value, path.parent, options)
+            else:
+                yield in_background(_with_image, item, image, path.parent, options.max_image_pixels)
+
+
+@dataclass
+class _Image:
+    """A record's image field, still to decode; ``either``: the record's text alone would also do."""
+
+    value: Any
+    either: bool
+
+
+def _with_image(item: Item, image: _Image, base: Path, max_pixels: int) -> Item:
+    from tokembed.sources.images import attach_image
+
+    return attach_image(item, image.value, base, max_pixels, either=image.either)
 
 
 def _decoded(raw: bytes) -> str | bytes:
@@ -64,11 +86,6 @@ def _parsed(line: str | bytes) -> tuple[dict | None, str | None]:
     if not isinstance(record, dict):
         return None, "line is not a JSON object"
     return record, None
-
-
-def _record_value(line: str | bytes, field: str):
-    record, _ = _parsed(line)
-    return None if record is None else record.get(field)
 
 
 def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions) -> Iterator[Item]:
@@ -100,32 +117,32 @@ def _json_bytes(value):
     return value
 
 
-def _item(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions) -> Item:
+def _item(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions) -> tuple[Item, _Image | None]:
+    """The record's item, and its image field when that is still to be decoded."""
     source = str(path)
     record, error = _parsed(line)
     if error is not None:
-        return Item(str(global_row), None, source, row, error=error)
+        return Item(str(global_row), None, source, row, error=error), None
     if options.id_column_given and options.id_column not in record:
         raise BadInputError(f"{source} row {row}: no id field {options.id_column!r}")
     raw_id = record.get(options.id_column, global_row)
     if _video_field(record, options, f"{source} row {row}"):
         from tokembed.sources.video import attach_video
 
-        return attach_video(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent)
+        return attach_video(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent), None
     use_text, use_image = wanted_columns(f"{source} row {row}", list(record), options, what="field")
     if use_text:
         item = _text_item(str(raw_id), source, row, record.get(options.text_column))
     else:
         item = Item(str(raw_id), None, source, row)
-    if use_image:
-        from tokembed.sources.images import attach_image
-        from tokembed.sources.video import attach_video, video_in_value
+    if not use_image:
+        return item, None
+    from tokembed.sources.video import attach_video, video_in_value
 
-        value = record.get(options.image_column)
-        if video_in_value(_json_bytes(value), path.parent):  # an image field holding a video
-            return attach_video(item, _json_bytes(value), path.parent)
-        item = attach_image(item, value, path.parent, options.max_image_pixels, either=use_text)
-    return item
+    value = _json_bytes(record.get(options.image_column))  # base64 decoded once, here
+    if video_in_value(value, path.parent):  # an image field holding a video
+        return attach_video(item, value, path.parent), None
+    return item, _Image(value, either=use_text)
 
 
 def _video_field(record: dict, options: SourceOptions, where: str) -> bool:
