@@ -159,3 +159,14 @@ def test_a_corrupt_page_header_leaves_the_row_group_to_pyarrow(tmp_path, monkeyp
     assert not is_huge_text(path, pq.ParquetFile(path), 0, "text")
     with pytest.raises(BadInputError, match=r"t\.parquet: cannot read row group after row 0"):
         read_items(path)
+
+
+def test_an_incompressible_cell_whose_page_grows_when_compressed(tmp_path):
+    """snappy makes random text a little larger: a page's compressed size may exceed the chunk's uncompressed size."""
+    rng = random.Random(0)
+    text = "".join(chr(rng.randrange(33, 0x2FF)) for _ in range(200_000))
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": [text]}), path, use_dictionary=False)
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    assert chunk.total_compressed_size > chunk.total_uncompressed_size
+    assert cells_of(path) == [text]

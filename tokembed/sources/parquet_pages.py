@@ -2,9 +2,9 @@
 
 pyarrow decodes a whole column chunk into Arrow arrays before a row can be read: a 100 MB cell costs the
 compressed chunk, the decompressed page, the column's buffers and then the Python string (~+400 MB). Here a
-row group whose text column is huge is read straight from its pages: a page is decompressed, its cells
-become strings one at a time, and the page is dropped before its last cell is handed on (~+200 MB: the
-decompressed page and the string). Only the plain layout pyarrow, pandas, Polars and Spark write is read
+row group whose text column is huge is read straight from its pages: a page is read and decompressed, its
+cells become strings, and the page is dropped before they are handed on (~+200 MB for a 100 MB cell: the
+decompressed page and the string, the floor for any reader of a compressed cell). Only the plain layout pyarrow, pandas, Polars and Spark write is read
 here: a flat, optional or required UTF-8 ``BYTE_ARRAY`` column, PLAIN or dictionary encoded, data pages v1
 or v2, uncompressed, snappy, gzip, zstd or brotli (pyarrow names both of Parquet's LZ4 codecs "LZ4", so
 those stay with pyarrow). Anything else is left to pyarrow (``is_huge_text``
@@ -79,7 +79,8 @@ def text_cells(path, handle, group: int, column: str) -> Iterator[str | InvalidU
     with open(path, "rb") as stream:
         stream.seek(_start(chunk))
         try:
-            yield from _chunk_cells(stream, chunk.num_values, codec, nullable)
+            sizes = (chunk.total_uncompressed_size, chunk.total_compressed_size)
+            yield from _chunk_cells(stream, chunk.num_values, codec, nullable, sizes)
         except (ValueError, IndexError, KeyError, TypeError, RecursionError, struct.error) as exc:
             raise CorruptPage(f"a corrupt page in column {column!r}: {exc}") from exc
 
@@ -103,12 +104,16 @@ def _readable(handle, index: int, chunk) -> bool:
     )
 
 
-def _chunk_cells(stream, num_values: int, codec: str | None, nullable: bool) -> Iterator[str | None]:
+def _chunk_cells(stream, num_values: int, codec: str | None, nullable: bool, limits: tuple[int, int]) -> Iterator[str | None]:
+    """The chunk's cells; ``limits``: its sizes (uncompressed, compressed), which no page of it exceeds."""
     dictionary: list[str] | None = None
     done = 0
     while done < num_values:
         header = _read_header(stream)
         kind, size, compressed_size = header.get(1), header.get(2), header.get(3)
+        if not (isinstance(size, int) and isinstance(compressed_size, int)
+                and 0 <= size <= limits[0] and 0 <= compressed_size <= limits[1]):
+            raise ValueError(f"a page header's sizes ({size!r}, {compressed_size!r} compressed) exceed its chunk's")
         if kind == _DICTIONARY_PAGE:
             dictionary = _dictionary(_decompressed(stream.read(compressed_size), size, codec), header[7])
         elif kind in (_DATA_PAGE, _DATA_PAGE_V2):
