@@ -170,3 +170,25 @@ def test_an_incompressible_cell_whose_page_grows_when_compressed(tmp_path):
     chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)
     assert chunk.total_compressed_size > chunk.total_uncompressed_size
     assert cells_of(path) == [text]
+
+
+def test_corrupt_bytes_anywhere_in_the_pages_give_a_bad_input_error_or_the_cells(tmp_path, monkeypatch):
+    """Random bytes over page headers and data (fixed seed): the reader names the file, or reads what is there;
+    it never raises anything else, nor allocates what a corrupt header claims."""
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 100)
+    base = tmp_path / "base.parquet"
+    pq.write_table(pa.table({"id": [str(i) for i in range(40)], "text": [f"word {i} " * 300 for i in range(40)]}), base, row_group_size=10)
+    data, footer = base.read_bytes(), pq.ParquetFile(base).metadata.serialized_size
+    rng, path, outcomes = random.Random(0), tmp_path / "t.parquet", {"read": 0, "named": 0}
+    for _ in range(150):
+        corrupt = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            corrupt[rng.randrange(4, len(data) - footer - 8)] = rng.randrange(256)
+        path.write_bytes(bytes(corrupt))
+        try:
+            read_items(path)
+            outcomes["read"] += 1
+        except BadInputError as exc:
+            assert "t.parquet" in str(exc)
+            outcomes["named"] += 1
+    assert outcomes["read"] and outcomes["named"], outcomes
