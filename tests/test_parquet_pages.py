@@ -192,3 +192,12 @@ def test_corrupt_bytes_anywhere_in_the_pages_give_a_bad_input_error_or_the_cells
             assert "t.parquet" in str(exc)
             outcomes["named"] += 1
     assert outcomes["read"] and outcomes["named"], outcomes
+
+
+def test_pages_with_fewer_cells_than_rows_are_an_error_not_lost_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 100)
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": ["word " * 400] * 3}), path)
+    monkeypatch.setattr("tokembed.sources.parquet.text_cells", lambda *args: itertools.islice(text_cells(*args), 2))
+    with pytest.raises(BadInputError, match="fewer cells than rows"):
+        read_items(path)

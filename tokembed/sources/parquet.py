@@ -110,7 +110,10 @@ def _batches(path, handle, columns: list[str], size: int, text_column: str, page
             continue
         cells = text_cells(path, handle, group, text_column)
         for batch in handle.iter_batches(batch_size=size, row_groups=[group], columns=others):
-            yield batch, list(islice(cells, batch.num_rows))
+            texts = list(islice(cells, batch.num_rows))
+            if len(texts) != batch.num_rows:  # never a row silently dropped: the pages hold fewer cells than rows
+                raise CorruptPage(f"row group {group}'s text column has fewer cells than rows")
+            yield batch, texts
 
 
 def _texts(batch, column: str) -> list:
