@@ -199,3 +199,18 @@ def test_an_index_of_pdf_pages_exports_their_file_and_page(cli, checkpoint, tmp_
 
     table = lancedb.connect(str(tmp_path / "lance")).open_table("documents").to_arrow()
     assert table.column("page").to_pylist() == [None, 1, 2] and table.column("source_file").to_pylist()[1] == "manuals/m.pdf"
+
+
+def test_an_empty_index_exports_one_file_of_no_rows_that_duckdb_reads(cli, tmp_path):
+    """A glob over a folder with no files is an error in DuckDB ("No files found"): the empty index's export
+    holds one file with the schema and no rows."""
+    import duckdb
+
+    corpus = write_parquet(tmp_path / "empty.parquet", [])
+    index, out = tmp_path / "index", tmp_path / "export"
+    assert cli("encode", corpus, "-o", index).exit_code == 0
+    result = cli("export", index, "--to", out, "--format", "parquet", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows"] == 0 and [f.name for f in out.iterdir()] == ["part-000000.parquet"]
+    relation = duckdb.sql(f"SELECT * FROM read_parquet('{out}/*.parquet')")
+    assert relation.columns == ["id", "token_ids", "embeddings"] and relation.fetchall() == []

@@ -143,8 +143,13 @@ def _write_parquet(index, to: Path, schema, log) -> tuple[int, int]:
             raise IndexWriteError(f"{final}: cannot write ({exc.strerror or exc})") from exc
         written += final.stat().st_size
         log(f"{final.name}: {shard['rows']} rows, {shard['tokens']} tokens ({number}/{len(index.shards)})")
+    if not index.shards:  # an empty index: one file of no rows, so that a glob over the folder finds its schema
+        empty = to / "part-000000.parquet"
+        with replacing(empty) as tmp:
+            pq.write_table(schema.empty_table(), tmp)
+        written = empty.stat().st_size
     fsync_dir(to)
-    return len(index.shards), written
+    return max(1, len(index.shards)), written
 
 
 def _require_empty_folder(to: Path) -> None:
