@@ -6,8 +6,9 @@ its sha256), read shard by shard through the memory map. Output, with the embedd
 
 * ``parquet``: ``PATH/part-NNNNNN.parquet``, one file per shard (same number; one file of no rows for an
   empty index), rows in index order, columns ``id`` string, ``token_ids`` list<int32>, ``embeddings``
-  list<fixed_size_list<float, D>> (DuckDB reads that as FLOAT[][], Polars as List(Array), pyarrow as it was written), and for an index of
-  PDF pages ``source_file`` string and ``page`` int32 (null for rows that are not pages).
+  list<fixed_size_list<float, D>> (DuckDB reads that as FLOAT[][], Polars as List(Array), pyarrow as it was
+  written), and for an index of PDF pages ``source_file`` string and ``page`` int32 (null for rows that
+  are not pages).
 * ``lance``: a table in the LanceDB database folder ``PATH`` with the same three columns, ``embeddings``
   in LanceDB's multivector schema, so that ``table.search(query_vectors)`` runs MaxSim (cosine) over it.
 
