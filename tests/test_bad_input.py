@@ -164,3 +164,30 @@ def test_an_output_that_is_a_file_is_a_usage_error_and_the_file_is_untouched(cli
     assert corpus.read_bytes() == before
     result = cli("encode", corpus, "-o", corpus / "index")
     assert result.exit_code == 8 and "cannot create the index folder" in result.stderr and "Not a directory" in result.stderr
+
+
+def test_ids_and_file_names_that_are_not_unicode_are_bad_rows_not_crashes(cli, tmp_path):
+    """A Parquet id cell that is not UTF-8 (a UnicodeDecodeError for the whole batch), a JSONL id with a lone
+    surrogate and a file name that is not UTF-8 (Python holds both as lone surrogates, which Arrow refuses
+    to write) stopped the run with a traceback. Now each is a bad row, recorded with the id escaped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cells = tmp_path / "ids.parquet"
+    ids = pa.array([b"p1", b"\xffbad"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"id": ids, "text": ["one", "two"]}), cells)
+    lines = tmp_path / "ids.jsonl"
+    lines.write_text('{"id": "j1", "text": "one"}\n{"id": "\\ud800", "text": "two"}\n', encoding="utf-8")
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "good.txt").write_text("fine")
+    (folder / "bad\udcff.txt").write_text("not reachable by its name")  # the bytes b"bad\xff.txt" on disk
+    out = tmp_path / "index"
+    result = cli("encode", cells, "-o", out)
+    assert result.exit_code == BAD_INPUT and "ids.parquet row 1 (id '\\\\xffbad'): id is not valid UTF-8 (byte 0)" in result.stderr
+    assert cli("encode", cells, lines, folder, "-o", out, "--on-error", "skip").exit_code == 0
+    assert sorted(read_index(out)) == ["good.txt", "j1", "p1"]
+    skipped = {entry["id"]: entry for entry in manifest(out)["skipped"]}
+    assert set(skipped) == {"\\xffbad", "\\ud800", "bad\\udcff.txt"}
+    assert skipped["bad\\udcff.txt"]["source"].endswith("docs/bad\\udcff.txt")
+    assert skipped["\\ud800"]["reason"] == "id is not valid Unicode (a lone surrogate, U+D800, at character 0)"

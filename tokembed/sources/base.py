@@ -89,16 +89,29 @@ def open_sources(inputs: list[Path], options: SourceOptions) -> Iterator[list[It
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def unicode_problem(text: str) -> str | None:
-    """Why ``text`` is not valid Unicode (a lone surrogate, which JSON's ``\\ud800`` escapes and broken PDF text
-    layers can hold, and which no tokenizer takes), or None."""
+def unicode_problem(text: str, what: str = "text") -> str | None:
+    """Why ``text`` is not valid Unicode (a lone surrogate, which JSON's ``\\ud800`` escapes, broken PDF text
+    layers and file names that are not UTF-8 can hold, and which neither tokenizers nor Arrow take), or None."""
     found = None if text.isascii() else _SURROGATE.search(text)
     if found is None:
         return None
-    return f"text is not valid Unicode (a lone surrogate, U+{ord(found.group()):04X}, at character {found.start()})"
+    return f"{what} is not valid Unicode (a lone surrogate, U+{ord(found.group()):04X}, at character {found.start()})"
+
+
+def printable_id(item_id: str) -> str:
+    """The id with its lone surrogates as ``\\udcff`` escapes: what a bad row's id is recorded as."""
+    return item_id.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _unicode_checked(item: Item) -> Item:
+    """The item, as a bad row where its id or text is not valid Unicode; names recorded in the manifest and
+    the index (its file, a PDF page's file) with their lone surrogates escaped."""
+    names = {name: printable_id(value) for name in ("source", "source_file")
+             if (value := getattr(item, name)) and unicode_problem(value)}
+    if names:
+        item = replace(item, **names)
+    if problem := unicode_problem(item.id, "id"):
+        return replace(item, id=printable_id(item.id), text=None, image=None, error=problem)
     problem = unicode_problem(item.text) if item.error is None and item.text else None
     return item if problem is None else replace(item, text=None, image=None, error=problem)
 

@@ -72,11 +72,11 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
     try:
         for batch, paged_texts in _batches(path, handle, columns, size, options.text_column, paged):
             count = batch.num_rows
-            texts = paged_texts if paged_texts is not None else _texts(batch, options.text_column) if use_text else [None] * count
-            ids = batch.column(options.id_column).to_pylist() if has_ids else [None] * count
-            images = batch.column(options.image_column).to_pylist() if use_image else None
-            pdfs = batch.column(options.pdf_column).to_pylist() if use_pdf else None
-            videos = batch.column(options.video_column).to_pylist() if use_video else None
+            texts = paged_texts if paged_texts is not None else _cells(batch, options.text_column) if use_text else [None] * count
+            ids = _cells(batch, options.id_column) if has_ids else [None] * count
+            images = _cells(batch, options.image_column) if use_image else None
+            pdfs = _cells(batch, options.pdf_column) if use_pdf else None
+            videos = _cells(batch, options.video_column) if use_video else None
             del batch  # its Arrow buffers: a huge text would otherwise be held twice while its items are planned
             for i, (raw_id, text) in enumerate(zip(ids, texts)):
                 item = _item(path, row + i, offset + row + i, raw_id, text, check_text=use_text)
@@ -116,24 +116,29 @@ def _batches(path, handle, columns: list[str], size: int, text_column: str, page
             yield batch, texts
 
 
-def _texts(batch, column: str) -> list:
-    """The column's cells as Python values; a string cell that is not valid UTF-8 as ``InvalidUtf8``."""
+def _cells(batch, column: str) -> list:
+    """The column's cells as Python values; a string cell that is not valid UTF-8 as ``InvalidUtf8`` (a bad
+    row: ``to_pylist`` would raise for the whole batch)."""
     values = batch.column(column)
     try:
         return values.to_pylist()
     except UnicodeDecodeError:
-        return [_text(value) for value in values]
+        return [_cell(value) for value in values]
 
 
-def _text(scalar):
+def _cell(scalar):
+    import pyarrow as pa
+
     try:
         return scalar.as_py()
     except UnicodeDecodeError as exc:
-        return InvalidUtf8(exc.start)
+        return InvalidUtf8(exc.start, scalar.cast(pa.large_binary()).as_py())
 
 
 def _item(path: Path, row: int, global_row: int, raw_id, text, check_text: bool = True) -> Item:
     source = str(path)
+    if isinstance(raw_id, InvalidUtf8):
+        return Item(raw_id.printable(), None, source, row, error=f"id is not valid UTF-8 (byte {raw_id.byte})")
     if raw_id is None and global_row is not None:
         raw_id = global_row
     if not check_text:

@@ -33,10 +33,14 @@ class CorruptPage(Exception):
 
 
 class InvalidUtf8:
-    """A string cell whose bytes are not UTF-8 (a bad row, not a bad file)."""
+    """A string cell whose bytes are not UTF-8 (a bad row, not a bad file); ``raw``: the bytes, where kept."""
 
-    def __init__(self, byte: int) -> None:
+    def __init__(self, byte: int, raw: bytes = b"") -> None:
         self.byte = byte
+        self.raw = raw
+
+    def printable(self) -> str:
+        return self.raw.decode("utf-8", "backslashreplace")
 
 
 def is_huge_text(path, handle, group: int, column: str) -> bool:
