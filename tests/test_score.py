@@ -294,6 +294,9 @@ def test_a_query_with_a_lone_surrogate_is_named_not_a_tokenizer_crash(tmp_path):
         read_queries(path)
     with pytest.raises(BadInputError, match="query 'q1': text is not valid Unicode"):
         as_queries(["caf\udcff"])  # the library's entry point
+    path.write_text('{"id": "\\ud800", "text": "fine"}\n', encoding="utf-8")
+    with pytest.raises(BadInputError, match="id is not valid Unicode"):
+        read_queries(path)
 
 
 def test_json_the_parser_gives_up_on_names_the_query_line(tmp_path):

@@ -75,7 +75,7 @@ def check_queries(queries: Queries, source: str) -> Queries:
     for qid, text in zip(queries.ids, queries.texts):
         if not isinstance(text, str):
             raise BadInputError(f"{source}: query {qid!r} is {type(text).__name__}, not a string")
-        if problem := unicode_problem(text):
+        if problem := unicode_problem(qid, "id") or unicode_problem(text):
             raise BadInputError(f"{source}: query {qid!r}: {problem}")
     if len(set(queries.ids)) != len(queries.ids):
         seen: set[str] = set()
