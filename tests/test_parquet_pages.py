@@ -201,3 +201,29 @@ def test_pages_with_fewer_cells_than_rows_are_an_error_not_lost_rows(tmp_path, m
     monkeypatch.setattr("tokembed.sources.parquet.text_cells", lambda *args: itertools.islice(text_cells(*args), 2))
     with pytest.raises(BadInputError, match="fewer cells than rows"):
         read_items(path)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def test_the_hybrid_decoder_on_long_runs_and_lying_run_lengths():
+    """One bit-packed run of 100,000 dictionary keys (writers are allowed runs that long) decodes exactly; a
+    corrupt run length of 2**40 yields only the page's values instead of allocating them all."""
+    from tokembed.sources.parquet_pages import _hybrid
+
+    rng, width = random.Random(1), 17
+    keys = [rng.randrange(1 << width) for _ in range(100_000)]
+    packed = b"".join(
+        sum(key << (width * i) for i, key in enumerate(keys[start : start + 8])).to_bytes(width, "little")
+        for start in range(0, len(keys), 8)
+    )
+    data = _varint((len(keys) // 8) << 1 | 1) + packed
+    assert _hybrid(memoryview(data), 0, len(data), width, len(keys)) == keys
+    lying = _varint((1 << 40) << 1) + (5).to_bytes(3, "little")  # an RLE run of 2**40 fives
+    assert _hybrid(lying, 0, len(lying), width, 10) == [5] * 10

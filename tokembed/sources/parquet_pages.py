@@ -121,6 +121,9 @@ def _chunk_cells(stream, num_values: int, codec: str | None, nullable: bool, lim
         if kind == _DICTIONARY_PAGE:
             dictionary = _dictionary(_decompressed(stream.read(compressed_size), size, codec), header[7])
         elif kind in (_DATA_PAGE, _DATA_PAGE_V2):
+            count = header[5 if kind == _DATA_PAGE else 8][1]
+            if not 0 <= count <= num_values - done:
+                raise ValueError(f"a page of {count} values where {num_values - done} are left in its chunk")
             read = _page_v1 if kind == _DATA_PAGE else _page_v2
             cells = read(stream.read(compressed_size), size, codec, nullable, header, dictionary)
             done += len(cells)
@@ -206,14 +209,17 @@ def _hybrid(data, start: int, end: int, width: int, count: int) -> list[int]:
     position, mask, size = start, (1 << width) - 1, (width + 7) // 8
     while len(values) < count and position < end:
         header, position = _varint(data, position)
-        if header & 1:  # bit-packed: groups of 8 values, least significant bit first
+        wanted = count - len(values)  # a corrupt run length allocates no more than the page's values
+        if header & 1:  # bit-packed: groups of 8 values in ``width`` bytes, least significant bit first
             groups = header >> 1
-            bits = int.from_bytes(bytes(data[position : position + groups * width]), "little")
-            values.extend((bits >> (width * i)) & mask for i in range(groups * 8))
+            for group in range(min(groups, -(-wanted // 8))):  # a group at a time: linear in the run's length
+                start = position + group * width
+                bits = int.from_bytes(bytes(data[start : start + width]), "little")
+                values.extend((bits >> (width * i)) & mask for i in range(8))
             position += groups * width
         else:
             value = int.from_bytes(bytes(data[position : position + size]), "little")
-            values.extend([value] * (header >> 1))
+            values.extend([value] * min(header >> 1, wanted))
             position += size
     if len(values) < count:
         raise ValueError(f"{len(values)} of {count} levels or dictionary keys in a page")
