@@ -227,3 +227,13 @@ def test_the_hybrid_decoder_on_long_runs_and_lying_run_lengths():
     assert _hybrid(memoryview(data), 0, len(data), width, len(keys)) == keys
     lying = _varint((1 << 40) << 1) + (5).to_bytes(3, "little")  # an RLE run of 2**40 fives
     assert _hybrid(lying, 0, len(lying), width, 10) == [5] * 10
+
+
+def test_a_header_claiming_a_huge_container_runs_into_the_end_of_the_file(tmp_path):
+    """A map of 2**40 booleans: each element reads a byte, so the parser stops at the end of the file."""
+    from tokembed.sources.parquet_pages import _read_header
+
+    path = tmp_path / "header.bin"
+    path.write_bytes(bytes([0x1B]) + _varint(1 << 40) + bytes([0x11, 0x01, 0x02]))  # field 1: map<bool, bool>
+    with open(path, "rb") as stream, pytest.raises(ValueError, match="ends inside a page header"):
+        _read_header(stream)

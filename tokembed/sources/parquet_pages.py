@@ -276,6 +276,11 @@ class _Compact:
             fields[last] = self.value(kind)
         return fields
 
+    def element(self, kind: int):
+        """A list's, set's or map's element: a boolean there takes a byte of its own (so every element reads
+        at least one byte, and a corrupt size runs into the end of the file instead of looping)."""
+        return self.byte() == 1 if kind in (1, 2) else self.value(kind)
+
     def value(self, kind: int):
         if kind in (1, 2):  # a struct field's boolean lives in its type
             return kind == 1
@@ -293,11 +298,11 @@ class _Compact:
         if kind in (9, 10):
             head = self.byte()
             size = head >> 4 if head >> 4 != 15 else self.varint()
-            return [self.byte() == 1 if head & 0x0F in (1, 2) else self.value(head & 0x0F) for _ in range(size)]
+            return [self.element(head & 0x0F) for _ in range(size)]
         if kind == 11:
             size = self.varint()
             types = self.byte() if size else 0
-            return {self.value(types >> 4): self.value(types & 0x0F) for _ in range(size)}
+            return {self.element(types >> 4): self.element(types & 0x0F) for _ in range(size)}
         if kind == 12:
             return self.struct()
         raise ValueError(f"a page header with Thrift type {kind}")
