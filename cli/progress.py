@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 
 
 class LineProgress:
@@ -46,6 +47,25 @@ class LineProgress:
 
     def stop(self) -> None:
         pass
+
+
+@contextmanager
+def warnings_logged(progress):
+    """Python warnings raised meanwhile (Pillow's about a corrupt EXIF block or TIFF tag, say) go to
+    ``progress.log``: one ``tokembed: warning: ...`` line, and none with ``--quiet``, so that a cron job
+    that succeeds stays silent on stderr."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        progress.log(f"warning: {category.__name__}: {message}")
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def make_progress(quiet: bool):

@@ -56,3 +56,25 @@ def test_bad_image_skip_and_fail(cli, colpali, tmp_path):
     assert skipped.exit_code == 0, skipped.output
     assert list(read_index(out)) == ["good.png"]
     assert manifest(out)["skipped"][0]["id"] == "broken.png"
+
+
+def test_pillow_warnings_are_log_lines_and_quiet_stays_silent(cli, colpali, tmp_path):
+    """A photo with a truncated EXIF block decodes, but Pillow warns ("Corrupt EXIF data"). The warning was a
+    two-line Python warning on stderr even with --quiet, which mails a cron job's owner on a good night."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(photo, "JPEG", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05")
+    (folder / "photo.jpg").write_bytes(photo.getvalue())
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # not once per session: each run below must meet the warning
+        loud = cli("encode", folder, "--model", colpali, "-o", tmp_path / "loud")
+        quiet = cli("encode", folder, "--model", colpali, "-o", tmp_path / "quiet", "--quiet")
+    assert loud.exit_code == 0 and quiet.exit_code == 0
+    assert "tokembed: warning: UserWarning: Corrupt EXIF data" in loud.stderr and "warnings.warn" not in loud.stderr
+    assert quiet.stderr == "" and "1 rows" in quiet.stdout
