@@ -67,7 +67,6 @@ def test_jsonl_image_fields_decode_on_threads_in_order(tmp_path, monkeypatch):
     import base64
     import json
 
-    import tokembed.sources.jsonl as jsonl
     from pdfs import image_pdf
 
     data = pictures(15)
@@ -78,13 +77,13 @@ def test_jsonl_image_fields_decode_on_threads_in_order(tmp_path, monkeypatch):
     fields[9] = {"bytes": "not base64 at all!", "path": None}
     path = tmp_path / "images.jsonl"
     path.write_text("".join(json.dumps({"id": f"j{i}", "image": field}) + "\n" for i, field in enumerate(fields)))
-    real, threads = jsonl._with_image, set()
+    real, threads = images.attach_image, set()
 
     def spy(*args):
         threads.add(threading.current_thread().name)
         return real(*args)
 
-    monkeypatch.setattr(jsonl, "_with_image", spy)
+    monkeypatch.setattr(images, "attach_image", spy)
     decoded = read(path)
     assert threads and all(name.startswith("tokembed-decode") for name in threads)
     ids = [f"j{i}" for i in range(7)] + ["j7#page=1", "j7#page=2"] + [f"j{i}" for i in range(8, 15)]

@@ -49,7 +49,6 @@ class IndexLock:
             os.close(self._fd)
             self._fd = None
 
-
     def _open(self) -> int:
         folder = self.path.parent
         if folder.exists() and not folder.is_dir():

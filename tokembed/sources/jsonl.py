@@ -29,7 +29,7 @@ def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list
 def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
     """Items line by line; a record whose image field holds a PDF becomes one item per page; an image is
     decoded in the background (a future, see ``images.in_order``)."""
-    from tokembed.sources.images import in_background
+    from tokembed.sources.images import attach_image, in_background
     from tokembed.sources.pdf import pdf_in_value, row_pages
 
     row = -1
@@ -50,7 +50,7 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
             elif pdf_in_value(image.value, path.parent) is not None:
                 yield from row_pages(item, image.value, path.parent, options)
             else:
-                yield in_background(_with_image, item, image, path.parent, options.max_image_pixels)
+                yield in_background(attach_image, item, image.value, path.parent, options.max_image_pixels, image.either)
 
 
 @dataclass
@@ -59,12 +59,6 @@ class _Image:
 
     value: Any
     either: bool
-
-
-def _with_image(item: Item, image: _Image, base: Path, max_pixels: int) -> Item:
-    from tokembed.sources.images import attach_image
-
-    return attach_image(item, image.value, base, max_pixels, either=image.either)
 
 
 def _decoded(raw: bytes) -> str | bytes:

@@ -62,7 +62,7 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
     decoded in the background (a future, see ``images.in_order``)."""
     import pyarrow as pa
 
-    from tokembed.sources.images import in_background
+    from tokembed.sources.images import attach_image, in_background
     from tokembed.sources.pdf import pdf_in_value, row_pages
     from tokembed.sources.video import attach_video, video_in_value
 
@@ -89,7 +89,7 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
                 elif images is not None and pdf_in_value(images[i], path.parent) is not None:
                     yield from row_pages(item, images[i], path.parent, options)
                 else:
-                    yield item if images is None else in_background(_with_image, item, images[i], path, options, use_text)
+                    yield item if images is None else in_background(attach_image, item, images[i], path.parent, options.max_image_pixels, use_text)
             row += count
     except (pa.ArrowException, OSError, CorruptPage, Unsupported) as exc:
         raise BadInputError(f"{path}: cannot read row group after row {row} ({exc})") from exc
@@ -151,8 +151,3 @@ def _item(path: Path, row: int, global_row: int, raw_id, text, check_text: bool 
         return Item(str(raw_id), None, source, row, error=f"text is {type(text).__name__}, not a string")
     return Item(str(raw_id), text, source, row)
 
-
-def _with_image(item: Item, value, path: Path, options: SourceOptions, either: bool) -> Item:
-    from tokembed.sources.images import attach_image
-
-    return attach_image(item, value, path.parent, options.max_image_pixels, either=either)
