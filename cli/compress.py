@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from cli.progress import warnings_logged
+
 
 def compress(
     index: Path = typer.Argument(..., help="Index folder (holds manifest.json)."),
@@ -38,8 +40,9 @@ def compress(
     if log_format not in ("text", "json"):
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
     log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
-    summary = compress_index(index, nbits=nbits, centroids=centroids, retrain=retrain, wait_seconds=wait, log=log,
-                             drop_vectors=drop_vectors)
+    with warnings_logged(log):
+        summary = compress_index(index, nbits=nbits, centroids=centroids, retrain=retrain, wait_seconds=wait, log=log,
+                                 drop_vectors=drop_vectors)
     data = summary.to_json()
     if log_format == "json":
         print(json.dumps(data), flush=True)

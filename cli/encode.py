@@ -77,7 +77,7 @@ def encode(
         None, help="Image column of Parquet/JSONL input (bytes, a path relative to the file, or a {bytes, path} struct). Default 'image'; used with image models."
     ),
     max_image_pixels: int = typer.Option(
-        40_000_000, help="Images with more pixels are bad rows (decompression-bomb guard)."
+        40_000_000, min=1, help="Images with more pixels are bad rows (decompression-bomb guard)."
     ),
     pdf_dpi: float = typer.Option(
         144.0, min=1.0, max=1200.0,
@@ -205,7 +205,7 @@ def encode(
     progress = make_progress(quiet or log_format == LogFormat.json)
     startup = since_start()  # interpreter, imports and flag parsing: part of load_seconds
     try:
-        with warnings_logged(progress):
+        with warnings_logged(progress.log):
             summary = encode_corpus(job, progress)
     finally:
         progress.stop()

@@ -24,7 +24,7 @@ def export(
 
     if log_format not in ("text", "json"):
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
-    check_export_options(fmt, dtype)  # before the index is opened: a bad flag is exit 2 whatever the index
+    check_export_options(fmt, dtype, table)  # before the index is opened: a bad flag is exit 2 whatever the index
     log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
     summary = export_index(index, to, fmt=fmt, dtype=dtype, table=table, log=log)
     if log_format == "json":

@@ -53,7 +53,7 @@ def info(
         "bytes_on_disk": on_disk,
         "bytes_per_token": round(on_disk / opened.tokens, 2) if opened.tokens else None,
         "vectors": "dropped" if vectors_dropped(manifest) else "stored",
-        "bytes_per_token_by_part": index_bytes_per_token(opened, on_disk - sum(s["bytes"] for s in opened.shards)),
+        "bytes_per_token_by_part": index_bytes_per_token(opened, opened.manifest_bytes()),
         "created_at": manifest["created_at"],
         "tokembed_version": manifest["tokembed_version"],
         "search_structure": structure_facts(opened),

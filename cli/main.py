@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import tokembed  # noqa: F401  (first: it caps native kernel caches before torch loads)
@@ -33,6 +34,23 @@ app.command("score", no_args_is_help=True)(score_cmd.score)
 app.command("serve")(serve_cmd.serve)
 
 
+class _StderrLines(logging.Handler):
+    """``tokembed: warning: ...`` on the stderr of the moment (a test's captured one included)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"tokembed: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:  # serve's failed requests: their traceback, as Python's own last-resort handler prints it
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        print(text, file=sys.stderr)
+
+
+def _library_warnings_to_stderr() -> None:
+    """The library's own warnings (a stray folder left alone, a runtime falling back) in the CLI's line format."""
+    logger = logging.getLogger("tokembed")
+    if not any(isinstance(handler, _StderrLines) for handler in logger.handlers):
+        logger.addHandler(_StderrLines())  # still propagates: a host's own root handlers (pytest's) see the records
+
+
 def run(args: list[str] | None = None, started: float | None = None) -> int:
     """Run the app and return its exit code; known errors become one line on stderr.
 
@@ -43,6 +61,7 @@ def run(args: list[str] | None = None, started: float | None = None) -> int:
     from tokembed.errors import TokembedError
 
     mark_start(started)
+    _library_warnings_to_stderr()
 
     try:
         with sigterm_interrupts():  # uvicorn replaces it while serving, and restores it after
@@ -72,3 +91,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -50,22 +50,31 @@ class LineProgress:
 
 
 @contextmanager
-def warnings_logged(progress):
-    """Python warnings raised meanwhile (Pillow's about a corrupt EXIF block or TIFF tag, say) go to
-    ``progress.log``: one ``tokembed: warning: ...`` line, and none with ``--quiet``, so that a cron job
-    that succeeds stays silent on stderr."""
+def warnings_logged(log):
+    """Python warnings raised meanwhile (Pillow's about a corrupt EXIF block or TIFF tag, say) and the library's
+    own logged warnings (a folder left alone among the index's files) go to ``log`` (``progress.log``): one
+    ``tokembed: warning: ...`` line each, and none with ``--quiet``, so that a cron job that succeeds stays
+    silent on stderr."""
+    import logging
     import warnings
 
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        progress.log(f"warning: {category.__name__}: {message}")
+        log(f"warning: {category.__name__}: {message}")
 
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            log(f"{record.levelname.lower()}: {record.getMessage()}")
+
+    logger = logging.getLogger("tokembed")
+    handlers, logger.handlers = logger.handlers, [Lines()]
     warnings.showwarning = show
     try:
         yield
     finally:
         warnings.showwarning = shown
+        logger.handlers = handlers
 
 
 def make_progress(quiet: bool):

@@ -6,6 +6,7 @@ Results go to stdout (or ``--output``); progress, warnings and the final rate li
 from __future__ import annotations
 
 import json
+import os
 import math
 import sys
 import time
@@ -91,7 +92,7 @@ def score(
         timings=timings,
     )
     seconds = startup + time.perf_counter() - started  # whole process so far, as load_seconds counts from its start
-    write_results(queries, hits, _pick_format(fmt, output), output)
+    _write_or_say_why(queries, hits, _pick_format(fmt, output), output)
     if log_format == "json":
         _log_json_summary(len(queries), progress, startup, timings)
         return
@@ -161,6 +162,19 @@ class ScanProgress(LineProgress):
 # ---------------------------------------------------------------------------------------------- output
 
 
+def _write_or_say_why(queries, hits, fmt: Format, output: Path | None) -> None:
+    """``write_results``; a reader that went away (``| head``) ends the output quietly, and a failed write (a full
+    disk) is a write error (exit 8) naming where."""
+    from tokembed.errors import IndexWriteError
+
+    try:
+        write_results(queries, hits, fmt, output)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit fails no more
+    except OSError as exc:
+        raise IndexWriteError(f"{output or 'standard output'}: cannot write the results ({exc.strerror or exc})") from exc
+
+
 def write_results(queries, hits, fmt: Format, output: Path | None) -> None:
     if fmt == Format.table:
         _write_table(queries, hits, output)
@@ -226,9 +240,11 @@ def _write_table(queries, hits, output: Path | None) -> None:
 
 
 def _open_output(output: Path):
-    from tokembed.errors import UsageError
+    from tokembed.errors import IndexWriteError, UsageError
 
+    if output.is_dir():
+        raise UsageError(f"--output {output}: is a folder; name a file")
     try:
         return open(output, "w", encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"--output {output}: cannot write ({exc.strerror})") from exc
+        raise IndexWriteError(f"--output {output}: cannot write ({exc.strerror})") from exc

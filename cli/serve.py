@@ -16,7 +16,7 @@ def serve(
         help="Checkpoint folder or Hugging Face hub id. Default: the demo all-MiniLM-L6-v2 (raw mode only).",
     ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on. Default: loopback only; use --api-key before opening it up."),
-    port: int = typer.Option(8000, help="TCP port (0: any free port)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port (0: any free port)."),
     devices: str = typer.Option("auto", help="One device: auto (first CUDA device, else CPU), cpu, cuda or cuda:N."),
     dtype: DType = typer.Option(DType.auto, help="Compute dtype. auto = float32 on CPU (exact), bfloat16 on CUDA."),
     max_batch_tokens: int = typer.Option(16384, help="Token budget of one forward pass, padding included (shared by concurrent requests)."),
@@ -25,7 +25,7 @@ def serve(
         None, help="Most tokens per raw input; longer inputs get 400 unless truncate_prompt_tokens is set. Default: the checkpoint's limit."
     ),
     max_inputs: int = typer.Option(1024, help="Most inputs per request (score and rerank: queries + documents)."),
-    max_body_mb: float = typer.Option(16.0, help="Largest request body, in MiB (larger ones get 413)."),
+    max_body_mb: float = typer.Option(16.0, min=0.001, help="Largest request body, in MiB (larger ones get 413)."),
     api_key: Optional[str] = typer.Option(
         None, envvar="TOKEMBED_API_KEY", help="Require 'Authorization: Bearer KEY' on every endpoint but /health (env TOKEMBED_API_KEY)."
     ),

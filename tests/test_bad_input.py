@@ -191,3 +191,50 @@ def test_ids_and_file_names_that_are_not_unicode_are_bad_rows_not_crashes(cli, t
     assert set(skipped) == {"\\xffbad", "\\ud800", "bad\\udcff.txt"}
     assert skipped["bad\\udcff.txt"]["source"].endswith("docs/bad\\udcff.txt")
     assert skipped["\\ud800"]["reason"] == "id is not valid Unicode (a lone surrogate, U+D800, at character 0)"
+
+
+def test_a_null_or_structured_id_is_a_bad_row_in_parquet_and_jsonl(cli, tmp_path):
+    """Stored as its Python text ("None", "{'x': 1}") before, a null id collided with a real "None"; a Parquet
+    null took the row number, which another row's id could be."""
+    from helpers import write_jsonl
+
+    rows = [{"id": None, "text": "a"}, {"id": "None", "text": "b"}, {"id": "1", "text": "c"}]
+    jsonl = write_jsonl(tmp_path / "c.jsonl", [*rows, {"id": {"x": 1}, "text": "d"}, {"id": [2], "text": "e"}])
+    parquet = write_parquet(tmp_path / "c.parquet", rows)
+    for corpus, reasons in ((jsonl, ["null id", "id is an object, not a string or a number",
+                                     "id is a list, not a string or a number"]), (parquet, ["null id"])):
+        out = tmp_path / f"index-{corpus.suffix[1:]}"
+        result = cli("encode", corpus, "-o", out, "--on-error", "skip")
+        assert result.exit_code == 0, result.output
+        assert sorted(read_index(out)) == ["1", "None"]
+        assert [entry["reason"] for entry in manifest(out)["skipped"]] == reasons
+        failed = cli("encode", corpus, "-o", tmp_path / "other")
+        assert failed.exit_code == BAD_INPUT and f"{corpus.name} row 0 (id '0'): null id" in failed.stderr
+
+
+def test_encode_refuses_more_dimensions_than_the_model_has(cli, tmp_path):
+    corpus = write_parquet(tmp_path / "c.parquet", [{"id": "a", "text": "x"}])
+    result = cli("encode", corpus, "-o", tmp_path / "i", "--dimensions", 100000)
+    assert result.exit_code == 2 and "--dimensions 100000 is larger than the model's output dimension 384" in result.stderr
+    assert not (tmp_path / "i" / "manifest.json").exists()
+
+
+def test_a_link_to_a_file_that_is_gone_is_a_bad_row_not_a_silent_gap(cli, tmp_path):
+    from tokembed.sources.images import image_files
+    from tokembed.sources.pdf import pdf_files
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha")
+    for name in ("gone.txt", "gone.png", "gone.pdf"):
+        (folder / name).symlink_to(tmp_path / "nowhere" / name)
+    out = tmp_path / "index"
+    result = cli("encode", folder, "-o", out, "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    assert list(read_index(out)) == ["a.txt"]
+    skipped = {entry["id"]: entry["reason"] for entry in manifest(out)["skipped"]}
+    assert sorted(skipped) == ["gone.pdf", "gone.txt"], skipped  # a text model reads a PDF's text layer
+    assert skipped["gone.txt"].startswith("cannot read (No such file") and "PDF file not found" in skipped["gone.pdf"]
+    assert manifest(out)["ignored"] == [str(folder / "gone.png")]
+    assert cli("encode", folder, "-o", tmp_path / "strict").exit_code == BAD_INPUT
+    assert [p.name for p in image_files(folder)] == ["gone.png"] and [p.name for p in pdf_files(folder)] == ["gone.pdf"]

@@ -147,6 +147,9 @@ def test_second_writer_gets_the_lock_exit_code(tmp_path):
         second = encode(corpus, out)
         assert second.returncode == EXIT_LOCKED
         assert f"pid {holder.pid}" in second.stderr and len(second.stderr.strip().splitlines()) <= 2
+        # told before any model is loaded: a model that does not exist is not even looked for
+        unloadable = encode(corpus, out, "--model", tmp_path / "no-such-model")
+        assert unloadable.returncode == EXIT_LOCKED, unloadable.stderr
     finally:
         holder.kill()
         holder.communicate()

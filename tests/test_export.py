@@ -1,10 +1,12 @@
 """``tokembed export`` driven as a user does: Parquet read back by DuckDB, Polars and pyarrow, a LanceDB table
-searched with LanceDB's own multivector search, the committed generation only, and bad flags (exit 2)."""
+searched with LanceDB's own multivector search, the committed generation only, bad flags (exit 2), and a
+failed or interrupted export that leaves its target as it was (a corrupt shard: exit 6)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -214,3 +216,155 @@ def test_an_empty_index_exports_one_file_of_no_rows_that_duckdb_reads(cli, tmp_p
     assert json.loads(result.stdout)["rows"] == 0 and [f.name for f in out.iterdir()] == ["part-000000.parquet"]
     relation = duckdb.sql(f"SELECT * FROM read_parquet('{out}/*.parquet')")
     assert relation.columns == ["id", "token_ids", "embeddings"] and relation.fetchall() == []
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+
+@pytest.fixture
+def corrupt_index(demo_index, tmp_path):
+    """A copy of the demo index whose last of three shards fails its checksum; ``repair()`` puts it back."""
+    index = tmp_path / "corrupt"
+    shutil.copytree(demo_index, index)
+    shard = index / "data" / "part-000002.arrow"
+    good = shard.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    shard.write_bytes(bytes(bad))
+    return index, lambda: shard.write_bytes(good)
+
+
+def _beside(path) -> list[str]:
+    """The entries of ``path``'s parent, hidden staging folders included."""
+    return sorted(os.listdir(path.parent))
+
+
+def _assert_parquet_round_trips(out, demo_index) -> None:
+    import pyarrow.parquet as pq
+
+    stored = read_index(demo_index)
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == list(stored)
+    for doc_id, emb in zip(table.column("id").to_pylist(), table.column("embeddings").to_pylist()):
+        assert np.array_equal(np.asarray(emb, np.float32).reshape(stored[doc_id][0].shape), stored[doc_id][0])
+
+
+@pytest.mark.parametrize("target", ["new", "empty folder"])
+def test_parquet_export_of_a_corrupt_shard_exits_6_and_leaves_the_target_as_it_was(cli, corrupt_index, demo_index, tmp_path, target):
+    """Two shards are written before the corrupt third: none of them may reach the target (a glob would read half)."""
+    index, repair = corrupt_index
+    out = tmp_path / "parquet"
+    if target == "empty folder":
+        out.mkdir()
+    before = _beside(out)
+    result = cli("export", index, "--to", out, "--format", "parquet")
+    assert result.exit_code == 6, result.output
+    assert "part-000002.arrow" in result.stderr
+    assert _beside(out) == before and (not out.exists() if target == "new" else list(out.iterdir()) == [])
+
+    repair()
+    again = cli("export", index, "--to", out, "--format", "parquet", "-q")
+    assert again.exit_code == 0, again.output
+    assert _beside(out) == sorted(before + ([] if target == "empty folder" else ["parquet"]))
+    _assert_parquet_round_trips(out, demo_index)
+
+
+def test_an_interrupted_parquet_export_leaves_no_target(cli, demo_index, tmp_path, monkeypatch):
+    """SIGTERM and Ctrl-C reach the export as KeyboardInterrupt (cli/_signals.py): here after the 2nd of 3 files."""
+    import tokembed.index.export as export
+
+    def interrupt(event, count):
+        if (event, count) == ("export", 2):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "fault_point", interrupt)
+    out = tmp_path / "parquet"
+    before = _beside(out)
+    assert cli("export", demo_index, "--to", out, "--format", "parquet").exit_code == 130
+    assert _beside(out) == before
+
+
+def test_lance_export_of_a_corrupt_shard_exits_6_and_leaves_no_table(cli, corrupt_index, tmp_path):
+    lancedb = pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
+
+    index, repair = corrupt_index
+    new = tmp_path / "new-db"
+    before = _beside(new)
+    result = cli("export", index, "--to", new, "--format", "lance")
+    assert result.exit_code == 6, result.output
+    assert "part-000002.arrow" in result.stderr and "Traceback" not in result.output
+    assert _beside(new) == before
+
+    existing = tmp_path / "db"
+    lancedb.connect(str(existing)).create_table("keep", data=pa.table({"x": [1, 2]}))
+    before, inside = _beside(existing), sorted(p.relative_to(existing) for p in existing.rglob("*"))
+    assert cli("export", index, "--to", existing, "--format", "lance").exit_code == 6
+    assert _beside(existing) == before and sorted(p.relative_to(existing) for p in existing.rglob("*")) == inside
+
+    repair()
+    again = cli("export", index, "--to", existing, "--format", "lance", "-q")
+    assert again.exit_code == 0, again.output
+    db = lancedb.connect(str(existing))
+    assert db.open_table("documents").count_rows() == len(DOCS) and db.open_table("keep").count_rows() == 2
+
+
+@pytest.mark.parametrize("table", ["a/b", "", "..", "a b", "tbl:1"])
+def test_a_bad_lance_table_name_exits_2_before_any_work(cli, demo_index, tmp_path, table):
+    out = tmp_path / "db"
+    result = cli("export", demo_index, "--to", out, "--format", "lance", "--table", table)
+    assert result.exit_code == 2, result.output
+    assert "--table" in result.stderr and "letters, digits, underscores, hyphens and periods" in result.stderr
+    assert not out.exists()
+
+
+def test_a_good_lance_table_name_is_accepted(cli, demo_index, tmp_path):
+    lancedb = pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
+
+    result = cli("export", demo_index, "--to", tmp_path / "db", "--format", "lance", "--table", "v1.docs-2_a", "-q")
+    assert result.exit_code == 0, result.output
+    assert lancedb.connect(str(tmp_path / "db")).open_table("v1.docs-2_a").count_rows() == len(DOCS)
+
+
+def test_a_compressed_only_index_gets_an_export_hint(cli, demo_index, tmp_path):
+    index = tmp_path / "index"
+    shutil.copytree(demo_index, index)
+    assert cli("compress", index, "--drop-vectors", "--centroids", "8", "-q").exit_code == 0
+    result = cli("export", index, "--to", tmp_path / "out", "--format", "parquet")
+    assert result.exit_code == 2, result.output
+    assert "hint: export writes the stored vectors" in result.stderr and "--exact" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["parquet", "lance"])
+def test_sigterm_during_an_export_exits_130_and_leaves_no_target(demo_index, tmp_path, fmt):
+    """A real SIGTERM while the export pauses after its 1st shard (for lance, LanceDB's own thread is reading)."""
+    if fmt == "lance":
+        pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKEMBED_TEST_PAUSE_AT": "export:1", "TOKEMBED_TEST_PAUSE_SECONDS": "60"}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "export", str(demo_index), "--to", str(out), "--format", fmt],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for_staging(out, run)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 130, run.stderr.read().decode()
+    finally:
+        run.kill()
+        run.wait()
+    assert os.listdir(tmp_path) == []
+
+
+def _wait_for_staging(out, run, timeout: float = 60.0) -> None:
+    """Until the export has written something into its hidden staging folder beside ``out``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert run.poll() is None, run.stderr.read().decode()
+        staging = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+        if staging and any(p.is_file() for p in staging[0].rglob("*")):
+            time.sleep(0.5)
+            return
+        time.sleep(0.1)
+    raise AssertionError("the export never wrote into a staging folder")

@@ -180,7 +180,7 @@ def test_text_and_image_columns_encode_what_is_asked(tmp_path):
 
 def test_folder_dispatch_follows_the_modality(tmp_path):
     (tmp_path / "a.png").write_bytes(encoded(page()))
-    with pytest.raises(BadInputError, match="a folder of images, but this model encodes text") as error:
+    with pytest.raises(BadInputError, match="a folder of images, but this run encodes text") as error:
         read_all([tmp_path], modality="text")
     assert "vision retrieval model" in error.value.hint
     (tmp_path / "b.txt").write_text("words")

@@ -167,6 +167,31 @@ def test_bad_utf8_query_file_exits_3(cli, demo_index, tmp_path):
     assert "bad input" in result.stderr and f"{queries} line 2: not valid UTF-8" in result.stderr
 
 
+def test_a_null_or_structured_query_id_exits_3_naming_the_line_or_row(cli, demo_index, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    index, _ = demo_index
+    jsonl = tmp_path / "queries.jsonl"
+    jsonl.write_text('{"id": "a", "text": "cats"}\n{"id": null, "text": "dogs"}\n{"id": {"x": 1}, "text": "pie"}\n')
+    result = cli("score", jsonl, index)
+    assert result.exit_code == 3 and f"{jsonl} line 2: null id" in result.stderr
+    parquet = tmp_path / "queries.parquet"
+    pq.write_table(pa.table({"id": [None, "0"], "text": ["cats", "dogs"]}), parquet)
+    result = cli("score", parquet, index)
+    assert result.exit_code == 3 and f"{parquet} row 1: null id" in result.stderr
+
+
+def test_errors_name_what_the_path_is_and_scores_own_flag(cli, demo_index, tmp_path):
+    index, queries = demo_index
+    result = cli("score", tmp_path, index)
+    assert result.exit_code == 3 and f"{tmp_path}: a folder, not a query file" in result.stderr
+    result = cli("score", queries, queries)
+    assert result.exit_code == 6 and f"{queries}: a file, not an index folder" in result.stderr
+    result = cli("score", queries, index, "--device", "gpu7")
+    assert result.exit_code == 9 and "--device 'gpu7'" in result.stderr and "--devices" not in result.stderr
+
+
 def test_usage_errors_exit_2(cli, demo_index):
     index, queries = demo_index
     assert cli("score", index).exit_code == 2  # no queries

@@ -148,6 +148,9 @@ def test_pooling_length_limit_and_truncation(colbert_server, colbert_ckpt):
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "input_tokens" and f"maximum context length is {limit} tokens" in error["message"]
+    assert f"you requested more than {limit} tokens" in error["message"]  # read to limit + 1 tokens: no exact count
+    response = colbert_server.post("/pooling", {"input": [list(range(5, 60))]})  # token ids: their exact count
+    assert response.status_code == 400 and "you requested 55 tokens" in response.json()["error"]["message"]
 
     truncated = _pool(colbert_server, [long_text], truncate_prompt_tokens=10)[0]
     assert len(truncated) == 10

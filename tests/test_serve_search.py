@@ -131,7 +131,7 @@ def test_bad_requests_and_a_server_without_index(built, colbert_server):
 
 
 def test_loading_refuses_another_model_or_dtype_than_the_index(built, minilm_path):
-    from tokembed.errors import ModelMismatchError, UsageError
+    from tokembed.errors import IndexNotFoundError, ModelMismatchError, UsageError
     from tokembed.serve import EmbeddingService, ServeOptions
 
     index, _ = built
@@ -139,7 +139,7 @@ def test_loading_refuses_another_model_or_dtype_than_the_index(built, minilm_pat
         EmbeddingService.load(str(minilm_path), "cpu", ServeOptions(), index=str(index))
     with pytest.raises(UsageError, match="--dtype"):
         EmbeddingService.load(None, "cpu", ServeOptions(dtype="bfloat16"), index=str(index))
-    with pytest.raises(UsageError, match="not a tokembed index"):
+    with pytest.raises(IndexNotFoundError, match="not a tokembed index"):
         EmbeddingService.load(None, "cpu", ServeOptions(), index=str(index / "data"))
 
 
@@ -155,10 +155,10 @@ def test_a_compressed_only_index_is_searched_from_its_codes_and_refuses_exact(bu
         server.stop()
 
 
-def test_cli_serve_index_errors_exit_2(cli, tmp_path, built, minilm_path):
+def test_cli_serve_index_errors_exit_as_the_table_says(cli, tmp_path, built, minilm_path):
     index, _ = built
     result = cli("serve", "--index", tmp_path / "nope", "--port", 0)
-    assert result.exit_code == 2 and "not a tokembed index" in result.stderr
+    assert result.exit_code == 6 and "not a tokembed index" in result.stderr  # index not found
     result = cli("serve", "--index", index, "--dtype", "bfloat16", "--port", 0)
     assert result.exit_code == 2 and "--dtype" in result.stderr
     result = cli("serve", "--index", index, "--model", minilm_path, "--port", 0)

@@ -3,7 +3,8 @@
 matches every time). Events: ``write`` (rows appended to an open shard), ``shard`` (a shard finished
 and journaled), ``commit`` (just before the manifest is replaced), ``codes`` (a shard's code file
 written), ``drop`` (a shard rewritten without its vectors, ``--drop-vectors``), ``render`` (a ``--pdf-workers``
-process takes page N of a PDF: the worker dies, not the run). Unset in normal use: costs
+process takes page N of a PDF: the worker dies, not the run), ``export`` (an export has written its N-th
+shard, into its staging folder). Unset in normal use: costs
 one environment lookup per event.
 
 Engine faults: ``TOKEMBED_TEST_WORKER_DIE_AT=W:N`` makes worker process W (0-based) SIGKILL itself when it

@@ -126,16 +126,20 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     started = time.perf_counter()  # before the imports below: importing torch is part of the load
     from tokembed.embedder import Embedder
     from tokembed.engine.device import resolve_device
-    from tokembed.index.lock import IndexLock
+    from tokembed.index.lock import IndexLock, refuse_if_locked
     from tokembed.models.resolve import DEMO_NOTICE
 
     progress = progress or NullProgress()
     _check_job(job)
+    if job.wait_seconds == 0:
+        refuse_if_locked(job.output)
     device = "cpu" if job.engine == "ray" else resolve_device(job.devices)  # a Ray driver only reads and plans
     if job.model is None:
         progress.log(DEMO_NOTICE)
     embedder = Embedder.load(job.model, job.flags, device, job.trust_remote_code)
     settings, model = embedder.settings, embedder.model
+    if settings.dimensions is not None and settings.dimensions > model.output_dim:
+        raise UsageError(f"--dimensions {settings.dimensions} is larger than the model's output dimension {model.output_dim}")
     progress.log(
         f"model {embedder.resolved.name} ({model.family}, {model.architecture}) on {device}: mode {settings.mode}, "
         f"kind {settings.kind}, dim {embedder.output_dim}, compute {settings.dtype}, store {settings.store_dtype}"

@@ -32,15 +32,16 @@ class DevicePlan:
         return torch_device(self.labels[0])
 
 
-def parse_devices(spec: str | None) -> DevicePlan:
-    """``--devices`` -> the worker labels and whether they run in worker processes. Raises ``DeviceError``."""
+def parse_devices(spec: str | None, flag: str = "--devices") -> DevicePlan:
+    """``--devices`` -> the worker labels and whether they run in worker processes. Raises ``DeviceError``
+    naming ``flag`` (``score`` calls its option ``--device``)."""
     spec = (spec or "auto").strip().lower()
     if spec == "cpu":
         return DevicePlan(("cpu",), workers=False)
     if spec.startswith("cpu:"):
         count = spec[4:]
         if not count.isdigit() or int(count) < 1:
-            raise DeviceError(f"--devices {spec}: N in cpu:N must be a positive number of worker processes")
+            raise DeviceError(f"{flag} {spec}: N in cpu:N must be a positive number of worker processes")
         return DevicePlan(tuple(f"cpu:{i}" for i in range(int(count))), workers=True)
     if spec == "auto":
         count = _cuda_count()
@@ -48,26 +49,26 @@ def parse_devices(spec: str | None) -> DevicePlan:
             return DevicePlan(("cpu",), workers=False)
         return DevicePlan(tuple(f"cuda:{i}" for i in range(count)), workers=count > 1)
     if spec == "cuda":
-        _need_cuda(spec)
+        _need_cuda(spec, flag)
         return DevicePlan(("cuda:0",), workers=False)
     if spec.startswith("cuda"):
         labels = tuple(part.strip() for part in spec.split(","))
-        count = _need_cuda(spec)
+        count = _need_cuda(spec, flag)
         for label in labels:
             index = label[5:] if label.startswith("cuda:") else ""
             if not index.isdigit():
-                raise DeviceError(f"--devices {spec}: {label!r} is not cuda:N ({_EXPECTED})")
+                raise DeviceError(f"{flag} {spec}: {label!r} is not cuda:N ({_EXPECTED})")
             if int(index) >= count:
-                raise DeviceError(f"--devices {spec}: {label} does not exist ({count} CUDA device(s) visible)")
+                raise DeviceError(f"{flag} {spec}: {label} does not exist ({count} CUDA device(s) visible)")
         if len(set(labels)) != len(labels):
-            raise DeviceError(f"--devices {spec}: a device is listed twice")
+            raise DeviceError(f"{flag} {spec}: a device is listed twice")
         return DevicePlan(labels, workers=len(labels) > 1)
-    raise DeviceError(f"--devices {spec!r}: {_EXPECTED}")
+    raise DeviceError(f"{flag} {spec!r}: {_EXPECTED}")
 
 
-def resolve_device(spec: str) -> str:
+def resolve_device(spec: str, flag: str = "--devices") -> str:
     """The torch device the main process loads the model on (the first device of ``--devices``)."""
-    return parse_devices(spec).first
+    return parse_devices(spec, flag).first
 
 
 def torch_device(label: str) -> str:
@@ -80,10 +81,10 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _need_cuda(spec: str) -> int:
+def _need_cuda(spec: str, flag: str) -> int:
     count = _cuda_count()
     if count == 0:
-        raise DeviceError(f"--devices {spec}: no CUDA device is visible", hint="use --devices cpu (or cpu:N)")
+        raise DeviceError(f"{flag} {spec}: no CUDA device is visible", hint=f"use {flag} cpu" + (" (or cpu:N)" if flag == "--devices" else ""))
     return count
 
 

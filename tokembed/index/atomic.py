@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,3 +59,18 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def remove_unused(path: Path) -> None:
+    """Delete a file of ours that nothing reads any more (after a commit, or a dead run's temp file).
+
+    Never raises: by then the commit stands, and a failed clean-up must not fail (or undo) the run. A folder
+    under that name is not ours and is left alone; a file that cannot be removed only takes space."""
+    log = logging.getLogger("tokembed")
+    if path.is_dir() and not path.is_symlink():
+        log.warning("%s: a folder among tokembed's own files; left alone (move it out of the index)", path)
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("%s: cannot remove it (%s); nothing reads it, it only takes space", path, exc)

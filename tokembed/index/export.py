@@ -14,20 +14,35 @@ its sha256), read shard by shard through the memory map. Output, with the embedd
 
 Memory stays one record batch: nothing holds the whole index. A writer holding the index's lock is not
 waited for: its uncommitted shards are not in the manifest, so they are never read.
+
+Both formats are written into a hidden staging folder beside ``PATH`` and published by rename only once
+every shard is written: a failed or interrupted export (a corrupt shard, disk full, Ctrl-C, SIGTERM) removes
+the staging folder and leaves ``PATH`` as it was, never a part that reads as the whole index.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tokembed.errors import IndexWriteError, UsageError
+from tokembed._testhooks import fault_point
+from tokembed.errors import IndexWriteError, UsageError, VectorsDroppedError
 
 FORMATS = ("parquet", "lance")
 DTYPES = ("float32", "float16")
 DEFAULT_TABLE = "documents"
+# LanceDB's rule (lancedb.util.validate_table_name), checked here so that a bad name is exit 2 before any work.
+TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+VECTORS_DROPPED_HINT = (
+    "export writes the stored vectors and cannot rebuild them from the codes; encode the corpus into a new "
+    "index folder and export that (next time, export before `tokembed compress --drop-vectors`)"
+)
 
 
 @dataclass
@@ -46,11 +61,16 @@ class ExportSummary:
         return asdict(self)
 
 
-def check_export_options(fmt: str, dtype: str) -> None:
+def check_export_options(fmt: str, dtype: str, table: str = DEFAULT_TABLE) -> None:
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: must be one of {', '.join(DTYPES)}")
+    if fmt == "lance" and (not TABLE_NAME.fullmatch(table) or table in (".", "..")):
+        raise UsageError(
+            f"--table {table!r}: a LanceDB table name is one or more letters, digits, underscores, hyphens "
+            "and periods (not '.' or '..')"
+        )
 
 
 def export_schema(dim: int, dtype: str, pages: bool = False):
@@ -84,10 +104,14 @@ def export_index(
     from tokembed.index import open_index
     from tokembed.index.format import require_vectors
 
-    check_export_options(fmt, dtype)
+    check_export_options(fmt, dtype, table)
     started = time.perf_counter()
     index = open_index(index_path)  # holds every listed shard open: a later commit cannot pull them away
-    require_vectors(index, "export")
+    try:
+        require_vectors(index, "export")
+    except VectorsDroppedError as exc:
+        exc.hint = VECTORS_DROPPED_HINT  # the generic hint is about search, which export is not
+        raise
     to = Path(to)
     schema = export_schema(index.dim, dtype, pages=has_pdf_pages(index))
     if fmt == "parquet":
@@ -102,8 +126,9 @@ def export_index(
 
 def export_batches(index, schema) -> Iterator:
     """The index's rows as record batches of ``schema``, shard by shard, each shard verified first."""
-    for shard in index.shards:
+    for number, shard in enumerate(index.shards, start=1):
         yield from _shard_export_batches(index, shard, schema)
+        fault_point("export", number)
 
 
 def _shard_export_batches(index, shard: dict, schema) -> Iterator:
@@ -124,60 +149,155 @@ def _column(batch, field):
     return pa.nulls(batch.num_rows, field.type) if position < 0 else batch.column(position).cast(field.type)
 
 
+# ---------------------------------------------------------------------------------------------- staging
+
+
+@contextmanager
+def _staging_beside(to: Path) -> Iterator[Path]:
+    """A new hidden folder in ``to``'s parent (the same file system, so that a rename publishes it), removed
+    when the block ends whatever happened; one left by a killed run of the same pid is removed first."""
+    target = to.resolve()
+    staging = target.parent / f".{target.name}.export-tmp-{os.getpid()}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as exc:
+        raise IndexWriteError(f"--to {to}: cannot create a folder beside it ({exc.strerror or exc})") from exc
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_staging(staging: Path, to: Path) -> None:
+    """Make the staging folder's entries appear in ``to``: one rename of the whole folder when ``to`` is new,
+    else one rename per entry into the existing folder, undone if one fails, never replacing an entry."""
+    from tokembed.index.atomic import fsync_dir
+
+    target = to.resolve()
+    try:
+        if not target.exists():
+            os.rename(staging, target)
+        else:
+            _move_entries(staging, target, to)
+        fsync_dir(target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise IndexWriteError(f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
+
+
+def _move_entries(staging: Path, target: Path, to: Path) -> None:
+    moved: list[str] = []
+    try:
+        for entry in sorted(staging.iterdir()):
+            if (target / entry.name).exists():  # written by another process since the export started
+                raise UsageError(f"--to {to}: {entry.name} appeared while exporting", hint="export again to a new path")
+            os.rename(entry, target / entry.name)
+            moved.append(entry.name)
+    except BaseException:
+        for name in moved:  # back into staging, which the caller removes: ``to`` is left as it was
+            os.rename(target / name, staging / name)
+        raise
+
+
 # ---------------------------------------------------------------------------------------------- parquet
 
 
 def _write_parquet(index, to: Path, schema, log) -> tuple[int, int]:
+    _require_empty_folder(to)
+    with _staging_beside(to) as staging:
+        written = _write_parquet_files(index, staging, to, schema, log)
+        _publish_staging(staging, to)
+    return max(1, len(index.shards)), written
+
+
+def _write_parquet_files(index, folder: Path, to: Path, schema, log) -> int:
+    """One Parquet file per shard in ``folder`` (one file of no rows for an empty index, so that a glob over
+    the folder finds the schema); returns the bytes written."""
     import pyarrow.parquet as pq
 
-    from tokembed.index.atomic import fsync_dir, replacing
+    from tokembed.index.atomic import fsync_dir, fsync_file
 
-    _require_empty_folder(to)
     written = 0
     for number, shard in enumerate(index.shards, start=1):
-        final = to / (Path(shard["file"]).stem + ".parquet")
+        name = Path(shard["file"]).stem + ".parquet"
         try:
-            with replacing(final) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            with pq.ParquetWriter(folder / name, schema) as writer:
                 for batch in _shard_export_batches(index, shard, schema):
                     writer.write_batch(batch)
+            fsync_file(folder / name)
         except OSError as exc:
-            raise IndexWriteError(f"{final}: cannot write ({exc.strerror or exc})") from exc
-        written += final.stat().st_size
-        log(f"{final.name}: {shard['rows']} rows, {shard['tokens']} tokens ({number}/{len(index.shards)})")
-    if not index.shards:  # an empty index: one file of no rows, so that a glob over the folder finds its schema
-        empty = to / "part-000000.parquet"
-        with replacing(empty) as tmp:
-            pq.write_table(schema.empty_table(), tmp)
-        written = empty.stat().st_size
-    fsync_dir(to)
-    return max(1, len(index.shards)), written
+            raise IndexWriteError(f"--to {to}: cannot write {name} ({exc.strerror or exc})") from exc
+        written += (folder / name).stat().st_size
+        log(f"{name}: {shard['rows']} rows, {shard['tokens']} tokens ({number}/{len(index.shards)})")
+        fault_point("export", number)
+    if not index.shards:
+        pq.write_table(schema.empty_table(), folder / "part-000000.parquet")
+        fsync_file(folder / "part-000000.parquet")
+        written = (folder / "part-000000.parquet").stat().st_size
+    fsync_dir(folder)
+    return written
 
 
 def _require_empty_folder(to: Path) -> None:
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise UsageError(f"--to {to}: already exists and is not an empty folder", hint="choose a new path or remove it")
-    try:
-        to.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise IndexWriteError(f"--to {to}: cannot create the folder ({exc.strerror or exc})") from exc
 
 
 # ---------------------------------------------------------------------------------------------- lance
 
 
 def _write_lance(index, to: Path, table: str, schema) -> tuple[int, int]:
+    """The table is created in a staging LanceDB folder and moved into ``to`` once LanceDB has committed it."""
     import pyarrow as pa
 
     lancedb = _import_lancedb()
-    try:
-        db = lancedb.connect(str(to))
-        if table in db.list_tables().tables:
-            raise UsageError(f"--to {to}: LanceDB table {table!r} already exists", hint="choose another --table or path")
-        reader = pa.RecordBatchReader.from_batches(schema, export_batches(index, schema))
-        db.create_table(table, data=reader, schema=schema)
-    except OSError as exc:
-        raise IndexWriteError(f"--to {to}: cannot write the LanceDB table ({exc})") from exc
-    return 1, _folder_bytes(to / f"{table}.lance")
+    _require_new_table(to, table)
+    source = _BatchSource(export_batches(index, schema))
+    with _staging_beside(to) as staging:
+        try:
+            reader = pa.RecordBatchReader.from_batches(schema, iter(source))
+            lancedb.connect(str(staging)).create_table(table, data=reader, schema=schema)
+        except BaseException as exc:
+            source.stop()  # an interrupt leaves LanceDB's background thread writing: end its input
+            if source.error is not None and isinstance(exc, Exception):
+                raise source.error from exc  # LanceDB's "RuntimeError: Arrow error: C Data interface error"
+            if isinstance(exc, OSError):
+                raise IndexWriteError(f"--to {to}: cannot write the LanceDB table ({exc})") from exc
+            raise
+        written = _folder_bytes(staging / f"{table}.lance")
+        _publish_staging(staging, to)
+    return 1, written
+
+
+class _BatchSource:
+    """Record batches for LanceDB that keep the error raised while reading the index, which LanceDB would
+    otherwise turn into a RuntimeError naming neither the shard nor the cause."""
+
+    def __init__(self, batches: Iterator) -> None:
+        self.batches, self.error, self.stopped = batches, None, False
+
+    def __iter__(self) -> Iterator:
+        try:
+            for batch in self.batches:
+                if self.stopped:
+                    raise RuntimeError("export stopped")
+                yield batch
+        except Exception as exc:
+            if not self.stopped:
+                self.error = exc
+            raise
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def _require_new_table(to: Path, table: str) -> None:
+    if to.exists() and not to.is_dir():
+        raise UsageError(f"--to {to}: exists and is not a folder (a LanceDB database is a folder)")
+    if (to / f"{table}.lance").exists():
+        raise UsageError(f"--to {to}: LanceDB table {table!r} already exists", hint="choose another --table or path")
 
 
 def _import_lancedb():

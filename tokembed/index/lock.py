@@ -16,6 +16,27 @@ from tokembed.errors import IndexLockedError, IndexWriteError, UsageError
 LOCK_NAME = ".lock"
 
 
+def refuse_if_locked(folder: Path) -> None:
+    """Raise ``IndexLockedError`` now if another run holds ``folder``'s lock: a second cron run learns it before
+    loading a model for seconds. Only a probe (the lock is taken for real later, which decides); creates nothing."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+    except OSError:
+        return  # no lock file (a new index) or an unreadable one: the real attempt will say
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise _locked(folder, _read_pid(fd)) from None
+    finally:
+        os.close(fd)
+
+
+def _locked(folder: Path, holder) -> IndexLockedError:
+    return IndexLockedError(f"{folder}: locked by another tokembed run (pid {holder or 'unknown'})",
+                            hint="wait for it to finish, or pass --wait SECONDS")
+
+
 class IndexLock:
     def __init__(self, folder: Path, wait_seconds: float = 0.0) -> None:
         self.path = folder / LOCK_NAME
@@ -33,10 +54,7 @@ class IndexLock:
                 if time.monotonic() >= deadline:
                     holder = _read_pid(fd)
                     os.close(fd)
-                    raise IndexLockedError(
-                        f"{self.path.parent}: locked by another tokembed run (pid {holder or 'unknown'})",
-                        hint="wait for it to finish, or pass --wait SECONDS",
-                    ) from None
+                    raise _locked(self.path.parent, holder) from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -21,6 +21,7 @@ from pathlib import Path
 from tokembed.errors import IndexCorruptError, IndexNotFoundError
 from tokembed.index.atomic import sha256_file
 from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS
+from tokembed.index.manifest_shape import check_manifest_shape
 from tokembed.index.verified import VerifiedFiles, stat_key
 
 _OPEN_ATTEMPTS = 5
@@ -96,8 +97,12 @@ class Index:
                 yield batch.select(columns) if columns else batch
 
     def bytes_on_disk(self) -> int:
-        manifest_bytes = len(json.dumps(self.manifest, indent=2, ensure_ascii=False).encode()) + 1  # as written
-        return manifest_bytes + sum(int(shard["bytes"]) for shard in self.shards)
+        """The committed generation's files: manifest, shards and the search structure's files."""
+        structure = (self.manifest.get("search") or {}).get("bytes", 0)
+        return self.manifest_bytes() + sum(int(shard["bytes"]) for shard in self.shards) + int(structure)
+
+    def manifest_bytes(self) -> int:
+        return len(json.dumps(self.manifest, indent=2, ensure_ascii=False).encode()) + 1  # as written
 
     def shard_file(self, shard: dict):
         """(the open file, address of its byte 0 in the mapping) of a shard this reader holds: positioned
@@ -145,13 +150,14 @@ def read_manifest(folder: Path) -> dict | None:
         manifest = json.loads(text)
     except json.JSONDecodeError as exc:
         raise IndexCorruptError(f"{path}: not valid JSON ({exc})") from exc
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexCorruptError(f"{path}: not a tokembed index manifest")
     if manifest.get("format_version") not in READABLE_VERSIONS:
         raise IndexCorruptError(
             f"{path}: format_version {manifest.get('format_version')} (this tokembed reads "
             f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
+    check_manifest_shape(path, manifest)
     return manifest
 
 
@@ -161,7 +167,7 @@ def open_index(folder: Path | str) -> Index:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise IndexNotFoundError(f"{folder}: no such index folder")
+        raise IndexNotFoundError(f"{folder}: {'a file, not an index folder' if folder.exists() else 'no such index folder'}")
     for _ in range(_OPEN_ATTEMPTS):
         manifest = read_manifest(folder)
         if manifest is None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from tokembed._testhooks import fault_point
 from tokembed.errors import IndexWriteError
-from tokembed.index.atomic import atomic_write_bytes, publish, sha256_file
+from tokembed.index.atomic import atomic_write_bytes, publish, remove_unused, sha256_file
 from tokembed.index.format import DATA_DIR, EMBEDDINGS, MANIFEST, SHARD_PATTERN, manifest_bytes, shard_name, shard_schema
 
 DEFAULT_SHARD_ROWS = 50_000
@@ -173,6 +173,7 @@ class IndexWriter:
         except OSError as exc:
             self.abort()
             raise IndexWriteError(f"{self.folder / MANIFEST}: cannot write manifest ({exc})") from exc
+        self._written.clear()  # committed: nothing may undo it now, whatever fails after
         listed = {Path(shard["file"]).name for shard in manifest["shards"]} | {Path(k).name for k in keep}
         remove_unlisted_shards(self.data, listed)
 
@@ -200,7 +201,7 @@ def next_shard_number(data: Path) -> int:
 def remove_unlisted_shards(data: Path, listed: set[str]) -> None:
     for path in data.iterdir():
         if SHARD_PATTERN.match(path.name) and path.name not in listed:
-            path.unlink(missing_ok=True)
+            remove_unused(path)
     remove_temp_files(data)
 
 
@@ -209,4 +210,4 @@ def remove_temp_files(data: Path) -> None:
     if data.is_dir():
         for path in data.iterdir():
             if path.name.startswith(".part-") and ".tmp-" in path.name:
-                path.unlink(missing_ok=True)
+                remove_unused(path)

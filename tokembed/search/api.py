@@ -53,12 +53,16 @@ def search(
     the queries), ``search_seconds`` (the scan or the structure's search) and ``searched_with``
     (``"structure"`` or ``"exhaustive scan"``).
     """
+    from tokembed.index.reader import open_index
     from tokembed.search.plaid.search import open_searchable
 
     _check_options(top_k, block_tokens)
     timings = {} if timings is None else timings
     started = time.perf_counter()
-    index, structure = open_searchable(index_path)  # code files: sizes and sha256 checked
+    if exact:  # the scan reads the vectors alone: a damaged structure must not stop it (its errors say --exact)
+        index, structure = open_index(index_path), None
+    else:
+        index, structure = open_searchable(index_path)  # code files: sizes and sha256 checked
     index.verify(checksums=False)  # missing or truncated shards fail before the model loads
     if exact:
         require_vectors(index, "an exact search (score --exact)")
@@ -212,4 +216,4 @@ def _resolve_device(spec: str) -> str:
         return "cpu"
     from tokembed.engine.device import resolve_device
 
-    return resolve_device(spec)
+    return resolve_device(spec, flag="--device")

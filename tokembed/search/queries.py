@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import unicode_problem
+from tokembed.sources.base import id_problem, unicode_problem
 
 QUERY_SUFFIXES = (".txt", ".tsv", ".jsonl", ".parquet")
 
@@ -40,7 +40,7 @@ def read_queries(path: Path | str, id_column: str = "id", text_column: str = "te
     """Read a query file; the reader is chosen by suffix (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
-        raise BadInputError(f"{path}: no such query file")
+        raise BadInputError(f"{path}: {'a folder, not a query file' if path.is_dir() else 'no such query file'}")
     suffix = path.suffix.lower()
     if suffix == ".txt":
         queries = _read_txt(path)
@@ -150,7 +150,10 @@ def _read_jsonl(path: Path, id_column: str, text_column: str) -> Queries:
         text = record[text_column]
         if not isinstance(text, str):
             raise BadInputError(f"{path} line {number}: text is {type(text).__name__}, not a string")
-        queries.ids.append(str(record.get(id_column, number)))
+        raw_id = record.get(id_column, number)
+        if problem := id_problem(raw_id):
+            raise BadInputError(f"{path} line {number}: {problem}")
+        queries.ids.append(str(raw_id))
         queries.texts.append(text)
     queries.warnings += _blank_warning(path, blanks)
     return queries

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tokembed.errors import IndexCorruptError, ModelMismatchError, UsageError
+from tokembed.errors import IndexCorruptError, IndexNotFoundError, ModelMismatchError, UsageError
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ServedIndex:
         self.folder = Path(folder)
         manifest = read_manifest(self.folder) if self.folder.is_dir() else None
         if manifest is None:
-            raise UsageError(f"--index {folder}: not a tokembed index (no manifest.json)", hint="build one with tokembed encode")
+            raise IndexNotFoundError(f"--index {folder}: not a tokembed index (no manifest.json)", hint="build one with tokembed encode")
         self.manifest = manifest  # the generation the query profile was built for
         self._lock = threading.Lock()
         self._generation: _Generation | None = None

@@ -76,6 +76,7 @@ class EmbeddingService:
     def __init__(self, embedder, options: ServeOptions = ServeOptions(), adapters: dict | None = None, index=None) -> None:
         """``adapters``: LoRA name -> (adapter folder, backbone view with that adapter active), from ``load``;
         ``index``: the ``ServedIndex`` that ``/search`` answers from (its queries get a profile of their own)."""
+        from tokembed.embedder import make_encoder
         from tokembed.engine.runner import BatchExecutor
 
         options.check()
@@ -86,7 +87,12 @@ class EmbeddingService:
         model = embedder.model
         self.vocab_size = _vocab_size(model)
         self.max_model_len = self._max_model_len(options.max_model_len)
-        self.profiles = {"raw": Profile("raw", _profile_flags("raw", None, options.dtype), model, embedder.encoder)}
+        self.vision = embedder.is_vision
+        if self.vision:  # its documents are images, which serve does not take: text queries, the model's own processing
+            flags = _profile_flags("raw", "query", options.dtype)
+            self.profiles = {"query": Profile("query", flags, model, make_encoder(model, flags, embedder.device)[1])}
+        else:
+            self.profiles = {"raw": Profile("raw", _profile_flags("raw", None, options.dtype), model, embedder.encoder)}
         if model.colbert is not None:
             view = own_tokenizer_view(model)
             for kind in ("query", "document"):
@@ -146,6 +152,9 @@ class EmbeddingService:
         if not request.add_special_tokens:
             raise APIError("add_special_tokens=false is not supported; send token ids instead", param="add_special_tokens")
         key = request.input_type or "raw"
+        if self.vision and key != "query":
+            raise APIError(self._vision_refusal("/pooling takes its text queries, with \"input_type\": \"query\" (the model's "
+                                                "own query processing)"), param="input_type")
         if key not in self.profiles:
             raise APIError(
                 f"input_type={key!r} needs a ColBERT checkpoint (PyLate / Stanford settings); {self.name!r} has none",
@@ -234,6 +243,8 @@ class EmbeddingService:
     async def _encode_pair(self, queries: list[str], documents: list[str], request, adapter: str | None = None) -> tuple[list, list, int]:
         """Encode both sides concurrently (their batches may merge with other requests'), normalized unless
         ``use_activation`` is false."""
+        if self.vision:
+            raise APIError(self._vision_refusal("its documents are images, so it scores and reranks none here"), param="model")
         truncate = self._truncation(request.truncate_prompt_tokens)
         colbert = "query" in self.profiles
         q_key, d_key = ("query", "document") if colbert else ("raw", "raw")
@@ -260,8 +271,8 @@ class EmbeddingService:
         over-long input is refused (vLLM's behaviour) unless ``truncate_prompt_tokens`` asks to cut it."""
         items = self._tokenizing_encoder(key, truncate).tokenize(texts)
         if key == "raw" and truncate is None:
-            for item in items:
-                self._check_length(len(item.ids), operation)
+            for item in items:  # tokenized to at most the limit + 1 tokens (a huge text is never tokenized whole)
+                self._check_length(len(item.ids), operation, counted=False)
         return items
 
     def _tokenizing_encoder(self, key: str, truncate: int | None):
@@ -274,6 +285,9 @@ class EmbeddingService:
                 encoder = self._encoder(profile.view, profile.flags, length)
             elif truncate is None:
                 encoder = profile.encoder
+            elif self.vision:
+                raise APIError("truncate_prompt_tokens: a vision model's queries are processed whole (its processor's "
+                               "own length)", param="truncate_prompt_tokens")
             else:  # tokembed encode --max-length semantics: caps the ColBERT length (queries: expansion too)
                 default = profile.encoder.settings.max_length
                 encoder = self._encoder(profile.view, replace(profile.flags, max_length=min(truncate, default)), None)
@@ -337,6 +351,10 @@ class EmbeddingService:
                 "(split the request)", param=param,
             )
 
+    def _vision_refusal(self, what: str) -> str:
+        return (f"{self.name!r} is a vision retrieval model: {what}; index its images or pages with tokembed encode "
+                "and search them with tokembed serve --index")
+
     def _check_dimensions(self, dimensions: int | None) -> None:
         dim = self.embedder.output_dim
         if dimensions is not None and dimensions > dim:
@@ -357,11 +375,13 @@ class EmbeddingService:
             )
         return value
 
-    def _check_length(self, count: int, operation: str) -> None:
+    def _check_length(self, count: int, operation: str, counted: bool = True) -> None:
+        """``counted``: ``count`` is the input's length (token ids), not the limit + 1 tokens a text is read to."""
         if count > self.max_model_len:
+            requested = f"{count}" if counted else f"more than {self.max_model_len}"
             raise APIError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{count} tokens in the input for {operation}. Please reduce the length of the input, or set "
+                f"{requested} tokens in the input for {operation}. Please reduce the length of the input, or set "
                 "truncate_prompt_tokens.", param="input_tokens",
             )
 
@@ -379,6 +399,8 @@ class EmbeddingService:
 def own_tokenizer_view(model):
     """A view of ``model`` sharing its weights, with a tokenizer of its own: a profile's prefix registration
     stays out of the other profiles'."""
+    if hasattr(model, "make_encoder"):  # a vision model: its processor adds no prefix tokens, so it is shared
+        return model
     view = copy.copy(model)
     view.tokenizer = copy.deepcopy(model.tokenizer)
     return view

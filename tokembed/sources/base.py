@@ -98,6 +98,16 @@ def unicode_problem(text: str, what: str = "text") -> str | None:
     return f"{what} is not valid Unicode (a lone surrogate, U+{ord(found.group()):04X}, at character {found.start()})"
 
 
+def id_problem(raw_id) -> str | None:
+    """Why a Parquet/JSONL id value cannot be a row's id, or None: a null, or an object or a list (each would
+    be stored as its Python text: "None", "{'a': 1}"; a null's would collide with a real "None")."""
+    if raw_id is None:
+        return "null id"
+    if isinstance(raw_id, (dict, list, tuple)):
+        return f"id is {'an object' if isinstance(raw_id, dict) else 'a list'}, not a string or a number"
+    return None
+
+
 def printable_id(item_id: str) -> str:
     """The id with its lone surrogates as ``\\udcff`` escapes: what a bad row's id is recorded as."""
     return item_id.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -148,7 +158,7 @@ def _folder_readers(path: Path, modality: str) -> list:
     from tokembed.sources.pdf import PDF_SUFFIX, read_pdf_folder
     from tokembed.sources.textdir import read_text_folder
 
-    suffixes = {p.suffix for p in path.rglob("*") if p.is_file()}
+    suffixes = {p.suffix for p in folder_files(path)}
     has_text = bool(suffixes & set(TEXT_SUFFIXES))
     has_images = bool({suffix.lower() for suffix in suffixes} & set(IMAGE_SUFFIXES))
     has_pdfs = PDF_SUFFIX in {suffix.lower() for suffix in suffixes}
@@ -168,8 +178,9 @@ def _folder_readers(path: Path, modality: str) -> list:
         return readers
     if has_images or has_videos:
         raise BadInputError(
-            f"{path}: a folder of {'images' if has_images else 'videos'}, but this model encodes text",
-            hint="images need a vision retrieval model (ColPali, ColQwen2, ...); tokembed models lists them",
+            f"{path}: a folder of {'images' if has_images else 'videos'}, but this run encodes text",
+            hint="images are the documents of a vision retrieval model (ColPali, ColQwen2, ...; tokembed models lists "
+                 "them); with --kind query it encodes text queries",
         )
     if has_text:
         raise BadInputError(
@@ -179,6 +190,12 @@ def _folder_readers(path: Path, modality: str) -> list:
     raise BadInputError(
         f"{path}: folder holds no .parquet, .jsonl, .txt, .md, .pdf or image ({', '.join(IMAGE_SUFFIXES)}) files"
     )
+
+
+def folder_files(folder: Path, wanted=lambda path: True) -> list[Path]:
+    """The files under ``folder`` that ``wanted`` takes, in path order. A link to a file that is gone is listed
+    too: its reader names it as a bad row (cannot read) instead of it vanishing from the run unsaid."""
+    return sorted(p for p in folder.rglob("*") if (p.is_file() or (p.is_symlink() and not p.exists())) and wanted(p))
 
 
 def ignored_files(inputs: list[Path], options: SourceOptions) -> list[str]:
@@ -194,7 +211,7 @@ def ignored_files(inputs: list[Path], options: SourceOptions) -> list[str]:
     for path in inputs:
         if not path.is_dir() or next(path.rglob("*.parquet"), None) or next(path.rglob("*.jsonl"), None):
             continue
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        files = folder_files(path)
         # text files match their suffix case-sensitively (textdir), images and PDFs in any case
         ignored += [str(p) for p in files if p.suffix not in taken and p.suffix.lower() not in taken - set(TEXT_SUFFIXES)]
     return ignored

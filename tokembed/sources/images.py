@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked
+from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked, folder_files
 
 WHITE = (255, 255, 255)
 DECODE_THREADS = 4  # images of a folder or a Parquet image column decoded at once (Pillow releases the GIL)
@@ -237,7 +237,7 @@ def _done(item: Item | Future) -> Item:
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    return folder_files(folder, is_image_file)
 
 
 def read_image_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, wanted_columns
+from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, id_problem, wanted_columns
 
 
 def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
@@ -93,7 +93,11 @@ def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: 
         return
     if options.pdf_column not in record:
         raise BadInputError(f"{source} row {row}: no PDF field {options.pdf_column!r} (fields: {', '.join(record)})")
-    item_id = str(record.get(options.id_column, global_row))
+    raw_id = record.get(options.id_column, global_row)
+    if problem := id_problem(raw_id):
+        yield Item(str(global_row), None, source, row, error=problem)
+        return
+    item_id = str(raw_id)
     yield from row_pages(Item(item_id, None, source, row), _json_bytes(record[options.pdf_column]), path.parent, options)
 
 
@@ -120,6 +124,8 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
     if options.id_column_given and options.id_column not in record:
         raise BadInputError(f"{source} row {row}: no id field {options.id_column!r}")
     raw_id = record.get(options.id_column, global_row)
+    if problem := id_problem(raw_id):
+        return Item(str(global_row), None, source, row, error=problem), None
     if _video_field(record, options, f"{source} row {row}"):
         from tokembed.sources.video import attach_video
 

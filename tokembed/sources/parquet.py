@@ -13,7 +13,7 @@ from itertools import islice
 from pathlib import Path
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, wanted_columns
+from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, id_problem, wanted_columns
 from tokembed.sources.parquet_pages import CorruptPage, InvalidUtf8, Unsupported, is_huge_text, text_cells
 
 
@@ -73,13 +73,16 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
         for batch, paged_texts in _batches(path, handle, columns, size, options.text_column, paged):
             count = batch.num_rows
             texts = paged_texts if paged_texts is not None else _cells(batch, options.text_column) if use_text else [None] * count
-            ids = _cells(batch, options.id_column) if has_ids else [None] * count
+            ids = _cells(batch, options.id_column) if has_ids else range(offset + row, offset + row + count)
             images = _cells(batch, options.image_column) if use_image else None
             pdfs = _cells(batch, options.pdf_column) if use_pdf else None
             videos = _cells(batch, options.video_column) if use_video else None
             del batch  # its Arrow buffers: a huge text would otherwise be held twice while its items are planned
             for i, (raw_id, text) in enumerate(zip(ids, texts)):
-                item = _item(path, row + i, offset + row + i, raw_id, text, check_text=use_text)
+                if (bad_id := _bad_id(path, row + i, offset + row + i, raw_id)) is not None:
+                    yield bad_id  # its image, PDF or video is not read
+                    continue
+                item = _item(path, row + i, str(raw_id), text, check_text=use_text)
                 if pdfs is not None:
                     yield from row_pages(item, pdfs[i], path.parent, options)
                 elif videos is not None:
@@ -135,19 +138,24 @@ def _cell(scalar):
         return InvalidUtf8(exc.start, scalar.cast(pa.large_binary()).as_py())
 
 
-def _item(path: Path, row: int, global_row: int, raw_id, text, check_text: bool = True) -> Item:
-    source = str(path)
+def _bad_id(path: Path, row: int, global_row: int, raw_id) -> Item | None:
+    """The row as a bad row when its id cell cannot be an id (recorded under its row number), else None."""
     if isinstance(raw_id, InvalidUtf8):
-        return Item(raw_id.printable(), None, source, row, error=f"id is not valid UTF-8 (byte {raw_id.byte})")
-    if raw_id is None and global_row is not None:
-        raw_id = global_row
+        return Item(raw_id.printable(), None, str(path), row, error=f"id is not valid UTF-8 (byte {raw_id.byte})")
+    if problem := id_problem(raw_id):
+        return Item(str(global_row), None, str(path), row, error=problem)
+    return None
+
+
+def _item(path: Path, row: int, item_id: str, text, check_text: bool = True) -> Item:
+    source = str(path)
     if not check_text:
-        return Item(str(raw_id), None, source, row)
+        return Item(item_id, None, source, row)
     if text is None:
-        return Item(str(raw_id), None, source, row, error="null text")
+        return Item(item_id, None, source, row, error="null text")
     if isinstance(text, InvalidUtf8):
-        return Item(str(raw_id), None, source, row, error=f"text is not valid UTF-8 (byte {text.byte})")
+        return Item(item_id, None, source, row, error=f"text is not valid UTF-8 (byte {text.byte})")
     if not isinstance(text, str):
-        return Item(str(raw_id), None, source, row, error=f"text is {type(text).__name__}, not a string")
-    return Item(str(raw_id), text, source, row)
+        return Item(item_id, None, source, row, error=f"text is {type(text).__name__}, not a string")
+    return Item(item_id, text, source, row)
 

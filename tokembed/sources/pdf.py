@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import UsageError
-from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked
+from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, folder_files
 
 PDF_SUFFIX = ".pdf"
 DEFAULT_PDF_DPI = 144
@@ -51,7 +51,7 @@ def is_pdf_file(path: Path) -> bool:
 
 
 def pdf_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_pdf_file(p))
+    return folder_files(folder, is_pdf_file)
 
 
 def is_empty_page(item: Item) -> bool:

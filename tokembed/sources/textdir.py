@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from tokembed.sources.base import TEXT_SUFFIXES, Item, SourceOptions, chunked
+from tokembed.sources.base import TEXT_SUFFIXES, Item, SourceOptions, chunked, folder_files
 
 
 def read_text_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+    files = folder_files(folder, lambda path: path.suffix in TEXT_SUFFIXES)
     return chunked((_item(folder, file) for file in files), options.chunk_rows)
 
 

@@ -3,10 +3,13 @@
 Stage: sources. In: a video file or the bytes of one. Out: an ``Item`` whose ``image`` is a ``Video`` (where the
 bytes are, and what the container says: frame count, frame rate, size) and whose ``image_sha256`` is the sha256
 of the stored bytes (what the content hash of the item is made of), or ``Item.error`` naming why the video
-cannot be used. The reader only opens the container (PyAV) and reads its headers and packet count, so a chunk of
-video items holds no frames; the model decodes the frames it samples when it encodes the item
-(``Video.decode``), resizing each one as it comes, so memory is bounded by the sampled, resized frames of one
-video.
+cannot be used. The reader opens the container (PyAV), reads its headers (and packet count), and decodes every
+frame once without keeping any (``probe_video``), so a video that does not decode (corrupt data, a file cut short
+of the frames its container announces) is a bad row of the reader, skipped or failed under ``--on-error`` like a
+bad image or PDF page, not an error in the middle of encoding; a chunk of video items holds no frames. The model
+decodes the frames it samples when it encodes the item (``Video.decode``), resizing each one as it comes, so
+memory is bounded by the sampled, resized frames of one video. A folder's videos are probed on the images'
+decoding threads, taken back in order.
 
 PyAV (FFmpeg) is the decoder: ``pip install 'tokembed[video]'``.
 """
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked
+from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked, folder_files
 
 _READ_BLOCK = 1 << 20
 # A plan: (total frames, fps, height, width) -> (frame numbers to sample, (height, width) to resize them to).
@@ -99,7 +102,25 @@ def probe_video(name: str, path: str | None = None, data: bytes | None = None) -
         raise VideoDecodeError("the video has no frame rate")
     if height <= 0 or width <= 0:
         raise VideoDecodeError(f"the video has zero size ({width}x{height})")
+    _check_frames(av, path, data, total)
     return Video(name, path, data, total, fps, height, width)
+
+
+def _check_frames(av, path: str | None, data: bytes | None, total: int) -> None:
+    """Decode frames 0 .. ``total`` - 1 as ``Video.decode`` does (the same stream, the same decoder settings),
+    keeping none: the frames a model may sample (``sample_frames`` takes the last one whenever it takes two), so
+    a video that passes decodes when it is encoded."""
+    decoded = 0
+    try:
+        with av.open(path if path is not None else io.BytesIO(data), mode="r") as container:
+            for _frame in container.decode(video=0):
+                decoded += 1
+                if decoded >= total:
+                    break
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise VideoDecodeError(f"cannot decode the video at frame {decoded} ({type(exc).__name__}: {exc})") from None
+    if decoded < total:
+        raise VideoDecodeError(f"the video ends before frame {decoded} (the container says {total} frames)")
 
 
 def _decode_frames(video: Video, indices: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
@@ -142,14 +163,17 @@ def _import_av():
 
 
 def video_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_video_file(p))
+    return folder_files(folder, is_video_file)
 
 
 def read_video_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
     """One item per video file, id = path relative to the folder, in path order."""
+    from tokembed.sources.images import in_background, in_order
+
     _import_av()  # a clear error before the first file rather than one per file
     size = min(options.chunk_rows, options.image_chunk_rows)
-    return chunked((_file_item(folder, file) for file in video_files(folder)), size)
+    probing = (in_background(_file_item, folder, file) for file in video_files(folder))  # PyAV decodes without the GIL
+    return chunked(in_order(probing), size)
 
 
 def _file_item(folder: Path, file: Path) -> Item:

@@ -30,7 +30,7 @@ import numpy as np
 
 from tokembed._testhooks import fault_point
 from tokembed.errors import BadInputError, VectorsDroppedError
-from tokembed.index.atomic import atomic_write_bytes
+from tokembed.index.atomic import atomic_write_bytes, remove_unused
 from tokembed.index.format import SEARCH, VECTORS, VECTORS_DROPPED, vectors_dropped
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid.codec import Codec
@@ -296,7 +296,7 @@ def remove_unlisted_files(folder: Path, manifest: dict) -> None:
         listed.add(Path(structure["codec"]["file"]).name)
     for path in plaid.iterdir():
         if path.name not in listed:
-            path.unlink(missing_ok=True)
+            remove_unused(path)
 
 
 def check_compressible(index) -> None:

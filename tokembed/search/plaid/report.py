@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tokembed.errors import IndexCorruptError
 from tokembed.index.format import vectors_dropped
 from tokembed.search.plaid.build import SEARCH
 from tokembed.search.plaid.files import map_tensors
@@ -29,9 +30,14 @@ def structure_facts(index) -> dict | None:
     sizes = {"codec": structure["codec"]["bytes"], "centroid_ids": 0, "residuals": 0, "inverted_lists": 0, "doc_offsets": 0}
     pairs = 0
     for entry in structure["shards"]:
-        tensors, _ = map_tensors(index.folder / entry["file"])
-        for name, array in tensors.items():
-            sizes[_PARTS[name]] += array.nbytes
+        path = index.folder / entry["file"]
+        tensors, _ = map_tensors(path)
+        if "list_rows" not in tensors:
+            raise IndexCorruptError(f"{path}: a code file layout this release cannot read (no list_rows): written by "
+                                    "a newer tokembed? Upgrade, or search with --exact")
+        for name, array in tensors.items():  # a tensor this release does not know (search ignores it): "other"
+            part = _PARTS.get(name, "other")
+            sizes[part] = sizes.get(part, 0) + array.nbytes
         pairs += tensors["list_rows"].size
     total = structure["bytes"]
     sizes["headers"] = total - sum(sizes.values())

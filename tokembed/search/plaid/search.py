@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tokembed.errors import IndexCorruptError, UsageError
+from tokembed.index.format import vectors_dropped
 from tokembed.search.plaid.build import SEARCH
 from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, scratches
 from tokembed.search.plaid.codec import Codec
@@ -84,8 +85,10 @@ def open_searchable(folder: Path | str, verify: bool = True):
             return index, None
         try:
             return index, open_structure(index, verify)
-        except IndexCorruptError:
+        except IndexCorruptError as exc:
             if read_manifest(Path(folder)) == index.manifest:
+                if exc.hint is None and not vectors_dropped(index.manifest):
+                    exc.hint = "score --exact still searches the vectors; tokembed compress --retrain rebuilds the structure"
                 raise
     raise IndexCorruptError(f"{folder}: the index kept changing while it was being opened")
 

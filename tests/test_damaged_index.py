@@ -1,0 +1,200 @@
+"""Damage around an index, and what every command makes of it.
+
+* Once a run's manifest is written, nothing that fails after it may undo it: the clean-up of files no manifest
+  lists skips what is not ours (a folder a user put there) with a warning, and an error after the commit leaves
+  the committed shards in place.
+* A manifest that parses but lacks a field, or holds one of the wrong type, is a corrupt index (exit 6) naming
+  the field, for every reader.
+* A damaged search structure stops the structure's search, not ``score --exact``, which reads the vectors only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from helpers import manifest, read_index, write_jsonl
+from plaid_support import corpus_rows, edited
+
+
+@pytest.fixture()
+def compressed(tmp_path, cli, colbert_ckpt):
+    """A compressed ColBERT index of 60 rows: (index folder, corpus file, its rows)."""
+    rows = corpus_rows(60)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", rows)
+    index = tmp_path / "index"
+    assert cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--shard-rows", 20, "--quiet").exit_code == 0
+    assert cli("compress", index, "--centroids", 16, "--quiet").exit_code == 0
+    return index, corpus, rows
+
+
+def listed_files(index) -> set[str]:
+    entries = manifest(index)
+    return {shard["file"] for shard in entries["shards"]} | {entry["file"] for entry in entries["search"]["shards"]}
+
+
+def assert_readable(index, cli) -> None:
+    for path in listed_files(index):
+        assert (index / path).is_file(), path
+    assert cli("info", index, "--verify").exit_code == 0
+    result = cli("score", "--query", "alpha beta", index, "--top-k", 3)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_folder_among_the_index_files_is_left_alone_and_the_rerun_commits(compressed, cli, colbert_ckpt):
+    index, corpus, rows = compressed
+    (index / "plaid" / "notes").mkdir()
+    (index / "data" / "part-000099.arrow").mkdir()  # named like a shard, but a folder
+    old_shards = {shard["file"] for shard in manifest(index)["shards"]}
+    write_jsonl(corpus, edited(rows))
+
+    result = cli("encode", corpus, "--model", colbert_ckpt, "-o", index)
+
+    assert result.exit_code == 0, result.output
+    assert "tokembed: warning: " in result.stderr and "plaid/notes: a folder among tokembed's own files; left alone" in result.stderr
+    assert (index / "plaid" / "notes").is_dir() and (index / "data" / "part-000099.arrow").is_dir()
+    assert set(read_index(index)) == {row["id"] for row in edited(rows)}
+    replaced = old_shards - {shard["file"] for shard in manifest(index)["shards"]}
+    assert replaced and not any((index / path).exists() for path in replaced)  # the rest was still cleaned up
+    assert_readable(index, cli)
+    quiet = cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--quiet")  # cron: only errors on stderr
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_a_failure_after_the_commit_keeps_the_committed_shards(compressed, cli, colbert_ckpt, monkeypatch):
+    index, corpus, rows = compressed
+    write_jsonl(corpus, edited(rows))
+
+    def clean_up_fails(folder, manifest):
+        raise OSError("clean-up failed")
+
+    monkeypatch.setattr("tokembed.encode._remove_stale_structure", clean_up_fails)
+    with pytest.raises(OSError, match="clean-up failed"):
+        cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--quiet")
+
+    assert set(read_index(index)) == {row["id"] for row in edited(rows)}  # the new generation, whole
+    assert_readable(index, cli)
+
+
+def test_dropping_vectors_with_a_folder_in_the_structure_completes_its_clean_up(compressed, cli):
+    index, _, _ = compressed
+    (index / "plaid" / "notes").mkdir()
+    before = {shard["file"] for shard in manifest(index)["shards"]}
+
+    result = cli("compress", index, "--drop-vectors")
+
+    assert result.exit_code == 0, result.output
+    assert "left alone" in result.stderr
+    assert not any((index / path).exists() for path in before)  # the shards with vectors are freed
+    assert sorted(p.name for p in (index / "plaid").iterdir() if not p.name.startswith("codes-") and p.name != "notes") == [
+        entry for entry in [manifest(index)["search"]["codec"]["file"].split("/")[-1]]]
+    assert cli("score", "--query", "alpha beta", index, "--top-k", 3).exit_code == 0
+
+
+def scored(cli, index, *flags) -> tuple[int, list]:
+    result = cli("score", "--query", "alpha beta", "--query", "kappa mu", index, "--top-k", 5, *flags)
+    hits = [(hit["doc_id"], round(hit["score"], 4)) for hit in map(json.loads, result.stdout.splitlines())] if result.exit_code == 0 else []
+    return result.exit_code, hits
+
+
+def flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["code file altered", "codec gone", "structure folder gone"])
+def test_a_damaged_structure_still_answers_score_exact(compressed, cli, tmp_path, damage):
+    index, _, _ = compressed
+    code, exact = scored(cli, index, "--exact")
+    assert code == 0 and exact
+    structure = manifest(index)["search"]
+    if damage == "code file altered":
+        flip_a_byte(index / structure["shards"][0]["file"])
+    elif damage == "codec gone":
+        (index / structure["codec"]["file"]).unlink()
+    else:
+        shutil.rmtree(index / "plaid")
+
+    refused = cli("score", "--query", "alpha beta", index)
+    assert refused.exit_code == 6 and "hint: score --exact still searches the vectors" in refused.stderr, refused.output
+    assert scored(cli, index, "--exact") == (0, exact)
+
+
+def edit_manifest(index, edit) -> None:
+    data = json.loads((index / "manifest.json").read_text())
+    data = edit(data)
+    (index / "manifest.json").write_text(json.dumps(data))
+
+
+def _without(key):
+    def edit(data):
+        del data[key]
+        return data
+    return edit
+
+
+def _setting(path, value):
+    def edit(data):
+        section = data
+        for key in path[:-1]:
+            section = section[key]
+        section[path[-1]] = value
+        return data
+    return edit
+
+
+def _drop_sha256(data):
+    del data["shards"][0]["sha256"]
+    return data
+
+
+WRONG_SHAPES = {
+    "a JSON array": (lambda data: [1, 2], "not a tokembed index manifest"),
+    "no shards": (_without("shards"), "no shards"),
+    "shards null": (_setting(["shards"], None), "shards is None, not a JSON array"),
+    "shards a string": (_setting(["shards"], "x"), "shards is 'x'"),
+    "no dim": (_without("dim"), "no dim"),
+    "dim a string": (_setting(["dim"], "x"), "dim is 'x', not a JSON integer"),
+    "no model": (_without("model"), "no model"),
+    "model null": (_setting(["model"], None), "model is None, not a JSON object"),
+    "no settings": (_without("settings"), "no settings"),
+    "a shard without its sha256": (_drop_sha256, "no shards[0].sha256"),
+    "a shard outside the folder": (_setting(["shards", 0, "file"], "../elsewhere.arrow"), "not a path inside the index folder"),
+    "a structure without its lists": (_setting(["search"], {"kind": "plaid"}), "no search.codec"),
+}
+
+
+@pytest.mark.parametrize("shape", WRONG_SHAPES)
+def test_a_manifest_of_the_wrong_shape_is_a_corrupt_index_for_every_reader(compressed, cli, tmp_path, shape):
+    index, _, _ = compressed
+    edit, message = WRONG_SHAPES[shape]
+    edit_manifest(index, edit)
+    for command in (["score", "--query", "alpha", index], ["score", "--query", "alpha", index, "--exact"],
+                    ["info", index], ["export", index, "--to", tmp_path / "out", "--format", "parquet"]):
+        result = cli(*command)
+        assert result.exit_code == 6, (command, result.output)
+        assert "manifest.json" in result.stderr and message in result.stderr, (command, result.stderr)
+
+
+def test_a_code_file_with_a_tensor_this_release_does_not_know(compressed, cli):
+    """Search ignores a tensor it does not use; info counts its bytes as "other" (it used to fail on it)."""
+    from tokembed.search.plaid.files import map_tensors, write_tensors
+
+    index, _, _ = compressed
+    before = scored(cli, index)
+    entries = manifest(index)
+    entry = entries["search"]["shards"][0]
+    tensors, metadata = map_tensors(index / entry["file"])
+    tensors = {name: array.copy() for name, array in tensors.items()}
+    extra = tensors["residuals"][:2]
+    entry.update(write_tensors(index / entry["file"], {**tensors, "weird_new": extra}, metadata))
+    entries["search"]["bytes"] += entry["bytes"] - manifest(index)["search"]["shards"][0]["bytes"]
+    (index / "manifest.json").write_text(json.dumps(entries))
+
+    result = cli("info", index, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["search_structure"]["bytes_by_part"]["other"] == extra.nbytes
+    assert scored(cli, index) == before

@@ -1,0 +1,77 @@
+"""``tokembed serve`` with a vision retrieval model (the tiny random ColPali): its text queries through the
+model's own query processing, as ``tokembed score`` encodes them; ``--index`` over a page-image index answers
+``/search`` as ``score`` does; what it cannot answer (documents are images) is a 400 that says so, never a 500."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serve_support import LiveServer
+
+SAMPLE_IMAGES = __import__("conftest").SAMPLE_DATA / "images"
+QUERIES = ["invoice total", "a rainfall chart", "boarding pass gate"]
+
+
+@pytest.fixture(scope="module")
+def colpali(tmp_path_factory):
+    from vision_checkpoints import build_colpali
+
+    return build_colpali(tmp_path_factory.mktemp("vision") / "colpali")
+
+
+@pytest.fixture(scope="module")
+def server(colpali):
+    from tokembed.serve import EmbeddingService, ServeOptions
+
+    live = LiveServer(EmbeddingService.load(str(colpali), "cpu", ServeOptions()))
+    yield live
+    live.stop()
+
+
+def test_text_queries_get_the_models_own_query_processing(server, colpali):
+    from tokembed.embedder import Embedder
+    from tokembed.settings import EncodeFlags
+
+    response = server.post("/pooling", {"input": QUERIES, "input_type": "query"})
+    assert response.status_code == 200, response.text
+    expected = Embedder.load(str(colpali), EncodeFlags(kind="query", store_dtype="float32")).embed(QUERIES)
+    for item, (vectors, _) in zip(response.json()["data"], expected):
+        assert np.asarray(item["data"]).shape == vectors.shape
+        assert np.abs(np.asarray(item["data"]) - vectors).max() < 1e-5
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/pooling", {"input": "invoice total"}, "input_type"),  # raw mode: no such thing for an image model here
+    ("/pooling", {"input": "invoice total", "input_type": "document"}, "input_type"),
+    ("/pooling", {"input": [[5, 6, 7]], "input_type": "query"}, "input"),
+    ("/pooling", {"input": "invoice total", "input_type": "query", "truncate_prompt_tokens": 4}, "truncate_prompt_tokens"),
+    ("/score", {"text_1": "invoice total", "text_2": "a page"}, "model"),
+    ("/rerank", {"query": "invoice total", "documents": ["a page"]}, "model"),
+])
+def test_what_a_vision_model_cannot_answer_is_a_400_that_says_why(server, path, body, param):
+    response = server.post(path, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    if param in ("model", "input_type"):
+        assert "vision retrieval model" in error["message"] and "tokembed encode" in error["message"]
+
+
+def test_search_over_a_page_image_index_answers_as_score_does(cli, colpali, tmp_path):
+    from tokembed.search import search
+    from tokembed.serve import EmbeddingService, ServeOptions
+
+    index = tmp_path / "index"
+    assert cli("encode", SAMPLE_IMAGES, "--model", colpali, "-o", index, "--quiet").exit_code == 0
+    live = LiveServer(EmbeddingService.load(None, "cpu", ServeOptions(), index=str(index)))
+    try:
+        response = live.post("/search", {"query": QUERIES, "top_k": 4})
+        assert response.status_code == 200, response.text
+        got = [[(hit["id"], hit["score"]) for hit in item["results"]] for item in response.json()["data"]]
+    finally:
+        live.stop()
+    want = [[(hit.id, hit.score) for hit in found] for found in search(index, QUERIES, top_k=4)]
+    assert [[doc for doc, _ in found] for found in got] == [[doc for doc, _ in found] for found in want]
+    for found, wanted in zip(got, want):
+        assert [score for _, score in found] == pytest.approx([score for _, score in wanted], abs=1e-4)
