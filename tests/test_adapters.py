@@ -233,6 +233,11 @@ BAD = {
     "bias all": (lambda a: _edit_config(a, bias="all"), "bias 'all'"),
     "not LoRA": (lambda a: _edit_config(a, peft_type="IA3"), "IA3"),
     "rank disagrees with r": (lambda a: _edit_config(a, r=8), "rank 4"),
+    # peft would leave these modules plain, tokembed would apply their tensors: the results would differ
+    "tensors for an excluded module": (lambda a: _edit_config(a, exclude_modules=["custom_text_proj"]),
+                                       "which its target_modules / exclude_modules / layers_to_transform leave out"),
+    "an option this peft does not know": (lambda a: _edit_config(a, some_future_option=True), "some_future_option"),
+    "a config peft itself refuses": (lambda a: _edit_config(a, layers_to_transform=[0]), "peft refuses this LoRA config"),
 }
 
 

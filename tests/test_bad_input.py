@@ -238,3 +238,62 @@ def test_a_link_to_a_file_that_is_gone_is_a_bad_row_not_a_silent_gap(cli, tmp_pa
     assert manifest(out)["ignored"] == [str(folder / "gone.png")]
     assert cli("encode", folder, "-o", tmp_path / "strict").exit_code == BAD_INPUT
     assert [p.name for p in image_files(folder)] == ["gone.png"] and [p.name for p in pdf_files(folder)] == ["gone.pdf"]
+
+
+def test_a_bad_rows_stand_in_id_never_collides_with_a_real_one(cli, tmp_path):
+    """A bad row with no id of its own is recorded under its row number, which a real id may equal: it takes no
+    part in the duplicate check (it is never indexed), so --on-error skip goes on."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from helpers import write_jsonl
+
+    parquet = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"id": pa.array([1, None, 7], pa.int64()), "text": ["one", "two", "three"]}), parquet)
+    jsonl = tmp_path / "lines.jsonl"
+    write_jsonl(jsonl, [{"id": "2", "text": "real two"}, {"id": "a", "text": "x"}])
+    with jsonl.open("a") as handle:
+        handle.write("this is not json\n")
+    for corpus, ids in ((parquet, ["1", "7"]), (jsonl, ["2", "a"])):
+        out = tmp_path / f"index-{corpus.suffix[1:]}"
+        result = cli("encode", corpus, "-o", out, "--on-error", "skip")
+        assert result.exit_code == 0, result.output
+        assert list(read_index(out)) == ids and len(manifest(out)["skipped"]) == 1
+    write_jsonl(jsonl, [{"id": "a", "text": "x"}, {"id": "b", "text": None}, {"id": "a", "text": "again"}])
+    result = cli("encode", jsonl, "-o", tmp_path / "dup", "--on-error", "skip")
+    assert result.exit_code == BAD_INPUT and "duplicate id 'a'" in result.stderr  # real duplicates still end the run
+
+
+def test_a_jsonl_record_without_the_id_its_file_uses_is_a_bad_row(cli, tmp_path):
+    from helpers import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "first"}, {"text": "no id here"}, {"id": "c", "text": "x"}])
+    out = tmp_path / "index"
+    result = cli("encode", corpus, "-o", out, "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    assert list(read_index(out)) == ["a", "c"]
+    (skipped,) = manifest(out)["skipped"]
+    assert skipped["row"] == 1 and skipped["reason"] == "no id field 'id' (the file's first record has one)"
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"text": "first"}, {"text": "second"}])  # no ids at all: row numbers
+    assert cli("encode", plain, "-o", tmp_path / "plain").exit_code == 0
+    assert list(read_index(tmp_path / "plain")) == ["0", "1"]
+
+
+def test_a_jsonl_record_without_the_text_field_is_a_bad_row_in_file_order(cli, tmp_path):
+    from helpers import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "ok"}, {"id": "b", "text": None}, {"id": "f"}])
+    failed = cli("encode", corpus, "-o", tmp_path / "strict")
+    assert failed.exit_code == BAD_INPUT and "row 1 (id 'b'): null text" in failed.stderr  # the first bad row first
+    out = tmp_path / "index"
+    assert cli("encode", corpus, "-o", out, "--on-error", "skip").exit_code == 0
+    assert list(read_index(out)) == ["a"]
+    assert [entry["reason"] for entry in manifest(out)["skipped"]] == ["null text", "no text field 'text' (fields: id)"]
+
+
+def test_an_input_given_twice_is_a_usage_error(cli, tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    corpus = write_parquet(folder / "c.parquet", [{"id": "a", "text": "x"}])
+    for inputs, how in (([corpus, corpus], "the same as"), ([folder, corpus], "inside"), ([corpus, folder], "the folder of")):
+        result = cli("encode", *inputs, "-o", tmp_path / "index")
+        assert result.exit_code == 2 and how in result.stderr and "read twice" in result.stderr, result.output

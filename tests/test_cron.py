@@ -85,6 +85,28 @@ def test_sigkill_then_rerun_equals_uninterrupted(work, tmp_path, kill_at):
     assert not (out / "run-journal.json").exists()
 
 
+def test_an_index_inside_its_input_folder_resumes_and_is_not_its_own_input(work, tmp_path):
+    """The index's files (shards, journal, lock) change as the run goes: counted as inputs, they made every
+    journal look stale, so a killed run never resumed; and they were listed as ignored input files."""
+    root, corpus, reference = work
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "corpus.parquet").write_bytes(corpus.read_bytes())
+    out = folder / "index"
+    assert encode(folder, out, env={"TOKEMBED_TEST_KILL_AT": "shard:3"}).returncode == -signal.SIGKILL
+    rerun = encode(folder, out)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["resumed_shards"] == 3
+    assert_same_index(out, reference)
+    text_folder = tmp_path / "texts"
+    text_folder.mkdir()
+    (text_folder / "a.txt").write_text("alpha beta")
+    for _ in range(2):
+        again = encode(text_folder, text_folder / "index")
+        assert again.returncode == 0, again.stderr
+        assert manifest(text_folder / "index")["ignored"] == []
+
+
 def test_timed_sigkills_never_break_the_index(work, tmp_path):
     root, corpus, reference = work
     out = tmp_path / "index"
@@ -125,15 +147,20 @@ def test_incremental_counts_and_equals_full_rebuild(tmp_path):
 
 
 def test_changing_settings_reencodes_everything(tmp_path):
+    """A full rebuild re-encodes every row, and still counts against the index it replaces: rows it held are
+    updated, rows gone are deleted (a cron monitor watching deletions sees them)."""
     corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(15))
     out = tmp_path / "index"
     assert encode(corpus, out).returncode == 0
+    write_parquet(corpus, corpus_rows(15)[3:] + [{"id": "new", "text": "a new row"}])
     result = encode(corpus, out, "--dimensions", 32)
     summary = json.loads(result.stdout)
-    assert summary["full_rebuild"] is True and summary["added"] == 15 and summary["unchanged"] == 0
+    assert summary["full_rebuild"] is True and summary["unchanged"] == 0
+    assert (summary["added"], summary["updated"], summary["deleted"]) == (1, 12, 3)
     assert manifest(out)["dim"] == 32
     forced = json.loads(encode(corpus, out, "--dimensions", 32, "--full").stdout)
-    assert forced["added"] == 15
+    assert (forced["added"], forced["updated"], forced["deleted"], forced["unchanged"]) == (0, 13, 0, 0)
+    assert forced["encoded_tokens"] > 0
 
 
 def test_second_writer_gets_the_lock_exit_code(tmp_path):

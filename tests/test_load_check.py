@@ -166,3 +166,60 @@ def test_the_plain_stanford_loader_refuses_jina_weights(built):
         StanfordColBERT.load(built("jina"), LoadOptions())
     assert "model.safetensors" in str(error.value)
     assert json.loads((built("jina") / "config.json").read_text())["architectures"] == ["HF_ColBERT"]
+
+
+def _without(*names):
+    def breakage(folder):
+        for name in names:
+            (folder / name).unlink()
+    return breakage
+
+
+def _truncated(name):
+    def breakage(folder):
+        file = folder / name
+        file.write_bytes(file.read_bytes()[:-300])
+    return breakage
+
+
+def _json_edited(name, change):
+    def breakage(folder):
+        data = json.loads((folder / name).read_text())
+        change(data)
+        (folder / name).write_text(json.dumps(data))
+    return breakage
+
+
+def _dense_bias_added(folder):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    file = folder / "1_Dense" / "model.safetensors"
+    tensors = load_file(str(file))
+    save_file({**tensors, "linear.bias": torch.full((tensors["linear.weight"].shape[0],), 0.5)}, str(file), metadata={"format": "pt"})
+
+
+# checkpoint, breakage, the file the message names, what it says
+BROKEN_CHECKPOINTS = {
+    # transformers builds an empty tokenizer from a folder without tokenizer files: every word [UNK]
+    "no tokenizer files": ("stanford", _without("tokenizer.json", "tokenizer_config.json", "vocab.txt"), "tokenizer.json",
+                           "its tokenizer holds no vocabulary"),
+    "no tokenizer files, decoder": ("raw_decoder", _without("tokenizer.json", "tokenizer_config.json"), "tokenizer.json",
+                                    "its tokenizer holds no vocabulary"),
+    "truncated weights": ("stanford", _truncated("model.safetensors"), "model.safetensors", "cannot read the weights"),
+    "truncated weights, transformers path": ("raw_decoder", _truncated("model.safetensors"), "raw_decoder",
+                                             "cannot load the backbone"),
+    "truncated Dense": ("pylate_bert", _truncated("1_Dense/model.safetensors"), "1_Dense/model.safetensors", "cannot read"),
+    "a Dense bias its config turns off": ("pylate_bert", _dense_bias_added, "1_Dense", "that its config.json does not use"),
+    "a Dense config of another shape": ("pylate_bert", _json_edited("1_Dense/config.json", lambda c: c.update(out_features=7)),
+                                        "1_Dense", "config.json says out_features 7"),
+    "no model_type": ("stanford", _json_edited("config.json", lambda c: c.pop("model_type")), "config.json", "model_type"),
+    "PyLate settings without modules.json": ("pylate_bert", _without("modules.json"), "modules.json",
+                                             "ColBERT settings in config_sentence_transformers.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_CHECKPOINTS))
+def test_a_broken_checkpoint_is_refused_naming_what_is_wrong(cli, checkpoint, corpus, tmp_path, case):
+    name, breakage, file, says = BROKEN_CHECKPOINTS[case]
+    encode_then_break(cli, checkpoint(name), corpus, tmp_path, breakage, file=file, needles=(says,))

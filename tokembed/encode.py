@@ -168,11 +168,12 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     settings_fp = embedder.settings.fingerprint(embedder.fingerprint)
     remove_temp_files(job.output / "data")
     previous = _previous_index(job, settings_fp, progress)
+    replaced = previous or _replaced_index(job)  # what a full rebuild's added / updated / deleted compare with
     summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)
-    summary.ignored = ignored_files(job.inputs, job.sources)
+    summary.ignored = ignored_files(job.inputs, job.sources, job.output)
     signature = {
         "settings_fingerprint": settings_fp,
-        "inputs": input_signature(job.inputs),
+        "inputs": input_signature(job.inputs, job.output),
         "sources": [job.sources.id_column, job.sources.text_column, job.sources.chunk_rows, *_pdf_signature(job.sources)],
         "base": previous.index.manifest.get("created_at") if previous else None,
         "base_fingerprint": previous.index.manifest.get("settings_fingerprint") if previous else None,
@@ -192,10 +193,10 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     runner = open_runner(embedder, job, progress)
     try:
         progress.start(estimate_rows(job.inputs))
-        seen_previous = _encode_stream(job, runner, settings_fp, previous, writer, journal, summary, progress)
+        seen_previous = _encode_stream(job, runner, settings_fp, (previous, replaced), writer, journal, summary, progress)
         writer.close_shard()
         summary.shards = len(writer.shards)
-        summary.deleted = len(previous) - seen_previous if previous else 0
+        summary.deleted = len(replaced) - seen_previous if replaced is not None else 0
         summary.rows = sum(shard.rows for shard in writer.shards)
         summary.tokens = sum(shard.tokens for shard in writer.shards)
         manifest = _with_search_structure(job, build_manifest(job, embedder, writer, summary), previous, writer, progress)
@@ -257,8 +258,24 @@ def _previous_index(job: EncodeJob, settings_fp: str, progress: Progress):
     return previous_index(open_index(job.output), job.nbits, job.retrain)  # compressed-only: rows carry codes
 
 
-def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary: EncodeSummary, progress) -> int:
-    """Stream the corpus through the runner into the writer; returns how many previous ids are still present.
+def _replaced_index(job: EncodeJob):
+    """The committed index a full rebuild replaces, read for its ids only (no row is carried from it), or None:
+    none, or one that cannot be opened (``--full`` is also how a damaged index is rebuilt)."""
+    from tokembed.errors import TokembedError
+    from tokembed.index.previous import PreviousIndex
+    from tokembed.index.reader import open_index, read_manifest
+
+    try:
+        if not job.output.is_dir() or read_manifest(job.output) is None:
+            return None
+        return PreviousIndex(open_index(job.output))
+    except (TokembedError, OSError, ValueError):
+        return None
+
+
+def _encode_stream(job, runner, settings_fp, indexes, writer, journal, summary: EncodeSummary, progress) -> int:
+    """Stream the corpus through the runner into the writer; returns how many ids of the replaced index are still
+    present. ``indexes``: (the index rows are carried over from or None, the index the counts compare with or None).
 
     One chunk is alive at a time. A loop's names keep their last values while the next chunk is read (``for x in
     source`` rebinds ``x`` only once ``source`` has produced it; ``enumerate`` keeps its last tuple), so the loops
@@ -269,7 +286,7 @@ def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary:
     runner_images = job.sources.modality == "image"
 
     def texts_to_encode() -> Iterator[list[str]]:
-        for chunk in plan_chunks(job, settings_fp, previous, journal.chunks_done, summary, state):
+        for chunk in plan_chunks(job, settings_fp, indexes, journal.chunks_done, summary, state):
             pending.append(chunk)
             yield [model_input(chunk.items[i], runner_images) for i in chunk.to_encode]
             del chunk  # one chunk alive at a time (see _encode_stream)
@@ -288,8 +305,8 @@ def _encode_stream(job, runner, settings_fp, previous, writer, journal, summary:
             [item.id for item in chunk.items], vectors, token_ids, chunk.hashes,
             [item.source_file for item in chunk.items], [item.page for item in chunk.items],
         )
-        if previous is not None:
-            previous.release_pages()
+        if indexes[1] is not None:
+            indexes[1].release_pages()
         fault_point("write", chunk.number + 1)
         summary.tokens_in += result.real_tokens
         summary.computed_tokens += result.computed_tokens
@@ -323,6 +340,18 @@ def _check_job(job: EncodeJob) -> None:
         from tokembed.search.plaid.codec import check_nbits
 
         check_nbits(job.nbits)
+    _check_inputs_given_once(job.inputs)
+
+
+def _check_inputs_given_once(inputs: list[Path]) -> None:
+    """An input given twice (or a file inside a folder also given) would read its rows twice: every id a duplicate."""
+    from tokembed.sources.base import inside
+
+    for position, path in enumerate(inputs):
+        for other in inputs[:position]:
+            if inside(path, other) or inside(other, path):
+                how = "the same as" if path.resolve() == other.resolve() else "inside" if inside(path, other) else "the folder of"
+                raise UsageError(f"input {path} is {how} input {other}: its rows would be read twice", hint="give each input once")
 
 
 def _base_json(resolved) -> dict | None:

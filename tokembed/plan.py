@@ -43,8 +43,10 @@ class PlannedChunk:
     empty_pages: int = 0  # len(summary.empty_pages) once this chunk was planned
 
 
-def plan_chunks(job, settings_fp, previous, chunks_done, summary, state) -> Iterator[PlannedChunk]:
-    """Read the corpus and decide, item by item, what is carried over and what is encoded."""
+def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state) -> Iterator[PlannedChunk]:
+    """Read the corpus and decide, item by item, what is carried over and what is encoded. ``indexes``: (the index
+    rows are carried over from, the index the added / updated / deleted counts compare with), either None."""
+    previous, counted = indexes
     # Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards.
     sources = replace(job.sources, chunk_rows=min(job.sources.chunk_rows, job.shard_rows))
     seen = SeenIds(job.inputs, sources)
@@ -55,7 +57,7 @@ def plan_chunks(job, settings_fp, previous, chunks_done, summary, state) -> Iter
         keys = id_keys(item.id for item in chunk)
         usable = usable_positions(chunk, keys, seen, job.on_error, summary, record=not resumed)
         items = [chunk[position] for position in usable]
-        stored_rows = previous.find([item.id for item in items], keys[usable]) if previous is not None else [None] * len(items)
+        stored_rows = counted.find([item.id for item in items], keys[usable]) if counted is not None else [None] * len(items)
         state["seen_previous"] += sum(row is not None for row in stored_rows)
         if resumed:
             continue

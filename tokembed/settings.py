@@ -154,7 +154,7 @@ def resolve(
     if flags.max_length is not None and flags.max_length > limit:
         raise UsageError(
             f"--max-length {flags.max_length} is more than this model's {limit} positions",
-            hint=f"use --max-length {limit} or less (the default is {min(model_max_length, limit)})",
+            hint=f"use --max-length {limit} or less (the default is {_default_length(mode, flags.kind, colbert, model_max_length, limit)})",
         )
 
     base = EncodeSettings(
@@ -177,6 +177,13 @@ def resolve(
         return base
     # Explicit ColBERT lengths override max_seq_length (as sentence-transformers does); only positions cap them.
     return _colbert_settings(base, flags, colbert, limit)
+
+
+def _default_length(mode: str, kind: str, colbert: ColbertConfig | None, model_max_length: int, limit: int) -> int:
+    """The length a kind's inputs get without --max-length: ColBERT's query or document length, else the model's."""
+    if mode == "colbert" and colbert is not None:
+        return min((colbert.query_length if kind == "query" else colbert.document_length) or model_max_length, limit)
+    return min(model_max_length, limit)
 
 
 def _colbert_settings(base: EncodeSettings, flags: EncodeFlags, colbert: ColbertConfig, limit: int) -> EncodeSettings:

@@ -17,11 +17,14 @@ from tokembed.index.atomic import atomic_write_bytes, sha256_file
 JOURNAL = "run-journal.json"
 
 
-def input_signature(inputs: list[Path]) -> list[list]:
-    """Name, size and mtime of every input file (a changed corpus invalidates a journal)."""
+def input_signature(inputs: list[Path], output: Path | None = None) -> list[list]:
+    """Name, size and mtime of every input file (a changed corpus invalidates a journal); the files of the
+    ``output`` index are not inputs, even when it lies inside an input folder (they change as the run goes)."""
+    from tokembed.sources.base import inside
+
     entries = []
     for path in inputs:
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not inside(p, output))
         for file in files:
             stat = file.stat()
             entries.append([str(file), stat.st_size, stat.st_mtime_ns])

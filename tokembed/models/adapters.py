@@ -82,6 +82,18 @@ def check_supported(path: Path, config: dict) -> None:
     for key, what in _REFUSED_OPTIONS.items():
         if config.get(key):
             raise ModelError(f"{file}: {key} is set ({what}): tokembed does not apply it, so it refuses the adapter")
+    unknown = sorted(set(config) - _known_options())
+    if unknown:
+        raise ModelError(f"{file}: options this peft does not know ({', '.join(unknown)}): written by a newer peft? "
+                         "tokembed refuses what it cannot apply exactly", hint="upgrade peft, or remove them if they are inert")
+
+
+def _known_options() -> set[str]:
+    from dataclasses import fields
+
+    from peft import LoraConfig
+
+    return {field.name for field in fields(LoraConfig)}
 
 
 def require_peft() -> Any:
@@ -223,7 +235,23 @@ def _plan_adapter(module: Any, path: Path, rename) -> tuple[Any, dict]:
     if not tensors:
         raise ModelError(f"{_weights_file(path)}: the adapter holds no tensors")
     plans, state, to_save = plan_modules(module, tensors, config, rename, path)
-    return _exact_config(LoraConfig.from_pretrained(str(path)), plans, to_save), state
+    try:
+        lora_config = LoraConfig.from_pretrained(str(path))
+    except (ValueError, TypeError) as exc:  # e.g. layers_to_transform with a regular-expression target_modules
+        raise ModelError(f"{Path(path) / ADAPTER_CONFIG}: peft refuses this LoRA config ({exc})") from exc
+    _check_peft_would_apply(path, lora_config, plans)
+    return _exact_config(lora_config, plans, to_save), state
+
+
+def _check_peft_would_apply(path: Path, config: Any, plans: list[ModulePlan]) -> None:
+    """tokembed applies exactly the modules the adapter's tensors name; peft applies those its config's
+    target_modules, exclude_modules and layers_to_transform select. Where they differ the results would too."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    left_out = [plan.saved for plan in plans if not check_target_module_exists(config, plan.saved)]
+    if left_out:
+        raise ModelError(f"{Path(path) / ADAPTER_CONFIG}: it holds tensors for {left_out[:3]}, which its target_modules / "
+                         "exclude_modules / layers_to_transform leave out: peft would not apply them")
 
 
 def _require_landed(path: Path, result: Any, adapter_name: str) -> None:

@@ -104,6 +104,7 @@ def load_backbone(path: Path, options: LoadOptions, ignore_unused: tuple[str, ..
     native = _load_native(path, options, ignore_unused)
     if native is not None:
         return native
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -120,7 +121,7 @@ def load_backbone(path: Path, options: LoadOptions, ignore_unused: tuple[str, ..
         )
     except ImportError as exc:
         raise missing_package_error(path, exc) from exc
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # SafetensorError: a truncated or garbled file
         raise ModelError(f"{path}: cannot load the backbone: {exc}") from exc
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # never reaches the last hidden state; may not have been in the checkpoint

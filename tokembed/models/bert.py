@@ -42,7 +42,7 @@ def read_bert_config(folder: Path) -> SimpleNamespace | None:
         return None
     config = SimpleNamespace(**{**_DEFAULTS, **raw})
     supported = (
-        config.model_type == "bert"
+        raw.get("model_type") == "bert"
         and not raw.get("auto_map")
         and not raw.get("is_decoder")
         and not raw.get("add_cross_attention")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokembed.errors import UnsupportedModelError
+from tokembed.errors import ModelError, UnsupportedModelError
 from tokembed.models.base import LoadOptions, TokenModel, read_json
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def describe_families() -> list[FamilyInfo]:
 
 def detect(path: Path, trust_remote_code: bool = False) -> str:
     """Return the family key for the checkpoint folder, or raise saying what was found."""
-    from tokembed.models.st_colbert import is_st_colbert
+    from tokembed.models.st_colbert import incomplete_st_colbert, is_st_colbert
     from tokembed.models.st_layout import read_modules, transformer_folder
 
     if (Path(path) / "adapter_config.json").is_file():
@@ -91,6 +91,8 @@ def detect(path: Path, trust_remote_code: bool = False) -> str:
     vision = _vision_family(path, config or {}, architectures, trust_remote_code)
     if vision is not None:
         return vision
+    if problem := incomplete_st_colbert(path):
+        raise UnsupportedModelError(problem)
     if is_st_colbert(path):
         return "st-colbert"
     if config is None:
@@ -158,7 +160,22 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
     if base is not None and (Path(path) / "adapter_config.json").is_file():
         from tokembed.models.adapters import load_adapted
 
-        return load_adapted(Path(path), Path(base), options).to(options.device)
-    key = detect(path, options.trust_remote_code)
-    model = family_class(key).load(path, options)
+        model = load_adapted(Path(path), Path(base), options)
+    else:
+        model = family_class(detect(path, options.trust_remote_code)).load(path, options)
+    check_tokenizer_vocabulary(path, model.tokenizer)
     return model.to(options.device)
+
+
+def check_tokenizer_vocabulary(path: Path, tokenizer) -> None:
+    """Refuse a tokenizer that holds nothing but its special tokens. transformers builds one, without an error,
+    from a folder with no tokenizer files: every word would become [UNK] (or no token at all), and the run
+    would write an index of them."""
+    try:
+        vocabulary, special = len(tokenizer.get_vocab()), len(set(tokenizer.all_special_tokens))
+    except (AttributeError, TypeError, NotImplementedError):
+        return  # not a transformers tokenizer (tokembed's own reads tokenizer.json or vocab.txt, or fails)
+    if vocabulary <= special:
+        raise ModelError(f"{path}: its tokenizer holds no vocabulary ({vocabulary} token(s), all special): the "
+                         "tokenizer files (tokenizer.json, vocab.txt, tokenizer.model, vocab.json + merges.txt, ...) "
+                         "are missing")

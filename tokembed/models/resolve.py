@@ -122,9 +122,9 @@ def _from_hub(repo_id: str, revision: str | None) -> ResolvedModel:
         folder = snapshot_download(repo_id, revision=revision, local_files_only=offline, ignore_patterns=_IGNORED_ON_HUB)
     except LocalEntryNotFoundError as exc:
         raise ModelNotFoundError(
-            f"--model {repo_id!r}: not a local folder, not in the Hugging Face cache"
+            f"model {repo_id!r}: not a local folder, not in the Hugging Face cache"
             + (" (HF_HUB_OFFLINE is set)" if offline else ", and the hub could not be reached"),
-            hint="download it once with network access (hf download REPO), or pass a local folder",
+            hint="download it once with network access (hf download REPO), or pass a local folder with --model",
         ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelNotFoundError(f"--model {repo_id!r}: {exc}") from exc

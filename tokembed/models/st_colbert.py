@@ -33,6 +33,20 @@ PYLATE_MARKERS = (
 )
 
 
+def incomplete_st_colbert(path: Path) -> str | None:
+    """Why a folder that is half a PyLate checkpoint cannot be read as one (None: it is not half of one). Read as
+    a plain encoder it would lose its projection or its ColBERT settings without a word."""
+    modules = read_modules(path)
+    st_config = read_json(path / "config_sentence_transformers.json") or {}
+    settings = st_config.get("model_type") in ("ColBERT", "MultiVectorEncoder") or any(key in st_config for key in PYLATE_MARKERS)
+    if settings and not modules:
+        return (f"{path}: ColBERT settings in config_sentence_transformers.json but no modules.json, which names "
+                "its pipeline (the backbone's folder, the Dense projection)")
+    if not settings and any(module.get("type", "").startswith("pylate.") for module in modules):
+        return f"{path}: modules.json names PyLate modules but config_sentence_transformers.json holds no ColBERT settings"
+    return None
+
+
 def is_st_colbert(path: Path) -> bool:
     """A sentence-transformers folder that carries ColBERT settings (PyLate save or native multi-vector save)."""
     modules = read_modules(path)

@@ -25,7 +25,7 @@ from tokembed.models.base import (
     read_json,
 )
 from tokembed.settings import ColbertConfig
-from tokembed.models.weights import load_tensors
+from tokembed.models.weights import load_tensors, tensor_names
 
 
 def read_modules(path: Path) -> list[dict]:
@@ -62,14 +62,29 @@ def load_dense_stack(path: Path, modules: list[dict], trust_remote_code: bool) -
     for module in modules_of_type(modules, "Dense"):
         folder = path / module.get("path", "")
         config = read_json(folder / "config.json") or {}
-        names = {"linear.weight", "linear.bias"}
-        tensors = load_tensors(folder, names, required={"linear.weight"})
-        bias = tensors.get("linear.bias") if config.get("bias", True) else None
+        names = tensor_names(folder)
+        with_bias = config.get("bias", "linear.bias" in names)  # a config that does not say: what the file holds
+        wanted = {"linear.weight", "linear.bias"} if with_bias else {"linear.weight"}
+        tensors = load_tensors(folder, wanted, required=wanted)
+        check_dense_agrees(folder, config, names - wanted, tensors["linear.weight"])
+        bias = tensors.get("linear.bias")
         if config.get("use_residual"):
             raise ModelError(f"{folder}: Dense with use_residual is not supported")
         activation = activation_from_name(config.get("activation_function"), trust_remote_code)
         layers.append(DenseLayer(tensors["linear.weight"], bias, activation))
     return nn.Sequential(*layers)
+
+
+def check_dense_agrees(folder: Path, config: dict, unused: set[str], weight) -> None:
+    """What sentence-transformers' strict ``load_state_dict`` refuses: a tensor its config does not make (a bias
+    with ``"bias": false``; any other), or a weight of another shape than ``in_features`` x ``out_features``."""
+    if unused:
+        raise ModelError(f"{folder}: tensors {sorted(unused)} that its config.json does not use "
+                         f"(bias: {config.get('bias', True)})")
+    expected = (config.get("out_features"), config.get("in_features"))
+    for stated, actual, name in zip(expected, weight.shape, ("out_features", "in_features")):
+        if stated is not None and stated != actual:
+            raise ModelError(f"{folder}: config.json says {name} {stated}, the weight is {list(weight.shape)}")
 
 
 def module_config(path: Path, modules: list[dict], type_name: str) -> dict[str, Any] | None:

@@ -198,7 +198,12 @@ def folder_files(folder: Path, wanted=lambda path: True) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if (p.is_file() or (p.is_symlink() and not p.exists())) and wanted(p))
 
 
-def ignored_files(inputs: list[Path], options: SourceOptions) -> list[str]:
+def inside(path: Path, folder: Path | None) -> bool:
+    """Whether ``path`` lies in ``folder`` (None: no folder)."""
+    return folder is not None and path.resolve().is_relative_to(folder.resolve())
+
+
+def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | None = None) -> list[str]:
     """Files in input folders that no reader of this run takes (``.docx``, ``.xlsx``, images for a text
     model, ...), in path order. Folders of Parquet/JSONL files are read for those files only and not listed:
     their other files are typically what a path column points at."""
@@ -211,7 +216,7 @@ def ignored_files(inputs: list[Path], options: SourceOptions) -> list[str]:
     for path in inputs:
         if not path.is_dir() or next(path.rglob("*.parquet"), None) or next(path.rglob("*.jsonl"), None):
             continue
-        files = folder_files(path)
+        files = [file for file in folder_files(path) if not inside(file, output)]  # not the index's own files
         # text files match their suffix case-sensitively (textdir), images and PDFs in any case
         ignored += [str(p) for p in files if p.suffix not in taken and p.suffix.lower() not in taken - set(TEXT_SUFFIXES)]
     return ignored
@@ -222,20 +227,28 @@ def wanted_columns(source: str, names: list[str], options: SourceOptions, what: 
 
     Raises ``BadInputError`` naming the missing column and the ones there are.
     """
+    if problem := missing_columns(names, options, what):
+        raise BadInputError(f"{source}: {problem}")
+    if options.modality == "auto":
+        return options.text_column in names, options.image_column in names
+    return options.modality == "text", options.modality == "image"
+
+
+def missing_columns(names: list[str], options: SourceOptions, what: str = "column") -> str | None:
+    """Why a file's columns (a record's fields) lack what this run reads, or None."""
     has_text, has_image = options.text_column in names, options.image_column in names
     found = f"({what}s: {', '.join(names)})"
     text_column, image_column = f"text {what} {options.text_column!r}", f"image {what} {options.image_column!r}"
     if options.modality == "text" and not has_text:
-        raise BadInputError(f"{source}: no {text_column} {found}")
+        return f"no {text_column} {found}"
     if options.modality == "image" and not has_image:
-        raise BadInputError(f"{source}: no {image_column} {found}")
+        return f"no {image_column} {found}"
     if options.modality == "auto":
         if options.image_column_given and not has_image:
-            raise BadInputError(f"{source}: no {image_column} {found}")
+            return f"no {image_column} {found}"
         if not (has_text or has_image):
-            raise BadInputError(f"{source}: no {text_column} or {image_column} {found}")
-        return has_text, has_image
-    return options.modality == "text", options.modality == "image"
+            return f"no {text_column} or {image_column} {found}"
+    return None
 
 
 def chunk_size(options: SourceOptions, images: bool) -> int:

@@ -25,11 +25,15 @@ class SeenIds:
 
     def record(self, chunk: list[Item], keys: np.ndarray) -> dict[int, str]:
         """Add the chunk's ids (``keys``: their ``id_keys``); returns the positions whose id came earlier
-        (in this chunk or before) -> that earlier row's location."""
+        (in this chunk or before) -> that earlier row's location. Bad rows take no part: they are never
+        indexed, and the id of one that has none (a null id, a line that is not JSON) is its row number,
+        which a real id may equal."""
         found: dict[int, str] = {}
         first_here: dict[str, int] = {}
         candidates = self._keys.find(keys)
         for position, (item, candidate) in enumerate(zip(chunk, candidates.tolist())):
+            if item.error is not None:
+                continue
             if item.id in first_here:
                 found[position] = chunk[first_here[item.id]].location
             elif candidate >= 0:
@@ -37,7 +41,8 @@ class SeenIds:
                 if earlier is not None:
                     found[position] = earlier
             first_here.setdefault(item.id, position)
-        self._keys.add(keys, np.arange(self._count, self._count + len(chunk)))
+        good = np.array([item.error is None for item in chunk], dtype=bool)
+        self._keys.add(keys[good], np.arange(self._count, self._count + len(chunk))[good])
         self._count += len(chunk)
         return found
 
@@ -45,7 +50,7 @@ class SeenIds:
         seen = 0
         for chunk in open_sources(self.inputs, self.options):
             for item in chunk[: before - seen]:
-                if item.id == item_id:
+                if item.id == item_id and item.error is None:
                     return item.location
             seen += len(chunk)
             if seen >= before:

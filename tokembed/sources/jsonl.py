@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, id_problem, wanted_columns
+from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, id_problem, missing_columns, wanted_columns
 
 
 def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
@@ -33,6 +33,7 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
     from tokembed.sources.pdf import pdf_in_value, row_pages
 
     row = -1
+    ids: dict[str, bool] = {}  # "first": whether the file's first record had the id field
     with open(path, "rb") as handle:
         for raw in handle:
             if not raw or raw.isspace():  # not ``strip()``: that copies the whole line
@@ -41,9 +42,9 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
             line = _decoded(raw)
             del raw  # a huge line is held once, as text, while it is parsed
             if options.pdf_column_given:
-                yield from _pdf_row(path, line, row, offset + row, options)
+                yield from _pdf_row(path, line, row, offset + row, options, ids)
                 continue
-            item, image = _item(path, line, row, offset + row, options)
+            item, image = _item(path, line, row, offset + row, options, ids)
             del line
             if image is None:
                 yield item
@@ -82,7 +83,18 @@ def _parsed(line: str | bytes) -> tuple[dict | None, str | None]:
     return record, None
 
 
-def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions) -> Iterator[Item]:
+def _record_id(record: dict, global_row: int, options: SourceOptions, ids: dict) -> tuple[Any, str | None]:
+    """(the record's id, or why it has none). Without the field the id is the row number, unless the file's first
+    record had one: then a record without it is a bad row (its row number could be another record's id)."""
+    has = options.id_column in record
+    first = ids.setdefault("first", has)
+    if not has and first:
+        return global_row, f"no id field {options.id_column!r} (the file's first record has one)"
+    raw_id = record.get(options.id_column, global_row)
+    return raw_id, id_problem(raw_id)
+
+
+def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions, ids: dict) -> Iterator[Item]:
     """A record of the ``--pdf-column``: one item per page of its PDF (a path, or ``{bytes: <base64>, path}``)."""
     from tokembed.sources.pdf import row_pages
 
@@ -93,8 +105,8 @@ def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: 
         return
     if options.pdf_column not in record:
         raise BadInputError(f"{source} row {row}: no PDF field {options.pdf_column!r} (fields: {', '.join(record)})")
-    raw_id = record.get(options.id_column, global_row)
-    if problem := id_problem(raw_id):
+    raw_id, problem = _record_id(record, global_row, options, ids)
+    if problem:
         yield Item(str(global_row), None, source, row, error=problem)
         return
     item_id = str(raw_id)
@@ -115,7 +127,7 @@ def _json_bytes(value):
     return value
 
 
-def _item(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions) -> tuple[Item, _Image | None]:
+def _item(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions, ids: dict) -> tuple[Item, _Image | None]:
     """The record's item, and its image field when that is still to be decoded."""
     source = str(path)
     record, error = _parsed(line)
@@ -123,13 +135,15 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
         return Item(str(global_row), None, source, row, error=error), None
     if options.id_column_given and options.id_column not in record:
         raise BadInputError(f"{source} row {row}: no id field {options.id_column!r}")
-    raw_id = record.get(options.id_column, global_row)
-    if problem := id_problem(raw_id):
+    raw_id, problem = _record_id(record, global_row, options, ids)
+    if problem:
         return Item(str(global_row), None, source, row, error=problem), None
     if _video_field(record, options, f"{source} row {row}"):
         from tokembed.sources.video import attach_video
 
         return attach_video(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent), None
+    if problem := missing_columns(list(record), options, what="field"):  # this record's: a bad row, as a null text is
+        return Item(str(raw_id), None, source, row, error=problem), None
     use_text, use_image = wanted_columns(f"{source} row {row}", list(record), options, what="field")
     if use_text:
         item = _text_item(str(raw_id), source, row, record.get(options.text_column))
