@@ -163,3 +163,20 @@ def test_cli_serve_index_errors_exit_as_the_table_says(cli, tmp_path, built, min
     assert result.exit_code == 2 and "--dtype" in result.stderr
     result = cli("serve", "--index", index, "--model", minilm_path, "--port", 0)
     assert result.exit_code != 0 and "not the model the index was built with" in result.stderr
+
+
+def test_exact_search_answers_when_the_structure_is_damaged(built):
+    """As ``score --exact``: the scan reads the vectors only; the structure's search names the damage."""
+    import json as _json
+
+    index, _ = built
+    server = served(index)
+    try:
+        want = hits_of(server.post("/search", {"query": QUERIES, "top_k": 5, "exact": True}))
+        codec = _json.loads((index / "manifest.json").read_text())["search"]["codec"]["file"]
+        (index / codec).unlink()
+        server.service.index._generation = None  # as a fresh server would: nothing of the structure kept open
+        assert hits_of(server.post("/search", {"query": QUERIES, "top_k": 5, "exact": True})) == want
+        assert server.post("/search", {"query": QUERIES, "top_k": 5}).status_code == 500
+    finally:
+        server.stop()

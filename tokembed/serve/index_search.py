@@ -76,6 +76,12 @@ class ServedIndex:
     def search(self, queries: list, top_k: int, exact: bool, probe: int | None, candidates: int | None, device: str) -> list:
         from tokembed.search.api import search_opened
 
+        if exact:  # the scan reads the vectors alone: a damaged structure must not stop it (as score --exact)
+            from tokembed.index.reader import open_index
+
+            index = open_index(self.folder)
+            self._check_same_encoding(index.manifest)
+            return search_opened(index, None, queries, top_k, True, device=device)
         generation = self.opened()
         return search_opened(generation.index, generation.structure, queries, top_k, exact, probe, candidates, device=device)
 
