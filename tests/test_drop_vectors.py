@@ -235,12 +235,14 @@ def test_a_compressed_only_manifest_is_format_version_2_which_older_readers_refu
     open_index(plain[0])  # an index with vectors stays readable by it
 
 
-@pytest.mark.parametrize("drop", [True, False])
-def test_an_empty_generation_remembers_the_structure_and_the_next_run_builds_it_again(tmp_path, cli, checkpoint, drop):
+@pytest.mark.parametrize("drop, nbits_every_run", [(True, False), (False, False), (False, True)])
+def test_an_empty_generation_remembers_the_structure_and_the_next_run_builds_it_again(tmp_path, cli, checkpoint, drop,
+                                                                                      nbits_every_run):
+    """``nbits_every_run``: the cron line carries --nbits; the empty night must not keep the old centroids either."""
     model = checkpoint("pylate_bert")
     rows = write_parquet(tmp_path / "rows.parquet", corpus_rows(30))
     empty = write_parquet(tmp_path / "empty.parquet", [])
-    common = ["--model", model, "--shard-rows", 10, "-q"]
+    common = ["--model", model, "--shard-rows", 10, "-q", *(["--nbits", 2] if nbits_every_run else [])]
     folder = tmp_path / "index"
     assert cli("encode", rows, "-o", folder, "--nbits", 2, *(["--drop-vectors"] if drop else []), *common).exit_code == 0
     for _ in range(2):  # a night with no input, twice: no rows, no structure, but how it was asked for is kept
@@ -248,8 +250,10 @@ def test_an_empty_generation_remembers_the_structure_and_the_next_run_builds_it_
         got = manifest(folder)
         assert got["totals"]["tokens"] == 0 and not got.get("search")
         assert got["search_settings"] == {"nbits": 2, "drop_vectors": drop}
-    assert cli("encode", rows, "-o", folder, *common).exit_code == 0  # rows again: the structure is built again
+    other = write_parquet(tmp_path / "other.parquet", corpus_rows(20, version=2))
+    assert cli("encode", other, "-o", folder, *common).exit_code == 0  # rows again: the structure is built again
     got = manifest(folder)
     assert got["search"]["nbits"] == 2 and "search_settings" not in got
+    assert got["search"]["training"]["index_tokens"] == got["totals"]["tokens"]  # trained on these rows
     assert (got["search"].get("vectors") == "dropped") is drop and got["format_version"] == (2 if drop else 1)
     assert all(("embeddings" in table.column_names) is not drop for table in shard_columns(folder))

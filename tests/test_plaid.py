@@ -419,3 +419,40 @@ def test_reranking_in_blocks_scores_as_in_one_block(compressed, monkeypatch, rer
         for w, g in zip(whole, got):
             assert [doc for doc, _ in g] == [doc for doc, _ in w]
             assert [score for _, score in g] == pytest.approx([score for _, score in w], abs=1e-6)
+
+
+def test_an_empty_query_returns_no_document_without_tokens(tmp_path):
+    """An empty query scores 0 against every document with a token (-inf against one without, which the exhaustive
+    scan ranks last and the structure never returns): the first ones in index order, across shards."""
+    rng = np.random.default_rng(11)
+    docs = clustered_docs(rng, 60)
+    for row in (0, 2, 50, 51):
+        docs[row] = docs[row][:0]
+    folder = write_index(tmp_path / "index", docs, shard_rows=25, batch_rows=5)
+    compress_index(folder, nbits=2, centroids=16)
+    index, structure = open_searchable(folder)
+    empty = np.zeros((0, DIM), np.float32)
+    exact = search_vectors(index, [empty], top_k=len(docs), exact=True)[0]
+    with_tokens = [hit.id for hit in exact if hit.score == 0.0]
+    assert with_tokens[:3] == ["d1", "d3", "d4"]
+    for top_k in (3, 30, len(docs)):
+        (got,) = plaid_search(index, structure, [empty], top_k)
+        assert [doc for doc, _ in got] == with_tokens[:top_k] and {score for _, score in got} == {0.0}
+
+
+def test_a_chosen_centroid_count_survives_a_retrain_nobody_gave_it_to(tmp_path):
+    from tokembed.search.plaid.codec import default_centroids
+
+    rng = np.random.default_rng(12)
+    docs = clustered_docs(rng, 80)
+    folder = write_index(tmp_path / "index", docs, shard_rows=40, batch_rows=8)
+    compress_index(folder, nbits=2, centroids=24)
+    tokens = manifest(folder)["totals"]["tokens"]
+    assert default_centroids(tokens) != 24
+    compress_index(folder, nbits=1)  # another nbits: a retrain, without --centroids
+    assert manifest(folder)["search"]["centroids"] == 24 and manifest(folder)["search"]["nbits"] == 1
+    compress_index(folder, retrain=True)
+    assert manifest(folder)["search"]["centroids"] == 24
+    compress_index(folder, centroids=32)  # a new choice replaces it
+    compress_index(folder, retrain=True)
+    assert manifest(folder)["search"]["centroids"] == 32

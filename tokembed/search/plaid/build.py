@@ -83,7 +83,7 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
     else:
         if old is not None:
             log(f"training new centroids: {reason}")
-        codec, codec_entry, training = _trained_codec(folder, index, nbits, options.centroids)
+        codec, codec_entry, training = _trained_codec(folder, index, nbits, _centroids_asked(options, old, index.tokens))
         drift, old, previous = None, None, None  # codes of other centroids cannot be carried
     stats, entries = CodingStats(), []
     carry = _CarryFromPrevious(folder, previous, old) if previous is not None and old is not None else None
@@ -175,6 +175,15 @@ def read_codec(path: Path) -> Codec:
     return Codec.from_tensors({k: np.array(v) for k, v in tensors.items()}, metadata)
 
 
+def _centroids_asked(options: StructureOptions, old: dict | None, tokens: int) -> int | None:
+    """The centroid count to train: ``--centroids`` if given, else the one an earlier run was asked for (a cron
+    run's retrain keeps a chosen count; at most one per token), else None (the default for the index's size)."""
+    if options.centroids is not None:
+        return options.centroids
+    remembered = ((old or {}).get("training") or {}).get("centroids_asked")
+    return min(remembered, tokens) if remembered and tokens else None
+
+
 def _trained_codec(folder: Path, index, nbits: int, requested: int | None) -> tuple[Codec, dict, dict]:
     k = codec_mod.resolve_centroids(requested, index.tokens, str(folder))
     key = {"shards": [shard["sha256"] for shard in index.shards], "nbits": nbits, "centroids": k}
@@ -191,7 +200,7 @@ def _trained_codec(folder: Path, index, nbits: int, requested: int | None) -> tu
     entry = {"file": f"{CODES_DIR}/codec-{codec_mod.codec_id(data)[:16]}.safetensors"}
     entry.update(write_tensors(folder / entry["file"], codec.tensors(), {"nbits": str(nbits)}))
     training = {"sample_tokens": n, "index_tokens": index.tokens, "kmeans_iterations": codec_mod.KMEANS_ITERATIONS,
-                "seed": codec_mod.KMEANS_SEED, "library": "faiss"}
+                "seed": codec_mod.KMEANS_SEED, "library": "faiss", "centroids_asked": requested}
     atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "training": training}).encode())
     return codec, entry, training
 

@@ -75,8 +75,9 @@ def run_structure(folder: Path, manifest: dict, previous, writer, nbits: int | N
     committed = previous.index.manifest if previous is not None else read_manifest(folder)
     remembered = (committed or {}).get(SEARCH_SETTINGS) or {}
     drop = drop_vectors or vectors_dropped(committed) or bool(remembered.get("drop_vectors"))
-    if nbits is None and manifest["totals"]["tokens"] == 0 and ((committed or {}).get(SEARCH) or remembered):
-        settings = {"nbits": ((committed or {}).get(SEARCH) or remembered)["nbits"], "drop_vectors": drop}
+    if manifest["totals"]["tokens"] == 0 and (nbits is not None or (committed or {}).get(SEARCH) or remembered):
+        # nothing to train on; centroids of rows that are gone would be kept for the next rows: none are
+        settings = {"nbits": nbits or ((committed or {}).get(SEARCH) or remembered)["nbits"], "drop_vectors": drop}
         log("the index holds no tokens: no search structure until a run brings rows, which builds it again")
         return {**{key: value for key, value in manifest.items() if key != SEARCH}, SEARCH_SETTINGS: settings}
     nbits = nbits or remembered.get("nbits")

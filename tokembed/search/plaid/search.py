@@ -138,10 +138,20 @@ def plaid_search(
                        processes=device is None)
 
 
+def _rows_with_tokens(structure: Structure, count: int) -> list[int]:
+    """The first ``count`` global rows that hold a token (a 0-token document is in no list: never returned)."""
+    rows: list[int] = []
+    for start, shard in zip(structure.starts.tolist(), structure.shards):
+        found = np.flatnonzero(np.diff(shard.doc_offsets) > 0)[: count - len(rows)]
+        rows += (found + start).tolist()
+        if len(rows) >= count:
+            break
+    return rows
+
+
 def _one_query(index, structure: Structure, q: np.ndarray, top_k: int, probe: int, candidates: int, rerank: str, device: str | None = None):
-    if not len(q):  # an empty query scores 0 against every document: the first ones in index order
-        rows = np.arange(min(top_k, structure.rows))
-        return [(doc_id(index, structure, int(r)), 0.0) for r in rows]
+    if not len(q):  # an empty query scores 0 against every document with a token: the first ones in index order
+        return [(doc_id(index, structure, int(r)), 0.0) for r in _rows_with_tokens(structure, top_k)]
     if device is None:
         sims = centroid_scores(structure.codec, q, scratches.array("sims", (len(q), structure.codec.k), np.float32))
         pool = candidate_rows(structure, sims, probe, CENTROID_POOL * candidates, np.linalg.norm(q, axis=1))
