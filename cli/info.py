@@ -63,6 +63,7 @@ def info(
         return
     from rich.console import Console  # here, not at the top: `tokembed --help` stays fast
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_header=False, box=None)
     for key, value in facts.items():
@@ -79,7 +80,7 @@ def info(
             value = (f"PLAID nbits {value['nbits']}, {value['centroids']} centroids, {value['bytes']} bytes; B/token "
                      + ", ".join(f"{k} {v}" for k, v in value["bytes_per_token"].items())
                      + f"; memory to search ~{value['search_memory_bytes']} bytes")
-        table.add_row(key, str(value))
+        table.add_row(key, Text(str(value)))  # as it is: a prefix such as "[unused1] " is not rich markup
     Console().print(table)
     if not vectors_dropped(manifest):
         print(_export_recipes(index), file=sys.stderr)

@@ -118,6 +118,16 @@ def test_info_reports_the_index(cli, corpus, tmp_path):
         assert word in table.stdout
 
 
+def test_info_text_shows_prefixes_as_they_are(cli, corpus, tmp_path, checkpoint):
+    """A Stanford checkpoint's prefix "[unused1] " is not rich markup: the table used to drop it."""
+    out = tmp_path / "index"
+    assert cli("encode", corpus, "--model", checkpoint("stanford"), "-o", out).exit_code == 0
+    prefix = manifest(out)["settings"]["prefix"]
+    assert prefix.startswith("[")
+    result = cli("info", out)
+    assert result.exit_code == 0 and f"prefix={prefix.strip()}" in result.stdout
+
+
 def test_json_summary_and_quiet(cli, corpus, tmp_path):
     result = cli("encode", corpus, "-o", tmp_path / "a", "--log-format", "json")
     summary = json.loads(result.stdout.strip().splitlines()[-1])

@@ -23,7 +23,7 @@ from tokembed.errors import UsageError
 _LAZY = {
     "create_app": "tokembed.serve.app",
     "EmbeddingService": "tokembed.serve.service",
-    "ServeOptions": "tokembed.serve.service",
+    "ServeOptions": "tokembed.serve.options",
     "APIError": "tokembed.serve.schemas",
     "DynamicBatcher": "tokembed.serve.batcher",
 }

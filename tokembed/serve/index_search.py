@@ -55,7 +55,7 @@ class ServedIndex:
     def query_profile(self, model, device: str):
         """The ``Profile`` that encodes queries for this index (``Embedder.for_index``'s), sharing ``model``'s weights."""
         from tokembed.embedder import index_flags, make_encoder
-        from tokembed.serve.service import Profile, own_tokenizer_view
+        from tokembed.serve.options import Profile, own_tokenizer_view
 
         flags = index_flags(self.manifest, "query")
         view = own_tokenizer_view(model)

@@ -24,7 +24,7 @@ import copy
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -35,39 +35,10 @@ from tokembed.serve.lora import batch_key as _batch_key
 from tokembed.serve.schemas import APIError, PoolingRequest, RerankRequest, ScoreRequest
 from tokembed.serve.vectors import encode_base64, finish, finite, maxsim, pair_scores
 from tokembed.sources.base import unicode_problem
-from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags, resolve
+from tokembed.serve.options import Profile, ServeOptions, own_tokenizer_view, profile_flags  # noqa: F401  (ServeOptions: re-exported)
+from tokembed.settings import EncodeFlags, resolve
 
 SUPPORTED_TASKS = ("token_embed",)
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    max_batch_tokens: int = DEFAULT_BATCH_TOKENS  # padded tokens per forward pass
-    batch_window_ms: float = 5.0  # how long a request may wait for others before its batch starts
-    max_model_len: int | None = None  # raw-mode token limit per input; default: the checkpoint's
-    max_inputs: int = 1024  # inputs per request (score/rerank: queries + documents)
-    served_model_name: str | None = None  # the name clients send as "model"; default: --model as given
-    dtype: str = "auto"  # compute dtype (auto: float32 on CPU, bfloat16 on CUDA)
-    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, adapter folder or hub id): vLLM's --lora-modules
-
-    def check(self) -> None:
-        for name, value, low in (("--max-batch-tokens", self.max_batch_tokens, 1), ("--max-inputs", self.max_inputs, 1)):
-            if value < low:
-                raise UsageError(f"{name} must be at least {low}, got {value}")
-        if self.batch_window_ms < 0:
-            raise UsageError(f"--batch-window-ms must be >= 0, got {self.batch_window_ms}")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise UsageError(f"--max-model-len must be at least 2, got {self.max_model_len}")
-
-
-@dataclass
-class Profile:
-    """One way of reading the checkpoint: its settings, a model view (own tokenizer for ColBERT) and encoder."""
-
-    key: str  # "raw" | "query" | "document"
-    flags: EncodeFlags
-    view: object  # TokenModel sharing the loaded weights
-    encoder: object  # TextEncoder with the profile's default lengths (collate/finish of its batches)
 
 
 class EmbeddingService:
@@ -89,14 +60,14 @@ class EmbeddingService:
         self.max_model_len = self._max_model_len(options.max_model_len)
         self.vision = embedder.is_vision
         if self.vision:  # its documents are images, which serve does not take: text queries, the model's own processing
-            flags = _profile_flags("raw", "query", options.dtype)
+            flags = profile_flags("raw", "query", options.dtype)
             self.profiles = {"query": Profile("query", flags, model, make_encoder(model, flags, embedder.device)[1])}
         else:
-            self.profiles = {"raw": Profile("raw", _profile_flags("raw", None, options.dtype), model, embedder.encoder)}
+            self.profiles = {"raw": Profile("raw", profile_flags("raw", None, options.dtype), model, embedder.encoder)}
         if model.colbert is not None:
             view = own_tokenizer_view(model)
             for kind in ("query", "document"):
-                flags = _profile_flags("colbert", kind, options.dtype)
+                flags = profile_flags("colbert", kind, options.dtype)
                 self.profiles[kind] = Profile(kind, flags, view, self._encoder(view, flags, None))
         self.index = index
         if index is not None:
@@ -126,16 +97,21 @@ class EmbeddingService:
         """``index``: an index folder to answer ``/search`` from; ``model`` then defaults to the index's, and
         must be the checkpoint it was built with."""
         from tokembed.embedder import Embedder, check_index_model
+        from tokembed.errors import ModelMismatchError
         from tokembed.serve.index_search import ServedIndex
 
         options.check()
-        flags, colbert, served = _profile_flags("raw", None, options.dtype), None, None
+        flags, colbert, served = profile_flags("raw", None, options.dtype), None, None
         if index is not None:
             served = ServedIndex(index)
             model, flags, colbert = served.load_plan(model, flags)
         embedder = Embedder.load(model, flags, device, trust_remote_code, colbert)
         if served is not None:
-            check_index_model(served.manifest, embedder)
+            try:
+                check_index_model(served.manifest, embedder)
+            except ModelMismatchError as exc:
+                exc.hint = "leave --model out (the index's own), or pass the checkpoint the index was built with"
+                raise
         adapters = _attach_adapters(embedder, options.lora_modules) if options.lora_modules else None
         return cls(embedder, options, adapters, served)
 
@@ -396,16 +372,6 @@ class EmbeddingService:
 
 
 # -- plain functions ---------------------------------------------------------------------------------------
-def own_tokenizer_view(model):
-    """A view of ``model`` sharing its weights, with a tokenizer of its own: a profile's prefix registration
-    stays out of the other profiles'."""
-    if hasattr(model, "make_encoder"):  # a vision model: its processor adds no prefix tokens, so it is shared
-        return model
-    view = copy.copy(model)
-    view.tokenizer = copy.deepcopy(model.tokenizer)
-    return view
-
-
 def list_response(kind: str, model: str, data: list, tokens: int) -> dict:
     """vLLM's list envelope around a response's ``data``; ``tokens``: the prompt tokens encoded."""
     return {
@@ -416,11 +382,6 @@ def list_response(kind: str, model: str, data: list, tokens: int) -> dict:
         "data": data,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
     }
-
-
-def _profile_flags(mode: str, kind: str | None, dtype: str) -> EncodeFlags:
-    """Flags every profile computes with: float32 out, unnormalized, full dimension (applied per request)."""
-    return EncodeFlags(mode=mode, kind=kind or "document", normalize=False, dtype=dtype, store_dtype="float32")
 
 
 def _vocab_size(model) -> int:
