@@ -253,6 +253,13 @@ def test_bad_adapters_are_refused(engine, pages, tmp_path, cli, case):
     assert not (out / "manifest.json").exists()
 
 
+def test_an_option_a_newer_peft_writes_at_its_default_is_accepted(engine, pages, tmp_path, cli):
+    """peft 0.21 writes ``kasa_config: null``, which peft 0.20 does not know: inert, so not refused."""
+    adapter = shutil.copytree(engine["ColQwen2"][1], tmp_path / "adapter")
+    _edit_config(adapter, some_future_option=None, another_one=False)
+    assert cli("encode", pages, "--model", adapter, "-o", tmp_path / "index").exit_code == 0
+
+
 def test_missing_peft_is_a_clear_error(engine, pages, tmp_path, cli, monkeypatch):
     import sys
 

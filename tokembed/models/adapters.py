@@ -82,7 +82,9 @@ def check_supported(path: Path, config: dict) -> None:
     for key, what in _REFUSED_OPTIONS.items():
         if config.get(key):
             raise ModelError(f"{file}: {key} is set ({what}): tokembed does not apply it, so it refuses the adapter")
-    unknown = sorted(set(config) - _known_options())
+    # a newer peft writes its new options at their inert defaults (peft 0.21's kasa_config: null): only a set one
+    # could change what the adapter computes
+    unknown = sorted(key for key in set(config) - _known_options() if config[key])
     if unknown:
         raise ModelError(f"{file}: options this peft does not know ({', '.join(unknown)}): written by a newer peft? "
                          "tokembed refuses what it cannot apply exactly", hint="upgrade peft, or remove them if they are inert")
