@@ -128,7 +128,7 @@ def serve_figures(root: Path, requests: int, rounds: int) -> None:
     from tokembed.models.registry import load_model
     from tokembed.models.resolve import resolve_model
     from tokembed.serve.schemas import PoolingRequest
-    from tokembed.serve.service import EmbeddingService, ServeOptions
+    from tokembed.serve import EmbeddingService, ServeOptions
 
     base = resolve_model(None).path
     backbone = load_model(base).backbone

@@ -34,21 +34,15 @@ app.command("score", no_args_is_help=True)(score_cmd.score)
 app.command("serve")(serve_cmd.serve)
 
 
-class _StderrLines(logging.Handler):
-    """``tokembed: warning: ...`` on the stderr of the moment (a test's captured one included)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = f"tokembed: {record.levelname.lower()}: {record.getMessage()}"
-        if record.exc_info:  # serve's failed requests: their traceback, as Python's own last-resort handler prints it
-            text += "\n" + logging.Formatter().formatException(record.exc_info)
-        print(text, file=sys.stderr)
-
-
 def _library_warnings_to_stderr() -> None:
-    """The library's own warnings (a stray folder left alone, a runtime falling back) in the CLI's line format."""
+    """The library's own warnings (a stray folder left alone, a runtime falling back) in the CLI's line format, on
+    the stderr of the moment (a test's captured one included)."""
+    from cli.progress import LogLines
+
     logger = logging.getLogger("tokembed")
-    if not any(isinstance(handler, _StderrLines) for handler in logger.handlers):
-        logger.addHandler(_StderrLines())  # still propagates: a host's own root handlers (pytest's) see the records
+    if not any(isinstance(handler, LogLines) for handler in logger.handlers):
+        # still propagates: a host's own root handlers (pytest's) see the records
+        logger.addHandler(LogLines(lambda line: print(f"tokembed: {line}", file=sys.stderr)))
 
 
 def run(args: list[str] | None = None, started: float | None = None) -> int:
@@ -91,4 +85,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -7,6 +7,7 @@ printed but the final summary; cron mails stay short.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from contextlib import contextmanager
@@ -49,13 +50,27 @@ class LineProgress:
         pass
 
 
+class LogLines(logging.Handler):
+    """The library's logging records as ``level: message`` lines to ``log`` (which adds ``tokembed: ``), with the
+    traceback of a record that carries one (serve's failed requests)."""
+
+    def __init__(self, log) -> None:
+        super().__init__()
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.log(text)
+
+
 @contextmanager
 def warnings_logged(log):
     """Python warnings raised meanwhile (Pillow's about a corrupt EXIF block or TIFF tag, say) and the library's
     own logged warnings (a folder left alone among the index's files) go to ``log`` (``progress.log``): one
     ``tokembed: warning: ...`` line each, and none with ``--quiet``, so that a cron job that succeeds stays
     silent on stderr."""
-    import logging
     import warnings
 
     shown = warnings.showwarning
@@ -63,12 +78,8 @@ def warnings_logged(log):
     def show(message, category, filename, lineno, file=None, line=None):
         log(f"warning: {category.__name__}: {message}")
 
-    class Lines(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            log(f"{record.levelname.lower()}: {record.getMessage()}")
-
     logger = logging.getLogger("tokembed")
-    handlers, logger.handlers = logger.handlers, [Lines()]
+    handlers, logger.handlers = logger.handlers, [LogLines(log)]
     warnings.showwarning = show
     try:
         yield

@@ -6,8 +6,8 @@ Results go to stdout (or ``--output``); progress, warnings and the final rate li
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import sys
 import time
 from enum import Enum

@@ -263,12 +263,10 @@ def _replaced_index(job: EncodeJob):
     none, or one that cannot be opened (``--full`` is also how a damaged index is rebuilt)."""
     from tokembed.errors import TokembedError
     from tokembed.index.previous import PreviousIndex
-    from tokembed.index.reader import open_index, read_manifest
+    from tokembed.index.reader import open_index
 
     try:
-        if not job.output.is_dir() or read_manifest(job.output) is None:
-            return None
-        return PreviousIndex(open_index(job.output))
+        return PreviousIndex(open_index(job.output))  # no index there: IndexNotFoundError
     except (TokembedError, OSError, ValueError):
         return None
 

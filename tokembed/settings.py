@@ -152,9 +152,10 @@ def resolve(
     # only the positions the model can embed cap it, and past them it is refused, never silently cut.
     limit = position_limit or model_max_length
     if flags.max_length is not None and flags.max_length > limit:
+        default = resolve(replace(flags, max_length=None), colbert, model_max_length, device_type, position_limit).max_length
         raise UsageError(
             f"--max-length {flags.max_length} is more than this model's {limit} positions",
-            hint=f"use --max-length {limit} or less (the default is {_default_length(mode, flags.kind, colbert, model_max_length, limit)})",
+            hint=f"use --max-length {limit} or less (the default is {default})",
         )
 
     base = EncodeSettings(
@@ -177,13 +178,6 @@ def resolve(
         return base
     # Explicit ColBERT lengths override max_seq_length (as sentence-transformers does); only positions cap them.
     return _colbert_settings(base, flags, colbert, limit)
-
-
-def _default_length(mode: str, kind: str, colbert: ColbertConfig | None, model_max_length: int, limit: int) -> int:
-    """The length a kind's inputs get without --max-length: ColBERT's query or document length, else the model's."""
-    if mode == "colbert" and colbert is not None:
-        return min((colbert.query_length if kind == "query" else colbert.document_length) or model_max_length, limit)
-    return min(model_max_length, limit)
 
 
 def _colbert_settings(base: EncodeSettings, flags: EncodeFlags, colbert: ColbertConfig, limit: int) -> EncodeSettings:

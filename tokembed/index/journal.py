@@ -20,11 +20,11 @@ JOURNAL = "run-journal.json"
 def input_signature(inputs: list[Path], output: Path | None = None) -> list[list]:
     """Name, size and mtime of every input file (a changed corpus invalidates a journal); the files of the
     ``output`` index are not inputs, even when it lies inside an input folder (they change as the run goes)."""
-    from tokembed.sources.base import inside
+    from tokembed.sources.base import outside
 
     entries = []
     for path in inputs:
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not inside(p, output))
+        files = [path] if path.is_file() else outside(sorted(p for p in path.rglob("*") if p.is_file()), path, output)
         for file in files:
             stat = file.stat()
             entries.append([str(file), stat.st_size, stat.st_mtime_ns])

@@ -32,11 +32,11 @@ from tokembed.errors import UsageError
 from tokembed.serve.batcher import DynamicBatcher
 from tokembed.serve.lora import attach_adapters as _attach_adapters
 from tokembed.serve.lora import batch_key as _batch_key
+from tokembed.serve.options import Profile, ServeOptions, own_tokenizer_view, profile_flags
 from tokembed.serve.schemas import APIError, PoolingRequest, RerankRequest, ScoreRequest
 from tokembed.serve.vectors import encode_base64, finish, finite, maxsim, pair_scores
-from tokembed.sources.base import unicode_problem
-from tokembed.serve.options import Profile, ServeOptions, own_tokenizer_view, profile_flags  # noqa: F401  (ServeOptions: re-exported)
 from tokembed.settings import EncodeFlags, resolve
+from tokembed.sources.base import unicode_problem
 
 SUPPORTED_TASKS = ("token_embed",)
 

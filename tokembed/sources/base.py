@@ -203,6 +203,16 @@ def inside(path: Path, folder: Path | None) -> bool:
     return folder is not None and path.resolve().is_relative_to(folder.resolve())
 
 
+def outside(files: list[Path], root: Path, folder: Path | None) -> list[Path]:
+    """``files`` (found under ``root``) that do not lie in ``folder`` (None: all of them). The two folders are
+    resolved once and each file compared by its path under ``root``: a cron run's walk of a large corpus does
+    not resolve every file."""
+    if folder is None or not inside(folder, root):
+        return files
+    prefix = folder.resolve().relative_to(root.resolve()).parts
+    return [file for file in files if file.relative_to(root).parts[: len(prefix)] != prefix]
+
+
 def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | None = None) -> list[str]:
     """Files in input folders that no reader of this run takes (``.docx``, ``.xlsx``, images for a text
     model, ...), in path order. Folders of Parquet/JSONL files are read for those files only and not listed:
@@ -216,7 +226,7 @@ def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | Non
     for path in inputs:
         if not path.is_dir() or next(path.rglob("*.parquet"), None) or next(path.rglob("*.jsonl"), None):
             continue
-        files = [file for file in folder_files(path) if not inside(file, output)]  # not the index's own files
+        files = outside(folder_files(path), path, output)  # not the index's own files
         # text files match their suffix case-sensitively (textdir), images and PDFs in any case
         ignored += [str(p) for p in files if p.suffix not in taken and p.suffix.lower() not in taken - set(TEXT_SUFFIXES)]
     return ignored
@@ -229,6 +239,11 @@ def wanted_columns(source: str, names: list[str], options: SourceOptions, what: 
     """
     if problem := missing_columns(names, options, what):
         raise BadInputError(f"{source}: {problem}")
+    return columns_read(names, options)
+
+
+def columns_read(names: list[str], options: SourceOptions) -> tuple[bool, bool]:
+    """(text read, image read) where ``missing_columns`` found nothing missing."""
     if options.modality == "auto":
         return options.text_column in names, options.image_column in names
     return options.modality == "text", options.modality == "image"

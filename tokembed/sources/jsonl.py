@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, id_problem, missing_columns, wanted_columns
+from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, columns_read, id_problem, missing_columns
 
 
 def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
@@ -144,7 +144,7 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
         return attach_video(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent), None
     if problem := missing_columns(list(record), options, what="field"):  # this record's: a bad row, as a null text is
         return Item(str(raw_id), None, source, row, error=problem), None
-    use_text, use_image = wanted_columns(f"{source} row {row}", list(record), options, what="field")
+    use_text, use_image = columns_read(list(record), options)
     if use_text:
         item = _text_item(str(raw_id), source, row, record.get(options.text_column))
     else:

@@ -84,7 +84,7 @@ def probe_video(name: str, path: str | None = None, data: bytes | None = None) -
     """Open the container and read its first video stream's frame count, frame rate and size."""
     av = _import_av()
     try:
-        with av.open(path if path is not None else io.BytesIO(data), mode="r") as container:
+        with _opened(av, path, data) as container:
             if not container.streams.video:
                 raise VideoDecodeError("no video stream")
             stream = container.streams.video[0]
@@ -106,13 +106,18 @@ def probe_video(name: str, path: str | None = None, data: bytes | None = None) -
     return Video(name, path, data, total, fps, height, width)
 
 
+def _opened(av, path: str | None, data: bytes | None):
+    """The container of a video file (``path``) or of its bytes, for reading."""
+    return av.open(path if path is not None else io.BytesIO(data), mode="r")
+
+
 def _check_frames(av, path: str | None, data: bytes | None, total: int) -> None:
     """Decode frames 0 .. ``total`` - 1 as ``Video.decode`` does (the same stream, the same decoder settings),
     keeping none: the frames a model may sample (``sample_frames`` takes the last one whenever it takes two), so
     a video that passes decodes when it is encoded."""
     decoded = 0
     try:
-        with av.open(path if path is not None else io.BytesIO(data), mode="r") as container:
+        with _opened(av, path, data) as container:
             for _frame in container.decode(video=0):
                 decoded += 1
                 if decoded >= total:
@@ -132,7 +137,7 @@ def _decode_frames(video: Video, indices: np.ndarray, size: tuple[int, int], res
     found: dict[int, np.ndarray] = {}
     height, width = size
     try:
-        with av.open(video.path if video.path is not None else io.BytesIO(video.data), mode="r") as container:
+        with _opened(av, video.path, video.data) as container:
             for number, frame in enumerate(container.decode(video=0)):
                 if number in wanted:
                     image = frame.to_image()  # RGB PIL image
