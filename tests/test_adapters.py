@@ -238,6 +238,9 @@ BAD = {
                                        "which its target_modules / exclude_modules / layers_to_transform leave out"),
     "an option this peft does not know": (lambda a: _edit_config(a, some_future_option=True), "some_future_option"),
     "a config peft itself refuses": (lambda a: _edit_config(a, layers_to_transform=[0]), "peft refuses this LoRA config"),
+    # peft only warns and runs the base's untrained copy
+    "modules_to_save without its tensors": (lambda a: _edit_config(a, modules_to_save=["custom_text_proj"]),
+                                            "lists 'custom_text_proj' in modules_to_save, but the file holds no tensor"),
 }
 
 

@@ -198,3 +198,25 @@ def test_a_code_file_with_a_tensor_this_release_does_not_know(compressed, cli):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["search_structure"]["bytes_by_part"]["other"] == extra.nbytes
     assert scored(cli, index) == before
+
+
+COUNT_EDITS = {
+    "rows": (_setting(["shards", 1, "rows"], 19), "holds 20 rows, manifest says 19"),
+    "tokens": (lambda data: _setting(["shards", 0, "tokens"], data["shards"][0]["tokens"] + 1)(data), "tokens, manifest says"),
+    "dim": (_setting(["dim"], 64), "dimensions, manifest says dim 64"),
+}
+
+
+@pytest.mark.parametrize("count", COUNT_EDITS)
+def test_a_manifest_whose_counts_disagree_with_its_shards_is_a_corrupt_index(compressed, cli, colbert_ckpt, tmp_path, count):
+    """The search structure maps documents by the manifest's counts: counts that disagree with the files would pair
+    ids with other documents' codes, so every reader and compress refuse them (exit 6), naming the shard."""
+    index, _, _ = compressed
+    edit, message = COUNT_EDITS[count]
+    edit_manifest(index, edit)
+    for command in (["info", index, "--verify"], ["compress", index, "--centroids", 16, "--quiet"],
+                    ["score", "--query", "alpha", index], ["score", "--query", "alpha", index, "--exact"],
+                    ["export", index, "--to", tmp_path / "out", "--format", "parquet"]):
+        result = cli(*command)
+        assert result.exit_code == 6, (command, result.output)
+        assert "part-" in result.stderr and message in result.stderr, (command, result.stderr)

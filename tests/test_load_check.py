@@ -14,8 +14,9 @@ import shutil
 import pytest
 
 import vision_checkpoints
-from helpers import write_parquet
+from helpers import read_index, write_parquet
 from jina_checkpoints import build_jina_colbert
+from tokembed.models.weights import tensor_names
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France."]
 SAMPLE_IMAGES = vision_checkpoints.REMOTE_CODE_DIR.parent.parent / "sample_data" / "images"
@@ -116,6 +117,32 @@ def test_a_missing_projection_bias_of_a_vision_checkpoint(cli, built, tmp_path):
     )
 
 
+def test_a_vision_checkpoint_without_its_tokenizer_settings(cli, built, tmp_path):
+    """Without tokenizer_config.json the processor has no pad / query augmentation token and fails on every row:
+    refused when the model loads, not a traceback in the middle of the run."""
+    model = shutil.copytree(built("colpali"), tmp_path / "colpali")
+    encode_then_break(cli, model, SAMPLE_IMAGES, tmp_path, _without("tokenizer_config.json"), file="",
+                      needles=("its processor cannot process a query",))
+
+
+def test_two_saved_names_for_one_parameter_are_refused(cli, tmp_path):
+    """colpali-engine layouts are read through renamings: two saved tensors that land on one parameter would leave
+    the vectors to whichever transformers read last."""
+    from colpali_engine_checkpoints import build_colqwen2_engine
+
+    model = build_colqwen2_engine(tmp_path / "ce_colqwen2")
+
+    def add_alias(folder):
+        import torch
+
+        rewrite_weights(folder, lambda t: {**t, **{"language_model." + k[len("model."):]: torch.randn_like(v)
+                                                   for k, v in t.items() if k == "model.norm.weight"}})
+
+    assert "model.norm.weight" in tensor_names(model)
+    encode_then_break(cli, model, SAMPLE_IMAGES, tmp_path, add_alias,
+                      needles=("language_model.norm.weight and model.norm.weight", "are both loaded as"))
+
+
 def test_remote_code_that_imports_a_missing_package(cli, built, tmp_path):
     model = tmp_path / "remote"
     shutil.copytree(built("remote_code"), model)
@@ -199,6 +226,57 @@ def _dense_bias_added(folder):
     save_file({**tensors, "linear.bias": torch.full((tensors["linear.weight"].shape[0],), 0.5)}, str(file), metadata={"format": "pt"})
 
 
+def _tensor_retyped(file_name, name, dtype):
+    def breakage(folder):
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        file = folder / file_name
+        tensors = load_file(str(file))
+        tensors[name] = (tensors[name] * 100).to(getattr(torch, dtype))
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    return breakage
+
+
+def _sharded(extra_copy=None, missing_shard=False):
+    """model.safetensors split into two listed shards; ``extra_copy``: the second also holds another copy of that
+    tensor; ``missing_shard``: the index also lists a third file that is not there."""
+    def breakage(folder):
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(folder / "model.safetensors"))
+        (folder / "model.safetensors").unlink()
+        names = sorted(tensors)
+        halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+        weight_map = {name: file for file, part in halves.items() for name in part}
+        for file, part in halves.items():
+            chosen = {name: tensors[name] for name in part}
+            if extra_copy and file != weight_map[extra_copy]:
+                chosen[extra_copy] = torch.randn_like(tensors[extra_copy])
+            save_file(chosen, str(folder / file), metadata={"format": "pt"})
+        if missing_shard:
+            weight_map[names[0]] = "model-00003-of-00003.safetensors"
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return breakage
+
+
+def _dense_widened(folder):
+    """The Dense weight and its config agree with each other, not with the backbone's hidden size."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    file = folder / "1_Dense" / "model.safetensors"
+    weight = load_file(str(file))["linear.weight"]
+    save_file({"linear.weight": torch.randn(weight.shape[0], weight.shape[1] + 8)}, str(file), metadata={"format": "pt"})
+    _json_edited("1_Dense/config.json", lambda c: c.update(in_features=weight.shape[1] + 8))(folder)
+
+
+def _dense_unlisted(folder):
+    modules = json.loads((folder / "modules.json").read_text())
+    (folder / "modules.json").write_text(json.dumps([m for m in modules if not m["type"].endswith("Dense")]))
+
+
 # checkpoint, breakage, the file the message names, what it says
 BROKEN_CHECKPOINTS = {
     # transformers builds an empty tokenizer from a folder without tokenizer files: every word [UNK]
@@ -216,6 +294,31 @@ BROKEN_CHECKPOINTS = {
     "no model_type": ("stanford", _json_edited("config.json", lambda c: c.pop("model_type")), "config.json", "model_type"),
     "PyLate settings without modules.json": ("pylate_bert", _without("modules.json"), "modules.json",
                                              "ColBERT settings in config_sentence_transformers.json"),
+    # a cast to float would turn them into other numbers
+    "an integer projection": ("stanford", _tensor_retyped("model.safetensors", "linear.weight", "int32"),
+                              "model.safetensors", "tensor linear.weight is stored as I32, not a floating-point type"),
+    "an integer Dense weight": ("pylate_bert", _tensor_retyped("1_Dense/model.safetensors", "linear.weight", "int8"),
+                                "1_Dense/model.safetensors", "stored as I8"),
+    "an integer embedding, transformers path": ("raw_decoder", _tensor_retyped("model.safetensors", "model.embed_tokens.weight",
+                                                "int8"), "model.safetensors", "model.embed_tokens.weight is stored as I8"),
+    # which copy would win depended on the file names
+    "a tensor in two listed shards": ("stanford", _sharded(extra_copy="linear.weight"), "model-0000",
+                                      "tensor linear.weight is in both"),
+    "a tensor in two listed shards, transformers path": ("raw_decoder", _sharded(extra_copy="model.norm.weight"),
+                                                         "model-0000", "tensor model.norm.weight is in both"),
+    "an index naming a missing shard": ("stanford", _sharded(missing_shard=True), "model.safetensors.index.json",
+                                        "model-00003-of-00003.safetensors"),
+    # colbert-ai refuses a projection of another width than its metadata's dim
+    "artifact.metadata of another dim": ("stanford", _json_edited("artifact.metadata", lambda m: m.update(dim=7)),
+                                         "artifact.metadata", "says dim 7, linear.weight is [24, 32]"),
+    # the projection never applied, the hidden states written as the vectors
+    "a Dense that modules.json does not list": ("pylate_bert", _dense_unlisted, "1_Dense", "modules.json does not list it"),
+    "a Dense that does not fit the backbone": ("pylate_bert", _dense_widened, "pylate_bert",
+                                               "projection layer 1 takes 40 inputs, but the backbone's hidden size 32"),
+    # what transformers' own validators refuse: a model error, not a traceback
+    "a layer count its layer types disagree with": ("raw_decoder", _json_edited(
+        "config.json", lambda c: c.update(num_hidden_layers=c["num_hidden_layers"] + 1)), "raw_decoder",
+        "cannot load the checkpoint (StrictDataclassClassValidationError"),
 }
 
 
@@ -223,3 +326,22 @@ BROKEN_CHECKPOINTS = {
 def test_a_broken_checkpoint_is_refused_naming_what_is_wrong(cli, checkpoint, corpus, tmp_path, case):
     name, breakage, file, says = BROKEN_CHECKPOINTS[case]
     encode_then_break(cli, checkpoint(name), corpus, tmp_path, breakage, file=file, needles=(says,))
+
+
+@pytest.mark.parametrize("name", ["stanford", "raw_decoder"])
+def test_a_stray_weight_file_beside_model_safetensors_is_not_read(cli, checkpoint, corpus, tmp_path, name):
+    """What transformers reads is ``model.safetensors`` (else the files its index lists): a stray file beside it,
+    holding another copy of a tensor, changes nothing (it used to win, by its name, in tokembed's own loaders)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = checkpoint(name)
+    assert cli("encode", corpus, "-o", tmp_path / "before", "--model", model, "--quiet").exit_code == 0
+    tensors = load_file(str(model / "model.safetensors"))
+    save_file({key: torch.randn_like(value) for key, value in tensors.items()}, str(model / "zz.safetensors"))
+    assert cli("encode", corpus, "-o", tmp_path / "after", "--model", model, "--quiet").exit_code == 0
+    before, after = read_index(tmp_path / "before"), read_index(tmp_path / "after")
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(before[key][0], after[key][0])

@@ -64,6 +64,7 @@ class Index:
         size = mapped.size()
         if size != shard["bytes"]:
             raise IndexCorruptError(f"{self.shard_path(shard)}: {size} bytes on disk, manifest says {shard['bytes']}")
+        self._check_counts(shard)
         if not checksum:
             return
         key = stat_key(mapped.fileno()) if remembered else None
@@ -74,6 +75,26 @@ class Index:
             raise IndexCorruptError(f"{self.shard_path(shard)}: sha256 does not match the manifest")
         if remembered:
             self._verified.remember([(shard["file"], key, digest)])
+
+    def _check_counts(self, shard: dict) -> None:
+        """The shard's rows and tokens (and its vectors' width) as the manifest says: the search structure maps
+        documents by these counts, so a manifest that disagrees with its file would pair ids with others' codes.
+        Reads batch headers only."""
+        reader = self.open_shard(shard)
+        rows = tokens = 0
+        for number in range(reader.num_record_batches):
+            batch = reader.get_batch(number)
+            rows += batch.num_rows
+            token_ids = batch.column(batch.schema.get_field_index("token_ids"))
+            tokens += int(token_ids.offsets[-1].as_py() - token_ids.offsets[0].as_py()) if len(token_ids) else 0
+        embeddings = reader.schema.field("embeddings").type if "embeddings" in reader.schema.names else None
+        width = getattr(getattr(embeddings, "value_type", None), "list_size", self.dim)
+        found = {"rows": rows, "tokens": tokens}
+        for name, count in found.items():
+            if int(shard[name]) != count:
+                raise IndexCorruptError(f"{self.shard_path(shard)}: holds {count} {name}, manifest says {shard[name]}")
+        if width != self.dim:
+            raise IndexCorruptError(f"{self.shard_path(shard)}: vectors of {width} dimensions, manifest says dim {self.dim}")
 
     @cached_property
     def _verified(self) -> VerifiedFiles:

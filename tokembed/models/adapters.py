@@ -169,6 +169,7 @@ def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -
             lora.setdefault(saved_module, {})[found.group("part")] = tensors[name]
         else:
             to_save[saved_module] = target
+    _check_saved_modules_present(saved_to_save, set(to_save), modules, path)
     plans = []
     for saved_module, parts in sorted(lora.items()):
         a = parts.get("lora_A", parts.get("lora_embedding_A"))
@@ -184,6 +185,16 @@ def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -
         alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), saved_module), config.get("lora_alpha", 8))
         plans.append(ModulePlan(saved_module, rename(saved_module), rank, float(alpha)))
     return plans, placed, to_save
+
+
+def _check_saved_modules_present(listed: list[str], saved: set[str], modules: set[str], path: Path) -> None:
+    """A ``modules_to_save`` entry that names a module of the base must have its trained copy in the file: without
+    it peft only warns and runs the base's module, which is not the adapter that was trained."""
+    within = lambda module, name: module == name or module.endswith("." + name)  # noqa: E731
+    for name in listed:
+        if any(within(module, name) for module in modules) and not any(within(module, name) for module in saved):
+            raise ModelError(f"{_weights_file(path)}: adapter_config.json lists {name!r} in modules_to_save, but the "
+                             "file holds no tensor of it (the base's untrained copy would be used)")
 
 
 def apply_adapter(module: Any, path: Path, rename=lambda name: name, merge: bool = True) -> Any:

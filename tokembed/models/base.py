@@ -66,6 +66,19 @@ class TokenModel:
     position_limit: int = 1 << 20  # what the position embeddings allow; caps explicit ColBERT lengths
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Each projection layer must take what the one before gives (the first: the backbone's hidden size);
+        else the first forward would fail with a bare shape error."""
+        width, source = self.hidden_size, f"the backbone's hidden size {self.hidden_size}"
+        for number, layer in enumerate(self.projection):
+            linear = getattr(layer, "linear", None)
+            if linear is None:
+                continue
+            if linear.in_features != width:
+                raise ModelError(f"{self.path}: projection layer {number + 1} takes {linear.in_features} inputs, "
+                                 f"but {source} reaches it")
+            width, source = linear.out_features, f"layer {number + 1}'s {linear.out_features} outputs"
+
     @property
     def output_dim(self) -> int:
         for layer in reversed(list(self.projection)):

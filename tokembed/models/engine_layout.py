@@ -19,7 +19,6 @@ prompts; this file holds what they share:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,11 +44,9 @@ class TensorNames:
 
     def rename(self, name: str) -> str:
         """The module path a saved name means (in order, first match each, as transformers' ``key_mapping`` does)."""
-        for pattern, replacement in _UNESCAPE + self.renamings:
-            found = re.search(pattern, name)
-            if found:
-                name = name.replace(found.group(0), replacement, 1)
-        return name
+        from tokembed.models.loading import renamed
+
+        return renamed(name, self.key_mapping())
 
 
 class EngineProcessor:

@@ -59,6 +59,7 @@ class JinaColBERT:
         _load_weights(model, path)
         model.eval()
         backbone = model.roberta.to(torch_dtype(options.dtype))
+        StanfordColBERT.check_dim(path, model.linear.weight)
         projection = nn.Sequential(DenseLayer(model.linear.weight.detach(), None, nn.Identity()))
         colbert = StanfordColBERT.colbert_config(path)
         _check_markers(path, tokenizer, colbert, config.vocab_size)

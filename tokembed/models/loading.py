@@ -71,6 +71,11 @@ def from_pretrained_checked(
     """``model_class.from_pretrained(path, **kwargs)``, refused unless every weight landed (see module doc)."""
     from transformers.utils import logging as hf_logging
 
+    from tokembed.models.weights import check_weight_files
+
+    check_weight_files(Path(path))
+    if kwargs.get("key_mapping"):
+        refuse_aliases(Path(path), kwargs["key_mapping"])
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # tokembed reports what did not load, once, as one error
     try:
@@ -90,6 +95,30 @@ def from_pretrained_checked(
         info.get("mismatched_keys") or (),
     )
     return model
+
+
+def renamed(name: str, key_mapping: dict[str, str]) -> str:
+    """The name a saved tensor is loaded under: each ``(pattern, replacement)`` of ``key_mapping`` in order
+    replaces its first match, as transformers' ``key_mapping`` does."""
+    for pattern, replacement in key_mapping.items():
+        found = re.search(pattern, name)
+        if found:
+            name = name.replace(found.group(0), replacement, 1)
+    return name
+
+
+def refuse_aliases(path: Path, key_mapping: dict[str, str]) -> None:
+    """Two saved tensors that ``key_mapping`` renames onto one parameter: transformers keeps one copy and reports
+    neither, so which one the vectors come from would depend on the order it reads them."""
+    from tokembed.models.weights import tensor_names
+
+    seen: dict[str, str] = {}
+    for name in sorted(tensor_names(path)):
+        target = renamed(name, key_mapping)
+        if target in seen:
+            raise ModelError(f"{path}: tensors {seen[target]} and {name} ({weight_file_of(path, name)}) are both "
+                             f"loaded as {target}; which one is the checkpoint's is not knowable")
+        seen[target] = name
 
 
 def load_state_checked(module: Any, state: dict, path: Path, ignore_unused: Iterable[str] = (), assign: bool = False) -> None:
@@ -139,10 +168,10 @@ def weight_file_of(path: Path, name: str) -> str:
 
 
 def _safetensors_names(file: Path) -> set[str]:
+    from tokembed.models.weights import safetensors_header
+
     try:
-        with open(file, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            return set(json.loads(handle.read(size))) - {"__metadata__"}
+        return set(safetensors_header(file))
     except (OSError, ValueError):
         return set()
 

@@ -9,11 +9,13 @@ encoder.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokembed.errors import ModelError, UnsupportedModelError
+from tokembed.errors import ModelError, TokembedError, UnsupportedModelError
 from tokembed.models.base import LoadOptions, TokenModel, read_json
 
 if TYPE_CHECKING:
@@ -157,14 +159,44 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
     """Load the checkpoint at ``path``; a PEFT adapter there is applied over ``base`` and merged
     (``base`` None: the adapter's ``base_model_name_or_path``)."""
     options = options or LoadOptions()
-    if base is not None and (Path(path) / "adapter_config.json").is_file():
-        from tokembed.models.adapters import load_adapted
+    with loading_errors(path):
+        if base is not None and (Path(path) / "adapter_config.json").is_file():
+            from tokembed.models.adapters import load_adapted
 
-        model = load_adapted(Path(path), Path(base), options)
-    else:
-        model = family_class(detect(path, options.trust_remote_code)).load(path, options)
+            model = load_adapted(Path(path), Path(base), options)
+        else:
+            model = family_class(detect(path, options.trust_remote_code)).load(path, options)
+        check_query_processing(model)
     check_tokenizer_vocabulary(path, model.tokenizer)
     return model.to(options.device)
+
+
+@contextmanager
+def loading_errors(path: Path) -> Iterator[None]:
+    """What a checkpoint's files make a library raise while it is built (a config transformers' validators
+    refuse, an assertion in a model's constructor, a tokenizer without its settings) is a model error naming the
+    checkpoint (exit 4), not a traceback. Running out of memory stays what it is."""
+    import torch
+
+    try:
+        yield
+    except (TokembedError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {str(exc)[:2000]})") from exc
+
+
+def check_query_processing(model) -> None:
+    """A vision model's processor must process a query: without its tokenizer settings (no pad or bos token, no
+    query augmentation token) it fails on every row, and should fail here, as a model error, before any work."""
+    process_queries = getattr(getattr(model, "processor", None), "process_queries", None)
+    if not callable(process_queries):
+        return
+    try:
+        process_queries(["a query"])
+    except Exception as exc:
+        raise ModelError(f"{model.path}: its processor cannot process a query ({type(exc).__name__}: {str(exc)[:500]})",
+                         hint="are its tokenizer files complete (tokenizer_config.json, special_tokens_map.json)?") from exc
 
 
 def check_tokenizer_vocabulary(path: Path, tokenizer) -> None:

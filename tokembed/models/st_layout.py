@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from tokembed.models.base import (
     read_json,
 )
 from tokembed.settings import ColbertConfig
-from tokembed.models.weights import load_tensors, tensor_names
+from tokembed.models.weights import load_tensors, tensor_names, weight_files
 
 
 def read_modules(path: Path) -> list[dict]:
@@ -87,6 +88,21 @@ def check_dense_agrees(folder: Path, config: dict, unused: set[str], weight) -> 
             raise ModelError(f"{folder}: config.json says {name} {stated}, the weight is {list(weight.shape)}")
 
 
+def check_module_folders_listed(path: Path, modules: list[dict]) -> None:
+    """A sentence-transformers module folder (``1_Dense``, ...) that holds weights but that ``modules.json`` does not
+    list (or no ``modules.json`` at all) would be left out of the pipeline: its projection never applied, the
+    backbone's hidden states written as the vectors. Refused instead of guessed."""
+    listed = {str(module.get("path", "")).strip("/") for module in modules}
+    for folder in sorted(path.iterdir()):
+        if folder.is_dir() and _MODULE_FOLDER.match(folder.name) and folder.name not in listed and weight_files(folder):
+            what = "modules.json does not list it" if modules else "the checkpoint has no modules.json"
+            raise ModelError(f"{folder}: a sentence-transformers module with weights, but {what}; its weights would "
+                             "not be used", hint="list it in modules.json, or remove the folder")
+
+
+_MODULE_FOLDER = re.compile(r"^\d+_\w+$")
+
+
 def module_config(path: Path, modules: list[dict], type_name: str) -> dict[str, Any] | None:
     found = modules_of_type(modules, type_name)
     if not found:
@@ -117,6 +133,7 @@ def load_st_folder(family: str, path: Path, options: LoadOptions, colbert: Colbe
     """Backbone (at the ``Transformer`` module's path) + every ``Dense`` as the projection, lowercasing and
     ``max_seq_length`` as ``sentence_bert_config.json`` says. A plain checkpoint folder loads the same way."""
     modules = read_modules(path)
+    check_module_folders_listed(path, modules)
     backbone, tokenizer, config = load_backbone(transformer_folder(path, modules), options)
     settings = transformer_settings(path, modules)
     if settings.get("do_lower_case"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tokembed.errors import ModelError
 from tokembed.models.base import (
     DenseLayer,
     LoadOptions,
@@ -50,10 +51,19 @@ class StanfordColBERT:
             register_prefix_tokens=True,
         )
 
+    @staticmethod
+    def check_dim(path: Path, weight: torch.Tensor) -> None:
+        """colbert-ai builds the projection with ``artifact.metadata``'s ``dim`` rows and refuses a weight of
+        another shape: so does tokembed (it used to take the width from the tensor)."""
+        stated = (read_json(path / "artifact.metadata") or {}).get("dim")
+        if stated is not None and stated != weight.shape[0]:
+            raise ModelError(f"{path}: artifact.metadata says dim {stated}, linear.weight is {list(weight.shape)}")
+
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> TokenModel:
         backbone, tokenizer, config = load_backbone(path, options, ignore_unused=(r"linear\.weight$",))
         weight = load_tensors(path, {"linear.weight"}, required={"linear.weight"})["linear.weight"]
+        cls.check_dim(path, weight)
         projection = nn.Sequential(DenseLayer(weight, None, nn.Identity()))
         return TokenModel(
             family=cls.key,

@@ -1,7 +1,16 @@
-"""Read individual tensors out of a checkpoint folder (safetensors first, then PyTorch ``.bin``)."""
+"""Read individual tensors out of a checkpoint folder (safetensors first, then PyTorch ``.bin``).
+
+Which files are the checkpoint is what transformers reads: ``model.safetensors``, else the files a
+``model.safetensors.index.json`` lists (each must be there), else the folder's other safetensors files (a
+sentence-transformers ``Dense`` folder, an adapter), else the PyTorch ``.bin`` files the same way. Never silently
+wrong (``check_weight_files``): a tensor name in two of those files (which copy would win depends on the file
+names) and a weight or bias of an integer or boolean type (a cast to float would turn a quantized or damaged
+tensor into other numbers) are refused, naming the files.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,8 +21,63 @@ from tokembed.errors import ModelError
 
 
 def weight_files(folder: Path) -> list[Path]:
-    files = sorted(folder.glob("*.safetensors"))
-    return files or sorted(folder.glob("pytorch_model*.bin"))
+    return _chosen(folder, "model.safetensors", "*.safetensors") or _chosen(folder, "pytorch_model.bin", "pytorch_model*.bin")
+
+
+def _chosen(folder: Path, single: str, pattern: str) -> list[Path]:
+    if (folder / single).is_file():
+        return [folder / single]
+    index = folder / f"{single}.index.json"
+    if index.is_file():
+        return _listed_files(index)
+    return sorted(path for path in folder.glob(pattern) if path.is_file())
+
+
+def _listed_files(index: Path) -> list[Path]:
+    """The weight files a sharded checkpoint's index names, each of which must be there."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{index}: not a readable weight index ({type(exc).__name__}: {exc})") from None
+    missing = [name for name in names if not (index.parent / name).is_file()]
+    if missing:
+        raise ModelError(f"{index}: lists weight file(s) {missing[:5]} that are not in the folder")
+    return [index.parent / name for name in names]
+
+
+def check_weight_files(folder: Path) -> None:
+    """Refuse a tensor name held by two of the checkpoint's safetensors files, and a weight or bias stored as an
+    integer or boolean type (safetensors headers only: nothing is read)."""
+    seen: dict[str, Path] = {}
+    for file in weight_files(Path(folder)):
+        if file.suffix != ".safetensors":
+            continue
+        with readable(file):
+            header = safetensors_header(file)
+        for name, entry in header.items():
+            if name in seen:
+                raise ModelError(f"{folder}: tensor {name} is in both {seen[name].name} and {file.name}; "
+                                 "which copy is the checkpoint's is not knowable",
+                                 hint="remove the stray weight file")
+            seen[name] = file
+            check_float(file, name, entry["dtype"], entry["dtype"].startswith(("F", "BF")))
+
+
+def check_float(file: Path, name: str, dtype: str, floating: bool) -> None:
+    """A weight or bias must be stored as a floating-point type: a cast would turn a quantized or damaged tensor
+    into other numbers. (Integer buffers such as BERT's ``position_ids`` are fine.)"""
+    if not floating and name.rsplit(".", 1)[-1] in ("weight", "bias"):
+        raise ModelError(f"{file}: tensor {name} is stored as {dtype}, not a floating-point type "
+                         "(a quantized or damaged checkpoint: tokembed would only be guessing its values)")
+
+
+def safetensors_header(file: Path) -> dict[str, dict]:
+    """name -> {dtype, shape, data_offsets} of a safetensors file, from its header alone."""
+    with open(file, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+    return {name: entry for name, entry in header.items() if name != "__metadata__"}
 
 
 @contextmanager
@@ -33,16 +97,29 @@ def read_state(folder: Path) -> dict[str, torch.Tensor]:
     files = weight_files(folder)
     if not files:
         raise ModelError(f"{folder}: no weight files (*.safetensors or pytorch_model*.bin)")
+    check_weight_files(folder)
     state: dict[str, torch.Tensor] = {}
     for file in files:
         with readable(file):
             if file.suffix == ".safetensors":
                 from safetensors.torch import load_file
 
-                state.update(load_file(str(file)))
+                loaded = load_file(str(file))
             else:
-                state.update(torch.load(file, map_location="cpu", weights_only=True))
+                loaded = _checked_bin(file, torch.load(file, map_location="cpu", weights_only=True), state)
+        state.update(loaded)
     return state
+
+
+def _checked_bin(file: Path, loaded: dict, earlier: dict) -> dict:
+    """A PyTorch ``.bin`` file's tensors, held to what ``check_weight_files`` asks of safetensors headers."""
+    for name, tensor in loaded.items():
+        if name in earlier:
+            raise ModelError(f"{file.parent}: tensor {name} is in two of its weight files (one is {file.name})",
+                             hint="remove the stray weight file")
+        if isinstance(tensor, torch.Tensor):
+            check_float(file, name, str(tensor.dtype), tensor.is_floating_point())
+    return loaded
 
 
 def tensor_names(folder: Path) -> set[str]:
@@ -68,6 +145,7 @@ def _names_in(file: Path) -> list[str]:
 
 def find_tensors(folder: Path, names: set[str]) -> dict[str, torch.Tensor]:
     """Return the named tensors found in the folder's weight files (missing names are simply absent)."""
+    check_weight_files(folder)
     found: dict[str, torch.Tensor] = {}
     for file in weight_files(folder):
         with readable(file):
@@ -78,7 +156,7 @@ def find_tensors(folder: Path, names: set[str]) -> dict[str, torch.Tensor]:
                     for name in names & set(handle.keys()):
                         found[name] = handle.get_tensor(name)
             else:
-                state = torch.load(file, map_location="cpu", weights_only=True)
+                state = _checked_bin(file, torch.load(file, map_location="cpu", weights_only=True), found)
                 found.update({name: state[name] for name in names if name in state})
     return found
 

@@ -70,6 +70,7 @@ def compress_index(
     index = open_index(folder)  # a missing index fails before the lock file is created
     with IndexLock(folder, wait_seconds):
         index = open_index(folder)
+        index.verify(checksums=False)  # sizes and counts: the structure maps documents by the manifest's counts
         check_compressible(index)
         current = index.manifest.get(SEARCH)
         wanted = nbits or (current["nbits"] if current else DEFAULT_NBITS)
