@@ -79,6 +79,8 @@ def test_sigkill_then_rerun_equals_uninterrupted(work, tmp_path, kill_at):
     summary = json.loads(rerun.stdout)
     if kill_at == "shard:3":
         assert summary["resumed_shards"] == 3  # picked up, not started over
+        stats = manifest(out)["stats"]["useful_token_fraction"]  # the journal carries the killed run's tokens
+        assert stats == manifest(reference)["stats"]["useful_token_fraction"]
     assert_same_index(out, reference)
     listed = {shard["file"].split("/")[-1] for shard in manifest(out)["shards"]}
     assert {p.name for p in (out / "data").iterdir()} == listed  # no leftovers of the killed run

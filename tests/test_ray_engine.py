@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from helpers import manifest, write_parquet
-from test_devices import assert_same_rows, corpus_rows, encode, shard_digests
+from test_devices import COMMON, assert_same_rows, corpus_rows, encode, shard_digests
 
 # Each cluster test (marked ray and slow) runs 1-3 real encodes (Ray connect, actor start-up, model load):
 # ~30-60 s each on 2 shared cores. The in-process tests at the end need neither Ray nor a cluster.
@@ -198,6 +198,70 @@ def test_driver_sigkill_then_rerun_resumes_to_the_same_index(work, cluster, tmp_
     result = encode(corpus, tmp_path / "again", "--devices", "cpu", model=model)
     assert result.returncode == 0 and "resuming: 2 finished shard(s)" in result.stderr, result.stderr
     assert shard_digests(tmp_path / "again") == shard_digests(local)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigterm_stops_a_ray_run_as_ctrl_c_and_a_local_run_commits_and_clears_the_staging(work, cluster, tmp_path):
+    """``ray.init`` installs a SIGTERM handler that exits 15, which used to end the run as a failure (journal and
+    finished shards removed). And once any run commits, the chunks an earlier Ray run staged are removed."""
+    from test_devices import ENV
+
+    corpus, _, model, local, _ = work
+    out = tmp_path / "index"
+    command = [sys.executable, "-m", "cli.main", "encode", str(corpus), "-o", str(out), "-m", str(model), *map(str, COMMON),
+               "--engine", "ray", "--ray-address", cluster, "--devices", "cpu", "--log-format", "json"]
+    driver = subprocess.Popen(command, env={**ENV, **LOOPBACK, "TOKEMBED_TEST_PAUSE_AT": "shard:1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "run-journal.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=60)
+    assert_no_actor_left()
+    assert driver.returncode == 130, stderr
+    assert (out / "run-journal.json").exists() and any((out / "data").glob("part-*.arrow"))
+    assert any((out / "staging").glob("chunk-*.arrow"))
+    result = encode(corpus, out, "--devices", "cpu", model=model)  # the local engine finishes it
+    assert result.returncode == 0 and "resuming: 1 finished shard(s)" in result.stderr, result.stderr
+    assert shard_digests(out) == shard_digests(local)
+    assert not (out / "staging").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_more_cpu_actors_than_cores_share_them_and_stdout_holds_only_the_summary(work, cluster, tmp_path):
+    """``--devices cpu:3`` on a 2-CPU cluster: each actor reserves 2/3 of a CPU (the third used to wait forever for
+    a whole one, holding the index's lock). With one actor killed on its first chunk, the cluster's error lines
+    go to stderr: stdout is the JSON summary alone."""
+    corpus, _, model, local, _ = work
+    out = tmp_path / "index"
+    result = ray_encode(corpus, out, cluster, "--devices", "cpu:3", "--log-format", "json",
+                        env={"TOKEMBED_TEST_WORKER_DIE_AT": "0:1"}, model=model)
+    assert result.returncode == 0, result.stderr
+    assert "Task ChunkWorker.encode failed" in result.stderr  # the cluster's line about the killed actor
+    assert json.loads(result.stdout)["rows"] == 60  # one JSON document, nothing else
+    assert_same_rows(out, local)
+
+
+@pytest.mark.ray
+def test_a_ray_address_that_is_a_url_or_not_a_ray_cluster(work, tmp_path):
+    import http.server
+    import threading
+
+    corpus, _, model, _, _ = work
+    for address in ("ray://127.0.0.1:10001", "http://127.0.0.1:8265"):
+        result = encode(corpus, tmp_path / "index", "--engine", "ray", "--ray-address", address, model=model)
+        assert result.returncode == 2 and "not a URL" in result.stderr, result.stderr
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        result = encode(corpus, tmp_path / "index", "--engine", "ray", "--ray-address", address, model=model)
+    finally:
+        server.shutdown()
+    assert result.returncode == 9 and "not a Ray cluster's GCS" in result.stderr, result.stderr
+    assert not (tmp_path / "index" / "staging").exists()
 
 
 @pytest.mark.ray

@@ -12,6 +12,7 @@ leaves a journal of its finished shards, and the next run with the same inputs r
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -204,6 +205,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
         writer.commit(manifest)
         _remove_stale_structure(job.output, manifest)
         journal.remove()
+        _remove_staged_chunks(job.output)
     except KeyboardInterrupt:
         writer.abort(keep_finished=True)  # finished shards + journal let the next run resume
         raise
@@ -214,6 +216,14 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     finally:
         runner.close()
     return summary
+
+
+def _remove_staged_chunks(folder: Path) -> None:
+    """Once a run commits, no run resumes from the chunks an earlier ``--engine ray`` run staged (whichever engine
+    committed: a killed Ray run may be finished by a local one)."""
+    from tokembed.engine.ray import STAGING
+
+    shutil.rmtree(folder / STAGING, ignore_errors=True)
 
 
 def _open_writer(job: EncodeJob, embedder, previous):
@@ -309,7 +319,8 @@ def _encode_stream(job, runner, settings_fp, indexes, writer, journal, summary: 
         summary.tokens_in += result.real_tokens
         summary.computed_tokens += result.computed_tokens
         if shard is not None:
-            counts = {**chunk.counts, "empty_pages": summary.empty_pages[: chunk.empty_pages]}
+            counts = {**chunk.counts, "empty_pages": summary.empty_pages[: chunk.empty_pages],
+                      "tokens_in": summary.tokens_in, "computed_tokens": summary.computed_tokens}  # a resume's fraction
             journal.record(shard.to_json(), chunk.number + 1, summary.skipped[: chunk.skipped], counts)
             fault_point("shard", len(writer.shards))
         progress.advance(chunk.source_rows, result.real_tokens)

@@ -26,6 +26,7 @@ removes its unfinished shards as for any failure.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -211,8 +212,9 @@ class RayRunner:
         self._finished = False
         self._address, self._owns_connection = connect(getattr(job, "ray_address", "auto"))
         try:
+            plan = plan_actors(job.devices)
             self.staging.mkdir(parents=True, exist_ok=True)
-            self._start_actors(spec, plan_actors(job.devices))
+            self._start_actors(spec, plan)
         except BaseException:
             self.close()
             raise
@@ -331,6 +333,9 @@ class RayRunner:
             pass
         if self._finished:
             shutil.rmtree(self.staging, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                self.staging.rmdir()  # only when nothing was staged
 
 
 def _first_line(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ actors and what each reserves (``plan_actors``)."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -61,18 +62,69 @@ def connect(address: str | None) -> tuple[str, bool]:
         import ray
     except ImportError as exc:
         raise UsageError("--engine ray needs Ray: pip install 'tokembed[ray]'") from exc
+    _check_speaks_grpc(target, host, port)
+    handlers = _signal_handlers()
     try:
-        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise DeviceError(f"--ray-address {target}: cannot connect to the Ray cluster: {exc}") from exc
+    finally:
+        _restore(handlers)
+    _cluster_errors_to_stderr(ray)
+    return target, True
+
+
+def _check_speaks_grpc(target: str, host: str, port: int) -> None:
+    """The cluster's GCS answers gRPC: an HTTP/2 server sends its SETTINGS frame after the client's preface. Any
+    other listener (a web server, a Ray dashboard port) would keep ``ray.init`` retrying for minutes, holding the
+    index's lock. (Not checked with TLS on, where the preface would go unanswered.)"""
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_SECONDS) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            header = connection.recv(9)
     except OSError as exc:
         raise DeviceError(
             f"--ray-address {target}: cannot reach the Ray cluster ({exc.strerror or exc})",
             hint="check the address `ray start --head` printed, and that this machine can reach it",
         ) from exc
-    try:
-        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError) as exc:
-        raise DeviceError(f"--ray-address {target}: cannot connect to the Ray cluster: {exc}") from exc
-    return target, True
+    if len(header) < 4 or header[3] != 0x04:  # an HTTP/2 frame header of type SETTINGS
+        raise DeviceError(f"--ray-address {target}: something listens there, but not a Ray cluster's GCS (no gRPC answer)",
+                          hint="give the address `ray start --head` printed (HOST:6379 by default), not the dashboard's")
+
+
+def _signal_handlers() -> dict:
+    """The SIGTERM / SIGINT handlers now: ``ray.init`` installs its own, which exit at once (SIGTERM: exit 15,
+    and an interrupted run's journal would be removed as for a failure), and tokembed's stop the run as Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(handlers: dict) -> None:
+    import signal
+
+    for number, handler in handlers.items():
+        signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
+def _cluster_errors_to_stderr(ray) -> None:
+    """The driver's error listener prints the cluster's messages (an actor that died, a task retried) to stdout,
+    where ``--log-format json`` writes the summary a cron job parses: send them to stderr."""
+    worker = ray._private.worker
+    printing = worker.print_to_stdstream
+    if getattr(printing, "tokembed_stderr", False):
+        return
+
+    def to_stderr(data, ignore_prefix):
+        printing({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.tokembed_stderr = True
+    worker.print_to_stdstream = to_stderr
 
 
 def _use_auth_token_like_ray_start() -> None:
@@ -87,8 +139,10 @@ def _use_auth_token_like_ray_start() -> None:
 
 
 def _host_port(address: str) -> tuple[str, int]:
-    bare = address.split("://", 1)[-1]
-    host, _, port = bare.rpartition(":")
+    if "://" in address:
+        raise UsageError(f"--ray-address {address!r}: give the cluster's HOST:PORT (what `ray start --head` printed), "
+                         "not a URL (Ray Client's ray:// and the dashboard's http:// are not what a driver connects to)")
+    host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--ray-address {address!r}: expected auto or HOST:PORT")
     return host.strip("[]"), int(port)
@@ -111,8 +165,9 @@ def plan_actors(devices: str | None) -> ActorPlan:
         return ActorPlan(1, max(node_cpus), 0, max(1, max(node_cpus)), spread=False)
     if spec.startswith("cpu:") and spec[4:].isdigit() and int(spec[4:]) > 0:
         count = int(spec[4:])
-        share = max(1, min(max(node_cpus), sum(node_cpus) // count))
-        return ActorPlan(count, share, 0, share, spread=False)
+        share = min(max(node_cpus), sum(node_cpus) / count)  # fewer cores than actors: each reserves a fraction
+        share = float(int(share)) if share >= 1 else math.floor(share * 10_000) / 10_000
+        return ActorPlan(count, share, 0, max(1, int(share)), spread=False)
     if spec.startswith("cuda"):
         count = 1 if spec == "cuda" else len(spec.split(","))
         if count > gpus:
