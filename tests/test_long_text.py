@@ -64,6 +64,19 @@ def test_window_ids_equal_whole_text_ids(tokenizers):
                     assert got == whole_then_truncate(tokenizer, text, max_length), (name, seed, first_window, max_length)
 
 
+@pytest.mark.parametrize("run", [" ", " \n"])
+def test_whitespace_an_lstrip_token_past_the_cut_would_swallow(tokenizers, run):
+    """``[MASK]`` / ``<mask>`` match with ``lstrip``: in the whole text they take every whitespace character to
+    their left, however many; a window cut before (or inside) them leaves that whitespace as tokens of its own."""
+    for name, tokenizer in tokenizers.items():
+        for mask in ("[MASK]", "<mask>"):
+            for spaces in (500, 999, 1100):
+                text = "Paris is the capital. " + run * spaces + mask + " the end." * 300
+                for max_length in (8, 16, 40):
+                    got = tokenize_long(tokenizer, text, max_length)
+                    assert got == whole_then_truncate(tokenizer, text, max_length), (name, mask, spaces, max_length)
+
+
 def test_window_is_a_small_prefix_when_words_are_short(tokenizers):
     """Not a fallback in disguise: the ids are right even when the text past the window is garbage."""
     for name, tokenizer in tokenizers.items():

@@ -211,3 +211,16 @@ def test_a_lone_surrogate_is_the_clients_400_not_a_500(minilm_server):
     error = response.json()["error"]
     assert error["param"] == "input" and "input 1: text is not valid Unicode (a lone surrogate, U+D800" in error["message"]
     assert minilm_server.post("/pooling", {"input": ["fine"]}).status_code == 200
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("normalize", False, "Parameter `normalize` was removed; use `use_activation`"),
+    ("truncation_side", "left", "truncation_side 'left': tokembed keeps the first tokens"),
+])
+def test_fields_that_would_change_the_vectors_are_refused_not_ignored(minilm_server, field, value, says):
+    """Unknown fields are ignored as vLLM ignores them, but not these: answered as if absent, the vectors would
+    silently differ from what the client asked for (vLLM itself refuses ``normalize``)."""
+    for route, body in (("/pooling", {"input": ["fine"]}), ("/score", {"queries": "a", "documents": ["b"]})):
+        response = minilm_server.post(route, {**body, field: value})
+        assert response.status_code == 400 and says in response.json()["error"]["message"], response.text
+    assert minilm_server.post("/pooling", {"input": ["fine"], "truncation_side": "right"}).status_code == 200

@@ -6,7 +6,11 @@ at most a character past a match), then tokenizes each word on its own. Words th
 of a window are therefore split and tokenized as in the whole text; only the last words of the window (a
 word cut in half, a whitespace run whose lookahead changed, a character a normalizer would combine with the
 next) can differ. So if the first ``max_length`` tokens all come from words before the window's last two
-and end ``_MARGIN_CHARS`` before its cut, the window's truncated ids are the whole text's. Otherwise the
+and end ``_MARGIN_CHARS`` before its cut, the window's truncated ids are the whole text's. One exception
+reaches further back: an added token with ``lstrip`` (ModernBERT's ``[MASK]``, XLM-R's ``<mask>``) is matched
+before the split and takes every whitespace character to its left, however many; past the cut (or cut in
+half) it leaves that whitespace to become tokens. For such tokenizers the first non-whitespace character after
+the kept tokens must also start early enough for any such token starting there to lie whole in the window. Otherwise the
 window grows (x4) until they do, or until it is the whole text. Slow (Python) tokenizers, left-side
 truncation and one-word texts (no pre-tokenizer split) fall back to tokenizing the whole text.
 """
@@ -54,7 +58,19 @@ def _prefix_decides(tokenizer, prefix: str, needed: int) -> bool:
     words = encoding.word_ids()
     last_word = max(w for w in words if w is not None)
     word, (_, end) = words[needed - 1], encoding["offset_mapping"][needed - 1]
+    longest = _longest_lstrip_token(tokenizer)
+    if longest:
+        rest = prefix[end:]
+        after_whitespace = end + len(rest) - len(rest.lstrip())
+        if after_whitespace + longest > len(prefix) - _MARGIN_CHARS:
+            return False
     return word is not None and word < last_word - 1 and end <= len(prefix) - _MARGIN_CHARS
+
+
+def _longest_lstrip_token(tokenizer) -> int:
+    """Characters of the longest added token that matches with ``lstrip`` (0: none does)."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return max((len(token.content) for token in added.values() if getattr(token, "lstrip", False)), default=0)
 
 
 def _truncated_ids(tokenizer, text: str, max_length: int) -> list[int]:

@@ -12,7 +12,8 @@ the vocabulary, the output dimension) is checked by the service. Field names and
 * ``SearchRequest``   -> ``/search`` (tokembed's, with ``serve --index``): ``query``, ``top_k``, ``exact``,
   ``probe``, ``candidates``.
 
-Unknown fields are ignored, as vLLM does (clients send ``user``, ``priority``, ``request_id``...). Types are
+Unknown fields are ignored, as vLLM does (clients send ``user``, ``priority``, ``request_id``...), but for the
+two that would change the vectors: ``normalize`` (refused as vLLM refuses it) and ``truncation_side: "left"``. Types are
 strict: ``"8"`` is not an integer and ``1`` is not a string. Responses are built as plain dicts by the
 service (a pydantic model per float would be slow); the models below document them in the OpenAPI schema.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokembed.errors import BadInputError
 
@@ -40,6 +41,19 @@ class APIError(BadInputError):
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_fields_that_would_change_the_output(cls, data):
+        """Ignored unknown fields must not be ones whose value changes the vectors: refused instead of answered
+        as if they were absent (``normalize``: vLLM's own refusal since it became ``use_activation``)."""
+        if isinstance(data, dict):
+            if "normalize" in data:
+                raise ValueError("Parameter `normalize` was removed; use `use_activation`")
+            if data.get("truncation_side") not in (None, "right"):
+                raise ValueError(f"truncation_side {data['truncation_side']!r}: tokembed keeps the first tokens "
+                                 "(right-side truncation) only")
+        return data
 
     model: str | None = None
     truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
