@@ -289,3 +289,38 @@ def test_cli_serve_process_answers_and_stops_cleanly(colbert_ckpt):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_request_cut_off_by_the_shutdown_grace_gets_a_json_503():
+    """uvicorn cancels the requests still running when its shutdown grace runs out; cancelled inside the app they
+    used to reach the client as uvicorn's plain-text 500 (and a traceback each in the log)."""
+    import asyncio
+    import json
+
+    from tokembed.serve.app import _answer
+
+    class SilentClient:  # never disconnects
+        async def receive(self):
+            await asyncio.Event().wait()
+
+    work_cancelled = asyncio.Event()
+
+    async def slow_work():
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            work_cancelled.set()
+            raise
+
+    async def scenario():
+        handler = asyncio.ensure_future(_answer(SilentClient(), slow_work()))
+        await asyncio.sleep(0.05)
+        handler.cancel()  # what uvicorn does to running requests when timeout_graceful_shutdown expires
+        response = await handler
+        await asyncio.sleep(0)
+        return response, work_cancelled.is_set()
+
+    response, cancelled = asyncio.run(scenario())
+    assert response.status_code == 503 and response.media_type == "application/json"
+    assert json.loads(response.body)["error"]["type"] == "ServiceUnavailableError"
+    assert cancelled  # the work itself was stopped, not left running

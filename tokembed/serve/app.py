@@ -109,6 +109,9 @@ async def _answer(request: Request, work) -> Response:
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server's shutdown grace ran out: say so, in JSON, instead of a bare 500
+        task.cancel()
+        return _error(503, "ServiceUnavailableError", "the server is shutting down; retry the request elsewhere")
     finally:
         watcher.cancel()
     if not task.done():
