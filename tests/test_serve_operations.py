@@ -324,3 +324,34 @@ def test_a_request_cut_off_by_the_shutdown_grace_gets_a_json_503():
     assert response.status_code == 503 and response.media_type == "application/json"
     assert json.loads(response.body)["error"]["type"] == "ServiceUnavailableError"
     assert cancelled  # the work itself was stopped, not left running
+
+
+def test_a_huge_request_tokenizes_apart_and_never_stalls_the_others(colbert_server):
+    """Requests of more than LARGE_REQUEST_CHARS go to a tokenizer thread of their own (with their own tokenizer
+    copies): while that thread is busy, ordinary requests still answer; the huge request's vectors are those of
+    its text, truncated, as the ordinary lane gives them."""
+    import threading
+
+    from serve_support import _pool
+    from tokembed.serve.tokenizing import LARGE_REQUEST_CHARS
+
+    service = colbert_server.service
+    text = "alpha beta gamma delta " * (LARGE_REQUEST_CHARS // 20)
+    assert len(text) > LARGE_REQUEST_CHARS
+    release = threading.Event()
+    service._lanes.large.thread.submit(release.wait, 60)  # the large lane, busy (as with a 15 MB single word)
+    answers = {}
+
+    def huge():
+        answers["huge"] = _pool(colbert_server, [text], input_type="document")
+
+    caller = threading.Thread(target=huge)
+    caller.start()
+    try:
+        started = time.monotonic()
+        short = _pool(colbert_server, [text[:4000]], input_type="document")  # the ordinary lane
+        assert time.monotonic() - started < 20 and "huge" not in answers
+    finally:
+        release.set()
+        caller.join(60)
+    np.testing.assert_array_equal(answers["huge"][0], short[0])

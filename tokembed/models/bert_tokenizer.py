@@ -112,15 +112,15 @@ class BertTokenizer:
         else:
             backend.no_truncation()
         try:
-            if isinstance(text, str):
-                return _Encoding(backend.encode(text, add_special_tokens=add_special_tokens), return_offsets_mapping)
+            if isinstance(text, str):  # encode_batch lets go of the GIL (encode holds it: a 15 MB text stalls every thread)
+                return _Encoding(backend.encode_batch([text], add_special_tokens=add_special_tokens)[0], return_offsets_mapping)
             encodings = backend.encode_batch(list(text), add_special_tokens=add_special_tokens)
             return {"input_ids": [encoding.ids for encoding in encodings]}
         finally:
             backend.no_truncation()
 
     def tokenize(self, text: str) -> list[str]:
-        return self.backend_tokenizer.encode(text, add_special_tokens=False).tokens
+        return self.backend_tokenizer.encode_batch([text], add_special_tokens=False)[0].tokens
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return self.backend_tokenizer.post_processor.num_special_tokens_to_add(pair)

@@ -1,6 +1,6 @@
 """The model-owning service behind ``tokembed serve``: pooling, score and rerank, transport-free.
 
-    request (validated schema) -> check -> tokenize (one thread) -> DynamicBatcher (engine, one worker
+    request (validated schema) -> check -> tokenize (a lane's thread) -> DynamicBatcher (engine, one worker
     thread) -> per-request finishing (dimensions, normalization, encoding) -> response dict
 
 One checkpoint is loaded once (``Embedder``) and read through up to three *profiles* that share its
@@ -23,7 +23,6 @@ import asyncio
 import copy
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -34,6 +33,7 @@ from tokembed.serve.lora import attach_adapters as _attach_adapters
 from tokembed.serve.lora import batch_key as _batch_key
 from tokembed.serve.options import Profile, ServeOptions, own_tokenizer_view, profile_flags
 from tokembed.serve.schemas import APIError, PoolingRequest, RerankRequest, ScoreRequest
+from tokembed.serve.tokenizing import Lane, TokenizeLanes
 from tokembed.serve.vectors import encode_base64, finish, finite, maxsim, pair_scores
 from tokembed.settings import EncodeFlags, resolve
 from tokembed.sources.base import unicode_problem
@@ -72,8 +72,7 @@ class EmbeddingService:
         self.index = index
         if index is not None:
             self.profiles["index"] = index.query_profile(model, embedder.device)
-        self._tokenizers: dict[tuple[str, int | None], object] = {}
-        self._tokenize_thread = ThreadPoolExecutor(1, thread_name_prefix="tokembed-tokenize")  # HF tokenizers are not thread-safe
+        self._lanes = TokenizeLanes(self.vision)
         executors = {key: BatchExecutor(p.encoder, embedder.device) for key, p in self.profiles.items()}
         self.adapters = {name: path for name, (path, _) in (adapters or {}).items()}
         for name, (_, backbone) in (adapters or {}).items():  # same tokenization, own forward: batched per adapter
@@ -117,7 +116,7 @@ class EmbeddingService:
 
     def close(self) -> None:
         self.batcher.close()
-        self._tokenize_thread.shutdown(wait=False, cancel_futures=True)
+        self._lanes.shutdown()
 
     # -- endpoints ---------------------------------------------------------------------------------------
     async def pool(self, request: PoolingRequest) -> dict:
@@ -239,37 +238,39 @@ class EmbeddingService:
         for index, text in enumerate(texts):
             if problem := unicode_problem(text):  # no tokenizer takes it: the client's error, not a 500
                 raise APIError(f"input {index}: {problem}", param="input")
+        lane = self._lanes.for_texts(texts)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenize_thread, self._tokenize_now, key, texts, truncate, operation)
+        return await loop.run_in_executor(lane.thread, self._tokenize_now, key, texts, truncate, operation, lane)
 
-    def _tokenize_now(self, key: str, texts: list[str], truncate: int | None, operation: str) -> list:
-        """Runs on the tokenizer thread. Raw texts are tokenized to at most limit + 1 tokens so that an
+    def _tokenize_now(self, key: str, texts: list[str], truncate: int | None, operation: str, lane: Lane) -> list:
+        """Runs on the lane's tokenizer thread. Raw texts are tokenized to at most limit + 1 tokens so that an
         over-long input is refused (vLLM's behaviour) unless ``truncate_prompt_tokens`` asks to cut it."""
-        items = self._tokenizing_encoder(key, truncate).tokenize(texts)
+        items = self._tokenizing_encoder(key, truncate, lane).tokenize(texts)
         if key == "raw" and truncate is None:
             for item in items:  # tokenized to at most the limit + 1 tokens (a huge text is never tokenized whole)
                 self._check_length(len(item.ids), operation, counted=False)
         return items
 
-    def _tokenizing_encoder(self, key: str, truncate: int | None):
+    def _tokenizing_encoder(self, key: str, truncate: int | None, lane: Lane):
         cache_key = (key, truncate)
-        encoder = self._tokenizers.get(cache_key)
+        encoder = lane.encoders.get(cache_key)
         if encoder is None:
             profile = self.profiles[key]
+            view = lane.view(key, profile)
             if key == "raw":
                 length = truncate if truncate is not None else self.max_model_len + 1
-                encoder = self._encoder(profile.view, profile.flags, length)
+                encoder = self._encoder(view, profile.flags, length)
             elif truncate is None:
-                encoder = profile.encoder
+                encoder = lane.base_encoder(key, profile)
             elif self.vision:
                 raise APIError("truncate_prompt_tokens: a vision model's queries are processed whole (its processor's "
                                "own length)", param="truncate_prompt_tokens")
             else:  # tokembed encode --max-length semantics: caps the ColBERT length (queries: expansion too)
                 default = profile.encoder.settings.max_length
-                encoder = self._encoder(profile.view, replace(profile.flags, max_length=min(truncate, default)), None)
-            if len(self._tokenizers) > 64:
-                self._tokenizers.clear()
-            self._tokenizers[cache_key] = encoder
+                encoder = self._encoder(view, replace(profile.flags, max_length=min(truncate, default)), None)
+            if len(lane.encoders) > 64:
+                lane.encoders.clear()
+            lane.encoders[cache_key] = encoder
         return encoder
 
     def _encoder(self, view, flags: EncodeFlags, raw_length: int | None):
