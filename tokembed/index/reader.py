@@ -32,6 +32,7 @@ class Index:
     folder: Path
     manifest: dict
     _maps: dict = field(default_factory=dict, repr=False)  # shard file -> pyarrow MemoryMappedFile
+    _counted: set = field(default_factory=set, repr=False)  # shard files whose counts matched the manifest
 
     @property
     def shards(self) -> list[dict]:
@@ -79,7 +80,10 @@ class Index:
     def _check_counts(self, shard: dict) -> None:
         """The shard's rows and tokens (and its vectors' width) as the manifest says: the search structure maps
         documents by these counts, so a manifest that disagrees with its file would pair ids with others' codes.
-        Reads batch headers only."""
+        Reads batch headers only, once per shard for this reader (its manifest is fixed; a file rewritten since is
+        what the size and sha256 checks catch)."""
+        if shard["file"] in self._counted:
+            return
         reader = self.open_shard(shard)
         rows = tokens = 0
         for number in range(reader.num_record_batches):
@@ -95,6 +99,7 @@ class Index:
                 raise IndexCorruptError(f"{self.shard_path(shard)}: holds {count} {name}, manifest says {shard[name]}")
         if width != self.dim:
             raise IndexCorruptError(f"{self.shard_path(shard)}: vectors of {width} dimensions, manifest says dim {self.dim}")
+        self._counted.add(shard["file"])
 
     @cached_property
     def _verified(self) -> VerifiedFiles:
