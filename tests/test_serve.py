@@ -180,6 +180,11 @@ def test_score_and_rerank_equal_brute_force_maxsim(colbert_server):
     )
     single = colbert_server.post("/score", {"queries": [QUERIES[1]], "documents": DOCUMENTS[2]}).json()
     assert single["data"][0]["score"] == pytest.approx(_maxsim(queries[1], documents[2]), rel=1e-5)
+    items = colbert_server.post("/score", {"queries": QUERIES[0], "items": DOCUMENTS}).json()  # vLLM's 4th spelling
+    assert [item["score"] for item in items["data"]] == got
+    for mixed in ({"queries": QUERIES[0], "text_2": DOCUMENTS}, {"queries": QUERIES[0], "documents": DOCUMENTS, "items": DOCUMENTS}):
+        response = colbert_server.post("/score", mixed)
+        assert response.status_code == 400 and "exactly one pair of inputs" in response.json()["error"]["message"]
 
     ranked = colbert_server.post("/rerank", {"model": "tiny-colbert", "query": QUERIES[0], "documents": DOCUMENTS, "top_n": 2})
     assert ranked.status_code == 200, ranked.text
@@ -216,6 +221,7 @@ def test_a_lone_surrogate_is_the_clients_400_not_a_500(minilm_server):
 @pytest.mark.parametrize("field, value, says", [
     ("normalize", False, "Parameter `normalize` was removed; use `use_activation`"),
     ("truncation_side", "left", "truncation_side 'left': tokembed keeps the first tokens"),
+    ("padding", "max_length", "padding 'max_length': tokembed does not pad prompts"),
 ])
 def test_fields_that_would_change_the_vectors_are_refused_not_ignored(minilm_server, field, value, says):
     """Unknown fields are ignored as vLLM ignores them, but not these: answered as if absent, the vectors would
@@ -224,3 +230,4 @@ def test_fields_that_would_change_the_vectors_are_refused_not_ignored(minilm_ser
         response = minilm_server.post(route, {**body, field: value})
         assert response.status_code == 400 and says in response.json()["error"]["message"], response.text
     assert minilm_server.post("/pooling", {"input": ["fine"], "truncation_side": "right"}).status_code == 200
+    assert minilm_server.post("/pooling", {"input": ["fine"], "padding": "do_not_pad"}).status_code == 200

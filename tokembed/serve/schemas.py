@@ -7,13 +7,15 @@ the vocabulary, the output dimension) is checked by the service. Field names and
 * ``PoolingRequest``  -> ``/pooling``: ``input`` (text, texts, token ids, lists of token ids), ``task``,
   ``encoding_format``, ``embed_dtype``, ``endianness``, ``truncate_prompt_tokens``, ``use_activation``,
   ``dimensions``; tokembed's extension ``input_type`` ("query" | "document") selects ColBERT processing.
-* ``ScoreRequest``    -> ``/score``: ``queries``/``documents`` (or ``text_1``/``text_2``, ``data_1``/``data_2``).
+* ``ScoreRequest``    -> ``/score``: ``queries``/``documents`` (or ``queries``/``items``, ``text_1``/``text_2``,
+  ``data_1``/``data_2``).
 * ``RerankRequest``   -> ``/rerank``: ``query``, ``documents``, ``top_n``.
 * ``SearchRequest``   -> ``/search`` (tokembed's, with ``serve --index``): ``query``, ``top_k``, ``exact``,
   ``probe``, ``candidates``.
 
 Unknown fields are ignored, as vLLM does (clients send ``user``, ``priority``, ``request_id``...), but for the
-two that would change the vectors: ``normalize`` (refused as vLLM refuses it) and ``truncation_side: "left"``. Types are
+three that would change the vectors: ``normalize`` (refused as vLLM refuses it), ``truncation_side: "left"`` and
+``padding: "max_length"``. Types are
 strict: ``"8"`` is not an integer and ``1`` is not a string. Responses are built as plain dicts by the
 service (a pydantic model per float would be slow); the models below document them in the OpenAPI schema.
 """
@@ -53,6 +55,9 @@ class _Request(BaseModel):
             if data.get("truncation_side") not in (None, "right"):
                 raise ValueError(f"truncation_side {data['truncation_side']!r}: tokembed keeps the first tokens "
                                  "(right-side truncation) only")
+            if data.get("padding") not in (None, "do_not_pad"):
+                raise ValueError(f"padding {data['padding']!r}: tokembed does not pad prompts (a pad token would "
+                                 "be embedded as a token); leave it out or use 'do_not_pad'")
         return data
 
     model: str | None = None
@@ -97,19 +102,22 @@ class PoolingRequest(_Request):
 class ScoreRequest(_Request):
     queries: TextInputs | None = None
     documents: TextInputs | None = None
+    items: TextInputs | None = None
     text_1: TextInputs | None = None
     text_2: TextInputs | None = None
     data_1: TextInputs | None = None
     data_2: TextInputs | None = None
 
     def pair(self) -> tuple[list[str], list[str]]:
-        """(queries, documents) from whichever of vLLM's three spellings was used; 1:1, 1:N or N:N."""
-        spellings = [("queries", "documents"), ("text_1", "text_2"), ("data_1", "data_2")]
-        given = [(getattr(self, a), getattr(self, b)) for a, b in spellings]
-        given = [pair for pair in given if pair != (None, None)]
-        if len(given) != 1 or given[0][0] is None or given[0][1] is None:
-            raise APIError("give exactly one pair of inputs: queries and documents (or text_1 and text_2)", param="queries")
-        first, second = ([value] if isinstance(value, str) else list(value) for value in given[0])
+        """(queries, documents) from whichever of vLLM's four spellings was used; 1:1, 1:N or N:N."""
+        spellings = [("queries", "documents"), ("queries", "items"), ("text_1", "text_2"), ("data_1", "data_2")]
+        firsts = [name for name in ("queries", "text_1", "data_1") if getattr(self, name) is not None]
+        seconds = [name for name in ("documents", "items", "text_2", "data_2") if getattr(self, name) is not None]
+        if len(firsts) != 1 or len(seconds) != 1 or (firsts[0], seconds[0]) not in spellings:
+            raise APIError("give exactly one pair of inputs: queries and documents (or queries and items, text_1 "
+                           "and text_2, data_1 and data_2)", param="queries")
+        first, second = ([value] if isinstance(value, str) else list(value)
+                         for value in (getattr(self, firsts[0]), getattr(self, seconds[0])))
         if len(first) > 1 and len(first) != len(second):
             raise APIError("Input lengths must be either 1:1, 1:N or N:N", param="queries")
         if not first:
