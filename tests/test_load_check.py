@@ -143,6 +143,25 @@ def test_two_saved_names_for_one_parameter_are_refused(cli, tmp_path):
                       needles=("language_model.norm.weight and model.norm.weight", "are both loaded as"))
 
 
+@pytest.mark.parametrize("alias, of", [
+    ("embeddings.LayerNorm.gamma", "embeddings.LayerNorm.weight"),  # transformers' legacy rename
+    ("roberta.encoder.layer.0.output.dense.bias", "encoder.layer.0.output.dense.bias"),  # its base-model prefix
+])
+def test_two_names_transformers_itself_loads_as_one_are_refused(cli, corpus, tmp_path, alias, of):
+    """transformers renames legacy names and strips the base-model prefix on every load: a checkpoint that also
+    carries the other spelling of a tensor gave the vectors of whichever copy it read last (exit 0)."""
+    from checkpoints import build_pylate_xlmr
+
+    model = build_pylate_xlmr(tmp_path / "xlmr")
+
+    def add_alias(folder):
+        rewrite_weights(folder, lambda t: {**t, alias: t[of] * 3 + 1})
+
+    assert of in tensor_names(model)
+    encode_then_break(cli, model, corpus, tmp_path, add_alias,
+                      needles=(f"{min(alias, of)} and {max(alias, of)}", f"are both loaded as {of}"))
+
+
 def test_remote_code_that_imports_a_missing_package(cli, built, tmp_path):
     model = tmp_path / "remote"
     shutil.copytree(built("remote_code"), model)

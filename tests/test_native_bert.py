@@ -111,6 +111,34 @@ def test_native_loader_refuses_an_unused_tensor(checkpoint):
         load_model(path, LoadOptions())
 
 
+def _legacy_names(state: dict) -> dict:
+    return {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+            for k, v in state.items()}
+
+
+def test_legacy_layer_norm_names_load_as_transformers_loads_them(checkpoint, monkeypatch):
+    """bert-base-uncased's own save names LayerNorm's parameters gamma / beta, which transformers renames; the
+    native loader refused such a checkpoint (every LayerNorm "missing")."""
+    path = checkpoint("raw_encoder")
+    ids = torch.tensor(_ids(load_model(path, LoadOptions()), TRICKY[:1]))
+    before = load_model(path, LoadOptions()).embed(ids, torch.ones_like(ids))
+    state = load_file(str(path / "model.safetensors"))
+    save_file(_legacy_names(state), str(path / "model.safetensors"))
+    native, reference = _both(path, monkeypatch)
+    _assert_same(native, reference)
+    assert torch.equal(native.embed(ids, torch.ones_like(ids)), before)
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_both_spellings_of_a_layer_norm_are_refused(checkpoint, monkeypatch, native):
+    path = checkpoint("raw_encoder")
+    state = load_file(str(path / "model.safetensors"))
+    save_file({**state, "embeddings.LayerNorm.gamma": state["embeddings.LayerNorm.weight"] + 1}, str(path / "model.safetensors"))
+    monkeypatch.setenv("TOKEMBED_NATIVE", native)
+    with pytest.raises(ModelError, match="embeddings.LayerNorm.gamma and embeddings.LayerNorm.weight .* are both loaded as"):
+        load_model(path, LoadOptions())
+
+
 def test_unsupported_bert_variants_go_through_transformers(checkpoint):
     path = checkpoint("raw_encoder")
     config = json.loads((path / "config.json").read_text())

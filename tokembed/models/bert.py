@@ -162,13 +162,20 @@ class BertBackbone(nn.Module):
         return SimpleNamespace(last_hidden_state=hidden)
 
 
+def legacy_name(name: str) -> str:
+    """Old BERT saves (bert-base-uncased's own) call LayerNorm's parameters gamma and beta; transformers renames
+    them on every load, and so does this loader."""
+    return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+
+
 def load_native_bert(folder: Path, config: SimpleNamespace, dtype: torch.dtype, ignore_unused: tuple[str, ...]) -> BertBackbone:
     """Build the backbone on the meta device (no random init), then take every tensor from the checkpoint; the
     loading check refuses a missing, unused or wrongly shaped tensor exactly as for transformers' loaders."""
-    from tokembed.models.loading import HEAD_NAMES, UNUSED_PARTS, load_state_checked
+    from tokembed.models.loading import HEAD_NAMES, UNUSED_PARTS, load_state_checked, refuse_aliases
     from tokembed.models.weights import read_state
 
-    state = read_state(folder)
+    refuse_aliases(folder, legacy_name)
+    state = {legacy_name(name): tensor for name, tensor in read_state(folder).items()}
     model = BertBackbone(config)  # on the meta device: shapes only; the checkpoint's tensors are assigned
     target = model
     if any(name.startswith("bert.") for name in state):  # a BertForMaskedLM / HF_ColBERT save: errors name its keys

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from tokembed.errors import ModelError
 
@@ -74,8 +74,6 @@ def from_pretrained_checked(
     from tokembed.models.weights import check_weight_files
 
     check_weight_files(Path(path))
-    if kwargs.get("key_mapping"):
-        refuse_aliases(Path(path), kwargs["key_mapping"])
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # tokembed reports what did not load, once, as one error
     try:
@@ -94,6 +92,7 @@ def from_pretrained_checked(
         ignore_missing,
         info.get("mismatched_keys") or (),
     )
+    refuse_aliases(Path(path), loaded_name(model, kwargs.get("key_mapping")))
     return model
 
 
@@ -107,14 +106,41 @@ def renamed(name: str, key_mapping: dict[str, str]) -> str:
     return name
 
 
-def refuse_aliases(path: Path, key_mapping: dict[str, str]) -> None:
-    """Two saved tensors that ``key_mapping`` renames onto one parameter: transformers keeps one copy and reports
-    neither, so which one the vectors come from would depend on the order it reads them."""
+def loaded_name(model: Any, key_mapping: dict[str, str] | None) -> Callable[[str], str | None]:
+    """The parameter name transformers loads a saved tensor under, as ``from_pretrained`` renamed it: the layout's
+    ``key_mapping``, transformers' own conversions for the model (such as the legacy ``LayerNorm.gamma`` ->
+    ``LayerNorm.weight``) and the base-model prefix. None for a tensor a converter merges with others by design
+    (fused or stacked weights). transformers 4.x renames by ``key_mapping`` only."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:
+        return lambda name: renamed(name, key_mapping or {})
+    mapping = get_model_conversion_mapping(model, key_mapping)
+    renamings = [entry for entry in mapping if isinstance(entry, WeightRenaming)]
+    converters = [entry for entry in mapping if isinstance(entry, WeightConverter)]
+    expected = model.state_dict()
+    prefix = model.base_model_prefix
+
+    def name_of(saved: str) -> str | None:
+        target, merged_by = rename_source_key(saved, renamings, converters, prefix, expected)
+        if target not in expected and saved in expected:  # transformers then keeps the saved name
+            target, merged_by = rename_source_key(saved, [], [], prefix, expected)
+        return None if merged_by is not None else target
+
+    return name_of
+
+
+def refuse_aliases(path: Path, loaded_as: Callable[[str], str | None]) -> None:
+    """Two saved tensors loaded onto one parameter (``loaded_as``: the loader's renaming): transformers keeps one
+    copy and reports neither, so which one the vectors come from would depend on the order it reads them."""
     from tokembed.models.weights import tensor_names
 
     seen: dict[str, str] = {}
     for name in sorted(tensor_names(path)):
-        target = renamed(name, key_mapping)
+        target = loaded_as(name)
+        if target is None:
+            continue
         if target in seen:
             raise ModelError(f"{path}: tensors {seen[target]} and {name} ({weight_file_of(path, name)}) are both "
                              f"loaded as {target}; which one is the checkpoint's is not knowable")
