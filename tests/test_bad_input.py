@@ -109,7 +109,7 @@ def test_json_the_parser_gives_up_on_is_a_bad_row(cli, tmp_path):
     assert cli("encode", lines, "-o", out, "--on-error", "skip").exit_code == 0
     assert list(read_index(out)) == ["x"]
     reasons = [entry["reason"] for entry in manifest(out)["skipped"]]
-    assert [reason.split(" (")[0] for reason in reasons] == ["not valid JSON", "not valid JSON"], reasons
+    assert [reason.split(" (")[0] for reason in reasons] == ["line 2: not valid JSON", "line 3: not valid JSON"], reasons
     assert "4300 digits" in reasons[0] and "recursion" in reasons[1]
 
 
@@ -201,15 +201,15 @@ def test_a_null_or_structured_id_is_a_bad_row_in_parquet_and_jsonl(cli, tmp_path
     rows = [{"id": None, "text": "a"}, {"id": "None", "text": "b"}, {"id": "1", "text": "c"}]
     jsonl = write_jsonl(tmp_path / "c.jsonl", [*rows, {"id": {"x": 1}, "text": "d"}, {"id": [2], "text": "e"}])
     parquet = write_parquet(tmp_path / "c.parquet", rows)
-    for corpus, reasons in ((jsonl, ["null id", "id is an object, not a string or a number",
-                                     "id is a list, not a string or a number"]), (parquet, ["null id"])):
+    for corpus, reasons in ((jsonl, ["line 1: null id", "line 4: id is an object, not a string or a number",
+                                     "line 5: id is a list, not a string or a number"]), (parquet, ["null id"])):
         out = tmp_path / f"index-{corpus.suffix[1:]}"
         result = cli("encode", corpus, "-o", out, "--on-error", "skip")
         assert result.exit_code == 0, result.output
         assert sorted(read_index(out)) == ["1", "None"]
         assert [entry["reason"] for entry in manifest(out)["skipped"]] == reasons
         failed = cli("encode", corpus, "-o", tmp_path / "other")
-        assert failed.exit_code == BAD_INPUT and f"{corpus.name} row 0 (id '0'): null id" in failed.stderr
+        assert failed.exit_code == BAD_INPUT and f"{corpus.name} row 0 (id '0'): {reasons[0]}" in failed.stderr
 
 
 def test_encode_refuses_more_dimensions_than_the_model_has(cli, tmp_path):
@@ -272,7 +272,7 @@ def test_a_jsonl_record_without_the_id_its_file_uses_is_a_bad_row(cli, tmp_path)
     assert result.exit_code == 0, result.output
     assert list(read_index(out)) == ["a", "c"]
     (skipped,) = manifest(out)["skipped"]
-    assert skipped["row"] == 1 and skipped["reason"] == "no id field 'id' (the file's first record has one)"
+    assert skipped["row"] == 1 and skipped["reason"] == "line 2: no id field 'id' (the file's first record has one)"
     plain = write_jsonl(tmp_path / "plain.jsonl", [{"text": "first"}, {"text": "second"}])  # no ids at all: row numbers
     assert cli("encode", plain, "-o", tmp_path / "plain").exit_code == 0
     assert list(read_index(tmp_path / "plain")) == ["0", "1"]
@@ -283,11 +283,59 @@ def test_a_jsonl_record_without_the_text_field_is_a_bad_row_in_file_order(cli, t
 
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "ok"}, {"id": "b", "text": None}, {"id": "f"}])
     failed = cli("encode", corpus, "-o", tmp_path / "strict")
-    assert failed.exit_code == BAD_INPUT and "row 1 (id 'b'): null text" in failed.stderr  # the first bad row first
+    assert failed.exit_code == BAD_INPUT and "row 1 (id 'b'): line 2: null text" in failed.stderr  # the first bad row first
     out = tmp_path / "index"
     assert cli("encode", corpus, "-o", out, "--on-error", "skip").exit_code == 0
     assert list(read_index(out)) == ["a"]
-    assert [entry["reason"] for entry in manifest(out)["skipped"]] == ["null text", "no text field 'text' (fields: id)"]
+    assert [entry["reason"] for entry in manifest(out)["skipped"]] == ["line 2: null text", "line 3: no text field 'text' (fields: id)"]
+
+
+def test_a_boolean_or_binary_id_is_a_bad_row_not_its_python_text(cli, tmp_path):
+    """Stored as "True" and "b'doc1'" before: ids that match nothing the user has (Spark writes string ids as
+    binary columns when told nothing else)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from helpers import write_jsonl
+
+    jsonl = write_jsonl(tmp_path / "c.jsonl", [{"id": True, "text": "a"}, {"id": "ok", "text": "b"}])
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"id": pa.array([b"doc1", b"doc2"], pa.binary()), "text": ["a", "b"]}), parquet)
+    for corpus, kept, reason in ((jsonl, ["ok"], "line 1: id is a boolean"), (parquet, [], "id is binary")):
+        out = tmp_path / f"index-{corpus.suffix[1:]}"
+        result = cli("encode", corpus, "-o", out, "--on-error", "skip")
+        assert result.exit_code == 0, result.output
+        assert list(read_index(out)) == kept
+        assert all(entry["reason"].startswith(reason) for entry in manifest(out)["skipped"])
+        assert cli("encode", corpus, "-o", tmp_path / f"strict-{corpus.suffix[1:]}").exit_code == BAD_INPUT
+
+
+def test_a_bad_jsonl_record_names_its_line_in_the_file(cli, tmp_path):
+    """Rows skip blank lines and count from 0, and json's own "line 2" was the record's newline: the reason
+    names the line an editor shows."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "x"}\n\n\n{"id": "b", "text": "y"}\n\n\n{"id": "c" "text": "z"}\n')
+    failed = cli("encode", corpus, "-o", tmp_path / "index")
+    assert failed.exit_code == BAD_INPUT
+    assert "c.jsonl row 2 (id '2'): line 7: not valid JSON (Expecting ',' delimiter, column 12)" in failed.stderr
+
+
+def test_a_jsonl_file_where_no_record_has_the_text_field_is_refused_even_when_skipping(cli, tmp_path):
+    """A field renamed upstream made every record a bad row: with --on-error skip the night's run deleted the
+    whole index (exit 0); a Parquet file without the column was already exit 3."""
+    from helpers import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}])
+    out = tmp_path / "index"
+    assert cli("encode", corpus, "-o", out).exit_code == 0
+    before = (out / "manifest.json").read_bytes()
+    write_jsonl(corpus, [{"id": "a", "body": "x"}, {"id": "b", "body": "y"}])
+    result = cli("encode", corpus, "-o", out, "--on-error", "skip")
+    assert result.exit_code == BAD_INPUT, result.output
+    assert "no record has what this run reads: no text field 'text' (fields: id, body)" in result.stderr
+    assert (out / "manifest.json").read_bytes() == before and sorted(read_index(out)) == ["a", "b"]
+    write_jsonl(corpus, [{"id": "a", "body": "x"}, {"id": "b", "text": "y"}])  # one record lacking it: a bad row
+    assert cli("encode", corpus, "-o", out, "--on-error", "skip").exit_code == 0
+    assert list(read_index(out)) == ["b"]
 
 
 def test_an_input_given_twice_is_a_usage_error(cli, tmp_path):

@@ -160,7 +160,7 @@ def test_jsonl_image_field_path_data_uri_and_struct(tmp_path):
     with open(path, "a") as handle:
         handle.write(json.dumps({"id": "z", "text": "no image here"}) + "\n")
     last = read_all([path])[-1]  # this record's field: a bad row, as a null image is
-    assert (last.id, last.row, last.error) == ("z", 6, "no image field 'image' (fields: id, text)")
+    assert (last.id, last.row, last.error) == ("z", 6, "line 7: no image field 'image' (fields: id, text)")
 
 
 def test_text_and_image_columns_encode_what_is_asked(tmp_path):

@@ -225,7 +225,7 @@ def test_pdf_columns_parquet_bytes_and_jsonl_paths(tmp_path):
 
     records = write_jsonl(tmp_path / "pdfs.jsonl", [{"id": "j", "doc": {"bytes": base64.b64encode(second.read_bytes()).decode(), "path": None}}, {"id": "k", "doc": None}])
     items = read_items([records], pdf_column="doc", pdf_column_given=True)
-    assert [(i.id, i.text.strip() if i.text else None, i.error) for i in items] == [("j#page=1", "gamma page", None), ("k", None, "null PDF")]
+    assert [(i.id, i.text.strip() if i.text else None, i.error) for i in items] == [("j#page=1", "gamma page", None), ("k", None, "line 2: null PDF")]
     # PDFs found in the image column of an image corpus: read as pages, next to ordinary images
     image = sorted(SAMPLE_IMAGES.iterdir())[0]
     (tmp_path / image.name).write_bytes(image.read_bytes())

@@ -73,7 +73,7 @@ def test_jsonl_with_bad_line(tmp_path):
         handle.write("{not json\n")
     items = read_all([path])
     assert items[0].text == "x"
-    assert items[1].error.startswith("not valid JSON") and items[1].row == 1
+    assert items[1].error.startswith("line 2: not valid JSON") and items[1].row == 1
 
 
 def test_jsonl_lines_decode_as_json_loads_decodes_bytes(tmp_path):
@@ -89,7 +89,7 @@ def test_jsonl_lines_decode_as_json_loads_decodes_bytes(tmp_path):
     items = read_all([path])
     assert [item.row for item in items] == [0, 1, 2]
     assert items[0].id == "a" and items[0].text == "café"
-    assert items[1].error.startswith("not valid JSON") and "utf-8" in items[1].error
+    assert items[1].error.startswith("line 4: not valid JSON") and "utf-8" in items[1].error
     # json.loads makes the escape a lone surrogate, which no tokenizer takes: a bad row, named
     assert items[2].error == "text is not valid Unicode (a lone surrogate, U+D800, at character 0)"
 

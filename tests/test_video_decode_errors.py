@@ -93,8 +93,9 @@ def test_parquet_and_jsonl_cells_carry_the_decode_error(corpus, tmp_path):
     items = {item.id: item for path in ("v.parquet", "v.jsonl") for chunk in open_sources([tmp_path / path], options) for item in chunk}
     assert items["good"].error is None and items["good"].image.total_frames == 12
     for prefix in ("", "j-"):
-        assert items[f"{prefix}trunc.mp4"].error.startswith(TRUNCATED)
-        assert items[f"{prefix}corrupt.mp4"].error.startswith(CORRUPT)
+        for name, reason in (("trunc.mp4", TRUNCATED), ("corrupt.mp4", CORRUPT)):
+            line = f"line {list(bad).index(name) + 1}: " if prefix else ""  # a JSONL bad row names its line
+            assert items[prefix + name].error.startswith(line + reason)
 
 
 def test_on_error_skip_records_them_and_encodes_the_good_video_unchanged(cli, checkpoint, corpus, tmp_path):

@@ -99,12 +99,17 @@ def unicode_problem(text: str, what: str = "text") -> str | None:
 
 
 def id_problem(raw_id) -> str | None:
-    """Why a Parquet/JSONL id value cannot be a row's id, or None: a null, or an object or a list (each would
-    be stored as its Python text: "None", "{'a': 1}"; a null's would collide with a real "None")."""
+    """Why a Parquet/JSONL id value cannot be a row's id, or None: a null, an object, a list, a boolean or bytes
+    (each would be stored as its Python text: "None", "{'a': 1}", "True", "b'doc1'"; a null's would collide
+    with a real "None")."""
     if raw_id is None:
         return "null id"
     if isinstance(raw_id, (dict, list, tuple)):
         return f"id is {'an object' if isinstance(raw_id, dict) else 'a list'}, not a string or a number"
+    if isinstance(raw_id, bool):
+        return "id is a boolean, not a string or a number"
+    if isinstance(raw_id, (bytes, bytearray)):
+        return "id is binary (a Parquet binary column), not a string: cast the id column to string"
     return None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +28,49 @@ def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list
 
 def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
     """Items line by line; a record whose image field holds a PDF becomes one item per page; an image is
-    decoded in the background (a future, see ``images.in_order``)."""
+    decoded in the background (a future, see ``images.in_order``). A bad row's reason names its line."""
     from tokembed.sources.images import attach_image, in_background
     from tokembed.sources.pdf import pdf_in_value, row_pages
 
     row = -1
-    ids: dict[str, bool] = {}  # "first": whether the file's first record had the id field
+    state = _FileState()
     with open(path, "rb") as handle:
-        for raw in handle:
+        for number, raw in enumerate(handle, start=1):
             if not raw or raw.isspace():  # not ``strip()``: that copies the whole line
                 continue
             row += 1
             line = _decoded(raw)
             del raw  # a huge line is held once, as text, while it is parsed
+            where = f"{path} line {number}"
             if options.pdf_column_given:
-                yield from _pdf_row(path, line, row, offset + row, options, ids)
+                yield from (_at_line(item, number) for item in _pdf_row(path, line, row, offset + row, options, state, where))
                 continue
-            item, image = _item(path, line, row, offset + row, options, ids)
+            item, image = _item(path, line, row, offset + row, options, state, where)
             del line
             if image is None:
-                yield item
+                yield _at_line(item, number)
             elif pdf_in_value(image.value, path.parent) is not None:
                 yield from row_pages(item, image.value, path.parent, options)
             else:
                 yield in_background(attach_image, item, image.value, path.parent, options.max_image_pixels, image.either)
+    if state.records and state.lacking == state.records:
+        raise BadInputError(f"{path}: no record has what this run reads: {state.first_lack} (a renamed field? "
+                            "name it with --text-column / --image-column)")
+
+
+@dataclass
+class _FileState:
+    """What the records read so far say about the file: whether its first record had the id field, and how many
+    records (parsed JSON objects) lack the text / image field this run reads."""
+
+    first_has_id: bool | None = None
+    records: int = 0
+    lacking: int = 0
+    first_lack: str = ""
+
+
+def _at_line(item: Item, number: int) -> Item:
+    return item if item.error is None else replace(item, error=f"line {number}: {item.error}")
 
 
 @dataclass
@@ -76,25 +95,30 @@ def _parsed(line: str | bytes) -> tuple[dict | None, str | None]:
     deep for the parser, an integer past Python's digit limit, or another JSON value."""
     try:
         record = json.loads(line)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except json.JSONDecodeError as exc:  # its "line 2" would be the line's own newline: say the column instead
+        where = f"column {exc.colno}" if exc.lineno == 1 else "at the end of the line"
+        return None, f"not valid JSON ({exc.msg}, {where})"
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         return None, f"not valid JSON ({exc})"
     if not isinstance(record, dict):
         return None, "line is not a JSON object"
     return record, None
 
 
-def _record_id(record: dict, global_row: int, options: SourceOptions, ids: dict) -> tuple[Any, str | None]:
+def _record_id(record: dict, global_row: int, options: SourceOptions, state: _FileState) -> tuple[Any, str | None]:
     """(the record's id, or why it has none). Without the field the id is the row number, unless the file's first
     record had one: then a record without it is a bad row (its row number could be another record's id)."""
     has = options.id_column in record
-    first = ids.setdefault("first", has)
-    if not has and first:
+    if state.first_has_id is None:
+        state.first_has_id = has
+    if not has and state.first_has_id:
         return global_row, f"no id field {options.id_column!r} (the file's first record has one)"
     raw_id = record.get(options.id_column, global_row)
     return raw_id, id_problem(raw_id)
 
 
-def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions, ids: dict) -> Iterator[Item]:
+def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions, state: _FileState,
+             where: str) -> Iterator[Item]:
     """A record of the ``--pdf-column``: one item per page of its PDF (a path, or ``{bytes: <base64>, path}``)."""
     from tokembed.sources.pdf import row_pages
 
@@ -104,8 +128,8 @@ def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: 
         yield Item(str(global_row), None, source, row, error=error)
         return
     if options.pdf_column not in record:
-        raise BadInputError(f"{source} row {row}: no PDF field {options.pdf_column!r} (fields: {', '.join(record)})")
-    raw_id, problem = _record_id(record, global_row, options, ids)
+        raise BadInputError(f"{where}: no PDF field {options.pdf_column!r} (fields: {', '.join(record)})")
+    raw_id, problem = _record_id(record, global_row, options, state)
     if problem:
         yield Item(str(global_row), None, source, row, error=problem)
         return
@@ -127,22 +151,26 @@ def _json_bytes(value):
     return value
 
 
-def _item(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions, ids: dict) -> tuple[Item, _Image | None]:
+def _item(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions, state: _FileState,
+          where: str) -> tuple[Item, _Image | None]:
     """The record's item, and its image field when that is still to be decoded."""
     source = str(path)
     record, error = _parsed(line)
     if error is not None:
         return Item(str(global_row), None, source, row, error=error), None
+    state.records += 1
     if options.id_column_given and options.id_column not in record:
-        raise BadInputError(f"{source} row {row}: no id field {options.id_column!r}")
-    raw_id, problem = _record_id(record, global_row, options, ids)
+        raise BadInputError(f"{where}: no id field {options.id_column!r}")
+    raw_id, problem = _record_id(record, global_row, options, state)
     if problem:
         return Item(str(global_row), None, source, row, error=problem), None
-    if _video_field(record, options, f"{source} row {row}"):
+    if _video_field(record, options, where):
         from tokembed.sources.video import attach_video
 
         return attach_video(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent), None
     if problem := missing_columns(list(record), options, what="field"):  # this record's: a bad row, as a null text is
+        state.lacking += 1
+        state.first_lack = state.first_lack or problem
         return Item(str(raw_id), None, source, row, error=problem), None
     use_text, use_image = columns_read(list(record), options)
     if use_text:
