@@ -53,7 +53,10 @@ def score(
     block_tokens: int = typer.Option(
         262_144, help="Document tokens scored per block; peak memory grows with it (about block-tokens x dim x 4 bytes)."
     ),
-    id_column: str = typer.Option("id", help="Id field/column of .jsonl/.parquet query files (line/row number when absent)."),
+    id_column: Optional[str] = typer.Option(
+        None, help="Id field/column of .jsonl/.parquet query files (default id; the line/row number when the file has "
+        "none). A column named here must exist."
+    ),
     text_column: str = typer.Option("text", help="Text field/column of .jsonl/.parquet query files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors."),
     log_format: str = typer.Option(
@@ -71,15 +74,17 @@ def score(
     """MaxSim top-k search: encode the queries as the index prescribes, then search with the index's structure
     (tokembed compress: candidates, re-ranked exactly) or, without one or with --exact, scan every shard; print the best."""
     from tokembed.search import search
-    from tokembed.search.queries import Queries, inline_queries, read_queries
+    from tokembed.search.queries import Queries, check_queries, inline_queries, read_queries
 
     from tokembed.errors import UsageError
 
     if log_format not in ("text", "json"):
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
     query_file, index = _split_args(args, bool(query))
-    queries = read_queries(query_file, id_column, text_column) if query_file else Queries()
+    queries = read_queries(query_file, id_column or "id", text_column, id_required=id_column is not None) if query_file else Queries()
     queries = queries.add(inline_queries(query or []))
+    if query_file and query:  # a file's q1 and the first --query's would otherwise be one query
+        check_queries(queries, f"{query_file} and --query")
     log = LineProgress(quiet=quiet).log
     for warning in queries.warnings:
         log(f"warning: {warning}")
@@ -176,6 +181,7 @@ def _write_or_say_why(queries, hits, fmt: Format, output: Path | None) -> None:
 
 
 def write_results(queries, hits, fmt: Format, output: Path | None) -> None:
+    _refuse_ids_the_format_cannot_hold(queries, hits, fmt)
     if fmt == Format.table:
         _write_table(queries, hits, output)
         return
@@ -188,6 +194,22 @@ def write_results(queries, hits, fmt: Format, output: Path | None) -> None:
     with _open_output(output) as handle:
         for line in lines:
             handle.write(line + "\n")
+
+
+def _refuse_ids_the_format_cannot_hold(queries, hits, fmt: Format) -> None:
+    """trec lines are split on whitespace (trec_eval) and tsv lines on tabs: an id holding one would shift the
+    fields of its line (a file name with a space, a PDF page of one). Exit 2 before anything is written."""
+    if fmt not in (Format.trec, Format.tsv):
+        return
+    from tokembed.errors import UsageError
+
+    breaks = (lambda text: any(c.isspace() for c in text)) if fmt == Format.trec else (lambda text: any(c in "\t\n\r" for c in text))
+    for qid, _, hit in _rows(queries, hits):
+        for kind, value in (("query", qid), ("document", hit.id)):
+            if breaks(value):
+                what = "whitespace" if fmt == Format.trec else "a tab or a line break"
+                raise UsageError(f"--format {fmt.value}: {kind} id {value!r} contains {what}, which would split its "
+                                 "line into other fields; use --format jsonl (or table)")
 
 
 def _score_text(score: float) -> str:

@@ -182,6 +182,52 @@ def test_a_null_or_structured_query_id_exits_3_naming_the_line_or_row(cli, demo_
     assert result.exit_code == 3 and f"{parquet} row 1: null id" in result.stderr
 
 
+def test_a_file_query_id_that_an_inline_query_also_has_exits_3(cli, demo_index, tmp_path):
+    """A .tsv query q1 and the first --query (also q1) were one query: the file's came back with the inline
+    query's results and the third query was dropped (exit 0)."""
+    index, _ = demo_index
+    tsv = tmp_path / "queries.tsv"
+    tsv.write_text("q1\tcats\nq2\tdogs\n")
+    result = cli("score", tsv, index, "--query", "pie", "-f", "jsonl")
+    assert result.exit_code == 3 and f"{tsv} and --query: query id 'q1' appears more than once" in result.stderr
+    assert cli("score", tsv, index, "-f", "jsonl").exit_code == 0
+
+
+def test_a_named_id_column_a_query_file_lacks_exits_3(cli, demo_index, tmp_path):
+    """Line / row numbers as ids when the file has no id column, as before, but not when --id-column names one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    index, _ = demo_index
+    jsonl = tmp_path / "queries.jsonl"
+    jsonl.write_text('{"qid": "a", "text": "cats"}\n')
+    parquet = tmp_path / "queries.parquet"
+    pq.write_table(pa.table({"qid": ["a"], "text": ["cats"]}), parquet)
+    for path, says in ((jsonl, f"{jsonl} line 1: no id field 'qid_typo'"), (parquet, f"{parquet}: no id column 'qid_typo'")):
+        result = cli("score", path, index, "--id-column", "qid_typo")
+        assert result.exit_code == 3 and says in result.stderr, result.output
+        found = cli("score", path, index, "--id-column", "qid", "-f", "jsonl", "-k", 1)
+        assert found.exit_code == 0 and json.loads(found.stdout)["query_id"] == "a"
+        assert json.loads(cli("score", path, index, "-f", "jsonl", "-k", 1).stdout)["query_id"] == "1"
+
+
+def test_ids_a_trec_or_tsv_line_cannot_hold_exit_2_before_writing(cli, tmp_path):
+    """trec_eval splits on whitespace and tsv on tabs: "my doc.txt" made 7 fields of a 6-field trec line."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "my doc.txt", "text": "cats"}) + "\n" + json.dumps({"id": "tab\tdoc", "text": "dogs"}) + "\n")
+    index = tmp_path / "index"
+    assert cli("encode", corpus, "-o", index, "--quiet").exit_code == 0
+    out = tmp_path / "run.trec"
+    result = cli("score", index, "--query", "cats", "-f", "trec", "-o", out)
+    assert result.exit_code == 2 and "document id 'my doc.txt' contains whitespace" in result.stderr
+    assert not out.exists()
+    result = cli("score", index, "--query", "cats", "-f", "tsv")
+    assert result.exit_code == 2 and "document id 'tab\\tdoc' contains a tab or a line break" in result.stderr
+    assert result.stdout == ""
+    rows = [json.loads(line) for line in cli("score", index, "--query", "cats", "-f", "jsonl").stdout.splitlines()]
+    assert sorted(row["doc_id"] for row in rows) == ["my doc.txt", "tab\tdoc"]
+
+
 def test_errors_name_what_the_path_is_and_scores_own_flag(cli, demo_index, tmp_path):
     index, queries = demo_index
     result = cli("score", tmp_path, index)

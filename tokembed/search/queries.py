@@ -36,8 +36,9 @@ class Queries:
         return Queries(self.ids + other.ids, self.texts + other.texts, self.warnings + other.warnings)
 
 
-def read_queries(path: Path | str, id_column: str = "id", text_column: str = "text") -> Queries:
-    """Read a query file; the reader is chosen by suffix (see the module docstring)."""
+def read_queries(path: Path | str, id_column: str = "id", text_column: str = "text", id_required: bool = False) -> Queries:
+    """Read a query file; the reader is chosen by suffix (see the module docstring). ``id_required``: the id
+    column was named, so a .jsonl line or a .parquet file without it is an error, not line/row numbers."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: {'a folder, not a query file' if path.is_dir() else 'no such query file'}")
@@ -47,9 +48,9 @@ def read_queries(path: Path | str, id_column: str = "id", text_column: str = "te
     elif suffix == ".tsv":
         queries = _read_tsv(path, id_column, text_column)
     elif suffix == ".jsonl":
-        queries = _read_jsonl(path, id_column, text_column)
+        queries = _read_jsonl(path, id_column, text_column, id_required)
     elif suffix == ".parquet":
-        queries = _read_parquet(path, id_column, text_column)
+        queries = _read_parquet(path, id_column, text_column, id_required)
     else:
         raise BadInputError(f"{path}: unsupported query file type {suffix!r} (expected {', '.join(QUERY_SUFFIXES)})")
     return check_queries(queries, str(path))
@@ -131,7 +132,7 @@ def _read_tsv(path: Path, id_column: str, text_column: str) -> Queries:
     return queries
 
 
-def _read_jsonl(path: Path, id_column: str, text_column: str) -> Queries:
+def _read_jsonl(path: Path, id_column: str, text_column: str, id_required: bool) -> Queries:
     queries, blanks = Queries(), []
     for number, line in _lines(path):
         if not line or line.isspace():  # no copy of a huge line
@@ -147,6 +148,8 @@ def _read_jsonl(path: Path, id_column: str, text_column: str) -> Queries:
             raise BadInputError(f"{path} line {number}: not a JSON object")
         if text_column not in record:
             raise BadInputError(f"{path} line {number}: no text field {text_column!r} (fields: {', '.join(record)})")
+        if id_required and id_column not in record:
+            raise BadInputError(f"{path} line {number}: no id field {id_column!r} (fields: {', '.join(record)})")
         text = record[text_column]
         if not isinstance(text, str):
             raise BadInputError(f"{path} line {number}: text is {type(text).__name__}, not a string")
@@ -159,7 +162,7 @@ def _read_jsonl(path: Path, id_column: str, text_column: str) -> Queries:
     return queries
 
 
-def _read_parquet(path: Path, id_column: str, text_column: str) -> Queries:
+def _read_parquet(path: Path, id_column: str, text_column: str, id_required: bool) -> Queries:
     """Read as a corpus is (``sources.parquet``: a huge cell page by page); ids are row numbers from 1 where
     the file has no id column."""
     import pyarrow as pa
@@ -172,6 +175,8 @@ def _read_parquet(path: Path, id_column: str, text_column: str) -> Queries:
         has_ids = id_column in pq.read_schema(path).names
     except (pa.ArrowException, OSError) as exc:
         raise BadInputError(f"{path}: not a readable Parquet file ({exc})") from exc
+    if id_required and not has_ids:
+        raise BadInputError(f"{path}: no id column {id_column!r}")
     queries = Queries()
     for chunk in read_parquet(path, SourceOptions(id_column=id_column, text_column=text_column), 0):
         for item in chunk:
