@@ -107,6 +107,35 @@ def test_text_folder_ids_are_relative_paths_and_bad_utf8_is_reported(tmp_path):
     assert items["bad.txt"].error == "not valid UTF-8 (byte 3)"
 
 
+def test_a_folder_of_parquet_and_jsonl_files_reads_both_in_path_order(tmp_path):
+    """The JSONL files of a folder that also held Parquet were skipped, unlisted (exit 0)."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_parquet(folder / "a.parquet", [{"id": "a1", "text": "x"}])
+    write_jsonl(folder / "b.jsonl", [{"id": "b1", "text": "y"}])
+    write_parquet(folder / "c.parquet", [{"id": "c1", "text": "z"}])
+    assert [item.id for item in read_all([folder])] == ["a1", "b1", "c1"]
+
+
+def test_folders_skip_hidden_entries_and_follow_linked_folders_once(tmp_path):
+    """macOS ``._x`` AppleDouble files and ``.git/`` were read as documents (a ``._report.pdf`` failed the
+    run); a linked sub-folder was neither read nor listed, while linked files were."""
+    from tokembed.sources.base import ignored_files
+
+    folder, elsewhere = tmp_path / "docs", tmp_path / "elsewhere"
+    (folder / ".git").mkdir(parents=True)
+    elsewhere.mkdir()
+    (folder / "a.txt").write_text("alpha")
+    (folder / "._a.txt").write_bytes(b"\x00\x05\x16\x07 binary junk")
+    (folder / ".git" / "description.txt").write_text("git's own file")
+    (folder / ".hidden.csv").write_text("not listed as ignored either")
+    (elsewhere / "linked.txt").write_text("through a linked folder")
+    (folder / "sub").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "back").symlink_to(folder, target_is_directory=True)  # a loop: each real folder is read once
+    assert sorted(item.id for item in read_all([folder])) == ["a.txt", "sub/linked.txt"]  # not sub/back/...
+    assert ignored_files([folder], SourceOptions()) == []
+
+
 def test_unsupported_or_missing_input(tmp_path):
     with pytest.raises(BadInputError, match="no such file"):
         read_all([tmp_path / "nope.parquet"])

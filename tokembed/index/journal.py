@@ -20,13 +20,16 @@ JOURNAL = "run-journal.json"
 def input_signature(inputs: list[Path], output: Path | None = None) -> list[list]:
     """Name, size and mtime of every input file (a changed corpus invalidates a journal); the files of the
     ``output`` index are not inputs, even when it lies inside an input folder (they change as the run goes)."""
-    from tokembed.sources.base import outside
+    from tokembed.sources.base import outside, walk_files
 
     entries = []
     for path in inputs:
-        files = [path] if path.is_file() else outside(sorted(p for p in path.rglob("*") if p.is_file()), path, output)
+        files = [path] if path.is_file() else outside(walk_files(path), path, output)
         for file in files:
-            stat = file.stat()
+            try:
+                stat = file.stat()
+            except OSError:  # a link to a file that is gone: a bad row of the run, no signature of its own
+                continue
             entries.append([str(file), stat.st_size, stat.st_mtime_ns])
     return entries
 

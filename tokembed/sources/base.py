@@ -147,12 +147,9 @@ def _readers(path: Path, options: SourceOptions) -> list:
 
             return [(path, read_pdf_file)]
         raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
-    parquet_files = sorted(path.rglob("*.parquet"))
-    if parquet_files:
-        return [(file, read_parquet) for file in parquet_files]
-    jsonl_files = sorted(path.rglob("*.jsonl"))
-    if jsonl_files:
-        return [(file, read_jsonl) for file in jsonl_files]
+    data_files = [file for file in walk_files(path) if file.suffix in (".parquet", ".jsonl")]
+    if data_files:  # a folder of Parquet and / or JSONL files is read for those files, in path order
+        return [(file, read_parquet if file.suffix == ".parquet" else read_jsonl) for file in data_files]
     return _folder_readers(path, options.modality)
 
 
@@ -198,9 +195,42 @@ def _folder_readers(path: Path, modality: str) -> list:
 
 
 def folder_files(folder: Path, wanted=lambda path: True) -> list[Path]:
-    """The files under ``folder`` that ``wanted`` takes, in path order. A link to a file that is gone is listed
-    too: its reader names it as a bad row (cannot read) instead of it vanishing from the run unsaid."""
-    return sorted(p for p in folder.rglob("*") if (p.is_file() or (p.is_symlink() and not p.exists())) and wanted(p))
+    """The files under ``folder`` that ``wanted`` takes, in path order (see ``walk_files``)."""
+    return [path for path in walk_files(folder) if wanted(path)]
+
+
+def walk_files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, in path order, as every reader, the journal and the ignored-files list see
+    the folder. Hidden entries (a name starting with ".": ``.git/``, macOS's ``._report.pdf`` AppleDouble
+    files) are left out; linked folders are followed, each real folder once (a link back to an ancestor is
+    no loop). A link to a file that is gone, or to itself, is listed: its reader names it as a bad row
+    (cannot read) instead of it vanishing from the run unsaid."""
+    import os
+
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        try:
+            info = os.stat(root)
+        except OSError:
+            folders[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(root, name) for name in files if not name.startswith(".")]
+        # a link to itself (a loop) is no folder and no file to os.walk's listing: it is in ``folders`` or neither
+        found += [Path(root, name) for name in folders if _is_broken_link(Path(root, name))]
+    return sorted(found)
+
+
+def _is_broken_link(path: Path) -> bool:
+    try:
+        return path.is_symlink() and not path.exists()
+    except OSError:  # a link to itself: "Too many levels of symbolic links"
+        return True
 
 
 def inside(path: Path, folder: Path | None) -> bool:
@@ -229,9 +259,10 @@ def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | Non
     }[options.modality]
     ignored = []
     for path in inputs:
-        if not path.is_dir() or next(path.rglob("*.parquet"), None) or next(path.rglob("*.jsonl"), None):
+        files = walk_files(path) if path.is_dir() else []
+        if not files or any(file.suffix in (".parquet", ".jsonl") for file in files):
             continue
-        files = outside(folder_files(path), path, output)  # not the index's own files
+        files = outside(files, path, output)  # not the index's own files
         # text files match their suffix case-sensitively (textdir), images and PDFs in any case
         ignored += [str(p) for p in files if p.suffix not in taken and p.suffix.lower() not in taken - set(TEXT_SUFFIXES)]
     return ignored
@@ -297,13 +328,16 @@ def estimate_rows(inputs: list[Path]) -> int | None:
             if path.is_file() and path.suffix == ".parquet":
                 total += pq.ParquetFile(path).metadata.num_rows
             elif path.is_dir():
-                parquet = sorted(path.rglob("*.parquet"))
-                if not parquet and next(path.rglob("*.pdf"), None):
+                files = walk_files(path)
+                if any(p.suffix == ".jsonl" for p in files):
+                    return None  # lines are known once read
+                parquet = [p for p in files if p.suffix == ".parquet"]
+                if not parquet and any(p.suffix.lower() == ".pdf" for p in files):
                     return None  # pages are known once each PDF is opened
                 if parquet:
                     total += sum(pq.ParquetFile(p).metadata.num_rows for p in parquet)
                 else:
-                    total += sum(1 for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
+                    total += sum(1 for p in files if p.suffix in TEXT_SUFFIXES)
             else:
                 return None
         except Exception:  # a bad file is reported by the reader with its reason; the bar just has no total
