@@ -165,6 +165,36 @@ def test_changing_settings_reencodes_everything(tmp_path):
     assert forced["encoded_tokens"] > 0
 
 
+def test_weights_changed_in_place_reencode_everything_and_score_refuses_the_old_index(tmp_path, minilm_path):
+    """A tensor changed in the middle of the weights file (a LoRA merged into the query weights and saved back in
+    place: same files, sizes, headers and edges) kept the model fingerprint: the next cron run carried every
+    row's old vectors beside new rows' new ones, and score encoded queries with the new weights (exit 0)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "minilm"
+    shutil.copytree(minilm_path, model)
+    corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(6))
+    out = tmp_path / "index"
+    assert encode(corpus, out, "--model", model).returncode == 0
+    weights = model / "model.safetensors"
+    state = load_file(str(weights))
+    state["encoder.layer.2.attention.self.query.weight"] *= 0.5
+    stat = weights.stat()
+    save_file(state, str(weights), metadata={"format": "pt"})
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    refused = tokembed("score", out, "--query", "alpha beta", "--model", model)
+    assert refused.returncode == 5 and "its weights changed since the index was built" in refused.stderr
+    result = encode(corpus, out, "--model", model)
+    summary = json.loads(result.stdout)
+    assert summary["full_rebuild"] is True and (summary["updated"], summary["unchanged"]) == (6, 0), result.stderr
+    fresh = tmp_path / "fresh"
+    assert encode(corpus, fresh, "--model", model).returncode == 0
+    assert_same_index(out, fresh)
+    assert tokembed("score", out, "--query", "alpha beta", "--model", model).returncode == 0
+
+
 def test_second_writer_gets_the_lock_exit_code(tmp_path):
     corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(30))
     out = tmp_path / "index"

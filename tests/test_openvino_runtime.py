@@ -25,10 +25,16 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "openvino"
 
 
-def embed(monkeypatch, runtime: str, dtype: str = "float32"):
+def embed(monkeypatch, runtime: str, dtype: str = "float32", model=None):
     monkeypatch.setenv(openvino_backbone.RUNTIME_VARIABLE, runtime)
-    embedder = Embedder.load(None, EncodeFlags(store_dtype="float32", dtype=dtype))
+    embedder = Embedder.load(model and str(model), EncodeFlags(store_dtype="float32", dtype=dtype))
     return embedder, embedder.embed(TEXTS, batch_tokens=64)  # several batches: both lanes take some
+
+
+def assert_close(expected, got):
+    for (want, want_ids), (vectors, ids) in zip(expected, got, strict=True):
+        assert np.array_equal(ids, want_ids)
+        assert np.abs(vectors - want).max() <= 1e-5
 
 
 def test_openvino_gives_torchs_vectors_and_the_same_bytes_each_run(cache, monkeypatch):
@@ -44,7 +50,7 @@ def test_openvino_gives_torchs_vectors_and_the_same_bytes_each_run(cache, monkey
 
 def test_the_converted_model_is_read_from_the_cache(cache, monkeypatch):
     embed(monkeypatch, "openvino")
-    assert sorted(p.suffix for p in cache.iterdir()) == [".bin", ".xml"]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".bin", ".sha256", ".xml"]
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again")
@@ -116,3 +122,100 @@ def test_an_unreadable_cached_model_is_converted_again(cache, monkeypatch, caplo
     _, expected = embed(monkeypatch, "torch")
     for (want, _), (vectors, _) in zip(expected, got):
         assert np.abs(vectors - want).max() <= 1e-5
+
+
+def test_weights_changed_in_place_are_converted_again(cache, monkeypatch, minilm_path, tmp_path):
+    """The cache was named by the sampled fingerprint, which a tensor changed in the middle of the file keeps (a
+    LoRA merged into the query weights and saved back): the old conversion's vectors, exit 0."""
+    import os
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "minilm"
+    shutil.copytree(minilm_path, model)
+    embed(monkeypatch, "openvino", model=model)
+    weights = model / "model.safetensors"
+    state = load_file(str(weights))
+    state["encoder.layer.2.attention.self.query.weight"] *= 0.5
+    stat = weights.stat()
+    save_file(state, str(weights), metadata={"format": "pt"})
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same size and mtime
+    _, expected = embed(monkeypatch, "torch", model=model)
+    embedder, got = embed(monkeypatch, "openvino", model=model)
+    assert isinstance(embedder.model.backbone, openvino_backbone.OpenVinoBackbone)
+    assert_close(expected, got)
+    assert len(list(cache.glob("*.xml"))) == 2
+
+
+def test_a_damaged_cached_weights_file_of_the_same_size_is_converted_again(cache, monkeypatch, caplog):
+    embed(monkeypatch, "openvino")
+    (weights,) = cache.glob("*.bin")
+    with open(weights, "r+b") as handle:
+        handle.seek(weights.stat().st_size // 2)
+        handle.write(bytes(1 << 20))
+    with caplog.at_level("WARNING", logger="tokembed"):
+        _, got = embed(monkeypatch, "openvino")
+    assert "its sha256 differs" in caplog.text
+    _, expected = embed(monkeypatch, "torch")
+    assert_close(expected, got)
+
+
+def test_a_small_vocabulary_converts(cache, monkeypatch, checkpoint):
+    """The tracer's example ids were MiniLM's (2023): every BERT with fewer tokens crashed (exit 1)."""
+    model = checkpoint("raw_encoder")
+    _, expected = embed(monkeypatch, "torch", model=model)
+    embedder, got = embed(monkeypatch, "openvino", model=model)
+    assert isinstance(embedder.model.backbone, openvino_backbone.OpenVinoBackbone)
+    assert_close(expected, got)
+
+
+def test_a_backbone_that_does_not_convert_keeps_torch(cache, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Couldn't get TorchScript module by tracing")
+
+    monkeypatch.setattr(openvino, "convert_model", broken)
+    _, expected = embed(monkeypatch, "torch")
+    with caplog.at_level("WARNING", logger="tokembed"):
+        embedder, got = embed(monkeypatch, "openvino")
+    assert not isinstance(embedder.model.backbone, openvino_backbone.OpenVinoBackbone)
+    assert "does not convert (Couldn't get TorchScript module by tracing): it keeps torch" in caplog.text
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(expected, got))
+
+
+def test_openvino_not_installed_is_a_usage_error(cache, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(UsageError, match="the openvino package is not installed"):
+        embed(monkeypatch, "openvino")
+
+
+def test_a_killed_save_leaves_no_staging_for_good(cache, monkeypatch):
+    cache.mkdir(parents=True)
+    dead = cache / "staging-999999999-abc"  # no such process
+    dead.mkdir()
+    (dead / "half.bin").write_bytes(bytes(1024))
+    embed(monkeypatch, "openvino")
+    assert not dead.exists()
+    assert not [p for p in cache.iterdir() if p.is_dir()]
+
+
+def test_no_home_and_no_cache_variable_still_encodes(monkeypatch):
+    """A container's arbitrary user has no HOME and no passwd entry: ``Path.home()`` raised (exit 1)."""
+    from pathlib import Path
+
+    from tokembed.cache import cache_root
+
+    monkeypatch.delenv("TOKEMBED_CACHE", raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert cache_root() is None
+    _, expected = embed(monkeypatch, "torch")
+    _, got = embed(monkeypatch, "openvino")
+    assert_close(expected, got)
+    monkeypatch.setenv("TOKEMBED_CACHE", "~/somewhere")
+    assert cache_root() == Path("~/somewhere").expanduser()

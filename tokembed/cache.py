@@ -6,5 +6,14 @@ import os
 from pathlib import Path
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TOKEMBED_CACHE") or Path.home() / ".cache" / "tokembed")
+def cache_root() -> Path | None:
+    """``$TOKEMBED_CACHE`` (``~`` expanded, as cron and systemd pass it unexpanded), else ``~/.cache/tokembed``;
+    None where neither is known (no ``HOME`` and no passwd entry, as for a container's arbitrary user): then
+    nothing is cached, every run does its work again."""
+    configured = os.environ.get("TOKEMBED_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    try:
+        return Path.home() / ".cache" / "tokembed"
+    except (RuntimeError, KeyError):  # Path.home(): "Could not determine home directory"
+        return None

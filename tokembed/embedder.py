@@ -12,7 +12,7 @@ import numpy as np
 
 from tokembed.errors import DeviceError, ModelMismatchError
 from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, resolve_model
-from tokembed.models.resolve import resolved_fingerprint
+from tokembed.models.resolve import resolved_fingerprint, resolved_weights_sha256
 from tokembed.models.steps import TextEncoder
 from tokembed.settings import DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, resolve, resolve_dtype
 
@@ -25,6 +25,7 @@ class Embedder:
     encoder: TextEncoder
     device: str
     fingerprint: str
+    weights_sha256: str  # every weight file's whole content (``fingerprint`` samples their edges)
 
     @classmethod
     def load(
@@ -40,12 +41,12 @@ class Embedder:
         device_type = device.split(":")[0]
         options = LoadOptions(trust_remote_code=trust_remote_code, dtype=resolve_dtype(flags.dtype, device_type), device=device)
         loaded = load_model(resolved.path, options, resolved.base.path if resolved.base else None)
-        fingerprint = resolved_fingerprint(resolved)
-        _maybe_openvino(loaded, device, fingerprint)
+        fingerprint, weights = resolved_fingerprint(resolved), resolved_weights_sha256(resolved)
+        _maybe_openvino(loaded, device, weights)
         if colbert is not None:
             loaded.colbert = colbert
         settings, encoder = make_encoder(loaded, flags, device)
-        return cls(resolved, loaded, settings, encoder, device, fingerprint)
+        return cls(resolved, loaded, settings, encoder, device, fingerprint, weights)
 
     @classmethod
     def for_index(
@@ -79,7 +80,8 @@ class Embedder:
     def spec(self, flags: EncodeFlags, trust_remote_code: bool = False) -> "EmbedderSpec":
         """What a worker process needs to rebuild this embedder on its own device (``flags``: as loaded)."""
         return EmbedderSpec(
-            str(self.resolved.path), flags, trust_remote_code, self.model.colbert, self.fingerprint, self.settings
+            str(self.resolved.path), flags, trust_remote_code, self.model.colbert, self.fingerprint, self.settings,
+            self.weights_sha256,
         )
 
     def embed(self, texts: list[str], batch_tokens: int = DEFAULT_BATCH_TOKENS) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -101,10 +103,11 @@ class EmbedderSpec:
     colbert: ColbertConfig | None
     fingerprint: str
     settings: EncodeSettings
+    weights_sha256: str
 
     def load(self, device: str) -> Embedder:
         embedder = Embedder.load(self.model, self.flags, device, self.trust_remote_code, self.colbert)
-        if embedder.fingerprint != self.fingerprint:
+        if (embedder.fingerprint, embedder.weights_sha256) != (self.fingerprint, self.weights_sha256):
             raise DeviceError(f"{device}: the checkpoint at {self.model} changed while the run started")
         if embedder.settings != self.settings:
             raise DeviceError(
@@ -157,9 +160,22 @@ def check_index_model(manifest: dict, embedder: "Embedder") -> None:
             f"index was built with ({recorded['name']!r}, fingerprint {recorded['fingerprint'][:12]})",
             hint="pass the index's model with --model, or --allow-model-mismatch to score anyway",
         )
+    if not same_weights(manifest, embedder.weights_sha256):
+        raise ModelMismatchError(
+            f"model {embedder.resolved.name!r}: its weights changed since the index was built (the same files, sizes "
+            f"and headers; weights sha256 {embedder.weights_sha256[:12]}, the index's {recorded['weights_sha256'][:12]})",
+            hint="re-encode the index with this checkpoint, or --allow-model-mismatch to score anyway",
+        )
 
 
-def _maybe_openvino(loaded, device: str, fingerprint: str) -> None:
+def same_weights(manifest: dict, weights_sha256: str) -> bool:
+    """Whether an index was built from weights with this digest; an index of an earlier release, which did not
+    record it, is taken at its (sampled) fingerprint's word."""
+    recorded = manifest["model"].get("weights_sha256")
+    return recorded is None or recorded == weights_sha256
+
+
+def _maybe_openvino(loaded, device: str, weights_sha256: str) -> None:
     """With ``TOKEMBED_CPU_RUNTIME=openvino`` on the CPU, a native BERT backbone runs in OpenVINO
     (``models/openvino_backbone.py``); other backbones keep torch (a log line says so)."""
     from tokembed.models import openvino_backbone
@@ -175,7 +191,7 @@ def _maybe_openvino(loaded, device: str, fingerprint: str) -> None:
         logging.getLogger("tokembed").warning("TOKEMBED_CPU_RUNTIME=openvino: only native BERT backbones convert; %s keeps torch", loaded.family)
         return
     dtype = next(loaded.backbone.parameters()).dtype
-    loaded.backbone = openvino_backbone.openvino_backbone(loaded.backbone, f"{fingerprint}-{str(dtype).removeprefix('torch.')}", dtype, default_lanes("cpu"))
+    loaded.backbone = openvino_backbone.openvino_backbone(loaded.backbone, weights_sha256, dtype, default_lanes("cpu"))
 
 
 def _exists(path: str) -> bool:

@@ -168,7 +168,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
 
     settings_fp = embedder.settings.fingerprint(embedder.fingerprint)
     remove_temp_files(job.output / "data")
-    previous = _previous_index(job, settings_fp, progress)
+    previous = _previous_index(job, settings_fp, embedder.weights_sha256, progress)
     replaced = previous or _replaced_index(job)  # what a full rebuild's added / updated / deleted compare with
     summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)
     summary.ignored = ignored_files(job.inputs, job.sources, job.output)
@@ -252,8 +252,9 @@ def _remove_stale_structure(folder: Path, manifest: dict) -> None:
         remove_unlisted_files(folder, manifest)
 
 
-def _previous_index(job: EncodeJob, settings_fp: str, progress: Progress):
+def _previous_index(job: EncodeJob, settings_fp: str, weights_sha256: str, progress: Progress):
     """The committed index to carry rows over from, or None for a full rebuild."""
+    from tokembed.embedder import same_weights
     from tokembed.index.reader import open_index, read_manifest
     from tokembed.search.plaid.coded import previous_index
 
@@ -264,6 +265,9 @@ def _previous_index(job: EncodeJob, settings_fp: str, progress: Progress):
         return None
     if manifest.get("settings_fingerprint") != settings_fp:
         progress.log("the model or an encoding setting changed since the last run: re-encoding everything")
+        return None
+    if not same_weights(manifest, weights_sha256):
+        progress.log("the model's weights changed since the last run (same files, sizes and headers): re-encoding everything")
         return None
     return previous_index(open_index(job.output), job.nbits, job.retrain)  # compressed-only: rows carry codes
 
@@ -392,6 +396,7 @@ def build_manifest(job: EncodeJob, embedder, writer, summary: EncodeSummary) -> 
             "path": str(resolved.path),
             "revision": resolved.revision,
             "fingerprint": embedder.fingerprint,
+            "weights_sha256": embedder.weights_sha256,
             "family": model.family,
             "architecture": model.architecture,
             "is_demo": resolved.is_demo,

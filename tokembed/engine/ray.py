@@ -206,7 +206,7 @@ class RayRunner:
         self._device_tokens = getattr(progress, "device_tokens", None)
         self.staging = Path(job.output) / STAGING
         self.device_stats: dict[str, DeviceStats] = {}
-        self._prefix = f"{spec.fingerprint}\0{spec.settings!r}\0{job.batch_tokens}\0".encode()
+        self._prefix = f"{spec.fingerprint}\0{spec.weights_sha256}\0{spec.settings!r}\0{job.batch_tokens}\0".encode()
         self._actors: list = []
         self._held: list[int] = []
         self._finished = False

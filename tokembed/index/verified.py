@@ -26,7 +26,8 @@ class VerifiedFiles:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         name = hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:32]
-        self.path = cache_root() / "verified" / f"{name}.json"
+        root = cache_root()
+        self.path = None if root is None else root / "verified" / f"{name}.json"  # None: no record, hash every time
         self.entries = self._read()
 
     def known(self, name: str, key: list[int], sha256: str) -> bool:
@@ -34,11 +35,28 @@ class VerifiedFiles:
         before and has not changed since."""
         return self.entries.get(name) == [*key, sha256]
 
+    def sha256_of(self, name: str) -> str:
+        """The sha256 of the file ``name``: the recorded one while its stat key is unchanged, else hashed now and
+        recorded (where the file did not change while it was read)."""
+        from tokembed.index.atomic import sha256_file
+
+        file = self.folder / name
+        key = stat_key(file)
+        entry = self.entries.get(name)
+        if isinstance(entry, list) and entry[:-1] == key:
+            return entry[-1]
+        digest = sha256_file(file)
+        if stat_key(file) == key:
+            self.remember([(name, key, digest)])
+        return digest
+
     def remember(self, matched: list[tuple[str, list[int], str]]) -> None:
         """Each (name, stat key taken before hashing, sha256) matched the manifest: written at once."""
         latest = self._read()  # another process may have added entries since this one read the record
         latest.update({name: [*key, sha256] for name, key, sha256 in matched})
         self.entries = {entry: value for entry, value in latest.items() if (self.folder / entry).exists()}
+        if self.path is None:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
@@ -48,6 +66,8 @@ class VerifiedFiles:
             pass
 
     def _read(self) -> dict[str, list]:
+        if self.path is None:
+            return {}
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):

@@ -3,8 +3,9 @@
 Why: on a 2-core Zen 4 CPU OpenVINO runs MiniLM's forward 1.16-1.20x faster than torch 2.13 (fused attention at
 head dim 32 and fused elementwise ops; ``bench/openvino_peer.py``), with float32 outputs within ~1e-6 of torch's.
 The backbone is converted once per checkpoint (5-20 s) and the converted model kept under
-``$TOKEMBED_CACHE/openvino`` (default ``~/.cache/tokembed/openvino``), named by the checkpoint's fingerprint and
-OpenVINO's version; later runs read it (~0.2 s). Compiled with one stream per lane, the precision the run asked
+``$TOKEMBED_CACHE/openvino`` (default ``~/.cache/tokembed/openvino``), named by the sha256 of the checkpoint's
+weights (every byte: a tensor changed in place is another model), the weight dtype, tokembed's and OpenVINO's
+versions; later runs read it (~0.2 s) after checking the weights file against the sha256 kept beside it. Compiled with one stream per lane, the precision the run asked
 for (f32, or bf16 for ``--dtype bfloat16``). Only for backbones that trace: the native BERT (``bert.py``).
 """
 
@@ -60,25 +61,39 @@ class LastHiddenState(torch.nn.Module):
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-def cache_folder() -> Path:
+def cache_folder() -> Path | None:
     from tokembed.cache import cache_root
 
-    return cache_root() / "openvino"
+    root = cache_root()
+    return None if root is None else root / "openvino"
 
 
-def openvino_backbone(backbone: torch.nn.Module, key: str, dtype: torch.dtype, lanes: int) -> OpenVinoBackbone:
-    """``backbone`` compiled by OpenVINO for this CPU, converted once per ``key`` (checkpoint and weight dtype)."""
-    import openvino as ov
+def openvino_backbone(backbone: torch.nn.Module, weights_sha256: str, dtype: torch.dtype, lanes: int) -> torch.nn.Module:
+    """``backbone`` compiled by OpenVINO for this CPU, converted once per checkpoint weights and dtype; ``backbone``
+    itself where it does not convert (a warning says why)."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        from tokembed.errors import UsageError
+
+        raise UsageError(f"{RUNTIME_VARIABLE}=openvino: the openvino package is not installed ({exc})",
+                         hint="pip install 'tokembed[openvino]', or unset " + RUNTIME_VARIABLE) from exc
+    from tokembed import __version__
 
     core = ov.Core()
-    path = cache_folder() / f"{key}-{ov.__version__.split('-')[0]}.xml"
-    source = _cached(core, path)
+    folder = cache_folder()
+    name = f"{weights_sha256}-{str(dtype).removeprefix('torch.')}-tokembed{__version__}-ov{ov.__version__.split('-')[0]}.xml"
+    path = None if folder is None else folder / name
+    source = None if path is None else _cached(core, path)
     if source is None:
-        source = _converted(backbone, ov)
         try:
-            _keep(source, path, ov)
-        except (OSError, RuntimeError) as exc:  # a read-only or full cache (OpenVINO raises RuntimeError)
-            _log().warning("cannot keep the OpenVINO model in %s (%s): it is converted again on every run", path.parent, exc)
+            source = _converted(backbone, ov)
+        except Exception as exc:  # the tracer's and converter's many errors: torch runs it as it would without
+            _log().warning("%s=openvino: the backbone does not convert (%s): it keeps torch", RUNTIME_VARIABLE,
+                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return backbone
+        if path is not None:
+            _keep_or_say_why(source, path, ov)
     compiled = core.compile_model(source, "CPU", {
         "INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
         "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": max(1, lanes), "INFERENCE_NUM_THREADS": torch.get_num_threads()})
@@ -94,33 +109,70 @@ def _log():
 
 
 def _cached(core, path: Path):
-    """The converted model kept at ``path``; None when there is none, or it cannot be read (converted again)."""
+    """The converted model kept at ``path``; None when there is none, or it cannot be read or its weights file is
+    not the one kept (converted again)."""
+    from tokembed.index.atomic import sha256_file
+
     if not path.is_file():
         return None
+    weights, checksum = path.with_suffix(".bin"), path.with_suffix(".sha256")
     try:
+        if sha256_file(weights) != checksum.read_text().strip():
+            raise RuntimeError(f"{weights.name} is not the file that was kept (its sha256 differs)")
         return core.read_model(str(path))
-    except RuntimeError as exc:
+    except (OSError, RuntimeError) as exc:
         _log().warning("the cached OpenVINO model %s cannot be read (%s): converting it again", path, str(exc).splitlines()[0])
         return None
 
 
 def _converted(backbone: torch.nn.Module, ov):
-    example_ids = torch.tensor([[101, 2023, 102], [101, 102, 0]])  # with padding: the mask's branch is traced
+    vocabulary = backbone.get_input_embeddings().num_embeddings
+    example_ids = torch.tensor([[1, 2, 3], [1, 2, 0]]).clamp(max=vocabulary - 1)  # with padding: the mask's branch is traced
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on the mask branch it records
         return ov.convert_model(LastHiddenState(backbone).eval().float(), example_input=(example_ids, (example_ids > 0).long()),
                                 input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
 
 
+def _keep_or_say_why(model, path: Path, ov) -> None:
+    try:
+        _keep(model, path, ov)
+    except (OSError, RuntimeError) as exc:  # a read-only or full cache (OpenVINO raises RuntimeError)
+        _log().warning("cannot keep the OpenVINO model in %s (%s): it is converted again on every run", path.parent, exc)
+
+
 def _keep(model, path: Path, ov) -> None:
-    """Write the converted model to the cache atomically: the .xml last, so present means complete."""
-    from tokembed.index.atomic import publish
+    """Write the converted model to the cache atomically: the weights and their sha256 first, the .xml last, so
+    present means complete. Staging folders of processes that were killed while saving are removed."""
+    from tokembed.index.atomic import publish, sha256_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as staging:
-        ov.save_model(model, str(Path(staging) / path.name), compress_to_fp16=False)
-        publish(Path(staging) / path.with_suffix(".bin").name, path.with_suffix(".bin"))
-        publish(Path(staging) / path.name, path)
+    _remove_dead_staging(path.parent)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f"staging-{os.getpid()}-") as staging:
+        staged = Path(staging) / path.name
+        ov.save_model(model, str(staged), compress_to_fp16=False)
+        staged.with_suffix(".sha256").write_text(sha256_file(staged.with_suffix(".bin")))
+        for suffix in (".bin", ".sha256", ".xml"):
+            publish(staged.with_suffix(suffix), path.with_suffix(suffix))
+
+
+def _remove_dead_staging(folder: Path) -> None:
+    import shutil
+
+    for staging in folder.glob("staging-*-*"):
+        pid = staging.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def first_inference_here(backbone: OpenVinoBackbone) -> None:

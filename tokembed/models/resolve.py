@@ -132,6 +132,32 @@ def _from_hub(repo_id: str, revision: str | None) -> ResolvedModel:
     return ResolvedModel(name=repo_id, path=path, revision=path.name if len(path.name) == 40 else revision)
 
 
+def resolved_weights_sha256(resolved: ResolvedModel) -> str:
+    """``weights_sha256`` of the checkpoint; for an adapter, of the adapter's and its base's together."""
+    if resolved.base is None:
+        return weights_sha256(resolved.path)
+    return hashlib.sha256(f"{weights_sha256(resolved.path)}\0{weights_sha256(resolved.base.path)}".encode()).hexdigest()
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 over every weight file's name and whole content. ``model_fingerprint`` samples each file's edges
+    only (milliseconds for any size), so a tensor changed in the middle of a file (a LoRA merged into the query
+    weights and saved back in place) kept the fingerprint; this digest does not. Each file is read once per
+    change of its stat key (``index.verified``: later runs look the digest up)."""
+    from tokembed.index.verified import VerifiedFiles
+
+    record = VerifiedFiles(path)
+    digest = hashlib.sha256()
+    for file in _weight_files(path):
+        rel = file.relative_to(path).as_posix()
+        digest.update(rel.encode() + b"\0" + record.sha256_of(rel).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _weight_files(path: Path) -> list[Path]:
+    return [file for file in sorted(path.rglob("*")) if file.is_file() and file.suffix in _WEIGHT_SUFFIXES]
+
+
 def model_fingerprint(path: Path) -> str:
     """sha256 over the checkpoint's config and tokenizer files and a sample of every weight file.
 

@@ -99,8 +99,8 @@ class ServedIndex:
 
 
 def _encoding(manifest: dict) -> tuple:
-    """What encoding queries for an index depends on: its model's fingerprint and its settings' fingerprint."""
-    return manifest["model"]["fingerprint"], manifest.get("settings_fingerprint")
+    """What encoding queries for an index depends on: its model's fingerprint and weights, its settings' fingerprint."""
+    return manifest["model"]["fingerprint"], manifest["model"].get("weights_sha256"), manifest.get("settings_fingerprint")
 
 
 async def answer_search(service, request) -> dict:

@@ -73,7 +73,7 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
         log("the index holds no tokens: no search structure (score scans exhaustively)")
         return {key: value for key, value in manifest.items() if key != SEARCH}
     vectorless = written is not None or vectors_dropped(manifest)
-    reusable = old is not None and committed.get("settings_fingerprint") == manifest.get("settings_fingerprint")
+    reusable = old is not None and _same_encoding(committed, manifest)
     reason = _retrain_reason(old, nbits, options) if reusable else "no centroids for these settings yet"
     if reason is not None and vectorless:
         keep_centroids_without_vectors(folder, reason, reusable and drift_only(old, nbits, options), log)
@@ -127,6 +127,13 @@ def keep_centroids_without_vectors(folder: Path, reason: str, drift_alone: bool,
         )
     log(f"{reason}: new centroids are due, but the vectors were dropped (compress --drop-vectors): keeping "
         "the current ones; `encode --full` re-encodes every row and trains new ones")
+
+
+def _same_encoding(committed: dict, manifest: dict) -> bool:
+    """Whether the committed structure's vectors came from the same model weights and settings as this generation's."""
+    weights = [entry.get("model", {}).get("weights_sha256") for entry in (committed, manifest)]
+    same_weights = None in weights or weights[0] == weights[1]
+    return same_weights and committed.get("settings_fingerprint") == manifest.get("settings_fingerprint")
 
 
 def _retrain_reason(old: dict, nbits: int, options: StructureOptions) -> str | None:
