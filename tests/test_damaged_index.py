@@ -220,3 +220,23 @@ def test_a_manifest_whose_counts_disagree_with_its_shards_is_a_corrupt_index(com
         result = cli(*command)
         assert result.exit_code == 6, (command, result.output)
         assert "part-" in result.stderr and message in result.stderr, (command, result.stderr)
+
+
+@pytest.mark.parametrize("damaged", ["shard", "code file"])
+def test_an_incremental_run_refuses_to_carry_damaged_rows_or_codes(compressed, cli, colbert_ckpt, tmp_path, damaged):
+    """The run copied a damaged row (or its codes) byte for byte into a generation whose manifest vouched for it
+    with a fresh sha256: info --verify passed afterwards and the row ranked first for every query (exit 0)."""
+    index, corpus, rows = compressed
+    entries = manifest(index)
+    target = entries["shards"][0]["file"] if damaged == "shard" else entries["search"]["shards"][0]["file"]
+    flip_a_byte(index / target)
+    before = (index / "manifest.json").read_bytes()
+    write_jsonl(corpus, rows + [{"id": "new", "text": "a new row"}])
+    result = cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--shard-rows", 20, "--quiet")
+    assert result.exit_code == 6 and "sha256 does not match" in result.stderr, result.output
+    assert "hint: its rows cannot be carried over: tokembed encode --full" in result.stderr
+    assert (index / "manifest.json").read_bytes() == before
+    rebuilt = cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--shard-rows", 20, "--quiet", "--full")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert_readable(index, cli)
+    assert "new" in read_index(index)

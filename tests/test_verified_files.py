@@ -105,6 +105,9 @@ def test_the_scan_hashes_a_shard_once_until_it_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(reader, "_sha256_of", lambda path, mapped: names.append(path.name) or real(path, mapped))
     queries = [docs[5][:3].astype(np.float32)]
     first = search_vectors(folder, queries, top_k=5, exact=True)
+    assert names == []  # the writer recorded the sha256 of each shard it wrote
+    monkeypatch.setenv("TOKEMBED_CACHE", str(tmp_path / "another-user"))  # no record yet
+    assert search_vectors(folder, queries, top_k=5, exact=True) == first
     assert len(names) == 3
     names.clear()
     assert search_vectors(folder, queries, top_k=5, exact=True) == first

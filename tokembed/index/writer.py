@@ -17,6 +17,7 @@ import numpy as np
 from tokembed._testhooks import fault_point
 from tokembed.errors import IndexWriteError
 from tokembed.index.atomic import atomic_write_bytes, publish, remove_unused, sha256_file
+from tokembed.index.verified import VerifiedFiles, stat_key
 from tokembed.index.format import DATA_DIR, EMBEDDINGS, MANIFEST, SHARD_PATTERN, manifest_bytes, shard_name, shard_schema
 
 DEFAULT_SHARD_ROWS = 50_000
@@ -151,13 +152,15 @@ class IndexWriter:
         except OSError as exc:
             raise IndexWriteError(f"{final}: cannot finish shard ({exc})") from exc
         self._written.append(final)
+        key = stat_key(final)
         info = ShardInfo(
             file=f"{DATA_DIR}/{final.name}",
             rows=self._rows,
             tokens=self._tokens,
-            bytes=final.stat().st_size,
+            bytes=key[2],
             sha256=sha256_file(final),
         )
+        VerifiedFiles(self.folder).remember([(info.file, key, info.sha256)])  # the next run's check reads no shard it wrote
         self.shards.append(info)
         self._writer, self._tmp = None, None
         self._rows = self._tokens = 0

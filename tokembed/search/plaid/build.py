@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from tokembed._testhooks import fault_point
-from tokembed.errors import BadInputError, VectorsDroppedError
+from tokembed.errors import BadInputError, IndexCorruptError, VectorsDroppedError
 from tokembed.index.atomic import atomic_write_bytes, remove_unused
 from tokembed.index.format import SEARCH, VECTORS, VECTORS_DROPPED, vectors_dropped
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import CODES_DIR, CodingStats, StoredCodes, code_shard, codes_name
-from tokembed.search.plaid.files import map_tensors, read_coding_figures, verify_file, write_coding_figures, write_tensors
+from tokembed.search.plaid.files import map_tensors, read_coding_figures, verify_file, verify_files, write_coding_figures, write_tensors
 
 PENDING = f"{CODES_DIR}/pending.json"
 RETRAIN_SHARE = 0.75  # tokens coded since training / tokens in the index
@@ -246,9 +246,12 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
     name = codes_name(shard["sha256"], codec_sha)
     base = {"shard": shard["file"], "file": name, "rows": shard["rows"], "tokens": shard["tokens"]}
     if name in listed and (folder / name).is_file():  # the shard did not change: its code file stays as it is
-        verify_file(folder, listed[name], checksum=False)
-        stats.carried_tokens += shard["tokens"]
-        return {**base, "bytes": listed[name]["bytes"], "sha256": listed[name]["sha256"]}
+        try:
+            verify_files(folder, [listed[name]], checksum=True)  # once per change of the file (``index.verified``)
+            stats.carried_tokens += shard["tokens"]
+            return {**base, "bytes": listed[name]["bytes"], "sha256": listed[name]["sha256"]}
+        except IndexCorruptError:  # damaged since its commit: coded again (as a --full rebuild is asked to)
+            (folder / name).unlink()
     if (folder / name).is_file():  # written whole by a run that died before its commit, or by this run's writer
         from tokembed.index.atomic import sha256_file
 

@@ -46,7 +46,8 @@ class CodedRow:
 
 def previous_index(index, nbits: int | None, retrain: bool) -> PreviousIndex:
     """The committed index an incremental run carries rows from: a ``CodedPrevious`` when it is compressed-only
-    (after refusing what would need its vectors, before anything is encoded)."""
+    (after refusing what would need its vectors, before anything is encoded). Its files are checked first."""
+    check_before_carrying(index)
     if not vectors_dropped(index.manifest):
         return PreviousIndex(index)
     from tokembed.search.plaid.build import StructureOptions, drift_only, keep_centroids_without_vectors
@@ -56,6 +57,24 @@ def previous_index(index, nbits: int | None, retrain: bool) -> PreviousIndex:
         asked = "--retrain" if retrain else f"--nbits {nbits} (the index has {structure['nbits']})"
         keep_centroids_without_vectors(index.folder, asked, False, print)  # raises VectorsDroppedError
     return CodedPrevious(index)
+
+
+def check_before_carrying(index) -> None:
+    """Every shard and structure file against its sha256 in the manifest (each hashed once per change of its stat
+    key, ``index.verified``): an incremental run copies its rows and codes byte for byte into a generation whose
+    manifest gives them fresh checksums, so a damaged row carried would be vouched for from then on."""
+    from tokembed.errors import IndexCorruptError
+    from tokembed.search.plaid.files import verify_files
+
+    try:
+        for shard in index.shards:
+            index.verify_shard(shard, checksum=True, remembered=True)
+        structure = index.manifest.get(SEARCH)
+        if structure:
+            verify_files(index.folder, [structure["codec"], *structure["shards"]], checksum=True)
+    except IndexCorruptError as exc:
+        exc.hint = "its rows cannot be carried over: tokembed encode --full rebuilds the index from the corpus"
+        raise
 
 
 def open_writer(folder: Path, dim: int, store_dtype: str, shard_rows: int, previous) -> IndexWriter:

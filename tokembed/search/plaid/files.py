@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import mmap
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from tokembed.errors import IndexCorruptError
+from tokembed.errors import IndexCorruptError, IndexWriteError
 from tokembed.index.atomic import atomic_write_bytes, replacing, sha256_file
 
 _DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "I64": np.int64, "F16": np.float16, "F32": np.float32, "F64": np.float64}
@@ -27,11 +28,28 @@ def write_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str
     copy of them in memory); the sha256 is read back from the page cache: 0.06 vs 0.11 s for a 36 MB file."""
     from safetensors.numpy import save_file
 
+    from safetensors import SafetensorError
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
-        save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # a full disk, say: safetensors' own error, not an OSError
+            raise IndexWriteError(f"{path}: cannot write the structure file ({exc})") from exc
+        tmp.chmod(0o666 & ~_umask())  # safetensors creates it 0600 whatever the umask: other users could not search
         entry = {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
     return entry
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` would, for an instant, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def map_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -74,16 +92,25 @@ def verify_files(folder: Path, entries: list[dict], checksum: bool, remembered: 
     if not checksum or not entries:
         return
     record = VerifiedFiles(folder)
-    keys = [stat_key(folder / entry["file"]) for entry in entries]  # before hashing: a change while hashing shows
-    todo = [(entry, key) for entry, key in zip(entries, keys) if not (remembered and record.known(entry["file"], key, entry["sha256"]))]
-    if not todo:
-        return
-    with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(lambda item: sha256_file(folder / item[0]["file"]), todo))
+    with _gone_is_missing(folder):  # a commit that replaced the generation since: the caller reads the manifest again
+        keys = [stat_key(folder / entry["file"]) for entry in entries]  # before hashing: a change while hashing shows
+        todo = [(entry, key) for entry, key in zip(entries, keys) if not (remembered and record.known(entry["file"], key, entry["sha256"]))]
+        if not todo:
+            return
+        with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
+            digests = list(pool.map(lambda item: sha256_file(folder / item[0]["file"]), todo))
     for (entry, key), digest in zip(todo, digests):
         if digest != entry["sha256"]:
             raise IndexCorruptError(f"{folder / entry['file']}: sha256 does not match the manifest")
     record.remember([(entry["file"], key, digest) for (entry, key), digest in zip(todo, digests)])
+
+
+@contextmanager
+def _gone_is_missing(folder: Path):
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise IndexCorruptError(f"{folder}: manifest lists {Path(exc.filename or '?').name}, which is missing") from None
 
 
 def verify_file(folder: Path, entry: dict, checksum: bool) -> None:
