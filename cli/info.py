@@ -17,11 +17,36 @@ def info(
         "(all of them, also those score already found to match and that have not changed since)."),
 ) -> None:
     """Show rows, tokens, dim, dtypes, model, settings and size of an index."""
+    facts = _facts_of_one_generation(index, verify)
+    if as_json:
+        print(json.dumps(facts))
+        return
+    _print_table(facts)
+    if facts["vectors"] != "dropped":
+        print(_export_recipes(index), file=sys.stderr)
+
+
+def _facts_of_one_generation(index: Path, verify: bool) -> dict:
+    """The facts of the committed generation; a file of it that vanishes while they are read belongs to one a
+    writer just replaced: read the new manifest (as ``score`` does), never report a sound index as corrupt."""
+    from tokembed.errors import IndexCorruptError
     from tokembed.index import open_index
+    from tokembed.index.reader import read_manifest
+
+    for _ in range(5):
+        opened = open_index(index)
+        try:
+            return _facts(index, opened, verify)
+        except IndexCorruptError:
+            if read_manifest(Path(index)) == opened.manifest:
+                raise
+    raise IndexCorruptError(f"{index}: the index kept changing while it was being read")
+
+
+def _facts(index: Path, opened, verify: bool) -> dict:
     from tokembed.index.format import vectors_dropped
     from tokembed.search.plaid.report import index_bytes_per_token, structure_facts
 
-    opened = open_index(index)
     opened.verify(checksums=verify)
     if verify and opened.manifest.get("search"):
         from tokembed.search.plaid.files import verify_files
@@ -58,9 +83,10 @@ def info(
         "tokembed_version": manifest["tokembed_version"],
         "search_structure": structure_facts(opened),
     }
-    if as_json:
-        print(json.dumps(facts))
-        return
+    return facts
+
+
+def _print_table(facts: dict) -> None:
     from rich.console import Console  # here, not at the top: `tokembed --help` stays fast
     from rich.table import Table
     from rich.text import Text
@@ -82,8 +108,6 @@ def info(
                      + f"; memory to search ~{value['search_memory_bytes']} bytes")
         table.add_row(key, Text(str(value)))  # as it is: a prefix such as "[unused1] " is not rich markup
     Console().print(table)
-    if not vectors_dropped(manifest):
-        print(_export_recipes(index), file=sys.stderr)
 
 
 def _export_recipes(index: Path) -> str:

@@ -240,3 +240,28 @@ def test_an_incremental_run_refuses_to_carry_damaged_rows_or_codes(compressed, c
     assert rebuilt.exit_code == 0, rebuilt.output
     assert_readable(index, cli)
     assert "new" in read_index(index)
+
+
+def test_info_reads_the_new_generation_when_a_commit_replaces_the_structure_under_it(compressed, cli, tmp_path, monkeypatch):
+    """A compress committing while info read the structure made info call a sound index corrupt (exit 6, once in
+    ~1,700 runs of a loop): now it reads the new manifest, as score does."""
+    from tokembed.search.plaid import report
+
+    index, _, _ = compressed
+    other = tmp_path / "other"
+    shutil.copytree(index, other)
+    assert cli("compress", other, "--nbits", 4, "--centroids", 16, "--quiet").exit_code == 0
+    real, calls = report.structure_facts, []
+
+    def committed_meanwhile(opened):
+        calls.append(opened.manifest["search"]["nbits"])
+        if len(calls) == 1:  # the writer's commit lands between open_index and the structure's files
+            shutil.rmtree(index / "plaid")
+            shutil.copytree(other / "plaid", index / "plaid")
+            shutil.copy(other / "manifest.json", index / "manifest.json")
+        return real(opened)
+
+    monkeypatch.setattr(report, "structure_facts", committed_meanwhile)
+    result = cli("info", index, "--json")
+    assert result.exit_code == 0, result.output
+    assert calls == [2, 4] and json.loads(result.stdout)["search_structure"]["nbits"] == 4
