@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
-from cli.progress import make_progress, warnings_logged
+from cli.progress import libraries_quiet, make_progress, warnings_logged
 
 
 class Kind(str, Enum):
@@ -205,7 +205,7 @@ def encode(
     progress = make_progress(quiet or log_format == LogFormat.json)
     startup = since_start()  # interpreter, imports and flag parsing: part of load_seconds
     try:
-        with warnings_logged(progress.log):
+        with warnings_logged(progress.log), libraries_quiet(quiet or log_format == LogFormat.json):
             summary = encode_corpus(job, progress)
     finally:
         progress.stop()

@@ -88,6 +88,37 @@ def warnings_logged(log):
         logger.handlers = handlers
 
 
+@contextmanager
+def libraries_quiet(quiet: bool):
+    """With ``--quiet``, transformers' own notices are held back too: they are logged during the forward pass as
+    well as at load (ColQwen3.5's "falling back to its reference PyTorch implementation" on the CPU), each a line
+    on the stderr a succeeding cron job must keep empty."""
+    import os
+
+    if not quiet:
+        yield
+        return
+    before = os.environ.get("TRANSFORMERS_VERBOSITY")
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"  # read when transformers is imported (lazily, at load)
+    verbosity = None
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+        else:
+            os.environ["TRANSFORMERS_VERBOSITY"] = before
+        if verbosity is not None:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity(verbosity)
+
+
 def make_progress(quiet: bool):
     if quiet or not sys.stderr.isatty():  # rich (the bar) is imported only when there is a terminal to draw on
         return LineProgress(quiet=quiet)

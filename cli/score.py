@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
-from cli.progress import LineProgress
+from cli.progress import LineProgress, libraries_quiet
 
 
 class Format(str, Enum):
@@ -90,12 +90,13 @@ def score(
         log(f"warning: {warning}")
     progress = ScanProgress(quiet or log_format == "json")
     started, startup, timings = time.perf_counter(), since_start(), {}
-    hits = search(
-        index, dict(zip(queries.ids, queries.texts)), top_k=top_k, model=model, device=device,
-        block_tokens=block_tokens, allow_model_mismatch=allow_model_mismatch,
-        trust_remote_code=trust_remote_code, progress=progress, exact=exact, probe=probe, candidates=candidates,
-        timings=timings,
-    )
+    with libraries_quiet(quiet):
+        hits = search(
+            index, dict(zip(queries.ids, queries.texts)), top_k=top_k, model=model, device=device,
+            block_tokens=block_tokens, allow_model_mismatch=allow_model_mismatch,
+            trust_remote_code=trust_remote_code, progress=progress, exact=exact, probe=probe, candidates=candidates,
+            timings=timings,
+        )
     seconds = startup + time.perf_counter() - started  # whole process so far, as load_seconds counts from its start
     _write_or_say_why(queries, hits, _pick_format(fmt, output), output)
     if log_format == "json":

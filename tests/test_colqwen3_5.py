@@ -377,3 +377,19 @@ def test_matches_colpali_engine_itself(model, checkpoint, tmp_path):
     queries = encode(model, "query", QUERIES, budget=30)
     assert_same(documents, [(want[f"d{i}_ids"].tolist(), want[f"d{i}"]) for i in range(len(files))])
     assert_same(queries, [(want[f"q{i}_ids"].tolist(), want[f"q{i}"]) for i in range(len(QUERIES))])
+
+
+def test_quiet_runs_keep_transformers_notices_off_stderr(checkpoint, tmp_path):
+    """The hybrid text model's kernels fall back to torch on the CPU, and transformers logs it during the forward
+    pass: every --quiet encode and score printed two [transformers] lines, mail from cron every night."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    noise_images()[0].save(corpus / "page.png")
+    out = tmp_path / "index"
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TOKEMBED_CACHE": str(tmp_path / "cache")}
+    for args in (["encode", corpus, "--model", checkpoint, "-o", out, "--quiet"], ["score", out, "--query", "hello", "--quiet"]):
+        result = subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True, env=env)
+        assert result.returncode == 0 and result.stderr == "", result.stderr

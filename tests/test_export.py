@@ -284,6 +284,15 @@ def test_an_interrupted_parquet_export_leaves_no_target(cli, demo_index, tmp_pat
     assert _beside(out) == before
 
 
+def test_a_sigkilled_exports_staging_is_removed_by_the_next_export(cli, demo_index, tmp_path):
+    out = tmp_path / "parquet"
+    left = tmp_path / ".parquet.export-tmp-999999999"  # a killed export of a process that is gone
+    left.mkdir()
+    (left / "part-000000.parquet").write_bytes(b"half")
+    assert cli("export", demo_index, "--to", out, "--format", "parquet").exit_code == 0
+    assert not left.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["parquet"]
+
+
 def test_lance_export_of_a_corrupt_shard_exits_6_and_leaves_no_table(cli, corrupt_index, tmp_path):
     lancedb = pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
 

@@ -175,6 +175,11 @@ def test_bad_pdfs_fail_or_skip_naming_file_and_page(cli, checkpoint, tmp_path):
     reasons = {entry["id"]: entry["reason"] for entry in manifest(out)["skipped"]}
     assert set(reasons) == {"cut.pdf", "zero.pdf"}
     assert "truncated or corrupt" in reasons["cut.pdf"] and "zero pages" in reasons["zero.pdf"]
+    (docs / "loop.pdf").symlink_to("loop.pdf")  # a link to itself: pypdfium2's RuntimeError was exit 1
+    looped = cli("encode", docs, "--model", model, "-o", out, "--pdf-password", "s3cret", "--on-error", "skip")
+    assert looped.exit_code == 0, looped.output
+    assert "Symlink loop" in {entry["id"]: entry["reason"] for entry in manifest(out)["skipped"]}["loop.pdf"]
+    (docs / "loop.pdf").unlink()
     assert sorted(read_index(out)) == ["good.pdf#page=1", "secret.pdf#page=1"]
 
     (docs / "cut.pdf").unlink()  # a PDF with zero pages alone is a recorded skip, even under --on-error fail

@@ -129,6 +129,35 @@ def test_workers_exit_when_the_reading_process_is_killed(tmp_path):
     assert not alive  # orphans: nothing would ever stop them
 
 
+def test_a_worker_whose_reader_went_away_exits_quietly(tmp_path):
+    """A reader killed or interrupted mid-PDF left each worker printing a BrokenPipeError traceback on stderr,
+    which a --quiet cron run promises to keep for errors only."""
+    import pickle
+
+    pdf = image_pdf(tmp_path / "a.pdf", COLORS[:2], size=(60, 80))
+    worker = subprocess.Popen([sys.executable, "-m", "tokembed.sources.pdf_workers"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    worker.stdout.close()  # the reader is gone before the answer is written
+    pickle.dump((str(pdf), None, 1, 72.0, 10**8), worker.stdin)
+    worker.stdin.flush()
+    _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0 and stderr == b""
+
+
+def test_a_killed_readers_temporary_pdf_copy_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    """PDF bytes from a Parquet / JSONL cell are copied to a file the workers open; a SIGKILL left it for good."""
+    from tokembed.sources import pdf_workers
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "tokembed-pdf-999999999-abc.pdf"  # no such process
+    dead.write_bytes(b"%PDF- half a copy")
+    mine = tmp_path / f"tokembed-pdf-{os.getpid()}-xyz.pdf"  # a live process's: kept
+    mine.write_bytes(b"%PDF- in use")
+    copy = pdf_workers._temporary_copy(b"%PDF- new")
+    assert not dead.exists() and mine.exists() and copy.name.startswith(f"tokembed-pdf-{os.getpid()}-")
+    copy.unlink()
+
+
 def test_cli_index_is_the_same_with_and_without_workers(cli, tmp_path):
     from vision_checkpoints import build_colpali
 

@@ -74,3 +74,34 @@ def remove_unused(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("%s: cannot remove it (%s); nothing reads it, it only takes space", path, exc)
+
+
+def remove_left_by_dead_processes(folder: Path, prefix: str, suffix: str = "") -> None:
+    """Remove the files or folders in ``folder`` named ``<prefix><pid>...<suffix>`` whose pid is no running
+    process: what a SIGKILLed process left, which no ``finally`` of its own removed. Another user's leftovers
+    are not ours to remove."""
+    import re
+    import shutil
+
+    try:
+        paths = [path for path in folder.iterdir() if path.name.startswith(prefix) and path.name.endswith(suffix)]
+    except OSError:
+        return
+    for path in paths:
+        found = re.match(r"(\d+)", path.name[len(prefix):])
+        try:
+            if not found or process_alive(int(found.group(1))) or path.lstat().st_uid != os.getuid():
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError:
+            continue
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -155,12 +155,15 @@ def _column(batch, field):
 @contextmanager
 def _staging_beside(to: Path) -> Iterator[Path]:
     """A new hidden folder in ``to``'s parent (the same file system, so that a rename publishes it), removed
-    when the block ends whatever happened; one left by a killed run of the same pid is removed first."""
+    when the block ends whatever happened; one left by a killed export (this pid's, or a process gone) is removed first."""
+    from tokembed.index.atomic import remove_left_by_dead_processes
+
     target = to.resolve()
     staging = target.parent / f".{target.name}.export-tmp-{os.getpid()}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
+        remove_left_by_dead_processes(target.parent, f".{target.name}.export-tmp-")  # a SIGKILLed export's
         staging.mkdir()
     except OSError as exc:
         raise IndexWriteError(f"--to {to}: cannot create a folder beside it ({exc.strerror or exc})") from exc

@@ -144,10 +144,10 @@ def _keep_or_say_why(model, path: Path, ov) -> None:
 def _keep(model, path: Path, ov) -> None:
     """Write the converted model to the cache atomically: the weights and their sha256 first, the .xml last, so
     present means complete. Staging folders of processes that were killed while saving are removed."""
-    from tokembed.index.atomic import publish, sha256_file
+    from tokembed.index.atomic import publish, remove_left_by_dead_processes, sha256_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_staging(path.parent)
+    remove_left_by_dead_processes(path.parent, "staging-")
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f"staging-{os.getpid()}-") as staging:
         staged = Path(staging) / path.name
         ov.save_model(model, str(staged), compress_to_fp16=False)
@@ -155,24 +155,6 @@ def _keep(model, path: Path, ov) -> None:
         for suffix in (".bin", ".sha256", ".xml"):
             publish(staged.with_suffix(suffix), path.with_suffix(suffix))
 
-
-def _remove_dead_staging(folder: Path) -> None:
-    import shutil
-
-    for staging in folder.glob("staging-*-*"):
-        pid = staging.name.split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def first_inference_here(backbone: OpenVinoBackbone) -> None:

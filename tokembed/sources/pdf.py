@@ -136,6 +136,8 @@ def open_pdf(pdf: Path | bytes, password: str | None):
         raise PdfOpenError(f"cannot open the PDF ({exc})") from None
     except OSError as exc:
         raise PdfOpenError(f"cannot read the PDF file ({exc.strerror or exc})") from None
+    except RuntimeError as exc:  # pypdfium2 resolves the path: a link to itself is "Symlink loop from ..."
+        raise PdfOpenError(f"cannot read the PDF file ({exc})") from None
 
 
 def _pypdfium2():

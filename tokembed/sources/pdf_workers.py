@@ -156,7 +156,12 @@ def _exit_reason(code: int) -> str:
 
 
 def _temporary_copy(data: bytes) -> Path:
-    handle, name = tempfile.mkstemp(prefix="tokembed-pdf-", suffix=".pdf")
+    """The PDF's bytes in a file the render workers open by name; removed when its pages are rendered, or by a
+    later run once this process is gone (a SIGKILL leaves it behind)."""
+    from tokembed.index.atomic import remove_left_by_dead_processes
+
+    remove_left_by_dead_processes(Path(tempfile.gettempdir()), "tokembed-pdf-", ".pdf")
+    handle, name = tempfile.mkstemp(prefix=f"tokembed-pdf-{os.getpid()}-", suffix=".pdf")
     with os.fdopen(handle, "wb") as file:
         file.write(data)
     return Path(name)
@@ -207,9 +212,12 @@ def _serve() -> None:
         except EOFError:
             return
         header, pixels = render_in_worker(*request, opened)
-        pickle.dump(header, answers)
-        answers.write(pixels)
-        answers.flush()
+        try:
+            pickle.dump(header, answers)
+            answers.write(pixels)
+            answers.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the reading process went away (killed, interrupted)
+            os._exit(0)  # quietly: no traceback, no failing flush at exit, on a --quiet run's stderr
 
 
 if __name__ == "__main__":
