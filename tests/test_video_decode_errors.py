@@ -131,3 +131,25 @@ def test_on_error_fail_exits_3_naming_the_file_and_leaves_the_index(cli, checkpo
     assert f"{inputs / name} (id {name!r}): {reason}" in result.output
     assert (out / "manifest.json").read_bytes() == before
     assert list(read_index(out)) == ["good.mp4"]
+
+
+def test_frames_over_max_image_pixels_are_refused_before_decoding(corpus, tmp_path):
+    """A 15 KB clip of two 8192x8192 frames went through (1.66 GB peak RSS) where a PNG of that size is a bad
+    row: the limit now holds for video frames too, in folders and in Parquet / JSONL cells."""
+    import base64
+
+    limit = 64 * 48 - 1  # the corpus's clips are 64x48
+    folder = {item.id: item for chunk in open_sources([corpus / "good"], SourceOptions(modality="image", max_image_pixels=limit))
+              for item in chunk}
+    assert folder["good.mp4"].image is None
+    assert folder["good.mp4"].error == f"the video's frames are 64x48 = 3072 pixels, over the limit of {limit} (--max-image-pixels)"
+    good = (corpus / "good" / "good.mp4").read_bytes()
+    write_parquet(tmp_path / "v.parquet", [{"id": "p", "video": good}])
+    write_jsonl(tmp_path / "v.jsonl", [{"id": "j", "video": {"bytes": base64.b64encode(good).decode()}}])
+    for path in ("v.parquet", "v.jsonl"):
+        (item,) = [item for chunk in open_sources([tmp_path / path], SourceOptions(modality="image", max_image_pixels=limit))
+                   for item in chunk]
+        assert item.image is None and "over the limit of 3071 (--max-image-pixels)" in item.error
+    allowed = [item for chunk in open_sources([corpus / "good"], SourceOptions(modality="image", max_image_pixels=64 * 48))
+               for item in chunk]
+    assert allowed[0].error is None

@@ -167,7 +167,8 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
     if _video_field(record, options, where):
         from tokembed.sources.video import attach_video
 
-        return attach_video(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent), None
+        return attach_video(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent,
+                            options.max_image_pixels), None
     if problem := missing_columns(list(record), options, what="field"):  # this record's: a bad row, as a null text is
         state.lacking += 1
         state.first_lack = state.first_lack or problem
@@ -183,7 +184,7 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
 
     value = _json_bytes(record.get(options.image_column))  # base64 decoded once, here
     if video_in_value(value, path.parent):  # an image field holding a video
-        return attach_video(item, value, path.parent), None
+        return attach_video(item, value, path.parent, options.max_image_pixels), None
     return item, _Image(value, either=use_text)
 
 

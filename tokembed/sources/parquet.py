@@ -86,9 +86,9 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
                 if pdfs is not None:
                     yield from row_pages(item, pdfs[i], path.parent, options)
                 elif videos is not None:
-                    yield attach_video(item, videos[i], path.parent)
+                    yield attach_video(item, videos[i], path.parent, options.max_image_pixels)
                 elif images is not None and video_in_value(images[i], path.parent):  # an image cell holding a video
-                    yield attach_video(item, images[i], path.parent)
+                    yield attach_video(item, images[i], path.parent, options.max_image_pixels)
                 elif images is not None and pdf_in_value(images[i], path.parent) is not None:
                     yield from row_pages(item, images[i], path.parent, options)
                 else:

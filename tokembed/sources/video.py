@@ -80,8 +80,9 @@ def looks_like_video(data: bytes) -> bool:
     return data[4:8] == b"ftyp" or data[:4] == b"\x1a\x45\xdf\xa3"
 
 
-def probe_video(name: str, path: str | None = None, data: bytes | None = None) -> Video:
-    """Open the container and read its first video stream's frame count, frame rate and size."""
+def probe_video(name: str, path: str | None = None, data: bytes | None = None, max_pixels: int | None = None) -> Video:
+    """Open the container and read its first video stream's frame count, frame rate and size; a frame larger
+    than ``max_pixels`` (``--max-image-pixels``, as for images) is refused before any frame is decoded."""
     av = _import_av()
     try:
         with _opened(av, path, data) as container:
@@ -102,6 +103,9 @@ def probe_video(name: str, path: str | None = None, data: bytes | None = None) -
         raise VideoDecodeError("the video has no frame rate")
     if height <= 0 or width <= 0:
         raise VideoDecodeError(f"the video has zero size ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise VideoDecodeError(f"the video's frames are {width}x{height} = {width * height} pixels, over the limit of "
+                               f"{max_pixels} (--max-image-pixels)")
     _check_frames(av, path, data, total)
     return Video(name, path, data, total, fps, height, width)
 
@@ -177,18 +181,18 @@ def read_video_folder(folder: Path, options: SourceOptions, offset: int) -> Iter
 
     _import_av()  # a clear error before the first file rather than one per file
     size = min(options.chunk_rows, options.image_chunk_rows)
-    probing = (in_background(_file_item, folder, file) for file in video_files(folder))  # PyAV decodes without the GIL
+    probing = (in_background(_file_item, folder, file, options.max_image_pixels) for file in video_files(folder))  # PyAV decodes without the GIL
     return chunked(in_order(probing), size)
 
 
-def _file_item(folder: Path, file: Path) -> Item:
+def _file_item(folder: Path, file: Path, max_pixels: int | None) -> Item:
     item_id = file.relative_to(folder).as_posix()
     try:
         digest = _file_sha256(file)
     except OSError as exc:
         return Item(item_id, None, str(file), 0, error=f"cannot read ({exc.strerror or exc})")
     try:
-        video = probe_video(str(file), path=str(file))
+        video = probe_video(str(file), path=str(file), max_pixels=max_pixels)
     except VideoDecodeError as exc:
         return Item(item_id, None, str(file), 0, error=str(exc))
     return Item(item_id, None, str(file), 0, image=video, image_sha256=digest)
@@ -205,27 +209,27 @@ def _file_sha256(file: Path) -> str:
 # -- a video cell of a Parquet/JSONL column ---------------------------------------------------------
 
 
-def video_from_value(value: Any, base: Path, name: str) -> tuple[Video, str]:
+def video_from_value(value: Any, base: Path, name: str, max_pixels: int | None = None) -> tuple[Video, str]:
     """A video-column value (bytes, a path relative to ``base``, or ``{bytes, path}``) -> (Video, sha256 hex)."""
     if value is None:
         raise VideoDecodeError("null video")
     if isinstance(value, dict):
         if value.get("bytes") is not None:
-            return video_from_value(_struct_bytes(value["bytes"]), base, name)
+            return video_from_value(_struct_bytes(value["bytes"]), base, name, max_pixels)
         if value.get("path"):
-            return video_from_value(str(value["path"]), base, name)
+            return video_from_value(str(value["path"]), base, name, max_pixels)
         raise VideoDecodeError("video struct has neither bytes nor path")
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         if not data:
             raise VideoDecodeError("empty video (0 bytes)")
-        return probe_video(name, data=data), hashlib.sha256(data).hexdigest()
+        return probe_video(name, data=data, max_pixels=max_pixels), hashlib.sha256(data).hexdigest()
     if isinstance(value, str):
         path = Path(value).expanduser()
         path = path if path.is_absolute() else base / path
         if not path.is_file():
             raise VideoDecodeError(f"video file not found: {value}")
-        return probe_video(str(path), path=str(path)), _file_sha256(path)
+        return probe_video(str(path), path=str(path), max_pixels=max_pixels), _file_sha256(path)
     raise VideoDecodeError(f"video is {type(value).__name__}, not bytes, a path or {{bytes, path}}")
 
 
@@ -248,12 +252,12 @@ def video_in_value(value: Any, base: Path) -> bool:
     return isinstance(value, str) and not value.startswith("data:") and value.lower().endswith(VIDEO_SUFFIXES)
 
 
-def attach_video(item: Item, value: Any, base: Path) -> Item:
+def attach_video(item: Item, value: Any, base: Path, max_pixels: int | None = None) -> Item:
     """Probe a row's video-column value onto its item (or name why it cannot be used)."""
     from dataclasses import replace
 
     try:
-        video, digest = video_from_value(value, base, item.location)
+        video, digest = video_from_value(value, base, item.location, max_pixels)
     except VideoDecodeError as exc:
         return replace(item, error=str(exc))
     return replace(item, image=video, image_sha256=digest)
