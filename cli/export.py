@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -14,7 +15,7 @@ def export(
     to: Path = typer.Option(..., "--to", help="Output: a new folder of Parquet files, or a LanceDB database folder."),
     fmt: str = typer.Option(..., "--format", "-f", help="parquet (one file per shard) or lance (one LanceDB table)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (default; DuckDB has no float16) or float16."),
-    table: str = typer.Option("documents", "--table", help="LanceDB table name (--format lance)."),
+    table: Optional[str] = typer.Option(None, "--table", help="LanceDB table name (--format lance; default documents)."),
     log_format: str = typer.Option("text", help="text, or json: the summary is one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but the summary."),
 ) -> None:
@@ -24,6 +25,9 @@ def export(
 
     if log_format not in ("text", "json"):
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
+    if table is not None and fmt != "lance":
+        raise UsageError(f"--table {table!r}: only --format lance writes a table (Parquet is one file per shard)")
+    table = table or "documents"
     check_export_options(fmt, dtype, table)  # before the index is opened: a bad flag is exit 2 whatever the index
     log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
     summary = export_index(index, to, fmt=fmt, dtype=dtype, table=table, log=log)

@@ -100,7 +100,7 @@ def _print_table(facts: dict) -> None:
         elif key == "vectors" and value == "dropped":
             value = ("dropped by `tokembed compress --drop-vectors`: score re-ranks from the decoded codes; "
                      "score --exact, export and load_document refuse")
-        elif key == "bytes_per_token_by_part":
+        elif key == "bytes_per_token_by_part" and value:
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         elif key == "search_structure" and value:
             value = (f"PLAID nbits {value['nbits']}, {value['centroids']} centroids, {value['bytes']} bytes; B/token "

@@ -195,6 +195,27 @@ def test_weights_changed_in_place_reencode_everything_and_score_refuses_the_old_
     assert tokembed("score", out, "--query", "alpha beta", "--model", model).returncode == 0
 
 
+@pytest.mark.parametrize("command", ["encode", "compress"])
+@pytest.mark.parametrize("wait", ["-5", "nan", "inf"])
+def test_a_wait_that_is_not_a_number_of_seconds_exits_2(tmp_path, command, wait):
+    """compress took --wait -5, and --wait nan waited forever on a held lock (both commands)."""
+    corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(3))
+    out = tmp_path / "index"
+    assert encode(corpus, out).returncode == 0
+    args = [corpus, "-o", out] if command == "encode" else [out]
+    result = tokembed(command, *args, "--wait", wait, timeout=120)
+    assert result.returncode == 2 and "--wait must be a number of seconds, 0 or more" in result.stderr, result.stderr
+
+
+def test_compress_refuses_a_centroid_count_before_saying_it_trains(tmp_path):
+    corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(3))
+    out = tmp_path / "index"
+    assert encode(corpus, out).returncode == 0
+    result = tokembed("compress", out, "--centroids", 0)
+    assert result.returncode == 2 and "--centroids 0: must be between 1" in result.stderr
+    assert "training" not in result.stderr
+
+
 def test_second_writer_gets_the_lock_exit_code(tmp_path):
     corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(30))
     out = tmp_path / "index"

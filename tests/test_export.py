@@ -216,6 +216,14 @@ def test_an_empty_index_exports_one_file_of_no_rows_that_duckdb_reads(cli, tmp_p
     assert json.loads(result.stdout)["rows"] == 0 and [f.name for f in out.iterdir()] == ["part-000000.parquet"]
     relation = duckdb.sql(f"SELECT * FROM read_parquet('{out}/*.parquet')")
     assert relation.columns == ["id", "token_ids", "embeddings"] and relation.fetchall() == []
+    facts = json.loads(cli("info", index, "--json").stdout)  # no per-token figures of no tokens (manifest 1661 B/token)
+    assert facts["bytes_per_token"] is None and facts["bytes_per_token_by_part"] is None
+    assert cli("info", index).exit_code == 0
+
+
+def test_table_with_parquet_exits_2(cli, demo_index, tmp_path):
+    result = cli("export", demo_index, "--to", tmp_path / "out", "--format", "parquet", "--table", "t")
+    assert result.exit_code == 2 and "only --format lance writes a table" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------- failures

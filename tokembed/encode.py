@@ -339,6 +339,8 @@ def _pdf_signature(sources: SourceOptions) -> list:
 
 
 def _check_job(job: EncodeJob) -> None:
+    from tokembed.index.lock import check_wait
+
     if job.on_error not in ("fail", "skip"):
         raise UsageError(f"--on-error must be fail or skip; got {job.on_error!r}")
     if job.engine not in ("local", "ray"):
@@ -347,8 +349,7 @@ def _check_job(job: EncodeJob) -> None:
         raise UsageError(f"--batch-tokens must be positive; got {job.batch_tokens}")
     if job.shard_rows < 1:
         raise UsageError(f"--shard-rows must be positive; got {job.shard_rows}")
-    if job.wait_seconds < 0:
-        raise UsageError(f"--wait must not be negative; got {job.wait_seconds}")
+    check_wait(job.wait_seconds)
     if job.nbits is not None:
         from tokembed.search.plaid.codec import check_nbits
 

@@ -37,8 +37,19 @@ def _locked(folder: Path, holder) -> IndexLockedError:
                             hint="wait for it to finish, or pass --wait SECONDS")
 
 
+def check_wait(seconds: float) -> None:
+    """``--wait``: seconds, finite and not negative (``nan`` waited forever, a negative value gave up at once)."""
+    import math
+
+    if not (math.isfinite(seconds) and seconds >= 0):
+        from tokembed.errors import UsageError
+
+        raise UsageError(f"--wait must be a number of seconds, 0 or more; got {seconds}")
+
+
 class IndexLock:
     def __init__(self, folder: Path, wait_seconds: float = 0.0) -> None:
+        check_wait(wait_seconds)
         self.path = folder / LOCK_NAME
         self.wait_seconds = wait_seconds
         self._fd: int | None = None

@@ -231,13 +231,17 @@ def default_centroids(tokens: int) -> int:
     return k
 
 
+def check_centroids(requested: int) -> None:
+    if not 1 <= requested <= MAX_CENTROIDS:
+        raise UsageError(f"--centroids {requested}: must be between 1 and {MAX_CENTROIDS}")
+
+
 def resolve_centroids(requested: int | None, tokens: int, where: str) -> int:
     if tokens < 1:
         raise BadInputError(f"{where}: the index holds no tokens, nothing to train centroids on")
     if requested is None:
         return default_centroids(tokens)
-    if not 1 <= requested <= MAX_CENTROIDS:
-        raise UsageError(f"--centroids {requested}: must be between 1 and {MAX_CENTROIDS}")
+    check_centroids(requested)
     if requested > tokens:
         raise UsageError(f"--centroids {requested}: the index at {where} holds only {tokens} tokens (at least one per centroid)")
     return requested

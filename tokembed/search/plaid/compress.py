@@ -60,13 +60,17 @@ def compress_index(
 ) -> CompressSummary:
     from tokembed.index.lock import IndexLock
     from tokembed.index.reader import open_index
-    from tokembed.search.plaid.codec import check_nbits
+    from tokembed.index.lock import check_wait
+    from tokembed.search.plaid.codec import check_centroids, check_nbits
     from tokembed.search.plaid.drop import drop_vectors as without_vectors
 
     folder = Path(folder)
     started = time.perf_counter()
     if nbits is not None:
         check_nbits(nbits)
+    if centroids is not None:
+        check_centroids(centroids)  # before any work or log line
+    check_wait(wait_seconds)
     index = open_index(folder)  # a missing index fails before the lock file is created
     with IndexLock(folder, wait_seconds):
         index = open_index(folder)

@@ -64,8 +64,8 @@ def _built_at_open(centroids: int, dim: int, rows: int, shards: int, pairs: int)
     return offsets + lists + centroids * dim * 4 + rows * (4 + 1) + rows * 16
 
 
-def index_bytes_per_token(index, manifest_bytes: int) -> dict:
-    """Bytes per token of each part of the index on disk, and in total.
+def index_bytes_per_token(index, manifest_bytes: int) -> dict | None:
+    """Bytes per token of each part of the index on disk, and in total; None for an index of no tokens.
 
     ``vectors``: the stored token vectors (tokens x dim x dtype; 0 in a compressed-only index);
     ``shards_without_vectors``: the rest of the shards (ids, token ids, content hashes, Arrow framing);
@@ -79,5 +79,6 @@ def index_bytes_per_token(index, manifest_bytes: int) -> dict:
     sizes = {"vectors": vectors, "shards_without_vectors": shards - vectors,
              "search_structure": (index.manifest.get(SEARCH) or {}).get("bytes", 0), "manifest": manifest_bytes}
     sizes["total"] = sum(sizes.values())
-    tokens = max(index.tokens, 1)
-    return {name: round(size / tokens, 3) for name, size in sizes.items()}
+    if not index.tokens:
+        return None  # as bytes_per_token: a per-token figure of nothing
+    return {name: round(size / index.tokens, 3) for name, size in sizes.items()}
