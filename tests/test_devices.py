@@ -174,6 +174,15 @@ def test_device_specs(monkeypatch):
         with pytest.raises(DeviceError):
             parse_devices(bad)
     assert worker_threads(1) >= worker_threads(2) >= worker_threads(64) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert len(parse_devices("cpu:8").labels) == 8
+    with pytest.raises(DeviceError, match="at most 8 CPU worker processes"):  # cpu:99: 99 model copies
+        parse_devices("cpu:9")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # no GPU here: the parser's own rules
+    assert parse_devices("cuda:00,cuda:1").labels == ("cuda:0", "cuda:1")  # torch refuses "cuda:00" itself
+    with pytest.raises(DeviceError, match="listed twice"):
+        parse_devices("cuda:0,cuda:00")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert parse_devices("auto").labels == ("cpu",)
     with pytest.raises(DeviceError, match="no CUDA device"):

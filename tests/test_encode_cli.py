@@ -143,6 +143,9 @@ def test_models_lists_every_family(cli):
     result = cli("models", "--json")
     keys = [f["key"] for f in json.loads(result.stdout)]
     assert keys == list(FAMILIES)
+    piped = cli("models").stdout.splitlines()  # not a terminal: whole tab-separated lines, no name cut to fit 80 columns
+    assert piped[0].split("\t")[:2] == ["family", "modes"]
+    assert [line.split("\t")[0] for line in piped[1:]] == list(FAMILIES)
 
 
 def test_every_flag_has_help():

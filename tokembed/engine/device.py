@@ -13,6 +13,7 @@ it to what torch accepts (every ``cpu:K`` label is the one ``cpu`` device).
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 from tokembed.cpu import glibc as _glibc
@@ -42,6 +43,9 @@ def parse_devices(spec: str | None, flag: str = "--devices") -> DevicePlan:
         count = spec[4:]
         if not count.isdigit() or int(count) < 1:
             raise DeviceError(f"{flag} {spec}: N in cpu:N must be a positive number of worker processes")
+        most = 4 * max(1, os.cpu_count() or 1)
+        if int(count) > most:  # each worker process holds a copy of the model: cpu:99 would exhaust memory
+            raise DeviceError(f"{flag} {spec}: at most {most} CPU worker processes here (4 per core; each loads the model)")
         return DevicePlan(tuple(f"cpu:{i}" for i in range(int(count))), workers=True)
     if spec == "auto":
         count = _cuda_count()
@@ -52,14 +56,17 @@ def parse_devices(spec: str | None, flag: str = "--devices") -> DevicePlan:
         _need_cuda(spec, flag)
         return DevicePlan(("cuda:0",), workers=False)
     if spec.startswith("cuda"):
-        labels = tuple(part.strip() for part in spec.split(","))
+        given = tuple(part.strip() for part in spec.split(","))
         count = _need_cuda(spec, flag)
-        for label in labels:
+        labels = []
+        for label in given:
             index = label[5:] if label.startswith("cuda:") else ""
-            if not index.isdigit():
+            if not (index.isascii() and index.isdigit()):
                 raise DeviceError(f"{flag} {spec}: {label!r} is not cuda:N ({_EXPECTED})")
             if int(index) >= count:
                 raise DeviceError(f"{flag} {spec}: {label} does not exist ({count} CUDA device(s) visible)")
+            labels.append(f"cuda:{int(index)}")  # cuda:00 is cuda:0, as torch would refuse the other spelling
+        labels = tuple(labels)
         if len(set(labels)) != len(labels):
             raise DeviceError(f"{flag} {spec}: a device is listed twice")
         return DevicePlan(labels, workers=len(labels) > 1)
