@@ -219,3 +219,28 @@ def test_no_home_and_no_cache_variable_still_encodes(monkeypatch):
     assert_close(expected, got)
     monkeypatch.setenv("TOKEMBED_CACHE", "~/somewhere")
     assert cache_root() == Path("~/somewhere").expanduser()
+
+
+def test_the_runtime_is_recorded_and_a_rerun_with_the_other_re_encodes(cache, monkeypatch, tmp_path, cli):
+    """Nothing recorded the runtime: a re-run with the other one carried every row's vectors beside its own new
+    rows' (bfloat16: 5.8e-3 apart). torch's indexes keep their fingerprint (the field hashes only when not torch)."""
+    import json
+
+    from helpers import read_index, write_parquet
+
+    corpus = write_parquet(tmp_path / "c.parquet", [{"id": f"d{i}", "text": text} for i, text in enumerate(TEXTS)])
+    out = tmp_path / "index"
+    monkeypatch.setenv(openvino_backbone.RUNTIME_VARIABLE, "torch")
+    assert cli("encode", corpus, "-o", out, "--quiet").exit_code == 0
+    torch_manifest = json.loads((out / "manifest.json").read_text())
+    assert torch_manifest["settings"]["runtime"] == "torch"
+    monkeypatch.setenv(openvino_backbone.RUNTIME_VARIABLE, "openvino")
+    result = cli("encode", corpus, "-o", out, "--log-format", "json")
+    summary = json.loads(result.stdout)
+    assert summary["full_rebuild"] is True and summary["unchanged"] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["runtime"] == "openvino"
+    assert manifest["settings_fingerprint"] != torch_manifest["settings_fingerprint"]
+    again = json.loads(cli("encode", corpus, "-o", out, "--log-format", "json").stdout)
+    assert again["unchanged"] == len(TEXTS)
+    assert len(read_index(out)) == len(TEXTS)

@@ -42,10 +42,10 @@ class Embedder:
         options = LoadOptions(trust_remote_code=trust_remote_code, dtype=resolve_dtype(flags.dtype, device_type), device=device)
         loaded = load_model(resolved.path, options, resolved.base.path if resolved.base else None)
         fingerprint, weights = resolved_fingerprint(resolved), resolved_weights_sha256(resolved)
-        _maybe_openvino(loaded, device, weights)
+        runtime = _maybe_openvino(loaded, device, weights)
         if colbert is not None:
             loaded.colbert = colbert
-        settings, encoder = make_encoder(loaded, flags, device)
+        settings, encoder = make_encoder(loaded, flags, device, runtime)
         return cls(resolved, loaded, settings, encoder, device, fingerprint, weights)
 
     @classmethod
@@ -118,10 +118,11 @@ class EmbedderSpec:
         return embedder
 
 
-def make_encoder(model: TokenModel, flags: EncodeFlags, device: str) -> tuple[EncodeSettings, object]:
+def make_encoder(model: TokenModel, flags: EncodeFlags, device: str, runtime: str = "torch") -> tuple[EncodeSettings, object]:
     """(the settings ``flags`` resolve to for ``model`` on ``device``, the encoder that applies them: the
-    model's own for image models, else a ``TextEncoder``)."""
-    settings = resolve(flags, model.colbert, model.max_length, device.split(":")[0], model.position_limit)
+    model's own for image models, else a ``TextEncoder``). ``runtime``: what runs the backbone (recorded: its
+    vectors differ from torch's in the last bits, so a re-run with the other one re-encodes)."""
+    settings = replace(resolve(flags, model.colbert, model.max_length, device.split(":")[0], model.position_limit), runtime=runtime)
     return settings, model.make_encoder(settings) if hasattr(model, "make_encoder") else TextEncoder(model, settings)
 
 
@@ -175,13 +176,13 @@ def same_weights(manifest: dict, weights_sha256: str) -> bool:
     return recorded is None or recorded == weights_sha256
 
 
-def _maybe_openvino(loaded, device: str, weights_sha256: str) -> None:
+def _maybe_openvino(loaded, device: str, weights_sha256: str) -> str:
     """With ``TOKEMBED_CPU_RUNTIME=openvino`` on the CPU, a native BERT backbone runs in OpenVINO
-    (``models/openvino_backbone.py``); other backbones keep torch (a log line says so)."""
+    (``models/openvino_backbone.py``); other backbones keep torch (a log line says so). Returns the runtime."""
     from tokembed.models import openvino_backbone
 
     if device != "cpu" or not openvino_backbone.wanted():
-        return
+        return "torch"
     from tokembed.engine.local import default_lanes
     from tokembed.models.bert import BertBackbone
 
@@ -189,9 +190,10 @@ def _maybe_openvino(loaded, device: str, weights_sha256: str) -> None:
         import logging
 
         logging.getLogger("tokembed").warning("TOKEMBED_CPU_RUNTIME=openvino: only native BERT backbones convert; %s keeps torch", loaded.family)
-        return
+        return "torch"
     dtype = next(loaded.backbone.parameters()).dtype
     loaded.backbone = openvino_backbone.openvino_backbone(loaded.backbone, weights_sha256, dtype, default_lanes("cpu"))
+    return "openvino" if isinstance(loaded.backbone, openvino_backbone.OpenVinoBackbone) else "torch"
 
 
 def _exists(path: str) -> bool:

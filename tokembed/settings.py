@@ -95,6 +95,7 @@ class EncodeSettings:
     dtype: str  # compute dtype, resolved (never "auto")
     store_dtype: str
     pool_factor: int = 1  # documents only; 1 = no pooling
+    runtime: str = "torch"  # what ran the backbone's forward on the CPU: "torch", or "openvino" (TOKEMBED_CPU_RUNTIME)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -106,6 +107,8 @@ class EncodeSettings:
         settings = self.to_json()
         if settings["pool_factor"] == 1:
             del settings["pool_factor"]  # no pooling hashes as before the flag existed: older indexes stay current
+        if settings["runtime"] == "torch":
+            del settings["runtime"]  # likewise: torch's indexes stay current; another runtime's vectors differ
         payload = json.dumps({"model": model_fingerprint, "settings": settings}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
