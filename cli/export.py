@@ -27,7 +27,7 @@ def export(
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
     if table is not None and fmt != "lance":
         raise UsageError(f"--table {table!r}: only --format lance writes a table (Parquet is one file per shard)")
-    table = table or "documents"
+    table = "documents" if table is None else table
     check_export_options(fmt, dtype, table)  # before the index is opened: a bad flag is exit 2 whatever the index
     log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
     summary = export_index(index, to, fmt=fmt, dtype=dtype, table=table, log=log)

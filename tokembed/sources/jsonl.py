@@ -32,10 +32,11 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
     from tokembed.sources.images import attach_image, in_background
     from tokembed.sources.pdf import pdf_in_value, row_pages
 
-    row = -1
+    row, number = -1, 0
     state = _FileState()
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for raw in handle:  # not ``enumerate``: its reused result tuple would keep a huge line's bytes alive
+            number += 1
             if not raw or raw.isspace():  # not ``strip()``: that copies the whole line
                 continue
             row += 1
