@@ -105,6 +105,26 @@ def test_a_generation_committed_while_serving_is_searched_by_the_next_request(bu
         server.stop()
 
 
+def test_an_earlier_releases_index_keeps_answering_after_the_cron_run_that_records_its_weights(built, cli, colbert_ckpt):
+    """The first cron run after an upgrade records the weights' digest that an earlier release's manifest lacks:
+    a server started before it answered every /search with a 500 "restart" from then on."""
+    import json
+
+    index, corpus = built
+    manifest = json.loads((index / "manifest.json").read_text())
+    del manifest["model"]["weights_sha256"]  # as an earlier release wrote it
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    server = served(index, colbert_ckpt)
+    try:
+        assert server.post("/search", {"query": "alpha"}).status_code == 200
+        write_jsonl(corpus, corpus_rows(80) + [{"id": "new", "text": "zulu yankee xray whiskey"}])
+        assert cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--quiet").exit_code == 0
+        assert "weights_sha256" in json.loads((index / "manifest.json").read_text())["model"]
+        assert hits_of(server.post("/search", {"query": "zulu yankee xray", "top_k": 1}))[0][0][0] == "new"
+    finally:
+        server.stop()
+
+
 def test_an_index_rebuilt_with_other_settings_is_refused_until_restart(built, cli, colbert_ckpt):
     index, corpus = built
     server = served(index)

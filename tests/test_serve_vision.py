@@ -58,6 +58,15 @@ def test_what_a_vision_model_cannot_answer_is_a_400_that_says_why(server, path, 
         assert "vision retrieval model" in error["message"] and "tokembed encode" in error["message"]
 
 
+def test_a_query_longer_than_the_models_positions_is_a_400_and_the_server_keeps_answering(server):
+    """A vision query was processed whole: 40,000 words got the server OOM-killed (every request in flight lost),
+    3,000 words came back as 9,000 vectors from positions the model never learned."""
+    response = server.post("/pooling", {"input": "invoice total " * 3000, "input_type": "query"})
+    assert response.status_code == 400, response.text
+    assert "positions" in response.json()["error"]["message"]
+    assert server.post("/pooling", {"input": "invoice total", "input_type": "query"}).status_code == 200
+
+
 def test_search_over_a_page_image_index_answers_as_score_does(cli, colpali, tmp_path):
     from tokembed.search import search
     from tokembed.serve import EmbeddingService, ServeOptions

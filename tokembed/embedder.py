@@ -12,7 +12,7 @@ import numpy as np
 
 from tokembed.errors import DeviceError, ModelMismatchError
 from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, resolve_model
-from tokembed.models.resolve import resolved_fingerprint, resolved_weights_sha256
+from tokembed.models.resolve import resolved_fingerprint, resolved_weights_sha256, weights_agree
 from tokembed.models.steps import TextEncoder
 from tokembed.settings import DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, resolve, resolve_dtype
 
@@ -170,10 +170,8 @@ def check_index_model(manifest: dict, embedder: "Embedder") -> None:
 
 
 def same_weights(manifest: dict, weights_sha256: str) -> bool:
-    """Whether an index was built from weights with this digest; an index of an earlier release, which did not
-    record it, is taken at its (sampled) fingerprint's word."""
-    recorded = manifest["model"].get("weights_sha256")
-    return recorded is None or recorded == weights_sha256
+    """Whether an index was built from weights with this digest (``resolve.weights_agree``)."""
+    return weights_agree(manifest["model"].get("weights_sha256"), weights_sha256)
 
 
 def _maybe_openvino(loaded, device: str, weights_sha256: str) -> str:

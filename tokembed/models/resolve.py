@@ -139,6 +139,12 @@ def resolved_weights_sha256(resolved: ResolvedModel) -> str:
     return hashlib.sha256(f"{weights_sha256(resolved.path)}\0{weights_sha256(resolved.base.path)}".encode()).hexdigest()
 
 
+def weights_agree(recorded: str | None, other: str | None) -> bool:
+    """Whether two weights digests name the same weights; an index of an earlier release records none and is taken
+    at its (sampled) fingerprint's word."""
+    return recorded is None or other is None or recorded == other
+
+
 def weights_sha256(path: Path) -> str:
     """sha256 over every weight file's name and whole content. ``model_fingerprint`` samples each file's edges
     only (milliseconds for any size), so a tensor changed in the middle of a file (a LoRA merged into the query

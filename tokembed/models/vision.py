@@ -167,7 +167,12 @@ class VisionEncoder(OutputShape):
         if self.settings.kind == "query":
             if not isinstance(value, str):
                 raise BadInputError(f"{self.model.architecture} queries are text; got {type(value).__name__}")
-            return prepared_from(processor.process_queries([value]))
+            prepared = prepared_from(processor.process_queries([value]))
+            if len(prepared.ids) > self.model.max_length:  # the processor does not truncate, as colpali-engine's does not
+                raise BadInputError(f"a query of {len(prepared.ids)} tokens: more than this model's {self.model.max_length} "
+                                    "positions (its vectors would come from positions it never learned, and one such "
+                                    "query took a server's whole memory)")
+            return prepared
         if isinstance(value, str):
             raise BadInputError(
                 f"{self.model.architecture} encodes documents as images; got text",

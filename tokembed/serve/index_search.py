@@ -93,14 +93,18 @@ class ServedIndex:
         return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
     def _check_same_encoding(self, manifest: dict) -> None:
-        if _encoding(manifest) != _encoding(self.manifest):
+        from tokembed.models.resolve import weights_agree
+
+        weights = [entry["model"].get("weights_sha256") for entry in (manifest, self.manifest)]
+        if _encoding(manifest) != _encoding(self.manifest) or not weights_agree(*weights):
             raise ModelMismatchError(f"{self.folder} was rebuilt with another model or other encoding settings since this "
                                      "server started, and its queries are encoded for the old ones: restart tokembed serve")
 
 
 def _encoding(manifest: dict) -> tuple:
-    """What encoding queries for an index depends on: its model's fingerprint and weights, its settings' fingerprint."""
-    return manifest["model"]["fingerprint"], manifest["model"].get("weights_sha256"), manifest.get("settings_fingerprint")
+    """What encoding queries for an index depends on: its model's fingerprint and its settings' fingerprint (and
+    its weights' digest, where both generations record one)."""
+    return manifest["model"]["fingerprint"], manifest.get("settings_fingerprint")
 
 
 async def answer_search(service, request) -> dict:

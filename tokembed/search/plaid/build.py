@@ -131,9 +131,10 @@ def keep_centroids_without_vectors(folder: Path, reason: str, drift_alone: bool,
 
 def _same_encoding(committed: dict, manifest: dict) -> bool:
     """Whether the committed structure's vectors came from the same model weights and settings as this generation's."""
+    from tokembed.models.resolve import weights_agree
+
     weights = [entry.get("model", {}).get("weights_sha256") for entry in (committed, manifest)]
-    same_weights = None in weights or weights[0] == weights[1]
-    return same_weights and committed.get("settings_fingerprint") == manifest.get("settings_fingerprint")
+    return weights_agree(*weights) and committed.get("settings_fingerprint") == manifest.get("settings_fingerprint")
 
 
 def _retrain_reason(old: dict, nbits: int, options: StructureOptions) -> str | None:
