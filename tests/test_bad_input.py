@@ -338,6 +338,32 @@ def test_a_jsonl_file_where_no_record_has_the_text_field_is_refused_even_when_sk
     assert list(read_index(out)) == ["b"]
 
 
+@pytest.mark.parametrize("content", [b'[{"id": "a", "text": "x"}, {"id": "b", "text": "y"}]\n', b"\x1f\x8b\x08\x00 gzip bytes\n"])
+def test_a_jsonl_file_with_no_json_object_is_refused_even_when_skipping(cli, tmp_path, content):
+    """A feed rewritten as one JSON array, or gzipped under the same name: every line a bad row, and with
+    --on-error skip the run deleted the whole index (exit 0)."""
+    from helpers import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}])
+    out = tmp_path / "index"
+    assert cli("encode", corpus, "-o", out).exit_code == 0
+    corpus.write_bytes(content)
+    result = cli("encode", corpus, "-o", out, "--on-error", "skip")
+    assert result.exit_code == BAD_INPUT and "no line is a JSON object" in result.stderr, result.output
+    assert sorted(read_index(out)) == ["a", "b"]
+
+
+def test_a_jsonl_image_that_does_not_decode_names_its_line(tmp_path):
+    from helpers import write_jsonl
+    from pathlib import Path
+
+    from tokembed.sources import SourceOptions, open_sources
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "fine"}, {"id": "b", "image": "missing.png"}])
+    items = [item for chunk in open_sources([Path(corpus)], SourceOptions(modality="image")) for item in chunk]
+    assert items[1].error == "line 2: image file not found: missing.png"
+
+
 def test_an_input_given_twice_is_a_usage_error(cli, tmp_path):
     folder = tmp_path / "corpus"
     folder.mkdir()

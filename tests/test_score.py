@@ -263,6 +263,8 @@ def test_tsv_jsonl_parquet_queries(tmp_path):
     tsv = tmp_path / "q.tsv"
     tsv.write_text("id\ttext\nq7\tred apples\tand pears\nq9\tblue\n", encoding="utf-8")
     assert (read_queries(tsv).ids, read_queries(tsv).texts) == (["q7", "q9"], ["red apples\tand pears", "blue"])
+    named = read_queries(tsv, id_column="qid", id_required=True)  # the id<TAB>text header is no query "id"
+    assert (named.ids, named.texts) == (["q7", "q9"], ["red apples\tand pears", "blue"])
     jsonl = tmp_path / "q.jsonl"
     jsonl.write_text(json.dumps({"qid": 3, "body": "hello"}) + "\n" + json.dumps({"qid": "x", "body": "world"}) + "\n")
     queries = read_queries(jsonl, id_column="qid", text_column="body")

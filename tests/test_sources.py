@@ -136,6 +136,45 @@ def test_folders_skip_hidden_entries_and_follow_linked_folders_once(tmp_path):
     assert ignored_files([folder], SourceOptions()) == []
 
 
+def test_a_linked_folder_never_renames_the_documents_of_a_real_one(tmp_path):
+    """The first path that reached a folder claimed it, in directory order: adding a convenience link
+    ``latest -> 2024-06`` renamed 2024-06/b.txt to latest/b.txt (deleted and re-added by the next cron run)."""
+    from tokembed.sources.base import ignored_files
+
+    folder, outside_tree = tmp_path / "corpus", tmp_path / "archive"
+    (folder / "2024-06").mkdir(parents=True)
+    outside_tree.mkdir()
+    (folder / "2024-06" / "b.txt").write_text("june")
+    (outside_tree / "c.txt").write_text("old")
+    (folder / "a_latest").symlink_to(folder / "2024-06", target_is_directory=True)  # sorts before the real one
+    (folder / "b_old").symlink_to(outside_tree, target_is_directory=True)
+    (folder / "c_old").symlink_to(outside_tree, target_is_directory=True)  # the same folder again: once, as b_old
+    assert sorted(item.id for item in read_all([folder])) == ["2024-06/b.txt", "b_old/c.txt"]
+    index = outside_tree / "index"  # an index reached through a link is no corpus file
+    (index / "data").mkdir(parents=True)
+    (index / "data" / "part-000000.arrow").write_bytes(b"x")
+    assert ignored_files([folder], SourceOptions(), output=index) == []
+
+
+def test_a_folder_that_cannot_be_listed_is_bad_input_not_an_empty_folder(tmp_path, monkeypatch):
+    """Unlisted, its documents were deleted from the index by the next run (exit 0)."""
+    import os
+
+    folder = tmp_path / "docs"
+    (folder / "team").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha")
+    real = os.scandir
+
+    def refusing(path="."):
+        if str(path).endswith("team"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(BadInputError, match="team: cannot list the folder \\(Permission denied\\)"):
+        read_all([folder])
+
+
 def test_unsupported_or_missing_input(tmp_path):
     with pytest.raises(BadInputError, match="no such file"):
         read_all([tmp_path / "nope.parquet"])

@@ -24,7 +24,7 @@ def input_signature(inputs: list[Path], output: Path | None = None) -> list[list
 
     entries = []
     for path in inputs:
-        files = [path] if path.is_file() else outside(walk_files(path), path, output)
+        files = [path] if path.is_file() else outside(walk_files(path, skip=output), path, output)
         for file in files:
             try:
                 stat = file.stat()

@@ -1,7 +1,7 @@
 """Query readers for ``score``: a file (or inline texts) -> ``Queries`` (ids, texts, warnings).
 
     .txt              one query per line; id = the line number (from 1); blank lines skipped (warning)
-    .tsv              ``id<TAB>text`` per line; an ``id<TAB>text`` header line is skipped
+    .tsv              ``id<TAB>text`` per line; a header line (``id<TAB>text``, or the column names given) is skipped
     .jsonl            one JSON object per line with ``id`` and ``text`` fields (names configurable)
     .parquet          ``id`` and ``text`` columns (names configurable)
     --query "text"    inline queries, ids q1, q2, ...
@@ -124,8 +124,8 @@ def _read_tsv(path: Path, id_column: str, text_column: str) -> Queries:
         qid, tab, text = line.partition("\t")
         if not tab:
             raise BadInputError(f"{path} line {number}: expected id<TAB>text, found no tab")
-        if number == 1 and (qid, text) == (id_column, text_column):
-            continue  # header line
+        if number == 1 and (qid, text) in ((id_column, text_column), ("id", "text")):
+            continue  # header line (its ids are the first column whatever --id-column names)
         queries.ids.append(qid)
         queries.texts.append(text)
     queries.warnings += _blank_warning(path, blanks)

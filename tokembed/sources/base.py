@@ -199,38 +199,60 @@ def folder_files(folder: Path, wanted=lambda path: True) -> list[Path]:
     return [path for path in walk_files(folder) if wanted(path)]
 
 
-def walk_files(folder: Path) -> list[Path]:
+def walk_files(folder: Path, skip: Path | None = None) -> list[Path]:
     """Every file under ``folder``, in path order, as every reader, the journal and the ignored-files list see
     the folder. Hidden entries (a name starting with ".": ``.git/``, macOS's ``._report.pdf`` AppleDouble
-    files) are left out; linked folders are followed, each real folder once (a link back to an ancestor is
-    no loop). A link to a file that is gone, or to itself, is listed: its reader names it as a bad row
-    (cannot read) instead of it vanishing from the run unsaid."""
-    import os
-
+    files) are left out. Linked folders are followed, each real folder once and under one path whatever the
+    directory order: every real folder under ``folder`` by its own path first, then the links to folders
+    outside it, in path order. A link to a file that is gone, or to itself, is listed: its reader names it as a
+    bad row (cannot read) instead of it vanishing from the run unsaid. A folder that cannot be listed is exit 3
+    (its documents would otherwise be deleted from the index unsaid). ``skip``: a folder left out (the index)."""
     found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
-    for root, folders, files in os.walk(folder, followlinks=True):
-        try:
-            info = os.stat(root)
-        except OSError:
-            folders[:] = []
-            continue
-        if (info.st_dev, info.st_ino) in seen:
-            folders[:] = []
-            continue
-        seen.add((info.st_dev, info.st_ino))
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        found += [Path(root, name) for name in files if not name.startswith(".")]
-        # a link to itself (a loop) is no folder and no file to os.walk's listing: it is in ``folders`` or neither
-        found += [Path(root, name) for name in folders if _is_broken_link(Path(root, name))]
+    seen: set[tuple[int, int]] = set() if skip is None or _folder_key(skip) is None else {_folder_key(skip)}
+    links: list[Path] = []
+    try:
+        _walk_real_folders(folder, seen, found, links)
+        while links:
+            links.sort()
+            _walk_real_folders(links.pop(0), seen, found, links)
+    except RecursionError:
+        raise BadInputError(f"{folder}: the folder tree is too deep to walk") from None
     return sorted(found)
 
 
-def _is_broken_link(path: Path) -> bool:
+def _walk_real_folders(top: Path, seen: set, found: list[Path], links: list[Path]) -> None:
+    """Files of ``top`` and the real folders under it (each once: ``seen``); links to folders go to ``links``."""
+    import os
+
+    def unlistable(exc: OSError) -> None:
+        raise BadInputError(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
+
+    for root, folders, files in os.walk(top, onerror=unlistable):
+        key = _folder_key(root)
+        if key is None or key in seen:
+            folders[:] = []
+            continue
+        seen.add(key)
+        real = []
+        for name in sorted(folders):
+            if name.startswith("."):
+                continue
+            if os.path.islink(os.path.join(root, name)):
+                links.append(Path(root, name))  # walked after every real folder: one path per folder, always the same
+            else:
+                real.append(name)
+        folders[:] = real
+        found += [Path(root, name) for name in files if not name.startswith(".")]
+
+
+def _folder_key(path) -> tuple[int, int] | None:
+    import os
+
     try:
-        return path.is_symlink() and not path.exists()
-    except OSError:  # a link to itself: "Too many levels of symbolic links"
-        return True
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def inside(path: Path, folder: Path | None) -> bool:
@@ -259,7 +281,7 @@ def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | Non
     }[options.modality]
     ignored = []
     for path in inputs:
-        files = walk_files(path) if path.is_dir() else []
+        files = walk_files(path, skip=output) if path.is_dir() else []  # the index, even reached through a link
         if not files or any(file.suffix in (".parquet", ".jsonl") for file in files):
             continue
         files = outside(files, path, output)  # not the index's own files

@@ -51,9 +51,12 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
             if image is None:
                 yield _at_line(item, number)
             elif pdf_in_value(image.value, path.parent) is not None:
-                yield from row_pages(item, image.value, path.parent, options)
+                yield from (_at_line(page, number) for page in row_pages(item, image.value, path.parent, options))
             else:
-                yield in_background(attach_image, item, image.value, path.parent, options.max_image_pixels, image.either)
+                yield in_background(_image_at_line, number, attach_image, item, image.value, path.parent,
+                                    options.max_image_pixels, image.either)
+    if row >= 0 and not state.records:  # a JSON array, a compressed file under a .jsonl name: nothing to index
+        raise BadInputError(f"{path}: no line is a JSON object (JSON Lines: one object per line, uncompressed)")
     if state.records and state.lacking == state.records:
         raise BadInputError(f"{path}: no record has what this run reads: {state.first_lack} (a renamed field? "
                             "name it with --text-column / --image-column)")
@@ -72,6 +75,10 @@ class _FileState:
 
 def _at_line(item: Item, number: int) -> Item:
     return item if item.error is None else replace(item, error=f"line {number}: {item.error}")
+
+
+def _image_at_line(number: int, attach, *args) -> Item:
+    return _at_line(attach(*args), number)
 
 
 @dataclass
@@ -128,6 +135,7 @@ def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: 
     if error is not None:
         yield Item(str(global_row), None, source, row, error=error)
         return
+    state.records += 1
     if options.pdf_column not in record:
         raise BadInputError(f"{where}: no PDF field {options.pdf_column!r} (fields: {', '.join(record)})")
     raw_id, problem = _record_id(record, global_row, options, state)
