@@ -231,3 +231,19 @@ def test_fields_that_would_change_the_vectors_are_refused_not_ignored(minilm_ser
         assert response.status_code == 400 and says in response.json()["error"]["message"], response.text
     assert minilm_server.post("/pooling", {"input": ["fine"], "truncation_side": "right"}).status_code == 200
     assert minilm_server.post("/pooling", {"input": ["fine"], "padding": "do_not_pad"}).status_code == 200
+
+
+def test_an_input_with_no_tokens_is_a_400_as_vllm_answers_it(checkpoint_store):
+    """A decoder's tokenizer adds no special tokens: "" was a 200 with "data": [] (the vector width lost), an
+    empty /score query scored 0.0 and an empty document null; vLLM refuses an empty prompt."""
+    from conftest import _live_server
+
+    server = _live_server(checkpoint_store("raw_decoder"))
+    try:
+        for route, body in (("/pooling", {"input": ["", "hello"]}), ("/score", {"queries": "", "documents": ["hello"]}),
+                            ("/rerank", {"query": "hello", "documents": ["hello", ""]})):
+            response = server.post(route, body)
+            assert response.status_code == 400 and "is empty: it has no tokens" in response.json()["error"]["message"], response.text
+        assert server.post("/pooling", {"input": ["hello"]}).status_code == 200
+    finally:
+        server.stop()

@@ -249,6 +249,10 @@ class EmbeddingService:
         if key == "raw" and truncate is None:
             for item in items:  # tokenized to at most the limit + 1 tokens (a huge text is never tokenized whole)
                 self._check_length(len(item.ids), operation, counted=False)
+        for number, item in enumerate(items):
+            if not len(item.ids):  # a tokenizer without special tokens (a decoder), an empty text: as vLLM, a 400
+                raise APIError(f"input {number} is empty: it has no tokens to embed (the prompt cannot be empty)",
+                               param="input")
         return items
 
     def _tokenizing_encoder(self, key: str, truncate: int | None, lane: Lane):
