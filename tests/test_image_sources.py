@@ -156,7 +156,7 @@ def test_jsonl_image_field_path_data_uri_and_struct(tmp_path):
     assert items["path"].image.size == (11, 12) and items["struct-path"].image.size == (11, 12)
     assert items["uri"].image.size == (13, 14) and items["struct"].image.size == (13, 14)
     assert items["number"].error == "line 5: image is int, not bytes, a path or {bytes, path}"  # a JSONL bad row names its line
-    assert items["bad-b64"].error == "image bytes are a string but not valid base64"
+    assert items["bad-b64"].error == "line 6: image bytes are a string but not valid base64"
     with open(path, "a") as handle:
         handle.write(json.dumps({"id": "z", "text": "no image here"}) + "\n")
     last = read_all([path])[-1]  # this record's field: a bad row, as a null image is
