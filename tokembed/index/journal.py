@@ -20,11 +20,11 @@ JOURNAL = "run-journal.json"
 def input_signature(inputs: list[Path], output: Path | None = None) -> list[list]:
     """Name, size and mtime of every input file (a changed corpus invalidates a journal); the files of the
     ``output`` index are not inputs, even when it lies inside an input folder (they change as the run goes)."""
-    from tokembed.sources.base import outside, walk_files
+    from tokembed.sources.base import walk_files
 
     entries = []
     for path in inputs:
-        files = [path] if path.is_file() else outside(walk_files(path, skip=output), path, output)
+        files = [path] if path.is_file() else walk_files(path, skip=output)
         for file in files:
             try:
                 stat = file.stat()

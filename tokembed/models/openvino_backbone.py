@@ -111,13 +111,13 @@ def _log():
 def _cached(core, path: Path):
     """The converted model kept at ``path``; None when there is none, or it cannot be read or its weights file is
     not the one kept (converted again)."""
-    from tokembed.index.atomic import sha256_file
+    from tokembed.index.verified import VerifiedFiles
 
     if not path.is_file():
         return None
     weights, checksum = path.with_suffix(".bin"), path.with_suffix(".sha256")
-    try:
-        if sha256_file(weights) != checksum.read_text().strip():
+    try:  # hashed once per change of the file's stat key, not on every load
+        if VerifiedFiles(path.parent).sha256_of(weights.name) != checksum.read_text().strip():
             raise RuntimeError(f"{weights.name} is not the file that was kept (its sha256 differs)")
         return core.read_model(str(path))
     except (OSError, RuntimeError) as exc:

@@ -102,8 +102,8 @@ class ServedIndex:
 
 
 def _encoding(manifest: dict) -> tuple:
-    """What encoding queries for an index depends on: its model's fingerprint and its settings' fingerprint (and
-    its weights' digest, where both generations record one)."""
+    """What encoding queries for an index depends on, besides its weights' digest (compared where both generations
+    record one): its model's fingerprint and its settings' fingerprint."""
     return manifest["model"]["fingerprint"], manifest.get("settings_fingerprint")
 
 

@@ -260,16 +260,6 @@ def inside(path: Path, folder: Path | None) -> bool:
     return folder is not None and path.resolve().is_relative_to(folder.resolve())
 
 
-def outside(files: list[Path], root: Path, folder: Path | None) -> list[Path]:
-    """``files`` (found under ``root``) that do not lie in ``folder`` (None: all of them). The two folders are
-    resolved once and each file compared by its path under ``root``: a cron run's walk of a large corpus does
-    not resolve every file."""
-    if folder is None or not inside(folder, root):
-        return files
-    prefix = folder.resolve().relative_to(root.resolve()).parts
-    return [file for file in files if file.relative_to(root).parts[: len(prefix)] != prefix]
-
-
 def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | None = None) -> list[str]:
     """Files in input folders that no reader of this run takes (``.docx``, ``.xlsx``, images for a text
     model, ...), in path order. Folders of Parquet/JSONL files are read for those files only and not listed:
@@ -281,10 +271,9 @@ def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | Non
     }[options.modality]
     ignored = []
     for path in inputs:
-        files = walk_files(path, skip=output) if path.is_dir() else []  # the index, even reached through a link
+        files = walk_files(path, skip=output) if path.is_dir() else []  # not the index's own files, however reached
         if not files or any(file.suffix in (".parquet", ".jsonl") for file in files):
             continue
-        files = outside(files, path, output)  # not the index's own files
         # text files match their suffix case-sensitively (textdir), images and PDFs in any case
         ignored += [str(p) for p in files if p.suffix not in taken and p.suffix.lower() not in taken - set(TEXT_SUFFIXES)]
     return ignored

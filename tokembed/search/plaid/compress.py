@@ -58,9 +58,8 @@ def compress_index(
     log=lambda message: None,
     drop_vectors: bool = False,
 ) -> CompressSummary:
-    from tokembed.index.lock import IndexLock
+    from tokembed.index.lock import IndexLock, check_wait
     from tokembed.index.reader import open_index
-    from tokembed.index.lock import check_wait
     from tokembed.search.plaid.codec import check_centroids, check_nbits
     from tokembed.search.plaid.drop import drop_vectors as without_vectors
 
