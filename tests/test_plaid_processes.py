@@ -130,7 +130,7 @@ threads._blas_threads = lambda: 2
 processes.PROCESS_MIN_QUERIES = 2
 
 def work(q):
-    print(os.getpid(), flush=True)
+    os.write(1, f"{os.getpid()}\\n".encode())  # one write: print's two (text, then newline) interleaved between the children
     time.sleep(120)
 
 threads.map_queries(work, [0, 1], processes=True)
