@@ -67,7 +67,8 @@ def test_a_copy_of_the_index_is_hashed_afresh(compressed, tmp_path, hashed):
     assert len(hashed) == len(names)
 
 
-def test_without_a_writable_record_every_open_hashes(compressed, tmp_path, hashed, monkeypatch):
+def test_without_a_writable_record_every_open_hashes_and_says_so_once(compressed, tmp_path, hashed, monkeypatch,
+                                                                     caplog):
     folder, names = _copy(compressed, tmp_path)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
@@ -76,6 +77,8 @@ def test_without_a_writable_record_every_open_hashes(compressed, tmp_path, hashe
         hashed.clear()
         open_searchable(folder)
         assert len(hashed) == len(names)
+    warned = [record.getMessage() for record in caplog.records if "every run hashes them again" in record.getMessage()]
+    assert len(warned) == 1 and "TOKEMBED_CACHE" in warned[0]
 
 
 def test_info_verify_hashes_every_structure_file_and_refuses_an_altered_one(tmp_path, hashed, cli, checkpoint):

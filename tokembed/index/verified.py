@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -62,8 +63,8 @@ class VerifiedFiles:
             tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
             tmp.write_text(json.dumps(self.entries))
             os.replace(tmp, self.path)  # a torn or lost record only means hashing again: no fsync
-        except OSError:
-            pass
+        except OSError as error:
+            _warn_unrecorded(self.path.parent, error)
 
     def _read(self) -> dict[str, list]:
         if self.path is None:
@@ -73,6 +74,20 @@ class VerifiedFiles:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
+
+
+_warned: set[Path] = set()
+
+
+def _warn_unrecorded(folder: Path, error: OSError) -> None:
+    """Once per process and folder: without the record every run hashes again (a 16 GB checkpoint's weights
+    digest: ~15 s per ``score``), which a user should hear of rather than find in a profile."""
+    if folder in _warned:
+        return
+    _warned.add(folder)
+    logging.getLogger("tokembed").warning(
+        "cannot record which files were already hashed in %s (%s): every run hashes them again; set "
+        "TOKEMBED_CACHE to a writable folder", folder, error.strerror or error)
 
 
 def stat_key(path_or_fd) -> list[int]:

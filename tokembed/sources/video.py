@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from tokembed.errors import BadInputError
+from tokembed.index.atomic import sha256_file
 from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked, folder_files
 
-_READ_BLOCK = 1 << 20
 # A plan: (total frames, fps, height, width) -> (frame numbers to sample, (height, width) to resize them to).
 Plan = Callable[[int, float, int, int], tuple[np.ndarray, tuple[int, int]]]
 
@@ -188,7 +188,7 @@ def read_video_folder(folder: Path, options: SourceOptions, offset: int) -> Iter
 def _file_item(folder: Path, file: Path, max_pixels: int | None) -> Item:
     item_id = file.relative_to(folder).as_posix()
     try:
-        digest = _file_sha256(file)
+        digest = sha256_file(file)
     except OSError as exc:
         return Item(item_id, None, str(file), 0, error=f"cannot read ({exc.strerror or exc})")
     try:
@@ -196,14 +196,6 @@ def _file_item(folder: Path, file: Path, max_pixels: int | None) -> Item:
     except VideoDecodeError as exc:
         return Item(item_id, None, str(file), 0, error=str(exc))
     return Item(item_id, None, str(file), 0, image=video, image_sha256=digest)
-
-
-def _file_sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(_READ_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- a video cell of a Parquet/JSONL column ---------------------------------------------------------
@@ -229,7 +221,7 @@ def video_from_value(value: Any, base: Path, name: str, max_pixels: int | None =
         path = path if path.is_absolute() else base / path
         if not path.is_file():
             raise VideoDecodeError(f"video file not found: {value}")
-        return probe_video(str(path), path=str(path), max_pixels=max_pixels), _file_sha256(path)
+        return probe_video(str(path), path=str(path), max_pixels=max_pixels), sha256_file(path)
     raise VideoDecodeError(f"video is {type(value).__name__}, not bytes, a path or {{bytes, path}}")
 
 
