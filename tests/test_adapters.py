@@ -221,6 +221,17 @@ def _add_stray_tensor(adapter) -> None:
     save_file(tensors, str(adapter / "adapter_model.safetensors"))
 
 
+def _rename_one_pair(adapter) -> None:
+    """Layer 0's q_proj pair saved again under the published naming, with other values, beside transformers 5's."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    for part in ("lora_A.weight", "lora_B.weight"):
+        saved = tensors[f"base_model.model.language_model.layers.0.self_attn.q_proj.{part}"]
+        tensors[f"base_model.model.model.layers.0.self_attn.q_proj.{part}"] = saved * -3.0
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+
+
 def _truncate(adapter) -> None:
     file = adapter / "adapter_model.safetensors"
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
@@ -238,6 +249,9 @@ BAD = {
                                        "which its target_modules / exclude_modules / layers_to_transform leave out"),
     "an option this peft does not know": (lambda a: _edit_config(a, some_future_option=True), "some_future_option"),
     "a config peft itself refuses": (lambda a: _edit_config(a, layers_to_transform=[0]), "peft refuses this LoRA config"),
+    "r is null": (lambda a: _edit_config(a, r=None), "r is None, not a number"),
+    # peft applies one of the two depending on the modules it wraps; the last one read won silently
+    "two namings of one module": (lambda a: _rename_one_pair(a), "both read as"),
     # peft only warns and runs the base's untrained copy
     "modules_to_save without its tensors": (lambda a: _edit_config(a, modules_to_save=["custom_text_proj"]),
                                             "lists 'custom_text_proj' in modules_to_save, but the file holds no tensor"),
@@ -271,6 +285,46 @@ def test_missing_peft_is_a_clear_error(engine, pages, tmp_path, cli, monkeypatch
     result = cli("encode", pages, "--model", engine["ColQwen2"][1], "-o", out)
     assert result.exit_code == 4 and "tokembed[peft]" in result.stderr
     assert not (out / "manifest.json").exists()
+
+
+def _text_adapter(base, folder, seed: int = 1):
+    return build_adapter(copy.deepcopy(_load(base).backbone), folder, str(base), seed=seed,
+                         target_modules=r".*attention\.(self\.(query|value)|output\.dense)$")
+
+
+def test_an_adapter_saved_inside_a_pylate_pipeline_is_refused(checkpoint, tmp_path, cli):
+    """sentence-transformers saves a model with a LoRA as the adapter files beside modules.json, the trained
+    1_Dense and the ColBERT settings: applying the adapter to its base alone encoded with the base's projection
+    and prefixes (or, over a raw backbone, hidden states instead of ColBERT vectors), exit 0."""
+    base = checkpoint("pylate_bert")
+    adapter = _text_adapter(base, tmp_path / "lora")
+    saved = shutil.copytree(base, tmp_path / "st-with-lora")
+    (saved / "model.safetensors").unlink()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(adapter / name, saved / name)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "a", "text": "mars is the red planet"}\n')
+    result = cli("encode", docs, "--model", saved, "-o", tmp_path / "index")
+    assert result.exit_code == 4 and "sentence-transformers / PyLate pipeline" in result.stderr and "1_Dense" in result.stderr
+    assert not (tmp_path / "index" / "manifest.json").exists()
+
+
+def test_score_finds_a_relative_base_from_another_folder(checkpoint, tmp_path, cli, monkeypatch):
+    """An adapter naming its base relative to the folder encode ran in: score elsewhere loads the base the
+    manifest recorded (it failed with exit 4, hinting at a --base-model flag score does not have)."""
+    base = checkpoint("pylate_bert")
+    adapter = _text_adapter(base, tmp_path / "work" / "lora")
+    _set_base(adapter, "../ckpt-pylate_bert")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "a", "text": "mars is the red planet"}\n{"id": "b", "text": "cats sleep"}\n')
+    monkeypatch.chdir(tmp_path / "work")
+    assert cli("encode", docs, "--model", adapter, "-o", tmp_path / "index").exit_code == 0
+    nearby = cli("score", tmp_path / "index", "--query", "red planet", "-f", "jsonl")
+    assert nearby.exit_code == 0, nearby.stderr
+    monkeypatch.chdir(tmp_path)
+    elsewhere = cli("score", tmp_path / "index", "--query", "red planet", "-f", "jsonl")
+    assert elsewhere.exit_code == 0, elsewhere.stderr
+    assert elsewhere.stdout == nearby.stdout
 
 
 # -- serve --lora-modules: unmerged, batched per adapter ------------------------------------------------

@@ -148,6 +148,25 @@ def test_weights_changed_in_place_are_converted_again(cache, monkeypatch, minilm
     assert len(list(cache.glob("*.xml"))) == 2
 
 
+def test_a_config_changed_in_place_is_converted_again(cache, monkeypatch, minilm_path, tmp_path):
+    """The cache was named by the weights alone: an edited ``config.json`` (``layer_norm_eps``; for an adapter,
+    ``lora_alpha``) reused the old conversion, whose vectors were the old config's (0.066 off), exit 0."""
+    import json
+    import shutil
+
+    model = tmp_path / "minilm"
+    shutil.copytree(minilm_path, model)
+    embed(monkeypatch, "openvino", model=model)
+    config = json.loads((model / "config.json").read_text())
+    config["layer_norm_eps"] = 0.5
+    (model / "config.json").write_text(json.dumps(config))
+    _, expected = embed(monkeypatch, "torch", model=model)
+    embedder, got = embed(monkeypatch, "openvino", model=model)
+    assert isinstance(embedder.model.backbone, openvino_backbone.OpenVinoBackbone)
+    assert_close(expected, got)
+    assert len(list(cache.glob("*.xml"))) == 2
+
+
 def test_a_damaged_cached_weights_file_of_the_same_size_is_converted_again(cache, monkeypatch, caplog):
     embed(monkeypatch, "openvino")
     (weights,) = cache.glob("*.bin")

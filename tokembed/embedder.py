@@ -42,7 +42,7 @@ class Embedder:
         options = LoadOptions(trust_remote_code=trust_remote_code, dtype=resolve_dtype(flags.dtype, device_type), device=device)
         loaded = load_model(resolved.path, options, resolved.base.path if resolved.base else None)
         fingerprint, weights = resolved_fingerprint(resolved), resolved_weights_sha256(resolved)
-        runtime = _maybe_openvino(loaded, device, weights)
+        runtime = _maybe_openvino(loaded, device, f"{fingerprint}\0{weights}")
         if colbert is not None:
             loaded.colbert = colbert
         settings, encoder = make_encoder(loaded, flags, device, runtime)
@@ -133,6 +133,11 @@ def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:
         flags = replace(flags, max_length=None)  # a --max-length given for one kind is not the other's
     if kind == "query":
         flags = replace(flags, pool_factor=1)  # --pool-factor pools the documents; queries are never pooled
+    base = manifest["model"].get("base") or {}
+    if flags.base_model is None and base.get("path") and _exists(base["path"]):
+        # the base the index was built over, wherever this runs from: an adapter's base_model_name_or_path may be
+        # relative to the folder encode ran in
+        flags = replace(flags, base_model=base["path"])
     return flags
 
 
@@ -174,7 +179,7 @@ def same_weights(manifest: dict, weights_sha256: str) -> bool:
     return weights_agree(manifest["model"].get("weights_sha256"), weights_sha256)
 
 
-def _maybe_openvino(loaded, device: str, weights_sha256: str) -> str:
+def _maybe_openvino(loaded, device: str, model_key: str) -> str:
     """With ``TOKEMBED_CPU_RUNTIME=openvino`` on the CPU, a native BERT backbone runs in OpenVINO
     (``models/openvino_backbone.py``); other backbones keep torch (a log line says so). Returns the runtime."""
     from tokembed.models import openvino_backbone
@@ -190,7 +195,7 @@ def _maybe_openvino(loaded, device: str, weights_sha256: str) -> str:
         logging.getLogger("tokembed").warning("TOKEMBED_CPU_RUNTIME=openvino: only native BERT backbones convert; %s keeps torch", loaded.family)
         return "torch"
     dtype = next(loaded.backbone.parameters()).dtype
-    loaded.backbone = openvino_backbone.openvino_backbone(loaded.backbone, weights_sha256, dtype, default_lanes("cpu"))
+    loaded.backbone = openvino_backbone.openvino_backbone(loaded.backbone, model_key, dtype, default_lanes("cpu"))
     return "openvino" if isinstance(loaded.backbone, openvino_backbone.OpenVinoBackbone) else "torch"
 
 

@@ -84,6 +84,9 @@ def check_supported(path: Path, config: dict) -> None:
             raise ModelError(f"{file}: {key} is set ({what}): tokembed does not apply it, so it refuses the adapter")
     # a newer peft writes its new options at their inert defaults (peft 0.21's kasa_config: null): only a set one
     # could change what the adapter computes
+    for key in ("r", "lora_alpha"):
+        if key in config and (isinstance(config[key], bool) or not isinstance(config[key], (int, float))):
+            raise ModelError(f"{file}: {key} is {config[key]!r}, not a number (peft refuses it too)")
     unknown = sorted(key for key in set(config) - _known_options() if config[key])
     if unknown:
         raise ModelError(f"{file}: options this peft does not know ({', '.join(unknown)}): written by a newer peft? "
@@ -164,6 +167,10 @@ def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -
                 hint="check the adapter's base (--base-model) and its tensor names",
             )
         suffix = rest[len(saved_module):]
+        if _PEFT_PREFIX + target + suffix in placed:  # two namings of one module: which one peft applies depends on the modules
+            raise ModelError(f"{_weights_file(path)}: adapter tensor {name!r} and another saved name are both read as "
+                             f"{target + suffix!r}; tokembed refuses to choose between them",
+                             hint="save the adapter with one naming of its modules")
         placed[_PEFT_PREFIX + target + suffix] = tensors[name]
         if found:
             lora.setdefault(saved_module, {})[found.group("part")] = tensors[name]
@@ -357,6 +364,29 @@ def processor_overlay(base: Path, adapter: Path) -> Iterator[Path | None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def refuse_pipeline_modules(adapter: Path) -> None:
+    """An adapter saved inside a sentence-transformers / PyLate folder (``modules.json`` beside it, a trained
+    ``1_Dense``, ColBERT settings) is one part of a pipeline tokembed's adapter loading does not read: applying it
+    to the base alone would drop the folder's projection and settings without a word."""
+    from tokembed.models.base import read_json
+    from tokembed.models.st_colbert import PYLATE_MARKERS
+    from tokembed.models.st_layout import read_modules
+
+    modules = read_modules(adapter)
+    extra = [module.get("path") or module.get("type", "?") for module in modules
+             if module.get("type", "").rsplit(".", 1)[-1] not in ("Transformer", "Pooling", "Normalize")]
+    st_config = read_json(adapter / "config_sentence_transformers.json")
+    st_config = st_config if isinstance(st_config, dict) else {}
+    settings = sorted(key for key in PYLATE_MARKERS if key in st_config)
+    if extra or settings or st_config.get("model_type") in ("ColBERT", "MultiVectorEncoder"):
+        what = f"modules {', '.join(map(str, extra))}" if extra else f"ColBERT settings ({', '.join(settings) or 'model_type'})"
+        raise ModelError(
+            f"{adapter}: a PEFT adapter saved inside a sentence-transformers / PyLate pipeline (modules.json: {what}); "
+            "tokembed applies an adapter to its base checkpoint only and would leave these unread",
+            hint="merge the adapter (peft's merge_and_unload) and save the whole model, then encode that folder",
+        )
+
+
 # -- loading a base + adapter ------------------------------------------------------------------------------
 
 
@@ -366,6 +396,7 @@ def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) ->
 
     require_peft()
     check_supported(adapter, read_adapter_config(adapter))
+    refuse_pipeline_modules(adapter)
     if is_adapter(base):
         raise ModelError(f"{base}: the adapter's base is itself an adapter; tokembed applies one adapter over a base")
     key = detect(base, options.trust_remote_code)

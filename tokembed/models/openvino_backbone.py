@@ -11,6 +11,7 @@ for (f32, or bf16 for ``--dtype bfloat16``). Only for backbones that trace: the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import threading
@@ -68,9 +69,10 @@ def cache_folder() -> Path | None:
     return None if root is None else root / "openvino"
 
 
-def openvino_backbone(backbone: torch.nn.Module, weights_sha256: str, dtype: torch.dtype, lanes: int) -> torch.nn.Module:
-    """``backbone`` compiled by OpenVINO for this CPU, converted once per checkpoint weights and dtype; ``backbone``
-    itself where it does not convert (a warning says why)."""
+def openvino_backbone(backbone: torch.nn.Module, model_key: str, dtype: torch.dtype, lanes: int) -> torch.nn.Module:
+    """``backbone`` compiled by OpenVINO for this CPU, converted once per checkpoint and dtype; ``backbone`` itself
+    where it does not convert (a warning says why). ``model_key`` names the checkpoint: its fingerprint (configs,
+    an adapter's ``lora_alpha`` ...) and its weights' sha256, since either changes what the conversion computes."""
     try:
         import openvino as ov
     except ImportError as exc:
@@ -82,7 +84,8 @@ def openvino_backbone(backbone: torch.nn.Module, weights_sha256: str, dtype: tor
 
     core = ov.Core()
     folder = cache_folder()
-    name = f"{weights_sha256}-{str(dtype).removeprefix('torch.')}-tokembed{__version__}-ov{ov.__version__.split('-')[0]}.xml"
+    key = hashlib.sha256(model_key.encode()).hexdigest()
+    name = f"{key}-{str(dtype).removeprefix('torch.')}-tokembed{__version__}-ov{ov.__version__.split('-')[0]}.xml"
     path = None if folder is None else folder / name
     source = None if path is None else _cached(core, path)
     if source is None:
