@@ -79,7 +79,9 @@ def _parse_lora_modules(values: list[str]) -> tuple[tuple[str, str], ...]:
 
     pairs = []
     for value in values:
-        for item in value.split():
+        # one NAME=PATH per value, as vLLM takes it (a path may hold spaces); several, space-separated, in one
+        # value where each has its own "="
+        for item in (value.split() if value.count("=") > 1 else [value.strip()]):
             name, sep, path = item.partition("=")
             if not sep or not name or not path:
                 raise UsageError(f"--lora-modules {item!r}: expected NAME=PATH")

@@ -384,3 +384,19 @@ def test_serve_two_lora_modules_equal_encode_with_each(checkpoint_store, tmp_pat
 def test_lora_modules_flag_needs_name_equals_path(cli, tmp_path):
     result = cli("serve", "--model", tmp_path, "--lora-modules", "no-equals-sign", "--port", 0)
     assert result.exit_code == 2 and "NAME=PATH" in result.stderr
+
+
+def test_lora_modules_paths_may_hold_spaces_and_one_value_may_hold_several():
+    from cli.serve import _parse_lora_modules
+
+    assert _parse_lora_modules(["legal=/data/my adapters/legal"]) == (("legal", "/data/my adapters/legal"),)
+    assert _parse_lora_modules(["a=/x b=/y", "c=/z"]) == (("a", "/x"), ("b", "/y"), ("c", "/z"))
+
+
+def test_a_missing_lora_module_folder_is_named_as_such(checkpoint, tmp_path):
+    from tokembed.errors import ModelNotFoundError
+    from tokembed.serve import EmbeddingService, ServeOptions
+
+    missing = tmp_path / "no-such-adapter"
+    with pytest.raises(ModelNotFoundError, match=r"^--lora-modules legal=.*no-such-adapter: no such checkpoint folder"):
+        EmbeddingService.load(str(checkpoint("pylate_bert")), "cpu", ServeOptions(lora_modules=(("legal", str(missing)),)))

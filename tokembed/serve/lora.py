@@ -21,7 +21,6 @@ def batch_key(adapter: str | None, key: str) -> str:
 def attach_adapters(embedder, lora_modules) -> dict:
     """Inject every ``--lora-modules`` adapter into the loaded backbone, unmerged; the base runs with none active."""
     from tokembed.models.adapters import adapter_view, attach_unmerged
-    from tokembed.models.resolve import resolve_model
 
     model = embedder.model
     if not hasattr(model, "backbone"):
@@ -33,7 +32,19 @@ def attach_adapters(embedder, lora_modules) -> dict:
     if len(set(names)) != len(names) or embedder.resolved.name in names:
         raise UsageError(f"--lora-modules: names must be unique and differ from the served model ({', '.join(names)})")
     base = str(embedder.resolved.path)  # the adapters go on the served model, whatever base their config names
-    folders = [(name, Path(resolve_model(path, base_model=base).path)) for name, path in lora_modules]
+    folders = [(name, _adapter_folder(name, path, base)) for name, path in lora_modules]
     peft_model = attach_unmerged(model.backbone, folders)
     model.backbone = adapter_view(peft_model, None)
     return {name: (str(folder), adapter_view(peft_model, name)) for name, folder in folders}
+
+
+def _adapter_folder(name: str, path: str, base: str) -> Path:
+    """The adapter's folder; an error names the --lora-modules entry, not --model."""
+    from tokembed.errors import ModelNotFoundError
+    from tokembed.models.resolve import resolve_model
+
+    try:
+        return Path(resolve_model(path, base_model=base).path)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"--lora-modules {name}={path}: {str(exc).removeprefix(f'--model {path!r}: ')}",
+                                 hint=exc.hint) from None
