@@ -156,6 +156,34 @@ def test_sigkill_during_the_drop_then_rerun_gives_the_same_bytes(plain, dropped,
     assert len(list((folder / "data").iterdir())) == len(manifest(folder)["shards"])  # half-done shards removed
 
 
+def test_a_killed_drop_then_a_plain_compress_leaves_no_shard_behind(plain, tmp_path):
+    """The killed drop's shards without vectors were left in data/ by a plain compress's commit (nothing would
+    ever resume from them: its pending record is gone)."""
+    folder = tmp_path / "index"
+    shutil.copytree(plain[0], folder)
+    killed = tokembed("compress", folder, "--drop-vectors", env={"TOKEMBED_TEST_KILL_AT": "drop:2"})
+    assert killed.returncode == -signal.SIGKILL
+    rerun = tokembed("compress", folder)
+    assert rerun.returncode == 0, rerun.stderr
+    listed = {Path(shard["file"]).name for shard in manifest(folder)["shards"]}
+    assert {file.name for file in (folder / "data").iterdir()} == listed
+    open_index(folder).verify()
+
+
+def test_a_damaged_code_file_of_a_compressed_only_index_is_kept_and_named(dropped, tmp_path):
+    """compress deleted the committed file, then failed with "this shard holds no vectors" (exit 2)."""
+    folder = tmp_path / "index"
+    shutil.copytree(dropped, folder)
+    damaged = folder / manifest(folder)["search"]["shards"][1]["file"]
+    data = bytearray(damaged.read_bytes())
+    data[-3] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    result = tokembed("compress", folder)
+    assert result.returncode == 6, result.stderr
+    assert damaged.name in result.stderr and "holds no vectors" in result.stderr and "--full" in result.stderr
+    assert damaged.read_bytes() == bytes(data)
+
+
 # ---------------------------------------------------------------------------------------------- cron
 
 

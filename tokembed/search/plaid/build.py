@@ -246,14 +246,16 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
 
     name = codes_name(shard["sha256"], codec_sha)
     base = {"shard": shard["file"], "file": name, "rows": shard["rows"], "tokens": shard["tokens"]}
+    damaged = False
     if name in listed and (folder / name).is_file():  # the shard did not change: its code file stays as it is
         try:
             verify_files(folder, [listed[name]], checksum=True)  # once per change of the file (``index.verified``)
             stats.carried_tokens += shard["tokens"]
             return {**base, "bytes": listed[name]["bytes"], "sha256": listed[name]["sha256"]}
-        except IndexCorruptError:  # damaged since its commit: coded again (as a --full rebuild is asked to)
-            (folder / name).unlink()
-    if (folder / name).is_file():  # written whole by a run that died before its commit, or by this run's writer
+        except IndexCorruptError as exc:  # damaged since its commit: coded again (as a --full rebuild is asked to)
+            _refuse_without_vectors(index, exc)
+            damaged = True  # the committed file stays until the new one replaces it whole
+    if not damaged and (folder / name).is_file():  # written whole by a run that died before its commit, or by this run's writer
         from tokembed.index.atomic import sha256_file
 
         coded, norm_sum = read_coding_figures(folder / name) or (0, 0.0)
@@ -266,6 +268,15 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
     write_coding_figures(folder / name, mine.coded_tokens, mine.residual_norm_sum)
     stats.add(mine)
     return {**base, **codes.write(folder / name)}
+
+
+def _refuse_without_vectors(index, damage: IndexCorruptError) -> None:
+    """A damaged code file of a compressed-only index cannot be coded again: its shard holds no vectors."""
+    from tokembed.index.format import vectors_dropped
+
+    if vectors_dropped(index.manifest):
+        raise IndexCorruptError(f"{damage}; this index holds no vectors (--drop-vectors) to code the shard again",
+                                hint="re-encode the index from its source: tokembed encode ... --full") from None
 
 
 class _CarryFromPrevious:

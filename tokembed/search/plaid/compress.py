@@ -61,7 +61,7 @@ def compress_index(
     from tokembed.index.lock import IndexLock, check_wait
     from tokembed.index.reader import open_index
     from tokembed.search.plaid.codec import check_centroids, check_nbits
-    from tokembed.search.plaid.drop import drop_vectors as without_vectors
+    from tokembed.search.plaid.drop import drop_vectors as without_vectors, remove_abandoned_drop
 
     folder = Path(folder)
     started = time.perf_counter()
@@ -84,9 +84,11 @@ def compress_index(
             manifest = without_vectors(folder, manifest, log)
         fault_point("commit", 1)
         commit_manifest(folder, manifest)
-        remove_unlisted_files(folder, manifest)
         if dropping:
             remove_replaced_shards(folder, manifest)
+        else:
+            remove_abandoned_drop(folder, manifest)
+        remove_unlisted_files(folder, manifest)  # the pending record of a drop among them
     structure = manifest[SEARCH]
     return CompressSummary(
         index=str(folder), nbits=structure["nbits"], centroids=structure["centroids"], rows=index.rows,

@@ -62,6 +62,25 @@ def drop_vectors(folder: Path, manifest: dict, log=print) -> dict:
             SEARCH: {**structure, "shards": entries, VECTORS: VECTORS_DROPPED}}
 
 
+def remove_abandoned_drop(folder: Path, manifest: dict) -> None:
+    """After a commit that did not drop: the shards a killed drop had already rewritten (named by its pending
+    record, which the commit leaves unlisted) are unlisted too, and nothing would resume from them."""
+    from tokembed.index.atomic import remove_unused
+
+    try:
+        pending = json.loads((folder / PENDING).read_text())
+    except (OSError, ValueError):
+        return
+    listed = {shard["file"] for shard in manifest["shards"]}
+    for entry in (pending.get("done") or {}).values():
+        name = entry.get("file", "") if isinstance(entry, dict) else ""
+        path = folder / name
+        # the very file it wrote (a later encode may have reused the number for a shard its journal resumes from)
+        if (name.startswith(f"{DATA_DIR}/") and name not in listed and path.is_file()
+                and path.stat().st_size == entry.get("bytes") and sha256_file(path) == entry.get("sha256")):
+            remove_unused(path)
+
+
 def _resumable(folder: Path, key: dict) -> dict[str, dict]:
     """Shards a killed run already rewrote for this very generation (source sha256 -> entry), checked."""
     try:
