@@ -187,11 +187,15 @@ def test_a_damaged_code_file_of_a_compressed_only_index_is_kept_and_named(droppe
 # ---------------------------------------------------------------------------------------------- cron
 
 
-def test_an_encode_rerun_stays_compressed_only_and_equals_dropping_a_normal_run(tmp_path, cli, checkpoint):
+@pytest.mark.parametrize("vectors", ["unit", "pooled", "not normalized"])
+def test_an_encode_rerun_stays_compressed_only_and_equals_dropping_a_normal_run(tmp_path, cli, checkpoint, vectors):
+    """Pooled and un-normalized vectors are not unit length: their codes keep each vector's length, carried and
+    coded alike (the same bytes either way)."""
     model = checkpoint("pylate_bert")
     first = write_parquet(tmp_path / "v1.parquet", corpus_rows(40))
     second = write_parquet(tmp_path / "v2.parquet", edited(corpus_rows(40)))
-    common = ["--model", model, "--shard-rows", 10, "-q"]
+    kind = {"unit": [], "pooled": ["--pool-factor", 2], "not normalized": ["--no-normalize"]}[vectors]
+    common = ["--model", model, "--shard-rows", 10, "-q", *kind]
     normal, compact, oneshot = tmp_path / "normal", tmp_path / "compact", tmp_path / "oneshot"
     assert cli("encode", first, "-o", normal, "--nbits", 2, *common).exit_code == 0
     shutil.copytree(normal, compact)
@@ -223,11 +227,59 @@ def test_an_encode_rerun_stays_compressed_only_and_equals_dropping_a_normal_run(
     parts = facts["bytes_per_token_by_part"]
     assert facts["vectors"] == "dropped" and parts["vectors"] == 0
     assert parts["total"] == pytest.approx(parts["shards_without_vectors"] + parts["search_structure"] + parts["manifest"], abs=0.01)
-    assert facts["search_structure"]["bytes_per_token"]["residuals"] == pytest.approx(facts["dim"] * 2 / 8)
+    per_token = facts["search_structure"]["bytes_per_token"]
+    assert per_token["residuals"] == pytest.approx(facts["dim"] * 2 / 8)
+    assert per_token.get("vector_norms", 0) == (0 if vectors == "unit" else 2)
+    assert ("vector_norms" in got["search"]) == (vectors != "unit")
     assert "dropped by `tokembed compress --drop-vectors`" in cli("info", compact).stdout
     hits = cli("score", "--query", "alpha beta gamma", compact, "--format", "jsonl", "-k", "3")
     assert hits.exit_code == 0, hits.output
     assert len(hits.stdout.splitlines()) == 3
+
+
+@pytest.mark.parametrize("kind", [["--pool-factor", 2], ["--no-normalize"]], ids=["pooled", "not normalized"])
+def test_compressed_only_scores_keep_the_vectors_lengths(tmp_path, cli, checkpoint, kind):
+    """Decoded codes are unit vectors; pooled means and un-normalized vectors are not: their scores came back as
+    of unit vectors (7x too low un-normalized, rankings changed), exit 0. Probing every centroid, the
+    compressed-only scores now differ from the exact ones by the codes' rounding alone."""
+    corpus = write_parquet(tmp_path / "docs.parquet", corpus_rows(40))
+    folder = tmp_path / "index"
+    common = ["--model", checkpoint("pylate_bert"), "-q", *kind]
+    assert cli("encode", corpus, "-o", folder, *common).exit_code == 0
+    assert cli("compress", folder, "--nbits", 4, "--centroids", 16).exit_code == 0
+    queries = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota"]
+
+    def top_scores(*flags):
+        result = cli("score", folder, *[arg for q in queries for arg in ("--query", q)], "-k", 5, "-f", "jsonl", *flags)
+        assert result.exit_code == 0, result.stderr
+        return np.array([row["score"] for row in map(json.loads, result.stdout.splitlines())])
+
+    exact = top_scores("--exact")
+    assert cli("compress", folder, "--drop-vectors").exit_code == 0
+    decoded = top_scores("--probe", 16, "--candidates", 1000)
+    assert np.abs(decoded - exact).max() <= 0.03 * np.abs(exact).max()
+
+
+def test_an_earlier_releases_unit_length_codes_of_pooled_vectors_are_refused(tmp_path, cli, checkpoint, monkeypatch):
+    """A compressed-only pooled index whose codes keep no lengths (as an earlier release wrote them) would score
+    wrong, and its vectors are gone: score, compress and a cron encode refuse it, naming `encode --full`; with
+    its vectors kept, compress codes it again with the lengths."""
+    from tokembed.search.plaid import codec as codec_mod
+
+    corpus = write_parquet(tmp_path / "docs.parquet", corpus_rows(20))
+    common = ["--model", checkpoint("pylate_bert"), "-q", "--pool-factor", 2]
+    kept, dropped = tmp_path / "kept", tmp_path / "dropped"
+    monkeypatch.setattr(codec_mod, "needs_vector_norms", lambda settings: False)  # the earlier release
+    assert cli("encode", corpus, "-o", kept, "--nbits", 2, *common).exit_code == 0
+    shutil.copytree(kept, dropped)
+    assert cli("compress", dropped, "--drop-vectors").exit_code == 0
+    monkeypatch.undo()
+    for args in (["score", dropped, "--query", "alpha"], ["compress", dropped], ["encode", corpus, "-o", dropped, *common]):
+        refused = cli(*args)
+        assert refused.exit_code == 2 and "earlier release" in refused.stderr and "--full" in refused.stderr, args
+    assert "vector_norms" not in manifest(kept)["search"]
+    assert cli("compress", kept).exit_code == 0
+    assert manifest(kept)["search"]["vector_norms"] is True
 
 
 @pytest.mark.slow  # a real encode subprocess (torch import, model load): ~7 s on 2 idle cores

@@ -23,7 +23,7 @@ was at most half the index (on a tiny index k-means saw every token and its resi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,11 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
         return {key: value for key, value in manifest.items() if key != SEARCH}
     vectorless = written is not None or vectors_dropped(manifest)
     reusable = old is not None and _same_encoding(committed, manifest)
+    norms = codec_mod.needs_vector_norms(manifest.get("settings") or {})
     reason = _retrain_reason(old, nbits, options) if reusable else "no centroids for these settings yet"
+    if reusable and norms and not old.get("vector_norms"):  # an earlier release's codes: unit length decoded
+        refuse_unit_codes_without_vectors(folder, vectorless)
+        reason = "the codes keep each vector's length now (this index's vectors are not unit length)"
     if reason is not None and vectorless:
         keep_centroids_without_vectors(folder, reason, reusable and drift_only(old, nbits, options), log)
         reason = None
@@ -83,7 +87,7 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
     else:
         if old is not None:
             log(f"training new centroids: {reason}")
-        codec, codec_entry, training = _trained_codec(folder, index, nbits, _centroids_asked(options, old, index.tokens))
+        codec, codec_entry, training = _trained_codec(folder, index, nbits, _centroids_asked(options, old, index.tokens), norms)
         drift, old, previous = None, None, None  # codes of other centroids cannot be carried
     stats, entries = CodingStats(), []
     carry = _CarryFromPrevious(folder, previous, old) if previous is not None and old is not None else None
@@ -98,6 +102,7 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
         "centroids": codec.k,
         "dim": codec.dim,
         "codec": codec_entry,
+        **({"vector_norms": True} if codec.vector_norms else {}),
         "training": training,
         "drift": drift,
         "retrain_when": {"share_coded_since_training_above": RETRAIN_SHARE, "residual_norm_ratio_above": RETRAIN_NORM_RATIO},
@@ -127,6 +132,18 @@ def keep_centroids_without_vectors(folder: Path, reason: str, drift_alone: bool,
         )
     log(f"{reason}: new centroids are due, but the vectors were dropped (compress --drop-vectors): keeping "
         "the current ones; `encode --full` re-encodes every row and trains new ones")
+
+
+def refuse_unit_codes_without_vectors(folder: Path, vectorless: bool) -> None:
+    """Codes of an earlier release decode every vector to unit length; a compressed-only index cannot be coded
+    again with the lengths (its vectors are gone), and searching it scores pooled / un-normalized vectors wrong."""
+    if vectorless:
+        raise VectorsDroppedError(
+            f"{folder}: its codes were written by an earlier release, which kept no vector lengths: this index's "
+            "vectors are not unit length (--no-normalize or --pool-factor), so compressed-only scores are wrong, "
+            "and its dropped vectors cannot be coded again",
+            hint="`tokembed encode CORPUS -o INDEX --full` re-encodes every row and codes it anew",
+        )
 
 
 def _same_encoding(committed: dict, manifest: dict) -> bool:
@@ -192,9 +209,10 @@ def _centroids_asked(options: StructureOptions, old: dict | None, tokens: int) -
     return min(remembered, tokens) if remembered and tokens else None
 
 
-def _trained_codec(folder: Path, index, nbits: int, requested: int | None) -> tuple[Codec, dict, dict]:
+def _trained_codec(folder: Path, index, nbits: int, requested: int | None, norms: bool) -> tuple[Codec, dict, dict]:
     k = codec_mod.resolve_centroids(requested, index.tokens, str(folder))
-    key = {"shards": [shard["sha256"] for shard in index.shards], "nbits": nbits, "centroids": k}
+    key = {"shards": [shard["sha256"] for shard in index.shards], "nbits": nbits, "centroids": k,
+           **({"vector_norms": True} if norms else {})}
     pending = _read_pending(folder)
     if pending is not None and pending.get("key") == key:
         try:  # a run over the same shards died after training: take its codec, its code files follow
@@ -203,10 +221,10 @@ def _trained_codec(folder: Path, index, nbits: int, requested: int | None) -> tu
         except Exception:  # unreadable leftovers: train again
             pass
     n = codec_mod.sample_size(k, index.tokens)
-    codec = codec_mod.train(_sample_tokens(index, n), k, nbits)
+    codec = replace(codec_mod.train(_sample_tokens(index, n), k, nbits), vector_norms=norms)
     data = codec.to_bytes()
     entry = {"file": f"{CODES_DIR}/codec-{codec_mod.codec_id(data)[:16]}.safetensors"}
-    entry.update(write_tensors(folder / entry["file"], codec.tensors(), {"nbits": str(nbits)}))
+    entry.update(write_tensors(folder / entry["file"], codec.tensors(), codec.metadata()))
     training = {"sample_tokens": n, "index_tokens": index.tokens, "kmeans_iterations": codec_mod.KMEANS_ITERATIONS,
                 "seed": codec_mod.KMEANS_SEED, "library": "faiss", "centroids_asked": requested}
     atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "training": training}).encode())

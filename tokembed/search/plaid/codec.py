@@ -55,6 +55,9 @@ class Codec:
     cutoffs: np.ndarray  # [2**nbits - 1] float32
     weights: np.ndarray  # [2**nbits] float32
     nbits: int
+    # codes keep each vector's length (float16) beside its direction: the index's vectors are not unit length
+    # (``--no-normalize``, or ``--pool-factor``'s unnormalized means), so a decoded unit vector would score wrong
+    vector_norms: bool = False
 
     @property
     def k(self) -> int:
@@ -168,15 +171,20 @@ class Codec:
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Centroids as float16 where that is exact (``train`` rounds them so: half the codec's bytes, the
-        same codes and scores), else float32."""
+        same codes and scores), else float32; a one-byte ``vector_norms`` marks a codec whose codes keep lengths."""
         half = self.centroids.astype(np.float16)
         centroids = half if np.array_equal(half.astype(np.float32), self.centroids) else self.centroids
-        return {"centroids": centroids, "cutoffs": self.cutoffs, "weights": self.weights}
+        marker = {"vector_norms": np.ones(1, np.uint8)} if self.vector_norms else {}
+        return {"centroids": centroids, "cutoffs": self.cutoffs, "weights": self.weights, **marker}
 
     def to_bytes(self) -> bytes:
         from safetensors.numpy import save
 
-        return save(self.tensors(), metadata={"nbits": str(self.nbits)})
+        return save(self.tensors(), metadata=self.metadata())
+
+    def metadata(self) -> dict[str, str]:
+        # one key only: safetensors writes a metadata map in no fixed order, and the file's sha256 names the codes
+        return {"nbits": str(self.nbits)}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, np.ndarray], metadata: dict) -> "Codec":
@@ -185,7 +193,13 @@ class Codec:
             np.asarray(tensors["cutoffs"], np.float32),
             np.asarray(tensors["weights"], np.float32),
             int(metadata["nbits"]),
+            "vector_norms" in tensors,
         )
+
+
+def needs_vector_norms(settings: dict) -> bool:
+    """Whether an index's vectors may be of any length: un-normalized, or pooled means (never re-normalized)."""
+    return not settings.get("normalize", True) or settings.get("pool_factor", 1) > 1
 
 
 def codec_id(data: bytes) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 from tokembed.index.format import SEARCH, SEARCH_SETTINGS, vectors_dropped
 from tokembed.index.previous import PreviousIndex
 from tokembed.index.writer import IndexWriter
-from tokembed.search.plaid.codes import CodeParts, CodingStats, StoredCodes, assemble, codes_name
+from tokembed.search.plaid.codes import CodeParts, CodingStats, StoredCodes, assemble, codes_name, vector_lengths
 from tokembed.search.plaid.files import check_structure_lists_shards, coding_figures_path, write_coding_figures
 
 
@@ -39,6 +39,7 @@ class CodedRow:
 
     centroid_ids: np.ndarray  # [n] uint16
     residuals: np.ndarray  # [n, code bytes] uint8
+    norms: np.ndarray | None = None  # [n] float16, where the codec keeps the vectors' lengths
 
     def __len__(self) -> int:  # tokens, as len(vectors) counts them
         return len(self.centroid_ids)
@@ -50,9 +51,13 @@ def previous_index(index, nbits: int | None, retrain: bool) -> PreviousIndex:
     check_before_carrying(index)
     if not vectors_dropped(index.manifest):
         return PreviousIndex(index)
-    from tokembed.search.plaid.build import StructureOptions, drift_only, keep_centroids_without_vectors
+    from tokembed.search.plaid.build import (StructureOptions, drift_only, keep_centroids_without_vectors,
+                                             refuse_unit_codes_without_vectors)
+    from tokembed.search.plaid.codec import needs_vector_norms
 
     structure = index.manifest[SEARCH]
+    if needs_vector_norms(index.manifest.get("settings") or {}) and not structure.get("vector_norms"):
+        refuse_unit_codes_without_vectors(index.folder, True)  # raises: an earlier release's unit-length codes
     if not drift_only(structure, nbits or structure["nbits"], StructureOptions(nbits, retrain=retrain)):
         asked = "--retrain" if retrain else f"--nbits {nbits} (the index has {structure['nbits']})"
         keep_centroids_without_vectors(index.folder, asked, False, print)  # raises VectorsDroppedError
@@ -128,7 +133,7 @@ class CodedPrevious(PreviousIndex):
         self.codes = StoredCodes(index.folder, structure["shards"])
 
     def carried_row(self, row: int) -> tuple:
-        return CodedRow(*self.codes.row_codes(row)), self.token_ids(row)
+        return CodedRow(*self.codes.row_codes(row), self.codes.row_norms(row)), self.token_ids(row)
 
 
 class CodedWriter(IndexWriter):
@@ -157,22 +162,29 @@ class CodedWriter(IndexWriter):
         starts = np.concatenate([[0], np.cumsum(lengths)])
         ids = np.empty(int(starts[-1]), np.uint16)
         residuals = np.empty((int(starts[-1]), self.codec.code_bytes), np.uint8)
+        lengths_kept = np.empty(int(starts[-1]), np.float16) if self.codec.vector_norms else None
         fresh = []
         for row, start, end in zip(rows, starts[:-1], starts[1:]):
             if isinstance(row, CodedRow):
                 ids[start:end], residuals[start:end] = row.centroid_ids, row.residuals
+                if lengths_kept is not None:
+                    lengths_kept[start:end] = row.norms  # the previous codec kept them too (the same codec)
             elif end > start:
                 fresh.append((start, end, row))
         if fresh:
             where = np.concatenate([np.arange(start, end) for start, end, _ in fresh])
             stored = np.concatenate([np.asarray(row, self.store_dtype) for _, _, row in fresh])  # as a shard holds it
             ids[where], residuals[where], norms = self.codec.encode(stored)
+            if lengths_kept is not None:
+                lengths_kept[where] = vector_lengths(stored)
             self._shard.coded_tokens += len(where)
             self._shard.residual_norm_sum += float(norms.sum(dtype=np.float64))
         self._shard.carried_tokens += int(starts[-1]) - sum(end - start for start, end, _ in fresh)
         self._parts.lengths.append(lengths)
         self._parts.ids.append(ids)
         self._parts.residuals.append(residuals)
+        if lengths_kept is not None:
+            self._parts.norms.append(lengths_kept)
 
     def close_shard(self):
         info = super().close_shard()

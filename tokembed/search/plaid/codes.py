@@ -14,6 +14,8 @@ plus the shard's inverted lists (centroid -> the shard's rows holding a token of
                                                  more than 255 / 65,535 rows
         list_rows      [pairs]           uint16  row numbers within the shard, ascending per centroid
                                                  (uint32 when the shard has more than 65,536 rows)
+        vector_norms   [tokens]          float16 each stored vector's length, where the codec keeps them
+                                                 (``Codec.vector_norms``: an un-normalized or pooled index)
 
 Lengths and counts rather than offsets: 1-2 bytes each instead of 8 and 4 (0.17 B/token at 1M documents);
 opening a file turns them into offsets (``ShardCodes``). Packed ids save 2 - bits/8 bytes per token (0.5
@@ -56,6 +58,7 @@ class ShardCodes:
     list_offsets: np.ndarray  # [K + 1] int64 (uint32 as ``inverted_lists`` computes them)
     list_rows: np.ndarray
     id_bits: int = 16  # how the file stores the ids: packed when under 16
+    vector_norms: np.ndarray | None = None  # [tokens] float16, where the codec keeps the vectors' lengths
 
     @classmethod
     def open(cls, path) -> "ShardCodes":
@@ -84,12 +87,18 @@ class ShardCodes:
         start, end = int(self.doc_offsets[row]), int(self.doc_offsets[row + 1])
         return self.centroid_ids[start:end], self.residuals[start:end]
 
+    def row_norms(self, row: int) -> np.ndarray | None:
+        if self.vector_norms is None:
+            return None
+        return self.vector_norms[int(self.doc_offsets[row]) : int(self.doc_offsets[row + 1])]
+
     def tensors(self) -> dict[str, np.ndarray]:
         """What the code file stores (see the module docstring)."""
         ids = {"centroid_ids": self.centroid_ids} if self.id_bits >= 16 else \
             {"centroid_ids_packed": pack_ids(self.centroid_ids, self.id_bits)}
+        norms = {} if self.vector_norms is None else {"vector_norms": self.vector_norms}
         return {"doc_lengths": _narrowest(np.diff(self.doc_offsets)), **ids, "residuals": self.residuals,
-                "list_counts": _narrowest(np.diff(self.list_offsets)), "list_rows": self.list_rows}
+                "list_counts": _narrowest(np.diff(self.list_offsets)), "list_rows": self.list_rows, **norms}
 
     def write(self, path) -> dict:
         """Write the code file durably; its manifest entry (bytes, sha256)."""
@@ -139,6 +148,12 @@ class PackedIds:
         return ((word >> (bit & 7).astype(np.uint32)) & ((1 << self.bits) - 1)).astype(np.uint16)
 
 
+def vector_lengths(vectors: np.ndarray) -> np.ndarray:
+    """[n, D] -> [n] float16 lengths, each row's sum on its own (the same bytes however rows are grouped)."""
+    x = np.asarray(vectors, np.float32)
+    return np.sqrt(np.add.reduce(x * x, axis=1)).astype(np.float16)
+
+
 def _offsets(counts: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
 
@@ -183,6 +198,11 @@ class StoredCodes:
         number = int(np.searchsorted(self.starts, row, side="right")) - 1
         return self._shard(number).row_codes(row - int(self.starts[number]))
 
+    def row_norms(self, row: int) -> np.ndarray | None:
+        """The stored vector lengths of one row (None where its code file keeps none)."""
+        number = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return self._shard(number).row_norms(row - int(self.starts[number]))
+
     def copy_rows_into(self, rows: np.ndarray, lengths: np.ndarray, to: np.ndarray, ids: np.ndarray, residuals: np.ndarray) -> None:
         """Copy the codes of ``rows`` into ``ids`` / ``residuals`` from token position ``to[i]`` on, one slice
         copy per run of rows whose tokens lie back to back at both ends (an incremental run's unchanged rows
@@ -215,6 +235,7 @@ class CodeParts:
     lengths: list[np.ndarray] = field(default_factory=list)
     ids: list[np.ndarray] = field(default_factory=list)
     residuals: list[np.ndarray] = field(default_factory=list)
+    norms: list[np.ndarray] = field(default_factory=list)  # where the codec keeps vector lengths
 
 
 def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingStats, tokens: int,
@@ -226,6 +247,7 @@ def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingSt
 
     ids = np.empty(tokens, np.uint16)
     residuals = np.empty((tokens, codec.code_bytes), np.uint8)
+    kept_lengths = np.empty(tokens, np.float16) if codec.vector_norms else None
     lengths, at = [], 0
     for batch in batches:
         offsets, vectors, _ = batch_arrays(batch, codec.dim, where)
@@ -246,11 +268,13 @@ def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingSt
             stats.coded_tokens += len(rows)
             stats.residual_norm_sum += float(norms.sum(dtype=np.float64))
         stats.carried_tokens += len(vectors) - len(rows)
+        if kept_lengths is not None:  # every row's, carried ones too: the vectors are here
+            kept_lengths[at : at + len(vectors)] = vector_lengths(vectors)
         lengths.append(batch_lengths)
         at += len(vectors)
     if at != tokens:
         raise IndexCorruptError(f"{where}: holds {at} tokens, its manifest entry says {tokens}")
-    return shard_codes(np.concatenate(lengths) if lengths else np.zeros(0, np.int64), ids, residuals, codec)
+    return shard_codes(np.concatenate(lengths) if lengths else np.zeros(0, np.int64), ids, residuals, codec, kept_lengths)
 
 
 def assemble(parts: CodeParts, codec: Codec) -> ShardCodes:
@@ -258,14 +282,17 @@ def assemble(parts: CodeParts, codec: Codec) -> ShardCodes:
     lengths = np.concatenate(parts.lengths) if parts.lengths else np.zeros(0, np.int64)
     centroid_ids = np.concatenate(parts.ids) if parts.ids else np.zeros(0, np.uint16)
     residuals = np.concatenate(parts.residuals) if parts.residuals else np.zeros((0, codec.code_bytes), np.uint8)
-    return shard_codes(lengths, centroid_ids, residuals, codec)
+    norms = (np.concatenate(parts.norms) if parts.norms else np.zeros(0, np.float16)) if codec.vector_norms else None
+    return shard_codes(lengths, centroid_ids, residuals, codec, norms)
 
 
-def shard_codes(lengths: np.ndarray, centroid_ids: np.ndarray, residuals: np.ndarray, codec: Codec) -> ShardCodes:
-    """A shard's codes with its row offsets and inverted lists computed."""
+def shard_codes(lengths: np.ndarray, centroid_ids: np.ndarray, residuals: np.ndarray, codec: Codec,
+                norms: np.ndarray | None = None) -> ShardCodes:
+    """A shard's codes with its row offsets and inverted lists computed (``norms``: the vectors' lengths, where
+    the codec keeps them)."""
     doc_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     list_offsets, list_rows = inverted_lists(centroid_ids, lengths, codec.k)
-    return ShardCodes(doc_offsets, centroid_ids, residuals, list_offsets, list_rows, codec.id_bits)
+    return ShardCodes(doc_offsets, centroid_ids, residuals, list_offsets, list_rows, codec.id_bits, norms)
 
 
 def inverted_lists(centroid_ids: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from tokembed.search.plaid.files import map_tensors
 
 # parts of a code file, as info names them
 _PARTS = {"centroid_ids": "centroid_ids", "centroid_ids_packed": "centroid_ids", "residuals": "residuals", "list_counts": "inverted_lists",
-          "list_rows": "inverted_lists", "doc_lengths": "doc_offsets",
+          "list_rows": "inverted_lists", "doc_lengths": "doc_offsets", "vector_norms": "vector_norms",
           "list_offsets": "inverted_lists", "doc_offsets": "doc_offsets"}  # the last two: the layout before lengths
 
 

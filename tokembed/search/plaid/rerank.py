@@ -98,21 +98,31 @@ class _StoredVectors:
 
 
 class _DecodedCodes:
-    """The candidates' vectors decoded from their codes, before normalization (their norms divide the scores)."""
+    """The candidates' vectors decoded from their codes, before normalization (their norms divide the scores);
+    where the codec keeps each vector's length, the scores are of vectors of that length."""
 
     def __init__(self, structure, groups: list) -> None:
-        ids, residuals = [], []
+        ids, residuals, lengths = [], [], []
         for number, _, starts, ends in groups:
             codes = structure.shards[number]
             take, _ = ragged(starts, ends)
             ids.append(codes.centroid_ids[take])
             residuals.append(codes.residuals[take])
+            if structure.codec.vector_norms:
+                if codes.vector_norms is None:
+                    raise IndexCorruptError("a code file holds no vector lengths where its codec keeps them")
+                lengths.append(codes.vector_norms[take])
         self.codec, self.ids, self.residuals = structure.codec, np.concatenate(ids), np.concatenate(residuals)
+        self.lengths = np.concatenate(lengths).astype(np.float32) if lengths else None
 
     def fill(self, x: np.ndarray, a: int, b: int, first: int, end: int) -> np.ndarray:
-        """``x`` = tokens ``first`` to ``end`` decoded; returns their norms."""
+        """``x`` = tokens ``first`` to ``end`` decoded; returns what divides their scores (their norms, over
+        their stored lengths where those are kept)."""
         norms = scratches.array("norms", len(x), np.float32)
         norms[:] = self.codec.decode_unscaled(self.ids[first:end], self.residuals[first:end], out=x)[1]
+        if self.lengths is not None:  # a zero-length vector scores 0: its divisor is infinite
+            np.divide(norms, self.lengths[first:end], out=norms, where=self.lengths[first:end] > 0)
+            norms[self.lengths[first:end] <= 0] = np.inf
         return norms
 
 

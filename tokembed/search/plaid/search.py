@@ -30,9 +30,9 @@ import numpy as np
 
 from tokembed.errors import IndexCorruptError, UsageError
 from tokembed.index.format import vectors_dropped
-from tokembed.search.plaid.build import SEARCH
+from tokembed.search.plaid.build import SEARCH, refuse_unit_codes_without_vectors
 from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, scratches
-from tokembed.search.plaid.codec import Codec
+from tokembed.search.plaid.codec import Codec, needs_vector_norms
 from tokembed.search.plaid.codes import ShardCodes
 from tokembed.search.plaid.files import check_structure_lists_shards, map_tensors, verify_files
 from tokembed.search.plaid.products import centroid_scores
@@ -101,6 +101,8 @@ def open_structure(index, verify: bool = True) -> Structure:
     verify_files(index.folder, [structure["codec"], *entries], verify)
     tensors, metadata = map_tensors(index.folder / structure["codec"]["file"])
     codec = Codec.from_tensors(tensors, metadata)
+    if vectors_dropped(index.manifest) and needs_vector_norms(index.manifest.get("settings") or {}) and not codec.vector_norms:
+        refuse_unit_codes_without_vectors(index.folder, True)  # its decoded vectors would all score as unit length
     shards = []
     for entry in entries:
         codes = ShardCodes.open(index.folder / entry["file"])
