@@ -27,9 +27,9 @@ from tokembed.errors import UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
 from tokembed.index.format import SEARCH_SETTINGS
 from tokembed.index.manifest_build import build_manifest
-from tokembed.plan import PlannedChunk, model_input, plan_chunks
+from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks
 from tokembed.sources import SourceOptions
-from tokembed.sources.base import estimate_rows, ignored_files
+from tokembed.sources.base import check_input, estimate_rows, ignored_files
 
 class Progress(Protocol):
     def start(self, total_rows: int | None) -> None: ...
@@ -89,6 +89,7 @@ class EncodeSummary:
     full_rebuild: bool = True
     ignored: list[str] = field(default_factory=list)  # input-folder files no reader took
     empty_pages: list[dict] = field(default_factory=list)  # PDF pages with no text layer (rows with no tokens)
+    demo_model: bool = False  # no --model: the demo model encoded the corpus
 
     @property
     def useful_token_fraction(self) -> float:
@@ -108,6 +109,7 @@ class EncodeSummary:
             "unchanged": self.unchanged,
             "failed": len(self.skipped),
             "skipped": len(self.skipped),
+            "skipped_rows": self.skipped[:SKIPS_TOLD],  # all of them in manifest.json
             "encoded_tokens": self.tokens_in,
             "seconds": round(self.seconds, 3),
             "load_seconds": round(self.load_seconds, 3),
@@ -120,6 +122,7 @@ class EncodeSummary:
             "ignored": len(self.ignored),
             "ignored_files": self.ignored[:5],
             "empty_pages": len(self.empty_pages),
+            "demo_model": self.demo_model,
         }
 
 
@@ -152,9 +155,14 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
 
         job = replace(job, sources=replace(job.sources, pdf_workers=auto_render_workers(device)))
     loaded = time.perf_counter()
-    with IndexLock(job.output, job.wait_seconds):
+    with IndexLock(job.output, job.wait_seconds) as lock:
         first_read = time.perf_counter()
-        summary = _run_locked(job, embedder, progress)
+        try:
+            summary = _run_locked(job, embedder, progress)
+        except BaseException:
+            lock.remove_if_unused()  # a first run that commits nothing leaves no half-made index folder
+            raise
+    summary.demo_model = job.model is None
     summary.seconds = time.perf_counter() - started
     summary.load_seconds = loaded - started
     summary.encode_seconds = summary.seconds - (first_read - started)
@@ -194,7 +202,10 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     runner = open_runner(embedder, job, progress)
     try:
         progress.start(estimate_rows(job.inputs))
-        seen_previous = _encode_stream(job, runner, settings_fp, (previous, replaced), writer, journal, summary, progress)
+        input_problem = getattr(embedder.encoder, "input_problem", None)  # a vision processor's refusals: bad rows
+        seen_previous = _encode_stream(job, runner, settings_fp, (previous, replaced), writer, journal, summary, progress,
+                                       input_problem)
+        log_skipped(summary.skipped, progress.log)
         writer.close_shard()
         summary.shards = len(writer.shards)
         summary.deleted = len(replaced) - seen_previous if replaced is not None else 0
@@ -285,7 +296,9 @@ def _replaced_index(job: EncodeJob):
         return None
 
 
-def _encode_stream(job, runner, settings_fp, indexes, writer, journal, summary: EncodeSummary, progress) -> int:
+def _encode_stream(
+    job, runner, settings_fp, indexes, writer, journal, summary: EncodeSummary, progress, input_problem=None
+) -> int:
     """Stream the corpus through the runner into the writer; returns how many ids of the replaced index are still
     present. ``indexes``: (the index rows are carried over from or None, the index the counts compare with or None).
 
@@ -298,7 +311,7 @@ def _encode_stream(job, runner, settings_fp, indexes, writer, journal, summary: 
     runner_images = job.sources.modality == "image"
 
     def texts_to_encode() -> Iterator[list[str]]:
-        for chunk in plan_chunks(job, settings_fp, indexes, journal.chunks_done, summary, state):
+        for chunk in plan_chunks(job, settings_fp, indexes, journal.chunks_done, summary, state, input_problem):
             pending.append(chunk)
             yield [model_input(chunk.items[i], runner_images) for i in chunk.to_encode]
             del chunk  # one chunk alive at a time (see _encode_stream)
@@ -354,6 +367,8 @@ def _check_job(job: EncodeJob) -> None:
         from tokembed.search.plaid.codec import check_nbits
 
         check_nbits(job.nbits)
+    for path in job.inputs:  # before the model loads: a mistyped path is said in a moment, not after seconds
+        check_input(path)
     _check_inputs_given_once(job.inputs)
 
 

@@ -25,6 +25,7 @@ def content_hash(settings_fingerprint: str, text: str) -> bytes:
 
 
 _HASH_SLICE = 1 << 20  # characters
+SKIPS_TOLD = 20  # skipped rows a run names one by one in its log and JSON summary (manifest.json lists them all)
 
 
 @dataclass
@@ -43,9 +44,10 @@ class PlannedChunk:
     empty_pages: int = 0  # len(summary.empty_pages) once this chunk was planned
 
 
-def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state) -> Iterator[PlannedChunk]:
+def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state, input_problem=None) -> Iterator[PlannedChunk]:
     """Read the corpus and decide, item by item, what is carried over and what is encoded. ``indexes``: (the index
-    rows are carried over from, the index the added / updated / deleted counts compare with), either None."""
+    rows are carried over from, the index the added / updated / deleted counts compare with), either None.
+    ``input_problem``: the model's say on an item's image (``VisionEncoder.input_problem``), or None."""
     previous, counted = indexes
     # Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards.
     sources = replace(job.sources, chunk_rows=min(job.sources.chunk_rows, job.shard_rows))
@@ -54,6 +56,8 @@ def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state) -> Itera
     for chunk in open_sources(job.inputs, sources):  # not enumerate(): it keeps its last (number, chunk) alive
         number += 1
         resumed = number < chunks_done  # already in a finished shard of the interrupted run
+        if input_problem is not None:
+            chunk = [refused_by_model(item, input_problem) for item in chunk]
         keys = id_keys(item.id for item in chunk)
         usable = usable_positions(chunk, keys, seen, job.on_error, summary, record=not resumed)
         items = [chunk[position] for position in usable]
@@ -82,6 +86,12 @@ def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state) -> Itera
         del chunk, items, carried  # one chunk alive at a time (see encode._encode_stream)
 
 
+def refused_by_model(item: Item, input_problem) -> Item:
+    """The item, as a bad row where the model's processor refuses its image (a page it cannot resize)."""
+    problem = input_problem(item.image) if item.error is None and item.image is not None else None
+    return item if problem is None else replace(item, image=None, error=problem)
+
+
 def model_input(item: Item, images: bool):
     """What the model encodes for an item: its decoded image for image documents, else its text."""
     return item.image if images else item.text
@@ -102,3 +112,17 @@ def usable_positions(chunk: list[Item], keys: np.ndarray, seen: SeenIds, on_erro
             entry = {"id": item.id, "source": item.source, "row": item.row, "reason": item.error}
             summary.skipped.append(entry if item.page is None else {**entry, "page": item.page})
     return good
+
+
+def log_skipped(skipped: list[dict], log) -> None:
+    """One ``warning:`` line per skipped row (its location, id and reason) through ``log``, the progress log
+    (silent with ``--quiet``): the first ``SKIPS_TOLD``, then how many more."""
+    for entry in skipped[:SKIPS_TOLD]:
+        log(f"warning: skipped {skipped_location(entry)} (id {entry['id']!r}): {entry['reason']}")
+    if len(skipped) > SKIPS_TOLD:
+        log(f"warning: ... and {len(skipped) - SKIPS_TOLD} more skipped row(s) (see manifest.json skipped)")
+
+
+def skipped_location(entry: dict) -> str:
+    """A recorded skip's file (row, page) as a bad row's error names it (``Item.location``)."""
+    return Item(entry["id"], None, entry["source"], entry["row"], page=entry.get("page")).location

@@ -2,6 +2,9 @@
 
 The holder's pid is written into the lock file so a second run can name it. No stale lock survives a
 SIGKILL: the kernel releases ``flock`` locks when the process's file descriptors close.
+
+A first run that fails before committing removes the folder it created (``remove_if_unused``), lock file
+included; a run that was waiting on that lock file then finds it gone and takes the lock anew.
 """
 
 from __future__ import annotations
@@ -52,21 +55,26 @@ class IndexLock:
         check_wait(wait_seconds)
         self.path = folder / LOCK_NAME
         self.wait_seconds = wait_seconds
+        self.created: Path | None = None  # the top folder this run created (--output, or a missing parent of it)
         self._fd: int | None = None
 
     def __enter__(self) -> "IndexLock":
-        fd = self._open()
         deadline = time.monotonic() + self.wait_seconds
+        fd = self._open()
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = _read_pid(fd)
                     os.close(fd)
                     raise _locked(self.path.parent, holder) from None
                 time.sleep(0.2)
+                continue
+            if self._still_there(fd):
+                break
+            os.close(fd)  # the holder removed the folder it had created (its run failed): start again
+            fd = self._open()
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -78,15 +86,60 @@ class IndexLock:
             os.close(self._fd)
             self._fd = None
 
+    def remove_if_unused(self) -> None:
+        """Remove the folders this run created when they hold nothing but the lock file and empty folders (a first
+        run that failed before committing): no half-made index is left for ``info`` or the next run to stumble on."""
+        folder = self.path.parent
+        if self.created is None or self._fd is None or not _holds_nothing(folder):
+            return
+        try:
+            for root, folders, _files in os.walk(folder, topdown=False):
+                for name in folders:
+                    os.rmdir(os.path.join(root, name))
+            self.path.unlink()
+            for path in (folder, *folder.parents):
+                path.rmdir()
+                if path == self.created:
+                    break
+        except OSError:  # best effort: what is left is only empty folders
+            pass
+
+    def _still_there(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            return False
+
     def _open(self) -> int:
         folder = self.path.parent
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{folder}: exists and is not a folder (an index is a folder)", hint="choose another --output")
+        self.created = _first_missing(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise IndexWriteError(f"{folder}: cannot create the index folder or its lock file ({exc.strerror})") from exc
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist (what ``mkdir(parents=True)`` creates)."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
+
+
+def _holds_nothing(folder: Path) -> bool:
+    """``folder`` holds no file but its lock file, however deep (empty folders only)."""
+    for root, folders, files in os.walk(folder):
+        if any(not (Path(root) == folder and name == LOCK_NAME) for name in files):
+            return False
+        if any(os.path.islink(os.path.join(root, name)) for name in folders):
+            return False
+    return True
 
 
 def _read_pid(fd: int) -> str | None:

@@ -95,10 +95,12 @@ class ColQwen3_5Encoder(VisionEncoder):
 
     def _prepare(self, value: Any) -> Prepared:
         from tokembed.models.vision import prepared_from
+        from tokembed.models.vision_inputs import processed
         from tokembed.sources.video import is_video
 
         if self.settings.kind == "document" and is_video(value):
-            return _complete(prepared_from(self.processor.process_videos([value])), self.model)
+            videos = processed(self.processor.process_videos, value, self.model.architecture)
+            return _complete(prepared_from(videos), self.model)
         prepared = super()._prepare(value)
         return _complete(prepared, self.model) if self.settings.kind == "document" else prepared
 

@@ -35,6 +35,7 @@ from torch import nn
 from tokembed.errors import BadInputError, ModelError, UsageError
 from tokembed.models.base import LoadOptions, position_limit, torch_dtype
 from tokembed.models.steps import OutputShape
+from tokembed.models.vision_inputs import processed, unusual_shape
 from tokembed.settings import EncodeSettings
 
 PREPARE_THREADS = 4  # threads that run the processor over a chunk of documents (VisionEncoder.tokenize): each holds a
@@ -162,6 +163,20 @@ class VisionEncoder(OutputShape):
     def _copy_processor(self) -> None:
         self._local.processor = copy.deepcopy(self.model.processor)
 
+    def input_problem(self, value: Any) -> str | None:
+        """Why the processor refuses this document, or None. Asked where rows are planned (``plan.py``, in the
+        main process whatever the engine), so that a page the processor cannot resize is a bad row under
+        ``--on-error``, not a crash of the run. Only documents of an unusual shape are tried (processed once
+        more here): the processors' per-image refusals are about shape, and a second pass over every page would
+        cost the main process what the encode costs."""
+        if self.settings.kind != "document" or not unusual_shape(value):
+            return None
+        try:
+            self._prepare(value)
+        except BadInputError as exc:
+            return str(exc)
+        return None
+
     def _prepare(self, value: Any) -> Prepared:
         processor = self.processor
         if self.settings.kind == "query":
@@ -183,7 +198,7 @@ class VisionEncoder(OutputShape):
                 f"{getattr(value, 'name', 'a video')}: {self.model.architecture} does not encode videos",
                 hint="tokembed models lists the families that take videos; keep videos out of this model's input",
             )
-        return prepared_from(processor.process_images([value]))
+        return prepared_from(processed(processor.process_images, value, self.model.architecture))
 
     def collate(self, batch: list[Prepared]) -> dict[str, torch.Tensor]:
         """Right-pad ids and attention; zero-pad every payload tensor to the largest item and stack it.

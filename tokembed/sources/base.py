@@ -131,22 +131,28 @@ def _unicode_checked(item: Item) -> Item:
     return item if problem is None else replace(item, text=None, image=None, error=problem)
 
 
+def check_input(path: Path) -> None:
+    """Raise ``BadInputError`` if ``path`` is no input a reader takes: missing, or a file of another kind. Cheap
+    (no file is read): ``encode`` asks it of every input before it loads the model."""
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file or folder")
+    if path.is_file() and not (path.suffix in (".parquet", ".jsonl") or path.suffix.lower() == ".pdf"):
+        raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
+
+
 def _readers(path: Path, options: SourceOptions) -> list:
     from tokembed.sources.jsonl import read_jsonl
     from tokembed.sources.parquet import read_parquet
 
-    if not path.exists():
-        raise BadInputError(f"{path}: no such file or folder")
+    check_input(path)
     if path.is_file():
         if path.suffix == ".parquet":
             return [(path, read_parquet)]
         if path.suffix == ".jsonl":
             return [(path, read_jsonl)]
-        if path.suffix.lower() == ".pdf":
-            from tokembed.sources.pdf import read_pdf_file
+        from tokembed.sources.pdf import read_pdf_file
 
-            return [(path, read_pdf_file)]
-        raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
+        return [(path, read_pdf_file)]
     data_files = [file for file in walk_files(path) if file.suffix in (".parquet", ".jsonl")]
     if data_files:  # a folder of Parquet and / or JSONL files is read for those files, in path order
         return [(file, read_parquet if file.suffix == ".parquet" else read_jsonl) for file in data_files]
@@ -225,6 +231,8 @@ def _walk_real_folders(top: Path, seen: set, found: list[Path], links: list[Path
     import os
 
     def unlistable(exc: OSError) -> None:
+        if isinstance(exc, FileNotFoundError) and not os.path.lexists(exc.filename):
+            raise BadInputError(f"{exc.filename}: no such file or folder")
         raise BadInputError(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
 
     for root, folders, files in os.walk(top, onerror=unlistable):
