@@ -59,7 +59,7 @@ class Case:
 
         self.name, self.engine, self.output = name, engine, output
         job = EncodeJob(inputs=[], output=output, model=model, flags=flags, devices=devices, batch_tokens=batch_tokens,
-                        engine=engine, ray_address=address or "auto")
+                        engine=engine, ray_address=address)
         embedder = Embedder.load(model, flags, "cpu")
         self.encoder = embedder.encoder
         started = time.perf_counter()

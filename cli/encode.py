@@ -117,9 +117,9 @@ def encode(
         Engine.local, help="local (this machine's --devices) or ray (actors on a Ray cluster, pip install 'tokembed[ray]'; "
         "the index must be on storage every node shares). Same index bytes either way.",
     ),
-    ray_address: str = typer.Option(
-        "auto", help="--engine ray: the cluster, HOST:PORT as `ray start --head` prints it, or auto (RAY_ADDRESS, else "
-        "the cluster started on this machine).",
+    ray_address: Optional[str] = typer.Option(
+        None, help="--engine ray only: the cluster, HOST:PORT as `ray start --head` prints it, or auto (the default: "
+        "RAY_ADDRESS, else the cluster started on this machine).",
     ),
     batch_tokens: int = typer.Option(16384, help="Token budget of one batch, padding included. An item longer than the budget runs alone."),
     max_length: Optional[int] = typer.Option(

@@ -46,16 +46,31 @@ def _library_warnings_to_stderr() -> None:
 
 
 def run(args: list[str] | None = None, started: float | None = None) -> int:
-    """Run the app and return its exit code; known errors become one line on stderr.
+    """Run the app and return its exit code; known errors become one line on stderr, and so does a standard
+    output that cannot be written (``cli/_stdout.py``).
 
     ``started``: the ``time.perf_counter()`` at which the command began (default: now), for ``load_seconds``.
     """
     from cli._clock import mark_start
-    from cli._signals import sigterm_interrupts
-    from tokembed.errors import TokembedError
+    from cli._stdout import guarded_stdout, report_failed_stdout
 
     mark_start(started)
     _library_warnings_to_stderr()
+    code = 0
+    with guarded_stdout() as stdout:
+        try:
+            code = _run_command(args)
+            if stdout.error is None:
+                stdout.flush()  # what print() left in the buffer: a failure is reported here, not at exit
+        except (OSError, SystemExit):  # click turns a broken pipe into SystemExit(1)
+            if stdout.error is None:
+                raise
+    return code if stdout.error is None else report_failed_stdout(stdout.error, code)
+
+
+def _run_command(args: list[str] | None) -> int:
+    from cli._signals import sigterm_interrupts
+    from tokembed.errors import TokembedError
 
     try:
         with sigterm_interrupts():  # uvicorn replaces it while serving, and restores it after

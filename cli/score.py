@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from enum import Enum
@@ -169,16 +168,16 @@ class ScanProgress(LineProgress):
 
 
 def _write_or_say_why(queries, hits, fmt: Format, output: Path | None) -> None:
-    """``write_results``; a reader that went away (``| head``) ends the output quietly, and a failed write (a full
-    disk) is a write error (exit 8) naming where."""
+    """``write_results``; a failed write to ``--output`` (a full disk) is a write error (exit 8) naming the file.
+    Standard output is every command's (``cli/_stdout.py``): a reader that went away ends it quietly."""
     from tokembed.errors import IndexWriteError
 
     try:
         write_results(queries, hits, fmt, output)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit fails no more
     except OSError as exc:
-        raise IndexWriteError(f"{output or 'standard output'}: cannot write the results ({exc.strerror or exc})") from exc
+        if output is None:
+            raise
+        raise IndexWriteError(f"{output}: cannot write the results ({exc.strerror or exc})") from exc
 
 
 def write_results(queries, hits, fmt: Format, output: Path | None) -> None:

@@ -327,6 +327,27 @@ def test_score_finds_a_relative_base_from_another_folder(checkpoint, tmp_path, c
     assert elsewhere.stdout == nearby.stdout
 
 
+def test_a_relative_base_folder_is_recorded_and_sent_to_workers_absolute(checkpoint, tmp_path, cli, monkeypatch):
+    """``--base-model`` given as a relative folder was recorded as typed (a score run elsewhere could not find it),
+    and a worker rebuilt the embedder from the flags as typed: a Ray actor, which runs in the folder `ray start`
+    ran in, failed with exit 4. A relative ``base_model_name_or_path`` of the adapter reached it as typed too."""
+    from tokembed.embedder import Embedder
+    from tokembed.settings import EncodeFlags
+
+    base = checkpoint("pylate_bert")
+    adapter = _text_adapter(base, tmp_path / "lora")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "a", "text": "mars is the red planet"}\n')
+    monkeypatch.chdir(tmp_path)
+    result = cli("encode", docs, "--model", adapter, "--base-model", "ckpt-pylate_bert", "-o", tmp_path / "index")
+    assert result.exit_code == 0, result.stderr
+    assert manifest(tmp_path / "index")["flags"]["base_model"] == str(base.resolve())
+    flags = EncodeFlags(base_model="ckpt-pylate_bert")
+    assert Embedder.load(str(adapter), flags).spec(flags).flags.base_model == str(base.resolve())
+    _set_base(adapter, "ckpt-pylate_bert")
+    assert Embedder.load(str(adapter), EncodeFlags()).spec(EncodeFlags()).flags.base_model == str(base.resolve())
+
+
 # -- serve --lora-modules: unmerged, batched per adapter ------------------------------------------------
 
 

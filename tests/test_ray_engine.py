@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,6 +245,47 @@ def test_more_cpu_actors_than_cores_share_them_and_stdout_holds_only_the_summary
     assert_same_rows(out, local)
 
 
+def ray_encode_from(folder, *args, cluster):
+    """``tokembed encode --engine ray`` run from ``folder`` (the cluster's actors run in the folder of `ray start`),
+    with paths as typed there."""
+    from test_devices import ENV
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**ENV, **LOOPBACK, "PYTHONPATH": os.pathsep.join(filter(None, [repo, ENV.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-m", "cli.main", "encode", *map(str, args), *map(str, COMMON), "--engine", "ray",
+                             "--ray-address", cluster], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert_no_actor_left()
+    return result
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_relative_output_folder_is_the_drivers(work, cluster, tmp_path):
+    """Actors resolved a relative ``-o`` against their own folder: exit 9 ("staging folder ... is not there")."""
+    corpus, _, model, local, _ = work
+    result = ray_encode_from(tmp_path, corpus, "-o", "index", "-m", model, "--devices", "cpu:2", cluster=cluster)
+    assert result.returncode == 0, result.stderr
+    assert shard_digests(tmp_path / "index") == shard_digests(local)
+    assert not (tmp_path / "index" / "staging").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_adapter_over_a_relative_base_folder(checkpoint, cluster, tmp_path):
+    """Actors resolved a relative ``--base-model`` against their own folder: exit 4. Same rows as the local engine."""
+    from test_adapters import _text_adapter
+
+    base = checkpoint("pylate_bert")
+    adapter = _text_adapter(base, tmp_path / "lora")
+    corpus = write_parquet(tmp_path / "corpus.parquet", corpus_rows(12))
+    flags = ("-m", adapter, "--base-model", base.name, "--devices", "cpu")
+    result = ray_encode_from(tmp_path, corpus, "-o", tmp_path / "ray", *flags, cluster=cluster)
+    assert result.returncode == 0, result.stderr
+    assert manifest(tmp_path / "ray")["flags"]["base_model"] == str(base.resolve())
+    assert encode(corpus, tmp_path / "local", "--base-model", base, "--devices", "cpu", model=adapter).returncode == 0
+    assert shard_digests(tmp_path / "ray") == shard_digests(tmp_path / "local")
+
+
 @pytest.mark.ray
 def test_a_ray_address_that_is_a_url_or_not_a_ray_cluster(work, tmp_path):
     import http.server
@@ -352,3 +394,57 @@ def test_ray_address_auto_without_a_cluster_names_what_it_looked_for(monkeypatch
     assert ray_engine.cluster_address("auto") == "10.9.9.9:6380"
     with pytest.raises(UsageError, match="expected auto or HOST:PORT"):
         ray_engine.connect("nohostport")
+
+
+def test_ray_address_env_auto_is_the_local_cluster_and_a_bad_one_is_named_as_from_ray_address(monkeypatch, tmp_path):
+    """``RAY_ADDRESS=auto`` (what Ray itself accepts) was refused as "--ray-address 'auto': expected auto or
+    HOST:PORT", naming a flag that was not given."""
+    from tokembed.engine import ray_cluster as ray_engine
+    from tokembed.errors import DeviceError, UsageError
+
+    monkeypatch.setattr(ray_engine, "CURRENT_CLUSTER_FILE", tmp_path / "ray_current_cluster")
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    with pytest.raises(DeviceError, match="RAY_ADDRESS is auto and no `ray start` on this machine"):
+        ray_engine.cluster_address("auto")
+    (tmp_path / "ray_current_cluster").write_text("10.1.2.3:6379\n")
+    assert ray_engine.cluster_address("auto") == "10.1.2.3:6379"
+    assert ray_engine.cluster_address(None) == "10.1.2.3:6379"
+    for value, why in (("local", "expected auto or HOST:PORT"), ("ray://10.1.2.3:10001", "not a URL")):
+        monkeypatch.setenv("RAY_ADDRESS", value)
+        with pytest.raises(UsageError, match=f"^RAY_ADDRESS '{value}': .*{why}"):
+            ray_engine.connect("auto")
+    with pytest.raises(UsageError, match="^--ray-address 'nohostport'"):  # the flag wins, and is named
+        ray_engine.connect("nohostport")
+
+
+def test_ray_address_without_engine_ray_is_a_usage_error(cli, tmp_path):
+    """It was ignored: the run encoded locally, with no word that the cluster was never asked."""
+    corpus = write_parquet(tmp_path / "corpus.parquet", corpus_rows(3))
+    for extra in ((), ("--engine", "local")):
+        result = cli("encode", corpus, "-o", tmp_path / "index", "--ray-address", "10.1.2.3:6379", *extra)
+        assert result.exit_code == 2, result.stderr
+        assert "usage error: --ray-address 10.1.2.3:6379: only --engine ray connects to a cluster" in result.stderr
+        assert not (tmp_path / "index").exists()
+
+
+def test_the_staging_folder_and_path_variables_reach_the_actors_absolute(monkeypatch, tmp_path):
+    """An actor runs in the folder `ray start` ran in: a relative ``-o`` sent as typed was looked for there (exit 9
+    "staging folder ... is not there", or chunks staged into another index of the same name)."""
+    from types import SimpleNamespace
+
+    from tokembed.engine import ray as ray_runner
+    from tokembed.engine.ray_cluster import ActorPlan
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ray_runner, "connect", lambda address: ("127.0.0.1:1", False))
+    monkeypatch.setattr(ray_runner, "plan_actors", lambda devices: ActorPlan(1, 1, 0, 1, spread=False))
+    monkeypatch.setattr(ray_runner.RayRunner, "_start_actors", lambda self, spec, plan: None)
+    spec = SimpleNamespace(fingerprint="f", weights_sha256="w", settings=None)
+    job = SimpleNamespace(output=Path("rel") / "index", batch_tokens=64, devices="cpu", ray_address=None)
+    runner = ray_runner.RayRunner(spec, job, encoder=None)
+    try:
+        assert runner.staging == tmp_path / "rel" / "index" / "staging" and runner.staging.is_dir()
+    finally:
+        runner.close()
+    env = ray_runner.actor_env({"TOKEMBED_CACHE": "cache", "HF_HOME": "/abs/hf", "HF_HUB_OFFLINE": "1", "HOME": "/root"})
+    assert env == {"TOKEMBED_CACHE": str(tmp_path / "cache"), "HF_HOME": "/abs/hf", "HF_HUB_OFFLINE": "1"}

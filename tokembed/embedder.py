@@ -7,6 +7,7 @@ The one way tokembed turns texts into token matrices: ``encode`` uses it for the
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -78,7 +79,11 @@ class Embedder:
         return self.encoder.output_dim
 
     def spec(self, flags: EncodeFlags, trust_remote_code: bool = False) -> "EmbedderSpec":
-        """What a worker process needs to rebuild this embedder on its own device (``flags``: as loaded)."""
+        """What a worker process needs to rebuild this embedder on its own device (``flags``: as loaded). Paths in
+        it are absolute: a Ray actor runs in another folder (the one ``ray start`` ran in)."""
+        base = local_base(self.resolved)
+        if base is not None:
+            flags = replace(flags, base_model=base)  # also a relative base_model_name_or_path of the adapter
         return EmbedderSpec(
             str(self.resolved.path), flags, trust_remote_code, self.model.colbert, self.fingerprint, self.settings,
             self.weights_sha256,
@@ -90,6 +95,14 @@ class Embedder:
 
         result = run_chunk(self.encoder, texts, batch_tokens, self.device)
         return list(zip(result.vectors, result.token_ids))
+
+
+def local_base(resolved: ResolvedModel) -> str | None:
+    """An adapter's base as the absolute folder it was loaded from; None for no adapter or a hub id's base."""
+    base = resolved.base
+    if base is None or not Path(base.name).expanduser().is_dir():  # as resolve_model told a folder from a hub id
+        return None
+    return str(base.path)
 
 
 @dataclass(frozen=True)

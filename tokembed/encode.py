@@ -59,7 +59,7 @@ class EncodeJob:
     on_error: str = "fail"
     devices: str = "auto"
     engine: str = "local"  # local: this machine's devices; ray: actors on a Ray cluster (tokembed/engine/ray.py)
-    ray_address: str = "auto"
+    ray_address: str | None = None  # --engine ray only; None: auto
     trust_remote_code: bool = False
     shard_rows: int = 50_000
     wait_seconds: float = 0.0
@@ -141,6 +141,7 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     if job.model is None:
         progress.log(DEMO_NOTICE)
     embedder = Embedder.load(job.model, job.flags, device, job.trust_remote_code)
+    job = _with_base_folder_absolute(job, embedder)
     settings, model = embedder.settings, embedder.model
     if settings.dimensions is not None and settings.dimensions > model.output_dim:
         raise UsageError(f"--dimensions {settings.dimensions} is larger than the model's output dimension {model.output_dim}")
@@ -167,6 +168,17 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     summary.load_seconds = loaded - started
     summary.encode_seconds = summary.seconds - (first_read - started)
     return summary
+
+
+def _with_base_folder_absolute(job: EncodeJob, embedder) -> EncodeJob:
+    """``--base-model`` given as a relative folder: the manifest records it absolute, for a ``score`` or ``serve``
+    run from another folder."""
+    from tokembed.embedder import local_base
+
+    base = local_base(embedder.resolved)
+    if job.flags.base_model is None or base is None:
+        return job
+    return replace(job, flags=replace(job.flags, base_model=base))
 
 
 def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
@@ -358,6 +370,9 @@ def _check_job(job: EncodeJob) -> None:
         raise UsageError(f"--on-error must be fail or skip; got {job.on_error!r}")
     if job.engine not in ("local", "ray"):
         raise UsageError(f"--engine must be local or ray; got {job.engine!r}")
+    if job.ray_address is not None and job.engine != "ray":
+        raise UsageError(f"--ray-address {job.ray_address}: only --engine ray connects to a cluster (--engine is {job.engine})",
+                         hint="add --engine ray, or leave --ray-address out")
     if job.batch_tokens < 1:
         raise UsageError(f"--batch-tokens must be positive; got {job.batch_tokens}")
     if job.shard_rows < 1:

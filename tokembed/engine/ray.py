@@ -48,6 +48,8 @@ ACTOR_RETRIES = 3  # restarts of a dead actor, and retries of the chunks it held
 STAGING = "staging"
 # Environment an actor inherits from the driver: offline hub settings, caches, test fault hooks.
 _PASSED_ENV = ("TOKEMBED_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+# Those of them that name a folder or file: passed absolute, as the driver resolves them.
+_PATH_ENV = ("TOKEMBED_CACHE", "HF_HOME", "HF_HUB_CACHE", "HF_ASSETS_CACHE", "HF_TOKEN_PATH", "TRANSFORMERS_CACHE")
 
 
 # -- staged chunk files --------------------------------------------------------------------------
@@ -204,13 +206,13 @@ class RayRunner:
         self.batch_tokens = job.batch_tokens
         self._log = getattr(progress, "log", None) or (lambda message: None)
         self._device_tokens = getattr(progress, "device_tokens", None)
-        self.staging = Path(job.output) / STAGING
+        self.staging = Path(job.output).absolute() / STAGING  # an actor runs in the folder `ray start` ran in
         self.device_stats: dict[str, DeviceStats] = {}
         self._prefix = f"{spec.fingerprint}\0{spec.weights_sha256}\0{spec.settings!r}\0{job.batch_tokens}\0".encode()
         self._actors: list = []
         self._held: list[int] = []
         self._finished = False
-        self._address, self._owns_connection = connect(getattr(job, "ray_address", "auto"))
+        self._address, self._owns_connection = connect(getattr(job, "ray_address", None))
         try:
             plan = plan_actors(job.devices)
             self.staging.mkdir(parents=True, exist_ok=True)
@@ -222,13 +224,12 @@ class RayRunner:
     def _start_actors(self, spec, plan: ActorPlan) -> None:
         import ray
 
-        env = {key: value for key, value in os.environ.items() if key.startswith(_PASSED_ENV)}
         options = {
             "num_cpus": plan.num_cpus,
             "num_gpus": plan.num_gpus,
             "max_restarts": ACTOR_RETRIES,
             "max_task_retries": ACTOR_RETRIES,
-            "runtime_env": {"env_vars": env},
+            "runtime_env": {"env_vars": actor_env(os.environ)},
         }
         if plan.spread:
             options["scheduling_strategy"] = "SPREAD"
@@ -336,6 +337,16 @@ class RayRunner:
         else:
             with contextlib.suppress(OSError):
                 self.staging.rmdir()  # only when nothing was staged
+
+
+def actor_env(environ) -> dict[str, str]:
+    """The driver's variables an actor inherits, a relative path among them made absolute against the driver's
+    folder (an actor runs in the folder `ray start` ran in)."""
+    env = {key: value for key, value in environ.items() if key.startswith(_PASSED_ENV)}
+    for key in _PATH_ENV:
+        if env.get(key):
+            env[key] = os.path.abspath(os.path.expanduser(env[key]))
+    return env
 
 
 def _first_line(exc: BaseException) -> str:

@@ -33,16 +33,26 @@ class ActorPlan:
 
 def cluster_address(address: str | None) -> str:
     """``--ray-address``: ``auto`` (RAY_ADDRESS, else the cluster ``ray start`` started on this machine) or HOST:PORT."""
+    return _find_address(address)[0]
+
+
+def _find_address(address: str | None) -> tuple[str, str]:
+    """(the address, where it came from: ``--ray-address``, ``RAY_ADDRESS`` or the file ``ray start`` wrote), the
+    source named in every message about it. ``RAY_ADDRESS=auto`` means what it means to Ray: the cluster
+    ``ray start`` started on this machine."""
     address = (address or "auto").strip()
     if address != "auto":
-        return address
-    found = os.environ.get("RAY_ADDRESS") or (CURRENT_CLUSTER_FILE.read_text().strip() if CURRENT_CLUSTER_FILE.is_file() else "")
-    if not found:
-        raise DeviceError(
-            "--ray-address auto: no running Ray cluster found (RAY_ADDRESS is unset and no `ray start` on this machine)",
-            hint="start one with `ray start --head`, or pass --ray-address HOST:PORT",
-        )
-    return found
+        return address, "--ray-address"
+    from_env = os.environ.get("RAY_ADDRESS", "").strip()
+    if from_env and from_env != "auto":
+        return from_env, "RAY_ADDRESS"
+    if CURRENT_CLUSTER_FILE.is_file() and (found := CURRENT_CLUSTER_FILE.read_text().strip()):
+        return found, f"--ray-address auto ({CURRENT_CLUSTER_FILE})"
+    unset = "RAY_ADDRESS is auto" if from_env else "RAY_ADDRESS is unset"
+    raise DeviceError(
+        f"--ray-address auto: no running Ray cluster found ({unset} and no `ray start` on this machine)",
+        hint="start one with `ray start --head`, or pass --ray-address HOST:PORT",
+    )
 
 
 def connect(address: str | None) -> tuple[str, bool]:
@@ -51,8 +61,8 @@ def connect(address: str | None) -> tuple[str, bool]:
 
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a library caller connected already
         return "(connected)", False
-    target = cluster_address(address)
-    host, port = _host_port(target)
+    target, source = _find_address(address)
+    host, port = _host_port(target, source)
     if host in ("127.0.0.1", "localhost", "::1"):
         # Ray rewrites a loopback address to the machine's public IP unless told, before it is imported,
         # that the cluster is local-only.
@@ -62,19 +72,20 @@ def connect(address: str | None) -> tuple[str, bool]:
         import ray
     except ImportError as exc:
         raise UsageError("--engine ray needs Ray: pip install 'tokembed[ray]'") from exc
-    _check_speaks_grpc(target, host, port)
+    where = f"{source} {target}"
+    _check_speaks_grpc(where, host, port)
     handlers = _signal_handlers()
     try:
         ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise DeviceError(f"--ray-address {target}: cannot connect to the Ray cluster: {exc}") from exc
+        raise DeviceError(f"{where}: cannot connect to the Ray cluster: {exc}") from exc
     finally:
         _restore(handlers)
     _cluster_errors_to_stderr(ray)
     return target, True
 
 
-def _check_speaks_grpc(target: str, host: str, port: int) -> None:
+def _check_speaks_grpc(where: str, host: str, port: int) -> None:
     """The cluster's GCS answers gRPC: an HTTP/2 server sends its SETTINGS frame after the client's preface. Any
     other listener (a web server, a Ray dashboard port) would keep ``ray.init`` retrying for minutes, holding the
     index's lock. (Not checked with TLS on, where the preface would go unanswered.)"""
@@ -86,11 +97,11 @@ def _check_speaks_grpc(target: str, host: str, port: int) -> None:
             header = connection.recv(9)
     except OSError as exc:
         raise DeviceError(
-            f"--ray-address {target}: cannot reach the Ray cluster ({exc.strerror or exc})",
+            f"{where}: cannot reach the Ray cluster ({exc.strerror or exc})",
             hint="check the address `ray start --head` printed, and that this machine can reach it",
         ) from exc
     if len(header) < 4 or header[3] != 0x04:  # an HTTP/2 frame header of type SETTINGS
-        raise DeviceError(f"--ray-address {target}: something listens there, but not a Ray cluster's GCS (no gRPC answer)",
+        raise DeviceError(f"{where}: something listens there, but not a Ray cluster's GCS (no gRPC answer)",
                           hint="give the address `ray start --head` printed (HOST:6379 by default), not the dashboard's")
 
 
@@ -138,13 +149,14 @@ def _use_auth_token_like_ray_start() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def _host_port(address: str) -> tuple[str, int]:
+def _host_port(address: str, source: str = "--ray-address") -> tuple[str, int]:
     if "://" in address:
-        raise UsageError(f"--ray-address {address!r}: give the cluster's HOST:PORT (what `ray start --head` printed), "
+        raise UsageError(f"{source} {address!r}: give the cluster's HOST:PORT (what `ray start --head` printed), "
                          "not a URL (Ray Client's ray:// and the dashboard's http:// are not what a driver connects to)")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise UsageError(f"--ray-address {address!r}: expected auto or HOST:PORT")
+        accepted = "HOST:PORT" if source.startswith("--ray-address auto") else "auto or HOST:PORT"
+        raise UsageError(f"{source} {address!r}: expected {accepted}")
     return host.strip("[]"), int(port)
 
 
