@@ -16,7 +16,6 @@ package, never a traceback.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -178,33 +177,30 @@ def missing_package_error(path: Path, exc: ImportError) -> ModelError:
 
 
 def weight_file_of(path: Path, name: str) -> str:
-    """The weight file of ``path`` that holds tensor ``name`` (sharded index, then safetensors headers)."""
-    folder = Path(path)
-    for index in sorted(folder.glob("*.index.json")):
+    """The weight file of ``path`` that holds tensor ``name`` (of the files ``weights.weight_files`` reads)."""
+    from tokembed.models.weights import names_in
+
+    for file in _weight_files(Path(path)):
         try:
-            weight_map = json.loads(index.read_text()).get("weight_map", {})
-        except (OSError, ValueError):
+            if name in names_in(file):
+                return str(file)
+        except Exception:  # an unreadable file is reported elsewhere; this is only for a message
             continue
-        if name in weight_map:
-            return str(folder / weight_map[name])
-    for file in sorted(folder.glob("*.safetensors")):
-        if name in _safetensors_names(file):
-            return str(file)
-    return _files(folder)
+    return _files(path)
 
 
-def _safetensors_names(file: Path) -> set[str]:
-    from tokembed.models.weights import safetensors_header
+def _weight_files(folder: Path) -> list[Path]:
+    from tokembed.models.weights import weight_files
 
     try:
-        return set(safetensors_header(file))
-    except (OSError, ValueError):
-        return set()
+        return weight_files(folder)
+    except ModelError:  # an unreadable index: this is only for a message
+        return []
 
 
 def _files(folder: Path) -> str:
     folder = Path(folder)
-    files = sorted(p.name for p in folder.glob("*.safetensors")) or sorted(p.name for p in folder.glob("*.bin"))
+    files = [file.name for file in _weight_files(folder)]
     return f"{folder}/{{{', '.join(files)}}}" if files else f"{folder} (no weight files)"
 
 

@@ -26,7 +26,7 @@ from tokembed.models.base import (
     read_json,
 )
 from tokembed.settings import ColbertConfig
-from tokembed.models.weights import load_tensors, tensor_names, weight_files
+from tokembed.models.weights import load_tensors, tensor_names
 
 
 def read_modules(path: Path) -> list[dict]:
@@ -57,23 +57,47 @@ def transformer_settings(path: Path, modules: list[dict]) -> dict[str, Any]:
     return read_json(folder / "sentence_bert_config.json") or {}
 
 
-def load_dense_stack(path: Path, modules: list[dict], trust_remote_code: bool) -> nn.Sequential:
-    """Every ``Dense`` module in pipeline order, with bias and activation as stored."""
+def load_dense_stack(path: Path, modules: list[dict], trust_remote_code: bool, multi_vector: bool) -> nn.Sequential:
+    """Every ``Dense`` module in pipeline order, with bias and activation as stored. Its weights are what
+    sentence-transformers' ``load_torch_weights`` reads: ``model.safetensors``, else ``pytorch_model.bin``."""
     layers = []
     for module in modules_of_type(modules, "Dense"):
         folder = path / module.get("path", "")
-        config = read_json(folder / "config.json") or {}
-        names = tensor_names(folder)
+        config = read_json(folder / "config.json")
+        if not isinstance(config, dict):
+            raise ModelError(f"{folder}: a Dense module without a config.json object (sentence-transformers and "
+                             "PyLate cannot build it)")
+        names = tensor_names(folder, indexed=False)
         with_bias = config.get("bias", "linear.bias" in names)  # a config that does not say: what the file holds
         wanted = {"linear.weight", "linear.bias"} if with_bias else {"linear.weight"}
-        tensors = load_tensors(folder, wanted, required=wanted)
+        tensors = load_tensors(folder, wanted, required=wanted, indexed=False)
         check_dense_agrees(folder, config, names - wanted, tensors["linear.weight"])
         bias = tensors.get("linear.bias")
         if config.get("use_residual"):
             raise ModelError(f"{folder}: Dense with use_residual is not supported")
-        activation = activation_from_name(config.get("activation_function"), trust_remote_code)
+        activation = dense_activation(folder, module.get("type", ""), config, multi_vector, trust_remote_code)
         layers.append(DenseLayer(tensors["linear.weight"], bias, activation))
     return nn.Sequential(*layers)
+
+
+def dense_activation(
+    folder: Path, module_type: str, config: dict, multi_vector: bool, trust_remote_code: bool
+) -> nn.Module:
+    """The stored activation; where ``config.json`` names none, the reference's default: sentence-transformers'
+    ``Dense`` constructor (Tanh) for its own Dense in a multi-vector pipeline. Refused where the references
+    disagree: PyLate's Dense defaults to Identity but sentence-transformers loads it as its own Dense (Tanh), and
+    vLLM (the raw families' reference) applies no activation where sentence-transformers applies Tanh."""
+    if "activation_function" in config:
+        name = config["activation_function"]
+        if not isinstance(name, str) or not name:
+            raise ModelError(f"{folder / 'config.json'}: activation_function {name!r} is not a class name")
+        return activation_from_name(name, trust_remote_code)
+    if multi_vector and module_type.startswith("sentence_transformers."):
+        return nn.Tanh()
+    why = ("PyLate's Dense would apply Identity, sentence-transformers' Tanh" if module_type.startswith("pylate.")
+           else "vLLM would apply no activation, sentence-transformers' Dense Tanh")
+    raise ModelError(f"{folder / 'config.json'}: no activation_function key; {why}",
+                     hint="write the activation the model was trained with into its config.json")
 
 
 def check_dense_agrees(folder: Path, config: dict, unused: set[str], weight) -> None:
@@ -94,13 +118,37 @@ def check_module_folders_listed(path: Path, modules: list[dict]) -> None:
     backbone's hidden states written as the vectors. Refused instead of guessed."""
     listed = {str(module.get("path", "")).strip("/") for module in modules}
     for folder in sorted(path.iterdir()):
-        if folder.is_dir() and _MODULE_FOLDER.match(folder.name) and folder.name not in listed and weight_files(folder):
+        unlisted = folder.is_dir() and _MODULE_FOLDER.match(folder.name) and folder.name not in listed
+        if unlisted and _holds_weights(folder):
             what = "modules.json does not list it" if modules else "the checkpoint has no modules.json"
             raise ModelError(f"{folder}: a sentence-transformers module with weights, but {what}; its weights would "
                              "not be used", hint="list it in modules.json, or remove the folder")
 
 
+def _holds_weights(folder: Path) -> bool:
+    return any(file.suffix in (".safetensors", ".bin") for file in folder.iterdir() if file.is_file())
+
+
 _MODULE_FOLDER = re.compile(r"^\d+_\w+$")
+
+
+def check_module_types(path: Path, modules: list[dict]) -> None:
+    """A module tokembed does not apply (sentence-transformers' ``CNN``, ``LSTM``, ``WordWeights``, ``TokenPooling``,
+    a ``Router``, a package's own class) would be skipped, its effect on the vectors lost: refused. Known are the
+    modules tokembed reproduces and those that cannot change a token vector (``Pooling`` and a sentence-level
+    ``Normalize`` act on the pooled vector, ``Dropout`` is off at inference)."""
+    for module in modules:
+        module_type = str(module.get("type", ""))
+        if not (module_type.startswith(_KNOWN_PACKAGES) and _type_name(module) in _KNOWN_MODULES):
+            raise ModelError(f"{path / 'modules.json'}: module {module.get('path') or module.get('name', '?')!r} is a "
+                             f"{module_type!r}, which tokembed does not apply; its vectors would not be the model's",
+                             hint="tokembed models lists the layouts it reads")
+    if len(modules_of_type(modules, "Transformer")) > 1:
+        raise ModelError(f"{path / 'modules.json'}: more than one Transformer module; tokembed runs one backbone")
+
+
+_KNOWN_PACKAGES = ("sentence_transformers.", "pylate.")
+_KNOWN_MODULES = ("Transformer", "Dense", "MultiVectorMask", "Normalize", "Pooling", "Dropout")
 
 
 def module_config(path: Path, modules: list[dict], type_name: str) -> dict[str, Any] | None:
@@ -133,6 +181,7 @@ def load_st_folder(family: str, path: Path, options: LoadOptions, colbert: Colbe
     """Backbone (at the ``Transformer`` module's path) + every ``Dense`` as the projection, lowercasing and
     ``max_seq_length`` as ``sentence_bert_config.json`` says. A plain checkpoint folder loads the same way."""
     modules = read_modules(path)
+    check_module_types(path, modules)
     check_module_folders_listed(path, modules)
     backbone, tokenizer, config = load_backbone(transformer_folder(path, modules), options)
     settings = transformer_settings(path, modules)
@@ -144,7 +193,7 @@ def load_st_folder(family: str, path: Path, options: LoadOptions, colbert: Colbe
         architecture=(getattr(config, "architectures", None) or [type(backbone).__name__])[0],
         tokenizer=tokenizer,
         backbone=backbone,
-        projection=load_dense_stack(path, modules, options.trust_remote_code),
+        projection=load_dense_stack(path, modules, options.trust_remote_code, multi_vector=colbert is not None),
         colbert=colbert,
         max_length=model_max_length(tokenizer, config, settings.get("max_seq_length")),
         hidden_size=hidden_size_of(config),

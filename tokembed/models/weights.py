@@ -1,11 +1,13 @@
 """Read individual tensors out of a checkpoint folder (safetensors first, then PyTorch ``.bin``).
 
-Which files are the checkpoint is what transformers reads: ``model.safetensors``, else the files a
-``model.safetensors.index.json`` lists (each must be there), else the folder's other safetensors files (a
-sentence-transformers ``Dense`` folder, an adapter), else the PyTorch ``.bin`` files the same way. Never silently
-wrong (``check_weight_files``): a tensor name in two of those files (which copy would win depends on the file
-names) and a weight or bias of an integer or boolean type (a cast to float would turn a quantized or damaged
-tensor into other numbers) are refused, naming the files.
+Which files are the checkpoint is what its reference library reads, by those exact names and nothing else:
+transformers (and colbert-ai's ``HF_ColBERT``) read ``model.safetensors``, else the files a
+``model.safetensors.index.json`` lists (each must be there), else ``pytorch_model.bin``, else the files a
+``pytorch_model.bin.index.json`` lists; a sentence-transformers / PyLate ``Dense`` folder is read the same way
+without the indexes (``indexed=False``). Any other weight file beside them (``weights.safetensors``, an
+optimizer's state) is not read. Never silently wrong (``check_weight_files``): a tensor name in two of those files
+(which copy would win depends on the file names) and a weight or bias of an integer or boolean type (a cast to
+float would turn a quantized or damaged tensor into other numbers) are refused, naming the files.
 """
 
 from __future__ import annotations
@@ -20,17 +22,23 @@ import torch
 from tokembed.errors import ModelError
 
 
-def weight_files(folder: Path) -> list[Path]:
-    return _chosen(folder, "model.safetensors", "*.safetensors") or _chosen(folder, "pytorch_model.bin", "pytorch_model*.bin")
+# The weight files transformers' ``from_pretrained`` reads, in its order (a sentence-transformers module: the same
+# single files, no index).
+_SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _chosen(folder: Path, single: str, pattern: str) -> list[Path]:
-    if (folder / single).is_file():
-        return [folder / single]
-    index = folder / f"{single}.index.json"
-    if index.is_file():
-        return _listed_files(index)
-    return sorted(path for path in folder.glob(pattern) if path.is_file())
+def weight_files(folder: Path, indexed: bool = True) -> list[Path]:
+    for single in _SINGLE_FILES:
+        if (folder / single).is_file():
+            return [folder / single]
+        index = folder / f"{single}.index.json"
+        if indexed and index.is_file():
+            return _listed_files(index)
+    return []
+
+
+def _expected_names(indexed: bool) -> str:
+    return ", ".join(_SINGLE_FILES + tuple(f"{name}.index.json" for name in _SINGLE_FILES if indexed))
 
 
 def _listed_files(index: Path) -> list[Path]:
@@ -46,22 +54,29 @@ def _listed_files(index: Path) -> list[Path]:
     return [index.parent / name for name in names]
 
 
-def check_weight_files(folder: Path) -> None:
-    """Refuse a tensor name held by two of the checkpoint's safetensors files, and a weight or bias stored as an
-    integer or boolean type (safetensors headers only: nothing is read)."""
+def check_weight_files(folder: Path, indexed: bool = True) -> None:
+    """Refuse a tensor name held by two of the checkpoint's weight files, and a weight or bias stored as an
+    integer or boolean type (safetensors headers; ``.bin`` files are mapped, not read)."""
     seen: dict[str, Path] = {}
-    for file in weight_files(Path(folder)):
-        if file.suffix != ".safetensors":
-            continue
+    for file in weight_files(Path(folder), indexed):
         with readable(file):
-            header = safetensors_header(file)
-        for name, entry in header.items():
+            stored = _stored_types(file)
+        for name, (dtype, floating) in stored.items():
             if name in seen:
                 raise ModelError(f"{folder}: tensor {name} is in both {seen[name].name} and {file.name}; "
                                  "which copy is the checkpoint's is not knowable",
                                  hint="remove the stray weight file")
             seen[name] = file
-            check_float(file, name, entry["dtype"], entry["dtype"].startswith(("F", "BF")))
+            check_float(file, name, dtype, floating)
+
+
+def _stored_types(file: Path) -> dict[str, tuple[str, bool]]:
+    """name -> (dtype, is floating point) of every tensor in a weight file."""
+    if file.suffix == ".safetensors":
+        return {name: (entry["dtype"], entry["dtype"].startswith(("F", "BF")))
+                for name, entry in safetensors_header(file).items()}
+    return {name: (str(tensor.dtype), tensor.is_floating_point())
+            for name, tensor in _mapped_bin(file).items() if isinstance(tensor, torch.Tensor)}
 
 
 def check_float(file: Path, name: str, dtype: str, floating: bool) -> None:
@@ -96,7 +111,7 @@ def read_state(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint's weight files (safetensors, else PyTorch ``.bin``)."""
     files = weight_files(folder)
     if not files:
-        raise ModelError(f"{folder}: no weight files (*.safetensors or pytorch_model*.bin)")
+        raise ModelError(f"{folder}: no weight files ({_expected_names(True)})")
     check_weight_files(folder)
     state: dict[str, torch.Tensor] = {}
     for file in files:
@@ -104,50 +119,43 @@ def read_state(folder: Path) -> dict[str, torch.Tensor]:
             if file.suffix == ".safetensors":
                 from safetensors.torch import load_file
 
-                loaded = load_file(str(file))
+                state.update(load_file(str(file)))
             else:
-                loaded = _checked_bin(file, torch.load(file, map_location="cpu", weights_only=True), state)
-        state.update(loaded)
+                state.update(torch.load(file, map_location="cpu", weights_only=True))
     return state
 
 
-def _checked_bin(file: Path, loaded: dict, earlier: dict) -> dict:
-    """A PyTorch ``.bin`` file's tensors, held to what ``check_weight_files`` asks of safetensors headers."""
-    for name, tensor in loaded.items():
-        if name in earlier:
-            raise ModelError(f"{file.parent}: tensor {name} is in two of its weight files (one is {file.name})",
-                             hint="remove the stray weight file")
-        if isinstance(tensor, torch.Tensor):
-            check_float(file, name, str(tensor.dtype), tensor.is_floating_point())
-    return loaded
-
-
-def tensor_names(folder: Path) -> set[str]:
+def tensor_names(folder: Path, indexed: bool = True) -> set[str]:
     """Names of every tensor in the folder's weight files (safetensors headers; ``.bin`` files are mapped)."""
     names: set[str] = set()
-    for file in weight_files(folder):
+    for file in weight_files(folder, indexed):
         with readable(file):
-            names.update(_names_in(file))
+            names.update(names_in(file))
     return names
 
 
-def _names_in(file: Path) -> list[str]:
+def names_in(file: Path) -> list[str]:
     if file.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(file), framework="pt") as handle:
             return list(handle.keys())
+    return list(_mapped_bin(file))
+
+
+def _mapped_bin(file: Path) -> dict:
+    """A PyTorch ``.bin`` file's tensors, mapped rather than read where the file allows it."""
     try:
-        return list(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # a legacy (non-zip) .bin cannot be mapped: read it
-        return list(torch.load(file, map_location="cpu", weights_only=True))
+        return torch.load(file, map_location="cpu", weights_only=True)
 
 
-def find_tensors(folder: Path, names: set[str]) -> dict[str, torch.Tensor]:
+def find_tensors(folder: Path, names: set[str], indexed: bool = True) -> dict[str, torch.Tensor]:
     """Return the named tensors found in the folder's weight files (missing names are simply absent)."""
-    check_weight_files(folder)
+    check_weight_files(folder, indexed)
     found: dict[str, torch.Tensor] = {}
-    for file in weight_files(folder):
+    for file in weight_files(folder, indexed):
         with readable(file):
             if file.suffix == ".safetensors":
                 from safetensors import safe_open
@@ -156,15 +164,16 @@ def find_tensors(folder: Path, names: set[str]) -> dict[str, torch.Tensor]:
                     for name in names & set(handle.keys()):
                         found[name] = handle.get_tensor(name)
             else:
-                state = _checked_bin(file, torch.load(file, map_location="cpu", weights_only=True), found)
+                state = torch.load(file, map_location="cpu", weights_only=True)
                 found.update({name: state[name] for name in names if name in state})
     return found
 
 
-def load_tensors(folder: Path, names: set[str], required: set[str]) -> dict[str, torch.Tensor]:
-    found = find_tensors(folder, names)
+def load_tensors(folder: Path, names: set[str], required: set[str], indexed: bool = True) -> dict[str, torch.Tensor]:
+    found = find_tensors(folder, names, indexed)
     missing = required - set(found)
     if missing:
-        files = ", ".join(f.name for f in weight_files(folder)) or "no weight files"
+        files = ", ".join(f.name for f in weight_files(folder, indexed))
+        files = files or f"no weight files: {_expected_names(indexed)}"
         raise ModelError(f"{folder}: weights {sorted(missing)} not found ({files})")
     return {name: tensor.float() for name, tensor in found.items()}
