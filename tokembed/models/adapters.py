@@ -364,39 +364,17 @@ def processor_overlay(base: Path, adapter: Path) -> Iterator[Path | None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def refuse_pipeline_modules(adapter: Path) -> None:
-    """An adapter saved inside a sentence-transformers / PyLate folder (``modules.json`` beside it, a trained
-    ``1_Dense``, ColBERT settings) is one part of a pipeline tokembed's adapter loading does not read: applying it
-    to the base alone would drop the folder's projection and settings without a word."""
-    from tokembed.models.base import read_json
-    from tokembed.models.st_colbert import PYLATE_MARKERS
-    from tokembed.models.st_layout import read_modules
-
-    modules = read_modules(adapter)
-    extra = [module.get("path") or module.get("type", "?") for module in modules
-             if module.get("type", "").rsplit(".", 1)[-1] not in ("Transformer", "Pooling", "Normalize")]
-    st_config = read_json(adapter / "config_sentence_transformers.json")
-    st_config = st_config if isinstance(st_config, dict) else {}
-    settings = sorted(key for key in PYLATE_MARKERS if key in st_config)
-    if extra or settings or st_config.get("model_type") in ("ColBERT", "MultiVectorEncoder"):
-        what = f"modules {', '.join(map(str, extra))}" if extra else f"ColBERT settings ({', '.join(settings) or 'model_type'})"
-        raise ModelError(
-            f"{adapter}: a PEFT adapter saved inside a sentence-transformers / PyLate pipeline (modules.json: {what}); "
-            "tokembed applies an adapter to its base checkpoint only and would leave these unread",
-            hint="merge the adapter (peft's merge_and_unload) and save the whole model, then encode that folder",
-        )
-
-
 # -- loading a base + adapter ------------------------------------------------------------------------------
 
 
 def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) -> Any:
     """Load ``base`` through its family (the adapter's processor files first) and apply the adapter."""
     from tokembed.models.registry import detect, family_class
+    from tokembed.models.st_layout import refuse_adapter_inside_pipeline
 
     require_peft()
     check_supported(adapter, read_adapter_config(adapter))
-    refuse_pipeline_modules(adapter)
+    refuse_adapter_inside_pipeline(adapter)
     if is_adapter(base):
         raise ModelError(f"{base}: the adapter's base is itself an adapter; tokembed applies one adapter over a base")
     key = detect(base, options.trust_remote_code)
