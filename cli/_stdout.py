@@ -45,13 +45,18 @@ class GuardedStdout:
 
 @contextmanager
 def guarded_stdout():
-    """``sys.stdout`` is a ``GuardedStdout`` inside; restored afterwards (click may have wrapped it meanwhile)."""
-    guard = GuardedStdout(sys.stdout)
+    """``sys.stdout`` is a ``GuardedStdout`` inside; restored afterwards (click may have wrapped it meanwhile). A
+    closed stdout (``>&-``: ``sys.stdout`` is None, print() writes nothing) writes to /dev/null meanwhile, so that
+    what writes ``sys.stdout`` directly (score's results) writes nothing too."""
+    closed = sys.stdout is None
+    guard = GuardedStdout(open(os.devnull, "w") if closed else sys.stdout)
     sys.stdout = guard
     try:
         yield guard
     finally:
-        sys.stdout = guard.stream
+        sys.stdout = None if closed else guard.stream
+        if closed:
+            guard.stream.close()
 
 
 def report_failed_stdout(error: OSError, code: int) -> int:

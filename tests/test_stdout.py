@@ -93,6 +93,22 @@ def test_a_closed_pipe_ends_the_output_quietly(work, tmp_path, command):
         assert manifest(tmp_path / "new")["totals"]["rows"] == 6
 
 
+def to_closed_stdout(*args) -> subprocess.CompletedProcess:
+    """Standard output not open at all (``>&-``): Python's ``sys.stdout`` is None and print() writes nothing."""
+    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], stdout=None, stderr=subprocess.PIPE,
+                          text=True, env=ENV, timeout=300, preexec_fn=lambda: os.close(1))
+
+
+@pytest.mark.parametrize("command", ["encode --quiet", "encode --log-format json", "info", "score"])
+def test_a_closed_stdout_is_no_error(work, tmp_path, command):
+    """A cron or systemd job with stdout closed: exit 0 as before the guard (it wrapped None: an AttributeError)."""
+    result = to_closed_stdout(*_commands(work, tmp_path)[command])
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    if command.startswith("encode"):
+        assert manifest(tmp_path / "new")["totals"]["rows"] == 6
+
+
 def test_another_oserror_is_not_taken_for_stdout(monkeypatch, capsys):
     """Only a failed write to stdout is reported as one: an ``OSError`` from elsewhere still propagates."""
     from cli import main
