@@ -9,6 +9,7 @@ tests at the end compare CUDA against the CPU and are skipped where no CUDA devi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -144,6 +145,20 @@ def test_last_worker_dying_fails_with_exit_9_and_keeps_the_index(work, tmp_path)
     listed = {shard["file"].split("/")[-1] for shard in manifest(out)["shards"]}
     assert {path.name for path in (out / "data").iterdir()} == listed
     assert not (out / "run-journal.json").exists()
+
+
+def test_finished_shards_of_a_run_whose_last_worker_died_are_resumed(work, tmp_path):
+    """The devices failing (exit 9) threw the run's finished shards away with its journal: a long run whose
+    workers the out-of-memory killer stopped started over. Now kept, as after a kill or Ctrl-C."""
+    corpus, model, reference = work
+    out = tmp_path / "index"
+    failed = encode(corpus, out, "--devices", "cpu:1", env={"TOKEMBED_TEST_WORKER_DIE_AT": "0:45"}, model=model)
+    assert failed.returncode == 9, failed.stderr
+    assert (out / "run-journal.json").is_file() and not (out / "manifest.json").exists()
+    resumed = encode(corpus, out, "--devices", "cpu:1", "--log-format", "json", model=model)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["resumed_shards"] >= 1
+    assert_same_rows(out, reference)
 
 
 def test_out_of_memory_batches_are_split_and_retried(work, tmp_path, cli, monkeypatch):

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from tokembed._testhooks import fault_point
-from tokembed.errors import UsageError
+from tokembed.errors import DeviceError, UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
 from tokembed.index.format import SEARCH_SETTINGS
 from tokembed.index.manifest_build import build_manifest
@@ -229,7 +229,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
         _remove_stale_structure(job.output, manifest)
         journal.remove()
         _remove_staged_chunks(job.output)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, DeviceError):  # interrupted, or its devices failed (the last worker died, OOM)
         writer.abort(keep_finished=True)  # finished shards + journal let the next run resume
         raise
     except BaseException:
