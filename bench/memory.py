@@ -53,16 +53,17 @@ def main() -> None:
     parser.add_argument("--max-words", type=int, default=24, help="generated passages have 5..N words")
     parser.add_argument("--dtype", default="bfloat16", help="compute dtype (bfloat16 keeps the run short)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tokembed-mem-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    print(f"{'rows':>8} {'peak RSS MB':>12} {'seconds':>8} {'re-run peak RSS MB':>19} {'seconds':>8}")
-    for rows in args.rows:
-        corpus = work / f"c{rows}.parquet"
-        write_corpus(corpus, rows, args.max_words)
-        cmd = [sys.executable, "-m", "cli.main", "encode", str(corpus), "-o", str(work / f"i{rows}"), "-q", "--dtype", args.dtype]
-        full_mb, full_s = peak_rss_mb(cmd, env)
-        rerun_mb, rerun_s = peak_rss_mb(cmd, env)
-        print(f"{rows:>8} {full_mb:>12,.0f} {full_s:>8.0f} {rerun_mb:>19,.0f} {rerun_s:>8.0f}")
+    with tempfile.TemporaryDirectory(prefix="tokembed-mem-") as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        print(f"{'rows':>8} {'peak RSS MB':>12} {'seconds':>8} {'re-run peak RSS MB':>19} {'seconds':>8}")
+        for rows in args.rows:
+            corpus = work / f"c{rows}.parquet"
+            write_corpus(corpus, rows, args.max_words)
+            cmd = [sys.executable, "-m", "cli.main", "encode", str(corpus), "-o", str(work / f"i{rows}"), "-q", "--dtype", args.dtype]
+            full_mb, full_s = peak_rss_mb(cmd, env)
+            rerun_mb, rerun_s = peak_rss_mb(cmd, env)
+            print(f"{rows:>8} {full_mb:>12,.0f} {full_s:>8.0f} {rerun_mb:>19,.0f} {rerun_s:>8.0f}")
 
 
 if __name__ == "__main__":

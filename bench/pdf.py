@@ -139,7 +139,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", help="a vision checkpoint folder; default: the tests' tiny random ColPali")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tokembed-pdf-"))
+    if min(args.workers) < 1:
+        parser.error("--workers: counts of 1 or more (--pdf-workers 0, rendering in the reader, is always timed)")
+    with tempfile.TemporaryDirectory(prefix="tokembed-pdf-") as tmp:
+        pdf_rows(args, Path(tmp))
+
+
+def pdf_rows(args: argparse.Namespace, work: Path) -> None:
+    """Every stage's rate, the checkpoint, PDF and indexes written in ``work``."""
     model = args.model
     if model is None:
         from vision_checkpoints import build_colpali
@@ -172,7 +179,7 @@ def main() -> None:
     print(f"{'encode (vision model, batches of 8)':<44} {encode:>9.1f}")
     print(f"{'whole tokembed encode process (cold)':<44} {args.pages / seconds:>9.1f}   peak RSS {peak:,.0f} MB")
     label = f"the same, --pdf-workers {max(args.workers)}"
-    print(f"{label:<44} {args.pages / seconds_w:>9.1f}   peak RSS {peak_w:,.0f} MB (reader process)   {seconds / seconds_w:.2f}x")
+    print(f"{label:<44} {args.pages / seconds_w:>9.1f}   peak RSS {peak_w:,.0f} MB (its largest process)   {seconds / seconds_w:.2f}x")
     print(f"render / encode = {render / encode:.1f}x: rendering {'keeps ahead of' if render > encode else 'is slower than'} the model")
 
 

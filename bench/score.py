@@ -43,8 +43,8 @@ def build_index(folder: Path, total_tokens: int, dim: int, seed: int = 0, shard_
     rng = np.random.default_rng(seed)
     writer = IndexWriter(folder, dim, "float16", shard_rows=shard_rows)
     rows = tokens = 0
-    while tokens < total_tokens:
-        lengths = rng.integers(30, 301, size=1000)
+    while tokens < total_tokens:  # batches of up to 1000 documents, fewer near the end (165 tokens on average)
+        lengths = rng.integers(30, 301, size=min(1000, (total_tokens - tokens) // 165 + 1))
         flat = rng.standard_normal((int(lengths.sum()), dim), dtype=np.float32)
         flat /= np.linalg.norm(flat, axis=1, keepdims=True)
         vectors = np.split(flat.astype(np.float16), np.cumsum(lengths)[:-1])
@@ -143,13 +143,13 @@ def run_worker(name: str, index_dir: Path, n_queries: int, runs: int, top_k: int
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def interleaved(folder: Path, n_queries: int, runs: int, device: str = "cpu") -> tuple[dict, dict]:
+def interleaved(folder: Path, n_queries: int, runs: int, top_k: int, device: str = "cpu") -> tuple[dict, dict]:
     """Alternate the two workers (one timed run each, after its own warm-up), so that load from other
     processes on the machine hits both sides alike; the median and the highest peak RSS per side."""
     results: dict[str, list[dict]] = {"tokembed": [], "reference": []}
     for _ in range(runs):
         for name in results:
-            results[name].append(run_worker(name, folder, n_queries, 1, 10, device))
+            results[name].append(run_worker(name, folder, n_queries, 1, top_k, device))
     merged = []
     for name, parts in results.items():
         times = [t for part in parts for t in part["times"]]
@@ -182,7 +182,7 @@ def matmul_ceiling(dim: int, query_tokens: int = 32) -> None:
           f"{token_pairs / query_tokens / 1e6:.1f} M query pairs/s at {query_tokens} query tokens x {dim} dims")
 
 
-def normal_mode(root: Path, tokens: int, n_queries: int, runs: int, device: str = "cpu") -> None:
+def normal_mode(root: Path, tokens: int, n_queries: int, runs: int, top_k: int, device: str = "cpu") -> None:
     folder = root / "index"
     start = time.perf_counter()
     manifest = build_index(folder, tokens, 128, shard_rows=2000)
@@ -190,7 +190,7 @@ def normal_mode(root: Path, tokens: int, n_queries: int, runs: int, device: str 
     print(f"index: {totals['rows']} docs, {totals['tokens']} tokens, dim 128 float16, {len(manifest['shards'])} shards, "
           f"{totals['bytes'] / 2**20:.0f} MiB (built in {time.perf_counter() - start:.1f} s)")
     print(f"queries: {n_queries} x 32 tokens; device {device}; CPU threads: torch default, numpy BLAS default")
-    ours, reference = interleaved(folder, n_queries, runs, device)
+    ours, reference = interleaved(folder, n_queries, runs, top_k, device)
     print(f"threads: tokembed {ours['threads']}, reference {reference['threads']}")
     report("reference", reference, n_queries, n_queries * 32, totals["tokens"])
     report("tokembed", ours, n_queries, n_queries * 32, totals["tokens"])
@@ -199,14 +199,14 @@ def normal_mode(root: Path, tokens: int, n_queries: int, runs: int, device: str 
     print(f"speedup: {reference['seconds'] / ours['seconds']:.2f}x")
 
 
-def big_mode(root: Path, n_queries: int) -> None:
+def big_mode(root: Path, n_queries: int, runs: int, top_k: int) -> None:
     folder = root / "big"
     start = time.perf_counter()
     manifest = build_index(folder, 8_500_000, 128)
     totals = manifest["totals"]
     print(f"big index: {totals['rows']} docs, {totals['tokens']} tokens, {len(manifest['shards'])} shards, "
           f"{totals['bytes'] / 2**30:.2f} GiB on disk (built in {time.perf_counter() - start:.1f} s)")
-    ours = run_worker("tokembed", folder, n_queries, 1, 10)
+    ours = run_worker("tokembed", folder, n_queries, runs, top_k)
     report("tokembed", ours, n_queries, n_queries * 32, totals["tokens"])
     print(f"peak RSS {ours['peak_rss_mb']:.0f} MB while scanning {totals['bytes'] / 2**20:.0f} MiB "
           f"(default --block-tokens 262144: a {262144 * 128 * 4 >> 20} MiB float32 block buffer)")
@@ -215,8 +215,8 @@ def big_mode(root: Path, n_queries: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1_000_000, help="document tokens of the normal index")
-    parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--queries", type=int, default=None, help="default 100 (10 with --big)")
+    parser.add_argument("--runs", type=int, default=None, help="default 3 (1 with --big)")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--big", action="store_true", help="scan a >= 2 GB index (512 MiB shards) and report peak RSS")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the indexes (default: a temp dir)")
@@ -225,15 +225,17 @@ def main() -> None:
     parser.add_argument("--worker", choices=["tokembed", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.queries = args.queries or (10 if args.big else 100)
+    args.runs = args.runs or (1 if args.big else 3)
     if args.worker:
         fn = worker_tokembed if args.worker == "tokembed" else worker_reference
         print(json.dumps(fn(args.index, args.queries, args.runs, args.top_k, args.device)))
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         if args.big:
-            big_mode(Path(tmp), 10)
+            big_mode(Path(tmp), args.queries, args.runs, args.top_k)
         else:
-            normal_mode(Path(tmp), args.tokens, args.queries, args.runs, args.device)
+            normal_mode(Path(tmp), args.tokens, args.queries, args.runs, args.top_k, args.device)
 
 
 if __name__ == "__main__":

@@ -259,12 +259,34 @@ def main() -> None:
         print(json.dumps(WORKERS[args.worker[0]](*args.worker[1:])))
         return
     phases = set(args.phases.split(","))
+    if phases - set(PHASES):
+        parser.error(f"--phases: unknown {','.join(sorted(phases - set(PHASES)))} (choose from {','.join(PHASES)})")
     if args.no_exact and phases - {"search"}:
         parser.error("--no-exact has no ground truth for the phases other than search")
     if args.codec and not args.pool_codes:
         parser.error("--codec is used by the --pool-codes build only")
+    if args.reuse and not _build_figures(args.work):
+        parser.error(f"--reuse needs --work DIR holding compress.json (the build's figures, which a run without --reuse "
+                     f"writes; after `--worker pool_codes`, that worker's last line): {args.work or 'no --work'}")
     root = args.work or Path(tempfile.mkdtemp(prefix="tokembed-bench-search-"))
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        run_phases(args, root, phases)
+    finally:
+        if args.work is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _build_figures(work: Path | None) -> dict | None:
+    """``work/compress.json``, or None where there is none or it is not the build's JSON (e.g. a failed worker's output)."""
+    try:
+        figures = json.loads((work / "compress.json").read_text()) if work else None
+    except (OSError, ValueError):
+        return None
+    return figures if isinstance(figures, dict) and "seconds" in figures else None
+
+
+def run_phases(args: argparse.Namespace, root: Path, phases: set[str]) -> None:
     if args.seed and not (root / "queries" / "manifest.json").exists():
         for name in ("real", "queries"):
             shutil.copytree(args.seed / name, root / name, dirs_exist_ok=True)

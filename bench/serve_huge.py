@@ -5,7 +5,8 @@
 
 A warm server (``tokembed serve --index``, a subprocess on 127.0.0.1) answers small ``/search`` requests (one
 every 0.1 s) first alone, for the baseline, then while a ``/search`` whose query is one word of ``--mb`` MB
-(no word break: tokenized whole to be truncated exactly) is in flight. Prints the worst and median latency of
+(no word break: tokenized whole to be truncated exactly) is in flight (the server's ``--max-body-mb`` raised to
+fit it). Prints the worst and median latency of
 the small requests in each phase, of ``/health`` beside them, and the huge request's own time. Asserts nothing.
 """
 
@@ -52,7 +53,8 @@ def main() -> None:
         index = Path(folder) / "index"
         subprocess.run([sys.executable, "-m", "cli.main", "encode", str(REPO / "sample_data" / "corpus.parquet"), "-o",
                         str(index), "--quiet"], cwd=REPO, check=True)
-        process, url = start_server(None, ["--index", str(index)])
+        body_mb = max(16.0, args.mb * 1_000_000 / 2**20 + 1)  # serve's default limit (16 MiB) answers a larger body 413
+        process, url = start_server(None, ["--index", str(index), "--max-body-mb", f"{body_mb:g}"])
         try:
             report("alone (baseline)", small_latencies(url, args.seconds))
             huge: dict[str, float] = {}
@@ -61,14 +63,17 @@ def main() -> None:
                 import httpx
 
                 started = time.perf_counter()
-                httpx.post(url + "/search", json={"query": "x" * int(args.mb * 1_000_000), "top_k": 1}, timeout=600)
-                huge["seconds"] = time.perf_counter() - started
+                response = httpx.post(url + "/search", json={"query": "x" * int(args.mb * 1_000_000), "top_k": 1}, timeout=600)
+                huge["seconds"], huge["status"] = time.perf_counter() - started, response.status_code
 
             sender = threading.Thread(target=send_huge)
             sender.start()
             time.sleep(0.5)
-            report("beside the huge query", small_latencies(url, args.seconds))
+            beside = small_latencies(url, args.seconds)
             sender.join()
+            if huge.get("status") != 200:  # a refusal (413, 400) comes back at once: nothing was beside it
+                raise SystemExit(f"the huge query was not answered (HTTP {huge.get('status', 'no response')}): no figures")
+            report("beside the huge query", beside)
             print(f"the huge query ({args.mb:g} MB, one word) itself: {huge['seconds']:.2f} s")
         finally:
             process.terminate()

@@ -74,7 +74,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--huge-mb", type=int, default=20)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tokembed-startup-"))
+    with tempfile.TemporaryDirectory(prefix="tokembed-startup-") as tmp:
+        startup_rows(args, Path(tmp))
+
+
+def startup_rows(args: argparse.Namespace, work: Path) -> None:
+    """The cold-process rows, their corpora and indexes written in ``work``."""
     texts = docstrings(110)
     index = work / "index100"
     timed(tokembed("encode", str(write_corpus(work / "c100.parquet", texts[:100])), "-o", str(index), "-q"), 1)
