@@ -147,9 +147,9 @@ def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:
     if kind == "query":
         flags = replace(flags, pool_factor=1)  # --pool-factor pools the documents; queries are never pooled
     base = manifest["model"].get("base") or {}
-    if flags.base_model is None and base.get("path") and _exists(base["path"]):
-        # the base the index was built over, wherever this runs from: an adapter's base_model_name_or_path may be
-        # relative to the folder encode ran in
+    if flags.base_model is None and base.get("path") and base.get("revision") is None and _exists(base["path"]):
+        # the local folder the index was built over, wherever this runs from: an adapter's base_model_name_or_path
+        # may be relative to the folder encode ran in (a hub base, with its revision, resolves as it did)
         flags = replace(flags, base_model=base["path"])
     return flags
 
