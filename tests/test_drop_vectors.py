@@ -269,7 +269,7 @@ def test_an_earlier_releases_unit_length_codes_of_pooled_vectors_are_refused(tmp
     corpus = write_parquet(tmp_path / "docs.parquet", corpus_rows(20))
     common = ["--model", checkpoint("pylate_bert"), "-q", "--pool-factor", 2]
     kept, dropped = tmp_path / "kept", tmp_path / "dropped"
-    monkeypatch.setattr(codec_mod, "needs_vector_norms", lambda settings: False)  # the earlier release
+    monkeypatch.setattr(codec_mod, "needs_vector_norms", lambda manifest: False)  # the earlier release
     assert cli("encode", corpus, "-o", kept, "--nbits", 2, *common).exit_code == 0
     shutil.copytree(kept, dropped)
     assert cli("compress", dropped, "--drop-vectors").exit_code == 0

@@ -3,9 +3,9 @@
 Why: on a 2-core Zen 4 CPU OpenVINO runs MiniLM's forward 1.16-1.20x faster than torch 2.13 (fused attention at
 head dim 32 and fused elementwise ops; ``bench/openvino_peer.py``), with float32 outputs within ~1e-6 of torch's.
 The backbone is converted once per checkpoint (5-20 s) and the converted model kept under
-``$TOKEMBED_CACHE/openvino`` (default ``~/.cache/tokembed/openvino``), named by the sha256 of the checkpoint's
-weights (every byte: a tensor changed in place is another model), the weight dtype, tokembed's and OpenVINO's
-versions; later runs read it (~0.2 s) after checking the weights file against the sha256 kept beside it. Compiled with one stream per lane, the precision the run asked
+``$TOKEMBED_CACHE/openvino`` (default ``~/.cache/tokembed/openvino``), named by a sha256 of the checkpoint's
+fingerprint (its configs) and its weights' sha256 (every byte: a tensor changed in place is another model), the
+weight dtype, tokembed's and OpenVINO's versions; later runs read it (~0.2 s) after checking the weights file against the sha256 kept beside it. Compiled with one stream per lane, the precision the run asked
 for (f32, or bf16 for ``--dtype bfloat16``). Only for backbones that trace: the native BERT (``bert.py``).
 """
 

@@ -33,12 +33,17 @@ PYLATE_MARKERS = (
 )
 
 
+def has_colbert_settings(path: Path) -> bool:
+    """``config_sentence_transformers.json`` holds ColBERT settings (PyLate's keys, or a multi-vector model type)."""
+    st_config = read_json(path / "config_sentence_transformers.json") or {}
+    return st_config.get("model_type") in ("ColBERT", "MultiVectorEncoder") or any(key in st_config for key in PYLATE_MARKERS)
+
+
 def incomplete_st_colbert(path: Path) -> str | None:
     """Why a folder that is half a PyLate checkpoint cannot be read as one (None: it is not half of one). Read as
     a plain encoder it would lose its projection or its ColBERT settings without a word."""
     modules = read_modules(path)
-    st_config = read_json(path / "config_sentence_transformers.json") or {}
-    settings = st_config.get("model_type") in ("ColBERT", "MultiVectorEncoder") or any(key in st_config for key in PYLATE_MARKERS)
+    settings = has_colbert_settings(path)
     if settings and not modules:
         return (f"{path}: ColBERT settings in config_sentence_transformers.json but no modules.json, which names "
                 "its pipeline (the backbone's folder, the Dense projection)")
@@ -50,14 +55,7 @@ def incomplete_st_colbert(path: Path) -> str | None:
 def is_st_colbert(path: Path) -> bool:
     """A sentence-transformers folder that carries ColBERT settings (PyLate save or native multi-vector save)."""
     modules = read_modules(path)
-    if not modules:
-        return False
-    st_config = read_json(path / "config_sentence_transformers.json") or {}
-    if st_config.get("model_type") in ("ColBERT", "MultiVectorEncoder"):
-        return True
-    if modules_of_type(modules, "MultiVectorMask"):
-        return True
-    return any(key in st_config for key in PYLATE_MARKERS)
+    return bool(modules) and (bool(modules_of_type(modules, "MultiVectorMask")) or has_colbert_settings(path))
 
 
 class STColBERT:

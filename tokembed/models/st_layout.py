@@ -205,16 +205,12 @@ def refuse_adapter_inside_pipeline(adapter: Path) -> None:
     """An adapter saved inside a sentence-transformers / PyLate folder (``modules.json`` beside it, a trained
     ``1_Dense``, ColBERT settings) is one part of a pipeline tokembed's adapter loading does not read: applying it
     to the base alone would drop the folder's projection and settings without a word."""
-    from tokembed.models.st_colbert import PYLATE_MARKERS  # st_colbert imports this module
+    from tokembed.models.st_colbert import has_colbert_settings  # st_colbert imports this module
 
-    modules = read_modules(adapter)
-    extra = [module.get("path") or module.get("type", "?") for module in modules
-             if module.get("type", "").rsplit(".", 1)[-1] not in ("Transformer", "Pooling", "Normalize")]
-    st_config = read_json(adapter / "config_sentence_transformers.json")
-    st_config = st_config if isinstance(st_config, dict) else {}
-    settings = sorted(key for key in PYLATE_MARKERS if key in st_config)
-    if extra or settings or st_config.get("model_type") in ("ColBERT", "MultiVectorEncoder"):
-        what = f"modules {', '.join(map(str, extra))}" if extra else f"ColBERT settings ({', '.join(settings) or 'model_type'})"
+    extra = [module.get("path") or module.get("type", "?") for module in read_modules(adapter)
+             if _type_name(module) not in ("Transformer", "Pooling", "Normalize")]
+    if extra or has_colbert_settings(adapter):
+        what = f"modules {', '.join(map(str, extra))}" if extra else "ColBERT settings in config_sentence_transformers.json"
         raise ModelError(
             f"{adapter}: a PEFT adapter saved inside a sentence-transformers / PyLate pipeline (modules.json: {what}); "
             "tokembed applies an adapter to its base checkpoint only and would leave these unread",

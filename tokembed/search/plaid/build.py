@@ -74,7 +74,7 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
         return {key: value for key, value in manifest.items() if key != SEARCH}
     vectorless = written is not None or vectors_dropped(manifest)
     reusable = old is not None and _same_encoding(committed, manifest)
-    norms = codec_mod.needs_vector_norms(manifest.get("settings") or {})
+    norms = codec_mod.needs_vector_norms(manifest)
     reason = _retrain_reason(old, nbits, options) if reusable else "no centroids for these settings yet"
     if reusable and norms and not old.get("vector_norms"):  # an earlier release's codes: unit length decoded
         refuse_unit_codes_without_vectors(folder, vectorless)

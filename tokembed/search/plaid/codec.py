@@ -197,8 +197,9 @@ class Codec:
         )
 
 
-def needs_vector_norms(settings: dict) -> bool:
+def needs_vector_norms(manifest: dict) -> bool:
     """Whether an index's vectors may be of any length: un-normalized, or pooled means (never re-normalized)."""
+    settings = manifest.get("settings") or {}
     return not settings.get("normalize", True) or settings.get("pool_factor", 1) > 1
 
 

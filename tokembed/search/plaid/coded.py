@@ -56,7 +56,7 @@ def previous_index(index, nbits: int | None, retrain: bool) -> PreviousIndex:
     from tokembed.search.plaid.codec import needs_vector_norms
 
     structure = index.manifest[SEARCH]
-    if needs_vector_norms(index.manifest.get("settings") or {}) and not structure.get("vector_norms"):
+    if needs_vector_norms(index.manifest) and not structure.get("vector_norms"):
         refuse_unit_codes_without_vectors(index.folder, True)  # raises: an earlier release's unit-length codes
     if not drift_only(structure, nbits or structure["nbits"], StructureOptions(nbits, retrain=retrain)):
         asked = "--retrain" if retrain else f"--nbits {nbits} (the index has {structure['nbits']})"

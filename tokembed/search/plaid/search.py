@@ -101,7 +101,7 @@ def open_structure(index, verify: bool = True) -> Structure:
     verify_files(index.folder, [structure["codec"], *entries], verify)
     tensors, metadata = map_tensors(index.folder / structure["codec"]["file"])
     codec = Codec.from_tensors(tensors, metadata)
-    if vectors_dropped(index.manifest) and needs_vector_norms(index.manifest.get("settings") or {}) and not codec.vector_norms:
+    if vectors_dropped(index.manifest) and needs_vector_norms(index.manifest) and not codec.vector_norms:
         refuse_unit_codes_without_vectors(index.folder, True)  # its decoded vectors would all score as unit length
     shards = []
     for entry in entries:
