@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -63,15 +65,33 @@ def serve(
             devices=devices,
             options=options,
             api_key=api_key,
-            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            max_body_bytes=_max_body_bytes(max_body_mb),
             trust_remote_code=trust_remote_code,
             log_level=log_level,
             announce=lambda line: print(line, file=sys.stderr, flush=True),
             index=index,
+            abandon_forward=_exit_now,
         )
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down
         pass
     print("tokembed: server stopped", file=sys.stderr)
+
+
+def _max_body_bytes(max_body_mb: float) -> int:
+    from tokembed.errors import UsageError
+
+    if not math.isfinite(max_body_mb):
+        raise UsageError(f"--max-body-mb must be a finite number of MiB, got {max_body_mb}")
+    return int(max_body_mb * 1024 * 1024)
+
+
+def _exit_now() -> NoReturn:
+    """A forward pass outlived the shutdown grace (its clients already got 503): end the process without
+    finalizing the interpreter, which would abort under torch's running threads (exit 134, not 0)."""
+    print("tokembed: server stopped (a forward pass still running was abandoned)", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _parse_lora_modules(values: list[str]) -> tuple[tuple[str, str], ...]:

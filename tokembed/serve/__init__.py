@@ -17,6 +17,7 @@ import importlib.util
 import ipaddress
 import socket
 from collections.abc import Callable
+from typing import NoReturn
 
 from tokembed.errors import UsageError
 
@@ -60,18 +61,26 @@ def run_server(
     log_level: str = "info",
     announce: Callable[[str], None] = lambda line: None,
     index: str | None = None,
+    abandon_forward: Callable[[], NoReturn] | None = None,
 ) -> None:
     """Serve ``model`` on ``host:port`` until SIGINT/SIGTERM (``index``: also ``/search`` over that index, its
-    model by default). Raises ``UsageError`` / ``ModelError`` / ``DeviceError``."""
+    model by default). Raises ``UsageError`` / ``ModelError`` / ``DeviceError``.
+
+    ``abandon_forward``: called (and expected not to return) when a forward pass is still running after the
+    shutdown grace and the batcher's wait. The CLI ends the process there: finalizing the interpreter while
+    torch's threads compute aborts it (``std::terminate``). In-process callers leave it None; the batcher's
+    daemon thread then finishes its batch on its own."""
     require_serve_deps()
     import uvicorn
 
     from tokembed.engine.device import parse_devices
     from tokembed.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
+    from tokembed.serve.options import check_api_key
     from tokembed.serve.service import EmbeddingService, ServeOptions
 
     options = options or ServeOptions()
     options.check()
+    check_api_key(api_key)
     plan = parse_devices(devices)
     if len(plan.labels) > 1:
         raise UsageError(
@@ -96,7 +105,8 @@ def run_server(
             config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=log_level == "debug")
             uvicorn.Server(config).run(sockets=[sock])
         finally:
-            service.close()
+            if not service.close() and abandon_forward is not None:
+                abandon_forward()
     finally:
         sock.close()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
@@ -218,6 +219,9 @@ class _Guard:
         self.app = app
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
+        # compared as SHA-256 digests of UTF-8 bytes, as vLLM's AuthenticationMiddleware does (equal lengths:
+        # the comparison's time tells nothing about the key's length)
+        self._key_digest = None if api_key is None else hashlib.sha256(api_key.encode("utf-8")).digest()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -240,7 +244,10 @@ class _Guard:
 
     def _authorized(self, headers: dict) -> bool:
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), self.api_key.encode())
+        # the header was decoded as Latin-1, byte for byte: encoding it back gives the bytes the client sent (UTF-8
+        # from curl or httpx for a non-ASCII key); vLLM re-encodes the Latin-1 text as UTF-8 and never matches those
+        sent = hashlib.sha256(token.strip().encode("latin-1")).digest()
+        return scheme.lower() == "bearer" and secrets.compare_digest(sent, self._key_digest)
 
     async def _read_body(self, receive) -> bytes | None:
         chunks, size = [], 0

@@ -118,17 +118,23 @@ class DynamicBatcher:
         """The worker thread runs and takes requests."""
         return self._thread.is_alive() and not self._closed
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop taking requests; pending ones fail with ``BatcherClosed``; the running batch finishes."""
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop taking requests; pending ones fail with ``BatcherClosed``; the running batch finishes. True when
+        the worker has stopped within ``timeout`` seconds, False when it is still inside a forward pass."""
         with self._wake:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     # -- worker ----------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            jobs = self._next_round()
+            try:
+                jobs = self._next_round()
+            except Exception as exc:  # a bug while waiting must not leave the queued requests unanswered
+                self._fail_pending(exc)
+                continue
             if jobs is None:
                 return
             try:
@@ -156,6 +162,12 @@ class DynamicBatcher:
             jobs, self._pending, self._pending_tokens = self._pending, [], 0
             self.stats.rounds += 1
             return jobs
+
+    def _fail_pending(self, error: BaseException) -> None:
+        with self._wake:
+            jobs, self._pending, self._pending_tokens = self._pending, [], 0
+        for job in jobs:
+            self._fail(job, error)
 
     def _run_round(self, jobs: list[_Job]) -> None:
         for job in jobs:

@@ -4,10 +4,13 @@ query or document, an index's queries) that each own a view of the loaded model 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 from tokembed.errors import UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
+
+MAX_BATCH_WINDOW_MS = 60_000.0
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,24 @@ class ServeOptions:
         for name, value, low in (("--max-batch-tokens", self.max_batch_tokens, 1), ("--max-inputs", self.max_inputs, 1)):
             if value < low:
                 raise UsageError(f"{name} must be at least {low}, got {value}")
-        if self.batch_window_ms < 0:
-            raise UsageError(f"--batch-window-ms must be >= 0, got {self.batch_window_ms}")
+        if not (math.isfinite(self.batch_window_ms) and 0 <= self.batch_window_ms <= MAX_BATCH_WINDOW_MS):
+            raise UsageError(f"--batch-window-ms must be a number from 0 to {MAX_BATCH_WINDOW_MS:.0f}, got {self.batch_window_ms}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise UsageError(f"--max-model-len must be at least 2, got {self.max_model_len}")
+
+
+def check_api_key(api_key: str | None) -> None:
+    """Refuse a key that no request could match: HTTP trims header values and cannot carry control characters."""
+    if api_key is None:
+        return
+    if not api_key:
+        raise UsageError("--api-key is empty: every client sending 'Authorization: Bearer' would pass",
+                         hint="pass a key, or leave --api-key (and TOKEMBED_API_KEY) unset to serve without one")
+    if api_key != api_key.strip():
+        raise UsageError("--api-key starts or ends with whitespace, which HTTP trims from the header: no request could match it",
+                         hint="remove the spaces (a line break read from a file, say) around the key")
+    if any((ord(char) < 32 and char != "\t") or ord(char) == 127 for char in api_key):
+        raise UsageError("--api-key holds a control character, which an HTTP header cannot carry: no request could match it")
 
 
 @dataclass

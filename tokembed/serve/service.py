@@ -114,9 +114,11 @@ class EmbeddingService:
         adapters = _attach_adapters(embedder, options.lora_modules) if options.lora_modules else None
         return cls(embedder, options, adapters, served)
 
-    def close(self) -> None:
-        self.batcher.close()
+    def close(self) -> bool:
+        """Stop the batcher and the tokenizer lanes. False when a forward pass is still running (``DynamicBatcher.close``)."""
+        stopped = self.batcher.close()
         self._lanes.shutdown()
+        return stopped
 
     # -- endpoints ---------------------------------------------------------------------------------------
     async def pool(self, request: PoolingRequest) -> dict:

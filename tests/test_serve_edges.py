@@ -1,0 +1,151 @@
+"""``tokembed serve`` at its edges: option values no server can run with, API keys beyond ASCII, a failure of the
+batcher's wait, and a shutdown during a forward pass longer than the grace (live servers from ``serve_support``)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--batch-window-ms", "nan"], "--batch-window-ms must be a number from 0 to 60000, got nan"),
+        (["--batch-window-ms", "inf"], "--batch-window-ms must be a number from 0 to 60000, got inf"),
+        (["--batch-window-ms", "1e300"], "--batch-window-ms must be a number from 0 to 60000"),
+        (["--max-body-mb", "inf"], "--max-body-mb must be a finite number of MiB, got inf"),
+        (["--max-body-mb", "nan"], "--max-body-mb"),  # typer's own minimum check refuses it
+        (["--api-key", " s3cret "], "--api-key starts or ends with whitespace"),
+        (["--api-key", "s3cret\n"], "--api-key starts or ends with whitespace"),
+        (["--api-key", ""], "--api-key is empty"),
+        (["--api-key", "s3c\x00ret"], "--api-key holds a control character"),
+    ],
+)
+def test_options_no_server_could_run_with_are_usage_errors(cli, colbert_ckpt, args, says):
+    # a busy port: without the check the command fails later, at the bind, instead of serving forever
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        result = cli("serve", "--model", colbert_ckpt, "--port", busy.getsockname()[1], *args)
+    assert result.exit_code == 2 and says in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_non_ascii_api_key_matches_the_utf8_header_a_client_sends(colbert_ckpt):
+    from serve_support import LiveServer, _service
+
+    key = "clé-ünïcode-鍵"
+    server = LiveServer(_service(colbert_ckpt), api_key=key)
+    try:
+        def status(token: bytes) -> int:  # curl and httpx send a non-ASCII header value as its UTF-8 bytes
+            headers = {"Authorization": b"Bearer " + token}
+            return httpx.post(server.url + "/pooling", json={"input": "hello"}, headers=headers, timeout=30).status_code
+
+        assert status(key.encode("utf-8")) == 200
+        assert status(b"  " + key.encode("utf-8")) == 200  # spaces around the token are not part of it
+        assert status(key.encode("utf-8")[:-1]) == 401
+        assert status(key.encode("utf-8").decode("latin-1").encode("utf-8")) == 401  # the key's mojibake
+    finally:
+        server.stop()
+
+
+def test_a_failure_while_waiting_for_a_round_answers_the_queued_requests():
+    from tokembed.engine.runner import BatchOutput
+    from tokembed.models.steps import Tokenized
+    from tokembed.serve.batcher import DynamicBatcher
+
+    class Echo:
+        encoder = None
+
+        def run(self, items):
+            return BatchOutput([(np.zeros((len(i.ids), 2), np.float32), i.ids) for i in items], 0, 0)
+
+    batcher = DynamicBatcher({"raw": Echo()}, budget=1000, window=float("inf"))  # its wait raises OverflowError
+    item = Tokenized(np.arange(3), 3)
+
+    async def submit():
+        return await asyncio.wait_for(batcher.submit("raw", [item]), timeout=10)
+
+    try:
+        with pytest.raises(OverflowError):
+            asyncio.run(submit())
+        batcher.window = 0.01
+        rows = asyncio.run(submit())  # the worker goes on
+    finally:
+        batcher.close()
+    assert len(rows) == 1 and batcher.stats.failed_requests == 1
+
+
+def test_a_batcher_failure_reaches_the_client_as_a_json_500(colbert_ckpt, monkeypatch):
+    from serve_support import LiveServer, _service
+
+    server = LiveServer(_service(colbert_ckpt))
+    try:
+        monkeypatch.setattr(server.service.batcher, "window", float("inf"))
+        failed = httpx.post(server.url + "/pooling", json={"input": "hello"}, timeout=15)
+        assert failed.status_code == 500 and failed.json()["error"]["type"] == "InternalServerError"
+        assert failed.json()["error"]["message"].startswith("OverflowError")
+        monkeypatch.undo()
+        assert httpx.post(server.url + "/pooling", json={"input": "hello"}, timeout=15).status_code == 200
+    finally:
+        server.stop()
+
+
+# the server process with a forward pass that computes in torch for a minute: longer than the shutdown grace (5 s)
+# and the batcher's wait (10 s); the interpreter finalizing under torch's busy threads aborted (exit 134)
+_SLOW_FORWARD_SERVER = """
+import sys, time, torch
+from tokembed.engine.runner import BatchExecutor
+run = BatchExecutor.run
+def slow_run(self, items):
+    print("test: forward started", file=sys.stderr, flush=True)
+    a, deadline = torch.randn(600, 600), time.monotonic() + 60
+    while time.monotonic() < deadline:
+        a = torch.tanh(a @ a)
+    return run(self, items)
+BatchExecutor.run = slow_run
+from cli.main import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_forward_longer_than_the_grace_answers_503_and_exits_0(colbert_ckpt):
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_FORWARD_SERVER, "serve", "--model", str(colbert_ckpt), "--port", "0",
+         "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stderr.readline()
+        assert "tokembed: serving" in line, line
+        url = line.rsplit(" at ", 1)[1].strip()
+        answers = {}
+        client = threading.Thread(
+            target=lambda: answers.setdefault("pooling", httpx.post(url + "/pooling", json={"input": "hello"}, timeout=60))
+        )
+        client.start()
+        while "test: forward started" not in line:
+            line = process.stderr.readline()
+            assert line, "the server ended before the forward pass started"
+        process.send_signal(signal.SIGTERM)
+        client.join(30)
+        response = answers["pooling"]
+        assert response.status_code == 503 and response.json()["error"]["type"] == "ServiceUnavailableError"
+        assert process.wait(timeout=30) == 0
+        rest = process.stderr.read()
+        assert "tokembed: server stopped" in rest and "terminate called" not in rest, rest
+    finally:
+        if process.poll() is None:
+            process.kill()
