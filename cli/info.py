@@ -23,7 +23,7 @@ def info(
         return
     _print_table(facts)
     if facts["vectors"] != "dropped":
-        print(_export_recipes(index), file=sys.stderr)
+        print(_export_recipes(index, facts["settings"]), file=sys.stderr)
 
 
 def _facts_of_one_generation(index: Path, verify: bool) -> dict:
@@ -110,15 +110,24 @@ def _print_table(facts: dict) -> None:
     Console().print(table)
 
 
-def _export_recipes(index: Path) -> str:
-    """How to open the index in tools that read neither Arrow IPC files nor float16 (DuckDB) or want LanceDB."""
+def _export_recipes(index: Path, settings: dict) -> str:
+    """How to open the index in tools that read neither Arrow IPC files nor float16 (DuckDB) or want LanceDB:
+    shell words quoted for a POSIX shell, the paths as SQL and Python string literals (any name runs as printed)."""
+    from shlex import quote
+
+    from tokembed.search.plaid.codec import needs_vector_norms
+
     name = index.name or "index"
+    parquet, lance = f"{name}-parquet", f"{name}-lancedb"
+    sql_glob = "'" + f"{parquet}/*.parquet".replace("'", "''") + "'"
+    cosine = ("  (cosine: these vectors are not unit length, so it does not rank as `tokembed score` does)"
+              if needs_vector_norms({"settings": settings}) else "")
     return (
         "open it elsewhere (pyarrow/polars read data/*.arrow as they are):\n"
-        f"  DuckDB:  tokembed export {index} --to {name}-parquet --format parquet\n"
-        f"           SELECT id, len(embeddings) AS tokens FROM '{name}-parquet/*.parquet'   -- in DuckDB\n"
-        f"  LanceDB: tokembed export {index} --to {name}-lancedb --format lance\n"
-        f"           lancedb.connect('{name}-lancedb').open_table('documents').search(query_vectors)  # MaxSim"
+        f"  DuckDB:  tokembed export {quote(str(index))} --to {quote(parquet)} --format parquet\n"
+        f"           SELECT id, len(embeddings) AS tokens FROM {sql_glob}   -- in DuckDB\n"
+        f"  LanceDB: tokembed export {quote(str(index))} --to {quote(lance)} --format lance\n"
+        f"           lancedb.connect({lance!r}).open_table('documents').search(query_vectors)  # MaxSim{cosine}"
     )
 
 

@@ -3,8 +3,8 @@
 * Once a run's manifest is written, nothing that fails after it may undo it: the clean-up of files no manifest
   lists skips what is not ours (a folder a user put there) with a warning, and an error after the commit leaves
   the committed shards in place.
-* A manifest that parses but lacks a field, or holds one of the wrong type, is a corrupt index (exit 6) naming
-  the field, for every reader.
+* A manifest that parses but lacks a field, holds one of the wrong type, lists a shard twice or totals that are
+  not the sums of its shards' counts, is a corrupt index (exit 6) naming the field, for every reader.
 * A damaged search structure stops the structure's search, not ``score --exact``, which reads the vectors only.
 """
 
@@ -151,6 +151,30 @@ def _drop_sha256(data):
     return data
 
 
+def _totals_plus(name, extra):
+    def edit(data):
+        data["totals"][name] += extra
+        return data
+    return edit
+
+
+def _first_shard_twice(data):
+    """Shard 0 listed again, the totals grown to match: each shard's counts and the sums agree, the list does not."""
+    data["shards"].append(dict(data["shards"][0]))
+    for name in ("rows", "tokens"):
+        data["totals"][name] += data["shards"][0][name]
+    return data
+
+
+def _shard_count_plus(number, name, extra):
+    """A shard entry's count changed, and the totals with it (so that they still add up)."""
+    def edit(data):
+        data["shards"][number][name] += extra
+        data["totals"][name] += extra
+        return data
+    return edit
+
+
 WRONG_SHAPES = {
     "a JSON array": (lambda data: [1, 2], "not a tokembed index manifest"),
     "no shards": (_without("shards"), "no shards"),
@@ -164,6 +188,9 @@ WRONG_SHAPES = {
     "a shard without its sha256": (_drop_sha256, "no shards[0].sha256"),
     "a shard outside the folder": (_setting(["shards", 0, "file"], "../elsewhere.arrow"), "not a path inside the index folder"),
     "a structure without its lists": (_setting(["search"], {"kind": "plaid"}), "no search.codec"),
+    "totals.rows more than the shards hold": (_totals_plus("rows", 5), "totals.rows is 65, the shards listed hold 60"),
+    "totals.tokens fewer than the shards hold": (_totals_plus("tokens", -1), "totals.tokens is"),
+    "a shard listed twice": (_first_shard_twice, "shards[3].file 'data/part-000000.arrow' is listed twice (also shards[0])"),
 }
 
 
@@ -173,7 +200,8 @@ def test_a_manifest_of_the_wrong_shape_is_a_corrupt_index_for_every_reader(compr
     edit, message = WRONG_SHAPES[shape]
     edit_manifest(index, edit)
     for command in (["score", "--query", "alpha", index], ["score", "--query", "alpha", index, "--exact"],
-                    ["info", index], ["export", index, "--to", tmp_path / "out", "--format", "parquet"]):
+                    ["info", index], ["info", index, "--verify"],
+                    ["export", index, "--to", tmp_path / "out", "--format", "parquet"]):
         result = cli(*command)
         assert result.exit_code == 6, (command, result.output)
         assert "manifest.json" in result.stderr and message in result.stderr, (command, result.stderr)
@@ -201,8 +229,8 @@ def test_a_code_file_with_a_tensor_this_release_does_not_know(compressed, cli):
 
 
 COUNT_EDITS = {
-    "rows": (_setting(["shards", 1, "rows"], 19), "holds 20 rows, manifest says 19"),
-    "tokens": (lambda data: _setting(["shards", 0, "tokens"], data["shards"][0]["tokens"] + 1)(data), "tokens, manifest says"),
+    "rows": (_shard_count_plus(1, "rows", -1), "holds 20 rows, manifest says 19"),
+    "tokens": (_shard_count_plus(0, "tokens", 1), "tokens, manifest says"),
     "dim": (_setting(["dim"], 64), "dimensions, manifest says dim 64"),
 }
 

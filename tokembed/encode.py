@@ -337,6 +337,7 @@ def _encode_stream(
         for position in chunk.empty:
             vectors[position], token_ids[position] = np.zeros((0, writer.dim), np.float32), np.zeros(0, np.int32)
         for position, vecs, ids in zip(chunk.to_encode, result.vectors, result.token_ids):
+            _refuse_float16_overflow(chunk.items[position].id, vecs)
             vectors[position], token_ids[position] = vecs, ids
         shard = writer.write(
             [item.id for item in chunk.items], vectors, token_ids, chunk.hashes,
@@ -356,6 +357,14 @@ def _encode_stream(
         del chunk, result, vectors, token_ids  # one chunk alive at a time (see _encode_stream)
     return state["seen_previous"]
 
+
+def _refuse_float16_overflow(item_id: str, vectors: np.ndarray) -> None:
+    """``--store-dtype float16`` turns a value beyond 65504 (un-normalized vectors) into inf: refuse the run (the
+    value itself is gone once cast; normalized vectors never get there)."""
+    if vectors.dtype == np.float16 and np.isinf(vectors).any():
+        raise UsageError(
+            f"row {item_id!r}: its vectors hold values beyond float16's largest (65504), which --store-dtype float16 "
+            "would store as inf", hint="encode with --store-dtype float32")
 
 
 def _pdf_signature(sources: SourceOptions) -> list:

@@ -78,19 +78,25 @@ def remove_unused(path: Path) -> None:
 
 def remove_left_by_dead_processes(folder: Path, prefix: str, suffix: str = "") -> None:
     """Remove the files or folders in ``folder`` named ``<prefix><pid>...<suffix>`` whose pid is no running
-    process: what a SIGKILLed process left, which no ``finally`` of its own removed. Another user's leftovers
-    are not ours to remove."""
+    process (``remove_dead_processes_entries``)."""
     import re
+
+    remove_dead_processes_entries(folder, re.compile(re.escape(prefix) + r"(\d+).*" + re.escape(suffix), re.DOTALL))
+
+
+def remove_dead_processes_entries(folder: Path, pattern) -> None:
+    """Remove the files or folders in ``folder`` whose whole name ``pattern`` (a compiled regex) matches and whose
+    pid (its first group) is no running process: what a SIGKILLed process left, which no ``finally`` of its own
+    removed. Another user's leftovers are not ours to remove."""
     import shutil
 
     try:
-        paths = [path for path in folder.iterdir() if path.name.startswith(prefix) and path.name.endswith(suffix)]
+        found = [(path, match) for path in folder.iterdir() if (match := pattern.fullmatch(path.name))]
     except OSError:
         return
-    for path in paths:
-        found = re.match(r"(\d+)", path.name[len(prefix):])
+    for path, match in found:
         try:
-            if not found or process_alive(int(found.group(1))) or path.lstat().st_uid != os.getuid():
+            if process_alive(int(match.group(1))) or path.lstat().st_uid != os.getuid():
                 continue
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         except OSError:

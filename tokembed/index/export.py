@@ -15,13 +15,18 @@ its sha256), read shard by shard through the memory map. Output, with the embedd
 Memory stays one record batch: nothing holds the whole index. A writer holding the index's lock is not
 waited for: its uncommitted shards are not in the manifest, so they are never read.
 
-Both formats are written into a hidden staging folder beside ``PATH`` and published by rename only once
-every shard is written: a failed or interrupted export (a corrupt shard, disk full, Ctrl-C, SIGTERM) removes
-the staging folder and leaves ``PATH`` as it was, never a part that reads as the whole index.
+Both formats are written into a hidden staging folder on ``PATH``'s file system and published by rename only
+once every shard is written: a failed or interrupted export (a corrupt shard, disk full, Ctrl-C, SIGTERM)
+removes the staging folder and leaves ``PATH`` as it was, never a part that reads as the whole index. The
+staging folder is ``.NAME.export-tmp-PID`` beside ``PATH``, published by one rename of the whole folder
+(which also replaces an empty folder ``PATH``), except in an existing folder that must stay (a LanceDB
+database, or an empty folder that is a mount point, which no rename can replace): there it is
+``PATH/.export-tmp-PID`` and its entries are moved out one by one (for LanceDB one: the table's folder).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -39,6 +44,12 @@ DTYPES = ("float32", "float16")
 DEFAULT_TABLE = "documents"
 # LanceDB's rule (lancedb.util.validate_table_name), checked here so that a bad name is exit 2 before any work.
 TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# The hidden staging folders exports make: ``.NAME.export-tmp-PID`` beside PATH, ``.export-tmp-PID`` inside it.
+STAGING_NAME = re.compile(r"\.(?:.+\.)?export-tmp-(\d+)", re.DOTALL)
+NOT_UNIT_LENGTH_WARNING = (
+    "warning: this index's vectors are not unit length (--no-normalize or --pool-factor): LanceDB's multivector "
+    "search is cosine only, so it will not rank as `tokembed score` (dot products) does"
+)
 VECTORS_DROPPED_HINT = (
     "export writes the stored vectors and cannot rebuild them from the codes; encode the corpus into a new "
     "index folder and export that (next time, export before `tokembed compress --drop-vectors`)"
@@ -103,6 +114,7 @@ def export_index(
     """Write the committed generation of the index at ``index_path`` to ``to`` as ``fmt``; see the module doc."""
     from tokembed.index import open_index
     from tokembed.index.format import require_vectors
+    from tokembed.search.plaid.codec import needs_vector_norms
 
     check_export_options(fmt, dtype, table)
     started = time.perf_counter()
@@ -113,10 +125,13 @@ def export_index(
         exc.hint = VECTORS_DROPPED_HINT  # the generic hint is about search, which export is not
         raise
     to = Path(to)
+    log = log or (lambda message: None)
     schema = export_schema(index.dim, dtype, pages=has_pdf_pages(index))
     if fmt == "parquet":
-        files, written = _write_parquet(index, to, schema, log or (lambda message: None))
+        files, written = _write_parquet(index, to, schema, log)
     else:
+        if needs_vector_norms(index.manifest):
+            log(NOT_UNIT_LENGTH_WARNING)
         files, written = _write_lance(index, to, table, schema)
     return ExportSummary(
         index=str(index_path), to=str(to), format=fmt, dtype=dtype, rows=index.rows, tokens=index.tokens,
@@ -138,7 +153,32 @@ def _shard_export_batches(index, shard: dict, schema) -> Iterator:
 
     for batch in shard_batches(index, shard, verify=True):
         columns = [_column(batch, field) for field in schema]
+        _refuse_float16_overflow(index, shard, batch, columns[schema.get_field_index("embeddings")])
         yield pa.record_batch(columns, schema=schema)
+
+
+def _refuse_float16_overflow(index, shard: dict, batch, exported) -> None:
+    """A stored value beyond float16's range (an un-normalized float32 index) would be exported as inf."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tokembed.search.maxsim import batch_vectors
+
+    values = exported.flatten().flatten()
+    if values.type != pa.float16() or not pc.any(pc.is_inf(values)).as_py():
+        return
+    stored = batch_vectors(batch, index.dim, str(index.shard_path(shard)))[1]
+    stored = stored[np.isfinite(stored)]
+    largest = float(np.abs(stored).max()) if stored.size else 0.0
+    with np.errstate(over="ignore"):
+        overflows = bool(np.isinf(np.float16(largest)))
+    if overflows:  # else the inf is one the index itself holds, exported as it is
+        raise UsageError(
+            f"{index.shard_path(shard)}: holds a vector value of magnitude {largest:g}, beyond float16's largest "
+            "(65504): --dtype float16 would write it as inf",
+            hint="export with --dtype float32 (the default)",
+        )
 
 
 def _column(batch, field):
@@ -153,54 +193,77 @@ def _column(batch, field):
 
 
 @contextmanager
-def _staging_beside(to: Path) -> Iterator[Path]:
-    """A new hidden folder in ``to``'s parent (the same file system, so that a rename publishes it), removed
-    when the block ends whatever happened; one left by a killed export (this pid's, or a process gone) is removed first."""
-    from tokembed.index.atomic import remove_left_by_dead_processes
-
-    target = to.resolve()
-    staging = target.parent / f".{target.name}.export-tmp-{os.getpid()}"
+def _staging(to: Path, inside: bool) -> Iterator[Path]:
+    """A new hidden folder on ``to``'s file system, removed when the block ends whatever happened: beside ``to``,
+    or with ``inside`` in the existing folder ``to`` itself (see the module doc)."""
+    target, pid = to.resolve(), os.getpid()
+    staging = target / f".export-tmp-{pid}" if inside else target.parent / f".{target.name}.export-tmp-{pid}"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        remove_left_by_dead_processes(target.parent, f".{target.name}.export-tmp-")  # a SIGKILLed export's
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed run of this very pid
         staging.mkdir()
     except OSError as exc:
-        raise IndexWriteError(f"--to {to}: cannot create a folder beside it ({exc.strerror or exc})") from exc
+        raise IndexWriteError(f"--to {to}: cannot create a staging folder {staging} ({exc.strerror or exc})") from exc
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _publish_staging(staging: Path, to: Path) -> None:
-    """Make the staging folder's entries appear in ``to``: one rename of the whole folder when ``to`` is new,
-    else one rename per entry into the existing folder, undone if one fails, never replacing an entry."""
+def _remove_dead_staging(to: Path) -> None:
+    """Staging folders that SIGKILLed exports left beside ``to`` (of any name) or inside it: no ``finally`` of
+    theirs removed them. Only those whose process is gone (``remove_dead_processes_entries``)."""
+    from tokembed.index.atomic import remove_dead_processes_entries
+
+    target = to.resolve()
+    remove_dead_processes_entries(target.parent, STAGING_NAME)
+    if target.is_dir():
+        remove_dead_processes_entries(target, STAGING_NAME)
+
+
+def _publish_folder(staging: Path, to: Path) -> None:
+    """Publish the staging folder beside ``to`` as ``to`` by one rename: all of it or (failed) nothing. An empty
+    folder ``to`` is replaced (POSIX rename does that atomically, and refuses once the folder is not empty)."""
     from tokembed.index.atomic import fsync_dir
 
     target = to.resolve()
     try:
-        if not target.exists():
-            os.rename(staging, target)
-        else:
-            _move_entries(staging, target, to)
+        if target.is_dir():
+            os.chmod(staging, target.stat().st_mode & 0o7777)  # the folder keeps its permissions
+        os.rename(staging, target)
         fsync_dir(target)
         fsync_dir(target.parent)
     except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise UsageError(f"--to {to}: files appeared in it while exporting",
+                             hint="export again to a new path") from exc
+        if exc.errno in (errno.EXDEV, errno.EBUSY):
+            raise IndexWriteError(
+                f"--to {to}: a mount point (or on another file system than its parent folder) that tokembed did not "
+                f"detect: cannot publish the export into it by rename ({exc.strerror})",
+                hint="export into a new folder inside it",
+            ) from exc
         raise IndexWriteError(f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
 
 
-def _move_entries(staging: Path, target: Path, to: Path) -> None:
-    moved: list[str] = []
+def _publish_entries(staging: Path, to: Path) -> None:
+    """Move the entries of the staging folder inside ``to`` into ``to``, one rename each, undone if one fails,
+    never replacing an entry. Not atomic for more than one entry: a kill in between leaves the first ones."""
+    from tokembed.index.atomic import fsync_dir
+
+    target, moved = to.resolve(), []
     try:
         for entry in sorted(staging.iterdir()):
             if (target / entry.name).exists():  # written by another process since the export started
                 raise UsageError(f"--to {to}: {entry.name} appeared while exporting", hint="export again to a new path")
             os.rename(entry, target / entry.name)
             moved.append(entry.name)
-    except BaseException:
+        fsync_dir(target)
+    except BaseException as exc:
         for name in moved:  # back into staging, which the caller removes: ``to`` is left as it was
             os.rename(target / name, staging / name)
+        if isinstance(exc, OSError):
+            raise IndexWriteError(f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
         raise
 
 
@@ -208,10 +271,14 @@ def _move_entries(staging: Path, target: Path, to: Path) -> None:
 
 
 def _write_parquet(index, to: Path, schema, log) -> tuple[int, int]:
+    """Staged beside ``to`` and renamed into place, or, in an empty folder that is a mount point (where no rename
+    from outside reaches), staged inside it and published file by file."""
+    _remove_dead_staging(to)
     _require_empty_folder(to)
-    with _staging_beside(to) as staging:
+    inside = to.is_dir() and os.path.ismount(to.resolve())
+    with _staging(to, inside) as staging:
         written = _write_parquet_files(index, staging, to, schema, log)
-        _publish_staging(staging, to)
+        _publish_entries(staging, to) if inside else _publish_folder(staging, to)
     return max(1, len(index.shards)), written
 
 
@@ -252,13 +319,17 @@ def _require_empty_folder(to: Path) -> None:
 
 
 def _write_lance(index, to: Path, table: str, schema) -> tuple[int, int]:
-    """The table is created in a staging LanceDB folder and moved into ``to`` once LanceDB has committed it."""
+    """The table is created in a staging LanceDB folder and moved into ``to`` once LanceDB has committed it: a new
+    ``to`` is staged beside it and renamed into place; in an existing database folder the staging folder is inside
+    it (on its file system, a mount point too) and the table's folder is moved out of it by one rename."""
     import pyarrow as pa
 
     lancedb = _import_lancedb()
-    _require_new_table(to, table)
+    _remove_dead_staging(to)
+    _require_database_folder(to, table)
+    inside = to.is_dir()
     source = _BatchSource(export_batches(index, schema))
-    with _staging_beside(to) as staging:
+    with _staging(to, inside) as staging:
         try:
             reader = pa.RecordBatchReader.from_batches(schema, iter(source))
             lancedb.connect(str(staging)).create_table(table, data=reader, schema=schema)
@@ -266,12 +337,18 @@ def _write_lance(index, to: Path, table: str, schema) -> tuple[int, int]:
             source.stop()  # an interrupt leaves LanceDB's background thread writing: end its input
             if source.error is not None and isinstance(exc, Exception):
                 raise source.error from exc  # LanceDB's "RuntimeError: Arrow error: C Data interface error"
-            if isinstance(exc, OSError):
+            if isinstance(exc, OSError) or _is_lance_io_error(exc):
                 raise IndexWriteError(f"--to {to}: cannot write the LanceDB table ({exc})") from exc
             raise
         written = _folder_bytes(staging / f"{table}.lance")
-        _publish_staging(staging, to)
+        _publish_entries(staging, to) if inside else _publish_folder(staging, to)
     return 1, written
+
+
+def _is_lance_io_error(exc: BaseException) -> bool:
+    """LanceDB reports a failed read or write (disk full, permission) as a RuntimeError carrying Rust's I/O error,
+    e.g. ``lance error: LanceError(IO): No space left on device (os error 28)``; any other RuntimeError is a bug."""
+    return isinstance(exc, RuntimeError) and bool(re.search(r"LanceError\(IO\)|\(os error \d+\)", str(exc)))
 
 
 class _BatchSource:
@@ -296,11 +373,25 @@ class _BatchSource:
         self.stopped = True
 
 
-def _require_new_table(to: Path, table: str) -> None:
+def _require_database_folder(to: Path, table: str) -> None:
+    """``to`` is new, or a LanceDB database folder (tables, ``*.lance`` folders, and exports' staging folders only)
+    that does not hold ``table`` yet."""
     if to.exists() and not to.is_dir():
         raise UsageError(f"--to {to}: exists and is not a folder (a LanceDB database is a folder)")
+    others = sorted(entry.name for entry in to.iterdir() if not _is_table_or_staging(entry)) if to.is_dir() else []
+    if others:
+        what = "a tokembed index folder" if "manifest.json" in others else "not a LanceDB database folder"
+        raise UsageError(
+            f"--to {to}: {what}: it holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, "
+            "not only LanceDB tables (*.lance folders)",
+            hint="choose a new folder, or a LanceDB database folder",
+        )
     if (to / f"{table}.lance").exists():
         raise UsageError(f"--to {to}: LanceDB table {table!r} already exists", hint="choose another --table or path")
+
+
+def _is_table_or_staging(entry: Path) -> bool:
+    return entry.is_dir() and (entry.name.endswith(".lance") or bool(STAGING_NAME.fullmatch(entry.name)))
 
 
 def _import_lancedb():

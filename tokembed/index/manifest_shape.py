@@ -1,7 +1,9 @@
-"""What every reader of a manifest relies on: its sections, their fields and their types.
+"""What every reader of a manifest relies on: its sections, their fields and their types, each shard listed
+once and totals that are the sums of the shards' counts.
 
 ``read_manifest`` checks them once, so that a manifest that parses as JSON but was cut, hand-edited or
-written by something else is an ``IndexCorruptError`` naming the field, not a ``KeyError`` deep in a reader.
+written by something else is an ``IndexCorruptError`` naming the field, not a ``KeyError`` deep in a reader
+(nor a count that ``info`` reports and ``export`` does not write, nor a shard read twice).
 """
 
 from __future__ import annotations
@@ -39,12 +41,26 @@ def check_manifest_shape(path: Path, manifest) -> None:
         raise IndexCorruptError(f"{path}: dim is {manifest['dim']}")
     for number, shard in enumerate(manifest["shards"]):
         _listed_file(path, shard, _SHARD, f"shards[{number}].")
+    _shards_add_up(path, manifest)
     structure = manifest.get(SEARCH)
     if structure is not None:
         _fields(path, structure, _STRUCTURE, f"{SEARCH}.")
         _listed_file(path, structure["codec"], _CODEC, f"{SEARCH}.codec.")
         for number, entry in enumerate(structure["shards"]):
             _listed_file(path, entry, _CODE_FILE, f"{SEARCH}.shards[{number}].")
+
+
+def _shards_add_up(path: Path, manifest: dict) -> None:
+    listed: dict[str, int] = {}
+    for number, shard in enumerate(manifest["shards"]):
+        name = str(PurePosixPath(shard["file"]))
+        if name in listed:
+            raise IndexCorruptError(f"{path}: shards[{number}].file {shard['file']!r} is listed twice (also shards[{listed[name]}])")
+        listed[name] = number
+    for name in _TOTALS:
+        total = sum(shard[name] for shard in manifest["shards"])
+        if manifest["totals"][name] != total:
+            raise IndexCorruptError(f"{path}: totals.{name} is {manifest['totals'][name]}, the shards listed hold {total}")
 
 
 def _listed_file(path: Path, entry, fields: dict, where: str) -> None:

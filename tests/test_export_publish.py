@@ -1,0 +1,209 @@
+"""How ``tokembed export`` publishes what it staged, and what it refuses to write into.
+
+* An existing empty folder is replaced by one rename (a kill can leave it empty or whole, never half); an empty
+  folder that is a mount point (a rename from outside fails with EXDEV) is staged inside and filled file by file.
+* LanceDB reports a full disk as a RuntimeError: exit 8 as for Parquet, its staging folder removed.
+* A SIGKILLed export's staging folder, of any name, is removed by the next export in the same folder.
+* ``--format lance`` writes only into a new folder or a LanceDB database folder, never an index folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from helpers import write_parquet
+
+DOCS = ["The cat sat on the mat.", "Paris is the capital of France.", "A recipe for apple pie.", "Dogs bark.", "x y"]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    """The demo model's index of DOCS in three shards."""
+    from cli.main import run
+
+    root = tmp_path_factory.mktemp("publish")
+    corpus = write_parquet(root / "corpus.parquet", [{"id": f"doc{i}", "text": t} for i, t in enumerate(DOCS)])
+    assert run(["encode", str(corpus), "--output", str(root / "index"), "--shard-rows", "2", "--quiet"]) == 0
+    return root / "index"
+
+
+def _parquet_files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _recording_renames(monkeypatch, fail_across=None) -> list[tuple[str, str]]:
+    """Every ``os.rename`` from here on, as (source, destination); with ``fail_across`` (a folder), a rename
+    between inside and outside it fails with EXDEV, as across a mount point."""
+    real, calls = os.rename, []
+
+    def rename(source, destination):
+        source, destination = os.path.abspath(source), os.path.abspath(destination)
+        if fail_across is not None:
+            inside = [path.startswith(str(fail_across) + os.sep) for path in (source, destination)]
+            if inside[0] != inside[1] or str(fail_across) in (source, destination):
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), source)
+        calls.append((source, destination))
+        return real(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename)
+    return calls
+
+
+def test_an_existing_empty_folder_is_published_by_one_rename(cli, index, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir(mode=0o750)
+    calls = _recording_renames(monkeypatch)
+    result = cli("export", index, "--to", out, "--format", "parquet", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1 and calls[0][1] == str(out)  # the whole export at once: no kill can leave a part of it
+    assert calls[0][0].startswith(str(tmp_path / ".out.export-tmp-"))
+    assert _parquet_files(out) == ["part-000000.parquet", "part-000001.parquet", "part-000002.parquet"]
+    assert os.listdir(tmp_path) == ["out"] and (out.stat().st_mode & 0o777) == 0o750
+
+
+def test_a_kill_just_before_publishing_into_an_empty_folder_leaves_it_empty_and_a_rerun_works(cli, index, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    script = (
+        "import os, signal, sys\n"
+        "from tokembed.index import export\n"
+        "real = os.rename\n"
+        "def rename(a, b):\n"
+        "    if os.path.abspath(b) == sys.argv[2]:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(a, b)\n"
+        "os.rename = rename\n"
+        "export.export_index(sys.argv[1], sys.argv[2], fmt='parquet')\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(index), str(out)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    assert list(out.iterdir()) == [] and any(".export-tmp-" in name for name in os.listdir(tmp_path))
+    again = cli("export", index, "--to", out, "--format", "parquet", "-q")
+    assert again.exit_code == 0, again.output
+    assert len(_parquet_files(out)) == 3 and os.listdir(tmp_path) == ["out"]
+
+
+def test_an_empty_mount_point_is_staged_inside_and_filled_file_by_file(cli, index, tmp_path, monkeypatch):
+    from tokembed.index import export
+
+    out = tmp_path / "mnt"
+    out.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(export.os.path, "ismount", lambda path: str(path) == str(out) or real_ismount(path))
+    calls = _recording_renames(monkeypatch, fail_across=out)
+    result = cli("export", index, "--to", out, "--format", "parquet", "-q")
+    assert result.exit_code == 0, result.output
+    assert _parquet_files(out) == ["part-000000.parquet", "part-000001.parquet", "part-000002.parquet"]
+    assert {os.path.dirname(source) for source, _ in calls} == {str(out / f".export-tmp-{os.getpid()}")}
+    assert os.listdir(tmp_path) == ["mnt"]
+
+
+def test_a_mount_point_the_export_did_not_detect_exits_8_and_leaves_it_as_it_was(cli, index, tmp_path, monkeypatch):
+    out = tmp_path / "mnt"
+    out.mkdir()
+    _recording_renames(monkeypatch, fail_across=out)
+    result = cli("export", index, "--to", out, "--format", "parquet")
+    assert result.exit_code == 8, result.output
+    assert "mount point" in result.stderr and "hint: export into a new folder inside it" in result.stderr
+    assert os.listdir(tmp_path) == ["mnt"] and list(out.iterdir()) == []
+
+
+def test_lance_into_an_existing_database_on_a_mount_point_moves_the_table_by_one_rename(cli, index, tmp_path, monkeypatch):
+    lancedb = pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
+
+    out = tmp_path / "db"
+    out.mkdir()
+    calls = _recording_renames(monkeypatch, fail_across=out)
+    result = cli("export", index, "--to", out, "--format", "lance", "-q")
+    assert result.exit_code == 0, result.output
+    assert calls == [(str(out / f".export-tmp-{os.getpid()}" / "documents.lance"), str(out / "documents.lance"))]
+    assert lancedb.connect(str(out)).open_table("documents").count_rows() == len(DOCS)
+    assert os.listdir(tmp_path) == ["db"] and os.listdir(out) == ["documents.lance"]
+
+
+# ---------------------------------------------------------------------------------------------- LanceDB errors
+
+
+def _lance_create_table_raising(monkeypatch, message: str) -> None:
+    """LanceDB's ``create_table`` writes part of the table, then fails with ``RuntimeError(message)``."""
+    pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
+    from lancedb.db import LanceDBConnection
+
+    def create_table(self, name, data=None, schema=None, **kwargs):
+        (Path(self.uri) / f"{name}.lance" / "data").mkdir(parents=True)
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(LanceDBConnection, "create_table", create_table)
+
+
+def test_lance_on_a_full_disk_exits_8_and_removes_its_staging(cli, index, tmp_path, monkeypatch):
+    _lance_create_table_raising(monkeypatch, "lance error: LanceError(IO): No space left on device (os error 28)")
+    for out in (tmp_path / "new-db", tmp_path / "db"):
+        if out.name == "db":
+            out.mkdir()
+        result = cli("export", index, "--to", out, "--format", "lance")
+        assert result.exit_code == 8, result.output
+        assert "No space left on device" in result.stderr and "Traceback" not in result.output
+    assert os.listdir(tmp_path) == ["db"] and os.listdir(tmp_path / "db") == []
+
+
+def test_a_lance_runtime_error_that_is_not_io_is_not_called_a_write_error(index, tmp_path, monkeypatch):
+    from tokembed.index.export import export_index
+
+    _lance_create_table_raising(monkeypatch, "lance error: Invalid user input: something a bug passed")
+    with pytest.raises(RuntimeError, match="Invalid user input"):
+        export_index(index, tmp_path / "db", fmt="lance")
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------- leftovers
+
+
+def test_any_exports_dead_staging_folders_are_removed_by_the_next_export_in_that_folder(cli, index, tmp_path):
+    dead, alive = 999999999, os.getppid()
+    left = [tmp_path / f".other.export-tmp-{dead}", tmp_path / f".a.b.export-tmp-{dead}", tmp_path / f".export-tmp-{dead}"]
+    kept = [tmp_path / f".other.export-tmp-{alive}", tmp_path / f".other.export-tmp-{dead}x", tmp_path / f"other.export-tmp-{dead}"]
+    out = tmp_path / "out"
+    out.mkdir()
+    inside = out / f".export-tmp-{dead}"  # a killed export into this empty mount point
+    for folder in [*left, *kept, inside]:
+        folder.mkdir()
+        (folder / "part-000000.parquet").write_bytes(b"half")
+    result = cli("export", index, "--to", out, "--format", "parquet", "-q")
+    assert result.exit_code == 0, result.output
+    assert not any(folder.exists() for folder in [*left, inside]) and all(folder.exists() for folder in kept)
+    assert len(_parquet_files(out)) == 3
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+def test_lance_refuses_a_folder_that_is_not_a_lancedb_database(cli, index, tmp_path):
+    parquet = tmp_path / "parquet"
+    assert cli("export", index, "--to", parquet, "--format", "parquet", "-q").exit_code == 0
+    for folder, says in ((index, "a tokembed index folder"), (index / "data", "not a LanceDB database folder"),
+                         (parquet, "not a LanceDB database folder")):
+        before = sorted(p.name for p in folder.iterdir())
+        result = cli("export", index, "--to", folder, "--format", "lance")
+        assert result.exit_code == 2, (folder, result.output)
+        assert says in result.stderr and "*.lance" in result.stderr
+        assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_lance_writes_into_a_database_folder_with_a_dead_exports_staging(cli, index, tmp_path):
+    lancedb = pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
+
+    db = tmp_path / "db"
+    lancedb.connect(str(db)).create_table("keep", data=pa.table({"x": [1]}))
+    (db / ".export-tmp-999999999" / "documents.lance").mkdir(parents=True)
+    result = cli("export", index, "--to", db, "--format", "lance", "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(db)) == ["documents.lance", "keep.lance"]

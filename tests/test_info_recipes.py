@@ -1,0 +1,36 @@
+"""``tokembed info``'s export recipes run as printed, whatever the index's path holds (spaces, quotes, unicode):
+shell words quoted for a POSIX shell, the DuckDB glob as an SQL string literal, the LanceDB folder as a Python one."""
+
+from __future__ import annotations
+
+import ast
+import shlex
+import subprocess
+
+import pytest
+
+from helpers import write_parquet
+
+
+def test_the_printed_recipes_run_for_a_path_with_a_space_a_quote_and_unicode(cli, tmp_path, monkeypatch):
+    import duckdb
+
+    corpus = write_parquet(tmp_path / "corpus.parquet", [{"id": "a", "text": "one text"}, {"id": "b", "text": "two"}])
+    index = tmp_path / "my team's índex"
+    assert cli("encode", corpus, "-o", index, "-q").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    recipes = cli("info", index.name).stderr.split("open it elsewhere", 1)[1].splitlines()
+    commands = [line.split(":", 1)[1].strip() for line in recipes if line.strip().startswith(("DuckDB:", "LanceDB:"))]
+    parquet_sql = next(line for line in recipes if "SELECT" in line).split("--")[0].strip()
+    lance_folder = next(line for line in recipes if "lancedb.connect(" in line).split("lancedb.connect(", 1)[1].split(")")[0]
+
+    for command in commands:
+        words = shlex.split(command)
+        assert words[:2] == ["tokembed", "export"] and words[2] == index.name
+        assert subprocess.run(["sh", "-c", f"printf '%s\\n' {command}"], capture_output=True, text=True).stdout.splitlines() == words
+        result = cli(*words[1:], "-q")
+        assert result.exit_code == 0, (command, result.output)
+    rows = duckdb.sql(parquet_sql).fetchall()
+    assert [doc_id for doc_id, _ in rows] == ["a", "b"] and all(tokens > 0 for _, tokens in rows)
+    lancedb = pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
+    assert lancedb.connect(ast.literal_eval(lance_folder)).open_table("documents").count_rows() == 2
