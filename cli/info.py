@@ -63,6 +63,7 @@ def _facts(index: Path, opened, verify: bool) -> dict:
         "embedding_dtype": manifest["embedding_dtype"],
         "compute_dtype": manifest["settings"]["dtype"],
         "model": manifest["model"]["name"],
+        "model_revision": manifest["model"].get("revision"),
         "model_family": manifest["model"]["family"],
         "architecture": manifest["model"]["architecture"],
         "model_fingerprint": manifest["model"]["fingerprint"][:16],
@@ -93,7 +94,7 @@ def _print_table(facts: dict) -> None:
 
     table = Table(show_header=False, box=None)
     for key, value in facts.items():
-        if key == "base_model" and value is None:
+        if key in ("base_model", "model_revision") and value is None:
             continue
         if key == "settings":
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, "", [], False))

@@ -86,6 +86,27 @@ def checkpoint(checkpoint_store, tmp_path):
     return get
 
 
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache of this test's own: ``hub_cache("org/name", folder, sha, ref="main")`` copies ``folder``
+    in as the snapshot of commit ``sha`` (and points ``refs/<ref>`` at it, unless ``ref`` is None); returns it."""
+    hub = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))  # read at import time
+
+    def add(repo_id: str, folder: Path, sha: str, ref: str | None = "main") -> Path:
+        repo = hub / f"models--{repo_id.replace('/', '--')}"
+        snapshot = shutil.copytree(folder, repo / "snapshots" / sha, symlinks=True)
+        if ref is not None:
+            (repo / "refs").mkdir(exist_ok=True)
+            (repo / "refs" / ref).write_text(sha)
+        return snapshot
+
+    add.root = hub
+    return add
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     from tokembed.models.resolve import resolve_model

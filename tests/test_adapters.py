@@ -348,16 +348,10 @@ def test_a_relative_base_folder_is_recorded_and_sent_to_workers_absolute(checkpo
     assert Embedder.load(str(adapter), EncodeFlags()).spec(EncodeFlags()).flags.base_model == str(base.resolve())
 
 
-def test_score_with_an_adapter_over_a_hub_base_resolves_it_as_encode_did(checkpoint, tmp_path, cli, monkeypatch):
+def test_score_with_an_adapter_over_a_hub_base_resolves_it_as_encode_did(checkpoint, tmp_path, cli, hub_cache):
     """A base named by hub id is loaded through the hub cache again, with its revision: loading the recorded
     snapshot folder instead (no revision) made another fingerprint, and score refused the index (exit 5)."""
-    repo = tmp_path / "hf" / "hub" / "models--someone--tiny-colbert"
-    snapshot = shutil.copytree(checkpoint("pylate_bert"), repo / "snapshots" / ("a" * 40))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("a" * 40)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read at import
+    snapshot = hub_cache("someone/tiny-colbert", checkpoint("pylate_bert"), "a" * 40)
     adapter = _text_adapter(snapshot, tmp_path / "lora")
     _set_base(adapter, "someone/tiny-colbert")
     docs = tmp_path / "docs.jsonl"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -91,16 +90,8 @@ def test_remote_code_is_refused_without_the_flag(tmp_path):
     assert detect(tmp_path, trust_remote_code=True) == "encoder"
 
 
-def test_hub_id_resolves_from_the_cache_offline(checkpoint_store, tmp_path, monkeypatch):
-    cache = tmp_path / "hf"
-    repo = cache / "hub" / "models--someone--tiny-colbert"
-    snapshot = repo / "snapshots" / ("a" * 40)
-    shutil.copytree(checkpoint_store("pylate_bert"), snapshot)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("a" * 40)
-    monkeypatch.setenv("HF_HOME", str(cache))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache / "hub"))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache / "hub"))  # read at import time
+def test_hub_id_resolves_from_the_cache_offline(checkpoint_store, hub_cache):
+    snapshot = hub_cache("someone/tiny-colbert", checkpoint_store("pylate_bert"), "a" * 40)
     resolved = resolve_model("someone/tiny-colbert")
     assert resolved.path == snapshot and resolved.revision == "a" * 40
     assert detect(resolved.path) == "st-colbert"

