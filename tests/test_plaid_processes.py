@@ -21,7 +21,7 @@ from plaid_support import corpus_rows
 from tokembed.errors import IndexCorruptError
 from tokembed.search.plaid import open_searchable, plaid_search, processes, threads
 
-pytestmark = pytest.mark.skipif(not processes.can_fork(), reason="query processes are forked on Linux only")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="query processes are forked on Linux only")
 
 
 @pytest.fixture
@@ -57,6 +57,20 @@ def test_a_caller_outside_the_main_thread_gets_query_threads(forking):
         seen = pool.submit(caller, None).result()
     assert {pid for pid, _ in seen} == {os.getpid()}
     assert all(name.startswith("tokembed-query") for _, name in seen)
+
+
+def test_the_main_thread_does_not_fork_while_another_thread_is_alive(forking):
+    # another thread may hold a lock (the import lock, say) at the moment of the fork: the children would wait
+    # for it forever (seen: a library caller's thread importing numpy.random lazily)
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, name="a library caller's thread")
+    other.start()
+    try:
+        assert {pid for pid in threads.map_queries(lambda q: os.getpid(), list(range(30)), processes=True)} == {os.getpid()}
+    finally:
+        release.set()
+        other.join()
+    assert os.getpid() not in set(threads.map_queries(lambda q: os.getpid(), list(range(30)), processes=True))
 
 
 def test_an_error_in_a_query_process_is_raised_here_with_its_class_and_message(forking):

@@ -3,6 +3,7 @@ structure's and the index's lazily built parts are safe to build from several th
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,6 +58,39 @@ def test_callers_in_several_threads_share_one_limit_and_restore_it(two_cores):
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(caller, range(4))) == [list(range(1, 21))] * 4
     assert blas_threads() == before
+
+
+def test_a_caller_beside_another_callers_query_threads_still_gets_query_threads(monkeypatch):
+    # the other caller's query threads hold numpy's BLAS at one thread (process-wide); read then, this caller
+    # would run its batch one query at a time (10-35x slower beside a busy thread, its OpenMP threads fighting
+    # the others). A BLAS of 2 threads that reads 1 while any caller limits it:
+    monkeypatch.setattr(threads, "_blas_threads_now", lambda: 1 if threads._STATE["users"] else 2)
+    monkeypatch.setattr(threads, "_controller", lambda: _NoLimit())
+    inside, leave = threading.Event(), threading.Event()
+
+    def other_caller():
+        with threads._one_blas_thread():
+            inside.set()
+            leave.wait()
+
+    assert threads._workers(10) == 2
+    other = threading.Thread(target=other_caller)
+    other.start()
+    try:
+        inside.wait()
+        assert threads._blas_threads_now() == 1
+        assert threads._workers(10) == 2
+    finally:
+        leave.set()
+        other.join()
+
+
+class _NoLimit:
+    def limit(self, **_):
+        return self
+
+    def restore_original_limits(self):
+        pass
 
 
 def test_an_error_in_one_query_is_raised_and_the_limit_restored(two_cores):

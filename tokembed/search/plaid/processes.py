@@ -28,6 +28,7 @@ from tokembed.errors import TokembedError
 # A fork and a pool cost ~15 ms at 1M documents (a 0.9 GB parent): a few queries' time. Below this many queries
 # the query threads answer.
 PROCESS_MIN_QUERIES = 24
+QUERY_THREAD_PREFIX = "tokembed-query"  # the names of the query threads (threads.py)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _BATCH: dict = {}  # what the children answer, set before they fork: read by index, never pickled
 
@@ -37,9 +38,19 @@ class QueryWorkerError(TokembedError):
 
 
 def can_fork() -> bool:
-    """Linux, the main thread, and not a daemonic process (a ``multiprocessing.Pool`` worker may have no children)."""
+    """Linux, the main thread and no other Python thread, and not a daemonic process (a ``multiprocessing.Pool``
+    worker may have no children). Another thread (a library caller's) may hold a lock at the moment of the fork
+    (the import lock, while it imports a module lazily): the children would wait for it forever."""
     return (sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
-            and threading.current_thread() is threading.main_thread() and not multiprocessing.current_process().daemon)
+            and threading.current_thread() is threading.main_thread() and not _other_threads_alive()
+            and not multiprocessing.current_process().daemon)
+
+
+def _other_threads_alive() -> bool:
+    """Whether a Python thread other than this one and tokembed's own query threads (idle while the main thread
+    forks: a caller that gave them work is another thread) is alive."""
+    return any(thread is not threading.current_thread() and not thread.name.startswith(QUERY_THREAD_PREFIX)
+               for thread in threading.enumerate())
 
 
 def map_in_processes(function, queries: list, count: int) -> list:

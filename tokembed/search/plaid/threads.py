@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from tokembed.search.plaid import processes as query_processes
 
 _LOCK = threading.Lock()
-_STATE = {"users": 0, "limit": None, "pools": {}, "controller": None, "modules": 0}
+_STATE = {"users": 0, "limit": None, "blas_threads": 1, "pools": {}, "controller": None, "modules": 0}
 _THIS_THREAD = threading.local()
 
 
@@ -56,9 +56,16 @@ def _workers(queries: int) -> int:
 
 
 def _blas_threads() -> int:
-    """The most threads a BLAS numpy loaded would use now."""
+    """The most threads a BLAS numpy loaded would use, as set before query threads of another caller (a library
+    user's other thread) limited it to one for their duration."""
     with _LOCK:
-        counts = [info["num_threads"] for info in _controller().info() if info["user_api"] == "blas"]
+        if _STATE["users"]:
+            return _STATE["blas_threads"]
+        return _blas_threads_now()
+
+
+def _blas_threads_now() -> int:
+    counts = [info["num_threads"] for info in _controller().info() if info["user_api"] == "blas"]
     return min(max(counts, default=1), os.cpu_count() or 1)
 
 
@@ -85,6 +92,7 @@ def _one_blas_thread():
     the last one out restores the BLAS's own setting)."""
     with _LOCK:
         if _STATE["users"] == 0:
+            _STATE["blas_threads"] = _blas_threads_now()
             _STATE["limit"] = _controller().limit(limits=1, user_api="blas")
         _STATE["users"] += 1
     try:
@@ -104,7 +112,7 @@ def _pool(count: int):
         if count not in pools:
             from concurrent.futures import ThreadPoolExecutor
 
-            pools[count] = ThreadPoolExecutor(count, thread_name_prefix="tokembed-query")
+            pools[count] = ThreadPoolExecutor(count, thread_name_prefix=query_processes.QUERY_THREAD_PREFIX)
         return pools[count]
 
 
