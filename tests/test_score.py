@@ -208,6 +208,16 @@ def test_bad_top_k_and_block_size(corpus):
         search_vectors(index, queries, top_k=0)
     with pytest.raises(UsageError, match="block-tokens"):
         search_vectors(index, queries, block_tokens=0)
+    for not_whole in (2.5, "3", True):  # a library caller's value: a tokembed error, not a bare TypeError
+        with pytest.raises(UsageError, match="whole number"):
+            search_vectors(index, queries, top_k=not_whole)
+    assert len(search_vectors(index, queries, top_k=np.int64(2))[0]) == 2
+
+
+def test_load_document_with_an_id_that_is_not_text(corpus):
+    index, *_ = corpus
+    with pytest.raises(UsageError, match="is a string"):
+        load_document(index, 5)
 
 
 # ---------------------------------------------------------------------------------------------- index faults

@@ -183,6 +183,8 @@ def load_document(index_path, doc_id: str) -> tuple[np.ndarray, np.ndarray]:
 
     from tokembed.index import open_index
 
+    if not isinstance(doc_id, str):
+        raise UsageError(f"load_document: a document id is a string (ids are stored as text), got {doc_id!r}")
     index = open_index(index_path)
     require_vectors(index, "load_document")
     wanted = pa.scalar(doc_id, pa.string())
@@ -205,10 +207,11 @@ def _copy_row(row, dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_options(top_k: int, block_tokens: int) -> None:
-    if top_k < 1:
-        raise UsageError(f"--top-k {top_k}: must be at least 1")
-    if block_tokens < 1:
-        raise UsageError(f"--block-tokens {block_tokens}: must be at least 1")
+    for flag, value in (("--top-k", top_k), ("--block-tokens", block_tokens)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise UsageError(f"{flag} {value!r}: must be a whole number")
+        if value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
 
 
 def _resolve_device(spec: str) -> str:
