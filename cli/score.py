@@ -57,7 +57,7 @@ def score(
         "none). A column named here must exist."
     ),
     text_column: str = typer.Option("text", help="Text field/column of .jsonl/.parquet query files."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors (and the JSON summary that --log-format json asks for)."),
     log_format: str = typer.Option(
         "text", "--log-format", help="text, or json: the summary (with load/query/search seconds) is one JSON object on stderr."
     ),
