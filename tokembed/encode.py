@@ -30,6 +30,7 @@ from tokembed.index.manifest_build import build_manifest
 from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks
 from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input, estimate_rows, ignored_files
+from tokembed.sources.id_source import id_column_read
 
 class Progress(Protocol):
     def start(self, total_rows: int | None) -> None: ...
@@ -88,6 +89,7 @@ class EncodeSummary:
     resumed_shards: int = 0
     full_rebuild: bool = True
     ignored: list[str] = field(default_factory=list)  # input-folder files no reader took
+    id_column: str | None = None  # the column (field) every Parquet/JSONL input's ids were read from
     empty_pages: list[dict] = field(default_factory=list)  # PDF pages with no text layer (rows with no tokens)
     demo_model: bool = False  # no --model: the demo model encoded the corpus
 
@@ -183,7 +185,7 @@ def _with_base_folder_absolute(job: EncodeJob, embedder) -> EncodeJob:
 
 def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     from tokembed.engine import open_runner
-    from tokembed.index.journal import input_signature, resume_journal
+    from tokembed.index.journal import resume_journal, run_signature
     from tokembed.index.writer import ShardInfo, remove_temp_files
 
     settings_fp = embedder.settings.fingerprint(embedder.fingerprint)
@@ -192,17 +194,9 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     replaced = previous or _replaced_index(job)  # what a full rebuild's added / updated / deleted compare with
     summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)
     summary.ignored = ignored_files(job.inputs, job.sources, job.output)
-    signature = {
-        "settings_fingerprint": settings_fp,
-        "inputs": input_signature(job.inputs, job.output),
-        "sources": [job.sources.id_column, job.sources.text_column, job.sources.chunk_rows, *_pdf_signature(job.sources)],
-        "base": previous.index.manifest.get("created_at") if previous else None,
-        "base_fingerprint": previous.index.manifest.get("settings_fingerprint") if previous else None,
-        "shard_rows": job.shard_rows,
-        "batch_tokens": job.batch_tokens,
-        "on_error": job.on_error,
-    }
-    journal = resume_journal(job.output, signature)
+    committed_ids = replaced.index.manifest.get("id_column") if replaced and not job.full else None
+    summary.id_column = id_column_read(job.inputs, job.sources, committed_ids)  # refuses a renamed id column
+    journal = resume_journal(job.output, run_signature(job, embedder.weights_sha256, settings_fp, previous, replaced))
     if journal.shards:
         progress.log(f"resuming: {len(journal.shards)} finished shard(s) of an interrupted run verified, continuing after them")
     writer = _open_writer(job, embedder, previous)
@@ -226,6 +220,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
         manifest = _with_search_structure(job, build_manifest(job, embedder, writer, summary), previous, writer, progress)
         fault_point("commit", 1)
         writer.commit(manifest)
+        fault_point("committed", 1)
         _remove_stale_structure(job.output, manifest)
         journal.remove()
         _remove_staged_chunks(job.output)
@@ -365,11 +360,6 @@ def _refuse_float16_overflow(item_id: str, vectors: np.ndarray) -> None:
         raise UsageError(
             f"row {item_id!r}: its vectors hold values beyond float16's largest (65504), which --store-dtype float16 "
             "would store as inf", hint="encode with --store-dtype float32")
-
-
-def _pdf_signature(sources: SourceOptions) -> list:
-    """What else decides the rows a journal's chunks hold when PDFs are read."""
-    return [sources.pdf_dpi, sources.pdf_column if sources.pdf_column_given else None, sources.pdf_password is not None]
 
 
 def _check_job(job: EncodeJob) -> None:

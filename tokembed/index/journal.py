@@ -1,9 +1,10 @@
 """The run journal: what an unfinished run has durably written, so the next run can resume.
 
 ``INDEX_DIR/run-journal.json`` is rewritten atomically each time a shard is finished. It records what
-the run was (settings fingerprint, the inputs' names, sizes and mtimes, the manifest it started from)
-and, per finished shard, its manifest entry and how many source chunks it covers. A later run with the
-same signature verifies those shards by sha256 and continues after them; any other run discards it.
+the run was (settings fingerprint, weights digest, the inputs' names, sizes and mtimes, the manifest it
+replaces) and, per finished shard, its manifest entry and how many source chunks it covers. A later run with
+the same signature verifies those shards by sha256 and continues after them; any other run discards it, with
+the shards it lists that no manifest lists (as a run that fails does with its own).
 """
 
 from __future__ import annotations
@@ -34,6 +35,26 @@ def input_signature(inputs: list[Path], output: Path | None = None) -> list[list
     return entries
 
 
+def run_signature(job, weights_sha256: str, settings_fp: str, previous, replaced) -> dict:
+    """What a run's shards are made from (``encode.EncodeJob``): a journal is resumed only when all of it is the
+    same. ``replaced``: the committed index the run replaces; ``previous``: the same when the run carries its rows
+    over, None for a full rebuild."""
+    sources = job.sources
+    pdf = [sources.pdf_dpi, sources.pdf_column if sources.pdf_column_given else None, sources.pdf_password is not None]
+    return {
+        "settings_fingerprint": settings_fp,
+        "weights_sha256": weights_sha256,  # the model fingerprint samples the weight files' edges only
+        "inputs": input_signature(job.inputs, job.output),
+        "sources": [sources.id_column, sources.text_column, sources.chunk_rows, *pdf],
+        # not the index the run started from: a run killed after its commit left the journal of the one it replaces
+        "base": replaced.index.manifest.get("created_at") if replaced else None,
+        "base_fingerprint": previous.index.manifest.get("settings_fingerprint") if previous else None,
+        "shard_rows": job.shard_rows,
+        "batch_tokens": job.batch_tokens,
+        "on_error": job.on_error,
+    }
+
+
 @dataclass
 class Journal:
     folder: Path
@@ -62,21 +83,49 @@ class Journal:
         atomic_write_bytes(self.path, json.dumps(payload).encode())
 
     def remove(self) -> None:
+        """Drop the journal, and the shards it lists that the committed manifest does not (no run resumes them
+        now; a run killed earlier wrote them, so its own failure's clean-up does not know them)."""
         self.path.unlink(missing_ok=True)
+        remove_unlisted(self.folder, self.shards)
+
+
+def remove_unlisted(folder: Path, shards: list[dict]) -> None:
+    """Remove the shard files of ``shards`` (journal entries) that the committed manifest does not list; none
+    when the manifest cannot be read (which of them it lists is then unknown)."""
+    from tokembed.errors import IndexCorruptError
+    from tokembed.index.atomic import remove_unused
+    from tokembed.index.format import DATA_DIR, SHARD_PATTERN
+    from tokembed.index.reader import read_manifest
+
+    try:
+        manifest = read_manifest(folder)
+    except (IndexCorruptError, OSError):
+        return
+    listed = {Path(shard["file"]).name for shard in manifest["shards"]} if manifest else set()
+    for shard in shards:
+        name = Path(str(shard.get("file", ""))).name if isinstance(shard, dict) else ""
+        if SHARD_PATTERN.match(name) and name not in listed:  # a shard's name: nothing else is ours to remove
+            remove_unused(folder / DATA_DIR / name)
 
 
 def resume_journal(folder: Path, signature: dict) -> Journal:
-    """The journal to continue: the previous run's if it matches and its shards verify, else a fresh one."""
+    """The journal to continue: the previous run's if it matches and its shards verify, else a fresh one (the
+    previous run's is then removed, with its shards)."""
     fresh = Journal(folder, signature)
     path = folder / JOURNAL
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return fresh
-    if data.get("signature") != signature:
+    if not isinstance(data, dict):
         return fresh
-    for shard in data.get("shards", []):
-        file = folder / shard["file"]
-        if not file.is_file() or file.stat().st_size != shard["bytes"] or sha256_file(file) != shard["sha256"]:
-            return fresh
-    return Journal(folder, signature, data["shards"], data["chunks_done"], data.get("skipped", []), data.get("counts", {}))
+    shards = data.get("shards", [])
+    if data.get("signature") != signature or not all(_verified(folder, shard) for shard in shards):
+        Journal(folder, data.get("signature"), shards).remove()
+        return fresh
+    return Journal(folder, signature, shards, data["chunks_done"], data.get("skipped", []), data.get("counts", {}))
+
+
+def _verified(folder: Path, shard: dict) -> bool:
+    file = folder / shard["file"]
+    return file.is_file() and file.stat().st_size == shard["bytes"] and sha256_file(file) == shard["sha256"]

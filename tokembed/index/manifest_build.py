@@ -57,6 +57,7 @@ def build_manifest(job, embedder, writer, summary) -> dict:
         },
         "skipped": summary.skipped,
         "ignored": summary.ignored,
+        "id_column": summary.id_column,
         "empty_pages": summary.empty_pages,
         "pdf": pdf_totals(job.output, shards, job.sources),
         "stats": {

@@ -62,6 +62,17 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
                             "name it with --text-column / --image-column)")
 
 
+def first_record_fields(path: Path) -> list[str] | None:
+    """The fields of the file's first record (its first line that is a JSON object), or None: none is."""
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if raw and not raw.isspace():
+                record, _ = _parsed(_decoded(raw))
+                if record is not None:
+                    return list(record)
+    return None
+
+
 @dataclass
 class _FileState:
     """What the records read so far say about the file: whether its first record had the id field, and how many
