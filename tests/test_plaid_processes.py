@@ -24,10 +24,16 @@ from tokembed.search.plaid import open_searchable, plaid_search, processes, thre
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="query processes are forked on Linux only")
 
 
+OTHER_THREADS_ALIVE = processes._other_threads_alive
+
+
 @pytest.fixture
-def forking(monkeypatch):  # numpy's BLAS would use 2 threads, and 4 queries are enough for processes
+def forking(monkeypatch):
+    """numpy's BLAS would use 2 threads, 4 queries are enough for processes, and the threads earlier tests left
+    in this pytest process (idle pools, servers) do not stop the fork (a ``tokembed score`` has none)."""
     monkeypatch.setattr(threads, "_blas_threads", lambda: 2)
     monkeypatch.setattr(processes, "PROCESS_MIN_QUERIES", 4)
+    monkeypatch.setattr(processes, "_other_threads_alive", lambda: False)
 
 
 def test_queries_run_in_order_in_other_processes_each_on_one_thread(forking):
@@ -59,18 +65,26 @@ def test_a_caller_outside_the_main_thread_gets_query_threads(forking):
     assert all(name.startswith("tokembed-query") for _, name in seen)
 
 
-def test_the_main_thread_does_not_fork_while_another_thread_is_alive(forking):
+def test_the_main_thread_does_not_fork_while_another_thread_is_alive(forking, monkeypatch):
     # another thread may hold a lock (the import lock, say) at the moment of the fork: the children would wait
     # for it forever (seen: a library caller's thread importing numpy.random lazily)
+    monkeypatch.setattr(processes, "_other_threads_alive", OTHER_THREADS_ALIVE)
     release = threading.Event()
     other = threading.Thread(target=release.wait, name="a library caller's thread")
     other.start()
     try:
+        assert not processes.can_fork()
         assert {pid for pid in threads.map_queries(lambda q: os.getpid(), list(range(30)), processes=True)} == {os.getpid()}
     finally:
         release.set()
         other.join()
-    assert os.getpid() not in set(threads.map_queries(lambda q: os.getpid(), list(range(30)), processes=True))
+
+
+def test_only_tokembeds_own_query_threads_are_not_other_threads(monkeypatch):
+    query_thread = threading.Thread(name=processes.QUERY_THREAD_PREFIX + "_0")
+    for alive, other in (([query_thread], False), ([query_thread, threading.Thread(name="tokembed-decode_0")], True)):
+        monkeypatch.setattr(threading, "enumerate", lambda: [threading.current_thread(), *alive])
+        assert OTHER_THREADS_ALIVE() is other
 
 
 def test_an_error_in_a_query_process_is_raised_here_with_its_class_and_message(forking):
@@ -86,6 +100,8 @@ def test_an_error_in_a_query_process_is_raised_here_with_its_class_and_message(f
 
 
 def test_a_killed_query_process_is_reported_not_waited_on(forking):
+    assert processes.can_fork()  # else the query below would kill this process
+
     def work(q):
         if q == 3:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -120,6 +136,7 @@ def test_a_fresh_structure_searched_first_in_processes(compressed, forking):  # 
 
 def test_score_answers_a_queries_file_in_processes_as_on_query_threads(tmp_path, cli, monkeypatch):
     monkeypatch.setattr(threads, "_blas_threads", lambda: 2)
+    monkeypatch.setattr(processes, "_other_threads_alive", lambda: False)  # earlier tests' threads (see forking)
     index = tmp_path / "index"
     corpus = write_parquet(tmp_path / "corpus.parquet", corpus_rows(80))
     assert cli("encode", corpus, "-o", index, "--shard-rows", 10, "--nbits", 2, "-q").exit_code == 0
