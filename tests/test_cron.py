@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,19 @@ from helpers import manifest, read_index, write_parquet
 
 EXIT_LOCKED, EXIT_WRITE = 7, 8
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def change_weights_in_place(model: Path) -> None:
+    """One tensor of MiniLM's model.safetensors changed, its size and mtime kept (a LoRA merged in place)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = model / "model.safetensors"
+    state = load_file(str(weights))
+    state["encoder.layer.2.attention.self.query.weight"] *= 0.5
+    stat = weights.stat()
+    save_file(state, str(weights), metadata={"format": "pt"})
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
 
 
 def tokembed(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
@@ -171,19 +185,12 @@ def test_weights_changed_in_place_reencode_everything_and_score_refuses_the_old_
     row's old vectors beside new rows' new ones, and score encoded queries with the new weights (exit 0)."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
-
     model = tmp_path / "minilm"
     shutil.copytree(minilm_path, model)
     corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(6))
     out = tmp_path / "index"
     assert encode(corpus, out, "--model", model).returncode == 0
-    weights = model / "model.safetensors"
-    state = load_file(str(weights))
-    state["encoder.layer.2.attention.self.query.weight"] *= 0.5
-    stat = weights.stat()
-    save_file(state, str(weights), metadata={"format": "pt"})
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    change_weights_in_place(model)
     refused = tokembed("score", out, "--query", "alpha beta", "--model", model)
     assert refused.returncode == 5 and "its weights changed since the index was built" in refused.stderr
     result = encode(corpus, out, "--model", model)

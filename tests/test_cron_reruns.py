@@ -4,13 +4,12 @@ behind, and an id column renamed upstream."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import pytest
 
 from helpers import manifest, write_jsonl, write_parquet
-from test_cron import assert_same_index, corpus_rows, encode
+from test_cron import assert_same_index, change_weights_in_place, corpus_rows, encode
 
 EXIT_BAD_INPUT = 3
 
@@ -25,20 +24,13 @@ def test_a_resume_after_the_weights_changed_in_place_starts_over(tmp_path, minil
     committed them beside new ones under the new weights' digest, exit 0."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
-
     model = tmp_path / "minilm"
     shutil.copytree(minilm_path, model)
     corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(30))
     out = tmp_path / "index"
     killed = encode(corpus, out, "--model", model, env={"TOKEMBED_TEST_KILL_AT": "shard:2"})
     assert killed.returncode == -signal.SIGKILL
-    weights = model / "model.safetensors"
-    state = load_file(str(weights))
-    state["encoder.layer.2.attention.self.query.weight"] *= 0.5
-    stat = weights.stat()
-    save_file(state, str(weights), metadata={"format": "pt"})
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    change_weights_in_place(model)
     rerun = encode(corpus, out, "--model", model)
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["resumed_shards"] == 0

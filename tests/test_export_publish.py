@@ -19,20 +19,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from helpers import write_parquet
-
-DOCS = ["The cat sat on the mat.", "Paris is the capital of France.", "A recipe for apple pie.", "Dogs bark.", "x y"]
-
+from test_export import DOCS, demo_index  # noqa: F401 (a fixture)
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory):
+def index(demo_index):
     """The demo model's index of DOCS in three shards."""
-    from cli.main import run
-
-    root = tmp_path_factory.mktemp("publish")
-    corpus = write_parquet(root / "corpus.parquet", [{"id": f"doc{i}", "text": t} for i, t in enumerate(DOCS)])
-    assert run(["encode", str(corpus), "--output", str(root / "index"), "--shard-rows", "2", "--quiet"]) == 0
-    return root / "index"
+    return demo_index
 
 
 def _parquet_files(folder) -> list[str]:
