@@ -47,11 +47,13 @@ def text_pdf(path: Path, texts: list[str], size=(200.0, 260.0)) -> Path:
     return path
 
 
-def encrypt(path: Path, password: str) -> Path:
+def encrypt(path: Path, password: str, owner_password: str | None = None) -> Path:
+    """``password`` opens it; ``password=""`` with an ``owner_password``: an owner-password-only PDF (permissions
+    restricted, opened by anyone without a password)."""
     from pypdf import PdfWriter
 
     writer = PdfWriter(clone_from=io.BytesIO(path.read_bytes()))
-    writer.encrypt(password)
+    writer.encrypt(password, owner_password)
     buffer = io.BytesIO()
     writer.write(buffer)
     path.write_bytes(buffer.getvalue())

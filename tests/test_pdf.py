@@ -188,6 +188,31 @@ def test_bad_pdfs_fail_or_skip_naming_file_and_page(cli, checkpoint, tmp_path):
     assert [entry["id"] for entry in manifest(out)["skipped"]] == ["zero.pdf"]
 
 
+def test_an_owner_password_only_pdf_opens_whatever_pdf_password_says(tmp_path):
+    """PDFium does not fall back to the empty user password: given --pdf-password for another PDF, a PDF
+    restricted by an owner password alone (it opens with no password) was a bad row, "--pdf-password is not
+    its password", and a cron run deleted its pages. Read for its text, rendered inline and by --pdf-workers."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    encrypt(text_pdf(docs / "restricted.pdf", ["owner only words"]), "", owner_password="own")
+    encrypt(text_pdf(docs / "secret.pdf", ["hidden words"]), "s3cret")
+    expected = {"restricted.pdf#page=1": "owner only words", "secret.pdf#page=1": "hidden words"}
+    for password in (None, "s3cret", "own"):
+        items = {item.id: item for item in read_items([docs], pdf_password=password)}
+        assert items["restricted.pdf#page=1"].error is None, password
+        assert items["restricted.pdf#page=1"].text.split() == ["owner", "only", "words"], password
+    opened = {item.id: item.text.strip() for item in read_items([docs], pdf_password="s3cret")}
+    assert opened == expected
+    wrong = {item.id: item.error for item in read_items([docs], pdf_password="nope")}
+    assert wrong == {"restricted.pdf#page=1": None, "secret.pdf": "encrypted PDF: --pdf-password is not its password"}
+    direct = np.asarray(render_directly(docs / "restricted.pdf", 1, 72))
+    for workers in (0, 1):
+        pages = {item.id: item for item in read_items([docs], modality="image", pdf_dpi=72, pdf_password="s3cret",
+                                                      pdf_workers=workers)}
+        assert sorted(pages) == sorted(expected) and all(page.error is None for page in pages.values()), workers
+        assert np.array_equal(np.asarray(pages["restricted.pdf#page=1"].image), direct), workers
+
+
 def test_a_page_that_fails_to_render_names_file_and_page(cli, colpali, tmp_path, monkeypatch):
     import tokembed.sources.pdf as pdf
 

@@ -181,3 +181,82 @@ def test_unsupported_or_missing_input(tmp_path):
     (tmp_path / "x.csv").write_text("a")
     with pytest.raises(BadInputError, match="unsupported input"):
         read_all([tmp_path / "x.csv"])
+
+
+def _documents_folder(folder: Path) -> Path:
+    """A folder of every kind of document a folder reader takes, in sub-folders too."""
+    from PIL import Image
+
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha")
+    (folder / "sub" / "b.md").write_text("# beta")
+    (folder / "report.PDF").write_bytes(b"%PDF-1.4 not opened: the folder is refused first")
+    Image.new("RGB", (8, 8)).save(folder / "sub" / "scan.png")
+    (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom")
+    return folder
+
+
+def test_a_folder_of_documents_and_data_files_is_refused_not_emptied(tmp_path):
+    """One .jsonl anywhere in a folder of documents made the folder a data folder: every document row was
+    deleted from the index (exit 0) and none listed as ignored."""
+    from tokembed.sources.base import check_input
+
+    folder = _documents_folder(tmp_path / "docs")
+    assert {item.id for item in read_all([folder])} == {"a.txt", "report.PDF", "sub/b.md"}  # a text run's documents
+    (folder / "sub" / "deep").mkdir()
+    write_jsonl(folder / "sub" / "deep" / "export.jsonl", [{"id": "x", "text": "someone's export"}])
+    write_parquet(folder / "rows.parquet", [{"id": "y", "text": "a data file"}])
+    for modality in ("text", "image", "auto"):
+        with pytest.raises(BadInputError) as caught:
+            read_all([folder], modality=modality)
+        message = str(caught.value)
+        assert message.startswith(f"{folder}: the folder holds both data files (rows.parquet, sub/deep/export.jsonl) "
+                                  "and documents (a.txt, clip.mp4, report.PDF and 2 more)"), message
+        assert "give the data files as inputs" in caught.value.hint and "move them out" in caught.value.hint
+    with pytest.raises(BadInputError, match="both data files"):
+        check_input(folder)  # what encode asks of every input before it loads the model
+    assert [item.id for item in read_all([folder / "rows.parquet", folder / "sub" / "deep" / "export.jsonl"])] == ["y", "x"]
+
+
+@pytest.mark.parametrize("document", ["notes.txt", "scan.JPG", "talk.webm", "paper.pdf"])
+def test_each_kind_of_document_makes_a_data_folder_ambiguous(tmp_path, document):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_parquet(folder / "a.parquet", [{"id": "a1", "text": "x"}])
+    (folder / document).write_bytes(b"x")
+    with pytest.raises(BadInputError, match=rf"data files \(a\.parquet\) and documents \({document.replace('.', '[.]')}\)"):
+        read_all([folder])
+
+
+def test_a_data_folder_lists_the_files_no_reader_takes_as_ignored(tmp_path):
+    """A folder of data files beside files that are no documents (Spark's _SUCCESS, a .csv, a .TXT, which the
+    text reader does not take) is read for its data files; the others were not even listed as ignored."""
+    from tokembed.sources.base import ignored_files
+
+    folder = tmp_path / "export"
+    (folder / "part=1").mkdir(parents=True)
+    write_parquet(folder / "part=1" / "a.parquet", [{"id": "a1", "text": "x"}])
+    write_jsonl(folder / "b.jsonl", [{"id": "b1", "text": "y"}])
+    for name in ("_SUCCESS", "part=1/schema.csv", "NOTES.TXT", ".part-0.parquet.crc"):
+        (folder / name).write_text("")
+    assert [item.id for item in read_all([folder])] == ["b1", "a1"]
+    expected = [str(folder / name) for name in ("NOTES.TXT", "_SUCCESS", "part=1/schema.csv")]  # not the hidden .crc
+    for modality in ("text", "image"):
+        assert ignored_files([folder], SourceOptions(modality=modality)) == expected
+
+
+def test_encode_refuses_a_mixed_folder_before_the_model_loads_and_keeps_the_index(cli, minilm_path, tmp_path):
+    """Exit 3 even with --on-error skip (it is no bad row), before the model loads, the index untouched."""
+    folder, out = tmp_path / "docs", tmp_path / "index"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha")
+    (folder / "b.txt").write_text("beta")
+    assert cli("encode", folder, "--model", minilm_path, "-o", out, "--quiet").exit_code == 0
+    before = (out / "manifest.json").read_bytes()
+    write_jsonl(folder / "export.jsonl", [{"id": "x", "text": "someone dropped an export here"}])
+    result = cli("encode", folder, "--model", minilm_path, "-o", out, "--on-error", "skip", "--quiet")
+    assert result.exit_code == 3, result.output
+    assert f"{folder}: the folder holds both data files (export.jsonl) and documents (a.txt, b.txt)" in result.output
+    assert (out / "manifest.json").read_bytes() == before
+    refused = cli("encode", folder, "--model", tmp_path / "no-such-model", "-o", out)
+    assert refused.exit_code == 3 and "both data files" in refused.output  # not exit 4: the model was never loaded

@@ -14,6 +14,8 @@ from tokembed.errors import BadInputError, UsageError
 TEXT_SUFFIXES = (".txt", ".md")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".webm")  # read for image models that take videos (video.py)
+DATA_SUFFIXES = (".parquet", ".jsonl")
+DOCUMENT_SUFFIXES = (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES, ".pdf")  # matched in any case; text files: TEXT_SUFFIXES
 MODALITIES = ("text", "image", "auto")
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP page; Pillow's own bomb limit is ~89 MP (warning) / ~179 MP (error)
 
@@ -132,12 +134,44 @@ def _unicode_checked(item: Item) -> Item:
 
 
 def check_input(path: Path) -> None:
-    """Raise ``BadInputError`` if ``path`` is no input a reader takes: missing, or a file of another kind. Cheap
-    (no file is read): ``encode`` asks it of every input before it loads the model."""
+    """Raise ``BadInputError`` if ``path`` is no input a reader takes: missing, a file of another kind, or a folder
+    holding both data files and documents. Cheap (a folder is listed, no file is read): ``encode`` asks it of every
+    input before it loads the model."""
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder")
-    if path.is_file() and not (path.suffix in (".parquet", ".jsonl") or path.suffix.lower() == ".pdf"):
+    if path.is_file() and not (path.suffix in DATA_SUFFIXES or path.suffix.lower() == ".pdf"):
         raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
+    if path.is_dir():
+        _check_not_mixed(path, walk_files(path))
+
+
+def is_data_file(path: Path) -> bool:
+    """A Parquet or JSONL file: a folder holding one is read for its data files."""
+    return path.suffix in DATA_SUFFIXES
+
+
+def is_document(path: Path) -> bool:
+    """A file a folder reader takes in some modality: text (suffix matched case-sensitively, as textdir does),
+    an image, a PDF or a video (in any case)."""
+    return path.suffix in TEXT_SUFFIXES or path.suffix.lower() in DOCUMENT_SUFFIXES
+
+
+def _check_not_mixed(folder: Path, files: list[Path]) -> None:
+    """A folder holding both data files and documents is refused: reading it for its data files alone deleted
+    every document from the index (exit 0), and which of the two the user means cannot be told."""
+    data = [file for file in files if is_data_file(file)]
+    documents = [file for file in files if is_document(file)] if data else []
+    if documents:
+        raise BadInputError(
+            f"{folder}: the folder holds both data files ({_a_few(folder, data)}) and documents "
+            f"({_a_few(folder, documents)}); a folder is read for its Parquet/JSONL files or for its documents, not both",
+            hint="give the data files as inputs (each .parquet / .jsonl path), or move them out of the documents' folder",
+        )
+
+
+def _a_few(folder: Path, files: list[Path], shown: int = 3) -> str:
+    names = ", ".join(file.relative_to(folder).as_posix() for file in files[:shown])
+    return names + (f" and {len(files) - shown} more" if len(files) > shown else "")
 
 
 def _readers(path: Path, options: SourceOptions) -> list:
@@ -153,8 +187,8 @@ def _readers(path: Path, options: SourceOptions) -> list:
         from tokembed.sources.pdf import read_pdf_file
 
         return [(path, read_pdf_file)]
-    data_files = [file for file in walk_files(path) if file.suffix in (".parquet", ".jsonl")]
-    if data_files:  # a folder of Parquet and / or JSONL files is read for those files, in path order
+    data_files = [file for file in walk_files(path) if is_data_file(file)]
+    if data_files:  # a folder of Parquet / JSONL files (and no documents: check_input) is read for those, in path order
         return [(file, read_parquet if file.suffix == ".parquet" else read_jsonl) for file in data_files]
     return _folder_readers(path, options.modality)
 
@@ -270,8 +304,8 @@ def inside(path: Path, folder: Path | None) -> bool:
 
 def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | None = None) -> list[str]:
     """Files in input folders that no reader of this run takes (``.docx``, ``.xlsx``, images for a text
-    model, ...), in path order. Folders of Parquet/JSONL files are read for those files only and not listed:
-    their other files are typically what a path column points at."""
+    model, a data folder's ``_SUCCESS``, ...), in path order. A folder of Parquet/JSONL files is read for those
+    files only (it holds no documents: ``check_input``), so every other file of it is listed."""
     taken = {
         "text": set(TEXT_SUFFIXES) | {".pdf"},
         "image": set(IMAGE_SUFFIXES) | set(VIDEO_SUFFIXES) | {".pdf"},
@@ -280,7 +314,8 @@ def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | Non
     ignored = []
     for path in inputs:
         files = walk_files(path, skip=output) if path.is_dir() else []  # not the index's own files, however reached
-        if not files or any(file.suffix in (".parquet", ".jsonl") for file in files):
+        if any(is_data_file(file) for file in files):
+            ignored += [str(p) for p in files if not is_data_file(p)]
             continue
         # text files match their suffix case-sensitively (textdir), images and PDFs in any case
         ignored += [str(p) for p in files if p.suffix not in taken and p.suffix.lower() not in taken - set(TEXT_SUFFIXES)]

@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import SourceOptions, walk_files
-
-DATA_SUFFIXES = (".parquet", ".jsonl")
+from tokembed.sources.base import DATA_SUFFIXES, SourceOptions, walk_files
 
 
 def id_column_read(inputs: list[Path], options: SourceOptions, committed: str | None) -> str | None:

@@ -39,11 +39,13 @@ WHITE = (255, 255, 255, 255)
 
 
 class PdfOpenError(Exception):
-    """Why a whole PDF cannot be read; ``zero_pages`` marks the recorded-skip case."""
+    """Why a whole PDF cannot be read; ``zero_pages`` marks the recorded-skip case, ``wrong_password`` a password
+    given that does not open it."""
 
-    def __init__(self, reason: str, zero_pages: bool = False) -> None:
+    def __init__(self, reason: str, zero_pages: bool = False, wrong_password: bool = False) -> None:
         super().__init__(reason)
         self.zero_pages = zero_pages
+        self.wrong_password = wrong_password
 
 
 def is_pdf_file(path: Path) -> bool:
@@ -109,7 +111,21 @@ def _pages_from_workers(pdf: Path | bytes, count: int, base_id: str, source: str
 
 
 def open_pdf(pdf: Path | bytes, password: str | None):
-    """A ``pypdfium2.PdfDocument``, or ``PdfOpenError`` with a one-line reason."""
+    """A ``pypdfium2.PdfDocument``, or ``PdfOpenError`` with a one-line reason. A PDF that ``password`` does not
+    open is tried with none: PDFium does not fall back to the empty user password, so an owner-password-only PDF
+    (permissions restricted, opens without a password) would fail whenever ``--pdf-password`` is given for others."""
+    try:
+        return _open_pdf(pdf, password)
+    except PdfOpenError as exc:
+        if password is None or not exc.wrong_password:
+            raise
+        try:
+            return _open_pdf(pdf, None)
+        except PdfOpenError:
+            raise exc from None
+
+
+def _open_pdf(pdf: Path | bytes, password: str | None):
     pdfium = _pypdfium2()
     import pypdfium2.raw as raw
 
@@ -126,7 +142,7 @@ def open_pdf(pdf: Path | bytes, password: str | None):
         if code == raw.FPDF_ERR_PASSWORD:
             if password is None:
                 raise PdfOpenError("encrypted PDF: pass its password with --pdf-password") from None
-            raise PdfOpenError("encrypted PDF: --pdf-password is not its password") from None
+            raise PdfOpenError("encrypted PDF: --pdf-password is not its password", wrong_password=True) from None
         if code == raw.FPDF_ERR_SECURITY:
             raise PdfOpenError("PDF uses an unsupported security handler (encryption)") from None
         if code == raw.FPDF_ERR_FORMAT:

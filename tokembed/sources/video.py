@@ -1,13 +1,14 @@
 """Videos as corpus items: a folder of ``.mp4`` / ``.webm`` files, or video cells of a Parquet/JSONL column.
 
 Stage: sources. In: a video file or the bytes of one. Out: an ``Item`` whose ``image`` is a ``Video`` (where the
-bytes are, and what the container says: frame count, frame rate, size) and whose ``image_sha256`` is the sha256
+bytes are, its frame count, frame rate, displayed size and rotation) and whose ``image_sha256`` is the sha256
 of the stored bytes (what the content hash of the item is made of), or ``Item.error`` naming why the video
 cannot be used. The reader opens the container (PyAV), reads its headers (and packet count), and decodes every
 frame once without keeping any (``probe_video``), so a video that does not decode (corrupt data, a file cut short
 of the frames its container announces) is a bad row of the reader, skipped or failed under ``--on-error`` like a
 bad image or PDF page, not an error in the middle of encoding; a chunk of video items holds no frames. The model
-decodes the frames it samples when it encodes the item (``Video.decode``), resizing each one as it comes, so
+decodes the frames it samples when it encodes the item (``Video.decode``), turning each one upright as the
+container's display matrix says (a phone's portrait video is stored sideways) and resizing it as it comes, so
 memory is bounded by the sampled, resized frames of one video. A folder's videos are probed on the images'
 decoding threads, taken back in order.
 
@@ -54,10 +55,11 @@ class Video:
     name: str  # what error messages call it (the file, or the row's source)
     path: str | None
     data: bytes | None
-    total_frames: int
+    total_frames: int  # the frames the decoder gives (an edit list makes them fewer than the container's samples)
     fps: float
-    height: int
+    height: int  # the size a player shows: the coded size swapped when the video is turned a quarter
     width: int
+    rotation: int = 0  # degrees (0, 90, 180, 270) each frame is turned counter-clockwise to stand upright
 
     def decode(self, plan: Plan, resample: int = 3) -> VideoFrames:
         """Decode the frames ``plan`` picks, each resized with PIL (``resample``: a ``PIL.Image.Resampling``
@@ -81,8 +83,9 @@ def looks_like_video(data: bytes) -> bool:
 
 
 def probe_video(name: str, path: str | None = None, data: bytes | None = None, max_pixels: int | None = None) -> Video:
-    """Open the container and read its first video stream's frame count, frame rate and size; a frame larger
-    than ``max_pixels`` (``--max-image-pixels``, as for images) is refused before any frame is decoded."""
+    """Open the container and read its first video stream's frame rate and size; a frame larger than
+    ``max_pixels`` (``--max-image-pixels``, as for images) is refused before any frame is decoded. Then decode
+    every frame once (``_check_frames``) for the frame count and the display rotation."""
     av = _import_av()
     try:
         with _opened(av, path, data) as container:
@@ -91,13 +94,13 @@ def probe_video(name: str, path: str | None = None, data: bytes | None = None, m
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
-            total = int(stream.frames or 0) or sum(1 for packet in container.demux(stream) if packet.size)
+            announced = int(stream.frames or 0) or sum(1 for packet in container.demux(stream) if packet.size)
             height, width = int(stream.codec_context.height), int(stream.codec_context.width)
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoDecodeError(f"cannot open the video ({type(exc).__name__}: {exc})") from None
-    if total <= 0:
+    if announced <= 0:
         raise VideoDecodeError("the video has no frames")
     if fps <= 0:
         raise VideoDecodeError("the video has no frame rate")
@@ -106,8 +109,10 @@ def probe_video(name: str, path: str | None = None, data: bytes | None = None, m
     if max_pixels is not None and width * height > max_pixels:
         raise VideoDecodeError(f"the video's frames are {width}x{height} = {width * height} pixels, over the limit of "
                                f"{max_pixels} (--max-image-pixels)")
-    _check_frames(av, path, data, total)
-    return Video(name, path, data, total, fps, height, width)
+    total, rotation = _check_frames(av, path, data, announced)
+    if rotation % 180:  # a phone's portrait video, stored sideways
+        height, width = width, height
+    return Video(name, path, data, total, fps, height, width, rotation)
 
 
 def _opened(av, path: str | None, data: bytes | None):
@@ -115,21 +120,55 @@ def _opened(av, path: str | None, data: bytes | None):
     return av.open(path if path is not None else io.BytesIO(data), mode="r")
 
 
-def _check_frames(av, path: str | None, data: bytes | None, total: int) -> None:
-    """Decode frames 0 .. ``total`` - 1 as ``Video.decode`` does (the same stream, the same decoder settings),
-    keeping none: the frames a model may sample (``sample_frames`` takes the last one whenever it takes two), so
-    a video that passes decodes when it is encoded."""
-    decoded = 0
+def _check_frames(av, path: str | None, data: bytes | None, announced: int) -> tuple[int, int]:
+    """Decode every frame as ``Video.decode`` does (the same stream, the same decoder settings), keeping none, so
+    that a video that passes decodes when it is encoded. Returns the number of frames decoded, which is the video's
+    frame count (an edit list, as ``ffmpeg -ss N -c copy`` writes, cuts samples the container still counts), and
+    the display rotation (``_quarter_turns``)."""
+    decoded = packets = rotation = 0
+    end = None  # where the packets read end, in the stream's time base
     try:
         with _opened(av, path, data) as container:
-            for _frame in container.decode(video=0):
-                decoded += 1
-                if decoded >= total:
-                    break
+            stream = container.streams.video[0]
+            for packet in container.demux(stream):
+                if packet.size and not packet.is_corrupt:  # a packet read in part: the file is cut inside it
+                    packets += 1
+                    end = end if packet.pts is None else max(end or 0, packet.pts + (packet.duration or 0))
+                for frame in packet.decode():
+                    rotation = rotation if decoded else frame.rotation
+                    decoded += 1
+            cut_short = packets < announced and _ends_early(stream, end)  # the stream's fields: while it is open
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoDecodeError(f"cannot decode the video at frame {decoded} ({type(exc).__name__}: {exc})") from None
-    if decoded < total:
-        raise VideoDecodeError(f"the video ends before frame {decoded} (the container says {total} frames)")
+    if cut_short:
+        whole = min(decoded, packets)  # a frame decoded from a packet read in part is no whole frame
+        raise VideoDecodeError(f"the video ends before frame {whole} (the container says {announced} frames)")
+    if decoded == 0:
+        raise VideoDecodeError("the video has no frames")
+    return decoded, _quarter_turns(rotation)
+
+
+def _ends_early(stream, end: int | None) -> bool:
+    """Whether the packets read (fewer than the container's samples) end more than half a frame before the stream's
+    duration: a file cut short. Samples an edit list cuts lie outside the duration; without one known, any
+    missing sample is a cut."""
+    if not stream.duration or end is None or not stream.average_rate:
+        return True
+    half_frame = 1 / (2 * stream.average_rate * stream.time_base)
+    return end + half_frame < (stream.start_time or 0) + stream.duration
+
+
+def _quarter_turns(rotation: float) -> int:
+    """PyAV's ``VideoFrame.rotation`` (the display matrix's counter-clockwise turn, -180..180) as 0, 90, 180 or 270."""
+    return round(rotation / 90) % 4 * 90
+
+
+def _upright(image, rotation: int):
+    """A decoded frame turned as a player shows it (``rotation``: counter-clockwise degrees, ``_quarter_turns``)."""
+    from PIL import Image
+
+    turns = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+    return image.transpose(turns[rotation]) if rotation else image
 
 
 def _decode_frames(video: Video, indices: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
@@ -144,7 +183,7 @@ def _decode_frames(video: Video, indices: np.ndarray, size: tuple[int, int], res
         with _opened(av, video.path, video.data) as container:
             for number, frame in enumerate(container.decode(video=0)):
                 if number in wanted:
-                    image = frame.to_image()  # RGB PIL image
+                    image = _upright(frame.to_image(), video.rotation)  # RGB PIL image
                     if image.size != (width, height):
                         image = image.resize((width, height), resample=Image.Resampling(resample))
                     found[number] = np.asarray(image, dtype=np.uint8)
@@ -154,7 +193,7 @@ def _decode_frames(video: Video, indices: np.ndarray, size: tuple[int, int], res
         raise BadInputError(f"{video.name}: cannot decode the video ({type(exc).__name__}: {exc})") from None
     missing = sorted(wanted - set(found))
     if missing:
-        raise BadInputError(f"{video.name}: the video ends before frame {missing[0]} (the container says {video.total_frames} frames)")
+        raise BadInputError(f"{video.name}: the video ends before frame {missing[0]} ({video.total_frames} frames when it was read)")
     return np.stack([found[int(i)] for i in indices])
 
 
