@@ -237,10 +237,10 @@ def test_a_data_folder_lists_the_files_no_reader_takes_as_ignored(tmp_path):
     (folder / "part=1").mkdir(parents=True)
     write_parquet(folder / "part=1" / "a.parquet", [{"id": "a1", "text": "x"}])
     write_jsonl(folder / "b.jsonl", [{"id": "b1", "text": "y"}])
-    for name in ("_SUCCESS", "part=1/schema.csv", "NOTES.TXT", ".part-0.parquet.crc"):
-        (folder / name).write_text("")
+    for name in ("_SUCCESS", "part=1/schema.csv", "NOTES.TXT", ".part-0.parquet.crc", "README.md"):
+        (folder / name).write_text("")  # README.md: a Hugging Face dataset folder's card, no document beside data
     assert [item.id for item in read_all([folder])] == ["b1", "a1"]
-    expected = [str(folder / name) for name in ("NOTES.TXT", "_SUCCESS", "part=1/schema.csv")]  # not the hidden .crc
+    expected = [str(folder / name) for name in ("NOTES.TXT", "README.md", "_SUCCESS", "part=1/schema.csv")]  # not the hidden .crc
     for modality in ("text", "image"):
         assert ignored_files([folder], SourceOptions(modality=modality)) == expected
 

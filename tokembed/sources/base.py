@@ -160,13 +160,18 @@ def _check_not_mixed(folder: Path, files: list[Path]) -> None:
     """A folder holding both data files and documents is refused: reading it for its data files alone deleted
     every document from the index (exit 0), and which of the two the user means cannot be told."""
     data = [file for file in files if is_data_file(file)]
-    documents = [file for file in files if is_document(file)] if data else []
+    documents = [file for file in files if is_document(file) and not _is_dataset_card(file)] if data else []
     if documents:
         raise BadInputError(
             f"{folder}: the folder holds both data files ({_a_few(folder, data)}) and documents "
             f"({_a_few(folder, documents)}); a folder is read for its Parquet/JSONL files or for its documents, not both",
             hint="give the data files as inputs (each .parquet / .jsonl path), or move them out of the documents' folder",
         )
+
+
+def _is_dataset_card(file: Path) -> bool:
+    """A README beside data files (a Hugging Face dataset folder's card): listed as ignored, not a document."""
+    return file.stem.lower() == "readme"
 
 
 def _a_few(folder: Path, files: list[Path], shown: int = 3) -> str:
