@@ -30,6 +30,7 @@ from tokembed.index.manifest_build import build_manifest
 from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks
 from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input, estimate_rows, ignored_files
+from tokembed.sources.files import files_linked_twice
 from tokembed.sources.id_source import id_column_read
 
 class Progress(Protocol):
@@ -193,7 +194,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     previous = _previous_index(job, settings_fp, embedder.weights_sha256, progress)
     replaced = previous or _replaced_index(job)  # what a full rebuild's added / updated / deleted compare with
     summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)
-    summary.ignored = ignored_files(job.inputs, job.sources, job.output)
+    summary.ignored = ignored_files(job.inputs, job.sources, job.output) + files_linked_twice(job.inputs, job.output)
     committed_ids = replaced.index.manifest.get("id_column") if replaced and not job.full else None
     summary.id_column = id_column_read(job.inputs, job.sources, committed_ids)  # refuses a renamed id column
     journal = resume_journal(job.output, run_signature(job, embedder.weights_sha256, settings_fp, previous, replaced))
@@ -389,9 +390,12 @@ def _check_job(job: EncodeJob) -> None:
 def _check_inputs_given_once(inputs: list[Path]) -> None:
     """An input given twice (or a file inside a folder also given) would read its rows twice: every id a duplicate."""
     from tokembed.sources.base import inside
+    from tokembed.sources.files import file_in_two_inputs
 
     for position, path in enumerate(inputs):
         for other in inputs[:position]:
             if inside(path, other) or inside(other, path):
                 how = "the same as" if path.resolve() == other.resolve() else "inside" if inside(path, other) else "the folder of"
                 raise UsageError(f"input {path} is {how} input {other}: its rows would be read twice", hint="give each input once")
+    if repeated := file_in_two_inputs(inputs):  # the same, through a link (or a hard link)
+        raise UsageError(f"{repeated}: its rows would be read twice", hint="give each input once (a link in an input folder reaches its file again)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 import sys
 from collections.abc import Iterator
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError, UsageError
+from tokembed.sources.files import each_file_once, special_file_problem
 
 TEXT_SUFFIXES = (".txt", ".md")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -79,13 +82,30 @@ def open_sources(inputs: list[Path], options: SourceOptions) -> Iterator[list[It
     try:
         for path in inputs:
             for file, reader in _readers(path, options):
+                rows = _RowCount()
                 for chunk in reader(file, options, offset):
-                    offset += len(chunk)
+                    rows.add(chunk)
                     yield [_unicode_checked(item) for item in chunk]
                     del chunk  # not alive while the next chunk is read: a chunk of decoded images is large
+                offset += rows.count
     finally:
         if "tokembed.sources.pdf_workers" in sys.modules:  # --pdf-workers started render processes: stop them
             sys.modules["tokembed.sources.pdf_workers"].close_render_pool()
+
+
+class _RowCount:
+    """The rows a reader's items came from: the pages of a PDF cell (items of one source and row, in a row) count
+    as the one row they are, so that row numbers standing in for ids count rows, not items."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._last: tuple[str, int] | None = None
+
+    def add(self, chunk: list[Item]) -> None:
+        for item in chunk:
+            if (item.source, item.row) != self._last:
+                self._last = (item.source, item.row)
+                self.count += 1
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -106,6 +126,8 @@ def id_problem(raw_id) -> str | None:
     with a real "None")."""
     if raw_id is None:
         return "null id"
+    if isinstance(raw_id, numbers.Real) and not isinstance(raw_id, numbers.Integral) and not math.isfinite(raw_id):
+        return f"id is {raw_id}, not a finite number"
     if isinstance(raw_id, (dict, list, tuple)):
         return f"id is {'an object' if isinstance(raw_id, dict) else 'a list'}, not a string or a number"
     if isinstance(raw_id, bool):
@@ -139,6 +161,8 @@ def check_input(path: Path) -> None:
     input before it loads the model."""
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder")
+    if problem := special_file_problem(path):
+        raise BadInputError(f"{path}: {problem}")
     if path.is_file() and not (path.suffix in DATA_SUFFIXES or path.suffix.lower() == ".pdf"):
         raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
     if path.is_dir():
@@ -250,8 +274,14 @@ def walk_files(folder: Path, skip: Path | None = None) -> list[Path]:
     files) are left out. Linked folders are followed, each real folder once and under one path whatever the
     directory order: every real folder under ``folder`` by its own path first, then the links to folders
     outside it, in path order. A link to a file that is gone, or to itself, is listed: its reader names it as a
-    bad row (cannot read) instead of it vanishing from the run unsaid. A folder that cannot be listed is exit 3
-    (its documents would otherwise be deleted from the index unsaid). ``skip``: a folder left out (the index)."""
+    bad row (cannot read) instead of it vanishing from the run unsaid. Each real file is listed once, under one
+    path (``files.each_file_once``). A folder that cannot be listed is exit 3 (its documents would otherwise be
+    deleted from the index unsaid). ``skip``: a folder left out (the index)."""
+    return sorted(each_file_once(walk_paths(folder, skip))[0])
+
+
+def walk_paths(folder: Path, skip: Path | None = None) -> list[Path]:
+    """Every path ``walk_files`` looks at, a file reached through two paths under both."""
     found: list[Path] = []
     seen: set[tuple[int, int]] = set() if skip is None or _folder_key(skip) is None else {_folder_key(skip)}
     links: list[Path] = []
@@ -262,7 +292,7 @@ def walk_files(folder: Path, skip: Path | None = None) -> list[Path]:
             _walk_real_folders(links.pop(0), seen, found, links)
     except RecursionError:
         raise BadInputError(f"{folder}: the folder tree is too deep to walk") from None
-    return sorted(found)
+    return found
 
 
 def _walk_real_folders(top: Path, seen: set, found: list[Path], links: list[Path]) -> None:
@@ -391,6 +421,8 @@ def estimate_rows(inputs: list[Path]) -> int | None:
                 if any(p.suffix == ".jsonl" for p in files):
                     return None  # lines are known once read
                 parquet = [p for p in files if p.suffix == ".parquet"]
+                if any(map(special_file_problem, parquet)):
+                    return None  # never opened for a count (a FIFO blocks): its reader names it
                 if not parquet and any(p.suffix.lower() == ".pdf" for p in files):
                     return None  # pages are known once each PDF is opened
                 if parquet:

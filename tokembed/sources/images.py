@@ -8,9 +8,10 @@ text, and memory stays bounded by the chunk (``SourceOptions.image_chunk_rows`` 
 the few in flight: a folder's or a Parquet column's images decode on ``DECODE_THREADS`` threads, in order).
 
 Decoding follows what a page screenshot pipeline expects: EXIF orientation applied
-(``ImageOps.exif_transpose``), first frame of animated images, transparency composited on white,
-CMYK and palette images converted to RGB, 16-bit grayscale scaled to 8 bits, and a pixel limit checked
-on the header before any pixel is decoded (decompression bombs are an item error, never a crash).
+(``ImageOps.exif_transpose``), first frame of animated images (page 1 of a multi-page TIFF, with a warning),
+transparency composited on white, CMYK and palette images converted to RGB, 16-bit grayscale scaled to 8 bits,
+and a pixel limit checked on the header before any pixel is decoded (decompression bombs are an item error,
+never a crash).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked, folder_files
+from tokembed.sources.files import special_file_problem
 
 WHITE = (255, 255, 255)
 DECODE_THREADS = 4  # images of a folder or a Parquet image column decoded at once (Pillow releases the GIL)
@@ -45,6 +47,7 @@ class ImageDecodeError(Exception):
 class DecodedImage:
     image: Any  # PIL.Image.Image, mode RGB
     sha256: str  # hex digest of the bytes as stored (file, cell), not of the pixels
+    pages: int = 1  # a multi-page TIFF's page count (only page 1 is read: ``warn_pages_left``)
 
 
 def is_image_file(path: Path) -> bool:
@@ -56,10 +59,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     if not data:
         raise ImageDecodeError("empty image (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()
-    return DecodedImage(_decode(bytes(data), max_pixels), digest)
+    image, pages = _decode(bytes(data), max_pixels)
+    return DecodedImage(image, digest, pages)
 
 
-def _decode(data: bytes, max_pixels: int):
+def _decode(data: bytes, max_pixels: int) -> tuple[Any, int]:
+    """(the RGB image, the page count of a multi-page TIFF, else 1)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     _allow_pixels(max_pixels)
@@ -76,10 +81,11 @@ def _decode(data: bytes, max_pixels: int):
             raise ImageDecodeError(
                 f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} (--max-image-pixels)"
             )
+        pages = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1  # a scan's pages, not an animation
         image.seek(0)  # first frame of an animated GIF/WebP/TIFF
         image.load()
         image = ImageOps.exif_transpose(image)
-        return to_rgb(image)
+        return to_rgb(image), pages
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -93,6 +99,17 @@ def _decode(data: bytes, max_pixels: int):
         if "truncated" in reason.lower():
             raise ImageDecodeError(f"truncated image ({reason})") from None
         raise ImageDecodeError(f"cannot decode image ({type(exc).__name__}: {reason})") from None
+
+
+def warn_pages_left(location: str, decoded: DecodedImage) -> None:
+    """A ``tokembed: warning:`` line for a multi-page TIFF (a scanned document), whose pages after the first are
+    not read: an image is one row (``#page=N`` rows are the PDFs')."""
+    if decoded.pages > 1:
+        import logging
+
+        logging.getLogger("tokembed").warning(
+            "%s: a TIFF of %d pages: only page 1 is read (save the pages as a PDF, or one image each, to index them)",
+            location, decoded.pages)
 
 
 def _allow_pixels(max_pixels: int) -> None:
@@ -193,6 +210,8 @@ def _read_file(value: str, base: Path) -> bytes:
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = base / path
+    if problem := special_file_problem(path):  # a FIFO would block the read forever
+        raise ImageDecodeError(f"image file {value}: {problem}")
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -249,6 +268,8 @@ def read_image_folder(folder: Path, options: SourceOptions, offset: int) -> Iter
 
 def _file_item(folder: Path, file: Path, max_pixels: int) -> Item:
     item_id = file.relative_to(folder).as_posix()
+    if problem := special_file_problem(file):  # a FIFO would block the read forever
+        return Item(item_id, None, str(file), 0, error=problem)
     try:
         data = file.read_bytes()
     except OSError as exc:
@@ -257,6 +278,7 @@ def _file_item(folder: Path, file: Path, max_pixels: int) -> Item:
         decoded = decode_image(data, max_pixels)
     except ImageDecodeError as exc:
         return Item(item_id, None, str(file), 0, error=str(exc))
+    warn_pages_left(str(file), decoded)
     return Item(item_id, None, str(file), 0, image=decoded.image, image_sha256=decoded.sha256)
 
 
@@ -274,6 +296,7 @@ def attach_image(item: Item, value: Any, base: Path, max_pixels: int, either: bo
         decoded = image_from_value(value, base, max_pixels)
     except ImageDecodeError as exc:
         return replace(item, error=str(exc))
+    warn_pages_left(f"{item.location} (id {item.id!r})", decoded)
     if either and item.text is None:
         item = replace(item, error=None)
     return replace(item, image=decoded.image, image_sha256=decoded.sha256)

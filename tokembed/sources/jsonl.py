@@ -16,11 +16,13 @@ from typing import Any
 
 from tokembed.errors import BadInputError
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, columns_read, id_problem, missing_columns
+from tokembed.sources.files import refuse_special_file
 
 
 def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
     from tokembed.sources.images import in_order
 
+    refuse_special_file(path)
     items = _items(path, options, offset)
     image_rows = options.modality != "text"
     return chunked(in_order(items) if image_rows else items, chunk_size(options, image_rows))  # images decode on threads
@@ -35,6 +37,7 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
     row, number = -1, 0
     state = _FileState()
     with open(path, "rb") as handle:
+        _refuse_utf16_or_32(path, handle)
         for raw in handle:  # not ``enumerate``: its reused result tuple would keep a huge line's bytes alive
             number += 1
             if not raw or raw.isspace():  # not ``strip()``: that copies the whole line
@@ -65,6 +68,7 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
 def first_record_fields(path: Path) -> list[str] | None:
     """The fields of the file's first record (its first line that is a JSON object), or None: none is."""
     with open(path, "rb") as handle:
+        _refuse_utf16_or_32(path, handle)
         for raw in handle:
             if raw and not raw.isspace():
                 record, _ = _parsed(_decoded(raw))
@@ -100,11 +104,22 @@ class _Image:
     either: bool
 
 
+def _refuse_utf16_or_32(path: Path, handle) -> None:
+    """``BadInputError`` for a file in UTF-16 or UTF-32 (by its BOM or its first bytes' zeros, as ``json.loads``
+    tells): its lines, split at the byte 0x0A, would be cut in the middle of characters and half read."""
+    encoding = json.detect_encoding(handle.read(4))
+    handle.seek(0)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        raise BadInputError(f"{path}: the file is {encoding.upper()}, and JSON Lines is UTF-8",
+                            hint=f"convert it: iconv -f {encoding.upper()} -t UTF-8")
+
+
 def _decoded(raw: bytes) -> str | bytes:
-    """The line as text, decoded as ``json.loads`` decodes bytes (UTF-8, -16 or -32, by the first bytes); the
-    bytes themselves when they do not decode, so that ``json.loads`` reports it as for any bad line."""
+    """The line as text, decoded as ``json.loads`` decodes UTF-8 bytes (a BOM dropped, a lone surrogate's bytes
+    kept: "surrogatepass"); the bytes themselves when they do not decode, so that ``json.loads`` reports it as for
+    any bad line. (The file is UTF-8: ``_refuse_utf16_or_32``.)"""
     try:
-        return raw.decode(json.detect_encoding(raw), "surrogatepass")
+        return raw.decode("utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8", "surrogatepass")
     except UnicodeDecodeError:
         return raw
 

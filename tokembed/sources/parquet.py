@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tokembed.errors import BadInputError
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, id_problem, wanted_columns
+from tokembed.sources.files import refuse_special_file
 from tokembed.sources.parquet_pages import CorruptPage, InvalidUtf8, Unsupported, is_huge_text, text_cells
 
 
@@ -21,6 +22,7 @@ def read_parquet(path: Path, options: SourceOptions, offset: int) -> Iterator[li
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    refuse_special_file(path)
     try:
         handle = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
@@ -41,11 +43,60 @@ def read_parquet(path: Path, options: SourceOptions, offset: int) -> Iterator[li
         + ([options.video_column] if use_video else [])
         + ([options.id_column] if has_ids else [])
     )
+    _check_columns(path, handle.schema_arrow, columns, options)
     size = chunk_size(options, use_image or use_video or (use_pdf and options.modality == "image"))
     from tokembed.sources.images import in_order
 
     rows = _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, has_ids, use_video)
     return chunked(in_order(rows) if use_image else rows, size)  # image rows decode on threads
+
+
+def _check_columns(path: Path, schema, columns: list[str], options: SourceOptions) -> None:
+    """``BadInputError`` for a column read that the file has twice (which one is meant?), or whose type makes every
+    row a bad row (a text column of binary, integers or lists; an image column of numbers): with --on-error skip
+    the run would delete every row of the file from the index, as a missing column would."""
+    names = schema.names
+    for column in dict.fromkeys(columns):
+        if names.count(column) > 1:
+            raise BadInputError(f"{path}: column {column!r} appears {names.count(column)} times (columns: "
+                                f"{', '.join(names)}): which one to read is ambiguous",
+                                hint="write the file with distinct column names")
+    kinds = {options.text_column: ("text", _is_text_type, "a string")}
+    media = "bytes, a path or {bytes, path}"
+    kinds.update({name: (what, _is_media_type, media) for name, what in
+                  ((options.image_column, "image"), (options.pdf_column, "PDF"), (options.video_column, "video"))})
+    for column in columns:
+        if column == options.id_column and column != options.text_column:
+            continue  # an id's type is checked row by row (``id_problem``)
+        what, fits, expected = kinds[column]
+        column_type = schema.field(column).type
+        if not fits(column_type):
+            raise BadInputError(f"{path}: {what} column {column!r} is of type {column_type}, not {expected}: every row "
+                                "would be a bad row", hint=_TYPE_HINT.get(what))
+
+
+_TYPE_HINT = {"text": "cast the column to string where the file is written (a binary column of UTF-8 text: "
+                      "CAST(col AS STRING), or pyarrow's .cast(pa.string()))"}
+
+
+def _is_text_type(column_type) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column_type):
+        column_type = column_type.value_type
+    string = pa.types.is_string(column_type) or pa.types.is_large_string(column_type) or pa.types.is_string_view(column_type)
+    return string or pa.types.is_null(column_type)  # an all-null column: each row a "null text", as a null cell is
+
+
+def _is_media_type(column_type) -> bool:
+    """What an image, PDF or video cell may hold: bytes, a path (or data URI) string, the ``{bytes, path}`` struct."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column_type):
+        column_type = column_type.value_type
+    binary = (pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type)
+              or pa.types.is_binary_view(column_type) or pa.types.is_fixed_size_binary(column_type))
+    return binary or _is_text_type(column_type) or pa.types.is_struct(column_type)
 
 
 def _use_video(path: Path, names: list[str], options: SourceOptions) -> bool:
@@ -73,7 +124,7 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
         for batch, paged_texts in _batches(path, handle, columns, size, options.text_column, paged):
             count = batch.num_rows
             texts = paged_texts if paged_texts is not None else _cells(batch, options.text_column) if use_text else [None] * count
-            ids = _cells(batch, options.id_column) if has_ids else range(offset + row, offset + row + count)
+            ids = _id_cells(batch, options.id_column) if has_ids else range(offset + row, offset + row + count)
             images = _cells(batch, options.image_column) if use_image else None
             pdfs = _cells(batch, options.pdf_column) if use_pdf else None
             videos = _cells(batch, options.video_column) if use_video else None
@@ -127,6 +178,20 @@ def _cells(batch, column: str) -> list:
         return values.to_pylist()
     except UnicodeDecodeError:
         return [_cell(value) for value in values]
+
+
+def _id_cells(batch, column: str) -> list:
+    """The id column's cells; a float32 (float16) id as the shortest text of its own precision ("0.1", as JSONL's
+    0.1 is), not of the float64 it widens to ("0.10000000149011612")."""
+    import numpy as np
+    import pyarrow as pa
+
+    cells = _cells(batch, column)
+    column_type = batch.schema.field(column).type
+    narrow = {pa.float32(): np.float32, pa.float16(): np.float16}.get(column_type)
+    if narrow is None:
+        return cells
+    return [value if value is None or not np.isfinite(value) else float(str(narrow(value))) for value in cells]
 
 
 def _cell(scalar):

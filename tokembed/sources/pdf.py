@@ -31,6 +31,7 @@ from typing import Any
 
 from tokembed.errors import UsageError
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, folder_files
+from tokembed.sources.files import special_file_problem
 
 PDF_SUFFIX = ".pdf"
 DEFAULT_PDF_DPI = 144
@@ -131,6 +132,8 @@ def _open_pdf(pdf: Path | bytes, password: str | None):
 
     if isinstance(pdf, (bytes, bytearray)) and not pdf:
         raise PdfOpenError("empty PDF (0 bytes)")
+    if isinstance(pdf, Path) and (problem := special_file_problem(pdf)):  # a FIFO would block PDFium forever
+        raise PdfOpenError(problem)
     try:
         return pdfium.PdfDocument(pdf if isinstance(pdf, bytes) else str(pdf), password=password)
     except FileNotFoundError:

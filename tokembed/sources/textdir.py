@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tokembed.sources.base import TEXT_SUFFIXES, Item, SourceOptions, chunked, folder_files
+from tokembed.sources.files import special_file_problem
 
 
 def read_text_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
@@ -15,6 +16,8 @@ def read_text_folder(folder: Path, options: SourceOptions, offset: int) -> Itera
 
 def _item(folder: Path, file: Path) -> Item:
     item_id = file.relative_to(folder).as_posix()
+    if problem := special_file_problem(file):  # a FIFO would block the read forever
+        return Item(item_id, None, str(file), 0, error=problem)
     try:
         text = file.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -29,6 +29,7 @@ import numpy as np
 from tokembed.errors import BadInputError
 from tokembed.index.atomic import sha256_file
 from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked, folder_files
+from tokembed.sources.files import special_file_problem
 
 # A plan: (total frames, fps, height, width) -> (frame numbers to sample, (height, width) to resize them to).
 Plan = Callable[[int, float, int, int], tuple[np.ndarray, tuple[int, int]]]
@@ -226,6 +227,8 @@ def read_video_folder(folder: Path, options: SourceOptions, offset: int) -> Iter
 
 def _file_item(folder: Path, file: Path, max_pixels: int | None) -> Item:
     item_id = file.relative_to(folder).as_posix()
+    if problem := special_file_problem(file):  # a FIFO would block the read forever
+        return Item(item_id, None, str(file), 0, error=problem)
     try:
         digest = sha256_file(file)
     except OSError as exc:
@@ -258,6 +261,8 @@ def video_from_value(value: Any, base: Path, name: str, max_pixels: int | None =
     if isinstance(value, str):
         path = Path(value).expanduser()
         path = path if path.is_absolute() else base / path
+        if problem := special_file_problem(path):
+            raise VideoDecodeError(f"video file {value}: {problem}")
         if not path.is_file():
             raise VideoDecodeError(f"video file not found: {value}")
         return probe_video(str(path), path=str(path), max_pixels=max_pixels), sha256_file(path)
