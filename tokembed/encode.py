@@ -389,7 +389,7 @@ def _check_job(job: EncodeJob) -> None:
 
 def _check_inputs_given_once(inputs: list[Path]) -> None:
     """An input given twice (or a file inside a folder also given) would read its rows twice: every id a duplicate."""
-    from tokembed.sources.base import inside
+    from tokembed.sources.files import inside
     from tokembed.sources.files import file_in_two_inputs
 
     for position, path in enumerate(inputs):

@@ -21,7 +21,7 @@ JOURNAL = "run-journal.json"
 def input_signature(inputs: list[Path], output: Path | None = None) -> list[list]:
     """Name, size and mtime of every input file (a changed corpus invalidates a journal); the files of the
     ``output`` index are not inputs, even when it lies inside an input folder (they change as the run goes)."""
-    from tokembed.sources.base import walk_files
+    from tokembed.sources.files import walk_files
 
     entries = []
     for path in inputs:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError, UsageError
-from tokembed.sources.files import each_file_once, special_file_problem
+from tokembed.sources.files import folder_files, special_file_problem, walk_files
 
 TEXT_SUFFIXES = (".txt", ".md")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -261,80 +261,6 @@ def _folder_readers(path: Path, modality: str) -> list:
     raise BadInputError(
         f"{path}: folder holds no .parquet, .jsonl, .txt, .md, .pdf or image ({', '.join(IMAGE_SUFFIXES)}) files"
     )
-
-
-def folder_files(folder: Path, wanted=lambda path: True) -> list[Path]:
-    """The files under ``folder`` that ``wanted`` takes, in path order (see ``walk_files``)."""
-    return [path for path in walk_files(folder) if wanted(path)]
-
-
-def walk_files(folder: Path, skip: Path | None = None) -> list[Path]:
-    """Every file under ``folder``, in path order, as every reader, the journal and the ignored-files list see
-    the folder. Hidden entries (a name starting with ".": ``.git/``, macOS's ``._report.pdf`` AppleDouble
-    files) are left out. Linked folders are followed, each real folder once and under one path whatever the
-    directory order: every real folder under ``folder`` by its own path first, then the links to folders
-    outside it, in path order. A link to a file that is gone, or to itself, is listed: its reader names it as a
-    bad row (cannot read) instead of it vanishing from the run unsaid. Each real file is listed once, under one
-    path (``files.each_file_once``). A folder that cannot be listed is exit 3 (its documents would otherwise be
-    deleted from the index unsaid). ``skip``: a folder left out (the index)."""
-    return sorted(each_file_once(walk_paths(folder, skip))[0])
-
-
-def walk_paths(folder: Path, skip: Path | None = None) -> list[Path]:
-    """Every path ``walk_files`` looks at, a file reached through two paths under both."""
-    found: list[Path] = []
-    seen: set[tuple[int, int]] = set() if skip is None or _folder_key(skip) is None else {_folder_key(skip)}
-    links: list[Path] = []
-    try:
-        _walk_real_folders(folder, seen, found, links)
-        while links:
-            links.sort()
-            _walk_real_folders(links.pop(0), seen, found, links)
-    except RecursionError:
-        raise BadInputError(f"{folder}: the folder tree is too deep to walk") from None
-    return found
-
-
-def _walk_real_folders(top: Path, seen: set, found: list[Path], links: list[Path]) -> None:
-    """Files of ``top`` and the real folders under it (each once: ``seen``); links to folders go to ``links``."""
-    import os
-
-    def unlistable(exc: OSError) -> None:
-        if isinstance(exc, FileNotFoundError) and not os.path.lexists(exc.filename):
-            raise BadInputError(f"{exc.filename}: no such file or folder")
-        raise BadInputError(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
-
-    for root, folders, files in os.walk(top, onerror=unlistable):
-        key = _folder_key(root)
-        if key is None or key in seen:
-            folders[:] = []
-            continue
-        seen.add(key)
-        real = []
-        for name in sorted(folders):
-            if name.startswith("."):
-                continue
-            if os.path.islink(os.path.join(root, name)):
-                links.append(Path(root, name))  # walked after every real folder: one path per folder, always the same
-            else:
-                real.append(name)
-        folders[:] = real
-        found += [Path(root, name) for name in files if not name.startswith(".")]
-
-
-def _folder_key(path) -> tuple[int, int] | None:
-    import os
-
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
-
-
-def inside(path: Path, folder: Path | None) -> bool:
-    """Whether ``path`` lies in ``folder`` (None: no folder)."""
-    return folder is not None and path.resolve().is_relative_to(folder.resolve())
 
 
 def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | None = None) -> list[str]:

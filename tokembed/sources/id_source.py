@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import DATA_SUFFIXES, SourceOptions, walk_files
+from tokembed.sources.base import DATA_SUFFIXES, SourceOptions
+from tokembed.sources.files import walk_files
 
 
 def id_column_read(inputs: list[Path], options: SourceOptions, committed: str | None) -> str | None:

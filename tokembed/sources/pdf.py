@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import UsageError
-from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, folder_files
+from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked
+from tokembed.sources.files import folder_files
 from tokembed.sources.files import special_file_problem
 
 PDF_SUFFIX = ".pdf"

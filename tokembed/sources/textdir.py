@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from tokembed.sources.base import TEXT_SUFFIXES, Item, SourceOptions, chunked, folder_files
+from tokembed.sources.base import TEXT_SUFFIXES, Item, SourceOptions, chunked
+from tokembed.sources.files import folder_files
 from tokembed.sources.files import special_file_problem
 
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from tokembed.errors import BadInputError
 from tokembed.index.atomic import sha256_file
-from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked, folder_files
+from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked
+from tokembed.sources.files import folder_files
 from tokembed.sources.files import special_file_problem
 
 # A plan: (total frames, fps, height, width) -> (frame numbers to sample, (height, width) to resize them to).
