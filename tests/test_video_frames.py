@@ -163,3 +163,18 @@ def test_a_folder_of_an_edit_list_and_a_portrait_video_is_encoded(clips, checkpo
     result = cli("encode", clips, "--model", checkpoint, "-o", out, "--quiet")
     assert result.exit_code == 0, result.output
     assert sorted(read_index(out)) == ["portrait.mp4", "trimmed.mp4"]
+
+
+def test_a_video_read_otherwise_than_before_is_encoded_again_by_an_incremental_run(clips, tmp_path):
+    """An earlier release read these bytes otherwise (frames left sideways, the container's 20 frames): their
+    content hash, made of the bytes alone, kept the old vectors in every incremental run; a rebuild differed."""
+    import hashlib
+
+    source = write_video(tmp_path / "plain.mp4", gray_frames(4))
+    items = {item.id: item for chunk in open_sources([clips, source.parent], SourceOptions(modality="image"))
+             for item in chunk}
+    digest = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+              for folder, name in ((clips, "portrait.mp4"), (clips, "trimmed.mp4"), (source.parent, "plain.mp4"))}
+    assert items["portrait.mp4"].image_sha256 == digest["portrait.mp4"] + " turned 90"
+    assert items["trimmed.mp4"].image_sha256 == digest["trimmed.mp4"] + " 15 of 20 frames"
+    assert items["plain.mp4"].image_sha256 == digest["plain.mp4"]  # read as before: its rows are carried

@@ -62,6 +62,16 @@ class Video:
     height: int  # the size a player shows: the coded size swapped when the video is turned a quarter
     width: int
     rotation: int = 0  # degrees (0, 90, 180, 270) each frame is turned counter-clockwise to stand upright
+    announced: int = 0  # the frames the container counts (0: as decoded)
+
+    def content_digest(self, sha256: str) -> str:
+        """What the item's content hash is made of: the stored bytes' digest, and what the reader makes of them
+        where an earlier release read them otherwise (frames left unturned, the container's frame count), so
+        that an incremental run encodes such a video again, as a rebuild does."""
+        marks = [f"turned {self.rotation}"] if self.rotation else []
+        if self.announced and self.announced != self.total_frames:
+            marks.append(f"{self.total_frames} of {self.announced} frames")
+        return " ".join([sha256, *marks])
 
     def decode(self, plan: Plan, resample: int = 3) -> VideoFrames:
         """Decode the frames ``plan`` picks, each resized with PIL (``resample``: a ``PIL.Image.Resampling``
@@ -114,7 +124,7 @@ def probe_video(name: str, path: str | None = None, data: bytes | None = None, m
     total, rotation = _check_frames(av, path, data, announced)
     if rotation % 180:  # a phone's portrait video, stored sideways
         height, width = width, height
-    return Video(name, path, data, total, fps, height, width, rotation)
+    return Video(name, path, data, total, fps, height, width, rotation, announced)
 
 
 def _opened(av, path: str | None, data: bytes | None):
@@ -238,7 +248,7 @@ def _file_item(folder: Path, file: Path, max_pixels: int | None) -> Item:
         video = probe_video(str(file), path=str(file), max_pixels=max_pixels)
     except VideoDecodeError as exc:
         return Item(item_id, None, str(file), 0, error=str(exc))
-    return Item(item_id, None, str(file), 0, image=video, image_sha256=digest)
+    return Item(item_id, None, str(file), 0, image=video, image_sha256=video.content_digest(digest))
 
 
 # -- a video cell of a Parquet/JSONL column ---------------------------------------------------------
@@ -297,4 +307,4 @@ def attach_video(item: Item, value: Any, base: Path, max_pixels: int | None = No
         video, digest = video_from_value(value, base, item.location, max_pixels)
     except VideoDecodeError as exc:
         return replace(item, error=str(exc))
-    return replace(item, image=video, image_sha256=digest)
+    return replace(item, image=video, image_sha256=video.content_digest(digest))
