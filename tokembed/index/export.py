@@ -222,27 +222,18 @@ def _remove_dead_staging(to: Path) -> None:
 
 
 def _publish_folder(staging: Path, to: Path) -> None:
-    """Publish the staging folder beside ``to`` as ``to`` by one rename: all of it or (failed) nothing. An empty
-    folder ``to`` is replaced (POSIX rename does that atomically, and refuses once the folder is not empty)."""
+    """Publish the staging folder beside a new path ``to`` as ``to`` by one rename: all of it or nothing."""
     from tokembed.index.atomic import fsync_dir
 
     target = to.resolve()
     try:
-        if target.is_dir():
-            os.chmod(staging, target.stat().st_mode & 0o7777)  # the folder keeps its permissions
         os.rename(staging, target)
         fsync_dir(target)
         fsync_dir(target.parent)
     except OSError as exc:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-            raise UsageError(f"--to {to}: files appeared in it while exporting",
+            raise UsageError(f"--to {to}: created by another process while exporting",
                              hint="export again to a new path") from exc
-        if exc.errno in (errno.EXDEV, errno.EBUSY):
-            raise IndexWriteError(
-                f"--to {to}: a mount point (or on another file system than its parent folder) that tokembed did not "
-                f"detect: cannot publish the export into it by rename ({exc.strerror})",
-                hint="export into a new folder inside it",
-            ) from exc
         raise IndexWriteError(f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
 
 
@@ -271,11 +262,12 @@ def _publish_entries(staging: Path, to: Path) -> None:
 
 
 def _write_parquet(index, to: Path, schema, log) -> tuple[int, int]:
-    """Staged beside ``to`` and renamed into place, or, in an empty folder that is a mount point (where no rename
-    from outside reaches), staged inside it and published file by file."""
+    """A new ``to``: staged beside it and renamed into place. An existing empty folder (the shell's working folder,
+    a mount point, a folder whose owner, group or ACLs matter) is kept: staged inside it and published file by
+    file."""
     _remove_dead_staging(to)
     _require_empty_folder(to)
-    inside = to.is_dir() and os.path.ismount(to.resolve())
+    inside = to.is_dir()
     with _staging(to, inside) as staging:
         written = _write_parquet_files(index, staging, to, schema, log)
         _publish_entries(staging, to) if inside else _publish_folder(staging, to)
