@@ -206,15 +206,18 @@ def test_a_folder_of_documents_and_data_files_is_refused_not_emptied(tmp_path):
     (folder / "sub" / "deep").mkdir()
     write_jsonl(folder / "sub" / "deep" / "export.jsonl", [{"id": "x", "text": "someone's export"}])
     write_parquet(folder / "rows.parquet", [{"id": "y", "text": "a data file"}])
-    for modality in ("text", "image", "auto"):
+    documents = {"text": "a.txt, report.PDF, sub/b.md", "image": "clip.mp4, report.PDF, sub/scan.png",
+                 "auto": "a.txt, clip.mp4, report.PDF and 2 more"}  # what a reader of the run takes
+    for modality, named in documents.items():
         with pytest.raises(BadInputError) as caught:
             read_all([folder], modality=modality)
         message = str(caught.value)
         assert message.startswith(f"{folder}: the folder holds both data files (rows.parquet, sub/deep/export.jsonl) "
-                                  "and documents (a.txt, clip.mp4, report.PDF and 2 more)"), message
+                                  f"and documents ({named})"), message
         assert "give the data files as inputs" in caught.value.hint and "move them out" in caught.value.hint
-    with pytest.raises(BadInputError, match="both data files"):
-        check_input(folder)  # what encode asks of every input before it loads the model
+        with pytest.raises(BadInputError, match="both data files"):
+            check_input(folder, modality)
+    check_input(folder)  # what encode asks of every input before the model (and so the modality) is known
     assert [item.id for item in read_all([folder / "rows.parquet", folder / "sub" / "deep" / "export.jsonl"])] == ["y", "x"]
 
 
@@ -225,7 +228,24 @@ def test_each_kind_of_document_makes_a_data_folder_ambiguous(tmp_path, document)
     write_parquet(folder / "a.parquet", [{"id": "a1", "text": "x"}])
     (folder / document).write_bytes(b"x")
     with pytest.raises(BadInputError, match=rf"data files \(a\.parquet\) and documents \({document.replace('.', '[.]')}\)"):
-        read_all([folder])
+        read_all([folder], modality="auto")
+
+
+def test_a_file_the_runs_readers_do_not_take_leaves_a_data_folder_unmixed(tmp_path):
+    """A Hugging Face dataset folder (data/*.parquet, its README.md card, an assets/banner.png) read by a text
+    model: the banner is no document of that run, listed as ignored; an image model's run reads it, so refused."""
+    from tokembed.sources.base import ignored_files
+
+    folder = tmp_path / "dataset"
+    (folder / "data").mkdir(parents=True)
+    (folder / "assets").mkdir()
+    write_parquet(folder / "data" / "train-00000-of-00001.parquet", [{"id": "t1", "text": "x"}])
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n")
+    (folder / "assets" / "banner.png").write_bytes(b"x")
+    assert [item.id for item in read_all([folder], modality="text")] == ["t1"]
+    assert ignored_files([folder], SourceOptions(modality="text")) == [str(folder / "README.md"), str(folder / "assets" / "banner.png")]
+    with pytest.raises(BadInputError, match=r"documents \(assets/banner\.png\)"):
+        read_all([folder], modality="image")
 
 
 def test_a_data_folder_lists_the_files_no_reader_takes_as_ignored(tmp_path):
@@ -245,8 +265,8 @@ def test_a_data_folder_lists_the_files_no_reader_takes_as_ignored(tmp_path):
         assert ignored_files([folder], SourceOptions(modality=modality)) == expected
 
 
-def test_encode_refuses_a_mixed_folder_before_the_model_loads_and_keeps_the_index(cli, minilm_path, tmp_path):
-    """Exit 3 even with --on-error skip (it is no bad row), before the model loads, the index untouched."""
+def test_encode_refuses_a_mixed_folder_and_keeps_the_index(cli, minilm_path, tmp_path):
+    """Exit 3 even with --on-error skip (it is no bad row), the index untouched."""
     folder, out = tmp_path / "docs", tmp_path / "index"
     folder.mkdir()
     (folder / "a.txt").write_text("alpha")
@@ -258,5 +278,3 @@ def test_encode_refuses_a_mixed_folder_before_the_model_loads_and_keeps_the_inde
     assert result.exit_code == 3, result.output
     assert f"{folder}: the folder holds both data files (export.jsonl) and documents (a.txt, b.txt)" in result.output
     assert (out / "manifest.json").read_bytes() == before
-    refused = cli("encode", folder, "--model", tmp_path / "no-such-model", "-o", out)
-    assert refused.exit_code == 3 and "both data files" in refused.output  # not exit 4: the model was never loaded

@@ -18,7 +18,6 @@ TEXT_SUFFIXES = (".txt", ".md")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".webm")  # read for image models that take videos (video.py)
 DATA_SUFFIXES = (".parquet", ".jsonl")
-DOCUMENT_SUFFIXES = (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES, ".pdf")  # matched in any case; text files: TEXT_SUFFIXES
 MODALITIES = ("text", "image", "auto")
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP page; Pillow's own bomb limit is ~89 MP (warning) / ~179 MP (error)
 
@@ -155,18 +154,18 @@ def _unicode_checked(item: Item) -> Item:
     return item if problem is None else replace(item, text=None, image=None, error=problem)
 
 
-def check_input(path: Path) -> None:
-    """Raise ``BadInputError`` if ``path`` is no input a reader takes: missing, a file of another kind, or a folder
-    holding both data files and documents. Cheap (a folder is listed, no file is read): ``encode`` asks it of every
-    input before it loads the model."""
+def check_input(path: Path, modality: str | None = None) -> None:
+    """Raise ``BadInputError`` if ``path`` is no input a reader takes: missing, a file of another kind, or (given
+    the run's ``modality``) a folder holding both data files and documents that modality reads. Cheap (a folder
+    is listed, no file is read): ``encode`` asks it of every input before it loads the model (no modality yet)."""
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder")
     if problem := special_file_problem(path):
         raise BadInputError(f"{path}: {problem}")
     if path.is_file() and not (path.suffix in DATA_SUFFIXES or path.suffix.lower() == ".pdf"):
         raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
-    if path.is_dir():
-        _check_not_mixed(path, walk_files(path))
+    if path.is_dir() and modality is not None:
+        _check_not_mixed(path, walk_files(path), modality)
 
 
 def is_data_file(path: Path) -> bool:
@@ -174,17 +173,27 @@ def is_data_file(path: Path) -> bool:
     return path.suffix in DATA_SUFFIXES
 
 
-def is_document(path: Path) -> bool:
-    """A file a folder reader takes in some modality: text (suffix matched case-sensitively, as textdir does),
-    an image, a PDF or a video (in any case)."""
-    return path.suffix in TEXT_SUFFIXES or path.suffix.lower() in DOCUMENT_SUFFIXES
+def taken_suffixes(modality: str) -> set[str]:
+    """The suffixes of the files a folder reader of ``modality`` takes (text files case-sensitively, others in any
+    case: ``is_taken``)."""
+    return {
+        "text": set(TEXT_SUFFIXES) | {".pdf"},
+        "image": set(IMAGE_SUFFIXES) | set(VIDEO_SUFFIXES) | {".pdf"},
+        "auto": set(TEXT_SUFFIXES) | set(IMAGE_SUFFIXES) | set(VIDEO_SUFFIXES) | {".pdf"},
+    }[modality]
 
 
-def _check_not_mixed(folder: Path, files: list[Path]) -> None:
-    """A folder holding both data files and documents is refused: reading it for its data files alone deleted
-    every document from the index (exit 0), and which of the two the user means cannot be told."""
+def is_taken(path: Path, taken: set[str]) -> bool:
+    return path.suffix in taken or path.suffix.lower() in taken - set(TEXT_SUFFIXES)
+
+
+def _check_not_mixed(folder: Path, files: list[Path], modality: str) -> None:
+    """A folder holding both data files and documents this run's readers take is refused: reading it for its data
+    files alone deleted every document from the index (exit 0), and which of the two the user means cannot be
+    told. (A file no reader of the run takes, an image beside a text model's data, is listed as ignored.)"""
     data = [file for file in files if is_data_file(file)]
-    documents = [file for file in files if is_document(file) and not _is_dataset_card(file)] if data else []
+    taken = taken_suffixes(modality)
+    documents = [file for file in files if is_taken(file, taken) and not _is_dataset_card(file)] if data else []
     if documents:
         raise BadInputError(
             f"{folder}: the folder holds both data files ({_a_few(folder, data)}) and documents "
@@ -207,7 +216,7 @@ def _readers(path: Path, options: SourceOptions) -> list:
     from tokembed.sources.jsonl import read_jsonl
     from tokembed.sources.parquet import read_parquet
 
-    check_input(path)
+    check_input(path, options.modality)
     if path.is_file():
         if path.suffix == ".parquet":
             return [(path, read_parquet)]
@@ -267,19 +276,14 @@ def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | Non
     """Files in input folders that no reader of this run takes (``.docx``, ``.xlsx``, images for a text
     model, a data folder's ``_SUCCESS``, ...), in path order. A folder of Parquet/JSONL files is read for those
     files only (it holds no documents: ``check_input``), so every other file of it is listed."""
-    taken = {
-        "text": set(TEXT_SUFFIXES) | {".pdf"},
-        "image": set(IMAGE_SUFFIXES) | set(VIDEO_SUFFIXES) | {".pdf"},
-        "auto": set(TEXT_SUFFIXES) | set(IMAGE_SUFFIXES) | set(VIDEO_SUFFIXES) | {".pdf"},
-    }[options.modality]
+    taken = taken_suffixes(options.modality)
     ignored = []
     for path in inputs:
         files = walk_files(path, skip=output) if path.is_dir() else []  # not the index's own files, however reached
         if any(is_data_file(file) for file in files):
             ignored += [str(p) for p in files if not is_data_file(p)]
             continue
-        # text files match their suffix case-sensitively (textdir), images and PDFs in any case
-        ignored += [str(p) for p in files if p.suffix not in taken and p.suffix.lower() not in taken - set(TEXT_SUFFIXES)]
+        ignored += [str(p) for p in files if not is_taken(p, taken)]
     return ignored
 
 
