@@ -91,6 +91,37 @@ def test_an_ordinary_folder_keeps_the_fingerprint_of_the_previous_release(checkp
     assert model_fingerprint(model) == _previous_release_fingerprint(model)
 
 
+def _previous_release_weights_sha256(path) -> str:
+    """weights_sha256 as the previous release computed it (every weight file, openvino/*.bin too)."""
+    from tokembed.models.resolve import _WEIGHT_SUFFIXES
+
+    digest = hashlib.sha256()
+    for file in sorted(path.rglob("*")):
+        if file.is_file() and file.suffix in _WEIGHT_SUFFIXES:
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0" + hashlib.sha256(file.read_bytes()).hexdigest().encode() + b"\0")
+    return digest.hexdigest()
+
+
+def test_an_index_of_the_previous_release_over_a_folder_with_unread_formats_is_still_scored(checkpoint, tmp_path, cli):
+    """A git clone of a sentence-transformers repo holds onnx/ and openvino/: the previous release fingerprinted
+    them, this one does not, and score refused every such index (exit 5) until it was encoded again."""
+    model = checkpoint("pylate_bert")
+    for name in ("openvino/openvino_model.bin", "onnx/model.onnx"):
+        (model / name).parent.mkdir(exist_ok=True)
+        (model / name).write_bytes(b"not read by tokembed")
+    index = tmp_path / "index"
+    assert cli("encode", _docs(tmp_path), "--model", model, "-o", index, "-q").exit_code == 0
+    written = json.loads((index / "manifest.json").read_text())
+    assert written["model"]["fingerprint"] != _previous_release_fingerprint(model)
+    written["model"].update(fingerprint=_previous_release_fingerprint(model),
+                            weights_sha256=_previous_release_weights_sha256(model))
+    (index / "manifest.json").write_text(json.dumps(written))  # as the previous release wrote it
+    result = cli("score", index, "--query", "alpha", "--model", model)
+    assert result.exit_code == 0, result.output
+    (model / "openvino" / "openvino_model.bin").write_bytes(b"other bytes: not the files it was built from")
+    assert cli("score", index, "--query", "alpha", "--model", model).exit_code == 5
+
+
 @pytest.mark.parametrize("shadowed", [True, False])
 def test_revision_with_a_local_folder_is_a_usage_error(checkpoint, tmp_path, cli, monkeypatch, shadowed):
     """--revision was ignored for a folder, also for a hub id that a folder of the same name shadows (a copy of

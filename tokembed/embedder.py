@@ -195,12 +195,17 @@ def index_model(manifest: dict, model: str | None = None) -> str | None:
 def check_index_model(manifest: dict, embedder: "Embedder") -> None:
     """Raise ``ModelMismatchError`` unless ``embedder`` loaded the checkpoint the index was built with."""
     recorded = manifest["model"]
-    if embedder.fingerprint != recorded["fingerprint"]:
-        raise _model_mismatch(recorded, embedder.resolved, embedder.fingerprint)
-    if not same_weights(manifest, embedder.weights_sha256):
+    fingerprint, weights = embedder.fingerprint, embedder.weights_sha256
+    if fingerprint != recorded["fingerprint"]:
+        from tokembed.models.resolve import previous_release_identity
+
+        fingerprint, weights = previous_release_identity(embedder.resolved)  # an index of the previous release
+        if fingerprint != recorded["fingerprint"]:
+            raise _model_mismatch(recorded, embedder.resolved, embedder.fingerprint)
+    if not same_weights(manifest, weights):
         raise ModelMismatchError(
             f"model {embedder.resolved.name!r}: its weights changed since the index was built (the same files, sizes "
-            f"and headers; weights sha256 {embedder.weights_sha256[:12]}, the index's {recorded['weights_sha256'][:12]})",
+            f"and headers; weights sha256 {weights[:12]}, the index's {recorded['weights_sha256'][:12]})",
             hint="re-encode the index with this checkpoint, or --allow-model-mismatch to score anyway",
         )
 

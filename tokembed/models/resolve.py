@@ -116,6 +116,20 @@ def resolved_fingerprint(resolved: ResolvedModel) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def previous_release_identity(resolved: ResolvedModel) -> tuple[str, str]:
+    """(fingerprint, weights_sha256) as the previous release computed them: over every file, formats tokembed never
+    reads too (a git clone's ``onnx/``, ``openvino/``), and an adapter's with both hub commits. An index it built
+    from the same files is still scored (encode re-encodes it once: its content hashes are keyed by the old one)."""
+    if resolved.base is None:
+        return model_fingerprint(resolved.path, every_format=True), weights_sha256(resolved.path, every_format=True)
+    payload = json.dumps({
+        "adapter": model_fingerprint(resolved.path, every_format=True), "adapter_revision": resolved.revision,
+        "base": model_fingerprint(resolved.base.path, every_format=True), "base_revision": resolved.base.revision,
+    }, sort_keys=True)
+    weights = f"{weights_sha256(resolved.path, every_format=True)}\0{weights_sha256(resolved.base.path, every_format=True)}"
+    return hashlib.sha256(payload.encode()).hexdigest(), hashlib.sha256(weights.encode()).hexdigest()
+
+
 def _demo_model() -> ResolvedModel:
     spec = importlib.util.find_spec(DEMO_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -140,7 +154,7 @@ def weights_agree(recorded: str | None, other: str | None) -> bool:
     return recorded is None or other is None or recorded == other
 
 
-def weights_sha256(path: Path) -> str:
+def weights_sha256(path: Path, every_format: bool = False) -> str:
     """sha256 over every weight file's name and whole content. ``model_fingerprint`` samples each file's edges
     only (milliseconds for any size), so a tensor changed in the middle of a file (a LoRA merged into the query
     weights and saved back in place) kept the fingerprint; this digest does not. Each file is read once per
@@ -149,17 +163,17 @@ def weights_sha256(path: Path) -> str:
 
     record = VerifiedFiles(path)
     digest = hashlib.sha256()
-    for file in _weight_files(path):
+    for file in _weight_files(path, every_format):
         rel = file.relative_to(path).as_posix()
         digest.update(rel.encode() + b"\0" + record.sha256_of(rel).encode() + b"\0")
     return digest.hexdigest()
 
 
-def _weight_files(path: Path) -> list[Path]:
-    return [file for file in checkpoint_files(path) if file.suffix in _WEIGHT_SUFFIXES]
+def _weight_files(path: Path, every_format: bool = False) -> list[Path]:
+    return [file for file in checkpoint_files(path, every_format) if file.suffix in _WEIGHT_SUFFIXES]
 
 
-def checkpoint_files(path: Path) -> list[Path]:
+def checkpoint_files(path: Path, every_format: bool = False) -> list[Path]:
     """Every file of a checkpoint folder, in path order, through linked sub-folders (the loader reads through them:
     a linked ``1_Dense`` whose weights changed must change the fingerprint), except formats tokembed never reads
     (``hub.never_read``). A link back to a folder above is not followed (a cycle)."""
@@ -171,7 +185,8 @@ def checkpoint_files(path: Path) -> list[Path]:
         for name in folders:
             chains[os.path.join(root, name)] = (*chain, os.path.realpath(os.path.join(root, name)))
         files += [Path(root, name) for name in names]
-    return [file for file in sorted(files) if file.is_file() and not never_read(file.relative_to(path).as_posix())]
+    return [file for file in sorted(files)
+            if file.is_file() and (every_format or not never_read(file.relative_to(path).as_posix()))]
 
 
 def _links_above(folder: str, chain: tuple[str, ...]) -> bool:
@@ -180,14 +195,14 @@ def _links_above(folder: str, chain: tuple[str, ...]) -> bool:
     return any(seen == real or seen.startswith(real.rstrip(os.sep) + os.sep) for seen in chain)
 
 
-def model_fingerprint(path: Path) -> str:
+def model_fingerprint(path: Path, every_format: bool = False) -> str:
     """sha256 over the checkpoint's config and tokenizer files and a sample of every weight file.
 
     Weight files are identified by size, safetensors header (names, shapes, dtypes) and their first and
     last MiB, so multi-GB checkpoints are fingerprinted in milliseconds.
     """
     digest = hashlib.sha256()
-    for file in checkpoint_files(path):
+    for file in checkpoint_files(path, every_format):
         rel = file.relative_to(path).as_posix()
         if file.name in _FINGERPRINT_FILES or rel.endswith(("config.json", ".jinja", ".py")) or "chat_template" in file.name:
             digest.update(rel.encode() + b"\0" + file.read_bytes())
