@@ -185,6 +185,7 @@ def test_lance_writes_into_a_database_folder_with_a_dead_exports_staging(cli, in
     db = tmp_path / "db"
     lancedb.connect(str(db)).create_table("keep", data=pa.table({"x": [1]}))
     (db / ".export-tmp-999999999" / "documents.lance").mkdir(parents=True)
+    (db / ".DS_Store").write_bytes(b"\0")  # macOS's, in any folder it showed: a hidden file, no reason to refuse
     result = cli("export", index, "--to", db, "--format", "lance", "-q")
     assert result.exit_code == 0, result.output
-    assert sorted(os.listdir(db)) == ["documents.lance", "keep.lance"]
+    assert sorted(os.listdir(db)) == [".DS_Store", "documents.lance", "keep.lance"]

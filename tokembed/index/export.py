@@ -383,7 +383,8 @@ def _require_database_folder(to: Path, table: str) -> None:
 
 
 def _is_table_or_staging(entry: Path) -> bool:
-    return entry.is_dir() and (entry.name.endswith(".lance") or bool(STAGING_NAME.fullmatch(entry.name)))
+    """A table, or a hidden entry (an export's staging folder, macOS's ``.DS_Store``)."""
+    return entry.name.startswith(".") or (entry.is_dir() and entry.name.endswith(".lance"))
 
 
 def _import_lancedb():

@@ -110,7 +110,7 @@ def walk_files(folder: Path, skip: Path | None = None) -> list[Path]:
 def walk_paths(folder: Path, skip: Path | None = None) -> list[Path]:
     """Every path ``walk_files`` looks at, a file reached through two paths under both."""
     found: list[Path] = []
-    seen: set[tuple[int, int]] = set() if skip is None or _folder_key(skip) is None else {_folder_key(skip)}
+    seen: set[tuple[int, int]] = set() if skip is None or file_key(skip) is None else {file_key(skip)}
     links: list[Path] = []
     try:
         _walk_real_folders(folder, seen, found, links)
@@ -132,7 +132,7 @@ def _walk_real_folders(top: Path, seen: set, found: list[Path], links: list[Path
         raise BadInputError(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
 
     for root, folders, files in os.walk(top, onerror=unlistable):
-        key = _folder_key(root)
+        key = file_key(root)
         if key is None or key in seen:
             folders[:] = []
             continue
@@ -147,16 +147,6 @@ def _walk_real_folders(top: Path, seen: set, found: list[Path], links: list[Path
                 real.append(name)
         folders[:] = real
         found += [Path(root, name) for name in files if not name.startswith(".")]
-
-
-def _folder_key(path) -> tuple[int, int] | None:
-    import os
-
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
 
 
 def inside(path: Path, folder: Path | None) -> bool:
