@@ -154,7 +154,7 @@ def _unicode_checked(item: Item) -> Item:
     return item if problem is None else replace(item, text=None, image=None, error=problem)
 
 
-def check_input(path: Path, modality: str | None = None) -> None:
+def check_input(path: Path, modality: str | None = None, files: list[Path] | None = None) -> None:
     """Raise ``BadInputError`` if ``path`` is no input a reader takes: missing, a file of another kind, or (given
     the run's ``modality``) a folder holding both data files and documents that modality reads. Cheap (a folder
     is listed, no file is read): ``encode`` asks it of every input before it loads the model (no modality yet)."""
@@ -165,7 +165,7 @@ def check_input(path: Path, modality: str | None = None) -> None:
     if path.is_file() and not (path.suffix in DATA_SUFFIXES or path.suffix.lower() == ".pdf"):
         raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
     if path.is_dir() and modality is not None:
-        _check_not_mixed(path, walk_files(path), modality)
+        _check_not_mixed(path, walk_files(path) if files is None else files, modality)  # files: its walk, if made
 
 
 def is_data_file(path: Path) -> bool:
@@ -216,7 +216,8 @@ def _readers(path: Path, options: SourceOptions) -> list:
     from tokembed.sources.jsonl import read_jsonl
     from tokembed.sources.parquet import read_parquet
 
-    check_input(path, options.modality)
+    files = walk_files(path) if path.is_dir() else None
+    check_input(path, options.modality, files)
     if path.is_file():
         if path.suffix == ".parquet":
             return [(path, read_parquet)]
@@ -225,7 +226,7 @@ def _readers(path: Path, options: SourceOptions) -> list:
         from tokembed.sources.pdf import read_pdf_file
 
         return [(path, read_pdf_file)]
-    data_files = [file for file in walk_files(path) if is_data_file(file)]
+    data_files = [file for file in files if is_data_file(file)]
     if data_files:  # a folder of Parquet / JSONL files (and no documents: check_input) is read for those, in path order
         return [(file, read_parquet if file.suffix == ".parquet" else read_jsonl) for file in data_files]
     return _folder_readers(path, options.modality)
