@@ -389,8 +389,7 @@ def _check_job(job: EncodeJob) -> None:
 
 def _check_inputs_given_once(inputs: list[Path]) -> None:
     """An input given twice (or a file inside a folder also given) would read its rows twice: every id a duplicate."""
-    from tokembed.sources.files import inside
-    from tokembed.sources.files import file_in_two_inputs
+    from tokembed.sources.files import file_in_two_inputs, inside
 
     for position, path in enumerate(inputs):
         for other in inputs[:position]:

@@ -17,11 +17,10 @@ waited for: its uncommitted shards are not in the manifest, so they are never re
 
 Both formats are written into a hidden staging folder on ``PATH``'s file system and published by rename only
 once every shard is written: a failed or interrupted export (a corrupt shard, disk full, Ctrl-C, SIGTERM)
-removes the staging folder and leaves ``PATH`` as it was, never a part that reads as the whole index. The
-staging folder is ``.NAME.export-tmp-PID`` beside ``PATH``, published by one rename of the whole folder
-(which also replaces an empty folder ``PATH``), except in an existing folder that must stay (a LanceDB
-database, or an empty folder that is a mount point, which no rename can replace): there it is
-``PATH/.export-tmp-PID`` and its entries are moved out one by one (for LanceDB one: the table's folder).
+removes the staging folder and leaves ``PATH`` as it was. A new ``PATH`` is staged as ``.NAME.export-tmp-PID``
+beside it and published by one rename of the whole folder; an existing folder ``PATH`` (an empty one for
+Parquet, a LanceDB database) is kept as it is (a working folder, a mount point, its owner and ACLs): staged as
+``PATH/.export-tmp-PID`` inside it, whose entries are moved out one by one (for LanceDB one: the table's folder).
 """
 
 from __future__ import annotations
@@ -193,6 +192,16 @@ def _column(batch, field):
 
 
 @contextmanager
+def _published(to: Path) -> Iterator[Path]:
+    """A staging folder for the export, published as ``to`` when the block ends without an error: beside a new
+    ``to`` and renamed into place, or inside an existing folder ``to`` and its entries moved in (module doc)."""
+    inside = to.is_dir()
+    with _staging(to, inside) as staging:
+        yield staging
+        _publish_entries(staging, to) if inside else _publish_folder(staging, to)
+
+
+@contextmanager
 def _staging(to: Path, inside: bool) -> Iterator[Path]:
     """A new hidden folder on ``to``'s file system, removed when the block ends whatever happened: beside ``to``,
     or with ``inside`` in the existing folder ``to`` itself (see the module doc)."""
@@ -267,10 +276,8 @@ def _write_parquet(index, to: Path, schema, log) -> tuple[int, int]:
     file."""
     _remove_dead_staging(to)
     _require_empty_folder(to)
-    inside = to.is_dir()
-    with _staging(to, inside) as staging:
+    with _published(to) as staging:
         written = _write_parquet_files(index, staging, to, schema, log)
-        _publish_entries(staging, to) if inside else _publish_folder(staging, to)
     return max(1, len(index.shards)), written
 
 
@@ -319,9 +326,8 @@ def _write_lance(index, to: Path, table: str, schema) -> tuple[int, int]:
     lancedb = _import_lancedb()
     _remove_dead_staging(to)
     _require_database_folder(to, table)
-    inside = to.is_dir()
     source = _BatchSource(export_batches(index, schema))
-    with _staging(to, inside) as staging:
+    with _published(to) as staging:
         try:
             reader = pa.RecordBatchReader.from_batches(schema, iter(source))
             lancedb.connect(str(staging)).create_table(table, data=reader, schema=schema)
@@ -333,7 +339,6 @@ def _write_lance(index, to: Path, table: str, schema) -> tuple[int, int]:
                 raise IndexWriteError(f"--to {to}: cannot write the LanceDB table ({exc})") from exc
             raise
         written = _folder_bytes(staging / f"{table}.lance")
-        _publish_entries(staging, to) if inside else _publish_folder(staging, to)
     return 1, written
 
 

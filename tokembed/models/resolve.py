@@ -102,16 +102,18 @@ def _adapter_base(adapter: ResolvedModel, base_model: str | None, base_revision:
     return base
 
 
-def resolved_fingerprint(resolved: ResolvedModel) -> str:
+def resolved_fingerprint(resolved: ResolvedModel, previous_release: bool = False) -> str:
     """``model_fingerprint`` of the checkpoint; for an adapter, of the adapter's and its base's files. Like a plain
     model's, it names no hub commit: a commit that changes no file the model reads (a README) changes nothing. (The
     revisions stay in the payload as None: the fingerprint of an adapter and base from folders is an earlier
-    release's.)"""
+    release's.) ``previous_release``: as the previous release computed it (``previous_release_identity``)."""
     if resolved.base is None:
-        return model_fingerprint(resolved.path)
+        return model_fingerprint(resolved.path, every_format=previous_release)
     payload = json.dumps({
-        "adapter": model_fingerprint(resolved.path), "adapter_revision": None,
-        "base": model_fingerprint(resolved.base.path), "base_revision": None,
+        "adapter": model_fingerprint(resolved.path, every_format=previous_release),
+        "adapter_revision": resolved.revision if previous_release else None,
+        "base": model_fingerprint(resolved.base.path, every_format=previous_release),
+        "base_revision": resolved.base.revision if previous_release else None,
     }, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -120,14 +122,7 @@ def previous_release_identity(resolved: ResolvedModel) -> tuple[str, str]:
     """(fingerprint, weights_sha256) as the previous release computed them: over every file, formats tokembed never
     reads too (a git clone's ``onnx/``, ``openvino/``), and an adapter's with both hub commits. An index it built
     from the same files is still scored (encode re-encodes it once: its content hashes are keyed by the old one)."""
-    if resolved.base is None:
-        return model_fingerprint(resolved.path, every_format=True), weights_sha256(resolved.path, every_format=True)
-    payload = json.dumps({
-        "adapter": model_fingerprint(resolved.path, every_format=True), "adapter_revision": resolved.revision,
-        "base": model_fingerprint(resolved.base.path, every_format=True), "base_revision": resolved.base.revision,
-    }, sort_keys=True)
-    weights = f"{weights_sha256(resolved.path, every_format=True)}\0{weights_sha256(resolved.base.path, every_format=True)}"
-    return hashlib.sha256(payload.encode()).hexdigest(), hashlib.sha256(weights.encode()).hexdigest()
+    return resolved_fingerprint(resolved, previous_release=True), resolved_weights_sha256(resolved, previous_release=True)
 
 
 def _demo_model() -> ResolvedModel:
@@ -141,11 +136,13 @@ def _demo_model() -> ResolvedModel:
     return ResolvedModel(name=DEMO_MODEL_NAME, path=path, revision=None, is_demo=True)
 
 
-def resolved_weights_sha256(resolved: ResolvedModel) -> str:
-    """``weights_sha256`` of the checkpoint; for an adapter, of the adapter's and its base's together."""
+def resolved_weights_sha256(resolved: ResolvedModel, previous_release: bool = False) -> str:
+    """``weights_sha256`` of the checkpoint; for an adapter, of the adapter's and its base's together.
+    ``previous_release``: with the formats tokembed never reads, as the previous release hashed them."""
     if resolved.base is None:
-        return weights_sha256(resolved.path)
-    return hashlib.sha256(f"{weights_sha256(resolved.path)}\0{weights_sha256(resolved.base.path)}".encode()).hexdigest()
+        return weights_sha256(resolved.path, every_format=previous_release)
+    adapter, base = (weights_sha256(path, every_format=previous_release) for path in (resolved.path, resolved.base.path))
+    return hashlib.sha256(f"{adapter}\0{base}".encode()).hexdigest()
 
 
 def weights_agree(recorded: str | None, other: str | None) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError, UsageError
-from tokembed.sources.files import folder_files, special_file_problem, walk_files
+from tokembed.sources.files import folder_files, refuse_special_file, special_file_problem, walk_files
 
 TEXT_SUFFIXES = (".txt", ".md")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -160,8 +160,7 @@ def check_input(path: Path, modality: str | None = None, files: list[Path] | Non
     is listed, no file is read): ``encode`` asks it of every input before it loads the model (no modality yet)."""
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder")
-    if problem := special_file_problem(path):
-        raise BadInputError(f"{path}: {problem}")
+    refuse_special_file(path)
     if path.is_file() and not (path.suffix in DATA_SUFFIXES or path.suffix.lower() == ".pdf"):
         raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
     if path.is_dir() and modality is not None:

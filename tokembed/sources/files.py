@@ -29,7 +29,7 @@ def special_file_problem(path: Path | str) -> str | None:
 
 
 def refuse_special_file(path: Path) -> None:
-    """``BadInputError`` naming a data file (Parquet, JSONL) in an input folder that is no file to read."""
+    """``BadInputError`` naming ``path`` (an input, or a data file of an input folder) when it is no file to read."""
     if problem := special_file_problem(path):
         raise BadInputError(f"{path}: {problem}")
 
@@ -124,7 +124,6 @@ def walk_paths(folder: Path, skip: Path | None = None) -> list[Path]:
 
 def _walk_real_folders(top: Path, seen: set, found: list[Path], links: list[Path]) -> None:
     """Files of ``top`` and the real folders under it (each once: ``seen``); links to folders go to ``links``."""
-    import os
 
     def unlistable(exc: OSError) -> None:
         if isinstance(exc, FileNotFoundError) and not os.path.lexists(exc.filename):

@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked
-from tokembed.sources.files import folder_files
-from tokembed.sources.files import special_file_problem
+from tokembed.sources.files import folder_files, special_file_problem
 
 WHITE = (255, 255, 255)
 DECODE_THREADS = 4  # images of a folder or a Parquet image column decoded at once (Pillow releases the GIL)

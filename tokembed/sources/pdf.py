@@ -31,8 +31,7 @@ from typing import Any
 
 from tokembed.errors import UsageError
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked
-from tokembed.sources.files import folder_files
-from tokembed.sources.files import special_file_problem
+from tokembed.sources.files import folder_files, special_file_problem
 
 PDF_SUFFIX = ".pdf"
 DEFAULT_PDF_DPI = 144

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tokembed.sources.base import TEXT_SUFFIXES, Item, SourceOptions, chunked
-from tokembed.sources.files import folder_files
-from tokembed.sources.files import special_file_problem
+from tokembed.sources.files import folder_files, special_file_problem
 
 
 def read_text_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
