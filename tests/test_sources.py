@@ -278,3 +278,35 @@ def test_encode_refuses_a_mixed_folder_and_keeps_the_index(cli, minilm_path, tmp
     assert result.exit_code == 3, result.output
     assert f"{folder}: the folder holds both data files (export.jsonl) and documents (a.txt, b.txt)" in result.output
     assert (out / "manifest.json").read_bytes() == before
+
+
+def test_a_run_walks_each_input_folder_once(cli, minilm_path, tmp_path, monkeypatch):
+    """The input checks, the readers, the ignored-files list, the journal's signature and the id check each walked
+    the folder again (eight walks a run: 9 of 10 s of a run over a folder of 30,000 files); one walk serves them
+    all, leaving out the index inside it, and the next run walks afresh (it sees the file added since)."""
+    import json
+
+    import tokembed.sources.files as files
+
+    walked = []
+    walk_paths = files.walk_paths
+    monkeypatch.setattr(files, "walk_paths", lambda folder, skip=None: walked.append(folder) or walk_paths(folder, skip))
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha")
+    (folder / "sub" / "b.md").write_text("beta")
+    (folder / "notes.docx").write_bytes(b"no reader takes it")
+    (folder / "again.txt").symlink_to(folder / "a.txt")
+    out = folder / "index"  # inside the input folder
+    result = cli("encode", folder, "--model", minilm_path, "-o", out, "--log-format", "json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert walked == [folder]
+    (folder / "c.txt").write_text("gamma")
+    result = cli("encode", folder, "--model", minilm_path, "-o", out, "--log-format", "json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert walked == [folder, folder]
+    summary = json.loads(result.stdout)
+    assert (summary["added"], summary["unchanged"]) == (1, 2)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["ignored"]) == [f"{folder / 'again.txt'} (the same file as {folder / 'a.txt'}, read once)",
+                                           str(folder / "notes.docx")]

@@ -30,7 +30,7 @@ from tokembed.index.manifest_build import build_manifest
 from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks
 from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input, estimate_rows, ignored_files
-from tokembed.sources.files import files_linked_twice
+from tokembed.sources.files import files_linked_twice, refuse_inputs_given_twice
 from tokembed.sources.id_source import id_column_read
 
 class Progress(Protocol):
@@ -137,6 +137,7 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     from tokembed.models.resolve import DEMO_NOTICE
 
     progress = progress or NullProgress()
+    job = _with_own_walks(job)
     _check_job(job)
     if job.wait_seconds == 0:
         refuse_if_locked(job.output)
@@ -173,6 +174,13 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     return summary
 
 
+def _with_own_walks(job: EncodeJob) -> EncodeJob:
+    """Each input folder walked once in this run, the index left out (``files.FolderWalks``)."""
+    from tokembed.sources.files import FolderWalks
+
+    return replace(job, sources=replace(job.sources, walks=FolderWalks(job.output)))
+
+
 def _with_base_folder_absolute(job: EncodeJob, embedder) -> EncodeJob:
     """``--base-model`` given as a relative folder: the manifest records it absolute, for a ``score`` or ``serve``
     run from another folder."""
@@ -194,7 +202,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     previous = _previous_index(job, settings_fp, embedder.weights_sha256, progress)
     replaced = previous or _replaced_index(job)  # what a full rebuild's added / updated / deleted compare with
     summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)
-    summary.ignored = ignored_files(job.inputs, job.sources, job.output) + files_linked_twice(job.inputs, job.output)
+    summary.ignored = ignored_files(job.inputs, job.sources, job.output) + files_linked_twice(job.inputs, job.output, job.sources.walks)
     committed_ids = replaced.index.manifest.get("id_column") if replaced and not job.full else None
     summary.id_column = id_column_read(job.inputs, job.sources, committed_ids)  # refuses a renamed id column
     journal = resume_journal(job.output, run_signature(job, embedder.weights_sha256, settings_fp, previous, replaced))
@@ -208,7 +216,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
         setattr(summary, key, value)
     runner = open_runner(embedder, job, progress)
     try:
-        progress.start(estimate_rows(job.inputs))
+        progress.start(estimate_rows(job.inputs, job.sources))
         input_problem = getattr(embedder.encoder, "input_problem", None)  # a vision processor's refusals: bad rows
         seen_previous = _encode_stream(job, runner, settings_fp, (previous, replaced), writer, journal, summary, progress,
                                        input_problem)
@@ -384,17 +392,5 @@ def _check_job(job: EncodeJob) -> None:
         check_nbits(job.nbits)
     for path in job.inputs:  # before the model loads: a mistyped path is said in a moment, not after seconds
         check_input(path)
-    _check_inputs_given_once(job.inputs)
+    refuse_inputs_given_twice(job.inputs, job.sources.walks)
 
-
-def _check_inputs_given_once(inputs: list[Path]) -> None:
-    """An input given twice (or a file inside a folder also given) would read its rows twice: every id a duplicate."""
-    from tokembed.sources.files import file_in_two_inputs, inside
-
-    for position, path in enumerate(inputs):
-        for other in inputs[:position]:
-            if inside(path, other) or inside(other, path):
-                how = "the same as" if path.resolve() == other.resolve() else "inside" if inside(path, other) else "the folder of"
-                raise UsageError(f"input {path} is {how} input {other}: its rows would be read twice", hint="give each input once")
-    if repeated := file_in_two_inputs(inputs):  # the same, through a link (or a hard link)
-        raise UsageError(f"{repeated}: its rows would be read twice", hint="give each input once (a link in an input folder reaches its file again)")

@@ -18,14 +18,14 @@ from tokembed.index.atomic import atomic_write_bytes, sha256_file
 JOURNAL = "run-journal.json"
 
 
-def input_signature(inputs: list[Path], output: Path | None = None) -> list[list]:
+def input_signature(inputs: list[Path], output: Path | None = None, walks=None) -> list[list]:
     """Name, size and mtime of every input file (a changed corpus invalidates a journal); the files of the
     ``output`` index are not inputs, even when it lies inside an input folder (they change as the run goes)."""
-    from tokembed.sources.files import walk_files
+    from tokembed.sources.files import files_of
 
     entries = []
     for path in inputs:
-        files = [path] if path.is_file() else walk_files(path, skip=output)
+        files = [path] if path.is_file() else files_of(path, walks, skip=output)
         for file in files:
             try:
                 stat = file.stat()
@@ -44,7 +44,7 @@ def run_signature(job, weights_sha256: str, settings_fp: str, previous, replaced
     return {
         "settings_fingerprint": settings_fp,
         "weights_sha256": weights_sha256,  # the model fingerprint samples the weight files' edges only
-        "inputs": input_signature(job.inputs, job.output),
+        "inputs": input_signature(job.inputs, job.output, job.sources.walks),
         "sources": [sources.id_column, sources.text_column, sources.chunk_rows, *pdf],
         # not the index the run started from: a run killed after its commit left the journal of the one it replaces
         "base": replaced.index.manifest.get("created_at") if replaced else None,

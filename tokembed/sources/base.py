@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError, UsageError
-from tokembed.sources.files import folder_files, refuse_special_file, special_file_problem, walk_files
+from tokembed.sources.files import FolderWalks, files_of, refuse_special_file, special_file_problem, walk_files
 
 TEXT_SUFFIXES = (".txt", ".md")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -69,6 +69,7 @@ class SourceOptions:
     pdf_column_given: bool = False
     video_column: str = "video"  # Parquet/JSONL column of videos (bytes, a path, {bytes, path}); image models
     video_column_given: bool = False
+    walks: FolderWalks | None = field(default=None, compare=False, repr=False)  # the run's folder walks (files.py)
 
 
 def open_sources(inputs: list[Path], options: SourceOptions) -> Iterator[list[Item]]:
@@ -215,7 +216,7 @@ def _readers(path: Path, options: SourceOptions) -> list:
     from tokembed.sources.jsonl import read_jsonl
     from tokembed.sources.parquet import read_parquet
 
-    files = walk_files(path) if path.is_dir() else None
+    files = files_of(path, options.walks) if path.is_dir() else None
     check_input(path, options.modality, files)
     if path.is_file():
         if path.suffix == ".parquet":
@@ -228,17 +229,17 @@ def _readers(path: Path, options: SourceOptions) -> list:
     data_files = [file for file in files if is_data_file(file)]
     if data_files:  # a folder of Parquet / JSONL files (and no documents: check_input) is read for those, in path order
         return [(file, read_parquet if file.suffix == ".parquet" else read_jsonl) for file in data_files]
-    return _folder_readers(path, options.modality)
+    return _folder_readers(path, options.modality, files)
 
 
-def _folder_readers(path: Path, modality: str) -> list:
+def _folder_readers(path: Path, modality: str, files: list[Path]) -> list:
     """A folder of text files, images and/or PDFs: read what the modality asks for (PDFs in any modality:
     their text layer for text models, their rendered pages for image models)."""
     from tokembed.sources.images import read_image_folder
     from tokembed.sources.pdf import PDF_SUFFIX, read_pdf_folder
     from tokembed.sources.textdir import read_text_folder
 
-    suffixes = {p.suffix for p in folder_files(path)}
+    suffixes = {p.suffix for p in files}
     has_text = bool(suffixes & set(TEXT_SUFFIXES))
     has_images = bool({suffix.lower() for suffix in suffixes} & set(IMAGE_SUFFIXES))
     has_pdfs = PDF_SUFFIX in {suffix.lower() for suffix in suffixes}
@@ -279,7 +280,7 @@ def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | Non
     taken = taken_suffixes(options.modality)
     ignored = []
     for path in inputs:
-        files = walk_files(path, skip=output) if path.is_dir() else []  # not the index's own files, however reached
+        files = files_of(path, options.walks, skip=output) if path.is_dir() else []  # not the index's own files
         if any(is_data_file(file) for file in files):
             ignored += [str(p) for p in files if not is_data_file(p)]
             continue
@@ -337,7 +338,7 @@ def chunked(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
-def estimate_rows(inputs: list[Path]) -> int | None:
+def estimate_rows(inputs: list[Path], options: SourceOptions | None = None) -> int | None:
     """Row count for the progress bar where it is cheap to know (Parquet metadata, text folders)."""
     import pyarrow.parquet as pq
 
@@ -347,7 +348,7 @@ def estimate_rows(inputs: list[Path]) -> int | None:
             if path.is_file() and path.suffix == ".parquet":
                 total += pq.ParquetFile(path).metadata.num_rows
             elif path.is_dir():
-                files = walk_files(path)
+                files = files_of(path, options and options.walks)
                 if any(p.suffix == ".jsonl" for p in files):
                     return None  # lines are known once read
                 parquet = [p for p in files if p.suffix == ".parquet"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
-from tokembed.errors import BadInputError
+from tokembed.errors import BadInputError, UsageError
 
 
 def special_file_problem(path: Path | str) -> str | None:
@@ -50,8 +51,7 @@ def each_file_once(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, Path
     kept: list[Path] = []
     twice: list[tuple[Path, Path]] = []
     first: dict[tuple[int, int], Path] = {}
-    for path in sorted(paths, key=lambda path: (os.path.islink(path), path)):
-        key = file_key(path)
+    for _, path, key in sorted((_keyed(path) for path in paths), key=lambda entry: (entry[0], entry[1].parts)):
         if key is not None and key in first:
             twice.append((path, first[key]))
             continue
@@ -61,14 +61,75 @@ def each_file_once(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, Path
     return kept, sorted(twice)
 
 
-def files_linked_twice(inputs: list[Path], output: Path | None = None) -> list[str]:
+class FolderWalks:
+    """One run's walks of its input folders (``encode_corpus`` makes one per run: files change between runs): each
+    folder is walked once, leaving out ``skip`` (the run's index), and every later look at it (the input checks, the
+    readers, the ignored-files list, the journal's signature, the id column check) sees the files of that one walk.
+    A copy (pickled) starts with no walks."""
+
+    def __init__(self, skip: Path | None = None) -> None:
+        self.skip = skip
+        self._walks: dict[Path, tuple[list[Path], list[tuple[Path, Path]]]] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"skip": self.skip}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["skip"])
+
+    def files(self, folder: Path) -> list[Path]:
+        """``walk_files(folder, self.skip)``, walked once."""
+        return list(self._walk(folder)[0])
+
+    def linked_twice(self, folder: Path) -> list[tuple[Path, Path]]:
+        """The paths ``files`` leaves out, each with the path its file is read under."""
+        return list(self._walk(folder)[1])
+
+    def _walk(self, folder: Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
+        with self._lock:
+            if folder not in self._walks:
+                kept, twice = each_file_once(walk_paths(folder, self.skip))
+                self._walks[folder] = sorted(kept, key=in_path_order), twice
+            return self._walks[folder]
+
+
+def in_path_order(path: Path) -> tuple[str, ...]:
+    """Sort key giving ``Path``'s own order (by parts), several times faster than comparing ``Path`` objects."""
+    return path.parts
+
+
+def _keyed(path: Path) -> tuple[bool, Path, tuple[int, int] | None]:
+    """(whether ``path`` is a link, it, ``file_key``), with one ``lstat`` for a path that is no link."""
+    try:
+        info = os.lstat(path)
+    except (OSError, ValueError):
+        return False, path, None
+    if stat.S_ISLNK(info.st_mode):
+        return True, path, file_key(path)
+    return False, path, (info.st_dev, info.st_ino)
+
+
+def files_linked_twice(inputs: list[Path], output: Path | None = None, walks: FolderWalks | None = None) -> list[str]:
     """What the manifest's ``ignored`` lists for the paths of input folders that ``walk_files`` leaves out (a second
     path to a file), each with the path its file is read under."""
+    walks = walks or FolderWalks(output)
     return [f"{path} (the same file as {first}, read once)" for given in inputs if given.is_dir()
-            for path, first in each_file_once(walk_paths(given, output))[1]]
+            for path, first in walks.linked_twice(given)]
 
 
-def file_in_two_inputs(inputs: list[Path]) -> str | None:
+def refuse_inputs_given_twice(inputs: list[Path], walks: FolderWalks | None = None) -> None:
+    """An input given twice (or a file inside a folder also given) would read its rows twice: every id a duplicate."""
+    for position, path in enumerate(inputs):
+        for other in inputs[:position]:
+            if inside(path, other) or inside(other, path):
+                how = "the same as" if path.resolve() == other.resolve() else "inside" if inside(path, other) else "the folder of"
+                raise UsageError(f"input {path} is {how} input {other}: its rows would be read twice", hint="give each input once")
+    if repeated := file_in_two_inputs(inputs, walks):  # the same, through a link (or a hard link)
+        raise UsageError(f"{repeated}: its rows would be read twice", hint="give each input once (a link in an input folder reaches its file again)")
+
+
+def file_in_two_inputs(inputs: list[Path], walks: FolderWalks | None = None) -> str | None:
     """Which file two inputs reach (a folder holding a link to a file given directly, or to a file of another input
     folder), whose rows would be read twice; or None."""
     if len(inputs) < 2:
@@ -76,7 +137,7 @@ def file_in_two_inputs(inputs: list[Path]) -> str | None:
     first: dict[tuple[int, int], tuple[Path, Path]] = {}
     for given in inputs:
         here = {}
-        for path in [given] if given.is_file() else walk_files(given) if given.is_dir() else []:
+        for path in [given] if given.is_file() else files_of(given, walks) if given.is_dir() else []:
             key = file_key(path)
             if key in first:
                 return f"{_in_input(path, given)} is the same file as {_in_input(*first[key])}"
@@ -90,9 +151,14 @@ def _in_input(path: Path, given: Path) -> str:
     return f"input {path}" if path == given else f"{path} (in input {given})"
 
 
-def folder_files(folder: Path, wanted=lambda path: True) -> list[Path]:
+def folder_files(folder: Path, wanted=lambda path: True, walks: FolderWalks | None = None) -> list[Path]:
     """The files under ``folder`` that ``wanted`` takes, in path order (see ``walk_files``)."""
-    return [path for path in walk_files(folder) if wanted(path)]
+    return [path for path in files_of(folder, walks) if wanted(path)]
+
+
+def files_of(folder: Path, walks: FolderWalks | None, skip: Path | None = None) -> list[Path]:
+    """``walk_files(folder, skip)``, or the run's walk of it (which leaves out the run's index) when it has one."""
+    return walks.files(folder) if walks is not None else walk_files(folder, skip)
 
 
 def walk_files(folder: Path, skip: Path | None = None) -> list[Path]:
@@ -104,7 +170,7 @@ def walk_files(folder: Path, skip: Path | None = None) -> list[Path]:
     bad row (cannot read) instead of it vanishing from the run unsaid. Each real file is listed once, under one
     path (``files.each_file_once``). A folder that cannot be listed is exit 3 (its documents would otherwise be
     deleted from the index unsaid). ``skip``: a folder left out (the index)."""
-    return sorted(each_file_once(walk_paths(folder, skip))[0])
+    return sorted(each_file_once(walk_paths(folder, skip))[0], key=in_path_order)
 
 
 def walk_paths(folder: Path, skip: Path | None = None) -> list[Path]:

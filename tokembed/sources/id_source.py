@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tokembed.errors import BadInputError
 from tokembed.sources.base import DATA_SUFFIXES, SourceOptions
-from tokembed.sources.files import walk_files
+from tokembed.sources.files import files_of
 
 
 def id_column_read(inputs: list[Path], options: SourceOptions, committed: str | None) -> str | None:
@@ -20,7 +20,7 @@ def id_column_read(inputs: list[Path], options: SourceOptions, committed: str | 
     (None: row numbers, or an index of an earlier release): an input without this run's id column is then
     refused (``BadInputError``)."""
     every = None
-    for file in data_files(inputs):
+    for file in data_files(inputs, options.walks):
         names = _id_candidates(file)
         if names is None:
             continue
@@ -31,14 +31,14 @@ def id_column_read(inputs: list[Path], options: SourceOptions, committed: str | 
     return options.id_column if every else None
 
 
-def data_files(inputs: list[Path]) -> list[Path]:
+def data_files(inputs: list[Path], walks=None) -> list[Path]:
     """The Parquet and JSONL files the inputs are read for (a folder's, in path order, as the readers take them)."""
     files = []
     for path in inputs:
         if path.is_file():
             files += [path] if path.suffix in DATA_SUFFIXES else []
         elif path.is_dir():
-            files += [file for file in walk_files(path) if file.suffix in DATA_SUFFIXES]
+            files += [file for file in files_of(path, walks) if file.suffix in DATA_SUFFIXES]
     return files
 
 

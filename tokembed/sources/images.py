@@ -255,14 +255,14 @@ def _done(item: Item | Future) -> Item:
 # -- a folder of images -----------------------------------------------------------------------------
 
 
-def image_files(folder: Path) -> list[Path]:
-    return folder_files(folder, is_image_file)
+def image_files(folder: Path, walks=None) -> list[Path]:
+    return folder_files(folder, is_image_file, walks)
 
 
 def read_image_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
     """One item per image file, id = path relative to the folder, in path order."""
     size = min(options.chunk_rows, options.image_chunk_rows)
-    decoding = (in_background(_file_item, folder, file, options.max_image_pixels) for file in image_files(folder))
+    decoding = (in_background(_file_item, folder, file, options.max_image_pixels) for file in image_files(folder, options.walks))
     return chunked(in_order(decoding), size)
 
 

@@ -53,8 +53,8 @@ def is_pdf_file(path: Path) -> bool:
     return path.suffix.lower() == PDF_SUFFIX
 
 
-def pdf_files(folder: Path) -> list[Path]:
-    return folder_files(folder, is_pdf_file)
+def pdf_files(folder: Path, walks=None) -> list[Path]:
+    return folder_files(folder, is_pdf_file, walks)
 
 
 def is_empty_page(item: Item) -> bool:
@@ -69,7 +69,7 @@ def read_pdf_folder(folder: Path, options: SourceOptions, offset: int) -> Iterat
     """Every page of every PDF under ``folder``, in path then page order."""
     items = (
         page
-        for file in pdf_files(folder)
+        for file in pdf_files(folder, options.walks)
         for page in pdf_pages(file, file.relative_to(folder).as_posix(), str(file), 0, options)
     )
     return chunked(items, chunk_size(options, images=options.modality == "image"))

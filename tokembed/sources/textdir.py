@@ -10,7 +10,7 @@ from tokembed.sources.files import folder_files, special_file_problem
 
 
 def read_text_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
-    files = folder_files(folder, lambda path: path.suffix in TEXT_SUFFIXES)
+    files = folder_files(folder, lambda path: path.suffix in TEXT_SUFFIXES, options.walks)
     return chunked((_item(folder, file) for file in files), options.chunk_rows)
 
 

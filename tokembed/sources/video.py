@@ -222,8 +222,8 @@ def _import_av():
 # -- a folder of videos -----------------------------------------------------------------------------
 
 
-def video_files(folder: Path) -> list[Path]:
-    return folder_files(folder, is_video_file)
+def video_files(folder: Path, walks=None) -> list[Path]:
+    return folder_files(folder, is_video_file, walks)
 
 
 def read_video_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
@@ -232,7 +232,7 @@ def read_video_folder(folder: Path, options: SourceOptions, offset: int) -> Iter
 
     _import_av()  # a clear error before the first file rather than one per file
     size = min(options.chunk_rows, options.image_chunk_rows)
-    probing = (in_background(_file_item, folder, file, options.max_image_pixels) for file in video_files(folder))  # PyAV decodes without the GIL
+    probing = (in_background(_file_item, folder, file, options.max_image_pixels) for file in video_files(folder, options.walks))  # PyAV decodes without the GIL
     return chunked(in_order(probing), size)
 
 
