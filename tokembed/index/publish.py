@@ -1,0 +1,99 @@
+"""Publishing an export: written into a hidden staging folder on the target's file system, published only once
+complete (``published``), so that a failed or interrupted export leaves the target as it was.
+
+A new ``PATH`` is staged as ``.NAME.export-tmp-PID`` beside it and published by one rename of the whole folder. An
+existing folder ``PATH`` (an empty one for Parquet, a LanceDB database) is kept as it is (a working folder, a mount
+point, its owner and ACLs): staged as ``PATH/.export-tmp-PID`` inside it, whose entries are moved out one by one.
+A SIGKILLed export's staging folder is removed by the next export beside it (``remove_dead_staging``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tokembed.errors import IndexWriteError, UsageError
+
+# The hidden staging folders exports make: ``.NAME.export-tmp-PID`` beside PATH, ``.export-tmp-PID`` inside it.
+STAGING_NAME = re.compile(r"\.(?:.+\.)?export-tmp-(\d+)", re.DOTALL)
+
+
+@contextmanager
+def published(to: Path) -> Iterator[Path]:
+    """A staging folder for the export, published as ``to`` when the block ends without an error: beside a new
+    ``to`` and renamed into place, or inside an existing folder ``to`` and its entries moved in (module doc)."""
+    inside = to.is_dir()
+    with _staging(to, inside) as staging:
+        yield staging
+        _publish_entries(staging, to) if inside else _publish_folder(staging, to)
+
+
+@contextmanager
+def _staging(to: Path, inside: bool) -> Iterator[Path]:
+    """A new hidden folder on ``to``'s file system, removed when the block ends whatever happened: beside ``to``,
+    or with ``inside`` in the existing folder ``to`` itself (see the module doc)."""
+    target, pid = to.resolve(), os.getpid()
+    staging = target / f".export-tmp-{pid}" if inside else target.parent / f".{target.name}.export-tmp-{pid}"
+    try:
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed run of this very pid
+        staging.mkdir()
+    except OSError as exc:
+        raise IndexWriteError(f"--to {to}: cannot create a staging folder {staging} ({exc.strerror or exc})") from exc
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_dead_staging(to: Path) -> None:
+    """Staging folders that SIGKILLed exports left beside ``to`` (of any name) or inside it: no ``finally`` of
+    theirs removed them. Only those whose process is gone (``remove_dead_processes_entries``)."""
+    from tokembed.index.atomic import remove_dead_processes_entries
+
+    target = to.resolve()
+    remove_dead_processes_entries(target.parent, STAGING_NAME)
+    if target.is_dir():
+        remove_dead_processes_entries(target, STAGING_NAME)
+
+
+def _publish_folder(staging: Path, to: Path) -> None:
+    """Publish the staging folder beside a new path ``to`` as ``to`` by one rename: all of it or nothing."""
+    from tokembed.index.atomic import fsync_dir
+
+    target = to.resolve()
+    try:
+        os.rename(staging, target)
+        fsync_dir(target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise UsageError(f"--to {to}: created by another process while exporting",
+                             hint="export again to a new path") from exc
+        raise IndexWriteError(f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
+
+
+def _publish_entries(staging: Path, to: Path) -> None:
+    """Move the entries of the staging folder inside ``to`` into ``to``, one rename each, undone if one fails,
+    never replacing an entry. Not atomic for more than one entry: a kill in between leaves the first ones."""
+    from tokembed.index.atomic import fsync_dir
+
+    target, moved = to.resolve(), []
+    try:
+        for entry in sorted(staging.iterdir()):
+            if (target / entry.name).exists():  # written by another process since the export started
+                raise UsageError(f"--to {to}: {entry.name} appeared while exporting", hint="export again to a new path")
+            os.rename(entry, target / entry.name)
+            moved.append(entry.name)
+        fsync_dir(target)
+    except BaseException as exc:
+        for name in moved:  # back into staging, which the caller removes: ``to`` is left as it was
+            os.rename(target / name, staging / name)
+        if isinstance(exc, OSError):
+            raise IndexWriteError(f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
+        raise
