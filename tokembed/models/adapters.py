@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tokembed.errors import ModelError
 
@@ -46,11 +43,6 @@ _REFUSED_OPTIONS = {
     "megatron_config": "Megatron layers",
     "arrow_config": "Arrow routing",
 }
-# Files a processor or tokenizer reads: the adapter folder's win over the base's.
-_PROCESSOR_FILES = re.compile(
-    r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)|merges\.txt|.*\.model|"
-    r"preprocessor_config\.json|processor_config\.json|video_preprocessor_config\.json|chat_template.*)$"
-)
 
 
 def is_adapter(path: Path) -> bool:
@@ -337,33 +329,6 @@ def _base_hint(config: dict) -> str:
     return f"its adapter_config.json names base {config.get('base_model_name_or_path')!r}"
 
 
-# -- processor files: the adapter's win ------------------------------------------------------------------
-
-
-def has_processor_files(adapter: Path) -> bool:
-    return any(_PROCESSOR_FILES.match(p.name) for p in Path(adapter).iterdir() if p.is_file())
-
-
-@contextmanager
-def processor_overlay(base: Path, adapter: Path) -> Iterator[Path | None]:
-    """A temporary folder holding the base's files with the adapter's processor/tokenizer files over them
-    (None when the adapter ships none)."""
-    if not has_processor_files(adapter):
-        yield None
-        return
-    folder = Path(tempfile.mkdtemp(prefix="tokembed-processor-"))
-    try:
-        adapter_files = {p.name for p in Path(adapter).iterdir() if p.is_file() and _PROCESSOR_FILES.match(p.name)}
-        for source in Path(base).iterdir():
-            if source.is_file() and source.name not in adapter_files and not source.name.endswith((".safetensors", ".bin")):
-                (folder / source.name).symlink_to(source.resolve())
-        for name in adapter_files:
-            (folder / name).symlink_to((Path(adapter) / name).resolve())
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 # -- loading a base + adapter ------------------------------------------------------------------------------
 
 
@@ -378,6 +343,8 @@ def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) ->
     if is_adapter(base):
         raise ModelError(f"{base}: the adapter's base is itself an adapter; tokembed applies one adapter over a base")
     key = detect(base, options.trust_remote_code)
+    from tokembed.models.processor_overlay import processor_overlay
+
     with processor_overlay(base, adapter) as overlay:
         loaded = family_class(key).load(base, replace(options, processor_path=overlay) if overlay else options)
     names = (getattr(loaded, "extra", None) or {}).get("tensor_names")
