@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 
 import numpy as np
@@ -232,6 +233,16 @@ def _rename_one_pair(adapter) -> None:
     save_file(tensors, str(adapter / "adapter_model.safetensors"))
 
 
+def _retype(adapter, part: str, cast) -> None:
+    """Layer 0's q_proj ``part`` stored as another dtype (peft would cast it back to float: other numbers)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    name = f"base_model.model.language_model.layers.0.self_attn.q_proj.{part}"
+    tensors[name] = cast(tensors[name])
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+
+
 def _truncate(adapter) -> None:
     file = adapter / "adapter_model.safetensors"
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
@@ -253,6 +264,9 @@ BAD = {
     # peft applies one of the two depending on the modules it wraps; the last one read won silently
     "two namings of one module": (lambda a: _rename_one_pair(a), "both read as"),
     # peft only warns and runs the base's untrained copy
+    "an int8 lora_B": (lambda a: _retype(a, "lora_B.weight", lambda t: (t * 10).to(torch.int8)),
+                       "q_proj.lora_B.weight is stored as torch.int8"),
+    "a bool lora_A": (lambda a: _retype(a, "lora_A.weight", lambda t: t > 0), "q_proj.lora_A.weight is stored as torch.bool"),
     "modules_to_save without its tensors": (lambda a: _edit_config(a, modules_to_save=["custom_text_proj"]),
                                             "lists 'custom_text_proj' in modules_to_save, but the file holds no tensor"),
 }
@@ -268,6 +282,23 @@ def test_bad_adapters_are_refused(engine, pages, tmp_path, cli, case):
     assert result.exit_code == 4, result.stderr
     assert named in result.stderr
     assert not (out / "manifest.json").exists()
+
+
+def test_an_integer_modules_to_save_copy_is_refused(engine, pages, tmp_path, cli):
+    """The trained copy of a ``modules_to_save`` module is a full weight: stored as int8, peft cast it, exit 0."""
+    from safetensors.torch import load_file, save_file
+
+    base = engine["ColQwen2"][0]
+    adapter = build_adapter(copy.deepcopy(_load(base).model), tmp_path / "adapter", str(base),
+                            target_modules=r".*language_model.*(q_proj|v_proj)$", modules_to_save=["custom_text_proj"])
+    file = adapter / "adapter_model.safetensors"
+    tensors = load_file(str(file))
+    name = "base_model.model.custom_text_proj.weight"
+    tensors[name] = (tensors[name] * 100).to(torch.int8)
+    save_file(tensors, str(file))
+    result = cli("encode", pages, "--model", adapter, "-o", tmp_path / "index")
+    assert result.exit_code == 4, result.stderr
+    assert f"{file}: adapter tensor {name} is stored as torch.int8" in result.stderr
 
 
 def test_an_option_a_newer_peft_writes_at_its_default_is_accepted(engine, pages, tmp_path, cli):
@@ -414,6 +445,23 @@ def test_serve_two_lora_modules_equal_encode_with_each(checkpoint_store, tmp_pat
         assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "NotFoundError"
     finally:
         server.stop()
+
+
+def test_serve_refuses_a_lora_module_with_an_integer_tensor(checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from tokembed.errors import ModelError
+    from tokembed.serve import EmbeddingService, ServeOptions
+
+    base = checkpoint("pylate_bert")
+    adapter = _text_adapter(base, tmp_path / "legal")
+    file = adapter / "adapter_model.safetensors"
+    tensors = load_file(str(file))
+    name = next(name for name in sorted(tensors) if "lora_B" in name)
+    tensors[name] = (tensors[name] * 10).to(torch.int8)
+    save_file(tensors, str(file))
+    with pytest.raises(ModelError, match=f"adapter tensor {re.escape(name)} is stored as torch.int8"):
+        EmbeddingService.load(str(base), "cpu", ServeOptions(lora_modules=(("legal", str(adapter)),)))
 
 
 def test_lora_modules_flag_needs_name_equals_path(cli, tmp_path):

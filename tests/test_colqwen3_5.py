@@ -257,6 +257,17 @@ def test_a_checkpoint_that_does_not_match_is_exit_4_and_writes_nothing(cli, chec
     assert not (out / "manifest.json").exists()
 
 
+def test_a_dim_that_is_not_a_positive_whole_number_is_refused(checkpoint, tmp_path):
+    """``dim`` 24.5 over a 24-row projection loaded as 24 (colpali-engine's nn.Linear refuses a float)."""
+    from tokembed.errors import ModelError
+
+    path = _copy(checkpoint, tmp_path / "ckpt")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "dim": qwen_checkpoints.COLQWEN3_5_DIM + 0.5}))
+    with pytest.raises(ModelError, match=r"config\.json: dim is 24\.5, not a positive whole number"):
+        load_model(path, LoadOptions())
+
+
 def test_encode_images_and_videos_then_score_equals_brute_force_maxsim(cli, checkpoint, videos, tmp_path):
     corpus = tmp_path / "corpus"
     shutil.copytree(videos, corpus)

@@ -308,6 +308,36 @@ def test_16_bit_grayscale_is_scaled_to_8_bits():
     assert [image.getpixel((x, 0)) for x in range(3)] == [(0, 0, 0), (128, 128, 128), (255, 255, 255)]
 
 
+def test_32_bit_integer_grayscale_is_scaled_by_its_range():
+    """Mode I past 65535 was divided by 257 as if 16-bit: a page of values up to 2**31 - 1 came out all white."""
+    signed = Image.fromarray(np.array([[0, 2**30, 2**31 - 1, -5]], dtype=np.int32))
+    assert signed.mode == "I"
+    image = decoded(encoded(signed, "TIFF"))
+    assert [image.getpixel((x, 0))[0] for x in range(4)] == [0, 128, 255, 0]
+    # a TIFF of unsigned 32-bit samples (SampleFormat 1): Pillow reads 3e9 into int32 as a negative number
+    wrapped = np.array([[0, 2**31, 2**32 - 1]], dtype=np.uint32).view(np.int32)
+    image = decoded(unsigned_tiff(encoded(Image.fromarray(wrapped), "TIFF")))
+    assert [image.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
+    eight_bit = decoded(encoded(Image.fromarray(np.array([[0, 77, 255]], dtype=np.int32)), "TIFF"))
+    assert [eight_bit.getpixel((x, 0))[0] for x in range(3)] == [0, 77, 255]  # as Pillow's convert reads it
+
+
+def unsigned_tiff(data: bytes) -> bytes:
+    """A little-endian TIFF Pillow wrote for mode I (SampleFormat 2, which it always writes), marked SampleFormat 1."""
+    signed = struct.pack("<HHIH", 339, 3, 1, 2)  # tag, SHORT, one value, 2 (signed integer)
+    assert data.count(signed) == 1
+    return data.replace(signed, struct.pack("<HHIH", 339, 3, 1, 1))
+
+
+def test_a_page_its_bit_depth_would_turn_into_one_gray_level_is_refused():
+    """An 8-bit page saved as int32 x 1000 (0 to 255,000): all white before, all black over the 32-bit range."""
+    page_values = (np.arange(64, dtype=np.int32).reshape(8, 8) * 4) * 1000
+    with pytest.raises(ImageDecodeError, match=r"values \(0 to 252000\) all become gray level 0 .* blank page"):
+        decode_image(encoded(Image.fromarray(page_values), "TIFF"))
+    uniform = decoded(encoded(Image.fromarray(np.full((2, 2), 100_000, dtype=np.int32)), "TIFF"))
+    assert uniform.getpixel((0, 0)) == (0, 0, 0)  # one gray level already: nothing lost
+
+
 def test_first_frame_of_an_animated_gif():
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)

@@ -16,7 +16,7 @@ import pytest
 import vision_checkpoints
 from helpers import read_index, write_parquet
 from jina_checkpoints import build_jina_colbert
-from tokembed.models.weights import tensor_names
+from tokembed.models.weights import safetensors_header, tensor_names
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France."]
 SAMPLE_IMAGES = vision_checkpoints.REMOTE_CODE_DIR.parent.parent / "sample_data" / "images"
@@ -115,6 +115,23 @@ def test_a_missing_projection_bias_of_a_vision_checkpoint(cli, built, tmp_path):
         cli, model, SAMPLE_IMAGES, tmp_path, drop_bias,
         needles=("embedding_proj_layer.bias", "not in the checkpoint"),
     )
+
+
+@pytest.mark.parametrize("family, name", [("colpali", "vlm.vision_tower.encoder.layers.0.self_attn.q_proj.weight"),
+                                          ("colqwen2", "vlm.visual.blocks.0.norm1.weight")])
+def test_a_tensor_of_the_wrong_shape_is_named_with_both_shapes(cli, built, tmp_path, family, name):
+    """transformers' own message pointed at a report tokembed keeps off stderr: no tensor, no shape."""
+    import torch
+
+    model = shutil.copytree(built(family), tmp_path / family)
+    shape = tuple(safetensors_header(model / "model.safetensors")[name]["shape"])
+    wider = (shape[0] + 1, *shape[1:])
+
+    def widen(folder):
+        rewrite_weights(folder, lambda t: {**t, name: torch.cat([t[name], t[name][:1]])})
+
+    encode_then_break(cli, model, SAMPLE_IMAGES, tmp_path, widen,
+                      needles=(f"{name} (in {model / 'model.safetensors'}): checkpoint {wider}, model {shape}",))
 
 
 def test_a_vision_checkpoint_without_its_tokenizer_settings(cli, built, tmp_path):

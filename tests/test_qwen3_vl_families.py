@@ -319,6 +319,36 @@ def test_incomplete_checkpoints_exit_4_without_an_index(name, edit, message, bui
     assert not (out / "manifest.json").exists()
 
 
+def _edit_config(source: Path, target: Path, **changes) -> Path:
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config.update(changes)
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+@pytest.mark.parametrize(
+    "name, key, value",
+    [("ops", "dims", -4), ("ops", "dims", 0), ("ops", "dims", 16.5), ("ops", "dims", True), ("ops", "dims", "24"),
+     ("ops", "dims", 33), ("tomoro", "embed_dim", 16.5)],
+    ids=["ops-negative", "ops-zero", "ops-float", "ops-bool", "ops-string", "ops-wider", "tomoro-float"],
+)
+def test_an_output_width_that_is_not_a_positive_whole_number_is_refused(name, key, value, built, tmp_path):
+    """Ops' ``dims`` -4 was a traceback, 0 the full width, 16.5 / true the first 16 / 1 columns (exit 0)."""
+    from tokembed.errors import ModelError
+
+    path = _edit_config(built(name), tmp_path / "ckpt", **{key: value})
+    with pytest.raises(ModelError, match=rf"config\.json: {key} "):
+        load_model(path)
+
+
+def test_a_refused_output_width_is_exit_4(built, cli, tmp_path):
+    path = _edit_config(built("ops"), tmp_path / "ckpt", dims=-4)
+    result = cli("encode", _image_folder(tmp_path / "pages"), "--model", path, "-o", tmp_path / "index")
+    assert result.exit_code == 4, result.output
+    assert "config.json: dims is -4, not a positive whole number" in result.output.replace("\n", " ")
+
+
 def test_a_refused_checkpoint_leaves_the_previous_index_untouched(built, cli, tmp_path):
     pages, out = _image_folder(tmp_path / "pages"), tmp_path / "index"
     assert cli("encode", pages, "--model", built("tomoro"), "-o", out).exit_code == 0

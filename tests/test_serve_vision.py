@@ -67,6 +67,15 @@ def test_a_query_longer_than_the_models_positions_is_a_400_and_the_server_keeps_
     assert server.post("/pooling", {"input": "invoice total", "input_type": "query"}).status_code == 200
 
 
+def test_a_query_holding_the_image_placeholder_is_a_400_that_says_why(server):
+    """ColPaliProcessor raises on ``<image>`` in a text without an image: that was a 500."""
+    response = server.post("/pooling", {"input": ["invoice total", "see <image> here"], "input_type": "query"})
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "a query holding '<image>', the ColPaliForRetrieval processor's image/video placeholder" in message
+    assert server.post("/pooling", {"input": "invoice total", "input_type": "query"}).status_code == 200
+
+
 def test_search_over_a_page_image_index_answers_as_score_does(cli, colpali, tmp_path):
     from tokembed.search import search
     from tokembed.serve import EmbeddingService, ServeOptions

@@ -47,7 +47,7 @@ class PlannedChunk:
 def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state, input_problem=None) -> Iterator[PlannedChunk]:
     """Read the corpus and decide, item by item, what is carried over and what is encoded. ``indexes``: (the index
     rows are carried over from, the index the added / updated / deleted counts compare with), either None.
-    ``input_problem``: the model's say on an item's image (``VisionEncoder.input_problem``), or None."""
+    ``input_problem``: the model's say on an item's image or text (``VisionEncoder.input_problem``), or None."""
     previous, counted = indexes
     # Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards.
     sources = replace(job.sources, chunk_rows=min(job.sources.chunk_rows, job.shard_rows))
@@ -87,8 +87,10 @@ def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state, input_pr
 
 
 def refused_by_model(item: Item, input_problem) -> Item:
-    """The item, as a bad row where the model's processor refuses its image (a page it cannot resize)."""
-    problem = input_problem(item.image) if item.error is None and item.image is not None else None
+    """The item, as a bad row where the model's processor refuses its image (a page it cannot resize) or its text
+    (a query holding an image placeholder)."""
+    value = item.image if item.image is not None else item.text
+    problem = input_problem(value) if item.error is None and value is not None else None
     return item if problem is None else replace(item, image=None, error=problem)
 
 

@@ -126,11 +126,23 @@ def read_adapter_tensors(path: Path) -> dict:
             if file.suffix == ".safetensors":
                 from safetensors.torch import load_file
 
-                return load_file(str(file))
-            return torch.load(file, map_location="cpu", weights_only=True)
+                tensors = load_file(str(file))
+            else:
+                tensors = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
             raise ModelError(f"{file}: cannot read the adapter's tensors ({exc})") from exc
+        _require_floating(file, tensors)
+        return tensors
     raise ModelError(f"{path}: adapter_config.json but no {' or '.join(_ADAPTER_WEIGHTS)}")
+
+
+def _require_floating(file: Path, tensors: dict) -> None:
+    """Every adapter tensor is a trained parameter: one stored as an integer or boolean type (a quantized or damaged
+    adapter) would be cast by peft into other numbers, so it is refused as ``weights.check_float`` refuses a base's."""
+    for name, tensor in tensors.items():
+        if hasattr(tensor, "is_floating_point") and not tensor.is_floating_point():
+            raise ModelError(f"{file}: adapter tensor {name} is stored as {tensor.dtype}, not a floating-point type "
+                             "(a quantized or damaged adapter: tokembed would only be guessing its values)")
 
 
 def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -> tuple[list[ModulePlan], dict, dict]:

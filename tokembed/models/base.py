@@ -106,6 +106,17 @@ def read_json(path: Path) -> dict | None:
         raise ModelError(f"{path}: not valid JSON ({exc})") from exc
 
 
+def configured_size(file: Path, key: str, value: Any, at_most: int | None = None) -> int:
+    """An output width a config states (``dims``, ``embed_dim``, ``dim``): a positive whole number, at most
+    ``at_most`` (the projection's outputs). The reference code builds a layer or slices with it, which fails on
+    anything else; ``int()`` would truncate a float and ``x[..., :0]`` / ``x[..., :-4]`` would keep other columns."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"{file}: {key} is {value!r}, not a positive whole number (the vectors' width)")
+    if at_most is not None and value > at_most:
+        raise ModelError(f"{file}: {key} {value} is larger than the projection's {at_most} outputs")
+    return value
+
+
 def load_backbone(path: Path, options: LoadOptions, ignore_unused: tuple[str, ...] = ()) -> tuple[nn.Module, Any, Any]:
     """Load tokenizer, config and the bare backbone (``AutoModel``: last hidden state after the final norm).
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from tokembed.errors import ModelError
-from tokembed.models.base import LoadOptions, read_json
+from tokembed.models.base import LoadOptions, configured_size, read_json
 from tokembed.models.qwen3_vl_retrieval import (
     CutLinear,
     Qwen3VLLayout,
@@ -97,15 +97,16 @@ class TomoroColQwen3:
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> VisionModel:
         raw = _config(path)
-        if not raw.get("embed_dim"):
+        if raw.get("embed_dim") is None:
             raise ModelError(f"{path}/config.json: no embed_dim (the Tomoro ColQwen3 projection size)")
+        embed_dim = configured_size(path / "config.json", "embed_dim", raw["embed_dim"])
 
         def projection(config: Any, _state: dict) -> CutLinear:
-            return CutLinear(_hidden_size(config), int(raw["embed_dim"]), bias=True)
+            return CutLinear(_hidden_size(config), embed_dim, bias=True)
 
         return load_qwen3_vl(
             cls.key, path, options, raw, TOMORO_LAYOUT, tomoro_head, tomoro_processor(path),
-            embedding_dim=lambda _config, _proj: int(raw["embed_dim"]), projection=projection,
+            embedding_dim=lambda _config, _proj: embed_dim, projection=projection,
         )
 
 
@@ -147,9 +148,7 @@ class OpsColQwen3:
             weight = state.get(f"{OPS_LAYOUT.projection}.weight")
             out = int(weight.shape[0]) if weight is not None else _hidden_size(config)
             layer = CutLinear(_hidden_size(config), out, bias=True)
-            dims = int(raw.get("dims") or out)
-            if dims > out:
-                raise ModelError(f"{path}/config.json: dims {dims} is larger than the projection's {out} outputs")
+            dims = out if raw.get("dims") is None else configured_size(path / "config.json", "dims", raw["dims"], out)
             layer.keep = dims if dims < out else None
             return layer
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from tokembed.models.base import LoadOptions, read_json
+from tokembed.models.base import LoadOptions, configured_size, read_json
 from tokembed.models.qwen_vl_processor import QwenVLPrompts
 from tokembed.models.vision import Prepared, VisionEncoder, VisionModel
 
@@ -74,11 +74,14 @@ class ColQwen3_5:  # noqa: N801 (the architecture's own name)
         from tokembed.models.qwen_vl_processor import QwenVLProcessor
         from tokembed.models.vision import load_vision_model
 
+        config = read_json(path / "config.json") or {}
+        if "dim" in config:  # missing: colpali-engine's default, 128
+            configured_size(path / "config.json", "dim", config["dim"])
         processor = QwenVLProcessor.from_pretrained(path, PROMPTS)
         model = load_vision_model(
             cls.key, path, options, retrieval_class(), projection=("custom_text_proj",), ignore_unused=IGNORED, processor=processor
         )
-        model.extra["attention"] = attention_direction(read_json(path / "config.json") or {})
+        model.extra["attention"] = attention_direction(config)
         return ColQwen3_5Model(**{f.name: getattr(model, f.name) for f in fields(model)})
 
 

@@ -80,6 +80,8 @@ def from_pretrained_checked(
     except ImportError as exc:
         raise missing_package_error(path, exc) from exc
     except RuntimeError as exc:  # transformers' size-mismatch and weight-conversion errors
+        # its message points at a report tokembed keeps off stderr: name the tensors and shapes instead
+        require_complete(path, (), (), mismatched=shape_mismatches(model_class, Path(path), kwargs))
         raise ModelError(f"{path}: the checkpoint's tensors do not fit the model: {str(exc)[:2000]}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -93,6 +95,39 @@ def from_pretrained_checked(
     )
     refuse_aliases(Path(path), loaded_name(model, kwargs.get("key_mapping")))
     return model
+
+
+def shape_mismatches(model_class: Any, path: Path, kwargs: dict) -> list[str]:
+    """Saved tensors whose shape is not that of the parameter ``from_pretrained`` loads them onto, read from the
+    weight files' headers against the model built on the meta device (no memory); empty where it cannot be built."""
+    from tokembed.models.weights import stored_shapes, weight_files
+
+    try:
+        model = _meta_model(model_class, path, kwargs)
+    except Exception:  # e.g. a config the model cannot be built from: transformers' own message is kept
+        return []
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    loaded_as = loaded_name(model, kwargs.get("key_mapping"))
+    wrong = []
+    for file in weight_files(path):
+        for name, shape in sorted(stored_shapes(file).items()):
+            target = loaded_as(name)
+            if target in expected and shape != expected[target]:
+                wrong.append(f"{name} (in {file}): checkpoint {shape}, model {expected[target]}")
+    return wrong
+
+
+def _meta_model(model_class: Any, path: Path, kwargs: dict) -> Any:
+    import torch
+
+    remote = {key: kwargs[key] for key in ("trust_remote_code",) if key in kwargs}
+    config = kwargs.get("config")
+    with torch.device("meta"):
+        if hasattr(model_class, "_from_config"):  # a model class
+            return model_class._from_config(config or model_class.config_class.from_pretrained(path))
+        from transformers import AutoConfig  # an auto class (remote code)
+
+        return model_class.from_config(config or AutoConfig.from_pretrained(path, **remote), **remote)
 
 
 def renamed(name: str, key_mapping: dict[str, str]) -> str:

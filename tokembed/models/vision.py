@@ -35,7 +35,7 @@ from torch import nn
 from tokembed.errors import BadInputError, ModelError, UsageError
 from tokembed.models.base import LoadOptions, position_limit, torch_dtype
 from tokembed.models.steps import OutputShape
-from tokembed.models.vision_inputs import processed, unusual_shape
+from tokembed.models.vision_inputs import holds_placeholder, processed, processed_query, unusual_shape
 from tokembed.settings import EncodeSettings
 
 PREPARE_THREADS = 4  # threads that run the processor over a chunk of documents (VisionEncoder.tokenize): each holds a
@@ -168,8 +168,12 @@ class VisionEncoder(OutputShape):
         main process whatever the engine), so that a page the processor cannot resize is a bad row under
         ``--on-error``, not a crash of the run. Only documents of an unusual shape are tried (processed once
         more here): the processors' per-image refusals are about shape, and a second pass over every page would
-        cost the main process what the encode costs."""
-        if self.settings.kind != "document" or not unusual_shape(value):
+        cost the main process what the encode costs. Likewise only queries holding the processor's image or video
+        placeholder are tried."""
+        if self.settings.kind == "query":
+            if not holds_placeholder(value, self.processor):
+                return None
+        elif not unusual_shape(value):
             return None
         try:
             self._prepare(value)
@@ -182,7 +186,8 @@ class VisionEncoder(OutputShape):
         if self.settings.kind == "query":
             if not isinstance(value, str):
                 raise BadInputError(f"{self.model.architecture} queries are text; got {type(value).__name__}")
-            prepared = prepared_from(processor.process_queries([value]))
+            queried = processed_query(processor.process_queries, value, processor, self.model.architecture)
+            prepared = prepared_from(queried)
             if len(prepared.ids) > self.model.max_length:  # the processor does not truncate, as colpali-engine's does not
                 raise BadInputError(f"a query of {len(prepared.ids)} tokens: more than this model's {self.model.max_length} "
                                     "positions (its vectors would come from positions it never learned, and one such "

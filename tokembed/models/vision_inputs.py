@@ -4,6 +4,12 @@ Qwen-VL families' ``smart_resize`` refuses an image (or video frame) whose long 
 short side (a 2000x3 sliver); other families' processors resize anything. ``processed`` turns such a refusal into
 ``BadInputError`` naming the input's size, and ``unusual_shape`` says which documents ``VisionEncoder.input_problem``
 tries through the processor where rows are planned (the refusals are about shape).
+
+Queries: a transformers processor refuses a text holding its image or video placeholder (``<image>``,
+``<|image_pad|>``, ``<|video_pad|>``: "Found 1 <image> tokens in the text but no images were passed").
+``processed_query`` turns that refusal into ``BadInputError`` naming the placeholder, and ``holds_placeholder``
+says which queries ``input_problem`` tries. A processor that takes the placeholder as text (PaliGemma's, tokembed's
+Qwen-VL processor) keeps doing so: only the processor's own refusal is one.
 """
 
 from __future__ import annotations
@@ -23,6 +29,36 @@ def processed(process: Any, value: Any, architecture: str) -> Any:
         return process([value])
     except ValueError as exc:
         raise BadInputError(f"{_shape_of(value)}: the {architecture} processor refuses it ({exc})") from exc
+
+
+def processed_query(process: Any, text: str, processor: Any, architecture: str) -> Any:
+    """``process([text])``; the processor refusing a placeholder the text holds raised as a bad input."""
+    try:
+        return process([text])
+    except ValueError as exc:
+        held = [token for token in placeholder_tokens(processor) if token in text]
+        if not held:
+            raise
+        named = next((token for token in held if token in str(exc)), held[0])
+        raise BadInputError(f"a query holding {named!r}, the {architecture} processor's image/video placeholder: the "
+                            f"processor refuses it in a text without an image ({exc})",
+                            hint="take the placeholder out of the query text") from exc
+
+
+def holds_placeholder(text: Any, processor: Any) -> bool:
+    return isinstance(text, str) and any(token in text for token in placeholder_tokens(processor))
+
+
+def placeholder_tokens(processor: Any) -> list[str]:
+    """The image / video placeholder strings of a transformers processor, or of the one a tokembed processor wraps
+    (``engine_layout.EngineProcessor.processor``)."""
+    tokens = []
+    for candidate in (processor, getattr(processor, "processor", None)):
+        for name in ("image_token", "video_token"):
+            token = getattr(candidate, name, None)
+            if isinstance(token, str) and token:
+                tokens.append(token)
+    return tokens
 
 
 def unusual_shape(value: Any) -> bool:

@@ -79,6 +79,15 @@ def _stored_types(file: Path) -> dict[str, tuple[str, bool]]:
             for name, tensor in _mapped_bin(file).items() if isinstance(tensor, torch.Tensor)}
 
 
+def stored_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor in a weight file (safetensors header; a ``.bin`` file is mapped)."""
+    with readable(file):
+        if file.suffix == ".safetensors":
+            return {name: tuple(entry["shape"]) for name, entry in safetensors_header(file).items()}
+        mapped = _mapped_bin(file)
+        return {name: tuple(tensor.shape) for name, tensor in mapped.items() if isinstance(tensor, torch.Tensor)}
+
+
 def check_float(file: Path, name: str, dtype: str, floating: bool) -> None:
     """A weight or bias must be stored as a floating-point type: a cast would turn a quantized or damaged tensor
     into other numbers. (Integer buffers such as BERT's ``position_ids`` are fine.)"""

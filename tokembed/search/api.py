@@ -66,10 +66,11 @@ def search(
     index.verify(checksums=False)  # missing or truncated shards fail before the model loads
     if exact:
         require_vectors(index, "an exact search (score --exact)")
-    texts = as_queries(queries).texts
+    asked = as_queries(queries)
     compute = _resolve_device(device)
     opened = time.perf_counter()
-    vectors = encode_queries(index, texts, model, compute, allow_model_mismatch, trust_remote_code, timings)
+    vectors = encode_queries(index, asked.texts, model, compute, allow_model_mismatch, trust_remote_code, timings,
+                             asked.ids)
     timings["load_seconds"] += opened - started
     searched = time.perf_counter()
     hits = search_opened(index, structure, vectors, top_k, exact, probe, candidates, block_tokens, compute, progress)
@@ -102,10 +103,12 @@ def encode_queries(
     allow_model_mismatch: bool = False,
     trust_remote_code: bool = False,
     timings: dict | None = None,
+    ids: list[str] | None = None,
 ) -> list[np.ndarray]:
     """Query texts -> token matrices [n_tokens, D], encoded as the index's manifest prescribes (kind=query).
 
-    ``timings``, if given, receives ``load_seconds`` (model load) and ``query_seconds`` (encoding).
+    ``timings``, if given, receives ``load_seconds`` (model load) and ``query_seconds`` (encoding). A query the
+    model's processor refuses (``input_problem``) is a ``BadInputError`` naming its id (``ids``; else q1, q2, ...).
     """
     from tokembed.embedder import Embedder
 
@@ -115,10 +118,20 @@ def encode_queries(
         allow_mismatch=allow_model_mismatch, trust_remote_code=trust_remote_code,
     )
     loaded = time.perf_counter()
+    _refuse_queries_the_model_refuses(embedder.encoder, texts, ids)
     vectors = [vectors for vectors, _ in embedder.embed(texts)]
     if timings is not None:
         timings["load_seconds"], timings["query_seconds"] = loaded - started, time.perf_counter() - loaded
     return vectors
+
+
+def _refuse_queries_the_model_refuses(encoder, texts: list[str], ids: list[str] | None) -> None:
+    problem_of = getattr(encoder, "input_problem", None)  # a vision processor's refusals (an image placeholder)
+    if problem_of is None:
+        return
+    for qid, text in zip(ids or [f"q{i}" for i in range(1, len(texts) + 1)], texts):
+        if problem := problem_of(text):
+            raise BadInputError(f"query {qid!r}: {problem}")
 
 
 def search_vectors(

@@ -9,7 +9,8 @@ the few in flight: a folder's or a Parquet column's images decode on ``DECODE_TH
 
 Decoding follows what a page screenshot pipeline expects: EXIF orientation applied
 (``ImageOps.exif_transpose``), first frame of animated images (page 1 of a multi-page TIFF, with a warning),
-transparency composited on white, CMYK and palette images converted to RGB, 16-bit grayscale scaled to 8 bits,
+transparency composited on white, CMYK and palette images converted to RGB, 16- and 32-bit grayscale scaled to
+8 bits by the range of their type (a page that would become one gray level is an item error),
 and a pixel limit checked on the header before any pixel is decoded (decompression bombs are an item error,
 never a crash).
 """
@@ -84,8 +85,8 @@ def _decode(data: bytes, max_pixels: int) -> tuple[Any, int]:
         pages = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1  # a scan's pages, not an animation
         image.seek(0)  # first frame of an animated GIF/WebP/TIFF
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return to_rgb(image), pages
+        unsigned = _unsigned_32(image)  # a TIFF tag: the transposed copy has none
+        return to_rgb(ImageOps.exif_transpose(image), unsigned), pages
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -123,15 +124,16 @@ def _allow_pixels(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def to_rgb(image):
-    """Any Pillow mode -> RGB: transparency on white, CMYK/YCbCr/palette converted, 16-bit scaled to 8."""
+def to_rgb(image, unsigned: bool = False):
+    """Any Pillow mode -> RGB: transparency on white, CMYK/YCbCr/palette converted, 16- and 32-bit scaled to 8.
+    ``unsigned``: a mode ``I`` image holds unsigned 32-bit values (a TIFF's SampleFormat 1)."""
     from PIL import Image
 
     mode = image.mode
     if mode == "RGB":
         return image
     if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_to_8bit(image), mode="L").convert("RGB")
+        return Image.fromarray(_to_8bit(image, unsigned), mode="L").convert("RGB")
     if mode in ("P", "PA") and (mode == "PA" or "transparency" in image.info):
         image = image.convert("RGBA")
     elif mode == "P":
@@ -144,17 +146,47 @@ def to_rgb(image):
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def _to_8bit(image):
-    """16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) grayscale -> uint8 array, full range kept."""
+def _to_8bit(image, unsigned: bool = False):
+    """16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) grayscale -> uint8 array, scaled by the range of
+    its type (Pillow's own ``convert`` clips at 255, which turns most such pages white). A page that was not one
+    gray level and would become one is refused rather than indexed blank."""
     import numpy as np
 
-    values = np.asarray(image).astype(np.float64)
-    if image.mode == "F":
-        top = 1.0 if values.size and values.max() <= 1.0 else 255.0
-        return np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
-    if image.mode.startswith("I;16") or (values.size and values.max() > 255):
-        return np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
-    return np.clip(values, 0, 255).astype(np.uint8)
+    values = np.asarray(image)
+    if unsigned and image.mode == "I":
+        values = values.view(np.uint32)  # Pillow reads a uint32 TIFF into int32: values past 2**31 wrapped
+    values = values.astype(np.float64)
+    top = _float_top(values) if image.mode == "F" else _integer_top(image.mode, values, unsigned)
+    gray = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
+    if values.size and values.min() != values.max() and gray.min() == gray.max():
+        raise ImageDecodeError(f"a grayscale image of mode {image.mode} whose values ({values.min():g} to "
+                               f"{values.max():g}) all become gray level {gray.flat[0]} at 8 bits over its type's range "
+                               f"(0 to {top:.0f}): it would be indexed as a blank page")
+    return gray
+
+
+def _float_top(values) -> float:
+    return 1.0 if values.size and values.max() <= 1.0 else 255.0
+
+
+def _integer_top(mode: str, values, unsigned: bool) -> float:
+    """The white of an integer image: its type's largest value. Mode ``I`` (32-bit) also holds 8- and 16-bit data
+    (a 16-bit PGM, a 16-bit PNG in older Pillow, an 8-bit array saved as int32), told by its values."""
+    high = values.max() if values.size else 0
+    if mode.startswith("I;16") or 255 < high <= 65535:
+        return 65535.0
+    if high <= 255:
+        return 255.0  # as Pillow's convert reads it
+    return 2.0**32 - 1 if unsigned else 2.0**31 - 1
+
+
+def _unsigned_32(image) -> bool:
+    """A TIFF of unsigned 32-bit samples (BitsPerSample 32, SampleFormat 1 or unset), which Pillow opens as mode I."""
+    tags = getattr(image, "tag_v2", None)
+    if image.mode != "I" or tags is None:
+        return False
+    first = lambda value: value[0] if isinstance(value, tuple) else value  # noqa: E731 (a tag: a tuple, or one number)
+    return first(tags.get(258, 0)) == 32 and first(tags.get(339, 1)) == 1
 
 
 # -- values of an image column ----------------------------------------------------------------------
