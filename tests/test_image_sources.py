@@ -336,6 +336,8 @@ def test_a_page_its_bit_depth_would_turn_into_one_gray_level_is_refused():
         decode_image(encoded(Image.fromarray(page_values), "TIFF"))
     uniform = decoded(encoded(Image.fromarray(np.full((2, 2), 100_000, dtype=np.int32)), "TIFF"))
     assert uniform.getpixel((0, 0)) == (0, 0, 0)  # one gray level already: nothing lost
+    dark = decoded(encoded(Image.fromarray(np.array([[0, 100]], dtype=np.uint16)), "PNG"))  # 16-bit: known range
+    assert [dark.getpixel((x, 0)) for x in range(2)] == [(0, 0, 0), (0, 0, 0)]  # as dark as a viewer shows it
 
 
 def test_first_frame_of_an_animated_gif():

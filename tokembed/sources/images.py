@@ -148,8 +148,9 @@ def to_rgb(image, unsigned: bool = False):
 
 def _to_8bit(image, unsigned: bool = False):
     """16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) grayscale -> uint8 array, scaled by the range of
-    its type (Pillow's own ``convert`` clips at 255, which turns most such pages white). A page that was not one
-    gray level and would become one is refused rather than indexed blank."""
+    its type (Pillow's own ``convert`` clips at 255, which turns most such pages white). A 32-bit page (whose real
+    range is not known: the type's is a guess) that was not one gray level and would become one is refused rather
+    than indexed blank; a dark 16-bit or float page stays as dark as a viewer shows it."""
     import numpy as np
 
     values = np.asarray(image)
@@ -158,7 +159,7 @@ def _to_8bit(image, unsigned: bool = False):
     values = values.astype(np.float64)
     top = _float_top(values) if image.mode == "F" else _integer_top(image.mode, values, unsigned)
     gray = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
-    if values.size and values.min() != values.max() and gray.min() == gray.max():
+    if top > 65535 and values.min() != values.max() and gray.min() == gray.max():  # 32-bit: its range a guess
         raise ImageDecodeError(f"a grayscale image of mode {image.mode} whose values ({values.min():g} to "
                                f"{values.max():g}) all become gray level {gray.flat[0]} at 8 bits over its type's range "
                                f"(0 to {top:.0f}): it would be indexed as a blank page")
