@@ -161,6 +161,33 @@ def test_finished_shards_of_a_run_whose_last_worker_died_are_resumed(work, tmp_p
     assert_same_rows(out, reference)
 
 
+def _encode_in_pool_worker(args: list[str]) -> tuple[int, str]:
+    """Runs in a ``multiprocessing.Pool`` worker: ``cli.main.run(args)``'s exit code and its stderr."""
+    import contextlib
+    import io
+
+    from cli.main import run
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        return run(args), stderr.getvalue()
+
+
+def test_a_daemonic_caller_runs_the_devices_in_process(work, tmp_path):
+    """A ``multiprocessing.Pool`` worker may not have children: ``--devices cpu:2`` raised an AssertionError
+    ("daemonic processes are not allowed to have children"). It now runs in process, with a warning."""
+    import multiprocessing
+
+    corpus, model, reference = work
+    out = tmp_path / "index"
+    args = ["encode", str(corpus), "-o", str(out), "-m", str(model), "--devices", "cpu:2", *map(str, COMMON)]
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        code, stderr = pool.apply(_encode_in_pool_worker, (args,))
+    assert code == 0, stderr
+    assert "warning: --devices cpu:2: this is a daemonic process" in stderr and "running in this process on cpu" in stderr
+    assert shard_digests(out) == shard_digests(reference)
+
+
 def test_out_of_memory_batches_are_split_and_retried(work, tmp_path, cli, monkeypatch):
     """In process (LocalRunner); worker processes use the same executor (see the test above)."""
     corpus, model, reference = work

@@ -10,7 +10,8 @@ one environment lookup per event.
 
 Engine faults: ``TOKEMBED_TEST_WORKER_DIE_AT=W:N`` makes worker process W (0-based) SIGKILL itself when it
 takes its N-th batch (1-based); ``TOKEMBED_TEST_OOM_ABOVE=T`` makes any batch of more than T padded tokens
-raise ``torch.OutOfMemoryError`` before its forward pass, in worker processes and in-process alike.
+raise ``torch.OutOfMemoryError`` before its forward pass, in worker processes and in-process alike;
+``TOKEMBED_TEST_OOM_FORM=cpu`` raises the CPU allocator's ``RuntimeError`` instead, ``=memory`` a ``MemoryError``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ KILL_ENV = "TOKEMBED_TEST_KILL_AT"
 PAUSE_ENV = "TOKEMBED_TEST_PAUSE_AT"
 WORKER_DIE_ENV = "TOKEMBED_TEST_WORKER_DIE_AT"
 OOM_ENV = "TOKEMBED_TEST_OOM_ABOVE"
+OOM_FORM_ENV = "TOKEMBED_TEST_OOM_FORM"
 
 
 def fault_point(event: str, count: int) -> None:
@@ -45,7 +47,14 @@ def worker_fault_point(worker: int, batch: int) -> None:
 def simulated_oom(padded_tokens: int) -> None:
     """Raise the out-of-memory error torch raises when a batch is larger than the test's limit."""
     limit = os.environ.get(OOM_ENV)
-    if limit and padded_tokens > int(limit):
-        import torch
+    if not limit or padded_tokens <= int(limit):
+        return
+    form = os.environ.get(OOM_FORM_ENV, "torch")
+    if form == "cpu":  # what torch's CPU allocator raises (no subclass of its own)
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           f"you tried to allocate {padded_tokens * 6144} bytes. Error code 12 (Cannot allocate memory)")
+    if form == "memory":
+        raise MemoryError()
+    import torch
 
-        raise torch.OutOfMemoryError(f"simulated: {padded_tokens} padded tokens > {limit}")
+    raise torch.OutOfMemoryError(f"simulated: {padded_tokens} padded tokens > {limit}")

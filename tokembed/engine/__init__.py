@@ -23,7 +23,7 @@ def open_runner(embedder, job, progress=None):
 
         return RayRunner(embedder.spec(job.flags, job.trust_remote_code), job, embedder.encoder, progress)
     devices = parse_devices(job.devices)
-    if not devices.workers:
+    if not devices.workers or _daemonic(job.devices, devices.first, progress):
         from tokembed.engine.local import LocalRunner
 
         return LocalRunner(embedder, job.batch_tokens, progress)
@@ -33,6 +33,19 @@ def open_runner(embedder, job, progress=None):
         _release_main_copy(embedder)
     spec = embedder.spec(job.flags, job.trust_remote_code)
     return PoolRunner(spec, devices.labels, embedder.encoder, job.batch_tokens, progress)
+
+
+def _daemonic(spec: str, first: str, progress) -> bool:
+    """A daemonic process (a ``multiprocessing.Pool`` worker) may not start worker processes: it runs on the first
+    device in process instead, saying so (the same bytes: the batch plan never depends on the worker count)."""
+    import multiprocessing
+
+    if not multiprocessing.current_process().daemon:
+        return False
+    log = getattr(progress, "log", None) or (lambda message: None)
+    log(f"warning: --devices {spec}: this is a daemonic process (a multiprocessing.Pool worker), "
+        f"which may not start worker processes: running in this process on {first} alone")
+    return True
 
 
 def _release_main_copy(embedder) -> None:

@@ -41,7 +41,7 @@ def parse_devices(spec: str | None, flag: str = "--devices") -> DevicePlan:
         return DevicePlan(("cpu",), workers=False)
     if spec.startswith("cpu:"):
         count = spec[4:]
-        if not count.isdigit() or int(count) < 1:
+        if not (count.isascii() and count.isdigit()) or int(count) < 1:  # int() refuses "²"
             raise DeviceError(f"{flag} {spec}: N in cpu:N must be a positive number of worker processes")
         most = 4 * max(1, os.cpu_count() or 1)
         if int(count) > most:  # each worker process holds a copy of the model: cpu:99 would exhaust memory

@@ -111,7 +111,7 @@ def default_lanes(device: str) -> int:
     on_cpu = device == "cpu"
     name = "TOKEMBED_CPU_LANES" if on_cpu else "TOKEMBED_GPU_LANES"
     setting = os.environ.get(name, str(CPU_LANES if on_cpu else GPU_LANES))
-    if not setting.isdigit() or int(setting) < 1:
+    if not (setting.isascii() and setting.isdigit()) or int(setting) < 1:  # int() refuses "²"
         from tokembed.errors import UsageError
 
         raise UsageError(f"{name} must be a whole number >= 1; got {setting!r}")

@@ -154,7 +154,7 @@ def _host_port(address: str, source: str = "--ray-address") -> tuple[str, int]:
         raise UsageError(f"{source} {address!r}: give the cluster's HOST:PORT (what `ray start --head` printed), "
                          "not a URL (Ray Client's ray:// and the dashboard's http:// are not what a driver connects to)")
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         accepted = "HOST:PORT" if source.startswith("--ray-address auto") else "auto or HOST:PORT"
         raise UsageError(f"{source} {address!r}: expected {accepted}")
     return host.strip("[]"), int(port)
@@ -175,7 +175,7 @@ def plan_actors(devices: str | None) -> ActorPlan:
         return ActorPlan(len(nodes), min(node_cpus), 0, max(1, min(node_cpus)), spread=True)
     if spec == "cpu":
         return ActorPlan(1, max(node_cpus), 0, max(1, max(node_cpus)), spread=False)
-    if spec.startswith("cpu:") and spec[4:].isdigit() and int(spec[4:]) > 0:
+    if spec.startswith("cpu:") and spec[4:].isascii() and spec[4:].isdigit() and int(spec[4:]) > 0:
         count = int(spec[4:])
         share = min(max(node_cpus), sum(node_cpus) / count)  # fewer cores than actors: each reserves a fraction
         share = float(int(share)) if share >= 1 else math.floor(share * 10_000) / 10_000

@@ -5,8 +5,9 @@
   many devices compute it. ``plan_items`` is its second half, for items tokenized elsewhere (the pool
   has its workers run image models' processors).
 * ``BatchExecutor.run`` (one batch of token ids -> ``BatchOutput``): collate, copy to the device, forward,
-  finish. A batch that runs out of device memory is split in half and retried (recursively), and the
-  executor's padded-token cap shrinks so later batches are cut before they fail.
+  finish. A batch that runs out of memory (``is_out_of_memory``: a CUDA device's, or the CPU's) is split in
+  half and retried (recursively), and the executor's padded-token cap shrinks so later batches are cut
+  before they fail.
 
 ``assemble`` puts the per-batch rows back in input order as a ``ChunkResult``; ``run_chunk`` is the three
 in a row on one device.
@@ -110,6 +111,14 @@ def run_chunk(encoder: TextEncoder, texts: list[str], budget: int, device: str) 
     return assemble(encoder, plan, [executor.run(plan.batch_items(batch)) for batch in plan.batches])
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA device's ``torch.OutOfMemoryError``, or the CPU's: torch's CPU allocator raises a plain
+    ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory"), Python a ``MemoryError``."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "CPUAllocator: can't allocate memory" in str(exc)
+
+
 @dataclass
 class BatchExecutor:
     """Runs batches on one device. ``log`` receives one line per out-of-memory split."""
@@ -156,7 +165,9 @@ class BatchExecutor:
         try:
             rows, forward = self._forward(items)
             return rows, padded, padded, forward
-        except torch.OutOfMemoryError as exc:
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
             reason = str(exc).splitlines()[0] if str(exc) else "out of memory"
         # Retried outside the ``except`` block: the traceback holds the failed batch's tensors alive.
         self._release_memory()

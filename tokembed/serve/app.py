@@ -232,7 +232,7 @@ class _Guard:
                               headers={"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
             return await self._too_large(scope, receive, send)
         try:
             body = await self._read_body(receive)
