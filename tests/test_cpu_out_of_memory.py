@@ -95,3 +95,26 @@ def test_a_single_item_out_of_cpu_memory_is_exit_9_and_the_first_run_can_resume(
     resumed = cli("encode", corpus, "-o", out, "-m", model, *COMMON, "--devices", "cpu", "--log-format", "json")
     assert resumed.exit_code == 0, resumed.stderr
     assert json.loads(resumed.stdout)["resumed_shards"] == 2
+
+
+@pytest.mark.parametrize("error", ["torch", "cpu", "memory"])
+def test_out_of_memory_while_the_model_loads_is_exit_9_naming_it(cli, checkpoint, tmp_path, monkeypatch, error):
+    """A torch.OutOfMemoryError while loading was a traceback, the CPU allocator's a model error (exit 4) calling a
+    sound checkpoint unloadable."""
+    import tokembed.models.registry as registry
+
+    model = checkpoint("pylate_bert")
+    raised = {"torch": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+              "cpu": RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"),
+              "memory": MemoryError()}[error]
+
+    def load(path, options):
+        raise raised
+
+    monkeypatch.setattr(registry, "family_class", lambda key: type("Family", (), {"load": staticmethod(load)}))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "alpha"}\n')
+    result = cli("encode", corpus, "--model", model, "-o", tmp_path / "index", "--quiet")
+    assert result.exit_code == 9, result.output
+    assert f"{model}: out of memory loading the model on cpu" in result.output
+    assert "Traceback" not in result.output

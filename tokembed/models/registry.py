@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokembed.errors import ModelError, TokembedError, UnsupportedModelError
+from tokembed.errors import DeviceError, ModelError, TokembedError, UnsupportedModelError
 from tokembed.models.base import LoadOptions, TokenModel, read_json
 
 if TYPE_CHECKING:
@@ -168,22 +168,37 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
             model = family_class(detect(path, options.trust_remote_code)).load(path, options)
         check_query_processing(model)
     check_tokenizer_vocabulary(path, model.tokenizer)
-    return model.to(options.device)
+    with out_of_memory_is_a_device_error(path, options.device):
+        return model.to(options.device)
 
 
 @contextmanager
 def loading_errors(path: Path) -> Iterator[None]:
     """What a checkpoint's files make a library raise while it is built (a config transformers' validators
     refuse, an assertion in a model's constructor, a tokenizer without its settings) is a model error naming the
-    checkpoint (exit 4), not a traceback. Running out of memory stays what it is."""
-    import torch
-
+    checkpoint (exit 4), not a traceback. Running out of memory is a device error (``out_of_memory_is_a_device_error``)."""
     try:
-        yield
-    except (TokembedError, MemoryError, torch.OutOfMemoryError):
+        with out_of_memory_is_a_device_error(path, "cpu"):
+            yield
+    except TokembedError:
         raise
     except Exception as exc:
         raise ModelError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {str(exc)[:2000]})") from exc
+
+
+@contextmanager
+def out_of_memory_is_a_device_error(path: Path, device: str) -> Iterator[None]:
+    """Out of memory while the model is built (on the CPU) or moved to its device: exit 9 naming the checkpoint and
+    the device, not a traceback (nor a model error: the checkpoint is fine)."""
+    from tokembed.engine.runner import is_out_of_memory
+
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise DeviceError(f"{path}: out of memory loading the model on {device} ({type(exc).__name__}: {str(exc)[:300]})",
+                          hint="free memory, or load it in half precision (--dtype bfloat16 or float16)") from exc
 
 
 def check_query_processing(model) -> None:
