@@ -264,3 +264,14 @@ def test_model_mismatch_exits_5_unless_allowed(cli, demo_index, minilm_path, tmp
     allowed = cli("score", queries, index, "--model", other, "--allow-model-mismatch", "-f", "jsonl", "-k", 1)
     assert allowed.exit_code == 0, allowed.output
     assert len(allowed.stdout.splitlines()) == 3
+
+
+def test_score_runs_on_one_device_and_says_which_it_takes(cli, demo_index):
+    """``--device cpu:2`` ran (what two CPU workers mean for a query was never said), and a bad value's message
+    offered encode's lists of devices."""
+    demo_index, _ = demo_index
+    result = cli("score", "--query", "sorting", demo_index, "--device", "cpu:2")
+    assert result.exit_code == 2 and "tokembed score runs on one device" in result.stderr, result.output
+    result = cli("score", "--query", "sorting", demo_index, "--device", "bogus")
+    assert result.exit_code == 9 and "expected auto, cpu, cuda or cuda:N" in result.stderr, result.output
+    assert cli("score", "--query", "sorting", demo_index, "--device", "cpu").exit_code == 0

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from tokembed.cpu import glibc as _glibc
 from tokembed.cpu import user_set_malloc
-from tokembed.errors import DeviceError
+from tokembed.errors import DeviceError, UsageError
 
 _EXPECTED = "expected auto, cpu, cpu:N, cuda or cuda:0,cuda:1,..."
+_EXPECTED_ONE = "expected auto, cpu, cuda or cuda:N"  # score, serve: one device
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,9 @@ class DevicePlan:
         return torch_device(self.labels[0])
 
 
-def parse_devices(spec: str | None, flag: str = "--devices") -> DevicePlan:
+def parse_devices(spec: str | None, flag: str = "--devices", expected: str = _EXPECTED) -> DevicePlan:
     """``--devices`` -> the worker labels and whether they run in worker processes. Raises ``DeviceError``
-    naming ``flag`` (``score`` calls its option ``--device``)."""
+    naming ``flag`` (``score`` calls its option ``--device``) and what it ``expected``."""
     spec = (spec or "auto").strip().lower()
     if spec == "cpu":
         return DevicePlan(("cpu",), workers=False)
@@ -62,7 +63,7 @@ def parse_devices(spec: str | None, flag: str = "--devices") -> DevicePlan:
         for label in given:
             index = label[5:] if label.startswith("cuda:") else ""
             if not (index.isascii() and index.isdigit()):
-                raise DeviceError(f"{flag} {spec}: {label!r} is not cuda:N ({_EXPECTED})")
+                raise DeviceError(f"{flag} {spec}: {label!r} is not cuda:N ({expected})")
             if int(index) >= count:
                 raise DeviceError(f"{flag} {spec}: {label} does not exist ({count} CUDA device(s) visible)")
             labels.append(f"cuda:{int(index)}")  # cuda:00 is cuda:0, as torch would refuse the other spelling
@@ -70,7 +71,17 @@ def parse_devices(spec: str | None, flag: str = "--devices") -> DevicePlan:
         if len(set(labels)) != len(labels):
             raise DeviceError(f"{flag} {spec}: a device is listed twice")
         return DevicePlan(labels, workers=len(labels) > 1)
-    raise DeviceError(f"{flag} {spec!r}: {_EXPECTED}")
+    raise DeviceError(f"{flag} {spec!r}: {expected}")
+
+
+def resolve_one_device(spec: str | None, flag: str, command: str) -> str:
+    """The one torch device of a command that runs on one (``score``, ``serve``): ``cpu:N`` (worker processes) or
+    several CUDA devices are a usage error."""
+    plan = parse_devices(spec, flag, _EXPECTED_ONE)
+    if plan.workers:
+        raise UsageError(f"{flag} {spec}: tokembed {command} runs on one device ({len(plan.labels)} worker(s) asked for)",
+                         hint="pass one device (cpu, cuda or cuda:N); several are for encode's --devices")
+    return plan.first
 
 
 def resolve_device(spec: str, flag: str = "--devices") -> str:

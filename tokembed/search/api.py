@@ -230,6 +230,6 @@ def _check_options(top_k: int, block_tokens: int) -> None:
 def _resolve_device(spec: str) -> str:
     if spec == "cpu":  # a CPU scan never imports torch (hundreds of MB of shared libraries)
         return "cpu"
-    from tokembed.engine.device import resolve_device
+    from tokembed.engine.device import resolve_one_device
 
-    return resolve_device(spec, flag="--device")
+    return resolve_one_device(spec, "--device", "score")

@@ -73,7 +73,7 @@ def run_server(
     require_serve_deps()
     import uvicorn
 
-    from tokembed.engine.device import parse_devices
+    from tokembed.engine.device import resolve_one_device
     from tokembed.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
     from tokembed.serve.options import check_api_key
     from tokembed.serve.service import EmbeddingService, ServeOptions
@@ -81,21 +81,16 @@ def run_server(
     options = options or ServeOptions()
     options.check()
     check_api_key(api_key)
-    plan = parse_devices(devices)
-    if len(plan.labels) > 1:
-        raise UsageError(
-            f"--devices {devices}: tokembed serve runs the model on one device ({len(plan.labels)} given)",
-            hint="pass one device (cpu, cuda or cuda:N); run one server per GPU behind a load balancer for more",
-        )
+    device = resolve_one_device(devices, "--devices", "serve")  # one server per GPU behind a load balancer for more
     sock = bind_socket(host, port)
     try:
-        service = EmbeddingService.load(model, plan.first, options, trust_remote_code, index)
+        service = EmbeddingService.load(model, device, options, trust_remote_code, index)
         try:
             app = create_app(service, api_key, max_body_bytes or DEFAULT_MAX_BODY_BYTES)
             profiles = ", ".join(service.profiles)
             announce(
                 f"tokembed: serving {service.name!r} ({profiles}; dim {service.embedder.output_dim}, "
-                f"max_model_len {service.max_model_len}) on {plan.first} at http://{_url_host(host)}:{sock.getsockname()[1]}"
+                f"max_model_len {service.max_model_len}) on {device} at http://{_url_host(host)}:{sock.getsockname()[1]}"
             )
             if index is not None:
                 announce(f"tokembed: POST /search answers from the index at {index} ({service.index.manifest['totals']['rows']} documents "
