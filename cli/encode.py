@@ -136,7 +136,9 @@ def encode(
     ),
     on_error: OnError = typer.Option(OnError.fail, help="Bad rows (null text, bad UTF-8, bad image, unreadable PDF or page): fail stops and leaves the previous index untouched; skip records them in the manifest and goes on."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but one summary line."),
-    log_format: LogFormat = typer.Option(LogFormat.text, help="text, or json: the summary is one JSON object on stdout."),
+    log_format: LogFormat = typer.Option(
+        LogFormat.text, help="text, or json: the summary is one JSON object on stdout, no progress (warnings stay on stderr)."
+    ),
     full: bool = typer.Option(False, "--full", help="Rebuild from scratch (re-encode every item)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints that ship their own Python code."),
     shard_rows: int = typer.Option(50_000, help="Rows per Arrow shard (a shard also closes at 512 MiB)."),
@@ -202,10 +204,11 @@ def encode(
         retrain=retrain,
         drop_vectors=drop_vectors,
     )
-    progress = make_progress(quiet or log_format == LogFormat.json)
+    # JSON mode: no bar and no progress lines, but warnings and notices stay on stderr (only --quiet drops them)
+    progress = make_progress(quiet, bar=log_format == LogFormat.text)
     startup = since_start()  # interpreter, imports and flag parsing: part of load_seconds
     try:
-        with warnings_logged(progress.log), libraries_quiet(quiet or log_format == LogFormat.json):
+        with warnings_logged(progress.log), libraries_quiet(quiet):
             summary = encode_corpus(job, progress)
     finally:
         progress.stop()

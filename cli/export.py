@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from cli.progress import warnings_logged
+
 
 def export(
     index: Path = typer.Argument(..., help="Index folder (holds manifest.json)."),
@@ -30,7 +32,8 @@ def export(
     table = "documents" if table is None else table
     check_export_options(fmt, dtype, table)  # before the index is opened: a bad flag is exit 2 whatever the index
     log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
-    summary = export_index(index, to, fmt=fmt, dtype=dtype, table=table, log=log)
+    with warnings_logged(log):  # the library's warnings as lines, none with --quiet (as compress)
+        summary = export_index(index, to, fmt=fmt, dtype=dtype, table=table, log=log)
     if log_format == "json":
         print(json.dumps(summary.to_json()), flush=True)
         return

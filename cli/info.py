@@ -128,7 +128,12 @@ def _export_recipes(index: Path, settings: dict) -> str:
         f"  DuckDB:  tokembed export {quote(str(index))} --to {quote(parquet)} --format parquet\n"
         f"           SELECT id, len(embeddings) AS tokens FROM {sql_glob}   -- in DuckDB\n"
         f"  LanceDB: tokembed export {quote(str(index))} --to {quote(lance)} --format lance\n"
-        f"           lancedb.connect({lance!r}).open_table('documents').search(query_vectors)  # MaxSim{cosine}"
+        "           # then in Python (query_vectors: one query's [n_tokens, dim] matrix, as score encodes it, or any such numpy array)\n"
+        "           import lancedb; from tokembed.index import open_index; from tokembed.search.api import encode_queries\n"
+        f"           [query_vectors] = encode_queries(open_index({str(index)!r}), ['how do I sort a list'])\n"
+        f"           table = lancedb.connect({lance!r}).open_table('documents')\n"
+        "           print(table.search(query_vectors.astype('float32')).limit(5).select(['id', '_distance']).to_arrow())"
+        f"  # MaxSim{cosine}"
     )
 
 

@@ -2,12 +2,14 @@
 
 Both also show tokens/s per device when the engine reports them (``device_tokens``): a line per device
 under the bar, or a ``(cuda:0 ..., cuda:1 ...)`` tail on the periodic line. With ``--quiet`` nothing is
-printed but the final summary; cron mails stay short.
+printed but the final summary; cron mails stay short. ``--log-format json`` shows no progress, but its
+warnings are still lines on stderr (stdout holds the JSON).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -69,8 +71,8 @@ class LogLines(logging.Handler):
 def warnings_logged(log):
     """Python warnings raised meanwhile (Pillow's about a corrupt EXIF block or TIFF tag, say) and the library's
     own logged warnings (a folder left alone among the index's files) go to ``log`` (``progress.log``): one
-    ``tokembed: warning: ...`` line each, and none with ``--quiet``, so that a cron job that succeeds stays
-    silent on stderr."""
+    ``tokembed: warning: ...`` line each (with ``--log-format json`` too), and none with ``--quiet``, so that a
+    cron job that succeeds stays silent on stderr."""
     import warnings
 
     shown = warnings.showwarning
@@ -119,7 +121,11 @@ def libraries_quiet(quiet: bool):
             hf_logging.set_verbosity(verbosity)
 
 
-def make_progress(quiet: bool):
+def make_progress(quiet: bool, bar: bool = True):
+    """The bar on a terminal, else plain lines; ``bar`` False (``--log-format json``): no progress at all, but the
+    run's other lines (warnings, notices) still, as ``quiet`` alone silences them."""
+    if not bar:
+        return LineProgress(every=math.inf, quiet=quiet)
     if quiet or not sys.stderr.isatty():  # rich (the bar) is imported only when there is a terminal to draw on
         return LineProgress(quiet=quiet)
     from rich.console import Console

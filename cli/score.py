@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
-from cli.progress import LineProgress, libraries_quiet
+from cli.progress import LineProgress, libraries_quiet, warnings_logged
 
 
 class Format(str, Enum):
@@ -89,7 +89,7 @@ def score(
         log(f"warning: {warning}")
     progress = ScanProgress(quiet or log_format == "json")
     started, startup, timings = time.perf_counter(), since_start(), {}
-    with libraries_quiet(quiet):
+    with warnings_logged(log), libraries_quiet(quiet):  # warnings as lines, none with --quiet
         hits = search(
             index, dict(zip(queries.ids, queries.texts)), top_k=top_k, model=model, device=device,
             block_tokens=block_tokens, allow_model_mismatch=allow_model_mismatch,

@@ -11,6 +11,8 @@ import typer
 
 from cli.encode import DType
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
 
 def serve(
     model: Optional[str] = typer.Option(
@@ -42,12 +44,15 @@ def serve(
         "commits is picked up by the next request.",
     ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints that ship their own Python code."),
-    log_level: str = typer.Option("info", help="uvicorn log level (debug also logs every request)."),
+    log_level: str = typer.Option(
+        "info", help="uvicorn log level: critical, error, warning, info, debug (also logs every request) or trace."
+    ),
 ) -> None:
     """Serve a checkpoint over HTTP: vLLM's /pooling (token_embed), /score and /rerank with MaxSim, and with --index
     /search over an index (pip install 'tokembed[serve]')."""
     from tokembed.serve import ServeOptions, run_server
 
+    _check_log_level(log_level)
     options = ServeOptions(
         max_batch_tokens=max_batch_tokens,
         batch_window_ms=batch_window_ms,
@@ -75,6 +80,14 @@ def serve(
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down
         pass
     print("tokembed: server stopped", file=sys.stderr)
+
+
+def _check_log_level(log_level: str) -> None:
+    """Before the model loads: uvicorn reads the level only once the server is configured (a KeyError then)."""
+    from tokembed.errors import UsageError
+
+    if log_level not in LOG_LEVELS:
+        raise UsageError(f"--log-level {log_level!r}: must be one of {', '.join(LOG_LEVELS)}")
 
 
 def _max_body_bytes(max_body_mb: float) -> int:

@@ -385,3 +385,26 @@ def _wait_for_staging(out, run, timeout: float = 60.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("the export never wrote into a staging folder")
+
+
+
+def test_quiet_silences_the_library_warnings_too(cli, demo_index, tmp_path, monkeypatch):
+    """A warning the library logs while exporting went to stderr with --quiet too (as no other command's did);
+    without it, it is a ``tokembed: warning:`` line (--log-format json as well)."""
+    import logging
+
+    from tokembed.index import export as exporting
+
+    real = exporting.export_index
+
+    def warns(*args, **kwargs):
+        logging.getLogger("tokembed").warning("something to hear of")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exporting, "export_index", warns)
+    result = cli("export", demo_index, "--to", tmp_path / "a", "-f", "parquet", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    assert "tokembed: warning: something to hear of" in result.stderr
+    assert json.loads(result.stdout)["files"] == 3
+    quiet = cli("export", demo_index, "--to", tmp_path / "b", "-f", "parquet", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr

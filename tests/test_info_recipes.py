@@ -4,6 +4,8 @@ shell words quoted for a POSIX shell, the DuckDB glob as an SQL string literal, 
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import shlex
 import subprocess
 
@@ -34,3 +36,10 @@ def test_the_printed_recipes_run_for_a_path_with_a_space_a_quote_and_unicode(cli
     assert [doc_id for doc_id, _ in rows] == ["a", "b"] and all(tokens > 0 for _, tokens in rows)
     lancedb = pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
     assert lancedb.connect(ast.literal_eval(lance_folder)).open_table("documents").count_rows() == 2
+    # the Python lines after the LanceDB export: they searched a query_vectors they never made (a NameError)
+    after = recipes[next(n for n, line in enumerate(recipes) if line.strip().startswith("LanceDB:")) + 1:]
+    code = "\n".join(line.strip() for line in after if not line.strip().startswith("#"))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(code, {})
+    assert "_distance" in printed.getvalue() and '"a"' in printed.getvalue() and '"b"' in printed.getvalue()

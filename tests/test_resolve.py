@@ -143,6 +143,44 @@ def test_an_empty_model_is_a_usage_error(tmp_path, cli, monkeypatch):
     assert result.exit_code == 2 and "--model is empty" in result.stderr
 
 
+def test_revision_with_the_demo_model_is_a_usage_error(tmp_path, cli):
+    """No --model: the demo model is an installed folder, and --revision was ignored (exit 0) while the manifest
+    recorded flags.revision as if it had pinned a commit."""
+    result = cli("encode", _docs(tmp_path), "--revision", "deadbeef", "-o", tmp_path / "index")
+    assert result.exit_code == 2, result.output
+    assert "the demo model is a local folder" in result.stderr and "--revision deadbeef applies to hub ids only" in result.stderr
+    assert not (tmp_path / "index" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("flags", [["--base-model", "nosuch/base"], ["--base-revision", "v9"],
+                                   ["--base-model", "nosuch/base", "--base-revision", "v9"]])
+@pytest.mark.parametrize("demo", [False, True])
+def test_base_flags_with_a_model_that_is_no_adapter_are_a_usage_error(checkpoint, tmp_path, cli, flags, demo):
+    """--base-model / --base-revision name a PEFT adapter's base: with any other model they were ignored and
+    recorded in the manifest's flags."""
+    model = [] if demo else ["--model", checkpoint("stanford")]
+    result = cli("encode", _docs(tmp_path), *model, *flags, "-o", tmp_path / "index")
+    assert result.exit_code == 2, result.output
+    assert "to PEFT adapters only" in result.stderr and "is no adapter" in result.stderr
+    assert not (tmp_path / "index" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("demo", [False, True])
+def test_an_index_whose_manifest_recorded_ignored_model_flags_is_still_scored(checkpoint, tmp_path, cli, demo):
+    """An earlier release recorded a --revision given with the demo model, and --base-model / --base-revision
+    given with a model that is no adapter; score (and serve --index) take the flags from the manifest and must
+    not now refuse them."""
+    index = tmp_path / "index"
+    model = [] if demo else ["--model", checkpoint("stanford")]
+    assert cli("encode", _docs(tmp_path), *model, "-o", index, "-q").exit_code == 0
+    written = json.loads((index / "manifest.json").read_text())
+    written["flags"].update(revision="deadbeef", base_model="nosuch/base", base_revision="v9")
+    (index / "manifest.json").write_text(json.dumps(written))
+    result = cli("score", index, "--query", "red planet", "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert {json.loads(line)["doc_id"] for line in result.stdout.splitlines()} == {"a", "b"}
+
+
 def test_a_revision_missing_from_the_cache_is_named_with_its_download(checkpoint, hub_cache):
     hub_cache("org/tiny", checkpoint("pylate_bert"), SHA_A)
     with pytest.raises(ModelNotFoundError) as error:

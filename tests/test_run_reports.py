@@ -55,3 +55,33 @@ def test_the_json_summary_says_when_the_demo_model_was_used(cli, minilm_path, tm
     assert json.loads(chosen.stdout)["demo_model"] is False
     text = cli("encode", corpus, "-o", tmp_path / "text")
     assert "using the demo model" in text.stderr
+
+
+def test_json_mode_keeps_the_warnings_on_stderr(cli, tmp_path):
+    """--log-format json dropped every warning line as --quiet does, though stdout alone carries the JSON: a
+    skipped row is a warning line on stderr (no progress, no text summary), and stdout is one JSON document."""
+    corpus = write_parquet(tmp_path / "c.parquet", [{"id": "a", "text": "hello"}, {"id": "b", "text": None}])
+    result = cli("encode", corpus, "-o", tmp_path / "index", "--on-error", "skip", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    assert "tokembed: warning: skipped c.parquet row 1 (id 'b'): null text" in result.stderr.replace(str(tmp_path) + "/", "")
+    assert json.loads(result.stdout)["skipped"] == 1
+    assert not any(line.startswith(("tokembed: progress:", "tokembed: 1 rows")) for line in result.stderr.splitlines())
+    quiet = cli("encode", corpus, "-o", tmp_path / "quiet", "--on-error", "skip", "--log-format", "json", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # only --quiet silences them
+    assert json.loads(quiet.stdout)["skipped"] == 1
+
+
+def test_json_mode_keeps_the_library_warnings_on_stderr(cli, tmp_path):
+    """The library's logged warnings (a folder left alone among the index's files) likewise."""
+    corpus = write_parquet(tmp_path / "c.parquet", [{"id": "a", "text": "hello"}])
+    index = tmp_path / "index"
+    assert cli("encode", corpus, "-o", index, "--quiet").exit_code == 0
+    (index / "data" / "part-000099.arrow").mkdir()  # named like a shard, but a folder
+    write_parquet(corpus, [{"id": "a", "text": "hello again"}])
+    result = cli("encode", corpus, "-o", index, "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    assert "part-000099.arrow: a folder among tokembed's own files; left alone" in result.stderr
+    assert json.loads(result.stdout)["updated"] == 1
+    write_parquet(corpus, [{"id": "a", "text": "hello once more"}])
+    quiet = cli("encode", corpus, "-o", index, "--log-format", "json", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and json.loads(quiet.stdout)["updated"] == 1

@@ -269,9 +269,24 @@ def test_model_mismatch_exits_5_unless_allowed(cli, demo_index, minilm_path, tmp
 def test_score_runs_on_one_device_and_says_which_it_takes(cli, demo_index):
     """``--device cpu:2`` ran (what two CPU workers mean for a query was never said), and a bad value's message
     offered encode's lists of devices."""
-    demo_index, _ = demo_index
-    result = cli("score", "--query", "sorting", demo_index, "--device", "cpu:2")
+    index, _ = demo_index
+    result = cli("score", "--query", "sorting", index, "--device", "cpu:2")
     assert result.exit_code == 2 and "tokembed score runs on one device" in result.stderr, result.output
-    result = cli("score", "--query", "sorting", demo_index, "--device", "bogus")
+    result = cli("score", "--query", "sorting", index, "--device", "bogus")
     assert result.exit_code == 9 and "expected auto, cpu, cuda or cuda:N" in result.stderr, result.output
-    assert cli("score", "--query", "sorting", demo_index, "--device", "cpu").exit_code == 0
+    assert cli("score", "--query", "sorting", index, "--device", "cpu").exit_code == 0
+
+
+def test_quiet_silences_the_library_warnings_too(cli, demo_index, tmp_path, monkeypatch):
+    """--quiet is "nothing on stderr but errors": a warning the library logs (no writable cache to record which
+    files were hashed) went to stderr anyway; with --log-format json it is a line there, as encode's."""
+    index, _ = demo_index
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("TOKEMBED_CACHE", str(blocker / "cache"))
+    result = cli("score", "--query", "cats", index, "-f", "jsonl", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    assert "tokembed: warning: cannot record which files were already hashed" in result.stderr
+    monkeypatch.setenv("TOKEMBED_CACHE", str(blocker / "other"))  # warned once per process and folder
+    quiet = cli("score", "--query", "cats", index, "-f", "jsonl", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr

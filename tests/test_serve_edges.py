@@ -30,6 +30,7 @@ httpx = pytest.importorskip("httpx")
         (["--api-key", "s3cret\n"], "--api-key starts or ends with whitespace"),
         (["--api-key", ""], "--api-key is empty"),
         (["--api-key", "s3c\x00ret"], "--api-key holds a control character"),
+        (["--log-level", "loud"], "--log-level 'loud': must be one of critical, error, warning, info, debug, trace"),
     ],
 )
 def test_options_no_server_could_run_with_are_usage_errors(cli, colbert_ckpt, args, says):

@@ -148,6 +148,9 @@ def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:
     if kind == "query":
         flags = replace(flags, pool_factor=1)  # --pool-factor pools the documents; queries are never pooled
     base = manifest["model"].get("base") or {}
+    if not base:
+        # no adapter: an earlier release recorded a --base-model / --base-revision it ignored (refused now)
+        return replace(flags, base_model=None, base_revision=None)
     if not base.get("path") or not _exists(base["path"]):
         return flags
     if base.get("revision") is not None:
@@ -162,9 +165,9 @@ def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:
 
 def index_checkpoint(manifest: dict, kind: str = "query", model: str | None = None) -> tuple[str | None, EncodeFlags]:
     """(``index_model``, ``index_flags``): the index's revision goes with a hub id only (a folder, the snapshot it
-    named or ``model``, has none)."""
+    named, ``model`` or the demo model, has none)."""
     where, flags = index_model(manifest, model), index_flags(manifest, kind)
-    if where is not None and _exists(where):
+    if where is None or _exists(where):  # None: the demo model, a folder (an earlier release recorded a --revision)
         flags = replace(flags, revision=None)
     return where, flags
 

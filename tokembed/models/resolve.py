@@ -55,11 +55,42 @@ def resolve_model(
     else the adapter's ``base_model_name_or_path``; ``base_revision`` pins a hub base.
     """
     if name is None:
-        return _demo_model()
-    resolved = _checkpoint(name, revision, "--model", "--revision")
+        demo = _demo_model()
+        _refuse_folder_revision("no --model given: the demo model", demo.path, revision, "--revision",
+                                hint="leave --revision out, or give the hub id it pins with --model")
+        _refuse_base_flags(demo, base_model, base_revision)
+        return demo
+    resolved = resolve_checkpoint(name, revision)
     if (resolved.path / "adapter_config.json").is_file():
         return replace(resolved, base=_adapter_base(resolved, base_model, base_revision))
+    _refuse_base_flags(resolved, base_model, base_revision)
     return resolved
+
+
+def resolve_checkpoint(name: str, revision: str | None = None) -> ResolvedModel:
+    """``--model`` as a folder or hub id, an adapter's base left unresolved (``serve --lora-modules`` puts its
+    adapters on the served model, whatever base they name)."""
+    return _checkpoint(name, revision, "--model", "--revision")
+
+
+def _refuse_base_flags(resolved: ResolvedModel, base_model: str | None, base_revision: str | None) -> None:
+    """``--base-model`` / ``--base-revision`` name a PEFT adapter's base: with any other model they would be
+    recorded in the manifest's flags and never used."""
+    given = [f"{flag} {value}" for flag, value in (("--base-model", base_model), ("--base-revision", base_revision))
+             if value is not None]
+    if given:
+        model = "the demo model" if resolved.is_demo else f"--model {resolved.name!r}"
+        verb = "apply" if len(given) > 1 else "applies"
+        raise UsageError(f"{' and '.join(given)} {verb} to PEFT adapters only; {model} is no adapter "
+                         f"(no adapter_config.json in {resolved.path})",
+                         hint="leave --base-model and --base-revision out, or give the adapter's folder or hub id as --model")
+
+
+def _refuse_folder_revision(what: str, path: Path, revision: str | None, revision_flag: str, hint: str = "") -> None:
+    if revision is not None:
+        raise UsageError(
+            f"{what} is a local folder ({path.resolve()}): {revision_flag} {revision} applies to hub ids only",
+            hint=hint or f"leave {revision_flag} out, or give a hub id that no folder here shadows")
 
 
 def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) -> ResolvedModel:
@@ -68,11 +99,7 @@ def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) 
         raise UsageError("--model is empty: give a checkpoint folder or a hub id", hint="an unset shell variable?")
     path = Path(name).expanduser()
     if path.is_dir():
-        if revision is not None:
-            raise UsageError(
-                f"{what} {name!r} is a local folder ({path.resolve()}): "
-                f"{revision_flag} {revision} applies to hub ids only",
-                hint=f"leave {revision_flag} out, or give a hub id that no folder here shadows")
+        _refuse_folder_revision(f"{what} {name!r}", path, revision, revision_flag)
         return ResolvedModel(name=name, path=path.resolve(), revision=None)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFoundError(f"--model {name!r}: no such checkpoint folder")

@@ -31,20 +31,23 @@ def attach_adapters(embedder, lora_modules) -> dict:
     names = [name for name, _ in lora_modules]
     if len(set(names)) != len(names) or embedder.resolved.name in names:
         raise UsageError(f"--lora-modules: names must be unique and differ from the served model ({', '.join(names)})")
-    base = str(embedder.resolved.path)  # the adapters go on the served model, whatever base their config names
-    folders = [(name, _adapter_folder(name, path, base)) for name, path in lora_modules]
+    if embedder.resolved.base is not None:
+        raise UsageError(f"--lora-modules: --model {embedder.resolved.name!r} is itself a PEFT adapter; tokembed applies "
+                         "one adapter over a base", hint="serve its base as --model and the adapters as --lora-modules")
+    # the adapters go on the served model, whatever base their config names (which is therefore not resolved)
+    folders = [(name, _adapter_folder(name, path)) for name, path in lora_modules]
     peft_model = attach_unmerged(model.backbone, folders)
     model.backbone = adapter_view(peft_model, None)
     return {name: (str(folder), adapter_view(peft_model, name)) for name, folder in folders}
 
 
-def _adapter_folder(name: str, path: str, base: str) -> Path:
+def _adapter_folder(name: str, path: str) -> Path:
     """The adapter's folder; an error names the --lora-modules entry, not --model."""
     from tokembed.errors import ModelNotFoundError
-    from tokembed.models.resolve import resolve_model
+    from tokembed.models.resolve import resolve_checkpoint
 
     try:
-        return Path(resolve_model(path, base_model=base).path)
+        return Path(resolve_checkpoint(path).path)
     except ModelNotFoundError as exc:
         raise ModelNotFoundError(f"--lora-modules {name}={path}: {str(exc).removeprefix(f'--model {path!r}: ')}",
                                  hint=exc.hint) from None
