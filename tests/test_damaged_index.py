@@ -293,3 +293,64 @@ def test_info_reads_the_new_generation_when_a_commit_replaces_the_structure_unde
     result = cli("info", index, "--json")
     assert result.exit_code == 0, result.output
     assert calls == [2, 4] and json.loads(result.stdout)["search_structure"]["nbits"] == 4
+
+
+def zero_tensor(path, name: str) -> None:
+    """Bit rot inside one tensor of a safetensors file: its bytes zeroed, the file's size and header kept."""
+    data = bytearray(path.read_bytes())
+    length = int.from_bytes(data[:8], "little")
+    begin, end = json.loads(data[8 : 8 + length])[name]["data_offsets"]
+    data[8 + length + begin : 8 + length + end] = bytes(end - begin)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("tensor", ["list_rows", "residuals"])
+@pytest.mark.parametrize("rerun", ["compress", "encode --full"])
+def test_a_retrain_codes_a_damaged_code_file_again(compressed, cli, colbert_ckpt, rerun, tensor):
+    """A retrain over the same shards trains the same centroids, which name the same code files: the damaged one
+    was kept as if a killed run had written it, its new sha256 recorded, info --verify passed and score returned
+    wrong hits (exit 0), after the very remedy score's exit 6 had named."""
+    index, corpus, _ = compressed
+    query = ["score", "--query", "alpha beta", "--query", "kappa mu", index, "--top-k", 5, "--format", "jsonl"]
+    sound = cli(*query)
+    assert sound.exit_code == 0 and sound.stdout, sound.output
+    entry = manifest(index)["search"]["shards"][1]
+    zero_tensor(index / entry["file"], tensor)
+    assert cli(*query).exit_code == 6
+    if rerun == "compress":
+        result = cli("compress", index, "--retrain", "--quiet")
+    else:
+        result = cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--shard-rows", 20, "--full", "--retrain", "--quiet")
+    assert result.exit_code == 0, result.output
+    coded = manifest(index)["search"]["shards"][1]  # the same centroids: the file coded again, byte for byte
+    assert (coded["file"], coded["sha256"]) == (entry["file"], entry["sha256"])
+    assert cli("info", index, "--verify").exit_code == 0
+    assert cli(*query).stdout == sound.stdout
+
+
+def test_a_killed_runs_code_file_damaged_since_is_coded_again(compressed, cli, monkeypatch):
+    from plaid_support import structure_files
+    from tokembed.search.plaid import build, compress_index
+
+    index, _, _ = compressed
+    reference = index.parent / "reference"
+    shutil.copytree(index, reference)
+    assert cli("compress", reference, "--nbits", 4, "--quiet").exit_code == 0
+
+    class Killed(BaseException):
+        pass
+
+    def kill_at_the_second_code_file(event, count):
+        if (event, count) == ("codes", 2):
+            raise Killed
+
+    monkeypatch.setattr(build, "fault_point", kill_at_the_second_code_file)
+    with pytest.raises(Killed):
+        compress_index(index, nbits=4)
+    monkeypatch.undo()
+    left = [name for name in structure_files(index) if name.startswith("codes-") and name in structure_files(reference)]
+    assert len(left) == 2  # the killed run's, not yet listed
+    zero_tensor(index / "plaid" / left[0], "residuals")
+    assert cli("compress", index, "--nbits", 4, "--quiet").exit_code == 0
+    assert structure_files(index) == structure_files(reference)
+    assert cli("info", index, "--verify").exit_code == 0

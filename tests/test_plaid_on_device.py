@@ -129,3 +129,47 @@ def test_probes_that_reach_no_document_give_no_candidates():
     arrays = on_device.device_arrays(structure, "cpu")
     assert len(on_device._stage_one(arrays, torch.from_numpy(sims), 1, 5, torch.from_numpy(norms))) == 0
     assert len(on_device._stage_one(arrays, torch.from_numpy(sims), 2, 5, torch.from_numpy(norms))) > 0  # centroid 1's
+
+
+def duplicated_structure(rng, copies: int) -> Structure:
+    """One shard of ``copies`` copies of 3 documents (rows 0, 1, 2, 0, 1, 2, ...): every score ties exactly."""
+    lengths = np.tile([5, 9, 3], copies)
+    ids = np.tile(rng.integers(0, K, size=17), copies).astype(np.uint16)
+    list_offsets, list_rows = inverted_lists(ids, lengths, K)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    structure, _ = random_structure(rng, [1])
+    codes = ShardCodes(offsets, ids, np.zeros((len(ids), 4), np.uint8), list_offsets, list_rows)
+    return Structure(structure.codec, [codes], np.array([0, len(lengths)], np.int64))
+
+
+@pytest.mark.parametrize("tokens", [8, 32])
+def test_exact_ties_go_to_the_lower_row_as_in_numpy(tokens):
+    """torch's sum over query tokens gave equal columns other last bits by their position: of duplicated documents
+    the device kept other rows than numpy (and other hits), though both promise ties to the lower row."""
+    rng = np.random.default_rng(tokens)
+    structure = duplicated_structure(rng, 200)
+    arrays = on_device.device_arrays(structure, "cpu")
+    q = rng.standard_normal((tokens, DIM)).astype(np.float32)
+    sims, norms = q @ structure.codec.centroids.T, np.linalg.norm(q, axis=1)
+    for probe, keep in ((2, 50), (8, 100), (K, 7)):
+        expected = candidate_rows(structure, sims, probe, keep, norms)
+        got = on_device._stage_one(arrays, torch.from_numpy(sims), probe, keep, torch.from_numpy(norms))
+        assert np.array_equal(got.numpy(), expected), (probe, keep)
+        kept = on_device._stage_two(arrays, torch.from_numpy(sims), got, keep // 5).numpy()
+        assert np.array_equal(kept, best_by_centroids(structure, sims, expected, keep // 5)), (probe, keep)
+
+
+def test_whole_searches_of_duplicated_documents_return_the_cpu_paths_hits(tmp_path):
+    from plaid_support import clustered_docs, queries_from
+    from test_score import write_index
+    from tokembed.search.plaid import compress_index
+
+    rng = np.random.default_rng(7)
+    docs = clustered_docs(rng, 30)
+    folder = write_index(tmp_path / "index", docs * 8, shard_rows=80, batch_rows=40)  # each document 8 times
+    compress_index(folder, nbits=2, centroids=32)
+    index, structure = open_searchable(folder)
+    queries = queries_from(rng, docs, 20, tokens=32)
+    for probe, candidates in ((1, 4), (2, 16)):
+        expected = plaid_search(index, structure, queries, 10, probe, candidates)
+        assert plaid_search(index, structure, queries, 10, probe, candidates, device="cpu") == expected

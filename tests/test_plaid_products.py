@@ -3,7 +3,9 @@ product elsewhere or where that op is missing or disagrees; query threads run to
 
 from __future__ import annotations
 
+import importlib.machinery
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -103,3 +105,30 @@ def test_query_threads_made_before_torch_was_imported_still_run_openmp_on_one_th
         hidden.delitem(sys.modules, "torch")
         assert threads.map_queries(lambda q: q, list(range(6))) == list(range(6))
     assert threads.map_queries(lambda q: torch.get_num_threads(), list(range(6))) == [1] * 6
+
+
+def partially_imported_torch() -> types.ModuleType:
+    """``sys.modules["torch"]`` while another thread imports torch: the module before its code has run."""
+    module = types.ModuleType("torch")
+    module.__spec__ = importlib.machinery.ModuleSpec("torch", None)
+    module.__spec__._initializing = True  # as importlib's _load_unlocked leaves it until the module's code has run
+    return module
+
+
+def test_a_torch_still_being_imported_is_neither_used_nor_marked_unusable(compressed, monkeypatch):
+    """A library search while another thread imported torch failed ("partially initialized module 'torch' has no
+    attribute 'from_numpy'"), and the centroids' packing was marked unusable for the process's lifetime."""
+    from tokembed.search import search_vectors
+
+    folder, _, qs = compressed
+    want = search_vectors(folder, qs)
+    c, out = codec(), np.empty((5, K), np.float32)
+    monkeypatch.setattr(threads, "_blas_threads", lambda: 3)  # the query threads' path too
+    with monkeypatch.context() as importing:
+        importing.setitem(sys.modules, "torch", partially_imported_torch())
+        got = search_vectors(folder, qs)
+        assert products.centroid_scores(c, queries(5), out) is out  # numpy's product
+    assert [[h.id for h in hits] for hits in got] == [[h.id for h in hits] for hits in want]
+    assert [h.score for hits in got for h in hits] == pytest.approx([h.score for hits in want for h in hits], abs=1e-5)
+    products.centroid_scores(c, queries(5), out)  # the import done: torch's packed product from now on
+    assert products.packed_bytes(c) == (K * DIM * 4 if torch.backends.mkldnn.is_available() else 0)

@@ -8,7 +8,9 @@ shard of the new generation its code file:
 * a shard whose bytes did not change keeps its code file (same name, not rewritten);
 * a new shard is coded row by row, copying the codes of rows the previous generation held unchanged
   (same id and content hash) and coding the others with the existing centroids;
-* a code file already on disk under its name was written whole by a run that died: it is kept (resume).
+* a code file already on disk under its name is kept (resume) only when its ``.coded.json`` records the bytes and
+  sha256 it was written with by a run that died (or this run's writer) and it still has them; any other file under
+  that name (a committed one that a retrain's identical centroids name again, or one damaged since) is coded again.
 
 Training itself resumes too: the codec file and ``plaid/pending.json`` (which shards it was trained for)
 are written before any code file, so a rerun over the same shards takes that codec instead of training
@@ -35,7 +37,7 @@ from tokembed.index.format import SEARCH, VECTORS, VECTORS_DROPPED, vectors_drop
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import CODES_DIR, CodingStats, StoredCodes, code_shard, codes_name
-from tokembed.search.plaid.files import map_tensors, read_coding_figures, verify_file, verify_files, write_coding_figures, write_tensors
+from tokembed.search.plaid.files import map_tensors, verify_file, verify_files, write_coding_figures, write_tensors, written_whole
 
 PENDING = f"{CODES_DIR}/pending.json"
 RETRAIN_SHARE = 0.75  # tokens coded since training / tokens in the index
@@ -264,28 +266,25 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
 
     name = codes_name(shard["sha256"], codec_sha)
     base = {"shard": shard["file"], "file": name, "rows": shard["rows"], "tokens": shard["tokens"]}
-    damaged = False
     if name in listed and (folder / name).is_file():  # the shard did not change: its code file stays as it is
         try:
             verify_files(folder, [listed[name]], checksum=True)  # once per change of the file (``index.verified``)
             stats.carried_tokens += shard["tokens"]
             return {**base, "bytes": listed[name]["bytes"], "sha256": listed[name]["sha256"]}
         except IndexCorruptError as exc:  # damaged since its commit: coded again (as a --full rebuild is asked to)
-            _refuse_without_vectors(index, exc)
-            damaged = True  # the committed file stays until the new one replaces it whole
-    if not damaged and (folder / name).is_file():  # written whole by a run that died before its commit, or by this run's writer
-        from tokembed.index.atomic import sha256_file
-
-        coded, norm_sum = read_coding_figures(folder / name) or (0, 0.0)
-        stats.add(CodingStats(coded, shard["tokens"] - coded, norm_sum))
-        return {**base, "bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
+            _refuse_without_vectors(index, exc)  # the committed file stays until the new one replaces it whole
+    figures = written_whole(folder, name)
+    if figures is not None:  # written whole, and unchanged since, by a run that died before its commit or this run's writer
+        stats.add(CodingStats(figures["coded_tokens"], shard["tokens"] - figures["coded_tokens"], figures["residual_norm_sum"]))
+        return {**base, "bytes": figures["bytes"], "sha256": figures["sha256"]}
     mine = CodingStats()
     codes = code_shard(codec, shard_batches(index, shard, verify=False), carry, mine, shard["tokens"], str(index.shard_path(shard)))
     if carry is not None:
         carry.release()
-    write_coding_figures(folder / name, mine.coded_tokens, mine.residual_norm_sum)
+    entry = codes.write(folder / name)
+    write_coding_figures(folder / name, mine.coded_tokens, mine.residual_norm_sum, entry)
     stats.add(mine)
-    return {**base, **codes.write(folder / name)}
+    return {**base, **entry}
 
 
 def _refuse_without_vectors(index, damage: IndexCorruptError) -> None:

@@ -30,7 +30,7 @@ from tokembed.index.format import SEARCH, SEARCH_SETTINGS, vectors_dropped
 from tokembed.index.previous import PreviousIndex
 from tokembed.index.writer import IndexWriter
 from tokembed.search.plaid.codes import CodeParts, CodingStats, StoredCodes, assemble, codes_name, vector_lengths
-from tokembed.search.plaid.files import check_structure_lists_shards, coding_figures_path, write_coding_figures
+from tokembed.search.plaid.files import check_structure_lists_shards, coding_figures_path, write_coding_figures, written_whole
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,7 @@ class CodedWriter(IndexWriter):
         self.schema = vectorless_schema(self.schema)
         self.store_dtype = np.dtype(store_dtype)
         self.codec, self.codec_sha = previous.codec, previous.codec_sha
+        self.committed_codes = {entry["file"] for entry in previous.index.manifest[SEARCH]["shards"]}  # checked before carrying
         self.stats = CodingStats()  # the run's, shard by shard as each closes
         self._shard = CodingStats()  # the open shard's
         self._parts = CodeParts()
@@ -189,10 +190,11 @@ class CodedWriter(IndexWriter):
     def close_shard(self):
         info = super().close_shard()
         if info is not None:
-            path = self.folder / codes_name(info.sha256, self.codec_sha)
-            if not path.is_file():  # a file under that name holds exactly these codes already
-                write_coding_figures(path, self._shard.coded_tokens, self._shard.residual_norm_sum)
-                assemble(self._parts, self.codec).write(path)
+            name = codes_name(info.sha256, self.codec_sha)
+            if name not in self.committed_codes and written_whole(self.folder, name) is None:  # else: these codes already
+                path = self.folder / name
+                entry = assemble(self._parts, self.codec).write(path)
+                write_coding_figures(path, self._shard.coded_tokens, self._shard.residual_norm_sum, entry)
                 self._code_files.append(path)
             self.stats.add(self._shard)
             self._parts, self._shard = CodeParts(), CodingStats()

@@ -132,19 +132,27 @@ def check_structure_lists_shards(folder: Path, manifest: dict) -> None:
         raise IndexCorruptError(f"{folder}: the search structure does not list the manifest's shards")
 
 
-def write_coding_figures(code_file: Path, coded_tokens: int, residual_norm_sum: float) -> None:
-    """Beside a code file, before it: how many of its tokens this run coded (the rest were carried), so
-    that a run resuming after a crash counts them as coded, not carried (the manifest's drift)."""
-    data = {"coded_tokens": coded_tokens, "residual_norm_sum": residual_norm_sum}
+def write_coding_figures(code_file: Path, coded_tokens: int, residual_norm_sum: float, entry: dict) -> None:
+    """Beside a code file, once it is written whole: its ``entry`` (bytes, sha256) and how many of its tokens this
+    run coded (the rest were carried), so that a run resuming after a crash keeps the file only while its bytes are
+    the ones written (``written_whole``) and counts its tokens as coded, not carried (the manifest's drift)."""
+    data = {"coded_tokens": coded_tokens, "residual_norm_sum": residual_norm_sum,
+            "bytes": entry["bytes"], "sha256": entry["sha256"]}
     atomic_write_bytes(coding_figures_path(code_file), json.dumps(data).encode())
 
 
-def read_coding_figures(code_file: Path) -> tuple[int, float] | None:
+def written_whole(folder: Path, name: str) -> dict | None:
+    """The coding figures of the code file ``name`` (relative to the index ``folder``) that a run (this one, or one killed before its commit) wrote whole and that
+    still has the bytes it was written with; None for any other file under that name (no figures: a committed file,
+    an older release's leftover, a run killed before it wrote them; or bytes changed since: bit rot), to code again."""
     try:
-        data = json.loads(coding_figures_path(code_file).read_text())
-        return int(data["coded_tokens"]), float(data["residual_norm_sum"])
-    except (OSError, ValueError, KeyError, TypeError):  # none (an older run's file), or torn: count it as carried
+        data = json.loads(coding_figures_path(folder / name).read_text())
+        figures = {"coded_tokens": int(data["coded_tokens"]), "residual_norm_sum": float(data["residual_norm_sum"]),
+                   "bytes": int(data["bytes"]), "sha256": str(data["sha256"])}
+        verify_files(folder, [{"file": name, "bytes": figures["bytes"], "sha256": figures["sha256"]}], checksum=True)
+    except (OSError, ValueError, KeyError, TypeError, IndexCorruptError):
         return None
+    return figures
 
 
 def coding_figures_path(code_file: Path) -> Path:

@@ -93,7 +93,7 @@ def _stage_one(arrays: DeviceArrays, sims, probe: int, keep: int, norms):
     gain = gains.reshape(-1).repeat_interleave(per_pair)
     best = torch.zeros(n * len(found), dtype=torch.float32, device=sims.device)
     best.scatter_reduce_(0, token * len(found) + inverse, gain, reduce="amax")  # gains are > 0: 0 = not reached
-    return _best_rows(found, best.view(n, len(found)).sum(dim=0), keep)
+    return _best_rows(found, _column_sums(best.view(n, len(found))), keep)
 
 
 def _stage_two(arrays: DeviceArrays, sims, rows, keep: int):
@@ -108,7 +108,20 @@ def _stage_two(arrays: DeviceArrays, sims, rows, keep: int):
     document = torch.arange(len(rows), device=sims.device).repeat_interleave(counts)
     best = torch.full((len(sims), len(rows)), -torch.inf, dtype=torch.float32, device=sims.device)
     best.scatter_reduce_(1, document.expand(len(sims), -1), sims[:, ids], reduce="amax")
-    return _best_rows(rows, best.sum(dim=0), keep)
+    return _best_rows(rows, _column_sums(best), keep)
+
+
+def _column_sums(matrix):
+    """Each column's sum, the rows (query tokens) added one at a time in order, as numpy's ``sum(axis=0)`` adds
+    them: equal columns get the same bits. ``torch.sum(dim=0)`` groups a column's terms by the column's position
+    (vectorized blocks), so exactly tied documents (duplicates; every token on one centroid) got other last bits,
+    and the tie went to the wrong row. One add per query token: ~32 element-wise kernels a stage."""
+    import torch
+
+    total = torch.zeros(matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
+    for row in matrix:
+        total += row
+    return total
 
 
 def _best_rows(rows, scores, keep: int):

@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from tokembed.errors import TokembedError
+from tokembed.search.plaid.imported import imported_torch
 
 # A fork and a pool cost ~15 ms at 1M documents (a 0.9 GB parent): a few queries' time. Below this many queries
 # the query threads answer.
@@ -78,7 +79,7 @@ def _start_child(parent: int) -> None:
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch = sys.modules.get("torch")
+    torch = imported_torch()
     if torch is not None:
         torch.set_num_threads(1)
     from tokembed.search.plaid.threads import one_thread_per_pool

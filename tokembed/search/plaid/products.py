@@ -21,9 +21,9 @@ ms, 100 queries batched 45.5 against 45.3 queries/s.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
+
+from tokembed.search.plaid.imported import imported_torch
 
 PACK_ROWS = 32  # the query-token count oneDNN's layout is chosen for (any count works)
 _UNUSABLE = "unusable"
@@ -32,7 +32,7 @@ _SLOT = "_onednn_centroids"  # the packed centroids, kept in the codec's instanc
 
 def centroid_scores(codec, queries: np.ndarray, out: np.ndarray) -> np.ndarray:
     """[n, K] float32: each query token's score with every centroid (``out`` is used by the numpy product)."""
-    torch = sys.modules.get("torch")
+    torch = imported_torch()
     packed = _packed_centroids(codec, torch) if torch is not None else None
     if packed is None:
         return np.matmul(queries, codec.columns, out=out)
@@ -42,7 +42,7 @@ def centroid_scores(codec, queries: np.ndarray, out: np.ndarray) -> np.ndarray:
 def token_scores(queries: np.ndarray, vectors: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out`` [n, T] = queries [n, D] x vectors [T, D] transposed, float32: torch's product where torch is
     imported (the centroid product's threads), else numpy's."""
-    torch = sys.modules.get("torch")
+    torch = imported_torch()
     if torch is None:
         return np.matmul(queries, vectors.T, out=out)
     torch.mm(torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(vectors).T, out=torch.from_numpy(out))

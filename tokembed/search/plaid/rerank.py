@@ -11,13 +11,12 @@ tokens (8.5 against 6.3 ms on both cores). The per-document reads are all prefet
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from tokembed.errors import IndexCorruptError
 from tokembed.index.format import require_vectors
 from tokembed.search.plaid.candidates import per_shard, scratches
+from tokembed.search.plaid.imported import imported_torch
 from tokembed.search.plaid.lists import ragged
 from tokembed.search.plaid.products import token_scores
 from tokembed.search.plaid.shard_reads import prefetch, read_exactly, shard_batches
@@ -136,7 +135,7 @@ _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.flo
 
 def float16_to_float32(values: np.ndarray, out: np.ndarray) -> None:
     """``out[:] = values`` (float16 -> float32, exact), both 1-D and contiguous."""
-    torch = sys.modules.get("torch")
+    torch = imported_torch()
     if torch is None:
         np.take(_F16_TO_F32, values.view(np.uint16), out=out, mode="clip")  # every uint16 is in range; "clip" is unbuffered
         return

@@ -16,6 +16,7 @@ import threading
 from contextlib import contextmanager
 
 from tokembed.search.plaid import processes as query_processes
+from tokembed.search.plaid.imported import imported_torch
 
 _LOCK = threading.Lock()
 _STATE = {"users": 0, "limit": None, "blas_threads": 1, "pools": {}, "controller": None, "modules": 0}
@@ -125,7 +126,7 @@ def _on_one_openmp_thread(function):
     ``torch.set_num_threads``, which encoding calls), so that call is made first, then the limit."""
 
     def run(query):
-        torch = sys.modules.get("torch")
+        torch = imported_torch()
         if torch is not None and not getattr(_THIS_THREAD, "openmp_limited", False):
             from threadpoolctl import ThreadpoolController
 
