@@ -448,3 +448,23 @@ def test_the_staging_folder_and_path_variables_reach_the_actors_absolute(monkeyp
         runner.close()
     env = ray_runner.actor_env({"TOKEMBED_CACHE": "cache", "HF_HOME": "/abs/hf", "HF_HUB_OFFLINE": "1", "HOME": "/root"})
     assert env == {"TOKEMBED_CACHE": str(tmp_path / "cache"), "HF_HOME": "/abs/hf", "HF_HUB_OFFLINE": "1"}
+
+
+def test_auto_leaves_out_a_head_without_cpus_and_cpu_n_is_bounded_as_locally(monkeypatch):
+    """A head started with --num-cpus=0 (so that it runs no work) made ``auto`` start an actor for it too, each
+    reserving min(0, ...) = 0 CPUs with one torch thread; ``cpu:30000`` reserved 0.0 CPUs each (unbounded)."""
+    ray = pytest.importorskip("ray")
+    from tokembed.engine import ray_cluster
+    from tokembed.errors import DeviceError
+
+    nodes = [{"Alive": True, "Resources": {"memory": 1e9}}, {"Alive": True, "Resources": {"CPU": 16.0}},
+             {"Alive": True, "Resources": {"CPU": 16.0}}, {"Alive": False, "Resources": {"CPU": 64.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    plan = ray_cluster.plan_actors("auto")
+    assert (plan.count, plan.num_cpus, plan.threads, plan.spread) == (2, 16, 16, True)
+    assert ray_cluster.plan_actors("cpu:128").num_cpus == 0.25
+    with pytest.raises(DeviceError, match="at most 128 CPU actors"):
+        ray_cluster.plan_actors("cpu:129")
+    monkeypatch.setattr(ray, "nodes", lambda: nodes[:1])
+    with pytest.raises(DeviceError, match="no node with a CPU"):
+        ray_cluster.plan_actors("auto")

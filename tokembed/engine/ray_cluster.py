@@ -167,16 +167,22 @@ def plan_actors(devices: str | None) -> ActorPlan:
 
     spec = (devices or "auto").strip().lower()
     nodes = [node for node in ray.nodes() if node.get("Alive")]
-    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in nodes] or [1]
     gpus = int(sum(node["Resources"].get("GPU", 0) for node in nodes))
     if spec == "auto" and gpus:
         return ActorPlan(gpus, 1, 1, 1, spread=False)
+    # nodes with cores only: a head started with --num-cpus=0 runs no work (and min() over it reserved 0 CPUs)
+    node_cpus = [cpus for cpus in (int(node["Resources"].get("CPU", 0)) for node in nodes) if cpus > 0]
+    if not node_cpus and not spec.startswith("cuda"):
+        raise DeviceError(f"--devices {spec}: the Ray cluster has no node with a CPU to run actors on")
     if spec == "auto":
-        return ActorPlan(len(nodes), min(node_cpus), 0, max(1, min(node_cpus)), spread=True)
+        return ActorPlan(len(node_cpus), min(node_cpus), 0, min(node_cpus), spread=True)
     if spec == "cpu":
-        return ActorPlan(1, max(node_cpus), 0, max(1, max(node_cpus)), spread=False)
+        return ActorPlan(1, max(node_cpus), 0, max(node_cpus), spread=False)
     if spec.startswith("cpu:") and spec[4:].isascii() and spec[4:].isdigit() and int(spec[4:]) > 0:
-        count = int(spec[4:])
+        count, most = int(spec[4:]), 4 * sum(node_cpus)
+        if count > most:  # as the local engine: each actor loads the model, and a share of 0 CPUs is unbounded
+            raise DeviceError(f"--devices {spec}: at most {most} CPU actors on this Ray cluster (4 per core; each loads "
+                              "the model)")
         share = min(max(node_cpus), sum(node_cpus) / count)  # fewer cores than actors: each reserves a fraction
         share = float(int(share)) if share >= 1 else math.floor(share * 10_000) / 10_000
         return ActorPlan(count, share, 0, max(1, int(share)), spread=False)
