@@ -100,7 +100,7 @@ def from_pretrained_checked(
 def shape_mismatches(model_class: Any, path: Path, kwargs: dict) -> list[str]:
     """Saved tensors whose shape is not that of the parameter ``from_pretrained`` loads them onto, read from the
     weight files' headers against the model built on the meta device (no memory); empty where it cannot be built."""
-    from tokembed.models.weights import stored_shapes, weight_files
+    from tokembed.models.weights import readable, stored_tensors, weight_files
 
     try:
         model = _meta_model(model_class, path, kwargs)
@@ -110,7 +110,9 @@ def shape_mismatches(model_class: Any, path: Path, kwargs: dict) -> list[str]:
     loaded_as = loaded_name(model, kwargs.get("key_mapping"))
     wrong = []
     for file in weight_files(path):
-        for name, shape in sorted(stored_shapes(file).items()):
+        with readable(file):
+            stored = stored_tensors(file)
+        for name, shape in sorted((name, tensor.shape) for name, tensor in stored.items()):
             target = loaded_as(name)
             if target in expected and shape != expected[target]:
                 wrong.append(f"{name} (in {file}): checkpoint {shape}, model {expected[target]}")

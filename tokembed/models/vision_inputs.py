@@ -36,7 +36,7 @@ def processed_query(process: Any, text: str, processor: Any, architecture: str) 
     try:
         return process([text])
     except ValueError as exc:
-        held = [token for token in placeholder_tokens(processor) if token in text]
+        held = placeholders_held(text, processor)
         if not held:
             raise
         named = next((token for token in held if token in str(exc)), held[0])
@@ -46,7 +46,12 @@ def processed_query(process: Any, text: str, processor: Any, architecture: str) 
 
 
 def holds_placeholder(text: Any, processor: Any) -> bool:
-    return isinstance(text, str) and any(token in text for token in placeholder_tokens(processor))
+    return isinstance(text, str) and bool(placeholders_held(text, processor))
+
+
+def placeholders_held(text: str, processor: Any) -> list[str]:
+    """The processor's image / video placeholders that ``text`` holds."""
+    return [token for token in placeholder_tokens(processor) if token in text]
 
 
 def placeholder_tokens(processor: Any) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,32 +61,31 @@ def check_weight_files(folder: Path, indexed: bool = True) -> None:
     seen: dict[str, Path] = {}
     for file in weight_files(Path(folder), indexed):
         with readable(file):
-            stored = _stored_types(file)
-        for name, (dtype, floating) in stored.items():
+            stored = stored_tensors(file)
+        for name, tensor in stored.items():
             if name in seen:
                 raise ModelError(f"{folder}: tensor {name} is in both {seen[name].name} and {file.name}; "
                                  "which copy is the checkpoint's is not knowable",
                                  hint="remove the stray weight file")
             seen[name] = file
-            check_float(file, name, dtype, floating)
+            check_float(file, name, tensor.dtype, tensor.floating)
 
 
-def _stored_types(file: Path) -> dict[str, tuple[str, bool]]:
-    """name -> (dtype, is floating point) of every tensor in a weight file."""
+@dataclass(frozen=True)
+class StoredTensor:
+    dtype: str
+    floating: bool
+    shape: tuple[int, ...]
+
+
+def stored_tensors(file: Path) -> dict[str, StoredTensor]:
+    """name -> dtype, whether floating point, shape of every tensor in a weight file (the safetensors header; a
+    ``.bin`` file is mapped, not read)."""
     if file.suffix == ".safetensors":
-        return {name: (entry["dtype"], entry["dtype"].startswith(("F", "BF")))
+        return {name: StoredTensor(entry["dtype"], entry["dtype"].startswith(("F", "BF")), tuple(entry["shape"]))
                 for name, entry in safetensors_header(file).items()}
-    return {name: (str(tensor.dtype), tensor.is_floating_point())
+    return {name: StoredTensor(str(tensor.dtype), tensor.is_floating_point(), tuple(tensor.shape))
             for name, tensor in _mapped_bin(file).items() if isinstance(tensor, torch.Tensor)}
-
-
-def stored_shapes(file: Path) -> dict[str, tuple[int, ...]]:
-    """name -> shape of every tensor in a weight file (safetensors header; a ``.bin`` file is mapped)."""
-    with readable(file):
-        if file.suffix == ".safetensors":
-            return {name: tuple(entry["shape"]) for name, entry in safetensors_header(file).items()}
-        mapped = _mapped_bin(file)
-        return {name: tuple(tensor.shape) for name, tensor in mapped.items() if isinstance(tensor, torch.Tensor)}
 
 
 def check_float(file: Path, name: str, dtype: str, floating: bool) -> None:

@@ -89,8 +89,7 @@ class FolderWalks:
     def _walk(self, folder: Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
         with self._lock:
             if folder not in self._walks:
-                kept, twice = each_file_once(walk_paths(folder, self.skip))
-                self._walks[folder] = sorted(kept, key=in_path_order), twice
+                self._walks[folder] = _walk_once(folder, self.skip)
             return self._walks[folder]
 
 
@@ -170,7 +169,13 @@ def walk_files(folder: Path, skip: Path | None = None) -> list[Path]:
     bad row (cannot read) instead of it vanishing from the run unsaid. Each real file is listed once, under one
     path (``files.each_file_once``). A folder that cannot be listed is exit 3 (its documents would otherwise be
     deleted from the index unsaid). ``skip``: a folder left out (the index)."""
-    return sorted(each_file_once(walk_paths(folder, skip))[0], key=in_path_order)
+    return _walk_once(folder, skip)[0]
+
+
+def _walk_once(folder: Path, skip: Path | None) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """(``walk_files``' list, the paths it leaves out each with the path its file is read under)."""
+    kept, twice = each_file_once(walk_paths(folder, skip))
+    return sorted(kept, key=in_path_order), twice
 
 
 def walk_paths(folder: Path, skip: Path | None = None) -> list[Path]:

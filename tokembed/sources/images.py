@@ -10,7 +10,7 @@ the few in flight: a folder's or a Parquet column's images decode on ``DECODE_TH
 Decoding follows what a page screenshot pipeline expects: EXIF orientation applied
 (``ImageOps.exif_transpose``), first frame of animated images (page 1 of a multi-page TIFF, with a warning),
 transparency composited on white, CMYK and palette images converted to RGB, 16- and 32-bit grayscale scaled to
-8 bits by the range of their type (a page that would become one gray level is an item error),
+8 bits by the range of their type (a 32-bit page that would become one gray level is an item error),
 and a pixel limit checked on the header before any pixel is decoded (decompression bombs are an item error,
 never a crash).
 """
