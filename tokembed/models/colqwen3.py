@@ -75,16 +75,22 @@ class TomoroProcessor(QwenVLProcessor):
 
 def tomoro_processor(path: Path) -> TomoroProcessor:
     saved = processor_settings(path)
-    image = (saved.get("visual_prompt_prefix") or _IMAGE) + (saved.get("visual_prompt_suffix") or "<|im_end|><|endoftext|>")
+    image = _saved(saved, "visual_prompt_prefix", _IMAGE) + _saved(saved, "visual_prompt_suffix", "<|im_end|><|endoftext|>")
     settings, _video = read_processor_settings(path)
     tile = int((settings or {}).get("patch_size", 16)) * int((settings or {}).get("merge_size", 2))
     cap = TOMORO_MAX_VISUAL_TOKENS * tile * tile
     size = {**((settings or {}).get("size") or {}), "longest_edge": cap}
-    prompts = QwenVLPrompts(image=image, query_prefix=saved.get("query_prefix") or "")
+    prompts = QwenVLPrompts(image=image, query_prefix=_saved(saved, "query_prefix", ""))
     processor = build_processor(path, prompts, TomoroProcessor, image_settings={"max_pixels": cap, "size": size})
     # ColQwen3Processor.query_augmentation_token is the tokenizer's pad token, 10 of them after every query.
     processor.prompts = replace(prompts, query_suffix=str(processor.tokenizer.pad_token) * 10)
     return processor
+
+
+def _saved(saved: dict, key: str, default: str) -> str:
+    """A prompt saved in ``processor_config.json``; ColQwen3Processor takes its default only for None ("" stays)."""
+    value = saved.get(key)
+    return default if value is None else value
 
 
 class TomoroColQwen3:
@@ -105,7 +111,7 @@ class TomoroColQwen3:
             return CutLinear(_hidden_size(config), embed_dim, bias=True)
 
         return load_qwen3_vl(
-            cls.key, path, options, raw, TOMORO_LAYOUT, tomoro_head, tomoro_processor(path),
+            cls.key, path, options, raw, TOMORO_LAYOUT, tomoro_head, tomoro_processor(options.processor_path or path),
             embedding_dim=lambda _config, _proj: embed_dim, projection=projection,
         )
 
@@ -153,6 +159,6 @@ class OpsColQwen3:
             return layer
 
         return load_qwen3_vl(
-            cls.key, path, options, raw, OPS_LAYOUT, ops_head, ops_processor(path),
+            cls.key, path, options, raw, OPS_LAYOUT, ops_head, ops_processor(options.processor_path or path),
             embedding_dim=lambda _config, proj: int(proj.keep or proj.out_features), projection=projection,
         )

@@ -77,7 +77,7 @@ class ColQwen3_5:  # noqa: N801 (the architecture's own name)
         config = read_json(path / "config.json") or {}
         if "dim" in config:  # missing: colpali-engine's default, 128
             configured_size(path / "config.json", "dim", config["dim"])
-        processor = QwenVLProcessor.from_pretrained(path, PROMPTS)
+        processor = QwenVLProcessor.from_pretrained(options.processor_path or path, PROMPTS)
         model = load_vision_model(
             cls.key, path, options, retrieval_class(), projection=("custom_text_proj",), ignore_unused=IGNORED, processor=processor
         )

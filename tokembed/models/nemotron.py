@@ -129,7 +129,7 @@ class NemotronColEmbed:
         if raw is None:
             raise ModelError(f"{path}: no config.json")
         return load_qwen3_vl(
-            cls.key, path, options, raw, LAYOUT, nemotron_head, nemotron_processor(path),
+            cls.key, path, options, raw, LAYOUT, nemotron_head, nemotron_processor(options.processor_path or path),
             embedding_dim=lambda config, _proj: int(config.text_config.hidden_size),
             adapt=_adapt,
             # --no-normalize stores the pre-norm hidden state: the final norm's output with skip_final_norm's hook.

@@ -82,7 +82,7 @@ class QwenVLProcessor:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             image_processor = Qwen2VLImageProcessorPil.from_dict(image_settings)
-            video_processor = _video_processor(video_settings) if prompts.video is not None else None
+            video_processor = _video_processor(video_settings) if prompts.video is not None and video_settings is not None else None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{path}: cannot build the Qwen-VL processor from its parts: {exc}") from exc
         return cls(tokenizer, image_processor, prompts, video_processor)
@@ -180,7 +180,10 @@ class QwenVLProcessor:
 
     def _require_video(self):
         if self.video_processor is None:
-            raise ModelError("this model's processor has no video settings (video_processor / video_preprocessor_config.json)")
+            raise ModelError(
+                "this model's processor has no video settings (video_processor in processor_config.json, or "
+                "video_preprocessor_config.json): videos are refused"
+            )
         return self.video_processor
 
     # -- shared -------------------------------------------------------------------------------------
@@ -215,22 +218,28 @@ def frame_group_timestamps(indices: np.ndarray, fps: float, temporal_patch_size:
 
 
 def read_processor_settings(path: Path) -> tuple[dict | None, dict | None]:
-    """The image and video processor settings, from the files transformers 4 (one file each) or 5 (both
-    nested in ``processor_config.json``) saves."""
-    image = _read(path / "preprocessor_config.json")
-    video = _read(path / "video_preprocessor_config.json")
-    nested = _read(path / "processor_config.json") or {}
-    image = image or nested.get("image_processor")
-    video = video or nested.get("video_processor")
+    """The image and video processor settings, in transformers' order (``get_image_processor_dict`` /
+    ``get_video_processor_dict``): the ``image_processor`` / ``video_processor`` nested in ``processor_config.json``
+    first, then ``preprocessor_config.json`` / ``video_preprocessor_config.json``. Video settings only in
+    ``preprocessor_config.json`` (transformers then builds a Qwen2-VL video processor from the image settings,
+    which tokembed does not reproduce) give None: videos are refused."""
+    nested = _read(path / "processor_config.json")
+    nested = nested if isinstance(nested, dict) else {}
+    image = nested.get("image_processor")
+    if image is None:
+        image = _read(path / "preprocessor_config.json")
+    video = nested.get("video_processor")
+    if video is None:
+        video = _read(path / "video_preprocessor_config.json")
     return image, video
 
 
-def _video_processor(settings: dict | None):
+def _video_processor(settings: dict):
     """The Qwen3-VL video processor object, for its settings, ``sample_frames`` and ``patchify`` (none of which
     need torchvision; its ``__call__`` does)."""
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    settings = {key: value for key, value in (settings or {}).items() if key != "video_processor_type"}
+    settings = {key: value for key, value in settings.items() if key != "video_processor_type"}
     return Qwen3VLVideoProcessor.from_dict(settings)
 
 
