@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tokembed.errors import BadInputError, ModelError
+from tokembed.errors import ModelError
 from tokembed.models.base import LoadOptions, read_json
 from tokembed.models.qwen3_vl_retrieval import (
     Qwen3VLLayout,
@@ -35,6 +35,7 @@ from tokembed.models.qwen3_vl_retrieval import (
 )
 from tokembed.models.qwen_vl_processor import IMAGE_TOKEN, QwenVLProcessor, QwenVLPrompts
 from tokembed.models.vision import VisionModel
+from tokembed.models.vision_inputs import qwen_image_tokens
 
 LAYOUT = Qwen3VLLayout(backbone="model", projection=None, ignore_unused=(r"lm_head\.",))
 DEFAULTS = {"q_max_length": 512, "p_max_length": 4096, "query_prefix": "query:", "passage_prefix": "passage:", "reserve_tokens_for_images": 100}
@@ -71,6 +72,7 @@ class NemotronProcessor(QwenVLProcessor):
     tokens, documents refused where its ``p_max_length`` would truncate them (image placeholders would be cut)."""
 
     settings: dict = DEFAULTS
+    _prompt_tokens: int | None = None  # the image prompt's tokens, its placeholder once (image_refusal)
 
     def process_queries(self, texts: list[str]):
         batch = super().process_queries(texts)
@@ -79,15 +81,31 @@ class NemotronProcessor(QwenVLProcessor):
 
     def process_images(self, images: list):
         batch = super().process_images(images)
-        settings = self.settings
-        needed = image_tokens(images[0], self.image_processor) + int(settings["reserve_tokens_for_images"])
-        available = int(settings["p_max_length"]) - needed
-        if available <= 0 or batch["input_ids"].shape[1] > available:
-            raise BadInputError(
-                f"the image takes {needed - int(settings['reserve_tokens_for_images'])} tokens: more than the model's "
-                f"p_max_length {settings['p_max_length']} allows with its reserve ({settings['reserve_tokens_for_images']})"
-            )
+        refusal = self._length_refusal(images[0], batch["input_ids"].shape[1])
+        if refusal is not None:
+            raise ValueError(refusal)  # processed() words it as the processor's refusal of this image
         return batch
+
+    def image_refusal(self, image) -> str | None:
+        """``process_images``' refusals from the image's size: its sequence is the image prompt's tokens with the
+        one placeholder expanded to the image's tokens."""
+        refusal = super().image_refusal(image)
+        if refusal is not None:
+            return refusal
+        if self._prompt_tokens is None:
+            self._prompt_tokens = int(self._tokenize([self.prompts.image])["input_ids"].shape[1])
+        placeholders = qwen_image_tokens(image.size, self.image_processor)
+        return self._length_refusal(image, self._prompt_tokens - 1 + placeholders)
+
+    def _length_refusal(self, image: Any, sequence_tokens: int) -> str | None:
+        """Where a document of ``sequence_tokens`` tokens would be truncated into its image placeholders."""
+        settings = self.settings
+        needed = image_tokens(image, self.image_processor) + int(settings["reserve_tokens_for_images"])
+        available = int(settings["p_max_length"]) - needed
+        if available <= 0 or sequence_tokens > available:
+            return (f"the image takes {needed - int(settings['reserve_tokens_for_images'])} tokens: more than the model's "
+                    f"p_max_length {settings['p_max_length']} allows with its reserve ({settings['reserve_tokens_for_images']})")
+        return None
 
 
 def nemotron_processor(path: Path) -> NemotronProcessor:

@@ -20,6 +20,8 @@ API (what a family needs):
 * ``process_images(images)``        colpali-engine's ``process_images``: the image prompt, each ``<|image_pad|>``
                                     expanded to t*h*w / merge² tokens, ``pixel_values`` padded per image to
                                     ``[B, max_patches, patch_dim]``, ``image_grid_thw`` [B, 3].
+* ``image_refusal(image)``         why ``process_images`` would refuse an image, from its size (checked where rows are
+                                    planned: ``VisionEncoder.input_problem``), or None.
 * ``process_queries(texts)``        prefix + text + suffix (colpali-engine: ``query_prefix + q + augmentation × 10``).
 * ``process_videos(videos)``        ``sources.video.Video`` (decoded here: the frames ``video_plan`` picks, resized as
                                     they come) or ``VideoFrames`` -> the video prompt with Qwen3-VL's per-frame-group
@@ -107,6 +109,16 @@ class QwenVLProcessor:
         batch["pixel_values"] = _pad_per_item(vision["pixel_values"], grid)
         batch["image_grid_thw"] = grid
         return batch
+
+    def image_refusal(self, image) -> str | None:
+        """Why ``process_images`` would refuse ``image``, told from its size alone (no pixels processed), or None."""
+        from tokembed.models.vision_inputs import qwen_image_tokens
+
+        try:
+            qwen_image_tokens(image.size, self.image_processor)
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     # -- videos -------------------------------------------------------------------------------------
     def video_plan(self, total_frames: int, fps: float, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:

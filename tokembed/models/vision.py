@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 from torch import nn
 
 from tokembed.errors import BadInputError, ModelError, UsageError
 from tokembed.models.base import LoadOptions, position_limit, torch_dtype
 from tokembed.models.steps import OutputShape
-from tokembed.models.vision_inputs import holds_placeholder, processed, processed_query, unusual_shape
+from tokembed.models.vision_inputs import processed, processed_query, refusal_of, unusual_shape
 from tokembed.settings import EncodeSettings
 
 PREPARE_THREADS = 4  # threads that run the processor over a chunk of documents (VisionEncoder.tokenize): each holds a
@@ -164,17 +165,20 @@ class VisionEncoder(OutputShape):
         self._local.processor = copy.deepcopy(self.model.processor)
 
     def input_problem(self, value: Any) -> str | None:
-        """Why the processor refuses this document, or None. Asked where rows are planned (``plan.py``, in the
-        main process whatever the engine), so that a page the processor cannot resize is a bad row under
-        ``--on-error``, not a crash of the run. Only documents of an unusual shape are tried (processed once
-        more here): the processors' per-image refusals are about shape, and a second pass over every page would
-        cost the main process what the encode costs. Likewise only queries holding the processor's image or video
-        placeholder are tried."""
-        if self.settings.kind == "query":
-            if not holds_placeholder(value, self.processor):
+        """Why the processor refuses this document or query, or None. Asked where rows are planned (``plan.py``, in
+        the main process whatever the engine), so that an input the processor refuses is a bad row under
+        ``--on-error``, not a crash of the run. Every query is tried (tokenizing a query costs little beside its
+        forward pass). An image is asked of the processor's ``image_refusal`` where it has one (told from the size:
+        Qwen-VL families); otherwise only documents of an unusual shape are tried (processed once more here): those
+        processors' per-image refusals are about shape, and a second pass over every page would cost the main
+        process what the encode costs."""
+        if self.settings.kind == "document":
+            refusal = getattr(self.processor, "image_refusal", None)
+            if refusal is not None and isinstance(value, PIL.Image.Image):
+                reason = refusal(value)
+                return None if reason is None else refusal_of(value, reason, self.model.architecture)
+            if not unusual_shape(value):
                 return None
-        elif not unusual_shape(value):
-            return None
         try:
             self._prepare(value)
         except BadInputError as exc:
