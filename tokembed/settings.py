@@ -29,25 +29,32 @@ class ColbertConfig:
 
     query_prefix: str = "[Q] "
     document_prefix: str = "[D] "
-    query_length: int = 32
+    query_length: int | None = 32  # None: queries are cut at the model's limit only (no expansion, no query_length)
     document_length: int | None = 180
     expand_queries: bool = True
     attend_to_expansion_tokens: bool = False
     expansion_token: str | None = None  # None: the tokenizer's mask token, else its EOS token
     skiplist_words: tuple[str, ...] = ()
+    skiplist_tasks: tuple[str, ...] = ("document",)  # the kinds the skiplist applies to (MultiVectorMask's)
+    keep_only_token_ids: tuple[int, ...] | None = None  # documents keep only these ids (MultiVectorMask's)
+    normalize: bool = True  # False: the checkpoint's pipeline has no token-level Normalize (native saves)
     # Legacy checkpoints (PyLate <=1.x, Stanford) insert in-vocab markers such as ``[unused0]`` as one
     # token; they must be registered as special tokens so prepending them as text keeps them whole.
     register_prefix_tokens: bool = False
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data["skiplist_words"] = list(self.skiplist_words)
+        for name in ("skiplist_words", "skiplist_tasks", "keep_only_token_ids"):
+            data[name] = None if data[name] is None else list(data[name])
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> "ColbertConfig":
         data = dict(data)
         data["skiplist_words"] = tuple(data.get("skiplist_words") or ())
+        data["skiplist_tasks"] = tuple(data.get("skiplist_tasks") or ("document",))
+        keep_only = data.get("keep_only_token_ids")
+        data["keep_only_token_ids"] = None if keep_only is None else tuple(keep_only)
         return cls(**data)
 
 
@@ -89,17 +96,20 @@ class EncodeSettings:
     expand_to: int | None  # queries padded with the expansion token to this length (colbert queries)
     attend_to_expansion_tokens: bool
     expansion_token: str | None
-    skiplist_words: tuple[str, ...]  # dropped from the output (colbert documents)
+    skiplist_words: tuple[str, ...]  # dropped from the output (colbert documents; queries where the model says)
     normalize: bool
     dimensions: int | None
     dtype: str  # compute dtype, resolved (never "auto")
     store_dtype: str
     pool_factor: int = 1  # documents only; 1 = no pooling
+    keep_only_ids: tuple[int, ...] | None = None  # colbert documents: only these token ids reach the output
     runtime: str = "torch"  # what ran the backbone's forward on the CPU: "torch", or "openvino" (TOKEMBED_CPU_RUNTIME)
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["skiplist_words"] = list(self.skiplist_words)
+        if self.keep_only_ids is not None:
+            data["keep_only_ids"] = list(self.keep_only_ids)
         return data
 
     def fingerprint(self, model_fingerprint: str) -> str:
@@ -107,6 +117,8 @@ class EncodeSettings:
         settings = self.to_json()
         if settings["pool_factor"] == 1:
             del settings["pool_factor"]  # no pooling hashes as before the flag existed: older indexes stay current
+        if settings["keep_only_ids"] is None:
+            del settings["keep_only_ids"]  # likewise: no allowlist hashes as before the setting existed
         if settings["runtime"] == "torch":
             del settings["runtime"]  # likewise: torch's indexes stay current; another runtime's vectors differ
         payload = json.dumps({"model": model_fingerprint, "settings": settings}, sort_keys=True)
@@ -184,25 +196,30 @@ def resolve(
 
 
 def _colbert_settings(base: EncodeSettings, flags: EncodeFlags, colbert: ColbertConfig, limit: int) -> EncodeSettings:
+    base = replace(
+        base,
+        register_prefix_tokens=colbert.register_prefix_tokens,
+        skiplist_words=colbert.skiplist_words if flags.kind in colbert.skiplist_tasks else (),
+        normalize=base.normalize and colbert.normalize,
+    )
     if flags.kind == "query":
-        length = min(flags.max_length or colbert.query_length, limit)
+        length = min(flags.max_length or colbert.query_length or base.max_length, limit)
         return replace(
             base,
             max_length=length,
             prefix=colbert.query_prefix,
-            register_prefix_tokens=colbert.register_prefix_tokens,
             expand_to=length if colbert.expand_queries else None,
             attend_to_expansion_tokens=colbert.attend_to_expansion_tokens,
             expansion_token=colbert.expansion_token,
         )
+    if flags.pool_factor > 1 and not colbert.normalize:
+        raise UsageError(
+            "--pool-factor clusters unit vectors by cosine distance; this checkpoint's pipeline does not normalize "
+            "its vectors (no Normalize module in modules.json)",
+            hint="drop --pool-factor",
+        )
     length = min(flags.max_length or colbert.document_length or base.max_length, limit)
-    return replace(
-        base,
-        max_length=length,
-        prefix=colbert.document_prefix,
-        register_prefix_tokens=colbert.register_prefix_tokens,
-        skiplist_words=colbert.skiplist_words,
-    )
+    return replace(base, max_length=length, prefix=colbert.document_prefix, keep_only_ids=colbert.keep_only_token_ids)
 
 
 def _check_pool_factor(flags: EncodeFlags) -> None:

@@ -70,6 +70,7 @@ class BertTokenizer:
         special_map = _read(folder / "special_tokens_map.json")
         self.name_or_path = str(folder)
         self.truncation_side = config.get("truncation_side", "right")
+        self.padding_side = config.get("padding_side", "right")
         self.model_max_length = int(config.get("model_max_length") or VERY_LARGE_INTEGER)
         for name in _SPECIAL:
             value = _token_text(config.get(name)) or _token_text(special_map.get(name)) or _DEFAULTS[name]

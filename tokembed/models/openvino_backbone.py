@@ -37,8 +37,9 @@ def wanted() -> bool:
 class OpenVinoBackbone(torch.nn.Module):
     """Called as the torch backbone is (``input_ids``, ``attention_mask`` -> ``.last_hidden_state``), float32 out."""
 
-    def __init__(self, compiled) -> None:
+    def __init__(self, compiled, embedding_rows: int) -> None:
         super().__init__()
+        self.embedding_rows = embedding_rows  # what the token-id checks (steps.check_embedding_row) read
         self.compiled = compiled  # no torch weights kept: nothing could patch them (e.g. LoRA) without effect
         self.requests = threading.local()  # one infer request per lane (thread)
 
@@ -100,7 +101,7 @@ def openvino_backbone(backbone: torch.nn.Module, model_key: str, dtype: torch.dt
     compiled = core.compile_model(source, "CPU", {
         "INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
         "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": max(1, lanes), "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-    converted = OpenVinoBackbone(compiled)
+    converted = OpenVinoBackbone(compiled, backbone.get_input_embeddings().num_embeddings)
     first_inference_here(converted)
     return converted
 

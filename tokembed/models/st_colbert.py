@@ -5,8 +5,9 @@ sentence-transformers saves a ``MultiVectorMask`` and a token-level ``Normalize`
 from ``config_sentence_transformers.json`` (PyLate keys: ``query_prefix``, ``document_prefix``,
 ``query_length``, ``document_length``, ``attend_to_expansion_tokens``, ``skiplist_words``,
 ``do_query_expansion``, ``prompts``) or, in native saves, from the Transformer's ``query_expansion`` and the
-``MultiVectorMask`` config. The resolution mirrors ``sentence_transformers.MultiVectorEncoder``, which
-reproduces PyLate exactly.
+``MultiVectorMask`` config (``skiplist_words``, ``skiplist_tasks``, ``keep_only_token_ids``); a native save
+without a ``Normalize`` or ``MultiVectorMask`` module goes without what it does. The resolution mirrors
+``sentence_transformers.MultiVectorEncoder``, which reproduces PyLate exactly.
 """
 
 from __future__ import annotations
@@ -71,15 +72,27 @@ class STColBERT:
         backbone_settings = transformer_settings(path, modules)
         query_prefix, document_prefix, legacy = _prefixes(st_config)
         expansion = _expansion(st_config, backbone_settings)
+        # A native save runs modules.json as written; PyLate and converted saves get a MultiVectorMask and a
+        # token-level Normalize appended by MultiVectorEncoder.
+        native = st_config.get("model_type") == "MultiVectorEncoder"
+        mask = module_config(path, modules, "MultiVectorMask")
+        query_length = expansion["length"] if expansion else _query_length(st_config, backbone_settings)
+        if native and mask is None and expansion is not None and not expansion.get("attend"):
+            # No mask scores the unattended expansion positions: the output is the real tokens, which never saw
+            # them (the same vectors as a query cut at the expansion length and not expanded).
+            expansion = None
         return ColbertConfig(
             query_prefix=query_prefix,
             document_prefix=document_prefix,
-            query_length=expansion["length"] if expansion else (backbone_settings.get("query_length") or 32),
+            query_length=query_length,
             document_length=st_config.get("document_length") or backbone_settings.get("document_length"),
             expand_queries=expansion is not None,
             attend_to_expansion_tokens=bool(expansion and expansion.get("attend")),
             expansion_token=expansion.get("token") if expansion else None,
-            skiplist_words=tuple(_skiplist(path, modules, st_config, legacy)),
+            skiplist_words=tuple(_skiplist(mask, native, st_config, legacy)),
+            skiplist_tasks=_skiplist_tasks(path, modules, mask),
+            keep_only_token_ids=_keep_only_token_ids(path, modules, mask),
+            normalize=not native or _pipeline_normalizes(path, modules),
             register_prefix_tokens=legacy,
         )
 
@@ -119,10 +132,17 @@ def _expansion(st_config: dict, backbone_settings: dict) -> dict[str, Any] | Non
     return expansion
 
 
-def _skiplist(path: Path, modules: list[dict], st_config: dict, legacy: bool) -> list[str]:
-    mask_config = module_config(path, modules, "MultiVectorMask")
+def _query_length(st_config: dict, backbone_settings: dict) -> int | None:
+    """Without expansion, queries are cut at ``query_length`` (the Transformer's own, else PyLate's flat key), else
+    only at the model's limit."""
+    return backbone_settings.get("query_length") or st_config.get("query_length") or None
+
+
+def _skiplist(mask_config: dict | None, native: bool, st_config: dict, legacy: bool) -> list[str]:
     if mask_config is not None:
         return list(mask_config.get("skiplist_words") or [])
+    if native:
+        return []  # no MultiVectorMask in the pipeline: nothing is skipped
     words = st_config.get("skiplist_words")
     if words is not None:
         return list(words)
@@ -130,3 +150,45 @@ def _skiplist(path: Path, modules: list[dict], st_config: dict, legacy: bool) ->
     if legacy or st_config.get("model_type") == "ColBERT":
         return list(string.punctuation)
     return []
+
+
+def _mask_file(path: Path, modules: list[dict]) -> Path:
+    return path / modules_of_type(modules, "MultiVectorMask")[0].get("path", "") / "config.json"
+
+
+def _skiplist_tasks(path: Path, modules: list[dict], mask_config: dict | None) -> tuple[str, ...]:
+    """MultiVectorMask's ``skiplist_tasks``: a list of kinds, or one kind as a string; unset means documents."""
+    tasks = (mask_config or {}).get("skiplist_tasks")
+    if tasks is None:
+        return ("document",)
+    tasks = [tasks] if isinstance(tasks, str) else tasks
+    if not isinstance(tasks, list) or not all(isinstance(task, str) for task in tasks):
+        raise ModelError(f"{_mask_file(path, modules)}: skiplist_tasks {tasks!r} is not a list of task names")
+    return tuple(tasks)
+
+
+def _keep_only_token_ids(path: Path, modules: list[dict], mask_config: dict | None) -> tuple[int, ...] | None:
+    """MultiVectorMask's ``keep_only_token_ids``: documents keep only these ids (empty or unset: no allowlist)."""
+    ids = (mask_config or {}).get("keep_only_token_ids")
+    if not ids:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ModelError(f"{_mask_file(path, modules)}: keep_only_token_ids {ids!r} is not a list of token ids")
+    return tuple(ids)
+
+
+def _pipeline_normalizes(path: Path, modules: list[dict]) -> bool:
+    """Whether a native pipeline L2-normalizes the token vectors: a ``Normalize`` that reads and writes
+    ``token_embeddings`` (its default is the sentence embedding, which a multi-vector pipeline does not have)."""
+    last_dense = max((modules.index(module) for module in modules_of_type(modules, "Dense")), default=-1)
+    normalizes = False
+    for module in modules_of_type(modules, "Normalize"):
+        config = read_json(path / module.get("path", "") / "config.json") or {}
+        source = config.get("module_input_name", "sentence_embedding")
+        if source != "token_embeddings" or (config.get("module_output_name") or source) != "token_embeddings":
+            continue
+        if modules.index(module) < last_dense:
+            raise ModelError(f"{path / 'modules.json'}: a token-level Normalize before a Dense projection; tokembed "
+                             "normalizes the projected vectors only")
+        normalizes = True
+    return normalizes

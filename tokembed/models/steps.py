@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tokembed.errors import ModelError
 from tokembed.models.base import TokenModel
 from tokembed.models.long_text import tokenize_long, window_chars
 from tokembed.settings import EncodeSettings
@@ -49,9 +50,16 @@ class TextEncoder(OutputShape):
         tokenizer = model.tokenizer
         if settings.mode == "colbert" and settings.register_prefix_tokens and model.colbert is not None:
             register_prefix_tokens(tokenizer, (model.colbert.query_prefix, model.colbert.document_prefix))
-        self.pad_id = _pad_id(tokenizer)
-        self.expansion_id = _expansion_id(tokenizer, settings.expansion_token, self.pad_id)
+        pad = _pad_token(tokenizer)
+        check_embedding_row(model, *pad)
+        self.pad_id = 0 if pad[2] is None else pad[2]
+        expansion_id = _expansion_token(tokenizer, settings.expansion_token)[2]
+        self.expansion_id = self.pad_id if expansion_id is None else expansion_id
+        if settings.mode == "colbert" and model.colbert is not None and model.colbert.expand_queries:
+            refuse_left_expansion(model)  # for documents too: an index whose queries cannot be encoded is no use
+            check_embedding_row(model, *_expansion_token(tokenizer, model.colbert.expansion_token))
         self.skip_ids = skiplist_ids(tokenizer, settings.skiplist_words)
+        self.keep_only_ids = np.asarray(settings.keep_only_ids or (), dtype=np.int64)
 
     # -- before the forward pass -------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> list[Tokenized]:
@@ -134,10 +142,12 @@ class TextEncoder(OutputShape):
         return pool_rows(rows, self.settings.pool_factor, _store_dtype(self.settings.store_dtype))
 
     def keep_mask(self, ids: np.ndarray) -> np.ndarray:
-        """Positions that reach the output: all but skiplisted tokens (padding is never there)."""
-        if self.skip_ids.size == 0:
-            return np.ones(len(ids), dtype=bool)
-        return ~np.isin(ids, self.skip_ids)
+        """Positions that reach the output: all but skiplisted tokens, and only allowlisted ones where the model
+        keeps only some ids (padding is never there)."""
+        keep = np.ones(len(ids), dtype=bool) if self.skip_ids.size == 0 else ~np.isin(ids, self.skip_ids)
+        if self.keep_only_ids.size:
+            keep &= np.isin(ids, self.keep_only_ids)
+        return keep
 
 def register_prefix_tokens(tokenizer, prefixes: tuple[str, ...]) -> None:
     """Make in-vocab legacy markers (``[unused0]``, ``[Q] ``) tokenize as one special piece.
@@ -176,20 +186,59 @@ def skiplist_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:
     return np.asarray(sorted(set(ids)), dtype=np.int64)
 
 
-def _pad_id(tokenizer) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0
+def refuse_left_expansion(model: TokenModel) -> None:
+    """``padding_side: "left"``: MultiVectorEncoder puts the expansion tokens before the query, while PyLate and
+    colbert-ai write their marker at position 1 after padding, among the expansion tokens: the references disagree."""
+    if getattr(model.tokenizer, "padding_side", "right") == "left":
+        raise ModelError(
+            f"{model.path / 'tokenizer_config.json'}: padding_side 'left' with query expansion; the references "
+            "disagree on where the expansion tokens and the query marker go (MultiVectorEncoder pads before the "
+            "query, PyLate and colbert-ai write the marker at position 1 of the padded query)",
+            hint='set "padding_side": "right" (what ColBERT checkpoints are trained with)',
+        )
 
 
-def _expansion_id(tokenizer, token: str | None, pad_id: int) -> int:
+def check_embedding_row(model: TokenModel, setting: str, token: str | None, token_id: int | None) -> None:
+    """A token the encoder inserts itself (padding, query expansion) must be a row of the input embeddings, else
+    the forward fails on the first batch that holds it."""
+    rows = _embedding_rows(model.backbone)
+    if token_id is None or rows is None or 0 <= token_id < rows:
+        return
+    source = "sentence_bert_config.json" if setting == "query_expansion token" else "tokenizer_config.json"
+    raise ModelError(f"{model.path / source}: {setting} {token!r} is token id {token_id}, past the {rows} rows of "
+                     "the model's input embeddings (not in its vocabulary)")
+
+
+def _embedding_rows(backbone) -> int | None:
+    rows = getattr(backbone, "embedding_rows", None)  # OpenVINO keeps no torch embeddings, only their count
+    if rows is not None:
+        return int(rows)
+    try:
+        return int(backbone.get_input_embeddings().num_embeddings)
+    except (AttributeError, TypeError):
+        return None
+
+
+def _special_token(tokenizer, names: tuple[str, ...]) -> tuple[str, str | None, int] | None:
+    """(its setting, the token, its id) of the first of ``names`` the tokenizer has an id for."""
+    for name in names:
+        token_id = getattr(tokenizer, f"{name}_id", None)
+        if token_id is not None:
+            return name, getattr(tokenizer, name, None), int(token_id)
+    return None
+
+
+def _pad_token(tokenizer) -> tuple[str, str | None, int | None]:
+    """(its setting, the token, its id): what batches are padded with (id None: neither, so id 0)."""
+    return _special_token(tokenizer, ("pad_token", "eos_token")) or ("pad_token", None, None)
+
+
+def _expansion_token(tokenizer, token: str | None) -> tuple[str, str | None, int | None]:
+    """(its setting, the token, its id): what queries are expanded with (id None: the pad token)."""
     if token is not None:
-        return int(tokenizer.convert_tokens_to_ids(token))
-    for candidate in (tokenizer.mask_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return pad_id
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        return "query_expansion token", token, None if token_id is None else int(token_id)
+    return _special_token(tokenizer, ("mask_token", "eos_token")) or _pad_token(tokenizer)
 
 
 def _store_dtype(name: str) -> torch.dtype:

@@ -1,0 +1,109 @@
+"""Pipeline settings of PyLate / sentence-transformers ColBERT checkpoints, each changed on its own from the tiny
+builders' values: applied as ``MultiVectorEncoder`` applies them (same ids, vectors within 1e-5), or refused
+with exit 4 naming the file and the setting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import write_parquet
+from test_parity import TEXTS, reference_outputs
+from tokembed.embedder import Embedder
+from tokembed.errors import UsageError
+from tokembed.settings import EncodeFlags
+
+
+def set_keys(file: str, **values):
+    def change(path):
+        target = path / file
+        data = json.loads(target.read_text()) if target.exists() else {}
+        data.update(values)
+        target.write_text(json.dumps(data))
+
+    return change
+
+
+def drop_module(type_name: str, then=None):
+    def change(path):
+        modules = json.loads((path / "modules.json").read_text())
+        kept = [module for module in modules if not module["type"].endswith(type_name)]
+        (path / "modules.json").write_text(json.dumps(kept))
+        if then is not None:
+            then(path)
+
+    return change
+
+
+NO_EXPANSION = set_keys("config_sentence_transformers.json", do_query_expansion=False)
+ATTENDED_EXPANSION = set_keys(
+    "sentence_bert_config.json", query_expansion={"strategy": "fixed", "attend": True, "token": None, "length": 16}
+)
+MASK_CONFIG = "2_MultiVectorMask/config.json"
+
+VARIANTS = {
+    # query_length still cuts queries when expansion is off; a native save without expansion keeps the model's limit
+    "pylate_bert without expansion": ("pylate_bert", NO_EXPANSION, ["query"]),
+    "pylate_modernbert without expansion": ("pylate_modernbert", NO_EXPANSION, ["query"]),
+    "pylate_xlmr without expansion": ("pylate_xlmr", NO_EXPANSION, ["query"]),
+    "native without expansion": ("st_native", set_keys("sentence_bert_config.json", query_expansion=None), ["query"]),
+    # MultiVectorMask's skiplist_tasks (a list, or one task as a string) and keep_only_token_ids
+    "skiplist on both kinds": ("st_native", set_keys(MASK_CONFIG, skiplist_tasks=["query", "document"]),
+                               ["query", "document"]),
+    "skiplist on queries only": ("st_native", set_keys(MASK_CONFIG, skiplist_tasks="query"), ["query", "document"]),
+    "keep only some ids": ("st_native", set_keys(MASK_CONFIG, keep_only_token_ids=[5, 6, 60, 61, 62, 86]),
+                           ["query", "document"]),
+    # a native save runs modules.json as written
+    "no Normalize module": ("st_native", drop_module("Normalize"), ["query", "document"]),
+    "no MultiVectorMask module": ("st_native", drop_module("MultiVectorMask"), ["query", "document"]),
+    "no MultiVectorMask, attended expansion": ("st_native", drop_module("MultiVectorMask", ATTENDED_EXPANSION),
+                                               ["query"]),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_pipeline_setting_matches_multivector_encoder(checkpoint, variant):
+    layout, change, kinds = VARIANTS[variant]
+    path = checkpoint(layout)
+    change(path)
+    for kind in kinds:
+        expected = reference_outputs(path, TEXTS, kind)
+        got = Embedder.load(str(path), EncodeFlags(kind=kind, store_dtype="float32")).embed(TEXTS, batch_tokens=64)
+        for text, (ref_ids, ref_vecs), (vecs, ids) in zip(TEXTS, expected, got):
+            assert ids.tolist() == ref_ids.tolist(), (variant, kind, text)
+            assert vecs.shape == ref_vecs.shape, (variant, kind, text)
+            assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, (variant, kind, text)
+
+
+def test_pool_factor_is_refused_where_the_pipeline_does_not_normalize(checkpoint):
+    path = checkpoint("st_native")
+    drop_module("Normalize")(path)
+    with pytest.raises(UsageError, match="does not normalize"):
+        Embedder.load(str(path), EncodeFlags(pool_factor=2))
+
+
+REFUSED = {
+    # MultiVectorEncoder pads queries before the text, PyLate and colbert-ai put their marker among the padding
+    "pylate left padding": ("pylate_modernbert", set_keys("tokenizer_config.json", padding_side="left"),
+                            "document", "padding_side 'left'"),
+    "stanford left padding": ("stanford", set_keys("tokenizer_config.json", padding_side="left"),
+                              "query", "padding_side 'left'"),
+    # a mask token the embeddings have no row for: was an IndexError traceback (exit 1) on short queries
+    "mask token not in the vocabulary": ("stanford", set_keys("tokenizer_config.json", mask_token="<mask>"),
+                                         "query", "mask_token '<mask>'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_settings_the_references_cannot_agree_on_are_refused(checkpoint, cli, tmp_path, case):
+    layout, change, kind, named = REFUSED[case]
+    path = checkpoint(layout)
+    change(path)
+    corpus = write_parquet(tmp_path / "texts.parquet", [{"id": "a", "text": "hi"}, {"id": "b", "text": "what is it?"}])
+    out = tmp_path / "index"
+    result = cli("encode", corpus, "-o", out, "--model", path, "--kind", kind, "--quiet")
+    assert result.exit_code == 4, result.output
+    assert named in result.stderr and "tokenizer_config.json" in result.stderr
+    assert not (out / "manifest.json").exists()
