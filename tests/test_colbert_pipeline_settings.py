@@ -107,3 +107,18 @@ def test_settings_the_references_cannot_agree_on_are_refused(checkpoint, cli, tm
     assert result.exit_code == 4, result.output
     assert named in result.stderr and "tokenizer_config.json" in result.stderr
     assert not (out / "manifest.json").exists()
+
+
+def test_settings_at_their_defaults_write_the_manifest_keys_an_earlier_release_reads():
+    # An earlier release builds ColbertConfig(**manifest["colbert"]): a key it does not know is a TypeError there.
+    from dataclasses import replace
+
+    from tokembed.settings import ColbertConfig, EncodeFlags, resolve
+
+    earlier = {"query_prefix", "document_prefix", "query_length", "document_length", "expand_queries",
+               "attend_to_expansion_tokens", "expansion_token", "skiplist_words", "register_prefix_tokens"}
+    assert set(ColbertConfig().to_json()) == earlier
+    assert "skiplist_tasks" in ColbertConfig(skiplist_tasks=("query",)).to_json()
+    document = resolve(EncodeFlags(), ColbertConfig(), 512)
+    assert "keep_only_ids" not in document.to_json()
+    assert replace(document, keep_only_ids=(5,)).to_json()["keep_only_ids"] == [5]

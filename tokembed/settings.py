@@ -23,6 +23,10 @@ STORE_DTYPES = ("float16", "float32")
 DEFAULT_BATCH_TOKENS = 16384
 
 
+# ColbertConfig settings later releases added, at the values that mean "as before".
+_LATER_DEFAULTS = {"skiplist_tasks": ["document"], "keep_only_token_ids": None, "normalize": True}
+
+
 @dataclass(frozen=True)
 class ColbertConfig:
     """ColBERT settings a checkpoint carries (PyLate / sentence-transformers / Stanford defaults)."""
@@ -46,6 +50,11 @@ class ColbertConfig:
         data = asdict(self)
         for name in ("skiplist_words", "skiplist_tasks", "keep_only_token_ids"):
             data[name] = None if data[name] is None else list(data[name])
+        # Settings at their defaults are left out: a manifest reads as an earlier release wrote it (which such a
+        # release can still open).
+        for name, default in _LATER_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
         return data
 
     @classmethod
@@ -108,7 +117,9 @@ class EncodeSettings:
     def to_json(self) -> dict:
         data = asdict(self)
         data["skiplist_words"] = list(self.skiplist_words)
-        if self.keep_only_ids is not None:
+        if self.keep_only_ids is None:
+            del data["keep_only_ids"]  # as an earlier release wrote the manifest
+        else:
             data["keep_only_ids"] = list(self.keep_only_ids)
         return data
 
@@ -117,8 +128,6 @@ class EncodeSettings:
         settings = self.to_json()
         if settings["pool_factor"] == 1:
             del settings["pool_factor"]  # no pooling hashes as before the flag existed: older indexes stay current
-        if settings["keep_only_ids"] is None:
-            del settings["keep_only_ids"]  # likewise: no allowlist hashes as before the setting existed
         if settings["runtime"] == "torch":
             del settings["runtime"]  # likewise: torch's indexes stay current; another runtime's vectors differ
         payload = json.dumps({"model": model_fingerprint, "settings": settings}, sort_keys=True)
