@@ -105,10 +105,12 @@ def load_engine_model(
     from tokembed.models.loading import HEAD_NAMES, from_pretrained_checked
     from tokembed.models.base import position_limit
     from tokembed.models.vision import VisionModel
+    from tokembed.models.vision_check import check_processor_fits
 
     hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(path)
+        check_processor_fits(path, processor, config, options.processor_path)
         model = from_pretrained_checked(
             model_class, path, ignore_unused=HEAD_NAMES + names.ignorable, config=config,
             key_mapping=names.key_mapping(), dtype=torch_dtype(options.dtype),

@@ -220,9 +220,11 @@ def load_qwen3_vl(
     before normalization (``--no-normalize``), the projection by default.
     """
     from tokembed.models.loading import load_state_checked
+    from tokembed.models.vision_check import check_processor_fits
     from tokembed.models.weights import read_state
 
     config = qwen3_vl_config(path, raw_config)
+    check_processor_fits(path, processor, config)
     state = read_state(path)
     proj = projection(config, state)  # float32, as every projection runs
     dtype = torch_dtype(options.dtype)

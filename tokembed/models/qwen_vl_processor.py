@@ -26,8 +26,10 @@ API (what a family needs):
 * ``process_videos(videos)``        ``sources.video.Video`` (decoded here: the frames ``video_plan`` picks, resized as
                                     they come) or ``VideoFrames`` -> the video prompt with Qwen3-VL's per-frame-group
                                     timestamps, ``pixel_values_videos`` padded per video, ``video_grid_thw`` [B, 3].
-* ``video_plan(total, fps, h, w)``  which frames the video processor samples (``Qwen3VLVideoProcessor.sample_frames``)
-                                    and the size every frame is resized to (its ``smart_resize``).
+* ``video_plan(total, fps, h, w)``  which frames the video processor takes and the size every frame is resized to,
+                                    with the settings ``Qwen3VLVideoProcessor.__call__`` passes (``do_sample_frames``,
+                                    ``num_frames`` / ``fps``, ``cap_pixels_per_frame`` / ``max_video_tokens``,
+                                    ``do_resize``); a setting transformers refuses is a ModelError naming it.
 
 Every output also carries ``attention_mask`` and ``mm_token_type_ids`` (0 text, 1 image, 2 video: Qwen3-VL and
 Qwen3.5 compute their M-RoPE positions from it). Batches are left-padded, as colpali-engine's processors pad.
@@ -67,6 +69,8 @@ class QwenVLProcessor:
         self.image_processor = image_processor
         self.video_processor = video_processor
         self.prompts = prompts
+        self.settings_dir: Path | None = None  # where the settings were read (named in refusals)
+        self.video_refusal: str | None = None  # why videos cannot be encoded (vision_check: settings vs the model)
         self.image_token_id = _token_id(tokenizer, IMAGE_TOKEN)
         self.video_token_id = _token_id(tokenizer, VIDEO_TOKEN)
 
@@ -87,7 +91,9 @@ class QwenVLProcessor:
             video_processor = _video_processor(video_settings) if prompts.video is not None and video_settings is not None else None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{path}: cannot build the Qwen-VL processor from its parts: {exc}") from exc
-        return cls(tokenizer, image_processor, prompts, video_processor)
+        processor = cls(tokenizer, image_processor, prompts, video_processor)
+        processor.settings_dir = path
+        return processor
 
     # -- text ---------------------------------------------------------------------------------------
     def process_texts(self, texts: list[str]):
@@ -122,25 +128,64 @@ class QwenVLProcessor:
 
     # -- videos -------------------------------------------------------------------------------------
     def video_plan(self, total_frames: int, fps: float, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """The frame numbers the video processor samples from a ``total_frames`` video at ``fps``
-        (``Qwen3VLVideoProcessor.sample_frames``), and the (height, width) every frame is resized to."""
+        """The frame numbers the video processor takes from a ``total_frames`` video at ``fps`` and the (height,
+        width) every frame is resized to, with the settings ``Qwen3VLVideoProcessor.__call__`` passes: every frame
+        without ``do_sample_frames``, else ``sample_frames`` with its ``num_frames`` and ``fps``."""
+        processor = self._require_video()
+        if not processor.do_sample_frames:
+            indices = np.arange(int(total_frames), dtype=np.int64)
+        else:
+            indices = self._sampled_frames(int(total_frames), fps)
+        return indices, self._frame_size(len(indices), height, width)
+
+    def _sampled_frames(self, total_frames: int, fps: float) -> np.ndarray:
         from transformers.video_utils import VideoMetadata
 
-        processor = self._require_video()
-        metadata = VideoMetadata(total_num_frames=int(total_frames), fps=fps)
-        indices = np.asarray(processor.sample_frames(metadata), dtype=np.int64)
-        return indices, self._frame_size(len(indices), height, width)
+        processor = self.video_processor
+        metadata = VideoMetadata(total_num_frames=total_frames, fps=fps)
+        try:
+            indices = processor.sample_frames(metadata, num_frames=processor.num_frames, fps=processor.fps)
+        except ValueError as exc:  # num_frames and fps both set: transformers refuses every video
+            raise self._video_setting_error("num_frames", processor.num_frames, f"with fps {processor.fps}: {exc}") from exc
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) == 0:
+            raise self._video_setting_error("num_frames", processor.num_frames, "samples no frame")
+        return indices
 
     def _frame_size(self, n_frames: int, height: int, width: int) -> tuple[int, int]:
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
 
         processor = self.video_processor
         temporal, factor = int(processor.temporal_patch_size), int(processor.patch_size) * int(processor.merge_size)
+        if not processor.do_resize:  # frames patchified at their own size, which must be whole merged patches
+            if height % factor or width % factor:
+                raise self._video_setting_error("do_resize", False, f"{width}x{height} frames are not whole {factor}-pixel patches")
+            return height, width
         size = processor.size
         return smart_resize(
             num_frames=max(n_frames, temporal), height=height, width=width, temporal_factor=temporal,
-            factor=factor, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"],
+            factor=factor, min_pixels=size["shortest_edge"], max_pixels=self._video_max_pixels(n_frames, factor),
         )
+
+    def _video_max_pixels(self, n_frames: int, factor: int) -> int:
+        """``Qwen3VLVideoProcessor.resize``'s pixel budget for the whole clip: ``size["longest_edge"]``, or with
+        ``cap_pixels_per_frame`` at most ``max_video_tokens`` patches (or the budget's even share) per frame, at
+        least 1.05 x ``shortest_edge``."""
+        processor = self.video_processor
+        size = processor.size
+        if not processor.cap_pixels_per_frame:
+            return size["longest_edge"]
+        tokens = processor.max_video_tokens
+        if tokens is None:
+            raise self._video_setting_error("max_video_tokens", None, "cap_pixels_per_frame needs a number")
+        per_frame = max(min(int(tokens) * factor * factor, size["longest_edge"] // n_frames), int(size["shortest_edge"] * 1.05))
+        return per_frame * n_frames
+
+    def _video_setting_error(self, setting: str, value: Any, why: str) -> ModelError:
+        from tokembed.models.vision_check import settings_file
+
+        where = settings_file(self.settings_dir, "video_processor", setting) if self.settings_dir else "the video processor"
+        return ModelError(f"{where}: video setting {setting} {value} cannot be applied as transformers applies it ({why})")
 
     def process_videos(self, videos: list):
         """Qwen3-VL's video path, from parts: resize every frame of a video to one ``smart_resize`` size (PIL
@@ -196,6 +241,8 @@ class QwenVLProcessor:
                 "this model's processor has no video settings (video_processor in processor_config.json, or "
                 "video_preprocessor_config.json): videos are refused"
             )
+        if self.video_refusal is not None:
+            raise ModelError(self.video_refusal)
         return self.video_processor
 
     # -- shared -------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class RemoteCodeRetrieval:
     def load(cls, path: Path, options: LoadOptions) -> VisionModel:
         from transformers import AutoModel
 
-        return load_vision_model(cls.key, path, options, AutoModel, projection=PROJECTION_NAMES)
+        return load_vision_model(cls.key, path, options, AutoModel, projection=PROJECTION_NAMES, check_processor=False)
 
 
 def is_remote_vision(path: Path, config: dict) -> bool:

@@ -315,6 +315,7 @@ def load_vision_model(
     ignore_unused: tuple[str, ...] = (),
     processor: Any = None,
     key_mapping: dict[str, str] | None = None,
+    check_processor: bool = True,
 ) -> VisionModel:
     """Load ``model_class`` (a transformers class, or ``AutoModel`` for remote code) and ``AutoProcessor``
     (or the ``processor`` a family built itself).
@@ -322,6 +323,8 @@ def load_vision_model(
     ``projection``: names the projection may have; the first ``nn.Linear`` found is the one whose output
     ``--no-normalize`` stores. ``key_mapping``: transformers' ``from_pretrained(key_mapping=...)`` (regex ->
     replacement), for checkpoints saved under other tensor names; the completeness check sees the renamed names.
+    ``check_processor``: refuse processor settings that contradict the vision config (``vision_check``; off for
+    remote code, whose processor is its own).
 
     Every weight must come from the checkpoint, and every checkpoint tensor must land but for language-model
     heads and ``ignore_unused`` (``loading.from_pretrained_checked``): a missing one (such as a projection
@@ -331,6 +334,7 @@ def load_vision_model(
     from transformers.utils import logging as hf_logging
 
     from tokembed.models.loading import HEAD_NAMES, from_pretrained_checked, missing_package_error
+    from tokembed.models.vision_check import check_processor_fits
 
     hf_logging.disable_progress_bar()
     remote = {"trust_remote_code": options.trust_remote_code}
@@ -350,6 +354,8 @@ def load_vision_model(
             raise ModelError(f"{path}: the processor {type(processor).__name__} has no {method}()")
     model.eval()
     config = model.config
+    if check_processor:
+        check_processor_fits(path, processor, config, options.processor_path)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     found = next((name for name in projection if isinstance(_submodule(model, name), nn.Linear)), None)
     limit = position_limit(text_config)
