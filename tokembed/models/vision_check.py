@@ -141,7 +141,8 @@ def settings_file(folder: Path, section: str, setting: str) -> str:
     ``image_processor`` in ``processor_config.json``), for the message; where none does, the folder and that the
     processor's default applies."""
     key = setting.split(".")[0]
-    candidates = ([_SECTION_FILES[section]] if section in _SECTION_FILES else []) + ["processor_config.json"]
+    # transformers reads the section nested in processor_config.json before the section's own file
+    candidates = ["processor_config.json"] + ([_SECTION_FILES[section]] if section in _SECTION_FILES else [])
     for name in candidates:
         data = read_json(folder / name) or {}
         nested = [data.get(part) for part in (section, "image_processor")] if name == "processor_config.json" else []
