@@ -216,3 +216,27 @@ def test_a_huge_parquet_cell_is_held_about_twice_not_four_times(checkpoint, tmp_
         write_parquet(tmp_path / f"{name}.parquet", [{"id": "a", "text": "a short row"}, {"id": "b", "text": text}])
     del words
     assert huge_minus_short_mb(checkpoint, tmp_path, ".parquet") < 2.5 * size / 2**20
+
+
+def test_rows_an_earlier_release_windowed_past_an_lstrip_token_are_encoded_again(cli, checkpoint, tmp_path, monkeypatch):
+    """Releases before the lstrip rule could give such long texts other ids under the same content hash: the hash
+    now names the new reading for exactly those rows, so the first incremental run after the upgrade encodes them
+    again (as a rebuild would) and carries every other row."""
+    from tokembed.models import steps
+
+    model = checkpoint("pylate_xlmr")  # XLM-R: <mask> matches with lstrip
+    rows = [{"id": f"marked-{k}", "text": "Paris is the capital. " + " " * k + "<mask>" + " the end." * 300} for k in range(3)]
+    rows += [{"id": "long", "text": "Paris is the capital. the end." * 300}, {"id": "short", "text": "a <mask> b"}]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    index = tmp_path / "index"
+    encode = ("encode", corpus, "--model", model, "-o", index, "--log-format", "json")
+    with monkeypatch.context() as patch:  # the hashes an earlier release wrote: no mark
+        patch.setattr(steps, "read_otherwise_before_lstrip_fix", lambda *args: False)
+        assert cli(*encode).exit_code == 0
+    upgraded = cli(*encode)
+    assert upgraded.exit_code == 0, upgraded.output
+    summary = json.loads(upgraded.stdout.strip().splitlines()[-1])
+    assert (summary["updated"], summary["unchanged"]) == (3, 2)
+    again = json.loads(cli(*encode).stdout.strip().splitlines()[-1])
+    assert (again["updated"], again["unchanged"]) == (0, 5)

@@ -217,9 +217,8 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     runner = open_runner(embedder, job, progress)
     try:
         progress.start(estimate_rows(job.inputs, job.sources))
-        input_problem = getattr(embedder.encoder, "input_problem", None)  # a vision processor's refusals: bad rows
         seen_previous = _encode_stream(job, runner, settings_fp, (previous, replaced), writer, journal, summary, progress,
-                                       input_problem)
+                                       embedder.encoder)
         log_skipped(summary.skipped, progress.log)
         writer.close_shard()
         summary.shards = len(writer.shards)
@@ -313,7 +312,7 @@ def _replaced_index(job: EncodeJob):
 
 
 def _encode_stream(
-    job, runner, settings_fp, indexes, writer, journal, summary: EncodeSummary, progress, input_problem=None
+    job, runner, settings_fp, indexes, writer, journal, summary: EncodeSummary, progress, encoder=None
 ) -> int:
     """Stream the corpus through the runner into the writer; returns how many ids of the replaced index are still
     present. ``indexes``: (the index rows are carried over from or None, the index the counts compare with or None).
@@ -327,7 +326,7 @@ def _encode_stream(
     runner_images = job.sources.modality == "image"
 
     def texts_to_encode() -> Iterator[list[str]]:
-        for chunk in plan_chunks(job, settings_fp, indexes, journal.chunks_done, summary, state, input_problem):
+        for chunk in plan_chunks(job, settings_fp, indexes, journal.chunks_done, summary, state, encoder):
             pending.append(chunk)
             yield [model_input(chunk.items[i], runner_images) for i in chunk.to_encode]
             del chunk  # one chunk alive at a time (see _encode_stream)

@@ -16,11 +16,15 @@ from tokembed.sources.duplicates import SeenIds
 from tokembed.sources.pdf import is_empty_page
 
 
-def content_hash(settings_fingerprint: str, text: str) -> bytes:
-    """sha256 of the item's content, keyed by the model and settings that encoded it."""
+def content_hash(settings_fingerprint: str, text: str, mark: str = "") -> bytes:
+    """sha256 of the item's content, keyed by the model and settings that encoded it. ``mark``: what the model
+    reads of this item otherwise than an earlier release did (``TextEncoder.content_mark``), so that an incremental
+    run encodes it again, as a rebuild does; "" for every other item, whose hash stays as it was."""
     digest = hashlib.sha256(settings_fingerprint.encode() + b"\0")
     for start in range(0, len(text), _HASH_SLICE):  # UTF-8 a slice at a time: no whole second copy of a huge text
         digest.update(text[start : start + _HASH_SLICE].encode("utf-8", "surrogatepass"))
+    if mark:
+        digest.update(b"\0" + mark.encode())
     return digest.digest()
 
 
@@ -44,11 +48,15 @@ class PlannedChunk:
     empty_pages: int = 0  # len(summary.empty_pages) once this chunk was planned
 
 
-def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state, input_problem=None) -> Iterator[PlannedChunk]:
+def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state, encoder=None) -> Iterator[PlannedChunk]:
     """Read the corpus and decide, item by item, what is carried over and what is encoded. ``indexes``: (the index
     rows are carried over from, the index the added / updated / deleted counts compare with), either None.
-    ``input_problem``: the model's say on an item's image or text (``VisionEncoder.input_problem``), or None."""
+    ``encoder``: the model's say on an item, where it has one: ``input_problem`` (a processor's refusal of an image
+    or text: ``VisionEncoder``) and ``content_mark`` (a reading that changed since an earlier release:
+    ``TextEncoder``)."""
     previous, counted = indexes
+    input_problem = getattr(encoder, "input_problem", None)
+    content_mark = getattr(encoder, "content_mark", None)
     # Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards.
     sources = replace(job.sources, chunk_rows=min(job.sources.chunk_rows, job.shard_rows))
     seen = SeenIds(job.inputs, sources)
@@ -65,7 +73,7 @@ def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state, input_pr
         state["seen_previous"] += sum(row is not None for row in stored_rows)
         if resumed:
             continue
-        hashes = [content_hash(settings_fp, item.content) for item in items]
+        hashes = [content_hash(settings_fp, item.content, content_mark(item.text) if content_mark else "") for item in items]
         same = previous.unchanged(stored_rows, hashes) if previous is not None else np.zeros(len(items), bool)
         carried, to_encode, empty = {}, [], []
         for position, row in enumerate(stored_rows):

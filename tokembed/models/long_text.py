@@ -69,8 +69,19 @@ def _prefix_decides(tokenizer, prefix: str, needed: int) -> bool:
 
 def _longest_lstrip_token(tokenizer) -> int:
     """Characters of the longest added token that matches with ``lstrip`` (0: none does)."""
+    return max(map(len, lstrip_tokens(tokenizer)), default=0)
+
+
+def lstrip_tokens(tokenizer) -> list[str]:
+    """The added tokens that match with ``lstrip`` (take the whitespace to their left)."""
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    return max((len(token.content) for token in added.values() if getattr(token, "lstrip", False)), default=0)
+    return [token.content for token in added.values() if getattr(token, "lstrip", False)]
+
+
+def read_otherwise_before_lstrip_fix(tokenizer, lstrip: list[str], text: str, max_length: int) -> bool:
+    """Whether releases before the lstrip rule above may have given this text other ids: a text tokenized by
+    windows (longer than the first, a fast tokenizer cutting on the right) that holds an ``lstrip`` token."""
+    return bool(lstrip) and len(text) > window_chars(max_length) and _windowable(tokenizer) and any(token in text for token in lstrip)
 
 
 def _truncated_ids(tokenizer, text: str, max_length: int) -> list[int]:

@@ -15,7 +15,7 @@ import torch
 
 from tokembed.errors import ModelError
 from tokembed.models.base import TokenModel
-from tokembed.models.long_text import tokenize_long, window_chars
+from tokembed.models.long_text import lstrip_tokens, read_otherwise_before_lstrip_fix, tokenize_long, window_chars
 from tokembed.settings import EncodeSettings
 
 
@@ -60,6 +60,15 @@ class TextEncoder(OutputShape):
             check_embedding_row(model, *_expansion_token(tokenizer, model.colbert.expansion_token))
         self.skip_ids = skiplist_ids(tokenizer, settings.skiplist_words)
         self.keep_only_ids = np.asarray(settings.keep_only_ids or (), dtype=np.int64)
+        self.lstrip_tokens = lstrip_tokens(tokenizer)
+
+    def content_mark(self, text: str | None) -> str:
+        """Added to a row's content hash where this release reads the text otherwise than an earlier one did, so
+        that an incremental run encodes the row again as a rebuild does (``plan.content_hash``); "" elsewhere."""
+        tokenizer, max_length = self.model.tokenizer, self.settings.max_length
+        if isinstance(text, str) and read_otherwise_before_lstrip_fix(tokenizer, self.lstrip_tokens, text, max_length):
+            return "lstrip tokens past a window"
+        return ""
 
     # -- before the forward pass -------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> list[Tokenized]:
