@@ -136,7 +136,8 @@ def make_encoder(model: TokenModel, flags: EncodeFlags, device: str, runtime: st
     """(the settings ``flags`` resolve to for ``model`` on ``device``, the encoder that applies them: the
     model's own for image models, else a ``TextEncoder``). ``runtime``: what runs the backbone (recorded: its
     vectors differ from torch's in the last bits, so a re-run with the other one re-encodes)."""
-    settings = replace(resolve(flags, model.colbert, model.max_length, device.split(":")[0], model.position_limit), runtime=runtime)
+    settings = replace(resolve(flags, model.colbert, model.max_length, device.split(":")[0], model.position_limit),
+                       runtime=runtime, reading=tuple(getattr(model, "reading", ())))
     return settings, model.make_encoder(settings) if hasattr(model, "make_encoder") else TextEncoder(model, settings)
 
 

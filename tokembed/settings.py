@@ -113,6 +113,9 @@ class EncodeSettings:
     pool_factor: int = 1  # documents only; 1 = no pooling
     keep_only_ids: tuple[int, ...] | None = None  # colbert documents: only these token ids reach the output
     runtime: str = "torch"  # what ran the backbone's forward on the CPU: "torch", or "openvino" (TOKEMBED_CPU_RUNTIME)
+    # Readings of the checkpoint's files that earlier releases did not make (models.readings): an index they built
+    # is encoded again; () for almost every checkpoint (and then not in the manifest or the fingerprint).
+    reading: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -121,6 +124,10 @@ class EncodeSettings:
             del data["keep_only_ids"]  # as an earlier release wrote the manifest
         else:
             data["keep_only_ids"] = list(self.keep_only_ids)
+        if self.reading:
+            data["reading"] = list(self.reading)
+        else:
+            del data["reading"]  # likewise
         return data
 
     def fingerprint(self, model_fingerprint: str) -> str:

@@ -158,6 +158,8 @@ def _found(path: Path, what: str) -> str:
 def load_model(path: Path, options: LoadOptions | None = None, base: Path | None = None) -> "TokenModel | VisionModel":
     """Load the checkpoint at ``path``; a PEFT adapter there is applied over ``base`` and merged
     (``base`` None: the adapter's ``base_model_name_or_path``)."""
+    from tokembed.models.readings import processor_reading
+
     options = options or LoadOptions()
     with loading_errors(path):
         if base is not None and (Path(path) / "adapter_config.json").is_file():
@@ -165,7 +167,9 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
 
             model = load_adapted(Path(path), Path(base), options)
         else:
-            model = family_class(detect(path, options.trust_remote_code)).load(path, options)
+            key = detect(path, options.trust_remote_code)
+            model = family_class(key).load(path, options)
+            model.reading = processor_reading(key, Path(path))
         check_query_processing(model)
     check_tokenizer_vocabulary(path, model.tokenizer)
     with out_of_memory_is_a_device_error(path, options.device):

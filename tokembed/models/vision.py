@@ -70,6 +70,7 @@ class VisionModel:
     position_limit: int
     colbert: None = None  # vision models carry no ColBERT settings: prefixes are the processor's
     extra: dict = field(default_factory=dict)
+    reading: tuple[str, ...] = ()  # readings of its files earlier releases did not make (models.readings)
 
     @property
     def output_dim(self) -> int:

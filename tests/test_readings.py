@@ -1,0 +1,69 @@
+"""An upgrade never carries vectors of an earlier release's reading of the same files.
+
+Where this release reads a checkpoint's processor files otherwise than the previous one did (the nested
+``processor_config.json`` settings before the legacy files, an adapter's processor files, Tomoro's empty prompts,
+ColQwen3.5's video sampling settings), the encoding settings name that reading (``EncodeSettings.reading``), so
+the first cron run after the upgrade encodes the index again, as a rebuild would. Checkpoints the change does not
+touch keep their settings' fingerprint: their indexes stay current.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+from PIL import Image
+
+import qwen_checkpoints
+from tokembed.models import readings
+from tokembed.models.readings import processor_reading
+
+
+def _stale_legacy_file(folder):
+    nested = json.loads((folder / "processor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps(dict(nested["image_processor"], image_mean=[0.1, 0.2, 0.3])))
+
+
+def test_only_the_checkpoints_read_otherwise_are_marked(tmp_path):
+    model = qwen_checkpoints.build_colqwen3_5(tmp_path / "colqwen3_5")
+    assert processor_reading("ColQwen3_5", model) == ()
+    stale = shutil.copytree(model, tmp_path / "stale")
+    _stale_legacy_file(stale)
+    assert processor_reading("ColQwen3_5", stale) == ("processor_config.json's nested settings first",)
+    assert processor_reading("ColQwen2", stale) == ()  # transformers' own processor always read it so
+    nested = json.loads((model / "processor_config.json").read_text())
+    same = shutil.copytree(model, tmp_path / "same")
+    (same / "preprocessor_config.json").write_text(json.dumps(nested["image_processor"]))
+    assert processor_reading("ColQwen3_5", same) == ()  # both files say the same: nothing read otherwise
+    video = shutil.copytree(model, tmp_path / "video")
+    nested["video_processor"]["do_sample_frames"] = False
+    (video / "processor_config.json").write_text(json.dumps(nested))
+    assert processor_reading("ColQwen3_5", video) == ("video sampling and size settings",)
+    tomoro = tmp_path / "tomoro"
+    tomoro.mkdir()
+    (tomoro / "processor_config.json").write_text(json.dumps({"visual_prompt_suffix": ""}))
+    assert processor_reading("ColQwen3", tomoro) == ("empty saved prompts kept",)
+
+
+def test_an_index_of_a_checkpoint_read_otherwise_is_encoded_again(cli, tmp_path, monkeypatch):
+    model = qwen_checkpoints.build_colqwen3_5(tmp_path / "colqwen3_5")
+    _stale_legacy_file(model)
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    rng = np.random.default_rng(0)
+    for number in range(2):
+        Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(pages / f"p{number}.png")
+    index = tmp_path / "index"
+    encode = ("encode", pages, "--model", model, "-o", index, "--log-format", "json")
+    with monkeypatch.context() as patch:  # the settings an earlier release recorded: no reading named
+        patch.setattr(readings, "processor_reading", lambda *args: ())
+        assert cli(*encode).exit_code == 0
+    upgraded = cli(*encode)
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "re-encoding everything" in upgraded.stderr
+    assert json.loads(upgraded.stdout.strip().splitlines()[-1])["unchanged"] == 0
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["settings"]["reading"] == ["processor_config.json's nested settings first"]
+    again = json.loads(cli(*encode).stdout.strip().splitlines()[-1])
+    assert (again["updated"], again["unchanged"]) == (0, 2)

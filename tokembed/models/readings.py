@@ -1,0 +1,75 @@
+"""Where this release reads a checkpoint's processor files otherwise than an earlier release did.
+
+Stage: models (load). An incremental run carries a row whose content hash is in the index, and the hash is keyed
+by the model's fingerprint (its files) and the encoding settings. A release that reads the same files otherwise
+(another precedence of two settings files, files it used to ignore) would carry the earlier reading's vectors for
+good, where a rebuild gives others. ``processor_reading`` names each such reading that applies to a checkpoint; the
+names become ``EncodeSettings.reading`` (part of the settings' fingerprint only when there are any), so the first
+cron run after the upgrade encodes such an index again, and every other index stays current. Readings that
+concern single rows are marks in their content hash instead (``TextEncoder.content_mark``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokembed.models.base import read_json
+
+# Families whose Qwen-VL processor tokembed builds from its parts (qwen_vl_processor): transformers' own
+# processors (colpali-engine layouts, -hf ports) always read the files as transformers does.
+QWEN_FROM_PARTS = ("ColQwen3_5", "ColQwen3", "OpsColQwen3Model", "Qwen3VLNemotronEmbedModel")
+
+
+def processor_reading(family: str, base: Path, adapter: Path | None = None) -> tuple[str, ...]:
+    """The readings of the processor files of ``base`` (and an adapter's over it) that earlier releases did not
+    make, for a checkpoint of ``family``; () for almost every checkpoint."""
+    from tokembed.models.processor_overlay import has_processor_files
+
+    marks = []
+    adapted = adapter is not None and has_processor_files(adapter)
+    if family in QWEN_FROM_PARTS:
+        if adapted:
+            marks.append("an adapter's processor files")  # earlier: the base's only
+        if any(_nested_and_legacy_differ(folder) for folder in (base, adapter) if folder is not None):
+            marks.append("processor_config.json's nested settings first")  # earlier: the legacy files first
+        folder = adapter if adapted else base
+        if family == "ColQwen3" and _empty_saved_prompt(folder):
+            marks.append("empty saved prompts kept")  # earlier: replaced by the defaults
+        if family == "ColQwen3_5" and _video_settings_added(folder):
+            marks.append("video sampling and size settings")  # earlier: ignored
+    elif adapted and _overlay_changed(base, adapter):
+        marks.append("an adapter's processor files by group")  # earlier: file by file over the base's
+    return tuple(marks)
+
+
+def _nested_and_legacy_differ(folder: Path) -> bool:
+    nested = read_json(folder / "processor_config.json")
+    nested = nested if isinstance(nested, dict) else {}
+    for section, legacy_file in (("image_processor", "preprocessor_config.json"), ("video_processor", "video_preprocessor_config.json")):
+        legacy = read_json(folder / legacy_file)
+        if nested.get(section) is not None and legacy and legacy != nested[section]:
+            return True
+    return False
+
+
+def _empty_saved_prompt(folder: Path) -> bool:
+    saved = read_json(folder / "processor_config.json")
+    return isinstance(saved, dict) and "" in (saved.get("visual_prompt_prefix"), saved.get("visual_prompt_suffix"))
+
+
+def _video_settings_added(folder: Path) -> bool:
+    from tokembed.models.qwen_vl_processor import read_processor_settings
+
+    _image, video = read_processor_settings(folder)
+    video = video or {}
+    return (video.get("do_sample_frames") is False or video.get("num_frames") is not None
+            or bool(video.get("cap_pixels_per_frame")) or video.get("do_resize") is False)
+
+
+def _overlay_changed(base: Path, adapter: Path) -> bool:
+    """Whether the group-by-group overlay holds other files than the earlier file-by-file one did."""
+    from tokembed.models.processor_overlay import GROUPS, _overlaid
+
+    earlier = {p.name: p for p in base.iterdir() if p.is_file() and not p.name.endswith((".safetensors", ".bin"))}
+    earlier.update({p.name: p for p in adapter.iterdir() if p.is_file() and any(group.match(p.name) for group in GROUPS)})
+    return _overlaid(base, adapter) != earlier
