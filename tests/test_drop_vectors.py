@@ -8,6 +8,7 @@ SIGKILL and resume.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -337,3 +338,30 @@ def test_an_empty_generation_remembers_the_structure_and_the_next_run_builds_it_
     assert got["search"]["training"]["index_tokens"] == got["totals"]["tokens"]  # trained on these rows
     assert (got["search"].get("vectors") == "dropped") is drop and got["format_version"] == (2 if drop else 1)
     assert all(("embeddings" in table.column_names) is not drop for table in shard_columns(folder))
+
+
+def test_a_compressed_only_index_whose_codes_keep_lengths_is_version_3_and_mixed_code_files_are_refused(
+        tmp_path, cli, checkpoint, monkeypatch):
+    """A release reading versions 1 and 2 decoded every code to unit length: it must refuse a pooled compressed-only
+    index (wrong scores, then a cron run writing code files without lengths). Such code files beside a codec that
+    keeps lengths (what that cron run left) are refused by score as encode and compress refuse them (exit 2,
+    `encode --full`), not as a corrupt index."""
+    from tokembed.errors import IndexCorruptError
+    from tokembed.index import reader
+    from tokembed.search.plaid import codes as codes_mod
+
+    corpus = write_parquet(tmp_path / "docs.parquet", corpus_rows(20))
+    folder = tmp_path / "pooled"
+    assert cli("encode", corpus, "-o", folder, "--model", checkpoint("pylate_bert"), "-q", "--pool-factor", 2,
+               "--nbits", 2, "--drop-vectors").exit_code == 0
+    assert manifest(folder)["format_version"] == 3 and manifest(folder)["search"]["vector_norms"] is True
+    assert cli("score", folder, "--query", "alpha").exit_code == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(reader, "READABLE_VERSIONS", (1, 2))  # the release before the lengths
+        with pytest.raises(IndexCorruptError, match="format_version 3"):
+            open_index(folder)
+    opened = codes_mod.ShardCodes.open
+    monkeypatch.setattr(codes_mod.ShardCodes, "open", classmethod(
+        lambda cls, path: dataclasses.replace(opened(path), vector_norms=None)))  # code files without lengths
+    refused = cli("score", folder, "--query", "alpha")
+    assert refused.exit_code == 2 and "earlier release" in refused.stderr and "--full" in refused.stderr

@@ -143,7 +143,7 @@ def make_encoder(model: TokenModel, flags: EncodeFlags, device: str, runtime: st
 
 def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:
     """The flags that encode ``kind`` inputs as the index's manifest prescribes."""
-    flags = replace(EncodeFlags.from_json(manifest["flags"]), kind=kind)
+    flags = replace(EncodeFlags.from_json(known_keys(manifest["flags"], EncodeFlags, "flags")), kind=kind)
     if kind != manifest["settings"]["kind"]:
         flags = replace(flags, max_length=None)  # a --max-length given for one kind is not the other's
     if kind == "query":
@@ -175,7 +175,24 @@ def index_checkpoint(manifest: dict, kind: str = "query", model: str | None = No
 
 def index_colbert(manifest: dict) -> ColbertConfig | None:
     """The ColBERT settings the index was encoded with (None: none)."""
-    return ColbertConfig.from_json(manifest["colbert"]) if manifest.get("colbert") else None
+    return ColbertConfig.from_json(known_keys(manifest["colbert"], ColbertConfig, "colbert")) if manifest.get("colbert") else None
+
+
+def known_keys(section: dict, settings_class, name: str) -> dict:
+    """A manifest section whose keys this release knows; a key it does not (a flag a later release added) is
+    refused (exit 6), never dropped: the queries would be encoded otherwise than the index's documents."""
+    from dataclasses import fields
+
+    from tokembed.errors import IndexCorruptError
+
+    unknown = sorted(set(section) - {field.name for field in fields(settings_class)})
+    if unknown:
+        raise IndexCorruptError(
+            f"the index's manifest.json records {name} {', '.join(map(repr, unknown))} that this tokembed does not know "
+            "(written by a later release?)",
+            hint="score it with the tokembed release that built it, or re-encode it with this one (encode --full)",
+        )
+    return section
 
 
 def index_model(manifest: dict, model: str | None = None) -> str | None:

@@ -195,10 +195,12 @@ def _with_base_folder_absolute(job: EncodeJob, embedder) -> EncodeJob:
 def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     from tokembed.engine import open_runner
     from tokembed.index.journal import resume_journal, run_signature
+    from tokembed.index.atomic import remove_dead_replacements
     from tokembed.index.writer import ShardInfo, remove_temp_files
 
     settings_fp = embedder.settings.fingerprint(embedder.fingerprint)
     remove_temp_files(job.output / "data")
+    remove_dead_replacements(job.output)
     previous = _previous_index(job, settings_fp, embedder.weights_sha256, progress)
     replaced = previous or _replaced_index(job)  # what a full rebuild's added / updated / deleted compare with
     summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)

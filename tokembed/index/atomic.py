@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,28 @@ def replacing(final: Path) -> Iterator[Path]:
         publish(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_dead_replacements(folder: Path) -> None:
+    """Temp files ``replacing`` left in ``folder`` when its process was killed (a journal or manifest written at
+    the moment of a SIGKILL); those of a live process (a reader recording hashes) are left to it."""
+    for path in folder.iterdir() if folder.is_dir() else ():
+        match = _REPLACEMENT.match(path.name)
+        if match and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+
+
+_REPLACEMENT = re.compile(r"^\..+\.tmp-(\d+)$", re.DOTALL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < (1 << 22)  # another user's process is alive; an impossible pid is not
+    return True
 
 
 def publish(tmp: Path, final: Path) -> None:

@@ -18,8 +18,9 @@ A row's token count is still the length of its ``token_ids`` (and of its codes i
 never 0 for want of vectors. Readers that need the vectors call ``require_vectors`` first and refuse with
 ``VectorsDroppedError``; search re-ranks from the decoded codes.
 Such a manifest is committed with ``format_version`` 2 (``manifest_bytes``): a tokembed older than this reads
-only version 1 and refuses it with a message instead of failing on the missing column. Indexes with vectors
-stay version 1, so older readers keep reading them.
+only version 1 and refuses it with a message instead of failing on the missing column; version 3 where its codes
+also keep each vector's length (``search.vector_norms``), which releases reading 1 and 2 would decode to unit
+length. Indexes with vectors stay version 1, so older readers keep reading them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ import re
 FORMAT = "tokembed-index"
 FORMAT_VERSION = 1  # an index whose shards hold vectors
 VECTORLESS_FORMAT_VERSION = 2  # a compressed-only index (shards without ``embeddings``)
-READABLE_VERSIONS = (FORMAT_VERSION, VECTORLESS_FORMAT_VERSION)
+# A compressed-only index whose codes keep each vector's length (not unit length: --no-normalize, --pool-factor):
+# a release before the lengths decoded them to unit length, scored such an index wrong, and its cron run wrote code
+# files without lengths. It reads versions 1 and 2 only, so it refuses this one.
+VECTORLESS_LENGTHS_FORMAT_VERSION = 3
+READABLE_VERSIONS = (FORMAT_VERSION, VECTORLESS_FORMAT_VERSION, VECTORLESS_LENGTHS_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
 SHARD_PATTERN = re.compile(r"^part-(\d{6,})\.arrow$")
@@ -78,7 +83,10 @@ def manifest_bytes(manifest: dict) -> bytes:
     """The manifest as committed, with the ``format_version`` its shards call for."""
     import json
 
-    version = VECTORLESS_FORMAT_VERSION if vectors_dropped(manifest) else FORMAT_VERSION
+    version = FORMAT_VERSION
+    if vectors_dropped(manifest):
+        lengths = bool((manifest.get(SEARCH) or {}).get("vector_norms"))
+        version = VECTORLESS_LENGTHS_FORMAT_VERSION if lengths else VECTORLESS_FORMAT_VERSION
     return (json.dumps({**manifest, "format_version": version}, indent=2, ensure_ascii=False) + "\n").encode()
 
 

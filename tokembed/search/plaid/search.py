@@ -109,6 +109,8 @@ def open_structure(index, verify: bool = True) -> Structure:
         if codes.rows != entry["rows"] or len(codes.centroid_ids) != entry["tokens"]:
             raise IndexCorruptError(f"{index.folder / entry['file']}: rows/tokens do not match the manifest")
         shards.append(codes)
+    if codec.vector_norms and vectors_dropped(index.manifest) and any(codes.vector_norms is None for codes in shards):
+        refuse_unit_codes_without_vectors(index.folder, True)  # code files an earlier release's cron run wrote
     starts = np.cumsum([0] + [entry["rows"] for entry in entries]).astype(np.int64)
     return Structure(codec, shards, starts)
 

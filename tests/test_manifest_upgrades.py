@@ -1,0 +1,50 @@
+"""Indexes across releases: what a later release recorded is refused rather than dropped, and what a killed run
+left behind is removed by the next one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import write_parquet
+
+
+def _index(cli, checkpoint, tmp_path):
+    corpus = write_parquet(tmp_path / "docs.parquet", [{"id": f"d{i}", "text": f"document number {i}"} for i in range(4)])
+    folder = tmp_path / "index"
+    assert cli("encode", corpus, "-o", folder, "--model", checkpoint("pylate_bert"), "-q").exit_code == 0
+    return corpus, folder
+
+
+def _edit_manifest(folder, section: str, key: str, value) -> None:
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    data[section][key] = value
+    path.write_text(json.dumps(data))
+
+
+def test_a_flag_or_colbert_setting_a_later_release_recorded_is_refused_naming_it(cli, checkpoint, tmp_path):
+    _corpus, folder = _index(cli, checkpoint, tmp_path)
+    for section in ("flags", "colbert"):
+        _edit_manifest(folder, section, "some_future_setting", 1)
+        refused = cli("score", folder, "--query", "number one")
+        assert refused.exit_code == 6, refused.output
+        assert f"{section} 'some_future_setting'" in refused.stderr and "Traceback" not in refused.output
+        data = json.loads((folder / "manifest.json").read_text())
+        del data[section]["some_future_setting"]
+        (folder / "manifest.json").write_text(json.dumps(data))
+    assert cli("score", folder, "--query", "number one").exit_code == 0
+
+
+def test_temp_files_of_a_killed_process_are_removed_by_the_next_run(cli, checkpoint, tmp_path):
+    corpus, folder = _index(cli, checkpoint, tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [folder / f".run-journal.json.tmp-{dead.pid}", folder / f".manifest.json.tmp-{dead.pid}"]
+    live = folder / f".hashes.json.tmp-{os.getpid()}"  # a live process's write in progress
+    for path in (*left, live):
+        path.write_text("{}")
+    assert cli("encode", corpus, "-o", folder, "--model", checkpoint("pylate_bert"), "-q").exit_code == 0
+    assert not any(path.exists() for path in left) and live.exists()
