@@ -17,7 +17,7 @@ from PIL import Image
 
 import qwen_checkpoints
 from tokembed.models import readings
-from tokembed.models.readings import processor_reading
+from tokembed.models.readings import processor_reading, weights_reading
 
 
 def _stale_legacy_file(folder):
@@ -57,7 +57,7 @@ def test_an_index_of_a_checkpoint_read_otherwise_is_encoded_again(cli, tmp_path,
     index = tmp_path / "index"
     encode = ("encode", pages, "--model", model, "-o", index, "--log-format", "json")
     with monkeypatch.context() as patch:  # the settings an earlier release recorded: no reading named
-        patch.setattr(readings, "processor_reading", lambda *args: ())
+        patch.setattr(readings, "readings_of", lambda *args: ())
         assert cli(*encode).exit_code == 0
     upgraded = cli(*encode)
     assert upgraded.exit_code == 0, upgraded.output
@@ -67,3 +67,14 @@ def test_an_index_of_a_checkpoint_read_otherwise_is_encoded_again(cli, tmp_path,
     assert manifest["settings"]["reading"] == ["processor_config.json's nested settings first"]
     again = json.loads(cli(*encode).stdout.strip().splitlines()[-1])
     assert (again["updated"], again["unchanged"]) == (0, 2)
+
+
+def test_a_folder_whose_weights_an_earlier_release_chose_otherwise_is_marked(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes(b"")
+    assert weights_reading(folder) == ()
+    (folder / "other.safetensors").write_bytes(b"")  # earlier releases read this one, transformers the .bin
+    assert weights_reading(folder) == ("weight files by the reference's names",)
+    (folder / "model.safetensors").write_bytes(b"")  # both read model.safetensors
+    assert weights_reading(folder) == ()

@@ -356,7 +356,7 @@ def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) ->
         raise ModelError(f"{base}: the adapter's base is itself an adapter; tokembed applies one adapter over a base")
     key = detect(base, options.trust_remote_code)
     from tokembed.models.processor_overlay import processor_overlay
-    from tokembed.models.readings import processor_reading
+    from tokembed.models.readings import readings_of
 
     with processor_overlay(base, adapter) as overlay:
         loaded = family_class(key).load(base, replace(options, processor_path=overlay) if overlay else options)
@@ -367,7 +367,7 @@ def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) ->
     else:
         loaded.model = apply_adapter(loaded.model, adapter, rename, merge)
     loaded.extra = {**(loaded.extra or {}), "adapter": str(adapter), "base": str(base)}
-    loaded.reading = processor_reading(key, base, adapter)
+    loaded.reading = readings_of(key, base, adapter)
     return loaded
 
 

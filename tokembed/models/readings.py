@@ -1,9 +1,10 @@
-"""Where this release reads a checkpoint's processor files otherwise than an earlier release did.
+"""Where this release reads a checkpoint's files (its weight files, its processor files) otherwise than an earlier
+release did.
 
 Stage: models (load). An incremental run carries a row whose content hash is in the index, and the hash is keyed
 by the model's fingerprint (its files) and the encoding settings. A release that reads the same files otherwise
 (another precedence of two settings files, files it used to ignore) would carry the earlier reading's vectors for
-good, where a rebuild gives others. ``processor_reading`` names each such reading that applies to a checkpoint; the
+good, where a rebuild gives others. ``readings_of`` names each such reading that applies to a checkpoint; the
 names become ``EncodeSettings.reading`` (part of the settings' fingerprint only when there are any), so the first
 cron run after the upgrade encodes such an index again, and every other index stays current. Readings that
 concern single rows are marks in their content hash instead (``TextEncoder.content_mark``).
@@ -18,6 +19,22 @@ from tokembed.models.base import read_json
 # Families whose Qwen-VL processor tokembed builds from its parts (qwen_vl_processor): transformers' own
 # processors (colpali-engine layouts, -hf ports) always read the files as transformers does.
 QWEN_FROM_PARTS = ("ColQwen3_5", "ColQwen3", "OpsColQwen3Model", "Qwen3VLNemotronEmbedModel")
+
+
+def readings_of(family: str, base: Path, adapter: Path | None = None) -> tuple[str, ...]:
+    """Every reading of the checkpoint's files (an adapter's over its base) that earlier releases did not make."""
+    return weights_reading(base) + processor_reading(family, base, adapter)
+
+
+def weights_reading(path: Path) -> tuple[str, ...]:
+    """Earlier releases took a folder's safetensors files of any name before ``pytorch_model.bin``; transformers
+    (and now tokembed) reads ``model.safetensors`` (or its index), else ``pytorch_model.bin``."""
+    for folder in (path, *(sub for sub in sorted(path.iterdir()) if sub.is_dir())):
+        named = (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists()
+        others = any(folder.glob("*.safetensors")) and any(folder.glob("pytorch_model*.bin"))
+        if others and not named:
+            return ("weight files by the reference's names",)
+    return ()
 
 
 def processor_reading(family: str, base: Path, adapter: Path | None = None) -> tuple[str, ...]:

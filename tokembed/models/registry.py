@@ -158,7 +158,7 @@ def _found(path: Path, what: str) -> str:
 def load_model(path: Path, options: LoadOptions | None = None, base: Path | None = None) -> "TokenModel | VisionModel":
     """Load the checkpoint at ``path``; a PEFT adapter there is applied over ``base`` and merged
     (``base`` None: the adapter's ``base_model_name_or_path``)."""
-    from tokembed.models.readings import processor_reading
+    from tokembed.models.readings import readings_of
 
     options = options or LoadOptions()
     with loading_errors(path):
@@ -169,7 +169,7 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
         else:
             key = detect(path, options.trust_remote_code)
             model = family_class(key).load(path, options)
-            model.reading = processor_reading(key, Path(path))
+            model.reading = readings_of(key, Path(path))
         check_query_processing(model)
     check_tokenizer_vocabulary(path, model.tokenizer)
     with out_of_memory_is_a_device_error(path, options.device):
