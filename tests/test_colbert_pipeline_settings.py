@@ -87,26 +87,40 @@ def test_pool_factor_is_refused_where_the_pipeline_does_not_normalize(checkpoint
 REFUSED = {
     # MultiVectorEncoder pads queries before the text, PyLate and colbert-ai put their marker among the padding
     "pylate left padding": ("pylate_modernbert", set_keys("tokenizer_config.json", padding_side="left"),
-                            "document", "padding_side 'left'"),
+                            "document", "tokenizer_config.json", "padding_side 'left'"),
     "stanford left padding": ("stanford", set_keys("tokenizer_config.json", padding_side="left"),
-                              "query", "padding_side 'left'"),
+                              "query", "tokenizer_config.json", "padding_side 'left'"),
     # a mask token the embeddings have no row for: was an IndexError traceback (exit 1) on short queries
     "mask token not in the vocabulary": ("stanford", set_keys("tokenizer_config.json", mask_token="<mask>"),
-                                         "query", "mask_token '<mask>'"),
+                                         "query", "tokenizer_config.json", "mask_token '<mask>'"),
+    # an explicit expansion token the vocabulary lacks: was queries expanded with [UNK] (the Transformer refuses it)
+    "expansion token not in the vocabulary": (
+        "st_native", set_keys("sentence_bert_config.json", query_expansion={
+            "strategy": "fixed", "attend": False, "token": "[NOPE]", "length": 16}),
+        "query", "sentence_bert_config.json", "token '[NOPE]'"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_settings_the_references_cannot_agree_on_are_refused(checkpoint, cli, tmp_path, case):
-    layout, change, kind, named = REFUSED[case]
+    layout, change, kind, file, named = REFUSED[case]
     path = checkpoint(layout)
     change(path)
     corpus = write_parquet(tmp_path / "texts.parquet", [{"id": "a", "text": "hi"}, {"id": "b", "text": "what is it?"}])
     out = tmp_path / "index"
     result = cli("encode", corpus, "-o", out, "--model", path, "--kind", kind, "--quiet")
     assert result.exit_code == 4, result.output
-    assert named in result.stderr and "tokenizer_config.json" in result.stderr
+    assert named in result.stderr and file in result.stderr
     assert not (out / "manifest.json").exists()
+
+
+def test_the_reference_refuses_an_expansion_token_outside_the_vocabulary(checkpoint):
+    from sentence_transformers import MultiVectorEncoder
+
+    path = checkpoint("st_native")
+    REFUSED["expansion token not in the vocabulary"][1](path)
+    with pytest.raises(ValueError, match="isn't in this tokenizer's vocabulary"):
+        MultiVectorEncoder(str(path), device="cpu", local_files_only=True)
 
 
 def test_settings_at_their_defaults_write_the_manifest_keys_an_earlier_release_reads():

@@ -191,3 +191,46 @@ def test_tomoro_keeps_an_empty_saved_prompt(key, built, tmp_path):
     prompts = tomoro_processor(path).prompts
     # ColQwen3Processor: f"{visual_prompt_prefix}{visual_prompt_suffix}".
     assert prompts.image == saved["visual_prompt_prefix"] + saved["visual_prompt_suffix"]
+
+
+# -- 5. Nemotron's null settings: kept as None by Qwen3VLNemotronEmbedProcessor.__init__ (no default) -------------
+
+
+def _nemotron_with(built, tmp_path, **saved) -> Path:
+    path = shutil.copytree(built("nemotron"), tmp_path / "nemotron")
+    settings = json.loads((path / "processor_config.json").read_text())
+    (path / "processor_config.json").write_text(json.dumps({**settings, **saved}))
+    return path
+
+
+@pytest.mark.parametrize("key", ["p_max_length", "reserve_tokens_for_images"])
+def test_nemotron_refuses_a_null_document_length(key, built, cli, tmp_path):
+    # process_documents computes `p_max_length > tokens + reserve` with None: a TypeError on every document
+    path = _nemotron_with(built, tmp_path, **{key: None})
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    _image().save(pages / "page.png")
+    result = cli("encode", pages, "--model", path, "-o", tmp_path / "index")
+    assert result.exit_code == 4, result.output
+    assert f"processor_config.json: {key} is null" in result.stderr and "Traceback" not in result.output
+
+
+def test_nemotron_null_query_length_truncates_where_the_tokenizer_does(built, tmp_path):
+    # process_queries passes max_length=None with truncation=True: the tokenizer cuts at its model_max_length
+    from tokembed.models.nemotron import nemotron_processor
+
+    path = _nemotron_with(built, tmp_path, q_max_length=None)
+    processor = nemotron_processor(path)
+    query = "word " * 3000
+    rendered = processor.prompts.query_prefix + query + processor.prompts.query_suffix
+    expected = processor.tokenizer([rendered], truncation=True, max_length=None)["input_ids"][0]
+    assert len(expected) == processor.tokenizer.model_max_length < 3000
+    assert processor.process_queries([query])["input_ids"][0].tolist() == expected
+
+
+def test_nemotron_null_prefixes_are_no_prefixes(built, tmp_path):
+    # `if self.query_prefix` / `if self.passage_prefix`: None is falsy, as an empty prefix
+    from tokembed.models.nemotron import nemotron_processor
+
+    prompts = nemotron_processor(_nemotron_with(built, tmp_path, query_prefix=None, passage_prefix=None)).prompts
+    assert prompts.query_prefix.endswith("Query: ") and "passage" not in prompts.image

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import qwen_checkpoints
-from helpers import read_index
+from helpers import manifest, read_index
 from tokembed.sources import SourceOptions, open_sources
 from tokembed.sources.video import Video, probe_video
 
@@ -178,3 +178,56 @@ def test_a_video_read_otherwise_than_before_is_encoded_again_by_an_incremental_r
     assert items["portrait.mp4"].image_sha256 == digest["portrait.mp4"] + " turned 90"
     assert items["trimmed.mp4"].image_sha256 == digest["trimmed.mp4"] + " 15 of 20 frames"
     assert items["plain.mp4"].image_sha256 == digest["plain.mp4"]  # read as before: its rows are carried
+
+
+def without_frame_rate(path: Path) -> Path:
+    """``path`` with every sample lasting 0 ticks and the durations 0: PyAV then reads no average, guessed or
+    base rate (a container reporting 0 fps)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"stts")
+    for entry in range(struct.unpack(">I", data[at + 8 : at + 12])[0]):
+        data[at + 16 + 8 * entry : at + 20 + 8 * entry] = struct.pack(">I", 0)
+    for box, offset in ((b"mdhd", 20), (b"mvhd", 20), (b"tkhd", 24)):  # version 0: the duration field
+        at = data.index(box) + offset
+        data[at : at + 4] = struct.pack(">I", 0)
+    path.write_bytes(bytes(data))
+    return path
+
+
+UNSAMPLABLE = {  # transformers: smart_resize raises for fewer frames than temporal_patch_size; sample_frames
+    # divides by the rate
+    "one-frame.mp4": (lambda path: write_video(path, gray_frames(1)), "must be larger than temporal_factor:2"),
+    "no-rate.mp4": (lambda path: without_frame_rate(write_video(path, gray_frames(4))), "no frame rate"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNSAMPLABLE))
+def test_a_video_the_processor_cannot_sample_is_a_bad_row(name, checkpoint, cli, tmp_path):
+    make, reason = UNSAMPLABLE[name]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_video(inputs / "good.mp4", gray_frames(4))
+    make(inputs / name)
+    out = tmp_path / "index"
+    skipped = cli("encode", inputs, "--model", checkpoint, "-o", out, "--on-error", "skip", "--quiet")
+    assert skipped.exit_code == 0, skipped.output
+    assert list(read_index(out)) == ["good.mp4"]
+    (entry,) = manifest(out)["skipped"]
+    assert entry["id"] == name and reason in entry["reason"]
+    failed = cli("encode", inputs, "--model", checkpoint, "-o", tmp_path / "failed")
+    assert failed.exit_code == 3, failed.output
+    assert f"{inputs / name} (id {name!r})" in failed.output and reason in failed.output
+    assert "Traceback" not in failed.output
+
+
+def test_a_video_with_a_zero_frame_rate_is_refused_not_divided_by(checkpoint):
+    """The probe refuses a file without a rate; a ``Video`` made otherwise reached ``sample_frames``, whose
+    division by the rate was a ZeroDivisionError traceback."""
+    from tokembed.models.colqwen3_5 import PROMPTS
+    from tokembed.models.qwen_vl_processor import QwenVLProcessor
+
+    processor = QwenVLProcessor.from_pretrained(checkpoint, PROMPTS)
+    with pytest.raises(ValueError, match="frame rate is 0.0"):  # processed() words a ValueError as a bad input
+        processor.video_plan(10, 0.0, 48, 64)
+    video = Video("clip.mp4", None, b"", total_frames=10, fps=0.0, height=48, width=64)
+    assert "frame rate is 0.0" in processor.video_input_refusal(video)

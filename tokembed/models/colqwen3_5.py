@@ -96,6 +96,19 @@ class ColQwen3_5Encoder(VisionEncoder):
     """``VisionEncoder`` plus videos, and batches that mix images and videos (each item carries both kinds of
     model inputs, the other kind empty; the module drops the empty ones)."""
 
+    def input_problem(self, value: Any) -> str | None:
+        """A video is asked of the processor's ``video_input_refusal`` (its frame count, rate and size), so that one
+        the processor refuses is a bad row under ``--on-error`` (found where rows are planned, not mid-encode)."""
+        from tokembed.models.vision_inputs import refusal_of
+        from tokembed.sources.video import Video
+
+        refusal = getattr(self.processor, "video_input_refusal", None)
+        if self.settings.kind == "document" and refusal is not None and isinstance(value, Video):
+            reason = refusal(value)
+            if reason is not None:
+                return refusal_of(value, reason, self.model.architecture)
+        return super().input_problem(value)
+
     def _prepare(self, value: Any) -> Prepared:
         from tokembed.models.vision import prepared_from
         from tokembed.models.vision_inputs import processed

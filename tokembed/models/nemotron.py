@@ -10,7 +10,10 @@ Prompts of NVIDIA's ``Qwen3VLNemotronEmbedProcessor``, rendered with the checkpo
 queries ``process_queries``: user text ``Query: {query_prefix} {query}`` (``query_prefix`` "query:"), generation
 prompt added, truncated at ``q_max_length`` (512); documents ``process_documents([{image, text: ""}])`` (what its
 ``forward_images`` does): user content = the image, then ``{passage_prefix} `` ("passage: "), truncated at
-``p_max_length`` - the image's tokens - ``reserve_tokens_for_images``. Settings saved in ``processor_config.json`` win.
+``p_max_length`` - the image's tokens - ``reserve_tokens_for_images``. Settings saved in ``processor_config.json`` win,
+null ones as NVIDIA's ``__init__`` keeps them (None): a null prefix is no prefix, a null ``q_max_length`` truncates at
+the tokenizer's ``model_max_length``, and a null ``p_max_length`` / ``reserve_tokens_for_images`` (every document
+fails there) is refused.
 """
 
 from __future__ import annotations
@@ -76,7 +79,10 @@ class NemotronProcessor(QwenVLProcessor):
 
     def process_queries(self, texts: list[str]):
         batch = super().process_queries(texts)
-        limit = int(self.settings["q_max_length"])
+        limit = self.settings["q_max_length"]
+        if limit is None:
+            return batch
+        limit = int(limit)
         return {key: value[:, :limit] for key, value in batch.items()}  # one unpadded item: truncation = the first ids
 
     def process_images(self, images: list):
@@ -108,9 +114,31 @@ class NemotronProcessor(QwenVLProcessor):
         return None
 
 
+def saved_settings(path: Path, tokenizer: Any) -> dict:
+    """DEFAULTS with what ``processor_config.json`` saves, a null value read as NVIDIA's processor reads it."""
+    saved = {key: value for key, value in processor_settings(path).items() if key in DEFAULTS}
+    for key in ("p_max_length", "reserve_tokens_for_images"):
+        if key in saved and saved[key] is None:
+            raise ModelError(f"{path / 'processor_config.json'}: {key} is null; Qwen3VLNemotronEmbedProcessor takes "
+                             f"its default ({DEFAULTS[key]}) only where the key is absent, and fails on every document "
+                             "with a null one", hint=f"set {key} to a number, or remove it for the default")
+    if "q_max_length" in saved and saved["q_max_length"] is None:
+        saved["q_max_length"] = _tokenizer_limit(tokenizer)
+    return {**DEFAULTS, **saved}
+
+
+def _tokenizer_limit(tokenizer: Any) -> int | None:
+    """Where a tokenizer called with ``truncation=True, max_length=None`` truncates (what a null ``q_max_length``
+    passes): its ``model_max_length``, unless that is transformers' "no limit" value."""
+    from transformers.tokenization_utils_base import LARGE_INTEGER
+
+    limit = getattr(tokenizer, "model_max_length", None)
+    return None if limit is None or limit > LARGE_INTEGER else int(limit)
+
+
 def nemotron_processor(path: Path) -> NemotronProcessor:
-    settings = {**DEFAULTS, **{k: v for k, v in processor_settings(path).items() if k in DEFAULTS}}
     tokenizer = load_tokenizer(path)
+    settings = saved_settings(path, tokenizer)
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(f"{path}: the tokenizer has no chat template (Nemotron ColEmbed prompts are chat messages)")
 

@@ -132,11 +132,23 @@ class QwenVLProcessor:
         width) every frame is resized to, with the settings ``Qwen3VLVideoProcessor.__call__`` passes: every frame
         without ``do_sample_frames``, else ``sample_frames`` with its ``num_frames`` and ``fps``."""
         processor = self._require_video()
+        _check_frame_rate(fps)
         if not processor.do_sample_frames:
             indices = np.arange(int(total_frames), dtype=np.int64)
         else:
             indices = self._sampled_frames(int(total_frames), fps)
         return indices, self._frame_size(len(indices), height, width)
+
+    def video_input_refusal(self, video: Video) -> str | None:
+        """Why ``process_videos`` would refuse ``video``, told from its frame count, rate and size (no frame
+        decoded), or None; also None where every video is refused (``_require_video``: exit 4 when one is encoded)."""
+        if self.video_processor is None or self.video_refusal is not None:
+            return None
+        try:
+            self.video_plan(video.total_frames, video.fps, video.height, video.width)
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     def _sampled_frames(self, total_frames: int, fps: float) -> np.ndarray:
         from transformers.video_utils import VideoMetadata
@@ -162,8 +174,9 @@ class QwenVLProcessor:
                 raise self._video_setting_error("do_resize", False, f"{width}x{height} frames are not whole {factor}-pixel patches")
             return height, width
         size = processor.size
+        # fewer frames than temporal_patch_size (a 1-frame video): smart_resize raises ValueError, as in transformers
         return smart_resize(
-            num_frames=max(n_frames, temporal), height=height, width=width, temporal_factor=temporal,
+            num_frames=n_frames, height=height, width=width, temporal_factor=temporal,
             factor=factor, min_pixels=size["shortest_edge"], max_pixels=self._video_max_pixels(n_frames, factor),
         )
 
@@ -196,6 +209,7 @@ class QwenVLProcessor:
         for video in videos:
             if isinstance(video, Video):
                 video = video.decode(self.video_plan, resample=int(self.video_processor.resample))
+            _check_frame_rate(video.fps)
             pixel_values, grid = self._video_patches(video)
             patches.append(pixel_values)
             grids.append(grid)
@@ -264,6 +278,13 @@ def _resize(frame: np.ndarray, height: int, width: int, resample) -> np.ndarray:
     if frame.shape[:2] == (height, width):
         return frame  # decoded at this size already (``Video.decode`` resizes as it decodes, with PIL too)
     return np.asarray(Image.fromarray(frame).resize((width, height), resample=resample))
+
+
+def _check_frame_rate(fps: float | None) -> None:
+    """A rate of 0 (or none) divides by zero in ``sample_frames`` and in the frames' timestamps (transformers fails
+    there too): the processor's refusal of this video, a bad row."""
+    if fps is None or not fps > 0:
+        raise ValueError(f"the video's frame rate is {fps}: its frames can be neither sampled nor timed")
 
 
 def frame_group_timestamps(indices: np.ndarray, fps: float, temporal_patch_size: int) -> list[float]:

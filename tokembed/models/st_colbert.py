@@ -18,7 +18,9 @@ from typing import Any
 
 from tokembed.errors import ModelError
 from tokembed.models.base import LoadOptions, TokenModel, read_json
-from tokembed.models.st_layout import load_st_folder, module_config, modules_of_type, read_modules, transformer_settings
+from tokembed.models.st_layout import (
+    load_st_folder, module_config, modules_of_type, read_modules, transformer_folder, transformer_settings,
+)
 from tokembed.settings import ColbertConfig
 
 PYLATE_MARKERS = (
@@ -98,7 +100,33 @@ class STColBERT:
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> TokenModel:
-        return load_st_folder(cls.key, path, options, colbert=cls.colbert_config(path))
+        colbert = cls.colbert_config(path)
+        model = load_st_folder(cls.key, path, options, colbert=colbert)
+        if colbert.expand_queries:
+            refuse_unknown_expansion_token(model.tokenizer, colbert.expansion_token, _expansion_file(path))
+        return model
+
+
+def refuse_unknown_expansion_token(tokenizer, token: str | None, source: Path) -> None:
+    """An explicit expansion token the vocabulary lacks maps to the unknown token (or no id): queries would be
+    expanded with [UNK]. sentence-transformers' Transformer refuses it at load (``_validate_query_expansion_token``)."""
+    if token is None:
+        return
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    unknown = token_id is None or (token_id == getattr(tokenizer, "unk_token_id", None)
+                                   and token != getattr(tokenizer, "unk_token", None))
+    if unknown:
+        raise ModelError(f"{source}: query_expansion token {token!r} is not in the tokenizer's vocabulary (queries "
+                         "would be expanded with the unknown token)",
+                         hint="name a token of the vocabulary, or null for the mask token (else the EOS token)")
+
+
+def _expansion_file(path: Path) -> Path:
+    """The file whose ``query_expansion`` ``_expansion`` read: the Transformer's own, else the top-level one."""
+    modules = read_modules(path)
+    if "query_expansion" in transformer_settings(path, modules):
+        return transformer_folder(path, modules) / "sentence_bert_config.json"
+    return path / "config_sentence_transformers.json"
 
 
 def _prefixes(st_config: dict) -> tuple[str, str, bool]:
