@@ -95,8 +95,16 @@ def test_video_settings_transformers_refuses_are_exit_4_naming_them(colqwen3_5, 
 def test_unresized_video_frames_keep_their_size_or_are_refused(colqwen3_5, tmp_path):
     model = load_model(_with_video_settings(colqwen3_5, tmp_path / "ckpt", {"do_resize": False}), LoadOptions())
     assert model.processor.video_plan(TOTAL_FRAMES, FPS, 480, 640)[1] == (480, 640)  # whole 16-pixel merged patches
-    with pytest.raises(ModelError, match=r"do_resize False .*641x480 frames are not whole 16-pixel patches"):
-        model.processor.video_plan(TOTAL_FRAMES, FPS, 480, 641)
+    with pytest.raises(ValueError, match=r"do_resize is false and its 641x480 frames are not whole 16-pixel patches"):
+        model.processor.video_plan(TOTAL_FRAMES, FPS, 480, 641)  # the video's size: a bad row, not exit 4
+
+
+@pytest.mark.parametrize("change", [{"num_frames": "8", "fps": None}, {"num_frames": 3.5, "fps": None}, {"fps": "2"}],
+                         ids=["num-frames-text", "num-frames-fraction", "fps-text"])
+def test_mistyped_video_settings_are_exit_4_naming_them(colqwen3_5, tmp_path, change):
+    model = load_model(_with_video_settings(colqwen3_5, tmp_path / "ckpt", change), LoadOptions())
+    with pytest.raises(ModelError, match=r"processor_config\.json: video setting (num_frames|fps) "):
+        model.processor.video_plan(TOTAL_FRAMES, FPS, HEIGHT, WIDTH)
 
 
 # -- processor settings against the vision config ------------------------------------------------------------
@@ -158,13 +166,18 @@ def test_a_video_processor_that_contradicts_the_vision_config_refuses_videos_onl
         model.processor.video_plan(TOTAL_FRAMES, FPS, HEIGHT, WIDTH)
 
 
-def test_an_idefics3_tile_of_another_size_with_its_tokens_still_encodes(cli, tmp_path):
+@pytest.mark.parametrize("vision_type", [None, "idefics3"], ids=["as-built", "tagged-idefics3"])
+def test_an_idefics3_tile_of_another_size_with_its_tokens_still_encodes(cli, tmp_path, vision_type):
     """Idefics3's vision embeddings take any whole patch grid: a 16-pixel tile making 1 token runs in the
-    reference, so it is not refused."""
+    reference, so it is not refused (SmolVLM / colSmol configs tag the vision config "idefics3")."""
     path = _variant(
         colpali_engine_checkpoints.build_colidefics3(tmp_path / "built"), tmp_path / "ckpt", "processor_config.json",
         lambda d: (d["image_processor"].update(max_image_size={"longest_edge": 16}, size={"longest_edge": 32}), d.update(image_seq_len=1)),
     )
+    if vision_type is not None:
+        config = json.loads((path / "config.json").read_text())
+        config["vision_config"]["model_type"] = vision_type
+        (path / "config.json").write_text(json.dumps(config))
     pages = tmp_path / "pages"
     pages.mkdir()
     Image.fromarray(np.full((64, 96, 3), 90, dtype=np.uint8)).save(pages / "page.png")

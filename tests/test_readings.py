@@ -78,3 +78,16 @@ def test_a_folder_whose_weights_an_earlier_release_chose_otherwise_is_marked(tmp
     assert weights_reading(folder) == ("weight files by the reference's names",)
     (folder / "model.safetensors").write_bytes(b"")  # both read model.safetensors
     assert weights_reading(folder) == ()
+
+
+def test_an_adapter_overlay_is_marked_only_where_the_processor_reads_other_files(tmp_path):
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    for folder in (base, adapter):
+        folder.mkdir()
+        for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+            (folder / name).write_text("{}")
+    (base / "chat_template.json").write_text("{}")  # colpali-engine's processors use none
+    (base / "tokenizer.model").write_bytes(b"")  # the adapter's tokenizer.json is what the fast tokenizer reads
+    assert processor_reading("ColQwen2", base, adapter) == ()
+    (base / "special_tokens_map.json").write_text("{}")  # earlier overlaid from the base, now not: read otherwise
+    assert processor_reading("ColQwen2", base, adapter) == ("an adapter's processor files by group",)

@@ -155,9 +155,13 @@ class QwenVLProcessor:
 
         processor = self.video_processor
         metadata = VideoMetadata(total_num_frames=total_frames, fps=fps)
+        for setting in ("num_frames", "fps"):
+            value = getattr(processor, setting)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise self._video_setting_error(setting, repr(value), "not a number")
         try:
             indices = processor.sample_frames(metadata, num_frames=processor.num_frames, fps=processor.fps)
-        except ValueError as exc:  # num_frames and fps both set: transformers refuses every video
+        except (ValueError, TypeError) as exc:  # num_frames and fps both set: transformers refuses every video
             raise self._video_setting_error("num_frames", processor.num_frames, f"with fps {processor.fps}: {exc}") from exc
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) == 0:
@@ -171,7 +175,8 @@ class QwenVLProcessor:
         temporal, factor = int(processor.temporal_patch_size), int(processor.patch_size) * int(processor.merge_size)
         if not processor.do_resize:  # frames patchified at their own size, which must be whole merged patches
             if height % factor or width % factor:
-                raise self._video_setting_error("do_resize", False, f"{width}x{height} frames are not whole {factor}-pixel patches")
+                # the video's size, not the settings, is at fault: a bad row (ValueError), as such an image is
+                raise ValueError(f"do_resize is false and its {width}x{height} frames are not whole {factor}-pixel patches")
             return height, width
         size = processor.size
         # fewer frames than temporal_patch_size (a 1-frame video): smart_resize raises ValueError, as in transformers

@@ -109,7 +109,8 @@ def _tile_mismatch(config: Any, vision: Any, processor: Any, image: Any) -> tupl
     side, patch, scale = int(vision.image_size), int(vision.patch_size), int(_scale(config) or 1)
     tile = _get(getattr(image, "max_image_size", None), "longest_edge")
     tile = side if tile is None else int(tile)
-    free_tiles = getattr(vision, "model_type", None) == "idefics3_vision"  # its embeddings bucket any patch grid
+    # Idefics3's own vision embeddings bucket any patch grid (SmolVLM / colSmol configs tag them "idefics3")
+    free_tiles = getattr(vision, "model_type", None) in ("idefics3_vision", "idefics3")
     if tile != side and (not free_tiles or tile % (patch * scale)):
         return "image_processor", "max_image_size.longest_edge", tile, "vision_config.image_size", side
     tokens = (tile // patch) ** 2 // scale**2
