@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import write_parquet
+from helpers import manifest, write_parquet
 from test_parity import TEXTS, reference_outputs
 from tokembed.embedder import Embedder
 from tokembed.errors import UsageError
@@ -42,6 +42,16 @@ ATTENDED_EXPANSION = set_keys(
     "sentence_bert_config.json", query_expansion={"strategy": "fixed", "attend": True, "token": None, "length": 16}
 )
 MASK_CONFIG = "2_MultiVectorMask/config.json"
+LEFT_PADDING = set_keys("tokenizer_config.json", padding_side="left")
+
+
+def both(*changes):
+    def change(path):
+        for each in changes:
+            each(path)
+
+    return change
+
 
 VARIANTS = {
     # query_length still cuts queries when expansion is off; a native save without expansion keeps the model's limit
@@ -60,6 +70,11 @@ VARIANTS = {
     "no MultiVectorMask module": ("st_native", drop_module("MultiVectorMask"), ["query", "document"]),
     "no MultiVectorMask, attended expansion": ("st_native", drop_module("MultiVectorMask", ATTENDED_EXPANSION),
                                                ["query"]),
+    # a native save's tokenizer pads on the left: MultiVectorEncoder expands queries before the text
+    "native left padding": ("st_native", LEFT_PADDING, ["query"]),
+    "native left padding, attended expansion": ("st_native", both(LEFT_PADDING, ATTENDED_EXPANSION), ["query"]),
+    "native left padding, skiplist on queries": ("st_native", both(LEFT_PADDING, set_keys(MASK_CONFIG, skiplist_tasks="query")),
+                                                 ["query"]),
 }
 
 
@@ -77,6 +92,48 @@ def test_pipeline_setting_matches_multivector_encoder(checkpoint, variant):
             assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, (variant, kind, text)
 
 
+def test_native_left_padding_expands_queries_before_the_text(checkpoint):
+    path = checkpoint("st_native")
+    LEFT_PADDING(path)
+    embedder = Embedder.load(str(path), EncodeFlags(kind="query", store_dtype="float32"))
+    (_, ids), = embedder.embed(["what is bread"])
+    expansion = embedder.model.tokenizer.mask_token_id
+    assert ids[0] == expansion and ids[-1] != expansion and len(ids) == 16
+
+
+def test_native_left_padding_documents_match_multivector_encoder_unbatched(checkpoint):
+    # MultiVectorEncoder left-pads a batch of documents, which moves the BERT positions of all but the longest;
+    # tokembed encodes each document as that reference does alone.
+    path = checkpoint("st_native")
+    LEFT_PADDING(path)
+    got = Embedder.load(str(path), EncodeFlags(store_dtype="float32")).embed(TEXTS, batch_tokens=64)
+    for text, (vecs, ids) in zip(TEXTS, got):
+        ((ref_ids, ref_vecs),) = reference_outputs(path, [text], "document")
+        assert ids.tolist() == ref_ids.tolist(), text
+        assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text
+
+
+def test_an_index_of_a_native_left_padding_save_scores_queries_expanded_on_the_left(checkpoint, cli, tmp_path):
+    path = checkpoint("st_native")
+    LEFT_PADDING(path)
+    corpus = write_parquet(tmp_path / "texts.parquet", [{"id": "a", "text": "hi"}])
+    result = cli("encode", corpus, "-o", tmp_path / "index", "--model", path, "--quiet")
+    assert result.exit_code == 0, result.output
+    written = manifest(tmp_path / "index")
+    assert written["colbert"]["expansion_side"] == "left"
+    assert Embedder.for_index(written, kind="query").settings.expansion_side == "left"
+
+
+def test_the_expansion_side_is_in_the_query_fingerprint_only_where_left():
+    from tokembed.settings import ColbertConfig, resolve
+
+    right = resolve(EncodeFlags(kind="query"), ColbertConfig(), 512)
+    left = resolve(EncodeFlags(kind="query"), ColbertConfig(expansion_side="left"), 512)
+    assert "expansion_side" not in right.to_json() and left.to_json()["expansion_side"] == "left"
+    assert left.fingerprint("model") != right.fingerprint("model")
+    assert ColbertConfig.from_json(ColbertConfig(expansion_side="left").to_json()).expansion_side == "left"
+
+
 def test_pool_factor_is_refused_where_the_pipeline_does_not_normalize(checkpoint):
     path = checkpoint("st_native")
     drop_module("Normalize")(path)
@@ -90,6 +147,9 @@ REFUSED = {
                             "document", "tokenizer_config.json", "padding_side 'left'"),
     "stanford left padding": ("stanford", set_keys("tokenizer_config.json", padding_side="left"),
                               "query", "tokenizer_config.json", "padding_side 'left'"),
+    # unattended expansion, no MultiVectorMask: left padding moves the query tokens after unscored expansion positions
+    "native left padding, no MultiVectorMask": ("st_native", drop_module("MultiVectorMask", LEFT_PADDING),
+                                                "document", "sentence_bert_config.json", "query_expansion"),
     # a mask token the embeddings have no row for: was an IndexError traceback (exit 1) on short queries
     "mask token not in the vocabulary": ("stanford", set_keys("tokenizer_config.json", mask_token="<mask>"),
                                          "query", "tokenizer_config.json", "mask_token '<mask>'"),

@@ -24,7 +24,8 @@ DEFAULT_BATCH_TOKENS = 16384
 
 
 # ColbertConfig settings later releases added, at the values that mean "as before".
-_LATER_DEFAULTS = {"skiplist_tasks": ["document"], "keep_only_token_ids": None, "normalize": True}
+_LATER_DEFAULTS = {"skiplist_tasks": ["document"], "keep_only_token_ids": None, "normalize": True,
+                   "expansion_side": "right"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class ColbertConfig:
     expand_queries: bool = True
     attend_to_expansion_tokens: bool = False
     expansion_token: str | None = None  # None: the tokenizer's mask token, else its EOS token
+    expansion_side: str = "right"  # "left": before the query (a native save whose tokenizer pads on the left)
     skiplist_words: tuple[str, ...] = ()
     skiplist_tasks: tuple[str, ...] = ("document",)  # the kinds the skiplist applies to (MultiVectorMask's)
     keep_only_token_ids: tuple[int, ...] | None = None  # documents keep only these ids (MultiVectorMask's)
@@ -116,9 +118,12 @@ class EncodeSettings:
     # Readings of the checkpoint's files that earlier releases did not make (models.readings): an index they built
     # is encoded again; () for almost every checkpoint (and then not in the manifest or the fingerprint).
     reading: tuple[str, ...] = ()
+    expansion_side: str = "right"  # queries: where the expansion tokens go ("left": before the query)
 
     def to_json(self) -> dict:
         data = asdict(self)
+        if self.expansion_side == "right":
+            del data["expansion_side"]  # as an earlier release wrote the manifest (and hashed the fingerprint)
         data["skiplist_words"] = list(self.skiplist_words)
         if self.keep_only_ids is None:
             del data["keep_only_ids"]  # as an earlier release wrote the manifest
@@ -227,6 +232,7 @@ def _colbert_settings(base: EncodeSettings, flags: EncodeFlags, colbert: Colbert
             expand_to=length if colbert.expand_queries else None,
             attend_to_expansion_tokens=colbert.attend_to_expansion_tokens,
             expansion_token=colbert.expansion_token,
+            expansion_side=colbert.expansion_side if colbert.expand_queries else "right",
         )
     if flags.pool_factor > 1 and not colbert.normalize:
         raise UsageError(

@@ -13,6 +13,7 @@ without a ``Normalize`` or ``MultiVectorMask`` module goes without what it does.
 from __future__ import annotations
 
 import string
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,31 @@ class STColBERT:
         model = load_st_folder(cls.key, path, options, colbert=colbert)
         if colbert.expand_queries:
             refuse_unknown_expansion_token(model.tokenizer, colbert.expansion_token, _expansion_file(path))
+        if getattr(model.tokenizer, "padding_side", "right") == "left" and _is_native(path):
+            model.colbert = _expanded_on_the_left(path, colbert)
         return model
+
+
+def _is_native(path: Path) -> bool:
+    return (read_json(path / "config_sentence_transformers.json") or {}).get("model_type") == "MultiVectorEncoder"
+
+
+def _expanded_on_the_left(path: Path, colbert: ColbertConfig) -> ColbertConfig:
+    """A native save whose tokenizer pads on the left: MultiVectorEncoder, its one reference, writes the expansion
+    tokens over the pad positions, before the query (PyLate and Stanford layouts are refused:
+    ``steps.refuse_left_expansion``)."""
+    if colbert.expand_queries:
+        return replace(colbert, expansion_side="left")
+    modules = read_modules(path)
+    st_config = read_json(path / "config_sentence_transformers.json") or {}
+    expansion = _expansion(st_config, transformer_settings(path, modules))
+    if expansion is not None and module_config(path, modules, "MultiVectorMask") is None:
+        # colbert_config dropped the unattended, unscored expansion: on the right it changes nothing; on the left it
+        # moves the query's positions, which tokembed does not reproduce.
+        raise ModelError(f"{_expansion_file(path)}: unattended query_expansion with a left-padding tokenizer and no "
+                         "MultiVectorMask module (the query tokens would sit after unscored expansion positions)",
+                         hint='set "attend": true, add a MultiVectorMask module, or pad on the right')
+    return colbert
 
 
 def refuse_unknown_expansion_token(tokenizer, token: str | None, source: Path) -> None:

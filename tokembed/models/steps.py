@@ -21,10 +21,11 @@ from tokembed.settings import EncodeSettings
 
 @dataclass
 class Tokenized:
-    """One item's tokens: ``ids`` go through the model; the first ``n_attend`` are attended fully."""
+    """One item's tokens: ``ids`` go through the model; ``n_attend`` of them from ``start`` are attended fully."""
 
     ids: np.ndarray  # [n_tokens] int64
     n_attend: int
+    start: int = 0  # the expansion tokens before a left-expanded query
 
 
 class OutputShape:
@@ -98,11 +99,14 @@ class TextEncoder(OutputShape):
         ]
 
     def _expand(self, item: Tokenized) -> Tokenized:
-        """ColBERT query expansion: fill the query up to ``expand_to`` with the mask (expansion) token."""
+        """ColBERT query expansion: fill the query up to ``expand_to`` with the mask (expansion) token, after it
+        or, where ``expansion_side`` is "left", before it (where MultiVectorEncoder puts them: its pad positions)."""
         missing = self.settings.expand_to - len(item.ids)
         if missing <= 0:
             return item
         filler = np.full(missing, self.expansion_id, dtype=np.int64)
+        if self.settings.expansion_side == "left":
+            return Tokenized(np.concatenate([filler, item.ids]), item.n_attend, start=missing)
         return Tokenized(np.concatenate([item.ids, filler]), item.n_attend)
 
     def collate(self, batch: list[Tokenized]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +117,10 @@ class TextEncoder(OutputShape):
         attend_expansion = self.settings.attend_to_expansion_tokens
         for row, item in enumerate(batch):
             input_ids[row, : len(item.ids)] = item.ids
-            attention[row, : len(item.ids) if attend_expansion else item.n_attend] = 1
+            if attend_expansion:
+                attention[row, : len(item.ids)] = 1
+            else:
+                attention[row, item.start : item.start + item.n_attend] = 1
         return torch.from_numpy(input_ids), torch.from_numpy(attention)
 
     def embed(self, collated: tuple[torch.Tensor, torch.Tensor], device: str | None = None) -> torch.Tensor:
@@ -197,13 +204,16 @@ def skiplist_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:
 
 def refuse_left_expansion(model: TokenModel) -> None:
     """``padding_side: "left"``: MultiVectorEncoder puts the expansion tokens before the query, while PyLate and
-    colbert-ai write their marker at position 1 after padding, among the expansion tokens: the references disagree."""
-    if getattr(model.tokenizer, "padding_side", "right") == "left":
+    colbert-ai write their marker at position 1 after padding, among the expansion tokens: the references disagree.
+    A native save has MultiVectorEncoder only, whose side its config records (``expansion_side``)."""
+    left = getattr(model.tokenizer, "padding_side", "right") == "left"
+    if left and model.colbert.expansion_side != "left":
         raise ModelError(
             f"{model.path / 'tokenizer_config.json'}: padding_side 'left' with query expansion; the references "
             "disagree on where the expansion tokens and the query marker go (MultiVectorEncoder pads before the "
             "query, PyLate and colbert-ai write the marker at position 1 of the padded query)",
-            hint='set "padding_side": "right" (what ColBERT checkpoints are trained with)',
+            hint='set "padding_side": "right" (what ColBERT checkpoints are trained with); a native sentence-transformers '
+                 'save is encoded as MultiVectorEncoder pads it',
         )
 
 
