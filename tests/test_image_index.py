@@ -78,3 +78,30 @@ def test_pillow_warnings_are_log_lines_and_quiet_stays_silent(cli, colpali, tmp_
     assert loud.exit_code == 0 and quiet.exit_code == 0
     assert "tokembed: warning: UserWarning: Corrupt EXIF data" in loud.stderr and "warnings.warn" not in loud.stderr
     assert quiet.stderr == "" and "1 rows" in quiet.stdout
+
+
+def test_a_32_bit_page_an_earlier_release_read_otherwise_is_encoded_again(cli, colpali, tmp_path, monkeypatch):
+    """The first cron run after the 32-bit scaling encodes such a page again, as a rebuild does (its hash was the
+    bytes' alone), and carries every other page."""
+    import json
+
+    from PIL import Image
+
+    from tokembed.sources import images
+
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    (folder / "scan.png").write_bytes((SAMPLE_IMAGES / sorted(p.name for p in SAMPLE_IMAGES.iterdir())[0]).read_bytes())
+    wide = (np.arange(48 * 64, dtype=np.int64).reshape(48, 64) * 600_000).astype(np.int32)
+    Image.fromarray(wide).save(folder / "wide.tif")
+    index = tmp_path / "index"
+    encode = ("encode", folder, "--model", colpali, "-o", index, "--log-format", "json")
+    with monkeypatch.context() as patch:  # the content hashes an earlier release recorded: no reading named
+        patch.setattr(images, "_past_16_bits", lambda *args: False)
+        assert cli(*encode).exit_code == 0
+    upgraded = cli(*encode)
+    assert upgraded.exit_code == 0, upgraded.output
+    summary = json.loads(upgraded.stdout.strip().splitlines()[-1])
+    assert (summary["updated"], summary["unchanged"]) == (1, 1)
+    again = json.loads(cli(*encode).stdout.strip().splitlines()[-1])
+    assert (again["updated"], again["unchanged"]) == (0, 2)

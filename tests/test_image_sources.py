@@ -340,6 +340,20 @@ def test_a_page_its_bit_depth_would_turn_into_one_gray_level_is_refused():
     assert [dark.getpixel((x, 0)) for x in range(2)] == [(0, 0, 0), (0, 0, 0)]  # as dark as a viewer shows it
 
 
+def test_only_a_32_bit_page_past_16_bits_names_its_new_reading_in_its_content():
+    """Releases before the 32-bit scaling divided such a page by 257 (white): its stored bytes' digest alone kept
+    their vectors in every incremental run. Every other image's content is its digest, as before."""
+    pages = {"wide": encoded(Image.fromarray(np.array([[0, 2**20, 2**30]], dtype=np.int32)), "TIFF"),
+             "wrapped": unsigned_tiff(encoded(Image.fromarray(np.array([[0, 5, -1]], dtype=np.int32)), "TIFF")),
+             "narrow": encoded(Image.fromarray(np.array([[0, 300, 65535]], dtype=np.int32)), "TIFF"),
+             "16-bit": encoded(Image.fromarray(np.array([[0, 65535]], dtype=np.uint16))),
+             "rgb": encoded(page())}
+    for name, data in pages.items():
+        digest = hashlib.sha256(data).hexdigest()
+        marked = name in ("wide", "wrapped")
+        assert decode_image(data).content_digest == (f"{digest} 32-bit gray by its range" if marked else digest), name
+
+
 def test_first_frame_of_an_animated_gif():
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)

@@ -91,3 +91,39 @@ def test_an_adapter_overlay_is_marked_only_where_the_processor_reads_other_files
     assert processor_reading("ColQwen2", base, adapter) == ()
     (base / "special_tokens_map.json").write_text("{}")  # earlier overlaid from the base, now not: read otherwise
     assert processor_reading("ColQwen2", base, adapter) == ("an adapter's processor files by group",)
+
+
+def test_a_stray_later_copy_of_a_reference_tensor_is_marked(tmp_path):
+    """Earlier releases read every safetensors file in name order, a later file's tensor over an earlier's."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file({"linear.weight": torch.ones(2, 2)}, str(folder / "model.safetensors"))
+    save_file({"linear.weight": torch.zeros(2, 2)}, str(folder / "a_copy.safetensors"))  # read before: overwritten
+    save_file({"other.weight": torch.zeros(2, 2)}, str(folder / "z_other.safetensors"))  # no tensor of the reference's
+    assert weights_reading(folder) == ()
+    save_file({"linear.weight": torch.zeros(2, 2)}, str(folder / "z_copy.safetensors"))  # its copy won
+    assert weights_reading(folder) == ("weight files by the reference's names",)
+
+
+def test_an_index_whose_weights_an_earlier_release_took_from_a_stray_copy_is_encoded_again(cli, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from checkpoints import build_stanford
+
+    model = build_stanford(tmp_path / "stanford")
+    linear = load_file(str(model / "model.safetensors"))["linear.weight"]
+    save_file({"linear.weight": linear * 2}, str(model / "zz_copy.safetensors"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("hello world of retrieval\n")
+    index = tmp_path / "index"
+    encode = ("encode", docs, "--model", model, "-o", index, "--log-format", "json")
+    with monkeypatch.context() as patch:  # the settings an earlier release recorded: no reading named
+        patch.setattr(readings, "_stray_copy_read", lambda folder: False)
+        assert cli(*encode).exit_code == 0
+    upgraded = cli(*encode)
+    assert upgraded.exit_code == 0, upgraded.output
+    assert json.loads(upgraded.stdout.strip().splitlines()[-1])["updated"] == 1

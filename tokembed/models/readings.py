@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tokembed.errors import ModelError
 from tokembed.models.base import read_json
 
 # Families whose Qwen-VL processor tokembed builds from its parts (qwen_vl_processor): transformers' own
@@ -28,14 +29,32 @@ def readings_of(family: str, base: Path, adapter: Path | None = None) -> tuple[s
 
 
 def weights_reading(path: Path) -> tuple[str, ...]:
-    """Earlier releases took a folder's safetensors files of any name before ``pytorch_model.bin``; transformers
-    (and now tokembed) reads ``model.safetensors`` (or its index), else ``pytorch_model.bin``."""
+    """Earlier releases took a folder's safetensors files of any name before ``pytorch_model.bin``, and read every
+    one of them in name order (a later file's tensor over an earlier's); transformers (and now tokembed) reads
+    ``model.safetensors`` (or its index's files), else ``pytorch_model.bin``."""
     for folder in (path, *(sub for sub in sorted(path.iterdir()) if sub.is_dir())):
         named = (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists()
         others = any(folder.glob("*.safetensors")) and any(folder.glob("pytorch_model*.bin"))
-        if others and not named:
+        if (others and not named) or (named and _stray_copy_read(folder)):
             return ("weight files by the reference's names",)
     return ()
+
+
+def _stray_copy_read(folder: Path) -> bool:
+    """Whether a safetensors file beside the reference's files holds one of their tensors and comes later in name
+    order (``model.safetensors`` and ``other.safetensors``): earlier releases read its copy of the tensor."""
+    from tokembed.models.weights import safetensors_header, weight_files
+
+    every = sorted(file for file in folder.glob("*.safetensors") if file.is_file())
+    try:
+        chosen = set(weight_files(folder))
+        if not chosen or set(every) <= chosen:
+            return False
+        headers = {file: safetensors_header(file) for file in every}
+    except (OSError, ValueError, ModelError):  # an unreadable file or index: earlier releases failed on it too (no index to read again)
+        return False
+    last = {name: file for file in every for name in headers[file]}  # the copy an earlier release kept
+    return any(last[name] not in chosen for file in chosen if file in headers for name in headers[file])
 
 
 def processor_reading(family: str, base: Path, adapter: Path | None = None) -> tuple[str, ...]:

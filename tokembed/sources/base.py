@@ -30,7 +30,7 @@ class Item:
     row: int  # 0-based row in a Parquet/JSONL file, 0 for a file of its own
     error: str | None = None  # why the item cannot be encoded (null text, bad UTF-8, bad image, ...)
     image: Any = field(default=None, compare=False, repr=False)  # decoded RGB PIL.Image, or a video.Video (image inputs)
-    image_sha256: str | None = None  # hex sha256 of the image bytes as stored (a video: with Video.content_digest)
+    image_sha256: str | None = None  # hex sha256 of the image bytes as stored (with DecodedImage / Video.content_digest's readings)
     source_file: str | None = None  # a PDF page's file (relative path, or the row's id for a cell); index column
     page: int | None = None  # a PDF page's 1-based number; index column
     skip_always: bool = False  # the error is a recorded skip even under --on-error fail (a PDF with zero pages)

@@ -2,8 +2,8 @@
 
 Stage: sources. In: raw bytes (a file, a Parquet/JSONL cell, the Hugging Face ``datasets`` Image struct
 ``{bytes, path}``). Out: an RGB ``PIL.Image`` on ``Item.image`` plus the sha256 of the stored bytes
-(``Item.image_sha256``, what the content hash of an image item is made of), or ``Item.error`` naming why
-the image cannot be used. Decoding happens in the reader, so a bad image is an item error like a null
+(``Item.image_sha256``, what the content hash of an image item is made of, with ``DecodedImage.reading``), or
+``Item.error`` naming why the image cannot be used. Decoding happens in the reader, so a bad image is an item error like a null
 text, and memory stays bounded by the chunk (``SourceOptions.image_chunk_rows`` decoded images at most, plus
 the few in flight: a folder's or a Parquet column's images decode on ``DECODE_THREADS`` threads, in order).
 
@@ -49,6 +49,13 @@ class DecodedImage:
     image: Any  # PIL.Image.Image, mode RGB
     sha256: str  # hex digest of the bytes as stored (file, cell), not of the pixels
     pages: int = 1  # a multi-page TIFF's page count (only page 1 is read: ``warn_pages_left``)
+    reading: str = ""  # how this release reads the bytes otherwise than an earlier one did ("" almost always)
+
+    @property
+    def content_digest(self) -> str:
+        """What the item's content hash is made of: the stored bytes' digest, and the reading where an earlier
+        release read them otherwise, so that an incremental run encodes such an image again, as a rebuild does."""
+        return f"{self.sha256} {self.reading}" if self.reading else self.sha256
 
 
 def is_image_file(path: Path) -> bool:
@@ -60,12 +67,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     if not data:
         raise ImageDecodeError("empty image (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()
-    image, pages = _decode(bytes(data), max_pixels)
-    return DecodedImage(image, digest, pages)
+    image, pages, reading = _decode(bytes(data), max_pixels)
+    return DecodedImage(image, digest, pages, reading)
 
 
-def _decode(data: bytes, max_pixels: int) -> tuple[Any, int]:
-    """(the RGB image, the page count of a multi-page TIFF, else 1)."""
+def _decode(data: bytes, max_pixels: int) -> tuple[Any, int, str]:
+    """(the RGB image, the page count of a multi-page TIFF, else 1, ``DecodedImage.reading``)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     _allow_pixels(max_pixels)
@@ -86,7 +93,8 @@ def _decode(data: bytes, max_pixels: int) -> tuple[Any, int]:
         image.seek(0)  # first frame of an animated GIF/WebP/TIFF
         image.load()
         unsigned = _unsigned_32(image)  # a TIFF tag: the transposed copy has none
-        return to_rgb(ImageOps.exif_transpose(image), unsigned), pages
+        reading = "32-bit gray by its range" if _past_16_bits(image, unsigned) else ""
+        return to_rgb(ImageOps.exif_transpose(image), unsigned), pages, reading
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -179,6 +187,17 @@ def _integer_top(mode: str, values, unsigned: bool) -> float:
     if high <= 255:
         return 255.0  # as Pillow's convert reads it
     return 2.0**32 - 1 if unsigned else 2.0**31 - 1
+
+
+def _past_16_bits(image, unsigned: bool) -> bool:
+    """A 32-bit integer page with values past 65535, which releases before the 32-bit scaling divided by 257
+    (clipped white) and read negative where a TIFF's unsigned values wrapped: ``_to_8bit`` reads it otherwise."""
+    import numpy as np
+
+    if image.mode != "I":
+        return False
+    values = np.asarray(image)
+    return bool(values.size) and int((values.view(np.uint32) if unsigned else values).max()) > 65535
 
 
 def _unsigned_32(image) -> bool:
@@ -312,7 +331,7 @@ def _file_item(folder: Path, file: Path, max_pixels: int) -> Item:
     except ImageDecodeError as exc:
         return Item(item_id, None, str(file), 0, error=str(exc))
     warn_pages_left(str(file), decoded)
-    return Item(item_id, None, str(file), 0, image=decoded.image, image_sha256=decoded.sha256)
+    return Item(item_id, None, str(file), 0, image=decoded.image, image_sha256=decoded.content_digest)
 
 
 def attach_image(item: Item, value: Any, base: Path, max_pixels: int, either: bool = False) -> Item:
@@ -332,4 +351,4 @@ def attach_image(item: Item, value: Any, base: Path, max_pixels: int, either: bo
     warn_pages_left(f"{item.location} (id {item.id!r})", decoded)
     if either and item.text is None:
         item = replace(item, error=None)
-    return replace(item, image=decoded.image, image_sha256=decoded.sha256)
+    return replace(item, image=decoded.image, image_sha256=decoded.content_digest)
