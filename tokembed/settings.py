@@ -23,9 +23,19 @@ STORE_DTYPES = ("float16", "float32")
 DEFAULT_BATCH_TOKENS = 16384
 
 
-# ColbertConfig settings later releases added, at the values that mean "as before".
-_LATER_DEFAULTS = {"skiplist_tasks": ["document"], "keep_only_token_ids": None, "normalize": True,
-                   "expansion_side": "right"}
+# Settings later releases added, at the values that mean "as before" (as ``to_json`` writes them).
+_LATER_COLBERT_DEFAULTS = {"skiplist_tasks": ["document"], "keep_only_token_ids": None, "normalize": True,
+                           "expansion_side": "right"}
+_LATER_ENCODE_DEFAULTS = {"keep_only_ids": None, "reading": [], "expansion_side": "right"}
+
+
+def _without_later_defaults(data: dict, defaults: dict) -> dict:
+    """``data`` without the settings later releases added where they hold their "as before" value: the manifest
+    reads, and the fingerprint hashes, as an earlier release wrote them (and such a release can still open it)."""
+    for name, default in defaults.items():
+        if data[name] == default:
+            del data[name]
+    return data
 
 
 @dataclass(frozen=True)
@@ -52,12 +62,7 @@ class ColbertConfig:
         data = asdict(self)
         for name in ("skiplist_words", "skiplist_tasks", "keep_only_token_ids"):
             data[name] = None if data[name] is None else list(data[name])
-        # Settings at their defaults are left out: a manifest reads as an earlier release wrote it (which such a
-        # release can still open).
-        for name, default in _LATER_DEFAULTS.items():
-            if data[name] == default:
-                del data[name]
-        return data
+        return _without_later_defaults(data, _LATER_COLBERT_DEFAULTS)
 
     @classmethod
     def from_json(cls, data: dict) -> "ColbertConfig":
@@ -122,18 +127,9 @@ class EncodeSettings:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        if self.expansion_side == "right":
-            del data["expansion_side"]  # as an earlier release wrote the manifest (and hashed the fingerprint)
-        data["skiplist_words"] = list(self.skiplist_words)
-        if self.keep_only_ids is None:
-            del data["keep_only_ids"]  # as an earlier release wrote the manifest
-        else:
-            data["keep_only_ids"] = list(self.keep_only_ids)
-        if self.reading:
-            data["reading"] = list(self.reading)
-        else:
-            del data["reading"]  # likewise
-        return data
+        for name in ("skiplist_words", "keep_only_ids", "reading"):
+            data[name] = None if data[name] is None else list(data[name])
+        return _without_later_defaults(data, _LATER_ENCODE_DEFAULTS)
 
     def fingerprint(self, model_fingerprint: str) -> str:
         """Hash of the model and every setting that changes the vectors (dtypes included)."""

@@ -38,14 +38,14 @@ def processor_overlay(base: Path, adapter: Path) -> Iterator[Path | None]:
         return
     folder = Path(tempfile.mkdtemp(prefix="tokembed-processor-"))
     try:
-        for name, source in _overlaid(Path(base), Path(adapter)).items():
+        for name, source in overlaid_files(Path(base), Path(adapter)).items():
             (folder / name).symlink_to(source.resolve())
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _overlaid(base: Path, adapter: Path) -> dict[str, Path]:
+def overlaid_files(base: Path, adapter: Path) -> dict[str, Path]:
     """File name -> the file the overlay holds: the base's non-weight files, each group replaced whole by the
     adapter's where the adapter ships any of it."""
     chosen = {p.name: p for p in base.iterdir() if p.is_file() and not p.name.endswith((".safetensors", ".bin"))}

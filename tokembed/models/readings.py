@@ -107,10 +107,10 @@ def _overlay_changed(base: Path, adapter: Path) -> bool:
     """Whether the group-by-group overlay holds other files than the earlier file-by-file one did, among the files
     the processor reads: colpali-engine's processors use no chat template, and a fast tokenizer whose
     ``tokenizer.json`` the adapter ships reads no vocabulary, merges or SentencePiece model."""
-    from tokembed.models.processor_overlay import GROUPS, _overlaid
+    from tokembed.models.processor_overlay import GROUPS, overlaid_files
 
     unread = re.compile(r"^chat_template.*$" + (r"|^(vocab\.(json|txt)|merges\.txt|.*\.model)$" if (adapter / "tokenizer.json").is_file() else ""))
     earlier = {p.name: p for p in base.iterdir() if p.is_file() and not p.name.endswith((".safetensors", ".bin"))}
     earlier.update({p.name: p for p in adapter.iterdir() if p.is_file() and any(group.match(p.name) for group in GROUPS)})
-    now = _overlaid(base, adapter)
+    now = overlaid_files(base, adapter)
     return {n: f for n, f in now.items() if not unread.match(n)} != {n: f for n, f in earlier.items() if not unread.match(n)}

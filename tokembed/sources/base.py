@@ -22,6 +22,13 @@ MODALITIES = ("text", "image", "auto")
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP page; Pillow's own bomb limit is ~89 MP (warning) / ~179 MP (error)
 
 
+def read_digest(sha256: str, *readings: str) -> str:
+    """What an image or video item's content hash is made of (``Item.image_sha256``): its stored bytes' digest, and
+    each reading the reader makes of them otherwise than an earlier release did ("" where none: the digest alone),
+    so that an incremental run encodes such an item again, as a rebuild does."""
+    return " ".join([sha256, *(reading for reading in readings if reading)])
+
+
 @dataclass(frozen=True)
 class Item:
     id: str

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked
+from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked, read_digest
 from tokembed.sources.files import folder_files, special_file_problem
 
 WHITE = (255, 255, 255)
@@ -55,7 +55,7 @@ class DecodedImage:
     def content_digest(self) -> str:
         """What the item's content hash is made of: the stored bytes' digest, and the reading where an earlier
         release read them otherwise, so that an incremental run encodes such an image again, as a rebuild does."""
-        return f"{self.sha256} {self.reading}" if self.reading else self.sha256
+        return read_digest(self.sha256, self.reading)
 
 
 def is_image_file(path: Path) -> bool:

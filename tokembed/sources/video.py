@@ -28,7 +28,7 @@ import numpy as np
 
 from tokembed.errors import BadInputError
 from tokembed.index.atomic import sha256_file
-from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked
+from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked, read_digest
 from tokembed.sources.files import folder_files
 from tokembed.sources.files import special_file_problem
 
@@ -68,10 +68,9 @@ class Video:
         """What the item's content hash is made of: the stored bytes' digest, and what the reader makes of them
         where an earlier release read them otherwise (frames left unturned, the container's frame count), so
         that an incremental run encodes such a video again, as a rebuild does."""
-        marks = [f"turned {self.rotation}"] if self.rotation else []
-        if self.announced and self.announced != self.total_frames:
-            marks.append(f"{self.total_frames} of {self.announced} frames")
-        return " ".join([sha256, *marks])
+        turned = f"turned {self.rotation}" if self.rotation else ""
+        cut = f"{self.total_frames} of {self.announced} frames" if self.announced not in (0, self.total_frames) else ""
+        return read_digest(sha256, turned, cut)
 
     def decode(self, plan: Plan, resample: int = 3) -> VideoFrames:
         """Decode the frames ``plan`` picks, each resized with PIL (``resample``: a ``PIL.Image.Resampling``
