@@ -22,6 +22,7 @@ from PIL import Image
 import qwen3_vl_checkpoints
 from helpers import assert_score_equals_brute_force, manifest
 from tokembed.engine.batching import plan_batches
+from tokembed.errors import UnsupportedModelError
 from tokembed.models import describe_families, detect, load_model
 from tokembed.settings import EncodeFlags, resolve
 
@@ -223,6 +224,29 @@ def test_queries_match_the_reference(name, loaded, reference):
     assert_matches(results, QUERIES, ref.process_query, ref)
     for vectors, _ in results:
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ops", "nemotron"])
+def test_a_resave_under_qwen3_vl_is_still_its_family(name, built, loaded, tmp_path):
+    """vLLM picks these families by their architecture name; a config re-saved with transformers' own model_type
+    ("qwen3_vl", no auto_map) loads as a plain encoder unless the name decides (it used to: causal, no prompts)."""
+    path = shutil.copytree(built(name), tmp_path / name)
+    config = json.loads((path / "config.json").read_text())
+    config.pop("auto_map")
+    (path / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_vl"}))
+    assert detect(path) == KEYS[name]
+    resaved, = encode(load_model(path), "query", QUERIES[:1])[0]
+    original, = encode(loaded(name), "query", QUERIES[:1])[0]
+    assert resaved[1].tolist() == original[1].tolist()
+    np.testing.assert_array_equal(resaved[0], original[0])
+
+
+def test_another_colqwen3_layout_is_refused_by_name(built, tmp_path):
+    path = shutil.copytree(built("tomoro"), tmp_path / "colqwen3")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_vl"}))
+    with pytest.raises(UnsupportedModelError, match="ColQwen3 with model_type 'qwen3_vl'"):
+        detect(path)
 
 
 def test_nemotron_attention_is_bidirectional_and_tomoro_causal(loaded):

@@ -34,6 +34,10 @@ class ModelError(TokembedError):
     """A checkpoint that cannot be resolved, recognised or loaded."""
 
 
+class LayoutMismatchError(ModelError):
+    """A checkpoint whose tensors do not match the module its detected family builds (loading.require_complete)."""
+
+
 class UnsupportedModelError(ModelError):
     """A checkpoint whose layout no registered family reads."""
 

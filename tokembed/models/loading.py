@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from tokembed.errors import ModelError
+from tokembed.errors import LayoutMismatchError, ModelError
 
 # Heads a token-embedding backbone never runs: language-model and pre-training heads.
 HEAD_NAMES = (r"lm_head\.", r"cls\.(predictions|seq_relationship)\.")
@@ -53,7 +53,7 @@ def require_complete(
                      f" (in {weight_file_of(path, first[0])})")
     if mismatched:
         parts.append(f"{len(mismatched)} tensor(s) have the wrong shape: {_first([str(m) for m in mismatched])}")
-    raise ModelError(
+    raise LayoutMismatchError(
         f"{path}: the checkpoint does not match the model tokembed builds for it: " + "; ".join(parts),
         hint="this checkpoint's layout is not one this family reads (tokembed models lists the layouts); "
         "loading it would give vectors from weights that were never loaded",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokembed.errors import DeviceError, ModelError, TokembedError, UnsupportedModelError
+from tokembed.errors import DeviceError, LayoutMismatchError, ModelError, TokembedError, UnsupportedModelError
 from tokembed.models.base import LoadOptions, TokenModel, read_json
 
 if TYPE_CHECKING:
@@ -47,6 +47,20 @@ VISION_ARCHITECTURES = ("ColPaliForRetrieval", "ColQwen2ForRetrieval", "ColModer
 NATIVE_ARCHITECTURES = ("ColQwen3_5", "ColPali", "ColQwen2", "ColQwen2_5", "ColIdefics3")
 # Families whose checkpoints name their own code (auto_map) but that tokembed loads natively, by model_type.
 NATIVE_MODEL_TYPES = {"colqwen3": "ColQwen3", "ops_colqwen3": "OpsColQwen3Model", "qwen3_vl_nemotron_embed": "Qwen3VLNemotronEmbedModel"}
+# Of those, the architectures whose name is the family's alone: vLLM picks the family by it, whatever the model_type
+# (a re-save under transformers' own "qwen3_vl" would otherwise read as a plain encoder, without the family's semantics).
+NATIVE_ARCHITECTURE_NAMES = ("OpsColQwen3Model", "Qwen3VLNemotronEmbedModel")
+# Architecture names vLLM serves for token embeddings that tokembed does not run under that name, and why.
+_PUBLISHED_LAYOUT = ("is the name vLLM's --hf-overrides gives a published ColBERT checkpoint; tokembed reads that "
+                     "checkpoint as it is published (PyLate's modules.json + Dense folders: st-colbert; jina-colbert-v2's "
+                     "HF_ColBERT: jina-colbert), so point --model at it unchanged")
+VLLM_ONLY_ARCHITECTURES = {
+    "ColBERTModernBertModel": _PUBLISHED_LAYOUT,
+    "ColBERTLfm2Model": _PUBLISHED_LAYOUT,
+    "ColBERTJinaRobertaModel": _PUBLISHED_LAYOUT,
+    "JinaForRanking": "is a listwise reranker (jina-reranker-v3), not a multi-vector retriever tokembed supports",
+    "VoyageQwen3BidirectionalEmbedModel": "is not a family tokembed supports yet",
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,7 @@ def detect(path: Path, trust_remote_code: bool = False) -> str:
         raise UnsupportedModelError(problem)
     if is_st_colbert(path):
         return "st-colbert"
+    refuse_vllm_only_architecture(path, architectures)
     if config is None:
         raise UnsupportedModelError(_found(path, "no config.json"), hint="tokembed models lists the supported layouts")
     if config.get("auto_map") and not trust_remote_code and not _known_model_type(config):
@@ -124,6 +139,16 @@ def _vision_family(path: Path, config: dict, architectures: list[str], trust_rem
             return arch
     if config.get("model_type") in NATIVE_MODEL_TYPES:  # before the remote-code path: never their auto_map
         return NATIVE_MODEL_TYPES[config["model_type"]]
+    for arch in architectures:
+        if arch in NATIVE_ARCHITECTURE_NAMES:
+            return arch
+    if "ColQwen3" in architectures:  # Tomoro's is model_type "colqwen3"; another layout under that name is not it
+        raise UnsupportedModelError(
+            f"{path}: architecture ColQwen3 with model_type {config.get('model_type')!r}: tokembed reads Tomoro's "
+            "ColQwen3 (model_type 'colqwen3'); this layout (colpali-engine's ColQwen3 over a Qwen3-VL model?) it "
+            "does not read yet",
+            hint="tokembed models lists the supported families",
+        )
     if is_remote_vision(path, config):
         if not trust_remote_code:
             raise UnsupportedModelError(
@@ -140,6 +165,13 @@ def _vision_family(path: Path, config: dict, architectures: list[str], trust_rem
             hint="tokembed models lists the supported families",
         )
     return None
+
+
+def refuse_vllm_only_architecture(path: Path, architectures: list[str]) -> None:
+    for arch in architectures:
+        if arch in VLLM_ONLY_ARCHITECTURES:
+            raise UnsupportedModelError(f"{path}: {arch} {VLLM_ONLY_ARCHITECTURES[arch]}",
+                                        hint="tokembed models lists the supported families")
 
 
 def _known_model_type(config: dict) -> bool:
@@ -168,12 +200,24 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
             model = load_adapted(Path(path), Path(base), options)
         else:
             key = detect(path, options.trust_remote_code)
-            model = family_class(key).load(path, options)
+            model = load_as_family(key, path, options)
             model.reading = readings_of(key, Path(path))
         check_query_processing(model)
     check_tokenizer_vocabulary(path, model.tokenizer)
     with out_of_memory_is_a_device_error(path, options.device):
         return model.to(options.device)
+
+
+def load_as_family(key: str, path: Path, options: LoadOptions):
+    """Load with the detected family; a layout it does not read is refused naming the family and what it was
+    detected from (the tensors alone do not say which family was tried)."""
+    try:
+        return family_class(key).load(path, options)
+    except LayoutMismatchError as exc:
+        config = read_json(Path(path) / "config.json") or {}
+        exc.hint = (f"tokembed read it as family {key} (config.json architectures {config.get('architectures')}, "
+                    f"model_type {config.get('model_type')!r}); {exc.hint}")
+        raise
 
 
 @contextmanager

@@ -49,6 +49,8 @@ class TextEncoder(OutputShape):
         self.model = model
         self.settings = settings
         tokenizer = model.tokenizer
+        if settings.mode == "colbert" and model.family == "HF_ColBERT":
+            refuse_unknown_markers(model)
         if settings.mode == "colbert" and settings.register_prefix_tokens and model.colbert is not None:
             register_prefix_tokens(tokenizer, (model.colbert.query_prefix, model.colbert.document_prefix))
         pad = _pad_token(tokenizer)
@@ -187,6 +189,23 @@ def register_prefix_tokens(tokenizer, prefixes: tuple[str, ...]) -> None:
             break
     if to_register:
         tokenizer.add_special_tokens({"additional_special_tokens": to_register})
+
+
+def refuse_unknown_markers(model: TokenModel) -> None:
+    """A Stanford checkpoint's markers must be tokens of its tokenizer (``[unused0]``/``[unused1]`` are BERT's). For one
+    that is not, the references disagree: colbert-ai writes the id ``convert_tokens_to_ids`` gives (``<unk>``) at
+    position 1, PyLate adds an untrained token, sentence-transformers splits the marker into text pieces."""
+    tokenizer = model.tokenizer
+    known = set(tokenizer.get_vocab()) | set(getattr(tokenizer, "added_tokens_encoder", None) or {})
+    for setting, value in (("query_token_id", model.colbert.query_prefix), ("doc_token_id", model.colbert.document_prefix)):
+        words = value.split()
+        if words and value not in known and words[0] not in known:
+            raise ModelError(
+                f"{model.path / 'artifact.metadata'}: the ColBERT marker {words[0]!r} ({setting}) is not a token of "
+                "this tokenizer; the references disagree on what to encode there (colbert-ai writes <unk>, PyLate "
+                "adds an untrained token, sentence-transformers splits it into text pieces)",
+                hint="name markers of the tokenizer's vocabulary in artifact.metadata (query_token_id, doc_token_id), "
+                     "or encode with --mode raw")
 
 
 def skiplist_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:
