@@ -39,7 +39,8 @@ OTHER_EXPECTED = {"jina_colbert": ("jina_checkpoints", "jina-colbert"),
                   "colqwen3_5": ("qwen_checkpoints", "ColQwen3_5"),
                   "tomoro": ("qwen3_vl_checkpoints", "ColQwen3"),
                   "ops": ("qwen3_vl_checkpoints", "OpsColQwen3Model"),
-                  "nemotron": ("qwen3_vl_checkpoints", "Qwen3VLNemotronEmbedModel")}
+                  "nemotron": ("qwen3_vl_checkpoints", "Qwen3VLNemotronEmbedModel"),
+                  "bge_m3": ("bge_m3_checkpoints", "bge-m3")}
 
 
 @pytest.mark.parametrize("layout, key", sorted(EXPECTED.items()))

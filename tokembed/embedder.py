@@ -223,11 +223,24 @@ def check_index_model(manifest: dict, embedder: "Embedder") -> None:
         fingerprint, weights = previous_release_identity(embedder.resolved)  # an index of the previous release
         if fingerprint != recorded["fingerprint"]:
             raise _model_mismatch(recorded, embedder.resolved, embedder.fingerprint)
+    refuse_other_family(recorded, embedder)
     if not same_weights(manifest, weights):
         raise ModelMismatchError(
             f"model {embedder.resolved.name!r}: its weights changed since the index was built (the same files, sizes "
             f"and headers; weights sha256 {weights[:12]}, the index's {recorded['weights_sha256'][:12]})",
             hint="re-encode the index with this checkpoint, or --allow-model-mismatch to score anyway",
+        )
+
+
+def refuse_other_family(recorded: dict, embedder: "Embedder") -> None:
+    """An index of this checkpoint that an earlier release read as another family (a bge-m3 folder as a plain encoder,
+    its ColBERT head unread): this release's queries would be other vectors than its documents."""
+    family = embedder.model.family
+    if recorded.get("family", family) != family:
+        raise ModelMismatchError(
+            f"model {embedder.resolved.name!r}: the index was encoded reading it as a {recorded['family']!r} checkpoint; "
+            f"this tokembed reads it as {family!r}, whose vectors differ",
+            hint="re-encode the index (its next encode run re-encodes it whole), or --allow-model-mismatch to score anyway",
         )
 
 

@@ -66,6 +66,7 @@ class TokenModel:
     position_limit: int = 1 << 20  # what the position embeddings allow; caps explicit ColBERT lengths
     extra: dict = field(default_factory=dict)
     reading: tuple[str, ...] = ()  # readings of its files earlier releases did not make (models.readings)
+    first_token_dropped: int | None = None  # no vector for this id in an input's first position (BGE-M3's <s>)
 
     def __post_init__(self) -> None:
         """Each projection layer must take what the one before gives (the first: the backbone's hidden size);

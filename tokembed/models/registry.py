@@ -25,6 +25,7 @@ FAMILIES: dict[str, str] = {
     "HF_ColBERT": "tokembed.models.stanford:StanfordColBERT",
     "jina-colbert": "tokembed.models.jina_colbert:JinaColBERT",
     "st-colbert": "tokembed.models.st_colbert:STColBERT",
+    "bge-m3": "tokembed.models.bge_m3:BgeM3",
     "encoder": "tokembed.models.raw:RawEncoder",
     "causal-lm": "tokembed.models.raw:RawDecoder",
     "ColPaliForRetrieval": "tokembed.models.colpali:ColPali",
@@ -92,6 +93,7 @@ def describe_families() -> list[FamilyInfo]:
 
 def detect(path: Path, trust_remote_code: bool = False) -> str:
     """Return the family key for the checkpoint folder, or raise saying what was found."""
+    from tokembed.models.bge_m3 import is_bge_m3
     from tokembed.models.st_colbert import incomplete_st_colbert, is_st_colbert
     from tokembed.models.st_layout import read_modules, transformer_folder
 
@@ -114,6 +116,8 @@ def detect(path: Path, trust_remote_code: bool = False) -> str:
     refuse_vllm_only_architecture(path, architectures)
     if config is None:
         raise UnsupportedModelError(_found(path, "no config.json"), hint="tokembed models lists the supported layouts")
+    if is_bge_m3(path, architectures):
+        return "bge-m3"
     if config.get("auto_map") and not trust_remote_code and not _known_model_type(config):
         raise UnsupportedModelError(
             f"{path}: model_type {config.get('model_type')!r} ships its own code (auto_map) and "

@@ -34,6 +34,8 @@ _FINGERPRINT_FILES = (
     "vocab.txt",
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# Weights a family reads beside the weight files (bge_m3.COLBERT_HEAD); other *.pt files (an optimizer's) are not read.
+HEAD_WEIGHT_FILES = ("colbert_linear.pt",)
 _EDGE_BYTES = 1 << 20
 
 
@@ -194,7 +196,12 @@ def weights_sha256(path: Path, every_format: bool = False) -> str:
 
 
 def _weight_files(path: Path, every_format: bool = False) -> list[Path]:
-    return [file for file in checkpoint_files(path, every_format) if file.suffix in _WEIGHT_SUFFIXES]
+    return [file for file in checkpoint_files(path, every_format) if _is_weight_file(file, every_format)]
+
+
+def _is_weight_file(file: Path, previous_release: bool = False) -> bool:
+    """A weight file of the fingerprint and the weights digest (the previous release's: without the heads)."""
+    return file.suffix in _WEIGHT_SUFFIXES or (file.name in HEAD_WEIGHT_FILES and not previous_release)
 
 
 def checkpoint_files(path: Path, every_format: bool = False) -> list[Path]:
@@ -230,7 +237,7 @@ def model_fingerprint(path: Path, every_format: bool = False) -> str:
         rel = file.relative_to(path).as_posix()
         if file.name in _FINGERPRINT_FILES or rel.endswith(("config.json", ".jinja", ".py")) or "chat_template" in file.name:
             digest.update(rel.encode() + b"\0" + file.read_bytes())
-        elif file.suffix in _WEIGHT_SUFFIXES:
+        elif _is_weight_file(file, every_format):
             digest.update(rel.encode() + b"\0" + _weight_sample(file))
     return digest.hexdigest()
 

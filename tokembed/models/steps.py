@@ -63,6 +63,7 @@ class TextEncoder(OutputShape):
             check_embedding_row(model, *_expansion_token(tokenizer, model.colbert.expansion_token))
         self.skip_ids = skiplist_ids(tokenizer, settings.skiplist_words)
         self.keep_only_ids = np.asarray(settings.keep_only_ids or (), dtype=np.int64)
+        self.first_token_dropped = model.first_token_dropped
         self.lstrip_tokens = lstrip_tokens(tokenizer)
 
     def content_mark(self, text: str | None) -> str:
@@ -161,10 +162,12 @@ class TextEncoder(OutputShape):
 
     def keep_mask(self, ids: np.ndarray) -> np.ndarray:
         """Positions that reach the output: all but skiplisted tokens, and only allowlisted ones where the model
-        keeps only some ids (padding is never there)."""
+        keeps only some ids (padding is never there); not the first where the model drops its leading token."""
         keep = np.ones(len(ids), dtype=bool) if self.skip_ids.size == 0 else ~np.isin(ids, self.skip_ids)
         if self.keep_only_ids.size:
             keep &= np.isin(ids, self.keep_only_ids)
+        if len(ids) and ids[0] == self.first_token_dropped:
+            keep[0] = False
         return keep
 
 def register_prefix_tokens(tokenizer, prefixes: tuple[str, ...]) -> None:
