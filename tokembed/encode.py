@@ -27,7 +27,7 @@ from tokembed.errors import DeviceError, UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
 from tokembed.index.format import SEARCH_SETTINGS
 from tokembed.index.manifest_build import build_manifest
-from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks
+from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks, resumed_chunks_match
 from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input, estimate_rows, ignored_files
 from tokembed.sources.files import files_linked_twice, refuse_inputs_given_twice
@@ -208,6 +208,9 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     committed_ids = replaced.index.manifest.get("id_column") if replaced and not job.full else None
     summary.id_column = id_column_read(job.inputs, job.sources, committed_ids)  # refuses a renamed id column
     journal = resume_journal(job.output, run_signature(job, embedder.weights_sha256, settings_fp, previous, replaced))
+    if journal.shards and not resumed_chunks_match(job, settings_fp, journal.chunk_digests, embedder.encoder):
+        progress.log("an interrupted run's finished shards hold other rows than the inputs give now: encoding them again")
+        journal = journal.discard()
     if journal.shards:
         progress.log(f"resuming: {len(journal.shards)} finished shard(s) of an interrupted run verified, continuing after them")
     writer = _open_writer(job, embedder, previous)
@@ -335,6 +338,7 @@ def _encode_stream(
 
     for result in runner.map_chunks(texts_to_encode()):
         chunk = pending.popleft()
+        journal.chunk_digests.append(chunk.digest)
         vectors: list = [None] * len(chunk.items)
         token_ids: list = [None] * len(chunk.items)
         for position, (vecs, ids) in chunk.carried.items():

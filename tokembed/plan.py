@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -46,6 +47,7 @@ class PlannedChunk:
     skipped: int = 0
     empty: list[int] = field(default_factory=list)  # positions of PDF pages without text: rows with no tokens
     empty_pages: int = 0  # len(summary.empty_pages) once this chunk was planned
+    digest: str = ""  # chunk_digest: what the run journal records of the chunk
 
 
 def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state, encoder=None) -> Iterator[PlannedChunk]:
@@ -55,25 +57,17 @@ def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state, encoder=
     or text: ``VisionEncoder``) and ``content_mark`` (a reading that changed since an earlier release:
     ``TextEncoder``)."""
     previous, counted = indexes
-    input_problem = getattr(encoder, "input_problem", None)
-    content_mark = getattr(encoder, "content_mark", None)
-    # Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards.
-    sources = replace(job.sources, chunk_rows=min(job.sources.chunk_rows, job.shard_rows))
-    seen = SeenIds(job.inputs, sources)
+    seen = SeenIds(job.inputs, _chunked(job.sources, job.shard_rows))
     number = -1
-    for chunk in open_sources(job.inputs, sources):  # not enumerate(): it keeps its last (number, chunk) alive
+    for chunk in open_sources(job.inputs, _chunked(job.sources, job.shard_rows)):  # not enumerate(): it keeps its last (number, chunk) alive
         number += 1
         resumed = number < chunks_done  # already in a finished shard of the interrupted run
-        if input_problem is not None:
-            chunk = [refused_by_model(item, input_problem) for item in chunk]
-        keys = id_keys(item.id for item in chunk)
-        usable = usable_positions(chunk, keys, seen, job.on_error, summary, record=not resumed)
-        items = [chunk[position] for position in usable]
-        stored_rows = counted.find([item.id for item in items], keys[usable]) if counted is not None else [None] * len(items)
+        items, keys = _usable_items(chunk, seen, job.on_error, encoder, summary, record=not resumed)
+        stored_rows = counted.find([item.id for item in items], keys) if counted is not None else [None] * len(items)
         state["seen_previous"] += sum(row is not None for row in stored_rows)
         if resumed:
             continue
-        hashes = [content_hash(settings_fp, item.content, content_mark(item.text) if content_mark else "") for item in items]
+        hashes = _content_hashes(items, settings_fp, encoder)
         same = previous.unchanged(stored_rows, hashes) if previous is not None else np.zeros(len(items), bool)
         carried, to_encode, empty = {}, [], []
         for position, row in enumerate(stored_rows):
@@ -89,9 +83,58 @@ def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state, encoder=
                 else:
                     summary.added += 1
         yield PlannedChunk(
-            number, items, hashes, carried, to_encode, len(chunk), summary.counts(), len(summary.skipped), empty, len(summary.empty_pages)
+            number, items, hashes, carried, to_encode, len(chunk), summary.counts(), len(summary.skipped), empty,
+            len(summary.empty_pages), chunk_digest(items, hashes),
         )
         del chunk, items, carried  # one chunk alive at a time (see encode._encode_stream)
+
+
+def resumed_chunks_match(job, settings_fp, digests: list[str], encoder=None) -> bool:
+    """Whether the corpus's first chunks plan as the interrupted run planned them (``digests``, its journal's): what
+    a run signature cannot see — an image a Parquet path cell names, replaced since — must not be resumed from its
+    old shards. Reads and hashes those chunks once more; encodes nothing."""
+    if not digests:
+        return True
+    seen = SeenIds(job.inputs, _chunked(job.sources, job.shard_rows))
+    number = 0
+    with closing(open_sources(job.inputs, _chunked(job.sources, job.shard_rows))) as chunks:
+        for chunk in chunks:
+            items, _ = _usable_items(chunk, seen, job.on_error, encoder, None, record=False)
+            if chunk_digest(items, _content_hashes(items, settings_fp, encoder)) != digests[number]:
+                return False
+            number += 1
+            if number == len(digests):
+                return True
+            del chunk, items
+    return False  # the corpus now ends before the chunks the interrupted run finished
+
+
+def chunk_digest(items: list[Item], hashes: list[bytes]) -> str:
+    """sha256 of a chunk's usable rows (ids and content hashes, in order): what the run journal records of it."""
+    digest = hashlib.sha256()
+    for item, value in zip(items, hashes):
+        digest.update(item.id.encode("utf-8", "surrogatepass") + b"\0" + value)
+    return digest.hexdigest()
+
+
+def _chunked(sources, shard_rows: int):
+    """Shards end on chunk boundaries (what a journal can resume from), so chunks are no larger than shards."""
+    return replace(sources, chunk_rows=min(sources.chunk_rows, shard_rows))
+
+
+def _usable_items(chunk: list[Item], seen: SeenIds, on_error: str, encoder, summary, record: bool):
+    """The chunk's items to index (bad rows and the model's refusals left out, ``--on-error``) and their id keys."""
+    input_problem = getattr(encoder, "input_problem", None)
+    if input_problem is not None:
+        chunk = [refused_by_model(item, input_problem) for item in chunk]
+    keys = id_keys(item.id for item in chunk)
+    usable = usable_positions(chunk, keys, seen, on_error, summary, record)
+    return [chunk[position] for position in usable], keys[usable]
+
+
+def _content_hashes(items: list[Item], settings_fp: str, encoder) -> list[bytes]:
+    content_mark = getattr(encoder, "content_mark", None)
+    return [content_hash(settings_fp, item.content, content_mark(item.text) if content_mark else "") for item in items]
 
 
 def refused_by_model(item: Item, input_problem) -> Item:

@@ -3,8 +3,10 @@
 ``INDEX_DIR/run-journal.json`` is rewritten atomically each time a shard is finished. It records what
 the run was (settings fingerprint, weights digest, the inputs' names, sizes and mtimes, the manifest it
 replaces) and, per finished shard, its manifest entry and how many source chunks it covers. A later run with
-the same signature verifies those shards by sha256 and continues after them; any other run discards it, with
-the shards it lists that no manifest lists (as a run that fails does with its own).
+the same signature verifies those shards by sha256, plans their chunks again to check they are made of the same rows
+(``plan.resumed_chunks_match``: the journal records a digest of each chunk's ids and content hashes) and continues
+after them; any other run discards it, with the shards it lists that no manifest lists (as a run that fails does
+with its own).
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ def run_signature(job, weights_sha256: str, settings_fp: str, previous, replaced
     over, None for a full rebuild."""
     sources = job.sources
     pdf = [sources.pdf_dpi, sources.pdf_column if sources.pdf_column_given else None, sources.pdf_password is not None]
+    media = [sources.modality, sources.image_column, sources.video_column, sources.max_image_pixels]
     return {
         "settings_fingerprint": settings_fp,
         "weights_sha256": weights_sha256,  # the model fingerprint samples the weight files' edges only
         "inputs": input_signature(job.inputs, job.output, job.sources.walks),
-        "sources": [sources.id_column, sources.text_column, sources.chunk_rows, *pdf],
+        "sources": [sources.id_column, sources.text_column, sources.chunk_rows, *pdf, *media],
         # not the index the run started from: a run killed after its commit left the journal of the one it replaces
         "base": replaced.index.manifest.get("created_at") if replaced else None,
         "base_fingerprint": previous.index.manifest.get("settings_fingerprint") if previous else None,
@@ -63,6 +66,7 @@ class Journal:
     chunks_done: int = 0  # source chunks fully covered by the finished shards
     skipped: list[dict] = field(default_factory=list)  # bad rows met within those chunks
     counts: dict = field(default_factory=dict)  # added / updated / unchanged within those chunks
+    chunk_digests: list[str] = field(default_factory=list)  # plan.chunk_digest of every chunk planned so far
 
     @property
     def path(self) -> Path:
@@ -79,8 +83,14 @@ class Journal:
             "chunks_done": self.chunks_done,
             "skipped": self.skipped,
             "counts": self.counts,
+            "chunk_digests": self.chunk_digests[:chunks_done],
         }
         atomic_write_bytes(self.path, json.dumps(payload).encode())
+
+    def discard(self) -> "Journal":
+        """Remove this journal (and its unlisted shards); a fresh one of the same signature."""
+        self.remove()
+        return Journal(self.folder, self.signature)
 
     def remove(self) -> None:
         """Drop the journal, and the shards it lists that the committed manifest does not (no run resumes them
@@ -119,11 +129,13 @@ def resume_journal(folder: Path, signature: dict) -> Journal:
         return fresh
     if not isinstance(data, dict):
         return fresh
-    shards = data.get("shards", [])
-    if data.get("signature") != signature or not all(_verified(folder, shard) for shard in shards):
+    shards, digests = data.get("shards", []), data.get("chunk_digests")
+    # Without a digest per finished chunk (an earlier release's journal) its shards cannot be checked: not resumed.
+    complete = isinstance(digests, list) and len(digests) == data.get("chunks_done")
+    if data.get("signature") != signature or not complete or not all(_verified(folder, shard) for shard in shards):
         Journal(folder, data.get("signature"), shards).remove()
         return fresh
-    return Journal(folder, signature, shards, data["chunks_done"], data.get("skipped", []), data.get("counts", {}))
+    return Journal(folder, signature, shards, data["chunks_done"], data.get("skipped", []), data.get("counts", {}), digests)
 
 
 def _verified(folder: Path, shard: dict) -> bool:
