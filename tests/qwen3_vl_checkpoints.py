@@ -11,6 +11,11 @@ and ``processor_config.json``.
            (weight + non-zero bias), ``embed_dim`` 16.
 * Ops      ``visual.*``, ``language_model.*``, ``custom_text_proj`` (hidden -> hidden, non-zero bias), ``dims`` 24.
 * Nemotron ``model.visual.*``, ``model.language_model.*``, ``lm_head.weight``; a Qwen3-VL chat template.
+* colpali-engine 0.3.18's ``ColQwen3`` (``build_colqwen3_engine``): ``architectures ["ColQwen3"]``, ``model_type
+  qwen3_vl`` (a saved ``Qwen3VLConfig``), ``custom_text_proj`` 320 x hidden (non-zero bias), no ``auto_map``;
+  tensors ``model.visual.*``, ``model.language_model.*``, ``model.custom_text_proj.*`` (``names="saved"``: what
+  0.3.18's ``ColQwen3.save_pretrained`` writes under transformers 5, observed) or the module's own unprefixed names
+  (``names="module"``); processor files as transformers 5 saves ``ColQwen3Processor`` (nested image processor).
 
 The backbone is transformers' ``Qwen3VLForConditionalGeneration`` (2 text layers, 2 vision blocks, deepstack on
 vision block 0, patch 16, merge 2: 32 px per image token, 4..16 image tokens per image), seed fixed; its
@@ -163,3 +168,21 @@ def build_nemotron(path: pathlib.Path) -> pathlib.Path:
 
 
 QWEN3_VL_BUILDERS = {"tomoro": build_tomoro, "ops": build_ops, "nemotron": build_nemotron}
+
+
+COLQWEN3_ENGINE_DIM = 320  # fixed by colpali-engine 0.3.18's ColQwen3.__init__
+
+
+def build_colqwen3_engine(path: pathlib.Path, names: str = "saved") -> pathlib.Path:
+    from transformers import Qwen3VLConfig
+
+    tokenizer = _qwen_tokenizer()
+    backbone, parts = _backbone_state(tokenizer)
+    state = {name[len("model."):]: tensor for name, tensor in backbone.items() if name.startswith("model.")}
+    state.update(_projection("custom_text_proj", COLQWEN3_ENGINE_DIM))
+    if names == "saved":
+        state = {"model." + name: tensor for name, tensor in state.items()}
+    config = Qwen3VLConfig(**parts)
+    config.architectures = ["ColQwen3"]
+    processor = {"processor_class": "ColQwen3Processor", "image_processor": dict(PREPROCESSOR)}
+    return _write(path, tokenizer, config.to_dict(), state, processor)

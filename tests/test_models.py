@@ -38,6 +38,7 @@ OTHER_EXPECTED = {"jina_colbert": ("jina_checkpoints", "jina-colbert"),
                   "peft_adapter": ("colpali_engine_checkpoints", "peft-lora"),
                   "colqwen3_5": ("qwen_checkpoints", "ColQwen3_5"),
                   "tomoro": ("qwen3_vl_checkpoints", "ColQwen3"),
+                  "colqwen3_engine": ("qwen3_vl_checkpoints", "ColQwen3Engine"),
                   "ops": ("qwen3_vl_checkpoints", "OpsColQwen3Model"),
                   "nemotron": ("qwen3_vl_checkpoints", "Qwen3VLNemotronEmbedModel"),
                   "bge_m3": ("bge_m3_checkpoints", "bge-m3")}

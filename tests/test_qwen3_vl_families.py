@@ -241,11 +241,20 @@ def test_a_resave_under_qwen3_vl_is_still_its_family(name, built, loaded, tmp_pa
     np.testing.assert_array_equal(resaved[0], original[0])
 
 
-def test_another_colqwen3_layout_is_refused_by_name(built, tmp_path):
+def test_a_qwen3_vl_colqwen3_is_colpali_engines_and_other_model_types_are_refused(built, tmp_path):
+    """architectures ColQwen3: model_type colqwen3 is Tomoro's, qwen3_vl colpali-engine's (a Tomoro checkpoint re-saved
+    so does not fit it and says which family read it); any other model_type is refused by name."""
+    from tokembed.errors import LayoutMismatchError
+
     path = shutil.copytree(built("tomoro"), tmp_path / "colqwen3")
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_vl"}))
-    with pytest.raises(UnsupportedModelError, match="ColQwen3 with model_type 'qwen3_vl'"):
+    assert detect(path) == "ColQwen3Engine"
+    with pytest.raises(LayoutMismatchError, match=r"not used: .*vlm\.model\.language_model") as error:
+        load_model(path)
+    assert "family ColQwen3Engine" in error.value.hint
+    (path / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_vl_moe"}))
+    with pytest.raises(UnsupportedModelError, match="ColQwen3 with model_type 'qwen3_vl_moe'"):
         detect(path)
 
 

@@ -1,4 +1,5 @@
-"""colpali-engine's own checkpoint layouts (``ColPali``, ``ColQwen2``, ``ColQwen2_5``, ``ColIdefics3``), read natively.
+"""colpali-engine's own checkpoint layouts (``ColPali``, ``ColQwen2``, ``ColQwen2_5``, ``ColIdefics3``; ``ColQwen3``
+through ``colqwen3_engine.py``), read natively.
 
 Stage: models. colpali-engine saves its models as a bare transformers backbone plus a projection, under
 ``architectures`` naming its own class and the backbone's ``model_type``. The families (``colpali.py``,

@@ -1,11 +1,14 @@
 """The modules colpali-engine 0.3.18 builds for its own layouts, without its package (imported on first use).
 
 Each class has colpali-engine's forward: the backbone's last hidden state, the projection (with its bias),
-L2 normalization, times the attention mask. The projection is 128-wide, as colpali-engine hard-codes it.
+L2 normalization, times the attention mask. The projection is 128-wide (320 for ``ColQwen3``), as colpali-engine
+hard-codes it.
 
 * ``EngineColQwen2`` / ``EngineColQwen2_5``  ``Qwen2VLModel`` / ``Qwen2_5_VLModel`` + ``custom_text_proj``. The
   backbone gets ``input_ids`` with the image grid, so positions are M-RoPE (transformers'
   ``ColQwen2ForRetrieval`` feeds ``inputs_embeds`` and numbers positions 0..T-1: different image vectors).
+* ``EngineColQwen3``  ``Qwen3VLModel`` + ``custom_text_proj`` (320-d); M-RoPE positions from the processor's
+  ``mm_token_type_ids``, as transformers' ``Qwen3VLProcessor`` returns them to colpali-engine's ``ColQwen3``.
 * ``EngineColPali``  PaliGemma + ``custom_text_proj``, ``hidden_states[-1]``. colpali-engine wraps
   ``PaliGemmaForConditionalGeneration``; its language-model head never reaches the embeddings, so the bare
   ``PaliGemmaModel`` is built (module ``model``) and the head's saved tensor is ignorable.
@@ -19,8 +22,10 @@ from torch import nn
 from transformers import Idefics3Model, Idefics3PreTrainedModel, PaliGemmaModel, PaliGemmaPreTrainedModel
 from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
 from transformers.models.qwen2_vl import Qwen2VLModel
+from transformers.models.qwen3_vl import Qwen3VLModel
 
 ENGINE_DIM = 128
+COLQWEN3_DIM = 320  # colpali-engine 0.3.18 ColQwen3.__init__: self.dim = 320, whatever the config says
 
 
 def _normalize_and_mask(proj: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -29,10 +34,10 @@ def _normalize_and_mask(proj: torch.Tensor, attention_mask: torch.Tensor) -> tor
 
 
 class _ColQwenForward:
-    def _setup(self, config) -> None:
+    def _setup(self, config, dim: int = ENGINE_DIM) -> None:
         hidden = getattr(config, "hidden_size", None) or config.text_config.hidden_size
-        self.dim = ENGINE_DIM
-        self.custom_text_proj = nn.Linear(hidden, ENGINE_DIM)
+        self.dim = dim
+        self.custom_text_proj = nn.Linear(hidden, dim)
         self.post_init()
 
     def forward(self, **kwargs) -> torch.Tensor:
@@ -55,6 +60,12 @@ class EngineColQwen2_5(_ColQwenForward, Qwen2_5_VLModel):  # noqa: N801
     def __init__(self, config) -> None:
         Qwen2_5_VLModel.__init__(self, config)
         self._setup(self.config)
+
+
+class EngineColQwen3(_ColQwenForward, Qwen3VLModel):
+    def __init__(self, config) -> None:
+        Qwen3VLModel.__init__(self, config)
+        self._setup(self.config, COLQWEN3_DIM)
 
 
 class EngineColPali(PaliGemmaPreTrainedModel):

@@ -36,6 +36,7 @@ FAMILIES: dict[str, str] = {
     "ColQwen2_5": "tokembed.models.colqwen2:ColQwen2_5Engine",
     "ColIdefics3": "tokembed.models.colidefics3:ColIdefics3",
     "ColQwen3": "tokembed.models.colqwen3:TomoroColQwen3",
+    "ColQwen3Engine": "tokembed.models.colqwen3_engine:ColQwen3Engine",
     "OpsColQwen3Model": "tokembed.models.colqwen3:OpsColQwen3",
     "Qwen3VLNemotronEmbedModel": "tokembed.models.nemotron:NemotronColEmbed",
     "ColQwen3_5": "tokembed.models.colqwen3_5:ColQwen3_5",
@@ -146,11 +147,12 @@ def _vision_family(path: Path, config: dict, architectures: list[str], trust_rem
     for arch in architectures:
         if arch in NATIVE_ARCHITECTURE_NAMES:
             return arch
-    if "ColQwen3" in architectures:  # Tomoro's is model_type "colqwen3"; another layout under that name is not it
+    if "ColQwen3" in architectures:  # Tomoro's is model_type "colqwen3" (above); colpali-engine's saves a Qwen3VLConfig
+        if config.get("model_type") == "qwen3_vl":
+            return "ColQwen3Engine"
         raise UnsupportedModelError(
             f"{path}: architecture ColQwen3 with model_type {config.get('model_type')!r}: tokembed reads Tomoro's "
-            "ColQwen3 (model_type 'colqwen3'); this layout (colpali-engine's ColQwen3 over a Qwen3-VL model?) it "
-            "does not read yet",
+            "ColQwen3 (model_type 'colqwen3') and colpali-engine's (model_type 'qwen3_vl'), not this layout",
             hint="tokembed models lists the supported families",
         )
     if is_remote_vision(path, config):
