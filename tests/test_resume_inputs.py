@@ -1,11 +1,14 @@
 """A killed run resumes from its journaled shards only when they are made of the rows the inputs give now: an
 image a Parquet path cell names, replaced between the kill and the re-run (no signature sees it: the Parquet file is
 the same), or another --image-column / --max-image-pixels, start the shards again; the result equals an
-uninterrupted run with the re-run's inputs, byte for byte."""
+uninterrupted run with the re-run's inputs, byte for byte. So do a text file rewritten with its size and mtime kept
+(in any resumed chunk, over a committed index) and an earlier release's journal (no chunk digests); the check costs
+no second read of the corpus."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 
@@ -87,3 +90,121 @@ def test_a_resume_uses_its_shards_only_for_the_same_rows(model, tmp_path, change
     assert not (out / "run-journal.json").exists()
     listed = {shard["file"].split("/")[-1] for shard in json.loads((out / "manifest.json").read_text())["shards"]}
     assert {p.name for p in (out / "data").iterdir()} == listed
+
+
+# Text corpora: what no run signature sees (a file rewritten with its size and mtime kept), and the journal's own form.
+
+def text_rows(version: int = 0) -> list[dict]:
+    words = "alpha gamma delta kappa sigma omega".split()
+    return [{"id": f"d{i:02d}", "text": f"{words[(i + version) % 6]} {words[i % 5]} row {i:02d}"} for i in range(ROWS)]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def rewrite_keeping_size_and_mtime(path, old: str, new: str) -> None:
+    """The same bytes but ``old`` -> ``new`` (as long), the file's mtime put back: its run signature is the same."""
+    stat = path.stat()
+    text = path.read_text()
+    assert len(old) == len(new) and text.count(old) == 1
+    path.write_text(text.replace(old, new))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def encode_text(model, data, out, env=None):
+    return tokembed("encode", data, "-o", out, "--model", model, "--shard-rows", 2, "--log-format", "json", env=env)
+
+
+def killed_text_run(model, data, out):
+    killed = encode_text(model, data, out, env={"TOKEMBED_TEST_KILL_AT": "shard:3"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(json.loads((out / "run-journal.json").read_text())["shards"]) == 3
+
+
+def counts(summary: dict) -> dict:
+    return {key: summary[key] for key in ("rows", "added", "updated", "deleted", "unchanged", "skipped")}
+
+
+def shard_files_listed_only(out) -> bool:
+    listed = {shard["file"].split("/")[-1] for shard in json.loads((out / "manifest.json").read_text())["shards"]}
+    return {p.name for p in (out / "data").iterdir()} == listed
+
+
+def test_rows_changed_behind_the_signature_in_a_later_resumed_chunk_are_encoded_again(checkpoint, tmp_path):
+    """An incremental run over a committed index, killed; a row of its third journaled shard changes in a way the
+    run signature cannot see: the re-run starts again from the first chunk, with the counts of an uninterrupted run."""
+    model = checkpoint("stanford")
+    data = write_jsonl(tmp_path / "data.jsonl", text_rows())
+    out, uninterrupted = tmp_path / "index", tmp_path / "uninterrupted"
+    assert encode_text(model, data, out).returncode == 0
+    write_jsonl(data, text_rows(version=1))
+    shutil.copytree(out, uninterrupted)
+    killed_text_run(model, data, out)
+    rewrite_keeping_size_and_mtime(data, "row 05", "row 5!")  # d05: chunk 2, in the third shard
+    rerun = encode_text(model, data, out)
+    assert rerun.returncode == 0, rerun.stderr
+    reference = encode_text(model, data, uninterrupted)
+    assert reference.returncode == 0, reference.stderr
+    assert same_index(out, uninterrupted)
+    assert counts(json.loads(rerun.stdout)) == counts(json.loads(reference.stdout))
+    assert json.loads(rerun.stdout)["resumed_shards"] == 0
+    assert "other rows than the inputs give now" in rerun.stderr
+    assert shard_files_listed_only(out)
+
+
+def test_a_journal_without_chunk_digests_is_not_resumed(checkpoint, tmp_path):
+    """An earlier release's journal records no digests: its shards cannot be checked, so they are encoded again."""
+    model = checkpoint("stanford")
+    data = write_jsonl(tmp_path / "data.jsonl", text_rows())
+    out = tmp_path / "index"
+    killed_text_run(model, data, out)
+    journal = json.loads((out / "run-journal.json").read_text())
+    del journal["chunk_digests"]
+    (out / "run-journal.json").write_text(json.dumps(journal))
+    rerun = encode_text(model, data, out)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["resumed_shards"] == 0
+    assert encode_text(model, data, tmp_path / "uninterrupted").returncode == 0
+    assert same_index(out, tmp_path / "uninterrupted")
+    assert shard_files_listed_only(out)
+
+
+def test_a_resume_reads_the_corpus_once(checkpoint, tmp_path, cli, monkeypatch):
+    """The journaled chunks are checked as the run reads them (hashed, not encoded): no second pass over the corpus
+    (a PDF corpus's pages rendered twice)."""
+    import tokembed.plan
+
+    model = checkpoint("stanford")
+    data = write_jsonl(tmp_path / "data.jsonl", text_rows())
+    killed_text_run(model, data, tmp_path / "index")
+    opened = []
+    read = tokembed.plan.open_sources
+    monkeypatch.setattr(tokembed.plan, "open_sources", lambda *args: opened.append(args) or read(*args))
+    rerun = cli("encode", data, "-o", tmp_path / "index", "--model", model, "--shard-rows", 2, "--log-format", "json")
+    assert rerun.exit_code == 0, rerun.output
+    assert json.loads(rerun.stdout)["resumed_shards"] == 3
+    assert len(opened) == 1
+
+
+@pytest.mark.parametrize("option", ["image_column", "image_column_given", "video_column", "video_column_given",
+                                    "max_image_pixels", "modality"])
+def test_every_source_option_that_changes_the_rows_read_is_in_the_run_signature(tmp_path, option):
+    """Whether a column is given decides, too (an explicit one must exist; without it, a video column is read where
+    the file has no image column); the PDF render processes do not change a row, and are left out."""
+    from dataclasses import replace
+
+    from tokembed.encode import EncodeJob
+    from tokembed.index.journal import run_signature
+    from tokembed.sources import SourceOptions
+
+    other = {"image_column": "img_b", "image_column_given": True, "video_column": "clip", "video_column_given": True,
+             "max_image_pixels": 1000, "modality": "image"}
+    job = EncodeJob([write_jsonl(tmp_path / "data.jsonl", text_rows())], tmp_path / "index")
+
+    def signature(sources):
+        return run_signature(replace(job, sources=sources), "weights", "settings", None, None)
+
+    assert signature(replace(SourceOptions(), **{option: other[option]})) != signature(SourceOptions())
+    assert signature(replace(SourceOptions(), pdf_workers=4)) == signature(SourceOptions())

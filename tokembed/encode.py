@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -27,7 +28,7 @@ from tokembed.errors import DeviceError, UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
 from tokembed.index.format import SEARCH_SETTINGS
 from tokembed.index.manifest_build import build_manifest
-from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks, resumed_chunks_match
+from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks
 from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input, estimate_rows, ignored_files
 from tokembed.sources.files import files_linked_twice, refuse_inputs_given_twice
@@ -194,9 +195,9 @@ def _with_base_folder_absolute(job: EncodeJob, embedder) -> EncodeJob:
 
 def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     from tokembed.engine import open_runner
-    from tokembed.index.journal import resume_journal, run_signature
+    from tokembed.index.journal import continue_journal, resume_journal, run_signature
     from tokembed.index.atomic import remove_dead_replacements
-    from tokembed.index.writer import ShardInfo, remove_temp_files
+    from tokembed.index.writer import remove_temp_files
 
     settings_fp = embedder.settings.fingerprint(embedder.fingerprint)
     remove_temp_files(job.output / "data")
@@ -208,17 +209,10 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     committed_ids = replaced.index.manifest.get("id_column") if replaced and not job.full else None
     summary.id_column = id_column_read(job.inputs, job.sources, committed_ids)  # refuses a renamed id column
     journal = resume_journal(job.output, run_signature(job, embedder.weights_sha256, settings_fp, previous, replaced))
-    if journal.shards and not resumed_chunks_match(job, settings_fp, journal.chunk_digests, embedder.encoder):
-        progress.log("an interrupted run's finished shards hold other rows than the inputs give now: encoding them again")
-        journal = journal.discard()
     if journal.shards:
         progress.log(f"resuming: {len(journal.shards)} finished shard(s) of an interrupted run verified, continuing after them")
     writer = _open_writer(job, embedder, previous)
-    writer.shards = [ShardInfo(**shard) for shard in journal.shards]
-    summary.resumed_shards = len(journal.shards)
-    summary.skipped = list(journal.skipped)
-    for key, value in journal.counts.items():
-        setattr(summary, key, value)
+    continue_journal(journal, writer, summary)
     runner = open_runner(embedder, job, progress)
     try:
         progress.start(estimate_rows(job.inputs, job.sources))
@@ -326,12 +320,15 @@ def _encode_stream(
     source`` rebinds ``x`` only once ``source`` has produced it; ``enumerate`` keeps its last tuple), so the loops
     that pass chunks along ``del`` them: without that, two chunks of decoded images
     (64 rendered pages each, ~0.5 GB for letter pages at 200 dpi) were alive at once."""
+    from tokembed.index.journal import restart_journal
+
     pending: deque[PlannedChunk] = deque()
     state = {"seen_previous": 0}
     runner_images = job.sources.modality == "image"
+    restart = partial(restart_journal, journal, writer, summary, progress.log)  # rows other than the journal's
 
     def texts_to_encode() -> Iterator[list[str]]:
-        for chunk in plan_chunks(job, settings_fp, indexes, journal.chunks_done, summary, state, encoder):
+        for chunk in plan_chunks(job, settings_fp, indexes, journal, restart, summary, state, encoder):
             pending.append(chunk)
             yield [model_input(chunk.items[i], runner_images) for i in chunk.to_encode]
             del chunk  # one chunk alive at a time (see _encode_stream)

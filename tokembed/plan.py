@@ -50,63 +50,64 @@ class PlannedChunk:
     digest: str = ""  # chunk_digest: what the run journal records of the chunk
 
 
-def plan_chunks(job, settings_fp, indexes, chunks_done, summary, state, encoder=None) -> Iterator[PlannedChunk]:
+def plan_chunks(job, settings_fp, indexes, journal, restart, summary, state, encoder=None) -> Iterator[PlannedChunk]:
     """Read the corpus and decide, item by item, what is carried over and what is encoded. ``indexes``: (the index
     rows are carried over from, the index the added / updated / deleted counts compare with), either None.
     ``encoder``: the model's say on an item, where it has one: ``input_problem`` (a processor's refusal of an image
     or text: ``VisionEncoder``) and ``content_mark`` (a reading that changed since an earlier release:
-    ``TextEncoder``)."""
+    ``TextEncoder``). ``journal``: the chunks an interrupted run finished come first and are only checked against
+    its ``chunk_digests``; at the first one planned otherwise now (an image a Parquet path cell names, replaced
+    since: no run signature sees it), ``restart()`` drops the journal's shards and the corpus is planned again from
+    its first chunk (nothing was yielded yet, so nothing was written)."""
+    if not (yield from _planned(job, settings_fp, indexes, journal, summary, state, encoder)):
+        restart()
+        state["seen_previous"] = 0
+        yield from _planned(job, settings_fp, indexes, journal, summary, state, encoder)
+
+
+def _planned(job, settings_fp, indexes, journal, summary, state, encoder) -> Iterator[PlannedChunk]:
+    """``plan_chunks``' one pass over the corpus; returns False, having yielded nothing, at the first resumed chunk
+    whose rows differ from the journal's."""
     previous, counted = indexes
+    resumed_chunks = journal.chunks_done  # not read as the run goes: its record() moves it on
     seen = SeenIds(job.inputs, _chunked(job.sources, job.shard_rows))
     number = -1
-    for chunk in open_sources(job.inputs, _chunked(job.sources, job.shard_rows)):  # not enumerate(): it keeps its last (number, chunk) alive
-        number += 1
-        resumed = number < chunks_done  # already in a finished shard of the interrupted run
-        items, keys = _usable_items(chunk, seen, job.on_error, encoder, summary, record=not resumed)
-        stored_rows = counted.find([item.id for item in items], keys) if counted is not None else [None] * len(items)
-        state["seen_previous"] += sum(row is not None for row in stored_rows)
-        if resumed:
-            continue
-        hashes = _content_hashes(items, settings_fp, encoder)
-        same = previous.unchanged(stored_rows, hashes) if previous is not None else np.zeros(len(items), bool)
-        carried, to_encode, empty = {}, [], []
-        for position, row in enumerate(stored_rows):
-            if is_empty_page(items[position]):
-                summary.empty_pages.append({"id": items[position].id, "source_file": items[position].source_file, "page": items[position].page})
-            if same[position]:
-                carried[position] = previous.carried_row(row)
-                summary.unchanged += 1
-            else:
-                (empty if is_empty_page(items[position]) else to_encode).append(position)
-                if row is not None:
-                    summary.updated += 1
-                else:
-                    summary.added += 1
-        yield PlannedChunk(
-            number, items, hashes, carried, to_encode, len(chunk), summary.counts(), len(summary.skipped), empty,
-            len(summary.empty_pages), chunk_digest(items, hashes),
-        )
-        del chunk, items, carried  # one chunk alive at a time (see encode._encode_stream)
-
-
-def resumed_chunks_match(job, settings_fp, digests: list[str], encoder=None) -> bool:
-    """Whether the corpus's first chunks plan as the interrupted run planned them (``digests``, its journal's): what
-    a run signature cannot see — an image a Parquet path cell names, replaced since — must not be resumed from its
-    old shards. Reads and hashes those chunks once more; encodes nothing."""
-    if not digests:
-        return True
-    seen = SeenIds(job.inputs, _chunked(job.sources, job.shard_rows))
-    number = 0
     with closing(open_sources(job.inputs, _chunked(job.sources, job.shard_rows))) as chunks:
-        for chunk in chunks:
-            items, _ = _usable_items(chunk, seen, job.on_error, encoder, None, record=False)
-            if chunk_digest(items, _content_hashes(items, settings_fp, encoder)) != digests[number]:
-                return False
+        for chunk in chunks:  # not enumerate(): it keeps its last (number, chunk) alive
             number += 1
-            if number == len(digests):
-                return True
-            del chunk, items
-    return False  # the corpus now ends before the chunks the interrupted run finished
+            resumed = number < resumed_chunks  # already in a finished shard of the interrupted run
+            items, keys = _usable_items(chunk, seen, job.on_error, encoder, summary, record=not resumed)
+            stored_rows = counted.find([item.id for item in items], keys) if counted is not None else [None] * len(items)
+            state["seen_previous"] += sum(row is not None for row in stored_rows)
+            hashes = _content_hashes(items, settings_fp, encoder)
+            if not resumed:
+                yield _planned_chunk(number, len(chunk), items, hashes, stored_rows, previous, summary)
+            elif chunk_digest(items, hashes) != journal.chunk_digests[number]:
+                return False
+            del chunk, items  # one chunk alive at a time (see encode._encode_stream)
+    return number + 1 >= resumed_chunks  # else the corpus now ends before the chunks the journal finished
+
+
+def _planned_chunk(number, source_rows, items, hashes, stored_rows, previous, summary) -> PlannedChunk:
+    """Which of the chunk's usable ``items`` are carried over, encoded, or empty pages; counted in ``summary``."""
+    same = previous.unchanged(stored_rows, hashes) if previous is not None else np.zeros(len(items), bool)
+    carried, to_encode, empty = {}, [], []
+    for position, row in enumerate(stored_rows):
+        if is_empty_page(items[position]):
+            summary.empty_pages.append({"id": items[position].id, "source_file": items[position].source_file, "page": items[position].page})
+        if same[position]:
+            carried[position] = previous.carried_row(row)
+            summary.unchanged += 1
+        else:
+            (empty if is_empty_page(items[position]) else to_encode).append(position)
+            if row is not None:
+                summary.updated += 1
+            else:
+                summary.added += 1
+    return PlannedChunk(
+        number, items, hashes, carried, to_encode, source_rows, summary.counts(), len(summary.skipped), empty,
+        len(summary.empty_pages), chunk_digest(items, hashes),
+    )
 
 
 def chunk_digest(items: list[Item], hashes: list[bytes]) -> str:

@@ -3,10 +3,9 @@
 ``INDEX_DIR/run-journal.json`` is rewritten atomically each time a shard is finished. It records what
 the run was (settings fingerprint, weights digest, the inputs' names, sizes and mtimes, the manifest it
 replaces) and, per finished shard, its manifest entry and how many source chunks it covers. A later run with
-the same signature verifies those shards by sha256, plans their chunks again to check they are made of the same rows
-(``plan.resumed_chunks_match``: the journal records a digest of each chunk's ids and content hashes) and continues
-after them; any other run discards it, with the shards it lists that no manifest lists (as a run that fails does
-with its own).
+the same signature verifies those shards by sha256 and continues after them, checking as it reads their chunks that
+they hold the same rows (``plan.plan_chunks``: the journal records a digest of each chunk's ids and content hashes);
+any other run discards it, with the shards it lists that no manifest lists (as a run that fails does with its own).
 """
 
 from __future__ import annotations
@@ -43,7 +42,9 @@ def run_signature(job, weights_sha256: str, settings_fp: str, previous, replaced
     over, None for a full rebuild."""
     sources = job.sources
     pdf = [sources.pdf_dpi, sources.pdf_column if sources.pdf_column_given else None, sources.pdf_password is not None]
-    media = [sources.modality, sources.image_column, sources.video_column, sources.max_image_pixels]
+    # a column given, not the default's name: an explicit one must exist, and it decides between image and video
+    media = [sources.modality, sources.max_image_pixels, sources.image_column, sources.image_column_given,
+             sources.video_column, sources.video_column_given]
     return {
         "settings_fingerprint": settings_fp,
         "weights_sha256": weights_sha256,  # the model fingerprint samples the weight files' edges only
@@ -87,16 +88,39 @@ class Journal:
         }
         atomic_write_bytes(self.path, json.dumps(payload).encode())
 
-    def discard(self) -> "Journal":
-        """Remove this journal (and its unlisted shards); a fresh one of the same signature."""
+    def restart(self) -> None:
+        """Remove this journal and its unlisted shards, and go on as a fresh one of the same signature."""
         self.remove()
-        return Journal(self.folder, self.signature)
+        self.shards, self.chunks_done, self.skipped, self.counts, self.chunk_digests = [], 0, [], {}, []
 
     def remove(self) -> None:
         """Drop the journal, and the shards it lists that the committed manifest does not (no run resumes them
         now; a run killed earlier wrote them, so its own failure's clean-up does not know them)."""
         self.path.unlink(missing_ok=True)
         remove_unlisted(self.folder, self.shards)
+
+
+def continue_journal(journal: Journal, writer, summary) -> None:
+    """Start the run's ``writer`` (``IndexWriter``) and ``summary`` (``encode.EncodeSummary``) after the journal's
+    finished shards."""
+    from tokembed.index.writer import ShardInfo
+
+    writer.shards = [ShardInfo(**shard) for shard in journal.shards]
+    summary.resumed_shards = len(journal.shards)
+    summary.skipped = list(journal.skipped)
+    for key, value in journal.counts.items():
+        setattr(summary, key, value)
+
+
+def restart_journal(journal: Journal, writer, summary, log) -> None:
+    """The interrupted run's shards hold other rows than the inputs give now (``plan.plan_chunks`` found a chunk
+    planned otherwise): remove them, and start the journal, ``writer`` and ``summary`` from the first chunk."""
+    log("an interrupted run's finished shards hold other rows than the inputs give now: encoding them again")
+    unstarted = type(summary)(summary.output)
+    for key in ("resumed_shards", "skipped", *journal.counts):
+        setattr(summary, key, getattr(unstarted, key))
+    writer.shards = []
+    journal.restart()
 
 
 def remove_unlisted(folder: Path, shards: list[dict]) -> None:
