@@ -81,3 +81,19 @@ def same_rows(left: list[tuple], right: list[tuple]) -> bool:
         a[:-1] == b[:-1] and (a[-1] is None) == (b[-1] is None) and (a[-1] is None or np.array_equal(a[-1], b[-1]))
         for a, b in zip(left, right)
     )
+
+
+def encode_chunk(model, kind: str, inputs: list, budget: int = 1 << 20, **flags):
+    """What the engine does with a chunk: tokenize, batch by length under the budget, collate, embed, finish."""
+    from tokembed.engine.batching import plan_batches
+    from tokembed.settings import EncodeFlags, resolve
+
+    settings = resolve(EncodeFlags(kind=kind, store_dtype="float32", **flags), model.colbert, model.max_length)
+    encoder = model.make_encoder(settings)
+    prepared = encoder.tokenize(inputs)
+    results: list = [None] * len(inputs)
+    for batch in plan_batches(np.array([len(item.ids) for item in prepared]), budget):
+        items = [prepared[row] for row in batch.rows]
+        for row, result in zip(batch.rows, encoder.finish(encoder.embed(encoder.collate(items)), items)):
+            results[row] = result
+    return results

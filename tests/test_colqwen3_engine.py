@@ -25,10 +25,9 @@ from PIL import Image
 
 import qwen3_vl_checkpoints
 from helpers import assert_score_equals_brute_force, manifest, read_index
-from tokembed.engine.batching import plan_batches
+from helpers import encode_chunk as encode
 from tokembed.errors import LayoutMismatchError
 from tokembed.models import LoadOptions, describe_families, detect, load_model
-from tokembed.settings import EncodeFlags, resolve
 
 TOLERANCE = 1e-5
 EOT = "<|endoftext|>"
@@ -95,17 +94,6 @@ def reference(checkpoint) -> Reference:
     return Reference(checkpoint)
 
 
-def encode(model, kind: str, inputs: list, budget: int = 1 << 20, **flags):
-    """What the engine does with a chunk: tokenize, batch by length under the budget, collate, embed, finish."""
-    settings = resolve(EncodeFlags(kind=kind, store_dtype="float32", **flags), model.colbert, model.max_length)
-    encoder = model.make_encoder(settings)
-    prepared = encoder.tokenize(inputs)
-    results: list = [None] * len(inputs)
-    for batch in plan_batches(np.array([len(item.ids) for item in prepared]), budget):
-        items = [prepared[row] for row in batch.rows]
-        for row, result in zip(batch.rows, encoder.finish(encoder.embed(encoder.collate(items)), items)):
-            results[row] = result
-    return results
 
 
 def assert_same(results, expected) -> None:
