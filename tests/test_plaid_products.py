@@ -1,10 +1,11 @@
 """The query x centroid product: oneDNN's linear on centroids packed once where torch is imported, numpy's
-product elsewhere or where that op is missing or disagrees; query threads run torch's OpenMP on one thread."""
+product elsewhere or where that op is missing or disagrees; every query runs torch's OpenMP on one thread."""
 
 from __future__ import annotations
 
 import importlib.machinery
 import sys
+import threading
 import types
 
 import numpy as np
@@ -86,6 +87,27 @@ def test_query_threads_run_openmp_on_one_thread_and_the_caller_keeps_its_own(mon
     seen = threads.map_queries(lambda q: torch.get_num_threads(), list(range(8)))
     assert seen == [1] * 8
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("blas_threads, count", [(2, 1), (1, 6)])  # one query; a batch one at a time (OPENBLAS_NUM_THREADS=1)
+def test_queries_in_the_callers_thread_run_openmp_on_one_thread_and_restore_its_count(monkeypatch, blas_threads, count):
+    # two OpenMP threads spin and wait at barriers: beside a busy process a single query searched ~2.6x slower
+    monkeypatch.setattr(threads, "_blas_threads", lambda: blas_threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = threads.map_queries(lambda q: (threading.current_thread().name, torch.get_num_threads()), list(range(count)))
+        assert seen == [(threading.current_thread().name, 1)] * count
+        assert torch.get_num_threads() == 2  # the caller encodes its next queries on its own count
+
+        def failing(q):
+            raise ValueError("query failed")
+
+        with pytest.raises(ValueError, match="query failed"):
+            threads.map_queries(failing, [0])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_query_threads_keep_one_openmp_thread_after_torch_set_num_threads(monkeypatch):

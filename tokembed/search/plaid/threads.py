@@ -36,14 +36,16 @@ os.register_at_fork(after_in_child=_forget_threads_after_fork)
 def map_queries(function, queries: list, processes: bool = False) -> list:
     """``[function(q) for q in queries]``, in order, on as many query threads as numpy's BLAS would use
     threads (``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` or the cores) when there are several queries; with
-    ``processes``, many queries go to as many forked query processes where forking is safe (``processes.py``)."""
+    ``processes``, many queries go to as many forked query processes where forking is safe (``processes.py``).
+    Queries answered in the caller's thread run its OpenMP regions on one thread too (``_caller_on_one_openmp_thread``)."""
     count = _workers(len(queries))
     if count > 1:
         if processes and forks(len(queries)):
             return query_processes.map_in_processes(function, queries, count)
         with _one_blas_thread():
             return list(_pool(count).map(_on_one_openmp_thread(function), queries))
-    return [function(q) for q in queries]
+    with _caller_on_one_openmp_thread():
+        return [function(q) for q in queries]
 
 
 def forks(queries: int) -> bool:
@@ -115,6 +117,28 @@ def _pool(count: int):
 
             pools[count] = ThreadPoolExecutor(count, thread_name_prefix=query_processes.QUERY_THREAD_PREFIX)
         return pools[count]
+
+
+@contextmanager
+def _caller_on_one_openmp_thread():
+    """The calling thread's OpenMP regions (torch's products, ``products.py``) on one thread while inside, its own
+    count restored after (``score`` and ``serve`` encode queries in that thread next).
+
+    One query's products are small: on both cores of an idle box they saved 5-7 ms of 27 at 1M documents and 8
+    of 40 at 20k (384-d). But a region on two threads waits at its barrier for both, and torch's threads spin
+    ~10 ms after each: beside one busy process on the 2-core box a query took 124 ms on two OpenMP threads
+    against 40 on one, beside three 325 against 83, and the spinning burnt the CPU its neighbours lacked
+    (``bench/search_load.py``). A cron ``encode`` beside ``score`` or ``serve`` is that case."""
+    torch = imported_torch()
+    if torch is None:
+        yield
+        return
+    torch.get_num_threads()  # torch sets a thread's count on its first call there: before the limit, not after
+    limit = _controller().limit(limits=1, user_api="openmp")
+    try:
+        yield
+    finally:
+        limit.restore_original_limits()
 
 
 def _on_one_openmp_thread(function):
