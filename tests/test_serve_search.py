@@ -105,6 +105,64 @@ def test_a_generation_committed_while_serving_is_searched_by_the_next_request(bu
         server.stop()
 
 
+def held_replaced_files(index) -> list[str]:
+    """Files of ``index`` this process still holds open or mapped after they were deleted (replaced generations)."""
+    import os
+    from pathlib import Path
+
+    fds = Path("/proc/self/fd")
+    opened = [os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink() and os.path.exists(fd)]
+    mapped = Path("/proc/self/maps").read_text().splitlines()
+    return sorted({name for name in opened + mapped if str(index) in name and "(deleted)" in name})
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="reads /proc (Linux)")
+def test_an_idle_server_lets_a_replaced_generation_go(built, cli, colbert_ckpt, monkeypatch):
+    """A server that answered one search held the replaced generation's deleted shards and code files open until
+    the next search with the structure: after `encode --full` (or `compress --drop-vectors`) the disk kept both."""
+    from tokembed.serve import index_search
+
+    monkeypatch.setattr(index_search, "WATCH_SECONDS", 0.05, raising=False)
+    index, corpus = built
+    server = served(index, colbert_ckpt)
+    try:
+        hits_of(server.post("/search", {"query": QUERIES, "top_k": 3}))
+        assert cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--full", "--quiet").exit_code == 0
+        assert wait_until(lambda: not held_replaced_files(index)), held_replaced_files(index)
+        same_hits(hits_of(server.post("/search", {"query": QUERIES, "top_k": 3})), expected(index, QUERIES, top_k=3))
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="reads /proc (Linux)")
+def test_an_exact_search_lets_a_replaced_generation_go(built, cli, colbert_ckpt, monkeypatch):
+    from tokembed.serve import index_search
+
+    monkeypatch.setattr(index_search, "WATCH_SECONDS", 3600.0, raising=False)  # the watcher out of the way
+    index, corpus = built
+    server = served(index, colbert_ckpt)
+    try:
+        hits_of(server.post("/search", {"query": QUERIES, "top_k": 3}))
+        assert cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--full", "--quiet").exit_code == 0
+        assert held_replaced_files(index)  # the watcher sleeps: the generation answered before is still open
+        same_hits(hits_of(server.post("/search", {"query": QUERIES, "top_k": 3, "exact": True})),
+                  expected(index, QUERIES, top_k=3, exact=True))
+        assert wait_until(lambda: not held_replaced_files(index), 2.0), held_replaced_files(index)
+    finally:
+        server.stop()
+
+
 def test_an_earlier_releases_index_keeps_answering_after_the_cron_run_that_records_its_weights(built, cli, colbert_ckpt):
     """The first cron run after an upgrade records the weights' digest that an earlier release's manifest lacks:
     a server started before it answered every /search with a 500 "restart" from then on."""

@@ -8,15 +8,20 @@ The opened generation is kept across requests (its structure's joined lists, map
 and opened again when the manifest changes, so a cron job that re-encodes the index is picked up by the next
 request; a request sees one generation from start to end. A new generation built with another model or
 other encoding settings is refused (the served query profile would no longer match it): restart the server.
+A replaced generation is let go within ``WATCH_SECONDS`` even while no request comes (and by an exact search): its
+open files would keep the replaced shards' disk space (a whole index's worth after `encode --full`) held.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tokembed.errors import IndexCorruptError, IndexNotFoundError, ModelMismatchError, UsageError
+
+WATCH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,26 @@ class ServedIndex:
         self.manifest = manifest  # the generation the query profile was built for
         self._lock = threading.Lock()
         self._generation: _Generation | None = None
+        self._stop = threading.Event()
+
+    def watch(self, interval: float | None = None) -> None:
+        """Let a replaced generation go every ``interval`` seconds, from a daemon thread, until ``stop_watching``."""
+        threading.Thread(target=_watch, args=(weakref.ref(self), self._stop, interval or WATCH_SECONDS), daemon=True,
+                         name="tokembed-index-watch").start()
+
+    def stop_watching(self) -> None:
+        self._stop.set()
+
+    def release_if_replaced(self) -> None:
+        """Forget the opened generation if another was committed since (its files close with the last request
+        still using it)."""
+        try:
+            key = self._manifest_key()
+        except IndexCorruptError:
+            key = None
+        with self._lock:
+            if self._generation is not None and self._generation.key != key:
+                self._generation = None
 
     def load_plan(self, model: str | None, raw_flags):
         """(checkpoint to load, raw flags carrying the index's revision, base model and dtype, ColBERT settings)."""
@@ -79,6 +104,7 @@ class ServedIndex:
         if exact:  # the scan reads the vectors alone: a damaged structure must not stop it (as score --exact)
             from tokembed.index.reader import open_index
 
+            self.release_if_replaced()
             index = open_index(self.folder)
             self._check_same_encoding(index.manifest)
             return search_opened(index, None, queries, top_k, True, device=device)
@@ -99,6 +125,15 @@ class ServedIndex:
         if _encoding(manifest) != _encoding(self.manifest) or not weights_agree(*weights):
             raise ModelMismatchError(f"{self.folder} was rebuilt with another model or other encoding settings since this "
                                      "server started, and its queries are encoded for the old ones: restart tokembed serve")
+
+
+def _watch(served: weakref.ref, stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        index = served()
+        if index is None:  # the server was let go without stop_watching
+            return
+        index.release_if_replaced()
+        del index
 
 
 def _encoding(manifest: dict) -> tuple:

@@ -72,6 +72,7 @@ class EmbeddingService:
         self.index = index
         if index is not None:
             self.profiles["index"] = index.query_profile(model, embedder.device)
+            index.watch()
         self._lanes = TokenizeLanes(self.vision)
         executors = {key: BatchExecutor(p.encoder, embedder.device) for key, p in self.profiles.items()}
         self.adapters = {name: path for name, (path, _) in (adapters or {}).items()}
@@ -118,6 +119,8 @@ class EmbeddingService:
         """Stop the batcher and the tokenizer lanes. False when a forward pass is still running (``DynamicBatcher.close``)."""
         stopped = self.batcher.close()
         self._lanes.shutdown()
+        if self.index is not None:
+            self.index.stop_watching()
         return stopped
 
     # -- endpoints ---------------------------------------------------------------------------------------
