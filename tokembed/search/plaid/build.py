@@ -89,7 +89,8 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
     else:
         if old is not None:
             log(f"training new centroids: {reason}")
-        codec, codec_entry, training = _trained_codec(folder, index, nbits, _centroids_asked(options, old, index.tokens), norms)
+        codec, codec_entry, training = _trained_codec(folder, index, nbits, _centroids_asked(options, old, index.tokens), norms,
+                                                      log)
         drift, old, previous = None, None, None  # codes of other centroids cannot be carried
     stats, entries = CodingStats(), []
     carry = _CarryFromPrevious(folder, previous, old) if previous is not None and old is not None else None
@@ -211,7 +212,7 @@ def _centroids_asked(options: StructureOptions, old: dict | None, tokens: int) -
     return min(remembered, tokens) if remembered and tokens else None
 
 
-def _trained_codec(folder: Path, index, nbits: int, requested: int | None, norms: bool) -> tuple[Codec, dict, dict]:
+def _trained_codec(folder: Path, index, nbits: int, requested: int | None, norms: bool, log=print) -> tuple[Codec, dict, dict]:
     k = codec_mod.resolve_centroids(requested, index.tokens, str(folder))
     key = {"shards": [shard["sha256"] for shard in index.shards], "nbits": nbits, "centroids": k,
            **({"vector_norms": True} if norms else {})}
@@ -223,6 +224,8 @@ def _trained_codec(folder: Path, index, nbits: int, requested: int | None, norms
         except Exception:  # unreadable leftovers: train again
             pass
     n = codec_mod.sample_size(k, index.tokens)
+    log(f"k-means: {k:,} centroids on {n:,} of {index.tokens:,} token vectors ({index.dim}-d, "
+        f"{codec_mod.KMEANS_ITERATIONS} iterations; its time grows with centroids x vectors x width)")
     codec = replace(codec_mod.train(_sample_tokens(index, n), k, nbits), vector_norms=norms)
     data = codec.to_bytes()
     entry = {"file": f"{CODES_DIR}/codec-{codec_mod.codec_id(data)[:16]}.safetensors"}
