@@ -228,7 +228,9 @@ def test_a_compressed_only_index_is_searched_from_its_codes_and_refuses_exact(bu
     try:
         same_hits(hits_of(server.post("/search", {"query": QUERIES, "top_k": 4})), expected(index, QUERIES, top_k=4))
         response = server.post("/search", {"query": "alpha", "exact": True})
-        assert response.status_code == 400 and "vectors" in response.json()["error"]["message"]
+        message = response.json()["error"]["message"]
+        assert response.status_code == 400 and "vectors" in message
+        assert '"exact": true' in message and "score --exact" not in message  # the request's words, not the CLI's
     finally:
         server.stop()
 

@@ -98,6 +98,6 @@ def require_vectors(index, needed_by: str) -> None:
         raise VectorsDroppedError(
             f"{index.folder}: {needed_by} needs the stored vectors, which `tokembed compress --drop-vectors` "
             "dropped from this index (it keeps only the search structure's codes)",
-            hint="search without --exact re-ranks from the decoded codes; to get vectors back, encode the corpus "
+            hint="a search that is not exact re-ranks from the decoded codes; to get vectors back, encode the corpus "
             "into a new index folder",
         )

@@ -104,8 +104,11 @@ class ServedIndex:
         if exact:  # the scan reads the vectors alone: a damaged structure must not stop it (as score --exact)
             from tokembed.index.reader import open_index
 
+            from tokembed.index.format import require_vectors
+
             self.release_if_replaced()
             index = open_index(self.folder)
+            require_vectors(index, 'an exact search ("exact": true)')
             self._check_same_encoding(index.manifest)
             return search_opened(index, None, queries, top_k, True, device=device)
         generation = self.opened()
