@@ -347,6 +347,29 @@ def test_a_chunk_worker_stages_exactly_the_local_rows_and_reuses_them(checkpoint
         worker.encode(key, texts, 64, str(tmp_path / "elsewhere"))
 
 
+def test_a_full_disk_under_a_staged_chunk_is_a_write_error(tmp_path, monkeypatch):
+    """An actor's ENOSPC was reported as a device error (exit 9, finished shards kept as after a dead GPU)
+    where the local engine says write error (exit 8)."""
+    import errno
+
+    import pyarrow as pa
+
+    from cli._errors import exit_code_for
+    from tokembed.engine.ray import write_staged
+    from tokembed.engine.runner import ChunkResult
+    from tokembed.errors import IndexWriteError
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pa, "OSFile", full_disk)
+    result = ChunkResult([np.ones((2, 4), np.float32)], [np.arange(2, dtype=np.int32)], 2, 2, 2)
+    with pytest.raises(IndexWriteError, match="No space left on device") as raised:
+        write_staged(tmp_path / "chunk-x.arrow", result, 4, "float16")
+    assert exit_code_for(raised.value)[0] == 8
+    assert list(tmp_path.iterdir()) == []  # no temp file left
+
+
 def test_a_chunk_shared_out_by_ranges_of_its_batches_gives_the_local_rows(checkpoint_store, tmp_path):
     from types import SimpleNamespace
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from tokembed.engine.runner import ChunkPlan, ChunkResult, DeviceStats, plan_chunk
 from tokembed.engine.ray_cluster import ActorPlan, connect, plan_actors
-from tokembed.errors import DeviceError, TokembedError
+from tokembed.errors import DeviceError, IndexWriteError, TokembedError
 from tokembed.models.steps import TextEncoder
 
 IN_FLIGHT = 2  # chunks queued per actor: one computing, one waiting (no idle round trip)
@@ -96,8 +96,11 @@ def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str) ->
     )
     counts = {"real_tokens": result.real_tokens, "computed_tokens": result.computed_tokens, "largest_batch": result.largest_batch}
     table = table.replace_schema_metadata({key: str(value) for key, value in counts.items()})
-    with replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+    try:
+        with replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    except OSError as exc:  # a full disk is the write error it is with the local engine (exit 8), not a device's
+        raise IndexWriteError(f"{path}: cannot write the staged chunk ({exc.strerror or exc})") from exc
 
 
 def read_staged(path: Path, rows: int, dim: int) -> ChunkResult:
