@@ -11,15 +11,15 @@ GIL; many queries from the main thread go to forked query processes instead (``p
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from contextlib import contextmanager
 
+from tokembed.openmp import one_openmp_thread, thread_pools
 from tokembed.search.plaid import processes as query_processes
 from tokembed.search.plaid.imported import imported_torch
 
 _LOCK = threading.Lock()
-_STATE = {"users": 0, "limit": None, "blas_threads": 1, "pools": {}, "controller": None, "modules": 0}
+_STATE = {"users": 0, "limit": None, "blas_threads": 1, "pools": {}}
 _THIS_THREAD = threading.local()
 
 
@@ -73,14 +73,7 @@ def _blas_threads_now() -> int:
 
 
 def _controller():
-    """threadpoolctl's view of the native thread pools loaded (a scan of the loaded libraries, ~0.6 ms): made
-    again only when modules were imported since, which may have loaded another BLAS (scipy's, say)."""
-    if _STATE["controller"] is None or _STATE["modules"] != len(sys.modules):
-        from threadpoolctl import ThreadpoolController
-
-        _STATE["controller"] = ThreadpoolController()
-        _STATE["modules"] = len(sys.modules)
-    return _STATE["controller"]
+    return thread_pools()
 
 
 def one_thread_per_pool() -> None:
@@ -119,26 +112,10 @@ def _pool(count: int):
         return pools[count]
 
 
-@contextmanager
 def _caller_on_one_openmp_thread():
-    """The calling thread's OpenMP regions (torch's products, ``products.py``) on one thread while inside, its own
-    count restored after (``score`` and ``serve`` encode queries in that thread next).
-
-    One query's products are small: on both cores of an idle box they saved 5-7 ms of 27 at 1M documents and 8
-    of 40 at 20k (384-d). But a region on two threads waits at its barrier for both, and torch's threads spin
-    ~10 ms after each: beside one busy process on the 2-core box a query took 124 ms on two OpenMP threads
-    against 40 on one, beside three 325 against 83, and the spinning burnt the CPU its neighbours lacked
-    (``bench/search_load.py``). A cron ``encode`` beside ``score`` or ``serve`` is that case."""
-    torch = imported_torch()
-    if torch is None:
-        yield
-        return
-    torch.get_num_threads()  # torch sets a thread's count on its first call there: before the limit, not after
-    limit = _controller().limit(limits=1, user_api="openmp")
-    try:
-        yield
-    finally:
-        limit.restore_original_limits()
+    """The calling thread's OpenMP regions (torch's products, ``products.py``) on one thread for its queries, its
+    own count restored after (``score`` and ``serve`` encode queries in that thread next): ``tokembed.openmp``."""
+    return one_openmp_thread(imported_torch())
 
 
 def _on_one_openmp_thread(function):
