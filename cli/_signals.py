@@ -1,4 +1,5 @@
-"""SIGTERM (a cron or systemd timeout, ``kill``) stops a command as Ctrl-C does: exit 130, the previous index untouched.
+"""SIGTERM (a cron or systemd timeout, ``kill``) stops a command as Ctrl-C does: exit 130, the previous index untouched
+(or, landing from the commit on, held until its clean-up is done: ``tokembed/index/commit_window.py``).
 
 The handler is installed for one command only, and only from the main thread (Python sets signal handlers
 nowhere else): a script or test that calls ``cli.main.run`` keeps its own SIGTERM handling afterwards.

@@ -71,7 +71,9 @@ def run(args: list[str] | None = None, started: float | None = None) -> int:
 def _run_command(args: list[str] | None) -> int:
     from cli._signals import sigterm_interrupts
     from tokembed.errors import TokembedError
+    from tokembed.index.commit_window import commits_finished
 
+    commits = commits_finished()
     try:
         with sigterm_interrupts():  # uvicorn replaces it while serving, and restores it after
             code = app(args=args, standalone_mode=False)  # returns an int exit code (typer turns Ctrl-C into 130)
@@ -88,8 +90,14 @@ def _run_command(args: list[str] | None) -> int:
             show()
         return getattr(exc, "exit_code", 2)
     if code == EXIT_INTERRUPTED:
-        print("tokembed: interrupted; the previous index is untouched", file=sys.stderr)
+        print(_interrupted_message(committed=commits_finished() > commits), file=sys.stderr)
     return code if isinstance(code, int) else 0
+
+
+def _interrupted_message(committed: bool) -> str:
+    if committed:  # the signal was held until the clean-up after the commit was done (tokembed/index/commit_window.py)
+        return "tokembed: interrupted after the new index was committed; nothing to redo"
+    return "tokembed: interrupted; the previous index is untouched"
 
 
 def main() -> None:

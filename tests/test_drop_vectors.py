@@ -171,6 +171,35 @@ def test_a_killed_drop_then_a_plain_compress_leaves_no_shard_behind(plain, tmp_p
     open_index(folder).verify()
 
 
+@pytest.mark.parametrize("flags", [[], ["--drop-vectors"]])
+def test_a_drop_killed_after_its_commit_leaves_shards_that_the_next_compress_removes(plain, tmp_path, flags):
+    """The shards with vectors a drop had replaced (the space it frees) stayed on disk for good: a compress of
+    the compressed-only index removed only what a pending record named, which lists the new shards."""
+    folder = tmp_path / "index"
+    shutil.copytree(plain[0], folder)
+    killed = tokembed("compress", folder, "--drop-vectors", env={"TOKEMBED_TEST_KILL_AT": "committed"})
+    assert killed.returncode == -signal.SIGKILL and manifest(folder)["search"]["vectors"] == "dropped"
+    assert len(list((folder / "data").iterdir())) == 2 * len(manifest(folder)["shards"])
+    rerun = tokembed("compress", folder, *flags)
+    assert rerun.returncode == 0, rerun.stderr
+    listed = {Path(shard["file"]).name for shard in manifest(folder)["shards"]}
+    assert {file.name for file in (folder / "data").iterdir()} == listed
+    assert not (folder / "plaid" / "drop-pending.json").exists()
+    open_index(folder).verify()
+
+
+def test_a_compress_of_a_compressed_only_index_keeps_the_shards_an_interrupted_encode_journaled(dropped, tmp_path):
+    folder = tmp_path / "index"
+    shutil.copytree(dropped, folder)
+    journaled = folder / "data" / "part-000900.arrow"  # a finished shard of an encode stopped before its commit
+    shutil.copyfile(folder / manifest(folder)["shards"][0]["file"], journaled)
+    (folder / "run-journal.json").write_text(json.dumps({"shards": [{"file": "data/part-000900.arrow"}]}))
+    stray = folder / "data" / "part-000901.arrow"
+    shutil.copyfile(journaled, stray)
+    compress_index(folder)
+    assert journaled.exists() and not stray.exists()
+
+
 def test_a_damaged_code_file_of_a_compressed_only_index_is_kept_and_named(dropped, tmp_path):
     """compress deleted the committed file, then failed with "this shard holds no vectors" (exit 2)."""
     folder = tmp_path / "index"

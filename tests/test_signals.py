@@ -1,5 +1,7 @@
 """SIGTERM stops every command as Ctrl-C does (exit 130, the previous index untouched), and only while the command
-runs: ``cli.main.run`` called in-process leaves the caller's handler as it was, and works from any thread."""
+runs: ``cli.main.run`` called in-process leaves the caller's handler as it was, and works from any thread.
+A signal landing from the commit on is held until the clean-up is done, and the message says the new index
+is committed (``tokembed/index/commit_window.py``)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+
+import pytest
 
 from helpers import manifest, write_jsonl
 from plaid_support import ENV, corpus_rows, tokembed
+from tokembed.index import open_index
+
+AFTER_COMMIT = "interrupted after the new index was committed; nothing to redo"
 
 
 def test_sigterm_during_compress_exits_130_and_keeps_the_committed_generation(compressed, tmp_path):
@@ -57,3 +65,54 @@ def test_run_works_from_a_thread_other_than_the_main_one(tmp_path):
     thread.start()
     thread.join(timeout=300)
     assert codes == [0] and manifest(tmp_path / "index")["totals"]["rows"] == 5
+
+
+def signalled_after_the_commit(folder: Path, args: list, signum: int) -> subprocess.CompletedProcess:
+    """Run ``tokembed ARGS`` held just after its commit (the tests' pause hook), send ``signum`` once the manifest
+    changed, and wait for it to end."""
+    before = (folder / "manifest.json").read_bytes()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**ENV, "TOKEMBED_TEST_PAUSE_AT": "committed:1", "TOKEMBED_TEST_PAUSE_SECONDS": "5"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal, not a background job
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (folder / "manifest.json").read_bytes() == before:
+        time.sleep(0.05)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
+def assert_nothing_unlisted(folder: Path) -> None:
+    """data/ holds the listed shards only, plaid/ the listed code files and codec only (no pending records)."""
+    committed = manifest(folder)
+    assert {p.name for p in (folder / "data").iterdir()} == {Path(s["file"]).name for s in committed["shards"]}
+    if "search" in committed:
+        structure = committed["search"]
+        listed = {Path(entry["file"]).name for entry in structure["shards"]} | {Path(structure["codec"]["file"]).name}
+        assert {p.name for p in (folder / "plaid").iterdir()} == listed
+    assert not (folder / "run-journal.json").exists() and not (folder / "staging").exists()
+    open_index(folder).verify()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_right_after_a_drops_commit_finishes_its_clean_up_and_says_it_committed(compressed, tmp_path, signum):
+    """It said "the previous index is untouched" (exit 130) while the manifest already said vectors dropped, and
+    left the shards with vectors (the space the drop frees) and the drop's pending record."""
+    folder = tmp_path / "index"
+    shutil.copytree(compressed[0], folder)
+    run = signalled_after_the_commit(folder, ["compress", folder, "--drop-vectors"], signum)
+    assert run.returncode == 130 and AFTER_COMMIT in run.stderr and "untouched" not in run.stderr, run.stderr
+    assert manifest(folder)["search"]["vectors"] == "dropped"
+    assert_nothing_unlisted(folder)
+
+
+def test_sigterm_right_after_an_encodes_commit_finishes_its_clean_up_and_says_it_committed(tmp_path):
+    """It said "the previous index is untouched" (exit 130) of a committed generation, and left the run journal."""
+    corpus, folder = write_jsonl(tmp_path / "c.jsonl", corpus_rows(20)), tmp_path / "index"
+    assert tokembed("encode", corpus, "-o", folder, "--shard-rows", 10, "-q").returncode == 0
+    write_jsonl(corpus, corpus_rows(40, version=1))
+    run = signalled_after_the_commit(folder, ["encode", corpus, "-o", folder, "--shard-rows", 10, "-q"], signal.SIGTERM)
+    assert run.returncode == 130 and AFTER_COMMIT in run.stderr and "untouched" not in run.stderr, run.stderr
+    assert manifest(folder)["totals"]["rows"] == 40
+    assert_nothing_unlisted(folder)

@@ -2,7 +2,7 @@
 ``TOKEMBED_TEST_PAUSE_AT=event:N`` sleeps, when ``event`` happens for the N-th time (``event`` alone
 matches every time). Events: ``write`` (rows appended to an open shard), ``shard`` (a shard finished
 and journaled), ``commit`` (just before the manifest is replaced), ``committed`` (just after, before the
-journal is removed), ``codes`` (a shard's code file
+journal and replaced files are removed; SIGINT/SIGTERM are held there), ``codes`` (a shard's code file
 written), ``drop`` (a shard rewritten without its vectors, ``--drop-vectors``), ``render`` (a ``--pdf-workers``
 process takes page N of a PDF: the worker dies, not the run), ``export`` (an export has written its N-th
 shard, into its staging folder). Unset in normal use: costs

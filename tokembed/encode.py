@@ -197,6 +197,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     from tokembed.engine import open_runner
     from tokembed.index.journal import continue_journal, resume_journal, run_signature
     from tokembed.index.atomic import remove_dead_replacements
+    from tokembed.index.commit_window import commit_window
     from tokembed.index.writer import remove_temp_files
 
     settings_fp = embedder.settings.fingerprint(embedder.fingerprint)
@@ -226,11 +227,12 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
         summary.tokens = sum(shard.tokens for shard in writer.shards)
         manifest = _with_search_structure(job, build_manifest(job, embedder, writer, summary), previous, writer, progress)
         fault_point("commit", 1)
-        writer.commit(manifest)
-        fault_point("committed", 1)
-        _remove_stale_structure(job.output, manifest)
-        journal.remove()
-        _remove_staged_chunks(job.output)
+        with commit_window():  # an interrupt from here on stops the run after its clean-up
+            writer.commit(manifest)
+            fault_point("committed", 1)
+            _remove_stale_structure(job.output, manifest)
+            journal.remove()
+            _remove_staged_chunks(job.output)
     except (KeyboardInterrupt, DeviceError):  # interrupted, or its devices failed (the last worker died, OOM)
         writer.abort(keep_finished=True)  # finished shards + journal let the next run resume
         raise

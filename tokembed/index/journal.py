@@ -142,6 +142,15 @@ def remove_unlisted(folder: Path, shards: list[dict]) -> None:
             remove_unused(folder / DATA_DIR / name)
 
 
+def journaled_shards(folder: Path) -> set[str]:
+    """The shard file names the journal of an interrupted run lists (none without a readable one)."""
+    try:
+        shards = json.loads((folder / JOURNAL).read_text()).get("shards", [])
+        return {Path(str(shard.get("file", ""))).name for shard in shards if isinstance(shard, dict)}
+    except (OSError, ValueError, AttributeError, TypeError):  # unreadable, or not a journal's shape
+        return set()
+
+
 def resume_journal(folder: Path, signature: dict) -> Journal:
     """The journal to continue: the previous run's if it matches and its shards verify, else a fresh one (the
     previous run's is then removed, with its shards)."""

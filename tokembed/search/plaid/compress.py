@@ -3,10 +3,12 @@
 Adds (or refreshes) the search structure of the committed index without re-encoding anything, as a new
 generation: under the writer lock, code files first (each durable on its own), then the manifest replace,
 then removal of structure files no manifest lists. Killed at any point, the previous manifest stays valid
-and the next run resumes from the codec and code files already on disk.
+and the next run resumes from the codec and code files already on disk. SIGINT/SIGTERM are held from the
+manifest replace until that removal is done (``index.commit_window``).
 
 ``drop_vectors=True`` (``--drop-vectors``) also rewrites the shards without their vectors in the same
-generation (``drop.py``); after the commit the old shards are removed, and with them the vectors' bytes.
+generation (``drop.py``); after the commit the old shards are removed, and with them the vectors' bytes
+(by any later ``compress`` too, where a drop was cut short after its commit).
 A compressed-only index keeps its centroids: ``retrain``, another ``nbits`` or ``centroids`` need vectors
 and are refused (``VectorsDroppedError``, exit 2).
 """
@@ -58,6 +60,7 @@ def compress_index(
     log=lambda message: None,
     drop_vectors: bool = False,
 ) -> CompressSummary:
+    from tokembed.index.commit_window import commit_window
     from tokembed.index.lock import IndexLock, check_wait
     from tokembed.index.reader import open_index
     from tokembed.search.plaid.codec import check_centroids, check_nbits
@@ -83,12 +86,14 @@ def compress_index(
             forget_interrupted_encode(folder)
             manifest = without_vectors(folder, manifest, log)
         fault_point("commit", 1)
-        commit_manifest(folder, manifest)
-        if dropping:
-            remove_replaced_shards(folder, manifest)
-        else:
-            remove_abandoned_drop(folder, manifest)
-        remove_unlisted_files(folder, manifest)  # the pending record of a drop among them
+        with commit_window():  # an interrupt from here on stops the run after its clean-up
+            commit_manifest(folder, manifest)
+            fault_point("committed", 1)
+            if vectors_dropped(manifest):  # this drop's replaced shards, or an earlier one's cut short after its commit
+                remove_replaced_shards(folder, manifest)
+            else:
+                remove_abandoned_drop(folder, manifest)
+            remove_unlisted_files(folder, manifest)  # the pending record of a drop among them
     structure = manifest[SEARCH]
     return CompressSummary(
         index=str(folder), nbits=structure["nbits"], centroids=structure["centroids"], rows=index.rows,
@@ -107,8 +112,11 @@ def forget_interrupted_encode(folder: Path) -> None:
 
 
 def remove_replaced_shards(folder: Path, manifest: dict) -> None:
-    """After a drop's commit: every shard the manifest no longer lists (those with vectors): the freed space."""
+    """After committing a compressed-only generation: every shard it does not list (those with vectors: the freed
+    space) but the ones an interrupted ``encode`` of that index journaled, which its next run resumes from."""
     from tokembed.index.format import DATA_DIR
+    from tokembed.index.journal import journaled_shards
     from tokembed.index.writer import remove_unlisted_shards
 
-    remove_unlisted_shards(folder / DATA_DIR, {Path(shard["file"]).name for shard in manifest["shards"]})
+    listed = {Path(shard["file"]).name for shard in manifest["shards"]}
+    remove_unlisted_shards(folder / DATA_DIR, listed | journaled_shards(folder))
