@@ -71,9 +71,8 @@ def run(args: list[str] | None = None, started: float | None = None) -> int:
 def _run_command(args: list[str] | None) -> int:
     from cli._signals import sigterm_interrupts
     from tokembed.errors import TokembedError
-    from tokembed.index.commit_window import commits_finished
 
-    commits = commits_finished()
+    commits = _commits_finished()
     try:
         with sigterm_interrupts():  # uvicorn replaces it while serving, and restores it after
             code = app(args=args, standalone_mode=False)  # returns an int exit code (typer turns Ctrl-C into 130)
@@ -90,8 +89,15 @@ def _run_command(args: list[str] | None) -> int:
             show()
         return getattr(exc, "exit_code", 2)
     if code == EXIT_INTERRUPTED:
-        print(_interrupted_message(committed=commits_finished() > commits), file=sys.stderr)
+        print(_interrupted_message(committed=_commits_finished() > commits), file=sys.stderr)
     return code if isinstance(code, int) else 0
+
+
+def _commits_finished() -> int:
+    """Commit windows finished so far (``tokembed.index.commit_window``; none where it was never imported: importing
+    it here would load numpy for `--help` and usage errors)."""
+    window = sys.modules.get("tokembed.index.commit_window")
+    return window.commits_finished() if window is not None else 0
 
 
 def _interrupted_message(committed: bool) -> str:
