@@ -50,10 +50,10 @@ class TerminalProgress:
         )
         self.task = None
 
-    def start(self, total_rows: int | None) -> None:
+    def start(self, total_rows: int | None, doing: str = "encoding") -> None:
         self.bar.start()
         self.started = time.perf_counter()
-        self.task = self.bar.add_task("encoding", total=total_rows, rate="")
+        self.task = self.bar.add_task(doing, total=total_rows, rate="")
 
     def advance(self, rows: int, tokens: int) -> None:
         self.tokens += tokens

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from cli.progress import warnings_logged
+from cli.progress import make_progress, warnings_logged
 
 
 def compress(
@@ -39,10 +39,13 @@ def compress(
 
     if log_format not in ("text", "json"):
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
-    log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
-    with warnings_logged(log):
-        summary = compress_index(index, nbits=nbits, centroids=centroids, retrain=retrain, wait_seconds=wait, log=log,
-                                 drop_vectors=drop_vectors)
+    progress = make_progress(quiet, bar=log_format == "text")  # a bar over the shards being coded
+    try:
+        with warnings_logged(progress.log):
+            summary = compress_index(index, nbits=nbits, centroids=centroids, retrain=retrain, wait_seconds=wait,
+                                     log=progress.log, drop_vectors=drop_vectors, progress=progress)
+    finally:
+        progress.stop()
     data = summary.to_json()
     if log_format == "json":
         print(json.dumps(data), flush=True)

@@ -23,11 +23,12 @@ class LineProgress:
         self.quiet = quiet
         self.rows = self.tokens = 0
         self.total: int | None = None
+        self.doing = "encoding"
         self.devices: dict[str, int] = {}  # device -> tokens
         self.started = self.last = time.perf_counter()
 
-    def start(self, total_rows: int | None) -> None:
-        self.total = total_rows
+    def start(self, total_rows: int | None, doing: str = "encoding") -> None:
+        self.total, self.doing = total_rows, doing
         self.started = self.last = time.perf_counter()
 
     def advance(self, rows: int, tokens: int) -> None:
@@ -39,7 +40,8 @@ class LineProgress:
             elapsed = now - self.started
             of = f"/{self.total}" if self.total else ""
             per_device = ", ".join(f"{device} {tokens / elapsed:,.0f}" for device, tokens in list(self.devices.items()))
-            self.log(f"progress: {self.rows}{of} rows, {self.tokens / elapsed:,.0f} tokens/s" + (f" ({per_device})" if per_device else ""))
+            doing = "" if self.doing == "encoding" else f"{self.doing} "
+            self.log(f"progress: {doing}{self.rows}{of} rows, {self.tokens / elapsed:,.0f} tokens/s" + (f" ({per_device})" if per_device else ""))
 
     def device_tokens(self, device: str, tokens: int) -> None:
         self.devices[device] = self.devices.get(device, 0) + tokens

@@ -456,3 +456,34 @@ def test_a_chosen_centroid_count_survives_a_retrain_nobody_gave_it_to(tmp_path):
     compress_index(folder, centroids=32)  # a new choice replaces it
     compress_index(folder, retrain=True)
     assert manifest(folder)["search"]["centroids"] == 32
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.started, self.advanced = [], []
+
+    def start(self, total_rows, doing="encoding"):
+        self.started.append((total_rows, doing))
+
+    def advance(self, rows, tokens):
+        self.advanced.append((rows, tokens))
+
+
+def test_compress_reports_its_progress_shard_by_shard(tmp_path):
+    """compress coded every shard (hours at 1M documents) with no sign of life after the k-means line."""
+    docs = clustered_docs(np.random.default_rng(13), 70)
+    folder = write_index(tmp_path / "index", docs, shard_rows=25, batch_rows=5)
+    progress = _Progress()
+    compress_index(folder, nbits=2, centroids=16, progress=progress)
+    shards = manifest(folder)["shards"]
+    assert progress.started == [(70, "coding")] and len(shards) == 3
+    assert progress.advanced == [(shard["rows"], shard["tokens"]) for shard in shards]
+
+
+def test_progress_lines_say_what_is_being_done(capsys):
+    from cli.progress import LineProgress
+
+    lines = LineProgress(every=0)
+    lines.start(70, "coding")
+    lines.advance(25, 400)
+    assert "progress: coding 25/70 rows" in capsys.readouterr().err

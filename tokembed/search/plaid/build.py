@@ -53,7 +53,7 @@ class StructureOptions:
 
 
 def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, previous=None, log=print,
-                      written: CodingStats | None = None) -> dict:
+                      written: CodingStats | None = None, progress=None) -> dict:
     """The new generation's manifest with its ``search`` section; code files written, nothing committed.
 
     ``manifest`` lists the new generation's shards (already durable); ``previous`` is the ``PreviousIndex``
@@ -95,9 +95,13 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
     stats, entries = CodingStats(), []
     carry = _CarryFromPrevious(folder, previous, old) if previous is not None and old is not None else None
     listed = {entry["file"]: entry for entry in (old or {}).get("shards", [])}
+    if progress is not None:
+        progress.start(index.rows, "coding")
     for number, shard in enumerate(index.shards):
         entries.append(_shard_codes(folder, index, shard, codec, codec_entry["sha256"], listed, carry, stats))
         fault_point("codes", number + 1)
+        if progress is not None:
+            progress.advance(shard["rows"], shard["tokens"])
     drift = _update_drift(drift, training, stats, index.tokens)
     structure = {
         "kind": "plaid",

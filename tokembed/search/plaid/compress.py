@@ -59,6 +59,7 @@ def compress_index(
     wait_seconds: float = 0.0,
     log=lambda message: None,
     drop_vectors: bool = False,
+    progress=None,
 ) -> CompressSummary:
     from tokembed.index.commit_window import commit_window
     from tokembed.index.lock import IndexLock, check_wait
@@ -80,7 +81,8 @@ def compress_index(
         check_compressible(index)
         current = index.manifest.get(SEARCH)
         wanted = nbits or (current["nbits"] if current else DEFAULT_NBITS)
-        manifest = refresh_structure(folder, index.manifest, StructureOptions(wanted, centroids, retrain), log=log)
+        manifest = refresh_structure(folder, index.manifest, StructureOptions(wanted, centroids, retrain), log=log,
+                                     progress=progress)
         dropping = drop_vectors and not vectors_dropped(manifest)
         if dropping:
             forget_interrupted_encode(folder)
