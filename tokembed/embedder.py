@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokembed.errors import DeviceError, ModelMismatchError, ModelNotFoundError
+from tokembed.errors import DeviceError, ModelMismatchError, ModelNotFoundError, UsageError
 from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, resolve_model
 from tokembed.models.resolve import resolved_fingerprint, resolved_weights_sha256, weights_agree
 from tokembed.models.steps import TextEncoder
@@ -298,3 +298,20 @@ def _exists(path: str) -> bool:
     from pathlib import Path
 
     return Path(path).is_dir()
+
+
+def refuse_non_finite(what: str, vectors: np.ndarray) -> None:
+    """Vectors holding NaN or inf are never stored nor searched with: a NaN scores null and ranks anywhere, so an
+    index of them answers in file order with exit 0. Exit 2 naming ``what`` (a row, a query)."""
+    if np.isfinite(vectors).all():
+        return
+    if vectors.dtype == np.float16 and not np.isnan(vectors).any():
+        raise UsageError(
+            f"{what}: its vectors hold values beyond float16's largest (65504), which --store-dtype float16 would "
+            "store as inf", hint="encode with --store-dtype float32 (and --dtype bfloat16 or float32 where the model "
+            "computes in float16)")
+    bad = int(np.count_nonzero(~np.isfinite(vectors)))
+    raise UsageError(
+        f"{what}: {bad} of its {vectors.size} vector values are NaN or inf: the model's forward overflowed (float16 "
+        "ends at 65504) or its weights hold NaN or inf; nothing is stored or scored with them",
+        hint="encode with --dtype bfloat16 or float32; NaN from a float32 forward means damaged weights")

@@ -322,6 +322,7 @@ def _encode_stream(
     source`` rebinds ``x`` only once ``source`` has produced it; ``enumerate`` keeps its last tuple), so the loops
     that pass chunks along ``del`` them: without that, two chunks of decoded images
     (64 rendered pages each, ~0.5 GB for letter pages at 200 dpi) were alive at once."""
+    from tokembed.embedder import refuse_non_finite
     from tokembed.index.journal import restart_journal
 
     pending: deque[PlannedChunk] = deque()
@@ -345,7 +346,7 @@ def _encode_stream(
         for position in chunk.empty:
             vectors[position], token_ids[position] = np.zeros((0, writer.dim), np.float32), np.zeros(0, np.int32)
         for position, vecs, ids in zip(chunk.to_encode, result.vectors, result.token_ids):
-            _refuse_float16_overflow(chunk.items[position].id, vecs)
+            refuse_non_finite(f"row {chunk.items[position].id!r}", vecs)
             vectors[position], token_ids[position] = vecs, ids
         shard = writer.write(
             [item.id for item in chunk.items], vectors, token_ids, chunk.hashes,
@@ -364,15 +365,6 @@ def _encode_stream(
         progress.advance(chunk.source_rows, result.real_tokens)
         del chunk, result, vectors, token_ids  # one chunk alive at a time (see _encode_stream)
     return state["seen_previous"]
-
-
-def _refuse_float16_overflow(item_id: str, vectors: np.ndarray) -> None:
-    """``--store-dtype float16`` turns a value beyond 65504 (un-normalized vectors) into inf: refuse the run (the
-    value itself is gone once cast; normalized vectors never get there)."""
-    if vectors.dtype == np.float16 and np.isinf(vectors).any():
-        raise UsageError(
-            f"row {item_id!r}: its vectors hold values beyond float16's largest (65504), which --store-dtype float16 "
-            "would store as inf", hint="encode with --store-dtype float32")
 
 
 def _check_job(job: EncodeJob) -> None:

@@ -110,7 +110,7 @@ def encode_queries(
     ``timings``, if given, receives ``load_seconds`` (model load) and ``query_seconds`` (encoding). A query the
     model's processor refuses (``input_problem``) is a ``BadInputError`` naming its id (``ids``; else q1, q2, ...).
     """
-    from tokembed.embedder import Embedder
+    from tokembed.embedder import Embedder, refuse_non_finite
 
     started = time.perf_counter()
     embedder = Embedder.for_index(
@@ -120,6 +120,8 @@ def encode_queries(
     loaded = time.perf_counter()
     _refuse_queries_the_model_refuses(embedder.encoder, texts, ids)
     vectors = [vectors for vectors, _ in embedder.embed(texts)]
+    for qid, matrix in zip(ids or [f"q{i}" for i in range(1, len(texts) + 1)], vectors):
+        refuse_non_finite(f"query {qid!r}", matrix)
     if timings is not None:
         timings["load_seconds"], timings["query_seconds"] = loaded - started, time.perf_counter() - loaded
     return vectors
