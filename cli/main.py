@@ -89,7 +89,7 @@ def _run_command(args: list[str] | None) -> int:
             show()
         return getattr(exc, "exit_code", 2)
     if code == EXIT_INTERRUPTED:
-        print(_interrupted_message(committed=_commits_finished() > commits), file=sys.stderr)
+        print(_interrupted_message(_commits_finished() > commits), file=sys.stderr)
     return code if isinstance(code, int) else 0
 
 
@@ -102,7 +102,8 @@ def _commits_finished() -> int:
 
 def _interrupted_message(committed: bool) -> str:
     if committed:  # the signal was held until the clean-up after the commit was done (tokembed/index/commit_window.py)
-        return "tokembed: interrupted after the new index was committed; nothing to redo"
+        done = sys.modules["tokembed.index.commit_window"].last_commit()
+        return f"tokembed: interrupted after {done}; nothing to redo"
     return "tokembed: interrupted; the previous index is untouched"
 
 

@@ -116,3 +116,25 @@ def test_sigterm_right_after_an_encodes_commit_finishes_its_clean_up_and_says_it
     assert run.returncode == 130 and AFTER_COMMIT in run.stderr and "untouched" not in run.stderr, run.stderr
     assert manifest(folder)["totals"]["rows"] == 40
     assert_nothing_unlisted(folder)
+
+
+def test_sigterm_right_after_an_export_is_published_says_it_was_published(tmp_path):
+    """It said "the previous index is untouched" (exit 130) of an export already in place: a re-run then met an
+    existing --to and refused, though nothing was wrong with the export."""
+    import pyarrow.parquet as pq
+
+    corpus, folder, to = write_jsonl(tmp_path / "c.jsonl", corpus_rows(20)), tmp_path / "index", tmp_path / "out"
+    assert tokembed("encode", corpus, "-o", folder, "-q").returncode == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "export", str(folder), "--to", str(to), "--format", "parquet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**ENV, "TOKEMBED_TEST_PAUSE_AT": "committed:1", "TOKEMBED_TEST_PAUSE_SECONDS": "5"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not to.exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted after the export was published" in stderr, stderr
+    assert "untouched" not in stderr
+    assert sum(pq.read_metadata(path).num_rows for path in to.rglob("*.parquet")) == 20
+    assert not [p for p in tmp_path.iterdir() if "export-tmp" in p.name]  # no staging folder left

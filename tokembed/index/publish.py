@@ -27,10 +27,15 @@ STAGING_NAME = re.compile(r"\.(?:.+\.)?export-tmp-(\d+)", re.DOTALL)
 def published(to: Path) -> Iterator[Path]:
     """A staging folder for the export, published as ``to`` when the block ends without an error: beside a new
     ``to`` and renamed into place, or inside an existing folder ``to`` and its entries moved in (module doc)."""
+    from tokembed._testhooks import fault_point
+    from tokembed.index.commit_window import commit_window
+
     inside = to.is_dir()
     with _staging(to, inside) as staging:
         yield staging
-        _publish_entries(staging, to) if inside else _publish_folder(staging, to)
+        with commit_window("the export was published"):  # an interrupt then must not say the export failed
+            _publish_entries(staging, to) if inside else _publish_folder(staging, to)
+            fault_point("committed", 1)
 
 
 @contextmanager
