@@ -76,6 +76,22 @@ def test_non_utf8_text_file(cli, good_index, tmp_path):
     assert "latin1.txt" in result.stderr and "not valid UTF-8" in result.stderr
 
 
+def test_an_ignored_file_whose_name_is_not_utf8_is_listed_escaped(cli, tmp_path):
+    """A folder holding a Latin-1-named .docx (an SMB share, an old zip) crashed every run at the commit: its name
+    went into the manifest's ignored list, which JSON cannot hold (exit 1, a traceback)."""
+    import os
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello world")
+    (folder / os.fsdecode(b"r\xe9sum\xe9.docx")).write_text("x")
+    out = tmp_path / "index"
+    result = cli("encode", folder, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert list(read_index(out)) == ["a.txt"]
+    assert manifest(out)["ignored"] == [str(folder / "r\\udce9sum\\udce9.docx")]
+
+
 def test_lone_surrogate_and_invalid_utf8_cells_are_bad_rows_not_crashes(cli, good_index, tmp_path):
     """JSON's "\\ud800" escape decodes to a lone surrogate, which no tokenizer takes (it stopped the run with a
     TypeError from the tokenizer); a Parquet string cell whose bytes are not UTF-8 stopped it with a

@@ -30,7 +30,7 @@ from tokembed.index.format import SEARCH_SETTINGS
 from tokembed.index.manifest_build import build_manifest
 from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks
 from tokembed.sources import SourceOptions
-from tokembed.sources.base import check_input, estimate_rows, ignored_files
+from tokembed.sources.base import check_input, estimate_rows, ignored_files, printable_id
 from tokembed.sources.files import files_linked_twice, refuse_inputs_given_twice
 from tokembed.sources.id_source import id_column_read
 
@@ -206,7 +206,8 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     previous = _previous_index(job, settings_fp, embedder.weights_sha256, progress)
     replaced = previous or _replaced_index(job)  # what a full rebuild's added / updated / deleted compare with
     summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)
-    summary.ignored = ignored_files(job.inputs, job.sources, job.output) + files_linked_twice(job.inputs, job.output, job.sources.walks)
+    ignored = ignored_files(job.inputs, job.sources, job.output) + files_linked_twice(job.inputs, job.output, job.sources.walks)
+    summary.ignored = [printable_id(name) for name in ignored]  # a file name that is not UTF-8 cannot go into JSON
     committed_ids = replaced.index.manifest.get("id_column") if replaced and not job.full else None
     summary.id_column = id_column_read(job.inputs, job.sources, committed_ids)  # refuses a renamed id column
     journal = resume_journal(job.output, run_signature(job, embedder.weights_sha256, settings_fp, previous, replaced))
