@@ -289,9 +289,25 @@ def test_a_jsonl_record_without_the_id_its_file_uses_is_a_bad_row(cli, tmp_path)
     assert list(read_index(out)) == ["a", "c"]
     (skipped,) = manifest(out)["skipped"]
     assert skipped["row"] == 1 and skipped["reason"] == "line 2: no id field 'id' (the file's first record has one)"
+    given = cli("encode", corpus, "-o", tmp_path / "given", "--on-error", "skip", "--id-column", "id")  # the default, spelled out
+    assert given.exit_code == 0, given.output  # it was exit 3 ("line 2: no id field 'id'")
+    assert list(read_index(tmp_path / "given")) == ["a", "c"]
     plain = write_jsonl(tmp_path / "plain.jsonl", [{"text": "first"}, {"text": "second"}])  # no ids at all: row numbers
     assert cli("encode", plain, "-o", tmp_path / "plain").exit_code == 0
     assert list(read_index(tmp_path / "plain")) == ["0", "1"]
+
+
+def test_a_dangling_jsonl_link_in_a_data_folder_is_bad_input_naming_it(cli, tmp_path):
+    """It was a FileNotFoundError traceback (exit 1), where the same link named .parquet is exit 3."""
+    from helpers import write_jsonl
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"id": "a", "text": "first"}])
+    (folder / "b.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    result = cli("encode", folder, "-o", tmp_path / "index", "--on-error", "skip")
+    assert result.exit_code == BAD_INPUT, result.output
+    assert "b.jsonl: not a readable JSONL file (No such file or directory)" in result.stderr
 
 
 def test_a_jsonl_record_without_the_text_field_is_a_bad_row_in_file_order(cli, tmp_path):

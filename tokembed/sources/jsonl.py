@@ -28,6 +28,14 @@ def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list
     return chunked(in_order(items) if image_rows else items, chunk_size(options, image_rows))  # images decode on threads
 
 
+def _opened(path: Path):
+    """The file, or exit 3 naming it (a dangling link, a file removed since the folder was walked)."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise BadInputError(f"{path}: not a readable JSONL file ({exc.strerror or exc})") from exc
+
+
 def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
     """Items line by line; a record whose image field holds a PDF becomes one item per page; an image is
     decoded in the background (a future, see ``images.in_order``). A bad row's reason names its line."""
@@ -36,7 +44,7 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
 
     row, number = -1, 0
     state = _FileState()
-    with open(path, "rb") as handle:
+    with _opened(path) as handle:
         _refuse_utf16_or_32(path, handle)
         for raw in handle:  # not ``enumerate``: its reused result tuple would keep a huge line's bytes alive
             number += 1
@@ -67,7 +75,7 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
 
 def first_record_fields(path: Path) -> list[str] | None:
     """The fields of the file's first record (its first line that is a JSON object), or None: none is."""
-    with open(path, "rb") as handle:
+    with _opened(path) as handle:
         _refuse_utf16_or_32(path, handle)
         for raw in handle:
             if raw and not raw.isspace():
@@ -194,8 +202,8 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
     if error is not None:
         return Item(str(global_row), None, source, row, error=error), None
     state.records += 1
-    if options.id_column_given and options.id_column not in record:
-        raise BadInputError(f"{where}: no id field {options.id_column!r}")
+    if options.id_column_given and options.id_column not in record and not state.first_has_id:
+        raise BadInputError(f"{where}: no id field {options.id_column!r}")  # past the file's first record: a bad row
     raw_id, problem = _record_id(record, global_row, options, state)
     if problem:
         return Item(str(global_row), None, source, row, error=problem), None
