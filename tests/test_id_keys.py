@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import write_parquet
+from tokembed.errors import BadInputError
 from tokembed.index.keys import KeyIndex, id_keys
 from tokembed.sources import SourceOptions, open_sources
 from tokembed.sources.duplicates import SeenIds
@@ -39,12 +40,13 @@ def chunks(tmp_path, ids: list[str]):
     return [path], options, list(open_sources([path], options))
 
 
-def found_duplicates(tmp_path, ids, collide):
+def found_duplicates(tmp_path, monkeypatch, ids, collide):
     inputs, options, parts = chunks(tmp_path, ids)
     seen = SeenIds(inputs, options)
     found = {}
+    if collide:  # every id gets the same hash, and only the re-read of the inputs can tell them apart
+        monkeypatch.setattr("tokembed.sources.duplicates.id_keys", lambda ids: np.zeros(len(list(ids)), np.uint64))
     for chunk in parts:
-        # colliding: every id gets the same hash, and only the re-read of the inputs can tell them apart
         keys = np.zeros(len(chunk), np.uint64) if collide else id_keys(item.id for item in chunk)
         for position, earlier in seen.record(chunk, keys).items():
             found[chunk[position].location.split("/")[-1]] = earlier.split("/")[-1]
@@ -52,11 +54,27 @@ def found_duplicates(tmp_path, ids, collide):
 
 
 @pytest.mark.parametrize("collide", [False, True], ids=["real-hashes", "every-hash-equal"])
-def test_seen_ids_name_the_earlier_row_and_nothing_else(tmp_path, collide):
-    assert found_duplicates(tmp_path, ["a", "b", "c", "d", "e"], collide) == {}
-    found = found_duplicates(tmp_path, ["a", "b", "c", "a", "e", "c", "c"], collide)
+def test_seen_ids_name_the_earlier_row_and_nothing_else(tmp_path, monkeypatch, collide):
+    assert found_duplicates(tmp_path, monkeypatch, ["a", "b", "c", "d", "e"], collide) == {}
+    found = found_duplicates(tmp_path, monkeypatch, ["a", "b", "c", "a", "e", "c", "c"], collide)
     assert found == {"c.parquet row 3": "c.parquet row 0", "c.parquet row 5": "c.parquet row 2",
                      "c.parquet row 6": "c.parquet row 2"}
+
+
+def test_seen_ids_refuse_an_id_whose_first_row_changed_during_the_run(tmp_path):
+    """The file is rewritten between chunks so that the first "p" now reads "P": the re-read no longer finds
+    the earlier "p", and the second "p" must not be taken as new (it would be in the index twice)."""
+    path = tmp_path / "a.jsonl"
+    lines = ['{"id": "%s", "text": "t"}' % item_id for item_id in ["p", "q", "r", "s", "p"]]
+    path.write_text("\n".join(lines) + "\n")
+    options = SourceOptions(chunk_rows=2)
+    parts = list(open_sources([path], options))
+    seen = SeenIds([path], options)
+    seen.record(parts[0], id_keys(item.id for item in parts[0]))
+    path.write_text("\n".join([lines[0].replace('"p"', '"P"')] + lines[1:]) + "\n")
+    seen.record(parts[1], id_keys(item.id for item in parts[1]))
+    with pytest.raises(BadInputError, match=r"input changed during the run: .*a.jsonl row 0 .*id 'p'"):
+        seen.record(parts[2], id_keys(item.id for item in parts[2]))
 
 
 @pytest.mark.parametrize("collide", [False, True], ids=["real-hashes", "every-hash-equal"])

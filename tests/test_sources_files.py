@@ -187,9 +187,57 @@ def test_a_text_column_of_another_type_is_bad_input_even_when_skipping(cli, tmp_
     assert sorted(read_index(out)) == ["a", "b"]
 
 
+@pytest.mark.parametrize("ids, type_name", [
+    (pa.array([b"a", b"b"]), "binary"),
+    (pa.array([["a"], ["b"]]), "list<element: string>"),
+    (pa.array([{"k": "a"}, {"k": "b"}]), "struct<k: string>"),
+])
+def test_an_id_column_of_a_type_no_row_fits_is_bad_input_even_when_skipping(cli, tmp_path, ids, type_name):
+    """Binary ids (old Hive/Impala writers), lists and structs made every row a bad row: --on-error skip committed an
+    empty index (exit 0, every row deleted). Like a text column of such a type, the file is refused."""
+    path = write_parquet(tmp_path / "c.parquet", [{"id": "a", "text": "x y"}, {"id": "b", "text": "z"}])
+    out = tmp_path / "index"
+    assert cli("encode", path, "-o", out).exit_code == 0
+    pq.write_table(pa.table({"id": ids, "text": ["x y", "z"]}), path)
+    result = cli("encode", path, "-o", out, "--on-error", "skip")
+    assert result.exit_code == BAD_INPUT, result.output
+    assert f"c.parquet: id column 'id' is of type {type_name}, not a string or a number" in result.stderr
+    assert sorted(read_index(out)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("ids", [pa.array([b"a"], pa.large_binary()), pa.array([b"a"], pa.binary(1)),
+                                 pa.array([b"a"]).dictionary_encode(), pa.array([True]),
+                                 pa.array([[("k", 1)]], pa.map_(pa.string(), pa.int64())), pa.array([None], pa.null())])
+def test_every_id_type_no_row_fits_is_refused(tmp_path, ids):
+    pq.write_table(pa.table({"id": ids, "text": ["x"]}), tmp_path / "c.parquet")
+    with pytest.raises(BadInputError, match=r"c\.parquet: id column 'id' is of type .*every row would be a bad row"):
+        read_all([tmp_path / "c.parquet"])
+
+
+def test_ids_of_numbers_dates_and_dictionaries_are_read(tmp_path):
+    import datetime
+
+    for ids in (pa.array([1]), pa.array([1.5]), pa.array([datetime.date(2024, 1, 2)]), pa.array(["a"]).dictionary_encode()):
+        pq.write_table(pa.table({"id": ids, "text": ["x"]}), tmp_path / "c.parquet")
+        assert [item.error for item in read_all([tmp_path / "c.parquet"])] == [None]
+
+
+def test_an_all_null_text_column_is_refused_when_the_file_has_rows(tmp_path):
+    """Every row a "null text": --on-error skip would delete the file's rows. A file without rows (pandas types an
+    empty object column null) and an auto run's text column beside an image column are read."""
+    nulls = pa.array([None, None], pa.null())
+    pq.write_table(pa.table({"id": ["a", "b"], "text": nulls}), tmp_path / "c.parquet")
+    with pytest.raises(BadInputError, match=r"c\.parquet: text column 'text' is of type null \(every cell null\)"):
+        read_all([tmp_path / "c.parquet"])
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.null())}), tmp_path / "c.parquet")
+    assert read_all([tmp_path / "c.parquet"]) == []
+    pq.write_table(pa.table({"id": ["a", "b"], "text": nulls, "image": [png(), png()]}), tmp_path / "c.parquet")
+    assert [item.error for item in read_all([tmp_path / "c.parquet"], modality="auto")] == [None, None]
+
+
 def test_text_columns_of_every_string_type_are_read_and_an_image_column_of_numbers_is_refused(tmp_path):
     for texts in (pa.array(["x", None]), pa.array(["x", None], pa.large_string()), pa.array(["x", None], pa.string_view()),
-                  pa.array(["x", None]).dictionary_encode(), pa.array([None, None], pa.null())):
+                  pa.array(["x", None]).dictionary_encode()):
         pq.write_table(pa.table({"id": ["a", "b"], "text": texts}), tmp_path / "c.parquet")
         assert [item.error for item in read_all([tmp_path / "c.parquet"])][1] == "null text"
     pq.write_table(pa.table({"id": ["a"], "image": [7]}), tmp_path / "i.parquet")

@@ -43,7 +43,7 @@ def read_parquet(path: Path, options: SourceOptions, offset: int) -> Iterator[li
         + ([options.video_column] if use_video else [])
         + ([options.id_column] if has_ids else [])
     )
-    _check_columns(path, handle.schema_arrow, columns, options)
+    _check_columns(path, handle.schema_arrow, columns, options, handle.metadata.num_rows, either=use_text and use_image)
     size = chunk_size(options, use_image or use_video or (use_pdf and options.modality == "image"))
     from tokembed.sources.images import in_order
 
@@ -51,10 +51,14 @@ def read_parquet(path: Path, options: SourceOptions, offset: int) -> Iterator[li
     return chunked(in_order(rows) if use_image else rows, size)  # image rows decode on threads
 
 
-def _check_columns(path: Path, schema, columns: list[str], options: SourceOptions) -> None:
+def _check_columns(path: Path, schema, columns: list[str], options: SourceOptions, rows: int, either: bool) -> None:
     """``BadInputError`` for a column read that the file has twice (which one is meant?), or whose type makes every
-    row a bad row (a text column of binary, integers or lists; an image column of numbers): with --on-error skip
-    the run would delete every row of the file from the index, as a missing column would."""
+    row a bad row (a text column of binary, integers or lists; an image column of numbers; an id column of binary,
+    lists or booleans; a column of type null in a file with rows, but for the text or image column of a run that
+    takes ``either``): with --on-error skip the run would delete every row of the file from the index, as a missing
+    column would."""
+    import pyarrow as pa
+
     names = schema.names
     for column in dict.fromkeys(columns):
         if names.count(column) > 1:
@@ -65,18 +69,22 @@ def _check_columns(path: Path, schema, columns: list[str], options: SourceOption
     media = "bytes, a path or {bytes, path}"
     kinds.update({name: (what, _is_media_type, media) for name, what in
                   ((options.image_column, "image"), (options.pdf_column, "PDF"), (options.video_column, "video"))})
+    kinds.setdefault(options.id_column, ("id", _is_id_type, "a string or a number"))  # also text: a string
     for column in columns:
-        if column == options.id_column and column != options.text_column:
-            continue  # an id's type is checked row by row (``id_problem``)
         what, fits, expected = kinds[column]
         column_type = schema.field(column).type
         if not fits(column_type):
             raise BadInputError(f"{path}: {what} column {column!r} is of type {column_type}, not {expected}: every row "
                                 "would be a bad row", hint=_TYPE_HINT.get(what))
+        alone = not (either and column in (options.text_column, options.image_column))
+        if rows and alone and pa.types.is_null(column_type):  # an empty file's all-None column (pandas) is typed null too
+            raise BadInputError(f"{path}: {what} column {column!r} is of type null (every cell null): every row "
+                                "would be a bad row")
 
 
-_TYPE_HINT = {"text": "cast the column to string where the file is written (a binary column of UTF-8 text: "
-                      "CAST(col AS STRING), or pyarrow's .cast(pa.string()))"}
+_CAST_HINT = "(a binary column of UTF-8 text: CAST(col AS STRING), or pyarrow's .cast(pa.string()))"
+_TYPE_HINT = {"text": f"cast the column to string where the file is written {_CAST_HINT}",
+              "id": f"cast the id column to string where the file is written {_CAST_HINT}"}
 
 
 def _is_text_type(column_type) -> bool:
@@ -85,7 +93,19 @@ def _is_text_type(column_type) -> bool:
     if pa.types.is_dictionary(column_type):
         column_type = column_type.value_type
     string = pa.types.is_string(column_type) or pa.types.is_large_string(column_type) or pa.types.is_string_view(column_type)
-    return string or pa.types.is_null(column_type)  # an all-null column: each row a "null text", as a null cell is
+    return string or pa.types.is_null(column_type)  # no rows, or each a "null text": see _check_columns
+
+
+def _is_id_type(column_type) -> bool:
+    """Not a type whose every cell is a bad row's id (``id_problem``): bytes, a list, an object, a boolean."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column_type):
+        column_type = column_type.value_type
+    binary = (pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type)
+              or pa.types.is_binary_view(column_type) or pa.types.is_fixed_size_binary(column_type))
+    nested = pa.types.is_nested(column_type)  # lists, structs, maps
+    return not (binary or nested or pa.types.is_boolean(column_type))
 
 
 def _is_media_type(column_type) -> bool:
