@@ -103,7 +103,7 @@ def test_lone_surrogate_and_invalid_utf8_cells_are_bad_rows_not_crashes(cli, goo
     lines.write_text('{"id": "x", "text": "fine"}\n{"id": "y", "text": "caf\\ud800e"}\n', encoding="utf-8")
     result = run_bad(cli, good_index, lines)
     assert result.exit_code == BAD_INPUT
-    assert "bad.jsonl row 1 (id 'y'): text is not valid Unicode (a lone surrogate, U+D800, at character 3)" in result.stderr
+    assert "bad.jsonl row 1 (id 'y'): line 2: text is not valid Unicode (a lone surrogate, U+D800, at character 3)" in result.stderr
     cells = tmp_path / "bad.parquet"
     texts = pa.array([b"fine", b"caf\xe9"], pa.binary()).view(pa.string())
     pq.write_table(pa.table({"id": ["p", "z"], "text": texts}), cells)
@@ -206,7 +206,7 @@ def test_ids_and_file_names_that_are_not_unicode_are_bad_rows_not_crashes(cli, t
     skipped = {entry["id"]: entry for entry in manifest(out)["skipped"]}
     assert set(skipped) == {"\\xffbad", "\\ud800", "bad\\udcff.txt"}
     assert skipped["bad\\udcff.txt"]["source"].endswith("docs/bad\\udcff.txt")
-    assert skipped["\\ud800"]["reason"] == "id is not valid Unicode (a lone surrogate, U+D800, at character 0)"
+    assert skipped["\\ud800"]["reason"] == "line 2: id is not valid Unicode (a lone surrogate, U+D800, at character 0)"  # as every JSONL reason
 
 
 def test_a_null_or_structured_id_is_a_bad_row_in_parquet_and_jsonl(cli, tmp_path):

@@ -91,7 +91,7 @@ def test_jsonl_lines_decode_as_json_loads_decodes_bytes(tmp_path):
     assert items[0].id == "a" and items[0].text == "café"
     assert items[1].error.startswith("line 4: not valid JSON") and "utf-8" in items[1].error
     # json.loads makes the escape a lone surrogate, which no tokenizer takes: a bad row, named
-    assert items[2].error == "text is not valid Unicode (a lone surrogate, U+D800, at character 0)"
+    assert items[2].error == "line 5: text is not valid Unicode (a lone surrogate, U+D800, at character 0)"
 
 
 def test_text_folder_ids_are_relative_paths_and_bad_utf8_is_reported(tmp_path):

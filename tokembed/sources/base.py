@@ -92,7 +92,7 @@ def open_sources(inputs: list[Path], options: SourceOptions) -> Iterator[list[It
                 rows = _RowCount()
                 for chunk in reader(file, options, offset):
                     rows.add(chunk)
-                    yield [_unicode_checked(item) for item in chunk]
+                    yield [unicode_checked(item) for item in chunk]
                     del chunk  # not alive while the next chunk is read: a chunk of decoded images is large
                 offset += rows.count
     finally:
@@ -149,7 +149,7 @@ def printable_id(item_id: str) -> str:
     return item_id.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _unicode_checked(item: Item) -> Item:
+def unicode_checked(item: Item) -> Item:
     """The item, as a bad row where its id or text is not valid Unicode; names recorded in the manifest and
     the index (its file, a PDF page's file) with their lone surrogates escaped."""
     names = {name: printable_id(value) for name in ("source", "source_file")

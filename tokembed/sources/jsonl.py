@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, columns_read, id_problem, missing_columns
+from tokembed.sources.base import (Item, SourceOptions, chunk_size, chunked, columns_read, id_problem, missing_columns,
+                                   unicode_checked)
 from tokembed.sources.files import refuse_special_file
 
 
@@ -97,6 +98,7 @@ class _FileState:
 
 
 def _at_line(item: Item, number: int) -> Item:
+    item = unicode_checked(item)  # here, so that a lone surrogate's reason names its line too
     return item if item.error is None else replace(item, error=f"line {number}: {item.error}")
 
 
