@@ -70,9 +70,10 @@ def _planned(job, settings_fp, indexes, journal, summary, state, encoder) -> Ite
     whose rows differ from the journal's."""
     previous, counted = indexes
     resumed_chunks = journal.chunks_done  # not read as the run goes: its record() moves it on
-    seen = SeenIds(job.inputs, _chunked(job.sources, job.shard_rows))
+    sources = _chunked(job.sources, job.shard_rows)
+    seen = SeenIds(job.inputs, sources)
     number = -1
-    with closing(open_sources(job.inputs, _chunked(job.sources, job.shard_rows))) as chunks:
+    with closing(open_sources(job.inputs, sources)) as chunks:
         for chunk in chunks:  # not enumerate(): it keeps its last (number, chunk) alive
             number += 1
             resumed = number < resumed_chunks  # already in a finished shard of the interrupted run

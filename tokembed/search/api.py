@@ -118,20 +118,21 @@ def encode_queries(
         allow_mismatch=allow_model_mismatch, trust_remote_code=trust_remote_code,
     )
     loaded = time.perf_counter()
+    ids = ids or [f"q{i}" for i in range(1, len(texts) + 1)]
     _refuse_queries_the_model_refuses(embedder.encoder, texts, ids)
     vectors = [vectors for vectors, _ in embedder.embed(texts)]
-    for qid, matrix in zip(ids or [f"q{i}" for i in range(1, len(texts) + 1)], vectors):
+    for qid, matrix in zip(ids, vectors):
         refuse_non_finite(f"query {qid!r}", matrix)
     if timings is not None:
         timings["load_seconds"], timings["query_seconds"] = loaded - started, time.perf_counter() - loaded
     return vectors
 
 
-def _refuse_queries_the_model_refuses(encoder, texts: list[str], ids: list[str] | None) -> None:
+def _refuse_queries_the_model_refuses(encoder, texts: list[str], ids: list[str]) -> None:
     problem_of = getattr(encoder, "input_problem", None)  # a vision processor's refusals (an image placeholder)
     if problem_of is None:
         return
-    for qid, text in zip(ids or [f"q{i}" for i in range(1, len(texts) + 1)], texts):
+    for qid, text in zip(ids, texts):
         if problem := problem_of(text):
             raise BadInputError(f"query {qid!r}: {problem}")
 

@@ -102,9 +102,8 @@ class ServedIndex:
         from tokembed.search.api import search_opened
 
         if exact:  # the scan reads the vectors alone: a damaged structure must not stop it (as score --exact)
-            from tokembed.index.reader import open_index
-
             from tokembed.index.format import require_vectors
+            from tokembed.index.reader import open_index
 
             self.release_if_replaced()
             index = open_index(self.folder)
