@@ -212,7 +212,7 @@ def test_device_specs(monkeypatch):
     assert parse_devices("cpu").labels == ("cpu",) and not parse_devices("cpu").workers
     assert parse_devices("cpu:3").labels == ("cpu:0", "cpu:1", "cpu:2") and parse_devices("cpu:3").workers
     assert resolve_device("cpu:3") == "cpu"
-    for bad in ("cpu:0", "cpu:x", "tpu", "gpu:1"):
+    for bad in ("cpu:0", "cpu:x", "tpu", "gpu:1", "", "  "):  # blank: an unset "$GPUS", not every device
         with pytest.raises(DeviceError):
             parse_devices(bad)
     assert worker_threads(1) >= worker_threads(2) >= worker_threads(64) == 1

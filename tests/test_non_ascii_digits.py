@@ -65,6 +65,8 @@ def test_ray_address_port_and_ray_devices(monkeypatch):
     assert ray_cluster.plan_actors("cpu:2").count == 2
     with pytest.raises(DeviceError, match="expected auto, cpu, cpu:N"):
         ray_cluster.plan_actors(f"cpu:{SUPERSCRIPT_TWO}")
+    with pytest.raises(DeviceError, match="empty"):  # an unset "$GPUS" is not every device of the cluster
+        ray_cluster.plan_actors("")
 
 
 def test_serve_content_length_is_read_as_no_declared_length():

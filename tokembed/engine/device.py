@@ -37,7 +37,7 @@ class DevicePlan:
 def parse_devices(spec: str | None, flag: str = "--devices", expected: str = _EXPECTED) -> DevicePlan:
     """``--devices`` -> the worker labels and whether they run in worker processes. Raises ``DeviceError``
     naming ``flag`` (``score`` calls its option ``--device``) and what it ``expected``."""
-    spec = (spec or "auto").strip().lower()
+    spec = given_spec(spec, flag, expected)
     if spec == "cpu":
         return DevicePlan(("cpu",), workers=False)
     if spec.startswith("cpu:"):
@@ -72,6 +72,16 @@ def parse_devices(spec: str | None, flag: str = "--devices", expected: str = _EX
             raise DeviceError(f"{flag} {spec}: a device is listed twice")
         return DevicePlan(labels, workers=len(labels) > 1)
     raise DeviceError(f"{flag} {spec!r}: {expected}")
+
+
+def given_spec(spec: str | None, flag: str = "--devices", expected: str = _EXPECTED) -> str:
+    """The spec lower-cased; None (not given) is ``auto``. A blank one is refused: ``--devices "$GPUS"`` with the
+    variable unset must not quietly mean every device."""
+    if spec is None:
+        return "auto"
+    if not spec.strip():
+        raise DeviceError(f"{flag} {spec!r}: empty ({expected})")
+    return spec.strip().lower()
 
 
 def resolve_one_device(spec: str | None, flag: str, command: str) -> str:

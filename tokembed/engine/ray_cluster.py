@@ -10,6 +10,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokembed.engine.device import given_spec
 from tokembed.errors import DeviceError, UsageError
 
 CONNECT_SECONDS = 5.0
@@ -165,7 +166,7 @@ def plan_actors(devices: str | None) -> ActorPlan:
     ``cpu`` = one actor; ``cpu:N`` = N actors sharing the cores; ``cuda[:i,...]`` = one actor per device listed."""
     import ray
 
-    spec = (devices or "auto").strip().lower()
+    spec = given_spec(devices)
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     gpus = int(sum(node["Resources"].get("GPU", 0) for node in nodes))
     if spec == "auto" and gpus:
