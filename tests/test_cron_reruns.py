@@ -124,9 +124,9 @@ def test_an_id_column_renamed_upstream_is_refused_not_replaced_by_row_numbers(tm
     before = (out / "manifest.json").read_text()
     write(corpus, [{"doc_id": row["id"], "text": row["text"]} for row in rows])
     refused = encode(corpus, out)
-    what = "column" if suffix == ".parquet" else "field"
+    lacking = "no id column 'id' (columns" if suffix == ".parquet" else "its first record has no id field 'id' (fields"
     assert refused.returncode == EXIT_BAD_INPUT, refused.stderr
-    assert f"{corpus}: no id {what} 'id' ({what}s: doc_id, text)" in refused.stderr and "--id-column" in refused.stderr
+    assert f"{corpus}: {lacking}: doc_id, text)" in refused.stderr and "--id-column" in refused.stderr
     assert (out / "manifest.json").read_text() == before
     renamed = json.loads(encode(corpus, out, "--id-column", "doc_id").stdout)
     assert (renamed["unchanged"], renamed["added"], renamed["deleted"]) == (10, 0, 0)

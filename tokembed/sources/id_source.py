@@ -61,8 +61,10 @@ def _id_candidates(file: Path) -> list[str] | None:
 
 def _renamed(file: Path, names: list[str], column: str, committed: str) -> BadInputError:
     what = "field" if file.suffix == ".jsonl" else "column"
+    lacking = f"{file}: its first record has no id field" if what == "field" else f"{file}: no id column"  # JSONL: the
+    # first record decides the file's ids
     return BadInputError(
-        f"{file}: no id {what} {column!r} ({what}s: {', '.join(names)}); the index's ids were read from {what} "
-        f"{committed!r}, and this run would number the rows instead (every id replaced)",
+        f"{lacking} {column!r} ({what}s: {', '.join(names)}); the index's ids were read from {what} "
+        f"{committed!r}, and this run would number the file's rows instead (their ids replaced)",
         hint="name the id column with --id-column, or pass --full to rebuild the index with row numbers as ids",
     )
