@@ -212,3 +212,64 @@ def test_info_shows_the_hub_revision(checkpoint, hub_cache, tmp_path, cli):
     assert SHA_A in cli("info", tmp_path / "hub").stdout
     assert json.loads(cli("info", tmp_path / "local", "--json").stdout)["model_revision"] is None
     assert "model_revision" not in cli("info", tmp_path / "local").stdout
+
+
+def _tokenizer_as_vocab_and_merges(model) -> None:
+    """The same byte-level BPE tokenizer saved the older way: vocab.json + merges.txt, no tokenizer.json."""
+    bpe = json.loads((model / "tokenizer.json").read_text())["model"]
+    (model / "vocab.json").write_text(json.dumps(bpe["vocab"]))
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in bpe["merges"]]
+    (model / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges))
+    (model / "tokenizer.json").unlink()
+
+
+def _drop_last_merges(model, count: int = 60) -> None:
+    lines = (model / "merges.txt").read_text().splitlines()
+    (model / "merges.txt").write_text("\n".join(lines[:-count]) + "\n")
+
+
+def _token_ids(index) -> dict:
+    import pyarrow as pa
+
+    return {row["id"]: row["token_ids"] for shard in manifest(index)["shards"]
+            for row in pa.ipc.open_file(index / shard["file"]).read_all().select(["id", "token_ids"]).to_pylist()}
+
+
+def test_a_tokenizer_read_from_vocab_and_merges_is_fingerprinted(checkpoint, tmp_path, cli):
+    """Merges removed from merges.txt split every row into more tokens, but the fingerprint hashed neither file: the
+    cron re-run kept every row unchanged (the old tokens' vectors), and score mixed new queries with them."""
+    model = checkpoint("raw_decoder")
+    _tokenizer_as_vocab_and_merges(model)
+    docs, index, fresh = tmp_path / "docs.jsonl", tmp_path / "index", tmp_path / "fresh"
+    docs.write_text("".join(json.dumps({"id": f"d{i}", "text": "alpha beta gamma retrieval index token vector " * (i + 1)})
+                            + "\n" for i in range(2)))
+    assert cli("encode", docs, "--model", model, "-o", index, "--quiet").exit_code == 0
+    before = manifest(index)["model"]["fingerprint"]
+    _drop_last_merges(model)
+    assert cli("score", index, "--query", "alpha beta", "--model", model).exit_code == 5
+    assert cli("encode", docs, "--model", model, "-o", index, "--quiet").exit_code == 0
+    assert manifest(index)["model"]["fingerprint"] != before and manifest(index)["stats"]["updated"] == 2
+    assert cli("encode", docs, "--model", model, "-o", fresh, "--quiet").exit_code == 0
+    assert _token_ids(index) == _token_ids(fresh)
+
+
+def test_slow_tokenizer_files_beside_a_tokenizer_json_are_not_read_nor_fingerprinted(checkpoint):
+    """A tokenizer.json wins over vocab.json/merges.txt: hashing them would re-encode every such index for nothing."""
+    model = checkpoint("raw_decoder")
+    before = model_fingerprint(model)
+    (model / "vocab.json").write_text('{"a": 0}')
+    (model / "merges.txt").write_text("#version: 0.2\n")
+    assert model_fingerprint(model) == before
+
+
+def test_an_index_of_the_release_that_hashed_no_slow_tokenizer_file_is_still_scored(checkpoint, tmp_path, cli):
+    model = checkpoint("raw_decoder")
+    _tokenizer_as_vocab_and_merges(model)
+    index = tmp_path / "index"
+    assert cli("encode", _docs(tmp_path), "--model", model, "-o", index, "--quiet").exit_code == 0
+    written = json.loads((index / "manifest.json").read_text())
+    earlier = model_fingerprint(model, slow_tokenizer=False)
+    assert written["model"]["fingerprint"] != earlier
+    written["model"]["fingerprint"] = earlier  # as the release before wrote it
+    (index / "manifest.json").write_text(json.dumps(written))
+    assert cli("score", index, "--query", "alpha", "--model", model).exit_code == 0

@@ -218,10 +218,11 @@ def check_index_model(manifest: dict, embedder: "Embedder") -> None:
     recorded = manifest["model"]
     fingerprint, weights = embedder.fingerprint, embedder.weights_sha256
     if fingerprint != recorded["fingerprint"]:
-        from tokembed.models.resolve import previous_release_identity
+        from tokembed.models.resolve import earlier_identities
 
-        fingerprint, weights = previous_release_identity(embedder.resolved)  # an index of the previous release
-        if fingerprint != recorded["fingerprint"]:
+        earlier = (identity for identity in earlier_identities(embedder.resolved) if identity[0] == recorded["fingerprint"])
+        fingerprint, weights = next(earlier, (None, None))  # an index of an earlier release
+        if fingerprint is None:
             raise _model_mismatch(recorded, embedder.resolved, embedder.fingerprint)
     refuse_other_family(recorded, embedder)
     if not same_weights(manifest, weights):

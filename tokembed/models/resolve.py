@@ -33,6 +33,15 @@ _FINGERPRINT_FILES = (
     "special_tokens_map.json",
     "vocab.txt",
 )
+# What a tokenizer is read from when its folder has no tokenizer.json (byte-level BPE, SentencePiece); beside a
+# tokenizer.json they are not read, and hashing them would change every such checkpoint's fingerprint for nothing.
+_SLOW_TOKENIZER_FILES = (
+    "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+    "sentencepiece.model", "qwen.tiktoken", "tiktoken.model",
+)
+# How earlier releases fingerprinted a checkpoint (an index one built is still scored): the release before this one
+# hashed no slow-tokenizer file; the one before that also hashed formats tokembed never reads, and the hub commits.
+_EARLIER_RULES = ({"every_format": False, "slow_tokenizer": False}, {"every_format": True, "slow_tokenizer": False})
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Weights a family reads beside the weight files (bge_m3.COLBERT_HEAD); other *.pt files (an optimizer's) are not read.
 HEAD_WEIGHT_FILES = ("colbert_linear.pt",)
@@ -131,27 +140,29 @@ def _adapter_base(adapter: ResolvedModel, base_model: str | None, base_revision:
     return base
 
 
-def resolved_fingerprint(resolved: ResolvedModel, previous_release: bool = False) -> str:
+def resolved_fingerprint(resolved: ResolvedModel, every_format: bool = False, slow_tokenizer: bool = True) -> str:
     """``model_fingerprint`` of the checkpoint; for an adapter, of the adapter's and its base's files. Like a plain
     model's, it names no hub commit: a commit that changes no file the model reads (a README) changes nothing. (The
     revisions stay in the payload as None: the fingerprint of an adapter and base from folders is an earlier
-    release's.) ``previous_release``: as the previous release computed it (``previous_release_identity``)."""
+    release's.) ``every_format``, ``slow_tokenizer``: as earlier releases computed it (``earlier_identities``)."""
+    rule = {"every_format": every_format, "slow_tokenizer": slow_tokenizer}
     if resolved.base is None:
-        return model_fingerprint(resolved.path, every_format=previous_release)
+        return model_fingerprint(resolved.path, **rule)
     payload = json.dumps({
-        "adapter": model_fingerprint(resolved.path, every_format=previous_release),
-        "adapter_revision": resolved.revision if previous_release else None,
-        "base": model_fingerprint(resolved.base.path, every_format=previous_release),
-        "base_revision": resolved.base.revision if previous_release else None,
+        "adapter": model_fingerprint(resolved.path, **rule),
+        "adapter_revision": resolved.revision if every_format else None,
+        "base": model_fingerprint(resolved.base.path, **rule),
+        "base_revision": resolved.base.revision if every_format else None,
     }, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def previous_release_identity(resolved: ResolvedModel) -> tuple[str, str]:
-    """(fingerprint, weights_sha256) as the previous release computed them: over every file, formats tokembed never
-    reads too (a git clone's ``onnx/``, ``openvino/``), and an adapter's with both hub commits. An index it built
-    from the same files is still scored (encode re-encodes it once: its content hashes are keyed by the old one)."""
-    return resolved_fingerprint(resolved, previous_release=True), resolved_weights_sha256(resolved, previous_release=True)
+def earlier_identities(resolved: ResolvedModel):
+    """(fingerprint, weights_sha256) as each earlier release computed them (``_EARLIER_RULES``), newest first. An
+    index one built from the same files is still scored (encode re-encodes it once: its content hashes are keyed by
+    the old one)."""
+    for rule in _EARLIER_RULES:
+        yield resolved_fingerprint(resolved, **rule), resolved_weights_sha256(resolved, previous_release=rule["every_format"])
 
 
 def _demo_model() -> ResolvedModel:
@@ -226,20 +237,29 @@ def _links_above(folder: str, chain: tuple[str, ...]) -> bool:
     return any(seen == real or seen.startswith(real.rstrip(os.sep) + os.sep) for seen in chain)
 
 
-def model_fingerprint(path: Path, every_format: bool = False) -> str:
+def model_fingerprint(path: Path, every_format: bool = False, slow_tokenizer: bool = True) -> str:
     """sha256 over the checkpoint's config and tokenizer files and a sample of every weight file.
 
     Weight files are identified by size, safetensors header (names, shapes, dtypes) and their first and
-    last MiB, so multi-GB checkpoints are fingerprinted in milliseconds.
+    last MiB, so multi-GB checkpoints are fingerprinted in milliseconds. ``slow_tokenizer=False``: without the
+    files a tokenizer is read from when there is no tokenizer.json, as earlier releases computed it.
     """
     digest = hashlib.sha256()
     for file in checkpoint_files(path, every_format):
         rel = file.relative_to(path).as_posix()
-        if file.name in _FINGERPRINT_FILES or rel.endswith(("config.json", ".jinja", ".py")) or "chat_template" in file.name:
+        if _hashed_whole(file, rel) or (slow_tokenizer and _read_slow_tokenizer_file(file)):
             digest.update(rel.encode() + b"\0" + file.read_bytes())
         elif _is_weight_file(file, every_format):
             digest.update(rel.encode() + b"\0" + _weight_sample(file))
     return digest.hexdigest()
+
+
+def _hashed_whole(file: Path, rel: str) -> bool:
+    return file.name in _FINGERPRINT_FILES or rel.endswith(("config.json", ".jinja", ".py")) or "chat_template" in file.name
+
+
+def _read_slow_tokenizer_file(file: Path) -> bool:
+    return file.name in _SLOW_TOKENIZER_FILES and not (file.parent / "tokenizer.json").is_file()
 
 
 def _weight_sample(file: Path) -> bytes:
