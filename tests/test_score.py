@@ -202,6 +202,31 @@ def test_query_vectors_of_the_wrong_dimension_are_a_model_mismatch(corpus):
         search_vectors(index, [np.zeros((3, 8), np.float16)])
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda q: q, r"query_matrices: expected a list .* got an array of shape \(4, 16\)"),  # was read row by row
+    (lambda q: q[0], r"query_matrices: expected a list .* got an array of shape \(16,\)"),
+    (lambda q: None, "query_matrices: expected a list .* got NoneType"),
+    (lambda q: [q[0]], r"query_matrices\[0\]: an array of shape \(16,\), expected a \[tokens, dim\] matrix"),
+    (lambda q: [q, q[None]], r"query_matrices\[1\]: an array of shape \(1, 4, 16\)"),
+    (lambda q: [np.zeros(0)], r"query_matrices\[0\]: an array of shape \(0,\)"),
+    (lambda q: [np.full((2, DIM), "x")], r"query_matrices\[0\]: holds <U1 values"),
+])
+def test_query_matrices_must_be_a_list_of_token_matrices(corpus, make, message):
+    index, _, queries, _ = corpus
+    with pytest.raises(UsageError, match=message):
+        search_vectors(index, make(queries[0]))
+    assert len(search_vectors(index, [np.zeros((0, DIM), np.float16)], top_k=2)[0]) == 2  # 0 tokens: scores 0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_query_matrices_holding_nan_or_inf_are_refused_by_name(corpus, bad):
+    index, _, queries, _ = corpus
+    broken = queries[1].astype(np.float32)
+    broken[0, 3] = bad
+    with pytest.raises(UsageError, match=r"query_matrices\[1\]: 1 of its 16 vector values are NaN or inf"):
+        search_vectors(index, [queries[0], broken])  # was: hits with score nan, in index order
+
+
 def test_bad_top_k_and_block_size(corpus):
     index, _, queries, _ = corpus
     with pytest.raises(UsageError, match="top-k"):

@@ -14,6 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from tokembed.errors import BadInputError, UsageError
+from tokembed.index import open_index
+from tokembed.search import encode_queries, search, search_vectors
+
 DOCS = [
     "The cat sat on the warm mat by the door.",
     "Quantum mechanics describes particles as waves.",
@@ -114,8 +118,6 @@ def test_trec_quiet(cli, demo_index, expected):
 
 
 def test_inline_queries_and_library_search(cli, demo_index, expected):
-    from tokembed.search import search
-
     index, _ = demo_index
     result = cli("score", index, "--query", "capital city of France", "--query", "baking a pie", "-k", 2, "-f", "jsonl")
     assert result.exit_code == 0, result.output
@@ -124,6 +126,30 @@ def test_inline_queries_and_library_search(cli, demo_index, expected):
     assert [r["doc_id"] for r in records] == [d for d, _ in expected["3"][:2]] + [d for d, _ in expected["4"][:2]]
     hits = search(index, {"x": "capital city of France"}, top_k=2, device="cpu")
     assert [(h.id, h.rank) for h in hits[0]] == [(d, r) for r, (d, _) in enumerate(expected["3"][:2], start=1)]
+
+
+def test_library_encode_queries_takes_a_folder_and_refuses_one_string(demo_index):
+    index, _ = demo_index
+    [by_path] = encode_queries(str(index), ["capital city of France"])  # was: AttributeError, no .manifest
+    [opened] = encode_queries(open_index(index), ["capital city of France"])
+    assert np.array_equal(by_path, opened)
+    with pytest.raises(BadInputError, match="queries: expected a list of texts .* got one string"):
+        encode_queries(open_index(index), "bread")  # was: five queries, one per character
+    with pytest.raises(BadInputError, match="queries: query 'q2' is int, not a string"):
+        encode_queries(index, ["bread", 1])
+    with pytest.raises(UsageError, match=r"query_matrices: expected a list .* shape \(\d+, 384\)"):
+        search_vectors(index, by_path)  # one matrix, not wrapped in a list
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda index: search(index, None), BadInputError, "queries: .* got NoneType"),
+    (lambda index: search(None, ["x"]), UsageError, "index_path: .* got NoneType"),
+    (lambda index: encode_queries(3, ["x"]), UsageError, "index: .* got int"),
+    (lambda index: open_index(None), UsageError, "open_index: .* got NoneType"),
+])
+def test_library_arguments_of_the_wrong_type_are_tokembed_errors(demo_index, call, error, message):
+    with pytest.raises(error, match=message):  # each was a bare TypeError
+        call(demo_index[0])
 
 
 # ---------------------------------------------------------------------------------------------- bad input

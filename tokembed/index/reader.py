@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from tokembed.errors import IndexCorruptError, IndexNotFoundError
+from tokembed.errors import IndexCorruptError, IndexNotFoundError, UsageError
 from tokembed.index.atomic import sha256_file
 from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS
 from tokembed.index.manifest_shape import check_manifest_shape
@@ -187,11 +188,19 @@ def read_manifest(folder: Path) -> dict | None:
     return manifest
 
 
+def require_index_path(value, argument: str, hint: str | None = None) -> Path:
+    """``value`` as a Path; a library caller's None or number is a ``UsageError`` naming ``argument``, not a
+    TypeError from deep inside."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    raise UsageError(f"{argument}: expected an index folder path (str or Path), got {type(value).__name__}", hint=hint)
+
+
 def open_index(folder: Path | str) -> Index:
     """Open the committed generation of an index, with every shard it lists held open."""
     import pyarrow as pa
 
-    folder = Path(folder)
+    folder = require_index_path(folder, "open_index")
     if not folder.is_dir():
         raise IndexNotFoundError(f"{folder}: {'a file, not an index folder' if folder.exists() else 'no such index folder'}")
     for _ in range(_OPEN_ATTEMPTS):

@@ -11,12 +11,15 @@ the stored vectors (``exact``, ``load_document``) raises ``VectorsDroppedError``
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from tokembed.errors import BadInputError, UsageError
 from tokembed.index.format import require_vectors, vectors_dropped
+from tokembed.index.reader import Index, require_index_path
 from tokembed.search.maxsim import DEFAULT_BLOCK_TOKENS, NumpyScorer, TorchScorer, batch_arrays, scan, shard_batches
 from tokembed.search.queries import as_queries
 
@@ -56,7 +59,9 @@ def search(
     from tokembed.index.reader import open_index
     from tokembed.search.plaid.search import open_searchable
 
+    index_path = require_index_path(index_path, "index_path")
     _check_options(top_k, block_tokens)
+    asked = as_queries(queries)
     timings = {} if timings is None else timings
     started = time.perf_counter()
     if exact:  # the scan reads the vectors alone: a damaged structure must not stop it (its errors say --exact)
@@ -66,7 +71,6 @@ def search(
     index.verify(checksums=False)  # missing or truncated shards fail before the model loads
     if exact:
         require_vectors(index, "an exact search (score --exact)")
-    asked = as_queries(queries)
     compute = _resolve_device(device)
     opened = time.perf_counter()
     vectors = encode_queries(index, asked.texts, model, compute, allow_model_mismatch, trust_remote_code, timings,
@@ -107,18 +111,24 @@ def encode_queries(
 ) -> list[np.ndarray]:
     """Query texts -> token matrices [n_tokens, D], encoded as the index's manifest prescribes (kind=query).
 
-    ``timings``, if given, receives ``load_seconds`` (model load) and ``query_seconds`` (encoding). A query the
-    model's processor refuses (``input_problem``) is a ``BadInputError`` naming its id (``ids``; else q1, q2, ...).
+    ``index`` is an ``Index`` (``open_index``) or its folder; ``texts`` are checked as ``search``'s queries are
+    (a list, not one string; every query a string). ``timings``, if given, receives ``load_seconds`` (model load)
+    and ``query_seconds`` (encoding). A query the model's processor refuses (``input_problem``) is a
+    ``BadInputError`` naming its id (``ids``; else q1, q2, ...).
     """
     from tokembed.embedder import Embedder, refuse_non_finite
+    from tokembed.index import open_index
 
+    index = _checked_index(index)
+    asked = as_queries(texts, ids)
+    texts, ids = asked.texts, asked.ids
+    index = index if isinstance(index, Index) else open_index(index)
     started = time.perf_counter()
     embedder = Embedder.for_index(
         index.manifest, kind="query", model=model, device=device,
         allow_mismatch=allow_model_mismatch, trust_remote_code=trust_remote_code,
     )
     loaded = time.perf_counter()
-    ids = ids or [f"q{i}" for i in range(1, len(texts) + 1)]
     _refuse_queries_the_model_refuses(embedder.encoder, texts, ids)
     vectors = [vectors for vectors, _ in embedder.embed(texts)]
     for qid, matrix in zip(ids, vectors):
@@ -148,16 +158,17 @@ def search_vectors(
     probe: int | None = None,
     candidates: int | None = None,
 ) -> list[list[Hit]]:
-    """MaxSim top-k for already-encoded queries (each ``[n_tokens, D]``); ``index`` is a path or an ``Index``.
+    """MaxSim top-k for already-encoded queries (a list, one ``[n_tokens, D]`` matrix of finite values per query);
+    ``index`` is a path or an ``Index``.
 
     Exhaustive (every shard's sha256 checked against the manifest before it is scanned) when ``exact`` or
     when the index has no search structure; else the structure's candidate search with exact re-rank.
     """
     from tokembed.index import open_index
-    from tokembed.index.reader import Index
     from tokembed.search.plaid.search import has_structure, open_searchable, open_structure
 
     _check_options(top_k, block_tokens)
+    index, query_matrices = _checked_index(index), _checked_query_matrices(query_matrices)
     if not isinstance(index, Index):
         index, structure = open_searchable(index) if not exact else (open_index(index), None)
     else:
@@ -170,7 +181,7 @@ def search_vectors(
     if structure is not None:
         return _structure_search(index, structure, query_matrices, top_k, probe, candidates, progress, compute)
     scorer = NumpyScorer() if compute == "cpu" else TorchScorer(compute, index.manifest.get("embedding_dtype", "float16"))
-    results, _ = scan(index, [np.asarray(q) for q in query_matrices], top_k, block_tokens, scorer, progress)
+    results, _ = scan(index, query_matrices, top_k, block_tokens, scorer, progress)
     return [[Hit(doc_id, score, rank) for rank, (doc_id, score) in enumerate(hits, start=1)] for hits in results]
 
 
@@ -220,6 +231,41 @@ def _copy_row(row, dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
     token_ids = row.column(row.schema.get_field_index("token_ids"))
     ids = numpy_view(token_ids.values)[token_ids.offsets[0].as_py() : token_ids.offsets[1].as_py()]
     return vectors[offsets[0] : offsets[1]].copy(), ids.astype(np.int32, copy=True)
+
+
+_OPENED_HINT = "or pass the index opened: tokembed.index.open_index(path)"
+_WRAP_HINT = "search_vectors takes a list of query matrices: wrap a single one in a list, search_vectors(index, [matrix])"
+
+
+def _checked_index(index) -> Index | Path:
+    """An ``Index`` as is, else the index folder's path; a caller's None or number is a ``UsageError`` naming it."""
+    return index if isinstance(index, Index) else require_index_path(index, "index", hint=_OPENED_HINT)
+
+
+def _checked_query_matrices(query_matrices) -> list[np.ndarray]:
+    """``search_vectors``' queries as arrays, each [n_tokens, D] of finite numbers. A bare matrix would be read as
+    one query per row, and a NaN scores null and ranks anywhere (hits in index order): both are refused."""
+    shape = getattr(query_matrices, "shape", None)  # a numpy array or a torch tensor: 3-D is a batch of queries
+    if (shape is not None and len(shape) < 3) or isinstance(query_matrices, str) or not isinstance(query_matrices, Iterable):
+        got = f"an array of shape {tuple(shape)}" if shape is not None else type(query_matrices).__name__
+        raise UsageError(f"query_matrices: expected a list of [tokens, dim] matrices, one per query, got {got}",
+                         hint=_WRAP_HINT)
+    return [_checked_matrix(f"query_matrices[{i}]", q) for i, q in enumerate(query_matrices)]
+
+
+def _checked_matrix(what: str, query) -> np.ndarray:
+    try:
+        matrix = np.asarray(query)
+    except (TypeError, ValueError) as exc:  # a ragged nested list, a CUDA tensor
+        raise UsageError(f"{what}: not an array of numbers ({exc})") from exc
+    if matrix.ndim != 2:
+        raise UsageError(f"{what}: an array of shape {matrix.shape}, expected a [tokens, dim] matrix")
+    if matrix.dtype.kind not in "fiu":
+        raise UsageError(f"{what}: holds {matrix.dtype} values, expected numbers")
+    if not np.isfinite(matrix).all():
+        bad = int(np.count_nonzero(~np.isfinite(matrix)))
+        raise UsageError(f"{what}: {bad} of its {matrix.size} vector values are NaN or inf; nothing is scored with them")
+    return matrix
 
 
 def _check_options(top_k: int, block_tokens: int) -> None:

@@ -13,7 +13,7 @@ Where an id field/column is absent the 1-based line (row) number is the id. Ids 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,13 +61,20 @@ def inline_queries(texts: list[str]) -> Queries:
     return Queries([f"q{i}" for i in range(1, len(texts) + 1)], list(texts))
 
 
-def as_queries(queries: list[str] | dict) -> Queries:
-    """The library's ``search`` input: a list (ids q1, q2, ...) or a mapping id -> text."""
+def as_queries(queries: list[str] | dict, ids: list[str] | None = None) -> Queries:
+    """The library's query input (``search``, ``encode_queries``): a list (ids ``ids``, else q1, q2, ...) or a
+    mapping id -> text. A bare string would be one query per character: refused, as is None."""
     if isinstance(queries, dict):
         return check_queries(Queries([str(k) for k in queries], list(queries.values())), "queries")
-    if isinstance(queries, str):
-        raise BadInputError("queries: expected a list of texts or a dict id -> text, got one string")
-    return check_queries(inline_queries(list(queries)), "queries")
+    if isinstance(queries, str) or not isinstance(queries, Iterable):
+        got = "one string" if isinstance(queries, str) else type(queries).__name__
+        raise BadInputError(f"queries: expected a list of texts or a dict id -> text, got {got}")
+    texts = list(queries)
+    if ids is None:
+        return check_queries(inline_queries(texts), "queries")
+    if len(ids) != len(texts):
+        raise BadInputError(f"queries: {len(texts)} texts but {len(ids)} ids")
+    return check_queries(Queries([str(qid) for qid in ids], texts), "queries")
 
 
 def check_queries(queries: Queries, source: str) -> Queries:
