@@ -216,7 +216,7 @@ def test_a_folder_of_documents_and_data_files_is_refused_not_emptied(tmp_path):
                                   f"and documents ({named})"), message
         assert "give the data files as inputs" in caught.value.hint and "move them out" in caught.value.hint
         with pytest.raises(BadInputError, match="both data files"):
-            check_input(folder, modality)
+            check_input(folder, SourceOptions(modality=modality))
     check_input(folder)  # what encode asks of every input before the model (and so the modality) is known
     assert [item.id for item in read_all([folder / "rows.parquet", folder / "sub" / "deep" / "export.jsonl"])] == ["y", "x"]
 

@@ -154,8 +154,9 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
         f"model {embedder.resolved.name} ({model.family}, {model.architecture}) on {device}: mode {settings.mode}, "
         f"kind {settings.kind}, dim {embedder.output_dim}, compute {settings.dtype}, store {settings.store_dtype}"
     )
-    if embedder.is_vision and settings.kind == "document":
-        job = replace(job, sources=replace(job.sources, modality="image"))  # an image model's documents are pages
+    if embedder.is_vision and settings.kind == "document":  # an image model's documents: pages (videos if it takes them)
+        refusal = embedder.encoder.video_refusal()
+        job = replace(job, sources=replace(job.sources, modality="image", video_refusal=refusal))
     if job.sources.pdf_workers is None:
         from tokembed.sources.pdf_workers import auto_render_workers
 

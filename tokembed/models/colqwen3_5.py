@@ -96,6 +96,8 @@ class ColQwen3_5Encoder(VisionEncoder):
     """``VisionEncoder`` plus videos, and batches that mix images and videos (each item carries both kinds of
     model inputs, the other kind empty; the module drops the empty ones)."""
 
+    takes_videos = True
+
     def input_problem(self, value: Any) -> str | None:
         """A video is asked of the processor's ``video_input_refusal`` (its frame count, rate and size), so that one
         the processor refuses is a bad row under ``--on-error`` (found where rows are planned, not mid-encode)."""

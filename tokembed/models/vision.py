@@ -38,7 +38,9 @@ from tokembed.models.base import LoadOptions, position_limit, torch_dtype
 from tokembed.models.steps import OutputShape
 from tokembed.models.vision_inputs import processed, processed_query, refusal_of, unusual_shape
 from tokembed.settings import EncodeSettings
+from tokembed.sources.video import is_video
 
+VIDEO_HINT = "tokembed models lists the families that take videos (ColQwen3.5); keep videos out of this model's input"
 PREPARE_THREADS = 4  # threads that run the processor over a chunk of documents (VisionEncoder.tokenize): each holds a
 # copy of the processor (~60 MB with a 256k-token vocabulary; 7 MB with a 30k one), and four process ~4x the
 # 50-80 Letter pages/s of one thread measured on the CI box
@@ -112,6 +114,8 @@ class VisionModel:
 class VisionEncoder(OutputShape):
     """``VisionModel`` bound to one kind: documents are images, queries are text."""
 
+    takes_videos = False  # documents may also be videos (sources.video.Video): ColQwen3.5's encoder
+
     def __init__(self, model: VisionModel, settings: EncodeSettings) -> None:
         self.model = model
         self.settings = settings
@@ -172,7 +176,9 @@ class VisionEncoder(OutputShape):
         forward pass). An image is asked of the processor's ``image_refusal`` where it has one (told from the size:
         Qwen-VL families); otherwise only documents of an unusual shape are tried (processed once more here): those
         processors' per-image refusals are about shape, and a second pass over every page would cost the main
-        process what the encode costs."""
+        process what the encode costs. A video is refused where the family has no video path (``video_refusal``)."""
+        if self.settings.kind == "document" and is_video(value) and (refusal := self.video_refusal()) is not None:
+            return refusal
         if self.settings.kind == "document":
             refusal = getattr(self.processor, "image_refusal", None)
             if refusal is not None and isinstance(value, PIL.Image.Image):
@@ -185,6 +191,10 @@ class VisionEncoder(OutputShape):
         except BadInputError as exc:
             return str(exc)
         return None
+
+    def video_refusal(self) -> str | None:
+        """Why this model's documents are no videos, or None where they may be (``takes_videos``)."""
+        return None if self.takes_videos else f"{self.model.architecture} does not encode videos"
 
     def _prepare(self, value: Any) -> Prepared:
         processor = self.processor
@@ -203,11 +213,8 @@ class VisionEncoder(OutputShape):
                 f"{self.model.architecture} encodes documents as images; got text",
                 hint="give a folder of images or an image column; text is encoded with --kind query",
             )
-        if getattr(value, "fps", None) is not None:  # a sources.video.Video: only families with a video path take it
-            raise BadInputError(
-                f"{getattr(value, 'name', 'a video')}: {self.model.architecture} does not encode videos",
-                hint="tokembed models lists the families that take videos; keep videos out of this model's input",
-            )
+        if is_video(value) and (refusal := self.video_refusal()) is not None:  # input_problem made it a bad row
+            raise BadInputError(f"{getattr(value, 'name', 'a video')}: {refusal}", hint=VIDEO_HINT)
         return prepared_from(processed(processor.process_images, value, self.model.architecture))
 
     def collate(self, batch: list[Prepared]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from tokembed.sources.files import FolderWalks, files_of, refuse_special_file, s
 
 TEXT_SUFFIXES = (".txt", ".md")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".mp4", ".webm")  # read for image models that take videos (video.py)
+VIDEO_SUFFIXES = (".mp4", ".webm")  # read for image models that take videos (video.py; SourceOptions.video_refusal)
 DATA_SUFFIXES = (".parquet", ".jsonl")
 MODALITIES = ("text", "image", "auto")
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP page; Pillow's own bomb limit is ~89 MP (warning) / ~179 MP (error)
@@ -76,6 +76,10 @@ class SourceOptions:
     pdf_column_given: bool = False
     video_column: str = "video"  # Parquet/JSONL column of videos (bytes, a path, {bytes, path}); image models
     video_column_given: bool = False
+    # Why the run's model encodes no video (its family has no video path), or None: then a folder's videos are no
+    # documents (listed as ignored) and a video cell is a bad row, not probed. Set from the model by encode (its
+    # fingerprint is in the run signature, so this is not).
+    video_refusal: str | None = None
     walks: FolderWalks | None = field(default=None, compare=False, repr=False)  # the run's folder walks (files.py)
 
 
@@ -162,17 +166,17 @@ def unicode_checked(item: Item) -> Item:
     return item if problem is None else replace(item, text=None, image=None, error=problem)
 
 
-def check_input(path: Path, modality: str | None = None, files: list[Path] | None = None) -> None:
+def check_input(path: Path, options: SourceOptions | None = None, files: list[Path] | None = None) -> None:
     """Raise ``BadInputError`` if ``path`` is no input a reader takes: missing, a file of another kind, or (given
-    the run's ``modality``) a folder holding both data files and documents that modality reads. Cheap (a folder
-    is listed, no file is read): ``encode`` asks it of every input before it loads the model (no modality yet)."""
+    the run's ``options``) a folder holding both data files and documents the run reads. Cheap (a folder
+    is listed, no file is read): ``encode`` asks it of every input before it loads the model (no options yet)."""
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder")
     refuse_special_file(path)
     if path.is_file() and not (path.suffix in DATA_SUFFIXES or path.suffix.lower() == ".pdf"):
         raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
-    if path.is_dir() and modality is not None:
-        _check_not_mixed(path, walk_files(path) if files is None else files, modality)  # files: its walk, if made
+    if path.is_dir() and options is not None:
+        _check_not_mixed(path, walk_files(path) if files is None else files, options)  # files: its walk, if made
 
 
 def is_data_file(path: Path) -> bool:
@@ -180,26 +184,27 @@ def is_data_file(path: Path) -> bool:
     return path.suffix in DATA_SUFFIXES
 
 
-def taken_suffixes(modality: str) -> set[str]:
-    """The suffixes of the files a folder reader of ``modality`` takes (text files case-sensitively, others in any
-    case: ``is_taken``)."""
+def taken_suffixes(options: SourceOptions) -> set[str]:
+    """The suffixes of the files the run's folder readers take (text files case-sensitively, others in any case:
+    ``is_taken``): by modality, and videos only where the model encodes them."""
+    videos = set(VIDEO_SUFFIXES) if options.video_refusal is None else set()
     return {
         "text": set(TEXT_SUFFIXES) | {".pdf"},
-        "image": set(IMAGE_SUFFIXES) | set(VIDEO_SUFFIXES) | {".pdf"},
-        "auto": set(TEXT_SUFFIXES) | set(IMAGE_SUFFIXES) | set(VIDEO_SUFFIXES) | {".pdf"},
-    }[modality]
+        "image": set(IMAGE_SUFFIXES) | videos | {".pdf"},
+        "auto": set(TEXT_SUFFIXES) | set(IMAGE_SUFFIXES) | videos | {".pdf"},
+    }[options.modality]
 
 
 def is_taken(path: Path, taken: set[str]) -> bool:
     return path.suffix in taken or path.suffix.lower() in taken - set(TEXT_SUFFIXES)
 
 
-def _check_not_mixed(folder: Path, files: list[Path], modality: str) -> None:
+def _check_not_mixed(folder: Path, files: list[Path], options: SourceOptions) -> None:
     """A folder holding both data files and documents this run's readers take is refused: reading it for its data
     files alone deleted every document from the index (exit 0), and which of the two the user means cannot be
     told. (A file no reader of the run takes, an image beside a text model's data, is listed as ignored.)"""
     data = [file for file in files if is_data_file(file)]
-    taken = taken_suffixes(modality)
+    taken = taken_suffixes(options)
     documents = [file for file in files if is_taken(file, taken) and not _is_dataset_card(file)] if data else []
     if documents:
         raise BadInputError(
@@ -224,7 +229,7 @@ def _readers(path: Path, options: SourceOptions) -> list:
     from tokembed.sources.parquet import read_parquet
 
     files = files_of(path, options.walks) if path.is_dir() else None
-    check_input(path, options.modality, files)
+    check_input(path, options, files)
     if path.is_file():
         if path.suffix == ".parquet":
             return [(path, read_parquet)]
@@ -236,16 +241,17 @@ def _readers(path: Path, options: SourceOptions) -> list:
     data_files = [file for file in files if is_data_file(file)]
     if data_files:  # a folder of Parquet / JSONL files (and no documents: check_input) is read for those, in path order
         return [(file, read_parquet if file.suffix == ".parquet" else read_jsonl) for file in data_files]
-    return _folder_readers(path, options.modality, files)
+    return _folder_readers(path, options, files)
 
 
-def _folder_readers(path: Path, modality: str, files: list[Path]) -> list:
+def _folder_readers(path: Path, options: SourceOptions, files: list[Path]) -> list:
     """A folder of text files, images and/or PDFs: read what the modality asks for (PDFs in any modality:
-    their text layer for text models, their rendered pages for image models)."""
+    their text layer for text models, their rendered pages for image models; videos where the model takes them)."""
     from tokembed.sources.images import read_image_folder
     from tokembed.sources.pdf import PDF_SUFFIX, read_pdf_folder
     from tokembed.sources.textdir import read_text_folder
 
+    modality = options.modality
     suffixes = {p.suffix for p in files}
     has_text = bool(suffixes & set(TEXT_SUFFIXES))
     has_images = bool({suffix.lower() for suffix in suffixes} & set(IMAGE_SUFFIXES))
@@ -258,12 +264,15 @@ def _folder_readers(path: Path, modality: str, files: list[Path]) -> list:
         readers.append((path, read_image_folder))
     if has_pdfs:
         readers.append((path, read_pdf_folder))
-    if has_videos and modality in ("image", "auto"):
+    if has_videos and modality in ("image", "auto") and options.video_refusal is None:
         from tokembed.sources.video import read_video_folder
 
         readers.append((path, read_video_folder))
     if readers:
         return readers
+    if has_videos and modality != "text":
+        raise BadInputError(f"{path}: a folder of videos, but {options.video_refusal}",
+                            hint="tokembed models lists the families that take videos (ColQwen3.5)")
     if has_images or has_videos:
         raise BadInputError(
             f"{path}: a folder of {'images' if has_images else 'videos'}, but this run encodes text",
@@ -284,7 +293,7 @@ def ignored_files(inputs: list[Path], options: SourceOptions, output: Path | Non
     """Files in input folders that no reader of this run takes (``.docx``, ``.xlsx``, images for a text
     model, a data folder's ``_SUCCESS``, ...), in path order. A folder of Parquet/JSONL files is read for those
     files only (it holds no documents: ``check_input``), so every other file of it is listed."""
-    taken = taken_suffixes(options.modality)
+    taken = taken_suffixes(options)
     ignored = []
     for path in inputs:
         files = files_of(path, options.walks, skip=output) if path.is_dir() else []  # not the index's own files

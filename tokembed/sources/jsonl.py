@@ -210,10 +210,10 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
     if problem:
         return Item(str(global_row), None, source, row, error=problem), None
     if _video_field(record, options, where):
-        from tokembed.sources.video import attach_video
+        from tokembed.sources.video import video_item
 
-        return attach_video(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent,
-                            options.max_image_pixels), None
+        return video_item(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent,
+                          options), None
     if problem := missing_columns(list(record), options, what="field"):  # this record's: a bad row, as a null text is
         state.lacking += 1
         state.first_lack = state.first_lack or problem
@@ -225,11 +225,11 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
         item = Item(str(raw_id), None, source, row)
     if not use_image:
         return item, None
-    from tokembed.sources.video import attach_video, video_in_value
+    from tokembed.sources.video import video_in_value, video_item
 
     value = _json_bytes(record.get(options.image_column))  # base64 decoded once, here
     if video_in_value(value, path.parent):  # an image field holding a video
-        return attach_video(item, value, path.parent, options.max_image_pixels), None
+        return video_item(item, value, path.parent, options), None
     return item, _Image(value, either=use_text)
 
 

@@ -135,7 +135,7 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
 
     from tokembed.sources.images import attach_image, in_background
     from tokembed.sources.pdf import pdf_in_value, row_pages
-    from tokembed.sources.video import attach_video, video_in_value
+    from tokembed.sources.video import video_in_value, video_item
 
     row = 0
     paged = use_text and not (use_image or use_pdf or use_video) and options.text_column != options.id_column
@@ -157,9 +157,9 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
                 if pdfs is not None:
                     yield from row_pages(item, pdfs[i], path.parent, options)
                 elif videos is not None:
-                    yield attach_video(item, videos[i], path.parent, options.max_image_pixels)
+                    yield video_item(item, videos[i], path.parent, options)
                 elif images is not None and video_in_value(images[i], path.parent):  # an image cell holding a video
-                    yield attach_video(item, images[i], path.parent, options.max_image_pixels)
+                    yield video_item(item, images[i], path.parent, options)
                 elif images is not None and pdf_in_value(images[i], path.parent) is not None:
                     yield from row_pages(item, images[i], path.parent, options)
                 else:

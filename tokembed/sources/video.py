@@ -298,6 +298,16 @@ def video_in_value(value: Any, base: Path) -> bool:
     return isinstance(value, str) and not value.startswith("data:") and value.lower().endswith(VIDEO_SUFFIXES)
 
 
+def video_item(item: Item, value: Any, base: Path, options: SourceOptions) -> Item:
+    """A row's video cell onto its item (``attach_video``), or, where the run's model encodes no video, a bad row
+    naming why (``SourceOptions.video_refusal``), its bytes never probed."""
+    if options.video_refusal is not None:
+        from dataclasses import replace
+
+        return replace(item, error=f"a video: {options.video_refusal}")
+    return attach_video(item, value, base, options.max_image_pixels)
+
+
 def attach_video(item: Item, value: Any, base: Path, max_pixels: int | None = None) -> Item:
     """Probe a row's video-column value onto its item (or name why it cannot be used)."""
     from dataclasses import replace
