@@ -3,11 +3,9 @@ structure's and the index's lazily built parts are safe to build from several th
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 import threadpoolctl
 
