@@ -4,13 +4,13 @@ Stage: sources. In: a video file or the bytes of one. Out: an ``Item`` whose ``i
 bytes are, its frame count, frame rate, displayed size and rotation) and whose ``image_sha256`` is the sha256
 of the stored bytes (what the content hash of the item is made of), or ``Item.error`` naming why the video
 cannot be used. The reader opens the container (PyAV), reads its headers (and packet count), and decodes every
-frame once without keeping any (``probe_video``), so a video that does not decode (corrupt data, a file cut short
-of the frames its container announces) is a bad row of the reader, skipped or failed under ``--on-error`` like a
-bad image or PDF page, not an error in the middle of encoding; a chunk of video items holds no frames. The model
-decodes the frames it samples when it encodes the item (``Video.decode``), turning each one upright as the
-container's display matrix says (a phone's portrait video is stored sideways) and resizing it as it comes, so
-memory is bounded by the sampled, resized frames of one video. A folder's videos are probed on the images'
-decoding threads, taken back in order.
+frame once without keeping any (``probe_video``), so a video that does not decode (corrupt data, no decoder, a
+file cut short of the frames or the duration its container announces) is a bad row of the reader, skipped or
+failed under ``--on-error`` like a bad image or PDF page, not an error in the middle of encoding; a chunk of video
+items holds no frames. The model decodes the frames it samples when it encodes the item (``Video.decode``),
+turning each one upright as the container's display matrix says (a phone's portrait video is stored sideways) and
+resizing it as it comes, so memory is bounded by the sampled, resized frames of one video. A folder's videos are
+probed on the images' decoding threads, taken back in order.
 
 PyAV (FFmpeg) is the decoder: ``pip install 'tokembed[video]'``.
 """
@@ -103,9 +103,12 @@ def probe_video(name: str, path: str | None = None, data: bytes | None = None, m
             if not container.streams.video:
                 raise VideoDecodeError("no video stream")
             stream = container.streams.video[0]
+            if stream.codec_context is None:  # a damaged sample description ('stsd'): PyAV finds no decoder
+                raise VideoDecodeError("the video stream has no decoder (a damaged or unknown codec description)")
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
-            announced = int(stream.frames or 0) or sum(1 for packet in container.demux(stream) if packet.size)
+            counted = int(stream.frames or 0)
+            announced = counted or sum(1 for packet in container.demux(stream) if packet.size)
             height, width = int(stream.codec_context.height), int(stream.codec_context.width)
     except VideoDecodeError:
         raise
@@ -120,7 +123,7 @@ def probe_video(name: str, path: str | None = None, data: bytes | None = None, m
     if max_pixels is not None and width * height > max_pixels:
         raise VideoDecodeError(f"the video's frames are {width}x{height} = {width * height} pixels, over the limit of "
                                f"{max_pixels} (--max-image-pixels)")
-    total, rotation = _check_frames(av, path, data, announced)
+    total, rotation = _check_frames(av, path, data, announced, counted, fps)
     if rotation % 180:  # a phone's portrait video, stored sideways
         height, width = width, height
     return Video(name, path, data, total, fps, height, width, rotation, announced)
@@ -131,42 +134,83 @@ def _opened(av, path: str | None, data: bytes | None):
     return av.open(path if path is not None else io.BytesIO(data), mode="r")
 
 
-def _check_frames(av, path: str | None, data: bytes | None, announced: int) -> tuple[int, int]:
+def _check_frames(av, path: str | None, data: bytes | None, announced: int, counted: int, fps: float) -> tuple[int, int]:
     """Decode every frame as ``Video.decode`` does (the same stream, the same decoder settings), keeping none, so
     that a video that passes decodes when it is encoded. Returns the number of frames decoded, which is the video's
     frame count (an edit list, as ``ffmpeg -ss N -c copy`` writes, cuts samples the container still counts), and
-    the display rotation (``_quarter_turns``)."""
-    decoded = packets = rotation = 0
-    end = None  # where the packets read end, in the stream's time base
+    the display rotation (``_quarter_turns``). ``counted``: the samples the container's header counts (an MP4's
+    sample table); where the packets read outnumber them (none in a WebM or a fragmented MP4, the first fragment's
+    in one whose header holds it), the video is cut short where it ends before its duration."""
+    decoded = packets = read = rotation = 0  # read: the packets with data, whole or not
+    video_end = any_end = None  # seconds: where the video stream's whole packets end, and any stream's
     try:
         with _opened(av, path, data) as container:
             stream = container.streams.video[0]
-            for packet in container.demux(stream):
+            for packet in container.demux():  # every stream: the container's duration spans them all
+                end = _packet_end(packet, 1 / fps if packet.stream_index == stream.index else 0)
+                any_end = _later(any_end, end)
+                if packet.stream_index != stream.index:
+                    continue
+                read += bool(packet.size)
                 if packet.size and not packet.is_corrupt:  # a packet read in part: the file is cut inside it
                     packets += 1
-                    end = end if packet.pts is None else max(end or 0, packet.pts + (packet.duration or 0))
+                    video_end = _later(video_end, end)
                 for frame in packet.decode():
                     rotation = rotation if decoded else frame.rotation
                     decoded += 1
-            cut_short = packets < announced and _ends_early(stream, end)  # the stream's fields: while it is open
+            whole = min(decoded, packets)  # a frame decoded from a packet read in part is no whole frame
+            cut = (_fewer_samples(stream, announced, packets, whole, video_end)
+                   or (_before_duration(container, stream, whole, video_end, any_end, fps) if read > counted else None))
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoDecodeError(f"cannot decode the video at frame {decoded} ({type(exc).__name__}: {exc})") from None
-    if cut_short:
-        whole = min(decoded, packets)  # a frame decoded from a packet read in part is no whole frame
-        raise VideoDecodeError(f"the video ends before frame {whole} (the container says {announced} frames)")
+    if cut:
+        raise VideoDecodeError(cut)
     if decoded == 0:
         raise VideoDecodeError("the video has no frames")
     return decoded, _quarter_turns(rotation)
 
 
-def _ends_early(stream, end: int | None) -> bool:
-    """Whether the packets read (fewer than the container's samples) end more than half a frame before the stream's
-    duration: a file cut short. Samples an edit list cuts lie outside the duration; without one known, any
-    missing sample is a cut."""
-    if not stream.duration or end is None or not stream.average_rate:
-        return True
-    half_frame = 1 / (2 * stream.average_rate * stream.time_base)
-    return end + half_frame < (stream.start_time or 0) + stream.duration
+def _packet_end(packet, frame_seconds: float) -> float | None:
+    """Where a whole packet ends, in seconds: its time plus its duration (``frame_seconds`` where it has none).
+    None for a packet without a time, an empty one (a decoder's flush) or one read in part."""
+    if packet.pts is None or not packet.size or packet.is_corrupt:
+        return None
+    duration = float(packet.duration * packet.time_base) if packet.duration else frame_seconds
+    return float(packet.pts * packet.time_base) + duration
+
+
+def _later(end: float | None, other: float | None) -> float | None:
+    return other if end is None else end if other is None else max(end, other)
+
+
+def _fewer_samples(stream, announced: int, packets: int, whole: int, end: float | None) -> str | None:
+    """Why a video is cut short where fewer whole packets are read than its container's samples and they end more
+    than half a frame before the stream's duration (samples an edit list cuts lie outside the duration; without one
+    known, any missing sample is a cut); None where it is not."""
+    if packets >= announced:
+        return None
+    if stream.duration and end is not None and stream.average_rate:
+        half_frame = 1 / (2 * float(stream.average_rate))
+        if end + half_frame >= float(((stream.start_time or 0) + stream.duration) * stream.time_base):
+            return None
+    return f"the video ends before frame {whole} (the container says {announced} frames)"
+
+
+def _before_duration(container, stream, whole: int, video_end: float | None, any_end: float | None,
+                     fps: float) -> str | None:
+    """Why a video whose container counts no samples (WebM, fragmented MP4) is cut short: its packets end more than
+    a frame before the duration it declares (a partial download keeps the header's duration). The stream's own
+    duration where the container gives one, else the container's, which spans every stream: compared with where
+    any stream's packets end, so that an audio track longer than the video is no cut. None where it is not."""
+    if stream.duration:
+        declared, end = float(((stream.start_time or 0) + stream.duration) * stream.time_base), video_end
+    elif container.duration:  # microseconds; a start below 0 (reordered frames) shortens the span
+        declared, end = (container.duration + min(container.start_time or 0, 0)) / 1e6, any_end
+    else:
+        return None
+    if end is None or end + 1 / fps >= declared:
+        return None
+    return f"the video ends before frame {whole}, at {end:.2f} s (the container says {declared:.2f} s)"
 
 
 def _quarter_turns(rotation: float) -> int:
