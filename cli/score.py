@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -80,6 +82,7 @@ def score(
     if log_format not in ("text", "json"):
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
     query_file, index = _split_args(args, bool(query))
+    _refuse_output_over_inputs(output, index, query_file)
     queries = read_queries(query_file, id_column or "id", text_column, id_required=id_column is not None) if query_file else Queries()
     queries = queries.add(inline_queries(query or []))
     if query_file and query:  # a file's q1 and the first --query's would otherwise be one query
@@ -142,6 +145,23 @@ def _split_args(args: list[str], have_inline: bool) -> tuple[Path | None, Path]:
     if len(args) == 1:
         raise UsageError("expected QUERIES INDEX_DIR (or --query TEXT INDEX_DIR)")
     raise UsageError(f"expected QUERIES INDEX_DIR, got {len(args)} arguments")
+
+
+def _refuse_output_over_inputs(output: Path | None, index: Path, query_file: Path | None) -> None:
+    """An ``--output`` that is a file the run reads would be replaced by the results: the index's manifest or a
+    shard (the index lost, a serve process's shard cut), anything else in the index folder, or the query file.
+    Exit 2 before anything is read. Symlinks are followed, on either side."""
+    from tokembed.errors import UsageError
+
+    if output is None:
+        return
+    target = output.resolve()
+    if target.is_relative_to(index.resolve()):
+        raise UsageError(f"--output {output}: inside the index folder {index}; the results would overwrite the index",
+                         hint="write the results outside the index folder")
+    if query_file is not None and target == query_file.resolve():
+        raise UsageError(f"--output {output}: is the query file {query_file}; the results would replace the queries",
+                         hint="write the results to another file")
 
 
 def _pick_format(fmt: Format | None, output: Path | None) -> Format:
@@ -261,12 +281,41 @@ def _write_table(queries, hits, output: Path | None) -> None:
         Console(file=handle, width=200).print(table)
 
 
+@contextmanager
 def _open_output(output: Path):
-    from tokembed.errors import IndexWriteError, UsageError
+    """``--output`` open for writing. A file (new or existing) is written under a temp name beside it and renamed
+    over it once complete: a failed write (a full disk, an interrupt) leaves no part of the results and the previous
+    file as it was. What cannot be renamed over (a character device such as /dev/null or /dev/full, a FIFO) is
+    written directly."""
+    from tokembed.errors import UsageError
+    from tokembed.index.atomic import remove_left_by_dead_processes, replacing
 
     if output.is_dir():
         raise UsageError(f"--output {output}: is a folder; name a file")
+    if output.exists() and not output.is_file():
+        with _open_for_writing(output) as handle:
+            yield handle
+        return
+    final = output.resolve()  # through a symlink: the file it names is replaced, the link is kept
+    remove_left_by_dead_processes(final.parent, f".{final.name}.tmp-")  # a killed run's temp file
+    with replacing(final) as tmp:
+        with _open_for_writing(tmp, output) as handle:
+            yield handle
+        _keep_mode(final, tmp)
+
+
+def _open_for_writing(path: Path, output: Path | None = None):
+    from tokembed.errors import IndexWriteError
+
     try:
-        return open(output, "w", encoding="utf-8")
+        return open(path, "w", encoding="utf-8")
     except OSError as exc:
-        raise IndexWriteError(f"--output {output}: cannot write ({exc.strerror})") from exc
+        raise IndexWriteError(f"--output {output or path}: cannot write ({exc.strerror})") from exc
+
+
+def _keep_mode(final: Path, tmp: Path) -> None:
+    """The replaced results file's permission bits for the new one (a new file gets the umask's, as ``open``)."""
+    import stat
+
+    if final.is_file():
+        os.chmod(tmp, stat.S_IMODE(final.stat().st_mode))

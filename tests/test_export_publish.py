@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,6 +163,36 @@ def test_any_exports_dead_staging_folders_are_removed_by_the_next_export_in_that
     assert result.exit_code == 0, result.output
     assert not any(folder.exists() for folder in [*left, inside]) and all(folder.exists() for folder in kept)
     assert len(_parquet_files(out)) == 3
+
+
+def _with_a_corrupt_shard(index, folder) -> Path:
+    copy = folder / "corrupt"
+    shutil.copytree(index, copy)
+    shard = copy / "data" / "part-000002.arrow"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"x")
+    return copy
+
+
+def test_a_failed_export_removes_the_parent_folders_it_created(cli, index, tmp_path, monkeypatch):
+    """--to new/a/b of a corrupt index was exit 6 but left new/a behind; a full disk did the same."""
+    corrupt, work = _with_a_corrupt_shard(index, tmp_path), tmp_path / "work"
+    (work / "kept").mkdir(parents=True)  # there before: stays, empty as it was
+    for to in (work / "new" / "a" / "b", work / "kept" / "a" / "b"):
+        result = cli("export", corrupt, "--to", to, "--format", "parquet")
+        assert result.exit_code == 6 and "part-000002.arrow" in result.stderr, result.output
+        assert sorted(p.relative_to(work) for p in work.rglob("*")) == [Path("kept")]
+
+    real_mkdir = Path.mkdir
+
+    def mkdir_on_a_full_disk(self, *args, **kwargs):
+        if ".export-tmp-" in self.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_on_a_full_disk)
+    result = cli("export", index, "--to", work / "new" / "a" / "b", "--format", "parquet")
+    assert result.exit_code == 8 and "No space left on device" in result.stderr, result.output
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == [Path("kept")]
 
 
 # ---------------------------------------------------------------------------------------------- refusals

@@ -41,19 +41,45 @@ def published(to: Path) -> Iterator[Path]:
 @contextmanager
 def _staging(to: Path, inside: bool) -> Iterator[Path]:
     """A new hidden folder on ``to``'s file system, removed when the block ends whatever happened: beside ``to``,
-    or with ``inside`` in the existing folder ``to`` itself (see the module doc)."""
+    or with ``inside`` in the existing folder ``to`` itself (see the module doc). The missing parents it creates
+    are removed too when the block fails (if still empty)."""
     target, pid = to.resolve(), os.getpid()
     staging = target / f".export-tmp-{pid}" if inside else target.parent / f".{target.name}.export-tmp-{pid}"
+    created = _missing_folders(staging.parent)
     try:
         staging.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed run of this very pid
         staging.mkdir()
     except OSError as exc:
+        _remove_empty_folders(created)
         raise IndexWriteError(f"--to {to}: cannot create a staging folder {staging} ({exc.strerror or exc})") from exc
     try:
         yield staging
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty_folders(created)  # a failed export to a/b/new leaves no a/b behind either
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist, deepest first: what ``mkdir(parents=True)`` creates."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) that are still empty; one that is not (another process wrote into it)
+    and all above it are kept."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def remove_dead_staging(to: Path) -> None:

@@ -1,0 +1,89 @@
+"""``tokembed score --output``: never a file the run reads, and never a part of the results.
+
+* An ``--output`` inside the index folder (its manifest, a shard, a new name) or naming the query file, directly or
+  through a symlink, is exit 2 before anything is written: the index and the queries stay as they were.
+* The results are written under a temp name beside ``--output`` and renamed over it once complete: a write that
+  fails (here a file size limit, as a full disk) is exit 8, leaves the previous results as they were and no temp file.
+* What cannot be renamed over (a FIFO) is written directly; a symlink to a file keeps pointing at it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from test_score_cli import demo_index  # noqa: F401 (a fixture)
+
+
+def _contents(folder) -> dict:
+    return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("target", ["manifest.json", "data/part-000000.arrow", "results.jsonl", "link", "queries"])
+def test_an_output_inside_the_index_or_onto_the_queries_exits_2_and_writes_nothing(cli, demo_index, tmp_path, target):
+    """--output IDX/manifest.json replaced the manifest with a JSONL line (exit 0, the index lost)."""
+    index, queries = tmp_path / "index", tmp_path / "q.txt"  # copies: a regression must not wreck the shared index
+    shutil.copytree(demo_index[0], index)
+    shutil.copy(demo_index[1], queries)
+    output = {"queries": queries, "link": tmp_path / "link.json"}.get(target, index / target)
+    if target == "link":
+        output.symlink_to(index / "manifest.json")
+    index_before, queries_before = _contents(index), queries.read_bytes()
+    result = cli("score", queries, index, "--output", output, "-k", 2)
+    assert result.exit_code == 2, result.output
+    says = "is the query file" if target == "queries" else "inside the index folder"
+    assert says in result.stderr and str(output) in result.stderr and result.stdout == ""
+    assert _contents(index) == index_before and queries.read_bytes() == queries_before
+
+
+def _score_under_a_file_size_limit(demo_index, output, limit: int) -> subprocess.CompletedProcess:
+    """score in a process whose files cannot grow past ``limit`` bytes: its write fails (EFBIG) as on a full disk."""
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    index, queries = demo_index
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "score", str(queries), str(index), "-k", "8", "-o", str(output), "-q"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+        preexec_fn=limit_file_size,
+    )
+
+
+def test_a_failed_write_keeps_the_previous_results_and_leaves_no_part_file(demo_index, tmp_path):
+    """Opened with "w", the previous results were gone at once and a full disk left a file cut mid-line."""
+    output = tmp_path / "results.jsonl"
+    output.write_text('{"previous": "results"}\n')
+    result = _score_under_a_file_size_limit(demo_index, output, limit=1000)  # 24 result lines are ~2,500 bytes
+    assert result.returncode == 8, result.stderr
+    assert f"{output}: cannot write the results" in result.stderr and "Traceback" not in result.stderr
+    assert output.read_text() == '{"previous": "results"}\n'
+    assert os.listdir(tmp_path) == ["results.jsonl"]  # no temp file left beside it
+
+
+def test_a_fifo_is_written_directly_and_a_symlink_keeps_its_target(cli, demo_index, tmp_path):
+    index, queries = demo_index
+    fifo, received = tmp_path / "fifo", []
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    assert cli("score", queries, index, "-o", fifo, "-k", 1).exit_code == 0
+    reader.join(timeout=30)
+    assert fifo.is_fifo() and len(received[0].splitlines()) == 3  # one line per non-blank query
+
+    results = tmp_path / "kept" / "results.jsonl"
+    results.parent.mkdir()
+    results.write_text("old\n")
+    results.chmod(0o600)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(results)
+    assert cli("score", queries, index, "-o", link, "-k", 1).exit_code == 0
+    assert link.is_symlink() and link.resolve() == results and len(results.read_text().splitlines()) == 3
+    assert results.stat().st_mode & 0o777 == 0o600 and os.listdir(results.parent) == ["results.jsonl"]
