@@ -340,6 +340,32 @@ def test_an_adapter_saved_inside_a_pylate_pipeline_is_refused(checkpoint, tmp_pa
     assert not (tmp_path / "index" / "manifest.json").exists()
 
 
+def test_an_adapter_without_peft_prefix_is_refused(checkpoint, tmp_path, cli):
+    """Tensor names without ``base_model.model.``: peft loads none of them (it warns "Found missing adapter keys" and
+    runs the base), while tokembed applied them, exit 0: not the peft forward the README promises."""
+    import warnings
+
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    base = checkpoint("pylate_bert")
+    adapter = _text_adapter(base, tmp_path / "lora")
+    file = adapter / "adapter_model.safetensors"
+    save_file({k.removeprefix("base_model.model."): v for k, v in load_file(str(file)).items()}, str(file))
+    ids = torch.tensor([[2, 30, 40, 50, 3]])
+    run = lambda module: module(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state  # noqa: E731
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(_load(base).backbone, str(adapter)).eval()
+        assert torch.equal(run(peft_model), run(_load(base).backbone))  # peft applies nothing
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "a", "text": "mars is the red planet"}\n')
+    result = cli("encode", docs, "--model", adapter, "-o", tmp_path / "index")
+    assert result.exit_code == 4, result.output
+    assert str(file) in result.stderr and "lacks peft's prefix 'base_model.model.'" in result.stderr
+    assert not (tmp_path / "index" / "manifest.json").exists()
+
+
 def test_score_finds_a_relative_base_from_another_folder(checkpoint, tmp_path, cli, monkeypatch):
     """An adapter naming its base relative to the folder encode ran in: score elsewhere loads the base the
     manifest recorded (it failed with exit 4, hinting at a --base-model flag score does not have)."""

@@ -78,3 +78,41 @@ def test_stanford_markers_of_the_vocabulary_are_used(cli, checkpoint, tmp_path):
     marker = AutoTokenizer.from_pretrained(str(model)).convert_tokens_to_ids("[unused0]")
     _, token_ids = read_index(tmp_path / "index")["d0"]
     assert token_ids[1] == marker
+
+
+@pytest.fixture(scope="module")
+def jina_store(tmp_path_factory):
+    from jina_checkpoints import build_jina_colbert
+
+    return build_jina_colbert(tmp_path_factory.mktemp("jina") / "jina-colbert-v2")
+
+
+def _jina_without_markers(folder) -> None:
+    (folder / "artifact.metadata").unlink()  # colbert-ai's defaults: [unused0] / [unused1], not XLM-R tokens
+
+
+def _jina_with_unknown_doc_marker(folder) -> None:
+    metadata = json.loads((folder / "artifact.metadata").read_text())
+    (folder / "artifact.metadata").write_text(json.dumps({**metadata, "doc_token_id": "[NotAToken]"}))
+
+
+@pytest.mark.parametrize("breakage, marker", [
+    (_jina_without_markers, "'[unused0]' (query_token_id, colbert-ai's default"),
+    (_jina_with_unknown_doc_marker, "'[NotAToken]' (doc_token_id)"),
+])
+def test_a_jina_marker_the_tokenizer_lacks_is_refused(cli, jina_store, tmp_path, breakage, marker):
+    """jina-colbert-v2 names [QueryMarker] / [DocumentMarker] in its artifact.metadata; a marker its XLM-R tokenizer
+    lacks was encoded as text pieces ("▁ u n u s ed 1"), exit 0, where the Stanford family refuses it."""
+    import shutil
+
+    from helpers import write_jsonl
+
+    model = shutil.copytree(jina_store, tmp_path / "jina")
+    breakage(model)
+    docs = write_jsonl(tmp_path / "docs.jsonl", TEXTS)
+    result = cli("encode", docs, "-o", tmp_path / "index", "--model", model)
+    assert result.exit_code == 4, result.output
+    assert marker in result.stderr and "is not a token of this tokenizer" in result.stderr
+    assert not (tmp_path / "index" / "manifest.json").exists()
+    raw = cli("encode", docs, "-o", tmp_path / "raw", "--model", model, "--mode", "raw")
+    assert raw.exit_code == 0, raw.output

@@ -6,10 +6,11 @@ or left unmerged (``serve --lora-modules``).
 
 Never silently wrong (as ``loading.py`` for bases):
 
-* every tensor of ``adapter_model.safetensors`` must land on a module of the base. Saved names are read through
-  the base family's ``TensorNames`` (the published ``model.layers.*``, what peft writes against transformers 5,
-  ``language_model.*``, vision-tower modules included), so the adapter's modules are the ones its tensors name,
-  not the ones its ``target_modules`` regex would match here; a tensor naming no module is exit 4;
+* every tensor of ``adapter_model.safetensors`` must be named under peft's ``base_model.model.`` (the only names peft
+  loads) and land on a module of the base. Saved names are read through the base family's ``TensorNames`` (the
+  published ``model.layers.*``, what peft writes against transformers 5, ``language_model.*``, vision-tower modules
+  included), so the adapter's modules are the ones its tensors name, not the ones its ``target_modules`` regex would
+  match here; a tensor naming no module is exit 4;
 * ranks are read from the tensors and must agree with ``r`` / ``rank_pattern``; ``lora_alpha`` and
   ``alpha_pattern`` are resolved per module with peft's own pattern rule on the saved names;
 * options peft cannot apply here exactly (``bias`` other than ``none``, parameter targets, layer replication,
@@ -158,7 +159,8 @@ def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -
     lora: dict[str, dict[str, Any]] = {}
     to_save: dict[str, str] = {}
     for name in sorted(tensors):
-        rest = name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
+        _require_peft_prefix(name, path)
+        rest = name[len(_PEFT_PREFIX):]
         found = _LORA_PARTS.match(rest)
         saved_module = found.group("module") if found else rest.rpartition(".")[0]
         target = rename(saved_module)
@@ -196,6 +198,15 @@ def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -
         alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), saved_module), config.get("lora_alpha", 8))
         plans.append(ModulePlan(saved_module, rename(saved_module), rank, float(alpha)))
     return plans, placed, to_save
+
+
+def _require_peft_prefix(name: str, path: Path) -> None:
+    """peft saves every tensor under ``base_model.model.`` and loads only those: ``PeftModel.from_pretrained`` warns of
+    missing adapter keys and runs without a tensor named otherwise, so applying it would not be peft's forward."""
+    if not name.startswith(_PEFT_PREFIX):
+        raise ModelError(f"{_weights_file(path)}: adapter tensor {name!r} lacks peft's prefix {_PEFT_PREFIX!r}: peft "
+                         "does not load such a tensor (it runs the base without it), so tokembed refuses the adapter",
+                         hint=f"save it with peft's save_pretrained, or name its tensors {_PEFT_PREFIX}<module>...")
 
 
 def _check_saved_modules_present(listed: list[str], saved: set[str], modules: set[str], path: Path) -> None:

@@ -62,7 +62,6 @@ class JinaColBERT:
         StanfordColBERT.check_dim(path, model.linear.weight)
         projection = nn.Sequential(DenseLayer(model.linear.weight.detach(), None, nn.Identity()))
         colbert = StanfordColBERT.colbert_config(path)
-        _check_markers(path, tokenizer, colbert, config.vocab_size)
         limit = config.position_limit
         return TokenModel(
             family=cls.key,
@@ -302,18 +301,6 @@ def _load_weights(model: JinaColBERTModule, path: Path) -> None:
     from tokembed.models.weights import find_tensors, tensor_names
 
     load_state_checked(model, find_tensors(path, tensor_names(path)), path, ignore_unused=IGNORED)
-
-
-def _check_markers(path: Path, tokenizer, colbert, vocab_size: int) -> None:
-    """The query/document markers must be rows of the embedding table (else the forward would fail later)."""
-    for prefix in (colbert.query_prefix, colbert.document_prefix):
-        marker = prefix.strip()
-        token_id = tokenizer.convert_tokens_to_ids(marker) if marker else None
-        if token_id is not None and token_id >= vocab_size:
-            raise ModelError(
-                f"{path}: marker {marker!r} is token {token_id}, past the {vocab_size} rows of "
-                "roberta.embeddings.word_embeddings"
-            )
 
 
 def _tokenizer(path: Path):

@@ -29,6 +29,11 @@ def has_processor_files(adapter: Path) -> bool:
     return any(_files(adapter, group) for group in GROUPS)
 
 
+def ships_tokenizer(adapter: Path) -> bool:
+    """Whether the adapter's own tokenizer files are the ones its model reads."""
+    return bool(_files(adapter, TOKENIZER_FILES))
+
+
 @contextmanager
 def processor_overlay(base: Path, adapter: Path) -> Iterator[Path | None]:
     """A temporary folder holding the base's files with the adapter's processor/tokenizer files over them, group

@@ -73,6 +73,9 @@ class Qwen3VLRetriever(nn.Module):
         self.__dict__["head"] = head
         self.image_token_id = int(config.image_token_id)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.backbone.get_input_embeddings()  # what the token-id check (steps.check_token_ids_fit) reads
+
     def forward(
         self,
         input_ids: torch.Tensor,

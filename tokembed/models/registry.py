@@ -197,6 +197,7 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
     """Load the checkpoint at ``path``; a PEFT adapter there is applied over ``base`` and merged
     (``base`` None: the adapter's ``base_model_name_or_path``)."""
     from tokembed.models.readings import readings_of
+    from tokembed.models.steps import check_token_ids_fit
 
     options = options or LoadOptions()
     with loading_errors(path):
@@ -210,6 +211,7 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
             model.reading = readings_of(key, Path(path))
         check_query_processing(model)
     check_tokenizer_vocabulary(path, model.tokenizer)
+    check_token_ids_fit(model)
     with out_of_memory_is_a_device_error(path, options.device):
         return model.to(options.device)
 
