@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from cli._signals import work_done
 from cli.progress import make_progress, warnings_logged
 
 
@@ -44,6 +45,7 @@ def compress(
         with warnings_logged(progress.log):
             summary = compress_index(index, nbits=nbits, centroids=centroids, retrain=retrain, wait_seconds=wait,
                                      log=progress.log, drop_vectors=drop_vectors, progress=progress)
+        work_done()  # committed: a signal from here on must not make it exit 130
     finally:
         progress.stop()
     data = summary.to_json()

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
+from cli._signals import work_done
 from cli.progress import libraries_quiet, make_progress, warnings_logged
 
 
@@ -210,6 +211,7 @@ def encode(
     try:
         with warnings_logged(progress.log), libraries_quiet(quiet):
             summary = encode_corpus(job, progress)
+        work_done()  # committed: a signal from here on must not make it exit 130
     finally:
         progress.stop()
     summary.load_seconds += startup

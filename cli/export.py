@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from cli._signals import work_done
 from cli.progress import warnings_logged
 
 
@@ -34,6 +35,7 @@ def export(
     log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
     with warnings_logged(log):  # the library's warnings as lines, none with --quiet (as compress)
         summary = export_index(index, to, fmt=fmt, dtype=dtype, table=table, log=log)
+        work_done()  # published: a signal from here on must not make it exit 130
     if log_format == "json":
         print(json.dumps(summary.to_json()), flush=True)
         return

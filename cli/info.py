@@ -48,11 +48,11 @@ def _facts(index: Path, opened, verify: bool) -> dict:
     from tokembed.search.plaid.report import index_bytes_per_token, structure_facts
 
     opened.verify(checksums=verify)
-    if verify and opened.manifest.get("search"):
+    if opened.manifest.get("search"):  # sizes always (a lost codec is as corrupt as a code file), sha256 with --verify
         from tokembed.search.plaid.files import verify_files
 
         structure = opened.manifest["search"]
-        verify_files(opened.folder, [structure["codec"], *structure["shards"]], checksum=True, remembered=False)
+        verify_files(opened.folder, [structure["codec"], *structure["shards"]], checksum=verify, remembered=False)
     manifest = opened.manifest
     on_disk = opened.bytes_on_disk()
     facts = {

@@ -45,11 +45,13 @@ def _library_warnings_to_stderr() -> None:
         logger.addHandler(LogLines(lambda line: print(f"tokembed: {line}", file=sys.stderr)))
 
 
-def run(args: list[str] | None = None, started: float | None = None) -> int:
+def run(args: list[str] | None = None, started: float | None = None, through_exit: bool = False) -> int:
     """Run the app and return its exit code; known errors become one line on stderr, and so does a standard
     output that cannot be written (``cli/_stdout.py``).
 
     ``started``: the ``time.perf_counter()`` at which the command began (default: now), for ``load_seconds``.
+    ``through_exit``: the process exits when this returns (``main``): once the command's work is done, SIGINT and
+    SIGTERM stay ignored (``cli/_signals.py``) instead of getting the caller's handlers back.
     """
     from cli._clock import mark_start
     from cli._stdout import guarded_stdout, report_failed_stdout
@@ -59,7 +61,7 @@ def run(args: list[str] | None = None, started: float | None = None) -> int:
     code = 0
     with guarded_stdout() as stdout:
         try:
-            code = _run_command(args)
+            code = _run_command(args, through_exit)
             if stdout.error is None:
                 stdout.flush()  # what print() left in the buffer: a failure is reported here, not at exit
         except (OSError, SystemExit):  # click turns a broken pipe into SystemExit(1)
@@ -68,14 +70,18 @@ def run(args: list[str] | None = None, started: float | None = None) -> int:
     return code if stdout.error is None else report_failed_stdout(stdout.error, code)
 
 
-def _run_command(args: list[str] | None) -> int:
-    from cli._signals import sigterm_interrupts
+def _run_command(args: list[str] | None, through_exit: bool = False) -> int:
+    from cli._signals import command_signals, work_done
+    from tokembed._testhooks import fault_point
     from tokembed.errors import TokembedError
 
     commits = _commits_finished()
     try:
-        with sigterm_interrupts():  # uvicorn replaces it while serving, and restores it after
+        with command_signals(through_exit):  # uvicorn replaces SIGTERM's handler while serving, and restores it after
             code = app(args=args, standalone_mode=False)  # returns an int exit code (typer turns Ctrl-C into 130)
+            fault_point("returned", 1)
+            if not code:  # encode, compress and export said so already, before their summary line
+                work_done()
     except TokembedError as exc:
         print(format_error(exc), file=sys.stderr)
         return exit_code_for(exc)[0]
@@ -109,8 +115,11 @@ def _interrupted_message(committed: bool) -> str:
 
 def main() -> None:
     from cli._clock import process_start
+    from tokembed._testhooks import fault_point
 
-    sys.exit(run(started=process_start()))
+    code = run(started=process_start(), through_exit=True)
+    fault_point("exiting", 1)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

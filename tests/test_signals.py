@@ -5,6 +5,7 @@ is committed (``tokembed/index/commit_window.py``)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -48,9 +49,11 @@ def test_an_in_process_run_restores_the_callers_sigterm_handler(tmp_path, cli):
         pass
 
     previous = signal.signal(signal.SIGTERM, own)
+    interrupt = signal.getsignal(signal.SIGINT)
     try:
         assert cli("encode", corpus, "-o", tmp_path / "index", "-q").exit_code == 0
-        assert signal.getsignal(signal.SIGTERM) is own
+        assert signal.getsignal(signal.SIGTERM) is own  # not the ignoring once the work was done: that is the program's
+        assert signal.getsignal(signal.SIGINT) is interrupt
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -138,3 +141,49 @@ def test_sigterm_right_after_an_export_is_published_says_it_was_published(tmp_pa
     assert "untouched" not in stderr
     assert sum(pq.read_metadata(path).num_rows for path in to.rglob("*.parquet")) == 20
     assert not [p for p in tmp_path.iterdir() if "export-tmp" in p.name]  # no staging folder left
+
+
+def signalled_after_the_summary(args: list, signum: int, point: str) -> subprocess.CompletedProcess:
+    """Run ``tokembed ARGS --log-format json`` held at the pause point ``point`` (``returned``: the command returned;
+    ``exiting``: ``tokembed`` is about to exit), send ``signum`` once its summary is on stdout, wait for it to end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *map(str, args), "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**ENV, "TOKEMBED_TEST_PAUSE_AT": f"{point}:1", "TOKEMBED_TEST_PAUSE_SECONDS": "3"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    summary = process.stdout.readline()  # flushed by the command before it returns
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, process.returncode, summary + stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("signals")
+    corpus = write_jsonl(folder / "c.jsonl", corpus_rows(20))
+    assert tokembed("encode", corpus, "-o", folder / "index", "-q").returncode == 0
+    return folder / "index"
+
+
+@pytest.mark.parametrize("point", ["returned", "exiting"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_an_exports_summary_leaves_its_success_exit_0(small_index, tmp_path, signum, point):
+    """Landing between the summary and the process's exit, it made the run exit 130 (SIGINT, with no message at
+    exit) or 143 (SIGTERM, its default handler back once the command returned): a wrapper re-ran the export and
+    met its own output as "already exists" (exit 2)."""
+    to = tmp_path / "out"
+    run = signalled_after_the_summary(["export", small_index, "--to", to, "--format", "parquet"], signum, point)
+    assert run.returncode == 0 and json.loads(run.stdout)["rows"] == 20, (run.returncode, run.stderr)
+    assert "interrupted" not in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("command", ["encode", "compress"])
+def test_a_signal_after_an_encodes_or_compress_summary_leaves_its_success_exit_0(small_index, tmp_path, command):
+    folder = tmp_path / "index"
+    shutil.copytree(small_index, folder)
+    args = (["encode", small_index.parent / "c.jsonl", "-o", folder, "--full"] if command == "encode"
+            else ["compress", folder, "--centroids", 16])
+    run = signalled_after_the_summary(args, signal.SIGTERM, "returned")
+    assert run.returncode == 0 and json.loads(run.stdout)["rows"] == 20, (run.returncode, run.stderr)
+    assert "interrupted" not in run.stderr
+    assert_nothing_unlisted(folder)

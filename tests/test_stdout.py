@@ -113,7 +113,7 @@ def test_another_oserror_is_not_taken_for_stdout(monkeypatch, capsys):
     """Only a failed write to stdout is reported as one: an ``OSError`` from elsewhere still propagates."""
     from cli import main
 
-    def fails(args):
+    def fails(*args):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(main, "_run_command", fails)

@@ -27,6 +27,7 @@ def structure_facts(index) -> dict | None:
     structure = index.manifest.get(SEARCH)
     if not structure:
         return None
+    check_codec_agrees(index.folder, structure)
     sizes = {"codec": structure["codec"]["bytes"], "centroid_ids": 0, "residuals": 0, "inverted_lists": 0, "doc_offsets": 0}
     pairs = 0
     for entry in structure["shards"]:
@@ -54,6 +55,22 @@ def structure_facts(index) -> dict | None:
         + _built_at_open(structure["centroids"], index.dim, index.rows, len(structure["shards"]), pairs),
         "drift": structure["drift"],
     }
+
+
+def check_codec_agrees(folder, structure: dict) -> None:
+    """The manifest's nbits and centroid count are its codec's (read from the codec file's header): search uses the
+    codec's, so a manifest that says otherwise would have info report what search does not do."""
+    path = folder / structure["codec"]["file"]
+    tensors, metadata = map_tensors(path)
+    try:
+        found = {"nbits": int(metadata["nbits"]), "centroids": len(tensors["centroids"])}
+    except (KeyError, ValueError, TypeError) as exc:
+        raise IndexCorruptError(f"{path}: not a codec file (no {exc})") from None
+    differ = [name for name, value in found.items() if structure[name] != value]
+    if differ:
+        has = ", ".join(f"{name} {found[name]}" for name in differ)
+        says = ", ".join(f"{name} {structure[name]}" for name in differ)
+        raise IndexCorruptError(f"{path}: the codec has {has}; the manifest says {says}")
 
 
 def _built_at_open(centroids: int, dim: int, rows: int, shards: int, pairs: int) -> int:

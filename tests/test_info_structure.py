@@ -1,0 +1,66 @@
+"""``tokembed info`` and the search structure's codec: a codec file missing or truncated is a corrupt index (exit 6)
+without --verify too, as a code file is (sizes are checked, nothing hashed); a manifest whose nbits or centroid count
+is not its codec's is a corrupt index, naming both (search uses the codec's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from helpers import manifest, write_jsonl
+from plaid_support import corpus_rows, tokembed
+
+
+@pytest.fixture(scope="module")
+def compressed_index(tmp_path_factory, colbert_ckpt):
+    """A ColBERT index of 40 rows compressed with 16 centroids at nbits 2."""
+    folder = tmp_path_factory.mktemp("info")
+    corpus = write_jsonl(folder / "corpus.jsonl", corpus_rows(40))
+    assert tokembed("encode", corpus, "--model", colbert_ckpt, "-o", folder / "index", "-q").returncode == 0
+    assert tokembed("compress", folder / "index", "--centroids", 16, "-q").returncode == 0
+    return folder / "index"
+
+
+@pytest.fixture(params=["vectors stored", "compressed-only"])
+def index(request, compressed_index, cli, tmp_path):
+    folder = tmp_path / "index"
+    shutil.copytree(compressed_index, folder)
+    if request.param == "compressed-only":  # a lost codec cannot be rebuilt: the vectors are gone
+        assert cli("compress", folder, "--drop-vectors", "-q").exit_code == 0
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_info_refuses_an_index_whose_codec_is_missing_or_truncated(index, cli, damage):
+    """It said exit 0, with the whole structure section and bytes_on_disk counting the lost codec, while score
+    refused the index (exit 6)."""
+    codec = index / manifest(index)["search"]["codec"]["file"]
+    if damage == "missing":
+        codec.unlink()
+    else:
+        os.truncate(codec, 100)
+    result = cli("info", index, "--json")
+    assert result.exit_code == 6 and codec.name in result.stderr and not result.stdout, result.output
+
+
+@pytest.mark.parametrize("verify", [[], ["--verify"]])
+def test_info_refuses_a_manifest_whose_nbits_and_centroids_are_not_its_codecs(index, cli, verify):
+    """info --verify printed the edited manifest's nbits 4 and centroids + 1, exit 0, while score used the codec's."""
+    data = manifest(index)
+    nbits, centroids = data["search"]["nbits"], data["search"]["centroids"]
+    data["search"].update(nbits=4, centroids=centroids + 1)
+    (index / "manifest.json").write_text(json.dumps(data))
+    result = cli("info", index, *verify)
+    assert result.exit_code == 6, result.output
+    assert (f"the codec has nbits {nbits}, centroids {centroids}; the manifest says nbits 4, centroids {centroids + 1}"
+            in result.stderr), result.stderr
+
+
+def test_info_of_a_sound_structure_reports_its_codecs_values(index, cli):
+    result = cli("info", index, "--json", "--verify")
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)["search_structure"]
+    assert (facts["nbits"], facts["centroids"]) == (2, 16)
