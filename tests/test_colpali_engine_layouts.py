@@ -179,3 +179,24 @@ def test_encode_images_and_queries_end_to_end(bases, tmp_path, cli):
     queries = model.processor.process_queries(["hello"])
     assert q_ids.tolist() == queries["input_ids"][0].tolist()
     assert np.abs(q - _reference("ColQwen2", path, dict(queries))[0].numpy()).max() <= 1e-4
+
+
+def test_an_architecture_its_config_cannot_build_names_the_family_and_the_reason(tmp_path, cli):
+    """``ColQwen2_5`` over a Qwen2-VL config: the exit-4 message was transformers' bare ``AttributeError``
+    (``fullatt_block_indexes``), naming neither the family tokembed tried nor what it read it from."""
+    import json
+
+    from test_load_check import model_error_line
+
+    path = ENGINE_BUILDERS["ColQwen2"](tmp_path / "colqwen2", names="published")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "architectures": ["ColQwen2_5"]}))
+    (tmp_path / "pages").mkdir()
+    _image().save(tmp_path / "pages" / "a.png")
+    result = cli("encode", tmp_path / "pages", "--model", path, "-o", tmp_path / "index")
+    assert result.exit_code == 4, result.output
+    message = model_error_line(result.stderr)
+    for needle in (str(path), "cannot load the checkpoint as family ColQwen2_5 (config.json architectures ['ColQwen2_5'], "
+                   "model_type 'qwen2_vl')", "AttributeError", "fullatt_block_indexes"):
+        assert needle in message, (needle, message)
+    assert not (tmp_path / "index" / "manifest.json").exists()

@@ -354,7 +354,8 @@ BROKEN_CHECKPOINTS = {
     # what transformers' own validators refuse: a model error, not a traceback
     "a layer count its layer types disagree with": ("raw_decoder", _json_edited(
         "config.json", lambda c: c.update(num_hidden_layers=c["num_hidden_layers"] + 1)), "raw_decoder",
-        "cannot load the checkpoint (StrictDataclassClassValidationError"),
+        "cannot load the checkpoint as family causal-lm (config.json architectures ['Qwen2ForCausalLM'], model_type "
+        "'qwen2'): StrictDataclassClassValidationError"),
 }
 
 

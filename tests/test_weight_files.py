@@ -6,19 +6,23 @@
 * a ``Dense`` config without ``activation_function`` is the reference's default (sentence-transformers: Tanh), or
   refused where the references disagree; without ``config.json`` it is refused (it used to be Identity);
 * a ``modules.json`` module tokembed does not apply is refused (it used to be skipped);
-* a tensor in two sharded ``pytorch_model-*.bin`` files is refused on the transformers path too.
+* a tensor in two sharded ``pytorch_model-*.bin`` files is refused on the transformers path too;
+* a weight file or module folder listed outside the checkpoint folder (``..``, absolute, a link up) is refused: the
+  fingerprint covers the folder's files only (links inside it, as in a hub cache snapshot, are read through).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import read_index, write_parquet
+from helpers import manifest, read_index, write_parquet
 from test_load_check import TEXTS, encode_then_break
 from tokembed.models.base import LoadOptions
 from tokembed.models.registry import load_model
@@ -175,3 +179,80 @@ def test_bin_shards_without_a_duplicate_load(checkpoint, cli, corpus, tmp_path):
     _bin_shards(duplicate=False)(model)
     result = cli("encode", corpus, "-o", tmp_path / "index", "--model", model, "--quiet")
     assert result.exit_code == 0, result.output
+
+
+def _shard_listed_as(where):
+    """model.safetensors split in two shards and their index; the second shard moved to ``where(folder)`` =
+    (where it lies, the name the index lists it by)."""
+    def breakage(folder):
+        tensors = load_file(str(folder / "model.safetensors"))
+        (folder / "model.safetensors").unlink()
+        names = sorted(tensors)
+        second, listed = where(folder)
+        second.parent.mkdir(parents=True, exist_ok=True)
+        save_file({name: tensors[name] for name in names[::2]}, str(folder / "model-00001-of-00002.safetensors"))
+        save_file({name: tensors[name] for name in names[1::2]}, str(second))
+        weight_map = {name: "model-00001-of-00002.safetensors" for name in names[::2]}
+        weight_map.update({name: listed for name in names[1::2]})
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return breakage
+
+
+def _beside(folder):
+    return folder.parent / "store" / "shard.safetensors", "../store/shard.safetensors"
+
+
+def _absolute(folder):
+    return folder.parent / "store" / "shard.safetensors", str(folder.parent / "store" / "shard.safetensors")
+
+
+def _through_a_link_up(folder):
+    (folder / "up").symlink_to(folder.parent, target_is_directory=True)  # the fingerprint's walk never follows it
+    return folder.parent / "store" / "shard.safetensors", "up/store/shard.safetensors"
+
+
+@pytest.mark.parametrize("where", [_beside, _absolute, _through_a_link_up])
+@pytest.mark.parametrize("name", ["raw_decoder", "stanford"])
+def test_a_weight_file_outside_the_checkpoint_folder_is_refused(checkpoint, cli, corpus, tmp_path, name, where):
+    """An index listing ``../store/shard.safetensors`` was read, but neither the fingerprint nor the weights digest
+    covered it: after the shard changed, a cron run kept every row 'unchanged' and score took the stale index."""
+    encode_then_break(cli, checkpoint(name), corpus, tmp_path, _shard_listed_as(where),
+                      file="model.safetensors.index.json",
+                      needles=("the weight file", "store/shard.safetensors", "is outside the checkpoint folder"))
+
+
+@pytest.mark.parametrize("listed", ["../dense_store", "ABSOLUTE"])
+def test_a_module_folder_outside_the_checkpoint_folder_is_refused(checkpoint, cli, corpus, tmp_path, listed):
+    """modules.json naming ``../dense_store`` for its Dense: read, never fingerprinted (new projection weights kept
+    every row 'unchanged')."""
+    model = checkpoint("st_native")
+    store = tmp_path / "dense_store"
+
+    def breakage(folder):
+        shutil.move(folder / "1_Dense", store)
+        modules = json.loads((folder / "modules.json").read_text())
+        modules[1]["path"] = str(store) if listed == "ABSOLUTE" else listed
+        (folder / "modules.json").write_text(json.dumps(modules))
+
+    message = encode_then_break(cli, model, corpus, tmp_path, breakage, file="modules.json",
+                                needles=("the module folder", "is outside the checkpoint folder"))
+    assert (str(store) if listed == "ABSOLUTE" else listed) in message
+
+
+def test_shards_linked_from_inside_the_folder_load_and_are_fingerprinted(checkpoint, cli, corpus, tmp_path):
+    """A hub cache snapshot: each listed shard is a link (in the folder) to ``../../blobs/<hash>``; it loads, and a
+    change of a blob re-encodes every row."""
+    model = checkpoint("raw_decoder")
+    _shard_listed_as(lambda folder: (folder / "model-00002-of-00002.safetensors", "model-00002-of-00002.safetensors"))(model)
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for shard in sorted(model.glob("model-*.safetensors")):
+        shutil.move(shard, blobs / shard.name)
+        shard.symlink_to(os.path.relpath(blobs / shard.name, model))
+    index = tmp_path / "index"
+    assert cli("encode", corpus, "-o", index, "--model", model, "--quiet").exit_code == 0
+    blob = blobs / "model-00002-of-00002.safetensors"
+    save_file(_perturbed(load_file(str(blob))), str(blob))
+    again = cli("encode", corpus, "-o", index, "--model", model, "--quiet")
+    assert again.exit_code == 0, again.output
+    assert manifest(index)["stats"]["updated"] == len(TEXTS)

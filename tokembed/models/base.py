@@ -123,7 +123,8 @@ def load_backbone(path: Path, options: LoadOptions, ignore_unused: tuple[str, ..
     """Load tokenizer, config and the bare backbone (``AutoModel``: last hidden state after the final norm).
 
     Every backbone parameter must come from the checkpoint and every checkpoint tensor must land, but for
-    heads a backbone never runs (``loading.HEAD_NAMES``) and ``ignore_unused`` (the family's own tensors,
+    heads a backbone never runs (``loading.HEAD_NAMES``; a task head ``AutoModel`` leaves out,
+    ``loading.task_head_tensors``) and ``ignore_unused`` (the family's own tensors,
     such as a Stanford projection, which it loads itself). A sentence pooler is not part of the token
     vectors: it is dropped, loaded or not.
     """
@@ -134,15 +135,18 @@ def load_backbone(path: Path, options: LoadOptions, ignore_unused: tuple[str, ..
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from tokembed.models.loading import HEAD_NAMES, UNUSED_PARTS, from_pretrained_checked, missing_package_error
+    from tokembed.models.loading import (
+        HEAD_NAMES, UNUSED_PARTS, from_pretrained_checked, missing_package_error, task_head_tensors,
+    )
 
     hf_logging.disable_progress_bar()
     kwargs = {"trust_remote_code": options.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        heads = task_head_tensors(path)
         model = from_pretrained_checked(
-            AutoModel, path, ignore_unused=HEAD_NAMES + tuple(ignore_unused), ignore_missing=UNUSED_PARTS,
+            AutoModel, path, ignore_unused=HEAD_NAMES + heads + tuple(ignore_unused), ignore_missing=UNUSED_PARTS,
             config=config, dtype=torch_dtype(options.dtype), **kwargs,
         )
     except ImportError as exc:

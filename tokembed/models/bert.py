@@ -171,7 +171,7 @@ def legacy_name(name: str) -> str:
 def load_native_bert(folder: Path, config: SimpleNamespace, dtype: torch.dtype, ignore_unused: tuple[str, ...]) -> BertBackbone:
     """Build the backbone on the meta device (no random init), then take every tensor from the checkpoint; the
     loading check refuses a missing, unused or wrongly shaped tensor exactly as for transformers' loaders."""
-    from tokembed.models.loading import HEAD_NAMES, UNUSED_PARTS, load_state_checked, refuse_aliases
+    from tokembed.models.loading import HEAD_NAMES, UNUSED_PARTS, load_state_checked, matches, refuse_aliases, task_head_tensors
     from tokembed.models.weights import read_state
 
     refuse_aliases(folder, legacy_name)
@@ -182,6 +182,10 @@ def load_native_bert(folder: Path, config: SimpleNamespace, dtype: torch.dtype, 
         target = nn.Module()
         target.bert = model
     ignore = tuple(rf"(?:bert\.)?{name}" for name in HEAD_NAMES + UNUSED_PARTS + (r"embeddings\.position_ids$",))
-    load_state_checked(target, state, folder, ignore_unused=ignore + tuple(ignore_unused), assign=True)
+    ignore += tuple(ignore_unused)
+    leftover = target is not model and any(not name.startswith("bert.") and not matches(name, ignore) for name in state)
+    if leftover:  # only then (a BertForSequenceClassification save): transformers' import, for its head rule
+        ignore += task_head_tensors(folder, state)
+    load_state_checked(target, state, folder, ignore_unused=ignore, assign=True)
     return model.to(dtype).eval()
 

@@ -9,13 +9,15 @@ Two ways in, one verdict (``require_complete``):
   with ``strict=False`` gives the same two lists).
 
 Ignorable names are regular expressions matched at the start of a name (``re.match``), e.g. ``lm_head\\.``
-for a language-model head under a backbone, or ``mtp\\.`` for multi-token-prediction heads. A remote-code
-``ImportError`` (a package the checkpoint's own code needs, such as ``einops``) is a ``ModelError`` naming the
-package, never a traceback.
+for a language-model head under a backbone, or ``mtp\\.`` for multi-token-prediction heads; an encoder saved with
+its task head (``ModernBertForMaskedLM``, ``ElectraForPreTraining``) has the head's tensors ignored by transformers'
+own rule (``task_head_tensors``). A remote-code ``ImportError`` (a package the checkpoint's own code needs, such as
+``einops``) is a ``ModelError`` naming the package, never a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -29,6 +31,51 @@ UNUSED_PARTS = (r"pooler\.",)
 _SHOWN = 5
 
 
+def task_head_tensors(path: Path, names: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Of the checkpoint's tensor ``names`` (None: its weight files'), those of a task head (masked-LM, pre-training,
+    classification) that ``AutoModel`` leaves out, as exact patterns for ``ignore_unused``. transformers' rule:
+    ``config.json``'s ``architectures`` name a head class of its model (not the base model ``AutoModel`` builds) and
+    the tensors carry the base model's prefix (``model.`` for ModernBERT, ``distilbert.``, ``electra.``): those outside
+    the prefix are the head's. () otherwise, so a stray tensor of a base-model save, or one under the prefix, is
+    still refused."""
+    from tokembed.models.base import read_json
+    from tokembed.models.weights import tensor_names
+
+    config = read_json(Path(path) / "config.json") or {}
+    prefix = _head_class_prefix(config)
+    if prefix is None:
+        return ()
+    try:
+        names = sorted(tensor_names(path) if names is None else names)
+    except ModelError:  # an unreadable weight file: the load that follows reports it
+        return ()
+    if not any(name.startswith(prefix + ".") for name in names):
+        return ()
+    heads = [name for name in names if not name.startswith(prefix + ".")]
+    if heads:
+        logging.getLogger("tokembed").info("%s: %d tensor(s) of the %s head are not used (AutoModel leaves the head "
+                                           "out): %s", path, len(heads), config["architectures"][0], _first(heads))
+    return tuple(re.escape(name) + r"\Z" for name in heads)
+
+
+def _head_class_prefix(config: dict) -> str | None:
+    """The base model's prefix where ``architectures[0]`` is a transformers head class of the model ``model_type``
+    names (not its base class, which ``AutoModel`` builds); None for the base class, another name, or remote code."""
+    architecture = (config.get("architectures") or [None])[0]
+    if not isinstance(architecture, str) or config.get("auto_map"):
+        return None
+    import transformers
+    from transformers import CONFIG_MAPPING, MODEL_MAPPING
+
+    config_class = CONFIG_MAPPING[config["model_type"]] if config.get("model_type") in CONFIG_MAPPING else None
+    base = MODEL_MAPPING[config_class] if config_class in MODEL_MAPPING else None
+    head = getattr(transformers, architecture, None)
+    if base is None or not isinstance(head, type) or head is base or getattr(head, "config_class", None) is not config_class:
+        return None
+    prefix = getattr(base, "base_model_prefix", "")
+    return prefix if prefix and getattr(head, "base_model_prefix", None) == prefix else None
+
+
 def require_complete(
     path: Path,
     missing: Iterable[str],
@@ -38,8 +85,8 @@ def require_complete(
     mismatched: Iterable[Any] = (),
 ) -> None:
     """Raise ``ModelError`` (exit 4) naming the first missing or unused tensors and the file they are in."""
-    missing = [name for name in missing if not _matches(name, ignore_missing)]
-    unused = [name for name in unused if not _matches(name, ignore_unused)]
+    missing = [name for name in missing if not matches(name, ignore_missing)]
+    unused = [name for name in unused if not matches(name, ignore_unused)]
     mismatched = list(mismatched)
     if not (missing or unused or mismatched):
         return
@@ -188,7 +235,7 @@ def load_state_checked(module: Any, state: dict, path: Path, ignore_unused: Iter
     ``state`` with its shape, and every tensor of ``state`` must land (but the ignorable ones). ``assign``: the
     module's tensors become ``state``'s (a module built on the meta device)."""
     ignore_unused = tuple(ignore_unused)
-    kept = {name: tensor for name, tensor in state.items() if not _matches(name, ignore_unused)}
+    kept = {name: tensor for name, tensor in state.items() if not matches(name, ignore_unused)}
     # torch raises a bare RuntimeError on a size mismatch, even with strict=False: refuse it by name first
     expected = module.state_dict()
     wrong = [
@@ -246,5 +293,5 @@ def _first(names: list[str]) -> str:
     return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
+def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(re.match(pattern, name) for pattern in patterns)

@@ -217,15 +217,29 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
 
 
 def load_as_family(key: str, path: Path, options: LoadOptions):
-    """Load with the detected family; a layout it does not read is refused naming the family and what it was
-    detected from (the tensors alone do not say which family was tried)."""
+    """Load with the detected family; a layout it does not read, or what a library raises while the family builds
+    the model (a config it cannot build from: ``ColQwen2_5`` over a Qwen2-VL config), is refused naming the family
+    and what it was detected from (neither the tensors nor the library's error say which family was tried)."""
+    from tokembed.engine.runner import is_out_of_memory
+
     try:
         return family_class(key).load(path, options)
     except LayoutMismatchError as exc:
-        config = read_json(Path(path) / "config.json") or {}
-        exc.hint = (f"tokembed read it as family {key} (config.json architectures {config.get('architectures')}, "
-                    f"model_type {config.get('model_type')!r}); {exc.hint}")
+        exc.hint = f"tokembed read it as {_family_read(key, path)}; {exc.hint}"
         raise
+    except TokembedError:
+        raise
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise  # a device error (out_of_memory_is_a_device_error)
+        raise ModelError(f"{path}: cannot load the checkpoint as {_family_read(key, path)}: "
+                         f"{type(exc).__name__}: {str(exc)[:2000]}") from exc
+
+
+def _family_read(key: str, path: Path) -> str:
+    """The family and what in ``config.json`` it was detected from."""
+    config = read_json(Path(path) / "config.json") or {}
+    return f"family {key} (config.json architectures {config.get('architectures')}, model_type {config.get('model_type')!r})"
 
 
 @contextmanager

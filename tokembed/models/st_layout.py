@@ -26,15 +26,19 @@ from tokembed.models.base import (
     read_json,
 )
 from tokembed.settings import ColbertConfig
-from tokembed.models.weights import load_tensors, tensor_names
+from tokembed.models.weights import load_tensors, path_inside, tensor_names
 
 
 def read_modules(path: Path) -> list[dict]:
+    """``modules.json``'s modules in pipeline order; a module folder outside the checkpoint is refused."""
     modules = read_json(path / "modules.json")
     if modules is None:
         return []
     if not isinstance(modules, list):
         raise ModelError(f"{path / 'modules.json'}: expected a list of modules")
+    for module in modules:
+        if isinstance(module, dict) and "path" in module:
+            path_inside(path, module["path"], path / "modules.json", "module folder")
     return sorted(modules, key=lambda module: module.get("idx", 0))
 
 

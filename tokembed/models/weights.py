@@ -13,6 +13,7 @@ float would turn a quantized or damaged tensor into other numbers) are refused, 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,10 +50,38 @@ def _listed_files(index: Path) -> list[Path]:
         names = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"{index}: not a readable weight index ({type(exc).__name__}: {exc})") from None
-    missing = [name for name in names if not (index.parent / name).is_file()]
+    files = [path_inside(index.parent, name, index, "weight file") for name in names]
+    missing = [name for name, file in zip(names, files) if not file.is_file()]
     if missing:
         raise ModelError(f"{index}: lists weight file(s) {missing[:5]} that are not in the folder")
-    return [index.parent / name for name in names]
+    return files
+
+
+def path_inside(folder: Path, listed: object, listed_in: Path, what: str) -> Path:
+    """``folder / listed`` for a path a checkpoint file lists (an index's weight file, a ``modules.json`` module).
+    A path that leaves the folder (``..``, absolute) is refused: the model fingerprint and weights digest cover the
+    checkpoint folder's files only, so a change there would keep an index's old vectors. (A symlink inside the
+    folder, as in a hub cache snapshot, is read through and fingerprinted by its content.)"""
+    if not isinstance(listed, str):
+        raise ModelError(f"{listed_in}: the {what} path {listed!r} is not a string")
+    if os.path.isabs(listed) or os.pardir in Path(listed).parts or _through_link_up(folder, listed):
+        raise ModelError(f"{listed_in}: the {what} {listed!r} is outside the checkpoint folder {folder}; tokembed "
+                         "reads a checkpoint's own files only (a change outside it would not be noticed)",
+                         hint=f"move the {what} into {folder} (a symlink inside the folder works)")
+    return folder / listed
+
+
+def _through_link_up(folder: Path, listed: str) -> bool:
+    """Whether a folder on ``listed``'s way is a link to the checkpoint folder or one above it: the fingerprint's
+    walk does not follow such a link (a cycle), so what is read through it would not be fingerprinted."""
+    real = os.path.realpath(folder)
+    parts = Path(listed).parts
+    for depth in range(1, len(parts) + 1):
+        link = folder.joinpath(*parts[:depth])
+        target = os.path.realpath(link)
+        if link.is_symlink() and (real == target or real.startswith(target.rstrip(os.sep) + os.sep)):
+            return True
+    return False
 
 
 def check_weight_files(folder: Path, indexed: bool = True) -> None:
