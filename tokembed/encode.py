@@ -326,6 +326,7 @@ def _encode_stream(
     (64 rendered pages each, ~0.5 GB for letter pages at 200 dpi) were alive at once."""
     from tokembed.embedder import refuse_non_finite
     from tokembed.index.journal import restart_journal
+    from tokembed.models.token_ids import rows_named
 
     pending: deque[PlannedChunk] = deque()
     state = {"seen_previous": 0}
@@ -338,7 +339,7 @@ def _encode_stream(
             yield [model_input(chunk.items[i], runner_images) for i in chunk.to_encode]
             del chunk  # one chunk alive at a time (see _encode_stream)
 
-    for result in runner.map_chunks(texts_to_encode()):
+    for result in rows_named(runner.map_chunks(texts_to_encode()), pending, lambda item: model_input(item, runner_images)):
         chunk = pending.popleft()
         journal.chunk_digests.append(chunk.digest)
         vectors: list = [None] * len(chunk.items)

@@ -16,7 +16,7 @@ Never silently wrong (as ``loading.py`` for bases):
 * options peft cannot apply here exactly (``bias`` other than ``none``, parameter targets, layer replication,
   other adapter types) are refused by name. DoRA, rsLoRA, LoRA biases and ``modules_to_save`` are peft's.
 
-Processor and tokenizer files in the adapter folder win over the base's (as colpali-engine loads them).
+Processor and tokenizer files in the adapter folder win over a vision base's; a text base's tokenizer is its own.
 """
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) ->
     if is_adapter(base):
         raise ModelError(f"{base}: the adapter's base is itself an adapter; tokembed applies one adapter over a base")
     key = detect(base, options.trust_remote_code)
-    from tokembed.models.processor_overlay import processor_overlay
+    from tokembed.models.processor_overlay import processor_overlay, refuse_other_tokenizer
     from tokembed.models.readings import readings_of
 
     with processor_overlay(base, adapter) as overlay:
@@ -374,6 +374,7 @@ def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) ->
     names = (getattr(loaded, "extra", None) or {}).get("tensor_names")
     rename = names.rename if names is not None else (lambda name: name)
     if hasattr(loaded, "backbone"):  # a text family: LoRA on its backbone
+        refuse_other_tokenizer(base, adapter)
         loaded.backbone = apply_adapter(loaded.backbone, adapter, rename, merge)
     else:
         loaded.model = apply_adapter(loaded.model, adapter, rename, merge)

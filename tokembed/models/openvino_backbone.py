@@ -39,7 +39,7 @@ class OpenVinoBackbone(torch.nn.Module):
 
     def __init__(self, compiled, embedding_rows: int) -> None:
         super().__init__()
-        self.embedding_rows = embedding_rows  # what the token-id checks (steps.check_embedding_row) read
+        self.embedding_rows = embedding_rows  # what the token-id checks (token_ids.embedding_rows) read
         self.compiled = compiled  # no torch weights kept: nothing could patch them (e.g. LoRA) without effect
         self.requests = threading.local()  # one infer request per lane (thread)
 

@@ -74,7 +74,7 @@ class Qwen3VLRetriever(nn.Module):
         self.image_token_id = int(config.image_token_id)
 
     def get_input_embeddings(self) -> nn.Embedding:
-        return self.backbone.get_input_embeddings()  # what the token-id check (steps.check_token_ids_fit) reads
+        return self.backbone.get_input_embeddings()  # what the token-id check (token_ids.check_token_ids_fit) reads
 
     def forward(
         self,

@@ -197,7 +197,7 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
     """Load the checkpoint at ``path``; a PEFT adapter there is applied over ``base`` and merged
     (``base`` None: the adapter's ``base_model_name_or_path``)."""
     from tokembed.models.readings import readings_of
-    from tokembed.models.steps import check_token_ids_fit
+    from tokembed.models.token_ids import check_token_ids_fit
 
     options = options or LoadOptions()
     with loading_errors(path):

@@ -9,8 +9,6 @@ in raw mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -19,11 +17,10 @@ from tokembed.models.base import TokenModel, read_json
 from tokembed.models.long_text import lstrip_tokens, read_otherwise_before_lstrip_fix, tokenize_long, window_chars
 from tokembed.settings import EncodeSettings
 
+from tokembed.models.token_ids import TokenIdGuard, embedding_rows
 
 # Families whose ColBERT markers are colbert-ai's artifact.metadata tokens (default [unused0]/[unused1]).
 MARKER_FAMILIES = ("HF_ColBERT", "jina-colbert")
-# Tokenizer settings (tokenizer_config.json) naming a special token.
-_SPECIAL_SETTINGS = ("pad_token", "mask_token", "bos_token", "eos_token", "cls_token", "sep_token", "unk_token")
 
 
 @dataclass
@@ -72,6 +69,7 @@ class TextEncoder(OutputShape):
         self.keep_only_ids = np.asarray(settings.keep_only_ids or (), dtype=np.int64)
         self.first_token_dropped = model.first_token_dropped
         self.lstrip_tokens = lstrip_tokens(tokenizer)
+        self.id_guard = TokenIdGuard(model)  # after register_prefix_tokens, which may add tokens
 
     def content_mark(self, text: str | None) -> str:
         """Added to a row's content hash where this release reads the text otherwise than an earlier one did, so
@@ -86,6 +84,7 @@ class TextEncoder(OutputShape):
         settings = self.settings
         encoded = self._token_ids(texts, settings.prefix or "")
         items = [Tokenized(np.asarray(ids, dtype=np.int64), len(ids)) for ids in encoded]
+        self.id_guard.check((item.ids for item in items), texts)
         if settings.expand_to:
             items = [self._expand(item) for item in items]
         return items
@@ -253,75 +252,12 @@ def refuse_left_expansion(model: TokenModel) -> None:
 def check_embedding_row(model: TokenModel, setting: str, token: str | None, token_id: int | None) -> None:
     """A token the encoder inserts itself (padding, query expansion) must be a row of the input embeddings, else
     the forward fails on the first batch that holds it."""
-    rows = _embedding_rows(model.backbone)
+    rows = embedding_rows(model)
     if token_id is None or rows is None or 0 <= token_id < rows:
         return
     source = "sentence_bert_config.json" if setting == "query_expansion token" else "tokenizer_config.json"
     raise ModelError(f"{model.path / source}: {setting} {token!r} is token id {token_id}, past the {rows} rows of "
                      "the model's input embeddings (not in its vocabulary)")
-
-
-def check_token_ids_fit(model) -> None:
-    """Every id the tokenizer can emit (its vocabulary and its added tokens, which a text holding them emits) must
-    be a row of the input embeddings. A tokenizer saved with tokens the embeddings were never resized for (PyLate's
-    ``[Q]``/``[D]`` without ``resize_token_embeddings``, a later fine-tune's tokenizer.json) fails the forward of
-    every row that holds one; fewer ids than rows (a padded embedding table) is fine."""
-    backbone = model.backbone if hasattr(model, "backbone") else getattr(model, "model", None)
-    rows = _embedding_rows(backbone)
-    past = None if rows is None else _ids_past(model.tokenizer, rows)
-    if past is None:
-        return
-    token_id, token, count = past
-    folder = _tokenizer_folder(model)
-    setting = next((name for name in _SPECIAL_SETTINGS if getattr(model.tokenizer, name, None) == token), None)
-    if setting is not None:  # a special token its config names but its vocabulary lacks: transformers added it
-        raise ModelError(f"{folder / 'tokenizer_config.json'}: {setting} {token!r} is token id {token_id}, past the "
-                         f"{rows} rows of the model's input embeddings (not in its vocabulary)")
-    file = folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else folder
-    raise ModelError(
-        f"{file}: token {token!r} is id {token_id}, past the {rows} rows of the model's input "
-        f"embeddings ({count} token(s) of this tokenizer are): a text holding one cannot be encoded",
-        hint="resize the model's embeddings to its tokenizer (resize_token_embeddings) and save it again, or use the "
-             "tokenizer it was trained with",
-    )
-
-
-def _ids_past(tokenizer, rows: int) -> tuple[int, str | None, int] | None:
-    """(the first id >= ``rows``, its token, how many there are), or None when every id is a row."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # get_vocab() would build a dict of the whole vocabulary (~1 s for 250k tokens)
-        base = backend.get_vocab_size(with_added_tokens=False)  # the model's own ids: 0 .. base - 1
-        added = {int(i): token.content for i, token in backend.get_added_tokens_decoder().items()}
-    else:  # a Python tokenizer
-        base = int(getattr(tokenizer, "vocab_size", 0) or 0)
-        added = {int(i): token for token, i in (getattr(tokenizer, "added_tokens_encoder", None) or {}).items()}
-    added_past = sorted(i for i in added if i >= max(rows, base))
-    count = max(0, base - rows) + len(added_past)
-    if not count:
-        return None
-    first = rows if base > rows else added_past[0]
-    token = added.get(first) or (backend.id_to_token(first) if backend is not None else None)
-    return first, token, count
-
-
-def _tokenizer_folder(model) -> Path:
-    """The tokenizer the model reads: a vision adapter's own where it ships one (vision families read their processor
-    from ``processor_overlay``; text families read the base's tokenizer), else the checkpoint's."""
-    from tokembed.models.processor_overlay import ships_tokenizer
-
-    adapter = (getattr(model, "extra", None) or {}).get("adapter")
-    from_adapter = adapter and hasattr(model, "processor") and ships_tokenizer(Path(adapter))
-    return Path(adapter) if from_adapter else Path(model.path)
-
-
-def _embedding_rows(backbone) -> int | None:
-    rows = getattr(backbone, "embedding_rows", None)  # OpenVINO keeps no torch embeddings, only their count
-    if rows is not None:
-        return int(rows)
-    try:
-        return int(backbone.get_input_embeddings().num_embeddings)
-    except (AttributeError, TypeError, NotImplementedError):
-        return None
 
 
 def _special_token(tokenizer, names: tuple[str, ...]) -> tuple[str, str | None, int] | None:

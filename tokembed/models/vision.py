@@ -36,6 +36,7 @@ from torch import nn
 from tokembed.errors import BadInputError, ModelError, UsageError
 from tokembed.models.base import LoadOptions, position_limit, torch_dtype
 from tokembed.models.steps import OutputShape
+from tokembed.models.token_ids import TokenIdGuard
 from tokembed.models.vision_inputs import processed, processed_query, refusal_of, unusual_shape
 from tokembed.settings import EncodeSettings
 from tokembed.sources.video import is_video
@@ -130,6 +131,7 @@ class VisionEncoder(OutputShape):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_threads = 0
         self._copyable = True
+        self.id_guard = TokenIdGuard(model)
 
     # -- before the forward pass -------------------------------------------------------------
     def tokenize(self, inputs: list) -> list[Prepared]:
@@ -140,9 +142,9 @@ class VisionEncoder(OutputShape):
         GIL while they resize and normalize, and one thread at ~20 ms a page would hold a GPU to ~50 pages/s.
         Each item is processed alone, so the result does not depend on the thread count."""
         pool = self._preparing_pool() if self.settings.kind == "document" and len(inputs) > 1 else None
-        if pool is None:
-            return [self._prepare(value) for value in inputs]
-        return list(pool.map(self._prepare, inputs))
+        items = [self._prepare(value) for value in inputs] if pool is None else list(pool.map(self._prepare, inputs))
+        self.id_guard.check((item.ids for item in items), inputs)
+        return items
 
     @property
     def processor(self) -> Any:

@@ -118,6 +118,7 @@ def encode_queries(
     """
     from tokembed.embedder import Embedder, refuse_non_finite
     from tokembed.index import open_index
+    from tokembed.models.token_ids import TokenPastEmbeddingsError
 
     index = _checked_index(index)
     asked = as_queries(texts, ids)
@@ -130,7 +131,10 @@ def encode_queries(
     )
     loaded = time.perf_counter()
     _refuse_queries_the_model_refuses(embedder.encoder, texts, ids)
-    vectors = [vectors for vectors, _ in embedder.embed(texts)]
+    try:
+        vectors = [vectors for vectors, _ in embedder.embed(texts)]
+    except TokenPastEmbeddingsError as exc:
+        raise exc.naming(f"query {ids[exc.position]!r}") from None
     for qid, matrix in zip(ids, vectors):
         refuse_non_finite(f"query {qid!r}", matrix)
     if timings is not None:
