@@ -92,6 +92,11 @@ def test_raw_mode_matches_last_hidden_state(checkpoint_store, layout):
     path = checkpoint_store(layout)
     embedder = Embedder.load(str(path), EncodeFlags(store_dtype="float32"))
     assert embedder.settings.mode == "raw"
+    assert_raw_parity(path, embedder)
+
+
+def assert_raw_parity(path, embedder) -> None:
+    """The embedder's vectors of TEXTS are transformers' last hidden state of the same folder (``raw_reference``)."""
     got = embedder.embed(TEXTS, batch_tokens=64)
     for (ref_ids, ref_vecs), (vecs, ids) in zip(raw_reference(path, TEXTS, max_length=embedder.settings.max_length), got):
         assert ids.tolist() == ref_ids.tolist()

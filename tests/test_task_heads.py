@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from helpers import write_parquet
 from raw_checkpoints import build_encoder_with_head
 from test_load_check import TEXTS as DOCS, encode_then_break
-from test_parity import TEXTS, raw_reference
+from test_parity import assert_raw_parity
 from tokembed.embedder import Embedder
 from tokembed.settings import EncodeFlags
 
@@ -46,11 +45,7 @@ def test_raw_mode_on_an_encoder_with_its_head_matches_automodel(tmp_path, monkey
     assert f"of the {head} head are not used" in caplog.text and heads[0] in caplog.text
     assert (embedder.model.family, embedder.settings.mode) == ("encoder", "raw")
     assert (type(embedder.model.backbone).__name__ == "BertBackbone") == (head.startswith("Bert") and native == "1")
-    got = embedder.embed(TEXTS, batch_tokens=64)
-    for (ref_ids, ref_vecs), (vecs, ids) in zip(raw_reference(path, TEXTS, max_length=embedder.settings.max_length), got):
-        assert ids.tolist() == ref_ids.tolist()
-        assert vecs.shape == ref_vecs.shape
-        assert vecs.size == 0 or np.abs(vecs - ref_vecs).max() <= 1e-5
+    assert_raw_parity(path, embedder)
 
 
 def _tensors_edited(change):
