@@ -74,6 +74,8 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
     if index.tokens == 0 and options.nbits is None:
         log("the index holds no tokens: no search structure (score scans exhaustively)")
         return {key: value for key, value in manifest.items() if key != SEARCH}
+    if options.centroids is not None and index.tokens:  # even where the index already has that many
+        codec_mod.resolve_centroids(options.centroids, index.tokens, str(folder))
     vectorless = written is not None or vectors_dropped(manifest)
     reusable = old is not None and _same_encoding(committed, manifest)
     norms = codec_mod.needs_vector_norms(manifest)
@@ -85,12 +87,13 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
         keep_centroids_without_vectors(folder, reason, reusable and drift_only(old, nbits, options), log)
         reason = None
     if reason is None:
-        codec, codec_entry, training, drift = load_codec(folder, old), old["codec"], old["training"], dict(old["drift"])
+        codec, codec_entry, drift = load_codec(folder, old), old["codec"], dict(old["drift"])
+        training = _with_choice(old["training"], options.centroids)
     else:
         if old is not None:
             log(f"training new centroids: {reason}")
-        codec, codec_entry, training = _trained_codec(folder, index, nbits, _centroids_asked(options, old, index.tokens), norms,
-                                                      log)
+        codec, codec_entry, training = _trained_codec(folder, index, nbits, _centroids_asked(options, old),
+                                                      options.centroids is None, norms, log)
         drift, old, previous = None, None, None  # codes of other centroids cannot be carried
     stats, entries = CodingStats(), []
     carry = _CarryFromPrevious(folder, previous, old) if previous is not None and old is not None else None
@@ -207,16 +210,26 @@ def read_codec(path: Path) -> Codec:
     return Codec.from_tensors({k: np.array(v) for k, v in tensors.items()}, metadata)
 
 
-def _centroids_asked(options: StructureOptions, old: dict | None, tokens: int) -> int | None:
-    """The centroid count to train: ``--centroids`` if given, else the one an earlier run was asked for (a cron
-    run's retrain keeps a chosen count; at most one per token), else None (the default for the index's size)."""
+def _centroids_asked(options: StructureOptions, old: dict | None) -> int | None:
+    """The centroid count asked for, recorded as ``training.centroids_asked``: ``--centroids`` if given, else the
+    one an earlier run was asked for (a cron run's retrain keeps a chosen count), else None (the default for the
+    index's size)."""
     if options.centroids is not None:
         return options.centroids
-    remembered = ((old or {}).get("training") or {}).get("centroids_asked")
-    return min(remembered, tokens) if remembered and tokens else None
+    return ((old or {}).get("training") or {}).get("centroids_asked")
 
 
-def _trained_codec(folder: Path, index, nbits: int, requested: int | None, norms: bool, log=print) -> tuple[Codec, dict, dict]:
+def _with_choice(training: dict, centroids: int | None) -> dict:
+    """The kept centroids' training record, with an explicit ``--centroids`` (equal to their count) recorded as the
+    choice later retrains train again."""
+    return training if centroids is None else {**training, "centroids_asked": centroids}
+
+
+def _trained_codec(folder: Path, index, nbits: int, asked: int | None, remembered: bool, norms: bool,
+                   log=print) -> tuple[Codec, dict, dict]:
+    """A codec trained with ``asked`` centroids. A ``remembered`` count (not on this command line) is capped at
+    one per token for this training only: the record keeps the choice for when the index grows back."""
+    requested = min(asked, index.tokens) if remembered and asked and index.tokens else asked
     k = codec_mod.resolve_centroids(requested, index.tokens, str(folder))
     key = {"shards": [shard["sha256"] for shard in index.shards], "nbits": nbits, "centroids": k,
            **({"vector_norms": True} if norms else {})}
@@ -224,7 +237,7 @@ def _trained_codec(folder: Path, index, nbits: int, requested: int | None, norms
     if pending is not None and pending.get("key") == key:
         try:  # a run over the same shards died after training: take its codec, its code files follow
             structure = {"codec": pending["codec"]}
-            return load_codec(folder, structure), pending["codec"], pending["training"]
+            return load_codec(folder, structure), pending["codec"], {**pending["training"], "centroids_asked": asked}
         except Exception:  # unreadable leftovers: train again
             pass
     n = codec_mod.sample_size(k, index.tokens)
@@ -235,7 +248,7 @@ def _trained_codec(folder: Path, index, nbits: int, requested: int | None, norms
     entry = {"file": f"{CODES_DIR}/codec-{codec_mod.codec_id(data)[:16]}.safetensors"}
     entry.update(write_tensors(folder / entry["file"], codec.tensors(), codec.metadata()))
     training = {"sample_tokens": n, "index_tokens": index.tokens, "kmeans_iterations": codec_mod.KMEANS_ITERATIONS,
-                "seed": codec_mod.KMEANS_SEED, "library": "faiss", "centroids_asked": requested}
+                "seed": codec_mod.KMEANS_SEED, "library": "faiss", "centroids_asked": asked}
     atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "training": training}).encode())
     return codec, entry, training
 
