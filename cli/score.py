@@ -39,7 +39,7 @@ def score(
     fmt: Optional[Format] = typer.Option(
         None, "--format", "-f", help="table, jsonl, tsv or trec. Default: table on a terminal, else jsonl."
     ),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout ('-': stdout)."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Where the index's checkpoint is (folder or hub id). Default: the one in the manifest."
     ),
@@ -82,6 +82,7 @@ def score(
     if log_format not in ("text", "json"):
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
     query_file, index = _split_args(args, bool(query))
+    output = None if output is not None and str(output) == "-" else output  # "-o -": standard output, as the default
     _refuse_output_over_inputs(output, index, query_file)
     queries = read_queries(query_file, id_column or "id", text_column, id_required=id_column is not None) if query_file else Queries()
     queries = queries.add(inline_queries(query or []))

@@ -87,3 +87,11 @@ def test_a_fifo_is_written_directly_and_a_symlink_keeps_its_target(cli, demo_ind
     assert cli("score", queries, index, "-o", link, "-k", 1).exit_code == 0
     assert link.is_symlink() and link.resolve() == results and len(results.read_text().splitlines()) == 3
     assert results.stat().st_mode & 0o777 == 0o600 and os.listdir(results.parent) == ["results.jsonl"]
+
+
+def test_an_output_of_dash_is_standard_output(cli, demo_index, tmp_path, monkeypatch):
+    """-o - wrote a file named '-' in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    result = cli("score", demo_index[1], demo_index[0], "--output", "-", "-k", 1)
+    assert result.exit_code == 0 and '"rank": 1' in result.stdout
+    assert not (tmp_path / "-").exists()
