@@ -430,6 +430,7 @@ def test_serve_two_lora_modules_equal_encode_with_each(checkpoint_store, tmp_pat
 
     httpx = pytest.importorskip("httpx")
     from serve_support import LiveServer
+    from transformers import AutoTokenizer
 
     from tokembed.embedder import Embedder
     from tokembed.serve import EmbeddingService, ServeOptions
@@ -442,6 +443,7 @@ def test_serve_two_lora_modules_equal_encode_with_each(checkpoint_store, tmp_pat
                             target_modules=r".*attention\.(self\.(query|value)|output\.dense)$")
         for name, seed in (("legal", 1), ("medical", 2))
     }
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(adapters["legal"]))  # the base's own: accepted
     service = EmbeddingService.load(str(base), "cpu", ServeOptions(
         served_model_name="tiny", lora_modules=tuple((name, str(path)) for name, path in adapters.items())))
     server = LiveServer(service)
@@ -460,7 +462,7 @@ def test_serve_two_lora_modules_equal_encode_with_each(checkpoint_store, tmp_pat
                 return list(zip(order, responses))
 
         for name, response in asyncio.run(interleaved()):
-            assert response.status_code == 200, response.text
+            assert response.status_code == 200 and response.json()["model"] == name, response.text  # vLLM's model_name
             for item, (reference, _) in zip(response.json()["data"], expected[name], strict=True):
                 np.testing.assert_allclose(np.asarray(item["data"], dtype=np.float32), reference, atol=2e-5)
 
@@ -469,8 +471,39 @@ def test_serve_two_lora_modules_equal_encode_with_each(checkpoint_store, tmp_pat
         assert listed[1]["parent"] == "tiny" and listed[1]["root"] == str(adapters["legal"])
         unknown = server.post("/pooling", {"model": "nope", "input": texts})
         assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "NotFoundError"
+        for name in ("legal", "tiny"):  # the model that answered, as vLLM names it
+            assert server.post("/score", {"model": name, "queries": "a", "documents": texts}).json()["model"] == name
+            assert server.post("/rerank", {"model": name, "query": "a", "documents": texts}).json()["model"] == name
     finally:
         server.stop()
+
+
+def test_serve_refuses_a_lora_module_with_another_tokenizer(checkpoint, tmp_path):
+    """As ``encode --model ADAPTER`` refuses it: served with the base's tokenizer, its ids (and vectors) were not
+    those of a reference loading the adapter folder's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from tokembed.errors import ModelError
+    from tokembed.serve import EmbeddingService, ServeOptions
+
+    base = checkpoint("pylate_bert")
+    adapter = _text_adapter(base, tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer.add_tokens(["zebracorn"])
+    tokenizer.save_pretrained(str(adapter))
+    with pytest.raises(ModelError, match=f"^{re.escape(str(adapter / 'tokenizer.json'))}: the adapter ships a tokenizer other"):
+        EmbeddingService.load(str(base), "cpu", ServeOptions(lora_modules=(("tok", str(adapter)),)))
+
+
+def test_serve_refuses_a_lora_module_named_as_the_served_model(checkpoint, tmp_path):
+    """Requests naming it got the base, and /v1/models listed the name twice."""
+    from tokembed.errors import UsageError
+    from tokembed.serve import EmbeddingService, ServeOptions
+
+    base = checkpoint("pylate_bert")
+    adapter = _text_adapter(base, tmp_path / "legal")
+    with pytest.raises(UsageError, match="differ from the served model"):
+        EmbeddingService.load(str(base), "cpu", ServeOptions(served_model_name="tiny", lora_modules=(("tiny", str(adapter)),)))
 
 
 def test_serve_refuses_a_lora_module_with_an_integer_tensor(checkpoint, tmp_path):

@@ -76,10 +76,11 @@ def test_an_unknown_runtime_is_refused(monkeypatch):
 def test_serve_refuses_lora_adapters_on_an_openvino_backbone(cache, monkeypatch):
     """peft would patch torch modules the compiled model never runs: refused, not served as the base."""
     from tokembed.serve.lora import attach_adapters
+    from tokembed.serve.options import ServeOptions
 
     embedder, _ = embed(monkeypatch, "openvino")
     with pytest.raises(UsageError, match="no torch weights"):
-        attach_adapters(embedder, [("mine", "/nonexistent/adapter")])
+        attach_adapters(embedder, ServeOptions(lora_modules=(("mine", "/nonexistent/adapter"),)))
 
 
 def test_the_first_inference_runs_on_the_loading_thread(cache, monkeypatch):

@@ -240,10 +240,15 @@ def test_an_input_with_no_tokens_is_a_400_as_vllm_answers_it(checkpoint_store):
 
     server = _live_server(checkpoint_store("raw_decoder"))
     try:
-        for route, body in (("/pooling", {"input": ["", "hello"]}), ("/score", {"queries": "", "documents": ["hello"]}),
-                            ("/rerank", {"query": "hello", "documents": ["hello", ""]})):
+        for route, body, field, item in (
+            ("/pooling", {"input": ["", "hello"]}, "input", 0), ("/score", {"queries": "", "documents": ["hello"]}, "queries", 0),
+            ("/score", {"text_1": "hello", "text_2": ["hello", ""]}, "text_2", 1),
+            ("/rerank", {"query": "hello", "documents": ["hello", ""]}, "documents", 1),
+        ):  # the error names the request's field and item
             response = server.post(route, body)
-            assert response.status_code == 400 and "is empty: it has no tokens" in response.json()["error"]["message"], response.text
+            error = response.json()["error"]
+            assert response.status_code == 400 and f"{field} {item} is empty: it has no tokens" in error["message"], response.text
+            assert error["param"] == field
         assert server.post("/pooling", {"input": ["hello"]}).status_code == 200
     finally:
         server.stop()

@@ -159,7 +159,7 @@ async def answer_search(service, request) -> dict:
         raise APIError("search encodes queries with the index's model; a LoRA adapter's vectors do not match it", param="model")
     texts = [request.query] if isinstance(request.query, str) else list(request.query)
     service._check_count(len(texts), "query")
-    items = await service._tokenize("index", texts, None, "search")
+    items = await service._tokenize("index", texts, None, "search", "query")
     rows = await service.batcher.submit("index", items)
     queries = [vectors for vectors, _ in rows]
     hits = await asyncio.get_running_loop().run_in_executor(

@@ -108,16 +108,20 @@ class ScoreRequest(_Request):
     data_1: TextInputs | None = None
     data_2: TextInputs | None = None
 
-    def pair(self) -> tuple[list[str], list[str]]:
-        """(queries, documents) from whichever of vLLM's four spellings was used; 1:1, 1:N or N:N."""
+    def fields(self) -> tuple[str, str]:
+        """The names of the pair the request used, of vLLM's four spellings."""
         spellings = [("queries", "documents"), ("queries", "items"), ("text_1", "text_2"), ("data_1", "data_2")]
         firsts = [name for name in ("queries", "text_1", "data_1") if getattr(self, name) is not None]
         seconds = [name for name in ("documents", "items", "text_2", "data_2") if getattr(self, name) is not None]
         if len(firsts) != 1 or len(seconds) != 1 or (firsts[0], seconds[0]) not in spellings:
             raise APIError("give exactly one pair of inputs: queries and documents (or queries and items, text_1 "
                            "and text_2, data_1 and data_2)", param="queries")
+        return firsts[0], seconds[0]
+
+    def pair(self) -> tuple[list[str], list[str]]:
+        """(queries, documents) from whichever of vLLM's four spellings was used; 1:1, 1:N or N:N."""
         first, second = ([value] if isinstance(value, str) else list(value)
-                         for value in (getattr(self, firsts[0]), getattr(self, seconds[0])))
+                         for value in (getattr(self, name) for name in self.fields()))
         if len(first) > 1 and len(first) != len(second):
             raise APIError("Input lengths must be either 1:1, 1:N or N:N", param="queries")
         if not first:

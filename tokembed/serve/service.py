@@ -112,7 +112,7 @@ class EmbeddingService:
             except ModelMismatchError as exc:
                 exc.hint = "leave --model out (the index's own), or pass the checkpoint the index was built with"
                 raise
-        adapters = _attach_adapters(embedder, options.lora_modules) if options.lora_modules else None
+        adapters = _attach_adapters(embedder, options) if options.lora_modules else None
         return cls(embedder, options, adapters, served)
 
     def close(self) -> bool:
@@ -153,7 +153,7 @@ class EmbeddingService:
         rows = await self.batcher.submit(_batch_key(adapter, key), items)
         normalize = request.use_activation is not False
         return await asyncio.get_running_loop().run_in_executor(
-            None, self._pooling_response, rows, items, request, normalize
+            None, self._pooling_response, rows, items, request, normalize, adapter or self.name
         )
 
     async def score(self, request: ScoreRequest) -> dict:
@@ -161,10 +161,10 @@ class EmbeddingService:
         adapter = self._check_model(request.model)
         queries, documents = request.pair()
         self._check_count(len(queries) + len(documents), "documents")
-        q_vecs, d_vecs, tokens = await self._encode_pair(queries, documents, request, adapter)
+        q_vecs, d_vecs, tokens = await self._encode_pair(queries, documents, request, adapter, request.fields())
         pairs = [(0 if len(q_vecs) == 1 else i, i) for i in range(len(d_vecs))]
         scores = await asyncio.get_running_loop().run_in_executor(None, pair_scores, q_vecs, d_vecs, pairs)
-        return list_response("score", self.name, [{"index": i, "object": "score", "score": finite(s)} for i, s in enumerate(scores)], tokens)
+        return list_response("score", adapter or self.name, [{"index": i, "object": "score", "score": finite(s)} for i, s in enumerate(scores)], tokens)
 
     async def rerank(self, request: RerankRequest) -> dict:
         self.requests["rerank"] += 1
@@ -172,7 +172,8 @@ class EmbeddingService:
         if not request.documents:
             raise APIError("At least one document must be given", param="documents")
         self._check_count(1 + len(request.documents), "documents")
-        q_vecs, d_vecs, tokens = await self._encode_pair([request.query], request.documents, request, adapter)
+        q_vecs, d_vecs, tokens = await self._encode_pair([request.query], request.documents, request, adapter,
+                                                         ("query", "documents"))
         scores = await asyncio.get_running_loop().run_in_executor(None, maxsim, q_vecs[0], d_vecs)
         order = np.argsort(-scores, kind="stable")  # best first; ties keep document order
         if request.top_n > 0:
@@ -183,7 +184,7 @@ class EmbeddingService:
         ]
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
-            "model": self.name,
+            "model": adapter or self.name,  # vLLM's model_name(lora_request): the adapter's name
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "results": results,
         }
@@ -220,16 +221,17 @@ class EmbeddingService:
         return {"requests": dict(self.requests), "batcher": self.batcher.stats.to_json()}
 
     # -- steps -------------------------------------------------------------------------------------------
-    async def _encode_pair(self, queries: list[str], documents: list[str], request, adapter: str | None = None) -> tuple[list, list, int]:
+    async def _encode_pair(self, queries: list[str], documents: list[str], request, adapter: str | None,
+                           fields: tuple[str, str]) -> tuple[list, list, int]:
         """Encode both sides concurrently (their batches may merge with other requests'), normalized unless
-        ``use_activation`` is false."""
+        ``use_activation`` is false. ``fields``: the request's names of the two sides, for its errors."""
         if self.vision:
             raise APIError(self._vision_refusal("its documents are images, so it scores and reranks none here"), param="model")
         truncate = self._truncation(request.truncate_prompt_tokens)
         colbert = "query" in self.profiles
         q_key, d_key = ("query", "document") if colbert else ("raw", "raw")
-        q_items = await self._tokenize(q_key, queries, truncate, "score")
-        d_items = await self._tokenize(d_key, documents, truncate, "score")
+        q_items = await self._tokenize(q_key, queries, truncate, "score", fields[0])
+        d_items = await self._tokenize(d_key, documents, truncate, "score", fields[1])
         q_rows, d_rows = await asyncio.gather(
             self.batcher.submit(_batch_key(adapter, q_key), q_items), self.batcher.submit(_batch_key(adapter, d_key), d_items)
         )
@@ -239,15 +241,16 @@ class EmbeddingService:
         tokens = sum(len(item.ids) for item in q_items + d_items)
         return q_vecs, d_vecs, tokens
 
-    async def _tokenize(self, key: str, texts: list[str], truncate: int | None, operation: str) -> list:
+    async def _tokenize(self, key: str, texts: list[str], truncate: int | None, operation: str, field: str = "input") -> list:
+        """``field``: the request's field holding ``texts``, which an error names with the item's index."""
         for index, text in enumerate(texts):
             if problem := unicode_problem(text):  # no tokenizer takes it: the client's error, not a 500
-                raise APIError(f"input {index}: {problem}", param="input")
+                raise APIError(f"{field} {index}: {problem}", param=field)
         lane = self._lanes.for_texts(texts)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(lane.thread, self._tokenize_now, key, texts, truncate, operation, lane)
+        return await loop.run_in_executor(lane.thread, self._tokenize_now, key, texts, truncate, operation, lane, field)
 
-    def _tokenize_now(self, key: str, texts: list[str], truncate: int | None, operation: str, lane: Lane) -> list:
+    def _tokenize_now(self, key: str, texts: list[str], truncate: int | None, operation: str, lane: Lane, field: str) -> list:
         """Runs on the lane's tokenizer thread. Raw texts are tokenized to at most limit + 1 tokens so that an
         over-long input is refused (vLLM's behaviour) unless ``truncate_prompt_tokens`` asks to cut it."""
         items = self._tokenizing_encoder(key, truncate, lane).tokenize(texts)
@@ -256,8 +259,8 @@ class EmbeddingService:
                 self._check_length(len(item.ids), operation, counted=False)
         for number, item in enumerate(items):
             if not len(item.ids):  # a tokenizer without special tokens (a decoder), an empty text: as vLLM, a 400
-                raise APIError(f"input {number} is empty: it has no tokens to embed (the prompt cannot be empty)",
-                               param="input")
+                raise APIError(f"{field} {number} is empty: it has no tokens to embed (the prompt cannot be empty)",
+                               param=field)
         return items
 
     def _tokenizing_encoder(self, key: str, truncate: int | None, lane: Lane):
@@ -308,7 +311,7 @@ class EmbeddingService:
             items.append(Tokenized(np.asarray(ids, dtype=np.int64), len(ids)))
         return items
 
-    def _pooling_response(self, rows, items, request: PoolingRequest, normalize: bool) -> dict:
+    def _pooling_response(self, rows, items, request: PoolingRequest, normalize: bool, model: str) -> dict:
         data = []
         for index, (vectors, _) in enumerate(rows):
             vectors = finish(vectors, request.dimensions, normalize)  # [n_tokens, D] float32
@@ -317,7 +320,7 @@ class EmbeddingService:
             else:
                 payload = vectors.tolist()
             data.append({"index": index, "object": "pooling", "data": payload})
-        return list_response("pool", self.name, data, sum(len(item.ids) for item in items))
+        return list_response("pool", model, data, sum(len(item.ids) for item in items))
 
     # -- checks ------------------------------------------------------------------------------------------
     def _check_model(self, name: str | None) -> str | None:
