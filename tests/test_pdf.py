@@ -303,3 +303,64 @@ def test_old_shards_without_page_columns_stay_readable(cli, checkpoint, tmp_path
     assert cli("info", out, "--verify").exit_code == 0
     rerun = cli("encode", docs, "--model", model, "-o", out, "--log-format", "json")
     assert rerun.exit_code == 0 and json.loads(rerun.stdout)["unchanged"] == 1, rerun.output
+
+
+def test_a_pdf_named_in_latin1_bytes_that_does_not_open_is_a_bad_row(tmp_path):
+    """A corrupt or encrypted PDF whose file name is not UTF-8 (``r\\xe9sum\\xe9.pdf`` from an old zip) was a
+    UnicodeEncodeError (exit 1) where its raw re-load encoded the name as UTF-8: now the open fails with the
+    reason an ASCII name gets, and the file is one bad row under its escaped id."""
+    import os
+
+    from tokembed.sources.pdf import PdfOpenError, open_pdf
+
+    for kind in ("corrupt", "encrypted"):
+        docs = tmp_path / kind
+        docs.mkdir()
+        ascii_name = docs / "resume.pdf"
+        if kind == "corrupt":
+            ascii_name.write_bytes(b"%PDF-1.4 garbage\n")
+        else:
+            encrypt(text_pdf(ascii_name, ["hidden words"]), "s3cret")
+        with pytest.raises(PdfOpenError) as expected:
+            open_pdf(ascii_name, "wrong")
+        latin1 = Path(os.fsdecode(os.fsencode(docs) + b"/r\xe9sum\xe9.pdf"))
+        ascii_name.rename(latin1)
+        with pytest.raises(PdfOpenError) as raised:
+            open_pdf(latin1, "wrong")
+        assert str(raised.value) == str(expected.value), kind
+        items = read_items([docs], pdf_password="wrong")
+        assert [(item.id, item.error is not None) for item in items] == [("r\\udce9sum\\udce9.pdf", True)], kind
+
+
+def test_a_pdf_password_that_is_not_utf8_is_a_usage_error(cli, tmp_path):
+    """``--pdf-password $'p\\xe9'`` in a Latin-1 terminal reaches Python as a lone surrogate: PDFium's UTF-8
+    encoding of it crashed on every PDF (exit 1). It is a bad flag value, exit 2, before the model loads."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    text_pdf(docs / "a.pdf", ["plain page"])
+    result = cli("encode", docs, "-o", tmp_path / "index", "--pdf-password", "p\udce9", "--on-error", "skip")
+    assert result.exit_code == 2, result.output
+    assert "--pdf-password is not valid UTF-8" in result.stderr and "\udce9" not in result.stderr
+
+
+def test_jsonl_pdf_column_bad_records_are_bad_rows(tmp_path):
+    """A record without the PDF field is a bad row, as one without the text field (it stopped the run, exit 3,
+    under --on-error skip); a file where no record has it is exit 3. A path holding JSON's ``\\ud800`` escape is a
+    bad row (it was a UnicodeEncodeError, exit 1). An explicit --id-column the first record lacks is exit 3."""
+    from tokembed.errors import BadInputError
+
+    text_pdf(tmp_path / "good.pdf", ["plain page"])
+    records = tmp_path / "t.jsonl"
+    records.write_text('{"id": "a", "pdf": "good.pdf"}\n{"id": "b", "note": "no pdf yet"}\n'
+                       '{"id": "c", "pdf": "\\ud800x.pdf"}\n{"id": "d", "pdf": "good.pdf"}\n')
+    items = read_items([records], pdf_column_given=True)
+    assert [(item.id, item.error) for item in items] == [
+        ("a#page=1", None), ("b", "line 2: no PDF field 'pdf' (fields: id, note)"),
+        ("c", f"line 3: the PDF path is not valid Unicode (a lone surrogate, U+D800, at character {len(str(tmp_path)) + 1})"),
+        ("d#page=1", None),
+    ]
+    none = write_jsonl(tmp_path / "none.jsonl", [{"id": "a", "doc": "good.pdf"}, {"id": "b", "doc": "good.pdf"}])
+    with pytest.raises(BadInputError, match="no record has what this run reads: no PDF field 'pdf'.*--pdf-column"):
+        read_items([none], pdf_column_given=True)
+    with pytest.raises(BadInputError, match="line 1: no id field 'key'"):
+        read_items([records], pdf_column_given=True, id_column="key", id_column_given=True)

@@ -33,6 +33,7 @@ from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input, estimate_rows, ignored_files, printable_id
 from tokembed.sources.files import files_linked_twice, refuse_inputs_given_twice
 from tokembed.sources.id_source import id_column_read
+from tokembed.sources.pdf import check_pdf_password
 
 class Progress(Protocol):
     def start(self, total_rows: int | None) -> None: ...
@@ -384,6 +385,7 @@ def _check_job(job: EncodeJob) -> None:
         raise UsageError(f"--batch-tokens must be positive; got {job.batch_tokens}")
     if job.shard_rows < 1:
         raise UsageError(f"--shard-rows must be positive; got {job.shard_rows}")
+    check_pdf_password(job.sources.pdf_password)
     check_wait(job.wait_seconds)
     if job.nbits is not None:
         from tokembed.search.plaid.codec import check_nbits

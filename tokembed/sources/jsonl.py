@@ -70,8 +70,9 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
     if row >= 0 and not state.records:  # a JSON array, a compressed file under a .jsonl name: nothing to index
         raise BadInputError(f"{path}: no line is a JSON object (JSON Lines: one object per line, uncompressed)")
     if state.records and state.lacking == state.records:
+        flags = "--pdf-column" if options.pdf_column_given else "--text-column / --image-column"
         raise BadInputError(f"{path}: no record has what this run reads: {state.first_lack} (a renamed field? "
-                            "name it with --text-column / --image-column)")
+                            f"name it with {flags})")
 
 
 def first_record_fields(path: Path) -> list[str] | None:
@@ -149,10 +150,14 @@ def _parsed(line: str | bytes) -> tuple[dict | None, str | None]:
     return record, None
 
 
-def _record_id(record: dict, global_row: int, options: SourceOptions, state: _FileState) -> tuple[Any, str | None]:
+def _record_id(record: dict, global_row: int, options: SourceOptions, state: _FileState,
+               where: str) -> tuple[Any, str | None]:
     """(the record's id, or why it has none). Without the field the id is the row number, unless the file's first
-    record had one: then a record without it is a bad row (its row number could be another record's id)."""
+    record had one: then a record without it is a bad row (its row number could be another record's id). An
+    explicit ``--id-column`` that the file's first record lacks is exit 3 (past the first record: a bad row)."""
     has = options.id_column in record
+    if options.id_column_given and not has and not state.first_has_id:
+        raise BadInputError(f"{where}: no id field {options.id_column!r}")
     if state.first_has_id is None:
         state.first_has_id = has
     if not has and state.first_has_id:
@@ -172,13 +177,17 @@ def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: 
         yield Item(str(global_row), None, source, row, error=error)
         return
     state.records += 1
-    if options.pdf_column not in record:
-        raise BadInputError(f"{where}: no PDF field {options.pdf_column!r} (fields: {', '.join(record)})")
-    raw_id, problem = _record_id(record, global_row, options, state)
+    raw_id, problem = _record_id(record, global_row, options, state, where)
     if problem:
         yield Item(str(global_row), None, source, row, error=problem)
         return
     item_id = str(raw_id)
+    if options.pdf_column not in record:  # a bad row, as a record without the text field; no record with it: exit 3
+        problem = f"no PDF field {options.pdf_column!r} (fields: {', '.join(record)})"
+        state.lacking += 1
+        state.first_lack = state.first_lack or problem
+        yield Item(item_id, None, source, row, error=problem)
+        return
     yield from row_pages(Item(item_id, None, source, row), _json_bytes(record[options.pdf_column]), path.parent, options)
 
 
@@ -204,9 +213,7 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
     if error is not None:
         return Item(str(global_row), None, source, row, error=error), None
     state.records += 1
-    if options.id_column_given and options.id_column not in record and not state.first_has_id:
-        raise BadInputError(f"{where}: no id field {options.id_column!r}")  # past the file's first record: a bad row
-    raw_id, problem = _record_id(record, global_row, options, state)
+    raw_id, problem = _record_id(record, global_row, options, state, where)
     if problem:
         return Item(str(global_row), None, source, row, error=problem), None
     if _video_field(record, options, where):

@@ -25,12 +25,13 @@ that render pages for image models (``pdf_workers``).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tokembed.errors import UsageError
-from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked
+from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, unicode_problem
 from tokembed.sources.files import folder_files, special_file_problem
 
 PDF_SUFFIX = ".pdf"
@@ -132,6 +133,8 @@ def _open_pdf(pdf: Path | bytes, password: str | None):
 
     if isinstance(pdf, (bytes, bytearray)) and not pdf:
         raise PdfOpenError("empty PDF (0 bytes)")
+    if isinstance(pdf, Path) and (problem := _unencodable_path(pdf)):  # a JSONL path cell holding JSON's \ud800
+        raise PdfOpenError(problem)
     if isinstance(pdf, Path) and (problem := special_file_problem(pdf)):  # a FIFO would block PDFium forever
         raise PdfOpenError(problem)
     try:
@@ -159,6 +162,24 @@ def _open_pdf(pdf: Path | bytes, password: str | None):
         raise PdfOpenError(f"cannot read the PDF file ({exc})") from None
 
 
+def _unencodable_path(pdf: Path) -> str | None:
+    """Why ``pdf`` names no file the OS could have (a lone surrogate that is no undecodable file-name byte), or
+    None. A name that is not UTF-8 (a Latin-1 ``r\\xe9sum\\xe9.pdf``) encodes back to its bytes."""
+    try:
+        os.fsencode(pdf)
+    except UnicodeEncodeError:
+        return unicode_problem(str(pdf), "the PDF path") or "the PDF path cannot be encoded for the file system"
+    return None
+
+
+def check_pdf_password(password: str | None) -> None:
+    """``UsageError`` (exit 2) for a ``--pdf-password`` that is not valid UTF-8 (its bytes kept as lone surrogates
+    by Python's argument decoding): PDFium takes passwords as UTF-8, so it could open no PDF."""
+    if password is not None and unicode_problem(password):
+        raise UsageError("--pdf-password is not valid UTF-8 (PDF passwords are given to PDFium as UTF-8 text)",
+                         hint="give it from a UTF-8 terminal or locale (LANG=C.UTF-8)")
+
+
 def _pypdfium2():
     try:
         import pypdfium2
@@ -173,11 +194,11 @@ def _has_no_pages(pdf: Path | bytes, password: str | None) -> bool:
     to tell an empty page tree from a real failure."""
     import pypdfium2.raw as raw
 
-    secret = None if password is None else (password + "\0").encode("utf-8")
+    secret = None if password is None else password.encode("utf-8") + b"\0"  # as pypdfium2 encodes it
     if isinstance(pdf, bytes):
         handle = raw.FPDF_LoadMemDocument64(pdf, len(pdf), secret)
     else:
-        handle = raw.FPDF_LoadDocument((str(pdf) + "\0").encode("utf-8"), secret)
+        handle = raw.FPDF_LoadDocument(os.fsencode(pdf) + b"\0", secret)  # a file name need not be UTF-8
     if not handle:
         return False
     try:
