@@ -26,18 +26,32 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data"
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is when a record is written (a test's capture stream, or the process's)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _library_handlers_to_the_current_stderr() -> None:
+    for name in ("transformers", "huggingface_hub"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _CurrentStderr):
+                handler.stream = _CurrentStderr()  # not setStream: it would flush a closed stream first
+
+
 @pytest.fixture(autouse=True)
-def _no_log_handler_left_on_a_closed_stream():
-    """A library's log handler (transformers', huggingface_hub's) holds the sys.stderr of the moment it was made: made
-    inside a test, that can be a capture stream closed after it, and every later record of that library printed
-    "--- Logging error ---" with a traceback into another test's stderr (which failed its no-traceback check, in one
-    test order). After each test such a handler writes to the process's own stderr."""
+def _library_log_handlers_follow_stderr():
+    """transformers' and huggingface_hub's log handlers hold the sys.stderr of the moment they were made: made inside
+    a test, that is its capture stream, closed after it, and a later warning of theirs printed "--- Logging error ---"
+    with a traceback into another test's stderr (which failed its no-traceback check, in the full suite's order).
+    They write to the stderr of the moment instead, as in a real process."""
+    _library_handlers_to_the_current_stderr()
     yield
-    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        for handler in getattr(logger, "handlers", ()):
-            stream = getattr(handler, "stream", None)
-            if type(handler) is logging.StreamHandler and getattr(stream, "closed", False):
-                handler.stream = sys.__stderr__  # not setStream: it would flush the closed stream first
+    _library_handlers_to_the_current_stderr()
 
 
 @pytest.fixture(autouse=True)
