@@ -223,7 +223,7 @@ def checkpoint_files(path: Path, every_format: bool = False) -> list[Path]:
     chains = {str(path): (os.path.realpath(path),)}  # each folder walked -> the real folders it is reached through
     for root, folders, names in os.walk(path, followlinks=True):
         chain = chains.pop(root)
-        folders[:] = [name for name in folders if not _links_above(os.path.join(root, name), chain)]
+        folders[:] = [name for name in folders if not links_above(os.path.join(root, name), chain)]
         for name in folders:
             chains[os.path.join(root, name)] = (*chain, os.path.realpath(os.path.join(root, name)))
         files += [Path(root, name) for name in names]
@@ -231,7 +231,7 @@ def checkpoint_files(path: Path, every_format: bool = False) -> list[Path]:
             if file.is_file() and (every_format or not never_read(file.relative_to(path).as_posix()))]
 
 
-def _links_above(folder: str, chain: tuple[str, ...]) -> bool:
+def links_above(folder: str, chain: tuple[str, ...]) -> bool:
     """Whether ``folder`` is (a link to) one of the folders ``chain`` holds, or to a folder above one of them."""
     real = os.path.realpath(folder)
     return any(seen == real or seen.startswith(real.rstrip(os.sep) + os.sep) for seen in chain)

@@ -9,15 +9,15 @@ in raw mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from tokembed.errors import ModelError
 from tokembed.models.base import TokenModel, read_json
 from tokembed.models.long_text import lstrip_tokens, read_otherwise_before_lstrip_fix, tokenize_long, window_chars
-from tokembed.settings import EncodeSettings
-
 from tokembed.models.token_ids import TokenIdGuard, embedding_rows
+from tokembed.settings import EncodeSettings
 
 # Families whose ColBERT markers are colbert-ai's artifact.metadata tokens (default [unused0]/[unused1]).
 MARKER_FAMILIES = ("HF_ColBERT", "jina-colbert")

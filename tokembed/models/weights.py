@@ -74,14 +74,11 @@ def path_inside(folder: Path, listed: object, listed_in: Path, what: str) -> Pat
 def _through_link_up(folder: Path, listed: str) -> bool:
     """Whether a folder on ``listed``'s way is a link to the checkpoint folder or one above it: the fingerprint's
     walk does not follow such a link (a cycle), so what is read through it would not be fingerprinted."""
-    real = os.path.realpath(folder)
-    parts = Path(listed).parts
-    for depth in range(1, len(parts) + 1):
-        link = folder.joinpath(*parts[:depth])
-        target = os.path.realpath(link)
-        if link.is_symlink() and (real == target or real.startswith(target.rstrip(os.sep) + os.sep)):
-            return True
-    return False
+    from tokembed.models.resolve import links_above
+
+    real, parts = os.path.realpath(folder), Path(listed).parts
+    links = (folder.joinpath(*parts[:depth]) for depth in range(1, len(parts) + 1))
+    return any(link.is_symlink() and links_above(str(link), (real,)) for link in links)
 
 
 def check_weight_files(folder: Path, indexed: bool = True) -> None:
