@@ -97,6 +97,12 @@ class _FileState:
     lacking: int = 0
     first_lack: str = ""
 
+    def lacks(self, problem: str) -> str:
+        """Count a record without the field this run reads (a bad row; none with it is exit 3); returns ``problem``."""
+        self.lacking += 1
+        self.first_lack = self.first_lack or problem
+        return problem
+
 
 def _at_line(item: Item, number: int) -> Item:
     item = unicode_checked(item)  # here, so that a lone surrogate's reason names its line too
@@ -183,9 +189,7 @@ def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: 
         return
     item_id = str(raw_id)
     if options.pdf_column not in record:  # a bad row, as a record without the text field; no record with it: exit 3
-        problem = f"no PDF field {options.pdf_column!r} (fields: {', '.join(record)})"
-        state.lacking += 1
-        state.first_lack = state.first_lack or problem
+        problem = state.lacks(f"no PDF field {options.pdf_column!r} (fields: {', '.join(record)})")
         yield Item(item_id, None, source, row, error=problem)
         return
     yield from row_pages(Item(item_id, None, source, row), _json_bytes(record[options.pdf_column]), path.parent, options)
@@ -222,9 +226,7 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
         return video_item(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent,
                           options), None
     if problem := missing_columns(list(record), options, what="field"):  # this record's: a bad row, as a null text is
-        state.lacking += 1
-        state.first_lack = state.first_lack or problem
-        return Item(str(raw_id), None, source, row, error=problem), None
+        return Item(str(raw_id), None, source, row, error=state.lacks(problem)), None
     use_text, use_image = columns_read(list(record), options)
     if use_text:
         item = _text_item(str(raw_id), source, row, record.get(options.text_column))
