@@ -31,7 +31,7 @@ app.command("export", no_args_is_help=True)(export_cmd.export)
 app.command("info", no_args_is_help=True)(info_cmd.info)
 app.command("models")(models_cmd.models)
 app.command("score", no_args_is_help=True)(score_cmd.score)
-app.command("serve")(serve_cmd.serve)
+app.command("serve", context_settings={"allow_extra_args": True})(serve_cmd.serve)
 
 
 def _library_warnings_to_stderr() -> None:

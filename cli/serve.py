@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -15,6 +16,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
 
 
 def serve(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
         help="Checkpoint folder or Hugging Face hub id. Default: the demo all-MiniLM-L6-v2 (raw mode only).",
@@ -36,7 +38,8 @@ def serve(
     served_model_name: Optional[str] = typer.Option(None, help="Name clients pass as \"model\". Default: --model as given."),
     lora_modules: Optional[list[str]] = typer.Option(
         None, "--lora-modules", help="NAME=PATH: serve a PEFT LoRA adapter (folder or hub id) over --model, unmerged, as model "
-        "NAME (vLLM's convention; repeat for more). Requests naming NAME use it, batched per adapter; text models.",
+        "NAME. Requests naming NAME use it, batched per adapter; text models. vLLM's forms: repeat the flag, list several "
+        "after one flag (--lora-modules a=X b=Y), or give JSON ('{\"name\": \"a\", \"path\": \"X\"}').",
     ),
     index: Optional[str] = typer.Option(
         None, "--index", help="An index folder to search at POST /search, as 'tokembed score' does (queries encoded with the "
@@ -60,7 +63,7 @@ def serve(
         max_inputs=max_inputs,
         served_model_name=served_model_name,
         dtype=dtype.value,
-        lora_modules=_parse_lora_modules(lora_modules or []),
+        lora_modules=_parse_lora_modules(_with_listed_modules(lora_modules or [], ctx.args)),
     )
     try:
         run_server(
@@ -107,11 +110,26 @@ def _exit_now() -> NoReturn:
     os._exit(0)
 
 
+def _with_listed_modules(values: list[str], extra: list[str]) -> list[str]:
+    """vLLM's ``--lora-modules a=X b=Y`` (nargs="+"): the words after the flag arrive as extra arguments."""
+    from tokembed.errors import UsageError
+
+    if not extra:
+        return values
+    if not values or not all("=" in word or word.lstrip().startswith("{") for word in extra):
+        raise UsageError(f"unexpected argument(s) {' '.join(extra)!r}: serve takes no arguments, only options "
+                         "(--model M; several adapters: --lora-modules a=X b=Y)")
+    return values + extra
+
+
 def _parse_lora_modules(values: list[str]) -> tuple[tuple[str, str], ...]:
     from tokembed.errors import UsageError
 
     pairs = []
     for value in values:
+        if value.lstrip().startswith("{"):
+            pairs.append(_lora_module_from_json(value))
+            continue
         # one NAME=PATH per value, as vLLM takes it (a path may hold spaces); several, space-separated, in one
         # value where each has its own "="
         for item in (value.split() if value.count("=") > 1 else [value.strip()]):
@@ -120,3 +138,21 @@ def _parse_lora_modules(values: list[str]) -> tuple[tuple[str, str], ...]:
                 raise UsageError(f"--lora-modules {item!r}: expected NAME=PATH")
             pairs.append((name, path))
     return tuple(pairs)
+
+
+def _lora_module_from_json(value: str) -> tuple[str, str]:
+    """vLLM's JSON form: {"name": ..., "path": ..., "base_model_name": ...} (the base is --model here)."""
+    from tokembed.errors import UsageError
+
+    try:
+        module = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--lora-modules {value!r}: not valid JSON ({exc})") from None
+    unknown = sorted(set(module) - {"name", "path", "base_model_name"}) if isinstance(module, dict) else []
+    if not isinstance(module, dict) or unknown:
+        raise UsageError(f"--lora-modules {value!r}: expected a JSON object with name and path"
+                         + (f" (unknown key(s) {', '.join(unknown)})" if unknown else ""))
+    name, path = module.get("name"), module.get("path")
+    if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+        raise UsageError(f"--lora-modules {value!r}: expected a JSON object with name and path, both non-empty strings")
+    return name, path

@@ -128,6 +128,29 @@ def test_lora_modules_paths_may_hold_spaces_and_one_value_may_hold_several():
     assert _parse_lora_modules(["a=/x b=/y", "c=/z"]) == (("a", "/x"), ("b", "/y"), ("c", "/z"))
 
 
+def test_lora_modules_take_vllms_json_form():
+    from cli.serve import _parse_lora_modules
+    from tokembed.errors import UsageError
+
+    given = '{"name": "legal", "path": "/data/legal lora", "base_model_name": "base"}'
+    assert _parse_lora_modules([given, "c=/z"]) == (("legal", "/data/legal lora"), ("c", "/z"))
+    for bad in ('{"name": "legal"}', '{"name": "a", "path": "/x", "scale": 2}', '{"name": ', '["a", "/x"]'):
+        with pytest.raises(UsageError, match="--lora-modules"):
+            _parse_lora_modules([bad])
+
+
+def test_lora_modules_listed_after_one_flag_as_vllm_takes_them(cli, checkpoint, tmp_path):
+    base = checkpoint("pylate_bert")
+    adapter = _text_adapter(base, tmp_path / "legal")
+    result = cli("serve", "--model", base, "--lora-modules", f"legal={adapter}", f"medical={tmp_path / 'gone'}", "--port", 0)
+    assert result.exit_code == 4 and "--lora-modules medical=" in result.stderr and "no such checkpoint folder" in result.stderr
+
+
+def test_serve_refuses_a_stray_argument_by_name(cli, tmp_path):
+    result = cli("serve", "--model", tmp_path, "stray", "--port", 0)
+    assert result.exit_code == 2 and "unexpected argument(s) 'stray'" in result.stderr
+
+
 def test_a_missing_lora_module_folder_is_named_as_such(checkpoint, tmp_path):
     from tokembed.errors import ModelNotFoundError
     from tokembed.serve import EmbeddingService, ServeOptions
