@@ -165,3 +165,16 @@ def test_more_rows_than_token_ids_is_fine(cli, checkpoint, tmp_path):
     for key in before:
         assert (before[key][1] == after[key][1]).all()
         torch.testing.assert_close(torch.from_numpy(after[key][0]), torch.from_numpy(before[key][0]))
+
+
+def test_a_prefix_holding_a_token_past_the_embeddings_is_refused_at_load(cli, checkpoint, tmp_path):
+    """Every row starts with the document prefix: one holding such a token past its first word (the marker check
+    reads the whole prefix and its first word) is refused at load, naming the prefix, not the first row read."""
+    model = checkpoint("pylate_bert")  # [Q] and [D] are ids 220 and 221, within the rows
+    _add_token(model, "zebracorn", 222)
+    settings = json.loads((model / "config_sentence_transformers.json").read_text())
+    settings["document_prefix"] = "[D] passage zebracorn: "
+    (model / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    result = cli("encode", write_jsonl(tmp_path / "docs.jsonl", DOCS[:1]), "--model", model, "-o", tmp_path / "index")
+    _refused(result, "'zebracorn' is id 222, past the 222 rows", "the document prefix '[D] passage zebracorn: '")
+    assert "row 'ok'" not in result.stderr

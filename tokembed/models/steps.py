@@ -16,7 +16,7 @@ import torch
 from tokembed.errors import ModelError
 from tokembed.models.base import TokenModel, read_json
 from tokembed.models.long_text import lstrip_tokens, read_otherwise_before_lstrip_fix, tokenize_long, window_chars
-from tokembed.models.token_ids import TokenIdGuard, embedding_rows
+from tokembed.models.token_ids import TokenIdGuard, TokenPastEmbeddingsError, embedding_rows
 from tokembed.settings import EncodeSettings
 
 # Families whose ColBERT markers are colbert-ai's artifact.metadata tokens (default [unused0]/[unused1]).
@@ -70,6 +70,18 @@ class TextEncoder(OutputShape):
         self.first_token_dropped = model.first_token_dropped
         self.lstrip_tokens = lstrip_tokens(tokenizer)
         self.id_guard = TokenIdGuard(model)  # after register_prefix_tokens, which may add tokens
+        self._refuse_prefix_past_embeddings()
+
+    def _refuse_prefix_past_embeddings(self) -> None:
+        """Every input starts with the prefix (a ColBERT marker, maybe more words): a token of it past the
+        embeddings would fail the first row read, blaming that row; refused at load, naming the prefix."""
+        prefix = self.settings.prefix
+        if not prefix:
+            return
+        try:
+            self.id_guard.check([np.asarray(self._token_ids([""], prefix)[0])], [""])
+        except TokenPastEmbeddingsError as exc:
+            raise exc.naming(f"the {self.settings.kind} prefix {prefix!r}") from None
 
     def content_mark(self, text: str | None) -> str:
         """Added to a row's content hash where this release reads the text otherwise than an earlier one did, so
