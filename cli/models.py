@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import typer
 
+FIELDS = (("modes", "modes"), ("detected by", "detected_by"), ("needs", "needs"), ("exact to", "reference"),
+          ("loaded by", "where"))
+
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print the families as JSON.")) -> None:
-    """List supported checkpoint layouts and how each is detected."""
+    """List supported checkpoint layouts and how each is detected (a terminal gets one block per family; piped
+    output one tab-separated line per family, with a header line)."""
+    import sys
+
     from tokembed.models.registry import describe_families
 
     families = describe_families()
@@ -14,21 +20,29 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the familie
         import json
 
         print(json.dumps([f.__dict__ for f in families]))
-        return
-    import sys
-
-    columns = ("family", "modes", "detected by", "needs", "exact to", "loaded by")
-    rows = [(f.key, f.modes, f.detected_by, f.needs, f.reference, f.where) for f in families]
-    if not sys.stdout.isatty():  # piped or redirected: whole lines (a table squeezed to 80 columns cut every name)
-        for row in (columns, *rows):
+    elif sys.stdout.isatty():
+        print(_blocks(families))
+    else:
+        for row in (("family", *(label for label, _ in FIELDS)), *(_cells(f) for f in families)):
             print("\t".join(" ".join(str(cell).split()) for cell in row))
-        return
-    from rich.console import Console  # here, not at the top: `tokembed --help` stays fast
-    from rich.table import Table
 
-    table = Table(title="tokembed model families")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+
+def _cells(family) -> tuple[str, ...]:
+    return (family.key, *(getattr(family, name) for _, name in FIELDS))
+
+
+def _blocks(families) -> str:
+    """Each family's name, then its fields wrapped to the terminal's width: a table of six columns squeezed into
+    80 cut every family's name and what detects it."""
+    import shutil
+    import textwrap
+
+    width = max(40, shutil.get_terminal_size().columns - 1)
+    blocks = []
+    for family in families:
+        lines = [family.key]
+        for label, name in FIELDS:
+            lines += textwrap.wrap(" ".join(str(getattr(family, name)).split()), width=width, break_on_hyphens=False,
+                                   initial_indent=f"  {label + ':':<13}", subsequent_indent=" " * 15)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -148,6 +148,17 @@ def test_models_lists_every_family(cli):
     assert [line.split("\t")[0] for line in piped[1:]] == list(FAMILIES)
 
 
+def test_models_on_a_terminal_names_every_family_whole_within_its_width(monkeypatch):
+    from cli.models import _blocks
+    from tokembed.models.registry import FAMILIES, describe_families
+
+    monkeypatch.setenv("COLUMNS", "80")
+    text = _blocks(describe_families())
+    assert [block.splitlines()[0] for block in text.split("\n\n")] == list(FAMILIES)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "tokembed.models.stanford:StanfordColBERT" in text and "…" not in text
+
+
 def test_every_flag_has_help():
     import typer.main
 
