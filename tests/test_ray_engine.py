@@ -491,3 +491,38 @@ def test_auto_leaves_out_a_head_without_cpus_and_cpu_n_is_bounded_as_locally(mon
     monkeypatch.setattr(ray, "nodes", lambda: nodes[:1])
     with pytest.raises(DeviceError, match="no node with a CPU"):
         ray_cluster.plan_actors("auto")
+
+
+def test_cuda_specs_are_checked_as_locally_and_numbered_within_the_clusters_gpus(monkeypatch):
+    """Only ``startswith("cuda")`` and the number of comma-separated parts were read: ``cuda:x``, ``cudafoo``,
+    ``cuda:``, ``cuda:-1``, ``cuda:0,cpu`` and ``cuda:5`` (2 GPUs) started GPU actors, ``cuda:0,cuda:0`` two of them;
+    the local engine refuses each (exit 9)."""
+    ray = pytest.importorskip("ray")
+    from tokembed.engine import ray_cluster
+    from tokembed.errors import DeviceError
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+                                               {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}}])
+    for bad in ("cuda:x", "cudafoo", "cuda:", "cuda:-1", "cuda:0,cpu", "cuda:0,cuda"):
+        with pytest.raises(DeviceError, match="is not cuda:N"):
+            ray_cluster.plan_actors(bad)
+    with pytest.raises(DeviceError, match="listed twice"):
+        ray_cluster.plan_actors("cuda:0,cuda:00")
+    with pytest.raises(DeviceError, match=r"cuda:2 does not exist \(2 CUDA device\(s\) on the Ray cluster\)"):
+        ray_cluster.plan_actors("cuda:0,cuda:2")
+    assert ray_cluster.plan_actors("cuda:0,cuda:1").count == 2  # on any nodes: here one GPU each
+    assert ray_cluster.plan_actors("cuda:1").count == ray_cluster.plan_actors("cuda").count == 1
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 8.0}}])
+    with pytest.raises(DeviceError, match="no CUDA device on the Ray cluster") as refused:
+        ray_cluster.plan_actors("cuda")
+    assert refused.value.hint == "use --devices cpu (or cpu:N)"
+
+
+def test_a_malformed_devices_value_is_refused_before_the_model_loads_or_the_cluster_is_asked(cli, tmp_path):
+    """It was refused once connected, after the model loaded and "re-encoding everything" was printed."""
+    corpus = write_parquet(tmp_path / "corpus.parquet", corpus_rows(3))
+    result = cli("encode", corpus, "-o", tmp_path / "index", "-m", tmp_path / "no-model", "--engine", "ray",
+                 "--ray-address", "127.0.0.1:1", "--devices", "cuda:0,cuda:0")
+    assert result.exit_code == 9, result.stderr
+    assert "--devices cuda:0,cuda:0: a device is listed twice" in result.stderr
+    assert "no-model" not in result.stderr and not (tmp_path / "index").exists()

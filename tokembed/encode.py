@@ -134,7 +134,7 @@ class EncodeSummary:
 def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSummary:
     started = time.perf_counter()  # before the imports below: importing torch is part of the load
     from tokembed.embedder import Embedder
-    from tokembed.engine.device import resolve_device
+    from tokembed.engine.device import check_form, resolve_device
     from tokembed.index.lock import IndexLock, refuse_if_locked
     from tokembed.models.resolve import DEMO_NOTICE
 
@@ -143,7 +143,11 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     _check_job(job)
     if job.wait_seconds == 0:
         refuse_if_locked(job.output)
-    device = "cpu" if job.engine == "ray" else resolve_device(job.devices)  # a Ray driver only reads and plans
+    if job.engine == "ray":
+        check_form(job.devices)  # what it names is counted on the cluster, once connected
+        device = "cpu"  # a Ray driver only reads and plans
+    else:
+        device = resolve_device(job.devices)
     if job.model is None:
         progress.log(DEMO_NOTICE)
     embedder = Embedder.load(job.model, job.flags, device, job.trust_remote_code)

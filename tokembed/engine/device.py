@@ -41,37 +41,73 @@ def parse_devices(spec: str | None, flag: str = "--devices", expected: str = _EX
     if spec == "cpu":
         return DevicePlan(("cpu",), workers=False)
     if spec.startswith("cpu:"):
-        count = spec[4:]
-        if not (count.isascii() and count.isdigit()) or int(count) < 1:  # int() refuses "²"
-            raise DeviceError(f"{flag} {spec}: N in cpu:N must be a positive number of worker processes")
-        most = 4 * max(1, os.cpu_count() or 1)
-        if int(count) > most:  # each worker process holds a copy of the model: cpu:99 would exhaust memory
+        count, most = cpu_workers(spec, flag), 4 * max(1, os.cpu_count() or 1)
+        if count > most:  # each worker process holds a copy of the model: cpu:99 would exhaust memory
             raise DeviceError(f"{flag} {spec}: at most {most} CPU worker processes here (4 per core; each loads the model)")
-        return DevicePlan(tuple(f"cpu:{i}" for i in range(int(count))), workers=True)
+        return DevicePlan(tuple(f"cpu:{i}" for i in range(count)), workers=True)
     if spec == "auto":
         count = _cuda_count()
         if count == 0:
             return DevicePlan(("cpu",), workers=False)
         return DevicePlan(tuple(f"cuda:{i}" for i in range(count)), workers=count > 1)
-    if spec == "cuda":
-        _need_cuda(spec, flag)
-        return DevicePlan(("cuda:0",), workers=False)
     if spec.startswith("cuda"):
-        given = tuple(part.strip() for part in spec.split(","))
-        count = _need_cuda(spec, flag)
-        labels = []
-        for label in given:
-            index = label[5:] if label.startswith("cuda:") else ""
-            if not (index.isascii() and index.isdigit()):
-                raise DeviceError(f"{flag} {spec}: {label!r} is not cuda:N ({expected})")
-            if int(index) >= count:
-                raise DeviceError(f"{flag} {spec}: {label} does not exist ({count} CUDA device(s) visible)")
-            labels.append(f"cuda:{int(index)}")  # cuda:00 is cuda:0, as torch would refuse the other spelling
-        labels = tuple(labels)
-        if len(set(labels)) != len(labels):
-            raise DeviceError(f"{flag} {spec}: a device is listed twice")
+        labels = cuda_labels(spec, flag, expected)
+        visible = _cuda_count()
+        if visible == 0:
+            raise no_cuda(spec, flag, "is visible")
+        check_cuda_exists(spec, labels, visible, "visible", flag)
         return DevicePlan(labels, workers=len(labels) > 1)
     raise DeviceError(f"{flag} {spec!r}: {expected}")
+
+
+def check_form(spec: str | None, flag: str = "--devices", expected: str = _EXPECTED) -> str:
+    """``spec`` as ``given_spec`` returns it, its form checked as ``parse_devices`` checks it but without looking
+    for a device: ``--engine ray`` counts the cluster's once connected, after the model loads."""
+    spec = given_spec(spec, flag, expected)
+    if spec.startswith("cpu:"):
+        cpu_workers(spec, flag)
+    elif spec.startswith("cuda"):
+        cuda_labels(spec, flag, expected)
+    elif spec not in ("auto", "cpu"):
+        raise DeviceError(f"{flag} {spec!r}: {expected}")
+    return spec
+
+
+def cpu_workers(spec: str, flag: str = "--devices") -> int:
+    """N of ``cpu:N``, a positive number."""
+    count = spec[4:]
+    if not (count.isascii() and count.isdigit()) or int(count) < 1:  # int() refuses "²"
+        raise DeviceError(f"{flag} {spec}: N in cpu:N must be a positive number of worker processes")
+    return int(count)
+
+
+def cuda_labels(spec: str, flag: str = "--devices", expected: str = _EXPECTED) -> tuple[str, ...]:
+    """The devices ``cuda`` (the first: torch's meaning) or ``cuda:0,cuda:2,...`` names, each listed once; whether
+    they exist is for the caller, who knows what is visible."""
+    if spec == "cuda":
+        return ("cuda:0",)
+    labels = []
+    for label in (part.strip() for part in spec.split(",")):
+        index = label[5:] if label.startswith("cuda:") else ""
+        if not (index.isascii() and index.isdigit()):
+            raise DeviceError(f"{flag} {spec}: {label!r} is not cuda:N ({expected})")
+        labels.append(f"cuda:{int(index)}")  # cuda:00 is cuda:0, as torch would refuse the other spelling
+    if len(set(labels)) != len(labels):
+        raise DeviceError(f"{flag} {spec}: a device is listed twice")
+    return tuple(labels)
+
+
+def check_cuda_exists(spec: str, labels: tuple[str, ...], count: int, where: str, flag: str = "--devices") -> None:
+    """Each of ``labels`` one of the ``count`` CUDA devices ``where`` (``visible``, ``on the Ray cluster``)."""
+    for label in labels:
+        if int(label[5:]) >= count:
+            raise DeviceError(f"{flag} {spec}: {label} does not exist ({count} CUDA device(s) {where})")
+
+
+def no_cuda(spec: str, flag: str, where: str) -> DeviceError:
+    """The error for a CUDA device asked for where there is none ``where`` (``is visible``, ``on the Ray cluster``)."""
+    return DeviceError(f"{flag} {spec}: no CUDA device {where}",
+                       hint=f"use {flag} cpu" + (" (or cpu:N)" if flag == "--devices" else ""))
 
 
 def given_spec(spec: str | None, flag: str = "--devices", expected: str = _EXPECTED) -> str:
@@ -107,13 +143,6 @@ def _cuda_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _need_cuda(spec: str, flag: str) -> int:
-    count = _cuda_count()
-    if count == 0:
-        raise DeviceError(f"{flag} {spec}: no CUDA device is visible", hint=f"use {flag} cpu" + (" (or cpu:N)" if flag == "--devices" else ""))
-    return count
 
 
 def release_freed_memory() -> None:

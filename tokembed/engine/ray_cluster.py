@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokembed.engine.device import given_spec
+from tokembed.engine.device import check_cuda_exists, check_form, cpu_workers, cuda_labels, no_cuda
 from tokembed.errors import DeviceError, UsageError
 
 CONNECT_SECONDS = 5.0
@@ -166,30 +166,35 @@ def plan_actors(devices: str | None) -> ActorPlan:
     ``cpu`` = one actor; ``cpu:N`` = N actors sharing the cores; ``cuda[:i,...]`` = one actor per device listed."""
     import ray
 
-    spec = given_spec(devices)
+    spec = check_form(devices)
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     gpus = int(sum(node["Resources"].get("GPU", 0) for node in nodes))
+    if spec.startswith("cuda"):
+        return _gpu_actors(spec, gpus)
     if spec == "auto" and gpus:
         return ActorPlan(gpus, 1, 1, 1, spread=False)
     # nodes with cores only: a head started with --num-cpus=0 runs no work (and min() over it reserved 0 CPUs)
     node_cpus = [cpus for cpus in (int(node["Resources"].get("CPU", 0)) for node in nodes) if cpus > 0]
-    if not node_cpus and not spec.startswith("cuda"):
+    if not node_cpus:
         raise DeviceError(f"--devices {spec}: the Ray cluster has no node with a CPU to run actors on")
     if spec == "auto":
         return ActorPlan(len(node_cpus), min(node_cpus), 0, min(node_cpus), spread=True)
     if spec == "cpu":
         return ActorPlan(1, max(node_cpus), 0, max(node_cpus), spread=False)
-    if spec.startswith("cpu:") and spec[4:].isascii() and spec[4:].isdigit() and int(spec[4:]) > 0:
-        count, most = int(spec[4:]), 4 * sum(node_cpus)
-        if count > most:  # as the local engine: each actor loads the model, and a share of 0 CPUs is unbounded
-            raise DeviceError(f"--devices {spec}: at most {most} CPU actors on this Ray cluster (4 per core; each loads "
-                              "the model)")
-        share = min(max(node_cpus), sum(node_cpus) / count)  # fewer cores than actors: each reserves a fraction
-        share = float(int(share)) if share >= 1 else math.floor(share * 10_000) / 10_000
-        return ActorPlan(count, share, 0, max(1, int(share)), spread=False)
-    if spec.startswith("cuda"):
-        count = 1 if spec == "cuda" else len(spec.split(","))
-        if count > gpus:
-            raise DeviceError(f"--devices {spec}: the Ray cluster has {gpus} GPU(s)")
-        return ActorPlan(count, 1, 1, 1, spread=False)
-    raise DeviceError(f"--devices {spec!r}: expected auto, cpu, cpu:N, cuda or cuda:0,cuda:1,...")
+    count, most = cpu_workers(spec), 4 * sum(node_cpus)  # cpu:N, the one form left
+    if count > most:  # as the local engine: each actor loads the model, and a share of 0 CPUs is unbounded
+        raise DeviceError(f"--devices {spec}: at most {most} CPU actors on this Ray cluster (4 per core; each loads "
+                          "the model)")
+    share = min(max(node_cpus), sum(node_cpus) / count)  # fewer cores than actors: each reserves a fraction
+    share = float(int(share)) if share >= 1 else math.floor(share * 10_000) / 10_000
+    return ActorPlan(count, share, 0, max(1, int(share)), spread=False)
+
+
+def _gpu_actors(spec: str, gpus: int) -> ActorPlan:
+    """One actor per CUDA device listed, each on whichever GPU Ray gives it: ``cuda:i`` counts the cluster's GPUs
+    (on any node), so one past them names none, as locally."""
+    if gpus == 0:
+        raise no_cuda(spec, "--devices", "on the Ray cluster")
+    labels = cuda_labels(spec)
+    check_cuda_exists(spec, labels, gpus, "on the Ray cluster")
+    return ActorPlan(len(labels), 1, 1, 1, spread=False)
