@@ -334,7 +334,7 @@ def test_a_chunk_worker_stages_exactly_the_local_rows_and_reuses_them(checkpoint
     assert key != chunk_key(b"settings", texts[:-1]) and key != chunk_key(b"other", texts)
     done = worker.encode(key, texts, 64, str(staging))
     assert not done["reused"] and done["batches"] > 1
-    staged = read_staged(staging / f"chunk-{key}.arrow", len(texts), embedder.output_dim)
+    staged = read_staged(staging / f"chunk-{key}.arrow", len(texts), embedder.output_dim, key)
     local = run_chunk(embedder.encoder, texts, 64, "cpu")
     for got, want in zip(staged.vectors + staged.token_ids, local.vectors + local.token_ids, strict=True):
         assert got.dtype == want.dtype and np.array_equal(got, want)
@@ -342,7 +342,7 @@ def test_a_chunk_worker_stages_exactly_the_local_rows_and_reuses_them(checkpoint
     assert [p.name for p in staging.iterdir()] == [f"chunk-{key}.arrow"]  # no temp file left
     assert worker.encode(key, texts, 64, str(staging))["reused"]  # a retried chunk reuses the staged file
     with pytest.raises(DeviceError, match="rows, expected"):
-        read_staged(staging / f"chunk-{key}.arrow", len(texts) + 1, embedder.output_dim)
+        read_staged(staging / f"chunk-{key}.arrow", len(texts) + 1, embedder.output_dim, key)
     with pytest.raises(DeviceError, match=f"staging folder {tmp_path / 'elsewhere'} is not there"):
         worker.encode(key, texts, 64, str(tmp_path / "elsewhere"))
 
@@ -365,7 +365,7 @@ def test_a_full_disk_under_a_staged_chunk_is_a_write_error(tmp_path, monkeypatch
     monkeypatch.setattr(pa, "OSFile", full_disk)
     result = ChunkResult([np.ones((2, 4), np.float32)], [np.arange(2, dtype=np.int32)], 2, 2, 2)
     with pytest.raises(IndexWriteError, match="No space left on device") as raised:
-        write_staged(tmp_path / "chunk-x.arrow", result, 4, "float16")
+        write_staged(tmp_path / "chunk-x.arrow", result, 4, "float16", "x")
     assert exit_code_for(raised.value)[0] == 8
     assert list(tmp_path.iterdir()) == []  # no temp file left
 
@@ -393,10 +393,10 @@ def test_a_chunk_shared_out_by_ranges_of_its_batches_gives_the_local_rows(checkp
         key = chunk_key(f"{span}".encode(), texts)
         assert worker.encode(key, texts, 64, str(staging), span)["batches"] == span[1] - span[0]
         rows = sum(len(batch.rows) for batch in plan.batches[span[0] : span[1]])
-        staged[span] = read_staged(staging / f"chunk-{key}.arrow", rows, embedder.output_dim)
+        staged[span] = read_staged(staging / f"chunk-{key}.arrow", rows, embedder.output_dim, key)
     # the driver's reassembly, with each part's staged file standing in for Ray
-    driver = SimpleNamespace(encoder=embedder.encoder, _collect_part=lambda actor, span, rows: staged[span])
-    got = RayRunner._collect(driver, plan, [(0, span, None, span) for span in spans])
+    driver = SimpleNamespace(encoder=embedder.encoder, _collect_part=lambda actor, span, rows, key: staged[span])
+    got = RayRunner._collect(driver, plan, [(0, span, None, None, span) for span in spans])
     local = run_chunk(embedder.encoder, texts, 64, "cpu")
     assert (got.real_tokens, got.computed_tokens, got.largest_batch) == (local.real_tokens, local.computed_tokens, local.largest_batch)
     for a, b in zip(got.vectors + got.token_ids, local.vectors + local.token_ids, strict=True):

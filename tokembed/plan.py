@@ -17,16 +17,35 @@ from tokembed.sources.duplicates import SeenIds
 from tokembed.sources.pdf import is_empty_page
 
 
-def content_hash(settings_fingerprint: str, text: str, mark: str = "") -> bytes:
-    """sha256 of the item's content, keyed by the model and settings that encoded it. ``mark``: what the model
-    reads of this item otherwise than an earlier release did (``TextEncoder.content_mark``), so that an incremental
-    run encodes it again, as a rebuild does; "" for every other item, whose hash stays as it was."""
+def content_hash(settings_fingerprint: str, text: str, mark: str = "", image: str | None = None) -> bytes:
+    """sha256 of the item's content (its text, and ``image``: an image or video item's ``Item.image_sha256``), keyed
+    by the model and settings that encoded it. ``mark``: what the model reads of this item otherwise than an earlier
+    release did (``TextEncoder.content_mark``), so that an incremental run encodes it again, as a rebuild does; ""
+    for every other item, whose hash stays as it was."""
     digest = hashlib.sha256(settings_fingerprint.encode() + b"\0")
-    for start in range(0, len(text), _HASH_SLICE):  # UTF-8 a slice at a time: no whole second copy of a huge text
-        digest.update(text[start : start + _HASH_SLICE].encode("utf-8", "surrogatepass"))
+    if "\0" in text:  # NUL-joined fields would blur: "a\0image sha256:D" alone would hash as the text "a" with image D
+        digest.update(_fields_apart(text, image, mark))
+        return digest.digest()
+    _update_text(digest, text)  # the NUL-joined fields of earlier releases: the hashes of their indexes stay current
+    if image is not None:
+        digest.update(f"\0image sha256:{image}".encode())
     if mark:
         digest.update(b"\0" + mark.encode())
     return digest.digest()
+
+
+def _fields_apart(text: str, image: str | None, mark: str) -> bytes:
+    """A text holding NUL, its image and its mark, unambiguously: a byte no UTF-8 text starts with (so never the
+    NUL-joined form of another item), the text's own sha256, then the image and the mark, each length-prefixed."""
+    text_digest = hashlib.sha256()
+    _update_text(text_digest, text)
+    fields = [b"" if image is None else b"+" + image.encode(), mark.encode()]
+    return b"\xff" + text_digest.digest() + b"".join(len(value).to_bytes(8, "big") + value for value in fields)
+
+
+def _update_text(digest, text: str) -> None:
+    for start in range(0, len(text), _HASH_SLICE):  # UTF-8 a slice at a time: no whole second copy of a huge text
+        digest.update(text[start : start + _HASH_SLICE].encode("utf-8", "surrogatepass"))
 
 
 _HASH_SLICE = 1 << 20  # characters
@@ -115,7 +134,10 @@ def chunk_digest(items: list[Item], hashes: list[bytes]) -> str:
     """sha256 of a chunk's usable rows (ids and content hashes, in order): what the run journal records of it."""
     digest = hashlib.sha256()
     for item, value in zip(items, hashes):
-        digest.update(item.id.encode("utf-8", "surrogatepass") + b"\0" + value)
+        name = item.id.encode("utf-8", "surrogatepass")
+        if b"\0" in name:  # would blur where it ends: length-prefixed after a byte no UTF-8 starts with (others as before)
+            name = b"\xff" + len(name).to_bytes(8, "big") + name
+        digest.update(name + b"\0" + value)
     return digest.hexdigest()
 
 
@@ -136,7 +158,8 @@ def _usable_items(chunk: list[Item], seen: SeenIds, on_error: str, encoder, summ
 
 def _content_hashes(items: list[Item], settings_fp: str, encoder) -> list[bytes]:
     content_mark = getattr(encoder, "content_mark", None)
-    return [content_hash(settings_fp, item.content, content_mark(item.text) if content_mark else "") for item in items]
+    return [content_hash(settings_fp, item.text or "", content_mark(item.text) if content_mark else "", item.image_sha256)
+            for item in items]
 
 
 def refused_by_model(item: Item, input_problem) -> Item:

@@ -14,10 +14,10 @@ and runs one contiguous range of its batches): a corpus of few chunks keeps ever
 is still the batch ``LocalRunner`` runs (smaller chunks would change the batches, hence the last bits).
 
 Staged files live in ``INDEX_DIR/staging/chunk-<key>.arrow``, ``key`` = sha256 of the model, the settings,
-the token budget and the chunk's inputs (and, for a part of a chunk, its range of batches). They are written
-under a temp name, fsynced and renamed, so a retried chunk (its actor died) overwrites nothing half-done, and
-an actor that finds its chunk's file already there reuses it: after a SIGKILL of the driver, the next run
-re-reads the chunks already staged. The folder is removed when a run finishes.
+the token budget and each of the chunk's inputs' own sha256 (and, for a part of a chunk, its range of batches).
+They are written under a temp name, fsynced and renamed, so a retried chunk (its actor died) overwrites nothing
+half-done, and an actor that finds its chunk's file already there, recording that key, reuses it: after a SIGKILL
+of the driver, the next run re-reads the chunks already staged. The folder is removed when a run finishes.
 
 Faults: an actor that dies is restarted (``max_restarts``) and the chunks it held are retried
 (``max_task_retries``); with retries exhausted the run fails with ``DeviceError`` (exit 9) and the driver
@@ -42,10 +42,12 @@ from tokembed.engine.runner import ChunkPlan, ChunkResult, DeviceStats, plan_chu
 from tokembed.engine.ray_cluster import ActorPlan, connect, plan_actors
 from tokembed.errors import DeviceError, IndexWriteError, TokembedError
 from tokembed.models.steps import TextEncoder
+from tokembed.sources.video import Video
 
 IN_FLIGHT = 2  # chunks queued per actor: one computing, one waiting (no idle round trip)
 ACTOR_RETRIES = 3  # restarts of a dead actor, and retries of the chunks it held
 STAGING = "staging"
+STAGED_KEY = b"chunk_key"  # a staged file's metadata: the key it was written for (none in an earlier release's)
 # Environment an actor inherits from the driver: offline hub settings, caches, test fault hooks.
 _PASSED_ENV = ("TOKEMBED_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 # Those of them that name a folder or file: passed absolute, as the driver resolves them.
@@ -54,15 +56,32 @@ _PATH_ENV = ("TOKEMBED_CACHE", "HF_HOME", "HF_HUB_CACHE", "HF_ASSETS_CACHE", "HF
 
 # -- staged chunk files --------------------------------------------------------------------------
 def chunk_key(prefix: bytes, inputs: list) -> str:
-    """sha256 of ``prefix`` (model, settings, budget) and the chunk's inputs (texts, or images' pixels)."""
-    digest = hashlib.sha256(prefix)
+    """sha256 of ``prefix`` (model, settings, budget; length-prefixed) and each of the chunk's inputs' own sha256
+    (``input_digest``): fixed-size fields, so no two chunks run together into the same bytes (a text may hold NUL)."""
+    digest = hashlib.sha256(len(prefix).to_bytes(8, "big") + prefix)
     for value in inputs:
-        if isinstance(value, str):
-            digest.update(b"T" + value.encode("utf-8", "surrogatepass"))
-        else:  # a PIL image: its mode, size and pixels
-            digest.update(f"I{value.mode}{value.size}".encode() + value.tobytes())
-        digest.update(b"\0")
+        digest.update(input_digest(value))
     return digest.hexdigest()
+
+
+def input_digest(value) -> bytes:
+    """sha256 of one input and its kind: a text's UTF-8; an image's mode, size and pixels; a video's probed shape
+    and stored bytes (for a file: its path, size and mtime, what a run journal checks of an input file)."""
+    if isinstance(value, str):
+        return hashlib.sha256(b"text\0" + value.encode("utf-8", "surrogatepass")).digest()
+    if isinstance(value, Video):
+        shape = (value.total_frames, value.fps, value.height, value.width, value.rotation, value.announced)
+        stored = value.data if value.data is not None else _file_stamp(value.path).encode()
+        return hashlib.sha256(f"video {shape!r} {value.path is None}\0".encode() + stored).digest()
+    return hashlib.sha256(f"image {value.mode} {value.size}\0".encode() + value.tobytes()).digest()  # a PIL image
+
+
+def _file_stamp(path: str) -> str:
+    try:
+        stat = os.stat(path)
+    except OSError:  # gone: the actor names the missing file when it decodes it
+        return f"{path}\0gone"
+    return f"{path}\0{stat.st_size} {stat.st_mtime_ns}"
 
 
 def batch_ranges(plan: ChunkPlan, parts: int) -> list[tuple[int, int]]:
@@ -77,7 +96,7 @@ def batch_ranges(plan: ChunkPlan, parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str) -> None:
+def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str, key: str) -> None:
     """One chunk's rows as an Arrow IPC file: temp name, fsync, rename (a retry simply writes it again)."""
     import pyarrow as pa
 
@@ -95,7 +114,7 @@ def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str) ->
         }
     )
     counts = {"real_tokens": result.real_tokens, "computed_tokens": result.computed_tokens, "largest_batch": result.largest_batch}
-    table = table.replace_schema_metadata({key: str(value) for key, value in counts.items()})
+    table = table.replace_schema_metadata({STAGED_KEY: key, **{name: str(value) for name, value in counts.items()}})
     try:
         with replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
@@ -103,7 +122,19 @@ def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str) ->
         raise IndexWriteError(f"{path}: cannot write the staged chunk ({exc.strerror or exc})") from exc
 
 
-def read_staged(path: Path, rows: int, dim: int) -> ChunkResult:
+def staged_key(path: Path) -> str | None:
+    """The key a staged file was written for; None for no file, an unreadable one, or one without (earlier releases)."""
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            recorded = (pa.ipc.open_file(source).schema.metadata or {}).get(STAGED_KEY)
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return None if recorded is None else recorded.decode()
+
+
+def read_staged(path: Path, rows: int, dim: int, key: str) -> ChunkResult:
     """A staged chunk back as a ``ChunkResult``; raises ``DeviceError`` if it is not the chunk expected."""
     import pyarrow as pa
 
@@ -112,6 +143,10 @@ def read_staged(path: Path, rows: int, dim: int) -> ChunkResult:
             table = pa.ipc.open_file(source).read_all()
     except (OSError, pa.ArrowInvalid) as exc:
         raise DeviceError(f"{path}: cannot read the staged chunk ({exc})") from exc
+    meta = table.schema.metadata or {}
+    if meta.get(STAGED_KEY) != key.encode():
+        recorded = meta.get(STAGED_KEY, b"no key").decode()
+        raise DeviceError(f"{path}: staged chunk was written for another chunk ({recorded}), expected {key}")
     if table.num_rows != rows:
         raise DeviceError(f"{path}: staged chunk has {table.num_rows} rows, expected {rows}")
     embeddings = table.column("embeddings").combine_chunks()
@@ -121,8 +156,8 @@ def read_staged(path: Path, rows: int, dim: int) -> ChunkResult:
     flat_ids = token_ids.values.to_numpy(zero_copy_only=False)
     vectors = [flat[a:b].copy() for a, b in zip(offsets[:-1], offsets[1:])]  # copies: the file goes away later
     ids = [flat_ids[a:b].copy() for a, b in zip(offsets[:-1], offsets[1:])]
-    meta = {key.decode(): int(value) for key, value in (table.schema.metadata or {}).items()}
-    return ChunkResult(vectors, ids, meta.get("real_tokens", 0), meta.get("computed_tokens", 0), meta.get("largest_batch", 0))
+    real, computed, largest = (int(meta.get(name, 0)) for name in (b"real_tokens", b"computed_tokens", b"largest_batch"))
+    return ChunkResult(vectors, ids, real, computed, largest)
 
 
 # -- the actor -----------------------------------------------------------------------------------
@@ -156,7 +191,7 @@ class ChunkWorker:
         path = folder / f"chunk-{key}.arrow"
         label = f"{self.node}/{self.device}#{self.index}"
         encoder = self.embedder.encoder
-        if not path.exists():
+        if staged_key(path) != key:  # none yet, or not written for this key (cut short, an earlier release's): encode it
             logs: list[str] = []
             executor = BatchExecutor(encoder, self.device, log=logs.append, label=label)
             plan = plan_chunk(encoder, inputs, budget)
@@ -169,7 +204,7 @@ class ChunkWorker:
                 rows = [row for output in outputs for row in output.rows]
                 result = ChunkResult([v for v, _ in rows], [i for _, i in rows], real, sum(o.computed_tokens for o in outputs),
                                      max(o.largest_batch for o in outputs))
-            write_staged(path, result, encoder.output_dim, self.embedder.settings.store_dtype)
+            write_staged(path, result, encoder.output_dim, self.embedder.settings.store_dtype, key)
             busy = sum(output.busy_seconds for output in outputs)
             return {"path": str(path), "label": label, "logs": logs, "busy_seconds": busy, "batches": len(outputs), "reused": False}
         return {"path": str(path), "label": label, "logs": [], "busy_seconds": 0.0, "batches": 0, "reused": True}
@@ -259,7 +294,7 @@ class RayRunner:
             yield self._collect(*in_flight.popleft())
 
     def _submit(self, inputs: list) -> tuple:
-        """-> (the chunk's plan, or None when it goes whole to one actor; its parts: (actor, ref, rows, batch range))."""
+        """-> (the chunk's plan, or None when it goes whole to one actor; its parts: (actor, ref, rows, key, batch range))."""
         if not inputs:  # every item carried over from the previous index: nothing to encode
             return None, []
         plan = plan_chunk(self.encoder, inputs, self.batch_tokens) if self._share_chunks and len(self._actors) > 1 else None
@@ -274,26 +309,26 @@ class RayRunner:
                 key = chunk_key(self._prefix + f"batches {span[0]}:{span[1]}\0".encode(), inputs)
                 rows = sum(len(batch.rows) for batch in plan.batches[span[0] : span[1]])
             ref = self._actors[actor].encode.remote(key, inputs, self.batch_tokens, str(self.staging), span)
-            parts.append((actor, ref, rows, span))
+            parts.append((actor, ref, rows, key, span))
         return (plan if spans[0] is not None else None), parts
 
     def _collect(self, plan: ChunkPlan | None, parts: list) -> ChunkResult:
         if not parts:
             return ChunkResult([], [], 0, 0, 0)
-        results = [self._collect_part(actor, ref, rows) for actor, ref, rows, _ in parts]
+        results = [self._collect_part(actor, ref, rows, key) for actor, ref, rows, key, _ in parts]
         if plan is None:
             return results[0]
         encoder = self.encoder
         vectors: list = [np.zeros((0, encoder.output_dim), dtype=encoder.store_dtype)] * len(plan.items)
         token_ids: list = [np.zeros(0, dtype=np.int32)] * len(plan.items)
-        for (_, _, _, (first, end)), result in zip(parts, results):
+        for (*_, (first, end)), result in zip(parts, results):
             rows = [row for batch in plan.batches[first:end] for row in batch.rows]
             for row, vecs, ids in zip(rows, result.vectors, result.token_ids, strict=True):
                 vectors[row], token_ids[row] = vecs, ids
         computed = sum(result.computed_tokens for result in results)
         return ChunkResult(vectors, token_ids, plan.real_tokens, computed, max(result.largest_batch for result in results))
 
-    def _collect_part(self, actor: int, ref, rows: int) -> ChunkResult:
+    def _collect_part(self, actor: int, ref, rows: int, key: str) -> ChunkResult:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -313,7 +348,7 @@ class RayRunner:
             self._held[actor] -= 1
         for line in done["logs"]:
             self._log(line)
-        result = read_staged(Path(done["path"]), rows, self.encoder.output_dim)
+        result = read_staged(Path(done["path"]), rows, self.encoder.output_dim, key)
         stats = self.device_stats.setdefault(done["label"], DeviceStats())
         stats.batches += done["batches"]
         stats.real_tokens += result.real_tokens
