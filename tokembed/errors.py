@@ -67,7 +67,7 @@ class IndexLockedError(IndexError_):
 
 
 class IndexWriteError(IndexError_):
-    """Writing the index failed (disk full, permission): the previous index is untouched."""
+    """Writing the index failed (disk full, permission, a read-only folder): the previous index is untouched."""
 
 
 class DeviceError(TokembedError):

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tokembed.errors import IndexWriteError
+
 
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
@@ -28,23 +30,39 @@ def fsync_file(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part."""
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part.
+    A full disk or a read-only folder raises ``IndexWriteError`` (exit 8), ``path`` unchanged."""
     with replacing(path) as tmp:
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as exc:
+            raise write_error(path, exc) from exc
 
 
 @contextmanager
 def replacing(final: Path) -> Iterator[Path]:
     """A temp path beside ``final`` for the block to write; when the block ends without an error the file
     replaces ``final`` durably (``publish``). The temp file never outlives the block (one left by a killed
-    run of the same pid is removed first)."""
+    run of the same pid is removed first). Its own steps failing (a read-only folder, a full disk at the fsync)
+    raise ``IndexWriteError``; what the block raises is the block's, never hidden by the temp file's removal."""
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as exc:  # EROFS even when there is no such file
+        raise write_error(final, exc) from exc
     try:
         yield tmp
-        publish(tmp, final)
+        try:
+            publish(tmp, final)
+        except OSError as exc:
+            raise write_error(final, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        remove_unused(tmp)
+
+
+def write_error(path: Path, exc: OSError) -> IndexWriteError:
+    """The write error (exit 8) for ``path`` that ``exc`` (ENOSPC, EROFS, EACCES) failed to write."""
+    return IndexWriteError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
 def remove_dead_replacements(folder: Path) -> None:
@@ -85,10 +103,11 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
 
 
 def remove_unused(path: Path) -> None:
-    """Delete a file of ours that nothing reads any more (after a commit, or a dead run's temp file).
+    """Delete a file of ours that nothing reads any more (after a commit, a failed run's own files, a temp file).
 
-    Never raises: by then the commit stands, and a failed clean-up must not fail (or undo) the run. A folder
-    under that name is not ours and is left alone; a file that cannot be removed only takes space."""
+    Never raises: by then the commit stands, or the run is failing with an error of its own, and a failed
+    clean-up must neither fail (or undo) the run nor hide that error. A folder under that name is not ours and
+    is left alone; a file that cannot be removed only takes space."""
     log = logging.getLogger("tokembed")
     if path.is_dir() and not path.is_symlink():
         log.warning("%s: a folder among tokembed's own files; left alone (move it out of the index)", path)
@@ -96,7 +115,8 @@ def remove_unused(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:
-        log.warning("%s: cannot remove it (%s); nothing reads it, it only takes space", path, exc)
+        if os.path.lexists(path):  # a read-only folder refuses (EROFS) even to remove a file it does not hold
+            log.warning("%s: cannot remove it (%s); nothing reads it, it only takes space", path, exc.strerror or exc)
 
 
 def remove_left_by_dead_processes(folder: Path, prefix: str, suffix: str = "") -> None:

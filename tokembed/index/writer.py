@@ -173,9 +173,9 @@ class IndexWriter:
         data = manifest_bytes(manifest)
         try:
             atomic_write_bytes(self.folder / MANIFEST, data)
-        except OSError as exc:
+        except IndexWriteError:
             self.abort()
-            raise IndexWriteError(f"{self.folder / MANIFEST}: cannot write manifest ({exc})") from exc
+            raise
         self._written.clear()  # committed: nothing may undo it now, whatever fails after
         listed = {Path(shard["file"]).name for shard in manifest["shards"]} | {Path(k).name for k in keep}
         remove_unlisted_shards(self.data, listed)
@@ -192,7 +192,7 @@ class IndexWriter:
         finished = {self.data / Path(shard.file).name for shard in self.shards}
         for path in self._written:
             if not (keep_finished and path in finished):
-                path.unlink(missing_ok=True)
+                remove_unused(path)  # never raises: the error that made the run fail is the one to report
         self._written.clear()
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokembed.index.atomic import remove_unused
 from tokembed.index.format import SEARCH, SEARCH_SETTINGS, vectors_dropped
 from tokembed.index.previous import PreviousIndex
 from tokembed.index.writer import IndexWriter
@@ -204,6 +205,6 @@ class CodedWriter(IndexWriter):
         super().abort(keep_finished)
         if not keep_finished:  # kept, a finished shard keeps its code file: a resumed run needs both
             for path in self._code_files:
-                path.unlink(missing_ok=True)
-                coding_figures_path(path).unlink(missing_ok=True)
+                remove_unused(path)
+                remove_unused(coding_figures_path(path))
         self._code_files.clear()
