@@ -239,6 +239,23 @@ def test_bad_top_k_and_block_size(corpus):
     assert len(search_vectors(index, queries, top_k=np.int64(2))[0]) == 2
 
 
+def test_the_structures_options_are_checked_on_an_index_without_one(corpus):
+    """The same command line must not pass on one index and fail on another (it did: only a structure checked them)."""
+    index, _, queries, _ = corpus
+    for option in ("probe", "candidates"):
+        with pytest.raises(UsageError, match=f"--{option} -1: must be at least 1"):
+            search_vectors(index, queries, **{option: -1})
+        with pytest.raises(UsageError, match=f"--{option} -1: must be at least 1"):
+            search_vectors(index, queries, exact=True, **{option: -1})
+
+
+def test_a_block_larger_than_the_index_costs_only_the_index(corpus):
+    """--block-tokens 100000000 on a small index tried to allocate ~143 GiB (a traceback, exit 1)."""
+    index, _, queries, _ = corpus
+    huge = search_vectors(index, queries, top_k=100, block_tokens=10**20)
+    assert huge == search_vectors(index, queries, top_k=100)
+
+
 def test_load_document_with_an_id_that_is_not_text(corpus):
     index, *_ = corpus
     with pytest.raises(UsageError, match="is a string"):

@@ -60,7 +60,7 @@ def search(
     from tokembed.search.plaid.search import open_searchable
 
     index_path = require_index_path(index_path, "index_path")
-    _check_options(top_k, block_tokens)
+    _check_options(top_k, block_tokens, probe, candidates)
     asked = as_queries(queries)
     timings = {} if timings is None else timings
     started = time.perf_counter()
@@ -171,7 +171,7 @@ def search_vectors(
     from tokembed.index import open_index
     from tokembed.search.plaid.search import has_structure, open_searchable, open_structure
 
-    _check_options(top_k, block_tokens)
+    _check_options(top_k, block_tokens, probe, candidates)
     index, query_matrices = _checked_index(index), _checked_query_matrices(query_matrices)
     if not isinstance(index, Index):
         index, structure = open_searchable(index) if not exact else (open_index(index), None)
@@ -272,8 +272,13 @@ def _checked_matrix(what: str, query) -> np.ndarray:
     return matrix
 
 
-def _check_options(top_k: int, block_tokens: int) -> None:
-    for flag, value in (("--top-k", top_k), ("--block-tokens", block_tokens)):
+def _check_options(top_k: int, block_tokens: int, probe: int | None = None, candidates: int | None = None) -> None:
+    """Every option checked whatever the index holds (the structure's two too, though a scan ignores them): the
+    same command line must not pass on one index and fail on another."""
+    given = (("--top-k", top_k), ("--block-tokens", block_tokens), ("--probe", probe), ("--candidates", candidates))
+    for flag, value in given:
+        if value is None and flag in ("--probe", "--candidates"):
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise UsageError(f"{flag} {value!r}: must be a whole number")
         if value < 1:

@@ -136,7 +136,7 @@ def iter_blocks(index, block_tokens: int, dtype, verify: bool = True) -> Iterato
 
     A yielded block is a view of a buffer that the next block overwrites: finish with it first.
     """
-    builder = BlockBuilder(block_tokens, index.dim, dtype)
+    builder = BlockBuilder(max(1, min(block_tokens, index.tokens)), index.dim, dtype)  # never more than it holds
     for shard in index.shards:
         for batch in shard_batches(index, shard, verify, remembered=True):  # what each query process would hash again
             offsets, vectors, ids = batch_arrays(batch, index.dim, str(index.shard_path(shard)))
