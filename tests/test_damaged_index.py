@@ -6,6 +6,7 @@
 * A manifest that parses but lacks a field, holds one of the wrong type, lists a shard twice or totals that are
   not the sums of its shards' counts, is a corrupt index (exit 6) naming the field, for every reader.
 * A damaged search structure stops the structure's search, not ``score --exact``, which reads the vectors only.
+* A damaged shard stops ``compress`` before its vectors are trained on or coded.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from helpers import manifest, read_index, write_jsonl
-from plaid_support import corpus_rows, edited
+from plaid_support import clustered_docs, corpus_rows, edited
+from test_score import write_index
 
 
 @pytest.fixture()
@@ -121,6 +124,25 @@ def test_a_damaged_structure_still_answers_score_exact(compressed, cli, tmp_path
     refused = cli("score", "--query", "alpha beta", index)
     assert refused.exit_code == 6 and "hint: score --exact still searches the vectors" in refused.stderr, refused.output
     assert scored(cli, index, "--exact") == (0, exact)
+
+
+@pytest.mark.parametrize("read", ["to train", "to code"])
+def test_compress_refuses_a_shard_damaged_since_its_commit(tmp_path, cli, read):
+    """compress trained on and coded a damaged shard's vectors unchecked (exit 0), and the structure then ranked a
+    damaged row first for every query. Each shard it reads is checked against the manifest's sha256 first."""
+    index = write_index(tmp_path / "index", clustered_docs(np.random.default_rng(5), 120), shard_rows=40, batch_rows=10)
+    if read == "to code":  # the shard's code file gone: that shard alone is read, to code it again
+        assert cli("compress", index, "--centroids", 16, "--quiet").exit_code == 0
+        (index / manifest(index)["search"]["shards"][1]["file"]).unlink()
+    before = manifest(index)
+    shard = index / before["shards"][1]["file"]
+    flip_a_byte(shard)
+
+    result = cli("compress", index, "--centroids", 16)
+
+    assert result.exit_code == 6, result.output
+    assert f"{shard}: sha256 does not match the manifest" in result.stderr and "--full" in result.stderr
+    assert manifest(index) == before
 
 
 def edit_manifest(index, edit) -> None:

@@ -21,7 +21,7 @@ import pytest
 from helpers import manifest, write_parquet
 from plaid_support import clustered_docs, corpus_rows, edited, queries_from, structure_files, tokembed
 from test_score import write_index
-from tokembed.errors import VectorsDroppedError
+from tokembed.errors import IndexCorruptError, VectorsDroppedError
 from tokembed.index import open_index
 from tokembed.index.export import export_index
 from tokembed.index.previous import PreviousIndex
@@ -200,18 +200,41 @@ def test_a_compress_of_a_compressed_only_index_keeps_the_shards_an_interrupted_e
     assert journaled.exists() and not stray.exists()
 
 
-def test_a_damaged_code_file_of_a_compressed_only_index_is_kept_and_named(dropped, tmp_path):
-    """compress deleted the committed file, then failed with "this shard holds no vectors" (exit 2)."""
+@pytest.mark.parametrize("damage", ["altered", "deleted"])
+def test_a_damaged_code_file_of_a_compressed_only_index_is_kept_and_named(dropped, tmp_path, damage):
+    """compress deleted the committed file, then failed with "this shard holds no vectors" (exit 2); a deleted one
+    got that message, naming the shard, until this release."""
     folder = tmp_path / "index"
     shutil.copytree(dropped, folder)
-    damaged = folder / manifest(folder)["search"]["shards"][1]["file"]
+    before = manifest(folder)
+    damaged = folder / before["search"]["shards"][1]["file"]
     data = bytearray(damaged.read_bytes())
     data[-3] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    if damage == "altered":
+        damaged.write_bytes(bytes(data))
+    else:
+        damaged.unlink()
     result = tokembed("compress", folder)
     assert result.returncode == 6, result.stderr
     assert damaged.name in result.stderr and "holds no vectors" in result.stderr and "--full" in result.stderr
-    assert damaged.read_bytes() == bytes(data)
+    assert ("sha256 does not match" if damage == "altered" else "which is missing") in result.stderr
+    assert manifest(folder) == before
+    assert (damaged.read_bytes() == bytes(data)) if damage == "altered" else not damaged.exists()
+
+
+def test_a_damaged_shard_of_a_compressed_only_index_is_refused_before_its_ids_are_read(plain, dropped, tmp_path):
+    """The search read the hits' ids from the vectorless shards unchecked: one id byte flipped returned an id the
+    index does not hold. Those small shards are hashed with the code files now (once per change of the file)."""
+    folder = tmp_path / "index"
+    shutil.copytree(dropped, folder)
+    everything = {"top_k": 300, "probe": 64, "candidates": 300}
+    assert {h.id for h in search_vectors(folder, plain[2][:1], **everything)[0]} >= {"d150"}  # matched: recorded
+    shard = folder / manifest(folder)["shards"][1]["file"]
+    data = bytearray(shard.read_bytes())
+    data[data.index(b"d150")] ^= 0x01  # the id "e150"
+    shard.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match=f"{shard}: sha256 does not match the manifest"):
+        search_vectors(folder, plain[2][:1], **everything)
 
 
 # ---------------------------------------------------------------------------------------------- cron

@@ -2,7 +2,7 @@
 
 `score` checks the files it reads against the manifest's sha256: the shards the exhaustive scan reads (14.6 GB
 at 1M documents: ~13 s of hashing on this 2-core box, about half of one exhaustive query) and a search
-structure's code files (~2 GB: 0.7 s of a 3 s query). Once a file matched, its stat key is recorded beside the
+structure's code files (~2 GB: 0.7 s of a 3 s query), with a compressed-only index's small shards. Once a file matched, its stat key is recorded beside the
 sha256 it matched: device, inode, size, mtime and ctime in nanoseconds. Writing to the file or replacing it
 changes that key (a user can set mtime back, not ctime), so a file changed since is hashed again; a file whose
 key and sha256 both still match is not. `info --verify` hashes everything, whatever the record says.

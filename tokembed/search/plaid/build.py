@@ -12,6 +12,9 @@ shard of the new generation its code file:
   sha256 it was written with by a run that died (or this run's writer) and it still has them; any other file under
   that name (a committed one that a retrain's identical centroids name again, or one damaged since) is coded again.
 
+Every shard read, to train or to code, is first checked against its sha256 in the manifest (once per change of
+the file): the code files of a damaged shard would be committed under a manifest that vouches for them.
+
 Training itself resumes too: the codec file and ``plaid/pending.json`` (which shards it was trained for)
 are written before any code file, so a rerun over the same shards takes that codec instead of training
 again. Files of the structure that the new manifest does not list are removed after the commit.
@@ -262,14 +265,14 @@ def _read_pending(folder: Path) -> dict | None:
 
 def _sample_tokens(index, n: int) -> np.ndarray:
     """``n`` token vectors drawn uniformly without replacement, read in one streaming pass."""
-    from tokembed.search.maxsim import batch_arrays, shard_batches
+    from tokembed.search.maxsim import batch_arrays
 
     rng = np.random.default_rng(codec_mod.KMEANS_SEED)
     wanted = np.sort(rng.choice(index.tokens, size=n, replace=False))
     out = np.empty((n, index.dim), np.float32)
     seen = filled = 0
     for shard in index.shards:
-        for batch in shard_batches(index, shard, verify=False):
+        for batch in _verified_batches(index, shard):
             _, vectors, _ = batch_arrays(batch, index.dim, str(index.shard_path(shard)))
             lo, hi = np.searchsorted(wanted, [seen, seen + len(vectors)])
             out[filled : filled + hi - lo] = vectors[wanted[lo:hi] - seen]
@@ -282,23 +285,21 @@ def _sample_tokens(index, n: int) -> np.ndarray:
 
 
 def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: CodingStats) -> dict:
-    from tokembed.search.maxsim import shard_batches
-
     name = codes_name(shard["sha256"], codec_sha)
     base = {"shard": shard["file"], "file": name, "rows": shard["rows"], "tokens": shard["tokens"]}
-    if name in listed and (folder / name).is_file():  # the shard did not change: its code file stays as it is
+    if name in listed:  # the shard did not change: its code file stays as it is
         try:
             verify_files(folder, [listed[name]], checksum=True)  # once per change of the file (``index.verified``)
             stats.carried_tokens += shard["tokens"]
             return {**base, "bytes": listed[name]["bytes"], "sha256": listed[name]["sha256"]}
-        except IndexCorruptError as exc:  # damaged since its commit: coded again (as a --full rebuild is asked to)
+        except IndexCorruptError as exc:  # missing, or damaged since its commit: coded again (as --full would)
             _refuse_without_vectors(index, exc)  # the committed file stays until the new one replaces it whole
     figures = written_whole(folder, name)
     if figures is not None:  # written whole, and unchanged since, by a run that died before its commit or this run's writer
         stats.add(CodingStats(figures["coded_tokens"], shard["tokens"] - figures["coded_tokens"], figures["residual_norm_sum"]))
         return {**base, "bytes": figures["bytes"], "sha256": figures["sha256"]}
     mine = CodingStats()
-    codes = code_shard(codec, shard_batches(index, shard, verify=False), carry, mine, shard["tokens"], str(index.shard_path(shard)))
+    codes = code_shard(codec, _verified_batches(index, shard), carry, mine, shard["tokens"], str(index.shard_path(shard)))
     if carry is not None:
         carry.release()
     entry = codes.write(folder / name)
@@ -307,8 +308,22 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
     return {**base, **entry}
 
 
+def _verified_batches(index, shard: dict):
+    """The record batches of ``shard``, its sha256 checked against the manifest first (hashed once per change of
+    the file, ``index.verified``): a damaged shard's vectors must be neither trained on nor coded into files that
+    the new manifest vouches for."""
+    from tokembed.search.maxsim import shard_batches
+
+    try:
+        index.verify_shard(shard, checksum=True, remembered=True)
+    except IndexCorruptError as exc:
+        exc.hint = exc.hint or "its vectors cannot be coded: tokembed encode CORPUS -o INDEX --full rebuilds the index from the corpus"
+        raise
+    return shard_batches(index, shard, verify=False)
+
+
 def _refuse_without_vectors(index, damage: IndexCorruptError) -> None:
-    """A damaged code file of a compressed-only index cannot be coded again: its shard holds no vectors."""
+    """A missing or damaged code file of a compressed-only index cannot be coded again: its shard holds no vectors."""
     from tokembed.index.format import vectors_dropped
 
     if vectors_dropped(index.manifest):

@@ -94,11 +94,12 @@ def open_searchable(folder: Path | str, verify: bool = True):
 
 
 def open_structure(index, verify: bool = True) -> Structure:
-    """Map the codec and every shard's code file (sizes always checked, sha256 when ``verify``)."""
+    """Map the codec and every shard's code file (sizes always checked, sha256 when ``verify``; of the shards too
+    where they hold no vectors)."""
     structure = index.manifest[SEARCH]
     entries = structure["shards"]
     check_structure_lists_shards(index.folder, index.manifest)
-    verify_files(index.folder, [structure["codec"], *entries], verify)
+    verify_files(index.folder, [structure["codec"], *entries, *_vectorless_shards(index)], verify)
     tensors, metadata = map_tensors(index.folder / structure["codec"]["file"])
     codec = Codec.from_tensors(tensors, metadata)
     if vectors_dropped(index.manifest) and needs_vector_norms(index.manifest) and not codec.vector_norms:
@@ -113,6 +114,13 @@ def open_structure(index, verify: bool = True) -> Structure:
         refuse_unit_codes_without_vectors(index.folder, True)  # code files an earlier release's cron run wrote
     starts = np.cumsum([0] + [entry["rows"] for entry in entries]).astype(np.int64)
     return Structure(codec, shards, starts)
+
+
+def _vectorless_shards(index) -> list[dict]:
+    """The shards of a compressed-only index, hashed with its code files: the hits' ids are read from them by
+    positioned reads that nothing else checks, and without vectors they are small (~5 B a token). A shard that
+    keeps its vectors is hashed by the exhaustive scan alone (README, "Hashing once")."""
+    return index.shards if vectors_dropped(index.manifest) else []
 
 
 def check_search_options(probe: int, candidates: int) -> None:
