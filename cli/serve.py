@@ -56,6 +56,7 @@ def serve(
     from tokembed.serve import ServeOptions, run_server
 
     _check_log_level(log_level)
+    api_key = _key_from_environment(api_key)
     options = ServeOptions(
         max_batch_tokens=max_batch_tokens,
         batch_window_ms=batch_window_ms,
@@ -83,6 +84,17 @@ def serve(
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down
         pass
     print("tokembed: server stopped", file=sys.stderr)
+
+
+def _key_from_environment(api_key: str | None) -> str | None:
+    """click takes an empty TOKEMBED_API_KEY for an unset one, which would serve without a key: refused instead
+    (``KEY=$(cat missing-file)`` must not open the server), as an empty --api-key is."""
+    from tokembed.errors import UsageError
+
+    if api_key is None and os.environ.get("TOKEMBED_API_KEY") == "":
+        raise UsageError("TOKEMBED_API_KEY is set but empty: every client sending 'Authorization: Bearer' would pass",
+                         hint="set a key, or unset TOKEMBED_API_KEY to serve without one")
+    return api_key
 
 
 def _check_log_level(log_level: str) -> None:

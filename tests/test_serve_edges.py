@@ -43,6 +43,16 @@ def test_options_no_server_could_run_with_are_usage_errors(cli, colbert_ckpt, ar
     assert "Traceback" not in result.output
 
 
+def test_an_empty_api_key_variable_is_refused_not_taken_for_unset(cli, colbert_ckpt, monkeypatch):
+    """click reads TOKEMBED_API_KEY="" as unset: the server ran without a key (KEY=$(cat missing-file))."""
+    monkeypatch.setenv("TOKEMBED_API_KEY", "")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        result = cli("serve", "--model", colbert_ckpt, "--port", busy.getsockname()[1])
+    assert result.exit_code == 2 and "TOKEMBED_API_KEY is set but empty" in result.stderr, result.stderr
+
+
 def test_a_non_ascii_api_key_matches_the_utf8_header_a_client_sends(colbert_ckpt):
     from serve_support import LiveServer, _service
 
