@@ -414,6 +414,6 @@ def test_a_compressed_only_index_whose_codes_keep_lengths_is_version_3_and_mixed
             open_index(folder)
     opened = codes_mod.ShardCodes.open
     monkeypatch.setattr(codes_mod.ShardCodes, "open", classmethod(
-        lambda cls, path: dataclasses.replace(opened(path), vector_norms=None)))  # code files without lengths
+        lambda cls, *args: dataclasses.replace(opened(*args), vector_norms=None)))  # code files without lengths
     refused = cli("score", folder, "--query", "alpha")
     assert refused.exit_code == 2 and "earlier release" in refused.stderr and "--full" in refused.stderr

@@ -24,9 +24,9 @@ def hashed(monkeypatch):
     names: list[str] = []
     real = files.sha256_file
 
-    def counting(path):
-        names.append(path.name)
-        return real(path)
+    def counting(path_or_fd):
+        names.append(_file_name(path_or_fd))
+        return real(path_or_fd)
 
     monkeypatch.setattr(files, "sha256_file", counting)
     return names
@@ -105,7 +105,7 @@ def test_the_scan_hashes_a_shard_once_until_it_changes(tmp_path, monkeypatch):
     folder = write_index(tmp_path / "index", docs, shard_rows=20)
     names: list[str] = []
     real = reader._sha256_of
-    monkeypatch.setattr(reader, "_sha256_of", lambda path, mapped: names.append(path.name) or real(path, mapped))
+    monkeypatch.setattr(reader, "_sha256_of", lambda mapped: names.append(_file_name(mapped.fileno())) or real(mapped))
     queries = [docs[5][:3].astype(np.float32)]
     first = search_vectors(folder, queries, top_k=5, exact=True)
     assert names == []  # the writer recorded the sha256 of each shard it wrote
@@ -126,3 +126,8 @@ def test_the_scan_hashes_a_shard_once_until_it_changes(tmp_path, monkeypatch):
     with pytest.raises(IndexCorruptError, match="sha256"):
         open_index(folder).verify(checksums=True)  # info --verify: every shard, the record not consulted
     assert len(names) == 3
+
+
+def _file_name(path_or_fd) -> str:
+    """The name of a file hashed by path or by an open descriptor (Linux: what the descriptor links to)."""
+    return os.path.basename(os.readlink(f"/proc/self/fd/{path_or_fd}")) if isinstance(path_or_fd, int) else path_or_fd.name

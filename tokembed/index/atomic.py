@@ -94,11 +94,23 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
+def sha256_file(path_or_fd, block: int = 1 << 22) -> str:
+    """sha256 of the file at a path, or of the very file an open descriptor names (whatever is at its path now)."""
+    if isinstance(path_or_fd, int):
+        return _sha256_open(path_or_fd, block)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(path_or_fd, "rb") as handle:
         while chunk := handle.read(block):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256_open(fd: int, block: int) -> str:
+    """From byte 0 with positioned reads: the descriptor's offset, which its owner may be using, stays as it was."""
+    digest, offset = hashlib.sha256(), 0
+    while chunk := os.pread(fd, block, offset):
+        digest.update(chunk)
+        offset += len(chunk)
     return digest.hexdigest()
 
 

@@ -3,14 +3,14 @@
 Shards are memory-mapped right after the manifest is read, so a reader holds one complete generation
 even if a writer commits a new manifest and deletes the old shards a moment later (an open file stays
 readable after unlink). If a listed shard vanished between reading the manifest and opening it, a
-newer generation was committed in between: read the manifest again. ``verify()`` checks sizes and
-sha256 against the manifest (``verify_shard(..., remembered=True)``: not again for a file that matched and
-has not changed since, see ``verified.py``).
+newer generation was committed in between: read the manifest again. ``verify()`` checks the sizes and
+sha256 of the files held open (not of those at their paths now: a swapped-in folder's) against the manifest
+(``verify_shard(..., remembered=True)``: not again for a file that matched and has not changed since, see
+``verified.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -72,7 +72,7 @@ class Index:
         key = stat_key(mapped.fileno()) if remembered else None
         if remembered and self._verified.known(shard["file"], key, shard["sha256"]):
             return
-        digest = _sha256_of(self.shard_path(shard), mapped)
+        digest = _sha256_of(mapped)
         if digest != shard["sha256"]:
             raise IndexCorruptError(f"{self.shard_path(shard)}: sha256 does not match the manifest")
         if remembered:
@@ -145,13 +145,11 @@ class Index:
         return mapped
 
 
-def _sha256_of(path: Path, mapped) -> str:
-    """Hash with plain reads while the file is there: hashing through the map would make the whole shard
-    resident at once. A newer generation may have removed it: then hash the copy this reader holds open."""
-    try:
-        return sha256_file(path)
-    except FileNotFoundError:
-        return hashlib.sha256(memoryview(_whole(mapped))).hexdigest()
+def _sha256_of(mapped) -> str:
+    """The sha256 of the very file this reader maps and reads, not of whatever now has its name (a newer
+    generation's, or a swapped-in folder's). Plain reads of its descriptor: hashing through the map would make
+    the whole shard resident at once."""
+    return sha256_file(mapped.fileno())
 
 
 def _whole(mapped):

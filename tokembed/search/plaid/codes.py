@@ -61,8 +61,8 @@ class ShardCodes:
     vector_norms: np.ndarray | None = None  # [tokens] float16, where the codec keeps the vectors' lengths
 
     @classmethod
-    def open(cls, path) -> "ShardCodes":
-        tensors, metadata = map_tensors(path)
+    def open(cls, path, opened=None) -> "ShardCodes":
+        tensors, metadata = map_tensors(path, opened)
         for counts, offsets in (("doc_lengths", "doc_offsets"), ("list_counts", "list_offsets")):
             if counts in tensors:
                 tensors[offsets] = _offsets(tensors.pop(counts))

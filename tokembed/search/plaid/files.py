@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import mmap
-from contextlib import contextmanager
+import os
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +53,11 @@ def _umask() -> int:
     return 0o022
 
 
-def map_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read-only zero-copy views of every tensor in a safetensors file, and its metadata."""
+def map_tensors(path: Path, opened=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read-only zero-copy views of every tensor in a safetensors file, and its metadata; ``opened``: that file
+    already open (the one ``verify_files`` checked), mapped instead of whatever is at ``path`` now."""
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb") if opened is None else nullcontext(opened) as handle:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
         raise IndexCorruptError(f"{path}: cannot map the file ({exc})") from exc
@@ -78,27 +80,27 @@ def map_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise IndexCorruptError(f"{path}: not a readable tensor file ({exc})") from exc
 
 
-def verify_files(folder: Path, entries: list[dict], checksum: bool, remembered: bool = True) -> None:
+def verify_files(folder: Path, entries: list[dict], checksum: bool, remembered: bool = True, opened=None) -> None:
     """``verify_file`` for many files: sizes first, then the sha256 of each file not already found to match
     and unchanged since (``VerifiedFiles``; every file when not ``remembered``), in a thread pool (hashlib
-    releases the GIL, so the cores hash different files at once: a 1M-document index holds ~2 GB of them)."""
-    import os
+    releases the GIL, so the cores hash different files at once: a 1M-document index holds ~2 GB of them).
+    ``opened`` (``held_open``): the files the caller maps are checked, not those at their paths now."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tokembed.index.verified import VerifiedFiles, stat_key
 
     for entry in entries:
-        verify_file(folder, entry, checksum=False)
+        verify_file(folder, entry, checksum=False, opened=opened)
     if not checksum or not entries:
         return
     record = VerifiedFiles(folder)
     with _gone_is_missing(folder):  # a commit that replaced the generation since: the caller reads the manifest again
-        keys = [stat_key(folder / entry["file"]) for entry in entries]  # before hashing: a change while hashing shows
+        keys = [stat_key(_source(folder, entry, opened)) for entry in entries]  # before hashing: a change while hashing shows
         todo = [(entry, key) for entry, key in zip(entries, keys) if not (remembered and record.known(entry["file"], key, entry["sha256"]))]
         if not todo:
             return
         with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
-            digests = list(pool.map(lambda item: sha256_file(folder / item[0]["file"]), todo))
+            digests = list(pool.map(lambda item: sha256_file(_source(folder, item[0], opened)), todo))
     for (entry, key), digest in zip(todo, digests):
         if digest != entry["sha256"]:
             raise IndexCorruptError(f"{folder / entry['file']}: sha256 does not match the manifest")
@@ -113,17 +115,33 @@ def _gone_is_missing(folder: Path):
         raise IndexCorruptError(f"{folder}: manifest lists {Path(exc.filename or '?').name}, which is missing") from None
 
 
-def verify_file(folder: Path, entry: dict, checksum: bool) -> None:
-    """Raise ``IndexCorruptError`` when a listed structure file is missing, truncated or altered."""
-    path = folder / entry["file"]
+def verify_file(folder: Path, entry: dict, checksum: bool, opened=None) -> None:
+    """Raise ``IndexCorruptError`` when a listed structure file is missing, truncated or altered (``opened``: as
+    ``verify_files``)."""
+    path, source = folder / entry["file"], _source(folder, entry, opened)
     try:
-        size = path.stat().st_size
+        size = os.stat(source).st_size
     except FileNotFoundError:
         raise IndexCorruptError(f"{folder}: manifest lists {entry['file']}, which is missing") from None
     if size != entry["bytes"]:
         raise IndexCorruptError(f"{path}: {size} bytes on disk, manifest says {entry['bytes']}")
-    if checksum and sha256_file(path) != entry["sha256"]:
+    if checksum and sha256_file(source) != entry["sha256"]:
         raise IndexCorruptError(f"{path}: sha256 does not match the manifest")
+
+
+def _source(folder: Path, entry: dict, opened) -> Path | int:
+    """What to check of a listed file: the descriptor of the one the caller holds open, else its path."""
+    return folder / entry["file"] if opened is None else opened[entry["file"]].fileno()
+
+
+@contextmanager
+def held_open(folder: Path, entries: list[dict]):
+    """Each listed file opened once for the block (name -> open file), to check and map the very same files
+    while a deploy swaps the folder; closed after it (a map keeps its file)."""
+    with ExitStack() as stack:
+        with _gone_is_missing(folder):
+            opened = {entry["file"]: stack.enter_context(open(folder / entry["file"], "rb")) for entry in entries}
+        yield opened
 
 
 def check_structure_lists_shards(folder: Path, manifest: dict) -> None:

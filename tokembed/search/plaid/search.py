@@ -34,7 +34,7 @@ from tokembed.search.plaid.build import SEARCH, refuse_unit_codes_without_vector
 from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, scratches
 from tokembed.search.plaid.codec import Codec, needs_vector_norms
 from tokembed.search.plaid.codes import ShardCodes
-from tokembed.search.plaid.files import check_structure_lists_shards, map_tensors, verify_files
+from tokembed.search.plaid.files import check_structure_lists_shards, held_open, map_tensors, verify_files
 from tokembed.search.plaid.products import centroid_scores
 from tokembed.search.plaid.rerank import exact_scores
 from tokembed.search.plaid.shard_reads import doc_id
@@ -99,17 +99,15 @@ def open_structure(index, verify: bool = True) -> Structure:
     structure = index.manifest[SEARCH]
     entries = structure["shards"]
     check_structure_lists_shards(index.folder, index.manifest)
-    verify_files(index.folder, [structure["codec"], *entries, *_vectorless_shards(index)], verify)
-    tensors, metadata = map_tensors(index.folder / structure["codec"]["file"])
-    codec = Codec.from_tensors(tensors, metadata)
-    if vectors_dropped(index.manifest) and needs_vector_norms(index.manifest) and not codec.vector_norms:
-        refuse_unit_codes_without_vectors(index.folder, True)  # its decoded vectors would all score as unit length
-    shards = []
-    for entry in entries:
-        codes = ShardCodes.open(index.folder / entry["file"])
-        if codes.rows != entry["rows"] or len(codes.centroid_ids) != entry["tokens"]:
-            raise IndexCorruptError(f"{index.folder / entry['file']}: rows/tokens do not match the manifest")
-        shards.append(codes)
+    with held_open(index.folder, [structure["codec"], *entries]) as opened:
+        verify_files(index.folder, [structure["codec"], *entries], verify, opened=opened)
+        for shard in _vectorless_shards(index):  # the files the index holds open, as the scan checks them
+            index.verify_shard(shard, verify, remembered=True)
+        codec_file = structure["codec"]["file"]
+        codec = Codec.from_tensors(*map_tensors(index.folder / codec_file, opened[codec_file]))
+        if vectors_dropped(index.manifest) and needs_vector_norms(index.manifest) and not codec.vector_norms:
+            refuse_unit_codes_without_vectors(index.folder, True)  # its decoded vectors would all score as unit length
+        shards = [_open_codes(index.folder, entry, opened[entry["file"]]) for entry in entries]
     if codec.vector_norms and vectors_dropped(index.manifest) and any(codes.vector_norms is None for codes in shards):
         refuse_unit_codes_without_vectors(index.folder, True)  # code files an earlier release's cron run wrote
     starts = np.cumsum([0] + [entry["rows"] for entry in entries]).astype(np.int64)
@@ -121,6 +119,13 @@ def _vectorless_shards(index) -> list[dict]:
     positioned reads that nothing else checks, and without vectors they are small (~5 B a token). A shard that
     keeps its vectors is hashed by the exhaustive scan alone (README, "Hashing once")."""
     return index.shards if vectors_dropped(index.manifest) else []
+
+
+def _open_codes(folder: Path, entry: dict, opened) -> ShardCodes:
+    codes = ShardCodes.open(folder / entry["file"], opened)
+    if codes.rows != entry["rows"] or len(codes.centroid_ids) != entry["tokens"]:
+        raise IndexCorruptError(f"{folder / entry['file']}: rows/tokens do not match the manifest")
+    return codes
 
 
 def check_search_options(probe: int, candidates: int) -> None:

@@ -1,0 +1,90 @@
+"""A reader holds one generation open: an index folder swapped under it (``mv X X.old; cp -a other X``, a
+blue/green deploy) changes nothing it reads, and its sha256 checks are of the files it holds, not of the new
+folder's files that happen to carry the same names."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import manifest
+from test_score import random_docs, write_index
+from tokembed.index import export as export_module
+from tokembed.index.export import export_index
+from tokembed.index.reader import open_index
+from tokembed.search import search_vectors
+
+
+@pytest.fixture
+def swap(tmp_path):
+    """(index folder, a function that swaps another valid index with the same shard names in for it)."""
+    rng = np.random.default_rng(10)
+    folder = write_index(tmp_path / "X", random_docs(rng, rng.integers(3, 12, size=30)), shard_rows=10)
+    other = write_index(tmp_path / "other", random_docs(rng, rng.integers(3, 12, size=30)), shard_rows=10,
+                        ids=[f"other{i}" for i in range(30)])
+    names = [shard["file"] for shard in manifest(folder)["shards"]]
+    assert names == [shard["file"] for shard in manifest(other)["shards"]]  # the same names, other bytes
+
+    def swap_folder() -> None:
+        folder.rename(tmp_path / "X.old")
+        shutil.copytree(other, folder)
+
+    return folder, swap_folder
+
+
+def test_an_index_opened_before_its_folder_is_swapped_verifies_and_reads_its_own_rows(swap):
+    folder, swap_folder = swap
+    index = open_index(folder)
+    swap_folder()
+    index.verify()
+    assert [row for batch in index.iter_batches(["id"]) for row in batch.column(0).to_pylist()] == [f"d{i}" for i in range(30)]
+
+
+def test_an_exact_score_on_an_index_whose_folder_was_swapped_scores_the_generation_it_opened(swap, tmp_path, monkeypatch):
+    folder, swap_folder = swap
+    queries = [np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)]
+    before = search_vectors(folder, queries, top_k=30, exact=True, device="cpu")
+    monkeypatch.setenv("TOKEMBED_CACHE", str(tmp_path / "another-user"))  # no record of the writer's hashes: hashed here
+    index = open_index(folder)
+    swap_folder()
+    assert search_vectors(index, queries, top_k=30, exact=True, device="cpu") == before
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "lance"])
+def test_an_export_whose_folder_is_swapped_after_its_first_shard_exports_the_generation_it_opened(swap, tmp_path, monkeypatch, fmt):
+    if fmt == "lance":
+        pytest.importorskip("lancedb", reason="the [lance] extra is not installed")
+    folder, swap_folder = swap
+    real = export_module.fault_point
+    monkeypatch.setattr(export_module, "fault_point", lambda event, count: (event, count) == ("export", 1) and swap_folder() or real(event, count))
+    out = tmp_path / "out"
+    summary = export_index(folder, out, fmt=fmt)
+    assert summary.rows == 30
+    if fmt == "parquet":
+        ids = [row for file in sorted(out.glob("*.parquet")) for row in pq.read_table(file, columns=["id"]).column(0).to_pylist()]
+        assert ids == [f"d{i}" for i in range(30)]
+
+
+def test_a_structure_checks_and_maps_the_same_code_files_while_its_folder_is_swapped(compressed, tmp_path, monkeypatch):
+    from tokembed.search.plaid import search as plaid_search_module
+
+    folder = tmp_path / "index"
+    shutil.copytree(compressed[0], folder)
+    queries = compressed[2][:3]
+    before = search_vectors(folder, queries, top_k=5)
+    rng = np.random.default_rng(11)
+    other = write_index(tmp_path / "other", random_docs(rng, [4] * 600, dim=compressed[1][0].shape[1]), shard_rows=200)
+    index = open_index(folder)
+    real = plaid_search_module.verify_files
+
+    def swapped_first(*args, **kwargs):  # the code files are open by now: a deploy swaps the folder
+        if not (tmp_path / "X.old").exists():
+            folder.rename(tmp_path / "X.old")
+            shutil.copytree(other, folder)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plaid_search_module, "verify_files", swapped_first)
+    assert search_vectors(index, queries, top_k=5) == before
