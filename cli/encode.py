@@ -129,7 +129,7 @@ def encode(
     dtype: DType = typer.Option(DType.auto, help="Compute dtype. auto = float32 on CPU (exact), bfloat16 on CUDA."),
     store_dtype: StoreDType = typer.Option(StoreDType.float16, help="Dtype of the stored vectors."),
     dimensions: Optional[int] = typer.Option(None, help="Keep the first N dimensions of every vector, then re-normalize."),
-    no_normalize: bool = typer.Option(False, "--no-normalize", help="Do not L2-normalize token vectors (raw mode)."),
+    no_normalize: bool = typer.Option(False, "--no-normalize", help="Do not L2-normalize token vectors (either mode; colbert mode normalizes by default)."),
     pool_factor: int = typer.Option(
         1, "--pool-factor", help="Documents: keep about 1/N of each document's vectors by hierarchical token pooling, "
         "as PyLate's pool_factor (the first token kept, the rest clustered, each cluster's mean stored). 1 = no pooling. "

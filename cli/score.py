@@ -37,7 +37,8 @@ def score(
     query: Optional[list[str]] = typer.Option(None, "--query", help="A query text (repeatable); ids q1, q2, ..."),
     top_k: int = typer.Option(10, "--top-k", "-k", help="Documents per query (all of them if the index is smaller)."),
     fmt: Optional[Format] = typer.Option(
-        None, "--format", "-f", help="table, jsonl, tsv or trec. Default: table on a terminal, else jsonl."
+        None, "--format", "-f", help="table, jsonl, tsv or trec. Default: from --output's suffix (.tsv: tsv; .trec, .run: trec; "
+        "else jsonl), else table on a terminal and jsonl otherwise."
     ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout ('-': stdout)."),
     model: Optional[str] = typer.Option(

@@ -227,8 +227,20 @@ def test_device_specs(monkeypatch):
         parse_devices("cuda:0,cuda:00")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert parse_devices("auto").labels == ("cpu",)
-    with pytest.raises(DeviceError, match="no CUDA device"):
+    with pytest.raises(DeviceError, match="no CUDA device") as refused:
         parse_devices("cuda:0,cuda:1")
+    assert refused.value.hint == "use --devices cpu (or cpu:N)"
+
+
+def test_a_one_device_command_is_not_told_to_use_cpu_workers(monkeypatch):
+    """serve's flag is --devices too, but it runs on one device: cpu:N there is exit 2."""
+    from tokembed.engine.device import resolve_one_device
+    from tokembed.errors import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="no CUDA device") as refused:
+        resolve_one_device("cuda", "--devices", "serve")
+    assert refused.value.hint == "use --devices cpu"
 
 
 def test_import_caps_the_per_shape_kernel_caches_unless_the_user_set_them():

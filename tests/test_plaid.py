@@ -233,6 +233,10 @@ def check_score_and_info(cli, folder: Path) -> None:
 def test_retrain_and_nbits_change_train_new_centroids(tmp_path, cli):
     corpus = write_parquet(tmp_path / "c.parquet", corpus_rows(40))
     out = tmp_path / "index"
+    refused = cli("encode", corpus, "-o", out, "--retrain", "-q")  # no structure to retrain: was silently ignored
+    assert refused.exit_code == 2 and "has no search structure" in refused.stderr and not out.exists()
+    assert cli("encode", corpus, "-o", out, "-q").exit_code == 0
+    assert cli("encode", corpus, "-o", out, "--retrain", "-q").exit_code == 2
     assert cli("encode", corpus, "-o", out, "--nbits", 1, "-q").exit_code == 0
     codec = manifest(out)["search"]["codec"]["file"]
     assert cli("encode", corpus, "-o", out, "--retrain", "-q").exit_code == 0

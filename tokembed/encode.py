@@ -375,6 +375,24 @@ def _encode_stream(
     return state["seen_previous"]
 
 
+def _refuse_retrain_without_structure(job: EncodeJob) -> None:
+    """``--retrain`` where no run builds a search structure was silently ignored: exit 2, as other flags that
+    cannot apply are."""
+    from tokembed.errors import IndexCorruptError
+    from tokembed.index.format import SEARCH, SEARCH_SETTINGS
+    from tokembed.index.reader import read_manifest
+
+    if not job.retrain or job.nbits is not None or job.drop_vectors or (job.output / "plaid").is_dir():
+        return
+    try:
+        committed = read_manifest(job.output)
+    except (IndexCorruptError, OSError):  # the run itself says what is wrong with it
+        return
+    if not committed or not (committed.get(SEARCH) or committed.get(SEARCH_SETTINGS)):
+        raise UsageError(f"--retrain: {job.output} has no search structure to train centroids for",
+                         hint="add --nbits 1|2|4 to build one in this run, or leave --retrain out")
+
+
 def _check_job(job: EncodeJob) -> None:
     from tokembed.index.lock import check_wait
 
@@ -395,6 +413,7 @@ def _check_job(job: EncodeJob) -> None:
         from tokembed.search.plaid.codec import check_nbits
 
         check_nbits(job.nbits)
+    _refuse_retrain_without_structure(job)
     for path in job.inputs:  # before the model loads: a mistyped path is said in a moment, not after seconds
         check_input(path)
     refuse_inputs_given_twice(job.inputs, job.sources.walks)

@@ -54,7 +54,7 @@ def parse_devices(spec: str | None, flag: str = "--devices", expected: str = _EX
         labels = cuda_labels(spec, flag, expected)
         visible = _cuda_count()
         if visible == 0:
-            raise no_cuda(spec, flag, "is visible")
+            raise no_cuda(spec, flag, "is visible", several=expected == _EXPECTED)
         check_cuda_exists(spec, labels, visible, "visible", flag)
         return DevicePlan(labels, workers=len(labels) > 1)
     raise DeviceError(f"{flag} {spec!r}: {expected}")
@@ -104,10 +104,11 @@ def check_cuda_exists(spec: str, labels: tuple[str, ...], count: int, where: str
             raise DeviceError(f"{flag} {spec}: {label} does not exist ({count} CUDA device(s) {where})")
 
 
-def no_cuda(spec: str, flag: str, where: str) -> DeviceError:
-    """The error for a CUDA device asked for where there is none ``where`` (``is visible``, ``on the Ray cluster``)."""
+def no_cuda(spec: str, flag: str, where: str, several: bool = True) -> DeviceError:
+    """The error for a CUDA device asked for where there is none ``where`` (``is visible``, ``on the Ray cluster``);
+    ``several``: the command takes ``cpu:N`` (encode), else one device (score, serve)."""
     return DeviceError(f"{flag} {spec}: no CUDA device {where}",
-                       hint=f"use {flag} cpu" + (" (or cpu:N)" if flag == "--devices" else ""))
+                       hint=f"use {flag} cpu" + (" (or cpu:N)" if several else ""))
 
 
 def given_spec(spec: str | None, flag: str = "--devices", expected: str = _EXPECTED) -> str:
