@@ -9,12 +9,14 @@ from typing import Optional
 
 import typer
 
+from cli._paths import path_given
 from cli._signals import work_done
 from cli.progress import make_progress, warnings_logged
 
 
 def compress(
-    index: Path = typer.Argument(..., help="Index folder (holds manifest.json)."),
+    index: Path = typer.Argument(..., parser=path_given("INDEX", "the index folder", arrow=True),
+                                 help="Index folder (holds manifest.json)."),
     nbits: Optional[int] = typer.Option(
         None, "--nbits", help="Residual bits per dimension: 1, 2 or 4. Default: the index's current value, else 2."
     ),

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
+from cli._paths import path_given
 from cli._signals import work_done
 from cli.progress import libraries_quiet, make_progress, warnings_logged
 
@@ -54,7 +55,7 @@ class LogFormat(str, Enum):
 
 def encode(
     inputs: list[Path] = typer.Argument(
-        ..., help="Corpus: .parquet or .jsonl files, a folder of Parquet files, a folder of .txt/.md files and/or PDFs "
+        ..., parser=path_given("INPUT", "a corpus file or folder"), help="Corpus: .parquet or .jsonl files, a folder of Parquet files, a folder of .txt/.md files and/or PDFs "
         "(one row per page, id path.pdf#page=N), a .pdf file, or (image models) a folder of images and/or PDFs."
     ),
     model: Optional[str] = typer.Option(
@@ -67,7 +68,8 @@ def encode(
         "base_model_name_or_path.",
     ),
     base_revision: Optional[str] = typer.Option(None, help="Hub revision of the adapter's base model."),
-    output: Path = typer.Option(Path("index"), "--output", "-o", help="Index folder to write (created if missing)."),
+    output: Path = typer.Option(
+        Path("index"), "--output", "-o", parser=path_given("--output", "the index folder", arrow=True), help="Index folder to write (created if missing)."),
     kind: Kind = typer.Option(Kind.document, help="Encode the corpus as documents or as queries (prefix, expansion, lengths)."),
     mode: Optional[Mode] = typer.Option(
         None, help="colbert (PyLate semantics) or raw (vLLM token_embed). Default: colbert when the checkpoint carries ColBERT settings, else raw."

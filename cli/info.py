@@ -8,9 +8,12 @@ from pathlib import Path
 
 import typer
 
+from cli._paths import path_given
+
 
 def info(
-    index: Path = typer.Argument(..., help="Index folder (holds manifest.json)."),
+    index: Path = typer.Argument(..., parser=path_given("INDEX", "the index folder", arrow=True),
+                                 help="Index folder (holds manifest.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as one JSON object."),
     verify: bool = typer.Option(
         False, "--verify", help="Also check the sha256 of every shard and search-structure file against the manifest "

@@ -18,6 +18,7 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
+from cli._paths import checked_path, path_given
 from cli.progress import LineProgress, libraries_quiet, warnings_logged
 
 
@@ -40,7 +41,10 @@ def score(
         None, "--format", "-f", help="table, jsonl, tsv or trec. Default: from --output's suffix (.tsv: tsv; .trec, .run: trec; "
         "else jsonl), else table on a terminal and jsonl otherwise."
     ),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout ('-': stdout)."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", parser=path_given("--output", "a file for the results ('-': stdout)"),
+        help="Write results to this file instead of stdout ('-': stdout).",
+    ),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Where the index's checkpoint is (folder or hub id). Default: the one in the manifest."
     ),
@@ -141,12 +145,16 @@ def _split_args(args: list[str], have_inline: bool) -> tuple[Path | None, Path]:
     from tokembed.errors import UsageError
 
     if len(args) == 2:
-        return Path(args[0]), Path(args[1])
+        return checked_path(args[0], "QUERIES", "a query file"), _index_arg(args[1])
     if len(args) == 1 and have_inline:
-        return None, Path(args[0])
+        return None, _index_arg(args[0])
     if len(args) == 1:
         raise UsageError("expected QUERIES INDEX_DIR (or --query TEXT INDEX_DIR)")
     raise UsageError(f"expected QUERIES INDEX_DIR, got {len(args)} arguments")
+
+
+def _index_arg(value: str) -> Path:
+    return checked_path(value, "INDEX_DIR", "the index folder", arrow=True)
 
 
 def _refuse_output_over_inputs(output: Path | None, index: Path, query_file: Path | None) -> None:

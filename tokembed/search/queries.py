@@ -176,10 +176,11 @@ def _read_parquet(path: Path, id_column: str, text_column: str, id_required: boo
     import pyarrow.parquet as pq
 
     from tokembed.sources.base import SourceOptions
+    from tokembed.sources.files import arrow_readable
     from tokembed.sources.parquet import read_parquet
 
     try:
-        has_ids = id_column in pq.read_schema(path).names
+        has_ids = id_column in pq.read_schema(arrow_readable(path)).names
     except (pa.ArrowException, OSError) as exc:
         raise BadInputError(f"{path}: not a readable Parquet file ({exc})") from exc
     if id_required and not has_ids:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError, UsageError
-from tokembed.sources.files import FolderWalks, files_of, refuse_special_file, special_file_problem, walk_files
+from tokembed.sources.files import (FolderWalks, arrow_readable, files_of, refuse_special_file, special_file_problem,
+                                    walk_files)
 
 TEXT_SUFFIXES = (".txt", ".md")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -362,7 +363,7 @@ def estimate_rows(inputs: list[Path], options: SourceOptions | None = None) -> i
     for path in inputs:
         try:
             if path.is_file() and path.suffix == ".parquet":
-                total += pq.ParquetFile(path).metadata.num_rows
+                total += pq.ParquetFile(arrow_readable(path)).metadata.num_rows
             elif path.is_dir():
                 files = files_of(path, options and options.walks)
                 if any(p.suffix == ".jsonl" for p in files):
@@ -373,7 +374,7 @@ def estimate_rows(inputs: list[Path], options: SourceOptions | None = None) -> i
                 if not parquet and any(p.suffix.lower() == ".pdf" for p in files):
                     return None  # pages are known once each PDF is opened
                 if parquet:
-                    total += sum(pq.ParquetFile(p).metadata.num_rows for p in parquet)
+                    total += sum(pq.ParquetFile(arrow_readable(p)).metadata.num_rows for p in parquet)
                 else:
                     total += sum(1 for p in files if p.suffix in TEXT_SUFFIXES)
             else:

@@ -35,6 +35,15 @@ def refuse_special_file(path: Path) -> None:
         raise BadInputError(f"{path}: {problem}")
 
 
+def arrow_readable(path: Path):
+    """``path`` opened for Arrow's readers (``pq.ParquetFile``, ``pq.read_schema``). Arrow takes a path given as text
+    only as UTF-8, which a file name that is not (Latin-1 bytes: Python holds them as lone surrogates) cannot be
+    written in: the file is opened by its bytes, so that it is read as any other (as a JSONL file is)."""
+    import pyarrow as pa
+
+    return pa.OSFile(os.fsencode(path))
+
+
 def file_key(path: Path | str) -> tuple[int, int] | None:
     """(device, inode) of what ``path`` leads to, or None: nothing (a link to a file that is gone)."""
     try:

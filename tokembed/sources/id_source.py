@@ -48,13 +48,13 @@ def _id_candidates(file: Path) -> list[str] | None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tokembed.sources.files import special_file_problem
+    from tokembed.sources.files import arrow_readable, special_file_problem
     from tokembed.sources.jsonl import first_record_fields
 
     if special_file_problem(file):  # never opened (a FIFO blocks): its reader names it
         return None
     try:
-        return pq.ParquetFile(file).schema_arrow.names if file.suffix == ".parquet" else first_record_fields(file)
+        return pq.ParquetFile(arrow_readable(file)).schema_arrow.names if file.suffix == ".parquet" else first_record_fields(file)
     except (pa.ArrowException, OSError, ValueError):  # not readable: its reader names the file and the reason
         return None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tokembed.errors import BadInputError
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, id_problem, wanted_columns
-from tokembed.sources.files import refuse_special_file
+from tokembed.sources.files import arrow_readable, refuse_special_file
 from tokembed.sources.parquet_pages import CorruptPage, InvalidUtf8, Unsupported, is_huge_text, text_cells
 
 
@@ -24,7 +24,7 @@ def read_parquet(path: Path, options: SourceOptions, offset: int) -> Iterator[li
 
     refuse_special_file(path)
     try:
-        handle = pq.ParquetFile(path)
+        handle = pq.ParquetFile(arrow_readable(path))
     except (pa.ArrowException, OSError) as exc:
         raise BadInputError(f"{path}: not a readable Parquet file ({exc})") from exc
     names = handle.schema_arrow.names

@@ -1,0 +1,56 @@
+"""Path arguments and options as the user typed them, checked before a command runs (typer ``parser=``).
+
+An empty value (``-o "$OUT"`` with the variable unset) is exit 2 naming the flag: pathlib reads "" as ".", the
+current folder, where encode would write its index and export its files. Index folders and export targets are
+opened by Arrow (shards, Parquet files, LanceDB), which takes a path only as UTF-8 text: one whose bytes are not
+UTF-8 (legal on Linux; Python holds those bytes as lone surrogates) is exit 2 naming it, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+_UNDECODED_BYTE = re.compile("[\udc80-\udcff]")  # how os.fsdecode keeps a byte that is not UTF-8
+
+
+def path_given(name: str, what: str, arrow: bool = False) -> Callable[[object], Path | None]:
+    """A typer ``parser`` for the path option or argument ``name`` (``--output``, ``INDEX``): ``what`` it names,
+    said when it is empty. ``arrow``: the path is opened by Arrow, so it must be UTF-8."""
+
+    def parse(value: object) -> Path | None:
+        if value is None or isinstance(value, Path):  # the option's default, never typed
+            return value
+        return checked_path(str(value), name, what, arrow)
+
+    return parse
+
+
+def checked_path(value: str, name: str, what: str, arrow: bool = False) -> Path:
+    """``value`` as a ``Path``; ``UsageError`` (exit 2) naming ``name`` when it is empty, or not UTF-8 where
+    ``arrow`` opens it."""
+    from tokembed.errors import UsageError
+
+    if value == "":
+        raise UsageError(f"{name} is empty: give {what}", hint="an unset shell variable?")
+    if arrow and (problem := _not_utf8(value)):
+        raise UsageError(f"{name} {value!r}: {problem}; Arrow, which reads and writes tokembed's files, takes UTF-8 "
+                         "paths only", hint="rename it, or give another path")
+    return Path(value)
+
+
+def _not_utf8(value: str) -> str | None:
+    """Why ``value`` is no path Arrow can open, or None. The library opens it resolved: a relative path in a
+    folder whose name is not UTF-8 (the current one, a link's target) is not either."""
+    if byte := _UNDECODED_BYTE.search(value):
+        return f"the path is not UTF-8 ({_byte_at(byte)})"
+    full = os.path.realpath(value)
+    if byte := _UNDECODED_BYTE.search(full):
+        return f"the path is not UTF-8 once resolved, {full!r} ({_byte_at(byte)})"
+    return None
+
+
+def _byte_at(found: re.Match) -> str:
+    return f"byte 0x{ord(found.group()) - 0xDC00:02x} at character {found.start()}"
