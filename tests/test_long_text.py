@@ -64,6 +64,27 @@ def test_window_ids_equal_whole_text_ids(tokenizers):
                     assert got == whole_then_truncate(tokenizer, text, max_length), (name, seed, first_window, max_length)
 
 
+def test_an_added_token_the_window_would_cut_is_read_whole():
+    """Added tokens are matched before the words are split: a window ending inside Qwen's 20-character
+    ``<|object_ref_start|>`` read it as the words of its pieces, and one piece could be kept as a token."""
+    from tokembed.models.long_text import read_otherwise_before_added_token_fix, window_chars
+
+    tokenizer = text_tokenizers._qwen2_tokenizer()
+    token = "<|object_ref_start|>"
+    tokenizer.add_special_tokens({"additional_special_tokens": [token]})
+    cut = window_chars(64)
+    for lead in range(1, len(token)):  # the token starts ``lead`` characters before the window's cut
+        head = token * ((cut - lead) // len(token)) + "x" * ((cut - lead) % len(token))
+        text = head + token + " the end." * 2_000
+        kept = len(tokenizer(head, add_special_tokens=False)["input_ids"]) + 1
+        for max_length in (kept - 1, kept, kept + 1):
+            assert tokenize_long(tokenizer, text, max_length) == whole_then_truncate(tokenizer, text, max_length), lead
+        assert read_otherwise_before_added_token_fix(tokenizer, text, 64)  # an earlier release's window split it
+    plain = "Paris is the capital. " + token + " the end." * 2_000
+    assert not read_otherwise_before_added_token_fix(tokenizer, plain, 64)
+    assert not read_otherwise_before_added_token_fix(tokenizer, plain[:500], 64)
+
+
 @pytest.mark.parametrize("run", [" ", " \n"])
 def test_whitespace_an_lstrip_token_past_the_cut_would_swallow(tokenizers, run):
     """``[MASK]`` / ``<mask>`` match with ``lstrip``: in the whole text they take every whitespace character to

@@ -11,7 +11,9 @@ reaches further back: an added token with ``lstrip`` (ModernBERT's ``[MASK]``, X
 before the split and takes every whitespace character to its left, however many; past the cut (or cut in
 half) it leaves that whitespace to become tokens. For such tokenizers the first non-whitespace character after
 the kept tokens must also start early enough for any such token starting there to lie whole in the window. Otherwise the
-window grows (x4) until they do, or until it is the whole text. Slow (Python) tokenizers, left-side
+window grows (x4) until they do, or until it is the whole text. And a window never ends inside an added token
+(Qwen's ``<|object_ref_start|>``, 20 characters, which a cut splits into words of its own pieces): it ends after
+it instead. Slow (Python) tokenizers, left-side
 truncation and one-word texts (no pre-tokenizer split) fall back to tokenizing the whole text.
 """
 
@@ -35,7 +37,11 @@ def tokenize_long(
     if not _windowable(tokenizer):
         window = len(text)
     needed = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    added = _added_tokens(tokenizer) if window < len(text) else []
     while window < len(text):
+        window = _past_added_tokens(text, window, added)
+        if window >= len(text):
+            break
         head = prefix + text[:window]
         if needed <= 0 or _prefix_decides(tokenizer, head, needed):
             return _truncated_ids(tokenizer, head, max_length)
@@ -67,6 +73,36 @@ def _prefix_decides(tokenizer, prefix: str, needed: int) -> bool:
     return word is not None and word < last_word - 1 and end <= len(prefix) - _MARGIN_CHARS
 
 
+def _added_tokens(tokenizer) -> list[str]:
+    """The contents of the added tokens (matched in the text before it is split into words)."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return [token.content for token in added.values() if token.content]
+
+
+def _past_added_tokens(text: str, cut: int, added: list[str]) -> int:
+    """``cut``, moved to the end of any added token it would split (again while the new cut splits another)."""
+    moved = True
+    while moved:
+        moved = False
+        for token in added:
+            start = text.find(token, max(0, cut - len(token) + 1), cut + len(token) - 1)
+            if start != -1 and start < cut:  # starts before the cut, ends after it
+                cut, moved = start + len(token), True
+    return cut
+
+
+def _cut_an_added_token(text: str, max_length: int, added: list[str]) -> bool:
+    """Whether a window of releases before the rule above ended inside an added token long enough to matter
+    (pieces past ``_MARGIN_CHARS`` before the cut could be kept)."""
+    long = [token for token in added if len(token) > _MARGIN_CHARS]
+    window = window_chars(max_length)
+    while long and window < len(text):
+        if _past_added_tokens(text, window, long) != window:
+            return True
+        window *= _GROWTH
+    return False
+
+
 def _longest_lstrip_token(tokenizer) -> int:
     """Characters of the longest added token that matches with ``lstrip`` (0: none does)."""
     return max(map(len, lstrip_tokens(tokenizer)), default=0)
@@ -82,6 +118,13 @@ def read_otherwise_before_lstrip_fix(tokenizer, lstrip: list[str], text: str, ma
     """Whether releases before the lstrip rule above may have given this text other ids: a text tokenized by
     windows (longer than the first, a fast tokenizer cutting on the right) that holds an ``lstrip`` token."""
     return bool(lstrip) and len(text) > window_chars(max_length) and _windowable(tokenizer) and any(token in text for token in lstrip)
+
+
+def read_otherwise_before_added_token_fix(tokenizer, text: str, max_length: int) -> bool:
+    """Whether releases before the added-token rule above may have given this text other ids: a window of theirs
+    (a fast tokenizer cutting on the right) ended inside a long added token."""
+    return len(text) > window_chars(max_length) and _windowable(tokenizer) and _cut_an_added_token(
+        text, max_length, _added_tokens(tokenizer))
 
 
 def _truncated_ids(tokenizer, text: str, max_length: int) -> list[int]:

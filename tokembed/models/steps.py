@@ -15,7 +15,9 @@ import torch
 
 from tokembed.errors import ModelError
 from tokembed.models.base import TokenModel, read_json
-from tokembed.models.long_text import lstrip_tokens, read_otherwise_before_lstrip_fix, tokenize_long, window_chars
+from tokembed.models.long_text import (
+    lstrip_tokens, read_otherwise_before_added_token_fix, read_otherwise_before_lstrip_fix, tokenize_long, window_chars,
+)
 from tokembed.models.token_ids import TokenIdGuard, TokenPastEmbeddingsError, embedding_rows
 from tokembed.settings import EncodeSettings
 
@@ -87,9 +89,14 @@ class TextEncoder(OutputShape):
         """Added to a row's content hash where this release reads the text otherwise than an earlier one did, so
         that an incremental run encodes the row again as a rebuild does (``plan.content_hash``); "" elsewhere."""
         tokenizer, max_length = self.model.tokenizer, self.settings.max_length
-        if isinstance(text, str) and read_otherwise_before_lstrip_fix(tokenizer, self.lstrip_tokens, text, max_length):
-            return "lstrip tokens past a window"
-        return ""
+        if not isinstance(text, str):
+            return ""
+        marks = []
+        if read_otherwise_before_lstrip_fix(tokenizer, self.lstrip_tokens, text, max_length):
+            marks.append("lstrip tokens past a window")
+        if read_otherwise_before_added_token_fix(tokenizer, text, max_length):
+            marks.append("an added token cut by a window")
+        return "; ".join(marks)
 
     # -- before the forward pass -------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> list[Tokenized]:
