@@ -54,3 +54,12 @@ def _not_utf8(value: str) -> str | None:
 
 def _byte_at(found: re.Match) -> str:
     return f"byte 0x{ord(found.group()) - 0xDC00:02x} at character {found.start()}"
+
+
+def column_named(value: str | None, flag: str) -> str | None:
+    """A column flag's value (``--id-column``); "" (an unset variable, too) is exit 2, not the default column."""
+    from tokembed.errors import UsageError
+
+    if value is not None and not value.strip():
+        raise UsageError(f"{flag} is empty: give a column (field) name", hint="an unset shell variable?")
+    return value

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
-from cli._paths import path_given
+from cli._paths import column_named, path_given
 from cli._signals import work_done
 from cli.progress import libraries_quiet, make_progress, warnings_logged
 
@@ -180,7 +180,7 @@ def encode(
             pool_factor=pool_factor,
         ),
         sources=SourceOptions(
-            id_column=id_column or "id",
+            id_column=column_named(id_column, "--id-column") or "id",
             text_column=text_column,
             id_column_given=id_column is not None,
             image_column=image_column or "image",
@@ -235,3 +235,4 @@ def encode(
         if data["empty_pages"]:
             line += f"; {data['empty_pages']} PDF page(s) without a text layer indexed empty (listed in manifest.json)"
         print(line, file=sys.stderr if not quiet else sys.stdout)
+

@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
-from cli._paths import checked_path, path_given
+from cli._paths import checked_path, column_named, path_given
 from cli.progress import LineProgress, libraries_quiet, warnings_logged
 
 
@@ -89,7 +89,7 @@ def score(
     query_file, index = _split_args(args, bool(query))
     output = None if output is not None and str(output) == "-" else output  # "-o -": standard output, as the default
     _refuse_output_over_inputs(output, index, query_file)
-    queries = read_queries(query_file, id_column or "id", text_column, id_required=id_column is not None) if query_file else Queries()
+    queries = read_queries(query_file, column_named(id_column, "--id-column") or "id", text_column, id_required=id_column is not None) if query_file else Queries()
     queries = queries.add(inline_queries(query or []))
     if query_file and query:  # a file's q1 and the first --query's would otherwise be one query
         check_queries(queries, f"{query_file} and --query")

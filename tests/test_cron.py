@@ -330,3 +330,20 @@ def test_sigterm_exits_130_and_the_next_run_resumes(work, tmp_path):
     rerun = encode(corpus, out)
     assert rerun.returncode == 0 and json.loads(rerun.stdout)["resumed_shards"] == 2
     assert_same_index(out, reference)
+
+
+def test_a_lock_still_held_after_the_wait_says_it_waited(tmp_path):
+    """--wait 2 given, the hint said "pass --wait SECONDS"."""
+    from tokembed.errors import IndexLockedError
+    from tokembed.index.lock import IndexLock
+
+    tmp_path.joinpath("index").mkdir()
+    with IndexLock(tmp_path / "index"):
+        with pytest.raises(IndexLockedError, match=r"still locked .* after waiting 0\.3 s") as refused:
+            with IndexLock(tmp_path / "index", wait_seconds=0.3):
+                pass
+        assert "longer --wait" in refused.value.hint
+        with pytest.raises(IndexLockedError, match="locked by another") as refused:
+            with IndexLock(tmp_path / "index"):
+                pass
+        assert "pass --wait SECONDS" in refused.value.hint

@@ -118,3 +118,13 @@ def test_parquet_files_whose_names_are_not_utf8_are_read_as_any_other(cli, tmp_p
     queries = _parquet_named(tmp_path / "q\udcff.parquet", [{"id": "q1", "text": "beta"}])
     result = cli("score", queries, out, "-f", "jsonl", "-q")
     assert result.exit_code == 0 and '"query_id": "q1"' in result.stdout
+
+
+@pytest.mark.parametrize("command", ["encode", "score"])
+def test_an_empty_id_column_is_refused_not_read_as_id(cli, tmp_path, command):
+    """--id-column "" fell back to the default 'id' (and a file without it was said to lack 'id')."""
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"id": "a", "text": "x"}\n')
+    args = [queries, "-o", tmp_path / "index"] if command == "encode" else [queries, tmp_path]
+    result = cli(command, *args, "--id-column", "")
+    assert result.exit_code == 2 and "--id-column is empty" in result.stderr, result.stderr

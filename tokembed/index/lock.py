@@ -35,7 +35,10 @@ def refuse_if_locked(folder: Path) -> None:
         os.close(fd)
 
 
-def _locked(folder: Path, holder) -> IndexLockedError:
+def _locked(folder: Path, holder, waited: float = 0.0) -> IndexLockedError:
+    if waited:
+        return IndexLockedError(f"{folder}: still locked by another tokembed run (pid {holder or 'unknown'}) after "
+                                f"waiting {waited:g} s", hint="wait for it to finish, or pass a longer --wait")
     return IndexLockedError(f"{folder}: locked by another tokembed run (pid {holder or 'unknown'})",
                             hint="wait for it to finish, or pass --wait SECONDS")
 
@@ -68,7 +71,7 @@ class IndexLock:
                 if time.monotonic() >= deadline:
                     holder = _read_pid(fd)
                     os.close(fd)
-                    raise _locked(self.path.parent, holder) from None
+                    raise _locked(self.path.parent, holder, self.wait_seconds) from None
                 time.sleep(0.2)
                 continue
             if self._still_there(fd):
