@@ -218,6 +218,8 @@ def test_device_specs(monkeypatch):
     assert worker_threads(1) >= worker_threads(2) >= worker_threads(64) == 1
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert len(parse_devices("cpu:8").labels) == 8
+    with pytest.raises(DeviceError, match="cpu:N takes one N"):  # said "must be a positive number"
+        parse_devices("cpu:1,cpu:1")
     with pytest.raises(DeviceError, match="at most 8 CPU worker processes"):  # cpu:99: 99 model copies
         parse_devices("cpu:9")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -76,6 +76,8 @@ def check_form(spec: str | None, flag: str = "--devices", expected: str = _EXPEC
 def cpu_workers(spec: str, flag: str = "--devices") -> int:
     """N of ``cpu:N``, a positive number."""
     count = spec[4:]
+    if "," in count:
+        raise DeviceError(f"{flag} {spec}: cpu:N takes one N, the number of worker processes (not a list)")
     if not (count.isascii() and count.isdigit()) or int(count) < 1:  # int() refuses "²"
         raise DeviceError(f"{flag} {spec}: N in cpu:N must be a positive number of worker processes")
     return int(count)
