@@ -48,14 +48,6 @@ class Item:
         where = f"{self.source} row {self.row}" if self.source.endswith((".parquet", ".jsonl")) else self.source
         return f"{where} page {self.page}" if self.page is not None else where
 
-    @property
-    def content(self) -> str:
-        """What the item's content hash is made of: the text, and/or the stored image bytes' digest."""
-        if self.image_sha256 is None:
-            return self.text or ""
-        marker = f"\0image sha256:{self.image_sha256}"
-        return (self.text or "") + marker
-
 
 @dataclass(frozen=True)
 class SourceOptions:
