@@ -51,11 +51,7 @@ def parse_devices(spec: str | None, flag: str = "--devices", expected: str = _EX
             return DevicePlan(("cpu",), workers=False)
         return DevicePlan(tuple(f"cuda:{i}" for i in range(count)), workers=count > 1)
     if spec.startswith("cuda"):
-        labels = cuda_labels(spec, flag, expected)
-        visible = _cuda_count()
-        if visible == 0:
-            raise no_cuda(spec, flag, "is visible", several=expected == _EXPECTED)
-        check_cuda_exists(spec, labels, visible, "visible", flag)
+        labels = cuda_devices(spec, _cuda_count(), flag, expected)
         return DevicePlan(labels, workers=len(labels) > 1)
     raise DeviceError(f"{flag} {spec!r}: {expected}")
 
@@ -99,18 +95,19 @@ def cuda_labels(spec: str, flag: str = "--devices", expected: str = _EXPECTED) -
     return tuple(labels)
 
 
-def check_cuda_exists(spec: str, labels: tuple[str, ...], count: int, where: str, flag: str = "--devices") -> None:
-    """Each of ``labels`` one of the ``count`` CUDA devices ``where`` (``visible``, ``on the Ray cluster``)."""
+def cuda_devices(spec: str, count: int, flag: str = "--devices", expected: str = _EXPECTED,
+                 on_cluster: bool = False) -> tuple[str, ...]:
+    """``cuda_labels``, each one of the ``count`` CUDA devices visible here (or ``on_cluster``: a Ray cluster's, on
+    any node). ``expected`` tells a command that takes ``cpu:N`` (encode) from one that runs on one device."""
+    labels = cuda_labels(spec, flag, expected)
+    where = "on the Ray cluster" if on_cluster else "visible"
+    if count == 0:
+        raise DeviceError(f"{flag} {spec}: no CUDA device {where if on_cluster else 'is visible'}",
+                          hint=f"use {flag} cpu" + (" (or cpu:N)" if expected == _EXPECTED else ""))
     for label in labels:
         if int(label[5:]) >= count:
             raise DeviceError(f"{flag} {spec}: {label} does not exist ({count} CUDA device(s) {where})")
-
-
-def no_cuda(spec: str, flag: str, where: str, several: bool = True) -> DeviceError:
-    """The error for a CUDA device asked for where there is none ``where`` (``is visible``, ``on the Ray cluster``);
-    ``several``: the command takes ``cpu:N`` (encode), else one device (score, serve)."""
-    return DeviceError(f"{flag} {spec}: no CUDA device {where}",
-                       hint=f"use {flag} cpu" + (" (or cpu:N)" if several else ""))
+    return labels
 
 
 def given_spec(spec: str | None, flag: str = "--devices", expected: str = _EXPECTED) -> str:

@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokembed.engine.device import check_cuda_exists, check_form, cpu_workers, cuda_labels, no_cuda
+from tokembed.engine.device import check_form, cpu_workers, cuda_devices
 from tokembed.errors import DeviceError, UsageError
 
 CONNECT_SECONDS = 5.0
@@ -193,8 +193,4 @@ def plan_actors(devices: str | None) -> ActorPlan:
 def _gpu_actors(spec: str, gpus: int) -> ActorPlan:
     """One actor per CUDA device listed, each on whichever GPU Ray gives it: ``cuda:i`` counts the cluster's GPUs
     (on any node), so one past them names none, as locally."""
-    if gpus == 0:
-        raise no_cuda(spec, "--devices", "on the Ray cluster")
-    labels = cuda_labels(spec)
-    check_cuda_exists(spec, labels, gpus, "on the Ray cluster")
-    return ActorPlan(len(labels), 1, 1, 1, spread=False)
+    return ActorPlan(len(cuda_devices(spec, gpus, on_cluster=True)), 1, 1, 1, spread=False)

@@ -275,10 +275,9 @@ def _checked_matrix(what: str, query) -> np.ndarray:
 def _check_options(top_k: int, block_tokens: int, probe: int | None = None, candidates: int | None = None) -> None:
     """Every option checked whatever the index holds (the structure's two too, though a scan ignores them): the
     same command line must not pass on one index and fail on another."""
-    given = (("--top-k", top_k), ("--block-tokens", block_tokens), ("--probe", probe), ("--candidates", candidates))
+    given = [("--top-k", top_k), ("--block-tokens", block_tokens)]
+    given += [(flag, value) for flag, value in (("--probe", probe), ("--candidates", candidates)) if value is not None]
     for flag, value in given:
-        if value is None and flag in ("--probe", "--candidates"):
-            continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise UsageError(f"{flag} {value!r}: must be a whole number")
         if value < 1:
