@@ -55,7 +55,8 @@ class LogFormat(str, Enum):
 
 def encode(
     inputs: list[Path] = typer.Argument(
-        ..., parser=path_given("INPUT", "a corpus file or folder"), help="Corpus: .parquet or .jsonl files, a folder of Parquet files, a folder of .txt/.md files and/or PDFs "
+        ..., parser=path_given("INPUT", "a corpus file or folder"),
+        help="Corpus: .parquet or .jsonl files, a folder of Parquet files, a folder of .txt/.md files and/or PDFs "
         "(one row per page, id path.pdf#page=N), a .pdf file, or (image models) a folder of images and/or PDFs."
     ),
     model: Optional[str] = typer.Option(
@@ -69,7 +70,9 @@ def encode(
     ),
     base_revision: Optional[str] = typer.Option(None, help="Hub revision of the adapter's base model."),
     output: Path = typer.Option(
-        Path("index"), "--output", "-o", parser=path_given("--output", "the index folder", arrow=True), help="Index folder to write (created if missing)."),
+        Path("index"), "--output", "-o", parser=path_given("--output", "the index folder", arrow=True),
+        help="Index folder to write (created if missing).",
+    ),
     kind: Kind = typer.Option(Kind.document, help="Encode the corpus as documents or as queries (prefix, expansion, lengths)."),
     mode: Optional[Mode] = typer.Option(
         None, help="colbert (PyLate semantics) or raw (vLLM token_embed). Default: colbert when the checkpoint carries ColBERT settings, else raw."
@@ -235,4 +238,3 @@ def encode(
         if data["empty_pages"]:
             line += f"; {data['empty_pages']} PDF page(s) without a text layer indexed empty (listed in manifest.json)"
         print(line, file=sys.stderr if not quiet else sys.stdout)
-
