@@ -88,3 +88,20 @@ def test_a_structure_checks_and_maps_the_same_code_files_while_its_folder_is_swa
 
     monkeypatch.setattr(plaid_search_module, "verify_files", swapped_first)
     assert search_vectors(index, queries, top_k=5) == before
+
+
+def test_a_scan_of_an_index_whose_folder_was_swapped_drops_the_pages_it_read(tmp_path):
+    """The reader's own mapping is found by its address, not by the shard's path: after ``mv X X.old`` the
+    mapping's name is ``X.old/...``, and a lookup by path found nothing to drop (the scan kept every page)."""
+    from test_pages import mapped_rss
+    from tokembed.search.maxsim import shard_batches
+
+    rng = np.random.default_rng(3)
+    folder = write_index(tmp_path / "X", random_docs(rng, [40] * 400, dim=128), shard_rows=200, batch_rows=20)
+    index = open_index(folder)
+    folder.rename(tmp_path / "X.old")
+    shutil.copytree(tmp_path / "X.old", folder)
+    assert sum(batch.num_rows for shard in index.shards for batch in shard_batches(index, shard, verify=False)) == 400
+    old = [tmp_path / "X.old" / shard["file"] for shard in index.shards]
+    assert sum(path.stat().st_size for path in old) > 4_000_000
+    assert sum(mapped_rss(path) for path in old) < sum(path.stat().st_size for path in old) // 20  # the footers

@@ -34,8 +34,7 @@ def test_release_ranges_drops_pages_clipped_to_the_file_mapping(tmp_path):
     buffer = pa.memory_map(str(path)).read_buffer()  # zero-copy: a read-only mapping of the file
     view = np.frombuffer(buffer, np.uint8)
     assert int(view.sum()) == sum(data)  # every page touched
-    pages = MappedPages(path)
-    assert pages.locate(buffer.address)
+    pages = MappedPages(buffer.address, buffer.size)
     before = mapped_rss(path)
     pages.release_ranges([buffer.address - (1 << 20)], [buffer.address + buffer.size + (1 << 20)])  # past both ends
     after = mapped_rss(path)
@@ -43,11 +42,16 @@ def test_release_ranges_drops_pages_clipped_to_the_file_mapping(tmp_path):
     assert view[: 1 << 16].tobytes() == data[: 1 << 16]  # the pages fault back from the file
 
 
-def test_memory_that_is_not_a_mapping_of_the_file_is_never_released(tmp_path):
+def test_memory_outside_the_file_mapping_is_never_released(tmp_path):
     path = tmp_path / "data.bin"
     path.write_bytes(b"x" * (1 << 16))
+    buffer = pa.memory_map(str(path)).read_buffer()
+    pages = MappedPages(buffer.address, buffer.size)
     anonymous = np.ones(1 << 20, np.uint8)
-    pages = MappedPages(path)
-    assert not pages.locate(anonymous.__array_interface__["data"][0])
-    pages.release_ranges([anonymous.__array_interface__["data"][0]], [anonymous.__array_interface__["data"][0] + anonymous.nbytes])
-    assert int(anonymous.sum()) == anonymous.nbytes  # madvise(DONTNEED) would have zeroed it
+    in_memory = pa.record_batch({"x": pa.array(np.ones(1 << 20, np.uint8))})  # a batch not read from the file
+    start = anonymous.__array_interface__["data"][0]
+    pages.release_ranges([start], [start + anonymous.nbytes])
+    pages.release(in_memory)
+    assert int(anonymous.sum()) == anonymous.nbytes  # madvise(DONTNEED) would have zeroed them
+    assert in_memory.column(0).to_numpy().sum() == 1 << 20
+    MappedPages(0, 0).release_all()  # an empty file has no mapping: nothing to drop

@@ -9,40 +9,41 @@ from __future__ import annotations
 import ctypes
 import functools
 import mmap
-import os
 import sys
 
 
 class MappedPages:
-    """Drops the pages of record batches that lie in a read-only file mapping of ``path`` (Linux).
+    """Drops the pages of record batches that lie in a reader's read-only mapping of a whole file (Linux).
 
     ``madvise(MADV_DONTNEED)`` on such a mapping only unmaps pages; the next access faults them back
-    from the page cache. It would zero anonymous memory, so it is used only after ``/proc/self/maps``
-    shows that the batch lies inside a read-only mapping of this very file; otherwise nothing happens.
+    from the page cache. It would zero anonymous memory, so it is used only inside ``[base, base + size)``,
+    the span pyarrow mapped the file to (``Index.shard_pages``: the file the reader holds open, whatever
+    now has its name); nothing outside it is touched.
     """
 
-    def __init__(self, path) -> None:
-        self.path = os.path.realpath(path)
-        self.span: tuple[int, int] | None = None
-        self.checked = not sys.platform.startswith("linux")
+    def __init__(self, base: int, size: int) -> None:
+        self.span = (base, base + size) if size > 0 and sys.platform.startswith("linux") else None
+        self.released_to = base
 
     def release(self, batch) -> None:
+        """Drop the batch's pages, from the 64 KB block where the last released batch ended: reading a batch's
+        header (between the two) faults in that whole block (the kernel's fault-around), the previous batch's
+        tail among it, and a scan in file order would otherwise keep those pages of every batch."""
         buffers = [b for column in batch.columns for b in column.buffers() if b is not None and b.size]
-        if not buffers:
+        if not buffers or not self.span:
             return
         low, high = min(b.address for b in buffers), max(b.address + b.size for b in buffers)
-        if self.locate(low) and self.span[0] <= low and high <= self.span[1]:
-            self.release_ranges([low], [high])
+        if self.span[0] <= low and high <= self.span[1]:
+            start = min(low, self.released_to)
+            self.release_ranges([start - start % FAULT_AROUND], [high])
+            self.released_to = max(self.released_to, high)
 
-    def locate(self, address: int) -> bool:
-        """Find the file's mapping from an address that lies in it (once); whether there is one."""
-        if not self.checked:
-            self.span, self.checked = _file_mapping(address, self.path), True
-        return self.span is not None
+    def release_all(self) -> None:
+        if self.span:
+            self.release_ranges([self.span[0]], [self.span[1]])
 
     def release_ranges(self, lows, highs) -> None:
-        """Drop the pages of each address range [low, high), clipped to the mapping ``locate`` found (none
-        found: nothing is done)."""
+        """Drop the pages of each address range [low, high), clipped to the file's mapping."""
         if not self.span:
             return
         madvise = _libc().madvise
@@ -54,23 +55,9 @@ class MappedPages:
 
 
 MADV_DONTNEED = 4  # Linux
+FAULT_AROUND = 64 * 1024  # Linux's default fault_around_bytes: pages a read fault maps around its page
 
 
 @functools.cache
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
-
-
-def _file_mapping(address: int, path: str) -> tuple[int, int] | None:
-    """(start, end) of the read-only mapping of ``path`` that holds ``address``, if that is what holds it."""
-    try:
-        with open("/proc/self/maps") as handle:
-            for line in handle:
-                fields = line.split(maxsplit=5)
-                low, high = (int(x, 16) for x in fields[0].split("-"))
-                if low <= address < high:
-                    name = fields[5].strip().removesuffix(" (deleted)") if len(fields) > 5 else ""
-                    return (low, high) if name == path and "w" not in fields[1] else None
-    except OSError:
-        return None
-    return None

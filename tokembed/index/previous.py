@@ -24,7 +24,7 @@ class PreviousIndex:
         self._keys = KeyIndex()
         starts = [0]
         for shard in index.shards:
-            pages, reader = MappedPages(index.shard_path(shard)), index.open_shard(shard)
+            pages, reader = index.shard_pages(shard), index.open_shard(shard)
             for number in range(reader.num_record_batches):
                 batch = reader.get_batch(number)
                 self._batches.append(batch)

@@ -23,6 +23,7 @@ from tokembed.errors import IndexCorruptError, IndexNotFoundError, UsageError
 from tokembed.index.atomic import sha256_file
 from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS
 from tokembed.index.manifest_shape import check_manifest_shape
+from tokembed.index.pages import MappedPages
 from tokembed.index.verified import VerifiedFiles, stat_key
 
 _OPEN_ATTEMPTS = 5
@@ -137,6 +138,11 @@ class Index:
         file object, not its descriptor: once it is closed the number may name another file."""
         mapped = self._mapped(shard)
         return mapped, _whole(mapped).address
+
+    def shard_pages(self, shard: dict) -> MappedPages:
+        """The pages of this reader's own mapping of a shard, to drop once read (``pages.py``)."""
+        mapped, base = self.shard_file(shard)
+        return MappedPages(base, mapped.size())
 
     def _mapped(self, shard: dict):
         mapped = self._maps.get(shard["file"])

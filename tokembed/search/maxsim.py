@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokembed.errors import IndexCorruptError, ModelMismatchError
-from tokembed.index.pages import MappedPages
 
 DEFAULT_BLOCK_TOKENS = 262_144
 SCORE_WORKSPACE = 1 << 24  # elements of one [query tokens, tile tokens] score matrix (64 MiB float32)
@@ -68,7 +67,7 @@ def shard_batches(index, shard: dict, verify: bool = True, remembered: bool = Fa
     if verify:
         index.verify_shard(shard, remembered=remembered)
     reader = index.open_shard(shard)
-    pages = MappedPages(index.shard_path(shard))
+    pages = index.shard_pages(shard)
     for number in range(reader.num_record_batches):
         batch = reader.get_batch(number)
         yield batch

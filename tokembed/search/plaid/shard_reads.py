@@ -17,7 +17,6 @@ import pyarrow as pa
 
 from tokembed.errors import IndexCorruptError
 from tokembed.index.format import EMBEDDINGS
-from tokembed.index.pages import MappedPages
 from tokembed.search.maxsim import batch_vectors
 
 
@@ -96,9 +95,7 @@ def _read_batches(index, number: int) -> ShardBatches:
         itemsize = vectors.itemsize
     complete = bool(records) and len(starts) == len(records)
     row_starts, row_ends = (np.concatenate(starts), np.concatenate(ends)) if complete else (None, None)
-    pages = MappedPages(index.shard_path(shard))
-    if pages.locate(base):  # drop what reading the batches' metadata and offsets mapped: nothing else maps them
-        pages.release_ranges([pages.span[0]], [pages.span[1]])
+    index.shard_pages(shard).release_all()  # what reading the batches' metadata and offsets mapped: nothing else maps them
     return ShardBatches(firsts, row_starts, row_ends, np.array(positions, np.int64), itemsize, file, base,
                          index.shard_path(shard), records)
 
