@@ -8,17 +8,15 @@ subprocesses for SIGKILL and resume.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import manifest, write_parquet
-from plaid_support import DIM, clustered_docs, corpus_rows, edited, queries_from, recall, structure_files, tokembed
+from plaid_support import DIM, clustered_docs, corpus_rows, edited, recall, structure_files, tokembed
 from test_score import write_index
 from tokembed.errors import IndexCorruptError
 from tokembed.index.lock import IndexLock
@@ -288,20 +286,6 @@ def test_sigkill_during_an_incremental_run_then_rerun_gives_the_same_bytes(tmp_p
     assert structure_files(folder) == structure_files(reference)
 
 
-def test_searching_leaves_no_shard_pages_resident(compressed):
-    from test_pages import mapped_rss
-
-    folder, docs, queries = compressed
-    index, structure = open_searchable(folder)
-    exact = search_vectors(index, queries, top_k=10, exact=True)
-    got = plaid_search(index, structure, queries, 10, probe=16, candidates=64)
-    assert [h[0] for h in got[0]][:3] == [h.id for h in exact[0]][:3]  # ids and vectors read from the files
-    # vectors and ids come by positioned reads, and the pages that reading the record batches' metadata mapped
-    # are dropped, so a long-running search holds no shard memory however many documents it re-ranks
-    assert sum(mapped_rss(index.shard_path(shard)) for shard in index.shards) == 0
-
-
-
 def test_trained_centroids_are_stored_as_float16_and_read_back_exactly(tmp_path):
     from tokembed.search.plaid.files import map_tensors, write_tensors
 
@@ -315,117 +299,6 @@ def test_trained_centroids_are_stored_as_float16_and_read_back_exactly(tmp_path)
     assert np.array_equal(back.assign(sample), codec.assign(sample))
     loose = Codec(rng.standard_normal((8, DIM)).astype(np.float32), codec.cutoffs, codec.weights, 2)
     assert loose.tensors()["centroids"].dtype == np.float32  # not exact in float16: kept as it is
-
-
-def test_float32_vectors_and_unicode_ids_rerank_as_the_exhaustive_scan(tmp_path):
-    rng = np.random.default_rng(5)
-    docs = clustered_docs(rng, 120)
-    ids = [f"dóc-{i}-{'é' * (i % 7)}" for i in range(len(docs))]
-    folder = write_index(tmp_path / "index", docs, store_dtype="float32", shard_rows=50, batch_rows=7, ids=ids)
-    compress_index(folder, nbits=2, centroids=32)
-    queries = queries_from(rng, docs, 5)
-    index, structure = open_searchable(folder)
-    exact = search_vectors(index, queries, top_k=10, exact=True)
-    got = plaid_search(index, structure, queries, 10, probe=32, candidates=len(docs))
-    for e, g in zip(exact, got):
-        assert [h[0] for h in g] == [h.id for h in e]
-        assert [h[1] for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
-
-
-def test_without_preadv_the_rerank_reads_the_same_bytes(compressed, monkeypatch):
-    folder, docs, queries = compressed
-    index, structure = open_searchable(folder)
-    expected = plaid_search(index, structure, queries[:4], 10)
-    monkeypatch.delattr(os, "preadv")  # macOS has pread only
-    index, structure = open_searchable(folder)
-    assert plaid_search(index, structure, queries[:4], 10) == expected
-
-
-def test_info_search_memory_is_what_a_search_holds(compressed):
-    from tokembed.search.plaid.candidates import scratches
-    from tokembed.search.plaid.lists import probed_lists
-    from tokembed.search.plaid.report import structure_facts
-
-    folder, docs, queries = compressed
-    index, structure = open_searchable(folder)
-    plaid_search(index, structure, queries[:1], 10, probe=structure.codec.k, candidates=len(docs))  # every shard read
-    facts = structure_facts(index)
-    parts = facts["bytes_by_part"]
-    built = (probed_lists(structure).nbytes() + structure.codec.columns.nbytes
-             + scratches.flags(structure.rows).nbytes + scratches.positions(structure.rows).nbytes
-             + sum(b.row_starts.nbytes + b.row_ends.nbytes for b in structure._vectors.values())
-             + sum(codes.doc_offsets.nbytes + codes.list_offsets.nbytes for codes in structure.shards))
-    assert len(structure._vectors) == len(index.shards)
-    assert facts["search_memory_bytes"] == parts["codec"] + parts["inverted_lists"] + parts["doc_offsets"] + built
-
-
-
-@pytest.mark.parametrize("with_torch", [True, False])  # torch's cast where torch is imported, else a table
-def test_float16_cast_equals_numpys_for_every_bit_pattern(monkeypatch, with_torch):
-    import torch  # noqa: F401
-    from tokembed.search.plaid import rerank as plaid_module
-
-    if not with_torch:
-        monkeypatch.delitem(sys.modules, "torch")
-    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
-    out = np.full(len(every), 7.0, np.float32)
-    plaid_module.float16_to_float32(every, out)
-    expected = every.astype(np.float32)
-    nan = np.isnan(expected)
-    assert np.array_equal(np.isnan(out), nan)
-    assert np.array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))  # signed zeros, subnormals, inf
-
-
-def test_rerank_advises_every_read_before_the_first(compressed, monkeypatch):
-    """The candidates' vector ranges are all handed to the kernel (POSIX_FADV_WILLNEED) before any is read, so
-    that those not in the page cache come from disk together."""
-    folder, docs, queries = compressed
-    index, structure = open_searchable(folder)
-    expected = plaid_search(index, structure, queries[:1], 10)  # also reads each shard's batches once
-    events = []
-    real_preadv = os.preadv
-    monkeypatch.setattr(os, "posix_fadvise", lambda fd, position, size, advice: events.append(("advise", (fd, position, size), advice)))
-    monkeypatch.setattr(os, "preadv", lambda fd, views, position: events.append(("read", (fd, position, len(views[0])), None))
-                        or real_preadv(fd, views, position))
-    assert plaid_search(index, structure, queries[:1], 10) == expected
-    advised = [where for kind, where, _ in events if kind == "advise"]
-    reads = [where for kind, where, _ in events if kind == "read"]
-    assert {advice for kind, _, advice in events if kind == "advise"} == {os.POSIX_FADV_WILLNEED}
-    assert len(advised) == len(set(advised)) > 1
-    assert sorted(r for r in reads if r in set(advised)) == sorted(advised)  # every range advised is read, once
-    first_read = next(i for i, e in enumerate(events) if e[0] == "read")
-    assert all(e[0] == "advise" for e in events[: len(advised)]) and first_read == len(advised)
-
-
-def test_document_blocks_cover_every_document_once_in_order():
-    from tokembed.search.plaid.rerank import document_blocks
-
-    rng = np.random.default_rng(11)
-    for size in (1, 5, 64, 1000):
-        lengths = rng.integers(1, 40, 300)
-        lengths[::37] = 200  # documents longer than a block
-        bounds = np.concatenate([[0], np.cumsum(lengths)])
-        blocks = document_blocks(bounds, size)
-        assert [a for a, _ in blocks] == [0] + [b for _, b in blocks[:-1]] and blocks[-1][1] == len(lengths)
-        assert all(b > a for a, b in blocks)
-        # a block passes the size only by its first document (the one that straddles a multiple of the size)
-        assert all(bounds[b] - bounds[a + 1] < size for a, b in blocks)
-
-
-@pytest.mark.parametrize("rerank", ["vectors", "codes"])
-def test_reranking_in_blocks_scores_as_in_one_block(compressed, monkeypatch, rerank):
-    from tokembed.search.plaid import rerank as rerank_module
-
-    folder, docs, queries = compressed
-    index, structure = open_searchable(folder)
-    monkeypatch.setattr(rerank_module, "RERANK_BLOCK_TOKENS", 1 << 30)
-    whole = plaid_search(index, structure, queries, 15, probe=structure.codec.k, candidates=len(docs), rerank=rerank)
-    for size in (1, 37, 500):
-        monkeypatch.setattr(rerank_module, "RERANK_BLOCK_TOKENS", size)
-        got = plaid_search(index, structure, queries, 15, probe=structure.codec.k, candidates=len(docs), rerank=rerank)
-        for w, g in zip(whole, got):
-            assert [doc for doc, _ in g] == [doc for doc, _ in w]
-            assert [score for _, score in g] == pytest.approx([score for _, score in w], abs=1e-6)
 
 
 def test_an_empty_query_returns_no_document_without_tokens(tmp_path):
