@@ -6,10 +6,12 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
 
+from cli._paths import path_given
 from cli.encode import DType
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
@@ -41,8 +43,8 @@ def serve(
         "NAME. Requests naming NAME use it, batched per adapter; text models. vLLM's forms: repeat the flag, list several "
         "after one flag (--lora-modules a=X b=Y), or give JSON ('{\"name\": \"a\", \"path\": \"X\"}').",
     ),
-    index: Optional[str] = typer.Option(
-        None, "--index", help="An index folder to search at POST /search, as 'tokembed score' does (queries encoded with the "
+    index: Optional[Path] = typer.Option(
+        None, "--index", parser=path_given("--index", "the index folder", arrow=True), help="An index folder to search at POST /search, as 'tokembed score' does (queries encoded with the "
         "index's model and settings; --model defaults to the index's model and must be it). A generation a cron job "
         "commits is picked up by the next request.",
     ),

@@ -40,6 +40,7 @@ def test_an_empty_path_is_refused_naming_it_not_read_as_the_current_folder(cli, 
         "INDEX_DIR": [("score", "--query", "x", "")],
         "QUERIES": [("score", "", here)],
         "--to": [("export", here, "--to", "", "-f", "parquet"), ("export", here, "--to", "", "-f", "lance")],
+        "--index": [("serve", "--index", "", "--log-level", "bogus")],  # served the current folder; bogus: no server starts
     }
     results = {command: cli(*command) for commands in runs.values() for command in commands}
     named = {command: name for name, commands in runs.items() for command in commands}
@@ -128,3 +129,14 @@ def test_an_empty_id_column_is_refused_not_read_as_id(cli, tmp_path, command):
     args = [queries, "-o", tmp_path / "index"] if command == "encode" else [queries, tmp_path]
     result = cli(command, *args, "--id-column", "")
     assert result.exit_code == 2 and "--id-column is empty" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--text-column", "--image-column", "--pdf-column", "--video-column"])
+def test_an_empty_column_flag_is_refused_not_read_as_its_default(cli, tmp_path, flag):
+    """--pdf-column "" (and --image-column, --video-column) read the default column ('pdf'...) as if given;
+    --text-column "" looked for a field named ''. Exit 2 naming the flag, as --id-column "" is."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "x", "pdf": null, "image": null, "video": null}\n')
+    result = cli("encode", corpus, "-o", tmp_path / "index", flag, "")
+    assert result.exit_code == 2 and f"{flag} is empty" in result.stderr, result.stderr
+    assert not (tmp_path / "index").exists()
