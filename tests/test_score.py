@@ -411,5 +411,5 @@ def test_cuda_scan_matches_cpu(corpus):
     index, docs, queries, ids = corpus
     cpu = search_vectors(index, queries, top_k=100, device="cpu")
     gpu = search_vectors(index, queries, top_k=100, device="cuda")
-    for a, b in zip(cpu, gpu):
-        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=2e-2)
+    for a, b in zip(cpu, gpu):  # float32 products on both: the same numbers to float32 rounding
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)

@@ -147,7 +147,9 @@ def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:
     if kind != manifest["settings"]["kind"]:
         flags = replace(flags, max_length=None)  # a --max-length given for one kind is not the other's
     if kind == "query":
-        flags = replace(flags, pool_factor=1)  # --pool-factor pools the documents; queries are never pooled
+        # --pool-factor pools the documents; queries are never pooled. Nor stored: they stay float32, the references'
+        # queries, not rounded to a float16 index's dtype (its documents are upcast per block to meet them)
+        flags = replace(flags, pool_factor=1, store_dtype="float32")
     base = manifest["model"].get("base") or {}
     if not base:
         # no adapter: an earlier release recorded a --base-model / --base-revision it ignored (refused now)

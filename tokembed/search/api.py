@@ -109,7 +109,8 @@ def encode_queries(
     timings: dict | None = None,
     ids: list[str] | None = None,
 ) -> list[np.ndarray]:
-    """Query texts -> token matrices [n_tokens, D], encoded as the index's manifest prescribes (kind=query).
+    """Query texts -> float32 token matrices [n_tokens, D], encoded as the index's manifest prescribes (kind=query;
+    not rounded to its store dtype).
 
     ``index`` is an ``Index`` (``open_index``) or its folder; ``texts`` are checked as ``search``'s queries are
     (a list, not one string; every query a string). ``timings``, if given, receives ``load_seconds`` (model load)

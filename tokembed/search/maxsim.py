@@ -10,8 +10,9 @@ How the work is laid out (no per-document loop, no padding):
 * ``iter_blocks`` streams the shards (the index's memory maps; each shard's sha256 is checked first, once
   per change of the file: ``tokembed/index/verified.py``)
   and copies up to ``block_tokens`` document tokens into one reusable ``[block_tokens, D]`` buffer,
-  upcast to the compute dtype on the way. Mapped pages are released after every record batch, so peak
-  memory is the block buffer plus a fixed score workspace, whatever the size of the index or a shard.
+  upcast to float32 on the way (``TorchScorer`` keeps the stored dtype and upcasts on its device).
+  Mapped pages are released after every record batch, so peak memory is the block buffer plus a fixed
+  score workspace, whatever the size of the index or a shard.
 * A block is cut into tiles at document boundaries. For each tile and each chunk of queries,
   ``S = Q_chunk @ X_tile.T`` (``[query tokens, tile tokens]``) is one matrix product over the
   concatenated tokens of all documents; the max over each document's columns is a segmented reduction
@@ -276,8 +277,9 @@ def _sum_query_tokens(best: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 class TorchScorer:
-    """torch on any device. On CUDA: float16 products for float16 indexes (float32 otherwise), the max in
-    the product dtype (exact), sums in float32. On the CPU it computes in float32 (tests use that)."""
+    """torch on any device, float32 products, maxes and sums on every one (the CPU scan's numbers to float32
+    rounding; tests run it on the CPU). A block crosses to the device as stored (float16: half the bytes) and
+    is upcast there."""
 
     def __init__(self, device: str, store_dtype: str) -> None:
         import torch
@@ -286,7 +288,7 @@ class TorchScorer:
         self.device = torch.device(device)
         on_gpu = self.device.type != "cpu"
         self.buffer_dtype = np.float16 if store_dtype == "float16" else np.float32
-        self.dtype = torch.float16 if on_gpu and store_dtype == "float16" else torch.float32
+        self.dtype = torch.float32  # float16 products would round every similarity before its max (~1e-3)
         self.tile_elements = SCORE_WORKSPACE * (16 if on_gpu else 1)
 
     def prepare(self, queries: np.ndarray):
@@ -302,7 +304,7 @@ class TorchScorer:
         doc_lengths = torch.as_tensor(lengths, device=self.device)
         best = torch.segment_reduce(sims, "max", lengths=doc_lengths, axis=0)  # [docs, query tokens], empty: -inf
         query_lengths = torch.as_tensor(chunk.lengths, device=self.device)
-        scores = torch.segment_reduce(best.float().T.contiguous(), "sum", lengths=query_lengths, axis=0)
+        scores = torch.segment_reduce(best.T.contiguous(), "sum", lengths=query_lengths, axis=0)
         return scores.cpu().numpy()[:, filled]  # [queries, filled docs]
 
 

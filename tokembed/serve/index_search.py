@@ -1,6 +1,6 @@
 """``tokembed serve --index DIR``: ``POST /search`` answers queries against an index as ``tokembed score`` does.
 
-    request -> the index's query profile (its model, ColBERT settings, lengths, dimensions, store dtype:
+    request -> the index's query profile (its model, ColBERT settings, lengths, dimensions, float32 out:
     ``Embedder.for_index``'s flags, as a view on the served weights) -> the batcher -> ``search_opened``
     (the structure's candidate search, or the exhaustive scan where ``exact`` or the index has none) -> hits
 
