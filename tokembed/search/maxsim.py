@@ -289,7 +289,7 @@ class TorchScorer:
         on_gpu = self.device.type != "cpu"
         self.buffer_dtype = np.float16 if store_dtype == "float16" else np.float32
         self.dtype = torch.float32  # float16 products would round every similarity before its max (~1e-3)
-        self.tile_elements = SCORE_WORKSPACE * (16 if on_gpu else 1)
+        self.tile_elements = SCORE_WORKSPACE * (8 if on_gpu else 1)  # 512 MiB of float32 scores on a GPU
 
     def prepare(self, queries: np.ndarray):
         return self.torch.from_numpy(queries).to(self.device, self.dtype)
