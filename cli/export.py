@@ -37,7 +37,8 @@ def export(
     check_export_options(fmt, dtype, table)  # before the index is opened: a bad flag is exit 2 whatever the index
     log = (lambda message: None) if quiet else (lambda message: print(f"tokembed: {message}", file=sys.stderr))
     with warnings_logged(log):  # the library's warnings as lines, none with --quiet (as compress)
-        summary = export_index(index, to, fmt=fmt, dtype=dtype, table=table, log=log)
+        summary = export_index(index, to, fmt=fmt, dtype=dtype, table=table, log=log,
+                               progress=(lambda message: None) if log_format == "json" else log)
         work_done()  # published: a signal from here on must not make it exit 130
     if log_format == "json":
         print(json.dumps(summary.to_json()), flush=True)

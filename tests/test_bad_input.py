@@ -297,6 +297,21 @@ def test_a_jsonl_record_without_the_id_its_file_uses_is_a_bad_row(cli, tmp_path)
     assert list(read_index(tmp_path / "plain")) == ["0", "1"]
 
 
+def test_a_jsonl_record_with_an_id_in_a_file_numbered_by_row_is_a_bad_row(cli, tmp_path):
+    """The first record has no id, so the file's rows are numbered; a later record's own id was taken as it
+    was, mixed with the row numbers: ids '0', 'k', and "duplicate id '1'" (exit 3) where a record's id was 1."""
+    from helpers import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "first"}, {"id": "1", "text": "mine"}, {"text": "third"}])
+    out = tmp_path / "index"
+    result = cli("encode", corpus, "-o", out, "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    assert list(read_index(out)) == ["0", "2"]
+    (skipped,) = manifest(out)["skipped"]
+    assert skipped["row"] == 1 and skipped["reason"].startswith("line 2: an id field 'id', which the file's first record lacks")
+    assert manifest(out)["id_column"] is None
+
+
 def test_a_dangling_jsonl_link_in_a_data_folder_is_bad_input_naming_it(cli, tmp_path):
     """It was a FileNotFoundError traceback (exit 1), where the same link named .parquet is exit 3."""
     from helpers import write_jsonl

@@ -101,8 +101,10 @@ def export_index(
     dtype: str = "float32",
     table: str = DEFAULT_TABLE,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportSummary:
-    """Write the committed generation of the index at ``index_path`` to ``to`` as ``fmt``; see the module doc."""
+    """Write the committed generation of the index at ``index_path`` to ``to`` as ``fmt``; see the module doc.
+    ``log`` takes the run's notices, ``progress`` a line per file written (default: ``log``)."""
     from tokembed.index import open_index
     from tokembed.index.format import require_vectors
     from tokembed.search.plaid.codec import needs_vector_norms
@@ -117,9 +119,10 @@ def export_index(
         raise
     to = Path(to)
     log = log or (lambda message: None)
+    progress = progress or log
     schema = export_schema(index.dim, dtype, pages=has_pdf_pages(index))
     if fmt == "parquet":
-        files, written = _write_parquet(index, to, schema, log)
+        files, written = _write_parquet(index, to, schema, progress)
     else:
         if needs_vector_norms(index.manifest):
             log(NOT_UNIT_LENGTH_WARNING)
@@ -186,18 +189,18 @@ def _column(batch, field):
 # ---------------------------------------------------------------------------------------------- parquet
 
 
-def _write_parquet(index, to: Path, schema, log) -> tuple[int, int]:
+def _write_parquet(index, to: Path, schema, progress) -> tuple[int, int]:
     """A new ``to``: staged beside it and renamed into place. An existing empty folder (the shell's working folder,
     a mount point, a folder whose owner, group or ACLs matter) is kept: staged inside it and published file by
     file."""
     remove_dead_staging(to)
     _require_empty_folder(to)
     with published(to) as staging:
-        written = _write_parquet_files(index, staging, to, schema, log)
+        written = _write_parquet_files(index, staging, to, schema, progress)
     return max(1, len(index.shards)), written
 
 
-def _write_parquet_files(index, folder: Path, to: Path, schema, log) -> int:
+def _write_parquet_files(index, folder: Path, to: Path, schema, progress) -> int:
     """One Parquet file per shard in ``folder`` (one file of no rows for an empty index, so that a glob over
     the folder finds the schema); returns the bytes written."""
     import pyarrow.parquet as pq
@@ -215,7 +218,7 @@ def _write_parquet_files(index, folder: Path, to: Path, schema, log) -> int:
         except OSError as exc:
             raise IndexWriteError(f"--to {to}: cannot write {name} ({exc.strerror or exc})") from exc
         written += (folder / name).stat().st_size
-        log(f"{name}: {shard['rows']} rows, {shard['tokens']} tokens ({number}/{len(index.shards)})")
+        progress(f"{name}: {shard['rows']} rows, {shard['tokens']} tokens ({number}/{len(index.shards)})")
         fault_point("export", number)
     if not index.shards:
         pq.write_table(schema.empty_table(), folder / "part-000000.parquet")

@@ -159,8 +159,10 @@ def _parsed(line: str | bytes) -> tuple[dict | None, str | None]:
 def _record_id(record: dict, global_row: int, options: SourceOptions, state: _FileState,
                where: str) -> tuple[Any, str | None]:
     """(the record's id, or why it has none). Without the field the id is the row number, unless the file's first
-    record had one: then a record without it is a bad row (its row number could be another record's id). An
-    explicit ``--id-column`` that the file's first record lacks is exit 3 (past the first record: a bad row)."""
+    record had one: then a record without it is a bad row (its row number could be another record's id), as is,
+    the other way round, a record with the field in a file whose first record had none (its rows are numbered:
+    its id could be another row's number). An explicit ``--id-column`` that the file's first record lacks is
+    exit 3 (past the first record: a bad row)."""
     has = options.id_column in record
     if options.id_column_given and not has and not state.first_has_id:
         raise BadInputError(f"{where}: no id field {options.id_column!r}")
@@ -168,6 +170,9 @@ def _record_id(record: dict, global_row: int, options: SourceOptions, state: _Fi
         state.first_has_id = has
     if not has and state.first_has_id:
         return global_row, f"no id field {options.id_column!r} (the file's first record has one)"
+    if has and not state.first_has_id:
+        return global_row, (f"an id field {options.id_column!r}, which the file's first record lacks (its records are "
+                            "numbered by row: give every record an id, or none)")
     raw_id = record.get(options.id_column, global_row)
     return raw_id, id_problem(raw_id)
 
