@@ -297,7 +297,9 @@ def test_score_runs_on_one_device_and_says_which_it_takes(cli, demo_index):
     offered encode's lists of devices."""
     index, _ = demo_index
     result = cli("score", "--query", "sorting", index, "--device", "cpu:2")
-    assert result.exit_code == 2 and "tokembed score runs on one device" in result.stderr, result.output
+    assert result.exit_code == 2 and "tokembed score runs in its own process on one device" in result.stderr, result.output
+    result = cli("score", "--query", "sorting", index, "--device", "cpu:1")  # said "(1 worker(s) asked for)"
+    assert result.exit_code == 2 and "--device cpu:1: asks for worker processes;" in result.stderr, result.output
     result = cli("score", "--query", "sorting", index, "--device", "bogus")
     assert result.exit_code == 9 and "expected auto, cpu, cuda or cuda:N" in result.stderr, result.output
     assert cli("score", "--query", "sorting", index, "--device", "cpu").exit_code == 0

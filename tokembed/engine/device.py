@@ -125,8 +125,9 @@ def resolve_one_device(spec: str | None, flag: str, command: str) -> str:
     several CUDA devices are a usage error."""
     plan = parse_devices(spec, flag, _EXPECTED_ONE)
     if plan.workers:
-        raise UsageError(f"{flag} {spec}: tokembed {command} runs on one device ({len(plan.labels)} worker(s) asked for)",
-                         hint="pass one device (cpu, cuda or cuda:N); several are for encode's --devices")
+        asked = "worker processes" if plan.first.startswith("cpu") else f"{len(plan.labels)} devices"
+        raise UsageError(f"{flag} {spec}: asks for {asked}; tokembed {command} runs in its own process on one device",
+                         hint="pass one device (cpu, cuda or cuda:N); cpu:N and several devices are for encode's --devices")
     return plan.first
 
 
