@@ -36,7 +36,10 @@ def score(
         "With --query, the index folder alone.",
     ),
     query: Optional[list[str]] = typer.Option(None, "--query", help="A query text (repeatable); ids q1, q2, ..."),
-    top_k: int = typer.Option(10, "--top-k", "-k", help="Documents per query (all of them if the index is smaller)."),
+    top_k: int = typer.Option(
+        10, "--top-k", "-k", help="Documents per query (all of them if the index is smaller). With a search structure, "
+        "only documents in the lists of the centroids the query probes: fewer where those hold fewer (--exact: all).",
+    ),
     fmt: Optional[Format] = typer.Option(
         None, "--format", "-f", help="table, jsonl, tsv or trec. Default: from --output's suffix (.tsv: tsv; .trec, .run: trec; "
         "else jsonl), else table on a terminal and jsonl otherwise."
@@ -89,6 +92,7 @@ def score(
     query_file, index = _split_args(args, bool(query))
     output = None if output is not None and str(output) == "-" else output  # "-o -": standard output, as the default
     _refuse_output_over_inputs(output, index, query_file)
+    _refuse_output_that_cannot_be_written(output)
     queries = read_queries(query_file, column_named(id_column, "--id-column") or "id", text_column, id_required=id_column is not None) if query_file else Queries()
     queries = queries.add(inline_queries(query or []))
     if query_file and query:  # a file's q1 and the first --query's would otherwise be one query
@@ -174,6 +178,30 @@ def _refuse_output_over_inputs(output: Path | None, index: Path, query_file: Pat
                          hint="write the results to another file")
 
 
+def _refuse_output_that_cannot_be_written(output: Path | None) -> None:
+    """What the write would find only after the model load, the queries and the search: an ``--output`` that is a
+    folder (exit 2), or one whose folder is missing, not a folder or not writable (exit 8), found now by creating
+    and removing the temp file the results are written to. A FIFO or device is left to the write (opening a FIFO
+    waits for its reader), as is what only writing finds (a full disk)."""
+    from tokembed.index.atomic import temp_beside
+
+    if output is None:
+        return
+    if output.is_dir():
+        raise _a_folder_not_a_file(output)
+    if output.exists() and not output.is_file():
+        return
+    probe = temp_beside(output.resolve())  # through a symlink, as the write: beside the file it names
+    _open_for_writing(probe, output).close()
+    probe.unlink(missing_ok=True)
+
+
+def _a_folder_not_a_file(output: Path):
+    from tokembed.errors import UsageError
+
+    return UsageError(f"--output {output}: is a folder; name a file")
+
+
 def _pick_format(fmt: Format | None, output: Path | None) -> Format:
     if fmt is not None:
         return fmt
@@ -228,18 +256,27 @@ def write_results(queries, hits, fmt: Format, output: Path | None) -> None:
 
 def _refuse_ids_the_format_cannot_hold(queries, hits, fmt: Format) -> None:
     """trec lines are split on whitespace (trec_eval) and tsv lines on tabs: an id holding one would shift the
-    fields of its line (a file name with a space, a PDF page of one). Exit 2 before anything is written."""
+    fields of its line (a file name with a space, a PDF page of one), as an empty id does in trec. Exit 2 before
+    anything is written."""
     if fmt not in (Format.trec, Format.tsv):
         return
     from tokembed.errors import UsageError
 
-    breaks = (lambda text: any(c.isspace() for c in text)) if fmt == Format.trec else (lambda text: any(c in "\t\n\r" for c in text))
     for qid, _, hit in _rows(queries, hits):
         for kind, value in (("query", qid), ("document", hit.id)):
-            if breaks(value):
-                what = "whitespace" if fmt == Format.trec else "a tab or a line break"
-                raise UsageError(f"--format {fmt.value}: {kind} id {value!r} contains {what}, which would split its "
+            if problem := _breaks_its_line(value, fmt):
+                raise UsageError(f"--format {fmt.value}: {kind} id {value!r} {problem}, which would split its "
                                  "line into other fields; use --format jsonl (or table)")
+
+
+def _breaks_its_line(value: str, fmt: Format) -> str | None:
+    """What in the id ``value`` would shift the fields of its ``fmt`` line, or None. trec_eval splits on runs of
+    whitespace, so an empty id is no field at all there; in a tsv line it is an empty field, read as one."""
+    if fmt == Format.trec:
+        if not value:
+            return "is empty"
+        return "contains whitespace" if any(c.isspace() for c in value) else None
+    return "contains a tab or a line break" if any(c in "\t\n\r" for c in value) else None
 
 
 def _score_text(score: float) -> str:
@@ -297,11 +334,10 @@ def _open_output(output: Path):
     over it once complete: a failed write (a full disk, an interrupt) leaves no part of the results and the previous
     file as it was. What cannot be renamed over (a character device such as /dev/null or /dev/full, a FIFO) is
     written directly."""
-    from tokembed.errors import UsageError
     from tokembed.index.atomic import remove_left_by_dead_processes, replacing
 
     if output.is_dir():
-        raise UsageError(f"--output {output}: is a folder; name a file")
+        raise _a_folder_not_a_file(output)
     if output.exists() and not output.is_file():
         with _open_for_writing(output) as handle:
             yield handle

@@ -254,6 +254,37 @@ def test_ids_a_trec_or_tsv_line_cannot_hold_exit_2_before_writing(cli, tmp_path)
     assert sorted(row["doc_id"] for row in rows) == ["my doc.txt", "tab\tdoc"]
 
 
+def test_an_empty_id_in_a_trec_line_exits_2_before_writing(cli, demo_index, tmp_path):
+    """An empty document id (encode takes {"id": ""}) or query id (.tsv) left its trec line 4 or 5 fields of 6,
+    exit 0; in a tsv line it is an empty field, which keeps its place."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "", "text": "cats"}) + "\n" + json.dumps({"id": "a", "text": "dogs"}) + "\n")
+    index = tmp_path / "index"
+    assert cli("encode", corpus, "-o", index, "--quiet").exit_code == 0
+    out = tmp_path / "run.trec"
+    result = cli("score", index, "--query", "cats", "-f", "trec", "-o", out)
+    assert result.exit_code == 2 and "document id '' is empty" in result.stderr, result.output
+    assert not out.exists()
+    queries = tmp_path / "q.tsv"
+    queries.write_text("\tcats\nq2\tdogs\n")
+    result = cli("score", queries, demo_index[0], "-f", "trec")
+    assert result.exit_code == 2 and "query id '' is empty" in result.stderr and result.stdout == ""
+    tsv = cli("score", queries, demo_index[0], "-f", "tsv", "-k", 1).stdout.splitlines()
+    assert [line.split("\t")[:2] for line in tsv[1:]] == [["", "1"], ["q2", "1"]]
+
+
+def test_top_k_help_says_a_search_structure_can_return_fewer():
+    """"all of them if the index is smaller": with a search structure -k 1000 returns only the documents the
+    probed centroids' lists hold."""
+    import typer.main
+
+    from cli.main import app
+
+    score = typer.main.get_command(app).commands["score"]
+    help_text = next(param.help for param in score.params if param.name == "top_k")
+    assert "search structure" in help_text and "--exact" in help_text
+
+
 def test_errors_name_what_the_path_is_and_scores_own_flag(cli, demo_index, tmp_path):
     index, queries = demo_index
     result = cli("score", tmp_path, index)

@@ -5,6 +5,7 @@
 * The results are written under a temp name beside ``--output`` and renamed over it once complete: a write that
   fails (here a file size limit, as a full disk) is exit 8, leaves the previous results as they were and no temp file.
 * What cannot be renamed over (a FIFO) is written directly; a symlink to a file keeps pointing at it.
+* An ``--output`` that is a folder (exit 2) or whose folder is missing (exit 8) is refused before the search.
 """
 
 from __future__ import annotations
@@ -66,6 +67,29 @@ def test_a_failed_write_keeps_the_previous_results_and_leaves_no_part_file(demo_
     assert f"{output}: cannot write the results" in result.stderr and "Traceback" not in result.stderr
     assert output.read_text() == '{"previous": "results"}\n'
     assert os.listdir(tmp_path) == ["results.jsonl"]  # no temp file left beside it
+
+
+@pytest.mark.parametrize("target", ["missing folder", "a folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_search(cli, demo_index, tmp_path, monkeypatch, target):
+    """A missing folder (exit 8) or a folder as --output (exit 2) was found after the model load, the queries'
+    encoding and the whole search; now before any of them, with the same message, and nothing left behind."""
+    import tokembed.search
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched before --output was checked")
+
+    monkeypatch.setattr(tokembed.search, "search", no_search)
+    index, queries = demo_index
+    output = tmp_path / "no" / "such" / "run.jsonl" if target == "missing folder" else tmp_path
+    result = cli("score", queries, index, "-o", output)
+    code, says = (8, f"--output {output}: cannot write (No such file or directory)") if target == "missing folder" else (
+        2, f"--output {output}: is a folder; name a file")
+    assert result.exit_code == code and says in result.stderr, result.output
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    good = tmp_path / "run.jsonl"
+    assert cli("score", queries, index, "-o", good, "-q").exit_code == 0
+    assert os.listdir(tmp_path) == ["run.jsonl"]  # the check's temp file is gone
 
 
 def test_a_fifo_is_written_directly_and_a_symlink_keeps_its_target(cli, demo_index, tmp_path):

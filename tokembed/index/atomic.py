@@ -45,7 +45,7 @@ def replacing(final: Path) -> Iterator[Path]:
     replaces ``final`` durably (``publish``). The temp file never outlives the block (one left by a killed
     run of the same pid is removed first). Its own steps failing (a read-only folder, a full disk at the fsync)
     raise ``IndexWriteError``; what the block raises is the block's, never hidden by the temp file's removal."""
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    tmp = temp_beside(final)
     try:
         tmp.unlink(missing_ok=True)
     except OSError as exc:  # EROFS even when there is no such file
@@ -58,6 +58,11 @@ def replacing(final: Path) -> Iterator[Path]:
             raise write_error(final, exc) from exc
     finally:
         remove_unused(tmp)
+
+
+def temp_beside(final: Path) -> Path:
+    """The temp file ``replacing`` writes ``final``'s new content to: ``.NAME.tmp-PID`` in its folder."""
+    return final.parent / f".{final.name}.tmp-{os.getpid()}"
 
 
 def write_error(path: Path, exc: OSError) -> IndexWriteError:

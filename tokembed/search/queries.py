@@ -7,7 +7,9 @@
     --query "text"    inline queries, ids q1, q2, ...
 
 Every file is decoded as strict UTF-8; a bad byte raises ``BadInputError`` naming the file and line.
-Where an id field/column is absent the 1-based line (row) number is the id. Ids must be unique.
+Where the file has no id field/column the 1-based line (row) number is the id; a .jsonl record without the id
+field its file's first record has is an error, as in ``encode``. Ids must be unique. .txt and .tsv lines end at
+``\n``, ``\r\n`` or a lone ``\r`` (Python's universal newlines), .jsonl lines at ``\n`` (as ``encode`` reads them).
 """
 
 from __future__ import annotations
@@ -92,15 +94,28 @@ def check_queries(queries: Queries, source: str) -> Queries:
     return queries
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, decoded line without its end) for every line; strict UTF-8."""
+def _lines(path: Path, lone_cr_ends_a_line: bool = True) -> Iterator[tuple[int, str]]:
+    """(1-based line number, decoded line without its end) for every line; strict UTF-8. Lines end as Python's
+    universal newlines read them, ``\n``, ``\r\n`` or an old Mac's lone ``\r`` (not ``str.splitlines()``'s other
+    breaks, \x0c or U+2028 say, which a query's text may hold); without ``lone_cr_ends_a_line``, at ``\n`` only."""
+    number = 0
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.rstrip(b"\r\n").decode("utf-8-sig" if number == 1 else "utf-8")  # strip bytes: smaller copy
-            except UnicodeDecodeError as exc:
-                raise BadInputError(f"{path} line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-            yield number, line
+        for raw in handle:
+            for part in _line_bodies(raw, lone_cr_ends_a_line):
+                number += 1
+                try:
+                    line = part.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise BadInputError(f"{path} line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+                yield number, line
+
+
+def _line_bodies(raw: bytes, lone_cr_ends_a_line: bool) -> list[bytes]:
+    """``raw`` (up to and with its ``\n``) without its end, split at each lone ``\r`` where those end lines. A
+    \r byte is never part of a longer UTF-8 character, so the bytes split where the text would."""
+    body = raw[:-1] if raw.endswith(b"\n") else raw
+    body = body[:-1] if body.endswith(b"\r") else body  # \r\n, or a last line's lone \r
+    return body.split(b"\r") if lone_cr_ends_a_line and b"\r" in body else [body]
 
 
 def _blank_warning(path: Path, blanks: list[int]) -> list[str]:
@@ -140,8 +155,10 @@ def _read_tsv(path: Path, id_column: str, text_column: str) -> Queries:
 
 
 def _read_jsonl(path: Path, id_column: str, text_column: str, id_required: bool) -> Queries:
-    queries, blanks = Queries(), []
-    for number, line in _lines(path):
+    """As ``encode`` reads a .jsonl file: lines end at ``\n`` (a lone ``\r`` is JSON whitespace), and once the
+    first record has the id field a record without it is an error (its line number could be another's id)."""
+    queries, blanks, first_has_id = Queries(), [], None
+    for number, line in _lines(path, lone_cr_ends_a_line=False):
         if not line or line.isspace():  # no copy of a huge line
             blanks.append(number)
             continue
@@ -157,6 +174,9 @@ def _read_jsonl(path: Path, id_column: str, text_column: str, id_required: bool)
             raise BadInputError(f"{path} line {number}: no text field {text_column!r} (fields: {', '.join(record)})")
         if id_required and id_column not in record:
             raise BadInputError(f"{path} line {number}: no id field {id_column!r} (fields: {', '.join(record)})")
+        first_has_id = id_column in record if first_has_id is None else first_has_id
+        if first_has_id and id_column not in record:
+            raise BadInputError(f"{path} line {number}: no id field {id_column!r} (the file's first record has one)")
         text = record[text_column]
         if not isinstance(text, str):
             raise BadInputError(f"{path} line {number}: text is {type(text).__name__}, not a string")
