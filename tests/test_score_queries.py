@@ -32,3 +32,12 @@ def test_a_jsonl_record_without_the_id_its_first_record_has_exits_3_as_in_encode
         read_queries(path)
     path.write_text('{"text": "bread"}\n{"text": "sun"}\n')  # no ids at all: line numbers, as before
     assert read_queries(path).ids == ["1", "2"]
+
+
+def test_a_jsonl_record_with_an_id_in_a_file_numbered_by_line_exits_3_as_in_encode(tmp_path):
+    """The first record has no id, so the file's queries are numbered by line; a later record's own id was mixed in
+    with the line numbers ("1", "7", "3"), and an id "1" on line 2 collided with line 1's."""
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"text": "bread"}\n{"id": "7", "text": "sun"}\n{"text": "moon"}\n')
+    with pytest.raises(BadInputError, match=r"q\.jsonl line 2: an id field 'id', which the file's first record lacks"):
+        read_queries(path)

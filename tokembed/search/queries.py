@@ -156,7 +156,8 @@ def _read_tsv(path: Path, id_column: str, text_column: str) -> Queries:
 
 def _read_jsonl(path: Path, id_column: str, text_column: str, id_required: bool) -> Queries:
     """As ``encode`` reads a .jsonl file: lines end at ``\n`` (a lone ``\r`` is JSON whitespace), and once the
-    first record has the id field a record without it is an error (its line number could be another's id)."""
+    first record has the id field a record without it is an error (its line number could be another's id), and
+    once it has none, so is a record with one (its id could be another's line number)."""
     queries, blanks, first_has_id = Queries(), [], None
     for number, line in _lines(path, lone_cr_ends_a_line=False):
         if not line or line.isspace():  # no copy of a huge line
@@ -177,6 +178,9 @@ def _read_jsonl(path: Path, id_column: str, text_column: str, id_required: bool)
         first_has_id = id_column in record if first_has_id is None else first_has_id
         if first_has_id and id_column not in record:
             raise BadInputError(f"{path} line {number}: no id field {id_column!r} (the file's first record has one)")
+        if not first_has_id and id_column in record:
+            raise BadInputError(f"{path} line {number}: an id field {id_column!r}, which the file's first record lacks "
+                                "(its queries are numbered by line: give every record an id, or none)")
         text = record[text_column]
         if not isinstance(text, str):
             raise BadInputError(f"{path} line {number}: text is {type(text).__name__}, not a string")
