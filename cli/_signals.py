@@ -8,7 +8,9 @@ export's re-run then met its own output as "already exists").
 
 The handlers are set for one command only, and only from the main thread (Python sets signal handlers
 nowhere else): a script or test that calls ``cli.main.run`` keeps its own SIGINT/SIGTERM handling afterwards; the
-``tokembed`` program itself (``through_exit``) keeps them ignored until it has exited.
+``tokembed`` program itself (``through_exit``) ignores both from the end of the command until it has exited, whatever
+the command's outcome: a second ``kill`` landing while an interrupted run prints its message and exits made it die of
+SIGTERM (143) instead of exit 130.
 """
 
 from __future__ import annotations
@@ -18,24 +20,26 @@ import threading
 from contextlib import contextmanager
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
-_work = {"running": False, "done": False}  # a command inside command_signals, in the main thread
+_work = {"running": False}  # a command inside command_signals, in the main thread
 
 
 @contextmanager
 def command_signals(through_exit: bool = False):
     """SIGTERM raises KeyboardInterrupt (as SIGINT does) while the body runs; on leaving, the handlers from before are
-    back, unless ``through_exit`` and the work was done: then the process exits with both still ignored."""
+    back, unless ``through_exit``: then the process exits with both ignored (its exit status is already decided)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {signum: signal.getsignal(signum) for signum in HANDLED}
-    _work.update(running=True, done=False)
+    _work["running"] = True
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         yield
     finally:
         _work["running"] = False
-        if not (through_exit and _work["done"]):
+        if through_exit:
+            _ignore_both()
+        else:
             _restore(previous)
 
 
@@ -44,9 +48,12 @@ def work_done() -> None:
     delivered at its end, before this). Outside ``command_signals`` (the typer app or a command called directly) it
     does nothing: nothing would put the caller's handlers back."""
     if _work["running"] and threading.current_thread() is threading.main_thread():
-        for signum in HANDLED:
-            signal.signal(signum, signal.SIG_IGN)
-        _work["done"] = True
+        _ignore_both()
+
+
+def _ignore_both() -> None:
+    for signum in HANDLED:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _restore(previous: dict) -> None:

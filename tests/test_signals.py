@@ -187,3 +187,37 @@ def test_a_signal_after_an_encodes_or_compress_summary_leaves_its_success_exit_0
     assert run.returncode == 0 and json.loads(run.stdout)["rows"] == 20, (run.returncode, run.stderr)
     assert "interrupted" not in run.stderr
     assert_nothing_unlisted(folder)
+
+
+def test_a_second_signal_while_a_failed_or_interrupted_command_exits_keeps_its_exit_status(tmp_path):
+    """Once a command had failed or been interrupted, SIGTERM's default handler was back while the process printed
+    its message and exited: a second `kill` (a supervisor's retry) made an interrupted run die of SIGTERM (143)
+    instead of exit 130, and here a failed one instead of its exit 6."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "info", str(tmp_path / "no-index")], stderr=subprocess.PIPE, text=True,
+        env={**ENV, "TOKEMBED_TEST_PAUSE_AT": "exiting:1", "TOKEMBED_TEST_PAUSE_SECONDS": "3"})
+    assert "no-index" in process.stderr.readline()  # its error is out: it is held at its exit
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 6
+
+
+def _report_ctrl_c_disposition(results) -> None:
+    results.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+def test_a_worker_process_starts_with_ctrl_c_ignored_and_the_main_process_keeps_its_handler():
+    """A worker ignored SIGINT only once worker_main ran, after seconds of importing torch: a Ctrl-C (which reaches
+    the whole process group) during those printed a KeyboardInterrupt traceback from every worker."""
+    import multiprocessing
+
+    from tokembed.engine.pool import _start_ignoring_ctrl_c
+
+    context = multiprocessing.get_context("spawn")
+    results = context.SimpleQueue()
+    before = signal.getsignal(signal.SIGINT)
+    process = context.Process(target=_report_ctrl_c_disposition, args=(results,))
+    _start_ignoring_ctrl_c(process)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert results.get() is True
+    process.join(30)

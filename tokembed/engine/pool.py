@@ -76,6 +76,24 @@ class _ChunkJob:
         self.missing = parts
 
 
+def _start_ignoring_ctrl_c(process) -> None:
+    """Start a worker with SIGINT ignored, which survives its exec: Ctrl-C reaches the whole process group, and a
+    worker still importing torch (seconds before ``worker_main`` ignores it) printed a KeyboardInterrupt traceback.
+    The main thread blocks SIGINT meanwhile, so that a Ctrl-C of those milliseconds stays pending for its own
+    handler (Linux never discards a blocked signal) instead of being ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        # only the main thread may set handlers, and one installed outside Python could not be put back
+        process.start()
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 class _Worker:
     """The main process's handle on one worker process."""
 
@@ -89,7 +107,7 @@ class _Worker:
             name=f"tokembed-worker-{label}",
             daemon=True,
         )
-        self.process.start()
+        _start_ignoring_ctrl_c(self.process)
         # Only the worker keeps these ends: its death then reads as EOF here, and a send to it as a broken pipe.
         task_reader.close()
         result_writer.close()
