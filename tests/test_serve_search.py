@@ -19,6 +19,10 @@ def corpus_rows(count: int, start: int = 0) -> list[dict]:
 @pytest.fixture()
 def built(tmp_path, cli, colbert_ckpt):
     """A ColBERT index of 80 documents with a search structure (16 centroids): (index folder, corpus file)."""
+    return build_index(tmp_path, cli, colbert_ckpt)
+
+
+def build_index(tmp_path, cli, colbert_ckpt):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_rows(80))
     index = tmp_path / "index"
     assert cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--nbits", 2, "--quiet").exit_code == 0
@@ -258,5 +262,39 @@ def test_exact_search_answers_when_the_structure_is_damaged(built):
         server.service.index._generation = None  # as a fresh server would: nothing of the structure kept open
         assert hits_of(server.post("/search", {"query": QUERIES, "top_k": 5, "exact": True})) == want
         assert server.post("/search", {"query": QUERIES, "top_k": 5}).status_code == 500
+    finally:
+        server.stop()
+
+
+def test_search_cuts_queries_as_pooling_does_and_refuses_another_activation_than_the_index(built):
+    """Both fields are in /search's schema (from vLLM's request); they were taken and ignored: a query answered whole
+    although ``truncate_prompt_tokens`` asked for 4 tokens, unnormalized query vectors asked for and not given."""
+    from dataclasses import replace
+
+    from tokembed.embedder import Embedder, index_checkpoint, index_colbert
+    from tokembed.index import open_index
+    from tokembed.search import search_vectors
+
+    index, _ = built
+    manifest = open_index(index).manifest
+    where, flags = index_checkpoint(manifest, "query")
+    embedder = Embedder.load(where, replace(flags, max_length=4), "cpu", False, index_colbert(manifest))
+    cut = [vectors for vectors, _ in embedder.embed(QUERIES)]  # what `tokembed score` searches with --max-length 4
+    want = [[(hit.id, hit.score) for hit in found] for found in search_vectors(index, cut, top_k=5, exact=True)]
+    server = served(index)
+    try:
+        response = server.post("/search", {"query": QUERIES, "top_k": 5, "exact": True, "truncate_prompt_tokens": 4})
+        same_hits(hits_of(response), want)
+        assert response.json()["usage"]["prompt_tokens"] == 4 * len(QUERIES)
+        whole = hits_of(server.post("/search", {"query": QUERIES, "top_k": 5, "exact": True}))
+        assert whole != hits_of(response)
+        for value in (1, 100_000):  # /pooling's refusals, word for word
+            searched = server.post("/search", {"query": "alpha", "truncate_prompt_tokens": value}).json()["error"]
+            pooled = server.post("/pooling", {"input": "alpha", "truncate_prompt_tokens": value}).json()["error"]
+            assert searched == pooled and searched["param"] == "truncate_prompt_tokens"
+        assert hits_of(server.post("/search", {"query": QUERIES, "top_k": 5, "exact": True, "use_activation": True})) == whole
+        response = server.post("/search", {"query": "alpha", "use_activation": False})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "use_activation", response.text
+        assert "normalized" in response.json()["error"]["message"]
     finally:
         server.stop()

@@ -58,6 +58,11 @@ class IndexNotFoundError(IndexError_):
     """No manifest where an index was expected."""
 
 
+class IndexUnavailableError(IndexNotFoundError):
+    """``serve --index``: the folder holds no complete generation yet and none was opened before (a deploy swapping
+    it in, a copy under way); a later request may find one."""
+
+
 class IndexCorruptError(IndexError_):
     """A manifest that lists a missing shard, or a shard whose checksum does not match."""
 

@@ -11,7 +11,8 @@
 
 Every error is a JSON body in vLLM's envelope ``{"error": {"message", "type", "param", "code"}}``:
 malformed JSON and wrong types 400, unknown model 404, body over the size limit 413, missing or wrong
-API key 401 (everything but ``/health`` is protected when a key is set), shutting down 503, anything
+API key 401 (everything but ``/health`` is protected when a key is set), shutting down 503, an index folder that
+holds no complete generation and none was opened before (a deploy swapping it) 503, anything
 unexpected 500 (logged with its traceback; the server goes on). A client that disconnects while its
 request waits cancels it: the batcher drops its inputs before their batch runs.
 """
@@ -30,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tokembed.errors import BadInputError, TokembedError, UsageError
+from tokembed.errors import BadInputError, IndexUnavailableError, TokembedError, UsageError
 from tokembed.serve.batcher import BatcherClosed
 from tokembed.serve.schemas import (
     APIError,
@@ -143,7 +144,7 @@ def error_response(exc: BaseException) -> Response:
         return _error(exc.status, exc.type, str(exc), exc.param)
     if isinstance(exc, (BadInputError, UsageError)):
         return _error(400, "BadRequestError", str(exc))
-    if isinstance(exc, BatcherClosed):
+    if isinstance(exc, (BatcherClosed, IndexUnavailableError)):  # temporary: a retry may be answered
         return _error(503, "ServiceUnavailableError", str(exc))
     if isinstance(exc, TokembedError):  # device or model failures: the server's fault
         return _error(500, "InternalServerError", str(exc))

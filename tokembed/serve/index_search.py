@@ -6,29 +6,46 @@
 
 The opened generation is kept across requests (its structure's joined lists, mapped files, verified hashes)
 and opened again when the manifest changes, so a cron job that re-encodes the index is picked up by the next
-request; a request sees one generation from start to end. A new generation built with another model or
-other encoding settings is refused (the served query profile would no longer match it): restart the server.
-A replaced generation is let go within ``WATCH_SECONDS`` even while no request comes (and by an exact search): its
-open files would keep the replaced shards' disk space (a whole index's worth after `encode --full`) held.
+request; a request sees one generation from start to end. While the folder holds no complete generation (a
+blue/green deploy's ``mv X X.old; cp -a new X``: no manifest yet, or one whose files are still being copied),
+requests are answered from the generation held, and the next request tries again; with none held yet they get
+a 503. A new generation built with another model or other encoding settings is refused (the served query profile
+would no longer match it): restart the server. A replaced generation is let go within ``WATCH_SECONDS`` even while
+no request comes: its open files would keep the replaced shards' disk space (a whole index's worth after
+`encode --full`) held.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tokembed.errors import IndexCorruptError, IndexNotFoundError, ModelMismatchError, UsageError
+from tokembed.errors import (
+    IndexCorruptError,
+    IndexNotFoundError,
+    IndexUnavailableError,
+    ModelMismatchError,
+    TokembedError,
+    UsageError,
+)
 
 WATCH_SECONDS = 5.0
+log = logging.getLogger("tokembed.serve")
 
 
 @dataclass(frozen=True)
 class _Generation:
-    key: tuple  # the manifest file's (inode, size, mtime) when it was read
+    key: tuple  # the manifest file's (inode, size, mtime, ctime) when it was read
     index: object
     structure: object
+    damaged: IndexCorruptError | None = None  # why its structure did not open: the exact scan still answers from it
+
+    @property
+    def complete(self) -> bool:
+        return self.damaged is None
 
 
 class ServedIndex:
@@ -44,6 +61,7 @@ class ServedIndex:
         self.manifest = manifest  # the generation the query profile was built for
         self._lock = threading.Lock()
         self._generation: _Generation | None = None
+        self._warned: tuple | None = None  # (manifest key, reason) of the last "kept the held generation" warning
         self._stop = threading.Event()
 
     def watch(self, interval: float | None = None) -> None:
@@ -55,15 +73,15 @@ class ServedIndex:
         self._stop.set()
 
     def release_if_replaced(self) -> None:
-        """Forget the opened generation if another was committed since (its files close with the last request
-        still using it)."""
-        try:
-            key = self._manifest_key()
-        except IndexCorruptError:
-            key = None
+        """Hold the committed generation in place of the one held, if another was committed since (the replaced
+        one's files close with the last request still using it); keep the held one while none is complete."""
         with self._lock:
-            if self._generation is not None and self._generation.key != key:
-                self._generation = None
+            if self._generation is None or self._generation.key == self._manifest_key():
+                return
+            try:
+                self._current()
+            except TokembedError:  # the next request answers with it
+                pass
 
     def load_plan(self, model: str | None, raw_flags):
         """(checkpoint to load, raw flags carrying the index's revision, base model and dtype, ColBERT settings)."""
@@ -87,38 +105,73 @@ class ServedIndex:
         return Profile("index", flags, view, make_encoder(view, flags, device)[1])
 
     def opened(self) -> _Generation:
-        """The committed generation now (opened again if the manifest changed since the last request)."""
-        from tokembed.search.plaid.search import open_searchable
-
-        key = self._manifest_key()
+        """The generation to answer from: the committed one (opened again if the manifest changed since the last
+        request), or the one held while the folder has no complete generation (a deploy swapping it)."""
         with self._lock:
-            if self._generation is None or self._generation.key != key:
-                index, structure = open_searchable(self.folder)
-                self._check_same_encoding(index.manifest)
-                self._generation = _Generation(key, index, structure)
-            return self._generation
+            return self._current()
 
     def search(self, queries: list, top_k: int, exact: bool, probe: int | None, candidates: int | None, device: str) -> list:
         from tokembed.search.api import search_opened
 
+        generation = self.opened()
         if exact:  # the scan reads the vectors alone: a damaged structure must not stop it (as score --exact)
             from tokembed.index.format import require_vectors
-            from tokembed.index.reader import open_index
 
-            self.release_if_replaced()
-            index = open_index(self.folder)
-            require_vectors(index, 'an exact search ("exact": true)')
-            self._check_same_encoding(index.manifest)
-            return search_opened(index, None, queries, top_k, True, device=device)
-        generation = self.opened()
+            require_vectors(generation.index, 'an exact search ("exact": true)')
+            return search_opened(generation.index, None, queries, top_k, True, device=device)
+        if not generation.complete:
+            raise IndexCorruptError(str(generation.damaged), hint=generation.damaged.hint)
         return search_opened(generation.index, generation.structure, queries, top_k, exact, probe, candidates, device=device)
 
-    def _manifest_key(self) -> tuple:
+    def _current(self) -> _Generation:
+        """``opened``'s answer, under the lock. A generation that does not open whole replaces only one that did
+        not either: a copy under way (``cp -a``) writes its manifest before its shards and code files."""
+        held, key = self._generation, self._manifest_key()
+        if held is not None and held.complete and held.key == key:
+            return held
+        try:
+            fresh = self._open(key)
+        except ModelMismatchError:
+            self._generation = None  # refused until a restart (its files let go meanwhile)
+            raise
+        except (IndexNotFoundError, IndexCorruptError) as exc:  # no manifest, or files not (all) there yet
+            if held is None:
+                raise IndexUnavailableError(f"{self.folder}: no complete index to search yet ({exc}); it is being "
+                                            "replaced or is not there: retry shortly") from exc
+            self._warn_kept(key, exc)
+            return held
+        if fresh.complete or held is None or not held.complete:
+            self._generation = fresh
+        return self._generation
+
+    def _open(self, key: tuple | None) -> _Generation:
+        from tokembed.index.reader import open_index
+        from tokembed.search.plaid.search import open_searchable
+
+        try:
+            index, structure = open_searchable(self.folder)
+            damaged = None
+        except IndexCorruptError as exc:  # a damaged structure, or the shards themselves: opening them alone tells
+            index, structure = open_index(self.folder), None
+            damaged = IndexCorruptError(str(exc), hint=exc.hint)  # no traceback: its frames would hold generations
+        _require_whole_shards(index)
+        self._check_same_encoding(index.manifest)
+        return _Generation(key, index, structure, damaged)
+
+    def _warn_kept(self, key: tuple | None, exc: Exception) -> None:
+        reason = str(exc)  # not the exception: a log record keeping it would keep its frames' generations
+        if (key, reason) != self._warned:
+            self._warned = (key, reason)
+            log.warning("%s; answering from the index generation opened before until a complete one is there", reason)
+
+    def _manifest_key(self) -> tuple | None:
+        """None when there is no manifest. The ctime too: ``cp -a`` keeps a copied manifest's mtime, and its size
+        and a recycled inode number may be those of the generation held."""
         try:
             stat = (self.folder / "manifest.json").stat()
-        except FileNotFoundError as exc:
-            raise IndexCorruptError(f"{self.folder}: its manifest.json is gone") from exc
-        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
     def _check_same_encoding(self, manifest: dict) -> None:
         from tokembed.models.resolve import weights_agree
@@ -127,6 +180,15 @@ class ServedIndex:
         if _encoding(manifest) != _encoding(self.manifest) or not weights_agree(*weights):
             raise ModelMismatchError(f"{self.folder} was rebuilt with another model or other encoding settings since this "
                                      "server started, and its queries are encoded for the old ones: restart tokembed serve")
+
+
+def _require_whole_shards(index) -> None:
+    """A shard shorter than the manifest says is still being copied (``cp -a`` under way); its checksum is the
+    scan's to check."""
+    for shard in index.shards:
+        size = index.shard_file(shard)[0].size()
+        if size != shard["bytes"]:
+            raise IndexCorruptError(f"{index.shard_path(shard)}: {size} bytes on disk, manifest says {shard['bytes']}")
 
 
 def _watch(served: weakref.ref, stop: threading.Event, interval: float) -> None:
@@ -159,7 +221,9 @@ async def answer_search(service, request) -> dict:
         raise APIError("search encodes queries with the index's model; a LoRA adapter's vectors do not match it", param="model")
     texts = [request.query] if isinstance(request.query, str) else list(request.query)
     service._check_count(len(texts), "query")
-    items = await service._tokenize("index", texts, None, "search", "query")
+    truncate = service._truncation(request.truncate_prompt_tokens)  # as /pooling's "input_type": "query"
+    _check_activation(request.use_activation, service.profiles["index"].encoder.settings.normalize)
+    items = await service._tokenize("index", texts, truncate, "search", "query")
     rows = await service.batcher.submit("index", items)
     queries = [vectors for vectors, _ in rows]
     hits = await asyncio.get_running_loop().run_in_executor(
@@ -168,3 +232,15 @@ async def answer_search(service, request) -> dict:
     data = [{"index": i, "object": "search", "results": [{"rank": h.rank, "id": h.id, "score": finite(h.score)} for h in found]}
             for i, found in enumerate(hits)]
     return list_response("search", service.name, data, sum(len(item.ids) for item in items))
+
+
+def _check_activation(asked: bool | None, normalized: bool) -> None:
+    """``use_activation`` (vLLM's L2 normalization of token vectors) is the index's to decide: its documents' vectors
+    were stored so, and query vectors normalized otherwise would score on another scale than ``tokembed score``'s."""
+    from tokembed.serve.schemas import APIError
+
+    if asked is not None and asked != normalized:
+        state = "L2-normalized" if normalized else "not normalized (--no-normalize)"
+        raise APIError(f"use_activation={str(asked).lower()}: this index's vectors are {state}, and its queries are "
+                       f"encoded the same way; leave use_activation out (or send {str(normalized).lower()})",
+                       param="use_activation")

@@ -11,7 +11,8 @@ the vocabulary, the output dimension) is checked by the service. Field names and
   ``data_1``/``data_2``).
 * ``RerankRequest``   -> ``/rerank``: ``query``, ``documents``, ``top_n``.
 * ``SearchRequest``   -> ``/search`` (tokembed's, with ``serve --index``): ``query``, ``top_k``, ``exact``,
-  ``probe``, ``candidates``.
+  ``probe``, ``candidates``; ``truncate_prompt_tokens`` cuts the queries as ``/pooling``'s query input, and
+  ``use_activation`` can only be the index's own normalization.
 
 Unknown fields are ignored, as vLLM does (clients send ``user``, ``priority``, ``request_id``...), but for the
 three that would change the vectors: ``normalize`` (refused as vLLM refuses it), ``truncation_side: "left"`` and
@@ -145,6 +146,9 @@ class SearchRequest(_Request):
     exact: bool = Field(default=False, description="Scan every stored token (as score --exact) rather than use the search structure.")
     probe: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Centroids probed per query token (score --probe).")
     candidates: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Documents re-ranked exactly (score --candidates).")
+    use_activation: bool | None = Field(
+        default=None, description="The index's own: true unless it was built with --no-normalize; another value is a 400."
+    )
 
 
 # -- responses (documentation; the service returns dicts of exactly these shapes) -----------------------

@@ -1,0 +1,100 @@
+"""``tokembed serve --index X`` while a blue/green deploy swaps the folder (``mv X X.old; cp -a new X``, as the
+README documents): requests are answered from the generation the server holds until the folder holds a complete
+new one, which the next request then uses. Each state the copy passes through is made here one step at a time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from helpers import write_jsonl
+from test_serve_search import QUERIES, build_index, corpus_rows, held_replaced_files, hits_of, served, wait_until
+
+NEW_QUERY = "zulu yankee xray"
+
+
+@pytest.fixture()
+def built(tmp_path, cli, colbert_ckpt):
+    """``test_serve_search``'s index: 80 documents, a search structure. (index folder, corpus file)"""
+    return build_index(tmp_path, cli, colbert_ckpt)
+
+
+@pytest.fixture()
+def other(built, tmp_path, cli, colbert_ckpt):
+    """A copy of ``built``'s index after a cron run added the document "new" (a generation to deploy)."""
+    index, corpus = built
+    other = tmp_path / "other"
+    shutil.copytree(index, other)
+    write_jsonl(corpus, corpus_rows(80) + [{"id": "new", "text": "zulu yankee xray whiskey"}])
+    assert cli("encode", corpus, "--model", colbert_ckpt, "-o", other, "--quiet").exit_code == 0
+    return other
+
+
+def answers(server, exact: bool = False) -> list:
+    return hits_of(server.post("/search", {"query": [*QUERIES, NEW_QUERY], "top_k": 3, "exact": exact}))
+
+
+def found_new(hits) -> bool:
+    return "new" in [doc for found in hits for doc, _ in found]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc (Linux)")
+def test_a_swapped_folder_is_searched_from_the_held_generation_until_the_new_one_is_whole(built, other):
+    """Each step answered a 500 ("its manifest.json is gone", "no such index folder", "manifest lists
+    data/part-000000.arrow, which is missing"), and the watcher let the held generation go once the manifest was gone."""
+    index, _ = built
+    server = served(index)
+    served_index = server.service.index
+    try:
+        before, before_exact = answers(server), answers(server, exact=True)
+        old = index.with_name("index.old")
+
+        def still_the_held_generation() -> None:
+            served_index.release_if_replaced()  # what the watcher does every few seconds
+            assert answers(server) == before and answers(server, exact=True) == before_exact
+
+        index.rename(old)  # mv X X.old
+        still_the_held_generation()
+        index.mkdir()
+        shutil.copy2(other / "manifest.json", index / "manifest.json")  # cp -a's first file: the manifest
+        still_the_held_generation()
+        shutil.copytree(other / "data", index / "data")
+        shard = sorted((index / "data").iterdir())[0]
+        whole = shard.read_bytes()
+        shard.write_bytes(whole[: len(whole) // 2])  # a shard cp -a is still writing
+        still_the_held_generation()
+        shard.write_bytes(whole)  # the shards whole, the structure's files not copied yet
+        still_the_held_generation()
+        shutil.copytree(other / "plaid", index / "plaid")  # the copy done: the next request searches it
+        after = answers(server)
+        assert not found_new(before) and found_new(after) and found_new(answers(server, exact=True))
+        shutil.rmtree(old)  # the deploy's clean-up: the generation answered before is let go
+        assert wait_until(lambda: not held_replaced_files(old), 2.0), held_replaced_files(old)
+    finally:
+        server.stop()
+
+
+def test_a_folder_with_no_complete_generation_before_the_first_search_is_a_503_to_retry(built, other):
+    index, _ = built
+    server = served(index)
+
+    def refused(state: str) -> None:
+        for exact in (False, True):
+            response = server.post("/search", {"query": "alpha", "exact": exact})
+            error = response.json()["error"]
+            assert response.status_code == 503 and error["type"] == "ServiceUnavailableError", (state, response.text)
+            assert "being replaced" in error["message"] and str(index) in error["message"]
+
+    try:
+        index.rename(index.with_name("index.old"))
+        refused("gone")
+        index.mkdir()
+        shutil.copy2(other / "manifest.json", index / "manifest.json")
+        refused("manifest only")
+        shutil.rmtree(index)
+        shutil.copytree(other, index)
+        assert found_new(answers(server))
+    finally:
+        server.stop()
