@@ -221,3 +221,48 @@ def test_a_worker_process_starts_with_ctrl_c_ignored_and_the_main_process_keeps_
     assert signal.getsignal(signal.SIGINT) is before
     assert results.get() is True
     process.join(30)
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from tokembed.engine.worker import die_with_parent
+
+def child():
+    die_with_parent()
+    print("armed", os.getpid(), flush=True)
+    time.sleep(120)  # a model loading
+
+if __name__ == "__main__":
+    multiprocessing.get_context("spawn").Process(target=child).start()
+    time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_dies_with_its_main_process_even_while_its_model_loads(tmp_path):
+    """A SIGKILLed main process was seen by its workers only at their next batch (EOF), so a worker still loading
+    its model went on doing so, holding the device's memory from an immediate rerun."""
+    import os
+
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN_SCRIPT)
+    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=ENV)
+    word, pid = main.stdout.readline().split()
+    assert word == "armed"
+    main.kill()
+    main.wait(30)
+    deadline = time.monotonic() + 15
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = running(pid)
+    if alive:
+        os.kill(int(pid), signal.SIGKILL)
+    assert not alive
+
+
+def running(pid: str) -> bool:
+    """Whether the process exists and is not a zombie (one that no init process reaps yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
