@@ -225,10 +225,10 @@ def test_a_worker_process_starts_with_ctrl_c_ignored_and_the_main_process_keeps_
 
 ORPHAN_SCRIPT = """
 import multiprocessing, os, sys, time
-from tokembed.engine.worker import die_with_parent
+from tokembed.parent_death import die_with_parent
 
 def child():
-    die_with_parent()
+    die_with_parent(multiprocessing.parent_process().pid)
     print("armed", os.getpid(), flush=True)
     time.sleep(120)  # a model loading
 

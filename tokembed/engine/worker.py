@@ -10,6 +10,7 @@ Messages back: ``("ready", attention)``, ``("log", text)``, ``("done", key, outp
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import queue
@@ -19,12 +20,13 @@ import threading
 import traceback
 
 from tokembed.engine.runner import BatchExecutor
+from tokembed.parent_death import die_with_parent
 
 
 def worker_main(index: int, label: str, device: str, threads: int, spec, tasks, results) -> None:
     """Load the model once, then run every batch received until told to stop (``None``) or orphaned (EOF)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the main process decides
-    die_with_parent()
+    die_with_parent(multiprocessing.parent_process().pid)  # a model loading must not outlive a SIGKILLed run
     outbox: queue.SimpleQueue = queue.SimpleQueue()
     sender = threading.Thread(target=_send_all, args=(outbox, results), daemon=True)
     sender.start()  # results go out while the next batch computes
@@ -37,24 +39,6 @@ def worker_main(index: int, label: str, device: str, threads: int, spec, tasks, 
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # skip tearing down torch and transformers: up to a second per worker, nothing left to save
-
-
-def die_with_parent() -> None:
-    """SIGKILL this worker when the main process's thread that started it ends (Linux): a main process that was
-    SIGKILLed was seen only at the next batch (EOF on its pipe), after the model had loaded, holding a device's
-    memory from a rerun meanwhile. The pool is started and closed by one thread, which outlives its workers."""
-    import ctypes
-    import multiprocessing
-
-    if not sys.platform.startswith("linux"):
-        return
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # it died before the line above
-        os._exit(1)
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def _run_batches(index: int, label: str, device: str, threads: int, spec, tasks, outbox) -> None:

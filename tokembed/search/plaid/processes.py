@@ -14,7 +14,6 @@ not on a GPU (a forked child must not touch CUDA).
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -24,13 +23,13 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from tokembed.errors import TokembedError
+from tokembed.parent_death import die_with_parent
 from tokembed.search.plaid.imported import imported_torch
 
 # A fork and a pool cost ~15 ms at 1M documents (a 0.9 GB parent): a few queries' time. Below this many queries
 # the query threads answer.
 PROCESS_MIN_QUERIES = 24
 QUERY_THREAD_PREFIX = "tokembed-query"  # the names of the query threads (threads.py)
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _BATCH: dict = {}  # what the children answer, set before they fork: read by index, never pickled
 
 
@@ -75,9 +74,7 @@ def _start_child(parent: int) -> None:
     """A child ends with its parent (a parent killed by SIGKILL, say by a cron timeout, would otherwise leave it
     waiting for work forever); its BLAS, OpenMP and torch run on one thread; Ctrl-C is the parent's to handle
     (it stops the batch)."""
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch = imported_torch()
     if torch is not None:
