@@ -230,10 +230,122 @@ def test_the_hybrid_decoder_on_long_runs_and_lying_run_lengths():
 
 
 def test_a_header_claiming_a_huge_container_runs_into_the_end_of_the_file(tmp_path):
-    """A map of 2**40 booleans: each element reads a byte, so the parser stops at the end of the file."""
+    """A map of 2**40 booleans in a field not read here: refused before any element is read."""
     from tokembed.sources.parquet_pages import _read_header
 
     path = tmp_path / "header.bin"
-    path.write_bytes(bytes([0x1B]) + _varint(1 << 40) + bytes([0x11, 0x01, 0x02]))  # field 1: map<bool, bool>
-    with open(path, "rb") as stream, pytest.raises(ValueError, match="ends inside a page header"):
-        _read_header(stream)
+    path.write_bytes(bytes([0x9B]) + _varint(1 << 40) + bytes([0x11, 0x01, 0x02]))  # field 9: map<bool, bool>
+    with open(path, "rb") as stream, pytest.raises(ValueError, match="runs past its column chunk"):
+        _read_header(stream, path.stat().st_size)
+
+
+@pytest.fixture
+def alarm():
+    """A hang fails the test: SIGALRM after 5 seconds."""
+    import signal
+
+    def hang(*_):
+        raise TimeoutError("still reading after 5 s")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(5)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_header_claiming_a_huge_list_of_doubles_is_refused_at_once(tmp_path, monkeypatch, alarm):
+    """A list of 2**31-1 doubles (8 bytes each, where a short read at the end of the file gave b"" forever): as
+    the page type, a field of the wrong type; in a field not read here, a list larger than the bytes left."""
+    from tokembed.sources.parquet_pages import _read_header
+
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 100)
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(5)] + ["word " * 400]}), path, use_dictionary=False)
+    offset = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 7] = bytes([0x19, 0xF7, 0xFF, 0xFF, 0xFF, 0xFF, 0x07])  # field 1: list<double> of 2**31-1
+    path.write_bytes(bytes(data))
+    assert not is_huge_text(path, pq.ParquetFile(path), 0, "text")
+    with pytest.raises(BadInputError, match=r"t\.parquet: cannot read row group after row 0"):
+        read_items(path)
+    header = tmp_path / "header.bin"
+    header.write_bytes(bytes([0x49, 0xF7, 0xFF, 0xFF, 0xFF, 0xFF, 0x07]) + bytes(100))  # field 4 (crc, not read here)
+    with open(header, "rb") as stream, pytest.raises(ValueError, match="runs past its column chunk"):
+        _read_header(stream, header.stat().st_size)
+
+
+@pytest.mark.parametrize("head", [0x28, 0x14], ids=["size as binary", "page type as i16"])
+def test_a_page_header_field_of_another_type_leaves_the_row_group_to_pyarrow(tmp_path, monkeypatch, head):
+    """One corrupt byte: the page type (an i32) becomes field 2, the page's size, as binary; or the page type as
+    an i16. The header is corrupt (no TypeError comparing bytes to a size): pyarrow reads the row group and
+    names what is wrong."""
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 100)
+    path = tmp_path / "t.parquet"
+    texts = [f"row {i} hello world" for i in range(50)] + ["word " * 400]
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(51)], "text": texts}), path, use_dictionary=False)
+    offset = pq.ParquetFile(path).metadata.row_group(0).column(1).data_page_offset
+    data = bytearray(path.read_bytes())
+    assert data[offset] == 0x15  # field 1 (page type), i32
+    data[offset] = head
+    path.write_bytes(bytes(data))
+    assert not is_huge_text(path, pq.ParquetFile(path), 0, "text")
+    with pytest.raises(BadInputError, match=r"t\.parquet: cannot read row group after row 0"):
+        read_items(path)
+    with open(path, "rb") as stream, pytest.raises(ValueError, match="field . is of Thrift type"):
+        stream.seek(offset)
+        pages._read_header(stream, path.stat().st_size)
+
+
+def test_a_top_level_column_named_like_a_structs_field(tmp_path, monkeypatch):
+    """A column "a.b" beside a struct "a" with a field "b": both are the Parquet path "a.b"; the column read is
+    the top-level one, as pyarrow reads it, not the struct's field (whose huge cell made it read here)."""
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 100)
+    inner = pa.struct([pa.field("b", pa.string())])
+    schema = pa.schema([pa.field("a", inner, nullable=False), pa.field("a.b", pa.string()), pa.field("id", pa.string())])
+    table = pa.table([pa.array([{"b": "wrong " * 400}, {"b": "also wrong"}], inner),
+                      pa.array(["right one", "right " * 300]), pa.array(["d0", "d1"])], schema=schema)
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path)
+    assert [text for _, text, *_ in read_items(path, text_column="a.b")] == pyarrow_cells(path, "a.b")
+    assert cells_of(path, "a.b") == ["right one", "right " * 300]
+    assert pages._column_index(pq.ParquetFile(path), "a") is None  # a struct: left to pyarrow
+
+
+def test_a_chunk_cut_short_is_a_corrupt_file_not_a_null_text(tmp_path, monkeypatch):
+    """The last column chunk loses 5 bytes, the footer intact: its last page reads the footer's first bytes,
+    whose bit-packed run of definition levels declares more bytes than the page's levels hold. pyarrow refuses
+    the file; so does the reader, instead of a "null text" row that --on-error skip would drop."""
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 100)
+    base, path = tmp_path / "base.parquet", tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": ["short one", "short two", "wörd " * 400]}), base,
+                   compression="snappy", data_page_version="2.0", row_group_size=2, write_page_index=False)
+    data, footer = base.read_bytes(), pq.ParquetFile(base).metadata.serialized_size + 8
+    path.write_bytes(data[: len(data) - footer - 5] + data[len(data) - footer :])
+    with pytest.raises(OSError, match="def levels do not match"):
+        pq.read_table(path)
+    with pytest.raises(BadInputError, match=r"t\.parquet: cannot read row group after row 2 \(a corrupt page"):
+        read_items(path)  # an error for the file, which --on-error skip does not skip
+    from tokembed.sources.parquet_pages import _hybrid
+
+    with pytest.raises(ValueError, match="past its data"):  # 10 groups of one byte declared, 1 byte there
+        _hybrid(bytes([0x15, 0x04]), 0, 2, 1, 1)
+    with pytest.raises(ValueError, match="a run of no levels"):  # where pyarrow's decoder stops: a run of none
+        _hybrid(bytes([0x00, 0x00, 0x30, 0x01]), 0, 4, 1, 24)
+
+
+def test_a_definition_level_out_of_range_is_a_corrupt_page_not_a_null(tmp_path, monkeypatch):
+    """An RLE run of definition levels whose value byte reads 142 (a column's levels are 0 and 1): pyarrow refuses
+    the page, and so does the reader, instead of reading the cells as nulls."""
+    monkeypatch.setattr(pages, "HUGE_PAGE_BYTES", 100)
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": ["word " * 400] * 2}), path, compression="NONE", data_page_version="2.0", use_dictionary=False)
+    data = bytearray(path.read_bytes())
+    offset = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
+    levels = data.index(b"\x04\x01" + (2000).to_bytes(4, "little"), offset)  # a run of 2 levels of 1, the first value
+    data[levels + 1] = 142
+    path.write_bytes(bytes(data))
+    with pytest.raises(OSError, match="Malformed levels"):
+        pq.read_table(path)
+    with pytest.raises(BadInputError, match=r"t\.parquet: cannot read row group after row 0 \(a corrupt page.*definition level of 142"):
+        read_items(path)
