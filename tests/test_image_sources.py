@@ -384,3 +384,22 @@ def test_sample_images_decode_and_each_query_has_its_page():
     assert [item.id[:2] for item in items] == [f"{n:02d}" for n in range(1, len(items) + 1)]  # line N <-> NN-*
     receipt = next(item for item in items if item.id.endswith(".jpg"))
     assert receipt.image.height > receipt.image.width  # stored sideways, EXIF-rotated upright
+
+
+def test_avif_bytes_in_an_image_column_are_an_image_not_a_video(tmp_path):
+    """An AVIF (like an MP4) starts with an ``ftyp`` box: its bytes, alone or in a datasets struct, were taken for a
+    video (a bad row "a video: ... does not encode videos"), while the same file given by its path was an image."""
+    import pyarrow as pa
+    from PIL import features
+
+    from tokembed.sources.video import looks_like_video
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF codec")
+    avif = encoded(page(8, 6), "AVIF")
+    assert avif[4:12] == b"ftypavif" and not looks_like_video(avif[:12])
+    assert looks_like_video(b"\x00\x00\x00\x18ftypisom") and looks_like_video(b"\x00\x00\x00\x18ftypmp42")
+    raw = write_parquet_column(tmp_path / "raw.parquet", ["a"], [avif], pa.binary())
+    struct = write_parquet_column(tmp_path / "struct.parquet", ["b"], [{"bytes": avif, "path": "x.avif"}], hf_image_type())
+    items = read_all([raw, struct])
+    assert [(item.id, item.error, item.image.size) for item in items] == [("a", None, (8, 6)), ("b", None, (8, 6))]

@@ -89,8 +89,16 @@ def is_video_file(path: Path) -> bool:
 
 
 def looks_like_video(data: bytes) -> bool:
-    """MP4/QuickTime (an ``ftyp`` box first) or WebM/Matroska (the EBML magic)."""
-    return data[4:8] == b"ftyp" or data[:4] == b"\x1a\x45\xdf\xa3"
+    """MP4/QuickTime (an ``ftyp`` box first, of a brand that is no HEIF image's: AVIF and HEIC files start with an
+    ``ftyp`` box too) or WebM/Matroska (the EBML magic)."""
+    if data[4:8] == b"ftyp":
+        return data[8:12] not in HEIF_IMAGE_BRANDS
+    return data[:4] == b"\x1a\x45\xdf\xa3"
+
+
+# ISO/IEC 23008-12 (HEIF) and the AVIF specification: the major brands of still images and image sequences
+HEIF_IMAGE_BRANDS = frozenset({b"mif1", b"msf1", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"avif",
+                               b"avis", b"avci", b"avcs", b"jpeg", b"vvic", b"vvis"})
 
 
 def probe_video(name: str, path: str | None = None, data: bytes | None = None, max_pixels: int | None = None) -> Video:
