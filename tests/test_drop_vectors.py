@@ -392,6 +392,25 @@ def test_an_empty_generation_remembers_the_structure_and_the_next_run_builds_it_
     assert all(("embeddings" in table.column_names) is not drop for table in shard_columns(folder))
 
 
+@pytest.mark.parametrize("rebuild", [["--full"], ["--max-length", 64]])
+def test_an_index_that_was_only_ever_empty_keeps_its_structure_settings_through_a_full_rebuild(tmp_path, cli, checkpoint,
+                                                                                              rebuild):
+    """The first night had no rows (so no plaid/ folder yet); the next night's run was a full rebuild (--full, or a
+    changed setting), which read the settings of no previous index: the index came back with vectors and no
+    structure, and its search_settings were lost for good."""
+    model = checkpoint("pylate_bert")
+    empty = write_parquet(tmp_path / "empty.parquet", [])
+    rows = write_parquet(tmp_path / "rows.parquet", corpus_rows(30))
+    folder = tmp_path / "index"
+    assert cli("encode", empty, "-o", folder, "--model", model, "--nbits", 2, "--drop-vectors", "-q").exit_code == 0
+    assert manifest(folder)["search_settings"] == {"nbits": 2, "drop_vectors": True}
+    result = cli("encode", rows, "-o", folder, "--model", model, "--shard-rows", 10, "-q", *rebuild)
+    assert result.exit_code == 0, result.output
+    got = manifest(folder)
+    assert got["search"]["nbits"] == 2 and got["search"].get("vectors") == "dropped" and "search_settings" not in got
+    assert not any("embeddings" in table.column_names for table in shard_columns(folder))
+
+
 def test_a_compressed_only_index_whose_codes_keep_lengths_is_version_3_and_mixed_code_files_are_refused(
         tmp_path, cli, checkpoint, monkeypatch):
     """A release reading versions 1 and 2 decoded every code to unit length: it must refuse a pooled compressed-only

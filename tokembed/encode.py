@@ -232,7 +232,8 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
         summary.deleted = len(replaced) - seen_previous if replaced is not None else 0
         summary.rows = sum(shard.rows for shard in writer.shards)
         summary.tokens = sum(shard.tokens for shard in writer.shards)
-        manifest = _with_search_structure(job, build_manifest(job, embedder, writer, summary), previous, writer, progress)
+        manifest = _with_search_structure(job, build_manifest(job, embedder, writer, summary), (previous, replaced), writer,
+                                          progress)
         fault_point("commit", 1)
         with commit_window():  # an interrupt from here on stops the run after its clean-up
             writer.commit(manifest)
@@ -267,11 +268,14 @@ def _open_writer(job: EncodeJob, embedder, previous):
     return open_writer(job.output, embedder.output_dim, embedder.settings.store_dtype, job.shard_rows, previous)
 
 
-def _with_search_structure(job: EncodeJob, manifest: dict, previous, writer, progress: Progress) -> dict:
+def _with_search_structure(job: EncodeJob, manifest: dict, indexes, writer, progress: Progress) -> dict:
     """Code the new shards for the index's search structure (``tokembed.search.plaid``), if it has one or
     ``--nbits`` asks for one: unchanged rows keep their codes, new rows are coded with the same centroids.
-    A compressed-only index (or ``--drop-vectors``) gets shards without vectors (``plaid.coded``)."""
-    remembered = previous is not None and SEARCH_SETTINGS in previous.index.manifest  # after an empty generation
+    A compressed-only index (or ``--drop-vectors``) gets shards without vectors (``plaid.coded``). ``indexes``:
+    (the index rows are carried from or None, the committed index this run replaces or None)."""
+    previous, replaced = indexes
+    # an empty generation keeps only the structure's settings: a full rebuild (a new model, --full) honours them too
+    remembered = replaced is not None and SEARCH_SETTINGS in replaced.index.manifest
     if job.nbits is None and not job.drop_vectors and not (job.output / "plaid").is_dir() and not remembered:
         return manifest
     from tokembed.search.plaid.coded import run_structure
