@@ -98,3 +98,59 @@ def test_a_folder_with_no_complete_generation_before_the_first_search_is_a_503_t
         assert found_new(answers(server))
     finally:
         server.stop()
+
+
+def flip_last_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_whole_but_damaged_new_generation_replaces_the_held_one_and_is_not_reopened_per_request(built, cli, colbert_ckpt,
+                                                                                                 monkeypatch):
+    """A committed generation whose code file was damaged after the commit is not a copy under way: it was answered
+    from the replaced generation (exact searches too, "new" missing), reopened and re-hashed at every request, and
+    the replaced files were never let go. Now exact searches answer from it, structure searches name the damage,
+    and it is opened (hashed) once."""
+    import tokembed.search.plaid.search as plaid_search
+
+    index, corpus = built
+    server = served(index)
+    try:
+        answers(server)
+        write_jsonl(corpus, corpus_rows(80) + [{"id": "new", "text": "zulu yankee xray whiskey"}])
+        assert cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--quiet").exit_code == 0
+        flip_last_byte(next((index / "plaid").glob("codes-*.safetensors")))
+        checks = []
+        real = plaid_search.verify_files
+        monkeypatch.setattr(plaid_search, "verify_files", lambda *a, **k: checks.append(1) or real(*a, **k))
+        for _ in range(4):
+            assert found_new(answers(server, exact=True))
+            refused = server.post("/search", {"query": NEW_QUERY})
+            assert refused.status_code == 500 and "sha256 does not match the manifest" in refused.text
+        assert len(checks) == 1
+        assert wait_until(lambda: not held_replaced_files(index))
+    finally:
+        server.stop()
+
+
+def test_a_copy_under_way_is_reported_once_for_its_manifest(built, other, caplog):
+    """Every request during the copy logged another line (its reason holds the shard's size so far)."""
+    import logging
+
+    index, _ = built
+    server = served(index)
+    caplog.set_level(logging.WARNING, logger="tokembed.serve")
+    try:
+        before = answers(server)
+        index.rename(index.with_name("index.old"))
+        (index / "data").mkdir(parents=True)
+        shutil.copy2(other / "manifest.json", index / "manifest.json")
+        shard = sorted((other / "data").iterdir())[0]
+        whole = shard.read_bytes()
+        for step in range(1, 6):  # cp -a writing the shard, a request at each step
+            (index / "data" / shard.name).write_bytes(whole[: len(whole) * step // 6])
+            assert answers(server) == before
+        assert len([record for record in caplog.records if record.name == "tokembed.serve"]) == 1
+    finally:
+        server.stop()

@@ -61,7 +61,7 @@ class ServedIndex:
         self.manifest = manifest  # the generation the query profile was built for
         self._lock = threading.Lock()
         self._generation: _Generation | None = None
-        self._warned: tuple | None = None  # (manifest key, reason) of the last "kept the held generation" warning
+        self._warned: tuple | None = None  # (manifest key,) of the last "kept the held generation" warning
         self._stop = threading.Event()
 
     def watch(self, interval: float | None = None) -> None:
@@ -124,10 +124,13 @@ class ServedIndex:
         return search_opened(generation.index, generation.structure, queries, top_k, exact, probe, candidates, device=device)
 
     def _current(self) -> _Generation:
-        """``opened``'s answer, under the lock. A generation that does not open whole replaces only one that did
-        not either: a copy under way (``cp -a``) writes its manifest before its shards and code files."""
+        """``opened``'s answer, under the lock. The generation held while its manifest is the folder's (a damaged
+        one too: it is not opened, and hashed, again per request); another is opened once all its files are there
+        at their sizes. Until then (a copy under way: ``cp -a`` writes the manifest before the shards and code
+        files) the held one answers. A generation that is whole but damaged (a checksum, an unreadable structure)
+        replaces it: exact searches answer from it, searches through its structure say what is damaged."""
         held, key = self._generation, self._manifest_key()
-        if held is not None and held.complete and held.key == key:
+        if held is not None and held.key == key:
             return held
         try:
             fresh = self._open(key)
@@ -140,9 +143,8 @@ class ServedIndex:
                                             "replaced or is not there: retry shortly") from exc
             self._warn_kept(key, exc)
             return held
-        if fresh.complete or held is None or not held.complete:
-            self._generation = fresh
-        return self._generation
+        self._generation = fresh
+        return fresh
 
     def _open(self, key: tuple | None) -> _Generation:
         from tokembed.index.reader import open_index
@@ -154,14 +156,15 @@ class ServedIndex:
         except IndexCorruptError as exc:  # a damaged structure, or the shards themselves: opening them alone tells
             index, structure = open_index(self.folder), None
             damaged = IndexCorruptError(str(exc), hint=exc.hint)  # no traceback: its frames would hold generations
-        _require_whole_shards(index)
+        _require_all_files(index)
         self._check_same_encoding(index.manifest)
         return _Generation(key, index, structure, damaged)
 
     def _warn_kept(self, key: tuple | None, exc: Exception) -> None:
+        """Once per manifest: a copy under way gives another reason (a shard's size) at every request."""
         reason = str(exc)  # not the exception: a log record keeping it would keep its frames' generations
-        if (key, reason) != self._warned:
-            self._warned = (key, reason)
+        if (key,) != self._warned:  # (None,): no manifest, which a first warning names too
+            self._warned = (key,)
             log.warning("%s; answering from the index generation opened before until a complete one is there", reason)
 
     def _manifest_key(self) -> tuple | None:
@@ -182,13 +185,20 @@ class ServedIndex:
                                      "server started, and its queries are encoded for the old ones: restart tokembed serve")
 
 
-def _require_whole_shards(index) -> None:
-    """A shard shorter than the manifest says is still being copied (``cp -a`` under way); its checksum is the
-    scan's to check."""
+def _require_all_files(index) -> None:
+    """A shard or structure file missing, or shorter than the manifest says, is still being copied (``cp -a`` under
+    way); checksums are the searches' to check."""
     for shard in index.shards:
         size = index.shard_file(shard)[0].size()
         if size != shard["bytes"]:
             raise IndexCorruptError(f"{index.shard_path(shard)}: {size} bytes on disk, manifest says {shard['bytes']}")
+    structure = index.manifest.get("search") or {}
+    for entry in ([structure["codec"]] if structure.get("codec") else []) + structure.get("shards", []):
+        path = index.folder / entry["file"]
+        size = path.stat().st_size if path.is_file() else None
+        if size != entry["bytes"]:
+            raise IndexCorruptError(f"{path}: {'not there' if size is None else f'{size} bytes on disk'}, manifest says "
+                                    f"{entry['bytes']}")
 
 
 def _watch(served: weakref.ref, stop: threading.Event, interval: float) -> None:
