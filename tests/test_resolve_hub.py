@@ -90,6 +90,66 @@ def test_a_network_that_never_answers_falls_back_to_the_cache_in_time(checkpoint
     assert took < 10  # 1 s, and huggingface_hub's own 3 s look-up of its agent registry
 
 
+def test_a_hub_that_stalls_after_its_first_answer_falls_back_to_the_cache_in_time(checkpoint, hub_cache, online,
+                                                                                 monkeypatch):
+    """A mirror that answers the question about the repo, then never the file listing: snapshot_download asked for
+    it with no timeout and encode hung forever. Uncached, the error names the wait that ran out."""
+    from tokembed.errors import ModelNotFoundError
+
+    snapshot = hub_cache("org/tiny", checkpoint("pylate_bert"), SHA_A)
+    server, release = _hub_answering_only_repo_info(SHA_B)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT", 1)
+    try:
+        result, started = [], time.monotonic()
+        worker = threading.Thread(target=lambda: result.append(resolve_model("org/tiny")), daemon=True)
+        worker.start()
+        worker.join(timeout=30)
+        assert result and result[0].path == snapshot, f"no answer after {time.monotonic() - started:.0f} s"
+        assert time.monotonic() - started < 10  # 1 s, and huggingface_hub's 1 s wait before its retry
+        shutil.rmtree(snapshot.parent.parent)
+        with pytest.raises(ModelNotFoundError, match=r"the hub could not be reached \(no answer to GET .*/tree/"
+                                                     r".* within 1 s \(HF_HUB_ETAG_TIMEOUT\)\)"):
+            resolve_model("org/tiny")
+    finally:
+        release.set()
+        server.shutdown()
+
+
+def _hub_answering_only_repo_info(sha: str):
+    """A hub in a thread that answers what the repo is (its commit ``sha``), 404 to huggingface_hub's look-up of
+    agent harnesses, and nothing else until ``release`` is set."""
+    import http.server
+    import json
+
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/api/models/org/tiny") and "/tree/" not in self.path:
+                self._answer(200, {"id": "org/tiny", "sha": sha, "siblings": [], "private": False})
+            elif self.path.startswith("/api/agent-harnesses"):
+                self._answer(404, {})
+            else:
+                release.wait(60)
+
+        def _answer(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, release
+
+
 def _accept_and_never_answer(server: socket.socket, accepted: list) -> None:
     while True:
         try:

@@ -170,11 +170,11 @@ def test_more_rows_than_token_ids_is_fine(cli, checkpoint, tmp_path):
 def test_a_prefix_holding_a_token_past_the_embeddings_is_refused_at_load(cli, checkpoint, tmp_path):
     """Every row starts with the document prefix: one holding such a token past its first word (the marker check
     reads the whole prefix and its first word) is refused at load, naming the prefix, not the first row read."""
-    model = checkpoint("pylate_bert")  # [Q] and [D] are ids 220 and 221, within the rows
-    _add_token(model, "zebracorn", 222)
-    settings = json.loads((model / "config_sentence_transformers.json").read_text())
-    settings["document_prefix"] = "[D] passage zebracorn: "
-    (model / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    model = checkpoint("stanford")  # 220 rows; a PyLate prefix must be one token (a longer one is refused earlier)
+    _add_token(model, "zebracorn", 220)
+    metadata = json.loads((model / "artifact.metadata").read_text())
+    metadata["doc_token_id"] = "[unused1] passage zebracorn:"
+    (model / "artifact.metadata").write_text(json.dumps(metadata))
     result = cli("encode", write_jsonl(tmp_path / "docs.jsonl", DOCS[:1]), "--model", model, "-o", tmp_path / "index")
-    _refused(result, "'zebracorn' is id 222, past the 222 rows", "the document prefix '[D] passage zebracorn: '")
+    _refused(result, "'zebracorn' is id 220, past the 220 rows", "the document prefix '[unused1] passage zebracorn:")
     assert "row 'ok'" not in result.stderr

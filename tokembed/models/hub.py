@@ -1,9 +1,11 @@
 """A hub id -> its snapshot folder in the Hugging Face cache (``huggingface_hub.snapshot_download``).
 
-Online, the hub is first asked about the repo with a bounded wait (``HF_HUB_ETAG_TIMEOUT``, 10 s by default):
-``snapshot_download``'s own first request waits forever on a network that accepts connections and never answers.
-Any failure of the network layer (refused, a proxy's refusal, no answer in time) falls back to the cache, as
-``HF_HUB_OFFLINE=1`` does.
+Online, every request to the hub waits at most ``HF_HUB_ETAG_TIMEOUT`` seconds (10 by default; a file's bytes
+``HF_HUB_DOWNLOAD_TIMEOUT``): huggingface_hub's client has no timeout of its own, so a network or mirror that
+accepts connections and stops answering (before the first question, or at the file listing after it) hung the run.
+A request that timed out is not asked again (``_BoundedClients``: huggingface_hub would retry it five times, with
+waits). Any failure of the network layer (refused, a proxy's refusal, no answer in time) falls back to the
+cache, as ``HF_HUB_OFFLINE=1`` does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 from tokembed.errors import ModelNotFoundError
+from tokembed.models.hub_cache import not_cached, partial_snapshot
 
 # Formats tokembed never reads: not downloaded for a hub id (saves GBs on multi-format repos), and not part of a
 # checkpoint's fingerprint (``resolve.checkpoint_files``), so a full `hf download` of the same commit changes nothing.
@@ -31,42 +34,47 @@ def never_read(relative: str) -> bool:
 
 
 def hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    """The cached snapshot folder of ``repo_id`` at ``revision`` (downloaded first when the hub answers)."""
+    """The cached snapshot folder of ``repo_id`` at ``revision`` (downloaded first when the hub answers). A snapshot
+    that huggingface_hub's file listing says is incomplete is used when only files tokembed does not read are
+    missing (a README after `hf download --include`), and refused naming the others."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    unreachable: list[str] = []
     try:
-        return Path(_snapshot(repo_id, revision, offline))
+        return Path(_snapshot(repo_id, revision, offline, unreachable))
     except LocalEntryNotFoundError as exc:
-        raise _not_cached(repo_id, revision, offline) from exc
+        if getattr(exc, "snapshot_path", None):  # huggingface_hub 2.x: IncompleteSnapshotError
+            return partial_snapshot(repo_id, Path(exc.snapshot_path))
+        raise not_cached(repo_id, revision, offline, unreachable[0] if unreachable else None) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelNotFoundError(f"--model {repo_id!r}: {exc}") from exc
 
 
-def _snapshot(repo_id: str, revision: str | None, offline: bool) -> str:
+def _snapshot(repo_id: str, revision: str | None, offline: bool, unreachable: list[str]) -> str:
     from huggingface_hub import snapshot_download
 
-    if not offline and _hub_answers(repo_id, revision):
+    if not offline:
+        bound_hub_requests()
         try:
+            _ask_hub(repo_id, revision)
             return snapshot_download(repo_id, revision=revision, ignore_patterns=IGNORED_ON_HUB)
-        except network_errors():
-            pass  # the network failed after the hub answered: the cache, as when it is down
+        except network_errors() as exc:
+            unreachable.append(why_unreachable(exc))  # down, or stalled before or after its first answer: the cache
     return snapshot_download(repo_id, revision=revision, local_files_only=True, ignore_patterns=IGNORED_ON_HUB)
 
 
-def _hub_answers(repo_id: str, revision: str | None) -> bool:
-    """Whether the hub answers a question about the repo within ``HF_HUB_ETAG_TIMEOUT`` seconds; an error status is
-    an answer (``snapshot_download`` reports it, or falls back to the cache, as it always did)."""
+def _ask_hub(repo_id: str, revision: str | None) -> None:
+    """Ask the hub about the repo with a bounded wait (huggingface_hub before 1.0 has no client to bound); raises
+    ``network_errors()`` when it does not answer. An error status is an answer: ``snapshot_download`` reports it,
+    or falls back to the cache, as it always did."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
         HfApi().repo_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
-    except network_errors():
-        return False
     except HfHubHTTPError:
-        pass  # an answer: snapshot_download reports it, or falls back to the cache, as it always did
-    return True
+        pass
 
 
 def network_errors() -> tuple[type[BaseException], ...]:
@@ -78,22 +86,65 @@ def network_errors() -> tuple[type[BaseException], ...]:
     return (OfflineModeIsEnabled, *[error for error in loaded if isinstance(error, type)])
 
 
-def _not_cached(repo_id: str, revision: str | None, offline: bool) -> ModelNotFoundError:
-    why = " (HF_HUB_OFFLINE is set)" if offline else ", and the hub could not be reached"
-    download = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
-    if revision and _cached_at_other_revisions(repo_id):
-        return ModelNotFoundError(
-            f"model {repo_id!r}: revision {revision!r} is not in the Hugging Face cache{why} "
-            "(other revisions of it are)",
-            hint=f"download it once with network access: {download}")
-    return ModelNotFoundError(
-        f"model {repo_id!r}: not a local folder, not in the Hugging Face cache{why}",
-        hint=f"download it once with network access ({download}), or pass a local folder with --model")
-
-
-def _cached_at_other_revisions(repo_id: str) -> bool:
+def bound_hub_requests() -> None:
+    """huggingface_hub's clients from now on wait at most ``HF_HUB_ETAG_TIMEOUT`` seconds for an answer (a request
+    that sets its own timeout, a file download's, keeps it), and do not ask again what timed out."""
     from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
 
-    snapshots = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
-    return snapshots.is_dir() and any(snapshots.iterdir())
+    try:
+        from huggingface_hub.utils import set_client_factory
+        from huggingface_hub.utils._http import default_client_factory
+    except ImportError:  # before 1.0 (requests): only _ask_hub's question is bounded
+        return
+    set_client_factory(_BoundedClients(default_client_factory, constants.HF_HUB_ETAG_TIMEOUT))
+
+
+class _BoundedClients:
+    """huggingface_hub's own client (event hooks, proxies from the environment) with a timeout. A request that
+    timed out (no answer at all: a body that stalls later is the downloader's to resume) is not sent again: its
+    retry fails at once with the client library's plain ``TransportError``, which huggingface_hub neither retries
+    (it retries a timeout five times, waiting up to 8 s between) nor reads as a network that is down, so
+    ``hub_snapshot`` falls back to the cache. Each ``hub_snapshot`` installs new ones."""
+
+    def __init__(self, default_factory, timeout: float) -> None:
+        self.default_factory, self.timeout = default_factory, timeout
+        self.timed_out: dict[tuple[str, str], str] = {}  # (method, url) -> why
+
+    def __call__(self):
+        client = self.default_factory()
+        send, library = client.send, sys.modules[type(client).__module__.split(".")[0]]
+        bounded = library.Timeout(self.timeout).as_dict()
+
+        def bounded_send(request, **kwargs):
+            waits = request.extensions.get("timeout") or {}
+            request.extensions["timeout"] = {key: bounded[key] if waits.get(key) is None else waits[key]
+                                             for key in bounded}  # huggingface_hub passes timeout=None
+            asked = (request.method, str(request.url))
+            if asked in self.timed_out:
+                raise library.TransportError(self.timed_out[asked], request=request)
+            try:
+                return send(request, **kwargs)
+            except library.TimeoutException as exc:
+                self.timed_out[asked] = why_unreachable(exc)
+                raise
+
+        client.send = bounded_send
+        return client
+
+
+def why_unreachable(exc: BaseException) -> str:
+    """What the hub did (or did not) answer, naming the setting that bounded the wait of a request that timed out."""
+    from huggingface_hub import constants
+
+    try:
+        request = exc.request  # an httpx error's (it raises RuntimeError when it has none)
+    except (AttributeError, RuntimeError):
+        request = None
+    if type(exc).__name__ == "TransportError":  # _BoundedClients' refusal to ask again: it says why
+        return str(exc)
+    seconds = None if request is None else (request.extensions.get("timeout") or {}).get("read")
+    if seconds is None or "Timeout" not in type(exc).__name__:
+        return f"{type(exc).__name__}: {exc}"
+    setting = {constants.HF_HUB_DOWNLOAD_TIMEOUT: "HF_HUB_DOWNLOAD_TIMEOUT",
+               constants.HF_HUB_ETAG_TIMEOUT: "HF_HUB_ETAG_TIMEOUT"}.get(seconds, "its own timeout")
+    return f"no answer to {request.method} {request.url} within {seconds:g} s ({setting})"

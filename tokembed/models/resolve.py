@@ -6,14 +6,16 @@ queries with the model the index was built with.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from tokembed.errors import ModelNotFoundError, UsageError
+from tokembed.errors import ModelError, ModelNotFoundError, UsageError
 from tokembed.models.hub import hub_snapshot, never_read
 
 DEMO_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -45,6 +47,12 @@ _EARLIER_RULES = ({"every_format": False, "slow_tokenizer": False}, {"every_form
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Weights a family reads beside the weight files (bge_m3.COLBERT_HEAD); other *.pt files (an optimizer's) are not read.
 HEAD_WEIGHT_FILES = ("colbert_linear.pt",)
+# The weight files a folder's loader reads, in its order of preference (transformers', sentence-transformers', peft's:
+# ``weights.weight_files``, ``adapters``): only the first kind a folder holds is read.
+_WEIGHT_PREFERENCE = (
+    ("model.safetensors", "adapter_model.safetensors"), ("model.safetensors.index.json", "model-*-of-*.safetensors"),
+    ("pytorch_model.bin", "adapter_model.bin"), ("pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"),
+)
 _EDGE_BYTES = 1 << 20
 
 
@@ -111,11 +119,45 @@ def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) 
     path = Path(name).expanduser()
     if path.is_dir():
         _refuse_folder_revision(f"{what} {name!r}", path, revision, revision_flag)
+        refuse_broken_links(path, hint="restore the files they link to, or copy the checkpoint again")
         return ResolvedModel(name=name, path=path.resolve(), revision=None)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFoundError(f"--model {name!r}: no such checkpoint folder")
     folder = hub_snapshot(name, revision)
+    refuse_broken_links(folder, hint=f"download it again with network access: hf download {name} "
+                                     f"--revision {folder.name}")
     return ResolvedModel(name=name, path=folder, revision=folder.name if len(folder.name) == 40 else revision)
+
+
+def refuse_broken_links(path: Path, hint: str) -> None:
+    """A file tokembed reads that is a link to nothing (a hub cache's blob deleted, or never downloaded) is a damaged
+    checkpoint: loading around it would read another file in its place (``vocab.txt`` for a ``tokenizer.json``,
+    without the markers only the latter holds) or report a missing file that is there."""
+    files = [file.relative_to(path).as_posix() for file in _walk(path)]
+    broken = [rel for rel in files if not (path / rel).exists() and read_by_tokembed(rel, files)]
+    if broken:
+        links = "is a broken link" if len(broken) == 1 else "are broken links"
+        target = os.readlink(path / broken[0])
+        raise ModelError(f"{path}: {', '.join(broken[:5])} {links} to a missing file ({target}): a blob deleted "
+                         "from the Hugging Face cache or a download that never finished; tokembed does not load a "
+                         "checkpoint around it", hint=hint)
+
+
+def read_by_tokembed(rel: str, listed: Collection[str]) -> bool:
+    """Whether tokembed reads the file ``rel`` (a path relative to the checkpoint folder, with ``/``) of a checkpoint
+    whose files are ``listed``: its config, tokenizer and code files (a slow tokenizer's only without a
+    ``tokenizer.json`` beside it), and the weights its folder's loader prefers (``_WEIGHT_PREFERENCE``)."""
+    name, folder = PurePosixPath(rel).name, PurePosixPath(rel).parent
+    beside = [PurePosixPath(other).name for other in listed if PurePosixPath(other).parent == folder]
+    if never_read(rel):
+        return False
+    if name in _SLOW_TOKENIZER_FILES:
+        return "tokenizer.json" not in beside
+    if name in HEAD_WEIGHT_FILES or _hashed_whole(Path(name), rel):
+        return True
+    kinds = [kind for kind, patterns in enumerate(_WEIGHT_PREFERENCE)
+             if any(fnmatch.fnmatch(other, pattern) for other in beside for pattern in patterns)]
+    return bool(kinds) and any(fnmatch.fnmatch(name, pattern) for pattern in _WEIGHT_PREFERENCE[kinds[0]])
 
 
 def _adapter_base(adapter: ResolvedModel, base_model: str | None, base_revision: str | None) -> ResolvedModel:
@@ -219,6 +261,13 @@ def checkpoint_files(path: Path, every_format: bool = False) -> list[Path]:
     """Every file of a checkpoint folder, in path order, through linked sub-folders (the loader reads through them:
     a linked ``1_Dense`` whose weights changed must change the fingerprint), except formats tokembed never reads
     (``hub.never_read``). A link back to a folder above is not followed (a cycle)."""
+    return [file for file in _walk(path)
+            if file.is_file() and (every_format or not never_read(file.relative_to(path).as_posix()))]
+
+
+def _walk(path: Path) -> list[Path]:
+    """Every file of a folder (broken links included), in path order, through linked sub-folders but not a link back
+    to a folder above (a cycle)."""
     files = []
     chains = {str(path): (os.path.realpath(path),)}  # each folder walked -> the real folders it is reached through
     for root, folders, names in os.walk(path, followlinks=True):
@@ -227,8 +276,7 @@ def checkpoint_files(path: Path, every_format: bool = False) -> list[Path]:
         for name in folders:
             chains[os.path.join(root, name)] = (*chain, os.path.realpath(os.path.join(root, name)))
         files += [Path(root, name) for name in names]
-    return [file for file in sorted(files)
-            if file.is_file() and (every_format or not never_read(file.relative_to(path).as_posix()))]
+    return sorted(files)
 
 
 def links_above(folder: str, chain: tuple[str, ...]) -> bool:

@@ -57,6 +57,8 @@ class TextEncoder(OutputShape):
         tokenizer = model.tokenizer
         if settings.mode == "colbert" and model.family in MARKER_FAMILIES:
             refuse_unknown_markers(model)
+        elif settings.mode == "colbert" and settings.register_prefix_tokens and model.colbert is not None:
+            refuse_unknown_prefixes(model)
         if settings.mode == "colbert" and settings.register_prefix_tokens and model.colbert is not None:
             register_prefix_tokens(tokenizer, (model.colbert.query_prefix, model.colbert.document_prefix))
         pad = _pad_token(tokenizer)
@@ -219,14 +221,35 @@ def register_prefix_tokens(tokenizer, prefixes: tuple[str, ...]) -> None:
         tokenizer.add_special_tokens({"additional_special_tokens": to_register})
 
 
+def _known_tokens(tokenizer) -> set[str]:
+    return set(tokenizer.get_vocab()) | set(getattr(tokenizer, "added_tokens_encoder", None) or {})
+
+
+def refuse_unknown_prefixes(model: TokenModel) -> None:
+    """A PyLate checkpoint's ``query_prefix`` / ``document_prefix`` must be a token of its tokenizer, whole (PyLate
+    saves the tokenizer with them added). For one that is not, PyLate's ``ColBERT.__init__`` adds it as one new token
+    (``add_tokens``) and resizes the embeddings: its vector comes from a row initialized at random, which no encoder
+    can reproduce."""
+    known, saved = _known_tokens(model.tokenizer), model.path / "config_sentence_transformers.json"
+    settings = read_json(saved) or {}
+    for setting in ("query_prefix", "document_prefix"):
+        value = settings.get(setting)  # as saved: a prompt beside it is text, not part of the token
+        if isinstance(value, str) and value and value not in known:  # PyLate looks the whole prefix up, as one token
+            raise ModelError(
+                f"{saved}: the PyLate {setting} {value!r} is not a token "
+                "of this tokenizer; PyLate would add it as a new token with an untrained, "
+                "randomly initialized embedding, so there is no vector to match",
+                hint="use the tokenizer the checkpoint was saved with (its tokenizer.json holds the prefix tokens), "
+                     "or encode with --mode raw")
+
+
 def refuse_unknown_markers(model: TokenModel) -> None:
     """A Stanford or jina checkpoint's markers must be tokens of its tokenizer (``[unused0]``/``[unused1]`` are BERT's,
     jina-colbert-v2 names its ``[QueryMarker]``/``[DocumentMarker]``). For one that is not (colbert-ai's default over
     an XLM-R tokenizer included), the references disagree: colbert-ai writes the id ``convert_tokens_to_ids`` gives
     (``<unk>``) at position 1, PyLate adds an untrained token, sentence-transformers splits the marker into text
     pieces."""
-    tokenizer = model.tokenizer
-    known = set(tokenizer.get_vocab()) | set(getattr(tokenizer, "added_tokens_encoder", None) or {})
+    known = _known_tokens(model.tokenizer)
     metadata = read_json(model.path / "artifact.metadata") or {}
     for setting, value in (("query_token_id", model.colbert.query_prefix), ("doc_token_id", model.colbert.document_prefix)):
         words = value.split()
