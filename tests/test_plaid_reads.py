@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from plaid_support import clustered_docs, queries_from
+from plaid_support import DIM, clustered_docs, queries_from
 from test_score import write_index
 from tokembed.search import search_vectors
 from tokembed.search.plaid import compress_index, open_searchable, plaid_search
@@ -137,3 +137,30 @@ def test_reranking_in_blocks_scores_as_in_one_block(compressed, monkeypatch, rer
         for w, g in zip(whole, got):
             assert [doc for doc, _ in g] == [doc for doc, _ in w]
             assert [score for _, score in g] == pytest.approx([score for _, score in w], abs=1e-6)
+
+
+def test_a_record_batch_of_0_token_rows_only_is_searched_not_called_corrupt(tmp_path):
+    """A batch without vectors (encode writes one per input: a scanned PDF of its own, all pages empty) has pyarrow's
+    shared empty buffer for them, anywhere in memory: below the shard's mapping, the search said "its vectors are not
+    stored uncompressed in the file" (exit 6) on a healthy index."""
+    rng = np.random.default_rng(0)
+    docs = [rng.standard_normal((n, DIM)).astype(np.float16) for n in (3, 2, 0, 0)]
+    folder = write_index(tmp_path / "index", docs, batch_rows=2)  # the second record batch: two 0-token rows
+    compress_index(folder, nbits=2, centroids=2)
+    queries = [rng.standard_normal((3, DIM)).astype(np.float32)]
+    exact = search_vectors(folder, queries, top_k=4, exact=True)
+    index, structure = open_searchable(folder)
+    got = plaid_search(index, structure, queries, 4, probe=2, candidates=4)
+    assert [hit[0] for hit in got[0]] == [hit.id for hit in exact[0]][:2]  # the 0-token rows are never returned
+
+
+def test_a_vector_longer_than_float16_holds_is_refused_where_the_structure_keeps_lengths():
+    """A --no-normalize vector longer than 65504: its length was kept as inf, and the compressed-only search scored
+    it inf or NaN (null in jsonl), exit 0."""
+    from tokembed.errors import UsageError
+    from tokembed.search.plaid.codes import vector_lengths
+
+    fits = np.full((2, 4), 30000.0, np.float32)  # length 60000
+    assert np.array_equal(vector_lengths(fits), np.full(2, 60000.0, np.float32).astype(np.float16))
+    with pytest.raises(UsageError, match=r"a vector of length 78000 is past float16's range \(65504\)"):
+        vector_lengths(np.array([[78000.0, 0, 0, 0], [1.0, 0, 0, 0]], np.float32))

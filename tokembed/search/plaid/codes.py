@@ -149,9 +149,21 @@ class PackedIds:
 
 
 def vector_lengths(vectors: np.ndarray) -> np.ndarray:
-    """[n, D] -> [n] float16 lengths, each row's sum on its own (the same bytes however rows are grouped)."""
+    """[n, D] -> [n] float16 lengths, each row's sum on its own (the same bytes however rows are grouped). A length
+    past float16's range (a ``--no-normalize`` vector longer than 65504) is refused: kept as inf, it decoded to inf
+    and NaN scores."""
     x = np.asarray(vectors, np.float32)
-    return np.sqrt(np.add.reduce(x * x, axis=1)).astype(np.float16)
+    lengths = np.sqrt(np.add.reduce(x * x, axis=1))
+    if len(lengths) and float(lengths.max()) > FLOAT16_MAX:
+        from tokembed.errors import UsageError
+
+        raise UsageError(f"a vector of length {float(lengths.max()):.6g} is past float16's range ({FLOAT16_MAX:g}), "
+                         "in which the search structure keeps each vector's length",
+                         hint="search this index with score --exact (no structure), or encode it normalized")
+    return lengths.astype(np.float16)
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:

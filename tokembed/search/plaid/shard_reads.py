@@ -76,6 +76,18 @@ def shard_batches(index, structure, number: int) -> ShardBatches:
     return structure._vectors[number]
 
 
+def _position_in_file(vectors: np.ndarray, base: int, size: int, path) -> int:
+    """Where a batch's vectors start in the shard file (zero-copy: their address less the file's). A batch of 0-token
+    rows only (a scanned PDF's pages, as an input of their own) has no vectors: pyarrow gives it a shared empty
+    buffer anywhere in memory, and nothing is ever read from it."""
+    if vectors.size == 0:
+        return 0
+    position = vectors.__array_interface__["data"][0] - base
+    if position < 0 or position + vectors.nbytes > size:  # not in the mapped file (a compressed IPC file is decoded)
+        raise IndexCorruptError(f"{path}: its vectors are not stored uncompressed in the file")
+    return position
+
+
 def _read_batches(index, number: int) -> ShardBatches:
     shard = index.shards[number]
     reader = index.open_shard(shard)
@@ -89,9 +101,7 @@ def _read_batches(index, number: int) -> ShardBatches:
         offsets, vectors = batch_vectors(batch, index.dim, str(index.shard_path(shard)))
         starts.append(offsets[:-1])
         ends.append(offsets[1:])
-        positions.append(vectors.__array_interface__["data"][0] - base)  # zero-copy: its address less the file's
-        if positions[-1] < 0:  # not in the mapped file (a compressed IPC file is decoded into memory)
-            raise IndexCorruptError(f"{index.shard_path(shard)}: its vectors are not stored uncompressed in the file")
+        positions.append(_position_in_file(vectors, base, file.size(), index.shard_path(shard)))
         itemsize = vectors.itemsize
     complete = bool(records) and len(starts) == len(records)
     row_starts, row_ends = (np.concatenate(starts), np.concatenate(ends)) if complete else (None, None)
