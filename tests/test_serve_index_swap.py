@@ -154,3 +154,20 @@ def test_a_copy_under_way_is_reported_once_for_its_manifest(built, other, caplog
         assert len([record for record in caplog.records if record.name == "tokembed.serve"]) == 1
     finally:
         server.stop()
+
+
+def test_a_server_started_while_the_structure_is_copied_uses_it_once_it_is_all_there(built):
+    """With no other generation held, one whose code files are still being copied answers exact searches from its
+    shards; its manifest does not change when the copy ends, so it must be opened again then."""
+    index, _ = built
+    codec = next((index / "plaid").glob("codec-*.safetensors"))
+    whole = codec.read_bytes()
+    codec.write_bytes(whole[: len(whole) // 2])
+    server = served(index)
+    try:
+        exact = answers(server, exact=True)
+        assert server.post("/search", {"query": NEW_QUERY}).status_code == 500
+        codec.write_bytes(whole)
+        assert answers(server) and answers(server, exact=True) == exact
+    finally:
+        server.stop()

@@ -42,6 +42,7 @@ class _Generation:
     index: object
     structure: object
     damaged: IndexCorruptError | None = None  # why its structure did not open: the exact scan still answers from it
+    copying: bool = False  # a structure file is missing or short: a copy under way, unless no other generation is held
 
     @property
     def complete(self) -> bool:
@@ -130,18 +131,21 @@ class ServedIndex:
         files) the held one answers. A generation that is whole but damaged (a checksum, an unreadable structure)
         replaces it: exact searches answer from it, searches through its structure say what is damaged."""
         held, key = self._generation, self._manifest_key()
-        if held is not None and held.key == key:
-            return held
+        if held is not None and held.key == key and not (held.copying and _structure_file_not_whole(held.index) is None):
+            return held  # (one held while its structure was being copied is opened again once it is all there)
         try:
             fresh = self._open(key)
         except ModelMismatchError:
             self._generation = None  # refused until a restart (its files let go meanwhile)
             raise
-        except (IndexNotFoundError, IndexCorruptError) as exc:  # no manifest, or files not (all) there yet
+        except (IndexNotFoundError, IndexCorruptError) as exc:  # no manifest, or shards not (all) there yet
             if held is None:
                 raise IndexUnavailableError(f"{self.folder}: no complete index to search yet ({exc}); it is being "
                                             "replaced or is not there: retry shortly") from exc
             self._warn_kept(key, exc)
+            return held
+        if fresh.copying and held is not None:  # with none held, its shards answer exact searches (as score --exact)
+            self._warn_kept(key, fresh.damaged)
             return held
         self._generation = fresh
         return fresh
@@ -156,8 +160,11 @@ class ServedIndex:
         except IndexCorruptError as exc:  # a damaged structure, or the shards themselves: opening them alone tells
             index, structure = open_index(self.folder), None
             damaged = IndexCorruptError(str(exc), hint=exc.hint)  # no traceback: its frames would hold generations
-        _require_all_files(index)
+        _require_whole_shards(index)
         self._check_same_encoding(index.manifest)
+        missing = _structure_file_not_whole(index)
+        if missing is not None:
+            return _Generation(key, index, None, missing, copying=True)
         return _Generation(key, index, structure, damaged)
 
     def _warn_kept(self, key: tuple | None, exc: Exception) -> None:
@@ -185,20 +192,25 @@ class ServedIndex:
                                      "server started, and its queries are encoded for the old ones: restart tokembed serve")
 
 
-def _require_all_files(index) -> None:
-    """A shard or structure file missing, or shorter than the manifest says, is still being copied (``cp -a`` under
-    way); checksums are the searches' to check."""
+def _require_whole_shards(index) -> None:
+    """A shard shorter than the manifest says is still being copied (``cp -a`` under way); checksums are the searches'
+    to check."""
     for shard in index.shards:
         size = index.shard_file(shard)[0].size()
         if size != shard["bytes"]:
             raise IndexCorruptError(f"{index.shard_path(shard)}: {size} bytes on disk, manifest says {shard['bytes']}")
+
+
+def _structure_file_not_whole(index) -> IndexCorruptError | None:
+    """Why the structure is not all there (a file missing or shorter than the manifest says), or None."""
     structure = index.manifest.get("search") or {}
     for entry in ([structure["codec"]] if structure.get("codec") else []) + structure.get("shards", []):
         path = index.folder / entry["file"]
         size = path.stat().st_size if path.is_file() else None
         if size != entry["bytes"]:
-            raise IndexCorruptError(f"{path}: {'not there' if size is None else f'{size} bytes on disk'}, manifest says "
-                                    f"{entry['bytes']}")
+            return IndexCorruptError(f"{path}: {'not there' if size is None else f'{size} bytes on disk'}, manifest "
+                                     f"says {entry['bytes']}")
+    return None
 
 
 def _watch(served: weakref.ref, stop: threading.Event, interval: float) -> None:
