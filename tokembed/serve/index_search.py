@@ -202,14 +202,16 @@ def _require_whole_shards(index) -> None:
 
 
 def _structure_file_not_whole(index) -> IndexCorruptError | None:
-    """Why the structure is not all there (a file missing or shorter than the manifest says), or None."""
-    structure = index.manifest.get("search") or {}
-    for entry in ([structure["codec"]] if structure.get("codec") else []) + structure.get("shards", []):
-        path = index.folder / entry["file"]
-        size = path.stat().st_size if path.is_file() else None
-        if size != entry["bytes"]:
-            return IndexCorruptError(f"{path}: {'not there' if size is None else f'{size} bytes on disk'}, manifest "
-                                     f"says {entry['bytes']}")
+    """Why the structure is not all there (a file missing or of another size than the manifest says), or None."""
+    from tokembed.search.plaid.files import verify_files
+
+    structure = index.manifest.get("search")
+    if not structure:
+        return None
+    try:
+        verify_files(index.folder, [structure["codec"], *structure["shards"]], checksum=False)
+    except IndexCorruptError as exc:  # a fresh one: the traceback's frames would hold the generation
+        return IndexCorruptError(str(exc), hint=exc.hint)
     return None
 
 
