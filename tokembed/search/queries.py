@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import id_problem, unicode_problem
+from tokembed.sources.base import id_field_problem, id_problem, unicode_problem
 
 QUERY_SUFFIXES = (".txt", ".tsv", ".jsonl", ".parquet")
 
@@ -176,11 +176,8 @@ def _read_jsonl(path: Path, id_column: str, text_column: str, id_required: bool)
         if id_required and id_column not in record:
             raise BadInputError(f"{path} line {number}: no id field {id_column!r} (fields: {', '.join(record)})")
         first_has_id = id_column in record if first_has_id is None else first_has_id
-        if first_has_id and id_column not in record:
-            raise BadInputError(f"{path} line {number}: no id field {id_column!r} (the file's first record has one)")
-        if not first_has_id and id_column in record:
-            raise BadInputError(f"{path} line {number}: an id field {id_column!r}, which the file's first record lacks "
-                                "(its queries are numbered by line: give every record an id, or none)")
+        if problem := id_field_problem(id_column in record, first_has_id, id_column, "queries are numbered by line"):
+            raise BadInputError(f"{path} line {number}: {problem}")
         text = record[text_column]
         if not isinstance(text, str):
             raise BadInputError(f"{path} line {number}: text is {type(text).__name__}, not a string")

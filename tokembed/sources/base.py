@@ -124,6 +124,18 @@ def unicode_problem(text: str, what: str = "text") -> str | None:
     return f"{what} is not valid Unicode (a lone surrogate, U+{ord(found.group()):04X}, at character {found.start()})"
 
 
+def id_field_problem(has: bool, first_has: bool, column: str, numbered: str) -> str | None:
+    """Why a JSONL record breaks its file's id rule, or None. The first record decides: the file carries ids (a record
+    without one would take its row number, which could be another record's id), or its ``numbered`` rows are (a
+    record's own id could be another row's number)."""
+    if first_has and not has:
+        return f"no id field {column!r} (the file's first record has one)"
+    if has and not first_has:
+        return (f"an id field {column!r}, which the file's first record lacks (its {numbered}: give every record an "
+                "id, or none)")
+    return None
+
+
 def id_problem(raw_id) -> str | None:
     """Why a Parquet/JSONL id value cannot be a row's id, or None: a null, an object, a list, a boolean or bytes
     (each would be stored as its Python text: "None", "{'a': 1}", "True", "b'doc1'"; a null's would collide

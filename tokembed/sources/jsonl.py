@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError
-from tokembed.sources.base import (Item, SourceOptions, chunk_size, chunked, columns_read, id_problem, missing_columns,
-                                   unicode_checked)
+from tokembed.sources.base import (Item, SourceOptions, chunk_size, chunked, columns_read, id_field_problem, id_problem,
+                                   missing_columns, unicode_checked)
 from tokembed.sources.files import refuse_special_file
 
 
@@ -168,11 +168,8 @@ def _record_id(record: dict, global_row: int, options: SourceOptions, state: _Fi
         raise BadInputError(f"{where}: no id field {options.id_column!r}")
     if state.first_has_id is None:
         state.first_has_id = has
-    if not has and state.first_has_id:
-        return global_row, f"no id field {options.id_column!r} (the file's first record has one)"
-    if has and not state.first_has_id:
-        return global_row, (f"an id field {options.id_column!r}, which the file's first record lacks (its records are "
-                            "numbered by row: give every record an id, or none)")
+    if problem := id_field_problem(has, state.first_has_id, options.id_column, "records are numbered by row"):
+        return global_row, problem
     raw_id = record.get(options.id_column, global_row)
     return raw_id, id_problem(raw_id)
 
