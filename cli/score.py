@@ -185,21 +185,21 @@ def _refuse_output_that_cannot_be_written(output: Path | None) -> None:
     waits for its reader), as is what only writing finds (a full disk)."""
     from tokembed.index.atomic import temp_beside
 
-    if output is None:
-        return
-    if output.is_dir():
-        raise _a_folder_not_a_file(output)
-    if output.exists() and not output.is_file():
+    if output is None or _written_in_place(output):
         return
     probe = temp_beside(output.resolve())  # through a symlink, as the write: beside the file it names
     _open_for_writing(probe, output).close()
     probe.unlink(missing_ok=True)
 
 
-def _a_folder_not_a_file(output: Path):
+def _written_in_place(output: Path) -> bool:
+    """Whether ``--output`` is written as it is (a FIFO, a character device such as /dev/null: nothing can be renamed
+    over it) rather than through a temp file beside it; a folder is refused (exit 2)."""
     from tokembed.errors import UsageError
 
-    return UsageError(f"--output {output}: is a folder; name a file")
+    if output.is_dir():
+        raise UsageError(f"--output {output}: is a folder; name a file")
+    return output.exists() and not output.is_file()
 
 
 def _pick_format(fmt: Format | None, output: Path | None) -> Format:
@@ -336,9 +336,7 @@ def _open_output(output: Path):
     written directly."""
     from tokembed.index.atomic import remove_left_by_dead_processes, replacing
 
-    if output.is_dir():
-        raise _a_folder_not_a_file(output)
-    if output.exists() and not output.is_file():
+    if _written_in_place(output):
         with _open_for_writing(output) as handle:
             yield handle
         return
