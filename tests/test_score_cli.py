@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from helpers import write_jsonl
 from tokembed.errors import BadInputError, UsageError
 from tokembed.index import open_index
 from tokembed.search import encode_queries, search, search_vectors
@@ -237,12 +239,16 @@ def test_a_named_id_column_a_query_file_lacks_exits_3(cli, demo_index, tmp_path)
         assert json.loads(cli("score", path, index, "-f", "jsonl", "-k", 1).stdout)["query_id"] == "1"
 
 
+def cats_and_dogs(cli, tmp_path, cats: str, dogs: str) -> Path:
+    """An index of two documents, "cats" and "dogs", under the ids given."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": cats, "text": "cats"}, {"id": dogs, "text": "dogs"}])
+    assert cli("encode", corpus, "-o", tmp_path / "index", "--quiet").exit_code == 0
+    return tmp_path / "index"
+
+
 def test_ids_a_trec_or_tsv_line_cannot_hold_exit_2_before_writing(cli, tmp_path):
     """trec_eval splits on whitespace and tsv on tabs: "my doc.txt" made 7 fields of a 6-field trec line."""
-    corpus = tmp_path / "c.jsonl"
-    corpus.write_text(json.dumps({"id": "my doc.txt", "text": "cats"}) + "\n" + json.dumps({"id": "tab\tdoc", "text": "dogs"}) + "\n")
-    index = tmp_path / "index"
-    assert cli("encode", corpus, "-o", index, "--quiet").exit_code == 0
+    index = cats_and_dogs(cli, tmp_path, "my doc.txt", "tab\tdoc")
     out = tmp_path / "run.trec"
     result = cli("score", index, "--query", "cats", "-f", "trec", "-o", out)
     assert result.exit_code == 2 and "document id 'my doc.txt' contains whitespace" in result.stderr
@@ -257,10 +263,7 @@ def test_ids_a_trec_or_tsv_line_cannot_hold_exit_2_before_writing(cli, tmp_path)
 def test_an_empty_id_in_a_trec_line_exits_2_before_writing(cli, demo_index, tmp_path):
     """An empty document id (encode takes {"id": ""}) or query id (.tsv) left its trec line 4 or 5 fields of 6,
     exit 0; in a tsv line it is an empty field, which keeps its place."""
-    corpus = tmp_path / "c.jsonl"
-    corpus.write_text(json.dumps({"id": "", "text": "cats"}) + "\n" + json.dumps({"id": "a", "text": "dogs"}) + "\n")
-    index = tmp_path / "index"
-    assert cli("encode", corpus, "-o", index, "--quiet").exit_code == 0
+    index = cats_and_dogs(cli, tmp_path, "", "a")
     out = tmp_path / "run.trec"
     result = cli("score", index, "--query", "cats", "-f", "trec", "-o", out)
     assert result.exit_code == 2 and "document id '' is empty" in result.stderr, result.output
