@@ -58,9 +58,11 @@ class VerifiedFiles:
         self.entries = {entry: value for entry, value in latest.items() if (self.folder / entry).exists()}
         if self.path is None:
             return
+        from tokembed.index.atomic import temp_beside
+
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            tmp = temp_beside(self.path)
             tmp.write_text(json.dumps(self.entries))
             os.replace(tmp, self.path)  # a torn or lost record only means hashing again: no fsync
         except OSError as error:

@@ -8,7 +8,6 @@ the new manifest no longer lists. ``abort()`` removes this run's shards and leav
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from tokembed._testhooks import fault_point
 from tokembed.errors import IndexWriteError
-from tokembed.index.atomic import atomic_write_bytes, publish, remove_unused, sha256_file
+from tokembed.index.atomic import atomic_write_bytes, publish, remove_unused, sha256_file, temp_beside
 from tokembed.index.verified import VerifiedFiles, stat_key
 from tokembed.index.format import DATA_DIR, EMBEDDINGS, MANIFEST, SHARD_PATTERN, manifest_bytes, shard_name, shard_schema
 
@@ -137,7 +136,7 @@ class IndexWriter:
     def _open(self) -> None:
         import pyarrow as pa
 
-        self._tmp = self.data / f".{shard_name(self._next_number)}.tmp-{os.getpid()}"
+        self._tmp = temp_beside(self.data / shard_name(self._next_number))
         self._written.append(self._tmp)
         self._writer = pa.ipc.new_file(str(self._tmp), self.schema)
 
