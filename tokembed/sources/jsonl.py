@@ -70,7 +70,8 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
     if row >= 0 and not state.records:  # a JSON array, a compressed file under a .jsonl name: nothing to index
         raise BadInputError(f"{path}: no line is a JSON object (JSON Lines: one object per line, uncompressed)")
     if state.records and state.lacking == state.records:
-        flags = "--pdf-column" if options.pdf_column_given else "--text-column / --image-column"
+        flags = ("--pdf-column" if options.pdf_column_given else "--video-column" if options.video_column_given
+                 else "--text-column / --image-column")
         raise BadInputError(f"{path}: no record has what this run reads: {state.first_lack} (a renamed field? "
                             f"name it with {flags})")
 
@@ -90,7 +91,7 @@ def first_record_fields(path: Path) -> list[str] | None:
 @dataclass
 class _FileState:
     """What the records read so far say about the file: whether its first record had the id field, and how many
-    records (parsed JSON objects) lack the text / image field this run reads."""
+    records (parsed JSON objects) lack the text / image / PDF / video field this run reads."""
 
     first_has_id: bool | None = None
     records: int = 0
@@ -222,10 +223,13 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
     raw_id, problem = _record_id(record, global_row, options, state, where)
     if problem:
         return Item(str(global_row), None, source, row, error=problem), None
-    if _video_field(record, options, where):
+    if _video_field(record, options):
         from tokembed.sources.video import video_item
 
-        return video_item(Item(str(raw_id), None, source, row), _json_bytes(record.get(options.video_column)), path.parent,
+        if options.video_column not in record:  # a bad row, as a record without the image field; none with it: exit 3
+            problem = state.lacks(f"no video field {options.video_column!r} (fields: {', '.join(record)})")
+            return Item(str(raw_id), None, source, row, error=problem), None
+        return video_item(Item(str(raw_id), None, source, row), _json_bytes(record[options.video_column]), path.parent,
                           options), None
     if problem := missing_columns(list(record), options, what="field"):  # this record's: a bad row, as a null text is
         return Item(str(raw_id), None, source, row, error=state.lacks(problem)), None
@@ -244,12 +248,10 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
     return item, _Image(value, either=use_text)
 
 
-def _video_field(record: dict, options: SourceOptions, where: str) -> bool:
+def _video_field(record: dict, options: SourceOptions) -> bool:
     """Read the video field: when ``--video-column`` is given, or for image models when the record has a video
     field and no image field (as for Parquet columns)."""
     if options.video_column_given:
-        if options.video_column not in record:
-            raise BadInputError(f"{where}: no video field {options.video_column!r} (fields: {', '.join(record)})")
         return True
     has_video = options.video_column in record and options.image_column not in record and not options.image_column_given
     return options.modality == "image" and has_video
