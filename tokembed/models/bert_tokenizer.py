@@ -47,6 +47,20 @@ def _token_text(value: Any) -> str | None:
     return value
 
 
+def truncated_encoding(backend: Any, encoding: Any, max_length: int | None, side: str, add_special_tokens: bool) -> Any:
+    """What ``backend`` with ``enable_truncation(max_length, direction=side)`` gives for a text that ``encoding``
+    holds without special tokens: its content cut to leave room for them, which ``post_process`` then adds.
+
+    Truncating here rather than through the backend's setting keeps the backend as it was built: one loaded
+    model tokenizes from several threads, and a setting changed for one call reaches another thread's encode in
+    flight (encode_batch lets go of the GIL)."""
+    if max_length is not None:
+        room = max_length - backend.num_special_tokens_to_add(False) if add_special_tokens else max_length
+        if room >= 0:  # a limit below the special tokens truncates nothing in tokenizers either
+            encoding.truncate(room, direction=side)
+    return backend.post_process(encoding, add_special_tokens=add_special_tokens)
+
+
 class _Encoding(dict):
     """What ``tokenizer(text, return_offsets_mapping=True)`` returns for one text: a dict plus ``word_ids()``."""
 
@@ -107,18 +121,16 @@ class BertTokenizer:
         return_offsets_mapping: bool = False,
         **_: Any,
     ) -> dict:
-        backend = self.backend_tokenizer
-        if truncation and max_length is not None:
-            backend.enable_truncation(max_length, direction=self.truncation_side)
-        else:
-            backend.no_truncation()
-        try:
-            if isinstance(text, str):  # encode_batch lets go of the GIL (encode holds it: a 15 MB text stalls every thread)
-                return _Encoding(backend.encode_batch([text], add_special_tokens=add_special_tokens)[0], return_offsets_mapping)
-            encodings = backend.encode_batch(list(text), add_special_tokens=add_special_tokens)
-            return {"input_ids": [encoding.ids for encoding in encodings]}
-        finally:
-            backend.no_truncation()
+        backend, limit = self.backend_tokenizer, max_length if truncation else None
+        texts = [text] if isinstance(text, str) else list(text)
+        # encode_batch lets go of the GIL (encode holds it: a 15 MB text stalls every thread)
+        encodings = [
+            truncated_encoding(backend, encoding, limit, self.truncation_side, add_special_tokens)
+            for encoding in backend.encode_batch(texts, add_special_tokens=False)
+        ]
+        if isinstance(text, str):
+            return _Encoding(encodings[0], return_offsets_mapping)
+        return {"input_ids": [encoding.ids for encoding in encodings]}
 
     def tokenize(self, text: str) -> list[str]:
         return self.backend_tokenizer.encode_batch([text], add_special_tokens=False)[0].tokens

@@ -19,6 +19,8 @@ truncation and one-word texts (no pre-tokenizer split) fall back to tokenizing t
 
 from __future__ import annotations
 
+from tokembed.models.bert_tokenizer import truncated_encoding
+
 _MARGIN_CHARS = 16  # normalizers (NFC/NFKC, SentencePiece's charsmap) change at most a few characters together
 _GROWTH = 4
 
@@ -128,7 +130,27 @@ def read_otherwise_before_added_token_fix(tokenizer, text: str, max_length: int)
 
 
 def _truncated_ids(tokenizer, text: str, max_length: int) -> list[int]:
-    return tokenizer(
-        text, add_special_tokens=True, truncation=True, max_length=max_length,
-        return_attention_mask=False, return_token_type_ids=False,
-    )["input_ids"]
+    return truncated_ids(tokenizer, [text], max_length)[0]
+
+
+def truncated_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """``tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]``.
+
+    A transformers fast tokenizer truncates by reconfiguring its backend for the call (and back for the next
+    call that does not truncate: ``_prefix_decides``), which another thread's encode in flight then reads (one
+    loaded model tokenizes from several threads): so it tokenizes whole here and the same cut is made per text.
+    The native BERT tokenizer cuts that way itself; a slow tokenizer truncates in Python, sharing nothing."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    whole = None
+    if backend is not None and hasattr(tokenizer, "set_truncation_and_padding"):
+        whole = tokenizer(
+            texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False,
+            verbose=False,  # no "longer than max" warning: the cut comes next
+        ).encodings
+    if whole is None:  # these, or a remote-code tokenizer that returns no backend encodings
+        return tokenizer(
+            texts, add_special_tokens=True, truncation=True, max_length=max_length,
+            return_attention_mask=False, return_token_type_ids=False,
+        )["input_ids"]
+    side = tokenizer.truncation_side
+    return [truncated_encoding(backend, encoding, max_length, side, True).ids for encoding in whole]

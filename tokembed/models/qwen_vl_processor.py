@@ -266,9 +266,8 @@ class QwenVLProcessor:
 
     # -- shared -------------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str]):
-        tokenizer = self.tokenizer
-        tokenizer.padding_side = "left"
-        batch = tokenizer(texts, padding="longest", return_tensors="pt", return_token_type_ids=False)
+        # padding_side per call, not set on the tokenizer: that is shared with other threads (and with the caller)
+        batch = self.tokenizer(texts, padding="longest", padding_side="left", return_tensors="pt", return_token_type_ids=False)
         ids = batch["input_ids"]
         types = torch.zeros_like(ids)
         types[ids == self.image_token_id] = 1

@@ -16,7 +16,8 @@ import torch
 from tokembed.errors import ModelError
 from tokembed.models.base import TokenModel, read_json
 from tokembed.models.long_text import (
-    lstrip_tokens, read_otherwise_before_added_token_fix, read_otherwise_before_lstrip_fix, tokenize_long, window_chars,
+    lstrip_tokens, read_otherwise_before_added_token_fix, read_otherwise_before_lstrip_fix, tokenize_long,
+    truncated_ids, window_chars,
 )
 from tokembed.models.token_ids import TokenIdGuard, TokenPastEmbeddingsError, embedding_rows
 from tokembed.settings import EncodeSettings
@@ -117,12 +118,7 @@ class TextEncoder(OutputShape):
         window = window_chars(max_length)
         long = {i for i, text in enumerate(texts) if len(text) > window}
         short = [prefix + text for i, text in enumerate(texts) if i not in long]
-        encoded = iter(
-            tokenizer(
-                short, add_special_tokens=True, truncation=True, max_length=max_length,
-                return_attention_mask=False, return_token_type_ids=False,
-            )["input_ids"] if short else []
-        )
+        encoded = iter(truncated_ids(tokenizer, short, max_length) if short else [])
         return [
             tokenize_long(tokenizer, text, max_length, prefix=prefix) if i in long else next(encoded)
             for i, text in enumerate(texts)
