@@ -16,9 +16,9 @@ import pyarrow as pa
 import pytest
 
 from helpers import write_jsonl
-from tokembed.errors import BadInputError, UsageError
+from tokembed.errors import BadInputError, DeviceError, UsageError
 from tokembed.index import open_index
-from tokembed.search import encode_queries, search, search_vectors
+from tokembed.search import encode_queries, load_document, search, search_vectors
 
 DOCS = [
     "The cat sat on the warm mat by the door.",
@@ -143,11 +143,40 @@ def test_library_encode_queries_takes_a_folder_and_refuses_one_string(demo_index
         search_vectors(index, by_path)  # one matrix, not wrapped in a list
 
 
+def test_library_search_takes_a_path_model_and_encode_queries_takes_searchs_devices(demo_index):
+    index, _ = demo_index
+    folder = Path(json.loads((index / "manifest.json").read_text())["model"]["path"])
+    by_path = search(index, ["capital city of France"], top_k=3, model=folder, device="cpu")  # was: AttributeError
+    assert by_path == search(index, ["capital city of France"], top_k=3, device="cpu")
+    [on_cpu] = encode_queries(index, ["bread"])
+    for device in ("auto", None):  # were: a RuntimeError from torch, an AttributeError
+        assert encode_queries(index, ["bread"], device=device)[0].shape == on_cpu.shape
+    with pytest.raises(DeviceError, match="--device 'gpu': expected auto, cpu, cuda or cuda:N"):
+        encode_queries(index, ["bread"], device="gpu")
+    with pytest.raises(UsageError, match="--device cpu:2: asks for worker processes"):  # was: encoded on cpu
+        encode_queries(index, ["bread"], device="cpu:2")
+
+
+def test_library_load_document_takes_an_index_and_search_vectors_a_tensor_with_grad(demo_index):
+    import torch
+
+    index, _ = demo_index
+    vectors, token_ids = load_document(index, "doc3")
+    opened_vectors, opened_ids = load_document(open_index(index), "doc3")  # was: "expected an index folder path"
+    assert np.array_equal(vectors, opened_vectors) and np.array_equal(token_ids, opened_ids)
+    with pytest.raises(BadInputError, match=r"document id 'doc\\ud800' is not valid Unicode \(a lone surrogate"):
+        load_document(index, "doc\ud800")  # was: UnicodeEncodeError
+    [query] = encode_queries(index, ["capital city of France"])
+    tensor = torch.from_numpy(query).requires_grad_()  # was: RuntimeError, can't call numpy() on it
+    assert search_vectors(index, [tensor], top_k=2) == search_vectors(index, [query], top_k=2)
+
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda index: search(index, None), BadInputError, "queries: .* got NoneType"),
     (lambda index: search(None, ["x"]), UsageError, "index_path: .* got NoneType"),
     (lambda index: encode_queries(3, ["x"]), UsageError, "index: .* got int"),
     (lambda index: open_index(None), UsageError, "open_index: .* got NoneType"),
+    (lambda index: load_document(3, "doc0"), UsageError, "index_path: .* got int"),
 ])
 def test_library_arguments_of_the_wrong_type_are_tokembed_errors(demo_index, call, error, message):
     with pytest.raises(error, match=message):  # each was a bare TypeError

@@ -12,6 +12,7 @@ leaves a journal of its finished shards, and the next run with the same inputs r
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections import deque
@@ -24,16 +25,16 @@ from typing import Protocol
 import numpy as np
 
 from tokembed._testhooks import fault_point
+from tokembed.encode_checks import check_inputs, checked_job
 from tokembed.errors import DeviceError, UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
 from tokembed.index.format import SEARCH_SETTINGS
 from tokembed.index.manifest_build import build_manifest
 from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks
 from tokembed.sources import SourceOptions
-from tokembed.sources.base import check_input, estimate_rows, ignored_files, printable_id
-from tokembed.sources.files import files_linked_twice, refuse_inputs_given_twice
+from tokembed.sources.base import estimate_rows, ignored_files, printable_id
+from tokembed.sources.files import files_linked_twice
 from tokembed.sources.id_source import id_column_read
-from tokembed.sources.pdf import check_pdf_password
 
 class Progress(Protocol):
     def start(self, total_rows: int | None) -> None: ...
@@ -54,9 +55,9 @@ class NullProgress:
 
 @dataclass
 class EncodeJob:
-    inputs: list[Path]
-    output: Path
-    model: str | None = None
+    inputs: list[Path]  # or str paths, one path alone, any iterable of them (encode_checks.checked_job)
+    output: Path  # or a str
+    model: str | os.PathLike | None = None  # a checkpoint folder or a hub id; None: the demo model
     flags: EncodeFlags = field(default_factory=EncodeFlags)
     sources: SourceOptions = field(default_factory=SourceOptions)
     batch_tokens: int = DEFAULT_BATCH_TOKENS
@@ -139,8 +140,8 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     from tokembed.models.resolve import DEMO_NOTICE
 
     progress = progress or NullProgress()
-    job = _with_own_walks(job)
-    _check_job(job)
+    job = _with_own_walks(checked_job(job))  # paths as Path first: the walks leave job.output out
+    check_inputs(job)
     if job.wait_seconds == 0:
         refuse_if_locked(job.output)
     if job.engine == "ray":
@@ -377,48 +378,3 @@ def _encode_stream(
         progress.advance(chunk.source_rows, result.real_tokens)
         del chunk, result, vectors, token_ids  # one chunk alive at a time (see _encode_stream)
     return state["seen_previous"]
-
-
-def _refuse_retrain_without_structure(job: EncodeJob) -> None:
-    """``--retrain`` where no run builds a search structure was silently ignored: exit 2, as other flags that
-    cannot apply are."""
-    from tokembed.errors import IndexCorruptError
-    from tokembed.index.format import SEARCH, SEARCH_SETTINGS
-    from tokembed.index.reader import read_manifest
-
-    if not job.retrain or job.nbits is not None or job.drop_vectors or (job.output / "plaid").is_dir():
-        return
-    try:
-        committed = read_manifest(job.output)
-    except (IndexCorruptError, OSError):  # the run itself says what is wrong with it
-        return
-    if not committed or not (committed.get(SEARCH) or committed.get(SEARCH_SETTINGS)):
-        raise UsageError(f"--retrain: {job.output} has no search structure to train centroids for",
-                         hint="add --nbits 1|2|4 to build one in this run, or leave --retrain out")
-
-
-def _check_job(job: EncodeJob) -> None:
-    from tokembed.index.lock import check_wait
-
-    if job.on_error not in ("fail", "skip"):
-        raise UsageError(f"--on-error must be fail or skip; got {job.on_error!r}")
-    if job.engine not in ("local", "ray"):
-        raise UsageError(f"--engine must be local or ray; got {job.engine!r}")
-    if job.ray_address is not None and job.engine != "ray":
-        raise UsageError(f"--ray-address {job.ray_address}: only --engine ray connects to a cluster (--engine is {job.engine})",
-                         hint="add --engine ray, or leave --ray-address out")
-    if job.batch_tokens < 1:
-        raise UsageError(f"--batch-tokens must be positive; got {job.batch_tokens}")
-    if job.shard_rows < 1:
-        raise UsageError(f"--shard-rows must be positive; got {job.shard_rows}")
-    check_pdf_password(job.sources.pdf_password)
-    check_wait(job.wait_seconds)
-    if job.nbits is not None:
-        from tokembed.search.plaid.codec import check_nbits
-
-        check_nbits(job.nbits)
-    _refuse_retrain_without_structure(job)
-    for path in job.inputs:  # before the model loads: a mistyped path is said in a moment, not after seconds
-        check_input(path)
-    refuse_inputs_given_twice(job.inputs, job.sources.walks)
-

@@ -46,11 +46,12 @@ def _locked(folder: Path, holder, waited: float = 0.0) -> IndexLockedError:
 def check_wait(seconds: float) -> None:
     """``--wait``: seconds, finite and not negative (``nan`` waited forever, a negative value gave up at once)."""
     import math
+    import numbers
 
-    if not (math.isfinite(seconds) and seconds >= 0):
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not (math.isfinite(seconds) and seconds >= 0):
         from tokembed.errors import UsageError
 
-        raise UsageError(f"--wait must be a number of seconds, 0 or more; got {seconds}")
+        raise UsageError(f"--wait must be a number of seconds, 0 or more; got {seconds!r}")
 
 
 class IndexLock:

@@ -114,6 +114,7 @@ def _refuse_folder_revision(what: str, path: Path, revision: str | None, revisio
 
 def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) -> ResolvedModel:
     """A local folder (a name that is one wins over a hub id), else a hub id through the Hugging Face cache."""
+    name = _checkpoint_name(name, what)
     if not name.strip():
         raise UsageError("--model is empty: give a checkpoint folder or a hub id", hint="an unset shell variable?")
     path = Path(name).expanduser()
@@ -127,6 +128,15 @@ def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) 
     refuse_broken_links(folder, hint=f"download it again with network access: hf download {name} "
                                      f"--revision {folder.name}")
     return ResolvedModel(name=name, path=folder, revision=folder.name if len(folder.name) == 40 else revision)
+
+
+def _checkpoint_name(name, what: str) -> str:
+    """A library caller's ``Path`` as the folder it names; another type (a number, bytes) is a ``UsageError``
+    naming ``what``, not an AttributeError from deep inside."""
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if not isinstance(name, str):
+        raise UsageError(f"{what}: expected a checkpoint folder (str or Path) or a hub id, got {type(name).__name__}")
+    return name
 
 
 def refuse_broken_links(path: Path, hint: str) -> None:

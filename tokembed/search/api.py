@@ -10,6 +10,7 @@ the stored vectors (``exact``, ``load_document``) raises ``VectorsDroppedError``
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from tokembed.index.format import require_vectors, vectors_dropped
 from tokembed.index.reader import Index, require_index_path
 from tokembed.search.maxsim import DEFAULT_BLOCK_TOKENS, NumpyScorer, TorchScorer, batch_arrays, scan, shard_batches
 from tokembed.search.queries import as_queries
+from tokembed.sources.base import unicode_problem
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ def search(
     index_path,
     queries: list[str] | dict,
     top_k: int = 10,
-    model: str | None = None,
+    model: str | os.PathLike | None = None,
     device: str = "auto",
     block_tokens: int = DEFAULT_BLOCK_TOKENS,
     allow_model_mismatch: bool = False,
@@ -102,7 +104,7 @@ def _uses_structure(structure, exact: bool) -> bool:
 def encode_queries(
     index,
     texts: list[str],
-    model: str | None = None,
+    model: str | os.PathLike | None = None,
     device: str = "cpu",
     allow_model_mismatch: bool = False,
     trust_remote_code: bool = False,
@@ -113,7 +115,7 @@ def encode_queries(
     not rounded to its store dtype).
 
     ``index`` is an ``Index`` (``open_index``) or its folder; ``texts`` are checked as ``search``'s queries are
-    (a list, not one string; every query a string). ``timings``, if given, receives ``load_seconds`` (model load)
+    (a list, not one string; every query a string); ``device`` is ``search``'s. ``timings``, if given, receives ``load_seconds`` (model load)
     and ``query_seconds`` (encoding). A query the model's processor refuses (``input_problem``) is a
     ``BadInputError`` naming its id (``ids``; else q1, q2, ...).
     """
@@ -124,6 +126,7 @@ def encode_queries(
     index = _checked_index(index)
     asked = as_queries(texts, ids)
     texts, ids = asked.texts, asked.ids
+    device = _resolve_device(device)  # as search() resolves it: "auto", "cuda" with none visible, "cpu:2" said
     index = index if isinstance(index, Index) else open_index(index)
     started = time.perf_counter()
     embedder = Embedder.for_index(
@@ -206,7 +209,8 @@ def _structure_search(index, structure, query_matrices, top_k, probe, candidates
 
 
 def load_document(index_path, doc_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors [n_tokens, D] in the stored dtype, token ids [n_tokens] int32) of one document.
+    """(vectors [n_tokens, D] in the stored dtype, token ids [n_tokens] int32) of one document; ``index_path`` is
+    the index folder or an ``Index``.
 
     Reads the id column shard by shard (memory-mapped) and copies out only the matching row.
     """
@@ -217,7 +221,10 @@ def load_document(index_path, doc_id: str) -> tuple[np.ndarray, np.ndarray]:
 
     if not isinstance(doc_id, str):
         raise UsageError(f"load_document: a document id is a string (ids are stored as text), got {doc_id!r}")
-    index = open_index(index_path)
+    if problem := unicode_problem(doc_id, f"document id {doc_id!r}"):  # Arrow takes no lone surrogate
+        raise BadInputError(f"load_document: {problem}")
+    index = _checked_index(index_path, "index_path")
+    index = index if isinstance(index, Index) else open_index(index)
     require_vectors(index, "load_document")
     wanted = pa.scalar(doc_id, pa.string())
     for shard in index.shards:
@@ -242,9 +249,9 @@ _OPENED_HINT = "or pass the index opened: tokembed.index.open_index(path)"
 _WRAP_HINT = "search_vectors takes a list of query matrices: wrap a single one in a list, search_vectors(index, [matrix])"
 
 
-def _checked_index(index) -> Index | Path:
+def _checked_index(index, argument: str = "index") -> Index | Path:
     """An ``Index`` as is, else the index folder's path; a caller's None or number is a ``UsageError`` naming it."""
-    return index if isinstance(index, Index) else require_index_path(index, "index", hint=_OPENED_HINT)
+    return index if isinstance(index, Index) else require_index_path(index, argument, hint=_OPENED_HINT)
 
 
 def _checked_query_matrices(query_matrices) -> list[np.ndarray]:
@@ -259,6 +266,8 @@ def _checked_query_matrices(query_matrices) -> list[np.ndarray]:
 
 
 def _checked_matrix(what: str, query) -> np.ndarray:
+    if callable(getattr(query, "detach", None)):  # a torch tensor straight from a model: numpy refuses one with grad
+        query = query.detach()
     try:
         matrix = np.asarray(query)
     except (TypeError, ValueError) as exc:  # a ragged nested list, a CUDA tensor
