@@ -1,6 +1,6 @@
 """A reader holds one generation open: an index folder swapped under it (``mv X X.old; cp -a other X``, a
-blue/green deploy) changes nothing it reads, and its sha256 checks are of the files it holds, not of the new
-folder's files that happen to carry the same names."""
+blue/green deploy) or a cron run's commit removing the files it lists changes nothing it reads, and its sha256
+checks are of the files it holds, not of the new folder's files that happen to carry the same names."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import manifest
+from helpers import manifest, write_parquet
+from plaid_support import corpus_rows, edited
 from test_score import random_docs, write_index
 from tokembed.index import export as export_module
 from tokembed.index.export import export_index
@@ -88,6 +89,24 @@ def test_a_structure_checks_and_maps_the_same_code_files_while_its_folder_is_swa
 
     monkeypatch.setattr(plaid_search_module, "verify_files", swapped_first)
     assert search_vectors(index, queries, top_k=5) == before
+
+
+@pytest.mark.parametrize("drop", [[], ["--drop-vectors"]], ids=["vectors stored", "compressed-only"])
+def test_a_structure_search_of_an_index_held_through_a_cron_commit_answers_from_the_generation_it_opened(
+        tmp_path, cli, checkpoint, drop):
+    """The structure's files were opened by path at each search: once a cron ``encode`` had committed and removed
+    code files the held generation lists, its search was refused as corrupt ("manifest lists codes-..., which is
+    missing"), and a compressed-only index held so could not be searched at all."""
+    common = ["--model", checkpoint("pylate_bert"), "--shard-rows", 10, "-q"]
+    folder = tmp_path / "index"
+    first, second = (write_parquet(tmp_path / f"v{n}.parquet", rows) for n, rows in enumerate([corpus_rows(40), edited(corpus_rows(40))]))
+    assert cli("encode", first, "-o", folder, "--nbits", 2, *drop, *common).exit_code == 0
+    queries = [np.random.default_rng(0).standard_normal((4, manifest(folder)["dim"])).astype(np.float32)]
+    before = search_vectors(folder, queries, top_k=5)
+    held = open_index(folder)
+    assert cli("encode", second, "-o", folder, *common).exit_code == 0
+    assert [entry for entry in held.manifest["search"]["shards"] if not (folder / entry["file"]).exists()]
+    assert search_vectors(held, queries, top_k=5) == before and len(before[0]) == 5
 
 
 def test_a_scan_of_an_index_whose_folder_was_swapped_drops_the_pages_it_read(tmp_path):

@@ -1,10 +1,11 @@
-"""Open an index: read the manifest, then open every shard it lists at once.
+"""Open an index: read the manifest, then open every shard and search-structure file it lists at once.
 
-Shards are memory-mapped right after the manifest is read, so a reader holds one complete generation
-even if a writer commits a new manifest and deletes the old shards a moment later (an open file stays
-readable after unlink). If a listed shard vanished between reading the manifest and opening it, a
-newer generation was committed in between: read the manifest again. ``verify()`` checks the sizes and
-sha256 of the files held open (not of those at their paths now: a swapped-in folder's) against the manifest
+Shards are memory-mapped, and the structure's files opened, right after the manifest is read, so a reader
+holds one complete generation even if a writer commits a new manifest and deletes the old shards and code
+files a moment later (an open file stays readable after unlink): a structure search of an ``Index`` held
+since maps the files it holds (``structure_files``). If a listed file vanished between reading the manifest
+and opening it, a newer generation was committed in between: read the manifest again. ``verify()`` checks
+the sizes and sha256 of the files held open (not of those at their paths now: a swapped-in folder's) against the manifest
 (``verify_shard(..., remembered=True)``: not again for a file that matched and has not changed since, see
 ``verified.py``).
 """
@@ -35,6 +36,7 @@ class Index:
     manifest: dict
     _maps: dict = field(default_factory=dict, repr=False)  # shard file -> pyarrow MemoryMappedFile
     _counted: set = field(default_factory=set, repr=False)  # shard files whose counts matched the manifest
+    _structure_files: dict | None = field(default=None, repr=False)  # structure file -> pyarrow OSFile (open_index's)
 
     @property
     def shards(self) -> list[dict]:
@@ -144,6 +146,20 @@ class Index:
         mapped, base = self.shard_file(shard)
         return MappedPages(base, mapped.size())
 
+    def structure_files(self, entries: list[dict]) -> dict | None:
+        """name -> the open file of each of the search structure's ``entries`` this reader opened with its shards, to
+        check and map the files of its own generation whatever a later commit removed; None for an ``Index`` made
+        without them (its files are opened by path). One missing when the index was opened is an ``IndexCorruptError``."""
+        if self._structure_files is None:
+            return None
+        for entry in entries:
+            held = self._structure_files.get(entry["file"], _MISSING)
+            if held == _MISSING:
+                raise IndexCorruptError(f"{self.folder}: manifest lists {entry['file']}, which is missing")
+            if isinstance(held, str):
+                raise IndexCorruptError(f"{self.folder / entry['file']}: {held}")
+        return {entry["file"]: self._structure_files[entry["file"]] for entry in entries}
+
     def _mapped(self, shard: dict):
         mapped = self._maps.get(shard["file"])
         if mapped is None:
@@ -218,8 +234,33 @@ def open_index(folder: Path | str) -> Index:
             except (FileNotFoundError, pa.ArrowIOError, OSError):
                 missing = shard["file"]
                 break
-        if missing is None:
-            return Index(folder, manifest, maps)
-        if read_manifest(folder) == manifest:  # the same generation lacks the file: really missing
+        structure = _open_structure_files(folder, manifest) if missing is None else {}
+        gone = missing is not None or _MISSING in structure.values()
+        if gone and read_manifest(folder) != manifest:
+            continue  # a newer generation was committed in between: open that one
+        if missing is not None:  # the same generation lacks the file: really missing
             raise IndexCorruptError(f"{folder}: manifest lists {missing}, which is missing")
+        return Index(folder, manifest, maps, _structure_files=structure)  # a structure file missing: its search says so
     raise IndexCorruptError(f"{folder}: the index kept changing while it was being opened")
+
+
+def _open_structure_files(folder: Path, manifest: dict) -> dict:
+    """name -> the open file of each structure file the manifest lists, or why it could not be opened (a string:
+    not the exception, whose traceback would keep the files opened so far). Plain opens, nothing read: an exact scan
+    does not need them, and one damaged must not stop it. pyarrow files, as the shards' maps: closed with the last
+    reference to them, without a ResourceWarning."""
+    import pyarrow as pa
+
+    search = manifest.get("search") or {}
+    held: dict = {}
+    for entry in [search["codec"], *search["shards"]] if search else []:
+        try:
+            held[entry["file"]] = pa.OSFile(str(folder / entry["file"]), "r")
+        except FileNotFoundError:
+            held[entry["file"]] = _MISSING
+        except OSError as exc:
+            held[entry["file"]] = f"cannot be opened ({exc.strerror or exc})"
+    return held
+
+
+_MISSING = "missing"

@@ -23,6 +23,7 @@ map), so searching keeps no shard pages resident however many queries it answers
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,11 +96,12 @@ def open_searchable(folder: Path | str, verify: bool = True):
 
 def open_structure(index, verify: bool = True) -> Structure:
     """Map the codec and every shard's code file (sizes always checked, sha256 when ``verify``; of the shards too
-    where they hold no vectors)."""
+    where they hold no vectors): the files ``open_index`` opened with the index's shards, which a later commit's
+    removal of them does not take from a reader holding the index."""
     structure = index.manifest[SEARCH]
     entries = structure["shards"]
     check_structure_lists_shards(index.folder, index.manifest)
-    with held_open(index.folder, [structure["codec"], *entries]) as opened:
+    with _held_files(index, [structure["codec"], *entries]) as opened:
         verify_files(index.folder, [structure["codec"], *entries], verify, opened=opened)
         for shard in _vectorless_shards(index):  # the files the index holds open, as the scan checks them
             index.verify_shard(shard, verify, remembered=True)
@@ -112,6 +114,12 @@ def open_structure(index, verify: bool = True) -> Structure:
         refuse_unit_codes_without_vectors(index.folder, True)  # code files an earlier release's cron run wrote
     starts = np.cumsum([0] + [entry["rows"] for entry in entries]).astype(np.int64)
     return Structure(codec, shards, starts)
+
+
+def _held_files(index, entries: list[dict]):
+    """The index's own open structure files; opened now by path for an ``Index`` made without them."""
+    held = index.structure_files(entries)
+    return held_open(index.folder, entries) if held is None else nullcontext(held)
 
 
 def _vectorless_shards(index) -> list[dict]:
