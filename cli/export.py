@@ -18,7 +18,7 @@ def export(
     index: Path = typer.Argument(..., parser=path_given("INDEX", "the index folder", arrow=True),
                                  help="Index folder (holds manifest.json)."),
     to: Path = typer.Option(..., "--to", parser=path_given("--to", "the folder to export to", arrow=True),
-                            help="Output: a new folder of Parquet files, or a LanceDB database folder."),
+                            help="Output: a new (or existing empty) folder of Parquet files, or a LanceDB database folder."),
     fmt: str = typer.Option(..., "--format", "-f", help="parquet (one file per shard) or lance (one LanceDB table)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (default; DuckDB has no float16) or float16."),
     table: Optional[str] = typer.Option(None, "--table", help="LanceDB table name (--format lance; default documents)."),

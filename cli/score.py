@@ -183,13 +183,10 @@ def _refuse_output_that_cannot_be_written(output: Path | None) -> None:
     folder (exit 2), or one whose folder is missing, not a folder or not writable (exit 8), found now by creating
     and removing the temp file the results are written to. A FIFO or device is left to the write (opening a FIFO
     waits for its reader), as is what only writing finds (a full disk)."""
-    from tokembed.index.atomic import temp_beside
-
     if output is None or _written_in_place(output):
         return
-    probe = temp_beside(output.resolve())  # through a symlink, as the write: beside the file it names
-    _open_for_writing(probe, output).close()
-    probe.unlink(missing_ok=True)
+    with _held_temp_file(output) as probe:  # through a symlink, as the write: beside the file it names
+        _open_for_writing(probe, output).close()
 
 
 def _written_in_place(output: Path) -> bool:
@@ -334,18 +331,41 @@ def _open_output(output: Path):
     over it once complete: a failed write (a full disk, an interrupt) leaves no part of the results and the previous
     file as it was. What cannot be renamed over (a character device such as /dev/null or /dev/full, a FIFO) is
     written directly."""
-    from tokembed.index.atomic import remove_left_by_dead_processes, replacing
+    from tokembed.index.atomic import replacing
+    from tokembed.index.held import held_pattern, remove_abandoned
 
     if _written_in_place(output):
         with _open_for_writing(output) as handle:
             yield handle
         return
     final = output.resolve()  # through a symlink: the file it names is replaced, the link is kept
-    remove_left_by_dead_processes(final.parent, f".{final.name}.tmp-")  # a killed run's temp file
-    with replacing(final) as tmp:
+    remove_abandoned(final.parent, held_pattern(_temp_prefix(final)))  # a killed run's temp file
+    with _held_temp_file(output) as temp, replacing(final, temp) as tmp:
         with _open_for_writing(tmp, output) as handle:
             yield handle
         _keep_mode(final, tmp)
+
+
+@contextmanager
+def _held_temp_file(output: Path):
+    """A new temp file name beside the file ``--output`` names, ``.FILE.tmp-PID-RANDOM``, held while the block runs
+    (``held.HeldEntry``): a run in another container writing the same file neither takes nor removes it."""
+    from tokembed.errors import IndexWriteError
+    from tokembed.index.held import HeldEntry
+
+    final = output.resolve()
+    try:
+        held = HeldEntry(final.parent, _temp_prefix(final))
+    except OSError as exc:
+        raise IndexWriteError(f"--output {output}: cannot write ({exc.strerror or exc})") from exc
+    with held as temp:
+        yield temp
+
+
+def _temp_prefix(final: Path) -> str:
+    from tokembed.index.held import short_stem
+
+    return f".{short_stem(final.name)}.tmp-"
 
 
 def _open_for_writing(path: Path, output: Path | None = None):

@@ -295,7 +295,7 @@ def test_an_interrupted_parquet_export_leaves_no_target(cli, demo_index, tmp_pat
 
 def test_a_sigkilled_exports_staging_is_removed_by_the_next_export(cli, demo_index, tmp_path):
     out = tmp_path / "parquet"
-    left = tmp_path / ".parquet.export-tmp-999999999"  # a killed export of a process that is gone
+    left = tmp_path / ".parquet.export-tmp-999999999-0123abcd"  # a killed export's (no lock: its process is gone)
     left.mkdir()
     (left / "part-000000.parquet").write_bytes(b"half")
     assert cli("export", demo_index, "--to", out, "--format", "parquet").exit_code == 0
@@ -380,7 +380,7 @@ def _wait_for_staging(out, run, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert run.poll() is None, run.stderr.read().decode()
-        staging = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+        staging = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and p.is_dir()]
         if staging and any(p.is_file() for p in staging[0].rglob("*")):
             time.sleep(0.5)
             return

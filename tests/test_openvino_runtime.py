@@ -213,7 +213,7 @@ def test_openvino_not_installed_is_a_usage_error(cache, monkeypatch):
 
 def test_a_killed_save_leaves_no_staging_for_good(cache, monkeypatch):
     cache.mkdir(parents=True)
-    dead = cache / "staging-999999999-abc"  # no such process
+    dead = cache / "staging-999999999-0123abcd"  # no lock file beside it: its process is gone
     dead.mkdir()
     (dead / "half.bin").write_bytes(bytes(1024))
     embed(monkeypatch, "openvino")

@@ -3,6 +3,7 @@ digests, errors, order), whatever N; a worker that dies costs one page, not the 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -149,13 +150,17 @@ def test_a_killed_readers_temporary_pdf_copy_is_removed_by_the_next_run(tmp_path
     from tokembed.sources import pdf_workers
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = tmp_path / "tokembed-pdf-999999999-abc.pdf"  # no such process
+    dead = tmp_path / "tokembed-pdf-999999999-0123abcd.pdf"  # no lock file: its process is gone
     dead.write_bytes(b"%PDF- half a copy")
-    mine = tmp_path / f"tokembed-pdf-{os.getpid()}-xyz.pdf"  # a live process's: kept
-    mine.write_bytes(b"%PDF- in use")
-    copy = pdf_workers._temporary_copy(b"%PDF- new")
-    assert not dead.exists() and mine.exists() and copy.name.startswith(f"tokembed-pdf-{os.getpid()}-")
-    copy.unlink()
+    live = tmp_path / "tokembed-pdf-999999999-4567abcd.pdf"  # a pid this process cannot see (another container's)
+    live.write_bytes(b"%PDF- in use")
+    with open(tmp_path / (live.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held, as its live process holds it
+        copy = pdf_workers._temporary_copy(b"%PDF- new")
+    assert not dead.exists() and live.exists() and copy.path.name.startswith(f"tokembed-pdf-{os.getpid()}-")
+    assert copy.path.read_bytes() == b"%PDF- new" and (copy.path.stat().st_mode & 0o777) == 0o600
+    copy.release()
+    assert not copy.path.exists() and sorted(os.listdir(tmp_path)) == [live.name, live.name + ".lock"]
 
 
 def test_cli_index_is_the_same_with_and_without_workers(cli, tmp_path):

@@ -4,12 +4,14 @@
   through a symlink, is exit 2 before anything is written: the index and the queries stay as they were.
 * The results are written under a temp name beside ``--output`` and renamed over it once complete: a write that
   fails (here a file size limit, as a full disk) is exit 8, leaves the previous results as they were and no temp file.
+  A killed run's temp file is removed by the next run, a live one's (its lock held) never, whatever its pid.
 * What cannot be renamed over (a FIFO) is written directly; a symlink to a file keeps pointing at it.
 * An ``--output`` that is a folder (exit 2) or whose folder is missing (exit 8) is refused before the search.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import shutil
@@ -67,6 +69,31 @@ def test_a_failed_write_keeps_the_previous_results_and_leaves_no_part_file(demo_
     assert f"{output}: cannot write the results" in result.stderr and "Traceback" not in result.stderr
     assert output.read_text() == '{"previous": "results"}\n'
     assert os.listdir(tmp_path) == ["results.jsonl"]  # no temp file left beside it
+
+
+def test_a_live_runs_temp_file_beside_the_output_is_kept_though_its_pid_is_not_visible_here(cli, demo_index, tmp_path):
+    """Two runs in containers sharing a volume, writing one results file: the temp file of the run whose pid this
+    PID namespace does not have was removed at start-up (its write then failed). Its held lock keeps it now; a
+    killed run's, whose lock is free, is removed."""
+    output = tmp_path / "run.jsonl"
+    live, dead = tmp_path / ".run.jsonl.tmp-999999999-0123abcd", tmp_path / ".run.jsonl.tmp-999999999-4567abcd"
+    for temp in (live, dead):
+        temp.write_text("half\n")
+        (tmp_path / (temp.name + ".lock")).touch()
+    with open(tmp_path / (live.name + ".lock"), "r+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held, as its live process holds it
+        result = cli("score", demo_index[1], demo_index[0], "-o", output, "-k", 2, "-q")
+    assert result.exit_code == 0, result.output
+    assert live.read_text() == "half\n" and output.read_text().count("\n") > 0
+    assert sorted(os.listdir(tmp_path)) == [live.name, live.name + ".lock", "run.jsonl"]
+
+
+def test_an_output_name_of_255_bytes_is_written(cli, demo_index, tmp_path):
+    """``.NAME.tmp-PID`` of a long NAME exceeded 255 bytes: exit 8 "File name too long" for a legal name."""
+    output = tmp_path / ("r" * 249 + ".jsonl")
+    result = cli("score", demo_index[1], demo_index[0], "-o", output, "-k", 2, "-q")
+    assert result.exit_code == 0, result.output
+    assert output.read_text().count("\n") > 0 and os.listdir(tmp_path) == [output.name]
 
 
 @pytest.mark.parametrize("target", ["missing folder", "a folder"])

@@ -40,12 +40,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def replacing(final: Path) -> Iterator[Path]:
-    """A temp path beside ``final`` for the block to write; when the block ends without an error the file
-    replaces ``final`` durably (``publish``). The temp file never outlives the block (one left by a killed
-    run of the same pid is removed first). Its own steps failing (a read-only folder, a full disk at the fsync)
+def replacing(final: Path, tmp: Path | None = None) -> Iterator[Path]:
+    """A temp path beside ``final`` for the block to write (``tmp``, or ``temp_beside``); when the block ends without
+    an error the file replaces ``final`` durably (``publish``). The temp file never outlives the block (one left by a
+    killed run of the same pid is removed first). Its own steps failing (a read-only folder, a full disk at the fsync)
     raise ``IndexWriteError``; what the block raises is the block's, never hidden by the temp file's removal."""
-    tmp = temp_beside(final)
+    tmp = tmp or temp_beside(final)
     try:
         tmp.unlink(missing_ok=True)
     except OSError as exc:  # EROFS even when there is no such file
@@ -72,7 +72,11 @@ def write_error(path: Path, exc: OSError) -> IndexWriteError:
 
 def remove_dead_replacements(folder: Path) -> None:
     """Temp files ``replacing`` left in ``folder`` when its process was killed (a journal or manifest written at
-    the moment of a SIGKILL); those of a live process (a reader recording hashes) are left to it."""
+    the moment of a SIGKILL); those of a live process are left to it.
+
+    Judged by the pid in the name, which the files beside a user's file or in a shared folder are not
+    (``held.py``): this runs in an index folder under its lock, where no other process writes (the record of
+    hashed files is in the cache), so a file of a process in another pid space cannot be there."""
     for path in folder.iterdir() if folder.is_dir() else ():
         match = _REPLACEMENT.match(path.name)
         if match and not _alive(int(match.group(1))):
@@ -134,40 +138,3 @@ def remove_unused(path: Path) -> None:
     except OSError as exc:
         if os.path.lexists(path):  # a read-only folder refuses (EROFS) even to remove a file it does not hold
             log.warning("%s: cannot remove it (%s); nothing reads it, it only takes space", path, exc.strerror or exc)
-
-
-def remove_left_by_dead_processes(folder: Path, prefix: str, suffix: str = "") -> None:
-    """Remove the files or folders in ``folder`` named ``<prefix><pid>...<suffix>`` whose pid is no running
-    process (``remove_dead_processes_entries``)."""
-    import re
-
-    remove_dead_processes_entries(folder, re.compile(re.escape(prefix) + r"(\d+).*" + re.escape(suffix), re.DOTALL))
-
-
-def remove_dead_processes_entries(folder: Path, pattern) -> None:
-    """Remove the files or folders in ``folder`` whose whole name ``pattern`` (a compiled regex) matches and whose
-    pid (its first group) is no running process: what a SIGKILLed process left, which no ``finally`` of its own
-    removed. Another user's leftovers are not ours to remove."""
-    import shutil
-
-    try:
-        found = [(path, match) for path in folder.iterdir() if (match := pattern.fullmatch(path.name))]
-    except OSError:
-        return
-    for path, match in found:
-        try:
-            if process_alive(int(match.group(1))) or path.lstat().st_uid != os.getuid():
-                continue
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        except OSError:
-            continue
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True

@@ -1,10 +1,12 @@
 """Publishing an export: written into a hidden staging folder on the target's file system, published only once
 complete (``published``), so that a failed or interrupted export leaves the target as it was.
 
-A new ``PATH`` is staged as ``.NAME.export-tmp-PID`` beside it and published by one rename of the whole folder. An
-existing folder ``PATH`` (an empty one for Parquet, a LanceDB database) is kept as it is (a working folder, a mount
-point, its owner and ACLs): staged as ``PATH/.export-tmp-PID`` inside it, whose entries are moved out one by one.
-A SIGKILLed export's staging folder is removed by the next export beside it (``remove_dead_staging``).
+A new ``PATH`` is staged as ``.NAME.export-tmp-PID-RANDOM`` beside it and published by one rename of the whole
+folder (a ``NAME`` too long for that is cut, ``held.short_stem``). An existing folder ``PATH`` (an empty one for
+Parquet, a LanceDB database) is kept as it is (a working folder, a mount point, its owner and ACLs): staged as
+``PATH/.export-tmp-PID-RANDOM`` inside it, whose entries are moved out one by one. The export holds its staging
+folder's lock file (``held.HeldEntry``) while it lives; a SIGKILLed export's staging folder is removed by the next
+export beside it (``remove_dead_staging``), a live one's in another container or on another host is not.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tokembed.errors import IndexWriteError, UsageError
+from tokembed.index.held import LOCK_SUFFIX, UNIQUE, HeldEntry, remove_abandoned, short_stem
 
-# The hidden staging folders exports make: ``.NAME.export-tmp-PID`` beside PATH, ``.export-tmp-PID`` inside it.
-STAGING_NAME = re.compile(r"\.(?:.+\.)?export-tmp-(\d+)", re.DOTALL)
+# The hidden staging folders exports make: ``.NAME.export-tmp-PID-RANDOM`` beside PATH, ``.export-tmp-PID-RANDOM``
+# inside it (each with its ``.lock`` file).
+STAGING_NAME = re.compile(r"\.(?:.+\.)?export-tmp-" + UNIQUE, re.DOTALL)
 
 
 @contextmanager
@@ -43,23 +46,25 @@ def _staging(to: Path, inside: bool) -> Iterator[Path]:
     """A new hidden folder on ``to``'s file system, removed when the block ends whatever happened: beside ``to``,
     or with ``inside`` in the existing folder ``to`` itself (see the module doc). The missing parents it creates
     are removed too when the block fails (if still empty)."""
-    target, pid = to.resolve(), os.getpid()
-    staging = target / f".export-tmp-{pid}" if inside else target.parent / f".{target.name}.export-tmp-{pid}"
-    created = _missing_folders(staging.parent)
+    target = to.resolve()
+    folder, prefix = (target, ".export-tmp-") if inside else (target.parent, f".{short_stem(target.name)}.export-tmp-")
+    created, held = _missing_folders(folder), None
     try:
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)  # left by a killed run of this very pid
-        staging.mkdir()
+        folder.mkdir(parents=True, exist_ok=True)
+        held = HeldEntry(folder, prefix)
+        held.path.mkdir()
     except OSError as exc:
+        if held is not None:
+            held.release()
         _remove_empty_folders(created)
-        raise IndexWriteError(f"--to {to}: cannot create a staging folder {staging} ({exc.strerror or exc})") from exc
+        raise IndexWriteError(f"--to {to}: cannot create a staging folder in {folder} ({exc.strerror or exc})") from exc
     try:
-        yield staging
+        yield held.path
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        held.release()
         _remove_empty_folders(created)  # a failed export to a/b/new leaves no a/b behind either
         raise
-    shutil.rmtree(staging, ignore_errors=True)
+    held.release()
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -84,13 +89,16 @@ def _remove_empty_folders(folders: list[Path]) -> None:
 
 def remove_dead_staging(to: Path) -> None:
     """Staging folders that SIGKILLed exports left beside ``to`` (of any name) or inside it: no ``finally`` of
-    theirs removed them. Only those whose process is gone (``remove_dead_processes_entries``)."""
-    from tokembed.index.atomic import remove_dead_processes_entries
-
+    theirs removed them. Only those whose lock is free (``remove_abandoned``): their process is gone."""
     target = to.resolve()
-    remove_dead_processes_entries(target.parent, STAGING_NAME)
+    remove_abandoned(target.parent, STAGING_NAME)
     if target.is_dir():
-        remove_dead_processes_entries(target, STAGING_NAME)
+        remove_abandoned(target, STAGING_NAME)
+
+
+def is_staging(name: str) -> bool:
+    """An export's staging folder or its lock file."""
+    return bool(STAGING_NAME.fullmatch(name.removesuffix(LOCK_SUFFIX)))
 
 
 def _publish_folder(staging: Path, to: Path) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -148,12 +147,14 @@ def _keep_or_say_why(model, path: Path, ov) -> None:
 def _keep(model, path: Path, ov) -> None:
     """Write the converted model to the cache atomically: the weights and their sha256 first, the .xml last, so
     present means complete. Staging folders of processes that were killed while saving are removed."""
-    from tokembed.index.atomic import publish, remove_left_by_dead_processes, sha256_file
+    from tokembed.index.atomic import publish, sha256_file
+    from tokembed.index.held import HeldEntry, held_pattern, remove_abandoned
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_left_by_dead_processes(path.parent, "staging-")
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f"staging-{os.getpid()}-") as staging:
-        staged = Path(staging) / path.name
+    remove_abandoned(path.parent, held_pattern("staging-"))  # a cache shared by containers: only dead saves' ones
+    with HeldEntry(path.parent, "staging-") as staging:
+        staging.mkdir()
+        staged = staging / path.name
         ov.save_model(model, str(staged), compress_to_fp16=False)
         staged.with_suffix(".sha256").write_text(sha256_file(staged.with_suffix(".bin")))
         for suffix in (".bin", ".sha256", ".xml"):

@@ -43,8 +43,8 @@ def auto_render_workers(device: str, cpu_count: int | None = None) -> int:
 
 def rendered_pages(pdf: Path | bytes, count: int, workers: int, password: str | None, dpi: float, max_pixels: int) -> Iterator[tuple]:
     """``(image, digest, error)`` for pages 1..count of ``pdf``, in order, rendered by ``workers`` processes."""
-    temp = _temporary_copy(pdf) if isinstance(pdf, (bytes, bytearray)) else None
-    path = str(temp or pdf)
+    held = _temporary_copy(pdf) if isinstance(pdf, (bytes, bytearray)) else None
+    path = str(held.path if held else pdf)
     pool = _pool(workers)
     queued: deque[int] = deque()  # pages sent and not yet taken back, in page order (page p on worker p % N)
     try:
@@ -59,8 +59,8 @@ def rendered_pages(pdf: Path | bytes, count: int, workers: int, password: str | 
         for worker in pool:  # stopped early: a worker's unread answers would be taken for the next PDF's pages
             if worker.pending:
                 worker.stop()
-        if temp is not None:
-            temp.unlink(missing_ok=True)
+        if held is not None:
+            held.release()
 
 
 def close_render_pool() -> None:
@@ -155,16 +155,22 @@ def _exit_reason(code: int) -> str:
     return f"exit code {code}"
 
 
-def _temporary_copy(data: bytes) -> Path:
-    """The PDF's bytes in a file the render workers open by name; removed when its pages are rendered, or by a
-    later run once this process is gone (a SIGKILL leaves it behind)."""
-    from tokembed.index.atomic import remove_left_by_dead_processes
+def _temporary_copy(data: bytes):
+    """The PDF's bytes in a file the render workers open by name (``.path`` of the ``HeldEntry`` returned); removed
+    when its pages are rendered (``release``), or by a later run once this process is gone (a SIGKILL leaves it
+    behind; a temp folder shared with other containers holds their live copies too, which are left to them)."""
+    from tokembed.index.held import HeldEntry, held_pattern, remove_abandoned
 
-    remove_left_by_dead_processes(Path(tempfile.gettempdir()), "tokembed-pdf-", ".pdf")
-    handle, name = tempfile.mkstemp(prefix=f"tokembed-pdf-{os.getpid()}-", suffix=".pdf")
-    with os.fdopen(handle, "wb") as file:
-        file.write(data)
-    return Path(name)
+    folder = Path(tempfile.gettempdir())
+    remove_abandoned(folder, held_pattern("tokembed-pdf-", ".pdf"))
+    held = HeldEntry(folder, "tokembed-pdf-", ".pdf")
+    try:
+        with os.fdopen(os.open(held.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+            file.write(data)  # readable by this user only, as ``mkstemp`` made it: a document's content
+    except BaseException:
+        held.release()
+        raise
+    return held
 
 
 # -- in a worker process ----------------------------------------------------------------------------------
