@@ -51,11 +51,10 @@ def _facts(index: Path, opened, verify: bool) -> dict:
     from tokembed.search.plaid.report import index_bytes_per_token, structure_facts
 
     opened.verify(checksums=verify)
-    if opened.manifest.get("search"):  # sizes always (a lost codec is as corrupt as a code file), sha256 with --verify
-        from tokembed.search.plaid.files import verify_files
+    if opened.manifest.get("search"):  # what score checks (a lost codec is as corrupt as a code file), sha256 with --verify
+        from tokembed.search.plaid.search import check_structure
 
-        structure = opened.manifest["search"]
-        verify_files(opened.folder, [structure["codec"], *structure["shards"]], checksum=verify, remembered=False)
+        check_structure(opened, checksum=verify)
     manifest = opened.manifest
     on_disk = opened.bytes_on_disk()
     facts = {

@@ -197,6 +197,12 @@ def _shard_count_plus(number, name, extra):
     return edit
 
 
+def _renamed_drift_key(data):
+    drift = data["search"]["drift"]
+    drift["tooens_coded_since_training"] = drift.pop("tokens_coded_since_training")
+    return data
+
+
 WRONG_SHAPES = {
     "a JSON array": (lambda data: [1, 2], "not a tokembed index manifest"),
     "no shards": (_without("shards"), "no shards"),
@@ -213,6 +219,10 @@ WRONG_SHAPES = {
     "totals.rows more than the shards hold": (_totals_plus("rows", 5), "totals.rows is 65, the shards listed hold 60"),
     "totals.tokens fewer than the shards hold": (_totals_plus("tokens", -1), "totals.tokens is"),
     "a shard listed twice": (_first_shard_twice, "shards[3].file 'data/part-000000.arrow' is listed twice (also shards[0])"),
+    "an embedding_dtype no shard is stored in": (_setting(["embedding_dtype"], "float!6"),
+                                                 "embedding_dtype is 'float!6', not one of float16, float32"),
+    "a drift key renamed": (_renamed_drift_key, "no search.drift.tokens_coded_since_training"),
+    "an nbits no codec packs": (_setting(["search", "nbits"], 3), "search.nbits is 3, not one of 1, 2, 4"),
 }
 
 
@@ -227,6 +237,18 @@ def test_a_manifest_of_the_wrong_shape_is_a_corrupt_index_for_every_reader(compr
         result = cli(*command)
         assert result.exit_code == 6, (command, result.output)
         assert "manifest.json" in result.stderr and message in result.stderr, (command, result.stderr)
+
+
+@pytest.mark.parametrize("shape", ["a drift key renamed", "an nbits no codec packs"])
+def test_a_cron_run_over_a_manifest_of_the_wrong_shape_is_a_corrupt_index(compressed, cli, colbert_ckpt, shape):
+    """The re-run failed on the committed manifest's structure: a KeyError traceback (exit 1) for a drift key, and
+    "usage error: --nbits 3" (exit 2) for a flag nobody passed."""
+    index, corpus, _ = compressed
+    edit, message = WRONG_SHAPES[shape]
+    edit_manifest(index, edit)
+    result = cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--shard-rows", 20, "--quiet")
+    assert result.exit_code == 6, result.output
+    assert "manifest.json" in result.stderr and message in result.stderr and "Traceback" not in result.output
 
 
 def test_a_code_file_with_a_tensor_this_release_does_not_know(compressed, cli):

@@ -1,6 +1,7 @@
 """``tokembed info`` and the search structure's codec: a codec file missing or truncated is a corrupt index (exit 6)
 without --verify too, as a code file is (sizes are checked, nothing hashed); a manifest whose nbits or centroid count
-is not its codec's is a corrupt index, naming both (search uses the codec's)."""
+is not its codec's is a corrupt index, naming both (search uses the codec's), for score and an encode re-run too; and
+info runs the checks score runs of each code file's entry (its rows, tokens and shard)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,38 @@ def test_info_of_a_sound_structure_reports_its_codecs_values(index, cli):
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout)["search_structure"]
     assert (facts["nbits"], facts["centroids"]) == (2, 16)
+
+
+def _code_entry_edit(field: str):
+    def edit(entry):
+        entry[field] = entry[field] + 1 if field != "shard" else "data/part-000099.arrow"
+    return edit
+
+
+@pytest.mark.parametrize("field", ["rows", "tokens", "shard"])
+@pytest.mark.parametrize("verify", [[], ["--verify"]])
+def test_info_refuses_a_code_file_entry_that_disagrees_with_its_file_as_score_does(index, cli, field, verify):
+    """info --verify said the index was sound (exit 0) while score refused it (exit 6): info never ran the reader's
+    checks of a code file's rows and tokens, nor of the shard each entry codes."""
+    data = manifest(index)
+    _code_entry_edit(field)(data["search"]["shards"][0])
+    (index / "manifest.json").write_text(json.dumps(data))
+    for command in (["info", index, *verify], ["score", index, "--query", "alpha"]):
+        result = cli(*command)
+        assert result.exit_code == 6 and "Traceback" not in result.output, (command, result.output)
+        named = "rows/tokens do not match the manifest" if field != "shard" else "does not list the manifest's shards"
+        assert named in result.stderr, (command, result.stderr)
+
+
+def test_a_manifest_whose_nbits_is_not_its_codecs_is_refused_by_score_and_encode(index, cli, colbert_ckpt):
+    """info refused the manifest's nbits 4 over a 2-bit codec (exit 6), score searched with the codec (exit 0) and
+    an encode re-run coded with it, recording the codes as 4-bit."""
+    data = manifest(index)
+    data["search"]["nbits"] = 4
+    (index / "manifest.json").write_text(json.dumps(data))
+    message = "the codec has nbits 2; the manifest says nbits 4"
+    corpus = index.parent / "corpus.jsonl"
+    write_jsonl(corpus, corpus_rows(41))
+    for command in (["score", index, "--query", "alpha"], ["encode", corpus, "--model", colbert_ckpt, "-o", index, "-q"]):
+        result = cli(*command)
+        assert result.exit_code == 6 and message in result.stderr, (command, result.output)

@@ -45,6 +45,7 @@ VECTORS_DROPPED = "dropped"  # ... with this value
 # so that the next run with rows builds it again instead of leaving a plain index with vectors.
 SEARCH_SETTINGS = "search_settings"
 EMBEDDINGS = "embeddings"
+NBITS_CHOICES = (1, 2, 4)  # bits a search structure's codec gives each residual dimension (8 // nbits of them a byte)
 
 
 def shard_name(number: int) -> str:

@@ -40,7 +40,7 @@ from tokembed.index.format import SEARCH, VECTORS, VECTORS_DROPPED, vectors_drop
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import CODES_DIR, CodingStats, StoredCodes, code_shard, codes_name
-from tokembed.search.plaid.files import map_tensors, verify_file, verify_files, write_coding_figures, write_tensors, written_whole
+from tokembed.search.plaid.files import check_codec_agrees, map_tensors, verify_file, verify_files, write_coding_figures, write_tensors, written_whole
 
 PENDING = f"{CODES_DIR}/pending.json"
 RETRAIN_SHARE = 0.75  # tokens coded since training / tokens in the index
@@ -203,13 +203,20 @@ def _update_drift(drift: dict | None, training: dict, stats: CodingStats, tokens
 
 
 def load_codec(folder: Path, structure: dict) -> Codec:
+    """The codec ``structure`` lists, refused unless it has the sha256, nbits and centroid count ``structure`` says."""
     verify_file(folder, structure["codec"], checksum=True)
-    return read_codec(folder / structure["codec"]["file"])
+    path = folder / structure["codec"]["file"]
+    tensors, metadata = map_tensors(path)
+    check_codec_agrees(path, tensors, metadata, structure)
+    return _in_memory(tensors, metadata)
 
 
 def read_codec(path: Path) -> Codec:
     """A codec file's codec, copied into memory (no checksum: ``load_codec`` checks the manifest's)."""
-    tensors, metadata = map_tensors(path)
+    return _in_memory(*map_tensors(path))
+
+
+def _in_memory(tensors: dict, metadata: dict) -> Codec:
     return Codec.from_tensors({k: np.array(v) for k, v in tensors.items()}, metadata)
 
 
@@ -239,7 +246,7 @@ def _trained_codec(folder: Path, index, nbits: int, asked: int | None, remembere
     pending = _read_pending(folder)
     if pending is not None and pending.get("key") == key:
         try:  # a run over the same shards died after training: take its codec, its code files follow
-            structure = {"codec": pending["codec"]}
+            structure = {"codec": pending["codec"], "nbits": nbits, "centroids": k}
             return load_codec(folder, structure), pending["codec"], {**pending["training"], "centroids_asked": asked}
         except Exception:  # unreadable leftovers: train again
             pass

@@ -31,8 +31,8 @@ from functools import cached_property
 import numpy as np
 
 from tokembed.errors import BadInputError, IndexCorruptError, UsageError
+from tokembed.index.format import NBITS_CHOICES
 
-NBITS_CHOICES = (1, 2, 4)
 MAX_CENTROIDS = 1 << 16  # ids fit uint16
 TIE_MARGIN = 1e-3  # float32 dot products of unit vectors in <= 4096 dims err by far less than this
 SCORE_ELEMENTS = 1 << 23  # [tokens, K] float32 scores per assignment step (32 MiB)

@@ -150,6 +150,21 @@ def check_structure_lists_shards(folder: Path, manifest: dict) -> None:
         raise IndexCorruptError(f"{folder}: the search structure does not list the manifest's shards")
 
 
+def check_codec_agrees(path: Path, tensors: dict, metadata: dict, structure: dict) -> None:
+    """The manifest's nbits and centroid count are those of its codec (``path``, mapped: ``map_tensors``): search and
+    the runs that code with it use the codec's, so a manifest that says otherwise is corrupt (info would report what
+    search does not do; a run would record codes of one width under another)."""
+    try:
+        found = {"nbits": int(metadata["nbits"]), "centroids": len(tensors["centroids"])}
+    except (KeyError, ValueError, TypeError) as exc:
+        raise IndexCorruptError(f"{path}: not a codec file (no {exc})") from None
+    differ = [name for name, value in found.items() if structure[name] != value]
+    if differ:
+        has = ", ".join(f"{name} {found[name]}" for name in differ)
+        says = ", ".join(f"{name} {structure[name]}" for name in differ)
+        raise IndexCorruptError(f"{path}: the codec has {has}; the manifest says {says}")
+
+
 def write_coding_figures(code_file: Path, coded_tokens: int, residual_norm_sum: float, entry: dict) -> None:
     """Beside a code file, once it is written whole: its ``entry`` (bytes, sha256) and how many of its tokens this
     run coded (the rest were carried), so that a run resuming after a crash keeps the file only while its bytes are

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tokembed.errors import IndexCorruptError
 from tokembed.index.format import vectors_dropped
 from tokembed.search.plaid.build import SEARCH
-from tokembed.search.plaid.files import map_tensors
+from tokembed.search.plaid.files import check_codec_agrees, map_tensors
 
 # parts of a code file, as info names them
 _PARTS = {"centroid_ids": "centroid_ids", "centroid_ids_packed": "centroid_ids", "residuals": "residuals", "list_counts": "inverted_lists",
@@ -27,7 +27,8 @@ def structure_facts(index) -> dict | None:
     structure = index.manifest.get(SEARCH)
     if not structure:
         return None
-    check_codec_agrees(index.folder, structure)
+    codec_path = index.folder / structure["codec"]["file"]
+    check_codec_agrees(codec_path, *map_tensors(codec_path), structure)
     sizes = {"codec": structure["codec"]["bytes"], "centroid_ids": 0, "residuals": 0, "inverted_lists": 0, "doc_offsets": 0}
     pairs = 0
     for entry in structure["shards"]:
@@ -55,22 +56,6 @@ def structure_facts(index) -> dict | None:
         + _built_at_open(structure["centroids"], index.dim, index.rows, len(structure["shards"]), pairs),
         "drift": structure["drift"],
     }
-
-
-def check_codec_agrees(folder, structure: dict) -> None:
-    """The manifest's nbits and centroid count are its codec's (read from the codec file's header): search uses the
-    codec's, so a manifest that says otherwise would have info report what search does not do."""
-    path = folder / structure["codec"]["file"]
-    tensors, metadata = map_tensors(path)
-    try:
-        found = {"nbits": int(metadata["nbits"]), "centroids": len(tensors["centroids"])}
-    except (KeyError, ValueError, TypeError) as exc:
-        raise IndexCorruptError(f"{path}: not a codec file (no {exc})") from None
-    differ = [name for name, value in found.items() if structure[name] != value]
-    if differ:
-        has = ", ".join(f"{name} {found[name]}" for name in differ)
-        says = ", ".join(f"{name} {structure[name]}" for name in differ)
-        raise IndexCorruptError(f"{path}: the codec has {has}; the manifest says {says}")
 
 
 def _built_at_open(centroids: int, dim: int, rows: int, shards: int, pairs: int) -> int:

@@ -35,7 +35,7 @@ from tokembed.search.plaid.build import SEARCH, refuse_unit_codes_without_vector
 from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, scratches
 from tokembed.search.plaid.codec import Codec, needs_vector_norms
 from tokembed.search.plaid.codes import ShardCodes
-from tokembed.search.plaid.files import check_structure_lists_shards, held_open, map_tensors, verify_files
+from tokembed.search.plaid.files import check_codec_agrees, check_structure_lists_shards, held_open, map_tensors, verify_files
 from tokembed.search.plaid.products import centroid_scores
 from tokembed.search.plaid.rerank import exact_scores
 from tokembed.search.plaid.shard_reads import doc_id
@@ -105,11 +105,9 @@ def open_structure(index, verify: bool = True) -> Structure:
         verify_files(index.folder, [structure["codec"], *entries], verify, opened=opened)
         for shard in _vectorless_shards(index):  # the files the index holds open, as the scan checks them
             index.verify_shard(shard, verify, remembered=True)
-        codec_file = structure["codec"]["file"]
-        codec = Codec.from_tensors(*map_tensors(index.folder / codec_file, opened[codec_file]))
+        codec, shards = _mapped_structure(index, opened)
         if vectors_dropped(index.manifest) and needs_vector_norms(index.manifest) and not codec.vector_norms:
             refuse_unit_codes_without_vectors(index.folder, True)  # its decoded vectors would all score as unit length
-        shards = [_open_codes(index.folder, entry, opened[entry["file"]]) for entry in entries]
     if codec.vector_norms and vectors_dropped(index.manifest) and any(codes.vector_norms is None for codes in shards):
         refuse_unit_codes_without_vectors(index.folder, True)  # code files an earlier release's cron run wrote
     starts = np.cumsum([0] + [entry["rows"] for entry in entries]).astype(np.int64)
@@ -120,6 +118,28 @@ def _held_files(index, entries: list[dict]):
     """The index's own open structure files; opened now by path for an ``Index`` made without them."""
     held = index.structure_files(entries)
     return held_open(index.folder, entries) if held is None else nullcontext(held)
+
+
+def check_structure(index, checksum: bool) -> None:
+    """What ``open_structure`` checks of the structure's files (``info``): listed as the manifest's shards, sizes, the
+    codec's nbits and centroids, each code file's rows and tokens; with ``checksum`` every file hashed (none taken on
+    an earlier match's word). The shards themselves are the caller's (``Index.verify``)."""
+    structure = index.manifest[SEARCH]
+    check_structure_lists_shards(index.folder, index.manifest)
+    with _held_files(index, [structure["codec"], *structure["shards"]]) as opened:
+        verify_files(index.folder, [structure["codec"], *structure["shards"]], checksum, remembered=False, opened=opened)
+        _mapped_structure(index, opened)
+
+
+def _mapped_structure(index, opened) -> tuple[Codec, list[ShardCodes]]:
+    """The codec and code files the manifest lists (``opened``: ``held_open``), refused where they are not what it
+    says they are."""
+    structure = index.manifest[SEARCH]
+    codec_path = index.folder / structure["codec"]["file"]
+    tensors, metadata = map_tensors(codec_path, opened[structure["codec"]["file"]])
+    check_codec_agrees(codec_path, tensors, metadata, structure)
+    codec = Codec.from_tensors(tensors, metadata)
+    return codec, [_open_codes(index.folder, entry, opened[entry["file"]]) for entry in structure["shards"]]
 
 
 def _vectorless_shards(index) -> list[dict]:
