@@ -26,7 +26,8 @@ def string_offsets(array) -> np.ndarray:
     import pyarrow as pa
 
     wide = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
-    offsets = np.frombuffer(array.buffers()[1], np.int64 if wide else np.int32)
+    width, buffer = np.dtype(np.int64 if wide else np.int32), array.buffers()[1]
+    offsets = np.frombuffer(buffer, width, count=buffer.size // width.itemsize)  # a damaged header's size may not divide
     return offsets[array.offset : array.offset + len(array) + 1].astype(np.int64)
 
 

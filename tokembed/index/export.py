@@ -215,7 +215,7 @@ def _write_parquet_files(index, folder: Path, to: Path, schema, progress) -> int
                 for batch in _shard_export_batches(index, shard, schema):
                     writer.write_batch(batch)
             fsync_file(folder / name)
-        except OSError as exc:
+        except OSError as exc:  # the output's: a shard that cannot be read is IndexCorruptError (arrow_file.py)
             raise IndexWriteError(f"--to {to}: cannot write {name} ({exc.strerror or exc})") from exc
         written += (folder / name).stat().st_size
         progress(f"{name}: {shard['rows']} rows, {shard['tokens']} tokens ({number}/{len(index.shards)})")

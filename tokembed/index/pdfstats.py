@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokembed.index.arrow_file import ShardReader
+
 
 def pdf_totals(folder: Path, shards: list[dict], sources=None) -> dict | None:
     """``{"files", "pages", "dpi"}`` for an index holding PDF pages, else None."""
@@ -18,8 +20,8 @@ def pdf_totals(folder: Path, shards: list[dict], sources=None) -> dict | None:
     last = None  # pages of one PDF are consecutive rows (ids are unique, inputs read in order)
     for shard in shards:
         with pa.memory_map(str(folder / shard["file"]), "r") as mapped:
-            reader = pa.ipc.open_file(mapped)
-            if "page" not in reader.schema.names:
+            reader = ShardReader(mapped, folder / shard["file"])
+            if "page" not in reader.names:
                 continue
             for number in range(reader.num_record_batches):
                 batch = reader.get_batch(number).select(["source_file", "page"])

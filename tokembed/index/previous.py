@@ -26,7 +26,7 @@ class PreviousIndex:
         for shard in index.shards:
             pages, reader = index.shard_pages(shard), index.open_shard(shard)
             for number in range(reader.num_record_batches):
-                batch = reader.get_batch(number)
+                batch = reader.get_batch(number, validated=True)  # a full rebuild reads ids of an unchecked index
                 self._batches.append(batch)
                 self._pages.append(pages)
                 self._keys.add(id_keys(batch.column("id").to_pylist()), np.arange(starts[-1], starts[-1] + batch.num_rows))

@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 
 from tokembed.errors import IndexCorruptError, IndexNotFoundError, UsageError
+from tokembed.index.arrow_file import ShardReader
 from tokembed.index.atomic import sha256_file
 from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS
 from tokembed.index.manifest_shape import check_manifest_shape
@@ -69,9 +70,11 @@ class Index:
         size = mapped.size()
         if size != shard["bytes"]:
             raise IndexCorruptError(f"{self.shard_path(shard)}: {size} bytes on disk, manifest says {shard['bytes']}")
+        if checksum:  # first: a damaged shard is reported as such, whatever reading its batches would raise
+            self._check_sha256(shard, mapped, remembered)
         self._check_counts(shard)
-        if not checksum:
-            return
+
+    def _check_sha256(self, shard: dict, mapped, remembered: bool) -> None:
         key = stat_key(mapped.fileno()) if remembered else None
         if remembered and self._verified.known(shard["file"], key, shard["sha256"]):
             return
@@ -95,8 +98,8 @@ class Index:
             rows += batch.num_rows
             token_ids = batch.column(batch.schema.get_field_index("token_ids"))
             tokens += int(token_ids.offsets[-1].as_py() - token_ids.offsets[0].as_py()) if len(token_ids) else 0
-        embeddings = reader.schema.field("embeddings").type if "embeddings" in reader.schema.names else None
-        width = getattr(getattr(embeddings, "value_type", None), "list_size", self.dim)
+        embeddings = reader.schema.field("embeddings").type if "embeddings" in reader.names else None
+        width = embeddings.value_type.list_size if embeddings is not None else self.dim
         found = {"rows": rows, "tokens": tokens}
         for name, count in found.items():
             if int(shard[name]) != count:
@@ -109,14 +112,10 @@ class Index:
     def _verified(self) -> VerifiedFiles:
         return VerifiedFiles(self.folder)
 
-    def open_shard(self, shard: dict):
-        """A memory-mapped Arrow IPC file reader for one shard."""
-        import pyarrow as pa
-
-        try:
-            return pa.ipc.open_file(_whole(self._mapped(shard)))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise IndexCorruptError(f"{self.shard_path(shard)}: not a readable Arrow file ({exc})") from exc
+    def open_shard(self, shard: dict) -> ShardReader:
+        """A memory-mapped Arrow IPC file reader for one shard: a damaged footer, schema or batch header is
+        ``IndexCorruptError`` naming it (``arrow_file.py``)."""
+        return ShardReader(_whole(self._mapped(shard)), self.shard_path(shard))
 
     def iter_batches(self, columns: list[str] | None = None) -> Iterator:
         """Record batches of every shard in index order (memory-mapped, zero-copy)."""

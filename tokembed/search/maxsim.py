@@ -60,7 +60,8 @@ class ScanStats:
 
 def shard_batches(index, shard: dict, verify: bool = True, remembered: bool = False) -> Iterator:
     """Record batches of one shard (zero-copy views of the index's memory map), checked first (``remembered``:
-    its sha256 not again when it matched before and has not changed since, ``Index.verify_shard``).
+    its sha256 not again when it matched before and has not changed since, ``Index.verify_shard``); unchecked, each
+    batch's offsets and ids are validated instead (``ShardReader.get_batch``).
 
     After the caller is done with a batch (when the generator resumes), its pages are dropped from this
     process (they stay in the OS page cache): resident memory is one record batch, not the shard.
@@ -70,7 +71,7 @@ def shard_batches(index, shard: dict, verify: bool = True, remembered: bool = Fa
     reader = index.open_shard(shard)
     pages = index.shard_pages(shard)
     for number in range(reader.num_record_batches):
-        batch = reader.get_batch(number)
+        batch = reader.get_batch(number, validated=not verify)
         yield batch
         pages.release(batch)
 

@@ -60,6 +60,7 @@ def _token_ranges(index, structure, number: int, local: np.ndarray, rerank: str)
     batches = shard_batches(index, structure, number)
     if batches.row_starts is None:
         require_vectors(index, "re-ranking from the stored vectors")
+        raise IndexCorruptError(f"{batches.path}: no embeddings column, though the manifest says the index keeps its vectors")
     return batches.row_starts[local], batches.row_ends[local]
 
 

@@ -91,7 +91,7 @@ def _position_in_file(vectors: np.ndarray, base: int, size: int, path) -> int:
 def _read_batches(index, number: int) -> ShardBatches:
     shard = index.shards[number]
     reader = index.open_shard(shard)
-    records = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+    records = [reader.get_batch(i, validated=True) for i in range(reader.num_record_batches)]  # sha256 not checked
     firsts = np.cumsum([0] + [batch.num_rows for batch in records], dtype=np.int64)[: len(records)]
     starts, ends, positions, itemsize = [], [], [], 2
     file, base = index.shard_file(shard)
