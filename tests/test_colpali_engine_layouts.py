@@ -100,6 +100,37 @@ def test_query_prompt_is_colpali_engine_0_3_18(bases, arch):
     assert "token_type_ids" not in got
 
 
+@pytest.mark.parametrize("bidirectional", ["saved", "absent", False])
+def test_colpali_queries_get_their_vectors_alone_in_a_padded_batch(bases, tmp_path, bidirectional):
+    """colpali-engine's ColPali queries carry no token type ids, which PaliGemma at inference (transformers 4.57,
+    5.3) reads as all prefix: bidirectional, padding masked, whatever ``use_bidirectional_attention`` says (configs
+    transformers 4 saved have none; 5.x writes true). Under transformers 5.25 a padded batch was causal (0.13 off next to a longer query), and
+    a config saying false made every query causal."""
+    import json
+    import shutil
+
+    from tokembed.embedder import Embedder
+    from tokembed.settings import EncodeFlags
+
+    built = bases[("ColPali", "published")]
+    path = shutil.copytree(built, tmp_path / "colpali")
+    config = json.loads((path / "config.json").read_text())
+    if bidirectional != "saved":
+        config["text_config"].pop("use_bidirectional_attention", None)
+    if bidirectional is False:
+        config["text_config"]["use_bidirectional_attention"] = False
+    (path / "config.json").write_text(json.dumps(config))
+    queries = ["the cat", "what is the capital of france", "the river water city paris france and the dog sat on a mat"]
+    embedder = Embedder.load(str(path), EncodeFlags(kind="query", store_dtype="float32"))
+    together, alone = embedder.embed(queries), embedder.embed(queries, batch_tokens=1)
+    processor = _load(path).processor
+    for query, (vectors, ids), (vectors_alone, ids_alone) in zip(queries, together, alone):
+        reference = _reference("ColPali", built, dict(processor.process_queries([query])))[0].numpy()
+        assert ids.tolist() == ids_alone.tolist() and len(ids) == len(reference)
+        assert np.abs(vectors - vectors_alone).max() <= 1e-5, query
+        assert np.abs(vectors_alone - reference).max() <= 1e-5, query
+
+
 def test_colqwen2_document_prompt_expands_the_image_pads(bases):
     model = _load(bases[("ColQwen2", "published")])
     tokenizer = model.processor.tokenizer

@@ -52,8 +52,9 @@ class ColPaliEngine:
     modes = "vision"
     reference = (
         "colpali-engine 0.3.18 ColPali + ColPaliProcessor: documents '<image><bos>Describe the image.' through "
-        "PaliGemmaProcessor; queries '<bos>' + query + 10 <pad>, no 'Question: ' prefix, no newline, no token type "
-        "ids (causal attention, unlike the -hf port); convert('RGB') on the image it gets (transparency already composited on white by the image reader)"
+        "PaliGemmaProcessor; queries '<bos>' + query + 10 <pad>, no 'Question: ' prefix, no newline (unlike the -hf "
+        "port), no token type ids (PaliGemma's inference prefix: bidirectional attention, padding masked); "
+        "convert('RGB') on the image it gets (transparency already composited on white by the image reader)"
     )
 
     @classmethod

@@ -11,7 +11,12 @@ hard-codes it.
   ``mm_token_type_ids``, as transformers' ``Qwen3VLProcessor`` returns them to colpali-engine's ``ColQwen3``.
 * ``EngineColPali``  PaliGemma + ``custom_text_proj``, ``hidden_states[-1]``. colpali-engine wraps
   ``PaliGemmaForConditionalGeneration``; its language-model head never reaches the embeddings, so the bare
-  ``PaliGemmaModel`` is built (module ``model``) and the head's saved tensor is ignorable.
+  ``PaliGemmaModel`` is built (module ``model``) and the head's saved tensor is ignorable. Its queries carry no
+  ``token_type_ids``, which PaliGemma at inference reads as all prefix in transformers 4.57 and 5.3 (0.3.18's
+  floor): bidirectional attention, padding masked, whatever the config's ``use_bidirectional_attention``. Later
+  transformers (5.25) attend bidirectionally to an unpadded batch but causally to a padded one, so a query's
+  vectors would depend on its neighbours; all-zero ``token_type_ids`` (prefix everywhere) ask for the prefix
+  mask in every version.
 * ``EngineColIdefics3``  ``Idefics3Model`` (module ``model``) + ``linear``.
 """
 
@@ -80,6 +85,7 @@ class EngineColPali(PaliGemmaPreTrainedModel):
         kwargs.pop("output_hidden_states", None)
         if "pixel_values" in kwargs:
             kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype=self.dtype)
+        kwargs.setdefault("token_type_ids", torch.zeros_like(kwargs["input_ids"]))  # all prefix (module doc)
         hidden = self.model(**kwargs, output_hidden_states=True).hidden_states[-1]
         return _normalize_and_mask(self.custom_text_proj(hidden), kwargs["attention_mask"])
 
