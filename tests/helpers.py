@@ -36,7 +36,19 @@ def read_index(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def manifest(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
+    """The index's manifest as written, less its seal (``tokembed.index.sealed``)."""
+    from tokembed.index.sealed import SEAL
+
+    return {key: value for key, value in json.loads((folder / "manifest.json").read_text()).items() if key != SEAL}
+
+
+def write_manifest(folder: Path, data: dict, sealed: bool = True) -> None:
+    """Replace the index's manifest with ``data``: sealed, as tokembed writes one (a test's edit the index is to
+    take as its own), or not (``sealed=False``), as a release before the seal wrote it."""
+    from tokembed.index.sealed import SEAL, sealed_bytes
+
+    body = {key: value for key, value in data.items() if key != SEAL}
+    (folder / "manifest.json").write_bytes(sealed_bytes(body, indent=2) if sealed else json.dumps(body).encode())
 
 
 TEXTS = [

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from helpers import manifest, write_jsonl, write_parquet
+from helpers import manifest, write_jsonl, write_manifest, write_parquet
 from test_cron import assert_same_index, change_weights_in_place, corpus_rows, encode
 
 EXIT_BAD_INPUT = 3
@@ -137,6 +137,6 @@ def test_an_id_column_renamed_upstream_is_refused_not_replaced_by_row_numbers(tm
     write(corpus, rows)
     assert encode(corpus, out, "--full").returncode == 0
     earlier = {key: value for key, value in manifest(out).items() if key != "id_column"}  # an earlier release's
-    (out / "manifest.json").write_text(json.dumps(earlier))
+    write_manifest(out, earlier, sealed=False)
     write(corpus, [{"doc_id": row["id"], "text": row["text"]} for row in rows])
     assert json.loads(encode(corpus, out).stdout)["deleted"] == 10  # as before: not checked

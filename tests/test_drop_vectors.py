@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from helpers import manifest, write_parquet
+from helpers import manifest, write_manifest, write_parquet
 from plaid_support import clustered_docs, corpus_rows, edited, queries_from, structure_files, tokembed
 from test_score import write_index
 from tokembed.errors import IndexCorruptError, VectorsDroppedError
@@ -133,7 +133,7 @@ def test_drift_keeps_the_centroids_of_a_compressed_only_index(dropped, tmp_path,
     shutil.copytree(dropped, folder)
     data = manifest(folder)
     data["search"]["drift"]["share_coded_since_training"] = 0.9  # past RETRAIN_SHARE: new centroids are due
-    (folder / "manifest.json").write_text(json.dumps(data))
+    write_manifest(folder, data)
     result = cli("compress", folder)
     assert result.exit_code == 0, result.output
     assert "keeping the current ones" in result.stderr

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from helpers import manifest, write_jsonl
+from helpers import manifest, write_jsonl, write_manifest
 from plaid_support import corpus_rows, tokembed
 
 
@@ -53,7 +53,7 @@ def test_info_refuses_a_manifest_whose_nbits_and_centroids_are_not_its_codecs(in
     data = manifest(index)
     nbits, centroids = data["search"]["nbits"], data["search"]["centroids"]
     data["search"].update(nbits=4, centroids=centroids + 1)
-    (index / "manifest.json").write_text(json.dumps(data))
+    write_manifest(index, data)
     result = cli("info", index, *verify)
     assert result.exit_code == 6, result.output
     assert (f"the codec has nbits {nbits}, centroids {centroids}; the manifest says nbits 4, centroids {centroids + 1}"

@@ -3,12 +3,11 @@ left behind is removed by the next one."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
-from helpers import write_parquet
+from helpers import manifest, write_manifest, write_parquet
 
 
 def _index(cli, checkpoint, tmp_path):
@@ -19,10 +18,9 @@ def _index(cli, checkpoint, tmp_path):
 
 
 def _edit_manifest(folder, section: str, key: str, value) -> None:
-    path = folder / "manifest.json"
-    data = json.loads(path.read_text())
+    data = manifest(folder)
     data[section][key] = value
-    path.write_text(json.dumps(data))
+    write_manifest(folder, data)  # sealed, as the later release wrote it
 
 
 def test_a_flag_or_colbert_setting_a_later_release_recorded_is_refused_naming_it(cli, checkpoint, tmp_path):
@@ -32,9 +30,9 @@ def test_a_flag_or_colbert_setting_a_later_release_recorded_is_refused_naming_it
         refused = cli("score", folder, "--query", "number one")
         assert refused.exit_code == 6, refused.output
         assert f"{section} 'some_future_setting'" in refused.stderr and "Traceback" not in refused.output
-        data = json.loads((folder / "manifest.json").read_text())
+        data = manifest(folder)
         del data[section]["some_future_setting"]
-        (folder / "manifest.json").write_text(json.dumps(data))
+        write_manifest(folder, data)
     assert cli("score", folder, "--query", "number one").exit_code == 0
 
 

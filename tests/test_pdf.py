@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from helpers import manifest, read_index, write_jsonl, write_parquet
+from helpers import manifest, read_index, write_jsonl, write_manifest, write_parquet
 from pdfs import encrypt, extract_directly, image_pdf, render_directly, text_pdf, zero_page_pdf
 from tokembed.sources import SourceOptions, open_sources
 
@@ -298,7 +298,7 @@ def test_old_shards_without_page_columns_stay_readable(cli, checkpoint, tmp_path
     from tokembed.index.atomic import sha256_file
 
     data["shards"][0].update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
-    (out / "manifest.json").write_text(json.dumps(data))
+    write_manifest(out, data)
     assert cli("score", out, "--query", "alpha").exit_code == 0
     assert cli("info", out, "--verify").exit_code == 0
     rerun = cli("encode", docs, "--model", model, "-o", out, "--log-format", "json")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import manifest, write_parquet
+from helpers import manifest, write_manifest, write_parquet
 from plaid_support import DIM, clustered_docs, corpus_rows, edited, recall, structure_files, tokembed
 from test_score import write_index
 from tokembed.errors import IndexCorruptError
@@ -183,7 +183,7 @@ def test_incremental_codes_equal_a_full_rebuild_byte_for_byte(tmp_path, cli):
     shutil.copytree(out, recoded)
     stripped = manifest(recoded)
     stripped["search"]["shards"] = []
-    (recoded / "manifest.json").write_text(json.dumps(stripped))
+    write_manifest(recoded, stripped)
     for entry in v2["shards"]:
         (recoded / entry["file"]).unlink()
     summary = compress_index(recoded)

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from helpers import manifest
+from helpers import manifest, write_manifest
 from tokembed.errors import ModelNotFoundError
 from tokembed.models.resolve import model_fingerprint, resolve_model, weights_sha256
 
@@ -115,7 +115,7 @@ def test_an_index_of_the_previous_release_over_a_folder_with_unread_formats_is_s
     assert written["model"]["fingerprint"] != _previous_release_fingerprint(model)
     written["model"].update(fingerprint=_previous_release_fingerprint(model),
                             weights_sha256=_previous_release_weights_sha256(model))
-    (index / "manifest.json").write_text(json.dumps(written))  # as the previous release wrote it
+    write_manifest(index, written, sealed=False)  # as the previous release wrote it
     result = cli("score", index, "--query", "alpha", "--model", model)
     assert result.exit_code == 0, result.output
     (model / "openvino" / "openvino_model.bin").write_bytes(b"other bytes: not the files it was built from")
@@ -175,7 +175,7 @@ def test_an_index_whose_manifest_recorded_ignored_model_flags_is_still_scored(ch
     assert cli("encode", _docs(tmp_path), *model, "-o", index, "-q").exit_code == 0
     written = json.loads((index / "manifest.json").read_text())
     written["flags"].update(revision="deadbeef", base_model="nosuch/base", base_revision="v9")
-    (index / "manifest.json").write_text(json.dumps(written))
+    write_manifest(index, written, sealed=False)
     result = cli("score", index, "--query", "red planet", "-f", "jsonl")
     assert result.exit_code == 0, result.output
     assert {json.loads(line)["doc_id"] for line in result.stdout.splitlines()} == {"a", "b"}
@@ -271,5 +271,5 @@ def test_an_index_of_the_release_that_hashed_no_slow_tokenizer_file_is_still_sco
     earlier = model_fingerprint(model, slow_tokenizer=False)
     assert written["model"]["fingerprint"] != earlier
     written["model"]["fingerprint"] = earlier  # as the release before wrote it
-    (index / "manifest.json").write_text(json.dumps(written))
+    write_manifest(index, written, sealed=False)
     assert cli("score", index, "--query", "alpha", "--model", model).exit_code == 0

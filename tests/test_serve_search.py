@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import write_jsonl
+from helpers import write_jsonl, write_manifest
 from serve_support import LiveServer
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
@@ -175,7 +175,7 @@ def test_an_earlier_releases_index_keeps_answering_after_the_cron_run_that_recor
     index, corpus = built
     manifest = json.loads((index / "manifest.json").read_text())
     del manifest["model"]["weights_sha256"]  # as an earlier release wrote it
-    (index / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(index, manifest, sealed=False)
     server = served(index, colbert_ckpt)
     try:
         assert server.post("/search", {"query": "alpha"}).status_code == 200

@@ -81,14 +81,15 @@ def vectors_dropped(manifest: dict | None) -> bool:
 
 
 def manifest_bytes(manifest: dict) -> bytes:
-    """The manifest as committed, with the ``format_version`` its shards call for."""
-    import json
+    """The manifest as committed, with the ``format_version`` its shards call for and sealed (``index.sealed``):
+    every writer of a manifest goes through here."""
+    from tokembed.index.sealed import sealed_bytes
 
     version = FORMAT_VERSION
     if vectors_dropped(manifest):
         lengths = bool((manifest.get(SEARCH) or {}).get("vector_norms"))
         version = VECTORLESS_LENGTHS_FORMAT_VERSION if lengths else VECTORLESS_FORMAT_VERSION
-    return (json.dumps({**manifest, "format_version": version}, indent=2, ensure_ascii=False) + "\n").encode()
+    return sealed_bytes({**manifest, "format_version": version}, indent=2, ensure_ascii=False)
 
 
 def require_vectors(index, needed_by: str) -> None:

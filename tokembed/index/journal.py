@@ -3,7 +3,8 @@
 ``INDEX_DIR/run-journal.json`` is rewritten atomically each time a shard is finished. It records what
 the run was (settings fingerprint, weights digest, the inputs' names, sizes and mtimes, the manifest it
 replaces) and, per finished shard, its manifest entry and how many source chunks it covers. A later run with
-the same signature verifies those shards by sha256 and continues after them, checking as it reads their chunks that
+the same signature checks the journal's seal (``index.sealed``), then those shards (each listed once, in order, its
+size, sha256, rows and tokens those of its file) and continues after them, checking as it reads their chunks that
 they hold the same rows (``plan.plan_chunks``: the journal records a digest of each chunk's ids and content hashes);
 any other run discards it, with the shards it lists that no manifest lists (as a run that fails does with its own).
 """
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokembed.index.atomic import atomic_write_bytes, sha256_file
+from tokembed.index.format import DATA_DIR, SHARD_PATTERN
+from tokembed.index.sealed import SealError, sealed_bytes, unseal
 
 JOURNAL = "run-journal.json"
 
@@ -86,7 +89,7 @@ class Journal:
             "counts": self.counts,
             "chunk_digests": self.chunk_digests[:chunks_done],
         }
-        atomic_write_bytes(self.path, json.dumps(payload).encode())
+        atomic_write_bytes(self.path, sealed_bytes(payload))
 
     def restart(self) -> None:
         """Remove this journal and its unlisted shards, and go on as a fresh one of the same signature."""
@@ -128,7 +131,6 @@ def remove_unlisted(folder: Path, shards: list[dict]) -> None:
     when the manifest cannot be read (which of them it lists is then unknown)."""
     from tokembed.errors import IndexCorruptError
     from tokembed.index.atomic import remove_unused
-    from tokembed.index.format import DATA_DIR, SHARD_PATTERN
     from tokembed.index.reader import read_manifest
 
     try:
@@ -152,8 +154,8 @@ def journaled_shards(folder: Path) -> set[str]:
 
 
 def resume_journal(folder: Path, signature: dict) -> Journal:
-    """The journal to continue: the previous run's if it matches and its shards verify, else a fresh one (the
-    previous run's is then removed, with its shards)."""
+    """The journal to continue: the previous run's if its seal holds, it matches and its shards verify, else a
+    fresh one (the previous run's is then removed, with its shards)."""
     fresh = Journal(folder, signature)
     path = folder / JOURNAL
     try:
@@ -165,12 +167,54 @@ def resume_journal(folder: Path, signature: dict) -> Journal:
     shards, digests = data.get("shards", []), data.get("chunk_digests")
     # Without a digest per finished chunk (an earlier release's journal) its shards cannot be checked: not resumed.
     complete = isinstance(digests, list) and len(digests) == data.get("chunks_done")
-    if data.get("signature") != signature or not complete or not all(_verified(folder, shard) for shard in shards):
-        Journal(folder, data.get("signature"), shards).remove()
+    if not (_sealed(data) and data.get("signature") == signature and complete and _shards_verified(folder, shards)):
+        Journal(folder, data.get("signature"), shards if isinstance(shards, list) else []).remove()
         return fresh
     return Journal(folder, signature, shards, data["chunks_done"], data.get("skipped", []), data.get("counts", {}), digests)
 
 
+def _sealed(data: dict) -> bool:
+    """The journal is as its run wrote it (``index.sealed``): a damaged one, or one without a seal, is not resumed."""
+    try:
+        unseal(data)
+    except SealError:
+        return False
+    return True
+
+
+def _shards_verified(folder: Path, shards) -> bool:
+    """Each journaled shard is a well-formed entry naming a shard file, listed once and in the order the run wrote
+    them, and is the very file it names: its size, sha256, rows and tokens."""
+    if not isinstance(shards, list) or not all(_well_formed(shard) for shard in shards):
+        return False
+    numbers = [int(SHARD_PATTERN.match(Path(shard["file"]).name).group(1)) for shard in shards]
+    return numbers == sorted(set(numbers)) and all(_verified(folder, shard) for shard in shards)
+
+
+_ENTRY = {"file": str, "rows": int, "tokens": int, "bytes": int, "sha256": str}  # writer.ShardInfo's fields
+
+
+def _well_formed(shard) -> bool:
+    if not isinstance(shard, dict) or shard.keys() != _ENTRY.keys():
+        return False
+    if not all(isinstance(shard[name], kind) and not isinstance(shard[name], bool) for name, kind in _ENTRY.items()):
+        return False
+    parent, _, name = shard["file"].partition("/")
+    return parent == DATA_DIR and SHARD_PATTERN.match(name) is not None
+
+
 def _verified(folder: Path, shard: dict) -> bool:
+    import pyarrow as pa
+
+    from tokembed.errors import IndexCorruptError
+    from tokembed.index.arrow_file import ShardReader
+    from tokembed.index.reader import shard_counts
+
     file = folder / shard["file"]
-    return file.is_file() and file.stat().st_size == shard["bytes"] and sha256_file(file) == shard["sha256"]
+    if not (file.is_file() and file.stat().st_size == shard["bytes"] and sha256_file(file) == shard["sha256"]):
+        return False
+    try:
+        with pa.memory_map(str(file), "r") as source:
+            return shard_counts(ShardReader(source, file)) == (shard["rows"], shard["tokens"])
+    except (IndexCorruptError, OSError):  # not an Arrow shard with token ids
+        return False

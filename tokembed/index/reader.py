@@ -23,9 +23,10 @@ from pathlib import Path
 from tokembed.errors import IndexCorruptError, IndexNotFoundError, UsageError
 from tokembed.index.arrow_file import ShardReader
 from tokembed.index.atomic import sha256_file
-from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS
+from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS, manifest_bytes
 from tokembed.index.manifest_shape import check_manifest_shape
 from tokembed.index.pages import MappedPages
+from tokembed.index.sealed import SealError, unseal
 from tokembed.index.verified import VerifiedFiles, stat_key
 
 _OPEN_ATTEMPTS = 5
@@ -92,12 +93,7 @@ class Index:
         if shard["file"] in self._counted:
             return
         reader = self.open_shard(shard)
-        rows = tokens = 0
-        for number in range(reader.num_record_batches):
-            batch = reader.get_batch(number)
-            rows += batch.num_rows
-            token_ids = batch.column(batch.schema.get_field_index("token_ids"))
-            tokens += int(token_ids.offsets[-1].as_py() - token_ids.offsets[0].as_py()) if len(token_ids) else 0
+        rows, tokens = shard_counts(reader)
         embeddings = reader.schema.field("embeddings").type if "embeddings" in reader.names else None
         width = embeddings.value_type.list_size if embeddings is not None else self.dim
         found = {"rows": rows, "tokens": tokens}
@@ -131,7 +127,7 @@ class Index:
         return self.manifest_bytes() + sum(int(shard["bytes"]) for shard in self.shards) + int(structure)
 
     def manifest_bytes(self) -> int:
-        return len(json.dumps(self.manifest, indent=2, ensure_ascii=False).encode()) + 1  # as written
+        return len(manifest_bytes(self.manifest))  # as written
 
     def shard_file(self, shard: dict):
         """(the open file, address of its byte 0 in the mapping) of a shard this reader holds: positioned
@@ -184,6 +180,18 @@ def _whole(mapped):
 _POSITION_LOCK = threading.Lock()
 
 
+def shard_counts(reader) -> tuple[int, int]:
+    """(rows, tokens) of a shard open as an Arrow IPC file ``reader``, from its batch headers and token id offsets:
+    no vector is read."""
+    rows = tokens = 0
+    for number in range(reader.num_record_batches):
+        batch = reader.get_batch(number)
+        rows += batch.num_rows
+        token_ids = batch.column(batch.schema.get_field_index("token_ids"))
+        tokens += int(token_ids.offsets[-1].as_py() - token_ids.offsets[0].as_py()) if len(token_ids) else 0
+    return rows, tokens
+
+
 def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
     try:
@@ -198,6 +206,10 @@ def read_manifest(folder: Path) -> dict | None:
         raise IndexCorruptError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexCorruptError(f"{path}: not a tokembed index manifest")
+    try:
+        manifest = unseal(manifest, required=False)  # one without a seal was written by a release before it
+    except SealError as exc:
+        raise IndexCorruptError(f"{path}: {exc}") from exc
     if manifest.get("format_version") not in READABLE_VERSIONS:
         raise IndexCorruptError(
             f"{path}: format_version {manifest.get('format_version')} (this tokembed reads "

@@ -8,19 +8,20 @@ changes that key (a user can set mtime back, not ctime), so a file changed since
 key and sha256 both still match is not. `info --verify` hashes everything, whatever the record says.
 
 One small JSON file per index folder under ``$TOKEMBED_CACHE/verified`` (default ``~/.cache/tokembed``), naming
-files relative to the folder; entries of files no longer there are dropped when it is written. Where it cannot
-be read or written, every open hashes, as it did before the record existed.
+files relative to the folder; entries of files no longer there are dropped when it is written. It is sealed
+(``index.sealed``): one that is damaged or has no seal is ignored, its files hashed again and the record rewritten.
+Where it cannot be read or written, every open hashes, as it did before the record existed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
 
 from tokembed.cache import cache_root
+from tokembed.index.sealed import read_sealed, sealed_bytes
 
 
 class VerifiedFiles:
@@ -63,7 +64,7 @@ class VerifiedFiles:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = temp_beside(self.path)
-            tmp.write_text(json.dumps(self.entries))
+            tmp.write_bytes(sealed_bytes(self.entries))
             os.replace(tmp, self.path)  # a torn or lost record only means hashing again: no fsync
         except OSError as error:
             _warn_unrecorded(self.path.parent, error)
@@ -72,10 +73,9 @@ class VerifiedFiles:
         if self.path is None:
             return {}
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            return read_sealed(self.path)
+        except (OSError, ValueError):  # none yet, or damaged (``index.sealed``): every file is hashed again
             return {}
-        return data if isinstance(data, dict) else {}
 
 
 _warned: set[Path] = set()

@@ -1,0 +1,134 @@
+"""The JSON files tokembed trusts later carry a digest of their own content (``tokembed/index/sealed.py``): a run
+journal damaged since it was written is not resumed (the run encodes its shards again and commits what an
+uninterrupted run does, not a manifest every reader refuses or one short of rows); a manifest whose query settings
+were changed is refused (exit 6), not scored otherwise than its documents; a damaged record of hashed files is
+ignored, not a permanent "weights changed". A manifest of a release before the seal is read as before."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import manifest, write_manifest
+from test_resume_inputs import ROWS, encode_text, killed_text_run, same_index, shard_files_listed_only, text_rows, write_jsonl
+from tokembed.index.sealed import SEAL, sealed_bytes, unseal
+
+
+def _flip_first_rows(path) -> None:
+    """One bit of the first journaled shard's row count: 2 -> 3, the seal left as it was."""
+    raw = path.read_text()
+    assert raw.count('"rows": 2,') == 3
+    path.write_text(raw.replace('"rows": 2,', '"rows": 3,', 1))
+
+
+def _resealed(edit):
+    def damage(path) -> None:
+        journal = json.loads(path.read_text())
+        edit(journal)
+        path.write_bytes(sealed_bytes(journal))
+    return damage
+
+
+def _unsealed(edit):
+    def damage(path) -> None:
+        journal = json.loads(path.read_text())
+        edit(journal)
+        path.write_text(json.dumps(journal))
+    return damage
+
+
+JOURNAL_DAMAGES = {
+    "undamaged": None,
+    "rows of a shard, one bit": _flip_first_rows,
+    "an entry lost": _unsealed(lambda journal: journal["shards"].pop()),
+    "no seal": _unsealed(lambda journal: journal.pop(SEAL)),
+    # sealed as written, but not what the shards hold: no tokembed writes these, the resume checks them all the same
+    "rows of a shard, resealed": _resealed(lambda journal: journal["shards"][0].update(rows=3)),
+    "an entry listed twice, resealed": _resealed(lambda journal: journal["shards"].__setitem__(2, journal["shards"][1])),
+    "entries out of order, resealed": _resealed(lambda journal: journal["shards"].reverse()),
+    "rows as a string, resealed": _resealed(lambda journal: journal["shards"][0].update(rows="2")),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(JOURNAL_DAMAGES))
+def test_a_damaged_journal_is_not_resumed_and_the_run_commits_what_an_uninterrupted_one_does(checkpoint, tmp_path, damage):
+    """Row count 2 -> 3 in the journal: the resume exited 0 and committed a manifest every reader refused (exit 6);
+    an entry lost: 2 rows of 12 dropped, exit 0."""
+    model = checkpoint("stanford")
+    data = write_jsonl(tmp_path / "data.jsonl", text_rows())
+    out, uninterrupted = tmp_path / "index", tmp_path / "uninterrupted"
+    killed_text_run(model, data, out)
+    if JOURNAL_DAMAGES[damage]:
+        JOURNAL_DAMAGES[damage](out / "run-journal.json")
+    rerun = encode_text(model, data, out)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["resumed_shards"] == (3 if damage == "undamaged" else 0) and summary["rows"] == ROWS
+    assert encode_text(model, data, uninterrupted).returncode == 0
+    assert same_index(out, uninterrupted) and shard_files_listed_only(out)
+    assert manifest(out)["totals"] == manifest(uninterrupted)["totals"]
+
+
+def _scores(cli, index) -> str:
+    result = cli("score", index, "--exact", "--query", "alpha gamma", "-f", "tsv", "-k", 5)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_a_manifest_whose_query_prefix_was_changed_is_refused_naming_it(checkpoint, tmp_path, cli):
+    """One bit of colbert.query_prefix ("[Q] " -> "[P] ") changed every score, exit 0, and info --verify said the
+    index was sound."""
+    index = tmp_path / "index"
+    assert cli("encode", write_jsonl(tmp_path / "d.jsonl", text_rows()), "--model", checkpoint("pylate_bert"), "-o", index,
+               "-q").exit_code == 0
+    path = index / "manifest.json"
+    data = json.loads(path.read_text())
+    prefix = data["colbert"]["query_prefix"]
+    data["colbert"]["query_prefix"] = prefix[0] + chr(ord(prefix[1]) ^ 1) + prefix[2:]
+    path.write_text(json.dumps(data, indent=2))  # the seal as it was
+    for command in (("score", index, "--query", "alpha"), ("info", index, "--verify")):
+        result = cli(*command)
+        assert result.exit_code == 6, result.output
+        assert f"{path}: its content does not match its {SEAL}" in result.stderr
+
+
+def test_a_manifest_written_before_the_seal_is_read_as_before(checkpoint, tmp_path, cli):
+    index = tmp_path / "index"
+    assert cli("encode", write_jsonl(tmp_path / "d.jsonl", text_rows()), "--model", checkpoint("stanford"), "-o", index,
+               "-q").exit_code == 0
+    before = _scores(cli, index)
+    write_manifest(index, manifest(index), sealed=False)
+    assert SEAL not in json.loads((index / "manifest.json").read_text())
+    assert _scores(cli, index) == before
+    assert cli("info", index, "--verify").exit_code == 0
+
+
+def test_every_manifest_writer_seals_it(checkpoint, tmp_path, cli):
+    index = tmp_path / "index"
+    assert cli("encode", write_jsonl(tmp_path / "d.jsonl", text_rows()), "--model", checkpoint("stanford"), "-o", index,
+               "-q").exit_code == 0
+    unseal(json.loads((index / "manifest.json").read_text()))
+    assert cli("compress", index, "--centroids", 4, "--quiet").exit_code == 0
+    assert "search" in unseal(json.loads((index / "manifest.json").read_text()))
+
+
+def test_a_damaged_record_of_hashed_weights_is_ignored_not_a_weights_change(checkpoint, tmp_path, cli):
+    """One hex digit of the record's digest of model.safetensors: score refused the index (exit 5) ever after."""
+    from tokembed.index.atomic import sha256_file
+    from tokembed.index.verified import VerifiedFiles
+
+    model, index = checkpoint("stanford"), tmp_path / "index"
+    assert cli("encode", write_jsonl(tmp_path / "d.jsonl", text_rows()), "--model", model, "-o", index, "-q").exit_code == 0
+    before = _scores(cli, index)
+    record = VerifiedFiles(model).path
+    entries = json.loads(record.read_text())
+    names = [name for name in entries if name != SEAL]
+    assert names
+    for name in names:
+        digest = entries[name][-1]
+        entries[name][-1] = ("0" if digest[0] != "0" else "1") + digest[1:]
+    record.write_text(json.dumps(entries))  # the seal as it was
+    assert _scores(cli, index) == before
+    rewritten = VerifiedFiles(model).entries
+    assert all(rewritten[name][-1] == sha256_file(model / name) for name in names)
