@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tokembed._testhooks import fault_point
 from tokembed.errors import IndexWriteError, UsageError, VectorsDroppedError
-from tokembed.index.publish import is_staging, published, remove_dead_staging
+from tokembed.index.publish import is_staging, names_but_lone_staging_locks, published, remove_dead_staging
 
 FORMATS = ("parquet", "lance")
 DTYPES = ("float32", "float16")
@@ -229,10 +229,11 @@ def _write_parquet_files(index, folder: Path, to: Path, schema, progress) -> int
 
 
 def _require_empty_folder(to: Path) -> None:
-    """``to`` is new or an empty folder; one that holds only a live export's staging folder (the dead ones' were
-    removed) is named as such, not as a folder holding something."""
-    if to.exists() and (not to.is_dir() or any(to.iterdir())):
-        names = sorted(entry.name for entry in to.iterdir()) if to.is_dir() else []
+    """``to`` is new or an empty folder (a lone staging lock file counts as nothing: ``names_but_lone_staging_locks``);
+    one that holds only a live export's staging folder (the dead ones' were removed) is named as such, not as a folder
+    holding something."""
+    names = names_but_lone_staging_locks(to) if to.is_dir() else []
+    if to.exists() and (not to.is_dir() or names):
         if names and all(is_staging(name) for name in names):
             raise UsageError(f"--to {to}: another export is staging into this folder ({names[0]})",
                              hint="wait for it to finish, or choose a new path")

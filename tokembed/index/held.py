@@ -7,6 +7,10 @@ dies, however it dies, so a later run that takes the lock without waiting knows 
 and removes both (``remove_abandoned``). The pid in the name is for a human and decides nothing: a process in
 another container or pod sharing the volume, or on another host sharing it over NFS (v4 maps ``flock`` to its own
 locks), has a pid this process cannot see, or the very same pid.
+
+On a file system without locks (``flock`` fails with ``ENOLCK``/``ENOSYS``/``EOPNOTSUPP``: NFSv3 without a lock
+daemon, Lustre mounted without ``-o flock``, some FUSE or 9p mounts) an entry is still made and used, its lock file
+kept unlocked: a sweep's ``flock`` fails alike there, so it leaves every entry alone, a killed run's too.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ UNIQUE = r"\d+-[0-9a-f]{8}"
 # The bytes of a user's name kept whole in a held name: the rest of it (``.``, ``.export-tmp-``, the pid, the random
 # part, ``.lock``) must fit in the 255 bytes of a file name (NAME_MAX) with it.
 _STEM_BYTES = 200
+# What ``flock`` raises where the file system has no locks (the list above): the entry is held by its lock file only.
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
 def short_stem(name: str) -> str:
@@ -48,7 +54,8 @@ def held_pattern(prefix: str, suffix: str = "") -> re.Pattern:
 class HeldEntry:
     """A new name in ``folder``, ``PREFIX PID-RANDOM SUFFIX`` (``path``), held by this process until ``release``:
     its lock file is created and locked here, for the caller to make the entry (a file or a folder) under that
-    name. Creating the lock file raises ``OSError`` (a read-only or missing folder)."""
+    name. Creating the lock file raises ``OSError`` (a read-only or missing folder), as does locking it where the
+    file system has locks (then the lock file is removed); where it has none the lock file stays unlocked."""
 
     def __init__(self, folder: Path, prefix: str, suffix: str = "") -> None:
         while True:
@@ -57,7 +64,7 @@ class HeldEntry:
                 fd = os.open(_lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 continue  # another process's name, by a one in four billion chance
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock_unless_unsupported(fd, _lock_path(self.path))
             if _is_at(fd, _lock_path(self.path)):
                 self._fd: int | None = fd
                 return
@@ -81,6 +88,27 @@ class HeldEntry:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _lock_unless_unsupported(fd: int, lock: Path) -> None:
+    """Lock ``fd``, the lock file ``lock`` just created; left unlocked where the file system has no locks. Any
+    other failure (an interrupt too) closes ``fd`` and removes ``lock`` before it is raised: nothing is left."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException as exc:
+        if isinstance(exc, OSError) and exc.errno in _NO_LOCKS:
+            return
+        _discard(fd, lock)
+        raise
+
+
+def _discard(fd: int, lock: Path) -> None:
+    if _is_at(fd, lock):
+        try:
+            os.unlink(lock)
+        except OSError:
+            pass  # a read-only folder: a later sweep removes it (its lock is free)
+    os.close(fd)
 
 
 def remove_abandoned(folder: Path, pattern: re.Pattern) -> None:

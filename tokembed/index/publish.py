@@ -101,6 +101,16 @@ def is_staging(name: str) -> bool:
     return bool(STAGING_NAME.fullmatch(name.removesuffix(LOCK_SUFFIX)))
 
 
+def names_but_lone_staging_locks(folder: Path) -> list[str]:
+    """The names in ``folder`` (sorted), less the lock files of staging folders that are not there: a killed
+    export's where the file system has no locks (``remove_dead_staging`` removes it where it has), or that of an
+    export about to make its staging folder, whose files then meet this export's in publishing (``_publish_entries``
+    refuses an entry that appeared while exporting)."""
+    names = {entry.name for entry in folder.iterdir()}
+    return sorted(name for name in names if not (name.endswith(LOCK_SUFFIX) and is_staging(name)
+                                                 and name.removesuffix(LOCK_SUFFIX) not in names))
+
+
 def _publish_folder(staging: Path, to: Path) -> None:
     """Publish the staging folder beside a new path ``to`` as ``to`` by one rename: all of it or nothing."""
     from tokembed.index.atomic import fsync_dir
