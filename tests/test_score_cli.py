@@ -177,6 +177,12 @@ def test_library_load_document_takes_an_index_and_search_vectors_a_tensor_with_g
     (lambda index: encode_queries(3, ["x"]), UsageError, "index: .* got int"),
     (lambda index: open_index(None), UsageError, "open_index: .* got NoneType"),
     (lambda index: load_document(3, "doc0"), UsageError, "index_path: .* got int"),
+    # before the index's checkpoint is looked up: were a TypeError from pathlib, an AttributeError from the device's
+    (lambda index: search(index, ["x"], model=b"x"), UsageError, "--model: .* got bytes"),
+    (lambda index: search(index, ["x"], model=5), UsageError, "--model: .* got int"),
+    (lambda index: search(index, ["x"], device=5), UsageError, "--device: .* got int"),
+    (lambda index: encode_queries(index, ["x"], model=b"x"), UsageError, "--model: .* got bytes"),
+    (lambda index: encode_queries(index, ["x"], device=5), UsageError, "--device: .* got int"),
 ])
 def test_library_arguments_of_the_wrong_type_are_tokembed_errors(demo_index, call, error, message):
     with pytest.raises(error, match=message):  # each was a bare TypeError

@@ -1,9 +1,9 @@
 """``encode_corpus``'s checks of an ``EncodeJob``, all made before the model loads.
 
 ``checked_job`` takes the job as a library caller may write it (str paths, one path alone as ``inputs``, any
-iterable of them, a numpy integer) and returns it with ``Path``s and ints, every option checked; ``check_inputs``
-then checks that each input is there. A field of the wrong type is a ``UsageError`` naming it, never a
-TypeError or AttributeError from deep inside the run.
+iterable of them, a numpy integer in its counts, ``nbits`` or ``flags``) and returns it with ``Path``s and ints,
+every option checked; ``check_inputs`` then checks that each input is there. A field of the wrong type is a
+``UsageError`` naming it, never a TypeError or AttributeError from deep inside the run.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 
 from tokembed.errors import UsageError
 from tokembed.index.reader import require_index_path
+from tokembed.settings import checked_flags
+from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input
 from tokembed.sources.files import refuse_inputs_given_twice
 from tokembed.sources.pdf import check_pdf_password
@@ -30,9 +32,12 @@ def checked_job(job: EncodeJob) -> EncodeJob:
     """``job`` with ``inputs`` a list of ``Path``, ``output`` a ``Path`` and its counts ints; every option checked."""
     from tokembed.index.lock import check_wait
 
+    if not isinstance(job.sources, SourceOptions):
+        raise UsageError(f"sources: expected a SourceOptions, got {type(job.sources).__name__}")
     job = replace(job, inputs=_input_paths(job.inputs), output=require_index_path(job.output, "output"),
                   batch_tokens=_positive_count("--batch-tokens", job.batch_tokens),
-                  shard_rows=_positive_count("--shard-rows", job.shard_rows))
+                  shard_rows=_positive_count("--shard-rows", job.shard_rows), flags=checked_flags(job.flags),
+                  nbits=_nbits(job.nbits))
     if job.on_error not in ("fail", "skip"):
         raise UsageError(f"--on-error must be fail or skip; got {job.on_error!r}")
     if job.engine not in ("local", "ray"):
@@ -42,10 +47,6 @@ def checked_job(job: EncodeJob) -> EncodeJob:
                          hint="add --engine ray, or leave --ray-address out")
     check_pdf_password(job.sources.pdf_password)
     check_wait(job.wait_seconds)
-    if job.nbits is not None:
-        from tokembed.search.plaid.codec import check_nbits
-
-        check_nbits(job.nbits)
     _refuse_retrain_without_structure(job)
     return job
 
@@ -79,6 +80,15 @@ def _positive_count(flag: str, value) -> int:
     if value < 1:
         raise UsageError(f"{flag} must be positive; got {value}")
     return int(value)
+
+
+def _nbits(nbits) -> int | None:
+    """``--nbits`` as a Python int, None (not given: the index's structure, if any, kept) as is."""
+    if nbits is None:
+        return None
+    from tokembed.search.plaid.codec import checked_nbits  # imports the structure's search (~80 ms): only when asked
+
+    return checked_nbits(nbits)
 
 
 def _refuse_retrain_without_structure(job: EncodeJob) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import numbers
+import os
 import sys
 from dataclasses import asdict, dataclass, replace
 
@@ -167,7 +169,7 @@ def resolve(
     position_limit: int | None = None,
 ) -> EncodeSettings:
     """Join the user's flags with the checkpoint's ColBERT settings into one kind's settings."""
-    _check_choices(flags)
+    flags = checked_flags(flags)
     mode = flags.mode or ("colbert" if colbert is not None else "raw")
     if mode == "colbert" and colbert is None:
         raise UsageError(
@@ -175,11 +177,6 @@ def resolve(
             "with ColBERT settings); this one carries none.",
             hint="use --mode raw, or point --model at a ColBERT checkpoint",
         )
-    if flags.max_length is not None and flags.max_length < 2:
-        raise UsageError(f"--max-length must be at least 2, got {flags.max_length}")
-    if flags.dimensions is not None and flags.dimensions < 1:
-        raise UsageError(f"--dimensions must be positive, got {flags.dimensions}")
-    _check_pool_factor(flags)
     # An explicit length overrides max_seq_length and the tokenizer's limit (as sentence-transformers does);
     # only the positions the model can embed cap it, and past them it is refused, never silently cut.
     limit = position_limit or model_max_length
@@ -240,11 +237,49 @@ def _colbert_settings(base: EncodeSettings, flags: EncodeFlags, colbert: Colbert
     return replace(base, max_length=length, prefix=colbert.document_prefix, keep_only_ids=colbert.keep_only_token_ids)
 
 
+# The flags that are counts: (field, flag, least value, None allowed: not set).
+_COUNTS = (("max_length", "--max-length", 2, True), ("dimensions", "--dimensions", 1, True),
+           ("pool_factor", "--pool-factor", 1, False))
+# The flags that name a hub revision or a checkpoint (None: not set); a ``Path`` base model is taken as its folder.
+_NAMES = (("revision", "--revision"), ("base_model", "--base-model"), ("base_revision", "--base-revision"))
+
+
+def checked_flags(flags: EncodeFlags) -> EncodeFlags:
+    """``flags`` with its counts Python ints and its names str, every field checked (the CLI's flags and a library
+    caller's alike, before the model loads). The manifest records the flags whole and JSON takes no numpy integer: a
+    field of the wrong type is a ``UsageError`` naming its flag, never a TypeError after the corpus was encoded."""
+    if not isinstance(flags, EncodeFlags):
+        raise UsageError(f"flags: expected an EncodeFlags, got {type(flags).__name__}")
+    _check_choices(flags)
+    if not isinstance(flags.normalize, bool):
+        raise UsageError(f"normalize {flags.normalize!r} (--no-normalize): must be True or False")
+    counts = {name: _count(flag, getattr(flags, name), least, optional) for name, flag, least, optional in _COUNTS}
+    flags = replace(flags, **counts, **{name: _name(flag, getattr(flags, name)) for name, flag in _NAMES})
+    _check_pool_factor(flags)
+    return flags
+
+
+def _count(flag: str, value, least: int, optional: bool) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy integers are Integral
+        raise UsageError(f"{flag} {value!r}: must be a whole number")
+    if value < least:
+        raise UsageError(f"{flag} must be at least {least}, got {value}")
+    return int(value)
+
+
+def _name(flag: str, value) -> str | None:
+    if flag == "--base-model" and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f"{flag} {value!r}: expected a str, got {type(value).__name__}")
+    return value
+
+
 def _check_pool_factor(flags: EncodeFlags) -> None:
     from importlib.util import find_spec
 
-    if flags.pool_factor < 1:
-        raise UsageError(f"--pool-factor must be at least 1, got {flags.pool_factor}")
     if flags.pool_factor > 1 and find_spec("scipy") is None:
         raise UsageError("--pool-factor needs scipy, which is not installed", hint="pip install 'tokembed[pool]'")
     if flags.pool_factor > 1 and flags.kind == "query":

@@ -115,6 +115,8 @@ def given_spec(spec: str | None, flag: str = "--devices", expected: str = _EXPEC
     variable unset must not quietly mean every device."""
     if spec is None:
         return "auto"
+    if not isinstance(spec, str):  # a library caller's number: not an AttributeError from strip
+        raise UsageError(f"{flag}: {expected} (a str), got {type(spec).__name__}")
     if not spec.strip():
         raise DeviceError(f"{flag} {spec!r}: empty ({expected})")
     return spec.strip().lower()

@@ -61,6 +61,7 @@ def search(
     from tokembed.index.reader import open_index
     from tokembed.search.plaid.search import open_searchable
 
+    _check_model_and_device(model, device)
     index_path = require_index_path(index_path, "index_path")
     _check_options(top_k, block_tokens, probe, candidates)
     asked = as_queries(queries)
@@ -123,6 +124,7 @@ def encode_queries(
     from tokembed.index import open_index
     from tokembed.models.token_ids import TokenPastEmbeddingsError
 
+    _check_model_and_device(model, device)
     index = _checked_index(index)
     asked = as_queries(texts, ids)
     texts, ids = asked.texts, asked.ids
@@ -292,6 +294,15 @@ def _check_options(top_k: int, block_tokens: int, probe: int | None = None, cand
             raise UsageError(f"{flag} {value!r}: must be a whole number")
         if value < 1:
             raise UsageError(f"{flag} {value}: must be at least 1")
+
+
+def _check_model_and_device(model, device) -> None:
+    """A caller's bytes or number as ``model`` or ``device`` is a ``UsageError`` naming it before the index is opened,
+    not a TypeError from pathlib while the index's checkpoint is looked up, nor an AttributeError from the device's."""
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise UsageError(f"--model: expected a checkpoint folder (str or Path) or a hub id, got {type(model).__name__}")
+    if device is not None and not isinstance(device, str):
+        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N (a str), got {type(device).__name__}")
 
 
 def _resolve_device(spec: str) -> str:

@@ -72,7 +72,7 @@ def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, p
     nbits = options.nbits or (old["nbits"] if old else None)
     if nbits is None:
         return manifest
-    codec_mod.check_nbits(nbits)
+    nbits = codec_mod.checked_nbits(nbits)
     index = open_generation(folder, manifest)
     if index.tokens == 0 and options.nbits is None:
         log("the index holds no tokens: no search structure (score scans exhaustively)")

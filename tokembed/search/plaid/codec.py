@@ -232,9 +232,12 @@ def unpack(packed: np.ndarray, nbits: int, dim: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def check_nbits(nbits: int) -> None:
-    if nbits not in NBITS_CHOICES:
-        raise UsageError(f"--nbits {nbits}: must be one of {', '.join(map(str, NBITS_CHOICES))}")
+def checked_nbits(nbits) -> int:
+    """``nbits`` as a Python int (the manifest records it: JSON takes no numpy integer). A bool or float is refused,
+    not taken for 1 (True == 1) or 2 (2.0 == 2): the codec shifts by it."""
+    if isinstance(nbits, bool) or not isinstance(nbits, (int, np.integer)) or nbits not in NBITS_CHOICES:
+        raise UsageError(f"--nbits {nbits!r}: must be one of {', '.join(map(str, NBITS_CHOICES))}")
+    return int(nbits)
 
 
 def default_centroids(tokens: int) -> int:

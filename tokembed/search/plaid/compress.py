@@ -64,13 +64,13 @@ def compress_index(
     from tokembed.index.commit_window import commit_window
     from tokembed.index.lock import IndexLock, check_wait
     from tokembed.index.reader import open_index
-    from tokembed.search.plaid.codec import check_centroids, check_nbits
+    from tokembed.search.plaid.codec import check_centroids, checked_nbits
     from tokembed.search.plaid.drop import drop_vectors as without_vectors, remove_abandoned_drop
 
     folder = Path(folder)
     started = time.perf_counter()
     if nbits is not None:
-        check_nbits(nbits)
+        nbits = checked_nbits(nbits)
     if centroids is not None:
         check_centroids(centroids)  # before any work or log line
     check_wait(wait_seconds)
