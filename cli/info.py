@@ -37,7 +37,7 @@ def _facts_of_one_generation(index: Path, verify: bool) -> dict:
     from tokembed.index.reader import read_manifest
 
     for _ in range(5):
-        opened = open_index(index)
+        opened = open_index(index, structure=False)  # check_structure opens its files a few at a time
         try:
             return _facts(index, opened, verify)
         except IndexCorruptError:

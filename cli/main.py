@@ -74,6 +74,7 @@ def _run_command(args: list[str] | None, through_exit: bool = False) -> int:
     from cli._signals import command_signals, work_done
     from tokembed._testhooks import fault_point
     from tokembed.errors import TokembedError
+    from tokembed.open_files import limit_error, out_of_descriptors
 
     commits = _commits_finished()
     try:
@@ -83,8 +84,11 @@ def _run_command(args: list[str] | None, through_exit: bool = False) -> int:
             if not code:  # encode, compress and export said so already, before their summary line
                 work_done()
     except TokembedError as exc:
-        print(format_error(exc), file=sys.stderr)
-        return exit_code_for(exc)[0]
+        return _reported(exc)
+    except OSError as exc:  # no descriptor left outside the index's own opens (importing a module, say): as theirs
+        if not out_of_descriptors(exc):
+            raise
+        return _reported(limit_error(exc.filename, exc))
     except (KeyboardInterrupt, typer.Abort):
         code = EXIT_INTERRUPTED
     except typer.Exit as exc:
@@ -97,6 +101,11 @@ def _run_command(args: list[str] | None, through_exit: bool = False) -> int:
     if code == EXIT_INTERRUPTED:
         print(_interrupted_message(_commits_finished() > commits), file=sys.stderr)
     return code if isinstance(code, int) else 0
+
+
+def _reported(exc) -> int:
+    print(format_error(exc), file=sys.stderr)
+    return exit_code_for(exc)[0]
 
 
 def _commits_finished() -> int:
@@ -116,7 +125,9 @@ def _interrupted_message(committed: bool) -> str:
 def main() -> None:
     from cli._clock import process_start
     from tokembed._testhooks import fault_point
+    from tokembed.open_files import raise_soft_limit
 
+    raise_soft_limit()  # an index holds a file open per shard: the usual soft 1024 is no limit of the machine's
     code = run(started=process_start(), through_exit=True)
     fault_point("exiting", 1)
     sys.exit(code)

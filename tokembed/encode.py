@@ -308,7 +308,7 @@ def _previous_index(job: EncodeJob, settings_fp: str, weights_sha256: str, progr
     if not same_weights(manifest, weights_sha256):
         progress.log("the model's weights changed since the last run (same files, sizes and headers): re-encoding everything")
         return None
-    return previous_index(open_index(job.output), job.nbits, job.retrain)  # compressed-only: rows carry codes
+    return previous_index(open_index(job.output, structure=False), job.nbits, job.retrain)  # compressed-only: rows carry codes
 
 
 def _replaced_index(job: EncodeJob):
@@ -319,7 +319,7 @@ def _replaced_index(job: EncodeJob):
     from tokembed.index.reader import open_index
 
     try:
-        return PreviousIndex(open_index(job.output))  # no index there: IndexNotFoundError
+        return PreviousIndex(open_index(job.output, structure=False))  # no index there: IndexNotFoundError
     except (TokembedError, OSError, ValueError):
         return None
 

@@ -75,6 +75,11 @@ class IndexWriteError(IndexError_):
     """Writing the index failed (disk full, permission, a read-only folder): the previous index is untouched."""
 
 
+class OpenFilesLimitError(TokembedError):
+    """The OS refused to open another file: the process's limit (``ulimit -n``) or the system's was reached; the
+    files are intact (``tokembed/open_files.py``)."""
+
+
 class DeviceError(TokembedError):
     """A device that cannot be used, or a worker that died."""
 

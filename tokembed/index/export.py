@@ -111,7 +111,7 @@ def export_index(
 
     check_export_options(fmt, dtype, table)
     started = time.perf_counter()
-    index = open_index(index_path)  # holds every listed shard open: a later commit cannot pull them away
+    index = open_index(index_path, structure=False)  # holds every listed shard open: a later commit cannot pull them away
     try:
         require_vectors(index, "export")
     except VectorsDroppedError as exc:

@@ -1,6 +1,7 @@
 """Open an index: read the manifest, then open every shard and search-structure file it lists at once.
 
-Shards are memory-mapped, and the structure's files opened, right after the manifest is read, so a reader
+Shards are memory-mapped, and the structure's files opened (``open_index(..., structure=False)``: not, for a
+caller that never searches through it), right after the manifest is read, so a reader
 holds one complete generation even if a writer commits a new manifest and deletes the old shards and code
 files a moment later (an open file stays readable after unlink): a structure search of an ``Index`` held
 since maps the files it holds (``structure_files``). If a listed file vanished between reading the manifest
@@ -28,6 +29,7 @@ from tokembed.index.manifest_shape import check_manifest_shape
 from tokembed.index.pages import MappedPages
 from tokembed.index.sealed import SealError, unseal
 from tokembed.index.verified import VerifiedFiles, stat_key
+from tokembed.open_files import descriptors_named
 
 _OPEN_ATTEMPTS = 5
 
@@ -227,8 +229,13 @@ def require_index_path(value, argument: str, hint: str | None = None) -> Path:
     raise UsageError(f"{argument}: expected an index folder path (str or Path), got {type(value).__name__}", hint=hint)
 
 
-def open_index(folder: Path | str) -> Index:
-    """Open the committed generation of an index, with every shard it lists held open."""
+def open_index(folder: Path | str, structure: bool = True) -> Index:
+    """Open the committed generation of an index, with every shard it lists held open, and with ``structure`` its
+    search structure's files too (a structure search through the ``Index`` then reads its own generation's, see
+    ``structure_files``). A caller that never searches through the structure (an exact scan, an export) passes
+    False: it holds one file per shard, not two, and a later structure search opens the files by path.
+
+    A file the OS refuses for want of descriptors (``ulimit -n``) is ``OpenFilesLimitError``, not a missing one."""
     import pyarrow as pa
 
     folder = require_index_path(folder, "open_index")
@@ -241,17 +248,18 @@ def open_index(folder: Path | str) -> Index:
         maps, missing = {}, None
         for shard in manifest["shards"]:
             try:
-                maps[shard["file"]] = pa.memory_map(str(folder / shard["file"]), "r")
+                with descriptors_named(folder / shard["file"]):
+                    maps[shard["file"]] = pa.memory_map(str(folder / shard["file"]), "r")
             except (FileNotFoundError, pa.ArrowIOError, OSError):
                 missing = shard["file"]
                 break
-        structure = _open_structure_files(folder, manifest) if missing is None else {}
-        gone = missing is not None or _MISSING in structure.values()
+        held = _open_structure_files(folder, manifest) if structure and missing is None else None
+        gone = missing is not None or _MISSING in (held or {}).values()
         if gone and read_manifest(folder) != manifest:
             continue  # a newer generation was committed in between: open that one
         if missing is not None:  # the same generation lacks the file: really missing
             raise IndexCorruptError(f"{folder}: manifest lists {missing}, which is missing")
-        return Index(folder, manifest, maps, _structure_files=structure)  # a structure file missing: its search says so
+        return Index(folder, manifest, maps, _structure_files=held)  # a structure file missing: its search says so
     raise IndexCorruptError(f"{folder}: the index kept changing while it was being opened")
 
 
@@ -266,7 +274,8 @@ def _open_structure_files(folder: Path, manifest: dict) -> dict:
     held: dict = {}
     for entry in [search["codec"], *search["shards"]] if search else []:
         try:
-            held[entry["file"]] = pa.OSFile(str(folder / entry["file"]), "r")
+            with descriptors_named(folder / entry["file"]):
+                held[entry["file"]] = pa.OSFile(str(folder / entry["file"]), "r")
         except FileNotFoundError:
             held[entry["file"]] = _MISSING
         except OSError as exc:

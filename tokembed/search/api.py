@@ -68,7 +68,7 @@ def search(
     timings = {} if timings is None else timings
     started = time.perf_counter()
     if exact:  # the scan reads the vectors alone: a damaged structure must not stop it (its errors say --exact)
-        index, structure = open_index(index_path), None
+        index, structure = open_index(index_path, structure=False), None
     else:
         index, structure = open_searchable(index_path)  # code files: sizes and sha256 checked
     index.verify(checksums=False)  # missing or truncated shards fail before the model loads
@@ -129,7 +129,7 @@ def encode_queries(
     asked = as_queries(texts, ids)
     texts, ids = asked.texts, asked.ids
     device = _resolve_device(device)  # as search() resolves it: "auto", "cuda" with none visible, "cpu:2" said
-    index = index if isinstance(index, Index) else open_index(index)
+    index = index if isinstance(index, Index) else open_index(index, structure=False)
     started = time.perf_counter()
     embedder = Embedder.for_index(
         index.manifest, kind="query", model=model, device=device,
@@ -180,7 +180,7 @@ def search_vectors(
     _check_options(top_k, block_tokens, probe, candidates)
     index, query_matrices = _checked_index(index), _checked_query_matrices(query_matrices)
     if not isinstance(index, Index):
-        index, structure = open_searchable(index) if not exact else (open_index(index), None)
+        index, structure = open_searchable(index) if not exact else (open_index(index, structure=False), None)
     else:
         structure = open_structure(index) if has_structure(index) and not exact else None
     if exact:
@@ -226,7 +226,7 @@ def load_document(index_path, doc_id: str) -> tuple[np.ndarray, np.ndarray]:
     if problem := unicode_problem(doc_id, f"document id {doc_id!r}"):  # Arrow takes no lone surrogate
         raise BadInputError(f"load_document: {problem}")
     index = _checked_index(index_path, "index_path")
-    index = index if isinstance(index, Index) else open_index(index)
+    index = index if isinstance(index, Index) else open_index(index, structure=False)
     require_vectors(index, "load_document")
     wanted = pa.scalar(doc_id, pa.string())
     for shard in index.shards:

@@ -158,7 +158,7 @@ class ServedIndex:
             index, structure = open_searchable(self.folder)
             damaged = None
         except IndexCorruptError as exc:  # a damaged structure, or the shards themselves: opening them alone tells
-            index, structure = open_index(self.folder), None
+            index, structure = open_index(self.folder, structure=False), None
             damaged = IndexCorruptError(str(exc), hint=exc.hint)  # no traceback: its frames would hold generations
         _require_whole_shards(index)
         self._check_same_encoding(index.manifest)

@@ -74,9 +74,9 @@ def compress_index(
     if centroids is not None:
         check_centroids(centroids)  # before any work or log line
     check_wait(wait_seconds)
-    index = open_index(folder)  # a missing index fails before the lock file is created
+    index = open_index(folder, structure=False)  # a missing index fails before the lock file is created
     with IndexLock(folder, wait_seconds):
-        index = open_index(folder)
+        index = open_index(folder, structure=False)  # its code files are read under the lock, by path
         index.verify(checksums=False)  # sizes and counts: the structure maps documents by the manifest's counts
         check_compressible(index)
         current = index.manifest.get(SEARCH)

@@ -18,6 +18,7 @@ import numpy as np
 
 from tokembed.errors import IndexCorruptError, IndexWriteError
 from tokembed.index.atomic import atomic_write_bytes, replacing, sha256_file
+from tokembed.open_files import descriptors_named
 
 _DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "I64": np.int64, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 
@@ -57,8 +58,8 @@ def map_tensors(path: Path, opened=None) -> tuple[dict[str, np.ndarray], dict[st
     """Read-only zero-copy views of every tensor in a safetensors file, and its metadata; ``opened``: that file
     already open (the one ``verify_files`` checked), mapped instead of whatever is at ``path`` now."""
     try:
-        with open(path, "rb") if opened is None else nullcontext(opened) as handle:
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        with descriptors_named(path), open(path, "rb") if opened is None else nullcontext(opened) as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)  # holds a descriptor of its own
     except (OSError, ValueError) as exc:
         raise IndexCorruptError(f"{path}: cannot map the file ({exc})") from exc
     try:
@@ -140,8 +141,13 @@ def held_open(folder: Path, entries: list[dict]):
     while a deploy swaps the folder; closed after it (a map keeps its file)."""
     with ExitStack() as stack:
         with _gone_is_missing(folder):
-            opened = {entry["file"]: stack.enter_context(open(folder / entry["file"], "rb")) for entry in entries}
+            opened = {entry["file"]: stack.enter_context(_open_named(folder / entry["file"])) for entry in entries}
         yield opened
+
+
+def _open_named(path: Path):
+    with descriptors_named(path):
+        return open(path, "rb")
 
 
 def check_structure_lists_shards(folder: Path, manifest: dict) -> None:

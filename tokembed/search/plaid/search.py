@@ -126,20 +126,34 @@ def check_structure(index, checksum: bool) -> None:
     an earlier match's word). The shards themselves are the caller's (``Index.verify``)."""
     structure = index.manifest[SEARCH]
     check_structure_lists_shards(index.folder, index.manifest)
-    with _held_files(index, [structure["codec"], *structure["shards"]]) as opened:
-        verify_files(index.folder, [structure["codec"], *structure["shards"]], checksum, remembered=False, opened=opened)
-        _mapped_structure(index, opened)
+    entries = [structure["codec"], *structure["shards"]]
+    for start in range(0, len(entries), _CHECKED_AT_ONCE):  # not all at once: a file and its map each, beside the shards
+        some = entries[start : start + _CHECKED_AT_ONCE]
+        with _held_files(index, some) as opened:
+            verify_files(index.folder, some, checksum, remembered=False, opened=opened)
+            for entry in some:
+                if entry is structure["codec"]:
+                    _mapped_codec(index, opened)
+                else:
+                    _open_codes(index.folder, entry, opened[entry["file"]])
+
+
+_CHECKED_AT_ONCE = 8  # files hashed at once (verify_files' threads), then mapped and let go: info holds the shards too
 
 
 def _mapped_structure(index, opened) -> tuple[Codec, list[ShardCodes]]:
     """The codec and code files the manifest lists (``opened``: ``held_open``), refused where they are not what it
     says they are."""
     structure = index.manifest[SEARCH]
+    return _mapped_codec(index, opened), [_open_codes(index.folder, entry, opened[entry["file"]]) for entry in structure["shards"]]
+
+
+def _mapped_codec(index, opened) -> Codec:
+    structure = index.manifest[SEARCH]
     codec_path = index.folder / structure["codec"]["file"]
     tensors, metadata = map_tensors(codec_path, opened[structure["codec"]["file"]])
     check_codec_agrees(codec_path, tensors, metadata, structure)
-    codec = Codec.from_tensors(tensors, metadata)
-    return codec, [_open_codes(index.folder, entry, opened[entry["file"]]) for entry in structure["shards"]]
+    return Codec.from_tensors(tensors, metadata)
 
 
 def _vectorless_shards(index) -> list[dict]:

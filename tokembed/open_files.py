@@ -1,0 +1,58 @@
+"""The process's limit on open files (``ulimit -n``, RLIMIT_NOFILE).
+
+An open index holds a descriptor for each shard, and a search through its structure two more for each code file
+(the file and its map), so an index of many shards reaches a low limit. The OS then refuses the next open
+(EMFILE; ENFILE where the whole system's table is full): that is reported as the limit it is, naming it, never as
+a missing or corrupt file of an intact index.
+"""
+
+from __future__ import annotations
+
+import errno
+import resource
+from contextlib import contextmanager
+
+from tokembed.errors import OpenFilesLimitError
+
+
+def raise_soft_limit() -> None:
+    """The CLI's start: the soft limit up to the hard one, as Go's runtime and many servers do (the usual soft
+    1024 stopped an index of ~500 shards). Not for a library user's process: its limits are its own."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # a hard limit the kernel caps lower (macOS: unlimited past OPEN_MAX): keep the soft one
+        pass
+
+
+def out_of_descriptors(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def limit_error(path, exc: OSError) -> OpenFilesLimitError:
+    """What the OS refused (``exc``: EMFILE or ENFILE) opening ``path``, with the limit reached and how to raise it."""
+    where = f"{path}: cannot be opened" if path else "a file cannot be opened"
+    if exc.errno == errno.ENFILE:
+        return OpenFilesLimitError(f"{where}: the system's table of open files is full (ENFILE)",
+                                   hint="raise the system's limit (sysctl fs.file-max) or close other programs' files")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    raise_it = "ulimit -n (up to its hard limit; beyond it ulimit -Hn as root, LimitNOFILE= in a systemd unit, docker --ulimit nofile=)"
+    return OpenFilesLimitError(
+        f"{where}: this process may hold {soft} open files (ulimit -n; hard limit {_shown(hard)}) and holds that many",
+        hint=f"raise it with {raise_it}: an index holds a file open for each shard, a structure search two more")
+
+
+def _shown(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
+@contextmanager
+def descriptors_named(path):
+    """An EMFILE/ENFILE raised in the block is ``limit_error`` naming ``path``; other errors pass as they are."""
+    try:
+        yield
+    except OSError as exc:
+        if out_of_descriptors(exc):
+            raise limit_error(path, exc) from None
+        raise
