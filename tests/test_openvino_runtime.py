@@ -181,6 +181,43 @@ def test_a_damaged_cached_weights_file_of_the_same_size_is_converted_again(cache
     assert_close(expected, got)
 
 
+def test_a_cached_xml_changed_where_it_still_parses_is_converted_again(cache, monkeypatch, caplog):
+    """Only the weights file was checked: one digit of a constant's offset in the .xml (it still parses) read
+    another vector of the weights, and its vectors (0.15-0.38 off torch) were used without a word, exit 0."""
+    import re
+
+    embed(monkeypatch, "openvino")
+    (xml,) = cache.glob("*.xml")
+    text = xml.read_text()
+    offset = re.search(r'element_type="f32" shape="1, 1, 384" offset="(\d+)" size="1536"', text)
+    moved = offset.group(0).replace(f'offset="{offset.group(1)}"', f'offset="{int(offset.group(1)) + 4}"')
+    xml.write_text(text.replace(offset.group(0), moved, 1))
+    with caplog.at_level("WARNING", logger="tokembed"):
+        _, got = embed(monkeypatch, "openvino")
+    assert "its .xml is not the file that was kept (its sha256 differs)" in caplog.text
+    assert offset.group(0) in xml.read_text() and moved not in xml.read_text()  # replaced by a whole conversion
+    _, expected = embed(monkeypatch, "torch")
+    assert_close(expected, got)
+
+
+def test_a_cache_entry_whose_record_covers_the_weights_alone_is_converted_again(cache, monkeypatch, caplog):
+    """An entry kept before the .xml was checked too: its .xml was never checked, so it is not trusted."""
+    embed(monkeypatch, "openvino")
+    (record,) = cache.glob("*.sha256")
+    record.write_text(record.read_text().splitlines()[1].split()[0])  # the earlier format: the .bin's digest alone
+
+    def counted(*args, **kwargs):
+        conversions.append(1)
+        return convert(*args, **kwargs)
+
+    conversions, convert = [], openvino.convert_model
+    monkeypatch.setattr(openvino, "convert_model", counted)
+    with caplog.at_level("WARNING", logger="tokembed"):
+        embed(monkeypatch, "openvino")
+    assert conversions == [1] and "the weights file's alone (an earlier format)" in caplog.text
+    assert len(record.read_text().splitlines()) == 2
+
+
 def test_a_small_vocabulary_converts(cache, monkeypatch, checkpoint):
     """The tracer's example ids were MiniLM's (2023): every BERT with fewer tokens crashed (exit 1)."""
     model = checkpoint("raw_encoder")
@@ -190,15 +227,19 @@ def test_a_small_vocabulary_converts(cache, monkeypatch, checkpoint):
     assert_close(expected, got)
 
 
-def test_a_backbone_that_does_not_convert_keeps_torch(cache, monkeypatch, caplog):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_backbone_that_does_not_convert_keeps_torch(cache, monkeypatch, caplog, dtype):
+    """bfloat16: the converter's ``.float()`` widened the caller's backbone in place, so the fallback computed
+    float32 on bfloat16-rounded weights (3.3e-3 off torch bfloat16) under a manifest saying torch/bfloat16."""
     def broken(*args, **kwargs):
         raise RuntimeError("Couldn't get TorchScript module by tracing")
 
     monkeypatch.setattr(openvino, "convert_model", broken)
-    _, expected = embed(monkeypatch, "torch")
+    _, expected = embed(monkeypatch, "torch", dtype=dtype)
     with caplog.at_level("WARNING", logger="tokembed"):
-        embedder, got = embed(monkeypatch, "openvino")
+        embedder, got = embed(monkeypatch, "openvino", dtype=dtype)
     assert not isinstance(embedder.model.backbone, openvino_backbone.OpenVinoBackbone)
+    assert {str(tensor.dtype) for tensor in embedder.model.backbone.parameters()} == {f"torch.{dtype}"}
     assert "does not convert (Couldn't get TorchScript module by tracing): it keeps torch" in caplog.text
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(expected, got))
 

@@ -5,7 +5,8 @@ head dim 32 and fused elementwise ops; ``bench/openvino_peer.py``), with float32
 The backbone is converted once per checkpoint (5-20 s) and the converted model kept under
 ``$TOKEMBED_CACHE/openvino`` (default ``~/.cache/tokembed/openvino``), named by a sha256 of the checkpoint's
 fingerprint (its configs) and its weights' sha256 (every byte: a tensor changed in place is another model), the
-weight dtype, tokembed's and OpenVINO's versions; later runs read it (~0.2 s) after checking the weights file against the sha256 kept beside it. Compiled with one stream per lane, the precision the run asked
+weight dtype, tokembed's and OpenVINO's versions; later runs read it (~0.2 s) after checking both its files (the
+.xml and the weights) against the sha256s kept beside them. Compiled with one stream per lane, the precision the run asked
 for (f32, or bf16 for ``--dtype bfloat16``). Only for backbones that trace: the native BERT (``bert.py``).
 """
 
@@ -112,29 +113,66 @@ def _log():
 
 
 def _cached(core, path: Path):
-    """The converted model kept at ``path``; None when there is none, or it cannot be read or its weights file is
-    not the one kept (converted again)."""
+    """The converted model kept at ``path``; None when there is none, or it cannot be read or its .xml or weights
+    file is not the one kept (converted again)."""
     from tokembed.index.verified import VerifiedFiles
 
     if not path.is_file():
         return None
-    weights, checksum = path.with_suffix(".bin"), path.with_suffix(".sha256")
     try:  # hashed once per change of the file's stat key, not on every load
-        if VerifiedFiles(path.parent).sha256_of(weights.name) != checksum.read_text().strip():
-            raise RuntimeError(f"{weights.name} is not the file that was kept (its sha256 differs)")
+        _check_against_kept(path, VerifiedFiles(path.parent).sha256_of)
         return core.read_model(str(path))
     except (OSError, RuntimeError) as exc:
         _log().warning("the cached OpenVINO model %s cannot be read (%s): converting it again", path, str(exc).splitlines()[0])
         return None
 
 
+def _kept_checksums(path: Path, sha256_of) -> list[str]:
+    """The lines of the ``.sha256`` kept beside the converted model: the .xml's and the weights' (an .xml changed
+    where it still parses, a constant's offset or an ``eps``, computes other vectors as surely as other weights)."""
+    return [f"{sha256_of(name)}  {name}" for name in (path.name, path.with_suffix(".bin").name)]
+
+
+def _check_against_kept(path: Path, sha256_of) -> None:
+    kept = path.with_suffix(".sha256").read_text().splitlines()
+    if len(kept) == 1:
+        raise RuntimeError("its .sha256 holds one digest, the weights file's alone (an earlier format), not its .xml's")
+    for line in _kept_checksums(path, sha256_of):
+        if line not in kept:  # the path is in the warning already: its suffix says which file
+            raise RuntimeError(f"its {Path(line.split()[-1]).suffix} is not the file that was kept (its sha256 differs)")
+
+
 def _converted(backbone: torch.nn.Module, ov):
+    """The converted model. The converter traces in float32: ``backbone`` is widened in place (a copy would cost a
+    big model's memory again) and, where the conversion fails, narrowed back, bit for bit, to the dtypes it was
+    loaded in, since the caller then runs it in torch as the run asked (not float32 on bfloat16-rounded weights)."""
     vocabulary = backbone.get_input_embeddings().num_embeddings
     example_ids = torch.tensor([[1, 2, 3], [1, 2, 0]]).clamp(max=vocabulary - 1)  # with padding: the mask's branch is traced
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on the mask branch it records
-        return ov.convert_model(LastHiddenState(backbone).eval().float(), example_input=(example_ids, (example_ids > 0).long()),
-                                input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
+    loaded_dtypes = _floating_dtypes(backbone)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on the mask branch it records
+            return ov.convert_model(LastHiddenState(backbone).eval().float(), example_input=(example_ids, (example_ids > 0).long()),
+                                    input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
+    except BaseException:
+        _restore_dtypes(loaded_dtypes)
+        raise
+
+
+def _floating_dtypes(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.dtype]]:
+    return [(owner, name, tensor.dtype) for owner in module.modules()
+            for name, tensor in (*owner.named_parameters(recurse=False), *owner.named_buffers(recurse=False))
+            if tensor.is_floating_point()]
+
+
+def _restore_dtypes(dtypes: list[tuple[torch.nn.Module, str, torch.dtype]]) -> None:
+    with torch.no_grad():
+        for owner, name, dtype in dtypes:
+            tensor = getattr(owner, name)
+            if isinstance(tensor, torch.nn.Parameter):
+                tensor.data = tensor.data.to(dtype)  # the same Parameter object: whatever holds it sees the change
+            else:
+                setattr(owner, name, tensor.to(dtype))
 
 
 def _keep_or_say_why(model, path: Path, ov) -> None:
@@ -145,7 +183,7 @@ def _keep_or_say_why(model, path: Path, ov) -> None:
 
 
 def _keep(model, path: Path, ov) -> None:
-    """Write the converted model to the cache atomically: the weights and their sha256 first, the .xml last, so
+    """Write the converted model to the cache atomically: the weights and both files' sha256s first, the .xml last, so
     present means complete. Staging folders of processes that were killed while saving are removed."""
     from tokembed.index.atomic import publish, sha256_file
     from tokembed.index.held import HeldEntry, held_pattern, remove_abandoned
@@ -156,7 +194,8 @@ def _keep(model, path: Path, ov) -> None:
         staging.mkdir()
         staged = staging / path.name
         ov.save_model(model, str(staged), compress_to_fp16=False)
-        staged.with_suffix(".sha256").write_text(sha256_file(staged.with_suffix(".bin")))
+        staged.with_suffix(".sha256").write_text("".join(
+            f"{line}\n" for line in _kept_checksums(staged, lambda name: sha256_file(staging / name))))
         for suffix in (".bin", ".sha256", ".xml"):
             publish(staged.with_suffix(suffix), path.with_suffix(suffix))
 
