@@ -54,7 +54,7 @@ def worker_incremental(folder: str, real_file: str, queries: str, truth_file: st
     import tokembed.models.resolve  # noqa: F401
 
     started = time.perf_counter()
-    new = refresh_structure(work, manifest, StructureOptions(), previous, log=lambda m: None)
+    new = refresh_structure(work, manifest, previous.index.manifest, StructureOptions(), previous, log=lambda m: None)
     seconds = time.perf_counter() - started
     commit_manifest(work, new)
     return {"seconds": seconds, "full_compress_seconds": float(full_seconds), "changed_docs": len(changed),
@@ -112,7 +112,8 @@ def worker_doubling(folder: str, real_file: str, n_docs: str, queries: str, trut
         target = shard["file"].replace("part-", "part-9")
         shutil.move(str(work / shard["file"]), str(half / target))
         shard["file"] = target
-    new = refresh_structure(half, manifest, StructureOptions(), PreviousIndex(open_index(half)), log=lambda m: None)
+    carried = PreviousIndex(open_index(half))
+    new = refresh_structure(half, manifest, carried.index.manifest, StructureOptions(), carried, log=lambda m: None)
     commit_manifest(half, new)
     qs, truth = list(np.load(queries, allow_pickle=True)), json.loads(Path(truth_file).read_text())
     index, structure = open_searchable(half)

@@ -132,3 +132,27 @@ def test_a_damaged_record_of_hashed_weights_is_ignored_not_a_weights_change(chec
     assert _scores(cli, index) == before
     rewritten = VerifiedFiles(model).entries
     assert all(rewritten[name][-1] == sha256_file(model / name) for name in names)
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["vectors kept", "compressed-only"])
+def test_full_rebuilds_a_compressed_index_whose_manifest_fails_its_seal(checkpoint, tmp_path, cli, drop):
+    """--full is how a damaged index is rebuilt: over a compressed index whose manifest failed its seal it encoded
+    the whole corpus, then exited 6 reading that manifest again for the structure's settings (the index stuck)."""
+    index, data = tmp_path / "index", write_jsonl(tmp_path / "d.jsonl", text_rows())
+    model = checkpoint("stanford")
+    assert cli("encode", data, "--model", model, "-o", index, "-q").exit_code == 0
+    flags = ("--centroids", 4, "--quiet") + (("--drop-vectors",) if drop else ())
+    assert cli("compress", index, *flags).exit_code == 0
+    path = index / "manifest.json"
+    damaged = json.loads(path.read_text())
+    damaged["colbert"]["query_prefix"] += " "
+    path.write_text(json.dumps(damaged))  # the seal as it was
+    assert cli("info", index).exit_code == 6
+    rebuilt = cli("encode", data, "--model", model, "-o", index, "--full")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "its search structure is not rebuilt" in rebuilt.stderr
+    fresh = manifest(index)
+    assert "search" not in fresh and fresh["totals"]["rows"] == len(text_rows())
+    assert not [file for file in (index / "plaid").rglob("*") if file.is_file()]  # the old structure's files removed
+    assert cli("info", index, "--verify").exit_code == 0
+    assert cli("compress", index, *flags).exit_code == 0 and cli("score", index, "--query", "alpha").exit_code == 0

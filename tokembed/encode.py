@@ -281,7 +281,9 @@ def _with_search_structure(job: EncodeJob, manifest: dict, indexes, writer, prog
         return manifest
     from tokembed.search.plaid.coded import run_structure
 
-    return run_structure(job.output, manifest, previous, writer, job.nbits, job.retrain, job.drop_vectors, progress.log)
+    committed = replaced.index.manifest if replaced is not None else None  # replaced: ``previous`` where rows carry
+    return run_structure(job.output, manifest, committed, previous, writer, job.nbits, job.retrain, job.drop_vectors,
+                         progress.log)
 
 
 def _remove_stale_structure(folder: Path, manifest: dict) -> None:

@@ -129,7 +129,7 @@ class Index:
         return self.manifest_bytes() + sum(int(shard["bytes"]) for shard in self.shards) + int(structure)
 
     def manifest_bytes(self) -> int:
-        return len(manifest_bytes(self.manifest))  # as written
+        return len(manifest_bytes(self.manifest))  # as this release writes it (an unsealed one: as its next commit will)
 
     def shard_file(self, shard: dict):
         """(the open file, address of its byte 0 in the mapping) of a shard this reader holds: positioned

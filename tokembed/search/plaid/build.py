@@ -55,19 +55,17 @@ class StructureOptions:
     retrain: bool = False
 
 
-def refresh_structure(folder: Path, manifest: dict, options: StructureOptions, previous=None, log=print,
-                      written: CodingStats | None = None, progress=None) -> dict:
+def refresh_structure(folder: Path, manifest: dict, committed: dict | None, options: StructureOptions, previous=None,
+                      log=print, written: CodingStats | None = None, progress=None) -> dict:
     """The new generation's manifest with its ``search`` section; code files written, nothing committed.
 
-    ``manifest`` lists the new generation's shards (already durable); ``previous`` is the ``PreviousIndex``
+    ``manifest`` lists the new generation's shards (already durable); ``committed``: the generation it replaces
+    (None: none, or a full rebuild's over a manifest that could not be read); ``previous`` is the ``PreviousIndex``
     an incremental encode run carried rows from (None for ``compress`` and full rebuilds). ``written``: the
     coding figures of an encode run that wrote vectorless shards and their code files itself
     (``coded.CodedWriter``). Without vectors (``written``, or a compressed-only ``manifest``) the centroids
     are kept: a retrain they would need is refused, one that drift calls for is only logged.
     """
-    from tokembed.index.reader import read_manifest
-
-    committed = previous.index.manifest if previous is not None else read_manifest(folder)
     old = (committed or {}).get(SEARCH)
     nbits = options.nbits or (old["nbits"] if old else None)
     if nbits is None:

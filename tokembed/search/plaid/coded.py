@@ -89,15 +89,15 @@ def open_writer(folder: Path, dim: int, store_dtype: str, shard_rows: int, previ
     return IndexWriter(folder, dim, store_dtype, shard_rows=shard_rows)
 
 
-def run_structure(folder: Path, manifest: dict, previous, writer, nbits: int | None, retrain: bool,
-                  drop_vectors: bool, log) -> dict:
+def run_structure(folder: Path, manifest: dict, committed: dict | None, previous, writer, nbits: int | None,
+                  retrain: bool, drop_vectors: bool, log) -> dict:
     """The new generation's manifest with its search structure (if the index has one, or ``nbits`` or
-    ``drop_vectors`` asks for one), without vectors when the index was compressed-only or ``drop_vectors``."""
-    from tokembed.index.reader import read_manifest
+    ``drop_vectors`` asks for one), without vectors when the index was compressed-only or ``drop_vectors``.
+    ``committed``: the manifest of the generation this run replaces, None where there is none or a full rebuild
+    could not read it (``--full`` is how a damaged index is rebuilt: its structure then comes back with ``--nbits``)."""
     from tokembed.search.plaid.build import DEFAULT_NBITS, StructureOptions, refresh_structure
     from tokembed.search.plaid.drop import drop_vectors as without_vectors
 
-    committed = previous.index.manifest if previous is not None else read_manifest(folder)
     remembered = (committed or {}).get(SEARCH_SETTINGS) or {}
     drop = drop_vectors or vectors_dropped(committed) or bool(remembered.get("drop_vectors"))
     if manifest["totals"]["tokens"] == 0 and (nbits is not None or (committed or {}).get(SEARCH) or remembered):
@@ -110,8 +110,13 @@ def run_structure(folder: Path, manifest: dict, previous, writer, nbits: int | N
         nbits = DEFAULT_NBITS  # codes are all a compressed-only index has
     if nbits is None and not (folder / "plaid").is_dir():
         return manifest
+    if nbits is None and committed is None and (folder / "manifest.json").exists():  # --full over a damaged one
+        log("the index this run replaces could not be read: its search structure is not rebuilt "
+            "(tokembed compress, or --nbits, builds one)")
+        return manifest
     written = writer.stats if isinstance(writer, CodedWriter) else None
-    manifest = refresh_structure(folder, manifest, StructureOptions(nbits, retrain=retrain), previous, log, written)
+    manifest = refresh_structure(folder, manifest, committed, StructureOptions(nbits, retrain=retrain), previous, log,
+                                 written)
     if drop and manifest.get(SEARCH) and not vectors_dropped(manifest):
         from tokembed.search.plaid.compress import forget_interrupted_encode
 

@@ -81,7 +81,7 @@ def compress_index(
         check_compressible(index)
         current = index.manifest.get(SEARCH)
         wanted = nbits or (current["nbits"] if current else DEFAULT_NBITS)
-        manifest = refresh_structure(folder, index.manifest, StructureOptions(wanted, centroids, retrain), log=log,
+        manifest = refresh_structure(folder, index.manifest, index.manifest, StructureOptions(wanted, centroids, retrain), log=log,
                                      progress=progress)
         dropping = drop_vectors and not vectors_dropped(manifest)
         if dropping:
