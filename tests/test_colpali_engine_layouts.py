@@ -131,6 +131,23 @@ def test_colpali_queries_get_their_vectors_alone_in_a_padded_batch(bases, tmp_pa
         assert np.abs(vectors_alone - reference).max() <= 1e-5, query
 
 
+def test_a_colpali_query_index_of_an_earlier_release_is_encoded_again(bases):
+    """Query indexes that releases before the all-prefix token type ids built hold causal vectors for padded
+    queries: the reading is part of the query settings' fingerprint (a cron run re-encodes them, as a rebuild
+    would); document settings, whose vectors did not change, keep theirs."""
+    from dataclasses import replace
+
+    from tokembed.embedder import Embedder
+    from tokembed.settings import EncodeFlags
+
+    path = str(bases[("ColPali", "published")])
+    query = Embedder.load(path, EncodeFlags(kind="query")).settings
+    document = Embedder.load(path, EncodeFlags(kind="document")).settings
+    assert query.reading == ("ColPali queries: all-prefix token type ids",) and document.reading == ()
+    earlier = replace(query, reading=())
+    assert earlier.fingerprint("model") != query.fingerprint("model")
+
+
 def test_colqwen2_document_prompt_expands_the_image_pads(bases):
     model = _load(bases[("ColQwen2", "published")])
     tokenizer = model.processor.tokenizer

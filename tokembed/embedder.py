@@ -13,6 +13,7 @@ import numpy as np
 
 from tokembed.errors import DeviceError, ModelMismatchError, ModelNotFoundError, UsageError
 from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, resolve_model
+from tokembed.models.readings import kind_reading
 from tokembed.models.resolve import resolved_fingerprint, resolved_weights_sha256, weights_agree
 from tokembed.models.steps import TextEncoder
 from tokembed.settings import DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, resolve, resolve_dtype
@@ -136,8 +137,9 @@ def make_encoder(model: TokenModel, flags: EncodeFlags, device: str, runtime: st
     """(the settings ``flags`` resolve to for ``model`` on ``device``, the encoder that applies them: the
     model's own for image models, else a ``TextEncoder``). ``runtime``: what runs the backbone (recorded: its
     vectors differ from torch's in the last bits, so a re-run with the other one re-encodes)."""
-    settings = replace(resolve(flags, model.colbert, model.max_length, device.split(":")[0], model.position_limit),
-                       runtime=runtime, reading=tuple(getattr(model, "reading", ())))
+    settings = resolve(flags, model.colbert, model.max_length, device.split(":")[0], model.position_limit)
+    reading = tuple(getattr(model, "reading", ())) + kind_reading(getattr(model, "family", None), settings.kind)
+    settings = replace(settings, runtime=runtime, reading=reading)
     return settings, model.make_encoder(settings) if hasattr(model, "make_encoder") else TextEncoder(model, settings)
 
 

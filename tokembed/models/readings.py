@@ -28,6 +28,13 @@ def readings_of(family: str, base: Path, adapter: Path | None = None) -> tuple[s
     return weights_reading(base) + processor_reading(family, base, adapter)
 
 
+def kind_reading(family: str | None, kind: str) -> tuple[str, ...]:
+    """Readings that concern one kind of input: colpali-engine ColPali queries are encoded bidirectionally in any
+    batch now; earlier releases attended causally to a query padded in its batch (transformers 5.25), so a query
+    index they built holds other vectors than a rebuild gives."""
+    return ("ColPali queries: all-prefix token type ids",) if family == "ColPali" and kind == "query" else ()
+
+
 def weights_reading(path: Path) -> tuple[str, ...]:
     """Earlier releases took a folder's safetensors files of any name before ``pytorch_model.bin``, and read every
     one of them in name order (a later file's tensor over an earlier's); transformers (and now tokembed) reads
