@@ -36,6 +36,20 @@ def test_a_flag_or_colbert_setting_a_later_release_recorded_is_refused_naming_it
     assert cli("score", folder, "--query", "number one").exit_code == 0
 
 
+def test_a_whole_float_pool_factor_an_earlier_library_call_wrote_is_read(cli, checkpoint, tmp_path):
+    """EncodeFlags(pool_factor=2.0) through the library wrote "pool_factor": 2.0, which releases read; the shape
+    table's integer check made every reader refuse that healthy index (exit 6). A fraction is still refused."""
+    corpus = write_parquet(tmp_path / "docs.parquet", [{"id": f"d{i}", "text": f"document number {i} of four"} for i in range(4)])
+    folder = tmp_path / "index"
+    assert cli("encode", corpus, "-o", folder, "--model", checkpoint("pylate_bert"), "--pool-factor", 2, "-q").exit_code == 0
+    _edit_manifest(folder, "settings", "pool_factor", 2.0)
+    assert cli("score", folder, "--query", "number one").exit_code == 0
+    assert cli("info", folder, "--verify").exit_code == 0
+    _edit_manifest(folder, "settings", "pool_factor", 2.5)
+    refused = cli("info", folder)
+    assert refused.exit_code == 6 and "settings.pool_factor is 2.5" in refused.stderr, refused.output
+
+
 def test_temp_files_of_a_killed_process_are_removed_by_the_next_run(cli, checkpoint, tmp_path):
     corpus, folder = _index(cli, checkpoint, tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -31,6 +31,17 @@ class _AtLeast(int):
         return f"less than {int(self)}"
 
 
+class _WholeAtLeast(int):
+    """A whole number of at least this, written as an integer or (by an earlier release's library call given
+    ``2.0``) a whole float."""
+
+    def __contains__(self, value) -> bool:
+        return float(value).is_integer() and value >= self
+
+    def refusal(self) -> str:
+        return f"not a whole number of at least {int(self)}"
+
+
 class _InsideFolder:
     def __contains__(self, value) -> bool:
         name = PurePosixPath(value)
@@ -42,6 +53,7 @@ class _InsideFolder:
 
 _DTYPES, _NBITS = _OneOf(STORE_DTYPES), _OneOf(NBITS_CHOICES)
 _COUNT, _POSITIVE, _FILE = _AtLeast(0), _AtLeast(1), _InsideFolder()
+_WHOLE_POSITIVE = _WholeAtLeast(1)
 NUMBER = (int, float)
 
 # REQUIRED: wherever its section is (a field of a missing or null section is not looked for); ENCODED: in a
@@ -87,7 +99,7 @@ FIELDS = (
     ("settings.mode", str, REQUIRED, None),
     ("settings.dtype", str, REQUIRED, None),
     ("settings.normalize", bool, OPTIONAL, None),
-    ("settings.pool_factor", int, OPTIONAL, _POSITIVE),
+    ("settings.pool_factor", NUMBER, OPTIONAL, _WHOLE_POSITIVE),
     ("settings_fingerprint", str, OPTIONAL, None),
     ("colbert", dict, OPTIONAL, None),  # its keys: ``embedder.known_keys``
     ("id_column", str, OPTIONAL, None),
