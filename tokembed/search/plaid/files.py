@@ -81,11 +81,14 @@ def map_tensors(path: Path, opened=None) -> tuple[dict[str, np.ndarray], dict[st
         raise IndexCorruptError(f"{path}: not a readable tensor file ({exc})") from exc
 
 
-def verify_files(folder: Path, entries: list[dict], checksum: bool, remembered: bool = True, opened=None) -> None:
+def verify_files(folder: Path, entries: list[dict], checksum: bool, remembered: bool = True, opened=None,
+                 pending: list | None = None) -> None:
     """``verify_file`` for many files: sizes first, then the sha256 of each file not already found to match
     and unchanged since (``VerifiedFiles``; every file when not ``remembered``), in a thread pool (hashlib
     releases the GIL, so the cores hash different files at once: a 1M-document index holds ~2 GB of them).
-    ``opened`` (``held_open``): the files the caller maps are checked, not those at their paths now."""
+    ``opened`` (``held_open``): the files the caller maps are checked, not those at their paths now. The files
+    that matched are recorded at once, or added to ``pending`` for a caller checking files group by group to
+    record once (each recording reads and rewrites the whole record)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tokembed.index.verified import VerifiedFiles, stat_key
@@ -94,10 +97,10 @@ def verify_files(folder: Path, entries: list[dict], checksum: bool, remembered: 
         verify_file(folder, entry, checksum=False, opened=opened)
     if not checksum or not entries:
         return
-    record = VerifiedFiles(folder)
+    record = VerifiedFiles(folder) if remembered else None
     with _gone_is_missing(folder):  # a commit that replaced the generation since: the caller reads the manifest again
         keys = [stat_key(_source(folder, entry, opened)) for entry in entries]  # before hashing: a change while hashing shows
-        todo = [(entry, key) for entry, key in zip(entries, keys) if not (remembered and record.known(entry["file"], key, entry["sha256"]))]
+        todo = [(entry, key) for entry, key in zip(entries, keys) if not (record and record.known(entry["file"], key, entry["sha256"]))]
         if not todo:
             return
         with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
@@ -105,7 +108,11 @@ def verify_files(folder: Path, entries: list[dict], checksum: bool, remembered: 
     for (entry, key), digest in zip(todo, digests):
         if digest != entry["sha256"]:
             raise IndexCorruptError(f"{folder / entry['file']}: sha256 does not match the manifest")
-    record.remember([(entry["file"], key, digest) for (entry, key), digest in zip(todo, digests)])
+    matched = [(entry["file"], key, digest) for (entry, key), digest in zip(todo, digests)]
+    if pending is not None:
+        pending.extend(matched)
+    else:
+        (record or VerifiedFiles(folder)).remember(matched)
 
 
 @contextmanager

@@ -126,16 +126,20 @@ def check_structure(index, checksum: bool) -> None:
     an earlier match's word). The shards themselves are the caller's (``Index.verify``)."""
     structure = index.manifest[SEARCH]
     check_structure_lists_shards(index.folder, index.manifest)
-    entries = [structure["codec"], *structure["shards"]]
+    entries, matched = [structure["codec"], *structure["shards"]], []
     for start in range(0, len(entries), _CHECKED_AT_ONCE):  # not all at once: a file and its map each, beside the shards
         some = entries[start : start + _CHECKED_AT_ONCE]
         with _held_files(index, some) as opened:
-            verify_files(index.folder, some, checksum, remembered=False, opened=opened)
+            verify_files(index.folder, some, checksum, remembered=False, opened=opened, pending=matched)
             for entry in some:
                 if entry is structure["codec"]:
                     _mapped_codec(index, opened)
                 else:
                     _open_codes(index.folder, entry, opened[entry["file"]])
+    if matched:
+        from tokembed.index.verified import VerifiedFiles
+
+        VerifiedFiles(index.folder).remember(matched)
 
 
 _CHECKED_AT_ONCE = 8  # files hashed at once (verify_files' threads), then mapped and let go: info holds the shards too
