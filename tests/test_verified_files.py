@@ -131,3 +131,28 @@ def test_the_scan_hashes_a_shard_once_until_it_changes(tmp_path, monkeypatch):
 def _file_name(path_or_fd) -> str:
     """The name of a file hashed by path or by an open descriptor (Linux: what the descriptor links to)."""
     return os.path.basename(os.readlink(f"/proc/self/fd/{path_or_fd}")) if isinstance(path_or_fd, int) else path_or_fd.name
+
+
+def test_the_record_is_parsed_again_only_when_it_changed(tmp_path, monkeypatch):
+    """A cron run checks a structure's kept code files one at a time, each through a new VerifiedFiles: parsing and
+    unsealing the whole record for each was quadratic in the shards (10 ms a read of 4,000 files)."""
+    from tokembed.index import verified
+    from tokembed.index.atomic import sha256_file
+
+    monkeypatch.setenv("TOKEMBED_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "index"
+    folder.mkdir()
+    files = []
+    for number in range(3):
+        (folder / f"f{number}").write_bytes(bytes([number]) * 100)
+        files.append((f"f{number}", verified.stat_key(folder / f"f{number}"), sha256_file(folder / f"f{number}")))
+    verified.VerifiedFiles(folder).remember(files[:2])
+    reads = []
+    read_sealed = verified.read_sealed
+    monkeypatch.setattr(verified, "read_sealed", lambda path: (reads.append(path), read_sealed(path))[1])
+    for _ in range(5):
+        assert verified.VerifiedFiles(folder).known(*files[0])
+    assert len(reads) <= 1
+    verified.VerifiedFiles(folder).remember(files[2:])  # the record replaced: read again
+    assert verified.VerifiedFiles(folder).known(*files[2]) and verified.VerifiedFiles(folder).known(*files[1])
+    assert 2 <= len(reads) <= 3
