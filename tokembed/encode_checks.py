@@ -14,11 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from tokembed.errors import UsageError
 from tokembed.index.reader import require_index_path
-from tokembed.settings import checked_flags
+from tokembed.settings import checked_flags, whole_count
 from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input
 from tokembed.sources.files import refuse_inputs_given_twice
@@ -35,8 +33,8 @@ def checked_job(job: EncodeJob) -> EncodeJob:
     if not isinstance(job.sources, SourceOptions):
         raise UsageError(f"sources: expected a SourceOptions, got {type(job.sources).__name__}")
     job = replace(job, inputs=_input_paths(job.inputs), output=require_index_path(job.output, "output"),
-                  batch_tokens=_positive_count("--batch-tokens", job.batch_tokens),
-                  shard_rows=_positive_count("--shard-rows", job.shard_rows), flags=checked_flags(job.flags),
+                  batch_tokens=whole_count("--batch-tokens", job.batch_tokens, 1),
+                  shard_rows=whole_count("--shard-rows", job.shard_rows, 1), flags=checked_flags(job.flags),
                   nbits=_nbits(job.nbits))
     if job.on_error not in ("fail", "skip"):
         raise UsageError(f"--on-error must be fail or skip; got {job.on_error!r}")
@@ -71,15 +69,6 @@ def _input_path(what: str, path) -> Path:
     if isinstance(path, (str, os.PathLike)):
         return Path(path)
     raise UsageError(f"{what}: expected a file or folder path (str or Path), got {type(path).__name__}")
-
-
-def _positive_count(flag: str, value) -> int:
-    """A whole number of at least 1, as a Python int (the manifest records it: JSON takes no numpy integer)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise UsageError(f"{flag} {value!r}: must be a whole number")
-    if value < 1:
-        raise UsageError(f"{flag} must be positive; got {value}")
-    return int(value)
 
 
 def _nbits(nbits) -> int | None:

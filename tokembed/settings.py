@@ -253,13 +253,15 @@ def checked_flags(flags: EncodeFlags) -> EncodeFlags:
     _check_choices(flags)
     if not isinstance(flags.normalize, bool):
         raise UsageError(f"normalize {flags.normalize!r} (--no-normalize): must be True or False")
-    counts = {name: _count(flag, getattr(flags, name), least, optional) for name, flag, least, optional in _COUNTS}
+    counts = {name: whole_count(flag, getattr(flags, name), least, optional) for name, flag, least, optional in _COUNTS}
     flags = replace(flags, **counts, **{name: _name(flag, getattr(flags, name)) for name, flag in _NAMES})
     _check_pool_factor(flags)
     return flags
 
 
-def _count(flag: str, value, least: int, optional: bool) -> int | None:
+def whole_count(flag: str, value, least: int, optional: bool = False) -> int | None:
+    """``value`` of the count ``flag`` as a Python int of at least ``least`` (numpy integers taken; a bool, float or
+    str refused naming the flag); None where ``optional`` and not set."""
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy integers are Integral

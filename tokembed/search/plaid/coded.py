@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tokembed.index.atomic import remove_unused
-from tokembed.index.format import SEARCH, SEARCH_SETTINGS, vectors_dropped
+from tokembed.index.format import MANIFEST, SEARCH, SEARCH_SETTINGS, vectors_dropped
 from tokembed.index.previous import PreviousIndex
 from tokembed.index.writer import IndexWriter
 from tokembed.search.plaid.codes import CodeParts, CodingStats, StoredCodes, assemble, codes_name, vector_lengths
@@ -110,7 +110,7 @@ def run_structure(folder: Path, manifest: dict, committed: dict | None, previous
         nbits = DEFAULT_NBITS  # codes are all a compressed-only index has
     if nbits is None and not (folder / "plaid").is_dir():
         return manifest
-    if nbits is None and committed is None and (folder / "manifest.json").exists():  # --full over a damaged one
+    if nbits is None and committed is None and (folder / MANIFEST).exists():  # --full over a damaged one
         log("the index this run replaces could not be read: its search structure is not rebuilt "
             "(tokembed compress, or --nbits, builds one)")
         return manifest
