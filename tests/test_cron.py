@@ -219,7 +219,7 @@ def test_compress_refuses_a_centroid_count_before_saying_it_trains(tmp_path):
     out = tmp_path / "index"
     assert encode(corpus, out).returncode == 0
     result = tokembed("compress", out, "--centroids", 0)
-    assert result.returncode == 2 and "--centroids 0: must be between 1" in result.stderr
+    assert result.returncode == 2 and "--centroids 0: must be a whole number between 1" in result.stderr
     assert "training" not in result.stderr
 
 

@@ -77,3 +77,22 @@ def test_an_explicit_centroid_count_equal_to_the_current_one_is_recorded(tmp_pat
     assert default_centroids(manifest(out)["totals"]["tokens"]) != count
     assert cli("encode", grown, "-o", out, "-q").exit_code == 0
     assert manifest(out)["search"]["codec"] != after["codec"] and manifest(out)["search"]["centroids"] == count
+
+
+def test_centroids_from_a_library_caller_numpy_taken_other_types_refused_before_any_work(tmp_path):
+    """``compress_index(centroids=np.int64(24))`` is taken as 24 (its choice is recorded in the manifest's JSON);
+    a float, bool or string is a UsageError naming it, the index untouched (each passed the range check or failed
+    in it with a TypeError)."""
+    import pytest
+
+    from tokembed.errors import UsageError
+
+    docs = clustered_docs(np.random.default_rng(3), 40)
+    folder = write_index(tmp_path / "index", docs, shard_rows=40, batch_rows=8)
+    before = (folder / "manifest.json").read_bytes()
+    for value in (24.0, True, "24"):
+        with pytest.raises(UsageError, match=rf"--centroids {value!r}: must be a whole number"):
+            compress_index(folder, centroids=value)
+        assert (folder / "manifest.json").read_bytes() == before
+    compress_index(folder, centroids=np.int64(24))
+    assert manifest(folder)["search"]["centroids"] == 24

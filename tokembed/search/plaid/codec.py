@@ -249,9 +249,13 @@ def default_centroids(tokens: int) -> int:
     return k
 
 
-def check_centroids(requested: int) -> None:
-    if not 1 <= requested <= MAX_CENTROIDS:
-        raise UsageError(f"--centroids {requested}: must be between 1 and {MAX_CENTROIDS}")
+def checked_centroids(requested) -> int:
+    """``requested`` as a Python int between 1 and the cap; a bool, float or string is refused by name (as for
+    ``nbits``), not taken for a count or left to fail in k-means after the index was read."""
+    whole = not isinstance(requested, bool) and isinstance(requested, (int, np.integer))
+    if not whole or not 1 <= requested <= MAX_CENTROIDS:
+        raise UsageError(f"--centroids {requested!r}: must be a whole number between 1 and {MAX_CENTROIDS}")
+    return int(requested)
 
 
 def resolve_centroids(requested: int | None, tokens: int, where: str) -> int:
@@ -259,7 +263,7 @@ def resolve_centroids(requested: int | None, tokens: int, where: str) -> int:
         raise BadInputError(f"{where}: the index holds no tokens, nothing to train centroids on")
     if requested is None:
         return default_centroids(tokens)
-    check_centroids(requested)
+    requested = checked_centroids(requested)
     if requested > tokens:
         raise UsageError(f"--centroids {requested}: the index at {where} holds only {tokens} tokens (at least one per centroid)")
     return requested

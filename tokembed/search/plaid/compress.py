@@ -64,7 +64,7 @@ def compress_index(
     from tokembed.index.commit_window import commit_window
     from tokembed.index.lock import IndexLock, check_wait
     from tokembed.index.reader import open_index
-    from tokembed.search.plaid.codec import check_centroids, checked_nbits
+    from tokembed.search.plaid.codec import checked_centroids, checked_nbits
     from tokembed.search.plaid.drop import drop_vectors as without_vectors, remove_abandoned_drop
 
     folder = Path(folder)
@@ -72,7 +72,7 @@ def compress_index(
     if nbits is not None:
         nbits = checked_nbits(nbits)
     if centroids is not None:
-        check_centroids(centroids)  # before any work or log line
+        centroids = checked_centroids(centroids)  # before any work or log line
     check_wait(wait_seconds)
     index = open_index(folder, structure=False)  # a missing index fails before the lock file is created
     with IndexLock(folder, wait_seconds):
