@@ -171,3 +171,30 @@ def test_a_server_started_while_the_structure_is_copied_uses_it_once_it_is_all_t
         assert answers(server) and answers(server, exact=True) == exact
     finally:
         server.stop()
+
+
+def test_a_commit_while_the_first_generation_opens_does_not_make_it_a_copy_under_way(built, cli, monkeypatch):
+    """Its structure files were held open and checked, then checked again by path: a cron commit that removed them in
+    between made the healthy generation "a copy under way", and the first structure search a 500 ("manifest lists
+    plaid/codec-....safetensors, which is missing")."""
+    import numpy as np
+
+    import tokembed.serve.index_search as index_search
+
+    index, _ = built
+    real = index_search._require_whole_shards
+
+    def then_a_commit(opened) -> None:  # between the open and the structure's check
+        real(opened)
+        assert cli("compress", index, "--centroids", 8, "--retrain", "--quiet").exit_code == 0
+
+    served_index = index_search.ServedIndex(index)
+    dim = served_index.manifest["dim"]
+    query = [np.ones((4, dim), np.float32) / np.sqrt(dim)]
+    monkeypatch.setattr(index_search, "_require_whole_shards", then_a_commit)
+    assert served_index.search(query, 3, False, None, None, "cpu")[0]  # from the generation it opened
+    held = served_index._generation
+    assert held.complete and held.index.manifest["search"]["centroids"] == 16
+    monkeypatch.setattr(index_search, "_require_whole_shards", real)  # the next request opens the commit's
+    assert served_index.search(query, 3, False, None, None, "cpu")[0]
+    assert served_index.opened().index.manifest["search"]["centroids"] == 8

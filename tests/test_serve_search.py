@@ -187,13 +187,24 @@ def test_an_earlier_releases_index_keeps_answering_after_the_cron_run_that_recor
         server.stop()
 
 
-def test_an_index_rebuilt_with_other_settings_is_refused_until_restart(built, cli, colbert_ckpt):
+def test_an_index_rebuilt_with_other_settings_is_refused_until_restart(built, cli, colbert_ckpt, caplog):
+    """The server's log said nothing of it (the 500's client alone read it); now it says so once, not per request.
+    A client's mistake (a 400) is not logged."""
+    import logging
+
     index, corpus = built
     server = served(index)
+    caplog.set_level(logging.DEBUG, logger="tokembed.serve")
     try:
         assert cli("encode", corpus, "--model", colbert_ckpt, "-o", index, "--max-length", 8, "--quiet").exit_code == 0
-        response = server.post("/search", {"query": "alpha"})
-        assert response.status_code == 500 and "restart" in response.json()["error"]["message"]
+        for _ in range(3):
+            response = server.post("/search", {"query": "alpha"})
+            assert response.status_code == 500 and "restart" in response.json()["error"]["message"]
+        assert server.post("/search", {"query": "alpha", "top_k": 0}).status_code == 400
+        assert server.post("/search", {"query": "alpha", "model": "other"}).status_code in (400, 404)
+        logged = [record for record in caplog.records if record.name == "tokembed.serve" and record.levelno >= logging.WARNING]
+        assert len(logged) == 1 and logged[0].levelno == logging.ERROR
+        assert str(index) in logged[0].getMessage() and "restart tokembed serve" in logged[0].getMessage()
     finally:
         server.stop()
 

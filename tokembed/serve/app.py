@@ -12,14 +12,17 @@
 Every error is a JSON body in vLLM's envelope ``{"error": {"message", "type", "param", "code"}}``:
 malformed JSON and wrong types 400, unknown model 404, body over the size limit 413, missing or wrong
 API key 401 (everything but ``/health`` is protected when a key is set), shutting down 503, an index folder that
-holds no complete generation and none was opened before (a deploy swapping it) 503, anything
-unexpected 500 (logged with its traceback; the server goes on). A client that disconnects while its
+holds no complete generation and none was opened before (a deploy swapping it) 503, the server's own failures
+500: an index damaged or rebuilt with other settings (until a restart), a device failure (each message logged once
+at error level, not at every request it answers), anything unexpected (logged with its traceback; the server goes
+on). Client errors (4xx) are the client's to read: not logged. A client that disconnects while its
 request waits cancels it: the batcher drops its inputs before their batch runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -59,6 +62,7 @@ def create_app(
 
     app = FastAPI(title="tokembed", version=__version__, description="Late-interaction token embeddings, vLLM-compatible.")
     app.state.service = service
+    app.state.failures = ServerFailures()
     _install_error_handlers(app)
 
     @app.post("/pooling", responses={200: {"model": PoolingResponse}, **_ERRORS})
@@ -124,7 +128,7 @@ async def _answer(request: Request, work) -> Response:
     try:
         body = await asyncio.get_running_loop().run_in_executor(None, _dumps, task.result())
     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
-        return error_response(exc)
+        return error_response(exc, request.app.state.failures)
     return Response(body, media_type="application/json")
 
 
@@ -139,17 +143,39 @@ async def _disconnected(request: Request) -> None:
         await asyncio.Event().wait()
 
 
-def error_response(exc: BaseException) -> Response:
+def error_response(exc: BaseException, failures: ServerFailures) -> Response:
     if isinstance(exc, APIError):
         return _error(exc.status, exc.type, str(exc), exc.param)
     if isinstance(exc, (BadInputError, UsageError)):
         return _error(400, "BadRequestError", str(exc))
     if isinstance(exc, (BatcherClosed, IndexUnavailableError)):  # temporary: a retry may be answered
         return _error(503, "ServiceUnavailableError", str(exc))
-    if isinstance(exc, TokembedError):  # device or model failures: the server's fault
+    if isinstance(exc, TokembedError):  # device or model failures, a damaged index: the server's fault
+        failures.report(exc)
         return _error(500, "InternalServerError", str(exc))
     log.error("unexpected error while answering a request", exc_info=exc)
     return _error(500, "InternalServerError", f"{type(exc).__name__}: {exc}")
+
+
+class ServerFailures:
+    """Logs each distinct 500 a ``TokembedError`` answered once: its client alone read it, and a server left so (an
+    index rebuilt with other settings, a damaged code file) answers every request with it. The ``remembered`` latest
+    messages are kept; one answered again after those is logged again."""
+
+    def __init__(self, remembered: int = 64) -> None:
+        self.remembered = remembered
+        self._logged: collections.OrderedDict = collections.OrderedDict()  # touched on the event loop alone
+
+    def report(self, exc: TokembedError) -> None:
+        message = str(exc)
+        if message in self._logged:
+            self._logged.move_to_end(message)
+            return
+        self._logged[message] = None
+        if len(self._logged) > self.remembered:
+            self._logged.popitem(last=False)
+        hint = f" ({exc.hint})" if exc.hint else ""
+        log.error("requests fail with a 500: %s%s (logged once, not for each request)", message, hint)
 
 
 def _error(status: int, type_: str, message: str, param: str | None = None, headers: dict | None = None) -> Response:
@@ -178,7 +204,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        return error_response(exc)
+        return error_response(exc, request.app.state.failures)
 
 
 def _json(data: dict) -> Response:

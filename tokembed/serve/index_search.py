@@ -202,14 +202,18 @@ def _require_whole_shards(index) -> None:
 
 
 def _structure_file_not_whole(index) -> IndexCorruptError | None:
-    """Why the structure is not all there (a file missing or of another size than the manifest says), or None."""
+    """Why the structure is not all there (a file missing or of another size than the manifest says), or None. The
+    files the index holds open where it holds them (``open_searchable``'s): a commit since may have removed those at
+    their paths, and its generation is whole all the same; by path for one opened without them (its structure did
+    not open), to see a copy's files arrive."""
     from tokembed.search.plaid.files import verify_files
 
     structure = index.manifest.get("search")
     if not structure:
         return None
+    entries = [structure["codec"], *structure["shards"]]
     try:
-        verify_files(index.folder, [structure["codec"], *structure["shards"]], checksum=False)
+        verify_files(index.folder, entries, checksum=False, opened=index.structure_files(entries))
     except IndexCorruptError as exc:  # a fresh one: the traceback's frames would hold the generation
         return IndexCorruptError(str(exc), hint=exc.hint)
     return None
