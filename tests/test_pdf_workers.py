@@ -145,22 +145,48 @@ def test_a_worker_whose_reader_went_away_exits_quietly(tmp_path):
     assert worker.returncode == 0 and stderr == b""
 
 
+def copies_of_gone_and_live_runs(folder: Path) -> tuple[Path, Path, Path]:
+    """(a copy without a lock file, one whose lock file no process holds, one held by a lock the caller takes)."""
+    dead = folder / "tokembed-pdf-999999999-0123abcd.pdf"  # no lock file: its process is gone
+    dead.write_bytes(b"%PDF- half a copy")
+    killed = folder / "tokembed-pdf-999999998-89abcdef.pdf"  # a SIGKILLed run's: its lock file left, unlocked
+    killed.write_bytes(b"%PDF- whole")
+    (folder / (killed.name + ".lock")).touch()
+    live = folder / "tokembed-pdf-999999999-4567abcd.pdf"  # a pid this process cannot see (another container's)
+    live.write_bytes(b"%PDF- in use")
+    return dead, killed, live
+
+
 def test_a_killed_readers_temporary_pdf_copy_is_removed_by_the_next_run(tmp_path, monkeypatch):
     """PDF bytes from a Parquet / JSONL cell are copied to a file the workers open; a SIGKILL left it for good."""
     from tokembed.sources import pdf_workers
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = tmp_path / "tokembed-pdf-999999999-0123abcd.pdf"  # no lock file: its process is gone
-    dead.write_bytes(b"%PDF- half a copy")
-    live = tmp_path / "tokembed-pdf-999999999-4567abcd.pdf"  # a pid this process cannot see (another container's)
-    live.write_bytes(b"%PDF- in use")
+    dead, killed, live = copies_of_gone_and_live_runs(tmp_path)
     with open(tmp_path / (live.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held, as its live process holds it
+        pdf_workers.remove_abandoned_copies()
         copy = pdf_workers._temporary_copy(b"%PDF- new")
     assert not dead.exists() and live.exists() and copy.path.name.startswith(f"tokembed-pdf-{os.getpid()}-")
     assert copy.path.read_bytes() == b"%PDF- new" and (copy.path.stat().st_mode & 0o777) == 0o600
     copy.release()
     assert not copy.path.exists() and sorted(os.listdir(tmp_path)) == [live.name, live.name + ".lock"]
+
+
+def test_every_encode_run_removes_a_killed_runs_temporary_pdf_copy(cli, checkpoint_store, tmp_path, monkeypatch):
+    """Only a run that made a copy itself (a PDF cell rendered by --pdf-workers) swept them: the next run of a
+    text model, or of --pdf-workers 0, left a killed run's copy of a document in the temp folder for good."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    dead, killed, live = copies_of_gone_and_live_runs(temp)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("no PDF read here")
+    with open(temp / (live.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = cli("encode", tmp_path / "docs", "-o", tmp_path / "index", "--model", checkpoint_store("pylate_bert"), "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(temp.glob("tokembed-pdf-*")) == [live, temp / (live.name + ".lock")]
 
 
 def test_cli_index_is_the_same_with_and_without_workers(cli, tmp_path):

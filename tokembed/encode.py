@@ -206,10 +206,12 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
     from tokembed.index.atomic import remove_dead_replacements
     from tokembed.index.commit_window import commit_window
     from tokembed.index.writer import remove_temp_files
+    from tokembed.sources.pdf_workers import remove_abandoned_copies
 
     settings_fp = embedder.settings.fingerprint(embedder.fingerprint)
     remove_temp_files(job.output / "data")
     remove_dead_replacements(job.output)
+    remove_abandoned_copies()
     previous = _previous_index(job, settings_fp, embedder.weights_sha256, progress)
     replaced = previous or _replaced_index(job)  # what a full rebuild's added / updated / deleted compare with
     summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)

@@ -3,7 +3,7 @@
 An open index holds a descriptor for each shard, and a search through its structure two more for each code file
 (the file and its map), so an index of many shards reaches a low limit. The OS then refuses the next open
 (EMFILE; ENFILE where the whole system's table is full): that is reported as the limit it is, naming it, never as
-a missing or corrupt file of an intact index.
+a missing or corrupt file of an intact index, nor as a bad input file or row (``refuse_out_of_descriptors``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ def raise_soft_limit() -> None:
 
 def out_of_descriptors(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def refuse_out_of_descriptors(path, exc: BaseException) -> None:
+    """``limit_error`` naming ``path`` when ``exc`` is EMFILE/ENFILE. Every reader (and writer) calls it before it
+    makes an OSError a bad row or a bad file: the limit says nothing of the file, and with ``--on-error skip`` an
+    incremental run would delete every row whose file it could not open."""
+    if out_of_descriptors(exc):
+        raise limit_error(path, exc) from None
 
 
 def limit_error(path, exc: OSError) -> OpenFilesLimitError:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tokembed.errors import IndexWriteError
+from tokembed.errors import IndexWriteError, OpenFilesLimitError
+from tokembed.open_files import limit_error, out_of_descriptors
 
 
 def fsync_dir(folder: Path) -> None:
@@ -65,8 +66,11 @@ def temp_beside(final: Path) -> Path:
     return final.parent / f".{final.name}.tmp-{os.getpid()}"
 
 
-def write_error(path: Path, exc: OSError) -> IndexWriteError:
-    """The write error (exit 8) for ``path`` that ``exc`` (ENOSPC, EROFS, EACCES) failed to write."""
+def write_error(path: Path, exc: OSError) -> IndexWriteError | OpenFilesLimitError:
+    """The write error (exit 8) for ``path`` that ``exc`` (ENOSPC, EROFS, EACCES) failed to write; the limit's
+    error where the process ran out of descriptors (EMFILE)."""
+    if out_of_descriptors(exc):
+        return limit_error(path, exc)
     return IndexWriteError(f"{path}: cannot write ({exc.strerror or exc})")
 
 

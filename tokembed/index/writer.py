@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from tokembed._testhooks import fault_point
-from tokembed.errors import IndexWriteError
+from tokembed.errors import IndexWriteError, OpenFilesLimitError
 from tokembed.index.atomic import atomic_write_bytes, publish, remove_unused, sha256_file, temp_beside
 from tokembed.index.verified import VerifiedFiles, stat_key
 from tokembed.index.format import DATA_DIR, EMBEDDINGS, MANIFEST, SHARD_PATTERN, manifest_bytes, shard_name, shard_schema
+from tokembed.open_files import refuse_out_of_descriptors
 
 DEFAULT_SHARD_ROWS = 50_000
 DEFAULT_SHARD_BYTES = 512 << 20
@@ -124,6 +125,7 @@ class IndexWriter:
                 self._open()
             self._writer.write_batch(batch)
         except OSError as exc:
+            refuse_out_of_descriptors(self._tmp, exc)
             raise IndexWriteError(f"{self._tmp}: cannot write shard ({exc})") from exc
         self._rows += len(ids)
         self._tokens += int(sum(len(v) for v in vectors))
@@ -149,6 +151,7 @@ class IndexWriter:
             self._writer.close()
             publish(self._tmp, final)
         except OSError as exc:
+            refuse_out_of_descriptors(final, exc)
             raise IndexWriteError(f"{final}: cannot finish shard ({exc})") from exc
         self._written.append(final)
         key = stat_key(final)
@@ -172,7 +175,7 @@ class IndexWriter:
         data = manifest_bytes(manifest)
         try:
             atomic_write_bytes(self.folder / MANIFEST, data)
-        except IndexWriteError:
+        except (IndexWriteError, OpenFilesLimitError):
             self.abort()
             raise
         self._written.clear()  # committed: nothing may undo it now, whatever fails after

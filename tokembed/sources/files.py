@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from tokembed.errors import BadInputError, UsageError
+from tokembed.open_files import refuse_out_of_descriptors
 
 
 def special_file_problem(path: Path | str) -> str | None:
@@ -206,6 +207,7 @@ def _walk_real_folders(top: Path, seen: set, found: list[Path], links: list[Path
     """Files of ``top`` and the real folders under it (each once: ``seen``); links to folders go to ``links``."""
 
     def unlistable(exc: OSError) -> None:
+        refuse_out_of_descriptors(exc.filename, exc)
         if isinstance(exc, FileNotFoundError) and not os.path.lexists(exc.filename):
             raise BadInputError(f"{exc.filename}: no such file or folder")
         raise BadInputError(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked, read_digest
 from tokembed.sources.files import folder_files, special_file_problem
 
@@ -271,6 +272,7 @@ def _read_file(value: str, base: Path) -> bytes:
     except IsADirectoryError:
         raise ImageDecodeError(f"image path is a folder: {value}") from None
     except OSError as exc:
+        refuse_out_of_descriptors(path, exc)
         raise ImageDecodeError(f"cannot read image file {value} ({exc.strerror or exc})") from None
 
 
@@ -325,6 +327,7 @@ def _file_item(folder: Path, file: Path, max_pixels: int) -> Item:
     try:
         data = file.read_bytes()
     except OSError as exc:
+        refuse_out_of_descriptors(file, exc)
         return Item(item_id, None, str(file), 0, error=f"cannot read ({exc.strerror or exc})")
     try:
         decoded = decode_image(data, max_pixels)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError
+from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import (Item, SourceOptions, chunk_size, chunked, columns_read, id_field_problem, id_problem,
                                    missing_columns, unicode_checked)
 from tokembed.sources.files import refuse_special_file
@@ -34,6 +35,7 @@ def _opened(path: Path):
     try:
         return open(path, "rb")
     except OSError as exc:
+        refuse_out_of_descriptors(path, exc)
         raise BadInputError(f"{path}: not a readable JSONL file ({exc.strerror or exc})") from exc
 
 

@@ -13,6 +13,7 @@ from itertools import islice
 from pathlib import Path
 
 from tokembed.errors import BadInputError
+from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, id_problem, wanted_columns
 from tokembed.sources.files import arrow_readable, refuse_special_file
 from tokembed.sources.parquet_pages import CorruptPage, InvalidUtf8, Unsupported, is_huge_text, text_cells
@@ -26,6 +27,7 @@ def read_parquet(path: Path, options: SourceOptions, offset: int) -> Iterator[li
     try:
         handle = pq.ParquetFile(arrow_readable(path))
     except (pa.ArrowException, OSError) as exc:
+        refuse_out_of_descriptors(path, exc)
         raise BadInputError(f"{path}: not a readable Parquet file ({exc})") from exc
     names = handle.schema_arrow.names
     use_pdf = options.pdf_column_given
@@ -166,6 +168,7 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
                     yield item if images is None else in_background(attach_image, item, images[i], path.parent, options.max_image_pixels, use_text)
             row += count
     except (pa.ArrowException, OSError, CorruptPage, Unsupported) as exc:
+        refuse_out_of_descriptors(path, exc)
         raise BadInputError(f"{path}: cannot read row group after row {row} ({exc})") from exc
 
 

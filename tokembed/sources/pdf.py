@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import UsageError
+from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, unicode_problem
 from tokembed.sources.files import folder_files, special_file_problem
 
@@ -154,12 +155,25 @@ def _open_pdf(pdf: Path | bytes, password: str | None):
         if code == raw.FPDF_ERR_FORMAT:
             raise PdfOpenError("not a valid PDF (truncated or corrupt: PDFium cannot parse it)") from None
         if code == raw.FPDF_ERR_FILE:
-            raise PdfOpenError("cannot read the PDF file") from None
+            raise _file_error(pdf) from None
         raise PdfOpenError(f"cannot open the PDF ({exc})") from None
     except OSError as exc:
+        refuse_out_of_descriptors(pdf, exc)
         raise PdfOpenError(f"cannot read the PDF file ({exc.strerror or exc})") from None
     except RuntimeError as exc:  # pypdfium2 resolves the path: a link to itself is "Symlink loop from ..."
         raise PdfOpenError(f"cannot read the PDF file ({exc})") from None
+
+
+def _file_error(pdf: Path | bytes) -> PdfOpenError:
+    """Why PDFium could not read ``pdf`` (FPDF_ERR_FILE, which keeps no errno): the file is opened here to learn it,
+    and an open refused for want of descriptors (EMFILE) is the limit's error, not the file's."""
+    if isinstance(pdf, Path):
+        try:
+            os.close(os.open(pdf, os.O_RDONLY))
+        except OSError as exc:
+            refuse_out_of_descriptors(pdf, exc)
+            return PdfOpenError(f"cannot read the PDF file ({exc.strerror or exc})")
+    return PdfOpenError("cannot read the PDF file")
 
 
 def _unencodable_path(pdf: Path) -> str | None:
@@ -216,6 +230,7 @@ def _page_item(document, number: int, base_id: str, source: str, row: int, optio
             return _page_row(base_id, source, row, number, image=page_image(size, pixels), image_sha256=digest)
         return _page_row(base_id, source, row, number, text=page_text(page))
     except Exception as exc:  # PdfiumError, MemoryError, a page over the pixel limit, ...
+        refuse_out_of_descriptors(source, exc)
         return _page_row(base_id, source, row, number, error=page_error(options.modality, number, exc))
     finally:
         if page is not None:

@@ -27,7 +27,10 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
+from tokembed.errors import OpenFilesLimitError
+
 MAX_AUTO_WORKERS = 8
+COPY_PREFIX, COPY_SUFFIX = "tokembed-pdf-", ".pdf"  # a cell's temporary copy: tokembed-pdf-PID-RANDOM.pdf
 IN_FLIGHT = 2  # pages queued per worker: one rendering, one waiting
 
 _workers: list[_Worker] = []
@@ -90,6 +93,8 @@ class _Worker:
         request = self.pending.popleft()
         try:
             size, digest, error = pickle.load(self.process.stdout)
+            if isinstance(error, OpenFilesLimitError):  # the worker ran out of descriptors: no bad row, the run's end
+                raise error
             if error is not None:
                 return None, None, error
             from tokembed.sources.pdf import page_image
@@ -155,15 +160,22 @@ def _exit_reason(code: int) -> str:
     return f"exit code {code}"
 
 
+def remove_abandoned_copies() -> None:
+    """Remove the temporary copies (``_temporary_copy``) whose run is gone (a SIGKILL leaves its copy behind): every
+    ``encode`` run does at its start, whether or not it reads PDFs; a live run's copy, in any container sharing the
+    temp folder, is left to it."""
+    from tokembed.index.held import held_pattern, remove_abandoned
+
+    remove_abandoned(Path(tempfile.gettempdir()), held_pattern(COPY_PREFIX, COPY_SUFFIX))
+
+
 def _temporary_copy(data: bytes):
     """The PDF's bytes in a file the render workers open by name (``.path`` of the ``HeldEntry`` returned); removed
-    when its pages are rendered (``release``), or by a later run once this process is gone (a SIGKILL leaves it
-    behind; a temp folder shared with other containers holds their live copies too, which are left to them)."""
-    from tokembed.index.held import HeldEntry, held_pattern, remove_abandoned
+    when its pages are rendered (``release``), or by the next run once this process is gone
+    (``remove_abandoned_copies``)."""
+    from tokembed.index.held import HeldEntry
 
-    folder = Path(tempfile.gettempdir())
-    remove_abandoned(folder, held_pattern("tokembed-pdf-", ".pdf"))
-    held = HeldEntry(folder, "tokembed-pdf-", ".pdf")
+    held = HeldEntry(Path(tempfile.gettempdir()), COPY_PREFIX, COPY_SUFFIX)
     try:
         with os.fdopen(os.open(held.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
             file.write(data)  # readable by this user only, as ``mkstemp`` made it: a document's content
@@ -178,8 +190,10 @@ def _temporary_copy(data: bytes):
 
 def render_in_worker(path: str, password: str | None, number: int, dpi: float, max_pixels: int, opened: dict) -> tuple:
     """One page as the reading thread would render it: ``((width, height), digest, None)`` and its RGB pixels,
-    or ``(None, None, reason)`` and no pixels."""
+    or ``(None, None, reason)`` and no pixels; ``reason`` is the ``OpenFilesLimitError`` itself when this process
+    ran out of descriptors, which is no reason for a bad row."""
     from tokembed._testhooks import fault_point
+    from tokembed.open_files import limit_error, out_of_descriptors
     from tokembed.sources.pdf import PdfOpenError, open_pdf, page_error, render_hashed
 
     fault_point("render", number)
@@ -196,8 +210,10 @@ def render_in_worker(path: str, password: str | None, number: int, dpi: float, m
         return (size, digest, None), pixels
     except PdfOpenError as exc:
         return (None, None, str(exc)), b""
+    except OpenFilesLimitError as exc:  # pickled to the reading process, which raises it
+        return (None, None, exc), b""
     except Exception as exc:  # PdfiumError, MemoryError, a page over the pixel limit, ...
-        return (None, None, page_error("image", number, exc)), b""
+        return (None, None, limit_error(path, exc) if out_of_descriptors(exc) else page_error("image", number, exc)), b""
     finally:
         if page is not None:
             page.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import TEXT_SUFFIXES, Item, SourceOptions, chunked
 from tokembed.sources.files import folder_files, special_file_problem
 
@@ -23,5 +24,6 @@ def _item(folder: Path, file: Path) -> Item:
     except UnicodeDecodeError as exc:
         return Item(item_id, None, str(file), 0, error=f"not valid UTF-8 (byte {exc.start})")
     except OSError as exc:
+        refuse_out_of_descriptors(file, exc)
         return Item(item_id, None, str(file), 0, error=f"cannot read ({exc.strerror})")
     return Item(item_id, text, str(file), 0)

@@ -28,6 +28,7 @@ import numpy as np
 
 from tokembed.errors import BadInputError
 from tokembed.index.atomic import sha256_file
+from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked, read_digest
 from tokembed.sources.files import folder_files
 from tokembed.sources.files import special_file_problem
@@ -139,7 +140,11 @@ def probe_video(name: str, path: str | None = None, data: bytes | None = None, m
 
 def _opened(av, path: str | None, data: bytes | None):
     """The container of a video file (``path``) or of its bytes, for reading."""
-    return av.open(path if path is not None else io.BytesIO(data), mode="r")
+    try:
+        return av.open(path if path is not None else io.BytesIO(data), mode="r")
+    except OSError as exc:  # PyAV's errors with an errno are OSErrors: EMFILE is the limit's, not the video's
+        refuse_out_of_descriptors(path, exc)
+        raise
 
 
 def _check_frames(av, path: str | None, data: bytes | None, announced: int, counted: int, fps: float) -> tuple[int, int]:
@@ -294,6 +299,7 @@ def _file_item(folder: Path, file: Path, max_pixels: int | None) -> Item:
     try:
         digest = sha256_file(file)
     except OSError as exc:
+        refuse_out_of_descriptors(file, exc)
         return Item(item_id, None, str(file), 0, error=f"cannot read ({exc.strerror or exc})")
     try:
         video = probe_video(str(file), path=str(file), max_pixels=max_pixels)
