@@ -3,6 +3,7 @@ formats tokembed never reads), --revision and --model refusals, and the messages
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -120,6 +121,38 @@ def test_an_index_of_the_previous_release_over_a_folder_with_unread_formats_is_s
     assert result.exit_code == 0, result.output
     (model / "openvino" / "openvino_model.bin").write_bytes(b"other bytes: not the files it was built from")
     assert cli("score", index, "--query", "alpha", "--model", model).exit_code == 5
+
+
+def _hub_adapter(checkpoint, tmp_path, hub_cache):
+    """(adapter snapshot, base snapshot): ``someone/tiny-lora`` at commit c... over ``someone/tiny-colbert`` at b..."""
+    from colpali_engine_checkpoints import build_adapter
+    from tokembed.models.registry import load_model
+
+    base = hub_cache("someone/tiny-colbert", checkpoint("pylate_bert"), "b" * 40)
+    lora = build_adapter(copy.deepcopy(load_model(base).backbone), tmp_path / "lora", "someone/tiny-colbert",
+                         target_modules=r".*attention\.(self\.(query|value)|output\.dense)$")
+    return hub_cache("someone/tiny-lora", lora, "c" * 40), base
+
+
+def test_an_index_of_an_earlier_release_over_a_hub_adapter_is_still_scored(checkpoint, tmp_path, cli, hub_cache):
+    """The release before the previous one hashed the hub commits of an adapter and its base into its fingerprint.
+    Reloaded from the snapshot folder the index recorded, the adapter had no commit, that fingerprint was never made
+    again, and score refused the index (exit 5) while --model someone/tiny-lora scored it."""
+    adapter, base = _hub_adapter(checkpoint, tmp_path, hub_cache)
+    index = tmp_path / "index"
+    assert cli("encode", _docs(tmp_path), "--model", "someone/tiny-lora", "-o", index, "-q").exit_code == 0
+    written = manifest(index)
+    assert written["model"]["path"] == str(adapter)
+    payload = json.dumps({"adapter": _previous_release_fingerprint(adapter), "adapter_revision": "c" * 40,
+                          "base": _previous_release_fingerprint(base), "base_revision": "b" * 40}, sort_keys=True)
+    weights = f"{_previous_release_weights_sha256(adapter)}\0{_previous_release_weights_sha256(base)}"
+    written["model"].update(fingerprint=hashlib.sha256(payload.encode()).hexdigest(),
+                            weights_sha256=hashlib.sha256(weights.encode()).hexdigest())
+    write_manifest(index, written, sealed=False)  # as that release wrote it
+    result = cli("score", index, "--query", "red planet")
+    assert result.exit_code == 0, result.output
+    _negate_weights(adapter / "adapter_model.safetensors")
+    assert cli("score", index, "--query", "red planet").exit_code == 5
 
 
 @pytest.mark.parametrize("shadowed", [True, False])

@@ -224,7 +224,8 @@ def check_index_model(manifest: dict, embedder: "Embedder") -> None:
     if fingerprint != recorded["fingerprint"]:
         from tokembed.models.resolve import earlier_identities
 
-        earlier = (identity for identity in earlier_identities(embedder.resolved) if identity[0] == recorded["fingerprint"])
+        earlier = (identity for identity in earlier_identities(embedder.resolved, recorded)
+                   if identity[0] == recorded["fingerprint"])
         fingerprint, weights = next(earlier, (None, None))  # an index of an earlier release
         if fingerprint is None:
             raise _model_mismatch(recorded, embedder.resolved, embedder.fingerprint)

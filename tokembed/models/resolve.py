@@ -209,12 +209,23 @@ def resolved_fingerprint(resolved: ResolvedModel, every_format: bool = False, sl
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def earlier_identities(resolved: ResolvedModel):
-    """(fingerprint, weights_sha256) as each earlier release computed them (``_EARLIER_RULES``), newest first. An
-    index one built from the same files is still scored (encode re-encodes it once: its content hashes are keyed by
-    the old one)."""
+def earlier_identities(resolved: ResolvedModel, recorded: dict):
+    """(fingerprint, weights_sha256) as each earlier release computed them (``_EARLIER_RULES``), newest first, for
+    the index whose manifest recorded the model section ``recorded``. An index one built from the same files is still
+    scored (encode re-encodes it once: its content hashes are keyed by the old one)."""
+    as_built = with_recorded_revisions(resolved, recorded)
     for rule in _EARLIER_RULES:
-        yield resolved_fingerprint(resolved, **rule), resolved_weights_sha256(resolved, previous_release=rule["every_format"])
+        yield resolved_fingerprint(as_built, **rule), resolved_weights_sha256(resolved, previous_release=rule["every_format"])
+
+
+def with_recorded_revisions(resolved: ResolvedModel, recorded: dict) -> ResolvedModel:
+    """An adapter with the hub commits of adapter and base that the index's manifest recorded, which the release
+    that named them hashed into its fingerprint: reloaded, the adapter comes from its recorded snapshot folder (no
+    commit: ``embedder.index_model``), or from another commit holding the same files."""
+    if resolved.base is None:
+        return resolved
+    base_revision = (recorded.get("base") or {}).get("revision")
+    return replace(resolved, revision=recorded.get("revision"), base=replace(resolved.base, revision=base_revision))
 
 
 def _demo_model() -> ResolvedModel:
