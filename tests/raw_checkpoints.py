@@ -10,7 +10,7 @@ import tempfile
 
 import torch
 
-from text_tokenizers import _bert_tokenizer, _modernbert_tokenizer, _prepare, _qwen2_tokenizer, _write_json
+from text_tokenizers import _bert_tokenizer, _modernbert_tokenizer, _prepare, _qwen2_tokenizer, _write_json, _xlmr_tokenizer
 
 
 def _bert_config(vocab_size: int, pad_token_id: int = 0):
@@ -114,6 +114,8 @@ def _head_config(head: str, vocab_size: int, **ids):
         "DistilBert": dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64),
         "Electra": dict(embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
         "Bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+        "XLMRoberta": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           max_position_embeddings=130, type_vocab_size=1),
     }
     model = next(name for name in sizes if head.startswith(name + "For"))
     return getattr(transformers, f"{model}Config")(vocab_size=vocab_size, initializer_range=0.1, **sizes[model], **ids)
@@ -122,7 +124,8 @@ def _head_config(head: str, vocab_size: int, **ids):
 def build_encoder_with_head(path: pathlib.Path, head: str) -> pathlib.Path:
     """An encoder saved with its task head by ``save_pretrained``, as published (answerdotai/ModernBERT-base:
     ``ModernBertForMaskedLM``, distilbert-base-uncased: ``DistilBertForMaskedLM``, ELECTRA discriminators:
-    ``ElectraForPreTraining``); tensors under the base model's prefix plus the head's outside it."""
+    ``ElectraForPreTraining``, xlm-roberta-base: ``XLMRobertaForMaskedLM``); tensors under the base model's prefix
+    plus the head's outside it."""
     import transformers
 
     path = _prepare(path)
@@ -131,6 +134,10 @@ def build_encoder_with_head(path: pathlib.Path, head: str) -> pathlib.Path:
         config = _head_config(head, len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
                               cls_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
                               sep_token_id=tokenizer.sep_token_id)
+    elif head.startswith("XLMRoberta"):
+        tokenizer = _xlmr_tokenizer()
+        config = _head_config(head, len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id)
     else:
         tokenizer = _bert_tokenizer(path)
         config = _head_config(head, len(tokenizer))

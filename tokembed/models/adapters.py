@@ -9,8 +9,9 @@ Never silently wrong (as ``loading.py`` for bases):
 * every tensor of ``adapter_model.safetensors`` must be named under peft's ``base_model.model.`` (the only names peft
   loads) and land on a module of the base. Saved names are read through the base family's ``TensorNames`` (the
   published ``model.layers.*``, what peft writes against transformers 5, ``language_model.*``, vision-tower modules
-  included), so the adapter's modules are the ones its tensors name, not the ones its ``target_modules`` regex would
-  match here; a tensor naming no module is exit 4;
+  included), or, over a text backbone, with the prefix its loader strips from the base's weights (``backbone_names``),
+  so the adapter's modules are the ones its tensors name, not the ones its ``target_modules`` regex would match
+  here; a tensor naming no module is exit 4;
 * ranks are read from the tensors and must agree with ``r`` / ``rank_pattern``; ``lora_alpha`` and
   ``alpha_pattern`` are resolved per module with peft's own pattern rule on the saved names;
 * options peft cannot apply here exactly (``bias`` other than ``none``, parameter targets, layer replication,
@@ -149,7 +150,8 @@ def _require_floating(file: Path, tensors: dict) -> None:
 def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -> tuple[list[ModulePlan], dict, dict]:
     """Place every tensor: (LoRA modules, peft state dict in tokembed's names, modules_to_save saved -> target).
 
-    ``rename``: the base family's saved-name -> module-name function (identity for transformers-native bases).
+    ``rename``: the base family's saved-name -> module-name function (``TensorNames.rename``, ``backbone_names``;
+    identity for transformers-native vision bases).
     """
     from peft.utils.other import get_pattern_key
 
@@ -198,6 +200,17 @@ def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -
         alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), saved_module), config.get("lora_alpha", 8))
         plans.append(ModulePlan(saved_module, rename(saved_module), rank, float(alpha)))
     return plans, placed, to_save
+
+
+def backbone_names(backbone: Any):
+    """Saved module name -> module of a text family's ``backbone``. Its loader reads the base's weights saved under a
+    head class too (``model.`` of a ``*ForCausalLM`` or ``ModernBertForMaskedLM``, ``bert.`` of ``BertForMaskedLM`` or
+    ``HF_ColBERT``, ``roberta.``): the backbone's ``base_model_prefix``, which transformers strips on load. An
+    adapter saved over that class names its modules under the same prefix (peft's ``CAUSAL_LM`` ones included)."""
+    prefix = getattr(backbone, "base_model_prefix", "") or ""
+    if not prefix or prefix in dict(backbone.named_children()):  # a prefix that is a module of its own is kept
+        return lambda name: name
+    return lambda name: name.removeprefix(prefix + ".")
 
 
 def _require_peft_prefix(name: str, path: Path) -> None:
@@ -338,6 +351,8 @@ def _exact_config(config: Any, plans: list[ModulePlan], to_save: dict[str, str])
         layers_pattern=None,
         task_type=None,
         inference_mode=True,
+        # the base is tokembed's (resolved and recorded apart); peft would warn that it "renamed" this field
+        base_model_name_or_path=None,
     )
 
 
@@ -371,12 +386,12 @@ def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) ->
 
     with processor_overlay(base, adapter) as overlay:
         loaded = family_class(key).load(base, replace(options, processor_path=overlay) if overlay else options)
-    names = (getattr(loaded, "extra", None) or {}).get("tensor_names")
-    rename = names.rename if names is not None else (lambda name: name)
     if hasattr(loaded, "backbone"):  # a text family: LoRA on its backbone
         refuse_other_tokenizer(base, adapter)
-        loaded.backbone = apply_adapter(loaded.backbone, adapter, rename, merge)
+        loaded.backbone = apply_adapter(loaded.backbone, adapter, backbone_names(loaded.backbone), merge)
     else:
+        names = (getattr(loaded, "extra", None) or {}).get("tensor_names")
+        rename = names.rename if names is not None else (lambda name: name)
         loaded.model = apply_adapter(loaded.model, adapter, rename, merge)
     loaded.extra = {**(loaded.extra or {}), "adapter": str(adapter), "base": str(base)}
     loaded.reading = readings_of(key, base, adapter)

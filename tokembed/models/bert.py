@@ -11,6 +11,7 @@ it to transformers' own forward. Checkpoints it does not cover (other position t
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -143,6 +144,9 @@ class _Encoder(nn.Module):
 class BertBackbone(nn.Module):
     """``BertModel`` without its pooler: ``forward(input_ids, attention_mask).last_hidden_state``."""
 
+    # BertModel's: a BertForMaskedLM / HF_ColBERT save holds it under ``bert.`` (as its adapters name its modules)
+    base_model_prefix = "bert"
+
     def __init__(self, config: SimpleNamespace) -> None:
         super().__init__()
         self.settings = config  # not ``config``: peft takes a module's ``config`` for a transformers config
@@ -177,13 +181,13 @@ def load_native_bert(folder: Path, config: SimpleNamespace, dtype: torch.dtype, 
     refuse_aliases(folder, legacy_name)
     state = {legacy_name(name): tensor for name, tensor in read_state(folder).items()}
     model = BertBackbone(config)  # on the meta device: shapes only; the checkpoint's tensors are assigned
-    target = model
-    if any(name.startswith("bert.") for name in state):  # a BertForMaskedLM / HF_ColBERT save: errors name its keys
+    target, prefix = model, model.base_model_prefix + "."
+    if any(name.startswith(prefix) for name in state):  # a BertForMaskedLM / HF_ColBERT save: errors name its keys
         target = nn.Module()
-        target.bert = model
-    ignore = tuple(rf"(?:bert\.)?{name}" for name in HEAD_NAMES + UNUSED_PARTS + (r"embeddings\.position_ids$",))
+        setattr(target, model.base_model_prefix, model)
+    ignore = tuple(rf"(?:{re.escape(prefix)})?{name}" for name in HEAD_NAMES + UNUSED_PARTS + (r"embeddings\.position_ids$",))
     ignore += tuple(ignore_unused)
-    leftover = target is not model and any(not name.startswith("bert.") and not matches(name, ignore) for name in state)
+    leftover = target is not model and any(not name.startswith(prefix) and not matches(name, ignore) for name in state)
     if leftover:  # only then (a BertForSequenceClassification save): transformers' import, for its head rule
         ignore += task_head_tensors(folder, state)
     load_state_checked(target, state, folder, ignore_unused=ignore, assign=True)

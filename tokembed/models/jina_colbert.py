@@ -253,6 +253,8 @@ class JinaEncoder(nn.Module):
 class JinaXLMRoberta(nn.Module):
     """Jina's rotary XLM-RoBERTa; ``forward(input_ids, attention_mask).last_hidden_state`` as transformers'."""
 
+    base_model_prefix = "roberta"  # the checkpoint saves it as JinaColBERTModule.roberta (adapters name it so too)
+
     def __init__(self, config: JinaConfig) -> None:
         super().__init__()
         self.embeddings = JinaEmbeddings(config)

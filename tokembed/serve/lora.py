@@ -22,7 +22,7 @@ def attach_adapters(embedder, options) -> dict:
     """Inject every ``options.lora_modules`` adapter into the loaded backbone, unmerged; the base runs with none active.
     No adapter may take the base's name in requests (``--served-model-name``, else ``--model``): it would be unreachable.
     """
-    from tokembed.models.adapters import adapter_view, attach_unmerged
+    from tokembed.models.adapters import adapter_view, attach_unmerged, backbone_names
     from tokembed.models.processor_overlay import refuse_other_tokenizer
 
     model = embedder.model
@@ -42,7 +42,7 @@ def attach_adapters(embedder, options) -> dict:
     folders = [(name, _adapter_folder(name, path)) for name, path in lora_modules]
     for _, folder in folders:  # every adapter is run with the served model's tokenizer, as encode runs a text adapter
         refuse_other_tokenizer(embedder.resolved.path, folder)
-    peft_model = attach_unmerged(model.backbone, folders)
+    peft_model = attach_unmerged(model.backbone, folders, backbone_names(model.backbone))
     model.backbone = adapter_view(peft_model, None)
     return {name: (str(folder), adapter_view(peft_model, name)) for name, folder in folders}
 
