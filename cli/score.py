@@ -51,6 +51,10 @@ def score(
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Where the index's checkpoint is (folder or hub id). Default: the one in the manifest."
     ),
+    base_model: Optional[str] = typer.Option(
+        None, "--base-model", help="Where the base checkpoint of the index's PEFT adapter is (folder or hub id; a base "
+        "folder that moved), as encode's --base-model. Default: the one in the manifest. Checked like --model.",
+    ),
     allow_model_mismatch: bool = typer.Option(
         False, "--allow-model-mismatch", help="Score even if --model is not the checkpoint the index was built with."
     ),
@@ -107,7 +111,7 @@ def score(
             index, dict(zip(queries.ids, queries.texts)), top_k=top_k, model=model, device=device,
             block_tokens=block_tokens, allow_model_mismatch=allow_model_mismatch,
             trust_remote_code=trust_remote_code, progress=progress, exact=exact, probe=probe, candidates=candidates,
-            timings=timings,
+            timings=timings, base_model=base_model,
         )
     seconds = startup + time.perf_counter() - started  # whole process so far, as load_seconds counts from its start
     _write_or_say_why(queries, hits, _pick_format(fmt, output), output)

@@ -23,6 +23,10 @@ def serve(
         None, "--model", "-m",
         help="Checkpoint folder or Hugging Face hub id. Default: the demo all-MiniLM-L6-v2 (raw mode only).",
     ),
+    base_model: Optional[str] = typer.Option(
+        None, "--base-model", help="Base checkpoint (hub id or folder) of a PEFT adapter given as --model, or of the "
+        "--index's adapter (a base folder that moved; checked against the index like --model), as encode's --base-model.",
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on. Default: loopback only; use --api-key before opening it up."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port (0: any free port)."),
     devices: str = typer.Option("auto", help="One device: auto (first CUDA device, else CPU), cpu, cuda or cuda:N."),
@@ -82,6 +86,7 @@ def serve(
             announce=lambda line: print(line, file=sys.stderr, flush=True),
             index=index,
             abandon_forward=_exit_now,
+            base_model=base_model,
         )
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down
         pass

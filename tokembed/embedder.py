@@ -6,6 +6,7 @@ The one way tokembed turns texts into token matrices: ``encode`` uses it for the
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -59,13 +60,15 @@ class Embedder:
         device: str = "cpu",
         allow_mismatch: bool = False,
         trust_remote_code: bool = False,
+        base_model: str | None = None,
     ) -> "Embedder":
         """The embedder that encodes ``kind`` inputs compatibly with an index (same model, same settings).
 
-        ``model`` overrides where the checkpoint is (e.g. the index was built on another machine); its
-        fingerprint must match the manifest's unless ``allow_mismatch``.
+        ``model`` overrides where the checkpoint is (e.g. the index was built on another machine), ``base_model``
+        where an adapter's base is; their fingerprint must match the manifest's unless ``allow_mismatch``.
         """
-        embedder = cls.load(*index_checkpoint(manifest, kind, model), device, trust_remote_code, index_colbert(manifest))
+        where, flags = index_checkpoint(manifest, kind, model, base_model)
+        embedder = cls.load(where, flags, device, trust_remote_code, index_colbert(manifest))
         if not allow_mismatch:
             check_index_model(manifest, embedder)
         return embedder
@@ -168,13 +171,31 @@ def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:
     return flags
 
 
-def index_checkpoint(manifest: dict, kind: str = "query", model: str | None = None) -> tuple[str | None, EncodeFlags]:
-    """(``index_model``, ``index_flags``): the index's revision goes with a hub id only (a folder, the snapshot it
-    named, ``model`` or the demo model, has none)."""
+def index_checkpoint(
+    manifest: dict, kind: str = "query", model: str | None = None, base_model: str | None = None
+) -> tuple[str | None, EncodeFlags]:
+    """(``index_model``, ``index_flags`` with ``index_base``'s base): the index's revision goes with a hub id only
+    (a folder, the snapshot it named, ``model`` or the demo model, has none)."""
     where, flags = index_model(manifest, model), index_flags(manifest, kind)
     if where is None or _exists(where):  # None: the demo model, a folder (an earlier release recorded a --revision)
         flags = replace(flags, revision=None)
-    return where, flags
+    return where, index_base(manifest, flags, base_model)
+
+
+def index_base(manifest: dict, flags: EncodeFlags, base_model: str | None = None) -> EncodeFlags:
+    """``flags`` naming the adapter's base to load: ``base_model`` (``--base-model``) if given, its hub revision
+    going with a hub id only, as ``--model``'s does; else the one ``index_flags`` found, a base folder that the
+    index recorded (``flags.base_model``) and that is gone being exit 4 saying so, as ``index_model`` says of a
+    model folder."""
+    if base_model is not None:
+        base_model = os.fspath(base_model)
+        return replace(flags, base_model=base_model, base_revision=None if _exists(base_model) else flags.base_revision)
+    base = manifest["model"].get("base") or {}
+    if base and base.get("revision") is None and flags.base_model is not None and not _exists(flags.base_model):
+        raise ModelNotFoundError(
+            f"the index's base model folder {base['path']} (of adapter {manifest['model']['name']!r} when it was "
+            "encoded) is gone", hint="pass the base with --base-model ID|PATH")
+    return flags
 
 
 def index_colbert(manifest: dict) -> ColbertConfig | None:
@@ -260,9 +281,10 @@ def _model_mismatch(recorded: dict, resolved: ResolvedModel, fingerprint: str) -
         what, noun = f"the base model {resolved.base.name!r}", f"base of adapter {resolved.name!r}"
         recorded, resolved = base, resolved.base
         fingerprint = model_fingerprint(resolved.path)
+        hint = "pass the index's base with --base-model, or --allow-model-mismatch to score anyway"
     else:
         what, noun = f"model {resolved.name!r}", "model"
-    hint = "pass the index's model with --model, or --allow-model-mismatch to score anyway"
+        hint = "pass the index's model with --model, or --allow-model-mismatch to score anyway"
     if recorded.get("revision") and not _exists(recorded["path"]):
         hint = (f"the index was built on commit {recorded['revision']}, no longer in the Hugging Face cache: "
                 f"hf download {recorded['name']} --revision {recorded['revision']}; or --allow-model-mismatch")

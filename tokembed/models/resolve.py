@@ -100,9 +100,10 @@ def _refuse_base_flags(resolved: ResolvedModel, base_model: str | None, base_rev
     if given:
         model = "the demo model" if resolved.is_demo else f"--model {resolved.name!r}"
         verb = "apply" if len(given) > 1 else "applies"
+        flags = " and ".join(item.split()[0] for item in given)  # the ones given: score and serve have no --base-revision
         raise UsageError(f"{' and '.join(given)} {verb} to PEFT adapters only; {model} is no adapter "
                          f"(no adapter_config.json in {resolved.path})",
-                         hint="leave --base-model and --base-revision out, or give the adapter's folder or hub id as --model")
+                         hint=f"leave {flags} out, or give the adapter's folder or hub id as --model")
 
 
 def _refuse_folder_revision(what: str, path: Path, revision: str | None, revision_flag: str, hint: str = "") -> None:
@@ -123,7 +124,7 @@ def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) 
         refuse_broken_links(path, hint="restore the files they link to, or copy the checkpoint again")
         return ResolvedModel(name=name, path=path.resolve(), revision=None)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelNotFoundError(f"--model {name!r}: no such checkpoint folder")
+        raise ModelNotFoundError(f"{what} {name!r}: no such checkpoint folder")
     folder = hub_snapshot(name, revision)
     refuse_broken_links(folder, hint=f"download it again with network access: hf download {name} "
                                      f"--revision {folder.name}")
@@ -174,8 +175,8 @@ def _adapter_base(adapter: ResolvedModel, base_model: str | None, base_revision:
     """The base checkpoint of an adapter; not found is a ModelNotFoundError naming the id and --base-model."""
     from tokembed.models.adapters import read_adapter_config
 
-    given = base_model or read_adapter_config(adapter.path).get("base_model_name_or_path")
-    where = "--base-model" if base_model else f"base_model_name_or_path in {adapter.path / 'adapter_config.json'}"
+    given = base_model if base_model is not None else read_adapter_config(adapter.path).get("base_model_name_or_path")
+    where = "--base-model" if base_model is not None else f"base_model_name_or_path in {adapter.path / 'adapter_config.json'}"
     if not given:
         raise ModelNotFoundError(f"--model {adapter.name!r} is a PEFT adapter that names no base ({where} is empty)",
                                  hint="pass its base with --base-model ID|PATH")
@@ -183,7 +184,7 @@ def _adapter_base(adapter: ResolvedModel, base_model: str | None, base_revision:
         base = _checkpoint(given, base_revision, "the base model", "--base-revision")
     except ModelNotFoundError as exc:
         raise ModelNotFoundError(
-            f"the base model {given!r} of adapter {adapter.name!r} ({where}) cannot be found: {exc}",
+            f"adapter {adapter.name!r}: its base ({where}) cannot be found: {exc}",
             hint="pass the base with --base-model ID|PATH (a hub id in the Hugging Face cache, or a local folder)",
         ) from exc
     if (base.path / "adapter_config.json").is_file():

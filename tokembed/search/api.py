@@ -47,11 +47,13 @@ def search(
     probe: int | None = None,
     candidates: int | None = None,
     timings: dict | None = None,
+    base_model: str | os.PathLike | None = None,
 ) -> list[list[Hit]]:
     """Top-``top_k`` documents of the index at ``index_path`` for each query text, in query order.
 
     ``queries`` is a list of texts or a dict id -> text. ``model`` overrides where the index's checkpoint
-    is; a different checkpoint raises ``ModelMismatchError`` unless ``allow_model_mismatch``.
+    is, ``base_model`` where an adapter's base is (``--base-model``); a different checkpoint raises
+    ``ModelMismatchError`` unless ``allow_model_mismatch``.
     ``exact`` scans exhaustively even when the index has a search structure; ``probe`` and ``candidates``
     tune the structure's search (defaults ``plaid.DEFAULT_PROBE`` / ``DEFAULT_CANDIDATES``).
     ``timings``, if given, receives ``load_seconds`` (index open + model load), ``query_seconds`` (encoding
@@ -61,7 +63,7 @@ def search(
     from tokembed.index.reader import open_index
     from tokembed.search.plaid.search import open_searchable
 
-    _check_model_and_device(model, device)
+    _check_model_and_device(model, device, base_model)
     index_path = require_index_path(index_path, "index_path")
     _check_options(top_k, block_tokens, probe, candidates)
     asked = as_queries(queries)
@@ -77,7 +79,7 @@ def search(
     compute = _resolve_device(device)
     opened = time.perf_counter()
     vectors = encode_queries(index, asked.texts, model, compute, allow_model_mismatch, trust_remote_code, timings,
-                             asked.ids)
+                             asked.ids, base_model)
     timings["load_seconds"] += opened - started
     searched = time.perf_counter()
     hits = search_opened(index, structure, vectors, top_k, exact, probe, candidates, block_tokens, compute, progress)
@@ -111,6 +113,7 @@ def encode_queries(
     trust_remote_code: bool = False,
     timings: dict | None = None,
     ids: list[str] | None = None,
+    base_model: str | os.PathLike | None = None,
 ) -> list[np.ndarray]:
     """Query texts -> float32 token matrices [n_tokens, D], encoded as the index's manifest prescribes (kind=query;
     not rounded to its store dtype).
@@ -124,7 +127,7 @@ def encode_queries(
     from tokembed.index import open_index
     from tokembed.models.token_ids import TokenPastEmbeddingsError
 
-    _check_model_and_device(model, device)
+    _check_model_and_device(model, device, base_model)
     index = _checked_index(index)
     asked = as_queries(texts, ids)
     texts, ids = asked.texts, asked.ids
@@ -133,7 +136,7 @@ def encode_queries(
     started = time.perf_counter()
     embedder = Embedder.for_index(
         index.manifest, kind="query", model=model, device=device,
-        allow_mismatch=allow_model_mismatch, trust_remote_code=trust_remote_code,
+        allow_mismatch=allow_model_mismatch, trust_remote_code=trust_remote_code, base_model=base_model,
     )
     loaded = time.perf_counter()
     _refuse_queries_the_model_refuses(embedder.encoder, texts, ids)
@@ -296,11 +299,13 @@ def _check_options(top_k: int, block_tokens: int, probe: int | None = None, cand
             raise UsageError(f"{flag} {value}: must be at least 1")
 
 
-def _check_model_and_device(model, device) -> None:
-    """A caller's bytes or number as ``model`` or ``device`` is a ``UsageError`` naming it before the index is opened,
-    not a TypeError from pathlib while the index's checkpoint is looked up, nor an AttributeError from the device's."""
-    if model is not None and not isinstance(model, (str, os.PathLike)):
-        raise UsageError(f"--model: expected a checkpoint folder (str or Path) or a hub id, got {type(model).__name__}")
+def _check_model_and_device(model, device, base_model=None) -> None:
+    """A caller's bytes or number as ``model``, ``base_model`` or ``device`` is a ``UsageError`` naming it before the
+    index is opened, not a TypeError from pathlib while the index's checkpoint is looked up, nor an AttributeError
+    from the device's."""
+    for flag, value in (("--model", model), ("--base-model", base_model)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise UsageError(f"{flag}: expected a checkpoint folder (str or Path) or a hub id, got {type(value).__name__}")
     if device is not None and not isinstance(device, str):
         raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N (a str), got {type(device).__name__}")
 

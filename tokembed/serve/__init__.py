@@ -62,9 +62,11 @@ def run_server(
     announce: Callable[[str], None] = lambda line: None,
     index: str | None = None,
     abandon_forward: Callable[[], NoReturn] | None = None,
+    base_model: str | None = None,
 ) -> None:
     """Serve ``model`` on ``host:port`` until SIGINT/SIGTERM (``index``: also ``/search`` over that index, its
-    model by default). Raises ``UsageError`` / ``ModelError`` / ``DeviceError``.
+    model by default; ``base_model``: an adapter's base, as ``encode --base-model``). Raises ``UsageError`` /
+    ``ModelError`` / ``DeviceError``.
 
     ``abandon_forward``: called (and expected not to return) when a forward pass is still running after the
     shutdown grace and the batcher's wait. The CLI ends the process there: finalizing the interpreter while
@@ -84,7 +86,7 @@ def run_server(
     device = resolve_one_device(devices, "--devices", "serve")  # one server per GPU behind a load balancer for more
     sock = bind_socket(host, port)
     try:
-        service = EmbeddingService.load(model, device, options, trust_remote_code, index)
+        service = EmbeddingService.load(model, device, options, trust_remote_code, index, base_model)
         try:
             app = create_app(service, api_key, max_body_bytes or DEFAULT_MAX_BODY_BYTES)
             profiles = ", ".join(service.profiles)

@@ -85,10 +85,11 @@ class ServedIndex:
                 pass
 
     def load_plan(self, model: str | None, raw_flags):
-        """(checkpoint to load, raw flags carrying the index's revision, base model and dtype, ColBERT settings)."""
+        """(checkpoint to load, raw flags carrying the index's revision, base model and dtype, ColBERT settings);
+        ``raw_flags.base_model``: ``--base-model``, where the index's adapter's base is."""
         from tokembed.embedder import index_checkpoint, index_colbert
 
-        where, query = index_checkpoint(self.manifest, "query", model)
+        where, query = index_checkpoint(self.manifest, "query", model, raw_flags.base_model)
         if raw_flags.dtype not in ("auto", query.dtype):
             raise UsageError(f"--dtype {raw_flags.dtype}: the index's queries are encoded with --dtype {query.dtype}",
                              hint="leave --dtype out with --index")

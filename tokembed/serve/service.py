@@ -93,15 +93,17 @@ class EmbeddingService:
         options: ServeOptions = ServeOptions(),
         trust_remote_code: bool = False,
         index=None,
+        base_model: str | None = None,
     ) -> "EmbeddingService":
         """``index``: an index folder to answer ``/search`` from; ``model`` then defaults to the index's, and
-        must be the checkpoint it was built with."""
+        must be the checkpoint it was built with. ``base_model``: the base of an adapter served as ``model`` (or
+        the index's), as ``encode --base-model``."""
         from tokembed.embedder import Embedder, check_index_model
         from tokembed.errors import ModelMismatchError
         from tokembed.serve.index_search import ServedIndex
 
         options.check()
-        flags, colbert, served = profile_flags("raw", None, options.dtype), None, None
+        flags, colbert, served = replace(profile_flags("raw", None, options.dtype), base_model=base_model), None, None
         if index is not None:
             served = ServedIndex(index)
             model, flags, colbert = served.load_plan(model, flags)
@@ -110,7 +112,8 @@ class EmbeddingService:
             try:
                 check_index_model(served.manifest, embedder)
             except ModelMismatchError as exc:
-                exc.hint = "leave --model out (the index's own), or pass the checkpoint the index was built with"
+                exc.hint = ("leave --model and --base-model out (the index's own), or pass the checkpoints the index "
+                            "was built with")
                 raise
         adapters = _attach_adapters(embedder, options) if options.lora_modules else None
         return cls(embedder, options, adapters, served)
