@@ -22,88 +22,19 @@ Processor and tokenizer files in the adapter folder win over a vision base's; a 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tokembed.errors import ModelError
+from tokembed.models.adapter_files import (
+    ADAPTER_CONFIG, check_supported, is_adapter, read_adapter_config, read_adapter_tensors, require_peft, weights_file,
+)
 
-ADAPTER_CONFIG = "adapter_config.json"
-_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _LORA_PARTS = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
                          r"(?:\.weight|\.bias)?$")
 _PEFT_PREFIX = "base_model.model."
-# Options that change what the adapter computes in ways tokembed does not reproduce: refused when set.
-_REFUSED_OPTIONS = {
-    "target_parameters": "LoRA on parameters (target_parameters)",
-    "layer_replication": "layer replication",
-    "use_qalora": "QA-LoRA",
-    "trainable_token_indices": "trainable token indices",
-    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens)",
-    "megatron_config": "Megatron layers",
-    "arrow_config": "Arrow routing",
-}
-
-
-def is_adapter(path: Path) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).is_file()
-
-
-def read_adapter_config(path: Path) -> dict:
-    file = Path(path) / ADAPTER_CONFIG
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{file}: not a readable adapter config ({exc})") from exc
-    if not isinstance(config, dict):
-        raise ModelError(f"{file}: not a JSON object")
-    return config
-
-
-def check_supported(path: Path, config: dict) -> None:
-    """Refuse, by name, adapter types and options that would not be applied exactly."""
-    file = Path(path) / ADAPTER_CONFIG
-    peft_type = config.get("peft_type")
-    if peft_type != "LORA":
-        raise ModelError(f"{file}: peft_type {peft_type!r} is not supported (tokembed applies LoRA adapters)")
-    if config.get("bias", "none") != "none":
-        raise ModelError(
-            f"{file}: bias {config['bias']!r}: the adapter trains biases of the base layers, which tokembed refuses "
-            "rather than guess which ones", hint="only bias 'none' adapters (the published ColPali adapters) are read",
-        )
-    for key, what in _REFUSED_OPTIONS.items():
-        if config.get(key):
-            raise ModelError(f"{file}: {key} is set ({what}): tokembed does not apply it, so it refuses the adapter")
-    # a newer peft writes its new options at their inert defaults (peft 0.21's kasa_config: null): only a set one
-    # could change what the adapter computes
-    for key in ("r", "lora_alpha"):
-        if key in config and (isinstance(config[key], bool) or not isinstance(config[key], (int, float))):
-            raise ModelError(f"{file}: {key} is {config[key]!r}, not a number (peft refuses it too)")
-    unknown = sorted(key for key in set(config) - _known_options() if config[key])
-    if unknown:
-        raise ModelError(f"{file}: options this peft does not know ({', '.join(unknown)}): written by a newer peft? "
-                         "tokembed refuses what it cannot apply exactly", hint="upgrade peft, or remove them if they are inert")
-
-
-def _known_options() -> set[str]:
-    from dataclasses import fields
-
-    from peft import LoraConfig
-
-    return {field.name for field in fields(LoraConfig)}
-
-
-def require_peft() -> Any:
-    try:
-        import peft
-    except ImportError as exc:
-        raise ModelError(
-            "this checkpoint is a PEFT adapter (adapter_config.json) and the peft package is not installed",
-            hint="pip install 'tokembed[peft]'",
-        ) from exc
-    return peft
 
 
 # -- the adapter's tensors, placed on the base's modules ---------------------------------------------------
@@ -115,36 +46,6 @@ class ModulePlan:
     target: str  # the module of the model tokembed built
     rank: int
     alpha: float
-
-
-def read_adapter_tensors(path: Path) -> dict:
-    import torch
-
-    for name in _ADAPTER_WEIGHTS:
-        file = Path(path) / name
-        if not file.is_file():
-            continue
-        try:
-            if file.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                tensors = load_file(str(file))
-            else:
-                tensors = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
-            raise ModelError(f"{file}: cannot read the adapter's tensors ({exc})") from exc
-        _require_floating(file, tensors)
-        return tensors
-    raise ModelError(f"{path}: adapter_config.json but no {' or '.join(_ADAPTER_WEIGHTS)}")
-
-
-def _require_floating(file: Path, tensors: dict) -> None:
-    """Every adapter tensor is a trained parameter: one stored as an integer or boolean type (a quantized or damaged
-    adapter) would be cast by peft into other numbers, so it is refused as ``weights.check_float`` refuses a base's."""
-    for name, tensor in tensors.items():
-        if hasattr(tensor, "is_floating_point") and not tensor.is_floating_point():
-            raise ModelError(f"{file}: adapter tensor {name} is stored as {tensor.dtype}, not a floating-point type "
-                             "(a quantized or damaged adapter: tokembed would only be guessing its values)")
 
 
 def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -> tuple[list[ModulePlan], dict, dict]:
@@ -170,13 +71,13 @@ def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -
         if not keep or target not in modules:
             why = "names no module of the base" if keep else "is neither a LoRA tensor nor in modules_to_save"
             raise ModelError(
-                f"{_weights_file(path)}: adapter tensor {name!r} {why} (read as {target!r}); "
+                f"{weights_file(path)}: adapter tensor {name!r} {why} (read as {target!r}); "
                 f"the adapter does not fit this base ({_base_hint(config)})",
                 hint="check the adapter's base (--base-model) and its tensor names",
             )
         suffix = rest[len(saved_module):]
         if _PEFT_PREFIX + target + suffix in placed:  # two namings of one module: which one peft applies depends on the modules
-            raise ModelError(f"{_weights_file(path)}: adapter tensor {name!r} and another saved name are both read as "
+            raise ModelError(f"{weights_file(path)}: adapter tensor {name!r} and another saved name are both read as "
                              f"{target + suffix!r}; tokembed refuses to choose between them",
                              hint="save the adapter with one naming of its modules")
         placed[_PEFT_PREFIX + target + suffix] = tensors[name]
@@ -189,12 +90,12 @@ def plan_modules(module: Any, tensors: dict, config: dict, rename, path: Path) -
     for saved_module, parts in sorted(lora.items()):
         a = parts.get("lora_A", parts.get("lora_embedding_A"))
         if a is None or ("lora_B" not in parts and "lora_embedding_B" not in parts):
-            raise ModelError(f"{_weights_file(path)}: module {saved_module!r} has only part of its LoRA pair ({sorted(parts)})")
+            raise ModelError(f"{weights_file(path)}: module {saved_module!r} has only part of its LoRA pair ({sorted(parts)})")
         rank = int(a.shape[0])
         rank_pattern = config.get("rank_pattern") or {}
         expected = rank_pattern.get(get_pattern_key(list(rank_pattern), saved_module), config.get("r"))
         if expected is not None and int(expected) != rank:
-            raise ModelError(f"{_weights_file(path)}: module {saved_module!r} has rank {rank} but adapter_config.json "
+            raise ModelError(f"{weights_file(path)}: module {saved_module!r} has rank {rank} but adapter_config.json "
                              f"says {expected} (r / rank_pattern)")
         alpha_pattern = config.get("alpha_pattern") or {}
         alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), saved_module), config.get("lora_alpha", 8))
@@ -217,7 +118,7 @@ def _require_peft_prefix(name: str, path: Path) -> None:
     """peft saves every tensor under ``base_model.model.`` and loads only those: ``PeftModel.from_pretrained`` warns of
     missing adapter keys and runs without a tensor named otherwise, so applying it would not be peft's forward."""
     if not name.startswith(_PEFT_PREFIX):
-        raise ModelError(f"{_weights_file(path)}: adapter tensor {name!r} lacks peft's prefix {_PEFT_PREFIX!r}: peft "
+        raise ModelError(f"{weights_file(path)}: adapter tensor {name!r} lacks peft's prefix {_PEFT_PREFIX!r}: peft "
                          "does not load such a tensor (it runs the base without it), so tokembed refuses the adapter",
                          hint=f"save it with peft's save_pretrained, or name its tensors {_PEFT_PREFIX}<module>...")
 
@@ -228,7 +129,7 @@ def _check_saved_modules_present(listed: list[str], saved: set[str], modules: se
     within = lambda module, name: module == name or module.endswith("." + name)  # noqa: E731
     for name in listed:
         if any(within(module, name) for module in modules) and not any(within(module, name) for module in saved):
-            raise ModelError(f"{_weights_file(path)}: adapter_config.json lists {name!r} in modules_to_save, but the "
+            raise ModelError(f"{weights_file(path)}: adapter_config.json lists {name!r} in modules_to_save, but the "
                              "file holds no tensor of it (the base's untrained copy would be used)")
 
 
@@ -281,7 +182,7 @@ def _plan_adapter(module: Any, path: Path, rename) -> tuple[Any, dict]:
     check_supported(path, config)
     tensors = read_adapter_tensors(path)
     if not tensors:
-        raise ModelError(f"{_weights_file(path)}: the adapter holds no tensors")
+        raise ModelError(f"{weights_file(path)}: the adapter holds no tensors")
     plans, state, to_save = plan_modules(module, tensors, config, rename, path)
     try:
         lora_config = LoraConfig.from_pretrained(str(path))
@@ -309,7 +210,7 @@ def _require_landed(path: Path, result: Any, adapter_name: str) -> None:
         if f".{adapter_name}." in key and ("lora_" in key or "modules_to_save" in key)
     ]
     if result.unexpected_keys or missing:
-        raise ModelError(f"{_weights_file(path)}: adapter tensors did not all land (unexpected: "
+        raise ModelError(f"{weights_file(path)}: adapter tensors did not all land (unexpected: "
                          f"{sorted(result.unexpected_keys)[:3]}, missing: {sorted(missing)[:3]})")
 
 
@@ -354,13 +255,6 @@ def _exact_config(config: Any, plans: list[ModulePlan], to_save: dict[str, str])
         # the base is tokembed's (resolved and recorded apart); peft would warn that it "renamed" this field
         base_model_name_or_path=None,
     )
-
-
-def _weights_file(path: Path) -> Path:
-    for name in _ADAPTER_WEIGHTS:
-        if (Path(path) / name).is_file():
-            return Path(path) / name
-    return Path(path)
 
 
 def _base_hint(config: dict) -> str:

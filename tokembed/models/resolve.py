@@ -173,7 +173,7 @@ def read_by_tokembed(rel: str, listed: Collection[str]) -> bool:
 
 def _adapter_base(adapter: ResolvedModel, base_model: str | None, base_revision: str | None) -> ResolvedModel:
     """The base checkpoint of an adapter; not found is a ModelNotFoundError naming the id and --base-model."""
-    from tokembed.models.adapters import read_adapter_config
+    from tokembed.models.adapter_files import read_adapter_config
 
     given = base_model if base_model is not None else read_adapter_config(adapter.path).get("base_model_name_or_path")
     where = "--base-model" if base_model is not None else f"base_model_name_or_path in {adapter.path / 'adapter_config.json'}"
