@@ -229,14 +229,14 @@ class ScanProgress(LineProgress):
 def _write_or_say_why(queries, hits, fmt: Format, output: Path | None) -> None:
     """``write_results``; a failed write to ``--output`` (a full disk) is a write error (exit 8) naming the file.
     Standard output is every command's (``cli/_stdout.py``): a reader that went away ends it quietly."""
-    from tokembed.errors import IndexWriteError
+    from tokembed.index.atomic import write_error
 
     try:
         write_results(queries, hits, fmt, output)
     except OSError as exc:
         if output is None:
             raise
-        raise IndexWriteError(f"{output}: cannot write the results ({exc.strerror or exc})") from exc
+        raise write_error(output, exc, f"{output}: cannot write the results ({exc.strerror or exc})") from exc
 
 
 def write_results(queries, hits, fmt: Format, output: Path | None) -> None:
@@ -354,14 +354,14 @@ def _open_output(output: Path):
 def _held_temp_file(output: Path):
     """A new temp file name beside the file ``--output`` names, ``.FILE.tmp-PID-RANDOM``, held while the block runs
     (``held.HeldEntry``): a run in another container writing the same file neither takes nor removes it."""
-    from tokembed.errors import IndexWriteError
+    from tokembed.index.atomic import write_error
     from tokembed.index.held import HeldEntry
 
     final = output.resolve()
     try:
         held = HeldEntry(final.parent, _temp_prefix(final))
     except OSError as exc:
-        raise IndexWriteError(f"--output {output}: cannot write ({exc.strerror or exc})") from exc
+        raise write_error(output, exc, f"--output {output}: cannot write ({exc.strerror or exc})") from exc
     with held as temp:
         yield temp
 
@@ -373,12 +373,12 @@ def _temp_prefix(final: Path) -> str:
 
 
 def _open_for_writing(path: Path, output: Path | None = None):
-    from tokembed.errors import IndexWriteError
+    from tokembed.index.atomic import write_error
 
     try:
         return open(path, "w", encoding="utf-8")
     except OSError as exc:
-        raise IndexWriteError(f"--output {output or path}: cannot write ({exc.strerror})") from exc
+        raise write_error(output or path, exc, f"--output {output or path}: cannot write ({exc.strerror})") from exc
 
 
 def _keep_mode(final: Path, tmp: Path) -> None:

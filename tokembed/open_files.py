@@ -9,6 +9,7 @@ a missing or corrupt file of an intact index, nor as a bad input file or row (``
 from __future__ import annotations
 
 import errno
+import re
 import resource
 from contextlib import contextmanager
 
@@ -27,21 +28,34 @@ def raise_soft_limit() -> None:
 
 
 def out_of_descriptors(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+    return _errno(exc) in (errno.EMFILE, errno.ENFILE)
+
+
+# Rust's io::Error as text (``Too many open files (os error 24)``): safetensors' SafetensorError and LanceDB's
+# RuntimeError keep no errno of their own.
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _errno(exc: BaseException) -> int | None:
+    """An OSError's errno; the one a library's own error names in its text, Rust's way."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = _RUST_OS_ERROR.search(str(exc))
+    return int(found.group(1)) if found else None
 
 
 def refuse_out_of_descriptors(path, exc: BaseException) -> None:
-    """``limit_error`` naming ``path`` when ``exc`` is EMFILE/ENFILE. Every reader (and writer) calls it before it
-    makes an OSError a bad row or a bad file: the limit says nothing of the file, and with ``--on-error skip`` an
-    incremental run would delete every row whose file it could not open."""
+    """``limit_error`` naming ``path`` when ``exc`` is EMFILE/ENFILE. Every reader calls it before it makes an
+    OSError a bad row or a bad file: the limit says nothing of the file, and with ``--on-error skip`` an incremental
+    run would delete every row whose file it could not open. (A writer's failure goes through ``atomic.write_error``.)"""
     if out_of_descriptors(exc):
         raise limit_error(path, exc) from None
 
 
-def limit_error(path, exc: OSError) -> OpenFilesLimitError:
+def limit_error(path, exc: BaseException) -> OpenFilesLimitError:
     """What the OS refused (``exc``: EMFILE or ENFILE) opening ``path``, with the limit reached and how to raise it."""
     where = f"{path}: cannot be opened" if path else "a file cannot be opened"
-    if exc.errno == errno.ENFILE:
+    if _errno(exc) == errno.ENFILE:
         return OpenFilesLimitError(f"{where}: the system's table of open files is full (ENFILE)",
                                    hint="raise the system's limit (sysctl fs.file-max) or close other programs' files")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

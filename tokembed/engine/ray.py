@@ -40,7 +40,7 @@ import numpy as np
 
 from tokembed.engine.runner import ChunkPlan, ChunkResult, DeviceStats, plan_chunk
 from tokembed.engine.ray_cluster import ActorPlan, connect, plan_actors
-from tokembed.errors import DeviceError, IndexWriteError, TokembedError
+from tokembed.errors import DeviceError, TokembedError
 from tokembed.models.steps import TextEncoder
 from tokembed.sources.video import Video
 
@@ -100,7 +100,7 @@ def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str, ke
     """One chunk's rows as an Arrow IPC file: temp name, fsync, rename (a retry simply writes it again)."""
     import pyarrow as pa
 
-    from tokembed.index.atomic import replacing
+    from tokembed.index.atomic import replacing, write_error
 
     lengths = np.fromiter((len(v) for v in result.vectors), dtype=np.int64, count=len(result.vectors))
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
@@ -119,7 +119,7 @@ def write_staged(path: Path, result: ChunkResult, dim: int, store_dtype: str, ke
         with replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
     except OSError as exc:  # a full disk is the write error it is with the local engine (exit 8), not a device's
-        raise IndexWriteError(f"{path}: cannot write the staged chunk ({exc.strerror or exc})") from exc
+        raise write_error(path, exc, f"{path}: cannot write the staged chunk ({exc.strerror or exc})") from exc
 
 
 def staged_key(path: Path) -> str | None:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tokembed.errors import IndexWriteError, OpenFilesLimitError
-from tokembed.open_files import limit_error, out_of_descriptors
+from tokembed.open_files import descriptors_named, limit_error, out_of_descriptors
 
 
 def fsync_dir(folder: Path) -> None:
@@ -66,12 +66,13 @@ def temp_beside(final: Path) -> Path:
     return final.parent / f".{final.name}.tmp-{os.getpid()}"
 
 
-def write_error(path: Path, exc: OSError) -> IndexWriteError | OpenFilesLimitError:
-    """The write error (exit 8) for ``path`` that ``exc`` (ENOSPC, EROFS, EACCES) failed to write; the limit's
-    error where the process ran out of descriptors (EMFILE)."""
+def write_error(path, exc: BaseException, message: str | None = None) -> IndexWriteError | OpenFilesLimitError:
+    """The write error (exit 8) for ``path`` that ``exc`` (ENOSPC, EROFS, EACCES) failed to write: ``message``, by
+    default ``PATH: cannot write (REASON)``. Where the process ran out of descriptors (EMFILE, ENFILE) it is the
+    limit's error instead, which names the limit and how to raise it: every write maps its failure through here."""
     if out_of_descriptors(exc):
         return limit_error(path, exc)
-    return IndexWriteError(f"{path}: cannot write ({exc.strerror or exc})")
+    return IndexWriteError(message or f"{path}: cannot write ({getattr(exc, 'strerror', None) or exc})")
 
 
 def remove_dead_replacements(folder: Path) -> None:
@@ -108,11 +109,12 @@ def publish(tmp: Path, final: Path) -> None:
 
 
 def sha256_file(path_or_fd, block: int = 1 << 22) -> str:
-    """sha256 of the file at a path, or of the very file an open descriptor names (whatever is at its path now)."""
+    """sha256 of the file at a path, or of the very file an open descriptor names (whatever is at its path now).
+    A path that cannot be opened for want of descriptors is the limit's error (``descriptors_named``)."""
     if isinstance(path_or_fd, int):
         return _sha256_open(path_or_fd, block)
     digest = hashlib.sha256()
-    with open(path_or_fd, "rb") as handle:
+    with descriptors_named(path_or_fd), open(path_or_fd, "rb") as handle:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()

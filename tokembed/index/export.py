@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tokembed._testhooks import fault_point
-from tokembed.errors import IndexWriteError, UsageError, VectorsDroppedError
+from tokembed.errors import UsageError, VectorsDroppedError
+from tokembed.index.atomic import write_error
 from tokembed.index.publish import is_staging, names_but_lone_staging_locks, published, remove_dead_staging
 
 FORMATS = ("parquet", "lance")
@@ -216,7 +217,7 @@ def _write_parquet_files(index, folder: Path, to: Path, schema, progress) -> int
                     writer.write_batch(batch)
             fsync_file(folder / name)
         except OSError as exc:  # the output's: a shard that cannot be read is IndexCorruptError (arrow_file.py)
-            raise IndexWriteError(f"--to {to}: cannot write {name} ({exc.strerror or exc})") from exc
+            raise write_error(folder / name, exc, f"--to {to}: cannot write {name} ({exc.strerror or exc})") from exc
         written += (folder / name).stat().st_size
         progress(f"{name}: {shard['rows']} rows, {shard['tokens']} tokens ({number}/{len(index.shards)})")
         fault_point("export", number)
@@ -262,7 +263,7 @@ def _write_lance(index, to: Path, table: str, schema) -> tuple[int, int]:
             if source.error is not None and isinstance(exc, Exception):
                 raise source.error from exc  # LanceDB's "RuntimeError: Arrow error: C Data interface error"
             if isinstance(exc, OSError) or _is_lance_io_error(exc):
-                raise IndexWriteError(f"--to {to}: cannot write the LanceDB table ({exc})") from exc
+                raise write_error(to, exc, f"--to {to}: cannot write the LanceDB table ({exc})") from exc
             raise
         written = _folder_bytes(staging / f"{table}.lance")
     return 1, written

@@ -14,7 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from tokembed.errors import IndexLockedError, IndexWriteError, UsageError
+from tokembed.errors import IndexLockedError, UsageError
+from tokembed.index.atomic import write_error
 
 LOCK_NAME = ".lock"
 
@@ -123,7 +124,7 @@ class IndexLock:
             folder.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise IndexWriteError(f"{folder}: cannot create the index folder or its lock file ({exc.strerror})") from exc
+            raise write_error(self.path, exc, f"{folder}: cannot create the index folder or its lock file ({exc.strerror})") from exc
 
 
 def _first_missing(folder: Path) -> Path | None:

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tokembed.errors import IndexWriteError, UsageError
+from tokembed.errors import UsageError
+from tokembed.index.atomic import write_error
 from tokembed.index.held import LOCK_SUFFIX, UNIQUE, HeldEntry, remove_abandoned, short_stem
 
 # The hidden staging folders exports make: ``.NAME.export-tmp-PID-RANDOM`` beside PATH, ``.export-tmp-PID-RANDOM``
@@ -57,7 +58,7 @@ def _staging(to: Path, inside: bool) -> Iterator[Path]:
         if held is not None:
             held.release()
         _remove_empty_folders(created)
-        raise IndexWriteError(f"--to {to}: cannot create a staging folder in {folder} ({exc.strerror or exc})") from exc
+        raise write_error(to, exc, f"--to {to}: cannot create a staging folder in {folder} ({exc.strerror or exc})") from exc
     try:
         yield held.path
     except BaseException:
@@ -124,7 +125,7 @@ def _publish_folder(staging: Path, to: Path) -> None:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise UsageError(f"--to {to}: created by another process while exporting",
                              hint="export again to a new path") from exc
-        raise IndexWriteError(f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
+        raise write_error(to, exc, f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
 
 
 def _publish_entries(staging: Path, to: Path) -> None:
@@ -144,5 +145,5 @@ def _publish_entries(staging: Path, to: Path) -> None:
         for name in moved:  # back into staging, which the caller removes: ``to`` is left as it was
             os.rename(target / name, staging / name)
         if isinstance(exc, OSError):
-            raise IndexWriteError(f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
+            raise write_error(to, exc, f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
         raise

@@ -15,10 +15,9 @@ import numpy as np
 
 from tokembed._testhooks import fault_point
 from tokembed.errors import IndexWriteError, OpenFilesLimitError
-from tokembed.index.atomic import atomic_write_bytes, publish, remove_unused, sha256_file, temp_beside
+from tokembed.index.atomic import atomic_write_bytes, publish, remove_unused, sha256_file, temp_beside, write_error
 from tokembed.index.verified import VerifiedFiles, stat_key
 from tokembed.index.format import DATA_DIR, EMBEDDINGS, MANIFEST, SHARD_PATTERN, manifest_bytes, shard_name, shard_schema
-from tokembed.open_files import refuse_out_of_descriptors
 
 DEFAULT_SHARD_ROWS = 50_000
 DEFAULT_SHARD_BYTES = 512 << 20
@@ -104,7 +103,7 @@ class IndexWriter:
         try:
             self.data.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise IndexWriteError(f"{self.data}: cannot create the index folder ({exc.strerror})") from exc
+            raise write_error(self.data, exc, f"{self.data}: cannot create the index folder ({exc.strerror})") from exc
         self._next_number = next_shard_number(self.data)
 
     def write(
@@ -125,8 +124,7 @@ class IndexWriter:
                 self._open()
             self._writer.write_batch(batch)
         except OSError as exc:
-            refuse_out_of_descriptors(self._tmp, exc)
-            raise IndexWriteError(f"{self._tmp}: cannot write shard ({exc})") from exc
+            raise write_error(self._tmp, exc, f"{self._tmp}: cannot write shard ({exc})") from exc
         self._rows += len(ids)
         self._tokens += int(sum(len(v) for v in vectors))
         self._batches += 1
@@ -151,8 +149,7 @@ class IndexWriter:
             self._writer.close()
             publish(self._tmp, final)
         except OSError as exc:
-            refuse_out_of_descriptors(final, exc)
-            raise IndexWriteError(f"{final}: cannot finish shard ({exc})") from exc
+            raise write_error(final, exc, f"{final}: cannot finish shard ({exc})") from exc
         self._written.append(final)
         key = stat_key(final)
         info = ShardInfo(

@@ -176,9 +176,12 @@ def _restore_dtypes(dtypes: list[tuple[torch.nn.Module, str, torch.dtype]]) -> N
 
 
 def _keep_or_say_why(model, path: Path, ov) -> None:
+    from tokembed.open_files import refuse_out_of_descriptors
+
     try:
         _keep(model, path, ov)
     except (OSError, RuntimeError) as exc:  # a read-only or full cache (OpenVINO raises RuntimeError)
+        refuse_out_of_descriptors(path, exc)  # not the cache's fault, and the run would not get far
         _log().warning("cannot keep the OpenVINO model in %s (%s): it is converted again on every run", path.parent, exc)
 
 

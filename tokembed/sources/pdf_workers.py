@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tokembed.errors import OpenFilesLimitError
+from tokembed.open_files import descriptors_named
 
 MAX_AUTO_WORKERS = 8
 COPY_PREFIX, COPY_SUFFIX = "tokembed-pdf-", ".pdf"  # a cell's temporary copy: tokembed-pdf-PID-RANDOM.pdf
@@ -75,9 +76,10 @@ class _Worker:
     def __init__(self) -> None:
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tokembed.sources.pdf_workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-        )
+        with descriptors_named("a PDF render worker's pipe"):
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tokembed.sources.pdf_workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            )
         self.pending: deque[tuple] = deque()
         _widen(self.process.stdout)
 
@@ -175,13 +177,15 @@ def _temporary_copy(data: bytes):
     (``remove_abandoned_copies``)."""
     from tokembed.index.held import HeldEntry
 
-    held = HeldEntry(Path(tempfile.gettempdir()), COPY_PREFIX, COPY_SUFFIX)
-    try:
-        with os.fdopen(os.open(held.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
-            file.write(data)  # readable by this user only, as ``mkstemp`` made it: a document's content
-    except BaseException:
-        held.release()
-        raise
+    folder = Path(tempfile.gettempdir())
+    with descriptors_named(folder / f"{COPY_PREFIX}*{COPY_SUFFIX}"):
+        held = HeldEntry(folder, COPY_PREFIX, COPY_SUFFIX)
+        try:
+            with os.fdopen(os.open(held.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+                file.write(data)  # readable by this user only, as ``mkstemp`` made it: a document's content
+        except BaseException:
+            held.release()
+            raise
     return held
 
 

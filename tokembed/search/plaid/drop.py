@@ -24,8 +24,7 @@ import shutil
 from pathlib import Path
 
 from tokembed._testhooks import fault_point
-from tokembed.errors import IndexWriteError
-from tokembed.index.atomic import atomic_write_bytes, replacing, sha256_file
+from tokembed.index.atomic import atomic_write_bytes, replacing, sha256_file, write_error
 from tokembed.index.format import DATA_DIR, SEARCH, VECTORS, VECTORS_DROPPED, shard_name, vectorless_schema, vectors_dropped
 from tokembed.search.plaid.codes import CODES_DIR, codes_name
 from tokembed.search.plaid.files import check_structure_lists_shards, verify_file
@@ -113,7 +112,7 @@ def _rewrite_shard(index, shard: dict) -> dict:
             for batch in shard_batches(index, shard, verify=True):
                 writer.write_batch(batch.select(schema.names))
     except OSError as exc:
-        raise IndexWriteError(f"{final}: cannot write the shard without vectors ({exc})") from exc
+        raise write_error(final, exc, f"{final}: cannot write the shard without vectors ({exc})") from exc
     return {"file": f"{DATA_DIR}/{final.name}", "rows": shard["rows"], "tokens": shard["tokens"],
             "bytes": final.stat().st_size, "sha256": sha256_file(final)}
 
@@ -131,5 +130,5 @@ def _link_codes(folder: Path, entry: dict, dropped: dict, codec_sha: str) -> dic
                 except OSError:
                     shutil.copyfile(folder / entry["file"], tmp)
         except OSError as exc:
-            raise IndexWriteError(f"{target}: cannot write ({exc})") from exc
+            raise write_error(target, exc, f"{target}: cannot write ({exc})") from exc
     return {**entry, "shard": dropped["file"], "file": name}

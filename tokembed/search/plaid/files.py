@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokembed.errors import IndexCorruptError, IndexWriteError
-from tokembed.index.atomic import atomic_write_bytes, replacing, sha256_file
+from tokembed.errors import IndexCorruptError
+from tokembed.index.atomic import atomic_write_bytes, replacing, sha256_file, write_error
 from tokembed.open_files import descriptors_named
 
 _DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "I64": np.int64, "F16": np.float16, "F32": np.float32, "F64": np.float64}
@@ -37,7 +37,7 @@ def write_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str
         try:
             save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(tmp), metadata=metadata)
         except SafetensorError as exc:  # a full disk, say: safetensors' own error, not an OSError
-            raise IndexWriteError(f"{path}: cannot write the structure file ({exc})") from exc
+            raise write_error(path, exc, f"{path}: cannot write the structure file ({exc})") from exc
         tmp.chmod(0o666 & ~_umask())  # safetensors creates it 0600 whatever the umask: other users could not search
         entry = {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
     return entry
