@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,19 @@ def test_help_and_usage_errors_import_no_heavy_module(args):
     [line] = [l for l in done.stdout.splitlines() if l.startswith("HEAVY")]
     heavy, exit_code = line.split()[1:-2], line.split()[-1]
     assert heavy == [] and exit_code == ("0" if args == ["--help"] else "2"), line
+
+
+def test_a_locked_encode_exits_before_importing_torch(tmp_path):
+    """A second cron run on a locked index exits 7 at once: torch (seconds to import) is not imported first."""
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / ".lock").write_text("")
+    (tmp_path / "c.jsonl").write_text('{"id": "a", "text": "hello"}\n')
+    code = (
+        "import fcntl, os, sys; fd = os.open('idx/.lock', os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "from cli.main import run; code = run(['encode', 'c.jsonl', '-o', 'idx']); "
+        "print('TORCH', 'torch' in sys.modules, 'EXIT', code)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])})
+    [line] = [l for l in done.stdout.splitlines() if l.startswith("TORCH")]
+    assert line == "TORCH False EXIT 7", (line, done.stderr)

@@ -134,16 +134,17 @@ class EncodeSummary:
 
 def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSummary:
     started = time.perf_counter()  # before the imports below: importing torch is part of the load
-    from tokembed.embedder import Embedder
-    from tokembed.engine.device import check_form, resolve_device
     from tokembed.index.lock import IndexLock, refuse_if_locked
-    from tokembed.models.resolve import DEMO_NOTICE
 
     progress = progress or NullProgress()
     job = _with_own_walks(checked_job(job))  # paths as Path first: the walks leave job.output out
     check_inputs(job)
     if job.wait_seconds == 0:
-        refuse_if_locked(job.output)
+        refuse_if_locked(job.output)  # before torch is imported (seconds): a second cron run exits at once
+    from tokembed.embedder import Embedder
+    from tokembed.engine.device import check_form, resolve_device
+    from tokembed.models.resolve import DEMO_NOTICE
+
     if job.engine == "ray":
         check_form(job.devices)  # what it names is counted on the cluster, once connected
         device = "cpu"  # a Ray driver only reads and plans
