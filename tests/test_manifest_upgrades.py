@@ -54,9 +54,35 @@ def test_temp_files_of_a_killed_process_are_removed_by_the_next_run(cli, checkpo
     corpus, folder = _index(cli, checkpoint, tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    left = [folder / f".run-journal.json.tmp-{dead.pid}", folder / f".manifest.json.tmp-{dead.pid}"]
-    live = folder / f".hashes.json.tmp-{os.getpid()}"  # a live process's write in progress
+    left = [folder / f".run-journal.json.tmp-{dead.pid}", folder / f".manifest.json.tmp-{dead.pid}-{dead.pid}"]
+    live = folder / f".hashes.json.tmp-{os.getpid()}-7"  # a live process's write in progress (a thread of it)
     for path in (*left, live):
         path.write_text("{}")
     assert cli("encode", corpus, "-o", folder, "--model", checkpoint("pylate_bert"), "-q").exit_code == 0
     assert not any(path.exists() for path in left) and live.exists()
+
+
+def test_threads_replacing_one_file_each_write_their_own_temp_file(tmp_path):
+    """Two threads of one library caller writing one file (the record of hashed files) shared ``.NAME.tmp-PID``:
+    one's rename took the other's temp file away (FileNotFoundError, a false "cannot record" warning)."""
+    import threading
+
+    from tokembed.index.atomic import atomic_write_bytes
+
+    final, errors, start = tmp_path / "record.json", [], threading.Barrier(8)
+
+    def write(number: int) -> None:
+        start.wait()
+        try:
+            for _ in range(40):
+                atomic_write_bytes(final, str(number).encode() * 50_000)
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(set(final.read_bytes())) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["record.json"]

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,8 +63,10 @@ def replacing(final: Path, tmp: Path | None = None) -> Iterator[Path]:
 
 
 def temp_beside(final: Path) -> Path:
-    """The temp file ``replacing`` writes ``final``'s new content to: ``.NAME.tmp-PID`` in its folder."""
-    return final.parent / f".{final.name}.tmp-{os.getpid()}"
+    """The temp file ``replacing`` writes ``final``'s new content to: ``.NAME.tmp-PID-THREAD`` in its folder (the
+    thread's too: two threads of one library caller writing one file, the record of hashed files, took each other's
+    temp file away)."""
+    return final.parent / f".{final.name}.tmp-{os.getpid()}-{threading.get_native_id()}"
 
 
 def write_error(path, exc: BaseException, message: str | None = None) -> IndexWriteError | OpenFilesLimitError:
@@ -88,7 +91,7 @@ def remove_dead_replacements(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-_REPLACEMENT = re.compile(r"^\..+\.tmp-(\d+)$", re.DOTALL)
+_REPLACEMENT = re.compile(r"^\..+\.tmp-(\d+)(?:-\d+)?$", re.DOTALL)  # an earlier release named no thread
 
 
 def _alive(pid: int) -> bool:
