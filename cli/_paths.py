@@ -3,17 +3,15 @@
 An empty value (``-o "$OUT"`` with the variable unset) is exit 2 naming the flag: pathlib reads "" as ".", the
 current folder, where encode would write its index and export its files. Index folders and export targets are
 opened by Arrow (shards, Parquet files, LanceDB), which takes a path only as UTF-8 text: one whose bytes are not
-UTF-8 (legal on Linux; Python holds those bytes as lone surrogates) is exit 2 naming it, not a traceback.
+UTF-8 (legal on Linux; Python holds those bytes as lone surrogates) is exit 2 naming it, not a traceback; a
+name's bytes decide, whatever the locale reads them as.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Callable
-
-_UNDECODED_BYTE = re.compile("[\udc80-\udcff]")  # how os.fsdecode keeps a byte that is not UTF-8
 
 
 def path_given(name: str, what: str, arrow: bool = False) -> Callable[[object], Path | None]:
@@ -44,16 +42,23 @@ def checked_path(value: str, name: str, what: str, arrow: bool = False) -> Path:
 def _not_utf8(value: str) -> str | None:
     """Why ``value`` is no path Arrow can open, or None. The library opens it resolved: a relative path in a
     folder whose name is not UTF-8 (the current one, a link's target) is not either."""
-    if byte := _UNDECODED_BYTE.search(value):
-        return f"the path is not UTF-8 ({_byte_at(byte)})"
+    if byte := _first_byte_not_utf8(value):
+        return f"the path is not UTF-8 ({byte})"
     full = os.path.realpath(value)
-    if byte := _UNDECODED_BYTE.search(full):
-        return f"the path is not UTF-8 once resolved, {full!r} ({_byte_at(byte)})"
+    if byte := _first_byte_not_utf8(full):
+        return f"the path is not UTF-8 once resolved, {full!r} ({byte})"
     return None
 
 
-def _byte_at(found: re.Match) -> str:
-    return f"byte 0x{ord(found.group()) - 0xDC00:02x} at character {found.start()}"
+def _first_byte_not_utf8(path: str) -> str | None:
+    """Where the name's bytes stop being UTF-8, or None. Its bytes, not its text: a locale that is not UTF-8
+    decodes UTF-8 bytes to other characters (``tokembed.locale_names``)."""
+    name = os.fsencode(path)
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"byte 0x{name[exc.start]:02x} at character {len(name[:exc.start].decode('utf-8'))}"
+    return None
 
 
 def column_named(value: str | None, flag: str) -> str | None:

@@ -1,5 +1,9 @@
 """Standard output that cannot be written (``>/dev/full``, a reader that closed the pipe), for every command alike.
 
+Nor can a character its encoding lacks (``PYTHONIOENCODING=ascii``, a Latin-1 terminal) stop a command: what people
+read (tables, summaries) has such characters escaped (``\\u6771``), as Python's stderr has; what programs read
+(score's jsonl, tsv and trec) is UTF-8 bytes whatever the encoding, as ``score -o FILE`` writes it.
+
 What a command prints to stdout comes last (its summary, its results): when that write fails, the command's work
 is done (an index it wrote is committed). A reader that went away (``| head``) ends the output quietly, exit 0; any
 other failure (a full disk) is a write error (exit 8) naming standard output, never a traceback.
@@ -7,6 +11,7 @@ other failure (a full disk) is a write error (exit 8) naming standard output, ne
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
 import sys
@@ -24,7 +29,20 @@ class GuardedStdout:
         self.error: OSError | None = None
 
     def write(self, text: str) -> int:
-        return self._guarded(self.stream.write, text)
+        try:
+            return self._guarded(self.stream.write, text)
+        except UnicodeEncodeError:  # nothing of ``text`` was written: the wrapper encodes all of it first
+            return self._guarded(self.stream.write, _escaped(text, self.stream.encoding))
+
+    def write_utf8(self, text: str) -> None:
+        """``text`` as UTF-8 whatever the stream's encoding: the lines of a file other programs read (score's jsonl,
+        tsv, trec). A stream with no bytes underneath (a test's captured one) takes the text as it is."""
+        buffer = getattr(self.stream, "buffer", None)
+        if buffer is None or codecs.lookup(self.stream.encoding or "utf-8").name == "utf-8":
+            self._guarded(self.stream.write, text)
+            return
+        self._guarded(self.stream.flush)  # what print() left in the text layer goes first
+        self._guarded(buffer.write, text.encode("utf-8"))
 
     def writelines(self, lines) -> None:
         return self._guarded(self.stream.writelines, lines)
@@ -43,6 +61,17 @@ class GuardedStdout:
             raise
 
 
+def as_stdout_holds(text: str) -> str:
+    """``text`` with what standard output's encoding lacks escaped: a table's cell, whose width rich measures before
+    it writes (escaping it as it is written would shift the columns)."""
+    return _escaped(text, getattr(sys.stdout, "encoding", None) or "utf-8")
+
+
+def _escaped(text: str, encoding: str) -> str:
+    """``text`` with what ``encoding`` cannot hold as ``\\xe9``, ``\\u6771`` escapes, as Python writes stderr."""
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
 @contextmanager
 def guarded_stdout():
     """``sys.stdout`` is a ``GuardedStdout`` inside; restored afterwards (click may have wrapped it meanwhile). A
@@ -57,6 +86,35 @@ def guarded_stdout():
         sys.stdout = None if closed else guard.stream
         if closed:
             guard.stream.close()
+
+
+@contextmanager
+def stderr_or_devnull():
+    """A closed stderr (``2>&-``, a supervisor that closes descriptor 2: ``sys.stderr`` is None) is /dev/null
+    inside: the run's lines (progress, warnings, an error) are dropped, where ``sys.stderr.isatty()`` raised, and
+    ``print(..., file=None)`` would have written them into stdout's results. Descriptor 2 becomes /dev/null too
+    (as long as the process lives), so that no file the run opens (a shard) takes it, for native libraries and
+    worker processes to write their messages into."""
+    if sys.stderr is not None:
+        yield
+        return
+    devnull = open(os.devnull, "w")
+    if not _open(2):
+        os.dup2(devnull.fileno(), 2)
+    sys.stderr = devnull
+    try:
+        yield
+    finally:
+        sys.stderr = None
+        devnull.close()
+
+
+def _open(descriptor: int) -> bool:
+    try:
+        os.fstat(descriptor)
+    except OSError:
+        return False
+    return True
 
 
 def report_failed_stdout(error: OSError, code: int) -> int:

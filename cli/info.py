@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from cli._paths import path_given
+from cli._stdout import as_stdout_holds
 
 
 def info(
@@ -109,7 +110,7 @@ def _print_table(facts: dict) -> None:
             value = (f"PLAID nbits {value['nbits']}, {value['centroids']} centroids, {value['bytes']} bytes; B/token "
                      + ", ".join(f"{k} {v}" for k, v in value["bytes_per_token"].items())
                      + f"; memory to search ~{value['search_memory_bytes']} bytes")
-        table.add_row(key, Text(str(value)))  # as it is: a prefix such as "[unused1] " is not rich markup
+        table.add_row(key, Text(as_stdout_holds(str(value))))  # as it is: "[unused1] " is not rich markup
     Console().print(table)
 
 

@@ -54,12 +54,12 @@ def run(args: list[str] | None = None, started: float | None = None, through_exi
     SIGTERM stay ignored (``cli/_signals.py``) instead of getting the caller's handlers back.
     """
     from cli._clock import mark_start
-    from cli._stdout import guarded_stdout, report_failed_stdout
+    from cli._stdout import guarded_stdout, report_failed_stdout, stderr_or_devnull
 
     mark_start(started)
     _library_warnings_to_stderr()
     code = 0
-    with guarded_stdout() as stdout:
+    with stderr_or_devnull(), guarded_stdout() as stdout:
         try:
             code = _run_command(args, through_exit)
             if stdout.error is None:
@@ -124,9 +124,11 @@ def _interrupted_message(committed: bool) -> str:
 
 def main() -> None:
     from cli._clock import process_start
+    from cli._utf8 import run_in_utf8_mode
     from tokembed._testhooks import fault_point
     from tokembed.open_files import raise_soft_limit
 
+    run_in_utf8_mode()  # first: under a Latin-1 locale the process starts again here
     raise_soft_limit()  # an index holds a file open per shard: the usual soft 1024 is no limit of the machine's
     code = run(started=process_start(), through_exit=True)
     fault_point("exiting", 1)

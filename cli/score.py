@@ -19,6 +19,7 @@ import typer
 
 from cli._clock import since_start
 from cli._paths import checked_path, column_named, path_given
+from cli._stdout import as_stdout_holds
 from cli.progress import LineProgress, libraries_quiet, warnings_logged
 
 
@@ -42,7 +43,8 @@ def score(
     ),
     fmt: Optional[Format] = typer.Option(
         None, "--format", "-f", help="table, jsonl, tsv or trec. Default: from --output's suffix (.tsv: tsv; .trec, .run: trec; "
-        "else jsonl), else table on a terminal and jsonl otherwise."
+        "else jsonl), else table on a terminal and jsonl otherwise. jsonl, tsv and trec are UTF-8, on stdout too, whatever the "
+        "locale; a table escapes what the terminal's encoding lacks (\\u6771)."
     ),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", parser=path_given("--output", "a file for the results ('-': stdout)"),
@@ -246,8 +248,9 @@ def write_results(queries, hits, fmt: Format, output: Path | None) -> None:
         return
     lines = {Format.jsonl: _jsonl_lines, Format.tsv: _tsv_lines, Format.trec: _trec_lines}[fmt](queries, hits)
     if output is None:
+        write = getattr(sys.stdout, "write_utf8", sys.stdout.write)  # a file for other programs: UTF-8 as -o writes
         for line in lines:
-            sys.stdout.write(line + "\n")
+            write(line + "\n")
         sys.stdout.flush()
         return
     with _open_output(output) as handle:
@@ -317,11 +320,12 @@ def _write_table(queries, hits, output: Path | None) -> None:
 
     from rich.text import Text
 
+    shown = as_stdout_holds if output is None else str  # a file is UTF-8
     table = Table("query_id", "query", "rank", "doc_id", "score")
     for qid, text, hit in _rows(queries, hits):
         first = hit.rank == 1  # Text(): ids and queries are shown as they are, never as rich markup
         cells = (qid if first else "", text if first else "", str(hit.rank), hit.id, _score_text(hit.score))
-        table.add_row(*(Text(cell) for cell in cells))
+        table.add_row(*(Text(shown(cell)) for cell in cells))
     if output is None:
         Console().print(table)
         return

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from tokembed.errors import UsageError
 from tokembed.index.reader import require_index_path
+from tokembed.locale_names import refuse_misread_path
 from tokembed.settings import checked_flags, whole_count
 from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input
@@ -59,7 +60,7 @@ def check_inputs(job: EncodeJob) -> None:
 def _input_paths(inputs) -> list[Path]:
     """``inputs`` as a list of paths: one path alone is the only input (a str is not read as its characters)."""
     if isinstance(inputs, (str, os.PathLike)):
-        return [Path(inputs)]
+        return [_input_path("inputs", inputs)]
     if isinstance(inputs, bytes) or not isinstance(inputs, Iterable):
         raise UsageError(f"inputs: expected a list of file or folder paths, got {type(inputs).__name__}")
     return [_input_path(f"inputs[{i}]", path) for i, path in enumerate(inputs)]
@@ -67,6 +68,7 @@ def _input_paths(inputs) -> list[Path]:
 
 def _input_path(what: str, path) -> Path:
     if isinstance(path, (str, os.PathLike)):
+        refuse_misread_path(path, what)
         return Path(path)
     raise UsageError(f"{what}: expected a file or folder path (str or Path), got {type(path).__name__}")
 

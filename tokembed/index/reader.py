@@ -29,6 +29,7 @@ from tokembed.index.manifest_shape import check_manifest_shape
 from tokembed.index.pages import MappedPages
 from tokembed.index.sealed import SealError, unseal
 from tokembed.index.verified import VerifiedFiles, stat_key
+from tokembed.locale_names import refuse_misread_path
 from tokembed.open_files import descriptors_named
 
 _OPEN_ATTEMPTS = 5
@@ -225,6 +226,7 @@ def require_index_path(value, argument: str, hint: str | None = None) -> Path:
     """``value`` as a Path; a library caller's None or number is a ``UsageError`` naming ``argument``, not a
     TypeError from deep inside."""
     if isinstance(value, (str, os.PathLike)):
+        refuse_misread_path(value, argument)
         return Path(value)
     raise UsageError(f"{argument}: expected an index folder path (str or Path), got {type(value).__name__}", hint=hint)
 

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from tokembed.errors import BadInputError, UsageError
+from tokembed.locale_names import refuse_misread_names
 from tokembed.open_files import refuse_out_of_descriptors
 
 
@@ -185,6 +186,7 @@ def walk_files(folder: Path, skip: Path | None = None) -> list[Path]:
 def _walk_once(folder: Path, skip: Path | None) -> tuple[list[Path], list[tuple[Path, Path]]]:
     """(``walk_files``' list, the paths it leaves out each with the path its file is read under)."""
     kept, twice = each_file_once(walk_paths(folder, skip))
+    refuse_misread_names(kept, folder)
     return sorted(kept, key=in_path_order), twice
 
 

@@ -1,0 +1,163 @@
+"""Runs whatever the locale and the standard streams: a name is its bytes taken as UTF-8 under a locale that is not
+UTF-8 (a cron line's ``LANG=en_US.ISO-8859-1``; ``LC_ALL=C`` with ``PYTHONUTF8=0``), a standard output whose
+encoding lacks a character does not stop a command, and neither does a closed stderr.
+
+Real processes where the locale or descriptor 2 is what is tested: both are set before Python starts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import read_index, write_jsonl
+
+# LC_ALL (not LANG): Python coerces a bare C locale to C.UTF-8 otherwise; PYTHONUTF8=0: no UTF-8 mode either
+NOT_UTF8 = {**{k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"},
+            "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "HF_HUB_OFFLINE": "1"}
+PROGRAM = "from cli.launch import main; main()"  # what the installed `tokembed` runs
+DOCUMENTS = {"plain.txt": "hello world", "résumé.txt": "bonjour café", "東京.txt": "tokyo tower"}
+ROWS = [{"id": f"dök-{i}-日本", "text": f"Ünïcödé text number {i} about café 東京"} for i in range(6)]
+
+
+def _text_folder(root):
+    docs = root / "docs"
+    docs.mkdir()
+    for name, text in DOCUMENTS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    return docs
+
+
+@pytest.fixture(scope="module")
+def unicode_index(tmp_path_factory, checkpoint_store):
+    """An index at ``idx-é`` of rows whose ids are not ASCII, built under the tests' own (UTF-8) locale."""
+    from cli.main import run
+
+    root = tmp_path_factory.mktemp("locale")
+    model = checkpoint_store("pylate_bert")
+    index = root / "idx-é"
+    assert run(["encode", str(write_jsonl(root / "rows.jsonl", ROWS)), "-o", str(index), "-m", str(model), "-q"]) == 0
+    (root / "queries.txt").write_text("café naïve\n東京\n", encoding="utf-8")
+    return root, model, index
+
+
+def test_a_rerun_under_a_locale_that_is_not_utf8_keeps_every_id(tmp_path, checkpoint_store, cli):
+    """The ids were the names decoded as ASCII ("not UTF-8": bad rows), or as Latin-1 (``rÃ©sumÃ©.txt``: deleted and
+    added again, exit 0); and Arrow found no shards in ``idx-é`` (exit 6)."""
+    docs, model, index = _text_folder(tmp_path), checkpoint_store("pylate_bert"), tmp_path / "idx-é"
+    assert cli("encode", docs, "-o", index, "-m", model, "-q").exit_code == 0
+    assert sorted(read_index(index)) == sorted(DOCUMENTS)
+
+    done = subprocess.run([sys.executable, "-c", PROGRAM, "encode", str(docs), "-o", str(index), "-m", str(model)],
+                          capture_output=True, env=NOT_UTF8, timeout=300)
+    stderr = done.stderr.decode("utf-8", "backslashreplace")
+    assert done.returncode == 0, stderr
+    assert "added 0, updated 0, deleted 0, unchanged 3, failed 0" in stderr
+    assert sorted(read_index(index)) == sorted(DOCUMENTS)
+
+
+def test_score_and_info_under_a_locale_that_is_not_utf8_read_the_index(unicode_index):
+    root, _, index = unicode_index
+    for command in (["score", str(root / "queries.txt"), str(index), "--top-k", "1", "--format", "tsv"],
+                    ["info", str(index)]):
+        done = subprocess.run([sys.executable, "-m", "cli.main", *command], capture_output=True, env=NOT_UTF8, timeout=300)
+        assert done.returncode == 0, done.stderr.decode("utf-8", "backslashreplace")
+    assert done.stdout.decode("utf-8").split()[:4] == ["index", str(index), "rows", "6"]
+
+
+def test_the_library_refuses_a_name_the_locale_would_misread(tmp_path, checkpoint_store, cli, unicode_index):
+    """A library caller gets no UTF-8 mode from tokembed: a name that is not ASCII is a UsageError saying what to
+    set, never another id (a re-run's deletes) or an index reported corrupt."""
+    docs, model = _text_folder(tmp_path), checkpoint_store("pylate_bert")
+    assert cli("encode", docs, "-o", tmp_path / "idx", "-m", model, "-q").exit_code == 0
+    code = (
+        "import sys\n"
+        "from tokembed import EncodeJob, encode_corpus\n"
+        "from tokembed.errors import UsageError\n"
+        "from tokembed.index import open_index\n"
+        "docs, index, model, unicode_index = sys.argv[1:]\n"
+        "for call in (lambda: open_index(unicode_index), lambda: encode_corpus(EncodeJob([docs], index, model=model))):\n"
+        "    try:\n"
+        "        call()\n"
+        "        print('TAKEN')\n"
+        "    except UsageError as exc:\n"
+        "        print('REFUSED', exc, exc.hint)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(docs), str(tmp_path / "idx"), str(model), str(unicode_index[2])],
+                          capture_output=True, encoding="utf-8", errors="backslashreplace", env=NOT_UTF8, timeout=300)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == 2, done.stderr
+    assert all(line.startswith("REFUSED") and "this locale (C) reads file names as" in line and "PYTHONUTF8=1" in line
+               for line in lines), lines
+    assert "résumé.txt in input folder" in lines[1]  # the bytes of the name, as the child wrote them
+    assert sorted(read_index(tmp_path / "idx")) == sorted(DOCUMENTS)
+
+
+def _ascii_stdout(monkeypatch) -> io.TextIOWrapper:
+    """Standard output as ``PYTHONIOENCODING=ascii`` (or a Latin-1 terminal, for CJK ids) makes it."""
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stream)
+    return stream
+
+
+def _written(stream: io.TextIOWrapper) -> bytes:
+    stream.flush()
+    return stream.buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "tsv", "trec"])
+def test_results_on_an_ascii_stdout_are_utf8_as_in_a_file(unicode_index, monkeypatch, tmp_path, fmt):
+    """Was UnicodeEncodeError, exit 1: jsonl, tsv and trec are files for other programs, UTF-8 as ``-o`` writes."""
+    from cli.main import run
+
+    root, _, index = unicode_index
+    args = ["score", str(root / "queries.txt"), str(index), "--top-k", "2", "--format", fmt]
+    assert run([*args, "-o", str(tmp_path / "results")]) == 0
+    stdout = _ascii_stdout(monkeypatch)
+    assert run(["score", "--query", "ünï", *args[2:]]) == 0
+    assert run(args) == 0
+    written = _written(stdout)
+    assert written.endswith((tmp_path / "results").read_bytes()) and "日本".encode() in written
+    if fmt == "jsonl":
+        assert json.loads(written.splitlines()[0])["query"] == "ünï"
+
+
+@pytest.mark.parametrize("command", [["score", "{queries}", "{index}", "--format", "table"], ["info", "{index}"],
+                                     ["info", "{index}", "--verify"]])
+def test_tables_on_an_ascii_stdout_escape_what_it_lacks(unicode_index, monkeypatch, capsys, command):
+    """Was UnicodeEncodeError, exit 1: what people read has the characters escaped, as Python's stderr has them."""
+    from cli.main import run
+
+    root, _, index = unicode_index
+    stdout = _ascii_stdout(monkeypatch)
+    assert run([part.format(queries=root / "queries.txt", index=index) for part in command]) == 0, capsys.readouterr().err
+    shown = _written(stdout).decode("ascii")
+    assert r"idx-\xe9" in shown if command[0] == "info" else r"d\xf6k-" in shown and r"\u6771\u4eac" in shown
+
+
+def _with_stderr_closed(*args) -> subprocess.CompletedProcess:
+    """``tokembed ARGS 2>&-``: Python starts with ``sys.stderr`` None."""
+    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=lambda: os.close(2), timeout=300)
+
+
+def test_encode_and_compress_run_with_stderr_closed(tmp_path, checkpoint_store, cli):
+    """Was ``'NoneType' object has no attribute 'isatty'`` (exit 1, nothing indexed); and an error line, with no
+    stderr to go to, was printed into stdout (``print(file=None)``)."""
+    pytest.importorskip("faiss")
+    model, index = checkpoint_store("pylate_bert"), tmp_path / "idx"
+    first = write_jsonl(tmp_path / "first.jsonl", ROWS)
+    assert cli("encode", first, "-o", index, "-m", model, "-q").exit_code == 0
+    more = write_jsonl(tmp_path / "more.jsonl", [{"id": "new", "text": "a new row"}])
+
+    assert _with_stderr_closed("encode", first, more, "-o", index, "-m", model).returncode == 0
+    assert len(read_index(index)) == len(ROWS) + 1
+    assert _with_stderr_closed("compress", index, "--nbits", "2", "--centroids", "4").returncode == 0
+    assert "search_structure" in json.loads(cli("info", index, "--json").stdout)
+    missing = _with_stderr_closed("info", tmp_path / "nowhere")
+    assert (missing.returncode, missing.stdout) == (6, "")
