@@ -19,6 +19,7 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.ModelError, 4, "model error"),
     (errors.IndexLockedError, 7, "index locked"),
     (errors.IndexWriteError, 8, "write error"),
+    (errors.IndexUnreadableError, 8, "read error"),
     (errors.OpenFilesLimitError, 8, "too many open files"),
     (errors.IndexNotFoundError, 6, "index not found"),
     (errors.IndexCorruptError, 6, "index corrupt"),

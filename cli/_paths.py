@@ -4,7 +4,9 @@ An empty value (``-o "$OUT"`` with the variable unset) is exit 2 naming the flag
 current folder, where encode would write its index and export its files. Index folders and export targets are
 opened by Arrow (shards, Parquet files, LanceDB), which takes a path only as UTF-8 text: one whose bytes are not
 UTF-8 (legal on Linux; Python holds those bytes as lone surrogates) is exit 2 naming it, not a traceback; a
-name's bytes decide, whatever the locale reads them as.
+name's bytes decide, whatever the locale reads them as. So is a relative path given in a current folder that was
+deleted (a shell left in a removed build folder): it names nothing (``os.path.realpath`` and ``Path.resolve`` raise
+FileNotFoundError).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ def path_given(name: str, what: str, arrow: bool = False) -> Callable[[object], 
 
 
 def checked_path(value: str, name: str, what: str, arrow: bool = False) -> Path:
-    """``value`` as a ``Path``; ``UsageError`` (exit 2) naming ``name`` when it is empty, or not UTF-8 where
-    ``arrow`` opens it."""
+    """``value`` as a ``Path``; ``UsageError`` (exit 2) naming ``name`` when it is empty, relative to a deleted current
+    folder, or not UTF-8 where ``arrow`` opens it."""
     from tokembed.errors import UsageError
 
     if value == "":
         raise UsageError(f"{name} is empty: give {what}", hint="an unset shell variable?")
+    if not os.path.isabs(value) and _current_folder_deleted():
+        raise UsageError(f"{name} {value!r}: a relative path, and the current folder was deleted",
+                         hint="cd to a folder that exists, or give an absolute path")
     if arrow and (problem := _not_utf8(value)):
         raise UsageError(f"{name} {value!r}: {problem}; Arrow, which reads and writes tokembed's files, takes UTF-8 "
                          "paths only", hint="rename it, or give another path")
@@ -59,6 +64,14 @@ def _first_byte_not_utf8(path: str) -> str | None:
     except UnicodeDecodeError as exc:
         return f"byte 0x{name[exc.start]:02x} at character {len(name[:exc.start].decode('utf-8'))}"
     return None
+
+
+def _current_folder_deleted() -> bool:
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
 
 
 def column_named(value: str | None, flag: str) -> str | None:

@@ -199,10 +199,16 @@ def _written_in_place(output: Path) -> bool:
     """Whether ``--output`` is written as it is (a FIFO, a character device such as /dev/null: nothing can be renamed
     over it) rather than through a temp file beside it; a folder is refused (exit 2)."""
     from tokembed.errors import UsageError
+    from tokembed.index.atomic import write_error
+    from tokembed.path_kind import FOLDER, OTHER, kind_at
 
-    if output.is_dir():
+    try:
+        kind = kind_at(output)
+    except OSError as exc:  # a folder on the way this user may not search
+        raise write_error(output, exc, f"--output {output}: cannot write ({exc.strerror or exc})") from exc
+    if kind == FOLDER:
         raise UsageError(f"--output {output}: is a folder; name a file")
-    return output.exists() and not output.is_file()
+    return kind == OTHER
 
 
 def _pick_format(fmt: Format | None, output: Path | None) -> Format:
@@ -389,5 +395,7 @@ def _keep_mode(final: Path, tmp: Path) -> None:
     """The replaced results file's permission bits for the new one (a new file gets the umask's, as ``open``)."""
     import stat
 
-    if final.is_file():
+    from tokembed.path_kind import FILE, kind_at
+
+    if kind_at(final) == FILE:
         os.chmod(tmp, stat.S_IMODE(final.stat().st_mode))

@@ -71,6 +71,11 @@ class IndexLockedError(IndexError_):
     """Another process holds the index's writer lock."""
 
 
+class IndexUnreadableError(IndexError_):
+    """An index file or folder that is there but that this user may not read (EACCES, EPERM: another user's index,
+    written under umask 077): named with the reason, never called missing or corrupt; the files are intact."""
+
+
 class IndexWriteError(IndexError_):
     """Writing the index failed (disk full, permission, a read-only folder): the previous index is untouched."""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tokembed.errors import IndexWriteError, OpenFilesLimitError
 from tokembed.open_files import descriptors_named, limit_error, out_of_descriptors
+from tokembed.path_kind import FOLDER, kind_at
 
 
 def fsync_dir(folder: Path) -> None:
@@ -139,7 +140,7 @@ def remove_unused(path: Path) -> None:
     clean-up must neither fail (or undo) the run nor hide that error. A folder under that name is not ours and
     is left alone; a file that cannot be removed only takes space."""
     log = logging.getLogger("tokembed")
-    if path.is_dir() and not path.is_symlink():
+    if _is_folder_not_link(path):
         log.warning("%s: a folder among tokembed's own files; left alone (move it out of the index)", path)
         return
     try:
@@ -147,3 +148,11 @@ def remove_unused(path: Path) -> None:
     except OSError as exc:
         if os.path.lexists(path):  # a read-only folder refuses (EROFS) even to remove a file it does not hold
             log.warning("%s: cannot remove it (%s); nothing reads it, it only takes space", path, exc.strerror or exc)
+
+
+def _is_folder_not_link(path: Path) -> bool:
+    """A folder (not a link to one) at ``path``; False where that cannot be known (EACCES): the unlink then says."""
+    try:
+        return kind_at(path, follow_links=False) == FOLDER
+    except OSError:
+        return False

@@ -32,6 +32,7 @@ from tokembed._testhooks import fault_point
 from tokembed.errors import UsageError, VectorsDroppedError
 from tokembed.index.atomic import write_error
 from tokembed.index.publish import is_staging, names_but_lone_staging_locks, published, remove_dead_staging
+from tokembed.path_kind import FOLDER, kind_at
 
 FORMATS = ("parquet", "lance")
 DTYPES = ("float32", "float16")
@@ -119,6 +120,7 @@ def export_index(
         exc.hint = VECTORS_DROPPED_HINT  # the generic hint is about search, which export is not
         raise
     to = Path(to)
+    _require_reachable(to)
     log = log or (lambda message: None)
     progress = progress or log
     schema = export_schema(index.dim, dtype, pages=has_pdf_pages(index))
@@ -187,6 +189,16 @@ def _column(batch, field):
 # ---------------------------------------------------------------------------------------------- staging
 
 
+def _require_reachable(to: Path) -> None:
+    """Whether ``to`` is there must be knowable before anything is staged: a folder on the way that this user may not
+    search (EACCES) is a write error (exit 8) naming it. A name too long for the file system is nothing there
+    (``path_kind``): creating it says so."""
+    try:
+        kind_at(to)
+    except OSError as exc:
+        raise write_error(to, exc, f"--to {to}: cannot look it up ({exc.strerror or exc})") from exc
+
+
 # ---------------------------------------------------------------------------------------------- parquet
 
 
@@ -233,8 +245,9 @@ def _require_empty_folder(to: Path) -> None:
     """``to`` is new or an empty folder (a lone staging lock file counts as nothing: ``names_but_lone_staging_locks``);
     one that holds only a live export's staging folder (the dead ones' were removed) is named as such, not as a folder
     holding something."""
-    names = names_but_lone_staging_locks(to) if to.is_dir() else []
-    if to.exists() and (not to.is_dir() or names):
+    kind = kind_at(to)
+    names = names_but_lone_staging_locks(to) if kind == FOLDER else []
+    if kind is not None and (kind != FOLDER or names):
         if names and all(is_staging(name) for name in names):
             raise UsageError(f"--to {to}: another export is staging into this folder ({names[0]})",
                              hint="wait for it to finish, or choose a new path")
@@ -300,9 +313,10 @@ class _BatchSource:
 def _require_database_folder(to: Path, table: str) -> None:
     """``to`` is new, or a LanceDB database folder (tables, ``*.lance`` folders, and exports' staging folders only)
     that does not hold ``table`` yet."""
-    if to.exists() and not to.is_dir():
+    kind = kind_at(to)
+    if kind not in (None, FOLDER):
         raise UsageError(f"--to {to}: exists and is not a folder (a LanceDB database is a folder)")
-    others = sorted(entry.name for entry in to.iterdir() if not _is_table_or_staging(entry)) if to.is_dir() else []
+    others = sorted(entry.name for entry in to.iterdir() if not _is_table_or_staging(entry)) if kind == FOLDER else []
     if others:
         what = "a tokembed index folder" if "manifest.json" in others else "not a LanceDB database folder"
         raise UsageError(

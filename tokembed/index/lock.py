@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tokembed.errors import IndexLockedError, UsageError
 from tokembed.index.atomic import write_error
+from tokembed.path_kind import FOLDER, exists, kind_at
 
 LOCK_NAME = ".lock"
 
@@ -117,10 +118,10 @@ class IndexLock:
 
     def _open(self) -> int:
         folder = self.path.parent
-        if folder.exists() and not folder.is_dir():
-            raise UsageError(f"{folder}: exists and is not a folder (an index is a folder)", hint="choose another --output")
-        self.created = _first_missing(folder)
         try:
+            if kind_at(folder) not in (None, FOLDER):
+                raise UsageError(f"{folder}: exists and is not a folder (an index is a folder)", hint="choose another --output")
+            self.created = _first_missing(folder)
             folder.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -131,7 +132,7 @@ def _first_missing(folder: Path) -> Path | None:
     """The outermost of ``folder`` and its parents that does not exist (what ``mkdir(parents=True)`` creates)."""
     missing = None
     for path in (folder, *folder.parents):
-        if path.exists():
+        if exists(path):
             break
         missing = path
     return missing

@@ -21,6 +21,7 @@ from pathlib import Path
 from tokembed.errors import UsageError
 from tokembed.index.atomic import write_error
 from tokembed.index.held import LOCK_SUFFIX, UNIQUE, HeldEntry, remove_abandoned, short_stem
+from tokembed.path_kind import exists, is_folder
 
 # The hidden staging folders exports make: ``.NAME.export-tmp-PID-RANDOM`` beside PATH, ``.export-tmp-PID-RANDOM``
 # inside it (each with its ``.lock`` file).
@@ -34,7 +35,7 @@ def published(to: Path) -> Iterator[Path]:
     from tokembed._testhooks import fault_point
     from tokembed.index.commit_window import commit_window
 
-    inside = to.is_dir()
+    inside = is_folder(to)
     with _staging(to, inside) as staging:
         yield staging
         with commit_window("the export was published"):  # an interrupt then must not say the export failed
@@ -72,7 +73,7 @@ def _missing_folders(folder: Path) -> list[Path]:
     """``folder`` and those of its parents that do not exist, deepest first: what ``mkdir(parents=True)`` creates."""
     missing = []
     for path in (folder, *folder.parents):
-        if path.exists():
+        if exists(path):
             break
         missing.append(path)
     return missing
@@ -93,7 +94,7 @@ def remove_dead_staging(to: Path) -> None:
     theirs removed them. Only those whose lock is free (``remove_abandoned``): their process is gone."""
     target = to.resolve()
     remove_abandoned(target.parent, STAGING_NAME)
-    if target.is_dir():
+    if is_folder(target):
         remove_abandoned(target, STAGING_NAME)
 
 
@@ -136,7 +137,7 @@ def _publish_entries(staging: Path, to: Path) -> None:
     target, moved = to.resolve(), []
     try:
         for entry in sorted(staging.iterdir()):
-            if (target / entry.name).exists():  # written by another process since the export started
+            if exists(target / entry.name):  # written by another process since the export started
                 raise UsageError(f"--to {to}: {entry.name} appeared while exporting", hint="export again to a new path")
             os.rename(entry, target / entry.name)
             moved.append(entry.name)

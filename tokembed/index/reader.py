@@ -13,6 +13,7 @@ the sizes and sha256 of the files held open (not of those at their paths now: a 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from tokembed.errors import IndexCorruptError, IndexNotFoundError, UsageError
+from tokembed.errors import IndexCorruptError, IndexNotFoundError, IndexUnreadableError, TokembedError, UsageError
 from tokembed.index.arrow_file import ShardReader
 from tokembed.index.atomic import sha256_file
 from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS, manifest_bytes
@@ -30,7 +31,8 @@ from tokembed.index.pages import MappedPages
 from tokembed.index.sealed import SealError, unseal
 from tokembed.index.verified import VerifiedFiles, stat_key
 from tokembed.locale_names import refuse_misread_path
-from tokembed.open_files import descriptors_named
+from tokembed.open_files import descriptors_named, limit_error, out_of_descriptors
+from tokembed.path_kind import FOLDER, kind_at
 
 _OPEN_ATTEMPTS = 5
 
@@ -154,8 +156,8 @@ class Index:
             held = self._structure_files.get(entry["file"], _MISSING)
             if held == _MISSING:
                 raise IndexCorruptError(f"{self.folder}: manifest lists {entry['file']}, which is missing")
-            if isinstance(held, str):
-                raise IndexCorruptError(f"{self.folder / entry['file']}: {held}")
+            if isinstance(held, OSError):
+                raise read_error(self.folder / entry["file"], held) from None
         return {entry["file"]: self._structure_files[entry["file"]] for entry in entries}
 
     def _mapped(self, shard: dict):
@@ -201,6 +203,8 @@ def read_manifest(folder: Path) -> dict | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise read_error(path, exc) from None
     except UnicodeDecodeError as exc:
         raise IndexCorruptError(f"{path}: not valid UTF-8 ({exc})") from exc
     try:
@@ -241,8 +245,12 @@ def open_index(folder: Path | str, structure: bool = True) -> Index:
     import pyarrow as pa
 
     folder = require_index_path(folder, "open_index")
-    if not folder.is_dir():
-        raise IndexNotFoundError(f"{folder}: {'a file, not an index folder' if folder.exists() else 'no such index folder'}")
+    try:
+        kind = kind_at(folder)
+    except OSError as exc:
+        raise read_error(folder, exc) from None
+    if kind != FOLDER:
+        raise IndexNotFoundError(f"{folder}: {'a file, not an index folder' if kind else 'no such index folder'}")
     for _ in range(_OPEN_ATTEMPTS):
         manifest = read_manifest(folder)
         if manifest is None:
@@ -252,7 +260,9 @@ def open_index(folder: Path | str, structure: bool = True) -> Index:
             try:
                 with descriptors_named(folder / shard["file"]):
                     maps[shard["file"]] = pa.memory_map(str(folder / shard["file"]), "r")
-            except (FileNotFoundError, pa.ArrowIOError, OSError):
+            except OSError as exc:
+                if exc.errno not in (None, errno.ENOENT):  # there, but refused (EACCES): not a missing file
+                    raise read_error(folder / shard["file"], exc) from None
                 missing = shard["file"]
                 break
         held = _open_structure_files(folder, manifest) if structure and missing is None else None
@@ -266,10 +276,10 @@ def open_index(folder: Path | str, structure: bool = True) -> Index:
 
 
 def _open_structure_files(folder: Path, manifest: dict) -> dict:
-    """name -> the open file of each structure file the manifest lists, or why it could not be opened (a string:
-    not the exception, whose traceback would keep the files opened so far). Plain opens, nothing read: an exact scan
-    does not need them, and one damaged must not stop it. pyarrow files, as the shards' maps: closed with the last
-    reference to them, without a ResourceWarning."""
+    """name -> the open file of each structure file the manifest lists, or why it could not be opened (an OSError
+    made here, never raised: the one caught has a traceback, which would keep the files opened so far). Plain opens,
+    nothing read: an exact scan does not need them, and one damaged or unreadable must not stop it. pyarrow files, as
+    the shards' maps: closed with the last reference to them, without a ResourceWarning."""
     import pyarrow as pa
 
     search = manifest.get("search") or {}
@@ -281,8 +291,26 @@ def _open_structure_files(folder: Path, manifest: dict) -> dict:
         except FileNotFoundError:
             held[entry["file"]] = _MISSING
         except OSError as exc:
-            held[entry["file"]] = f"cannot be opened ({exc.strerror or exc})"
+            held[entry["file"]] = OSError(exc.errno, _reason(exc))
     return held
 
 
 _MISSING = "missing"
+
+
+def read_error(path, exc: OSError) -> TokembedError:
+    """The error for an index file or folder ``path`` that is there but that the OS would not let this process read
+    (``exc``): ``IndexUnreadableError`` where this user may not (EACCES, EPERM), the limit's where the process ran
+    out of descriptors (EMFILE), else ``IndexCorruptError`` naming the reason (EIO; a folder under a file's name)."""
+    if out_of_descriptors(exc):
+        return limit_error(path, exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return IndexUnreadableError(f"{path}: cannot be read ({_reason(exc)})",
+                                    hint="another user's index? its owner can make it readable (chmod -R a+rX), "
+                                         "or run as a user who may read it")
+    return IndexCorruptError(f"{path}: cannot be read ({_reason(exc)})")
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's words for ``exc`` (pyarrow's strerror is its whole message, path included)."""
+    return os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tokembed.errors import ModelError
+from tokembed.open_files import refuse_out_of_descriptors
 
 
 # The weight files transformers' ``from_pretrained`` reads, in its order (a sentence-transformers module: the same
@@ -139,7 +140,20 @@ def readable(file: Path) -> Iterator[None]:
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"{file}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
+        reason = _refused_open(file) or f"{type(exc).__name__}: {exc}"
+        raise ModelError(f"{file}: cannot read the weights ({reason})") from exc
+
+
+def _refused_open(file: Path) -> str | None:
+    """Why the OS will not open ``file`` (Permission denied), or None. safetensors reports every file it cannot open
+    as FileNotFoundError "No such file or directory", so the file is opened here to learn the reason; the OS's limit
+    on open files (EMFILE) is the limit's error, not the file's."""
+    try:
+        os.close(os.open(file, os.O_RDONLY))
+    except OSError as exc:
+        refuse_out_of_descriptors(file, exc)
+        return exc.strerror or str(exc)
+    return None
 
 
 def read_state(folder: Path) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from tokembed.errors import (
     IndexCorruptError,
     IndexNotFoundError,
     IndexUnavailableError,
+    IndexUnreadableError,
     ModelMismatchError,
     TokembedError,
     UsageError,
@@ -41,7 +42,7 @@ class _Generation:
     key: tuple  # the manifest file's (inode, size, mtime, ctime) when it was read
     index: object
     structure: object
-    damaged: IndexCorruptError | None = None  # why its structure did not open: the exact scan still answers from it
+    damaged: TokembedError | None = None  # why its structure did not open (corrupt, unreadable): the exact scan still answers
     copying: bool = False  # a structure file is missing or short: a copy under way, unless no other generation is held
 
     @property
@@ -122,7 +123,7 @@ class ServedIndex:
             require_vectors(generation.index, 'an exact search ("exact": true)')
             return search_opened(generation.index, None, queries, top_k, True, device=device)
         if not generation.complete:
-            raise IndexCorruptError(str(generation.damaged), hint=generation.damaged.hint)
+            raise type(generation.damaged)(str(generation.damaged), hint=generation.damaged.hint)
         return search_opened(generation.index, generation.structure, queries, top_k, exact, probe, candidates, device=device)
 
     def _current(self) -> _Generation:
@@ -139,7 +140,8 @@ class ServedIndex:
         except ModelMismatchError:
             self._generation = None  # refused until a restart (its files let go meanwhile)
             raise
-        except (IndexNotFoundError, IndexCorruptError) as exc:  # no manifest, or shards not (all) there yet
+        except (IndexNotFoundError, IndexCorruptError, IndexUnreadableError) as exc:  # no manifest, or shards not
+            # (all) there or readable yet: a copy under way (cp -a lets others read a file once it is written)
             if held is None:
                 raise IndexUnavailableError(f"{self.folder}: no complete index to search yet ({exc}); it is being "
                                             "replaced or is not there: retry shortly") from exc
@@ -158,9 +160,9 @@ class ServedIndex:
         try:
             index, structure = open_searchable(self.folder)
             damaged = None
-        except IndexCorruptError as exc:  # a damaged structure, or the shards themselves: opening them alone tells
-            index, structure = open_index(self.folder, structure=False), None
-            damaged = IndexCorruptError(str(exc), hint=exc.hint)  # no traceback: its frames would hold generations
+        except (IndexCorruptError, IndexUnreadableError) as exc:  # a damaged or unreadable structure, or the shards
+            index, structure = open_index(self.folder, structure=False), None  # themselves: opening them alone tells
+            damaged = type(exc)(str(exc), hint=exc.hint)  # no traceback: its frames would hold generations
         _require_whole_shards(index)
         self._check_same_encoding(index.manifest)
         missing = _structure_file_not_whole(index)

@@ -58,7 +58,7 @@ def map_tensors(path: Path, opened=None) -> tuple[dict[str, np.ndarray], dict[st
     """Read-only zero-copy views of every tensor in a safetensors file, and its metadata; ``opened``: that file
     already open (the one ``verify_files`` checked), mapped instead of whatever is at ``path`` now."""
     try:
-        with descriptors_named(path), open(path, "rb") if opened is None else nullcontext(opened) as handle:
+        with descriptors_named(path), _open_named(path) if opened is None else nullcontext(opened) as handle:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)  # holds a descriptor of its own
     except (OSError, ValueError) as exc:
         raise IndexCorruptError(f"{path}: cannot map the file ({exc})") from exc
@@ -93,12 +93,13 @@ def verify_files(folder: Path, entries: list[dict], checksum: bool, remembered: 
 
     from tokembed.index.verified import VerifiedFiles, stat_key
 
-    for entry in entries:
-        verify_file(folder, entry, checksum=False, opened=opened)
+    with _named_read_errors(folder):
+        for entry in entries:
+            verify_file(folder, entry, checksum=False, opened=opened)
     if not checksum or not entries:
         return
     record = VerifiedFiles(folder) if remembered else None
-    with _gone_is_missing(folder):  # a commit that replaced the generation since: the caller reads the manifest again
+    with _named_read_errors(folder):  # a commit that replaced the generation since: the caller reads the manifest again
         keys = [stat_key(_source(folder, entry, opened)) for entry in entries]  # before hashing: a change while hashing shows
         todo = [(entry, key) for entry, key in zip(entries, keys) if not (record and record.known(entry["file"], key, entry["sha256"]))]
         if not todo:
@@ -116,11 +117,19 @@ def verify_files(folder: Path, entries: list[dict], checksum: bool, remembered: 
 
 
 @contextmanager
-def _gone_is_missing(folder: Path):
+def _named_read_errors(folder: Path):
+    """A file of ``folder`` gone is missing (a commit that replaced the generation since: the caller reads the manifest
+    again); one there but refused (EACCES) is ``read_error``'s, never missing or corrupt."""
+    from tokembed.index.reader import read_error
+
     try:
         yield
     except FileNotFoundError as exc:
         raise IndexCorruptError(f"{folder}: manifest lists {Path(exc.filename or '?').name}, which is missing") from None
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        raise read_error(exc.filename, exc) from None
 
 
 def verify_file(folder: Path, entry: dict, checksum: bool, opened=None) -> None:
@@ -147,14 +156,21 @@ def held_open(folder: Path, entries: list[dict]):
     """Each listed file opened once for the block (name -> open file), to check and map the very same files
     while a deploy swaps the folder; closed after it (a map keeps its file)."""
     with ExitStack() as stack:
-        with _gone_is_missing(folder):
+        with _named_read_errors(folder):
             opened = {entry["file"]: stack.enter_context(_open_named(folder / entry["file"])) for entry in entries}
         yield opened
 
 
 def _open_named(path: Path):
-    with descriptors_named(path):
+    """``path`` open for reading; there but refused (EACCES, EMFILE) is ``read_error``'s, missing is the caller's."""
+    from tokembed.index.reader import read_error
+
+    try:
         return open(path, "rb")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise read_error(path, exc) from None
 
 
 def check_structure_lists_shards(folder: Path, manifest: dict) -> None:
