@@ -152,7 +152,82 @@ def test_the_record_is_parsed_again_only_when_it_changed(tmp_path, monkeypatch):
     monkeypatch.setattr(verified, "read_sealed", lambda path: (reads.append(path), read_sealed(path))[1])
     for _ in range(5):
         assert verified.VerifiedFiles(folder).known(*files[0])
-    assert len(reads) <= 1
-    verified.VerifiedFiles(folder).remember(files[2:])  # the record replaced: read again
+    assert reads == []  # the record this process wrote is known without reading it
+    record = verified.VerifiedFiles(folder)
+    record.remember(files[2:])
+    record.flush()
     assert verified.VerifiedFiles(folder).known(*files[2]) and verified.VerifiedFiles(folder).known(*files[1])
-    assert 2 <= len(reads) <= 3
+    assert reads == []
+    copy = record.path.with_suffix(".copy")
+    copy.write_bytes(record.path.read_bytes())
+    os.replace(copy, record.path)  # as another process replaces it
+    for _ in range(5):
+        assert verified.VerifiedFiles(folder).known(*files[2])
+    assert len(reads) == 1
+
+
+@pytest.fixture
+def record_writes(monkeypatch, tmp_path):
+    """How many times the record of hashed files is written (the clock never makes a write due: the count is the
+    calls' alone)."""
+    from tokembed.index import verified
+
+    monkeypatch.setenv("TOKEMBED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(verified, "_WRITE_EVERY", 1e9, raising=False)
+    writes: list[int] = []
+    real = verified.sealed_bytes
+    monkeypatch.setattr(verified, "sealed_bytes", lambda entries: writes.append(len(entries)) or real(entries))
+    return writes
+
+
+def _recorded(folder) -> dict:
+    from tokembed.index.sealed import read_sealed
+    from tokembed.index.verified import VerifiedFiles
+
+    return read_sealed(VerifiedFiles(folder).path)
+
+
+def test_a_run_over_many_shards_writes_the_record_a_few_times_not_once_per_shard(tmp_path, monkeypatch, record_writes):
+    """The writer and each shard's check rewrote the whole record per file: a run over N shards read, statted and
+    wrote N entries N times (135 s of a 2,000-shard cron run). Now it is written when the run commits or ends."""
+    from tokembed.search.plaid.compress import compress_index
+
+    shards = 24
+    docs = random_docs(np.random.default_rng(5), [4] * (shards * 2))
+    folder = write_index(tmp_path / "index", docs, shard_rows=2, batch_rows=2)
+    names = [shard["file"] for shard in manifest(folder)["shards"]]
+    assert len(names) == shards
+    assert len(record_writes) <= 2  # the first shard's, then the commit's
+    assert sorted(_recorded(folder)) == sorted(names)  # on disk at the commit: the next process hashes none
+
+    monkeypatch.setenv("TOKEMBED_CACHE", str(tmp_path / "another-user"))  # every shard hashed, by score --exact
+    record_writes.clear()
+    search_vectors(folder, [docs[3]], top_k=3, exact=True)
+    assert len(record_writes) <= 2 and sorted(_recorded(folder)) == sorted(names)
+
+    monkeypatch.setenv("TOKEMBED_CACHE", str(tmp_path / "a-third-user"))  # by compress, to train and code
+    record_writes.clear()
+    compress_index(folder, nbits=2, centroids=8)
+    assert len(record_writes) <= 2 and set(names) <= set(_recorded(folder))
+
+
+def test_what_a_run_matched_after_its_last_write_is_written_at_its_exit(tmp_path, monkeypatch):
+    """Writes are spaced seconds apart: the entries after the last one are written as the process exits."""
+    import subprocess
+    import sys
+    import textwrap
+
+    folder = tmp_path / "index"
+    folder.mkdir()
+    for number in range(5):
+        (folder / f"f{number}").write_bytes(bytes([number]))
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from tokembed.index.verified import VerifiedFiles
+        folder = Path({str(folder)!r})
+        for number in range(5):
+            VerifiedFiles(folder).sha256_of(f"f{{number}}")
+    """)
+    monkeypatch.setenv("TOKEMBED_CACHE", str(tmp_path / "cache"))
+    subprocess.run([sys.executable, "-c", script], check=True, env=os.environ)
+    assert sorted(_recorded(folder)) == [f"f{number}" for number in range(5)]

@@ -113,6 +113,11 @@ class Index:
     def _verified(self) -> VerifiedFiles:
         return VerifiedFiles(self.folder)
 
+    def write_verified(self) -> None:
+        """Record the files this process found matching since the record's last write now, not seconds later or
+        at its exit (``verified.py``): a server killed after checking a generation's files does not hash them again."""
+        self._verified.flush()
+
     def open_shard(self, shard: dict) -> ShardReader:
         """A memory-mapped Arrow IPC file reader for one shard: a damaged footer, schema or batch header is
         ``IndexCorruptError`` naming it (``arrow_file.py``)."""

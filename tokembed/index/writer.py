@@ -105,6 +105,7 @@ class IndexWriter:
         except OSError as exc:
             raise write_error(self.data, exc, f"{self.data}: cannot create the index folder ({exc.strerror})") from exc
         self._next_number = next_shard_number(self.data)
+        self._verified = VerifiedFiles(folder)  # one for the run: the record is written at the commit, not once per shard
 
     def write(
         self,
@@ -159,7 +160,7 @@ class IndexWriter:
             bytes=key[2],
             sha256=sha256_file(final),
         )
-        VerifiedFiles(self.folder).remember([(info.file, key, info.sha256)])  # the next run's check reads no shard it wrote
+        self._verified.remember([(info.file, key, info.sha256)])  # the next run's check reads no shard it wrote
         self.shards.append(info)
         self._writer, self._tmp = None, None
         self._rows = self._tokens = 0
@@ -178,6 +179,7 @@ class IndexWriter:
         self._written.clear()  # committed: nothing may undo it now, whatever fails after
         listed = {Path(shard["file"]).name for shard in manifest["shards"]} | {Path(k).name for k in keep}
         remove_unlisted_shards(self.data, listed)
+        self._verified.flush()  # after the removal: the record holds no entry of a shard just removed
 
     def abort(self, keep_finished: bool = False) -> None:
         """Remove what this run wrote (all of it, or only the unfinished shard when ``keep_finished``,
@@ -193,6 +195,7 @@ class IndexWriter:
             if not (keep_finished and path in finished):
                 remove_unused(path)  # never raises: the error that made the run fail is the one to report
         self._written.clear()
+        self._verified.flush()  # the finished shards a resumed run keeps are not hashed again
 
 
 def next_shard_number(data: Path) -> int:

@@ -267,6 +267,7 @@ def weights_sha256(path: Path, every_format: bool = False) -> str:
     for file in _weight_files(path, every_format):
         rel = file.relative_to(path).as_posix()
         digest.update(rel.encode() + b"\0" + record.sha256_of(rel).encode() + b"\0")
+    record.flush()  # now, not at exit: a server killed later still finds these weights hashed
     return digest.hexdigest()
 
 

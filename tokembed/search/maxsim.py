@@ -142,6 +142,8 @@ def iter_blocks(index, block_tokens: int, dtype, verify: bool = True) -> Iterato
         for batch in shard_batches(index, shard, verify, remembered=True):  # what each query process would hash again
             offsets, vectors, ids = batch_arrays(batch, index.dim, str(index.shard_path(shard)))
             yield from _fill(builder, offsets, vectors, ids, dtype)
+    if verify:
+        index.write_verified()
     if not builder.empty:
         yield builder.take()
 

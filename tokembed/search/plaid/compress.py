@@ -96,6 +96,7 @@ def compress_index(
             else:
                 remove_abandoned_drop(folder, manifest)
             remove_unlisted_files(folder, manifest)  # the pending record of a drop among them
+        index.write_verified()  # the shards hashed to train and code: once, not once per shard
     structure = manifest[SEARCH]
     return CompressSummary(
         index=str(folder), nbits=structure["nbits"], centroids=structure["centroids"], rows=index.rows,

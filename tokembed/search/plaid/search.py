@@ -105,6 +105,8 @@ def open_structure(index, verify: bool = True) -> Structure:
         verify_files(index.folder, [structure["codec"], *entries], verify, opened=opened)
         for shard in _vectorless_shards(index):  # the files the index holds open, as the scan checks them
             index.verify_shard(shard, verify, remembered=True)
+        if verify:
+            index.write_verified()
         codec, shards = _mapped_structure(index, opened)
         if vectors_dropped(index.manifest) and needs_vector_norms(index.manifest) and not codec.vector_norms:
             refuse_unit_codes_without_vectors(index.folder, True)  # its decoded vectors would all score as unit length
