@@ -102,8 +102,8 @@ def _write_unwritten(path: Path) -> dict[str, list]:
         _written_at[path] = time.monotonic()
         entries = _read(path)
         entries.update(matched)
-        entries = {name: value for name, value in entries.items() if (folder / name).exists()}  # once a write
-        try:
+        try:  # a folder that cannot be searched now (EACCES) leaves the record as it was, as a failed write does
+            entries = {name: value for name, value in entries.items() if (folder / name).exists()}  # once a write
             _replace_record(path, entries)
         except OSError as error:
             _warn_unrecorded(path.parent, error)
