@@ -109,3 +109,12 @@ def test_each_hint_names_a_flag_its_command_has(moved, cli, checkpoint, tmp_path
     refused = _score(cli, plain, "--base-model", base)
     assert refused.exit_code == 2 and "applies to PEFT adapters only" in refused.stderr
     assert "leave --base-model out" in refused.stderr and "--base-revision" not in refused.stderr
+
+
+def test_an_empty_base_model_is_a_usage_error_naming_the_flag(moved, cli):
+    """``--base-model "$BASE"`` with the variable unset: exit 2 as ``--model ""`` is (it was exit 4 'names no base',
+    though the adapter names one)."""
+    index, adapter, _, corpus, _ = moved
+    for result in (cli("encode", corpus, "--model", adapter, "--base-model", "", "-o", index, "-q"),
+                   _score(cli, index, "--base-model", " ")):
+        assert result.exit_code == 2 and "--base-model is empty" in result.stderr, result.stderr

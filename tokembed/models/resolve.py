@@ -73,6 +73,9 @@ def resolve_model(
     A PEFT adapter (``adapter_config.json``) also resolves its base: ``base_model`` (``--base-model``) when given,
     else the adapter's ``base_model_name_or_path``; ``base_revision`` pins a hub base.
     """
+    if base_model is not None and not str(base_model).strip():  # as --model "": not the adapter's own base instead
+        raise UsageError("--base-model is empty: give the adapter's base checkpoint folder or hub id",
+                         hint="an unset shell variable?")
     if name is None:
         demo = _demo_model()
         _refuse_folder_revision("no --model given: the demo model", demo.path, revision, "--revision",
@@ -98,7 +101,7 @@ def _refuse_base_flags(resolved: ResolvedModel, base_model: str | None, base_rev
     given = [f"{flag} {value}" for flag, value in (("--base-model", base_model), ("--base-revision", base_revision))
              if value is not None]
     if given:
-        model = "the demo model" if resolved.is_demo else f"--model {resolved.name!r}"
+        model = "the demo model" if resolved.is_demo else f"the model {resolved.name!r}"  # --model's, or the index's
         verb = "apply" if len(given) > 1 else "applies"
         flags = " and ".join(item.split()[0] for item in given)  # the ones given: score and serve have no --base-revision
         raise UsageError(f"{' and '.join(given)} {verb} to PEFT adapters only; {model} is no adapter "
