@@ -166,3 +166,24 @@ def test_a_shard_finished_with_no_descriptor_left_names_the_limit_not_a_write_er
     shards = writing.IndexWriter(tmp_path / "index", 4, "float32", shard_rows=1)
     with pytest.raises(OpenFilesLimitError, match=r"part-0+\.arrow: " + LIMITED):
         shards.write(["d"], [np.ones((2, 4), np.float32)], [np.arange(2, dtype=np.int32)], [bytes(32)])
+
+
+@pytest.mark.parametrize("family", ["pylate_bert", "stanford"])
+def test_a_checkpoint_loaded_with_no_descriptor_left_is_the_limit_not_a_model_error(checkpoint, family):
+    """torch's ``unable to open file ...: Too many open files (24)`` and the loaders' own OSErrors were exit 4
+    'cannot read the weights' / 'cannot load the checkpoint', a model error for a healthy checkpoint."""
+    from tokembed.models.registry import load_model
+
+    folder = checkpoint(family)
+    load_model(folder)  # imports done: what runs out below is the checkpoint's files
+    with no_descriptor_left(), pytest.raises(OpenFilesLimitError, match=LIMITED):
+        load_model(folder)
+
+
+def test_a_library_error_naming_the_limit_in_words_is_out_of_descriptors():
+    """torch keeps no errno: ``RuntimeError: unable to open file <...>: Too many open files (24)``."""
+    from tokembed.open_files import out_of_descriptors
+
+    assert out_of_descriptors(RuntimeError("unable to open file <model.bin>: Too many open files (24)"))
+    assert out_of_descriptors(RuntimeError("Too many open files in system"))
+    assert not out_of_descriptors(RuntimeError("unable to open file <model.bin>: No such file or directory (2)"))

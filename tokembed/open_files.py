@@ -9,6 +9,7 @@ a missing or corrupt file of an intact index, nor as a bad input file or row (``
 from __future__ import annotations
 
 import errno
+import os
 import re
 import resource
 from contextlib import contextmanager
@@ -37,11 +38,18 @@ _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 def _errno(exc: BaseException) -> int | None:
-    """An OSError's errno; the one a library's own error names in its text, Rust's way."""
+    """An OSError's errno; the one a library's own error names in its text, Rust's way, or by the C library's own
+    words (torch's ``unable to open file <...>: Too many open files (24)``)."""
     if isinstance(exc, OSError):
         return exc.errno
-    found = _RUST_OS_ERROR.search(str(exc))
-    return int(found.group(1)) if found else None
+    text = str(exc)
+    found = _RUST_OS_ERROR.search(text)
+    if found:
+        return int(found.group(1))
+    for code in (errno.ENFILE, errno.EMFILE):  # ENFILE's words hold EMFILE's ("... open files in system")
+        if os.strerror(code) in text:
+            return code
+    return None
 
 
 def refuse_out_of_descriptors(path, exc: BaseException) -> None:

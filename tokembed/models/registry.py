@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from tokembed.errors import DeviceError, LayoutMismatchError, ModelError, TokembedError, UnsupportedModelError
 from tokembed.models.base import LoadOptions, TokenModel, read_json
+from tokembed.open_files import refuse_out_of_descriptors
 
 if TYPE_CHECKING:
     from tokembed.models.vision import VisionModel
@@ -232,6 +233,7 @@ def load_as_family(key: str, path: Path, options: LoadOptions):
     except Exception as exc:
         if is_out_of_memory(exc):
             raise  # a device error (out_of_memory_is_a_device_error)
+        refuse_out_of_descriptors(path, exc)
         raise ModelError(f"{path}: cannot load the checkpoint as {_family_read(key, path)}: "
                          f"{type(exc).__name__}: {str(exc)[:2000]}") from exc
 
@@ -253,6 +255,7 @@ def loading_errors(path: Path) -> Iterator[None]:
     except TokembedError:
         raise
     except Exception as exc:
+        refuse_out_of_descriptors(path, exc)
         raise ModelError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {str(exc)[:2000]})") from exc
 
 

@@ -140,6 +140,7 @@ def readable(file: Path) -> Iterator[None]:
     except ModelError:
         raise
     except Exception as exc:
+        refuse_out_of_descriptors(file, exc)
         reason = _refused_open(file) or f"{type(exc).__name__}: {exc}"
         raise ModelError(f"{file}: cannot read the weights ({reason})") from exc
 
