@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from helpers import manifest, read_index, write_parquet
+from tokembed.index.journal import journaled_shards
 
 EXIT_LOCKED, EXIT_WRITE = 7, 8
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -319,8 +320,7 @@ def test_sigterm_exits_130_and_the_next_run_resumes(work, tmp_path):
     process = start("encode", corpus, "-o", out, "--shard-rows", 10, env={"TOKEMBED_TEST_PAUSE_AT": "shard:2", "TOKEMBED_TEST_PAUSE_SECONDS": "60"})
     deadline = time.time() + 60
     while time.time() < deadline:
-        journal = out / "run-journal.json"
-        if journal.exists() and len(json.loads(journal.read_text())["shards"]) == 2:
+        if len(journaled_shards(out)) == 2:
             break
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)

@@ -10,6 +10,7 @@ import pytest
 
 from helpers import manifest, write_jsonl, write_manifest, write_parquet
 from test_cron import assert_same_index, change_weights_in_place, corpus_rows, encode
+from tokembed.index.journal import journaled_shards
 
 EXIT_BAD_INPUT = 3
 
@@ -98,9 +99,8 @@ def test_sigterm_keeps_the_killed_runs_shards_with_the_journal(tmp_path):
         [sys.executable, "-m", "cli.main", "encode", corpus, "-o", out, "--shard-rows", "10"], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env={**ENV, "TOKEMBED_TEST_PAUSE_AT": "shard:3", "TOKEMBED_TEST_PAUSE_SECONDS": "60"},
     )
-    journal = out / "run-journal.json"
     deadline = time.time() + 60
-    while time.time() < deadline and not (journal.exists() and len(json.loads(journal.read_text())["shards"]) == 3):
+    while time.time() < deadline and len(journaled_shards(out)) != 3:
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)

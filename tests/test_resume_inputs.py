@@ -19,6 +19,8 @@ from PIL import Image
 from colpali_engine_checkpoints import build_colidefics3
 from helpers import read_index, write_parquet
 from test_cron import tokembed
+from tokembed.index.journal import journaled_shards
+from tokembed.index.journal_lines import read_journal
 
 ROWS = 12
 
@@ -75,7 +77,7 @@ def test_a_resume_uses_its_shards_only_for_the_same_rows(model, tmp_path, change
     out = tmp_path / "index"
     killed = encode(model, data, out, "--image-column", "img_a", env={"TOKEMBED_TEST_KILL_AT": "shard:3"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert len(json.loads((out / "run-journal.json").read_text())["shards"]) == 3
+    assert len(journaled_shards(out)) == 3
     alter, flags = CHANGES[change]
     if alter is not None:
         alter(tmp_path / "corpus")
@@ -120,7 +122,7 @@ def encode_text(model, data, out, env=None):
 def killed_text_run(model, data, out):
     killed = encode_text(model, data, out, env={"TOKEMBED_TEST_KILL_AT": "shard:3"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert len(json.loads((out / "run-journal.json").read_text())["shards"]) == 3
+    assert len(journaled_shards(out)) == 3
 
 
 def counts(summary: dict) -> dict:
@@ -160,8 +162,8 @@ def test_a_journal_without_chunk_digests_is_not_resumed(checkpoint, tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", text_rows())
     out = tmp_path / "index"
     killed_text_run(model, data, out)
-    journal = json.loads((out / "run-journal.json").read_text())
-    del journal["chunk_digests"]
+    journal, _ = read_journal((out / "run-journal.json").read_bytes())
+    del journal["chunk_digests"]  # and written as one unsealed document
     (out / "run-journal.json").write_text(json.dumps(journal))
     rerun = encode_text(model, data, out)
     assert rerun.returncode == 0, rerun.stderr

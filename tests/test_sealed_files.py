@@ -7,11 +7,14 @@ ignored, not a permanent "weights changed". A manifest of a release before the s
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
 from helpers import manifest, write_manifest
 from test_resume_inputs import ROWS, encode_text, killed_text_run, same_index, shard_files_listed_only, text_rows, write_jsonl
+from tokembed.index.journal import journaled_shards
+from tokembed.index.journal_lines import read_journal
 from tokembed.index.sealed import SEAL, sealed_bytes, unseal
 
 
@@ -22,25 +25,56 @@ def _flip_first_rows(path) -> None:
     path.write_text(raw.replace('"rows": 2,', '"rows": 3,', 1))
 
 
-def _resealed(edit):
+def _previous_release(edit, seal):
+    """The journal as the previous release wrote it (one sealed document), edited, then sealed again or not."""
     def damage(path) -> None:
-        journal = json.loads(path.read_text())
+        journal, intact = read_journal(path.read_bytes())
+        assert intact
+        journal = json.loads(sealed_bytes(journal))
         edit(journal)
-        path.write_bytes(sealed_bytes(journal))
+        path.write_bytes(sealed_bytes(journal) if seal else json.dumps(journal).encode())
     return damage
 
 
+def _resealed(edit):
+    return _previous_release(edit, seal=True)
+
+
 def _unsealed(edit):
+    return _previous_release(edit, seal=False)
+
+
+def _lines(edit):
+    """The journal's lines (the header, with the first shard, and one line per later shard), edited."""
     def damage(path) -> None:
-        journal = json.loads(path.read_text())
-        edit(journal)
-        path.write_text(json.dumps(journal))
+        lines = path.read_bytes().splitlines(keepends=True)
+        assert len(lines) == 3
+        path.write_bytes(b"".join(edit(lines)))
+    return damage
+
+
+def _last_resealed(edit):
+    """The last line edited (given the line before it) and sealed again, its chain kept."""
+    def resealed(lines):
+        last = json.loads(lines[-1])
+        edit(last, json.loads(lines[-2]))
+        return [*lines[:-1], sealed_bytes(last)]
+    return resealed
+
+
+def _both(first, then):
+    def damage(path) -> None:
+        first(path)
+        then(path)
     return damage
 
 
 JOURNAL_DAMAGES = {
     "undamaged": None,
     "rows of a shard, one bit": _flip_first_rows,
+    # the previous release's journal: one sealed document
+    "previous release, undamaged": _resealed(lambda journal: None),
+    "previous release, rows of a shard, one bit": _both(_resealed(lambda journal: None), _flip_first_rows),
     "an entry lost": _unsealed(lambda journal: journal["shards"].pop()),
     "no seal": _unsealed(lambda journal: journal.pop(SEAL)),
     # sealed as written, but not what the shards hold: no tokembed writes these, the resume checks them all the same
@@ -48,13 +82,22 @@ JOURNAL_DAMAGES = {
     "an entry listed twice, resealed": _resealed(lambda journal: journal["shards"].__setitem__(2, journal["shards"][1])),
     "entries out of order, resealed": _resealed(lambda journal: journal["shards"].reverse()),
     "rows as a string, resealed": _resealed(lambda journal: journal["shards"][0].update(rows="2")),
+    # this release's journal: a sealed line per shard, each chained to the one before
+    "a line lost": _lines(lambda lines: [lines[0], lines[2]]),
+    "a line repeated": _lines(lambda lines: [*lines[:2], lines[1], lines[2]]),
+    "lines swapped": _lines(lambda lines: [lines[0], lines[2], lines[1]]),
+    "the last line's rows, resealed": _lines(_last_resealed(lambda last, before: last["shard"].update(rows=3))),
+    "the last line's shard, the one before's, resealed": _lines(
+        _last_resealed(lambda last, before: last.update(shard=before["shard"]))),
+    "the last line torn": _lines(lambda lines: [*lines[:2], lines[2][:-20]]),
 }
+RESUMED = {"undamaged": 3, "previous release, undamaged": 3, "the last line torn": 2}
 
 
 @pytest.mark.parametrize("damage", sorted(JOURNAL_DAMAGES))
 def test_a_damaged_journal_is_not_resumed_and_the_run_commits_what_an_uninterrupted_one_does(checkpoint, tmp_path, damage):
     """Row count 2 -> 3 in the journal: the resume exited 0 and committed a manifest every reader refused (exit 6);
-    an entry lost: 2 rows of 12 dropped, exit 0."""
+    an entry lost: 2 rows of 12 dropped, exit 0. A last line a SIGKILL cut short: that shard is encoded again."""
     model = checkpoint("stanford")
     data = write_jsonl(tmp_path / "data.jsonl", text_rows())
     out, uninterrupted = tmp_path / "index", tmp_path / "uninterrupted"
@@ -64,7 +107,24 @@ def test_a_damaged_journal_is_not_resumed_and_the_run_commits_what_an_uninterrup
     rerun = encode_text(model, data, out)
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
-    assert summary["resumed_shards"] == (3 if damage == "undamaged" else 0) and summary["rows"] == ROWS
+    assert summary["resumed_shards"] == RESUMED.get(damage, 0) and summary["rows"] == ROWS
+    assert encode_text(model, data, uninterrupted).returncode == 0
+    assert same_index(out, uninterrupted) and shard_files_listed_only(out)
+    assert manifest(out)["totals"] == manifest(uninterrupted)["totals"]
+
+
+def test_a_run_killed_twice_resumes_each_time_and_commits_what_an_uninterrupted_one_does(checkpoint, tmp_path):
+    """The resumed run writes the journal whole at its first shard (the resumed ones in its header), then appends."""
+    model = checkpoint("stanford")
+    data = write_jsonl(tmp_path / "data.jsonl", text_rows())
+    out, uninterrupted = tmp_path / "index", tmp_path / "uninterrupted"
+    killed_text_run(model, data, out)
+    again = encode_text(model, data, out, env={"TOKEMBED_TEST_KILL_AT": "shard:5"})
+    assert again.returncode == -signal.SIGKILL, again.stderr
+    assert len(journaled_shards(out)) == 5 and (out / "run-journal.json").read_bytes().count(b"\n") == 2
+    rerun = encode_text(model, data, out)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["resumed_shards"] == 5
     assert encode_text(model, data, uninterrupted).returncode == 0
     assert same_index(out, uninterrupted) and shard_files_listed_only(out)
     assert manifest(out)["totals"] == manifest(uninterrupted)["totals"]

@@ -1,23 +1,25 @@
 """The run journal: what an unfinished run has durably written, so the next run can resume.
 
-``INDEX_DIR/run-journal.json`` is rewritten atomically each time a shard is finished. It records what
+``INDEX_DIR/run-journal.json`` records, as each shard is finished (one line appended, ``index.journal_lines``), what
 the run was (settings fingerprint, weights digest, the inputs' names, sizes and mtimes, the manifest it
 replaces) and, per finished shard, its manifest entry and how many source chunks it covers. A later run with
-the same signature checks the journal's seal (``index.sealed``), then those shards (each listed once, in order, its
-size, sha256, rows and tokens those of its file) and continues after them, checking as it reads their chunks that
-they hold the same rows (``plan.plan_chunks``: the journal records a digest of each chunk's ids and content hashes);
-any other run discards it, with the shards it lists that no manifest lists (as a run that fails does with its own).
+the same signature checks the seal of each of its lines (``index.sealed``) and their chain, then those shards (each
+listed once, in order, its size, sha256, rows and tokens those of its file) and continues after them, checking as
+it reads their chunks that they hold the same rows (``plan.plan_chunks``: the journal records a digest of each
+chunk's ids and content hashes); any other run discards it, with the shards it lists that no manifest lists (as a
+run that fails does with its own).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokembed.index.atomic import atomic_write_bytes, sha256_file
 from tokembed.index.format import DATA_DIR, SHARD_PATTERN
-from tokembed.index.sealed import SealError, sealed_bytes, unseal
+from tokembed.index.journal_lines import (
+    append_line, counts_added, entry_bytes, header_bytes, line_digest, listed_shards, read_journal,
+)
 
 JOURNAL = "run-journal.json"
 
@@ -71,25 +73,55 @@ class Journal:
     skipped: list[dict] = field(default_factory=list)  # bad rows met within those chunks
     counts: dict = field(default_factory=dict)  # added / updated / unchanged within those chunks
     chunk_digests: list[str] = field(default_factory=list)  # plan.chunk_digest of every chunk planned so far
+    tail: str | None = None  # line_digest of the journal's last line, once this run wrote it
 
     @property
     def path(self) -> Path:
         return self.folder / JOURNAL
 
     def record(self, shard: dict, chunks_done: int, skipped: list[dict], counts: dict) -> None:
+        """Record a finished shard durably: one line appended, the whole journal only at the run's first shard."""
+        entry = self._entry(shard, chunks_done, skipped, counts)
         self.shards.append(shard)
         self.chunks_done = chunks_done
         self.skipped = list(skipped)
         self.counts = dict(counts)
-        payload = {
+        if entry is None:
+            self._write_whole()
+        else:
+            self._append(entry)
+
+    def _entry(self, shard: dict, chunks_done: int, skipped: list[dict], counts: dict) -> dict | None:
+        """The line's content: what recording ``shard`` adds to the journal; None before this run wrote the
+        journal (it resumes another's, or a line failed) or where ``skipped`` or ``counts`` do not extend the
+        recorded ones."""
+        if self.tail is None:
+            return None
+        added = counts_added(self.counts, counts)
+        if added is None or len(skipped) < len(self.skipped):
+            return None
+        digests = self.chunk_digests[self.chunks_done:chunks_done]
+        return {"shard": shard, "chunks_done": chunks_done, "chunk_digests": digests,
+                "skipped": skipped[len(self.skipped):], "counts": added}
+
+    def _write_whole(self) -> None:
+        self.tail = None
+        line = header_bytes({
             "signature": self.signature,
             "shards": self.shards,
             "chunks_done": self.chunks_done,
             "skipped": self.skipped,
             "counts": self.counts,
-            "chunk_digests": self.chunk_digests[:chunks_done],
-        }
-        atomic_write_bytes(self.path, sealed_bytes(payload))
+            "chunk_digests": self.chunk_digests[: self.chunks_done],
+        })
+        atomic_write_bytes(self.path, line)
+        self.tail = line_digest(line)
+
+    def _append(self, entry: dict) -> None:
+        line = entry_bytes(entry, self.tail)
+        self.tail = None  # a failed append may leave part of the line: the next record writes the journal whole
+        append_line(self.path, line)
+        self.tail = line_digest(line)
 
     def restart(self) -> None:
         """Remove this journal and its unlisted shards, and go on as a fresh one of the same signature."""
@@ -100,6 +132,7 @@ class Journal:
         """Drop the journal, and the shards it lists that the committed manifest does not (no run resumes them
         now; a run killed earlier wrote them, so its own failure's clean-up does not know them)."""
         self.path.unlink(missing_ok=True)
+        self.tail = None
         remove_unlisted(self.folder, self.shards)
 
 
@@ -147,39 +180,30 @@ def remove_unlisted(folder: Path, shards: list[dict]) -> None:
 def journaled_shards(folder: Path) -> set[str]:
     """The shard file names the journal of an interrupted run lists (none without a readable one)."""
     try:
-        shards = json.loads((folder / JOURNAL).read_text()).get("shards", [])
-        return {Path(str(shard.get("file", ""))).name for shard in shards if isinstance(shard, dict)}
-    except (OSError, ValueError, AttributeError, TypeError):  # unreadable, or not a journal's shape
+        shards = listed_shards((folder / JOURNAL).read_bytes())
+    except OSError:
         return set()
+    return {Path(str(shard.get("file", ""))).name for shard in shards if isinstance(shard, dict)}
 
 
 def resume_journal(folder: Path, signature: dict) -> Journal:
     """The journal to continue: the previous run's if its seal holds, it matches and its shards verify, else a
     fresh one (the previous run's is then removed, with its shards)."""
     fresh = Journal(folder, signature)
-    path = folder / JOURNAL
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        raw = (folder / JOURNAL).read_bytes()
+    except OSError:
         return fresh
-    if not isinstance(data, dict):
+    data, intact = read_journal(raw)
+    if data is None:
         return fresh
     shards, digests = data.get("shards", []), data.get("chunk_digests")
     # Without a digest per finished chunk (an earlier release's journal) its shards cannot be checked: not resumed.
     complete = isinstance(digests, list) and len(digests) == data.get("chunks_done")
-    if not (_sealed(data) and data.get("signature") == signature and complete and _shards_verified(folder, shards)):
-        Journal(folder, data.get("signature"), shards if isinstance(shards, list) else []).remove()
+    if not (intact and data.get("signature") == signature and complete and _shards_verified(folder, shards)):
+        Journal(folder, data.get("signature"), listed_shards(raw)).remove()
         return fresh
     return Journal(folder, signature, shards, data["chunks_done"], data.get("skipped", []), data.get("counts", {}), digests)
-
-
-def _sealed(data: dict) -> bool:
-    """The journal is as its run wrote it (``index.sealed``): a damaged one, or one without a seal, is not resumed."""
-    try:
-        unseal(data)
-    except SealError:
-        return False
-    return True
 
 
 def _shards_verified(folder: Path, shards) -> bool:
