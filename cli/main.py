@@ -124,16 +124,18 @@ def _interrupted_message(committed: bool) -> str:
 
 def main() -> None:
     from cli._clock import process_start
-    from cli._utf8 import run_in_utf8_mode
     from tokembed._testhooks import fault_point
     from tokembed.open_files import raise_soft_limit
 
-    run_in_utf8_mode()  # first: under a Latin-1 locale the process starts again here
     raise_soft_limit()  # an index holds a file open per shard: the usual soft 1024 is no limit of the machine's
     code = run(started=process_start(), through_exit=True)
     fault_point("exiting", 1)
     sys.exit(code)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m cli.main: UTF-8 mode first, as the tokembed program (cli/launch.py) does;
+    # not in main(), which a host program may call: starting again would run the host's script again
+    from cli._utf8 import run_in_utf8_mode
+
+    run_in_utf8_mode()
     main()

@@ -161,3 +161,30 @@ def test_encode_and_compress_run_with_stderr_closed(tmp_path, checkpoint_store, 
     assert "search_structure" in json.loads(cli("info", index, "--json").stdout)
     missing = _with_stderr_closed("info", tmp_path / "nowhere")
     assert (missing.returncode, missing.stdout) == (6, "")
+
+
+def test_pdf_render_workers_of_a_caller_in_utf8_mode_by_flag_read_its_names(tmp_path):
+    """``python -X utf8`` (the refusal's own hint) sets no variable a render worker inherits: under LC_ALL=C the
+    workers ran in ASCII and every page of ``résumé.pdf`` was 'cannot render page 1: 'ascii' codec ...'."""
+    script = (
+        "import sys; from pathlib import Path; from pdfs import image_pdf; "
+        "from tokembed.sources import SourceOptions, open_sources; "
+        "from tokembed.sources.pdf_workers import close_render_pool; "
+        f"image_pdf(Path({str(tmp_path)!r}) / 'résumé.pdf', [(255, 0, 0), (0, 255, 0)]); "
+        f"items = [i for c in open_sources([Path({str(tmp_path)!r})], SourceOptions(modality='image', pdf_workers=2)) for i in c]; "
+        "close_render_pool(); print('ERRORS', [i.error for i in items if i.error], 'PAGES', len(items))"
+    )
+    tests = os.path.dirname(__file__)
+    env = {**NOT_UTF8, "PYTHONPATH": os.pathsep.join([tests, os.path.dirname(tests)])}
+    done = subprocess.run([sys.executable, "-X", "utf8", "-c", script], capture_output=True, text=True, env=env)
+    assert "ERRORS [] PAGES 2" in done.stdout, (done.stdout, done.stderr)
+
+
+def test_a_host_program_calling_main_is_not_started_again(tmp_path):
+    """``cli.main.main()`` called by a host script under such a locale exec'd the host's whole command line again
+    (its script ran twice, its stdin already read); only the tokembed program and ``python -m cli.main`` start
+    again in UTF-8 mode."""
+    script = "print('HOST', flush=True); import sys; sys.argv = ['tokembed', 'models']; from cli.main import main; main()"
+    env = {**NOT_UTF8, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.stdout.count("HOST") == 1 and done.returncode == 0, (done.stdout, done.stderr)

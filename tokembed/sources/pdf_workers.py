@@ -76,6 +76,8 @@ class _Worker:
     def __init__(self) -> None:
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        if sys.flags.utf8_mode:  # as this process reads file names (``python -X utf8`` sets no variable to inherit)
+            env["PYTHONUTF8"] = "1"
         with descriptors_named("a PDF render worker's pipe"):
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tokembed.sources.pdf_workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
