@@ -152,3 +152,89 @@ def test_a_relative_path_in_a_deleted_current_folder_is_a_usage_error(compressed
         result = cli(*command)
         assert result.exit_code == USAGE, result.output
         assert "a relative path, and the current folder was deleted" in result.stderr
+
+
+def test_compress_and_encode_name_an_index_file_or_folder_this_user_may_not_read(compressed, colbert_ckpt, tmp_path,
+                                                                                 bound_by_permissions):
+    """compress hashed the codec file outside ``read_error`` (a PermissionError traceback, exit 1); encode listed
+    ``data/`` for dead runs' temp files the same way."""
+    codec = compressed / manifest(compressed)["search"]["codec"]["file"]
+    codec.chmod(0)
+    result = bound_by_permissions("compress", compressed, "--centroids", 8, "-q")
+    codec.chmod(0o644)
+    assert result.returncode == WRITE, result.stderr
+    assert f"read error: {codec}: cannot be read (Permission denied)" in result.stderr
+    (compressed / "data").chmod(0)
+    result = bound_by_permissions("encode", tmp_path / "corpus.jsonl", "--model", colbert_ckpt, "-o", compressed, "-q")
+    (compressed / "data").chmod(0o755)
+    assert result.returncode == WRITE, result.stderr
+    assert f"read error: {compressed / 'data'}: cannot be read (Permission denied)" in result.stderr
+
+
+def test_serve_an_index_this_user_may_not_reach_or_whose_name_is_too_long(compressed, tmp_path, bound_by_permissions):
+    """``ServedIndex`` asked ``Path.is_dir()``: a PermissionError (parent folder mode 0) or an OSError
+    (ENAMETOOLONG) traceback, exit 1, where ``info`` gives 8 and 6."""
+    private = tmp_path / "private"
+    private.mkdir()
+    shutil.move(compressed, private / "index")
+    private.chmod(0)
+    try:
+        result = bound_by_permissions("serve", "--index", private / "index", "--port", 0)
+    finally:
+        private.chmod(0o700)
+    assert result.returncode == WRITE, result.stderr
+    assert f"{private / 'index'}: cannot be read (Permission denied)" in result.stderr
+    result = bound_by_permissions("serve", "--index", tmp_path / ("z" * 300), "--port", 0)
+    assert result.returncode == NOT_FOUND, result.stderr
+    assert "no tokembed index" in result.stderr or "not a tokembed index" in result.stderr
+
+
+_SERVED = """
+import sys
+from tokembed.serve.index_search import ServedIndex
+served = ServedIndex(sys.argv[1])
+for _ in sys.stdin:
+    try:
+        served.release_if_replaced()  # the watcher's pass: it raised, and its thread died
+        generation = served.opened()
+        print(sum(shard["rows"] for shard in generation.index.shards), type(generation.damaged).__name__, flush=True)
+    except Exception as exc:
+        print("raised", type(exc).__name__, flush=True)
+"""
+
+
+def test_serve_answers_from_the_held_generation_while_a_deploy_is_not_yet_readable(compressed, tmp_path, cli,
+                                                                                  colbert_ckpt):
+    """``cp -a`` makes the folder and files unreadable to others until it sets their modes last: the folder raised
+    PermissionError (a 500, and the watcher thread died); a code file replaced the held generation with one whose
+    structure was "unreadable", kept until the manifest changed again."""
+    preexec = _drop_root_override if os.geteuid() == 0 else None
+    new = tmp_path / "new"
+    corpus = write_jsonl(tmp_path / "new.jsonl", corpus_rows(20))
+    assert cli("encode", corpus, "--model", colbert_ckpt, "-o", new, "--quiet").exit_code == 0
+    assert cli("compress", new, "--centroids", 8, "--quiet").exit_code == 0
+    child = subprocess.Popen([sys.executable, "-c", _SERVED, str(compressed)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                             preexec_fn=preexec)
+
+    def answer() -> str:
+        child.stdin.write("\n")
+        child.stdin.flush()
+        return child.stdout.readline().strip()
+
+    try:
+        assert answer() == "30 NoneType"
+        compressed.rename(tmp_path / "index.old")
+        shutil.copytree(new, compressed)
+        compressed.chmod(0)
+        assert answer() == "30 NoneType"
+        compressed.chmod(0o755)
+        code = compressed / manifest(new)["search"]["shards"][0]["file"]
+        code.chmod(0)
+        assert answer() == "30 NoneType"
+        code.chmod(0o644)
+        assert answer() == "20 NoneType"
+    finally:
+        compressed.chmod(0o755)
+        child.stdin.close()
+        child.wait(timeout=60)

@@ -240,6 +240,15 @@ def require_index_path(value, argument: str, hint: str | None = None) -> Path:
     raise UsageError(f"{argument}: expected an index folder path (str or Path), got {type(value).__name__}", hint=hint)
 
 
+def index_path_kind(folder: Path) -> str | None:
+    """``kind_at(folder)``; a path the OS refuses to look up (EACCES: a parent this user may not search) is
+    ``read_error``'s."""
+    try:
+        return kind_at(folder)
+    except OSError as exc:
+        raise read_error(folder, exc) from None
+
+
 def open_index(folder: Path | str, structure: bool = True) -> Index:
     """Open the committed generation of an index, with every shard it lists held open, and with ``structure`` its
     search structure's files too (a structure search through the ``Index`` then reads its own generation's, see
@@ -250,10 +259,7 @@ def open_index(folder: Path | str, structure: bool = True) -> Index:
     import pyarrow as pa
 
     folder = require_index_path(folder, "open_index")
-    try:
-        kind = kind_at(folder)
-    except OSError as exc:
-        raise read_error(folder, exc) from None
+    kind = index_path_kind(folder)
     if kind != FOLDER:
         raise IndexNotFoundError(f"{folder}: {'a file, not an index folder' if kind else 'no such index folder'}")
     for _ in range(_OPEN_ATTEMPTS):

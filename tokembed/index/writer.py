@@ -18,6 +18,8 @@ from tokembed.errors import IndexWriteError, OpenFilesLimitError
 from tokembed.index.atomic import atomic_write_bytes, publish, remove_unused, sha256_file, temp_beside, write_error
 from tokembed.index.verified import VerifiedFiles, stat_key
 from tokembed.index.format import DATA_DIR, EMBEDDINGS, MANIFEST, SHARD_PATTERN, manifest_bytes, shard_name, shard_schema
+from tokembed.index.reader import read_error
+from tokembed.path_kind import is_folder
 
 DEFAULT_SHARD_ROWS = 50_000
 DEFAULT_SHARD_BYTES = 512 << 20
@@ -211,8 +213,12 @@ def remove_unlisted_shards(data: Path, listed: set[str]) -> None:
 
 
 def remove_temp_files(data: Path) -> None:
-    """Half-written shards of runs that died (only the lock holder calls this)."""
-    if data.is_dir():
-        for path in data.iterdir():
-            if path.name.startswith(".part-") and ".tmp-" in path.name:
-                remove_unused(path)
+    """Half-written shards of runs that died (only the lock holder calls this). A ``data`` folder this user may not
+    list (EACCES) is ``read_error``'s."""
+    try:
+        paths = list(data.iterdir()) if is_folder(data) else []
+    except OSError as exc:
+        raise read_error(data, exc) from None
+    for path in paths:
+        if path.name.startswith(".part-") and ".tmp-" in path.name:
+            remove_unused(path)

@@ -7,7 +7,8 @@
 The opened generation is kept across requests (its structure's joined lists, mapped files, verified hashes)
 and opened again when the manifest changes, so a cron job that re-encodes the index is picked up by the next
 request; a request sees one generation from start to end. While the folder holds no complete generation (a
-blue/green deploy's ``mv X X.old; cp -a new X``: no manifest yet, or one whose files are still being copied),
+blue/green deploy's ``mv X X.old; cp -a new X``: no manifest yet, or one whose files are still being copied, or
+not yet readable: ``cp -a`` makes folders 0700 and files 0600 until their modes are set),
 requests are answered from the generation held, and the next request tries again; with none held yet they get
 a 503. A new generation built with another model or other encoding settings is refused (the served query profile
 would no longer match it): restart the server. A replaced generation is let go within ``WATCH_SECONDS`` even while
@@ -43,7 +44,7 @@ class _Generation:
     index: object
     structure: object
     damaged: TokembedError | None = None  # why its structure did not open (corrupt, unreadable): the exact scan still answers
-    copying: bool = False  # a structure file is missing or short: a copy under way, unless no other generation is held
+    copying: bool = False  # a structure file is missing, short or unreadable: a copy under way, unless no other generation is held
 
     @property
     def complete(self) -> bool:
@@ -54,10 +55,11 @@ class ServedIndex:
     """One index folder, its generation opened on first use and again whenever its manifest changes."""
 
     def __init__(self, folder) -> None:
-        from tokembed.index.reader import read_manifest
+        from tokembed.index.reader import index_path_kind, read_manifest
+        from tokembed.path_kind import FOLDER
 
         self.folder = Path(folder)
-        manifest = read_manifest(self.folder) if self.folder.is_dir() else None
+        manifest = read_manifest(self.folder) if index_path_kind(self.folder) == FOLDER else None
         if manifest is None:
             raise IndexNotFoundError(f"--index {folder}: not a tokembed index (no manifest.json)", hint="build one with tokembed encode")
         self.manifest = manifest  # the generation the query profile was built for
@@ -168,6 +170,8 @@ class ServedIndex:
         missing = _structure_file_not_whole(index)
         if missing is not None:
             return _Generation(key, index, None, missing, copying=True)
+        if isinstance(damaged, IndexUnreadableError):  # cp -a sets a file's mode after writing it: not yet whole
+            return _Generation(key, index, None, damaged, copying=True)
         return _Generation(key, index, structure, damaged)
 
     def _warn_kept(self, key: tuple | None, exc: Exception) -> None:
@@ -182,8 +186,8 @@ class ServedIndex:
         and a recycled inode number may be those of the generation held."""
         try:
             stat = (self.folder / "manifest.json").stat()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        except OSError:  # none, or none this user may read yet (cp -a makes the folder 0700 until it is done):
+            return None  # the opening that follows names why
         return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
     def _check_same_encoding(self, manifest: dict) -> None:
@@ -227,7 +231,10 @@ def _watch(served: weakref.ref, stop: threading.Event, interval: float) -> None:
         index = served()
         if index is None:  # the server was let go without stop_watching
             return
-        index.release_if_replaced()
+        try:
+            index.release_if_replaced()
+        except Exception as exc:  # the thread must outlive it: the next pass, or the next request, tries again
+            log.warning("%s: could not check for a new index generation (%s)", index.folder, exc)
         del index
 
 

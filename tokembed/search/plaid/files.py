@@ -136,14 +136,15 @@ def verify_file(folder: Path, entry: dict, checksum: bool, opened=None) -> None:
     """Raise ``IndexCorruptError`` when a listed structure file is missing, truncated or altered (``opened``: as
     ``verify_files``)."""
     path, source = folder / entry["file"], _source(folder, entry, opened)
-    try:
-        size = os.stat(source).st_size
-    except FileNotFoundError:
-        raise IndexCorruptError(f"{folder}: manifest lists {entry['file']}, which is missing") from None
-    if size != entry["bytes"]:
-        raise IndexCorruptError(f"{path}: {size} bytes on disk, manifest says {entry['bytes']}")
-    if checksum and sha256_file(source) != entry["sha256"]:
-        raise IndexCorruptError(f"{path}: sha256 does not match the manifest")
+    with _named_read_errors(folder):  # there but refused (EACCES): a read error, whoever calls
+        try:
+            size = os.stat(source).st_size
+        except FileNotFoundError:
+            raise IndexCorruptError(f"{folder}: manifest lists {entry['file']}, which is missing") from None
+        if size != entry["bytes"]:
+            raise IndexCorruptError(f"{path}: {size} bytes on disk, manifest says {entry['bytes']}")
+        if checksum and sha256_file(source) != entry["sha256"]:
+            raise IndexCorruptError(f"{path}: sha256 does not match the manifest")
 
 
 def _source(folder: Path, entry: dict, opened) -> Path | int:
