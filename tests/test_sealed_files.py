@@ -92,9 +92,14 @@ JOURNAL_DAMAGES = {
     "the last line torn": _lines(lambda lines: [*lines[:2], lines[2][:-20]]),
 }
 RESUMED = {"undamaged": 3, "previous release, undamaged": 3, "the last line torn": 2}
+# one of each kind in the default run (real CLI runs, ~5 s each); tests/test_journal_lines.py checks every damage
+# of the line format without a model, and `-m slow` runs them all end to end here
+EVERY_RUN = {"undamaged", "rows of a shard, one bit", "previous release, undamaged", "an entry lost",
+             "rows of a shard, resealed", "a line lost", "the last line's rows, resealed", "the last line torn"}
 
 
-@pytest.mark.parametrize("damage", sorted(JOURNAL_DAMAGES))
+@pytest.mark.parametrize("damage", [damage if damage in EVERY_RUN else pytest.param(damage, marks=pytest.mark.slow)
+                                    for damage in sorted(JOURNAL_DAMAGES)])
 def test_a_damaged_journal_is_not_resumed_and_the_run_commits_what_an_uninterrupted_one_does(checkpoint, tmp_path, damage):
     """Row count 2 -> 3 in the journal: the resume exited 0 and committed a manifest every reader refused (exit 6);
     an entry lost: 2 rows of 12 dropped, exit 0. A last line a SIGKILL cut short: that shard is encoded again."""
