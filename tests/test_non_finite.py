@@ -68,3 +68,16 @@ def test_a_query_whose_vectors_are_not_finite_is_refused_by_name(cli, checkpoint
     monkeypatch.setattr(Embedder, "embed", with_nan)
     with pytest.raises(UsageError, match="query 'second': .* NaN or inf"):
         search(index, {"first": "the cat", "second": "apple pie"})
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_the_finiteness_test_agrees_with_numpys_on_every_float16_bit_pattern(dtype):
+    from tokembed.embedder import all_finite
+
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(dtype)
+    finite = np.isfinite(every)
+    assert 0 < finite.sum() < len(every)  # inf, -inf and the NaNs among them
+    assert all_finite(every[finite]) and all_finite(every[:0])
+    for value in every[~finite]:  # each non-finite value alone, at the end of a row, in a strided view
+        row = np.concatenate([every[finite][:383], [value]]).reshape(2, 192)
+        assert not all_finite(row) and not all_finite(row.T) and not all_finite(row[:, ::-1])

