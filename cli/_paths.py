@@ -81,3 +81,19 @@ def column_named(value: str | None, flag: str) -> str | None:
     if value is not None and not value.strip():
         raise UsageError(f"{flag} is empty: give a column (field) name", hint="an unset shell variable?")
     return value
+
+
+def refuse_columns_queries_lack(query_file: Path | None, id_column: str | None, text_column: str | None) -> None:
+    """A column flag names a .jsonl/.parquet field (a .tsv header's): a .txt file or --query texts alone have none,
+    and a flag silently ignored there would say the column was checked. Exit 2 naming the flag."""
+    from tokembed.errors import UsageError
+
+    if query_file is None:
+        why = "--query texts have no columns (their ids are q1, q2, ...)"
+    elif query_file.suffix.lower() == ".txt":
+        why = f"{query_file} is a .txt query file, one query a line: it has no columns (its ids are line numbers)"
+    else:
+        return
+    for flag, value in (("--id-column", id_column), ("--text-column", text_column)):
+        if value is not None:
+            raise UsageError(f"{flag} {value!r}: {why}", hint="drop it, or give a .jsonl or .parquet query file")

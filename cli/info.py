@@ -100,7 +100,7 @@ def _print_table(facts: dict) -> None:
         if key in ("base_model", "model_revision") and value is None:
             continue
         if key == "settings":
-            value = ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, "", [], False))
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, "", []))  # False is a setting: normalize=False
         elif key == "vectors" and value == "dropped":
             value = ("dropped by `tokembed compress --drop-vectors`: score re-ranks from the decoded codes; "
                      "score --exact, export and load_document refuse")
@@ -116,21 +116,21 @@ def _print_table(facts: dict) -> None:
 
 def _export_recipes(index: Path, settings: dict) -> str:
     """How to open the index in tools that read neither Arrow IPC files nor float16 (DuckDB) or want LanceDB:
-    shell words quoted for a POSIX shell, the paths as SQL and Python string literals (any name runs as printed)."""
-    from shlex import quote
-
+    shell words quoted for a POSIX shell (a path that starts with '-' as ./-name, not an option), the Parquet
+    folder as a DuckDB glob in an SQL string literal, the LanceDB one as a Python literal (any name runs as printed)."""
     from tokembed.search.plaid.codec import needs_vector_norms
 
     name = index.name or "index"
-    parquet, lance = f"{name}-parquet", f"{name}-lancedb"
-    sql_glob = "'" + f"{parquet}/*.parquet".replace("'", "''") + "'"
+    globbable = name.replace("\\", "_")  # DuckDB splits a glob at a backslash, and no escape keeps one
+    parquet, lance = _not_an_option(f"{globbable}-parquet"), _not_an_option(f"{name}-lancedb")
+    sql_glob = "'" + f"{_glob_literal(parquet)}/*.parquet".replace("'", "''") + "'"
     cosine = ("  (cosine: these vectors are not unit length, so it does not rank as `tokembed score` does)"
               if needs_vector_norms({"settings": settings}) else "")
     return (
         "open it elsewhere (pyarrow/polars read data/*.arrow as they are):\n"
-        f"  DuckDB:  tokembed export {quote(str(index))} --to {quote(parquet)} --format parquet\n"
+        f"  DuckDB:  tokembed export {_shell_word(index)} --to {_shell_word(parquet)} --format parquet\n"
         f"           SELECT id, len(embeddings) AS tokens FROM {sql_glob}   -- in DuckDB\n"
-        f"  LanceDB: tokembed export {quote(str(index))} --to {quote(lance)} --format lance\n"
+        f"  LanceDB: tokembed export {_shell_word(index)} --to {_shell_word(lance)} --format lance\n"
         "           # then in Python (query_vectors: one query's [n_tokens, dim] matrix, as score encodes it, or any such numpy array)\n"
         "           import lancedb; from tokembed.index import open_index; from tokembed.search.api import encode_queries\n"
         f"           [query_vectors] = encode_queries(open_index({str(index)!r}), ['how do I sort a list'])\n"
@@ -138,6 +138,23 @@ def _export_recipes(index: Path, settings: dict) -> str:
         "           print(table.search(query_vectors.astype('float32')).limit(5).select(['id', '_distance']).to_arrow())"
         f"  # MaxSim{cosine}"
     )
+
+
+def _not_an_option(path: str) -> str:
+    """``path`` as a command line cannot take for an option: pathlib drops the ``./`` of ``./-idx``."""
+    return f"./{path}" if path.startswith("-") else path
+
+
+def _shell_word(path: Path | str) -> str:
+    from shlex import quote
+
+    return quote(_not_an_option(str(path)))
+
+
+def _glob_literal(path: str) -> str:
+    """``path`` matching only itself in a DuckDB glob (not a sibling export): ``*``, ``?`` and ``[`` each as a
+    one-character class; a backslash escapes nothing there."""
+    return "".join(f"[{char}]" if char in "*?[" else char for char in path)
 
 
 def _base_line(base: dict | None) -> str | None:

@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
-from cli._paths import checked_path, column_named, path_given
+from cli._paths import checked_path, column_named, path_given, refuse_columns_queries_lack
 from cli._stdout import as_stdout_holds
 from cli.progress import LineProgress, libraries_quiet, warnings_logged
 
@@ -70,9 +70,13 @@ def score(
     ),
     id_column: Optional[str] = typer.Option(
         None, help="Id field/column of .jsonl/.parquet query files (default id; the line/row number when the file has "
-        "none). A column named here must exist."
+        "none). A column named here must exist. In a .tsv file, the first name of the header line that is skipped. "
+        "Refused (exit 2) with a .txt file or --query alone: they have no columns.",
     ),
-    text_column: str = typer.Option("text", help="Text field/column of .jsonl/.parquet query files."),
+    text_column: Optional[str] = typer.Option(
+        None, help="Text field/column of .jsonl/.parquet query files (default text); a .tsv header's second name. "
+        "Refused (exit 2) with a .txt file or --query alone.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors (and the JSON summary that --log-format json asks for)."),
     log_format: str = typer.Option(
         "text", "--log-format", help="text, or json: the summary (with load/query/search seconds) is one JSON object on stderr."
@@ -96,10 +100,14 @@ def score(
     if log_format not in ("text", "json"):
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
     query_file, index = _split_args(args, bool(query))
+    refuse_columns_queries_lack(query_file, id_column, text_column)
     output = None if output is not None and str(output) == "-" else output  # "-o -": standard output, as the default
     _refuse_output_over_inputs(output, index, query_file)
     _refuse_output_that_cannot_be_written(output)
-    queries = read_queries(query_file, column_named(id_column, "--id-column") or "id", text_column, id_required=id_column is not None) if query_file else Queries()
+    queries = read_queries(
+        query_file, column_named(id_column, "--id-column") or "id", column_named(text_column, "--text-column") or "text",
+        id_required=id_column is not None,
+    ) if query_file else Queries()
     queries = queries.add(inline_queries(query or []))
     if query_file and query:  # a file's q1 and the first --query's would otherwise be one query
         check_queries(queries, f"{query_file} and --query")

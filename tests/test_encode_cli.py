@@ -128,6 +128,15 @@ def test_info_text_shows_prefixes_as_they_are(cli, corpus, tmp_path, checkpoint)
     assert result.exit_code == 0 and f"prefix={prefix.strip()}" in result.stdout
 
 
+def test_info_text_shows_a_setting_that_is_false(cli, corpus, tmp_path):
+    """The table left out every False setting: an index encoded with --no-normalize showed no normalize at all."""
+    for flags, shown in (([], "normalize=True"), (["--no-normalize"], "normalize=False")):
+        out = tmp_path / f"index{len(flags)}"
+        assert cli("encode", corpus, "-o", out, "-q", *flags).exit_code == 0
+        result = cli("info", out)
+        assert result.exit_code == 0 and shown in result.stdout, result.stdout
+
+
 def test_json_summary_and_quiet(cli, corpus, tmp_path):
     result = cli("encode", corpus, "-o", tmp_path / "a", "--log-format", "json")
     summary = json.loads(result.stdout.strip().splitlines()[-1])

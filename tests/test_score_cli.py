@@ -274,6 +274,27 @@ def test_a_named_id_column_a_query_file_lacks_exits_3(cli, demo_index, tmp_path)
         assert json.loads(cli("score", path, index, "-f", "jsonl", "-k", 1).stdout)["query_id"] == "1"
 
 
+def test_a_column_flag_where_the_queries_have_no_columns_exits_2(cli, demo_index, tmp_path):
+    """A .txt file's and --query's queries have no columns: --id-column / --text-column were ignored there (exit 0),
+    though a column named must exist; a .tsv file's header line is what they name, so it takes them."""
+    index, _ = demo_index
+    txt = tmp_path / "queries.txt"
+    txt.write_text("cats\n")
+    for flag in ("--id-column", "--text-column"):
+        for queries, says in (([txt], f"{txt} is a .txt query file"), ([txt, "--query", "dogs"], f"{txt} is a .txt"),
+                              (["--query", "cats"], "--query texts have no columns")):
+            result = cli("score", *queries, index, flag, "no_such_column")
+            assert result.exit_code == 2 and f"{flag} 'no_such_column': {says}" in result.stderr, result.output
+    tsv = tmp_path / "queries.tsv"
+    tsv.write_text("qid\tquery\na\tcats\n")
+    found = cli("score", tsv, index, "--id-column", "qid", "--text-column", "query", "-f", "jsonl", "-k", 1)
+    assert found.exit_code == 0 and json.loads(found.stdout)["query_id"] == "a", found.output
+    jsonl = tmp_path / "queries.jsonl"
+    jsonl.write_text('{"qid": "a", "query": "cats"}\n')
+    both = cli("score", jsonl, index, "--query", "dogs", "--id-column", "qid", "--text-column", "query", "-f", "jsonl", "-k", 1)
+    assert both.exit_code == 0 and [json.loads(line)["query_id"] for line in both.stdout.splitlines()] == ["a", "q1"]
+
+
 def cats_and_dogs(cli, tmp_path, cats: str, dogs: str) -> Path:
     """An index of two documents, "cats" and "dogs", under the ids given."""
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": cats, "text": "cats"}, {"id": dogs, "text": "dogs"}])
