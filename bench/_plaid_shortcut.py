@@ -6,9 +6,11 @@ token's codes are its pool vector's codes: the pool is coded once and each shard
 by lookup. k-means runs on the pool's distinct vectors (what a sample of the index would hold anyway).
 
 Then ``compress_index`` itself finishes the build through its resume path: it takes the codec named by
-``plaid/pending.json`` and every code file already on disk under its name, checks and lists them, and
-commits the manifest (``retrain``: on an index that already has a structure, the pending codec replaces
-it rather than the committed one being kept). Before that, the codes of a slice of the first shard are coded by the codec itself
+``plaid/pending.json`` and every code file already on disk under its name beside the record a coding run
+leaves (``write_coding_figures``: the file's sha256 and its tokens' residual norms, here every token coded
+from the pool), checks and lists them, and commits the manifest (``retrain``: on an index that already has a
+structure, the pending codec replaces it rather than the committed one being kept); the build stops if compress
+wrote any code file itself. Before that, the codes of a slice of the first shard are coded by the codec itself
 and must equal the assembled ones byte for byte. Use: ``bench/search.py --docs 1000000 --pool-codes``,
 where k-means and coding of ~56M tokens by ``compress`` would take hours on 2 cores.
 """
@@ -42,7 +44,7 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
     from tokembed.search.plaid.build import PENDING
     from tokembed.search.plaid.codec import KMEANS_ITERATIONS, KMEANS_SEED, codec_id, train
     from tokembed.search.plaid.codes import CODES_DIR, ShardCodes, codes_name, inverted_lists
-    from tokembed.search.plaid.files import write_tensors
+    from tokembed.search.plaid.files import write_coding_figures, write_tensors
     from tokembed.search.plaid.report import structure_facts
 
     started = time.perf_counter()
@@ -51,7 +53,7 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
     pool = np.concatenate(real).astype(np.float32)
     codec = _load_codec(Path(codec_file), k) if codec_file else train(pool, k, 2)
     trained = time.perf_counter()
-    pool_ids, pool_residuals, _ = codec.encode(pool)
+    pool_ids, pool_residuals, pool_norms = codec.encode(pool)
     data = codec.to_bytes()
     entry = {"file": f"{CODES_DIR}/codec-{codec_id(data)[:16]}.safetensors"}
     entry.update(write_tensors(folder / entry["file"], codec.tensors(), {"nbits": "2"}))
@@ -62,6 +64,7 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
                 + (f" (codec {Path(codec_file).name}, trained by an earlier build)" if codec_file else "")}
     atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "training": training}).encode())
     positions = pool_positions(real, index.rows, seed=1)
+    assembled_files = {}  # path -> inode: compress rewriting a file (temp, rename) gives it another
     for number, shard in enumerate(index.shards):
         rows = [next(positions) for _ in range(shard["rows"])]
         lengths = np.array([len(r) for r in rows], np.int64)
@@ -72,10 +75,13 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
         offsets, lists = inverted_lists(ids, lengths, k)
         codes = ShardCodes(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ids, residuals, offsets, lists,
                            codec.id_bits)
-        codes.write(folder / codes_name(shard["sha256"], entry["sha256"]))
+        path = folder / codes_name(shard["sha256"], entry["sha256"])
+        write_coding_figures(path, len(ids), float(pool_norms[where].sum(dtype=np.float64)), codes.write(path))
+        assembled_files[path] = path.stat().st_ino
     assembled = time.perf_counter()
     summary = compress_index(folder, nbits=2, centroids=k, retrain=True)  # resumes: takes the codec and the code files
-    assert summary.coded_tokens == 0, "compress coded tokens itself: the assembled files were not taken"
+    recoded = [path.name for path, inode in assembled_files.items() if path.stat().st_ino != inode]
+    assert not recoded, f"compress coded {len(recoded)} shard(s) itself: the assembled files were not taken ({recoded[0]})"
     from _timing import peak_rss_mb
 
     return {"seconds": time.perf_counter() - started, "kmeans_seconds": trained - started,

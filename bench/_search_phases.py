@@ -158,6 +158,6 @@ def worker_pooled(folder: str, pooled: str, queries: str, truth_file: str, centr
         plaid_search(index, structure, [q], 10)
         latencies.append(time.perf_counter() - started)
     got = plaid_search(index, structure, qs, 10)
-    return {"tokens": index.tokens, "bytes_per_vector": facts["bytes_per_token"]["total"],
+    return {"tokens": index.tokens, "source_tokens": source.tokens, "bytes_per_vector": facts["bytes_per_token"]["total"],
             "bytes_per_token": facts["bytes"] / source.tokens, "p50_ms": 1000 * statistics.median(latencies),
             "recall10": recall(truth, got, 10), "recall10_ties": recall_with_ties(truth, scores, got), "pool_seconds": pool_seconds}

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from pathlib import Path
 
 
-def report(main_dir: Path, r: dict) -> None:
-    manifest = json.loads((main_dir / "manifest.json").read_text())
-    tokens, rows = manifest["totals"]["tokens"], manifest["totals"]["rows"]
-    vector_bytes = manifest["totals"]["bytes"] / tokens
+def report(r: dict) -> None:
+    """``r``: the phases' results; ``r["index"]``: the main index the phases before ``incremental`` measured."""
+    tokens, rows = r["index"]["tokens"], r["index"]["rows"]
+    vector_bytes = r["index"]["bytes"] / tokens
     compress, exact, search = r["compress"], r["exact"], r.get("search", {"grid": [], "peak_rss_mb": float("nan")})
     per = compress["facts"]["bytes_per_token"]
-    print(f"index: {rows} documents, {tokens} tokens, dim {manifest['dim']} (spans of real MiniLM token vectors)")
+    print(f"index: {rows} documents, {tokens} tokens, dim {r['index']['dim']} (spans of real MiniLM token vectors)")
     how = _build_kind(compress)
     print(f"build nbits 2, {compress['centroids']} centroids by {how}: {compress['seconds']:.1f} s, peak RSS {compress['peak_rss_mb']:.0f} MB")
     print(f"bytes/token: vectors (Arrow shards) {vector_bytes:.1f}; structure {per['total']:.2f} = " + ", ".join(f"{k} {v}" for k, v in per.items() if k != "total"))
@@ -44,7 +43,7 @@ def report(main_dir: Path, r: dict) -> None:
         print(f"a batch of 100 on all cores, {who}: peak PSS {cores['batch_tree_pss_mb']:.0f} MB")
     if "pooled" in r:
         pooled = r["pooled"]
-        print(f"pool factor 2: {pooled['tokens']} vectors for {tokens} tokens; structure {pooled['bytes_per_vector']:.2f} B per stored vector = "
+        print(f"pool factor 2: {pooled['tokens']} vectors for {pooled['source_tokens']} tokens; structure {pooled['bytes_per_vector']:.2f} B per stored vector = "
               f"{pooled['bytes_per_token']:.2f} B per original token; the defaults: p50 {pooled['p50_ms']:.1f} ms, "
               f"R@10 vs the unpooled exact scan {pooled['recall10']:.3f} (ties {pooled['recall10_ties']:.3f}); pooling {pooled['pool_seconds']:.0f} s")
     if "voyager" in r:

@@ -30,7 +30,9 @@ the 10th best counts: overlapping spans of the same vectors tie often, and the s
 among the scan's top 100 only; and "tied", every returned document scored again exactly (float64, from the
 stored vectors, in a worker of its own), so that which of more than 100 tied documents a search returns, which
 the last bits of its float32 products decide, does not move the figure.
-``--work DIR --reuse`` runs the phases again on an index already written and compressed there. ``--seed DIR
+``--work DIR --reuse`` runs the phases again on an index already written and compressed there; its exact
+top-100 (truth.json) is computed again where the index's shards are no longer those it was computed on (the
+``incremental`` phase replaces 1% of the documents in place). ``--seed DIR
 --codec FILE --pool-codes --no-exact`` rebuilds an earlier run's index and structure elsewhere without the model,
 encoding or faiss, and times the search only (``bench/gpu_search.sh``, for a lent GPU machine).
 
@@ -42,6 +44,7 @@ for the structure (PLAID's and WARP's anchors are single-threaded), then the def
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -92,6 +95,7 @@ def worker_exact(folder: str, queries: str) -> dict:
     from tokembed.search import search_vectors
 
     qs = list(np.load(queries, allow_pickle=True))
+    shards = shards_digest(json.loads((Path(folder) / "manifest.json").read_text()))  # what the truth is of
     started = time.perf_counter()
     hits = search_vectors(folder, qs, top_k=100, exact=True)
     batched = time.perf_counter() - started
@@ -101,7 +105,7 @@ def worker_exact(folder: str, queries: str) -> dict:
         search_vectors(folder, [q], top_k=10, exact=True)
         single.append(time.perf_counter() - started)
     return {"truth": [[h.id for h in row] for row in hits], "truth_scores": [[h.score for h in row] for row in hits], "batched_seconds": batched, "single_seconds": single,
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(), "index_shards": shards}
 
 
 def worker_search(folder: str, queries: str, truth_file: str, grid: str, device: str = "none") -> dict:
@@ -235,7 +239,8 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=1500, help="real docstrings encoded once")
     parser.add_argument("--work", type=Path, default=None, help="keep the data here (default: a temp folder)")
     parser.add_argument("--reuse", action="store_true",
-                        help="--work already holds a compressed main index (and compress.json): skip writing and compressing it")
+                        help="--work already holds a compressed main index (and compress.json): skip writing and compressing it; "
+                        "the exact truth is kept while the index's shards are those it was computed on")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--centroids", type=int, default=4096,
                         help="k-means centroids (0: colbert-ai's rule, 65536 at 1M documents: hours of k-means and coding on 2 cores)")
@@ -302,12 +307,13 @@ def run_phases(args: argparse.Namespace, root: Path, phases: set[str]) -> None:
             results["compress"] = run_worker("compress", main_dir, args.centroids)
         (root / "compress.json").write_text(json.dumps(results["compress"]))
     truth = "" if args.no_exact else root / "truth.json"
-    if truth and not (args.reuse and truth.exists()):
+    if truth and not (args.reuse and truth_to_keep(root, main_dir)):
         exact = run_worker("exact", main_dir, queries)
         truth.write_text(json.dumps(exact.pop("truth")))
         truth.with_suffix(".scores.json").write_text(json.dumps(exact.pop("truth_scores")))
         (root / "exact.json").write_text(json.dumps(exact))
     results["exact"] = json.loads((root / "exact.json").read_text()) if truth else None
+    results["index"] = index_figures(main_dir)  # the index the phases measure: ``incremental`` (last) changes it
     if "search" in phases:  # one thread, as the anchors
         one_thread = parse_grid(args.grid) if args.grid else GRID
         cores = parse_grid(args.cores_grid) if args.cores_grid else GRID[DEFAULTS : DEFAULTS + 1]
@@ -322,8 +328,7 @@ def run_phases(args: argparse.Namespace, root: Path, phases: set[str]) -> None:
     if "pooled" in phases:
         shutil.rmtree(root / "pooled", ignore_errors=True)
         results["pooled"] = run_worker("pooled", main_dir, root / "pooled", queries, truth, args.centroids)
-    tokens = json.loads((main_dir / "manifest.json").read_text())["totals"]["tokens"]
-    if "voyager" in phases and tokens <= args.voyager_max_tokens:
+    if "voyager" in phases and results["index"]["tokens"] <= args.voyager_max_tokens:
         try:
             results["voyager"] = run_worker("voyager", main_dir, queries, truth)
         except RuntimeError as exc:
@@ -335,7 +340,33 @@ def run_phases(args: argparse.Namespace, root: Path, phases: set[str]) -> None:
     if "incremental" in phases:  # last: it replaces the main index's generation in place
         results["incremental"] = run_worker("incremental", main_dir, real_file, queries, truth, results["compress"]["seconds"])
     (root / "results.json").write_text(json.dumps(results))  # the figures, should the report below fail
-    report(main_dir, results)
+    report(results)
+
+
+def shards_digest(manifest: dict) -> str:
+    """What the exact truth depends on: the index's shards (their sha256s), not its search structure."""
+    return hashlib.sha256(" ".join(shard["sha256"] for shard in manifest["shards"]).encode()).hexdigest()
+
+
+def truth_to_keep(root: Path, main_dir: Path) -> bool:
+    """Whether ``--reuse`` keeps ``root``'s truth.json: only where it was computed on the main index's present
+    shards (exact.json records them); where one of other shards is there (an ``incremental`` phase replaced
+    documents since, or a run before that record), says that the scan runs again."""
+    try:
+        recorded = json.loads((root / "exact.json").read_text()).get("index_shards")
+    except (OSError, ValueError):
+        recorded = None
+    current = (root / "truth.json").exists() and recorded == shards_digest(json.loads((main_dir / "manifest.json").read_text()))
+    if not current and (root / "truth.json").exists():
+        print(f"{root / 'truth.json'}: not computed on the index's present shards (an incremental phase replaces "
+              "documents in place), or by a run that did not record them: the exact scan runs again")
+    return current
+
+
+def index_figures(main_dir: Path) -> dict:
+    """Rows, tokens, vector bytes and dim of the main index as it is now (the report's ``index:`` line)."""
+    manifest = json.loads((main_dir / "manifest.json").read_text())
+    return {**{key: manifest["totals"][key] for key in ("rows", "tokens", "bytes")}, "dim": manifest["dim"]}
 
 
 if __name__ == "__main__":
