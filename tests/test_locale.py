@@ -98,6 +98,70 @@ def test_the_library_refuses_a_name_the_locale_would_misread(tmp_path, checkpoin
     assert sorted(read_index(tmp_path / "idx")) == sorted(DOCUMENTS)
 
 
+# Run under NOT_UTF8 and in UTF-8 mode: each call with names a library caller writes (escapes keep the code ASCII).
+_CELLS_AND_MODEL = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from tokembed import EncodeJob, encode_corpus\n"
+    "from tokembed.errors import UsageError\n"
+    "from tokembed.models import resolve_model\n"
+    "from tokembed.sources import SourceOptions, open_sources\n"
+    "root = Path(sys.argv[1])\n"
+    "def rows(cell):\n"
+    "    return [i.error for c in open_sources([root / f'{cell}.jsonl'], SourceOptions(modality='image')) for i in c]\n"
+    "calls = [lambda cell=cell: rows(cell) for cell in ('image', 'video', 'pdf')]\n"
+    "calls.append(lambda: resolve_model(str(root / 'b\\u00ebrt-\\u6a21\\u578b')).name)\n"
+    "if sys.argv[2:]:\n"
+    "    calls.append(lambda: encode_corpus(EncodeJob([str(root / 'r\\u00e9sum\\u00e9.txt')], str(root / 'idx'))))\n"
+    "for call in calls:\n"
+    "    try:\n"
+    "        print('TAKEN', ascii(call()))\n"
+    "    except UsageError as exc:\n"
+    "        print('REFUSED', str(exc).encode('ascii', 'backslashreplace').decode(), exc.hint)\n"
+)
+
+
+def test_the_library_refuses_path_cells_and_a_model_folder_the_locale_would_misread(tmp_path, checkpoint_store):
+    """Were an image, video or PDF that is there 'not found' (under ``on_error="skip"`` every such row dropped,
+    added 0), or a UnicodeEncodeError (also for an input, from the refusal's own lookup); and a checkpoint folder
+    that is there ModelNotFoundError 'no such checkpoint folder'."""
+    import shutil
+
+    from PIL import Image
+    from pdfs import image_pdf
+
+    for folder in ("imgs-ü", "vids-é", "docs-ö"):
+        (tmp_path / folder).mkdir()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(tmp_path / "imgs-ü" / "páge.png")
+    (tmp_path / "vids-é" / "clîp.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # refused before it is probed
+    image_pdf(tmp_path / "docs-ö" / "résumé.pdf", [(0, 200, 0)])
+    for cell, value in (("image", "imgs-ü/páge.png"), ("video", "vids-é/clîp.mp4"), ("pdf", "docs-ö/résumé.pdf")):
+        write_jsonl(tmp_path / f"{cell}.jsonl", [{"id": cell, "image": value}])
+    shutil.copytree(checkpoint_store("pylate_bert"), tmp_path / "bërt-模型")
+    (tmp_path / "résumé.txt").write_text("bonjour", encoding="utf-8")
+    tests = os.path.dirname(__file__)
+    env = {**NOT_UTF8, "PYTHONPATH": os.pathsep.join([tests, os.path.dirname(tests)])}
+
+    def child(env, *more):
+        done = subprocess.run([sys.executable, "-c", _CELLS_AND_MODEL, str(tmp_path), *more], capture_output=True,
+                              encoding="utf-8", errors="backslashreplace", env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    refused = child(env, "with the input")
+    assert len(refused) == 5 and all(line.startswith("REFUSED") and "this locale (C) reads file names as" in line
+                                     and "PYTHONUTF8=1" in line for line in refused), refused
+    assert "image.jsonl row 0: image file '" in refused[0] and "imgs-\\xfc/p\\xe1ge.png'" in refused[0]
+    assert "video.jsonl row 0: video file" in refused[1] and "pdf.jsonl row 0: PDF file" in refused[2]
+    assert refused[3].startswith("REFUSED --model ") and refused[4].startswith("REFUSED inputs[0] ")
+    assert not (tmp_path / "idx").exists()
+
+    taken = child({**env, "PYTHONUTF8": "1"})  # the same names in UTF-8 mode: the files are there
+    assert taken[0] == "TAKEN [None]" and taken[2] == "TAKEN [None]", taken
+    assert taken[1].startswith("TAKEN [") and "not found" not in taken[1], taken  # the bytes are no video: a bad row
+    assert taken[3].startswith("TAKEN '") and taken[3].endswith("b\\xebrt-\\u6a21\\u578b'"), taken
+
+
 def _ascii_stdout(monkeypatch) -> io.TextIOWrapper:
     """Standard output as ``PYTHONIOENCODING=ascii`` (or a Latin-1 terminal, for CJK ids) makes it."""
     stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")

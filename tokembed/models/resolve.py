@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from tokembed.errors import ModelError, ModelNotFoundError, UsageError
+from tokembed.locale_names import refuse_misread_path
 from tokembed.models.hub import hub_snapshot, never_read
 
 DEMO_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -122,6 +123,8 @@ def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) 
     if not name.strip():
         raise UsageError("--model is empty: give a checkpoint folder or a hub id", hint="an unset shell variable?")
     path = Path(name).expanduser()
+    if not name.isascii() or path.is_dir():  # a hub id is ASCII; a folder's resolved path goes into the manifest
+        refuse_misread_path(path, what, becomes="a folder that is not there, another path in the index's manifest")
     if path.is_dir():
         _refuse_folder_revision(f"{what} {name!r}", path, revision, revision_flag)
         refuse_broken_links(path, hint="restore the files they link to, or copy the checkpoint again")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokembed.locale_names import refuse_misread_cell
 from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked, read_digest
 from tokembed.sources.files import folder_files, special_file_problem
@@ -213,22 +214,23 @@ def _unsigned_32(image) -> bool:
 # -- values of an image column ----------------------------------------------------------------------
 
 
-def image_from_value(value: Any, base: Path, max_pixels: int) -> DecodedImage:
-    """Decode one image-column value: bytes, a path (relative to ``base``), a data URI, or ``{bytes, path}``."""
+def image_from_value(value: Any, base: Path, max_pixels: int, where: str) -> DecodedImage:
+    """Decode one image-column value: bytes, a path (relative to ``base``), a data URI, or ``{bytes, path}``;
+    ``where``: the row's location, which a path the locale would misread names (``UsageError``)."""
     if value is None:
         raise ImageDecodeError("null image")
     if isinstance(value, dict):
         if value.get("bytes") is not None:
-            return image_from_value(_struct_bytes(value["bytes"]), base, max_pixels)
+            return image_from_value(_struct_bytes(value["bytes"]), base, max_pixels, where)
         if value.get("path"):
-            return image_from_value(str(value["path"]), base, max_pixels)
+            return image_from_value(str(value["path"]), base, max_pixels, where)
         raise ImageDecodeError("image struct has neither bytes nor path")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return decode_image(bytes(value), max_pixels)
     if isinstance(value, str):
         if value.startswith("data:"):
             return decode_image(_data_uri(value), max_pixels)
-        return decode_image(_read_file(value, base), max_pixels)
+        return decode_image(_read_file(value, base, where), max_pixels)
     raise ImageDecodeError(f"image is {type(value).__name__}, not bytes, a path or {{bytes, path}}")
 
 
@@ -259,10 +261,11 @@ def _data_uri(value: str) -> bytes:
         raise ImageDecodeError("data URI image is not valid base64") from None
 
 
-def _read_file(value: str, base: Path) -> bytes:
+def _read_file(value: str, base: Path, where: str) -> bytes:
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = base / path
+    refuse_misread_cell(path, f"{where}: image file")
     if problem := special_file_problem(path):  # a FIFO would block the read forever
         raise ImageDecodeError(f"image file {value}: {problem}")
     try:
@@ -348,7 +351,7 @@ def attach_image(item: Item, value: Any, base: Path, max_pixels: int, either: bo
     if value is None and either:
         return item
     try:
-        decoded = image_from_value(value, base, max_pixels)
+        decoded = image_from_value(value, base, max_pixels, item.location)
     except ImageDecodeError as exc:
         return replace(item, error=str(exc))
     warn_pages_left(f"{item.location} (id {item.id!r})", decoded)

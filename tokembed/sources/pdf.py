@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import UsageError
+from tokembed.locale_names import refuse_misread_cell
 from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, unicode_problem
 from tokembed.sources.files import folder_files, special_file_problem
@@ -323,4 +324,6 @@ def row_pages(item: Item, value: Any, base: Path, options: SourceOptions) -> Ite
         reason = "null PDF" if value is None else f"the {options.pdf_column!r} value is not a PDF (bytes, a .pdf path or {{bytes, path}})"
         yield Item(item.id, None, item.source, item.row, error=reason)
         return
+    if isinstance(pdf, Path):
+        refuse_misread_cell(pdf, f"{item.location}: PDF file")
     yield from pdf_pages(pdf, item.id, item.source, item.row, options)

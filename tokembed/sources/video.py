@@ -28,6 +28,7 @@ import numpy as np
 
 from tokembed.errors import BadInputError
 from tokembed.index.atomic import sha256_file
+from tokembed.locale_names import refuse_misread_cell
 from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked, read_digest
 from tokembed.sources.files import folder_files
@@ -329,6 +330,7 @@ def video_from_value(value: Any, base: Path, name: str, max_pixels: int | None =
     if isinstance(value, str):
         path = Path(value).expanduser()
         path = path if path.is_absolute() else base / path
+        refuse_misread_cell(path, f"{name}: video file")
         if problem := special_file_problem(path):
             raise VideoDecodeError(f"video file {value}: {problem}")
         if not path.is_file():
