@@ -24,7 +24,7 @@ def run_in_utf8_mode() -> None:
     if names_read_as_utf8() or os.environ.get("PYTHONUTF8") == "1" or not sys.executable:
         return
     before = os.environ.get("PYTHONUTF8")
-    os.environ["PYTHONUTF8"] = "1"  # the environment too: worker processes and Ray actors read names alike
+    os.environ["PYTHONUTF8"] = "1"  # the environment too: worker processes read names alike (Ray actors: actor_env)
     try:
         os.execv(sys.executable, [sys.orig_argv[0], "-X", "utf8", *sys.orig_argv[1:]])
     except OSError:

@@ -38,12 +38,23 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """HOST:PORT of a one-node, 2-CPU Ray cluster on 127.0.0.1, stopped (its whole process group) afterwards."""
+    yield from _one_node_cluster(tmp_path_factory, os.environ)
+
+
+@pytest.fixture
+def c_locale_cluster(tmp_path_factory):
+    """Another, for one test, started where file names are read as ASCII (a cron line's ``LC_ALL=C`` with
+    ``PYTHONUTF8=0``): its actors' interpreters start with that environment."""
+    yield from _one_node_cluster(tmp_path_factory, {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"})
+
+
+def _one_node_cluster(tmp_path_factory, environ):
     port = _free_port()
     log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "w")
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-        env={**os.environ, **LOOPBACK}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**environ, **LOOPBACK}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"127.0.0.1:{port}"
     try:
@@ -241,6 +252,19 @@ def test_more_cpu_actors_than_cores_share_them_and_stdout_holds_only_the_summary
     assert "Task ChunkWorker.encode failed" in result.stderr  # the cluster's line about the killed actor
     assert json.loads(result.stdout)["rows"] == 60  # one JSON document, nothing else
     assert_same_rows(out, local)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_actors_of_a_cluster_started_under_lc_all_c_read_a_name_as_the_driver_does(work, c_locale_cluster, tmp_path):
+    """Actors' interpreters started with `ray start`'s ``LC_ALL=C PYTHONUTF8=0`` and encoded ``idx-é`` as ASCII:
+    exit 9 "the index's staging folder .../idx-é/staging is not there" (a video ``clîp.mp4``: exit 3)."""
+    corpus, _, model, local, _ = work
+    out = tmp_path / "idx-é"
+    result = ray_encode(corpus, out, c_locale_cluster, "--devices", "cpu", model=model)
+    assert result.returncode == 0, result.stderr
+    assert shard_digests(out) == shard_digests(local)
+    assert not (out / "staging").exists()
 
 
 def ray_encode_from(folder, *args, cluster):

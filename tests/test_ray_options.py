@@ -1,10 +1,11 @@
-"""The Ray engine's pieces in process, without Ray or a cluster: a chunk worker stages exactly the local rows,
-a full disk under a staged chunk, ranges of a chunk's batches, ``--ray-address`` / ``RAY_ADDRESS`` forms, the
-staging folder and path variables the actors get, and the actor plan for ``--devices`` (``ray.nodes`` faked).
-The cluster tests are in ``test_ray_engine.py``."""
+"""The Ray engine's pieces in process, without a cluster (``ray.remote`` faked where an actor starts): a chunk
+worker stages exactly the local rows, a full disk under a staged chunk, ranges of a chunk's batches,
+``--ray-address`` / ``RAY_ADDRESS`` forms, the staging folder, path variables and UTF-8 mode the actors get, and
+the actor plan for ``--devices`` (``ray.nodes`` faked). The cluster tests are in ``test_ray_engine.py``."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +168,58 @@ def test_the_staging_folder_and_path_variables_reach_the_actors_absolute(monkeyp
     finally:
         runner.close()
     env = ray_runner.actor_env({"TOKEMBED_CACHE": "cache", "HF_HOME": "/abs/hf", "HF_HUB_OFFLINE": "1", "HOME": "/root"})
-    assert env == {"TOKEMBED_CACHE": str(tmp_path / "cache"), "HF_HOME": "/abs/hf", "HF_HUB_OFFLINE": "1"}
+    assert env == {"TOKEMBED_CACHE": str(tmp_path / "cache"), "HF_HOME": "/abs/hf", "HF_HUB_OFFLINE": "1", "PYTHONUTF8": "1"}
+
+
+def test_actors_start_in_utf8_mode_and_one_that_is_not_refuses_a_name_it_would_misread(monkeypatch, tmp_path):
+    """An actor's interpreter starts with the environment of `ray start`: under ``LC_ALL=C PYTHONUTF8=0`` it
+    encoded ``idx-é`` as ASCII (exit 9 "the index's staging folder .../idx-é/staging is not there", a false reason)
+    and could not open ``clîp.mp4`` (exit 3), whatever the driver's locale. Actors get ``PYTHONUTF8=1``; one that
+    still reads names otherwise (a worker started with ``-E``) says so, naming the node and the path."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tokembed.engine import ray as ray_runner
+    from tokembed.engine.ray_cluster import ActorPlan
+    from tokembed.errors import DeviceError
+    from tokembed.sources.video import Video
+
+    ray = pytest.importorskip("ray")
+    started = {}
+
+    class ActorClass:
+        def options(self, **options):
+            started.update(options)
+            return self
+
+        def remote(self, *args):
+            return object()
+
+    monkeypatch.setattr(ray_runner, "connect", lambda address: ("127.0.0.1:1", False))
+    monkeypatch.setattr(ray_runner, "plan_actors", lambda devices: ActorPlan(1, 1, 0, 1, spread=False))
+    monkeypatch.setattr(ray, "remote", lambda cls: ActorClass())
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: None)
+    spec = SimpleNamespace(fingerprint="f", weights_sha256="w", settings=None)
+    job = SimpleNamespace(output=tmp_path / "index", batch_tokens=64, devices="cpu", ray_address=None)
+    ray_runner.RayRunner(spec, job, encoder=None).close()
+    assert started["runtime_env"]["env_vars"]["PYTHONUTF8"] == "1"  # the env Ray starts the actor's interpreter with
+
+    monkeypatch.setattr(ray_runner, "names_read_as_utf8", lambda: False)
+    threads = torch.get_num_threads()
+    def spec_of(model):
+        return SimpleNamespace(model=model, flags=SimpleNamespace(base_model=None), load=lambda device: None)
+
+    with pytest.raises(DeviceError, match="node .*: /ck/bërt: this Ray actor reads file names as .*, not as UTF-8"):
+        ray_runner.ChunkWorker(spec_of("/ck/bërt"), 0, "cpu", threads).encode("k", ["text"], 64, str(tmp_path))
+    worker = ray_runner.ChunkWorker(spec_of("/ck/bert"), 0, "cpu", threads)
+    staging = tmp_path / "idx-é" / "staging"
+    with pytest.raises(DeviceError, match=re.escape(f"{staging}: this Ray actor reads file names as")) as raised:
+        worker.encode("k", ["text"], 64, str(staging))
+    assert "ray start" in raised.value.hint
+    video = Video("clîp.mp4", str(tmp_path / "clîp.mp4"), None, 1, 1.0, 2, 2, 0, 1)
+    with pytest.raises(DeviceError, match="clîp.mp4: this Ray actor reads file names as"):
+        worker.encode("k", [video], 64, str(tmp_path))
 
 
 def test_auto_leaves_out_a_head_without_cpus_and_cpu_n_is_bounded_as_locally(monkeypatch):

@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ import numpy as np
 from tokembed.engine.runner import ChunkPlan, ChunkResult, DeviceStats, plan_chunk
 from tokembed.engine.ray_cluster import ActorPlan, connect, plan_actors
 from tokembed.errors import DeviceError, TokembedError
+from tokembed.locale_names import names_read_as_utf8
 from tokembed.models.steps import TextEncoder
 from tokembed.sources.video import Video
 
@@ -173,6 +175,7 @@ class ChunkWorker:
         self.restarted = _restarted()
         self.error: BaseException | None = None
         try:
+            refuse_misread_names(self.node, [spec.model, spec.flags.base_model])
             self.embedder = spec.load(device)
         except BaseException as exc:  # reported by the first chunk, as the error it is (a model error: exit 4)
             self.error = exc
@@ -185,6 +188,7 @@ class ChunkWorker:
         self._fault_point()
         if self.error is not None:
             raise self.error
+        refuse_misread_names(self.node, [staging, *(value.path for value in inputs if isinstance(value, Video))])
         folder = Path(staging)
         if not folder.is_dir():
             raise DeviceError(f"node {self.node}: the index's staging folder {folder} is not there: the index must be on storage every node shares")
@@ -223,8 +227,6 @@ class ChunkWorker:
 
 def _restarted() -> bool:
     """Whether this actor is a restarted one (False outside Ray)."""
-    import sys
-
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():  # get_runtime_context() would connect to a cluster itself
         return False
@@ -379,12 +381,30 @@ class RayRunner:
 
 def actor_env(environ) -> dict[str, str]:
     """The driver's variables an actor inherits, a relative path among them made absolute against the driver's
-    folder (an actor runs in the folder `ray start` ran in)."""
+    folder (an actor runs in the folder `ray start` ran in), and ``PYTHONUTF8=1``: an actor's interpreter starts
+    with the environment of the cluster's ``ray start``, whose locale (``LC_ALL=C``, ``LANG=en_US.ISO-8859-1``)
+    would encode a name as other bytes than the driver's (README "Paths": a name is its bytes taken as UTF-8)."""
     env = {key: value for key, value in environ.items() if key.startswith(_PASSED_ENV)}
     for key in _PATH_ENV:
         if env.get(key):
             env[key] = os.path.abspath(os.path.expanduser(env[key]))
+    env["PYTHONUTF8"] = "1"
     return env
+
+
+def refuse_misread_names(node: str, paths: Iterable[str | None]) -> None:
+    """``DeviceError`` where this actor reads file names otherwise than as UTF-8 (``PYTHONUTF8=1`` did not take:
+    a worker started with ``-E`` or ``-X utf8=0``) and one of ``paths`` is not ASCII: it would open another file,
+    or none (a staging folder "not there", a video that cannot be decoded)."""
+    if names_read_as_utf8():
+        return
+    for path in paths:
+        if path is not None and not path.isascii():
+            raise DeviceError(
+                f"node {node}: {path}: this Ray actor reads file names as {sys.getfilesystemencoding()}, not as UTF-8: "
+                "it would open another file, or none",
+                hint="start the cluster (ray start) in a UTF-8 locale, or with PYTHONUTF8=1",
+            )
 
 
 def _first_line(exc: BaseException) -> str:
