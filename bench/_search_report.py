@@ -20,7 +20,7 @@ def report(r: dict) -> None:
     print(f"  all-in with vectors {vector_bytes + per['total']:.1f} B/token; without vectors {per['total']:.2f} B/token + ids/offsets")
     single = statistics.median(exact["single_seconds"]) if exact else None
     if exact:
-        print(f"exhaustive: p50 {1000 * single:.1f} ms/query one at a time, {100 / exact['batched_seconds']:.2f} queries/s batched (100), peak RSS {exact['peak_rss_mb']:.0f} MB")
+        print(exhaustive_line(exact, single))
     else:
         print("exhaustive scan skipped (--no-exact): no recall, no speedup")
     print(f"structure search on 1 thread, warm (index opened once), candidate stages: {search.get('device', 'numpy on the CPU')}:")
@@ -32,7 +32,7 @@ def report(r: dict) -> None:
               f"{row['qps_batched']:>7.1f} {_figure(row['recall10']):>6} {_figure(row['recall10_ties']):>6} {_figure(row.get('recall10_exact_ties')):>6} {_figure(row['recall100']):>6} "
               f"{_speedup(single, row):>8}")
     for row in r.get("search_cores", {"grid": []})["grid"]:
-        print(f"the same on all {os.cpu_count()} cores (one query's products threaded over them), probe {row['probe']}, "
+        print(f"the same with all {os.cpu_count()} cores ({_on_all_cores(r['search_cores'])}), probe {row['probe']}, "
               f"candidates {_candidates(row)}, {row['rerank']}: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms (first pass {row['first_p50_ms']:.1f}), "
               f"{row['qps_batched']:.1f} q/s batched{_kind_of_batch(row)}{_first_call(row)}, R@10 {_figure(row['recall10'])} (ties {_figure(row['recall10_ties'])}, tied {_figure(row.get('recall10_exact_ties'))}), {_speedup(single, row)} the exhaustive p50")
     print(f"search peak RSS {search['peak_rss_mb']:.0f} MB (structure {compress['facts']['bytes'] / 2**20:.0f} MB, "
@@ -40,7 +40,7 @@ def report(r: dict) -> None:
     cores = r.get("search_cores", {})
     if "batch_tree_pss_mb" in cores:
         who = "this process and its query processes together" if cores["grid"][-1].get("query_processes") else "this process"
-        print(f"a batch of 100 on all cores, {who}: peak PSS {cores['batch_tree_pss_mb']:.0f} MB")
+        print(f"a batch of {queries(cores)} on all cores, {who}: peak PSS {cores['batch_tree_pss_mb']:.0f} MB")
     if "pooled" in r:
         pooled = r["pooled"]
         print(f"pool factor 2: {pooled['tokens']} vectors for {pooled['source_tokens']} tokens; structure {pooled['bytes_per_vector']:.2f} B per stored vector = "
@@ -59,6 +59,18 @@ def report(r: dict) -> None:
         print(f"incremental run, {incremental['changed_docs']} documents (1%) replaced: structure refresh {incremental['seconds']:.2f} s "
               f"= {100 * incremental['seconds'] / incremental['full_compress_seconds']:.1f}% of {_full_build(compress)} "
               f"(coded {incremental['coded_tokens']}, carried {incremental['carried_tokens']} tokens), peak RSS {incremental['peak_rss_mb']:.0f} MB")
+
+
+def exhaustive_line(exact: dict, single: float) -> str:
+    """The exhaustive scan's figures: the batch's rate over the queries it had (fewer than 100 where --real left fewer)."""
+    count = queries(exact)
+    return (f"exhaustive: p50 {1000 * single:.1f} ms/query one at a time, {count / exact['batched_seconds']:.2f} queries/s "
+            f"batched ({count}), peak RSS {exact['peak_rss_mb']:.0f} MB")
+
+
+def queries(figures: dict) -> int:
+    """How many queries a worker ran: 100 but where ``--real`` left fewer; 100 in figures of runs that did not count them."""
+    return figures.get("queries", 100)
 
 
 def _figure(value: float | None) -> str:
@@ -82,6 +94,15 @@ def _build_kind(compress: dict) -> str:
 def _full_build(compress: dict) -> str:
     """What the incremental refresh's time is a share of: a real compress, or only the pool-codes shortcut's build."""
     return "the pool-codes build's time (a shortcut, not a full compress)" if "pool_tokens" in compress else "the full compress"
+
+
+def _on_all_cores(cores: dict) -> str:
+    """What the run with every core measures: a query alone runs in the caller's thread with torch's OpenMP on one
+    thread (``tokembed/search/plaid/threads.py``), so only the batch spreads over the cores."""
+    device = cores.get("device", "")
+    alone = f"candidate stages {device}" if device.startswith("torch on") else (
+        "torch's products on one OpenMP thread" if "torch" in device else "numpy's BLAS on its own threads")
+    return f"one query at a time: in the caller's thread, {alone}; batched: one query per core"
 
 
 def _kind_of_batch(row: dict) -> str:

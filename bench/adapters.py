@@ -68,13 +68,14 @@ def load_embedder(path: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256, help="hidden size of the random ColQwen2 base (default 256)")
+    parser.add_argument("--layers", type=int, default=4, help="language-model layers of the random ColQwen2 base (default 4)")
     parser.add_argument("--repeat", type=int, default=2, help="passes over sample_data/images per encode pass")
-    parser.add_argument("--passes", type=int, default=5)
-    parser.add_argument("--loads", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=5,
+                        help="alternating encode passes per side, median and best printed (default 5; with --serve also its rounds)")
+    parser.add_argument("--loads", type=int, default=3, help="timed loads of each checkpoint, median printed (default 3)")
     parser.add_argument("--serve", action="store_true", help="also time serve --lora-modules (two adapters vs one)")
-    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--requests", type=int, default=256, help="with --serve: concurrent one-text requests per round (default 256)")
     args = parser.parse_args()
 
     import torch

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -89,7 +90,10 @@ class Case:
         self.passes.append({"seconds": seconds, "tokens_per_s": real / seconds, "useful": real / computed, "devices": per_device})
 
     def median(self) -> dict:
-        return sorted(self.passes, key=lambda p: p["seconds"])[len(self.passes) // 2]
+        """Each figure's median over the passes (an even count: the mean of the middle two), per device too."""
+        devices = {label: {key: statistics.median(p["devices"][label][key] for p in self.passes) for key in figures}
+                   for label, figures in self.passes[0]["devices"].items()}
+        return {key: statistics.median(p[key] for p in self.passes) for key in ("seconds", "tokens_per_s", "useful")} | {"devices": devices}
 
     def close(self) -> None:
         self.runner.close()
@@ -126,10 +130,10 @@ def device_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--docs", type=int, default=1200)
-    parser.add_argument("--batch-tokens", type=int, default=16384)
-    parser.add_argument("--chunk-rows", type=int, default=256)
-    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--docs", type=int, default=1200, help="real docstrings encoded per pass (default 1200)")
+    parser.add_argument("--batch-tokens", type=int, default=16384, help="each case's --batch-tokens (default 16384)")
+    parser.add_argument("--chunk-rows", type=int, default=256, help="rows per chunk fed to the runner, as encode reads them (default 256)")
+    parser.add_argument("--passes", type=int, default=3, help="interleaved passes per case, median printed (default 3)")
     parser.add_argument("--gpu-only", action="store_true", help="on a CUDA box, leave out the CPU case (its "
                         "spinning OpenMP threads can slow the host side of the GPU cases that follow it)")
     args = parser.parse_args()

@@ -189,9 +189,9 @@ def cold_processes(corpus: Path, model_path: Path, work: Path, repeats: int, tok
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=1200)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument("--docs", type=int, default=1200, help="real docstrings in the corpus (default 1200)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per side, median printed (default 3)")
+    parser.add_argument("--batch-tokens", type=int, default=16384, help="tokembed's --batch-tokens (default 16384)")
     parser.add_argument("--no-process", action="store_true", help="skip the whole-process timings")
     parser.add_argument("--bf16", action="store_true",
                         help="time bfloat16 even on a CPU without bfloat16 instructions (emulated there: ~6x slower)")

@@ -59,8 +59,8 @@ def read_rate(folder: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pages", type=int, default=120)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pages", type=int, default=120, help="generated page images, half PNG, half JPEG (default 120)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating reads per thread count, median printed (default 3)")
     args = parser.parse_args()
     import tokembed.sources.images as images
 

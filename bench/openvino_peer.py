@@ -108,9 +108,10 @@ def agreement(reference, other, batches) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=1200)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--docs", type=int, default=1200, help="real docstrings in the batches (default 1200)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating forwards over all batches per side, median printed (default 3)")
+    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[4096, 16384],
+                        help="padded-token budgets of the batches, each timed in turn (default 4096 16384)")
     args = parser.parse_args()
     try:
         import openvino as ov

@@ -133,10 +133,10 @@ def whole_run(pdf: Path, model: str, out: Path, dpi: float, workers: int = 0) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pages", type=int, default=100)
-    parser.add_argument("--dpi", type=float, default=144.0)
+    parser.add_argument("--pages", type=int, default=100, help="pages of the generated PDF (default 100)")
+    parser.add_argument("--dpi", type=float, default=144.0, help="render resolution, as encode's --pdf-dpi (default 144)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="--pdf-workers counts to time beside 0")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per timed stage, median (whole runs: fastest) printed (default 3)")
     parser.add_argument("--model", help="a vision checkpoint folder; default: the tests' tiny random ColPali")
     args = parser.parse_args()
     if min(args.workers) < 1:

@@ -176,12 +176,12 @@ def chunked(items: list, rows: int) -> list[list]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=1200)
-    parser.add_argument("--chunk-rows", type=int, default=256)
-    parser.add_argument("--batch-tokens", type=int, default=8192)
-    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--docs", type=int, default=1200, help="real docstrings of the text part (default 1200)")
+    parser.add_argument("--chunk-rows", type=int, default=256, help="rows per chunk of the text part, as encode reads them (default 256)")
+    parser.add_argument("--batch-tokens", type=int, default=8192, help="--batch-tokens of the text part (default 8192)")
+    parser.add_argument("--passes", type=int, default=3, help="interleaved passes per case, median printed (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="CPU workers / actors of each engine")
-    parser.add_argument("--image-repeat", type=int, default=6)
+    parser.add_argument("--image-repeat", type=int, default=6, help="times the images part repeats sample_data/images' pages (default 6)")
     parser.add_argument("--ray-address", default=None, help="an existing cluster; default: start a loopback one")
     parser.add_argument("--part", choices=("all", "text", "images"), default="all")
     args = parser.parse_args()

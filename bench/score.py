@@ -199,17 +199,25 @@ def normal_mode(root: Path, tokens: int, n_queries: int, runs: int, top_k: int, 
     print(f"speedup: {reference['seconds'] / ours['seconds']:.2f}x")
 
 
-def big_mode(root: Path, n_queries: int, runs: int, top_k: int) -> None:
+def big_mode(root: Path, n_queries: int, runs: int, top_k: int, device: str = "cpu") -> None:
     folder = root / "big"
     start = time.perf_counter()
     manifest = build_index(folder, 8_500_000, 128)
     totals = manifest["totals"]
     print(f"big index: {totals['rows']} docs, {totals['tokens']} tokens, {len(manifest['shards'])} shards, "
           f"{totals['bytes'] / 2**30:.2f} GiB on disk (built in {time.perf_counter() - start:.1f} s)")
-    ours = run_worker("tokembed", folder, n_queries, runs, top_k)
+    ours = run_worker("tokembed", folder, n_queries, runs, top_k, device)
     report("tokembed", ours, n_queries, n_queries * 32, totals["tokens"])
-    print(f"peak RSS {ours['peak_rss_mb']:.0f} MB while scanning {totals['bytes'] / 2**20:.0f} MiB "
-          f"(default --block-tokens 262144: a {262144 * 128 * 4 >> 20} MiB float32 block buffer)")
+    print(f"peak RSS {ours['peak_rss_mb']:.0f} MB while scanning {totals['bytes'] / 2**20:.0f} MiB on {device} "
+          f"(default --block-tokens 262144: {_block_buffer(device)})")
+
+
+def _block_buffer(device: str) -> str:
+    """The scan's reusable host block (``tokembed/search/maxsim.py``): float32 on the CPU; on another device the
+    stored float16, upcast there."""
+    if device == "cpu":
+        return f"a {262144 * 128 * 4 >> 20} MiB float32 block buffer"
+    return f"a {262144 * 128 * 2 >> 20} MiB float16 block buffer on the host, upcast on {device}"
 
 
 def main() -> None:
@@ -217,11 +225,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1_000_000, help="document tokens of the normal index")
     parser.add_argument("--queries", type=int, default=None, help="default 100 (10 with --big)")
     parser.add_argument("--runs", type=int, default=None, help="default 3 (1 with --big)")
-    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--top-k", type=int, default=10, help="hits per query (default 10)")
     parser.add_argument("--big", action="store_true", help="scan a >= 2 GB index (512 MiB shards) and report peak RSS")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the indexes (default: a temp dir)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: both sides score there (the reference's "
-                        "documents are moved to the GPU once, before timing; tokembed reads its shards per run)")
+                        "documents are moved to the GPU once, before timing; tokembed reads its shards per run; --big: tokembed alone)")
     parser.add_argument("--worker", choices=["tokembed", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -233,7 +241,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         if args.big:
-            big_mode(Path(tmp), args.queries, args.runs, args.top_k)
+            big_mode(Path(tmp), args.queries, args.runs, args.top_k, args.device)
         else:
             normal_mode(Path(tmp), args.tokens, args.queries, args.runs, args.top_k, args.device)
 

@@ -6,15 +6,16 @@
 Data: ``--real`` real docstrings are encoded once with the demo model (all-MiniLM-L6-v2, raw mode,
 ``--dimensions 128``: real token statistics at ColBERT's width); the benchmark's documents are random
 spans of those real token vectors (16-96 tokens each), written straight into an index (no encoding).
-Queries: 100 other docstrings' first lines, encoded with the same model (kind=query), 32 tokens at most.
+Queries: 100 other docstrings' first lines (fewer where ``--real`` leaves fewer: the standard library has ~2,900
+docstrings; the figures count the queries there were), encoded with the same model (kind=query), 32 tokens at most.
 
 Each phase runs in its own worker process, so each peak RSS is its own:
 
 * ``compress``: ``compress_index`` (nbits 2): build seconds, peak RSS, bytes/token per part.
-* ``exact``: the exhaustive scan, 100 queries batched (the ground truth, top-100) and 5 one at a time.
+* ``exact``: the exhaustive scan, the queries batched (the ground truth, top-100) and 5 one at a time.
 * ``search``: the structure, opened once (warm steady state): per (probe, candidates) p50/p95 latency one
   query at a time on a second pass over the queries (the first pass, whose candidates' vectors may come from
-  disk where the page cache does not hold them, is printed as "1st p50"), queries/s for 100 queries in one call (the median of three calls after a first; on several cores also on query threads instead of
+  disk where the page cache does not hold them, is printed as "1st p50"), queries/s for all the queries in one call (the median of three calls after a first; on several cores also on query threads instead of
   forked query processes, alternating), recall@10/@100 against exact; re-ranking from the
   stored vectors and from the codes only (compressed-only).
 * ``pooled``: the same documents pooled with factor 2 (``encode --pool-factor 2``'s function), compressed,
@@ -37,8 +38,10 @@ top-100 (truth.json) is computed again where the index's shards are no longer th
 encoding or faiss, and times the search only (``bench/gpu_search.sh``, for a lent GPU machine).
 
 Latencies are the search part alone (vectors in, hits out; query encoding excluded), warm, one BLAS thread
-for the structure (PLAID's and WARP's anchors are single-threaded), then the defaults again on all cores
-(the issue's bar), the default threads for the exhaustive scan. Prints, asserts nothing.
+for the structure (PLAID's and WARP's anchors are single-threaded), then the defaults again with all cores
+(the issue's bar; a query alone still runs in the caller's thread, torch's products on one OpenMP thread, as in
+``score --query``; only the batch spreads over the cores), the default threads for the exhaustive scan. Prints,
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ def worker_exact(folder: str, queries: str) -> dict:
         search_vectors(folder, [q], top_k=10, exact=True)
         single.append(time.perf_counter() - started)
     return {"truth": [[h.id for h in row] for row in hits], "truth_scores": [[h.score for h in row] for row in hits], "batched_seconds": batched, "single_seconds": single,
-            "peak_rss_mb": peak_rss_mb(), "index_shards": shards}
+            "queries": len(qs), "peak_rss_mb": peak_rss_mb(), "index_shards": shards}
 
 
 def worker_search(folder: str, queries: str, truth_file: str, grid: str, device: str = "none") -> dict:
@@ -140,11 +143,12 @@ def worker_search(folder: str, queries: str, truth_file: str, grid: str, device:
                          "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * float(np.percentile(latencies, 95)),
                          "first_p50_ms": 1000 * statistics.median(first), "first_qps_batched": len(qs) / first_batched,
                          **batched_rates(batch, len(qs), on is None), **recalls(truth, scores, got), "top10": [[doc for doc, _ in hits[:10]] for hits in got]})
-    return {"grid": rows, "peak_rss_mb": peak_rss_mb(), "device": cpu_products() if on is None else f"torch on {on}", **batch_memory(batch)}
+    return {"grid": rows, "queries": len(qs), "peak_rss_mb": peak_rss_mb(), "device": cpu_products() if on is None else f"torch on {on}",
+            **batch_memory(batch)}
 
 
 def batched_rates(batch, count: int, on_cpu: bool = True) -> dict:
-    """Queries/s of ``batch`` (100 queries in one call): the median of three calls. Where the queries go to
+    """Queries/s of ``batch`` (every query in one call): the median of three calls. Where the queries go to
     forked query processes (``plaid/processes.py``: the CPU search only), the query threads' rate too, the two
     kinds of call alternating (the box's speed drifts)."""
     from tokembed.search.plaid import processes, threads
@@ -234,9 +238,10 @@ PHASES = ("search", "pooled", "voyager", "doubling", "incremental")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", nargs="+")
-    parser.add_argument("--docs", type=int, default=20_000)
-    parser.add_argument("--real", type=int, default=1500, help="real docstrings encoded once")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--docs", type=int, default=20_000, help="synthetic documents of the main index (default 20000)")
+    parser.add_argument("--real", type=int, default=1500, help="real docstrings encoded once (default 1500; the next 100 "
+                        "are the queries, fewer above ~2,800: the standard library has ~2,900)")
     parser.add_argument("--work", type=Path, default=None, help="keep the data here (default: a temp folder)")
     parser.add_argument("--reuse", action="store_true",
                         help="--work already holds a compressed main index (and compress.json): skip writing and compressing it; "
@@ -252,7 +257,8 @@ def main() -> None:
                         help="a folder holding the real and queries indexes of an earlier run (bench/gpu_assets.py --search-seed): no encoding, no model")
     parser.add_argument("--no-exact", action="store_true",
                         help="skip the exhaustive scan (the ground truth): latency and queries/s only, no recall (search phase only)")
-    parser.add_argument("--voyager-max-tokens", type=int, default=1_200_000)
+    parser.add_argument("--voyager-max-tokens", type=int, default=1_200_000,
+                        help="skip the voyager phase on an index of more tokens than this (default 1200000)")
     parser.add_argument("--grid", default="", help="the one-thread search settings, PROBE:CANDIDATES[:POOL],... (default: "
                         + ",".join(f"{p}:{c}" for p, c in GRID) + f"; POOL: stage 1 keeps POOL x CANDIDATES, default {DEFAULT_POOL})")
     parser.add_argument("--cores-grid", default="", help="the same for the run on all cores (default: the defaults, 24:384)")

@@ -92,12 +92,15 @@ def one_round(index, structure, vectors) -> tuple[float, float, list]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", type=Path, help="a compressed index (default: build one)")
+    parser.add_argument("--index", type=Path, help="a compressed index, with --queries (default: build one)")
     parser.add_argument("--queries", type=Path, help="query texts, .txt or .jsonl (with --index)")
-    parser.add_argument("--documents", type=int, default=3000)
+    parser.add_argument("--documents", type=int, default=3000,
+                        help="documents of the index built without --index (default 3000; fewer where the standard library has fewer docstrings)")
     parser.add_argument("--loads", default="0,1,3", help="busy processes beside the search, comma-separated")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the two sides per load (default 3)")
     args = parser.parse_args()
+    if (args.index is None) != (args.queries is None):
+        parser.error("--index and --queries go together: an existing index and its query texts (neither: build both)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     with tempfile.TemporaryDirectory() as tmp:

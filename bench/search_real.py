@@ -51,8 +51,8 @@ def decoded_ceiling(index, structure, queries: list[np.ndarray], truth: list[lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="a bench/search.py --work folder (its real/ and queries.npy)")
-    parser.add_argument("--nbits", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--centroids", type=int, default=4096)
+    parser.add_argument("--nbits", type=int, nargs="+", default=[2, 4], help="compress --nbits values, each timed in turn (default 2 4)")
+    parser.add_argument("--centroids", type=int, default=4096, help="compress --centroids (default 4096)")
     args = parser.parse_args()
     from tokembed.index import open_index
     from tokembed.search import search_vectors

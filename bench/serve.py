@@ -88,9 +88,10 @@ def run_case(url: str, bodies: list[dict], concurrency: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="checkpoint (default: the demo MiniLM)")
-    parser.add_argument("--requests", type=int, default=512)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--batch-window-ms", type=float, default=5.0)
+    parser.add_argument("--requests", type=int, default=512, help="requests of 1-4 sample sentences per case (default 512)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64],
+                        help="requests in flight at once, one case each (default 1 16 64)")
+    parser.add_argument("--batch-window-ms", type=float, default=5.0, help="the dynamic-batching server's --batch-window-ms (default 5)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

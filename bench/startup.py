@@ -71,8 +71,8 @@ def write_corpus(path: Path, texts: list[str]) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--huge-mb", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5, help="cold processes per row, median printed (default 5; the huge-row pair: half as many)")
+    parser.add_argument("--huge-mb", type=int, default=20, help="size of the huge row in MB, against a 3.6 KB one (default 20)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tokembed-startup-") as tmp:
         startup_rows(args, Path(tmp))
