@@ -117,19 +117,22 @@ def _print_table(facts: dict) -> None:
 def _export_recipes(index: Path, settings: dict) -> str:
     """How to open the index in tools that read neither Arrow IPC files nor float16 (DuckDB) or want LanceDB:
     shell words quoted for a POSIX shell (a path that starts with '-' as ./-name, not an option), the Parquet
-    folder as a DuckDB glob in an SQL string literal, the LanceDB one as a Python literal (any name runs as printed)."""
+    folder as a DuckDB glob in an SQL string literal read without hive partitioning (a folder named ``id=7-parquet``
+    would otherwise be read as a column ``id`` over the file's own), the LanceDB one as a Python literal (any name
+    runs as printed)."""
     from tokembed.search.plaid.codec import needs_vector_norms
 
     name = index.name or "index"
     globbable = name.replace("\\", "_")  # DuckDB splits a glob at a backslash, and no escape keeps one
     parquet, lance = _not_an_option(f"{globbable}-parquet"), _not_an_option(f"{name}-lancedb")
     sql_glob = "'" + f"{_glob_literal(parquet)}/*.parquet".replace("'", "''") + "'"
+    sql_from = f"read_parquet({sql_glob}, hive_partitioning = false)"
     cosine = ("  (cosine: these vectors are not unit length, so it does not rank as `tokembed score` does)"
               if needs_vector_norms({"settings": settings}) else "")
     return (
         "open it elsewhere (pyarrow/polars read data/*.arrow as they are):\n"
         f"  DuckDB:  tokembed export {_shell_word(index)} --to {_shell_word(parquet)} --format parquet\n"
-        f"           SELECT id, len(embeddings) AS tokens FROM {sql_glob}   -- in DuckDB\n"
+        f"           SELECT id, len(embeddings) AS tokens FROM {sql_from}   -- in DuckDB\n"
         f"  LanceDB: tokembed export {_shell_word(index)} --to {_shell_word(lance)} --format lance\n"
         "           # then in Python (query_vectors: one query's [n_tokens, dim] matrix, as score encodes it, or any such numpy array)\n"
         "           import lancedb; from tokembed.index import open_index; from tokembed.search.api import encode_queries\n"
@@ -141,7 +144,11 @@ def _export_recipes(index: Path, settings: dict) -> str:
 
 
 def _not_an_option(path: str) -> str:
-    """``path`` as a command line cannot take for an option: pathlib drops the ``./`` of ``./-idx``."""
+    """``path`` as a command line cannot take for an option (pathlib drops the ``./`` of ``./-idx``), nor DuckDB for
+    the home folder: it expands a leading ``~`` in a name the shell left alone (and in ``./~name`` globs), so such a
+    name is printed from the current folder down."""
+    if path.startswith("~"):
+        return str(Path.cwd() / path)
     return f"./{path}" if path.startswith("-") else path
 
 

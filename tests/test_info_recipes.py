@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from helpers import write_parquet
+from helpers import read_index, write_parquet
 
 
 def test_the_printed_recipes_run_for_a_path_with_a_space_a_quote_and_unicode(cli, tmp_path, monkeypatch):
@@ -73,10 +73,11 @@ def test_the_printed_exports_run_for_an_index_whose_name_starts_with_a_dash(cli,
             assert result.exit_code == 0, (words, result.output)
 
 
-@pytest.mark.parametrize("name", ["it's [1]*?", "back\\slash"])
+@pytest.mark.parametrize("name", ["it's [1]*?", "back\\slash", "id=7", "embeddings=x", "~idx"])
 def test_the_printed_duckdb_glob_reads_that_export_alone_whatever_its_name_holds(cli, tmp_path, monkeypatch, name):
     """The folder's name went into the glob as it is: `[1]` is a class there (no files found), and `*` or `?` read
-    another index's export beside it; a backslash splits a DuckDB glob, whatever escapes it."""
+    another index's export beside it; a backslash splits a DuckDB glob, whatever escapes it. A folder named
+    `id=7-parquet` was read as a hive partition (every id '7-parquet'), and `~idx-parquet` as $HOME + idx-parquet."""
     import duckdb
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -92,4 +93,5 @@ def test_the_printed_duckdb_glob_reads_that_export_alone_whatever_its_name_holds
     assert result.exit_code == 0, result.output
     sql = next(line for line in recipes if "SELECT" in line).split("--")[0].strip()
     rows = duckdb.sql(sql).fetchall()
-    assert [doc_id for doc_id, _ in rows] == ["a", "b"] and all(tokens > 0 for _, tokens in rows), (sql, rows)
+    stored = read_index(tmp_path / name)
+    assert rows == [(doc_id, len(stored[doc_id][0])) for doc_id in ("a", "b")], (sql, rows)
