@@ -12,8 +12,9 @@ its sha256), read shard by shard through the memory map. Output, with the embedd
 * ``lance``: a table in the LanceDB database folder ``PATH`` with the same three columns, ``embeddings``
   in LanceDB's multivector schema, so that ``table.search(query_vectors)`` runs MaxSim (cosine) over it.
 
-Memory stays one record batch: nothing holds the whole index. A writer holding the index's lock is not
-waited for: its uncommitted shards are not in the manifest, so they are never read.
+Memory stays one record batch (for LanceDB, the few copies its writer queues): nothing holds the whole index.
+A writer holding the index's lock is not waited for: its uncommitted shards are not in the manifest, so they are
+never read.
 
 Both formats are written into a hidden staging folder on ``PATH``'s file system and published only once every
 shard is written (``publish.py``): a failed or interrupted export (a corrupt shard, disk full, Ctrl-C, SIGTERM)
@@ -266,7 +267,7 @@ def _write_lance(index, to: Path, table: str, schema) -> tuple[int, int]:
     lancedb = _import_lancedb()
     remove_dead_staging(to)
     _require_database_folder(to, table)
-    source = _BatchSource(export_batches(index, schema))
+    source = _BatchSource(_copied_out_of_the_map(export_batches(index, schema)))
     with published(to) as staging:
         try:
             reader = pa.RecordBatchReader.from_batches(schema, iter(source))
@@ -280,6 +281,16 @@ def _write_lance(index, to: Path, table: str, schema) -> tuple[int, int]:
             raise
         written = _folder_bytes(staging / f"{table}.lance")
     return 1, written
+
+
+def _copied_out_of_the_map(batches: Iterator) -> Iterator:
+    """Each batch copied into memory of its own. LanceDB reads a batch from its own threads while it takes the next
+    few (about four batches behind), after ``shard_batches`` has dropped the batch's mapped pages: a zero-copy view
+    would fault them back in for good, and the whole index would end up resident. LanceDB frees a copy once written."""
+    import pyarrow as pa
+
+    for batch in batches:
+        yield pa.record_batch([pa.concat_arrays([column]) for column in batch.columns], schema=batch.schema)
 
 
 def _is_lance_io_error(exc: BaseException) -> bool:
