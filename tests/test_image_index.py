@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import assert_score_equals_brute_force, manifest, read_index
+from helpers import assert_score_equals_brute_force, manifest, read_index, write_jsonl
 
 SAMPLE_IMAGES = __import__("conftest").SAMPLE_DATA / "images"
 
@@ -105,3 +105,43 @@ def test_a_32_bit_page_an_earlier_release_read_otherwise_is_encoded_again(cli, c
     assert (summary["updated"], summary["unchanged"]) == (1, 1)
     again = json.loads(cli(*encode).stdout.strip().splitlines()[-1])
     assert (again["updated"], again["unchanged"]) == (0, 2)
+
+
+def test_max_length_is_refused_for_an_image_model(cli, colpali, tmp_path):
+    """Its processor prepares pages and queries whole: --max-length 8 was recorded in the manifest and the settings
+    fingerprint (a cron re-run adding it re-encoded everything) while every row kept its tokens. Exit 2, either kind,
+    before anything is encoded."""
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"id": "q1", "text": "quarterly revenue chart for the north"}])
+    for kind, inputs in (("document", SAMPLE_IMAGES), ("query", queries)):
+        out = tmp_path / kind
+        result = cli("encode", inputs, "--model", colpali, "-o", out, "--kind", kind, "--max-length", 8)
+        assert result.exit_code == 2, result.output
+        assert "--max-length 8: ColPaliForRetrieval is an image model family" in result.stderr
+        assert not (out / "manifest.json").exists()
+
+
+def test_the_library_refuses_max_length_for_an_image_model_too(colpali, tmp_path):
+    from tokembed.embedder import Embedder
+    from tokembed.encode import EncodeJob, encode_corpus
+    from tokembed.errors import UsageError
+    from tokembed.settings import EncodeFlags
+
+    job = EncodeJob([SAMPLE_IMAGES], tmp_path / "index", model=colpali, flags=EncodeFlags(max_length=8), devices="cpu")
+    with pytest.raises(UsageError, match="--max-length 8: ColPaliForRetrieval is an image model family"):
+        encode_corpus(job)
+    assert not (tmp_path / "index" / "manifest.json").exists()
+    with pytest.raises(UsageError, match="--max-length 8: ColPaliForRetrieval"):
+        Embedder.load(str(colpali), EncodeFlags(kind="query", max_length=8))
+
+
+def test_a_query_index_an_earlier_release_recorded_a_max_length_in_still_loads(cli, colpali, tmp_path):
+    """The length such an index's manifest records cut nothing: its queries are encoded without it, not refused."""
+    from tokembed.embedder import Embedder
+
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"id": "q1", "text": "boarding pass gate"}])
+    out = tmp_path / "index"
+    assert cli("encode", queries, "--model", colpali, "-o", out, "--kind", "query").exit_code == 0
+    data = manifest(out)
+    data["flags"]["max_length"] = 8
+    embedder = Embedder.for_index(data, kind="query", model=str(colpali))
+    assert embedder.settings.max_length == manifest(out)["settings"]["max_length"]

@@ -17,7 +17,9 @@ from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, 
 from tokembed.models.readings import kind_reading
 from tokembed.models.resolve import resolved_fingerprint, resolved_weights_sha256, weights_agree
 from tokembed.models.steps import TextEncoder
-from tokembed.settings import DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, resolve, resolve_dtype
+from tokembed.settings import (
+    DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, checked_flags, resolve, resolve_dtype,
+)
 
 
 @dataclass
@@ -140,17 +142,32 @@ def make_encoder(model: TokenModel, flags: EncodeFlags, device: str, runtime: st
     """(the settings ``flags`` resolve to for ``model`` on ``device``, the encoder that applies them: the
     model's own for image models, else a ``TextEncoder``). ``runtime``: what runs the backbone (recorded: its
     vectors differ from torch's in the last bits, so a re-run with the other one re-encodes)."""
+    flags = checked_flags(flags)
+    refuse_length_on_image_model(model, flags)
     settings = resolve(flags, model.colbert, model.max_length, device.split(":")[0], model.position_limit)
     reading = tuple(getattr(model, "reading", ())) + kind_reading(getattr(model, "family", None), settings.kind)
     settings = replace(settings, runtime=runtime, reading=reading)
     return settings, model.make_encoder(settings) if hasattr(model, "make_encoder") else TextEncoder(model, settings)
 
 
+def refuse_length_on_image_model(model: TokenModel, flags: EncodeFlags) -> None:
+    """An image model's processor prepares every page and query whole (no family cuts them to a length, as
+    colpali-engine does not): a ``--max-length`` would be recorded in the manifest and the settings fingerprint
+    (a re-run adding it re-encodes everything) and change no vector. serve refuses ``truncate_prompt_tokens`` alike."""
+    if flags.max_length is not None and hasattr(model, "make_encoder"):
+        raise UsageError(
+            f"--max-length {flags.max_length}: {model.family} is an image model family, whose processor prepares every "
+            "page and query whole (no image or page input is truncated): the length would be recorded, never applied",
+            hint="drop --max-length (serve likewise refuses truncate_prompt_tokens for image models)",
+        )
+
+
 def index_flags(manifest: dict, kind: str = "query") -> EncodeFlags:
     """The flags that encode ``kind`` inputs as the index's manifest prescribes."""
     flags = replace(EncodeFlags.from_json(known_keys(manifest["flags"], EncodeFlags, "flags")), kind=kind)
-    if kind != manifest["settings"]["kind"]:
-        flags = replace(flags, max_length=None)  # a --max-length given for one kind is not the other's
+    if kind != manifest["settings"]["kind"] or _is_image_index(manifest):
+        # a --max-length given for one kind is not the other's; an image model's (an earlier release took it) cut nothing
+        flags = replace(flags, max_length=None)
     if kind == "query":
         # --pool-factor pools the documents; queries are never pooled. Nor stored: they stay float32, the references'
         # queries, not rounded to a float16 index's dtype (its documents are upcast per block to meet them)
@@ -320,6 +337,12 @@ def _maybe_openvino(loaded, device: str, model_key: str) -> str:
     dtype = next(loaded.backbone.parameters()).dtype
     loaded.backbone = openvino_backbone.openvino_backbone(loaded.backbone, model_key, dtype, default_lanes("cpu"))
     return "openvino" if isinstance(loaded.backbone, openvino_backbone.OpenVinoBackbone) else "torch"
+
+
+def _is_image_index(manifest: dict) -> bool:
+    from tokembed.models.registry import is_image_family
+
+    return is_image_family(manifest["model"].get("family"))
 
 
 def _exists(path: str) -> bool:

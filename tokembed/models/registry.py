@@ -84,6 +84,11 @@ def family_class(key: str):
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def is_image_family(key: str | None) -> bool:
+    """Whether the family ``key`` (as a manifest records it) loads a ``VisionModel``: its documents are images."""
+    return key in FAMILIES and str(getattr(family_class(key), "modes", "")).startswith("vision")
+
+
 def describe_families() -> list[FamilyInfo]:
     infos = []
     for key, where in FAMILIES.items():
