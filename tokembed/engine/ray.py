@@ -175,7 +175,7 @@ class ChunkWorker:
         self.restarted = _restarted()
         self.error: BaseException | None = None
         try:
-            refuse_misread_names(self.node, [spec.model, spec.flags.base_model])
+            refuse_names_this_actor_misreads(self.node, [spec.model, spec.flags.base_model])
             self.embedder = spec.load(device)
         except BaseException as exc:  # reported by the first chunk, as the error it is (a model error: exit 4)
             self.error = exc
@@ -188,7 +188,7 @@ class ChunkWorker:
         self._fault_point()
         if self.error is not None:
             raise self.error
-        refuse_misread_names(self.node, [staging, *(value.path for value in inputs if isinstance(value, Video))])
+        refuse_names_this_actor_misreads(self.node, [staging, *(value.path for value in inputs if isinstance(value, Video))])
         folder = Path(staging)
         if not folder.is_dir():
             raise DeviceError(f"node {self.node}: the index's staging folder {folder} is not there: the index must be on storage every node shares")
@@ -392,7 +392,7 @@ def actor_env(environ) -> dict[str, str]:
     return env
 
 
-def refuse_misread_names(node: str, paths: Iterable[str | None]) -> None:
+def refuse_names_this_actor_misreads(node: str, paths: Iterable[str | None]) -> None:
     """``DeviceError`` where this actor reads file names otherwise than as UTF-8 (``PYTHONUTF8=1`` did not take:
     a worker started with ``-E`` or ``-X utf8=0``) and one of ``paths`` is not ASCII: it would open another file,
     or none (a staging folder "not there", a video that cannot be decoded)."""
