@@ -89,11 +89,23 @@ _TYPE_HINT = {"text": f"cast the column to string where the file is written {_CA
               "id": f"cast the id column to string where the file is written {_CAST_HINT}"}
 
 
-def _is_text_type(column_type) -> bool:
+def _cell_type(column_type):
+    """The type a column's cells are read as: a dictionary's values; an extension type's storage (a Parquet file
+    keeps the Arrow extension types pyarrow registers), but bool8's cells are booleans and uuid's are UUIDs (an id,
+    whose text is the UUID's)."""
     import pyarrow as pa
 
     if pa.types.is_dictionary(column_type):
         column_type = column_type.value_type
+    if not isinstance(column_type, pa.BaseExtensionType) or column_type.extension_name == "arrow.uuid":
+        return column_type
+    return pa.bool_() if column_type.extension_name == "arrow.bool8" else _cell_type(column_type.storage_type)
+
+
+def _is_text_type(column_type) -> bool:
+    import pyarrow as pa
+
+    column_type = _cell_type(column_type)
     string = pa.types.is_string(column_type) or pa.types.is_large_string(column_type) or pa.types.is_string_view(column_type)
     return string or pa.types.is_null(column_type)  # no rows, or each a "null text": see _check_columns
 
@@ -102,8 +114,7 @@ def _is_id_type(column_type) -> bool:
     """Not a type whose every cell is a bad row's id (``id_problem``): bytes, a list, an object, a boolean."""
     import pyarrow as pa
 
-    if pa.types.is_dictionary(column_type):
-        column_type = column_type.value_type
+    column_type = _cell_type(column_type)
     binary = (pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type)
               or pa.types.is_binary_view(column_type) or pa.types.is_fixed_size_binary(column_type))
     nested = pa.types.is_nested(column_type)  # lists, structs, maps
@@ -114,8 +125,7 @@ def _is_media_type(column_type) -> bool:
     """What an image, PDF or video cell may hold: bytes, a path (or data URI) string, the ``{bytes, path}`` struct."""
     import pyarrow as pa
 
-    if pa.types.is_dictionary(column_type):
-        column_type = column_type.value_type
+    column_type = _cell_type(column_type)
     binary = (pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type)
               or pa.types.is_binary_view(column_type) or pa.types.is_fixed_size_binary(column_type))
     return binary or _is_text_type(column_type) or pa.types.is_struct(column_type)
@@ -205,16 +215,83 @@ def _cells(batch, column: str) -> list:
 
 def _id_cells(batch, column: str) -> list:
     """The id column's cells; a float32 (float16) id as the shortest text of its own precision ("0.1", as JSONL's
-    0.1 is), not of the float64 it widens to ("0.10000000149011612")."""
+    0.1 is), not of the float64 it widens to ("0.10000000149011612"); a temporal id as its text (``_temporal_ids``)."""
     import numpy as np
     import pyarrow as pa
 
-    cells = _cells(batch, column)
     column_type = batch.schema.field(column).type
+    if pa.types.is_temporal(_cell_type(column_type)):
+        return _temporal_ids(batch.column(column))
+    cells = _cells(batch, column)
     narrow = {pa.float32(): np.float32, pa.float16(): np.float16}.get(column_type)
     if narrow is None:
         return cells
     return [value if value is None or not np.isfinite(value) else float(str(narrow(value))) for value in cells]
+
+
+def _temporal_ids(values) -> list:
+    """A timestamp, date, time or duration id as the text of its Python value (a datetime's, date's, time's,
+    timedelta's), with nine fraction digits where a nanosecond unit's value has a part under a microsecond (pandas'
+    Timestamp text). pyarrow reads a nanosecond unit through pandas where it is installed (a duration's text was
+    '0 days 01:00:00', a time lost its nanoseconds) and fails for such a part without it: the ids would change
+    when pandas is installed or removed. A value Python cannot hold (year 10000) is ``OutOfRange``, a bad row."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if isinstance(values.type, pa.BaseExtensionType):
+        values = values.storage
+    if getattr(values.type, "unit", None) != "ns":
+        return [_id_text(value) for value in _python_values(values)]
+    nanoseconds = values.cast(pa.int64()).to_pylist()
+    microseconds = pa.array([None if n is None else n // 1000 for n in nanoseconds], _in_microseconds(values.type))
+    return [_id_text(value, n % 1000 if n is not None else 0) for value, n in zip(_python_values(microseconds), nanoseconds)]
+
+
+def _in_microseconds(column_type):
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(column_type):
+        return pa.timestamp("us", column_type.tz)
+    return pa.time64("us") if pa.types.is_time(column_type) else pa.duration("us")
+
+
+def _python_values(values) -> list:
+    """The cells as Python values; one Python cannot hold as ``OutOfRange`` (``to_pylist`` raises for the batch)."""
+    try:
+        return values.to_pylist()
+    except (OverflowError, ValueError):
+        return [_python_value(scalar) for scalar in values]
+
+
+def _python_value(scalar):
+    try:
+        return scalar.as_py()
+    except (OverflowError, ValueError) as exc:
+        return OutOfRange(f"id is a {scalar.type} value Python cannot hold ({exc})")
+
+
+def _id_text(value, nanoseconds: int = 0):
+    """The text of a datetime, time or timedelta id, with its ``nanoseconds`` (0-999) after its microseconds."""
+    import datetime
+
+    if value is None or isinstance(value, OutOfRange):
+        return value
+    if not nanoseconds:
+        return str(value)
+    if isinstance(value, datetime.timedelta):  # '-1 day, 23:59:59.999999' + '999'
+        return f"{value}{'' if value.microseconds else '.000000'}{nanoseconds:03d}"
+    naive = value.replace(tzinfo=None)  # a datetime or a time
+    offset = str(value)[len(str(naive)):]  # '+00:00', '' where naive
+    digits = naive.isoformat(" ", "microseconds") if isinstance(naive, datetime.datetime) else naive.isoformat("microseconds")
+    return f"{digits}{nanoseconds:03d}{offset}"
+
+
+class OutOfRange:
+    """A temporal id cell that no Python value holds (a bad row, for the ``reason``)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 def _cell(scalar):
@@ -230,6 +307,8 @@ def _bad_id(path: Path, row: int, global_row: int, raw_id) -> Item | None:
     """The row as a bad row when its id cell cannot be an id (recorded under its row number), else None."""
     if isinstance(raw_id, InvalidUtf8):
         return Item(raw_id.printable(), None, str(path), row, error=f"id is not valid UTF-8 (byte {raw_id.byte})")
+    if isinstance(raw_id, OutOfRange):
+        return Item(str(global_row), None, str(path), row, error=raw_id.reason)
     if problem := id_problem(raw_id):
         return Item(str(global_row), None, str(path), row, error=problem)
     return None
