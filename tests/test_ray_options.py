@@ -17,7 +17,8 @@ from test_devices import corpus_rows
 
 def test_a_chunk_worker_stages_exactly_the_local_rows_and_reuses_them(checkpoint_store, tmp_path):
     from tokembed.embedder import Embedder
-    from tokembed.engine.ray import ChunkWorker, chunk_key, read_staged
+    from tokembed.engine.ray import ChunkWorker
+    from tokembed.engine.ray_staging import chunk_key, read_staged
     from tokembed.engine.runner import run_chunk
     from tokembed.errors import DeviceError
     from tokembed.settings import EncodeFlags
@@ -53,7 +54,7 @@ def test_a_full_disk_under_a_staged_chunk_is_a_write_error(tmp_path, monkeypatch
     import pyarrow as pa
 
     from cli._errors import exit_code_for
-    from tokembed.engine.ray import write_staged
+    from tokembed.engine.ray_staging import write_staged
     from tokembed.engine.runner import ChunkResult
     from tokembed.errors import IndexWriteError
 
@@ -72,7 +73,8 @@ def test_a_chunk_shared_out_by_ranges_of_its_batches_gives_the_local_rows(checkp
     from types import SimpleNamespace
 
     from tokembed.embedder import Embedder
-    from tokembed.engine.ray import ChunkWorker, RayRunner, batch_ranges, chunk_key, read_staged
+    from tokembed.engine.ray import ChunkWorker, RayRunner, batch_ranges
+    from tokembed.engine.ray_staging import chunk_key, read_staged
     from tokembed.engine.runner import plan_chunk, run_chunk
     from tokembed.settings import EncodeFlags
 

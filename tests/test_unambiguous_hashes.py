@@ -28,7 +28,7 @@ def item(item_id: str, text: str | None = "", image_sha256: str | None = None) -
 def test_chunk_keys_of_inputs_that_run_together_differ(tmp_path):
     from PIL import Image
 
-    from tokembed.engine.ray import chunk_key
+    from tokembed.engine.ray_staging import chunk_key
     from tokembed.sources.video import Video
 
     first, second = RUN_TOGETHER
@@ -48,7 +48,8 @@ def test_chunk_keys_of_inputs_that_run_together_differ(tmp_path):
 
 def test_a_chunk_that_runs_together_with_a_staged_one_is_encoded_not_reused(checkpoint_store, tmp_path):
     from tokembed.embedder import Embedder
-    from tokembed.engine.ray import ChunkWorker, chunk_key, read_staged
+    from tokembed.engine.ray import ChunkWorker
+    from tokembed.engine.ray_staging import chunk_key, read_staged
     from tokembed.engine.runner import run_chunk
     from tokembed.settings import EncodeFlags
 
@@ -73,7 +74,8 @@ def test_a_staged_file_not_written_for_its_key_is_encoded_again(checkpoint_store
     import pyarrow as pa
 
     from tokembed.embedder import Embedder
-    from tokembed.engine.ray import ChunkWorker, chunk_key, read_staged, staged_key
+    from tokembed.engine.ray import ChunkWorker
+    from tokembed.engine.ray_staging import chunk_key, read_staged, staged_key
     from tokembed.errors import DeviceError
     from tokembed.settings import EncodeFlags
 
