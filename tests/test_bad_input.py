@@ -225,7 +225,7 @@ def test_a_null_or_structured_id_is_a_bad_row_in_parquet_and_jsonl(cli, tmp_path
         assert sorted(read_index(out)) == ["1", "None"]
         assert [entry["reason"] for entry in manifest(out)["skipped"]] == reasons
         failed = cli("encode", corpus, "-o", tmp_path / "other")
-        assert failed.exit_code == BAD_INPUT and f"{corpus.name} row 0 (id '0'): {reasons[0]}" in failed.stderr
+        assert failed.exit_code == BAD_INPUT and f"{corpus.name} row 0 (no usable id): {reasons[0]}" in failed.stderr
 
 
 def test_encode_refuses_more_dimensions_than_the_model_has(cli, tmp_path):
@@ -257,8 +257,8 @@ def test_a_link_to_a_file_that_is_gone_is_a_bad_row_not_a_silent_gap(cli, tmp_pa
 
 
 def test_a_bad_rows_stand_in_id_never_collides_with_a_real_one(cli, tmp_path):
-    """A bad row with no id of its own is recorded under its row number, which a real id may equal: it takes no
-    part in the duplicate check (it is never indexed), so --on-error skip goes on."""
+    """A bad row with no id of its own (recorded with a null id; its row number, which a real id may equal, before)
+    takes no part in the duplicate check (it is never indexed), so --on-error skip goes on."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from helpers import write_jsonl
@@ -273,7 +273,7 @@ def test_a_bad_rows_stand_in_id_never_collides_with_a_real_one(cli, tmp_path):
         out = tmp_path / f"index-{corpus.suffix[1:]}"
         result = cli("encode", corpus, "-o", out, "--on-error", "skip")
         assert result.exit_code == 0, result.output
-        assert list(read_index(out)) == ids and len(manifest(out)["skipped"]) == 1
+        assert list(read_index(out)) == ids and [entry["id"] for entry in manifest(out)["skipped"]] == [None]
     write_jsonl(jsonl, [{"id": "a", "text": "x"}, {"id": "b", "text": None}, {"id": "a", "text": "again"}])
     result = cli("encode", jsonl, "-o", tmp_path / "dup", "--on-error", "skip")
     assert result.exit_code == BAD_INPUT and "duplicate id 'a'" in result.stderr  # real duplicates still end the run
@@ -358,7 +358,7 @@ def test_a_bad_jsonl_record_names_its_line_in_the_file(cli, tmp_path):
     corpus.write_text('{"id": "a", "text": "x"}\n\n\n{"id": "b", "text": "y"}\n\n\n{"id": "c" "text": "z"}\n')
     failed = cli("encode", corpus, "-o", tmp_path / "index")
     assert failed.exit_code == BAD_INPUT
-    assert "c.jsonl row 2 (id '2'): line 7: not valid JSON (Expecting ',' delimiter, column 12)" in failed.stderr
+    assert "c.jsonl row 2 (no usable id): line 7: not valid JSON (Expecting ',' delimiter, column 12)" in failed.stderr
 
 
 def test_a_jsonl_file_where_no_record_has_the_text_field_is_refused_even_when_skipping(cli, tmp_path):

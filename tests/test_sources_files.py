@@ -269,7 +269,7 @@ def test_an_id_that_is_no_finite_number_is_a_bad_row(tmp_path):
         "line 3: id is -inf, not a finite number", None]
     pq.write_table(pa.table({"id": [float("nan"), 2.0], "text": ["x", "y"]}), tmp_path / "c.parquet")
     assert [(item.id, item.error) for item in read_all([tmp_path / "c.parquet"])] == [
-        ("0", "id is nan, not a finite number"), ("2.0", None)]
+        (None, "id is nan, not a finite number"), ("2.0", None)]
 
 
 def test_a_float32_id_is_the_shortest_text_of_its_own_precision(tmp_path):

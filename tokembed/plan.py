@@ -13,6 +13,7 @@ import numpy as np
 from tokembed.errors import BadInputError
 from tokembed.index.keys import id_keys
 from tokembed.sources import Item, open_sources
+from tokembed.sources.base import id_label
 from tokembed.sources.duplicates import SeenIds
 from tokembed.sources.pdf import is_empty_page
 
@@ -185,7 +186,7 @@ def usable_positions(chunk: list[Item], keys: np.ndarray, seen: SeenIds, on_erro
         if item.error is None:
             good.append(position)
         elif on_error != "skip" and not item.skip_always:
-            raise BadInputError(f"{item.location} (id {item.id!r}): {item.error}", hint="--on-error skip records and skips such rows")
+            raise BadInputError(f"{item.location} ({id_label(item.id)}): {item.error}", hint="--on-error skip records and skips such rows")
         elif record:
             entry = {"id": item.id, "source": item.source, "row": item.row, "reason": item.error}
             summary.skipped.append(entry if item.page is None else {**entry, "page": item.page})
@@ -193,10 +194,10 @@ def usable_positions(chunk: list[Item], keys: np.ndarray, seen: SeenIds, on_erro
 
 
 def log_skipped(skipped: list[dict], log) -> None:
-    """One ``warning:`` line per skipped row (its location, id and reason) through ``log``, the progress log
-    (silent with ``--quiet``): the first ``SKIPS_TOLD``, then how many more."""
+    """One ``warning:`` line per skipped row (its location, id or "no usable id", and reason) through ``log``, the
+    progress log (silent with ``--quiet``): the first ``SKIPS_TOLD``, then how many more."""
     for entry in skipped[:SKIPS_TOLD]:
-        log(f"warning: skipped {skipped_location(entry)} (id {entry['id']!r}): {entry['reason']}")
+        log(f"warning: skipped {skipped_location(entry)} ({id_label(entry['id'])}): {entry['reason']}")
     if len(skipped) > SKIPS_TOLD:
         log(f"warning: ... and {len(skipped) - SKIPS_TOLD} more skipped row(s) (see manifest.json skipped)")
 

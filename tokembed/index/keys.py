@@ -13,9 +13,11 @@ from collections.abc import Iterable
 import numpy as np
 
 
-def id_keys(ids: Iterable[str]) -> np.ndarray:
-    """64-bit hashes of ids (blake2b), as a uint64 array."""
-    digests = b"".join(hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).digest() for item_id in ids)
+def id_keys(ids: Iterable[str | None]) -> np.ndarray:
+    """64-bit hashes of ids (blake2b), as a uint64 array; a bad row's None (it has no id, and is never looked up
+    nor added: ``SeenIds``) hashes as ""."""
+    digests = b"".join(hashlib.blake2b((item_id or "").encode("utf-8", "surrogatepass"), digest_size=8).digest()
+                       for item_id in ids)
     return np.frombuffer(digests, dtype=np.uint64).copy()
 
 

@@ -32,7 +32,7 @@ def read_digest(sha256: str, *readings: str) -> str:
 
 @dataclass(frozen=True)
 class Item:
-    id: str
+    id: str | None  # None: a bad row with no usable id (a null id, a line that is not JSON): ``id_label``
     text: str | None
     source: str  # the file the item came from
     row: int  # 0-based row in a Parquet/JSONL file, 0 for a file of its own
@@ -153,6 +153,12 @@ def id_problem(raw_id) -> str | None:
     return None
 
 
+def id_label(item_id: str | None) -> str:
+    """How a message names a row's id: ``id 'x'``, or that the bad row has none (not its row number, which
+    another row's real id may be)."""
+    return "no usable id" if item_id is None else f"id {item_id!r}"
+
+
 def printable_id(item_id: str) -> str:
     """The id with its lone surrogates as ``\\udcff`` escapes: what a bad row's id is recorded as."""
     return item_id.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -165,7 +171,7 @@ def unicode_checked(item: Item) -> Item:
              if (value := getattr(item, name)) and unicode_problem(value)}
     if names:
         item = replace(item, **names)
-    if problem := unicode_problem(item.id, "id"):
+    if item.id is not None and (problem := unicode_problem(item.id, "id")):
         return replace(item, id=printable_id(item.id), text=None, image=None, error=problem)
     problem = unicode_problem(item.text) if item.error is None and item.text else None
     return item if problem is None else replace(item, text=None, image=None, error=problem)

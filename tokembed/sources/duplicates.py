@@ -30,8 +30,7 @@ class SeenIds:
     def record(self, chunk: list[Item], keys: np.ndarray) -> dict[int, str]:
         """Add the chunk's ids (``keys``: their ``id_keys``); returns the positions whose id came earlier
         (in this chunk or before) -> that earlier row's location. Bad rows take no part: they are never
-        indexed, and the id of one that has none (a null id, a line that is not JSON) is its row number,
-        which a real id may equal."""
+        indexed, and one may have no id at all (None: a null id, a line that is not JSON)."""
         found: dict[int, str] = {}
         first_here: dict[str, int] = {}
         candidates = self._keys.find(keys)

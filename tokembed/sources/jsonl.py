@@ -172,7 +172,7 @@ def _record_id(record: dict, global_row: int, options: SourceOptions, state: _Fi
     if state.first_has_id is None:
         state.first_has_id = has
     if problem := id_field_problem(has, state.first_has_id, options.id_column, "records are numbered by row"):
-        return global_row, problem
+        return None, problem
     raw_id = record.get(options.id_column, global_row)
     return raw_id, id_problem(raw_id)
 
@@ -185,12 +185,12 @@ def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: 
     source = str(path)
     record, error = _parsed(line)
     if error is not None:
-        yield Item(str(global_row), None, source, row, error=error)
+        yield Item(None, None, source, row, error=error)
         return
     state.records += 1
     raw_id, problem = _record_id(record, global_row, options, state, where)
     if problem:
-        yield Item(str(global_row), None, source, row, error=problem)
+        yield Item(None, None, source, row, error=problem)
         return
     item_id = str(raw_id)
     if options.pdf_column not in record:  # a bad row, as a record without the text field; no record with it: exit 3
@@ -220,11 +220,11 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
     source = str(path)
     record, error = _parsed(line)
     if error is not None:
-        return Item(str(global_row), None, source, row, error=error), None
+        return Item(None, None, source, row, error=error), None
     state.records += 1
     raw_id, problem = _record_id(record, global_row, options, state, where)
     if problem:
-        return Item(str(global_row), None, source, row, error=problem), None
+        return Item(None, None, source, row, error=problem), None
     if _video_field(record, options):
         from tokembed.sources.video import video_item
 

@@ -162,7 +162,7 @@ def _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, 
             videos = _cells(batch, options.video_column) if use_video else None
             del batch  # its Arrow buffers: a huge text would otherwise be held twice while its items are planned
             for i, (raw_id, text) in enumerate(zip(ids, texts)):
-                if (bad_id := _bad_id(path, row + i, offset + row + i, raw_id)) is not None:
+                if (bad_id := _bad_id(path, row + i, raw_id)) is not None:
                     yield bad_id  # its image, PDF or video is not read
                     continue
                 item = _item(path, row + i, str(raw_id), text, check_text=use_text)
@@ -303,14 +303,14 @@ def _cell(scalar):
         return InvalidUtf8(exc.start, scalar.cast(pa.large_binary()).as_py())
 
 
-def _bad_id(path: Path, row: int, global_row: int, raw_id) -> Item | None:
-    """The row as a bad row when its id cell cannot be an id (recorded under its row number), else None."""
+def _bad_id(path: Path, row: int, raw_id) -> Item | None:
+    """The row as a bad row when its id cell cannot be an id (recorded with no id: ``Item.id``), else None."""
     if isinstance(raw_id, InvalidUtf8):
         return Item(raw_id.printable(), None, str(path), row, error=f"id is not valid UTF-8 (byte {raw_id.byte})")
     if isinstance(raw_id, OutOfRange):
         return Item(str(global_row), None, str(path), row, error=raw_id.reason)
     if problem := id_problem(raw_id):
-        return Item(str(global_row), None, str(path), row, error=problem)
+        return Item(None, None, str(path), row, error=problem)
     return None
 
 
