@@ -308,7 +308,7 @@ def _bad_id(path: Path, row: int, raw_id) -> Item | None:
     if isinstance(raw_id, InvalidUtf8):
         return Item(raw_id.printable(), None, str(path), row, error=f"id is not valid UTF-8 (byte {raw_id.byte})")
     if isinstance(raw_id, OutOfRange):
-        return Item(str(global_row), None, str(path), row, error=raw_id.reason)
+        return Item(None, None, str(path), row, error=raw_id.reason)
     if problem := id_problem(raw_id):
         return Item(None, None, str(path), row, error=problem)
     return None
