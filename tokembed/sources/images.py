@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import io
 import os
+import re
 import threading
 import warnings
 from collections import deque
@@ -31,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokembed.locale_names import refuse_misread_cell
 from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked, read_digest
 from tokembed.sources.files import folder_files, special_file_problem
+from tokembed.sources.path_cells import cell_file
 
 WHITE = (255, 255, 255)
 DECODE_THREADS = 4  # images of a folder or a Parquet image column decoded at once (Pillow releases the GIL)
@@ -102,7 +103,7 @@ def _decode(data: bytes, max_pixels: int) -> tuple[Any, int, str]:
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (Pillow cannot identify the format)") from None
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"over the pixel limit ({exc})") from None
+        raise ImageDecodeError(_bomb_reason(exc, max_pixels)) from None
     except MemoryError:
         raise ImageDecodeError("out of memory while decoding the image") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, struct.error, ...
@@ -132,6 +133,15 @@ def _allow_pixels(max_pixels: int) -> None:
 
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _bomb_reason(exc: Exception, max_pixels: int) -> str:
+    """The reason for an image Pillow's own bomb check refused (``open`` checks at twice ``MAX_IMAGE_PIXELS``, which
+    ``_allow_pixels`` keeps at or above ours: such an image is over our limit too), as ``_decode`` words its own; the
+    size is known only from Pillow's message (its pixel count)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"image is {found.group(1)} pixels, " if found else "image is "
+    return f"{size}over the limit of {max_pixels} (--max-image-pixels)"
 
 
 def to_rgb(image, unsigned: bool = False):
@@ -262,18 +272,11 @@ def _data_uri(value: str) -> bytes:
 
 
 def _read_file(value: str, base: Path, where: str) -> bytes:
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    refuse_misread_cell(path, f"{where}: image file")
-    if problem := special_file_problem(path):  # a FIFO would block the read forever
-        raise ImageDecodeError(f"image file {value}: {problem}")
+    path, problem = cell_file(value, base, "image", where)
+    if problem:
+        raise ImageDecodeError(problem)
     try:
         return path.read_bytes()
-    except FileNotFoundError:
-        raise ImageDecodeError(f"image file not found: {value}") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(f"image path is a folder: {value}") from None
     except OSError as exc:
         refuse_out_of_descriptors(path, exc)
         raise ImageDecodeError(f"cannot read image file {value} ({exc.strerror or exc})") from None

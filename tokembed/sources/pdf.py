@@ -35,6 +35,7 @@ from tokembed.locale_names import refuse_misread_cell
 from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, unicode_problem
 from tokembed.sources.files import folder_files, special_file_problem
+from tokembed.sources.path_cells import cell_path, file_problem
 
 PDF_SUFFIX = ".pdf"
 DEFAULT_PDF_DPI = 144
@@ -140,7 +141,8 @@ def _open_pdf(pdf: Path | bytes, password: str | None):
     if isinstance(pdf, Path) and (problem := special_file_problem(pdf)):  # a FIFO would block PDFium forever
         raise PdfOpenError(problem)
     try:
-        return pdfium.PdfDocument(pdf if isinstance(pdf, bytes) else str(pdf), password=password)
+        # absolute: pypdfium2 expands a leading "~" itself (a cell's "~old/a.pdf" beside the file: README "Paths")
+        return pdfium.PdfDocument(pdf if isinstance(pdf, bytes) else os.path.abspath(pdf), password=password)
     except FileNotFoundError:
         raise PdfOpenError(f"PDF file not found: {pdf}") from None
     except pdfium.PdfiumError as exc:
@@ -312,8 +314,7 @@ def pdf_in_value(value: Any, base: Path) -> bytes | Path | None:
         data = bytes(value)
         return data if data[:1024].lstrip().startswith(b"%PDF-") else None
     if isinstance(value, str) and value.lower().endswith(PDF_SUFFIX) and not value.startswith("data:"):
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else base / path
+        return cell_path(value, base)
     return None
 
 
@@ -326,4 +327,7 @@ def row_pages(item: Item, value: Any, base: Path, options: SourceOptions) -> Ite
         return
     if isinstance(pdf, Path):
         refuse_misread_cell(pdf, f"{item.location}: PDF file")
+        if problem := file_problem(pdf, str(pdf), "PDF"):  # a NUL (ValueError), a folder ("not found")
+            yield Item(item.id, None, item.source, item.row, error=problem, source_file=item.id)
+            return
     yield from pdf_pages(pdf, item.id, item.source, item.row, options)

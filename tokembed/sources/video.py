@@ -28,11 +28,11 @@ import numpy as np
 
 from tokembed.errors import BadInputError
 from tokembed.index.atomic import sha256_file
-from tokembed.locale_names import refuse_misread_cell
 from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked, read_digest
 from tokembed.sources.files import folder_files
 from tokembed.sources.files import special_file_problem
+from tokembed.sources.path_cells import cell_file
 
 # A plan: (total frames, fps, height, width) -> (frame numbers to sample, (height, width) to resize them to).
 Plan = Callable[[int, float, int, int], tuple[np.ndarray, tuple[int, int]]]
@@ -328,13 +328,12 @@ def video_from_value(value: Any, base: Path, name: str, max_pixels: int | None =
             raise VideoDecodeError("empty video (0 bytes)")
         return probe_video(name, data=data, max_pixels=max_pixels), hashlib.sha256(data).hexdigest()
     if isinstance(value, str):
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else base / path
-        refuse_misread_cell(path, f"{name}: video file")
-        if problem := special_file_problem(path):
-            raise VideoDecodeError(f"video file {value}: {problem}")
-        if not path.is_file():
-            raise VideoDecodeError(f"video file not found: {value}")
+        if value.startswith("data:"):  # no file name: its base64 would be read as one (too long for the file system)
+            raise VideoDecodeError("video is a data: URI, which a video cell does not take "
+                                   "(bytes, a path or {bytes, path})")
+        path, problem = cell_file(value, base, "video", name)
+        if problem:
+            raise VideoDecodeError(problem)
         return probe_video(str(path), path=str(path), max_pixels=max_pixels), sha256_file(path)
     raise VideoDecodeError(f"video is {type(value).__name__}, not bytes, a path or {{bytes, path}}")
 
