@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -18,6 +16,7 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
+from cli._output_file import open_output, refuse_output_over_inputs, refuse_output_that_cannot_be_written
 from cli._paths import checked_path, column_named, path_given, refuse_columns_queries_lack
 from cli._stdout import as_stdout_holds
 from cli.progress import LineProgress, libraries_quiet, warnings_logged
@@ -33,7 +32,8 @@ class Format(str, Enum):
 def score(
     args: list[str] = typer.Argument(
         ..., metavar="QUERIES INDEX_DIR",
-        help="A query file (.txt one per line, .tsv id<TAB>text, .jsonl, .parquet) and the index folder. "
+        help="A query file (.txt one per line, .tsv id<TAB>text (later columns ignored), .jsonl, .parquet; a regular file, "
+        "not a pipe) and the index folder. "
         "With --query, the index folder alone.",
     ),
     query: Optional[list[str]] = typer.Option(None, "--query", help="A query text (repeatable); ids q1, q2, ..."),
@@ -48,7 +48,8 @@ def score(
     ),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", parser=path_given("--output", "a file for the results ('-': stdout)"),
-        help="Write results to this file instead of stdout ('-': stdout).",
+        help="Write results to this file instead of stdout ('-': stdout). /dev/stdout, /dev/stderr, /dev/fd/N: that "
+        "descriptor, written where the shell opened it (>> appends); another file is replaced once the results are complete.",
     ),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Where the index's checkpoint is (folder or hub id). Default: the one in the manifest."
@@ -102,8 +103,8 @@ def score(
     query_file, index = _split_args(args, bool(query))
     refuse_columns_queries_lack(query_file, id_column, text_column)
     output = None if output is not None and str(output) == "-" else output  # "-o -": standard output, as the default
-    _refuse_output_over_inputs(output, index, query_file)
-    _refuse_output_that_cannot_be_written(output)
+    refuse_output_over_inputs(output, index, query_file)
+    refuse_output_that_cannot_be_written(output)
     queries = read_queries(
         query_file, column_named(id_column, "--id-column") or "id", column_named(text_column, "--text-column") or "text",
         id_required=id_column is not None,
@@ -175,50 +176,6 @@ def _index_arg(value: str) -> Path:
     return checked_path(value, "INDEX_DIR", "the index folder", arrow=True)
 
 
-def _refuse_output_over_inputs(output: Path | None, index: Path, query_file: Path | None) -> None:
-    """An ``--output`` that is a file the run reads would be replaced by the results: the index's manifest or a
-    shard (the index lost, a serve process's shard cut), anything else in the index folder, or the query file.
-    Exit 2 before anything is read. Symlinks are followed, on either side."""
-    from tokembed.errors import UsageError
-
-    if output is None:
-        return
-    target = output.resolve()
-    if target.is_relative_to(index.resolve()):
-        raise UsageError(f"--output {output}: inside the index folder {index}; the results would overwrite the index",
-                         hint="write the results outside the index folder")
-    if query_file is not None and target == query_file.resolve():
-        raise UsageError(f"--output {output}: is the query file {query_file}; the results would replace the queries",
-                         hint="write the results to another file")
-
-
-def _refuse_output_that_cannot_be_written(output: Path | None) -> None:
-    """What the write would find only after the model load, the queries and the search: an ``--output`` that is a
-    folder (exit 2), or one whose folder is missing, not a folder or not writable (exit 8), found now by creating
-    and removing the temp file the results are written to. A FIFO or device is left to the write (opening a FIFO
-    waits for its reader), as is what only writing finds (a full disk)."""
-    if output is None or _written_in_place(output):
-        return
-    with _held_temp_file(output) as probe:  # through a symlink, as the write: beside the file it names
-        _open_for_writing(probe, output).close()
-
-
-def _written_in_place(output: Path) -> bool:
-    """Whether ``--output`` is written as it is (a FIFO, a character device such as /dev/null: nothing can be renamed
-    over it) rather than through a temp file beside it; a folder is refused (exit 2)."""
-    from tokembed.errors import UsageError
-    from tokembed.index.atomic import write_error
-    from tokembed.path_kind import FOLDER, OTHER, kind_at
-
-    try:
-        kind = kind_at(output)
-    except OSError as exc:  # a folder on the way this user may not search
-        raise write_error(output, exc, f"--output {output}: cannot write ({exc.strerror or exc})") from exc
-    if kind == FOLDER:
-        raise UsageError(f"--output {output}: is a folder; name a file")
-    return kind == OTHER
-
-
 def _pick_format(fmt: Format | None, output: Path | None) -> Format:
     if fmt is not None:
         return fmt
@@ -267,7 +224,7 @@ def write_results(queries, hits, fmt: Format, output: Path | None) -> None:
             write(line + "\n")
         sys.stdout.flush()
         return
-    with _open_output(output) as handle:
+    with open_output(output) as handle:
         for line in lines:
             handle.write(line + "\n")
 
@@ -343,67 +300,5 @@ def _write_table(queries, hits, output: Path | None) -> None:
     if output is None:
         Console().print(table)
         return
-    with _open_output(output) as handle:
+    with open_output(output) as handle:
         Console(file=handle, width=200).print(table)
-
-
-@contextmanager
-def _open_output(output: Path):
-    """``--output`` open for writing. A file (new or existing) is written under a temp name beside it and renamed
-    over it once complete: a failed write (a full disk, an interrupt) leaves no part of the results and the previous
-    file as it was. What cannot be renamed over (a character device such as /dev/null or /dev/full, a FIFO) is
-    written directly."""
-    from tokembed.index.atomic import replacing
-    from tokembed.index.held import held_pattern, remove_abandoned
-
-    if _written_in_place(output):
-        with _open_for_writing(output) as handle:
-            yield handle
-        return
-    final = output.resolve()  # through a symlink: the file it names is replaced, the link is kept
-    remove_abandoned(final.parent, held_pattern(_temp_prefix(final)))  # a killed run's temp file
-    with _held_temp_file(output) as temp, replacing(final, temp) as tmp:
-        with _open_for_writing(tmp, output) as handle:
-            yield handle
-        _keep_mode(final, tmp)
-
-
-@contextmanager
-def _held_temp_file(output: Path):
-    """A new temp file name beside the file ``--output`` names, ``.FILE.tmp-PID-RANDOM``, held while the block runs
-    (``held.HeldEntry``): a run in another container writing the same file neither takes nor removes it."""
-    from tokembed.index.atomic import write_error
-    from tokembed.index.held import HeldEntry
-
-    final = output.resolve()
-    try:
-        held = HeldEntry(final.parent, _temp_prefix(final))
-    except OSError as exc:
-        raise write_error(output, exc, f"--output {output}: cannot write ({exc.strerror or exc})") from exc
-    with held as temp:
-        yield temp
-
-
-def _temp_prefix(final: Path) -> str:
-    from tokembed.index.held import short_stem
-
-    return f".{short_stem(final.name)}.tmp-"
-
-
-def _open_for_writing(path: Path, output: Path | None = None):
-    from tokembed.index.atomic import write_error
-
-    try:
-        return open(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise write_error(output or path, exc, f"--output {output or path}: cannot write ({exc.strerror})") from exc
-
-
-def _keep_mode(final: Path, tmp: Path) -> None:
-    """The replaced results file's permission bits for the new one (a new file gets the umask's, as ``open``)."""
-    import stat
-
-    from tokembed.path_kind import FILE, kind_at
-
-    if kind_at(final) == FILE:
-        os.chmod(tmp, stat.S_IMODE(final.stat().st_mode))

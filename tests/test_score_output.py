@@ -7,6 +7,8 @@
   A killed run's temp file is removed by the next run, a live one's (its lock held) never, whatever its pid.
 * What cannot be renamed over (a FIFO) is written directly; a symlink to a file keeps pointing at it.
 * An ``--output`` that is a folder (exit 2) or whose folder is missing (exit 8) is refused before the search.
+* A path naming a descriptor the process has open (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``) is that
+  descriptor, written where it stands (``>>`` appends), never the file behind it replaced.
 """
 
 from __future__ import annotations
@@ -146,3 +148,63 @@ def test_an_output_of_dash_is_standard_output(cli, demo_index, tmp_path, monkeyp
     result = cli("score", demo_index[1], demo_index[0], "--output", "-", "-k", 1)
     assert result.exit_code == 0 and '"rank": 1' in result.stdout
     assert not (tmp_path / "-").exists()
+
+
+def test_dev_stdout_appended_to_by_the_shell_keeps_the_earlier_lines(demo_index, tmp_path):
+    """``-o /dev/stdout >> log`` (a cron line) left the log holding the results alone: /dev/stdout resolved to the
+    log, which was replaced. Through a symlink to /dev/stdout too."""
+    index, queries = demo_index
+    log, link = tmp_path / "log.txt", tmp_path / "out.jsonl"
+    log.write_text("previous line\n")
+    link.symlink_to("/dev/stdout")
+    score = [sys.executable, "-m", "cli.main", "score", str(queries), str(index), "-k", "1", "-q", "-o"]
+    for output in ("/dev/stdout", str(link)):
+        with open(log, "a") as appended:
+            result = subprocess.run(score + [output], stdout=appended, stderr=subprocess.PIPE, text=True, timeout=300,
+                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert result.returncode == 0, result.stderr
+    lines = log.read_text().splitlines()
+    assert lines[0] == "previous line" and len(lines) == 1 + 2 * 3  # one line per non-blank query, twice
+    assert link.is_symlink() and sorted(os.listdir(tmp_path)) == ["log.txt", "out.jsonl"]
+
+
+def test_a_descriptor_path_is_written_where_the_descriptor_stands(cli, demo_index, tmp_path):
+    """/proc/self/fd/N, /proc/PID/fd/N and /dev/fd/N of a file open for appending: appended to, not replaced."""
+    index, queries = demo_index
+    log = tmp_path / "log.txt"
+    log.write_text("previous line\n")
+    with open(log, "a") as appended:
+        fd = appended.fileno()
+        for output in (f"/proc/self/fd/{fd}", f"/proc/{os.getpid()}/fd/{fd}", f"/dev/fd/{fd}"):
+            result = cli("score", queries, index, "-k", 1, "-q", "-o", output)
+            assert result.exit_code == 0 and result.stdout == "", result.output
+    lines = log.read_text().splitlines()
+    assert lines[0] == "previous line" and len(lines) == 1 + 3 * 3 and os.listdir(tmp_path) == ["log.txt"]
+
+
+def test_a_descriptor_not_open_or_open_for_reading_is_refused_before_the_search(cli, demo_index, tmp_path, monkeypatch):
+    import tokembed.search
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched before --output was checked")
+
+    monkeypatch.setattr(tokembed.search, "search", no_search)
+    index, queries = demo_index
+    unused = next(fd for fd in range(100, 1000) if not _is_open(fd))
+    result = cli("score", queries, index, "-o", f"/dev/fd/{unused}")
+    assert result.exit_code == 8, result.output
+    assert f"--output /dev/fd/{unused}: cannot write (descriptor {unused} is not open)" in result.stderr
+    kept = tmp_path / "kept.txt"
+    kept.write_text("kept\n")
+    with open(kept) as read_only:
+        result = cli("score", queries, index, "-o", f"/proc/self/fd/{read_only.fileno()}")
+    assert result.exit_code == 8 and "is open for reading only" in result.stderr, result.output
+    assert kept.read_text() == "kept\n" and os.listdir(tmp_path) == ["kept.txt"]
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return False
+    return True

@@ -1,7 +1,9 @@
 """Query readers for ``score``: a file (or inline texts) -> ``Queries`` (ids, texts, warnings).
 
     .txt              one query per line; id = the line number (from 1); blank lines skipped (warning)
-    .tsv              ``id<TAB>text`` per line; a header line (``id<TAB>text``, or the column names given) is skipped
+    .tsv              ``id<TAB>text`` per line; a first line (blank lines aside) ``id<TAB>text``, or the column names
+                      given, is a header, skipped; columns after the second are ignored (a warning), as colbert-ai's
+                      ``load_queries`` ignores them
     .jsonl            one JSON object per line with ``id`` and ``text`` fields (names configurable)
     .parquet          ``id`` and ``text`` columns (names configurable)
     --query "text"    inline queries, ids q1, q2, ...
@@ -42,8 +44,7 @@ def read_queries(path: Path | str, id_column: str = "id", text_column: str = "te
     """Read a query file; the reader is chosen by suffix (see the module docstring). ``id_required``: the id
     column was named, so a .jsonl line or a .parquet file without it is an error, not line/row numbers."""
     path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: {'a folder, not a query file' if path.is_dir() else 'no such query file'}")
+    _refuse_what_is_no_query_file(path)
     suffix = path.suffix.lower()
     if suffix == ".txt":
         queries = _read_txt(path)
@@ -56,6 +57,21 @@ def read_queries(path: Path | str, id_column: str = "id", text_column: str = "te
     else:
         raise BadInputError(f"{path}: unsupported query file type {suffix!r} (expected {', '.join(QUERY_SUFFIXES)})")
     return check_queries(queries, str(path))
+
+
+def _refuse_what_is_no_query_file(path: Path) -> None:
+    """``BadInputError`` (exit 3) saying what ``path`` is, where it is no regular file. A named pipe (``/dev/stdin``
+    fed by a pipe, a shell's ``<(...)``) is refused as ``encode`` refuses one: it reads once only, and has no
+    suffix to say its format."""
+    from tokembed.sources.files import special_file_problem
+
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise BadInputError(f"{path}: a folder, not a query file")
+    if problem := special_file_problem(path):
+        raise BadInputError(f"{path}: {problem}", hint=f"save the queries to a file ({', '.join(QUERY_SUFFIXES)}) first")
+    raise BadInputError(f"{path}: no such query file")
 
 
 def inline_queries(texts: list[str]) -> Queries:
@@ -119,10 +135,14 @@ def _line_bodies(raw: bytes, lone_cr_ends_a_line: bool) -> list[bytes]:
 
 
 def _blank_warning(path: Path, blanks: list[int]) -> list[str]:
-    if not blanks:
+    return _lines_warning(path, blanks, "skipped {} blank line(s)")
+
+
+def _lines_warning(path: Path, numbers: list[int], what: str) -> list[str]:
+    if not numbers:
         return []
-    shown = ", ".join(map(str, blanks[:10])) + (", ..." if len(blanks) > 10 else "")
-    return [f"{path}: skipped {len(blanks)} blank line(s) (line {shown})"]
+    shown = ", ".join(map(str, numbers[:10])) + (", ..." if len(numbers) > 10 else "")
+    return [f"{path}: {what.format(len(numbers))} (line {shown})"]
 
 
 def _read_txt(path: Path) -> Queries:
@@ -138,7 +158,9 @@ def _read_txt(path: Path) -> Queries:
 
 
 def _read_tsv(path: Path, id_column: str, text_column: str) -> Queries:
-    queries, blanks = Queries(), []
+    """``id<TAB>text`` lines, as colbert-ai's ``load_queries`` reads them: the columns after the second are
+    ignored (with a warning naming the lines). The first line that is not blank may be a header."""
+    queries, blanks, longer, first = Queries(), [], [], True
     for number, line in _lines(path):
         if not line or line.isspace():  # no copy of a huge line
             blanks.append(number)
@@ -146,11 +168,16 @@ def _read_tsv(path: Path, id_column: str, text_column: str) -> Queries:
         qid, tab, text = line.partition("\t")
         if not tab:
             raise BadInputError(f"{path} line {number}: expected id<TAB>text, found no tab")
-        if number == 1 and (qid, text) in ((id_column, text_column), ("id", "text")):
-            continue  # header line (its ids are the first column whatever --id-column names)
+        text, more, _ = text.partition("\t")
+        header, first = first and (qid, text) in ((id_column, text_column), ("id", "text")), False
+        if header:
+            continue  # its ids are the first column whatever --id-column names
+        if more:
+            longer.append(number)
         queries.ids.append(qid)
         queries.texts.append(text)
     queries.warnings += _blank_warning(path, blanks)
+    queries.warnings += _lines_warning(path, longer, "ignored the columns after the second (id, text) on {} line(s)")
     return queries
 
 
