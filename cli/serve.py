@@ -85,7 +85,7 @@ def serve(
             log_level=log_level,
             announce=lambda line: print(line, file=sys.stderr, flush=True),
             index=index,
-            abandon_forward=_exit_now,
+            abandon=_exit_now,
             base_model=base_model,
         )
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down
@@ -120,10 +120,12 @@ def _max_body_bytes(max_body_mb: float) -> int:
     return int(max_body_mb * 1024 * 1024)
 
 
-def _exit_now() -> NoReturn:
-    """A forward pass outlived the shutdown grace (its clients already got 503): end the process without
-    finalizing the interpreter, which would abort under torch's running threads (exit 134, not 0)."""
-    print("tokembed: server stopped (a forward pass still running was abandoned)", file=sys.stderr)
+def _exit_now(running: list[str]) -> NoReturn:
+    """A forward pass or a tokenization outlived the shutdown grace (its clients already got 503): end the process
+    without finalizing the interpreter, which would abort under torch's running threads (exit 134, not 0) or wait
+    for the tokenizer's."""
+    verb = "were" if len(running) > 1 else "was"
+    print(f"tokembed: server stopped ({' and '.join(running)} still running {verb} abandoned)", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

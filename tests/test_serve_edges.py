@@ -1,5 +1,6 @@
 """``tokembed serve`` at its edges: option values no server can run with, API keys beyond ASCII, a failure of the
-batcher's wait, and a shutdown during a forward pass longer than the grace (live servers from ``serve_support``)."""
+batcher's wait, and a shutdown during a forward pass or a tokenization longer than the grace (live servers from
+``serve_support``)."""
 
 from __future__ import annotations
 
@@ -157,6 +158,56 @@ def test_sigterm_during_a_forward_longer_than_the_grace_answers_503_and_exits_0(
         assert process.wait(timeout=30) == 0
         rest = process.stderr.read()
         assert "tokembed: server stopped" in rest and "terminate called" not in rest, rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+# the server process with a tokenization that sleeps for a minute (as a 15 MB single word takes half of one): the
+# lane's thread cannot be stopped, and the interpreter's exit waited for it (the process gone 25-32 s after SIGTERM)
+_SLOW_TOKENIZER_SERVER = """
+import sys, time
+from tokembed.serve.service import EmbeddingService
+tokenize = EmbeddingService._tokenize_now
+def slow_tokenize(self, *args):
+    print("test: tokenizing", file=sys.stderr, flush=True)
+    time.sleep(60)
+    return tokenize(self, *args)
+EmbeddingService._tokenize_now = slow_tokenize
+from cli.main import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_tokenization_longer_than_the_grace_exits_within_15_s(colbert_ckpt):
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_TOKENIZER_SERVER, "serve", "--model", str(colbert_ckpt), "--port", "0",
+         "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stderr.readline()
+        assert "tokembed: serving" in line, line
+        url = line.rsplit(" at ", 1)[1].strip()
+        answers = {}
+        client = threading.Thread(
+            target=lambda: answers.setdefault("pooling", httpx.post(url + "/pooling", json={"input": "hello"}, timeout=60))
+        )
+        client.start()
+        while "test: tokenizing" not in line:
+            line = process.stderr.readline()
+            assert line, "the server ended before the tokenization started"
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        client.join(30)
+        assert answers["pooling"].status_code == 503
+        assert process.wait(timeout=25) == 0
+        assert time.monotonic() - signalled < 20  # the 5 s grace, then 10 s for the tokenization
+        rest = process.stderr.read()
+        assert "tokembed: server stopped (a tokenization still running was abandoned)" in rest, rest
     finally:
         if process.poll() is None:
             process.kill()

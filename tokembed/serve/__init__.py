@@ -61,17 +61,19 @@ def run_server(
     log_level: str = "info",
     announce: Callable[[str], None] = lambda line: None,
     index: str | None = None,
-    abandon_forward: Callable[[], NoReturn] | None = None,
+    abandon: Callable[[list[str]], NoReturn] | None = None,
     base_model: str | None = None,
 ) -> None:
     """Serve ``model`` on ``host:port`` until SIGINT/SIGTERM (``index``: also ``/search`` over that index, its
     model by default; ``base_model``: an adapter's base, as ``encode --base-model``). Raises ``UsageError`` /
     ``ModelError`` / ``DeviceError``.
 
-    ``abandon_forward``: called (and expected not to return) when a forward pass is still running after the
-    shutdown grace and the batcher's wait. The CLI ends the process there: finalizing the interpreter while
-    torch's threads compute aborts it (``std::terminate``). In-process callers leave it None; the batcher's
-    daemon thread then finishes its batch on its own."""
+    ``abandon``: called with what still runs (and expected not to return) when a forward pass or a tokenization
+    outlives the shutdown grace and the service's 10 s wait (``EmbeddingService.close``). The CLI ends the process
+    there: finalizing the interpreter while torch's threads compute aborts it (``std::terminate``), and it would
+    wait for a tokenizer thread to finish (a 15 MB single word can take half a minute). In-process callers leave
+    it None; the batcher's daemon thread then finishes its batch on its own, and the interpreter's exit waits for
+    the tokenizer's."""
     require_serve_deps()
     import uvicorn
 
@@ -102,8 +104,9 @@ def run_server(
             config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=log_level == "debug")
             uvicorn.Server(config).run(sockets=[sock])
         finally:
-            if not service.close() and abandon_forward is not None:
-                abandon_forward()
+            running = service.close()
+            if running and abandon is not None:
+                abandon(running)
     finally:
         sock.close()
 

@@ -4,15 +4,19 @@ One worker thread owns the model. Requests hand it already-tokenized items (``To
 *profile* key (``raw``, ``query``, ``document``: items of one profile share collate and finish steps) and
 await a future. The worker:
 
-1. waits for a first pending request, then at most ``window`` seconds more (less when the pending items
-   already fill ``budget`` tokens), so no request waits longer than the window before its batch starts
-   (unless the worker is still busy with the previous round: the model runs one batch at a time);
-2. takes every pending request, drops those whose client went away (``cancelled``), and per profile plans
-   token-budget batches over *all* their items with the engine's planner (``plan_batches``: sorted
+1. when it holds no work, waits for a first pending request, then at most ``window`` seconds more (less when
+   the pending items already fill ``budget`` tokens), so that requests arriving together share batches;
+2. takes every pending request (a *round*), drops those whose client went away (``cancelled``), and per profile
+   plans token-budget batches over the round's items with the engine's planner (``plan_batches``: sorted
    lengths, padded size within the budget, the same plan ``tokembed encode`` makes for a chunk);
-3. runs each batch through the engine's ``BatchExecutor`` (collate, forward, finish; out-of-memory splits),
-   re-checking cancellation before every batch, and resolves each request's future as soon as its last
-   item is done.
+3. runs one planned batch through the engine's ``BatchExecutor`` (collate, forward, finish; out-of-memory
+   splits), resolves each request's future as soon as its last item is done, then takes the requests that
+   arrived meanwhile (a new round, planned at once, without the window) before choosing the next batch.
+
+The requests holding items take turns, one forward each: the next batch is the first planned one holding an
+item of the request served longest ago (or, never served, that arrived first), and a request that arrived during
+a forward comes before those that forward served. A request arriving while the model is busy therefore waits for
+one forward of each request ahead of it, not for a huge request's every batch; one forward runs at a time.
 
 Items: ``Tokenized`` in, rows ``(vectors [n_kept, D], token ids [n_kept])`` out, in the request's order.
 ``stats`` counts requests, batches and tokens (``/metrics`` shows them): ``batches < requests`` under load
@@ -62,6 +66,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     arrived: float
+    turn: float = 0.0  # when the worker last ran items of it (its arrival before): the oldest goes next
     rows: list = field(default_factory=list)
     remaining: int = 0
     started: bool = False
@@ -88,6 +93,8 @@ class DynamicBatcher:
         self.stats = BatchStats()
         self._pending: list[_Job] = []
         self._pending_tokens = 0
+        self._held: list[_Job] = []  # worker only: requests with items planned but not yet run
+        self._planned: list[tuple[str, list[tuple[_Job, int]]]] = []  # worker only: (profile, batch of (job, item))
         self._closed = False
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="tokembed-batcher", daemon=True)
@@ -98,7 +105,8 @@ class DynamicBatcher:
         if key not in self.executors:
             raise KeyError(f"no executor for profile {key!r}")
         loop = asyncio.get_running_loop()
-        job = _Job(key, items, loop, loop.create_future(), time.monotonic())
+        now = time.monotonic()
+        job = _Job(key, items, loop, loop.create_future(), now, turn=now)
         with self._wake:
             if self._closed or not self._thread.is_alive():
                 raise BatcherClosed("the server is shutting down")
@@ -119,8 +127,8 @@ class DynamicBatcher:
         return self._thread.is_alive() and not self._closed
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Stop taking requests; pending ones fail with ``BatcherClosed``; the running batch finishes. True when
-        the worker has stopped within ``timeout`` seconds, False when it is still inside a forward pass."""
+        """Stop taking requests; the running batch finishes, the requests not done then fail with ``BatcherClosed``.
+        True when the worker has stopped within ``timeout`` seconds, False when it is still inside a forward pass."""
         with self._wake:
             self._closed = True
             self._wake.notify()
@@ -136,31 +144,36 @@ class DynamicBatcher:
                 self._fail_pending(exc)
                 continue
             if jobs is None:
+                self._fail_held(BatcherClosed("the server is shutting down"), count=False)
                 return
             try:
-                self._run_round(jobs)
+                self._plan_round(jobs)
+                self._drop_cancelled()
+                if self._held:
+                    self._run_next_batch()
             except Exception as exc:  # a bug here must not leave requests waiting forever
-                for job in jobs:
-                    self._fail(job, exc)
+                self._fail_held(exc, jobs)
 
     def _next_round(self) -> list[_Job] | None:
-        """Block until a round is due: the first pending request's window is over, or the budget is full."""
+        """The requests pending now (None once closed). Holding no work, block until a round is due: the first
+        pending request's window is over, or the budget is full; holding some, take what is there."""
         with self._wake:
-            while not self._pending and not self._closed:
+            while not self._pending and not self._closed and not self._held:
                 self._wake.wait()
             if self._closed:
                 for job in self._pending:
                     self._fail(job, BatcherClosed("the server is shutting down"), count=False)
                 self._pending = []
                 return None
-            deadline = self._pending[0].arrived + self.window
-            while not self._closed and self._pending_tokens < self.budget:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._wake.wait(left)
+            if self._pending and not self._held:
+                deadline = self._pending[0].arrived + self.window
+                while not self._closed and self._pending_tokens < self.budget:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
             jobs, self._pending, self._pending_tokens = self._pending, [], 0
-            self.stats.rounds += 1
+            self.stats.rounds += bool(jobs)
             return jobs
 
     def _fail_pending(self, error: BaseException) -> None:
@@ -169,50 +182,76 @@ class DynamicBatcher:
         for job in jobs:
             self._fail(job, error)
 
-    def _run_round(self, jobs: list[_Job]) -> None:
+    def _plan_round(self, jobs: list[_Job]) -> None:
+        """Plan the items of a round's live requests into batches, per profile (in order of first arrival)."""
         for job in jobs:
             if job.cancelled:
                 self._drop(job, len(job.items))
         live = [job for job in jobs if not job.cancelled]
-        for key in dict.fromkeys(job.key for job in live):  # profiles in order of first arrival
-            group = [job for job in live if job.key == key]
-            try:
-                self._run_group(key, group)
-            except Exception as exc:  # the engine failed: answer this group's requests, keep serving
-                for job in group:
-                    self._fail(job, exc)
+        for key in dict.fromkeys(job.key for job in live):
+            entries = [entry for job in live if job.key == key for entry in self._entries(job)]
+            lengths = np.array([len(job.items[index].ids) for job, index in entries], dtype=np.int64)
+            for batch in plan_batches(lengths, self.budget):
+                self._planned.append((key, [entries[row] for row in batch.rows]))
+        self._held.extend(job for job in live if job.remaining)
 
-    def _run_group(self, key: str, jobs: list[_Job]) -> None:
-        executor = self.executors[key]
-        entries: list[tuple[_Job, int]] = []  # (job, item index) of every item with tokens
-        for job in jobs:
-            job.rows = [None] * len(job.items)
-            for index, item in enumerate(job.items):
-                if len(item.ids):
-                    entries.append((job, index))
-                    job.remaining += 1
-                else:  # nothing to compute (possible for token-less text on tokenizers without specials)
-                    job.rows[index] = _empty_row(executor)
+    def _entries(self, job: _Job) -> list[tuple[_Job, int]]:
+        """``job``'s items with tokens, as (job, item index); a token-less item's row is set at once (possible
+        for token-less text on tokenizers without specials), and a request with no other is answered."""
+        job.rows = [None] * len(job.items)
+        entries = []
+        for index, item in enumerate(job.items):
+            if len(item.ids):
+                entries.append((job, index))
+            else:
+                job.rows[index] = _empty_row(self.executors[job.key])
+        job.remaining = len(entries)
+        if job.remaining == 0:
+            self._succeed(job)
+        return entries
+
+    def _drop_cancelled(self) -> None:
+        """Requests whose client left: their items not yet run are skipped."""
+        for job in [job for job in self._held if job.cancelled]:
+            self._drop(job, job.remaining)
+            self._forget(job)
+
+    def _forget(self, job: _Job) -> None:
+        """Take ``job``'s items out of the planned batches, and the job out of the turns."""
+        self._held.remove(job)
+        planned = [(key, [entry for entry in rows if entry[0] is not job]) for key, rows in self._planned]
+        self._planned = [(key, rows) for key, rows in planned if rows]
+
+    def _run_next_batch(self) -> None:
+        """One forward: the first planned batch holding an item of the request whose turn it is."""
+        turn = min(self._held, key=lambda job: job.turn)
+        position = next(at for at, (_, rows) in enumerate(self._planned) if any(job is turn for job, _ in rows))
+        key, rows = self._planned.pop(position)
+        served = list(dict.fromkeys(job for job, _ in rows))
+        try:
+            output = self.executors[key].run([job.items[index] for job, index in rows])
+        except Exception as exc:  # the engine failed: answer this batch's requests, keep serving
+            for job in served:
+                self._forget(job)
+                self._fail(job, exc)
+            return
+        self._count(rows, output)
+        for (job, index), row in zip(rows, output.rows, strict=True):
+            job.started = True
+            job.rows[index] = row
+            job.remaining -= 1
+        done = time.monotonic()
+        for job in served:
+            job.turn = done  # behind every request that arrived during this forward
             if job.remaining == 0:
+                self._held.remove(job)
                 self._succeed(job)
-        lengths = np.array([len(job.items[index].ids) for job, index in entries], dtype=np.int64)
-        for batch in plan_batches(lengths, self.budget):
-            rows = []
-            for job, index in (entries[row] for row in batch.rows):
-                if job.cancelled:  # the client left: skip what has not run yet
-                    self._drop(job, 1)
-                else:
-                    rows.append((job, index))
-            if not rows:
-                continue
-            output = executor.run([job.items[index] for job, index in rows])
-            self._count(rows, output)
-            for (job, index), row in zip(rows, output.rows, strict=True):
-                job.started = True
-                job.rows[index] = row
-                job.remaining -= 1
-                if job.remaining == 0:
-                    self._succeed(job)
+
+    def _fail_held(self, error: BaseException, jobs: list[_Job] = (), count: bool = True) -> None:
+        """Answer every request the worker holds (and ``jobs``, a round being planned) with ``error``."""
+        held, self._held, self._planned = self._held, [], []
+        for job in [*held, *jobs]:
+            self._fail(job, error, count)
 
     def _count(self, rows: list[tuple[_Job, int]], output) -> None:
         stats = self.stats

@@ -118,13 +118,14 @@ class EmbeddingService:
         adapters = _attach_adapters(embedder, options) if options.lora_modules else None
         return cls(embedder, options, adapters, served)
 
-    def close(self) -> bool:
-        """Stop the batcher and the tokenizer lanes. False when a forward pass is still running (``DynamicBatcher.close``)."""
-        stopped = self.batcher.close()
-        self._lanes.shutdown()
+    def close(self, wait: float = 10.0) -> list[str]:
+        """Stop the batcher and the tokenizer lanes, ``wait`` s at most in all: what still runs then, to abandon."""
+        deadline = time.monotonic() + wait
+        running = [] if self.batcher.close(wait) else ["a forward pass"]
+        running += [] if self._lanes.stop(deadline) else ["a tokenization"]
         if self.index is not None:
             self.index.stop_watching()
-        return stopped
+        return running
 
     # -- endpoints ---------------------------------------------------------------------------------------
     async def pool(self, request: PoolingRequest) -> dict:
@@ -250,8 +251,7 @@ class EmbeddingService:
             if problem := unicode_problem(text):  # no tokenizer takes it: the client's error, not a 500
                 raise APIError(f"{field} {index}: {problem}", param=field)
         lane = self._lanes.for_texts(texts)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(lane.thread, self._tokenize_now, key, texts, truncate, operation, lane, field)
+        return await lane.run(self._tokenize_now, key, texts, truncate, operation, lane, field)
 
     def _tokenize_now(self, key: str, texts: list[str], truncate: int | None, operation: str, lane: Lane, field: str) -> list:
         """Runs on the lane's tokenizer thread. Raw texts are tokenized to at most limit + 1 tokens so that an

@@ -4,10 +4,16 @@ HF tokenizers are not thread-safe, so each lane is one thread with tokenizers of
 hold more than ``LARGE_REQUEST_CHARS`` characters go to the second lane: a text with no word break is tokenized
 whole to be truncated exactly (``models/long_text.py``), which takes seconds at 15 MB, and ordinary requests
 would otherwise queue behind it. Vision services keep one lane (their processors tokenize short queries).
+
+At shutdown the queued tokenizations are dropped and the running ones waited for until a deadline: a thread
+still inside the tokenizer then cannot be stopped (``run_server`` abandons it as it abandons a forward pass).
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tokembed.serve.options import own_tokenizer_view
@@ -15,11 +21,39 @@ from tokembed.serve.options import own_tokenizer_view
 LARGE_REQUEST_CHARS = 1 << 20
 
 
+class LaneThread(ThreadPoolExecutor):
+    """A lane's one thread, counting the calls handed to it that have not ended (queued or running)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(1, thread_name_prefix=f"tokembed-tokenize-{name}")
+        self._unfinished = 0
+        self._ended = threading.Condition()
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = super().submit(fn, *args, **kwargs)
+        with self._ended:
+            self._unfinished += 1
+        future.add_done_callback(self._end)  # also called for a queued call cancelled by ``stop``
+        return future
+
+    def _end(self, future) -> None:
+        with self._ended:
+            self._unfinished -= 1
+            self._ended.notify_all()
+
+    def stop(self, deadline: float) -> bool:
+        """Drop the queued calls and wait for the running one until ``deadline`` (``time.monotonic``). False when it
+        is still running then: a tokenizer call cannot be interrupted."""
+        self.shutdown(wait=False, cancel_futures=True)
+        with self._ended:
+            return self._ended.wait_for(lambda: self._unfinished == 0, max(0.0, deadline - time.monotonic()))
+
+
 class Lane:
     """One tokenizer thread and the encoders it tokenizes with (keyed by profile and truncation)."""
 
     def __init__(self, name: str, own_tokenizers: bool) -> None:
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"tokembed-tokenize-{name}")
+        self.thread = LaneThread(name)
         self.encoders: dict[tuple[str, int | None], object] = {}
         self._own = own_tokenizers
         self._views: dict[str, object] = {}
@@ -41,8 +75,9 @@ class Lane:
             self._base[key] = type(profile.encoder)(self.view(key, profile), profile.encoder.settings)
         return self._base[key]
 
-    def shutdown(self) -> None:
-        self.thread.shutdown(wait=False, cancel_futures=True)
+    async def run(self, fn, *args):
+        """``fn(*args)`` on this lane's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
 
 
 class TokenizeLanes:
@@ -55,7 +90,6 @@ class TokenizeLanes:
             return self.large
         return self.ordinary
 
-    def shutdown(self) -> None:
-        for lane in (self.ordinary, self.large):
-            if lane is not None:
-                lane.shutdown()
+    def stop(self, deadline: float) -> bool:
+        """Drop the queued tokenizations; False when one still runs at ``deadline`` (``LaneThread.stop``)."""
+        return all([lane.thread.stop(deadline) for lane in (self.ordinary, self.large) if lane is not None])
