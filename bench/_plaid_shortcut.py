@@ -62,7 +62,7 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
     training = {"sample_tokens": len(pool), "index_tokens": index.tokens, "kmeans_iterations": KMEANS_ITERATIONS, "seed": KMEANS_SEED,
                 "library": "faiss", "note": "bench/_plaid_shortcut.py: k-means on the benchmark's pool of real vectors"
                 + (f" (codec {Path(codec_file).name}, trained by an earlier build)" if codec_file else "")}
-    atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "training": training}).encode())
+    atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "centroids": codec.k, "training": training}).encode())
     positions = pool_positions(real, index.rows, seed=1)
     assembled_files = {}  # path -> inode: compress rewriting a file (temp, rename) gives it another
     for number, shard in enumerate(index.shards):
@@ -72,7 +72,7 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
         ids, residuals = pool_ids[where], pool_residuals[where]
         if number == 0:
             _check_against_the_codec(codec, index, shard, ids, residuals, batch_arrays, shard_batches)
-        offsets, lists = inverted_lists(ids, lengths, k)
+        offsets, lists = inverted_lists(ids, lengths, codec.k)  # fewer than k where k-means made identical ones
         codes = ShardCodes(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ids, residuals, offsets, lists,
                            codec.id_bits)
         path = folder / codes_name(shard["sha256"], entry["sha256"])

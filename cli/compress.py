@@ -21,7 +21,7 @@ def compress(
         None, "--nbits", help="Residual bits per dimension: 1, 2 or 4. Default: the index's current value, else 2."
     ),
     centroids: Optional[int] = typer.Option(
-        None, "--centroids", help="Number of k-means centroids (<= 65536). Default: 2**floor(log2(16*sqrt(tokens))), as colbert-ai."
+        None, "--centroids", help="Number of k-means centroids (<= 65536; identical ones are kept once). Default: 2**floor(log2(16*sqrt(tokens))), as colbert-ai."
     ),
     retrain: bool = typer.Option(
         False, "--retrain", help="Train new centroids even if the current ones may be kept (refused once the vectors were dropped)."

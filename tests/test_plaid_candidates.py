@@ -80,18 +80,35 @@ def test_stage1_scores_are_the_definition(probe, tokens, block, margin, monkeypa
         assert min(expected[int(r)] for r in chosen) >= expected[order[keep - 1]] - 1e-5
 
 
-@pytest.mark.parametrize("k, p", [(65_536, 16), (65_536, 1), (4_096, 4), (8_192, 16), (4_096, 32), (1_000, 16)])
+@pytest.mark.parametrize("k, p", [(65_536, 16), (65_536, 1), (4_096, 4), (8_192, 16), (4_096, 32), (1_000, 16),
+                                  (65_530, 24), (4_097, 8)])  # K % TOP_BLOCK != 0: the last columns beside the blocks
 def test_best_columns_are_each_rows_top_p_ties_included(k, p):
     rng = np.random.default_rng(k + p)
-    sims = rng.standard_normal((9, k)).astype(np.float32)
+    sims = rng.standard_normal((11, k)).astype(np.float32)
     sims[1] = np.round(sims[1])  # a row of many equal values: the cut falls inside a tie
     sims[2, : p + 3] = sims[2].max() + 1  # the best values all in one block
     sims[3] = 0.5  # every value equal
+    sims[4, -5 * p :] = sims[4].max() + 1  # a tie of the highest columns (identical centroids of high ids)
+    sims[5, k // 3 : k // 3 + 5 * p] = sims[5].max() + 1  # ... of consecutive ids in the middle
+    sims[6, rng.choice(k, 3 * p, replace=False)] = sims[6].max() + 1  # ... spread over blocks
+    sims[7, rng.choice(k, p // 2, replace=False)] = sims[7].max() + 2  # a tie at the cut below some better values
+    sims[7, rng.choice(np.flatnonzero(sims[7] < sims[7].max()), 2 * p, replace=False)] = sims[7].max() + 1
     got = candidates.best_columns(sims, p)
-    assert got.shape == (9, p)
+    assert got.shape == (11, p)
     for row, columns in zip(sims, got):
         assert len(set(columns.tolist())) == p
-        assert np.array_equal(np.sort(row[columns]), np.sort(row)[-p:])  # the p best values, ties counted
+        # the definition: highest first, of equal values the lowest column first (as ``Codec.assign`` decides)
+        assert sorted(columns.tolist()) == sorted(np.argsort(-row, kind="stable")[:p].tolist())
+
+
+def test_the_probe_takes_the_lowest_of_equally_good_centroids():
+    """Of 120 equal centroids (an earlier release's identical ones, whose tokens ``Codec.assign`` put in the lowest),
+    the probe takes the lowest 24, whether it partitions whole rows or blocks; and so does ``probed_centroids``."""
+    for k in (120, 65_536):
+        sims = np.zeros((2, k), np.float32)
+        sims[:, :120] = 1
+        assert [sorted(row) for row in candidates.best_columns(sims, 24).tolist()] == [list(range(24))] * 2
+        assert sorted(probed_centroids(sims, 24)[0][0].tolist()) == list(range(24))
 
 
 def test_equal_scores_at_the_cut_go_to_the_lower_rows():

@@ -176,3 +176,14 @@ def test_decoding_a_centroid_id_past_the_codec_is_reported_not_clipped():
     ids[2] = codec.k
     with pytest.raises(IndexCorruptError, match="centroid id"):
         codec.decode(ids, packed)
+
+
+def test_training_keeps_identical_centroids_once():
+    """k-means with a centroid per sample vector, 40 of them equal: it makes identical centroids, of which all but
+    the first took probe slots with empty lists (``assign`` codes a tie to the lowest id)."""
+    rng = np.random.default_rng(2)
+    sample = rng.standard_normal((60, 16)).astype(np.float32)
+    sample[20:] = sample[19]
+    codec = train(sample, len(sample), 2)
+    assert codec.k < len(sample) and len(np.unique(codec.centroids, axis=0)) == codec.k
+    assert len(set(codec.assign(sample[19:]).tolist())) == 1

@@ -15,7 +15,7 @@ from plaid_support import recall
 from test_plaid_candidates import DIM, K, random_structure
 from tokembed.search import api
 from tokembed.search.plaid import on_device
-from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows
+from tokembed.search.plaid.candidates import best_by_centroids, best_columns, candidate_rows
 from tokembed.search.plaid.codes import ShardCodes, inverted_lists
 from tokembed.search.plaid.search import Structure, open_searchable, plaid_search
 
@@ -173,3 +173,24 @@ def test_whole_searches_of_duplicated_documents_return_the_cpu_paths_hits(tmp_pa
     for probe, candidates in ((1, 4), (2, 16)):
         expected = plaid_search(index, structure, queries, 10, probe, candidates)
         assert plaid_search(index, structure, queries, 10, probe, candidates, device="cpu") == expected
+
+
+@pytest.mark.parametrize("k", [120, 4_096, 65_536])
+def test_equal_scores_are_probed_lowest_centroid_first_as_in_numpy(k):
+    """``torch.topk`` orders equal scores as the device likes: of an earlier release's identical centroids it could
+    probe others than the lowest, the one ``Codec.assign`` coded their tokens to (and numpy's probe takes)."""
+    rng = np.random.default_rng(k)
+    sims = rng.standard_normal((6, k)).astype(np.float32)
+    sims[0, :] = 0.5  # every score equal
+    sims[1, -min(k, 100) :] = sims[1].max() + 1  # a tie of the highest centroids
+    sims[2] = np.round(sims[2])  # many ties, the cut inside one
+    sims[3, rng.choice(k, 60, replace=False)] = -0.0  # -0.0 and 0.0 are equal scores
+    sims[3, rng.choice(k, 60, replace=False)] = 0.0
+    sims[3, sims[3] > 0] = -1.0
+    sims[4] = -sims[4] ** 2  # negative scores only
+    for p in (1, 24, min(k, 100)):
+        values, probed = on_device._best_centroids(torch.from_numpy(sims), p)
+        expected = best_columns(sims, p)
+        assert [sorted(row) for row in probed.tolist()] == [sorted(row) for row in expected.tolist()], p
+        assert np.array_equal(values.numpy(), np.take_along_axis(sims, probed.numpy(), 1))
+        assert (np.diff(values.numpy(), axis=1) <= 0).all()  # best first

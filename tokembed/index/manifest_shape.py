@@ -134,6 +134,7 @@ FIELDS = (
     (f"{SEARCH}.training.sample_tokens", int, REQUIRED, _COUNT),
     (f"{SEARCH}.training.index_tokens", int, REQUIRED, _COUNT),
     (f"{SEARCH}.training.centroids_asked", int, OPTIONAL, _POSITIVE),
+    (f"{SEARCH}.training.kmeans_centroids", int, OPTIONAL, _POSITIVE),  # more than ``centroids`` where some were identical
     (f"{SEARCH}.drift", dict, REQUIRED, None),
     (f"{SEARCH}.drift.tokens_coded_since_training", int, REQUIRED, _COUNT),
     (f"{SEARCH}.drift.residual_norm_sum_since_training", NUMBER, REQUIRED, None),

@@ -128,8 +128,14 @@ def refresh_structure(folder: Path, manifest: dict, committed: dict | None, opti
 
 def drift_only(old: dict, nbits: int, options: StructureOptions) -> bool:
     """Whether the retrain ``_retrain_reason`` found is drift's (nobody asked for it)."""
-    asked = options.retrain or nbits != old["nbits"] or options.centroids not in (None, old["centroids"])
+    asked = options.retrain or nbits != old["nbits"] or options.centroids not in (None, *trained_counts(old))
     return not asked
+
+
+def trained_counts(structure: dict) -> tuple[int, ...]:
+    """Counts a ``--centroids`` keeps ``structure``'s centroids with: theirs, and k-means's (``codec.distinct_rows``)."""
+    ran = (structure.get("training") or {}).get("kmeans_centroids")
+    return (structure["centroids"],) if ran is None else (structure["centroids"], ran)
 
 
 def keep_centroids_without_vectors(folder: Path, reason: str, drift_alone: bool, log) -> None:
@@ -170,7 +176,7 @@ def _retrain_reason(old: dict, nbits: int, options: StructureOptions) -> str | N
         return "--retrain"
     if nbits != old["nbits"]:
         return f"--nbits {nbits} (the index has {old['nbits']})"
-    if options.centroids is not None and options.centroids != old["centroids"]:
+    if options.centroids is not None and options.centroids not in trained_counts(old):
         return f"--centroids {options.centroids} (the index has {old['centroids']})"
     drift = old["drift"]
     if drift["share_coded_since_training"] > RETRAIN_SHARE:
@@ -244,7 +250,7 @@ def _trained_codec(folder: Path, index, nbits: int, asked: int | None, remembere
     pending = _read_pending(folder)
     if pending is not None and pending.get("key") == key:
         try:  # a run over the same shards died after training: take its codec, its code files follow
-            structure = {"codec": pending["codec"], "nbits": nbits, "centroids": k}
+            structure = {"codec": pending["codec"], "nbits": nbits, "centroids": pending.get("centroids", k)}
             return load_codec(folder, structure), pending["codec"], {**pending["training"], "centroids_asked": asked}
         except Exception:  # unreadable leftovers: train again
             pass
@@ -252,12 +258,15 @@ def _trained_codec(folder: Path, index, nbits: int, asked: int | None, remembere
     log(f"k-means: {k:,} centroids on {n:,} of {index.tokens:,} token vectors ({index.dim}-d, "
         f"{codec_mod.KMEANS_ITERATIONS} iterations; its time grows with centroids x vectors x width)")
     codec = replace(codec_mod.train(_sample_tokens(index, n), k, nbits), vector_norms=norms)
+    if codec.k < k:
+        log(f"k-means made {k - codec.k:,} centroids identical to others (the sample repeats vectors): keeping "
+            f"the {codec.k:,} distinct ones")
     data = codec.to_bytes()
     entry = {"file": f"{CODES_DIR}/codec-{codec_mod.codec_id(data)[:16]}.safetensors"}
     entry.update(write_tensors(folder / entry["file"], codec.tensors(), codec.metadata()))
     training = {"sample_tokens": n, "index_tokens": index.tokens, "kmeans_iterations": codec_mod.KMEANS_ITERATIONS,
-                "seed": codec_mod.KMEANS_SEED, "library": "faiss", "centroids_asked": asked}
-    atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "training": training}).encode())
+                "seed": codec_mod.KMEANS_SEED, "library": "faiss", "kmeans_centroids": k, "centroids_asked": asked}
+    atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "centroids": codec.k, "training": training}).encode())
     return codec, entry, training
 
 

@@ -58,23 +58,56 @@ TOP_BLOCK = 128  # centroids per block in ``best_columns``
 
 
 def best_columns(sims: np.ndarray, p: int) -> np.ndarray:
-    """[n, p] each row's ``p`` highest columns, unordered (at the cut, any of equal values).
+    """[n, p] each row's ``p`` highest columns, unordered; at the cut, of equal values the lowest columns, as
+    ``Codec.assign`` gives a token the lowest of equally good centroids (an earlier release could train identical
+    centroids: probing the highest of them found none of their tokens).
 
     One ``argpartition`` over 65,536 centroids per query token costs ~0.5 ms; instead each row's columns are
-    dealt into blocks of ``TOP_BLOCK`` (block j: columns j, j + K / TOP_BLOCK, ...), and only the ``p`` blocks
-    with the highest maxima are partitioned: they hold every value above the row's p-th best and at least as
-    many equal to it as the cut needs (~8x faster). Strided blocks, because numpy takes the maxima over an
-    outer axis in SIMD, ~4x faster than over contiguous runs of 128 (0.45 vs 1.7 ms for 32 x 65,536)."""
+    dealt into blocks of ``TOP_BLOCK`` (block j: columns j, j + K / TOP_BLOCK, ...; the last K % TOP_BLOCK columns
+    always kept), and only the ``p`` blocks with the highest maxima are partitioned: they hold every value above
+    the row's p-th best (~8x faster). Strided blocks, because numpy takes the maxima over an outer axis in SIMD,
+    ~4x faster than over contiguous runs of 128 (0.45 vs 1.7 ms for 32 x 65,536)."""
     n, k = sims.shape
-    blocks = k // TOP_BLOCK
-    if k % TOP_BLOCK or 4 * p > blocks:  # too few blocks to leave any out: partition the whole row
-        return np.argpartition(sims, k - p, axis=1)[:, k - p :]
-    maxima = sims.reshape(n, TOP_BLOCK, blocks).max(axis=1)
+    blocks, tail = k // TOP_BLOCK, k % TOP_BLOCK
+    if 4 * p > blocks:  # too few blocks to leave any out: partition the whole row
+        return _lowest_at_cut(sims, None, p)[0]
+    maxima = sims[:, : k - tail].reshape(n, TOP_BLOCK, blocks).max(axis=1)
     chosen = np.argpartition(maxima, blocks - p, axis=1)[:, blocks - p :]
-    columns = (chosen[:, :, None] + np.arange(0, k, blocks)).reshape(n, -1)
+    columns = (chosen[:, :, None] + np.arange(0, k - tail, blocks)).reshape(n, -1)
+    if tail:
+        columns = np.concatenate([columns, np.broadcast_to(np.arange(k - tail, k), (n, tail))], axis=1)
     # a flat take (mode "clip": unbuffered; every index is in range) runs ~2x faster than take_along_axis
     values = np.take(sims.reshape(-1), columns + (np.arange(n) * k)[:, None], mode="clip")
-    return np.take_along_axis(columns, np.argpartition(values, values.shape[1] - p, axis=1)[:, values.shape[1] - p :], axis=1)
+    best, cut = _lowest_at_cut(values, columns, p)
+    # more than p blocks reach the cut: one left out holds the cut's value too (maybe in lower columns)
+    rows = np.flatnonzero(np.count_nonzero(maxima >= cut[:, None], axis=1) > p)
+    if len(rows):
+        best[rows] = _lowest_at_cut(sims[rows], None, p)[0]
+    return best
+
+
+def _lowest_at_cut(values: np.ndarray, columns: np.ndarray | None, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """([n, p] the ``columns`` (None: 0, 1, ...) of each row's ``p`` highest ``values``, of equal values at the cut
+    the lowest columns; [n] the cut, each row's p-th highest value). ``argpartition`` takes any of equal values:
+    only rows where some of the cut's value are left out are decided again."""
+    n, m = values.shape
+    best = np.argpartition(values, m - p, axis=1)[:, m - p :]
+    cut = values[np.arange(n), best[:, 0]]  # the partition's pivot: the p-th highest
+    for row in _left_out_at_cut(values, cut, p).tolist():
+        above, equal = np.flatnonzero(values[row] > cut[row]), np.flatnonzero(values[row] == cut[row])
+        if columns is not None:
+            equal = equal[np.argsort(columns[row, equal], kind="stable")]
+        best[row] = np.concatenate([above, equal[: p - len(above)]])
+    return (best if columns is None else np.take_along_axis(columns, best, 1)), cut
+
+
+def _left_out_at_cut(values: np.ndarray, cut: np.ndarray, p: int) -> np.ndarray:
+    """The rows with more than ``p`` values at or above their ``cut``, the p-th highest: some equal to it left out
+    (rare: counted per row only where the count over all rows, ~2x cheaper, is more than ``p`` a row)."""
+    reach = values >= cut[:, None]
+    if np.count_nonzero(reach) == len(reach) * p:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.count_nonzero(reach, axis=1) > p)
 
 
 def candidate_rows(structure, sims: np.ndarray, probe: int, candidates: int, norms: np.ndarray | None = None) -> np.ndarray:

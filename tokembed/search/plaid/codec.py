@@ -274,7 +274,8 @@ def sample_size(k: int, tokens: int) -> int:
 
 
 def train(sample: np.ndarray, k: int, nbits: int) -> Codec:
-    """k-means (faiss) on ``sample`` [n, D], then the residual buckets from the same sample."""
+    """k-means (faiss) on ``sample`` [n, D] (its distinct centroids: at most ``k``), then the residual buckets from
+    the same sample."""
     try:
         import faiss
     except ImportError:
@@ -287,10 +288,20 @@ def train(sample: np.ndarray, k: int, nbits: int) -> Codec:
     centroids = kmeans.centroids.astype(np.float32)
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     centroids = centroids.astype(np.float16).astype(np.float32)  # stored as float16 (tensors): half the codec's bytes
+    centroids = distinct_rows(centroids)
     partial = Codec(centroids, np.zeros(0, np.float32), np.zeros(0, np.float32), nbits)
     held = x[:: -(-x.size // MAX_RESIDUAL_VALUES)]  # every j-th token: residuals of a subsample only (memory, time)
     cutoffs, weights = residual_buckets((held - centroids[partial.assign(held)]).reshape(-1), 1 << nbits)
     return Codec(centroids, cutoffs, weights, nbits)
+
+
+def distinct_rows(centroids: np.ndarray) -> np.ndarray:
+    """``centroids`` less exact repeats (the first of each kept, in order), so fewer than asked where k-means made
+    some identical: on a sample that repeats vectors (duplicate documents) with about a centroid per distinct
+    vector. Identical centroids score alike for every vector: ``assign`` codes all their tokens to the lowest, and
+    the others only take probe slots with their empty lists."""
+    _, first = np.unique(centroids, axis=0, return_index=True)
+    return centroids if len(first) == len(centroids) else centroids[np.sort(first)]
 
 
 def residual_buckets(values: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:

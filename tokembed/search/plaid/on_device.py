@@ -81,7 +81,7 @@ def _stage_one(arrays: DeviceArrays, sims, probe: int, keep: int, norms):
 
     n, k = sims.shape
     p = min(probe, k)
-    values, probed = torch.topk(sims, p, dim=1)  # best first
+    values, probed = _best_centroids(sims, p)
     values, probed = values.flip(1), probed.flip(1)  # worst first, as ``probed_centroids``
     gains = values - (values[:, :1] - IMPUTE_MARGIN * norms[:, None])
     wanted = probed.reshape(-1)  # (query token, rank) pairs
@@ -94,6 +94,20 @@ def _stage_one(arrays: DeviceArrays, sims, probe: int, keep: int, norms):
     best = torch.zeros(n * len(found), dtype=torch.float32, device=sims.device)
     best.scatter_reduce_(0, token * len(found) + inverse, gain, reduce="amax")  # gains are > 0: 0 = not reached
     return _best_rows(found, _column_sums(best.view(n, len(found))), keep)
+
+
+def _best_centroids(sims, p: int):
+    """(scores, centroids) [n, p]: each row's best ``p``, best first; of equal scores the lowest centroid first, as
+    ``candidates.best_columns`` (``torch.topk`` orders ties as the device likes). One ``topk`` over int64 keys: a
+    score's float32 bits turned into an integer of the same order, then ``K - 1 - centroid`` below them."""
+    import torch
+
+    k = sims.shape[1]
+    bits = (sims + 0.0).contiguous().view(torch.int32).long()  # + 0.0: -0.0 becomes +0.0, equal as floats
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # a negative float's bits count the other way
+    keys = ordered * k + torch.arange(k - 1, -1, -1, device=sims.device)
+    probed = torch.topk(keys, p, dim=1).indices
+    return sims.gather(1, probed), probed
 
 
 def _stage_two(arrays: DeviceArrays, sims, rows, keep: int):
