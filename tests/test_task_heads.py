@@ -2,7 +2,8 @@
 distilbert-base-uncased ``DistilBertForMaskedLM``, ELECTRA discriminators ``ElectraForPreTraining``) load in raw
 mode as transformers' ``AutoModel`` loads them: the head's tensors (outside the base model's prefix) are left out.
 They used to be exit 4 ("checkpoint tensors were not used"). A tensor the base model lacks is still refused, and so
-is a head's tensor where ``architectures`` names the base class itself."""
+is a head's tensor where ``architectures`` names the base class itself, and one outside the prefix that the head
+class does not have (a ColBERT projection ``linear.weight`` next to ``Qwen2ForCausalLM``'s ``lm_head``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import write_parquet
-from raw_checkpoints import build_encoder_with_head
+from raw_checkpoints import build_encoder_with_head, build_raw_decoder
 from test_load_check import TEXTS as DOCS, encode_then_break
 from test_parity import assert_raw_parity
 from tokembed.embedder import Embedder
@@ -83,3 +84,42 @@ def test_head_tensors_of_a_base_class_save_are_still_refused(cli, corpus, tmp_pa
 
     encode_then_break(cli, path, corpus, tmp_path, as_base_class, file="model.safetensors",
                       needles=("were not used", "head.dense.weight"))
+
+
+def _decoder_with_head(path, head):
+    """The raw decoder saved with its head class's own tensors outside ``model.``: ``Qwen2ForCausalLM`` with an
+    untied ``lm_head``, ``Qwen2ForSequenceClassification`` with its ``score``."""
+    path = build_raw_decoder(path)
+    config = json.loads((path / "config.json").read_text())
+    tensors = load_file(str(path / "model.safetensors"))
+    if head == "Qwen2ForCausalLM":
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"] * 2
+        config["tie_word_embeddings"] = False
+    else:
+        tensors["score.weight"] = torch.randn(2, config["hidden_size"])  # num_labels 2, transformers' default
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps({**config, "architectures": [head]}))
+    return path
+
+
+@pytest.mark.parametrize("head, native, strays", [
+    ("Qwen2ForCausalLM", "1", ("linear.weight",)),
+    ("Qwen2ForCausalLM", "1", ("linear.weight", "score.weight")),
+    ("Qwen2ForSequenceClassification", "1", ("linear.weight",)),
+    ("BertForMaskedLM", "1", ("linear.weight",)),
+    ("BertForMaskedLM", "0", ("linear.weight",)),
+    ("BertForSequenceClassification", "1", ("linear.weight",)),
+])
+def test_a_tensor_the_head_class_lacks_is_refused(cli, corpus, tmp_path, monkeypatch, head, native, strays):
+    """A ColBERT projection (``linear.weight``) saved outside the base prefix is no tensor of the head class: it used
+    to be ignored with the head's, and raw hidden states were indexed (exit 0). The head's own tensors
+    (``lm_head``, ``score``, ``cls.predictions``, ``classifier``) still load: the first, healthy encode passes."""
+    monkeypatch.setenv("TOKEMBED_NATIVE", native)
+    if head.startswith("Qwen2"):
+        path = _decoder_with_head(tmp_path / "ckpt", head)
+    else:
+        path = build_encoder_with_head(tmp_path / "ckpt", head)
+    hidden = json.loads((path / "config.json").read_text())["hidden_size"]
+    added = {name: torch.randn(16 if name == "linear.weight" else 3, hidden) for name in strays}
+    encode_then_break(cli, path, corpus, tmp_path, _tensors_edited(lambda tensors: tensors.update(added)),
+                      needles=("were not used", *strays))

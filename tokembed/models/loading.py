@@ -10,9 +10,9 @@ Two ways in, one verdict (``require_complete``):
 
 Ignorable names are regular expressions matched at the start of a name (``re.match``), e.g. ``lm_head\\.``
 for a language-model head under a backbone, or ``mtp\\.`` for multi-token-prediction heads; an encoder saved with
-its task head (``ModernBertForMaskedLM``, ``ElectraForPreTraining``) has the head's tensors ignored by transformers'
-own rule (``task_head_tensors``). A remote-code ``ImportError`` (a package the checkpoint's own code needs, such as
-``einops``) is a ``ModelError`` naming the package, never a traceback.
+its task head (``ModernBertForMaskedLM``, ``ElectraForPreTraining``) has that head class's own tensors ignored by
+transformers' own rule (``task_head_tensors``). A remote-code ``ImportError`` (a package the checkpoint's own code
+needs, such as ``einops``) is a ``ModelError`` naming the package, never a traceback.
 """
 
 from __future__ import annotations
@@ -36,31 +36,36 @@ def task_head_tensors(path: Path, names: Iterable[str] | None = None) -> tuple[s
     classification) that ``AutoModel`` leaves out, as exact patterns for ``ignore_unused``. transformers' rule:
     ``config.json``'s ``architectures`` name a head class of its model (not the base model ``AutoModel`` builds) and
     the tensors carry the base model's prefix (``model.`` for ModernBERT, ``distilbert.``, ``electra.``): those outside
-    the prefix are the head's. () otherwise, so a stray tensor of a base-model save, or one under the prefix, is
-    still refused."""
+    the prefix that are parameters of that head class are the head's. () otherwise, so a stray tensor of a base-model
+    save, one under the prefix, or one the head class does not have (a ColBERT ``linear.weight`` next to
+    ``Qwen2ForCausalLM``'s ``lm_head``) is still refused."""
     from tokembed.models.base import read_json
     from tokembed.models.weights import tensor_names
 
     config = read_json(Path(path) / "config.json") or {}
-    prefix = _head_class_prefix(config)
-    if prefix is None:
+    found = _head_class(config)
+    if found is None:
         return ()
+    head_class, prefix = found
     try:
         names = sorted(tensor_names(path) if names is None else names)
     except ModelError:  # an unreadable weight file: the load that follows reports it
         return ()
-    if not any(name.startswith(prefix + ".") for name in names):
+    outside = [name for name in names if not name.startswith(prefix + ".")]
+    if not outside or len(outside) == len(names):
         return ()
-    heads = [name for name in names if not name.startswith(prefix + ".")]
+    is_head_tensor = _head_tensor_test(head_class, Path(path), prefix)
+    heads = [name for name in outside if is_head_tensor(name)]
     if heads:
         logging.getLogger("tokembed").info("%s: %d tensor(s) of the %s head are not used (AutoModel leaves the head "
                                            "out): %s", path, len(heads), config["architectures"][0], _first(heads))
     return tuple(re.escape(name) + r"\Z" for name in heads)
 
 
-def _head_class_prefix(config: dict) -> str | None:
-    """The base model's prefix where ``architectures[0]`` is a transformers head class of the model ``model_type``
-    names (not its base class, which ``AutoModel`` builds); None for the base class, another name, or remote code."""
+def _head_class(config: dict) -> tuple[Any, str] | None:
+    """The transformers head class ``architectures[0]`` names and its base model's prefix, where that class is a
+    head of the model ``model_type`` names (not its base class, which ``AutoModel`` builds); None for the base class,
+    another name, or remote code."""
     architecture = (config.get("architectures") or [None])[0]
     if not isinstance(architecture, str) or config.get("auto_map"):
         return None
@@ -73,7 +78,21 @@ def _head_class_prefix(config: dict) -> str | None:
     if base is None or not isinstance(head, type) or head is base or getattr(head, "config_class", None) is not config_class:
         return None
     prefix = getattr(base, "base_model_prefix", "")
-    return prefix if prefix and getattr(head, "base_model_prefix", None) == prefix else None
+    return (head, prefix) if prefix and getattr(head, "base_model_prefix", None) == prefix else None
+
+
+def _head_tensor_test(head_class: Any, path: Path, prefix: str) -> Callable[[str], bool]:
+    """Whether a saved tensor (under the name transformers loads it as) is a parameter or buffer of ``head_class``
+    outside its base model, read from the class built on the meta device (no memory, no random weights). A tied
+    weight (``lm_head.weight`` sharing the embeddings) is in its state dict, so it counts as the head's. Always False
+    where the class cannot be built: the tensors are then refused as unused, by name."""
+    try:
+        model = _meta_model(head_class, path, {})
+        loaded_as = loaded_name(model, None)
+    except Exception:  # e.g. a config the head class cannot be built from
+        return lambda name: False
+    own = {name for name in model.state_dict() if not name.startswith(prefix + ".")}
+    return lambda name: name in own or loaded_as(name) in own
 
 
 def require_complete(
