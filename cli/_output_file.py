@@ -2,39 +2,65 @@
 
 A file (new or existing) is written under a temp name beside it and renamed over it once complete; through a
 symlink, the file it names is replaced. What cannot be renamed over (a FIFO, a character device) is written
-directly.
+directly, and the rename itself refuses one (``atomic.refuse_replacing_special``: a path that changed kind since
+it was checked), so that /dev/null never becomes a file.
 
-A path that names a descriptor this process has open, ``/dev/stdout``, ``/dev/stderr``, ``/dev/stdin``,
-``/dev/fd/N``, ``/proc/self/fd/N`` (``/proc/thread-self/fd/N``, ``/proc/PID/fd/N`` with this process's pid), is
-that descriptor, to any user: it is written itself (a duplicate of it, at its offset, ``O_APPEND`` kept), as
-``-o -`` writes standard output, so that ``-o /dev/stdout >> log`` appends to the log. Resolved, such a path names
-the file behind the descriptor, which the rename would replace (the log's earlier lines gone), and opening it
-with "w" truncates that file too.
+A path is a descriptor path when, followed as the kernel follows it, its last name is looked up in a descriptor
+folder of this process: the folder its parent resolves to is ``/proc/PID/fd`` (``/proc/PID/task/TID/fd``) with this
+process's pid or a thread's, whatever the spelling (``/dev/stdout``, ``/dev/fd/N``, ``//dev/fd/N``,
+``/proc/self/fd/N``, ``/proc/thread-self/fd/N``, a relative ``../../dev/fd/N``, ``fds/N`` with ``fds ->
+/proc/self/fd``, a link ``out.jsonl -> /dev/stdout``). Such a path is that descriptor, to any user: it is written
+itself (a duplicate of it, at its offset, ``O_APPEND`` kept), so that ``-o /dev/stdout >> log`` appends to the log;
+descriptor 1 is written as ``-o -`` writes standard output (a closed pipe ends it quietly). Resolved, such a path
+names the file behind the descriptor, which the rename would replace (the log's earlier lines gone), and opening it
+with "w" truncates that file too. An open file named by its own path is no descriptor path (``-o results.jsonl``
+is replaced whole, whatever has it open), nor is another process's ``/proc/PID/fd/N`` (the file behind it), nor a
+procfs mounted elsewhere than /proc. The file behind a descriptor (standard output's too) is still judged as an
+``--output`` is when it is a regular file: inside the index folder or the query file, exit 2.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
 
 def refuse_output_over_inputs(output: Path | None, index: Path, query_file: Path | None) -> None:
-    """An ``--output`` that is a file the run reads would be replaced by the results: the index's manifest or a
-    shard (the index lost, a serve process's shard cut), anything else in the index folder, or the query file.
-    Exit 2 before anything is read. Symlinks are followed, on either side."""
+    """Results written into a file the run reads would replace or corrupt it: the index's manifest or a shard (the
+    index lost, a serve process's shard cut), anything else in the index folder, or the query file. Exit 2 before
+    anything is read. Symlinks are followed, on either side; standard output (``output`` None) and a descriptor
+    path are judged by the regular file behind the descriptor (``>> INDEX/manifest.json`` appended the results to
+    the manifest)."""
     from tokembed.errors import UsageError
 
-    if output is None or descriptor_named(output) is not None:  # written as -o - is: nothing is replaced
+    target = _file_written(output)
+    if target is None:
         return
-    target = output.resolve()
+    named = "standard output" if output is None else f"--output {output}"
     if target.is_relative_to(index.resolve()):
-        raise UsageError(f"--output {output}: inside the index folder {index}; the results would overwrite the index",
+        raise UsageError(f"{named}: inside the index folder {index}; the results would overwrite the index",
                          hint="write the results outside the index folder")
     if query_file is not None and target == query_file.resolve():
-        raise UsageError(f"--output {output}: is the query file {query_file}; the results would replace the queries",
+        raise UsageError(f"{named}: is the query file {query_file}; the results would replace the queries",
                          hint="write the results to another file")
+
+
+def _file_written(output: Path | None) -> Path | None:
+    """The file the results land in, symlinks followed: ``--output``'s, or the regular file behind standard output
+    or a descriptor path (None for a pipe, a terminal, a socket, or a file no path names: deleted)."""
+    descriptor = 1 if output is None else descriptor_named(output)
+    if descriptor is None:
+        return output.resolve()
+    try:
+        opened = os.fstat(descriptor)
+        behind = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+        same = stat.S_ISREG(opened.st_mode) and os.path.samestat(os.stat(behind), opened)
+    except (OSError, ValueError):  # not open (refused later, naming it), or no /proc
+        return None
+    return behind if same else None  # " (deleted)", or a name from another mount namespace
 
 
 def refuse_output_that_cannot_be_written(output: Path | None) -> None:
@@ -128,8 +154,6 @@ def _open_for_writing(path: Path, output: Path | None = None):
 
 def _keep_mode(final: Path, tmp: Path) -> None:
     """The replaced results file's permission bits for the new one (a new file gets the umask's, as ``open``)."""
-    import stat
-
     from tokembed.path_kind import FILE, kind_at
 
     if kind_at(final) == FILE:
@@ -137,27 +161,39 @@ def _keep_mode(final: Path, tmp: Path) -> None:
 
 
 
-_DESCRIPTOR_PATH = re.compile(r"/dev/(?:(stdin|stdout|stderr)|fd/(\d+))|/proc/(?:self|thread-self|(\d+))/fd/(\d+)")
-_STANDARD = {"stdin": 0, "stdout": 1, "stderr": 2}
+_FD_FOLDER = re.compile(r"/+proc/(\d+)(?:/task/\d+)?/fd")  # realpath's /dev/fd, /proc/self/fd, /proc/thread-self/fd
 
 
 def descriptor_named(output: Path) -> int | None:
-    """The descriptor of this process that ``output`` names (module doc), through the user's symlinks too
-    (``out.jsonl -> /dev/stdout``), or None."""
+    """The descriptor of this process that ``output`` names (module doc), or None. The path is followed as the kernel
+    follows it: the folder of its last name resolved (``fds/1`` with ``fds -> /proc/self/fd``, ``//dev/fd/1``, a
+    relative ``../../dev/fd/1``), and where that is no descriptor folder the last name, if a link, read and followed
+    in turn (``out.jsonl -> /dev/stdout -> /proc/self/fd/1``). A descriptor's own link is never read: it names the
+    file behind the descriptor, which is the path a descriptor path must not become."""
     path = str(output)
     for _ in range(40):  # the kernel's limit on links followed
-        path = os.path.normpath(path)  # relative, it never matches: a link in it may lead to one that does
-        if match := _DESCRIPTOR_PATH.fullmatch(path):
-            standard, fd, pid, proc_fd = match.groups()
-            if pid is not None and int(pid) != os.getpid():
-                return None  # another process's descriptor: a path to the file behind it
-            return _STANDARD[standard] if standard else int(fd or proc_fd)
+        folder, name = os.path.split(path)
+        folder = os.path.realpath(folder or ".")
+        if match := _FD_FOLDER.fullmatch(folder):
+            return int(name) if name.isdigit() and _is_this_process(int(match.group(1))) else None
         try:
-            target = os.readlink(path)
-        except OSError:  # no link (EINVAL), or nothing there
+            target = os.readlink(os.path.join(folder, name))
+        except (OSError, ValueError):  # no link (EINVAL), nothing there, a NUL
             return None
-        path = os.path.join(os.path.dirname(path), target)
+        path = os.path.join(folder, target)
     return None
+
+
+def is_standard_output(output: Path | None) -> bool:
+    """No ``--output`` (``-o -``), or a path naming descriptor 1 (``/dev/stdout``): written as the command's standard
+    output, a reader that closed the pipe (``| head``) ending it quietly (exit 0) as ``-o -`` does, not exit 8."""
+    return output is None or descriptor_named(output) == 1
+
+
+def _is_this_process(pid: int) -> bool:
+    """``pid`` is this process or one of its threads (``/proc/TID/fd``: the same descriptors); another process's
+    ``/proc/PID/fd/N`` is a path to the file behind its descriptor."""
+    return pid == os.getpid() or os.path.isdir(f"/proc/self/task/{pid}")
 
 
 def _refuse_descriptor_not_written(descriptor: int, output: Path) -> None:

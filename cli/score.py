@@ -16,7 +16,9 @@ from typing import Optional
 import typer
 
 from cli._clock import since_start
-from cli._output_file import open_output, refuse_output_over_inputs, refuse_output_that_cannot_be_written
+from cli._output_file import (
+    is_standard_output, open_output, refuse_output_over_inputs, refuse_output_that_cannot_be_written,
+)
 from cli._paths import checked_path, column_named, path_given, refuse_columns_queries_lack
 from cli._stdout import as_stdout_holds
 from cli.progress import LineProgress, libraries_quiet, warnings_logged
@@ -125,7 +127,7 @@ def score(
             timings=timings, base_model=base_model,
         )
     seconds = startup + time.perf_counter() - started  # whole process so far, as load_seconds counts from its start
-    _write_or_say_why(queries, hits, _pick_format(fmt, output), output)
+    _write_or_say_why(queries, hits, _pick_format(fmt, output), None if is_standard_output(output) else output)
     if log_format == "json":
         _log_json_summary(len(queries), progress, startup, timings)
         return

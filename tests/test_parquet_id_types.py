@@ -134,3 +134,18 @@ def test_uuid_and_json_extension_columns_are_read(tmp_path):
     pq.write_table(pa.table({"id": ["a"], "text": uuids[:1]}), tmp_path / "c.parquet")
     with pytest.raises(BadInputError, match=r"text column 'text' is of type extension<arrow.uuid>, not a string"):
         read_all([tmp_path / "c.parquet"])
+
+
+@canonical_extensions
+@pytest.mark.parametrize("storage", [pa.float32(), pa.float16()])
+def test_a_float32_id_of_an_extension_type_is_the_shortest_text_of_its_own_precision(tmp_path, storage):
+    """The narrowing looked at the column's own type: opaque<float32> ids were '0.10000000149011612', a plain float32
+    column's '0.1'. A dictionary of float32 is narrowed too (a Parquet file reads it back as plain float32)."""
+    from tokembed.sources.parquet import _id_cells
+
+    values = pa.array([0.1, 0.2, None], storage)
+    ids = pa.ExtensionArray.from_storage(pa.opaque(storage, "score", "vendor"), values)
+    pq.write_table(pa.table({"id": ids, "text": ["x", "y", "z"]}), tmp_path / "c.parquet")
+    assert [item.id for item in read_all([tmp_path / "c.parquet"])][:2] == ["0.1", "0.2"]
+    batch = pa.record_batch({"id": values.dictionary_encode()})
+    assert _id_cells(batch, "id") == [0.1, 0.2, None]

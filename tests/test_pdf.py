@@ -364,3 +364,22 @@ def test_jsonl_pdf_column_bad_records_are_bad_rows(tmp_path):
         read_items([none], pdf_column_given=True)
     with pytest.raises(BadInputError, match="line 1: no id field 'key'"):
         read_items([records], pdf_column_given=True, id_column="key", id_column_given=True)
+
+
+def test_a_pdf_path_through_a_linked_folder_and_dotdot_is_the_file_the_kernel_reads(tmp_path, monkeypatch):
+    """``corpus -> store/2024/data`` holding a cell ``../pdfs/a.pdf``: store/2024/pdfs/a.pdf, as the cell's stat found;
+    the path was made absolute as text (``corpus/..`` dropped) and ./pdfs/a.pdf, another document, was indexed. An
+    INPUT ``data/sub/../doc.pdf`` (``sub`` a link) likewise. ``~old/a.pdf`` is test_path_cells.py's."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("store/2024/data", "store/2024/pdfs", "pdfs", "real/inner", "data"):
+        Path(folder).mkdir(parents=True)
+    text_pdf(Path("store/2024/pdfs/a.pdf"), ["the annual report"])
+    text_pdf(Path("pdfs/a.pdf"), ["an unrelated draft"])
+    Path("store/2024/data/rows.jsonl").write_text('{"id": "report", "pdf": "../pdfs/a.pdf"}\n')
+    Path("corpus").symlink_to("store/2024/data")
+    items = read_items(["corpus/rows.jsonl"], pdf_column="pdf", pdf_column_given=True)
+    assert [(item.id, item.text.strip()) for item in items] == [("report#page=1", "the annual report")]
+    text_pdf(Path("real/doc.pdf"), ["the real document"])
+    text_pdf(Path("data/doc.pdf"), ["a decoy beside it"])
+    Path("data/sub").symlink_to("../real/inner")
+    assert [item.text.strip() for item in read_items(["data/sub/../doc.pdf"])] == ["the real document"]

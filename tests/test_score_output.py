@@ -208,3 +208,70 @@ def _is_open(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _score(demo_index, output: str, stdout, cwd=None) -> subprocess.CompletedProcess:
+    index, queries = demo_index
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "score", str(queries), str(index), "-k", "1", "-q"]
+        + ([] if output is None else ["-o", output]),
+        stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300, cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+def test_every_spelling_of_dev_stdout_appends_to_the_log(demo_index, tmp_path):
+    """A leading //, a relative path and a linked folder were no descriptor path: the log behind stdout was
+    replaced by the results alone."""
+    (tmp_path / "fds").symlink_to("/proc/self/fd")
+    (tmp_path / "devlink").symlink_to("/dev")
+    log = tmp_path / "log.txt"
+    log.write_text("previous line\n")
+    spellings = ["//dev/fd/1", "//proc/self/fd/1", os.path.relpath("/dev/fd/1", tmp_path), "fds/1", "devlink/fd/1"]
+    for output in spellings:
+        with open(log, "a") as appended:
+            result = _score(demo_index, output, appended, cwd=tmp_path)
+        assert result.returncode == 0, (output, result.stderr)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "previous line" and len(lines) == 1 + 3 * len(spellings)
+
+
+@pytest.mark.parametrize("output", [None, "-", "/dev/stdout"])
+def test_stdout_appended_to_the_manifest_or_the_query_file_exits_2(demo_index, tmp_path, output):
+    """``-o /dev/stdout >> INDEX/manifest.json`` appended the results to the manifest (the index unreadable, exit 6
+    after): the file behind the descriptor is judged as an --output is, standard output too."""
+    index, queries = tmp_path / "index", tmp_path / "q.txt"
+    shutil.copytree(demo_index[0], index)
+    shutil.copy(demo_index[1], queries)
+    before = _contents(index)
+    with open(index / "manifest.json", "a") as appended:
+        result = _score((index, queries), output, appended)
+    assert result.returncode == 2 and "inside the index folder" in result.stderr, result.stderr
+    assert _contents(index) == before
+    with open(queries, "a") as appended:
+        result = _score((index, queries), output, appended)
+    assert result.returncode == 2 and "is the query file" in result.stderr, result.stderr
+    assert queries.read_bytes() == demo_index[1].read_bytes()
+
+
+@pytest.mark.parametrize("output", ["-", "/dev/stdout"])
+def test_a_reader_that_closed_the_pipe_ends_dev_stdout_quietly(demo_index, output):
+    """``-o /dev/stdout | head -1`` was exit 8 "Broken pipe" where ``-o -`` is exit 0 (README's exit codes)."""
+    reader, writer = os.pipe()
+    os.close(reader)  # a reader gone before the first line
+    with os.fdopen(writer, "w") as closed:
+        result = _score(demo_index, output, closed)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_a_path_that_turned_into_a_pipe_is_never_renamed_over(cli, demo_index, tmp_path, monkeypatch):
+    """A path judged a file that is something else when the results are renamed over it (a race; /dev/null was
+    found replaced by a file on a shared host): exit 8, the pipe (here standing in for /dev/null) left as it was."""
+    from cli import _output_file
+
+    fifo, link = tmp_path / "fifo", tmp_path / "out.jsonl"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    monkeypatch.setattr(_output_file, "_written_in_place", lambda output: False)
+    result = cli("score", demo_index[1], demo_index[0], "-o", link, "-k", 1, "-q")
+    assert result.exit_code == 8 and "not a regular file (a named pipe)" in result.stderr, result.output
+    assert fifo.is_fifo() and link.is_symlink() and sorted(os.listdir(tmp_path)) == ["fifo", "out.jsonl"]

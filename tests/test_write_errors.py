@@ -167,3 +167,16 @@ def test_encode_into_a_read_only_data_folder_reports_the_write_not_its_clean_up(
     result = cli("encode", corpus, "-o", output, "--quiet")
     assert_write_error(result, "data/.part-000000.arrow", "Read-only file system")
     assert not (output / "manifest.json").exists()
+
+
+def test_a_named_pipe_is_never_renamed_over(tmp_path):
+    """A device, FIFO or socket stands in for /dev/null (never touched by a test): renamed over, it became a file
+    of the results for every program on the host. A link to one is replaced as a link, the pipe left."""
+    fifo, link = tmp_path / "fifo", tmp_path / "link"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    with pytest.raises(IndexWriteError, match=r"fifo: cannot write \(not a regular file \(a named pipe\)"):
+        atomic_write_bytes(fifo, b"results\n")
+    assert fifo.is_fifo() and sorted(os.listdir(tmp_path)) == ["fifo", "link"]  # no temp file left
+    atomic_write_bytes(link, b"results\n")
+    assert fifo.is_fifo() and not link.is_symlink() and link.read_bytes() == b"results\n"

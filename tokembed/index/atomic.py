@@ -106,10 +106,29 @@ def _alive(pid: int) -> bool:
 
 
 def publish(tmp: Path, final: Path) -> None:
-    """Make a fully written temp file durable under its final name."""
+    """Make a fully written temp file durable under its final name, never renamed over a device, a named pipe or a
+    socket (``refuse_replacing_special``)."""
     fsync_file(tmp)
+    refuse_replacing_special(final)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+def refuse_replacing_special(final: Path) -> None:
+    """``IndexWriteError`` (exit 8) where ``final`` itself (a link not followed: renaming replaces the link) is a
+    device, a named pipe or a socket: renamed over, /dev/null would become a file of the results for every
+    program on the host. A caller writes such a path in place (``score -o /dev/null``); here it only arrives
+    by a race (the path checked before and changed since). A folder is left to the rename, which refuses it."""
+    import stat
+
+    try:
+        mode = os.lstat(final).st_mode
+    except OSError:  # nothing there; another error is the rename's to say
+        return
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode):
+        return
+    kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    raise IndexWriteError(f"{final}: cannot write (not a regular file ({kind}): it is never replaced)")
 
 
 def sha256_file(path_or_fd, block: int = 1 << 22) -> str:

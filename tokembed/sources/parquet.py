@@ -223,7 +223,7 @@ def _id_cells(batch, column: str) -> list:
     if pa.types.is_temporal(_cell_type(column_type)):
         return _temporal_ids(batch.column(column))
     cells = _cells(batch, column)
-    narrow = {pa.float32(): np.float32, pa.float16(): np.float16}.get(column_type)
+    narrow = {pa.float32(): np.float32, pa.float16(): np.float16}.get(_cell_type(column_type))  # dictionary<float32> too
     if narrow is None:
         return cells
     return [value if value is None or not np.isfinite(value) else float(str(narrow(value))) for value in cells]

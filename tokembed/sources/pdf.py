@@ -141,8 +141,7 @@ def _open_pdf(pdf: Path | bytes, password: str | None):
     if isinstance(pdf, Path) and (problem := special_file_problem(pdf)):  # a FIFO would block PDFium forever
         raise PdfOpenError(problem)
     try:
-        # absolute: pypdfium2 expands a leading "~" itself (a cell's "~old/a.pdf" beside the file: README "Paths")
-        return pdfium.PdfDocument(pdf if isinstance(pdf, bytes) else os.path.abspath(pdf), password=password)
+        return pdfium.PdfDocument(pdf if isinstance(pdf, bytes) else _absolute(pdf), password=password)
     except FileNotFoundError:
         raise PdfOpenError(f"PDF file not found: {pdf}") from None
     except pdfium.PdfiumError as exc:
@@ -165,6 +164,14 @@ def _open_pdf(pdf: Path | bytes, password: str | None):
         raise PdfOpenError(f"cannot read the PDF file ({exc.strerror or exc})") from None
     except RuntimeError as exc:  # pypdfium2 resolves the path: a link to itself is "Symlink loop from ..."
         raise PdfOpenError(f"cannot read the PDF file ({exc})") from None
+
+
+def _absolute(pdf: Path) -> Path:
+    """``pdf`` from the current folder, its ``..`` kept: pypdfium2 expands a leading "~" itself (a cell's
+    "~old/a.pdf" beside the file: README "Paths") and resolves the path, following a link before the ``..`` after
+    it as the kernel does; ``os.path.abspath`` dropped ``link/..`` as text, another file (``store/2024/pdfs/a.pdf``
+    read through ``corpus -> store/2024/data`` as ``corpus/../pdfs/a.pdf`` was ``./pdfs/a.pdf``)."""
+    return pdf if pdf.is_absolute() else Path.cwd() / pdf
 
 
 def _file_error(pdf: Path | bytes) -> PdfOpenError:
