@@ -40,12 +40,22 @@ def refuse_output_over_inputs(output: Path | None, index: Path, query_file: Path
     if target is None:
         return
     named = "standard output" if output is None else f"--output {output}"
-    if target.is_relative_to(index.resolve()):
+    if _overwrites_index(target, index.resolve(), through_descriptor=output is None or descriptor_named(output) is not None):
         raise UsageError(f"{named}: inside the index folder {index}; the results would overwrite the index",
                          hint="write the results outside the index folder")
     if query_file is not None and target == query_file.resolve():
         raise UsageError(f"{named}: is the query file {query_file}; the results would replace the queries",
                          hint="write the results to another file")
+
+
+def _overwrites_index(target: Path, index: Path, through_descriptor: bool) -> bool:
+    """Whether results written to ``target`` would land on the index. ``--output`` anywhere in the folder: it is
+    replaced, and the folder is the index's. Through a descriptor the shell opened (``> INDEX/results.txt``), the
+    file was created or emptied before the run: only appending to the manifest or to a file of the index's own
+    folders (``data/``, the structure's) would damage it; a file of the shell's beside the manifest is left alone."""
+    if not target.is_relative_to(index):
+        return False
+    return not through_descriptor or target.parent != index or target.name == "manifest.json"
 
 
 def _file_written(output: Path | None) -> Path | None:

@@ -253,6 +253,25 @@ def test_stdout_appended_to_the_manifest_or_the_query_file_exits_2(demo_index, t
     assert queries.read_bytes() == demo_index[1].read_bytes()
 
 
+def test_stdout_to_a_file_of_the_shells_beside_the_manifest_is_written_and_a_shard_is_refused(demo_index, tmp_path):
+    """``> INDEX/results.txt`` was created by the shell before the run: the results go there as they always did
+    (only the manifest and the index's own folders are guarded through a descriptor); a shard is refused."""
+    index, queries = tmp_path / "index", tmp_path / "q.txt"
+    shutil.copytree(demo_index[0], index)
+    shutil.copy(demo_index[1], queries)
+    with open(index / "results.txt", "w") as beside:
+        result = _score((index, queries), None, beside)
+    assert result.returncode == 0, result.stderr
+    written = (index / "results.txt").read_text()
+    assert written and written == _score(demo_index, None, subprocess.PIPE).stdout
+    shard = next((index / "data").iterdir())
+    before = shard.read_bytes()
+    with open(shard, "a") as appended:
+        result = _score((index, queries), None, appended)
+    assert result.returncode == 2 and "inside the index folder" in result.stderr, result.stderr
+    assert shard.read_bytes() == before
+
+
 @pytest.mark.parametrize("output", ["-", "/dev/stdout"])
 def test_a_reader_that_closed_the_pipe_ends_dev_stdout_quietly(demo_index, output):
     """``-o /dev/stdout | head -1`` was exit 8 "Broken pipe" where ``-o -`` is exit 0 (README's exit codes)."""
