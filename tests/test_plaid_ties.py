@@ -13,6 +13,7 @@ import numpy as np
 from helpers import manifest
 from plaid_support import clustered_docs
 from test_score import write_index
+from tokembed.index import open_index
 from tokembed.search import api
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid import compress_index
@@ -47,7 +48,7 @@ def test_every_document_is_found_by_its_own_text_with_a_centroid_per_token(tmp_p
     search = manifest(folder)["search"]
     tokens = manifest(folder)["totals"]["tokens"]
     assert search["training"]["kmeans_centroids"] == tokens and search["centroids"] < tokens  # the repeats dropped
-    centroids = load_codec(folder, search).centroids
+    centroids = load_codec(folder, search, open_index(folder)).centroids
     assert len(np.unique(centroids, axis=0)) == len(centroids) == search["centroids"]
     assert own_text_misses(folder, docs) == []
     compress_index(folder, centroids=tokens)  # the count asked for again: the centroids are kept, not retrained
@@ -69,6 +70,7 @@ def test_identical_centroids_of_an_earlier_release_are_probed_where_their_tokens
 
     monkeypatch.setattr(codec_mod, "train", with_copies)
     folder = compressed(tmp_path, docs)
-    centroids = load_codec(folder, manifest(folder)["search"]).centroids
+    search = manifest(folder)["search"]
+    centroids = load_codec(folder, search, open_index(folder)).centroids
     assert len(centroids) - len(np.unique(centroids, axis=0)) == 200
     assert own_text_misses(folder, docs) == []

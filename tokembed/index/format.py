@@ -39,6 +39,7 @@ MANIFEST = "manifest.json"
 DATA_DIR = "data"
 SHARD_PATTERN = re.compile(r"^part-(\d{6,})\.arrow$")
 SEARCH = "search"  # the manifest's search-structure section (tokembed.search.plaid)
+SEARCH_KIND = "plaid"  # its ``kind``: the one structure this release builds and searches
 VECTORS = "vectors"  # its key saying the shards hold no vectors ...
 VECTORS_DROPPED = "dropped"  # ... with this value
 # An empty generation has no structure; this says how its predecessor's was asked for ({"nbits", "drop_vectors"}),

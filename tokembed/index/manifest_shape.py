@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from tokembed.errors import IndexCorruptError
-from tokembed.index.format import NBITS_CHOICES, SEARCH, SEARCH_SETTINGS, VECTORS, VECTORS_DROPPED
+from tokembed.index.format import NBITS_CHOICES, SEARCH, SEARCH_KIND, SEARCH_SETTINGS, VECTORS, VECTORS_DROPPED
 from tokembed.settings import STORE_DTYPES
 
 # the values a field may hold, where readers rely on more than its type: ``in`` and ``refusal`` (why a value is not)
@@ -21,6 +21,13 @@ from tokembed.settings import STORE_DTYPES
 class _OneOf(tuple):
     def refusal(self) -> str:
         return f"not one of {', '.join(map(str, self))}"
+
+
+class _Known(_OneOf):
+    """The values this release writes; another may be a later release's (a structure of another kind)."""
+
+    def refusal(self) -> str:
+        return f"not one this tokembed knows ({', '.join(map(str, self))}; written by a later release?)"
 
 
 class _AtLeast(int):
@@ -114,6 +121,8 @@ FIELDS = (
     (f"{SEARCH_SETTINGS}.drop_vectors", bool, REQUIRED, None),
     # the search structure (``tokembed.search.plaid``): search, info, and the runs that carry or retrain it
     (SEARCH, dict, OPTIONAL, None),
+    (f"{SEARCH}.kind", str, OPTIONAL, _Known((SEARCH_KIND,))),  # every release wrote it; another kind is not searched as plaid
+    (f"{SEARCH}.dim", int, OPTIONAL, _POSITIVE),  # every release wrote it; checked against the codec's (``check_codec_agrees``)
     (f"{SEARCH}.codec", dict, REQUIRED, None),
     (f"{SEARCH}.codec.file", str, REQUIRED, _FILE),
     (f"{SEARCH}.codec.bytes", int, REQUIRED, _COUNT),

@@ -91,22 +91,25 @@ class Index:
             self._verified.remember([(shard["file"], key, digest)])
 
     def _check_counts(self, shard: dict) -> None:
-        """The shard's rows and tokens (and its vectors' width) as the manifest says: the search structure maps
-        documents by these counts, so a manifest that disagrees with its file would pair ids with others' codes.
+        """The shard's rows and tokens (and its vectors' width and value type) as the manifest says: the search
+        structure maps documents by these counts, so a manifest that disagrees with its file would pair ids with
+        others' codes (and ``info`` would report, a GPU scan stage, another dtype than the one read).
         Reads batch headers only, once per shard for this reader (its manifest is fixed; a file rewritten since is
         what the size and sha256 checks catch)."""
         if shard["file"] in self._counted:
             return
         reader = self.open_shard(shard)
         rows, tokens = shard_counts(reader)
-        embeddings = reader.schema.field("embeddings").type if "embeddings" in reader.names else None
-        width = embeddings.value_type.list_size if embeddings is not None else self.dim
         found = {"rows": rows, "tokens": tokens}
         for name, count in found.items():
             if int(shard[name]) != count:
                 raise IndexCorruptError(f"{self.shard_path(shard)}: holds {count} {name}, manifest says {shard[name]}")
-        if width != self.dim:
+        width, dtype = _vector_type(reader)
+        if width is not None and width != self.dim:
             raise IndexCorruptError(f"{self.shard_path(shard)}: vectors of {width} dimensions, manifest says dim {self.dim}")
+        if dtype is not None and dtype != self.manifest["embedding_dtype"]:
+            raise IndexCorruptError(f"{self.shard_path(shard)}: vectors of {dtype}, manifest says embedding_dtype "
+                                    f"{self.manifest['embedding_dtype']}")
         self._counted.add(shard["file"])
 
     @cached_property
@@ -200,6 +203,15 @@ def shard_counts(reader) -> tuple[int, int]:
         token_ids = batch.column(batch.schema.get_field_index("token_ids"))
         tokens += int(token_ids.offsets[-1].as_py() - token_ids.offsets[0].as_py()) if len(token_ids) else 0
     return rows, tokens
+
+
+def _vector_type(reader) -> tuple[int | None, str | None]:
+    """(width, numpy dtype name) of a shard's vectors, from its schema; (None, None) for a shard without them
+    (a compressed-only index's)."""
+    if "embeddings" not in reader.names:
+        return None, None
+    vector = reader.schema.field("embeddings").type.value_type  # fixed_size_list<float16|float32, D>
+    return vector.list_size, vector.value_type.to_pandas_dtype().__name__
 
 
 def read_manifest(folder: Path) -> dict | None:

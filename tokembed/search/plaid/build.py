@@ -36,7 +36,7 @@ import numpy as np
 from tokembed._testhooks import fault_point
 from tokembed.errors import BadInputError, IndexCorruptError, VectorsDroppedError
 from tokembed.index.atomic import atomic_write_bytes, remove_unused
-from tokembed.index.format import SEARCH, VECTORS, VECTORS_DROPPED, vectors_dropped
+from tokembed.index.format import SEARCH, SEARCH_KIND, VECTORS, VECTORS_DROPPED, vectors_dropped
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import CODES_DIR, CodingStats, StoredCodes, code_shard, codes_name
@@ -88,7 +88,7 @@ def refresh_structure(folder: Path, manifest: dict, committed: dict | None, opti
         keep_centroids_without_vectors(folder, reason, reusable and drift_only(old, nbits, options), log)
         reason = None
     if reason is None:
-        codec, codec_entry, drift = load_codec(folder, old), old["codec"], dict(old["drift"])
+        codec, codec_entry, drift = load_codec(folder, old, index), old["codec"], dict(old["drift"])
         training = _with_choice(old["training"], options.centroids)
     else:
         if old is not None:
@@ -108,7 +108,7 @@ def refresh_structure(folder: Path, manifest: dict, committed: dict | None, opti
             progress.advance(shard["rows"], shard["tokens"])
     drift = _update_drift(drift, training, stats, index.tokens)
     structure = {
-        "kind": "plaid",
+        "kind": SEARCH_KIND,
         "nbits": nbits,
         "centroids": codec.k,
         "dim": codec.dim,
@@ -206,12 +206,12 @@ def _update_drift(drift: dict | None, training: dict, stats: CodingStats, tokens
 # ---------------------------------------------------------------------------------------------- codec
 
 
-def load_codec(folder: Path, structure: dict) -> Codec:
-    """The codec ``structure`` lists, refused unless it has the sha256, nbits and centroid count ``structure`` says."""
+def load_codec(folder: Path, structure: dict, index) -> Codec:
+    """The codec ``structure`` lists, refused unless it has the sha256, nbits, centroids and dim it says (``index``'s)."""
     verify_file(folder, structure["codec"], checksum=True)
     path = folder / structure["codec"]["file"]
     tensors, metadata = map_tensors(path)
-    check_codec_agrees(path, tensors, metadata, structure)
+    check_codec_agrees(path, tensors, metadata, structure, index)
     return _in_memory(tensors, metadata)
 
 
@@ -251,7 +251,7 @@ def _trained_codec(folder: Path, index, nbits: int, asked: int | None, remembere
     if pending is not None and pending.get("key") == key:
         try:  # a run over the same shards died after training: take its codec, its code files follow
             structure = {"codec": pending["codec"], "nbits": nbits, "centroids": pending.get("centroids", k)}
-            return load_codec(folder, structure), pending["codec"], {**pending["training"], "centroids_asked": asked}
+            return load_codec(folder, structure, index), pending["codec"], {**pending["training"], "centroids_asked": asked}
         except Exception:  # unreadable leftovers: train again
             pass
     n = codec_mod.sample_size(k, index.tokens)

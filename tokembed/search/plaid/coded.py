@@ -134,7 +134,7 @@ class CodedPrevious(PreviousIndex):
         super().__init__(index)
         structure = index.manifest[SEARCH]
         check_structure_lists_shards(index.folder, index.manifest)
-        self.codec = load_codec(index.folder, structure)
+        self.codec = load_codec(index.folder, structure, index)
         self.codec_sha = structure["codec"]["sha256"]
         self.codes = StoredCodes(index.folder, structure["shards"])
 

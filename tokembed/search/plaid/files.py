@@ -180,19 +180,26 @@ def check_structure_lists_shards(folder: Path, manifest: dict) -> None:
         raise IndexCorruptError(f"{folder}: the search structure does not list the manifest's shards")
 
 
-def check_codec_agrees(path: Path, tensors: dict, metadata: dict, structure: dict) -> None:
-    """The manifest's nbits and centroid count are those of its codec (``path``, mapped: ``map_tensors``): search and
-    the runs that code with it use the codec's, so a manifest that says otherwise is corrupt (info would report what
-    search does not do; a run would record codes of one width under another)."""
+def check_codec_agrees(path: Path, tensors: dict, metadata: dict, structure: dict, index) -> None:
+    """The manifest's nbits, centroid count and dim are those of its codec (``path``, mapped: ``map_tensors``), whose
+    centroids have the dim of ``index`` (an ``Index``): search and the runs that code with it use the codec's, so a
+    manifest that says otherwise is corrupt (info would report what search does not do; a run would record codes of
+    one width under another; queries of one dim would be scored against centroids of another)."""
     try:
-        found = {"nbits": int(metadata["nbits"]), "centroids": len(tensors["centroids"])}
-    except (KeyError, ValueError, TypeError) as exc:
+        centroids = tensors["centroids"]
+        found = {"nbits": int(metadata["nbits"]), "centroids": len(centroids), "dim": centroids.shape[1]}
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
         raise IndexCorruptError(f"{path}: not a codec file (no {exc})") from None
-    differ = [name for name, value in found.items() if structure[name] != value]
+    said = {"nbits": structure["nbits"], "centroids": structure["centroids"], "dim": structure.get("dim", found["dim"])}
+    differ = [name for name, value in found.items() if said[name] != value]
     if differ:
         has = ", ".join(f"{name} {found[name]}" for name in differ)
-        says = ", ".join(f"{name} {structure[name]}" for name in differ)
+        says = ", ".join(f"{name} {said[name]}" for name in differ)
         raise IndexCorruptError(f"{path}: the codec has {has}; the manifest says {says}")
+    if found["dim"] != index.dim:
+        for shard in index.shards:  # the manifest's dim may be the one that is wrong: its shards' vectors say
+            index.verify_shard(shard, checksum=False)
+        raise IndexCorruptError(f"{path}: the codec has dim {found['dim']}; the manifest says the index's vectors have dim {index.dim}")
 
 
 def write_coding_figures(code_file: Path, coded_tokens: int, residual_norm_sum: float, entry: dict) -> None:

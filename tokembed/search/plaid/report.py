@@ -28,7 +28,7 @@ def structure_facts(index) -> dict | None:
     if not structure:
         return None
     codec_path = index.folder / structure["codec"]["file"]
-    check_codec_agrees(codec_path, *map_tensors(codec_path), structure)
+    check_codec_agrees(codec_path, *map_tensors(codec_path), structure, index)
     sizes = {"codec": structure["codec"]["bytes"], "centroid_ids": 0, "residuals": 0, "inverted_lists": 0, "doc_offsets": 0}
     pairs = 0
     for entry in structure["shards"]:

@@ -158,7 +158,7 @@ def _mapped_codec(index, opened) -> Codec:
     structure = index.manifest[SEARCH]
     codec_path = index.folder / structure["codec"]["file"]
     tensors, metadata = map_tensors(codec_path, opened[structure["codec"]["file"]])
-    check_codec_agrees(codec_path, tensors, metadata, structure)
+    check_codec_agrees(codec_path, tensors, metadata, structure, index)
     return Codec.from_tensors(tensors, metadata)
 
 
