@@ -95,3 +95,56 @@ def test_a_request_cancelled_between_its_forwards_is_dropped_and_counted():
     assert isinstance(big, asyncio.CancelledError) and engine.forwards == [[BIG, BIG]]
     stats = batcher.stats
     assert (stats.batches, stats.dropped_items, stats.dropped_requests) == (1, 6, 0)  # it had started: not dropped
+
+
+class ArrivalsDuringForwards:
+    """Each of the first ``waves`` forwards sees a one-item request arrive on each of two profiles (token ids 100,
+    101, ...: the forward that ran each is known), as a steady light load does; a forward holds 10 such items."""
+
+    encoder = None
+
+    def __init__(self, loop, batcher_box: list, waves: int) -> None:
+        self.loop, self.batcher_box, self.waves = loop, batcher_box, waves
+        self.forwards: list[list[int]] = []
+        self.arrived_at: dict[int, int] = {}  # token id -> forwards done when it arrived
+        self.smalls: list = []
+
+    def run(self, items):
+        self.forwards.append([int(item.ids[0]) for item in items])
+        if len(self.forwards) <= self.waves:
+            for key in ("raw", "query"):
+                token = 100 + len(self.arrived_at)
+                self.arrived_at[token] = len(self.forwards) - 1
+                submitted = asyncio.run_coroutine_threadsafe(self.batcher_box[0].submit(key, _items(token, 1, 2)), self.loop)
+                self.smalls.append(submitted)
+            time.sleep(0.02)  # the arrivals are queued with the worker before the forward ends
+        return BatchOutput([(np.tile(item.ids[:, None], (1, 2)).astype(np.float32), item.ids) for item in items], 0, 0)
+
+
+def test_under_steady_light_load_a_big_request_finishes_and_small_ones_share_forwards():
+    """Requests arriving one per forward were each planned into batches of their own (one forward per request,
+    the backlog growing), and a big request waited behind that whole backlog for each of its batches: it finished
+    only once the load stopped. Waiting items are planned again with the new ones, and every other forward
+    serves the oldest request."""
+
+    async def scenario():
+        box: list = []
+        engine = ArrivalsDuringForwards(asyncio.get_running_loop(), box, waves=30)
+        box.append(DynamicBatcher({"raw": engine, "query": engine}, budget=20, window=0.001))
+        try:
+            big = await asyncio.wait_for(box[0].submit("raw", _items(BIG, 8, 10)), 30)  # 4 forwards of 2 items
+            while len(engine.smalls) < 60:
+                await asyncio.sleep(0.01)
+            smalls = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(s) for s in engine.smalls)), 30)
+        finally:
+            box[0].close()
+        return engine, big, smalls
+
+    engine, big, smalls = asyncio.run(scenario())
+    assert len(big) == 8 and all((ids == BIG).all() for _, ids in big)
+    assert [rows[0][1][0] for rows in smalls] == sorted(engine.arrived_at)  # each its own row
+    ran_in = {token: at for at, tokens in enumerate(engine.forwards) for token in tokens if token >= 100}
+    assert max(at for at, tokens in enumerate(engine.forwards) if BIG in tokens) <= 8  # its 4 forwards of the first 9
+    waits = [ran_in[token] - arrived for token, arrived in engine.arrived_at.items()]
+    assert max(waits) <= 4, waits  # was: growing with every forward
+    assert len(engine.forwards) < 4 + 60 * 3 // 4  # small requests share forwards

@@ -13,10 +13,12 @@ await a future. The worker:
    splits), resolves each request's future as soon as its last item is done, then takes the requests that
    arrived meanwhile (a new round, planned at once, without the window) before choosing the next batch.
 
-The requests holding items take turns, one forward each: the next batch is the first planned one holding an
-item of the request served longest ago (or, never served, that arrived first), and a request that arrived during
-a forward comes before those that forward served. A request arriving while the model is busy therefore waits for
-one forward of each request ahead of it, not for a huge request's every batch; one forward runs at a time.
+A round's items are planned together with the items of their profile still waiting from earlier rounds. The
+requests holding items take turns: the next batch is the first planned one holding an item of the request whose
+turn it is (``_whose_turn``): every other forward the request that arrived first, the others the request served
+longest ago (or, never served, that arrived first; one that arrived during a forward comes before those that
+forward served). A request arriving while the model is busy therefore waits for a few forwards, not for a huge
+request's every batch, and a huge request gets every other forward under any load; one forward runs at a time.
 
 Items: ``Tokenized`` in, rows ``(vectors [n_kept, D], token ids [n_kept])`` out, in the request's order.
 ``stats`` counts requests, batches and tokens (``/metrics`` shows them): ``batches < requests`` under load
@@ -95,6 +97,7 @@ class DynamicBatcher:
         self._pending_tokens = 0
         self._held: list[_Job] = []  # worker only: requests with items planned but not yet run
         self._planned: list[tuple[str, list[tuple[_Job, int]]]] = []  # worker only: (profile, batch of (job, item))
+        self._forwards = 0  # worker only: every other forward serves the oldest request (``_whose_turn``)
         self._closed = False
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="tokembed-batcher", daemon=True)
@@ -183,13 +186,17 @@ class DynamicBatcher:
             self._fail(job, error)
 
     def _plan_round(self, jobs: list[_Job]) -> None:
-        """Plan the items of a round's live requests into batches, per profile (in order of first arrival)."""
+        """Plan the items of a round's live requests into batches, per profile (in order of first arrival),
+        together with the items of that profile still waiting from earlier rounds: planned apart, a round's few
+        items made batches of their own, one forward each, and under steady light load the backlog grew."""
         for job in jobs:
             if job.cancelled:
                 self._drop(job, len(job.items))
         live = [job for job in jobs if not job.cancelled]
         for key in dict.fromkeys(job.key for job in live):
-            entries = [entry for job in live if job.key == key for entry in self._entries(job)]
+            entries = [entry for planned, rows in self._planned if planned == key for entry in rows]
+            self._planned = [(planned, rows) for planned, rows in self._planned if planned != key]
+            entries += [entry for job in live if job.key == key for entry in self._entries(job)]
             lengths = np.array([len(job.items[index].ids) for job, index in entries], dtype=np.int64)
             for batch in plan_batches(lengths, self.budget):
                 self._planned.append((key, [entries[row] for row in batch.rows]))
@@ -224,7 +231,7 @@ class DynamicBatcher:
 
     def _run_next_batch(self) -> None:
         """One forward: the first planned batch holding an item of the request whose turn it is."""
-        turn = min(self._held, key=lambda job: job.turn)
+        turn = self._whose_turn()
         position = next(at for at, (_, rows) in enumerate(self._planned) if any(job is turn for job, _ in rows))
         key, rows = self._planned.pop(position)
         served = list(dict.fromkeys(job for job, _ in rows))
@@ -246,6 +253,16 @@ class DynamicBatcher:
             if job.remaining == 0:
                 self._held.remove(job)
                 self._succeed(job)
+
+    def _whose_turn(self) -> _Job:
+        """The request served longest ago; every other forward, the one that arrived first. Turns alone are fair
+        per request: past the server's capacity (arrivals outpacing forwards) a huge request waited behind the
+        whole backlog for each of its batches and did not finish while the load lasted; half the forwards keep
+        it going, and the others still reach a request that arrives behind it within a forward or two."""
+        self._forwards += 1
+        if self._forwards % 2:
+            return min(self._held, key=lambda job: job.arrived)
+        return min(self._held, key=lambda job: job.turn)
 
     def _fail_held(self, error: BaseException, jobs: list[_Job] = (), count: bool = True) -> None:
         """Answer every request the worker holds (and ``jobs``, a round being planned) with ``error``."""
