@@ -112,6 +112,7 @@ helper.join()
 """
 
 
+@pytest.mark.slow  # two 16k-token MiniLM forwards in subprocesses, counting page faults (~30-60 s on 2 cores)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
 def test_a_forward_in_a_second_thread_reuses_freed_activations_too(minilm_path):
     """``import tokembed`` gives the process one malloc arena; a thread's own arena maps every block larger than

@@ -110,7 +110,7 @@ def test_sigterm_keeps_the_killed_runs_shards_with_the_journal(tmp_path):
     assert rerun.returncode == 0 and json.loads(rerun.stdout)["resumed_shards"] == 3, rerun.stderr
 
 
-@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+@pytest.mark.parametrize("suffix", [".parquet", pytest.param(".jsonl", marks=pytest.mark.slow)])  # the same check, ~28 s each
 def test_an_id_column_renamed_upstream_is_refused_not_replaced_by_row_numbers(tmp_path, suffix):
     """The id column renamed (id -> doc_id): the next run numbered the rows instead, exit 0 with every row
     deleted and added again. Refused as a renamed text column is; --id-column reads the new name, --full takes

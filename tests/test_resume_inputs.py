@@ -71,7 +71,11 @@ CHANGES = {  # between the kill and the re-run: (what changes on disk, the re-ru
 }
 
 
-@pytest.mark.parametrize("change", sorted(CHANGES))
+SLOW_CHANGES = {"another --max-image-pixels"}  # a flag change as --image-column's (~20 s each on 2 cores)
+
+
+@pytest.mark.parametrize("change", [pytest.param(change, marks=pytest.mark.slow) if change in SLOW_CHANGES else change
+                                    for change in sorted(CHANGES)])
 def test_a_resume_uses_its_shards_only_for_the_same_rows(model, tmp_path, change):
     data = corpus(tmp_path / "corpus")
     out = tmp_path / "index"
