@@ -57,6 +57,17 @@ def tokembed(*args, env=None) -> subprocess.CompletedProcess:
                           env={**ENV, **(env or {})})
 
 
+def encode_and_compress(folder: Path, checkpoint, rows: int = 40, centroids: int = 16) -> Path:
+    """``folder/index``: ``rows`` corpus rows encoded with ``checkpoint`` (float16 vectors), compressed with
+    ``centroids`` centroids at nbits 2, through the CLI."""
+    from helpers import write_jsonl
+
+    corpus = write_jsonl(folder / "corpus.jsonl", corpus_rows(rows))
+    assert tokembed("encode", corpus, "--model", checkpoint, "-o", folder / "index", "-q").returncode == 0
+    assert tokembed("compress", folder / "index", "--centroids", centroids, "-q").returncode == 0
+    return folder / "index"
+
+
 def structure_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((folder / "plaid").iterdir())}
 

@@ -12,17 +12,13 @@ import shutil
 import pytest
 
 from helpers import manifest, write_jsonl, write_manifest
-from plaid_support import corpus_rows, tokembed
+from plaid_support import corpus_rows, encode_and_compress
 
 
 @pytest.fixture(scope="module")
 def compressed_index(tmp_path_factory, colbert_ckpt):
     """A ColBERT index of 40 rows compressed with 16 centroids at nbits 2."""
-    folder = tmp_path_factory.mktemp("info")
-    corpus = write_jsonl(folder / "corpus.jsonl", corpus_rows(40))
-    assert tokembed("encode", corpus, "--model", colbert_ckpt, "-o", folder / "index", "-q").returncode == 0
-    assert tokembed("compress", folder / "index", "--centroids", 16, "-q").returncode == 0
-    return folder / "index"
+    return encode_and_compress(tmp_path_factory.mktemp("info"), colbert_ckpt)
 
 
 @pytest.fixture(params=["vectors stored", "compressed-only"])

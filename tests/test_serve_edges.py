@@ -132,11 +132,13 @@ main()
 """
 
 
-@pytest.mark.slow
-def test_sigterm_during_a_forward_longer_than_the_grace_answers_503_and_exits_0(colbert_ckpt):
+def _sigterm_while_running(server_code: str, checkpoint, started: str):
+    """A server from ``server_code``, one request, SIGTERM once its stderr says ``started``: (the response, the exit
+    status, seconds from the signal to the exit, the rest of stderr)."""
+    import time
+
     process = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_FORWARD_SERVER, "serve", "--model", str(colbert_ckpt), "--port", "0",
-         "--log-level", "warning"],
+        [sys.executable, "-c", server_code, "serve", "--model", str(checkpoint), "--port", "0", "--log-level", "warning"],
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -148,19 +150,25 @@ def test_sigterm_during_a_forward_longer_than_the_grace_answers_503_and_exits_0(
             target=lambda: answers.setdefault("pooling", httpx.post(url + "/pooling", json={"input": "hello"}, timeout=60))
         )
         client.start()
-        while "test: forward started" not in line:
+        while started not in line:
             line = process.stderr.readline()
-            assert line, "the server ended before the forward pass started"
+            assert line, f"the server ended before {started!r}"
         process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
         client.join(30)
-        response = answers["pooling"]
-        assert response.status_code == 503 and response.json()["error"]["type"] == "ServiceUnavailableError"
-        assert process.wait(timeout=30) == 0
-        rest = process.stderr.read()
-        assert "tokembed: server stopped" in rest and "terminate called" not in rest, rest
+        status = process.wait(timeout=30)
+        return answers["pooling"], status, time.monotonic() - signalled, process.stderr.read()
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_forward_longer_than_the_grace_answers_503_and_exits_0(colbert_ckpt):
+    response, status, _, rest = _sigterm_while_running(_SLOW_FORWARD_SERVER, colbert_ckpt, "test: forward started")
+    assert response.status_code == 503 and response.json()["error"]["type"] == "ServiceUnavailableError"
+    assert status == 0
+    assert "tokembed: server stopped" in rest and "terminate called" not in rest, rest
 
 
 # the server process with a tokenization that sleeps for a minute (as a 15 MB single word takes half of one): the
@@ -181,33 +189,7 @@ main()
 
 @pytest.mark.slow
 def test_sigterm_during_a_tokenization_longer_than_the_grace_exits_within_15_s(colbert_ckpt):
-    import time
-
-    process = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_TOKENIZER_SERVER, "serve", "--model", str(colbert_ckpt), "--port", "0",
-         "--log-level", "warning"],
-        stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        line = process.stderr.readline()
-        assert "tokembed: serving" in line, line
-        url = line.rsplit(" at ", 1)[1].strip()
-        answers = {}
-        client = threading.Thread(
-            target=lambda: answers.setdefault("pooling", httpx.post(url + "/pooling", json={"input": "hello"}, timeout=60))
-        )
-        client.start()
-        while "test: tokenizing" not in line:
-            line = process.stderr.readline()
-            assert line, "the server ended before the tokenization started"
-        process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        client.join(30)
-        assert answers["pooling"].status_code == 503
-        assert process.wait(timeout=25) == 0
-        assert time.monotonic() - signalled < 20  # the 5 s grace, then 10 s for the tokenization
-        rest = process.stderr.read()
-        assert "tokembed: server stopped (a tokenization still running was abandoned)" in rest, rest
-    finally:
-        if process.poll() is None:
-            process.kill()
+    response, status, seconds, rest = _sigterm_while_running(_SLOW_TOKENIZER_SERVER, colbert_ckpt, "test: tokenizing")
+    assert response.status_code == 503 and status == 0
+    assert seconds < 20  # the 5 s grace, then 10 s for the tokenization
+    assert "tokembed: server stopped (a tokenization still running was abandoned)" in rest, rest
