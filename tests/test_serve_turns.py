@@ -148,3 +148,33 @@ def test_under_steady_light_load_a_big_request_finishes_and_small_ones_share_for
     waits = [ran_in[token] - arrived for token, arrived in engine.arrived_at.items()]
     assert max(waits) <= 4, waits  # was: growing with every forward
     assert len(engine.forwards) < 4 + 60 * 3 // 4  # small requests share forwards
+
+
+def test_a_request_cancelled_during_a_forward_that_fails_is_not_counted_as_failed():
+    """Two requests share a forward; one client leaves while it runs, then the engine fails: /metrics counted two
+    failed requests, though only the other was answered with the error."""
+
+    class FailingForward(HeldFirstForward):
+        def run(self, items):
+            super().run(items)
+            raise RuntimeError("engine failed")
+
+    engine = FailingForward()
+    batcher = DynamicBatcher({"raw": engine}, budget=100, window=0.05)
+
+    async def scenario():
+        left = asyncio.ensure_future(batcher.submit("raw", _items(SMALL, 1, 3)))
+        stays = asyncio.ensure_future(batcher.submit("raw", _items(SMALL, 1, 3)))
+        assert await asyncio.get_running_loop().run_in_executor(None, engine.first_started.wait, 10)
+        left.cancel()
+        await asyncio.sleep(0.05)
+        engine.release.set()
+        return await asyncio.gather(left, stays, return_exceptions=True)
+
+    try:
+        left, stays = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    finally:
+        engine.release.set()
+        batcher.close()
+    assert isinstance(left, asyncio.CancelledError) and isinstance(stays, RuntimeError)
+    assert batcher.stats.failed_requests == 1

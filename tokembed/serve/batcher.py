@@ -291,7 +291,7 @@ class DynamicBatcher:
     def _fail(self, job: _Job, error: BaseException, count: bool = True) -> None:
         if not job.resolved:
             job.resolved = True
-            self.stats.failed_requests += count
+            self.stats.failed_requests += count and not job.cancelled  # a client gone got no answer
             _resolve(job, error=error)
 
 
