@@ -147,6 +147,7 @@ def test_last_worker_dying_fails_with_exit_9_and_keeps_the_index(work, tmp_path)
     assert not (out / "run-journal.json").exists()
 
 
+@pytest.mark.slow  # three cpu:2 runs, one killed (~20-30 s); the exit-9 and resume paths run by default elsewhere
 def test_finished_shards_of_a_run_whose_last_worker_died_are_resumed(work, tmp_path):
     """The devices failing (exit 9) threw the run's finished shards away with its journal: a long run whose
     workers the out-of-memory killer stopped started over. Now kept, as after a kill or Ctrl-C."""

@@ -149,6 +149,7 @@ def test_weights_changed_in_place_are_converted_again(cache, monkeypatch, minilm
     assert len(list(cache.glob("*.xml"))) == 2
 
 
+@pytest.mark.slow  # as for weights changed in place: the source's digest (~10-15 s: two conversions)
 def test_a_config_changed_in_place_is_converted_again(cache, monkeypatch, minilm_path, tmp_path):
     """The cache was named by the weights alone: an edited ``config.json`` (``layer_norm_eps``; for an adapter,
     ``lora_alpha``) reused the old conversion, whose vectors were the old config's (0.066 off), exit 0."""
@@ -168,6 +169,7 @@ def test_a_config_changed_in_place_is_converted_again(cache, monkeypatch, minilm
     assert len(list(cache.glob("*.xml"))) == 2
 
 
+@pytest.mark.slow  # as for the .xml: the kept files' digests (~10-15 s: two conversions)
 def test_a_damaged_cached_weights_file_of_the_same_size_is_converted_again(cache, monkeypatch, caplog):
     embed(monkeypatch, "openvino")
     (weights,) = cache.glob("*.bin")
