@@ -382,6 +382,7 @@ def test_matches_colpali_engine_itself(model, checkpoint, tmp_path):
     assert_same(queries, [(want[f"q{i}_ids"].tolist(), want[f"q{i}"]) for i in range(len(QUERIES))])
 
 
+@pytest.mark.slow  # two CLI encodes of a vision checkpoint for stderr text alone (~12-17 s)
 def test_quiet_runs_keep_transformers_notices_off_stderr(checkpoint, tmp_path):
     """The hybrid text model's kernels fall back to torch on the CPU, and transformers logs it during the forward
     pass: every --quiet encode and score printed two [transformers] lines, mail from cron every night."""
