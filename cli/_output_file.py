@@ -33,14 +33,15 @@ def refuse_output_over_inputs(output: Path | None, index: Path, query_file: Path
     index lost, a serve process's shard cut), anything else in the index folder, or the query file. Exit 2 before
     anything is read. Symlinks are followed, on either side; standard output (``output`` None) and a descriptor
     path are judged by the regular file behind the descriptor (``>> INDEX/manifest.json`` appended the results to
-    the manifest)."""
+    the manifest; there only the index's own files are guarded: ``_overwrites_index``)."""
     from tokembed.errors import UsageError
 
-    target = _file_written(output)
+    descriptor = 1 if output is None else descriptor_named(output)
+    target = output.resolve() if descriptor is None else _file_behind(descriptor)
     if target is None:
         return
     named = "standard output" if output is None else f"--output {output}"
-    if _overwrites_index(target, index.resolve(), through_descriptor=output is None or descriptor_named(output) is not None):
+    if _overwrites_index(target, index.resolve(), through_descriptor=descriptor is not None):
         raise UsageError(f"{named}: inside the index folder {index}; the results would overwrite the index",
                          hint="write the results outside the index folder")
     if query_file is not None and target == query_file.resolve():
@@ -58,12 +59,9 @@ def _overwrites_index(target: Path, index: Path, through_descriptor: bool) -> bo
     return not through_descriptor or target.parent != index or target.name == "manifest.json"
 
 
-def _file_written(output: Path | None) -> Path | None:
-    """The file the results land in, symlinks followed: ``--output``'s, or the regular file behind standard output
-    or a descriptor path (None for a pipe, a terminal, a socket, or a file no path names: deleted)."""
-    descriptor = 1 if output is None else descriptor_named(output)
-    if descriptor is None:
-        return output.resolve()
+def _file_behind(descriptor: int) -> Path | None:
+    """The regular file ``descriptor`` (standard output, or a descriptor path's) writes to; None for a pipe, a
+    terminal, a socket, or a file no path names (deleted)."""
     try:
         opened = os.fstat(descriptor)
         behind = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
