@@ -108,15 +108,33 @@ def test_ray_address_auto_without_a_cluster_names_what_it_looked_for(monkeypatch
     from tokembed.errors import DeviceError, UsageError
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(ray_engine, "CURRENT_CLUSTER_FILE", tmp_path / "ray_current_cluster")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
     with pytest.raises(DeviceError, match="--ray-address auto: no running Ray cluster found"):
         ray_engine.cluster_address("auto")
-    (tmp_path / "ray_current_cluster").write_text("10.1.2.3:6379\n")
+    (tmp_path / "ray" / "ray_current_cluster").write_text("10.1.2.3:6379\n")
     assert ray_engine.cluster_address("auto") == "10.1.2.3:6379"
     monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6380")
     assert ray_engine.cluster_address("auto") == "10.9.9.9:6380"
     with pytest.raises(UsageError, match="expected auto or HOST:PORT"):
         ray_engine.connect("nohostport")
+
+
+def test_ray_address_auto_reads_the_file_where_ray_start_wrote_it(monkeypatch, tmp_path):
+    """``ray start`` records its address under ``$RAY_TMPDIR``, else ``$TMPDIR`` (Linux), else /tmp; a fixed
+    /tmp/ray path missed a cluster started with TMPDIR set and took a stale /tmp record for it."""
+    from tokembed.engine import ray_cluster as ray_engine
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    for name in ("ray_tmp", "tmp"):
+        (tmp_path / name / "ray").mkdir(parents=True)
+    (tmp_path / "tmp" / "ray" / "ray_current_cluster").write_text("10.0.0.1:6379\n")
+    (tmp_path / "ray_tmp" / "ray" / "ray_current_cluster").write_text("10.0.0.2:6379\n")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    assert ray_engine.cluster_address("auto") == "10.0.0.1:6379"
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray_tmp"))  # Ray's own variable wins
+    assert ray_engine.cluster_address("auto") == "10.0.0.2:6379"
 
 
 def test_ray_address_env_auto_is_the_local_cluster_and_a_bad_one_is_named_as_from_ray_address(monkeypatch, tmp_path):
@@ -125,11 +143,12 @@ def test_ray_address_env_auto_is_the_local_cluster_and_a_bad_one_is_named_as_fro
     from tokembed.engine import ray_cluster as ray_engine
     from tokembed.errors import DeviceError, UsageError
 
-    monkeypatch.setattr(ray_engine, "CURRENT_CLUSTER_FILE", tmp_path / "ray_current_cluster")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     with pytest.raises(DeviceError, match="RAY_ADDRESS is auto and no `ray start` on this machine"):
         ray_engine.cluster_address("auto")
-    (tmp_path / "ray_current_cluster").write_text("10.1.2.3:6379\n")
+    (tmp_path / "ray" / "ray_current_cluster").write_text("10.1.2.3:6379\n")
     assert ray_engine.cluster_address("auto") == "10.1.2.3:6379"
     assert ray_engine.cluster_address(None) == "10.1.2.3:6379"
     for value, why in (("local", "expected auto or HOST:PORT"), ("ray://10.1.2.3:10001", "not a URL")):
@@ -277,3 +296,25 @@ def test_a_malformed_devices_value_is_refused_before_the_model_loads_or_the_clus
     assert result.exit_code == 9, result.stderr
     assert "--devices cuda:0,cuda:0: a device is listed twice" in result.stderr
     assert "no-model" not in result.stderr and not (tmp_path / "index").exists()
+
+
+def test_an_unreachable_actor_is_not_reported_as_retries_exhausted(monkeypatch):
+    """When the cluster's head died mid-run, every actor call raised Ray's ``ActorUnavailableError`` and the run said
+    "died and its chunk's retries are exhausted", with the out-of-memory hint, though no restart was ever tried."""
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    from tokembed.engine.ray import RayRunner
+    from tokembed.errors import DeviceError
+
+    def unreachable(ref):
+        raise ActorUnavailableError("RpcError: Connection refused", None)
+
+    monkeypatch.setattr(ray, "get", unreachable)
+    runner = object.__new__(RayRunner)
+    runner._held = {0: 1}
+    with pytest.raises(DeviceError, match="ray actor 0 became unreachable") as caught:
+        runner._collect_part(0, object(), 1, "key")
+    assert "retries are exhausted" not in str(caught.value) and "out-of-memory" not in caught.value.hint
+    assert "resumes where this run stopped" in caught.value.hint
+    assert runner._held == {0: 0}

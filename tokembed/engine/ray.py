@@ -238,7 +238,7 @@ class RayRunner:
 
     def _collect_part(self, actor: int, ref, rows: int, key: str) -> ChunkResult:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
         try:
             done = ray.get(ref)
@@ -247,6 +247,12 @@ class RayRunner:
             if isinstance(cause, TokembedError):
                 raise cause from None
             raise DeviceError(f"ray actor {actor} failed on a chunk: {cause or exc}") from exc
+        except ActorUnavailableError as exc:  # no answer from its node: not a death Ray counted against the retries
+            raise DeviceError(
+                f"ray actor {actor} became unreachable: {_first_line(exc)}",
+                hint="its node or the cluster's head may be gone (`ray status`); run the same command again "
+                "once the cluster is back: it resumes where this run stopped",
+            ) from exc
         except RayActorError as exc:
             raise DeviceError(
                 f"ray actor {actor} died and its chunk's retries are exhausted ({ACTOR_RETRIES} restarts): {_first_line(exc)}",

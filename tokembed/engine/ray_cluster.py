@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from tokembed.engine.device import check_form, cpu_workers, cuda_devices
 from tokembed.errors import DeviceError, UsageError
 
 CONNECT_SECONDS = 5.0
-CURRENT_CLUSTER_FILE = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records its address
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,9 @@ def _find_address(address: str | None) -> tuple[str, str]:
     from_env = os.environ.get("RAY_ADDRESS", "").strip()
     if from_env and from_env != "auto":
         return from_env, "RAY_ADDRESS"
-    if CURRENT_CLUSTER_FILE.is_file() and (found := CURRENT_CLUSTER_FILE.read_text().strip()):
-        return found, f"--ray-address auto ({CURRENT_CLUSTER_FILE})"
+    recorded = current_cluster_file()
+    if recorded.is_file() and (found := recorded.read_text().strip()):
+        return found, f"--ray-address auto ({recorded})"
     unset = "RAY_ADDRESS is auto" if from_env else "RAY_ADDRESS is unset"
     raise DeviceError(
         f"--ray-address auto: no running Ray cluster found ({unset} and no `ray start` on this machine)",
@@ -56,10 +57,17 @@ def _find_address(address: str | None) -> tuple[str, str]:
     )
 
 
+def current_cluster_file() -> Path:
+    """Where `ray start` on this machine records its address: Ray's own rule (``RAY_TMPDIR``, else ``TMPDIR`` on
+    Linux, else /tmp), so a cluster started with either set is found, and a stale /tmp one is not taken for it."""
+    folder = os.environ.get("RAY_TMPDIR")
+    if folder is None and sys.platform.startswith("linux"):
+        folder = os.environ.get("TMPDIR")
+    return Path(folder or "/tmp") / "ray" / "ray_current_cluster"
+
+
 def connect(address: str | None) -> tuple[str, bool]:
     """Connect this process to the cluster; returns (address, whether this call connected it)."""
-    import sys
-
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a library caller connected already
         return "(connected)", False
     target, source = _find_address(address)
