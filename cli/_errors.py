@@ -23,6 +23,7 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.OpenFilesLimitError, 8, "too many open files"),
     (errors.IndexNotFoundError, 6, "index not found"),
     (errors.IndexCorruptError, 6, "index corrupt"),
+    (errors.IndexReplacedError, 6, "index replaced"),
     (errors.DeviceError, 9, "device error"),
     (errors.InterruptedRun, EXIT_INTERRUPTED, "interrupted"),
 ]

@@ -33,17 +33,17 @@ def info(
 def _facts_of_one_generation(index: Path, verify: bool) -> dict:
     """The facts of the committed generation; a file of it that vanishes while they are read belongs to one a
     writer just replaced: read the new manifest (as ``score`` does), never report a sound index as corrupt."""
-    from tokembed.errors import IndexCorruptError
+    from tokembed.errors import IndexCorruptError, IndexReplacedError
     from tokembed.index import open_index
-    from tokembed.index.reader import read_manifest
+    from tokembed.index.reader import replaced_is_not_corrupt
 
     for _ in range(5):
         opened = open_index(index, structure=False)  # check_structure opens its files a few at a time
         try:
-            return _facts(index, opened, verify)
-        except IndexCorruptError:
-            if read_manifest(Path(index)) == opened.manifest:
-                raise
+            with replaced_is_not_corrupt(opened):
+                return _facts(index, opened, verify)
+        except IndexReplacedError:
+            continue
     raise IndexCorruptError(f"{index}: the index kept changing while it was being read")
 
 

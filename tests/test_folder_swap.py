@@ -13,6 +13,7 @@ import pytest
 from helpers import manifest, write_parquet
 from plaid_support import corpus_rows, edited
 from test_score import random_docs, write_index
+from tokembed.errors import IndexCorruptError, IndexReplacedError
 from tokembed.index import export as export_module
 from tokembed.index.export import export_index
 from tokembed.index.reader import open_index
@@ -107,6 +108,36 @@ def test_a_structure_search_of_an_index_held_through_a_cron_commit_answers_from_
     assert cli("encode", second, "-o", folder, *common).exit_code == 0
     assert [entry for entry in held.manifest["search"]["shards"] if not (folder / entry["file"]).exists()]
     assert search_vectors(held, queries, top_k=5) == before and len(before[0]) == 5
+
+
+@pytest.mark.parametrize("drop", [[], ["--drop-vectors"]], ids=["vectors stored", "compressed-only"])
+def test_a_structure_search_of_an_index_held_without_its_structure_after_a_cron_commit_says_reopen_it(
+        tmp_path, cli, checkpoint, drop):
+    """``open_index(..., structure=False)`` holds the shards alone: its structure search opens the structure's files by
+    path, which the commit removed. That was "manifest lists codes-..., which is missing" (IndexCorruptError, exit 6):
+    a sound index called damaged, which a caller would rebuild."""
+    from cli._errors import exit_code_for
+
+    common = ["--model", checkpoint("pylate_bert"), "--shard-rows", 10, "-q"]
+    folder = tmp_path / "index"
+    first, second = (write_parquet(tmp_path / f"v{n}.parquet", rows) for n, rows in enumerate([corpus_rows(40), edited(corpus_rows(40))]))
+    assert cli("encode", first, "-o", folder, "--nbits", 2, *drop, *common).exit_code == 0
+    queries = [np.random.default_rng(0).standard_normal((4, manifest(folder)["dim"])).astype(np.float32)]
+    held = open_index(folder, structure=False)
+    assert cli("encode", second, "-o", folder, *common).exit_code == 0
+    with pytest.raises(IndexReplacedError, match="a newer generation of the index was committed since") as raised:
+        search_vectors(held, queries, top_k=5)
+    assert "structure=True" in raised.value.hint and exit_code_for(raised.value) == (6, "index replaced")
+    assert len(search_vectors(open_index(folder, structure=False), queries, top_k=5)[0]) == 5  # reopened, it answers
+
+
+def test_a_code_file_missing_from_the_generation_still_committed_is_corruption(compressed, tmp_path):
+    folder = tmp_path / "index"
+    shutil.copytree(compressed[0], folder)
+    held = open_index(folder, structure=False)
+    (folder / manifest(folder)["search"]["shards"][0]["file"]).unlink()
+    with pytest.raises(IndexCorruptError, match="which is missing"):
+        search_vectors(held, compressed[2][:1], top_k=5)
 
 
 def test_a_scan_of_an_index_whose_folder_was_swapped_drops_the_pages_it_read(tmp_path):

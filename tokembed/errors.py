@@ -67,6 +67,12 @@ class IndexCorruptError(IndexError_):
     """A manifest that lists a missing shard, or a shard whose checksum does not match."""
 
 
+class IndexReplacedError(IndexError_):
+    """An index held open (``open_index``) that must read a file of its generation by path (its search structure's,
+    opened with ``structure=False``) after a later commit replaced that generation and removed the file: the index is
+    sound, the reader is behind it; reopened, it reads the new generation."""
+
+
 class IndexLockedError(IndexError_):
     """Another process holds the index's writer lock."""
 

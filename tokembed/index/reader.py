@@ -18,11 +18,13 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from tokembed.errors import IndexCorruptError, IndexNotFoundError, IndexUnreadableError, TokembedError, UsageError
+from tokembed.errors import (IndexCorruptError, IndexNotFoundError, IndexReplacedError, IndexUnreadableError, TokembedError,
+                             UsageError)
 from tokembed.index.arrow_file import ShardReader
 from tokembed.index.atomic import sha256_file
 from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS, manifest_bytes
@@ -265,12 +267,15 @@ def open_index(folder: Path | str, structure: bool = True) -> Index:
     """Open the committed generation of an index, with every shard it lists held open, and with ``structure`` its
     search structure's files too (a structure search through the ``Index`` then reads its own generation's, see
     ``structure_files``). A caller that never searches through the structure (an exact scan, an export) passes
-    False: it holds one file per shard, not two, and a later structure search opens the files by path.
+    False: it holds one file per shard, not two, and a later structure search opens the files by path (once a commit
+    has removed them, ``IndexReplacedError``: ``replaced_is_not_corrupt``).
 
     A file the OS refuses for want of descriptors (``ulimit -n``) is ``OpenFilesLimitError``, not a missing one."""
     import pyarrow as pa
 
     folder = require_index_path(folder, "open_index")
+    if not isinstance(structure, bool):  # "no" would hold the structure's files as True does, without a word
+        raise UsageError(f"open_index: structure {structure!r}: must be True or False")
     kind = index_path_kind(folder)
     if kind != FOLDER:
         raise IndexNotFoundError(f"{folder}: {'a file, not an index folder' if kind else 'no such index folder'}")
@@ -296,6 +301,23 @@ def open_index(folder: Path | str, structure: bool = True) -> Index:
             raise IndexCorruptError(f"{folder}: manifest lists {missing}, which is missing")
         return Index(folder, manifest, maps, _structure_files=held)  # a structure file missing: its search says so
     raise IndexCorruptError(f"{folder}: the index kept changing while it was being opened")
+
+
+@contextmanager
+def replaced_is_not_corrupt(index: Index):
+    """Around reads of ``index``'s generation that may go by path: a file found missing or damaged while the folder's
+    manifest is no longer the one ``index`` opened was removed or replaced by a later commit (or a swapped-in folder),
+    which is ``IndexReplacedError``, never corruption; in the generation still committed it is ``IndexCorruptError``."""
+    try:
+        yield
+    except IndexCorruptError:
+        if read_manifest(index.folder) == index.manifest:
+            raise
+        raise IndexReplacedError(
+            f"{index.folder}: a newer generation of the index was committed since this Index was opened, and files of "
+            "the one it opened are gone; the index is not damaged",
+            hint="reopen it (tokembed.index.open_index); one opened with structure=True (the default) holds its search "
+            "structure's files and keeps answering from the generation it opened") from None
 
 
 def _open_structure_files(folder: Path, manifest: dict) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,8 @@ def search(
     _check_model_and_device(model, device, base_model)
     index_path = require_index_path(index_path, "index_path")
     _check_options(top_k, block_tokens, probe, candidates)
+    _check_switches(exact=exact, allow_model_mismatch=allow_model_mismatch, trust_remote_code=trust_remote_code)
+    _check_timings_and_progress(timings, progress)
     asked = as_queries(queries)
     timings = {} if timings is None else timings
     started = time.perf_counter()
@@ -128,6 +130,8 @@ def encode_queries(
     from tokembed.models.token_ids import TokenPastEmbeddingsError
 
     _check_model_and_device(model, device, base_model)
+    _check_switches(allow_model_mismatch=allow_model_mismatch, trust_remote_code=trust_remote_code)
+    _check_timings_and_progress(timings, None)
     index = _checked_index(index)
     asked = as_queries(texts, ids)
     texts, ids = asked.texts, asked.ids
@@ -181,6 +185,8 @@ def search_vectors(
     from tokembed.search.plaid.search import has_structure, open_searchable, open_structure
 
     _check_options(top_k, block_tokens, probe, candidates)
+    _check_switches(exact=exact)
+    _check_timings_and_progress(None, progress)
     index, query_matrices = _checked_index(index), _checked_query_matrices(query_matrices)
     if not isinstance(index, Index):
         index, structure = open_searchable(index) if not exact else (open_index(index, structure=False), None)
@@ -297,6 +303,24 @@ def _check_options(top_k: int, block_tokens: int, probe: int | None = None, cand
             raise UsageError(f"{flag} {value!r}: must be a whole number")
         if value < 1:
             raise UsageError(f"{flag} {value}: must be at least 1")
+
+
+def _check_switches(**switches) -> None:
+    """``exact``, ``allow_model_mismatch``, ``trust_remote_code``: True or False, as ``EncodeFlags``' are; a "no" would
+    count as True without a word."""
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise UsageError(f"{name}={value!r}: must be True or False")
+
+
+def _check_timings_and_progress(timings, progress) -> None:
+    """Checked before the index is opened and the model loads, not a TypeError or AttributeError once the queries were
+    encoded."""
+    if timings is not None and not isinstance(timings, MutableMapping):
+        raise UsageError(f"timings: expected a dict to fill in (or None), got {type(timings).__name__}")
+    if progress is not None and not all(callable(getattr(progress, name, None)) for name in ("start", "advance")):
+        raise UsageError(f"progress: expected an object with start(total_rows) and advance(rows, tokens) (or None), "
+                         f"got {type(progress).__name__}")
 
 
 def _check_model_and_device(model, device, base_model=None) -> None:

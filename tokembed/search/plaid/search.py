@@ -23,13 +23,13 @@ map), so searching keeps no shard pages resident however many queries it answers
 from __future__ import annotations
 
 import threading
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tokembed.errors import IndexCorruptError, UsageError
+from tokembed.errors import IndexCorruptError, IndexReplacedError, UsageError
 from tokembed.index.format import vectors_dropped
 from tokembed.search.plaid.build import SEARCH, refuse_unit_codes_without_vectors
 from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, scratches
@@ -78,19 +78,21 @@ def open_searchable(folder: Path | str, verify: bool = True):
     A file that vanishes between reading the manifest and mapping it belongs to a generation a writer just
     replaced: read the manifest again (as ``open_index`` does for shards).
     """
-    from tokembed.index.reader import open_index, read_manifest
+    from tokembed.index.reader import open_index, replaced_is_not_corrupt
 
     for _ in range(_OPEN_ATTEMPTS):
         index = open_index(folder)
         if not has_structure(index):
             return index, None
         try:
-            return index, open_structure(index, verify)
+            with replaced_is_not_corrupt(index):
+                return index, open_structure(index, verify)
+        except IndexReplacedError:
+            continue
         except IndexCorruptError as exc:
-            if read_manifest(Path(folder)) == index.manifest:
-                if exc.hint is None and not vectors_dropped(index.manifest):
-                    exc.hint = "score --exact still searches the vectors; tokembed compress --retrain rebuilds the structure"
-                raise
+            if exc.hint is None and not vectors_dropped(index.manifest):
+                exc.hint = "score --exact still searches the vectors; tokembed compress --retrain rebuilds the structure"
+            raise
     raise IndexCorruptError(f"{folder}: the index kept changing while it was being opened")
 
 
@@ -116,10 +118,18 @@ def open_structure(index, verify: bool = True) -> Structure:
     return Structure(codec, shards, starts)
 
 
+@contextmanager
 def _held_files(index, entries: list[dict]):
-    """The index's own open structure files; opened now by path for an ``Index`` made without them."""
+    """The index's own open structure files; opened now by path for an ``Index`` made without them, where a commit
+    since may have removed them: ``IndexReplacedError`` then, not corruption."""
     held = index.structure_files(entries)
-    return held_open(index.folder, entries) if held is None else nullcontext(held)
+    if held is not None:
+        yield held
+        return
+    from tokembed.index.reader import replaced_is_not_corrupt
+
+    with replaced_is_not_corrupt(index), held_open(index.folder, entries) as opened:
+        yield opened
 
 
 def check_structure(index, checksum: bool) -> None:
