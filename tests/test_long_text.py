@@ -85,6 +85,106 @@ def test_an_added_token_the_window_would_cut_is_read_whole():
     assert not read_otherwise_before_added_token_fix(tokenizer, plain[:500], 64)
 
 
+ENTITY = "[ENTITY_MARKER_START]"  # 21 characters: longer than the window's 16-character margin
+
+
+def cut_through(tokenizer, spelled: str, glued: str = "") -> None:
+    """A spaced-out text (20 characters a token, so that the kept tokens reach the window's cut) that holds
+    ``spelled``, after ``glued``, with the window cutting into it at every position, every ``max_length`` near it."""
+    from tokembed.models.long_text import window_chars
+
+    cut = window_chars(64)
+    for lead in range(len(spelled) + 1):  # the token starts ``lead`` characters before the cut
+        start = cut - lead - len(glued)
+        filler = ("the" + " " * 17) * (start // 20)
+        head = filler + " " * (start - len(filler)) + glued
+        text = head + spelled + " the end." * 300
+        kept = len(tokenizer(head, add_special_tokens=False)["input_ids"]) + tokenizer.num_special_tokens_to_add()
+        for max_length in range(kept - 4 - len(glued) // 2, kept + 3):
+            want = whole_then_truncate(tokenizer, text, max_length)
+            assert tokenize_long(tokenizer, text, max_length) == want, (spelled, lead, max_length)
+
+
+@pytest.fixture(scope="module")
+def native_bert_with_a_long_special_token(tmp_path_factory, minilm_path):
+    """all-MiniLM-L6-v2 read by tokembed's own BertTokenizer, ``[unused1]`` renamed to a special ``ENTITY``."""
+    from tokembed.models.bert_tokenizer import BertTokenizer
+
+    folder = tmp_path_factory.mktemp("minilm_entity")
+    for name in os.listdir(minilm_path):
+        (folder / name).symlink_to(minilm_path / name)
+    (folder / "tokenizer.json").unlink()
+    spec = json.loads((minilm_path / "tokenizer.json").read_text())
+    spec["model"]["vocab"][ENTITY] = spec["model"]["vocab"].pop("[unused1]")
+    spec["added_tokens"].append({
+        "id": spec["model"]["vocab"][ENTITY], "content": ENTITY, "single_word": False, "lstrip": False,
+        "rstrip": False, "normalized": False, "special": True,
+    })
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return BertTokenizer(folder)
+
+
+def test_the_native_bert_tokenizer_keeps_a_cut_added_token_whole(native_bert_with_a_long_special_token):
+    """The native tokenizer lists its added tokens as transformers' do: a window cut 17-20 characters into
+    ``[ENTITY_MARKER_START]`` kept its ``[`` where the whole text keeps the token (the rule never saw it)."""
+    from tokembed.models.long_text import read_otherwise_before_added_token_fix, window_chars
+
+    tokenizer = native_bert_with_a_long_special_token
+    cut_through(tokenizer, ENTITY)
+    cut = window_chars(64)
+    text = " " * (cut - 5) + ENTITY + " the end." * 300
+    assert read_otherwise_before_added_token_fix(tokenizer, text, 64)  # read otherwise until now: encoded again
+
+
+@pytest.mark.parametrize("spelled", [ENTITY.lower(), "[Éntity_marker_stàrt]", "entity-marker-start"])
+def test_an_added_token_matched_after_normalizing_is_kept_whole(minilm_path, spelled):
+    """A ``normalized`` added token matches the lowercased, accent-stripped text, a spelling the window's cut
+    cannot find in the raw text: it ended inside ``[entity_marker_start]`` and kept a piece of it."""
+    from transformers import AutoTokenizer
+
+    from tokembed.models.long_text import read_otherwise_before_added_token_fix, window_chars
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    tokenizer.add_tokens([ENTITY, "ENTITY-MARKER-START"])
+    assert len(tokenizer.tokenize(f"a {spelled} b")) == 3
+    cut_through(tokenizer, spelled)
+    text = " " * (window_chars(64) - 5) + spelled + " the end." * 300
+    assert read_otherwise_before_added_token_fix(tokenizer, text, 64)  # read otherwise until now: encoded again
+    assert not read_otherwise_before_added_token_fix(tokenizer, spelled + " the end." * 300, 64)
+
+
+def test_an_added_token_matched_after_nfkc_is_kept_whole():
+    """Full-width characters NFKC folds (XLM-R's normalizer) spell the same added token."""
+    tokenizer = text_tokenizers._xlmr_tokenizer()
+    # split at its spaces when cut; long, as <mask>'s lstrip rule keeps 22 characters before its first non-space
+    token = "< start of an entity mention >"
+    tokenizer.add_tokens([token])
+    spelled = "".join("\u3000" if c == " " else chr(ord(c) + 0xFEE0) for c in token)  # ＜　ｓｔａｒｔ　ｏｆ...
+    assert tokenizer.tokenize(f"a {spelled} b").count(token) == 1
+    cut_through(tokenizer, spelled)
+
+
+@pytest.mark.parametrize("token", ["C-DD", "C-DD-DD-DD-DD-DD-DD"])
+def test_a_word_glued_to_a_cut_added_token_is_not_kept(token):
+    """Unigram segments a word as a whole: the word glued to an added token ends at it in the whole text
+    (``ab ab ab ...``) but runs on into its pieces in the window (``a ba ba ... bc``), every piece other, however
+    far back the word starts. So the kept tokens' word must end before the token, not only the kept tokens."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = [("<unk>", -20.0), *((c, -10.0) for c in "abcdeht-")]
+    pieces += [("ab", -1.0), ("ba", -1.0), ("bc", -0.5), ("the", -1.0)]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=False))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    tokenizer.add_tokens([token])  # normalized: matches the lowercase spelling, which the window's cut cannot find
+    spelled = token.lower()
+    assert tokenizer.tokenize("abab" + spelled) == ["ab", "ab", spelled]
+    assert tokenizer.tokenize("ababc-d") == ["a", "ba", "bc", "-", "d"]
+    cut_through(tokenizer, spelled, glued="ab" * 20)
+
+
 @pytest.mark.parametrize("run", [" ", " \n"])
 def test_whitespace_an_lstrip_token_past_the_cut_would_swallow(tokenizers, run):
     """``[MASK]`` / ``<mask>`` match with ``lstrip``: in the whole text they take every whitespace character to

@@ -6,8 +6,8 @@ whole: the vocabulary (and added tokens) come from the file, but the normalizer 
 ``do_lower_case`` / ``strip_accents`` / ``tokenize_chinese_chars``, the pre-tokenizer is ``BertPreTokenizer`` and
 the post-processor is ``[CLS] $A [SEP]``; truncation and padding stored in the file are not applied. This class
 does the same and offers the part of the transformers tokenizer API tokembed uses (``__call__`` with truncation,
-``tokenize``, ``convert_tokens_to_ids``, ``add_special_tokens``, the special-token ids). ``is_native_bert_tokenizer``
-says when it applies; anything else loads through transformers.
+``tokenize``, ``convert_tokens_to_ids``, ``add_special_tokens``, the added tokens, the special-token ids).
+``is_native_bert_tokenizer`` says when it applies; anything else loads through transformers.
 """
 
 from __future__ import annotations
@@ -148,8 +148,12 @@ class BertTokenizer:
         return self.backend_tokenizer.get_vocab(with_added_tokens=True)
 
     @property
+    def added_tokens_decoder(self) -> dict[int, Any]:
+        return self.backend_tokenizer.get_added_tokens_decoder()
+
+    @property
     def added_tokens_encoder(self) -> dict[str, int]:
-        return {token.content: token_id for token_id, token in self.backend_tokenizer.get_added_tokens_decoder().items()}
+        return {token.content: token_id for token_id, token in self.added_tokens_decoder.items()}
 
     def add_special_tokens(self, tokens: dict[str, list]) -> int:
         return self.backend_tokenizer.add_special_tokens(list(tokens.get("additional_special_tokens", [])))
