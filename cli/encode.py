@@ -148,7 +148,8 @@ def encode(
     ),
     full: bool = typer.Option(False, "--full", help="Rebuild from scratch (re-encode every item)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints that ship their own Python code."),
-    shard_rows: int = typer.Option(50_000, help="Rows per Arrow shard (a shard also closes at 512 MiB)."),
+    shard_rows: int = typer.Option(50_000, help="Rows per Arrow shard: a shard closes at the end of the chunk that reaches this many rows (chunks: up to "
+        "2,048 text rows or 64 images/pages, never more than this), or at 512 MiB."),
     wait: float = typer.Option(0.0, help="Seconds to wait for another run's lock on the same index before giving up."),
     nbits: Optional[int] = typer.Option(
         None, "--nbits", help="Also build the search structure (as tokembed compress) with 1, 2 or 4 residual bits. "
