@@ -33,9 +33,9 @@ def info(
 def _facts_of_one_generation(index: Path, verify: bool) -> dict:
     """The facts of the committed generation; a file of it that vanishes while they are read belongs to one a
     writer just replaced: read the new manifest (as ``score`` does), never report a sound index as corrupt."""
-    from tokembed.errors import IndexCorruptError, IndexReplacedError
+    from tokembed.errors import IndexReplacedError
     from tokembed.index import open_index
-    from tokembed.index.reader import replaced_is_not_corrupt
+    from tokembed.index.reader import kept_changing, replaced_is_not_corrupt
 
     for _ in range(5):
         opened = open_index(index, structure=False)  # check_structure opens its files a few at a time
@@ -44,7 +44,7 @@ def _facts_of_one_generation(index: Path, verify: bool) -> dict:
                 return _facts(index, opened, verify)
         except IndexReplacedError:
             continue
-    raise IndexCorruptError(f"{index}: the index kept changing while it was being read")
+    raise kept_changing(index, "read")
 
 
 def _facts(index: Path, opened, verify: bool) -> dict:

@@ -155,3 +155,19 @@ def test_a_scan_of_an_index_whose_folder_was_swapped_drops_the_pages_it_read(tmp
     old = [tmp_path / "X.old" / shard["file"] for shard in index.shards]
     assert sum(path.stat().st_size for path in old) > 4_000_000
     assert sum(mapped_rss(path) for path in old) < sum(path.stat().st_size for path in old) // 20  # the footers
+
+
+def test_an_index_that_keeps_changing_while_it_is_opened_is_replaced_not_corrupt(swap, monkeypatch):
+    """Every attempt found a shard gone and a newer manifest committed: the index is sound, only busy. That was
+    IndexCorruptError ("index corrupt"), which a caller would answer with a rebuild."""
+    from cli._errors import exit_code_for
+    from tokembed.index import reader
+
+    folder, _ = swap
+    (folder / manifest(folder)["shards"][0]["file"]).unlink()
+    read, calls = reader.read_manifest, iter(range(1_000))
+    monkeypatch.setattr(reader, "read_manifest", lambda path: {**read(path), "created_at": str(next(calls))})
+    with pytest.raises(IndexReplacedError, match="kept changing while it was being opened") as raised:
+        open_index(folder)
+    assert not isinstance(raised.value, IndexCorruptError) and exit_code_for(raised.value) == (6, "index replaced")
+    assert "run the same command again" in raised.value.hint

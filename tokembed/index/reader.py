@@ -300,7 +300,13 @@ def open_index(folder: Path | str, structure: bool = True) -> Index:
         if missing is not None:  # the same generation lacks the file: really missing
             raise IndexCorruptError(f"{folder}: manifest lists {missing}, which is missing")
         return Index(folder, manifest, maps, _structure_files=held)  # a structure file missing: its search says so
-    raise IndexCorruptError(f"{folder}: the index kept changing while it was being opened")
+    raise kept_changing(folder, "opened")
+
+
+def kept_changing(folder: Path | str, doing: str) -> IndexReplacedError:
+    """What a reader says after its attempts each found a newer generation committed: the index is sound, only busy."""
+    return IndexReplacedError(f"{folder}: the index kept changing while it was being {doing}",
+                              hint="commits replaced it faster than it could be read; run the same command again")
 
 
 @contextmanager

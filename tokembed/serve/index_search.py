@@ -27,6 +27,7 @@ from pathlib import Path
 from tokembed.errors import (
     IndexCorruptError,
     IndexNotFoundError,
+    IndexReplacedError,
     IndexUnavailableError,
     IndexUnreadableError,
     ModelMismatchError,
@@ -142,8 +143,9 @@ class ServedIndex:
         except ModelMismatchError:
             self._generation = None  # refused until a restart (its files let go meanwhile)
             raise
-        except (IndexNotFoundError, IndexCorruptError, IndexUnreadableError) as exc:  # no manifest, or shards not
-            # (all) there or readable yet: a copy under way (cp -a lets others read a file once it is written)
+        except (IndexNotFoundError, IndexCorruptError, IndexReplacedError, IndexUnreadableError) as exc:  # no manifest,
+            # shards not (all) there or readable yet: a copy under way (cp -a lets others read a file once it is
+            # written), or commits faster than it could open one
             if held is None:
                 raise IndexUnavailableError(f"{self.folder}: no complete index to search yet ({exc}); it is being "
                                             "replaced or is not there: retry shortly") from exc

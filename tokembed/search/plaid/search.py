@@ -78,7 +78,7 @@ def open_searchable(folder: Path | str, verify: bool = True):
     A file that vanishes between reading the manifest and mapping it belongs to a generation a writer just
     replaced: read the manifest again (as ``open_index`` does for shards).
     """
-    from tokembed.index.reader import open_index, replaced_is_not_corrupt
+    from tokembed.index.reader import kept_changing, open_index, replaced_is_not_corrupt
 
     for _ in range(_OPEN_ATTEMPTS):
         index = open_index(folder)
@@ -93,7 +93,7 @@ def open_searchable(folder: Path | str, verify: bool = True):
             if exc.hint is None and not vectors_dropped(index.manifest):
                 exc.hint = "score --exact still searches the vectors; tokembed compress --retrain rebuilds the structure"
             raise
-    raise IndexCorruptError(f"{folder}: the index kept changing while it was being opened")
+    raise kept_changing(folder, "opened")
 
 
 def open_structure(index, verify: bool = True) -> Structure:
