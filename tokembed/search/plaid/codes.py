@@ -1,7 +1,8 @@
 """Per-shard code files: row for row with one Arrow shard, each token's centroid id and residual code,
 plus the shard's inverted lists (centroid -> the shard's rows holding a token of that centroid).
 
-    plaid/codes-<shard sha256[:24]>-<codec sha256[:12]>.safetensors
+    plaid/codes-<shard sha256[:24]>-<codec sha256[:12]>.safetensors  (a compressed-only shard's, where other codes
+        hold that name: -<its own sha256[:12]> before .safetensors; see ``drop._link_codes``)
         doc_lengths    [rows]            uint8   tokens of each row (the shard's list lengths); uint16 or
                                                  uint32 when a row has more than 255 / 65,535 tokens
         centroid_ids   [tokens]          uint16  (when the codec has more than 32,768 centroids)
@@ -44,8 +45,10 @@ from tokembed.search.plaid.files import map_tensors, verify_file, write_tensors
 CODES_DIR = "plaid"
 
 
-def codes_name(shard_sha256: str, codec_sha256: str) -> str:
-    return f"{CODES_DIR}/codes-{shard_sha256[:24]}-{codec_sha256[:12]}.safetensors"
+def codes_name(shard_sha256: str, codec_sha256: str, codes_sha256: str = "") -> str:
+    """``codes_sha256``: only for a shard without vectors whose name is taken by other codes (``drop._link_codes``)."""
+    own = f"-{codes_sha256[:12]}" if codes_sha256 else ""
+    return f"{CODES_DIR}/codes-{shard_sha256[:24]}-{codec_sha256[:12]}{own}.safetensors"
 
 
 @dataclass

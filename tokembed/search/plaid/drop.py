@@ -118,10 +118,17 @@ def _rewrite_shard(index, shard: dict) -> dict:
 
 
 def _link_codes(folder: Path, entry: dict, dropped: dict, codec_sha: str) -> dict:
-    """The shard's code file under the new shard's name (same bytes); its ``search.shards`` entry."""
+    """The shard's code file under the new shard's name (same bytes); its ``search.shards`` entry.
+
+    A shard without vectors can have the bytes of the committed generation's while its codes differ: an
+    ``encode --full`` of a compressed-only index re-encodes the same rows, and other batches move a vector by a
+    rounding step, enough to change a code. The name is then taken by codes the committed manifest vouches for,
+    which must stay until the commit: these get a name of their own (with their sha256)."""
     name = codes_name(dropped["sha256"], codec_sha)
+    if _holds_other_bytes(folder / name, entry):
+        name = codes_name(dropped["sha256"], codec_sha, entry["sha256"])
     target = folder / name
-    if not (target.is_file() and target.stat().st_size == entry["bytes"]):
+    if _holds_other_bytes(target, entry) is not False:
         verify_file(folder, entry, checksum=True)
         try:
             with replacing(target) as tmp:
@@ -132,3 +139,10 @@ def _link_codes(folder: Path, entry: dict, dropped: dict, codec_sha: str) -> dic
         except OSError as exc:
             raise write_error(target, exc, f"{target}: cannot write ({exc})") from exc
     return {**entry, "shard": dropped["file"], "file": name}
+
+
+def _holds_other_bytes(path: Path, entry: dict) -> bool | None:
+    """None: no such file; False: it holds ``entry``'s bytes (a drop resumed, or the same codes); True: others."""
+    if not path.is_file():
+        return None
+    return path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]
