@@ -171,3 +171,15 @@ def test_an_index_that_keeps_changing_while_it_is_opened_is_replaced_not_corrupt
         open_index(folder)
     assert not isinstance(raised.value, IndexCorruptError) and exit_code_for(raised.value) == (6, "index replaced")
     assert "run the same command again" in raised.value.hint
+
+
+def test_a_held_index_whose_manifest_was_deleted_is_not_called_replaced(compressed, tmp_path):
+    """No manifest at all is no newer generation: that was "a newer generation ... the index is not damaged"."""
+    folder = tmp_path / "index"
+    shutil.copytree(compressed[0], folder)
+    held = open_index(folder, structure=False)
+    (folder / manifest(folder)["search"]["shards"][0]["file"]).unlink()
+    (folder / "manifest.json").unlink()
+    with pytest.raises(IndexCorruptError, match="which is missing") as raised:
+        search_vectors(held, compressed[2][:1], top_k=5)
+    assert not isinstance(raised.value, IndexReplacedError)

@@ -317,7 +317,8 @@ def replaced_is_not_corrupt(index: Index):
     try:
         yield
     except IndexCorruptError:
-        if read_manifest(index.folder) == index.manifest:
+        committed = read_manifest(index.folder)
+        if committed is None or committed == index.manifest:  # none at all: deleted, not replaced
             raise
         raise IndexReplacedError(
             f"{index.folder}: a newer generation of the index was committed since this Index was opened, and files of "
