@@ -129,7 +129,7 @@ def encode(
     ),
     batch_tokens: int = typer.Option(16384, help="Token budget of one batch, padding included. An item longer than the budget runs alone."),
     max_length: Optional[int] = typer.Option(
-        None, help="Truncate items to this many tokens (specials included). Default: the checkpoint's document/query length, else the model limit. "
+        None, help="Truncate items to this many tokens (specials and the ColBERT marker included: fewer is exit 2). Default: the checkpoint's document/query length, else the model limit. "
         "Text models only: an image model's processor prepares pages and queries whole (exit 2)."
     ),
     dtype: DType = typer.Option(DType.auto, help="Compute dtype. auto = float32 on CPU (exact), bfloat16 on CUDA."),

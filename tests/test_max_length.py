@@ -8,8 +8,11 @@ import json
 import pytest
 
 from helpers import read_index, write_parquet
+from tokembed.embedder import Embedder
+from tokembed.errors import UsageError
 from tokembed.models import describe_families
 from tokembed.models.base import position_limit
+from tokembed.settings import EncodeFlags
 
 LONG = " ".join(["retrieval"] + [f"word{i}" for i in range(900)])
 
@@ -62,3 +65,29 @@ def test_every_family_names_its_reference_and_detection():
     for info in describe_families():
         assert info.reference.strip(), info.key
         assert info.detected_by.strip() and info.needs.strip(), info.key
+
+
+@pytest.mark.parametrize("name", ["pylate_bert", "stanford"])
+@pytest.mark.parametrize("kind", ["document", "query"])
+def test_a_length_that_cuts_the_colbert_marker_is_a_usage_error(cli, checkpoint, long_corpus, tmp_path, name, kind):
+    """``--max-length 2`` held [CLS] [SEP] only: the marker (and a query's expansion) cut, every row the same."""
+    model = checkpoint(name)
+    refused = cli("encode", long_corpus, "-o", tmp_path / "no", "--model", model, "--kind", kind, "--max-length", 2)
+    assert refused.exit_code == 2, refused.output
+    assert "--max-length 2" in refused.stderr and str(model) in refused.stderr and "--max-length 3 or more" in refused.stderr
+    assert not (tmp_path / "no" / "manifest.json").exists()
+    out = tmp_path / "least"
+    ok = cli("encode", long_corpus, "-o", out, "--model", model, "--kind", kind, "--max-length", 3)
+    assert ok.exit_code == 0, ok.output
+    cls, sep = 5, 6  # the tiny BERT vocabulary's
+    marker = Embedder.load(str(model), EncodeFlags(kind=kind, max_length=3)).encoder.tokenize(["x"])[0].ids[1]
+    assert marker not in (cls, sep)
+    assert [ids.tolist() for _, ids in read_index(out).values()] == [[cls, marker, sep]] * 2
+
+
+def test_the_library_refuses_it_for_queries_and_raw_mode_keeps_two(checkpoint):
+    model = str(checkpoint("pylate_bert"))
+    with pytest.raises(UsageError, match="--max-length 2 cannot hold the 3 tokens every query"):
+        Embedder.load(model, EncodeFlags(kind="query", max_length=2))
+    raw = Embedder.load(model, EncodeFlags(mode="raw", max_length=2, store_dtype="float32"))
+    assert raw.embed(["a long text"])[0][1].tolist() == [5, 6]  # no marker to cut: [CLS] [SEP], as before

@@ -162,6 +162,18 @@ def test_pooling_length_limit_and_truncation(colbert_server, colbert_ckpt):
     assert len(_pool(colbert_server, [long_text], input_type="document")[0]) <= 40
 
 
+def test_truncation_that_cuts_the_colbert_marker_is_a_400(colbert_server):
+    """As ``encode --max-length``: below [CLS] [Q] [SEP] the marker is cut and no token of the text is left;
+    raw mode, which has no marker, still cuts to 2."""
+    for input_type in ("query", "document"):
+        response = colbert_server.post("/pooling", {"input": ["capital"], "input_type": input_type, "truncate_prompt_tokens": 2})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "truncate_prompt_tokens" and "cannot hold the 3 tokens" in error["message"]
+        assert len(_pool(colbert_server, ["capital"], input_type=input_type, truncate_prompt_tokens=3)[0]) == 3
+    assert len(_pool(colbert_server, ["capital city"], truncate_prompt_tokens=2)[0]) == 2
+
+
 # -- /score and /rerank -------------------------------------------------------------------------------------
 
 

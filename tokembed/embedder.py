@@ -147,7 +147,27 @@ def make_encoder(model: TokenModel, flags: EncodeFlags, device: str, runtime: st
     settings = resolve(flags, model.colbert, model.max_length, device.split(":")[0], model.position_limit)
     reading = tuple(getattr(model, "reading", ())) + kind_reading(getattr(model, "family", None), settings.kind)
     settings = replace(settings, runtime=runtime, reading=reading)
-    return settings, model.make_encoder(settings) if hasattr(model, "make_encoder") else TextEncoder(model, settings)
+    if hasattr(model, "make_encoder"):
+        return settings, model.make_encoder(settings)
+    encoder = TextEncoder(model, settings)
+    if flags.max_length is not None:
+        refuse_length_cutting_prefix(model, encoder)
+    return settings, encoder
+
+
+def refuse_length_cutting_prefix(model: TokenModel, encoder: TextEncoder) -> None:
+    """A ``--max-length`` below the special tokens and the ColBERT marker (the prefix) would cut the marker and
+    keep no token of the text: every item the same vectors. PyLate makes no such cut either (below its special
+    tokens it cuts nothing, and a batch of unequal queries is a ValueError); at the least length it keeps the
+    special tokens and the marker, as here."""
+    settings, least = encoder.settings, encoder.least_length
+    if settings.max_length < least:
+        raise UsageError(
+            f"--max-length {settings.max_length} cannot hold the {least} tokens every {settings.kind} of {model.path} "
+            f"has whatever its text (the special tokens and the {settings.kind} prefix {settings.prefix!r}): it would "
+            "cut the prefix and keep no token of the text",
+            hint=f"use --max-length {least} or more",
+        )
 
 
 def refuse_length_on_image_model(model: TokenModel, flags: EncodeFlags) -> None:

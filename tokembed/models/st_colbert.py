@@ -66,7 +66,8 @@ class STColBERT:
     key = "st-colbert"
     detected_by = "modules.json + ColBERT settings in config_sentence_transformers.json (PyLate) or a MultiVectorMask module"
     needs = "Transformer backbone (BERT, ModernBERT, XLM-RoBERTa, LFM2, any AutoModel) + N_Dense/ projection(s)"
-    reference = "PyLate 1.6 ColBERT / sentence-transformers 6.2 MultiVectorEncoder (bit for bit on text)"
+    reference = ("sentence-transformers 6.2 MultiVectorEncoder (bit for bit on text); PyLate 1.6 ColBERT alike, "
+                 "but for a few hand-edited settings the README lists")
 
     @staticmethod
     def colbert_config(path: Path) -> ColbertConfig:

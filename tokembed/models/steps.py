@@ -76,6 +76,7 @@ class TextEncoder(OutputShape):
         self.lstrip_tokens = lstrip_tokens(tokenizer)
         self.id_guard = TokenIdGuard(model)  # after register_prefix_tokens, which may add tokens
         self._refuse_prefix_past_embeddings()
+        self.least_length = self._least_length()  # after register_prefix_tokens, which makes a marker one token
 
     def _refuse_prefix_past_embeddings(self) -> None:
         """Every input starts with the prefix (a ColBERT marker, maybe more words): a token of it past the
@@ -87,6 +88,14 @@ class TextEncoder(OutputShape):
             self.id_guard.check([np.asarray(self._token_ids([""], prefix)[0])], [""])
         except TokenPastEmbeddingsError as exc:
             raise exc.naming(f"the {self.settings.kind} prefix {prefix!r}") from None
+
+    def _least_length(self) -> int:
+        """Tokens every input holds whatever its text: the special tokens and the prefix (a ColBERT marker); 0
+        without a prefix (raw mode). A shorter length cuts the prefix and keeps no token of the text."""
+        prefix = self.settings.prefix
+        if not prefix:
+            return 0
+        return len(truncated_ids(self.model.tokenizer, [prefix], self.model.position_limit)[0])
 
     def content_mark(self, text: str | None) -> str:
         """Added to a row's content hash where this release reads the text otherwise than an earlier one did, so

@@ -281,8 +281,12 @@ class EmbeddingService:
                 raise APIError("truncate_prompt_tokens: a vision model's queries are processed whole (its processor's "
                                "own length)", param="truncate_prompt_tokens")
             else:  # tokembed encode --max-length semantics: caps the ColBERT length (queries: expansion too)
-                default = profile.encoder.settings.max_length
-                encoder = self._encoder(view, replace(profile.flags, max_length=min(truncate, default)), None)
+                base = profile.encoder
+                if truncate < base.least_length:  # it would cut the ColBERT marker, as encode --max-length refuses
+                    raise APIError(f"truncate_prompt_tokens={truncate} cannot hold the {base.least_length} tokens every "
+                                   f"{base.settings.kind} has whatever its text (the special tokens and the prefix "
+                                   f"{base.settings.prefix!r})", param="truncate_prompt_tokens")
+                encoder = self._encoder(view, replace(profile.flags, max_length=min(truncate, base.settings.max_length)), None)
             if len(lane.encoders) > 64:
                 lane.encoders.clear()
             lane.encoders[cache_key] = encoder
