@@ -105,23 +105,26 @@ def cut_through(tokenizer, spelled: str, glued: str = "") -> None:
             assert tokenize_long(tokenizer, text, max_length) == want, (spelled, lead, max_length)
 
 
-@pytest.fixture(scope="module")
-def native_bert_with_a_long_special_token(tmp_path_factory, minilm_path):
-    """all-MiniLM-L6-v2 read by tokembed's own BertTokenizer, ``[unused1]`` renamed to a special ``ENTITY``."""
+def native_bert_with(folder, minilm_path, token: str, normalized: bool):
+    """all-MiniLM-L6-v2 read by tokembed's own BertTokenizer, ``[unused1]`` renamed to the added ``token``."""
     from tokembed.models.bert_tokenizer import BertTokenizer
 
-    folder = tmp_path_factory.mktemp("minilm_entity")
     for name in os.listdir(minilm_path):
         (folder / name).symlink_to(minilm_path / name)
     (folder / "tokenizer.json").unlink()
     spec = json.loads((minilm_path / "tokenizer.json").read_text())
-    spec["model"]["vocab"][ENTITY] = spec["model"]["vocab"].pop("[unused1]")
+    spec["model"]["vocab"][token] = spec["model"]["vocab"].pop("[unused1]")
     spec["added_tokens"].append({
-        "id": spec["model"]["vocab"][ENTITY], "content": ENTITY, "single_word": False, "lstrip": False,
-        "rstrip": False, "normalized": False, "special": True,
+        "id": spec["model"]["vocab"][token], "content": token, "single_word": False, "lstrip": False,
+        "rstrip": False, "normalized": normalized, "special": not normalized,  # as add_tokens / add_special_tokens save
     })
     (folder / "tokenizer.json").write_text(json.dumps(spec))
     return BertTokenizer(folder)
+
+
+@pytest.fixture(scope="module")
+def native_bert_with_a_long_special_token(tmp_path_factory, minilm_path):
+    return native_bert_with(tmp_path_factory.mktemp("minilm_entity"), minilm_path, ENTITY, normalized=False)
 
 
 def test_the_native_bert_tokenizer_keeps_a_cut_added_token_whole(native_bert_with_a_long_special_token):
@@ -162,6 +165,60 @@ def test_an_added_token_matched_after_nfkc_is_kept_whole():
     spelled = "".join("\u3000" if c == " " else chr(ord(c) + 0xFEE0) for c in token)  # ＜　ｓｔａｒｔ　ｏｆ...
     assert tokenizer.tokenize(f"a {spelled} b").count(token) == 1
     cut_through(tokenizer, spelled)
+
+
+@pytest.mark.parametrize("gap", [12, 30])
+@pytest.mark.parametrize("token", ["new york city", "new york stock exchange"])
+def test_an_added_token_spelled_with_runs_of_spaces_is_kept_whole(token, gap):
+    """XLM-R's normalizer collapses runs of spaces: ``new{30 spaces}york{30 spaces}city`` is the added token, its
+    spelling far longer than the token and the margin. A window cut inside it kept ``▁new`` where the whole text
+    keeps ``▁`` and the token; now the window's ids are checked against a window twice as long, which holds it."""
+    tokenizer = text_tokenizers._xlmr_tokenizer()
+    tokenizer.add_tokens([token])  # normalized, as add_tokens saves it
+    spelled = (" " * gap).join(token.split(" "))
+    assert tokenizer.tokenize(f"a {spelled} b").count(token) == 1
+    cut_through(tokenizer, spelled)
+
+
+SOFT_HYPHENED = "[en\u00adti\u00adty\u00ad_\u00adst\u00adart]"  # 19 characters; BertNormalizer deletes U+00AD
+
+
+def test_an_added_token_spelled_with_soft_hyphens_is_kept_whole(minilm_path):
+    """A 14-character added token (within the margin, so no reach) spelled with soft hyphens, 19 characters: the
+    window cut 17-18 characters into it kept ``[`` where the whole text keeps ``[entity_start]``."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    tokenizer.add_tokens(["[entity_start]"])
+    assert tokenizer.tokenize(f"a {SOFT_HYPHENED} b") == ["a", "[entity_start]", "b"]
+    cut_through(tokenizer, SOFT_HYPHENED)
+
+
+def test_the_native_bert_tokenizer_keeps_a_soft_hyphened_added_token_whole(tmp_path, minilm_path):
+    tokenizer = native_bert_with(tmp_path, minilm_path, "[entity_start]", normalized=True)
+    assert tokenizer.tokenize(f"a {SOFT_HYPHENED} b") == ["a", "[entity_start]", "b"]
+    cut_through(tokenizer, SOFT_HYPHENED)
+
+
+def test_rows_the_release_before_the_stability_check_read_otherwise_are_marked(tmp_path, minilm_path, tokenizers):
+    """That release kept the first window its rules accepted: the rows where that window's ids are not the text's
+    (a soft-hyphened token cut 17-18 characters in, ``max_length`` 53) get a content mark and are encoded again;
+    the same text cut elsewhere, or read by a tokenizer without normalized added tokens, keeps its hash."""
+    from tokembed.models.long_text import read_otherwise_before_stability_check, window_chars
+
+    tokenizer = native_bert_with(tmp_path, minilm_path, "[entity_start]", normalized=True)
+    cut = window_chars(64)
+    marked = []
+    for lead in range(len(SOFT_HYPHENED) + 1):
+        start = cut - lead
+        filler = ("the" + " " * 17) * (start // 20)
+        text = filler + " " * (start - len(filler)) + SOFT_HYPHENED + " the end." * 300
+        marked += [(lead, max_length) for max_length in range(50, 56)
+                   if read_otherwise_before_stability_check(tokenizer, text, max_length)]
+    assert marked == [(17, 53), (18, 53)]
+    for name, ordinary in tokenizers.items():  # no normalized added token: nothing read, no row marked
+        text = long_text(5, words=3000)
+        assert not read_otherwise_before_stability_check(ordinary, text, 64), name
 
 
 @pytest.mark.parametrize("token", ["C-DD", "C-DD-DD-DD-DD-DD-DD"])

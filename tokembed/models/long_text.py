@@ -1,22 +1,25 @@
 """Tokenize a long text only as far as truncation keeps: the same ids as tokenizing all of it, at the cost of
-a window of it.
+a few windows of it.
 
-Why it is exact: a fast tokenizer normalizes, splits the text into words (pre-tokens, by regexes that look
-at most a character past a match), then tokenizes each word on its own. Words that end well before the cut
-of a window are therefore split and tokenized as in the whole text; only the last words of the window (a
-word cut in half, a whitespace run whose lookahead changed, a character a normalizer would combine with the
-next) can differ. So if the first ``max_length`` tokens all come from words before the window's last two
-that end ``_MARGIN_CHARS`` before its cut, the window's truncated ids are the whole text's. One exception
-reaches further back: an added token with ``lstrip`` (ModernBERT's ``[MASK]``, XLM-R's ``<mask>``) is matched
-before the split and takes every whitespace character to its left, however many; past the cut (or cut in
-half) it leaves that whitespace to become tokens. For such tokenizers the first non-whitespace character after
-the kept tokens must also start early enough for any such token starting there to lie whole in the window. Otherwise the
-window grows (x4) until they do, or until it is the whole text. And a window never ends inside an added token
-(Qwen's ``<|object_ref_start|>``, 20 characters, which a cut splits into words of its own pieces): it ends after
-it instead. That finds the exact spelling only: where the tokenizer has an added token longer than the margin,
-the kept words must also end that token's length further back, so that none in any spelling its normalizer
-matches is cut either (``_added_token_reach``). Slow (Python) tokenizers, left-side truncation and one-word
-texts (no pre-tokenizer split) fall back to tokenizing the whole text.
+Why it is exact: a fast tokenizer normalizes, matches its added tokens, splits the text into words (pre-tokens,
+by regexes that look at most a character past a match), then tokenizes each word on its own. Cutting the text
+changes only what lies near the cut: the last words of the window (a word cut in half, whose pieces depend on
+all of it; a whitespace run whose lookahead changed) and whatever the normalizer or an added token's match joins
+across the cut (a character combined with the next; an added token in any spelling its normalizer matches, as
+long as that spelling is: ``new     york     city`` where runs of spaces collapse, soft hyphens that are deleted).
+So a window is kept only when the first ``max_length`` tokens come from words before its last two, and its
+truncated ids are those of the window twice as long (the whole text's, where that is shorter): anything that
+acts across fewer characters than the window (1,024 or more) and changed the kept tokens at the first cut does
+not reach them from the second, so the two differ. One exception reaches further back: an added token with
+``lstrip`` (ModernBERT's ``[MASK]``, XLM-R's ``<mask>``) takes every whitespace character to its left, however
+many; past the cut it leaves that whitespace to become tokens. For such tokenizers the first non-whitespace
+character after the kept tokens must also start early enough for any such token starting there to lie whole in
+the window. The rules of the release before come first, as they cost one tokenizing of the window: the kept
+words end ``_MARGIN_CHARS`` before the cut (and an added token's length further, ``_added_token_reach``), and a
+window never ends inside an added token's exact spelling (Qwen's ``<|object_ref_start|>``, which a cut splits
+into words of its own pieces) but after it. Otherwise the window grows (x4) until it passes, or until it is the
+whole text. Slow (Python) tokenizers, left-side truncation and one-word texts (no pre-tokenizer split) fall back
+to tokenizing the whole text.
 """
 
 from __future__ import annotations
@@ -37,21 +40,33 @@ def tokenize_long(
 ) -> list[int]:
     """``tokenizer(prefix + text, truncation=True, max_length=max_length)["input_ids"]``, reading only the
     start of ``text`` (``prefix`` is the ColBERT marker; it is joined to the window, never to the whole text)."""
+    return _read_by_windows(tokenizer, text, max_length, first_window, prefix)[0]
+
+
+def _read_by_windows(
+    tokenizer, text: str, max_length: int, first_window: int | None = None, prefix: str = ""
+) -> tuple[list[int], list[list[int]]]:
+    """The ids ``tokenize_long`` gives, and those of the windows the word rules accepted but the stability check
+    turned down (the release before the check gave the first of them: ``read_otherwise_before_stability_check``)."""
     window = first_window or window_chars(max_length)
     if not _windowable(tokenizer):
         window = len(text)
     needed = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     added = _added_tokens(tokenizer) if window < len(text) else []
     reach = _added_token_reach(added)
+    unstable = []
     while window < len(text):
         window = _past_added_tokens(text, window, added)
         if window >= len(text):
             break
         head = prefix + text[:window]
         if needed <= 0 or _prefix_decides(tokenizer, head, needed, reach):
-            return _truncated_ids(tokenizer, head, max_length)
+            ids = _truncated_ids(tokenizer, head, max_length)
+            if ids == _truncated_ids(tokenizer, prefix + text[: 2 * window], max_length):  # whole text if shorter
+                return ids, unstable
+            unstable.append(ids)
         window *= _GROWTH
-    return _truncated_ids(tokenizer, prefix + text, max_length)
+    return _truncated_ids(tokenizer, prefix + text, max_length), unstable
 
 
 def _windowable(tokenizer) -> bool:
@@ -100,16 +115,13 @@ def _added_tokens(tokenizer) -> list[str]:
 
 def _added_token_reach(added: list[str]) -> int:
     """How much further than ``_MARGIN_CHARS`` before the cut the kept tokens' last word must end: the longest
-    added token's length where one is longer than the margin (0 otherwise: the margin covers those too).
+    added token's length where one is longer than the margin (0 otherwise).
 
-    Why that is enough whatever the spelling (``_past_added_tokens`` finds only the exact one; a ``normalized``
-    token also matches ``[entity_marker_start]`` under lowercasing, full-width or accented letters under NFKC
-    or accent stripping): added tokens are matched leftmost-longest, before the split into words, so the
-    window's matches are the whole text's up to the first match the cut changes. That match reaches past the
-    cut less the margin (the normalizer's look-ahead), so it starts after cut - margin - longest (its spelling
-    is the token's length, plus any characters the normalizer drops: few, within the margin). The words that
-    end before it are the whole text's words. A word, not a token: the word glued to such a match's start
-    ends there in the whole text but runs on into the match's pieces in the window."""
+    The release before's bound on a ``normalized`` token's spelling, which the cut cannot find (lowercased,
+    full-width, accented): a match across the cut starts after cut - margin - longest where its spelling is the
+    token's length, give or take the margin. A word, not a token: the word glued to such a match's start ends
+    there in the whole text but runs on into the match's pieces in the window. Spellings longer than that (runs
+    of spaces a normalizer collapses, soft hyphens it deletes) are left to the stability check."""
     longest = max(map(len, added), default=0)
     return longest if longest > _MARGIN_CHARS else 0
 
@@ -176,6 +188,24 @@ def read_otherwise_before_added_token_fix(tokenizer, text: str, max_length: int)
     not read) are marked here for the first time, so their rows are encoded again once."""
     return len(text) > window_chars(max_length) and _windowable(tokenizer) and _cut_an_added_token(
         tokenizer, text, max_length)
+
+
+def read_otherwise_before_stability_check(tokenizer, text: str, max_length: int, prefix: str = "") -> bool:
+    """Whether the release before the stability check gave this text other ids: it kept the first window its
+    rules (those before the check here) accepted, which the check turns down where that window's ids are not the
+    text's. Read only where the tokenizer has an added token matched after normalizing (``normalized``), whose
+    spelling may be longer than those rules allowed for; elsewhere they covered every cut but those of normalizers
+    acting across more than ``_MARGIN_CHARS`` (listed as not covered then), and every other row keeps its hash."""
+    if len(text) <= window_chars(max_length) or not _windowable(tokenizer) or not _normalized_added_tokens(tokenizer):
+        return False
+    ids, unstable = _read_by_windows(tokenizer, text, max_length, prefix=prefix)
+    return bool(unstable) and unstable[0] != ids
+
+
+def _normalized_added_tokens(tokenizer) -> list[str]:
+    """The added tokens matched in the normalized text: spelled otherwise in the raw one (soft hyphens, runs of
+    spaces a normalizer collapses), maybe longer than the token."""
+    return [token.content for token in _added_tokens_decoder(tokenizer).values() if getattr(token, "normalized", False)]
 
 
 def _truncated_ids(tokenizer, text: str, max_length: int) -> list[int]:

@@ -16,8 +16,8 @@ import torch
 from tokembed.errors import ModelError
 from tokembed.models.base import TokenModel, read_json
 from tokembed.models.long_text import (
-    lstrip_tokens, read_otherwise_before_added_token_fix, read_otherwise_before_lstrip_fix, tokenize_long,
-    truncated_ids, window_chars,
+    lstrip_tokens, read_otherwise_before_added_token_fix, read_otherwise_before_lstrip_fix,
+    read_otherwise_before_stability_check, tokenize_long, truncated_ids, window_chars,
 )
 from tokembed.models.token_ids import TokenIdGuard, TokenPastEmbeddingsError, embedding_rows
 from tokembed.settings import EncodeSettings
@@ -108,6 +108,8 @@ class TextEncoder(OutputShape):
             marks.append("lstrip tokens past a window")
         if read_otherwise_before_added_token_fix(tokenizer, text, max_length):
             marks.append("an added token cut by a window")
+        if read_otherwise_before_stability_check(tokenizer, text, max_length, self.settings.prefix or ""):
+            marks.append("a window read otherwise than the text")
         return "; ".join(marks)
 
     # -- before the forward pass -------------------------------------------------------------
