@@ -28,5 +28,10 @@ def test_a_full_run_on_a_compressed_only_index_commits_the_code_files_it_vouches
     query = tmp_path / "q.txt"
     query.write_text(corpus_rows(1)[0]["text"] + "\n")
     assert cli("score", query, folder).exit_code == 0
-    assert cli("encode", corpus, *common).exit_code == 0  # the next cron run: the names go back to the shards' own
-    assert all(len(entry["file"].split("-")) == 3 for entry in manifest(folder)["search"]["shards"])
+    result = cli("compress", folder)  # looked the committed codes up by the name without their sha256: exit 2
+    assert result.exit_code == 0, result.output
+    assert manifest(folder)["search"]["shards"] == entries  # unchanged shards keep their code files, names and all
+    assert cli("encode", corpus, *common).exit_code == 0  # the next cron run
+    for entry in manifest(folder)["search"]["shards"]:
+        assert hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest() == entry["sha256"], entry["file"]
+    assert cli("info", folder, "--verify").exit_code == 0

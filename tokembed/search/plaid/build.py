@@ -39,7 +39,7 @@ from tokembed.index.atomic import atomic_write_bytes, remove_unused
 from tokembed.index.format import SEARCH, SEARCH_KIND, VECTORS, VECTORS_DROPPED, vectors_dropped
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid.codec import Codec
-from tokembed.search.plaid.codes import CODES_DIR, CodingStats, StoredCodes, code_shard, codes_name
+from tokembed.search.plaid.codes import CODES_DIR, CodingStats, StoredCodes, code_shard, codes_name, shard_codes_name
 from tokembed.search.plaid.files import check_codec_agrees, map_tensors, verify_file, verify_files, write_coding_figures, write_tensors, written_whole
 
 PENDING = f"{CODES_DIR}/pending.json"
@@ -98,7 +98,7 @@ def refresh_structure(folder: Path, manifest: dict, committed: dict | None, opti
         drift, old, previous = None, None, None  # codes of other centroids cannot be carried
     stats, entries = CodingStats(), []
     carry = _CarryFromPrevious(folder, previous, old) if previous is not None and old is not None else None
-    listed = {entry["file"]: entry for entry in (old or {}).get("shards", [])}
+    listed = {shard_codes_name(entry): entry for entry in (old or {}).get("shards", [])}
     if progress is not None:
         progress.start(index.rows, "coding")
     for number, shard in enumerate(index.shards):
@@ -301,11 +301,12 @@ def _sample_tokens(index, n: int) -> np.ndarray:
 def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: CodingStats) -> dict:
     name = codes_name(shard["sha256"], codec_sha)
     base = {"shard": shard["file"], "file": name, "rows": shard["rows"], "tokens": shard["tokens"]}
-    if name in listed:  # the shard did not change: its code file stays as it is
+    if name in listed:  # the shard did not change: its code file stays as it is (under its own name)
+        committed = listed[name]
         try:
-            verify_files(folder, [listed[name]], checksum=True)  # once per change of the file (``index.verified``)
+            verify_files(folder, [committed], checksum=True)  # once per change of the file (``index.verified``)
             stats.carried_tokens += shard["tokens"]
-            return {**base, "bytes": listed[name]["bytes"], "sha256": listed[name]["sha256"]}
+            return {**base, "file": committed["file"], "bytes": committed["bytes"], "sha256": committed["sha256"]}
         except IndexCorruptError as exc:  # missing, or damaged since its commit: coded again (as --full would)
             _refuse_without_vectors(index, exc)  # the committed file stays until the new one replaces it whole
     figures = written_whole(folder, name)

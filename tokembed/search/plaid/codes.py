@@ -51,6 +51,13 @@ def codes_name(shard_sha256: str, codec_sha256: str, codes_sha256: str = "") -> 
     return f"{CODES_DIR}/codes-{shard_sha256[:24]}-{codec_sha256[:12]}{own}.safetensors"
 
 
+def shard_codes_name(entry: dict) -> str:
+    """The name ``codes_name`` gives a committed ``search.shards`` entry's shard and codec, without the codes' own
+    sha256 a compressed-only shard's file may carry: what a run looks its shard's committed codes up by."""
+    own = f"-{entry['sha256'][:12]}.safetensors"
+    return entry["file"].removesuffix(own) + ".safetensors" if entry["file"].endswith(own) else entry["file"]
+
+
 @dataclass
 class ShardCodes:
     """One shard's codes: the ids, residuals and lists memory-mapped when read from disk, the offsets in memory."""
