@@ -91,3 +91,21 @@ def test_the_library_refuses_it_for_queries_and_raw_mode_keeps_two(checkpoint):
         Embedder.load(model, EncodeFlags(kind="query", max_length=2))
     raw = Embedder.load(model, EncodeFlags(mode="raw", max_length=2, store_dtype="float32"))
     assert raw.embed(["a long text"])[0][1].tolist() == [5, 6]  # no marker to cut: [CLS] [SEP], as before
+
+
+def test_a_sentencepiece_prompt_s_last_space_is_not_counted_as_a_token_of_its_own(checkpoint):
+    """Alone, ``passage: `` ends in a lone "▁" that every real input joins to its first word ("▁hello"): counting it
+    refused a --max-length that holds <s> [D] passage: </s> whole (and cron runs that worked before the check)."""
+    model = checkpoint("pylate_xlmr")
+    config = model / "config_sentence_transformers.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": {"query": "query: ", "document": "passage: "}}))
+    encoder = Embedder.load(str(model), EncodeFlags(kind="document")).encoder
+    tokenizer = encoder.model.tokenizer
+    prefix_alone = tokenizer(encoder.settings.prefix)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(prefix_alone[-2:]) == ["▁", "</s>"]  # the case tested
+    least = encoder.least_length
+    assert least == len(prefix_alone) - 1
+    kept = Embedder.load(str(model), EncodeFlags(kind="document", max_length=least)).encoder.tokenize(["hello world"])[0]
+    assert kept.ids.tolist() == prefix_alone[:-2] + prefix_alone[-1:]  # the whole prefix, no token of the text
+    with pytest.raises(UsageError, match=f"--max-length {least - 1} cannot hold the {least} tokens"):
+        Embedder.load(str(model), EncodeFlags(kind="document", max_length=least - 1))

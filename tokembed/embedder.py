@@ -166,7 +166,8 @@ def refuse_length_cutting_prefix(model: TokenModel, encoder: TextEncoder) -> Non
             f"--max-length {settings.max_length} cannot hold the {least} tokens every {settings.kind} of {model.path} "
             f"has whatever its text (the special tokens and the {settings.kind} prefix {settings.prefix!r}): it would "
             "cut the prefix and keep no token of the text",
-            hint=f"use --max-length {least} or more",
+            hint=f"use --max-length {least} or more (for an index encoded with it, which score and serve read: encode "
+            "it again with that)",
         )
 
 

@@ -95,7 +95,13 @@ class TextEncoder(OutputShape):
         prefix = self.settings.prefix
         if not prefix:
             return 0
-        return len(truncated_ids(self.model.tokenizer, [prefix], self.model.position_limit)[0])
+        alone, stripped = truncated_ids(self.model.tokenizer, [prefix, prefix.rstrip() or prefix], self.model.position_limit)
+        # A SentencePiece prefix's last space ("passage: ") is a token of its own alone, and joins the text's first
+        # word ("▁hello") in an input: where the prefix without it tokenizes as the start of the prefix with it,
+        # that token is not needed. (A marker that holds the space, PyLate's "[D] ", tokenizes otherwise without.)
+        ends = next((n for n, (a, b) in enumerate(zip(alone[::-1], stripped[::-1])) if a != b), 0)  # [SEP], </s>
+        body, body_stripped = alone[: len(alone) - ends], stripped[: len(stripped) - ends]
+        return len(stripped) if body[: len(body_stripped)] == body_stripped else len(alone)
 
     def content_mark(self, text: str | None) -> str:
         """Added to a row's content hash where this release reads the text otherwise than an earlier one did, so

@@ -283,7 +283,8 @@ class EmbeddingService:
             else:  # tokembed encode --max-length semantics: caps the ColBERT length (queries: expansion too)
                 base = profile.encoder
                 if truncate < base.least_length:  # it would cut the ColBERT marker, as encode --max-length refuses
-                    raise APIError(f"truncate_prompt_tokens={truncate} cannot hold the {base.least_length} tokens every "
+                    raise APIError(f"truncate_prompt_tokens: a cut to {truncate} tokens (-1: --max-model-len) cannot hold "
+                                   f"the {base.least_length} tokens every "
                                    f"{base.settings.kind} has whatever its text (the special tokens and the prefix "
                                    f"{base.settings.prefix!r})", param="truncate_prompt_tokens")
                 encoder = self._encoder(view, replace(profile.flags, max_length=min(truncate, base.settings.max_length)), None)
