@@ -130,13 +130,8 @@ def native_bert_with_a_long_special_token(tmp_path_factory, minilm_path):
 def test_the_native_bert_tokenizer_keeps_a_cut_added_token_whole(native_bert_with_a_long_special_token):
     """The native tokenizer lists its added tokens as transformers' do: a window cut 17-20 characters into
     ``[ENTITY_MARKER_START]`` kept its ``[`` where the whole text keeps the token (the rule never saw it)."""
-    from tokembed.models.long_text import read_otherwise_before_added_token_fix, window_chars
-
     tokenizer = native_bert_with_a_long_special_token
     cut_through(tokenizer, ENTITY)
-    cut = window_chars(64)
-    text = " " * (cut - 5) + ENTITY + " the end." * 300
-    assert read_otherwise_before_added_token_fix(tokenizer, text, 64)  # read otherwise until now: encoded again
 
 
 @pytest.mark.parametrize("spelled", [ENTITY.lower(), "[Éntity_marker_stàrt]", "entity-marker-start"])
@@ -145,15 +140,10 @@ def test_an_added_token_matched_after_normalizing_is_kept_whole(minilm_path, spe
     cannot find in the raw text: it ended inside ``[entity_marker_start]`` and kept a piece of it."""
     from transformers import AutoTokenizer
 
-    from tokembed.models.long_text import read_otherwise_before_added_token_fix, window_chars
-
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     tokenizer.add_tokens([ENTITY, "ENTITY-MARKER-START"])
     assert len(tokenizer.tokenize(f"a {spelled} b")) == 3
     cut_through(tokenizer, spelled)
-    text = " " * (window_chars(64) - 5) + spelled + " the end." * 300
-    assert read_otherwise_before_added_token_fix(tokenizer, text, 64)  # read otherwise until now: encoded again
-    assert not read_otherwise_before_added_token_fix(tokenizer, spelled + " the end." * 300, 64)
 
 
 def test_an_added_token_matched_after_nfkc_is_kept_whole():
@@ -200,25 +190,67 @@ def test_the_native_bert_tokenizer_keeps_a_soft_hyphened_added_token_whole(tmp_p
     cut_through(tokenizer, SOFT_HYPHENED)
 
 
-def test_rows_the_release_before_the_stability_check_read_otherwise_are_marked(tmp_path, minilm_path, tokenizers):
-    """That release kept the first window its rules accepted: the rows where that window's ids are not the text's
-    (a soft-hyphened token cut 17-18 characters in, ``max_length`` 53) get a content mark and are encoded again;
-    the same text cut elsewhere, or read by a tokenizer without normalized added tokens, keeps its hash."""
-    from tokembed.models.long_text import read_otherwise_before_stability_check, window_chars
+def spaced_words_then(spelled: str, lead: int, words: int = 61) -> str:
+    """``words`` words spread over the first window, then ``spelled`` starting ``lead`` characters before its cut."""
+    from tokembed.models.long_text import window_chars
 
-    tokenizer = native_bert_with(tmp_path, minilm_path, "[entity_start]", normalized=True)
-    cut = window_chars(64)
-    marked = []
-    for lead in range(len(SOFT_HYPHENED) + 1):
-        start = cut - lead
-        filler = ("the" + " " * 17) * (start // 20)
-        text = filler + " " * (start - len(filler)) + SOFT_HYPHENED + " the end." * 300
-        marked += [(lead, max_length) for max_length in range(50, 56)
-                   if read_otherwise_before_stability_check(tokenizer, text, max_length)]
-    assert marked == [(17, 53), (18, 53)]
-    for name, ordinary in tokenizers.items():  # no normalized added token: nothing read, no row marked
-        text = long_text(5, words=3000)
-        assert not read_otherwise_before_stability_check(ordinary, text, 64), name
+    start = window_chars(64) - lead
+    head = "".join("word" + " " * (start // words - 4) for _ in range(words))
+    return head + " " * (start - len(head)) + spelled + " tail" * 800
+
+
+def test_an_upgrade_encodes_again_exactly_the_rows_the_release_before_read_wrong(tmp_path, minilm_path):
+    """The release before kept the first window its rules accepted and saw no added token of the native BERT
+    tokenizer. A soft-hyphened ``[entity_marker_start]`` (``normalized``) that its first window cut 25 characters
+    in kept ``[`` as the 62nd token: that row gets a mark (encoded again by the first run after the upgrade). Rows
+    it read right keep the hash it wrote (no mark, as it gave none with this tokenizer): a long exact-spelled
+    token cut by the window past the kept tokens, another lead, and every row of all-MiniLM-L6-v2 as shipped."""
+    from tokembed.embedder import Embedder
+    from tokembed.settings import EncodeFlags
+
+    def content_mark(folder, text: str) -> str:
+        encoder = Embedder.load(str(folder), EncodeFlags(kind="document", max_length=64), "cpu").encoder
+        return encoder.content_mark(text)
+
+    def first_window_right(folder, text: str) -> bool:
+        tokenizer = Embedder.load(str(folder), EncodeFlags(kind="document", max_length=64), "cpu").model.tokenizer
+        return whole_then_truncate(tokenizer, text[:1024], 64) == whole_then_truncate(tokenizer, text, 64)
+
+    soft = tmp_path / "soft"
+    soft.mkdir()
+    native_bert_with(soft, minilm_path, "[entity_marker_start]", normalized=True)
+    misread = spaced_words_then("[entity_marker" + "\u00ad" * 60 + "_start]", lead=25)
+    assert not first_window_right(soft, misread)  # the window the release before kept
+    assert content_mark(soft, misread) == "an unchecked window read otherwise than the text"
+    assert content_mark(soft, spaced_words_then("[entity_marker" + "\u00ad" * 60 + "_start]", lead=10)) == ""
+
+    exact = tmp_path / "exact"
+    exact.mkdir()
+    native_bert_with(exact, minilm_path, ENTITY, normalized=False)
+    cut_inside = ("word " * 300)[: 1024 - 5] + ENTITY + " tail" * 300
+    assert first_window_right(exact, cut_inside)
+    assert content_mark(exact, cut_inside) == ""
+    for seed in range(3):
+        assert content_mark(minilm_path, long_text(seed, words=3000)) == ""
+
+
+def test_long_specials_the_release_before_read_right_keep_its_mark():
+    """Qwen2's 20-character ``<|object_ref_start|>``: the release before moved its window past the token and read
+    the row right, marking it ``read_otherwise_before_added_token_fix``; the row keeps that mark and no other."""
+    from tokembed.models.long_text import (
+        read_otherwise_before_added_token_fix, read_otherwise_by_unchecked_windows, window_chars,
+    )
+
+    tokenizer = text_tokenizers._qwen2_tokenizer()
+    token = "<|object_ref_start|>"
+    tokenizer.add_special_tokens({"additional_special_tokens": [token]})
+    for lead in (5, 17, 19):
+        text = ("word " * 400)[: window_chars(64) - lead] + token + " the end." * 2_000
+        assert read_otherwise_before_added_token_fix(tokenizer, text, 64)
+        assert not read_otherwise_by_unchecked_windows(tokenizer, text, 64)
+        text = spaced_words_then(token, lead, words=60)
+        assert read_otherwise_before_added_token_fix(tokenizer, text, 64)
+        assert not read_otherwise_by_unchecked_windows(tokenizer, text, 64)
 
 
 @pytest.mark.parametrize("token", ["C-DD", "C-DD-DD-DD-DD-DD-DD"])

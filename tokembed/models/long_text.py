@@ -24,7 +24,7 @@ to tokenizing the whole text.
 
 from __future__ import annotations
 
-from tokembed.models.bert_tokenizer import truncated_encoding
+from tokembed.models.bert_tokenizer import BertTokenizer, truncated_encoding
 
 _MARGIN_CHARS = 16  # normalizers (NFC/NFKC, SentencePiece's charsmap) change at most a few characters together
 _GROWTH = 4
@@ -40,21 +40,12 @@ def tokenize_long(
 ) -> list[int]:
     """``tokenizer(prefix + text, truncation=True, max_length=max_length)["input_ids"]``, reading only the
     start of ``text`` (``prefix`` is the ColBERT marker; it is joined to the window, never to the whole text)."""
-    return _read_by_windows(tokenizer, text, max_length, first_window, prefix)[0]
-
-
-def _read_by_windows(
-    tokenizer, text: str, max_length: int, first_window: int | None = None, prefix: str = ""
-) -> tuple[list[int], list[list[int]]]:
-    """The ids ``tokenize_long`` gives, and those of the windows the word rules accepted but the stability check
-    turned down (the release before the check gave the first of them: ``read_otherwise_before_stability_check``)."""
     window = first_window or window_chars(max_length)
     if not _windowable(tokenizer):
         window = len(text)
     needed = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     added = _added_tokens(tokenizer) if window < len(text) else []
     reach = _added_token_reach(added)
-    unstable = []
     while window < len(text):
         window = _past_added_tokens(text, window, added)
         if window >= len(text):
@@ -63,10 +54,9 @@ def _read_by_windows(
         if needed <= 0 or _prefix_decides(tokenizer, head, needed, reach):
             ids = _truncated_ids(tokenizer, head, max_length)
             if ids == _truncated_ids(tokenizer, prefix + text[: 2 * window], max_length):  # whole text if shorter
-                return ids, unstable
-            unstable.append(ids)
+                return ids
         window *= _GROWTH
-    return _truncated_ids(tokenizer, prefix + text, max_length), unstable
+    return _truncated_ids(tokenizer, prefix + text, max_length)
 
 
 def _windowable(tokenizer) -> bool:
@@ -76,10 +66,7 @@ def _windowable(tokenizer) -> bool:
 def _prefix_decides(tokenizer, prefix: str, needed: int, reach: int = 0) -> bool:
     """Whether the first ``needed`` content tokens of ``prefix`` are those of any text that starts with it
     (``reach``: ``_added_token_reach``)."""
-    encoding = tokenizer(
-        prefix, add_special_tokens=False, return_offsets_mapping=True,
-        return_attention_mask=False, return_token_type_ids=False, verbose=False,  # no "longer than max" warning
-    )
+    encoding = _with_offsets(tokenizer, prefix)
     if len(encoding["input_ids"]) <= needed:
         return False
     words, offsets = encoding.word_ids(), encoding["offset_mapping"]
@@ -93,6 +80,13 @@ def _prefix_decides(tokenizer, prefix: str, needed: int, reach: int = 0) -> bool
             return False
     end = _word_end(words, offsets, needed - 1)  # the word's: see _added_token_reach
     return word is not None and word < last_word - 1 and end <= len(prefix) - _MARGIN_CHARS - reach
+
+
+def _with_offsets(tokenizer, text: str):
+    return tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True,
+        return_attention_mask=False, return_token_type_ids=False, verbose=False,  # no "longer than max" warning
+    )
 
 
 def _word_end(words: list[int | None], offsets: list[tuple[int, int]], index: int) -> int:
@@ -138,31 +132,22 @@ def _past_added_tokens(text: str, cut: int, added: list[str]) -> int:
     return cut
 
 
-def _cut_an_added_token(tokenizer, text: str, max_length: int) -> bool:
-    """Whether a window of releases before the rules above ended inside an added token long enough to matter
-    (pieces past ``_MARGIN_CHARS`` before the cut could be kept), spelled exactly or otherwise."""
-    added = _added_tokens_decoder(tokenizer).items()
-    long = {token_id: token.content for token_id, token in added if len(token.content) > _MARGIN_CHARS}
+def _cut_an_added_token(text: str, max_length: int, added: list[str]) -> bool:
+    """Whether a window of releases before the rule above ended inside an added token long enough to matter
+    (pieces past ``_MARGIN_CHARS`` before the cut could be kept)."""
+    long = [token for token in added if len(token) > _MARGIN_CHARS]
     window = window_chars(max_length)
     while long and window < len(text):
-        cut_exact = _past_added_tokens(text, window, [*long.values()]) != window
-        if cut_exact or _matched_across(tokenizer, text, window, long):
+        if _past_added_tokens(text, window, long) != window:
             return True
         window *= _GROWTH
     return False
 
 
-def _matched_across(tokenizer, text: str, cut: int, long: dict[int, str]) -> bool:
-    """Whether the tokenizer matches one of the ``long`` added tokens (id -> content) across ``cut``, in any
-    spelling its normalizer allows: read from the text around the cut alone."""
-    reach = max(map(len, long.values())) + _MARGIN_CHARS
-    start = max(0, cut - reach)
-    around = tokenizer(
-        text[start : cut + reach], add_special_tokens=False, return_offsets_mapping=True,
-        return_attention_mask=False, return_token_type_ids=False,
-    )
-    spans = zip(around["input_ids"], around["offset_mapping"])
-    return any(token_id in long and begin < cut - start < end for token_id, (begin, end) in spans)
+def _added_tokens_seen_before(tokenizer) -> dict:
+    """``_added_tokens_decoder`` as releases before this one read it: empty for the native BERT tokenizer, which
+    did not list its added tokens then (their rules saw neither its added nor its ``lstrip`` tokens)."""
+    return {} if isinstance(tokenizer, BertTokenizer) else _added_tokens_decoder(tokenizer)
 
 
 def _longest_lstrip_token(tokenizer) -> int:
@@ -172,7 +157,16 @@ def _longest_lstrip_token(tokenizer) -> int:
 
 def lstrip_tokens(tokenizer) -> list[str]:
     """The added tokens that match with ``lstrip`` (take the whitespace to their left)."""
-    return [token.content for token in _added_tokens_decoder(tokenizer).values() if getattr(token, "lstrip", False)]
+    return _lstrip(_added_tokens_decoder(tokenizer))
+
+
+def lstrip_tokens_seen_before(tokenizer) -> list[str]:
+    """``lstrip_tokens`` as releases before this one saw them (``read_otherwise_before_lstrip_fix``)."""
+    return _lstrip(_added_tokens_seen_before(tokenizer))
+
+
+def _lstrip(decoder: dict) -> list[str]:
+    return [token.content for token in decoder.values() if getattr(token, "lstrip", False)]
 
 
 def read_otherwise_before_lstrip_fix(tokenizer, lstrip: list[str], text: str, max_length: int) -> bool:
@@ -183,29 +177,73 @@ def read_otherwise_before_lstrip_fix(tokenizer, lstrip: list[str], text: str, ma
 
 def read_otherwise_before_added_token_fix(tokenizer, text: str, max_length: int) -> bool:
     """Whether releases before the added-token rule above may have given this text other ids: a window of theirs
-    (a fast tokenizer cutting on the right) ended inside a long added token. Those that did not find its
-    spelling (any but the exact one, and every one with the native BERT tokenizer, whose added tokens they did
-    not read) are marked here for the first time, so their rows are encoded again once."""
+    (a fast tokenizer cutting on the right) ended inside the exact spelling of a long added token they saw. The
+    mark the release before gave, unchanged: its rows keep their hash (``read_otherwise_by_unchecked_windows``
+    marks those it read wrong otherwise)."""
+    added = [token.content for token in _added_tokens_seen_before(tokenizer).values() if token.content]
     return len(text) > window_chars(max_length) and _windowable(tokenizer) and _cut_an_added_token(
-        tokenizer, text, max_length)
+        text, max_length, added)
 
 
-def read_otherwise_before_stability_check(tokenizer, text: str, max_length: int, prefix: str = "") -> bool:
-    """Whether the release before the stability check gave this text other ids: it kept the first window its
-    rules (those before the check here) accepted, which the check turns down where that window's ids are not the
-    text's. Read only where the tokenizer has an added token matched after normalizing (``normalized``), whose
-    spelling may be longer than those rules allowed for; elsewhere they covered every cut but those of normalizers
-    acting across more than ``_MARGIN_CHARS`` (listed as not covered then), and every other row keeps its hash."""
-    if len(text) <= window_chars(max_length) or not _windowable(tokenizer) or not _normalized_added_tokens(tokenizer):
+def read_otherwise_by_unchecked_windows(tokenizer, text: str, max_length: int, prefix: str = "") -> bool:
+    """Whether the release before gave this text other ids than ``tokenize_long`` does: it kept the first window
+    its rules accepted, unchecked (``_ids_of_unchecked_windows``). Read only where those rules could miss (an
+    added token it saw spelled otherwise or not at all: ``_unchecked_windows_may_miss``) and the text is read by
+    windows; every other row, and every row it read right, keeps its hash."""
+    if len(text) <= window_chars(max_length) or not _windowable(tokenizer):
         return False
-    ids, unstable = _read_by_windows(tokenizer, text, max_length, prefix=prefix)
-    return bool(unstable) and unstable[0] != ids
+    if not _unchecked_windows_may_miss(tokenizer):
+        return False
+    before = _ids_of_unchecked_windows(tokenizer, text, max_length, prefix)
+    return before != tokenize_long(tokenizer, text, max_length, prefix=prefix)
 
 
-def _normalized_added_tokens(tokenizer) -> list[str]:
-    """The added tokens matched in the normalized text: spelled otherwise in the raw one (soft hyphens, runs of
-    spaces a normalizer collapses), maybe longer than the token."""
-    return [token.content for token in _added_tokens_decoder(tokenizer).values() if getattr(token, "normalized", False)]
+def _unchecked_windows_may_miss(tokenizer) -> bool:
+    """An added token matched after normalizing (spelled otherwise than the cut looked for), one longer than the
+    margin (unseen with the native BERT tokenizer), or an ``lstrip`` token it did not see."""
+    seen = _added_tokens_seen_before(tokenizer)
+    return any(
+        getattr(token, "normalized", False) or len(token.content) > _MARGIN_CHARS
+        or (getattr(token, "lstrip", False) and token_id not in seen)
+        for token_id, token in _added_tokens_decoder(tokenizer).items()
+    )
+
+
+def _ids_of_unchecked_windows(tokenizer, text: str, max_length: int, prefix: str) -> list[int]:
+    """The ids the release before gave a text longer than the first window: the first window (moved past the
+    exact spellings of the added tokens it saw, grown x4) whose kept tokens end ``_MARGIN_CHARS`` before its
+    cut, a token's end and not its word's, no reach; its truncated ids, never checked against a longer window."""
+    seen = _added_tokens_seen_before(tokenizer)
+    added = [token.content for token in seen.values() if token.content]
+    longest_lstrip = max(map(len, _lstrip(seen)), default=0)
+    needed = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    window = window_chars(max_length)
+    while window < len(text):
+        window = _past_added_tokens(text, window, added)
+        if window >= len(text):
+            break
+        head = prefix + text[:window]
+        if needed <= 0 or _token_end_decides(tokenizer, head, needed, longest_lstrip):
+            return _truncated_ids(tokenizer, head, max_length)
+        window *= _GROWTH
+    return _truncated_ids(tokenizer, prefix + text, max_length)
+
+
+def _token_end_decides(tokenizer, prefix: str, needed: int, longest_lstrip: int) -> bool:
+    """``_prefix_decides`` as the release before had it: the ``needed``-th token (not its word) ends the margin
+    before the cut, ``longest_lstrip`` being that of the ``lstrip`` tokens it saw."""
+    encoding = _with_offsets(tokenizer, prefix)
+    if len(encoding["input_ids"]) <= needed:
+        return False
+    words = encoding.word_ids()
+    last_word = max(w for w in words if w is not None)
+    word, (_, end) = words[needed - 1], encoding["offset_mapping"][needed - 1]
+    if longest_lstrip:
+        rest = prefix[end:]
+        after_whitespace = end + len(rest) - len(rest.lstrip())
+        if after_whitespace + longest_lstrip > len(prefix) - _MARGIN_CHARS:
+            return False
+    return word is not None and word < last_word - 1 and end <= len(prefix) - _MARGIN_CHARS
 
 
 def _truncated_ids(tokenizer, text: str, max_length: int) -> list[int]:

@@ -16,8 +16,8 @@ import torch
 from tokembed.errors import ModelError
 from tokembed.models.base import TokenModel, read_json
 from tokembed.models.long_text import (
-    lstrip_tokens, read_otherwise_before_added_token_fix, read_otherwise_before_lstrip_fix,
-    read_otherwise_before_stability_check, tokenize_long, truncated_ids, window_chars,
+    lstrip_tokens_seen_before, read_otherwise_before_added_token_fix, read_otherwise_before_lstrip_fix,
+    read_otherwise_by_unchecked_windows, tokenize_long, truncated_ids, window_chars,
 )
 from tokembed.models.token_ids import TokenIdGuard, TokenPastEmbeddingsError, embedding_rows
 from tokembed.settings import EncodeSettings
@@ -73,7 +73,7 @@ class TextEncoder(OutputShape):
         self.skip_ids = skiplist_ids(tokenizer, settings.skiplist_words)
         self.keep_only_ids = np.asarray(settings.keep_only_ids or (), dtype=np.int64)
         self.first_token_dropped = model.first_token_dropped
-        self.lstrip_tokens = lstrip_tokens(tokenizer)
+        self.lstrip_tokens_seen_before = lstrip_tokens_seen_before(tokenizer)  # for the mark of that fix
         self.id_guard = TokenIdGuard(model)  # after register_prefix_tokens, which may add tokens
         self._refuse_prefix_past_embeddings()
         self.least_length = self._least_length()  # after register_prefix_tokens, which makes a marker one token
@@ -110,12 +110,12 @@ class TextEncoder(OutputShape):
         if not isinstance(text, str):
             return ""
         marks = []
-        if read_otherwise_before_lstrip_fix(tokenizer, self.lstrip_tokens, text, max_length):
+        if read_otherwise_before_lstrip_fix(tokenizer, self.lstrip_tokens_seen_before, text, max_length):
             marks.append("lstrip tokens past a window")
         if read_otherwise_before_added_token_fix(tokenizer, text, max_length):
             marks.append("an added token cut by a window")
-        if read_otherwise_before_stability_check(tokenizer, text, max_length, self.settings.prefix or ""):
-            marks.append("a window read otherwise than the text")
+        if read_otherwise_by_unchecked_windows(tokenizer, text, max_length, self.settings.prefix or ""):
+            marks.append("an unchecked window read otherwise than the text")
         return "; ".join(marks)
 
     # -- before the forward pass -------------------------------------------------------------
