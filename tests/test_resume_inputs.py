@@ -71,7 +71,7 @@ CHANGES = {  # between the kill and the re-run: (what changes on disk, the re-ru
 }
 
 
-SLOW_CHANGES = {"another --max-image-pixels"}  # a flag change as --image-column's (~20 s each on 2 cores)
+SLOW_CHANGES = {"another --max-image-pixels", "another --image-column"}  # a flag change as --image-column's (~20 s each on 2 cores)
 
 
 @pytest.mark.parametrize("change", [pytest.param(change, marks=pytest.mark.slow) if change in SLOW_CHANGES else change

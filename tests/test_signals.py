@@ -98,7 +98,7 @@ def assert_nothing_unlisted(folder: Path) -> None:
     open_index(folder).verify()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])  # one path
 def test_a_signal_right_after_a_drops_commit_finishes_its_clean_up_and_says_it_committed(compressed, tmp_path, signum):
     """It said "the previous index is untouched" (exit 130) while the manifest already said vectors dropped, and
     left the shards with vectors (the space the drop frees) and the drop's pending record."""
