@@ -43,18 +43,27 @@ def tokenize_long(
     window = first_window or window_chars(max_length)
     if not _windowable(tokenizer):
         window = len(text)
-    needed = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     added = _added_tokens(tokenizer) if window < len(text) else []
     reach = _added_token_reach(added)
+
+    def decides(head: str, needed: int, window: int) -> bool:
+        return _prefix_decides(tokenizer, head, needed, reach) and _truncated_ids(tokenizer, head, max_length) == (
+            _truncated_ids(tokenizer, prefix + text[: 2 * window], max_length))  # the whole text if shorter
+
+    return _read_by_windows(tokenizer, text, max_length, prefix, window, added, decides)
+
+
+def _read_by_windows(tokenizer, text: str, max_length: int, prefix: str, window: int, added: list[str], decides):
+    """The truncated ids of the first window (moved past exact spellings of ``added``, grown x4) that ``decides``
+    accepts (head, content tokens needed, window), else of the whole text."""
+    needed = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     while window < len(text):
         window = _past_added_tokens(text, window, added)
         if window >= len(text):
             break
         head = prefix + text[:window]
-        if needed <= 0 or _prefix_decides(tokenizer, head, needed, reach):
-            ids = _truncated_ids(tokenizer, head, max_length)
-            if ids == _truncated_ids(tokenizer, prefix + text[: 2 * window], max_length):  # whole text if shorter
-                return ids
+        if needed <= 0 or decides(head, needed, window):
+            return _truncated_ids(tokenizer, head, max_length)
         window *= _GROWTH
     return _truncated_ids(tokenizer, prefix + text, max_length)
 
@@ -216,17 +225,8 @@ def _ids_of_unchecked_windows(tokenizer, text: str, max_length: int, prefix: str
     seen = _added_tokens_seen_before(tokenizer)
     added = [token.content for token in seen.values() if token.content]
     longest_lstrip = max(map(len, _lstrip(seen)), default=0)
-    needed = max_length - tokenizer.num_special_tokens_to_add(pair=False)
-    window = window_chars(max_length)
-    while window < len(text):
-        window = _past_added_tokens(text, window, added)
-        if window >= len(text):
-            break
-        head = prefix + text[:window]
-        if needed <= 0 or _token_end_decides(tokenizer, head, needed, longest_lstrip):
-            return _truncated_ids(tokenizer, head, max_length)
-        window *= _GROWTH
-    return _truncated_ids(tokenizer, prefix + text, max_length)
+    return _read_by_windows(tokenizer, text, max_length, prefix, window_chars(max_length), added,
+                            lambda head, needed, _: _token_end_decides(tokenizer, head, needed, longest_lstrip))
 
 
 def _token_end_decides(tokenizer, prefix: str, needed: int, longest_lstrip: int) -> bool:
