@@ -43,27 +43,35 @@ def tokenize_long(
     window = first_window or window_chars(max_length)
     if not _windowable(tokenizer):
         window = len(text)
-    added = _added_tokens(tokenizer) if window < len(text) else []
+    windowed = window < len(text)
+    added = _added_tokens(tokenizer) if windowed else []
     reach = _added_token_reach(added)
+    longest_lstrip = _longest_lstrip_token(tokenizer) if windowed else 0
 
-    def decides(head: str, needed: int, window: int) -> bool:
-        return _prefix_decides(tokenizer, head, needed, reach) and _truncated_ids(tokenizer, head, max_length) == (
-            _truncated_ids(tokenizer, prefix + text[: 2 * window], max_length))  # the whole text if shorter
+    def checked(head: str, needed: int, window: int) -> list[int] | None:
+        if needed <= 0:
+            return _truncated_ids(tokenizer, head, max_length)
+        if not _prefix_decides(tokenizer, head, needed, longest_lstrip, reach):
+            return None
+        ids = _truncated_ids(tokenizer, head, max_length)
+        return ids if ids == _truncated_ids(tokenizer, prefix + text[: 2 * window], max_length) else None  # the
+        # window twice as long: the whole text if that is shorter
 
-    return _read_by_windows(tokenizer, text, max_length, prefix, window, added, decides)
+    return _read_by_windows(tokenizer, text, max_length, prefix, window, added, checked)
 
 
-def _read_by_windows(tokenizer, text: str, max_length: int, prefix: str, window: int, added: list[str], decides):
-    """The truncated ids of the first window (moved past exact spellings of ``added``, grown x4) that ``decides``
-    accepts (head, content tokens needed, window), else of the whole text."""
+def _read_by_windows(tokenizer, text: str, max_length: int, prefix: str, window: int, added: list[str], read):
+    """The ids ``read`` gives for the first window (moved past exact spellings of ``added``, grown x4) it accepts
+    (it is given the window's text, the content tokens needed and the window; None: not accepted), else the whole
+    text's truncated ids."""
     needed = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     while window < len(text):
         window = _past_added_tokens(text, window, added)
         if window >= len(text):
             break
-        head = prefix + text[:window]
-        if needed <= 0 or decides(head, needed, window):
-            return _truncated_ids(tokenizer, head, max_length)
+        ids = read(prefix + text[:window], needed, window)
+        if ids is not None:
+            return ids
         window *= _GROWTH
     return _truncated_ids(tokenizer, prefix + text, max_length)
 
@@ -72,22 +80,23 @@ def _windowable(tokenizer) -> bool:
     return bool(getattr(tokenizer, "is_fast", False)) and getattr(tokenizer, "truncation_side", "right") == "right"
 
 
-def _prefix_decides(tokenizer, prefix: str, needed: int, reach: int = 0) -> bool:
+def _prefix_decides(tokenizer, prefix: str, needed: int, longest_lstrip: int, reach: int = 0, by_word: bool = True) -> bool:
     """Whether the first ``needed`` content tokens of ``prefix`` are those of any text that starts with it
-    (``reach``: ``_added_token_reach``)."""
+    (``longest_lstrip``: ``_longest_lstrip_token``; ``reach``: ``_added_token_reach``; ``by_word`` False: the
+    release before's rule, the ``needed``-th token's end rather than its word's, no reach)."""
     encoding = _with_offsets(tokenizer, prefix)
     if len(encoding["input_ids"]) <= needed:
         return False
     words, offsets = encoding.word_ids(), encoding["offset_mapping"]
     last_word = max(w for w in words if w is not None)
     word, (_, end) = words[needed - 1], offsets[needed - 1]
-    longest = _longest_lstrip_token(tokenizer)
-    if longest:
+    if longest_lstrip:
         rest = prefix[end:]
         after_whitespace = end + len(rest) - len(rest.lstrip())
-        if after_whitespace + longest > len(prefix) - _MARGIN_CHARS:
+        if after_whitespace + longest_lstrip > len(prefix) - _MARGIN_CHARS:
             return False
-    end = _word_end(words, offsets, needed - 1)  # the word's: see _added_token_reach
+    if by_word:
+        end = _word_end(words, offsets, needed - 1)  # the word's: see _added_token_reach
     return word is not None and word < last_word - 1 and end <= len(prefix) - _MARGIN_CHARS - reach
 
 
@@ -113,7 +122,11 @@ def _added_tokens_decoder(tokenizer) -> dict:
 
 def _added_tokens(tokenizer) -> list[str]:
     """The contents of the added tokens (matched in the text before it is split into words)."""
-    return [token.content for token in _added_tokens_decoder(tokenizer).values() if token.content]
+    return _contents(_added_tokens_decoder(tokenizer))
+
+
+def _contents(decoder: dict) -> list[str]:
+    return [token.content for token in decoder.values() if token.content]
 
 
 def _added_token_reach(added: list[str]) -> int:
@@ -189,9 +202,8 @@ def read_otherwise_before_added_token_fix(tokenizer, text: str, max_length: int)
     (a fast tokenizer cutting on the right) ended inside the exact spelling of a long added token they saw. The
     mark the release before gave, unchanged: its rows keep their hash (``read_otherwise_by_unchecked_windows``
     marks those it read wrong otherwise)."""
-    added = [token.content for token in _added_tokens_seen_before(tokenizer).values() if token.content]
     return len(text) > window_chars(max_length) and _windowable(tokenizer) and _cut_an_added_token(
-        text, max_length, added)
+        text, max_length, _contents(_added_tokens_seen_before(tokenizer)))
 
 
 def read_otherwise_by_unchecked_windows(tokenizer, text: str, max_length: int, prefix: str = "") -> bool:
@@ -223,27 +235,14 @@ def _ids_of_unchecked_windows(tokenizer, text: str, max_length: int, prefix: str
     exact spellings of the added tokens it saw, grown x4) whose kept tokens end ``_MARGIN_CHARS`` before its
     cut, a token's end and not its word's, no reach; its truncated ids, never checked against a longer window."""
     seen = _added_tokens_seen_before(tokenizer)
-    added = [token.content for token in seen.values() if token.content]
     longest_lstrip = max(map(len, _lstrip(seen)), default=0)
-    return _read_by_windows(tokenizer, text, max_length, prefix, window_chars(max_length), added,
-                            lambda head, needed, _: _token_end_decides(tokenizer, head, needed, longest_lstrip))
 
+    def unchecked(head: str, needed: int, _window: int) -> list[int] | None:
+        if needed > 0 and not _prefix_decides(tokenizer, head, needed, longest_lstrip, by_word=False):
+            return None
+        return _truncated_ids(tokenizer, head, max_length)
 
-def _token_end_decides(tokenizer, prefix: str, needed: int, longest_lstrip: int) -> bool:
-    """``_prefix_decides`` as the release before had it: the ``needed``-th token (not its word) ends the margin
-    before the cut, ``longest_lstrip`` being that of the ``lstrip`` tokens it saw."""
-    encoding = _with_offsets(tokenizer, prefix)
-    if len(encoding["input_ids"]) <= needed:
-        return False
-    words = encoding.word_ids()
-    last_word = max(w for w in words if w is not None)
-    word, (_, end) = words[needed - 1], encoding["offset_mapping"][needed - 1]
-    if longest_lstrip:
-        rest = prefix[end:]
-        after_whitespace = end + len(rest) - len(rest.lstrip())
-        if after_whitespace + longest_lstrip > len(prefix) - _MARGIN_CHARS:
-            return False
-    return word is not None and word < last_word - 1 and end <= len(prefix) - _MARGIN_CHARS
+    return _read_by_windows(tokenizer, text, max_length, prefix, window_chars(max_length), _contents(seen), unchecked)
 
 
 def _truncated_ids(tokenizer, text: str, max_length: int) -> list[int]:

@@ -125,10 +125,12 @@ def _link_codes(folder: Path, entry: dict, dropped: dict, codec_sha: str) -> dic
     rounding step, enough to change a code. The name is then taken by codes the committed manifest vouches for,
     which must stay until the commit: these get a name of their own (with their sha256)."""
     name = codes_name(dropped["sha256"], codec_sha)
-    if _holds_other_bytes(folder / name, entry):
+    other = _holds_other_bytes(folder / name, entry)
+    if other:
         name = codes_name(dropped["sha256"], codec_sha, entry["sha256"])
+        other = _holds_other_bytes(folder / name, entry)
     target = folder / name
-    if _holds_other_bytes(target, entry) is not False:
+    if other is not False:
         verify_file(folder, entry, checksum=True)
         try:
             with replacing(target) as tmp:
