@@ -7,7 +7,9 @@
   columns stay, so a row's token count is still its ``token_ids`` length, as in its codes' ``doc_offsets``;
 * its code file is hard-linked (copied where links fail) under the name that belongs to the new shard,
   ``codes_name(new shard sha256, codec sha256)``: the same bytes, and code file names stay a function of
-  the shard's bytes, so later runs keep unchanged files as they do for any index;
+  the shard's bytes, so later runs keep unchanged files as they do for any index. Where the committed
+  generation's codes hold that name with other bytes (an ``encode --full`` whose re-encoded vectors code
+  differently), the codes' own sha256 is added to the name;
 * the manifest's ``search`` section gets ``"vectors": "dropped"``.
 
 Nothing is committed here. Once the caller has replaced the manifest, the old shards and code file names are
