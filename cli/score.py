@@ -118,18 +118,19 @@ def score(
     for warning in queries.warnings:
         log(f"warning: {warning}")
     progress = ScanProgress(quiet or log_format == "json")
-    started, startup, timings = time.perf_counter(), since_start(), {}
+    timings = {}
     with warnings_logged(log), libraries_quiet(quiet):  # warnings as lines, none with --quiet
+        started, startup = time.perf_counter(), since_start()  # start-up (interpreter, imports, queries read): load
         hits = search(
             index, dict(zip(queries.ids, queries.texts)), top_k=top_k, model=model, device=device,
             block_tokens=block_tokens, allow_model_mismatch=allow_model_mismatch,
             trust_remote_code=trust_remote_code, progress=progress, exact=exact, probe=probe, candidates=candidates,
             timings=timings, base_model=base_model,
         )
-    seconds = startup + time.perf_counter() - started  # whole process so far, as load_seconds counts from its start
+        seconds = startup + time.perf_counter() - started  # as load_seconds, from the process start; the parts add up to it
     _write_or_say_why(queries, hits, _pick_format(fmt, output), None if is_standard_output(output) else output)
     if log_format == "json":
-        _log_json_summary(len(queries), progress, startup, timings)
+        _log_json_summary(len(queries), progress, startup, seconds, timings)
         return
     log(
         f"{len(queries)} queries, {progress.rows} documents ({progress.tokens} tokens) in {seconds:.2f}s "
@@ -147,8 +148,8 @@ def _search_rate(progress, timings: dict) -> str:
     return f"{progress.tokens / max(progress.seconds, 1e-9):,.0f} document tokens/s scanned"
 
 
-def _log_json_summary(n_queries: int, progress, startup: float, timings: dict) -> None:
-    """One JSON object on stderr (stdout holds the results): counts and where the seconds went."""
+def _log_json_summary(n_queries: int, progress, startup: float, seconds: float, timings: dict) -> None:
+    """One JSON object on stderr (stdout holds the results): counts and where the seconds went, the text line's."""
     summary = {
         "queries": n_queries,
         "documents": progress.rows,
@@ -157,7 +158,7 @@ def _log_json_summary(n_queries: int, progress, startup: float, timings: dict) -
         "query_seconds": round(timings.get("query_seconds", 0.0), 3),
         "search_seconds": round(timings.get("search_seconds", 0.0), 3),
         "searched_with": timings.get("searched_with"),
-        "seconds": round(since_start(), 3),
+        "seconds": round(seconds, 3),
     }
     print(json.dumps(summary), file=sys.stderr)
 

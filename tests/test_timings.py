@@ -56,6 +56,76 @@ def test_score_json_log_has_load_query_search_seconds(cli, checkpoint, corpus, t
     assert summary["searched_with"] == "exhaustive scan"
 
 
+# Slower than any scheduling noise on a loaded 2-core box: a part that leaves it out misses the total by this much
+_SLOW = 0.5
+
+
+@pytest.fixture
+def slow_device_check(monkeypatch):
+    """Resolving ``--device`` (done by ``search()`` and again by ``encode_queries()``, before the model loads) takes
+    ``_SLOW`` seconds more: time that no part counted would leave the parts that far short of the whole."""
+    import tokembed.search.api as api
+
+    resolve = api._resolve_device
+
+    def slow(spec):
+        time.sleep(_SLOW)
+        return resolve(spec)
+
+    monkeypatch.setattr(api, "_resolve_device", slow)
+
+
+def _index(cli, checkpoint, corpus, folder, structure: bool):
+    assert cli("encode", corpus, "--model", checkpoint("stanford"), "-o", folder, "-q").exit_code == 0
+    if structure:
+        assert cli("compress", folder, "--centroids", "4", "-q").exit_code == 0
+    return folder
+
+
+@pytest.mark.parametrize("structure", [False, True], ids=["exhaustive", "structure"])
+def test_search_timings_add_up_to_the_call(cli, checkpoint, corpus, tmp_path, slow_device_check, structure):
+    from tokembed.search import encode_queries, search
+
+    index = _index(cli, checkpoint, corpus, tmp_path / "index", structure)
+    timings = {}
+    started = time.perf_counter()
+    search(index, {"a": "quick fox", "b": "capital"}, top_k=2, timings=timings)
+    call = time.perf_counter() - started
+    parts = timings["load_seconds"] + timings["query_seconds"] + timings["search_seconds"]
+    assert call - 0.1 < parts <= call, (call, timings)
+    assert timings["load_seconds"] >= 2 * _SLOW  # both device checks come before the model loads
+    assert timings["searched_with"] == ("structure" if structure else "exhaustive scan")
+    encoded = {}
+    started = time.perf_counter()
+    encode_queries(index, ["quick fox"], timings=encoded)
+    call = time.perf_counter() - started
+    assert call - 0.1 < encoded["load_seconds"] + encoded["query_seconds"] <= call, (call, encoded)
+    assert encoded["load_seconds"] >= _SLOW
+
+
+@pytest.mark.parametrize("structure", [False, True], ids=["exhaustive", "structure"])
+def test_score_summary_parts_add_up_to_its_seconds(cli, checkpoint, corpus, tmp_path, slow_device_check, structure):
+    """Both summaries: the JSON object's load + query + search seconds are its ``seconds``, and the text line's
+    load, queries and search are its total (each printed rounded)."""
+    import re
+
+    index = _index(cli, checkpoint, corpus, tmp_path / "index", structure)
+    result = cli("score", "--query", "quick fox", index, "--format", "jsonl", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stderr.strip().splitlines()[-1])
+    parts = summary["load_seconds"] + summary["query_seconds"] + summary["search_seconds"]
+    assert parts == pytest.approx(summary["seconds"], abs=0.1), summary
+    assert summary["load_seconds"] >= 2 * _SLOW
+    text = cli("score", "--query", "quick fox", index, "--format", "jsonl")
+    assert text.exit_code == 0, text.output
+    line = text.stderr.strip().splitlines()[-1]
+    found = re.search(r" in ([\d.]+)s \(load ([\d.]+)s, queries ([\d.]+)s, search ([\d.]+)s\)", line)
+    assert found, line
+    total, *split = map(float, found.groups())
+    assert sum(split) == pytest.approx(total, abs=0.1), line
+    assert split[0] >= 2 * _SLOW
+
+
 def test_score_says_when_the_structure_answered(cli, checkpoint, corpus, tmp_path):
     index = tmp_path / "index"
     assert cli("encode", corpus, "--model", checkpoint("stanford"), "-o", index, "-q").exit_code == 0

@@ -56,10 +56,11 @@ def search(
     ``ModelMismatchError`` unless ``allow_model_mismatch``.
     ``exact`` scans exhaustively even when the index has a search structure; ``probe`` and ``candidates``
     tune the structure's search (defaults ``plaid.DEFAULT_PROBE`` / ``DEFAULT_CANDIDATES``).
-    ``timings``, if given, receives ``load_seconds`` (index open + model load), ``query_seconds`` (encoding
-    the queries), ``search_seconds`` (the scan or the structure's search) and ``searched_with``
-    (``"structure"`` or ``"exhaustive scan"``).
+    ``timings``, if given, receives ``load_seconds`` (checks, imports, index open + model load), ``query_seconds``
+    (encoding the queries), ``search_seconds`` (the scan or the structure's search), which add up to the call's
+    time, and ``searched_with`` (``"structure"`` or ``"exhaustive scan"``).
     """
+    started = time.perf_counter()  # before the imports and checks: every part of the call falls in one of the three
     from tokembed.index.reader import open_index
     from tokembed.search.plaid.search import open_searchable
 
@@ -70,7 +71,6 @@ def search(
     _check_timings_and_progress(timings, progress)
     asked = as_queries(queries)
     timings = {} if timings is None else timings
-    started = time.perf_counter()
     if exact:  # the scan reads the vectors alone: a damaged structure must not stop it (its errors say --exact)
         index, structure = open_index(index_path, structure=False), None
     else:
@@ -121,10 +121,11 @@ def encode_queries(
     not rounded to its store dtype).
 
     ``index`` is an ``Index`` (``open_index``) or its folder; ``texts`` are checked as ``search``'s queries are
-    (a list, not one string; every query a string); ``device`` is ``search``'s. ``timings``, if given, receives ``load_seconds`` (model load)
-    and ``query_seconds`` (encoding). A query the model's processor refuses (``input_problem``) is a
-    ``BadInputError`` naming its id (``ids``; else q1, q2, ...).
+    (a list, not one string; every query a string); ``device`` is ``search``'s. ``timings``, if given, receives ``load_seconds``
+    (checks, imports, model load) and ``query_seconds`` (encoding), which add up to the call's time. A query the model's
+    processor refuses (``input_problem``) is a ``BadInputError`` naming its id (``ids``; else q1, q2, ...).
     """
+    started = time.perf_counter()  # before the imports: importing the embedder (torch) is part of the load
     from tokembed.embedder import Embedder, refuse_non_finite
     from tokembed.index import open_index
     from tokembed.models.token_ids import TokenPastEmbeddingsError
@@ -137,7 +138,6 @@ def encode_queries(
     texts, ids = asked.texts, asked.ids
     device = _resolve_device(device)  # as search() resolves it: "auto", "cuda" with none visible, "cpu:2" said
     index = index if isinstance(index, Index) else open_index(index, structure=False)
-    started = time.perf_counter()
     embedder = Embedder.for_index(
         index.manifest, kind="query", model=model, device=device,
         allow_mismatch=allow_model_mismatch, trust_remote_code=trust_remote_code, base_model=base_model,
