@@ -92,6 +92,10 @@ def test_sigkill_then_rerun_equals_uninterrupted(work, tmp_path, kill_at):
     rerun = encode(corpus, out)
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
+    # The demo model's raw mode stores every token it encodes: the rerun encoded the shards after the resumed ones,
+    # and counted the killed run's tokens in its encoded tokens and tokens/s (none at all for a kill at the commit).
+    resumed = manifest(out)["shards"][summary["resumed_shards"]:]
+    assert summary["encoded_tokens"] == sum(shard["tokens"] for shard in resumed)
     if kill_at == "shard:3":
         assert summary["resumed_shards"] == 3  # picked up, not started over
         stats = manifest(out)["stats"]["useful_token_fraction"]  # the journal carries the killed run's tokens

@@ -85,7 +85,11 @@ class EncodeSummary:
     deleted: int = 0
     skipped: list[dict] = field(default_factory=list)
     tokens_in: int = 0  # tokens that went through the model this run (before skiplist removal)
-    computed_tokens: int = 0  # positions computed, padding included
+    computed_tokens: int = 0  # positions computed this run, padding included
+    # What the interrupted run(s) put through the model for the shards this run resumed: the useful-token
+    # fraction is the whole generation's, the encoded tokens and tokens/s this run's own.
+    resumed_tokens_in: int = 0
+    resumed_computed_tokens: int = 0
     seconds: float = 0.0  # load_seconds + encode_seconds (+ any wait for the lock)
     load_seconds: float = 0.0  # start-up and model load (the CLI adds the process start-up)
     encode_seconds: float = 0.0  # first read to commit
@@ -99,7 +103,8 @@ class EncodeSummary:
 
     @property
     def useful_token_fraction(self) -> float:
-        return self.tokens_in / self.computed_tokens if self.computed_tokens else 1.0
+        computed = self.resumed_computed_tokens + self.computed_tokens
+        return (self.resumed_tokens_in + self.tokens_in) / computed if computed else 1.0
 
     def counts(self) -> dict:
         return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged}
@@ -376,8 +381,9 @@ def _encode_stream(
         summary.tokens_in += result.real_tokens
         summary.computed_tokens += result.computed_tokens
         if shard is not None:
-            counts = {**chunk.counts, "empty_pages": summary.empty_pages[: chunk.empty_pages],
-                      "tokens_in": summary.tokens_in, "computed_tokens": summary.computed_tokens}  # a resume's fraction
+            counts = {**chunk.counts, "empty_pages": summary.empty_pages[: chunk.empty_pages],  # a resume's fraction:
+                      "tokens_in": summary.resumed_tokens_in + summary.tokens_in,
+                      "computed_tokens": summary.resumed_computed_tokens + summary.computed_tokens}
             journal.record(shard.to_json(), chunk.number + 1, summary.skipped[: chunk.skipped], counts)
             fault_point("shard", len(writer.shards))
         progress.advance(chunk.source_rows, result.real_tokens)

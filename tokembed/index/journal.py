@@ -22,6 +22,10 @@ from tokembed.index.journal_lines import (
 )
 
 JOURNAL = "run-journal.json"
+# Journaled counts that a resumed run's summary keeps apart from its own (``encode.EncodeSummary``): the tokens
+# the interrupted run(s) put through the model count in the generation's useful-token fraction, not in this run's
+# encoded tokens and tokens/s.
+_RESUMED_FIELDS = {"tokens_in": "resumed_tokens_in", "computed_tokens": "resumed_computed_tokens"}
 
 
 def input_signature(inputs: list[Path], output: Path | None = None, walks=None) -> list[list]:
@@ -145,7 +149,7 @@ def continue_journal(journal: Journal, writer, summary) -> None:
     summary.resumed_shards = len(journal.shards)
     summary.skipped = list(journal.skipped)
     for key, value in journal.counts.items():
-        setattr(summary, key, value)
+        setattr(summary, _summary_field(key), value)
 
 
 def restart_journal(journal: Journal, writer, summary, log) -> None:
@@ -153,10 +157,15 @@ def restart_journal(journal: Journal, writer, summary, log) -> None:
     planned otherwise): remove them, and start the journal, ``writer`` and ``summary`` from the first chunk."""
     log("an interrupted run's finished shards hold other rows than the inputs give now: encoding them again")
     unstarted = type(summary)(summary.output)
-    for key in ("resumed_shards", "skipped", *journal.counts):
+    for key in ("resumed_shards", "skipped", *map(_summary_field, journal.counts)):
         setattr(summary, key, getattr(unstarted, key))
     writer.shards = []
     journal.restart()
+
+
+def _summary_field(count: str) -> str:
+    """The ``EncodeSummary`` field a journaled count resumes into."""
+    return _RESUMED_FIELDS.get(count, count)
 
 
 def remove_unlisted(folder: Path, shards: list[dict]) -> None:
