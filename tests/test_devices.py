@@ -121,6 +121,19 @@ def test_worker_count_does_not_change_the_index(work, tmp_path, devices):
     assert shard_digests(out) == shard_digests(reference)  # byte-identical shards, whatever the worker count
 
 
+def test_the_workers_model_load_is_load_seconds_not_encode_seconds(work, tmp_path):
+    """Workers load their model after the lock is taken, while the first chunks are read: that load was counted in
+    encode_seconds (cpu:2: load 1.7 s, encode 3.3 s, against 1.9 / 0.3 s in process) and so in tokens/s."""
+    corpus, model, reference = work
+    pause = 4.0  # each worker sleeps this long before loading its model: far longer than the tiny run's encoding
+    hook = {"TOKEMBED_TEST_PAUSE_AT": "load", "TOKEMBED_TEST_PAUSE_SECONDS": str(pause)}
+    result = encode(corpus, tmp_path / "index", "--devices", "cpu:2", "--log-format", "json", env=hook, model=model)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["load_seconds"] > pause and summary["encode_seconds"] < pause
+    assert abs(summary["load_seconds"] + summary["encode_seconds"] - summary["seconds"]) < 0.01
+
+
 def test_killed_worker_batches_go_to_the_others(work, tmp_path):
     """Worker 1 dies on its 2nd batch while both workers also run out of memory on batches over 100 tokens."""
     corpus, model, reference = work

@@ -139,6 +139,20 @@ def work(tmp_path_factory, checkpoint_store):
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_the_actors_model_load_is_load_seconds_not_encode_seconds(work, cluster, tmp_path):
+    """As with ``--devices cpu:2`` (``test_devices``): the actors load their model once the driver holds the lock."""
+    corpus, edited, model, local, _ = work
+    pause = 6.0  # each actor sleeps this long before loading its model
+    hook = {"TOKEMBED_TEST_PAUSE_AT": "load", "TOKEMBED_TEST_PAUSE_SECONDS": str(pause)}
+    result = ray_encode(corpus, tmp_path / "index", cluster, "--devices", "cpu:2", "--log-format", "json", env=hook, model=model)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["load_seconds"] > pause and summary["encode_seconds"] < pause
+    assert shard_digests(tmp_path / "index") == shard_digests(local)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_writes_the_local_index_then_an_incremental_run_matches_a_local_rebuild(work, cluster, tmp_path):
     corpus, edited, model, local, (local_edited, local_incremental) = work
     out = tmp_path / "index"

@@ -5,7 +5,8 @@ and journaled), ``commit`` (just before the manifest is replaced), ``committed``
 journal and replaced files are removed; SIGINT/SIGTERM are held there), ``codes`` (a shard's code file
 written), ``drop`` (a shard rewritten without its vectors, ``--drop-vectors``), ``render`` (a ``--pdf-workers``
 process takes page N of a PDF: the worker dies, not the run), ``export`` (an export has written its N-th
-shard, into its staging folder), ``returned`` (the CLI command returned, its summary printed) and ``exiting``
+shard, into its staging folder), ``load`` (worker process or Ray actor N-1 is about to load its model: it
+pauses or dies, not the run), ``returned`` (the CLI command returned, its summary printed) and ``exiting``
 (``tokembed`` is about to exit with its code). Unset in normal use: costs one environment lookup per event.
 
 Engine faults: ``TOKEMBED_TEST_WORKER_DIE_AT=W:N`` makes worker process W (0-based) SIGKILL itself when it

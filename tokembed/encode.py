@@ -91,8 +91,8 @@ class EncodeSummary:
     resumed_tokens_in: int = 0
     resumed_computed_tokens: int = 0
     seconds: float = 0.0  # load_seconds + encode_seconds (+ any wait for the lock)
-    load_seconds: float = 0.0  # start-up and model load (the CLI adds the process start-up)
-    encode_seconds: float = 0.0  # first read to commit
+    load_seconds: float = 0.0  # start-up and model load, a pool's or Ray's workers' too (the CLI adds the process start-up)
+    encode_seconds: float = 0.0  # first read (or, later, the workers ready) to commit
     shards: int = 0
     resumed_shards: int = 0
     full_rebuild: bool = True
@@ -177,14 +177,17 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     with IndexLock(job.output, job.wait_seconds) as lock:
         first_read = time.perf_counter()
         try:
-            summary = _run_locked(job, embedder, progress)
+            summary, workers_ready = _run_locked(job, embedder, progress)
         except BaseException:
             lock.remove_if_unused()  # a first run that commits nothing leaves no half-made index folder
             raise
     summary.demo_model = job.model is None
     summary.seconds = time.perf_counter() - started
-    summary.load_seconds = loaded - started
-    summary.encode_seconds = summary.seconds - (first_read - started)
+    # Workers load their model after the lock is taken, while the first chunks are read: until they are ready,
+    # the run waits on a model load, which encode_seconds (and so tokens/s) must not count.
+    encoding = max(first_read, workers_ready or first_read)
+    summary.load_seconds = loaded - started + (encoding - first_read)
+    summary.encode_seconds = summary.seconds - (encoding - started)
     return summary
 
 
@@ -206,7 +209,9 @@ def _with_base_folder_absolute(job: EncodeJob, embedder) -> EncodeJob:
     return replace(job, flags=replace(job.flags, base_model=base))
 
 
-def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
+def _run_locked(job: EncodeJob, embedder, progress: Progress) -> tuple[EncodeSummary, float | None]:
+    """The run's summary, and when its worker processes or Ray actors had their model loaded (``perf_counter``;
+    None: the model this process loaded ran the batches, or the run ended before the workers were ready)."""
     from tokembed.engine import open_runner
     from tokembed.index.journal import continue_journal, resume_journal, run_signature
     from tokembed.index.atomic import remove_dead_replacements
@@ -259,7 +264,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> EncodeSummary:
         raise
     finally:
         runner.close()
-    return summary
+    return summary, getattr(runner, "ready_at", None)
 
 
 def _remove_staged_chunks(folder: Path) -> None:

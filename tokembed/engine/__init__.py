@@ -4,7 +4,8 @@
 process), ``PoolRunner`` (one worker process per device) or, with ``--engine ray``, ``RayRunner`` (Ray actors
 on a cluster, ``ray.py``). All take chunks of texts or images and yield ``ChunkResult`` in order, and both report to the caller's progress object: ``log(message)``, and, when the object has it,
 the optional ``device_tokens(device, tokens)`` (real tokens each device finished), which older progress
-objects simply lack.
+objects simply lack. A runner whose workers load the model themselves has ``ready_at``: the ``perf_counter`` at
+which they all had it loaded (None until then), which ``encode_corpus`` counts in ``load_seconds``.
 """
 
 from __future__ import annotations

@@ -144,6 +144,7 @@ class PoolRunner:
         self._error: BaseException | None = None
         self._stopping = self._finished = self._closed = False
         self._started = time.perf_counter()
+        self.ready_at: float | None = None  # when every live worker first had its model loaded (perf_counter)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -285,6 +286,7 @@ class PoolRunner:
         # Start once every worker has its model loaded, so the first batches spread over all devices.
         if self._error is not None or not all(worker.ready for worker in alive):
             return
+        self.ready_at = self.ready_at or time.perf_counter()
         while self._pending:
             room = [w for w in alive if w.alive and not w.broken and len(w.held) < PREFETCH]
             if not room:

@@ -32,6 +32,8 @@ import shutil
 import signal
 import socket
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -81,10 +83,17 @@ class ChunkWorker:
         self.restarted = _restarted()
         self.error: BaseException | None = None
         try:
+            from tokembed._testhooks import fault_point
+
+            fault_point("load", index + 1)
             refuse_names_this_actor_misreads(self.node, [spec.model, spec.flags.base_model])
             self.embedder = spec.load(device)
         except BaseException as exc:  # reported by the first chunk, as the error it is (a model error: exit 4)
             self.error = exc
+
+    def loaded(self) -> bool:
+        """Answered once the actor's ``__init__`` (its model load) is done: the driver's ``RayRunner.ready_at``."""
+        return self.error is None
 
     def encode(self, key: str, inputs: list, budget: int, staging: str, batches: tuple[int, int] | None = None) -> dict:
         """Encode the chunk ``inputs`` (or only ``batches``, a range of its plan's batches: their rows in plan order)."""
@@ -158,6 +167,8 @@ class RayRunner:
         self._actors: list = []
         self._held: list[int] = []
         self._finished = False
+        self.ready_at: float | None = None  # when every actor first had its model loaded (perf_counter)
+        self._ready_watch: threading.Thread | None = None
         self._address, self._owns_connection = connect(getattr(job, "ray_address", None))
         try:
             plan = plan_actors(job.devices)
@@ -182,8 +193,24 @@ class RayRunner:
         actor_class = ray.remote(ChunkWorker).options(**options)
         self._actors = [actor_class.remote(spec, index, plan.device, plan.threads) for index in range(plan.count)]
         self._held = [0] * plan.count
+        self._watch_ready([actor.loaded.remote() for actor in self._actors])
         what = f"{plan.num_gpus} GPU" if plan.num_gpus else f"{plan.num_cpus:g} CPU(s), {plan.threads} torch thread(s)"
         self._log(f"ray: {self._address}: {plan.count} actor(s), {what} each; staged chunks in {self.staging}")
+
+    def _watch_ready(self, refs: list) -> None:
+        """Set ``ready_at`` once every actor has answered ``loaded``, from a thread: the chunks sent meanwhile wait
+        for the actors, not for the driver."""
+        import ray
+
+        def watch() -> None:
+            with contextlib.suppress(Exception):  # an actor gone: its chunk says so; close() stops the watch
+                while self._actors and len(ray.wait(refs, num_returns=len(refs), timeout=0.5)[0]) < len(refs):
+                    pass
+                if self._actors:
+                    self.ready_at = time.perf_counter()
+
+        self._ready_watch = threading.Thread(target=watch, name="tokembed-ray-ready", daemon=True)
+        self._ready_watch.start()
 
     def map_chunks(self, chunks: Iterable[list]) -> Iterator[ChunkResult]:
         source = iter(chunks)
@@ -277,9 +304,11 @@ class RayRunner:
         try:
             import ray
 
-            for actor in self._actors:
+            actors, self._actors = self._actors, []  # the ready watch stops
+            for actor in actors:
                 ray.kill(actor, no_restart=True)
-            self._actors = []
+            if self._ready_watch is not None:
+                self._ready_watch.join(timeout=2)
             if self._owns_connection and ray.is_initialized():
                 ray.shutdown()
         except ImportError:

@@ -44,9 +44,10 @@ def worker_main(index: int, label: str, device: str, threads: int, spec, tasks, 
 def _run_batches(index: int, label: str, device: str, threads: int, spec, tasks, outbox) -> None:
     import torch
 
-    from tokembed._testhooks import worker_fault_point
+    from tokembed._testhooks import fault_point, worker_fault_point
 
     torch.set_num_threads(threads)
+    fault_point("load", index + 1)
     embedder = spec.load(device)
     executor = BatchExecutor(embedder.encoder, device, log=lambda message: outbox.put(("log", message)), label=label)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
