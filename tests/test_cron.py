@@ -106,6 +106,36 @@ def test_sigkill_then_rerun_equals_uninterrupted(work, tmp_path, kill_at):
     assert not (out / "run-journal.json").exists()
 
 
+class RecordedProgress:
+    def __init__(self) -> None:
+        self.total, self.rows, self.lines = None, 0, []
+
+    def start(self, total_rows) -> None:
+        self.total = total_rows
+
+    def advance(self, rows: int, tokens: int) -> None:
+        self.rows += rows
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_a_resumed_runs_progress_counts_the_rows_left(work, tmp_path):
+    """The bar's total was the whole corpus while only the rows after the resumed shards advance it: a run
+    resumed after 3 of 12 shards ended at 90/120 rows, its ETA reckoned for 30 rows more."""
+    from tokembed import EncodeJob, encode_corpus
+
+    root, corpus, reference = work
+    out = tmp_path / "index"
+    assert encode(corpus, out, env={"TOKEMBED_TEST_KILL_AT": "shard:3"}).returncode == -signal.SIGKILL
+    progress = RecordedProgress()
+    summary = encode_corpus(EncodeJob([corpus], out, shard_rows=10, devices="cpu"), progress)
+    assert summary.resumed_shards == 3
+    assert (progress.total, progress.rows) == (90, 90)
+    assert "resuming: 3 finished shard(s) of an interrupted run verified (30 rows already done), continuing after them" in progress.lines
+    assert_same_index(out, reference)
+
+
 def test_an_index_inside_its_input_folder_resumes_and_is_not_its_own_input(work, tmp_path):
     """The index's files (shards, journal, lock) change as the run goes: counted as inputs, they made every
     journal look stale, so a killed run never resumed; and they were listed as ignored input files."""

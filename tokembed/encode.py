@@ -232,12 +232,13 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> tuple[EncodeSum
     summary.id_column = id_column_read(job.inputs, job.sources, committed_ids)  # refuses a renamed id column
     journal = resume_journal(job.output, run_signature(job, embedder.weights_sha256, settings_fp, previous, replaced))
     if journal.shards:
-        progress.log(f"resuming: {len(journal.shards)} finished shard(s) of an interrupted run verified, continuing after them")
+        progress.log(f"resuming: {len(journal.shards)} finished shard(s) of an interrupted run verified "
+                     f"({journal.rows_done} rows already done), continuing after them")
     writer = _open_writer(job, embedder, previous)
     continue_journal(journal, writer, summary)
     runner = open_runner(embedder, job, progress)
     try:
-        progress.start(estimate_rows(job.inputs, job.sources))
+        progress.start(journal.rows_left(estimate_rows(job.inputs, job.sources)))
         seen_previous = _encode_stream(job, runner, settings_fp, (previous, replaced), writer, journal, summary, progress,
                                        embedder.encoder)
         log_skipped(summary.skipped, progress.log)

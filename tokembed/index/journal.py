@@ -83,6 +83,16 @@ class Journal:
     def path(self) -> Path:
         return self.folder / JOURNAL
 
+    @property
+    def rows_done(self) -> int:
+        """Source rows the finished shards cover: the rows they hold and the bad rows skipped among them."""
+        return sum(shard["rows"] for shard in self.shards) + len(self.skipped)
+
+    def rows_left(self, total: int | None) -> int | None:
+        """Of the corpus's ``total`` rows (None: not known), those after the finished shards: a resumed run's
+        progress total (it reads past the shards' rows without advancing its progress)."""
+        return None if total is None else max(0, total - self.rows_done)
+
     def record(self, shard: dict, chunks_done: int, skipped: list[dict], counts: dict) -> None:
         """Record a finished shard durably: one line appended, the whole journal only at the run's first shard."""
         entry = self._entry(shard, chunks_done, skipped, counts)
