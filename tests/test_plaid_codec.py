@@ -159,7 +159,7 @@ def test_a_truncated_packed_id_stream_or_an_unknown_layout_is_a_corrupt_index(tm
                "residuals": np.zeros((100, 4), np.uint8), "list_counts": np.zeros(300, np.uint16),
                "list_rows": np.zeros(0, np.uint16)}
     write_tensors(tmp_path / "bad.safetensors", tensors, {"centroid_id_bits": "9"})
-    with pytest.raises(IndexCorruptError, match="bad.safetensors.*do not hold 100 ids of 9 bits"):
+    with pytest.raises(IndexCorruptError, match="bad.safetensors.*112 bytes where 100 ids of 9 bits take 115"):
         ShardCodes.open(tmp_path / "bad.safetensors")
     del tensors["centroid_ids_packed"]  # a layout a later release might write
     write_tensors(tmp_path / "later.safetensors", {**tensors, "centroid_ids_v9": ids})

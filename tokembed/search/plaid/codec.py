@@ -211,7 +211,8 @@ def codec_id(data: bytes) -> str:
 
 
 def pack(buckets: np.ndarray, nbits: int) -> np.ndarray:
-    """[n, D] values < 2**nbits -> [n, ceil(D * nbits / 8)] uint8, the first dimension in the high bits."""
+    """[n, D] values < 2**nbits -> [n, ceil(D * nbits / 8)] uint8, the first dimension in the high bits, each value
+    a plain binary number (colbert-ai's ``binarize`` writes each value's bits in the reverse order: README)."""
     per_byte = 8 // nbits
     n, dim = buckets.shape
     width = -(-dim // per_byte) * per_byte

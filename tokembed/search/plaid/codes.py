@@ -9,7 +9,8 @@ plus the shard's inverted lists (centroid -> the shard's rows holding a token of
         centroid_ids_packed  [bytes]     uint8   (otherwise) each id in ``centroid_id_bits`` bits (the
                                                  file's metadata: 12 for 4,096 centroids), a little-endian
                                                  bit stream, then 2 zero bytes
-        residuals      [tokens, bytes]   uint8   nbits per dimension, packed
+        residuals      [tokens, bytes]   uint8   nbits per dimension, packed (``codec.pack``: the first dimension
+                                                 in a byte's high bits, each bucket most significant bit first)
         list_counts    [K]               uint8   rows of centroid c: the next list_counts[c] entries of
                                                  list_rows; uint16 or uint32 when a centroid's list holds
                                                  more than 255 / 65,535 rows
@@ -138,8 +139,14 @@ class PackedIds:
     """``pack_ids``' stream read back: ``[positions]`` and ``[start:end]`` give uint16 ids, ``len`` the count."""
 
     def __init__(self, data: np.ndarray, bits: int, count: int) -> None:
-        if not 1 <= bits < 16 or len(data) != -(-count * bits // 8) + 2:
-            raise ValueError(f"packed centroid ids: {len(data)} bytes do not hold {count} ids of {bits} bits")
+        if not 1 <= bits < 16:
+            raise ValueError(f"packed centroid ids of {bits} bits (the file's centroid_id_bits, 0 where it has none): "
+                             "not a width of 1 to 15")
+        stream = -(-count * bits // 8)
+        if len(data) != stream + 2:  # the stream alone too: reading its last ids would run past the end
+            raise ValueError(f"packed centroid ids: {len(data)} bytes where {count} ids of {bits} bits take {stream + 2}, "
+                             f"their {stream}-byte stream and the 2 zero bytes after it (each id is read as the 3 bytes "
+                             "from its first)")
         self.data, self.bits, self.count = data, bits, count
 
     def __len__(self) -> int:
