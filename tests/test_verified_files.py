@@ -231,3 +231,30 @@ def test_what_a_run_matched_after_its_last_write_is_written_at_its_exit(tmp_path
     monkeypatch.setenv("TOKEMBED_CACHE", str(tmp_path / "cache"))
     subprocess.run([sys.executable, "-c", script], check=True, env=os.environ)
     assert sorted(_recorded(folder)) == [f"f{number}" for number in range(5)]
+
+
+def test_a_record_write_on_a_full_disk_leaves_no_temp_file(tmp_path, monkeypatch):
+    """The cache disk full: each run's failed write of the record left its ``.NAME.tmp-PID-TID`` file (a nightly
+    cron gained two a night, never removed: the pid-named files of a shared cache are no one's to sweep)."""
+    import errno
+    from pathlib import Path
+
+    from tokembed.index import verified
+    from tokembed.index.atomic import sha256_file
+
+    monkeypatch.setenv("TOKEMBED_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "index"
+    folder.mkdir()
+    (folder / "f0").write_bytes(b"x" * 100)
+    real = Path.write_bytes
+
+    def full_disk(self, data):
+        real(self, data[:10])  # part written, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    record = verified.VerifiedFiles(folder)
+    record.remember([("f0", verified.stat_key(folder / "f0"), sha256_file(folder / "f0"))])
+    record.flush()  # warns that it cannot record, as before
+    left = sorted(path.name for path in (tmp_path / "cache" / "verified").iterdir())
+    assert left == [], left

@@ -111,13 +111,16 @@ def _write_unwritten(path: Path) -> dict[str, list]:
 
 
 def _replace_record(path: Path, entries: dict) -> None:
-    from tokembed.index.atomic import temp_beside
+    from tokembed.index.atomic import remove_unused, temp_beside
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(path)
-    tmp.write_bytes(sealed_bytes(entries))
-    written = os.stat(tmp)
-    os.replace(tmp, path)  # a torn or lost record only means hashing again: no fsync
+    try:
+        tmp.write_bytes(sealed_bytes(entries))
+        written = os.stat(tmp)
+        os.replace(tmp, path)  # a torn or lost record only means hashing again: no fsync
+    finally:  # a full disk: no temp file left behind for each run (pid-named, nothing else would remove it)
+        remove_unused(tmp)
     key = stat_key(path)
     if key[:2] == [written.st_dev, written.st_ino]:  # still the one written here: the next write need not parse it
         _parsed[path] = (key, dict(entries))
