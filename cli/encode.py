@@ -83,7 +83,8 @@ def encode(
         None, help="Image column of Parquet/JSONL input (bytes, a path relative to the file, or a {bytes, path} struct). Default 'image'; used with image models."
     ),
     max_image_pixels: int = typer.Option(
-        40_000_000, min=1, help="Images with more pixels are bad rows (decompression-bomb guard)."
+        40_000_000, min=1, help="Images with more pixels are bad rows (decompression-bomb guard). Memory does not grow "
+        "with it: a chunk holds 64 decoded images or 2**28 pixels (768 MiB of RGB), whichever comes first."
     ),
     pdf_dpi: float = typer.Option(
         144.0, min=1.0, max=1200.0,

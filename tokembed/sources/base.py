@@ -21,6 +21,9 @@ VIDEO_SUFFIXES = (".mp4", ".webm")  # read for image models that take videos (vi
 DATA_SUFFIXES = (".parquet", ".jsonl")
 MODALITIES = ("text", "image", "auto")
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP page; Pillow's own bomb limit is ~89 MP (warning) / ~179 MP (error)
+# Decoded pixels a chunk of images holds (768 MiB as RGB): 64 Letter pages rendered at 200 dpi (239M) still make
+# one chunk, as before there was a budget; 12 MP photos close a chunk at 22, 6000x6000 scans (36 MP) at 7.
+IMAGE_CHUNK_PIXELS = 2**28
 
 
 def read_digest(sha256: str, *readings: str) -> str:
@@ -62,6 +65,7 @@ class SourceOptions:
     modality: str = "text"
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are item errors (decompression bombs)
     image_chunk_rows: int = 64  # decoded images held at once: chunks of image items are this small
+    image_chunk_pixels: int = IMAGE_CHUNK_PIXELS  # and hold this many decoded pixels at most (or one larger image)
     pdf_dpi: float = 144.0  # PDF pages are rendered at this resolution for image models
     pdf_password: str | None = None  # opens encrypted PDFs
     pdf_workers: int | None = 0  # processes rendering PDF pages for image models (0: the reading thread; None: by device)
@@ -354,15 +358,31 @@ def chunk_size(options: SourceOptions, images: bool) -> int:
     return min(options.chunk_rows, options.image_chunk_rows) if images else options.chunk_rows
 
 
-def chunked(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+def chunked(items: Iterator[Item], size: int, pixels: int | None = None) -> Iterator[list[Item]]:
+    """Chunks of at most ``size`` items and, given ``pixels`` (``SourceOptions.image_chunk_pixels``), of at most that
+    many decoded image pixels, but for a chunk of one larger image. Where a chunk ends depends on the items alone
+    (their count and image sizes), so a resumed run's chunks are the interrupted run's (the journal's digests)."""
     chunk: list[Item] = []
+    held = 0
     for item in items:
+        count = image_pixels(item) if pixels is not None else 0
+        if count and chunk and held + count > pixels:
+            yield chunk
+            chunk, held = [], 0
         chunk.append(item)
+        held += count
         if len(chunk) >= size:
             yield chunk
-            chunk = []
+            chunk, held = [], 0
     if chunk:
         yield chunk
+
+
+def image_pixels(item: Item) -> int:
+    """The pixels of the item's decoded image (a ``PIL.Image``); 0 for a text, a bad row or a video (whose frames
+    are decoded when it is encoded, not held by the chunk)."""
+    size = getattr(item.image, "size", None)
+    return size[0] * size[1] if isinstance(size, tuple) else 0
 
 
 def estimate_rows(inputs: list[Path], options: SourceOptions | None = None) -> int | None:

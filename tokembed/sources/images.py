@@ -4,8 +4,9 @@ Stage: sources. In: raw bytes (a file, a Parquet/JSONL cell, the Hugging Face ``
 ``{bytes, path}``). Out: an RGB ``PIL.Image`` on ``Item.image`` plus the sha256 of the stored bytes
 (``Item.image_sha256``, what the content hash of an image item is made of, with ``DecodedImage.reading``), or
 ``Item.error`` naming why the image cannot be used. Decoding happens in the reader, so a bad image is an item error like a null
-text, and memory stays bounded by the chunk (``SourceOptions.image_chunk_rows`` decoded images at most, plus
-the few in flight: a folder's or a Parquet column's images decode on ``DECODE_THREADS`` threads, in order).
+text, and memory stays bounded by the chunk (``SourceOptions.image_chunk_rows`` decoded images and
+``image_chunk_pixels`` decoded pixels at most, plus the few in flight, about half as many pixels again: a
+folder's or a Parquet column's images decode on ``DECODE_THREADS`` threads, in order).
 
 Decoding follows what a page screenshot pipeline expects: EXIF orientation applied
 (``ImageOps.exif_transpose``), first frame of animated images (page 1 of a multi-page TIFF, with a warning),
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.open_files import refuse_out_of_descriptors
-from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked, read_digest
+from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked, image_pixels, read_digest
 from tokembed.sources.files import folder_files, special_file_problem
 from tokembed.sources.path_cells import cell_file
 
@@ -296,16 +297,27 @@ def in_background(function, *args) -> Item | Future:
     return _decoder.submit(function, *args)
 
 
-def in_order(items: Iterable[Item | Future]) -> Iterator[Item]:
+def in_order(items: Iterable[Item | Future], pixels: int | None = None) -> Iterator[Item]:
     """The items, in order, each ``in_background`` one once decoded, with up to ``2 x DECODE_THREADS`` in flight
-    (that many decoded images beyond the chunk)."""
+    (that many decoded images beyond the chunk), fewer where images are large: given ``pixels`` (a chunk's budget,
+    ``SourceOptions.image_chunk_pixels``), those in flight hold about half of it, sized by the last image taken."""
     window: deque = deque()
+    last = 0  # pixels of the last decoded image taken
     for item in items:
         window.append(item)
-        if len(window) > 2 * DECODE_THREADS:
-            yield _done(window.popleft())
+        while len(window) > _ahead(last, pixels):
+            done = _done(window.popleft())
+            last = image_pixels(done) or last
+            yield done
     while window:
         yield _done(window.popleft())
+
+
+def _ahead(last: int, pixels: int | None) -> int:
+    """Items decoded ahead of the one taken: the images in flight decode at once, each as large as ``last``."""
+    if pixels is None or last == 0:
+        return 2 * DECODE_THREADS
+    return max(1, min(2 * DECODE_THREADS, pixels // 2 // last))
 
 
 def _done(item: Item | Future) -> Item:
@@ -321,9 +333,9 @@ def image_files(folder: Path, walks=None) -> list[Path]:
 
 def read_image_folder(folder: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
     """One item per image file, id = path relative to the folder, in path order."""
-    size = min(options.chunk_rows, options.image_chunk_rows)
+    size, pixels = min(options.chunk_rows, options.image_chunk_rows), options.image_chunk_pixels
     decoding = (in_background(_file_item, folder, file, options.max_image_pixels) for file in image_files(folder, options.walks))
-    return chunked(in_order(decoding), size)
+    return chunked(in_order(decoding, pixels), size, pixels)
 
 
 def _file_item(folder: Path, file: Path, max_pixels: int) -> Item:

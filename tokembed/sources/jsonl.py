@@ -27,7 +27,8 @@ def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list
     refuse_special_file(path)
     items = _items(path, options, offset)
     image_rows = options.modality != "text"
-    return chunked(in_order(items) if image_rows else items, chunk_size(options, image_rows))  # images decode on threads
+    pixels = options.image_chunk_pixels
+    return chunked(in_order(items, pixels) if image_rows else items, chunk_size(options, image_rows), pixels)  # images decode on threads
 
 
 def _opened(path: Path):

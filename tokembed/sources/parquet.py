@@ -50,7 +50,8 @@ def read_parquet(path: Path, options: SourceOptions, offset: int) -> Iterator[li
     from tokembed.sources.images import in_order
 
     rows = _rows(path, handle, columns, options, offset, use_text, use_image, use_pdf, has_ids, use_video)
-    return chunked(in_order(rows) if use_image else rows, size)  # image rows decode on threads
+    pixels = options.image_chunk_pixels
+    return chunked(in_order(rows, pixels) if use_image else rows, size, pixels)  # image rows decode on threads
 
 
 def _check_columns(path: Path, schema, columns: list[str], options: SourceOptions, rows: int, either: bool) -> None:

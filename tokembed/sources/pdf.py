@@ -14,8 +14,8 @@ Everything goes through pypdfium2 (PDFium's wheels: Apache-2.0/BSD, no system bi
 * text models get the page's text layer (``PdfTextPage.get_text_range``); a page without one is an
   item with empty text (``is_empty_page``), written as a row with no tokens and listed in the manifest.
 
-Pages are produced lazily, one at a time, so a chunk holds at most ``image_chunk_rows`` rendered pages
-however long the PDF. A PDF that cannot be opened (encrypted without the right ``--pdf-password``,
+Pages are produced lazily, one at a time, so a chunk holds at most ``image_chunk_rows`` rendered pages (and
+``image_chunk_pixels`` pixels: large pages at a high dpi make shorter chunks) however long the PDF. A PDF that cannot be opened (encrypted without the right ``--pdf-password``,
 truncated, corrupt) is one item error named after the file; a page that fails to render is an item
 error named after that page; a PDF with zero pages is a recorded skip whatever ``--on-error`` says.
 PDFium is not thread-safe: only the reading thread calls it, or, with ``--pdf-workers N``, N worker processes
@@ -76,13 +76,13 @@ def read_pdf_folder(folder: Path, options: SourceOptions, offset: int) -> Iterat
         for file in pdf_files(folder, options.walks)
         for page in pdf_pages(file, file.relative_to(folder).as_posix(), str(file), 0, options)
     )
-    return chunked(items, chunk_size(options, images=options.modality == "image"))
+    return chunked(items, chunk_size(options, images=options.modality == "image"), options.image_chunk_pixels)
 
 
 def read_pdf_file(file: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
     """A PDF given as INPUT: its pages, ids ``<file name>#page=N``."""
     items = pdf_pages(file, file.name, str(file), 0, options)
-    return chunked(items, chunk_size(options, images=options.modality == "image"))
+    return chunked(items, chunk_size(options, images=options.modality == "image"), options.image_chunk_pixels)
 
 
 def pdf_pages(pdf: Path | bytes, base_id: str, source: str, row: int, options: SourceOptions) -> Iterator[Item]:
