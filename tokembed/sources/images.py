@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.open_files import refuse_out_of_descriptors
-from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, chunked, image_pixels, read_digest
+from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, read_digest
+from tokembed.sources.chunks import chunked, image_pixels
 from tokembed.sources.files import folder_files, special_file_problem
 from tokembed.sources.path_cells import cell_file
 

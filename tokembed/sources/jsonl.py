@@ -16,8 +16,9 @@ from typing import Any
 
 from tokembed.errors import BadInputError
 from tokembed.open_files import refuse_out_of_descriptors
-from tokembed.sources.base import (Item, SourceOptions, chunk_size, chunked, columns_read, id_field_problem, id_problem,
-                                   missing_columns, unicode_checked)
+from tokembed.sources.base import (Item, SourceOptions, columns_read, id_field_problem, id_problem, missing_columns,
+                                   unicode_checked)
+from tokembed.sources.chunks import chunk_size, chunked
 from tokembed.sources.files import refuse_special_file
 
 

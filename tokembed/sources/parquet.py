@@ -14,7 +14,8 @@ from pathlib import Path
 
 from tokembed.errors import BadInputError
 from tokembed.open_files import refuse_out_of_descriptors
-from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, id_problem, wanted_columns
+from tokembed.sources.base import Item, SourceOptions, id_problem, wanted_columns
+from tokembed.sources.chunks import chunk_size, chunked
 from tokembed.sources.files import arrow_readable, refuse_special_file
 from tokembed.sources.parquet_pages import CorruptPage, InvalidUtf8, Unsupported, is_huge_text, text_cells
 

@@ -33,7 +33,8 @@ from typing import Any
 from tokembed.errors import UsageError
 from tokembed.locale_names import refuse_misread_cell
 from tokembed.open_files import refuse_out_of_descriptors
-from tokembed.sources.base import Item, SourceOptions, chunk_size, chunked, unicode_problem
+from tokembed.sources.base import Item, SourceOptions, unicode_problem
+from tokembed.sources.chunks import chunk_size, chunked
 from tokembed.sources.files import folder_files, special_file_problem
 from tokembed.sources.path_cells import cell_path, file_problem
 

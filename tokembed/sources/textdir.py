@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tokembed.open_files import refuse_out_of_descriptors
-from tokembed.sources.base import TEXT_SUFFIXES, Item, SourceOptions, chunked
+from tokembed.sources.base import TEXT_SUFFIXES, Item, SourceOptions
+from tokembed.sources.chunks import chunked
 from tokembed.sources.files import folder_files, special_file_problem
 
 

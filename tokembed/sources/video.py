@@ -29,7 +29,8 @@ import numpy as np
 from tokembed.errors import BadInputError
 from tokembed.index.atomic import sha256_file
 from tokembed.open_files import refuse_out_of_descriptors
-from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, chunked, read_digest
+from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, read_digest
+from tokembed.sources.chunks import chunked
 from tokembed.sources.files import folder_files
 from tokembed.sources.files import special_file_problem
 from tokembed.sources.path_cells import cell_file
