@@ -55,6 +55,11 @@ class TerminalProgress:
         self.started = time.perf_counter()
         self.task = self.bar.add_task(doing, total=total_rows, rate="")
 
+    def set_total(self, total_rows: int | None) -> None:
+        """The rows the run will advance by after all (a resumed run that encodes every row again)."""
+        if self.task is not None:
+            self.bar.update(self.task, total=total_rows)
+
     def advance(self, rows: int, tokens: int) -> None:
         self.tokens += tokens
         elapsed = max(time.perf_counter() - self.started, 1e-9)

@@ -31,6 +31,10 @@ class LineProgress:
         self.total, self.doing = total_rows, doing
         self.started = self.last = time.perf_counter()
 
+    def set_total(self, total_rows: int | None) -> None:
+        """The rows the run will advance by after all (a resumed run that encodes every row again)."""
+        self.total = total_rows
+
     def advance(self, rows: int, tokens: int) -> None:
         self.rows += rows
         self.tokens += tokens

@@ -214,3 +214,39 @@ def test_every_source_option_that_changes_the_rows_read_is_in_the_run_signature(
 
     assert signature(replace(SourceOptions(), **{option: other[option]})) != signature(SourceOptions())
     assert signature(replace(SourceOptions(), pdf_workers=4)) == signature(SourceOptions())
+
+
+class _RecordedProgress:
+    def __init__(self) -> None:
+        self.total, self.rows = None, 0
+
+    def start(self, total_rows) -> None:
+        self.total = total_rows
+
+    def set_total(self, total_rows) -> None:
+        self.total = total_rows
+
+    def advance(self, rows: int, tokens: int) -> None:
+        self.rows += rows
+
+    def log(self, message: str) -> None:
+        pass
+
+
+def test_a_resume_that_starts_again_counts_every_row_in_its_progress(checkpoint, tmp_path):
+    """The bar's total leaves out the rows of the shards a run resumes; a journal found to hold other rows is started
+    again and every row is encoded, but the total stayed short (a bar at 12/6 rows, its ETA wrong)."""
+    from tokembed import EncodeJob, encode_corpus
+
+    model = checkpoint("stanford")
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for row in text_rows():
+        (folder / f"{row['id']}.txt").write_text(row["text"])
+    out = tmp_path / "index"
+    killed_text_run(model, folder, out)
+    rewrite_keeping_size_and_mtime(folder / "d01.txt", "row 01", "row 1!")  # in the first journaled shard
+    progress = _RecordedProgress()
+    summary = encode_corpus(EncodeJob([folder], out, model=model, shard_rows=2, devices="cpu"), progress)
+    assert summary.resumed_shards == 0
+    assert progress.total == progress.rows == ROWS

@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -357,7 +356,11 @@ def _encode_stream(
     pending: deque[PlannedChunk] = deque()
     state = {"seen_previous": 0}
     runner_images = job.sources.modality == "image"
-    restart = partial(restart_journal, journal, writer, summary, progress.log)  # rows other than the journal's
+
+    def restart() -> None:  # rows other than the journal's: every row is to encode again, the bar counts them all
+        restart_journal(journal, writer, summary, progress.log)
+        if hasattr(progress, "set_total"):  # optional, as ``device_tokens``
+            progress.set_total(estimate_rows(job.inputs, job.sources))
 
     def texts_to_encode() -> Iterator[list[str]]:
         for chunk in plan_chunks(job, settings_fp, indexes, journal, restart, summary, state, encoder):
