@@ -180,3 +180,24 @@ def test_a_named_pipe_is_never_renamed_over(tmp_path):
     assert fifo.is_fifo() and sorted(os.listdir(tmp_path)) == ["fifo", "link"]  # no temp file left
     atomic_write_bytes(link, b"results\n")
     assert fifo.is_fifo() and not link.is_symlink() and link.read_bytes() == b"results\n"
+
+
+def test_a_read_only_index_folder_names_its_lock_file_not_the_folder(tmp_path, monkeypatch):
+    """An index folder that exists on a read-only mount: the message said the folder could not be created."""
+    from tokembed.errors import IndexWriteError
+    from tokembed.index.lock import IndexLock
+
+    folder = tmp_path / "index"
+    folder.mkdir()
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(folder)):
+            raise os_error(errno.EROFS, path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(IndexWriteError) as raised:
+        IndexLock(folder).__enter__()
+    assert f"{folder}: cannot create its lock file (Read-only file system)" in str(raised.value)
+    assert folder.is_dir()

@@ -125,7 +125,8 @@ class IndexLock:
             folder.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise write_error(self.path, exc, f"{folder}: cannot create the index folder or its lock file ({exc.strerror})") from exc
+            what = "its lock file" if self.created is None else "the index folder or its lock file"
+            raise write_error(self.path, exc, f"{folder}: cannot create {what} ({exc.strerror})") from exc
 
 
 def _first_missing(folder: Path) -> Path | None:
