@@ -216,6 +216,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> tuple[EncodeSum
     from tokembed.index.atomic import remove_dead_replacements
     from tokembed.index.commit_window import commit_window
     from tokembed.index.writer import remove_temp_files
+    from tokembed.search.plaid.coded import refuse_training_without_kmeans
     from tokembed.sources.pdf_workers import remove_abandoned_copies
 
     settings_fp = embedder.settings.fingerprint(embedder.fingerprint)
@@ -224,6 +225,8 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> tuple[EncodeSum
     remove_abandoned_copies()
     previous = _previous_index(job, settings_fp, embedder.weights_sha256, progress)
     replaced = previous or _replaced_index(job)  # what a full rebuild's added / updated / deleted compare with
+    refuse_training_without_kmeans(job.output, replaced.index.manifest if replaced is not None else None,
+                                   (settings_fp, embedder.weights_sha256), job.nbits, job.retrain, job.drop_vectors)
     summary = EncodeSummary(output=str(job.output), full_rebuild=previous is None)
     ignored = ignored_files(job.inputs, job.sources, job.output) + files_linked_twice(job.inputs, job.output, job.sources.walks)
     summary.ignored = [printable_id(name) for name in ignored]  # a file name that is not UTF-8 cannot go into JSON

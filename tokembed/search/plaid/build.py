@@ -21,8 +21,9 @@ again. Files of the structure that the new manifest does not list are removed af
 
 Drift: the manifest records the share of the index's tokens coded since training and the mean residual
 norm at training and since. Past ``RETRAIN_SHARE`` or ``RETRAIN_NORM_RATIO`` (or with ``--retrain``) the
-centroids are trained again from the current index. The norm ratio counts only when the training sample
-was at most half the index (on a tiny index k-means saw every token and its residuals are optimistic).
+centroids are trained again from the current index (where faiss is missing, drift alone only logs that they
+are due: ``encode`` refuses, before encoding, a run that must train). The norm ratio counts only when the
+training sample was at most half the index (on a tiny index k-means saw every token and its residuals are optimistic).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def refresh_structure(folder: Path, manifest: dict, committed: dict | None, opti
     an incremental encode run carried rows from (None for ``compress`` and full rebuilds). ``written``: the
     coding figures of an encode run that wrote vectorless shards and their code files itself
     (``coded.CodedWriter``). Without vectors (``written``, or a compressed-only ``manifest``) the centroids
-    are kept: a retrain they would need is refused, one that drift calls for is only logged.
+    are kept: a retrain they would need is refused, one that drift calls for is only logged; so is one that
+    drift calls for where faiss is not installed (a cron ``encode`` without the ``[search]`` extra).
     """
     old = (committed or {}).get(SEARCH)
     nbits = options.nbits or (old["nbits"] if old else None)
@@ -81,11 +83,16 @@ def refresh_structure(folder: Path, manifest: dict, committed: dict | None, opti
     reusable = old is not None and _same_encoding(committed, manifest)
     norms = codec_mod.needs_vector_norms(manifest)
     reason = _retrain_reason(old, nbits, options) if reusable else "no centroids for these settings yet"
+    drift_alone = reason is not None and reusable and drift_only(old, nbits, options)
     if reusable and norms and not old.get("vector_norms"):  # an earlier release's codes: unit length decoded
         refuse_unit_codes_without_vectors(folder, vectorless)
-        reason = "the codes keep each vector's length now (this index's vectors are not unit length)"
+        reason, drift_alone = "the codes keep each vector's length now (this index's vectors are not unit length)", False
     if reason is not None and vectorless:
-        keep_centroids_without_vectors(folder, reason, reusable and drift_only(old, nbits, options), log)
+        keep_centroids_without_vectors(folder, reason, drift_alone, log)
+        reason = None
+    if reason is not None and drift_alone and not codec_mod.kmeans_installed():
+        log(f"{reason}: new centroids are due, but faiss (k-means) is not installed: keeping the current ones; "
+            f"`{codec_mod.KMEANS_EXTRA}` and the next run trains new ones")
         reason = None
     if reason is None:
         codec, codec_entry, drift = load_codec(folder, old, index), old["codec"], dict(old["drift"])

@@ -47,6 +47,7 @@ SAMPLE_PER_CENTROID = 64
 MAX_SAMPLE_TOKENS = 1 << 20  # 512 MiB of float32 at 128 dims: bounds the build's peak memory
 MAX_RESIDUAL_VALUES = 1 << 22  # residual values the buckets are fitted on: those of every j-th sample token
 LLOYD_ITERATIONS = 10_000  # each is a few binary searches: cheap; 16 levels converge slowly
+KMEANS_EXTRA = "pip install 'tokembed[search]'"  # faiss-cpu: k-means
 
 
 @dataclass(frozen=True)
@@ -274,13 +275,30 @@ def sample_size(k: int, tokens: int) -> int:
     return int(min(tokens, max(k, min(SAMPLE_PER_CENTROID * k, MAX_SAMPLE_TOKENS))))
 
 
+def kmeans_installed() -> bool:
+    """Whether faiss, which ``train`` runs k-means with, can be imported (the ``[search]`` extra)."""
+    import importlib
+
+    try:
+        importlib.import_module("faiss")
+    except ImportError:
+        return False
+    return True
+
+
+def require_kmeans(what: str) -> None:
+    """A ``UsageError`` (exit 2) where faiss is missing and ``what`` (a run's reason to train centroids) needs it."""
+    if not kmeans_installed():
+        raise UsageError(f"{what}: training centroids needs faiss for k-means, which is not installed", hint=KMEANS_EXTRA)
+
+
 def train(sample: np.ndarray, k: int, nbits: int) -> Codec:
     """k-means (faiss) on ``sample`` [n, D] (its distinct centroids: at most ``k``), then the residual buckets from
     the same sample."""
     try:
         import faiss
     except ImportError:
-        raise UsageError("the search structure needs faiss for k-means", hint="pip install 'tokembed[search]'") from None
+        raise UsageError("the search structure needs faiss for k-means", hint=KMEANS_EXTRA) from None
 
     x = np.ascontiguousarray(sample, np.float32)
     kmeans = faiss.Kmeans(x.shape[1], k, niter=KMEANS_ITERATIONS, seed=KMEANS_SEED, verbose=False,

@@ -17,6 +17,9 @@ byte). A full run (``--full``, or a changed model or setting) on a compressed-on
 commit (``drop.py``): the index stays compressed-only, at the price of the new generation's vectors on
 disk until the commit. Retraining needs vectors: an incremental run on a compressed-only index refuses
 ``--retrain`` or another ``--nbits`` before encoding anything (``encode --full`` can retrain).
+
+Retraining needs faiss too (the ``[search]`` extra): ``refuse_training_without_kmeans`` refuses, before
+anything is encoded, a run that must train without it; a retrain drift alone calls for keeps the centroids.
 """
 
 from __future__ import annotations
@@ -52,17 +55,60 @@ def previous_index(index, nbits: int | None, retrain: bool) -> PreviousIndex:
     check_before_carrying(index)
     if not vectors_dropped(index.manifest):
         return PreviousIndex(index)
-    from tokembed.search.plaid.build import (StructureOptions, drift_only, keep_centroids_without_vectors,
-                                             refuse_unit_codes_without_vectors)
+    from tokembed.search.plaid.build import keep_centroids_without_vectors, refuse_unit_codes_without_vectors
     from tokembed.search.plaid.codec import needs_vector_norms
 
     structure = index.manifest[SEARCH]
     if needs_vector_norms(index.manifest) and not structure.get("vector_norms"):
         refuse_unit_codes_without_vectors(index.folder, True)  # raises: an earlier release's unit-length codes
-    if not drift_only(structure, nbits or structure["nbits"], StructureOptions(nbits, retrain=retrain)):
-        asked = "--retrain" if retrain else f"--nbits {nbits} (the index has {structure['nbits']})"
+    asked = _retrain_asked(structure, nbits, retrain)
+    if asked is not None:
         keep_centroids_without_vectors(index.folder, asked, False, print)  # raises VectorsDroppedError
     return CodedPrevious(index)
+
+
+def refuse_training_without_kmeans(folder: Path, committed: dict | None, encoding: tuple[str, str | None],
+                                   nbits: int | None, retrain: bool, drop_vectors: bool) -> None:
+    """Before anything is encoded: a run whose structure must train centroids is refused (exit 2) where faiss is
+    not installed; it encoded every row, then failed in k-means and committed nothing. ``committed``: the
+    manifest this run replaces (None: none, or unreadable); ``encoding``: this run's settings fingerprint and
+    weights sha256. A retrain only drift calls for is not refused: ``refresh_structure`` keeps the centroids."""
+    from tokembed.models.resolve import weights_agree
+
+    settings_fp, weights = encoding
+    same_encoding = committed is not None and committed.get("settings_fingerprint") == settings_fp and weights_agree(
+        (committed.get("model") or {}).get("weights_sha256"), weights)
+    reason = _training_reason(committed, same_encoding, nbits, retrain, drop_vectors)
+    if reason is not None:
+        from tokembed.search.plaid.codec import require_kmeans
+
+        require_kmeans(f"{folder}: {reason}")
+
+
+def _training_reason(committed: dict | None, same_encoding: bool, nbits: int | None, retrain: bool,
+                     drop_vectors: bool) -> str | None:
+    """Why ``run_structure`` will train centroids whatever drift says (None: it keeps the committed ones, or
+    builds no structure)."""
+    from tokembed.search.plaid.codec import needs_vector_norms
+
+    structure = (committed or {}).get(SEARCH)
+    if structure is None:
+        built = nbits is not None or drop_vectors or (committed or {}).get(SEARCH_SETTINGS)
+        return "a new search structure" if built else None
+    if not same_encoding:
+        return "the model or an encoding setting changed: the search structure needs new centroids"
+    if needs_vector_norms(committed) and not structure.get("vector_norms"):
+        return "the codes of an earlier release keep no vector lengths: the search structure needs new centroids"
+    return _retrain_asked(structure, nbits, retrain)
+
+
+def _retrain_asked(structure: dict, nbits: int | None, retrain: bool) -> str | None:
+    """``--retrain``, or an ``--nbits`` other than ``structure``'s, as the reason for new centroids (None: neither)."""
+    from tokembed.search.plaid.build import StructureOptions, drift_only
+
+    if drift_only(structure, nbits or structure["nbits"], StructureOptions(nbits, retrain=retrain)):
+        return None
+    return "--retrain" if retrain else f"--nbits {nbits} (the index has {structure['nbits']})"
 
 
 def check_before_carrying(index) -> None:
