@@ -55,7 +55,7 @@ def previous_index(index, nbits: int | None, retrain: bool) -> PreviousIndex:
     check_before_carrying(index)
     if not vectors_dropped(index.manifest):
         return PreviousIndex(index)
-    from tokembed.search.plaid.build import keep_centroids_without_vectors, refuse_unit_codes_without_vectors
+    from tokembed.search.plaid.retrain import keep_centroids_without_vectors, refuse_unit_codes_without_vectors
     from tokembed.search.plaid.codec import needs_vector_norms
 
     structure = index.manifest[SEARCH]
@@ -104,7 +104,7 @@ def _training_reason(committed: dict | None, same_encoding: bool, nbits: int | N
 
 def _retrain_asked(structure: dict, nbits: int | None, retrain: bool) -> str | None:
     """``--retrain``, or an ``--nbits`` other than ``structure``'s, as the reason for new centroids (None: neither)."""
-    from tokembed.search.plaid.build import StructureOptions, drift_only
+    from tokembed.search.plaid.retrain import StructureOptions, drift_only
 
     if drift_only(structure, nbits or structure["nbits"], StructureOptions(nbits, retrain=retrain)):
         return None

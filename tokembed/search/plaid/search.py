@@ -31,7 +31,8 @@ import numpy as np
 
 from tokembed.errors import IndexCorruptError, IndexReplacedError, UsageError
 from tokembed.index.format import vectors_dropped
-from tokembed.search.plaid.build import SEARCH, refuse_unit_codes_without_vectors
+from tokembed.search.plaid.build import SEARCH
+from tokembed.search.plaid.retrain import refuse_unit_codes_without_vectors
 from tokembed.search.plaid.candidates import best_by_centroids, candidate_rows, scratches
 from tokembed.search.plaid.codec import Codec, needs_vector_norms
 from tokembed.search.plaid.codes import ShardCodes
