@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tokembed.errors import (IndexCorruptError, IndexNotFoundError, IndexReplacedError, IndexUnreadableError, TokembedError,
                              UsageError)
+from tokembed.index.arrays import numpy_dtype
 from tokembed.index.arrow_file import ShardReader
 from tokembed.index.atomic import sha256_file
 from tokembed.index.format import FORMAT, MANIFEST, READABLE_VERSIONS, manifest_bytes
@@ -213,7 +214,7 @@ def _vector_type(reader) -> tuple[int | None, str | None]:
     if "embeddings" not in reader.names:
         return None, None
     vector = reader.schema.field("embeddings").type.value_type  # fixed_size_list<float16|float32, D>
-    return vector.list_size, vector.value_type.to_pandas_dtype().__name__
+    return vector.list_size, numpy_dtype(vector.value_type).name  # not to_pandas_dtype: pyarrow < 26 imports pandas
 
 
 def read_manifest(folder: Path) -> dict | None:
