@@ -13,6 +13,7 @@ declared duration now tells: one ending more than a frame before it is cut short
 
 from __future__ import annotations
 
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -199,6 +200,24 @@ def test_on_error_fail_exits_3_naming_the_file_and_leaves_the_index(cli, checkpo
     assert f"{inputs / name} (id {name!r}): {reason}" in result.output
     assert (out / "manifest.json").read_bytes() == before
     assert list(read_index(out)) == ["good.mp4"]
+
+
+@pytest.mark.parametrize("source", ["folder", "cell"])
+def test_without_pyav_a_video_is_exit_2_naming_the_extra_under_on_error_skip_too(cli, checkpoint, corpus, tmp_path,
+                                                                                 monkeypatch, source):
+    """A missing PyAV was exit 3, bad input, where every other missing extra (pdf, lance, search, ...) is a usage
+    error naming it. It is no bad row either: the run stops, nothing written."""
+    import base64
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av -> ImportError
+    good = (corpus / "good" / "good.mp4").read_bytes()
+    cell = write_jsonl(tmp_path / "v.jsonl", [{"id": "v", "video": {"bytes": base64.b64encode(good).decode()}}])
+    out = tmp_path / "index"
+    inputs = corpus / "good" if source == "folder" else cell
+    result = cli("encode", inputs, "-o", out, "--model", checkpoint, "--on-error", "skip", "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "reading videos needs PyAV" in result.output and "pip install 'tokembed[video]'" in result.output
+    assert not out.exists() or not (out / "manifest.json").exists()
 
 
 def test_frames_over_max_image_pixels_are_refused_before_decoding(corpus, tmp_path):

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tokembed.errors import BadInputError
+from tokembed.errors import BadInputError, UsageError
 from tokembed.index.atomic import sha256_file
 from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import VIDEO_SUFFIXES, Item, SourceOptions, read_digest
@@ -268,12 +268,13 @@ def _decode_frames(video: Video, indices: np.ndarray, size: tuple[int, int], res
 
 
 def _import_av():
+    """PyAV, or ``UsageError`` (exit 2) naming the extra, as the other extras' imports: a missing package is no bad
+    row, so the run stops under ``--on-error skip`` too."""
     try:
         import av
     except ImportError:
-        raise BadInputError(
-            "reading videos needs PyAV, which is not installed", hint="pip install 'tokembed[video]'  (or: pip install av)"
-        ) from None
+        raise UsageError("reading videos needs PyAV, which is not installed",
+                         hint="pip install 'tokembed[video]'  (or: pip install av)") from None
     return av
 
 
