@@ -58,13 +58,15 @@ class TerminalProgress:
     def set_total(self, total_rows: int | None) -> None:
         """The rows the run will advance by after all (a resumed run that encodes every row again)."""
         if self.task is not None:
-            self.bar.update(self.task, total=total_rows)
+            self.bar.tasks[0].total = total_rows  # not update(): it takes None as "unchanged"
 
     def advance(self, rows: int, tokens: int) -> None:
         self.tokens += tokens
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         done = self.bar.tasks[0].completed + rows
         rate = f"{done / elapsed:,.0f} rows/s {self.tokens / elapsed:,.0f} tok/s"
+        if self.bar.tasks[0].total is not None and done > self.bar.tasks[0].total:
+            self.set_total(None)  # an estimate the run outgrew (PDF cells: pages, not Parquet rows) is no total
         self.bar.update(self.task, advance=rows, rate=rate)
 
     def device_tokens(self, device: str, tokens: int) -> None:

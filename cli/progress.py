@@ -38,6 +38,8 @@ class LineProgress:
     def advance(self, rows: int, tokens: int) -> None:
         self.rows += rows
         self.tokens += tokens
+        if self.total is not None and self.rows > self.total:
+            self.total = None  # an estimate the run outgrew (PDF cells: pages, not Parquet rows) is no total
         now = time.perf_counter()
         if not self.quiet and now - self.last >= self.every:
             self.last = now

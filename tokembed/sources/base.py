@@ -354,10 +354,12 @@ def missing_columns(names: list[str], options: SourceOptions, what: str = "colum
 
 
 def estimate_rows(inputs: list[Path], options: SourceOptions | None = None) -> int | None:
-    """Row count for the progress bar where it is cheap to know (Parquet metadata, text folders)."""
+    """Row count for the progress bar where it is cheap to know (Parquet metadata, folders of text, image or video
+    files: one row each). A Parquet column of PDFs gives more rows (pages) than this: the bar drops a total it
+    passes."""
     import pyarrow.parquet as pq
 
-    total = 0
+    taken, total = taken_suffixes(options or SourceOptions()), 0
     for path in inputs:
         try:
             if path.is_file() and path.suffix == ".parquet":
@@ -374,7 +376,7 @@ def estimate_rows(inputs: list[Path], options: SourceOptions | None = None) -> i
                 if parquet:
                     total += sum(pq.ParquetFile(arrow_readable(p)).metadata.num_rows for p in parquet)
                 else:
-                    total += sum(1 for p in files if p.suffix in TEXT_SUFFIXES)
+                    total += sum(1 for p in files if is_taken(p, taken))  # PDFs are not among them (above)
             else:
                 return None
         except Exception:  # a bad file is reported by the reader with its reason; the bar just has no total
