@@ -282,3 +282,36 @@ def build_pylate_lfm2(path: pathlib.Path) -> pathlib.Path:
         seed=5,
     )
     return path
+
+
+def add_pylate_module_tree(path: pathlib.Path, **settings: Any) -> pathlib.Path:
+    """Give a Stanford ``HF_ColBERT`` folder (``build_stanford``, ``build_jina_colbert``) the module tree a PyLate
+    conversion adds beside colbert-ai's files: ``modules.json`` (Transformer at the root, one PyLate Dense),
+    ``1_Dense`` holding the root's ``linear.weight``, and ``config_sentence_transformers.json`` with the settings
+    ``artifact.metadata`` holds. ``settings`` overrides keys of the latter; ``dense_weight`` replaces 1_Dense's."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), "pt") as weights:
+        weight = weights.get_tensor("linear.weight")
+    weight = settings.pop("dense_weight", weight)
+    metadata = json.loads((path / "artifact.metadata").read_text())
+    _write_json(path / "modules.json", _pylate_modules_json(1))
+    _write_json(path / "sentence_bert_config.json", {"max_seq_length": metadata["doc_maxlen"] - 1, "do_lower_case": False})
+    (path / "1_Dense").mkdir(exist_ok=True)
+    _write_json(path / "1_Dense" / "config.json", {"in_features": weight.shape[1], "out_features": weight.shape[0],
+                                                   "bias": False, "activation_function": _IDENTITY})
+    save_file({"linear.weight": weight.contiguous()}, str(path / "1_Dense" / "model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "__version__": dict(_ST4_VERSION),
+        "query_prefix": metadata["query_token_id"],
+        "document_prefix": metadata["doc_token_id"],
+        "query_length": metadata["query_maxlen"],
+        "document_length": metadata["doc_maxlen"],
+        "attend_to_expansion_tokens": metadata["attend_to_mask_tokens"],
+        "skiplist_words": list(PUNCTUATION) if metadata["mask_punctuation"] else [],
+        "do_query_expansion": True,
+    }
+    _write_json(path / "config_sentence_transformers.json", {**config, **settings})
+    return path

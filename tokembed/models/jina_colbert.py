@@ -51,6 +51,7 @@ class JinaColBERT:
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> TokenModel:
+        from tokembed.models.both_layouts import refuse_disagreeing_module_tree
         from tokembed.models.stanford import StanfordColBERT
 
         config = JinaConfig.read(path)
@@ -62,6 +63,7 @@ class JinaColBERT:
         StanfordColBERT.check_dim(path, model.linear.weight)
         projection = nn.Sequential(DenseLayer(model.linear.weight.detach(), None, nn.Identity()))
         colbert = StanfordColBERT.colbert_config(path)
+        refuse_disagreeing_module_tree(path, model.linear.weight, colbert, options.trust_remote_code)
         limit = config.position_limit
         return TokenModel(
             family=cls.key,

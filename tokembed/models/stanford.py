@@ -5,7 +5,8 @@ Layout: ``config.json`` with ``architectures: ["HF_ColBERT"]``; BERT weights and
 ``artifact.metadata`` (``query_token_id``, ``doc_token_id``, ``query_maxlen``, ``doc_maxlen``,
 ``attend_to_mask_tokens``, ``mask_punctuation``). Defaults follow colbert-ai's ``ColBERTConfig``:
 markers ``[unused0]``/``[unused1]``, queries expanded with ``[MASK]`` to 32, documents cut at 180,
-punctuation masked.
+punctuation masked. A PyLate module tree beside these files (``modules.json``, ``1_Dense``) is what PyLate reads
+instead: it must say the same (``both_layouts``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tokembed.models.base import (
     position_limit,
     read_json,
 )
+from tokembed.models.both_layouts import refuse_disagreeing_module_tree
 from tokembed.models.weights import load_tensors
 from tokembed.settings import ColbertConfig
 
@@ -64,6 +66,8 @@ class StanfordColBERT:
         backbone, tokenizer, config = load_backbone(path, options, ignore_unused=(r"linear\.weight$",))
         weight = load_tensors(path, {"linear.weight"}, required={"linear.weight"})["linear.weight"]
         cls.check_dim(path, weight)
+        colbert = cls.colbert_config(path)
+        refuse_disagreeing_module_tree(path, weight, colbert, options.trust_remote_code)
         projection = nn.Sequential(DenseLayer(weight, None, nn.Identity()))
         return TokenModel(
             family=cls.key,
@@ -72,7 +76,7 @@ class StanfordColBERT:
             tokenizer=tokenizer,
             backbone=backbone,
             projection=projection.to(torch.float32),
-            colbert=cls.colbert_config(path),
+            colbert=colbert,
             max_length=model_max_length(tokenizer, config),
             hidden_size=hidden_size_of(config),
             position_limit=position_limit(config),
