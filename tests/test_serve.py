@@ -162,6 +162,24 @@ def test_pooling_length_limit_and_truncation(colbert_server, colbert_ckpt):
     assert len(_pool(colbert_server, [long_text], input_type="document")[0]) <= 40
 
 
+def test_truncation_to_the_limit_is_what_no_value_gives_for_colbert_inputs(colbert_server, colbert_ckpt):
+    """A PyLate checkpoint saves its ``document_length`` - 1 as ``max_seq_length`` (39 here), which is max_model_len,
+    vLLM's limit of raw inputs; its documents are 40 tokens. -1 ("the model's limit") cut them to 39, one vector and a
+    score apart from what no value (and ``encode``) gives, and an explicit 40 was a 400."""
+    long_text = " ".join(["capital"] * 200)
+    expected = _reference(colbert_ckpt, [long_text], mode="colbert", kind="document")[0][0]
+    assert len(expected) == 40 > colbert_server.service.max_model_len == 39
+    for extra in ({}, {"truncate_prompt_tokens": -1}, {"truncate_prompt_tokens": 40}):
+        np.testing.assert_allclose(_pool(colbert_server, [long_text], input_type="document", **extra)[0], expected, atol=2e-5)
+    whole, cut = (colbert_server.post("/score", {"queries": "capital", "documents": [long_text], **extra}).json()
+                  for extra in ({}, {"truncate_prompt_tokens": -1}))
+    assert whole["data"] == cut["data"] and whole["usage"] == cut["usage"]
+    refused = colbert_server.post("/pooling", {"input": long_text, "input_type": "document", "truncate_prompt_tokens": 41})
+    assert refused.status_code == 400 and "cannot be greater than 40" in refused.json()["error"]["message"]
+    raw = colbert_server.post("/pooling", {"input": long_text, "truncate_prompt_tokens": 40})  # raw: vLLM's limit
+    assert raw.status_code == 400 and "cannot be greater than max_model_len=39" in raw.json()["error"]["message"]
+
+
 def test_truncation_that_cuts_the_colbert_marker_is_a_400(colbert_server):
     """As ``encode --max-length``: below [CLS] [Q] [SEP] the marker is cut and no token of the text is left;
     raw mode, which has no marker, still cuts to 2."""

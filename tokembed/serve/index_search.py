@@ -261,7 +261,7 @@ async def answer_search(service, request) -> dict:
         raise APIError("search encodes queries with the index's model; a LoRA adapter's vectors do not match it", param="model")
     texts = [request.query] if isinstance(request.query, str) else list(request.query)
     service._check_count(len(texts), "query")
-    truncate = service._truncation(request.truncate_prompt_tokens)  # as /pooling's "input_type": "query"
+    truncate = service._truncation(request.truncate_prompt_tokens, ("index",))  # as /pooling's "input_type": "query"
     _check_activation(request.use_activation, service.profiles["index"].encoder.settings.normalize)
     items = await service._tokenize("index", texts, truncate, "search", "query")
     rows = await service.batcher.submit("index", items)

@@ -34,6 +34,7 @@ from tokembed.serve.lora import batch_key as _batch_key
 from tokembed.serve.options import Profile, ServeOptions, own_tokenizer_view, profile_flags
 from tokembed.serve.schemas import APIError, PoolingRequest, RerankRequest, ScoreRequest
 from tokembed.serve.tokenizing import Lane, TokenizeLanes
+from tokembed.serve.truncation import checked_truncation, check_length, colbert_length, raw_length, token_id_cut
 from tokembed.serve.vectors import encode_base64, finish, finite, maxsim, pair_scores
 from tokembed.settings import EncodeFlags, resolve
 from tokembed.sources.base import unicode_problem
@@ -147,7 +148,7 @@ class EmbeddingService:
         texts, token_lists = request.split_input()
         self._check_count(len(texts) if texts is not None else len(token_lists), "input")
         self._check_dimensions(request.dimensions)
-        truncate = self._truncation(request.truncate_prompt_tokens)
+        truncate = self._truncation(request.truncate_prompt_tokens, (key,))
         if token_lists is not None:
             if key != "raw":
                 raise APIError("input_type (ColBERT processing) needs text inputs; token ids are not supported", param="input")
@@ -231,9 +232,9 @@ class EmbeddingService:
         ``use_activation`` is false. ``fields``: the request's names of the two sides, for its errors."""
         if self.vision:
             raise APIError(self._vision_refusal("its documents are images, so it scores and reranks none here"), param="model")
-        truncate = self._truncation(request.truncate_prompt_tokens)
         colbert = "query" in self.profiles
         q_key, d_key = ("query", "document") if colbert else ("raw", "raw")
+        truncate = self._truncation(request.truncate_prompt_tokens, (q_key, d_key))
         q_items = await self._tokenize(q_key, queries, truncate, "score", fields[0])
         d_items = await self._tokenize(d_key, documents, truncate, "score", fields[1])
         q_rows, d_rows = await asyncio.gather(
@@ -259,7 +260,7 @@ class EmbeddingService:
         items = self._tokenizing_encoder(key, truncate, lane).tokenize(texts)
         if key == "raw" and truncate is None:
             for item in items:  # tokenized to at most the limit + 1 tokens (a huge text is never tokenized whole)
-                self._check_length(len(item.ids), operation, counted=False)
+                check_length(len(item.ids), self.max_model_len, operation, counted=False)
         for number, item in enumerate(items):
             if not len(item.ids):  # a tokenizer without special tokens (a decoder), an empty text: as vLLM, a 400
                 raise APIError(f"{field} {number} is empty: it has no tokens to embed (the prompt cannot be empty)",
@@ -273,21 +274,11 @@ class EmbeddingService:
             profile = self.profiles[key]
             view = lane.view(key, profile)
             if key == "raw":
-                length = truncate if truncate is not None else self.max_model_len + 1
-                encoder = self._encoder(view, profile.flags, length)
-            elif truncate is None:
+                encoder = self._encoder(view, profile.flags, raw_length(truncate, self.max_model_len))
+            elif (length := colbert_length(truncate, profile.encoder, self.vision)) is None:
                 encoder = lane.base_encoder(key, profile)
-            elif self.vision:
-                raise APIError("truncate_prompt_tokens: a vision model's queries are processed whole (its processor's "
-                               "own length)", param="truncate_prompt_tokens")
-            else:  # tokembed encode --max-length semantics: caps the ColBERT length (queries: expansion too)
-                base = profile.encoder
-                if truncate < base.least_length:  # it would cut the ColBERT marker, as encode --max-length refuses
-                    raise APIError(f"truncate_prompt_tokens: a cut to {truncate} tokens (-1: --max-model-len) cannot hold "
-                                   f"the {base.least_length} tokens every "
-                                   f"{base.settings.kind} has whatever its text (the special tokens and the prefix "
-                                   f"{base.settings.prefix!r})", param="truncate_prompt_tokens")
-                encoder = self._encoder(view, replace(profile.flags, max_length=min(truncate, base.settings.max_length)), None)
+            else:
+                encoder = self._encoder(view, replace(profile.flags, max_length=length), None)
             if len(lane.encoders) > 64:
                 lane.encoders.clear()
             lane.encoders[cache_key] = encoder
@@ -307,15 +298,16 @@ class EmbeddingService:
         from tokembed.models.steps import Tokenized
 
         side = getattr(self.embedder.model.tokenizer, "truncation_side", "right")
+        cut = token_id_cut(truncate, self.max_model_len)
         items = []
         for ids in token_lists:
             if not ids:
                 raise APIError("empty token list in input", param="input")
             if max(ids) >= self.vocab_size:
                 raise APIError(f"token id {max(ids)} is out of vocabulary (size {self.vocab_size})", param="input")
-            if truncate is not None and len(ids) > truncate:
-                ids = ids[-truncate:] if side == "left" else ids[:truncate]
-            self._check_length(len(ids), operation)
+            if cut is not None and len(ids) > cut:
+                ids = ids[-cut:] if side == "left" else ids[:cut]
+            check_length(len(ids), self.max_model_len, operation)
             items.append(Tokenized(np.asarray(ids, dtype=np.int64), len(ids)))
         return items
 
@@ -357,30 +349,10 @@ class EmbeddingService:
         if dimensions is not None and dimensions > dim:
             raise APIError(f"dimensions={dimensions} is larger than the model's output dimension {dim}", param="dimensions")
 
-    def _truncation(self, value: int | None) -> int | None:
-        """``truncate_prompt_tokens``: None keeps inputs whole (refusing over-long ones), -1 means the limit."""
-        if value is None:
-            return None
-        if value == -1:
-            return self.max_model_len
-        if value < 2:
-            raise APIError("truncate_prompt_tokens must be -1 or at least 2", param="truncate_prompt_tokens")
-        if value > self.max_model_len:
-            raise APIError(
-                f"truncate_prompt_tokens={value} cannot be greater than max_model_len={self.max_model_len}. "
-                "Please request a smaller truncation size.", param="truncate_prompt_tokens",
-            )
-        return value
-
-    def _check_length(self, count: int, operation: str, counted: bool = True) -> None:
-        """``counted``: ``count`` is the input's length (token ids), not the limit + 1 tokens a text is read to."""
-        if count > self.max_model_len:
-            requested = f"{count}" if counted else f"more than {self.max_model_len}"
-            raise APIError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{requested} tokens in the input for {operation}. Please reduce the length of the input, or set "
-                "truncate_prompt_tokens.", param="input_tokens",
-            )
+    def _truncation(self, value: int | None, keys: tuple[str, ...]) -> int | None:
+        """``truncate_prompt_tokens`` checked, for texts read with the profiles ``keys`` (``truncation.py``)."""
+        colbert = [] if self.vision else [self.profiles[key].encoder.settings.max_length for key in keys if key != "raw"]
+        return checked_truncation(value, self.max_model_len, colbert)
 
     def _max_model_len(self, requested: int | None) -> int:
         default = self.embedder.settings.max_length
