@@ -390,8 +390,18 @@ def refuse_non_finite(what: str, vectors: np.ndarray) -> None:
             f"{what}: its vectors hold values beyond float16's largest (65504), which --store-dtype float16 would "
             "store as inf", hint="encode with --store-dtype float32 (and --dtype bfloat16 or float32 where the model "
             "computes in float16)")
+    raise UsageError(non_finite_problem(what, vectors), hint=non_finite_remedy("encode"))
+
+
+def non_finite_problem(what: str, vectors: np.ndarray) -> str | None:
+    """Why ``vectors`` (a forward's output) are neither stored nor scored with, naming ``what``; None when every
+    value is finite. ``refuse_non_finite`` and ``serve`` (its 500) say it alike."""
+    if all_finite(vectors):
+        return None
     bad = int(np.count_nonzero(~np.isfinite(vectors)))
-    raise UsageError(
-        f"{what}: {bad} of its {vectors.size} vector values are NaN or inf: the model's forward overflowed (float16 "
-        "ends at 65504) or its weights hold NaN or inf; nothing is stored or scored with them",
-        hint="encode with --dtype bfloat16 or float32; NaN from a float32 forward means damaged weights")
+    return (f"{what}: {bad} of its {vectors.size} vector values are NaN or inf: the model's forward overflowed (float16 "
+            "ends at 65504) or its weights hold NaN or inf; nothing is stored or scored with them")
+
+
+def non_finite_remedy(command: str) -> str:
+    return f"{command} with --dtype bfloat16 or float32; NaN from a float32 forward means damaged weights"

@@ -50,6 +50,12 @@ class ModelMismatchError(ModelError):
     """The model given to ``score`` is not the one the index was built with."""
 
 
+class NonFiniteOutputError(ModelError):
+    """A served model's forward gave NaN or inf (float16 overflow, weights holding NaN): ``serve``'s 500, the server's
+    ``--dtype`` or weights being at fault, not the request. ``encode`` and ``score`` refuse such vectors as a usage
+    error (exit 2), ``--dtype`` being theirs to change (``embedder.refuse_non_finite``)."""
+
+
 class IndexError_(TokembedError):
     """Base of index problems (named with a trailing underscore to keep the builtin usable)."""
 

@@ -13,9 +13,9 @@ Every error is a JSON body in vLLM's envelope ``{"error": {"message", "type", "p
 malformed JSON and wrong types 400, unknown model 404, body over the size limit 413, missing or wrong
 API key 401 (everything but ``/health`` is protected when a key is set), shutting down 503, an index folder that
 holds no complete generation and none was opened before (a deploy swapping it) 503, the server's own failures
-500: an index damaged or rebuilt with other settings (until a restart), a device failure (each message logged once
-at error level, not at every request it answers), anything unexpected (logged with its traceback; the server goes
-on). Client errors (4xx) are the client's to read: not logged. A client that disconnects while its
+500: an index damaged or rebuilt with other settings (until a restart), a device failure, a forward that gives NaN
+or inf (each message logged once at error level, not at every request it answers), anything unexpected (logged
+with its traceback; the server goes on). Client errors (4xx) are the client's to read: not logged. A client that disconnects while its
 request waits cancels it: the batcher drops its inputs before their batch runs.
 """
 
@@ -212,6 +212,8 @@ def _json(data: dict) -> Response:
 
 
 def _dumps(data: dict) -> bytes:
+    # NaN or inf never reach here (the service refuses such vectors and scores): orjson would write them as null,
+    # json would raise, so the two would answer a 200 and a 500
     try:
         import orjson
     except ImportError:

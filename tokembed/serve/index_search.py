@@ -264,12 +264,13 @@ async def answer_search(service, request) -> dict:
     truncate = service._truncation(request.truncate_prompt_tokens, ("index",))  # as /pooling's "input_type": "query"
     _check_activation(request.use_activation, service.profiles["index"].encoder.settings.normalize)
     items = await service._tokenize("index", texts, truncate, "search", "query")
-    rows = await service.batcher.submit("index", items)
+    rows = await service.forward("index", items, None, "query")
     queries = [vectors for vectors, _ in rows]
     hits = await asyncio.get_running_loop().run_in_executor(
         None, service.index.search, queries, request.top_k, request.exact, request.probe, request.candidates,
         service.embedder.device)  # the served device: on a GPU the structure's candidate stages run there too
-    data = [{"index": i, "object": "search", "results": [{"rank": h.rank, "id": h.id, "score": finite(h.score)} for h in found]}
+    data = [{"index": i, "object": "search",
+             "results": [{"rank": h.rank, "id": h.id, "score": finite(h.score, f"query {i} rank {h.rank}")} for h in found]}
             for i, found in enumerate(hits)]
     return list_response("search", service.name, data, sum(len(item.ids) for item in items))
 

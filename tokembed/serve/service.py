@@ -35,7 +35,7 @@ from tokembed.serve.options import Profile, ServeOptions, own_tokenizer_view, pr
 from tokembed.serve.schemas import APIError, PoolingRequest, RerankRequest, ScoreRequest
 from tokembed.serve.tokenizing import Lane, TokenizeLanes
 from tokembed.serve.truncation import checked_truncation, check_length, colbert_length, raw_length, token_id_cut
-from tokembed.serve.vectors import encode_base64, finish, finite, maxsim, pair_scores
+from tokembed.serve.vectors import encode_base64, finish, finite, maxsim, pair_scores, refuse_non_finite_rows
 from tokembed.settings import EncodeFlags, resolve
 from tokembed.sources.base import unicode_problem
 
@@ -155,7 +155,7 @@ class EmbeddingService:
             items = self._token_items(token_lists, truncate, "embedding generation")
         else:
             items = await self._tokenize(key, texts, truncate, "embedding generation")
-        rows = await self.batcher.submit(_batch_key(adapter, key), items)
+        rows = await self.forward(key, items, adapter, "input")
         normalize = request.use_activation is not False
         return await asyncio.get_running_loop().run_in_executor(
             None, self._pooling_response, rows, items, request, normalize, adapter or self.name
@@ -169,7 +169,8 @@ class EmbeddingService:
         q_vecs, d_vecs, tokens = await self._encode_pair(queries, documents, request, adapter, request.fields())
         pairs = [(0 if len(q_vecs) == 1 else i, i) for i in range(len(d_vecs))]
         scores = await asyncio.get_running_loop().run_in_executor(None, pair_scores, q_vecs, d_vecs, pairs)
-        return list_response("score", adapter or self.name, [{"index": i, "object": "score", "score": finite(s)} for i, s in enumerate(scores)], tokens)
+        data = [{"index": i, "object": "score", "score": finite(s, f"score {i}")} for i, s in enumerate(scores)]
+        return list_response("score", adapter or self.name, data, tokens)
 
     async def rerank(self, request: RerankRequest) -> dict:
         self.requests["rerank"] += 1
@@ -184,7 +185,7 @@ class EmbeddingService:
         if request.top_n > 0:
             order = order[: request.top_n]
         results = [
-            {"index": int(i), "document": {"text": request.documents[i]}, "relevance_score": finite(scores[i])}
+            {"index": int(i), "document": {"text": request.documents[i]}, "relevance_score": finite(scores[i], f"documents {i}")}
             for i in order
         ]
         return {
@@ -238,13 +239,19 @@ class EmbeddingService:
         q_items = await self._tokenize(q_key, queries, truncate, "score", fields[0])
         d_items = await self._tokenize(d_key, documents, truncate, "score", fields[1])
         q_rows, d_rows = await asyncio.gather(
-            self.batcher.submit(_batch_key(adapter, q_key), q_items), self.batcher.submit(_batch_key(adapter, d_key), d_items)
+            self.forward(q_key, q_items, adapter, fields[0]), self.forward(d_key, d_items, adapter, fields[1])
         )
         normalize = request.use_activation is not False
         q_vecs = [finish(vectors, None, normalize) for vectors, _ in q_rows]
         d_vecs = [finish(vectors, None, normalize) for vectors, _ in d_rows]
         tokens = sum(len(item.ids) for item in q_items + d_items)
         return q_vecs, d_vecs, tokens
+
+    async def forward(self, key: str, items: list, adapter: str | None, field: str) -> list:
+        """The batcher's rows for ``items`` (the request's ``field``), refused when a vector value is NaN or inf."""
+        rows = await self.batcher.submit(_batch_key(adapter, key), items)
+        refuse_non_finite_rows(rows, field)
+        return rows
 
     async def _tokenize(self, key: str, texts: list[str], truncate: int | None, operation: str, field: str = "input") -> list:
         """``field``: the request's field holding ``texts``, which an error names with the item's index."""
@@ -316,7 +323,7 @@ class EmbeddingService:
         for index, (vectors, _) in enumerate(rows):
             vectors = finish(vectors, request.dimensions, normalize)  # [n_tokens, D] float32
             if request.encoding_format == "base64":
-                payload = encode_base64(vectors, request.embed_dtype, request.endianness)
+                payload = encode_base64(vectors, request.embed_dtype, request.endianness, f"input {index}")
             else:
                 payload = vectors.tolist()
             data.append({"index": index, "object": "pooling", "data": payload})

@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from tokembed.errors import NonFiniteOutputError
+
 
 def maxsim(query: np.ndarray, documents: list[np.ndarray]) -> np.ndarray:
     """[n_q, D] query vs documents [n_d, D] -> [n_docs] float32: sum_i max_j <q_i, d_j>.
@@ -27,12 +29,18 @@ def pair_scores(queries: list[np.ndarray], documents: list[np.ndarray], pairs: l
     return [float(maxsim(queries[q], [documents[d]])[0]) for q, d in pairs]
 
 
-def encode_base64(vectors: np.ndarray, embed_dtype: str, endianness: str) -> str:
+def encode_base64(vectors: np.ndarray, embed_dtype: str, endianness: str, what: str) -> str:
     """vLLM's base64 payload: the flattened [n_tokens * D] array in ``embed_dtype`` (bfloat16 as its raw
-    2-byte pattern), in ``endianness`` (native: the server's), base64-encoded."""
+    2-byte pattern), in ``endianness`` (native: the server's), base64-encoded. ``what``: the item, for a 400."""
+    from tokembed.embedder import all_finite
+    from tokembed.serve.schemas import APIError
+
     flat = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1)
     if embed_dtype == "float16":
         flat = flat.astype(np.float16)
+        if not all_finite(flat):  # finite before: unnormalized values past 65504, inf bytes for the client to read
+            raise APIError(f"{what}: its vector values pass float16's largest (65504), which embed_dtype float16 "
+                           "would send as inf; ask for float32 or bfloat16", param="embed_dtype")
     elif embed_dtype == "bfloat16":
         import torch
 
@@ -53,7 +61,23 @@ def finish(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.n
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def finite(value: float) -> float | None:
-    """JSON has no -inf: a document left with no token (all skiplisted) scores null."""
+def refuse_non_finite_rows(rows: list, field: str) -> None:
+    """The batcher's ``rows`` for a request's ``field``, refused as ``encode`` refuses a row (the same check and words)
+    when a vector value is NaN or inf: a 500 naming the item, never vectors of null or NaN bytes nor a null score."""
+    from tokembed.embedder import non_finite_problem, non_finite_remedy
+
+    for index, (vectors, _) in enumerate(rows):
+        if problem := non_finite_problem(f"{field} {index}", vectors):
+            raise NonFiniteOutputError(f"{problem}; {non_finite_remedy('restart the server')}")
+
+
+def finite(value: float, what: str) -> float | None:
+    """JSON has no -inf: a document left with no token (all skiplisted: MaxSim over nothing) scores null. A NaN or
+    +inf score (finite vectors whose products overflow float32) is the server's 500 naming ``what``, never a null."""
     value = float(value)
-    return value if np.isfinite(value) else None
+    if np.isfinite(value):
+        return value
+    if value == -np.inf:
+        return None
+    raise NonFiniteOutputError(f"{what}: its MaxSim score is {value}: the products of its vectors overflow "
+                               "float32 (vectors that large come unnormalized, use_activation false)")
