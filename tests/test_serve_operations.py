@@ -204,6 +204,14 @@ def test_unknown_routes_and_methods(colbert_server):
     assert models["data"][0]["id"] == "tiny-colbert" and models["data"][0]["max_model_len"] == 39
 
 
+def test_an_empty_model_name_is_the_served_model_as_in_vllm(colbert_server):
+    """vLLM's ``_is_model_supported`` takes a missing or empty name for the served model; "" was a 404."""
+    for path, body in [("/pooling", {"input": "hello"}), ("/score", {"queries": "a", "documents": ["b"]}),
+                       ("/rerank", {"query": "a", "documents": ["b"]})]:
+        response = colbert_server.post(path, body | {"model": ""})
+        assert response.status_code == 200 and response.json()["model"] == "tiny-colbert", response.text
+
+
 def test_api_key_and_body_limit(guarded_server):
     url = guarded_server.url
     body = {"input": "hello"}

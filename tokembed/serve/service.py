@@ -331,8 +331,9 @@ class EmbeddingService:
 
     # -- checks ------------------------------------------------------------------------------------------
     def _check_model(self, name: str | None) -> str | None:
-        """The LoRA adapter a request names (None: the base model); an unknown name is vLLM's 404."""
-        if name is None or name == self.name:
+        """The LoRA adapter a request names (None: the base model, also for no name or "" as vLLM's
+        ``_is_model_supported``); an unknown name is vLLM's 404."""
+        if not name or name == self.name:
             return None
         if name in self.adapters:
             return name
