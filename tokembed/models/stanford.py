@@ -7,11 +7,19 @@ Layout: ``config.json`` with ``architectures: ["HF_ColBERT"]``; BERT weights and
 markers ``[unused0]``/``[unused1]``, queries expanded with ``[MASK]`` to 32, documents cut at 180,
 punctuation masked. A PyLate module tree beside these files (``modules.json``, ``1_Dense``) is what PyLate reads
 instead: it must say the same (``both_layouts``).
+
+Markers follow colbert-ai's current ``QueryTokenizer`` / ``DocTokenizer`` (as PyLate's and vLLM's ColBERT encoders
+do): the text is tokenized alone and the marker's id inserted after its first token (colbert-ai before
+``_insert_prefix_token`` tokenized ``". " + text`` and overwrote position 1: the same ids on WordPiece). tokembed
+prepends the marker as text (long texts are read in windows of text), in the form whose ids are that insertion:
+``"[unused0] "`` on WordPiece, ``"[unused0]"`` on a byte-level BPE (whose space would make ``Ġthe`` of ``the``).
 """
 
 from __future__ import annotations
 
+import copy
 import string
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,6 +37,7 @@ from tokembed.models.base import (
     read_json,
 )
 from tokembed.models.both_layouts import refuse_disagreeing_module_tree
+from tokembed.models.steps import marker_forms, reads_as_inserted, register_prefix_tokens
 from tokembed.models.weights import load_tensors
 from tokembed.settings import ColbertConfig
 
@@ -61,13 +70,37 @@ class StanfordColBERT:
         if stated is not None and stated != weight.shape[0]:
             raise ModelError(f"{path}: artifact.metadata says dim {stated}, linear.weight is {list(weight.shape)}")
 
+    @staticmethod
+    def check_query_length(path: Path, colbert: ColbertConfig, positions: int) -> None:
+        """colbert-ai and sentence-transformers pad every query to ``query_maxlen``: past the model's positions
+        they fail on every query; tokembed refuses the checkpoint rather than expand its queries to fewer."""
+        if colbert.query_length > positions:
+            raise ModelError(
+                f"{path / 'artifact.metadata'}: query_maxlen {colbert.query_length} is more than this model's "
+                f"{positions} positions; colbert-ai pads every query to it and fails",
+                hint=f"set query_maxlen to {positions} or less in artifact.metadata")
+
+    @staticmethod
+    def with_marker_forms(colbert: ColbertConfig, tokenizer) -> ColbertConfig:
+        """The markers in the text form whose ids are colbert-ai's (``steps.marker_forms``); unchanged where no form
+        is (``steps.refuse_marker_forms`` refuses it in colbert mode) or the marker is unknown (refused too)."""
+        probe = copy.deepcopy(tokenizer)  # registering the markers would change raw mode's reading of a text
+        register_prefix_tokens(probe, (colbert.query_prefix, colbert.document_prefix))
+        chosen = {}
+        for setting in ("query_prefix", "document_prefix"):
+            value = getattr(colbert, setting)
+            chosen[setting] = next((form for form in marker_forms(value) if reads_as_inserted(probe, form)), value)
+        return replace(colbert, **chosen)
+
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> TokenModel:
         backbone, tokenizer, config = load_backbone(path, options, ignore_unused=(r"linear\.weight$",))
         weight = load_tensors(path, {"linear.weight"}, required={"linear.weight"})["linear.weight"]
         cls.check_dim(path, weight)
         colbert = cls.colbert_config(path)
-        refuse_disagreeing_module_tree(path, weight, colbert, options.trust_remote_code)
+        refuse_disagreeing_module_tree(path, weight, colbert, options.trust_remote_code)  # the settings as saved
+        colbert = cls.with_marker_forms(colbert, tokenizer)
+        cls.check_query_length(path, colbert, position_limit(config))
         projection = nn.Sequential(DenseLayer(weight, None, nn.Identity()))
         return TokenModel(
             family=cls.key,

@@ -24,6 +24,12 @@ from tokembed.settings import EncodeSettings
 
 # Families whose ColBERT markers are colbert-ai's artifact.metadata tokens (default [unused0]/[unused1]).
 MARKER_FAMILIES = ("HF_ColBERT", "jina-colbert")
+# Texts whose ids tell whether a marker prepended as text reads as colbert-ai's inserted id: a word, two, leading
+# spaces (a byte-level BPE's "Ġ", a SentencePiece "▁"), none.
+# Texts a marker form must read as colbert-ai inserts it. Words only: on a SentencePiece tokenizer "[m] " (what every
+# release wrote, in the settings fingerprint) differs from the insertion on an empty text or leading spaces alone,
+# and changing the form there would make every such index (jina-colbert-v2) one to encode again (README: known)
+MARKER_PROBES = ("hello", "the capital of france")
 
 
 @dataclass
@@ -62,6 +68,8 @@ class TextEncoder(OutputShape):
             refuse_unknown_prefixes(model)
         if settings.mode == "colbert" and settings.register_prefix_tokens and model.colbert is not None:
             register_prefix_tokens(tokenizer, (model.colbert.query_prefix, model.colbert.document_prefix))
+        if settings.mode == "colbert" and model.family in MARKER_FAMILIES:
+            refuse_marker_forms(model)
         pad = _pad_token(tokenizer)
         check_embedding_row(model, *pad)
         self.pad_id = 0 if pad[2] is None else pad[2]
@@ -274,6 +282,38 @@ def refuse_unknown_markers(model: TokenModel) -> None:
                 "<unk>, PyLate adds an untrained token, sentence-transformers splits it into text pieces)",
                 hint="name markers of the tokenizer's vocabulary in artifact.metadata (query_token_id, doc_token_id; "
                      "jina-colbert-v2 ships [QueryMarker] / [DocumentMarker]), or encode with --mode raw")
+
+
+def marker_forms(prefix: str) -> tuple[str, ...]:
+    """The text forms of a colbert-ai marker, the one tokembed always used first (``"[unused0] "``: WordPiece drops
+    the space) then the marker alone (a byte-level BPE or SentencePiece tokenizer reads the space into the text).
+    A prefix of several words (a marker then text) is no token colbert-ai could insert: kept as written."""
+    marker = prefix.strip()
+    return (marker + " ", marker) if len(marker.split()) == 1 else (prefix,)
+
+
+def reads_as_inserted(tokenizer, prefix: str) -> bool:
+    """Whether ``prefix + text`` tokenizes as colbert-ai's insertion: the text's own ids, the marker's id after the
+    first (``[CLS] marker + ids(text)[1:]``), on every probe text. The markers must be registered already."""
+    marker_id = tokenizer.convert_tokens_to_ids(prefix.strip())
+    limit = 1 << 20
+    alone = truncated_ids(tokenizer, list(MARKER_PROBES), limit)
+    prefixed = truncated_ids(tokenizer, [prefix + text for text in MARKER_PROBES], limit)
+    return all(list(got) == list(ids[:1]) + [marker_id] + list(ids[1:]) for ids, got in zip(alone, prefixed))
+
+
+def refuse_marker_forms(model: TokenModel) -> None:
+    """A Stanford or jina marker that no text form reads as colbert-ai's inserted id (``marker_forms``; a
+    SentencePiece tokenizer that marks only the string's first word, ``prepend_scheme: "first"``): colbert-ai,
+    PyLate and vLLM insert the id after the text's first token, sentence-transformers prepends the text."""
+    for setting, prefix in (("query_token_id", model.colbert.query_prefix), ("doc_token_id", model.colbert.document_prefix)):
+        if len(marker_forms(prefix)) > 1 and not reads_as_inserted(model.tokenizer, prefix):
+            raise ModelError(
+                f"{model.path}: the ColBERT marker {prefix.strip()!r} ({setting}) cannot be written as text before "
+                f"a text so that {type(model.tokenizer).__name__} reads the text's own tokens after it, with or "
+                "without a space: the references disagree on what to encode there (colbert-ai, PyLate and vLLM "
+                "insert the marker's id after the text's first token, sentence-transformers prepends the marker "
+                "as text)", hint="encode with --mode raw")
 
 
 def skiplist_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:
