@@ -303,9 +303,9 @@ def reads_as_inserted(tokenizer, prefix: str) -> bool:
 
 
 def refuse_marker_forms(model: TokenModel) -> None:
-    """A Stanford or jina marker that no text form reads as colbert-ai's inserted id (``marker_forms``; a
-    SentencePiece tokenizer that marks only the string's first word, ``prepend_scheme: "first"``): colbert-ai,
-    PyLate and vLLM insert the id after the text's first token, sentence-transformers prepends the text."""
+    """A Stanford or jina marker that no text form reads as colbert-ai's inserted id on plain words
+    (``marker_forms``, ``MARKER_PROBES``): colbert-ai, PyLate and vLLM insert the id after the text's first token,
+    sentence-transformers prepends the text."""
     for setting, prefix in (("query_token_id", model.colbert.query_prefix), ("doc_token_id", model.colbert.document_prefix)):
         if len(marker_forms(prefix)) > 1 and not reads_as_inserted(model.tokenizer, prefix):
             raise ModelError(
