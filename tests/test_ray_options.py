@@ -215,7 +215,7 @@ def test_actors_start_in_utf8_mode_and_one_that_is_not_refuses_a_name_it_would_m
             return self
 
         def remote(self, *args):
-            return object()
+            return SimpleNamespace(loaded=SimpleNamespace(remote=object))  # an actor handle: ``loaded`` is watched
 
     monkeypatch.setattr(ray_runner, "connect", lambda address: ("127.0.0.1:1", False))
     monkeypatch.setattr(ray_runner, "plan_actors", lambda devices: ActorPlan(1, 1, 0, 1, spread=False))
