@@ -75,7 +75,7 @@ def work(tmp_path_factory):
     return root, corpus, reference
 
 
-@pytest.mark.parametrize("kill_at", ["shard:3", "inside-shard:5", "commit"])
+@pytest.mark.parametrize("kill_at", ["shard:3", pytest.param("inside-shard:5", marks=pytest.mark.slow), "commit"])
 def test_sigkill_then_rerun_equals_uninterrupted(work, tmp_path, kill_at):
     root, corpus, reference = work
     out = tmp_path / "index"

@@ -125,7 +125,7 @@ def test_the_workers_model_load_is_load_seconds_not_encode_seconds(work, tmp_pat
     """Workers load their model after the lock is taken, while the first chunks are read: that load was counted in
     encode_seconds (cpu:2: load 1.7 s, encode 3.3 s, against 1.9 / 0.3 s in process) and so in tokens/s."""
     corpus, model, reference = work
-    pause = 4.0  # each worker sleeps this long before loading its model: far longer than the tiny run's encoding
+    pause = 3.0  # each worker sleeps this long before loading its model: far longer than the tiny run's encoding
     hook = {"TOKEMBED_TEST_PAUSE_AT": "load", "TOKEMBED_TEST_PAUSE_SECONDS": str(pause)}
     result = encode(corpus, tmp_path / "index", "--devices", "cpu:2", "--log-format", "json", env=hook, model=model)
     assert result.returncode == 0, result.stderr
