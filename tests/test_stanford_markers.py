@@ -124,5 +124,11 @@ def test_a_query_maxlen_past_the_positions_is_refused(checkpoint, cli, tmp_path)
     with pytest.raises(ModelError, match=r"artifact\.metadata: query_maxlen 600 is more than this model's 512"):
         Embedder.load(str(model), EncodeFlags(kind="query"))
     corpus = write_parquet(tmp_path / "docs.parquet", [{"id": "a", "text": "hello"}])
-    result = cli("encode", corpus, "-o", tmp_path / "index", "--model", model)
+    result = cli("encode", corpus, "-o", tmp_path / "index", "--model", model, "--kind", "query")
+    assert result.exit_code == 4 and "query_maxlen 600" in result.stderr
+    # documents and raw mode read no query_maxlen: they encode, as before (an index they built stays searchable raw)
+    assert cli("encode", corpus, "-o", tmp_path / "docs", "--model", model).exit_code == 0
+    assert cli("encode", corpus, "-o", tmp_path / "raw", "--model", model, "--mode", "raw").exit_code == 0
+    assert cli("score", "--query", "hello", tmp_path / "raw").exit_code == 0
+    result = cli("score", "--query", "hello", tmp_path / "docs")
     assert result.exit_code == 4 and "query_maxlen 600" in result.stderr

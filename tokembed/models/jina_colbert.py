@@ -66,7 +66,6 @@ class JinaColBERT:
         refuse_disagreeing_module_tree(path, model.linear.weight, colbert, options.trust_remote_code)  # as saved
         colbert = StanfordColBERT.with_marker_forms(colbert, tokenizer)
         limit = config.position_limit
-        StanfordColBERT.check_query_length(path, colbert, limit)
         return TokenModel(
             family=cls.key,
             path=path,

@@ -73,7 +73,8 @@ class StanfordColBERT:
     @staticmethod
     def check_query_length(path: Path, colbert: ColbertConfig, positions: int) -> None:
         """colbert-ai and sentence-transformers pad every query to ``query_maxlen``: past the model's positions
-        they fail on every query; tokembed refuses the checkpoint rather than expand its queries to fewer."""
+        they fail on every query; tokembed refuses to encode queries in colbert mode rather than expand them to
+        fewer (``steps.TextEncoder``: documents and raw mode do not read ``query_maxlen``)."""
         if colbert.query_length > positions:
             raise ModelError(
                 f"{path / 'artifact.metadata'}: query_maxlen {colbert.query_length} is more than this model's "
@@ -100,7 +101,6 @@ class StanfordColBERT:
         colbert = cls.colbert_config(path)
         refuse_disagreeing_module_tree(path, weight, colbert, options.trust_remote_code)  # the settings as saved
         colbert = cls.with_marker_forms(colbert, tokenizer)
-        cls.check_query_length(path, colbert, position_limit(config))
         projection = nn.Sequential(DenseLayer(weight, None, nn.Identity()))
         return TokenModel(
             family=cls.key,

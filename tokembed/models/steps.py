@@ -70,6 +70,10 @@ class TextEncoder(OutputShape):
             register_prefix_tokens(tokenizer, (model.colbert.query_prefix, model.colbert.document_prefix))
         if settings.mode == "colbert" and model.family in MARKER_FAMILIES:
             refuse_marker_forms(model)
+            if settings.kind == "query":
+                from tokembed.models.stanford import StanfordColBERT
+
+                StanfordColBERT.check_query_length(model.path, model.colbert, model.position_limit)
         pad = _pad_token(tokenizer)
         check_embedding_row(model, *pad)
         self.pad_id = 0 if pad[2] is None else pad[2]
