@@ -85,8 +85,11 @@ class StanfordColBERT:
     def with_marker_forms(colbert: ColbertConfig, tokenizer) -> ColbertConfig:
         """The markers in the text form whose ids are colbert-ai's (``steps.marker_forms``); unchanged where no form
         is (``steps.refuse_marker_forms`` refuses it in colbert mode) or the marker is unknown (refused too)."""
-        probe = copy.deepcopy(tokenizer)  # registering the markers would change raw mode's reading of a text
-        register_prefix_tokens(probe, (colbert.query_prefix, colbert.document_prefix))
+        markers = (colbert.query_prefix, colbert.document_prefix)
+        probe = tokenizer
+        if any(tokenizer.tokenize(marker.strip()) != [marker.strip()] for marker in markers if marker.strip()):
+            probe = copy.deepcopy(tokenizer)  # registering them would change raw mode's reading of a text
+            register_prefix_tokens(probe, markers)  # (a copy: ~0.3 s for a 250k vocabulary, jina's, whose markers need none)
         chosen = {}
         for setting in ("query_prefix", "document_prefix"):
             value = getattr(colbert, setting)
