@@ -103,7 +103,7 @@ def test_search_timings_add_up_to_the_call(cli, checkpoint, corpus, tmp_path, sl
     assert encoded["load_seconds"] >= _SLOW
 
 
-@pytest.mark.parametrize("structure", [False, True], ids=["exhaustive", "structure"])
+@pytest.mark.parametrize("structure", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["exhaustive", "structure"])
 def test_score_summary_parts_add_up_to_its_seconds(cli, checkpoint, corpus, tmp_path, slow_device_check, structure):
     """Both summaries: the JSON object's load + query + search seconds are its ``seconds``, and the text line's
     load, queries and search are its total (each printed rounded)."""
