@@ -37,7 +37,7 @@ from tokembed.models.base import (
     read_json,
 )
 from tokembed.models.both_layouts import refuse_disagreeing_module_tree
-from tokembed.models.steps import marker_forms, reads_as_inserted, register_prefix_tokens
+from tokembed.models.steps import marker_forms, prefix_tokens_to_register, reads_as_inserted
 from tokembed.models.weights import load_tensors
 from tokembed.settings import ColbertConfig
 
@@ -71,25 +71,14 @@ class StanfordColBERT:
             raise ModelError(f"{path}: artifact.metadata says dim {stated}, linear.weight is {list(weight.shape)}")
 
     @staticmethod
-    def check_query_length(path: Path, colbert: ColbertConfig, positions: int) -> None:
-        """colbert-ai and sentence-transformers pad every query to ``query_maxlen``: past the model's positions
-        they fail on every query; tokembed refuses to encode queries in colbert mode rather than expand them to
-        fewer (``steps.TextEncoder``: documents and raw mode do not read ``query_maxlen``)."""
-        if colbert.query_length > positions:
-            raise ModelError(
-                f"{path / 'artifact.metadata'}: query_maxlen {colbert.query_length} is more than this model's "
-                f"{positions} positions; colbert-ai pads every query to it and fails",
-                hint=f"set query_maxlen to {positions} or less in artifact.metadata")
-
-    @staticmethod
     def with_marker_forms(colbert: ColbertConfig, tokenizer) -> ColbertConfig:
         """The markers in the text form whose ids are colbert-ai's (``steps.marker_forms``); unchanged where no form
         is (``steps.refuse_marker_forms`` refuses it in colbert mode) or the marker is unknown (refused too)."""
-        markers = (colbert.query_prefix, colbert.document_prefix)
+        to_register = prefix_tokens_to_register(tokenizer, (colbert.query_prefix, colbert.document_prefix))
         probe = tokenizer
-        if any(tokenizer.tokenize(marker.strip()) != [marker.strip()] for marker in markers if marker.strip()):
-            probe = copy.deepcopy(tokenizer)  # registering them would change raw mode's reading of a text
-            register_prefix_tokens(probe, markers)  # (a copy: ~0.3 s for a 250k vocabulary, jina's, whose markers need none)
+        if to_register:  # on a copy: registering them would change raw mode's reading of a text (a copy of jina's
+            probe = copy.deepcopy(tokenizer)  # 250k vocabulary, whose markers need none, took ~0.3 s of every start)
+            probe.add_special_tokens({"additional_special_tokens": to_register})
         chosen = {}
         for setting in ("query_prefix", "document_prefix"):
             value = getattr(colbert, setting)

@@ -24,8 +24,6 @@ from tokembed.settings import EncodeSettings
 
 # Families whose ColBERT markers are colbert-ai's artifact.metadata tokens (default [unused0]/[unused1]).
 MARKER_FAMILIES = ("HF_ColBERT", "jina-colbert")
-# Texts whose ids tell whether a marker prepended as text reads as colbert-ai's inserted id: a word, two, leading
-# spaces (a byte-level BPE's "Ġ", a SentencePiece "▁"), none.
 # Texts a marker form must read as colbert-ai inserts it. Words only: on a SentencePiece tokenizer "[m] " (what every
 # release wrote, in the settings fingerprint) differs from the insertion on an empty text or leading spaces alone,
 # and changing the form there would make every such index (jina-colbert-v2) one to encode again (README: known)
@@ -71,9 +69,7 @@ class TextEncoder(OutputShape):
         if settings.mode == "colbert" and model.family in MARKER_FAMILIES:
             refuse_marker_forms(model)
             if settings.kind == "query":
-                from tokembed.models.stanford import StanfordColBERT
-
-                StanfordColBERT.check_query_length(model.path, model.colbert, model.position_limit)
+                refuse_queries_past_positions(model)
         pad = _pad_token(tokenizer)
         check_embedding_row(model, *pad)
         self.pad_id = 0 if pad[2] is None else pad[2]
@@ -223,11 +219,15 @@ class TextEncoder(OutputShape):
         return keep
 
 def register_prefix_tokens(tokenizer, prefixes: tuple[str, ...]) -> None:
-    """Make in-vocab legacy markers (``[unused0]``, ``[Q] ``) tokenize as one special piece.
+    """Make in-vocab legacy markers (``[unused0]``, ``[Q] ``) tokenize as one special piece."""
+    to_register = prefix_tokens_to_register(tokenizer, prefixes)
+    if to_register:
+        tokenizer.add_special_tokens({"additional_special_tokens": to_register})
 
-    Same gates as sentence-transformers: a prefix the tokenizer does not know is left as plain text,
-    and one it already emits whole needs nothing.
-    """
+
+def prefix_tokens_to_register(tokenizer, prefixes: tuple[str, ...]) -> list:
+    """The ``AddedToken`` s ``register_prefix_tokens`` adds. Same gates as sentence-transformers: a prefix the
+    tokenizer does not know is left as plain text, and one it already emits whole needs nothing."""
     from tokenizers import AddedToken
 
     added = set(getattr(tokenizer, "added_tokens_encoder", None) or {})
@@ -242,8 +242,7 @@ def register_prefix_tokens(tokenizer, prefixes: tuple[str, ...]) -> None:
             if tokenizer.tokenize(prefix) != [prefix]:
                 to_register.append(AddedToken(prefix, normalized=False, special=True))
             break
-    if to_register:
-        tokenizer.add_special_tokens({"additional_special_tokens": to_register})
+    return to_register
 
 
 def _known_tokens(tokenizer) -> set[str]:
@@ -318,6 +317,17 @@ def refuse_marker_forms(model: TokenModel) -> None:
                 "without a space: the references disagree on what to encode there (colbert-ai, PyLate and vLLM "
                 "insert the marker's id after the text's first token, sentence-transformers prepends the marker "
                 "as text)", hint="encode with --mode raw")
+
+
+def refuse_queries_past_positions(model: TokenModel) -> None:
+    """colbert-ai and sentence-transformers pad every query to a Stanford or jina ``query_maxlen``: past the model's
+    positions they fail on every query; tokembed refuses to encode colbert queries rather than expand them to fewer
+    (documents and raw mode do not read ``query_maxlen``)."""
+    if model.colbert.query_length > model.position_limit:
+        raise ModelError(
+            f"{model.path / 'artifact.metadata'}: query_maxlen {model.colbert.query_length} is more than this model's "
+            f"{model.position_limit} positions; colbert-ai pads every query to it and fails",
+            hint=f"set query_maxlen to {model.position_limit} or less in artifact.metadata")
 
 
 def skiplist_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:

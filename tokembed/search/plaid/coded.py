@@ -73,12 +73,12 @@ def refuse_training_without_kmeans(folder: Path, committed: dict | None, encodin
     not installed; it encoded every row, then failed in k-means and committed nothing. ``committed``: the
     manifest this run replaces (None: none, or unreadable); ``encoding``: this run's settings fingerprint and
     weights sha256. A retrain only drift calls for is not refused: ``refresh_structure`` keeps the centroids."""
-    from tokembed.models.resolve import weights_agree
+    from tokembed.search.plaid.retrain import same_encoding
 
     settings_fp, weights = encoding
-    same_encoding = committed is not None and committed.get("settings_fingerprint") == settings_fp and weights_agree(
-        (committed.get("model") or {}).get("weights_sha256"), weights)
-    reason = _training_reason(committed, same_encoding, nbits, retrain, drop_vectors)
+    this_run = {"settings_fingerprint": settings_fp, "model": {"weights_sha256": weights}}  # its manifest will say so
+    reason = _training_reason(committed, committed is not None and same_encoding(committed, this_run), nbits, retrain,
+                              drop_vectors)
     if reason is not None:
         from tokembed.search.plaid.codec import require_kmeans
 
@@ -104,11 +104,10 @@ def _training_reason(committed: dict | None, same_encoding: bool, nbits: int | N
 
 def _retrain_asked(structure: dict, nbits: int | None, retrain: bool) -> str | None:
     """``--retrain``, or an ``--nbits`` other than ``structure``'s, as the reason for new centroids (None: neither)."""
-    from tokembed.search.plaid.retrain import StructureOptions, drift_only
+    from tokembed.search.plaid.retrain import StructureOptions, drift_only, retrain_reason
 
-    if drift_only(structure, nbits or structure["nbits"], StructureOptions(nbits, retrain=retrain)):
-        return None
-    return "--retrain" if retrain else f"--nbits {nbits} (the index has {structure['nbits']})"
+    nbits, options = nbits or structure["nbits"], StructureOptions(nbits, retrain=retrain)
+    return None if drift_only(structure, nbits, options) else retrain_reason(structure, nbits, options)
 
 
 def check_before_carrying(index) -> None:
