@@ -67,6 +67,8 @@ class TokenModel:
     extra: dict = field(default_factory=dict)
     reading: tuple[str, ...] = ()  # readings of its files earlier releases did not make (models.readings)
     first_token_dropped: int | None = None  # no vector for this id in an input's first position (BGE-M3's <s>)
+    # (file, key) setting the width every colbert query is padded to (query expansion); None: queries are not padded
+    query_width_setting: tuple[Path, str] | None = None
 
     def __post_init__(self) -> None:
         """Each projection layer must take what the one before gives (the first: the backbone's hidden size);

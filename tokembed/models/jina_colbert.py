@@ -77,6 +77,7 @@ class JinaColBERT:
             max_length=int(min(getattr(tokenizer, "model_max_length", None) or limit, limit)),
             hidden_size=config.hidden_size,
             position_limit=limit,
+            query_width_setting=StanfordColBERT.query_width_setting(path),
         )
 
 

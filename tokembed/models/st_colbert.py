@@ -104,6 +104,7 @@ class STColBERT:
     def load(cls, path: Path, options: LoadOptions) -> TokenModel:
         colbert = cls.colbert_config(path)
         model = load_st_folder(cls.key, path, options, colbert=colbert)
+        model.query_width_setting = _query_width_setting(path)
         if colbert.expand_queries:
             refuse_unknown_expansion_token(model.tokenizer, colbert.expansion_token, _expansion_file(path))
         if getattr(model.tokenizer, "padding_side", "right") == "left" and _is_native(path):
@@ -131,6 +132,22 @@ def _expanded_on_the_left(path: Path, colbert: ColbertConfig) -> ColbertConfig:
                          "MultiVectorMask module (the query tokens would sit after unscored expansion positions)",
                          hint='set "attend": true, add a MultiVectorMask module, or pad on the right')
     return colbert
+
+
+def _query_width_setting(path: Path) -> tuple[Path, str] | None:
+    """(file, key) of the width every query is padded to (``steps.refuse_queries_past_positions``): the expansion
+    length, which PyLate and ``MultiVectorEncoder`` pad to even where ``colbert_config`` drops an unscored
+    expansion; None without expansion (queries are only cut)."""
+    modules = read_modules(path)
+    st_config = read_json(path / "config_sentence_transformers.json") or {}
+    backbone_settings = transformer_settings(path, modules)
+    if _expansion(st_config, backbone_settings) is None:
+        return None
+    if "query_expansion" in backbone_settings or "query_expansion" in st_config:
+        return _expansion_file(path), "query_expansion length"
+    if not st_config.get("query_length") and backbone_settings.get("query_length"):
+        return transformer_folder(path, modules) / "sentence_bert_config.json", "query_length"
+    return path / "config_sentence_transformers.json", "query_length"
 
 
 def refuse_unknown_expansion_token(tokenizer, token: str | None, source: Path) -> None:

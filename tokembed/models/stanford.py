@@ -63,6 +63,11 @@ class StanfordColBERT:
         )
 
     @staticmethod
+    def query_width_setting(path: Path) -> tuple[Path, str]:
+        """colbert-ai pads every query to ``query_maxlen`` (``steps.refuse_queries_past_positions``)."""
+        return path / "artifact.metadata", "query_maxlen"
+
+    @staticmethod
     def check_dim(path: Path, weight: torch.Tensor) -> None:
         """colbert-ai builds the projection with ``artifact.metadata``'s ``dim`` rows and refuses a weight of
         another shape: so does tokembed (it used to take the width from the tensor)."""
@@ -105,4 +110,5 @@ class StanfordColBERT:
             max_length=model_max_length(tokenizer, config),
             hidden_size=hidden_size_of(config),
             position_limit=position_limit(config),
+            query_width_setting=cls.query_width_setting(path),
         )

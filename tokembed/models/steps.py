@@ -68,8 +68,8 @@ class TextEncoder(OutputShape):
             register_prefix_tokens(tokenizer, (model.colbert.query_prefix, model.colbert.document_prefix))
         if settings.mode == "colbert" and model.family in MARKER_FAMILIES:
             refuse_marker_forms(model)
-            if settings.kind == "query":
-                refuse_queries_past_positions(model)
+        if settings.mode == "colbert" and settings.kind == "query":
+            refuse_queries_past_positions(model)
         pad = _pad_token(tokenizer)
         check_embedding_row(model, *pad)
         self.pad_id = 0 if pad[2] is None else pad[2]
@@ -320,14 +320,17 @@ def refuse_marker_forms(model: TokenModel) -> None:
 
 
 def refuse_queries_past_positions(model: TokenModel) -> None:
-    """colbert-ai and sentence-transformers pad every query to a Stanford or jina ``query_maxlen``: past the model's
-    positions they fail on every query; tokembed refuses to encode colbert queries rather than expand them to fewer
-    (documents and raw mode do not read ``query_maxlen``)."""
-    if model.colbert.query_length > model.position_limit:
-        raise ModelError(
-            f"{model.path / 'artifact.metadata'}: query_maxlen {model.colbert.query_length} is more than this model's "
-            f"{model.position_limit} positions; colbert-ai pads every query to it and fails",
-            hint=f"set query_maxlen to {model.position_limit} or less in artifact.metadata")
+    """colbert-ai, PyLate and sentence-transformers pad every query to the query expansion width (Stanford and jina
+    ``query_maxlen``, PyLate ``query_length``, a native ``query_expansion`` length): past the model's positions they
+    fail on every query; tokembed refuses to encode colbert queries rather than expand them to fewer (documents and
+    raw mode do not read it)."""
+    if model.query_width_setting is None or model.colbert.query_length <= model.position_limit:
+        return
+    source, key = model.query_width_setting
+    raise ModelError(
+        f"{source}: {key} {model.colbert.query_length} is more than this model's {model.position_limit} positions; "
+        "colbert-ai, PyLate and sentence-transformers pad every query to it and fail",
+        hint=f"set {key} to {model.position_limit} or less in {source.name}")
 
 
 def skiplist_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:

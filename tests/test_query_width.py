@@ -1,0 +1,76 @@
+"""A PyLate / sentence-transformers ColBERT checkpoint whose query expansion width (PyLate ``query_length``, a native
+``query_expansion`` length) is more than the model's positions: PyLate and ``MultiVectorEncoder`` pad every query to
+it and fail on each one; tokembed refuses colbert queries (exit 4) naming the file and the key, as it refuses a
+Stanford ``query_maxlen`` (``tests/test_stanford_markers.py``), where it used to expand them to the positions.
+Documents and raw mode encode. Without expansion the length only cuts: tokembed matches the reference on every
+query the reference encodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import write_parquet
+from test_colbert_pipeline_settings import NO_EXPANSION, both, drop_module, set_keys
+from test_parity import TEXTS, reference_outputs
+from tokembed.embedder import Embedder
+from tokembed.errors import ModelError
+from tokembed.settings import EncodeFlags
+
+WIDE_EXPANSION = set_keys("sentence_bert_config.json",
+                          query_expansion={"strategy": "fixed", "attend": False, "token": None, "length": 600})
+WIDE = {
+    "pylate query_length": ("pylate_bert", set_keys("config_sentence_transformers.json", query_length=600),
+                            r"config_sentence_transformers\.json: query_length 600"),
+    "native query_expansion length": ("st_native", WIDE_EXPANSION,
+                                      r"sentence_bert_config\.json: query_expansion length 600"),
+    # tokembed drops the unscored expansion here, but the reference still pads every query to its length
+    "native, no MultiVectorMask": ("st_native", drop_module("MultiVectorMask", WIDE_EXPANSION),
+                                   r"sentence_bert_config\.json: query_expansion length 600"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WIDE))
+def test_an_expansion_width_past_the_positions_fails_the_reference_on_every_query(checkpoint, case):
+    from sentence_transformers import MultiVectorEncoder
+
+    layout, change, _ = WIDE[case]
+    path = checkpoint(layout)
+    change(path)
+    reference = MultiVectorEncoder(str(path), device="cpu", local_files_only=True)
+    for text in ("hi", ""):
+        with pytest.raises(RuntimeError, match=r"\(600\) must match .* \(512\)"):
+            reference.encode_query([text])
+
+
+@pytest.mark.parametrize("case", sorted(WIDE))
+def test_an_expansion_width_past_the_positions_is_refused_for_queries_only(checkpoint, cli, tmp_path, case):
+    layout, change, named = WIDE[case]
+    path = checkpoint(layout)
+    change(path)
+    with pytest.raises(ModelError, match=named + " is more than this model's 512 positions"):
+        Embedder.load(str(path), EncodeFlags(kind="query"))
+    corpus = write_parquet(tmp_path / "docs.parquet", [{"id": "a", "text": "hello"}])
+    result = cli("encode", corpus, "-o", tmp_path / "queries", "--model", path, "--kind", "query")
+    assert result.exit_code == 4 and "600 is more than" in result.stderr, result.output
+    # documents and raw mode read no query width: they encode (an index they built stays searchable raw)
+    assert cli("encode", corpus, "-o", tmp_path / "docs", "--model", path).exit_code == 0
+    assert cli("encode", corpus, "-o", tmp_path / "raw", "--model", path, "--mode", "raw").exit_code == 0
+    assert cli("score", "--query", "hello", tmp_path / "raw").exit_code == 0
+    result = cli("score", "--query", "hello", tmp_path / "docs")
+    assert result.exit_code == 4 and "600 is more than" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("layout, change", [
+    ("pylate_bert", both(NO_EXPANSION, set_keys("config_sentence_transformers.json", query_length=600))),
+    ("st_native", set_keys("sentence_bert_config.json", query_expansion=None, query_length=600)),
+])
+def test_a_query_length_past_the_positions_without_expansion_cuts_as_the_reference(checkpoint, layout, change):
+    # the reference fails only on a query longer than the positions (as on such a document), which tokembed cuts
+    path = checkpoint(layout)
+    change(path)
+    expected = reference_outputs(path, TEXTS, "query")
+    got = Embedder.load(str(path), EncodeFlags(kind="query", store_dtype="float32")).embed(TEXTS, batch_tokens=64)
+    for text, (ref_ids, ref_vecs), (vecs, ids) in zip(TEXTS, expected, got):
+        assert ids.tolist() == ref_ids.tolist(), text
+        assert vecs.shape == ref_vecs.shape and np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text
