@@ -7,6 +7,8 @@ query the reference encodes."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,43 @@ def test_a_query_length_past_the_positions_without_expansion_cuts_as_the_referen
     for text, (ref_ids, ref_vecs), (vecs, ids) in zip(TEXTS, expected, got):
         assert ids.tolist() == ref_ids.tolist(), text
         assert vecs.shape == ref_vecs.shape and np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text
+
+
+def _backbone_query_length(length: int):
+    """A PyLate save with no flat ``query_length``, and a ``query_length`` in the Transformer's own config."""
+    def change(path):
+        st_config = json.loads((path / "config_sentence_transformers.json").read_text())
+        st_config.pop("query_length")
+        (path / "config_sentence_transformers.json").write_text(json.dumps(st_config))
+        set_keys("sentence_bert_config.json", query_length=length)(path)
+
+    return change
+
+
+def test_the_transformers_own_query_length_caps_and_does_not_set_the_expansion_width(checkpoint):
+    # MultiVectorEncoder expands a PyLate save to its flat query_length, else 32; the Transformer's key only caps
+    path = checkpoint("pylate_bert")
+    _backbone_query_length(40)(path)
+    expected = reference_outputs(path, TEXTS, "query")
+    got = Embedder.load(str(path), EncodeFlags(kind="query", store_dtype="float32")).embed(TEXTS, batch_tokens=64)
+    assert {len(ids) for ids, _ in expected} == {32}
+    for text, (ref_ids, ref_vecs), (vecs, ids) in zip(TEXTS, expected, got):
+        assert ids.tolist() == ref_ids.tolist(), text
+        assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text
+
+
+@pytest.mark.parametrize("layout, change", [
+    ("pylate_bert", _backbone_query_length(20)),
+    ("st_native", set_keys("sentence_bert_config.json", query_length=20,
+                           query_expansion={"strategy": "fixed", "attend": False, "token": None, "length": 32})),
+])
+def test_a_query_length_under_the_expansion_width_is_refused_as_the_reference_refuses_it(checkpoint, layout, change):
+    from sentence_transformers import MultiVectorEncoder
+
+    path = checkpoint(layout)
+    change(path)
+    with pytest.raises(ValueError, match="query_length=20 is smaller than query_expansion"):
+        MultiVectorEncoder(str(path), device="cpu", local_files_only=True)
+    with pytest.raises(ModelError, match=r"sentence_bert_config\.json: query_length 20 is smaller than the query "
+                                         r"expansion length 32"):
+        Embedder.load(str(path), EncodeFlags())

@@ -76,6 +76,7 @@ class STColBERT:
         backbone_settings = transformer_settings(path, modules)
         query_prefix, document_prefix, legacy = _prefixes(st_config)
         expansion = _expansion(st_config, backbone_settings)
+        _refuse_cap_under_expansion(path, modules, backbone_settings, expansion)
         # A native save runs modules.json as written; PyLate and converted saves get a MultiVectorMask and a
         # token-level Normalize appended by MultiVectorEncoder.
         native = st_config.get("model_type") == "MultiVectorEncoder"
@@ -145,8 +146,6 @@ def _query_width_setting(path: Path) -> tuple[Path, str] | None:
         return None
     if "query_expansion" in backbone_settings or "query_expansion" in st_config:
         return _expansion_file(path), "query_expansion length"
-    if not st_config.get("query_length") and backbone_settings.get("query_length"):
-        return transformer_folder(path, modules) / "sentence_bert_config.json", "query_length"
     return path / "config_sentence_transformers.json", "query_length"
 
 
@@ -196,11 +195,23 @@ def _expansion(st_config: dict, backbone_settings: dict) -> dict[str, Any] | Non
         expansion = None
     else:
         attend = st_config.get("attend_to_expansion_tokens", st_config.get("attend_to_mask_tokens"))
-        length = st_config.get("query_length") or backbone_settings.get("query_length") or 32
+        # the flat key only: MultiVectorEncoder moves it into the expansion; the Transformer's own caps (below)
+        length = st_config.get("query_length") or 32
         expansion = {"strategy": "fixed", "attend": bool(attend), "length": length}
     if expansion is not None and expansion.get("strategy", "fixed") != "fixed":
         raise ModelError(f"query_expansion strategy {expansion.get('strategy')!r} is not supported (only 'fixed')")
     return expansion
+
+
+def _refuse_cap_under_expansion(path: Path, modules: list, backbone_settings: dict, expansion: dict | None) -> None:
+    """The Transformer's own ``query_length`` caps a query's text; under the expansion length, which pads every
+    query, the two contradict each other and sentence-transformers refuses the checkpoint at load."""
+    cap = backbone_settings.get("query_length")
+    if expansion is not None and cap is not None and cap < expansion["length"]:
+        raise ModelError(
+            f"{transformer_folder(path, modules) / 'sentence_bert_config.json'}: query_length {cap} is smaller than "
+            f"the query expansion length {expansion['length']}; sentence-transformers refuses this checkpoint",
+            hint="drop query_length there, or raise it to the expansion length")
 
 
 def _query_length(st_config: dict, backbone_settings: dict) -> int | None:
