@@ -63,7 +63,8 @@ class JinaColBERT:
         StanfordColBERT.check_dim(path, model.linear.weight)
         projection = nn.Sequential(DenseLayer(model.linear.weight.detach(), None, nn.Identity()))
         colbert = StanfordColBERT.colbert_config(path)
-        refuse_disagreeing_module_tree(path, model.linear.weight, colbert, options.trust_remote_code)  # as saved
+        refuse_disagreeing_module_tree(path, model.linear.weight, colbert, tokenizer,
+                                       options.trust_remote_code)  # as saved
         colbert = StanfordColBERT.with_marker_forms(colbert, tokenizer)
         limit = config.position_limit
         return TokenModel(

@@ -5,8 +5,8 @@ Layout: ``config.json`` with ``architectures: ["HF_ColBERT"]``; BERT weights and
 ``artifact.metadata`` (``query_token_id``, ``doc_token_id``, ``query_maxlen``, ``doc_maxlen``,
 ``attend_to_mask_tokens``, ``mask_punctuation``). Defaults follow colbert-ai's ``ColBERTConfig``:
 markers ``[unused0]``/``[unused1]``, queries expanded with ``[MASK]`` to 32, documents cut at 180,
-punctuation masked. A PyLate module tree beside these files (``modules.json``, ``1_Dense``) is what PyLate reads
-instead: it must say the same (``both_layouts``).
+punctuation masked. A module tree beside these files (``modules.json``, ``1_Dense``; PyLate's or a native
+sentence-transformers save) is what PyLate and MultiVectorEncoder read instead: it must say the same (``both_layouts``).
 
 Markers follow colbert-ai's current ``QueryTokenizer`` / ``DocTokenizer`` (as PyLate's and vLLM's ColBERT encoders
 do): the text is tokenized alone and the marker's id inserted after its first token (colbert-ai before
@@ -96,7 +96,8 @@ class StanfordColBERT:
         weight = load_tensors(path, {"linear.weight"}, required={"linear.weight"})["linear.weight"]
         cls.check_dim(path, weight)
         colbert = cls.colbert_config(path)
-        refuse_disagreeing_module_tree(path, weight, colbert, options.trust_remote_code)  # the settings as saved
+        # the settings as saved, the tokenizer as saved (nothing registered yet)
+        refuse_disagreeing_module_tree(path, weight, colbert, tokenizer, options.trust_remote_code)
         colbert = cls.with_marker_forms(colbert, tokenizer)
         projection = nn.Sequential(DenseLayer(weight, None, nn.Identity()))
         return TokenModel(
