@@ -1,7 +1,8 @@
 """The Ray engine's pieces in process, without a cluster (``ray.remote`` faked where an actor starts): a chunk
 worker stages exactly the local rows, a full disk under a staged chunk, ranges of a chunk's batches,
 ``--ray-address`` / ``RAY_ADDRESS`` forms, the staging folder, path variables and UTF-8 mode the actors get, and
-the actor plan for ``--devices`` (``ray.nodes`` faked). The cluster tests are in ``test_ray_engine.py``."""
+the actor plan for ``--devices`` (``ray.nodes`` faked), and a resumed run's count of the chunks a stopped run staged
+(actors faked in process). The cluster tests are in ``test_ray_engine.py``."""
 
 from __future__ import annotations
 
@@ -318,3 +319,58 @@ def test_an_unreachable_actor_is_not_reported_as_retries_exhausted(monkeypatch):
     assert "retries are exhausted" not in str(caught.value) and "out-of-memory" not in caught.value.hint
     assert "resumes where this run stopped" in caught.value.hint
     assert runner._held == {0: 0}
+
+
+def test_a_resumed_run_counts_the_chunks_the_killed_runs_actors_staged_as_resumed(monkeypatch, tmp_path):
+    """A run that resumed a killed ``--engine ray`` run counted the chunks its actors had staged, which this run's
+    actors only read back, in its ``encoded_tokens`` and tokens/s. They are the interrupted run's, as its journaled
+    shards are: ``resumed_tokens_in``, in the useful-token fraction of the whole generation. (Ray faked: one actor,
+    run in process; the first run stops after its first shard, the second chunk already staged.)"""
+    from types import SimpleNamespace
+
+    import torch
+
+    import tokembed.encode as encode_module
+    from tokembed import EncodeJob, encode_corpus
+    from tokembed.engine import ray as ray_runner
+    from tokembed.engine.ray_cluster import ActorPlan
+    from tokembed.errors import DeviceError
+    from tokembed.index.reader import read_manifest
+
+    ray = pytest.importorskip("ray")
+
+    class ActorClass:
+        def options(self, **options):
+            return self
+
+        def remote(self, *args):  # an actor handle whose method calls run at once, the result its own "ref"
+            worker = ray_runner.ChunkWorker(*args)
+            return SimpleNamespace(**{name: SimpleNamespace(remote=getattr(worker, name)) for name in ("loaded", "encode")})
+
+    monkeypatch.setattr(ray_runner, "connect", lambda address: ("127.0.0.1:1", False))
+    monkeypatch.setattr(ray_runner, "plan_actors", lambda devices: ActorPlan(1, 1, 0, torch.get_num_threads(), spread=False))
+    monkeypatch.setattr(ray, "remote", lambda cls: ActorClass())
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns, timeout: (refs, []))
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: None)
+    corpus = write_parquet(tmp_path / "corpus.parquet", corpus_rows(40))
+    out = tmp_path / "index"
+
+    def stop_at_first_shard(event, count):
+        if (event, count) == ("shard", 1):
+            raise DeviceError("simulated: the run stops after its first shard")
+
+    with monkeypatch.context() as stopped:
+        stopped.setattr(encode_module, "fault_point", stop_at_first_shard)
+        with pytest.raises(DeviceError, match="simulated"):
+            encode_corpus(EncodeJob([corpus], out, shard_rows=10, devices="cpu", engine="ray"))
+    assert len(list((out / "staging").glob("chunk-*.arrow"))) == 2  # the journaled chunk, and the next one
+    summary = encode_corpus(EncodeJob([corpus], out, shard_rows=10, devices="cpu", engine="ray"))
+    # the demo model stores every token it encodes: a shard's tokens are those that went through the model for it
+    tokens = [shard["tokens"] for shard in read_manifest(out)["shards"]]
+    assert summary.resumed_shards == 1 and len(tokens) == 4
+    assert (summary.resumed_tokens_in, summary.tokens_in) == (sum(tokens[:2]), sum(tokens[2:]))
+    assert summary.to_json()["encoded_tokens"] == sum(tokens[2:])
+    reference = encode_corpus(EncodeJob([corpus], tmp_path / "reference", shard_rows=10, devices="cpu"))
+    assert summary.resumed_computed_tokens + summary.computed_tokens == reference.computed_tokens
+    assert summary.useful_token_fraction == reference.useful_token_fraction

@@ -85,8 +85,9 @@ class EncodeSummary:
     skipped: list[dict] = field(default_factory=list)
     tokens_in: int = 0  # tokens that went through the model this run (before skiplist removal)
     computed_tokens: int = 0  # positions computed this run, padding included
-    # What the interrupted run(s) put through the model for the shards this run resumed: the useful-token
-    # fraction is the whole generation's, the encoded tokens and tokens/s this run's own.
+    # What the interrupted run(s) put through the model (the shards this run resumed, the chunks their Ray actors
+    # staged that this run reused): the useful-token fraction is the whole generation's, encoded tokens and
+    # tokens/s this run's own.
     resumed_tokens_in: int = 0
     resumed_computed_tokens: int = 0
     seconds: float = 0.0  # load_seconds + encode_seconds (+ any wait for the lock)
@@ -392,6 +393,8 @@ def _encode_stream(
         fault_point("write", chunk.number + 1)
         summary.tokens_in += result.real_tokens
         summary.computed_tokens += result.computed_tokens
+        summary.resumed_tokens_in += result.resumed_real_tokens
+        summary.resumed_computed_tokens += result.resumed_computed_tokens
         if shard is not None:
             counts = {**chunk.counts, "empty_pages": summary.empty_pages[: chunk.empty_pages],  # a resume's fraction:
                       "tokens_in": summary.resumed_tokens_in + summary.tokens_in,

@@ -17,7 +17,8 @@ Staged files live in ``INDEX_DIR/staging/chunk-<key>.arrow``, ``key`` = sha256 o
 the token budget and each of the chunk's inputs' own sha256 (and, for a part of a chunk, its range of batches).
 They are written under a temp name, fsynced and renamed, so a retried chunk (its actor died) overwrites nothing
 half-done, and an actor that finds its chunk's file already there, recording that key, reuses it: after a SIGKILL
-of the driver, the next run re-reads the chunks already staged. The folder is removed when a run finishes.
+of the driver, the next run re-reads the chunks already staged, their tokens counted as the interrupted run's
+(``as_resumed``). The folder is removed when a run finishes.
 
 Faults: an actor that dies is restarted (``max_restarts``) and the chunks it held are retried
 (``max_task_retries``); with retries exhausted the run fails with ``DeviceError`` (exit 9) and the driver
@@ -27,6 +28,7 @@ removes its unfinished shards as for any failure.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -51,6 +53,8 @@ from tokembed.sources.video import Video
 IN_FLIGHT = 2  # chunks queued per actor: one computing, one waiting (no idle round trip)
 ACTOR_RETRIES = 3  # restarts of a dead actor, and retries of the chunks it held
 STAGING = "staging"
+# A chunk's counts that are its parts' sum (some parts may be reused staged files, others computed this run)
+_PART_COUNTS = ("real_tokens", "computed_tokens", "resumed_real_tokens", "resumed_computed_tokens")
 # Environment an actor inherits from the driver: offline hub settings, caches, test fault hooks.
 _PASSED_ENV = ("TOKEMBED_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 # Those of them that name a folder or file: passed absolute, as the driver resolves them.
@@ -260,8 +264,8 @@ class RayRunner:
             rows = [row for batch in plan.batches[first:end] for row in batch.rows]
             for row, vecs, ids in zip(rows, result.vectors, result.token_ids, strict=True):
                 vectors[row], token_ids[row] = vecs, ids
-        computed = sum(result.computed_tokens for result in results)
-        return ChunkResult(vectors, token_ids, plan.real_tokens, computed, max(result.largest_batch for result in results))
+        counts = {name: sum(getattr(result, name) for result in results) for name in _PART_COUNTS}
+        return ChunkResult(vectors, token_ids, largest_batch=max(result.largest_batch for result in results), **counts)
 
     def _collect_part(self, actor: int, ref, rows: int, key: str) -> ChunkResult:
         import ray
@@ -290,6 +294,8 @@ class RayRunner:
         for line in done["logs"]:
             self._log(line)
         result = read_staged(Path(done["path"]), rows, self.encoder.output_dim, key)
+        if done["reused"]:
+            result = as_resumed(result)
         stats = self.device_stats.setdefault(done["label"], DeviceStats())
         stats.batches += done["batches"]
         stats.real_tokens += result.real_tokens
@@ -318,6 +324,13 @@ class RayRunner:
         else:
             with contextlib.suppress(OSError):
                 self.staging.rmdir()  # only when nothing was staged
+
+
+def as_resumed(result: ChunkResult) -> ChunkResult:
+    """A staged chunk an actor reused, as the interrupted run that staged it computed it: its tokens are the
+    resumed run's (``EncodeSummary.resumed_tokens_in``), not this run's encoded tokens, tokens/s or device stats."""
+    return dataclasses.replace(result, real_tokens=0, computed_tokens=0, resumed_real_tokens=result.real_tokens,
+                               resumed_computed_tokens=result.computed_tokens)
 
 
 def actor_env(environ) -> dict[str, str]:

@@ -35,9 +35,12 @@ Row = tuple[np.ndarray, np.ndarray]  # (vectors [n_kept, D] in the store dtype, 
 class ChunkResult:
     vectors: list[np.ndarray]  # per item [n_tokens, D] in the store dtype, input order
     token_ids: list[np.ndarray]  # per item [n_tokens] int32
-    real_tokens: int  # tokens that went through the model
+    real_tokens: int  # tokens that went through the model in this run
     computed_tokens: int  # positions computed, padding included
     largest_batch: int  # the most padded positions in one batch
+    # Rows an interrupted run computed (a Ray actor's reused staged chunk): none of the above, counted apart
+    resumed_real_tokens: int = 0
+    resumed_computed_tokens: int = 0
 
 
 @dataclass
