@@ -1,14 +1,16 @@
-"""``encode --full`` of a compressed-only index whose re-encoded vectors code differently (other batches move a
-bfloat16 vector by a rounding step): its shards without vectors have the committed generation's bytes, and so
-its code files the committed ones' names."""
+"""``encode --full`` of a compressed-only index: where its re-encoded vectors code differently (other batches move
+a bfloat16 vector by a rounding step), its shards without vectors have the committed generation's bytes, and so
+its code files the committed ones' names; where they code the same, the drift does not count them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from pathlib import Path
 
-from helpers import manifest
-from plaid_support import corpus_rows
+from helpers import manifest, write_jsonl
+from plaid_support import corpus_rows, edited
 
 
 def test_a_full_run_on_a_compressed_only_index_commits_the_code_files_it_vouches_for(tmp_path, cli, checkpoint):
@@ -35,3 +37,53 @@ def test_a_full_run_on_a_compressed_only_index_commits_the_code_files_it_vouches
     for entry in manifest(folder)["search"]["shards"]:
         assert hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest() == entry["sha256"], entry["file"]
     assert cli("info", folder, "--verify").exit_code == 0
+
+
+def test_a_full_run_counts_as_drift_only_the_rows_it_codes_anew(tmp_path, cli, checkpoint):
+    """A compressed-only index's shards are written anew by ``--full`` (with vectors, dropped before the commit), so
+    none kept its code file by name, and every token counted as coded since training even where its codes came out
+    byte for byte as before: 100% drift, new centroids due on the next cron run. Rows coded to the codes the replaced
+    generation holds for them count as carried, as on an index with its vectors; changed and new rows still count,
+    and a changed model trains new centroids."""
+    rows = corpus_rows(60)
+    corpus, changed_corpus = write_jsonl(tmp_path / "corpus.jsonl", rows), write_jsonl(tmp_path / "edited.jsonl", edited(rows))
+    folder, model = tmp_path / "index", checkpoint("raw_encoder")
+    common = ["--model", model, "--shard-rows", 25]
+    assert cli("encode", corpus, "-o", folder, "--nbits", 2, "--drop-vectors", *common, "-q").exit_code == 0
+    built = manifest(folder)["search"]
+    assert cli("encode", corpus, "-o", folder, "--full", *common, "-q").exit_code == 0
+    again = manifest(folder)["search"]
+    assert again["vectors"] == "dropped" and again["codec"] == built["codec"]
+    assert [entry["sha256"] for entry in again["shards"]] == [entry["sha256"] for entry in built["shards"]]
+    assert again["drift"] == built["drift"] and again["drift"]["tokens_coded_since_training"] == 0
+    assert again["last_run"] == {"coded_tokens": 0, "carried_tokens": manifest(folder)["totals"]["tokens"]}
+    nightly = cli("encode", corpus, "-o", folder, *common)
+    assert nightly.exit_code == 0 and "new centroids are due" not in nightly.output
+
+    incremental = tmp_path / "incremental"  # codes exactly the changed and new rows
+    shutil.copytree(folder, incremental)
+    assert cli("encode", changed_corpus, "-o", incremental, *common, "-q").exit_code == 0
+    changed = manifest(incremental)["search"]["last_run"]["coded_tokens"]
+    assert cli("encode", changed_corpus, "-o", folder, "--full", *common, "-q").exit_code == 0
+    edited_full = manifest(folder)["search"]
+    tokens = manifest(folder)["totals"]["tokens"]
+    assert edited_full["codec"] == built["codec"]
+    assert 0 < changed <= edited_full["last_run"]["coded_tokens"] < tokens
+    assert edited_full["drift"]["tokens_coded_since_training"] == edited_full["last_run"]["coded_tokens"]
+
+    _change_weights(model)
+    assert cli("encode", changed_corpus, "-o", folder, "--full", *common, "-q").exit_code == 0
+    retrained = manifest(folder)["search"]
+    assert retrained["codec"] != built["codec"] and retrained["drift"]["tokens_coded_since_training"] == 0
+    assert retrained["last_run"] == {"coded_tokens": tokens, "carried_tokens": 0}
+
+
+def _change_weights(model: Path) -> None:
+    """One tensor of the checkpoint halved: another model, to the index's weights digest."""
+    from safetensors.numpy import load_file, save_file
+
+    weights = model / "model.safetensors"
+    state = load_file(str(weights))
+    name = next(name for name in sorted(state) if name.endswith("attention.self.query.weight"))
+    state[name] = state[name] * 0.5
+    save_file(state, str(weights), metadata={"format": "pt"})

@@ -300,7 +300,7 @@ def _with_search_structure(job: EncodeJob, manifest: dict, indexes, writer, prog
 
     committed = replaced.index.manifest if replaced is not None else None  # replaced: ``previous`` where rows carry
     return run_structure(job.output, manifest, committed, previous, writer, job.nbits, job.retrain, job.drop_vectors,
-                         progress.log)
+                         progress.log, replaced)
 
 
 def _remove_stale_structure(folder: Path, manifest: dict) -> None:

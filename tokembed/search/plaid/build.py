@@ -7,7 +7,8 @@ shard of the new generation its code file:
 
 * a shard whose bytes did not change keeps its code file (same name, not rewritten);
 * a new shard is coded row by row, copying the codes of rows the previous generation held unchanged
-  (same id and content hash) and coding the others with the existing centroids;
+  (same id and content hash) and coding the others with the existing centroids; a full rebuild codes every
+  row, and counts those it codes to the codes the replaced generation holds for them as carried (drift);
 * a code file already on disk under its name is kept (resume) only when its ``.coded.json`` records the bytes and
   sha256 it was written with by a run that died (or this run's writer) and it still has them; any other file under
   that name (a committed one that a retrain's identical centroids name again, or one damaged since) is coded again.
@@ -40,19 +41,22 @@ from tokembed.search.plaid.codes import CODES_DIR, CodingStats, StoredCodes, cod
 from tokembed.search.plaid.retrain import (RETRAIN_NORM_RATIO, RETRAIN_SHARE, StructureOptions, drift_only,
                                            keep_centroids_without_vectors, refuse_unit_codes_without_vectors,
                                            retrain_reason, same_encoding, update_drift)
-from tokembed.search.plaid.files import check_codec_agrees, map_tensors, verify_file, verify_files, write_coding_figures, write_tensors, written_whole
+from tokembed.search.plaid.files import (check_codec_agrees, check_structure_lists_shards, map_tensors, verify_file,
+                                         verify_files, write_coding_figures, write_tensors, written_whole)
 
 PENDING = f"{CODES_DIR}/pending.json"
 DEFAULT_NBITS = 2
 
 
 def refresh_structure(folder: Path, manifest: dict, committed: dict | None, options: StructureOptions, previous=None,
-                      log=print, written: CodingStats | None = None, progress=None) -> dict:
+                      log=print, written: CodingStats | None = None, progress=None, replaced=None) -> dict:
     """The new generation's manifest with its ``search`` section; code files written, nothing committed.
 
     ``manifest`` lists the new generation's shards (already durable); ``committed``: the generation it replaces
     (None: none, or a full rebuild's over a manifest that could not be read); ``previous`` is the ``PreviousIndex``
-    an incremental encode run carried rows from (None for ``compress`` and full rebuilds). ``written``: the
+    an incremental encode run carried rows from (None for ``compress`` and full rebuilds); ``replaced``, the
+    ``PreviousIndex`` of ``committed`` that a full rebuild replaces: a row it codes to the very codes ``committed``
+    holds for it (same id and content hash) counts as carried, not as coded since training. ``written``: the
     coding figures of an encode run that wrote vectorless shards and their code files itself
     (``coded.CodedWriter``). Without vectors (``written``, or a compressed-only ``manifest``) the centroids
     are kept: a retrain they would need is refused, one that drift calls for is only logged; so is one that
@@ -95,11 +99,12 @@ def refresh_structure(folder: Path, manifest: dict, committed: dict | None, opti
         drift, old, previous = None, None, None  # codes of other centroids cannot be carried
     stats, entries = CodingStats(), []
     carry = _CarryFromPrevious(folder, previous, old) if previous is not None and old is not None else None
+    alike = _CodedBefore(folder, replaced, old) if carry is None and replaced is not None and old is not None else None
     listed = {shard_codes_name(entry): entry for entry in (old or {}).get("shards", [])}
     if progress is not None:
         progress.start(index.rows, "coding")
     for number, shard in enumerate(index.shards):
-        entries.append(_shard_codes(folder, index, shard, codec, codec_entry["sha256"], listed, carry, stats))
+        entries.append(_shard_codes(folder, index, shard, codec, codec_entry["sha256"], listed, carry, stats, alike))
         fault_point("codes", number + 1)
         if progress is not None:
             progress.advance(shard["rows"], shard["tokens"])
@@ -218,7 +223,7 @@ def _sample_tokens(index, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- code files
 
 
-def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: CodingStats) -> dict:
+def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: CodingStats, alike=None) -> dict:
     name = codes_name(shard["sha256"], codec_sha)
     base = {"shard": shard["file"], "file": name, "rows": shard["rows"], "tokens": shard["tokens"]}
     if name in listed:  # the shard did not change: its code file stays as it is (under its own name)
@@ -234,9 +239,11 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
         stats.add(CodingStats(figures["coded_tokens"], shard["tokens"] - figures["coded_tokens"], figures["residual_norm_sum"]))
         return {**base, "bytes": figures["bytes"], "sha256": figures["sha256"]}
     mine = CodingStats()
-    codes = code_shard(codec, _verified_batches(index, shard), carry, mine, shard["tokens"], str(index.shard_path(shard)))
-    if carry is not None:
-        carry.release()
+    codes = code_shard(codec, _verified_batches(index, shard), carry, mine, shard["tokens"], str(index.shard_path(shard)),
+                       alike)
+    for lookup in (carry, alike):
+        if lookup is not None:
+            lookup.release()
     entry = codes.write(folder / name)
     write_coding_figures(folder / name, mine.coded_tokens, mine.residual_norm_sum, entry)
     stats.add(mine)
@@ -282,6 +289,32 @@ class _CarryFromPrevious:
 
     def release(self) -> None:
         self.previous.release_pages()
+
+
+class _CodedBefore(_CarryFromPrevious):
+    """A full rebuild's view of the generation it replaces, coded with the centroids it keeps: its unchanged rows
+    and their codes (``code_shard``'s ``alike``), once its code files match the manifest (sha256, hashed once per
+    change of a file). Where they do not (``--full`` is how a damaged index is rebuilt), no row is found: every
+    row counts as coded, as it did before."""
+
+    def __init__(self, folder: Path, replaced, structure: dict) -> None:
+        super().__init__(folder, replaced, structure)
+        self.usable: bool | None = None  # checked on first use: a rebuild that codes no shard hashes nothing
+
+    def __call__(self, ids: list[str], hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.usable is None:
+            self.usable = self._codes_match()
+        if not self.usable:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return super().__call__(ids, hashes)
+
+    def _codes_match(self) -> bool:
+        try:
+            check_structure_lists_shards(self.codes.folder, self.previous.index.manifest)
+            verify_files(self.codes.folder, self.codes.entries, checksum=True)
+        except IndexCorruptError:
+            return False
+        return True
 
 
 # ---------------------------------------------------------------------------------------------- generation

@@ -135,11 +135,13 @@ def open_writer(folder: Path, dim: int, store_dtype: str, shard_rows: int, previ
 
 
 def run_structure(folder: Path, manifest: dict, committed: dict | None, previous, writer, nbits: int | None,
-                  retrain: bool, drop_vectors: bool, log) -> dict:
+                  retrain: bool, drop_vectors: bool, log, replaced=None) -> dict:
     """The new generation's manifest with its search structure (if the index has one, or ``nbits`` or
     ``drop_vectors`` asks for one), without vectors when the index was compressed-only or ``drop_vectors``.
     ``committed``: the manifest of the generation this run replaces, None where there is none or a full rebuild
-    could not read it (``--full`` is how a damaged index is rebuilt: its structure then comes back with ``--nbits``)."""
+    could not read it (``--full`` is how a damaged index is rebuilt: its structure then comes back with ``--nbits``);
+    ``replaced``: its ``PreviousIndex``, whose rows a full rebuild codes to the same codes again count as carried
+    (a compressed-only index's shards are written anew, so no shard keeps its code file by name)."""
     from tokembed.search.plaid.build import DEFAULT_NBITS, StructureOptions, refresh_structure
     from tokembed.search.plaid.drop import drop_vectors as without_vectors
 
@@ -161,7 +163,7 @@ def run_structure(folder: Path, manifest: dict, committed: dict | None, previous
         return manifest
     written = writer.stats if isinstance(writer, CodedWriter) else None
     manifest = refresh_structure(folder, manifest, committed, StructureOptions(nbits, retrain=retrain), previous, log,
-                                 written)
+                                 written, replaced=replaced)
     if drop and manifest.get(SEARCH) and not vectors_dropped(manifest):
         from tokembed.search.plaid.compress import forget_interrupted_encode
 

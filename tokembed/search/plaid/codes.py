@@ -250,6 +250,26 @@ class StoredCodes:
                 ids[at : at + end - start] = codes.centroid_ids[start:end]
                 residuals[at : at + end - start] = codes.residuals[start:end]
 
+    def rows_alike(self, rows: np.ndarray, lengths: np.ndarray, at: np.ndarray, ids: np.ndarray,
+                   residuals: np.ndarray) -> np.ndarray:
+        """Per row of ``rows``: whether its stored codes are ``ids`` / ``residuals`` from token position ``at[i]``
+        on, ``lengths[i]`` tokens (a row stored with another token count is not)."""
+        rows, lengths, at = (np.asarray(values, np.int64) for values in (rows, lengths, at))
+        alike = np.zeros(len(rows), bool)
+        numbers = np.searchsorted(self.starts, rows, side="right") - 1
+        for number in np.flatnonzero(np.bincount(numbers)).tolist():  # not np.unique: see copy_rows_into
+            codes, chosen = self._shard(number), np.flatnonzero(numbers == number)
+            local = rows[chosen] - int(self.starts[number])
+            firsts, ends = codes.doc_offsets[local], codes.doc_offsets[local + 1]
+            fits = ends - firsts == lengths[chosen]
+            chosen, firsts = chosen[fits], firsts[fits]
+            stored, counts = ragged(firsts, firsts + lengths[chosen])
+            now, _ = ragged(at[chosen], at[chosen] + lengths[chosen])
+            differ = (codes.centroid_ids[stored] != ids[now]) | (codes.residuals[stored] != residuals[now]).any(axis=1)
+            owner = np.repeat(np.arange(len(chosen)), counts)
+            alike[chosen] = np.bincount(owner, weights=differ, minlength=len(chosen)) == 0
+        return alike
+
     def _shard(self, number: int) -> ShardCodes:
         if number not in self._opened:
             verify_file(self.folder, self.entries[number], checksum=False)
@@ -268,10 +288,12 @@ class CodeParts:
 
 
 def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingStats, tokens: int,
-               where: str = "shard") -> ShardCodes:
+               where: str = "shard", alike: CarryLookup | None = None) -> ShardCodes:
     """Codes for one shard of ``tokens`` tokens (its manifest's count) from its record batches
     (``shard_batches``), in row order, written straight into the shard's arrays; ``where`` names the shard
-    in errors."""
+    in errors. ``alike`` (a full rebuild's, instead of ``carry``): the rows the replaced generation held
+    unchanged, coded all the same; those whose codes come out as its stored ones count as carried, not coded
+    (the drift: these tokens are not new to the centroids)."""
     from tokembed.search.maxsim import batch_arrays
 
     ids = np.empty(tokens, np.uint16)
@@ -291,12 +313,16 @@ def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingSt
                 starts = offsets[carried] - offsets[0]
                 carry.codes.copy_rows_into(previous_rows, batch_lengths[carried], starts, batch_ids, batch_residuals)
                 todo[ragged(starts, starts + batch_lengths[carried])[0]] = False
-        rows = np.flatnonzero(todo)
+        rows, coded = np.flatnonzero(todo), 0
         if len(rows):
             batch_ids[rows], batch_residuals[rows], norms = codec.encode(vectors[rows])
-            stats.coded_tokens += len(rows)
+            if alike is not None:
+                fresh = ~_coded_alike(alike, batch, offsets, batch_ids, batch_residuals)[rows]
+                rows, norms = rows[fresh], norms[fresh]
+            coded = len(rows)
+            stats.coded_tokens += coded
             stats.residual_norm_sum += float(norms.sum(dtype=np.float64))
-        stats.carried_tokens += len(vectors) - len(rows)
+        stats.carried_tokens += len(vectors) - coded
         if kept_lengths is not None:  # every row's, carried ones too: the vectors are here
             kept_lengths[at : at + len(vectors)] = vector_lengths(vectors)
         lengths.append(batch_lengths)
@@ -304,6 +330,18 @@ def code_shard(codec: Codec, batches, carry: CarryLookup | None, stats: CodingSt
     if at != tokens:
         raise IndexCorruptError(f"{where}: holds {at} tokens, its manifest entry says {tokens}")
     return shard_codes(np.concatenate(lengths) if lengths else np.zeros(0, np.int64), ids, residuals, codec, kept_lengths)
+
+
+def _coded_alike(alike: CarryLookup, batch, offsets: np.ndarray, ids: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """Per token of the batch (coded into ``ids`` / ``residuals``): whether its row is one ``alike`` holds
+    unchanged, with these very codes."""
+    tokens = np.zeros(len(ids), bool)
+    rows, previous_rows = alike(batch.column("id").to_pylist(), _hashes(batch))
+    if len(rows):
+        starts, lengths = offsets[rows] - offsets[0], np.diff(offsets)[rows]
+        same = alike.codes.rows_alike(previous_rows, lengths, starts, ids, residuals)
+        tokens[ragged(starts[same], starts[same] + lengths[same])[0]] = True
+    return tokens
 
 
 def assemble(parts: CodeParts, codec: Codec) -> ShardCodes:
