@@ -102,7 +102,7 @@ def detect(path: Path, trust_remote_code: bool = False) -> str:
     """Return the family key for the checkpoint folder, or raise saying what was found."""
     from tokembed.models.bge_m3 import is_bge_m3
     from tokembed.models.st_colbert import incomplete_st_colbert, is_st_colbert
-    from tokembed.models.st_layout import read_modules, transformer_folder
+    from tokembed.models.st_layout import check_vision_modules, read_modules, transformer_folder
 
     if (Path(path) / "adapter_config.json").is_file():
         return "peft-lora"  # a PEFT adapter: its base is detected on its own (adapters.load_adapted)
@@ -115,6 +115,7 @@ def detect(path: Path, trust_remote_code: bool = False) -> str:
         return "jina-colbert" if is_jina_colbert(path, config or {}) else "HF_ColBERT"
     vision = _vision_family(path, config or {}, architectures, trust_remote_code)
     if vision is not None:
+        check_vision_modules(path, vision)  # a vision loader reads no module tree: refuse one that would be skipped
         return vision
     if problem := incomplete_st_colbert(path):
         raise UnsupportedModelError(problem)

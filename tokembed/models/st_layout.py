@@ -1,4 +1,5 @@
-"""Pieces of the sentence-transformers folder layout shared by the PyLate and raw families.
+"""Pieces of the sentence-transformers folder layout shared by the PyLate and raw families (and the check that a
+vision checkpoint carries no module tree its family would skip).
 
 ``modules.json`` lists the pipeline (``Transformer`` at some path, then ``Dense`` modules in
 ``N_Dense/`` with ``config.json`` + ``model.safetensors``, then masking/normalize modules);
@@ -116,17 +117,22 @@ def check_dense_agrees(folder: Path, config: dict, unused: set[str], weight) -> 
             raise ModelError(f"{folder}: config.json says {name} {stated}, the weight is {list(weight.shape)}")
 
 
-def check_module_folders_listed(path: Path, modules: list[dict]) -> None:
+def check_module_folders_listed(path: Path, modules: list[dict],
+                                hint: str = "list it in modules.json, or remove the folder") -> None:
     """A sentence-transformers module folder (``1_Dense``, ...) that holds weights but that ``modules.json`` does not
     list (or no ``modules.json`` at all) would be left out of the pipeline: its projection never applied, the
     backbone's hidden states written as the vectors. Refused instead of guessed."""
-    listed = {str(module.get("path", "")).strip("/") for module in modules}
+    listed = {_module_path(module) for module in modules}
     for folder in sorted(path.iterdir()):
         unlisted = folder.is_dir() and _MODULE_FOLDER.match(folder.name) and folder.name not in listed
         if unlisted and _holds_weights(folder):
             what = "modules.json does not list it" if modules else "the checkpoint has no modules.json"
             raise ModelError(f"{folder}: a sentence-transformers module with weights, but {what}; its weights would "
-                             "not be used", hint="list it in modules.json, or remove the folder")
+                             "not be used", hint=hint)
+
+
+def _module_path(module: dict) -> str:
+    return str(module.get("path", "")).strip("/")
 
 
 def _holds_weights(folder: Path) -> bool:
@@ -153,6 +159,42 @@ def check_module_types(path: Path, modules: list[dict]) -> None:
 
 _KNOWN_PACKAGES = ("sentence_transformers.", "pylate.")
 _KNOWN_MODULES = ("Transformer", "Dense", "MultiVectorMask", "Normalize", "Pooling", "Dropout")
+
+
+def check_vision_modules(path: Path, family: str) -> None:
+    """A vision family loads the checkpoint folder itself, with its own projection and per-token L2, and applies no
+    sentence-transformers module: a module tree beside it may hold only what leaves its vectors as they are. That is
+    the ``Transformer`` at the folder's root (the model the family loads), ``Pooling`` (it pools into a sentence
+    vector, never a token vector), ``Dropout`` (off at inference) and ``Normalize`` (a sentence-level one never reaches
+    the token vectors; a token-level one repeats the L2 the family already applies, a masked zero vector staying zero).
+    Any other module (a ``Dense``, a ``MultiVectorMask`` that would drop vectors, a ``Transformer`` in a sub-folder)
+    and any module folder with weights, listed or not, would be skipped: refused."""
+    modules = read_modules(path)
+    check_module_types(path, modules)
+    for module in modules:
+        if not _leaves_vision_vectors(module):
+            _refuse_vision_module(path, module, family)
+    check_module_folders_listed(path, modules, hint=_VISION_HINT)
+
+
+def _leaves_vision_vectors(module: dict) -> bool:
+    name = _type_name(module)
+    return name in ("Pooling", "Normalize", "Dropout") or (name == "Transformer" and not _module_path(module))
+
+
+def _refuse_vision_module(path: Path, module: dict, family: str) -> None:
+    where = _module_path(module)
+    if where and (path / where).is_dir() and _holds_weights(path / where):
+        raise ModelError(f"{path / where}: a sentence-transformers {_type_name(module)} module with weights that "
+                         f"modules.json lists, but family {family} loads the checkpoint folder alone and applies no "
+                         "module; its weights would not be used", hint=_VISION_HINT)
+    raise ModelError(f"{path / 'modules.json'}: module {where or module.get('name', '?')!r} is a "
+                     f"{module.get('type')!r}, which family {family} does not apply; its vectors would not be the "
+                     "model's", hint=_VISION_HINT)
+
+
+_VISION_HINT = ("tokembed's vision families apply no sentence-transformers module: remove the module (its folder and "
+                "any modules.json entry) only if the model's vectors are meant without it")
 
 
 def module_config(path: Path, modules: list[dict], type_name: str) -> dict[str, Any] | None:

@@ -1,0 +1,141 @@
+"""A vision checkpoint that also carries a sentence-transformers module tree: a vision family loads the folder itself
+and applies no module, so a module with weights (a ``1_Dense``, listed in ``modules.json`` or not) or one that changes
+the vectors (a ``MultiVectorMask``) is refused (exit 4), as it is for a text checkpoint; the root Transformer with
+``Pooling`` / ``Normalize`` / ``Dropout`` leaves the family's vectors as they are and loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import colpali_engine_checkpoints
+import qwen3_vl_checkpoints
+import qwen_checkpoints
+import vision_checkpoints
+from tokembed.errors import ModelError
+from tokembed.models import LoadOptions, detect, load_model
+from tokembed.settings import EncodeFlags, resolve
+
+BUILDERS = {  # name -> (builder, family key)
+    "colqwen2": (vision_checkpoints.build_colqwen2, "ColQwen2ForRetrieval"),
+    "colqwen2_engine": (colpali_engine_checkpoints.build_colqwen2_engine, "ColQwen2"),
+    "tomoro": (qwen3_vl_checkpoints.build_tomoro, "ColQwen3"),
+    "nemotron": (qwen3_vl_checkpoints.build_nemotron, "Qwen3VLNemotronEmbedModel"),
+    "colqwen3_5": (qwen_checkpoints.build_colqwen3_5, "ColQwen3_5"),
+}
+TRANSFORMER = {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vision_tree")
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = BUILDERS[name][0](root / name)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def copy_of(built, tmp_path):
+    def get(name: str) -> Path:
+        return Path(shutil.copytree(built(name), tmp_path / name))
+
+    return get
+
+
+def write_dense(folder: Path, in_features: int = 16, out_features: int = 8) -> None:
+    folder.mkdir()
+    folder.joinpath("config.json").write_text(json.dumps({
+        "in_features": in_features, "out_features": out_features, "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity"}))
+    save_file({"linear.weight": torch.randn(out_features, in_features)}, str(folder / "model.safetensors"))
+
+
+def write_modules(path: Path, *modules: dict) -> None:
+    path.joinpath("modules.json").write_text(json.dumps([TRANSFORMER, *modules]))
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_an_unlisted_module_folder_with_weights_is_refused(copy_of, name):
+    path = copy_of(name)
+    write_dense(path / "2_Dense")
+    with pytest.raises(ModelError, match=r"2_Dense: a sentence-transformers module with weights, but the checkpoint "
+                                         r"has no modules.json; its weights would not be used"):
+        detect(path)
+    write_modules(path, {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    with pytest.raises(ModelError, match=r"2_Dense: .* modules.json does not list it; its weights would not be used"):
+        detect(path)
+
+
+@pytest.mark.parametrize(("name", "dense_type"), [("colqwen2", "pylate.models.Dense.Dense"),
+                                                  ("colqwen2_engine", "pylate.models.Dense.Dense"),
+                                                  ("tomoro", "sentence_transformers.models.Dense"),
+                                                  ("colqwen3_5", "sentence_transformers.models.Dense")])
+def test_a_listed_dense_is_refused_naming_its_folder_and_the_family(copy_of, name, dense_type):
+    path = copy_of(name)
+    write_dense(path / "1_Dense")
+    write_modules(path, {"idx": 1, "name": "1", "path": "1_Dense", "type": dense_type})
+    with pytest.raises(ModelError, match=rf"1_Dense: a sentence-transformers Dense module with weights that "
+                                         rf"modules.json lists, but family {BUILDERS[name][1]} .* its weights would "
+                                         "not be used"):
+        detect(path)
+
+
+def test_modules_that_change_the_vectors_are_refused(copy_of):
+    path = copy_of("colqwen2_engine")
+    write_modules(path, {"idx": 1, "name": "1", "path": "1_MultiVectorMask",
+                         "type": "sentence_transformers.models.MultiVectorMask"})
+    with pytest.raises(ModelError, match=r"module '1_MultiVectorMask' is a .*MultiVectorMask', which family ColQwen2 "
+                                         "does not apply"):
+        detect(path)
+    path.joinpath("modules.json").write_text(json.dumps([{**TRANSFORMER, "path": "0_Transformer"}]))
+    shutil.copytree(path, path / "0_Transformer", ignore=shutil.ignore_patterns("0_Transformer", "modules.json"))
+    with pytest.raises(ModelError, match=r"0_Transformer: a sentence-transformers Transformer module with weights"):
+        detect(path)
+    write_modules(path, {"idx": 1, "name": "1", "path": "1_CNN", "type": "sentence_transformers.models.CNN"})
+    with pytest.raises(ModelError, match="which tokembed does not apply"):
+        detect(path)
+
+
+def test_the_root_transformer_with_pooling_normalize_and_dropout_loads_to_the_same_vectors(built, copy_of):
+    path = copy_of("colqwen2")
+    write_modules(path, {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                  {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+                  {"idx": 3, "name": "3", "path": "", "type": "sentence_transformers.models.Dropout"})
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 16, "pooling_mode_mean_tokens": True}))
+    (path / "2_Normalize").mkdir()
+    assert detect(path) == "ColQwen2ForRetrieval"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    vectors = [document_vectors(load_model(folder, LoadOptions()), image) for folder in (built("colqwen2"), path)]
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+
+
+def document_vectors(model, image) -> np.ndarray:
+    settings = resolve(EncodeFlags(kind="document", store_dtype="float32"), model.colbert, model.max_length)
+    encoder = model.make_encoder(settings)
+    items = encoder.tokenize([image])
+    return encoder.finish(encoder.embed(encoder.collate(items)), items)[0][0]
+
+
+def test_encode_refuses_a_vision_checkpoint_with_a_dense_folder(copy_of, tmp_path, cli):
+    path = copy_of("colqwen2")
+    write_dense(path / "1_Dense")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 24), "white").save(images / "a.png")
+    result = cli("encode", images, "--model", path, "-o", tmp_path / "index", "--quiet")
+    assert result.exit_code == 4, result.output
+    assert f"{path / '1_Dense'}: a sentence-transformers module with weights" in result.stderr
+    assert not (tmp_path / "index").exists()
