@@ -139,3 +139,15 @@ def test_encode_refuses_a_vision_checkpoint_with_a_dense_folder(copy_of, tmp_pat
     assert result.exit_code == 4, result.output
     assert f"{path / '1_Dense'}: a sentence-transformers module with weights" in result.stderr
     assert not (tmp_path / "index").exists()
+
+
+def test_a_remote_code_saves_own_class_at_the_root_is_the_model_the_family_loads(copy_of):
+    # a remote-code checkpoint's modules.json may name its own class for the root module: the family reads that root
+    path = copy_of("tomoro")
+    root = {**TRANSFORMER, "type": "custom_st.Transformer"}
+    (path / "modules.json").write_text(json.dumps([root]))
+    assert detect(path) == BUILDERS["tomoro"][1]
+    (path / "modules.json").write_text(json.dumps([root, {**TRANSFORMER, "idx": 1, "name": "1", "path": "1_CNN",
+                                                          "type": "custom_st.CNN"}]))
+    with pytest.raises(ModelError, match="custom_st.CNN"):
+        detect(path)

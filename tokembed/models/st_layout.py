@@ -164,13 +164,15 @@ _KNOWN_MODULES = ("Transformer", "Dense", "MultiVectorMask", "Normalize", "Pooli
 def check_vision_modules(path: Path, family: str) -> None:
     """A vision family loads the checkpoint folder itself, with its own projection and per-token L2, and applies no
     sentence-transformers module: a module tree beside it may hold only what leaves its vectors as they are. That is
-    the ``Transformer`` at the folder's root (the model the family loads), ``Pooling`` (it pools into a sentence
+    the module at the folder's root (the model the family loads: a ``Transformer``, or a remote-code save's own
+    class), ``Pooling`` (it pools into a sentence
     vector, never a token vector), ``Dropout`` (off at inference) and ``Normalize`` (a sentence-level one never reaches
     the token vectors; a token-level one repeats the L2 the family already applies, a masked zero vector staying zero).
     Any other module (a ``Dense``, a ``MultiVectorMask`` that would drop vectors, a ``Transformer`` in a sub-folder)
     and any module folder with weights, listed or not, would be skipped: refused."""
     modules = read_modules(path)
-    check_module_types(path, modules)
+    # the module at the root is the model the family loads itself, whatever class a remote-code save names for it
+    check_module_types(path, [module for module in modules if _module_path(module)])
     for module in modules:
         if not _leaves_vision_vectors(module):
             _refuse_vision_module(path, module, family)
@@ -179,7 +181,7 @@ def check_vision_modules(path: Path, family: str) -> None:
 
 def _leaves_vision_vectors(module: dict) -> bool:
     name = _type_name(module)
-    return name in ("Pooling", "Normalize", "Dropout") or (name == "Transformer" and not _module_path(module))
+    return name in ("Pooling", "Normalize", "Dropout") or not _module_path(module)
 
 
 def _refuse_vision_module(path: Path, module: dict, family: str) -> None:
