@@ -8,6 +8,8 @@ Two ways in, one verdict (``require_complete``):
 * ``load_state_checked`` — a module tokembed builds itself from tensors it read (``load_state_dict``
   with ``strict=False`` gives the same two lists).
 
+Either way the module is built in the dtype asked for, every sub-model included (``building_in``, ``in_dtype``).
+
 Ignorable names are regular expressions matched at the start of a name (``re.match``), e.g. ``lm_head\\.``
 for a language-model head under a backbone, or ``mtp\\.`` for multi-token-prediction heads; an encoder saved with
 its task head (``ModernBertForMaskedLM``, ``ElectraForPreTraining``) has that head class's own tensors ignored by
@@ -19,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from tokembed.errors import LayoutMismatchError, ModelError
 
@@ -142,6 +145,8 @@ def from_pretrained_checked(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # tokembed reports what did not load, once, as one error
     try:
+        if kwargs.get("dtype") is not None:  # transformers sets it on declared sub-configs only: on all of them
+            kwargs["config"] = in_dtype(kwargs.get("config") or _config_of(model_class, path, kwargs), kwargs["dtype"])
         model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
     except ImportError as exc:
         raise missing_package_error(path, exc) from exc
@@ -189,13 +194,56 @@ def _meta_model(model_class: Any, path: Path, kwargs: dict) -> Any:
     import torch
 
     remote = {key: kwargs[key] for key in ("trust_remote_code",) if key in kwargs}
-    config = kwargs.get("config")
+    config = kwargs.get("config") or _config_of(model_class, path, kwargs)
     with torch.device("meta"):
         if hasattr(model_class, "_from_config"):  # a model class
-            return model_class._from_config(config or model_class.config_class.from_pretrained(path))
-        from transformers import AutoConfig  # an auto class (remote code)
+            return model_class._from_config(config)
+        return model_class.from_config(config, **remote)  # an auto class (remote code)
 
-        return model_class.from_config(config or AutoConfig.from_pretrained(path, **remote), **remote)
+
+def _config_of(model_class: Any, path: Path, kwargs: dict) -> Any:
+    """The config ``model_class.from_pretrained(path, **kwargs)`` reads."""
+    if hasattr(model_class, "config_class"):  # a model class
+        return model_class.config_class.from_pretrained(path)
+    from transformers import AutoConfig  # an auto class (remote code)
+
+    return AutoConfig.from_pretrained(path, **{key: kwargs[key] for key in ("trust_remote_code",) if key in kwargs})
+
+
+def in_dtype(config: Any, dtype: Any) -> Any:
+    """``config`` with its ``dtype`` and that of every config nested in it, at any depth, set to ``dtype``.
+
+    transformers 5 builds a sub-model (``AutoModel.from_config(config.text_config)``) in its own config's ``dtype``
+    where one is set, over torch's default dtype and over ``from_pretrained(dtype=...)`` for a sub-config the
+    config class does not declare. Qwen3-VL configs say "bfloat16" in text_config and vision_config: float32 weights
+    would land in bfloat16 parameters, rounded for good, whatever dtype the module is moved to afterwards."""
+    for each in _configs_in(config):
+        each.dtype = dtype
+    return config
+
+
+def _configs_in(config: Any) -> Iterator[Any]:
+    from transformers import PretrainedConfig
+
+    yield config
+    for value in vars(config).values():
+        if isinstance(value, PretrainedConfig):
+            yield from _configs_in(value)
+
+
+@contextmanager
+def building_in(dtype: Any, config: Any) -> Iterator[None]:
+    """Build a module from ``config`` (``in_dtype``) with every parameter in ``dtype``: no float32 copy of a model
+    run in bfloat16, and no stored value rounded through a narrower dtype than the one asked."""
+    import torch
+
+    in_dtype(config, dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def renamed(name: str, key_mapping: dict[str, str]) -> str:

@@ -222,7 +222,7 @@ def load_qwen3_vl(
     backbone (attention direction, final norm); ``output_submodule`` names the module whose output is the vector
     before normalization (``--no-normalize``), the projection by default.
     """
-    from tokembed.models.loading import load_state_checked
+    from tokembed.models.loading import building_in, load_state_checked
     from tokembed.models.vision_check import check_processor_fits
     from tokembed.models.weights import read_state
 
@@ -231,12 +231,8 @@ def load_qwen3_vl(
     state = read_state(path)
     proj = projection(config, state)  # float32, as every projection runs
     dtype = torch_dtype(options.dtype)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # the backbone is built in its compute dtype: no float32 copy of a 4B model
-    try:
+    with building_in(dtype, config):  # the backbone is built in its compute dtype, sub-models included
         model = Qwen3VLRetriever(config, layout, head, proj)
-    finally:
-        torch.set_default_dtype(previous)
     adapt(model)
     load_state_checked(model, state, path, ignore_unused=layout.ignore_unused)
     model.to(dtype).eval()
