@@ -101,18 +101,28 @@ def test_the_transformers_own_query_length_caps_and_does_not_set_the_expansion_w
         assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text
 
 
-@pytest.mark.parametrize("layout, change", [
-    ("pylate_bert", _backbone_query_length(20)),
-    ("st_native", set_keys("sentence_bert_config.json", query_length=20,
-                           query_expansion={"strategy": "fixed", "attend": False, "token": None, "length": 32})),
+EXPANSION_32 = {"strategy": "fixed", "attend": False, "token": None, "length": 32}
+
+
+@pytest.mark.parametrize("layout, change, named", [
+    ("pylate_bert", _backbone_query_length(20), "sentence_bert_config"),
+    ("st_native", set_keys("sentence_bert_config.json", query_length=20, query_expansion=EXPANSION_32),
+     "sentence_bert_config"),
+    # PyLate's flat query_length caps where the expansion comes from a query_expansion dict, not from it
+    ("pylate_bert", set_keys("config_sentence_transformers.json", query_expansion=EXPANSION_32, query_length=20),
+     "config_sentence_transformers"),
+    ("pylate_bert", both(set_keys("config_sentence_transformers.json", do_query_expansion=False, query_length=20),
+                         set_keys("sentence_bert_config.json", query_expansion=EXPANSION_32)),
+     "config_sentence_transformers"),
 ])
-def test_a_query_length_under_the_expansion_width_is_refused_as_the_reference_refuses_it(checkpoint, layout, change):
+def test_a_query_length_under_the_expansion_width_is_refused_as_the_reference_refuses_it(checkpoint, layout, change,
+                                                                                         named):
     from sentence_transformers import MultiVectorEncoder
 
     path = checkpoint(layout)
     change(path)
     with pytest.raises(ValueError, match="query_length=20 is smaller than query_expansion"):
         MultiVectorEncoder(str(path), device="cpu", local_files_only=True)
-    with pytest.raises(ModelError, match=r"sentence_bert_config\.json: query_length 20 is smaller than the query "
-                                         r"expansion length 32"):
+    with pytest.raises(ModelError, match=named + r"\.json: query_length 20 is smaller than the query expansion "
+                                                 r"length 32"):
         Embedder.load(str(path), EncodeFlags())

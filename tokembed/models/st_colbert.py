@@ -76,7 +76,7 @@ class STColBERT:
         backbone_settings = transformer_settings(path, modules)
         query_prefix, document_prefix, legacy = _prefixes(st_config)
         expansion = _expansion(st_config, backbone_settings)
-        _refuse_cap_under_expansion(path, modules, backbone_settings, expansion)
+        _refuse_cap_under_expansion(path, modules, st_config, backbone_settings, expansion)
         # A native save runs modules.json as written; PyLate and converted saves get a MultiVectorMask and a
         # token-level Normalize appended by MultiVectorEncoder.
         native = st_config.get("model_type") == "MultiVectorEncoder"
@@ -203,14 +203,21 @@ def _expansion(st_config: dict, backbone_settings: dict) -> dict[str, Any] | Non
     return expansion
 
 
-def _refuse_cap_under_expansion(path: Path, modules: list, backbone_settings: dict, expansion: dict | None) -> None:
-    """The Transformer's own ``query_length`` caps a query's text; under the expansion length, which pads every
-    query, the two contradict each other and sentence-transformers refuses the checkpoint at load."""
-    cap = backbone_settings.get("query_length")
-    if expansion is not None and cap is not None and cap < expansion["length"]:
+def _refuse_cap_under_expansion(path: Path, modules: list, st_config: dict, backbone_settings: dict,
+                                expansion: dict | None) -> None:
+    """The Transformer's ``query_length`` caps a query's text: its own key, else PyLate's flat one where that did not
+    become the expansion width (``_expansion``). Under the expansion width, which pads every query, the two
+    contradict each other and sentence-transformers refuses the checkpoint at load."""
+    if expansion is None:
+        return
+    source, cap = transformer_folder(path, modules) / "sentence_bert_config.json", backbone_settings.get("query_length")
+    translated = "query_expansion" not in backbone_settings and "query_expansion" not in st_config
+    if cap is None and not translated:
+        source, cap = path / "config_sentence_transformers.json", st_config.get("query_length")
+    if cap is not None and cap < expansion["length"]:
         raise ModelError(
-            f"{transformer_folder(path, modules) / 'sentence_bert_config.json'}: query_length {cap} is smaller than "
-            f"the query expansion length {expansion['length']}; sentence-transformers refuses this checkpoint",
+            f"{source}: query_length {cap} is smaller than the query expansion length {expansion['length']}; "
+            "sentence-transformers refuses this checkpoint",
             hint="drop query_length there, or raise it to the expansion length")
 
 

@@ -329,7 +329,7 @@ def refuse_queries_past_positions(model: TokenModel) -> None:
     source, key = model.query_width_setting
     raise ModelError(
         f"{source}: {key} {model.colbert.query_length} is more than this model's {model.position_limit} positions; "
-        "colbert-ai, PyLate and sentence-transformers pad every query to it and fail",
+        "colbert-ai, PyLate and sentence-transformers pad every query to it (past a table of positions they fail)",
         hint=f"set {key} to {model.position_limit} or less in {source.name}")
 
 
