@@ -123,3 +123,14 @@ def test_a_structure_without_kind_or_dim_still_reads(index, cli, tmp_path, seale
     found = results(cli, index, tmp_path, ("score", "score --exact", "info --verify"))
     assert all(result.exit_code == 0 for result in found.values()), {c: r.output for c, r in found.items()}
     assert found["score"].stdout == before
+
+
+@pytest.mark.parametrize("field, value", [("kind", "passage"), ("mode", "sparse")])
+def test_settings_of_a_kind_or_mode_this_release_does_not_know_are_refused(index, cli, tmp_path, field, value):
+    # every release wrote document/query and colbert/raw: another value (a later release's?) is not read as ours
+    data = manifest(index)
+    data["settings"][field] = value
+    write_manifest(index, data)
+    for command, result in results(cli, index, tmp_path, EVERY_READER).items():
+        assert result.exit_code == 6 and "Traceback" not in result.output, (command, result.output)
+        assert f"settings.{field} is {value!r}, not one this tokembed knows" in result.stderr, (command, result.stderr)

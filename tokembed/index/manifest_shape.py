@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from tokembed.errors import IndexCorruptError
 from tokembed.index.format import NBITS_CHOICES, SEARCH, SEARCH_KIND, SEARCH_SETTINGS, VECTORS, VECTORS_DROPPED
-from tokembed.settings import STORE_DTYPES
+from tokembed.settings import KINDS, MODES, STORE_DTYPES
 
 # the values a field may hold, where readers rely on more than its type: ``in`` and ``refusal`` (why a value is not)
 
@@ -102,8 +102,8 @@ FIELDS = (
     ("model.base.revision", str, OPTIONAL, None),
     ("model.base.fingerprint", str, REQUIRED, None),
     ("model.base.adapter_fingerprint", str, REQUIRED, None),
-    ("settings.kind", str, REQUIRED, None),
-    ("settings.mode", str, REQUIRED, None),
+    ("settings.kind", str, REQUIRED, _Known(KINDS)),  # every release wrote one of these
+    ("settings.mode", str, REQUIRED, _Known(MODES)),
     ("settings.dtype", str, REQUIRED, None),
     ("settings.normalize", bool, OPTIONAL, None),
     ("settings.pool_factor", NUMBER, OPTIONAL, _WHOLE_POSITIVE),
