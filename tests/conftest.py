@@ -24,6 +24,12 @@ os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 # What `import tokembed` sets (see tokembed/__init__.py); MKL reads it at its first call, and building a tiny
 # checkpoint may run one before tokembed is imported, which would leave in-process runs non-strict.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+# Ray's get / wait / kill / put run ray.init() when this process is not connected: an in-process test whose fakes
+# miss one started a local Ray head (agent processes left running after the suite), or retried the stale address
+# /tmp/ray/ray_current_cluster names from a thread still inside Ray's C++ client at exit ("terminate called after
+# throwing an instance of 'std::bad_alloc'", exit 134 after a green run). Read when ray is imported: such a call
+# now raises Ray's "not started" error instead. tokembed itself connects explicitly (``ray_cluster.connect``).
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parent.parent

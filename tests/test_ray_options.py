@@ -221,11 +221,16 @@ def test_actors_start_in_utf8_mode_and_one_that_is_not_refuses_a_name_it_would_m
     monkeypatch.setattr(ray_runner, "connect", lambda address: ("127.0.0.1:1", False))
     monkeypatch.setattr(ray_runner, "plan_actors", lambda devices: ActorPlan(1, 1, 0, 1, spread=False))
     monkeypatch.setattr(ray, "remote", lambda cls: ActorClass())
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns, timeout: (refs, []))  # the runner's ready watch
     monkeypatch.setattr(ray, "kill", lambda actor, no_restart: None)
     spec = SimpleNamespace(fingerprint="f", weights_sha256="w", settings=None)
     job = SimpleNamespace(output=tmp_path / "index", batch_tokens=64, devices="cpu", ray_address=None)
-    ray_runner.RayRunner(spec, job, encoder=None).close()
+    runner = ray_runner.RayRunner(spec, job, encoder=None)
+    runner.close()
     assert started["runtime_env"]["env_vars"]["PYTHONUTF8"] == "1"  # the env Ray starts the actor's interpreter with
+    # The ready watch called the real ray.wait, which ran ray.init() in its thread: a local Ray head, or a stale
+    # /tmp/ray/ray_current_cluster retried, still going at interpreter exit (an abort, exit 134, after "passed").
+    assert not runner._ready_watch.is_alive() and not ray.is_initialized()
 
     monkeypatch.setattr(ray_runner, "names_read_as_utf8", lambda: False)
     threads = torch.get_num_threads()
