@@ -126,3 +126,15 @@ def test_a_query_length_under_the_expansion_width_is_refused_as_the_reference_re
     with pytest.raises(ModelError, match=named + r"\.json: query_length 20 is smaller than the query expansion "
                                                  r"length 32"):
         Embedder.load(str(path), EncodeFlags())
+
+
+def test_a_flat_query_length_beside_a_transformers_own_expansion_is_no_cap(checkpoint):
+    # sentence-transformers folds the flat key into an expansion of its own, which the saved one overrides: no cap
+    path = checkpoint("st_native")
+    expansion = json.loads((path / "sentence_bert_config.json").read_text())["query_expansion"]
+    set_keys("config_sentence_transformers.json", query_length=expansion["length"] // 2)(path)
+    expected = reference_outputs(path, TEXTS, "query")
+    got = Embedder.load(str(path), EncodeFlags(kind="query", store_dtype="float32")).embed(TEXTS, batch_tokens=64)
+    for text, (ref_ids, ref_vecs), (vecs, ids) in zip(TEXTS, expected, got):
+        assert ids.tolist() == ref_ids.tolist(), text
+        assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text

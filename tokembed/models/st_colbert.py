@@ -205,14 +205,16 @@ def _expansion(st_config: dict, backbone_settings: dict) -> dict[str, Any] | Non
 
 def _refuse_cap_under_expansion(path: Path, modules: list, st_config: dict, backbone_settings: dict,
                                 expansion: dict | None) -> None:
-    """The Transformer's ``query_length`` caps a query's text: its own key, else PyLate's flat one where that did not
-    become the expansion width (``_expansion``). Under the expansion width, which pads every query, the two
+    """The Transformer's ``query_length`` caps a query's text: its own key, else PyLate's flat one where
+    sentence-transformers passes that on to it. Under the expansion width, which pads every query, the two
     contradict each other and sentence-transformers refuses the checkpoint at load."""
     if expansion is None:
         return
     source, cap = transformer_folder(path, modules) / "sentence_bert_config.json", backbone_settings.get("query_length")
-    translated = "query_expansion" not in backbone_settings and "query_expansion" not in st_config
-    if cap is None and not translated:
+    # MultiVectorEncoder moves the flat key into a query_expansion it builds from PyLate's keys, unless the file has
+    # its own query_expansion or turns expansion off: there the key is passed on to the Transformer as its cap
+    flat_caps = "query_expansion" in st_config or st_config.get("do_query_expansion") is False
+    if cap is None and flat_caps:
         source, cap = path / "config_sentence_transformers.json", st_config.get("query_length")
     if cap is not None and cap < expansion["length"]:
         raise ModelError(
