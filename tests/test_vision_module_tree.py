@@ -96,9 +96,12 @@ def test_modules_that_change_the_vectors_are_refused(copy_of):
     path = copy_of("colqwen2_engine")
     write_modules(path, {"idx": 1, "name": "1", "path": "1_MultiVectorMask",
                          "type": "sentence_transformers.models.MultiVectorMask"})
-    with pytest.raises(ModelError, match=r"module '1_MultiVectorMask' is a .*MultiVectorMask', which family ColQwen2 "
-                                         "does not apply"):
-        detect(path)
+    (path / "1_MultiVectorMask").mkdir()
+    for dropping in ({"skiplist_words": ["."]}, {"keep_only_token_ids": [1, 2]}):  # a mask that drops vectors
+        (path / "1_MultiVectorMask" / "config.json").write_text(json.dumps(dropping))
+        with pytest.raises(ModelError, match=r"module '1_MultiVectorMask' is a .*MultiVectorMask', which family "
+                                             "ColQwen2 does not apply"):
+            detect(path)
     path.joinpath("modules.json").write_text(json.dumps([{**TRANSFORMER, "path": "0_Transformer"}]))
     shutil.copytree(path, path / "0_Transformer", ignore=shutil.ignore_patterns("0_Transformer", "modules.json"))
     with pytest.raises(ModelError, match=r"0_Transformer: a sentence-transformers Transformer module with weights"):
@@ -151,3 +154,16 @@ def test_a_remote_code_saves_own_class_at_the_root_is_the_model_the_family_loads
                                                           "type": "custom_st.CNN"}]))
     with pytest.raises(ModelError, match="custom_st.CNN"):
         detect(path)
+
+
+def test_a_sentence_transformers_save_of_a_vision_checkpoint_loads_to_the_same_vectors(built, tmp_path):
+    # MultiVectorEncoder saves a *ForRetrieval checkpoint with a MultiVectorMask that keeps the attention mask
+    from sentence_transformers import MultiVectorEncoder
+
+    saved = tmp_path / "st-saved"
+    MultiVectorEncoder(str(built("colqwen2")), device="cpu", local_files_only=True).save(str(saved))
+    assert [module["path"] for module in json.loads((saved / "modules.json").read_text())] == ["", "1_MultiVectorMask"]
+    assert detect(saved) == "ColQwen2ForRetrieval"
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    vectors = [document_vectors(load_model(folder, LoadOptions()), image) for folder in (built("colqwen2"), saved)]
+    np.testing.assert_array_equal(vectors[0], vectors[1])

@@ -165,22 +165,26 @@ def check_vision_modules(path: Path, family: str) -> None:
     """A vision family loads the checkpoint folder itself, with its own projection and per-token L2, and applies no
     sentence-transformers module: a module tree beside it may hold only what leaves its vectors as they are. That is
     the module at the folder's root (the model the family loads: a ``Transformer``, or a remote-code save's own
-    class), ``Pooling`` (it pools into a sentence
-    vector, never a token vector), ``Dropout`` (off at inference) and ``Normalize`` (a sentence-level one never reaches
-    the token vectors; a token-level one repeats the L2 the family already applies, a masked zero vector staying zero).
-    Any other module (a ``Dense``, a ``MultiVectorMask`` that would drop vectors, a ``Transformer`` in a sub-folder)
-    and any module folder with weights, listed or not, would be skipped: refused."""
+    class), ``Pooling`` (it pools into a sentence vector, never a token vector), ``Dropout`` (off at inference),
+    ``Normalize`` (a sentence-level one never reaches the token vectors; a token-level one repeats the L2 the family
+    already applies, a masked zero vector staying zero) and a ``MultiVectorMask`` with no skiplist and no
+    ``keep_only_token_ids`` (it keeps the attention mask: what sentence-transformers 6.2 saves for a
+    ``*ForRetrieval`` checkpoint). Any other module (a ``Dense``, a mask that drops vectors, a ``Transformer`` in a
+    sub-folder) and any module folder with weights, listed or not, would be skipped: refused."""
     modules = read_modules(path)
     # the module at the root is the model the family loads itself, whatever class a remote-code save names for it
     check_module_types(path, [module for module in modules if _module_path(module)])
     for module in modules:
-        if not _leaves_vision_vectors(module):
+        if not _leaves_vision_vectors(path, module):
             _refuse_vision_module(path, module, family)
     check_module_folders_listed(path, modules, hint=_VISION_HINT)
 
 
-def _leaves_vision_vectors(module: dict) -> bool:
+def _leaves_vision_vectors(path: Path, module: dict) -> bool:
     name = _type_name(module)
+    if name == "MultiVectorMask":
+        config = read_json(path / _module_path(module) / "config.json") or {}
+        return not config.get("skiplist_words") and not config.get("keep_only_token_ids")
     return name in ("Pooling", "Normalize", "Dropout") or not _module_path(module)
 
 
