@@ -204,6 +204,7 @@ def test_a_cached_xml_changed_where_it_still_parses_is_converted_again(cache, mo
     assert_close(expected, got)
 
 
+@pytest.mark.slow  # a conversion again, as the weights changed in place are (run by default)
 def test_a_cache_entry_whose_record_covers_the_weights_alone_is_converted_again(cache, monkeypatch, caplog):
     """An entry kept before the .xml was checked too: its .xml was never checked, so it is not trusted."""
     embed(monkeypatch, "openvino")
