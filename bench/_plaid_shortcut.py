@@ -7,9 +7,10 @@ by lookup. k-means runs on the pool's distinct vectors (what a sample of the ind
 
 Then ``compress_index`` itself finishes the build through its resume path: it takes the codec named by
 ``plaid/pending.json`` and every code file already on disk under its name beside the record a coding run
-leaves (``write_coding_figures``: the file's sha256 and its tokens' residual norms, here every token coded
-from the pool), checks and lists them, and commits the manifest (``retrain``: on an index that already has a
-structure, the pending codec replaces it rather than the committed one being kept); the build stops if compress
+leaves (``write_coding_figures``: the file's sha256, its tokens' residual norms, here every token coded
+from the pool, and the committed manifest it replaces), checks and lists them, and commits the manifest
+(``retrain``: on an index that already has a structure, the pending codec replaces it rather than the committed
+one being kept); the build stops if compress
 wrote any code file itself. Before that, the codes of a slice of the first shard are coded by the codec itself
 and must equal the assembled ones byte for byte. Use: ``bench/search.py --docs 1000000 --pool-codes``,
 where k-means and coding of ~56M tokens by ``compress`` would take hours on 2 cores.
@@ -44,7 +45,7 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
     from tokembed.search.plaid.build import PENDING
     from tokembed.search.plaid.codec import KMEANS_ITERATIONS, KMEANS_SEED, codec_id, train
     from tokembed.search.plaid.codes import CODES_DIR, ShardCodes, codes_name, inverted_lists
-    from tokembed.search.plaid.files import write_coding_figures, write_tensors
+    from tokembed.search.plaid.files import committed_generation, write_coding_figures, write_tensors
     from tokembed.search.plaid.report import structure_facts
 
     started = time.perf_counter()
@@ -64,6 +65,7 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
                 + (f" (codec {Path(codec_file).name}, trained by an earlier build)" if codec_file else "")}
     atomic_write_bytes(folder / PENDING, json.dumps({"key": key, "codec": entry, "centroids": codec.k, "training": training}).encode())
     positions = pool_positions(real, index.rows, seed=1)
+    replacing = committed_generation(folder)  # the generation compress_index replaces next
     assembled_files = {}  # path -> inode: compress rewriting a file (temp, rename) gives it another
     for number, shard in enumerate(index.shards):
         rows = [next(positions) for _ in range(shard["rows"])]
@@ -76,7 +78,7 @@ def build(folder: str, real_file: str, centroids: str, codec_file: str = "") -> 
         codes = ShardCodes(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ids, residuals, offsets, lists,
                            codec.id_bits)
         path = folder / codes_name(shard["sha256"], entry["sha256"])
-        write_coding_figures(path, len(ids), float(pool_norms[where].sum(dtype=np.float64)), codes.write(path))
+        write_coding_figures(path, len(ids), float(pool_norms[where].sum(dtype=np.float64)), codes.write(path), replacing)
         assembled_files[path] = path.stat().st_ino
     assembled = time.perf_counter()
     summary = compress_index(folder, nbits=2, centroids=k, retrain=True)  # resumes: takes the codec and the code files

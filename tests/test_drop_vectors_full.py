@@ -7,10 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 from pathlib import Path
 
+import pytest
+
 from helpers import manifest, write_jsonl
-from plaid_support import corpus_rows, edited
+from plaid_support import corpus_rows, edited, tokembed
 
 
 def test_a_full_run_on_a_compressed_only_index_commits_the_code_files_it_vouches_for(tmp_path, cli, checkpoint):
@@ -77,6 +80,33 @@ def test_a_full_run_counts_as_drift_only_the_rows_it_codes_anew(tmp_path, cli, c
     assert retrained["codec"] != built["codec"] and retrained["drift"]["tokens_coded_since_training"] == 0
     assert retrained["last_run"] == {"coded_tokens": tokens, "carried_tokens": 0}
 
+
+@pytest.mark.slow  # real encode subprocesses (torch import, model load)
+@pytest.mark.parametrize("kill_at", ["commit", "committed"])
+def test_a_full_run_killed_at_its_commit_counts_its_coded_tokens_once(tmp_path, cli, checkpoint, kill_at):
+    """Killed after its commit, before its clean-up, a --full of a compressed-only index left its code files (named
+    for its shards with vectors) and their .coded.json figures; the next identical --full wrote the same shards,
+    took those figures as a killed run's to resume from and counted the committed run's coded tokens a second time.
+    Killed before its commit, the rerun still takes them: the same drift as an uninterrupted run."""
+    rows = corpus_rows(60)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", rows)
+    reference, folder, model = tmp_path / "reference", tmp_path / "index", checkpoint("raw_encoder")
+    common = ["--model", model, "--shard-rows", 25, "-q"]
+    assert cli("encode", corpus, "-o", folder, "--nbits", 2, "--drop-vectors", *common).exit_code == 0
+    shutil.copytree(folder, reference)
+    write_jsonl(corpus, edited(rows))
+    assert cli("encode", corpus, "-o", reference, "--full", *common).exit_code == 0
+    killed = tokembed("encode", corpus, "-o", folder, "--full", *common, env={"TOKEMBED_TEST_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL
+    assert list((folder / "plaid").glob("*.coded.json"))  # the figures the killed run left
+    assert cli("encode", corpus, "-o", folder, "--full", *common).exit_code == 0
+    got, want = manifest(folder)["search"], manifest(reference)["search"]
+    assert want["drift"]["tokens_coded_since_training"] > 0
+    assert got["drift"] == want["drift"] and got["codec"] == want["codec"]
+    rerun = {"coded_tokens": 0, "carried_tokens": manifest(folder)["totals"]["tokens"]}  # a second --full, coding none
+    assert got["last_run"] == (want["last_run"] if kill_at == "commit" else rerun)
+    assert not list((folder / "plaid").glob("*.coded.json"))
+    assert cli("info", folder, "--verify").exit_code == 0
 
 def _change_weights(model: Path) -> None:
     """One tensor of the checkpoint halved: another model, to the index's weights digest."""

@@ -62,6 +62,26 @@ def test_a_chosen_centroid_count_outlives_a_retrain_on_fewer_tokens(tmp_path, cl
     assert manifest(out)["search"]["centroids"] == 300
 
 
+
+def test_a_chosen_centroid_count_outlives_a_night_with_no_rows(tmp_path, cli):
+    """The empty generation's search_settings kept nbits and drop_vectors only: the next run with rows built the
+    structure with the default count for its size, and the choice was lost for every later retrain."""
+    from tokembed.search.plaid.codec import default_centroids
+
+    rows = write_parquet(tmp_path / "rows.parquet", corpus_rows(40))
+    empty = write_parquet(tmp_path / "empty.parquet", [])
+    out = tmp_path / "index"
+    assert cli("encode", rows, "-o", out, "-q").exit_code == 0
+    assert cli("compress", out, "--centroids", 8, "-q").exit_code == 0
+    assert default_centroids(manifest(out)["totals"]["tokens"]) != 8  # the case tested
+    for _ in range(2):  # two nights with no input: the choice is kept with the other settings
+        assert cli("encode", empty, "-o", out, "-q").exit_code == 0
+        assert manifest(out)["search_settings"] == {"nbits": 2, "drop_vectors": False, "centroids_asked": 8}
+    assert cli("encode", rows, "-o", out, "-q").exit_code == 0
+    search = manifest(out)["search"]
+    assert search["centroids"] == 8 and search["training"]["centroids_asked"] == 8
+    assert "search_settings" not in manifest(out)
+
 def test_an_explicit_centroid_count_equal_to_the_current_one_is_recorded(tmp_path, cli):
     from tokembed.search.plaid.codec import default_centroids
 

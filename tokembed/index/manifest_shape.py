@@ -119,6 +119,7 @@ FIELDS = (
     (SEARCH_SETTINGS, dict, OPTIONAL, None),
     (f"{SEARCH_SETTINGS}.nbits", int, REQUIRED, _NBITS),
     (f"{SEARCH_SETTINGS}.drop_vectors", bool, REQUIRED, None),
+    (f"{SEARCH_SETTINGS}.centroids_asked", int, OPTIONAL, _POSITIVE),
     # the search structure (``tokembed.search.plaid``): search, info, and the runs that carry or retrain it
     (SEARCH, dict, OPTIONAL, None),
     (f"{SEARCH}.kind", str, OPTIONAL, _Known((SEARCH_KIND,))),  # every release wrote it; another kind is not searched as plaid

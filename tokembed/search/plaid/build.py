@@ -10,8 +10,10 @@ shard of the new generation its code file:
   (same id and content hash) and coding the others with the existing centroids; a full rebuild codes every
   row, and counts those it codes to the codes the replaced generation holds for them as carried (drift);
 * a code file already on disk under its name is kept (resume) only when its ``.coded.json`` records the bytes and
-  sha256 it was written with by a run that died (or this run's writer) and it still has them; any other file under
-  that name (a committed one that a retrain's identical centroids name again, or one damaged since) is coded again.
+  sha256 it was written with by a run that died before its commit (or this run's writer), replacing the generation
+  still committed, and it still has them; any other file under that name (a committed one that a retrain's identical
+  centroids name again, one left by a run killed after its commit, whose tokens the committed drift counts already,
+  or one damaged since) is coded again.
 
 Every shard read, to train or to code, is first checked against its sha256 in the manifest (once per change of
 the file): the code files of a damaged shard would be committed under a manifest that vouches for them.
@@ -34,15 +36,16 @@ import numpy as np
 from tokembed._testhooks import fault_point
 from tokembed.errors import BadInputError, IndexCorruptError
 from tokembed.index.atomic import atomic_write_bytes, remove_unused
-from tokembed.index.format import SEARCH, SEARCH_KIND, VECTORS, VECTORS_DROPPED, vectors_dropped
+from tokembed.index.format import SEARCH, SEARCH_KIND, SEARCH_SETTINGS, VECTORS, VECTORS_DROPPED, vectors_dropped
 from tokembed.search.plaid import codec as codec_mod
 from tokembed.search.plaid.codec import Codec
 from tokembed.search.plaid.codes import CODES_DIR, CodingStats, StoredCodes, code_shard, codes_name, shard_codes_name
 from tokembed.search.plaid.retrain import (RETRAIN_NORM_RATIO, RETRAIN_SHARE, StructureOptions, drift_only,
                                            keep_centroids_without_vectors, refuse_unit_codes_without_vectors,
                                            retrain_reason, same_encoding, update_drift)
-from tokembed.search.plaid.files import (check_codec_agrees, check_structure_lists_shards, map_tensors, verify_file,
-                                         verify_files, write_coding_figures, write_tensors, written_whole)
+from tokembed.search.plaid.files import (check_codec_agrees, check_structure_lists_shards, committed_generation,
+                                         map_tensors, verify_file, verify_files, write_coding_figures, write_tensors,
+                                         written_whole)
 
 PENDING = f"{CODES_DIR}/pending.json"
 DEFAULT_NBITS = 2
@@ -94,17 +97,19 @@ def refresh_structure(folder: Path, manifest: dict, committed: dict | None, opti
     else:
         if old is not None:
             log(f"training new centroids: {reason}")
-        codec, codec_entry, training = _trained_codec(folder, index, nbits, _centroids_asked(options, old),
+        codec, codec_entry, training = _trained_codec(folder, index, nbits, _centroids_asked(options, committed),
                                                       options.centroids is None, norms, log)
         drift, old, previous = None, None, None  # codes of other centroids cannot be carried
     stats, entries = CodingStats(), []
     carry = _CarryFromPrevious(folder, previous, old) if previous is not None and old is not None else None
     alike = _CodedBefore(folder, replaced, old) if carry is None and replaced is not None and old is not None else None
     listed = {shard_codes_name(entry): entry for entry in (old or {}).get("shards", [])}
+    replacing = committed_generation(folder)
     if progress is not None:
         progress.start(index.rows, "coding")
     for number, shard in enumerate(index.shards):
-        entries.append(_shard_codes(folder, index, shard, codec, codec_entry["sha256"], listed, carry, stats, alike))
+        entries.append(_shard_codes(folder, index, shard, codec, codec_entry["sha256"], listed, carry, stats, alike,
+                                    replacing))
         fault_point("codes", number + 1)
         if progress is not None:
             progress.advance(shard["rows"], shard["tokens"])
@@ -149,13 +154,23 @@ def _in_memory(tensors: dict, metadata: dict) -> Codec:
     return Codec.from_tensors({k: np.array(v) for k, v in tensors.items()}, metadata)
 
 
-def _centroids_asked(options: StructureOptions, old: dict | None) -> int | None:
+def _centroids_asked(options: StructureOptions, committed: dict | None) -> int | None:
     """The centroid count asked for, recorded as ``training.centroids_asked``: ``--centroids`` if given, else the
-    one an earlier run was asked for (a cron run's retrain keeps a chosen count), else None (the default for the
-    index's size)."""
+    one an earlier run was asked for (``centroids_choice``: a cron run's retrain keeps a chosen count), else None
+    (the default for the index's size)."""
     if options.centroids is not None:
         return options.centroids
-    return ((old or {}).get("training") or {}).get("centroids_asked")
+    return centroids_choice(committed)
+
+
+def centroids_choice(committed: dict | None) -> int | None:
+    """The centroid count ``--centroids`` last asked for on the index whose manifest is ``committed`` (None: none
+    was): its structure's ``training.centroids_asked``, or where an empty generation has no structure, its
+    ``search_settings``' (kept for the next run with rows)."""
+    structure = (committed or {}).get(SEARCH)
+    if structure:
+        return (structure.get("training") or {}).get("centroids_asked")
+    return ((committed or {}).get(SEARCH_SETTINGS) or {}).get("centroids_asked")
 
 
 def _with_choice(training: dict, centroids: int | None) -> dict:
@@ -223,7 +238,8 @@ def _sample_tokens(index, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- code files
 
 
-def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: CodingStats, alike=None) -> dict:
+def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: CodingStats, alike,
+                 replacing: str | None) -> dict:
     name = codes_name(shard["sha256"], codec_sha)
     base = {"shard": shard["file"], "file": name, "rows": shard["rows"], "tokens": shard["tokens"]}
     if name in listed:  # the shard did not change: its code file stays as it is (under its own name)
@@ -234,7 +250,7 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
             return {**base, "file": committed["file"], "bytes": committed["bytes"], "sha256": committed["sha256"]}
         except IndexCorruptError as exc:  # missing, or damaged since its commit: coded again (as --full would)
             _refuse_without_vectors(index, exc)  # the committed file stays until the new one replaces it whole
-    figures = written_whole(folder, name)
+    figures = written_whole(folder, name, replacing)
     if figures is not None:  # written whole, and unchanged since, by a run that died before its commit or this run's writer
         stats.add(CodingStats(figures["coded_tokens"], shard["tokens"] - figures["coded_tokens"], figures["residual_norm_sum"]))
         return {**base, "bytes": figures["bytes"], "sha256": figures["sha256"]}
@@ -245,7 +261,7 @@ def _shard_codes(folder, index, shard, codec, codec_sha, listed, carry, stats: C
         if lookup is not None:
             lookup.release()
     entry = codes.write(folder / name)
-    write_coding_figures(folder / name, mine.coded_tokens, mine.residual_norm_sum, entry)
+    write_coding_figures(folder / name, mine.coded_tokens, mine.residual_norm_sum, entry, replacing)
     stats.add(mine)
     return {**base, **entry}
 

@@ -34,7 +34,8 @@ from tokembed.index.format import MANIFEST, SEARCH, SEARCH_SETTINGS, vectors_dro
 from tokembed.index.previous import PreviousIndex
 from tokembed.index.writer import IndexWriter
 from tokembed.search.plaid.codes import CodeParts, CodingStats, StoredCodes, assemble, codes_name, vector_lengths
-from tokembed.search.plaid.files import check_structure_lists_shards, coding_figures_path, write_coding_figures, written_whole
+from tokembed.search.plaid.files import (check_structure_lists_shards, coding_figures_path, committed_generation,
+                                         write_coding_figures, written_whole)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def run_structure(folder: Path, manifest: dict, committed: dict | None, previous
     could not read it (``--full`` is how a damaged index is rebuilt: its structure then comes back with ``--nbits``);
     ``replaced``: its ``PreviousIndex``, whose rows a full rebuild codes to the same codes again count as carried
     (a compressed-only index's shards are written anew, so no shard keeps its code file by name)."""
-    from tokembed.search.plaid.build import DEFAULT_NBITS, StructureOptions, refresh_structure
+    from tokembed.search.plaid.build import DEFAULT_NBITS, StructureOptions, centroids_choice, refresh_structure
     from tokembed.search.plaid.drop import drop_vectors as without_vectors
 
     remembered = (committed or {}).get(SEARCH_SETTINGS) or {}
@@ -150,6 +151,9 @@ def run_structure(folder: Path, manifest: dict, committed: dict | None, previous
     if manifest["totals"]["tokens"] == 0 and (nbits is not None or (committed or {}).get(SEARCH) or remembered):
         # nothing to train on; centroids of rows that are gone would be kept for the next rows: none are
         settings = {"nbits": nbits or ((committed or {}).get(SEARCH) or remembered)["nbits"], "drop_vectors": drop}
+        asked = centroids_choice(committed)  # a --centroids choice applies again once rows come back
+        if asked is not None:
+            settings["centroids_asked"] = asked
         log("the index holds no tokens: no search structure until a run brings rows, which builds it again")
         return {**{key: value for key, value in manifest.items() if key != SEARCH}, SEARCH_SETTINGS: settings}
     nbits = nbits or remembered.get("nbits")
@@ -200,6 +204,7 @@ class CodedWriter(IndexWriter):
         self.store_dtype = np.dtype(store_dtype)
         self.codec, self.codec_sha = previous.codec, previous.codec_sha
         self.committed_codes = {entry["file"] for entry in previous.index.manifest[SEARCH]["shards"]}  # checked before carrying
+        self.replacing = committed_generation(folder)
         self.stats = CodingStats()  # the run's, shard by shard as each closes
         self._shard = CodingStats()  # the open shard's
         self._parts = CodeParts()
@@ -244,10 +249,10 @@ class CodedWriter(IndexWriter):
         info = super().close_shard()
         if info is not None:
             name = codes_name(info.sha256, self.codec_sha)
-            if name not in self.committed_codes and written_whole(self.folder, name) is None:  # else: these codes already
+            if name not in self.committed_codes and written_whole(self.folder, name, self.replacing) is None:  # else: these codes already
                 path = self.folder / name
                 entry = assemble(self._parts, self.codec).write(path)
-                write_coding_figures(path, self._shard.coded_tokens, self._shard.residual_norm_sum, entry)
+                write_coding_figures(path, self._shard.coded_tokens, self._shard.residual_norm_sum, entry, self.replacing)
                 self._code_files.append(path)
             self.stats.add(self._shard)
             self._parts, self._shard = CodeParts(), CodingStats()

@@ -18,6 +18,7 @@ import numpy as np
 
 from tokembed.errors import IndexCorruptError
 from tokembed.index.atomic import atomic_write_bytes, replacing, sha256_file, write_error
+from tokembed.index.format import MANIFEST
 from tokembed.open_files import descriptors_named
 
 _DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "I64": np.int64, "F16": np.float16, "F32": np.float32, "F64": np.float64}
@@ -202,27 +203,44 @@ def check_codec_agrees(path: Path, tensors: dict, metadata: dict, structure: dic
         raise IndexCorruptError(f"{path}: the codec has dim {found['dim']}; the manifest says the index's vectors have dim {index.dim}")
 
 
-def write_coding_figures(code_file: Path, coded_tokens: int, residual_norm_sum: float, entry: dict) -> None:
-    """Beside a code file, once it is written whole: its ``entry`` (bytes, sha256) and how many of its tokens this
-    run coded (the rest were carried), so that a run resuming after a crash keeps the file only while its bytes are
-    the ones written (``written_whole``) and counts its tokens as coded, not carried (the manifest's drift)."""
+def write_coding_figures(code_file: Path, coded_tokens: int, residual_norm_sum: float, entry: dict,
+                         generation: str | None) -> None:
+    """Beside a code file, once it is written whole: its ``entry`` (bytes, sha256), how many of its tokens this
+    run coded (the rest were carried) and ``generation``, the one the run replaces (``committed_generation``), so
+    that a run resuming after a crash keeps the file only while its bytes are the ones written and nothing was
+    committed since (``written_whole``), and counts its tokens as coded, not carried (the manifest's drift)."""
     data = {"coded_tokens": coded_tokens, "residual_norm_sum": residual_norm_sum,
-            "bytes": entry["bytes"], "sha256": entry["sha256"]}
+            "bytes": entry["bytes"], "sha256": entry["sha256"], "replacing": generation}
     atomic_write_bytes(coding_figures_path(code_file), json.dumps(data).encode())
 
 
-def written_whole(folder: Path, name: str) -> dict | None:
-    """The coding figures of the code file ``name`` (relative to the index ``folder``) that a run (this one, or one killed before its commit) wrote whole and that
-    still has the bytes it was written with; None for any other file under that name (no figures: a committed file,
-    an older release's leftover, a run killed before it wrote them; or bytes changed since: bit rot), to code again."""
+def written_whole(folder: Path, name: str, generation: str | None) -> dict | None:
+    """The coding figures of the code file ``name`` (relative to the index ``folder``) that a run replacing the
+    committed ``generation`` (this one, or one killed before its commit) wrote whole and that still has the bytes it
+    was written with; None for any other file under that name, to code again: no figures (a committed file, an older
+    release's leftover, a run killed before it wrote them), figures of a run that committed (killed before its
+    clean-up removed them: its tokens are in the committed drift already), or bytes changed since (bit rot)."""
     try:
         data = json.loads(coding_figures_path(folder / name).read_text())
+        if data["replacing"] != generation:
+            return None
         figures = {"coded_tokens": int(data["coded_tokens"]), "residual_norm_sum": float(data["residual_norm_sum"]),
                    "bytes": int(data["bytes"]), "sha256": str(data["sha256"])}
         verify_files(folder, [{"file": name, "bytes": figures["bytes"], "sha256": figures["sha256"]}], checksum=True)
     except (OSError, ValueError, KeyError, TypeError, IndexCorruptError):
         return None
     return figures
+
+
+def committed_generation(folder: Path) -> str | None:
+    """The sha256 of the index's committed manifest (None: none on disk, or unreadable): the generation a run
+    replaces, read once per run under the writer lock. Every commit replaces the manifest, so code files whose
+    figures name another generation were written by a run that committed since, or by one replacing another (a
+    commit of the very same bytes would change nothing a run codes against)."""
+    try:
+        return sha256_file(folder / MANIFEST)
+    except OSError:
+        return None
 
 
 def coding_figures_path(code_file: Path) -> Path:
