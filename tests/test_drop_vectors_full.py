@@ -81,8 +81,8 @@ def test_a_full_run_counts_as_drift_only_the_rows_it_codes_anew(tmp_path, cli, c
     assert retrained["last_run"] == {"coded_tokens": tokens, "carried_tokens": 0}
 
 
-@pytest.mark.slow  # real encode subprocesses (torch import, model load)
-@pytest.mark.parametrize("kill_at", ["commit", "committed"])
+# real encode subprocesses (torch import, model load): the kill before the commit, as other resume tests, is slow
+@pytest.mark.parametrize("kill_at", [pytest.param("commit", marks=pytest.mark.slow), "committed"])
 def test_a_full_run_killed_at_its_commit_counts_its_coded_tokens_once(tmp_path, cli, checkpoint, kill_at):
     """Killed after its commit, before its clean-up, a --full of a compressed-only index left its code files (named
     for its shards with vectors) and their .coded.json figures; the next identical --full wrote the same shards,
