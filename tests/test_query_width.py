@@ -138,3 +138,16 @@ def test_a_flat_query_length_beside_a_transformers_own_expansion_is_no_cap(check
     for text, (ref_ids, ref_vecs), (vecs, ids) in zip(TEXTS, expected, got):
         assert ids.tolist() == ref_ids.tolist(), text
         assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text
+
+
+def test_a_flat_query_length_beside_a_transformers_null_expansion_cuts_nothing(checkpoint):
+    # the Transformer's query_expansion: null overrides the expansion sentence-transformers folds the flat key into
+    path = checkpoint("pylate_bert")
+    both(set_keys("config_sentence_transformers.json", query_length=8),
+         set_keys("sentence_bert_config.json", query_expansion=None))(path)
+    expected = reference_outputs(path, TEXTS, "query")
+    got = Embedder.load(str(path), EncodeFlags(kind="query", store_dtype="float32")).embed(TEXTS, batch_tokens=64)
+    assert max(len(ids) for ids, _ in expected) > 8
+    for text, (ref_ids, ref_vecs), (vecs, ids) in zip(TEXTS, expected, got):
+        assert ids.tolist() == ref_ids.tolist(), text
+        assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text

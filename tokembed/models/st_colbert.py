@@ -211,10 +211,7 @@ def _refuse_cap_under_expansion(path: Path, modules: list, st_config: dict, back
     if expansion is None:
         return
     source, cap = transformer_folder(path, modules) / "sentence_bert_config.json", backbone_settings.get("query_length")
-    # MultiVectorEncoder moves the flat key into a query_expansion it builds from PyLate's keys, unless the file has
-    # its own query_expansion or turns expansion off: there the key is passed on to the Transformer as its cap
-    flat_caps = "query_expansion" in st_config or st_config.get("do_query_expansion") is False
-    if cap is None and flat_caps:
+    if cap is None and _flat_key_caps(st_config):
         source, cap = path / "config_sentence_transformers.json", st_config.get("query_length")
     if cap is not None and cap < expansion["length"]:
         raise ModelError(
@@ -224,9 +221,17 @@ def _refuse_cap_under_expansion(path: Path, modules: list, st_config: dict, back
 
 
 def _query_length(st_config: dict, backbone_settings: dict) -> int | None:
-    """Without expansion, queries are cut at ``query_length`` (the Transformer's own, else PyLate's flat key), else
-    only at the model's limit."""
-    return backbone_settings.get("query_length") or st_config.get("query_length") or None
+    """Without expansion, queries are cut at ``query_length`` (the Transformer's own, else PyLate's flat key where
+    sentence-transformers passes it on), else only at the model's limit."""
+    flat = st_config.get("query_length") if _flat_key_caps(st_config) else None
+    return backbone_settings.get("query_length") or flat or None
+
+
+def _flat_key_caps(st_config: dict) -> bool:
+    """MultiVectorEncoder moves PyLate's flat ``query_length`` into a query expansion it builds from PyLate's keys
+    (which a Transformer's own ``query_expansion``, a dict or null, then overrides: the key is gone), unless the file
+    has its own ``query_expansion`` or turns expansion off: there the key goes to the Transformer as its cap."""
+    return "query_expansion" in st_config or st_config.get("do_query_expansion") is False
 
 
 def _skiplist(mask_config: dict | None, native: bool, st_config: dict, legacy: bool) -> list[str]:
