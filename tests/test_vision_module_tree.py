@@ -156,14 +156,38 @@ def test_a_remote_code_saves_own_class_at_the_root_is_the_model_the_family_loads
         detect(path)
 
 
-def test_a_sentence_transformers_save_of_a_vision_checkpoint_loads_to_the_same_vectors(built, tmp_path):
+def test_a_sentence_transformers_save_of_a_vision_checkpoint_loads_to_the_same_vectors(built, st_saved):
     # MultiVectorEncoder saves a *ForRetrieval checkpoint with a MultiVectorMask that keeps the attention mask
-    from sentence_transformers import MultiVectorEncoder
-
-    saved = tmp_path / "st-saved"
-    MultiVectorEncoder(str(built("colqwen2")), device="cpu", local_files_only=True).save(str(saved))
+    saved = st_saved
     assert [module["path"] for module in json.loads((saved / "modules.json").read_text())] == ["", "1_MultiVectorMask"]
     assert detect(saved) == "ColQwen2ForRetrieval"
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8))
     vectors = [document_vectors(load_model(folder, LoadOptions()), image) for folder in (built("colqwen2"), saved)]
     np.testing.assert_array_equal(vectors[0], vectors[1])
+
+
+@pytest.fixture(scope="module")
+def st_saved(built, tmp_path_factory):
+    from sentence_transformers import MultiVectorEncoder
+
+    saved = tmp_path_factory.mktemp("st_saved") / "colqwen2"
+    MultiVectorEncoder(str(built("colqwen2")), device="cpu", local_files_only=True).save(str(saved))
+    return saved
+
+
+@pytest.mark.parametrize("file, values, named", [
+    ("config_sentence_transformers.json", {"prompts": {"query": "find: ", "document": ""}}, "prompts query"),
+    ("config_sentence_transformers.json", {"skiplist_words": ["."]}, "skiplist_words"),  # turns expansion on
+    ("sentence_bert_config.json", {"query_expansion": {"strategy": "fixed", "attend": True, "token": None,
+                                                       "length": 64}}, "query_expansion"),
+    ("sentence_bert_config.json", {"document_length": 12}, "document_length"),
+])
+def test_settings_sentence_transformers_would_apply_to_a_vision_save_are_refused(st_saved, tmp_path, file, values,
+                                                                                  named):
+    # MultiVectorEncoder applies them to the vision model it loads; the family's own code has none of them
+    path = Path(shutil.copytree(st_saved, tmp_path / "edited"))
+    data = json.loads((path / file).read_text())
+    (path / file).write_text(json.dumps({**data, **values}))
+    with pytest.raises(ModelError, match=rf"{file} {named} is a sentence-transformers setting that family "
+                                         "ColQwen2ForRetrieval's own code does not apply"):
+        detect(path)

@@ -178,6 +178,32 @@ def check_vision_modules(path: Path, family: str) -> None:
         if not _leaves_vision_vectors(path, module):
             _refuse_vision_module(path, module, family)
     check_module_folders_listed(path, modules, hint=_VISION_HINT)
+    if any(not _module_path(module) and _type_name(module) == "Transformer"
+           and str(module.get("type", "")).startswith(_KNOWN_PACKAGES) for module in modules):
+        _refuse_settings_sentence_transformers_would_apply(path, family)
+
+
+# what sentence-transformers applies to a model its own Transformer loads: lengths and query expansion (the
+# Transformer's config), prompts and PyLate's flat keys (any of which turns query expansion on)
+_TRANSFORMER_SETTINGS = ("query_expansion", "query_length", "document_length")
+_FLAT_SETTINGS = ("query_length", "document_length", "query_expansion", "do_query_expansion",
+                  "attend_to_expansion_tokens", "attend_to_mask_tokens", "query_prefix", "document_prefix",
+                  "skiplist_words")
+
+
+def _refuse_settings_sentence_transformers_would_apply(path: Path, family: str) -> None:
+    """A vision checkpoint that sentence-transformers reads through its own ``Transformer`` (a ``MultiVectorEncoder``
+    save): settings there that the family's own code does not have would give other vectors in each reference."""
+    st_config = read_json(path / "config_sentence_transformers.json") or {}
+    transformer = read_json(path / "sentence_bert_config.json") or {}
+    found = [f"config_sentence_transformers.json prompts {key}" for key, value in (st_config.get("prompts") or {}).items()
+             if value]
+    found += [f"config_sentence_transformers.json {key}" for key in _FLAT_SETTINGS if key in st_config]
+    found += [f"sentence_bert_config.json {key}" for key in _TRANSFORMER_SETTINGS if transformer.get(key) is not None]
+    if found:
+        raise ModelError(f"{path}: {found[0]} is a sentence-transformers setting that family {family}'s own code "
+                         "does not apply: the two references give other vectors",
+                         hint="remove it to encode as the family's own code does")
 
 
 def _leaves_vision_vectors(path: Path, module: dict) -> bool:
