@@ -20,22 +20,9 @@ from typing import Any
 from tokembed.errors import ModelError
 from tokembed.models.base import LoadOptions, TokenModel, read_json
 from tokembed.models.st_layout import (
-    load_st_folder, module_config, modules_of_type, read_modules, transformer_folder, transformer_settings,
+    PYLATE_MARKERS, load_st_folder, module_config, modules_of_type, read_modules, transformer_folder, transformer_settings,
 )
 from tokembed.settings import ColbertConfig
-
-PYLATE_MARKERS = (
-    "query_length",
-    "document_length",
-    "query_expansion",
-    "do_query_expansion",
-    "attend_to_expansion_tokens",
-    "attend_to_mask_tokens",
-    "query_prefix",
-    "document_prefix",
-    "skiplist_words",
-)
-
 
 def has_colbert_settings(path: Path) -> bool:
     """``config_sentence_transformers.json`` holds ColBERT settings (PyLate's keys, or a multi-vector model type)."""

@@ -183,12 +183,12 @@ def check_vision_modules(path: Path, family: str) -> None:
         _refuse_settings_sentence_transformers_would_apply(path, family)
 
 
-# what sentence-transformers applies to a model its own Transformer loads: lengths and query expansion (the
-# Transformer's config), prompts and PyLate's flat keys (any of which turns query expansion on)
-_TRANSFORMER_SETTINGS = ("query_expansion", "query_length", "document_length")
-_FLAT_SETTINGS = ("query_length", "document_length", "query_expansion", "do_query_expansion",
+# PyLate's flat ColBERT keys in config_sentence_transformers.json (any of them turns sentence-transformers' query
+# expansion on), and what a Transformer's own config may set for a multi-vector model
+PYLATE_MARKERS = ("query_length", "document_length", "query_expansion", "do_query_expansion",
                   "attend_to_expansion_tokens", "attend_to_mask_tokens", "query_prefix", "document_prefix",
                   "skiplist_words")
+_TRANSFORMER_SETTINGS = ("query_expansion", "query_length", "document_length")
 
 
 def _refuse_settings_sentence_transformers_would_apply(path: Path, family: str) -> None:
@@ -198,7 +198,7 @@ def _refuse_settings_sentence_transformers_would_apply(path: Path, family: str) 
     transformer = read_json(path / "sentence_bert_config.json") or {}
     found = [f"config_sentence_transformers.json prompts {key}" for key, value in (st_config.get("prompts") or {}).items()
              if value]
-    found += [f"config_sentence_transformers.json {key}" for key in _FLAT_SETTINGS if key in st_config]
+    found += [f"config_sentence_transformers.json {key}" for key in PYLATE_MARKERS if key in st_config]
     found += [f"sentence_bert_config.json {key}" for key in _TRANSFORMER_SETTINGS if transformer.get(key) is not None]
     if found:
         raise ModelError(f"{path}: {found[0]} is a sentence-transformers setting that family {family}'s own code "
