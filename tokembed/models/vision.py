@@ -316,6 +316,12 @@ def _as_tensor(value: Any) -> Any:
 # -- loading -----------------------------------------------------------------------------------------
 
 
+# The language-model head of the VLM under a -hf retrieval class: transformers 4.x built its ``vlm`` as an
+# ``AutoModelForImageTextToText`` and saved the head of an untied base (ColPali's 4.x name under language_model);
+# transformers 5 loads such a folder to the parameters of one without it.
+VLM_HEAD_NAMES = (r"vlm\.(?:language_model\.)?lm_head\.",)
+
+
 def load_vision_model(
     family: str,
     path: Path,
@@ -352,7 +358,8 @@ def load_vision_model(
         if processor is None:
             processor = AutoProcessor.from_pretrained(options.processor_path or path, **remote)
         model = from_pretrained_checked(
-            model_class, path, ignore_unused=HEAD_NAMES + tuple(ignore_unused), dtype=torch_dtype(options.dtype), **remote,
+            model_class, path, ignore_unused=HEAD_NAMES + VLM_HEAD_NAMES + tuple(ignore_unused),
+            dtype=torch_dtype(options.dtype), **remote,
             **({"key_mapping": key_mapping} if key_mapping else {}),
         )
     except ImportError as exc:
