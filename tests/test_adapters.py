@@ -18,6 +18,7 @@ from PIL import Image
 
 from colpali_engine_checkpoints import ENGINE_BUILDERS, PUBLISHED_REGEX, build_adapter, rename_adapter_tensors
 from helpers import manifest, read_index
+from tokembed.errors import ModelError
 
 ARCHS = sorted(ENGINE_BUILDERS)
 REGEX = {
@@ -419,3 +420,24 @@ def test_score_with_an_adapter_over_a_hub_base_resolves_it_as_encode_did(checkpo
 
 
 # -- serve --lora-modules: unmerged, batched per adapter ------------------------------------------------
+
+
+def test_a_sentence_transformers_save_of_an_adapter_over_a_vision_base_loads_unless_a_module_would_be_skipped(
+        engine, tmp_path):
+    # MultiVectorEncoder.add_adapter + save writes the adapter beside modules.json: the root Transformer and a
+    # MultiVectorMask that drops nothing, which leave a vision family's vectors as they are
+    from test_vision_module_tree import document_vectors, write_dense
+
+    base, adapter, _ = engine[ARCHS[0]]
+    saved = shutil.copytree(adapter, tmp_path / "st-saved")
+    root = {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"}
+    mask = {"idx": 1, "name": "1", "path": "1_MultiVectorMask",
+            "type": "sentence_transformers.multi_vector_encoder.modules.multi_vector_mask.MultiVectorMask"}
+    (saved / "modules.json").write_text(json.dumps([root, mask]))
+    (saved / "1_MultiVectorMask").mkdir()
+    (saved / "1_MultiVectorMask" / "config.json").write_text(json.dumps({"skiplist_words": [], "keep_only_token_ids": None}))
+    vectors = [document_vectors(_load(folder, base=base), _image()) for folder in (adapter, saved)]
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    write_dense(saved / "2_Dense")
+    with pytest.raises(ModelError, match="2_Dense: a sentence-transformers module with weights"):
+        _load(saved, base=base)

@@ -266,15 +266,18 @@ def _base_hint(config: dict) -> str:
 
 def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) -> Any:
     """Load ``base`` through its family (the adapter's processor files first) and apply the adapter."""
-    from tokembed.models.registry import detect, family_class
-    from tokembed.models.st_layout import refuse_adapter_inside_pipeline
+    from tokembed.models.registry import detect, family_class, is_image_family
+    from tokembed.models.st_layout import check_vision_modules, refuse_adapter_inside_pipeline
 
     require_peft()
     check_supported(adapter, read_adapter_config(adapter))
-    refuse_adapter_inside_pipeline(adapter)
     if is_adapter(base):
         raise ModelError(f"{base}: the adapter's base is itself an adapter; tokembed applies one adapter over a base")
     key = detect(base, options.trust_remote_code)
+    if is_image_family(key):  # a module tree sentence-transformers saved beside it, checked as beside the base
+        check_vision_modules(adapter, key)
+    else:
+        refuse_adapter_inside_pipeline(adapter)
     from tokembed.models.processor_overlay import processor_overlay, refuse_other_tokenizer
     from tokembed.models.readings import readings_of
 
