@@ -50,6 +50,7 @@ def commands(folder, queries, out) -> dict[str, list]:
     }
 
 
+@pytest.mark.slow  # a CLI subprocess under a low limit; its sibling past the hard limit runs by default
 def test_the_cli_raises_its_soft_limit_to_the_hard_one_and_reads_an_index_of_many_shards(many_shards, tmp_path):
     """With a soft limit of 100 (the hard one higher) every command failed with a traceback (OSError: Too many open
     files, while importing a module): an open index held 2 * 60 + 1 files."""

@@ -219,6 +219,7 @@ def _score(demo_index, output: str, stdout, cwd=None) -> subprocess.CompletedPro
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)})
 
 
+@pytest.mark.slow  # subprocesses per spelling; plain --output to a file runs by default
 def test_every_spelling_of_dev_stdout_appends_to_the_log(demo_index, tmp_path):
     """A leading //, a relative path and a linked folder were no descriptor path: the log behind stdout was
     replaced by the results alone."""
