@@ -151,3 +151,48 @@ def test_a_flat_query_length_beside_a_transformers_null_expansion_cuts_nothing(c
     for text, (ref_ids, ref_vecs), (vecs, ids) in zip(TEXTS, expected, got):
         assert ids.tolist() == ref_ids.tolist(), text
         assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text
+
+
+def _same_as_the_reference(path, kind):
+    expected = reference_outputs(path, TEXTS, kind)
+    got = Embedder.load(str(path), EncodeFlags(kind=kind, store_dtype="float32")).embed(TEXTS, batch_tokens=64)
+    for text, (ref_ids, ref_vecs), (vecs, ids) in zip(TEXTS, expected, got):
+        assert ids.tolist() == ref_ids.tolist(), text
+        assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text
+    return expected
+
+
+@pytest.mark.parametrize("change", [
+    # PyLate's flat query_length would cap (expansion off), but the Transformer's saved null wins: no cut
+    both(set_keys("config_sentence_transformers.json", do_query_expansion=False, query_length=8),
+         set_keys("sentence_bert_config.json", query_length=None)),
+    # nor a cap under the width to refuse
+    both(set_keys("config_sentence_transformers.json", query_expansion=EXPANSION_32, query_length=20),
+         set_keys("sentence_bert_config.json", query_length=None)),
+], ids=["no expansion", "expansion"])
+def test_a_transformers_saved_null_query_length_is_no_cap(checkpoint, change):
+    path = checkpoint("pylate_bert")
+    change(path)
+    expected = _same_as_the_reference(path, "query")
+    assert max(len(ids) for ids, _ in expected) > 20
+
+
+@pytest.mark.parametrize("layout, saved", [("pylate_bert", 12), ("st_native", 12), ("st_native", None)])
+def test_the_transformers_saved_document_length_wins_over_the_flat_key(checkpoint, layout, saved):
+    # the flat key is only a default for the Transformer's own (sentence-transformers' setdefault); null: no cut
+    path = checkpoint(layout)
+    both(set_keys("config_sentence_transformers.json", document_length=40),
+         set_keys("sentence_bert_config.json", document_length=saved))(path)
+    expected = _same_as_the_reference(path, "document")
+    longest = max(len(ids) for ids, _ in expected)
+    assert longest <= saved if saved else longest > 40  # (skipped punctuation leaves fewer than the cut)
+
+
+@pytest.mark.parametrize("layout, file, key", [("st_native", "sentence_bert_config.json", "document_length"),
+                                               ("st_native", "sentence_bert_config.json", "query_length"),
+                                               ("pylate_bert", "config_sentence_transformers.json", "document_length")])
+def test_a_length_that_is_not_a_positive_number_is_refused_naming_it(checkpoint, layout, file, key):
+    path = checkpoint(layout)
+    set_keys(file, **{key: 0})(path)
+    with pytest.raises(ModelError, match=rf"{file}: {key} 0 is not a positive number of tokens"):
+        Embedder.load(str(path), EncodeFlags())

@@ -191,3 +191,25 @@ def test_settings_sentence_transformers_would_apply_to_a_vision_save_are_refused
     with pytest.raises(ModelError, match=rf"{file} {named} is a sentence-transformers setting that family "
                                          "ColQwen2ForRetrieval's own code does not apply"):
         detect(path)
+
+
+@pytest.mark.parametrize("file, values", [
+    ("config_sentence_transformers.json", {"query_expansion": None}),
+    ("config_sentence_transformers.json", {"do_query_expansion": False}),
+    ("config_sentence_transformers.json", {"do_query_expansion": False, "query_prefix": "", "skiplist_words": []}),
+    ("sentence_bert_config.json", {"query_expansion": None, "query_length": None, "document_length": None}),
+])
+def test_settings_that_leave_sentence_transformers_as_the_family_load(st_saved, tmp_path, file, values):
+    # expansion turned off, empty prefixes and null lengths: MultiVectorEncoder applies nothing the family lacks
+    path = Path(shutil.copytree(st_saved, tmp_path / "edited"))
+    data = json.loads((path / file).read_text())
+    (path / file).write_text(json.dumps({**data, **values}))
+    assert detect(path) == "ColQwen2ForRetrieval"
+
+
+def test_a_flat_key_that_turns_expansion_on_is_named_with_why(st_saved, tmp_path):
+    path = Path(shutil.copytree(st_saved, tmp_path / "edited"))
+    data = json.loads((path / "config_sentence_transformers.json").read_text())
+    (path / "config_sentence_transformers.json").write_text(json.dumps({**data, "attend_to_expansion_tokens": False}))
+    with pytest.raises(ModelError, match=r"attend_to_expansion_tokens \(it turns query expansion on\)"):
+        detect(path)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import string
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from tokembed.errors import ModelError
 from tokembed.models.base import LoadOptions, TokenModel, read_json
 from tokembed.models.st_layout import (
-    PYLATE_MARKERS, load_st_folder, module_config, modules_of_type, read_modules, transformer_folder, transformer_settings,
+    load_st_folder, module_config, modules_of_type, read_modules, transformer_folder, transformer_settings,
 )
+from tokembed.models.st_settings import PYLATE_MARKERS, TransformerLengths, read_lengths
 from tokembed.settings import ColbertConfig
 
 def has_colbert_settings(path: Path) -> bool:
@@ -58,82 +58,71 @@ class STColBERT:
 
     @staticmethod
     def colbert_config(path: Path) -> ColbertConfig:
-        modules = read_modules(path)
-        st_config = read_json(path / "config_sentence_transformers.json") or {}
-        backbone_settings = transformer_settings(path, modules)
-        query_prefix, document_prefix, legacy = _prefixes(st_config)
-        expansion = _expansion(st_config, backbone_settings)
-        _refuse_cap_under_expansion(path, modules, st_config, backbone_settings, expansion)
-        # A native save runs modules.json as written; PyLate and converted saves get a MultiVectorMask and a
-        # token-level Normalize appended by MultiVectorEncoder.
-        native = st_config.get("model_type") == "MultiVectorEncoder"
-        mask = module_config(path, modules, "MultiVectorMask")
-        query_length = expansion["length"] if expansion else _query_length(st_config, backbone_settings)
-        if native and mask is None and expansion is not None and not expansion.get("attend"):
-            # No mask scores the unattended expansion positions: the output is the real tokens, which never saw
-            # them (the same vectors as a query cut at the expansion length and not expanded).
-            expansion = None
-        return ColbertConfig(
-            query_prefix=query_prefix,
-            document_prefix=document_prefix,
-            query_length=query_length,
-            document_length=st_config.get("document_length") or backbone_settings.get("document_length"),
-            expand_queries=expansion is not None,
-            attend_to_expansion_tokens=bool(expansion and expansion.get("attend")),
-            expansion_token=expansion.get("token") if expansion else None,
-            skiplist_words=tuple(_skiplist(mask, native, st_config, legacy)),
-            skiplist_tasks=_skiplist_tasks(path, modules, mask),
-            keep_only_token_ids=_keep_only_token_ids(path, modules, mask),
-            normalize=not native or _pipeline_normalizes(path, modules),
-            register_prefix_tokens=legacy,
-        )
+        return _settings(path)[0]
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> TokenModel:
-        colbert = cls.colbert_config(path)
+        colbert, lengths = _settings(path)
         model = load_st_folder(cls.key, path, options, colbert=colbert)
-        model.query_width_setting = _query_width_setting(path)
+        # PyLate and MultiVectorEncoder pad every query to the expansion width, even where colbert_config drops an
+        # unscored expansion (steps.refuse_queries_past_positions)
+        model.query_width_setting = lengths.width_setting
         if colbert.expand_queries:
-            refuse_unknown_expansion_token(model.tokenizer, colbert.expansion_token, _expansion_file(path))
+            refuse_unknown_expansion_token(model.tokenizer, colbert.expansion_token, lengths.expansion_file)
         if getattr(model.tokenizer, "padding_side", "right") == "left" and _is_native(path):
-            model.colbert = _expanded_on_the_left(path, colbert)
+            model.colbert = _expanded_on_the_left(colbert, lengths)
         return model
+
+
+def _settings(path: Path) -> tuple[ColbertConfig, TransformerLengths]:
+    modules = read_modules(path)
+    st_config = read_json(path / "config_sentence_transformers.json") or {}
+    lengths = read_lengths(st_config, path / "config_sentence_transformers.json", transformer_settings(path, modules),
+                           transformer_folder(path, modules) / "sentence_bert_config.json")
+    query_prefix, document_prefix, legacy = _prefixes(st_config)
+    expansion = lengths.expansion
+    # A native save runs modules.json as written; PyLate and converted saves get a MultiVectorMask and a
+    # token-level Normalize appended by MultiVectorEncoder.
+    native = st_config.get("model_type") == "MultiVectorEncoder"
+    mask = module_config(path, modules, "MultiVectorMask")
+    if native and mask is None and expansion is not None and not expansion.get("attend"):
+        # No mask scores the unattended expansion positions: the output is the real tokens, which never saw
+        # them (the same vectors as a query cut at the expansion length and not expanded).
+        expansion = None
+    colbert = ColbertConfig(
+        query_prefix=query_prefix,
+        document_prefix=document_prefix,
+        query_length=lengths.query_length,
+        document_length=lengths.document_length,
+        expand_queries=expansion is not None,
+        attend_to_expansion_tokens=bool(expansion and expansion.get("attend")),
+        expansion_token=expansion.get("token") if expansion else None,
+        skiplist_words=tuple(_skiplist(mask, native, st_config, legacy)),
+        skiplist_tasks=_skiplist_tasks(path, modules, mask),
+        keep_only_token_ids=_keep_only_token_ids(path, modules, mask),
+        normalize=not native or _pipeline_normalizes(path, modules),
+        register_prefix_tokens=legacy,
+    )
+    return colbert, lengths
 
 
 def _is_native(path: Path) -> bool:
     return (read_json(path / "config_sentence_transformers.json") or {}).get("model_type") == "MultiVectorEncoder"
 
 
-def _expanded_on_the_left(path: Path, colbert: ColbertConfig) -> ColbertConfig:
+def _expanded_on_the_left(colbert: ColbertConfig, lengths: TransformerLengths) -> ColbertConfig:
     """A native save whose tokenizer pads on the left: MultiVectorEncoder, its one reference, writes the expansion
     tokens over the pad positions, before the query (PyLate and Stanford layouts are refused:
     ``steps.refuse_left_expansion``)."""
     if colbert.expand_queries:
         return replace(colbert, expansion_side="left")
-    modules = read_modules(path)
-    st_config = read_json(path / "config_sentence_transformers.json") or {}
-    expansion = _expansion(st_config, transformer_settings(path, modules))
-    if expansion is not None and module_config(path, modules, "MultiVectorMask") is None:
-        # colbert_config dropped the unattended, unscored expansion: on the right it changes nothing; on the left it
-        # moves the query's positions, which tokembed does not reproduce.
-        raise ModelError(f"{_expansion_file(path)}: unattended query_expansion with a left-padding tokenizer and no "
+    if lengths.expansion is not None:
+        # _settings dropped the unattended expansion for want of a MultiVectorMask: on the right it changes nothing;
+        # on the left it moves the query's positions, which tokembed does not reproduce.
+        raise ModelError(f"{lengths.expansion_file}: unattended query_expansion with a left-padding tokenizer and no "
                          "MultiVectorMask module (the query tokens would sit after unscored expansion positions)",
                          hint='set "attend": true, add a MultiVectorMask module, or pad on the right')
     return colbert
-
-
-def _query_width_setting(path: Path) -> tuple[Path, str] | None:
-    """(file, key) of the width every query is padded to (``steps.refuse_queries_past_positions``): the expansion
-    length, which PyLate and ``MultiVectorEncoder`` pad to even where ``colbert_config`` drops an unscored
-    expansion; None without expansion (queries are only cut)."""
-    modules = read_modules(path)
-    st_config = read_json(path / "config_sentence_transformers.json") or {}
-    backbone_settings = transformer_settings(path, modules)
-    if _expansion(st_config, backbone_settings) is None:
-        return None
-    if "query_expansion" in backbone_settings or "query_expansion" in st_config:
-        return _expansion_file(path), "query_expansion length"
-    return path / "config_sentence_transformers.json", "query_length"
 
 
 def refuse_unknown_expansion_token(tokenizer, token: str | None, source: Path) -> None:
@@ -150,14 +139,6 @@ def refuse_unknown_expansion_token(tokenizer, token: str | None, source: Path) -
                          hint="name a token of the vocabulary, or null for the mask token (else the EOS token)")
 
 
-def _expansion_file(path: Path) -> Path:
-    """The file whose ``query_expansion`` ``_expansion`` read: the Transformer's own, else the top-level one."""
-    modules = read_modules(path)
-    if "query_expansion" in transformer_settings(path, modules):
-        return transformer_folder(path, modules) / "sentence_bert_config.json"
-    return path / "config_sentence_transformers.json"
-
-
 def _prefixes(st_config: dict) -> tuple[str, str, bool]:
     """PyLate stores markers as ``query_prefix``/``document_prefix``; native saves use ``prompts``."""
     prompts = st_config.get("prompts") or {}
@@ -168,57 +149,6 @@ def _prefixes(st_config: dict) -> tuple[str, str, bool]:
         prefix = st_config.get(prefix_key) or ""
         resolved.append(prefix + prompt.removeprefix(prefix) if prefix_key in st_config else prompt)
     return resolved[0], resolved[1], legacy
-
-
-def _expansion(st_config: dict, backbone_settings: dict) -> dict[str, Any] | None:
-    """The query-expansion dict, translated from PyLate's flat keys when the save predates it."""
-    if "query_expansion" in backbone_settings:
-        expansion = backbone_settings["query_expansion"]
-    elif "query_expansion" in st_config:
-        expansion = st_config["query_expansion"]
-    elif not any(key in st_config for key in PYLATE_MARKERS):
-        expansion = None
-    elif st_config.get("do_query_expansion") is False:
-        expansion = None
-    else:
-        attend = st_config.get("attend_to_expansion_tokens", st_config.get("attend_to_mask_tokens"))
-        # the flat key only: MultiVectorEncoder moves it into the expansion; the Transformer's own caps (below)
-        length = st_config.get("query_length") or 32
-        expansion = {"strategy": "fixed", "attend": bool(attend), "length": length}
-    if expansion is not None and expansion.get("strategy", "fixed") != "fixed":
-        raise ModelError(f"query_expansion strategy {expansion.get('strategy')!r} is not supported (only 'fixed')")
-    return expansion
-
-
-def _refuse_cap_under_expansion(path: Path, modules: list, st_config: dict, backbone_settings: dict,
-                                expansion: dict | None) -> None:
-    """The Transformer's ``query_length`` caps a query's text: its own key, else PyLate's flat one where
-    sentence-transformers passes that on to it. Under the expansion width, which pads every query, the two
-    contradict each other and sentence-transformers refuses the checkpoint at load."""
-    if expansion is None:
-        return
-    source, cap = transformer_folder(path, modules) / "sentence_bert_config.json", backbone_settings.get("query_length")
-    if cap is None and _flat_key_caps(st_config):
-        source, cap = path / "config_sentence_transformers.json", st_config.get("query_length")
-    if cap is not None and cap < expansion["length"]:
-        raise ModelError(
-            f"{source}: query_length {cap} is smaller than the query expansion length {expansion['length']}; "
-            "sentence-transformers refuses this checkpoint",
-            hint="drop query_length there, or raise it to the expansion length")
-
-
-def _query_length(st_config: dict, backbone_settings: dict) -> int | None:
-    """Without expansion, queries are cut at ``query_length`` (the Transformer's own, else PyLate's flat key where
-    sentence-transformers passes it on), else only at the model's limit."""
-    flat = st_config.get("query_length") if _flat_key_caps(st_config) else None
-    return backbone_settings.get("query_length") or flat or None
-
-
-def _flat_key_caps(st_config: dict) -> bool:
-    """MultiVectorEncoder moves PyLate's flat ``query_length`` into a query expansion it builds from PyLate's keys
-    (which a Transformer's own ``query_expansion``, a dict or null, then overrides: the key is gone), unless the file
-    has its own ``query_expansion`` or turns expansion off: there the key goes to the Transformer as its cap."""
-    return "query_expansion" in st_config or st_config.get("do_query_expansion") is False
 
 
 def _skiplist(mask_config: dict | None, native: bool, st_config: dict, legacy: bool) -> list[str]:

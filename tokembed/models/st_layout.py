@@ -27,6 +27,7 @@ from tokembed.models.base import (
     read_json,
 )
 from tokembed.settings import ColbertConfig
+from tokembed.models.st_settings import PYLATE_MARKERS, read_lengths
 from tokembed.models.weights import load_tensors, path_inside, tensor_names
 
 
@@ -183,27 +184,33 @@ def check_vision_modules(path: Path, family: str) -> None:
         _refuse_settings_sentence_transformers_would_apply(path, family)
 
 
-# PyLate's flat ColBERT keys in config_sentence_transformers.json (any of them turns sentence-transformers' query
-# expansion on), and what a Transformer's own config may set for a multi-vector model
-PYLATE_MARKERS = ("query_length", "document_length", "query_expansion", "do_query_expansion",
-                  "attend_to_expansion_tokens", "attend_to_mask_tokens", "query_prefix", "document_prefix",
-                  "skiplist_words")
-_TRANSFORMER_SETTINGS = ("query_expansion", "query_length", "document_length")
-
-
 def _refuse_settings_sentence_transformers_would_apply(path: Path, family: str) -> None:
     """A vision checkpoint that sentence-transformers reads through its own ``Transformer`` (a ``MultiVectorEncoder``
-    save): settings there that the family's own code does not have would give other vectors in each reference."""
-    st_config = read_json(path / "config_sentence_transformers.json") or {}
-    transformer = read_json(path / "sentence_bert_config.json") or {}
-    found = [f"config_sentence_transformers.json prompts {key}" for key, value in (st_config.get("prompts") or {}).items()
-             if value]
-    found += [f"config_sentence_transformers.json {key}" for key in PYLATE_MARKERS if key in st_config]
-    found += [f"sentence_bert_config.json {key}" for key in _TRANSFORMER_SETTINGS if transformer.get(key) is not None]
+    save): settings there that the family's own code does not have would give other vectors in each reference.
+    Settings that leave them off (``query_expansion: null``, ``do_query_expansion: false``, a null length) load."""
+    found = _settings_sentence_transformers_would_apply(path)
     if found:
         raise ModelError(f"{path}: {found[0]} is a sentence-transformers setting that family {family}'s own code "
                          "does not apply: the two references give other vectors",
                          hint="remove it to encode as the family's own code does")
+
+
+def _settings_sentence_transformers_would_apply(path: Path) -> list[str]:
+    flat, own = "config_sentence_transformers.json", "sentence_bert_config.json"
+    st_config = read_json(path / flat) or {}
+    transformer = read_json(path / own) or {}
+    lengths = read_lengths(st_config, path / flat, transformer, path / own)
+    found = [f"{flat} prompts {key}" for key, value in (st_config.get("prompts") or {}).items() if value]
+    found += [f"{flat} {key}" for key in ("query_prefix", "document_prefix", "skiplist_words") if st_config.get(key)]
+    if lengths.expansion is not None and lengths.width_setting[1] == "query_length":  # from PyLate's flat keys
+        marker = next(key for key in PYLATE_MARKERS if key in st_config)
+        found.append(f"{flat} {marker} (it turns query expansion on)")
+    elif lengths.expansion is not None:
+        found.append(f"{lengths.expansion_file.name} query_expansion")
+    for key, value in (("query_length", lengths.query_cap), ("document_length", lengths.document_length)):
+        if value is not None:
+            found.append(f"{own if key in transformer else flat} {key}")
+    return found
 
 
 def _leaves_vision_vectors(path: Path, module: dict) -> bool:
