@@ -196,3 +196,53 @@ def test_a_length_that_is_not_a_positive_number_is_refused_naming_it(checkpoint,
     set_keys(file, **{key: 0})(path)
     with pytest.raises(ModelError, match=rf"{file}: {key} 0 is not a positive number of tokens"):
         Embedder.load(str(path), EncodeFlags())
+
+
+def _index_an_earlier_release_built(cli, checkpoint, tmp_path):
+    """A PyLate save with only the Transformer's ``query_length`` 40, and its index as the release before this one
+    wrote it: that release took the key for the expansion width and recorded ``colbert.query_length`` 40 (its
+    documents, which no query width reaches, and their settings fingerprint are this release's)."""
+    from helpers import manifest, write_manifest
+
+    path = checkpoint("pylate_bert")
+    _backbone_query_length(40)(path)
+    corpus = write_parquet(tmp_path / "docs.parquet", [{"id": f"d{i}", "text": text} for i, text in enumerate(TEXTS)])
+    folder = tmp_path / "index"
+    assert cli("encode", corpus, "-o", folder, "--model", path, "-q").exit_code == 0
+    current = manifest(folder)
+    earlier = json.loads(json.dumps(current))
+    earlier["colbert"]["query_length"] = 40
+    write_manifest(folder, earlier)
+    return path, folder, current
+
+
+def test_an_index_an_earlier_release_recorded_40_wide_queries_for_is_scored_with_the_reference_width(
+        cli, checkpoint, tmp_path):
+    # the queries are the ones this release (and MultiVectorEncoder) encode, not 40-wide ones, before any encode run
+    from tokembed.search import encode_queries
+
+    path, folder, _ = _index_an_earlier_release_built(cli, checkpoint, tmp_path)
+    expected = reference_outputs(path, TEXTS, "query")
+    got = encode_queries(folder, TEXTS)
+    for text, (ref_ids, ref_vecs), vecs in zip(TEXTS, expected, got):
+        assert vecs.shape == ref_vecs.shape == (32, ref_vecs.shape[1]), text
+        assert np.abs(vecs - ref_vecs).max(initial=0) <= 1e-5, text
+
+
+def test_score_and_serve_read_the_query_width_of_an_earlier_releases_index_as_a_rebuild_would(
+        cli, checkpoint, tmp_path):
+    from helpers import write_manifest
+    from tokembed.serve import EmbeddingService
+
+    path, folder, current = _index_an_earlier_release_built(cli, checkpoint, tmp_path)
+    earlier = cli("score", folder, "--query", TEXTS[0], "--query", TEXTS[1])
+    service = EmbeddingService.load(None, "cpu", index=str(folder))
+    try:
+        assert service.profiles["index"].encoder.settings.expand_to == 32
+        assert service.profiles["query"].encoder.settings.expand_to == 32
+    finally:
+        service.close()
+    write_manifest(folder, current)  # as this release's encode run writes it
+    rebuilt = cli("score", folder, "--query", TEXTS[0], "--query", TEXTS[1])
+    assert earlier.exit_code == rebuilt.exit_code == 0, earlier.output
+    assert earlier.stdout == rebuilt.stdout

@@ -1,12 +1,14 @@
 """``Embedder``: a loaded checkpoint bound to one kind's settings, on one device.
 
 The one way tokembed turns texts into token matrices: ``encode`` uses it for the corpus, ``score``
-(through ``Embedder.for_index``) rebuilds the index's query-side settings from its manifest.
+(through ``Embedder.for_index``) rebuilds the index's query-side settings from its manifest, those only queries
+read as this release reads the checkpoint (``index_colbert``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,16 +41,19 @@ class Embedder:
         flags: EncodeFlags,
         device: str = "cpu",
         trust_remote_code: bool = False,
-        colbert: ColbertConfig | None = None,
+        colbert: ColbertConfig | Callable[[ColbertConfig | None], ColbertConfig | None] | None = None,
     ) -> "Embedder":
-        """Resolve and load ``model``; ``colbert`` overrides the checkpoint's ColBERT settings (from a manifest)."""
+        """Resolve and load ``model``; ``colbert`` overrides the checkpoint's ColBERT settings: a config, or a
+        function of the checkpoint's own that gives it (an index's, ``index_colbert``)."""
         resolved = resolve_model(model, flags.revision, flags.base_model, flags.base_revision)
         device_type = device.split(":")[0]
         options = LoadOptions(trust_remote_code=trust_remote_code, dtype=resolve_dtype(flags.dtype, device_type), device=device)
         loaded = load_model(resolved.path, options, resolved.base.path if resolved.base else None)
         fingerprint, weights = resolved_fingerprint(resolved), resolved_weights_sha256(resolved)
         runtime = _maybe_openvino(loaded, device, f"{fingerprint}\0{weights}")
-        if colbert is not None:
+        if callable(colbert):
+            loaded.colbert = colbert(loaded.colbert)
+        elif colbert is not None:
             loaded.colbert = colbert
         settings, encoder = make_encoder(loaded, flags, device, runtime)
         return cls(resolved, loaded, settings, encoder, device, fingerprint, weights)
@@ -70,7 +75,7 @@ class Embedder:
         where an adapter's base is; their fingerprint must match the manifest's unless ``allow_mismatch``.
         """
         where, flags = index_checkpoint(manifest, kind, model, base_model)
-        embedder = cls.load(where, flags, device, trust_remote_code, index_colbert(manifest))
+        embedder = cls.load(where, flags, device, trust_remote_code, lambda read: index_colbert(manifest, read))
         if not allow_mismatch:
             check_index_model(manifest, embedder)
         return embedder
@@ -236,9 +241,23 @@ def index_base(manifest: dict, flags: EncodeFlags, base_model: str | None = None
     return flags
 
 
-def index_colbert(manifest: dict) -> ColbertConfig | None:
-    """The ColBERT settings the index was encoded with (None: none)."""
-    return ColbertConfig.from_json(known_keys(manifest["colbert"], ColbertConfig, "colbert")) if manifest.get("colbert") else None
+# The ColBERT settings only queries read: no document of an index depends on them.
+QUERY_ONLY_COLBERT = ("query_prefix", "query_length", "expand_queries", "attend_to_expansion_tokens", "expansion_token",
+                      "expansion_side")
+
+
+def index_colbert(manifest: dict, read: ColbertConfig | None = None) -> ColbertConfig | None:
+    """The ColBERT settings that encode queries for an index (None: none): the ones it was encoded with, but those
+    only queries read as this release reads the checkpoint (``read``, its own), as a rebuild records them. An earlier
+    release that read them otherwise (a Transformer's ``query_length`` taken for the expansion width) recorded queries
+    that neither this release nor the reference encodes; the index's documents, which do not depend on them, are
+    current, and no encode run re-encodes them."""
+    if not manifest.get("colbert"):
+        return None
+    recorded = ColbertConfig.from_json(known_keys(manifest["colbert"], ColbertConfig, "colbert"))
+    if read is None:
+        return recorded
+    return replace(recorded, **{name: getattr(read, name) for name in QUERY_ONLY_COLBERT})
 
 
 def known_keys(section: dict, settings_class, name: str) -> dict:

@@ -1,9 +1,10 @@
 """The search stage's public functions: ``search`` (texts in), ``search_vectors`` (vectors in), ``load_document``.
 
-``search`` encodes the queries with the model and every setting recorded in the index manifest
-(``Embedder.for_index``, kind=query), then runs the exact MaxSim scan of ``maxsim.scan`` or, when the index
-has a search structure (``tokembed compress``) and ``exact`` is false, the candidate search of
-``plaid.search`` (probed centroids -> candidates -> exact MaxSim re-rank of the best ``candidates``).
+``search`` encodes the queries with the model and every setting recorded in the index manifest, the ColBERT
+settings only queries read as this release reads the checkpoint (``Embedder.for_index``, kind=query), then
+runs the exact MaxSim scan of ``maxsim.scan`` or, when the index has a search structure (``tokembed compress``)
+and ``exact`` is false, the candidate search of ``plaid.search`` (probed centroids -> candidates -> exact MaxSim
+re-rank of the best ``candidates``).
 On a compressed-only index (``compress --drop-vectors``) the re-rank uses the decoded codes, and what needs
 the stored vectors (``exact``, ``load_document``) raises ``VectorsDroppedError``.
 """
