@@ -6,6 +6,7 @@ transformers 5 builds each sub-model in its own config's dtype, over torch's def
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from safetensors.torch import load_file, save_file
 
 import qwen3_vl_checkpoints
 import qwen_checkpoints
-from tokembed.models import load_model
+from tokembed.models import load_model, loading, readings
 from tokembed.models.base import LoadOptions
 from tokembed.models.loading import from_pretrained_checked
+from tokembed.models.readings import SUB_MODEL_DTYPE, dtype_reading
 
 BUILDERS = {**qwen3_vl_checkpoints.QWEN3_VL_BUILDERS, "colqwen3_engine": qwen3_vl_checkpoints.build_colqwen3_engine,
             "colqwen3_5": qwen_checkpoints.build_colqwen3_5}
@@ -96,3 +98,132 @@ def test_from_pretrained_builds_an_undeclared_sub_config_in_the_dtype_asked(tmp_
 
     loaded = from_pretrained_checked(NestingModel, tmp_path, dtype=torch.float32)
     assert_loaded_as_stored(loaded, load_file(tmp_path / "model.safetensors"), torch.float32)
+
+
+# Upgrades: an index an earlier release built holds the vectors of its rounded weights (models.readings.dtype_reading).
+
+@contextmanager
+def earlier_building_in(dtype, _config):
+    """``loading.building_in`` as releases before it built a module: torch's default dtype alone."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def tomoro_saying(path: Path, sub_dtype: str | None, stored: torch.dtype) -> Path:
+    path = qwen3_vl_checkpoints.build_tomoro(path)
+    if sub_dtype is not None:
+        config = json.loads((path / "config.json").read_text())
+        for key in ("text_config", "vision_config"):
+            config[key]["dtype"] = sub_dtype
+        (path / "config.json").write_text(json.dumps(config))
+    store_as(path, stored)
+    return path
+
+
+@pytest.mark.parametrize("sub_dtype", ["bfloat16", "float16", "float32", None])
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16], ids=str)
+def test_the_reading_is_named_exactly_where_an_earlier_release_loaded_other_weights(stored, sub_dtype, tmp_path, monkeypatch):
+    path = tomoro_saying(tmp_path / "tomoro", sub_dtype, stored)
+    for run in ("float32", "float16", "bfloat16"):
+        options = LoadOptions(dtype=run)
+        now = load_model(path, options)
+        with monkeypatch.context() as patch:
+            patch.setattr(loading, "building_in", earlier_building_in)
+            earlier = load_model(path, options).model.state_dict()
+        differ = any(not torch.equal(tensor, earlier[name]) for name, tensor in now.model.state_dict().items())
+        assert (SUB_MODEL_DTYPE in now.reading) == differ, (run, differ)
+
+
+def test_a_remote_code_sub_model_built_in_its_own_dtype_is_marked(tmp_path):
+    """from_pretrained (as earlier releases called it) sets the dtype asked on the sub-configs a config class
+    declares; one a remote-code class nests undeclared built its sub-model in the dtype it names, and kept it."""
+    for declared in (False, True):
+        folder = tmp_path / f"declared_{declared}"
+        folder.mkdir()
+        (folder / "configuration_nesting.py").write_text(NESTING_CONFIG.replace("DECLARED", str(declared)))
+        (folder / "modeling_nesting.py").write_text(NESTING_MODEL)
+        (folder / "config.json").write_text(json.dumps({
+            "model_type": f"tokembed-nesting-{declared}", "architectures": ["NestingModel"],
+            "auto_map": {"AutoConfig": "configuration_nesting.NestingConfig", "AutoModel": "modeling_nesting.NestingModel"},
+            "text_config": {"model_type": "qwen2", "dtype": "bfloat16", **NESTED_QWEN2},
+        }))
+        marked = {run: dtype_reading("encoder", folder, LoadOptions(dtype=run, trust_remote_code=True))
+                  for run in ("float32", "bfloat16")}
+        assert marked == {"float32": () if declared else (SUB_MODEL_DTYPE,), "bfloat16": ()}
+        assert dtype_reading("encoder", folder, LoadOptions(dtype="float32")) == ()  # its code never ran
+
+
+NESTED_QWEN2 = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    num_key_value_heads=1, vocab_size=50)
+NESTING_CONFIG = '''
+from transformers import AutoConfig, PretrainedConfig, Qwen2Config
+
+
+class NestingConfig(PretrainedConfig):
+    model_type = "tokembed-nesting"
+    sub_configs = {"text_config": AutoConfig} if DECLARED else {}
+
+    def __init__(self, text_config=None, **kwargs):
+        super().__init__(**kwargs)
+        text_config = dict(text_config or {})
+        text_config.pop("model_type", None)
+        self.text_config = Qwen2Config(**text_config)
+'''
+NESTING_MODEL = '''
+from transformers import AutoModel, PreTrainedModel
+
+from .configuration_nesting import NestingConfig
+
+
+class NestingModel(PreTrainedModel):
+    config_class = NestingConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.text = AutoModel.from_config(config.text_config)
+        self.post_init()
+'''
+
+
+def _pages(folder: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for number in range(2):
+        Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(folder / f"p{number}.png")
+    return folder
+
+
+def upgraded_run(cli, model: Path, dtype: str, tmp_path: Path, monkeypatch) -> dict:
+    """The summary of the first run of this release over an index an earlier release built (its settings: no
+    dtype reading named)."""
+    index = tmp_path / f"index-{model.name}-{dtype}"
+    encode = ("encode", tmp_path / "pages", "--model", model, "-o", index, "--dtype", dtype, "--log-format", "json")
+    with monkeypatch.context() as patch:
+        patch.setattr(readings, "dtype_reading", lambda *args: ())
+        assert cli(*encode).exit_code == 0
+    upgraded = cli(*encode)
+    assert upgraded.exit_code == 0, upgraded.output
+    return json.loads(upgraded.stdout.strip().splitlines()[-1])
+
+
+def test_an_index_of_rounded_weights_is_encoded_again_and_no_other(cli, tmp_path, monkeypatch):
+    _pages(tmp_path / "pages")
+    rounded = tomoro_saying(tmp_path / "rounded", "bfloat16", torch.float32)
+    summary = upgraded_run(cli, rounded, "float32", tmp_path, monkeypatch)
+    assert (summary["updated"], summary["unchanged"]) == (2, 0)
+    manifest = json.loads((tmp_path / "index-rounded-float32" / "manifest.json").read_text())
+    assert manifest["settings"]["reading"] == [SUB_MODEL_DTYPE]
+    plain = tomoro_saying(tmp_path / "plain", None, torch.float32)  # its sub-configs name no dtype
+    engine = BUILDERS["colqwen3_engine"](tmp_path / "engine")  # from_pretrained, declared sub-configs
+    say_bfloat16_in_sub_configs(engine)
+    store_as(engine, torch.float32)
+    for model, dtype in ((rounded, "bfloat16"), (plain, "float32"), (engine, "float32")):
+        summary = upgraded_run(cli, model, dtype, tmp_path, monkeypatch)
+        assert (summary["updated"], summary["unchanged"]) == (0, 2), (model.name, dtype)

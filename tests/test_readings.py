@@ -57,7 +57,7 @@ def test_an_index_of_a_checkpoint_read_otherwise_is_encoded_again(cli, tmp_path,
     index = tmp_path / "index"
     encode = ("encode", pages, "--model", model, "-o", index, "--log-format", "json")
     with monkeypatch.context() as patch:  # the settings an earlier release recorded: no reading named
-        patch.setattr(readings, "readings_of", lambda *args: ())
+        patch.setattr(readings, "readings_of", lambda *args, **kwargs: ())
         assert cli(*encode).exit_code == 0
     upgraded = cli(*encode)
     assert upgraded.exit_code == 0, upgraded.output

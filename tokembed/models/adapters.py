@@ -291,7 +291,7 @@ def load_adapted(adapter: Path, base: Path, options: Any, merge: bool = True) ->
         rename = names.rename if names is not None else (lambda name: name)
         loaded.model = apply_adapter(loaded.model, adapter, rename, merge)
     loaded.extra = {**(loaded.extra or {}), "adapter": str(adapter), "base": str(base)}
-    loaded.reading = readings_of(key, base, adapter)
+    loaded.reading = readings_of(key, base, adapter, options)
     return loaded
 
 

@@ -16,16 +16,26 @@ import re
 from pathlib import Path
 
 from tokembed.errors import ModelError
-from tokembed.models.base import read_json
+from tokembed.models.base import LoadOptions, read_json
 
 # Families whose Qwen-VL processor tokembed builds from its parts (qwen_vl_processor): transformers' own
 # processors (colpali-engine layouts, -hf ports) always read the files as transformers does.
 QWEN_FROM_PARTS = ("ColQwen3_5", "ColQwen3", "OpsColQwen3Model", "Qwen3VLNemotronEmbedModel")
+# Families qwen3_vl_retrieval.load_qwen3_vl builds (the others load through from_pretrained or build no sub-model).
+QWEN3_VL_BUILT = ("ColQwen3", "OpsColQwen3Model", "Qwen3VLNemotronEmbedModel")
+SUB_MODEL_DTYPE = "sub-models built in the run's dtype"
+# A stored dtype -> the dtypes that hold each of its values exactly (a sub-model built in one read it unrounded).
+_HELD_IN = {"bfloat16": ("bfloat16", "float32", "float64"), "float16": ("float16", "float32", "float64"),
+            "float32": ("float32", "float64"), "float64": ("float64",)}
+_STORED_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
 
-def readings_of(family: str, base: Path, adapter: Path | None = None) -> tuple[str, ...]:
-    """Every reading of the checkpoint's files (an adapter's over its base) that earlier releases did not make."""
-    return weights_reading(base) + processor_reading(family, base, adapter)
+def readings_of(family: str, base: Path, adapter: Path | None = None,
+                options: LoadOptions | None = None) -> tuple[str, ...]:
+    """Every reading of the checkpoint's files (an adapter's over its base), loaded with ``options``, that earlier
+    releases did not make."""
+    dtype = dtype_reading(family, base, options) if options is not None else ()
+    return weights_reading(base) + processor_reading(family, base, adapter) + dtype
 
 
 def kind_reading(family: str | None, kind: str) -> tuple[str, ...]:
@@ -62,6 +72,58 @@ def _stray_copy_read(folder: Path) -> bool:
         return False
     last = {name: file for file in every for name in headers[file]}  # the copy an earlier release kept
     return any(last[name] not in chosen for file in chosen if file in headers for name in headers[file])
+
+
+def dtype_reading(family: str, path: Path, options: LoadOptions) -> tuple[str, ...]:
+    """Releases before ``loading.building_in`` built a sub-model in the dtype its sub-config names (Qwen3-VL configs
+    say "bfloat16" in text_config and vision_config), not in the run's: ``load_qwen3_vl``'s families copied the
+    stored weights into it, rounded, and then into the run's dtype; ``from_pretrained`` kept a sub-model whose
+    config a remote-code config class does not declare in that dtype. Marked only where that gave other vectors."""
+    from tokembed.models.st_layout import read_modules, transformer_folder
+
+    folder = path if family in QWEN3_VL_BUILT else transformer_folder(path, read_modules(path))
+    config = read_json(folder / "config.json") or {}
+    named = {dtype for sub in config.values() if isinstance(sub, dict) for dtype in _dtypes_named(sub)} - {options.dtype}
+    if not named:
+        return ()
+    if family in QWEN3_VL_BUILT:
+        stored = _stored_dtypes(folder)
+        rounded = any(sub not in _HELD_IN.get(kept, ()) for sub in named for kept in stored)
+        return (SUB_MODEL_DTYPE,) if rounded else ()
+    remote = "AutoConfig" in (config.get("auto_map") or {}) and options.trust_remote_code
+    return (SUB_MODEL_DTYPE,) if remote and _built_in_other_dtypes(folder, options.dtype) else ()
+
+
+def _dtypes_named(config: dict) -> set[str]:
+    """The dtypes a (sub-)config in config.json and the configs nested in it name ("dtype", earlier "torch_dtype")."""
+    named = {config[key] for key in ("dtype", "torch_dtype") if isinstance(config.get(key), str)} - {"auto"}
+    return named.union(*(_dtypes_named(sub) for sub in config.values() if isinstance(sub, dict)))
+
+
+def _stored_dtypes(folder: Path) -> set[str]:
+    """The dtypes the checkpoint's floating tensors are stored in."""
+    from tokembed.models.weights import stored_tensors, weight_files
+
+    stored = (tensor.dtype for file in weight_files(folder) for tensor in stored_tensors(file).values() if tensor.floating)
+    return {_STORED_NAMES.get(dtype, dtype.removeprefix("torch.")) for dtype in stored}
+
+
+def _built_in_other_dtypes(folder: Path, dtype: str) -> bool:
+    """Whether ``from_pretrained(folder, dtype=dtype)`` as earlier releases called it (the config as read: the dtype
+    set on it and the sub-configs its class declares) builds a parameter in another dtype; built on the meta device.
+    A model that cannot be built so is taken as built otherwise (one encoding again, never vectors mixed)."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from tokembed.models.base import torch_dtype
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        with torch.device("meta"):
+            model = AutoModel.from_config(config, dtype=torch_dtype(dtype), trust_remote_code=True)
+    except Exception:  # remote code that does not build on the meta device
+        return True
+    return any(p.dtype != torch_dtype(dtype) for p in model.parameters() if p.is_floating_point())
 
 
 def processor_reading(family: str, base: Path, adapter: Path | None = None) -> tuple[str, ...]:

@@ -215,7 +215,7 @@ def load_model(path: Path, options: LoadOptions | None = None, base: Path | None
         else:
             key = detect(path, options.trust_remote_code)
             model = load_as_family(key, path, options)
-            model.reading = readings_of(key, Path(path))
+            model.reading = readings_of(key, Path(path), options=options)
         check_query_processing(model)
     check_tokenizer_vocabulary(path, model.tokenizer)
     check_token_ids_fit(model)
