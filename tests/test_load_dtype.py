@@ -6,7 +6,6 @@ transformers 5 builds each sub-model in its own config's dtype, over torch's def
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import qwen3_vl_checkpoints
 import qwen_checkpoints
 from tokembed.models import load_model, loading, readings
 from tokembed.models.base import LoadOptions
-from tokembed.models.loading import from_pretrained_checked
+from tokembed.models.loading import default_dtype, from_pretrained_checked
 from tokembed.models.readings import SUB_MODEL_DTYPE, dtype_reading
 
 BUILDERS = {**qwen3_vl_checkpoints.QWEN3_VL_BUILDERS, "colqwen3_engine": qwen3_vl_checkpoints.build_colqwen3_engine,
@@ -102,15 +101,9 @@ def test_from_pretrained_builds_an_undeclared_sub_config_in_the_dtype_asked(tmp_
 
 # Upgrades: an index an earlier release built holds the vectors of its rounded weights (models.readings.dtype_reading).
 
-@contextmanager
 def earlier_building_in(dtype, _config):
     """``loading.building_in`` as releases before it built a module: torch's default dtype alone."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+    return default_dtype(dtype)
 
 
 def tomoro_saying(path: Path, sub_dtype: str | None, stored: torch.dtype) -> Path:

@@ -235,9 +235,16 @@ def _configs_in(config: Any) -> Iterator[Any]:
 def building_in(dtype: Any, config: Any) -> Iterator[None]:
     """Build a module from ``config`` (``in_dtype``) with every parameter in ``dtype``: no float32 copy of a model
     run in bfloat16, and no stored value rounded through a narrower dtype than the one asked."""
+    in_dtype(config, dtype)
+    with default_dtype(dtype):
+        yield
+
+
+@contextmanager
+def default_dtype(dtype: Any) -> Iterator[None]:
+    """torch's default dtype set to ``dtype`` for the block."""
     import torch
 
-    in_dtype(config, dtype)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
