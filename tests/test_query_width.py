@@ -191,10 +191,38 @@ def test_the_transformers_saved_document_length_wins_over_the_flat_key(checkpoin
 @pytest.mark.parametrize("layout, file, key", [("st_native", "sentence_bert_config.json", "document_length"),
                                                ("st_native", "sentence_bert_config.json", "query_length"),
                                                ("pylate_bert", "config_sentence_transformers.json", "document_length")])
-def test_a_length_that_is_not_a_positive_number_is_refused_naming_it(checkpoint, layout, file, key):
+def test_a_length_of_0_is_refused_naming_it(checkpoint, layout, file, key):
+    # sentence-transformers hands the tokenizer max_length 0: no cut at all, not even at max_seq_length
     path = checkpoint(layout)
     set_keys(file, **{key: 0})(path)
     with pytest.raises(ModelError, match=rf"{file}: {key} 0 is not a positive number of tokens"):
+        Embedder.load(str(path), EncodeFlags())
+
+
+@pytest.mark.parametrize("file, values, named", [
+    ("sentence_bert_config.json", {"document_length": -1}, "document_length -1 is not a positive number of tokens"),
+    ("sentence_bert_config.json", {"query_length": "12"}, "query_length '12' is not a positive number of tokens"),
+    ("sentence_bert_config.json", {"query_expansion": {**EXPANSION_32, "length": 0}},
+     "query_expansion length 0 is not a positive number of tokens"),
+    ("sentence_bert_config.json", {"query_expansion": {**EXPANSION_32, "attend": "no"}},
+     "query_expansion attend 'no' is not true or false"),
+    ("sentence_bert_config.json", {"query_expansion": {**EXPANSION_32, "lenght": 32}},
+     r"query_expansion has unknown keys \['lenght'\]"),
+    ("sentence_bert_config.json", {"query_expansion": {"attend": False, "length": 32}},
+     "query_expansion strategy None is not 'fixed' or 'min'"),
+    ("sentence_bert_config.json", {"query_expansion": {**EXPANSION_32, "strategy": "min"}},
+     "query_expansion strategy 'min' is not supported"),
+    ("sentence_bert_config.json", {"query_expansion": [32]}, r"query_expansion \[32\] is not an object"),
+])
+def test_settings_the_transformer_refuses_are_refused_naming_them(checkpoint, file, values, named):
+    from sentence_transformers import MultiVectorEncoder
+
+    path = checkpoint("st_native")
+    set_keys(file, **values)(path)
+    if "query_expansion" in named and "not supported" not in named:  # the reference checks the expansion only
+        with pytest.raises((ValueError, TypeError, AttributeError)):
+            MultiVectorEncoder(str(path), device="cpu", local_files_only=True)
+    with pytest.raises(ModelError, match=rf"{file}: {named}"):
         Embedder.load(str(path), EncodeFlags())
 
 
@@ -246,3 +274,65 @@ def test_score_and_serve_read_the_query_width_of_an_earlier_releases_index_as_a_
     rebuilt = cli("score", folder, "--query", TEXTS[0], "--query", TEXTS[1])
     assert earlier.exit_code == rebuilt.exit_code == 0, earlier.output
     assert earlier.stdout == rebuilt.stdout
+
+
+def test_an_index_of_queries_keeps_the_query_settings_it_was_encoded_with(cli, checkpoint, tmp_path):
+    # its vectors are queries: an earlier release's 40-wide ones are scored against 40-wide queries until re-encoded
+    from helpers import manifest, write_manifest
+    from tokembed.search import encode_queries
+
+    path = checkpoint("pylate_bert")
+    _backbone_query_length(40)(path)
+    corpus = write_parquet(tmp_path / "queries.parquet", [{"id": "q", "text": "what is the capital of france?"}])
+    folder = tmp_path / "index"
+    assert cli("encode", corpus, "-o", folder, "--model", path, "--kind", "query", "-q").exit_code == 0
+    assert encode_queries(folder, ["hi"])[0].shape[0] == 32
+    earlier = manifest(folder)
+    earlier["colbert"]["query_length"] = 40
+    earlier["settings"]["expand_to"] = earlier["settings"]["max_length"] = 40
+    write_manifest(folder, earlier)
+    assert encode_queries(folder, ["hi"])[0].shape[0] == 40
+
+
+def _document_length_read_otherwise(cli, checkpoint, tmp_path):
+    """An index of a PyLate save whose Transformer says document_length 12 beside the flat 40, as a release that
+    took the flat key recorded it."""
+    from helpers import manifest, write_manifest
+
+    path = checkpoint("pylate_bert")
+    both(set_keys("config_sentence_transformers.json", document_length=40),
+         set_keys("sentence_bert_config.json", document_length=12))(path)
+    corpus = write_parquet(tmp_path / "docs.parquet", [{"id": f"d{i}", "text": text} for i, text in enumerate(TEXTS)])
+    folder = tmp_path / "index"
+    assert cli("encode", corpus, "-o", folder, "--model", path, "-q").exit_code == 0
+    current = manifest(folder)
+    earlier = json.loads(json.dumps(current))
+    earlier["colbert"]["document_length"] = earlier["settings"]["max_length"] = 40
+    write_manifest(folder, earlier)
+    return folder, current
+
+
+def test_score_and_serve_warn_of_documents_this_release_reads_otherwise(cli, checkpoint, tmp_path, caplog):
+    from helpers import write_manifest
+    from tokembed.serve import EmbeddingService
+
+    folder, current = _document_length_read_otherwise(cli, checkpoint, tmp_path)
+    warning = "the index's documents were encoded by a release that read the checkpoint otherwise (document_length 40, now 12)"
+    result = cli("score", folder, "--query", "hello")
+    assert result.exit_code == 0 and f"tokembed: warning: {warning}" in result.stderr, result.output
+    service = EmbeddingService.load(None, "cpu", index=str(folder))
+    service.close()
+    assert warning in caplog.text
+    write_manifest(folder, current)  # as this release's next encode run writes it
+    result = cli("score", folder, "--query", "hello")
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output
+
+
+def test_a_reading_the_index_was_encoded_without_is_named():
+    from tokembed.index_colbert import documents_read_otherwise
+
+    manifest = {"settings": {"kind": "document", "reading": ["weight files by the reference's names"]}}
+    assert documents_read_otherwise(manifest, None, ("weight files by the reference's names",)) == []
+    assert documents_read_otherwise(manifest, None, ("sub-models built in the run's dtype",)) == [
+        "reading \"sub-models built in the run's dtype\""]
+    assert documents_read_otherwise({"settings": {"kind": "query"}}, None, ("sub-models built in the run's dtype",)) == []

@@ -282,7 +282,8 @@ def test_search_cuts_queries_as_pooling_does_and_refuses_another_activation_than
     although ``truncate_prompt_tokens`` asked for 4 tokens, unnormalized query vectors asked for and not given."""
     from dataclasses import replace
 
-    from tokembed.embedder import Embedder, index_checkpoint, index_colbert
+    from tokembed.embedder import Embedder, index_checkpoint
+    from tokembed.index_colbert import index_colbert
     from tokembed.index import open_index
     from tokembed.search import search_vectors
 

@@ -18,9 +18,10 @@ from tokembed.errors import DeviceError, ModelMismatchError, ModelNotFoundError,
 from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, resolve_model
 from tokembed.models.readings import kind_reading
 from tokembed.models.resolve import resolved_fingerprint, resolved_weights_sha256, weights_agree
+from tokembed.index_colbert import IndexColbert
 from tokembed.models.steps import TextEncoder
 from tokembed.settings import (
-    DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, checked_flags, resolve, resolve_dtype,
+    DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, checked_flags, known_keys, resolve, resolve_dtype,
 )
 
 
@@ -75,9 +76,11 @@ class Embedder:
         where an adapter's base is; their fingerprint must match the manifest's unless ``allow_mismatch``.
         """
         where, flags = index_checkpoint(manifest, kind, model, base_model)
-        embedder = cls.load(where, flags, device, trust_remote_code, lambda read: index_colbert(manifest, read))
+        colbert = IndexColbert(manifest)
+        embedder = cls.load(where, flags, device, trust_remote_code, colbert)
         if not allow_mismatch:
             check_index_model(manifest, embedder)
+            colbert.warn_of_documents_read_otherwise(embedder.model.reading)
         return embedder
 
     @property
@@ -239,42 +242,6 @@ def index_base(manifest: dict, flags: EncodeFlags, base_model: str | None = None
             f"the index's base model folder {base['path']} (of adapter {manifest['model']['name']!r} when it was "
             "encoded) is gone", hint="pass the base with --base-model ID|PATH")
     return flags
-
-
-# The ColBERT settings only queries read: no document of an index depends on them.
-QUERY_ONLY_COLBERT = ("query_prefix", "query_length", "expand_queries", "attend_to_expansion_tokens", "expansion_token",
-                      "expansion_side")
-
-
-def index_colbert(manifest: dict, read: ColbertConfig | None = None) -> ColbertConfig | None:
-    """The ColBERT settings that encode queries for an index (None: none): the ones it was encoded with, but those
-    only queries read as this release reads the checkpoint (``read``, its own), as a rebuild records them. An earlier
-    release that read them otherwise (a Transformer's ``query_length`` taken for the expansion width) recorded queries
-    that neither this release nor the reference encodes; the index's documents, which do not depend on them, are
-    current, and no encode run re-encodes them."""
-    if not manifest.get("colbert"):
-        return None
-    recorded = ColbertConfig.from_json(known_keys(manifest["colbert"], ColbertConfig, "colbert"))
-    if read is None:
-        return recorded
-    return replace(recorded, **{name: getattr(read, name) for name in QUERY_ONLY_COLBERT})
-
-
-def known_keys(section: dict, settings_class, name: str) -> dict:
-    """A manifest section whose keys this release knows; a key it does not (a flag a later release added) is
-    refused (exit 6), never dropped: the queries would be encoded otherwise than the index's documents."""
-    from dataclasses import fields
-
-    from tokembed.errors import IndexCorruptError
-
-    unknown = sorted(set(section) - {field.name for field in fields(settings_class)})
-    if unknown:
-        raise IndexCorruptError(
-            f"the index's manifest.json records {name} {', '.join(map(repr, unknown))} that this tokembed does not know "
-            "(written by a later release?)",
-            hint="score it with the tokembed release that built it, or re-encode it with this one (encode --full)",
-        )
-    return section
 
 
 def index_model(manifest: dict, model: str | None = None) -> str | None:

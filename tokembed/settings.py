@@ -318,3 +318,20 @@ def _warn_if_bfloat16_is_emulated() -> None:
     if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
         print("tokembed: warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --dtype bfloat16 "
               "runs emulated, several times slower than float32", file=sys.stderr)
+
+
+def known_keys(section: dict, settings_class, name: str) -> dict:
+    """A manifest section whose keys this release knows; a key it does not (a flag a later release added) is
+    refused (exit 6), never dropped: the queries would be encoded otherwise than the index's documents."""
+    from dataclasses import fields
+
+    from tokembed.errors import IndexCorruptError
+
+    unknown = sorted(set(section) - {field.name for field in fields(settings_class)})
+    if unknown:
+        raise IndexCorruptError(
+            f"the index's manifest.json records {name} {', '.join(map(repr, unknown))} that this tokembed does not know "
+            "(written by a later release?)",
+            hint="score it with the tokembed release that built it, or re-encode it with this one (encode --full)",
+        )
+    return section

@@ -201,7 +201,9 @@ def _settings_sentence_transformers_would_apply(path: Path) -> list[str]:
     transformer = read_json(path / own) or {}
     lengths = read_lengths(st_config, path / flat, transformer, path / own)
     found = [f"{flat} prompts {key}" for key, value in (st_config.get("prompts") or {}).items() if value]
-    found += [f"{flat} {key}" for key in ("query_prefix", "document_prefix", "skiplist_words") if st_config.get(key)]
+    found += [f"{flat} {key}" for key in ("query_prefix", "document_prefix") if st_config.get(key)]
+    if st_config.get("model_type") == "ColBERT":  # a PyLate v3 save: a punctuation skiplist is appended
+        found.append(f"{flat} model_type 'ColBERT'")
     if lengths.expansion is not None and lengths.width_setting[1] == "query_length":  # from PyLate's flat keys
         marker = next(key for key in PYLATE_MARKERS if key in st_config)
         found.append(f"{flat} {marker} (it turns query expansion on)")

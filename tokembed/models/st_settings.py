@@ -44,6 +44,7 @@ def read_lengths(st_config: dict, flat_file: Path, backbone: dict, backbone_file
     if expansion is not None:
         explicit = "query_expansion" in backbone or "query_expansion" in st_config
         width_setting = (expansion_file, "query_expansion length") if explicit else (flat_file, "query_length")
+        _check_expansion(expansion, width_setting[0])
     cap, cap_file = _query_cap(st_config, flat_file, backbone, backbone_file)
     if expansion is not None and cap is not None and cap < expansion["length"]:
         raise ModelError(
@@ -72,9 +73,28 @@ def _expansion(st_config: dict, backbone: dict) -> dict[str, Any] | None:
         # the flat key only: MultiVectorEncoder moves it into the expansion; the Transformer's own caps
         length = st_config.get("query_length") or 32
         expansion = {"strategy": "fixed", "attend": bool(attend), "length": length}
-    if expansion is not None and expansion.get("strategy", "fixed") != "fixed":
-        raise ModelError(f"query_expansion strategy {expansion.get('strategy')!r} is not supported (only 'fixed')")
     return expansion
+
+
+def _check_expansion(expansion: Any, source: Path) -> None:
+    """What the Transformer refuses at load (``_normalize_query_expansion``), and the strategy tokembed lacks."""
+    if not isinstance(expansion, dict):
+        raise ModelError(f"{source}: query_expansion {expansion!r} is not an object (or null)")
+    unknown = sorted(set(expansion) - {"strategy", "attend", "token", "length"})
+    length, attend = expansion.get("length"), expansion.get("attend", False)
+    if unknown:
+        why = f"has unknown keys {unknown}"
+    elif expansion.get("strategy") not in ("fixed", "min"):
+        why = f"strategy {expansion.get('strategy')!r} is not 'fixed' or 'min'"
+    elif not isinstance(attend, bool):
+        why = f"attend {attend!r} is not true or false"
+    elif not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        why = f"length {length!r} is not a positive number of tokens"
+    elif expansion["strategy"] != "fixed":
+        raise ModelError(f"{source}: query_expansion strategy {expansion['strategy']!r} is not supported (only 'fixed')")
+    else:
+        return
+    raise ModelError(f"{source}: query_expansion {why}; sentence-transformers refuses this checkpoint")
 
 
 def _query_cap(st_config: dict, flat_file: Path, backbone: dict, backbone_file: Path) -> tuple[int | None, Path]:
@@ -88,6 +108,9 @@ def _query_cap(st_config: dict, flat_file: Path, backbone: dict, backbone_file: 
 
 
 def _length(value: Any, source: Path, key: str) -> int | None:
+    """A length: a positive number of tokens, or null (the model's default cut). The Transformer also takes 0, as
+    a max_length of 0 for the tokenizer: no cut at all, past max_seq_length too; tokembed does not reproduce it."""
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         return value
-    raise ModelError(f"{source}: {key} {value!r} is not a positive number of tokens (or null: no cut)")
+    raise ModelError(f"{source}: {key} {value!r} is not a positive number of tokens (or null: the model's default)",
+                     hint="0 cuts nothing in sentence-transformers, not even at max_seq_length: set the length wanted")

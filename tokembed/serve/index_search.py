@@ -92,7 +92,8 @@ class ServedIndex:
         """(checkpoint to load, raw flags carrying the index's revision, base model and dtype, ColBERT settings as a
         function of the checkpoint's own, ``index_colbert``);
         ``raw_flags.base_model``: ``--base-model``, where the index's adapter's base is."""
-        from tokembed.embedder import index_checkpoint, index_colbert
+        from tokembed.embedder import index_checkpoint
+        from tokembed.index_colbert import IndexColbert
 
         where, query = index_checkpoint(self.manifest, "query", model, raw_flags.base_model)
         if raw_flags.dtype not in ("auto", query.dtype):
@@ -100,7 +101,7 @@ class ServedIndex:
                              hint="leave --dtype out with --index")
         flags = replace(raw_flags, dtype=query.dtype, revision=query.revision, base_model=query.base_model,
                         base_revision=query.base_revision)
-        return where, flags, lambda read: index_colbert(self.manifest, read)
+        return where, flags, IndexColbert(self.manifest)
 
     def query_profile(self, model, device: str):
         """The ``Profile`` that encodes queries for this index (``Embedder.for_index``'s), sharing ``model``'s weights."""
