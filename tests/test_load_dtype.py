@@ -148,6 +148,8 @@ def test_a_remote_code_sub_model_built_in_its_own_dtype_is_marked(tmp_path):
                   for run in ("float32", "bfloat16")}
         assert marked == {"float32": () if declared else (SUB_MODEL_DTYPE,), "bfloat16": ()}
         assert dtype_reading("encoder", folder, LoadOptions(dtype="float32")) == ()  # its code never ran
+        # a family that builds its own class never runs the config's auto_map code (nor did earlier releases)
+        assert dtype_reading("ColQwen3_5", folder, LoadOptions(dtype="float32", trust_remote_code=True)) == ()
 
 
 NESTED_QWEN2 = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -193,24 +195,28 @@ def _pages(folder: Path) -> Path:
     return folder
 
 
-def upgraded_run(cli, model: Path, dtype: str, tmp_path: Path, monkeypatch) -> dict:
-    """The summary of the first run of this release over an index an earlier release built (its settings: no
-    dtype reading named)."""
+def upgraded_run(cli, model: Path, dtype: str, tmp_path: Path, monkeypatch) -> tuple[dict, str]:
+    """(the summary of the first run of this release over an index an earlier release built (its settings: no
+    dtype reading named), what score said on stderr before that run)."""
     index = tmp_path / f"index-{model.name}-{dtype}"
     encode = ("encode", tmp_path / "pages", "--model", model, "-o", index, "--dtype", dtype, "--log-format", "json")
     with monkeypatch.context() as patch:
         patch.setattr(readings, "dtype_reading", lambda *args: ())
         assert cli(*encode).exit_code == 0
+    scored = cli("score", index, "--query", "a page")
+    assert scored.exit_code == 0, scored.output
     upgraded = cli(*encode)
     assert upgraded.exit_code == 0, upgraded.output
-    return json.loads(upgraded.stdout.strip().splitlines()[-1])
+    return json.loads(upgraded.stdout.strip().splitlines()[-1]), scored.stderr
 
 
 def test_an_index_of_rounded_weights_is_encoded_again_and_no_other(cli, tmp_path, monkeypatch):
     _pages(tmp_path / "pages")
     rounded = tomoro_saying(tmp_path / "rounded", "bfloat16", torch.float32)
-    summary = upgraded_run(cli, rounded, "float32", tmp_path, monkeypatch)
+    summary, warned = upgraded_run(cli, rounded, "float32", tmp_path, monkeypatch)
     assert (summary["updated"], summary["unchanged"]) == (2, 0)
+    # until then, score says its documents are not what this release encodes
+    assert f"otherwise (reading {SUB_MODEL_DTYPE!r})" in warned, warned
     manifest = json.loads((tmp_path / "index-rounded-float32" / "manifest.json").read_text())
     assert manifest["settings"]["reading"] == [SUB_MODEL_DTYPE]
     plain = tomoro_saying(tmp_path / "plain", None, torch.float32)  # its sub-configs name no dtype
@@ -218,5 +224,6 @@ def test_an_index_of_rounded_weights_is_encoded_again_and_no_other(cli, tmp_path
     say_bfloat16_in_sub_configs(engine)
     store_as(engine, torch.float32)
     for model, dtype in ((rounded, "bfloat16"), (plain, "float32"), (engine, "float32")):
-        summary = upgraded_run(cli, model, dtype, tmp_path, monkeypatch)
+        summary, warned = upgraded_run(cli, model, dtype, tmp_path, monkeypatch)
         assert (summary["updated"], summary["unchanged"]) == (0, 2), (model.name, dtype)
+        assert "warning" not in warned, warned

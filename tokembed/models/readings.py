@@ -24,6 +24,9 @@ QWEN_FROM_PARTS = ("ColQwen3_5", "ColQwen3", "OpsColQwen3Model", "Qwen3VLNemotro
 # Families qwen3_vl_retrieval.load_qwen3_vl builds (the others load through from_pretrained or build no sub-model).
 QWEN3_VL_BUILT = ("ColQwen3", "OpsColQwen3Model", "Qwen3VLNemotronEmbedModel")
 SUB_MODEL_DTYPE = "sub-models built in the run's dtype"
+# Families whose model transformers' AutoModel builds (remote code it names included); the others build their own
+# class, which never runs a config's auto_map code.
+AUTO_MODEL_BUILT = ("encoder", "causal-lm", "st-colbert", "bge-m3", "HF_ColBERT", "remote-code-retrieval")
 # A stored dtype -> the dtypes that hold each of its values exactly (a sub-model built in one read it unrounded).
 _HELD_IN = {"bfloat16": ("bfloat16", "float32", "float64"), "float16": ("float16", "float32", "float64"),
             "float32": ("float32", "float64"), "float64": ("float64",)}
@@ -90,7 +93,8 @@ def dtype_reading(family: str, path: Path, options: LoadOptions) -> tuple[str, .
         stored = _stored_dtypes(folder)
         rounded = any(sub not in _HELD_IN.get(kept, ()) for sub in named for kept in stored)
         return (SUB_MODEL_DTYPE,) if rounded else ()
-    remote = "AutoConfig" in (config.get("auto_map") or {}) and options.trust_remote_code
+    remote = ("AutoConfig" in (config.get("auto_map") or {}) and options.trust_remote_code
+              and family in AUTO_MODEL_BUILT)
     return (SUB_MODEL_DTYPE,) if remote and _built_in_other_dtypes(folder, options.dtype) else ()
 
 
