@@ -331,8 +331,13 @@ def test_score_and_serve_warn_of_documents_this_release_reads_otherwise(cli, che
 def test_a_reading_the_index_was_encoded_without_is_named():
     from tokembed.index_colbert import documents_read_otherwise
 
-    manifest = {"settings": {"kind": "document", "reading": ["weight files by the reference's names"]}}
-    assert documents_read_otherwise(manifest, None, ("weight files by the reference's names",)) == []
-    assert documents_read_otherwise(manifest, None, ("sub-models built in the run's dtype",)) == [
-        "reading \"sub-models built in the run's dtype\""]
-    assert documents_read_otherwise({"settings": {"kind": "query"}}, None, ("sub-models built in the run's dtype",)) == []
+    weights, dtype = "weight files by the reference's names", "sub-models built in the run's dtype"
+    manifest = {"settings": {"kind": "document", "dtype": "float32", "reading": [weights]}}
+    assert documents_read_otherwise(manifest, None, (weights,), "float32") == []
+    assert documents_read_otherwise(manifest, None, (dtype,), "float32") == [f"reading {dtype!r}"]
+    assert documents_read_otherwise({"settings": {**manifest["settings"], "reading": []}}, None, (weights,),
+                                    "bfloat16") == [f"reading {weights!r}"]
+    # a reading of the dtype queries are loaded in says nothing of documents encoded in another (a GPU's bfloat16)
+    assert documents_read_otherwise({"settings": {**manifest["settings"], "dtype": "bfloat16"}}, None, (dtype,),
+                                    "float32") == []
+    assert documents_read_otherwise({"settings": {"kind": "query"}}, None, (dtype,), "float32") == []

@@ -80,7 +80,7 @@ class Embedder:
         embedder = cls.load(where, flags, device, trust_remote_code, colbert)
         if not allow_mismatch:
             check_index_model(manifest, embedder)
-            colbert.warn_of_documents_read_otherwise(embedder.model.reading)
+            colbert.warn_of_documents_read_otherwise(embedder.model.reading, embedder.settings.dtype)
         return embedder
 
     @property

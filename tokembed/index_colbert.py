@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import fields, replace
 
+from tokembed.models.readings import DTYPE_READINGS
 from tokembed.settings import ColbertConfig, known_keys
 
 QUERY_ONLY_COLBERT = ("query_prefix", "query_length", "expand_queries", "attend_to_expansion_tokens", "expansion_token",
@@ -42,22 +43,28 @@ class IndexColbert:
         self.read = read
         return index_colbert(self.manifest, read)
 
-    def warn_of_documents_read_otherwise(self, reading: tuple[str, ...]) -> None:
-        """A ``tokembed: warning:`` line naming what the documents were encoded without (``reading``: the model's)."""
-        changed = documents_read_otherwise(self.manifest, self.read, reading)
+    def warn_of_documents_read_otherwise(self, reading: tuple[str, ...], dtype: str) -> None:
+        """A ``tokembed: warning:`` line naming what the documents were encoded without (``reading``: the model's,
+        loaded in ``dtype``)."""
+        changed = documents_read_otherwise(self.manifest, self.read, reading, dtype)
         if changed:
             logging.getLogger("tokembed").warning(
                 "the index's documents were encoded by a release that read the checkpoint otherwise (%s): they are "
                 "not the vectors a rebuild gives until the next encode run re-encodes them", "; ".join(changed))
 
 
-def documents_read_otherwise(manifest: dict, read: ColbertConfig | None, reading: tuple[str, ...]) -> list[str]:
+def documents_read_otherwise(manifest: dict, read: ColbertConfig | None, reading: tuple[str, ...],
+                             dtype: str) -> list[str]:
     """What this release reads otherwise than the one that encoded a document index: ColBERT settings documents
-    depend on, and readings of the checkpoint's files (``models.readings``) its settings do not name."""
+    depend on, and readings of the checkpoint's files (``models.readings``, ``reading`` as loaded in ``dtype``)
+    its settings do not name; one that depends on the dtype only where the documents were encoded in that dtype (a
+    GPU's bfloat16 index scored on a CPU in float32 has none)."""
     settings = manifest.get("settings") or {}
     if settings.get("kind") != "document":
         return []
-    changed = [f"reading {name!r}" for name in reading if name not in (settings.get("reading") or ())]
+    same_dtype = settings.get("dtype") == dtype
+    changed = [f"reading {name!r}" for name in reading
+               if name not in (settings.get("reading") or ()) and (same_dtype or name not in DTYPE_READINGS)]
     recorded = index_colbert(manifest)
     if recorded is not None and read is not None:
         shared = [field.name for field in fields(ColbertConfig) if field.name not in QUERY_ONLY_COLBERT]

@@ -24,6 +24,7 @@ QWEN_FROM_PARTS = ("ColQwen3_5", "ColQwen3", "OpsColQwen3Model", "Qwen3VLNemotro
 # Families qwen3_vl_retrieval.load_qwen3_vl builds (the others load through from_pretrained or build no sub-model).
 QWEN3_VL_BUILT = ("ColQwen3", "OpsColQwen3Model", "Qwen3VLNemotronEmbedModel")
 SUB_MODEL_DTYPE = "sub-models built in the run's dtype"
+DTYPE_READINGS = (SUB_MODEL_DTYPE,)  # readings that depend on the dtype the checkpoint is loaded in
 # Families whose model transformers' AutoModel builds (remote code it names included); the others build their own
 # class, which never runs a config's auto_map code.
 AUTO_MODEL_BUILT = ("encoder", "causal-lm", "st-colbert", "bge-m3", "HF_ColBERT", "remote-code-retrieval")

@@ -116,7 +116,7 @@ class EmbeddingService:
                 exc.hint = ("leave --model and --base-model out (the index's own), or pass the checkpoints the index "
                             "was built with")
                 raise
-            colbert.warn_of_documents_read_otherwise(embedder.model.reading)
+            colbert.warn_of_documents_read_otherwise(embedder.model.reading, embedder.settings.dtype)
         adapters = _attach_adapters(embedder, options) if options.lora_modules else None
         return cls(embedder, options, adapters, served)
 
