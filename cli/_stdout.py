@@ -92,29 +92,34 @@ def guarded_stdout():
 def stderr_or_devnull():
     """A closed stderr (``2>&-``, a supervisor that closes descriptor 2: ``sys.stderr`` is None) is /dev/null
     inside: the run's lines (progress, warnings, an error) are dropped, where ``sys.stderr.isatty()`` raised, and
-    ``print(..., file=None)`` would have written them into stdout's results. Descriptor 2 becomes /dev/null too
-    (as long as the process lives), so that no file the run opens (a shard) takes it, for native libraries and
-    worker processes to write their messages into."""
-    if sys.stderr is not None:
+    ``print(..., file=None)`` would have written them into stdout's results. So is a descriptor 2 open for reading
+    only (a pyenv shim, a shell script, hands ``2>&-`` on as its own file read-only; ``2</dev/null``), whose
+    first write failed the command. Descriptor 2 becomes /dev/null too (as long as the process lives), so that no
+    file the run opens (a shard) takes it, for native libraries and worker processes to write their messages into."""
+    previous = sys.stderr
+    if previous is not None and _writable(2):
         yield
         return
     devnull = open(os.devnull, "w")
-    if not _open(2):
+    if not _writable(2):
         os.dup2(devnull.fileno(), 2)
     sys.stderr = devnull
     try:
         yield
     finally:
-        sys.stderr = None
+        sys.stderr = previous
         devnull.close()
 
 
-def _open(descriptor: int) -> bool:
+def _writable(descriptor: int) -> bool:
+    """Whether ``descriptor`` is open for writing (not closed, not read-only)."""
+    import fcntl
+
     try:
-        os.fstat(descriptor)
+        mode = fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE
     except OSError:
         return False
-    return True
+    return mode != os.O_RDONLY
 
 
 def report_failed_stdout(error: OSError, code: int) -> int:

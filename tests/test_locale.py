@@ -227,6 +227,24 @@ def test_encode_and_compress_run_with_stderr_closed(tmp_path, checkpoint_store, 
     assert (missing.returncode, missing.stdout) == (6, "")
 
 
+def test_commands_run_with_stderr_open_for_reading_only(tmp_path, checkpoint_store):
+    """A pyenv shim (a shell script) hands ``2>&-`` on as its own file, read-only: the first write to stderr raised
+    EBADF, exit 1 (encode wrote no index, info printed a traceback nowhere)."""
+    model, index, unreadable = checkpoint_store("pylate_bert"), tmp_path / "idx", tmp_path / "script"
+    unreadable.write_text("#!/bin/sh\n")
+    corpus = write_jsonl(tmp_path / "first.jsonl", ROWS)
+
+    def run(*args) -> subprocess.CompletedProcess:
+        with open(unreadable) as read_only:
+            return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], stdout=subprocess.PIPE,
+                                  stderr=read_only, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+
+    assert run("encode", corpus, "-o", index, "-m", model).returncode == 0
+    assert len(read_index(index)) == len(ROWS)
+    assert run("info", index).returncode == 0
+    assert (run("info", tmp_path / "nowhere").returncode, unreadable.read_text()) == (6, "#!/bin/sh\n")
+
+
 def test_pdf_render_workers_of_a_caller_in_utf8_mode_by_flag_read_its_names(tmp_path):
     """``python -X utf8`` (the refusal's own hint) sets no variable a render worker inherits: under LC_ALL=C the
     workers ran in ASCII and every page of ``résumé.pdf`` was 'cannot render page 1: 'ascii' codec ...'."""
