@@ -225,7 +225,11 @@ def test_a_hub_index_whose_snapshot_was_cleaned_says_what_to_download(checkpoint
     hub_cache("org/tiny", _changed_weights(snapshot, tmp_path / "other"), SHA_B)
     shutil.rmtree(snapshot)
     result = cli("score", index, "--query", "red planet", "-f", "jsonl")
-    assert result.exit_code == 5 and f"hf download org/tiny --revision {SHA_A}" in result.stderr
+    # the commit the index was built on is what score loads, not the one refs/main moved to (exit 5 named it too)
+    assert result.exit_code == 4 and f"hf download org/tiny --revision {SHA_A}" in result.stderr, result.output
+    shutil.rmtree(hub_cache.root / "models--org--tiny")  # the whole repo gone from the cache
+    result = cli("score", index, "--query", "red planet", "-f", "jsonl")
+    assert result.exit_code == 4 and f"hf download org/tiny --revision {SHA_A}" in result.stderr, result.output
 
 
 def test_a_hub_index_is_scored_from_its_snapshot_with_its_revision_recorded(checkpoint, hub_cache, tmp_path, cli):

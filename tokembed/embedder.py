@@ -225,6 +225,10 @@ def index_checkpoint(
     where, flags = index_model(manifest, model), index_flags(manifest, kind)
     if where is None or _exists(where):  # None: the demo model, a folder (an earlier release recorded a --revision)
         flags = replace(flags, revision=None)
+    elif model is None and manifest["model"].get("revision"):
+        # its snapshot folder is gone: the commit it was built on, wherever a branch moved since (not cached: the
+        # error names `hf download NAME --revision COMMIT`)
+        flags = replace(flags, revision=manifest["model"]["revision"])
     return where, index_base(manifest, flags, base_model)
 
 
