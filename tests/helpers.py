@@ -109,3 +109,13 @@ def encode_chunk(model, kind: str, inputs: list, budget: int = 1 << 20, **flags)
         for row, result in zip(batch.rows, encoder.finish(encoder.embed(encoder.collate(items)), items)):
             results[row] = result
     return results
+
+
+def exec_after(setup: str, argv: list) -> list[str]:
+    """A command line that runs ``argv`` in a fresh Python after ``setup`` (a limit set, a descriptor closed, a signal
+    reset: what survives the exec): what a ``preexec_fn`` does, without running Python code in the forked child of
+    this threaded test process, which can hang there before the exec (a lock another thread held at the fork)."""
+    import sys
+
+    trampoline = f"import ctypes, os, resource, signal, sys\n{setup}\nos.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", trampoline, *map(str, argv)]

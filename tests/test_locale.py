@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from helpers import read_index, write_jsonl
+from helpers import exec_after, read_index, write_jsonl
 
 # LC_ALL (not LANG): Python coerces a bare C locale to C.UTF-8 otherwise; PYTHONUTF8=0: no UTF-8 mode either
 NOT_UTF8 = {**{k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"},
@@ -206,8 +206,9 @@ def test_tables_on_an_ascii_stdout_escape_what_it_lacks(unicode_index, monkeypat
 
 def _with_stderr_closed(*args) -> subprocess.CompletedProcess:
     """``tokembed ARGS 2>&-``: Python starts with ``sys.stderr`` None."""
-    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], stdout=subprocess.PIPE, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=lambda: os.close(2), timeout=300)
+    command = exec_after("os.close(2)", [sys.executable, "-m", "cli.main", *args])
+    return subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          timeout=300)
 
 
 def test_encode_and_compress_run_with_stderr_closed(tmp_path, checkpoint_store, cli):

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from helpers import write_parquet
+from helpers import exec_after, write_parquet
 from plaid_support import corpus_rows
 from tokembed.index.reader import open_index
 
@@ -36,9 +36,9 @@ def many_shards(tmp_path_factory, checkpoint_store):
 
 def tokembed_limited(args, soft: int, hard: int) -> subprocess.CompletedProcess:
     """The CLI in a process started with RLIMIT_NOFILE (soft, hard)."""
-    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    limit = f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))"
+    return subprocess.run(exec_after(limit, [sys.executable, "-m", "cli.main", *args]), capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def commands(folder, queries, out) -> dict[str, list]:

@@ -12,7 +12,6 @@ Root reads any file: as root, the commands run in a process that dropped that po
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import manifest, write_jsonl
+from helpers import exec_after, manifest, write_jsonl
 from plaid_support import corpus_rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,33 +28,31 @@ USAGE, MODEL, NOT_FOUND, WRITE = 2, 4, 6, 8
 _PR_CAPBSET_DROP, _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 24, 1, 2
 
 
-def _drop_root_override() -> None:
-    """preexec_fn: CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH out of the bounding set, so that the command exec'd as
-    root gets neither and is bound by the permission bits as any other user."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
-        if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+# CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH out of the bounding set (``helpers.exec_after``), so that the command
+# exec'd as root gets neither and is bound by the permission bits as any other user
+_DROP_ROOT_OVERRIDE = (f"libc = ctypes.CDLL(None, use_errno=True)\n"
+                       f"for capability in ({_CAP_DAC_OVERRIDE}, {_CAP_DAC_READ_SEARCH}):\n"
+                       f"    if libc.prctl({_PR_CAPBSET_DROP}, capability, 0, 0, 0) != 0: sys.exit('prctl failed')")
+
+
+def _bound(argv: list) -> list:
+    """``argv`` run with root's override dropped (as it is, for another user)."""
+    return exec_after(_DROP_ROOT_OVERRIDE, argv) if os.geteuid() == 0 else list(map(str, argv))
 
 
 @pytest.fixture
 def bound_by_permissions(tmp_path):
     """Runs the CLI in a process that a ``chmod 000`` file refuses (skipped where root's override cannot be dropped)."""
-    preexec = _drop_root_override if os.geteuid() == 0 else None
     probe = tmp_path / "probe"
     probe.write_text("x")
     probe.chmod(0)
-    try:
-        refused = subprocess.run([sys.executable, "-c", f"open({str(probe)!r})"], preexec_fn=preexec,
-                                 capture_output=True).returncode != 0
-    except subprocess.SubprocessError:
-        refused = False
-    if not refused:
+    tried = subprocess.run(_bound([sys.executable, "-c", f"open({str(probe)!r})"]), capture_output=True, text=True)
+    if "PermissionError" not in tried.stderr:
         pytest.skip("this process cannot run a command that file permissions bind")
 
     def run(*args) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
-                              cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=preexec)
+        return subprocess.run(_bound([sys.executable, "-m", "cli.main", *args]), capture_output=True, text=True,
+                              cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     return run
 
@@ -208,14 +205,12 @@ def test_serve_answers_from_the_held_generation_while_a_deploy_is_not_yet_readab
     """``cp -a`` makes the folder and files unreadable to others until it sets their modes last: the folder raised
     PermissionError (a 500, and the watcher thread died); a code file replaced the held generation with one whose
     structure was "unreadable", kept until the manifest changed again."""
-    preexec = _drop_root_override if os.geteuid() == 0 else None
     new = tmp_path / "new"
     corpus = write_jsonl(tmp_path / "new.jsonl", corpus_rows(20))
     assert cli("encode", corpus, "--model", colbert_ckpt, "-o", new, "--quiet").exit_code == 0
     assert cli("compress", new, "--centroids", 8, "--quiet").exit_code == 0
-    child = subprocess.Popen([sys.executable, "-c", _SERVED, str(compressed)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                             preexec_fn=preexec)
+    child = subprocess.Popen(_bound([sys.executable, "-c", _SERVED, compressed]), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     def answer() -> str:
         child.stdin.write("\n")

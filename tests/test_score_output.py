@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 
 import pytest
 
+from helpers import exec_after
 from test_score_cli import demo_index  # noqa: F401 (a fixture)
 
 
@@ -50,15 +49,14 @@ def test_an_output_inside_the_index_or_onto_the_queries_exits_2_and_writes_nothi
 
 def _score_under_a_file_size_limit(demo_index, output, limit: int) -> subprocess.CompletedProcess:
     """score in a process whose files cannot grow past ``limit`` bytes: its write fails (EFBIG) as on a full disk."""
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
+    # SIGXFSZ ignored: a failed write, not a killed process
+    limit_file_size = (f"signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                       f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))")
     index, queries = demo_index
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "score", str(queries), str(index), "-k", "8", "-o", str(output), "-q"],
+        exec_after(limit_file_size, [sys.executable, "-m", "cli.main", "score", queries, index, "-k", "8", "-o", output,
+                                     "-q"]),
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
-        preexec_fn=limit_file_size,
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import manifest, write_jsonl
+from helpers import exec_after, manifest, write_jsonl
 from plaid_support import ENV, corpus_rows, tokembed
 from tokembed.index import open_index
 
@@ -70,14 +70,17 @@ def test_run_works_from_a_thread_other_than_the_main_one(tmp_path):
     assert codes == [0] and manifest(tmp_path / "index")["totals"]["rows"] == 5
 
 
+SIGINT_AS_FROM_A_TERMINAL = "signal.signal(signal.SIGINT, signal.SIG_DFL)"  # not ignored, as in a background job
+
+
 def signalled_after_the_commit(folder: Path, args: list, signum: int) -> subprocess.CompletedProcess:
     """Run ``tokembed ARGS`` held just after its commit (the tests' pause hook), send ``signum`` once the manifest
     changed, and wait for it to end."""
     before = (folder / "manifest.json").read_bytes()
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**ENV, "TOKEMBED_TEST_PAUSE_AT": "committed:1", "TOKEMBED_TEST_PAUSE_SECONDS": "5"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal, not a background job
+        exec_after(SIGINT_AS_FROM_A_TERMINAL, [sys.executable, "-m", "cli.main", *args]), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env={**ENV, "TOKEMBED_TEST_PAUSE_AT": "committed:1", "TOKEMBED_TEST_PAUSE_SECONDS": "5"})
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (folder / "manifest.json").read_bytes() == before:
         time.sleep(0.05)
@@ -147,10 +150,9 @@ def signalled_after_the_summary(args: list, signum: int, point: str) -> subproce
     """Run ``tokembed ARGS --log-format json`` held at the pause point ``point`` (``returned``: the command returned;
     ``exiting``: ``tokembed`` is about to exit), send ``signum`` once its summary is on stdout, wait for it to end."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *map(str, args), "--log-format", "json"],
+        exec_after(SIGINT_AS_FROM_A_TERMINAL, [sys.executable, "-m", "cli.main", *args, "--log-format", "json"]),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**ENV, "TOKEMBED_TEST_PAUSE_AT": f"{point}:1", "TOKEMBED_TEST_PAUSE_SECONDS": "3"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        env={**ENV, "TOKEMBED_TEST_PAUSE_AT": f"{point}:1", "TOKEMBED_TEST_PAUSE_SECONDS": "3"})
     summary = process.stdout.readline()  # flushed by the command before it returns
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)

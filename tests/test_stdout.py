@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from helpers import manifest
+from helpers import exec_after, manifest
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 EXIT_WRITE = 8
@@ -95,8 +95,8 @@ def test_a_closed_pipe_ends_the_output_quietly(work, tmp_path, command):
 
 def to_closed_stdout(*args) -> subprocess.CompletedProcess:
     """Standard output not open at all (``>&-``): Python's ``sys.stdout`` is None and print() writes nothing."""
-    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], stdout=None, stderr=subprocess.PIPE,
-                          text=True, env=ENV, timeout=300, preexec_fn=lambda: os.close(1))
+    return subprocess.run(exec_after("os.close(1)", [sys.executable, "-m", "cli.main", *args]), stdout=None,
+                          stderr=subprocess.PIPE, text=True, env=ENV, timeout=300)
 
 
 @pytest.mark.parametrize("command", ["encode --quiet", "encode --log-format json", "info", "score"])
