@@ -310,3 +310,15 @@ def test_the_runtime_is_recorded_and_a_rerun_with_the_other_re_encodes(cache, mo
     again = json.loads(cli("encode", corpus, "-o", out, "--log-format", "json").stdout)
     assert again["unchanged"] == len(TEXTS)
     assert len(read_index(out)) == len(TEXTS)
+
+
+def test_the_conversion_sends_no_telemetry(cache, monkeypatch):
+    """OpenVINO's converter reports usage to Google Analytics unless a consent file declines it, from processes it
+    forks off a thread (which hung a forked process of this test suite once)."""
+    openvino_telemetry = pytest.importorskip("openvino_telemetry")
+    sent = []
+    monkeypatch.setattr(openvino_telemetry.Telemetry, "send_event", lambda self, *args, **kwargs: sent.append(args))
+    monkeypatch.setattr(openvino_telemetry.Telemetry, "start_session", lambda self, *args, **kwargs: sent.append(args))
+    embedder, _ = embed(monkeypatch, "openvino")
+    assert isinstance(embedder.model.backbone, openvino_backbone.OpenVinoBackbone)
+    assert sent == []

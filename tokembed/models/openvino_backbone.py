@@ -16,6 +16,8 @@ import hashlib
 import os
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -150,13 +152,35 @@ def _converted(backbone: torch.nn.Module, ov):
     example_ids = torch.tensor([[1, 2, 3], [1, 2, 0]]).clamp(max=vocabulary - 1)  # with padding: the mask's branch is traced
     loaded_dtypes = _floating_dtypes(backbone)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _without_telemetry():
             warnings.simplefilter("ignore")  # the tracer's notes on the mask branch it records
             return ov.convert_model(LastHiddenState(backbone).eval().float(), example_input=(example_ids, (example_ids > 0).long()),
                                     input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
     except BaseException:
         _restore_dtypes(loaded_dtypes)
         raise
+
+
+@contextmanager
+def _without_telemetry() -> Iterator[None]:
+    """OpenVINO's converter sends usage telemetry (to Google Analytics) unless a consent file in the user's home
+    declines it, from a process it forks off a thread: a cron job would report to a third party and, offline, leave
+    those processes behind (a fork off a threaded process may hang). The converter's modules get OpenVINO's own
+    stand-in (``telemetry_stub``, what they use where the telemetry package is absent) for the call."""
+    try:
+        from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils, utils
+    except ImportError:  # another layout of the package: nothing known to replace
+        yield
+        return
+    modules = [module for module in (convert_impl, telemetry_utils, utils) if hasattr(module, "tm")]
+    previous = [module.tm for module in modules]
+    for module in modules:
+        module.tm = telemetry_stub
+    try:
+        yield
+    finally:
+        for module, kept in zip(modules, previous):
+            module.tm = kept
 
 
 def _floating_dtypes(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.dtype]]:
