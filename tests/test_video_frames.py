@@ -231,3 +231,35 @@ def test_a_video_with_a_zero_frame_rate_is_refused_not_divided_by(checkpoint):
         processor.video_plan(10, 0.0, 48, 64)
     video = Video("clip.mp4", None, b"", total_frames=10, fps=0.0, height=48, width=64)
     assert "frame rate is 0.0" in processor.video_input_refusal(video)
+
+
+def test_frames_decoded_in_a_thread_leave_no_reformatter_a_fork_would_free(tmp_path):
+    """PyAV's ``to_image()`` kept a reformatter (with FFmpeg slice threads) in the decoding thread's thread-local
+    state; a fork freed it in the child, which then waited forever for threads the fork did not copy (a forked
+    query process hung the test suite). The frames are the ones ``to_image()`` gives."""
+    import os
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tokembed.sources.video import _decode_frames
+
+    rng = np.random.default_rng(0)
+    path = write_video(tmp_path / "v.mp4", [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(4)])
+    video = probe_video("v.mp4", str(path))
+    decoding = ThreadPoolExecutor(1)  # a thread that lives on, as a decode pool's
+    decoded = {"frames": decoding.submit(_decode_frames, video, np.array([0, 2]), (480, 640), 3).result()}
+    with av.open(str(path)) as container:
+        expected = [np.asarray(frame.to_image()) for i, frame in enumerate(container.decode(video=0)) if i in (0, 2)]
+    assert np.array_equal(decoded["frames"], np.stack(expected))
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    deadline, exited = time.monotonic() + 20, False
+    while not exited and time.monotonic() < deadline:
+        exited = os.waitpid(child, os.WNOHANG) != (0, 0)
+        time.sleep(0.05)
+    if not exited:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+    decoding.shutdown()
+    assert exited, "the forked child hung freeing the decoding thread's state"

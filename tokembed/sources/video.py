@@ -249,11 +249,15 @@ def _decode_frames(video: Video, indices: np.ndarray, size: tuple[int, int], res
     last = max(wanted)
     found: dict[int, np.ndarray] = {}
     height, width = size
+    # PyAV's to_image() converts with a reformatter it keeps in a thread-local of the decoding thread, with FFmpeg
+    # slice threads behind it: a fork of this process frees that thread's state in the child, whose reformatter
+    # then waits for threads the fork did not copy (a forked query process hung). This call's own is freed here.
+    reformatter = av.video.reformatter.VideoReformatter()
     try:
         with _opened(av, video.path, video.data) as container:
             for number, frame in enumerate(container.decode(video=0)):
                 if number in wanted:
-                    image = _upright(frame.to_image(), video.rotation)  # RGB PIL image
+                    image = _upright(_rgb_image(reformatter.reformat(frame, format="rgb24")), video.rotation)
                     if image.size != (width, height):
                         image = image.resize((width, height), resample=Image.Resampling(resample))
                     found[number] = np.asarray(image, dtype=np.uint8)
@@ -265,6 +269,17 @@ def _decode_frames(video: Video, indices: np.ndarray, size: tuple[int, int], res
     if missing:
         raise BadInputError(f"{video.name}: the video ends before frame {missing[0]} ({video.total_frames} frames when it was read)")
     return np.stack([found[int(i)] for i in indices])
+
+
+def _rgb_image(frame):
+    """An rgb24 frame as a PIL image, read from its plane (``to_image()`` would take PyAV's thread-local reformatter)."""
+    from PIL import Image
+
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, dtype=np.uint8).reshape(frame.height, abs(plane.line_size))
+    if plane.line_size < 0:  # bottom-up: the buffer starts at the lowest row
+        rows = rows[::-1]
+    return Image.fromarray(np.ascontiguousarray(rows[:, : frame.width * 3]).reshape(frame.height, frame.width, 3))
 
 
 def _import_av():
