@@ -200,29 +200,3 @@ def test_a_daemonic_process_gets_query_threads_of_its_own(forking):  # a multipr
     with multiprocessing.get_context("fork").Pool(1) as pool:
         worker, pids = pool.map(_pids_in_a_pool_worker, [0])[0]
     assert set(pids) == {worker}
-
-
-class _FreedWhere:
-    """Cyclic garbage that writes the pid of the process that frees it."""
-
-    def __init__(self, log):
-        self.log, self.cycle = log, self
-
-    def __del__(self):
-        with open(self.log, "a") as log:
-            log.write(f"{os.getpid()}\n")
-
-
-def test_garbage_is_freed_in_this_process_not_in_the_children(forking, tmp_path):
-    """A PyAV video reformatter collected in a forked child waited there for its threads, which the fork did not
-    copy: the batch never answered (a hang of the test suite)."""
-    import gc
-
-    log = tmp_path / "freed"
-    gc.disable()  # no collection in this process before the batch's own
-    try:
-        _FreedWhere(log)
-        threads.map_queries(lambda q: (gc.collect(), q)[1], list(range(30)), processes=True)  # a child collects
-    finally:
-        gc.enable()
-    assert log.read_text().split() == [str(os.getpid())]

@@ -14,7 +14,6 @@ not on a GPU (a forked child must not touch CUDA).
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import signal
@@ -58,23 +57,13 @@ def map_in_processes(function, queries: list, count: int) -> list:
     """``[function(q) for q in queries]``, in order, on ``count`` forked processes."""
     _BATCH.update(function=function, queries=queries)
     pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"), initializer=_start_child, initargs=(os.getpid(),))
-    _no_garbage_into_the_children()
     try:
         return list(pool.map(_answer, range(len(queries))))
     except BrokenProcessPool as error:
         raise QueryWorkerError(f"a query process ended before it answered (killed, or out of memory?): {error}") from error
     finally:
-        gc.unfreeze()
         pool.shutdown(wait=True, cancel_futures=True)  # an error or Ctrl-C: the queries not yet started are dropped
         _BATCH.clear()
-
-
-def _no_garbage_into_the_children() -> None:
-    """Collect the cyclic garbage here and keep what is left out of the children's collections (``gc.freeze``):
-    freed in a child, an object with native threads behind it (PyAV's video reformatter, after a video was
-    decoded in this process) waits for threads the fork did not copy, and the child never answers."""
-    gc.collect()
-    gc.freeze()
 
 
 def _answer(position: int):
