@@ -144,9 +144,8 @@ def report_failed_stdout(error: OSError, code: int) -> int:
 
 
 def _stdout_to_devnull() -> None:
-    try:
-        descriptor = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # a test's captured stdout: no descriptor to replace
+    descriptor = _descriptor(sys.stdout)
+    if descriptor is None:  # a test's captured stdout: no descriptor to replace
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:

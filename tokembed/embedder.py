@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from tokembed.errors import DeviceError, ModelMismatchError, ModelNotFoundError, UsageError
+from tokembed.index_colbert import IndexColbert
 from tokembed.models import LoadOptions, ResolvedModel, TokenModel, load_model, resolve_model
 from tokembed.models.readings import kind_reading
 from tokembed.models.resolve import resolved_fingerprint, resolved_weights_sha256, weights_agree
-from tokembed.index_colbert import IndexColbert
 from tokembed.models.steps import TextEncoder
 from tokembed.settings import (
     DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, checked_flags, known_keys, resolve, resolve_dtype,

@@ -85,7 +85,12 @@ def dtype_reading(family: str, path: Path, options: LoadOptions) -> tuple[str, .
     config a remote-code config class does not declare in that dtype. Marked only where that gave other vectors."""
     from tokembed.models.st_layout import read_modules, transformer_folder
 
-    folder = path if family in QWEN3_VL_BUILT else transformer_folder(path, read_modules(path))
+    if family in QWEN3_VL_BUILT:
+        folder = path
+    elif family in AUTO_MODEL_BUILT and options.trust_remote_code:  # remote code runs only when trusted
+        folder = transformer_folder(path, read_modules(path))
+    else:  # no other family built a sub-model in another dtype
+        return ()
     config = read_json(folder / "config.json") or {}
     named = {dtype for sub in config.values() if isinstance(sub, dict) for dtype in _dtypes_named(sub)} - {options.dtype}
     if not named:
@@ -94,8 +99,7 @@ def dtype_reading(family: str, path: Path, options: LoadOptions) -> tuple[str, .
         stored = _stored_dtypes(folder)
         rounded = any(sub not in _HELD_IN.get(kept, ()) for sub in named for kept in stored)
         return (SUB_MODEL_DTYPE,) if rounded else ()
-    remote = ("AutoConfig" in (config.get("auto_map") or {}) and options.trust_remote_code
-              and family in AUTO_MODEL_BUILT)
+    remote = "AutoConfig" in (config.get("auto_map") or {})
     return (SUB_MODEL_DTYPE,) if remote and _built_in_other_dtypes(folder, options.dtype) else ()
 
 

@@ -26,9 +26,9 @@ from tokembed.models.base import (
     position_limit,
     read_json,
 )
-from tokembed.settings import ColbertConfig
 from tokembed.models.st_settings import PYLATE_MARKERS, read_lengths
 from tokembed.models.weights import load_tensors, path_inside, tensor_names
+from tokembed.settings import ColbertConfig
 
 
 def read_modules(path: Path) -> list[dict]:
