@@ -156,6 +156,24 @@ def test_a_remote_code_saves_own_class_at_the_root_is_the_model_the_family_loads
         detect(path)
 
 
+@pytest.mark.parametrize("values, named", [
+    ({"prompts": {"query": "find: "}}, "prompts query"),
+    ({"document_prefix": "[D] "}, "document_prefix"),
+    ({"model_type": "ColBERT"}, "model_type 'ColBERT'"),
+])
+def test_prompts_apply_whatever_the_root_class_so_a_remote_code_save_is_refused(copy_of, values, named):
+    # sentence-transformers prepends its prompts (and PyLate's prefixes, and appends v3's mask) whatever class loads
+    # the root; lengths and expansion reach only its own Transformer, which a remote-code class may not be
+    path = copy_of("tomoro")
+    (path / "modules.json").write_text(json.dumps([{**TRANSFORMER, "type": "custom_st.Transformer"}]))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"document_length": 12}))
+    assert detect(path) == BUILDERS["tomoro"][1]
+    (path / "config_sentence_transformers.json").write_text(json.dumps(values))
+    with pytest.raises(ModelError, match=rf"config_sentence_transformers.json {named} is a sentence-transformers "
+                                         "setting that family ColQwen3's own code does not apply"):
+        detect(path)
+
+
 def test_a_sentence_transformers_save_of_a_vision_checkpoint_loads_to_the_same_vectors(built, st_saved):
     # MultiVectorEncoder saves a *ForRetrieval checkpoint with a MultiVectorMask that keeps the attention mask
     saved = st_saved

@@ -179,31 +179,37 @@ def check_vision_modules(path: Path, family: str) -> None:
         if not _leaves_vision_vectors(path, module):
             _refuse_vision_module(path, module, family)
     check_module_folders_listed(path, modules, hint=_VISION_HINT)
-    if any(not _module_path(module) and _type_name(module) == "Transformer"
-           and str(module.get("type", "")).startswith(_KNOWN_PACKAGES) for module in modules):
-        _refuse_settings_sentence_transformers_would_apply(path, family)
+    roots = [module for module in modules if not _module_path(module)]
+    if roots:
+        own_transformer = any(_type_name(root) == "Transformer"
+                              and str(root.get("type", "")).startswith(_KNOWN_PACKAGES) for root in roots)
+        _refuse_settings_sentence_transformers_would_apply(path, family, own_transformer)
 
 
-def _refuse_settings_sentence_transformers_would_apply(path: Path, family: str) -> None:
-    """A vision checkpoint that sentence-transformers reads through its own ``Transformer`` (a ``MultiVectorEncoder``
-    save): settings there that the family's own code does not have would give other vectors in each reference.
-    Settings that leave them off (``query_expansion: null``, ``do_query_expansion: false``, a null length) load."""
-    found = _settings_sentence_transformers_would_apply(path)
+def _refuse_settings_sentence_transformers_would_apply(path: Path, family: str, own_transformer: bool) -> None:
+    """A vision checkpoint that sentence-transformers loads as a module tree: settings there that the family's own
+    code does not have would give other vectors in each reference. Prompts, PyLate's prefixes and a PyLate v3 model
+    type apply whatever class the root module is (a remote-code save's own); lengths and query expansion only
+    through sentence-transformers' own ``Transformer`` (``own_transformer``). Settings that leave them off
+    (``query_expansion: null``, ``do_query_expansion: false``, a null length) load."""
+    found = _settings_sentence_transformers_would_apply(path, own_transformer)
     if found:
         raise ModelError(f"{path}: {found[0]} is a sentence-transformers setting that family {family}'s own code "
                          "does not apply: the two references give other vectors",
                          hint="remove it to encode as the family's own code does")
 
 
-def _settings_sentence_transformers_would_apply(path: Path) -> list[str]:
+def _settings_sentence_transformers_would_apply(path: Path, own_transformer: bool) -> list[str]:
     flat, own = "config_sentence_transformers.json", "sentence_bert_config.json"
     st_config = read_json(path / flat) or {}
-    transformer = read_json(path / own) or {}
-    lengths = read_lengths(st_config, path / flat, transformer, path / own)
     found = [f"{flat} prompts {key}" for key, value in (st_config.get("prompts") or {}).items() if value]
     found += [f"{flat} {key}" for key in ("query_prefix", "document_prefix") if st_config.get(key)]
     if st_config.get("model_type") == "ColBERT":  # a PyLate v3 save: a punctuation skiplist is appended
         found.append(f"{flat} model_type 'ColBERT'")
+    if not own_transformer:
+        return found
+    transformer = read_json(path / own) or {}
+    lengths = read_lengths(st_config, path / flat, transformer, path / own)
     if lengths.expansion is not None and lengths.width_setting[1] == "query_length":  # from PyLate's flat keys
         marker = next(key for key in PYLATE_MARKERS if key in st_config)
         found.append(f"{flat} {marker} (it turns query expansion on)")
