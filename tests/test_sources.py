@@ -107,6 +107,20 @@ def test_text_folder_ids_are_relative_paths_and_bad_utf8_is_reported(tmp_path):
     assert items["bad.txt"].error == "not valid UTF-8 (byte 3)"
 
 
+def test_a_text_files_byte_order_mark_is_no_part_of_its_text(tmp_path):
+    # Windows editors write one; it was indexed as text (three more tokens on a byte-level BPE), where the JSONL
+    # reader and score's query files drop it
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "bom.txt").write_bytes(b"\xef\xbb\xbfhello world")
+    (folder / "inner.txt").write_bytes(b"hello\xef\xbb\xbf world")  # only a leading one is a byte-order mark
+    (folder / "bad.md").write_bytes(b"\xef\xbb\xbfcaf\xe9")
+    items = {item.id: item for item in read_all([folder])}
+    assert items["bom.txt"].text == "hello world"
+    assert items["inner.txt"].text == "hello\ufeff world"
+    assert items["bad.md"].error == "not valid UTF-8 (byte 6)"  # the offset in the file, the mark counted
+
+
 def test_a_folder_of_parquet_and_jsonl_files_reads_both_in_path_order(tmp_path):
     """The JSONL files of a folder that also held Parquet were skipped, unlisted (exit 0)."""
     folder = tmp_path / "parts"
