@@ -21,6 +21,7 @@ from tokembed.settings import checked_flags, whole_count
 from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input
 from tokembed.sources.files import refuse_inputs_given_twice
+from tokembed.sources.id_source import refuse_mixed_ids
 from tokembed.sources.pdf import check_pdf_password
 
 if TYPE_CHECKING:
@@ -51,10 +52,12 @@ def checked_job(job: EncodeJob) -> EncodeJob:
 
 
 def check_inputs(job: EncodeJob) -> None:
-    """Every input there and a kind a reader takes, none given twice (``job.sources.walks``: the run's walks)."""
+    """Every input there and a kind a reader takes, none given twice, their ids from one source (``job.sources.walks``:
+    the run's walks)."""
     for path in job.inputs:  # before the model loads: a mistyped path is said in a moment, not after seconds
         check_input(path)
     refuse_inputs_given_twice(job.inputs, job.sources.walks)
+    refuse_mixed_ids(job.inputs, job.sources)
 
 
 def _input_paths(inputs) -> list[Path]:
