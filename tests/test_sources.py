@@ -77,8 +77,8 @@ def test_jsonl_with_bad_line(tmp_path):
 
 
 def test_jsonl_lines_decode_as_json_loads_decodes_bytes(tmp_path):
-    """Lines are decoded before parsing (so a huge line is held once): a UTF-8 BOM, invalid UTF-8 and blank
-    lines of spaces and tabs behave as when ``json.loads`` got the bytes."""
+    """Lines are decoded before parsing (so a huge line is held once): a UTF-8 BOM and blank lines of spaces and
+    tabs behave as when ``json.loads`` got the bytes; a line that is not UTF-8 is a bad row saying so."""
     path = tmp_path / "c.jsonl"
     path.write_bytes(
         b'\xef\xbb\xbf{"id": "a", "text": "caf\xc3\xa9"}\n'  # BOM on the first line
@@ -89,7 +89,7 @@ def test_jsonl_lines_decode_as_json_loads_decodes_bytes(tmp_path):
     items = read_all([path])
     assert [item.row for item in items] == [0, 1, 2]
     assert items[0].id == "a" and items[0].text == "café"
-    assert items[1].error.startswith("line 4: not valid JSON") and "utf-8" in items[1].error
+    assert items[1].id == "b" and items[1].error == "line 4: not valid UTF-8 (byte 21 of the line)"
     # json.loads makes the escape a lone surrogate, which no tokenizer takes: a bad row, named
     assert items[2].error == "line 5: text is not valid Unicode (a lone surrogate, U+D800, at character 0)"
 

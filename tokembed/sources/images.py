@@ -37,7 +37,7 @@ from tokembed.open_files import refuse_out_of_descriptors
 from tokembed.sources.base import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Item, SourceOptions, read_digest
 from tokembed.sources.chunks import chunked, image_pixels
 from tokembed.sources.files import folder_files, special_file_problem
-from tokembed.sources.path_cells import cell_file
+from tokembed.sources.path_cells import cell_file, shown
 
 WHITE = (255, 255, 255)
 DECODE_THREADS = 4  # images of a folder or a Parquet image column decoded at once (Pillow releases the GIL)
@@ -276,12 +276,20 @@ def _data_uri(value: str) -> bytes:
 def _read_file(value: str, base: Path, where: str) -> bytes:
     path, problem = cell_file(value, base, "image", where)
     if problem:
-        raise ImageDecodeError(problem)
+        raise ImageDecodeError(problem + _inline_data_hint(value))
     try:
         return path.read_bytes()
     except OSError as exc:
         refuse_out_of_descriptors(path, exc)
-        raise ImageDecodeError(f"cannot read image file {value} ({exc.strerror or exc})") from None
+        raise ImageDecodeError(f"cannot read image file {shown(value)} ({exc.strerror or exc}){_inline_data_hint(value)}"
+                               ) from None
+
+
+def _inline_data_hint(value: str) -> str:
+    """What an image cell holds, for a value too long to be a path (plain base64 without its ``data:`` prefix)."""
+    if value == shown(value):
+        return ""
+    return ": an image cell holds a path, a data URI (data:image/png;base64,...) or {bytes, path} (JSON: bytes in base64)"
 
 
 # -- decoding threads -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from tokembed.sources.base import (Item, SourceOptions, columns_read, id_field_p
                                    unicode_checked)
 from tokembed.sources.chunks import chunk_size, chunked
 from tokembed.sources.files import refuse_special_file
+
+_MEDIA = "a path, a data URI or {bytes, path}"
 
 
 def read_jsonl(path: Path, options: SourceOptions, offset: int) -> Iterator[list[Item]]:
@@ -57,6 +59,9 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
                 continue
             row += 1
             line = _decoded(raw)
+            if isinstance(line, _NotUtf8):
+                yield _at_line(_not_utf8_item(raw, line, path, row, number, options, state), number)
+                continue
             del raw  # a huge line is held once, as text, while it is parsed
             where = f"{path} line {number}"
             if options.pdf_column_given:
@@ -72,12 +77,36 @@ def _items(path: Path, options: SourceOptions, offset: int) -> Iterator:
                 yield in_background(_image_at_line, number, attach_image, item, image.value, path.parent,
                                     options.max_image_pixels, image.either)
     if row >= 0 and not state.records:  # a JSON array, a compressed file under a .jsonl name: nothing to index
-        raise BadInputError(f"{path}: no line is a JSON object (JSON Lines: one object per line, uncompressed)")
+        raise _no_record(path, state)
     if state.records and state.lacking == state.records:
-        flags = ("--pdf-column" if options.pdf_column_given else "--video-column" if options.video_column_given
-                 else "--text-column / --image-column")
-        raise BadInputError(f"{path}: no record has what this run reads: {state.first_lack} (a renamed field? "
-                            f"name it with {flags})")
+        raise _nothing_usable(path, state, options)
+
+
+def _no_record(path: Path, state: _FileState) -> BadInputError:
+    if state.other_encoding:  # JSON objects once their odd bytes are replaced: a cp1252 or Latin-1 export
+        return BadInputError(f"{path}: the file is not UTF-8 ({state.other_encoding}), and JSON Lines is UTF-8",
+                             hint="convert it: iconv -f CP1252 -t UTF-8 (or the encoding it was written in)")
+    return BadInputError(f"{path}: no line is a JSON object (JSON Lines: one object per line, uncompressed)")
+
+
+_EXPECTED = {"text": "a string", "image": _MEDIA, "PDF": _MEDIA, "video": _MEDIA}
+
+
+def _nothing_usable(path: Path, state: _FileState, options: SourceOptions) -> BadInputError:
+    """Exit 3 for a file whose every record lacks the field this run reads, or holds it in a type no row fits
+    (as a Parquet column of that type): with --on-error skip the run would delete every row of the file."""
+    if state.misfits:
+        seen = "; ".join(f"{what} field {name!r} is {', '.join(types)}, not {_EXPECTED[what]}"
+                         for (what, name), types in state.misfits.items())
+        paragraphs = " (a list of paragraphs: join them into one string)" if "list" in state.misfits.get(
+            ("text", options.text_column), {}) else ""
+        return BadInputError(f"{path}: no record has a usable field: {seen} (in every record that has it): every "
+                             "record would be a bad row", hint=f"write the field as expected where the file is written"
+                             f"{paragraphs}")
+    flags = ("--pdf-column" if options.pdf_column_given else "--video-column" if options.video_column_given
+             else "--text-column / --image-column")
+    return BadInputError(f"{path}: no record has what this run reads: {state.first_lack} (a renamed field? "
+                         f"name it with {flags})")
 
 
 def first_record_fields(path: Path) -> list[str] | None:
@@ -85,8 +114,8 @@ def first_record_fields(path: Path) -> list[str] | None:
     with _opened(path) as handle:
         _refuse_utf16_or_32(path, handle)
         for raw in handle:
-            if raw and not raw.isspace():
-                record, _ = _parsed(_decoded(raw))
+            if raw and not raw.isspace() and not isinstance(line := _decoded(raw), _NotUtf8):
+                record, _ = _parsed(line)
                 if record is not None:
                     return list(record)
     return None
@@ -94,19 +123,28 @@ def first_record_fields(path: Path) -> list[str] | None:
 
 @dataclass
 class _FileState:
-    """What the records read so far say about the file: whether its first record had the id field, and how many
-    records (parsed JSON objects) lack the text / image / PDF / video field this run reads."""
+    """What the records read so far say about the file: whether its first record had the id field, how many
+    records (parsed JSON objects) lack the text / image / PDF / video field this run reads or hold it in a type no
+    row fits (``misfits``: the types seen, by field), and where a line not UTF-8 was still a JSON object."""
 
     first_has_id: bool | None = None
     records: int = 0
     lacking: int = 0
     first_lack: str = ""
+    misfits: dict = field(default_factory=dict)
+    other_encoding: str = ""
 
     def lacks(self, problem: str) -> str:
         """Count a record without the field this run reads (a bad row; none with it is exit 3); returns ``problem``."""
         self.lacking += 1
         self.first_lack = self.first_lack or problem
         return problem
+
+    def misfit(self, fields: list[tuple[str, str, Any]]) -> None:
+        """Count a record whose every field read, ``(what, name, value)``, is of a type no row fits (as ``lacks``)."""
+        self.lacking += 1
+        for what, name, value in fields:
+            self.misfits.setdefault((what, name), {})[type(value).__name__] = None
 
 
 def _at_line(item: Item, number: int) -> Item:
@@ -136,29 +174,80 @@ def _refuse_utf16_or_32(path: Path, handle) -> None:
                             hint=f"convert it: iconv -f {encoding.upper()} -t UTF-8")
 
 
-def _decoded(raw: bytes) -> str | bytes:
+class _NotUtf8(str):
+    """Why a line is not UTF-8 (``_decoded``); ``byte``: the offset in the line of the first byte that does not decode."""
+
+    byte: int = 0
+
+
+def _decoded(raw: bytes) -> str:
     """The line as text, decoded as ``json.loads`` decodes UTF-8 bytes (a BOM dropped, a lone surrogate's bytes
-    kept: "surrogatepass"); the bytes themselves when they do not decode, so that ``json.loads`` reports it as for
-    any bad line. (The file is UTF-8: ``_refuse_utf16_or_32``.)"""
+    kept: "surrogatepass"), or a ``_NotUtf8`` naming the first byte that does not decode. (The file is UTF-8 or
+    in an 8-bit encoding: ``_refuse_utf16_or_32``.)"""
+    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     try:
-        return raw.decode("utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8", "surrogatepass")
-    except UnicodeDecodeError:
-        return raw
+        return raw[bom:].decode("utf-8", "surrogatepass") if bom else raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        problem = _NotUtf8(f"not valid UTF-8 (byte {bom + exc.start} of the line)")
+        problem.byte = bom + exc.start
+        return problem
 
 
-def _parsed(line: str | bytes) -> tuple[dict | None, str | None]:
-    """The line's JSON object, or why it is none: bad JSON (bytes that do not decode included), nesting too
-    deep for the parser, an integer past Python's digit limit, or another JSON value."""
+def _not_utf8_item(raw: bytes, problem: _NotUtf8, path: Path, row: int, number: int, options: SourceOptions,
+                   state: _FileState) -> Item:
+    """The bad row of a line that is not UTF-8, with its id where the file uses ids and the id reads the same with
+    the odd bytes replaced; a line that is then a JSON object tells a file in another encoding (``_no_record``)."""
+    record, _ = _parsed(raw.decode("utf-8", "replace"))
+    if record is None:
+        return Item(None, None, str(path), row, error=str(problem))
+    state.other_encoding = state.other_encoding or f"line {number}, byte {problem.byte}"
+    raw_id = record.get(options.id_column)
+    readable = state.first_has_id and raw_id is not None and "\ufffd" not in str(raw_id) and not id_problem(raw_id)
+    return Item(str(raw_id) if readable else None, None, str(path), row, error=str(problem))
+
+
+class _Twice(dict):
+    """A JSON object with a key given twice: ``twice`` names those keys (``json`` keeps the last value)."""
+
+    twice: tuple = ()
+
+
+def _object(pairs: list) -> dict:
+    """``object_pairs_hook``: the object as ``json`` makes it, a ``_Twice`` where a key comes twice."""
+    record = dict(pairs)
+    if len(record) == len(pairs):
+        return record
+    record, keys = _Twice(record), [key for key, _ in pairs]
+    record.twice = tuple(dict.fromkeys(key for key in keys if keys.count(key) > 1))
+    return record
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object)  # one for all lines: json.loads(hook=...) makes one per call
+
+
+def _parsed(line: str) -> tuple[dict | None, str | None]:
+    """The line's JSON object, or why it is none: bad JSON, nesting too deep for the parser, an integer past
+    Python's digit limit, or another JSON value."""
     try:
-        record = json.loads(line)
+        record = _DECODER.decode(line)
     except json.JSONDecodeError as exc:  # its "line 2" would be the line's own newline: say the column instead
         where = f"column {exc.colno}" if exc.lineno == 1 else "at the end of the line"
         return None, f"not valid JSON ({exc.msg}, {where})"
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+    except (ValueError, RecursionError) as exc:
         return None, f"not valid JSON ({exc})"
     if not isinstance(record, dict):
         return None, "line is not a JSON object"
     return record, None
+
+
+def _given_twice(record: dict, names: list[str]) -> str | None:
+    """Why a record is a bad row when one of the fields ``names`` that this run reads, or a key of its object value
+    (``{bytes, path}``), is given twice: which value is meant is ambiguous, as a Parquet column given twice is."""
+    twice = [name for name in record.twice if name in names] if type(record) is _Twice else []
+    for name in names:
+        if type(value := record.get(name)) is _Twice:
+            twice += [f"{name}.{key}" for key in value.twice]
+    return f"field {', '.join(map(repr, twice))} given twice: which value is meant is ambiguous" if twice else None
 
 
 def _record_id(record: dict, global_row: int, options: SourceOptions, state: _FileState,
@@ -179,7 +268,7 @@ def _record_id(record: dict, global_row: int, options: SourceOptions, state: _Fi
     return raw_id, id_problem(raw_id)
 
 
-def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions, state: _FileState,
+def _pdf_row(path: Path, line: str, row: int, global_row: int, options: SourceOptions, state: _FileState,
              where: str) -> Iterator[Item]:
     """A record of the ``--pdf-column``: one item per page of its PDF (a path, or ``{bytes: <base64>, path}``)."""
     from tokembed.sources.pdf import row_pages
@@ -190,13 +279,17 @@ def _pdf_row(path: Path, line: str | bytes, row: int, global_row: int, options: 
         yield Item(None, None, source, row, error=error)
         return
     state.records += 1
-    raw_id, problem = _record_id(record, global_row, options, state, where)
+    raw_id, problem = _record_id_once(record, global_row, options, state, where)
     if problem:
         yield Item(None, None, source, row, error=problem)
         return
     item_id = str(raw_id)
     if options.pdf_column not in record:  # a bad row, as a record without the text field; no record with it: exit 3
         problem = state.lacks(f"no PDF field {options.pdf_column!r} (fields: {', '.join(record)})")
+        yield Item(item_id, None, source, row, error=problem)
+        return
+    _count_misfits(record, [("PDF", options.pdf_column)], state)
+    if problem := _given_twice(record, [options.pdf_column]):
         yield Item(item_id, None, source, row, error=problem)
         return
     yield from row_pages(Item(item_id, None, source, row), _json_bytes(record[options.pdf_column]), path.parent, options)
@@ -216,7 +309,7 @@ def _json_bytes(value):
     return value
 
 
-def _item(path: Path, line: str | bytes, row: int, global_row: int, options: SourceOptions, state: _FileState,
+def _item(path: Path, line: str, row: int, global_row: int, options: SourceOptions, state: _FileState,
           where: str) -> tuple[Item, _Image | None]:
     """The record's item, and its image field when that is still to be decoded."""
     source = str(path)
@@ -224,7 +317,7 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
     if error is not None:
         return Item(None, None, source, row, error=error), None
     state.records += 1
-    raw_id, problem = _record_id(record, global_row, options, state, where)
+    raw_id, problem = _record_id_once(record, global_row, options, state, where)
     if problem:
         return Item(None, None, source, row, error=problem), None
     if _video_field(record, options):
@@ -233,11 +326,18 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
         if options.video_column not in record:  # a bad row, as a record without the image field; none with it: exit 3
             problem = state.lacks(f"no video field {options.video_column!r} (fields: {', '.join(record)})")
             return Item(str(raw_id), None, source, row, error=problem), None
+        _count_misfits(record, [("video", options.video_column)], state)
+        if problem := _given_twice(record, [options.video_column]):
+            return Item(str(raw_id), None, source, row, error=problem), None
         return video_item(Item(str(raw_id), None, source, row), _json_bytes(record[options.video_column]), path.parent,
                           options), None
     if problem := missing_columns(list(record), options, what="field"):  # this record's: a bad row, as a null text is
         return Item(str(raw_id), None, source, row, error=state.lacks(problem)), None
     use_text, use_image = columns_read(list(record), options)
+    read = [("text", options.text_column)] * use_text + [("image", options.image_column)] * use_image
+    _count_misfits(record, read, state)
+    if problem := _given_twice(record, [name for _, name in read]):
+        return Item(str(raw_id), None, source, row, error=problem), None
     if use_text:
         item = _text_item(str(raw_id), source, row, record.get(options.text_column))
     else:
@@ -250,6 +350,25 @@ def _item(path: Path, line: str | bytes, row: int, global_row: int, options: Sou
     if video_in_value(value, path.parent):  # an image field holding a video
         return video_item(item, value, path.parent, options), None
     return item, _Image(value, either=use_text)
+
+
+def _record_id_once(record: dict, global_row: int, options: SourceOptions, state: _FileState,
+                    where: str) -> tuple[Any, str | None]:
+    """``_record_id``, or why there is none when the id field is given twice (which id is meant?)."""
+    if type(record) is _Twice and options.id_column in record.twice:
+        return None, _given_twice(record, [options.id_column])
+    return _record_id(record, global_row, options, state, where)
+
+
+_FITS = {"text": str, "image": (str, dict), "PDF": (str, dict), "video": (str, dict)}
+
+
+def _count_misfits(record: dict, read: list[tuple[str, str]], state: _FileState) -> None:
+    """Count the record in ``state.misfit`` when every field read, ``(what, name)``, holds a value of a type that
+    no row fits (null is a row's own "null text", as in a Parquet column of strings)."""
+    values = [(what, name, record[name]) for what, name in read]
+    if values and all(value is not None and not isinstance(value, _FITS[what]) for what, _, value in values):
+        state.misfit(values)
 
 
 def _video_field(record: dict, options: SourceOptions) -> bool:

@@ -42,8 +42,9 @@ def cell_file(value: str, base: Path, what: str, where: str) -> tuple[Path, str 
 
 
 def file_problem(path: Path, name: str, what: str) -> str | None:
-    """Why ``path`` is no ``what`` file to read, its messages calling it ``name``; None for a regular file (a read
-    that fails all the same is its reader's to name)."""
+    """Why ``path`` is no ``what`` file to read, its messages calling it ``name`` (``shown``); None for a regular
+    file (a read that fails all the same is its reader's to name)."""
+    name = shown(name)
     if "\0" in str(path):
         return f"{what} path holds a NUL character, which no file name can: {name!r}"
     try:
@@ -59,3 +60,14 @@ def file_problem(path: Path, name: str, what: str) -> str | None:
     if problem := special_file_problem(path):  # never opened: a FIFO would block the read forever
         return f"{what} file {name}: {problem}"
     return None
+
+
+SHOWN_CHARACTERS = 60
+
+
+def shown(name: str) -> str:
+    """``name`` as a message shows it: its first characters where it is long (inline data taken for a path, such as
+    a 76 KB base64 image, would fill the reason, the manifest and the terminal)."""
+    if len(name) <= 2 * SHOWN_CHARACTERS:
+        return name
+    return f"{name[:SHOWN_CHARACTERS]}... ({len(name)} characters)"
