@@ -108,8 +108,8 @@ def _written_in_place(output: Path) -> bool:
 def open_output(output: Path):
     """``--output`` open for writing. A file (new or existing) is written under a temp name beside it and renamed
     over it once complete: a failed write (a full disk, an interrupt) leaves no part of the results and the previous
-    file as it was. What cannot be renamed over (a character device such as /dev/null or /dev/full, a FIFO) is
-    written directly; a descriptor (``/dev/stdout``) is written itself."""
+    file as it was; once renamed, the new results stand (a failed fsync of the folder after it is exit 8 saying so).
+    What cannot be renamed over (a character device such as /dev/null or /dev/full, a FIFO) is written directly; a descriptor (``/dev/stdout``) is written itself."""
     from tokembed.index.atomic import replacing
     from tokembed.index.held import held_pattern, remove_abandoned
 
@@ -123,7 +123,7 @@ def open_output(output: Path):
         return
     final = output.resolve()  # through a symlink: the file it names is replaced, the link is kept
     remove_abandoned(final.parent, held_pattern(_temp_prefix(final)))  # a killed run's temp file
-    with _held_temp_file(output) as temp, replacing(final, temp) as tmp:
+    with _held_temp_file(output) as temp, replacing(final, temp, commit="the new results were written") as tmp:
         with _open_for_writing(tmp, output) as handle:
             yield handle
         _keep_mode(final, tmp)

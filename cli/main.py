@@ -76,7 +76,7 @@ def _run_command(args: list[str] | None, through_exit: bool = False) -> int:
     from tokembed.errors import TokembedError
     from tokembed.open_files import limit_error, out_of_descriptors
 
-    commits = _commits_finished()
+    commits, unsynced = _commits_finished(), len(_unsynced_commits())
     try:
         with command_signals(through_exit):  # uvicorn replaces SIGTERM's handler while serving, and restores it after
             code = app(args=args, standalone_mode=False)  # returns an int exit code (typer turns Ctrl-C into 130)
@@ -100,7 +100,8 @@ def _run_command(args: list[str] | None, through_exit: bool = False) -> int:
         return getattr(exc, "exit_code", 2)
     if code == EXIT_INTERRUPTED:
         print(_interrupted_message(_commits_finished() > commits), file=sys.stderr)
-    return code if isinstance(code, int) else 0
+    code = code if isinstance(code, int) else 0
+    return _reported_unsynced(_unsynced_commits()[unsynced:]) if code == 0 else code
 
 
 def _reported(exc) -> int:
@@ -113,6 +114,23 @@ def _commits_finished() -> int:
     it here would load numpy for `--help` and usage errors)."""
     window = sys.modules.get("tokembed.index.commit_window")
     return window.commits_finished() if window is not None else 0
+
+
+def _unsynced_commits() -> list[str]:
+    """Commits whose folder fsync failed after the rename (``tokembed.index.atomic.commit_sync``; none where it
+    was never imported)."""
+    atomic = sys.modules.get("tokembed.index.atomic")
+    return atomic.unsynced_commits() if atomic is not None else []
+
+
+def _reported_unsynced(messages: list[str]) -> int:
+    """0, or exit 8 (a write error) once the work is done and committed, as for a standard output that cannot be
+    written: the message says the commit was made (a --quiet run showed no warning)."""
+    if not messages:
+        return 0
+    from tokembed.errors import IndexWriteError
+
+    return _reported(IndexWriteError(messages[-1]))
 
 
 def _interrupted_message(committed: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -16,12 +17,40 @@ from tokembed.open_files import descriptors_named, limit_error, out_of_descripto
 from tokembed.path_kind import FOLDER, kind_at
 
 
+# fsync of a folder on a file system that has none (vboxsf, some CIFS/9p and FUSE mounts): its renames are as
+# durable as it makes them, nothing to report
+_NO_FOLDER_FSYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EISDIR}
+_unsynced: list[str] = []  # commit_sync's failures in this process, for the CLI's exit code
+
+
 def fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename in it); skipped where the file system cannot fsync a folder."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_FOLDER_FSYNC:
+            raise
     finally:
         os.close(fd)
+
+
+def commit_sync(final: Path, done: str, *folders: Path) -> None:
+    """fsync of the folders (default ``final``'s) once ``final`` is renamed into place as a commit (``done``: "the new
+    index was committed"): from the rename on the commit stands, so this never raises. A failure (EIO) is recorded,
+    not logged: the CLI then exits 8 saying the commit was made (``unsynced_commits``), a library caller asks."""
+    for folder in folders or (final.parent,):
+        try:
+            fsync_dir(folder)
+        except OSError as exc:
+            _unsynced.append(f"{final}: {done} (it is in place), but the fsync of the folder {folder} failed "
+                             f"({exc.strerror or exc}): it may not survive a power loss; nothing to redo")
+            return
+
+
+def unsynced_commits() -> list[str]:
+    """What ``commit_sync`` could not flush in this process (one message each)."""
+    return list(_unsynced)
 
 
 def fsync_file(path: Path) -> None:
@@ -32,10 +61,11 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, commit: str = "") -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part.
-    A full disk or a read-only folder raises ``IndexWriteError`` (exit 8), ``path`` unchanged."""
-    with replacing(path) as tmp:
+    A full disk or a read-only folder raises ``IndexWriteError`` (exit 8), ``path`` unchanged. ``commit``: see
+    ``publish``."""
+    with replacing(path, commit=commit) as tmp:
         try:
             tmp.write_bytes(data)
         except OSError as exc:
@@ -43,11 +73,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def replacing(final: Path, tmp: Path | None = None) -> Iterator[Path]:
+def replacing(final: Path, tmp: Path | None = None, commit: str = "") -> Iterator[Path]:
     """A temp path beside ``final`` for the block to write (``tmp``, or ``temp_beside``); when the block ends without
     an error the file replaces ``final`` durably (``publish``). The temp file never outlives the block (one left by a
     killed run of the same pid is removed first). Its own steps failing (a read-only folder, a full disk at the fsync)
-    raise ``IndexWriteError``; what the block raises is the block's, never hidden by the temp file's removal."""
+    raise ``IndexWriteError``; what the block raises is the block's, never hidden by the temp file's removal.
+    ``commit``: see ``publish``."""
     tmp = tmp or temp_beside(final)
     try:
         tmp.unlink(missing_ok=True)
@@ -56,7 +87,7 @@ def replacing(final: Path, tmp: Path | None = None) -> Iterator[Path]:
     try:
         yield tmp
         try:
-            publish(tmp, final)
+            publish(tmp, final, commit)
         except OSError as exc:
             raise write_error(final, exc) from exc
     finally:
@@ -105,13 +136,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def publish(tmp: Path, final: Path) -> None:
+def publish(tmp: Path, final: Path, commit: str = "") -> None:
     """Make a fully written temp file durable under its final name, never renamed over a device, a named pipe or a
-    socket (``refuse_replacing_special``)."""
+    socket (``refuse_replacing_special``). With ``commit`` (what the rename did: "the new index was committed") the
+    rename is the commit: the folder's fsync failing after it raises nothing (``commit_sync``), the caller must not
+    undo what is in place."""
     fsync_file(tmp)
     refuse_replacing_special(final)
     os.replace(tmp, final)
-    fsync_dir(final.parent)
+    if commit:
+        commit_sync(final, commit)
+    else:
+        fsync_dir(final.parent)
 
 
 def refuse_replacing_special(final: Path) -> None:

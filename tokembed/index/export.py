@@ -247,7 +247,10 @@ def _write_parquet_files(index, folder: Path, to: Path, schema, progress) -> int
         pq.write_table(schema.empty_table(), folder / "part-000000.parquet")
         fsync_file(folder / "part-000000.parquet")
         written = (folder / "part-000000.parquet").stat().st_size
-    fsync_dir(folder)
+    try:
+        fsync_dir(folder)
+    except OSError as exc:
+        raise write_error(folder, exc, f"--to {to}: cannot write ({exc.strerror or exc})") from exc
     return written
 
 

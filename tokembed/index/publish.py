@@ -115,24 +115,23 @@ def names_but_lone_staging_locks(folder: Path) -> list[str]:
 
 def _publish_folder(staging: Path, to: Path) -> None:
     """Publish the staging folder beside a new path ``to`` as ``to`` by one rename: all of it or nothing."""
-    from tokembed.index.atomic import fsync_dir
+    from tokembed.index.atomic import commit_sync
 
     target = to.resolve()
     try:
         os.rename(staging, target)
-        fsync_dir(target)
-        fsync_dir(target.parent)
     except OSError as exc:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise UsageError(f"--to {to}: created by another process while exporting",
                              hint="export again to a new path") from exc
         raise write_error(to, exc, f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
+    commit_sync(target, "the export was published", target, target.parent)  # published: a failure from here on undoes nothing
 
 
 def _publish_entries(staging: Path, to: Path) -> None:
     """Move the entries of the staging folder inside ``to`` into ``to``, one rename each, undone if one fails,
     never replacing an entry. Not atomic for more than one entry: a kill in between leaves the first ones."""
-    from tokembed.index.atomic import fsync_dir
+    from tokembed.index.atomic import commit_sync
 
     target, moved = to.resolve(), []
     try:
@@ -141,10 +140,10 @@ def _publish_entries(staging: Path, to: Path) -> None:
                 raise UsageError(f"--to {to}: {entry.name} appeared while exporting", hint="export again to a new path")
             os.rename(entry, target / entry.name)
             moved.append(entry.name)
-        fsync_dir(target)
     except BaseException as exc:
         for name in moved:  # back into staging, which the caller removes: ``to`` is left as it was
             os.rename(target / name, staging / name)
         if isinstance(exc, OSError):
             raise write_error(to, exc, f"--to {to}: cannot publish the export ({exc.strerror or exc})") from exc
         raise
+    commit_sync(target, "the export was published", target)  # published: a failure from here on undoes nothing

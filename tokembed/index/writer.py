@@ -3,7 +3,7 @@
 New shards are written under temp names, fsynced and renamed to ``part-NNNNNN.arrow`` with numbers
 above every shard already in the folder, so the previous generation stays readable. ``commit()``
 writes ``manifest.json`` atomically (temp, fsync, rename, fsync folder) and only then removes shards
-the new manifest no longer lists. ``abort()`` removes this run's shards and leaves the old index as it was.
+the new manifest no longer lists; from the rename on nothing undoes the commit (a failed folder fsync included). ``abort()`` removes this run's shards and leaves the old index as it was.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class IndexWriter:
         self.close_shard()
         data = manifest_bytes(manifest)
         try:
-            atomic_write_bytes(self.folder / MANIFEST, data)
+            atomic_write_bytes(self.folder / MANIFEST, data, commit="the new index was committed")
         except (IndexWriteError, OpenFilesLimitError):
             self.abort()
             raise

@@ -349,7 +349,7 @@ def open_generation(folder: Path, manifest: dict):
 def commit_manifest(folder: Path, manifest: dict) -> None:
     from tokembed.index.format import MANIFEST, manifest_bytes
 
-    atomic_write_bytes(folder / MANIFEST, manifest_bytes(manifest))
+    atomic_write_bytes(folder / MANIFEST, manifest_bytes(manifest), commit="the new index was committed")
 
 
 def remove_unlisted_files(folder: Path, manifest: dict) -> None:
