@@ -1,7 +1,8 @@
 """Path arguments and options as the user typed them, checked before a command runs (typer ``parser=``).
 
 An empty value (``-o "$OUT"`` with the variable unset) is exit 2 naming the flag: pathlib reads "" as ".", the
-current folder, where encode would write its index and export its files. Index folders and export targets are
+current folder, where encode would write its index and export its files. So is a blank one (``-o " "``): a file or
+folder named by whitespace alone is a quoting slip, not a name anyone means. Index folders and export targets are
 opened by Arrow (shards, Parquet files, LanceDB), which takes a path only as UTF-8 text: one whose bytes are not
 UTF-8 (legal on Linux; Python holds those bytes as lone surrogates) is exit 2 naming it, not a traceback; a
 name's bytes decide, whatever the locale reads them as. So is a relative path given in a current folder that was
@@ -29,12 +30,11 @@ def path_given(name: str, what: str, arrow: bool = False) -> Callable[[object], 
 
 
 def checked_path(value: str, name: str, what: str, arrow: bool = False) -> Path:
-    """``value`` as a ``Path``; ``UsageError`` (exit 2) naming ``name`` when it is empty, relative to a deleted current
-    folder, or not UTF-8 where ``arrow`` opens it."""
+    """``value`` as a ``Path``; ``UsageError`` (exit 2) naming ``name`` when it is empty or blank, relative to a
+    deleted current folder, or not UTF-8 where ``arrow`` opens it."""
     from tokembed.errors import UsageError
 
-    if value == "":
-        raise UsageError(f"{name} is empty: give {what}", hint="an unset shell variable?")
+    refuse_blank(value, name, what)
     if not os.path.isabs(value) and _current_folder_deleted():
         raise UsageError(f"{name} {value!r}: a relative path, and the current folder was deleted",
                          hint="cd to a folder that exists, or give an absolute path")
@@ -74,13 +74,27 @@ def _current_folder_deleted() -> bool:
     return False
 
 
-def column_named(value: str | None, flag: str) -> str | None:
-    """A column flag's value (``--id-column``); "" (an unset variable, too) is exit 2, not the default column."""
+def refuse_blank(value: str, name: str, what: str) -> None:
+    """``UsageError`` (exit 2) naming ``name`` when ``value`` is empty or whitespace alone (an unset variable)."""
     from tokembed.errors import UsageError
 
-    if value is not None and not value.strip():
-        raise UsageError(f"{flag} is empty: give a column (field) name", hint="an unset shell variable?")
+    if not value.strip():
+        raise UsageError(f"{name} is empty: give {what}", hint="an unset shell variable?")
+
+
+def column_named(value: str | None, flag: str) -> str | None:
+    """A column flag's value (``--id-column``); "" (an unset variable, too) is exit 2, not the default column."""
+    if value is not None:
+        refuse_blank(value, flag, "a column (field) name")
     return value
+
+
+def query_texts(texts: list[str] | None) -> list[str]:
+    """``--query`` values, each a text: a blank one (``--query "$Q"`` with the variable unset) is exit 2, not a query
+    of special tokens alone that ranks every document by its closeness to them."""
+    for text in texts or []:
+        refuse_blank(text, "--query", "a query text")
+    return texts or []
 
 
 def refuse_columns_queries_lack(query_file: Path | None, id_column: str | None, text_column: str | None) -> None:

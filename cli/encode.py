@@ -16,6 +16,21 @@ from cli._signals import work_done
 from cli.progress import libraries_quiet, make_progress, warnings_logged
 
 
+def _pdf_dpi(value: object) -> float:
+    """``--pdf-dpi`` as a float from 1 to 1200; nan, which no range comparison catches, is said to be no number."""
+    import math
+
+    try:
+        dpi = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a number") from None
+    if math.isnan(dpi):
+        raise typer.BadParameter(f"{value!r} is not a number (from 1 to 1200)")
+    if not 1.0 <= dpi <= 1200.0:
+        raise typer.BadParameter(f"{value} is not from 1 to 1200")
+    return dpi
+
+
 class Kind(str, Enum):
     document = "document"
     query = "query"
@@ -87,7 +102,7 @@ def encode(
         "with it: a chunk holds 64 decoded images or 2**28 pixels (768 MiB of RGB), whichever comes first."
     ),
     pdf_dpi: float = typer.Option(
-        144.0, min=1.0, max=1200.0,
+        144.0, min=1.0, max=1200.0, parser=_pdf_dpi,  # min and max: for --help; _pdf_dpi checks
         help="Resolution PDF pages are rendered at for image models (a US Letter page at 144 dpi is 1224x1584 pixels). "
         "More dpi means more detail and more pixels, but the model sees at most its processor's max_pixels: Qwen-VL "
         "families (ColQwen2/2.5/3, Nemotron) resize each page between min_pixels and max_pixels (colpali-engine's ColQwen2 "

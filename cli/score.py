@@ -19,7 +19,7 @@ from cli._clock import since_start
 from cli._output_file import (
     is_standard_output, open_output, refuse_output_over_inputs, refuse_output_that_cannot_be_written,
 )
-from cli._paths import checked_path, column_named, path_given, refuse_columns_queries_lack
+from cli._paths import checked_path, column_named, path_given, query_texts, refuse_columns_queries_lack
 from cli._stdout import as_stdout_holds
 from cli.progress import LineProgress, libraries_quiet, warnings_logged
 
@@ -38,7 +38,9 @@ def score(
         "not a pipe) and the index folder. "
         "With --query, the index folder alone.",
     ),
-    query: Optional[list[str]] = typer.Option(None, "--query", help="A query text (repeatable); ids q1, q2, ..."),
+    query: Optional[list[str]] = typer.Option(
+        None, "--query", help="A query text (repeatable); ids q1, q2, ... An empty or blank one is refused (exit 2).",
+    ),
     top_k: int = typer.Option(
         10, "--top-k", "-k", help="Documents per query (all of them if the index is smaller). With a search structure, "
         "only documents in the lists of the centroids the query probes: fewer where those hold fewer (--exact: all).",
@@ -88,9 +90,14 @@ def score(
         False, "--exact", help="Scan every document even when the index has a search structure (tokembed compress). "
         "Refused (exit 2) on a compressed-only index (compress --drop-vectors): it has no vectors to scan.",
     ),
-    probe: Optional[int] = typer.Option(None, "--probe", help="Search structure: centroids probed per query token (default 24)."),
+    probe: Optional[int] = typer.Option(
+        None, "--probe", help="Search structure: centroids probed per query token (default 24). Without a structure, or "
+        "with --exact, not used (a warning).",
+    ),
     candidates: Optional[int] = typer.Option(
-        None, "--candidates", help="Search structure: documents re-ranked with exact MaxSim per query (default 384; 5x as many are pre-scored from their centroids)."
+        None, "--candidates", help="Search structure: documents re-ranked with exact MaxSim per query (default 384; 5x as "
+        "many are pre-scored from their centroids); fewer than --top-k re-ranks --top-k. Without a structure, or with "
+        "--exact, not used (a warning).",
     ),
 ) -> None:
     """MaxSim top-k search: encode the queries as the index prescribes, then search with the index's structure
@@ -102,6 +109,7 @@ def score(
 
     if log_format not in ("text", "json"):
         raise UsageError(f"--log-format {log_format!r}: must be text or json")
+    query = query_texts(query)  # a blank one: exit 2 before anything is opened
     query_file, index = _split_args(args, bool(query))
     refuse_columns_queries_lack(query_file, id_column, text_column)
     output = None if output is not None and str(output) == "-" else output  # "-o -": standard output, as the default
@@ -111,7 +119,7 @@ def score(
         query_file, column_named(id_column, "--id-column") or "id", column_named(text_column, "--text-column") or "text",
         id_required=id_column is not None,
     ) if query_file else Queries()
-    queries = queries.add(inline_queries(query or []))
+    queries = queries.add(inline_queries(query))
     if query_file and query:  # a file's q1 and the first --query's would otherwise be one query
         check_queries(queries, f"{query_file} and --query")
     log = LineProgress(quiet=quiet).log

@@ -101,6 +101,16 @@ def test_dimensions_truncate_then_renormalize(cli, corpus, tmp_path):
     assert np.abs(short - expected).max() <= 1e-5
 
 
+@pytest.mark.parametrize("dpi, said", [("nan", "'nan' is not a number"), ("NaN", "'NaN' is not a number"),
+                                       ("abc", "'abc' is not a number"), ("1201", "1201 is not from 1 to 1200"),
+                                       ("0.5", "0.5 is not from 1 to 1200"), ("inf", "inf is not from 1 to 1200")])
+def test_a_pdf_dpi_out_of_range_or_no_number_is_said_to_be_so(cli, corpus, tmp_path, dpi, said):
+    """nan passed the range check's comparisons and was said to be over 1200."""
+    result = cli("encode", corpus, "-o", tmp_path / "index", "--pdf-dpi", dpi)
+    assert result.exit_code == 2 and said in result.stderr, result.output
+    assert not (tmp_path / "index").exists()
+
+
 def test_info_reports_the_index(cli, corpus, tmp_path):
     out = tmp_path / "index"
     cli("encode", corpus, "-o", out)

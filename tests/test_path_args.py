@@ -52,6 +52,36 @@ def test_an_empty_path_is_refused_naming_it_not_read_as_the_current_folder(cli, 
     assert not exported.exists() and not (tmp_path / "other").exists()
 
 
+def test_a_blank_path_is_refused_as_an_empty_one_not_made_a_file_named_by_spaces(cli, index_here, tmp_path):
+    """`-o " "` wrote an index folder named " " (exit 0), as `score -o " "` a results file and `export --to " "`
+    its files, and `info " "` said "index not found", while `--model " "` was refused as empty."""
+    corpus, here = index_here
+    runs = {
+        "--output": [("encode", corpus, "-o", " "), ("score", "--query", "x", here, "-o", "  ")],
+        "INPUT": [("encode", "\t", "-o", tmp_path / "other")],
+        "INDEX": [("info", " "), ("compress", " "), ("export", " ", "--to", tmp_path / "exported", "-f", "parquet")],
+        "INDEX_DIR": [("score", "--query", "x", " ")],
+        "QUERIES": [("score", " ", here)],
+        "--to": [("export", here, "--to", " ", "-f", "parquet")],
+    }
+    results = {command: cli(*command) for commands in runs.values() for command in commands}
+    named = {command: name for name, commands in runs.items() for command in commands}
+    assert [command for command, result in results.items() if result.exit_code != USAGE
+            or f"usage error: {named[command]} is empty" not in result.stderr
+            or "unset shell variable" not in result.stderr] == []
+    assert [name for name in os.listdir(here) if not name.strip()] == []
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t"])
+def test_an_empty_or_blank_query_is_refused_not_ranked_by_its_special_tokens(cli, index_here, blank):
+    """`--query "$Q"` with Q unset gave ten hits (exit 0), ranked by closeness to [CLS] and [SEP] alone."""
+    _, here = index_here
+    for queries in (("--query", blank), ("--query", "alpha", "--query", blank)):
+        result = cli("score", *queries, here, "-f", "jsonl")
+        assert result.exit_code == USAGE and result.stdout == "", result.output
+        assert "usage error: --query is empty" in result.stderr and "unset shell variable" in result.stderr
+
+
 def test_score_output_dash_is_still_standard_output(cli, index_here):
     _, here = index_here
     result = cli("score", "--query", "alpha", here, "-o", "-", "-f", "jsonl", "-q")

@@ -49,6 +49,18 @@ def test_everything_probed_equals_the_exhaustive_scan(compressed):
         assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
 
 
+def test_probe_or_candidates_with_exact_are_said_to_be_unused_and_candidates_below_top_k_rerank_top_k(compressed,
+                                                                                                   caplog):
+    folder, _, queries = compressed
+    with caplog.at_level("WARNING", logger="tokembed"):
+        search_vectors(folder, queries[:1], top_k=5, exact=True, candidates=1)
+        assert [r.getMessage() for r in caplog.records] == ["--candidates not used: --exact scans every document"]
+        caplog.clear()
+        fewer = search_vectors(folder, queries[:1], top_k=5, candidates=1)  # as --help says: top-k are re-ranked
+        assert caplog.records == [] and len(fewer[0]) == 5
+    assert fewer == search_vectors(folder, queries[:1], top_k=5, candidates=5)
+
+
 def test_reranking_from_codes_scores_the_decoded_unit_vectors(compressed):
     from tokembed.search.plaid.codes import StoredCodes
 

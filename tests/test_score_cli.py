@@ -390,6 +390,8 @@ def test_score_runs_on_one_device_and_says_which_it_takes(cli, demo_index):
     assert result.exit_code == 2 and "tokembed score runs in its own process on one device" in result.stderr, result.output
     result = cli("score", "--query", "sorting", index, "--device", "cpu:1")  # said "(1 worker(s) asked for)"
     assert result.exit_code == 2 and "--device cpu:1: asks for worker processes;" in result.stderr, result.output
+    result = cli("score", "--query", "sorting", index, "--device", "cpu:0")  # was exit 9, "a positive number of workers"
+    assert result.exit_code == 2 and "--device cpu:0: asks for worker processes;" in result.stderr, result.output
     result = cli("score", "--query", "sorting", index, "--device", "bogus")
     assert result.exit_code == 9 and "expected auto, cpu, cuda or cuda:N" in result.stderr, result.output
     assert cli("score", "--query", "sorting", index, "--device", "cpu").exit_code == 0
@@ -408,3 +410,18 @@ def test_quiet_silences_the_library_warnings_too(cli, demo_index, tmp_path, monk
     monkeypatch.setenv("TOKEMBED_CACHE", str(blocker / "other"))  # warned once per process and folder
     quiet = cli("score", "--query", "cats", index, "-f", "jsonl", "--quiet")
     assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_probe_and_candidates_on_an_index_without_a_structure_warn_that_they_are_not_used(cli, demo_index):
+    """They were taken silently: a scan has nothing they change. A warning, not an error: a cron line passes them
+    whether or not the index was compressed yet."""
+    index, _ = demo_index
+    result = cli("score", "--query", "sorting", index, "--probe", 1, "--candidates", 1, "-k", 2, "-f", "jsonl")
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 2, result.output
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == ["tokembed: warning: --probe and --candidates not used: the index has no search structure "
+                        "(tokembed compress builds one); every document is scanned"]
+    assert cli("score", "--query", "sorting", index, "--probe", 1, "-q").stderr == ""
+    plain = cli("score", "--query", "sorting", index, "-f", "jsonl")
+    assert "warning" not in plain.stderr and plain.stdout == cli("score", "--query", "sorting", index, "--candidates", 5,
+                                                                 "-f", "jsonl").stdout

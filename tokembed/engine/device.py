@@ -124,10 +124,12 @@ def given_spec(spec: str | None, flag: str = "--devices", expected: str = _EXPEC
 
 def resolve_one_device(spec: str | None, flag: str, command: str) -> str:
     """The one torch device of a command that runs on one (``score``, ``serve``): ``cpu:N`` (worker processes) or
-    several CUDA devices are a usage error."""
-    plan = parse_devices(spec, flag, _EXPECTED_ONE)
-    if plan.workers:
-        asked = "worker processes" if plan.first.startswith("cpu") else f"{len(plan.labels)} devices"
+    several CUDA devices are a usage error; any N, ``cpu:0`` too, whose count ``parse_devices`` would refuse first."""
+    given = given_spec(spec, flag, _EXPECTED_ONE)
+    workers = given.startswith("cpu:") and given[4:].isascii() and given[4:].isdigit()
+    plan = None if workers else parse_devices(spec, flag, _EXPECTED_ONE)
+    if workers or plan.workers:
+        asked = "worker processes" if workers else f"{len(plan.labels)} devices"
         raise UsageError(f"{flag} {spec}: asks for {asked}; tokembed {command} runs in its own process on one device",
                          hint="pass one device (cpu, cuda or cuda:N); cpu:N and several devices are for encode's --devices")
     return plan.first

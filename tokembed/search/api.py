@@ -11,6 +11,7 @@ the stored vectors (``exact``, ``load_document``) raises ``VectorsDroppedError``
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, MutableMapping
@@ -79,6 +80,7 @@ def search(
     index.verify(checksums=False)  # missing or truncated shards fail before the model loads
     if exact:
         require_vectors(index, "an exact search (score --exact)")
+    warn_of_unused_structure_options(structure, exact, probe, candidates)
     compute = _resolve_device(device)
     opened = time.perf_counter()
     vectors = encode_queries(index, asked.texts, model, compute, allow_model_mismatch, trust_remote_code, timings,
@@ -195,6 +197,7 @@ def search_vectors(
         structure = open_structure(index) if has_structure(index) and not exact else None
     if exact:
         require_vectors(index, "an exact search (score --exact)")
+    warn_of_unused_structure_options(structure, exact, probe, candidates)
     if not len(query_matrices):
         return []
     compute = _resolve_device(device)
@@ -203,6 +206,17 @@ def search_vectors(
     scorer = NumpyScorer() if compute == "cpu" else TorchScorer(compute, index.manifest.get("embedding_dtype", "float16"))
     results, _ = scan(index, query_matrices, top_k, block_tokens, scorer, progress)
     return [[Hit(doc_id, score, rank) for rank, (doc_id, score) in enumerate(hits, start=1)] for hits in results]
+
+
+def warn_of_unused_structure_options(structure, exact: bool, probe: int | None, candidates: int | None) -> None:
+    """One logged warning where ``probe`` or ``candidates`` was given and the scan answers: they tune the structure's
+    search alone. Not an error: a cron line passes them whether or not the index was compressed yet."""
+    given = [flag for flag, value in (("--probe", probe), ("--candidates", candidates)) if value is not None]
+    if not given or _uses_structure(structure, exact):
+        return
+    why = ("--exact scans every document" if exact
+           else "the index has no search structure (tokembed compress builds one); every document is scanned")
+    logging.getLogger("tokembed").warning("%s not used: %s", " and ".join(given), why)
 
 
 def _structure_search(index, structure, query_matrices, top_k, probe, candidates, progress, device: str = "cpu") -> list[list[Hit]]:
