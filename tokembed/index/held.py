@@ -24,6 +24,8 @@ import secrets
 import shutil
 from pathlib import Path
 
+from tokembed.index.lock import open_for_flock
+
 LOCK_SUFFIX = ".lock"
 # What follows a held name's prefix: ``PID-RANDOM`` (8 hex digits), unique across pid spaces.
 UNIQUE = r"\d+-[0-9a-f]{8}"
@@ -61,7 +63,7 @@ class HeldEntry:
         while True:
             self.path = folder / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}{suffix}"
             try:
-                fd = os.open(_lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(_lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 continue  # another process's name, by a one in four billion chance
             _lock_unless_unsupported(fd, _lock_path(self.path))
@@ -113,9 +115,10 @@ def _discard(fd: int, lock: Path) -> None:
 
 def remove_abandoned(folder: Path, pattern: re.Pattern) -> None:
     """Remove the entries in ``folder`` whose whole name ``pattern`` matches and whose process is gone, with their
-    lock files: those whose lock this process takes without waiting, or that have none (a ``HeldEntry`` makes its
-    lock before the entry and removes it after). A live process's, in any pid space, keeps its lock; another
-    user's entries are not ours to remove. A name that only looks like one (not ``PID-RANDOM``) is not matched."""
+    lock files: those whose lock this process takes without waiting (another user's too, as far as this one may
+    remove them: a group-shared folder), or that have none and are this user's (a ``HeldEntry`` makes its lock
+    before the entry and removes it after). A live process's, in any pid space, keeps its lock. A name that only
+    looks like one (not ``PID-RANDOM``) is not matched."""
     try:
         names = {entry.name for entry in folder.iterdir()}
     except OSError:
@@ -132,7 +135,7 @@ def remove_abandoned(folder: Path, pattern: re.Pattern) -> None:
 def _remove_if_abandoned(path: Path) -> None:
     lock = _lock_path(path)
     try:
-        fd = os.open(lock, os.O_RDWR)
+        fd = open_for_flock(lock, os.O_RDWR)
     except FileNotFoundError:  # its process removed it (and the entry, just now) or died before making it
         if path.lstat().st_uid == os.getuid():
             _remove(path)
@@ -145,9 +148,10 @@ def _remove_if_abandoned(path: Path) -> None:
             raise  # ENOLCK (a file system without locks): whether it lives is unknown, it is left
         return  # its process is alive
     try:
-        if _is_at(fd, lock) and os.fstat(fd).st_uid == os.getuid():
+        if _is_at(fd, lock):  # another user's too (a group-shared folder), where this one may remove it
             _remove(path)
-            os.unlink(lock)
+            if not os.path.lexists(path):
+                os.unlink(lock)
     finally:
         os.close(fd)
 

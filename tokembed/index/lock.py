@@ -9,6 +9,7 @@ included; a run that was waiting on that lock file then finds it gone and takes 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -25,7 +26,7 @@ def refuse_if_locked(folder: Path) -> None:
     """Raise ``IndexLockedError`` now if another run holds ``folder``'s lock: a second cron run learns it before
     loading a model for seconds. Only a probe (the lock is taken for real later, which decides); creates nothing."""
     try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+        fd = open_for_flock(folder / LOCK_NAME, os.O_RDWR)
     except OSError:
         return  # no lock file (a new index) or an unreadable one: the real attempt will say
     try:
@@ -33,8 +34,20 @@ def refuse_if_locked(folder: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     except BlockingIOError:
         raise _locked(folder, _read_pid(fd)) from None
+    except OSError:
+        pass  # no locks on this file system (ENOLCK): the real attempt says so
     finally:
         os.close(fd)
+
+
+def open_for_flock(path: Path, flags: int) -> int:
+    """``path`` opened with ``flags`` (and created 0666 less the umask, where they say so); where it is there but
+    this user may not write it (another group member's lock file of an earlier release, 0644), opened read-only:
+    ``flock`` takes a lock on any descriptor, and that lock excludes every other process's alike."""
+    try:
+        return os.open(path, flags, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
 
 
 def _locked(folder: Path, holder, waited: float = 0.0) -> IndexLockedError:
@@ -77,14 +90,39 @@ class IndexLock:
                     raise _locked(self.path.parent, holder, self.wait_seconds) from None
                 time.sleep(0.2)
                 continue
+            except OSError as exc:
+                self._give_up(fd)
+                raise self._no_locks(exc) from exc
             if self._still_there(fd):
                 break
             os.close(fd)  # the holder removed the folder it had created (its run failed): start again
             fd = self._open()
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        self._write_pid()
         return self
+
+    def _write_pid(self) -> None:
+        """The holder's pid, for a second run to name; not where the lock file could be opened read-only only."""
+        try:
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
+
+    def _no_locks(self, exc: OSError) -> Exception:
+        """A file system without locks (``flock``: ENOLCK, ENOSYS, EOPNOTSUPP: NFSv3 without a lock daemon, Lustre
+        without ``-o flock``): one writer cannot be made sure of, so no run writes there (exit 8)."""
+        folder = self.path.parent
+        why = (": its file system has no file locks (NFSv3 without a lock daemon? Lustre without -o flock?)"
+               if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP) else "")
+        return write_error(self.path, exc, f"{folder}: cannot lock the index ({exc.strerror or exc}){why}")
+
+    def _give_up(self, fd: int) -> None:
+        """Close ``fd`` unlocked, removing the folders this run created if they hold nothing but the lock file."""
+        self._fd = fd
+        self.remove_if_unused()
+        os.close(fd)
+        self._fd = None
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
@@ -123,7 +161,7 @@ class IndexLock:
                 raise UsageError(f"{folder}: exists and is not a folder (an index is a folder)", hint="choose another --output")
             self.created = _first_missing(folder)
             folder.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            return open_for_flock(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             what = "its lock file" if self.created is None else "the index folder or its lock file"
             raise write_error(self.path, exc, f"{folder}: cannot create {what} ({exc.strerror})") from exc

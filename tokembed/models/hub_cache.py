@@ -41,7 +41,11 @@ def not_cached(repo_id: str, revision: str | None, offline: bool, unreachable: s
         f" ({unreachable})" if unreachable else "")
     download = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
     repo = _repo_folder(repo_id)
-    cached = _cached_commits(repo)
+    try:
+        cached = _cached_commits(repo)
+    except PermissionError as exc:  # a shared HF_HOME of another user, mode 700
+        return ModelNotFoundError(f"model {repo_id!r}: cannot read the Hugging Face cache ({exc.filename}: "
+                                  f"{exc.strerror}){why}", hint="set HF_HOME to a cache this user may read")
     ref = revision or "main"
     pointed = _read_ref(repo, ref)
     if pointed is not None and pointed not in cached:

@@ -123,9 +123,10 @@ def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) 
     if not name.strip():
         raise UsageError("--model is empty: give a checkpoint folder or a hub id", hint="an unset shell variable?")
     path = Path(name).expanduser()
-    if not name.isascii() or path.is_dir():  # a hub id is ASCII; a folder's resolved path goes into the manifest
+    is_dir = _is_dir(path, what, name)
+    if not name.isascii() or is_dir:  # a hub id is ASCII; a folder's resolved path goes into the manifest
         refuse_misread_path(path, what, becomes="a folder that is not there, another path in the index's manifest")
-    if path.is_dir():
+    if is_dir:
         _refuse_folder_revision(f"{what} {name!r}", path, revision, revision_flag)
         refuse_broken_links(path, hint="restore the files they link to, or copy the checkpoint again")
         return ResolvedModel(name=name, path=path.resolve(), revision=None)
@@ -135,6 +136,16 @@ def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) 
     refuse_broken_links(folder, hint=f"download it again with network access: hf download {name} "
                                      f"--revision {folder.name}")
     return ResolvedModel(name=name, path=folder, revision=folder.name if len(folder.name) == 40 else revision)
+
+
+def _is_dir(path: Path, what: str, name: str) -> bool:
+    """Whether ``path`` is a folder; one in a folder this user may not search (another user's home) is a model
+    error naming it, not a traceback."""
+    try:
+        return path.is_dir()
+    except PermissionError as exc:
+        raise ModelNotFoundError(f"{what} {name!r}: cannot look it up ({exc.strerror}: a folder on the way this user "
+                                 "may not search?)") from exc
 
 
 def _checkpoint_name(name, what: str) -> str:

@@ -44,6 +44,13 @@ def read_queries(path: Path | str, id_column: str = "id", text_column: str = "te
     """Read a query file; the reader is chosen by suffix (see the module docstring). ``id_required``: the id
     column was named, so a .jsonl line or a .parquet file without it is an error, not line/row numbers."""
     path = Path(path)
+    try:
+        return check_queries(_read_by_suffix(path, id_column, text_column, id_required), str(path))
+    except PermissionError as exc:  # chmod 000, or in a folder this user may not search (another user's home)
+        raise BadInputError(f"{path}: cannot read the query file ({exc.strerror})") from exc
+
+
+def _read_by_suffix(path: Path, id_column: str, text_column: str, id_required: bool) -> Queries:
     _refuse_what_is_no_query_file(path)
     suffix = path.suffix.lower()
     if suffix == ".txt":
@@ -56,7 +63,7 @@ def read_queries(path: Path | str, id_column: str = "id", text_column: str = "te
         queries = _read_parquet(path, id_column, text_column, id_required)
     else:
         raise BadInputError(f"{path}: unsupported query file type {suffix!r} (expected {', '.join(QUERY_SUFFIXES)})")
-    return check_queries(queries, str(path))
+    return queries
 
 
 def _refuse_what_is_no_query_file(path: Path) -> None:

@@ -185,13 +185,22 @@ def check_input(path: Path, options: SourceOptions | None = None, files: list[Pa
     """Raise ``BadInputError`` if ``path`` is no input a reader takes: missing, a file of another kind, or (given
     the run's ``options``) a folder holding both data files and documents the run reads. Cheap (a folder
     is listed, no file is read): ``encode`` asks it of every input before it loads the model (no options yet)."""
-    if not path.exists():
+    if not _exists(path):
         raise BadInputError(f"{path}: no such file or folder")
     refuse_special_file(path)
     if path.is_file() and not (path.suffix in DATA_SUFFIXES or path.suffix.lower() == ".pdf"):
         raise BadInputError(f"{path}: unsupported input (expected .parquet, .jsonl, .pdf or a folder)")
     if path.is_dir() and options is not None:
         _check_not_mixed(path, walk_files(path) if files is None else files, options)  # files: its walk, if made
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` is there; one in a folder this user may not search (another user's home) is bad input."""
+    try:
+        return path.exists()
+    except PermissionError as exc:
+        raise BadInputError(f"{path}: cannot look it up ({exc.strerror}: a folder on the way this user may "
+                            "not search?)") from exc
 
 
 def is_data_file(path: Path) -> bool:

@@ -33,7 +33,10 @@ def write_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str
 
     from safetensors import SafetensorError
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # out of inodes, or a file or a dangling link named so
+        raise write_error(path.parent, exc, f"{path.parent}: cannot create the folder ({exc.strerror or exc})") from exc
     with replacing(path) as tmp:
         try:
             save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(tmp), metadata=metadata)
