@@ -48,7 +48,9 @@ def assert_readable(index, cli) -> None:
 
 def test_a_folder_among_the_index_files_is_left_alone_and_the_rerun_commits(compressed, cli, colbert_ckpt):
     index, corpus, rows = compressed
-    (index / "plaid" / "notes").mkdir()
+    code_name = "plaid/codes-000000000000000000000000-000000000000.safetensors"
+    (index / code_name).mkdir()  # named like a code file, but a folder
+    (index / "plaid" / "notes").mkdir()  # named like nothing of tokembed's: not its to remove, nothing said
     (index / "data" / "part-000099.arrow").mkdir()  # named like a shard, but a folder
     old_shards = {shard["file"] for shard in manifest(index)["shards"]}
     write_jsonl(corpus, edited(rows))
@@ -56,7 +58,8 @@ def test_a_folder_among_the_index_files_is_left_alone_and_the_rerun_commits(comp
     result = cli("encode", corpus, "--model", colbert_ckpt, "-o", index)
 
     assert result.exit_code == 0, result.output
-    assert "tokembed: warning: " in result.stderr and "plaid/notes: a folder among tokembed's own files; left alone" in result.stderr
+    assert "tokembed: warning: " in result.stderr and f"{code_name}: a folder among tokembed's own files; left alone" in result.stderr
+    assert "notes" not in result.stderr and (index / code_name).is_dir()
     assert (index / "plaid" / "notes").is_dir() and (index / "data" / "part-000099.arrow").is_dir()
     assert set(read_index(index)) == {row["id"] for row in edited(rows)}
     replaced = old_shards - {shard["file"] for shard in manifest(index)["shards"]}
@@ -83,7 +86,7 @@ def test_a_failure_after_the_commit_keeps_the_committed_shards(compressed, cli, 
 
 def test_dropping_vectors_with_a_folder_in_the_structure_completes_its_clean_up(compressed, cli):
     index, _, _ = compressed
-    (index / "plaid" / "notes").mkdir()
+    (index / "plaid" / "codes-000000000000000000000000-000000000000.safetensors").mkdir()  # a code file's name
     before = {shard["file"] for shard in manifest(index)["shards"]}
 
     result = cli("compress", index, "--drop-vectors")
@@ -91,7 +94,7 @@ def test_dropping_vectors_with_a_folder_in_the_structure_completes_its_clean_up(
     assert result.exit_code == 0, result.output
     assert "left alone" in result.stderr
     assert not any((index / path).exists() for path in before)  # the shards with vectors are freed
-    assert sorted(p.name for p in (index / "plaid").iterdir() if not p.name.startswith("codes-") and p.name != "notes") == [
+    assert sorted(p.name for p in (index / "plaid").iterdir() if not p.name.startswith("codes-")) == [
         entry for entry in [manifest(index)["search"]["codec"]["file"].split("/")[-1]]]
     assert cli("score", "--query", "alpha beta", index, "--top-k", 3).exit_code == 0
 

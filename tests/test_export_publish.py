@@ -288,13 +288,17 @@ def test_a_failed_export_removes_the_parent_folders_it_created(cli, index, tmp_p
 def test_lance_refuses_a_folder_that_is_not_a_lancedb_database(cli, index, tmp_path):
     parquet = tmp_path / "parquet"
     assert cli("export", index, "--to", parquet, "--format", "parquet", "-q").exit_code == 0
-    for folder, says in ((index, "a tokembed index folder"), (index / "data", "not a LanceDB database folder"),
-                         (parquet, "not a LanceDB database folder")):
+    other = tmp_path / "other-index"
+    shutil.copytree(index, other)
+    for folder, says in ((other, "a tokembed index folder"), (parquet, "not a LanceDB database folder")):
         before = sorted(p.name for p in folder.iterdir())
         result = cli("export", index, "--to", folder, "--format", "lance")
         assert result.exit_code == 2, (folder, result.output)
         assert says in result.stderr and "*.lance" in result.stderr
         assert sorted(p.name for p in folder.iterdir()) == before
+    for folder in (index, index / "data"):  # the index's own folders: refused whatever the format (test_user_files.py)
+        result = cli("export", index, "--to", folder, "--format", "lance")
+        assert result.exit_code == 2 and "the index folder" in result.stderr, (folder, result.output)
 
 
 def test_lance_writes_into_a_database_folder_with_a_dead_exports_staging(cli, index, tmp_path):

@@ -139,11 +139,13 @@ class EncodeSummary:
 
 def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSummary:
     started = time.perf_counter()  # before the imports below: importing torch is part of the load
+    from tokembed.index.first_run import refuse_foreign_files
     from tokembed.index.lock import IndexLock, refuse_if_locked
 
     progress = progress or NullProgress()
     job = _with_own_walks(checked_job(job))  # paths as Path first: the walks leave job.output out
     check_inputs(job)
+    refuse_foreign_files(job.output)  # a folder that is no index yet: nothing of the user's under the names a commit removes
     if job.wait_seconds == 0:
         refuse_if_locked(job.output)  # before torch is imported (seconds): a second cron run exits at once
     from tokembed.embedder import Embedder

@@ -20,7 +20,7 @@ from tokembed.locale_names import refuse_misread_path
 from tokembed.settings import checked_flags, whole_count
 from tokembed.sources import SourceOptions
 from tokembed.sources.base import check_input
-from tokembed.sources.files import refuse_inputs_given_twice
+from tokembed.sources.files import file_key, refuse_inputs_given_twice
 from tokembed.sources.id_source import refuse_mixed_ids
 from tokembed.sources.pdf import check_pdf_password
 
@@ -54,10 +54,22 @@ def checked_job(job: EncodeJob) -> EncodeJob:
 def check_inputs(job: EncodeJob) -> None:
     """Every input there and a kind a reader takes, none given twice, their ids from one source (``job.sources.walks``:
     the run's walks)."""
+    _refuse_output_as_input(job)  # before its walk, which leaves the output folder out: "holds no files"
     for path in job.inputs:  # before the model loads: a mistyped path is said in a moment, not after seconds
         check_input(path)
     refuse_inputs_given_twice(job.inputs, job.sources.walks)
     refuse_mixed_ids(job.inputs, job.sources)
+
+
+def _refuse_output_as_input(job: EncodeJob) -> None:
+    """The index folder is an input folder: its files would go among the documents, and the walk that leaves the
+    run's own index out (``files.FolderWalks``) would read none of them. One inside an input folder is left out."""
+    output = file_key(job.output)
+    for path in job.inputs:
+        if output is not None and path.is_dir() and file_key(path) == output:
+            raise UsageError(f"--output {job.output}: the input folder {path} itself; the index's files would be "
+                             "written among the documents", hint="give another folder (one inside the input folder is "
+                             "left out of the run's reading)")
 
 
 def _input_paths(inputs) -> list[Path]:

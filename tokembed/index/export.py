@@ -32,6 +32,7 @@ from pathlib import Path
 from tokembed._testhooks import fault_point
 from tokembed.errors import UsageError, VectorsDroppedError
 from tokembed.index.atomic import write_error
+from tokembed.index.export_target import refuse_inside_index, refuse_uri
 from tokembed.index.publish import is_staging, names_but_lone_staging_locks, published, remove_dead_staging
 from tokembed.path_kind import FOLDER, kind_at
 
@@ -113,6 +114,7 @@ def export_index(
     from tokembed.search.plaid.codec import needs_vector_norms
 
     check_export_options(fmt, dtype, table)
+    refuse_uri(to)
     started = time.perf_counter()
     index = open_index(index_path, structure=False)  # holds every listed shard open: a later commit cannot pull them away
     try:
@@ -121,6 +123,7 @@ def export_index(
         exc.hint = VECTORS_DROPPED_HINT  # the generic hint is about search, which export is not
         raise
     to = Path(to)
+    refuse_inside_index(to, index.folder)
     _require_reachable(to)
     log = log or (lambda message: None)
     progress = progress or log

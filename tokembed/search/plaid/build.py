@@ -28,6 +28,7 @@ Drift, and when the centroids are trained again: ``retrain.py``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -353,7 +354,8 @@ def commit_manifest(folder: Path, manifest: dict) -> None:
 
 
 def remove_unlisted_files(folder: Path, manifest: dict) -> None:
-    """After a commit: structure files (and a pending training) that no manifest lists any more."""
+    """After a commit: structure files (and a pending training) that no manifest lists any more. Only names
+    tokembed writes in ``plaid/`` (``is_structure_file``): any other file there is someone else's."""
     plaid = folder / CODES_DIR
     if not plaid.is_dir():
         return
@@ -362,8 +364,20 @@ def remove_unlisted_files(folder: Path, manifest: dict) -> None:
     if structure:
         listed.add(Path(structure["codec"]["file"]).name)
     for path in plaid.iterdir():
-        if path.name not in listed:
+        if path.name not in listed and is_structure_file(path.name):
             remove_unused(path)
+
+
+# codec-, codes- (a compressed-only shard's with its own sha256), their .coded.json figures, the pending records, and
+# the temp names ``atomic.temp_beside`` gives any of them (``.NAME.tmp-PID-THREAD``; an earlier release's without THREAD)
+_OWN = r"(?:codec-[0-9a-f]{16}\.safetensors|codes-[0-9a-f]{24}-[0-9a-f]{12}(?:-[0-9a-f]{12})?\.safetensors(?:\.coded\.json)?" \
+       r"|pending\.json|drop-pending\.json)"
+_STRUCTURE_FILE = re.compile(rf"^(?:{_OWN}|\.{_OWN}\.tmp-\d+(?:-\d+)?)$")
+
+
+def is_structure_file(name: str) -> bool:
+    """Whether ``name`` is one that tokembed writes in ``plaid/`` (``codes_name``, ``_trained_codec``, ``drop``)."""
+    return _STRUCTURE_FILE.match(name) is not None
 
 
 def check_compressible(index) -> None:
