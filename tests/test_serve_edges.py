@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -135,7 +136,6 @@ main()
 def _sigterm_while_running(server_code: str, checkpoint, started: str):
     """A server from ``server_code``, one request, SIGTERM once its stderr says ``started``: (the response, the exit
     status, seconds from the signal to the exit, the rest of stderr)."""
-    import time
 
     process = subprocess.Popen(
         [sys.executable, "-c", server_code, "serve", "--model", str(checkpoint), "--port", "0", "--log-level", "warning"],
@@ -193,3 +193,25 @@ def test_sigterm_during_a_tokenization_longer_than_the_grace_exits_within_15_s(c
     assert response.status_code == 503 and status == 0
     assert seconds < 20  # the 5 s grace, then 10 s for the tokenization
     assert "tokembed: server stopped (a tokenization still running was abandoned)" in rest, rest
+
+
+def test_a_second_signal_on_an_idle_server_stops_it_without_a_traceback(colbert_ckpt):
+    """SIGTERM then SIGINT (or Ctrl-C twice): uvicorn's force exit skipped the lifespan's shutdown, and its task,
+    cancelled at the end, was logged as an ERROR with a KeyboardInterrupt traceback; the app has no lifespan."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "--model", str(colbert_ckpt), "--port", "0", "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stderr.readline()
+        assert "tokembed: serving" in line, line
+        assert httpx.get(line.rsplit(" at ", 1)[1].strip() + "/health", timeout=10).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.02)  # apart: Python runs pending handlers by signal number, SIGINT's first
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        rest = process.stderr.read()
+        assert "tokembed: server stopped" in rest and "Traceback" not in rest, rest
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -93,3 +93,30 @@ def test_search_over_a_page_image_index_answers_as_score_does(cli, colpali, tmp_
     assert [[doc for doc, _ in found] for found in got] == [[doc for doc, _ in found] for found in want]
     for found, wanted in zip(got, want):
         assert [score for _, score in found] == pytest.approx([score for _, score in wanted], abs=1e-4)
+
+
+def test_a_huge_query_is_processed_apart_and_never_stalls_the_others(server):
+    """The processor tokenizes a query whole before its length is checked (20-25 s for 15 MB of text): a query of
+    more than LARGE_REQUEST_CHARS goes to the second lane, with a processor of its own, as text services' do."""
+    import threading
+    import time
+
+    from tokembed.serve.tokenizing import LARGE_REQUEST_CHARS
+
+    lanes = server.service._lanes
+    release = threading.Event()
+    lanes.large.thread.submit(release.wait, 60)  # the large lane, busy (as with a 15 MB query)
+    answers = {}
+    caller = threading.Thread(target=lambda: answers.setdefault(
+        "huge", server.post("/pooling", {"input": "w " * LARGE_REQUEST_CHARS, "input_type": "query"})))
+    caller.start()
+    try:
+        started = time.monotonic()
+        assert server.post("/pooling", {"input": "a query", "input_type": "query"}).status_code == 200
+        assert time.monotonic() - started < 20 and "huge" not in answers
+    finally:
+        release.set()
+        caller.join(60)
+    assert answers["huge"].status_code == 400 and "positions" in answers["huge"].json()["error"]["message"]
+    profile = server.service.profiles["query"]
+    assert lanes.large.view("query", profile).processor is not profile.view.processor

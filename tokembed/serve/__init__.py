@@ -101,7 +101,10 @@ def run_server(
                          "when it started; a new generation is picked up by the next request)")
             if api_key is None and not _is_loopback(host):
                 announce(f"tokembed: warning: listening on {host} without --api-key: anyone who can reach it can use it")
-            config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=log_level == "debug")
+            # lifespan "off": the app has no start-up or shut-down hooks, and a second Ctrl-C (uvicorn's force exit, which
+            # skips the lifespan's shutdown) left its task to be cancelled, which uvicorn logged as an error with a traceback
+            config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=log_level == "debug",
+                                    lifespan="off")
             uvicorn.Server(config).run(sockets=[sock])
         finally:
             running = service.close()

@@ -17,29 +17,31 @@ the vocabulary, the output dimension) is checked by the service. Field names and
 Unknown fields are ignored, as vLLM does (clients send ``user``, ``priority``, ``request_id``...), but for the
 three that would change the vectors: ``normalize`` (refused as vLLM refuses it), ``truncation_side: "left"`` and
 ``padding: "max_length"``. Types are
-strict: ``"8"`` is not an integer and ``1`` is not a string. Responses are built as plain dicts by the
+strict: ``"8"`` is not an integer and ``1`` is not a string. The inputs (``input``, ``queries``, ``documents``,
+``query``...) are checked by the validators of ``input_checks.py``, not by pydantic's unions: those recorded an error
+per item for every form that failed (a 6 MiB body of a million one-text lists took the event loop 15-35 s and GBs),
+and their count is refused before any item is checked. Responses are built as plain dicts by the
 service (a pydantic model per float would be slow); the models below document them in the OpenAPI schema.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WrapValidator, model_validator
 
-from tokembed.errors import BadInputError
+from tokembed.serve.input_checks import (
+    APIError,
+    checked_pooling_input,
+    checked_text_inputs,
+    checked_texts,
+    refuse_too_many_inputs,
+)
 
 TokenIds = list[Annotated[int, Field(ge=0)]]
-PoolingInput = str | list[str] | TokenIds | list[TokenIds]
-TextInputs = str | list[str]
-
-
-class APIError(BadInputError):
-    """A request the server refuses, as vLLM's error envelope: HTTP ``status``, ``type``, ``param``."""
-
-    def __init__(self, message: str, status: int = 400, type: str = "BadRequestError", param: str | None = None):
-        super().__init__(message)
-        self.status, self.type, self.param = status, type, param
+PoolingInput = Annotated[str | list[str] | TokenIds | list[TokenIds], WrapValidator(checked_pooling_input)]
+TextInputs = Annotated[str | list[str], WrapValidator(checked_text_inputs)]
+Texts = Annotated[list[str], WrapValidator(checked_texts)]
 
 
 class _Request(BaseModel):
@@ -59,7 +61,15 @@ class _Request(BaseModel):
             if data.get("padding") not in (None, "do_not_pad"):
                 raise ValueError(f"padding {data['padding']!r}: tokembed does not pad prompts (a pad token would "
                                  "be embedded as a token); leave it out or use 'do_not_pad'")
+            refuse_too_many_inputs(cls._input_count(data), cls.counted_field)
         return data
+
+    counted_field: ClassVar[str] = "input"
+
+    @classmethod
+    def _input_count(cls, data: dict) -> int:
+        """The request's inputs, as the service counts them (before any of them is validated)."""
+        return 0
 
     model: str | None = None
     truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
@@ -86,6 +96,11 @@ class PoolingRequest(_Request):
         "lengths of the checkpoint). Absent: raw token embeddings, as vLLM returns them.",
     )
 
+    @classmethod
+    def _input_count(cls, data: dict) -> int:
+        value = data.get("input")
+        return len(value) if isinstance(value, list) and value and isinstance(value[0], (str, list)) else 1
+
     def split_input(self) -> tuple[list[str] | None, list[list[int]] | None]:
         """vLLM's four input forms -> (texts, None) or (None, token id lists)."""
         value = self.input
@@ -108,6 +123,13 @@ class ScoreRequest(_Request):
     text_2: TextInputs | None = None
     data_1: TextInputs | None = None
     data_2: TextInputs | None = None
+
+    counted_field: ClassVar[str] = "documents"
+
+    @classmethod
+    def _input_count(cls, data: dict) -> int:
+        sides = ("queries", "documents", "items", "text_1", "text_2", "data_1", "data_2")
+        return sum(_texts_count(data.get(name)) for name in sides)
 
     def fields(self) -> tuple[str, str]:
         """The names of the pair the request used, of vLLM's four spellings."""
@@ -134,8 +156,14 @@ class ScoreRequest(_Request):
 
 class RerankRequest(_Request):
     query: str
-    documents: list[str]
+    documents: Texts
     top_n: int = Field(default=0, description="Results to return, best first; 0 (default) returns all.")
+
+    counted_field: ClassVar[str] = "documents"
+
+    @classmethod
+    def _input_count(cls, data: dict) -> int:
+        return 1 + _texts_count(data.get("documents"))
 
 
 class SearchRequest(_Request):
@@ -149,6 +177,16 @@ class SearchRequest(_Request):
     use_activation: bool | None = Field(
         default=None, description="The index's own: true unless it was built with --no-normalize; another value is a 400."
     )
+
+    counted_field: ClassVar[str] = "query"
+
+    @classmethod
+    def _input_count(cls, data: dict) -> int:
+        return _texts_count(data.get("query"))
+
+
+def _texts_count(value) -> int:
+    return len(value) if isinstance(value, list) else int(value is not None)
 
 
 # -- responses (documentation; the service returns dicts of exactly these shapes) -----------------------

@@ -29,6 +29,7 @@ import numpy as np
 
 from tokembed.errors import UsageError
 from tokembed.serve.batcher import DynamicBatcher
+from tokembed.serve.input_checks import refuse_too_many_inputs
 from tokembed.serve.lora import attach_adapters as _attach_adapters
 from tokembed.serve.lora import batch_key as _batch_key
 from tokembed.serve.options import Profile, ServeOptions, own_tokenizer_view, profile_flags
@@ -74,7 +75,7 @@ class EmbeddingService:
         if index is not None:
             self.profiles["index"] = index.query_profile(model, embedder.device)
             index.watch()
-        self._lanes = TokenizeLanes(self.vision)
+        self._lanes = TokenizeLanes(model if self.vision else None)
         executors = {key: BatchExecutor(p.encoder, embedder.device) for key, p in self.profiles.items()}
         self.adapters = {name: path for name, (path, _) in (adapters or {}).items()}
         for name, (_, backbone) in (adapters or {}).items():  # same tokenization, own forward: batched per adapter
@@ -343,11 +344,7 @@ class EmbeddingService:
     def _check_count(self, count: int, param: str) -> None:
         if count == 0:
             raise APIError("At least one input must be given", param=param)
-        if count > self.options.max_inputs:
-            raise APIError(
-                f"{count} inputs in one request; this server accepts at most {self.options.max_inputs} "
-                "(split the request)", param=param,
-            )
+        refuse_too_many_inputs(count, param, self.options.max_inputs)
 
     def _vision_refusal(self, what: str) -> str:
         return (f"{self.name!r} is a vision retrieval model: {what}; index its images or pages with tokembed encode "

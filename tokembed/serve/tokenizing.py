@@ -3,7 +3,9 @@
 HF tokenizers are not thread-safe, so each lane is one thread with tokenizers of its own. Requests whose texts
 hold more than ``LARGE_REQUEST_CHARS`` characters go to the second lane: a text with no word break is tokenized
 whole to be truncated exactly (``models/long_text.py``), which takes seconds at 15 MB, and ordinary requests
-would otherwise queue behind it. Vision services keep one lane (their processors tokenize short queries).
+would otherwise queue behind it. Vision services have both lanes too: their processors tokenize a query whole
+before its length is checked (20-25 s for 15 MB of text), and the large lane tokenizes with a copy of the processor
+(none where the processor cannot be copied, a remote-code one: one lane then).
 
 At shutdown the queued tokenizations are dropped and the running ones waited for until a deadline: a thread
 still inside the tokenizer then cannot be stopped (``run_server`` abandons it as it abandons a forward pass).
@@ -12,6 +14,7 @@ still inside the tokenizer then cannot be stopped (``run_server`` abandons it as
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +67,7 @@ class Lane:
         if not self._own:
             return profile.view
         if key not in self._views:
-            self._views[key] = own_tokenizer_view(profile.view)
+            self._views[key] = _own_processor_view(profile.view) if _is_vision(profile.view) else own_tokenizer_view(profile.view)
         return self._views[key]
 
     def base_encoder(self, key: str, profile):
@@ -81,9 +84,11 @@ class Lane:
 
 
 class TokenizeLanes:
-    def __init__(self, vision: bool) -> None:
+    def __init__(self, vision_model=None) -> None:
+        """``vision_model``: the served vision model, for a service that has one."""
         self.ordinary = Lane("ordinary", own_tokenizers=False)
-        self.large = None if vision else Lane("large", own_tokenizers=True)
+        two = vision_model is None or _copyable(vision_model.processor)
+        self.large = Lane("large", own_tokenizers=True) if two else None
 
     def for_texts(self, texts: list[str]) -> Lane:
         if self.large is not None and sum(len(text) for text in texts) > LARGE_REQUEST_CHARS:
@@ -93,3 +98,22 @@ class TokenizeLanes:
     def stop(self, deadline: float) -> bool:
         """Drop the queued tokenizations; False when one still runs at ``deadline`` (``LaneThread.stop``)."""
         return all([lane.thread.stop(deadline) for lane in (self.ordinary, self.large) if lane is not None])
+
+
+def _is_vision(model) -> bool:
+    return hasattr(model, "make_encoder")
+
+
+def _own_processor_view(model):
+    """A vision model sharing ``model``'s weights, with a processor of its own (HF tokenizers are not thread-safe)."""
+    view = copy.copy(model)
+    view.processor = copy.deepcopy(model.processor)
+    return view
+
+
+def _copyable(processor) -> bool:
+    try:
+        copy.deepcopy(processor)
+    except Exception:  # noqa: BLE001 - a remote-code processor that cannot be copied
+        return False
+    return True
