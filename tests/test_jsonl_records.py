@@ -103,7 +103,7 @@ def test_a_line_that_is_not_utf8_says_so_and_a_file_in_another_encoding_is_bad_i
 
 def test_plain_base64_in_an_image_field_is_named_short(tmp_path):
     """Taken for a file name, a 76 KB base64 string was the whole reason, in the manifest and on the terminal."""
-    value = base64.b64encode(png() + b"\0" * 3000).decode()
+    value = base64.b64encode(png() + b"\0" * 50_000).decode()
     path = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "image": value}])
     [item] = read_all([path], modality="image")
     assert item.error == (f"line 1: cannot read image file {value[:60]}... ({len(value)} characters) (File name too "

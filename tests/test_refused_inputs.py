@@ -78,3 +78,13 @@ def test_a_hub_cache_this_user_may_not_read_is_a_model_error(hub_cache, checkpoi
         snapshots.chmod(0o755)
     _refused(result, MODEL, snapshots)
     assert "cannot read the Hugging Face cache" in result.stderr
+
+
+def test_an_output_in_a_folder_this_user_may_not_search_is_a_write_error(private, tmp_path, colbert_ckpt,
+                                                                         bound_by_permissions):
+    # the first run's check of the folder's files raised a PermissionError traceback (exit 1)
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_rows(3))
+    private.chmod(0)
+    result = bound_by_permissions("encode", corpus, "--model", colbert_ckpt, "-o", private / "sub" / "index", "--quiet")
+    assert result.returncode == 8, result.stderr
+    assert "Permission denied" in result.stderr and "Traceback" not in result.stderr

@@ -75,6 +75,20 @@ def test_an_index_lock_file_this_user_may_not_write_still_locks(tmp_path, lock_f
         pass
 
 
+def test_in_a_folder_this_user_may_not_write_a_lock_file_it_may_not_write_is_refused_at_once(tmp_path, monkeypatch,
+                                                                                              lock_files_read_only):
+    # another user's index: the read-only lock let encode load its model and compress train its centroids, then
+    # fail at the first write; and a lock file that could not be created was said to be missing (ENOENT)
+    folder = tmp_path / "index"
+    folder.mkdir()
+    (folder / ".lock").write_text("1234\n")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path) == str(folder) and mode == os.W_OK
+                        else real_access(path, mode, **kw))
+    with pytest.raises(IndexWriteError, match="cannot create its lock file .Permission denied"):
+        lock.IndexLock(folder).__enter__()
+
+
 def test_a_dead_export_of_another_user_is_removed_through_a_lock_file_it_may_not_write(tmp_path, monkeypatch,
                                                                                         lock_files_read_only):
     staging = tmp_path / ".export-tmp-4242-0123abcd"

@@ -35,10 +35,12 @@ def test_compress_and_encode_remove_only_tokembeds_own_names_in_plaid(index, cli
     assert cli("compress", folder, "--centroids", 8, "--quiet").exit_code == 0
     stale = folder / "plaid" / "pending.json"  # tokembed's name, listed by no manifest: removed
     stale.write_text("{}")
+    torn = folder / "plaid" / ".tmpQ3xZ9a"  # safetensors' own temp name: a run killed while it wrote a codes file
+    torn.write_bytes(b"\0" * 64)
     (folder / "plaid" / "part-000000.parquet").write_bytes(b"PAR1")
     assert cli("compress", folder, "--centroids", 8, "--retrain", "--quiet").exit_code == 0
 
-    assert not stale.exists()
+    assert not stale.exists() and not torn.exists()
     assert (folder / "plaid" / "README.txt").read_text() == "note"
     assert (folder / "plaid" / "part-000000.parquet").read_bytes() == b"PAR1"
     listed = {entry["file"] for entry in manifest(folder)["search"]["shards"]} | {manifest(folder)["search"]["codec"]["file"]}

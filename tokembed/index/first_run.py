@@ -27,18 +27,30 @@ def refuse_foreign_files(folder: Path) -> None:
     only what tokembed wrote there."""
     from tokembed.engine.ray import STAGING
 
-    if os.path.lexists(folder / MANIFEST) or not folder.is_dir():
+    try:
+        if os.path.lexists(folder / MANIFEST) or not folder.is_dir():
+            return
+    except OSError:  # a folder this user may not search: the run's lock names it (exit 8)
         return
     data = folder / DATA_DIR
-    for path in sorted(data.iterdir()) if data.is_dir() else ():
+    for path in _listed(data):
         if SHARD_PATTERN.match(path.name) and path.is_file() and not _is_shard(path):
             raise UsageError(f"{path}: not a shard tokembed wrote, in {folder}, which is no index yet (no {MANIFEST}); "
                              "the run's commit would remove it", hint=_HINT)
     staging = folder / STAGING
-    for path in sorted(staging.iterdir()) if staging.is_dir() else ():
+    for path in _listed(staging):
         if not _STAGED.match(path.name):
             raise UsageError(f"{path}: not a chunk tokembed staged, in {folder}, which is no index yet (no {MANIFEST}); "
                              f"the run's commit would remove the folder {STAGING}/", hint=_HINT)
+
+
+def _listed(folder: Path) -> list[Path]:
+    """The entries of ``folder``; none where it is not a folder or this user may not list it (the run's lock or
+    first write then names it: exit 8)."""
+    try:
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return []
 
 
 def _is_shard(path: Path) -> bool:

@@ -42,12 +42,20 @@ def refuse_if_locked(folder: Path) -> None:
 
 def open_for_flock(path: Path, flags: int) -> int:
     """``path`` opened with ``flags`` (and created 0666 less the umask, where they say so); where it is there but
-    this user may not write it (another group member's lock file of an earlier release, 0644), opened read-only:
-    ``flock`` takes a lock on any descriptor, and that lock excludes every other process's alike."""
+    this user may not write it (another group member's lock file of an earlier release, 0644) in a folder it may
+    write, opened read-only: ``flock`` takes a lock on any descriptor, and that lock excludes every other process's
+    alike. In a folder this user may not write (another's index) the run could write nothing: refused at once."""
     try:
         return os.open(path, flags, 0o666)
     except PermissionError:
+        if not (os.path.isfile(path) and _writable(Path(path).parent)):
+            raise
         return os.open(path, os.O_RDONLY)
+
+
+def _writable(folder: Path) -> bool:
+    effective = os.access in os.supports_effective_ids
+    return os.access(folder, os.W_OK, effective_ids=effective)
 
 
 def _locked(folder: Path, holder, waited: float = 0.0) -> IndexLockedError:

@@ -217,8 +217,9 @@ def _object(pairs: list) -> dict:
     record = dict(pairs)
     if len(record) == len(pairs):
         return record
-    record, keys = _Twice(record), [key for key, _ in pairs]
-    record.twice = tuple(dict.fromkeys(key for key in keys if keys.count(key) > 1))
+    seen: set = set()
+    record = _Twice(record)
+    record.twice = tuple(dict.fromkeys(key for key, _ in pairs if key in seen or seen.add(key)))
     return record
 
 

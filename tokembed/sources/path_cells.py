@@ -63,11 +63,12 @@ def file_problem(path: Path, name: str, what: str) -> str | None:
 
 
 SHOWN_CHARACTERS = 60
+_LONGEST_PATH = 4096  # Linux's PATH_MAX: a real path, however deep, is shown whole
 
 
 def shown(name: str) -> str:
-    """``name`` as a message shows it: its first characters where it is long (inline data taken for a path, such as
-    a 76 KB base64 image, would fill the reason, the manifest and the terminal)."""
-    if len(name) <= 2 * SHOWN_CHARACTERS:
+    """``name`` as a message shows it: its first characters where it is longer than any path (inline data taken
+    for a path, such as a 76 KB base64 image, would fill the reason, the manifest and the terminal)."""
+    if len(name) <= _LONGEST_PATH:
         return name
     return f"{name[:SHOWN_CHARACTERS]}... ({len(name)} characters)"

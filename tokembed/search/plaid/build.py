@@ -369,10 +369,11 @@ def remove_unlisted_files(folder: Path, manifest: dict) -> None:
 
 
 # codec-, codes- (a compressed-only shard's with its own sha256), their .coded.json figures, the pending records, and
-# the temp names ``atomic.temp_beside`` gives any of them (``.NAME.tmp-PID-THREAD``; an earlier release's without THREAD)
+# the temp names ``atomic.temp_beside`` gives any of them (``.NAME.tmp-PID-THREAD``; an earlier release's without THREAD),
+# and the one safetensors' ``save_file`` writes through before its rename (Rust tempfile's ``.tmpXXXXXX``)
 _OWN = r"(?:codec-[0-9a-f]{16}\.safetensors|codes-[0-9a-f]{24}-[0-9a-f]{12}(?:-[0-9a-f]{12})?\.safetensors(?:\.coded\.json)?" \
        r"|pending\.json|drop-pending\.json)"
-_STRUCTURE_FILE = re.compile(rf"^(?:{_OWN}|\.{_OWN}\.tmp-\d+(?:-\d+)?)$")
+_STRUCTURE_FILE = re.compile(rf"^(?:{_OWN}|\.{_OWN}\.tmp-\d+(?:-\d+)?|\.tmp[A-Za-z0-9]{{6}})$")
 
 
 def is_structure_file(name: str) -> bool:
