@@ -85,5 +85,5 @@ def test_serve_content_length_is_read_as_no_declared_length():
         raise AssertionError(f"the guard answered itself: {message}")
 
     scope = {"type": "http", "path": "/score", "headers": [(b"content-length", SUPERSCRIPT_TWO.encode("latin-1"))]}
-    asyncio.run(_Guard(app, None, 1000)(scope, receive, send))
+    asyncio.run(_Guard(app, None, 1000, 1024)(scope, receive, send))
     assert seen == [{"type": "http.request", "body": b"{}", "more_body": False}]

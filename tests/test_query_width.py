@@ -263,7 +263,7 @@ def test_score_and_serve_read_the_query_width_of_an_earlier_releases_index_as_a_
     from tokembed.serve import EmbeddingService
 
     path, folder, current = _index_an_earlier_release_built(cli, checkpoint, tmp_path)
-    earlier = cli("score", folder, "--query", TEXTS[0], "--query", TEXTS[1])
+    earlier = cli("score", folder, "--query", TEXTS[0], "--query", TEXTS[2])
     service = EmbeddingService.load(None, "cpu", index=str(folder))
     try:
         assert service.profiles["index"].encoder.settings.expand_to == 32
@@ -271,7 +271,7 @@ def test_score_and_serve_read_the_query_width_of_an_earlier_releases_index_as_a_
     finally:
         service.close()
     write_manifest(folder, current)  # as this release's encode run writes it
-    rebuilt = cli("score", folder, "--query", TEXTS[0], "--query", TEXTS[1])
+    rebuilt = cli("score", folder, "--query", TEXTS[0], "--query", TEXTS[2])
     assert earlier.exit_code == rebuilt.exit_code == 0, earlier.output
     assert earlier.stdout == rebuilt.stdout
 

@@ -27,7 +27,7 @@ from tokembed._testhooks import fault_point
 from tokembed.encode_checks import check_inputs, checked_job
 from tokembed.errors import DeviceError, UsageError
 from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags, full_width_unset
-from tokembed.index.format import SEARCH_SETTINGS
+from tokembed.index.format import SEARCH_SETTINGS, STAGING_DIR
 from tokembed.index.manifest_build import build_manifest
 from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks
 from tokembed.sources import SourceOptions
@@ -277,9 +277,7 @@ def _run_locked(job: EncodeJob, embedder, progress: Progress) -> tuple[EncodeSum
 def _remove_staged_chunks(folder: Path) -> None:
     """Once a run commits, no run resumes from the chunks an earlier ``--engine ray`` run staged (whichever engine
     committed: a killed Ray run may be finished by a local one)."""
-    from tokembed.engine.ray import STAGING
-
-    shutil.rmtree(folder / STAGING, ignore_errors=True)
+    shutil.rmtree(folder / STAGING_DIR, ignore_errors=True)
 
 
 def _open_writer(job: EncodeJob, embedder, previous):

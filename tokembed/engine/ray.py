@@ -46,13 +46,13 @@ from tokembed.engine.runner import ChunkPlan, ChunkResult, DeviceStats, plan_chu
 from tokembed.engine.ray_cluster import ActorPlan, connect, plan_actors
 from tokembed.engine.ray_staging import chunk_key, read_staged, staged_key, write_staged
 from tokembed.errors import DeviceError, TokembedError
+from tokembed.index.format import STAGING_DIR as STAGING
 from tokembed.locale_names import names_read_as_utf8
 from tokembed.models.steps import TextEncoder
 from tokembed.sources.video import Video
 
 IN_FLIGHT = 2  # chunks queued per actor: one computing, one waiting (no idle round trip)
 ACTOR_RETRIES = 3  # restarts of a dead actor, and retries of the chunks it held
-STAGING = "staging"
 # A chunk's counts that are its parts' sum (some parts may be reused staged files, others computed this run)
 _PART_COUNTS = ("real_tokens", "computed_tokens", "resumed_real_tokens", "resumed_computed_tokens")
 # Environment an actor inherits from the driver: offline hub settings, caches, test fault hooks.

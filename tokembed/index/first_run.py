@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from tokembed.errors import UsageError
-from tokembed.index.format import DATA_DIR, MANIFEST, SHARD_PATTERN
+from tokembed.index.format import DATA_DIR, MANIFEST, SHARD_PATTERN, STAGING_DIR
 
 _SHARD_COLUMNS = {"id", "token_ids", "content_hash"}  # with vectors or without (``format.vectorless_schema``)
 _STAGED = re.compile(r"^\.?chunk-[0-9a-f]+\.arrow(?:\.tmp-\d+(?:-\d+)?)?$")  # engine/ray_staging.py, temp names too
@@ -25,8 +25,6 @@ _HINT = "give -o a new folder (or one tokembed wrote), or move the file out of t
 def refuse_foreign_files(folder: Path) -> None:
     """``folder`` is an index (it has a manifest, readable or not), new, or holds under the names a commit removes
     only what tokembed wrote there."""
-    from tokembed.engine.ray import STAGING
-
     try:
         if os.path.lexists(folder / MANIFEST) or not folder.is_dir():
             return
@@ -37,11 +35,11 @@ def refuse_foreign_files(folder: Path) -> None:
         if SHARD_PATTERN.match(path.name) and path.is_file() and not _is_shard(path):
             raise UsageError(f"{path}: not a shard tokembed wrote, in {folder}, which is no index yet (no {MANIFEST}); "
                              "the run's commit would remove it", hint=_HINT)
-    staging = folder / STAGING
+    staging = folder / STAGING_DIR
     for path in _listed(staging):
         if not _STAGED.match(path.name):
             raise UsageError(f"{path}: not a chunk tokembed staged, in {folder}, which is no index yet (no {MANIFEST}); "
-                             f"the run's commit would remove the folder {STAGING}/", hint=_HINT)
+                             f"the run's commit would remove the folder {STAGING_DIR}/", hint=_HINT)
 
 
 def _listed(folder: Path) -> list[Path]:

@@ -37,6 +37,7 @@ VECTORLESS_LENGTHS_FORMAT_VERSION = 3
 READABLE_VERSIONS = (FORMAT_VERSION, VECTORLESS_FORMAT_VERSION, VECTORLESS_LENGTHS_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
+STAGING_DIR = "staging"  # --engine ray: the chunks its actors staged, removed at the commit
 SHARD_PATTERN = re.compile(r"^part-(\d{6,})\.arrow$")
 SEARCH = "search"  # the manifest's search-structure section (tokembed.search.plaid)
 SEARCH_KIND = "plaid"  # its ``kind``: the one structure this release builds and searches
