@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +122,24 @@ def exec_after(setup: str, argv: list) -> list[str]:
 
     trampoline = f"import ctypes, os, resource, signal, sys\n{setup}\nos.execv(sys.argv[1], sys.argv[1:])"
     return [sys.executable, "-c", trampoline, *map(str, argv)]
+
+
+@contextlib.contextmanager
+def serve_process(checkpoint):
+    """``tokembed serve --model checkpoint`` in a process of its own on a free port: (the process, its URL), its
+    /health answered; killed at the end if it is still running."""
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "--model", str(checkpoint), "--port", "0", "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stderr.readline()
+        assert "tokembed: serving" in line, line
+        url = line.rsplit(" at ", 1)[1].strip()
+        assert httpx.get(url + "/health", timeout=10).status_code == 200
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()

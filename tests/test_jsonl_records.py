@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import json
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from helpers import manifest, read_index, write_jsonl
 from tokembed.errors import BadInputError
-from tokembed.sources import SourceOptions, open_sources
+from test_sources_files import png, read_all
 
 BAD_INPUT = 3
-
-
-def read_all(paths, **options):
-    return [item for chunk in open_sources([Path(p) for p in paths], SourceOptions(**options)) for item in chunk]
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), (200, 30, 30)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("texts, type_names", [

@@ -19,6 +19,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from helpers import serve_process  # noqa: E402
+
 
 @pytest.mark.parametrize(
     "args, says",
@@ -198,20 +200,10 @@ def test_sigterm_during_a_tokenization_longer_than_the_grace_exits_within_15_s(c
 def test_a_second_signal_on_an_idle_server_stops_it_without_a_traceback(colbert_ckpt):
     """SIGTERM then SIGINT (or Ctrl-C twice): uvicorn's force exit skipped the lifespan's shutdown, and its task,
     cancelled at the end, was logged as an ERROR with a KeyboardInterrupt traceback; the app has no lifespan."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--model", str(colbert_ckpt), "--port", "0", "--log-level", "warning"],
-        stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        line = process.stderr.readline()
-        assert "tokembed: serving" in line, line
-        assert httpx.get(line.rsplit(" at ", 1)[1].strip() + "/health", timeout=10).status_code == 200
+    with serve_process(colbert_ckpt) as (process, _):
         process.send_signal(signal.SIGTERM)
         time.sleep(0.02)  # apart: Python runs pending handlers by signal number, SIGINT's first
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
         rest = process.stderr.read()
         assert "tokembed: server stopped" in rest and "Traceback" not in rest, rest
-    finally:
-        if process.poll() is None:
-            process.kill()

@@ -7,8 +7,6 @@ import asyncio
 import json
 import random
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -18,6 +16,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from helpers import serve_process  # noqa: E402
 from serve_support import API_KEY, DOCUMENTS, QUERIES  # noqa: E402
 
 
@@ -281,22 +280,11 @@ def test_cli_serve_errors(cli, monkeypatch, colbert_ckpt):
 def test_cli_serve_process_answers_and_stops_cleanly(colbert_ckpt):
     import signal
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--model", str(colbert_ckpt), "--port", "0", "--log-level", "warning"],
-        stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        line = process.stderr.readline()
-        assert "tokembed: serving" in line, line
-        url = line.rsplit(" at ", 1)[1].strip()
-        assert httpx.get(url + "/health", timeout=10).status_code == 200
+    with serve_process(colbert_ckpt) as (process, url):
         assert httpx.post(url + "/pooling", json={"input": "hello"}, timeout=10).status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         assert "server stopped" in process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
 
 
 def test_a_request_cut_off_by_the_shutdown_grace_gets_a_json_503():
