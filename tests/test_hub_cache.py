@@ -87,3 +87,44 @@ def test_a_cache_that_lacks_the_commit_asked_for_says_what_it_has(checkpoint, hu
     result = cli("encode", docs, "--model", "org/tiny", "--revision", SHA_B[:8], "-o", index)
     assert result.exit_code == 4, result.output
     assert "'b1b2b3b4' is a short commit hash" in result.stderr and f"--revision {SHA_B}" in result.stderr
+
+
+def test_a_cache_with_commits_but_no_ref_to_main_names_them(checkpoint, hub_cache, tmp_path, cli):
+    """`hf download ORG/NAME --revision SHA` (what tokembed's own hints say) writes no refs/main: `--model ORG/NAME`
+    said "not a local folder, not in the Hugging Face cache" and hinted `hf download ORG/NAME`. No snapshot is
+    picked: which commit main is cannot be known."""
+    docs, index = _docs(tmp_path), tmp_path / "index"
+    hub_cache("org/tiny", checkpoint("pylate_bert"), SHA_A, ref=None)
+    result = cli("encode", docs, "--model", "org/tiny", "-o", index)
+    assert result.exit_code == 4, result.output
+    assert "has no refs/main" in result.stderr and f"cached: {SHA_A}" in result.stderr
+    assert f"--revision {SHA_A}" in result.stderr and "hf download org/tiny)" in result.stderr
+    snapshot = hub_cache("org/tiny", checkpoint("pylate_bert"), SHA_B, ref=None)
+    (snapshot.parent.parent / "refs" / "pr").mkdir(parents=True)
+    (snapshot.parent.parent / "refs" / "pr" / "1").write_text(SHA_B)
+    result = cli("encode", docs, "--model", "org/tiny", "-o", index)
+    assert result.exit_code == 4, result.output
+    assert f"cached: {SHA_A}, {SHA_B} (pr/1)" in result.stderr and not (index / "manifest.json").exists()
+
+
+def test_hf_hub_offline_is_read_as_huggingface_hub_reads_it(hub_cache, tmp_path, cli, monkeypatch):
+    """HF_HUB_OFFLINE=ON puts huggingface_hub offline, yet tokembed knew only 1/true/yes: it asked the hub, and an
+    uncached model said "the hub could not be reached (OfflineModeIsEnabled ...)"."""
+    from huggingface_hub import constants
+
+    hub_cache("org/other", tmp_path, SHA_A)  # only this test's own cache
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as huggingface_hub read it at import
+    monkeypatch.setenv("HF_HUB_OFFLINE", "ON")
+    result = cli("encode", _docs(tmp_path), "--model", "org/missing", "-o", tmp_path / "index")
+    assert result.exit_code == 4, result.output
+    assert "(HF_HUB_OFFLINE is set)" in result.stderr and "OfflineModeIsEnabled" not in result.stderr
+    from tokembed.models.hub import offline_setting
+
+    for value, expected in (("on", "HF_HUB_OFFLINE"), ("Yes", "HF_HUB_OFFLINE"), ("0", None), ("off", None)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert offline_setting() == expected, value
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert offline_setting() is None  # HF_HUB_OFFLINE=off is set: huggingface_hub reads it alone
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert offline_setting() == "TRANSFORMERS_OFFLINE"

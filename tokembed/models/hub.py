@@ -39,7 +39,7 @@ def hub_snapshot(repo_id: str, revision: str | None) -> Path:
     missing (a README after `hf download --include`), and refused naming the others."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = offline_setting()
     unreachable: list[str] = []
     try:
         return Path(_snapshot(repo_id, revision, offline, unreachable))
@@ -51,7 +51,16 @@ def hub_snapshot(repo_id: str, revision: str | None) -> Path:
         raise ModelNotFoundError(f"--model {repo_id!r}: {exc}") from exc
 
 
-def _snapshot(repo_id: str, revision: str | None, offline: bool, unreachable: list[str]) -> str:
+def offline_setting() -> str | None:
+    """The variable that puts huggingface_hub in offline mode, read by its own rule (``constants.HF_HUB_OFFLINE``):
+    HF_HUB_OFFLINE, or TRANSFORMERS_OFFLINE when that is unset, true when 1, ON, YES or TRUE in any case."""
+    from huggingface_hub import constants
+
+    name = next((name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(name)), None)
+    return name if name and os.environ[name].upper() in constants.ENV_VARS_TRUE_VALUES else None
+
+
+def _snapshot(repo_id: str, revision: str | None, offline: str | None, unreachable: list[str]) -> str:
     from huggingface_hub import snapshot_download
 
     if not offline:

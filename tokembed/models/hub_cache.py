@@ -34,10 +34,10 @@ def partial_snapshot(repo_id: str, folder: Path) -> Path:
         hint=f"complete the download with network access: hf download {repo_id} --revision {folder.name}")
 
 
-def not_cached(repo_id: str, revision: str | None, offline: bool, unreachable: str | None) -> ModelNotFoundError:
-    """The error for a hub id at ``revision`` the cache has no snapshot of, naming what it has instead;
-    ``unreachable``: what the network did, when it failed."""
-    why = " (HF_HUB_OFFLINE is set)" if offline else ", and the hub could not be reached" + (
+def not_cached(repo_id: str, revision: str | None, offline: str | None, unreachable: str | None) -> ModelNotFoundError:
+    """The error for a hub id at ``revision`` the cache has no snapshot of, naming what it has instead; ``offline``:
+    the variable that put huggingface_hub offline, if one did; ``unreachable``: what the network did, when it failed."""
+    why = f" ({offline} is set)" if offline else ", and the hub could not be reached" + (
         f" ({unreachable})" if unreachable else "")
     download = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
     repo = _repo_folder(repo_id)
@@ -66,6 +66,13 @@ def not_cached(repo_id: str, revision: str | None, offline: bool, unreachable: s
             f"model {repo_id!r}: revision {revision!r} is a short commit hash; the Hugging Face cache knows commits "
             f"by their full hash only{why}; cached: {_listing(matches)}",
             hint=f"pass the full hash: --revision {matches[0]}" if len(matches) == 1 else "pass one full hash")
+    if not revision and cached:  # `hf download --revision SHA` writes no ref: which commit main is is unknown
+        return ModelNotFoundError(
+            f"model {repo_id!r}: the Hugging Face cache ({repo}) has no refs/main, so which commit main is cannot "
+            f"be known{why}; cached: {_listing(cached)}",
+            hint=(f"pin a cached commit: --revision {next(iter(cached))}" if len(cached) == 1 else
+                  "pin one of the cached commits with --revision") + f", or download main with network access "
+                 f"({download})")
     if revision and cached:
         return ModelNotFoundError(
             f"model {repo_id!r}: revision {revision!r} is not in the Hugging Face cache{why}; other revisions of it "
