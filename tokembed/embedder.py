@@ -21,8 +21,7 @@ from tokembed.models.readings import kind_reading
 from tokembed.models.resolve import resolved_fingerprint, resolved_weights_sha256, weights_agree
 from tokembed.models.steps import TextEncoder
 from tokembed.settings import (
-    DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, checked_flags, full_width_unset, known_keys, resolve,
-    resolve_dtype,
+    DEFAULT_BATCH_TOKENS, ColbertConfig, EncodeFlags, EncodeSettings, checked_flags, known_keys, resolve, resolve_dtype,
 )
 
 
@@ -151,7 +150,7 @@ def make_encoder(model: TokenModel, flags: EncodeFlags, device: str, runtime: st
     """(the settings ``flags`` resolve to for ``model`` on ``device``, the encoder that applies them: the
     model's own for image models, else a ``TextEncoder``). ``runtime``: what runs the backbone (recorded: its
     vectors differ from torch's in the last bits, so a re-run with the other one re-encodes)."""
-    flags = full_width_unset(checked_flags(flags), model.output_dim)
+    flags = checked_flags(flags)
     refuse_length_on_image_model(model, flags)
     settings = resolve(flags, model.colbert, model.max_length, device.split(":")[0], model.position_limit)
     reading = tuple(getattr(model, "reading", ())) + kind_reading(getattr(model, "family", None), settings.kind)

@@ -26,7 +26,7 @@ import numpy as np
 from tokembed._testhooks import fault_point
 from tokembed.encode_checks import check_inputs, checked_job
 from tokembed.errors import DeviceError, UsageError
-from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags, full_width_unset
+from tokembed.settings import DEFAULT_BATCH_TOKENS, EncodeFlags
 from tokembed.index.format import SEARCH_SETTINGS, STAGING_DIR
 from tokembed.index.manifest_build import build_manifest
 from tokembed.plan import SKIPS_TOLD, PlannedChunk, log_skipped, model_input, plan_chunks
@@ -162,7 +162,6 @@ def encode_corpus(job: EncodeJob, progress: Progress | None = None) -> EncodeSum
     embedder = Embedder.load(job.model, job.flags, device, job.trust_remote_code)
     job = _with_base_folder_absolute(job, embedder)
     settings, model = embedder.settings, embedder.model
-    job = replace(job, flags=full_width_unset(job.flags, model.output_dim))  # recorded as the settings have it
     if settings.dimensions is not None and settings.dimensions > model.output_dim:
         raise UsageError(f"--dimensions {settings.dimensions} is larger than the model's output dimension {model.output_dim}")
     progress.log(

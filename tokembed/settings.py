@@ -259,13 +259,6 @@ def checked_flags(flags: EncodeFlags) -> EncodeFlags:
     return flags
 
 
-def full_width_unset(flags: EncodeFlags, width: int) -> EncodeFlags:
-    """``flags`` with a ``--dimensions`` equal to the model's output ``width`` unset: it cuts nothing, and the vectors
-    are normalized (or not) as without it, so it is no other setting, in the fingerprint or the manifest, as
-    ``--pool-factor 1`` is none: a run with it and one without keep each other's rows."""
-    return replace(flags, dimensions=None) if flags.dimensions == width else flags
-
-
 def whole_count(flag: str, value, least: int, optional: bool = False) -> int | None:
     """``value`` of the count ``flag`` as a Python int of at least ``least`` (numpy integers taken; a bool, float or
     str refused naming the flag); None where ``optional`` and not set."""
