@@ -30,11 +30,14 @@ def _read(path: Path) -> dict:
 
 
 def is_native_bert_tokenizer(folder: Path) -> bool:
-    """A WordPiece ``tokenizer.json`` whose ``tokenizer_config.json`` names a BERT tokenizer (or none)."""
+    """A WordPiece ``tokenizer.json`` whose ``tokenizer_config.json`` names a BERT tokenizer (or none), without an
+    ``added_tokens.json`` that adds to it (transformers reads that file; this class builds from tokenizer.json)."""
+    from tokembed.models.added_tokens_file import added_tokens_disagree
+
     config = _read(folder / "tokenizer_config.json")
     if config.get("tokenizer_class") not in _BERT_CLASSES or config.get("auto_map"):
         return False
-    if not (folder / "tokenizer.json").is_file():
+    if not (folder / "tokenizer.json").is_file() or added_tokens_disagree(folder):
         return False
     with open(folder / "tokenizer.json", "rb") as handle:  # the model type sits near the end: read the file once
         model = json.loads(handle.read()).get("model") or {}

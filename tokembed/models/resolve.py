@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from tokembed.errors import ModelError, ModelNotFoundError, UsageError
 from tokembed.locale_names import refuse_misread_path
+from tokembed.models.added_tokens_file import ADDED_TOKENS_FILE, added_tokens_disagree
 from tokembed.models.hub import hub_snapshot, never_read
 
 DEMO_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -37,7 +38,8 @@ _FINGERPRINT_FILES = (
     "vocab.txt",
 )
 # What a tokenizer is read from when its folder has no tokenizer.json (byte-level BPE, SentencePiece); beside a
-# tokenizer.json they are not read, and hashing them would change every such checkpoint's fingerprint for nothing.
+# tokenizer.json they are not read, and hashing them would change every such checkpoint's fingerprint for nothing
+# (but an added_tokens.json that disagrees with the tokenizer.json is read: ``added_tokens_file``).
 _SLOW_TOKENIZER_FILES = (
     "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
     "sentencepiece.model", "qwen.tiktoken", "tiktoken.model",
@@ -330,7 +332,8 @@ def model_fingerprint(path: Path, every_format: bool = False, slow_tokenizer: bo
 
     Weight files are identified by size, safetensors header (names, shapes, dtypes) and their first and
     last MiB, so multi-GB checkpoints are fingerprinted in milliseconds. ``slow_tokenizer=False``: without the
-    files a tokenizer is read from when there is no tokenizer.json, as earlier releases computed it.
+    files a tokenizer is read from when there is no tokenizer.json (nor an added_tokens.json that disagrees with
+    one), as earlier releases computed it.
     """
     digest = hashlib.sha256()
     for file in checkpoint_files(path, every_format):
@@ -347,6 +350,8 @@ def _hashed_whole(file: Path, rel: str) -> bool:
 
 
 def _read_slow_tokenizer_file(file: Path) -> bool:
+    if file.name == ADDED_TOKENS_FILE and added_tokens_disagree(file.parent):
+        return True
     return file.name in _SLOW_TOKENIZER_FILES and not (file.parent / "tokenizer.json").is_file()
 
 

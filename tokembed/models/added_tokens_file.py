@@ -1,0 +1,30 @@
+"""``added_tokens.json`` beside a ``tokenizer.json``: when it changes the tokenizer.
+
+transformers' AutoTokenizer reads the file even where a ``tokenizer.json`` is there (when ``tokenizer_config.json``
+has no ``added_tokens_decoder``): each token it names that the ``tokenizer.json`` does not list among its added
+tokens becomes an added token (a new one at the next free id, whatever id the file gives; one of the vocabulary, as
+``"a"``, is then matched inside words too). A file that ``save_pretrained`` wrote lists the same tokens with the same
+ids and changes nothing: only a disagreeing one counts (the fingerprint hashes it, tokembed's own BERT tokenizer,
+which builds from ``tokenizer.json`` alone, steps aside for transformers').
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ADDED_TOKENS_FILE = "added_tokens.json"
+
+
+def added_tokens_disagree(folder: Path) -> bool:
+    """Whether the folder's ``added_tokens.json`` names a (token, id) its ``tokenizer.json``'s added tokens lack
+    (a file that cannot be read counts as disagreeing: it is not taken to change nothing)."""
+    if not (folder / ADDED_TOKENS_FILE).is_file() or not (folder / "tokenizer.json").is_file():
+        return False
+    try:
+        added = json.loads((folder / ADDED_TOKENS_FILE).read_bytes())
+        listed = json.loads((folder / "tokenizer.json").read_bytes()).get("added_tokens") or []
+        present = {(token["content"], token["id"]) for token in listed}
+        return not isinstance(added, dict) or any((token, index) not in present for token, index in added.items())
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return True
