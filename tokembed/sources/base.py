@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tokembed.errors import BadInputError, UsageError
+from tokembed.path_kind import kind_or_refused
 from tokembed.sources.files import (FolderWalks, arrow_readable, files_of, refuse_special_file, special_file_problem,
                                     walk_files)
 
@@ -196,11 +197,7 @@ def check_input(path: Path, options: SourceOptions | None = None, files: list[Pa
 
 def _exists(path: Path) -> bool:
     """Whether ``path`` is there; one in a folder this user may not search (another user's home) is bad input."""
-    try:
-        return path.exists()
-    except PermissionError as exc:
-        raise BadInputError(f"{path}: cannot look it up ({exc.strerror}: a folder on the way this user may "
-                            "not search?)") from exc
+    return kind_or_refused(path, BadInputError, str(path)) is not None
 
 
 def is_data_file(path: Path) -> bool:
