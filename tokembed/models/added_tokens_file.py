@@ -10,6 +10,7 @@ which builds from ``tokenizer.json`` alone, steps aside for transformers').
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -18,9 +19,20 @@ ADDED_TOKENS_FILE = "added_tokens.json"
 
 def added_tokens_disagree(folder: Path) -> bool:
     """Whether the folder's ``added_tokens.json`` names a (token, id) its ``tokenizer.json``'s added tokens lack
-    (a file that cannot be read counts as disagreeing: it is not taken to change nothing)."""
+    (a file that cannot be read counts as disagreeing: it is not taken to change nothing). Parsed once per state of
+    the two files: the fingerprint and the tokenizer's choice both ask, and a tokenizer.json may be megabytes."""
     if not (folder / ADDED_TOKENS_FILE).is_file() or not (folder / "tokenizer.json").is_file():
         return False
+    return _disagree(folder, _state(folder / ADDED_TOKENS_FILE), _state(folder / "tokenizer.json"))
+
+
+def _state(file: Path) -> tuple:
+    info = file.stat()
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=32)
+def _disagree(folder: Path, *states: tuple) -> bool:
     try:
         added = json.loads((folder / ADDED_TOKENS_FILE).read_bytes())
         listed = json.loads((folder / "tokenizer.json").read_bytes()).get("added_tokens") or []
