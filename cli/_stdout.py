@@ -97,8 +97,15 @@ def stderr_or_devnull():
     first write failed the command. Descriptor 2 becomes /dev/null too (as long as the process lives), so that no
     file the run opens (a shard) takes it, for native libraries and worker processes to write their messages into."""
     previous = sys.stderr
-    if previous is not None and (_descriptor(previous) != 2 or _writable(2)):  # (a test's captured stream: kept)
+    if previous is not None and _descriptor(previous) != 2:  # a test's captured stream: kept
         yield
+        return
+    if previous is not None and _writable(2):
+        sys.stderr = GuardedStderr(previous)
+        try:
+            yield
+        finally:
+            sys.stderr = previous
         return
     devnull = open(os.devnull, "w")
     if not _writable(2):
@@ -109,6 +116,37 @@ def stderr_or_devnull():
     finally:
         sys.stderr = previous
         devnull.close()
+
+
+class GuardedStderr:
+    """``sys.stderr`` whose first failed write (its reader gone: ``2>&1 | head``, a dead log pipe; a log file on a
+    full disk or past ``ulimit -f``) turns it into /dev/null for the rest of the run, descriptor 2 included: the
+    run's lines are dropped as for a closed stderr, and the work goes on, its exit code its own (click made any
+    broken pipe exit 1, and a resumed run stopped at its first progress line)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError:
+            self._to_devnull()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+    def _to_devnull(self) -> None:
+        devnull = open(os.devnull, "w")
+        os.dup2(devnull.fileno(), 2)  # native libraries' and Python's own last writes (its flush at exit) too
+        self.stream = devnull
 
 
 def _descriptor(stream) -> int | None:

@@ -246,6 +246,32 @@ def test_commands_run_with_stderr_open_for_reading_only(tmp_path, checkpoint_sto
     assert (run("info", tmp_path / "nowhere").returncode, unreadable.read_text()) == (6, "#!/bin/sh\n")
 
 
+def test_commands_run_on_when_stderr_cannot_be_written(tmp_path, checkpoint_store):
+    """A log reader gone (``2>&1 | head -1``, a dead log pipe) or a log file on a full disk: the first write to stderr
+    raised, click made it exit 1 with no message, before anything was indexed (a resumed run, at its first progress
+    line: never finished). Now the run's lines are dropped, as for a closed stderr, and the exit code is its own."""
+    model, index = checkpoint_store("pylate_bert"), tmp_path / "idx"
+    corpus = write_jsonl(tmp_path / "first.jsonl", ROWS)
+    reader, broken = os.pipe()
+    os.close(reader)  # every write to ``broken`` fails with EPIPE
+
+    def run(*args, stderr=broken) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], stdout=subprocess.PIPE,
+                              stderr=stderr, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+
+    try:
+        assert run("encode", corpus, "-o", index, "-m", model).returncode == 0
+        assert len(read_index(index)) == len(ROWS)
+        shown = run("info", index, "--json")
+        assert (shown.returncode, json.loads(shown.stdout)["rows"]) == (0, len(ROWS))
+        assert run("encode", tmp_path / "nowhere.jsonl", "-o", tmp_path / "other", "-m", model).returncode == 3
+    finally:
+        os.close(broken)
+    with open("/dev/full", "w") as full:
+        assert run("info", tmp_path / "nowhere", stderr=full).returncode == 6
+        assert run("info", index, stderr=full).returncode == 0
+
+
 def test_pdf_render_workers_of_a_caller_in_utf8_mode_by_flag_read_its_names(tmp_path):
     """``python -X utf8`` (the refusal's own hint) sets no variable a render worker inherits: under LC_ALL=C the
     workers ran in ASCII and every page of ``résumé.pdf`` was 'cannot render page 1: 'ascii' codec ...'."""
