@@ -322,3 +322,19 @@ def test_the_conversion_sends_no_telemetry(cache, monkeypatch):
     embedder, _ = embed(monkeypatch, "openvino")
     assert isinstance(embedder.model.backbone, openvino_backbone.OpenVinoBackbone)
     assert sent == []
+
+
+def test_importing_openvino_sends_no_telemetry(tmp_path):
+    """A plain ``import openvino`` already sent a usage event to Google Analytics (``openvino.tools.ovc``'s import
+    event, from a forked process) and wrote ``~/intel/openvino_ga_cid``; only the conversion had the stand-in."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from tokembed.models.openvino_backbone import import_openvino; import_openvino(); "
+              "from openvino.tools.ovc import telemetry_stub, telemetry_utils; "
+              "print(telemetry_utils.tm is telemetry_stub)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
+    assert not (tmp_path / "intel").exists()

@@ -77,7 +77,7 @@ def openvino_backbone(backbone: torch.nn.Module, model_key: str, dtype: torch.dt
     where it does not convert (a warning says why). ``model_key`` names the checkpoint: its fingerprint (configs,
     an adapter's ``lora_alpha`` ...) and its weights' sha256, since either changes what the conversion computes."""
     try:
-        import openvino as ov
+        ov = import_openvino()
     except ImportError as exc:
         from tokembed.errors import UsageError
 
@@ -159,6 +159,25 @@ def _converted(backbone: torch.nn.Module, ov):
     except BaseException:
         _restore_dtypes(loaded_dtypes)
         raise
+
+
+def import_openvino():
+    """``import openvino`` without its telemetry: importing it already sends an event (``openvino.tools.ovc``'s
+    ``send_event("ov", "import", ...)``, from a forked process) unless the telemetry package cannot be imported,
+    where OpenVINO takes its own stand-in (``telemetry_stub``); so it cannot be, during the import."""
+    import sys
+
+    if "openvino" in sys.modules or "openvino_telemetry" in sys.modules:
+        import openvino
+
+        return openvino
+    sys.modules["openvino_telemetry"] = None  # an ImportError for ``import openvino_telemetry``
+    try:
+        import openvino
+
+        return openvino
+    finally:
+        del sys.modules["openvino_telemetry"]
 
 
 @contextmanager
