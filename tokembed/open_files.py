@@ -70,7 +70,7 @@ def limit_error(path, exc: BaseException) -> OpenFilesLimitError:
     raise_it = "ulimit -n (up to its hard limit; beyond it ulimit -Hn as root, LimitNOFILE= in a systemd unit, docker --ulimit nofile=)"
     return OpenFilesLimitError(
         f"{where}: this process may hold {soft} open files (ulimit -n; hard limit {_shown(hard)}) and holds that many",
-        hint=f"raise it with {raise_it}: an index holds a file open for each shard, a structure search two more")
+        hint=f"raise it with {raise_it}: an index holds a file open for each shard, a structure search about three for each shard")
 
 
 def _shown(limit: int) -> str:
