@@ -176,3 +176,22 @@ def test_string_and_int_arrays_equal_pyarrow_own(values):
     assert strings.equals(pa.array(values, pa.string()))
     numbers = [None if value is None else len(value) for value in values]
     assert int32_array(numbers).equals(pa.array(numbers, pa.int32()))
+
+
+@pytest.mark.parametrize("value, native", [("off", False), (" FALSE ", False), ("no", False), ("0", False),
+                                           ("on", True), ("1", True), ("", True)])
+def test_tokembed_native_reads_the_usual_spellings(monkeypatch, value, native):
+    """Only the exact string ``0`` turned the native backbone off: ``false``, ``off``, ``no`` kept it on, silently."""
+    from tokembed.models.bert import native_wanted
+
+    monkeypatch.setenv("TOKEMBED_NATIVE", value)
+    assert native_wanted() is native
+
+
+def test_an_unknown_tokembed_native_value_is_refused(monkeypatch):
+    from tokembed.errors import UsageError
+    from tokembed.models.bert import native_wanted
+
+    monkeypatch.setenv("TOKEMBED_NATIVE", "banana")
+    with pytest.raises(UsageError, match="TOKEMBED_NATIVE='banana'"):
+        native_wanted()

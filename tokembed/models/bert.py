@@ -34,12 +34,25 @@ _DEFAULTS = {
 _META = torch.device("meta")
 
 
+def native_wanted() -> bool:
+    """``TOKEMBED_NATIVE``: unset, ``1``, ``true``, ``yes`` or ``on`` runs the native backbone; ``0``, ``false``,
+    ``no`` or ``off`` (any case) transformers' own; anything else is refused (it was taken for "on", silently)."""
+    from tokembed.errors import UsageError
+
+    value = os.environ.get("TOKEMBED_NATIVE", "1").strip().lower()
+    if value in ("", "1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"TOKEMBED_NATIVE={os.environ['TOKEMBED_NATIVE']!r}: expected 1 or 0 (true/false, yes/no, on/off)")
+
+
 def read_bert_config(folder: Path) -> SimpleNamespace | None:
     """The checkpoint's config as attributes, if the native backbone computes exactly what transformers would."""
     from tokembed.models.base import read_json
 
     raw = read_json(folder / "config.json")
-    if not raw or os.environ.get("TOKEMBED_NATIVE", "1") == "0":
+    if not raw or not native_wanted():
         return None
     config = SimpleNamespace(**{**_DEFAULTS, **raw})
     supported = (
