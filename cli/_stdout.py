@@ -95,7 +95,8 @@ def stderr_or_devnull():
     ``print(..., file=None)`` would have written them into stdout's results. So is a descriptor 2 open for reading
     only (a pyenv shim, a shell script, hands ``2>&-`` on as its own file read-only; ``2</dev/null``), whose
     first write failed the command. Descriptor 2 becomes /dev/null too (as long as the process lives), so that no
-    file the run opens (a shard) takes it, for native libraries and worker processes to write their messages into."""
+    file the run opens (a shard) takes it, for native libraries and worker processes to write their messages into.
+    A stderr that can be written is a ``GuardedStderr`` inside: it becomes /dev/null at its first failed write."""
     previous = sys.stderr
     if previous is not None and _descriptor(previous) != 2:  # a test's captured stream: kept
         yield
